@@ -1,1 +1,29 @@
-//! placeholder
+//! The broker core of antre: vhosts, exchanges, bindings, queues, consumers
+//! and routing, with no sockets and no clock.
+//!
+//! The server crate turns bytes into methods (with `antre-amqp`) and hands
+//! them to a [`channel::Channel`]; everything that decides where a message
+//! goes and who gets it lives here, so it can be tested in microseconds:
+//! - [`broker`]: the vhosts and users a server shares among connections;
+//! - [`vhost`]: a vhost's topology and routing;
+//! - [`exchange`]: exchange types and binding rules (topic, headers);
+//! - [`queue`]: the queue engine (ready messages, consumers, prefetch
+//!   credit, round-robin dispatch, requeue at the original position);
+//! - [`channel`]: the per-channel state machine (delivery tags, acks,
+//!   publisher confirms, transactions);
+//! - [`error`]: refusals, each with its AMQP reply code.
+
+pub mod broker;
+pub mod channel;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod vhost;
+
+pub use broker::{Broker, LoginError, User};
+pub use channel::{Channel, ChannelContext, Outgoing};
+pub use error::BrokerError;
+pub use message::Message;
+pub use queue::{ConnectionId, Credit, Delivery, DeliverySink, Queue, QueueCounts};
+pub use vhost::Vhost;

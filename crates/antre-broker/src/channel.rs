@@ -1,0 +1,718 @@
+//! A channel: the per-channel state machine of an AMQP session, without I/O.
+//!
+//! The server decodes frames, assembles content, and hands each method to
+//! [`Channel::handle`] (or a whole message to [`Channel::publish`]); the
+//! channel answers by pushing [`Outgoing`] frames into a vector the server
+//! encodes. Deliveries that queues push to the channel's sink come back in
+//! through [`Channel::deliver`], which assigns their delivery tags. Nothing
+//! here touches a socket or a clock, so every rule (tags, acks, prefetch,
+//! confirms, transactions) is testable in plain unit tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use antre_amqp::method::*;
+use antre_amqp::reply;
+use antre_amqp::{ContentHeader, Method};
+use bytes::Bytes;
+
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::exchange::Destination;
+use crate::message::Message;
+use crate::queue::{
+    ConnectionId, ConsumerId, ConsumerSpec, Credit, Delivery, DeliverySink, Entry, Queue,
+};
+use crate::vhost::{generated_name, ExchangeDeclaration, QueueDeclaration, Vhost};
+
+/// A frame the channel wants sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A method without content.
+    Method(Method),
+    /// basic.deliver, basic.get-ok or basic.return, followed by the message's
+    /// content header and body.
+    Content(Method, Arc<Message>),
+}
+
+#[derive(Debug)]
+struct Unacked {
+    queue: Arc<Queue>,
+    entry: Entry,
+    /// The consumer's window, to release on settle; None for basic.get.
+    credit: Option<Arc<Credit>>,
+}
+
+#[derive(Debug)]
+struct ChannelConsumer {
+    id: ConsumerId,
+    queue: Arc<Queue>,
+    credit: Arc<Credit>,
+}
+
+/// A publish held back by an open transaction.
+#[derive(Debug)]
+struct PendingPublish {
+    mandatory: bool,
+    message: Arc<Message>,
+}
+
+/// An ack, nack or reject held back by an open transaction.
+#[derive(Debug, Clone, Copy)]
+struct PendingSettle {
+    tag: u64,
+    multiple: bool,
+    requeue: Option<bool>,
+}
+
+#[derive(Debug, Default)]
+enum Mode {
+    #[default]
+    Plain,
+    /// Publisher confirms: the sequence number of the next publish.
+    Confirm { next: u64, unconfirmed: Option<u64> },
+    Tx {
+        publishes: Vec<PendingPublish>,
+        settles: Vec<PendingSettle>,
+    },
+}
+
+/// Per-connection facts a channel needs.
+#[derive(Debug, Clone)]
+pub struct ChannelContext {
+    /// The broker (for ids).
+    pub broker: Arc<Broker>,
+    /// The vhost the connection opened.
+    pub vhost: Arc<Vhost>,
+    /// The connection, for exclusive queues.
+    pub connection: ConnectionId,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
+}
+
+/// One open channel.
+#[derive(Debug)]
+pub struct Channel {
+    /// Channel number.
+    pub id: u16,
+    ctx: ChannelContext,
+    sink: Arc<dyn DeliverySink>,
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    consumers: HashMap<Arc<str>, ChannelConsumer>,
+    prefetch: u32,
+    credit: Arc<Credit>,
+    mode: Mode,
+    last_queue: Option<String>,
+}
+
+impl Channel {
+    /// A freshly opened channel whose consumers' deliveries go to `sink`.
+    pub fn new(id: u16, ctx: ChannelContext, sink: Arc<dyn DeliverySink>) -> Channel {
+        Channel {
+            id,
+            ctx,
+            sink,
+            next_tag: 1,
+            unacked: BTreeMap::new(),
+            consumers: HashMap::new(),
+            prefetch: 0,
+            credit: Credit::new(0),
+            mode: Mode::Plain,
+            last_queue: None,
+        }
+    }
+
+    /// Messages delivered on this channel and not yet settled.
+    pub fn unacked_count(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Number of consumers on this channel.
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// Handles a method that carries no content.
+    pub fn handle(&mut self, method: Method, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
+        let vhost = Arc::clone(&self.ctx.vhost);
+        let conn = self.ctx.connection;
+        let mut reply = |m: Method, nowait: bool| {
+            if !nowait {
+                out.push(Outgoing::Method(m));
+            }
+        };
+        match method {
+            Method::ExchangeDeclare(m) => {
+                vhost.declare_exchange(
+                    ExchangeDeclaration {
+                        name: m.exchange,
+                        kind: m.kind,
+                        durable: m.durable,
+                        auto_delete: m.auto_delete,
+                        internal: m.internal,
+                        arguments: m.arguments,
+                    },
+                    m.passive,
+                )?;
+                reply(ExchangeDeclareOk {}.into(), m.nowait);
+            }
+            Method::ExchangeDelete(m) => {
+                vhost.delete_exchange(&m.exchange, m.if_unused)?;
+                reply(ExchangeDeleteOk {}.into(), m.nowait);
+            }
+            Method::ExchangeBind(m) => {
+                vhost.bind(
+                    &m.source,
+                    Destination::Exchange(m.destination),
+                    &m.routing_key,
+                    m.arguments,
+                    conn,
+                )?;
+                reply(ExchangeBindOk {}.into(), m.nowait);
+            }
+            Method::ExchangeUnbind(m) => {
+                vhost.unbind(
+                    &m.source,
+                    Destination::Exchange(m.destination),
+                    &m.routing_key,
+                    &m.arguments,
+                    conn,
+                )?;
+                reply(ExchangeUnbindOk {}.into(), m.nowait);
+            }
+            Method::QueueDeclare(m) => {
+                let name = if m.passive && m.queue.is_empty() {
+                    self.resolve_queue("")?
+                } else {
+                    m.queue
+                };
+                let (q, counts) = vhost.declare_queue(
+                    QueueDeclaration {
+                        name,
+                        durable: m.durable,
+                        exclusive: m.exclusive,
+                        auto_delete: m.auto_delete,
+                        arguments: m.arguments,
+                    },
+                    m.passive,
+                    conn,
+                )?;
+                self.last_queue = Some(q.name.clone());
+                reply(
+                    QueueDeclareOk {
+                        queue: q.name.clone(),
+                        message_count: counts.ready,
+                        consumer_count: counts.consumers,
+                    }
+                    .into(),
+                    m.nowait,
+                );
+            }
+            Method::QueueBind(m) => {
+                let queue = self.resolve_queue(&m.queue)?;
+                let key = if m.routing_key.is_empty() && m.queue.is_empty() {
+                    queue.clone()
+                } else {
+                    m.routing_key
+                };
+                vhost.bind(
+                    &m.exchange,
+                    Destination::Queue(queue),
+                    &key,
+                    m.arguments,
+                    conn,
+                )?;
+                reply(QueueBindOk {}.into(), m.nowait);
+            }
+            Method::QueueUnbind(m) => {
+                let queue = self.resolve_queue(&m.queue)?;
+                vhost.unbind(
+                    &m.exchange,
+                    Destination::Queue(queue),
+                    &m.routing_key,
+                    &m.arguments,
+                    conn,
+                )?;
+                reply(QueueUnbindOk {}.into(), false);
+            }
+            Method::QueuePurge(m) => {
+                let queue = self.resolve_queue(&m.queue)?;
+                let message_count = vhost.purge_queue(&queue, conn)?;
+                reply(QueuePurgeOk { message_count }.into(), m.nowait);
+            }
+            Method::QueueDelete(m) => {
+                let queue = self.resolve_queue(&m.queue)?;
+                let message_count = vhost.delete_queue(&queue, m.if_unused, m.if_empty, conn)?;
+                reply(QueueDeleteOk { message_count }.into(), m.nowait);
+            }
+            Method::BasicQos(m) => {
+                if m.prefetch_size != 0 {
+                    return Err(BrokerError::NotImplemented(format!(
+                        "prefetch_size!=0 ({})",
+                        m.prefetch_size
+                    )));
+                }
+                if m.global {
+                    self.credit.set_limit(m.prefetch_count.into());
+                    self.kick_consumers();
+                } else {
+                    self.prefetch = m.prefetch_count.into();
+                }
+                reply(BasicQosOk {}.into(), false);
+            }
+            Method::BasicConsume(m) => self.consume(m, out)?,
+            Method::BasicCancel(m) => {
+                self.cancel(&m.consumer_tag);
+                reply(
+                    BasicCancelOk {
+                        consumer_tag: m.consumer_tag,
+                    }
+                    .into(),
+                    m.nowait,
+                );
+            }
+            Method::BasicGet(m) => self.get(m, out)?,
+            Method::BasicAck(m) => self.settle(PendingSettle {
+                tag: m.delivery_tag,
+                multiple: m.multiple,
+                requeue: None,
+            })?,
+            Method::BasicReject(m) => self.settle(PendingSettle {
+                tag: m.delivery_tag,
+                multiple: false,
+                requeue: Some(m.requeue),
+            })?,
+            Method::BasicNack(m) => self.settle(PendingSettle {
+                tag: m.delivery_tag,
+                multiple: m.multiple,
+                requeue: Some(m.requeue),
+            })?,
+            Method::BasicRecover(BasicRecover { requeue }) => {
+                self.recover(requeue)?;
+                reply(BasicRecoverOk {}.into(), false);
+            }
+            Method::BasicRecoverAsync(BasicRecoverAsync { requeue }) => self.recover(requeue)?,
+            Method::ChannelFlow(m) => {
+                self.credit.set_paused(!m.active);
+                if m.active {
+                    self.kick_consumers();
+                }
+                reply(ChannelFlowOk { active: m.active }.into(), false);
+            }
+            Method::ConfirmSelect(m) => {
+                match self.mode {
+                    Mode::Tx { .. } => {
+                        return Err(BrokerError::PreconditionFailed(
+                            "cannot switch from tx to confirm mode".into(),
+                        ))
+                    }
+                    Mode::Plain => {
+                        self.mode = Mode::Confirm {
+                            next: 1,
+                            unconfirmed: None,
+                        }
+                    }
+                    Mode::Confirm { .. } => {}
+                }
+                reply(ConfirmSelectOk {}.into(), m.nowait);
+            }
+            Method::TxSelect(_) => {
+                match self.mode {
+                    Mode::Confirm { .. } => {
+                        return Err(BrokerError::PreconditionFailed(
+                            "cannot switch from confirm to tx mode".into(),
+                        ))
+                    }
+                    Mode::Plain => {
+                        self.mode = Mode::Tx {
+                            publishes: Vec::new(),
+                            settles: Vec::new(),
+                        }
+                    }
+                    Mode::Tx { .. } => {}
+                }
+                reply(TxSelectOk {}.into(), false);
+            }
+            Method::TxCommit(_) => {
+                let Mode::Tx { publishes, settles } = &mut self.mode else {
+                    return Err(BrokerError::PreconditionFailed(
+                        "channel is not transactional".into(),
+                    ));
+                };
+                let publishes = std::mem::take(publishes);
+                let settles = std::mem::take(settles);
+                // Acks first: they refer to deliveries made before the commit.
+                for s in settles {
+                    self.apply_settle(s)?;
+                }
+                for p in publishes {
+                    self.route(p.mandatory, p.message, out)?;
+                }
+                out.push(Outgoing::Method(TxCommitOk {}.into()));
+            }
+            Method::TxRollback(_) => {
+                let Mode::Tx { publishes, settles } = &mut self.mode else {
+                    return Err(BrokerError::PreconditionFailed(
+                        "channel is not transactional".into(),
+                    ));
+                };
+                publishes.clear();
+                settles.clear();
+                out.push(Outgoing::Method(TxRollbackOk {}.into()));
+            }
+            other => {
+                return Err(BrokerError::CommandInvalid(format!(
+                    "unexpected method {} on channel {}",
+                    other.name(),
+                    self.id
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue a method names, or the channel's last declared queue when
+    /// the name is empty (AMQP's shorthand that RabbitMQ supports).
+    fn resolve_queue(&self, name: &str) -> Result<String, BrokerError> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| BrokerError::NotFound("no previously declared queue".into()))
+    }
+
+    fn consume(&mut self, m: BasicConsume, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
+        let queue_name = self.resolve_queue(&m.queue)?;
+        let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
+        let tag: Arc<str> = if m.consumer_tag.is_empty() {
+            generated_name("amq.ctag-").into()
+        } else {
+            m.consumer_tag.as_str().into()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(BrokerError::NotAllowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        let id = self.ctx.broker.next_id();
+        let credit = Credit::new(self.prefetch);
+        // consume-ok must reach the client before the first delivery; the
+        // deliveries travel through the sink, which the server drains after
+        // it has written this method's replies.
+        if !m.nowait {
+            out.push(Outgoing::Method(
+                BasicConsumeOk {
+                    consumer_tag: tag.to_string(),
+                }
+                .into(),
+            ));
+        }
+        self.consumers.insert(
+            Arc::clone(&tag),
+            ChannelConsumer {
+                id,
+                queue: Arc::clone(&queue),
+                credit: Arc::clone(&credit),
+            },
+        );
+        let spec = ConsumerSpec {
+            id,
+            tag: Arc::clone(&tag),
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            credit,
+            channel_credit: Arc::clone(&self.credit),
+            sink: Arc::clone(&self.sink),
+        };
+        if let Err(e) = queue.add_consumer(spec) {
+            self.consumers.remove(&tag);
+            if !m.nowait {
+                out.pop();
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Cancels a consumer by tag (client's basic.cancel or channel close).
+    fn cancel(&mut self, tag: &str) {
+        if let Some(c) = self.consumers.remove(tag) {
+            if c.queue.remove_consumer(c.id) {
+                self.ctx.vhost.auto_delete_queue(&c.queue);
+            }
+        }
+    }
+
+    /// The queue cancelled one of our consumers (it was deleted). Returns
+    /// whether the channel knew it, so the server sends basic.cancel once.
+    pub fn consumer_cancelled(&mut self, tag: &str) -> bool {
+        self.consumers.remove(tag).is_some()
+    }
+
+    fn get(&mut self, m: BasicGet, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
+        let queue_name = self.resolve_queue(&m.queue)?;
+        let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
+        let Some((entry, message_count)) = queue.get(m.no_ack) else {
+            out.push(Outgoing::Method(BasicGetEmpty::default().into()));
+            return Ok(());
+        };
+        let delivery_tag = self.next_tag;
+        self.next_tag += 1;
+        let message = Arc::clone(&entry.message);
+        let redelivered = entry.redelivered;
+        if !m.no_ack {
+            self.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue,
+                    entry,
+                    credit: None,
+                },
+            );
+        }
+        out.push(Outgoing::Content(
+            BasicGetOk {
+                delivery_tag,
+                redelivered,
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                message_count,
+            }
+            .into(),
+            message,
+        ));
+        Ok(())
+    }
+
+    /// Accepts a delivery a queue pushed to this channel: assigns its tag and
+    /// emits basic.deliver. A delivery for a consumer that was cancelled in
+    /// the meantime goes back to its queue.
+    pub fn deliver(&mut self, delivery: Delivery, out: &mut Vec<Outgoing>) {
+        let credit = match self.consumers.get(&delivery.consumer_tag) {
+            Some(c) if c.id == delivery.consumer => Arc::clone(&c.credit),
+            _ => {
+                let queue = Arc::clone(&delivery.queue);
+                queue.return_undelivered(delivery);
+                return;
+            }
+        };
+        let delivery_tag = self.next_tag;
+        self.next_tag += 1;
+        let message = Arc::clone(&delivery.entry.message);
+        out.push(Outgoing::Content(
+            BasicDeliver {
+                consumer_tag: delivery.consumer_tag.to_string(),
+                delivery_tag,
+                redelivered: delivery.entry.redelivered,
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+            }
+            .into(),
+            message,
+        ));
+        if !delivery.no_ack {
+            self.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue: delivery.queue,
+                    entry: delivery.entry,
+                    credit: Some(credit),
+                },
+            );
+        }
+    }
+
+    fn settle(&mut self, s: PendingSettle) -> Result<(), BrokerError> {
+        // Validate now so an unknown tag fails at once, even in a transaction.
+        self.check_tag(s.tag, s.multiple)?;
+        if let Mode::Tx { settles, .. } = &mut self.mode {
+            settles.push(s);
+            return Ok(());
+        }
+        self.apply_settle(s)
+    }
+
+    fn check_tag(&self, tag: u64, multiple: bool) -> Result<(), BrokerError> {
+        if (multiple && tag == 0) || self.unacked.contains_key(&tag) {
+            Ok(())
+        } else {
+            Err(BrokerError::PreconditionFailed(format!(
+                "unknown delivery tag {tag}"
+            )))
+        }
+    }
+
+    fn apply_settle(&mut self, s: PendingSettle) -> Result<(), BrokerError> {
+        self.check_tag(s.tag, s.multiple)?;
+        let settled: Vec<Unacked> = if s.multiple {
+            let rest = if s.tag == 0 {
+                BTreeMap::new()
+            } else {
+                self.unacked.split_off(&(s.tag + 1))
+            };
+            std::mem::replace(&mut self.unacked, rest)
+                .into_values()
+                .collect()
+        } else {
+            self.unacked.remove(&s.tag).into_iter().collect()
+        };
+        self.finish(settled, s.requeue.unwrap_or(false));
+        Ok(())
+    }
+
+    /// Settles deliveries with their queues, releases their credit and lets
+    /// the queues deliver more.
+    fn finish(&mut self, settled: Vec<Unacked>, requeue: bool) {
+        let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
+        for u in settled {
+            if let Some(c) = &u.credit {
+                c.release(1);
+                self.credit.release(1);
+            }
+            match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+                Some((_, entries)) => entries.push(u.entry),
+                None => by_queue.push((u.queue, vec![u.entry])),
+            }
+        }
+        for (queue, entries) in by_queue {
+            if requeue {
+                queue.requeue(entries);
+            } else {
+                queue.ack(&entries);
+            }
+        }
+        self.kick_consumers();
+    }
+
+    fn kick_consumers(&self) {
+        let mut kicked: Vec<&Arc<Queue>> = Vec::new();
+        for c in self.consumers.values() {
+            if !kicked.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {
+                c.queue.kick();
+                kicked.push(&c.queue);
+            }
+        }
+    }
+
+    fn recover(&mut self, requeue: bool) -> Result<(), BrokerError> {
+        if !requeue {
+            return Err(BrokerError::NotImplemented("requeue=false".into()));
+        }
+        self.requeue_all();
+        Ok(())
+    }
+
+    fn requeue_all(&mut self) {
+        let all = std::mem::take(&mut self.unacked).into_values().collect();
+        self.finish(all, true);
+    }
+
+    /// Handles basic.publish with its assembled content.
+    pub fn publish(
+        &mut self,
+        m: BasicPublish,
+        header: ContentHeader,
+        body: Bytes,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), BrokerError> {
+        if m.immediate {
+            return Err(BrokerError::NotImplemented("immediate=true".into()));
+        }
+        let message = Arc::new(Message {
+            exchange: m.exchange,
+            routing_key: m.routing_key,
+            properties: header.properties,
+            body,
+        });
+        if let Mode::Tx { publishes, .. } = &mut self.mode {
+            // Check the exchange now: RabbitMQ fails the publish, not the commit.
+            self.ctx.vhost.route(&message.exchange, "", None)?;
+            publishes.push(PendingPublish {
+                mandatory: m.mandatory,
+                message,
+            });
+            return Ok(());
+        }
+        self.route(m.mandatory, message, out)
+    }
+
+    /// Checks a content header before its body is read: the class must be
+    /// basic and the size within the limit.
+    pub fn check_header(&self, header: &ContentHeader) -> Result<(), BrokerError> {
+        if header.class_id != antre_amqp::CLASS_BASIC {
+            return Err(BrokerError::UnexpectedFrame(format!(
+                "content header for class {} on channel {}",
+                header.class_id, self.id
+            )));
+        }
+        if header.body_size > self.ctx.max_message_size {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "message size {} is larger than configured max size {}",
+                header.body_size, self.ctx.max_message_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn route(
+        &mut self,
+        mandatory: bool,
+        message: Arc<Message>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), BrokerError> {
+        let headers = message.properties.headers.as_ref();
+        let queues = self
+            .ctx
+            .vhost
+            .route(&message.exchange, &message.routing_key, headers)?;
+        if queues.is_empty() && mandatory {
+            out.push(Outgoing::Content(
+                BasicReturn {
+                    reply_code: reply::NO_ROUTE,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: message.exchange.clone(),
+                    routing_key: message.routing_key.clone(),
+                }
+                .into(),
+                Arc::clone(&message),
+            ));
+        }
+        for q in &queues {
+            q.publish(Arc::clone(&message));
+        }
+        if let Mode::Confirm { next, unconfirmed } = &mut self.mode {
+            *unconfirmed = Some(*next);
+            *next += 1;
+        }
+        Ok(())
+    }
+
+    /// Emits the publisher confirms owed so far as one basic.ack with
+    /// multiple=true. The server calls this once per batch of frames, so a
+    /// fast publisher gets one confirm frame per read, not one per message.
+    pub fn flush_confirms(&mut self, out: &mut Vec<Outgoing>) {
+        if let Mode::Confirm { unconfirmed, .. } = &mut self.mode {
+            if let Some(tag) = unconfirmed.take() {
+                out.push(Outgoing::Method(
+                    BasicAck {
+                        delivery_tag: tag,
+                        multiple: true,
+                    }
+                    .into(),
+                ));
+            }
+        }
+    }
+
+    /// Tears the channel down (channel.close, or its connection went away):
+    /// cancels its consumers, then puts every unacked delivery back.
+    pub fn close(&mut self) {
+        let tags: Vec<Arc<str>> = self.consumers.keys().cloned().collect();
+        for tag in tags {
+            self.cancel(&tag);
+        }
+        self.requeue_all();
+    }
+}

@@ -1,0 +1,550 @@
+//! A virtual host: its exchanges, queues and bindings, and routing.
+//!
+//! The topology sits behind one reader-writer lock: publishing only reads it
+//! (to route), while declarations and bindings, which are rare, write it.
+//! Routing collects the target queues under the read lock and releases it
+//! before enqueueing, so a slow queue never holds up the topology.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use antre_amqp::{FieldTable, FieldValue};
+use parking_lot::RwLock;
+use rand::Rng;
+
+use crate::error::{exchange_ref, queue_ref, BrokerError};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::queue::{ConnectionId, Queue, QueueCounts, QueueOptions};
+
+/// The exchanges every vhost has from the start.
+const PREDECLARED: [(&str, ExchangeKind); 7] = [
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+    ("amq.rabbitmq.trace", ExchangeKind::Topic),
+];
+
+/// What exchange.declare asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDeclaration {
+    /// Name.
+    pub name: String,
+    /// Type name as the client sent it.
+    pub kind: String,
+    /// Durable.
+    pub durable: bool,
+    /// Auto-delete.
+    pub auto_delete: bool,
+    /// Internal.
+    pub internal: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// What queue.declare asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDeclaration {
+    /// Name; empty asks the server to pick one.
+    pub name: String,
+    /// Durable.
+    pub durable: bool,
+    /// Exclusive to the declaring connection.
+    pub exclusive: bool,
+    /// Auto-delete.
+    pub auto_delete: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Default)]
+struct Topology {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Arc<Queue>>,
+}
+
+/// A virtual host.
+#[derive(Debug)]
+pub struct Vhost {
+    /// Its name, e.g. "/".
+    pub name: String,
+    topology: RwLock<Topology>,
+}
+
+fn reserved(name: &str) -> bool {
+    name.starts_with("amq.")
+}
+
+fn inequivalent(
+    what: &str,
+    arg: &str,
+    vhost: &str,
+    name: &str,
+    got: impl std::fmt::Display,
+    have: impl std::fmt::Display,
+) -> BrokerError {
+    BrokerError::PreconditionFailed(format!(
+        "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received '{got}' but current is '{have}'"
+    ))
+}
+
+/// Declaration arguments that must match on redeclare: RabbitMQ compares the
+/// `x-` arguments it knows, ignoring others; antre compares all `x-` ones.
+fn x_arguments(args: &FieldTable) -> Vec<(&str, &FieldValue)> {
+    let mut v: Vec<_> = args.iter().filter(|(k, _)| k.starts_with("x-")).collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
+impl Vhost {
+    /// A vhost with the predeclared exchanges.
+    pub fn new(name: &str) -> Vhost {
+        let mut topology = Topology::default();
+        for (ex, kind) in PREDECLARED {
+            topology.exchanges.insert(
+                ex.to_owned(),
+                Exchange {
+                    name: ex.to_owned(),
+                    kind,
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: FieldTable::new(),
+                    bindings: Vec::new(),
+                },
+            );
+        }
+        Vhost {
+            name: name.to_owned(),
+            topology: RwLock::new(topology),
+        }
+    }
+
+    fn no_exchange(&self, name: &str) -> BrokerError {
+        BrokerError::NotFound(format!("no {}", exchange_ref(&self.name, name)))
+    }
+
+    fn no_queue(&self, name: &str) -> BrokerError {
+        BrokerError::NotFound(format!("no {}", queue_ref(&self.name, name)))
+    }
+
+    /// exchange.declare. `passive` only checks that it exists.
+    pub fn declare_exchange(
+        &self,
+        d: ExchangeDeclaration,
+        passive: bool,
+    ) -> Result<(), BrokerError> {
+        if passive {
+            return match self.topology.read().exchanges.contains_key(&d.name) {
+                true => Ok(()),
+                false => Err(self.no_exchange(&d.name)),
+            };
+        }
+        if d.name.is_empty() {
+            return Err(BrokerError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        if reserved(&d.name) {
+            return Err(BrokerError::AccessRefused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        let kind = ExchangeKind::parse(&d.kind)?;
+        let mut topo = self.topology.write();
+        if let Some(ex) = topo.exchanges.get(&d.name) {
+            let err = |arg, got: &dyn std::fmt::Display, have: &dyn std::fmt::Display| {
+                inequivalent("exchange", arg, &self.name, &d.name, got, have)
+            };
+            if ex.kind != kind {
+                return Err(err("type", &d.kind, &ex.kind.as_str()));
+            }
+            if ex.durable != d.durable {
+                return Err(err("durable", &d.durable, &ex.durable));
+            }
+            if ex.auto_delete != d.auto_delete {
+                return Err(err("auto_delete", &d.auto_delete, &ex.auto_delete));
+            }
+            if ex.internal != d.internal {
+                return Err(err("internal", &d.internal, &ex.internal));
+            }
+            return Ok(());
+        }
+        topo.exchanges.insert(
+            d.name.clone(),
+            Exchange {
+                name: d.name,
+                kind,
+                durable: d.durable,
+                auto_delete: d.auto_delete,
+                internal: d.internal,
+                arguments: d.arguments,
+                bindings: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), BrokerError> {
+        if name.is_empty() || reserved(name) {
+            return Err(BrokerError::AccessRefused(format!(
+                "operation not permitted on {}",
+                if name.is_empty() {
+                    "the default exchange".to_owned()
+                } else {
+                    format!("exchange '{name}'")
+                }
+            )));
+        }
+        let mut topo = self.topology.write();
+        let Some(ex) = topo.exchanges.get(name) else {
+            return Ok(());
+        };
+        let is_destination = topo.exchanges.values().any(|e| {
+            e.bindings
+                .iter()
+                .any(|b| b.destination == Destination::Exchange(name.to_owned()))
+        });
+        if if_unused && (!ex.bindings.is_empty() || is_destination) {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "{} in use",
+                exchange_ref(&self.name, name)
+            )));
+        }
+        topo.exchanges.remove(name);
+        Self::remove_bindings_to(&mut topo, &Destination::Exchange(name.to_owned()));
+        Ok(())
+    }
+
+    /// queue.declare. Returns the queue (whose name the server picked if the
+    /// client sent none) and its counts.
+    pub fn declare_queue(
+        &self,
+        d: QueueDeclaration,
+        passive: bool,
+        conn: ConnectionId,
+    ) -> Result<(Arc<Queue>, QueueCounts), BrokerError> {
+        if passive {
+            let q = self.queue(&d.name, conn)?;
+            let counts = q.counts();
+            return Ok((q, counts));
+        }
+        let name = if d.name.is_empty() {
+            generated_name("amq.gen-")
+        } else if reserved(&d.name) {
+            return Err(BrokerError::AccessRefused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        } else {
+            d.name.clone()
+        };
+        let mut topo = self.topology.write();
+        if let Some(q) = topo.queues.get(&name) {
+            check_exclusive(q, conn)?;
+            let o = &q.options;
+            let err = |arg, got: &dyn std::fmt::Display, have: &dyn std::fmt::Display| {
+                inequivalent("queue", arg, &self.name, &name, got, have)
+            };
+            if o.durable != d.durable {
+                return Err(err("durable", &d.durable, &o.durable));
+            }
+            if o.exclusive_owner.is_some() != d.exclusive {
+                return Err(err("exclusive", &d.exclusive, &o.exclusive_owner.is_some()));
+            }
+            if o.auto_delete != d.auto_delete {
+                return Err(err("auto_delete", &d.auto_delete, &o.auto_delete));
+            }
+            if x_arguments(&o.arguments) != x_arguments(&d.arguments) {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "inequivalent arguments for {}",
+                    queue_ref(&self.name, &name)
+                )));
+            }
+            let q = Arc::clone(q);
+            drop(topo);
+            let counts = q.counts();
+            return Ok((q, counts));
+        }
+        let q = Queue::new(
+            &self.name,
+            &name,
+            QueueOptions {
+                durable: d.durable,
+                exclusive_owner: d.exclusive.then_some(conn),
+                auto_delete: d.auto_delete,
+                arguments: d.arguments,
+            },
+        );
+        topo.queues.insert(name, Arc::clone(&q));
+        Ok((q, QueueCounts::default()))
+    }
+
+    /// Looks up a queue the connection may use.
+    pub fn queue(&self, name: &str, conn: ConnectionId) -> Result<Arc<Queue>, BrokerError> {
+        let topo = self.topology.read();
+        let q = topo.queues.get(name).ok_or_else(|| self.no_queue(name))?;
+        check_exclusive(q, conn)?;
+        Ok(Arc::clone(q))
+    }
+
+    /// queue.delete; returns how many messages it held.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnectionId,
+    ) -> Result<u32, BrokerError> {
+        let mut topo = self.topology.write();
+        let Some(q) = topo.queues.get(name) else {
+            // RabbitMQ answers delete-ok for a queue that is already gone.
+            return Ok(0);
+        };
+        check_exclusive(q, conn)?;
+        let counts = q.counts();
+        if if_unused && counts.consumers > 0 {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "{} in use",
+                queue_ref(&self.name, name)
+            )));
+        }
+        if if_empty && counts.ready + counts.unacked > 0 {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "{} not empty",
+                queue_ref(&self.name, name)
+            )));
+        }
+        Ok(Self::remove_queue(&mut topo, name))
+    }
+
+    /// Removes a queue whose last consumer left, if it is still auto-delete
+    /// and consumer-less (a new consumer may have raced in).
+    pub fn auto_delete_queue(&self, queue: &Arc<Queue>) {
+        let mut topo = self.topology.write();
+        let same = topo
+            .queues
+            .get(&queue.name)
+            .is_some_and(|q| Arc::ptr_eq(q, queue));
+        if same && queue.counts().consumers == 0 {
+            Self::remove_queue(&mut topo, &queue.name);
+        }
+    }
+
+    /// Deletes the exclusive queues of a closed connection.
+    pub fn connection_closed(&self, conn: ConnectionId) {
+        let mut topo = self.topology.write();
+        let owned: Vec<String> = topo
+            .queues
+            .values()
+            .filter(|q| q.options.exclusive_owner == Some(conn))
+            .map(|q| q.name.clone())
+            .collect();
+        for name in owned {
+            Self::remove_queue(&mut topo, &name);
+        }
+    }
+
+    fn remove_queue(topo: &mut Topology, name: &str) -> u32 {
+        let Some(q) = topo.queues.remove(name) else {
+            return 0;
+        };
+        Self::remove_bindings_to(topo, &Destination::Queue(name.to_owned()));
+        q.delete()
+    }
+
+    /// Drops every binding to `dest`, then auto-deletes exchanges left with
+    /// no bindings.
+    fn remove_bindings_to(topo: &mut Topology, dest: &Destination) {
+        let mut emptied = Vec::new();
+        for ex in topo.exchanges.values_mut() {
+            let before = ex.bindings.len();
+            ex.bindings.retain(|b| b.destination != *dest);
+            if ex.auto_delete && before > 0 && ex.bindings.is_empty() {
+                emptied.push(ex.name.clone());
+            }
+        }
+        for name in emptied {
+            topo.exchanges.remove(&name);
+            Self::remove_bindings_to(topo, &Destination::Exchange(name));
+        }
+    }
+
+    /// queue.bind / exchange.bind.
+    pub fn bind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn: ConnectionId,
+    ) -> Result<(), BrokerError> {
+        let mut topo = self.topology.write();
+        self.check_binding_ends(&topo, source, &destination, conn)?;
+        let binding = Binding {
+            destination,
+            routing_key: routing_key.to_owned(),
+            arguments,
+        };
+        let Some(ex) = topo.exchanges.get_mut(source) else {
+            return Err(self.no_exchange(source));
+        };
+        if !ex.bindings.contains(&binding) {
+            ex.bindings.push(binding);
+        }
+        Ok(())
+    }
+
+    /// queue.unbind / exchange.unbind. A missing binding is not an error.
+    pub fn unbind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+        conn: ConnectionId,
+    ) -> Result<(), BrokerError> {
+        let mut topo = self.topology.write();
+        self.check_binding_ends(&topo, source, &destination, conn)?;
+        let Some(ex) = topo.exchanges.get_mut(source) else {
+            return Err(self.no_exchange(source));
+        };
+        let before = ex.bindings.len();
+        ex.bindings.retain(|b| {
+            !(b.destination == destination
+                && b.routing_key == routing_key
+                && b.arguments == *arguments)
+        });
+        if ex.auto_delete && before > 0 && ex.bindings.is_empty() {
+            let name = ex.name.clone();
+            topo.exchanges.remove(&name);
+            Self::remove_bindings_to(&mut topo, &Destination::Exchange(name));
+        }
+        Ok(())
+    }
+
+    fn check_binding_ends(
+        &self,
+        topo: &Topology,
+        source: &str,
+        destination: &Destination,
+        conn: ConnectionId,
+    ) -> Result<(), BrokerError> {
+        let default = "operation not permitted on the default exchange";
+        if source.is_empty() {
+            return Err(BrokerError::AccessRefused(default.into()));
+        }
+        match destination {
+            Destination::Queue(q) => {
+                let queue = topo.queues.get(q).ok_or_else(|| self.no_queue(q))?;
+                check_exclusive(queue, conn)?;
+            }
+            Destination::Exchange(e) => {
+                if e.is_empty() {
+                    return Err(BrokerError::AccessRefused(default.into()));
+                }
+                if !topo.exchanges.contains_key(e) {
+                    return Err(self.no_exchange(e));
+                }
+            }
+        }
+        if !topo.exchanges.contains_key(source) {
+            return Err(self.no_exchange(source));
+        }
+        Ok(())
+    }
+
+    /// The queues a message published to `exchange` reaches, each once,
+    /// following exchange-to-exchange bindings (cycles are cut).
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Result<Vec<Arc<Queue>>, BrokerError> {
+        let topo = self.topology.read();
+        if exchange.is_empty() {
+            return Ok(topo.queues.get(routing_key).cloned().into_iter().collect());
+        }
+        let ex = topo
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        if ex.internal {
+            return Err(BrokerError::AccessRefused(format!(
+                "cannot publish to internal {}",
+                exchange_ref(&self.name, exchange)
+            )));
+        }
+        let mut out: Vec<Arc<Queue>> = Vec::new();
+        let mut seen_queues: HashSet<&str> = HashSet::new();
+        let mut seen_exchanges: HashSet<&str> = HashSet::from([exchange]);
+        let mut pending = vec![ex];
+        while let Some(ex) = pending.pop() {
+            for b in &ex.bindings {
+                if !ex.matches(b, routing_key, headers) {
+                    continue;
+                }
+                match &b.destination {
+                    Destination::Queue(q) => {
+                        if seen_queues.insert(q.as_str()) {
+                            if let Some(queue) = topo.queues.get(q) {
+                                out.push(Arc::clone(queue));
+                            }
+                        }
+                    }
+                    Destination::Exchange(e) => {
+                        if seen_exchanges.insert(e.as_str()) {
+                            if let Some(next) = topo.exchanges.get(e) {
+                                pending.push(next);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Purges a queue; returns how many messages were dropped.
+    pub fn purge_queue(&self, name: &str, conn: ConnectionId) -> Result<u32, BrokerError> {
+        Ok(self.queue(name, conn)?.purge())
+    }
+
+    /// A snapshot of every exchange, for listing.
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.topology.read().exchanges.values().cloned().collect()
+    }
+
+    /// Every queue, for listing.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.topology.read().queues.values().cloned().collect()
+    }
+}
+
+fn check_exclusive(q: &Queue, conn: ConnectionId) -> Result<(), BrokerError> {
+    match q.options.exclusive_owner {
+        Some(owner) if owner != conn => Err(BrokerError::ResourceLocked(format!(
+            "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            queue_ref(&q.vhost, &q.name)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A server-generated name: `prefix` then 22 URL-safe base64 characters, the
+/// shape RabbitMQ uses for `amq.gen-` queues and `amq.ctag-` consumer tags.
+pub fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let mut name = String::with_capacity(prefix.len() + 22);
+    name.push_str(prefix);
+    for _ in 0..22 {
+        name.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
+    }
+    name
+}

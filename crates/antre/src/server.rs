@@ -1,0 +1,88 @@
+//! The AMQP listener, start-up and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use antre_broker::Broker;
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::config::Config;
+use crate::connection::Connection;
+
+/// A server that is accepting connections.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The address AMQP clients connect to (with the real port).
+    pub amqp_addr: SocketAddr,
+    /// The broker state, for inspection by tests and the management API.
+    pub broker: Arc<Broker>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, closes every connection with 320 CONNECTION_FORCED
+    /// and waits for the connection tasks to finish.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the listener and starts serving in the background.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let listener = TcpListener::bind(&config.amqp_listen)
+        .await
+        .with_context(|| format!("binding AMQP listener on {}", config.amqp_listen))?;
+    let amqp_addr = listener.local_addr()?;
+    let broker = Arc::new(Broker::new());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(
+        listener,
+        Arc::clone(&broker),
+        Arc::new(config),
+        shutdown_rx,
+    ));
+    tracing::info!("listening on amqp://{amqp_addr}");
+    Ok(RunningServer {
+        amqp_addr,
+        broker,
+        shutdown,
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = Connection::new(stream, peer, Arc::clone(&broker), Arc::clone(&config));
+                    connections.spawn(conn.serve(shutdown.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the
+                    // connections we have rather than dying.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
