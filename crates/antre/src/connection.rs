@@ -198,32 +198,43 @@ impl Connection {
             Ok(Err(stop)) => stop,
             Ok(Ok(())) => self.run(&mut shutdown).await,
         };
-        if let Stop::ClientClosed = stop {
-            let _ = self.flush().await;
-        }
-        if let Stop::Close {
-            code,
-            text,
-            class_id,
-            method_id,
-        } = stop
-        {
-            tracing::info!(peer = %self.peer, code, "closing connection: {text}");
-            self.send_method(
-                0,
-                &ConnectionClose {
-                    reply_code: code,
-                    reply_text: text,
-                    class_id,
-                    method_id,
+        // Release the connection's resources before answering, so that once
+        // a client has its close-ok, its unacked messages are back in their
+        // queues and its exclusive queues are gone (as the spec orders).
+        self.teardown();
+        match stop {
+            Stop::Gone => {}
+            Stop::ClientClosed => {
+                self.send_method(0, &ConnectionCloseOk {}.into());
+                if self.flush().await.is_ok() {
+                    // Let the client close first: closing with its unread bytes
+                    // still in our receive buffer would make the kernel send RST,
+                    // and the client could lose the close-ok it is waiting for.
+                    let _ = timeout(CLOSE_TIMEOUT, self.drain_until_eof()).await;
                 }
-                .into(),
-            );
-            if self.flush().await.is_ok() {
-                let _ = timeout(CLOSE_TIMEOUT, self.await_close_ok()).await;
+            }
+            Stop::Close {
+                code,
+                text,
+                class_id,
+                method_id,
+            } => {
+                tracing::info!(peer = %self.peer, code, "closing connection: {text}");
+                self.send_method(
+                    0,
+                    &ConnectionClose {
+                        reply_code: code,
+                        reply_text: text,
+                        class_id,
+                        method_id,
+                    }
+                    .into(),
+                );
+                if self.flush().await.is_ok() {
+                    let _ = timeout(CLOSE_TIMEOUT, self.await_close_ok()).await;
+                }
             }
         }
-        self.teardown();
         let _ = self.writer.shutdown().await;
     }
 
@@ -428,6 +439,16 @@ impl Connection {
                 tracing::warn!(peer = %self.peer, "login refused: {e}");
                 refused()
             })
+    }
+
+    async fn drain_until_eof(&mut self) {
+        self.rbuf.clear();
+        while let Ok(n) = self.reader.read_buf(&mut self.rbuf).await {
+            if n == 0 {
+                return;
+            }
+            self.rbuf.clear();
+        }
     }
 
     /// After sending connection.close: discard frames until close-ok.

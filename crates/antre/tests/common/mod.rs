@@ -1,0 +1,267 @@
+//! Shared harness: a real broker on an ephemeral port with a temporary data
+//! directory, real clients, and a raw frame-level client for the error cases
+//! no well-behaved client library will produce.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use antre::{Config, RunningServer};
+use antre_amqp::method::*;
+use antre_amqp::{decode_frame, encode_method, Frame, Method, PROTOCOL_HEADER};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Upper bound on any single wait in a test: a guard against hangs, never a
+/// synchronisation device.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A broker started for one test.
+pub struct TestBroker {
+    pub server: RunningServer,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            amqp_listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let server = antre::start(config).await.expect("broker starts");
+        TestBroker { server, dir }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.amqp_addr
+    }
+
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr())
+    }
+
+    pub async fn lapin(&self) -> Connection {
+        Connection::connect(&self.uri(), ConnectionProperties::default())
+            .await
+            .expect("lapin connects")
+    }
+
+    pub async fn raw(&self) -> RawClient {
+        RawClient::connect(self.addr(), 0).await
+    }
+}
+
+/// Waits for a future, failing the test instead of hanging.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Publishes with confirms and waits for the confirm, so the message is
+/// routed and enqueued when this returns.
+pub async fn publish_confirmed(ch: &lapin::Channel, exchange: &str, key: &str, body: &[u8]) {
+    let confirm = ch
+        .basic_publish(
+            exchange,
+            key,
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    within("confirm", confirm).await.expect("confirmed");
+}
+
+pub async fn confirm_channel(conn: &Connection) -> lapin::Channel {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    ch
+}
+
+pub async fn declare(ch: &lapin::Channel, name: &str) -> String {
+    ch.queue_declare(name, QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("queue.declare")
+        .name()
+        .to_string()
+}
+
+/// Ready messages in a queue, via a passive declare.
+pub async fn ready_count(ch: &lapin::Channel, name: &str) -> u32 {
+    ch.queue_declare(
+        name,
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive declare")
+    .message_count()
+}
+
+/// The next `n` deliveries of a consumer.
+pub async fn take(consumer: &mut lapin::Consumer, n: usize) -> Vec<lapin::message::Delivery> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let d = within("delivery", consumer.next())
+            .await
+            .expect("consumer stream open")
+            .expect("delivery");
+        out.push(d);
+    }
+    out
+}
+
+/// The AMQP reply code inside a lapin error, if it carries one.
+pub fn reply_code(err: &lapin::Error) -> Option<u16> {
+    match err {
+        lapin::Error::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    }
+}
+
+/// A frame-level client: handshakes, then sends whatever a test wants,
+/// including bytes no client library would send.
+pub struct RawClient {
+    pub stream: TcpStream,
+    rbuf: BytesMut,
+}
+
+impl RawClient {
+    /// Connects and completes the handshake as guest, proposing `heartbeat`.
+    pub async fn connect(addr: SocketAddr, heartbeat: u16) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        let mut c = RawClient {
+            stream,
+            rbuf: BytesMut::new(),
+        };
+        c.send_bytes(&PROTOCOL_HEADER).await;
+        let (_, start) = c.recv_method().await.expect("connection.start");
+        assert!(matches!(start, Method::ConnectionStart(_)));
+        c.send(
+            0,
+            ConnectionStartOk {
+                mechanism: "PLAIN".into(),
+                response: Bytes::from_static(b"\0guest\0guest"),
+                locale: "en_US".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let (_, tune) = c.recv_method().await.expect("connection.tune");
+        let Method::ConnectionTune(tune) = tune else {
+            panic!("expected tune, got {tune:?}")
+        };
+        c.send(
+            0,
+            ConnectionTuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat,
+            },
+        )
+        .await;
+        c.send(
+            0,
+            ConnectionOpen {
+                virtual_host: "/".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let (_, open_ok) = c.recv_method().await.expect("open-ok");
+        assert!(matches!(open_ok, Method::ConnectionOpenOk(_)));
+        c
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn send(&mut self, channel: u16, method: impl Into<Method>) {
+        let mut out = BytesMut::new();
+        encode_method(channel, &method.into(), &mut out);
+        self.send_bytes(&out).await;
+    }
+
+    /// Opens a channel and waits for open-ok.
+    pub async fn open_channel(&mut self, channel: u16) {
+        self.send(channel, ChannelOpen::default()).await;
+        let (ch, m) = self.recv_method().await.expect("channel.open-ok");
+        assert_eq!(ch, channel);
+        assert!(matches!(m, Method::ChannelOpenOk(_)), "got {m:?}");
+    }
+
+    /// The next frame, or None when the server closed the socket.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        within("frame", async {
+            loop {
+                if let Some(f) =
+                    decode_frame(&mut self.rbuf, 1 << 20).expect("server frames are valid")
+                {
+                    return Some(f);
+                }
+                match self.stream.read_buf(&mut self.rbuf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next method frame, skipping heartbeats and content.
+    pub async fn recv_method(&mut self) -> Option<(u16, Method)> {
+        loop {
+            match self.recv().await? {
+                Frame::Method { channel, method } => return Some((channel, method)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Expects connection.close with `code`, answers close-ok, and checks
+    /// the server then closes the socket.
+    pub async fn expect_connection_close(&mut self, code: u16) -> ConnectionClose {
+        let (ch, m) = self.recv_method().await.expect("connection.close");
+        let Method::ConnectionClose(close) = m else {
+            panic!("expected connection.close, got {m:?}")
+        };
+        assert_eq!(ch, 0);
+        assert_eq!(close.reply_code, code, "reply text: {}", close.reply_text);
+        self.send(0, ConnectionCloseOk {}).await;
+        assert!(self.recv().await.is_none(), "socket closed after close-ok");
+        close
+    }
+
+    /// Expects channel.close with `code` on `channel` and answers close-ok.
+    pub async fn expect_channel_close(&mut self, channel: u16, code: u16) -> ChannelClose {
+        let (ch, m) = self.recv_method().await.expect("channel.close");
+        let Method::ChannelClose(close) = m else {
+            panic!("expected channel.close, got {m:?}")
+        };
+        assert_eq!(ch, channel);
+        assert_eq!(close.reply_code, code, "reply text: {}", close.reply_text);
+        self.send(channel, ChannelCloseOk {}).await;
+        close
+    }
+}
