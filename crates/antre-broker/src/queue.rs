@@ -396,3 +396,244 @@ impl Queue {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use antre_amqp::BasicProperties;
+    use bytes::Bytes;
+
+    /// A sink that keeps what it is given, or refuses like a dead connection.
+    #[derive(Debug, Default)]
+    pub(crate) struct CollectSink {
+        pub deliveries: Mutex<Vec<Delivery>>,
+        pub cancelled: Mutex<Vec<String>>,
+        pub dead: AtomicBool,
+    }
+
+    impl DeliverySink for CollectSink {
+        fn deliver(&self, delivery: Delivery) -> Result<(), Box<Delivery>> {
+            if self.dead.load(Ordering::Relaxed) {
+                return Err(Box::new(delivery));
+            }
+            self.deliveries.lock().push(delivery);
+            Ok(())
+        }
+        fn cancel(&self, consumer_tag: &str) {
+            self.cancelled.lock().push(consumer_tag.to_owned());
+        }
+    }
+
+    impl CollectSink {
+        pub(crate) fn bodies(&self) -> Vec<String> {
+            self.deliveries
+                .lock()
+                .iter()
+                .map(|d| String::from_utf8_lossy(&d.entry.message.body).into_owned())
+                .collect()
+        }
+    }
+
+    pub(crate) fn message(body: &str) -> Arc<Message> {
+        Arc::new(Message {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            properties: BasicProperties::default(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        })
+    }
+
+    fn queue() -> Arc<Queue> {
+        Queue::new(
+            "/",
+            "q",
+            QueueOptions {
+                durable: false,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: FieldTable::new(),
+            },
+        )
+    }
+
+    fn consumer(id: u64, prefetch: u32, sink: &Arc<CollectSink>) -> ConsumerSpec {
+        ConsumerSpec {
+            id,
+            tag: format!("c{id}").into(),
+            no_ack: false,
+            exclusive: false,
+            credit: Credit::new(prefetch),
+            channel_credit: Credit::new(0),
+            sink: Arc::clone(sink) as Arc<dyn DeliverySink>,
+        }
+    }
+
+    #[test]
+    fn consumers_are_served_round_robin() {
+        let q = queue();
+        let (a, b) = (
+            Arc::new(CollectSink::default()),
+            Arc::new(CollectSink::default()),
+        );
+        q.add_consumer(consumer(1, 0, &a)).unwrap();
+        q.add_consumer(consumer(2, 0, &b)).unwrap();
+        for i in 0..6 {
+            q.publish(message(&i.to_string()));
+        }
+        assert_eq!(a.bodies(), ["0", "2", "4"]);
+        assert_eq!(b.bodies(), ["1", "3", "5"]);
+        assert_eq!(
+            q.counts(),
+            QueueCounts {
+                ready: 0,
+                unacked: 6,
+                consumers: 2
+            }
+        );
+    }
+
+    #[test]
+    fn prefetch_window_limits_and_release_resumes() {
+        let q = queue();
+        let sink = Arc::new(CollectSink::default());
+        let spec = consumer(1, 2, &sink);
+        let credit = Arc::clone(&spec.credit);
+        q.add_consumer(spec).unwrap();
+        for i in 0..5 {
+            q.publish(message(&i.to_string()));
+        }
+        assert_eq!(sink.bodies(), ["0", "1"]);
+        assert_eq!(q.counts().ready, 3);
+        credit.release(1);
+        q.kick();
+        assert_eq!(sink.bodies(), ["0", "1", "2"]);
+    }
+
+    #[test]
+    fn a_full_consumer_is_skipped_for_one_with_room() {
+        let q = queue();
+        let (a, b) = (
+            Arc::new(CollectSink::default()),
+            Arc::new(CollectSink::default()),
+        );
+        q.add_consumer(consumer(1, 1, &a)).unwrap();
+        q.add_consumer(consumer(2, 0, &b)).unwrap();
+        for i in 0..4 {
+            q.publish(message(&i.to_string()));
+        }
+        assert_eq!(a.bodies(), ["0"]);
+        assert_eq!(b.bodies(), ["1", "2", "3"]);
+    }
+
+    #[test]
+    fn requeue_restores_original_position_and_marks_redelivered() {
+        let q = queue();
+        for i in 0..4 {
+            q.publish(message(&i.to_string()));
+        }
+        let (e0, _) = q.get(false).unwrap();
+        let (e1, _) = q.get(false).unwrap();
+        q.requeue(vec![e1, e0]);
+        let order: Vec<_> = std::iter::from_fn(|| q.get(true))
+            .map(|(e, _)| {
+                (
+                    String::from_utf8_lossy(&e.message.body).into_owned(),
+                    e.redelivered,
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("0".into(), true),
+                ("1".into(), true),
+                ("2".into(), false),
+                ("3".into(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn dead_sink_drops_the_consumer_and_keeps_the_message() {
+        let q = queue();
+        let (dead, alive) = (
+            Arc::new(CollectSink::default()),
+            Arc::new(CollectSink::default()),
+        );
+        dead.dead.store(true, Ordering::Relaxed);
+        q.add_consumer(consumer(1, 0, &dead)).unwrap();
+        q.publish(message("m"));
+        assert_eq!(
+            q.counts(),
+            QueueCounts {
+                ready: 1,
+                unacked: 0,
+                consumers: 0
+            }
+        );
+        q.add_consumer(consumer(2, 0, &alive)).unwrap();
+        assert_eq!(alive.bodies(), ["m"]);
+    }
+
+    #[test]
+    fn exclusive_consumer_excludes_others() {
+        let q = queue();
+        let sink = Arc::new(CollectSink::default());
+        let mut first = consumer(1, 0, &sink);
+        first.exclusive = true;
+        q.add_consumer(first).unwrap();
+        assert!(matches!(
+            q.add_consumer(consumer(2, 0, &sink)),
+            Err(BrokerError::AccessRefused(_))
+        ));
+        q.remove_consumer(1);
+        q.add_consumer(consumer(2, 0, &sink)).unwrap();
+        let mut late = consumer(3, 0, &sink);
+        late.exclusive = true;
+        assert!(matches!(
+            q.add_consumer(late),
+            Err(BrokerError::AccessRefused(_))
+        ));
+    }
+
+    #[test]
+    fn paused_channel_gets_nothing_until_resumed() {
+        let q = queue();
+        let sink = Arc::new(CollectSink::default());
+        let spec = consumer(1, 0, &sink);
+        let channel = Arc::clone(&spec.channel_credit);
+        channel.set_paused(true);
+        q.add_consumer(spec).unwrap();
+        q.publish(message("m"));
+        assert!(sink.bodies().is_empty());
+        channel.set_paused(false);
+        q.kick();
+        assert_eq!(sink.bodies(), ["m"]);
+    }
+
+    #[test]
+    fn delete_cancels_consumers_and_auto_delete_triggers_on_last_consumer() {
+        let q = Queue::new(
+            "/",
+            "auto",
+            QueueOptions {
+                durable: false,
+                exclusive_owner: None,
+                auto_delete: true,
+                arguments: FieldTable::new(),
+            },
+        );
+        let sink = Arc::new(CollectSink::default());
+        q.add_consumer(consumer(1, 0, &sink)).unwrap();
+        q.add_consumer(consumer(2, 0, &sink)).unwrap();
+        assert!(!q.remove_consumer(1));
+        assert!(
+            q.remove_consumer(2),
+            "last consumer left an auto-delete queue"
+        );
+        q.add_consumer(consumer(3, 0, &sink)).unwrap();
+        q.publish(message("x"));
+        q.delete();
+        assert_eq!(*sink.cancelled.lock(), ["c3"]);
+    }
+}

@@ -1,0 +1,805 @@
+//! [`QueueStore`]: the message store of one durable queue.
+//!
+//! Writes go to one *current* segment through an in-memory buffer, so a burst
+//! of appends costs one `write` and one `fsync` (group commit). Acks go to a
+//! small in-memory queue and are written to the ack files in batches, and
+//! fsync'd even more lazily, because losing an ack can only bring a message
+//! back, never lose one.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use bytes::Bytes;
+
+use crate::format::{
+    ack_path, decode_record_header, encode_ack_entry, encode_record_header, encode_segment_header,
+    segment_path, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::recovery::{recover, remove_if_exists};
+use crate::segment::Segment;
+use crate::{sync_dir, RecoveryStats, SegmentPosition, StoreError, StoreOptions};
+
+/// The segment being appended to.
+struct Writer {
+    segment: u32,
+    file: File,
+    /// Bytes in the file (everything before `buf`).
+    written: u64,
+    /// Bytes of the file known to be fsync'd.
+    synced: u64,
+    /// Appended records not yet handed to the kernel.
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn len(&self) -> u64 {
+        self.written + self.buf.len() as u64
+    }
+}
+
+/// A former current segment whose last writes are not fsync'd yet. The next
+/// `sync()` must cover it, or a confirm could be sent for a record that is
+/// still only in the page cache.
+struct Unsynced {
+    segment: u32,
+    file: File,
+}
+
+/// The message store of one durable queue; owns one directory.
+///
+/// See the [crate documentation](crate) for the on-disk format and the
+/// durability contract. All methods are synchronous and the value has a single
+/// owner (a queue behind a mutex); it is `Send` and `Sync`.
+pub struct QueueStore {
+    dir: PathBuf,
+    opts: StoreOptions,
+    segments: BTreeMap<u32, Segment>,
+    writer: Option<Writer>,
+    unsynced: Vec<Unsynced>,
+    next_segment: u32,
+    /// A segment file was created since the last directory fsync. Its
+    /// directory entry must be durable before a confirm covers its records.
+    dir_needs_sync: bool,
+    /// Ack files were created or segments deleted since the last directory
+    /// fsync. Only affects the ack window, so it waits for the ack fsync.
+    dir_acks_need_sync: bool,
+    pending_acks: Vec<SegmentPosition>,
+    acks_since_fsync: u64,
+    live: u64,
+    /// Small LRU of read handles for non-current segments, so reading a
+    /// backlog does not cost an `open` per message nor hold a descriptor per
+    /// segment. A mutex (not a `RefCell`) keeps `read(&self)` and `Sync`.
+    read_files: Mutex<Vec<(u32, File)>>,
+    poisoned: Option<String>,
+    /// Set once the store was closed or abandoned, so `Drop` does nothing.
+    closed: bool,
+    #[cfg(test)]
+    pub(crate) fail_next_flush: bool,
+    /// Test shadow of what an fsync actually covered: file length at its
+    /// last successful fsync (or at open). Kept apart from the bookkeeping
+    /// above so the crash simulation does not trust the code it tests.
+    #[cfg(test)]
+    durable: std::collections::HashMap<PathBuf, u64>,
+}
+
+impl std::fmt::Debug for QueueStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueStore")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("live", &self.live)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueStore {
+    /// Opens (creating if needed) the store in `dir` and recovers it.
+    ///
+    /// Every live (unacked) record is passed to `on_record` in append order,
+    /// with its position and payload; the payload slice is only valid during
+    /// the call, so recovery never holds the backlog in memory. Torn tails
+    /// are truncated, corrupt records skipped; see [`RecoveryStats`].
+    pub fn open(
+        dir: &Path,
+        opts: StoreOptions,
+        on_record: impl FnMut(SegmentPosition, &[u8]),
+    ) -> Result<(QueueStore, RecoveryStats), StoreError> {
+        opts.validate()?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+            // The queue directory's own entry must be durable before a
+            // confirm can promise anything about files inside it.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        let rec = recover(dir, on_record)?;
+        #[allow(unused_mut)]
+        let mut store = QueueStore {
+            dir: dir.to_path_buf(),
+            read_files: Mutex::new(Vec::with_capacity(opts.max_open_read_files)),
+            opts,
+            segments: rec.segments,
+            writer: None,
+            unsynced: Vec::new(),
+            next_segment: rec.next_segment,
+            dir_needs_sync: false,
+            dir_acks_need_sync: false,
+            pending_acks: Vec::new(),
+            acks_since_fsync: 0,
+            live: rec.live,
+            poisoned: None,
+            closed: false,
+            #[cfg(test)]
+            fail_next_flush: false,
+            #[cfg(test)]
+            durable: Default::default(),
+        };
+        #[cfg(test)]
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if let Ok(meta) = entry.metadata() {
+                store.durable.insert(entry.path(), meta.len());
+            }
+        }
+        Ok((store, rec.stats))
+    }
+
+    /// Appends a record and returns its position.
+    ///
+    /// The record is buffered, not durable: call [`sync`](Self::sync) before
+    /// confirming it. It is readable at once. Records are never appended to a
+    /// segment that existed when the store was opened, so a position is never
+    /// reused, even after a crash cut a tail off.
+    pub fn append(&mut self, payload: &[u8]) -> Result<SegmentPosition, StoreError> {
+        self.check_usable()?;
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&l| l <= MAX_PAYLOAD_LEN)
+            .ok_or(StoreError::RecordTooLarge {
+                len: payload.len(),
+                max: MAX_PAYLOAD_LEN,
+            })?;
+        let rec_len = u64::from(RECORD_HEADER_LEN) + u64::from(len);
+
+        // Roll over when this record would overflow a segment that already
+        // holds records; an oversized record thus lands alone in a segment.
+        if let Some(w) = &self.writer {
+            let cur = w.len();
+            if cur > u64::from(SEGMENT_HEADER_LEN)
+                && cur + rec_len > u64::from(self.opts.segment_size)
+            {
+                self.retire_writer()?;
+            }
+        }
+        let mut w = match self.writer.take() {
+            Some(w) => w,
+            None => self.start_segment()?,
+        };
+        let cap = self.opts.write_buffer_size as u64;
+        let direct = rec_len >= cap;
+        if !w.buf.is_empty() && (direct || w.buf.len() as u64 + rec_len > cap) {
+            if let Err(e) = self.flush(&mut w) {
+                return Err(self.write_failed(w, e));
+            }
+        }
+        let offset = w.len();
+        let header = encode_record_header(payload);
+        if direct {
+            // A large body is written straight from the caller's slice
+            // instead of being copied into the buffer first.
+            let res = w.file.write_all_at(&header, offset).and_then(|()| {
+                w.file
+                    .write_all_at(payload, offset + u64::from(RECORD_HEADER_LEN))
+            });
+            if let Err(e) = res {
+                return Err(self.write_failed(w, e));
+            }
+            w.written += rec_len;
+        } else {
+            w.buf.extend_from_slice(&header);
+            w.buf.extend_from_slice(payload);
+        }
+        let segment = w.segment;
+        // Cannot fail: segment_size and MAX_PAYLOAD_LEN keep offsets < 2^31.
+        let offset32 = offset as u32;
+        if let Some(seg) = self.segments.get_mut(&segment) {
+            seg.index.push(offset32);
+            seg.len = offset + rec_len;
+        }
+        self.writer = Some(w);
+        self.live += 1;
+        Ok(SegmentPosition {
+            segment,
+            offset: offset32,
+        })
+    }
+
+    /// Makes every record appended so far durable (group commit).
+    ///
+    /// Writes out the buffer, fsyncs each segment that has unsynced bytes
+    /// (normally just the current one) and, after a new segment was created,
+    /// the directory. When nothing was appended since the last call it does
+    /// no I/O for messages. Buffered acks are handed to the kernel as well,
+    /// but a failure there is only logged: it cannot endanger a message.
+    ///
+    /// When this returns `Ok`, every record appended before the call survives
+    /// a crash or power loss until acked. On `Err`, records appended since the
+    /// last successful sync may be lost; check with [`contains`](Self::contains).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.check_usable()?;
+        if let Some(mut w) = self.writer.take() {
+            if let Err(e) = self.flush(&mut w) {
+                return Err(self.write_failed(w, e));
+            }
+            if w.synced < w.written {
+                if let Err(e) = w.file.sync_data() {
+                    let path = segment_path(&self.dir, w.segment);
+                    return Err(self.poison(StoreError::io("fsync", path, e)));
+                }
+                w.synced = w.written;
+                #[cfg(test)]
+                self.note_durable(segment_path(&self.dir, w.segment), &w.file);
+            }
+            self.writer = Some(w);
+        }
+        for u in std::mem::take(&mut self.unsynced) {
+            if let Err(e) = u.file.sync_data() {
+                let path = segment_path(&self.dir, u.segment);
+                return Err(self.poison(StoreError::io("fsync", path, e)));
+            }
+            #[cfg(test)]
+            self.note_durable(segment_path(&self.dir, u.segment), &u.file);
+        }
+        if self.dir_needs_sync {
+            if let Err(e) = sync_dir(&self.dir) {
+                return Err(self.poison(e));
+            }
+            self.dir_needs_sync = false;
+            // The same fsync made earlier unlinks and ack-file creations durable.
+            self.dir_acks_need_sync = false;
+        }
+        if let Err(e) = self.write_pending_acks() {
+            tracing::warn!(error = %e, "could not write acks; they stay buffered and are retried");
+        }
+        Ok(())
+    }
+
+    /// True if [`sync`](Self::sync) has work to do: appended records that are
+    /// not fsync'd, or acks that are still only in memory. Cheap (no I/O).
+    pub fn is_dirty(&self) -> bool {
+        self.writer.as_ref().is_some_and(|w| w.synced < w.len())
+            || !self.unsynced.is_empty()
+            || self.dir_needs_sync
+            || !self.pending_acks.is_empty()
+    }
+
+    /// Marks the record at `pos` acked (deleted).
+    ///
+    /// Returns [`StoreError::NotFound`] if there is no live record there
+    /// (never appended, already acked); nothing changes then. When the last
+    /// live record of a segment other than the current one is acked, the
+    /// segment and its ack file are deleted. An I/O error means the ack took
+    /// effect in memory but its entry could not be written yet (it is
+    /// retried); after a restart the record may come back.
+    pub fn ack(&mut self, pos: SegmentPosition) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let current = self.writer.as_ref().map(|w| w.segment);
+        let seg = self
+            .segments
+            .get_mut(&pos.segment)
+            .ok_or(StoreError::NotFound(pos))?;
+        if !seg.index.ack(pos.offset) {
+            return Err(StoreError::NotFound(pos));
+        }
+        self.live -= 1;
+        if seg.index.live() == 0 && current != Some(pos.segment) {
+            // No ack entry needed: the whole segment goes.
+            return self.delete_segment(pos.segment);
+        }
+        self.pending_acks.push(pos);
+        if self.pending_acks.len() >= self.opts.max_pending_acks {
+            self.write_pending_acks()?;
+        }
+        Ok(())
+    }
+
+    /// Writes and fsyncs every buffered ack (an *ack checkpoint*), so that
+    /// no acked record can come back even after power loss. [`close`] does
+    /// this too; call it from a timer if acks arrive with no appends.
+    ///
+    /// [`close`]: Self::close
+    pub fn sync_acks(&mut self) -> Result<(), StoreError> {
+        self.check_usable()?;
+        self.write_pending_acks()?;
+        self.fsync_acks()
+    }
+
+    /// Reads back the payload of the live record at `pos`.
+    ///
+    /// Reads from the write buffer or with one positioned read per header and
+    /// body (`pread`). The payload's checksum is verified: a damaged record
+    /// gives [`StoreError::Corrupt`], never wrong bytes.
+    pub fn read(&self, pos: SegmentPosition) -> Result<Bytes, StoreError> {
+        if !self.contains(pos) {
+            return Err(StoreError::NotFound(pos));
+        }
+        let off = u64::from(pos.offset);
+        if let Some(w) = self.writer.as_ref().filter(|w| w.segment == pos.segment) {
+            if off >= w.written {
+                let start = (off - w.written) as usize;
+                return self.record_from_buffer(pos, &w.buf[start..]);
+            }
+            return self.record_from_file(pos, &w.file);
+        }
+        let mut cache = self
+            .read_files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let idx = match cache.iter().position(|(n, _)| *n == pos.segment) {
+            Some(i) => {
+                let hit = cache.remove(i);
+                cache.push(hit);
+                cache.len() - 1
+            }
+            None => {
+                let path = segment_path(&self.dir, pos.segment);
+                let f = File::open(&path).map_err(|e| StoreError::io("open segment", &path, e))?;
+                if cache.len() >= self.opts.max_open_read_files {
+                    cache.remove(0);
+                }
+                cache.push((pos.segment, f));
+                cache.len() - 1
+            }
+        };
+        self.record_from_file(pos, &cache[idx].1)
+    }
+
+    fn record_from_buffer(&self, pos: SegmentPosition, bytes: &[u8]) -> Result<Bytes, StoreError> {
+        let corrupt = |reason| StoreError::Corrupt {
+            pos,
+            path: segment_path(&self.dir, pos.segment),
+            reason,
+        };
+        let h = decode_record_header(bytes).ok_or_else(|| corrupt("bad record header"))?;
+        let start = RECORD_HEADER_LEN as usize;
+        let payload = bytes
+            .get(start..start + h.len as usize)
+            .ok_or_else(|| corrupt("record cut short"))?;
+        if crc32c::crc32c(payload) != h.crc {
+            return Err(corrupt("payload checksum mismatch"));
+        }
+        Ok(Bytes::copy_from_slice(payload))
+    }
+
+    fn record_from_file(&self, pos: SegmentPosition, file: &File) -> Result<Bytes, StoreError> {
+        let path = || segment_path(&self.dir, pos.segment);
+        let corrupt = |reason| StoreError::Corrupt {
+            pos,
+            path: path(),
+            reason,
+        };
+        let read_err = |e: io::Error| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                corrupt("record cut short")
+            } else {
+                StoreError::io("read segment", path(), e)
+            }
+        };
+        let off = u64::from(pos.offset);
+        let mut hbuf = [0u8; RECORD_HEADER_LEN as usize];
+        file.read_exact_at(&mut hbuf, off).map_err(read_err)?;
+        let h = decode_record_header(&hbuf).ok_or_else(|| corrupt("bad record header"))?;
+        let mut body = vec![0u8; h.len as usize];
+        file.read_exact_at(&mut body, off + u64::from(RECORD_HEADER_LEN))
+            .map_err(read_err)?;
+        if crc32c::crc32c(&body) != h.crc {
+            return Err(corrupt("payload checksum mismatch"));
+        }
+        Ok(Bytes::from(body))
+    }
+
+    /// True if `pos` names a live record. After an `Err` from
+    /// [`append`](Self::append) or [`sync`](Self::sync), this tells which
+    /// recently appended records were discarded.
+    pub fn contains(&self, pos: SegmentPosition) -> bool {
+        self.segments
+            .get(&pos.segment)
+            .is_some_and(|s| s.index.is_live(pos.offset))
+    }
+
+    /// Number of live (appended, not acked) records.
+    pub fn live_records(&self) -> u64 {
+        self.live
+    }
+
+    /// Bytes the store occupies on disk (segments and ack files), counting
+    /// buffered bytes about to be written.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.len + s.ack_len).sum()
+    }
+
+    /// Number of segment files on disk.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The queue directory this store owns.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Acks every live record at once (queue purge) and returns how many.
+    ///
+    /// Deletes every segment, including the current one (unsynced records are
+    /// simply dropped), and fsyncs the directory, so purged records do not come
+    /// back even after power loss.
+    pub fn purge(&mut self) -> Result<u64, StoreError> {
+        self.check_usable()?;
+        let purged = self.live;
+        self.writer = None;
+        self.unsynced.clear();
+        self.pending_acks.clear();
+        self.read_files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let numbers: Vec<u32> = self.segments.keys().copied().collect();
+        self.segments.clear();
+        self.live = 0;
+        let mut first_err = None;
+        for n in numbers {
+            // Keep going on error so one bad file does not leave the rest.
+            for path in [segment_path(&self.dir, n), ack_path(&self.dir, n)] {
+                if let Err(e) = remove_if_exists(&path) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        sync_dir(&self.dir)?;
+        self.dir_needs_sync = false;
+        self.dir_acks_need_sync = false;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(purged),
+        }
+    }
+
+    /// Flushes and fsyncs everything (messages, acks, directory) and closes
+    /// the store. After a clean close no acked record comes back. Dropping
+    /// the store does the same but can only log errors.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        let res = self.shutdown();
+        self.closed = true;
+        res
+    }
+
+    /// Deletes the queue's directory and everything in it (queue deleted).
+    pub fn delete_all(mut self) -> Result<(), StoreError> {
+        self.closed = true;
+        self.writer = None;
+        self.unsynced.clear();
+        self.segments.clear();
+        self.read_files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("remove", &self.dir, e)),
+        }
+        match self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => sync_dir(parent),
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown(&mut self) -> Result<(), StoreError> {
+        self.sync()?;
+        self.sync_acks()
+    }
+
+    fn check_usable(&self) -> Result<(), StoreError> {
+        match &self.poisoned {
+            None => Ok(()),
+            Some(cause) => Err(StoreError::Poisoned {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            }),
+        }
+    }
+
+    pub(crate) fn poison(&mut self, e: StoreError) -> StoreError {
+        tracing::error!(dir = %self.dir.display(), error = %e,
+            "fsync failed; the store refuses further writes until reopened");
+        self.poisoned = Some(e.to_string());
+        e
+    }
+
+    fn start_segment(&mut self) -> Result<Writer, StoreError> {
+        loop {
+            let n = self.next_segment;
+            self.next_segment =
+                n.checked_add(1)
+                    .ok_or_else(|| StoreError::SegmentNumbersExhausted {
+                        dir: self.dir.clone(),
+                    })?;
+            let path = segment_path(&self.dir, n);
+            // create_new: a number is never reused, and a stray file with this
+            // name (which recovery would have seen) is never overwritten.
+            let file = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(StoreError::io("create segment", &path, e)),
+            };
+            self.dir_needs_sync = true;
+            let mut buf = Vec::with_capacity(self.opts.write_buffer_size.min(1 << 20));
+            buf.extend_from_slice(&encode_segment_header(n));
+            self.segments.insert(
+                n,
+                Segment {
+                    len: u64::from(SEGMENT_HEADER_LEN),
+                    ..Segment::default()
+                },
+            );
+            return Ok(Writer {
+                segment: n,
+                file,
+                written: 0,
+                synced: 0,
+                buf,
+            });
+        }
+    }
+
+    fn flush(&mut self, w: &mut Writer) -> io::Result<()> {
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_flush) {
+            // Fault injection: half the buffer reaches the file, then ENOSPC,
+            // like a write that ran out of space part-way.
+            let half = w.buf.len() / 2;
+            w.file.write_all_at(&w.buf[..half], w.written)?;
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        w.file.write_all_at(&w.buf, w.written)?;
+        w.written += w.buf.len() as u64;
+        w.buf.clear();
+        Ok(())
+    }
+
+    /// Cleans up after a failed write to the current segment: cut the file
+    /// back to its last good length (so no partial record sits there),
+    /// forget the records that did not make it, and retire the segment so
+    /// their offsets are never reused by later records.
+    fn write_failed(&mut self, mut w: Writer, e: io::Error) -> StoreError {
+        let path = segment_path(&self.dir, w.segment);
+        let good = w.written;
+        w.buf.clear();
+        tracing::warn!(path = %path.display(), offset = good, error = %e,
+            "write failed; rolling the segment back to its last good offset");
+        if let Err(te) = w.file.set_len(good) {
+            // Recovery treats whatever follows the last good record as a
+            // torn tail, so a failed truncate cannot corrupt anything either.
+            tracing::warn!(path = %path.display(), error = %te, "could not truncate after failed write");
+        }
+        if let Some(seg) = self.segments.get_mut(&w.segment) {
+            // Offsets fit in u32 (see append).
+            let dropped = seg.index.truncate_from(good as u32);
+            self.live -= u64::from(dropped);
+            seg.len = good.max(u64::from(SEGMENT_HEADER_LEN));
+        }
+        let segment = w.segment;
+        self.pending_acks
+            .retain(|p| p.segment != segment || u64::from(p.offset) < good);
+        if good < u64::from(SEGMENT_HEADER_LEN) {
+            // Not even the header made it: the segment holds nothing.
+            drop(w);
+            if let Some(seg) = self.segments.remove(&segment) {
+                self.live -= u64::from(seg.index.live());
+            }
+            if let Err(re) = remove_if_exists(&path) {
+                tracing::warn!(error = %re, "could not remove empty segment");
+            }
+        } else if let Err(de) = self.park(w) {
+            tracing::warn!(error = %de, "could not delete a fully acked segment");
+        }
+        StoreError::io("write segment", path, e)
+    }
+
+    /// Ends appends to the current segment (rollover).
+    fn retire_writer(&mut self) -> Result<(), StoreError> {
+        let Some(mut w) = self.writer.take() else {
+            return Ok(());
+        };
+        if let Err(e) = self.flush(&mut w) {
+            return Err(self.write_failed(w, e));
+        }
+        self.park(w)
+    }
+
+    /// Keeps a retired writer's file for the next `sync()` if it has unsynced
+    /// bytes, or deletes the segment if nothing in it is live.
+    fn park(&mut self, w: Writer) -> Result<(), StoreError> {
+        let live = self.segments.get(&w.segment).map_or(0, |s| s.index.live());
+        if live == 0 {
+            let n = w.segment;
+            drop(w);
+            return self.delete_segment(n);
+        }
+        if w.synced < w.written {
+            self.unsynced.push(Unsynced {
+                segment: w.segment,
+                file: w.file,
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a segment with no live records from memory and disk.
+    fn delete_segment(&mut self, n: u32) -> Result<(), StoreError> {
+        if let Some(seg) = self.segments.remove(&n) {
+            self.live -= u64::from(seg.index.live());
+        }
+        self.unsynced.retain(|u| u.segment != n);
+        self.pending_acks.retain(|p| p.segment != n);
+        self.read_files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(s, _)| *s != n);
+        // Segment first, ack file second: if we stop in between, recovery
+        // finds an orphan ack file and removes it. The other order could
+        // leave a segment without its acks, bringing back long-acked records.
+        remove_if_exists(&segment_path(&self.dir, n))?;
+        remove_if_exists(&ack_path(&self.dir, n))?;
+        self.dir_acks_need_sync = true;
+        Ok(())
+    }
+
+    /// Hands buffered acks to the kernel, grouped per ack file, and runs an
+    /// ack fsync once `ack_sync_every` acks have been written since the last.
+    fn write_pending_acks(&mut self) -> Result<(), StoreError> {
+        let mut pending = std::mem::take(&mut self.pending_acks);
+        pending.sort_unstable();
+        let mut entries = Vec::with_capacity(pending.len() * crate::format::ACK_ENTRY_LEN);
+        let mut i = 0;
+        while i < pending.len() {
+            let n = pending[i].segment;
+            let j = i + pending[i..].partition_point(|p| p.segment == n);
+            if let Some(seg) = self.segments.get_mut(&n) {
+                entries.clear();
+                for p in &pending[i..j] {
+                    entries.extend_from_slice(&encode_ack_entry(n, p.offset));
+                }
+                match write_ack_entries(&self.dir, n, seg, &entries) {
+                    Ok(created) => {
+                        self.dir_acks_need_sync |= created;
+                        self.acks_since_fsync += (j - i) as u64;
+                    }
+                    Err(e) => {
+                        // Keep the unwritten ones for the next attempt.
+                        self.pending_acks.extend_from_slice(&pending[i..]);
+                        return Err(e);
+                    }
+                }
+            }
+            i = j;
+        }
+        if self.acks_since_fsync >= self.opts.ack_sync_every {
+            self.fsync_acks()?;
+        }
+        Ok(())
+    }
+
+    fn fsync_acks(&mut self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        let mut synced_now = Vec::new();
+        for (&n, seg) in self.segments.iter_mut() {
+            let Some(f) = seg.ack_file.take() else {
+                continue;
+            };
+            if seg.ack_synced_len < seg.ack_len {
+                if let Err(e) = f.sync_data() {
+                    seg.ack_file = Some(f);
+                    return Err(StoreError::io("fsync", ack_path(&self.dir, n), e));
+                }
+                seg.ack_synced_len = seg.ack_len;
+                #[cfg(test)]
+                synced_now.push((ack_path(&self.dir, n), f));
+            }
+        }
+        #[cfg(test)]
+        for (path, f) in synced_now {
+            self.note_durable(path, &f);
+        }
+        if self.dir_acks_need_sync {
+            sync_dir(&self.dir)?;
+            self.dir_acks_need_sync = false;
+        }
+        self.acks_since_fsync = 0;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn note_durable(&mut self, path: PathBuf, file: &File) {
+        if let Ok(meta) = file.metadata() {
+            self.durable.insert(path, meta.len());
+        }
+    }
+
+    /// Test hook: stop like `kill -9` (buffers lost, nothing flushed) and
+    /// report every store file with the length its last fsync covered (0 if
+    /// never fsync'd), so a test can also simulate power loss by cutting
+    /// files back.
+    #[cfg(test)]
+    pub(crate) fn crash(mut self) -> Vec<(PathBuf, u64)> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let durable = self.durable.get(&path).copied().unwrap_or(0);
+            files.push((path, durable));
+        }
+        self.closed = true;
+        files
+    }
+}
+
+/// Appends encoded entries to `acks.n`, opening (or creating) it as needed.
+/// Returns whether the file was created. On a failed write the file is cut
+/// back so entries stay aligned.
+fn write_ack_entries(
+    dir: &Path,
+    n: u32,
+    seg: &mut Segment,
+    entries: &[u8],
+) -> Result<bool, StoreError> {
+    let path = ack_path(dir, n);
+    let mut created = false;
+    if seg.ack_file.is_none() {
+        let f = match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(f) => {
+                created = true;
+                f
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::io("open ack file", &path, e))?,
+            Err(e) => return Err(StoreError::io("create ack file", &path, e)),
+        };
+        seg.ack_file = Some(f);
+    }
+    let Some(f) = &seg.ack_file else {
+        return Ok(created);
+    };
+    if let Err(e) = f.write_all_at(entries, seg.ack_len) {
+        if let Err(te) = f.set_len(seg.ack_len) {
+            tracing::warn!(path = %path.display(), error = %te, "could not truncate ack file after failed write");
+        }
+        return Err(StoreError::io("write ack file", &path, e));
+    }
+    seg.ack_len += entries.len() as u64;
+    Ok(created)
+}
+
+impl Drop for QueueStore {
+    fn drop(&mut self) {
+        if self.closed || self.poisoned.is_some() {
+            return;
+        }
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "store dropped without a clean close");
+        }
+    }
+}
