@@ -167,10 +167,12 @@ pub fn encode_content(
         out.put_u64(body.len() as u64);
         properties.encode(out);
     });
+    // A frame_max below the overhead is not negotiable, but this function
+    // must not panic on any input: it then degrades to one-byte frames.
     let chunk = if frame_max == 0 {
         body.len().max(1)
     } else {
-        (frame_max - FRAME_OVERHEAD) as usize
+        frame_max.saturating_sub(FRAME_OVERHEAD).max(1) as usize
     };
     for part in body.chunks(chunk) {
         out.reserve(part.len() + FRAME_OVERHEAD as usize);
