@@ -1,12 +1,47 @@
 //! The broker: its vhosts and users.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use antre_store::StoreOptions;
 use parking_lot::RwLock;
 
-use crate::vhost::Vhost;
+use crate::error::BrokerError;
+use crate::syncer::Syncer;
+use crate::vhost::{dir_name, Vhost, VhostStorage};
+
+/// How a broker stores messages on disk.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Options for each durable queue's store.
+    pub store: StoreOptions,
+    /// Bytes of message bodies each queue keeps in memory before further
+    /// persistent messages stay on disk only.
+    pub queue_memory_limit: u64,
+    /// How often the syncer sweeps durable queues for unsynced appends and
+    /// acks when nobody asked for a sync.
+    pub sync_interval: Duration,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            store: StoreOptions::default(),
+            queue_memory_limit: 64 * 1024 * 1024,
+            sync_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BrokerStorage {
+    data_dir: PathBuf,
+    options: StorageOptions,
+    syncer: Syncer,
+}
 
 /// A user who may connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +72,7 @@ pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<Vhost>>>,
     users: RwLock<HashMap<String, User>>,
     next_id: AtomicU64,
+    storage: Option<BrokerStorage>,
 }
 
 impl Default for Broker {
@@ -46,15 +82,24 @@ impl Default for Broker {
 }
 
 impl Broker {
-    /// A broker with the default vhost `/` and the user guest/guest, allowed
-    /// from loopback only.
+    /// A broker that keeps everything in memory, with the default vhost `/`
+    /// and the user guest/guest, allowed from loopback only.
     pub fn new() -> Broker {
+        let broker = Broker::empty(None);
+        broker
+            .vhosts
+            .write()
+            .insert("/".into(), Arc::new(Vhost::new("/")));
+        broker
+    }
+
+    fn empty(storage: Option<BrokerStorage>) -> Broker {
         let broker = Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            storage,
         };
-        broker.add_vhost("/");
         broker.add_user(User {
             name: "guest".into(),
             password: "guest".into(),
@@ -63,14 +108,71 @@ impl Broker {
         broker
     }
 
-    /// Creates a vhost if it does not exist; returns it.
-    pub fn add_vhost(&self, name: &str) -> Arc<Vhost> {
-        Arc::clone(
-            self.vhosts
-                .write()
-                .entry(name.to_owned())
-                .or_insert_with(|| Arc::new(Vhost::new(name))),
-        )
+    /// A broker that persists durable definitions and persistent messages
+    /// under `data_dir`, recovering what an earlier run left there.
+    pub fn open(data_dir: &Path, options: StorageOptions) -> Result<Broker, BrokerError> {
+        let vhosts_dir = data_dir.join("vhosts");
+        std::fs::create_dir_all(&vhosts_dir).map_err(|e| {
+            BrokerError::Internal(format!("creating {}: {e}", vhosts_dir.display()))
+        })?;
+        let syncer = Syncer::start(options.sync_interval)
+            .map_err(|e| BrokerError::Internal(format!("starting the sync thread: {e}")))?;
+        let broker = Broker::empty(Some(BrokerStorage {
+            data_dir: data_dir.to_owned(),
+            options,
+            syncer,
+        }));
+        let entries = std::fs::read_dir(&vhosts_dir)
+            .map_err(|e| BrokerError::Internal(format!("reading {}: {e}", vhosts_dir.display())))?;
+        for entry in entries.flatten() {
+            let file = entry.path().join("definitions.json");
+            let Ok(Some(raw)) = antre_store::definitions::read(&file) else {
+                continue;
+            };
+            let name = serde_json::from_slice::<crate::definitions::VhostDefinitions>(&raw)
+                .map_err(|e| BrokerError::Internal(format!("unreadable {}: {e}", file.display())))?
+                .name;
+            broker.add_vhost(&name)?;
+        }
+        broker.add_vhost("/")?;
+        Ok(broker)
+    }
+
+    /// Creates a vhost if it does not exist (recovering it from disk if the
+    /// broker is persistent); returns it.
+    pub fn add_vhost(&self, name: &str) -> Result<Arc<Vhost>, BrokerError> {
+        let mut vhosts = self.vhosts.write();
+        if let Some(v) = vhosts.get(name) {
+            return Ok(Arc::clone(v));
+        }
+        let vhost = match &self.storage {
+            None => Vhost::new(name),
+            Some(s) => Vhost::open(
+                name,
+                VhostStorage {
+                    dir: s.data_dir.join("vhosts").join(dir_name(name)),
+                    store_options: s.options.store.clone(),
+                    memory_limit: s.options.queue_memory_limit,
+                    syncer: s.syncer.clone(),
+                },
+            )?,
+        };
+        let vhost = Arc::new(vhost);
+        vhosts.insert(name.to_owned(), Arc::clone(&vhost));
+        Ok(vhost)
+    }
+
+    /// The group-commit thread, if the broker persists messages.
+    pub fn syncer(&self) -> Option<&Syncer> {
+        self.storage.as_ref().map(|s| &s.syncer)
+    }
+
+    /// Flushes and closes every message store: after this, a restart brings
+    /// back no acked message. Call once no connection is left.
+    pub fn close(&self) {
+        for v in self.vhosts() {
+            v.close();
+        }
     }
 
     /// The vhost called `name`.

@@ -104,7 +104,17 @@ pub struct Channel {
     credit: Arc<Credit>,
     mode: Mode,
     last_queue: Option<String>,
+    /// Durable queues written to since the last confirm flush.
+    dirty: Vec<Arc<Queue>>,
+    /// Sync requests sent and not answered yet. While any is outstanding,
+    /// later confirms queue behind it, so a `multiple` ack can never cover a
+    /// message that is not on disk yet.
+    syncs_outstanding: usize,
 }
+
+/// The sync token that stands for a transaction commit (confirm tokens are
+/// publish sequence numbers, which never get this high).
+const TX_COMMIT_TOKEN: u64 = u64::MAX;
 
 impl Channel {
     /// A freshly opened channel whose consumers' deliveries go to `sink`.
@@ -120,6 +130,8 @@ impl Channel {
             credit: Credit::new(0),
             mode: Mode::Plain,
             last_queue: None,
+            dirty: Vec::new(),
+            syncs_outstanding: 0,
         }
     }
 
@@ -349,7 +361,11 @@ impl Channel {
                 for p in publishes {
                     self.route(p.mandatory, p.message, out)?;
                 }
-                out.push(Outgoing::Method(TxCommitOk {}.into()));
+                // Persistent messages of a transaction are on disk before
+                // commit-ok, as in RabbitMQ.
+                if !self.request_sync(TX_COMMIT_TOKEN) {
+                    out.push(Outgoing::Method(TxCommitOk {}.into()));
+                }
             }
             Method::TxRollback(_) => {
                 let Mode::Tx { publishes, settles } = &mut self.mode else {
@@ -620,12 +636,12 @@ impl Channel {
         if m.immediate {
             return Err(BrokerError::NotImplemented("immediate=true".into()));
         }
-        let message = Arc::new(Message {
-            exchange: m.exchange,
-            routing_key: m.routing_key,
-            properties: header.properties,
+        let message = Arc::new(Message::new(
+            m.exchange,
+            m.routing_key,
+            header.properties,
             body,
-        });
+        ));
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now: RabbitMQ fails the publish, not the commit.
             self.ctx.vhost.route(&message.exchange, "", None)?;
@@ -680,7 +696,9 @@ impl Channel {
             ));
         }
         for q in &queues {
-            q.publish(Arc::clone(&message));
+            if q.publish(Arc::clone(&message))? && !self.dirty.iter().any(|d| Arc::ptr_eq(d, q)) {
+                self.dirty.push(Arc::clone(q));
+            }
         }
         if let Mode::Confirm { next, unconfirmed } = &mut self.mode {
             *unconfirmed = Some(*next);
@@ -692,18 +710,82 @@ impl Channel {
     /// Emits the publisher confirms owed so far as one basic.ack with
     /// multiple=true. The server calls this once per batch of frames, so a
     /// fast publisher gets one confirm frame per read, not one per message.
+    /// When the batch wrote to a store, the ack waits for the syncer instead
+    /// and comes back through [`Channel::on_synced`].
     pub fn flush_confirms(&mut self, out: &mut Vec<Outgoing>) {
-        if let Mode::Confirm { unconfirmed, .. } = &mut self.mode {
-            if let Some(tag) = unconfirmed.take() {
-                out.push(Outgoing::Method(
-                    BasicAck {
-                        delivery_tag: tag,
-                        multiple: true,
-                    }
-                    .into(),
+        let Mode::Confirm { unconfirmed, .. } = &mut self.mode else {
+            // Without confirms nobody waits: the syncer's sweep writes these.
+            self.dirty.clear();
+            return;
+        };
+        let Some(tag) = unconfirmed.take() else {
+            return;
+        };
+        if !self.request_sync(tag) {
+            out.push(Outgoing::Method(
+                BasicAck {
+                    delivery_tag: tag,
+                    multiple: true,
+                }
+                .into(),
+            ));
+        }
+    }
+
+    /// Asks the syncer to make this channel's appends durable, if there are
+    /// any (or earlier requests are still out, to keep answers in order).
+    /// Returns false when the answer can be given at once.
+    fn request_sync(&mut self, token: u64) -> bool {
+        let Some(syncer) = self.ctx.broker.syncer() else {
+            self.dirty.clear();
+            return false;
+        };
+        if self.dirty.is_empty() && self.syncs_outstanding == 0 {
+            return false;
+        }
+        self.syncs_outstanding += 1;
+        syncer.request(
+            std::mem::take(&mut self.dirty),
+            Arc::clone(&self.sink),
+            token,
+        );
+        true
+    }
+
+    /// The syncer finished a request of this channel: send the confirm (a
+    /// nack if the disk failed) or the commit-ok it was holding back.
+    pub fn on_synced(
+        &mut self,
+        token: u64,
+        ok: bool,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), BrokerError> {
+        self.syncs_outstanding = self.syncs_outstanding.saturating_sub(1);
+        if token == TX_COMMIT_TOKEN {
+            if !ok {
+                return Err(BrokerError::Internal(
+                    "could not write the transaction to disk".into(),
                 ));
             }
+            out.push(Outgoing::Method(TxCommitOk {}.into()));
+            return Ok(());
         }
+        let method: Method = if ok {
+            BasicAck {
+                delivery_tag: token,
+                multiple: true,
+            }
+            .into()
+        } else {
+            BasicNack {
+                delivery_tag: token,
+                multiple: true,
+                requeue: false,
+            }
+            .into()
+        };
+        out.push(Outgoing::Method(method));
+        Ok(())
     }
 
     /// Tears the channel down (channel.close, or its connection went away):

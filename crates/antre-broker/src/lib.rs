@@ -11,17 +11,21 @@
 //!   credit, round-robin dispatch, requeue at the original position);
 //! - [`channel`]: the per-channel state machine (delivery tags, acks,
 //!   publisher confirms, transactions);
+//! - [`syncer`]: group commit, so confirms mean "on disk" at high rates;
+//! - [`definitions`]: durable topology as RabbitMQ-shaped JSON;
 //! - [`error`]: refusals, each with its AMQP reply code.
 
 pub mod broker;
 pub mod channel;
+pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod queue;
+pub mod syncer;
 pub mod vhost;
 
-pub use broker::{Broker, LoginError, User};
+pub use broker::{Broker, LoginError, StorageOptions, User};
 pub use channel::{Channel, ChannelContext, Outgoing};
 pub use error::BrokerError;
 pub use message::Message;

@@ -1,11 +1,14 @@
-//! A message as the broker holds it.
+//! A message as the broker holds it, and its on-disk record.
 
+use std::sync::OnceLock;
+
+use antre_amqp::codec::{put_shortstr, Decoder};
 use antre_amqp::BasicProperties;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// A published message. Shared as `Arc<Message>` by every queue it was routed
 /// to, so fan-out never copies the body.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Message {
     /// The exchange it was published to.
     pub exchange: String,
@@ -15,11 +18,121 @@ pub struct Message {
     pub properties: BasicProperties,
     /// Its body.
     pub body: Bytes,
+    /// The store record, encoded once however many durable queues take it.
+    record: OnceLock<Bytes>,
 }
 
+/// Equal content; whether the record was encoded yet does not matter.
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.exchange == other.exchange
+            && self.routing_key == other.routing_key
+            && self.properties == other.properties
+            && self.body == other.body
+    }
+}
+
+/// Version byte that starts every record, so the format can evolve.
+const RECORD_VERSION: u8 = 1;
+
+/// A store record that is not a message this version can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable message record: {0}")]
+pub struct RecordError(pub String);
+
 impl Message {
+    /// A message.
+    pub fn new(
+        exchange: String,
+        routing_key: String,
+        properties: BasicProperties,
+        body: Bytes,
+    ) -> Message {
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            record: OnceLock::new(),
+        }
+    }
+
     /// Whether the publisher marked it persistent (delivery_mode 2).
     pub fn is_persistent(&self) -> bool {
         self.properties.is_persistent()
+    }
+
+    /// Bytes it occupies in memory, roughly: body plus bookkeeping.
+    pub fn memory_size(&self) -> u64 {
+        (self.body.len() + self.exchange.len() + self.routing_key.len() + 160) as u64
+    }
+
+    /// The record the store keeps: version, exchange, routing key,
+    /// properties (as on the wire), body.
+    pub fn record(&self) -> &Bytes {
+        self.record.get_or_init(|| {
+            let mut out = BytesMut::with_capacity(self.body.len() + 64);
+            out.put_u8(RECORD_VERSION);
+            put_shortstr(&mut out, &self.exchange);
+            put_shortstr(&mut out, &self.routing_key);
+            let at = out.len();
+            out.put_u32(0);
+            self.properties.encode(&mut out);
+            let len = (out.len() - at - 4) as u32;
+            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            out.put_slice(&self.body);
+            out.freeze()
+        })
+    }
+
+    /// Reads a message back from its record.
+    pub fn from_record(raw: &[u8]) -> Result<Message, RecordError> {
+        let raw = Bytes::copy_from_slice(raw);
+        let mut d = Decoder::new(raw.clone(), "message record");
+        let bad = |e: antre_amqp::CodecError| RecordError(e.to_string());
+        let version = d.octet().map_err(bad)?;
+        if version != RECORD_VERSION {
+            return Err(RecordError(format!("version {version}")));
+        }
+        let exchange = d.shortstr().map_err(bad)?;
+        let routing_key = d.shortstr().map_err(bad)?;
+        let props = d.longstr().map_err(bad)?;
+        let properties = BasicProperties::from_bytes(props).map_err(bad)?;
+        let body = raw.slice(raw.len() - d.remaining()..);
+        Ok(Message::new(exchange, routing_key, properties, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips() {
+        let m = Message::new(
+            "payments".into(),
+            "eu.card".into(),
+            BasicProperties {
+                delivery_mode: Some(2),
+                message_id: Some("p-1".into()),
+                ..Default::default()
+            },
+            Bytes::from_static(b"{\"amount\": 1000}"),
+        );
+        let back = Message::from_record(m.record()).unwrap();
+        assert_eq!(back, Message::from_record(back.record()).unwrap());
+        assert_eq!(
+            (back.exchange.as_str(), back.routing_key.as_str()),
+            ("payments", "eu.card")
+        );
+        assert_eq!(back.properties, m.properties);
+        assert_eq!(back.body, m.body);
+    }
+
+    #[test]
+    fn garbage_records_are_errors() {
+        assert!(Message::from_record(&[]).is_err());
+        assert!(Message::from_record(&[9, 0, 0]).is_err());
+        assert!(Message::from_record(&[1, 5, b'a']).is_err());
     }
 }

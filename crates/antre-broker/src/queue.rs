@@ -9,12 +9,20 @@
 //! Order: every message gets a sequence number when it is enqueued; ready
 //! messages are kept sorted by it, so a requeued message goes back to its
 //! original position, ahead of messages published after it.
+//!
+//! Durability: a durable queue owns a [`QueueStore`]. A persistent message is
+//! appended to it on enqueue and acked in it when consumed; the broker's
+//! syncer makes appends durable in groups ([`Queue::begin_sync`]). Past the
+//! queue's memory limit, persistent messages keep only their store position
+//! in memory and their bodies are read back when delivered, so a backlog can
+//! be far larger than RAM.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use antre_amqp::FieldTable;
+use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOptions};
 use parking_lot::Mutex;
 
 use crate::error::{queue_ref, BrokerError};
@@ -81,7 +89,7 @@ impl Credit {
     }
 }
 
-/// A message in a queue.
+/// A message handed out of a queue (delivered or fetched).
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Position in the queue's order of arrival.
@@ -90,6 +98,17 @@ pub struct Entry {
     pub message: Arc<Message>,
     /// Whether it was delivered before (and came back).
     pub redelivered: bool,
+    /// Where the queue's store keeps it, if it is persisted.
+    pub pos: Option<SegmentPosition>,
+}
+
+/// A message waiting in a queue; its body may be on disk only.
+#[derive(Debug)]
+struct Ready {
+    seq: u64,
+    message: Option<Arc<Message>>,
+    pos: Option<SegmentPosition>,
+    redelivered: bool,
 }
 
 /// A message handed to a consumer.
@@ -107,13 +126,16 @@ pub struct Delivery {
     pub entry: Entry,
 }
 
-/// Where a queue pushes deliveries for the consumers of one channel.
+/// Where a queue pushes deliveries for the consumers of one channel, and
+/// where the broker reports that a channel's persistent publishes are on disk.
 pub trait DeliverySink: Send + Sync + std::fmt::Debug {
     /// Hands over a delivery. Gives it back if the channel's connection is
     /// gone, so the queue can requeue it and drop the consumer.
     fn deliver(&self, delivery: Delivery) -> Result<(), Box<Delivery>>;
     /// The queue cancelled the consumer (the queue was deleted).
     fn cancel(&self, consumer_tag: &str);
+    /// A sync the channel asked for finished (`ok` false: the disk failed).
+    fn synced(&self, token: u64, ok: bool);
 }
 
 /// A consumer as its queue knows it.
@@ -183,15 +205,109 @@ pub struct QueueCounts {
     pub consumers: u32,
 }
 
+/// Where a durable queue keeps its messages.
+#[derive(Debug)]
+pub struct QueueStorage {
+    /// The store.
+    pub store: QueueStore,
+    /// Bytes of message bodies a queue keeps in memory before it leaves
+    /// further persistent messages on disk only.
+    pub memory_limit: u64,
+}
+
 #[derive(Debug, Default)]
 struct QueueState {
-    ready: VecDeque<Entry>,
+    ready: VecDeque<Ready>,
     consumers: Vec<ConsumerSpec>,
     next_consumer: usize,
     next_seq: u64,
     unacked: u32,
     had_consumer: bool,
     deleted: bool,
+    storage: Option<QueueStorage>,
+    /// Memory held by the bodies of ready messages.
+    in_memory: u64,
+}
+
+impl QueueState {
+    fn store(&mut self) -> Option<&mut QueueStore> {
+        self.storage.as_mut().map(|s| &mut s.store)
+    }
+
+    /// Forgets a stored message (acked, dropped or purged). A failure only
+    /// means the message may come back after a restart, never a loss, so it
+    /// is logged rather than failing the client's ack.
+    fn forget(&mut self, pos: Option<SegmentPosition>, queue: &str) {
+        if let (Some(pos), Some(store)) = (pos, self.store()) {
+            if let Err(e) = store.ack(pos) {
+                tracing::warn!(queue, %pos, "could not record ack in store: {e}");
+            }
+        }
+    }
+
+    /// Queues a message at its place by sequence number.
+    fn insert_ready(&mut self, entry: Entry, redelivered: bool) {
+        let keep = entry.pos.is_none()
+            || self
+                .storage
+                .as_ref()
+                .is_none_or(|s| self.in_memory < s.memory_limit);
+        if keep {
+            self.in_memory += entry.message.memory_size();
+        }
+        let ready = Ready {
+            seq: entry.seq,
+            message: keep.then_some(entry.message),
+            pos: entry.pos,
+            redelivered,
+        };
+        if self.ready.back().is_none_or(|last| last.seq < ready.seq) {
+            self.ready.push_back(ready);
+        } else {
+            let at = self.ready.partition_point(|e| e.seq < ready.seq);
+            self.ready.insert(at, ready);
+        }
+    }
+
+    /// Takes the next ready message, reading its body from disk if it was
+    /// paged out. A record that cannot be read back is dropped (and acked in
+    /// the store so it does not come back), never delivered.
+    fn pop_ready(&mut self, queue: &str) -> Option<Entry> {
+        loop {
+            let r = self.ready.pop_front()?;
+            let message = match r.message {
+                Some(m) => {
+                    self.in_memory = self.in_memory.saturating_sub(m.memory_size());
+                    m
+                }
+                None => match self.read_paged(r.pos, queue) {
+                    Some(m) => m,
+                    None => {
+                        self.forget(r.pos, queue);
+                        continue;
+                    }
+                },
+            };
+            return Some(Entry {
+                seq: r.seq,
+                message,
+                redelivered: r.redelivered,
+                pos: r.pos,
+            });
+        }
+    }
+
+    fn read_paged(&mut self, pos: Option<SegmentPosition>, queue: &str) -> Option<Arc<Message>> {
+        let (pos, store) = (pos?, self.store()?);
+        let record = store
+            .read(pos)
+            .map_err(|e| tracing::error!(queue, %pos, "dropping unreadable message: {e}"))
+            .ok()?;
+        Message::from_record(&record)
+            .map_err(|e| tracing::error!(queue, %pos, "dropping undecodable message: {e}"))
+            .ok()
+            .map(Arc::new)
+    }
 }
 
 /// A queue.
@@ -206,8 +322,15 @@ pub struct Queue {
     state: Mutex<QueueState>,
 }
 
+fn store_failed(queue: &Queue, e: StoreError) -> BrokerError {
+    BrokerError::Internal(format!(
+        "message store of {} failed: {e}",
+        queue_ref(&queue.vhost, &queue.name)
+    ))
+}
+
 impl Queue {
-    /// A new, empty queue.
+    /// A new, empty queue; messages live in memory only.
     pub fn new(vhost: &str, name: &str, options: QueueOptions) -> Arc<Queue> {
         Arc::new(Queue {
             name: name.to_owned(),
@@ -217,24 +340,101 @@ impl Queue {
         })
     }
 
+    /// A durable queue backed by the store in `dir`, with the messages the
+    /// store recovered (all marked redelivered: they may have been delivered
+    /// before the restart).
+    pub fn open_durable(
+        vhost: &str,
+        name: &str,
+        options: QueueOptions,
+        dir: &std::path::Path,
+        store_options: StoreOptions,
+        memory_limit: u64,
+    ) -> Result<Arc<Queue>, StoreError> {
+        let mut state = QueueState::default();
+        let mut undecodable = Vec::new();
+        let (store, stats) = QueueStore::open(dir, store_options, |pos, payload| {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let message = if state.in_memory < memory_limit {
+                match Message::from_record(payload) {
+                    Ok(m) => {
+                        state.in_memory += m.memory_size();
+                        Some(Arc::new(m))
+                    }
+                    Err(e) => {
+                        tracing::error!(queue = name, %pos, "skipping undecodable message: {e}");
+                        undecodable.push(pos);
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            state.ready.push_back(Ready {
+                seq,
+                message,
+                pos: Some(pos),
+                redelivered: true,
+            });
+        })?;
+        if stats.records_recovered > 0 || stats.bytes_truncated > 0 || stats.corrupt_records > 0 {
+            tracing::info!(vhost, queue = name, ?stats, "recovered queue");
+        }
+        let mut storage = QueueStorage {
+            store,
+            memory_limit,
+        };
+        for pos in undecodable {
+            let _ = storage.store.ack(pos);
+        }
+        state.storage = Some(storage);
+        Ok(Arc::new(Queue {
+            name: name.to_owned(),
+            vhost: vhost.to_owned(),
+            options,
+            state: Mutex::new(state),
+        }))
+    }
+
     fn describe(&self) -> String {
         queue_ref(&self.vhost, &self.name)
     }
 
-    /// Enqueues a message and delivers it if a consumer has credit.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+    /// Whether the queue persists messages.
+    pub fn is_durable_store(&self) -> bool {
+        self.state.lock().storage.is_some()
+    }
+
+    /// Enqueues a message and delivers it if a consumer has credit. Returns
+    /// whether it was written to the store (so a confirm must wait for sync).
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Result<bool, BrokerError> {
         let mut st = self.state.lock();
         if st.deleted {
-            return;
+            return Ok(false);
         }
+        let pos = match st.store() {
+            Some(store) if message.is_persistent() => Some(
+                store
+                    .append(message.record())
+                    .map_err(|e| store_failed(self, e))?,
+            ),
+            _ => None,
+        };
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push_back(Entry {
-            seq,
-            message,
-            redelivered: false,
-        });
+        let stored = pos.is_some();
+        st.insert_ready(
+            Entry {
+                seq,
+                message,
+                redelivered: false,
+                pos,
+            },
+            false,
+        );
         self.dispatch(&mut st);
+        Ok(stored)
     }
 
     /// Attaches a consumer and starts delivering to it.
@@ -272,8 +472,10 @@ impl Queue {
     /// Also returns how many messages remain ready.
     pub fn get(&self, no_ack: bool) -> Option<(Entry, u32)> {
         let mut st = self.state.lock();
-        let entry = st.ready.pop_front()?;
-        if !no_ack {
+        let entry = st.pop_ready(&self.name)?;
+        if no_ack {
+            st.forget(entry.pos, &self.name);
+        } else {
             st.unacked += 1;
         }
         Some((entry, st.ready.len() as u32))
@@ -283,6 +485,9 @@ impl Queue {
     pub fn ack(self: &Arc<Self>, entries: &[Entry]) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(entries.len() as u32);
+        for e in entries {
+            st.forget(e.pos, &self.name);
+        }
     }
 
     /// Puts delivered messages back at their original positions, marked
@@ -293,10 +498,8 @@ impl Queue {
         if st.deleted {
             return;
         }
-        for mut entry in entries {
-            entry.redelivered = true;
-            let at = st.ready.partition_point(|e| e.seq < entry.seq);
-            st.ready.insert(at, entry);
+        for entry in entries {
+            st.insert_ready(entry, true);
         }
         self.dispatch(&mut st);
     }
@@ -311,8 +514,8 @@ impl Queue {
         if st.deleted {
             return;
         }
-        let at = st.ready.partition_point(|e| e.seq < delivery.entry.seq);
-        st.ready.insert(at, delivery.entry);
+        let redelivered = delivery.entry.redelivered;
+        st.insert_ready(delivery.entry, redelivered);
         self.dispatch(&mut st);
     }
 
@@ -326,17 +529,30 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
-        st.ready.clear();
+        let ready = std::mem::take(&mut st.ready);
+        st.in_memory = 0;
+        for r in ready {
+            st.forget(r.pos, &self.name);
+        }
         n
     }
 
-    /// Marks the queue deleted, drops its messages and cancels its consumers.
-    /// Returns how many messages were ready.
+    /// Marks the queue deleted, drops its messages and store, and cancels
+    /// its consumers. Returns how many messages were ready.
     pub fn delete(&self) -> u32 {
         let mut st = self.state.lock();
         st.deleted = true;
         let n = st.ready.len() as u32;
         st.ready.clear();
+        st.in_memory = 0;
+        if let Some(storage) = st.storage.take() {
+            if let Err(e) = storage.store.delete_all() {
+                tracing::warn!(
+                    queue = self.name,
+                    "could not remove store of deleted queue: {e}"
+                );
+            }
+        }
         for c in std::mem::take(&mut st.consumers) {
             c.sink.cancel(&c.tag);
         }
@@ -353,6 +569,47 @@ impl Queue {
         }
     }
 
+    /// Whether the store has appends or acks a sync would write.
+    pub fn is_dirty(&self) -> bool {
+        self.state
+            .lock()
+            .storage
+            .as_ref()
+            .is_some_and(|s| s.store.is_dirty())
+    }
+
+    /// Starts a group commit: hands appends to the kernel under the queue's
+    /// lock and returns the fsyncs to run without it (see
+    /// [`QueueStore::begin_sync`]). None when the queue has no store.
+    pub fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
+        self.state.lock().store().map(|s| s.begin_sync())
+    }
+
+    /// Completes a group commit started with [`Queue::begin_sync`].
+    pub fn finish_sync(
+        &self,
+        pending: PendingSync,
+        result: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match self.state.lock().store() {
+            Some(store) => store.finish_sync(pending, result),
+            // Deleted meanwhile: nothing left to make durable.
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes and closes the store (clean shutdown): no acked message comes
+    /// back after a restart.
+    pub fn close_store(&self) {
+        let mut st = self.state.lock();
+        if let Some(storage) = st.storage.take() {
+            if let Err(e) = storage.store.close() {
+                tracing::error!(queue = self.name, "closing store failed: {e}");
+            }
+        }
+        st.deleted = true;
+    }
+
     /// Delivers ready messages round-robin to consumers with credit.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
@@ -365,29 +622,28 @@ impl Queue {
                 return;
             };
             st.next_consumer = (idx + 1) % n;
-            let Some(entry) = st.ready.pop_front() else {
+            let Some(entry) = st.pop_ready(&self.name) else {
                 st.consumers[idx].release_credit();
                 return;
             };
             let consumer = &st.consumers[idx];
+            let no_ack = consumer.no_ack;
+            let pos = entry.pos;
             let delivery = Delivery {
                 queue: Arc::clone(self),
                 consumer: consumer.id,
                 consumer_tag: Arc::clone(&consumer.tag),
-                no_ack: consumer.no_ack,
+                no_ack,
                 entry,
             };
-            let no_ack = consumer.no_ack;
             match consumer.sink.deliver(delivery) {
-                Ok(()) => {
-                    if !no_ack {
-                        st.unacked += 1;
-                    }
-                }
+                Ok(()) if no_ack => st.forget(pos, &self.name),
+                Ok(()) => st.unacked += 1,
                 Err(back) => {
                     // The consumer's connection is gone: keep the message,
                     // forget the consumer.
-                    st.ready.push_front(back.entry);
+                    let redelivered = back.entry.redelivered;
+                    st.insert_ready(back.entry, redelivered);
                     let gone = st.consumers.remove(idx);
                     gone.release_credit();
                     st.next_consumer = 0;
@@ -408,6 +664,7 @@ pub(crate) mod tests {
     pub(crate) struct CollectSink {
         pub deliveries: Mutex<Vec<Delivery>>,
         pub cancelled: Mutex<Vec<String>>,
+        pub synced: Mutex<Vec<(u64, bool)>>,
         pub dead: AtomicBool,
     }
 
@@ -422,6 +679,9 @@ pub(crate) mod tests {
         fn cancel(&self, consumer_tag: &str) {
             self.cancelled.lock().push(consumer_tag.to_owned());
         }
+        fn synced(&self, token: u64, ok: bool) {
+            self.synced.lock().push((token, ok));
+        }
     }
 
     impl CollectSink {
@@ -435,12 +695,18 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn message(body: &str) -> Arc<Message> {
-        Arc::new(Message {
-            exchange: String::new(),
-            routing_key: "q".into(),
-            properties: BasicProperties::default(),
-            body: Bytes::copy_from_slice(body.as_bytes()),
-        })
+        Arc::new(Message::new(
+            String::new(),
+            "q".into(),
+            BasicProperties::default(),
+            Bytes::copy_from_slice(body.as_bytes()),
+        ))
+    }
+
+    impl Queue {
+        fn publish_ok(self: &Arc<Self>, m: Arc<Message>) {
+            self.publish(m).expect("publish");
+        }
     }
 
     fn queue() -> Arc<Queue> {
@@ -478,7 +744,7 @@ pub(crate) mod tests {
         q.add_consumer(consumer(1, 0, &a)).unwrap();
         q.add_consumer(consumer(2, 0, &b)).unwrap();
         for i in 0..6 {
-            q.publish(message(&i.to_string()));
+            q.publish_ok(message(&i.to_string()));
         }
         assert_eq!(a.bodies(), ["0", "2", "4"]);
         assert_eq!(b.bodies(), ["1", "3", "5"]);
@@ -500,7 +766,7 @@ pub(crate) mod tests {
         let credit = Arc::clone(&spec.credit);
         q.add_consumer(spec).unwrap();
         for i in 0..5 {
-            q.publish(message(&i.to_string()));
+            q.publish_ok(message(&i.to_string()));
         }
         assert_eq!(sink.bodies(), ["0", "1"]);
         assert_eq!(q.counts().ready, 3);
@@ -519,7 +785,7 @@ pub(crate) mod tests {
         q.add_consumer(consumer(1, 1, &a)).unwrap();
         q.add_consumer(consumer(2, 0, &b)).unwrap();
         for i in 0..4 {
-            q.publish(message(&i.to_string()));
+            q.publish_ok(message(&i.to_string()));
         }
         assert_eq!(a.bodies(), ["0"]);
         assert_eq!(b.bodies(), ["1", "2", "3"]);
@@ -529,7 +795,7 @@ pub(crate) mod tests {
     fn requeue_restores_original_position_and_marks_redelivered() {
         let q = queue();
         for i in 0..4 {
-            q.publish(message(&i.to_string()));
+            q.publish_ok(message(&i.to_string()));
         }
         let (e0, _) = q.get(false).unwrap();
         let (e1, _) = q.get(false).unwrap();
@@ -562,7 +828,7 @@ pub(crate) mod tests {
         );
         dead.dead.store(true, Ordering::Relaxed);
         q.add_consumer(consumer(1, 0, &dead)).unwrap();
-        q.publish(message("m"));
+        q.publish_ok(message("m"));
         assert_eq!(
             q.counts(),
             QueueCounts {
@@ -604,7 +870,7 @@ pub(crate) mod tests {
         let channel = Arc::clone(&spec.channel_credit);
         channel.set_paused(true);
         q.add_consumer(spec).unwrap();
-        q.publish(message("m"));
+        q.publish_ok(message("m"));
         assert!(sink.bodies().is_empty());
         channel.set_paused(false);
         q.kick();
@@ -632,7 +898,7 @@ pub(crate) mod tests {
             "last consumer left an auto-delete queue"
         );
         q.add_consumer(consumer(3, 0, &sink)).unwrap();
-        q.publish(message("x"));
+        q.publish_ok(message("x"));
         q.delete();
         assert_eq!(*sink.cancelled.lock(), ["c3"]);
     }

@@ -6,15 +6,45 @@
 //! before enqueueing, so a slow queue never holds up the topology.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use antre_amqp::{FieldTable, FieldValue};
+use antre_amqp::FieldTable;
+use antre_store::StoreOptions;
 use parking_lot::RwLock;
 use rand::Rng;
+use sha2::{Digest, Sha256};
 
+use crate::definitions::{
+    json_to_table, table_to_json, BindingDef, ExchangeDef, QueueDef, VhostDefinitions,
+};
 use crate::error::{exchange_ref, queue_ref, BrokerError};
+use crate::exchange::headers::tables_equal;
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::queue::{ConnectionId, Queue, QueueCounts, QueueOptions};
+use crate::syncer::Syncer;
+
+/// Where a vhost keeps its definitions and its durable queues' messages.
+#[derive(Debug, Clone)]
+pub struct VhostStorage {
+    /// The vhost's directory: `definitions.json` and `queues/`.
+    pub dir: PathBuf,
+    /// Options for each queue's store.
+    pub store_options: StoreOptions,
+    /// Bytes of message bodies a queue keeps in memory.
+    pub memory_limit: u64,
+    /// The broker's group-commit thread.
+    pub syncer: Syncer,
+}
+
+/// A directory name for a vhost or queue name: names may hold any character,
+/// so they are hashed (as RabbitMQ does) rather than used as paths.
+pub fn dir_name(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const DEFINITIONS_FILE: &str = "definitions.json";
 
 /// The exchanges every vhost has from the start.
 const PREDECLARED: [(&str, ExchangeKind); 7] = [
@@ -63,6 +93,9 @@ pub struct QueueDeclaration {
 struct Topology {
     exchanges: HashMap<String, Exchange>,
     queues: HashMap<String, Arc<Queue>>,
+    /// What the definitions file holds, to skip rewrites that change nothing
+    /// (declaring an exclusive queue, say).
+    saved: Option<VhostDefinitions>,
 }
 
 /// A virtual host.
@@ -71,6 +104,7 @@ pub struct Vhost {
     /// Its name, e.g. "/".
     pub name: String,
     topology: RwLock<Topology>,
+    storage: Option<VhostStorage>,
 }
 
 fn reserved(name: &str) -> bool {
@@ -91,11 +125,13 @@ fn inequivalent(
 }
 
 /// Declaration arguments that must match on redeclare: RabbitMQ compares the
-/// `x-` arguments it knows, ignoring others; antre compares all `x-` ones.
-fn x_arguments(args: &FieldTable) -> Vec<(&str, &FieldValue)> {
-    let mut v: Vec<_> = args.iter().filter(|(k, _)| k.starts_with("x-")).collect();
-    v.sort_by(|a, b| a.0.cmp(b.0));
-    v
+/// `x-` arguments it knows, ignoring others; antre compares all `x-` ones,
+/// by value (a recovered queue's I64 10 equals a client's I32 10).
+fn x_arguments(args: &FieldTable) -> FieldTable {
+    args.iter()
+        .filter(|(k, _)| k.starts_with("x-"))
+        .map(|(k, v)| (k, v.clone()))
+        .collect()
 }
 
 impl Vhost {
@@ -119,6 +155,126 @@ impl Vhost {
         Vhost {
             name: name.to_owned(),
             topology: RwLock::new(topology),
+            storage: None,
+        }
+    }
+
+    /// A vhost that persists its durable definitions and messages under
+    /// `storage.dir`, recovering whatever is there.
+    pub fn open(name: &str, storage: VhostStorage) -> Result<Vhost, BrokerError> {
+        let mut vhost = Vhost::new(name);
+        std::fs::create_dir_all(storage.dir.join("queues"))
+            .map_err(|e| internal(&storage.dir, "create vhost directory", e))?;
+        let mut existed = true;
+        let defs = match antre_store::definitions::read(&storage.dir.join(DEFINITIONS_FILE)) {
+            Ok(Some(raw)) => serde_json::from_slice::<VhostDefinitions>(&raw).map_err(|e| {
+                BrokerError::Internal(format!("unreadable definitions of vhost '{name}': {e}"))
+            })?,
+            Ok(None) => {
+                existed = false;
+                VhostDefinitions::default()
+            }
+            Err(e) => {
+                return Err(BrokerError::Internal(format!(
+                    "reading definitions of vhost '{name}': {e}"
+                )))
+            }
+        };
+        {
+            let topo = vhost.topology.get_mut();
+            for x in defs.exchanges {
+                let kind = ExchangeKind::parse(&x.kind)?;
+                topo.exchanges.insert(
+                    x.name.clone(),
+                    Exchange {
+                        name: x.name,
+                        kind,
+                        durable: true,
+                        auto_delete: x.auto_delete,
+                        internal: x.internal,
+                        arguments: json_to_table(&x.arguments),
+                        bindings: Vec::new(),
+                    },
+                );
+            }
+            let mut kept = HashSet::new();
+            for q in defs.queues {
+                let dir_name = dir_name(&q.name);
+                let options = QueueOptions {
+                    durable: true,
+                    exclusive_owner: None,
+                    auto_delete: q.auto_delete,
+                    arguments: json_to_table(&q.arguments),
+                };
+                let queue = Queue::open_durable(
+                    name,
+                    &q.name,
+                    options,
+                    &storage.dir.join("queues").join(&dir_name),
+                    storage.store_options.clone(),
+                    storage.memory_limit,
+                )
+                .map_err(|e| {
+                    BrokerError::Internal(format!("recovering {}: {e}", queue_ref(name, &q.name)))
+                })?;
+                storage.syncer.register(&queue);
+                kept.insert(dir_name);
+                topo.queues.insert(q.name, queue);
+            }
+            for b in defs.bindings {
+                let destination = match b.destination_type.as_str() {
+                    "exchange" => Destination::Exchange(b.destination),
+                    _ => Destination::Queue(b.destination),
+                };
+                if let Some(ex) = topo.exchanges.get_mut(&b.source) {
+                    ex.bindings.push(Binding {
+                        destination,
+                        routing_key: b.routing_key,
+                        arguments: json_to_table(&b.arguments),
+                    });
+                }
+            }
+            remove_orphan_queue_dirs(&storage.dir.join("queues"), &kept);
+            if existed {
+                topo.saved = Some(durable_definitions(name, topo));
+            }
+        }
+        vhost.storage = Some(storage);
+        // A new vhost is written at once, so that it exists after a restart.
+        let mut topo = vhost.topology.write();
+        vhost.save(&mut topo)?;
+        drop(topo);
+        Ok(vhost)
+    }
+
+    /// Rewrites the definitions file after a change to durable topology.
+    fn save(&self, topo: &mut Topology) -> Result<(), BrokerError> {
+        let Some(storage) = &self.storage else {
+            return Ok(());
+        };
+        let defs = durable_definitions(&self.name, topo);
+        if topo.saved.as_ref() == Some(&defs) {
+            return Ok(());
+        }
+        let json = serde_json::to_vec_pretty(&defs)
+            .map_err(|e| BrokerError::Internal(format!("encoding definitions: {e}")))?;
+        let path = storage.dir.join(DEFINITIONS_FILE);
+        antre_store::definitions::write_atomic(&path, &json).map_err(|e| {
+            BrokerError::Internal(format!("saving definitions of vhost '{}': {e}", self.name))
+        })?;
+        topo.saved = Some(defs);
+        Ok(())
+    }
+
+    /// The vhost's durable definitions, as they are saved.
+    pub fn definitions(&self) -> VhostDefinitions {
+        durable_definitions(&self.name, &self.topology.read())
+    }
+
+    /// Flushes and closes every queue store (clean shutdown).
+    pub fn close(&self) {
+        for q in self.topology.read().queues.values() {
+            q.close_store();
         }
     }
 
@@ -185,7 +341,7 @@ impl Vhost {
                 bindings: Vec::new(),
             },
         );
-        Ok(())
+        self.save(&mut topo)
     }
 
     /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
@@ -217,7 +373,7 @@ impl Vhost {
         }
         topo.exchanges.remove(name);
         Self::remove_bindings_to(&mut topo, &Destination::Exchange(name.to_owned()));
-        Ok(())
+        self.save(&mut topo)
     }
 
     /// queue.declare. Returns the queue (whose name the server picked if the
@@ -259,7 +415,7 @@ impl Vhost {
             if o.auto_delete != d.auto_delete {
                 return Err(err("auto_delete", &d.auto_delete, &o.auto_delete));
             }
-            if x_arguments(&o.arguments) != x_arguments(&d.arguments) {
+            if !tables_equal(&x_arguments(&o.arguments), &x_arguments(&d.arguments)) {
                 return Err(BrokerError::PreconditionFailed(format!(
                     "inequivalent arguments for {}",
                     queue_ref(&self.name, &name)
@@ -270,17 +426,44 @@ impl Vhost {
             let counts = q.counts();
             return Ok((q, counts));
         }
-        let q = Queue::new(
-            &self.name,
-            &name,
-            QueueOptions {
-                durable: d.durable,
-                exclusive_owner: d.exclusive.then_some(conn),
-                auto_delete: d.auto_delete,
-                arguments: d.arguments,
-            },
-        );
+        let options = QueueOptions {
+            durable: d.durable,
+            exclusive_owner: d.exclusive.then_some(conn),
+            auto_delete: d.auto_delete,
+            arguments: d.arguments,
+        };
+        // Exclusive queues die with their connection, so their messages
+        // never need to outlive a restart.
+        let q = match &self.storage {
+            Some(storage) if d.durable && !d.exclusive => {
+                let dir = storage.dir.join("queues").join(dir_name(&name));
+                // A directory left by a queue of the same name whose deletion
+                // a crash interrupted must not resurrect its messages.
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|e| internal(&dir, "remove stale queue directory", e))?;
+                }
+                let q = Queue::open_durable(
+                    &self.name,
+                    &name,
+                    options,
+                    &dir,
+                    storage.store_options.clone(),
+                    storage.memory_limit,
+                )
+                .map_err(|e| {
+                    BrokerError::Internal(format!(
+                        "creating store of {}: {e}",
+                        queue_ref(&self.name, &name)
+                    ))
+                })?;
+                storage.syncer.register(&q);
+                q
+            }
+            _ => Queue::new(&self.name, &name, options),
+        };
         topo.queues.insert(name, Arc::clone(&q));
+        self.save(&mut topo)?;
         Ok((q, QueueCounts::default()))
     }
 
@@ -319,7 +502,9 @@ impl Vhost {
                 queue_ref(&self.name, name)
             )));
         }
-        Ok(Self::remove_queue(&mut topo, name))
+        let n = Self::remove_queue(&mut topo, name);
+        self.save(&mut topo)?;
+        Ok(n)
     }
 
     /// Removes a queue whose last consumer left, if it is still auto-delete
@@ -332,6 +517,9 @@ impl Vhost {
             .is_some_and(|q| Arc::ptr_eq(q, queue));
         if same && queue.counts().consumers == 0 {
             Self::remove_queue(&mut topo, &queue.name);
+            if let Err(e) = self.save(&mut topo) {
+                tracing::error!("{e}");
+            }
         }
     }
 
@@ -393,10 +581,10 @@ impl Vhost {
         let Some(ex) = topo.exchanges.get_mut(source) else {
             return Err(self.no_exchange(source));
         };
-        if !ex.bindings.contains(&binding) {
+        if !ex.bindings.iter().any(|b| same_binding(b, &binding)) {
             ex.bindings.push(binding);
         }
-        Ok(())
+        self.save(&mut topo)
     }
 
     /// queue.unbind / exchange.unbind. A missing binding is not an error.
@@ -424,7 +612,7 @@ impl Vhost {
             topo.exchanges.remove(&name);
             Self::remove_bindings_to(&mut topo, &Destination::Exchange(name));
         }
-        Ok(())
+        self.save(&mut topo)
     }
 
     fn check_binding_ends(
@@ -523,6 +711,101 @@ impl Vhost {
     /// Every queue, for listing.
     pub fn queues(&self) -> Vec<Arc<Queue>> {
         self.topology.read().queues.values().cloned().collect()
+    }
+}
+
+fn same_binding(a: &Binding, b: &Binding) -> bool {
+    a.destination == b.destination
+        && a.routing_key == b.routing_key
+        && tables_equal(&a.arguments, &b.arguments)
+}
+
+fn internal(path: &Path, what: &str, e: std::io::Error) -> BrokerError {
+    BrokerError::Internal(format!("{what} {}: {e}", path.display()))
+}
+
+/// The durable part of a topology: durable exchanges (not the predeclared
+/// ones), durable non-exclusive queues, and bindings whose ends are both
+/// durable, as RabbitMQ persists them.
+fn durable_definitions(vhost: &str, topo: &Topology) -> VhostDefinitions {
+    let mut defs = VhostDefinitions {
+        name: vhost.to_owned(),
+        ..Default::default()
+    };
+    let durable_queue = |name: &str| {
+        topo.queues
+            .get(name)
+            .is_some_and(|q| q.options.durable && q.options.exclusive_owner.is_none())
+    };
+    let durable_exchange = |name: &str| topo.exchanges.get(name).is_some_and(|e| e.durable);
+    for ex in topo.exchanges.values() {
+        if ex.durable && !ex.name.is_empty() && !PREDECLARED.iter().any(|(n, _)| *n == ex.name) {
+            defs.exchanges.push(ExchangeDef {
+                name: ex.name.clone(),
+                vhost: vhost.to_owned(),
+                kind: ex.kind.as_str().to_owned(),
+                durable: true,
+                auto_delete: ex.auto_delete,
+                internal: ex.internal,
+                arguments: table_to_json(&ex.arguments),
+            });
+        }
+        if !ex.durable {
+            continue;
+        }
+        for b in &ex.bindings {
+            let (destination, kind, durable) = match &b.destination {
+                Destination::Queue(q) => (q, "queue", durable_queue(q)),
+                Destination::Exchange(e) => (e, "exchange", durable_exchange(e)),
+            };
+            if durable {
+                defs.bindings.push(BindingDef {
+                    source: ex.name.clone(),
+                    vhost: vhost.to_owned(),
+                    destination: destination.clone(),
+                    destination_type: kind.to_owned(),
+                    routing_key: b.routing_key.clone(),
+                    arguments: table_to_json(&b.arguments),
+                });
+            }
+        }
+    }
+    for q in topo.queues.values() {
+        if durable_queue(&q.name) {
+            defs.queues.push(QueueDef {
+                name: q.name.clone(),
+                vhost: vhost.to_owned(),
+                durable: true,
+                auto_delete: q.options.auto_delete,
+                arguments: table_to_json(&q.options.arguments),
+            });
+        }
+    }
+    // A stable order, so unchanged topology compares equal and files diff well.
+    defs.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+    defs.queues.sort_by(|a, b| a.name.cmp(&b.name));
+    defs.bindings.sort_by(|a, b| {
+        (&a.source, &a.destination, &a.routing_key).cmp(&(
+            &b.source,
+            &b.destination,
+            &b.routing_key,
+        ))
+    });
+    defs
+}
+
+/// Deletes queue directories the definitions do not mention: left by a
+/// crash between creating a queue's store and saving its definition.
+fn remove_orphan_queue_dirs(queues_dir: &Path, kept: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(queues_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !kept.contains(&name) {
+            tracing::warn!(dir = %entry.path().display(), "removing store of a queue with no definition");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

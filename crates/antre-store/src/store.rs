@@ -49,6 +49,52 @@ struct Unsynced {
     file: File,
 }
 
+/// One file an fsync is owed for.
+struct SyncFile {
+    segment: u32,
+    file: File,
+    /// For the current segment: the length the fsync covers.
+    upto: Option<u64>,
+}
+
+/// The fsyncs a [`QueueStore::begin_sync`] left to do. Running them needs no
+/// access to the store, so it can happen without the queue's lock.
+pub struct PendingSync {
+    dir: PathBuf,
+    files: Vec<SyncFile>,
+    sync_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PendingSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSync")
+            .field("dir", &self.dir)
+            .field("files", &self.files.len())
+            .field("sync_dir", &self.sync_dir.is_some())
+            .finish()
+    }
+}
+
+impl PendingSync {
+    /// Whether there is nothing to fsync.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.sync_dir.is_none()
+    }
+
+    /// Performs the fsyncs.
+    pub fn run(&self) -> Result<(), StoreError> {
+        for f in &self.files {
+            f.file
+                .sync_data()
+                .map_err(|e| StoreError::io("fsync", segment_path(&self.dir, f.segment), e))?;
+        }
+        if let Some(dir) = &self.sync_dir {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
 /// The message store of one durable queue; owns one directory.
 ///
 /// See the [crate documentation](crate) for the on-disk format and the
@@ -230,40 +276,83 @@ impl QueueStore {
     /// a crash or power loss until acked. On `Err`, records appended since the
     /// last successful sync may be lost; check with [`contains`](Self::contains).
     pub fn sync(&mut self) -> Result<(), StoreError> {
+        let pending = self.begin_sync()?;
+        let result = pending.run();
+        self.finish_sync(pending, result)
+    }
+
+    /// The first half of [`sync`](Self::sync), for callers that must not
+    /// hold the store while the disk works: hands buffered records to the
+    /// kernel and returns the fsyncs still owed. Run them with
+    /// [`PendingSync::run`] (no access to the store needed, so the queue's
+    /// lock can be released meanwhile, letting publishers append to the next
+    /// batch), then report the result to [`finish_sync`](Self::finish_sync).
+    /// Records appended before `begin_sync` are durable once `run` succeeds.
+    pub fn begin_sync(&mut self) -> Result<PendingSync, StoreError> {
         self.check_usable()?;
+        let mut files = Vec::new();
         if let Some(mut w) = self.writer.take() {
             if let Err(e) = self.flush(&mut w) {
                 return Err(self.write_failed(w, e));
             }
             if w.synced < w.written {
-                if let Err(e) = w.file.sync_data() {
-                    let path = segment_path(&self.dir, w.segment);
-                    return Err(self.poison(StoreError::io("fsync", path, e)));
+                match w.file.try_clone() {
+                    Ok(file) => files.push(SyncFile {
+                        segment: w.segment,
+                        file,
+                        upto: Some(w.written),
+                    }),
+                    Err(e) => {
+                        self.writer = Some(w);
+                        return Err(StoreError::io("dup segment handle", self.dir.clone(), e));
+                    }
                 }
-                w.synced = w.written;
-                #[cfg(test)]
-                self.note_durable(segment_path(&self.dir, w.segment), &w.file);
             }
             self.writer = Some(w);
         }
         for u in std::mem::take(&mut self.unsynced) {
-            if let Err(e) = u.file.sync_data() {
-                let path = segment_path(&self.dir, u.segment);
-                return Err(self.poison(StoreError::io("fsync", path, e)));
-            }
-            #[cfg(test)]
-            self.note_durable(segment_path(&self.dir, u.segment), &u.file);
+            files.push(SyncFile {
+                segment: u.segment,
+                file: u.file,
+                upto: None,
+            });
         }
-        if self.dir_needs_sync {
-            if let Err(e) = sync_dir(&self.dir) {
-                return Err(self.poison(e));
-            }
+        let dir = if self.dir_needs_sync {
             self.dir_needs_sync = false;
-            // The same fsync made earlier unlinks and ack-file creations durable.
+            // The same fsync makes earlier unlinks and ack-file creations durable.
             self.dir_acks_need_sync = false;
-        }
+            Some(self.dir.clone())
+        } else {
+            None
+        };
         if let Err(e) = self.write_pending_acks() {
             tracing::warn!(error = %e, "could not write acks; they stay buffered and are retried");
+        }
+        Ok(PendingSync {
+            dir: self.dir.clone(),
+            files,
+            sync_dir: dir,
+        })
+    }
+
+    /// The last half of [`sync`](Self::sync): records what `run` achieved.
+    /// A failed fsync poisons the store (nothing more can be promised).
+    pub fn finish_sync(
+        &mut self,
+        pending: PendingSync,
+        result: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if let Err(e) = result {
+            return Err(self.poison(e));
+        }
+        for f in pending.files {
+            if let (Some(upto), Some(w)) = (f.upto, self.writer.as_mut()) {
+                if w.segment == f.segment && w.synced < upto {
+                    w.synced = upto;
+                }
+            }
+            #[cfg(test)]
+            self.note_durable_len(segment_path(&self.dir, f.segment), f.upto, &f.file);
         }
         Ok(())
     }
@@ -729,6 +818,17 @@ impl QueueStore {
         }
         self.acks_since_fsync = 0;
         Ok(())
+    }
+
+    #[cfg(test)]
+    fn note_durable_len(&mut self, path: PathBuf, upto: Option<u64>, file: &File) {
+        match upto {
+            Some(len) => {
+                let known = self.durable.get(&path).copied().unwrap_or(0);
+                self.durable.insert(path, known.max(len));
+            }
+            None => self.note_durable(path, file),
+        }
     }
 
     #[cfg(test)]

@@ -18,6 +18,9 @@ pub struct Config {
     pub channel_max: u16,
     /// Largest message body accepted, in bytes (RabbitMQ's default: 128 MiB).
     pub max_message_size: u64,
+    /// Bytes of message bodies each queue keeps in memory; past this,
+    /// persistent messages stay on disk until delivered.
+    pub queue_memory_limit: u64,
 }
 
 impl Default for Config {
@@ -29,6 +32,7 @@ impl Default for Config {
             frame_max: 131_072,
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
+            queue_memory_limit: 64 * 1024 * 1024,
         }
     }
 }

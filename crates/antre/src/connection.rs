@@ -42,6 +42,7 @@ const DELIVERY_BATCH: usize = 256;
 enum Event {
     Deliver(u16, Delivery),
     Cancel(u16, String),
+    Synced(u16, u64, bool),
 }
 
 /// The sink a queue delivers into for the consumers of one channel.
@@ -57,7 +58,7 @@ impl DeliverySink for ChannelSink {
             .send(Event::Deliver(self.channel, delivery))
             .map_err(|e| match e.0 {
                 Event::Deliver(_, d) => Box::new(d),
-                Event::Cancel(..) => unreachable!("only deliveries are sent here"),
+                _ => unreachable!("only deliveries are sent here"),
             })
     }
 
@@ -65,6 +66,10 @@ impl DeliverySink for ChannelSink {
         let _ = self
             .events
             .send(Event::Cancel(self.channel, consumer_tag.to_owned()));
+    }
+
+    fn synced(&self, token: u64, ok: bool) {
+        let _ = self.events.send(Event::Synced(self.channel, token, ok));
     }
 }
 
@@ -483,7 +488,11 @@ impl Connection {
                         }
                     }
                 },
-                Some(event) = self.events_rx.recv() => self.handle_event(event),
+                Some(event) = self.events_rx.recv() => {
+                    if let Err(stop) = self.handle_event(event) {
+                        return stop;
+                    }
+                }
                 _ = ticker.tick(), if self.heartbeat > 0 => {
                     if self.last_recv.elapsed() > beat * 2 {
                         tracing::info!(peer = %self.peer, "missed heartbeats from client, closing");
@@ -500,7 +509,11 @@ impl Connection {
             // Drain whatever else queues pushed, then write it all at once.
             for _ in 0..DELIVERY_BATCH {
                 match self.events_rx.try_recv() {
-                    Ok(event) => self.handle_event(event),
+                    Ok(event) => {
+                        if let Err(stop) = self.handle_event(event) {
+                            return stop;
+                        }
+                    }
                     Err(_) => break,
                 }
             }
@@ -525,8 +538,17 @@ impl Connection {
         Ok(())
     }
 
-    fn handle_event(&mut self, event: Event) {
+    fn handle_event(&mut self, event: Event) -> Result<(), Stop> {
         match event {
+            Event::Synced(id, token, ok) => {
+                if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
+                    let result = channel.on_synced(token, ok, &mut self.out);
+                    encode_outgoing(id, &mut self.out, self.frame_max, &mut self.wbuf);
+                    if let Err(e) = result {
+                        return self.fail_channel(id, e, 0, 0);
+                    }
+                }
+            }
             Event::Deliver(id, delivery) => match self.channels.get_mut(&id) {
                 Some(Slot::Open { channel, .. }) => {
                     channel.deliver(delivery, &mut self.out);
@@ -549,6 +571,7 @@ impl Connection {
                 }
             }
         }
+        Ok(())
     }
 
     fn handle_frame(&mut self, frame: Frame) -> Result<(), Stop> {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use antre_broker::Broker;
+use antre_broker::{Broker, StorageOptions};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,9 +21,15 @@ pub struct RunningServer {
     pub broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    config: Config,
 }
 
 impl RunningServer {
+    /// The settings it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Stops accepting, closes every connection with 320 CONNECTION_FORCED
     /// and waits for the connection tasks to finish.
     pub async fn shutdown(self) {
@@ -40,12 +46,29 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("binding AMQP listener on {}", config.amqp_listen))?;
     let amqp_addr = listener.local_addr()?;
-    let broker = Arc::new(Broker::new());
+    // Recovery reads every durable queue from disk: keep it off the async
+    // workers. Clients connecting meanwhile wait in the listen backlog.
+    let data_dir = config.data_dir.clone();
+    let storage = StorageOptions {
+        queue_memory_limit: config.queue_memory_limit,
+        ..StorageOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let broker = tokio::task::spawn_blocking(move || Broker::open(&data_dir, storage))
+        .await
+        .context("recovery task failed")?
+        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        data_dir = %config.data_dir.display(),
+        "storage recovered"
+    );
+    let broker = Arc::new(broker);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
         listener,
         Arc::clone(&broker),
-        Arc::new(config),
+        Arc::new(config.clone()),
         shutdown_rx,
     ));
     tracing::info!("listening on amqp://{amqp_addr}");
@@ -54,6 +77,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         broker,
         shutdown,
         task,
+        config,
     })
 }
 
@@ -85,4 +109,7 @@ async fn accept_loop(
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+    // Every connection is gone: flush and close the stores so a restart
+    // brings back no acked message.
+    let _ = tokio::task::spawn_blocking(move || broker.close()).await;
 }

@@ -33,7 +33,9 @@ pub fn headers_match(arguments: &FieldTable, headers: Option<&FieldTable>) -> bo
     }
 }
 
-fn values_equal(a: &FieldValue, b: &FieldValue) -> bool {
+/// Equality by value: all integer widths compare as one type, both float
+/// widths as one, tables and arrays element by element.
+pub(crate) fn values_equal(a: &FieldValue, b: &FieldValue) -> bool {
     if let (Some(x), Some(y)) = (int_value(a), int_value(b)) {
         return x == y;
     }
@@ -41,8 +43,19 @@ fn values_equal(a: &FieldValue, b: &FieldValue) -> bool {
         (FieldValue::F32(x), FieldValue::F64(y)) | (FieldValue::F64(y), FieldValue::F32(x)) => {
             f64::from(*x) == *y
         }
+        (FieldValue::Table(x), FieldValue::Table(y)) => tables_equal(x, y),
+        (FieldValue::Array(x), FieldValue::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b))
+        }
         _ => a == b,
     }
+}
+
+/// Tables with the same keys and, key by key, equal values (any order).
+pub(crate) fn tables_equal(a: &FieldTable, b: &FieldTable) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| values_equal(v, w)))
 }
 
 fn int_value(v: &FieldValue) -> Option<i64> {

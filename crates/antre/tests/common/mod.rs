@@ -45,6 +45,21 @@ impl TestBroker {
         TestBroker { server, dir }
     }
 
+    /// Stops the broker cleanly and starts a new one on the same data
+    /// directory (and a new port).
+    pub async fn restart(self) -> TestBroker {
+        let TestBroker { server, dir } = self;
+        let config_tweak = server.config().clone();
+        server.shutdown().await;
+        let server = antre::start(Config {
+            amqp_listen: "127.0.0.1:0".into(),
+            ..config_tweak
+        })
+        .await
+        .expect("broker restarts");
+        TestBroker { server, dir }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.server.amqp_addr
     }

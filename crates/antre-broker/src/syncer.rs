@@ -1,0 +1,161 @@
+//! Group commit: one thread makes the appends of many publishes durable with
+//! one fsync per dirty queue, then releases their confirms together.
+//!
+//! Publishers never wait on the disk themselves. A channel that needs its
+//! persistent publishes confirmed sends a request naming the queues it wrote
+//! to; the syncer takes every request that arrived while the previous round
+//! was fsyncing, starts a sync on each queue (a short step under the queue's
+//! lock: hand buffered records to the kernel), runs the fsyncs with no lock
+//! held, so publishers go on appending to the next round, and finally tells
+//! each channel, in request order, that its publishes are on disk. At about
+//! 0.3 ms per fsync, confirmed throughput is bounded by how many publishes
+//! arrive per round, not by fsyncs per second.
+//!
+//! Between requests, the syncer also sweeps every durable queue on a short
+//! interval, so persistent messages published without confirms and acks
+//! reach the disk within that interval.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::queue::{DeliverySink, Queue};
+
+struct Request {
+    queues: Vec<Arc<Queue>>,
+    sink: Arc<dyn DeliverySink>,
+    token: u64,
+}
+
+/// Handle to the broker's sync thread; cheap to clone.
+#[derive(Clone)]
+pub struct Syncer {
+    tx: mpsc::Sender<Request>,
+    queues: Arc<Mutex<Vec<Weak<Queue>>>>,
+}
+
+impl std::fmt::Debug for Syncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Syncer").finish_non_exhaustive()
+    }
+}
+
+impl Syncer {
+    /// Starts the sync thread, sweeping durable queues every `interval`.
+    /// The thread ends when the last handle is dropped.
+    pub fn start(interval: Duration) -> std::io::Result<Syncer> {
+        let (tx, rx) = mpsc::channel();
+        let queues: Arc<Mutex<Vec<Weak<Queue>>>> = Arc::default();
+        let registry = Arc::clone(&queues);
+        thread::Builder::new()
+            .name("antre-syncer".into())
+            .spawn(move || run(rx, registry, interval))?;
+        Ok(Syncer { tx, queues })
+    }
+
+    /// Includes a durable queue in the periodic sweep.
+    pub fn register(&self, queue: &Arc<Queue>) {
+        let mut queues = self.queues.lock();
+        queues.retain(|q| q.strong_count() > 0);
+        queues.push(Arc::downgrade(queue));
+    }
+
+    /// Asks for everything appended so far to `queues` to be made durable;
+    /// `sink.synced(token, ok)` is called when it is. Requests complete in
+    /// the order they were made.
+    pub fn request(&self, queues: Vec<Arc<Queue>>, sink: Arc<dyn DeliverySink>, token: u64) {
+        let request = Request {
+            queues,
+            sink,
+            token,
+        };
+        if let Err(mpsc::SendError(r)) = self.tx.send(request) {
+            // The broker is shutting down; nothing can be promised any more.
+            r.sink.synced(r.token, false);
+        }
+    }
+
+    /// Every durable queue still alive.
+    pub fn durable_queues(&self) -> Vec<Arc<Queue>> {
+        self.queues
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+}
+
+fn run(rx: mpsc::Receiver<Request>, registry: Arc<Mutex<Vec<Weak<Queue>>>>, interval: Duration) {
+    let mut last_sweep = Instant::now();
+    loop {
+        let mut requests = Vec::new();
+        match rx.recv_timeout(interval) {
+            Ok(r) => requests.push(r),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while let Ok(r) = rx.try_recv() {
+            requests.push(r);
+        }
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        let mut add = |q: &Arc<Queue>| {
+            if !queues.iter().any(|have| Arc::ptr_eq(have, q)) {
+                queues.push(Arc::clone(q));
+            }
+        };
+        for r in &requests {
+            r.queues.iter().for_each(&mut add);
+        }
+        if last_sweep.elapsed() >= interval {
+            last_sweep = Instant::now();
+            let registered: Vec<Arc<Queue>> =
+                registry.lock().iter().filter_map(Weak::upgrade).collect();
+            registered
+                .iter()
+                .filter(|q| q.is_dirty())
+                .for_each(&mut add);
+        }
+        let failed = sync_round(&queues);
+        for r in requests {
+            let ok = !r
+                .queues
+                .iter()
+                .any(|q| failed.iter().any(|f| Arc::ptr_eq(f, q)));
+            r.sink.synced(r.token, ok);
+        }
+    }
+}
+
+/// Syncs the queues; returns those whose sync failed.
+fn sync_round(queues: &[Arc<Queue>]) -> Vec<Arc<Queue>> {
+    let mut failed = Vec::new();
+    let mut started = Vec::with_capacity(queues.len());
+    for q in queues {
+        match q.begin_sync() {
+            Some(Ok(pending)) => started.push((q, pending)),
+            Some(Err(e)) => {
+                tracing::error!(queue = q.name, "store sync failed: {e}");
+                failed.push(Arc::clone(q));
+            }
+            None => {}
+        }
+    }
+    // The fsyncs, with no queue locked.
+    let results: Vec<_> = started
+        .into_iter()
+        .map(|(q, pending)| {
+            let result = pending.run();
+            (q, pending, result)
+        })
+        .collect();
+    for (q, pending, result) in results {
+        if let Err(e) = q.finish_sync(pending, result) {
+            tracing::error!(queue = q.name, "store sync failed: {e}");
+            failed.push(Arc::clone(q));
+        }
+    }
+    failed
+}
