@@ -21,7 +21,7 @@ impl SegmentIndex {
     /// Records a new live record. Offsets only grow within a segment.
     pub fn push(&mut self, offset: u32) {
         debug_assert!(self.offsets.last().copied().unwrap_or(0) < offset);
-        if self.offsets.len() % 64 == 0 {
+        if self.offsets.len().is_multiple_of(64) {
             self.acked.push(0);
         }
         self.offsets.push(offset);

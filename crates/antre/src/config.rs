@@ -21,6 +21,11 @@ pub struct Config {
     /// Bytes of message bodies each queue keeps in memory; past this,
     /// persistent messages stay on disk until delivered.
     pub queue_memory_limit: u64,
+    /// Publishers are blocked while the data directory's file system has
+    /// less free space than this, in bytes (RabbitMQ's default: 50 MB).
+    pub disk_free_limit: u64,
+    /// How often free disk space is checked.
+    pub disk_check_interval: std::time::Duration,
 }
 
 impl Default for Config {
@@ -33,6 +38,8 @@ impl Default for Config {
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
             queue_memory_limit: 64 * 1024 * 1024,
+            disk_free_limit: 50_000_000,
+            disk_check_interval: std::time::Duration::from_secs(1),
         }
     }
 }

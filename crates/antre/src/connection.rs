@@ -162,6 +162,13 @@ pub struct Connection {
     out: Vec<Outgoing>,
     last_recv: Instant,
     last_sent: Instant,
+    disk_alarm: watch::Receiver<bool>,
+    /// The client understands connection.blocked/unblocked.
+    blocked_notify: bool,
+    /// The connection has published: an alarm blocks it.
+    has_published: bool,
+    /// We stopped reading because of an alarm (and told the client).
+    blocked: bool,
 }
 
 impl Connection {
@@ -171,6 +178,7 @@ impl Connection {
         peer: SocketAddr,
         broker: Arc<Broker>,
         config: Arc<Config>,
+        disk_alarm: watch::Receiver<bool>,
     ) -> Connection {
         let (reader, writer) = stream.into_split();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -196,6 +204,10 @@ impl Connection {
             out: Vec::new(),
             last_recv: Instant::now(),
             last_sent: Instant::now(),
+            disk_alarm,
+            blocked_notify: false,
+            has_published: false,
+            blocked: false,
         }
     }
 
@@ -323,6 +335,7 @@ impl Connection {
         self.authenticate(&start_ok)?;
         self.cancel_notify =
             client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+        self.blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
 
         self.send_method(
             0,
@@ -478,8 +491,10 @@ impl Connection {
         let mut ticker = tokio::time::interval(beat / 2);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let reading = !self.blocked;
             tokio::select! {
-                read = self.reader.read_buf(&mut self.rbuf) => match read {
+                _ = self.disk_alarm.changed() => {}
+                read = self.reader.read_buf(&mut self.rbuf), if reading => match read {
                     Ok(0) | Err(_) => return Stop::Gone,
                     Ok(_) => {
                         self.last_recv = Instant::now();
@@ -494,7 +509,9 @@ impl Connection {
                     }
                 }
                 _ = ticker.tick(), if self.heartbeat > 0 => {
-                    if self.last_recv.elapsed() > beat * 2 {
+                    // A blocked connection is not read, so its heartbeats go
+                    // unseen: only judge silence while reading.
+                    if reading && self.last_recv.elapsed() > beat * 2 {
                         tracing::info!(peer = %self.peer, "missed heartbeats from client, closing");
                         return Stop::Gone;
                     }
@@ -517,10 +534,33 @@ impl Connection {
                     Err(_) => break,
                 }
             }
+            self.update_blocked();
             if let Err(stop) = self.flush().await {
                 return stop;
             }
         }
+    }
+
+    /// Stops reading a publishing connection while the disk alarm is raised
+    /// (RabbitMQ's flow of blocking), telling clients that understand it.
+    fn update_blocked(&mut self) {
+        let block = *self.disk_alarm.borrow() && self.has_published;
+        if block == self.blocked {
+            return;
+        }
+        self.blocked = block;
+        if !self.blocked_notify {
+            return;
+        }
+        let method: Method = if block {
+            ConnectionBlocked {
+                reason: "low on disk".into(),
+            }
+            .into()
+        } else {
+            ConnectionUnblocked {}.into()
+        };
+        self.send_method(0, &method);
     }
 
     fn process_frames(&mut self) -> Result<(), Stop> {
@@ -641,6 +681,7 @@ impl Connection {
                     }
                     Method::ChannelCloseOk(_) => Ok(()),
                     Method::BasicPublish(publish) => {
+                        self.has_published = true;
                         *content = Some(PendingContent {
                             publish,
                             header: None,

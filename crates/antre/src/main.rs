@@ -31,6 +31,14 @@ struct ServeArgs {
     /// Directory for messages and definitions.
     #[arg(long, env = "ANTRE_DATA_DIR", default_value = "antre-data")]
     data_dir: PathBuf,
+    /// Block publishers while the data directory's file system has less free
+    /// space than this many bytes.
+    #[arg(long, env = "ANTRE_DISK_FREE_LIMIT", default_value_t = 50_000_000)]
+    disk_free_limit: u64,
+    /// Bytes of message bodies each queue keeps in memory; past this,
+    /// persistent messages stay on disk until delivered.
+    #[arg(long, env = "ANTRE_QUEUE_MEMORY_LIMIT", default_value_t = 64 * 1024 * 1024)]
+    queue_memory_limit: u64,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ANTRE_LOG_JSON")]
     log_json: bool,
@@ -67,6 +75,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config {
         amqp_listen: args.amqp_listen,
         data_dir: args.data_dir,
+        disk_free_limit: args.disk_free_limit,
+        queue_memory_limit: args.queue_memory_limit,
         ..Config::default()
     };
     let server = antre::start(config).await?;

@@ -9,12 +9,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::alarm::DiskAlarm;
 use crate::config::Config;
 use crate::connection::Connection;
 
 /// A server that is accepting connections.
 #[derive(Debug)]
 pub struct RunningServer {
+    /// The free-disk alarm (its limit can be changed at run time).
+    pub disk_alarm: DiskAlarm,
     /// The address AMQP clients connect to (with the real port).
     pub amqp_addr: SocketAddr,
     /// The broker state, for inspection by tests and the management API.
@@ -42,6 +45,7 @@ impl RunningServer {
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let listener = TcpListener::bind(&config.amqp_listen)
         .await
         .with_context(|| format!("binding AMQP listener on {}", config.amqp_listen))?;
@@ -65,11 +69,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     );
     let broker = Arc::new(broker);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let disk_alarm = DiskAlarm::start(
+        config.data_dir.clone(),
+        config.disk_free_limit,
+        config.disk_check_interval,
+        shutdown_rx.clone(),
+    );
     let task = tokio::spawn(accept_loop(
         listener,
         Arc::clone(&broker),
         Arc::new(config.clone()),
+        disk_alarm.clone(),
         shutdown_rx,
+        lock,
     ));
     tracing::info!("listening on amqp://{amqp_addr}");
     Ok(RunningServer {
@@ -78,6 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown,
         task,
         config,
+        disk_alarm,
     })
 }
 
@@ -85,7 +98,9 @@ async fn accept_loop(
     listener: TcpListener,
     broker: Arc<Broker>,
     config: Arc<Config>,
+    disk_alarm: DiskAlarm,
     mut shutdown: watch::Receiver<bool>,
+    lock: std::fs::File,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -93,7 +108,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = Connection::new(stream, peer, Arc::clone(&broker), Arc::clone(&config));
+                    let conn = Connection::new(stream, peer, Arc::clone(&broker), Arc::clone(&config), disk_alarm.subscribe());
                     connections.spawn(conn.serve(shutdown.clone()));
                 }
                 Err(e) => {
@@ -112,4 +127,24 @@ async fn accept_loop(
     // Every connection is gone: flush and close the stores so a restart
     // brings back no acked message.
     let _ = tokio::task::spawn_blocking(move || broker.close()).await;
+    drop(lock);
+}
+
+/// Takes an exclusive lock on the data directory, so a second broker
+/// started on the same directory refuses to run instead of corrupting it.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.try_lock().map_err(|e| {
+        anyhow::anyhow!(
+            "data directory {} is in use by another antre process ({e})",
+            dir.display()
+        )
+    })?;
+    Ok(file)
 }

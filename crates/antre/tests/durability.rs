@@ -251,3 +251,98 @@ async fn backlog_beyond_memory_limit_is_read_back_from_disk() {
     }
     assert_eq!(ready_count(&ch, "backlog").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_disk_blocks_publishers_until_space_returns() {
+    use antre_amqp::method::{BasicPublish, ConnectionBlocked, QueueDeclare};
+    use antre_amqp::{encode_content, encode_method, FieldTable as Table, FieldValue, Method};
+
+    // No file system has this much free space: the alarm is raised at once.
+    let broker = TestBroker::start_with(|c| {
+        c.disk_free_limit = u64::MAX;
+        c.disk_check_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let caps: Table = [("connection.blocked", FieldValue::Bool(true))]
+        .into_iter()
+        .collect();
+    let props: Table = [("capabilities", FieldValue::Table(caps))]
+        .into_iter()
+        .collect();
+    let mut raw = RawClient::connect_with(broker.addr(), 0, props).await;
+    raw.open_channel(1).await;
+    raw.send(
+        1,
+        QueueDeclare {
+            queue: "q".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    raw.recv_method().await.unwrap();
+    let publish = |body: &[u8]| {
+        let mut out = bytes::BytesMut::new();
+        let m = BasicPublish {
+            routing_key: "q".into(),
+            ..Default::default()
+        };
+        encode_method(1, &m.into(), &mut out);
+        encode_content(1, &Default::default(), body, 131_072, &mut out);
+        out
+    };
+    raw.send_bytes(&publish(b"first")).await;
+    let (ch, blocked) = raw.recv_method().await.unwrap();
+    assert_eq!(ch, 0);
+    assert_eq!(
+        blocked,
+        Method::ConnectionBlocked(ConnectionBlocked {
+            reason: "low on disk".into()
+        })
+    );
+
+    // While blocked, the connection is not read: the second publish waits.
+    raw.send_bytes(&publish(b"second")).await;
+    let observer = broker.lapin().await;
+    let och = observer.create_channel().await.unwrap();
+    assert_eq!(ready_count(&och, "q").await, 1);
+
+    broker.server.disk_alarm.set_limit(0);
+    let (_, unblocked) = raw.recv_method().await.unwrap();
+    assert!(
+        matches!(unblocked, Method::ConnectionUnblocked(_)),
+        "{unblocked:?}"
+    );
+    raw.send(
+        1,
+        QueueDeclare {
+            queue: "q".into(),
+            passive: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, ok) = raw.recv_method().await.unwrap();
+    let Method::QueueDeclareOk(ok) = ok else {
+        panic!("{ok:?}")
+    };
+    assert_eq!(
+        ok.message_count, 2,
+        "the held publish went through once unblocked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_broker_cannot_open_the_same_data_directory() {
+    let broker = TestBroker::start().await;
+    let second = antre::start(antre::Config {
+        amqp_listen: "127.0.0.1:0".into(),
+        data_dir: broker.dir.path().to_path_buf(),
+        ..antre::Config::default()
+    })
+    .await;
+    let err = second.expect_err("the directory is locked");
+    assert!(
+        err.to_string().contains("in use by another antre process"),
+        "{err}"
+    );
+}

@@ -164,6 +164,15 @@ pub struct RawClient {
 impl RawClient {
     /// Connects and completes the handshake as guest, proposing `heartbeat`.
     pub async fn connect(addr: SocketAddr, heartbeat: u16) -> RawClient {
+        Self::connect_with(addr, heartbeat, antre_amqp::FieldTable::new()).await
+    }
+
+    /// As [`RawClient::connect`], announcing `client_properties`.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        heartbeat: u16,
+        client_properties: antre_amqp::FieldTable,
+    ) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
         let mut c = RawClient {
             stream,
@@ -175,10 +184,10 @@ impl RawClient {
         c.send(
             0,
             ConnectionStartOk {
+                client_properties,
                 mechanism: "PLAIN".into(),
                 response: Bytes::from_static(b"\0guest\0guest"),
                 locale: "en_US".into(),
-                ..Default::default()
             },
         )
         .await;
