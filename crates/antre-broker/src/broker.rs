@@ -10,6 +10,7 @@ use antre_store::StoreOptions;
 use parking_lot::RwLock;
 
 use crate::error::BrokerError;
+use crate::metrics::BrokerMetrics;
 use crate::syncer::Syncer;
 use crate::vhost::{dir_name, Vhost, VhostStorage};
 
@@ -73,6 +74,8 @@ pub struct Broker {
     users: RwLock<HashMap<String, User>>,
     next_id: AtomicU64,
     storage: Option<BrokerStorage>,
+    /// Broker-wide message counters and latencies.
+    pub metrics: Arc<BrokerMetrics>,
 }
 
 impl Default for Broker {
@@ -85,7 +88,7 @@ impl Broker {
     /// A broker that keeps everything in memory, with the default vhost `/`
     /// and the user guest/guest, allowed from loopback only.
     pub fn new() -> Broker {
-        let broker = Broker::empty(None);
+        let broker = Broker::empty(None, Arc::default());
         broker
             .vhosts
             .write()
@@ -93,12 +96,13 @@ impl Broker {
         broker
     }
 
-    fn empty(storage: Option<BrokerStorage>) -> Broker {
+    fn empty(storage: Option<BrokerStorage>, metrics: Arc<BrokerMetrics>) -> Broker {
         let broker = Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             storage,
+            metrics,
         };
         broker.add_user(User {
             name: "guest".into(),
@@ -115,13 +119,17 @@ impl Broker {
         std::fs::create_dir_all(&vhosts_dir).map_err(|e| {
             BrokerError::Internal(format!("creating {}: {e}", vhosts_dir.display()))
         })?;
-        let syncer = Syncer::start(options.sync_interval)
+        let metrics = Arc::<BrokerMetrics>::default();
+        let syncer = Syncer::start(options.sync_interval, Arc::clone(&metrics))
             .map_err(|e| BrokerError::Internal(format!("starting the sync thread: {e}")))?;
-        let broker = Broker::empty(Some(BrokerStorage {
-            data_dir: data_dir.to_owned(),
-            options,
-            syncer,
-        }));
+        let broker = Broker::empty(
+            Some(BrokerStorage {
+                data_dir: data_dir.to_owned(),
+                options,
+                syncer,
+            }),
+            metrics,
+        );
         let entries = std::fs::read_dir(&vhosts_dir)
             .map_err(|e| BrokerError::Internal(format!("reading {}: {e}", vhosts_dir.display())))?;
         for entry in entries.flatten() {

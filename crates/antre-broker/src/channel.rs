@@ -110,6 +110,10 @@ pub struct Channel {
     /// later confirms queue behind it, so a `multiple` ack can never cover a
     /// message that is not on disk yet.
     syncs_outstanding: usize,
+    /// When each outstanding sync request was made, for confirm latency.
+    sync_started: std::collections::VecDeque<std::time::Instant>,
+    /// Highest publish sequence number confirmed so far.
+    confirmed_up_to: u64,
 }
 
 /// The sync token that stands for a transaction commit (confirm tokens are
@@ -132,6 +136,8 @@ impl Channel {
             last_queue: None,
             dirty: Vec::new(),
             syncs_outstanding: 0,
+            sync_started: std::collections::VecDeque::new(),
+            confirmed_up_to: 0,
         }
     }
 
@@ -435,6 +441,8 @@ impl Channel {
         );
         let spec = ConsumerSpec {
             id,
+            connection: self.ctx.connection,
+            channel: self.id,
             tag: Arc::clone(&tag),
             no_ack: m.no_ack,
             exclusive: m.exclusive,
@@ -476,6 +484,7 @@ impl Channel {
         };
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
+        self.count_delivery(entry.redelivered);
         let message = Arc::clone(&entry.message);
         let redelivered = entry.redelivered;
         if !m.no_ack {
@@ -516,6 +525,7 @@ impl Channel {
         };
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
+        self.count_delivery(delivery.entry.redelivered);
         let message = Arc::clone(&delivery.entry.message);
         out.push(Outgoing::Content(
             BasicDeliver {
@@ -537,6 +547,14 @@ impl Channel {
                     credit: Some(credit),
                 },
             );
+        }
+    }
+
+    fn count_delivery(&self, redelivered: bool) {
+        let m = &self.ctx.broker.metrics;
+        m.delivered.inc();
+        if redelivered {
+            m.redelivered.inc();
         }
     }
 
@@ -574,6 +592,9 @@ impl Channel {
         } else {
             self.unacked.remove(&s.tag).into_iter().collect()
         };
+        if s.requeue.is_none() {
+            self.ctx.broker.metrics.acked.add(settled.len() as u64);
+        }
         self.finish(settled, s.requeue.unwrap_or(false));
         Ok(())
     }
@@ -642,6 +663,7 @@ impl Channel {
             header.properties,
             body,
         ));
+        self.ctx.broker.metrics.published.inc();
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now: RabbitMQ fails the publish, not the commit.
             self.ctx.vhost.route(&message.exchange, "", None)?;
@@ -683,7 +705,11 @@ impl Channel {
             .ctx
             .vhost
             .route(&message.exchange, &message.routing_key, headers)?;
+        if queues.is_empty() {
+            self.ctx.broker.metrics.unroutable.inc();
+        }
         if queues.is_empty() && mandatory {
+            self.ctx.broker.metrics.returned.inc();
             out.push(Outgoing::Content(
                 BasicReturn {
                     reply_code: reply::NO_ROUTE,
@@ -722,6 +748,7 @@ impl Channel {
             return;
         };
         if !self.request_sync(tag) {
+            self.count_confirms(tag);
             out.push(Outgoing::Method(
                 BasicAck {
                     delivery_tag: tag,
@@ -730,6 +757,12 @@ impl Channel {
                 .into(),
             ));
         }
+    }
+
+    fn count_confirms(&mut self, up_to: u64) {
+        let n = up_to.saturating_sub(self.confirmed_up_to);
+        self.confirmed_up_to = self.confirmed_up_to.max(up_to);
+        self.ctx.broker.metrics.confirmed.add(n);
     }
 
     /// Asks the syncer to make this channel's appends durable, if there are
@@ -744,6 +777,7 @@ impl Channel {
             return false;
         }
         self.syncs_outstanding += 1;
+        self.sync_started.push_back(std::time::Instant::now());
         syncer.request(
             std::mem::take(&mut self.dirty),
             Arc::clone(&self.sink),
@@ -761,6 +795,13 @@ impl Channel {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
         self.syncs_outstanding = self.syncs_outstanding.saturating_sub(1);
+        if let Some(started) = self.sync_started.pop_front() {
+            self.ctx
+                .broker
+                .metrics
+                .confirm_seconds
+                .observe(started.elapsed());
+        }
         if token == TX_COMMIT_TOKEN {
             if !ok {
                 return Err(BrokerError::Internal(
@@ -771,6 +812,7 @@ impl Channel {
             return Ok(());
         }
         let method: Method = if ok {
+            self.count_confirms(token);
             BasicAck {
                 delivery_tag: token,
                 multiple: true,

@@ -13,6 +13,7 @@
 //!   publisher confirms, transactions);
 //! - [`syncer`]: group commit, so confirms mean "on disk" at high rates;
 //! - [`definitions`]: durable topology as RabbitMQ-shaped JSON;
+//! - [`metrics`]: counters and latency histograms for monitoring;
 //! - [`error`]: refusals, each with its AMQP reply code.
 
 pub mod broker;
@@ -21,6 +22,7 @@ pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod metrics;
 pub mod queue;
 pub mod syncer;
 pub mod vhost;
@@ -29,5 +31,5 @@ pub use broker::{Broker, LoginError, StorageOptions, User};
 pub use channel::{Channel, ChannelContext, Outgoing};
 pub use error::BrokerError;
 pub use message::Message;
-pub use queue::{ConnectionId, Credit, Delivery, DeliverySink, Queue, QueueCounts};
+pub use queue::{ConnectionId, ConsumerInfo, Credit, Delivery, DeliverySink, Queue, QueueCounts};
 pub use vhost::Vhost;

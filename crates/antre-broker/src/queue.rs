@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 
 use crate::error::{queue_ref, BrokerError};
 use crate::message::Message;
+use crate::metrics::QueueMetrics;
 
 /// Identifies a client connection (for exclusive queues).
 pub type ConnectionId = u64;
@@ -60,6 +61,11 @@ impl Credit {
     /// Stops or resumes all dispatch through this window (channel.flow).
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// The window's size (0 = unlimited).
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
     }
 
     /// Deliveries outstanding.
@@ -143,6 +149,10 @@ pub trait DeliverySink: Send + Sync + std::fmt::Debug {
 pub struct ConsumerSpec {
     /// Broker-wide id.
     pub id: ConsumerId,
+    /// The connection it belongs to.
+    pub connection: ConnectionId,
+    /// Its channel number on that connection.
+    pub channel: u16,
     /// Tag on its channel.
     pub tag: Arc<str>,
     /// Deliveries count as acked when sent.
@@ -179,6 +189,25 @@ impl ConsumerSpec {
             self.channel_credit.release(1);
         }
     }
+}
+
+/// A consumer, as the management API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// Its tag.
+    pub tag: String,
+    /// The connection it belongs to.
+    pub connection: ConnectionId,
+    /// Its channel number.
+    pub channel: u16,
+    /// Whether deliveries count as acked when sent.
+    pub no_ack: bool,
+    /// Whether it is the queue's exclusive consumer.
+    pub exclusive: bool,
+    /// Its prefetch window (0 = unlimited).
+    pub prefetch: u32,
+    /// Deliveries it has not acked yet.
+    pub unacked: u32,
 }
 
 /// How a queue was declared.
@@ -319,6 +348,8 @@ pub struct Queue {
     pub vhost: String,
     /// How it was declared.
     pub options: QueueOptions,
+    /// Message counters.
+    pub metrics: QueueMetrics,
     state: Mutex<QueueState>,
 }
 
@@ -336,6 +367,7 @@ impl Queue {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
             options,
+            metrics: QueueMetrics::default(),
             state: Mutex::new(QueueState::default()),
         })
     }
@@ -393,6 +425,7 @@ impl Queue {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
             options,
+            metrics: QueueMetrics::default(),
             state: Mutex::new(state),
         }))
     }
@@ -423,6 +456,7 @@ impl Queue {
         };
         let seq = st.next_seq;
         st.next_seq += 1;
+        self.metrics.published.inc();
         let stored = pos.is_some();
         st.insert_ready(
             Entry {
@@ -473,6 +507,7 @@ impl Queue {
     pub fn get(&self, no_ack: bool) -> Option<(Entry, u32)> {
         let mut st = self.state.lock();
         let entry = st.pop_ready(&self.name)?;
+        self.count_delivery(&entry);
         if no_ack {
             st.forget(entry.pos, &self.name);
         } else {
@@ -485,6 +520,7 @@ impl Queue {
     pub fn ack(self: &Arc<Self>, entries: &[Entry]) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(entries.len() as u32);
+        self.metrics.acked.add(entries.len() as u64);
         for e in entries {
             st.forget(e.pos, &self.name);
         }
@@ -559,6 +595,24 @@ impl Queue {
         n
     }
 
+    /// The queue's consumers.
+    pub fn consumers(&self) -> Vec<ConsumerInfo> {
+        self.state
+            .lock()
+            .consumers
+            .iter()
+            .map(|c| ConsumerInfo {
+                tag: c.tag.to_string(),
+                connection: c.connection,
+                channel: c.channel,
+                no_ack: c.no_ack,
+                exclusive: c.exclusive,
+                prefetch: c.credit.limit(),
+                unacked: c.credit.in_flight(),
+            })
+            .collect()
+    }
+
     /// Current counts.
     pub fn counts(&self) -> QueueCounts {
         let st = self.state.lock();
@@ -610,6 +664,13 @@ impl Queue {
         st.deleted = true;
     }
 
+    fn count_delivery(&self, entry: &Entry) {
+        self.metrics.delivered.inc();
+        if entry.redelivered {
+            self.metrics.redelivered.inc();
+        }
+    }
+
     /// Delivers ready messages round-robin to consumers with credit.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
@@ -626,6 +687,7 @@ impl Queue {
                 st.consumers[idx].release_credit();
                 return;
             };
+            self.count_delivery(&entry);
             let consumer = &st.consumers[idx];
             let no_ack = consumer.no_ack;
             let pos = entry.pos;
@@ -725,6 +787,8 @@ pub(crate) mod tests {
     fn consumer(id: u64, prefetch: u32, sink: &Arc<CollectSink>) -> ConsumerSpec {
         ConsumerSpec {
             id,
+            connection: 1,
+            channel: 1,
             tag: format!("c{id}").into(),
             no_ack: false,
             exclusive: false,

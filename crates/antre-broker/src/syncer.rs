@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::metrics::BrokerMetrics;
 use crate::queue::{DeliverySink, Queue};
 
 struct Request {
@@ -46,13 +47,13 @@ impl std::fmt::Debug for Syncer {
 impl Syncer {
     /// Starts the sync thread, sweeping durable queues every `interval`.
     /// The thread ends when the last handle is dropped.
-    pub fn start(interval: Duration) -> std::io::Result<Syncer> {
+    pub fn start(interval: Duration, metrics: Arc<BrokerMetrics>) -> std::io::Result<Syncer> {
         let (tx, rx) = mpsc::channel();
         let queues: Arc<Mutex<Vec<Weak<Queue>>>> = Arc::default();
         let registry = Arc::clone(&queues);
         thread::Builder::new()
             .name("antre-syncer".into())
-            .spawn(move || run(rx, registry, interval))?;
+            .spawn(move || run(rx, registry, interval, &metrics))?;
         Ok(Syncer { tx, queues })
     }
 
@@ -88,7 +89,12 @@ impl Syncer {
     }
 }
 
-fn run(rx: mpsc::Receiver<Request>, registry: Arc<Mutex<Vec<Weak<Queue>>>>, interval: Duration) {
+fn run(
+    rx: mpsc::Receiver<Request>,
+    registry: Arc<Mutex<Vec<Weak<Queue>>>>,
+    interval: Duration,
+    metrics: &BrokerMetrics,
+) {
     let mut last_sweep = Instant::now();
     loop {
         let mut requests = Vec::new();
@@ -118,7 +124,11 @@ fn run(rx: mpsc::Receiver<Request>, registry: Arc<Mutex<Vec<Weak<Queue>>>>, inte
                 .filter(|q| q.is_dirty())
                 .for_each(&mut add);
         }
+        let started = Instant::now();
         let failed = sync_round(&queues);
+        if !queues.is_empty() {
+            metrics.fsync_seconds.observe(started.elapsed());
+        }
         for r in requests {
             let ok = !r
                 .queues

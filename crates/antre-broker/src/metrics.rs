@@ -1,0 +1,146 @@
+//! Counters and histograms the broker keeps for monitoring.
+//!
+//! Plain atomics, updated on the hot path without locks; the server renders
+//! them for Prometheus and the management API. Broker-wide counters live on
+//! [`BrokerMetrics`] so they stay monotonic when queues are deleted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A monotonic counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of latency buckets, from 50 µs to 5 s.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
+/// A latency histogram with Prometheus semantics (cumulative on render).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+/// A point-in-time copy of a histogram.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistogramSnapshot {
+    /// (upper bound in seconds, observations at or below it), cumulative.
+    pub buckets: Vec<(f64, u64)>,
+    /// Number of observations.
+    pub count: u64,
+    /// Sum of observations, in seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The histogram now, with cumulative buckets.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut running = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                running += n.load(Ordering::Relaxed);
+                (*bound, running)
+            })
+            .collect();
+        HistogramSnapshot {
+            buckets,
+            count: self.count.load(Ordering::Relaxed),
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// Broker-wide message counters and latencies.
+#[derive(Debug, Default)]
+pub struct BrokerMetrics {
+    /// Messages published (accepted from clients).
+    pub published: Counter,
+    /// Messages routed to no queue.
+    pub unroutable: Counter,
+    /// Messages returned to publishers (mandatory, unroutable).
+    pub returned: Counter,
+    /// Deliveries to consumers and basic.get answers.
+    pub delivered: Counter,
+    /// Deliveries that were redeliveries.
+    pub redelivered: Counter,
+    /// Messages acknowledged by consumers.
+    pub acked: Counter,
+    /// Publisher confirms sent (messages covered).
+    pub confirmed: Counter,
+    /// Time of each fsync round of the store.
+    pub fsync_seconds: Histogram,
+    /// Time from a publish to its confirm, for confirms that waited for the disk.
+    pub confirm_seconds: Histogram,
+}
+
+/// Per-queue message counters.
+#[derive(Debug, Default)]
+pub struct QueueMetrics {
+    /// Messages enqueued.
+    pub published: Counter,
+    /// Messages delivered or fetched.
+    pub delivered: Counter,
+    /// Redeliveries among them.
+    pub redelivered: Counter,
+    /// Messages acked (or rejected without requeue).
+    pub acked: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(30));
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_secs(10));
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets[0], (0.000_05, 1));
+        assert_eq!(s.buckets[4], (0.001, 2));
+        assert_eq!(
+            s.buckets.last().unwrap().1,
+            2,
+            "10 s is beyond the last bucket, counted only in +Inf"
+        );
+        assert!((s.sum - 10.00073).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# Runs the same AMQP scenarios against RabbitMQ and antre, alternating, on
+# this machine, and prints one table: rates, latency, broker CPU per message.
+#
+# Usage: scripts/bench-vs-rabbitmq.sh [options]
+#   --duration S     seconds per throughput scenario (default 10)
+#   --sizes LIST     body sizes, comma-separated (default 16,1024)
+#   --only LIST      scenarios to run, comma-separated: transient,confirm,
+#                    fanout,many,latency (default all of them)
+#   --long           also run backlog and restart (scenarios 6 and 7)
+#   --backlog N      messages in the backlog scenarios (default 1000000)
+#   --no-antre       measure RabbitMQ only (e.g. when antre does not build)
+#   --no-rabbitmq    measure antre only
+#   --antre-bin PATH use this antre binary instead of building one
+#   --out DIR        where the JSON reports, charts and logs go
+#                    (default target/bench-<date>)
+#
+# Needs root for apt-get when RabbitMQ is missing. RabbitMQ runs on side
+# ports (AMQP 5682, distribution 25682) and antre on 127.0.0.1:5692, so an
+# existing broker on 5672 is left alone. Both brokers are stopped at the end
+# if this script started them.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=10
+SIZES=16,1024
+ONLY=transient,confirm,fanout,many,latency
+LONG=0
+BACKLOG=1000000
+WITH_ANTRE=1
+WITH_RABBIT=1
+OUT=""
+ANTRE_BIN=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION=$2; shift 2 ;;
+        --sizes) SIZES=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        --long) LONG=1; shift ;;
+        --backlog) BACKLOG=$2; shift 2 ;;
+        --no-antre) WITH_ANTRE=0; shift ;;
+        --no-rabbitmq) WITH_RABBIT=0; shift ;;
+        --antre-bin) ANTRE_BIN=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT=${OUT:-$CARGO_TARGET_DIR/bench-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+BENCH=$CARGO_TARGET_DIR/release/antre-bench
+ANTRE=${ANTRE_BIN:-$CARGO_TARGET_DIR/release/antre}
+RABBIT_NODE=rabbit@localhost
+RABBIT_URL="amqp://guest:guest@127.0.0.1:5682/%2f"
+ANTRE_ADDR=127.0.0.1:5692
+ANTRE_URL="amqp://guest:guest@$ANTRE_ADDR/%2f"
+
+log() { echo "== $*" >&2; }
+
+# ---- build ---------------------------------------------------------------
+log "building antre-bench (release)"
+(cd "$ROOT" && cargo build --release -p antre-bench)
+if [ $WITH_ANTRE = 1 ] && [ -z "$ANTRE_BIN" ]; then
+    log "building antre (release)"
+    if ! (cd "$ROOT" && cargo build --release -p antre); then
+        log "antre does not build: measuring RabbitMQ only"
+        WITH_ANTRE=0
+    fi
+fi
+
+# ---- RabbitMQ ------------------------------------------------------------
+RABBIT_STARTED=0
+RABBIT_PID=""
+rabbitctl() { rabbitmqctl -n "$RABBIT_NODE" "$@"; }
+rabbit_pid() {
+    # The beam.smp process that does the work, as the node itself reports it.
+    rabbitctl eval 'os:getpid().' 2>/dev/null | tr -dc '0-9'
+}
+start_rabbit() {
+    RABBITMQ_NODE_PORT=5682 RABBITMQ_NODENAME=$RABBIT_NODE RABBITMQ_DIST_PORT=25682 \
+        rabbitmq-server -detached
+    RABBIT_STARTED=1
+}
+wait_rabbit() {
+    rabbitctl await_startup --timeout 120 >/dev/null
+    RABBIT_PID=$(rabbit_pid)
+}
+stop_rabbit() {
+    if [ $RABBIT_STARTED = 1 ]; then
+        rabbitctl stop >/dev/null 2>&1 || true
+        RABBIT_STARTED=0
+    fi
+}
+if [ $WITH_RABBIT = 1 ]; then
+    if ! command -v rabbitmq-server >/dev/null; then
+        log "installing rabbitmq-server"
+        apt-get update && apt-get install -y rabbitmq-server
+        # The package starts a node on 5672 where systemd or init runs; ours
+        # is separate, on side ports.
+    fi
+    if rabbitctl status >/dev/null 2>&1; then
+        log "RabbitMQ node $RABBIT_NODE already running: using it (and leaving it running)"
+    else
+        log "starting RabbitMQ on 5682"
+        start_rabbit
+    fi
+    wait_rabbit
+    log "RabbitMQ $(rabbitctl version 2>/dev/null) pid $RABBIT_PID"
+fi
+
+# ---- antre ---------------------------------------------------------------
+ANTRE_PID=""
+ANTRE_DATA=$(mktemp -d /tmp/antre-bench-data.XXXXXX)
+start_antre() {
+    "$ANTRE" serve --amqp-listen "$ANTRE_ADDR" --data-dir "$ANTRE_DATA" >>"$OUT/antre.log" 2>&1 &
+    ANTRE_PID=$!
+}
+wait_antre() {
+    for _ in $(seq 1 600); do
+        if grep -q "listening on amqp://" "$OUT/antre.log" 2>/dev/null \
+            && (exec 3<>"/dev/tcp/${ANTRE_ADDR%:*}/${ANTRE_ADDR#*:}") 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$ANTRE_PID" 2>/dev/null; then
+            log "antre exited; its log:"; tail -20 "$OUT/antre.log" >&2; return 1
+        fi
+        sleep 0.1
+    done
+    log "antre did not start listening in 60 s"; return 1
+}
+stop_antre() {
+    if [ -n "$ANTRE_PID" ]; then
+        kill -TERM "$ANTRE_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$ANTRE_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$ANTRE_PID" 2>/dev/null || true
+        wait "$ANTRE_PID" 2>/dev/null || true
+        ANTRE_PID=""
+    fi
+}
+if [ $WITH_ANTRE = 1 ]; then
+    log "starting antre on $ANTRE_ADDR (data in $ANTRE_DATA)"
+    start_antre
+    if ! wait_antre; then
+        log "antre did not start: measuring RabbitMQ only"
+        stop_antre
+        WITH_ANTRE=0
+    fi
+fi
+
+cleanup() {
+    stop_antre
+    stop_rabbit
+    rm -rf "$ANTRE_DATA"
+}
+trap cleanup EXIT
+
+BROKERS=()
+[ $WITH_RABBIT = 1 ] && BROKERS+=(rabbitmq)
+[ $WITH_ANTRE = 1 ] && BROKERS+=(antre)
+[ ${#BROKERS[@]} -gt 0 ] || { log "no broker to measure"; exit 1; }
+url_of() { if [ "$1" = rabbitmq ]; then echo "$RABBIT_URL"; else echo "$ANTRE_URL"; fi; }
+pid_of() { if [ "$1" = rabbitmq ]; then echo "$RABBIT_PID"; else echo "$ANTRE_PID"; fi; }
+
+# bench LABEL HEADLINE BROKER [run options...]: one run, its JSON and chart in $OUT.
+bench() {
+    local label=$1 headline=$2 broker=$3; shift 3
+    log "$label on $broker"
+    "$BENCH" run --quiet -u "$(url_of "$broker")" --broker "$broker" --broker-pid "$(pid_of "$broker")" \
+        --label "$label" --headline "$headline" \
+        --json "$OUT/$label.$broker.json" --chart "$OUT/$label.$broker.svg" "$@" \
+        >"$OUT/$label.$broker.txt" 2>&1 || log "$label on $broker failed: $(tail -3 "$OUT/$label.$broker.txt")"
+    cat "$OUT/$label.$broker.txt" >&2
+}
+# scenario LABEL HEADLINE [run options...]: the same run on each broker in turn.
+scenario() {
+    local label=$1 headline=$2; shift 2
+    for b in "${BROKERS[@]}"; do bench "$label" "$headline" "$b" "$@"; done
+}
+wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+Z=(-z "$DURATION")
+for size in ${SIZES//,/ }; do
+    wants transient && scenario "1-transient-${size}B" rate,cpu "${Z[@]}" -s "$size" -x 1 -y 1
+    wants confirm && scenario "2-persistent-confirm-${size}B" rate,cpu "${Z[@]}" -s "$size" -x 1 -y 1 \
+        --persistent -c 1000
+    wants fanout && scenario "3-fanout-10q-${size}B" rate,cpu "${Z[@]}" -s "$size" -x 1 -y 10 \
+        --queues 10 -e antre-bench-fanout -t fanout
+    wants many && scenario "4-many-50x50-${size}B" rate,cpu "${Z[@]}" -s "$size" -x 50 -y 50 --queues 50
+    wants latency && scenario "5-latency-10k-${size}B" p50,p99,cpu "${Z[@]}" -s "$size" -x 1 -y 1 -r 10000
+done
+
+if [ $LONG = 1 ]; then
+    Q=(--queues 1 --queue-pattern antre-bench-backlog -s 1024 --persistent)
+    for b in "${BROKERS[@]}"; do
+        # 6. backlog: publish with no consumer, then drain; RSS sampled throughout.
+        bench "6-backlog-publish-1KiB" publish_rate,rss,cpu "$b" "${Q[@]}" -x 1 -y 0 -c 1000 \
+            -C "$BACKLOG" --keep-queues -z 3600
+        bench "6-backlog-drain-1KiB" deliver_rate,rss,cpu "$b" "${Q[@]}" -x 0 -y 1 --no-reset \
+            -D "$BACKLOG" -z 3600
+        # 7. restart: the same backlog again, then a broker restart, timed
+        # from the start command until a passive declare counts every message.
+        bench "7-restart-fill-1KiB" publish_rate "$b" "${Q[@]}" -x 1 -y 0 -c 1000 \
+            -C "$BACKLOG" --keep-queues -z 3600
+        log "restarting $b with $BACKLOG messages queued"
+        if [ "$b" = rabbitmq ]; then
+            rabbitctl stop >/dev/null; RABBIT_STARTED=0
+            t0=$(date +%s.%N); start_rabbit
+        else
+            stop_antre
+            t0=$(date +%s.%N); start_antre
+        fi
+        offset=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.3f", a - b }')
+        "$BENCH" wait-count -u "$(url_of "$b")" --queue antre-bench-backlog --count "$BACKLOG" \
+            --timeout 120 --offset "$offset" --broker "$b" --label 7-restart-1M-1KiB --json "$OUT/7-restart.$b.json" \
+            || log "$b did not recover the backlog"
+        if [ "$b" = rabbitmq ]; then wait_rabbit; else wait_antre; fi
+        # Drain-free cleanup: delete the queue with a zero-length run.
+        "$BENCH" run --quiet -u "$(url_of "$b")" -x 0 -y 0 -z 0 --queue-pattern antre-bench-backlog \
+            --durable >/dev/null || true
+    done
+fi
+
+echo
+echo "antre vs RabbitMQ, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+echo "durations ${DURATION}s per scenario; reports in $OUT"
+echo
+"$BENCH" compare "$OUT"
