@@ -9,10 +9,15 @@ use std::time::Duration;
 use antre_store::StoreOptions;
 use parking_lot::RwLock;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::BrokerError;
 use crate::metrics::BrokerMetrics;
 use crate::syncer::Syncer;
 use crate::vhost::{dir_name, Vhost, VhostStorage};
+
+/// How often the timer expires messages and queues: the precision of TTLs
+/// and `x-expires` (messages are never delivered expired, whatever this is).
+const TICK_INTERVAL: Duration = Duration::from_millis(25);
 
 /// How a broker stores messages on disk.
 #[derive(Debug, Clone)]
@@ -70,7 +75,10 @@ pub enum LoginError {
 /// The whole broker state that connections share.
 #[derive(Debug)]
 pub struct Broker {
-    vhosts: RwLock<HashMap<String, Arc<Vhost>>>,
+    /// Shared with the timer thread (as a weak reference, so the thread ends
+    /// with the broker).
+    vhosts: Arc<RwLock<HashMap<String, Arc<Vhost>>>>,
+    clock: Arc<dyn Clock>,
     users: RwLock<HashMap<String, User>>,
     next_id: AtomicU64,
     storage: Option<BrokerStorage>,
@@ -88,17 +96,26 @@ impl Broker {
     /// A broker that keeps everything in memory, with the default vhost `/`
     /// and the user guest/guest, allowed from loopback only.
     pub fn new() -> Broker {
-        let broker = Broker::empty(None, Arc::default());
-        broker
-            .vhosts
-            .write()
-            .insert("/".into(), Arc::new(Vhost::new("/")));
+        Broker::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An in-memory broker on the given clock. It has no timer thread: tests
+    /// move the clock and call [`Broker::tick`].
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Broker {
+        let broker = Broker::empty(None, Arc::default(), clock);
+        let root = Arc::new(Vhost::new("/", Arc::clone(&broker.clock)));
+        broker.vhosts.write().insert("/".into(), root);
         broker
     }
 
-    fn empty(storage: Option<BrokerStorage>, metrics: Arc<BrokerMetrics>) -> Broker {
+    fn empty(
+        storage: Option<BrokerStorage>,
+        metrics: Arc<BrokerMetrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Broker {
         let broker = Broker {
-            vhosts: RwLock::new(HashMap::new()),
+            vhosts: Arc::default(),
+            clock,
             users: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             storage,
@@ -115,6 +132,18 @@ impl Broker {
     /// A broker that persists durable definitions and persistent messages
     /// under `data_dir`, recovering what an earlier run left there.
     pub fn open(data_dir: &Path, options: StorageOptions) -> Result<Broker, BrokerError> {
+        let broker = Broker::open_with_clock(data_dir, options, Arc::new(SystemClock))?;
+        broker.start_timer(TICK_INTERVAL)?;
+        Ok(broker)
+    }
+
+    /// As [`Broker::open`], on the given clock and without the timer thread
+    /// (tests drive time with [`Broker::tick`]).
+    pub fn open_with_clock(
+        data_dir: &Path,
+        options: StorageOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Broker, BrokerError> {
         let vhosts_dir = data_dir.join("vhosts");
         std::fs::create_dir_all(&vhosts_dir).map_err(|e| {
             BrokerError::Internal(format!("creating {}: {e}", vhosts_dir.display()))
@@ -129,6 +158,7 @@ impl Broker {
                 syncer,
             }),
             metrics,
+            clock,
         );
         let entries = std::fs::read_dir(&vhosts_dir)
             .map_err(|e| BrokerError::Internal(format!("reading {}: {e}", vhosts_dir.display())))?;
@@ -154,7 +184,7 @@ impl Broker {
             return Ok(Arc::clone(v));
         }
         let vhost = match &self.storage {
-            None => Vhost::new(name),
+            None => Vhost::new(name, Arc::clone(&self.clock)),
             Some(s) => Vhost::open(
                 name,
                 VhostStorage {
@@ -163,11 +193,49 @@ impl Broker {
                     memory_limit: s.options.queue_memory_limit,
                     syncer: s.syncer.clone(),
                 },
+                Arc::clone(&self.clock),
             )?,
         };
         let vhost = Arc::new(vhost);
         vhosts.insert(name.to_owned(), Arc::clone(&vhost));
         Ok(vhost)
+    }
+
+    /// The broker's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Time passes: expires messages and idle queues everywhere and routes
+    /// the resulting dead letters.
+    pub fn tick(&self) {
+        let now = self.clock.now_ms();
+        for v in self.vhosts() {
+            v.tick(now);
+        }
+    }
+
+    /// Starts a thread that calls [`Broker::tick`] every `interval`; it ends
+    /// when the broker is dropped.
+    fn start_timer(&self, interval: Duration) -> Result<(), BrokerError> {
+        let vhosts = Arc::downgrade(&self.vhosts);
+        let clock = Arc::clone(&self.clock);
+        std::thread::Builder::new()
+            .name("antre-timer".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(vhosts) = vhosts.upgrade() else {
+                    return;
+                };
+                let list: Vec<Arc<Vhost>> = vhosts.read().values().cloned().collect();
+                drop(vhosts);
+                let now = clock.now_ms();
+                for v in list {
+                    v.tick(now);
+                }
+            })
+            .map_err(|e| BrokerError::Internal(format!("starting the timer thread: {e}")))?;
+        Ok(())
     }
 
     /// The group-commit thread, if the broker persists messages.

@@ -21,7 +21,7 @@ use crate::error::BrokerError;
 use crate::exchange::Destination;
 use crate::message::Message;
 use crate::queue::{
-    ConnectionId, ConsumerId, ConsumerSpec, Credit, Delivery, DeliverySink, Entry, Queue,
+    ConnectionId, ConsumerId, ConsumerSpec, Credit, Delivery, DeliverySink, Enqueued, Entry, Queue,
 };
 use crate::vhost::{generated_name, ExchangeDeclaration, QueueDeclaration, Vhost};
 
@@ -119,6 +119,18 @@ pub struct Channel {
 /// The sync token that stands for a transaction commit (confirm tokens are
 /// publish sequence numbers, which never get this high).
 const TX_COMMIT_TOKEN: u64 = u64::MAX;
+/// Marks a sync token that stands for a nack of one publish (a queue
+/// refused it), sent once the confirms before it are out.
+const NACK_TOKEN_FLAG: u64 = 1 << 62;
+
+/// What settling a delivery does to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Requeue,
+    /// Rejected without requeue: dead-lettered or dropped.
+    Reject,
+}
 
 impl Channel {
     /// A freshly opened channel whose consumers' deliveries go to `sink`.
@@ -595,13 +607,18 @@ impl Channel {
         if s.requeue.is_none() {
             self.ctx.broker.metrics.acked.add(settled.len() as u64);
         }
-        self.finish(settled, s.requeue.unwrap_or(false));
+        let how = match s.requeue {
+            None => Settle::Ack,
+            Some(true) => Settle::Requeue,
+            Some(false) => Settle::Reject,
+        };
+        self.finish(settled, how);
         Ok(())
     }
 
     /// Settles deliveries with their queues, releases their credit and lets
     /// the queues deliver more.
-    fn finish(&mut self, settled: Vec<Unacked>, requeue: bool) {
+    fn finish(&mut self, settled: Vec<Unacked>, how: Settle) {
         let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
         for u in settled {
             if let Some(c) = &u.credit {
@@ -614,10 +631,14 @@ impl Channel {
             }
         }
         for (queue, entries) in by_queue {
-            if requeue {
-                queue.requeue(entries);
-            } else {
-                queue.ack(&entries);
+            match how {
+                Settle::Ack => queue.ack(&entries),
+                Settle::Requeue => queue.requeue(entries),
+                Settle::Reject => queue.reject(entries),
+            }
+            // Rejections, and requeues past a delivery limit, leave dead letters.
+            if how != Settle::Ack && queue.args.dead_letter_exchange.is_some() {
+                self.ctx.vhost.route_dead_letters(&queue);
             }
         }
         self.kick_consumers();
@@ -643,7 +664,7 @@ impl Channel {
 
     fn requeue_all(&mut self) {
         let all = std::mem::take(&mut self.unacked).into_values().collect();
-        self.finish(all, true);
+        self.finish(all, Settle::Requeue);
     }
 
     /// Handles basic.publish with its assembled content.
@@ -657,12 +678,13 @@ impl Channel {
         if m.immediate {
             return Err(BrokerError::NotImplemented("immediate=true".into()));
         }
-        let message = Arc::new(Message::new(
-            m.exchange,
-            m.routing_key,
-            header.properties,
-            body,
-        ));
+        let now = self.ctx.broker.clock().now_ms();
+        let message =
+            Message::new(m.exchange, m.routing_key, header.properties, body).published_at(now);
+        if let Err(why) = message.ttl() {
+            return Err(BrokerError::PreconditionFailed(why));
+        }
+        let message = Arc::new(message);
         self.ctx.broker.metrics.published.inc();
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now: RabbitMQ fails the publish, not the commit.
@@ -721,16 +743,58 @@ impl Channel {
                 Arc::clone(&message),
             ));
         }
+        let mut rejected = false;
         for q in &queues {
-            if q.publish(Arc::clone(&message))? && !self.dirty.iter().any(|d| Arc::ptr_eq(d, q)) {
-                self.dirty.push(Arc::clone(q));
+            match q.publish(Arc::clone(&message))? {
+                Enqueued::Accepted { stored: true } => {
+                    if !self.dirty.iter().any(|d| Arc::ptr_eq(d, q)) {
+                        self.dirty.push(Arc::clone(q));
+                    }
+                }
+                Enqueued::Accepted { stored: false } | Enqueued::Duplicate => {}
+                Enqueued::Rejected => rejected = true,
+            }
+            if q.args.dead_letter_exchange.is_some() {
+                self.ctx.vhost.route_dead_letters(q);
             }
         }
-        if let Mode::Confirm { next, unconfirmed } = &mut self.mode {
-            *unconfirmed = Some(*next);
-            *next += 1;
+        let seq = match &mut self.mode {
+            Mode::Confirm { next, .. } => {
+                *next += 1;
+                *next - 1
+            }
+            _ => return Ok(()),
+        };
+        if rejected {
+            // RabbitMQ nacks a publish that any of its queues refused.
+            self.nack_publish(seq, out);
+        } else if let Mode::Confirm { unconfirmed, .. } = &mut self.mode {
+            *unconfirmed = Some(seq);
         }
         Ok(())
+    }
+
+    /// Sends basic.nack for one publish, after the acks owed for the
+    /// publishes before it (which may be waiting for the disk).
+    fn nack_publish(&mut self, seq: u64, out: &mut Vec<Outgoing>) {
+        self.flush_confirms(out);
+        if self.syncs_outstanding == 0 {
+            out.push(Outgoing::Method(
+                BasicNack {
+                    delivery_tag: seq,
+                    multiple: false,
+                    requeue: false,
+                }
+                .into(),
+            ));
+            self.confirmed_up_to = self.confirmed_up_to.max(seq);
+            return;
+        }
+        if let Some(syncer) = self.ctx.broker.syncer() {
+            self.syncs_outstanding += 1;
+            self.sync_started.push_back(std::time::Instant::now());
+            syncer.request(Vec::new(), Arc::clone(&self.sink), NACK_TOKEN_FLAG | seq);
+        }
     }
 
     /// Emits the publisher confirms owed so far as one basic.ack with
@@ -801,6 +865,19 @@ impl Channel {
                 .metrics
                 .confirm_seconds
                 .observe(started.elapsed());
+        }
+        if token != TX_COMMIT_TOKEN && token & NACK_TOKEN_FLAG != 0 {
+            let seq = token & !NACK_TOKEN_FLAG;
+            self.confirmed_up_to = self.confirmed_up_to.max(seq);
+            out.push(Outgoing::Method(
+                BasicNack {
+                    delivery_tag: seq,
+                    multiple: false,
+                    requeue: false,
+                }
+                .into(),
+            ));
+            return Ok(());
         }
         if token == TX_COMMIT_TOKEN {
             if !ok {

@@ -14,10 +14,12 @@
 //! - [`syncer`]: group commit, so confirms mean "on disk" at high rates;
 //! - [`definitions`]: durable topology as RabbitMQ-shaped JSON;
 //! - [`metrics`]: counters and latency histograms for monitoring;
+//! - [`clock`]: injectable time, so TTLs and delays are tested without sleeps;
 //! - [`error`]: refusals, each with its AMQP reply code.
 
 pub mod broker;
 pub mod channel;
+pub mod clock;
 pub mod definitions;
 pub mod error;
 pub mod exchange;
@@ -31,5 +33,8 @@ pub use broker::{Broker, LoginError, StorageOptions, User};
 pub use channel::{Channel, ChannelContext, Outgoing};
 pub use error::BrokerError;
 pub use message::Message;
-pub use queue::{ConnectionId, ConsumerInfo, Credit, Delivery, DeliverySink, Queue, QueueCounts};
+pub use queue::{
+    ConnectionId, ConsumerInfo, Credit, DeathReason, Delivery, DeliverySink, Enqueued, Queue,
+    QueueArgs, QueueCounts,
+};
 pub use vhost::Vhost;

@@ -18,6 +18,9 @@ pub struct Message {
     pub properties: BasicProperties,
     /// Its body.
     pub body: Bytes,
+    /// When it was published, in ms since the epoch (0: unknown). TTLs count
+    /// from here, also after a restart, since the record keeps it.
+    pub published_at: u64,
     /// The store record, encoded once however many durable queues take it.
     record: OnceLock<Bytes>,
 }
@@ -53,7 +56,64 @@ impl Message {
             routing_key,
             properties,
             body,
+            published_at: 0,
             record: OnceLock::new(),
+        }
+    }
+
+    /// The same message, stamped with its publish time.
+    pub fn published_at(mut self, ms: u64) -> Message {
+        self.published_at = ms;
+        self
+    }
+
+    /// A copy with one header set (e.g. `x-delivery-count` on redelivery).
+    pub fn with_header(&self, key: &str, value: antre_amqp::FieldValue) -> Message {
+        let mut properties = self.properties.clone();
+        properties
+            .headers
+            .get_or_insert_with(Default::default)
+            .insert(key, value);
+        Message::new(
+            self.exchange.clone(),
+            self.routing_key.clone(),
+            properties,
+            self.body.clone(),
+        )
+        .published_at(self.published_at)
+    }
+
+    /// The per-message TTL from the `expiration` property, in ms.
+    pub fn ttl(&self) -> Result<Option<u64>, String> {
+        match &self.properties.expiration {
+            None => Ok(None),
+            Some(s) => s
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| format!("invalid expiration '{s}'")),
+        }
+    }
+
+    /// Its priority (0 when unset).
+    pub fn priority(&self) -> u8 {
+        self.properties.priority.unwrap_or(0)
+    }
+
+    /// The deduplication key: the `x-deduplication-header` header, or else
+    /// the `message-id` property (antre's rule; the plugin knows only the
+    /// header).
+    pub fn dedup_key(&self) -> Option<String> {
+        let header = self
+            .properties
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("x-deduplication-header"));
+        match header {
+            Some(antre_amqp::FieldValue::LongString(b)) => {
+                Some(String::from_utf8_lossy(b).into_owned())
+            }
+            Some(v) => v.as_i64().map(|n| n.to_string()),
+            None => self.properties.message_id.clone(),
         }
     }
 
@@ -73,6 +133,7 @@ impl Message {
         self.record.get_or_init(|| {
             let mut out = BytesMut::with_capacity(self.body.len() + 64);
             out.put_u8(RECORD_VERSION);
+            out.put_u64(self.published_at);
             put_shortstr(&mut out, &self.exchange);
             put_shortstr(&mut out, &self.routing_key);
             let at = out.len();
@@ -94,12 +155,13 @@ impl Message {
         if version != RECORD_VERSION {
             return Err(RecordError(format!("version {version}")));
         }
+        let published_at = d.longlong().map_err(bad)?;
         let exchange = d.shortstr().map_err(bad)?;
         let routing_key = d.shortstr().map_err(bad)?;
         let props = d.longstr().map_err(bad)?;
         let properties = BasicProperties::from_bytes(props).map_err(bad)?;
         let body = raw.slice(raw.len() - d.remaining()..);
-        Ok(Message::new(exchange, routing_key, properties, body))
+        Ok(Message::new(exchange, routing_key, properties, body).published_at(published_at))
     }
 }
 
@@ -118,7 +180,8 @@ mod tests {
                 ..Default::default()
             },
             Bytes::from_static(b"{\"amount\": 1000}"),
-        );
+        )
+        .published_at(1_700_000_000_000);
         let back = Message::from_record(m.record()).unwrap();
         assert_eq!(back, Message::from_record(back.record()).unwrap());
         assert_eq!(
@@ -127,6 +190,7 @@ mod tests {
         );
         assert_eq!(back.properties, m.properties);
         assert_eq!(back.body, m.body);
+        assert_eq!(back.published_at, 1_700_000_000_000);
     }
 
     #[test]

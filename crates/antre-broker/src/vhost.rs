@@ -15,13 +15,16 @@ use parking_lot::RwLock;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
+use crate::clock::Clock;
 use crate::definitions::{
     json_to_table, table_to_json, BindingDef, ExchangeDef, QueueDef, VhostDefinitions,
 };
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::headers::tables_equal;
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{ConnectionId, Queue, QueueCounts, QueueOptions};
+use crate::queue::{
+    ConnectionId, DeadLetter, DeathReason, Enqueued, Queue, QueueCounts, QueueOptions,
+};
 use crate::syncer::Syncer;
 
 /// Where a vhost keeps its definitions and its durable queues' messages.
@@ -105,6 +108,7 @@ pub struct Vhost {
     pub name: String,
     topology: RwLock<Topology>,
     storage: Option<VhostStorage>,
+    clock: Arc<dyn Clock>,
 }
 
 fn reserved(name: &str) -> bool {
@@ -136,7 +140,7 @@ fn x_arguments(args: &FieldTable) -> FieldTable {
 
 impl Vhost {
     /// A vhost with the predeclared exchanges.
-    pub fn new(name: &str) -> Vhost {
+    pub fn new(name: &str, clock: Arc<dyn Clock>) -> Vhost {
         let mut topology = Topology::default();
         for (ex, kind) in PREDECLARED {
             topology.exchanges.insert(
@@ -156,13 +160,18 @@ impl Vhost {
             name: name.to_owned(),
             topology: RwLock::new(topology),
             storage: None,
+            clock,
         }
     }
 
     /// A vhost that persists its durable definitions and messages under
     /// `storage.dir`, recovering whatever is there.
-    pub fn open(name: &str, storage: VhostStorage) -> Result<Vhost, BrokerError> {
-        let mut vhost = Vhost::new(name);
+    pub fn open(
+        name: &str,
+        storage: VhostStorage,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Vhost, BrokerError> {
+        let mut vhost = Vhost::new(name, Arc::clone(&clock));
         std::fs::create_dir_all(storage.dir.join("queues"))
             .map_err(|e| internal(&storage.dir, "create vhost directory", e))?;
         let mut existed = true;
@@ -210,13 +219,11 @@ impl Vhost {
                     name,
                     &q.name,
                     options,
+                    Arc::clone(&clock),
                     &storage.dir.join("queues").join(&dir_name),
                     storage.store_options.clone(),
                     storage.memory_limit,
-                )
-                .map_err(|e| {
-                    BrokerError::Internal(format!("recovering {}: {e}", queue_ref(name, &q.name)))
-                })?;
+                )?;
                 storage.syncer.register(&queue);
                 kept.insert(dir_name);
                 topo.queues.insert(q.name, queue);
@@ -386,6 +393,7 @@ impl Vhost {
     ) -> Result<(Arc<Queue>, QueueCounts), BrokerError> {
         if passive {
             let q = self.queue(&d.name, conn)?;
+            q.touch();
             let counts = q.counts();
             return Ok((q, counts));
         }
@@ -423,6 +431,7 @@ impl Vhost {
             }
             let q = Arc::clone(q);
             drop(topo);
+            q.touch();
             let counts = q.counts();
             return Ok((q, counts));
         }
@@ -447,20 +456,15 @@ impl Vhost {
                     &self.name,
                     &name,
                     options,
+                    Arc::clone(&self.clock),
                     &dir,
                     storage.store_options.clone(),
                     storage.memory_limit,
-                )
-                .map_err(|e| {
-                    BrokerError::Internal(format!(
-                        "creating store of {}: {e}",
-                        queue_ref(&self.name, &name)
-                    ))
-                })?;
+                )?;
                 storage.syncer.register(&q);
                 q
             }
-            _ => Queue::new(&self.name, &name, options),
+            _ => Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?,
         };
         topo.queues.insert(name, Arc::clone(&q));
         self.save(&mut topo)?;
@@ -712,6 +716,197 @@ impl Vhost {
     pub fn queues(&self) -> Vec<Arc<Queue>> {
         self.topology.read().queues.values().cloned().collect()
     }
+
+    /// Routes the dead letters `queue` collected to its dead-letter
+    /// exchange. Dead letters that land in queues which overflow or reject
+    /// in turn are followed too. A message dead-lettered automatically
+    /// (expiry, length, delivery limit) back into a queue it already died in
+    /// is dropped, unless a rejection is part of its history: RabbitMQ's rule
+    /// against dead-letter cycles that would loop forever.
+    pub fn route_dead_letters(&self, queue: &Arc<Queue>) {
+        let mut pending: Vec<(Arc<Queue>, Vec<DeadLetter>)> =
+            vec![(Arc::clone(queue), queue.take_dead_letters())];
+        // Each round moves messages one hop; cycles are cut above, and this
+        // bound keeps a pathological topology from spinning.
+        for _ in 0..16 {
+            let mut next = Vec::new();
+            for (from, letters) in pending {
+                if letters.is_empty() {
+                    continue;
+                }
+                let Some(dlx) = from.args.dead_letter_exchange.clone() else {
+                    continue;
+                };
+                for letter in letters {
+                    let now = self.clock.now_ms();
+                    let message = Arc::new(dead_lettered(&letter, &from, &dlx, now));
+                    let headers = message.properties.headers.as_ref();
+                    let targets = match self.route(&dlx, &message.routing_key, headers) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            // RabbitMQ drops dead letters whose exchange is gone.
+                            tracing::debug!(queue = from.name, "dropping dead letter: {e}");
+                            continue;
+                        }
+                    };
+                    for target in targets {
+                        if letter.reason != DeathReason::Rejected
+                            && is_cycle(&message, &target.name)
+                        {
+                            tracing::debug!(
+                                queue = target.name,
+                                "dropping dead letter caught in a cycle"
+                            );
+                            continue;
+                        }
+                        match target.publish(Arc::clone(&message)) {
+                            Ok(Enqueued::Accepted { .. })
+                            | Ok(Enqueued::Duplicate)
+                            | Ok(Enqueued::Rejected) => {}
+                            Err(e) => tracing::error!(queue = target.name, "dead letter lost: {e}"),
+                        }
+                        let more = target.take_dead_letters();
+                        if !more.is_empty() {
+                            next.push((target, more));
+                        }
+                    }
+                }
+            }
+            if next.is_empty() {
+                return;
+            }
+            pending = next;
+        }
+    }
+
+    /// Time passes: expires messages and idle queues, and routes the dead
+    /// letters that produced. Called by the broker's timer.
+    pub fn tick(&self, now: u64) {
+        let queues = self.queues();
+        for q in &queues {
+            if q.tick(now) {
+                tracing::info!(
+                    queue = q.name,
+                    vhost = self.name,
+                    "deleting queue unused for its x-expires time"
+                );
+                let mut topo = self.topology.write();
+                if topo
+                    .queues
+                    .get(&q.name)
+                    .is_some_and(|have| Arc::ptr_eq(have, q))
+                {
+                    Self::remove_queue(&mut topo, &q.name);
+                    if let Err(e) = self.save(&mut topo) {
+                        tracing::error!("{e}");
+                    }
+                }
+            }
+            self.route_dead_letters(q);
+        }
+    }
+}
+
+/// The message as it goes to the dead-letter exchange: with an `x-death`
+/// entry for this death (newest first; a repeat death in the same queue for
+/// the same reason bumps that entry's count), the `x-first-death-*` headers
+/// on its first death, its `expiration` moved to the entry's
+/// `original-expiration` so it does not expire again, and the dead-letter
+/// routing key if the queue sets one.
+fn dead_lettered(
+    letter: &DeadLetter,
+    queue: &Queue,
+    dlx: &str,
+    now_ms: u64,
+) -> crate::message::Message {
+    use antre_amqp::FieldValue;
+    let original = &letter.message;
+    let mut properties = original.properties.clone();
+    let mut headers = properties.headers.take().unwrap_or_default();
+    let mut deaths = match headers.remove("x-death") {
+        Some(FieldValue::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    let reason = letter.reason.as_str();
+    let same = |t: &FieldTable| {
+        t.get("queue").and_then(FieldValue::as_str) == Some(queue.name.as_str())
+            && t.get("reason").and_then(FieldValue::as_str) == Some(reason)
+    };
+    let previous = deaths
+        .iter()
+        .position(|d| matches!(d, FieldValue::Table(t) if same(t)))
+        .map(|i| deaths.remove(i));
+    let mut entry = match previous {
+        Some(FieldValue::Table(t)) => t,
+        _ => FieldTable::new(),
+    };
+    let count = entry.get("count").and_then(FieldValue::as_i64).unwrap_or(0) + 1;
+    entry.insert("count", FieldValue::I64(count));
+    entry.insert("reason", FieldValue::string(reason));
+    entry.insert("queue", FieldValue::string(queue.name.clone()));
+    entry.insert("time", FieldValue::Timestamp(now_ms / 1000));
+    entry.insert("exchange", FieldValue::string(original.exchange.clone()));
+    entry.insert(
+        "routing-keys",
+        FieldValue::Array(vec![FieldValue::string(original.routing_key.clone())]),
+    );
+    if let Some(expiration) = properties.expiration.take() {
+        entry.insert("original-expiration", FieldValue::string(expiration));
+    }
+    deaths.insert(0, FieldValue::Table(entry));
+    headers.insert("x-death", FieldValue::Array(deaths));
+    if headers.get("x-first-death-reason").is_none() {
+        headers.insert("x-first-death-reason", FieldValue::string(reason));
+        headers.insert(
+            "x-first-death-queue",
+            FieldValue::string(queue.name.clone()),
+        );
+        headers.insert(
+            "x-first-death-exchange",
+            FieldValue::string(original.exchange.clone()),
+        );
+    }
+    properties.headers = Some(headers);
+    let routing_key = queue
+        .args
+        .dead_letter_routing_key
+        .clone()
+        .unwrap_or_else(|| original.routing_key.clone());
+    crate::message::Message::new(
+        dlx.to_owned(),
+        routing_key,
+        properties,
+        original.body.clone(),
+    )
+    .published_at(now_ms)
+}
+
+/// Whether a dead letter would go back to a queue it already died in with
+/// no rejection anywhere in its history.
+fn is_cycle(message: &crate::message::Message, target: &str) -> bool {
+    use antre_amqp::FieldValue;
+    let Some(FieldValue::Array(deaths)) = message
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-death"))
+    else {
+        return false;
+    };
+    let tables = deaths.iter().filter_map(|d| match d {
+        FieldValue::Table(t) => Some(t),
+        _ => None,
+    });
+    let mut seen_target = false;
+    for t in tables {
+        if t.get("reason").and_then(FieldValue::as_str) == Some("rejected") {
+            return false;
+        }
+        if t.get("queue").and_then(FieldValue::as_str) == Some(target) {
+            seen_target = true;
+        }
+    }
+    seen_target
 }
 
 fn same_binding(a: &Binding, b: &Binding) -> bool {

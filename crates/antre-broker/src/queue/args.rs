@@ -1,0 +1,194 @@
+//! Queue arguments (`x-...`), parsed and validated once at declaration, with
+//! RabbitMQ's names and its error texts for bad values.
+
+use antre_amqp::{FieldTable, FieldValue};
+
+use crate::error::{queue_ref, BrokerError};
+
+/// What a queue does when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest ready messages.
+    #[default]
+    DropHead,
+    /// Refuse new messages (publishers with confirms get a nack).
+    RejectPublish,
+    /// Refuse new messages and dead-letter them.
+    RejectPublishDlx,
+}
+
+/// The features a queue's arguments turn on.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QueueArgs {
+    /// `x-message-ttl`: ms a message may wait in the queue.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`: ms the queue may go unused before it is deleted.
+    pub expires: Option<u64>,
+    /// `x-max-length`: most ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: most bytes of ready message bodies.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-max-priority`: highest priority level (0 = no priorities).
+    pub max_priority: u8,
+    /// `x-delivery-limit`: redeliveries allowed before dead-lettering.
+    pub delivery_limit: Option<u64>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
+    /// `x-consumer-timeout`: ms a delivery may stay unacked.
+    pub consumer_timeout: Option<u64>,
+    /// `x-message-deduplication`: refuse a message whose key is already in
+    /// the queue.
+    pub deduplication: bool,
+}
+
+impl QueueArgs {
+    /// Parses a queue's arguments; a bad value is a 406 naming the argument,
+    /// as RabbitMQ words it.
+    pub fn parse(args: &FieldTable, vhost: &str, queue: &str) -> Result<QueueArgs, BrokerError> {
+        let invalid = |arg: &str, why: String| {
+            BrokerError::PreconditionFailed(format!(
+                "invalid arg '{arg}' for {}: {why}",
+                queue_ref(vhost, queue)
+            ))
+        };
+        let int = |arg: &str, min: i64| -> Result<Option<u64>, BrokerError> {
+            match args.get(arg) {
+                None => Ok(None),
+                Some(v) => match v.as_i64() {
+                    Some(n) if n >= min => Ok(Some(n as u64)),
+                    Some(n) if min > 0 => Err(invalid(arg, format!("{{value_zero,{n}}}"))),
+                    Some(n) => Err(invalid(arg, format!("{{value_negative,{n}}}"))),
+                    None => Err(invalid(
+                        arg,
+                        format!("{{unacceptable_type,{}}}", type_name(v)),
+                    )),
+                },
+            }
+        };
+        let string = |arg: &str| -> Result<Option<String>, BrokerError> {
+            match args.get(arg) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_str()
+                    .map(|s| Some(s.to_owned()))
+                    .ok_or_else(|| invalid(arg, format!("{{unacceptable_type,{}}}", type_name(v)))),
+            }
+        };
+        let boolean = |arg: &str| -> Result<bool, BrokerError> {
+            match args.get(arg) {
+                None => Ok(false),
+                Some(FieldValue::Bool(b)) => Ok(*b),
+                // Some clients send flags as strings.
+                Some(v) if v.as_str() == Some("true") => Ok(true),
+                Some(v) if v.as_str() == Some("false") => Ok(false),
+                Some(v) => Err(invalid(
+                    arg,
+                    format!("{{unacceptable_type,{}}}", type_name(v)),
+                )),
+            }
+        };
+        let overflow = match string("x-overflow")?.as_deref() {
+            None | Some("drop-head") => Overflow::DropHead,
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            Some(other) => {
+                return Err(invalid(
+                    "x-overflow",
+                    format!("{{unknown_overflow_type,<<\"{other}\">>}}"),
+                ))
+            }
+        };
+        let max_priority = match int("x-max-priority", 0)? {
+            None => 0,
+            Some(p) if p <= 255 => p as u8,
+            Some(p) => return Err(invalid("x-max-priority", format!("{{value_too_big,{p}}}"))),
+        };
+        let parsed = QueueArgs {
+            message_ttl: int("x-message-ttl", 0)?,
+            expires: int("x-expires", 1)?,
+            max_length: int("x-max-length", 0)?,
+            max_length_bytes: int("x-max-length-bytes", 0)?,
+            overflow,
+            dead_letter_exchange: string("x-dead-letter-exchange")?,
+            dead_letter_routing_key: string("x-dead-letter-routing-key")?,
+            max_priority,
+            delivery_limit: int("x-delivery-limit", 0)?,
+            single_active_consumer: boolean("x-single-active-consumer")?,
+            consumer_timeout: int("x-consumer-timeout", 1)?,
+            deduplication: boolean("x-message-deduplication")?,
+        };
+        if parsed.dead_letter_routing_key.is_some() && parsed.dead_letter_exchange.is_none() {
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                "{routing_key_but_no_dlx_defined}".into(),
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// Whether time alone can change the queue (so the broker's timer must
+    /// visit it).
+    pub fn needs_timer(&self) -> bool {
+        self.message_ttl.is_some() || self.expires.is_some()
+    }
+}
+
+fn type_name(v: &FieldValue) -> &'static str {
+    match v {
+        FieldValue::Bool(_) => "bool",
+        FieldValue::LongString(_) => "longstr",
+        FieldValue::F32(_) | FieldValue::F64(_) => "float",
+        FieldValue::Table(_) => "table",
+        FieldValue::Array(_) => "array",
+        FieldValue::Void => "void",
+        _ => "long",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(entries: &[(&str, FieldValue)]) -> Result<QueueArgs, BrokerError> {
+        QueueArgs::parse(&entries.iter().cloned().collect(), "/", "q")
+    }
+
+    #[test]
+    fn arguments_parse_in_any_integer_width() {
+        let a = parse(&[
+            ("x-message-ttl", FieldValue::I16(500)),
+            ("x-max-length", FieldValue::I64(10)),
+            ("x-overflow", FieldValue::string("reject-publish")),
+            ("x-dead-letter-exchange", FieldValue::string("dlx")),
+            ("x-max-priority", FieldValue::U8(5)),
+            ("x-single-active-consumer", FieldValue::Bool(true)),
+        ])
+        .unwrap();
+        assert_eq!(a.message_ttl, Some(500));
+        assert_eq!(a.max_length, Some(10));
+        assert_eq!(a.overflow, Overflow::RejectPublish);
+        assert_eq!(a.dead_letter_exchange.as_deref(), Some("dlx"));
+        assert_eq!(a.max_priority, 5);
+        assert!(a.single_active_consumer);
+    }
+
+    #[test]
+    fn bad_values_are_precondition_failures_with_rabbitmq_wording() {
+        let e = parse(&[("x-max-length", FieldValue::I32(-1))]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}"
+        );
+        assert!(parse(&[("x-message-ttl", FieldValue::string("soon"))]).is_err());
+        assert!(parse(&[("x-expires", FieldValue::I32(0))]).is_err());
+        assert!(parse(&[("x-overflow", FieldValue::string("explode"))]).is_err());
+        assert!(parse(&[("x-max-priority", FieldValue::I32(256))]).is_err());
+        assert!(parse(&[("x-dead-letter-routing-key", FieldValue::string("k"))]).is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! Prefetch windows and consumers as a queue knows them.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use super::{ConnectionId, ConsumerId, DeliverySink};
+
+/// A prefetch window: how many unacked deliveries may be outstanding.
+///
+/// Shared between a channel and the queues its consumers read from, hence
+/// atomics: the channel releases credit on ack, queues take it on dispatch.
+#[derive(Debug, Default)]
+pub struct Credit {
+    limit: AtomicU32,
+    in_flight: AtomicU32,
+    pub(crate) paused: AtomicBool,
+}
+
+impl Credit {
+    /// A window of `limit` deliveries (0 = unlimited).
+    pub fn new(limit: u32) -> Arc<Credit> {
+        let credit = Credit::default();
+        credit.limit.store(limit, Ordering::Relaxed);
+        Arc::new(credit)
+    }
+
+    /// Changes the window; deliveries already out stay out.
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Stops or resumes all dispatch through this window (channel.flow).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// The window's size (0 = unlimited).
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries outstanding.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn try_take(&self) -> bool {
+        if self.paused.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                let limit = self.limit.load(Ordering::Relaxed);
+                (limit == 0 || n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns `n` deliveries' worth of credit (on ack, reject or requeue).
+    pub fn release(&self, n: u32) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+}
+
+/// A consumer as its queue knows it.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Broker-wide id.
+    pub id: ConsumerId,
+    /// The connection it belongs to.
+    pub connection: ConnectionId,
+    /// Its channel number on that connection.
+    pub channel: u16,
+    /// Tag on its channel.
+    pub tag: Arc<str>,
+    /// Deliveries count as acked when sent.
+    pub no_ack: bool,
+    /// No other consumer may use the queue.
+    pub exclusive: bool,
+    /// The consumer's own prefetch window.
+    pub credit: Arc<Credit>,
+    /// Its channel's shared window (basic.qos global=true) and flow switch.
+    pub channel_credit: Arc<Credit>,
+    /// Where its deliveries go.
+    pub sink: Arc<dyn DeliverySink>,
+}
+
+impl ConsumerSpec {
+    /// Takes one delivery's credit from both windows, or none.
+    pub(crate) fn try_take_credit(&self) -> bool {
+        if self.no_ack {
+            return !self.channel_credit.paused.load(Ordering::Relaxed);
+        }
+        if !self.channel_credit.try_take() {
+            return false;
+        }
+        if !self.credit.try_take() {
+            self.channel_credit.release(1);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn release_credit(&self) {
+        if !self.no_ack {
+            self.credit.release(1);
+            self.channel_credit.release(1);
+        }
+    }
+}
+
+/// A consumer, as the management API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// Its tag.
+    pub tag: String,
+    /// The connection it belongs to.
+    pub connection: ConnectionId,
+    /// Its channel number.
+    pub channel: u16,
+    /// Whether deliveries count as acked when sent.
+    pub no_ack: bool,
+    /// Whether it is the queue's exclusive consumer.
+    pub exclusive: bool,
+    /// Its prefetch window (0 = unlimited).
+    pub prefetch: u32,
+    /// Deliveries it has not acked yet.
+    pub unacked: u32,
+}
