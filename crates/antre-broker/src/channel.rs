@@ -17,6 +17,7 @@ use antre_amqp::{ContentHeader, Method};
 use bytes::Bytes;
 
 use crate::broker::Broker;
+use crate::durable::{same, Durable};
 use crate::error::BrokerError;
 use crate::exchange::Destination;
 use crate::message::Message;
@@ -105,7 +106,7 @@ pub struct Channel {
     mode: Mode,
     last_queue: Option<String>,
     /// Durable queues written to since the last confirm flush.
-    dirty: Vec<Arc<Queue>>,
+    dirty: Vec<Arc<dyn Durable>>,
     /// Sync requests sent and not answered yet. While any is outstanding,
     /// later confirms queue behind it, so a `multiple` ack can never cover a
     /// message that is not on disk yet.
@@ -722,42 +723,7 @@ impl Channel {
         message: Arc<Message>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
-        let headers = message.properties.headers.as_ref();
-        let queues = self
-            .ctx
-            .vhost
-            .route(&message.exchange, &message.routing_key, headers)?;
-        if queues.is_empty() {
-            self.ctx.broker.metrics.unroutable.inc();
-        }
-        if queues.is_empty() && mandatory {
-            self.ctx.broker.metrics.returned.inc();
-            out.push(Outgoing::Content(
-                BasicReturn {
-                    reply_code: reply::NO_ROUTE,
-                    reply_text: "NO_ROUTE".into(),
-                    exchange: message.exchange.clone(),
-                    routing_key: message.routing_key.clone(),
-                }
-                .into(),
-                Arc::clone(&message),
-            ));
-        }
-        let mut rejected = false;
-        for q in &queues {
-            match q.publish(Arc::clone(&message))? {
-                Enqueued::Accepted { stored: true } => {
-                    if !self.dirty.iter().any(|d| Arc::ptr_eq(d, q)) {
-                        self.dirty.push(Arc::clone(q));
-                    }
-                }
-                Enqueued::Accepted { stored: false } | Enqueued::Duplicate => {}
-                Enqueued::Rejected => rejected = true,
-            }
-            if q.args.dead_letter_exchange.is_some() {
-                self.ctx.vhost.route_dead_letters(q);
-            }
-        }
+        let rejected = self.enqueue(mandatory, message, out)?;
         let seq = match &mut self.mode {
             Mode::Confirm { next, .. } => {
                 *next += 1;
@@ -772,6 +738,78 @@ impl Channel {
             *unconfirmed = Some(seq);
         }
         Ok(())
+    }
+
+    fn mark_dirty(&mut self, durable: Arc<dyn Durable>) {
+        if !self.dirty.iter().any(|d| same(d, &durable)) {
+            self.dirty.push(durable);
+        }
+    }
+
+    /// Puts a message where it goes: nowhere if its exchange saw its key
+    /// already, into the exchange's schedule if it asks for a delay, else
+    /// into the queues its exchange routes it to. Returns whether a queue
+    /// refused it.
+    fn enqueue(
+        &mut self,
+        mandatory: bool,
+        message: Arc<Message>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<bool, BrokerError> {
+        let (dedup, delayed) = self.ctx.vhost.exchange_hooks(&message.exchange);
+        if let Some(cache) = dedup {
+            let (duplicate, stored) = cache.check(&message, message.published_at)?;
+            if stored {
+                self.mark_dirty(cache as Arc<dyn Durable>);
+            }
+            if duplicate {
+                // The publisher's retry succeeded: confirmed, not routed.
+                return Ok(false);
+            }
+        }
+        if let Some(schedule) = delayed {
+            if crate::exchange::delayed::delay_of(&message).is_some() {
+                if schedule.schedule(message)? {
+                    self.mark_dirty(schedule as Arc<dyn Durable>);
+                }
+                return Ok(false);
+            }
+        }
+        let headers = message.properties.headers.as_ref();
+        let queues = self
+            .ctx
+            .vhost
+            .route(&message.exchange, &message.routing_key, headers)?;
+        if queues.is_empty() {
+            self.ctx.broker.metrics.unroutable.inc();
+            if mandatory {
+                self.ctx.broker.metrics.returned.inc();
+                out.push(Outgoing::Content(
+                    BasicReturn {
+                        reply_code: reply::NO_ROUTE,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: message.exchange.clone(),
+                        routing_key: message.routing_key.clone(),
+                    }
+                    .into(),
+                    Arc::clone(&message),
+                ));
+            }
+        }
+        let mut rejected = false;
+        for q in &queues {
+            match q.publish(Arc::clone(&message))? {
+                Enqueued::Accepted { stored: true } => {
+                    self.mark_dirty(Arc::clone(q) as Arc<dyn Durable>)
+                }
+                Enqueued::Accepted { stored: false } | Enqueued::Duplicate => {}
+                Enqueued::Rejected => rejected = true,
+            }
+            if q.args.dead_letter_exchange.is_some() {
+                self.ctx.vhost.route_dead_letters(q);
+            }
+        }
+        Ok(rejected)
     }
 
     /// Sends basic.nack for one publish, after the acks owed for the

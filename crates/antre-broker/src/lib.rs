@@ -21,6 +21,7 @@ pub mod broker;
 pub mod channel;
 pub mod clock;
 pub mod definitions;
+pub mod durable;
 pub mod error;
 pub mod exchange;
 pub mod message;

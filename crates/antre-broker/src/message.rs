@@ -64,6 +64,8 @@ impl Message {
     /// The same message, stamped with its publish time.
     pub fn published_at(mut self, ms: u64) -> Message {
         self.published_at = ms;
+        // The record embeds the time: a cached one is stale now.
+        self.record = OnceLock::new();
         self
     }
 

@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::durable::{same, Durable};
 use crate::metrics::BrokerMetrics;
-use crate::queue::{DeliverySink, Queue};
+use crate::queue::DeliverySink;
 
 struct Request {
-    queues: Vec<Arc<Queue>>,
+    queues: Vec<Arc<dyn Durable>>,
     sink: Arc<dyn DeliverySink>,
     token: u64,
 }
@@ -35,7 +36,7 @@ struct Request {
 #[derive(Clone)]
 pub struct Syncer {
     tx: mpsc::Sender<Request>,
-    queues: Arc<Mutex<Vec<Weak<Queue>>>>,
+    queues: Arc<Mutex<Vec<Weak<dyn Durable>>>>,
 }
 
 impl std::fmt::Debug for Syncer {
@@ -49,7 +50,7 @@ impl Syncer {
     /// The thread ends when the last handle is dropped.
     pub fn start(interval: Duration, metrics: Arc<BrokerMetrics>) -> std::io::Result<Syncer> {
         let (tx, rx) = mpsc::channel();
-        let queues: Arc<Mutex<Vec<Weak<Queue>>>> = Arc::default();
+        let queues: Arc<Mutex<Vec<Weak<dyn Durable>>>> = Arc::default();
         let registry = Arc::clone(&queues);
         thread::Builder::new()
             .name("antre-syncer".into())
@@ -58,16 +59,16 @@ impl Syncer {
     }
 
     /// Includes a durable queue in the periodic sweep.
-    pub fn register(&self, queue: &Arc<Queue>) {
+    pub fn register(&self, queue: Arc<dyn Durable>) {
         let mut queues = self.queues.lock();
         queues.retain(|q| q.strong_count() > 0);
-        queues.push(Arc::downgrade(queue));
+        queues.push(Arc::downgrade(&queue));
     }
 
     /// Asks for everything appended so far to `queues` to be made durable;
     /// `sink.synced(token, ok)` is called when it is. Requests complete in
     /// the order they were made.
-    pub fn request(&self, queues: Vec<Arc<Queue>>, sink: Arc<dyn DeliverySink>, token: u64) {
+    pub fn request(&self, queues: Vec<Arc<dyn Durable>>, sink: Arc<dyn DeliverySink>, token: u64) {
         let request = Request {
             queues,
             sink,
@@ -80,7 +81,7 @@ impl Syncer {
     }
 
     /// Every durable queue still alive.
-    pub fn durable_queues(&self) -> Vec<Arc<Queue>> {
+    pub fn durables(&self) -> Vec<Arc<dyn Durable>> {
         self.queues
             .lock()
             .iter()
@@ -91,7 +92,7 @@ impl Syncer {
 
 fn run(
     rx: mpsc::Receiver<Request>,
-    registry: Arc<Mutex<Vec<Weak<Queue>>>>,
+    registry: Arc<Mutex<Vec<Weak<dyn Durable>>>>,
     interval: Duration,
     metrics: &BrokerMetrics,
 ) {
@@ -106,9 +107,9 @@ fn run(
         while let Ok(r) = rx.try_recv() {
             requests.push(r);
         }
-        let mut queues: Vec<Arc<Queue>> = Vec::new();
-        let mut add = |q: &Arc<Queue>| {
-            if !queues.iter().any(|have| Arc::ptr_eq(have, q)) {
+        let mut queues: Vec<Arc<dyn Durable>> = Vec::new();
+        let mut add = |q: &Arc<dyn Durable>| {
+            if !queues.iter().any(|have| same(have, q)) {
                 queues.push(Arc::clone(q));
             }
         };
@@ -117,7 +118,7 @@ fn run(
         }
         if last_sweep.elapsed() >= interval {
             last_sweep = Instant::now();
-            let registered: Vec<Arc<Queue>> =
+            let registered: Vec<Arc<dyn Durable>> =
                 registry.lock().iter().filter_map(Weak::upgrade).collect();
             registered
                 .iter()
@@ -130,24 +131,21 @@ fn run(
             metrics.fsync_seconds.observe(started.elapsed());
         }
         for r in requests {
-            let ok = !r
-                .queues
-                .iter()
-                .any(|q| failed.iter().any(|f| Arc::ptr_eq(f, q)));
+            let ok = !r.queues.iter().any(|q| failed.iter().any(|f| same(f, q)));
             r.sink.synced(r.token, ok);
         }
     }
 }
 
 /// Syncs the queues; returns those whose sync failed.
-fn sync_round(queues: &[Arc<Queue>]) -> Vec<Arc<Queue>> {
+pub(crate) fn sync_round(queues: &[Arc<dyn Durable>]) -> Vec<Arc<dyn Durable>> {
     let mut failed = Vec::new();
     let mut started = Vec::with_capacity(queues.len());
     for q in queues {
         match q.begin_sync() {
             Some(Ok(pending)) => started.push((q, pending)),
             Some(Err(e)) => {
-                tracing::error!(queue = q.name, "store sync failed: {e}");
+                tracing::error!(store = q.label(), "store sync failed: {e}");
                 failed.push(Arc::clone(q));
             }
             None => {}
@@ -163,7 +161,7 @@ fn sync_round(queues: &[Arc<Queue>]) -> Vec<Arc<Queue>> {
         .collect();
     for (q, pending, result) in results {
         if let Err(e) = q.finish_sync(pending, result) {
-            tracing::error!(queue = q.name, "store sync failed: {e}");
+            tracing::error!(store = q.label(), "store sync failed: {e}");
             failed.push(Arc::clone(q));
         }
     }

@@ -19,9 +19,12 @@ use crate::clock::Clock;
 use crate::definitions::{
     json_to_table, table_to_json, BindingDef, ExchangeDef, QueueDef, VhostDefinitions,
 };
+use crate::durable::Durable;
 use crate::error::{exchange_ref, queue_ref, BrokerError};
+use crate::exchange::dedup::DedupCache;
+use crate::exchange::delayed::DelayedMessages;
 use crate::exchange::headers::tables_equal;
-use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeType};
 use crate::queue::{
     ConnectionId, DeadLetter, DeathReason, Enqueued, Queue, QueueCounts, QueueOptions,
 };
@@ -143,18 +146,9 @@ impl Vhost {
     pub fn new(name: &str, clock: Arc<dyn Clock>) -> Vhost {
         let mut topology = Topology::default();
         for (ex, kind) in PREDECLARED {
-            topology.exchanges.insert(
-                ex.to_owned(),
-                Exchange {
-                    name: ex.to_owned(),
-                    kind,
-                    durable: true,
-                    auto_delete: false,
-                    internal: false,
-                    arguments: FieldTable::new(),
-                    bindings: Vec::new(),
-                },
-            );
+            topology
+                .exchanges
+                .insert(ex.to_owned(), Exchange::plain(ex, kind));
         }
         Vhost {
             name: name.to_owned(),
@@ -191,21 +185,25 @@ impl Vhost {
         };
         {
             let topo = vhost.topology.get_mut();
+            let mut kept_exchanges = HashSet::new();
             for x in defs.exchanges {
-                let kind = ExchangeKind::parse(&x.kind)?;
-                topo.exchanges.insert(
-                    x.name.clone(),
-                    Exchange {
+                kept_exchanges.insert(dir_name(&x.name));
+                let ex = build_exchange(
+                    name,
+                    Some(&storage),
+                    ExchangeDeclaration {
                         name: x.name,
-                        kind,
+                        kind: x.kind,
                         durable: true,
                         auto_delete: x.auto_delete,
                         internal: x.internal,
                         arguments: json_to_table(&x.arguments),
-                        bindings: Vec::new(),
                     },
-                );
+                    false,
+                )?;
+                topo.exchanges.insert(ex.name.clone(), ex);
             }
+            remove_orphan_queue_dirs(&storage.dir.join("exchanges"), &kept_exchanges);
             let mut kept = HashSet::new();
             for q in defs.queues {
                 let dir_name = dir_name(&q.name);
@@ -224,7 +222,9 @@ impl Vhost {
                     storage.store_options.clone(),
                     storage.memory_limit,
                 )?;
-                storage.syncer.register(&queue);
+                storage
+                    .syncer
+                    .register(Arc::clone(&queue) as Arc<dyn Durable>);
                 kept.insert(dir_name);
                 topo.queues.insert(q.name, queue);
             }
@@ -280,8 +280,29 @@ impl Vhost {
 
     /// Flushes and closes every queue store (clean shutdown).
     pub fn close(&self) {
-        for q in self.topology.read().queues.values() {
+        let topo = self.topology.read();
+        for q in topo.queues.values() {
             q.close_store();
+        }
+        for ex in topo.exchanges.values() {
+            if let Some(d) = &ex.dedup {
+                d.close();
+            }
+            if let Some(d) = &ex.delayed {
+                d.close();
+            }
+        }
+    }
+
+    /// The deduplication cache and delay schedule of an exchange, which a
+    /// publish consults before routing.
+    pub fn exchange_hooks(
+        &self,
+        name: &str,
+    ) -> (Option<Arc<DedupCache>>, Option<Arc<DelayedMessages>>) {
+        match self.topology.read().exchanges.get(name) {
+            Some(ex) => (ex.dedup.clone(), ex.delayed.clone()),
+            None => (None, None),
         }
     }
 
@@ -316,14 +337,14 @@ impl Vhost {
                 d.name
             )));
         }
-        let kind = ExchangeKind::parse(&d.kind)?;
+        ExchangeType::parse(&d.kind, &d.arguments)?;
         let mut topo = self.topology.write();
         if let Some(ex) = topo.exchanges.get(&d.name) {
             let err = |arg, got: &dyn std::fmt::Display, have: &dyn std::fmt::Display| {
                 inequivalent("exchange", arg, &self.name, &d.name, got, have)
             };
-            if ex.kind != kind {
-                return Err(err("type", &d.kind, &ex.kind.as_str()));
+            if ex.type_name != d.kind {
+                return Err(err("type", &d.kind, &ex.type_name));
             }
             if ex.durable != d.durable {
                 return Err(err("durable", &d.durable, &ex.durable));
@@ -336,18 +357,8 @@ impl Vhost {
             }
             return Ok(());
         }
-        topo.exchanges.insert(
-            d.name.clone(),
-            Exchange {
-                name: d.name,
-                kind,
-                durable: d.durable,
-                auto_delete: d.auto_delete,
-                internal: d.internal,
-                arguments: d.arguments,
-                bindings: Vec::new(),
-            },
-        );
+        let ex = build_exchange(&self.name, self.storage.as_ref(), d, true)?;
+        topo.exchanges.insert(ex.name.clone(), ex);
         self.save(&mut topo)
     }
 
@@ -378,7 +389,9 @@ impl Vhost {
                 exchange_ref(&self.name, name)
             )));
         }
-        topo.exchanges.remove(name);
+        if let Some(ex) = topo.exchanges.remove(name) {
+            ex.discard_stores();
+        }
         Self::remove_bindings_to(&mut topo, &Destination::Exchange(name.to_owned()));
         self.save(&mut topo)
     }
@@ -392,8 +405,9 @@ impl Vhost {
         conn: ConnectionId,
     ) -> Result<(Arc<Queue>, QueueCounts), BrokerError> {
         if passive {
+            // A passive declare only looks: unlike a redeclare it does not
+            // renew the queue's x-expires lease (as in RabbitMQ).
             let q = self.queue(&d.name, conn)?;
-            q.touch();
             let counts = q.counts();
             return Ok((q, counts));
         }
@@ -461,7 +475,7 @@ impl Vhost {
                     storage.store_options.clone(),
                     storage.memory_limit,
                 )?;
-                storage.syncer.register(&q);
+                storage.syncer.register(Arc::clone(&q) as Arc<dyn Durable>);
                 q
             }
             _ => Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?,
@@ -561,7 +575,9 @@ impl Vhost {
             }
         }
         for name in emptied {
-            topo.exchanges.remove(&name);
+            if let Some(ex) = topo.exchanges.remove(&name) {
+                ex.discard_stores();
+            }
             Self::remove_bindings_to(topo, &Destination::Exchange(name));
         }
     }
@@ -613,7 +629,9 @@ impl Vhost {
         });
         if ex.auto_delete && before > 0 && ex.bindings.is_empty() {
             let name = ex.name.clone();
-            topo.exchanges.remove(&name);
+            if let Some(ex) = topo.exchanges.remove(&name) {
+                ex.discard_stores();
+            }
             Self::remove_bindings_to(&mut topo, &Destination::Exchange(name));
         }
         self.save(&mut topo)
@@ -779,9 +797,62 @@ impl Vhost {
         }
     }
 
+    /// Routes the delayed messages that are due, as if published now. They
+    /// leave the exchange's store only once the queues that took them have
+    /// synced them, so a crash in between delivers twice rather than never.
+    fn release_due(&self, exchange: &str, schedule: &DelayedMessages, now: u64) {
+        let due = schedule.take_due(now);
+        if due.is_empty() {
+            return;
+        }
+        let mut stored: Vec<Arc<dyn Durable>> = Vec::new();
+        for item in &due {
+            let message = Arc::new((*item.message).clone().published_at(now));
+            let headers = message.properties.headers.as_ref();
+            let targets = match self.route(exchange, &message.routing_key, headers) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(exchange, "dropping delayed message: {e}");
+                    continue;
+                }
+            };
+            for q in targets {
+                match q.publish(Arc::clone(&message)) {
+                    Ok(Enqueued::Accepted { stored: true }) => {
+                        let q: Arc<dyn Durable> = Arc::clone(&q) as Arc<dyn Durable>;
+                        if !stored.iter().any(|s| crate::durable::same(s, &q)) {
+                            stored.push(q);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(queue = q.name, "delayed message not enqueued: {e}"),
+                }
+                if q.args.dead_letter_exchange.is_some() {
+                    self.route_dead_letters(&q);
+                }
+            }
+        }
+        if !crate::syncer::sync_round(&stored).is_empty() {
+            // Keep them in the schedule's store: they come back after a
+            // restart rather than being lost.
+            return;
+        }
+        schedule.release(&due);
+    }
+
     /// Time passes: expires messages and idle queues, and routes the dead
     /// letters that produced. Called by the broker's timer.
     pub fn tick(&self, now: u64) {
+        let schedules: Vec<(String, Arc<DelayedMessages>)> = self
+            .topology
+            .read()
+            .exchanges
+            .values()
+            .filter_map(|e| e.delayed.clone().map(|d| (e.name.clone(), d)))
+            .collect();
+        for (exchange, schedule) in schedules {
+            self.release_due(&exchange, &schedule, now);
+        }
         let queues = self.queues();
         for q in &queues {
             if q.tick(now) {
@@ -909,6 +980,71 @@ fn is_cycle(message: &crate::message::Message, target: &str) -> bool {
     seen_target
 }
 
+/// Builds an exchange from its declaration, with the stores its type needs:
+/// on disk under the vhost's `exchanges/` for a durable exchange of a
+/// persistent vhost (`fresh` clears what a deleted namesake left there).
+fn build_exchange(
+    vhost: &str,
+    storage: Option<&VhostStorage>,
+    d: ExchangeDeclaration,
+    fresh: bool,
+) -> Result<Exchange, BrokerError> {
+    let t = ExchangeType::parse(&d.kind, &d.arguments)?;
+    let dir = storage
+        .filter(|_| d.durable)
+        .map(|s| (s, s.dir.join("exchanges").join(dir_name(&d.name))));
+    if let Some((_, dir)) = &dir {
+        if fresh && dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| internal(dir, "remove stale exchange directory", e))?;
+        }
+    }
+    let label = exchange_ref(vhost, &d.name);
+    let dedup = match (t.dedup, &dir) {
+        (false, _) => None,
+        (true, None) => Some(Arc::new(DedupCache::new(vhost, &d.name, &d.arguments)?)),
+        (true, Some((s, dir))) => {
+            let cache = Arc::new(DedupCache::open_durable(
+                vhost,
+                &d.name,
+                &d.arguments,
+                &dir.join("dedup"),
+                s.store_options.clone(),
+            )?);
+            s.syncer.register(Arc::clone(&cache) as Arc<dyn Durable>);
+            Some(cache)
+        }
+    };
+    let delayed = match (t.delayed, &dir) {
+        (false, _) => None,
+        (true, None) => Some(Arc::new(DelayedMessages::new(format!(
+            "schedule of {label}"
+        )))),
+        (true, Some((s, dir))) => {
+            let schedule = Arc::new(DelayedMessages::open_durable(
+                format!("schedule of {label}"),
+                &dir.join("delayed"),
+                s.store_options.clone(),
+                s.memory_limit,
+            )?);
+            s.syncer.register(Arc::clone(&schedule) as Arc<dyn Durable>);
+            Some(schedule)
+        }
+    };
+    Ok(Exchange {
+        name: d.name,
+        type_name: d.kind,
+        kind: t.routing,
+        durable: d.durable,
+        auto_delete: d.auto_delete,
+        internal: d.internal,
+        arguments: d.arguments,
+        bindings: Vec::new(),
+        dedup,
+        delayed,
+    })
+}
+
 fn same_binding(a: &Binding, b: &Binding) -> bool {
     a.destination == b.destination
         && a.routing_key == b.routing_key
@@ -938,7 +1074,7 @@ fn durable_definitions(vhost: &str, topo: &Topology) -> VhostDefinitions {
             defs.exchanges.push(ExchangeDef {
                 name: ex.name.clone(),
                 vhost: vhost.to_owned(),
-                kind: ex.kind.as_str().to_owned(),
+                kind: ex.type_name.clone(),
                 durable: true,
                 auto_delete: ex.auto_delete,
                 internal: ex.internal,

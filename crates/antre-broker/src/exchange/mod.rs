@@ -3,12 +3,18 @@
 //! One module per routing rule that needs more than equality ([`topic`],
 //! [`headers`]); direct and fanout are one line each in [`Exchange::matches`].
 
+pub mod dedup;
+pub mod delayed;
 pub mod headers;
 pub mod topic;
 
-use antre_amqp::FieldTable;
+use std::sync::Arc;
+
+use antre_amqp::{FieldTable, FieldValue};
 
 use crate::error::BrokerError;
+use dedup::DedupCache;
+use delayed::DelayedMessages;
 
 /// The routing rule of an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,11 +76,70 @@ pub struct Binding {
     pub arguments: FieldTable,
 }
 
+/// What an exchange type declares: its routing rule and the plugin
+/// behaviours antre builds in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeType {
+    /// How it routes.
+    pub routing: ExchangeKind,
+    /// `x-delayed-message`: holds messages for their `x-delay`.
+    pub delayed: bool,
+    /// `x-message-deduplication` (type or argument): drops repeated keys.
+    pub dedup: bool,
+}
+
+impl ExchangeType {
+    /// Parses exchange.declare's type and arguments: the four AMQP types,
+    /// `x-delayed-message` (routing as its `x-delayed-type`),
+    /// `x-message-deduplication` (routing as fanout, like the plugin), and
+    /// any type with the argument `x-message-deduplication: true`.
+    pub fn parse(kind: &str, args: &FieldTable) -> Result<ExchangeType, BrokerError> {
+        let dedup_arg = matches!(
+            args.get("x-message-deduplication"),
+            Some(FieldValue::Bool(true))
+        ) || args
+            .get("x-message-deduplication")
+            .and_then(FieldValue::as_str)
+            == Some("true");
+        Ok(match kind {
+            "x-delayed-message" => {
+                let inner = args
+                    .get("x-delayed-type")
+                    .and_then(FieldValue::as_str)
+                    .and_then(|t| ExchangeKind::parse(t).ok())
+                    .ok_or_else(|| {
+                        BrokerError::PreconditionFailed(
+                            "Invalid argument, 'x-delayed-type' must be an existing exchange type"
+                                .into(),
+                        )
+                    })?;
+                ExchangeType {
+                    routing: inner,
+                    delayed: true,
+                    dedup: dedup_arg,
+                }
+            }
+            "x-message-deduplication" => ExchangeType {
+                routing: ExchangeKind::Fanout,
+                delayed: false,
+                dedup: true,
+            },
+            other => ExchangeType {
+                routing: ExchangeKind::parse(other)?,
+                delayed: false,
+                dedup: dedup_arg,
+            },
+        })
+    }
+}
+
 /// An exchange and the bindings that have it as their source.
 #[derive(Debug, Clone)]
 pub struct Exchange {
     /// Its name ("" is the default exchange).
     pub name: String,
+    /// Its type as declared (e.g. "topic", "x-delayed-message").
+    pub type_name: String,
     /// Its routing rule.
     pub kind: ExchangeKind,
     /// Survives a restart.
@@ -87,9 +152,39 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// Bindings whose source this exchange is.
     pub bindings: Vec<Binding>,
+    /// Its deduplication cache, if it deduplicates.
+    pub dedup: Option<Arc<DedupCache>>,
+    /// Its schedule, if it is a delayed-message exchange.
+    pub delayed: Option<Arc<DelayedMessages>>,
 }
 
 impl Exchange {
+    /// A plain exchange of a built-in type, with no bindings.
+    pub fn plain(name: &str, kind: ExchangeKind) -> Exchange {
+        Exchange {
+            name: name.to_owned(),
+            type_name: kind.as_str().to_owned(),
+            kind,
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::new(),
+            bindings: Vec::new(),
+            dedup: None,
+            delayed: None,
+        }
+    }
+
+    /// Removes its stores from disk (it was deleted).
+    pub fn discard_stores(&self) {
+        if let Some(d) = &self.dedup {
+            d.delete();
+        }
+        if let Some(d) = &self.delayed {
+            d.delete();
+        }
+    }
+
     /// Whether `binding` of this exchange matches a message.
     pub fn matches(
         &self,

@@ -322,6 +322,29 @@ impl QueueState {
     }
 }
 
+/// Group commit delegates to the queue's own sync methods.
+impl crate::durable::Durable for Queue {
+    fn label(&self) -> &str {
+        &self.name
+    }
+
+    fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
+        Queue::begin_sync(self)
+    }
+
+    fn finish_sync(
+        &self,
+        pending: PendingSync,
+        result: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        Queue::finish_sync(self, pending, result)
+    }
+
+    fn is_dirty(&self) -> bool {
+        Queue::is_dirty(self)
+    }
+}
+
 /// A queue.
 #[derive(Debug)]
 pub struct Queue {

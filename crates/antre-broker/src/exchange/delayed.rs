@@ -1,0 +1,337 @@
+//! Delayed messages, compatible with RabbitMQ's delayed-message plugin: an
+//! exchange of type `x-delayed-message` routes like its `x-delayed-type`,
+//! but holds each message with an `x-delay` header (ms) until it is due.
+//!
+//! Unlike the plugin, which keeps its schedule in memory (Mnesia), a durable
+//! delayed exchange writes every held message to a store: the schedule
+//! survives a restart, and past a memory limit only (due time, store
+//! position) stays in memory, so millions can wait without their bodies in
+//! RAM. A message leaves the store only after the queues it was routed to
+//! have synced it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOptions};
+use parking_lot::Mutex;
+
+use crate::error::BrokerError;
+use crate::message::Message;
+
+#[derive(Debug)]
+struct Held {
+    message: Option<Arc<Message>>,
+    pos: Option<SegmentPosition>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Held messages by (due time, arrival), so equal due times keep order.
+    schedule: BTreeMap<(u64, u64), Held>,
+    next_seq: u64,
+    store: Option<QueueStore>,
+    in_memory: u64,
+}
+
+/// The schedule of one delayed exchange.
+#[derive(Debug)]
+pub struct DelayedMessages {
+    label: String,
+    memory_limit: u64,
+    inner: Mutex<Inner>,
+}
+
+/// A message that came due, with what is needed to drop it from the store
+/// once it was routed.
+#[derive(Debug)]
+pub struct Due {
+    /// The message.
+    pub message: Arc<Message>,
+    pos: Option<SegmentPosition>,
+}
+
+/// The delay a message asks for: its `x-delay` header in ms, if positive.
+pub fn delay_of(message: &Message) -> Option<u64> {
+    let v = message.properties.headers.as_ref()?.get("x-delay")?;
+    let ms = v
+        .as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))?;
+    u64::try_from(ms).ok().filter(|ms| *ms > 0)
+}
+
+fn due_of(message: &Message) -> u64 {
+    message
+        .published_at
+        .saturating_add(delay_of(message).unwrap_or(0))
+}
+
+impl DelayedMessages {
+    /// An in-memory schedule.
+    pub fn new(label: String) -> DelayedMessages {
+        DelayedMessages {
+            label,
+            memory_limit: u64::MAX,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// A schedule kept in the store in `dir`, recovering what it held.
+    pub fn open_durable(
+        label: String,
+        dir: &Path,
+        options: StoreOptions,
+        memory_limit: u64,
+    ) -> Result<DelayedMessages, BrokerError> {
+        let delayed = DelayedMessages {
+            label,
+            memory_limit,
+            inner: Mutex::default(),
+        };
+        {
+            let mut inner = delayed.inner.lock();
+            let inner = &mut *inner;
+            let mut bad = Vec::new();
+            let (store, _) = QueueStore::open(dir, options, |pos, payload| {
+                match Message::from_record(payload) {
+                    Ok(m) => {
+                        let keep = inner.in_memory < memory_limit;
+                        if keep {
+                            inner.in_memory += m.memory_size();
+                        }
+                        let key = (due_of(&m), inner.next_seq);
+                        inner.next_seq += 1;
+                        inner.schedule.insert(
+                            key,
+                            Held {
+                                message: keep.then(|| Arc::new(m)),
+                                pos: Some(pos),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(%pos, "dropping undecodable delayed message: {e}");
+                        bad.push(pos);
+                    }
+                }
+            })
+            .map_err(|e| BrokerError::Internal(format!("opening {}: {e}", delayed.label)))?;
+            inner.store = Some(store);
+            if let Some(store) = inner.store.as_mut() {
+                for pos in bad {
+                    let _ = store.ack(pos);
+                }
+            }
+        }
+        Ok(delayed)
+    }
+
+    /// Holds a message until `published_at + x-delay`. Returns whether it
+    /// was written to the store (so a confirm must wait for a sync).
+    pub fn schedule(&self, message: Arc<Message>) -> Result<bool, BrokerError> {
+        let mut inner = self.inner.lock();
+        let pos = match inner.store.as_mut() {
+            Some(store) => Some(
+                store
+                    .append(message.record())
+                    .map_err(|e| BrokerError::Internal(format!("{}: {e}", self.label)))?,
+            ),
+            None => None,
+        };
+        let keep = pos.is_none() || inner.in_memory < self.memory_limit;
+        if keep {
+            inner.in_memory += message.memory_size();
+        }
+        let key = (due_of(&message), inner.next_seq);
+        inner.next_seq += 1;
+        inner.schedule.insert(
+            key,
+            Held {
+                message: keep.then_some(message),
+                pos,
+            },
+        );
+        Ok(pos.is_some())
+    }
+
+    /// Takes the messages due at `now`, in due order, reading bodies back
+    /// from disk where needed. They stay in the store until
+    /// [`DelayedMessages::release`].
+    pub fn take_due(&self, now: u64) -> Vec<Due> {
+        let mut inner = self.inner.lock();
+        let later = inner.schedule.split_off(&(now.saturating_add(1), 0));
+        let due = std::mem::replace(&mut inner.schedule, later);
+        let mut out = Vec::with_capacity(due.len());
+        for (_, held) in due {
+            let message = match held.message {
+                Some(m) => {
+                    inner.in_memory = inner.in_memory.saturating_sub(m.memory_size());
+                    m
+                }
+                None => {
+                    let read = held.pos.and_then(|pos| {
+                        let store = inner.store.as_ref()?;
+                        let raw = store
+                            .read(pos)
+                            .map_err(|e| tracing::error!(%pos, "dropping unreadable delayed message: {e}"))
+                            .ok()?;
+                        Message::from_record(&raw).ok()
+                    });
+                    match read {
+                        Some(m) => Arc::new(m),
+                        None => continue,
+                    }
+                }
+            };
+            out.push(Due {
+                message,
+                pos: held.pos,
+            });
+        }
+        out
+    }
+
+    /// Drops routed messages from the store.
+    pub fn release(&self, due: &[Due]) {
+        let mut inner = self.inner.lock();
+        if let Some(store) = inner.store.as_mut() {
+            for d in due {
+                if let Some(pos) = d.pos {
+                    if let Err(e) = store.ack(pos) {
+                        tracing::warn!(%pos, "could not drop released delayed message: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.inner.lock().schedule.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes the store (the exchange was deleted).
+    pub fn delete(&self) {
+        let mut inner = self.inner.lock();
+        inner.schedule.clear();
+        if let Some(store) = inner.store.take() {
+            if let Err(e) = store.delete_all() {
+                tracing::warn!("could not remove {}: {e}", self.label);
+            }
+        }
+    }
+
+    /// Flushes and closes the store (clean shutdown).
+    pub fn close(&self) {
+        if let Some(store) = self.inner.lock().store.take() {
+            if let Err(e) = store.close() {
+                tracing::error!("closing {}: {e}", self.label);
+            }
+        }
+    }
+}
+
+impl crate::durable::Durable for DelayedMessages {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
+        self.inner.lock().store.as_mut().map(QueueStore::begin_sync)
+    }
+
+    fn finish_sync(
+        &self,
+        pending: PendingSync,
+        result: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match self.inner.lock().store.as_mut() {
+            Some(store) => store.finish_sync(pending, result),
+            None => Ok(()),
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.inner
+            .lock()
+            .store
+            .as_ref()
+            .is_some_and(QueueStore::is_dirty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use antre_amqp::{BasicProperties, FieldTable, FieldValue};
+
+    fn delayed(body: &str, at: u64, delay: i64) -> Arc<Message> {
+        let headers: FieldTable = [("x-delay", FieldValue::I64(delay))].into_iter().collect();
+        Arc::new(
+            Message::new(
+                "d".into(),
+                "k".into(),
+                BasicProperties {
+                    headers: Some(headers),
+                    delivery_mode: Some(2),
+                    ..Default::default()
+                },
+                bytes::Bytes::copy_from_slice(body.as_bytes()),
+            )
+            .published_at(at),
+        )
+    }
+
+    fn bodies(due: &[Due]) -> Vec<String> {
+        due.iter()
+            .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn messages_come_due_in_due_order() {
+        let d = DelayedMessages::new("test".into());
+        d.schedule(delayed("late", 1000, 500)).unwrap();
+        d.schedule(delayed("early", 1000, 100)).unwrap();
+        d.schedule(delayed("early too", 1000, 100)).unwrap();
+        assert!(d.take_due(1099).is_empty());
+        assert_eq!(bodies(&d.take_due(1100)), ["early", "early too"]);
+        assert_eq!(bodies(&d.take_due(5000)), ["late"]);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn schedule_survives_restart_without_bodies_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let d =
+                DelayedMessages::open_durable("t".into(), dir.path(), StoreOptions::default(), 0)
+                    .unwrap();
+            for i in 0..100 {
+                assert!(d
+                    .schedule(delayed(&format!("m{i}"), 1000, 1000 + i))
+                    .unwrap());
+            }
+            let due = d.take_due(2009);
+            assert_eq!(due.len(), 10);
+            d.release(&due);
+            d.close();
+        }
+        let d = DelayedMessages::open_durable("t".into(), dir.path(), StoreOptions::default(), 0)
+            .unwrap();
+        assert_eq!(d.len(), 90, "released ones are gone, the rest wait");
+        assert_eq!(
+            d.inner.lock().in_memory,
+            0,
+            "a zero memory limit keeps bodies on disk"
+        );
+        let due = d.take_due(u64::MAX);
+        assert_eq!(bodies(&due)[0], "m10");
+        assert_eq!(due.len(), 90);
+    }
+}
