@@ -266,6 +266,42 @@ impl Broker {
         self.users.write().insert(user.name.clone(), user);
     }
 
+    /// Every user, sorted by name.
+    pub fn users(&self) -> Vec<User> {
+        let mut users: Vec<User> = self.users.read().values().cloned().collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        users
+    }
+
+    /// Removes a user; returns whether it existed. Open connections of the
+    /// user stay open (as in RabbitMQ).
+    pub fn delete_user(&self, name: &str) -> bool {
+        self.users.write().remove(name).is_some()
+    }
+
+    /// Deletes a vhost: every queue in it (with its messages) and its
+    /// definitions on disk. Returns whether it existed. Close the vhost's
+    /// connections first; a channel still open on it sees no more topology.
+    pub fn delete_vhost(&self, name: &str) -> Result<bool, BrokerError> {
+        let Some(vhost) = self.vhosts.write().remove(name) else {
+            return Ok(false);
+        };
+        for q in vhost.queues() {
+            let owner = q.options.exclusive_owner.unwrap_or(0);
+            vhost.delete_queue(&q.name, false, false, owner)?;
+        }
+        vhost.close();
+        if let Some(s) = &self.storage {
+            let dir = s.data_dir.join("vhosts").join(dir_name(name));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| {
+                    BrokerError::Internal(format!("removing {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        Ok(true)
+    }
+
     /// Checks a login.
     pub fn authenticate(
         &self,

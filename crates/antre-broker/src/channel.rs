@@ -42,6 +42,8 @@ struct Unacked {
     entry: Entry,
     /// The consumer's window, to release on settle; None for basic.get.
     credit: Option<Arc<Credit>>,
+    /// When it was delivered (ms), for the consumer timeout.
+    delivered_at: u64,
 }
 
 #[derive(Debug)]
@@ -507,6 +509,7 @@ impl Channel {
                     queue,
                     entry,
                     credit: None,
+                    delivered_at: self.ctx.broker.clock().now_ms(),
                 },
             );
         }
@@ -558,6 +561,7 @@ impl Channel {
                     queue: delivery.queue,
                     entry: delivery.entry,
                     credit: Some(credit),
+                    delivered_at: self.ctx.broker.clock().now_ms(),
                 },
             );
         }
@@ -945,6 +949,30 @@ impl Channel {
         Ok(())
     }
 
+    /// The consumer timeout: fails when a delivery has waited for its ack
+    /// longer than its queue's `x-consumer-timeout`, or `default_ms` for
+    /// queues without one. The server then closes the channel with this
+    /// error (406), which requeues its deliveries, as RabbitMQ does.
+    pub fn check_consumer_timeout(
+        &self,
+        now: u64,
+        default_ms: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        for u in self.unacked.values() {
+            let Some(timeout) = u.queue.args.consumer_timeout.or(default_ms) else {
+                continue;
+            };
+            if now.saturating_sub(u.delivered_at) > timeout {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "delivery acknowledgement on channel {} timed out. Timeout value used: {timeout} ms. \
+                     This timeout value can be configured, see consumers doc guide to learn more",
+                    self.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Tears the channel down (channel.close, or its connection went away):
     /// cancels its consumers, then puts every unacked delivery back.
     pub fn close(&mut self) {
@@ -1227,5 +1255,78 @@ mod tests {
             f.channel.check_header(&foreign),
             Err(BrokerError::UnexpectedFrame(_))
         ));
+    }
+
+    #[test]
+    fn consumer_timeout_trips_on_the_queue_timeout_or_the_default() {
+        use crate::clock::{Clock, ManualClock};
+        let clock = Arc::new(ManualClock::at(10_000));
+        let broker = Arc::new(Broker::with_clock(Arc::clone(&clock) as Arc<dyn Clock>));
+        let vhost = broker.vhost("/").unwrap();
+        let sink = Arc::new(CollectSink::default());
+        let ctx = ChannelContext {
+            broker,
+            vhost,
+            connection: 1,
+            max_message_size: 1024,
+        };
+        let mut f = Fixture {
+            vhost: Arc::clone(&ctx.vhost),
+            sink: Arc::clone(&sink),
+            channel: Channel::new(1, ctx, sink as Arc<dyn DeliverySink>),
+            out: Vec::new(),
+        };
+        let timeout: antre_amqp::FieldTable =
+            [("x-consumer-timeout", antre_amqp::FieldValue::I32(500))]
+                .into_iter()
+                .collect();
+        f.call(QueueDeclare {
+            queue: "slow".into(),
+            arguments: timeout,
+            ..Default::default()
+        })
+        .unwrap();
+        f.declare("plain");
+        f.publish("slow", "a");
+        f.publish("plain", "b");
+        for q in ["slow", "plain"] {
+            f.call(BasicGet {
+                queue: q.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        clock.advance(500);
+        assert!(f
+            .channel
+            .check_consumer_timeout(clock.now_ms(), Some(1000))
+            .is_ok());
+        clock.advance(1);
+        let err = f
+            .channel
+            .check_consumer_timeout(clock.now_ms(), None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("Timeout value used: 500 ms"),
+            "{err}"
+        );
+        f.call(BasicAck {
+            delivery_tag: 1,
+            multiple: false,
+        })
+        .unwrap();
+        assert!(f
+            .channel
+            .check_consumer_timeout(clock.now_ms(), Some(1000))
+            .is_ok());
+        clock.advance(500);
+        let err = f
+            .channel
+            .check_consumer_timeout(clock.now_ms(), Some(1000))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("Timeout value used: 1000 ms"),
+            "{err}"
+        );
     }
 }
