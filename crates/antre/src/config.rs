@@ -1,6 +1,17 @@
-//! Server settings.
+//! Server settings, and where they come from.
+//!
+//! Every setting has one name, used in three places with one precedence
+//! (highest first): a command-line flag (`--http-listen`), an environment
+//! variable (`ANTRE_HTTP_LISTEN`), a key of the TOML file (`http_listen`),
+//! then the default. [`Settings`] is that one list: clap reads flags and
+//! environment into it, serde reads the file into it, and
+//! [`Settings::over`] stacks the layers. docs/operations.md documents it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
 
 /// Everything the server needs to start. Defaults are RabbitMQ's where the
 /// same setting exists, so clients see familiar limits.
@@ -8,6 +19,9 @@ use std::path::PathBuf;
 pub struct Config {
     /// Address for AMQP clients; port 0 picks a free port.
     pub amqp_listen: String,
+    /// Address of the HTTP listener (management API, web UI, `/metrics`);
+    /// `None` serves no HTTP.
+    pub http_listen: Option<String>,
     /// Directory for the message store and definitions.
     pub data_dir: PathBuf,
     /// Heartbeat interval proposed to clients, in seconds (0 disables).
@@ -25,13 +39,19 @@ pub struct Config {
     /// less free space than this, in bytes (RabbitMQ's default: 50 MB).
     pub disk_free_limit: u64,
     /// How often free disk space is checked.
-    pub disk_check_interval: std::time::Duration,
+    pub disk_check_interval: Duration,
+    /// How often message rates are sampled for the management API.
+    pub rate_interval: Duration,
+    /// A user to create at start-up, `(name, password)`, allowed from any
+    /// address. When set, the loopback-only `guest` user is removed.
+    pub default_user: Option<(String, String)>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             amqp_listen: "127.0.0.1:5672".into(),
+            http_listen: Some("127.0.0.1:15672".into()),
             data_dir: PathBuf::from("antre-data"),
             heartbeat: 60,
             frame_max: 131_072,
@@ -39,7 +59,175 @@ impl Default for Config {
             max_message_size: 128 * 1024 * 1024,
             queue_memory_limit: 64 * 1024 * 1024,
             disk_free_limit: 50_000_000,
-            disk_check_interval: std::time::Duration::from_secs(1),
+            disk_check_interval: Duration::from_secs(1),
+            rate_interval: Duration::from_secs(5),
+            default_user: None,
         }
+    }
+}
+
+/// One layer of settings: what a config file, the environment or the
+/// command line says. Unset fields fall through to the layer below.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address for AMQP clients; port 0 picks a free port
+    /// [default: 127.0.0.1:5672].
+    #[arg(long, env = "ANTRE_AMQP_LISTEN", value_name = "ADDR")]
+    pub amqp_listen: Option<String>,
+    /// Address for the management API, web UI and /metrics; "off" disables
+    /// HTTP [default: 127.0.0.1:15672].
+    #[arg(long, env = "ANTRE_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Directory for messages and definitions [default: antre-data].
+    #[arg(long, env = "ANTRE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Block publishers while the data directory's file system has less
+    /// free space than this many bytes [default: 50000000].
+    #[arg(long, env = "ANTRE_DISK_FREE_LIMIT", value_name = "BYTES")]
+    pub disk_free_limit: Option<u64>,
+    /// Bytes of message bodies each queue keeps in memory; past this,
+    /// persistent messages stay on disk until delivered [default: 67108864].
+    #[arg(long, env = "ANTRE_QUEUE_MEMORY_LIMIT", value_name = "BYTES")]
+    pub queue_memory_limit: Option<u64>,
+    /// Heartbeat interval proposed to clients, in seconds; 0 disables
+    /// [default: 60].
+    #[arg(long, env = "ANTRE_HEARTBEAT", value_name = "SECONDS")]
+    pub heartbeat: Option<u16>,
+    /// Largest frame accepted and proposed, in bytes [default: 131072].
+    #[arg(long, env = "ANTRE_FRAME_MAX", value_name = "BYTES")]
+    pub frame_max: Option<u32>,
+    /// Most channels per connection [default: 2047].
+    #[arg(long, env = "ANTRE_CHANNEL_MAX", value_name = "N")]
+    pub channel_max: Option<u16>,
+    /// Largest message body accepted, in bytes [default: 134217728].
+    #[arg(long, env = "ANTRE_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    pub max_message_size: Option<u64>,
+    /// Seconds between samples of the message rates shown by the management
+    /// API and UI [default: 5].
+    #[arg(long, env = "ANTRE_RATE_INTERVAL", value_name = "SECONDS")]
+    pub rate_interval: Option<f64>,
+    /// Create this user at start-up (allowed from any address) and remove
+    /// the loopback-only guest user [default: none].
+    #[arg(long, env = "ANTRE_DEFAULT_USER", value_name = "NAME")]
+    pub default_user: Option<String>,
+    /// Password of --default-user.
+    #[arg(long, env = "ANTRE_DEFAULT_PASS", value_name = "PASSWORD")]
+    pub default_pass: Option<String>,
+    /// Log as JSON lines instead of human-readable text [default: false].
+    #[arg(long, env = "ANTRE_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub log_json: Option<bool>,
+    /// Log filter when RUST_LOG is unset, e.g. "info" or "antre=debug"
+    /// [default: info].
+    #[arg(long, env = "ANTRE_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "antre.toml";
+
+impl Settings {
+    /// Reads a TOML file of settings.
+    pub fn from_file(path: &Path) -> anyhow::Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Settings::from_toml(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parses TOML settings; unknown keys are errors, so typos do not pass
+    /// silently.
+    pub fn from_toml(text: &str) -> anyhow::Result<Settings> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// This layer on top of `below`: each setting set here wins.
+    pub fn over(self, below: Settings) -> Settings {
+        Settings {
+            amqp_listen: self.amqp_listen.or(below.amqp_listen),
+            http_listen: self.http_listen.or(below.http_listen),
+            data_dir: self.data_dir.or(below.data_dir),
+            disk_free_limit: self.disk_free_limit.or(below.disk_free_limit),
+            queue_memory_limit: self.queue_memory_limit.or(below.queue_memory_limit),
+            heartbeat: self.heartbeat.or(below.heartbeat),
+            frame_max: self.frame_max.or(below.frame_max),
+            channel_max: self.channel_max.or(below.channel_max),
+            max_message_size: self.max_message_size.or(below.max_message_size),
+            rate_interval: self.rate_interval.or(below.rate_interval),
+            default_user: self.default_user.or(below.default_user),
+            default_pass: self.default_pass.or(below.default_pass),
+            log_json: self.log_json.or(below.log_json),
+            log_level: self.log_level.or(below.log_level),
+        }
+    }
+
+    /// The server configuration: these settings over the defaults.
+    pub fn to_config(&self) -> anyhow::Result<Config> {
+        let d = Config::default();
+        let http_listen = match self.http_listen.as_deref() {
+            None => d.http_listen,
+            Some("" | "off" | "none") => None,
+            Some(addr) => Some(addr.to_owned()),
+        };
+        let rate_interval = match self.rate_interval {
+            None => d.rate_interval,
+            Some(s) if s > 0.0 && s.is_finite() => Duration::from_secs_f64(s),
+            Some(s) => anyhow::bail!("rate_interval must be a positive number of seconds, not {s}"),
+        };
+        let default_user = match (&self.default_user, &self.default_pass) {
+            (None, None) => None,
+            (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
+            _ => anyhow::bail!("default_user and default_pass must be set together"),
+        };
+        Ok(Config {
+            amqp_listen: self.amqp_listen.clone().unwrap_or(d.amqp_listen),
+            http_listen,
+            data_dir: self.data_dir.clone().unwrap_or(d.data_dir),
+            heartbeat: self.heartbeat.unwrap_or(d.heartbeat),
+            frame_max: self.frame_max.unwrap_or(d.frame_max),
+            channel_max: self.channel_max.unwrap_or(d.channel_max),
+            max_message_size: self.max_message_size.unwrap_or(d.max_message_size),
+            queue_memory_limit: self.queue_memory_limit.unwrap_or(d.queue_memory_limit),
+            disk_free_limit: self.disk_free_limit.unwrap_or(d.disk_free_limit),
+            disk_check_interval: d.disk_check_interval,
+            rate_interval,
+            default_user,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file = Settings::from_toml(
+            "amqp_listen = \"0.0.0.0:5673\"\nhttp_listen = \"off\"\nheartbeat = 30\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            amqp_listen: Some("127.0.0.1:0".into()),
+            ..Settings::default()
+        };
+        let config = flags.over(file).to_config().unwrap();
+        assert_eq!(config.amqp_listen, "127.0.0.1:0");
+        assert_eq!(config.http_listen, None);
+        assert_eq!(config.heartbeat, 30);
+        assert_eq!(config.frame_max, 131_072);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Settings::from_toml("amqp_lisen = \"x\"").unwrap_err();
+        assert!(format!("{err:#}").contains("amqp_lisen"), "{err:#}");
+    }
+
+    #[test]
+    fn a_user_needs_a_password() {
+        let s = Settings {
+            default_user: Some("admin".into()),
+            ..Settings::default()
+        };
+        assert!(s.to_config().is_err());
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 
 use crate::config::Config;
+use crate::registry::{ConnectionEntry, Registry};
 
 /// How long a client has for the handshake, as in RabbitMQ.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,7 +146,11 @@ impl From<std::io::Error> for Stop {
 pub struct Connection {
     id: u64,
     peer: SocketAddr,
+    local: SocketAddr,
     broker: Arc<Broker>,
+    registry: Arc<Registry>,
+    /// Set once the handshake is done and the connection is registered.
+    entry: Option<Arc<ConnectionEntry>>,
     config: Arc<Config>,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
@@ -178,8 +183,10 @@ impl Connection {
         peer: SocketAddr,
         broker: Arc<Broker>,
         config: Arc<Config>,
+        registry: Arc<Registry>,
         disk_alarm: watch::Receiver<bool>,
     ) -> Connection {
+        let local = stream.local_addr().unwrap_or(peer);
         let (reader, writer) = stream.into_split();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let id = broker.next_id();
@@ -187,7 +194,10 @@ impl Connection {
         Connection {
             id,
             peer,
+            local,
             broker,
+            registry,
+            entry: None,
             config,
             reader,
             writer,
@@ -261,6 +271,9 @@ impl Connection {
     /// Releases everything the connection held: unacked messages go back to
     /// their queues, consumers are cancelled, exclusive queues are deleted.
     fn teardown(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.registry.unregister(entry.id);
+        }
         for (_, slot) in self.channels.drain() {
             if let Slot::Open { mut channel, .. } = slot {
                 channel.close();
@@ -283,6 +296,9 @@ impl Connection {
         let n = self.reader.read_buf(&mut self.rbuf).await?;
         if n == 0 {
             return Err(Stop::Gone);
+        }
+        if let Some(entry) = &self.entry {
+            entry.received(n);
         }
         self.last_recv = Instant::now();
         Ok(())
@@ -332,7 +348,7 @@ impl Connection {
                 "COMMAND_INVALID - expected connection.start-ok",
             ));
         };
-        self.authenticate(&start_ok)?;
+        let user = self.authenticate(&start_ok)?;
         self.cancel_notify =
             client_capability(&start_ok.client_properties, "consumer_cancel_notify");
         self.blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
@@ -392,6 +408,18 @@ impl Connection {
             connection: self.id,
             max_message_size: self.config.max_message_size,
         });
+        let entry = Arc::new(ConnectionEntry::new(
+            self.id,
+            self.peer,
+            self.local,
+            user,
+            open.virtual_host.clone(),
+            start_ok.mechanism.clone(),
+            start_ok.client_properties.clone(),
+            (self.frame_max, self.channel_max, self.heartbeat),
+        ));
+        self.registry.register(Arc::clone(&entry));
+        self.entry = Some(entry);
         self.send_method(0, &ConnectionOpenOk::default().into());
         self.flush().await?;
         tracing::debug!(peer = %self.peer, "connection open");
@@ -433,7 +461,8 @@ impl Connection {
         }
     }
 
-    fn authenticate(&self, start_ok: &ConnectionStartOk) -> Result<(), Stop> {
+    /// Checks the login; returns the user name.
+    fn authenticate(&self, start_ok: &ConnectionStartOk) -> Result<String, Stop> {
         let mechanism = start_ok.mechanism.as_str();
         let refused = || {
             Stop::protocol(
@@ -459,7 +488,8 @@ impl Connection {
             .map_err(|e| {
                 tracing::warn!(peer = %self.peer, "login refused: {e}");
                 refused()
-            })
+            })?;
+        Ok(user)
     }
 
     async fn drain_until_eof(&mut self) {
@@ -490,13 +520,17 @@ impl Connection {
         let beat = Duration::from_secs(u64::from(self.heartbeat.max(1)));
         let mut ticker = tokio::time::interval(beat / 2);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let entry = self.entry.clone();
         loop {
             let reading = !self.blocked;
             tokio::select! {
                 _ = self.disk_alarm.changed() => {}
                 read = self.reader.read_buf(&mut self.rbuf), if reading => match read {
                     Ok(0) | Err(_) => return Stop::Gone,
-                    Ok(_) => {
+                    Ok(n) => {
+                        if let Some(entry) = &entry {
+                            entry.received(n);
+                        }
                         self.last_recv = Instant::now();
                         if let Err(stop) = self.process_frames() {
                             return stop;
@@ -521,6 +555,9 @@ impl Connection {
                 },
                 _ = shutdown.changed() => {
                     return Stop::protocol(reply::CONNECTION_FORCED, "CONNECTION_FORCED - broker shutting down");
+                }
+                reason = forced_close(entry.as_deref()) => {
+                    return Stop::protocol(reply::CONNECTION_FORCED, format!("CONNECTION_FORCED - {reason}"));
                 }
             }
             // Drain whatever else queues pushed, then write it all at once.
@@ -549,6 +586,11 @@ impl Connection {
             return;
         }
         self.blocked = block;
+        if let Some(entry) = &self.entry {
+            entry
+                .blocked
+                .store(block, std::sync::atomic::Ordering::Relaxed);
+        }
         if !self.blocked_notify {
             return;
         }
@@ -642,6 +684,7 @@ impl Connection {
                     ..
                 } => {
                     self.channels.remove(&id);
+                    self.channel_gone(id);
                 }
                 Frame::Method {
                     method: Method::ChannelClose(_),
@@ -676,6 +719,7 @@ impl Connection {
                     Method::ChannelClose(_) => {
                         channel.close();
                         self.channels.remove(&id);
+                        self.channel_gone(id);
                         self.send_method(id, &ChannelCloseOk {}.into());
                         return Ok(());
                     }
@@ -832,8 +876,17 @@ impl Connection {
                 content: None,
             },
         );
+        if let Some(entry) = &self.entry {
+            entry.channel_opened(id);
+        }
         self.send_method(id, &ChannelOpenOk::default().into());
         Ok(())
+    }
+
+    fn channel_gone(&self, id: u16) {
+        if let Some(entry) = &self.entry {
+            entry.channel_closed(id);
+        }
     }
 
     fn handle_channel_zero(&mut self, frame: Frame) -> Result<(), Stop> {
@@ -878,9 +931,21 @@ impl Connection {
             return Ok(());
         }
         self.writer.write_all(&self.wbuf).await?;
+        if let Some(entry) = &self.entry {
+            entry.sent(self.wbuf.len());
+        }
         self.wbuf.clear();
         self.last_sent = Instant::now();
         Ok(())
+    }
+}
+
+/// Resolves when an operator closes the connection (never if it is not
+/// registered yet).
+async fn forced_close(entry: Option<&ConnectionEntry>) -> String {
+    match entry {
+        Some(entry) => entry.closed().await,
+        None => std::future::pending().await,
     }
 }
 

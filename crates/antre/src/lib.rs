@@ -4,15 +4,23 @@
 //! - [`alarm`]: the free-disk alarm that blocks publishers;
 //! - [`server`]: the listener, start-up and graceful shutdown;
 //! - [`connection`]: one task per client connection — the AMQP handshake,
-//!   the frame loop, content assembly, heartbeats and batched writes.
+//!   the frame loop, content assembly, heartbeats and batched writes;
+//! - [`registry`]: the open connections and their channels, for operators;
+//! - [`http`]: the management API (RabbitMQ-shaped JSON), the web UI and
+//!   Prometheus metrics, on one HTTP listener;
+//! - [`cli`]: the `antre queues list`, `antre publish`, ... subcommands, a
+//!   client of the management API.
 //!
 //! The binary (`main.rs`) parses the command line and calls [`server::start`];
 //! integration tests call it too, on port 0 with a temporary data directory.
 
 pub mod alarm;
+pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod http;
+pub mod registry;
 pub mod server;
 
-pub use config::Config;
+pub use config::{Config, Settings};
 pub use server::{start, RunningServer};

@@ -1,8 +1,11 @@
-//! The `antre` binary: parses the command line and runs the server.
+//! The `antre` binary: runs the server (`antre`, `antre serve`) or talks to
+//! a running one through its management API (`antre status`, `antre queues
+//! list`, `antre publish`, ...).
 
 use std::path::PathBuf;
 
-use antre::Config;
+use antre::cli::RemoteCommand;
+use antre::config::{Settings, DEFAULT_CONFIG_FILE};
 use clap::{Parser, Subcommand};
 
 /// antre: an AMQP 0-9-1 message broker.
@@ -21,44 +24,51 @@ struct Cli {
 enum Command {
     /// Run the broker (the default when no command is given).
     Serve(ServeArgs),
+    #[command(flatten)]
+    Remote(RemoteCommand),
 }
 
 #[derive(Debug, Clone, clap::Args)]
 struct ServeArgs {
-    /// Address for AMQP clients; port 0 picks a free port.
-    #[arg(long, env = "ANTRE_AMQP_LISTEN", default_value = "127.0.0.1:5672")]
-    amqp_listen: String,
-    /// Directory for messages and definitions.
-    #[arg(long, env = "ANTRE_DATA_DIR", default_value = "antre-data")]
-    data_dir: PathBuf,
-    /// Block publishers while the data directory's file system has less free
-    /// space than this many bytes.
-    #[arg(long, env = "ANTRE_DISK_FREE_LIMIT", default_value_t = 50_000_000)]
-    disk_free_limit: u64,
-    /// Bytes of message bodies each queue keeps in memory; past this,
-    /// persistent messages stay on disk until delivered.
-    #[arg(long, env = "ANTRE_QUEUE_MEMORY_LIMIT", default_value_t = 64 * 1024 * 1024)]
-    queue_memory_limit: u64,
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, env = "ANTRE_LOG_JSON")]
-    log_json: bool,
+    /// TOML file of settings [default: antre.toml, if it exists].
+    #[arg(long, short = 'c', env = "ANTRE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Remote(command)) => {
+            let mut out = std::io::stdout().lock();
+            return antre::cli::run(command, &mut out);
+        }
         None => cli.serve,
     };
-    init_logging(args.log_json);
+    let file = match &args.config {
+        Some(path) => Settings::from_file(path)?,
+        None if std::path::Path::new(DEFAULT_CONFIG_FILE).exists() => {
+            Settings::from_file(DEFAULT_CONFIG_FILE.as_ref())?
+        }
+        None => Settings::default(),
+    };
+    let settings = args.settings.over(file);
+    init_logging(
+        settings.log_json.unwrap_or(false),
+        settings.log_level.as_deref().unwrap_or("info"),
+    );
+    let config = settings.to_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(config))
 }
 
-fn init_logging(json: bool) {
+fn init_logging(json: bool, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -71,14 +81,7 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config {
-        amqp_listen: args.amqp_listen,
-        data_dir: args.data_dir,
-        disk_free_limit: args.disk_free_limit,
-        queue_memory_limit: args.queue_memory_limit,
-        ..Config::default()
-    };
+async fn serve(config: antre::Config) -> anyhow::Result<()> {
     let server = antre::start(config).await?;
     wait_for_signal().await?;
     tracing::info!("shutting down");

@@ -1,9 +1,13 @@
 //! The AMQP listener, start-up and graceful shutdown.
+//!
+//! Start-up binds the AMQP and HTTP listeners before recovering storage, so
+//! an address in use fails fast. Shutdown stops both listeners, closes every
+//! AMQP connection with 320 CONNECTION_FORCED, then flushes the stores.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use antre_broker::{Broker, StorageOptions};
+use antre_broker::{Broker, StorageOptions, User};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -12,6 +16,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::alarm::DiskAlarm;
 use crate::config::Config;
 use crate::connection::Connection;
+use crate::http::{self, rates::Rates, HttpState};
+use crate::registry::Registry;
 
 /// A server that is accepting connections.
 #[derive(Debug)]
@@ -20,10 +26,15 @@ pub struct RunningServer {
     pub disk_alarm: DiskAlarm,
     /// The address AMQP clients connect to (with the real port).
     pub amqp_addr: SocketAddr,
+    /// The address of the management API, UI and metrics, if served.
+    pub http_addr: Option<SocketAddr>,
     /// The broker state, for inspection by tests and the management API.
     pub broker: Arc<Broker>,
+    /// The open connections.
+    pub registry: Arc<Registry>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    http_task: Option<JoinHandle<()>>,
     config: Config,
 }
 
@@ -37,6 +48,9 @@ impl RunningServer {
     /// and waits for the connection tasks to finish.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        if let Some(http) = self.http_task {
+            let _ = http.await;
+        }
         let _ = self.task.await;
     }
 }
@@ -50,6 +64,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("binding AMQP listener on {}", config.amqp_listen))?;
     let amqp_addr = listener.local_addr()?;
+    let http_listener = match &config.http_listen {
+        None => None,
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTP listener on {addr}"))?,
+        ),
+    };
     // Recovery reads every durable queue from disk: keep it off the async
     // workers. Clients connecting meanwhile wait in the listen backlog.
     let data_dir = config.data_dir.clone();
@@ -67,7 +89,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         data_dir = %config.data_dir.display(),
         "storage recovered"
     );
+    if let Some((name, password)) = &config.default_user {
+        broker.add_user(User {
+            name: name.clone(),
+            password: password.clone(),
+            loopback_only: false,
+        });
+        if name != "guest" {
+            broker.delete_user("guest");
+        }
+    }
     let broker = Arc::new(broker);
+    let registry = Arc::<Registry>::default();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let disk_alarm = DiskAlarm::start(
         config.data_dir.clone(),
@@ -75,10 +108,40 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         config.disk_check_interval,
         shutdown_rx.clone(),
     );
+    let shared_config = Arc::new(config.clone());
+    let mut http_addr = None;
+    let mut http_task = None;
+    if let Some(http_listener) = http_listener {
+        let addr = http_listener.local_addr()?;
+        let rates = Rates::start(
+            Arc::clone(&broker),
+            Arc::clone(&registry),
+            config.rate_interval,
+            shutdown_rx.clone(),
+        );
+        let state = HttpState {
+            broker: Arc::clone(&broker),
+            registry: Arc::clone(&registry),
+            rates,
+            disk_alarm: disk_alarm.clone(),
+            config: Arc::clone(&shared_config),
+            amqp_addr,
+            http_addr: addr,
+            started: std::time::Instant::now(),
+        };
+        http_task = Some(tokio::spawn(http::serve(
+            http_listener,
+            state,
+            shutdown_rx.clone(),
+        )));
+        http_addr = Some(addr);
+        tracing::info!("management UI and API on http://{addr}/");
+    }
     let task = tokio::spawn(accept_loop(
         listener,
         Arc::clone(&broker),
-        Arc::new(config.clone()),
+        shared_config,
+        Arc::clone(&registry),
         disk_alarm.clone(),
         shutdown_rx,
         lock,
@@ -86,9 +149,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     tracing::info!("listening on amqp://{amqp_addr}");
     Ok(RunningServer {
         amqp_addr,
+        http_addr,
         broker,
+        registry,
         shutdown,
         task,
+        http_task,
         config,
         disk_alarm,
     })
@@ -98,6 +164,7 @@ async fn accept_loop(
     listener: TcpListener,
     broker: Arc<Broker>,
     config: Arc<Config>,
+    registry: Arc<Registry>,
     disk_alarm: DiskAlarm,
     mut shutdown: watch::Receiver<bool>,
     lock: std::fs::File,
@@ -108,7 +175,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = Connection::new(stream, peer, Arc::clone(&broker), Arc::clone(&config), disk_alarm.subscribe());
+                    let conn = Connection::new(stream, peer, Arc::clone(&broker), Arc::clone(&config), Arc::clone(&registry), disk_alarm.subscribe());
                     connections.spawn(conn.serve(shutdown.clone()));
                 }
                 Err(e) => {

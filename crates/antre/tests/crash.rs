@@ -28,7 +28,14 @@ struct Broker {
 /// Starts the binary and waits for its "listening on" line.
 fn spawn(data_dir: &std::path::Path) -> Broker {
     let mut child = Command::new(env!("CARGO_BIN_EXE_antre"))
-        .args(["serve", "--amqp-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -37,6 +39,7 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config {
             amqp_listen: "127.0.0.1:0".into(),
+            http_listen: Some("127.0.0.1:0".into()),
             data_dir: dir.path().to_path_buf(),
             ..Config::default()
         };
@@ -53,6 +56,10 @@ impl TestBroker {
         server.shutdown().await;
         let server = antre::start(Config {
             amqp_listen: "127.0.0.1:0".into(),
+            http_listen: config_tweak
+                .http_listen
+                .as_ref()
+                .map(|_| "127.0.0.1:0".into()),
             ..config_tweak
         })
         .await
@@ -77,6 +84,84 @@ impl TestBroker {
     pub async fn raw(&self) -> RawClient {
         RawClient::connect(self.addr(), 0).await
     }
+
+    /// The management API's base URL.
+    pub fn http_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.server.http_addr.expect("the HTTP listener is on")
+        )
+    }
+
+    /// Calls the management API as guest; returns the status and the JSON
+    /// body (null when empty).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.api_as(("guest", "guest"), method, path, body).await
+    }
+
+    /// Calls the management API with the given credentials.
+    pub async fn api_as(
+        &self,
+        (user, password): (&str, &str),
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.http_url());
+        let auth = basic_auth(user, password);
+        let method = method.to_owned();
+        let call = tokio::task::spawn_blocking(move || {
+            let req = ureq::request(&method, &url).set("Authorization", &auth);
+            let result = match body {
+                Some(b) => req.send_json(b),
+                None => req.call(),
+            };
+            let resp = match result {
+                Ok(r) => r,
+                Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => panic!("{method} {url}: {e}"),
+            };
+            let status = resp.status();
+            let text = resp.into_string().expect("body");
+            let json = if text.trim().is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+            };
+            (status, json)
+        });
+        within("HTTP call", call).await.expect("HTTP call task")
+    }
+
+    /// GETs a path and returns the body as text.
+    pub async fn http_text(&self, path: &str) -> (u16, String, String) {
+        let url = format!("{}{path}", self.http_url());
+        let call = tokio::task::spawn_blocking(move || {
+            let resp = match ureq::get(&url).call() {
+                Ok(r) => r,
+                Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => panic!("GET {url}: {e}"),
+            };
+            let status = resp.status();
+            let kind = resp.content_type().to_owned();
+            (status, kind, resp.into_string().expect("body"))
+        });
+        within("HTTP call", call).await.expect("HTTP call task")
+    }
+}
+
+/// An HTTP basic Authorization header value.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 /// Waits for a future, failing the test instead of hanging.

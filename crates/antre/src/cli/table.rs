@@ -1,0 +1,73 @@
+//! Aligned text tables for people.
+
+use std::fmt;
+
+/// Rows under a header, printed with columns padded to their widest cell.
+#[derive(Debug, Clone)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles (all empty: no header line).
+    pub fn new(header: Vec<&str>) -> Table {
+        Table {
+            header: header.into_iter().map(str::to_owned).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show_header = self.header.iter().any(|h| !h.is_empty());
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                if i < widths.len() {
+                    widths[i] = widths[i].max(cell.chars().count());
+                }
+            }
+        }
+        let line = |f: &mut fmt::Formatter<'_>, cells: &[String]| -> fmt::Result {
+            let last = cells.len().saturating_sub(1);
+            for (i, cell) in cells.iter().enumerate() {
+                if i == last {
+                    write!(f, "{cell}")?;
+                } else {
+                    write!(f, "{cell:<w$}  ", w = widths[i])?;
+                }
+            }
+            writeln!(f)
+        };
+        if show_header {
+            line(f, &self.header)?;
+        }
+        for row in &self.rows {
+            line(f, row)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_aligned() {
+        let mut t = Table::new(vec!["name", "messages"]);
+        t.row(vec!["payments".into(), "3".into()]);
+        t.row(vec!["q".into(), "12".into()]);
+        assert_eq!(
+            t.to_string(),
+            "name      messages\npayments  3\nq         12\n"
+        );
+    }
+}

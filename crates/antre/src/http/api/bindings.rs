@@ -1,0 +1,238 @@
+//! `/api/bindings`: list, create, delete, and the bindings of one queue or
+//! exchange. The default exchange's implicit binding to every queue is
+//! listed, as RabbitMQ lists it, but cannot be created or deleted.
+
+use std::collections::HashMap;
+
+use antre_broker::definitions::json_to_table;
+use antre_broker::exchange::{Binding, Destination};
+use antre_broker::Vhost;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::listing;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::{parse_body, render, HttpState};
+
+/// Every binding of a vhost: (source, binding), the default exchange's first.
+fn all(v: &Vhost) -> Vec<(String, Binding)> {
+    let mut queues: Vec<String> = v.queues().iter().map(|q| q.name.clone()).collect();
+    queues.sort();
+    let mut out: Vec<(String, Binding)> = queues
+        .into_iter()
+        .map(|q| {
+            (
+                String::new(),
+                Binding {
+                    routing_key: q.clone(),
+                    destination: Destination::Queue(q),
+                    arguments: Default::default(),
+                },
+            )
+        })
+        .collect();
+    let mut exchanges = v.exchanges();
+    exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in exchanges {
+        for b in e.bindings {
+            out.push((e.name.clone(), b));
+        }
+    }
+    out
+}
+
+fn render_all(v: &Vhost, keep: impl Fn(&str, &Binding) -> bool) -> Vec<Value> {
+    all(v)
+        .iter()
+        .filter(|(s, b)| keep(s, b))
+        .map(|(s, b)| {
+            if s.is_empty() {
+                let Destination::Queue(q) = &b.destination else {
+                    unreachable!("the default exchange binds queues")
+                };
+                render::default_binding(&v.name, q)
+            } else {
+                render::binding(&v.name, s, b)
+            }
+        })
+        .collect()
+}
+
+/// GET /api/bindings.
+pub async fn list_all(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let mut out = Vec::new();
+    for v in state.vhosts_for(None)? {
+        out.extend(render_all(&v, |_, _| true));
+    }
+    Ok(Json(listing(out, &query)))
+}
+
+/// GET /api/bindings/{vhost}.
+pub async fn list_vhost(
+    State(state): State<HttpState>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let v = state.vhost(&vhost)?;
+    Ok(Json(Value::Array(render_all(&v, |_, _| true))))
+}
+
+/// GET /api/queues/{vhost}/{name}/bindings.
+pub async fn of_queue(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    super::queues::find(&state, &vhost, &name)?;
+    let v = state.vhost(&vhost)?;
+    let dest = Destination::Queue(name);
+    Ok(Json(Value::Array(render_all(&v, |_, b| {
+        b.destination == dest
+    }))))
+}
+
+fn url_exchange(name: &str) -> &str {
+    if name == "amq.default" {
+        ""
+    } else {
+        name
+    }
+}
+
+/// GET /api/exchanges/{vhost}/{name}/bindings/source.
+pub async fn of_source(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    super::exchanges::find(&state, &vhost, &name)?;
+    let v = state.vhost(&vhost)?;
+    let name = url_exchange(&name);
+    Ok(Json(Value::Array(render_all(&v, |s, _| s == name))))
+}
+
+/// GET /api/exchanges/{vhost}/{name}/bindings/destination.
+pub async fn of_destination(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    super::exchanges::find(&state, &vhost, &name)?;
+    let v = state.vhost(&vhost)?;
+    let dest = Destination::Exchange(name);
+    Ok(Json(Value::Array(render_all(&v, |_, b| {
+        b.destination == dest
+    }))))
+}
+
+fn destination(kind: &str, name: String) -> ApiResult<Destination> {
+    match kind {
+        "q" => Ok(Destination::Queue(name)),
+        "e" => Ok(Destination::Exchange(name)),
+        other => Err(ApiError::not_found(format!(
+            "destination kind '{other}' is neither 'q' (queue) nor 'e' (exchange)"
+        ))),
+    }
+}
+
+/// GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}.
+pub async fn between(
+    State(state): State<HttpState>,
+    Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let v = state.vhost(&vhost)?;
+    let dest = destination(&kind, dest)?;
+    let source = url_exchange(&source).to_owned();
+    Ok(Json(Value::Array(render_all(&v, |s, b| {
+        s == source && b.destination == dest
+    }))))
+}
+
+/// The body of POST /api/bindings/....
+#[derive(Debug, Default, Deserialize)]
+pub struct BindingBody {
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    arguments: Map<String, Value>,
+}
+
+/// POST /api/bindings/{vhost}/e/{source}/{q|e}/{destination}: 201 with a
+/// Location header naming the new binding.
+pub async fn create(
+    State(state): State<HttpState>,
+    Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let body: BindingBody = parse_body(&body)?;
+    let v = state.vhost(&vhost)?;
+    let destination = destination(&kind, dest.clone())?;
+    let arguments = json_to_table(&body.arguments);
+    v.bind(
+        url_exchange(&source),
+        destination,
+        &body.routing_key,
+        arguments.clone(),
+        0,
+    )?;
+    let location = format!(
+        "{}/{}",
+        render::percent_encode(&dest),
+        render::percent_encode(&render::properties_key(&body.routing_key, &arguments))
+    );
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
+}
+
+fn find_binding(
+    v: &Vhost,
+    source: &str,
+    dest: &Destination,
+    props: &str,
+) -> ApiResult<(String, Binding)> {
+    all(v)
+        .into_iter()
+        .find(|(s, b)| {
+            s == source
+                && b.destination == *dest
+                && render::properties_key(&b.routing_key, &b.arguments) == props
+        })
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no binding from exchange '{source}' with properties key '{props}' in vhost '{}'",
+                v.name
+            ))
+        })
+}
+
+/// GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}.
+pub async fn show(
+    State(state): State<HttpState>,
+    Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let v = state.vhost(&vhost)?;
+    let dest = destination(&kind, dest)?;
+    let source = url_exchange(&source);
+    let (s, b) = find_binding(&v, source, &dest, &props)?;
+    Ok(Json(if s.is_empty() {
+        render::default_binding(&v.name, &b.routing_key)
+    } else {
+        render::binding(&v.name, &s, &b)
+    }))
+}
+
+/// DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}.
+pub async fn remove(
+    State(state): State<HttpState>,
+    Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let v = state.vhost(&vhost)?;
+    let dest = destination(&kind, dest)?;
+    let source = url_exchange(&source);
+    let (s, b) = find_binding(&v, source, &dest, &props)?;
+    v.unbind(&s, b.destination, &b.routing_key, &b.arguments, 0)?;
+    Ok(StatusCode::NO_CONTENT)
+}

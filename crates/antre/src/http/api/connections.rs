@@ -1,0 +1,160 @@
+//! `/api/connections`, `/api/channels` and `/api/consumers`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::Value;
+
+use super::listing;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::{render, HttpState};
+use crate::registry::ConnectionEntry;
+
+fn connections(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
+    state
+        .registry
+        .connections()
+        .iter()
+        .filter(|c| vhost.is_none_or(|v| c.vhost == v))
+        .map(|c| render::connection(state, c))
+        .collect()
+}
+
+/// GET /api/connections.
+pub async fn list(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    Json(listing(connections(&state, None), &query))
+}
+
+/// GET /api/vhosts/{vhost}/connections.
+pub async fn list_vhost(
+    State(state): State<HttpState>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
+    state.vhost(&vhost)?;
+    Ok(Json(Value::Array(connections(&state, Some(&vhost)))))
+}
+
+fn find(state: &HttpState, name: &str) -> ApiResult<std::sync::Arc<ConnectionEntry>> {
+    state
+        .registry
+        .by_name(name)
+        .ok_or_else(|| ApiError::not_found(format!("no connection '{name}'")))
+}
+
+/// GET /api/connections/{name}.
+pub async fn show(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let conn = find(&state, &name)?;
+    Ok(Json(render::connection(&state, &conn)))
+}
+
+/// DELETE /api/connections/{name}: closes it with 320 CONNECTION_FORCED and
+/// the `X-Reason` header's text.
+pub async fn close(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<StatusCode> {
+    let conn = find(&state, &name)?;
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management API");
+    conn.force_close(reason);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn channels_where(state: &HttpState, keep: impl Fn(&ConnectionEntry) -> bool) -> Vec<Value> {
+    let consumers = render::all_consumers(state);
+    let mut out = Vec::new();
+    for c in state.registry.connections() {
+        if !keep(&c) {
+            continue;
+        }
+        for n in c.channels() {
+            out.push(render::channel(&c, n, &consumers));
+        }
+    }
+    out
+}
+
+/// GET /api/connections/{name}/channels.
+pub async fn channels_of(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    find(&state, &name)?;
+    Ok(Json(Value::Array(channels_where(&state, |c| {
+        c.name == name
+    }))))
+}
+
+/// GET /api/channels.
+pub async fn channels(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    Json(listing(channels_where(&state, |_| true), &query))
+}
+
+/// GET /api/vhosts/{vhost}/channels.
+pub async fn channels_vhost(
+    State(state): State<HttpState>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
+    state.vhost(&vhost)?;
+    Ok(Json(Value::Array(channels_where(&state, |c| {
+        c.vhost == vhost
+    }))))
+}
+
+/// GET /api/channels/{name}, with its consumers.
+pub async fn channel(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let consumers = render::all_consumers(&state);
+    for c in state.registry.connections() {
+        for n in c.channels() {
+            if render::channel_name(&c, n) == name {
+                let mut body = render::channel(&c, n, &consumers);
+                body["consumer_details"] = consumers
+                    .iter()
+                    .filter(|(_, i)| i.connection == c.id && i.channel == n)
+                    .map(|(q, i)| render::consumer(&state, q, i))
+                    .collect();
+                return Ok(Json(body));
+            }
+        }
+    }
+    Err(ApiError::not_found(format!("no channel '{name}'")))
+}
+
+fn consumers(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
+    render::all_consumers(state)
+        .iter()
+        .filter(|(q, _)| vhost.is_none_or(|v| q.vhost == v))
+        .map(|(q, i)| render::consumer(state, q, i))
+        .collect()
+}
+
+/// GET /api/consumers.
+pub async fn consumers_all(State(state): State<HttpState>) -> Json<Value> {
+    Json(Value::Array(consumers(&state, None)))
+}
+
+/// GET /api/consumers/{vhost}.
+pub async fn consumers_vhost(
+    State(state): State<HttpState>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
+    state.vhost(&vhost)?;
+    Ok(Json(Value::Array(consumers(&state, Some(&vhost)))))
+}

@@ -1,0 +1,137 @@
+//! `/api/exchanges`: list, show, declare, delete.
+
+use std::collections::HashMap;
+
+use antre_broker::definitions::json_to_table;
+use antre_broker::exchange::Exchange;
+use antre_broker::vhost::ExchangeDeclaration;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{flag, listing};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::{parse_body, render, HttpState};
+
+fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
+    let mut out = Vec::new();
+    for v in state.vhosts_for(vhost)? {
+        let mut exchanges = v.exchanges();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        out.extend(exchanges.iter().map(|e| render::exchange(&v.name, e)));
+    }
+    Ok(out)
+}
+
+/// GET /api/exchanges.
+pub async fn list_all(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(listing(list(&state, None)?, &query)))
+}
+
+/// GET /api/exchanges/{vhost}.
+pub async fn list_vhost(
+    State(state): State<HttpState>,
+    Path(vhost): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(listing(list(&state, Some(&vhost))?, &query)))
+}
+
+/// The exchange, or 404. RabbitMQ names the default exchange `amq.default`
+/// in URLs, since its real name is empty.
+pub fn find(state: &HttpState, vhost: &str, name: &str) -> ApiResult<Exchange> {
+    let v = state.vhost(vhost)?;
+    let name = if name == "amq.default" { "" } else { name };
+    v.exchanges()
+        .into_iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no exchange '{name}' in vhost '{vhost}'")))
+}
+
+/// GET /api/exchanges/{vhost}/{name}.
+pub async fn show(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let e = find(&state, &vhost, &name)?;
+    Ok(Json(render::exchange(&vhost, &e)))
+}
+
+/// The body of PUT /api/exchanges/{vhost}/{name}.
+#[derive(Debug, Default, Deserialize)]
+pub struct ExchangeBody {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    durable: Option<bool>,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    internal: bool,
+    #[serde(default)]
+    arguments: Map<String, Value>,
+}
+
+/// PUT /api/exchanges/{vhost}/{name}: 201 created, 204 existed, 400
+/// inequivalent or unknown type.
+pub async fn declare(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let body: ExchangeBody = parse_body(&body)?;
+    let Some(kind) = body.kind else {
+        return Err(ApiError::bad_request(
+            "field 'type' is required (direct, fanout, topic or headers)",
+        ));
+    };
+    if name.is_empty() || name.starts_with("amq.") {
+        return Err(ApiError::bad_request(format!(
+            "exchange name '{name}' is reserved or empty"
+        )));
+    }
+    let v = state.vhost(&vhost)?;
+    let existed = v.exchanges().iter().any(|e| e.name == name);
+    v.declare_exchange(
+        ExchangeDeclaration {
+            name,
+            kind,
+            durable: body.durable.unwrap_or(true),
+            auto_delete: body.auto_delete,
+            internal: body.internal,
+            arguments: json_to_table(&body.arguments),
+        },
+        false,
+    )?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+/// DELETE /api/exchanges/{vhost}/{name}[?if-unused=true].
+pub async fn remove(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<StatusCode> {
+    find(&state, &vhost, &name)?;
+    if name.is_empty() || name.starts_with("amq.") {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            error: "access_refused",
+            reason: format!("exchange '{name}' is predeclared and cannot be deleted"),
+        });
+    }
+    state
+        .vhost(&vhost)?
+        .delete_exchange(&name, flag(&query, "if-unused"))?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,254 @@
+//! Publishing to an exchange and getting messages from a queue over HTTP,
+//! as RabbitMQ's management API does: for tests and debugging, not for
+//! throughput.
+
+use std::sync::Arc;
+
+use antre_amqp::BasicProperties;
+use antre_broker::definitions::{json_to_table, table_to_json};
+use antre_broker::queue::Entry;
+use antre_broker::Message;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::Json;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::{parse_body, HttpState};
+
+/// The body of POST /api/exchanges/{vhost}/{name}/publish.
+#[derive(Debug, Default, Deserialize)]
+pub struct PublishBody {
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    payload: String,
+    /// "string" (default) or "base64".
+    #[serde(default)]
+    payload_encoding: Option<String>,
+    #[serde(default)]
+    properties: Map<String, Value>,
+}
+
+fn properties_from_json(p: &Map<String, Value>) -> ApiResult<BasicProperties> {
+    let s = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
+    let n = |k: &str| p.get(k).and_then(Value::as_u64);
+    let small = |k: &str| -> ApiResult<Option<u8>> {
+        n(k).map(|v| {
+            u8::try_from(v)
+                .map_err(|_| ApiError::bad_request(format!("property '{k}' must be 0..=255")))
+        })
+        .transpose()
+    };
+    let headers = match p.get("headers") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(h)) => Some(json_to_table(h)),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "property 'headers' must be an object",
+            ))
+        }
+    };
+    Ok(BasicProperties {
+        content_type: s("content_type"),
+        content_encoding: s("content_encoding"),
+        headers,
+        delivery_mode: small("delivery_mode")?,
+        priority: small("priority")?,
+        correlation_id: s("correlation_id"),
+        reply_to: s("reply_to"),
+        expiration: s("expiration"),
+        message_id: s("message_id"),
+        timestamp: n("timestamp"),
+        kind: s("type"),
+        user_id: s("user_id"),
+        app_id: s("app_id"),
+        cluster_id: None,
+    })
+}
+
+fn properties_to_json(p: &BasicProperties) -> Value {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), v);
+        }
+    };
+    put("content_type", p.content_type.clone().map(Value::from));
+    put(
+        "content_encoding",
+        p.content_encoding.clone().map(Value::from),
+    );
+    put(
+        "headers",
+        p.headers.as_ref().map(|h| Value::Object(table_to_json(h))),
+    );
+    put("delivery_mode", p.delivery_mode.map(Value::from));
+    put("priority", p.priority.map(Value::from));
+    put("correlation_id", p.correlation_id.clone().map(Value::from));
+    put("reply_to", p.reply_to.clone().map(Value::from));
+    put("expiration", p.expiration.clone().map(Value::from));
+    put("message_id", p.message_id.clone().map(Value::from));
+    put("timestamp", p.timestamp.map(Value::from));
+    put("type", p.kind.clone().map(Value::from));
+    put("user_id", p.user_id.clone().map(Value::from));
+    put("app_id", p.app_id.clone().map(Value::from));
+    Value::Object(m)
+}
+
+/// POST /api/exchanges/{vhost}/{name}/publish: `{"routed": bool}`.
+pub async fn publish(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let body: PublishBody = parse_body(&body)?;
+    let v = state.vhost(&vhost)?;
+    let exchange = if name == "amq.default" {
+        String::new()
+    } else {
+        name
+    };
+    let payload = match body.payload_encoding.as_deref().unwrap_or("string") {
+        "string" => Bytes::from(body.payload.into_bytes()),
+        "base64" => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(body.payload.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("payload is not base64: {e}")))?,
+        ),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "payload_encoding '{other}' is neither 'string' nor 'base64'"
+            )))
+        }
+    };
+    if payload.len() as u64 > state.config.max_message_size {
+        return Err(ApiError::bad_request(format!(
+            "message size {} is larger than configured max size {}",
+            payload.len(),
+            state.config.max_message_size
+        )));
+    }
+    let properties = properties_from_json(&body.properties)?;
+    let now = state.broker.clock().now_ms();
+    let message = Message::new(exchange, body.routing_key, properties, payload).published_at(now);
+    message.ttl().map_err(ApiError::bad_request)?;
+    let message = Arc::new(message);
+    let queues = v.route(
+        &message.exchange,
+        &message.routing_key,
+        message.properties.headers.as_ref(),
+    )?;
+    state.broker.metrics.published.inc();
+    if queues.is_empty() {
+        state.broker.metrics.unroutable.inc();
+    }
+    for q in &queues {
+        q.publish(Arc::clone(&message))?;
+        if q.args.dead_letter_exchange.is_some() {
+            v.route_dead_letters(q);
+        }
+    }
+    Ok(Json(json!({ "routed": !queues.is_empty() })))
+}
+
+/// The body of POST /api/queues/{vhost}/{name}/get.
+#[derive(Debug, Default, Deserialize)]
+pub struct GetBody {
+    #[serde(default = "one")]
+    count: usize,
+    /// ack_requeue_true (default), ack_requeue_false, reject_requeue_true,
+    /// reject_requeue_false.
+    #[serde(default)]
+    ackmode: Option<String>,
+    /// "auto" (string if UTF-8, base64 otherwise) or "base64".
+    #[serde(default)]
+    encoding: Option<String>,
+    /// Cut payloads longer than this many bytes.
+    #[serde(default)]
+    truncate: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// POST /api/queues/{vhost}/{name}/get: takes up to `count` messages and
+/// settles them by `ackmode` (requeued ones come back marked redelivered,
+/// at their original positions).
+pub async fn get(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let body: GetBody = parse_body(&body)?;
+    let ackmode = body.ackmode.as_deref().unwrap_or("ack_requeue_true");
+    if !matches!(
+        ackmode,
+        "ack_requeue_true" | "ack_requeue_false" | "reject_requeue_true" | "reject_requeue_false"
+    ) {
+        return Err(ApiError::bad_request(format!(
+            "ackmode '{ackmode}' is not one of ack_requeue_true, ack_requeue_false, reject_requeue_true, reject_requeue_false"
+        )));
+    }
+    let base64_always = match body.encoding.as_deref().unwrap_or("auto") {
+        "auto" => false,
+        "base64" => true,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "encoding '{other}' is neither 'auto' nor 'base64'"
+            )))
+        }
+    };
+    let q = super::queues::find(&state, &vhost, &name)?;
+    let mut taken: Vec<(Entry, u32)> = Vec::new();
+    for _ in 0..body.count.min(10_000) {
+        match q.get(false) {
+            Some(got) => taken.push(got),
+            None => break,
+        }
+    }
+    state.broker.metrics.delivered.add(taken.len() as u64);
+    let out: Vec<Value> = taken
+        .iter()
+        .map(|(e, remaining)| {
+            let m = &e.message;
+            let bytes = match body.truncate {
+                Some(n) if n < m.body.len() => &m.body[..n],
+                _ => &m.body[..],
+            };
+            let (payload, encoding) = match std::str::from_utf8(bytes) {
+                Ok(s) if !base64_always => (s.to_owned(), "string"),
+                _ => (
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                    "base64",
+                ),
+            };
+            json!({
+                "payload_bytes": m.body.len(),
+                "redelivered": e.redelivered,
+                "exchange": m.exchange,
+                "routing_key": m.routing_key,
+                "message_count": remaining,
+                "properties": properties_to_json(&m.properties),
+                "payload": payload,
+                "payload_encoding": encoding,
+            })
+        })
+        .collect();
+    let entries: Vec<Entry> = taken.into_iter().map(|(e, _)| e).collect();
+    match ackmode {
+        "ack_requeue_false" => {
+            state.broker.metrics.acked.add(entries.len() as u64);
+            q.ack(&entries);
+        }
+        "reject_requeue_false" => {
+            q.reject(entries);
+            state.vhost(&vhost)?.route_dead_letters(&q);
+        }
+        _ => q.requeue(entries),
+    }
+    Ok(Json(Value::Array(out)))
+}

@@ -1,0 +1,252 @@
+//! `/api/overview`, `/api/nodes`, `/api/whoami` and the health checks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::rates::OverviewSample;
+use crate::http::render::{details, node_name};
+use crate::http::{AuthUser, HttpState};
+
+/// Resident memory of this process, in bytes (Linux; 0 elsewhere).
+pub fn resident_memory() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Free bytes on the data directory's file system.
+pub fn disk_free(state: &HttpState) -> u64 {
+    fs4::available_space(&state.config.data_dir).unwrap_or(0)
+}
+
+/// Whether the free-disk alarm is raised.
+pub fn disk_alarm(state: &HttpState) -> bool {
+    *state.disk_alarm.subscribe().borrow()
+}
+
+/// Object counts: (connections, channels, exchanges, queues, consumers).
+pub fn object_totals(state: &HttpState) -> (usize, usize, usize, usize, usize) {
+    let conns = state.registry.connections();
+    let channels = conns.iter().map(|c| c.channels().len()).sum();
+    let (mut exchanges, mut queues, mut consumers) = (0, 0, 0);
+    for v in state.broker.vhosts() {
+        exchanges += v.exchanges().len();
+        for q in v.queues() {
+            queues += 1;
+            consumers += q.counts().consumers as usize;
+        }
+    }
+    (conns.len(), channels, exchanges, queues, consumers)
+}
+
+fn samples(history: &[OverviewSample], pick: impl Fn(&OverviewSample) -> u64) -> Value {
+    // Newest first, as RabbitMQ lists them.
+    history
+        .iter()
+        .rev()
+        .map(|s| json!({ "timestamp": s.timestamp, "sample": pick(s) }))
+        .collect()
+}
+
+/// GET /api/overview. With `msg_rates_age` or `lengths_age` (seconds), the
+/// `*_details` objects also carry `samples` over that age, for charts.
+pub async fn overview(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let m = &state.broker.metrics;
+    let r = state.rates.overview();
+    let (connections, channels, exchanges, queues, consumers) = object_totals(&state);
+    let (mut ready, mut unacked) = (0u64, 0u64);
+    for v in state.broker.vhosts() {
+        for q in v.queues() {
+            let c = q.counts();
+            ready += u64::from(c.ready);
+            unacked += u64::from(c.unacked);
+        }
+    }
+    let mut body = json!({
+        "management_version": env!("CARGO_PKG_VERSION"),
+        "product_name": "antre",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "rabbitmq_version": "3.13.0",
+        "cluster_name": node_name(),
+        "node": node_name(),
+        "uptime": state.started.elapsed().as_millis() as u64,
+        "rates_mode": "basic",
+        "sample_interval": state.config.rate_interval.as_secs_f64(),
+        "message_stats": {
+            "publish": m.published.get(),
+            "publish_details": details(r.publish),
+            "deliver_get": m.delivered.get(),
+            "deliver_get_details": details(r.deliver_get),
+            "redeliver": m.redelivered.get(),
+            "redeliver_details": details(r.redeliver),
+            "ack": m.acked.get(),
+            "ack_details": details(r.ack),
+            "confirm": m.confirmed.get(),
+            "confirm_details": details(r.confirm),
+            "return_unroutable": m.returned.get(),
+            "return_unroutable_details": details(r.return_unroutable),
+            "drop_unroutable": m.unroutable.get().saturating_sub(m.returned.get()),
+            "drop_unroutable_details": details(r.drop_unroutable),
+        },
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_details": details(r.ready + r.unacked),
+            "messages_ready": ready,
+            "messages_ready_details": details(r.ready),
+            "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": details(r.unacked),
+        },
+        "object_totals": {
+            "connections": connections,
+            "channels": channels,
+            "exchanges": exchanges,
+            "queues": queues,
+            "consumers": consumers,
+        },
+        "listeners": [
+            { "node": node_name(), "protocol": "amqp", "ip_address": state.amqp_addr.ip().to_string(), "port": state.amqp_addr.port() },
+            { "node": node_name(), "protocol": "http", "ip_address": state.http_addr.ip().to_string(), "port": state.http_addr.port() },
+        ],
+        "mem_used": resident_memory(),
+        "disk_free": disk_free(&state),
+        "disk_free_limit": state.config.disk_free_limit,
+        "disk_free_alarm": disk_alarm(&state),
+    });
+    let age = ["msg_rates_age", "lengths_age"]
+        .iter()
+        .filter_map(|k| query.get(*k)?.parse::<u64>().ok())
+        .max();
+    if let Some(age) = age {
+        let history = state.rates.history(Duration::from_secs(age));
+        let ms = &mut body["message_stats"];
+        ms["publish_details"]["samples"] = samples(&history, |s| s.publish);
+        ms["deliver_get_details"]["samples"] = samples(&history, |s| s.deliver_get);
+        ms["ack_details"]["samples"] = samples(&history, |s| s.ack);
+        ms["redeliver_details"]["samples"] = samples(&history, |s| s.redeliver);
+        let qt = &mut body["queue_totals"];
+        qt["messages_details"]["samples"] = samples(&history, |s| s.ready + s.unacked);
+        qt["messages_ready_details"]["samples"] = samples(&history, |s| s.ready);
+        qt["messages_unacknowledged_details"]["samples"] = samples(&history, |s| s.unacked);
+    }
+    Json(body)
+}
+
+/// GET /api/nodes: the one node.
+pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
+    let (connections, channels, _, queues, _) = object_totals(&state);
+    Json(json!([{
+        "name": node_name(),
+        "type": "disc",
+        "running": true,
+        "uptime": state.started.elapsed().as_millis() as u64,
+        "mem_used": resident_memory(),
+        "mem_alarm": false,
+        "disk_free": disk_free(&state),
+        "disk_free_limit": state.config.disk_free_limit,
+        "disk_free_alarm": disk_alarm(&state),
+        "connections": connections,
+        "channels": channels,
+        "queues": queues,
+        "data_dir": state.config.data_dir.display().to_string(),
+    }]))
+}
+
+/// GET /api/whoami.
+pub async fn whoami(Extension(AuthUser(name)): Extension<AuthUser>) -> Json<Value> {
+    Json(json!({ "name": name, "tags": ["administrator"] }))
+}
+
+/// GET /api/health/checks/alarms: 200 `{"status":"ok"}` or 503 with the
+/// alarms in effect.
+pub async fn alarms(
+    State(state): State<HttpState>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    if disk_alarm(&state) {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "failed",
+                "reason": "resource alarm(s) in effect: disk free space below the limit",
+                "alarms": [{ "node": node_name(), "resource": "disk" }],
+            })),
+        ));
+    }
+    Ok(Json(json!({ "status": "ok" })))
+}
+
+/// GET /api/health/checks/virtual-hosts: every vhost is up.
+pub async fn vhosts_ok() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// GET /api/health/checks/ready: the broker accepts clients and has no
+/// alarm (the readiness probe, with auth).
+pub async fn ready(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
+    readiness(&state)
+}
+
+fn readiness(state: &HttpState) -> ApiResult<Json<Value>> {
+    if disk_alarm(state) {
+        return Err(ApiError::unavailable(
+            "disk alarm in effect: publishers are blocked",
+        ));
+    }
+    Ok(Json(json!({ "status": "ok" })))
+}
+
+/// GET /readyz: the readiness probe without auth, for orchestrators.
+pub async fn readyz(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
+    readiness(&state)
+}
+
+/// GET /healthz: the liveness probe; the process answers.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// GET /api/aliveness-test/{vhost}: declares a queue, publishes to it and
+/// gets the message back, as RabbitMQ's check does.
+pub async fn aliveness(
+    State(state): State<HttpState>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
+    use antre_broker::vhost::QueueDeclaration;
+    let v = state.vhost(&vhost)?;
+    let (q, _) = v.declare_queue(
+        QueueDeclaration {
+            name: "aliveness-test".into(),
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: Default::default(),
+        },
+        false,
+        0,
+    )?;
+    let message = antre_broker::Message::new(
+        String::new(),
+        "aliveness-test".into(),
+        Default::default(),
+        bytes::Bytes::from_static(b"test_message"),
+    );
+    q.publish(std::sync::Arc::new(message))?;
+    match q.get(true) {
+        Some(_) => Ok(Json(json!({ "status": "ok" }))),
+        None => Err(ApiError::unavailable("the test message did not come back")),
+    }
+}

@@ -1,0 +1,151 @@
+//! `/api/queues`: list, show, declare, delete, purge.
+
+use std::collections::HashMap;
+
+use antre_broker::definitions::json_to_table;
+use antre_broker::vhost::QueueDeclaration;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{flag, listing};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::{parse_body, render, HttpState};
+
+fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
+    let mut out = Vec::new();
+    for v in state.vhosts_for(vhost)? {
+        let mut queues = v.queues();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        out.extend(queues.iter().map(|q| render::queue(state, q)));
+    }
+    Ok(out)
+}
+
+/// GET /api/queues.
+pub async fn list_all(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(listing(list(&state, None)?, &query)))
+}
+
+/// GET /api/queues/{vhost}.
+pub async fn list_vhost(
+    State(state): State<HttpState>,
+    Path(vhost): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(listing(list(&state, Some(&vhost))?, &query)))
+}
+
+/// The queue, or 404.
+pub fn find(
+    state: &HttpState,
+    vhost: &str,
+    name: &str,
+) -> ApiResult<std::sync::Arc<antre_broker::Queue>> {
+    let v = state.vhost(vhost)?;
+    v.queues()
+        .into_iter()
+        .find(|q| q.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no queue '{name}' in vhost '{vhost}'")))
+}
+
+/// GET /api/queues/{vhost}/{name}, with its consumers.
+pub async fn show(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let q = find(&state, &vhost, &name)?;
+    let mut body = render::queue(&state, &q);
+    body["consumer_details"] = q
+        .consumers()
+        .iter()
+        .map(|c| render::consumer(&state, &q, c))
+        .collect();
+    Ok(Json(body))
+}
+
+/// The body of PUT /api/queues/{vhost}/{name}.
+#[derive(Debug, Default, Deserialize)]
+pub struct QueueBody {
+    #[serde(default)]
+    durable: Option<bool>,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    exclusive: bool,
+    #[serde(default)]
+    arguments: Map<String, Value>,
+}
+
+/// PUT /api/queues/{vhost}/{name}: 201 when created, 204 when it existed
+/// with the same properties, 400 when it exists with others. Durable unless
+/// the body says otherwise (as in RabbitMQ's UI).
+pub async fn declare(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let body: QueueBody = parse_body(&body)?;
+    if body.exclusive {
+        return Err(ApiError::bad_request(
+            "exclusive queues belong to an AMQP connection and cannot be declared over HTTP",
+        ));
+    }
+    if name.is_empty() || name.starts_with("amq.") {
+        return Err(ApiError::bad_request(format!(
+            "queue name '{name}' is reserved or empty"
+        )));
+    }
+    let v = state.vhost(&vhost)?;
+    let existed = v.queues().iter().any(|q| q.name == name);
+    v.declare_queue(
+        QueueDeclaration {
+            name,
+            durable: body.durable.unwrap_or(true),
+            exclusive: false,
+            auto_delete: body.auto_delete,
+            arguments: json_to_table(&body.arguments),
+        },
+        false,
+        0,
+    )?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+/// DELETE /api/queues/{vhost}/{name}[?if-unused=true&if-empty=true].
+pub async fn remove(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<StatusCode> {
+    let q = find(&state, &vhost, &name)?;
+    let v = state.vhost(&vhost)?;
+    let owner = q.options.exclusive_owner.unwrap_or(0);
+    v.delete_queue(
+        &name,
+        flag(&query, "if-unused"),
+        flag(&query, "if-empty"),
+        owner,
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// DELETE /api/queues/{vhost}/{name}/contents: purge.
+pub async fn purge(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let q = find(&state, &vhost, &name)?;
+    q.purge();
+    Ok(StatusCode::NO_CONTENT)
+}

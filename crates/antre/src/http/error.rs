@@ -1,0 +1,103 @@
+//! Errors of the management API: JSON `{"error": ..., "reason": ...}` with
+//! the status code RabbitMQ's management plugin uses for the same failure.
+
+use antre_broker::BrokerError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// A refused or failed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A short machine-readable kind, e.g. `not_found`.
+    pub error: &'static str,
+    /// What went wrong and, where it helps, what to do.
+    pub reason: String,
+}
+
+impl ApiError {
+    /// 400: the request is malformed or asks for something impossible.
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            reason: reason.into(),
+        }
+    }
+
+    /// 401: no or wrong credentials.
+    pub fn unauthorized(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "not_authorized",
+            reason: reason.into(),
+        }
+    }
+
+    /// 404: no such object.
+    pub fn not_found(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "Object Not Found",
+            reason: reason.into(),
+        }
+    }
+
+    /// 405: the path exists but not with this method.
+    pub fn method_not_allowed() -> ApiError {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            error: "method_not_allowed",
+            reason: "this path does not support this HTTP method; see /api/openapi.json".into(),
+        }
+    }
+
+    /// 503: a health check failed.
+    pub fn unavailable(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "service_unavailable",
+            reason: reason.into(),
+        }
+    }
+
+    /// 500: the broker failed.
+    pub fn internal(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "internal_error",
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> ApiError {
+        let (status, error) = match &e {
+            BrokerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            BrokerError::PreconditionFailed(_) => (StatusCode::BAD_REQUEST, "precondition_failed"),
+            BrokerError::AccessRefused(_) => (StatusCode::FORBIDDEN, "access_refused"),
+            BrokerError::ResourceLocked(_) => (StatusCode::CONFLICT, "resource_locked"),
+            BrokerError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            BrokerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            _ => (StatusCode::BAD_REQUEST, "bad_request"),
+        };
+        ApiError {
+            status,
+            error,
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.error, "reason": self.reason });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

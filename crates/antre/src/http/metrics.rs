@@ -1,0 +1,256 @@
+//! `/metrics`: Prometheus text format (version 0.0.4).
+//!
+//! Names follow Prometheus conventions: an `antre_` prefix, base units
+//! (`_bytes`, `_seconds`), `_total` for counters. docs/operations.md lists
+//! every metric. No auth, like RabbitMQ's Prometheus endpoint: bind the
+//! HTTP listener to a private address if the numbers are sensitive.
+
+use std::fmt::Write;
+
+use antre_broker::metrics::HistogramSnapshot;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::api::overview::{disk_alarm, disk_free, object_totals, resident_memory};
+use super::HttpState;
+
+/// The metrics page being written.
+struct Page {
+    out: String,
+}
+
+impl Page {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
+        self.family(name, "histogram", help);
+        for (bound, n) in &h.buckets {
+            let le = format!("{bound}");
+            self.sample(&format!("{name}_bucket"), &[("le", &le)], n);
+        }
+        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count);
+        self.sample(&format!("{name}_sum"), &[], h.sum);
+        self.sample(&format!("{name}_count"), &[], h.count);
+    }
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders every metric.
+pub fn render(state: &HttpState) -> String {
+    let mut p = Page { out: String::new() };
+    let m = &state.broker.metrics;
+    p.family("antre_build_info", "gauge", "Version of the running antre.");
+    p.sample(
+        "antre_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    p.single(
+        "antre_uptime_seconds",
+        "gauge",
+        "Seconds since the broker started.",
+        state.started.elapsed().as_secs_f64(),
+    );
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "antre_messages_published_total",
+            "Messages published by clients.",
+            m.published.get(),
+        ),
+        (
+            "antre_messages_delivered_total",
+            "Messages delivered to consumers or fetched with basic.get.",
+            m.delivered.get(),
+        ),
+        (
+            "antre_messages_redelivered_total",
+            "Deliveries that were redeliveries.",
+            m.redelivered.get(),
+        ),
+        (
+            "antre_messages_acked_total",
+            "Messages acknowledged by consumers.",
+            m.acked.get(),
+        ),
+        (
+            "antre_messages_confirmed_total",
+            "Publisher confirms sent (messages covered).",
+            m.confirmed.get(),
+        ),
+        (
+            "antre_messages_unroutable_total",
+            "Published messages that matched no queue.",
+            m.unroutable.get(),
+        ),
+        (
+            "antre_messages_returned_total",
+            "Unroutable mandatory messages returned to publishers.",
+            m.returned.get(),
+        ),
+    ];
+    for (name, help, value) in counters {
+        p.single(name, "counter", help, value);
+    }
+    let (connections, channels, exchanges, queues, consumers) = object_totals(state);
+    p.single(
+        "antre_connections",
+        "gauge",
+        "Open AMQP connections.",
+        connections,
+    );
+    p.single("antre_channels", "gauge", "Open AMQP channels.", channels);
+    p.single(
+        "antre_consumers",
+        "gauge",
+        "Consumers on all queues.",
+        consumers,
+    );
+    p.single("antre_queues", "gauge", "Queues in all vhosts.", queues);
+    p.single(
+        "antre_exchanges",
+        "gauge",
+        "Exchanges in all vhosts.",
+        exchanges,
+    );
+    p.single(
+        "antre_process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the broker process.",
+        resident_memory(),
+    );
+    p.single(
+        "antre_disk_free_bytes",
+        "gauge",
+        "Free bytes on the data directory's file system.",
+        disk_free(state),
+    );
+    p.single(
+        "antre_disk_free_limit_bytes",
+        "gauge",
+        "Below this much free disk space, publishers are blocked.",
+        state.config.disk_free_limit,
+    );
+    p.single(
+        "antre_disk_free_alarm",
+        "gauge",
+        "1 while the free-disk alarm blocks publishers.",
+        u8::from(disk_alarm(state)),
+    );
+
+    let mut all = Vec::new();
+    for v in state.broker.vhosts() {
+        for q in v.queues() {
+            all.push(q);
+        }
+    }
+    all.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+    type QueueValue = fn(&antre_broker::Queue) -> u64;
+    let per_queue: [(&str, &str, &str, QueueValue); 8] = [
+        (
+            "antre_queue_messages_ready",
+            "gauge",
+            "Messages ready for delivery.",
+            |q| u64::from(q.counts().ready),
+        ),
+        (
+            "antre_queue_messages_unacked",
+            "gauge",
+            "Messages delivered and not yet acknowledged.",
+            |q| u64::from(q.counts().unacked),
+        ),
+        (
+            "antre_queue_consumers",
+            "gauge",
+            "Consumers of the queue.",
+            |q| u64::from(q.counts().consumers),
+        ),
+        (
+            "antre_queue_messages_ready_bytes",
+            "gauge",
+            "Body bytes of ready messages.",
+            |q| q.ready_bytes(),
+        ),
+        (
+            "antre_queue_messages_published_total",
+            "counter",
+            "Messages enqueued.",
+            |q| q.metrics.published.get(),
+        ),
+        (
+            "antre_queue_messages_delivered_total",
+            "counter",
+            "Messages delivered or fetched.",
+            |q| q.metrics.delivered.get(),
+        ),
+        (
+            "antre_queue_messages_redelivered_total",
+            "counter",
+            "Redeliveries.",
+            |q| q.metrics.redelivered.get(),
+        ),
+        (
+            "antre_queue_messages_acked_total",
+            "counter",
+            "Messages acknowledged.",
+            |q| q.metrics.acked.get(),
+        ),
+    ];
+    for (name, kind, help, value) in per_queue {
+        p.family(name, kind, help);
+        for q in &all {
+            p.sample(name, &[("vhost", &q.vhost), ("queue", &q.name)], value(q));
+        }
+    }
+    p.histogram(
+        "antre_store_fsync_seconds",
+        "Duration of each group-commit fsync round of the message store.",
+        &m.fsync_seconds.snapshot(),
+    );
+    p.histogram(
+        "antre_confirm_latency_seconds",
+        "Time from a persistent publish to its confirm.",
+        &m.confirm_seconds.snapshot(),
+    );
+    p.out
+}
+
+/// GET /metrics.
+pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&state),
+    )
+}

@@ -1,0 +1,269 @@
+//! The HTTP listener: management API, web UI and Prometheus metrics.
+//!
+//! The API follows RabbitMQ's management plugin (same paths, same JSON field
+//! names) wherever antre has the same concept, so dashboards, scripts and
+//! tools written for RabbitMQ work. Every `/api` path but the OpenAPI
+//! description needs HTTP basic auth with a broker user (the same rules as
+//! AMQP logins: `guest` only from loopback). `/metrics`, `/healthz`,
+//! `/readyz` and the UI's static files need none: the UI logs in itself.
+//!
+//! - [`api`]: one module per resource (queues, exchanges, ...);
+//! - [`render`]: the JSON shape of each object, shared by the handlers;
+//! - [`rates`]: the sampler behind every `*_details.rate`;
+//! - [`metrics`]: `/metrics` in Prometheus text format;
+//! - [`error`]: JSON errors with their status codes;
+//! - [`ui`]: the embedded web UI.
+
+pub mod api;
+pub mod error;
+pub mod metrics;
+pub mod rates;
+pub mod render;
+pub mod ui;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use antre_broker::{Broker, Vhost};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use base64::Engine;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::alarm::DiskAlarm;
+use crate::config::Config;
+use crate::registry::Registry;
+use error::{ApiError, ApiResult};
+use rates::Rates;
+
+/// What every handler can see.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// Open connections.
+    pub registry: Arc<Registry>,
+    /// Sampled rates.
+    pub rates: Arc<Rates>,
+    /// The free-disk alarm.
+    pub disk_alarm: DiskAlarm,
+    /// The server's settings.
+    pub config: Arc<Config>,
+    /// Where AMQP clients connect.
+    pub amqp_addr: SocketAddr,
+    /// Where this listener is.
+    pub http_addr: SocketAddr,
+    /// When the server started.
+    pub started: Instant,
+}
+
+impl HttpState {
+    /// The vhost called `name`, or 404.
+    pub fn vhost(&self, name: &str) -> ApiResult<Arc<Vhost>> {
+        self.broker
+            .vhost(name)
+            .ok_or_else(|| ApiError::not_found(format!("vhost '{name}' not found")))
+    }
+
+    /// The vhosts a listing covers: one, or all of them sorted by name.
+    pub fn vhosts_for(&self, name: Option<&str>) -> ApiResult<Vec<Arc<Vhost>>> {
+        match name {
+            Some(name) => Ok(vec![self.vhost(name)?]),
+            None => {
+                let mut all = self.broker.vhosts();
+                all.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(all)
+            }
+        }
+    }
+}
+
+/// The user a request authenticated as.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub String);
+
+/// Serves HTTP until `shutdown` fires, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, state: HttpState, mut shutdown: watch::Receiver<bool>) {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!("HTTP listener failed: {e}");
+    }
+}
+
+/// Every route.
+pub fn router(state: HttpState) -> Router {
+    use api::*;
+    let authed = Router::new()
+        .route("/api/overview", get(overview::overview))
+        .route("/api/nodes", get(overview::nodes))
+        .route("/api/whoami", get(overview::whoami))
+        .route("/api/health/checks/alarms", get(overview::alarms))
+        .route("/api/health/checks/local-alarms", get(overview::alarms))
+        .route("/api/health/checks/virtual-hosts", get(overview::vhosts_ok))
+        .route("/api/health/checks/ready", get(overview::ready))
+        .route("/api/aliveness-test/{vhost}", get(overview::aliveness))
+        .route("/api/vhosts", get(vhosts::list))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(vhosts::show).put(vhosts::create).delete(vhosts::remove),
+        )
+        .route("/api/users", get(vhosts::users))
+        .route(
+            "/api/users/{name}",
+            get(vhosts::user)
+                .put(vhosts::put_user)
+                .delete(vhosts::delete_user),
+        )
+        .route("/api/queues", get(queues::list_all))
+        .route("/api/queues/{vhost}", get(queues::list_vhost))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(queues::show)
+                .put(queues::declare)
+                .delete(queues::remove),
+        )
+        .route("/api/queues/{vhost}/{name}/contents", delete(queues::purge))
+        .route("/api/queues/{vhost}/{name}/get", post(messages::get))
+        .route(
+            "/api/queues/{vhost}/{name}/bindings",
+            get(bindings::of_queue),
+        )
+        .route("/api/exchanges", get(exchanges::list_all))
+        .route("/api/exchanges/{vhost}", get(exchanges::list_vhost))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(exchanges::show)
+                .put(exchanges::declare)
+                .delete(exchanges::remove),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/publish",
+            post(messages::publish),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(bindings::of_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(bindings::of_destination),
+        )
+        .route("/api/bindings", get(bindings::list_all))
+        .route("/api/bindings/{vhost}", get(bindings::list_vhost))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
+            get(bindings::between).post(bindings::create),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+            get(bindings::show).delete(bindings::remove),
+        )
+        .route("/api/connections", get(connections::list))
+        .route(
+            "/api/vhosts/{vhost}/connections",
+            get(connections::list_vhost),
+        )
+        .route(
+            "/api/connections/{name}",
+            get(connections::show).delete(connections::close),
+        )
+        .route(
+            "/api/connections/{name}/channels",
+            get(connections::channels_of),
+        )
+        .route("/api/channels", get(connections::channels))
+        .route(
+            "/api/vhosts/{vhost}/channels",
+            get(connections::channels_vhost),
+        )
+        .route("/api/channels/{name}", get(connections::channel))
+        .route("/api/consumers", get(connections::consumers_all))
+        .route("/api/consumers/{vhost}", get(connections::consumers_vhost))
+        .route(
+            "/api/definitions",
+            get(definitions::export_all).post(definitions::import_all),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions::export_vhost).post(definitions::import_vhost),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    Router::new()
+        .merge(authed)
+        .route("/api/openapi.json", get(ui::openapi))
+        .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(overview::healthz))
+        .route("/readyz", get(overview::readyz))
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such path; the API is described at /api/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// Checks HTTP basic auth against the broker's users.
+async fn require_auth(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some((user, password)) = basic_credentials(&request) else {
+        return ApiError::unauthorized("HTTP basic authentication with a broker user is required")
+            .into_response();
+    };
+    let loopback = peer.ip().to_canonical().is_loopback();
+    if let Err(e) = state.broker.authenticate(&user, &password, loopback) {
+        tracing::info!(%peer, "HTTP login refused: {e}");
+        return ApiError::unauthorized(format!("Login failed: {e}")).into_response();
+    }
+    request.extensions_mut().insert(AuthUser(user));
+    next.run(request).await
+}
+
+fn basic_credentials(request: &Request) -> Option<(String, String)> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// Parses a JSON request body; an empty body is the type's default (as
+/// RabbitMQ accepts `PUT /api/queues/%2F/q` with no body).
+pub fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}

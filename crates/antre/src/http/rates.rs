@@ -1,0 +1,313 @@
+//! Message rates for the management API.
+//!
+//! The broker keeps only monotonic counters (cheap atomics on the hot path).
+//! A sampler task reads them every `rate_interval` (5 s by default) and
+//! keeps, per counter, the rate over the last interval:
+//! `(value now - value before) / seconds between the two samples`. A counter
+//! that went backwards (a queue deleted and declared again) gives 0. The
+//! sampler also keeps the last [`HISTORY`] broker-wide samples, which the UI
+//! draws as charts (`GET /api/overview?msg_rates_age=600`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use antre_broker::Broker;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::registry::{now_ms, Registry};
+
+/// Broker-wide samples kept for charts (10 minutes at the default interval).
+pub const HISTORY: usize = 120;
+
+/// Counters of one queue at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueSample {
+    /// Messages published into it.
+    pub publish: u64,
+    /// Messages delivered or fetched.
+    pub deliver_get: u64,
+    /// Redeliveries.
+    pub redeliver: u64,
+    /// Acks.
+    pub ack: u64,
+    /// Ready messages.
+    pub ready: u64,
+    /// Unacked messages.
+    pub unacked: u64,
+}
+
+/// Broker-wide counters and depths at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OverviewSample {
+    /// When, in ms since the epoch.
+    pub timestamp: u64,
+    /// Messages published.
+    pub publish: u64,
+    /// Deliveries and gets.
+    pub deliver_get: u64,
+    /// Redeliveries.
+    pub redeliver: u64,
+    /// Acks.
+    pub ack: u64,
+    /// Confirms.
+    pub confirm: u64,
+    /// Unroutable messages dropped.
+    pub drop_unroutable: u64,
+    /// Unroutable messages returned.
+    pub return_unroutable: u64,
+    /// Ready messages in all queues.
+    pub ready: u64,
+    /// Unacked messages in all queues.
+    pub unacked: u64,
+}
+
+/// Rates of the broker-wide counters, per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OverviewRates {
+    /// Publishes.
+    pub publish: f64,
+    /// Deliveries and gets.
+    pub deliver_get: f64,
+    /// Redeliveries.
+    pub redeliver: f64,
+    /// Acks.
+    pub ack: f64,
+    /// Confirms.
+    pub confirm: f64,
+    /// Dropped unroutable.
+    pub drop_unroutable: f64,
+    /// Returned unroutable.
+    pub return_unroutable: f64,
+    /// Change of ready messages.
+    pub ready: f64,
+    /// Change of unacked messages.
+    pub unacked: f64,
+}
+
+/// Rates of one queue, per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueRates {
+    /// Publishes.
+    pub publish: f64,
+    /// Deliveries and gets.
+    pub deliver_get: f64,
+    /// Redeliveries.
+    pub redeliver: f64,
+    /// Acks.
+    pub ack: f64,
+    /// Change of ready messages.
+    pub ready: f64,
+    /// Change of unacked messages.
+    pub unacked: f64,
+}
+
+/// The per-second rate of a counter between two samples.
+pub fn rate(before: u64, now: u64, seconds: f64) -> f64 {
+    if seconds <= 0.0 {
+        return 0.0;
+    }
+    now.saturating_sub(before) as f64 / seconds
+}
+
+/// The per-second change of a gauge (may be negative).
+pub fn change(before: u64, now: u64, seconds: f64) -> f64 {
+    if seconds <= 0.0 {
+        return 0.0;
+    }
+    (now as f64 - before as f64) / seconds
+}
+
+#[derive(Debug, Default)]
+struct State {
+    last: Option<(Instant, OverviewSample)>,
+    overview: OverviewRates,
+    queues_last: HashMap<(String, String), QueueSample>,
+    queues: HashMap<(String, String), QueueRates>,
+    conns_last: HashMap<u64, (u64, u64)>,
+    conns: HashMap<u64, (f64, f64)>,
+    history: VecDeque<OverviewSample>,
+}
+
+/// The sampler's latest results.
+#[derive(Debug, Default)]
+pub struct Rates {
+    state: RwLock<State>,
+}
+
+impl Rates {
+    /// Samples now, then every `interval` until `shutdown`.
+    pub fn start(
+        broker: Arc<Broker>,
+        registry: Arc<Registry>,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Arc<Rates> {
+        let rates = Arc::new(Rates::default());
+        let sampler = Arc::clone(&rates);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => sampler.sample(&broker, &registry, Instant::now()),
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+        rates
+    }
+
+    /// Takes one sample and updates every rate.
+    pub fn sample(&self, broker: &Broker, registry: &Registry, at: Instant) {
+        let m = &broker.metrics;
+        let mut overview = OverviewSample {
+            timestamp: now_ms(),
+            publish: m.published.get(),
+            deliver_get: m.delivered.get(),
+            redeliver: m.redelivered.get(),
+            ack: m.acked.get(),
+            confirm: m.confirmed.get(),
+            drop_unroutable: m.unroutable.get().saturating_sub(m.returned.get()),
+            return_unroutable: m.returned.get(),
+            ready: 0,
+            unacked: 0,
+        };
+        let mut queues = HashMap::new();
+        for v in broker.vhosts() {
+            for q in v.queues() {
+                let c = q.counts();
+                overview.ready += u64::from(c.ready);
+                overview.unacked += u64::from(c.unacked);
+                let s = QueueSample {
+                    publish: q.metrics.published.get(),
+                    deliver_get: q.metrics.delivered.get(),
+                    redeliver: q.metrics.redelivered.get(),
+                    ack: q.metrics.acked.get(),
+                    ready: u64::from(c.ready),
+                    unacked: u64::from(c.unacked),
+                };
+                queues.insert((q.vhost.clone(), q.name.clone()), s);
+            }
+        }
+        let conns: HashMap<u64, (u64, u64)> = registry
+            .connections()
+            .iter()
+            .map(|c| {
+                let recv = c.recv_oct.load(std::sync::atomic::Ordering::Relaxed);
+                let send = c.send_oct.load(std::sync::atomic::Ordering::Relaxed);
+                (c.id, (recv, send))
+            })
+            .collect();
+        let mut st = self.state.write();
+        if let Some((then, before)) = st.last {
+            let dt = at.duration_since(then).as_secs_f64();
+            st.overview = OverviewRates {
+                publish: rate(before.publish, overview.publish, dt),
+                deliver_get: rate(before.deliver_get, overview.deliver_get, dt),
+                redeliver: rate(before.redeliver, overview.redeliver, dt),
+                ack: rate(before.ack, overview.ack, dt),
+                confirm: rate(before.confirm, overview.confirm, dt),
+                drop_unroutable: rate(before.drop_unroutable, overview.drop_unroutable, dt),
+                return_unroutable: rate(before.return_unroutable, overview.return_unroutable, dt),
+                ready: change(before.ready, overview.ready, dt),
+                unacked: change(before.unacked, overview.unacked, dt),
+            };
+            st.queues = queues
+                .iter()
+                .map(|(key, now)| {
+                    let b = st.queues_last.get(key).copied().unwrap_or(*now);
+                    let r = QueueRates {
+                        publish: rate(b.publish, now.publish, dt),
+                        deliver_get: rate(b.deliver_get, now.deliver_get, dt),
+                        redeliver: rate(b.redeliver, now.redeliver, dt),
+                        ack: rate(b.ack, now.ack, dt),
+                        ready: change(b.ready, now.ready, dt),
+                        unacked: change(b.unacked, now.unacked, dt),
+                    };
+                    (key.clone(), r)
+                })
+                .collect();
+            st.conns = conns
+                .iter()
+                .map(|(id, now)| {
+                    let b = st.conns_last.get(id).copied().unwrap_or(*now);
+                    (*id, (rate(b.0, now.0, dt), rate(b.1, now.1, dt)))
+                })
+                .collect();
+        }
+        st.last = Some((at, overview));
+        st.queues_last = queues;
+        st.conns_last = conns;
+        st.history.push_back(overview);
+        while st.history.len() > HISTORY {
+            st.history.pop_front();
+        }
+    }
+
+    /// Broker-wide rates.
+    pub fn overview(&self) -> OverviewRates {
+        self.state.read().overview
+    }
+
+    /// A queue's rates (zero until it has been sampled twice).
+    pub fn queue(&self, vhost: &str, name: &str) -> QueueRates {
+        self.state
+            .read()
+            .queues
+            .get(&(vhost.to_owned(), name.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A connection's (receive, send) bytes per second.
+    pub fn connection(&self, id: u64) -> (f64, f64) {
+        self.state
+            .read()
+            .conns
+            .get(&id)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Broker-wide samples newer than `age`, oldest first.
+    pub fn history(&self, age: Duration) -> Vec<OverviewSample> {
+        let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
+        self.state
+            .read()
+            .history
+            .iter()
+            .filter(|s| s.timestamp >= cutoff)
+            .copied()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_deltas_over_elapsed_seconds() {
+        assert_eq!(rate(100, 600, 5.0), 100.0);
+        assert_eq!(rate(600, 100, 5.0), 0.0, "a reset counter gives 0");
+        assert_eq!(rate(0, 10, 0.0), 0.0);
+        assert_eq!(change(10, 0, 5.0), -2.0);
+    }
+
+    #[test]
+    fn the_sampler_turns_counters_into_rates() {
+        let broker = Broker::new();
+        let registry = Registry::default();
+        let rates = Rates::default();
+        let t0 = Instant::now();
+        rates.sample(&broker, &registry, t0);
+        broker.metrics.published.add(50);
+        broker.metrics.acked.add(10);
+        rates.sample(&broker, &registry, t0 + Duration::from_secs(5));
+        let r = rates.overview();
+        assert_eq!(r.publish, 10.0);
+        assert_eq!(r.ack, 2.0);
+        assert_eq!(rates.history(Duration::from_secs(600)).len(), 2);
+    }
+}

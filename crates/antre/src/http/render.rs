@@ -1,0 +1,266 @@
+//! The JSON shape of each object, with RabbitMQ's field names, shared by
+//! the listing and detail handlers so a queue looks the same everywhere.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use antre_broker::definitions::table_to_json;
+use antre_broker::exchange::{Binding, Destination, Exchange};
+use antre_broker::{ConsumerInfo, Queue};
+use serde_json::{json, Value};
+
+use super::HttpState;
+use crate::registry::ConnectionEntry;
+
+/// The node name antre reports (RabbitMQ's `rabbit@host`).
+pub fn node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("antre@{host}")
+}
+
+/// `{"rate": r}`, RabbitMQ's `*_details` object.
+pub fn details(rate: f64) -> Value {
+    json!({ "rate": (rate * 100.0).round() / 100.0 })
+}
+
+/// A queue.
+pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
+    let c = q.counts();
+    let r = state.rates.queue(&q.vhost, &q.name);
+    let m = &q.metrics;
+    let consumers = if c.consumers > 0 {
+        q.consumers()
+    } else {
+        Vec::new()
+    };
+    let exclusive_consumer_tag = consumers
+        .iter()
+        .find(|c| c.exclusive)
+        .map(|c| c.tag.clone());
+    json!({
+        "name": q.name,
+        "vhost": q.vhost,
+        "durable": q.options.durable,
+        "auto_delete": q.options.auto_delete,
+        "exclusive": q.options.exclusive_owner.is_some(),
+        "owner_pid_details": q.options.exclusive_owner
+            .and_then(|id| state.registry.get(id))
+            .map(|conn| json!({ "name": conn.name, "peer_host": conn.peer.ip().to_string(), "peer_port": conn.peer.port() })),
+        "arguments": table_to_json(&q.options.arguments),
+        "node": node_name(),
+        "type": "classic",
+        "state": "running",
+        "messages": c.ready + c.unacked,
+        "messages_details": details(r.ready + r.unacked),
+        "messages_ready": c.ready,
+        "messages_ready_details": details(r.ready),
+        "messages_unacknowledged": c.unacked,
+        "messages_unacknowledged_details": details(r.unacked),
+        "message_bytes_ready": q.ready_bytes(),
+        "consumers": c.consumers,
+        "exclusive_consumer_tag": exclusive_consumer_tag,
+        "message_stats": {
+            "publish": m.published.get(),
+            "publish_details": details(r.publish),
+            "deliver_get": m.delivered.get(),
+            "deliver_get_details": details(r.deliver_get),
+            "redeliver": m.redelivered.get(),
+            "redeliver_details": details(r.redeliver),
+            "ack": m.acked.get(),
+            "ack_details": details(r.ack),
+        },
+    })
+}
+
+/// An exchange.
+pub fn exchange(vhost: &str, e: &Exchange) -> Value {
+    json!({
+        "name": e.name,
+        "vhost": vhost,
+        "type": e.kind.as_str(),
+        "durable": e.durable,
+        "auto_delete": e.auto_delete,
+        "internal": e.internal,
+        "arguments": table_to_json(&e.arguments),
+    })
+}
+
+/// The part of a binding's URL that identifies it among the bindings with
+/// the same ends: the routing key (`~` if empty), and a hash of the
+/// arguments if any (the scheme of RabbitMQ's `properties_key`). Clients
+/// percent-encode it in URLs.
+pub fn properties_key(routing_key: &str, arguments: &antre_amqp::FieldTable) -> String {
+    let key = if routing_key.is_empty() {
+        "~".to_owned()
+    } else {
+        routing_key.to_owned()
+    };
+    if arguments.iter().next().is_none() {
+        return key;
+    }
+    let text = serde_json::to_string(&table_to_json(arguments)).unwrap_or_default();
+    // FNV-1a: stable across runs and versions, unlike std's hasher.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{key}~{hash:016x}")
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A binding from `source`.
+pub fn binding(vhost: &str, source: &str, b: &Binding) -> Value {
+    let (destination, kind) = match &b.destination {
+        Destination::Queue(q) => (q.as_str(), "queue"),
+        Destination::Exchange(e) => (e.as_str(), "exchange"),
+    };
+    json!({
+        "source": source,
+        "vhost": vhost,
+        "destination": destination,
+        "destination_type": kind,
+        "routing_key": b.routing_key,
+        "arguments": table_to_json(&b.arguments),
+        "properties_key": properties_key(&b.routing_key, &b.arguments),
+    })
+}
+
+/// The implicit binding of the default exchange to a queue.
+pub fn default_binding(vhost: &str, queue: &str) -> Value {
+    json!({
+        "source": "",
+        "vhost": vhost,
+        "destination": queue,
+        "destination_type": "queue",
+        "routing_key": queue,
+        "arguments": {},
+        "properties_key": queue,
+    })
+}
+
+/// A connection.
+pub fn connection(state: &HttpState, c: &ConnectionEntry) -> Value {
+    let (recv_rate, send_rate) = state.rates.connection(c.id);
+    let blocked = c.blocked.load(Ordering::Relaxed);
+    json!({
+        "name": c.name,
+        "node": node_name(),
+        "vhost": c.vhost,
+        "user": c.user,
+        "state": if blocked { "blocked" } else { "running" },
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "auth_mechanism": c.auth_mechanism,
+        "ssl": false,
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+        "host": c.local.ip().to_string(),
+        "port": c.local.port(),
+        "connected_at": c.connected_at,
+        "channels": c.channels().len(),
+        "channel_max": c.channel_max,
+        "frame_max": c.frame_max,
+        "timeout": c.heartbeat,
+        "client_properties": table_to_json(&c.client_properties),
+        "recv_oct": c.recv_oct.load(Ordering::Relaxed),
+        "recv_oct_details": details(recv_rate),
+        "send_oct": c.send_oct.load(Ordering::Relaxed),
+        "send_oct_details": details(send_rate),
+    })
+}
+
+/// RabbitMQ's channel name: `CONNECTION (NUMBER)`.
+pub fn channel_name(c: &ConnectionEntry, number: u16) -> String {
+    format!("{} ({number})", c.name)
+}
+
+fn connection_details(c: &ConnectionEntry) -> Value {
+    json!({
+        "name": c.name,
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+    })
+}
+
+/// Every consumer of every queue in the broker, with its queue.
+pub fn all_consumers(state: &HttpState) -> Vec<(Arc<Queue>, ConsumerInfo)> {
+    let mut out = Vec::new();
+    for v in state.broker.vhosts() {
+        for q in v.queues() {
+            for c in q.consumers() {
+                out.push((Arc::clone(&q), c));
+            }
+        }
+    }
+    out
+}
+
+/// A channel. Its consumer count, prefetch and unacked messages come from
+/// the consumers queues report for it.
+pub fn channel(
+    c: &ConnectionEntry,
+    number: u16,
+    consumers: &[(Arc<Queue>, ConsumerInfo)],
+) -> Value {
+    let mine: Vec<&ConsumerInfo> = consumers
+        .iter()
+        .map(|(_, info)| info)
+        .filter(|info| info.connection == c.id && info.channel == number)
+        .collect();
+    let unacked: u64 = mine.iter().map(|i| u64::from(i.unacked)).sum();
+    let prefetch = mine.iter().map(|i| i.prefetch).max().unwrap_or(0);
+    json!({
+        "name": channel_name(c, number),
+        "number": number,
+        "node": node_name(),
+        "vhost": c.vhost,
+        "user": c.user,
+        "state": "running",
+        "connection_details": connection_details(c),
+        "consumer_count": mine.len(),
+        "messages_unacknowledged": unacked,
+        "prefetch_count": prefetch,
+    })
+}
+
+/// A consumer.
+pub fn consumer(state: &HttpState, q: &Queue, info: &ConsumerInfo) -> Value {
+    let conn = state.registry.get(info.connection);
+    let channel_details = conn.as_ref().map(|c| {
+        json!({
+            "name": channel_name(c, info.channel),
+            "number": info.channel,
+            "connection_name": c.name,
+            "peer_host": c.peer.ip().to_string(),
+            "peer_port": c.peer.port(),
+            "user": c.user,
+        })
+    });
+    json!({
+        "consumer_tag": info.tag,
+        "queue": { "name": q.name, "vhost": q.vhost },
+        "channel_details": channel_details,
+        "ack_required": !info.no_ack,
+        "exclusive": info.exclusive,
+        "prefetch_count": info.prefetch,
+        "messages_unacknowledged": info.unacked,
+        "active": true,
+        "activity_status": "up",
+        "arguments": {},
+    })
+}

@@ -1,0 +1,185 @@
+//! The open connections, for the management API and metrics.
+//!
+//! A connection registers once its handshake is done and unregisters when it
+//! ends. What changes while it runs is kept in atomics (bytes in and out) or
+//! behind a small mutex touched only when a channel opens or closes, so the
+//! AMQP hot path pays a relaxed add per socket read or write and nothing more.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use antre_amqp::FieldTable;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+/// Every open connection, by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    connections: RwLock<BTreeMap<u64, Arc<ConnectionEntry>>>,
+}
+
+/// What the broker shows about one connection.
+#[derive(Debug)]
+pub struct ConnectionEntry {
+    /// The broker's connection id (owner of its exclusive queues).
+    pub id: u64,
+    /// RabbitMQ's connection name: `PEER -> LOCAL`.
+    pub name: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Our address the client connected to.
+    pub local: SocketAddr,
+    /// The user it logged in as.
+    pub user: String,
+    /// Its vhost.
+    pub vhost: String,
+    /// Login mechanism (PLAIN, AMQPLAIN).
+    pub auth_mechanism: String,
+    /// When the handshake finished, in ms since the epoch.
+    pub connected_at: u64,
+    /// The client's properties from connection.start-ok.
+    pub client_properties: FieldTable,
+    /// Negotiated frame_max.
+    pub frame_max: u32,
+    /// Negotiated channel_max.
+    pub channel_max: u16,
+    /// Negotiated heartbeat, in seconds.
+    pub heartbeat: u16,
+    /// Bytes read from the socket.
+    pub recv_oct: AtomicU64,
+    /// Bytes written to the socket.
+    pub send_oct: AtomicU64,
+    /// Blocked by a resource alarm.
+    pub blocked: AtomicBool,
+    channels: Mutex<BTreeSet<u16>>,
+    close: Notify,
+    close_reason: Mutex<Option<String>>,
+}
+
+impl ConnectionEntry {
+    /// A connection that finished its handshake.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+        user: String,
+        vhost: String,
+        auth_mechanism: String,
+        client_properties: FieldTable,
+        (frame_max, channel_max, heartbeat): (u32, u16, u16),
+    ) -> ConnectionEntry {
+        ConnectionEntry {
+            id,
+            name: format!("{peer} -> {local}"),
+            peer,
+            local,
+            user,
+            vhost,
+            auth_mechanism,
+            connected_at: now_ms(),
+            client_properties,
+            frame_max,
+            channel_max,
+            heartbeat,
+            recv_oct: AtomicU64::new(0),
+            send_oct: AtomicU64::new(0),
+            blocked: AtomicBool::new(false),
+            channels: Mutex::default(),
+            close: Notify::new(),
+            close_reason: Mutex::default(),
+        }
+    }
+
+    /// Channel numbers open now.
+    pub fn channels(&self) -> Vec<u16> {
+        self.channels.lock().iter().copied().collect()
+    }
+
+    /// Records a channel opening.
+    pub fn channel_opened(&self, number: u16) {
+        self.channels.lock().insert(number);
+    }
+
+    /// Records a channel closing.
+    pub fn channel_closed(&self, number: u16) {
+        self.channels.lock().remove(&number);
+    }
+
+    /// Counts bytes read.
+    pub fn received(&self, n: usize) {
+        self.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts bytes written.
+    pub fn sent(&self, n: usize) {
+        self.send_oct.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Asks the connection to close with 320 CONNECTION_FORCED and `reason`.
+    pub fn force_close(&self, reason: &str) {
+        *self.close_reason.lock() = Some(reason.to_owned());
+        // notify_one keeps a permit if the connection is not waiting now.
+        self.close.notify_one();
+    }
+
+    /// Resolves when [`ConnectionEntry::force_close`] was called; returns
+    /// the reason.
+    pub async fn closed(&self) -> String {
+        self.close.notified().await;
+        self.close_reason
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "closed by an operator".into())
+    }
+}
+
+impl Registry {
+    /// Adds a connection.
+    pub fn register(&self, entry: Arc<ConnectionEntry>) {
+        self.connections.write().insert(entry.id, entry);
+    }
+
+    /// Removes a connection.
+    pub fn unregister(&self, id: u64) {
+        self.connections.write().remove(&id);
+    }
+
+    /// Every open connection, oldest first.
+    pub fn connections(&self) -> Vec<Arc<ConnectionEntry>> {
+        self.connections.read().values().cloned().collect()
+    }
+
+    /// The connection with this name.
+    pub fn by_name(&self, name: &str) -> Option<Arc<ConnectionEntry>> {
+        self.connections
+            .read()
+            .values()
+            .find(|c| c.name == name)
+            .cloned()
+    }
+
+    /// The connection with this id.
+    pub fn get(&self, id: u64) -> Option<Arc<ConnectionEntry>> {
+        self.connections.read().get(&id).cloned()
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.connections.read().len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
