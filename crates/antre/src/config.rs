@@ -42,6 +42,10 @@ pub struct Config {
     pub disk_check_interval: Duration,
     /// How often message rates are sampled for the management API.
     pub rate_interval: Duration,
+    /// How long a delivery may stay unacked before its channel is closed
+    /// (406) and its messages requeued, unless its queue sets
+    /// `x-consumer-timeout`; `None` disables (RabbitMQ's default: 30 min).
+    pub consumer_timeout: Option<Duration>,
     /// A user to create at start-up, `(name, password)`, allowed from any
     /// address. When set, the loopback-only `guest` user is removed.
     pub default_user: Option<(String, String)>,
@@ -61,6 +65,7 @@ impl Default for Config {
             disk_free_limit: 50_000_000,
             disk_check_interval: Duration::from_secs(1),
             rate_interval: Duration::from_secs(5),
+            consumer_timeout: Some(Duration::from_secs(30 * 60)),
             default_user: None,
         }
     }
@@ -103,6 +108,11 @@ pub struct Settings {
     /// Largest message body accepted, in bytes [default: 134217728].
     #[arg(long, env = "ANTRE_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     pub max_message_size: Option<u64>,
+    /// Milliseconds a delivery may stay unacked before its channel is closed
+    /// and its messages requeued, unless the queue sets x-consumer-timeout;
+    /// 0 disables [default: 1800000].
+    #[arg(long, env = "ANTRE_CONSUMER_TIMEOUT", value_name = "MS")]
+    pub consumer_timeout: Option<u64>,
     /// Seconds between samples of the message rates shown by the management
     /// API and UI [default: 5].
     #[arg(long, env = "ANTRE_RATE_INTERVAL", value_name = "SECONDS")]
@@ -152,6 +162,7 @@ impl Settings {
             frame_max: self.frame_max.or(below.frame_max),
             channel_max: self.channel_max.or(below.channel_max),
             max_message_size: self.max_message_size.or(below.max_message_size),
+            consumer_timeout: self.consumer_timeout.or(below.consumer_timeout),
             rate_interval: self.rate_interval.or(below.rate_interval),
             default_user: self.default_user.or(below.default_user),
             default_pass: self.default_pass.or(below.default_pass),
@@ -190,6 +201,11 @@ impl Settings {
             disk_free_limit: self.disk_free_limit.unwrap_or(d.disk_free_limit),
             disk_check_interval: d.disk_check_interval,
             rate_interval,
+            consumer_timeout: match self.consumer_timeout {
+                None => d.consumer_timeout,
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+            },
             default_user,
         })
     }

@@ -696,3 +696,37 @@ async fn deduplicating_exchange_routes_a_key_once_across_restart() {
         "still a duplicate after the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_timeout_closes_the_channel_and_requeues() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    queue(&ch, "slow-work", args(&[("x-consumer-timeout", int(100))])).await;
+    publish_confirmed(&ch, "", "slow-work", b"forgotten").await;
+    let worker = conn.create_channel().await.unwrap();
+    let mut c = worker
+        .basic_consume(
+            "slow-work",
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let got = take(&mut c, 1).await;
+    assert!(!got[0].redelivered);
+    // Never acked: within about a second the channel is closed with 406
+    // and the message goes back to the queue.
+    eventually("channel closed", || async { !worker.status().connected() }).await;
+    eventually("requeued", || async {
+        ready_count(&ch, "slow-work").await == 1
+    })
+    .await;
+    let again = ch
+        .basic_get("slow-work", BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.delivery.redelivered);
+}
