@@ -1,7 +1,7 @@
 //! Anything that writes to a message store and takes part in group commit:
 //! queues, and the logs of deduplicating and delaying exchanges.
 
-use antre_store::{PendingSync, StoreError};
+use antre_store::{PendingSync, QueueStore, StoreError};
 
 /// A participant in the syncer's group commit.
 pub trait Durable: Send + Sync + std::fmt::Debug {
@@ -24,4 +24,59 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
 /// pointers of one type may differ between codegen units).
 pub fn same(a: &std::sync::Arc<dyn Durable>, b: &std::sync::Arc<dyn Durable>) -> bool {
     std::ptr::addr_eq(std::sync::Arc::as_ptr(a), std::sync::Arc::as_ptr(b))
+}
+
+/// Something that owns one store behind its own lock, beside other state:
+/// the logs of deduplicating and delaying exchanges. Implementing this one
+/// accessor gives it group commit ([`Durable`]) and its store's life cycle.
+pub trait OwnsStore: Send + Sync + std::fmt::Debug {
+    /// A name for logs.
+    fn store_label(&self) -> &str;
+
+    /// Runs `f` on the store slot, under the owner's lock (`None` once the
+    /// store was closed or deleted).
+    fn with_store<R>(&self, f: impl FnOnce(&mut Option<QueueStore>) -> R) -> R;
+
+    /// Removes the store from disk (its owner was deleted).
+    fn delete_store(&self) {
+        if let Some(store) = self.with_store(Option::take) {
+            if let Err(e) = store.delete_all() {
+                tracing::warn!("could not remove {}: {e}", self.store_label());
+            }
+        }
+    }
+
+    /// Flushes and closes the store (clean shutdown).
+    fn close_store(&self) {
+        if let Some(store) = self.with_store(Option::take) {
+            if let Err(e) = store.close() {
+                tracing::error!("closing {}: {e}", self.store_label());
+            }
+        }
+    }
+}
+
+impl<T: OwnsStore> Durable for T {
+    fn label(&self) -> &str {
+        self.store_label()
+    }
+
+    fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
+        self.with_store(|s| s.as_mut().map(QueueStore::begin_sync))
+    }
+
+    fn finish_sync(
+        &self,
+        pending: PendingSync,
+        result: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.with_store(|s| match s.as_mut() {
+            Some(store) => store.finish_sync(pending, result),
+            None => Ok(()),
+        })
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.with_store(|s| s.as_ref().is_some_and(QueueStore::is_dirty))
+    }
 }

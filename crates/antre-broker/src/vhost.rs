@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::definitions::{
     json_to_table, table_to_json, BindingDef, ExchangeDef, QueueDef, VhostDefinitions,
 };
-use crate::durable::Durable;
+use crate::durable::{Durable, OwnsStore};
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::dedup::DedupCache;
 use crate::exchange::delayed::DelayedMessages;
@@ -286,10 +286,10 @@ impl Vhost {
         }
         for ex in topo.exchanges.values() {
             if let Some(d) = &ex.dedup {
-                d.close();
+                d.close_store();
             }
             if let Some(d) = &ex.delayed {
-                d.close();
+                d.close_store();
             }
         }
     }

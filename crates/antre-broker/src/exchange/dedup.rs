@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use antre_amqp::{FieldTable, FieldValue};
-use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOptions};
+use antre_store::{QueueStore, SegmentPosition, StoreOptions};
 use parking_lot::Mutex;
 
 use crate::error::{exchange_ref, BrokerError};
@@ -194,58 +194,22 @@ impl DedupCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Removes the log (the exchange was deleted).
-    pub fn delete(&self) {
-        if let Some(store) = self.inner.lock().store.take() {
-            if let Err(e) = store.delete_all() {
-                tracing::warn!("could not remove {}: {e}", self.label);
-            }
-        }
-    }
-
-    /// Flushes and closes the log (clean shutdown).
-    pub fn close(&self) {
-        if let Some(store) = self.inner.lock().store.take() {
-            if let Err(e) = store.close() {
-                tracing::error!("closing {}: {e}", self.label);
-            }
-        }
-    }
 }
 
-impl crate::durable::Durable for DedupCache {
-    fn label(&self) -> &str {
+impl crate::durable::OwnsStore for DedupCache {
+    fn store_label(&self) -> &str {
         &self.label
     }
 
-    fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
-        self.inner.lock().store.as_mut().map(QueueStore::begin_sync)
-    }
-
-    fn finish_sync(
-        &self,
-        pending: PendingSync,
-        result: Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        match self.inner.lock().store.as_mut() {
-            Some(store) => store.finish_sync(pending, result),
-            None => Ok(()),
-        }
-    }
-
-    fn is_dirty(&self) -> bool {
-        self.inner
-            .lock()
-            .store
-            .as_ref()
-            .is_some_and(QueueStore::is_dirty)
+    fn with_store<R>(&self, f: impl FnOnce(&mut Option<QueueStore>) -> R) -> R {
+        f(&mut self.inner.lock().store)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::OwnsStore;
     use crate::message::Message;
     use antre_amqp::BasicProperties;
 
@@ -312,7 +276,7 @@ mod tests {
             let c = DedupCache::open_durable("/", "x", &args, dir.path(), StoreOptions::default())
                 .unwrap();
             assert_eq!(c.check(&keyed("pay-1", None), 0).unwrap(), (false, true));
-            c.close();
+            c.close_store();
         }
         let c =
             DedupCache::open_durable("/", "x", &args, dir.path(), StoreOptions::default()).unwrap();

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOptions};
+use antre_store::{QueueStore, SegmentPosition, StoreOptions};
 use parking_lot::Mutex;
 
 use crate::error::BrokerError;
@@ -214,60 +214,22 @@ impl DelayedMessages {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Removes the store (the exchange was deleted).
-    pub fn delete(&self) {
-        let mut inner = self.inner.lock();
-        inner.schedule.clear();
-        if let Some(store) = inner.store.take() {
-            if let Err(e) = store.delete_all() {
-                tracing::warn!("could not remove {}: {e}", self.label);
-            }
-        }
-    }
-
-    /// Flushes and closes the store (clean shutdown).
-    pub fn close(&self) {
-        if let Some(store) = self.inner.lock().store.take() {
-            if let Err(e) = store.close() {
-                tracing::error!("closing {}: {e}", self.label);
-            }
-        }
-    }
 }
 
-impl crate::durable::Durable for DelayedMessages {
-    fn label(&self) -> &str {
+impl crate::durable::OwnsStore for DelayedMessages {
+    fn store_label(&self) -> &str {
         &self.label
     }
 
-    fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
-        self.inner.lock().store.as_mut().map(QueueStore::begin_sync)
-    }
-
-    fn finish_sync(
-        &self,
-        pending: PendingSync,
-        result: Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        match self.inner.lock().store.as_mut() {
-            Some(store) => store.finish_sync(pending, result),
-            None => Ok(()),
-        }
-    }
-
-    fn is_dirty(&self) -> bool {
-        self.inner
-            .lock()
-            .store
-            .as_ref()
-            .is_some_and(QueueStore::is_dirty)
+    fn with_store<R>(&self, f: impl FnOnce(&mut Option<QueueStore>) -> R) -> R {
+        f(&mut self.inner.lock().store)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::OwnsStore;
     use antre_amqp::{BasicProperties, FieldTable, FieldValue};
 
     fn delayed(body: &str, at: u64, delay: i64) -> Arc<Message> {
@@ -320,7 +282,7 @@ mod tests {
             let due = d.take_due(2009);
             assert_eq!(due.len(), 10);
             d.release(&due);
-            d.close();
+            d.close_store();
         }
         let d = DelayedMessages::open_durable("t".into(), dir.path(), StoreOptions::default(), 0)
             .unwrap();

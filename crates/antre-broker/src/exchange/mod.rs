@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use antre_amqp::{FieldTable, FieldValue};
 
+use crate::durable::OwnsStore;
 use crate::error::BrokerError;
 use dedup::DedupCache;
 use delayed::DelayedMessages;
@@ -178,10 +179,10 @@ impl Exchange {
     /// Removes its stores from disk (it was deleted).
     pub fn discard_stores(&self) {
         if let Some(d) = &self.dedup {
-            d.delete();
+            d.delete_store();
         }
         if let Some(d) = &self.delayed {
-            d.delete();
+            d.delete_store();
         }
     }
 
