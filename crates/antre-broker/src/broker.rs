@@ -61,6 +61,56 @@ pub struct User {
     pub loopback_only: bool,
 }
 
+/// A user as the broker keeps it: the password only as a salted hash, in
+/// RabbitMQ's `rabbit_password_hashing_sha256` format (base64 of a 4-byte
+/// salt followed by SHA-256(salt ++ password)), so hashes are portable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserRecord {
+    /// Login name.
+    pub name: String,
+    /// Salted SHA-256 of the password, base64.
+    pub password_hash: String,
+    /// Only connections from loopback addresses may log in as this user.
+    pub loopback_only: bool,
+}
+
+impl UserRecord {
+    fn new(user: &User) -> UserRecord {
+        use base64::Engine;
+        let salt: [u8; 4] = rand::random();
+        let mut salted = salt.to_vec();
+        salted.extend_from_slice(&sha256_salted(&salt, &user.password));
+        UserRecord {
+            name: user.name.clone(),
+            password_hash: base64::engine::general_purpose::STANDARD.encode(salted),
+            loopback_only: user.loopback_only,
+        }
+    }
+
+    /// Whether `password` is this user's, compared without an early exit.
+    fn verify(&self, password: &str) -> bool {
+        use base64::Engine;
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&self.password_hash) else {
+            return false;
+        };
+        if raw.len() != 4 + 32 {
+            return false;
+        }
+        let (salt, digest) = raw.split_at(4);
+        constant_time_eq(&sha256_salted(salt, password), digest)
+    }
+}
+
+fn sha256_salted(salt: &[u8], password: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(password.as_bytes());
+    h.finalize().into()
+}
+
+const USERS_FILE: &str = "users.json";
+
 /// Why a login was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoginError {
@@ -79,7 +129,7 @@ pub struct Broker {
     /// with the broker).
     vhosts: Arc<RwLock<HashMap<String, Arc<Vhost>>>>,
     clock: Arc<dyn Clock>,
-    users: RwLock<HashMap<String, User>>,
+    users: RwLock<HashMap<String, UserRecord>>,
     next_id: AtomicU64,
     storage: Option<BrokerStorage>,
     /// Broker-wide message counters and latencies.
@@ -121,11 +171,14 @@ impl Broker {
             storage,
             metrics,
         };
-        broker.add_user(User {
+        // Not through add_user: a persistent broker decides in open()
+        // whether its users file replaces this first-start default.
+        let guest = UserRecord::new(&User {
             name: "guest".into(),
             password: "guest".into(),
             loopback_only: true,
         });
+        broker.users.write().insert(guest.name.clone(), guest);
         broker
     }
 
@@ -173,6 +226,13 @@ impl Broker {
             broker.add_vhost(&name)?;
         }
         broker.add_vhost("/")?;
+        match Broker::load_users(data_dir)? {
+            // The file is the truth: a deleted guest stays deleted.
+            Some(list) => {
+                *broker.users.write() = list.into_iter().map(|u| (u.name.clone(), u)).collect()
+            }
+            None => broker.save_users(&broker.users.read()),
+        }
         Ok(broker)
     }
 
@@ -263,12 +323,14 @@ impl Broker {
 
     /// Adds or replaces a user.
     pub fn add_user(&self, user: User) {
-        self.users.write().insert(user.name.clone(), user);
+        let mut users = self.users.write();
+        users.insert(user.name.clone(), UserRecord::new(&user));
+        self.save_users(&users);
     }
 
     /// Every user, sorted by name.
-    pub fn users(&self) -> Vec<User> {
-        let mut users: Vec<User> = self.users.read().values().cloned().collect();
+    pub fn users(&self) -> Vec<UserRecord> {
+        let mut users: Vec<UserRecord> = self.users.read().values().cloned().collect();
         users.sort_by(|a, b| a.name.cmp(&b.name));
         users
     }
@@ -276,7 +338,44 @@ impl Broker {
     /// Removes a user; returns whether it existed. Open connections of the
     /// user stay open (as in RabbitMQ).
     pub fn delete_user(&self, name: &str) -> bool {
-        self.users.write().remove(name).is_some()
+        let mut users = self.users.write();
+        let existed = users.remove(name).is_some();
+        if existed {
+            self.save_users(&users);
+        }
+        existed
+    }
+
+    /// Rewrites the users file of a persistent broker (atomically). A
+    /// failure is logged: the change holds until the next restart.
+    fn save_users(&self, users: &HashMap<String, UserRecord>) {
+        let Some(s) = &self.storage else { return };
+        let mut list: Vec<&UserRecord> = users.values().collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        let written = serde_json::to_vec_pretty(&list)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                antre_store::definitions::write_atomic(&s.data_dir.join(USERS_FILE), &json)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::error!("could not save users: {e}");
+        }
+    }
+
+    /// Loads the users file; None when there is none yet (first start).
+    fn load_users(data_dir: &Path) -> Result<Option<Vec<UserRecord>>, BrokerError> {
+        let path = data_dir.join(USERS_FILE);
+        match antre_store::definitions::read(&path) {
+            Ok(Some(raw)) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| BrokerError::Internal(format!("unreadable {}: {e}", path.display()))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(BrokerError::Internal(format!(
+                "reading {}: {e}",
+                path.display()
+            ))),
+        }
     }
 
     /// Deletes a vhost: every queue in it (with its messages) and its
@@ -312,7 +411,7 @@ impl Broker {
         let users = self.users.read();
         let user = users
             .get(name)
-            .filter(|u| constant_time_eq(u.password.as_bytes(), password.as_bytes()))
+            .filter(|u| u.verify(password))
             .ok_or_else(|| LoginError::InvalidCredentials(name.to_owned()))?;
         if user.loopback_only && !from_loopback {
             return Err(LoginError::LoopbackOnly(name.to_owned()));
@@ -330,4 +429,70 @@ impl Broker {
 /// much of a guessed password was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, password: &str) -> User {
+        User {
+            name: name.into(),
+            password: password.into(),
+            loopback_only: false,
+        }
+    }
+
+    #[test]
+    fn passwords_are_kept_hashed_and_salted() {
+        let broker = Broker::new();
+        broker.add_user(user("ops", "s3cret"));
+        let record = broker
+            .users()
+            .into_iter()
+            .find(|u| u.name == "ops")
+            .unwrap();
+        assert!(!record.password_hash.contains("s3cret"));
+        assert!(broker.authenticate("ops", "s3cret", false).is_ok());
+        assert!(broker.authenticate("ops", "s3cre", false).is_err());
+        broker.add_user(user("other", "s3cret"));
+        let other = broker
+            .users()
+            .into_iter()
+            .find(|u| u.name == "other")
+            .unwrap();
+        assert_ne!(
+            other.password_hash, record.password_hash,
+            "salted: same password, other hash"
+        );
+        assert_eq!(
+            broker.authenticate("guest", "guest", false),
+            Err(LoginError::LoopbackOnly("guest".into()))
+        );
+    }
+
+    #[test]
+    fn users_survive_a_restart_and_deleted_guest_stays_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let broker = Broker::open_with_clock(
+                dir.path(),
+                StorageOptions::default(),
+                Arc::new(SystemClock),
+            )
+            .unwrap();
+            assert!(
+                broker.authenticate("guest", "guest", true).is_ok(),
+                "seeded on first start"
+            );
+            broker.add_user(user("ops", "s3cret"));
+            assert!(broker.delete_user("guest"));
+            broker.close();
+        }
+        let broker =
+            Broker::open_with_clock(dir.path(), StorageOptions::default(), Arc::new(SystemClock))
+                .unwrap();
+        assert!(broker.authenticate("ops", "s3cret", false).is_ok());
+        assert!(broker.authenticate("guest", "guest", true).is_err());
+    }
 }

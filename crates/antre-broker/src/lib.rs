@@ -30,7 +30,7 @@ pub mod queue;
 pub mod syncer;
 pub mod vhost;
 
-pub use broker::{Broker, LoginError, StorageOptions, User};
+pub use broker::{Broker, LoginError, StorageOptions, User, UserRecord};
 pub use channel::{Channel, ChannelContext, Outgoing};
 pub use error::BrokerError;
 pub use message::Message;

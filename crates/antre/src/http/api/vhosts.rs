@@ -4,7 +4,7 @@
 //! listed with the `administrator` tag. Users added here live until the
 //! broker stops; put lasting ones in the config (`default_user`).
 
-use antre_broker::User;
+use antre_broker::{User, UserRecord};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -89,10 +89,12 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn user_json(u: &User) -> Value {
+fn user_json(u: &UserRecord) -> Value {
     json!({
         "name": u.name,
         "tags": ["administrator"],
+        "password_hash": u.password_hash,
+        "hashing_algorithm": "rabbit_password_hashing_sha256",
         "loopback_only": u.loopback_only,
     })
 }
