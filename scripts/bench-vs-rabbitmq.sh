@@ -12,6 +12,11 @@
 #   --no-antre       measure RabbitMQ only (e.g. when antre does not build)
 #   --no-rabbitmq    measure antre only
 #   --antre-bin PATH use this antre binary instead of building one
+#   --client C       which client drives the brokers: builtin (antre-bench's
+#                    own, the default), lapin (the independent lapin crate,
+#                    scenarios 1-4 only, rows labelled lapin-...) or both
+#   --lapin-many N   producers = consumers = queues of lapin's scenario 4
+#                    (default 50; lapin runs one I/O thread per connection)
 #   --out DIR        where the JSON reports, charts and logs go
 #                    (default target/bench-<date>)
 #
@@ -31,6 +36,8 @@ WITH_ANTRE=1
 WITH_RABBIT=1
 OUT=""
 ANTRE_BIN=""
+CLIENT=builtin
+LAPIN_MANY=50
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
@@ -42,10 +49,17 @@ while [ $# -gt 0 ]; do
         --no-rabbitmq) WITH_RABBIT=0; shift ;;
         --antre-bin) ANTRE_BIN=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --client) CLIENT=$2; shift 2 ;;
+        --lapin-many) LAPIN_MANY=$2; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
+
+case "$CLIENT" in
+    builtin|lapin|both) ;;
+    *) echo "--client must be builtin, lapin or both" >&2; exit 2 ;;
+esac
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=${OUT:-$CARGO_TARGET_DIR/bench-$(date +%Y%m%d-%H%M%S)}
@@ -84,6 +98,12 @@ start_rabbit() {
     RABBIT_STARTED=1
 }
 wait_rabbit() {
+    # Right after `-detached` the node may not be registered with epmd yet,
+    # and await_startup then fails at once instead of waiting: ping first.
+    for _ in $(seq 1 240); do
+        rabbitctl ping >/dev/null 2>&1 && break
+        sleep 0.5
+    done
     rabbitctl await_startup --timeout 120 >/dev/null
     RABBIT_PID=$(rabbit_pid)
 }
@@ -114,7 +134,7 @@ fi
 ANTRE_PID=""
 ANTRE_DATA=$(mktemp -d /tmp/antre-bench-data.XXXXXX)
 start_antre() {
-    "$ANTRE" serve --amqp-listen "$ANTRE_ADDR" --data-dir "$ANTRE_DATA" >>"$OUT/antre.log" 2>&1 &
+    "$ANTRE" serve --amqp-listen "$ANTRE_ADDR" --http-listen off --data-dir "$ANTRE_DATA" >>"$OUT/antre.log" 2>&1 &
     ANTRE_PID=$!
 }
 wait_antre() {
@@ -163,11 +183,13 @@ BROKERS=()
 url_of() { if [ "$1" = rabbitmq ]; then echo "$RABBIT_URL"; else echo "$ANTRE_URL"; fi; }
 pid_of() { if [ "$1" = rabbitmq ]; then echo "$RABBIT_PID"; else echo "$ANTRE_PID"; fi; }
 
-# bench LABEL HEADLINE BROKER [run options...]: one run, its JSON and chart in $OUT.
+# bench LABEL HEADLINE BROKER [run options...]: one run, its JSON and chart in
+# $OUT, with antre-bench's own client, or with lapin when $DRIVER is lapin.
+DRIVER=run
 bench() {
     local label=$1 headline=$2 broker=$3; shift 3
     log "$label on $broker"
-    "$BENCH" run --quiet -u "$(url_of "$broker")" --broker "$broker" --broker-pid "$(pid_of "$broker")" \
+    "$BENCH" "$DRIVER" --quiet -u "$(url_of "$broker")" --broker "$broker" --broker-pid "$(pid_of "$broker")" \
         --label "$label" --headline "$headline" \
         --json "$OUT/$label.$broker.json" --chart "$OUT/$label.$broker.svg" "$@" \
         >"$OUT/$label.$broker.txt" 2>&1 || log "$label on $broker failed: $(tail -3 "$OUT/$label.$broker.txt")"
@@ -182,6 +204,7 @@ wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 Z=(-z "$DURATION")
 for size in ${SIZES//,/ }; do
+    [ "$CLIENT" = lapin ] && break
     wants transient && scenario "1-transient-${size}B" rate,cpu "${Z[@]}" -s "$size" -x 1 -y 1
     wants confirm && scenario "2-persistent-confirm-${size}B" rate,cpu "${Z[@]}" -s "$size" -x 1 -y 1 \
         --persistent -c 1000
@@ -191,9 +214,34 @@ for size in ${SIZES//,/ }; do
     wants latency && scenario "5-latency-10k-${size}B" p50,p99,cpu "${Z[@]}" -s "$size" -x 1 -y 1 -r 10000
 done
 
+# The same scenarios 1-4 driven by lapin (`antre-bench lapin`), labelled lapin-*.
+if [ "$CLIENT" != builtin ]; then
+    DRIVER=lapin
+    M=$LAPIN_MANY
+    for size in ${SIZES//,/ }; do
+        wants transient && scenario "lapin-1-transient-${size}B" rate,cpu "${Z[@]}" -s "$size" -x 1 -y 1
+        wants confirm && scenario "lapin-2-persistent-confirm-${size}B" rate,cpu "${Z[@]}" -s "$size" \
+            -x 1 -y 1 --persistent -c 1000
+        wants fanout && scenario "lapin-3-fanout-10q-${size}B" rate,cpu "${Z[@]}" -s "$size" -x 1 -y 10 \
+            --queues 10 -e antre-bench-fanout -t fanout
+        wants many && scenario "lapin-4-many-${M}x${M}-${size}B" rate,cpu "${Z[@]}" -s "$size" \
+            -x "$M" -y "$M" --queues "$M"
+    done
+    DRIVER=run
+fi
+
 if [ $LONG = 1 ]; then
     Q=(--queues 1 --queue-pattern antre-bench-backlog -s 1024 --persistent)
     for b in "${BROKERS[@]}"; do
+        # A fresh process, so that the RSS measured below is the backlog's,
+        # not heap that earlier scenarios' backlogs left behind (neither
+        # allocator gives all of it back to the OS).
+        log "restarting $b for a clean memory baseline"
+        if [ "$b" = rabbitmq ]; then
+            rabbitctl stop >/dev/null; RABBIT_STARTED=0; start_rabbit; wait_rabbit
+        else
+            stop_antre; start_antre; wait_antre
+        fi
         # 6. backlog: publish with no consumer, then drain; RSS sampled throughout.
         bench "6-backlog-publish-1KiB" publish_rate,rss,cpu "$b" "${Q[@]}" -x 1 -y 0 -c 1000 \
             -C "$BACKLOG" --keep-queues -z 3600
@@ -224,6 +272,6 @@ fi
 
 echo
 echo "antre vs RabbitMQ, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
-echo "durations ${DURATION}s per scenario; reports in $OUT"
+echo "durations ${DURATION}s per scenario; client $CLIENT; reports in $OUT"
 echo
 "$BENCH" compare "$OUT"
