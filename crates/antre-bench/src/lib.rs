@@ -7,6 +7,8 @@
 //! - [`producer`] and [`consumer`]: the hot loops, one connection each, that
 //!   batch frames into few large reads and writes;
 //! - [`run`]: one benchmark run from options to [`run::Report`];
+//! - [`lapin_driver`]: the same runs driven by the independent `lapin`
+//!   client instead of the built-in one (`antre-bench lapin`);
 //! - [`stats`]: latency histogram, counters, rates;
 //! - [`fake`]: an in-process fake server, to measure the tool's own ceiling
 //!   ([`selftest`]) and to test the client without a broker;
@@ -18,6 +20,7 @@ pub mod client;
 pub mod compare;
 pub mod consumer;
 pub mod fake;
+pub mod lapin_driver;
 pub mod procfs;
 pub mod producer;
 pub mod run;

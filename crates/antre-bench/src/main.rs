@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use antre_bench::client::{AmqpUrl, Connection};
-use antre_bench::run::{print_summary, Report, RunArgs};
+use antre_bench::run::{print_summary, Client, Report, RunArgs};
 use antre_bench::stats::human_rate;
 use antre_bench::{chart, compare, run, selftest};
 use anyhow::{bail, Result};
@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run producers and consumers against a broker.
     Run(Box<RunArgs>),
+    /// Run the same scenarios with the independent lapin client driving the
+    /// broker instead of the built-in one (same options and reports as `run`).
+    Lapin(Box<RunArgs>),
     /// Measure the tool's own ceiling against an in-process fake broker.
     Selftest {
         /// Body sizes to try.
@@ -107,19 +110,8 @@ fn main() -> Result<()> {
 
 async fn async_main(command: Command) -> Result<()> {
     match command {
-        Command::Run(args) => {
-            let report = run::run(&args).await?;
-            print_summary(&report);
-            if let Some(path) = &args.json {
-                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-            }
-            if let Some(path) = &args.chart {
-                chart::write(path, &report)?;
-            }
-            if !report.errors.is_empty() {
-                bail!("{} task(s) failed", report.errors.len());
-            }
-        }
+        Command::Run(args) => finish_run(&args, Client::Builtin).await?,
+        Command::Lapin(args) => finish_run(&args, Client::Lapin).await?,
         Command::Selftest {
             sizes,
             duration,
@@ -210,6 +202,22 @@ async fn async_main(command: Command) -> Result<()> {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// One run with `client`: summary on stdout, then `--json` and `--chart`.
+async fn finish_run(args: &RunArgs, client: Client) -> Result<()> {
+    let report = run::run_with(args, client).await?;
+    print_summary(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.chart {
+        chart::write(path, &report)?;
+    }
+    if !report.errors.is_empty() {
+        bail!("{} task(s) failed", report.errors.len());
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{AmqpUrl, Connection};
 use crate::consumer::{self, ConsumerSpec};
+use crate::lapin_driver;
 use crate::procfs;
 use crate::producer::{self, ProducerSpec};
 use crate::stats::{
@@ -133,7 +134,7 @@ impl RunArgs {
         Wrap::parse_from(["run", "--uri", uri]).args
     }
 
-    fn queue_name(&self, i: usize) -> String {
+    pub(crate) fn queue_name(&self, i: usize) -> String {
         self.queue_pattern.replace("%d", &i.to_string())
     }
 
@@ -275,8 +276,24 @@ async fn teardown(args: &RunArgs, url: &AmqpUrl) -> Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark `args` describes.
+/// Which AMQP client library drives the producers and consumers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Client {
+    /// The tool's own lean client ([`producer`], [`consumer`]).
+    #[default]
+    Builtin,
+    /// The independent `lapin` crate ([`crate::lapin_driver`]).
+    Lapin,
+}
+
+/// Runs the benchmark `args` describes with the built-in client.
 pub async fn run(args: &RunArgs) -> Result<Report> {
+    run_with(args, Client::Builtin).await
+}
+
+/// Runs the benchmark `args` describes, driving the broker with `client`
+/// (declares, producers, consumers and deletes all go through it).
+pub async fn run_with(args: &RunArgs, client: Client) -> Result<Report> {
     let url: AmqpUrl = args.uri.parse()?;
     if args.queues == 0 {
         bail!("--queues must be at least 1");
@@ -284,7 +301,11 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     if args.size < 8 {
         bail!("--size must be at least 8: the body carries an 8-byte timestamp");
     }
-    setup(args, &url).await.context("declaring queues")?;
+    match client {
+        Client::Builtin => setup(args, &url).await,
+        Client::Lapin => lapin_driver::setup(args).await,
+    }
+    .context("declaring queues")?;
 
     let counters = Arc::new(Counters::default());
     let stop_producers = Arc::new(AtomicBool::new(false));
@@ -304,8 +325,12 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             stop_consumers.clone(),
             consumers_ready.clone(),
         );
+        let uri = args.uri.clone();
         consumer_tasks.push(tokio::spawn(async move {
-            consumer::run(spec, counters, stop, ready).await
+            match client {
+                Client::Builtin => consumer::run(spec, counters, stop, ready).await,
+                Client::Lapin => lapin_driver::consume(uri, spec, counters, stop, ready).await,
+            }
         }));
     }
     // Producers start once every consumer is subscribed, so that the first
@@ -336,7 +361,13 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             count: args.pmessages,
         };
         let (counters, stop) = (counters.clone(), stop_producers.clone());
-        producer_tasks.push(tokio::spawn(producer::run(spec, counters, stop)));
+        let uri = args.uri.clone();
+        producer_tasks.push(tokio::spawn(async move {
+            match client {
+                Client::Builtin => producer::run(spec, counters, stop).await,
+                Client::Lapin => lapin_driver::produce(uri, spec, counters, stop).await,
+            }
+        }));
     }
 
     let live = !args.quiet && (args.progress || std::io::stderr().is_terminal());
@@ -406,7 +437,11 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
     let tool_cpu = procfs::cpu_time_us(std::process::id()).unwrap_or(0) - tool_cpu_before;
     sampler.sample_now();
     if !args.keep_queues {
-        if let Err(e) = teardown(args, &url).await {
+        let deleted = match client {
+            Client::Builtin => teardown(args, &url).await,
+            Client::Lapin => lapin_driver::teardown(args).await,
+        };
+        if let Err(e) = deleted {
             errors.push(format!("deleting queues: {e:#}"));
         }
     }
@@ -441,7 +476,11 @@ pub async fn run(args: &RunArgs) -> Result<Report> {
             .map(|s| s.trim().to_owned())
             .collect(),
         target: format!("{}:{}{}", url.host, url.port, url.vhost),
-        config: format!("{args:?}").replace(&url.password, "***"),
+        config: match client {
+            Client::Builtin => format!("{args:?}"),
+            Client::Lapin => format!("client: lapin, {args:?}"),
+        }
+        .replace(&url.password, "***"),
         publish_seconds,
         deliver_seconds,
         published,

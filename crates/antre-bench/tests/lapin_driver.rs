@@ -1,0 +1,74 @@
+//! `antre-bench lapin` against a real, in-process antre: the lapin-driven
+//! producers and consumers deliver, confirms come back, fanout copies, and
+//! the report has what `compare` needs.
+
+use antre_bench::run::{run_with, Client, RunArgs};
+
+async fn broker() -> (antre::RunningServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = antre::start(antre::Config {
+        amqp_listen: "127.0.0.1:0".into(),
+        http_listen: None,
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .await
+    .expect("antre starts");
+    (server, dir)
+}
+
+fn args(server: &antre::RunningServer, label: &str) -> RunArgs {
+    let mut a = RunArgs::with_uri(&format!("amqp://guest:guest@{}/%2f", server.amqp_addr));
+    a.quiet = true;
+    a.interval = 0.1;
+    a.drain_timeout = 2.0;
+    a.label = label.into();
+    a.broker = "antre".into();
+    // The broker runs in this process: its CPU is ours.
+    a.broker_pid = Some(std::process::id());
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_publishes_with_confirms_and_consumes_from_antre() {
+    let (server, _dir) = broker().await;
+    let mut a = args(&server, "lapin-persistent-confirm");
+    a.duration = 1.0;
+    a.persistent = true;
+    a.confirm = Some(100);
+    a.ack_every = 10;
+    a.prefetch = 100;
+    let r = run_with(&a, Client::Lapin).await.expect("run");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.published > 100, "published only {}", r.published);
+    assert_eq!(r.confirmed, r.published, "every publish confirmed");
+    assert_eq!(r.nacked, 0);
+    assert_eq!(r.delivered, r.published, "every message delivered");
+    assert!(r.deliver_rate > 0.0);
+    assert!(r.latency.count > 0, "latency measured from the body stamp");
+    assert!(r.broker_cpu_us_per_msg.is_some_and(|c| c > 0.0));
+    assert!(r.config.starts_with("client: lapin"), "{}", r.config);
+    assert_eq!(r.metric("rate"), Some(r.deliver_rate));
+    // The report is the same JSON shape `compare` reads.
+    let json = serde_json::to_string(&r).unwrap();
+    let back: antre_bench::run::Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.delivered, r.delivered);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_fanout_delivers_a_copy_per_queue() {
+    let (server, _dir) = broker().await;
+    let mut a = args(&server, "lapin-fanout");
+    a.duration = 0.5;
+    a.consumers = 3;
+    a.queues = 3;
+    a.exchange = "antre-bench-fanout".into();
+    a.exchange_type = "fanout".into();
+    a.size = 1024;
+    let r = run_with(&a, Client::Lapin).await.expect("run");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.published > 0);
+    assert_eq!(r.delivered, 3 * r.published, "one copy per queue");
+    server.shutdown().await;
+}
