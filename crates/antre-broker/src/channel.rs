@@ -17,7 +17,7 @@ use antre_amqp::{ContentHeader, Method};
 use bytes::Bytes;
 
 use crate::broker::Broker;
-use crate::durable::{same, Durable};
+use crate::durable::{add_once, Durable};
 use crate::error::BrokerError;
 use crate::exchange::Destination;
 use crate::message::Message;
@@ -745,9 +745,7 @@ impl Channel {
     }
 
     fn mark_dirty(&mut self, durable: Arc<dyn Durable>) {
-        if !self.dirty.iter().any(|d| same(d, &durable)) {
-            self.dirty.push(durable);
-        }
+        add_once(&mut self.dirty, durable);
     }
 
     /// Puts a message where it goes: nowhere if its exchange saw its key

@@ -26,6 +26,14 @@ pub fn same(a: &std::sync::Arc<dyn Durable>, b: &std::sync::Arc<dyn Durable>) ->
     std::ptr::addr_eq(std::sync::Arc::as_ptr(a), std::sync::Arc::as_ptr(b))
 }
 
+/// Adds `durable` to `list` unless it is there already (a batch names each
+/// store once, however many messages it wrote there).
+pub fn add_once(list: &mut Vec<std::sync::Arc<dyn Durable>>, durable: std::sync::Arc<dyn Durable>) {
+    if !list.iter().any(|d| same(d, &durable)) {
+        list.push(durable);
+    }
+}
+
 /// Something that owns one store behind its own lock, beside other state:
 /// the logs of deduplicating and delaying exchanges. Implementing this one
 /// accessor gives it group commit ([`Durable`]) and its store's life cycle.

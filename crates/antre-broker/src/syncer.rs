@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::durable::{same, Durable};
+use crate::durable::{add_once, same, Durable};
 use crate::metrics::BrokerMetrics;
 use crate::queue::DeliverySink;
 
@@ -79,15 +79,6 @@ impl Syncer {
             r.sink.synced(r.token, false);
         }
     }
-
-    /// Every durable queue still alive.
-    pub fn durables(&self) -> Vec<Arc<dyn Durable>> {
-        self.queues
-            .lock()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect()
-    }
 }
 
 fn run(
@@ -108,22 +99,18 @@ fn run(
             requests.push(r);
         }
         let mut queues: Vec<Arc<dyn Durable>> = Vec::new();
-        let mut add = |q: &Arc<dyn Durable>| {
-            if !queues.iter().any(|have| same(have, q)) {
-                queues.push(Arc::clone(q));
-            }
-        };
         for r in &requests {
-            r.queues.iter().for_each(&mut add);
+            r.queues
+                .iter()
+                .for_each(|q| add_once(&mut queues, Arc::clone(q)));
         }
         if last_sweep.elapsed() >= interval {
             last_sweep = Instant::now();
             let registered: Vec<Arc<dyn Durable>> =
                 registry.lock().iter().filter_map(Weak::upgrade).collect();
-            registered
-                .iter()
-                .filter(|q| q.is_dirty())
-                .for_each(&mut add);
+            for q in registered.into_iter().filter(|q| q.is_dirty()) {
+                add_once(&mut queues, q);
+            }
         }
         let started = Instant::now();
         let failed = sync_round(&queues);

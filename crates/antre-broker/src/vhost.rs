@@ -777,11 +777,10 @@ impl Vhost {
                             );
                             continue;
                         }
-                        match target.publish(Arc::clone(&message)) {
-                            Ok(Enqueued::Accepted { .. })
-                            | Ok(Enqueued::Duplicate)
-                            | Ok(Enqueued::Rejected) => {}
-                            Err(e) => tracing::error!(queue = target.name, "dead letter lost: {e}"),
+                        // A full or deduplicating target may refuse it, as it
+                        // would a publish; only a store failure is an error.
+                        if let Err(e) = target.publish(Arc::clone(&message)) {
+                            tracing::error!(queue = target.name, "dead letter lost: {e}");
                         }
                         let more = target.take_dead_letters();
                         if !more.is_empty() {
@@ -819,10 +818,7 @@ impl Vhost {
             for q in targets {
                 match q.publish(Arc::clone(&message)) {
                     Ok(Enqueued::Accepted { stored: true }) => {
-                        let q: Arc<dyn Durable> = Arc::clone(&q) as Arc<dyn Durable>;
-                        if !stored.iter().any(|s| crate::durable::same(s, &q)) {
-                            stored.push(q);
-                        }
+                        crate::durable::add_once(&mut stored, Arc::clone(&q) as Arc<dyn Durable>);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::error!(queue = q.name, "delayed message not enqueued: {e}"),

@@ -34,6 +34,26 @@ struct Inner {
     in_memory: u64,
 }
 
+impl Inner {
+    /// Adds a message to the schedule; past `memory_limit` a stored one
+    /// keeps only its position in memory.
+    fn hold(&mut self, message: Arc<Message>, pos: Option<SegmentPosition>, memory_limit: u64) {
+        let keep = pos.is_none() || self.in_memory < memory_limit;
+        if keep {
+            self.in_memory += message.memory_size();
+        }
+        let key = (due_of(&message), self.next_seq);
+        self.next_seq += 1;
+        self.schedule.insert(
+            key,
+            Held {
+                message: keep.then_some(message),
+                pos,
+            },
+        );
+    }
+}
+
 /// The schedule of one delayed exchange.
 #[derive(Debug)]
 pub struct DelayedMessages {
@@ -94,21 +114,7 @@ impl DelayedMessages {
             let mut bad = Vec::new();
             let (store, _) = QueueStore::open(dir, options, |pos, payload| {
                 match Message::from_record(payload) {
-                    Ok(m) => {
-                        let keep = inner.in_memory < memory_limit;
-                        if keep {
-                            inner.in_memory += m.memory_size();
-                        }
-                        let key = (due_of(&m), inner.next_seq);
-                        inner.next_seq += 1;
-                        inner.schedule.insert(
-                            key,
-                            Held {
-                                message: keep.then(|| Arc::new(m)),
-                                pos: Some(pos),
-                            },
-                        );
-                    }
+                    Ok(m) => inner.hold(Arc::new(m), Some(pos), memory_limit),
                     Err(e) => {
                         tracing::error!(%pos, "dropping undecodable delayed message: {e}");
                         bad.push(pos);
@@ -138,19 +144,7 @@ impl DelayedMessages {
             ),
             None => None,
         };
-        let keep = pos.is_none() || inner.in_memory < self.memory_limit;
-        if keep {
-            inner.in_memory += message.memory_size();
-        }
-        let key = (due_of(&message), inner.next_seq);
-        inner.next_seq += 1;
-        inner.schedule.insert(
-            key,
-            Held {
-                message: keep.then_some(message),
-                pos,
-            },
-        );
+        inner.hold(message, pos, self.memory_limit);
         Ok(pos.is_some())
     }
 

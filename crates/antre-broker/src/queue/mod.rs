@@ -167,16 +167,6 @@ pub enum Enqueued {
     Duplicate,
 }
 
-/// Where a durable queue keeps its messages.
-#[derive(Debug)]
-pub struct QueueStorage {
-    /// The store.
-    pub store: QueueStore,
-    /// Bytes of message bodies a queue keeps in memory before it leaves
-    /// further persistent messages on disk only.
-    pub memory_limit: u64,
-}
-
 #[derive(Debug)]
 struct QueueState {
     ready: ReadyList,
@@ -186,7 +176,11 @@ struct QueueState {
     unacked: u32,
     had_consumer: bool,
     deleted: bool,
-    storage: Option<QueueStorage>,
+    /// The message store of a durable queue.
+    store: Option<QueueStore>,
+    /// Bytes of bodies kept in memory before further persistent messages
+    /// stay on disk only (unlimited without a store).
+    memory_limit: u64,
     /// Keys of the messages in the queue (ready or unacked), for
     /// `x-message-deduplication`, with how many messages hold each.
     dedup: HashMap<String, u32>,
@@ -206,7 +200,8 @@ impl QueueState {
             unacked: 0,
             had_consumer: false,
             deleted: false,
-            storage: None,
+            store: None,
+            memory_limit: u64::MAX,
             dedup: HashMap::new(),
             dead: Vec::new(),
             last_used: now,
@@ -214,13 +209,7 @@ impl QueueState {
     }
 
     fn store(&mut self) -> Option<&mut QueueStore> {
-        self.storage.as_mut().map(|s| &mut s.store)
-    }
-
-    fn keep_in_memory(&self) -> bool {
-        self.storage
-            .as_ref()
-            .is_none_or(|s| self.ready.in_memory < s.memory_limit)
+        self.store.as_mut()
     }
 
     /// Forgets a message for good (acked, dropped, dead-lettered, purged):
@@ -244,7 +233,7 @@ impl QueueState {
     }
 
     fn insert_entry(&mut self, e: Entry, redelivered: bool) {
-        let keep = e.pos.is_none() || self.keep_in_memory();
+        let keep = e.pos.is_none() || self.ready.in_memory < self.memory_limit;
         self.ready.insert(Ready {
             seq: e.seq,
             size: e.message.body.len() as u64,
@@ -406,6 +395,7 @@ impl Queue {
         let mut undecodable = Vec::new();
         {
             let mut st = queue.state.lock();
+            st.memory_limit = memory_limit;
             let now = queue.clock.now_ms();
             let (store, stats) = QueueStore::open(dir, store_options, |pos, payload| {
                 let message = match Message::from_record(payload) {
@@ -423,34 +413,18 @@ impl Queue {
                 if let Some(key) = &entry.dedup_key {
                     *st.dedup.entry(key.clone()).or_default() += 1;
                 }
-                // Bodies beyond the memory limit stay on disk.
-                let keep = st.ready.in_memory < memory_limit;
-                let size = entry.message.body.len() as u64;
-                st.ready.insert(Ready {
-                    seq,
-                    size,
-                    message: keep.then_some(entry.message),
-                    pos: entry.pos,
-                    redelivered: true,
-                    priority: entry.priority,
-                    expires_at: entry.expires_at,
-                    delivery_count: 0,
-                    dedup_key: entry.dedup_key,
-                });
+                st.insert_entry(entry, true);
             })
             .map_err(|e| store_failed(&queue, e))?;
             if stats.records_recovered > 0 || stats.bytes_truncated > 0 || stats.corrupt_records > 0
             {
                 tracing::info!(vhost, queue = name, ?stats, "recovered queue");
             }
-            let mut storage = QueueStorage {
-                store,
-                memory_limit,
-            };
+            let mut store = store;
             for pos in undecodable {
-                let _ = storage.store.ack(pos);
+                let _ = store.ack(pos);
             }
-            st.storage = Some(storage);
+            st.store = Some(store);
         }
         Ok(queue)
     }
@@ -484,11 +458,6 @@ impl Queue {
             pos: None,
             delivery_count: 0,
         }
-    }
-
-    /// Whether the queue persists messages.
-    pub fn is_durable_store(&self) -> bool {
-        self.state.lock().storage.is_some()
     }
 
     /// Enqueues a message and delivers it if a consumer has credit.
@@ -775,8 +744,8 @@ impl Queue {
         st.deleted = true;
         let n = st.ready.drain().len() as u32;
         st.dedup.clear();
-        if let Some(storage) = st.storage.take() {
-            if let Err(e) = storage.store.delete_all() {
+        if let Some(store) = st.store.take() {
+            if let Err(e) = store.delete_all() {
                 tracing::warn!(
                     queue = self.name,
                     "could not remove store of deleted queue: {e}"
@@ -826,9 +795,9 @@ impl Queue {
     pub fn is_dirty(&self) -> bool {
         self.state
             .lock()
-            .storage
+            .store
             .as_ref()
-            .is_some_and(|s| s.store.is_dirty())
+            .is_some_and(QueueStore::is_dirty)
     }
 
     /// Starts a group commit: hands appends to the kernel under the queue's
@@ -855,8 +824,8 @@ impl Queue {
     /// back after a restart.
     pub fn close_store(&self) {
         let mut st = self.state.lock();
-        if let Some(storage) = st.storage.take() {
-            if let Err(e) = storage.store.close() {
+        if let Some(store) = st.store.take() {
+            if let Err(e) = store.close() {
                 tracing::error!(queue = self.name, "closing store failed: {e}");
             }
         }
