@@ -530,15 +530,20 @@ impl Channel {
     /// Accepts a delivery a queue pushed to this channel: assigns its tag and
     /// emits basic.deliver. A delivery for a consumer that was cancelled in
     /// the meantime goes back to its queue.
-    pub fn deliver(&mut self, delivery: Delivery, out: &mut Vec<Outgoing>) {
+    ///
+    /// Returns whether the consumer's prefetch window (or the channel's) is
+    /// now full: nothing more will be delivered to it until the client
+    /// settles something, so what was delivered should not be held back.
+    pub fn deliver(&mut self, delivery: Delivery, out: &mut Vec<Outgoing>) -> bool {
         let credit = match self.consumers.get(&delivery.consumer_tag) {
             Some(c) if c.id == delivery.consumer => Arc::clone(&c.credit),
             _ => {
                 let queue = Arc::clone(&delivery.queue);
                 queue.return_undelivered(delivery);
-                return;
+                return false;
             }
         };
+        let full = credit.is_full() || self.credit.is_full();
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
         self.count_delivery(delivery.entry.redelivered);
@@ -565,6 +570,7 @@ impl Channel {
                 },
             );
         }
+        full
     }
 
     fn count_delivery(&self, redelivered: bool) {
@@ -1099,6 +1105,51 @@ mod tests {
             err,
             BrokerError::PreconditionFailed("unknown delivery tag 2".into())
         );
+    }
+
+    #[test]
+    fn deliver_reports_when_the_prefetch_window_fills() {
+        let mut f = fixture();
+        f.declare("q");
+        f.call(BasicQos {
+            prefetch_count: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        f.call(BasicConsume {
+            queue: "q".into(),
+            consumer_tag: "c".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        f.publish("q", "0");
+        let first = std::mem::take(&mut *f.sink.deliveries.lock());
+        assert_eq!(first.len(), 1);
+        for d in first {
+            assert!(!f.channel.deliver(d, &mut f.out), "one of two is out");
+        }
+        for i in 1..3 {
+            f.publish("q", &i.to_string());
+        }
+        let deliveries: Vec<Delivery> = std::mem::take(&mut *f.sink.deliveries.lock());
+        let full: Vec<bool> = deliveries
+            .into_iter()
+            .map(|d| f.channel.deliver(d, &mut f.out))
+            .collect();
+        // The second fills the window; the third waits for an ack.
+        assert_eq!(full, [true]);
+        assert_eq!(f.ready("q"), 1);
+        f.call(BasicAck {
+            delivery_tag: 1,
+            multiple: false,
+        })
+        .unwrap();
+        let deliveries: Vec<Delivery> = std::mem::take(&mut *f.sink.deliveries.lock());
+        let full: Vec<bool> = deliveries
+            .into_iter()
+            .map(|d| f.channel.deliver(d, &mut f.out))
+            .collect();
+        assert_eq!(full, [true]);
     }
 
     #[test]

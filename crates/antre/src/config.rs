@@ -46,6 +46,12 @@ pub struct Config {
     /// (406) and its messages requeued, unless its queue sets
     /// `x-consumer-timeout`; `None` disables (RabbitMQ's default: 30 min).
     pub consumer_timeout: Option<Duration>,
+    /// How long deliveries to a busy connection may be held to go out in
+    /// one write (see `connection::coalesce`); zero sends each at once.
+    pub delivery_coalesce: Duration,
+    /// Deliveries per second to one connection above which it counts as
+    /// busy and its deliveries are coalesced; 0 coalesces at any rate.
+    pub delivery_coalesce_rate: u32,
     /// A user to create at start-up, `(name, password)`, allowed from any
     /// address. When set, the loopback-only `guest` user is removed.
     pub default_user: Option<(String, String)>,
@@ -66,6 +72,8 @@ impl Default for Config {
             disk_check_interval: Duration::from_secs(1),
             rate_interval: Duration::from_secs(5),
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
+            delivery_coalesce: Duration::from_millis(2),
+            delivery_coalesce_rate: 20_000,
             default_user: None,
         }
     }
@@ -113,6 +121,14 @@ pub struct Settings {
     /// 0 disables [default: 1800000].
     #[arg(long, env = "ANTRE_CONSUMER_TIMEOUT", value_name = "MS")]
     pub consumer_timeout: Option<u64>,
+    /// Microseconds deliveries to a busy connection may be held so that
+    /// they go out in one write; 0 sends each delivery at once [default: 2000].
+    #[arg(long, env = "ANTRE_DELIVERY_COALESCE", value_name = "MICROS")]
+    pub delivery_coalesce: Option<u64>,
+    /// Deliveries per second to one connection above which it is busy and
+    /// its deliveries are coalesced; 0 coalesces at any rate [default: 20000].
+    #[arg(long, env = "ANTRE_DELIVERY_COALESCE_RATE", value_name = "PER_SECOND")]
+    pub delivery_coalesce_rate: Option<u32>,
     /// Seconds between samples of the message rates shown by the management
     /// API and UI [default: 5].
     #[arg(long, env = "ANTRE_RATE_INTERVAL", value_name = "SECONDS")]
@@ -163,6 +179,8 @@ impl Settings {
             channel_max: self.channel_max.or(below.channel_max),
             max_message_size: self.max_message_size.or(below.max_message_size),
             consumer_timeout: self.consumer_timeout.or(below.consumer_timeout),
+            delivery_coalesce: self.delivery_coalesce.or(below.delivery_coalesce),
+            delivery_coalesce_rate: self.delivery_coalesce_rate.or(below.delivery_coalesce_rate),
             rate_interval: self.rate_interval.or(below.rate_interval),
             default_user: self.default_user.or(below.default_user),
             default_pass: self.default_pass.or(below.default_pass),
@@ -206,6 +224,12 @@ impl Settings {
                 Some(0) => None,
                 Some(ms) => Some(Duration::from_millis(ms)),
             },
+            delivery_coalesce: self
+                .delivery_coalesce
+                .map_or(d.delivery_coalesce, Duration::from_micros),
+            delivery_coalesce_rate: self
+                .delivery_coalesce_rate
+                .unwrap_or(d.delivery_coalesce_rate),
             default_user,
         })
     }

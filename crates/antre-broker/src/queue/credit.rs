@@ -44,6 +44,12 @@ impl Credit {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Whether no more deliveries may go out until some are settled.
+    pub fn is_full(&self) -> bool {
+        let limit = self.limit();
+        limit != 0 && self.in_flight() >= limit
+    }
+
     pub(crate) fn try_take(&self) -> bool {
         if self.paused.load(Ordering::Relaxed) {
             return false;

@@ -29,6 +29,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::config::Config;
 
+mod coalesce;
 mod handshake;
 use crate::registry::{ConnectionEntry, Registry};
 
@@ -179,6 +180,11 @@ pub struct Connection {
     has_published: bool,
     /// We stopped reading because of an alarm (and told the client).
     blocked: bool,
+    /// Holds deliveries to a busy connection for one write.
+    coalesce: coalesce::Coalescer,
+    /// The write buffer must be written now: it holds something other than
+    /// deliveries, or a consumer's prefetch window is full.
+    urgent: bool,
 }
 
 impl Connection {
@@ -196,6 +202,8 @@ impl Connection {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let id = broker.next_id();
         let frame_max = config.frame_max;
+        let coalesce =
+            coalesce::Coalescer::new(config.delivery_coalesce, config.delivery_coalesce_rate);
         Connection {
             id,
             peer,
@@ -223,6 +231,8 @@ impl Connection {
             blocked_notify: false,
             has_published: false,
             blocked: false,
+            coalesce,
+            urgent: false,
         }
     }
 
@@ -351,8 +361,10 @@ impl Connection {
         let entry = self.entry.clone();
         loop {
             let reading = !self.blocked;
+            let holding = self.coalesce.holding();
             tokio::select! {
                 _ = self.disk_alarm.changed() => {}
+                _ = self.coalesce.expired(), if holding => {}
                 read = self.reader.read_buf(&mut self.rbuf), if reading => match read {
                     Ok(0) | Err(_) => return Stop::Gone,
                     Ok(n) => {
@@ -379,6 +391,7 @@ impl Connection {
                     }
                     if self.last_sent.elapsed() >= beat / 2 {
                         encode_frame(&Frame::Heartbeat, &mut self.wbuf);
+                        self.urgent = true;
                     }
                 },
                 _ = timeouts.tick() => {
@@ -405,6 +418,9 @@ impl Connection {
                 }
             }
             self.update_blocked();
+            if self.coalesce.hold(self.wbuf.len(), self.urgent) {
+                continue;
+            }
             if let Err(stop) = self.flush().await {
                 return stop;
             }
@@ -459,9 +475,19 @@ impl Connection {
             ConnectionUnblocked {}.into()
         };
         self.send_method(0, &method);
+        self.urgent = true;
     }
 
     fn process_frames(&mut self) -> Result<(), Stop> {
+        let before = self.wbuf.len();
+        // Replies go out at once (the client waits for them), and with
+        // them any deliveries being held.
+        let result = self.process_frames_inner();
+        self.urgent |= self.wbuf.len() > before;
+        result
+    }
+
+    fn process_frames_inner(&mut self) -> Result<(), Stop> {
         while let Some(frame) = decode_frame(&mut self.rbuf, self.frame_max)? {
             self.handle_frame(frame)?;
         }
@@ -479,6 +505,7 @@ impl Connection {
     fn handle_event(&mut self, event: Event) -> Result<(), Stop> {
         match event {
             Event::Synced(id, token, ok) => {
+                self.urgent = true;
                 if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
                     let result = channel.on_synced(token, ok, &mut self.out);
                     encode_outgoing(id, &mut self.out, self.frame_max, &mut self.wbuf);
@@ -489,8 +516,11 @@ impl Connection {
             }
             Event::Deliver(id, delivery) => match self.channels.get_mut(&id) {
                 Some(Slot::Open { channel, .. }) => {
-                    channel.deliver(delivery, &mut self.out);
+                    // A full prefetch window means no more deliveries until
+                    // the client has these: holding them would only stall it.
+                    self.urgent |= channel.deliver(delivery, &mut self.out);
                     encode_outgoing(id, &mut self.out, self.frame_max, &mut self.wbuf);
+                    self.coalesce.delivered(1);
                 }
                 _ => {
                     let queue = Arc::clone(&delivery.queue);
@@ -498,6 +528,7 @@ impl Connection {
                 }
             },
             Event::Cancel(id, tag) => {
+                self.urgent = true;
                 if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
                     if channel.consumer_cancelled(&tag) && self.cancel_notify {
                         let cancel = BasicCancel {
@@ -791,6 +822,7 @@ impl Connection {
             entry.sent(self.wbuf.len());
         }
         self.wbuf.clear();
+        self.urgent = false;
         self.last_sent = Instant::now();
         Ok(())
     }
