@@ -247,6 +247,11 @@ impl Connection {
         // a client has its close-ok, its unacked messages are back in their
         // queues and its exclusive queues are gone (as the spec orders).
         self.teardown();
+        // Output still unwritten (deliveries being coalesced, say) would
+        // reach the client after its connection ended: teardown has already
+        // requeued every unacked delivery, so sending them now would only
+        // make the client process messages that are coming back anyway.
+        self.wbuf.clear();
         match stop {
             Stop::Gone => {}
             Stop::ClientClosed => {
