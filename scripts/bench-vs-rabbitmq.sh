@@ -6,7 +6,8 @@
 #   --duration S     seconds per throughput scenario (default 10)
 #   --sizes LIST     body sizes, comma-separated (default 16,1024)
 #   --only LIST      scenarios to run, comma-separated: transient,confirm,
-#                    fanout,many,latency (default all of them)
+#                    fanout,many,latency (default all of them; "none" with
+#                    --long runs only scenarios 6 and 7)
 #   --long           also run backlog and restart (scenarios 6 and 7)
 #   --backlog N      messages in the backlog scenarios (default 1000000)
 #   --no-antre       measure RabbitMQ only (e.g. when antre does not build)
