@@ -257,6 +257,22 @@ mod tests {
     }
 
     #[test]
+    fn delivery_coalescing_is_in_microseconds_and_zero_turns_it_off() {
+        let config = Settings::from_toml("delivery_coalesce = 500\ndelivery_coalesce_rate = 0\n")
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(config.delivery_coalesce, Duration::from_micros(500));
+        assert_eq!(config.delivery_coalesce_rate, 0);
+        let off = Settings::from_toml("delivery_coalesce = 0").unwrap();
+        assert!(off.to_config().unwrap().delivery_coalesce.is_zero());
+        assert_eq!(
+            Settings::default().to_config().unwrap().delivery_coalesce,
+            Duration::from_millis(2)
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Settings::from_toml("amqp_lisen = \"x\"").unwrap_err();
         assert!(format!("{err:#}").contains("amqp_lisen"), "{err:#}");
