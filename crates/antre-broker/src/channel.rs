@@ -1070,6 +1070,16 @@ mod tests {
             tags
         }
 
+        /// Hands what the queues pushed to the channel; for each delivery,
+        /// whether it reported a full prefetch window.
+        fn deliver_pending(&mut self) -> Vec<bool> {
+            let deliveries: Vec<Delivery> = std::mem::take(&mut *self.sink.deliveries.lock());
+            deliveries
+                .into_iter()
+                .map(|d| self.channel.deliver(d, &mut self.out))
+                .collect()
+        }
+
         fn ready(&self, q: &str) -> u32 {
             self.vhost.queue(q, 1).unwrap().counts().ready
         }
@@ -1123,33 +1133,19 @@ mod tests {
         })
         .unwrap();
         f.publish("q", "0");
-        let first = std::mem::take(&mut *f.sink.deliveries.lock());
-        assert_eq!(first.len(), 1);
-        for d in first {
-            assert!(!f.channel.deliver(d, &mut f.out), "one of two is out");
-        }
+        assert_eq!(f.deliver_pending(), [false], "one of two is out");
         for i in 1..3 {
             f.publish("q", &i.to_string());
         }
-        let deliveries: Vec<Delivery> = std::mem::take(&mut *f.sink.deliveries.lock());
-        let full: Vec<bool> = deliveries
-            .into_iter()
-            .map(|d| f.channel.deliver(d, &mut f.out))
-            .collect();
         // The second fills the window; the third waits for an ack.
-        assert_eq!(full, [true]);
+        assert_eq!(f.deliver_pending(), [true]);
         assert_eq!(f.ready("q"), 1);
         f.call(BasicAck {
             delivery_tag: 1,
             multiple: false,
         })
         .unwrap();
-        let deliveries: Vec<Delivery> = std::mem::take(&mut *f.sink.deliveries.lock());
-        let full: Vec<bool> = deliveries
-            .into_iter()
-            .map(|d| f.channel.deliver(d, &mut f.out))
-            .collect();
-        assert_eq!(full, [true]);
+        assert_eq!(f.deliver_pending(), [true]);
     }
 
     #[test]
