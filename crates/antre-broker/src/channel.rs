@@ -24,6 +24,7 @@ use crate::message::Message;
 use crate::queue::{
     ConnectionId, ConsumerId, ConsumerSpec, Credit, Delivery, DeliverySink, Enqueued, Entry, Queue,
 };
+use crate::vhost::REPLY_TO;
 use crate::vhost::{generated_name, ExchangeDeclaration, QueueDeclaration, Vhost};
 
 /// A frame the channel wants sent.
@@ -117,6 +118,9 @@ pub struct Channel {
     sync_started: std::collections::VecDeque<std::time::Instant>,
     /// Highest publish sequence number confirmed so far.
     confirmed_up_to: u64,
+    /// This channel's direct reply-to queue, once it consumed from
+    /// `amq.rabbitmq.reply-to`.
+    reply_queue: Option<Arc<Queue>>,
 }
 
 /// The sync token that stands for a transaction commit (confirm tokens are
@@ -153,6 +157,7 @@ impl Channel {
             syncs_outstanding: 0,
             sync_started: std::collections::VecDeque::new(),
             confirmed_up_to: 0,
+            reply_queue: None,
         }
     }
 
@@ -213,6 +218,20 @@ impl Channel {
                     conn,
                 )?;
                 reply(ExchangeUnbindOk {}.into(), m.nowait);
+            }
+            Method::QueueDeclare(m) if m.passive && m.queue == REPLY_TO => {
+                // The pseudo-queue always "exists", as in RabbitMQ, so that
+                // clients checking for direct reply-to find it; RabbitMQ
+                // reports one consumer and no messages.
+                reply(
+                    QueueDeclareOk {
+                        queue: REPLY_TO.into(),
+                        message_count: 0,
+                        consumer_count: 1,
+                    }
+                    .into(),
+                    m.nowait,
+                );
             }
             Method::QueueDeclare(m) => {
                 let name = if m.passive && m.queue.is_empty() {
@@ -422,7 +441,11 @@ impl Channel {
 
     fn consume(&mut self, m: BasicConsume, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
         let queue_name = self.resolve_queue(&m.queue)?;
-        let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
+        let queue = if queue_name == REPLY_TO {
+            self.reply_consumer(&m)?
+        } else {
+            self.ctx.vhost.queue(&queue_name, self.ctx.connection)?
+        };
         let tag: Arc<str> = if m.consumer_tag.is_empty() {
             generated_name("amq.ctag-").into()
         } else {
@@ -473,6 +496,31 @@ impl Channel {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Direct reply-to: the private queue a consumer of
+    /// `amq.rabbitmq.reply-to` reads, with RabbitMQ's rules for it.
+    fn reply_consumer(&mut self, m: &BasicConsume) -> Result<Arc<Queue>, BrokerError> {
+        if !m.no_ack {
+            return Err(BrokerError::PreconditionFailed(
+                "reply consumer cannot acknowledge".into(),
+            ));
+        }
+        if self.live_reply_queue().is_some() {
+            return Err(BrokerError::PreconditionFailed(
+                "reply consumer already set".into(),
+            ));
+        }
+        let queue = self.ctx.vhost.declare_reply_queue(self.ctx.connection)?;
+        self.reply_queue = Some(Arc::clone(&queue));
+        Ok(queue)
+    }
+
+    /// The reply queue, while its consumer is still there.
+    fn live_reply_queue(&self) -> Option<&Arc<Queue>> {
+        self.reply_queue
+            .as_ref()
+            .filter(|q| self.consumers.values().any(|c| Arc::ptr_eq(&c.queue, q)))
     }
 
     /// Cancels a consumer by tag (client's basic.cancel or channel close).
@@ -688,6 +736,16 @@ impl Channel {
     ) -> Result<(), BrokerError> {
         if m.immediate {
             return Err(BrokerError::NotImplemented("immediate=true".into()));
+        }
+        let mut header = header;
+        if header.properties.reply_to.as_deref() == Some(REPLY_TO) {
+            // The responder replies to this channel's own address.
+            let Some(queue) = self.live_reply_queue() else {
+                return Err(BrokerError::PreconditionFailed(
+                    "fast reply consumer does not exist".into(),
+                ));
+            };
+            header.properties.reply_to = Some(queue.name.clone());
         }
         let now = self.ctx.broker.clock().now_ms();
         let message =

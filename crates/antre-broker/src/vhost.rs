@@ -52,6 +52,11 @@ pub fn dir_name(name: &str) -> String {
 
 const DEFINITIONS_FILE: &str = "definitions.json";
 
+/// The pseudo-queue of RabbitMQ's direct reply-to: consuming from it (with
+/// no_ack) gives a channel a private reply address, and publishing with it
+/// as `reply_to` stamps that address on the request.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// The exchanges every vhost has from the start.
 const PREDECLARED: [(&str, ExchangeKind); 7] = [
     ("", ExchangeKind::Direct),
@@ -483,6 +488,25 @@ impl Vhost {
         topo.queues.insert(name, Arc::clone(&q));
         self.save(&mut topo)?;
         Ok((q, QueueCounts::default()))
+    }
+
+    /// A fresh reply queue for direct reply-to: named
+    /// `amq.rabbitmq.reply-to.<random>`, transient, exclusive to `conn` and
+    /// deleted with its consumer, so replies published to its name through
+    /// the default exchange reach exactly one channel, and a reply that
+    /// arrives after the requester left is unroutable.
+    pub fn declare_reply_queue(&self, conn: ConnectionId) -> Result<Arc<Queue>, BrokerError> {
+        let name = generated_name(&format!("{REPLY_TO}."));
+        let options = QueueOptions {
+            durable: false,
+            exclusive_owner: Some(conn),
+            auto_delete: true,
+            arguments: FieldTable::default(),
+        };
+        let q = Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?;
+        // Transient and exclusive: nothing to save in the definitions.
+        self.topology.write().queues.insert(name, Arc::clone(&q));
+        Ok(q)
     }
 
     /// Looks up a queue the connection may use.
