@@ -52,9 +52,6 @@ pub struct Config {
     /// Deliveries per second to one connection above which it counts as
     /// busy and its deliveries are coalesced; 0 coalesces at any rate.
     pub delivery_coalesce_rate: u32,
-    /// How long a runtime worker that has been busy lately spins before it
-    /// sleeps (see `spin`); zero never spins.
-    pub worker_spin: Duration,
     /// A user to create at start-up, `(name, password)`, allowed from any
     /// address. When set, the loopback-only `guest` user is removed.
     pub default_user: Option<(String, String)>,
@@ -77,7 +74,6 @@ impl Default for Config {
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
             delivery_coalesce: Duration::from_millis(2),
             delivery_coalesce_rate: 20_000,
-            worker_spin: Duration::from_micros(100),
             default_user: None,
         }
     }
@@ -133,10 +129,6 @@ pub struct Settings {
     /// its deliveries are coalesced; 0 coalesces at any rate [default: 20000].
     #[arg(long, env = "ANTRE_DELIVERY_COALESCE_RATE", value_name = "PER_SECOND")]
     pub delivery_coalesce_rate: Option<u32>,
-    /// Microseconds a busy worker thread spins before sleeping, which saves
-    /// wake-ups under load; 0 never spins [default: 100].
-    #[arg(long, env = "ANTRE_WORKER_SPIN", value_name = "MICROS")]
-    pub worker_spin: Option<u64>,
     /// Seconds between samples of the message rates shown by the management
     /// API and UI [default: 5].
     #[arg(long, env = "ANTRE_RATE_INTERVAL", value_name = "SECONDS")]
@@ -189,7 +181,6 @@ impl Settings {
             consumer_timeout: self.consumer_timeout.or(below.consumer_timeout),
             delivery_coalesce: self.delivery_coalesce.or(below.delivery_coalesce),
             delivery_coalesce_rate: self.delivery_coalesce_rate.or(below.delivery_coalesce_rate),
-            worker_spin: self.worker_spin.or(below.worker_spin),
             rate_interval: self.rate_interval.or(below.rate_interval),
             default_user: self.default_user.or(below.default_user),
             default_pass: self.default_pass.or(below.default_pass),
@@ -239,9 +230,6 @@ impl Settings {
             delivery_coalesce_rate: self
                 .delivery_coalesce_rate
                 .unwrap_or(d.delivery_coalesce_rate),
-            worker_spin: self
-                .worker_spin
-                .map_or(d.worker_spin, Duration::from_micros),
             default_user,
         })
     }

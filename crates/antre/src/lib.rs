@@ -21,7 +21,6 @@ pub mod connection;
 pub mod http;
 pub mod registry;
 pub mod server;
-pub mod spin;
 
 pub use config::{Config, Settings};
 pub use server::{start, RunningServer};

@@ -60,11 +60,8 @@ fn main() -> anyhow::Result<()> {
         settings.log_level.as_deref().unwrap_or("info"),
     );
     let config = settings.to_config()?;
-    let spin = config.worker_spin;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_unpark(antre::spin::unparked)
-        .on_thread_park(move || antre::spin::parking(spin))
         .build()?;
     runtime.block_on(serve(config))
 }
