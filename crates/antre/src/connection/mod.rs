@@ -182,9 +182,13 @@ pub struct Connection {
     blocked: bool,
     /// Holds deliveries to a busy connection for one write.
     coalesce: coalesce::Coalescer,
-    /// The write buffer must be written now: it holds something other than
-    /// deliveries, or a consumer's prefetch window is full.
-    urgent: bool,
+    /// Bytes of the write buffer that are deliveries. Anything beyond them
+    /// (replies, confirms, cancels, heartbeats) must go out at once, and
+    /// takes held deliveries with it.
+    delivery_bytes: usize,
+    /// A consumer's prefetch window filled: no more deliveries come until
+    /// the client has these, so holding them would only stall it.
+    window_full: bool,
 }
 
 impl Connection {
@@ -232,7 +236,8 @@ impl Connection {
             has_published: false,
             blocked: false,
             coalesce,
-            urgent: false,
+            delivery_bytes: 0,
+            window_full: false,
         }
     }
 
@@ -396,7 +401,6 @@ impl Connection {
                     }
                     if self.last_sent.elapsed() >= beat / 2 {
                         encode_frame(&Frame::Heartbeat, &mut self.wbuf);
-                        self.urgent = true;
                     }
                 },
                 _ = timeouts.tick() => {
@@ -423,7 +427,8 @@ impl Connection {
                 }
             }
             self.update_blocked();
-            if self.coalesce.hold(self.wbuf.len(), self.urgent) {
+            let urgent = self.window_full || self.wbuf.len() > self.delivery_bytes;
+            if self.coalesce.hold(self.wbuf.len(), urgent) {
                 continue;
             }
             if let Err(stop) = self.flush().await {
@@ -480,19 +485,9 @@ impl Connection {
             ConnectionUnblocked {}.into()
         };
         self.send_method(0, &method);
-        self.urgent = true;
     }
 
     fn process_frames(&mut self) -> Result<(), Stop> {
-        let before = self.wbuf.len();
-        // Replies go out at once (the client waits for them), and with
-        // them any deliveries being held.
-        let result = self.process_frames_inner();
-        self.urgent |= self.wbuf.len() > before;
-        result
-    }
-
-    fn process_frames_inner(&mut self) -> Result<(), Stop> {
         while let Some(frame) = decode_frame(&mut self.rbuf, self.frame_max)? {
             self.handle_frame(frame)?;
         }
@@ -510,7 +505,6 @@ impl Connection {
     fn handle_event(&mut self, event: Event) -> Result<(), Stop> {
         match event {
             Event::Synced(id, token, ok) => {
-                self.urgent = true;
                 if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
                     let result = channel.on_synced(token, ok, &mut self.out);
                     encode_outgoing(id, &mut self.out, self.frame_max, &mut self.wbuf);
@@ -521,10 +515,10 @@ impl Connection {
             }
             Event::Deliver(id, delivery) => match self.channels.get_mut(&id) {
                 Some(Slot::Open { channel, .. }) => {
-                    // A full prefetch window means no more deliveries until
-                    // the client has these: holding them would only stall it.
-                    self.urgent |= channel.deliver(delivery, &mut self.out);
+                    let before = self.wbuf.len();
+                    self.window_full |= channel.deliver(delivery, &mut self.out);
                     encode_outgoing(id, &mut self.out, self.frame_max, &mut self.wbuf);
+                    self.delivery_bytes += self.wbuf.len() - before;
                     self.coalesce.delivered(1);
                 }
                 _ => {
@@ -533,7 +527,6 @@ impl Connection {
                 }
             },
             Event::Cancel(id, tag) => {
-                self.urgent = true;
                 if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
                     if channel.consumer_cancelled(&tag) && self.cancel_notify {
                         let cancel = BasicCancel {
@@ -827,7 +820,8 @@ impl Connection {
             entry.sent(self.wbuf.len());
         }
         self.wbuf.clear();
-        self.urgent = false;
+        self.delivery_bytes = 0;
+        self.window_full = false;
         self.last_sent = Instant::now();
         Ok(())
     }
