@@ -11,18 +11,26 @@ use lapin::BasicProperties;
 
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-async fn reply_consumer(ch: &lapin::Channel) -> lapin::Consumer {
+async fn consume_replies(
+    ch: &lapin::Channel,
+    no_ack: bool,
+) -> Result<lapin::Consumer, lapin::Error> {
     ch.basic_consume(
         REPLY_TO,
         "",
         BasicConsumeOptions {
-            no_ack: true,
+            no_ack,
             ..Default::default()
         },
         FieldTable::default(),
     )
     .await
-    .expect("consume from amq.rabbitmq.reply-to")
+}
+
+async fn reply_consumer(ch: &lapin::Channel) -> lapin::Consumer {
+    consume_replies(ch, true)
+        .await
+        .expect("consume from amq.rabbitmq.reply-to")
 }
 
 async fn request(ch: &lapin::Channel, queue: &str, body: &[u8]) -> Result<(), lapin::Error> {
@@ -100,15 +108,7 @@ async fn a_reply_consumer_must_not_ack() {
     let broker = TestBroker::start().await;
     let conn = broker.lapin().await;
     let ch = conn.create_channel().await.unwrap();
-    let err = ch
-        .basic_consume(
-            REPLY_TO,
-            "",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let err = consume_replies(&ch, false).await.unwrap_err();
     assert_eq!(reply_code(&err), Some(406), "{err}");
 }
 
@@ -118,18 +118,7 @@ async fn one_reply_consumer_per_channel() {
     let conn = broker.lapin().await;
     let ch = conn.create_channel().await.unwrap();
     let _first = reply_consumer(&ch).await;
-    let err = ch
-        .basic_consume(
-            REPLY_TO,
-            "",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let err = consume_replies(&ch, true).await.unwrap_err();
     assert_eq!(reply_code(&err), Some(406), "{err}");
 }
 
