@@ -153,7 +153,11 @@ impl Broker {
     /// move the clock and call [`Broker::tick`].
     pub fn with_clock(clock: Arc<dyn Clock>) -> Broker {
         let broker = Broker::empty(None, Arc::default(), clock);
-        let root = Arc::new(Vhost::new("/", Arc::clone(&broker.clock)));
+        let root = Arc::new(Vhost::new(
+            "/",
+            Arc::clone(&broker.clock),
+            Arc::clone(&broker.metrics),
+        ));
         broker.vhosts.write().insert("/".into(), root);
         broker
     }
@@ -244,7 +248,7 @@ impl Broker {
             return Ok(Arc::clone(v));
         }
         let vhost = match &self.storage {
-            None => Vhost::new(name, Arc::clone(&self.clock)),
+            None => Vhost::new(name, Arc::clone(&self.clock), Arc::clone(&self.metrics)),
             Some(s) => Vhost::open(
                 name,
                 VhostStorage {
@@ -254,6 +258,7 @@ impl Broker {
                     syncer: s.syncer.clone(),
                 },
                 Arc::clone(&self.clock),
+                Arc::clone(&self.metrics),
             )?,
         };
         let vhost = Arc::new(vhost);
@@ -301,6 +306,20 @@ impl Broker {
     /// The group-commit thread, if the broker persists messages.
     pub fn syncer(&self) -> Option<&Syncer> {
         self.storage.as_ref().map(|s| &s.syncer)
+    }
+
+    /// Makes what was written to `stores` durable now, in the caller's
+    /// thread (for callers that answer once it is, like the management
+    /// API's publish; channels go through the syncer instead).
+    pub fn sync_now(&self, stores: &[Arc<dyn crate::durable::Durable>]) -> Result<(), BrokerError> {
+        let failed = crate::syncer::sync_round(stores);
+        match failed.first() {
+            None => Ok(()),
+            Some(d) => Err(BrokerError::Internal(format!(
+                "could not write {} to disk",
+                d.label()
+            ))),
+        }
     }
 
     /// Flushes and closes every message store: after this, a restart brings

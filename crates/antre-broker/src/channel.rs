@@ -22,10 +22,10 @@ use crate::error::BrokerError;
 use crate::exchange::Destination;
 use crate::message::Message;
 use crate::queue::{
-    ConnectionId, ConsumerId, ConsumerSpec, Credit, Delivery, DeliverySink, Enqueued, Entry, Queue,
+    ConnectionId, ConsumerId, ConsumerSpec, Credit, Delivery, DeliverySink, Entry, Queue,
 };
-use crate::vhost::REPLY_TO;
 use crate::vhost::{generated_name, ExchangeDeclaration, QueueDeclaration, Vhost};
+use crate::vhost::{PublishOptions, PublishSource, REPLY_TO};
 
 /// A frame the channel wants sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -696,8 +696,10 @@ impl Channel {
                 Settle::Reject => queue.reject(entries),
             }
             // Rejections, and requeues past a delivery limit, leave dead letters.
-            if how != Settle::Ack && queue.args.dead_letter_exchange.is_some() {
-                self.ctx.vhost.route_dead_letters(&queue);
+            if how != Settle::Ack {
+                for durable in self.ctx.vhost.route_dead_letters(&queue) {
+                    self.mark_dirty(durable);
+                }
             }
         }
         self.kick_consumers();
@@ -754,10 +756,9 @@ impl Channel {
             return Err(BrokerError::PreconditionFailed(why));
         }
         let message = Arc::new(message);
-        self.ctx.broker.metrics.published.inc();
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now: RabbitMQ fails the publish, not the commit.
-            self.ctx.vhost.route(&message.exchange, "", None)?;
+            self.ctx.vhost.check_publishable(&message.exchange)?;
             publishes.push(PendingPublish {
                 mandatory: m.mandatory,
                 message,
@@ -812,70 +813,32 @@ impl Channel {
         add_once(&mut self.dirty, durable);
     }
 
-    /// Puts a message where it goes: nowhere if its exchange saw its key
-    /// already, into the exchange's schedule if it asks for a delay, else
-    /// into the queues its exchange routes it to. Returns whether a queue
-    /// refused it.
+    /// Publishes through the vhost's one publish path; returns a mandatory
+    /// message no queue took, and whether a queue refused it.
     fn enqueue(
         &mut self,
         mandatory: bool,
         message: Arc<Message>,
         out: &mut Vec<Outgoing>,
     ) -> Result<bool, BrokerError> {
-        let (dedup, delayed) = self.ctx.vhost.exchange_hooks(&message.exchange);
-        if let Some(cache) = dedup {
-            let (duplicate, stored) = cache.check(&message, message.published_at)?;
-            if stored {
-                self.mark_dirty(cache as Arc<dyn Durable>);
-            }
-            if duplicate {
-                // The publisher's retry succeeded: confirmed, not routed.
-                return Ok(false);
-            }
+        let options = PublishOptions::new(PublishSource::Client, mandatory);
+        let outcome = self.ctx.vhost.publish(Arc::clone(&message), options)?;
+        for durable in outcome.stored {
+            self.mark_dirty(durable);
         }
-        if let Some(schedule) = delayed {
-            if crate::exchange::delayed::delay_of(&message).is_some() {
-                if schedule.schedule(message)? {
-                    self.mark_dirty(schedule as Arc<dyn Durable>);
+        if outcome.returned {
+            out.push(Outgoing::Content(
+                BasicReturn {
+                    reply_code: reply::NO_ROUTE,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: message.exchange.clone(),
+                    routing_key: message.routing_key.clone(),
                 }
-                return Ok(false);
-            }
+                .into(),
+                message,
+            ));
         }
-        let headers = message.properties.headers.as_ref();
-        let queues = self
-            .ctx
-            .vhost
-            .route(&message.exchange, &message.routing_key, headers)?;
-        if queues.is_empty() {
-            self.ctx.broker.metrics.unroutable.inc();
-            if mandatory {
-                self.ctx.broker.metrics.returned.inc();
-                out.push(Outgoing::Content(
-                    BasicReturn {
-                        reply_code: reply::NO_ROUTE,
-                        reply_text: "NO_ROUTE".into(),
-                        exchange: message.exchange.clone(),
-                        routing_key: message.routing_key.clone(),
-                    }
-                    .into(),
-                    Arc::clone(&message),
-                ));
-            }
-        }
-        let mut rejected = false;
-        for q in &queues {
-            match q.publish(Arc::clone(&message))? {
-                Enqueued::Accepted { stored: true } => {
-                    self.mark_dirty(Arc::clone(q) as Arc<dyn Durable>)
-                }
-                Enqueued::Accepted { stored: false } | Enqueued::Duplicate => {}
-                Enqueued::Rejected => rejected = true,
-            }
-            if q.args.dead_letter_exchange.is_some() {
-                self.ctx.vhost.route_dead_letters(q);
-            }
-        }
-        Ok(rejected)
+        Ok(outcome.rejected)
     }
 
     /// Sends basic.nack for one publish, after the acks owed for the

@@ -5,7 +5,8 @@
 //! them to a [`channel::Channel`]; everything that decides where a message
 //! goes and who gets it lives here, so it can be tested in microseconds:
 //! - [`broker`]: the vhosts and users a server shares among connections;
-//! - [`vhost`]: a vhost's topology and routing;
+//! - [`vhost`]: a vhost's topology, and the one publish path into its queues;
+//! - [`dead_letter`]: dead-lettering, its cycle rule and its budget;
 //! - [`exchange`]: exchange types and binding rules (topic, headers);
 //! - [`queue`]: the queue engine (ready messages, consumers, prefetch
 //!   credit, round-robin dispatch, requeue at the original position);
@@ -20,6 +21,7 @@
 pub mod broker;
 pub mod channel;
 pub mod clock;
+pub mod dead_letter;
 pub mod definitions;
 pub mod durable;
 pub mod error;
@@ -38,4 +40,4 @@ pub use queue::{
     ConnectionId, ConsumerInfo, Credit, DeathReason, Delivery, DeliverySink, Enqueued, Queue,
     QueueArgs, QueueCounts,
 };
-pub use vhost::Vhost;
+pub use vhost::{PublishOptions, PublishOutcome, PublishSource, Vhost};

@@ -103,6 +103,9 @@ pub struct BrokerMetrics {
     pub acked: Counter,
     /// Publisher confirms sent (messages covered).
     pub confirmed: Counter,
+    /// Dead letters dropped because one operation caused more than the
+    /// dead-letter budget allows (see [`crate::dead_letter`]).
+    pub dead_letters_dropped: Counter,
     /// Time of each fsync round of the store.
     pub fsync_seconds: Histogram,
     /// Time from a publish to its confirm, for confirms that waited for the disk.

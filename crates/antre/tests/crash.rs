@@ -23,6 +23,8 @@ use rand::{Rng, SeedableRng};
 struct Broker {
     child: Child,
     uri: String,
+    /// The management API's base URL.
+    http: String,
 }
 
 /// Starts the binary and waits for its "listening on" line.
@@ -43,11 +45,18 @@ fn spawn(data_dir: &std::path::Path) -> Broker {
         .expect("spawn antre");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let mut http = String::new();
     let addr = loop {
         let line = lines
             .next()
             .expect("antre exited before listening")
             .expect("read stderr");
+        if let Some(at) = line.find("API on http://") {
+            http = line[at + "API on ".len()..]
+                .trim()
+                .trim_end_matches('/')
+                .to_owned();
+        }
         if let Some(at) = line.find("listening on amqp://") {
             break line[at + "listening on amqp://".len()..].trim().to_owned();
         }
@@ -57,6 +66,7 @@ fn spawn(data_dir: &std::path::Path) -> Broker {
     Broker {
         child,
         uri: format!("amqp://guest:guest@{addr}/%2f"),
+        http,
     }
 }
 
@@ -209,6 +219,80 @@ async fn confirmed_messages_survive_kill_9() {
     println!(
         "crash test: {cycles} kills, {} confirmed messages all recovered, {redelivered_after_ack} acked ones came back",
         confirmed_total.len()
+    );
+    broker.child.kill().ok();
+    broker.child.wait().ok();
+}
+
+/// Calls the management API as guest from a blocking thread.
+async fn api(base: &str, method: &str, path: &str, body: serde_json::Value) -> u16 {
+    let url = format!("{base}{path}");
+    let method = method.to_owned();
+    tokio::task::spawn_blocking(move || {
+        match ureq::request(&method, &url)
+            .set("Authorization", &common::basic_auth("guest", "guest"))
+            .send_json(body)
+        {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{method} {url}: {e}"),
+        }
+    })
+    .await
+    .expect("API call")
+}
+
+/// The management API's publish promises what a publisher confirm does:
+/// once it answered, a persistent message to a durable queue is on disk,
+/// even if the broker is killed the next instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publish_is_on_disk_when_the_api_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = spawn(dir.path());
+    let status = api(
+        &broker.http,
+        "PUT",
+        "/api/queues/%2F/payments",
+        serde_json::json!({"durable": true}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for id in 0..20u64 {
+        let body = serde_json::json!({
+            "routing_key": "payments",
+            "payload": String::from_utf8(body(id)).unwrap(),
+            "payload_encoding": "string",
+            "properties": {"delivery_mode": 2},
+        });
+        let status = api(
+            &broker.http,
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            body,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    broker.child.kill().expect("SIGKILL");
+    broker.child.wait().expect("reap");
+
+    let mut broker = spawn(dir.path());
+    let conn = Connection::connect(&broker.uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut ids = Vec::new();
+    while let Some(m) = ch
+        .basic_get("payments", BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        ids.push(parse(&m.delivery.data));
+    }
+    assert_eq!(
+        ids,
+        (0..20).collect::<Vec<_>>(),
+        "every answered publish survived kill -9"
     );
     broker.child.kill().ok();
     broker.child.wait().ok();

@@ -730,3 +730,66 @@ async fn consumer_timeout_closes_the_channel_and_requeues() {
         .unwrap();
     assert!(again.delivery.redelivered);
 }
+
+/// The management API publishes through the same path as AMQP: a
+/// delayed-message exchange holds the message for its `x-delay`, and a
+/// deduplicating exchange routes a key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publish_is_delayed_and_deduplicated_like_amqp() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    delayed_exchange(&ch, "retry", false).await;
+    ch.exchange_declare(
+        "payments-in",
+        ExchangeKind::Custom("x-message-deduplication".into()),
+        ExchangeDeclareOptions::default(),
+        args(&[("x-cache-size", int(1000))]),
+    )
+    .await
+    .unwrap();
+    for (queue, exchange, key) in [
+        ("retries", "retry", "payments"),
+        ("ledger", "payments-in", ""),
+    ] {
+        declare(&ch, queue).await;
+        ch.queue_bind(
+            queue,
+            exchange,
+            key,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let publish = |exchange: &'static str, key: &'static str, headers: serde_json::Value| {
+        let broker = &broker;
+        async move {
+            let path = format!("/api/exchanges/%2F/{exchange}/publish");
+            let body = serde_json::json!({
+                "routing_key": key,
+                "payload": "payment",
+                "payload_encoding": "string",
+                "properties": {"headers": headers},
+            });
+            let (status, answer) = broker.api("POST", &path, Some(body)).await;
+            assert_eq!(status, 200, "{answer}");
+            answer
+        }
+    };
+
+    let answer = publish("retry", "payments", serde_json::json!({"x-delay": 1500})).await;
+    assert_eq!(answer["routed"], true, "it will be routed when due");
+    assert_eq!(ready_count(&ch, "retries").await, 0, "held for its delay");
+    eventually("the delayed message arrives", || async {
+        ready_count(&ch, "retries").await == 1
+    })
+    .await;
+
+    let key = serde_json::json!({"x-deduplication-header": "pay-7"});
+    publish("payments-in", "", key.clone()).await;
+    let answer = publish("payments-in", "", key).await;
+    assert_eq!(answer["routed"], false, "a duplicate is not routed");
+    assert_eq!(ready_count(&ch, "ledger").await, 1, "one copy of pay-7");
+}

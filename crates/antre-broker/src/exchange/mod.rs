@@ -186,6 +186,16 @@ impl Exchange {
         }
     }
 
+    /// Flushes and closes its stores (clean shutdown).
+    pub fn close_stores(&self) {
+        if let Some(d) = &self.dedup {
+            d.close_store();
+        }
+        if let Some(d) = &self.delayed {
+            d.close_store();
+        }
+    }
+
     /// Whether `binding` of this exchange matches a message.
     pub fn matches(
         &self,

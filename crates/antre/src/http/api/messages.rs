@@ -7,7 +7,7 @@ use std::sync::Arc;
 use antre_amqp::BasicProperties;
 use antre_broker::definitions::{json_to_table, table_to_json};
 use antre_broker::queue::Entry;
-use antre_broker::Message;
+use antre_broker::{Message, PublishOptions, PublishSource};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -136,22 +136,19 @@ pub async fn publish(
     let message = Message::new(exchange, body.routing_key, properties, payload).published_at(now);
     message.ttl().map_err(ApiError::bad_request)?;
     let message = Arc::new(message);
-    let queues = v.route(
-        &message.exchange,
-        &message.routing_key,
-        message.properties.headers.as_ref(),
-    )?;
-    state.broker.metrics.published.inc();
-    if queues.is_empty() {
-        state.broker.metrics.unroutable.inc();
+    let options = PublishOptions::new(PublishSource::Api, false);
+    let outcome = v.publish(message, options)?;
+    // Persistent messages are on disk before the answer, as a publisher
+    // confirm would promise.
+    if !outcome.stored.is_empty() {
+        let broker = Arc::clone(&state.broker);
+        let stored = outcome.stored;
+        tokio::task::spawn_blocking(move || broker.sync_now(&stored))
+            .await
+            .map_err(|e| ApiError::internal(format!("sync task failed: {e}")))??;
     }
-    for q in &queues {
-        q.publish(Arc::clone(&message))?;
-        if q.args.dead_letter_exchange.is_some() {
-            v.route_dead_letters(q);
-        }
-    }
-    Ok(Json(json!({ "routed": !queues.is_empty() })))
+    let routed = outcome.routed > 0 || outcome.delayed;
+    Ok(Json(json!({ "routed": routed })))
 }
 
 /// The body of POST /api/queues/{vhost}/{name}/get.
@@ -246,6 +243,8 @@ pub async fn get(
         }
         "reject_requeue_false" => {
             q.reject(entries);
+            // Dead letters reach the disk with the syncer's next sweep, as
+            // those of an AMQP basic.reject do.
             state.vhost(&vhost)?.route_dead_letters(&q);
         }
         _ => q.requeue(entries),

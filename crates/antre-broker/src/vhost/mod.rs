@@ -1,0 +1,218 @@
+//! A virtual host: its exchanges, queues and bindings, and the one publish
+//! path into them.
+//!
+//! - [`topology`]: the routing table and the rules that walk it;
+//! - [`declare`]: declaring, deleting, binding, with RabbitMQ's rules;
+//! - [`publish`]: every message's way in ([`Vhost::publish`]);
+//! - [`persist`]: durable definitions on disk;
+//! - [`storage`]: the stores of durable queues and exchanges.
+//!
+//! The topology sits behind one reader-writer lock: publishing only reads it
+//! (to route), while declarations and bindings, which are rare, write it.
+//! Routing collects the target queues under the read lock and releases it
+//! before enqueueing, so a slow queue never holds up the topology.
+
+mod declare;
+mod persist;
+pub mod publish;
+mod storage;
+mod topology;
+
+use std::sync::Arc;
+
+use antre_amqp::FieldTable;
+use parking_lot::{Mutex, RwLock};
+use rand::Rng;
+
+use crate::clock::Clock;
+use crate::definitions::VhostDefinitions;
+use crate::error::BrokerError;
+use crate::exchange::delayed::DelayedMessages;
+use crate::exchange::Exchange;
+use crate::metrics::BrokerMetrics;
+use crate::queue::{ConnectionId, Queue};
+
+use persist::DefinitionsFile;
+pub use publish::{PublishOptions, PublishOutcome, PublishSource};
+pub use storage::{dir_name, VhostStorage};
+use topology::Topology;
+
+/// The pseudo-queue of RabbitMQ's direct reply-to: consuming from it (with
+/// no_ack) gives a channel a private reply address, and publishing with it
+/// as `reply_to` stamps that address on the request.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// What exchange.declare asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDeclaration {
+    /// Name.
+    pub name: String,
+    /// Type name as the client sent it.
+    pub kind: String,
+    /// Durable.
+    pub durable: bool,
+    /// Auto-delete.
+    pub auto_delete: bool,
+    /// Internal.
+    pub internal: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// What queue.declare asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDeclaration {
+    /// Name; empty asks the server to pick one.
+    pub name: String,
+    /// Durable.
+    pub durable: bool,
+    /// Exclusive to the declaring connection.
+    pub exclusive: bool,
+    /// Auto-delete.
+    pub auto_delete: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// A virtual host.
+#[derive(Debug)]
+pub struct Vhost {
+    /// Its name, e.g. "/".
+    pub name: String,
+    topology: RwLock<Topology>,
+    storage: Option<VhostStorage>,
+    /// The definitions file of a persistent vhost; taken while the topology
+    /// is write-locked, so saves happen in the order of the changes.
+    definitions: Option<Mutex<DefinitionsFile>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<BrokerMetrics>,
+}
+
+impl Vhost {
+    /// A vhost with the predeclared exchanges, kept in memory only.
+    pub fn new(name: &str, clock: Arc<dyn Clock>, metrics: Arc<BrokerMetrics>) -> Vhost {
+        Vhost {
+            name: name.to_owned(),
+            topology: RwLock::new(Topology::new(name)),
+            storage: None,
+            definitions: None,
+            clock,
+            metrics,
+        }
+    }
+
+    /// A vhost that persists its durable definitions and messages under
+    /// `storage.dir`, recovering whatever is there.
+    pub fn open(
+        name: &str,
+        storage: VhostStorage,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<BrokerMetrics>,
+    ) -> Result<Vhost, BrokerError> {
+        std::fs::create_dir_all(storage.dir.join("queues"))
+            .map_err(|e| storage::internal(&storage.dir, "create vhost directory", e))?;
+        let mut topo = Topology::new(name);
+        let file = DefinitionsFile::recover(&storage, &mut topo, &clock)?;
+        let vhost = Vhost {
+            name: name.to_owned(),
+            topology: RwLock::new(topo),
+            storage: Some(storage),
+            definitions: Some(Mutex::new(file)),
+            clock,
+            metrics,
+        };
+        // A new vhost is written at once, so that it exists after a restart.
+        vhost.save(&vhost.topology.read())?;
+        Ok(vhost)
+    }
+
+    /// Saves the definitions after a change to durable topology.
+    fn save(&self, topo: &Topology) -> Result<(), BrokerError> {
+        match &self.definitions {
+            Some(file) => file.lock().save(topo),
+            None => Ok(()),
+        }
+    }
+
+    /// The vhost's durable definitions, as they are saved.
+    pub fn definitions(&self) -> VhostDefinitions {
+        persist::durable_definitions(&self.topology.read())
+    }
+
+    /// Flushes and closes every queue store (clean shutdown).
+    pub fn close(&self) {
+        let topo = self.topology.read();
+        for q in topo.queues.values() {
+            q.close_store();
+        }
+        for ex in topo.exchanges.values() {
+            ex.close_stores();
+        }
+    }
+
+    /// Looks up a queue the connection may use.
+    pub fn queue(&self, name: &str, conn: ConnectionId) -> Result<Arc<Queue>, BrokerError> {
+        let topo = self.topology.read();
+        let q = topo.queues.get(name).ok_or_else(|| topo.no_queue(name))?;
+        topology::check_exclusive(q, conn)?;
+        Ok(Arc::clone(q))
+    }
+
+    /// Purges a queue; returns how many messages were dropped.
+    pub fn purge_queue(&self, name: &str, conn: ConnectionId) -> Result<u32, BrokerError> {
+        Ok(self.queue(name, conn)?.purge())
+    }
+
+    /// A snapshot of every exchange, for listing.
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.topology.read().exchanges.values().cloned().collect()
+    }
+
+    /// Every queue, for listing.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.topology.read().queues.values().cloned().collect()
+    }
+
+    /// Time passes: releases due delayed messages, expires messages and
+    /// idle queues, and routes the dead letters that produced. Called by the
+    /// broker's timer.
+    pub fn tick(&self, now: u64) {
+        let schedules: Vec<Arc<DelayedMessages>> = self
+            .topology
+            .read()
+            .exchanges
+            .values()
+            .filter_map(|e| e.delayed.clone())
+            .collect();
+        for schedule in schedules {
+            self.release_due(&schedule, now);
+        }
+        for q in &self.queues() {
+            if q.tick(now) {
+                tracing::info!(
+                    queue = q.name,
+                    vhost = self.name,
+                    "deleting queue unused for its x-expires time"
+                );
+                self.remove_if_current(q, |_| true);
+            }
+            self.route_dead_letters(q);
+        }
+    }
+}
+
+/// A server-generated name: `prefix` then 22 URL-safe base64 characters, the
+/// shape RabbitMQ uses for `amq.gen-` queues and `amq.ctag-` consumer tags.
+pub fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let mut name = String::with_capacity(prefix.len() + 22);
+    name.push_str(prefix);
+    for _ in 0..22 {
+        name.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+//! The one way into the vhost's queues.
+//!
+//! Every message, whatever its source (a client's basic.publish, the
+//! management API, a delayed-message exchange releasing it, a queue
+//! dead-lettering it), enters through [`Vhost::publish`], which runs, in
+//! order: the exchange's hooks (deduplication, delay), routing (bindings,
+//! exchange-to-exchange, alternate exchanges), enqueueing (each queue's
+//! overflow rule may refuse it or drop its head), and the dead letters all
+//! that caused, each of which goes round the same path again. The outcome
+//! says what happened and which stores the caller must sync before it may
+//! promise the message is safe (a publisher confirm, an API answer).
+
+use std::sync::Arc;
+
+use crate::dead_letter::{dead_lettered, is_cycle, DeadLetterWork};
+use crate::durable::{add_once, Durable};
+use crate::error::BrokerError;
+use crate::exchange::delayed::{delay_of, DelayedMessages};
+use crate::message::Message;
+use crate::queue::{DeathReason, Enqueued, Queue};
+
+use super::Vhost;
+
+/// Where a message comes from, which decides the rules it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishSource {
+    /// A client's basic.publish.
+    Client,
+    /// The management API's publish.
+    Api,
+    /// A delayed-message exchange releasing a message whose delay ran out:
+    /// it was deduplicated and delayed when it was first published.
+    DelayedRelease,
+    /// A queue dead-lettering a message, for this reason: it may go to an
+    /// internal exchange, and RabbitMQ's cycle rule applies.
+    DeadLetter(DeathReason),
+}
+
+impl PublishSource {
+    /// A publisher's message (counted as published, may be returned).
+    fn is_publisher(self) -> bool {
+        matches!(self, PublishSource::Client | PublishSource::Api)
+    }
+}
+
+/// How to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishOptions {
+    /// Return the message if no queue takes it (basic.publish mandatory).
+    pub mandatory: bool,
+    /// Where it comes from.
+    pub source: PublishSource,
+}
+
+impl PublishOptions {
+    /// A publisher's message from `source`.
+    pub fn new(source: PublishSource, mandatory: bool) -> PublishOptions {
+        PublishOptions { mandatory, source }
+    }
+}
+
+/// What one publish did.
+#[derive(Debug, Default)]
+pub struct PublishOutcome {
+    /// Queues that took the message.
+    pub routed: usize,
+    /// A deduplicating exchange had seen its key: it was dropped, and a
+    /// publisher retrying after a lost confirm is told it succeeded.
+    pub duplicate: bool,
+    /// A delayed-message exchange holds it until its delay runs out.
+    pub delayed: bool,
+    /// No queue matched a mandatory publish: return it (basic.return 312).
+    pub returned: bool,
+    /// A queue refused it (overflow `reject-publish`): nack it.
+    pub rejected: bool,
+    /// Stores written, to sync before promising the message is safe.
+    pub stored: Vec<Arc<dyn Durable>>,
+}
+
+impl Vhost {
+    /// Publishes a message through the vhost's one publish path (see the
+    /// module docs). Errors are the publisher's (no such exchange, an
+    /// internal exchange) or the disk's; dead letters it causes never fail
+    /// it.
+    pub fn publish(
+        &self,
+        message: Arc<Message>,
+        options: PublishOptions,
+    ) -> Result<PublishOutcome, BrokerError> {
+        let mut outcome = PublishOutcome::default();
+        let mut work = DeadLetterWork::new();
+        let result = self.publish_one(message, options, &mut outcome, &mut work);
+        // Dead letters caused before a failure are real: route them anyway.
+        self.route_dead_letter_work(work, &mut outcome.stored);
+        result.map(|()| outcome)
+    }
+
+    /// Checks that a client may publish to `exchange`, for a publish whose
+    /// routing waits (in a transaction): RabbitMQ fails the publish, not
+    /// the commit.
+    pub fn check_publishable(&self, exchange: &str) -> Result<(), BrokerError> {
+        if exchange.is_empty() {
+            return Ok(());
+        }
+        self.topology.read().publishable(exchange).map(|_| ())
+    }
+
+    fn publish_one(
+        &self,
+        message: Arc<Message>,
+        options: PublishOptions,
+        outcome: &mut PublishOutcome,
+        work: &mut DeadLetterWork,
+    ) -> Result<(), BrokerError> {
+        let source = options.source;
+        if source.is_publisher() {
+            self.metrics.published.inc();
+            self.check_publishable(&message.exchange)?;
+        }
+        if source != PublishSource::DelayedRelease && self.exchange_hooks(&message, outcome)? {
+            return Ok(());
+        }
+        let headers = message.properties.headers.as_ref();
+        let mut queues =
+            self.topology
+                .read()
+                .route(&message.exchange, &message.routing_key, headers)?;
+        if let PublishSource::DeadLetter(reason) = source {
+            queues.retain(|q| {
+                let cycle = is_cycle(&message, reason, &q.name);
+                if cycle {
+                    tracing::debug!(queue = q.name, "dropping dead letter caught in a cycle");
+                }
+                !cycle
+            });
+        }
+        if queues.is_empty() && source.is_publisher() {
+            self.metrics.unroutable.inc();
+            if options.mandatory {
+                self.metrics.returned.inc();
+                outcome.returned = true;
+            }
+        }
+        for q in &queues {
+            match q.publish(Arc::clone(&message))? {
+                Enqueued::Accepted { stored } => {
+                    outcome.routed += 1;
+                    if stored {
+                        add_once(&mut outcome.stored, Arc::clone(q) as Arc<dyn Durable>);
+                    }
+                }
+                Enqueued::Duplicate => {}
+                Enqueued::Rejected => outcome.rejected = true,
+            }
+            work.collect(q);
+        }
+        Ok(())
+    }
+
+    /// Runs the exchange's deduplication and delay; returns whether they
+    /// took the message (it must not be routed now).
+    fn exchange_hooks(
+        &self,
+        message: &Arc<Message>,
+        outcome: &mut PublishOutcome,
+    ) -> Result<bool, BrokerError> {
+        let (dedup, delayed) = match self.topology.read().exchanges.get(&message.exchange) {
+            Some(ex) => (ex.dedup.clone(), ex.delayed.clone()),
+            None => return Ok(false),
+        };
+        if let Some(cache) = dedup {
+            let (duplicate, stored) = cache.check(message, message.published_at)?;
+            if stored {
+                add_once(&mut outcome.stored, cache as Arc<dyn Durable>);
+            }
+            if duplicate {
+                outcome.duplicate = true;
+                return Ok(true);
+            }
+        }
+        if let Some(schedule) = delayed {
+            if delay_of(message).is_some() {
+                if schedule.schedule(Arc::clone(message))? {
+                    add_once(&mut outcome.stored, schedule as Arc<dyn Durable>);
+                }
+                outcome.delayed = true;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Routes the dead letters `queue` collected (a consumer rejected
+    /// messages, a requeue passed the delivery limit, the management API
+    /// rejected what it fetched) to its dead-letter exchange. Returns the
+    /// stores they were written to.
+    pub fn route_dead_letters(&self, queue: &Arc<Queue>) -> Vec<Arc<dyn Durable>> {
+        let mut work = DeadLetterWork::new();
+        work.collect(queue);
+        let mut stored = Vec::new();
+        self.route_dead_letter_work(work, &mut stored);
+        stored
+    }
+
+    /// Publishes dead letters, and the dead letters they cause in turn, hop
+    /// by hop, within the work's budget.
+    fn route_dead_letter_work(&self, mut work: DeadLetterWork, stored: &mut Vec<Arc<dyn Durable>>) {
+        let mut round = 0;
+        while !work.is_empty() {
+            for (from, letters) in work.next_round(round) {
+                let Some(dlx) = from.args.dead_letter_exchange.clone() else {
+                    continue;
+                };
+                for letter in letters {
+                    if !work.spend() {
+                        continue;
+                    }
+                    let now = self.clock.now_ms();
+                    let message = Arc::new(dead_lettered(&letter, &from, &dlx, now));
+                    let options =
+                        PublishOptions::new(PublishSource::DeadLetter(letter.reason), false);
+                    let mut outcome = PublishOutcome::default();
+                    if let Err(e) = self.publish_one(message, options, &mut outcome, &mut work) {
+                        // RabbitMQ drops dead letters whose exchange is gone.
+                        tracing::debug!(queue = from.name, "dropping dead letter: {e}");
+                    }
+                    for s in outcome.stored {
+                        add_once(stored, s);
+                    }
+                }
+            }
+            round += 1;
+        }
+        if work.dropped > 0 {
+            self.metrics.dead_letters_dropped.add(work.dropped as u64);
+            tracing::warn!(
+                vhost = self.name,
+                dropped = work.dropped,
+                "dropped dead letters: one operation caused more than the dead-letter budget allows (a dead-letter topology that multiplies messages)"
+            );
+        }
+    }
+
+    /// Routes the delayed messages that are due, as if published now. They
+    /// leave the exchange's store only once the queues that took them have
+    /// synced them, so a crash in between delivers twice rather than never.
+    pub(super) fn release_due(&self, schedule: &DelayedMessages, now: u64) {
+        let due = schedule.take_due(now);
+        if due.is_empty() {
+            return;
+        }
+        let mut stored: Vec<Arc<dyn Durable>> = Vec::new();
+        for item in &due {
+            let message = Arc::new((*item.message).clone().published_at(now));
+            let options = PublishOptions::new(PublishSource::DelayedRelease, false);
+            match self.publish(message, options) {
+                Ok(outcome) => outcome
+                    .stored
+                    .into_iter()
+                    .for_each(|s| add_once(&mut stored, s)),
+                Err(e) => tracing::warn!(vhost = self.name, "dropping delayed message: {e}"),
+            }
+        }
+        if !crate::syncer::sync_round(&stored).is_empty() {
+            // Keep them in the schedule's store: they come back after a
+            // restart rather than being lost.
+            return;
+        }
+        schedule.release(&due);
+    }
+}

@@ -1,0 +1,185 @@
+//! The one publish path, tested on a vhost in memory with a manual clock.
+
+use std::sync::Arc;
+
+use antre_amqp::{BasicProperties, FieldTable, FieldValue};
+use bytes::Bytes;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::exchange::Destination;
+use crate::message::Message;
+
+struct Fixture {
+    vhost: Vhost,
+    clock: Arc<ManualClock>,
+    metrics: Arc<BrokerMetrics>,
+}
+
+fn fixture() -> Fixture {
+    let clock = Arc::new(ManualClock::at(1_000_000));
+    let metrics = Arc::<BrokerMetrics>::default();
+    let vhost = Vhost::new(
+        "/",
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        Arc::clone(&metrics),
+    );
+    Fixture {
+        vhost,
+        clock,
+        metrics,
+    }
+}
+
+fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
+    entries.iter().cloned().collect()
+}
+
+impl Fixture {
+    fn exchange(&self, name: &str, kind: &str, internal: bool, arguments: FieldTable) {
+        self.vhost
+            .declare_exchange(
+                ExchangeDeclaration {
+                    name: name.into(),
+                    kind: kind.into(),
+                    durable: false,
+                    auto_delete: false,
+                    internal,
+                    arguments,
+                },
+                false,
+            )
+            .unwrap();
+    }
+
+    fn queue(&self, name: &str, arguments: FieldTable) {
+        self.vhost
+            .declare_queue(
+                QueueDeclaration {
+                    name: name.into(),
+                    durable: false,
+                    exclusive: false,
+                    auto_delete: false,
+                    arguments,
+                },
+                false,
+                1,
+            )
+            .unwrap();
+    }
+
+    fn bind(&self, exchange: &str, queue: &str, key: &str) {
+        let dest = Destination::Queue(queue.into());
+        let args = FieldTable::default();
+        self.vhost.bind(exchange, dest, key, args, 1).unwrap();
+    }
+
+    fn publish(&self, exchange: &str, key: &str, headers: FieldTable) -> PublishOutcome {
+        let properties = BasicProperties {
+            headers: Some(headers),
+            ..Default::default()
+        };
+        let message = Message::new(exchange.into(), key.into(), properties, Bytes::from("m"))
+            .published_at(self.clock.now_ms());
+        let options = PublishOptions::new(PublishSource::Client, true);
+        self.vhost.publish(Arc::new(message), options).unwrap()
+    }
+
+    fn ready(&self, queue: &str) -> u32 {
+        self.vhost.queue(queue, 1).unwrap().counts().ready
+    }
+}
+
+/// Ten queues of length one, each dead-lettering into a fanout that all of
+/// them are bound to: every dead letter overflows a queue and makes another,
+/// and the cycle rule alone only stops a copy once it has been everywhere
+/// (10! paths). The budget ends it, counted.
+#[test]
+fn a_dead_letter_storm_is_bounded_by_the_budget() {
+    let f = fixture();
+    f.exchange("dlx", "fanout", false, FieldTable::default());
+    let args = table(&[
+        ("x-max-length", FieldValue::I32(1)),
+        ("x-dead-letter-exchange", FieldValue::string("dlx")),
+    ]);
+    for i in 0..10 {
+        f.queue(&format!("q{i}"), args.clone());
+        f.bind("dlx", &format!("q{i}"), "");
+    }
+    for i in 0..10 {
+        f.publish("", &format!("q{i}"), FieldTable::default());
+    }
+    let outcome = f.publish("dlx", "", FieldTable::default());
+    assert_eq!(outcome.routed, 10);
+    let dropped = f.metrics.dead_letters_dropped.get();
+    assert!(dropped > 0, "the budget was spent and the rest dropped");
+    for i in 0..10 {
+        assert_eq!(f.ready(&format!("q{i}")), 1, "each queue still holds one");
+    }
+    // The next publish starts with a fresh budget and ends too.
+    f.publish("dlx", "", FieldTable::default());
+    assert!(f.metrics.dead_letters_dropped.get() > dropped);
+}
+
+#[test]
+fn an_exchange_routes_what_no_binding_matched_to_its_alternate() {
+    let f = fixture();
+    f.exchange("unrouted", "fanout", false, FieldTable::default());
+    let alternate = table(&[("alternate-exchange", FieldValue::string("unrouted"))]);
+    f.exchange("orders", "direct", false, alternate);
+    f.queue("orders.created", FieldTable::default());
+    f.queue("lost", FieldTable::default());
+    f.bind("orders", "orders.created", "created");
+    f.bind("unrouted", "lost", "");
+    let routed = f.publish("orders", "created", FieldTable::default());
+    assert_eq!((routed.routed, routed.returned), (1, false));
+    let other = f.publish("orders", "cancelled", FieldTable::default());
+    assert_eq!((other.routed, other.returned), (1, false));
+    assert_eq!((f.ready("orders.created"), f.ready("lost")), (1, 1));
+    assert_eq!(f.metrics.unroutable.get(), 0);
+}
+
+#[test]
+fn dead_letters_may_go_to_an_internal_exchange_publishers_may_not() {
+    let f = fixture();
+    f.exchange("dlx", "fanout", true, FieldTable::default());
+    f.queue("dead", FieldTable::default());
+    f.bind("dlx", "dead", "");
+    let args = table(&[
+        ("x-message-ttl", FieldValue::I32(10)),
+        ("x-dead-letter-exchange", FieldValue::string("dlx")),
+    ]);
+    f.queue("work", args);
+    let message = Arc::new(Message::new(
+        "dlx".into(),
+        String::new(),
+        BasicProperties::default(),
+        Bytes::from("m"),
+    ));
+    let options = PublishOptions::new(PublishSource::Client, false);
+    let refused = f.vhost.publish(message, options).unwrap_err();
+    assert_eq!(refused.reply_code(), 403);
+    f.publish("", "work", FieldTable::default());
+    f.clock.advance(11);
+    f.vhost.tick(f.clock.now_ms());
+    assert_eq!((f.ready("work"), f.ready("dead")), (0, 1));
+}
+
+#[test]
+fn a_delayed_message_is_released_once_and_not_delayed_again() {
+    let f = fixture();
+    let args = table(&[("x-delayed-type", FieldValue::string("direct"))]);
+    f.exchange("retry", "x-delayed-message", false, args);
+    f.queue("retries", FieldTable::default());
+    f.bind("retry", "retries", "k");
+    let delay = table(&[("x-delay", FieldValue::I32(100))]);
+    let outcome = f.publish("retry", "k", delay);
+    assert!(outcome.delayed && !outcome.returned, "held, not returned");
+    assert_eq!(f.ready("retries"), 0);
+    f.clock.advance(100);
+    f.vhost.tick(f.clock.now_ms());
+    assert_eq!(f.ready("retries"), 1, "released, still carrying x-delay");
+    f.clock.advance(1000);
+    f.vhost.tick(f.clock.now_ms());
+    assert_eq!(f.ready("retries"), 1, "released once");
+}
