@@ -1,0 +1,306 @@
+//! Consuming: basic.qos, basic.consume and basic.cancel, basic.get, the
+//! deliveries queues push to the channel, basic.recover, channel.flow and
+//! the consumer timeout.
+
+use std::sync::Arc;
+
+use antre_amqp::method::*;
+
+use super::{reply, Channel, ChannelConsumer, Outgoing, Settle, Unacked};
+use crate::error::BrokerError;
+use crate::queue::{ConsumerSpec, Credit, Delivery, Queue};
+use crate::vhost::{generated_name, REPLY_TO};
+
+impl Channel {
+    pub(super) fn qos(&mut self, m: BasicQos, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
+        if m.prefetch_size != 0 {
+            return Err(BrokerError::NotImplemented(format!(
+                "prefetch_size!=0 ({})",
+                m.prefetch_size
+            )));
+        }
+        if m.global {
+            self.credit.set_limit(m.prefetch_count.into());
+            self.kick_consumers();
+        } else {
+            self.prefetch = m.prefetch_count.into();
+        }
+        reply(out, BasicQosOk {}, false);
+        Ok(())
+    }
+
+    pub(super) fn consume(
+        &mut self,
+        m: BasicConsume,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), BrokerError> {
+        let queue_name = self.resolve_queue(&m.queue)?;
+        let queue = if queue_name == REPLY_TO {
+            self.reply_consumer(&m)?
+        } else {
+            self.ctx.vhost.queue(&queue_name, self.ctx.connection)?
+        };
+        let tag: Arc<str> = if m.consumer_tag.is_empty() {
+            generated_name("amq.ctag-").into()
+        } else {
+            m.consumer_tag.as_str().into()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(BrokerError::NotAllowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        let id = self.ctx.broker.next_id();
+        let credit = Credit::new(self.prefetch);
+        // consume-ok must reach the client before the first delivery; the
+        // deliveries travel through the sink, which the server drains after
+        // it has written this method's replies.
+        if !m.nowait {
+            out.push(Outgoing::Method(
+                BasicConsumeOk {
+                    consumer_tag: tag.to_string(),
+                }
+                .into(),
+            ));
+        }
+        self.consumers.insert(
+            Arc::clone(&tag),
+            ChannelConsumer {
+                id,
+                queue: Arc::clone(&queue),
+                credit: Arc::clone(&credit),
+            },
+        );
+        let spec = ConsumerSpec {
+            id,
+            connection: self.ctx.connection,
+            channel: self.id,
+            tag: Arc::clone(&tag),
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            credit,
+            channel_credit: Arc::clone(&self.credit),
+            sink: Arc::clone(&self.sink),
+        };
+        if let Err(e) = queue.add_consumer(spec) {
+            self.consumers.remove(&tag);
+            if !m.nowait {
+                out.pop();
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Direct reply-to: the private queue a consumer of
+    /// `amq.rabbitmq.reply-to` reads, with RabbitMQ's rules for it.
+    pub(super) fn reply_consumer(&mut self, m: &BasicConsume) -> Result<Arc<Queue>, BrokerError> {
+        if !m.no_ack {
+            return Err(BrokerError::PreconditionFailed(
+                "reply consumer cannot acknowledge".into(),
+            ));
+        }
+        if self.live_reply_queue().is_some() {
+            return Err(BrokerError::PreconditionFailed(
+                "reply consumer already set".into(),
+            ));
+        }
+        let queue = self.ctx.vhost.declare_reply_queue(self.ctx.connection)?;
+        self.reply_queue = Some(Arc::clone(&queue));
+        Ok(queue)
+    }
+
+    /// The reply queue, while its consumer is still there.
+    pub(super) fn live_reply_queue(&self) -> Option<&Arc<Queue>> {
+        self.reply_queue
+            .as_ref()
+            .filter(|q| self.consumers.values().any(|c| Arc::ptr_eq(&c.queue, q)))
+    }
+
+    pub(super) fn basic_cancel(
+        &mut self,
+        m: BasicCancel,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), BrokerError> {
+        self.cancel(&m.consumer_tag);
+        let ok = BasicCancelOk {
+            consumer_tag: m.consumer_tag,
+        };
+        reply(out, ok, m.nowait);
+        Ok(())
+    }
+
+    /// Cancels a consumer by tag (client's basic.cancel or channel close).
+    pub(super) fn cancel(&mut self, tag: &str) {
+        if let Some(c) = self.consumers.remove(tag) {
+            if c.queue.remove_consumer(c.id) {
+                self.ctx.vhost.auto_delete_queue(&c.queue);
+            }
+        }
+    }
+
+    /// The queue cancelled one of our consumers (it was deleted). Returns
+    /// whether the channel knew it, so the server sends basic.cancel once.
+    pub fn consumer_cancelled(&mut self, tag: &str) -> bool {
+        self.consumers.remove(tag).is_some()
+    }
+
+    pub(super) fn get(&mut self, m: BasicGet, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
+        let queue_name = self.resolve_queue(&m.queue)?;
+        let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
+        let Some((entry, message_count)) = queue.get(m.no_ack) else {
+            out.push(Outgoing::Method(BasicGetEmpty::default().into()));
+            return Ok(());
+        };
+        let delivery_tag = self.next_tag;
+        self.next_tag += 1;
+        self.count_delivery(entry.redelivered);
+        let message = Arc::clone(&entry.message);
+        let redelivered = entry.redelivered;
+        if !m.no_ack {
+            self.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue,
+                    entry,
+                    credit: None,
+                    delivered_at: self.ctx.broker.clock().now_ms(),
+                },
+            );
+        }
+        out.push(Outgoing::Content(
+            BasicGetOk {
+                delivery_tag,
+                redelivered,
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                message_count,
+            }
+            .into(),
+            message,
+        ));
+        Ok(())
+    }
+
+    /// Accepts a delivery a queue pushed to this channel: assigns its tag and
+    /// emits basic.deliver. A delivery for a consumer that was cancelled in
+    /// the meantime goes back to its queue.
+    ///
+    /// Returns whether the consumer's prefetch window (or the channel's) is
+    /// now full: nothing more will be delivered to it until the client
+    /// settles something, so what was delivered should not be held back.
+    pub fn deliver(&mut self, delivery: Delivery, out: &mut Vec<Outgoing>) -> bool {
+        let credit = match self.consumers.get(&delivery.consumer_tag) {
+            Some(c) if c.id == delivery.consumer => Arc::clone(&c.credit),
+            _ => {
+                let queue = Arc::clone(&delivery.queue);
+                queue.return_undelivered(delivery);
+                return false;
+            }
+        };
+        let full = credit.is_full() || self.credit.is_full();
+        let delivery_tag = self.next_tag;
+        self.next_tag += 1;
+        self.count_delivery(delivery.entry.redelivered);
+        let message = Arc::clone(&delivery.entry.message);
+        out.push(Outgoing::Content(
+            BasicDeliver {
+                consumer_tag: delivery.consumer_tag.to_string(),
+                delivery_tag,
+                redelivered: delivery.entry.redelivered,
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+            }
+            .into(),
+            message,
+        ));
+        if !delivery.no_ack {
+            self.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue: delivery.queue,
+                    entry: delivery.entry,
+                    credit: Some(credit),
+                    delivered_at: self.ctx.broker.clock().now_ms(),
+                },
+            );
+        }
+        full
+    }
+
+    pub(super) fn count_delivery(&self, redelivered: bool) {
+        let m = &self.ctx.broker.metrics;
+        m.delivered.inc();
+        if redelivered {
+            m.redelivered.inc();
+        }
+    }
+
+    pub(super) fn flow(
+        &mut self,
+        m: ChannelFlow,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), BrokerError> {
+        self.credit.set_paused(!m.active);
+        if m.active {
+            self.kick_consumers();
+        }
+        reply(out, ChannelFlowOk { active: m.active }, false);
+        Ok(())
+    }
+
+    pub(super) fn kick_consumers(&self) {
+        let mut kicked: Vec<&Arc<Queue>> = Vec::new();
+        for c in self.consumers.values() {
+            if !kicked.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {
+                c.queue.kick();
+                kicked.push(&c.queue);
+            }
+        }
+    }
+
+    /// basic.recover (answered) and basic.recover-async (`out` None).
+    pub(super) fn recover(
+        &mut self,
+        requeue: bool,
+        out: Option<&mut Vec<Outgoing>>,
+    ) -> Result<(), BrokerError> {
+        if !requeue {
+            return Err(BrokerError::NotImplemented("requeue=false".into()));
+        }
+        self.requeue_all();
+        if let Some(out) = out {
+            reply(out, BasicRecoverOk {}, false);
+        }
+        Ok(())
+    }
+
+    pub(super) fn requeue_all(&mut self) {
+        let all = std::mem::take(&mut self.unacked).into_values().collect();
+        self.finish(all, Settle::Requeue);
+    }
+
+    /// The consumer timeout: fails when a delivery has waited for its ack
+    /// longer than its queue's `x-consumer-timeout`, or `default_ms` for
+    /// queues without one. The server then closes the channel with this
+    /// error (406), which requeues its deliveries, as RabbitMQ does.
+    pub fn check_consumer_timeout(
+        &self,
+        now: u64,
+        default_ms: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        for u in self.unacked.values() {
+            let Some(timeout) = u.queue.args.consumer_timeout.or(default_ms) else {
+                continue;
+            };
+            if now.saturating_sub(u.delivered_at) > timeout {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "delivery acknowledgement on channel {} timed out. Timeout value used: {timeout} ms. \
+                     This timeout value can be configured, see consumers doc guide to learn more",
+                    self.id
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! A channel: the per-channel state machine of an AMQP session, without I/O.
+//!
+//! The session hands each method to [`Channel::handle`] (or a whole message
+//! to [`Channel::publish`]); the channel answers by pushing [`Outgoing`]
+//! frames into a vector the session encodes. Deliveries that queues push to
+//! the channel's sink come back in through [`Channel::deliver`], which
+//! assigns their delivery tags. Nothing here touches a socket or a clock, so
+//! every rule (tags, acks, prefetch, confirms, transactions) is testable in
+//! plain unit tests.
+//!
+//! [`Channel::handle`] only dispatches; each AMQP class has its own file
+//! with one method per AMQP method, each in the same three steps (check,
+//! apply to the vhost or the channel's state, answer):
+//! - [`exchange`](self::exchange): exchange.declare/delete/bind/unbind;
+//! - [`queue`](self::queue): queue.declare/bind/unbind/purge/delete;
+//! - [`consume`](self::consume): basic.qos/consume/cancel/get, deliveries,
+//!   recover, channel.flow and the consumer timeout;
+//! - [`settle`](self::settle): basic.ack/nack/reject;
+//! - [`publish`](self::publish): basic.publish, publisher confirms and
+//!   transactions.
+
+mod consume;
+mod exchange;
+mod publish;
+mod queue;
+mod settle;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use antre_amqp::Method;
+
+use crate::broker::Broker;
+use crate::durable::Durable;
+use crate::error::BrokerError;
+use crate::message::Message;
+use crate::queue::{ConnectionId, ConsumerId, Credit, DeliverySink, Entry, Queue};
+use crate::vhost::Vhost;
+
+/// A frame the channel wants sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A method without content.
+    Method(Method),
+    /// basic.deliver, basic.get-ok or basic.return, followed by the message's
+    /// content header and body.
+    Content(Method, Arc<Message>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Unacked {
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) entry: Entry,
+    /// The consumer's window, to release on settle; None for basic.get.
+    pub(crate) credit: Option<Arc<Credit>>,
+    /// When it was delivered (ms), for the consumer timeout.
+    pub(crate) delivered_at: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct ChannelConsumer {
+    pub(crate) id: ConsumerId,
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) credit: Arc<Credit>,
+}
+
+/// A publish held back by an open transaction.
+#[derive(Debug)]
+pub(crate) struct PendingPublish {
+    pub(crate) mandatory: bool,
+    pub(crate) message: Arc<Message>,
+}
+
+/// An ack, nack or reject held back by an open transaction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PendingSettle {
+    pub(crate) tag: u64,
+    pub(crate) multiple: bool,
+    pub(crate) requeue: Option<bool>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) enum Mode {
+    #[default]
+    Plain,
+    /// Publisher confirms: the sequence number of the next publish.
+    Confirm { next: u64, unconfirmed: Option<u64> },
+    Tx {
+        publishes: Vec<PendingPublish>,
+        settles: Vec<PendingSettle>,
+    },
+}
+
+/// Per-connection facts a channel needs.
+#[derive(Debug, Clone)]
+pub struct ChannelContext {
+    /// The broker (for ids).
+    pub broker: Arc<Broker>,
+    /// The vhost the connection opened.
+    pub vhost: Arc<Vhost>,
+    /// The connection, for exclusive queues.
+    pub connection: ConnectionId,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
+}
+
+/// One open channel.
+#[derive(Debug)]
+pub struct Channel {
+    /// Channel number.
+    pub id: u16,
+    ctx: ChannelContext,
+    sink: Arc<dyn DeliverySink>,
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    consumers: HashMap<Arc<str>, ChannelConsumer>,
+    prefetch: u32,
+    credit: Arc<Credit>,
+    mode: Mode,
+    last_queue: Option<String>,
+    /// Durable queues written to since the last confirm flush.
+    dirty: Vec<Arc<dyn Durable>>,
+    /// Sync requests sent and not answered yet. While any is outstanding,
+    /// later confirms queue behind it, so a `multiple` ack can never cover a
+    /// message that is not on disk yet.
+    syncs_outstanding: usize,
+    /// When each outstanding sync request was made, for confirm latency.
+    sync_started: std::collections::VecDeque<std::time::Instant>,
+    /// Highest publish sequence number confirmed so far.
+    confirmed_up_to: u64,
+    /// This channel's direct reply-to queue, once it consumed from
+    /// `amq.rabbitmq.reply-to`.
+    reply_queue: Option<Arc<Queue>>,
+}
+
+/// The sync token that stands for a transaction commit (confirm tokens are
+/// publish sequence numbers, which never get this high).
+pub(crate) const TX_COMMIT_TOKEN: u64 = u64::MAX;
+/// Marks a sync token that stands for a nack of one publish (a queue
+/// refused it), sent once the confirms before it are out.
+pub(crate) const NACK_TOKEN_FLAG: u64 = 1 << 62;
+
+/// What settling a delivery does to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    Ack,
+    Requeue,
+    /// Rejected without requeue: dead-lettered or dropped.
+    Reject,
+}
+
+impl Channel {
+    /// A freshly opened channel whose consumers' deliveries go to `sink`.
+    pub fn new(id: u16, ctx: ChannelContext, sink: Arc<dyn DeliverySink>) -> Channel {
+        Channel {
+            id,
+            ctx,
+            sink,
+            next_tag: 1,
+            unacked: BTreeMap::new(),
+            consumers: HashMap::new(),
+            prefetch: 0,
+            credit: Credit::new(0),
+            mode: Mode::Plain,
+            last_queue: None,
+            dirty: Vec::new(),
+            syncs_outstanding: 0,
+            sync_started: std::collections::VecDeque::new(),
+            confirmed_up_to: 0,
+            reply_queue: None,
+        }
+    }
+
+    /// Messages delivered on this channel and not yet settled.
+    pub fn unacked_count(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Number of consumers on this channel.
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// Handles a method that carries no content, by class.
+    pub fn handle(&mut self, method: Method, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
+        match method {
+            Method::ExchangeDeclare(m) => self.exchange_declare(m, out),
+            Method::ExchangeDelete(m) => self.exchange_delete(m, out),
+            Method::ExchangeBind(m) => self.exchange_bind(m, out),
+            Method::ExchangeUnbind(m) => self.exchange_unbind(m, out),
+            Method::QueueDeclare(m) => self.queue_declare(m, out),
+            Method::QueueBind(m) => self.queue_bind(m, out),
+            Method::QueueUnbind(m) => self.queue_unbind(m, out),
+            Method::QueuePurge(m) => self.queue_purge(m, out),
+            Method::QueueDelete(m) => self.queue_delete(m, out),
+            Method::BasicQos(m) => self.qos(m, out),
+            Method::BasicConsume(m) => self.consume(m, out),
+            Method::BasicCancel(m) => self.basic_cancel(m, out),
+            Method::BasicGet(m) => self.get(m, out),
+            Method::BasicAck(m) => self.ack(m),
+            Method::BasicReject(m) => self.reject(m),
+            Method::BasicNack(m) => self.nack(m),
+            Method::BasicRecover(m) => self.recover(m.requeue, Some(out)),
+            Method::BasicRecoverAsync(m) => self.recover(m.requeue, None),
+            Method::ChannelFlow(m) => self.flow(m, out),
+            Method::ConfirmSelect(m) => self.confirm_select(m, out),
+            Method::TxSelect(_) => self.tx_select(out),
+            Method::TxCommit(_) => self.tx_commit(out),
+            Method::TxRollback(_) => self.tx_rollback(out),
+            other => Err(BrokerError::CommandInvalid(format!(
+                "unexpected method {} on channel {}",
+                other.name(),
+                self.id
+            ))),
+        }
+    }
+
+    /// The queue a method names, or the channel's last declared queue when
+    /// the name is empty (AMQP's shorthand that RabbitMQ supports).
+    pub(super) fn resolve_queue(&self, name: &str) -> Result<String, BrokerError> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| BrokerError::NotFound("no previously declared queue".into()))
+    }
+
+    /// Tears the channel down (channel.close, or its connection went away):
+    /// cancels its consumers, then puts every unacked delivery back.
+    pub fn close(&mut self) {
+        let tags: Vec<Arc<str>> = self.consumers.keys().cloned().collect();
+        for tag in tags {
+            self.cancel(&tag);
+        }
+        self.requeue_all();
+    }
+}
+
+/// Answers with `m` unless the client asked for no answer.
+fn reply(out: &mut Vec<Outgoing>, m: impl Into<Method>, nowait: bool) {
+    if !nowait {
+        out.push(Outgoing::Method(m.into()));
+    }
+}
