@@ -10,6 +10,8 @@
 //! - [`exchange`]: exchange types and binding rules (topic, headers);
 //! - [`queue`]: the queue engine (ready messages, consumers, prefetch
 //!   credit, round-robin dispatch, requeue at the original position);
+//! - [`session`]: a whole client connection's protocol conversation, as a
+//!   pure state machine (bytes and time in, bytes and effects out);
 //! - [`channel`]: the per-channel state machine (delivery tags, acks,
 //!   publisher confirms, transactions);
 //! - [`syncer`]: group commit, so confirms mean "on disk" at high rates;
@@ -29,6 +31,7 @@ pub mod exchange;
 pub mod message;
 pub mod metrics;
 pub mod queue;
+pub mod session;
 pub mod syncer;
 pub mod vhost;
 

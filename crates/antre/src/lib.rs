@@ -3,8 +3,8 @@
 //! - [`config`]: settings and their defaults;
 //! - [`alarm`]: the free-disk alarm that blocks publishers;
 //! - [`server`]: the listener, start-up and graceful shutdown;
-//! - [`connection`]: one task per client connection — the AMQP handshake,
-//!   the frame loop, content assembly, heartbeats and batched writes;
+//! - [`connection`]: one task per client connection: the socket, timers and
+//!   delivery coalescing around the core's pure protocol session;
 //! - [`registry`]: the open connections and their channels, for operators;
 //! - [`http`]: the management API (RabbitMQ-shaped JSON), the web UI and
 //!   Prometheus metrics, on one HTTP listener;

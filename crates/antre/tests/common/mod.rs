@@ -258,24 +258,7 @@ impl RawClient {
         heartbeat: u16,
         client_properties: antre_amqp::FieldTable,
     ) -> RawClient {
-        let stream = TcpStream::connect(addr).await.expect("tcp connect");
-        let mut c = RawClient {
-            stream,
-            rbuf: BytesMut::new(),
-        };
-        c.send_bytes(&PROTOCOL_HEADER).await;
-        let (_, start) = c.recv_method().await.expect("connection.start");
-        assert!(matches!(start, Method::ConnectionStart(_)));
-        c.send(
-            0,
-            ConnectionStartOk {
-                client_properties,
-                mechanism: "PLAIN".into(),
-                response: Bytes::from_static(b"\0guest\0guest"),
-                locale: "en_US".into(),
-            },
-        )
-        .await;
+        let mut c = RawClient::start(addr, client_properties).await;
         let (_, tune) = c.recv_method().await.expect("connection.tune");
         let Method::ConnectionTune(tune) = tune else {
             panic!("expected tune, got {tune:?}")
@@ -299,6 +282,30 @@ impl RawClient {
         .await;
         let (_, open_ok) = c.recv_method().await.expect("open-ok");
         assert!(matches!(open_ok, Method::ConnectionOpenOk(_)));
+        c
+    }
+
+    /// Connects, sends the protocol header and start-ok as guest: the
+    /// server's connection.tune is next.
+    pub async fn start(addr: SocketAddr, client_properties: antre_amqp::FieldTable) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        let mut c = RawClient {
+            stream,
+            rbuf: BytesMut::new(),
+        };
+        c.send_bytes(&PROTOCOL_HEADER).await;
+        let (_, start) = c.recv_method().await.expect("connection.start");
+        assert!(matches!(start, Method::ConnectionStart(_)));
+        c.send(
+            0,
+            ConnectionStartOk {
+                client_properties,
+                mechanism: "PLAIN".into(),
+                response: Bytes::from_static(b"\0guest\0guest"),
+                locale: "en_US".into(),
+            },
+        )
+        .await;
         c
     }
 

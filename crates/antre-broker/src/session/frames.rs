@@ -1,0 +1,465 @@
+//! Frames of an open connection: channel slots and their life cycle,
+//! content assembly (method, header, body frames), channel-0 methods, the
+//! events queues push to channels, and turning refusals into channel or
+//! connection exceptions.
+
+use std::sync::Arc;
+
+use antre_amqp::method::*;
+use antre_amqp::{
+    decode_frame, encode_content, encode_method, reply, CodecError, ContentHeader, Frame, Method,
+};
+use bytes::{Bytes, BytesMut};
+
+use super::{ChannelSink, Effect, Session, SessionState};
+use crate::channel::{Channel, Outgoing};
+use crate::error::BrokerError;
+use crate::queue::Delivery;
+
+/// A message being assembled from its method, header and body frames.
+#[derive(Debug)]
+pub(super) struct PendingContent {
+    publish: BasicPublish,
+    header: Option<ContentHeader>,
+    body: BytesMut,
+    first_body: Option<Bytes>,
+    received: u64,
+}
+
+// Nearly every slot is Open; boxing the content being assembled would cost
+// an allocation per published message to save memory on closing channels.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(super) enum Slot {
+    Open {
+        channel: Box<Channel>,
+        content: Option<PendingContent>,
+    },
+    /// We sent channel.close and ignore everything but close/close-ok.
+    Closing,
+}
+
+impl Slot {
+    pub(super) fn channel(&self) -> Option<&Channel> {
+        match self {
+            Slot::Open { channel, .. } => Some(channel),
+            Slot::Closing => None,
+        }
+    }
+
+    pub(super) fn into_channel(self) -> Option<Box<Channel>> {
+        match self {
+            Slot::Open { channel, .. } => Some(channel),
+            Slot::Closing => None,
+        }
+    }
+}
+
+/// A connection exception: connection.close with this code and text.
+pub(super) struct ConnectionError {
+    pub(super) code: u16,
+    pub(super) text: String,
+    pub(super) ids: (u16, u16),
+}
+
+impl ConnectionError {
+    pub(super) fn new(code: u16, text: impl Into<String>) -> ConnectionError {
+        ConnectionError {
+            code,
+            text: text.into(),
+            ids: (0, 0),
+        }
+    }
+
+    pub(super) fn on(code: u16, text: impl Into<String>, method: &Method) -> ConnectionError {
+        ConnectionError {
+            code,
+            text: text.into(),
+            ids: method.id(),
+        }
+    }
+}
+
+impl From<CodecError> for ConnectionError {
+    fn from(e: CodecError) -> ConnectionError {
+        let name = match e.reply_code() {
+            reply::FRAME_ERROR => "FRAME_ERROR",
+            reply::NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
+            _ => "SYNTAX_ERROR",
+        };
+        ConnectionError::new(e.reply_code(), format!("{name} - {e}"))
+    }
+}
+
+fn channel_error(id: u16, method: &Method, why: &str) -> ConnectionError {
+    let text = format!("CHANNEL_ERROR - {why} on channel {id}");
+    ConnectionError::on(reply::CHANNEL_ERROR, text, method)
+}
+
+impl Session {
+    /// Decodes and handles one frame; returns whether one was complete.
+    pub(super) fn next_frame(&mut self, input: &mut BytesMut) -> bool {
+        let frame = match decode_frame(input, self.frame_max) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return false,
+            Err(e) => {
+                input.clear();
+                if self.state == SessionState::Closing {
+                    self.state = SessionState::Closed { linger: false };
+                } else {
+                    let e = ConnectionError::from(e);
+                    self.close_with(e.code, e.text, e.ids);
+                }
+                return false;
+            }
+        };
+        if self.state == SessionState::Closing {
+            // After our connection.close: discard frames until close-ok.
+            if let Frame::Method {
+                method: Method::ConnectionCloseOk(_) | Method::ConnectionClose(_),
+                ..
+            } = frame
+            {
+                self.state = SessionState::Closed { linger: false };
+            }
+            return true;
+        }
+        if let Err(e) = self.handle_frame(frame) {
+            self.close_with(e.code, e.text, e.ids);
+        }
+        true
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnectionError> {
+        let id = frame.channel();
+        if id == 0 {
+            return self.handle_channel_zero(frame);
+        }
+        let Some(slot) = self.channels.get_mut(&id) else {
+            return match frame {
+                Frame::Method {
+                    method: Method::ChannelOpen(_),
+                    ..
+                } => self.open_channel(id),
+                Frame::Method { method, .. } => {
+                    Err(channel_error(id, &method, "expected 'channel.open'"))
+                }
+                _ => Err(ConnectionError::new(
+                    reply::CHANNEL_ERROR,
+                    format!("CHANNEL_ERROR - content frame on closed channel {id}"),
+                )),
+            };
+        };
+        let Slot::Open { channel, content } = slot else {
+            // Closing: only close and close-ok matter, all else is dropped.
+            match frame {
+                Frame::Method {
+                    method: Method::ChannelCloseOk(_),
+                    ..
+                } => self.channel_gone(id),
+                Frame::Method {
+                    method: Method::ChannelClose(_),
+                    ..
+                } => encode_method(id, &ChannelCloseOk {}.into(), &mut self.wbuf),
+                _ => {}
+            }
+            return Ok(());
+        };
+        let result = match frame {
+            Frame::Method { method, .. } => {
+                if content.is_some() {
+                    return Err(ConnectionError::new(
+                        reply::UNEXPECTED_FRAME,
+                        format!(
+                            "UNEXPECTED_FRAME - expected content header for class 60, got {}",
+                            method.name()
+                        ),
+                    ));
+                }
+                let ids = method.id();
+                match method {
+                    Method::ChannelOpen(_) => {
+                        let open = ChannelOpen::default().into();
+                        return Err(channel_error(id, &open, "second 'channel.open' seen"));
+                    }
+                    Method::ChannelClose(_) => {
+                        channel.close();
+                        self.channel_gone(id);
+                        encode_method(id, &ChannelCloseOk {}.into(), &mut self.wbuf);
+                        return Ok(());
+                    }
+                    Method::ChannelCloseOk(_) => Ok(()),
+                    Method::BasicPublish(publish) => {
+                        self.has_published = true;
+                        *content = Some(PendingContent {
+                            publish,
+                            header: None,
+                            body: BytesMut::new(),
+                            first_body: None,
+                            received: 0,
+                        });
+                        Ok(())
+                    }
+                    method => channel.handle(method, &mut self.out).map_err(|e| (e, ids)),
+                }
+            }
+            Frame::Header { header, .. } => {
+                let Some(pending) = content.as_mut().filter(|p| p.header.is_none()) else {
+                    return Err(ConnectionError::new(
+                        reply::UNEXPECTED_FRAME,
+                        format!("UNEXPECTED_FRAME - content header on channel {id} without basic.publish"),
+                    ));
+                };
+                match channel.check_header(&header) {
+                    Err(e) => {
+                        *content = None;
+                        Err((e, (60, 40)))
+                    }
+                    Ok(()) if header.body_size == 0 => {
+                        let publish = std::mem::take(&mut pending.publish);
+                        *content = None;
+                        channel
+                            .publish(publish, header, Bytes::new(), &mut self.out)
+                            .map_err(|e| (e, (60, 40)))
+                    }
+                    Ok(()) => {
+                        pending.header = Some(header);
+                        Ok(())
+                    }
+                }
+            }
+            Frame::Body { payload, .. } => {
+                let Some(pending) = content.as_mut().filter(|p| p.header.is_some()) else {
+                    return Err(ConnectionError::new(
+                        reply::UNEXPECTED_FRAME,
+                        format!("UNEXPECTED_FRAME - content body on channel {id} without a header"),
+                    ));
+                };
+                pending.received += payload.len() as u64;
+                let expected = pending.header.as_ref().map_or(0, |h| h.body_size);
+                if pending.received > expected {
+                    return Err(ConnectionError::new(
+                        reply::FRAME_ERROR,
+                        format!("FRAME_ERROR - content body exceeds the {expected} bytes its header announced"),
+                    ));
+                }
+                // The common single-frame body is kept as the slice of the
+                // read buffer it arrived in; only multi-frame bodies are copied.
+                match pending.first_body.take() {
+                    None if pending.body.is_empty() => pending.first_body = Some(payload),
+                    first => {
+                        if let Some(first) = first {
+                            pending.body.extend_from_slice(&first);
+                        }
+                        pending.body.extend_from_slice(&payload);
+                    }
+                }
+                if pending.received < expected {
+                    return Ok(());
+                }
+                match content.take() {
+                    Some(PendingContent {
+                        publish,
+                        header: Some(header),
+                        body,
+                        first_body,
+                        ..
+                    }) => {
+                        let body = first_body.unwrap_or_else(|| body.freeze());
+                        channel
+                            .publish(publish, header, body, &mut self.out)
+                            .map_err(|e| (e, (60, 40)))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Frame::Heartbeat => Ok(()),
+        };
+        self.encode_out(id);
+        match result {
+            Ok(()) => Ok(()),
+            Err((e, ids)) => {
+                self.fail_channel(id, e, ids);
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_channel_zero(&mut self, frame: Frame) -> Result<(), ConnectionError> {
+        match frame {
+            Frame::Heartbeat => Ok(()),
+            Frame::Method {
+                method: Method::ConnectionClose(_),
+                ..
+            } => {
+                // Release the connection's resources before answering, so
+                // that once a client has its close-ok, its unacked messages
+                // are back in their queues and its exclusive queues are gone
+                // (as the spec orders).
+                self.teardown();
+                self.wbuf.clear();
+                encode_method(0, &ConnectionCloseOk {}.into(), &mut self.wbuf);
+                self.state = SessionState::Closed { linger: true };
+                Ok(())
+            }
+            Frame::Method {
+                method: Method::ConnectionCloseOk(_),
+                ..
+            } => {
+                self.teardown();
+                self.state = SessionState::Closed { linger: false };
+                Ok(())
+            }
+            Frame::Method { method, .. } => Err(ConnectionError::on(
+                reply::COMMAND_INVALID,
+                format!(
+                    "COMMAND_INVALID - unexpected method {} on channel 0",
+                    method.name()
+                ),
+                &method,
+            )),
+            _ => Err(ConnectionError::new(
+                reply::COMMAND_INVALID,
+                "COMMAND_INVALID - content frame on channel 0",
+            )),
+        }
+    }
+
+    fn open_channel(&mut self, id: u16) -> Result<(), ConnectionError> {
+        if id > self.channel_max {
+            return Err(ConnectionError::new(
+                reply::CHANNEL_ERROR,
+                format!(
+                    "CHANNEL_ERROR - channel {id} exceeds channel_max {}",
+                    self.channel_max
+                ),
+            ));
+        }
+        let Some(ctx) = self.ctx.clone() else {
+            return Err(ConnectionError::new(
+                reply::CHANNEL_ERROR,
+                "CHANNEL_ERROR - connection not open",
+            ));
+        };
+        let sink = Arc::new(ChannelSink {
+            channel: id,
+            events: Arc::clone(&self.events),
+        });
+        let channel = Channel::new(id, ctx, sink);
+        self.channels.insert(
+            id,
+            Slot::Open {
+                channel: Box::new(channel),
+                content: None,
+            },
+        );
+        self.effects.push_back(Effect::ChannelOpened(id));
+        encode_method(id, &ChannelOpenOk::default().into(), &mut self.wbuf);
+        Ok(())
+    }
+
+    fn channel_gone(&mut self, id: u16) {
+        self.channels.remove(&id);
+        self.effects.push_back(Effect::ChannelClosed(id));
+    }
+
+    /// Turns a broker refusal into a channel exception, or a connection
+    /// exception where the spec makes it one.
+    pub(super) fn fail_channel(&mut self, id: u16, e: BrokerError, ids: (u16, u16)) {
+        if e.closes_connection() {
+            self.close_with(e.reply_code(), e.to_string(), ids);
+            return;
+        }
+        tracing::debug!(peer = self.peer.label, channel = id, "channel error: {e}");
+        if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
+            channel.close();
+        }
+        self.channels.insert(id, Slot::Closing);
+        let close = ChannelClose {
+            reply_code: e.reply_code(),
+            reply_text: e.to_string(),
+            class_id: ids.0,
+            method_id: ids.1,
+        };
+        encode_method(id, &close.into(), &mut self.wbuf);
+    }
+
+    /// A connection exception: releases everything, drops output not yet
+    /// written (held deliveries were just requeued; sending them would only
+    /// make the client process messages that are coming back anyway), sends
+    /// connection.close and waits for close-ok.
+    pub(super) fn close_with(&mut self, code: u16, text: String, ids: (u16, u16)) {
+        tracing::info!(peer = self.peer.label, code, "closing connection: {text}");
+        self.teardown();
+        self.wbuf.clear();
+        self.delivery_bytes = 0;
+        let close = ConnectionClose {
+            reply_code: code,
+            reply_text: text,
+            class_id: ids.0,
+            method_id: ids.1,
+        };
+        encode_method(0, &close.into(), &mut self.wbuf);
+        self.state = SessionState::Closing;
+    }
+
+    /// Encodes what channel `id` answered.
+    fn encode_out(&mut self, id: u16) {
+        for item in self.out.drain(..) {
+            match item {
+                Outgoing::Method(m) => encode_method(id, &m, &mut self.wbuf),
+                Outgoing::Content(m, message) => {
+                    encode_method(id, &m, &mut self.wbuf);
+                    let (props, body) = (&message.properties, &message.body);
+                    encode_content(id, props, body, self.frame_max, &mut self.wbuf);
+                }
+            }
+        }
+    }
+
+    /// After a batch of frames: one basic.ack(multiple) per channel for the
+    /// publishes in it, so a fast publisher gets one confirm frame per read.
+    pub(super) fn flush_confirms(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
+                channel.flush_confirms(&mut self.out);
+                self.encode_out(id);
+            }
+        }
+    }
+
+    pub(super) fn deliver(&mut self, id: u16, delivery: Delivery) {
+        let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) else {
+            let queue = Arc::clone(&delivery.queue);
+            queue.return_undelivered(delivery);
+            return;
+        };
+        let before = self.wbuf.len();
+        self.window_full |= channel.deliver(delivery, &mut self.out);
+        self.encode_out(id);
+        self.delivery_bytes += self.wbuf.len() - before;
+    }
+
+    pub(super) fn on_synced(&mut self, id: u16, token: u64, ok: bool) {
+        if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
+            let result = channel.on_synced(token, ok, &mut self.out);
+            self.encode_out(id);
+            if let Err(e) = result {
+                self.fail_channel(id, e, (0, 0));
+            }
+        }
+    }
+
+    pub(super) fn consumer_cancelled(&mut self, id: u16, tag: &str) {
+        if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
+            if channel.consumer_cancelled(tag) && self.cancel_notify {
+                let cancel = BasicCancel {
+                    consumer_tag: tag.to_owned(),
+                    nowait: true,
+                };
+                encode_method(id, &cancel.into(), &mut self.wbuf);
+            }
+        }
+    }
+}

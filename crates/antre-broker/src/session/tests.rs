@@ -1,0 +1,423 @@
+//! Whole protocol conversations with a session, without sockets: a test
+//! client encodes frames into the session's input and decodes its output,
+//! and events travel through a vector the test hands back, as the server's
+//! task would.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use antre_amqp::method::*;
+use antre_amqp::{
+    decode_frame, encode_content, encode_frame, encode_method, BasicProperties, FieldTable, Frame,
+    Method, PROTOCOL_HEADER,
+};
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+
+use super::*;
+
+#[derive(Debug, Default)]
+struct Collect(Mutex<Vec<SessionEvent>>);
+
+impl EventSink for Collect {
+    fn send(&self, event: SessionEvent) -> Result<(), SessionEvent> {
+        self.0.lock().push(event);
+        Ok(())
+    }
+}
+
+struct Client {
+    session: Session,
+    events: Arc<Collect>,
+    input: BytesMut,
+    output: BytesMut,
+    now: Instant,
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        frame_max: 4096,
+        channel_max: 8,
+        heartbeat: 10,
+        max_message_size: 1024,
+        consumer_timeout: None,
+        identity: ServerIdentity::default(),
+    }
+}
+
+impl Client {
+    fn new() -> Client {
+        let events = Arc::new(Collect::default());
+        let now = Instant::now();
+        let peer = Peer {
+            loopback: true,
+            label: "test".into(),
+        };
+        let broker = Arc::new(Broker::new());
+        let sink = Arc::clone(&events) as Arc<dyn EventSink>;
+        Client {
+            session: Session::new(broker, config(), peer, sink, now),
+            events,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            now,
+        }
+    }
+
+    /// A client past the handshake (heartbeat 10 s), with channel 1 open.
+    fn open() -> Client {
+        let mut c = Client::new();
+        c.bytes(&PROTOCOL_HEADER);
+        c.method(0, start_ok("guest"));
+        let tune_ok = ConnectionTuneOk {
+            channel_max: 0,
+            frame_max: 4096,
+            heartbeat: 10,
+        };
+        c.method(0, tune_ok);
+        c.method(0, open_vhost("/"));
+        c.method(1, ChannelOpen::default());
+        c.flush();
+        let replies = c.methods();
+        assert!(matches!(
+            replies.last(),
+            Some((1, Method::ChannelOpenOk(_)))
+        ));
+        c
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+    }
+
+    fn method(&mut self, channel: u16, m: impl Into<Method>) {
+        encode_method(channel, &m.into(), &mut self.input);
+    }
+
+    fn publish(&mut self, channel: u16, key: &str, body: &[u8]) {
+        let publish = BasicPublish {
+            routing_key: key.into(),
+            ..Default::default()
+        };
+        self.method(channel, publish);
+        let props = BasicProperties::default();
+        encode_content(channel, &props, body, 16, &mut self.input);
+    }
+
+    /// Hands the session what the client sent, then the events it caused.
+    fn flush(&mut self) {
+        self.session.receive(&mut self.input, self.now);
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let events: Vec<SessionEvent> = std::mem::take(&mut *self.events.0.lock());
+            if events.is_empty() {
+                break;
+            }
+            for e in events {
+                self.session.event(e);
+            }
+        }
+        let out = self.session.output();
+        self.output.extend_from_slice(out);
+        self.session.wrote(self.now);
+    }
+
+    /// Every frame the session wrote since the last call.
+    fn frames(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        if self.output.starts_with(&PROTOCOL_HEADER) {
+            let _ = self.output.split_to(PROTOCOL_HEADER.len());
+        }
+        while let Some(f) = decode_frame(&mut self.output, 1 << 20).expect("valid output") {
+            frames.push(f);
+        }
+        frames
+    }
+
+    fn methods(&mut self) -> Vec<(u16, Method)> {
+        self.frames()
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Method { channel, method } => Some((channel, method)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn start_ok(user: &str) -> ConnectionStartOk {
+    ConnectionStartOk {
+        client_properties: FieldTable::new(),
+        mechanism: "PLAIN".into(),
+        response: Bytes::from(format!("\0{user}\0guest")),
+        locale: "en_US".into(),
+    }
+}
+
+fn open_vhost(vhost: &str) -> ConnectionOpen {
+    ConnectionOpen {
+        virtual_host: vhost.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_pipelined_handshake_and_first_commands_are_answered_in_one_go() {
+    let mut c = Client::new();
+    c.bytes(&PROTOCOL_HEADER);
+    c.method(0, start_ok("guest"));
+    c.method(
+        0,
+        ConnectionTuneOk {
+            channel_max: 0,
+            frame_max: 4096,
+            heartbeat: 0,
+        },
+    );
+    c.method(0, open_vhost("/"));
+    c.method(1, ChannelOpen::default());
+    c.method(
+        1,
+        QueueDeclare {
+            queue: "q".into(),
+            ..Default::default()
+        },
+    );
+    c.flush();
+    let names: Vec<&str> = c.methods().iter().map(|(_, m)| m.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "connection.start",
+            "connection.tune",
+            "connection.open-ok",
+            "channel.open-ok",
+            "queue.declare-ok"
+        ]
+    );
+    assert_eq!(*c.session.state(), SessionState::Open);
+    let Some(Effect::Opened(opened)) = c.session.poll_effect() else {
+        panic!("the server learns who opened the connection");
+    };
+    assert_eq!(
+        (opened.user.as_str(), opened.vhost.as_str()),
+        ("guest", "/")
+    );
+    assert_eq!(opened.channel_max, 8, "0 means the server's limit");
+    assert_eq!(c.session.poll_effect(), Some(Effect::ChannelOpened(1)));
+}
+
+#[test]
+fn a_wrong_protocol_header_is_answered_with_ours_and_the_session_ends() {
+    let mut c = Client::new();
+    c.bytes(b"AMQP\x00\x00\x08\x00");
+    c.flush();
+    assert_eq!(&c.output[..], &PROTOCOL_HEADER);
+    assert_eq!(*c.session.state(), SessionState::Closed { linger: false });
+}
+
+#[test]
+fn a_refused_login_closes_with_403() {
+    let mut c = Client::new();
+    c.bytes(&PROTOCOL_HEADER);
+    c.method(0, start_ok("nobody"));
+    c.flush();
+    let last = c.methods().pop();
+    let Some((0, Method::ConnectionClose(close))) = last else {
+        panic!("expected connection.close, got {last:?}");
+    };
+    assert_eq!(close.reply_code, 403);
+    assert_eq!(*c.session.state(), SessionState::Closing);
+    c.method(0, ConnectionCloseOk {});
+    c.flush();
+    assert_eq!(*c.session.state(), SessionState::Closed { linger: false });
+}
+
+#[test]
+fn content_split_across_frames_is_assembled_and_delivered() {
+    let mut c = Client::open();
+    c.method(
+        1,
+        QueueDeclare {
+            queue: "q".into(),
+            ..Default::default()
+        },
+    );
+    let consume = BasicConsume {
+        queue: "q".into(),
+        consumer_tag: "c".into(),
+        no_ack: true,
+        ..Default::default()
+    };
+    c.method(1, consume);
+    // frame_max 16 in the encoder: the body travels in several frames.
+    c.publish(1, "q", b"a body longer than one frame");
+    c.flush();
+    let frames = c.frames();
+    let body: Vec<u8> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Body { payload, .. } => Some(payload.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(body, b"a body longer than one frame");
+    let deliver = frames.iter().any(|f| {
+        matches!(
+            f,
+            Frame::Method {
+                method: Method::BasicDeliver(_),
+                ..
+            }
+        )
+    });
+    assert!(deliver);
+}
+
+#[test]
+fn a_method_in_the_middle_of_content_is_a_connection_error() {
+    let mut c = Client::open();
+    c.method(
+        1,
+        BasicPublish {
+            routing_key: "q".into(),
+            ..Default::default()
+        },
+    );
+    c.method(1, BasicQos::default());
+    c.flush();
+    let last = c.methods().pop();
+    let Some((0, Method::ConnectionClose(close))) = last else {
+        panic!("expected connection.close, got {last:?}");
+    };
+    assert_eq!(close.reply_code, 505);
+    // Everything but close-ok is ignored now.
+    c.method(1, ChannelOpen::default());
+    c.flush();
+    assert!(c.methods().is_empty());
+    assert_eq!(*c.session.state(), SessionState::Closing);
+}
+
+#[test]
+fn a_channel_error_closes_only_that_channel_until_close_ok() {
+    let mut c = Client::open();
+    c.method(2, ChannelOpen::default());
+    c.method(
+        1,
+        QueueDeclare {
+            queue: "missing".into(),
+            passive: true,
+            ..Default::default()
+        },
+    );
+    c.method(
+        1,
+        QueueDeclare {
+            queue: "ignored".into(),
+            ..Default::default()
+        },
+    );
+    c.method(2, BasicQos::default());
+    c.flush();
+    let replies = c.methods();
+    let names: Vec<(u16, &str)> = replies.iter().map(|(ch, m)| (*ch, m.name())).collect();
+    assert_eq!(
+        names,
+        [
+            (2, "channel.open-ok"),
+            (1, "channel.close"),
+            (2, "basic.qos-ok")
+        ],
+        "the channel ignores methods after its close, the other is served"
+    );
+    c.method(1, ChannelCloseOk {});
+    c.method(1, ChannelOpen::default());
+    c.flush();
+    assert!(matches!(
+        c.methods().as_slice(),
+        [(1, Method::ChannelOpenOk(_))]
+    ));
+}
+
+#[test]
+fn client_close_releases_everything_before_close_ok() {
+    let mut c = Client::open();
+    c.method(
+        1,
+        QueueDeclare {
+            queue: "mine".into(),
+            exclusive: true,
+            ..Default::default()
+        },
+    );
+    c.flush();
+    c.methods();
+    c.method(0, ConnectionClose::default());
+    c.flush();
+    assert!(matches!(
+        c.methods().as_slice(),
+        [(0, Method::ConnectionCloseOk(_))]
+    ));
+    assert_eq!(*c.session.state(), SessionState::Closed { linger: true });
+    let vhost = c.session.broker.vhost("/").unwrap();
+    assert!(
+        vhost.queue("mine", c.session.id()).is_err(),
+        "exclusive queue gone"
+    );
+}
+
+#[test]
+fn heartbeats_are_sent_when_idle_and_a_silent_client_is_dropped() {
+    let mut c = Client::open();
+    c.session.heartbeat_tick(c.now + Duration::from_secs(5));
+    c.pump();
+    assert!(matches!(c.frames().as_slice(), [Frame::Heartbeat]));
+    c.session.heartbeat_tick(c.now + Duration::from_secs(21));
+    assert_eq!(*c.session.state(), SessionState::Closed { linger: false });
+}
+
+#[test]
+fn publishers_are_blocked_by_an_alarm_and_told_so() {
+    let mut c = Client::new();
+    c.bytes(&PROTOCOL_HEADER);
+    let mut caps = FieldTable::new();
+    caps.insert("connection.blocked", antre_amqp::FieldValue::Bool(true));
+    let mut props = FieldTable::new();
+    props.insert("capabilities", antre_amqp::FieldValue::Table(caps));
+    let mut login = start_ok("guest");
+    login.client_properties = props;
+    c.method(0, login);
+    c.method(0, ConnectionTuneOk::default());
+    c.method(0, open_vhost("/"));
+    c.method(1, ChannelOpen::default());
+    c.flush();
+    c.methods();
+    assert!(
+        !c.session.set_alarm(Some("low on disk")),
+        "not a publisher yet"
+    );
+    c.publish(1, "nowhere", b"x");
+    c.flush();
+    assert!(c.session.set_alarm(Some("low on disk")));
+    assert!(!c.session.set_alarm(None));
+    c.pump();
+    let names: Vec<&str> = c.methods().iter().map(|(_, m)| m.name()).collect();
+    assert_eq!(names, ["connection.blocked", "connection.unblocked"]);
+}
+
+#[test]
+fn unparseable_frames_close_the_connection_with_the_codec_reply_code() {
+    let mut c = Client::open();
+    encode_frame(&Frame::Heartbeat, &mut c.input);
+    c.bytes(&[9, 0, 0, 0, 0, 0, 0, 0xCE]);
+    c.flush();
+    let last = c.methods().pop();
+    let Some((0, Method::ConnectionClose(close))) = last else {
+        panic!("expected connection.close, got {last:?}");
+    };
+    assert_eq!(close.reply_code, 501, "{}", close.reply_text);
+}
