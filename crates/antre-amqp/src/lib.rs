@@ -17,6 +17,11 @@
 //! Bodies and long strings are parsed as [`bytes::Bytes`] slices of the read
 //! buffer, never copied.
 
+#![forbid(unsafe_code)]
+// A client's bytes or the disk must never panic the broker: no unwrap
+// outside tests (clippy.toml lets tests unwrap).
+#![warn(clippy::unwrap_used)]
+
 pub mod codec;
 pub mod constants;
 pub mod error;

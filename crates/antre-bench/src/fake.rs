@@ -105,7 +105,12 @@ impl DeliveryTemplate {
             ..Default::default()
         };
         encode_content(1, &props, &vec![b'x'; body_size], 131_072, &mut out);
-        let header_size = u32::from_be_bytes(out[header_at + 3..header_at + 7].try_into().unwrap());
+        let header_size = u32::from_be_bytes([
+            out[header_at + 3],
+            out[header_at + 4],
+            out[header_at + 5],
+            out[header_at + 6],
+        ]);
         DeliveryTemplate {
             bytes: out.to_vec(),
             tag_at,
@@ -233,7 +238,8 @@ fn handle_frames(
     while rbuf.len() >= pos + 8 {
         let kind = rbuf[pos];
         let channel = u16::from_be_bytes([rbuf[pos + 1], rbuf[pos + 2]]);
-        let size = u32::from_be_bytes(rbuf[pos + 3..pos + 7].try_into().unwrap()) as usize;
+        let size = u32::from_be_bytes([rbuf[pos + 3], rbuf[pos + 4], rbuf[pos + 5], rbuf[pos + 6]])
+            as usize;
         if rbuf.len() < pos + 8 + size {
             break;
         }

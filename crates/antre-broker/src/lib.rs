@@ -20,6 +20,11 @@
 //! - [`clock`]: injectable time, so TTLs and delays are tested without sleeps;
 //! - [`error`]: refusals, each with its AMQP reply code.
 
+#![forbid(unsafe_code)]
+// A client's bytes or the disk must never panic the broker: no unwrap
+// outside tests (clippy.toml lets tests unwrap).
+#![warn(clippy::unwrap_used)]
+
 pub mod broker;
 pub mod channel;
 pub mod clock;

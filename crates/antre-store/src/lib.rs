@@ -98,6 +98,11 @@
 //! A damaged ack entry is ignored (its record comes back) and a torn partial
 //! entry at the end of an ack file is cut off. See `docs/store.md` for more.
 
+#![forbid(unsafe_code)]
+// A client's bytes or the disk must never panic the broker: no unwrap
+// outside tests (clippy.toml lets tests unwrap).
+#![warn(clippy::unwrap_used)]
+
 pub mod definitions;
 mod error;
 mod format;

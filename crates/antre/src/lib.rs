@@ -14,6 +14,10 @@
 //! The binary (`main.rs`) parses the command line and calls [`server::start`];
 //! integration tests call it too, on port 0 with a temporary data directory.
 
+// A client's bytes or the disk must never panic the broker: no unwrap
+// outside tests (clippy.toml lets tests unwrap).
+#![warn(clippy::unwrap_used)]
+
 pub mod alarm;
 pub mod cli;
 pub mod config;

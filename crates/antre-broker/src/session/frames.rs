@@ -204,74 +204,10 @@ impl Session {
                 }
             }
             Frame::Header { header, .. } => {
-                let Some(pending) = content.as_mut().filter(|p| p.header.is_none()) else {
-                    return Err(ConnectionError::new(
-                        reply::UNEXPECTED_FRAME,
-                        format!("UNEXPECTED_FRAME - content header on channel {id} without basic.publish"),
-                    ));
-                };
-                match channel.check_header(&header) {
-                    Err(e) => {
-                        *content = None;
-                        Err((e, (60, 40)))
-                    }
-                    Ok(()) if header.body_size == 0 => {
-                        let publish = std::mem::take(&mut pending.publish);
-                        *content = None;
-                        channel
-                            .publish(publish, header, Bytes::new(), &mut self.out)
-                            .map_err(|e| (e, (60, 40)))
-                    }
-                    Ok(()) => {
-                        pending.header = Some(header);
-                        Ok(())
-                    }
-                }
+                content_header(id, channel, content, header, &mut self.out)?
             }
             Frame::Body { payload, .. } => {
-                let Some(pending) = content.as_mut().filter(|p| p.header.is_some()) else {
-                    return Err(ConnectionError::new(
-                        reply::UNEXPECTED_FRAME,
-                        format!("UNEXPECTED_FRAME - content body on channel {id} without a header"),
-                    ));
-                };
-                pending.received += payload.len() as u64;
-                let expected = pending.header.as_ref().map_or(0, |h| h.body_size);
-                if pending.received > expected {
-                    return Err(ConnectionError::new(
-                        reply::FRAME_ERROR,
-                        format!("FRAME_ERROR - content body exceeds the {expected} bytes its header announced"),
-                    ));
-                }
-                // The common single-frame body is kept as the slice of the
-                // read buffer it arrived in; only multi-frame bodies are copied.
-                match pending.first_body.take() {
-                    None if pending.body.is_empty() => pending.first_body = Some(payload),
-                    first => {
-                        if let Some(first) = first {
-                            pending.body.extend_from_slice(&first);
-                        }
-                        pending.body.extend_from_slice(&payload);
-                    }
-                }
-                if pending.received < expected {
-                    return Ok(());
-                }
-                match content.take() {
-                    Some(PendingContent {
-                        publish,
-                        header: Some(header),
-                        body,
-                        first_body,
-                        ..
-                    }) => {
-                        let body = first_body.unwrap_or_else(|| body.freeze());
-                        channel
-                            .publish(publish, header, body, &mut self.out)
-                            .map_err(|e| (e, (60, 40)))
-                    }
-                    _ => Ok(()),
-                }
+                content_body(id, channel, content, payload, &mut self.out)?
             }
             Frame::Heartbeat => Ok(()),
         };
@@ -461,5 +397,95 @@ impl Session {
                 encode_method(id, &cancel.into(), &mut self.wbuf);
             }
         }
+    }
+}
+
+/// What a content frame did: a channel refusal (with the method it is
+/// about) is a channel exception; a framing error closes the connection.
+type ContentResult = Result<Result<(), (BrokerError, (u16, u16))>, ConnectionError>;
+
+/// A content header: checked before any body is read.
+fn content_header(
+    id: u16,
+    channel: &mut Channel,
+    content: &mut Option<PendingContent>,
+    header: ContentHeader,
+    out: &mut Vec<Outgoing>,
+) -> ContentResult {
+    let Some(pending) = content.as_mut().filter(|p| p.header.is_none()) else {
+        return Err(ConnectionError::new(
+            reply::UNEXPECTED_FRAME,
+            format!("UNEXPECTED_FRAME - content header on channel {id} without basic.publish"),
+        ));
+    };
+    match channel.check_header(&header) {
+        Err(e) => {
+            *content = None;
+            Ok(Err((e, (60, 40))))
+        }
+        Ok(()) if header.body_size == 0 => {
+            let publish = std::mem::take(&mut pending.publish);
+            *content = None;
+            Ok(channel
+                .publish(publish, header, Bytes::new(), out)
+                .map_err(|e| (e, (60, 40))))
+        }
+        Ok(()) => {
+            pending.header = Some(header);
+            Ok(Ok(()))
+        }
+    }
+}
+
+/// A content body frame: the message is published once it is complete.
+fn content_body(
+    id: u16,
+    channel: &mut Channel,
+    content: &mut Option<PendingContent>,
+    payload: Bytes,
+    out: &mut Vec<Outgoing>,
+) -> ContentResult {
+    let Some(pending) = content.as_mut().filter(|p| p.header.is_some()) else {
+        return Err(ConnectionError::new(
+            reply::UNEXPECTED_FRAME,
+            format!("UNEXPECTED_FRAME - content body on channel {id} without a header"),
+        ));
+    };
+    pending.received += payload.len() as u64;
+    let expected = pending.header.as_ref().map_or(0, |h| h.body_size);
+    if pending.received > expected {
+        return Err(ConnectionError::new(
+            reply::FRAME_ERROR,
+            format!("FRAME_ERROR - content body exceeds the {expected} bytes its header announced"),
+        ));
+    }
+    // The common single-frame body is kept as the slice of the
+    // read buffer it arrived in; only multi-frame bodies are copied.
+    match pending.first_body.take() {
+        None if pending.body.is_empty() => pending.first_body = Some(payload),
+        first => {
+            if let Some(first) = first {
+                pending.body.extend_from_slice(&first);
+            }
+            pending.body.extend_from_slice(&payload);
+        }
+    }
+    if pending.received < expected {
+        return Ok(Ok(()));
+    }
+    match content.take() {
+        Some(PendingContent {
+            publish,
+            header: Some(header),
+            body,
+            first_body,
+            ..
+        }) => {
+            let body = first_body.unwrap_or_else(|| body.freeze());
+            Ok(channel
+                .publish(publish, header, body, out)
+                .map_err(|e| (e, (60, 40))))
+        }
+        _ => Ok(Ok(())),
     }
 }

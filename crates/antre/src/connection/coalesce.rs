@@ -199,6 +199,7 @@ mod timer {
             )?;
             // SAFETY: the AsyncFd owns the OwnedFd, which stays open and
             // keeps its descriptor number until the AsyncFd is dropped.
+            #[allow(unsafe_code)]
             let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
             Ok(HoldTimer { fd })
         }

@@ -13,15 +13,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use bytes::Bytes;
-
 use crate::format::{
-    ack_path, decode_record_header, encode_ack_entry, encode_record_header, encode_segment_header,
-    segment_path, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    ack_path, encode_record_header, encode_segment_header, segment_path, MAX_PAYLOAD_LEN,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::recovery::{recover, remove_if_exists};
 use crate::segment::Segment;
 use crate::{sync_dir, RecoveryStats, SegmentPosition, StoreError, StoreOptions};
+
+mod acks;
+mod read;
 
 /// The segment being appended to.
 struct Writer {
@@ -366,131 +367,6 @@ impl QueueStore {
             || !self.pending_acks.is_empty()
     }
 
-    /// Marks the record at `pos` acked (deleted).
-    ///
-    /// Returns [`StoreError::NotFound`] if there is no live record there
-    /// (never appended, already acked); nothing changes then. When the last
-    /// live record of a segment other than the current one is acked, the
-    /// segment and its ack file are deleted. An I/O error means the ack took
-    /// effect in memory but its entry could not be written yet (it is
-    /// retried); after a restart the record may come back.
-    pub fn ack(&mut self, pos: SegmentPosition) -> Result<(), StoreError> {
-        self.check_usable()?;
-        let current = self.writer.as_ref().map(|w| w.segment);
-        let seg = self
-            .segments
-            .get_mut(&pos.segment)
-            .ok_or(StoreError::NotFound(pos))?;
-        if !seg.index.ack(pos.offset) {
-            return Err(StoreError::NotFound(pos));
-        }
-        self.live -= 1;
-        if seg.index.live() == 0 && current != Some(pos.segment) {
-            // No ack entry needed: the whole segment goes.
-            return self.delete_segment(pos.segment);
-        }
-        self.pending_acks.push(pos);
-        if self.pending_acks.len() >= self.opts.max_pending_acks {
-            self.write_pending_acks()?;
-        }
-        Ok(())
-    }
-
-    /// Writes and fsyncs every buffered ack (an *ack checkpoint*), so that
-    /// no acked record can come back even after power loss. [`close`] does
-    /// this too; call it from a timer if acks arrive with no appends.
-    ///
-    /// [`close`]: Self::close
-    pub fn sync_acks(&mut self) -> Result<(), StoreError> {
-        self.check_usable()?;
-        self.write_pending_acks()?;
-        self.fsync_acks()
-    }
-
-    /// Reads back the payload of the live record at `pos`.
-    ///
-    /// Reads from the write buffer or with one positioned read per header and
-    /// body (`pread`). The payload's checksum is verified: a damaged record
-    /// gives [`StoreError::Corrupt`], never wrong bytes.
-    pub fn read(&self, pos: SegmentPosition) -> Result<Bytes, StoreError> {
-        if !self.contains(pos) {
-            return Err(StoreError::NotFound(pos));
-        }
-        let off = u64::from(pos.offset);
-        if let Some(w) = self.writer.as_ref().filter(|w| w.segment == pos.segment) {
-            if off >= w.written {
-                let start = (off - w.written) as usize;
-                return self.record_from_buffer(pos, &w.buf[start..]);
-            }
-            return self.record_from_file(pos, &w.file);
-        }
-        let mut cache = self
-            .read_files
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let idx = match cache.iter().position(|(n, _)| *n == pos.segment) {
-            Some(i) => {
-                let hit = cache.remove(i);
-                cache.push(hit);
-                cache.len() - 1
-            }
-            None => {
-                let path = segment_path(&self.dir, pos.segment);
-                let f = File::open(&path).map_err(|e| StoreError::io("open segment", &path, e))?;
-                if cache.len() >= self.opts.max_open_read_files {
-                    cache.remove(0);
-                }
-                cache.push((pos.segment, f));
-                cache.len() - 1
-            }
-        };
-        self.record_from_file(pos, &cache[idx].1)
-    }
-
-    fn record_from_buffer(&self, pos: SegmentPosition, bytes: &[u8]) -> Result<Bytes, StoreError> {
-        let corrupt = |reason| StoreError::Corrupt {
-            pos,
-            path: segment_path(&self.dir, pos.segment),
-            reason,
-        };
-        let h = decode_record_header(bytes).ok_or_else(|| corrupt("bad record header"))?;
-        let start = RECORD_HEADER_LEN as usize;
-        let payload = bytes
-            .get(start..start + h.len as usize)
-            .ok_or_else(|| corrupt("record cut short"))?;
-        if crc32c::crc32c(payload) != h.crc {
-            return Err(corrupt("payload checksum mismatch"));
-        }
-        Ok(Bytes::copy_from_slice(payload))
-    }
-
-    fn record_from_file(&self, pos: SegmentPosition, file: &File) -> Result<Bytes, StoreError> {
-        let path = || segment_path(&self.dir, pos.segment);
-        let corrupt = |reason| StoreError::Corrupt {
-            pos,
-            path: path(),
-            reason,
-        };
-        let read_err = |e: io::Error| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                corrupt("record cut short")
-            } else {
-                StoreError::io("read segment", path(), e)
-            }
-        };
-        let off = u64::from(pos.offset);
-        let mut hbuf = [0u8; RECORD_HEADER_LEN as usize];
-        file.read_exact_at(&mut hbuf, off).map_err(read_err)?;
-        let h = decode_record_header(&hbuf).ok_or_else(|| corrupt("bad record header"))?;
-        let mut body = vec![0u8; h.len as usize];
-        file.read_exact_at(&mut body, off + u64::from(RECORD_HEADER_LEN))
-            .map_err(read_err)?;
-        if crc32c::crc32c(&body) != h.crc {
-            return Err(corrupt("payload checksum mismatch"));
-        }
-        Ok(Bytes::from(body))
-    }
-
     /// True if `pos` names a live record. After an `Err` from
     /// [`append`](Self::append) or [`sync`](Self::sync), this tells which
     /// recently appended records were discarded.
@@ -756,70 +632,6 @@ impl QueueStore {
         Ok(())
     }
 
-    /// Hands buffered acks to the kernel, grouped per ack file, and runs an
-    /// ack fsync once `ack_sync_every` acks have been written since the last.
-    fn write_pending_acks(&mut self) -> Result<(), StoreError> {
-        let mut pending = std::mem::take(&mut self.pending_acks);
-        pending.sort_unstable();
-        let mut entries = Vec::with_capacity(pending.len() * crate::format::ACK_ENTRY_LEN);
-        let mut i = 0;
-        while i < pending.len() {
-            let n = pending[i].segment;
-            let j = i + pending[i..].partition_point(|p| p.segment == n);
-            if let Some(seg) = self.segments.get_mut(&n) {
-                entries.clear();
-                for p in &pending[i..j] {
-                    entries.extend_from_slice(&encode_ack_entry(n, p.offset));
-                }
-                match write_ack_entries(&self.dir, n, seg, &entries) {
-                    Ok(created) => {
-                        self.dir_acks_need_sync |= created;
-                        self.acks_since_fsync += (j - i) as u64;
-                    }
-                    Err(e) => {
-                        // Keep the unwritten ones for the next attempt.
-                        self.pending_acks.extend_from_slice(&pending[i..]);
-                        return Err(e);
-                    }
-                }
-            }
-            i = j;
-        }
-        if self.acks_since_fsync >= self.opts.ack_sync_every {
-            self.fsync_acks()?;
-        }
-        Ok(())
-    }
-
-    fn fsync_acks(&mut self) -> Result<(), StoreError> {
-        #[cfg(test)]
-        let mut synced_now = Vec::new();
-        for (&n, seg) in self.segments.iter_mut() {
-            let Some(f) = seg.ack_file.take() else {
-                continue;
-            };
-            if seg.ack_synced_len < seg.ack_len {
-                if let Err(e) = f.sync_data() {
-                    seg.ack_file = Some(f);
-                    return Err(StoreError::io("fsync", ack_path(&self.dir, n), e));
-                }
-                seg.ack_synced_len = seg.ack_len;
-                #[cfg(test)]
-                synced_now.push((ack_path(&self.dir, n), f));
-            }
-        }
-        #[cfg(test)]
-        for (path, f) in synced_now {
-            self.note_durable(path, &f);
-        }
-        if self.dir_acks_need_sync {
-            sync_dir(&self.dir)?;
-            self.dir_acks_need_sync = false;
-        }
-        self.acks_since_fsync = 0;
-        Ok(())
-    }
-
     #[cfg(test)]
     fn note_durable_len(&mut self, path: PathBuf, upto: Option<u64>, file: &File) {
         match upto {
@@ -853,44 +665,6 @@ impl QueueStore {
         self.closed = true;
         files
     }
-}
-
-/// Appends encoded entries to `acks.n`, opening (or creating) it as needed.
-/// Returns whether the file was created. On a failed write the file is cut
-/// back so entries stay aligned.
-fn write_ack_entries(
-    dir: &Path,
-    n: u32,
-    seg: &mut Segment,
-    entries: &[u8],
-) -> Result<bool, StoreError> {
-    let path = ack_path(dir, n);
-    let mut created = false;
-    if seg.ack_file.is_none() {
-        let f = match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => {
-                created = true;
-                f
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| StoreError::io("open ack file", &path, e))?,
-            Err(e) => return Err(StoreError::io("create ack file", &path, e)),
-        };
-        seg.ack_file = Some(f);
-    }
-    let Some(f) = &seg.ack_file else {
-        return Ok(created);
-    };
-    if let Err(e) = f.write_all_at(entries, seg.ack_len) {
-        if let Err(te) = f.set_len(seg.ack_len) {
-            tracing::warn!(path = %path.display(), error = %te, "could not truncate ack file after failed write");
-        }
-        return Err(StoreError::io("write ack file", &path, e));
-    }
-    seg.ack_len += entries.len() as u64;
-    Ok(created)
 }
 
 impl Drop for QueueStore {

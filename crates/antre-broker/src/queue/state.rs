@@ -1,0 +1,160 @@
+//! A queue's state behind its lock: ready messages, consumers, unacked
+//! count, store and dead letters, with the bookkeeping every way out of the
+//! queue shares (forgetting a message, paging bodies in and out).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use antre_store::{QueueStore, SegmentPosition};
+
+use super::ready::{Ready, ReadyList};
+use super::{ConsumerSpec, DeadLetter, DeathReason, Entry, QueueArgs};
+use crate::message::Message;
+
+#[derive(Debug)]
+pub(super) struct QueueState {
+    pub(super) ready: ReadyList,
+    pub(super) consumers: Vec<ConsumerSpec>,
+    pub(super) next_consumer: usize,
+    pub(super) next_seq: u64,
+    pub(super) unacked: u32,
+    pub(super) had_consumer: bool,
+    pub(super) deleted: bool,
+    /// The message store of a durable queue.
+    pub(super) store: Option<QueueStore>,
+    /// Bytes of bodies kept in memory before further persistent messages
+    /// stay on disk only (unlimited without a store).
+    pub(super) memory_limit: u64,
+    /// Keys of the messages in the queue (ready or unacked), for
+    /// `x-message-deduplication`, with how many messages hold each.
+    pub(super) dedup: HashMap<String, u32>,
+    /// Messages waiting to be routed to the dead-letter exchange.
+    pub(super) dead: Vec<DeadLetter>,
+    /// Last time the queue was used (for `x-expires`).
+    pub(super) last_used: u64,
+}
+
+impl QueueState {
+    pub(super) fn new(args: &QueueArgs, now: u64) -> QueueState {
+        QueueState {
+            ready: ReadyList::new(args.max_priority),
+            consumers: Vec::new(),
+            next_consumer: 0,
+            next_seq: 0,
+            unacked: 0,
+            had_consumer: false,
+            deleted: false,
+            store: None,
+            memory_limit: u64::MAX,
+            dedup: HashMap::new(),
+            dead: Vec::new(),
+            last_used: now,
+        }
+    }
+
+    pub(super) fn store(&mut self) -> Option<&mut QueueStore> {
+        self.store.as_mut()
+    }
+
+    /// Forgets a message for good (acked, dropped, dead-lettered, purged):
+    /// its store record and its deduplication key. A store failure only means
+    /// the message may come back after a restart, never a loss, so it is
+    /// logged rather than failing the client's ack.
+    pub(super) fn forget(&mut self, pos: Option<SegmentPosition>, key: Option<&str>, queue: &str) {
+        if let (Some(pos), Some(store)) = (pos, self.store()) {
+            if let Err(e) = store.ack(pos) {
+                tracing::warn!(queue, %pos, "could not record ack in store: {e}");
+            }
+        }
+        if let Some(key) = key {
+            if let Some(n) = self.dedup.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.dedup.remove(key);
+                }
+            }
+        }
+    }
+
+    pub(super) fn insert_entry(&mut self, e: Entry, redelivered: bool) {
+        let keep = e.pos.is_none() || self.ready.in_memory < self.memory_limit;
+        self.ready.insert(Ready {
+            seq: e.seq,
+            size: e.message.body.len() as u64,
+            message: keep.then_some(e.message),
+            pos: e.pos,
+            redelivered,
+            priority: e.priority,
+            expires_at: e.expires_at,
+            delivery_count: e.delivery_count,
+            dedup_key: e.dedup_key,
+        });
+    }
+
+    pub(super) fn read_paged(
+        &mut self,
+        pos: Option<SegmentPosition>,
+        queue: &str,
+    ) -> Option<Arc<Message>> {
+        let (pos, store) = (pos?, self.store()?);
+        let record = store
+            .read(pos)
+            .map_err(|e| tracing::error!(queue, %pos, "dropping unreadable message: {e}"))
+            .ok()?;
+        Message::from_record(&record)
+            .map_err(|e| tracing::error!(queue, %pos, "dropping undecodable message: {e}"))
+            .ok()
+            .map(Arc::new)
+    }
+
+    /// Loads a ready message's body (from disk if paged out). A record that
+    /// cannot be read back is dropped, never delivered.
+    pub(super) fn load(&mut self, r: Ready, queue: &str) -> Option<Entry> {
+        let message = match r.message {
+            Some(m) => m,
+            None => match self.read_paged(r.pos, queue) {
+                Some(m) => m,
+                None => {
+                    self.forget(r.pos, r.dedup_key.as_deref(), queue);
+                    return None;
+                }
+            },
+        };
+        Some(Entry {
+            seq: r.seq,
+            message,
+            redelivered: r.redelivered,
+            pos: r.pos,
+            delivery_count: r.delivery_count,
+            priority: r.priority,
+            expires_at: r.expires_at,
+            dedup_key: r.dedup_key,
+        })
+    }
+
+    /// Dead-letters (or drops) messages that leave the queue without being
+    /// consumed.
+    pub(super) fn discard(
+        &mut self,
+        readies: Vec<Ready>,
+        reason: DeathReason,
+        queue: &str,
+        dead_lettering: bool,
+    ) {
+        for r in readies {
+            let pos = r.pos;
+            let key = r.dedup_key.clone();
+            if dead_lettering {
+                if let Some(e) = self.load(r, queue) {
+                    self.dead.push(DeadLetter {
+                        message: e.message,
+                        reason,
+                    });
+                    self.forget(pos, key.as_deref(), queue);
+                }
+            } else {
+                self.forget(pos, key.as_deref(), queue);
+            }
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! Unit tests of the queue engine on a manual clock.
+
+use super::*;
+use crate::clock::ManualClock;
+use antre_amqp::BasicProperties;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A sink that keeps what it is given, or refuses like a dead connection.
+#[derive(Debug, Default)]
+pub(crate) struct CollectSink {
+    pub deliveries: Mutex<Vec<Delivery>>,
+    pub cancelled: Mutex<Vec<String>>,
+    pub synced: Mutex<Vec<(u64, bool)>>,
+    pub dead: AtomicBool,
+}
+
+impl DeliverySink for CollectSink {
+    fn deliver(&self, delivery: Delivery) -> Result<(), Box<Delivery>> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(Box::new(delivery));
+        }
+        self.deliveries.lock().push(delivery);
+        Ok(())
+    }
+    fn cancel(&self, consumer_tag: &str) {
+        self.cancelled.lock().push(consumer_tag.to_owned());
+    }
+    fn synced(&self, token: u64, ok: bool) {
+        self.synced.lock().push((token, ok));
+    }
+}
+
+impl CollectSink {
+    pub(crate) fn bodies(&self) -> Vec<String> {
+        self.deliveries
+            .lock()
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.entry.message.body).into_owned())
+            .collect()
+    }
+}
+
+pub(crate) fn message(body: &str) -> Arc<Message> {
+    Arc::new(Message::new(
+        String::new(),
+        "q".into(),
+        BasicProperties::default(),
+        Bytes::copy_from_slice(body.as_bytes()),
+    ))
+}
+
+impl Queue {
+    fn publish_ok(self: &Arc<Self>, m: Arc<Message>) {
+        assert!(matches!(
+            self.publish(m).expect("publish"),
+            Enqueued::Accepted { .. }
+        ));
+    }
+}
+
+fn queue() -> Arc<Queue> {
+    queue_with(&[], Arc::new(ManualClock::at(1_000_000)))
+}
+
+fn queue_with(args: &[(&str, FieldValue)], clock: Arc<ManualClock>) -> Arc<Queue> {
+    Queue::new(
+        "/",
+        "q",
+        QueueOptions {
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: args.iter().cloned().collect(),
+        },
+        clock,
+    )
+    .expect("valid arguments")
+}
+
+fn consumer(id: u64, prefetch: u32, sink: &Arc<CollectSink>) -> ConsumerSpec {
+    ConsumerSpec {
+        id,
+        connection: 1,
+        channel: 1,
+        tag: format!("c{id}").into(),
+        no_ack: false,
+        exclusive: false,
+        credit: Credit::new(prefetch),
+        channel_credit: Credit::new(0),
+        sink: Arc::clone(sink) as Arc<dyn DeliverySink>,
+    }
+}
+
+#[test]
+fn consumers_are_served_round_robin() {
+    let q = queue();
+    let (a, b) = (
+        Arc::new(CollectSink::default()),
+        Arc::new(CollectSink::default()),
+    );
+    q.add_consumer(consumer(1, 0, &a)).unwrap();
+    q.add_consumer(consumer(2, 0, &b)).unwrap();
+    for i in 0..6 {
+        q.publish_ok(message(&i.to_string()));
+    }
+    assert_eq!(a.bodies(), ["0", "2", "4"]);
+    assert_eq!(b.bodies(), ["1", "3", "5"]);
+    assert_eq!(
+        q.counts(),
+        QueueCounts {
+            ready: 0,
+            unacked: 6,
+            consumers: 2
+        }
+    );
+}
+
+#[test]
+fn prefetch_window_limits_and_release_resumes() {
+    let q = queue();
+    let sink = Arc::new(CollectSink::default());
+    let spec = consumer(1, 2, &sink);
+    let credit = Arc::clone(&spec.credit);
+    q.add_consumer(spec).unwrap();
+    for i in 0..5 {
+        q.publish_ok(message(&i.to_string()));
+    }
+    assert_eq!(sink.bodies(), ["0", "1"]);
+    assert_eq!(q.counts().ready, 3);
+    credit.release(1);
+    q.kick();
+    assert_eq!(sink.bodies(), ["0", "1", "2"]);
+}
+
+#[test]
+fn a_full_consumer_is_skipped_for_one_with_room() {
+    let q = queue();
+    let (a, b) = (
+        Arc::new(CollectSink::default()),
+        Arc::new(CollectSink::default()),
+    );
+    q.add_consumer(consumer(1, 1, &a)).unwrap();
+    q.add_consumer(consumer(2, 0, &b)).unwrap();
+    for i in 0..4 {
+        q.publish_ok(message(&i.to_string()));
+    }
+    assert_eq!(a.bodies(), ["0"]);
+    assert_eq!(b.bodies(), ["1", "2", "3"]);
+}
+
+#[test]
+fn requeue_restores_original_position_and_marks_redelivered() {
+    let q = queue();
+    for i in 0..4 {
+        q.publish_ok(message(&i.to_string()));
+    }
+    let (e0, _) = q.get(false).unwrap();
+    let (e1, _) = q.get(false).unwrap();
+    q.requeue(vec![e1, e0]);
+    let order: Vec<_> = std::iter::from_fn(|| q.get(true))
+        .map(|(e, _)| {
+            (
+                String::from_utf8_lossy(&e.message.body).into_owned(),
+                e.redelivered,
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("0".into(), true),
+            ("1".into(), true),
+            ("2".into(), false),
+            ("3".into(), false)
+        ]
+    );
+}
+
+#[test]
+fn dead_sink_drops_the_consumer_and_keeps_the_message() {
+    let q = queue();
+    let (dead, alive) = (
+        Arc::new(CollectSink::default()),
+        Arc::new(CollectSink::default()),
+    );
+    dead.dead.store(true, Ordering::Relaxed);
+    q.add_consumer(consumer(1, 0, &dead)).unwrap();
+    q.publish_ok(message("m"));
+    assert_eq!(
+        q.counts(),
+        QueueCounts {
+            ready: 1,
+            unacked: 0,
+            consumers: 0
+        }
+    );
+    q.add_consumer(consumer(2, 0, &alive)).unwrap();
+    assert_eq!(alive.bodies(), ["m"]);
+}
+
+#[test]
+fn exclusive_consumer_excludes_others() {
+    let q = queue();
+    let sink = Arc::new(CollectSink::default());
+    let mut first = consumer(1, 0, &sink);
+    first.exclusive = true;
+    q.add_consumer(first).unwrap();
+    assert!(matches!(
+        q.add_consumer(consumer(2, 0, &sink)),
+        Err(BrokerError::AccessRefused(_))
+    ));
+    q.remove_consumer(1);
+    q.add_consumer(consumer(2, 0, &sink)).unwrap();
+    let mut late = consumer(3, 0, &sink);
+    late.exclusive = true;
+    assert!(matches!(
+        q.add_consumer(late),
+        Err(BrokerError::AccessRefused(_))
+    ));
+}
+
+#[test]
+fn paused_channel_gets_nothing_until_resumed() {
+    let q = queue();
+    let sink = Arc::new(CollectSink::default());
+    let spec = consumer(1, 0, &sink);
+    let channel = Arc::clone(&spec.channel_credit);
+    channel.set_paused(true);
+    q.add_consumer(spec).unwrap();
+    q.publish_ok(message("m"));
+    assert!(sink.bodies().is_empty());
+    channel.set_paused(false);
+    q.kick();
+    assert_eq!(sink.bodies(), ["m"]);
+}
+
+#[test]
+fn delete_cancels_consumers_and_auto_delete_triggers_on_last_consumer() {
+    let q = Queue::new(
+        "/",
+        "auto",
+        QueueOptions {
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: true,
+            arguments: FieldTable::new(),
+        },
+        Arc::new(ManualClock::default()),
+    )
+    .unwrap();
+    let sink = Arc::new(CollectSink::default());
+    q.add_consumer(consumer(1, 0, &sink)).unwrap();
+    q.add_consumer(consumer(2, 0, &sink)).unwrap();
+    assert!(!q.remove_consumer(1));
+    assert!(
+        q.remove_consumer(2),
+        "last consumer left an auto-delete queue"
+    );
+    q.add_consumer(consumer(3, 0, &sink)).unwrap();
+    q.publish_ok(message("x"));
+    q.delete();
+    assert_eq!(*sink.cancelled.lock(), ["c3"]);
+}
+
+fn reasons(q: &Queue) -> Vec<(String, &'static str)> {
+    q.take_dead_letters()
+        .into_iter()
+        .map(|d| {
+            (
+                String::from_utf8_lossy(&d.message.body).into_owned(),
+                d.reason.as_str(),
+            )
+        })
+        .collect()
+}
+
+fn with_props(body: &str, props: BasicProperties) -> Arc<Message> {
+    Arc::new(Message::new(
+        String::new(),
+        "q".into(),
+        props,
+        Bytes::copy_from_slice(body.as_bytes()),
+    ))
+}
+
+#[test]
+fn queue_ttl_expires_messages_to_the_dead_letter_exchange() {
+    let clock = Arc::new(ManualClock::at(1_000_000));
+    let q = queue_with(
+        &[
+            ("x-message-ttl", FieldValue::I32(1000)),
+            ("x-dead-letter-exchange", FieldValue::string("dlx")),
+        ],
+        Arc::clone(&clock),
+    );
+    q.publish_ok(message("a"));
+    clock.advance(999);
+    assert!(!q.tick(clock.now_ms()));
+    assert_eq!(q.counts().ready, 1);
+    clock.advance(1);
+    q.tick(clock.now_ms());
+    assert_eq!(q.counts().ready, 0);
+    assert_eq!(reasons(&q), [("a".to_owned(), "expired")]);
+}
+
+#[test]
+fn expired_messages_are_never_delivered_and_message_ttl_wins_when_shorter() {
+    let clock = Arc::new(ManualClock::at(1_000_000));
+    let q = queue_with(
+        &[("x-message-ttl", FieldValue::I32(10_000))],
+        Arc::clone(&clock),
+    );
+    let short = BasicProperties {
+        expiration: Some("100".into()),
+        ..Default::default()
+    };
+    q.publish_ok(with_props("short", short));
+    q.publish_ok(message("long"));
+    clock.advance(100);
+    // No tick: delivery itself must skip the expired head.
+    let sink = Arc::new(CollectSink::default());
+    q.add_consumer(consumer(1, 0, &sink)).unwrap();
+    assert_eq!(sink.bodies(), ["long"]);
+    assert!(
+        q.take_dead_letters().is_empty(),
+        "no dead-letter exchange: dropped"
+    );
+}
+
+#[test]
+fn unused_queue_expires() {
+    let clock = Arc::new(ManualClock::at(5_000));
+    let q = queue_with(&[("x-expires", FieldValue::I32(1000))], Arc::clone(&clock));
+    clock.advance(500);
+    q.touch();
+    clock.advance(999);
+    assert!(!q.tick(clock.now_ms()), "redeclare reset the timer");
+    clock.advance(1);
+    assert!(q.tick(clock.now_ms()));
+}
+
+#[test]
+fn max_length_drops_head_into_dead_letters() {
+    let q = queue_with(
+        &[
+            ("x-max-length", FieldValue::I32(2)),
+            ("x-dead-letter-exchange", FieldValue::string("dlx")),
+        ],
+        Arc::new(ManualClock::default()),
+    );
+    for b in ["1", "2", "3"] {
+        q.publish_ok(message(b));
+    }
+    assert_eq!(q.counts().ready, 2);
+    assert_eq!(reasons(&q), [("1".to_owned(), "maxlen")]);
+    let (first, _) = q.get(true).unwrap();
+    assert_eq!(&first.message.body[..], b"2");
+}
+
+#[test]
+fn max_length_bytes_and_reject_publish() {
+    let q = queue_with(
+        &[
+            ("x-max-length-bytes", FieldValue::I32(5)),
+            ("x-overflow", FieldValue::string("reject-publish")),
+        ],
+        Arc::new(ManualClock::default()),
+    );
+    assert_eq!(
+        q.publish(message("abc")).unwrap(),
+        Enqueued::Accepted { stored: false }
+    );
+    assert_eq!(q.publish(message("abc")).unwrap(), Enqueued::Rejected);
+    assert_eq!(
+        q.publish(message("ab")).unwrap(),
+        Enqueued::Accepted { stored: false }
+    );
+    assert_eq!(q.counts().ready, 2);
+    let dlx = queue_with(
+        &[
+            ("x-max-length", FieldValue::I32(0)),
+            ("x-overflow", FieldValue::string("reject-publish-dlx")),
+            ("x-dead-letter-exchange", FieldValue::string("dlx")),
+        ],
+        Arc::new(ManualClock::default()),
+    );
+    assert_eq!(dlx.publish(message("x")).unwrap(), Enqueued::Rejected);
+    assert_eq!(reasons(&dlx), [("x".to_owned(), "maxlen")]);
+}
+
+#[test]
+fn priority_queue_delivers_highest_first() {
+    let q = queue_with(
+        &[("x-max-priority", FieldValue::I32(10))],
+        Arc::new(ManualClock::default()),
+    );
+    for (body, p) in [
+        ("low", 1),
+        ("high", 9),
+        ("none", 0),
+        ("mid", 5),
+        ("high2", 9),
+    ] {
+        let props = BasicProperties {
+            priority: Some(p),
+            ..Default::default()
+        };
+        q.publish_ok(with_props(body, props));
+    }
+    let order: Vec<String> = std::iter::from_fn(|| q.get(true))
+        .map(|(e, _)| String::from_utf8_lossy(&e.message.body).into_owned())
+        .collect();
+    assert_eq!(order, ["high", "high2", "mid", "low", "none"]);
+}
+
+#[test]
+fn delivery_limit_dead_letters_poison_messages_and_counts_redeliveries() {
+    let q = queue_with(
+        &[
+            ("x-delivery-limit", FieldValue::I32(2)),
+            ("x-dead-letter-exchange", FieldValue::string("dlx")),
+        ],
+        Arc::new(ManualClock::default()),
+    );
+    q.publish_ok(message("poison"));
+    for attempt in 0..3u32 {
+        let (e, _) = q.get(false).expect("delivered again");
+        let count = e
+            .message
+            .properties
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("x-delivery-count"))
+            .and_then(FieldValue::as_i64);
+        assert_eq!(count, (attempt > 0).then_some(i64::from(attempt)));
+        q.requeue(vec![e]);
+    }
+    assert!(
+        q.get(false).is_none(),
+        "a third return exceeded the limit of 2"
+    );
+    assert_eq!(reasons(&q), [("poison".to_owned(), "delivery_limit")]);
+}
+
+#[test]
+fn single_active_consumer_gets_everything_until_it_leaves() {
+    let q = queue_with(
+        &[("x-single-active-consumer", FieldValue::Bool(true))],
+        Arc::new(ManualClock::default()),
+    );
+    let (a, b) = (
+        Arc::new(CollectSink::default()),
+        Arc::new(CollectSink::default()),
+    );
+    q.add_consumer(consumer(1, 0, &a)).unwrap();
+    q.add_consumer(consumer(2, 0, &b)).unwrap();
+    for i in 0..3 {
+        q.publish_ok(message(&i.to_string()));
+    }
+    assert_eq!(a.bodies(), ["0", "1", "2"]);
+    assert!(b.bodies().is_empty());
+    q.remove_consumer(1);
+    q.publish_ok(message("3"));
+    assert_eq!(b.bodies(), ["3"]);
+}
+
+#[test]
+fn deduplicating_queue_refuses_keys_it_holds_until_they_leave() {
+    let q = queue_with(
+        &[("x-message-deduplication", FieldValue::Bool(true))],
+        Arc::new(ManualClock::default()),
+    );
+    let keyed = |body: &str, key: &str| {
+        let headers: FieldTable = [("x-deduplication-header", FieldValue::string(key))]
+            .into_iter()
+            .collect();
+        with_props(
+            body,
+            BasicProperties {
+                headers: Some(headers),
+                ..Default::default()
+            },
+        )
+    };
+    let by_id = |body: &str, id: &str| {
+        with_props(
+            body,
+            BasicProperties {
+                message_id: Some(id.into()),
+                ..Default::default()
+            },
+        )
+    };
+    q.publish_ok(keyed("p1", "payment-1"));
+    assert_eq!(
+        q.publish(keyed("p1 again", "payment-1")).unwrap(),
+        Enqueued::Duplicate
+    );
+    q.publish_ok(by_id("p2", "payment-2"));
+    assert_eq!(
+        q.publish(by_id("p2 again", "payment-2")).unwrap(),
+        Enqueued::Duplicate
+    );
+    q.publish_ok(message("no key"));
+    q.publish_ok(message("no key"));
+    // Unacked still holds the key; acked releases it.
+    let (e, _) = q.get(false).unwrap();
+    assert_eq!(
+        q.publish(keyed("p1 again", "payment-1")).unwrap(),
+        Enqueued::Duplicate
+    );
+    q.ack(&[e]);
+    q.publish_ok(keyed("p1 later", "payment-1"));
+}
