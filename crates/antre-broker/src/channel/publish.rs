@@ -265,41 +265,43 @@ impl Channel {
         m: ConfirmSelect,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
-        match self.mode {
-            Mode::Tx { .. } => {
-                return Err(BrokerError::PreconditionFailed(
-                    "cannot switch from tx to confirm mode".into(),
-                ))
-            }
-            Mode::Plain => {
-                self.mode = Mode::Confirm {
-                    next: 1,
-                    unconfirmed: None,
-                }
-            }
-            Mode::Confirm { .. } => {}
-        }
+        self.select_mode(false)?;
         reply(out, ConfirmSelectOk {}, m.nowait);
         Ok(())
     }
 
     pub(super) fn tx_select(&mut self, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
-        match self.mode {
-            Mode::Confirm { .. } => {
-                return Err(BrokerError::PreconditionFailed(
-                    "cannot switch from confirm to tx mode".into(),
-                ))
+        self.select_mode(true)?;
+        reply(out, TxSelectOk {}, false);
+        Ok(())
+    }
+
+    /// Puts the channel in transaction (`tx`) or confirm mode; selecting
+    /// the mode it is in is harmless, switching between them is refused.
+    fn select_mode(&mut self, tx: bool) -> Result<(), BrokerError> {
+        match (&self.mode, tx) {
+            (Mode::Tx { .. }, false) => Err(BrokerError::PreconditionFailed(
+                "cannot switch from tx to confirm mode".into(),
+            )),
+            (Mode::Confirm { .. }, true) => Err(BrokerError::PreconditionFailed(
+                "cannot switch from confirm to tx mode".into(),
+            )),
+            (Mode::Plain, false) => {
+                self.mode = Mode::Confirm {
+                    next: 1,
+                    unconfirmed: None,
+                };
+                Ok(())
             }
-            Mode::Plain => {
+            (Mode::Plain, true) => {
                 self.mode = Mode::Tx {
                     publishes: Vec::new(),
                     settles: Vec::new(),
-                }
+                };
+                Ok(())
             }
-            Mode::Tx { .. } => {}
+            _ => Ok(()),
         }
-        reply(out, TxSelectOk {}, false);
-        Ok(())
     }
 
     pub(super) fn tx_commit(&mut self, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {

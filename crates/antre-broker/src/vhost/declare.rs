@@ -290,15 +290,12 @@ impl Vhost {
         arguments: FieldTable,
         conn: ConnectionId,
     ) -> Result<(), BrokerError> {
-        let mut topo = self.topology.write();
-        topo.check_binding_ends(source, &destination, conn)?;
         let binding = Binding {
             destination,
             routing_key: routing_key.to_owned(),
             arguments,
         };
-        topo.bind(source, binding)?;
-        self.save(&topo)
+        self.change_binding(source, binding, conn, true)
     }
 
     /// queue.unbind / exchange.unbind. A missing binding is not an error.
@@ -310,14 +307,29 @@ impl Vhost {
         arguments: &FieldTable,
         conn: ConnectionId,
     ) -> Result<(), BrokerError> {
-        let mut topo = self.topology.write();
-        topo.check_binding_ends(source, &destination, conn)?;
         let binding = Binding {
             destination,
             routing_key: routing_key.to_owned(),
             arguments: arguments.clone(),
         };
-        topo.unbind(source, &binding);
+        self.change_binding(source, binding, conn, false)
+    }
+
+    /// Adds or removes a binding once both its ends check out.
+    fn change_binding(
+        &self,
+        source: &str,
+        binding: Binding,
+        conn: ConnectionId,
+        add: bool,
+    ) -> Result<(), BrokerError> {
+        let mut topo = self.topology.write();
+        topo.check_binding_ends(source, &binding.destination, conn)?;
+        if add {
+            topo.bind(source, binding)?;
+        } else {
+            topo.unbind(source, &binding);
+        }
         self.save(&topo)
     }
 }
