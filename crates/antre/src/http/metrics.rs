@@ -117,6 +117,11 @@ pub fn render(state: &HttpState) -> String {
             "Unroutable mandatory messages returned to publishers.",
             m.returned.get(),
         ),
+        (
+            "antre_dead_letters_dropped_total",
+            "Dead letters dropped because one operation caused more than the dead-letter budget allows.",
+            m.dead_letters_dropped.get(),
+        ),
     ];
     for (name, help, value) in counters {
         p.single(name, "counter", help, value);
