@@ -274,3 +274,58 @@ async fn predeclared_exchanges_exist() {
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// An exchange's `alternate-exchange` takes what none of its bindings
+/// matched: a mandatory publish of such a message is not returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_messages_go_to_the_alternate_exchange() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    exchange(&ch, "orders.unrouted", ExchangeKind::Fanout).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString("orders.unrouted".into()),
+    );
+    ch.exchange_declare(
+        "orders",
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        args,
+    )
+    .await
+    .expect("exchange.declare with an alternate");
+    let created = bound_queue(&ch, "orders", "created", FieldTable::default()).await;
+    let unrouted = bound_queue(&ch, "orders.unrouted", "", FieldTable::default()).await;
+    for key in ["created", "cancelled"] {
+        let confirm = ch
+            .basic_publish(
+                "orders",
+                key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                key.as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        let confirm = within("confirm", confirm).await.unwrap();
+        assert!(confirm.take_message().is_none(), "{key} was not returned");
+    }
+    let get = |q: String| {
+        let ch = ch.clone();
+        async move {
+            let m = ch
+                .basic_get(&q, BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .expect("a message");
+            String::from_utf8_lossy(&m.delivery.data).into_owned()
+        }
+    };
+    assert_eq!(get(created).await, "created");
+    assert_eq!(get(unrouted).await, "cancelled");
+}

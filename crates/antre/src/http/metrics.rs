@@ -81,7 +81,7 @@ pub fn render(state: &HttpState) -> String {
         "Seconds since the broker started.",
         state.started.elapsed().as_secs_f64(),
     );
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 8] = [
         (
             "antre_messages_published_total",
             "Messages published by clients.",
