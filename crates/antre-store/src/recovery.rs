@@ -29,6 +29,18 @@ pub(crate) struct Recovered {
     pub stats: RecoveryStats,
 }
 
+impl Recovered {
+    /// What a store that never held a record recovers: nothing.
+    pub(crate) fn empty() -> Recovered {
+        Recovered {
+            segments: BTreeMap::new(),
+            next_segment: 1,
+            live: 0,
+            stats: RecoveryStats::default(),
+        }
+    }
+}
+
 pub(crate) fn recover(
     dir: &Path,
     mut on_record: impl FnMut(SegmentPosition, &[u8]),

@@ -446,3 +446,31 @@ fn recovery_of_one_million_records_is_fast() {
     assert_eq!(stats.records_recovered, 1_000_000);
     assert!(took.as_secs_f64() < 2.0, "recovery took {took:?}");
 }
+
+/// Opening a store costs no file system work until it holds a record: the
+/// directory appears with the first segment, and the parent's entry is
+/// part of the next sync.
+#[test]
+fn a_store_makes_its_directory_with_its_first_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("queue");
+    let (mut s, got, _) = reopen(&dir, opts(1 << 20));
+    assert!(got.is_empty());
+    assert!(!dir.exists(), "opening created nothing");
+    assert!(!s.is_dirty());
+    s.sync().expect("syncing an empty store does no I/O");
+    assert_eq!(s.purge().expect("purge of nothing"), 0);
+    assert!(!dir.exists());
+    let pos = s.append(&payload(1)).expect("append");
+    assert!(dir.is_dir(), "made with the first segment");
+    assert!(s.is_dirty(), "the new directory entry is owed a sync");
+    s.sync().expect("sync");
+    assert!(!s.is_dirty());
+    s.close().expect("close");
+    let (s, got, _) = reopen(&dir, opts(1 << 20));
+    assert_eq!(got, vec![(pos, payload(1))]);
+    s.delete_all().expect("delete");
+    let (s, _, _) = reopen(&tmp.path().join("never"), opts(1 << 20));
+    s.delete_all()
+        .expect("deleting a store that never had a directory");
+}

@@ -3,6 +3,7 @@
 //! One module per routing rule that needs more than equality ([`topic`],
 //! [`headers`]); direct and fanout are one line each in [`Exchange::matches`].
 
+pub mod bindings;
 pub mod dedup;
 pub mod delayed;
 pub mod headers;
@@ -14,6 +15,7 @@ use antre_amqp::{FieldTable, FieldValue};
 
 use crate::durable::OwnsStore;
 use crate::error::BrokerError;
+pub use bindings::BindingTable;
 use dedup::DedupCache;
 use delayed::DelayedMessages;
 
@@ -152,7 +154,7 @@ pub struct Exchange {
     /// Declaration arguments.
     pub arguments: FieldTable,
     /// Bindings whose source this exchange is.
-    pub bindings: Vec<Binding>,
+    pub bindings: BindingTable,
     /// Its deduplication cache, if it deduplicates.
     pub dedup: Option<Arc<DedupCache>>,
     /// Its schedule, if it is a delayed-message exchange.
@@ -170,7 +172,7 @@ impl Exchange {
             auto_delete: false,
             internal: false,
             arguments: FieldTable::new(),
-            bindings: Vec::new(),
+            bindings: BindingTable::default(),
             dedup: None,
             delayed: None,
         }

@@ -185,7 +185,7 @@ impl Vhost {
             }
             _ => Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?,
         };
-        topo.queues.insert(name, Arc::clone(&q));
+        topo.insert_queue(Arc::clone(&q));
         self.save(&topo)?;
         Ok((q, QueueCounts::default()))
     }
@@ -205,7 +205,7 @@ impl Vhost {
         };
         let q = Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?;
         // Transient and exclusive: nothing to save in the definitions.
-        self.topology.write().queues.insert(name, Arc::clone(&q));
+        self.topology.write().insert_queue(Arc::clone(&q));
         Ok(q)
     }
 
@@ -267,17 +267,9 @@ impl Vhost {
 
     /// Deletes the exclusive queues of a closed connection.
     pub fn connection_closed(&self, conn: ConnectionId) {
-        let mut topo = self.topology.write();
-        let owned: Vec<String> = topo
-            .queues
-            .values()
-            .filter(|q| q.options.exclusive_owner == Some(conn))
-            .map(|q| q.name.clone())
-            .collect();
-        for name in owned {
-            if let Some(q) = topo.remove_queue(&name) {
-                q.delete();
-            }
+        let gone = self.topology.write().take_exclusive(conn);
+        for q in gone {
+            q.delete();
         }
     }
 

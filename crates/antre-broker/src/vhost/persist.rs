@@ -78,7 +78,7 @@ impl DefinitionsFile {
             };
             let queue = storage.open_queue(&name, &q.name, options, Arc::clone(clock), false)?;
             kept_queues.insert(dir_name(&q.name));
-            topo.queues.insert(q.name.clone(), queue);
+            topo.insert_queue(queue);
         }
         remove_orphan_dirs(&storage.dir.join("queues"), &kept_queues);
         for b in &defs.bindings {

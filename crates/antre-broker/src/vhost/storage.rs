@@ -138,7 +138,7 @@ pub(super) fn build_exchange(
         auto_delete: d.auto_delete,
         internal: d.internal,
         arguments: d.arguments,
-        bindings: Vec::new(),
+        bindings: Default::default(),
         dedup,
         delayed,
     })

@@ -2,13 +2,12 @@
 //! queues by name. Pure data and the rules that walk it; persistence lives
 //! in [`super::persist`] and locking in [`super::Vhost`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use antre_amqp::{FieldTable, FieldValue};
 
 use crate::error::{exchange_ref, queue_ref, BrokerError};
-use crate::exchange::headers::tables_equal;
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::queue::{ConnectionId, Queue};
 
@@ -31,13 +30,18 @@ pub(super) fn is_predeclared(name: &str) -> bool {
 /// The exchange argument naming where unroutable messages go instead.
 const ALTERNATE_EXCHANGE: &str = "alternate-exchange";
 
-/// Exchanges and queues of one vhost.
+/// Exchanges and queues of one vhost, with the indexes that keep every
+/// change O(log n) in the number of queues and bindings.
 #[derive(Debug)]
 pub(super) struct Topology {
     /// The vhost's name, for error texts.
     pub vhost: String,
     pub exchanges: HashMap<String, Exchange>,
     pub queues: HashMap<String, Arc<Queue>>,
+    /// For each destination, the exchanges with bindings to it.
+    sources: HashMap<Destination, BTreeSet<String>>,
+    /// Each connection's exclusive queues.
+    exclusive: HashMap<ConnectionId, Vec<String>>,
 }
 
 impl Topology {
@@ -51,7 +55,29 @@ impl Topology {
             vhost: vhost.to_owned(),
             exchanges,
             queues: HashMap::new(),
+            sources: HashMap::new(),
+            exclusive: HashMap::new(),
         }
+    }
+
+    /// Adds a queue (whose name is free).
+    pub fn insert_queue(&mut self, queue: Arc<Queue>) {
+        if let Some(owner) = queue.options.exclusive_owner {
+            self.exclusive
+                .entry(owner)
+                .or_default()
+                .push(queue.name.clone());
+        }
+        self.queues.insert(queue.name.clone(), queue);
+    }
+
+    /// Removes and returns a connection's exclusive queues (it closed).
+    pub fn take_exclusive(&mut self, conn: ConnectionId) -> Vec<Arc<Queue>> {
+        let names = self.exclusive.remove(&conn).unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|name| self.remove_queue(name))
+            .collect()
     }
 
     pub fn no_exchange(&self, name: &str) -> BrokerError {
@@ -95,35 +121,28 @@ impl Topology {
             .exchanges
             .get(exchange)
             .ok_or_else(|| self.no_exchange(exchange))?;
-        let mut out: Vec<Arc<Queue>> = Vec::new();
-        let mut seen_queues: HashSet<&str> = HashSet::new();
-        let mut seen_exchanges: HashSet<&str> = HashSet::from([exchange]);
-        let mut pending = vec![ex];
-        while let Some(ex) = pending.pop() {
-            let mut matched = false;
-            for b in &ex.bindings {
-                if !ex.matches(b, routing_key, headers) {
-                    continue;
+        let mut walk = Walk {
+            topo: self,
+            out: Vec::new(),
+            seen_queues: HashSet::new(),
+            seen_exchanges: HashSet::from([exchange]),
+            pending: vec![ex],
+            matched: false,
+        };
+        while let Some(ex) = walk.pending.pop() {
+            walk.matched = false;
+            if ex.kind == ExchangeKind::Direct {
+                for d in ex.bindings.with_routing_key(routing_key) {
+                    walk.reach(d);
                 }
-                matched = true;
-                match &b.destination {
-                    Destination::Queue(q) => {
-                        if seen_queues.insert(q.as_str()) {
-                            if let Some(queue) = self.queues.get(q) {
-                                out.push(Arc::clone(queue));
-                            }
-                        }
-                    }
-                    Destination::Exchange(e) => {
-                        if seen_exchanges.insert(e.as_str()) {
-                            if let Some(next) = self.exchanges.get(e) {
-                                pending.push(next);
-                            }
-                        }
+            } else {
+                for b in ex.bindings.iter() {
+                    if ex.matches(b, routing_key, headers) {
+                        walk.reach(&b.destination);
                     }
                 }
             }
-            if matched {
+            if walk.matched {
                 continue;
             }
             let alternate = ex
@@ -131,14 +150,14 @@ impl Topology {
                 .get(ALTERNATE_EXCHANGE)
                 .and_then(FieldValue::as_str);
             if let Some(alt) = alternate {
-                if seen_exchanges.insert(alt) {
+                if walk.seen_exchanges.insert(alt) {
                     if let Some(next) = self.exchanges.get(alt) {
-                        pending.push(next);
+                        walk.pending.push(next);
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(walk.out)
     }
 
     /// Checks that both ends of a binding exist and may be used by `conn`.
@@ -177,8 +196,12 @@ impl Topology {
         let Some(ex) = self.exchanges.get_mut(source) else {
             return Err(self.no_exchange(source));
         };
-        if !ex.bindings.iter().any(|b| same_binding(b, &binding)) {
-            ex.bindings.push(binding);
+        let destination = binding.destination.clone();
+        if ex.bindings.insert(binding) {
+            self.sources
+                .entry(destination)
+                .or_default()
+                .insert(source.to_owned());
         }
         Ok(())
     }
@@ -189,13 +212,15 @@ impl Topology {
         let Some(ex) = self.exchanges.get_mut(source) else {
             return;
         };
-        let before = ex.bindings.len();
-        ex.bindings.retain(|b| {
-            !(b.destination == binding.destination
-                && b.routing_key == binding.routing_key
-                && b.arguments == binding.arguments)
-        });
-        if ex.auto_delete && before > 0 && ex.bindings.is_empty() {
+        if !ex.bindings.remove(binding) {
+            return;
+        }
+        let still_bound = ex.bindings.has_destination(&binding.destination);
+        let emptied = ex.auto_delete && ex.bindings.is_empty();
+        if !still_bound {
+            self.forget_source(&binding.destination, source);
+        }
+        if emptied {
             self.remove_exchange(source);
         }
     }
@@ -203,13 +228,22 @@ impl Topology {
     /// Removes a queue and the bindings to it; returns the queue.
     pub fn remove_queue(&mut self, name: &str) -> Option<Arc<Queue>> {
         let q = self.queues.remove(name)?;
+        if let Some(owner) = q.options.exclusive_owner {
+            if let Some(list) = self.exclusive.get_mut(&owner) {
+                list.retain(|n| n != name);
+            }
+        }
         self.remove_bindings_to(&Destination::Queue(name.to_owned()));
         Some(q)
     }
 
-    /// Removes an exchange, its stores, and the bindings to it.
+    /// Removes an exchange, its stores, the bindings from it and the
+    /// bindings to it.
     pub fn remove_exchange(&mut self, name: &str) {
         if let Some(ex) = self.exchanges.remove(name) {
+            for b in &ex.bindings {
+                self.forget_source(&b.destination, name);
+            }
             ex.discard_stores();
         }
         self.remove_bindings_to(&Destination::Exchange(name.to_owned()));
@@ -217,33 +251,70 @@ impl Topology {
 
     /// Whether some binding has `name` as its destination exchange.
     pub fn is_destination(&self, name: &str) -> bool {
-        let dest = Destination::Exchange(name.to_owned());
-        self.exchanges
-            .values()
-            .any(|e| e.bindings.iter().any(|b| b.destination == dest))
+        self.sources
+            .contains_key(&Destination::Exchange(name.to_owned()))
+    }
+
+    fn forget_source(&mut self, destination: &Destination, source: &str) {
+        if let Some(set) = self.sources.get_mut(destination) {
+            set.remove(source);
+            if set.is_empty() {
+                self.sources.remove(destination);
+            }
+        }
     }
 
     /// Drops every binding to `dest`, then auto-deletes exchanges left with
     /// no bindings.
     fn remove_bindings_to(&mut self, dest: &Destination) {
-        let mut emptied = Vec::new();
-        for ex in self.exchanges.values_mut() {
-            let before = ex.bindings.len();
-            ex.bindings.retain(|b| b.destination != *dest);
-            if ex.auto_delete && before > 0 && ex.bindings.is_empty() {
-                emptied.push(ex.name.clone());
+        let Some(sources) = self.sources.remove(dest) else {
+            return;
+        };
+        for name in sources {
+            let Some(ex) = self.exchanges.get_mut(&name) else {
+                continue;
+            };
+            ex.bindings.remove_destination(dest);
+            if ex.auto_delete && ex.bindings.is_empty() {
+                self.remove_exchange(&name);
             }
-        }
-        for name in emptied {
-            self.remove_exchange(&name);
         }
     }
 }
 
-fn same_binding(a: &Binding, b: &Binding) -> bool {
-    a.destination == b.destination
-        && a.routing_key == b.routing_key
-        && tables_equal(&a.arguments, &b.arguments)
+/// A walk through the routing graph from one exchange.
+struct Walk<'t> {
+    topo: &'t Topology,
+    out: Vec<Arc<Queue>>,
+    seen_queues: HashSet<&'t str>,
+    seen_exchanges: HashSet<&'t str>,
+    pending: Vec<&'t Exchange>,
+    /// A binding of the exchange being visited matched.
+    matched: bool,
+}
+
+impl<'t> Walk<'t> {
+    /// A matching binding leads to `destination`: each queue is reached
+    /// once, each exchange visited once (so cycles end).
+    fn reach(&mut self, destination: &'t Destination) {
+        self.matched = true;
+        match destination {
+            Destination::Queue(q) => {
+                if self.seen_queues.insert(q.as_str()) {
+                    if let Some(queue) = self.topo.queues.get(q) {
+                        self.out.push(Arc::clone(queue));
+                    }
+                }
+            }
+            Destination::Exchange(e) => {
+                if self.seen_exchanges.insert(e.as_str()) {
+                    if let Some(next) = self.topo.exchanges.get(e) {
+                        self.pending.push(next);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Refuses another connection's exclusive queue.

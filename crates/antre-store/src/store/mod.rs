@@ -63,7 +63,8 @@ struct SyncFile {
 pub struct PendingSync {
     dir: PathBuf,
     files: Vec<SyncFile>,
-    sync_dir: Option<PathBuf>,
+    /// Directories whose entries changed, parents first.
+    sync_dirs: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for PendingSync {
@@ -71,7 +72,7 @@ impl std::fmt::Debug for PendingSync {
         f.debug_struct("PendingSync")
             .field("dir", &self.dir)
             .field("files", &self.files.len())
-            .field("sync_dir", &self.sync_dir.is_some())
+            .field("sync_dirs", &self.sync_dirs.len())
             .finish()
     }
 }
@@ -79,7 +80,7 @@ impl std::fmt::Debug for PendingSync {
 impl PendingSync {
     /// Whether there is nothing to fsync.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.sync_dir.is_none()
+        self.files.is_empty() && self.sync_dirs.is_empty()
     }
 
     /// Performs the fsyncs.
@@ -89,7 +90,7 @@ impl PendingSync {
                 .sync_data()
                 .map_err(|e| StoreError::io("fsync", segment_path(&self.dir, f.segment), e))?;
         }
-        if let Some(dir) = &self.sync_dir {
+        for dir in &self.sync_dirs {
             sync_dir(dir)?;
         }
         Ok(())
@@ -111,6 +112,11 @@ pub struct QueueStore {
     /// A segment file was created since the last directory fsync. Its
     /// directory entry must be durable before a confirm covers its records.
     dir_needs_sync: bool,
+    /// The directory exists (it is created with the first segment).
+    dir_exists: bool,
+    /// The directory was just created: its entry in the parent must be
+    /// durable before a sync may promise anything about files inside it.
+    parent_needs_sync: bool,
     /// Ack files were created or segments deleted since the last directory
     /// fsync. Only affects the ack window, so it waits for the ack fsync.
     dir_acks_need_sync: bool,
@@ -156,15 +162,15 @@ impl QueueStore {
         on_record: impl FnMut(SegmentPosition, &[u8]),
     ) -> Result<(QueueStore, RecoveryStats), StoreError> {
         opts.validate()?;
-        if !dir.is_dir() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
-            // The queue directory's own entry must be durable before a
-            // confirm can promise anything about files inside it.
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync_dir(parent)?;
-            }
-        }
-        let rec = recover(dir, on_record)?;
+        // A store that never held a record has no directory: it is made
+        // with the first segment, so that declaring many durable queues
+        // costs no file system work (and no fsync) per queue.
+        let dir_exists = dir.is_dir();
+        let rec = if dir_exists {
+            recover(dir, on_record)?
+        } else {
+            crate::recovery::Recovered::empty()
+        };
         #[allow(unused_mut)]
         let mut store = QueueStore {
             dir: dir.to_path_buf(),
@@ -175,6 +181,8 @@ impl QueueStore {
             unsynced: Vec::new(),
             next_segment: rec.next_segment,
             dir_needs_sync: false,
+            dir_exists,
+            parent_needs_sync: false,
             dir_acks_need_sync: false,
             pending_acks: Vec::new(),
             acks_since_fsync: 0,
@@ -318,21 +326,26 @@ impl QueueStore {
                 upto: None,
             });
         }
-        let dir = if self.dir_needs_sync {
+        let mut sync_dirs = Vec::new();
+        if self.parent_needs_sync {
+            self.parent_needs_sync = false;
+            if let Some(parent) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dirs.push(parent.to_path_buf());
+            }
+        }
+        if self.dir_needs_sync {
             self.dir_needs_sync = false;
             // The same fsync makes earlier unlinks and ack-file creations durable.
             self.dir_acks_need_sync = false;
-            Some(self.dir.clone())
-        } else {
-            None
-        };
+            sync_dirs.push(self.dir.clone());
+        }
         if let Err(e) = self.write_pending_acks() {
             tracing::warn!(error = %e, "could not write acks; they stay buffered and are retried");
         }
         Ok(PendingSync {
             dir: self.dir.clone(),
             files,
-            sync_dir: dir,
+            sync_dirs,
         })
     }
 
@@ -364,6 +377,7 @@ impl QueueStore {
         self.writer.as_ref().is_some_and(|w| w.synced < w.len())
             || !self.unsynced.is_empty()
             || self.dir_needs_sync
+            || self.parent_needs_sync
             || !self.pending_acks.is_empty()
     }
 
@@ -424,7 +438,9 @@ impl QueueStore {
                 }
             }
         }
-        sync_dir(&self.dir)?;
+        if self.dir_exists {
+            sync_dir(&self.dir)?;
+        }
         self.dir_needs_sync = false;
         self.dir_acks_need_sync = false;
         match first_err {
@@ -486,6 +502,12 @@ impl QueueStore {
     }
 
     fn start_segment(&mut self) -> Result<Writer, StoreError> {
+        if !self.dir_exists {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| StoreError::io("create", &self.dir, e))?;
+            self.dir_exists = true;
+            self.parent_needs_sync = true;
+        }
         loop {
             let n = self.next_segment;
             self.next_segment =
