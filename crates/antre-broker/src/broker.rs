@@ -322,6 +322,18 @@ impl Broker {
         }
     }
 
+    /// Makes every vhost's pending definition changes durable now, for
+    /// callers that answer once they are (the management API).
+    pub fn sync_definitions(&self) -> Result<(), BrokerError> {
+        let stores: Vec<Arc<dyn crate::durable::Durable>> = self
+            .vhosts()
+            .iter()
+            .filter_map(|v| v.definitions_store())
+            .filter(|d| d.is_dirty())
+            .collect();
+        self.sync_now(&stores)
+    }
+
     /// Flushes and closes every message store: after this, a restart brings
     /// back no acked message. Call once no connection is left.
     pub fn close(&self) {

@@ -189,7 +189,7 @@ impl Channel {
     /// Returns whether the consumer's prefetch window (or the channel's) is
     /// now full: nothing more will be delivered to it until the client
     /// settles something, so what was delivered should not be held back.
-    pub fn deliver(&mut self, delivery: Delivery, out: &mut Vec<Outgoing>) -> bool {
+    pub(super) fn deliver_now(&mut self, delivery: Delivery, out: &mut Vec<Outgoing>) -> bool {
         let credit = match self.consumers.get(&delivery.consumer_tag) {
             Some(c) if c.id == delivery.consumer => Arc::clone(&c.credit),
             _ => {

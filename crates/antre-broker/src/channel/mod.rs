@@ -21,6 +21,7 @@
 
 mod consume;
 mod exchange;
+mod held;
 mod publish;
 mod queue;
 mod settle;
@@ -133,6 +134,8 @@ pub struct Channel {
     /// This channel's direct reply-to queue, once it consumed from
     /// `amq.rabbitmq.reply-to`.
     reply_queue: Option<Arc<Queue>>,
+    /// Output waiting for the disk (see [`held`](self::held)).
+    held: std::collections::VecDeque<held::Segment>,
 }
 
 /// The sync token that stands for a transaction commit (confirm tokens are
@@ -170,6 +173,7 @@ impl Channel {
             sync_started: std::collections::VecDeque::new(),
             confirmed_up_to: 0,
             reply_queue: None,
+            held: std::collections::VecDeque::new(),
         }
     }
 
@@ -183,8 +187,18 @@ impl Channel {
         self.consumers.len()
     }
 
-    /// Handles a method that carries no content, by class.
+    /// Handles a method that carries no content, by class. A method that
+    /// changed durable definitions is answered once they are on disk.
     pub fn handle(&mut self, method: Method, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
+        let start = out.len();
+        let before = self.ctx.vhost.definitions_changed();
+        let result = self.dispatch(method, out);
+        let changed = self.ctx.vhost.definitions_changed() != before;
+        self.hold_after(out, start, changed);
+        result
+    }
+
+    fn dispatch(&mut self, method: Method, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
         match method {
             Method::ExchangeDeclare(m) => self.exchange_declare(m, out),
             Method::ExchangeDelete(m) => self.exchange_delete(m, out),

@@ -15,7 +15,7 @@ use crate::vhost::{PublishOptions, PublishSource, REPLY_TO};
 
 impl Channel {
     /// Handles basic.publish with its assembled content.
-    pub fn publish(
+    pub(super) fn publish_now(
         &mut self,
         m: BasicPublish,
         header: ContentHeader,
@@ -130,7 +130,7 @@ impl Channel {
     /// Sends basic.nack for one publish, after the acks owed for the
     /// publishes before it (which may be waiting for the disk).
     pub(super) fn nack_publish(&mut self, seq: u64, out: &mut Vec<Outgoing>) {
-        self.flush_confirms(out);
+        self.flush_confirms_now(out);
         if self.syncs_outstanding == 0 {
             out.push(Outgoing::Method(
                 BasicNack {
@@ -155,7 +155,7 @@ impl Channel {
     /// fast publisher gets one confirm frame per read, not one per message.
     /// When the batch wrote to a store, the ack waits for the syncer instead
     /// and comes back through [`Channel::on_synced`].
-    pub fn flush_confirms(&mut self, out: &mut Vec<Outgoing>) {
+    pub(super) fn flush_confirms_now(&mut self, out: &mut Vec<Outgoing>) {
         let Mode::Confirm { unconfirmed, .. } = &mut self.mode else {
             // Without confirms nobody waits: the syncer's sweep writes these.
             self.dirty.clear();
@@ -205,7 +205,7 @@ impl Channel {
 
     /// The syncer finished a request of this channel: send the confirm (a
     /// nack if the disk failed) or the commit-ok it was holding back.
-    pub fn on_synced(
+    pub(super) fn on_synced_now(
         &mut self,
         token: u64,
         ok: bool,

@@ -72,15 +72,17 @@ impl BindingTable {
         }
     }
 
-    /// Removes every binding to `destination`; returns how many there were.
-    pub fn remove_destination(&mut self, destination: &Destination) -> usize {
+    /// Removes every binding to `destination` and returns them.
+    pub fn remove_destination(&mut self, destination: &Destination) -> Vec<Binding> {
         let keys: Vec<BindingKey> = self.range(destination).map(|(k, _)| k.clone()).collect();
+        let mut removed = Vec::with_capacity(keys.len());
         for k in &keys {
             if let Some(gone) = self.all.remove(k) {
                 self.unindex(&gone);
+                removed.push(gone);
             }
         }
-        keys.len()
+        removed
     }
 
     /// Whether some binding points at `destination`.
@@ -192,11 +194,11 @@ mod tests {
         }
         let b = Destination::Queue("b".into());
         assert!(t.has_destination(&b));
-        assert_eq!(t.remove_destination(&b), 2);
+        assert_eq!(t.remove_destination(&b).len(), 2);
         assert!(!t.has_destination(&b));
         assert_eq!(t.len(), 4);
         assert_eq!(t.with_routing_key("k1").len(), 2);
         let exchange_b = Destination::Exchange("b".into());
-        assert_eq!(t.remove_destination(&exchange_b), 0);
+        assert!(t.remove_destination(&exchange_b).is_empty());
     }
 }

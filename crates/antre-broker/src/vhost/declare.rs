@@ -88,8 +88,8 @@ impl Vhost {
             return Ok(());
         }
         let ex = build_exchange(&self.name, self.storage.as_ref(), d, true)?;
-        topo.exchanges.insert(ex.name.clone(), ex);
-        self.save(&topo)
+        topo.insert_exchange(ex);
+        self.save(&mut topo)
     }
 
     /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
@@ -115,7 +115,7 @@ impl Vhost {
             )));
         }
         topo.remove_exchange(name);
-        self.save(&topo)
+        self.save(&mut topo)
     }
 
     /// queue.declare. Returns the queue (whose name the server picked if the
@@ -186,7 +186,7 @@ impl Vhost {
             _ => Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?,
         };
         topo.insert_queue(Arc::clone(&q));
-        self.save(&topo)?;
+        self.save(&mut topo)?;
         Ok((q, QueueCounts::default()))
     }
 
@@ -237,7 +237,7 @@ impl Vhost {
             )));
         }
         let n = topo.remove_queue(name).map_or(0, |q| q.delete());
-        self.save(&topo)?;
+        self.save(&mut topo)?;
         Ok(n)
     }
 
@@ -259,7 +259,7 @@ impl Vhost {
             if let Some(q) = topo.remove_queue(&queue.name) {
                 q.delete();
             }
-            if let Err(e) = self.save(&topo) {
+            if let Err(e) = self.save(&mut topo) {
                 tracing::error!("{e}");
             }
         }
@@ -322,6 +322,6 @@ impl Vhost {
         } else {
             topo.unbind(source, &binding);
         }
-        self.save(&topo)
+        self.save(&mut topo)
     }
 }

@@ -21,18 +21,19 @@ mod topology;
 use std::sync::Arc;
 
 use antre_amqp::FieldTable;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rand::Rng;
 
 use crate::clock::Clock;
 use crate::definitions::VhostDefinitions;
+use crate::durable::{Durable, OwnsStore};
 use crate::error::BrokerError;
 use crate::exchange::delayed::DelayedMessages;
 use crate::exchange::Exchange;
 use crate::metrics::BrokerMetrics;
 use crate::queue::{ConnectionId, Queue};
 
-use persist::DefinitionsFile;
+use persist::DefinitionsLog;
 pub use publish::{PublishOptions, PublishOutcome, PublishSource};
 pub use storage::{dir_name, VhostStorage};
 use topology::Topology;
@@ -81,9 +82,9 @@ pub struct Vhost {
     pub name: String,
     topology: RwLock<Topology>,
     storage: Option<VhostStorage>,
-    /// The definitions file of a persistent vhost; taken while the topology
-    /// is write-locked, so saves happen in the order of the changes.
-    definitions: Option<Mutex<DefinitionsFile>>,
+    /// The definitions of a persistent vhost on disk; written while the
+    /// topology is write-locked, so changes are logged in their order.
+    definitions: Option<Arc<DefinitionsLog>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<BrokerMetrics>,
 }
@@ -112,26 +113,41 @@ impl Vhost {
         std::fs::create_dir_all(storage.dir.join("queues"))
             .map_err(|e| storage::internal(&storage.dir, "create vhost directory", e))?;
         let mut topo = Topology::new(name);
-        let file = DefinitionsFile::recover(&storage, &mut topo, &clock)?;
-        let vhost = Vhost {
+        let definitions = DefinitionsLog::recover(&storage, &mut topo, &clock)?;
+        Ok(Vhost {
             name: name.to_owned(),
             topology: RwLock::new(topo),
             storage: Some(storage),
-            definitions: Some(Mutex::new(file)),
+            definitions: Some(definitions),
             clock,
             metrics,
-        };
-        // A new vhost is written at once, so that it exists after a restart.
-        vhost.save(&vhost.topology.read())?;
-        Ok(vhost)
+        })
     }
 
-    /// Saves the definitions after a change to durable topology.
-    fn save(&self, topo: &Topology) -> Result<(), BrokerError> {
+    /// Logs the changes to durable definitions `topo` recorded.
+    fn save(&self, topo: &mut Topology) -> Result<(), BrokerError> {
         match &self.definitions {
-            Some(file) => file.lock().save(topo),
-            None => Ok(()),
+            Some(log) => log.record(topo),
+            None => {
+                topo.take_changes();
+                Ok(())
+            }
         }
+    }
+
+    /// How many changes to durable definitions were logged so far: an
+    /// operation that changed the count must not be answered before
+    /// [`Vhost::definitions_store`] is synced.
+    pub fn definitions_changed(&self) -> u64 {
+        self.definitions.as_ref().map_or(0, |d| d.appended())
+    }
+
+    /// The store of the vhost's durable definitions, to sync before
+    /// answering an operation that changed them.
+    pub fn definitions_store(&self) -> Option<Arc<dyn Durable>> {
+        self.definitions
+            .as_ref()
+            .map(|d| Arc::clone(d) as Arc<dyn Durable>)
     }
 
     /// The vhost's durable definitions, as they are saved.
@@ -139,7 +155,7 @@ impl Vhost {
         persist::durable_definitions(&self.topology.read())
     }
 
-    /// Flushes and closes every queue store (clean shutdown).
+    /// Flushes and closes every store (clean shutdown).
     pub fn close(&self) {
         let topo = self.topology.read();
         for q in topo.queues.values() {
@@ -147,6 +163,9 @@ impl Vhost {
         }
         for ex in topo.exchanges.values() {
             ex.close_stores();
+        }
+        if let Some(d) = &self.definitions {
+            d.close_store();
         }
     }
 

@@ -11,6 +11,8 @@ use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::queue::{ConnectionId, Queue};
 
+use super::persist::Change;
+
 /// The exchanges every vhost has from the start.
 pub(super) const PREDECLARED: [(&str, ExchangeKind); 7] = [
     ("", ExchangeKind::Direct),
@@ -42,6 +44,8 @@ pub(super) struct Topology {
     sources: HashMap<Destination, BTreeSet<String>>,
     /// Each connection's exclusive queues.
     exclusive: HashMap<ConnectionId, Vec<String>>,
+    /// Changes to durable definitions not yet written to disk.
+    changes: Vec<Change>,
 }
 
 impl Topology {
@@ -57,11 +61,42 @@ impl Topology {
             queues: HashMap::new(),
             sources: HashMap::new(),
             exclusive: HashMap::new(),
+            changes: Vec::new(),
         }
+    }
+
+    /// The changes to durable definitions made since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Whether a queue survives a restart (durable and not exclusive).
+    fn durable_queue(q: &Queue) -> bool {
+        q.options.durable && q.options.exclusive_owner.is_none()
+    }
+
+    /// Whether a binding to `destination` from a durable exchange survives
+    /// a restart: when its destination does.
+    fn durable_destination(&self, destination: &Destination) -> bool {
+        match destination {
+            Destination::Queue(q) => self.queues.get(q).is_some_and(|q| Self::durable_queue(q)),
+            Destination::Exchange(e) => self.exchanges.get(e).is_some_and(|e| e.durable),
+        }
+    }
+
+    /// Adds an exchange (whose name is free).
+    pub fn insert_exchange(&mut self, ex: Exchange) {
+        if ex.durable && !is_predeclared(&ex.name) {
+            self.changes.push(Change::put_exchange(&self.vhost, &ex));
+        }
+        self.exchanges.insert(ex.name.clone(), ex);
     }
 
     /// Adds a queue (whose name is free).
     pub fn insert_queue(&mut self, queue: Arc<Queue>) {
+        if Self::durable_queue(&queue) {
+            self.changes.push(Change::put_queue(&self.vhost, &queue));
+        }
         if let Some(owner) = queue.options.exclusive_owner {
             self.exclusive
                 .entry(owner)
@@ -196,8 +231,13 @@ impl Topology {
         let Some(ex) = self.exchanges.get_mut(source) else {
             return Err(self.no_exchange(source));
         };
+        let durable = ex.durable;
         let destination = binding.destination.clone();
+        let change = Change::put_binding(&self.vhost, source, &binding);
         if ex.bindings.insert(binding) {
+            if durable && self.durable_destination(&destination) {
+                self.changes.push(change);
+            }
             self.sources
                 .entry(destination)
                 .or_default()
@@ -215,8 +255,13 @@ impl Topology {
         if !ex.bindings.remove(binding) {
             return;
         }
+        let durable = ex.durable;
         let still_bound = ex.bindings.has_destination(&binding.destination);
         let emptied = ex.auto_delete && ex.bindings.is_empty();
+        if durable && self.durable_destination(&binding.destination) {
+            self.changes
+                .push(Change::delete_binding(&self.vhost, source, binding));
+        }
         if !still_bound {
             self.forget_source(&binding.destination, source);
         }
@@ -233,20 +278,36 @@ impl Topology {
                 list.retain(|n| n != name);
             }
         }
-        self.remove_bindings_to(&Destination::Queue(name.to_owned()));
+        let durable = Self::durable_queue(&q);
+        if durable {
+            self.changes.push(Change::DeleteQueue {
+                name: name.to_owned(),
+            });
+        }
+        self.remove_bindings_to(&Destination::Queue(name.to_owned()), durable);
         Some(q)
     }
 
     /// Removes an exchange, its stores, the bindings from it and the
     /// bindings to it.
     pub fn remove_exchange(&mut self, name: &str) {
-        if let Some(ex) = self.exchanges.remove(name) {
-            for b in &ex.bindings {
-                self.forget_source(&b.destination, name);
+        let Some(ex) = self.exchanges.remove(name) else {
+            return;
+        };
+        for b in &ex.bindings {
+            if ex.durable && self.durable_destination(&b.destination) {
+                self.changes
+                    .push(Change::delete_binding(&self.vhost, name, b));
             }
-            ex.discard_stores();
+            self.forget_source(&b.destination, name);
         }
-        self.remove_bindings_to(&Destination::Exchange(name.to_owned()));
+        ex.discard_stores();
+        if ex.durable && !is_predeclared(name) {
+            self.changes.push(Change::DeleteExchange {
+                name: name.to_owned(),
+            });
+        }
+        self.remove_bindings_to(&Destination::Exchange(name.to_owned()), ex.durable);
     }
 
     /// Whether some binding has `name` as its destination exchange.
@@ -264,9 +325,9 @@ impl Topology {
         }
     }
 
-    /// Drops every binding to `dest`, then auto-deletes exchanges left with
-    /// no bindings.
-    fn remove_bindings_to(&mut self, dest: &Destination) {
+    /// Drops every binding to `dest` (which is gone, and was durable or
+    /// not), then auto-deletes exchanges left with no bindings.
+    fn remove_bindings_to(&mut self, dest: &Destination, dest_durable: bool) {
         let Some(sources) = self.sources.remove(dest) else {
             return;
         };
@@ -274,8 +335,15 @@ impl Topology {
             let Some(ex) = self.exchanges.get_mut(&name) else {
                 continue;
             };
-            ex.bindings.remove_destination(dest);
-            if ex.auto_delete && ex.bindings.is_empty() {
+            let removed = ex.bindings.remove_destination(dest);
+            let emptied = ex.auto_delete && ex.bindings.is_empty();
+            if ex.durable && dest_durable {
+                for b in &removed {
+                    self.changes
+                        .push(Change::delete_binding(&self.vhost, &name, b));
+                }
+            }
+            if emptied {
                 self.remove_exchange(&name);
             }
         }

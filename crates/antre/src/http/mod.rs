@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use antre_broker::{Broker, Vhost};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -199,6 +199,10 @@ pub fn router(state: HttpState) -> Router {
             "/api/definitions/{vhost}",
             get(definitions::export_vhost).post(definitions::import_vhost),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            definitions_synced,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     Router::new()
         .merge(authed)
@@ -239,6 +243,26 @@ async fn require_auth(
     }
     request.extensions_mut().insert(AuthUser(user));
     next.run(request).await
+}
+
+/// Answers a request that may have changed durable definitions (any but
+/// GET and HEAD) only once they are on disk, as AMQP's declare-ok is.
+async fn definitions_synced(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    let response = next.run(request).await;
+    if reads {
+        return response;
+    }
+    let broker = Arc::clone(&state.broker);
+    match tokio::task::spawn_blocking(move || broker.sync_definitions()).await {
+        Ok(Ok(())) => response,
+        Ok(Err(e)) => ApiError::from(e).into_response(),
+        Err(e) => ApiError::internal(format!("sync task failed: {e}")).into_response(),
+    }
 }
 
 fn basic_credentials(request: &Request) -> Option<(String, String)> {
