@@ -763,3 +763,35 @@ fn v1_ttls_and_expiry_count_from_the_recorded_times() {
         Err(BrokerError::NotFound(_))
     ));
 }
+
+#[test]
+fn v1_has_no_format_file_and_is_read_as_data_format_1() {
+    assert!(
+        !fixture("v1").join(antre_broker::data_format::FILE).exists(),
+        "v1 predates the format file"
+    );
+    let f = open("v1", V1_CLOSED_AT);
+    let recorded = std::fs::read_to_string(f.dir.path().join("format")).unwrap();
+    assert_eq!(recorded, "antre data format 1\n");
+}
+
+#[test]
+fn a_data_directory_of_a_newer_format_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture("v1"), dir.path());
+    std::fs::write(dir.path().join("format"), "antre data format 2\n").unwrap();
+    let clock = Arc::new(ManualClock::at(V1_CLOSED_AT)) as Arc<dyn Clock>;
+    let err = Broker::open_with_clock(dir.path(), StorageOptions::default(), clock)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has data format 2, but this antre reads data format 1"),
+        "{err}"
+    );
+    // Nothing was repaired or deleted: the fully acked segment is still there.
+    assert!(dir
+        .path()
+        .join("vhosts/8a5edab282632443219e051e4ade2d1d/queues/1c168adb00d208e42f93314529f1fa9c/msgs.0000000004")
+        .exists());
+}
