@@ -607,7 +607,9 @@ impl Channel {
             .into(),
             message,
         ));
-        if !delivery.no_ack {
+        if delivery.no_ack {
+            delivery.queue.settle_no_ack(&delivery.entry);
+        } else {
             self.unacked.insert(
                 delivery_tag,
                 Unacked {

@@ -688,6 +688,19 @@ impl Queue {
         self.dispatch(&mut st, now);
     }
 
+    /// Settles a delivery to a no-ack consumer once its channel has handed
+    /// it to the client. Until then it keeps its store record and its
+    /// deduplication key, so that if it comes back undelivered
+    /// ([`Queue::return_undelivered`]) it is still durable.
+    pub fn settle_no_ack(&self, entry: &Entry) {
+        if entry.pos.is_none() && entry.dedup_key.is_none() {
+            return;
+        }
+        self.state
+            .lock()
+            .forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
+    }
+
     /// Puts back a message that never reached its consumer (its channel
     /// closed first), without marking it redelivered.
     pub fn return_undelivered(self: &Arc<Self>, delivery: Delivery) {
@@ -863,7 +876,6 @@ impl Queue {
             let entry = self.prepare_delivery(entry);
             let consumer = &st.consumers[idx];
             let no_ack = consumer.no_ack;
-            let (pos, key) = (entry.pos, entry.dedup_key.clone());
             let delivery = Delivery {
                 queue: Arc::clone(self),
                 consumer: consumer.id,
@@ -872,7 +884,9 @@ impl Queue {
                 entry,
             };
             match consumer.sink.deliver(delivery) {
-                Ok(()) if no_ack => st.forget(pos, key.as_deref(), &self.name),
+                // Settled when its channel hands it out (settle_no_ack):
+                // until then it may come back undelivered.
+                Ok(()) if no_ack => {}
                 Ok(()) => st.unacked += 1,
                 Err(back) => {
                     // The consumer's connection is gone: keep the message,
@@ -1402,5 +1416,53 @@ pub(crate) mod tests {
         );
         q.ack(&[e]);
         q.publish_ok(keyed("p1 later", "payment-1"));
+    }
+
+    fn durable_queue(dir: &std::path::Path) -> Arc<Queue> {
+        let options = QueueOptions {
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        };
+        let clock = Arc::new(ManualClock::default());
+        Queue::open_durable("/", "q", options, clock, dir, StoreOptions::default(), 0)
+            .expect("open durable queue")
+    }
+
+    fn persistent(body: &str) -> Arc<Message> {
+        with_props(
+            body,
+            BasicProperties {
+                delivery_mode: Some(2),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_no_ack_delivery_that_comes_back_undelivered_stays_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = durable_queue(dir.path());
+        let sink = Arc::new(CollectSink::default());
+        let mut spec = consumer(1, 0, &sink);
+        spec.no_ack = true;
+        q.add_consumer(spec).unwrap();
+        q.publish_ok(persistent("kept"));
+        q.publish_ok(persistent("handed out"));
+        let mut pushed = std::mem::take(&mut *sink.deliveries.lock());
+        assert_eq!(pushed.len(), 2);
+        // The channel hands the second to its client, which settles it; the
+        // first never gets there (its channel closed) and goes back.
+        let handed_out = pushed.pop().unwrap();
+        q.settle_no_ack(&handed_out.entry);
+        q.remove_consumer(1);
+        q.return_undelivered(pushed.pop().unwrap());
+        assert_eq!(q.counts().ready, 1);
+        q.close_store();
+        let q = durable_queue(dir.path());
+        let (e, _) = q.get(true).expect("recovered");
+        assert_eq!(&e.message.body[..], b"kept");
+        assert!(q.get(true).is_none(), "the settled one is gone");
     }
 }
