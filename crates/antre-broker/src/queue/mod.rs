@@ -212,6 +212,19 @@ impl QueueState {
         self.store.as_mut()
     }
 
+    /// Removes a consumer. The turn stays with the consumer who had it, or
+    /// passes to the next one if it was this one's, so nobody is skipped.
+    fn remove_consumer_at(&mut self, at: usize) -> ConsumerSpec {
+        let gone = self.consumers.remove(at);
+        if at < self.next_consumer {
+            self.next_consumer -= 1;
+        }
+        if self.next_consumer >= self.consumers.len() {
+            self.next_consumer = 0;
+        }
+        gone
+    }
+
     /// Forgets a message for good (acked, dropped, dead-lettered, purged):
     /// its store record and its deduplication key. A store failure only means
     /// the message may come back after a restart, never a loss, so it is
@@ -577,9 +590,8 @@ impl Queue {
     pub fn remove_consumer(self: &Arc<Self>, id: ConsumerId) -> bool {
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
-        st.consumers.retain(|c| c.id != id);
-        if st.next_consumer >= st.consumers.len() {
-            st.next_consumer = 0;
+        if let Some(at) = st.consumers.iter().position(|c| c.id == id) {
+            st.remove_consumer_at(at);
         }
         st.last_used = now;
         // With a single active consumer, the next one takes over now.
@@ -893,9 +905,7 @@ impl Queue {
                     // forget the consumer.
                     let redelivered = back.entry.redelivered;
                     st.insert_entry(back.entry, redelivered);
-                    let gone = st.consumers.remove(idx);
-                    gone.release_credit();
-                    st.next_consumer = 0;
+                    st.remove_consumer_at(idx).release_credit();
                 }
             }
         }
@@ -1017,6 +1027,26 @@ pub(crate) mod tests {
                 unacked: 6,
                 consumers: 2
             }
+        );
+    }
+
+    #[test]
+    fn a_consumer_leaving_does_not_cost_the_next_one_its_turn() {
+        let q = queue();
+        let sinks: Vec<Arc<CollectSink>> = (0..3).map(|_| Arc::default()).collect();
+        for (id, sink) in (1..).zip(&sinks) {
+            q.add_consumer(consumer(id, 0, sink)).unwrap();
+        }
+        q.publish_ok(message("to 1"));
+        // It is 2's turn; 1 leaving must not hand it to 3.
+        q.remove_consumer(1);
+        q.publish_ok(message("to 2"));
+        q.publish_ok(message("to 3"));
+        q.publish_ok(message("to 2 again"));
+        let bodies: Vec<Vec<String>> = sinks.iter().map(|s| s.bodies()).collect();
+        assert_eq!(
+            bodies,
+            [vec!["to 1"], vec!["to 2", "to 2 again"], vec!["to 3"]]
         );
     }
 
