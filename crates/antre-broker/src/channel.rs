@@ -588,6 +588,9 @@ impl Channel {
             _ => {
                 let queue = Arc::clone(&delivery.queue);
                 queue.return_undelivered(delivery);
+                // That freed room in the channel's window for its other
+                // consumers.
+                self.kick_consumers();
                 return false;
             }
         };

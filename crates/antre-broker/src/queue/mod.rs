@@ -81,6 +81,10 @@ pub struct Delivery {
     pub no_ack: bool,
     /// The message.
     pub entry: Entry,
+    /// The channel's prefetch window the delivery took credit from (none
+    /// for no-ack consumers). A delivery that comes back undelivered gives
+    /// it back, or the channel's other consumers would wait for it forever.
+    pub channel_credit: Option<Arc<Credit>>,
 }
 
 /// Where a queue pushes deliveries for the consumers of one channel, and
@@ -716,6 +720,9 @@ impl Queue {
     /// Puts back a message that never reached its consumer (its channel
     /// closed first), without marking it redelivered.
     pub fn return_undelivered(self: &Arc<Self>, delivery: Delivery) {
+        if let Some(window) = &delivery.channel_credit {
+            window.release(1);
+        }
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
         if !delivery.no_ack {
@@ -894,6 +901,7 @@ impl Queue {
                 consumer_tag: Arc::clone(&consumer.tag),
                 no_ack,
                 entry,
+                channel_credit: (!no_ack).then(|| Arc::clone(&consumer.channel_credit)),
             };
             match consumer.sink.deliver(delivery) {
                 // Settled when its channel hands it out (settle_no_ack):
@@ -1468,6 +1476,30 @@ pub(crate) mod tests {
                 ..Default::default()
             },
         )
+    }
+
+    #[test]
+    fn a_delivery_that_comes_back_undelivered_frees_its_channel_window() {
+        // Two queues, one consumer on each, sharing a channel window of 1.
+        let window = Credit::new(1);
+        let (a, b) = (queue(), queue());
+        let (sink_a, sink_b) = (Arc::new(CollectSink::default()), Arc::default());
+        let mut on_a = consumer(1, 0, &sink_a);
+        on_a.channel_credit = Arc::clone(&window);
+        let mut on_b = consumer(2, 0, &sink_b);
+        on_b.channel_credit = Arc::clone(&window);
+        a.add_consumer(on_a).unwrap();
+        b.add_consumer(on_b).unwrap();
+        a.publish_ok(message("a"));
+        b.publish_ok(message("b"));
+        assert!(sink_b.bodies().is_empty(), "the window is full");
+        // The consumer on a is cancelled before its channel took "a".
+        a.remove_consumer(1);
+        let back = sink_a.deliveries.lock().pop().unwrap();
+        a.return_undelivered(back);
+        assert_eq!(window.in_flight(), 0);
+        b.kick();
+        assert_eq!(sink_b.bodies(), ["b"]);
     }
 
     #[test]
