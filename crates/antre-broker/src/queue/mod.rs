@@ -27,6 +27,7 @@
 
 mod args;
 mod credit;
+mod line;
 mod ready;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use parking_lot::Mutex;
 
 pub use args::{Overflow, QueueArgs};
 pub use credit::{ConsumerInfo, ConsumerSpec, Credit};
+use line::ConsumerLine;
 use ready::{Ready, ReadyList};
 
 use crate::clock::Clock;
@@ -174,8 +176,7 @@ pub enum Enqueued {
 #[derive(Debug)]
 struct QueueState {
     ready: ReadyList,
-    consumers: Vec<ConsumerSpec>,
-    next_consumer: usize,
+    consumers: ConsumerLine,
     next_seq: u64,
     unacked: u32,
     had_consumer: bool,
@@ -198,8 +199,7 @@ impl QueueState {
     fn new(args: &QueueArgs, now: u64) -> QueueState {
         QueueState {
             ready: ReadyList::new(args.max_priority),
-            consumers: Vec::new(),
-            next_consumer: 0,
+            consumers: ConsumerLine::new(args.single_active_consumer),
             next_seq: 0,
             unacked: 0,
             had_consumer: false,
@@ -214,19 +214,6 @@ impl QueueState {
 
     fn store(&mut self) -> Option<&mut QueueStore> {
         self.store.as_mut()
-    }
-
-    /// Removes a consumer. The turn stays with the consumer who had it, or
-    /// passes to the next one if it was this one's, so nobody is skipped.
-    fn remove_consumer_at(&mut self, at: usize) -> ConsumerSpec {
-        let gone = self.consumers.remove(at);
-        if at < self.next_consumer {
-            self.next_consumer -= 1;
-        }
-        if self.next_consumer >= self.consumers.len() {
-            self.next_consumer = 0;
-        }
-        gone
     }
 
     /// Forgets a message for good (acked, dropped, dead-lettered, purged):
@@ -575,14 +562,13 @@ impl Queue {
         if st.deleted {
             return Err(BrokerError::NotFound(format!("no {}", self.describe())));
         }
-        if st.consumers.iter().any(|c| c.exclusive) || (spec.exclusive && !st.consumers.is_empty())
-        {
+        if st.consumers.all().any(|c| c.exclusive) || (spec.exclusive && !st.consumers.is_empty()) {
             return Err(BrokerError::AccessRefused(format!(
                 "{} in exclusive use",
                 self.describe()
             )));
         }
-        st.consumers.push(spec);
+        st.consumers.join(spec);
         st.had_consumer = true;
         st.last_used = now;
         self.dispatch(&mut st, now);
@@ -594,8 +580,9 @@ impl Queue {
     pub fn remove_consumer(self: &Arc<Self>, id: ConsumerId) -> bool {
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
-        if let Some(at) = st.consumers.iter().position(|c| c.id == id) {
-            st.remove_consumer_at(at);
+        let at = st.consumers.all().position(|c| c.id == id);
+        if let Some(at) = at {
+            st.consumers.remove(at);
         }
         st.last_used = now;
         // With a single active consumer, the next one takes over now.
@@ -784,7 +771,7 @@ impl Queue {
                 );
             }
         }
-        for c in std::mem::take(&mut st.consumers) {
+        for c in st.consumers.take_all() {
             c.sink.cancel(&c.tag);
         }
         n
@@ -795,7 +782,7 @@ impl Queue {
         self.state
             .lock()
             .consumers
-            .iter()
+            .all()
             .map(|c| ConsumerInfo {
                 tag: c.tag.to_string(),
                 connection: c.connection,
@@ -864,28 +851,19 @@ impl Queue {
         st.deleted = true;
     }
 
-    /// Delivers ready messages round-robin to consumers with credit (only to
-    /// the first consumer, with a single active consumer). Expired messages
-    /// met on the way are dead-lettered, never delivered.
+    /// Delivers ready messages to consumers with credit, taking turns (see
+    /// [`line`]; only to the first consumer, with a single active
+    /// consumer). Expired messages met on the way are dead-lettered, never
+    /// delivered.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, now: u64) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let n = if self.args.single_active_consumer {
-                1
-            } else {
-                st.consumers.len()
-            };
-            let start = st.next_consumer % n;
-            let Some(idx) = (0..n)
-                .map(|i| (start + i) % n)
-                .find(|&i| st.consumers[i].try_take_credit())
-            else {
+            let Some(idx) = st.consumers.take_turn() else {
                 return;
             };
-            st.next_consumer = (idx + 1) % n;
             self.expire(st, now);
             let entry = loop {
                 let Some(r) = st.ready.pop_front() else {
-                    st.consumers[idx].release_credit();
+                    st.consumers.get(idx).release_credit();
                     return;
                 };
                 if let Some(e) = st.load(r, &self.name) {
@@ -893,7 +871,7 @@ impl Queue {
                 }
             };
             let entry = self.prepare_delivery(entry);
-            let consumer = &st.consumers[idx];
+            let consumer = st.consumers.get(idx);
             let no_ack = consumer.no_ack;
             let delivery = Delivery {
                 queue: Arc::clone(self),
@@ -913,7 +891,7 @@ impl Queue {
                     // forget the consumer.
                     let redelivered = back.entry.redelivered;
                     st.insert_entry(back.entry, redelivered);
-                    st.remove_consumer_at(idx).release_credit();
+                    st.consumers.remove(idx).release_credit();
                 }
             }
         }
@@ -1056,6 +1034,50 @@ pub(crate) mod tests {
             bodies,
             [vec!["to 1"], vec!["to 2", "to 2 again"], vec!["to 3"]]
         );
+    }
+
+    /// Seen on RabbitMQ 3.10: a consumer whose window filled rejoins the
+    /// line behind those that kept getting messages.
+    #[test]
+    fn a_consumer_whose_window_frees_goes_to_the_back_of_the_line() {
+        let q = queue();
+        let (a, b) = (
+            Arc::new(CollectSink::default()),
+            Arc::new(CollectSink::default()),
+        );
+        let spec = consumer(1, 1, &a);
+        let window = Arc::clone(&spec.credit);
+        q.add_consumer(spec).unwrap();
+        q.add_consumer(consumer(2, 0, &b)).unwrap();
+        for m in ["m1", "m2", "m3", "m4"] {
+            q.publish_ok(message(m));
+        }
+        // a acks m1.
+        let first = a.deliveries.lock()[0].entry.clone();
+        window.release(1);
+        q.ack(&[first]);
+        q.kick();
+        for m in ["m5", "m6", "m7"] {
+            q.publish_ok(message(m));
+        }
+        assert_eq!(a.bodies(), ["m1", "m6"]);
+        assert_eq!(b.bodies(), ["m2", "m3", "m4", "m5", "m7"]);
+    }
+
+    /// Seen on RabbitMQ 3.10: a new consumer joins the back of the line.
+    #[test]
+    fn a_new_consumer_joins_the_back_of_the_line() {
+        let q = queue();
+        let sinks: Vec<Arc<CollectSink>> = (0..3).map(|_| Arc::default()).collect();
+        q.add_consumer(consumer(1, 0, &sinks[0])).unwrap();
+        q.add_consumer(consumer(2, 0, &sinks[1])).unwrap();
+        q.publish_ok(message("m1"));
+        q.add_consumer(consumer(3, 0, &sinks[2])).unwrap();
+        for m in ["m2", "m3", "m4", "m5"] {
+            q.publish_ok(message(m));
+        }
+        let bodies: Vec<Vec<String>> = sinks.iter().map(|s| s.bodies()).collect();
+        assert_eq!(bodies, [vec!["m1", "m3"], vec!["m2", "m5"], vec!["m4"]]);
     }
 
     #[test]
