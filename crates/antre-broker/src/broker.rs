@@ -201,6 +201,7 @@ impl Broker {
         options: StorageOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Broker, BrokerError> {
+        crate::data_format::check(data_dir)?;
         let vhosts_dir = data_dir.join("vhosts");
         std::fs::create_dir_all(&vhosts_dir).map_err(|e| {
             BrokerError::Internal(format!("creating {}: {e}", vhosts_dir.display()))

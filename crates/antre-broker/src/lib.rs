@@ -16,6 +16,7 @@
 //!   publisher confirms, transactions);
 //! - [`syncer`]: group commit, so confirms mean "on disk" at high rates;
 //! - [`definitions`]: durable topology as RabbitMQ-shaped JSON;
+//! - [`data_format`]: the data directory's format version;
 //! - [`metrics`]: counters and latency histograms for monitoring;
 //! - [`clock`]: injectable time, so TTLs and delays are tested without sleeps;
 //! - [`error`]: refusals, each with its AMQP reply code.
@@ -28,6 +29,7 @@
 pub mod broker;
 pub mod channel;
 pub mod clock;
+pub mod data_format;
 pub mod dead_letter;
 pub mod definitions;
 pub mod durable;

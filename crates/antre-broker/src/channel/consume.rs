@@ -195,6 +195,9 @@ impl Channel {
             _ => {
                 let queue = Arc::clone(&delivery.queue);
                 queue.return_undelivered(delivery);
+                // That freed room in the channel's window for its other
+                // consumers.
+                self.kick_consumers();
                 return false;
             }
         };
@@ -214,7 +217,9 @@ impl Channel {
             .into(),
             message,
         ));
-        if !delivery.no_ack {
+        if delivery.no_ack {
+            delivery.queue.settle_no_ack(&delivery.entry);
+        } else {
             self.unacked.insert(
                 delivery_tag,
                 Unacked {

@@ -111,6 +111,15 @@ impl ConsumerSpec {
         true
     }
 
+    /// Whether [`ConsumerSpec::try_take_credit`] would succeed now.
+    pub(crate) fn has_room(&self) -> bool {
+        let paused = self.channel_credit.paused.load(Ordering::Relaxed);
+        if self.no_ack {
+            return !paused;
+        }
+        !paused && !self.channel_credit.is_full() && !self.credit.is_full()
+    }
+
     pub(crate) fn release_credit(&self) {
         if !self.no_ack {
             self.credit.release(1);

@@ -27,6 +27,7 @@
 
 mod args;
 mod credit;
+mod line;
 mod ready;
 mod state;
 
@@ -81,6 +82,10 @@ pub struct Delivery {
     pub no_ack: bool,
     /// The message.
     pub entry: Entry,
+    /// The channel's prefetch window the delivery took credit from (none
+    /// for no-ack consumers). A delivery that comes back undelivered gives
+    /// it back, or the channel's other consumers would wait for it forever.
+    pub channel_credit: Option<Arc<Credit>>,
 }
 
 /// Where a queue pushes deliveries for the consumers of one channel, and
@@ -414,14 +419,13 @@ impl Queue {
         if st.deleted {
             return Err(BrokerError::NotFound(format!("no {}", self.describe())));
         }
-        if st.consumers.iter().any(|c| c.exclusive) || (spec.exclusive && !st.consumers.is_empty())
-        {
+        if st.consumers.all().any(|c| c.exclusive) || (spec.exclusive && !st.consumers.is_empty()) {
             return Err(BrokerError::AccessRefused(format!(
                 "{} in exclusive use",
                 self.describe()
             )));
         }
-        st.consumers.push(spec);
+        st.consumers.join(spec);
         st.had_consumer = true;
         st.last_used = now;
         self.dispatch(&mut st, now);
@@ -433,9 +437,9 @@ impl Queue {
     pub fn remove_consumer(self: &Arc<Self>, id: ConsumerId) -> bool {
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
-        st.consumers.retain(|c| c.id != id);
-        if st.next_consumer >= st.consumers.len() {
-            st.next_consumer = 0;
+        let at = st.consumers.all().position(|c| c.id == id);
+        if let Some(at) = at {
+            st.consumers.remove(at);
         }
         st.last_used = now;
         // With a single active consumer, the next one takes over now.
@@ -544,9 +548,25 @@ impl Queue {
         self.dispatch(&mut st, now);
     }
 
+    /// Settles a delivery to a no-ack consumer once its channel has handed
+    /// it to the client. Until then it keeps its store record and its
+    /// deduplication key, so that if it comes back undelivered
+    /// ([`Queue::return_undelivered`]) it is still durable.
+    pub fn settle_no_ack(&self, entry: &Entry) {
+        if entry.pos.is_none() && entry.dedup_key.is_none() {
+            return;
+        }
+        self.state
+            .lock()
+            .forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
+    }
+
     /// Puts back a message that never reached its consumer (its channel
     /// closed first), without marking it redelivered.
     pub fn return_undelivered(self: &Arc<Self>, delivery: Delivery) {
+        if let Some(window) = &delivery.channel_credit {
+            window.release(1);
+        }
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
         if !delivery.no_ack {
@@ -608,7 +628,7 @@ impl Queue {
                 );
             }
         }
-        for c in std::mem::take(&mut st.consumers) {
+        for c in st.consumers.take_all() {
             c.sink.cancel(&c.tag);
         }
         n
@@ -619,7 +639,7 @@ impl Queue {
         self.state
             .lock()
             .consumers
-            .iter()
+            .all()
             .map(|c| ConsumerInfo {
                 tag: c.tag.to_string(),
                 connection: c.connection,
@@ -688,28 +708,19 @@ impl Queue {
         st.deleted = true;
     }
 
-    /// Delivers ready messages round-robin to consumers with credit (only to
-    /// the first consumer, with a single active consumer). Expired messages
-    /// met on the way are dead-lettered, never delivered.
+    /// Delivers ready messages to consumers with credit, taking turns (see
+    /// [`line`]; only to the first consumer, with a single active
+    /// consumer). Expired messages met on the way are dead-lettered, never
+    /// delivered.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, now: u64) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let n = if self.args.single_active_consumer {
-                1
-            } else {
-                st.consumers.len()
-            };
-            let start = st.next_consumer % n;
-            let Some(idx) = (0..n)
-                .map(|i| (start + i) % n)
-                .find(|&i| st.consumers[i].try_take_credit())
-            else {
+            let Some(idx) = st.consumers.take_turn() else {
                 return;
             };
-            st.next_consumer = (idx + 1) % n;
             self.expire(st, now);
             let entry = loop {
                 let Some(r) = st.ready.pop_front() else {
-                    st.consumers[idx].release_credit();
+                    st.consumers.get(idx).release_credit();
                     return;
                 };
                 if let Some(e) = st.load(r, &self.name) {
@@ -717,27 +728,27 @@ impl Queue {
                 }
             };
             let entry = self.prepare_delivery(entry);
-            let consumer = &st.consumers[idx];
+            let consumer = st.consumers.get(idx);
             let no_ack = consumer.no_ack;
-            let (pos, key) = (entry.pos, entry.dedup_key.clone());
             let delivery = Delivery {
                 queue: Arc::clone(self),
                 consumer: consumer.id,
                 consumer_tag: Arc::clone(&consumer.tag),
                 no_ack,
                 entry,
+                channel_credit: (!no_ack).then(|| Arc::clone(&consumer.channel_credit)),
             };
             match consumer.sink.deliver(delivery) {
-                Ok(()) if no_ack => st.forget(pos, key.as_deref(), &self.name),
+                // Settled when its channel hands it out (settle_no_ack):
+                // until then it may come back undelivered.
+                Ok(()) if no_ack => {}
                 Ok(()) => st.unacked += 1,
                 Err(back) => {
                     // The consumer's connection is gone: keep the message,
                     // forget the consumer.
                     let redelivered = back.entry.redelivered;
                     st.insert_entry(back.entry, redelivered);
-                    let gone = st.consumers.remove(idx);
-                    gone.release_credit();
-                    st.next_consumer = 0;
+                    st.consumers.remove(idx).release_credit();
                 }
             }
         }

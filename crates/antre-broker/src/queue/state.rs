@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use antre_store::{QueueStore, SegmentPosition};
 
+use super::line::ConsumerLine;
 use super::ready::{Ready, ReadyList};
-use super::{ConsumerSpec, DeadLetter, DeathReason, Entry, QueueArgs};
+use super::{DeadLetter, DeathReason, Entry, QueueArgs};
 use crate::message::Message;
 
 #[derive(Debug)]
 pub(super) struct QueueState {
     pub(super) ready: ReadyList,
-    pub(super) consumers: Vec<ConsumerSpec>,
-    pub(super) next_consumer: usize,
+    pub(super) consumers: ConsumerLine,
     pub(super) next_seq: u64,
     pub(super) unacked: u32,
     pub(super) had_consumer: bool,
@@ -38,8 +38,7 @@ impl QueueState {
     pub(super) fn new(args: &QueueArgs, now: u64) -> QueueState {
         QueueState {
             ready: ReadyList::new(args.max_priority),
-            consumers: Vec::new(),
-            next_consumer: 0,
+            consumers: ConsumerLine::new(args.single_active_consumer),
             next_seq: 0,
             unacked: 0,
             had_consumer: false,

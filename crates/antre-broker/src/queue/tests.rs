@@ -117,6 +117,70 @@ fn consumers_are_served_round_robin() {
 }
 
 #[test]
+fn a_consumer_leaving_does_not_cost_the_next_one_its_turn() {
+    let q = queue();
+    let sinks: Vec<Arc<CollectSink>> = (0..3).map(|_| Arc::default()).collect();
+    for (id, sink) in (1..).zip(&sinks) {
+        q.add_consumer(consumer(id, 0, sink)).unwrap();
+    }
+    q.publish_ok(message("to 1"));
+    // It is 2's turn; 1 leaving must not hand it to 3.
+    q.remove_consumer(1);
+    q.publish_ok(message("to 2"));
+    q.publish_ok(message("to 3"));
+    q.publish_ok(message("to 2 again"));
+    let bodies: Vec<Vec<String>> = sinks.iter().map(|s| s.bodies()).collect();
+    assert_eq!(
+        bodies,
+        [vec!["to 1"], vec!["to 2", "to 2 again"], vec!["to 3"]]
+    );
+}
+
+/// Seen on RabbitMQ 3.10: a consumer whose window filled rejoins the
+/// line behind those that kept getting messages.
+#[test]
+fn a_consumer_whose_window_frees_goes_to_the_back_of_the_line() {
+    let q = queue();
+    let (a, b) = (
+        Arc::new(CollectSink::default()),
+        Arc::new(CollectSink::default()),
+    );
+    let spec = consumer(1, 1, &a);
+    let window = Arc::clone(&spec.credit);
+    q.add_consumer(spec).unwrap();
+    q.add_consumer(consumer(2, 0, &b)).unwrap();
+    for m in ["m1", "m2", "m3", "m4"] {
+        q.publish_ok(message(m));
+    }
+    // a acks m1.
+    let first = a.deliveries.lock()[0].entry.clone();
+    window.release(1);
+    q.ack(&[first]);
+    q.kick();
+    for m in ["m5", "m6", "m7"] {
+        q.publish_ok(message(m));
+    }
+    assert_eq!(a.bodies(), ["m1", "m6"]);
+    assert_eq!(b.bodies(), ["m2", "m3", "m4", "m5", "m7"]);
+}
+
+/// Seen on RabbitMQ 3.10: a new consumer joins the back of the line.
+#[test]
+fn a_new_consumer_joins_the_back_of_the_line() {
+    let q = queue();
+    let sinks: Vec<Arc<CollectSink>> = (0..3).map(|_| Arc::default()).collect();
+    q.add_consumer(consumer(1, 0, &sinks[0])).unwrap();
+    q.add_consumer(consumer(2, 0, &sinks[1])).unwrap();
+    q.publish_ok(message("m1"));
+    q.add_consumer(consumer(3, 0, &sinks[2])).unwrap();
+    for m in ["m2", "m3", "m4", "m5"] {
+        q.publish_ok(message(m));
+    }
+    let bodies: Vec<Vec<String>> = sinks.iter().map(|s| s.bodies()).collect();
+    assert_eq!(bodies, [vec!["m1", "m3"], vec!["m2", "m5"], vec!["m4"]]);
+}
+
+#[test]
 fn prefetch_window_limits_and_release_resumes() {
     let q = queue();
     let sink = Arc::new(CollectSink::default());
@@ -512,4 +576,76 @@ fn deduplicating_queue_refuses_keys_it_holds_until_they_leave() {
     );
     q.ack(&[e]);
     q.publish_ok(keyed("p1 later", "payment-1"));
+}
+
+fn durable_queue(dir: &std::path::Path) -> Arc<Queue> {
+    let options = QueueOptions {
+        durable: true,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments: FieldTable::new(),
+    };
+    let clock = Arc::new(ManualClock::default());
+    Queue::open_durable("/", "q", options, clock, dir, StoreOptions::default(), 0)
+        .expect("open durable queue")
+}
+
+fn persistent(body: &str) -> Arc<Message> {
+    with_props(
+        body,
+        BasicProperties {
+            delivery_mode: Some(2),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_delivery_that_comes_back_undelivered_frees_its_channel_window() {
+    // Two queues, one consumer on each, sharing a channel window of 1.
+    let window = Credit::new(1);
+    let (a, b) = (queue(), queue());
+    let (sink_a, sink_b) = (Arc::new(CollectSink::default()), Arc::default());
+    let mut on_a = consumer(1, 0, &sink_a);
+    on_a.channel_credit = Arc::clone(&window);
+    let mut on_b = consumer(2, 0, &sink_b);
+    on_b.channel_credit = Arc::clone(&window);
+    a.add_consumer(on_a).unwrap();
+    b.add_consumer(on_b).unwrap();
+    a.publish_ok(message("a"));
+    b.publish_ok(message("b"));
+    assert!(sink_b.bodies().is_empty(), "the window is full");
+    // The consumer on a is cancelled before its channel took "a".
+    a.remove_consumer(1);
+    let back = sink_a.deliveries.lock().pop().unwrap();
+    a.return_undelivered(back);
+    assert_eq!(window.in_flight(), 0);
+    b.kick();
+    assert_eq!(sink_b.bodies(), ["b"]);
+}
+
+#[test]
+fn a_no_ack_delivery_that_comes_back_undelivered_stays_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = durable_queue(dir.path());
+    let sink = Arc::new(CollectSink::default());
+    let mut spec = consumer(1, 0, &sink);
+    spec.no_ack = true;
+    q.add_consumer(spec).unwrap();
+    q.publish_ok(persistent("kept"));
+    q.publish_ok(persistent("handed out"));
+    let mut pushed = std::mem::take(&mut *sink.deliveries.lock());
+    assert_eq!(pushed.len(), 2);
+    // The channel hands the second to its client, which settles it; the
+    // first never gets there (its channel closed) and goes back.
+    let handed_out = pushed.pop().unwrap();
+    q.settle_no_ack(&handed_out.entry);
+    q.remove_consumer(1);
+    q.return_undelivered(pushed.pop().unwrap());
+    assert_eq!(q.counts().ready, 1);
+    q.close_store();
+    let q = durable_queue(dir.path());
+    let (e, _) = q.get(true).expect("recovered");
+    assert_eq!(&e.message.body[..], b"kept");
+    assert!(q.get(true).is_none(), "the settled one is gone");
 }

@@ -126,7 +126,7 @@ pub enum SessionEvent {
 /// channel into the connection's task), never blocking the sender.
 pub trait EventSink: Send + Sync + std::fmt::Debug {
     /// Hands an event over; gives it back if the session is gone.
-    fn send(&self, event: SessionEvent) -> Result<(), SessionEvent>;
+    fn send(&self, event: SessionEvent) -> Result<(), Box<SessionEvent>>;
 }
 
 /// The sink a queue delivers into for the consumers of one channel.
@@ -143,8 +143,10 @@ impl DeliverySink for ChannelSink {
             .send(SessionEvent::Deliver(self.channel, delivery))
         {
             Ok(()) => Ok(()),
-            Err(SessionEvent::Deliver(_, d)) => Err(Box::new(d)),
-            Err(_) => Ok(()),
+            Err(back) => match *back {
+                SessionEvent::Deliver(_, d) => Err(Box::new(d)),
+                _ => Ok(()),
+            },
         }
     }
 

@@ -20,7 +20,7 @@ use super::*;
 struct Collect(Mutex<Vec<SessionEvent>>);
 
 impl EventSink for Collect {
-    fn send(&self, event: SessionEvent) -> Result<(), SessionEvent> {
+    fn send(&self, event: SessionEvent) -> Result<(), Box<SessionEvent>> {
         self.0.lock().push(event);
         Ok(())
     }

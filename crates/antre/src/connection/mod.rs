@@ -48,8 +48,8 @@ const EVENT_BATCH: usize = 256;
 struct Events(mpsc::UnboundedSender<SessionEvent>);
 
 impl EventSink for Events {
-    fn send(&self, event: SessionEvent) -> Result<(), SessionEvent> {
-        self.0.send(event).map_err(|e| e.0)
+    fn send(&self, event: SessionEvent) -> Result<(), Box<SessionEvent>> {
+        self.0.send(event).map_err(|e| Box::new(e.0))
     }
 }
 
