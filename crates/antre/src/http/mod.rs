@@ -12,10 +12,12 @@
 //! - [`rates`]: the sampler behind every `*_details.rate`;
 //! - [`metrics`]: `/metrics` in Prometheus text format;
 //! - [`error`]: JSON errors with their status codes;
+//! - [`lenient`]: request fields coerced as RabbitMQ coerces them;
 //! - [`ui`]: the embedded web UI.
 
 pub mod api;
 pub mod error;
+pub mod lenient;
 pub mod metrics;
 pub mod rates;
 pub mod render;
@@ -30,7 +32,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use base64::Engine;
 use tokio::net::TcpListener;
@@ -199,6 +201,34 @@ pub fn router(state: HttpState) -> Router {
             "/api/definitions/{vhost}",
             get(definitions::export_vhost).post(definitions::import_vhost),
         )
+        .route("/api/parameters", get(parameters::empty))
+        .route("/api/parameters/{component}", get(parameters::of_component))
+        .route(
+            "/api/parameters/{component}/{vhost}",
+            get(parameters::of_vhost),
+        )
+        .route(
+            "/api/parameters/{component}/{vhost}/{name}",
+            get(parameters::one)
+                .put(parameters::set)
+                .delete(parameters::one),
+        )
+        .route("/api/global-parameters", get(parameters::empty))
+        .route("/api/global-parameters/{name}", get(parameters::global))
+        .route("/api/vhost-limits", get(parameters::empty))
+        .route("/api/vhost-limits/{vhost}", get(parameters::of_vhost))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            put(parameters::set_limit),
+        )
+        .route("/api/user-limits", get(parameters::empty))
+        .route("/api/user-limits/{user}", get(parameters::of_user))
+        .route(
+            "/api/user-limits/{user}/{name}",
+            put(parameters::set_limit),
+        )
+        .route("/api/extensions", get(parameters::empty))
+        .route("/api/cluster-name", get(parameters::cluster_name))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     Router::new()
         .merge(authed)
