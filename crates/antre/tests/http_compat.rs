@@ -40,7 +40,10 @@ async fn rabbitmqadmin_bodies_with_string_booleans_declare() {
         .await;
     assert_eq!(status, 201, "{body}");
     let (_, x) = b.api("GET", "/api/exchanges/%2F/admin-x", None).await;
-    assert_eq!((x["durable"].clone(), x["internal"].clone()), (json!(true), json!(false)));
+    assert_eq!(
+        (x["durable"].clone(), x["internal"].clone()),
+        (json!(true), json!(false))
+    );
 
     // What RabbitMQ refuses stays refused.
     let (status, body) = b
@@ -51,7 +54,10 @@ async fn rabbitmqadmin_bodies_with_string_booleans_declare() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["reason"].as_str().unwrap().contains("true or false"), "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("true or false"),
+        "{body}"
+    );
 }
 
 /// Regression: rabbitmqadmin's `get` sends `"count": "1"` and failed with
@@ -142,9 +148,7 @@ async fn empty_argument_lists_are_empty_tables() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let (_, bindings) = b
-        .api("GET", "/api/bindings/%2F/e/py-x/q/py-q", None)
-        .await;
+    let (_, bindings) = b.api("GET", "/api/bindings/%2F/e/py-x/q/py-q", None).await;
     let keys: Vec<&str> = bindings
         .as_array()
         .unwrap()
@@ -222,20 +226,34 @@ async fn listings_sort_filter_and_page_as_rabbitmq_does() {
 
     for (path, error) in [
         ("/api/exchanges?page=0", "invalid_pagination_parameters"),
-        ("/api/exchanges?page=1&page_size=501", "invalid_pagination_parameters"),
+        (
+            "/api/exchanges?page=1&page_size=501",
+            "invalid_pagination_parameters",
+        ),
         ("/api/exchanges?page=x", "bad_request"),
         ("/api/exchanges?page=9", "page_out_of_range"),
     ] {
         let (status, body) = b.api("GET", path, None).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some(error)), "{path}: {body}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(error)),
+            "{path}: {body}"
+        );
     }
-    for path in ["/api/vhosts?page=1", "/api/connections?page=1", "/api/channels?page=1"] {
+    for path in [
+        "/api/vhosts?page=1",
+        "/api/connections?page=1",
+        "/api/channels?page=1",
+    ] {
         let (status, body) = b.api("GET", path, None).await;
         assert_eq!(status, 200);
         assert!(body["items"].is_array(), "{path} pages: {body}");
     }
     let (_, bindings) = b.api("GET", "/api/bindings?page=1", None).await;
-    assert!(bindings.is_array(), "bindings are not paged, as in RabbitMQ");
+    assert!(
+        bindings.is_array(),
+        "bindings are not paged, as in RabbitMQ"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +292,10 @@ async fn parameters_and_limits_are_empty_with_rabbitmqs_shapes() {
         .await;
     assert_eq!(status, 400);
     assert!(
-        body["reason"].as_str().unwrap().contains("component shovel not found"),
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("component shovel not found"),
         "{body}"
     );
     let (status, _) = b
@@ -287,5 +308,8 @@ async fn parameters_and_limits_are_empty_with_rabbitmqs_shapes() {
     assert_eq!(status, 400, "a limit antre would not enforce is refused");
     let (status, body) = b.api("GET", "/api/cluster-name", None).await;
     assert_eq!(status, 200);
-    assert!(body["name"].as_str().unwrap().starts_with("antre@"), "{body}");
+    assert!(
+        body["name"].as_str().unwrap().starts_with("antre@"),
+        "{body}"
+    );
 }

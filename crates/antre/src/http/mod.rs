@@ -223,10 +223,7 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/api/user-limits", get(parameters::empty))
         .route("/api/user-limits/{user}", get(parameters::of_user))
-        .route(
-            "/api/user-limits/{user}/{name}",
-            put(parameters::set_limit),
-        )
+        .route("/api/user-limits/{user}/{name}", put(parameters::set_limit))
         .route("/api/extensions", get(parameters::empty))
         .route("/api/cluster-name", get(parameters::cluster_name))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));

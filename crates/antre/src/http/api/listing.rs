@@ -285,10 +285,7 @@ mod tests {
                 vec![("page", "1"), ("page_size", "501")],
                 "invalid_pagination_parameters",
             ),
-            (
-                vec![("page", "5"), ("page_size", "1")],
-                "page_out_of_range",
-            ),
+            (vec![("page", "5"), ("page_size", "1")], "page_out_of_range"),
         ] {
             let bad = query.clone();
             let err = listing(queues(), &q(&query), Paging::Paged).unwrap_err();
@@ -331,10 +328,17 @@ mod tests {
     fn columns_keep_only_the_named_fields() {
         let v = listing(
             queues(),
-            &q(&[("columns", "name,stats.rate"), ("page", "1"), ("page_size", "1")]),
+            &q(&[
+                ("columns", "name,stats.rate"),
+                ("page", "1"),
+                ("page_size", "1"),
+            ]),
             Paging::Paged,
         )
         .unwrap();
-        assert_eq!(v["items"], json!([{"name": "alpha", "stats": {"rate": 1.5}}]));
+        assert_eq!(
+            v["items"],
+            json!([{"name": "alpha", "stats": {"rate": 1.5}}])
+        );
     }
 }
