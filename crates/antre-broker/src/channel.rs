@@ -121,6 +121,8 @@ pub struct Channel {
     /// This channel's direct reply-to queue, once it consumed from
     /// `amq.rabbitmq.reply-to`.
     reply_queue: Option<Arc<Queue>>,
+    /// Whether it has published, so counts among the broker's publishers.
+    publisher: bool,
 }
 
 /// The sync token that stands for a transaction commit (confirm tokens are
@@ -158,6 +160,7 @@ impl Channel {
             sync_started: std::collections::VecDeque::new(),
             confirmed_up_to: 0,
             reply_queue: None,
+            publisher: false,
         }
     }
 
@@ -542,12 +545,19 @@ impl Channel {
         let queue_name = self.resolve_queue(&m.queue)?;
         let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
         let Some((entry, message_count)) = queue.get(m.no_ack) else {
+            self.ctx.broker.metrics.get_empty.inc();
             out.push(Outgoing::Method(BasicGetEmpty::default().into()));
             return Ok(());
         };
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
         self.count_delivery(entry.redelivered);
+        let metrics = &self.ctx.broker.metrics;
+        if m.no_ack {
+            metrics.delivered_get_auto_ack.inc();
+        } else {
+            metrics.delivered_get_manual_ack.inc();
+        }
         let message = Arc::clone(&entry.message);
         let redelivered = entry.redelivered;
         if !m.no_ack {
@@ -595,6 +605,11 @@ impl Channel {
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
         self.count_delivery(delivery.entry.redelivered);
+        if delivery.no_ack {
+            self.ctx.broker.metrics.delivered_consume_auto_ack.inc();
+        } else {
+            self.ctx.broker.metrics.delivered_consume_manual_ack.inc();
+        }
         let message = Arc::clone(&delivery.entry.message);
         out.push(Outgoing::Content(
             BasicDeliver {
@@ -754,7 +769,16 @@ impl Channel {
             return Err(BrokerError::PreconditionFailed(why));
         }
         let message = Arc::new(message);
-        self.ctx.broker.metrics.published.inc();
+        let metrics = &self.ctx.broker.metrics;
+        metrics.published.inc();
+        metrics.message_size.observe(message.body.len() as u64);
+        if matches!(self.mode, Mode::Confirm { .. }) {
+            metrics.received_confirm.inc();
+        }
+        if !self.publisher {
+            self.publisher = true;
+            metrics.publishers.inc();
+        }
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now: RabbitMQ fails the publish, not the commit.
             self.ctx.vhost.route(&message.exchange, "", None)?;
@@ -1038,6 +1062,9 @@ impl Channel {
     /// Tears the channel down (channel.close, or its connection went away):
     /// cancels its consumers, then puts every unacked delivery back.
     pub fn close(&mut self) {
+        if std::mem::take(&mut self.publisher) {
+            self.ctx.broker.metrics.publishers.dec();
+        }
         let tags: Vec<Arc<str>> = self.consumers.keys().cloned().collect();
         for tag in tags {
             self.cancel(&tag);

@@ -107,6 +107,21 @@ struct Topology {
     /// What the definitions file holds, to skip rewrites that change nothing
     /// (declaring an exclusive queue, say).
     saved: Option<VhostDefinitions>,
+    lifecycle: QueueLifecycle,
+}
+
+/// How many queue.declare calls succeeded, queues were created and queues
+/// were deleted in a vhost since it was opened (RabbitMQ's
+/// `queues_declared_total` and the like).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueLifecycle {
+    /// Successful non-passive declarations, of new or existing queues.
+    pub declared: u64,
+    /// Queues created.
+    pub created: u64,
+    /// Queues deleted, for whatever reason (delete, auto-delete, exclusive
+    /// owner gone, expiry).
+    pub deleted: u64,
 }
 
 /// A virtual host.
@@ -449,6 +464,7 @@ impl Vhost {
                 )));
             }
             let q = Arc::clone(q);
+            topo.lifecycle.declared += 1;
             drop(topo);
             q.touch();
             let counts = q.counts();
@@ -487,6 +503,8 @@ impl Vhost {
         };
         topo.queues.insert(name, Arc::clone(&q));
         self.save(&mut topo)?;
+        topo.lifecycle.declared += 1;
+        topo.lifecycle.created += 1;
         Ok((q, QueueCounts::default()))
     }
 
@@ -579,10 +597,19 @@ impl Vhost {
         }
     }
 
+    /// Queue declarations, creations and deletions so far.
+    pub fn queue_lifecycle(&self) -> QueueLifecycle {
+        self.topology.read().lifecycle
+    }
+
     fn remove_queue(topo: &mut Topology, name: &str) -> u32 {
         let Some(q) = topo.queues.remove(name) else {
             return 0;
         };
+        // Direct reply-to's queues are not queues to RabbitMQ's clients.
+        if !name.starts_with(REPLY_TO) {
+            topo.lifecycle.deleted += 1;
+        }
         Self::remove_bindings_to(topo, &Destination::Queue(name.to_owned()));
         q.delete()
     }
