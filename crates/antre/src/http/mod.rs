@@ -10,7 +10,8 @@
 //! - [`api`]: one module per resource (queues, exchanges, ...);
 //! - [`render`]: the JSON shape of each object, shared by the handlers;
 //! - [`rates`]: the sampler behind every `*_details.rate`;
-//! - [`metrics`]: `/metrics` in Prometheus text format;
+//! - [`metrics`]: `/metrics` and `/metrics/per-object` in Prometheus text
+//!   format, under RabbitMQ's names and antre's own;
 //! - [`error`]: JSON errors with their status codes;
 //! - [`lenient`]: request fields coerced as RabbitMQ coerces them;
 //! - [`ui`]: the embedded web UI.
@@ -231,6 +232,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(authed)
         .route("/api/openapi.json", get(ui::openapi))
         .route("/metrics", get(metrics::metrics))
+        .route("/metrics/per-object", get(metrics::per_object))
         .route("/healthz", get(overview::healthz))
         .route("/readyz", get(overview::readyz))
         .route("/", get(ui::index))

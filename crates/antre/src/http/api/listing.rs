@@ -128,8 +128,11 @@ fn pagination(query: &HashMap<String, String>) -> ApiResult<Option<(usize, usize
     Ok(Some((page as usize, size)))
 }
 
+/// A test of an item's name.
+type NameTest = Box<dyn Fn(&str) -> bool>;
+
 /// The test `name=` puts to each item's name.
-fn name_filter(name: &str, use_regex: bool) -> ApiResult<Box<dyn Fn(&str) -> bool>> {
+fn name_filter(name: &str, use_regex: bool) -> ApiResult<NameTest> {
     if !use_regex {
         let needle = name.to_lowercase();
         return Ok(Box::new(move |s: &str| s.to_lowercase().contains(&needle)));

@@ -227,7 +227,14 @@ pub async fn get(
             None => break,
         }
     }
-    state.broker.metrics.delivered.add(taken.len() as u64);
+    // Counted as RabbitMQ counts its management gets: basic.gets on a
+    // channel, to acknowledge.
+    let metrics = &state.broker.metrics;
+    metrics.delivered.add(taken.len() as u64);
+    metrics.delivered_get_manual_ack.add(taken.len() as u64);
+    if taken.is_empty() {
+        metrics.get_empty.inc();
+    }
     let out: Vec<Value> = taken
         .iter()
         .map(|(e, remaining)| {

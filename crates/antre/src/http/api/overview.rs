@@ -81,7 +81,7 @@ pub async fn overview(
         "management_version": env!("CARGO_PKG_VERSION"),
         "product_name": "antre",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "rabbitmq_version": "3.13.0",
+        "rabbitmq_version": crate::http::metrics::rabbitmq::RABBITMQ_VERSION,
         "cluster_name": node_name(),
         "node": node_name(),
         "uptime": state.started.elapsed().as_millis() as u64,
