@@ -58,10 +58,10 @@ pub struct HttpState {
     pub disk_alarm: DiskAlarm,
     /// The server's settings.
     pub config: Arc<Config>,
-    /// Where AMQP clients connect.
-    pub amqp_addr: SocketAddr,
-    /// Where this listener is.
-    pub http_addr: SocketAddr,
+    /// Where AMQP clients connect (every address).
+    pub amqp_addrs: Vec<SocketAddr>,
+    /// Where the HTTP listener is (every address).
+    pub http_addrs: Vec<SocketAddr>,
     /// When the server started.
     pub started: Instant,
 }

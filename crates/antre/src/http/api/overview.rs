@@ -118,10 +118,7 @@ pub async fn overview(
             "queues": queues,
             "consumers": consumers,
         },
-        "listeners": [
-            { "node": node_name(), "protocol": "amqp", "ip_address": state.amqp_addr.ip().to_string(), "port": state.amqp_addr.port() },
-            { "node": node_name(), "protocol": "http", "ip_address": state.http_addr.ip().to_string(), "port": state.http_addr.port() },
-        ],
+        "listeners": listeners(&state),
         "mem_used": resident_memory(),
         "disk_free": disk_free(&state),
         "disk_free_limit": state.config.disk_free_limit,
@@ -144,6 +141,22 @@ pub async fn overview(
         qt["messages_unacknowledged_details"]["samples"] = samples(&history, |s| s.unacked);
     }
     Json(body)
+}
+
+/// RabbitMQ's `listeners`: one per protocol and address.
+fn listeners(state: &HttpState) -> Value {
+    let amqp = state.amqp_addrs.iter().map(|a| ("amqp", a));
+    let http = state.http_addrs.iter().map(|a| ("http", a));
+    amqp.chain(http)
+        .map(|(protocol, a)| {
+            json!({
+                "node": node_name(),
+                "protocol": protocol,
+                "ip_address": a.ip().to_string(),
+                "port": a.port(),
+            })
+        })
+        .collect()
 }
 
 /// GET /api/nodes: the one node.
