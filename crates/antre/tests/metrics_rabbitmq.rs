@@ -3,7 +3,8 @@
 //! "RabbitMQ-Overview" dashboard queries is served with the right value
 //! after known traffic, `/metrics/per-object` labels per queue and
 //! channel, and both pages pass the strict parser and `promtool check
-//! metrics` (skipped with a note when promtool is missing, except under CI).
+//! metrics` (skipped with a note when promtool is missing, except under CI),
+//! as does `/metrics/detailed`, which holds only the families asked for.
 
 mod common;
 
@@ -220,6 +221,45 @@ async fn per_object_metrics_label_queues_and_channels() {
     assert_eq!(value(&families, "rabbitmq_global_publishers"), 0.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detailed_metrics_hold_only_the_requested_families() {
+    let b = TestBroker::start().await;
+    let _open = traffic(&b).await;
+    b.api("PUT", "/api/vhosts/other", None).await;
+    b.api("PUT", "/api/queues/other/elsewhere", None).await;
+    let (status, _, text) = b
+        .http_text(
+            "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count\
+             &family=queue_metrics&family=channel_metrics&vhost=%2F",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        families["rabbitmq_identity_info"].samples[0].labels["rabbitmq_endpoint"],
+        "detailed"
+    );
+    let depth = &families["rabbitmq_detailed_queue_messages"].samples;
+    assert_eq!(depth.len(), 1, "only vhost /: {depth:?}");
+    assert_eq!(depth[0].labels["queue"], "work");
+    assert!(families.contains_key("rabbitmq_detailed_queue_consumers"));
+    assert!(families.contains_key("rabbitmq_detailed_queue_messages_ready_bytes"));
+    assert_eq!(
+        families["rabbitmq_detailed_channel_consumers"]
+            .samples
+            .len(),
+        2
+    );
+    for absent in [
+        "rabbitmq_connections",
+        "rabbitmq_queue_messages",
+        "rabbitmq_detailed_connection_incoming_bytes_total",
+        "antre_messages_published_total",
+    ] {
+        assert!(!families.contains_key(absent), "{absent} was not asked for");
+    }
+}
+
 fn promtool() -> Option<String> {
     if let Ok(path) = std::env::var("PROMTOOL") {
         return Some(path);
@@ -232,7 +272,7 @@ fn promtool() -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn promtool_accepts_both_pages() {
+async fn promtool_accepts_every_page() {
     let Some(promtool) = promtool() else {
         assert!(
             !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
@@ -243,7 +283,11 @@ async fn promtool_accepts_both_pages() {
     };
     let b = TestBroker::start().await;
     let _open = traffic(&b).await;
-    for path in ["/metrics", "/metrics/per-object"] {
+    for path in [
+        "/metrics",
+        "/metrics/per-object",
+        "/metrics/detailed?family=queue_coarse_metrics&family=queue_metrics&family=connection_coarse_metrics",
+    ] {
         let (_, _, text) = b.http_text(path).await;
         let promtool = promtool.clone();
         let out = tokio::task::spawn_blocking(move || {

@@ -233,6 +233,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/openapi.json", get(ui::openapi))
         .route("/metrics", get(metrics::metrics))
         .route("/metrics/per-object", get(metrics::per_object))
+        .route("/metrics/detailed", get(metrics::detailed))
         .route("/healthz", get(overview::healthz))
         .route("/readyz", get(overview::readyz))
         .route("/", get(ui::index))

@@ -8,19 +8,21 @@
 //! - [`antre`]: antre's own `antre_*` names, with its latency histograms.
 //!
 //! Like RabbitMQ, `/metrics` aggregates the RabbitMQ-named queue,
-//! connection and channel metrics into one series each, and
-//! `/metrics/per-object` gives one series per object; scrape one of them.
+//! connection and channel metrics into one series each,
+//! `/metrics/per-object` gives one series per object (scrape one of them),
+//! and `/metrics/detailed` only the families asked for ([`objects`]).
 //! No auth, like RabbitMQ's Prometheus endpoint: bind the HTTP listener to
 //! a private address if the numbers are sensitive. docs/operations.md lists
 //! every metric.
 
 pub mod antre;
+pub mod objects;
 pub mod rabbitmq;
 
 use std::fmt::Write;
 
 use antre_broker::metrics::HistogramSnapshot;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 
@@ -104,19 +106,32 @@ fn escape(v: &str) -> String {
 }
 
 /// Which of RabbitMQ's endpoints a page is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// `/metrics`: queue, connection and channel metrics aggregated.
     Aggregated,
     /// `/metrics/per-object`: one series per queue, connection, channel.
     PerObject,
+    /// `/metrics/detailed`: only the requested families, per object.
+    Detailed(Detailed),
 }
 
-/// Renders every metric.
-pub fn render(state: &HttpState, endpoint: Endpoint) -> String {
+/// What `/metrics/detailed` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Detailed {
+    /// `family=` values, e.g. `queue_coarse_metrics`.
+    pub families: Vec<String>,
+    /// `vhost=` values; none means every vhost.
+    pub vhosts: Vec<String>,
+}
+
+/// Renders every metric of a page.
+pub fn render(state: &HttpState, endpoint: &Endpoint) -> String {
     let mut page = Page::default();
     rabbitmq::render(&mut page, state, endpoint);
-    antre::render(&mut page, state);
+    if !matches!(endpoint, Endpoint::Detailed(_)) {
+        antre::render(&mut page, state);
+    }
     page.finish()
 }
 
@@ -132,10 +147,32 @@ fn respond(text: String) -> impl IntoResponse {
 
 /// GET /metrics.
 pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    respond(render(&state, Endpoint::Aggregated))
+    respond(render(&state, &Endpoint::Aggregated))
 }
 
 /// GET /metrics/per-object.
 pub async fn per_object(State(state): State<HttpState>) -> impl IntoResponse {
-    respond(render(&state, Endpoint::PerObject))
+    respond(render(&state, &Endpoint::PerObject))
+}
+
+/// GET /metrics/detailed?family=...&vhost=...: the requested families
+/// (queue_coarse_metrics, queue_consumer_count, queue_metrics,
+/// connection_coarse_metrics, connection_metrics, channel_metrics), per
+/// object, under `rabbitmq_detailed_` names, as RabbitMQ's.
+pub async fn detailed(
+    State(state): State<HttpState>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> impl IntoResponse {
+    let pick = |key: &str| -> Vec<String> {
+        query
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let detailed = Detailed {
+        families: pick("family"),
+        vhosts: pick("vhost"),
+    };
+    respond(render(&state, &Endpoint::Detailed(detailed)))
 }

@@ -11,14 +11,11 @@
 //! every message counts as AMQP 0-9-1 (`protocol` label), HTTP publishes
 //! included, as RabbitMQ counts its management API's.
 
-use std::sync::Arc;
-
 use antre_broker::metrics::BrokerMetrics;
-use antre_broker::Queue;
 
-use super::{Endpoint, Page};
+use super::{objects, Endpoint, Page};
 use crate::http::api::overview::{disk_alarm, disk_free, resident_memory};
-use crate::http::render::{self, node_name};
+use crate::http::render::node_name;
 use crate::http::HttpState;
 
 /// The RabbitMQ version antre answers as (also in `/api/overview`).
@@ -28,16 +25,18 @@ const AMQP: (&str, &str) = ("protocol", "amqp091");
 const CLASSIC: (&str, &str) = ("queue_type", "rabbit_classic_queue");
 
 /// Writes every `rabbitmq_*` metric.
-pub fn render(p: &mut Page, state: &HttpState, endpoint: Endpoint) {
+pub fn render(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
     identity(p, endpoint);
-    node(p, state);
-    let consumers = totals(p, state);
-    global(p, &state.broker.metrics, consumers);
-    queues(p, state, endpoint);
-    connections(p, state, endpoint);
+    if !matches!(endpoint, Endpoint::Detailed(_)) {
+        node(p, state);
+        let consumers = totals(p, state);
+        global(p, &state.broker.metrics, consumers);
+    }
+    objects::queues(p, state, endpoint);
+    objects::connections(p, state, endpoint);
 }
 
-fn identity(p: &mut Page, endpoint: Endpoint) {
+fn identity(p: &mut Page, endpoint: &Endpoint) {
     let node = node_name();
     p.family(
         "rabbitmq_identity_info",
@@ -47,6 +46,7 @@ fn identity(p: &mut Page, endpoint: Endpoint) {
     let endpoint = match endpoint {
         Endpoint::Aggregated => "metrics",
         Endpoint::PerObject => "per-object",
+        Endpoint::Detailed(_) => "detailed",
     };
     p.sample(
         "rabbitmq_identity_info",
@@ -312,160 +312,6 @@ fn global(p: &mut Page, m: &BrokerMetrics, consumers: u64) {
         &m.message_size.snapshot(),
         erlang_float,
     );
-}
-
-/// The queues sorted by vhost and name.
-fn sorted_queues(state: &HttpState) -> Vec<Arc<Queue>> {
-    let mut all: Vec<Arc<Queue>> = state
-        .broker
-        .vhosts()
-        .iter()
-        .flat_map(|v| v.queues())
-        .collect();
-    all.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
-    all
-}
-
-fn queues(p: &mut Page, state: &HttpState, endpoint: Endpoint) {
-    type QueueValue = fn(&Queue) -> u64;
-    let families: [(&str, &str, QueueValue); 5] = [
-        (
-            "rabbitmq_queue_messages_ready",
-            "Messages ready to be delivered to consumers",
-            |q| u64::from(q.counts().ready),
-        ),
-        (
-            "rabbitmq_queue_messages_unacked",
-            "Messages delivered to consumers but not yet acknowledged",
-            |q| u64::from(q.counts().unacked),
-        ),
-        (
-            "rabbitmq_queue_messages",
-            "Sum of ready and unacknowledged messages - total queue depth",
-            |q| {
-                let c = q.counts();
-                u64::from(c.ready) + u64::from(c.unacked)
-            },
-        ),
-        ("rabbitmq_queue_consumers", "Consumers on a queue", |q| {
-            u64::from(q.counts().consumers)
-        }),
-        (
-            "rabbitmq_queue_messages_ready_bytes",
-            "Size in bytes of ready messages",
-            |q| q.ready_bytes(),
-        ),
-    ];
-    let all = sorted_queues(state);
-    for (name, help, value) in families {
-        p.family(name, "gauge", help);
-        match endpoint {
-            Endpoint::Aggregated => p.sample(name, &[], all.iter().map(|q| value(q)).sum::<u64>()),
-            Endpoint::PerObject => {
-                for q in &all {
-                    p.sample(name, &[("vhost", &q.vhost), ("queue", &q.name)], value(q));
-                }
-            }
-        }
-    }
-}
-
-/// Connection and channel metrics. RabbitMQ labels both with `channel`,
-/// the Erlang process id; antre puts the connection's or channel's name
-/// there.
-fn connections(p: &mut Page, state: &HttpState, endpoint: Endpoint) {
-    let conns = state.registry.connections();
-    let consumers = render::all_consumers(state);
-    type Row = (String, [u64; 3]);
-    let per_connection: Vec<Row> = conns
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                [
-                    c.recv_oct.load(std::sync::atomic::Ordering::Relaxed),
-                    c.send_oct.load(std::sync::atomic::Ordering::Relaxed),
-                    c.channels().len() as u64,
-                ],
-            )
-        })
-        .collect();
-    let per_channel: Vec<Row> = conns
-        .iter()
-        .flat_map(|c| {
-            let consumers = &consumers;
-            c.channels().into_iter().map(move |n| {
-                let mine = consumers
-                    .iter()
-                    .map(|(_, i)| i)
-                    .filter(|i| i.connection == c.id && i.channel == n);
-                let (mut count, mut unacked, mut prefetch) = (0u64, 0u64, 0u64);
-                for i in mine {
-                    count += 1;
-                    unacked += u64::from(i.unacked);
-                    prefetch = prefetch.max(u64::from(i.prefetch));
-                }
-                (render::channel_name(c, n), [count, unacked, prefetch])
-            })
-        })
-        .collect();
-    let families: [(&str, &str, &str, &[Row], usize); 6] = [
-        (
-            "rabbitmq_connection_incoming_bytes_total",
-            "counter",
-            "Total number of bytes received on a connection",
-            &per_connection,
-            0,
-        ),
-        (
-            "rabbitmq_connection_outgoing_bytes_total",
-            "counter",
-            "Total number of bytes sent on a connection",
-            &per_connection,
-            1,
-        ),
-        (
-            "rabbitmq_connection_channels",
-            "gauge",
-            "Channels on a connection",
-            &per_connection,
-            2,
-        ),
-        (
-            "rabbitmq_channel_consumers",
-            "gauge",
-            "Consumers on a channel",
-            &per_channel,
-            0,
-        ),
-        (
-            "rabbitmq_channel_messages_unacked",
-            "gauge",
-            "Delivered but not yet acknowledged messages",
-            &per_channel,
-            1,
-        ),
-        (
-            "rabbitmq_channel_prefetch",
-            "gauge",
-            "Total limit of unacknowledged messages for all consumers on a channel",
-            &per_channel,
-            2,
-        ),
-    ];
-    for (name, kind, help, rows, column) in families {
-        p.family(name, kind, help);
-        match endpoint {
-            Endpoint::Aggregated => {
-                p.sample(name, &[], rows.iter().map(|(_, v)| v[column]).sum::<u64>())
-            }
-            Endpoint::PerObject => {
-                for (object, values) in rows {
-                    p.sample(name, &[("channel", object)], values[column]);
-                }
-            }
-        }
-    }
 }
 
 /// A bucket bound as the Erlang Prometheus client writes it (`100.0`,
