@@ -285,6 +285,15 @@ async fn rabbitmqadmin_manages_antre() {
     admin.ok(&["delete", "exchange", "name=admin.x"]).await;
     let queues = admin.json(&["list", "queues"]).await;
     assert_eq!(names(&queues), ["admin.limited"]);
+    admin.ok(&["declare", "vhost", "name=admin-vhost"]).await;
+    let vhosts = admin.json(&["list", "vhosts"]).await;
+    assert_eq!(names(&vhosts), ["/", "admin-vhost"]);
+    admin
+        .ok(&["-V", "admin-vhost", "declare", "queue", "name=inside"])
+        .await;
+    let inside = admin.json(&["-V", "admin-vhost", "list", "queues"]).await;
+    assert_eq!(names(&inside), ["inside"]);
+    admin.ok(&["delete", "vhost", "name=admin-vhost"]).await;
     let (ok, _, err) = admin
         .try_run(&["declare", "queue", "name=bad", "durable=yes"])
         .await;
