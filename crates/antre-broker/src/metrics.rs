@@ -4,7 +4,7 @@
 //! them for Prometheus and the management API. Broker-wide counters live on
 //! [`BrokerMetrics`] so they stay monotonic when queues are deleted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A monotonic counter.
@@ -25,6 +25,77 @@ impl Counter {
     /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one away.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The current value (never below 0).
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
+/// Upper bounds (bytes) of message size buckets: RabbitMQ's, so that its
+/// Grafana dashboards' `le` selectors find them.
+pub const SIZE_BUCKETS: [u64; 8] = [
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+];
+
+/// A histogram of message body sizes.
+#[derive(Debug, Default)]
+pub struct SizeHistogram {
+    buckets: [AtomicU64; SIZE_BUCKETS.len()],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl SizeHistogram {
+    /// Records a message of `bytes`.
+    pub fn observe(&self, bytes: u64) {
+        if let Some(i) = SIZE_BUCKETS.iter().position(|b| bytes <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The histogram now, with cumulative buckets.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut running = 0;
+        let buckets = SIZE_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                running += n.load(Ordering::Relaxed);
+                (*bound as f64, running)
+            })
+            .collect();
+        HistogramSnapshot {
+            buckets,
+            count: self.count.load(Ordering::Relaxed),
+            sum: self.sum.load(Ordering::Relaxed) as f64,
+        }
     }
 }
 
@@ -106,6 +177,23 @@ pub struct BrokerMetrics {
     /// Dead letters dropped because one operation caused more than the
     /// dead-letter budget allows (see [`crate::dead_letter`]).
     pub dead_letters_dropped: Counter,
+    /// Messages published on channels in confirm mode.
+    pub received_confirm: Counter,
+    /// Deliveries to consumers that acknowledge automatically (no_ack).
+    pub delivered_consume_auto_ack: Counter,
+    /// Deliveries to consumers that acknowledge explicitly.
+    pub delivered_consume_manual_ack: Counter,
+    /// basic.get answers with a message, no_ack.
+    pub delivered_get_auto_ack: Counter,
+    /// basic.get answers with a message to acknowledge.
+    pub delivered_get_manual_ack: Counter,
+    /// basic.get answers with no message.
+    pub get_empty: Counter,
+    /// Open channels that have published at least once (RabbitMQ's
+    /// publishers).
+    pub publishers: Gauge,
+    /// Body sizes of published messages.
+    pub message_size: SizeHistogram,
     /// Time of each fsync round of the store.
     pub fsync_seconds: Histogram,
     /// Time from a publish to its confirm, for confirms that waited for the disk.
@@ -128,6 +216,20 @@ pub struct QueueMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_buckets_are_cumulative_and_inclusive() {
+        let h = SizeHistogram::default();
+        for bytes in [0, 100, 101, 200_000_000] {
+            h.observe(bytes);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 4);
+        assert_eq!(s.buckets[0], (100.0, 2));
+        assert_eq!(s.buckets[1], (1000.0, 3));
+        assert_eq!(s.buckets.last().unwrap().1, 3);
+        assert_eq!(s.sum, 200_000_201.0);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

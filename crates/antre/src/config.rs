@@ -13,14 +13,20 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+/// The default AMQP addresses: both loopback addresses.
+pub const DEFAULT_AMQP_LISTEN: &str = "127.0.0.1:5672,[::1]:5672";
+/// The default HTTP addresses: both loopback addresses.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:15672,[::1]:15672";
+
 /// Everything the server needs to start. Defaults are RabbitMQ's where the
 /// same setting exists, so clients see familiar limits.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address for AMQP clients; port 0 picks a free port.
+    /// Addresses for AMQP clients, comma-separated (see [`crate::listen`]);
+    /// port 0 picks a free port.
     pub amqp_listen: String,
-    /// Address of the HTTP listener (management API, web UI, `/metrics`);
-    /// `None` serves no HTTP.
+    /// Addresses of the HTTP listener (management API, web UI, `/metrics`),
+    /// comma-separated; `None` serves no HTTP.
     pub http_listen: Option<String>,
     /// Directory for the message store and definitions.
     pub data_dir: PathBuf,
@@ -60,8 +66,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            amqp_listen: "127.0.0.1:5672".into(),
-            http_listen: Some("127.0.0.1:15672".into()),
+            // Both loopback addresses: `localhost` is ::1 first for some
+            // clients (Node.js).
+            amqp_listen: DEFAULT_AMQP_LISTEN.into(),
+            http_listen: Some(DEFAULT_HTTP_LISTEN.into()),
             data_dir: PathBuf::from("antre-data"),
             heartbeat: 60,
             frame_max: 131_072,
@@ -84,12 +92,14 @@ impl Default for Config {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Address for AMQP clients; port 0 picks a free port
-    /// [default: 127.0.0.1:5672].
+    /// Addresses for AMQP clients, comma-separated; 0.0.0.0:5672 or
+    /// [::]:5672 for every interface; port 0 picks a free port
+    /// [default: 127.0.0.1:5672,[::1]:5672].
     #[arg(long, env = "ANTRE_AMQP_LISTEN", value_name = "ADDR")]
     pub amqp_listen: Option<String>,
-    /// Address for the management API, web UI and /metrics; "off" disables
-    /// HTTP [default: 127.0.0.1:15672].
+    /// Addresses for the management API, web UI and /metrics,
+    /// comma-separated; "off" disables HTTP
+    /// [default: 127.0.0.1:15672,[::1]:15672].
     #[arg(long, env = "ANTRE_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<String>,
     /// Directory for messages and definitions [default: antre-data].
@@ -269,6 +279,20 @@ mod tests {
         assert_eq!(
             Settings::default().to_config().unwrap().delivery_coalesce,
             Duration::from_millis(2)
+        );
+    }
+
+    #[test]
+    fn the_default_listeners_are_both_loopback_addresses() {
+        let config = Settings::default().to_config().unwrap();
+        assert_eq!(
+            crate::listen::entries(&config.amqp_listen),
+            ["127.0.0.1:5672", "[::1]:5672"]
+        );
+        let http = config.http_listen.unwrap();
+        assert_eq!(
+            crate::listen::entries(&http),
+            ["127.0.0.1:15672", "[::1]:15672"]
         );
     }
 

@@ -3,6 +3,7 @@
 //! - [`config`]: settings and their defaults;
 //! - [`alarm`]: the free-disk alarm that blocks publishers;
 //! - [`server`]: the listener, start-up and graceful shutdown;
+//! - [`listen`]: binding every address of a listener's list;
 //! - [`connection`]: one task per client connection: the socket, timers and
 //!   delivery coalescing around the core's pure protocol session;
 //! - [`registry`]: the open connections and their channels, for operators;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod listen;
 pub mod registry;
 pub mod server;
 

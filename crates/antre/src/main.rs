@@ -3,6 +3,7 @@
 //! list`, `antre publish`, ...).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use antre::cli::RemoteCommand;
 use antre::config::{Settings, DEFAULT_CONFIG_FILE};
@@ -37,7 +38,20 @@ struct ServeArgs {
     settings: Settings,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs, and prints a failure as its message chain: a user's mistake (a
+/// port in use, a queue that does not exist) is not a crash, so no
+/// backtrace, even with RUST_BACKTRACE set.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,

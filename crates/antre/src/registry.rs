@@ -18,6 +18,27 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub struct Registry {
     connections: RwLock<BTreeMap<u64, Arc<ConnectionEntry>>>,
+    /// Connections registered and unregistered so far.
+    opened: AtomicU64,
+    closed: AtomicU64,
+    /// Channels opened on connections that are gone. Changed only under
+    /// the write lock of `connections`, so [`Registry::totals`] sees a
+    /// connection's channels either here or on its entry, never twice.
+    retired_channels_opened: AtomicU64,
+}
+
+/// Connections and channels opened and closed since the start (RabbitMQ's
+/// `connections_opened_total` and the like).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryTotals {
+    /// Connections that finished their handshake.
+    pub connections_opened: u64,
+    /// Connections that ended after their handshake.
+    pub connections_closed: u64,
+    /// Channels opened.
+    pub channels_opened: u64,
+    /// Channels closed, including those of ended connections.
+    pub channels_closed: u64,
 }
 
 /// What the broker shows about one connection.
@@ -54,6 +75,7 @@ pub struct ConnectionEntry {
     /// Blocked by a resource alarm.
     pub blocked: AtomicBool,
     channels: Mutex<BTreeSet<u16>>,
+    channels_opened: AtomicU64,
     close: Notify,
     close_reason: Mutex<Option<String>>,
 }
@@ -88,6 +110,7 @@ impl ConnectionEntry {
             send_oct: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             channels: Mutex::default(),
+            channels_opened: AtomicU64::new(0),
             close: Notify::new(),
             close_reason: Mutex::default(),
         }
@@ -100,7 +123,9 @@ impl ConnectionEntry {
 
     /// Records a channel opening.
     pub fn channel_opened(&self, number: u16) {
-        self.channels.lock().insert(number);
+        if self.channels.lock().insert(number) {
+            self.channels_opened.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Records a channel closing.
@@ -140,11 +165,34 @@ impl Registry {
     /// Adds a connection.
     pub fn register(&self, entry: Arc<ConnectionEntry>) {
         self.connections.write().insert(entry.id, entry);
+        self.opened.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes a connection.
     pub fn unregister(&self, id: u64) {
-        self.connections.write().remove(&id);
+        let mut connections = self.connections.write();
+        if let Some(entry) = connections.remove(&id) {
+            let channels = entry.channels_opened.load(Ordering::Relaxed);
+            self.retired_channels_opened
+                .fetch_add(channels, Ordering::Relaxed);
+            self.closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections and channels opened and closed so far.
+    pub fn totals(&self) -> RegistryTotals {
+        let connections = self.connections.read();
+        let (mut opened, mut open) = (self.retired_channels_opened.load(Ordering::Relaxed), 0u64);
+        for c in connections.values() {
+            opened += c.channels_opened.load(Ordering::Relaxed);
+            open += c.channels.lock().len() as u64;
+        }
+        RegistryTotals {
+            connections_opened: self.opened.load(Ordering::Relaxed),
+            connections_closed: self.closed.load(Ordering::Relaxed),
+            channels_opened: opened,
+            channels_closed: opened.saturating_sub(open),
+        }
     }
 
     /// Every open connection, oldest first.

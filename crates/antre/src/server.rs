@@ -1,7 +1,8 @@
 //! The AMQP listener, start-up and graceful shutdown.
 //!
-//! Start-up binds the AMQP and HTTP listeners before recovering storage, so
-//! an address in use fails fast. Shutdown stops both listeners, closes every
+//! Start-up binds the AMQP and HTTP listeners (each on every address of its
+//! list, see [`crate::listen`]) before recovering storage, so an address in
+//! use fails fast. Shutdown stops both listeners, closes every
 //! AMQP connection with 320 CONNECTION_FORCED, then flushes the stores.
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use crate::alarm::DiskAlarm;
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::http::{self, rates::Rates, HttpState};
+use crate::listen;
 use crate::registry::Registry;
 
 /// A server that is accepting connections.
@@ -24,17 +26,21 @@ use crate::registry::Registry;
 pub struct RunningServer {
     /// The free-disk alarm (its limit can be changed at run time).
     pub disk_alarm: DiskAlarm,
-    /// The address AMQP clients connect to (with the real port).
+    /// The first address AMQP clients connect to (with the real port).
     pub amqp_addr: SocketAddr,
-    /// The address of the management API, UI and metrics, if served.
+    /// Every address AMQP clients may connect to.
+    pub amqp_addrs: Vec<SocketAddr>,
+    /// The first address of the management API, UI and metrics, if served.
     pub http_addr: Option<SocketAddr>,
+    /// Every address of the management API, UI and metrics.
+    pub http_addrs: Vec<SocketAddr>,
     /// The broker state, for inspection by tests and the management API.
     pub broker: Arc<Broker>,
     /// The open connections.
     pub registry: Arc<Registry>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
-    http_task: Option<JoinHandle<()>>,
+    http_tasks: Vec<JoinHandle<()>>,
     config: Config,
 }
 
@@ -48,7 +54,7 @@ impl RunningServer {
     /// and waits for the connection tasks to finish.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        if let Some(http) = self.http_task {
+        for http in self.http_tasks {
             let _ = http.await;
         }
         let _ = self.task.await;
@@ -60,18 +66,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let listener = TcpListener::bind(&config.amqp_listen)
-        .await
-        .with_context(|| format!("binding AMQP listener on {}", config.amqp_listen))?;
-    let amqp_addr = listener.local_addr()?;
-    let http_listener = match &config.http_listen {
-        None => None,
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding HTTP listener on {addr}"))?,
-        ),
+    let listeners = listen::bind_all(&config.amqp_listen, listen::AMQP).await?;
+    let amqp_addrs = local_addrs(&listeners)?;
+    let amqp_addr = amqp_addrs[0];
+    let http_listeners = match &config.http_listen {
+        None => Vec::new(),
+        Some(list) => listen::bind_all(list, listen::HTTP).await?,
     };
+    let http_addrs = local_addrs(&http_listeners)?;
     // Recovery reads every durable queue from disk: keep it off the async
     // workers. Clients connecting meanwhile wait in the listen backlog.
     let data_dir = config.data_dir.clone();
@@ -109,10 +111,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown_rx.clone(),
     );
     let shared_config = Arc::new(config.clone());
-    let mut http_addr = None;
-    let mut http_task = None;
-    if let Some(http_listener) = http_listener {
-        let addr = http_listener.local_addr()?;
+    let mut http_tasks = Vec::new();
+    if !http_listeners.is_empty() {
         let rates = Rates::start(
             Arc::clone(&broker),
             Arc::clone(&registry),
@@ -125,20 +125,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             rates,
             disk_alarm: disk_alarm.clone(),
             config: Arc::clone(&shared_config),
-            amqp_addr,
-            http_addr: addr,
+            amqp_addrs: amqp_addrs.clone(),
+            http_addrs: http_addrs.clone(),
             started: std::time::Instant::now(),
         };
-        http_task = Some(tokio::spawn(http::serve(
-            http_listener,
-            state,
-            shutdown_rx.clone(),
-        )));
-        http_addr = Some(addr);
-        tracing::info!("management UI and API on http://{addr}/");
+        for (listener, addr) in http_listeners.into_iter().zip(&http_addrs) {
+            http_tasks.push(tokio::spawn(http::serve(
+                listener,
+                state.clone(),
+                shutdown_rx.clone(),
+            )));
+            tracing::info!("management UI and API on http://{addr}/");
+        }
     }
     let task = tokio::spawn(accept_loop(
-        listener,
+        listeners,
         Arc::clone(&broker),
         shared_config,
         Arc::clone(&registry),
@@ -146,22 +147,33 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown_rx,
         lock,
     ));
-    tracing::info!("listening on amqp://{amqp_addr}");
+    for addr in &amqp_addrs {
+        tracing::info!("listening on amqp://{addr}");
+    }
     Ok(RunningServer {
         amqp_addr,
-        http_addr,
+        amqp_addrs,
+        http_addr: http_addrs.first().copied(),
+        http_addrs,
         broker,
         registry,
         shutdown,
         task,
-        http_task,
+        http_tasks,
         config,
         disk_alarm,
     })
 }
 
+fn local_addrs(listeners: &[TcpListener]) -> anyhow::Result<Vec<SocketAddr>> {
+    Ok(listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<std::io::Result<_>>()?)
+}
+
 async fn accept_loop(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     broker: Arc<Broker>,
     config: Arc<Config>,
     registry: Arc<Registry>,
@@ -170,9 +182,10 @@ async fn accept_loop(
     lock: std::fs::File,
 ) {
     let mut connections = JoinSet::new();
+    let mut next = 0;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listen::accept_any(&listeners, &mut next) => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let conn = Connection::new(stream, peer, Arc::clone(&broker), Arc::clone(&config), Arc::clone(&registry), disk_alarm.subscribe());
@@ -189,7 +202,7 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
         }
     }
-    drop(listener);
+    drop(listeners);
     while connections.join_next().await.is_some() {}
     // Every connection is gone: flush and close the stores so a restart
     // brings back no acked message.

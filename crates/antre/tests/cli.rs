@@ -134,3 +134,233 @@ async fn wrong_credentials_and_no_broker_are_clear_errors() {
     assert!(!ok);
     assert!(err.contains("cannot reach the broker"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_bindings_and_typed_arguments_from_the_cli() {
+    let b = TestBroker::start().await;
+    let url = b.http_url();
+    let ok = |(ok, out, err): (bool, String, String)| {
+        assert!(ok, "{err}");
+        out
+    };
+    ok(antre(&url, &["exchange", "declare", "events", "--type", "topic"]).await);
+    ok(antre(&url, &["exchange", "declare", "dead", "--type", "fanout"]).await);
+    ok(antre(
+        &url,
+        &[
+            "queue",
+            "declare",
+            "orders",
+            "--dlx",
+            "dead",
+            "--ttl",
+            "60000",
+            "--max-length",
+            "10",
+            "--argument",
+            "x-note=hi",
+            "-a",
+            "x-max-priority=5",
+        ],
+    )
+    .await);
+    let (_, q) = b.api("GET", "/api/queues/%2F/orders", None).await;
+    assert_eq!(
+        q["arguments"],
+        json!({
+            "x-dead-letter-exchange": "dead", "x-message-ttl": 60000, "x-max-length": 10,
+            "x-note": "hi", "x-max-priority": 5
+        }),
+        "numbers are numbers: {q}"
+    );
+    let (_, x) = b.api("GET", "/api/exchanges/%2F/events", None).await;
+    assert_eq!(x["type"], "topic");
+
+    let out = ok(antre(
+        &url,
+        &["bind", "-s", "events", "-d", "orders", "-k", "order.*"],
+    )
+    .await);
+    assert!(out.contains("bound"), "{out}");
+    ok(antre(
+        &url,
+        &[
+            "bind",
+            "-s",
+            "events",
+            "-d",
+            "dead",
+            "--to-exchange",
+            "-k",
+            "#",
+        ],
+    )
+    .await);
+    let listed = ok(antre(&url, &["bindings"]).await);
+    assert!(listed.contains("order.*"), "{listed}");
+    let out = ok(antre(
+        &url,
+        &["publish", "-e", "events", "-k", "order.new", "-b", "x"],
+    )
+    .await);
+    assert_eq!(out.trim(), "published");
+
+    ok(antre(
+        &url,
+        &["unbind", "-s", "events", "-d", "orders", "-k", "order.*"],
+    )
+    .await);
+    let (_, bindings) = b
+        .api("GET", "/api/bindings/%2F/e/events/q/orders", None)
+        .await;
+    assert_eq!(bindings, json!([]), "the binding is gone");
+    let (ok_again, _, err) = antre(
+        &url,
+        &["unbind", "-s", "events", "-d", "orders", "-k", "order.*"],
+    )
+    .await;
+    assert!(!ok_again);
+    assert!(err.contains("no binding"), "{err}");
+    let (clash, _, err) = antre(
+        &url,
+        &[
+            "queue",
+            "declare",
+            "q2",
+            "--ttl",
+            "1",
+            "-a",
+            "x-message-ttl=2",
+        ],
+    )
+    .await;
+    assert!(!clash && err.contains("--ttl"), "{err}");
+    ok(antre(&url, &["exchange", "delete", "events"]).await);
+    let (status, _) = b.api("GET", "/api/exchanges/%2F/events", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_consumers_and_closing_a_connection_from_the_cli() {
+    use lapin::options::BasicConsumeOptions;
+    let b = TestBroker::start().await;
+    let url = b.http_url();
+    b.api("PUT", "/api/queues/%2F/jobs", None).await;
+    let conn = b.lapin().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(7, Default::default()).await.unwrap();
+    let _consumer = ch
+        .basic_consume(
+            "jobs",
+            "worker-1",
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    let (ok, out, err) = antre(&url, &["channels"]).await;
+    assert!(ok, "{err}");
+    let row: Vec<&str> = out.lines().nth(1).expect("a channel").split("  ").collect();
+    assert!(row[0].ends_with("(1)"), "{out}");
+    assert!(out.lines().next().unwrap().contains("prefetch"), "{out}");
+    assert!(
+        out.lines().nth(1).unwrap().trim_end().ends_with('7'),
+        "{out}"
+    );
+    let (ok, out, err) = antre(&url, &["consumers", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("jobs") && out.contains("worker-1"), "{out}");
+
+    let (ok, out, _) = antre(&url, &["connections", "-f", "json"]).await;
+    assert!(ok);
+    let conns: Value = serde_json::from_str(&out).unwrap();
+    let name = conns[0]["name"].as_str().unwrap().to_owned();
+    let (ok, out, err) = antre(
+        &url,
+        &["connection", "close", &name, "--reason", "maintenance"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("closed"), "{out}");
+    common::within("the connection to close", async {
+        while conn.status().connected() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_follow_prints_messages_as_they_arrive() {
+    use std::io::{BufRead, BufReader};
+    let b = TestBroker::start().await;
+    let url = b.http_url();
+    b.api("PUT", "/api/queues/%2F/feed", None).await;
+    let publish = |n: u32| {
+        b.api(
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(json!({ "routing_key": "feed", "payload": format!("m{n}") })),
+        )
+    };
+    publish(1).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_antre"))
+        .args(["consume", "feed", "--follow", "--count", "3", "-f", "json"])
+        .env("ANTRE_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start antre consume --follow");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::task::spawn_blocking(move || {
+        let line = lines.next().expect("a line").expect("readable");
+        (line, lines)
+    });
+    let (first, mut lines) = common::within("the first message", first).await.unwrap();
+    let m: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(m["payload"], "m1");
+    // Published after the consumer started: it must still see them.
+    publish(2).await;
+    publish(3).await;
+    let rest = tokio::task::spawn_blocking(move || {
+        let rest: Vec<String> = lines.by_ref().map(|l| l.unwrap()).collect();
+        (rest, child.wait().expect("antre exits"))
+    });
+    let (rest, status) = common::within("two more and an exit", rest).await.unwrap();
+    assert!(status.success(), "stops after --count 3");
+    let payloads: Vec<Value> = rest
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["payload"].clone())
+        .collect();
+    assert_eq!(payloads, [json!("m2"), json!("m3")]);
+    let (_, q) = b.api("GET", "/api/queues/%2F/feed", None).await;
+    assert_eq!(q["messages"], 0, "taken for good");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_sizes_are_human_and_errors_have_no_backtrace() {
+    let b = TestBroker::start().await;
+    let (ok, out, err) = antre(&b.http_url(), &["status"]).await;
+    assert!(ok, "{err}");
+    let memory = out.lines().find(|l| l.starts_with("memory")).unwrap();
+    assert!(memory.ends_with("MiB") || memory.ends_with("GiB"), "{out}");
+    assert!(
+        out.contains("alarm below 47.7 MiB"),
+        "the 50 MB default: {out}"
+    );
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_antre"));
+    cmd.args(["queue", "purge", "missing"])
+        .env("ANTRE_URL", b.http_url())
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}

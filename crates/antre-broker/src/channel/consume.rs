@@ -149,12 +149,19 @@ impl Channel {
         let queue_name = self.resolve_queue(&m.queue)?;
         let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
         let Some((entry, message_count)) = queue.get(m.no_ack) else {
+            self.ctx.broker.metrics.get_empty.inc();
             out.push(Outgoing::Method(BasicGetEmpty::default().into()));
             return Ok(());
         };
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
         self.count_delivery(entry.redelivered);
+        let metrics = &self.ctx.broker.metrics;
+        if m.no_ack {
+            metrics.delivered_get_auto_ack.inc();
+        } else {
+            metrics.delivered_get_manual_ack.inc();
+        }
         let message = Arc::clone(&entry.message);
         let redelivered = entry.redelivered;
         if !m.no_ack {
@@ -205,6 +212,11 @@ impl Channel {
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
         self.count_delivery(delivery.entry.redelivered);
+        if delivery.no_ack {
+            self.ctx.broker.metrics.delivered_consume_auto_ack.inc();
+        } else {
+            self.ctx.broker.metrics.delivered_consume_manual_ack.inc();
+        }
         let message = Arc::clone(&delivery.entry.message);
         out.push(Outgoing::Content(
             BasicDeliver {

@@ -136,6 +136,8 @@ pub struct Channel {
     reply_queue: Option<Arc<Queue>>,
     /// Output waiting for the disk (see [`held`](self::held)).
     held: std::collections::VecDeque<held::Segment>,
+    /// Whether it has published, so counts among the broker's publishers.
+    publisher: bool,
 }
 
 /// The sync token that stands for a transaction commit (confirm tokens are
@@ -174,6 +176,7 @@ impl Channel {
             confirmed_up_to: 0,
             reply_queue: None,
             held: std::collections::VecDeque::new(),
+            publisher: false,
         }
     }
 
@@ -245,6 +248,9 @@ impl Channel {
     /// Tears the channel down (channel.close, or its connection went away):
     /// cancels its consumers, then puts every unacked delivery back.
     pub fn close(&mut self) {
+        if std::mem::take(&mut self.publisher) {
+            self.ctx.broker.metrics.publishers.dec();
+        }
         let tags: Vec<Arc<str>> = self.consumers.keys().cloned().collect();
         for tag in tags {
             self.cancel(&tag);

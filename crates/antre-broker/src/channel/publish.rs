@@ -42,6 +42,14 @@ impl Channel {
             return Err(BrokerError::PreconditionFailed(why));
         }
         let message = Arc::new(message);
+        let metrics = &self.ctx.broker.metrics;
+        if matches!(self.mode, Mode::Confirm { .. }) {
+            metrics.received_confirm.inc();
+        }
+        if !self.publisher {
+            self.publisher = true;
+            metrics.publishers.inc();
+        }
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now: RabbitMQ fails the publish, not the commit.
             self.ctx.vhost.check_publishable(&message.exchange)?;

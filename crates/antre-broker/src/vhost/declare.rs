@@ -166,6 +166,7 @@ impl Vhost {
                 )));
             }
             let q = Arc::clone(q);
+            topo.lifecycle.declared += 1;
             drop(topo);
             q.touch();
             let counts = q.counts();
@@ -187,6 +188,8 @@ impl Vhost {
         };
         topo.insert_queue(Arc::clone(&q));
         self.save(&mut topo)?;
+        topo.lifecycle.declared += 1;
+        topo.lifecycle.created += 1;
         Ok((q, QueueCounts::default()))
     }
 

@@ -36,6 +36,7 @@ use crate::queue::{ConnectionId, Queue};
 use persist::DefinitionsLog;
 pub use publish::{PublishOptions, PublishOutcome, PublishSource};
 pub use storage::{dir_name, VhostStorage};
+pub use topology::QueueLifecycle;
 use topology::Topology;
 
 /// The pseudo-queue of RabbitMQ's direct reply-to: consuming from it (with
@@ -180,6 +181,11 @@ impl Vhost {
     /// Purges a queue; returns how many messages were dropped.
     pub fn purge_queue(&self, name: &str, conn: ConnectionId) -> Result<u32, BrokerError> {
         Ok(self.queue(name, conn)?.purge())
+    }
+
+    /// Queue declarations, creations and deletions so far.
+    pub fn queue_lifecycle(&self) -> QueueLifecycle {
+        self.topology.read().lifecycle
     }
 
     /// A snapshot of every exchange, for listing.

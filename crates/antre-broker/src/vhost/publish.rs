@@ -115,6 +115,7 @@ impl Vhost {
         let source = options.source;
         if source.is_publisher() {
             self.metrics.published.inc();
+            self.metrics.message_size.observe(message.body.len() as u64);
             self.check_publishable(&message.exchange)?;
         }
         if source != PublishSource::DelayedRelease && self.exchange_hooks(&message, outcome)? {

@@ -46,6 +46,22 @@ pub(super) struct Topology {
     exclusive: HashMap<ConnectionId, Vec<String>>,
     /// Changes to durable definitions not yet written to disk.
     changes: Vec<Change>,
+    /// Queue declarations, creations and deletions so far.
+    pub lifecycle: QueueLifecycle,
+}
+
+/// How many queue.declare calls succeeded, queues were created and queues
+/// were deleted in a vhost since it was opened (RabbitMQ's
+/// `queues_declared_total` and the like).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueLifecycle {
+    /// Successful non-passive declarations, of new or existing queues.
+    pub declared: u64,
+    /// Queues created.
+    pub created: u64,
+    /// Queues deleted, for whatever reason (delete, auto-delete, exclusive
+    /// owner gone, expiry).
+    pub deleted: u64,
 }
 
 impl Topology {
@@ -62,6 +78,7 @@ impl Topology {
             sources: HashMap::new(),
             exclusive: HashMap::new(),
             changes: Vec::new(),
+            lifecycle: QueueLifecycle::default(),
         }
     }
 
@@ -273,6 +290,10 @@ impl Topology {
     /// Removes a queue and the bindings to it; returns the queue.
     pub fn remove_queue(&mut self, name: &str) -> Option<Arc<Queue>> {
         let q = self.queues.remove(name)?;
+        // Direct reply-to's queues are not queues to RabbitMQ's clients.
+        if !name.starts_with(super::REPLY_TO) {
+            self.lifecycle.deleted += 1;
+        }
         if let Some(owner) = q.options.exclusive_owner {
             if let Some(list) = self.exclusive.get_mut(&owner) {
                 list.retain(|n| n != name);

@@ -47,7 +47,27 @@ impl Client {
     /// Any method with an optional JSON body; the answer's JSON (null when
     /// empty). An error status becomes an error with the API's reason.
     pub fn send(&self, method: &str, path: &str, json: Option<Value>) -> anyhow::Result<Value> {
-        let request = self.request(method, path);
+        self.finish(method, path, self.request(method, path), json)
+    }
+
+    /// As [`Client::send`] without a body, with one more header.
+    pub fn send_with_header(
+        &self,
+        method: &str,
+        path: &str,
+        (name, value): (&str, &str),
+    ) -> anyhow::Result<Value> {
+        let request = self.request(method, path).set(name, value);
+        self.finish(method, path, request, None)
+    }
+
+    fn finish(
+        &self,
+        method: &str,
+        path: &str,
+        request: ureq::Request,
+        json: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let result = match json {
             Some(v) => request.send_json(v),
             None => request.call(),

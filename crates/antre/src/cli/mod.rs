@@ -1,23 +1,27 @@
-//! `antre status`, `antre queues list`, `antre publish`, ...: commands that
-//! talk to a running broker through its management API (as RabbitMQ's
+//! `antre status`, `antre queues`, `antre publish`, ...: commands that talk
+//! to a running broker through its management API (as RabbitMQ's
 //! rabbitmqadmin does), printing tables for people or JSON for scripts.
 //!
 //! - [`client`]: the HTTP client (basic auth, JSON errors as messages);
-//! - [`table`]: aligned text tables.
+//! - [`table`]: aligned text tables and human-readable sizes;
+//! - [`listing`]: `status` and the object listings;
+//! - [`topology`]: declaring and deleting queues, exchanges and bindings,
+//!   closing connections, definitions;
+//! - [`messages`]: `publish` and `consume`.
 
 pub mod client;
+pub mod listing;
+pub mod messages;
 pub mod table;
+pub mod topology;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::http::render::percent_encode;
-use client::Client;
-use table::Table;
 
 /// Where the broker is and how to print.
 #[derive(Debug, Clone, Args)]
@@ -54,20 +58,30 @@ pub enum RemoteCommand {
     /// Show the broker's state: version, listeners, totals, rates, alarms.
     Status(Remote),
     /// List queues.
-    #[command(subcommand)]
-    Queues(ListOnly),
+    Queues(Listing),
     /// List exchanges.
-    #[command(subcommand)]
-    Exchanges(ListOnly),
+    Exchanges(Listing),
     /// List bindings.
-    #[command(subcommand)]
-    Bindings(ListOnly),
+    Bindings(Listing),
     /// List connections.
-    #[command(subcommand)]
-    Connections(ListOnly),
+    Connections(Listing),
+    /// List channels.
+    Channels(Listing),
+    /// List consumers.
+    Consumers(Listing),
     /// Declare, purge or delete one queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Declare or delete one exchange.
+    #[command(subcommand)]
+    Exchange(ExchangeCommand),
+    /// Bind a queue or exchange to an exchange.
+    Bind(BindArgs),
+    /// Remove a binding.
+    Unbind(BindArgs),
+    /// Close one connection.
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
     /// Publish a message to an exchange.
     Publish(PublishArgs),
     /// Take messages from a queue (acknowledging them unless --requeue).
@@ -77,11 +91,76 @@ pub enum RemoteCommand {
     Definitions(DefinitionsCommand),
 }
 
+/// `antre queues [list]` and the other listings.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Listing {
+    #[command(subcommand)]
+    verb: Option<ListOnly>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+impl Listing {
+    /// Where the broker is, whichever form was used.
+    pub fn remote(self) -> Remote {
+        match self.verb {
+            Some(ListOnly::List(r)) => r,
+            None => self.remote,
+        }
+    }
+}
+
 /// `... list`.
 #[derive(Debug, Subcommand)]
 pub enum ListOnly {
-    /// List them.
+    /// List them (the same as giving no verb).
     List(Remote),
+}
+
+/// Arguments of a queue or exchange, with shortcuts for the common ones.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ArgumentArgs {
+    /// An argument, as NAME=VALUE (repeatable); VALUE is a number, true,
+    /// false or a string, e.g. x-max-length=1000.
+    #[arg(long = "argument", short = 'a', value_name = "NAME=VALUE")]
+    pub arguments: Vec<String>,
+}
+
+/// Queue argument shortcuts.
+#[derive(Debug, Clone, Default, Args)]
+pub struct QueueArgumentShortcuts {
+    /// Dead-letter exchange (x-dead-letter-exchange).
+    #[arg(long, value_name = "EXCHANGE")]
+    pub dlx: Option<String>,
+    /// Dead-letter routing key (x-dead-letter-routing-key).
+    #[arg(long, value_name = "KEY")]
+    pub dlk: Option<String>,
+    /// Message time to live in ms (x-message-ttl).
+    #[arg(long, value_name = "MS")]
+    pub ttl: Option<u64>,
+    /// Delete the queue after this many ms unused (x-expires).
+    #[arg(long, value_name = "MS")]
+    pub expires: Option<u64>,
+    /// Most ready messages (x-max-length).
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<u64>,
+    /// Most ready body bytes (x-max-length-bytes).
+    #[arg(long, value_name = "BYTES")]
+    pub max_length_bytes: Option<u64>,
+    /// What a full queue does: drop-head, reject-publish or
+    /// reject-publish-dlx (x-overflow).
+    #[arg(long, value_name = "BEHAVIOUR")]
+    pub overflow: Option<String>,
+    /// Highest priority, 1..=255 (x-max-priority).
+    #[arg(long, value_name = "N")]
+    pub max_priority: Option<u8>,
+    /// Deliveries a message gets before it is dead-lettered (x-delivery-limit).
+    #[arg(long, value_name = "N")]
+    pub delivery_limit: Option<u64>,
+    /// One consumer at a time (x-single-active-consumer).
+    #[arg(long)]
+    pub single_active_consumer: bool,
 }
 
 /// `antre queue ...`.
@@ -98,6 +177,10 @@ pub enum QueueCommand {
         #[arg(long)]
         auto_delete: bool,
         #[command(flatten)]
+        arguments: ArgumentArgs,
+        #[command(flatten)]
+        shortcuts: QueueArgumentShortcuts,
+        #[command(flatten)]
         remote: Remote,
     },
     /// Remove every ready message.
@@ -111,6 +194,75 @@ pub enum QueueCommand {
     Delete {
         /// Queue name.
         name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `antre exchange ...`.
+#[derive(Debug, Subcommand)]
+pub enum ExchangeCommand {
+    /// Declare an exchange (durable unless --transient).
+    Declare {
+        /// Exchange name.
+        name: String,
+        /// direct, fanout, topic or headers.
+        #[arg(long = "type", short = 't', default_value = "direct")]
+        kind: String,
+        /// Not durable.
+        #[arg(long)]
+        transient: bool,
+        /// Deleted when its last binding goes.
+        #[arg(long)]
+        auto_delete: bool,
+        /// Clients cannot publish to it, only other exchanges.
+        #[arg(long)]
+        internal: bool,
+        #[command(flatten)]
+        arguments: ArgumentArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete an exchange and its bindings.
+    Delete {
+        /// Exchange name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `antre bind` and `antre unbind`.
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// The exchange messages come from.
+    #[arg(long, short = 's')]
+    pub source: String,
+    /// The queue (or, with --to-exchange, exchange) they go to.
+    #[arg(long, short = 'd')]
+    pub destination: String,
+    /// The destination is an exchange, not a queue.
+    #[arg(long)]
+    pub to_exchange: bool,
+    /// Routing key (a pattern for topic exchanges).
+    #[arg(long, short = 'k', default_value = "")]
+    pub routing_key: String,
+    #[command(flatten)]
+    pub arguments: ArgumentArgs,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+/// `antre connection ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCommand {
+    /// Close a connection (its client gets 320 CONNECTION_FORCED).
+    Close {
+        /// Connection name, as `antre connections` lists it.
+        name: String,
+        /// The reason the client is given.
+        #[arg(long, default_value = "Closed via the antre CLI")]
+        reason: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -146,9 +298,13 @@ pub struct PublishArgs {
 pub struct ConsumeArgs {
     /// Queue name.
     pub queue: String,
-    /// Most messages to take.
-    #[arg(long, short = 'n', default_value_t = 1)]
-    pub count: usize,
+    /// Most messages to take [default: 1, or no limit with --follow].
+    #[arg(long, short = 'n')]
+    pub count: Option<usize>,
+    /// Keep taking messages as they arrive (until Ctrl-C or --count),
+    /// printing each on its own line (JSON lines with --format json).
+    #[arg(long, short = 'F')]
+    pub follow: bool,
     /// Put the messages back instead of acknowledging them.
     #[arg(long)]
     pub requeue: bool,
@@ -178,16 +334,23 @@ pub enum DefinitionsCommand {
 
 /// Runs a command, printing to `out`.
 pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    use RemoteCommand as C;
     match command {
-        RemoteCommand::Status(r) => status(&r, out),
-        RemoteCommand::Queues(ListOnly::List(r)) => list_queues(&r, out),
-        RemoteCommand::Exchanges(ListOnly::List(r)) => list_exchanges(&r, out),
-        RemoteCommand::Bindings(ListOnly::List(r)) => list_bindings(&r, out),
-        RemoteCommand::Connections(ListOnly::List(r)) => list_connections(&r, out),
-        RemoteCommand::Queue(cmd) => queue(cmd, out),
-        RemoteCommand::Publish(args) => publish(args, out),
-        RemoteCommand::Consume(args) => consume(args, out),
-        RemoteCommand::Definitions(cmd) => definitions(cmd, out),
+        C::Status(r) => listing::status(&r, out),
+        C::Queues(l) => listing::queues(&l.remote(), out),
+        C::Exchanges(l) => listing::exchanges(&l.remote(), out),
+        C::Bindings(l) => listing::bindings(&l.remote(), out),
+        C::Connections(l) => listing::connections(&l.remote(), out),
+        C::Channels(l) => listing::channels(&l.remote(), out),
+        C::Consumers(l) => listing::consumers(&l.remote(), out),
+        C::Queue(cmd) => topology::queue(cmd, out),
+        C::Exchange(cmd) => topology::exchange(cmd, out),
+        C::Bind(args) => topology::bind(args, out),
+        C::Unbind(args) => topology::unbind(args, out),
+        C::Connection(cmd) => topology::connection(cmd, out),
+        C::Publish(args) => messages::publish(args, out),
+        C::Consume(args) => messages::consume(args, out),
+        C::Definitions(cmd) => topology::definitions(cmd, out),
     }
 }
 
@@ -208,332 +371,12 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn list(
-    r: &Remote,
-    path: &str,
-    columns: &[(&str, &str)],
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let items = Client::new(r).get(path)?;
-    if r.format == Format::Json {
-        return print_json(out, &items);
-    }
-    let mut table = Table::new(columns.iter().map(|(title, _)| *title).collect());
-    for item in items.as_array().into_iter().flatten() {
-        table.row(
-            columns
-                .iter()
-                .map(|(_, field)| text(&item.pointer(field).cloned().unwrap_or(Value::Null)))
-                .collect(),
-        );
-    }
-    write!(out, "{table}")?;
-    Ok(())
-}
-
-fn list_queues(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
-    let columns = [
-        ("name", "/name"),
-        ("durable", "/durable"),
-        ("messages", "/messages"),
-        ("ready", "/messages_ready"),
-        ("unacked", "/messages_unacknowledged"),
-        ("consumers", "/consumers"),
-        ("publish/s", "/message_stats/publish_details/rate"),
-        ("deliver/s", "/message_stats/deliver_get_details/rate"),
-    ];
-    list(r, &format!("/api/queues/{}", vhost_path(r)), &columns, out)
-}
-
-fn list_exchanges(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
-    let columns = [
-        ("name", "/name"),
-        ("type", "/type"),
-        ("durable", "/durable"),
-        ("auto_delete", "/auto_delete"),
-        ("internal", "/internal"),
-    ];
-    list(
-        r,
-        &format!("/api/exchanges/{}", vhost_path(r)),
-        &columns,
-        out,
-    )
-}
-
-fn list_bindings(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
-    let columns = [
-        ("source", "/source"),
-        ("destination", "/destination"),
-        ("type", "/destination_type"),
-        ("routing_key", "/routing_key"),
-    ];
-    list(
-        r,
-        &format!("/api/bindings/{}", vhost_path(r)),
-        &columns,
-        out,
-    )
-}
-
-fn list_connections(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
-    let columns = [
-        ("name", "/name"),
-        ("user", "/user"),
-        ("vhost", "/vhost"),
-        ("channels", "/channels"),
-        ("state", "/state"),
-    ];
-    list(r, "/api/connections", &columns, out)
-}
-
-fn status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
-    let client = Client::new(r);
-    let o = client.get("/api/overview")?;
-    let alarms = client.get_status("/api/health/checks/alarms")?;
-    if r.format == Format::Json {
-        return print_json(out, &json!({ "overview": o, "alarms": alarms.1 }));
-    }
-    let get = |p: &str| text(&o.pointer(p).cloned().unwrap_or(Value::Null));
-    let mut t = Table::new(vec!["", ""]);
-    t.row(vec![
-        "product".into(),
-        format!("{} {}", get("/product_name"), get("/product_version")),
-    ]);
-    t.row(vec!["node".into(), get("/node")]);
-    t.row(vec![
-        "uptime".into(),
-        format!("{} s", o["uptime"].as_u64().unwrap_or(0) / 1000),
-    ]);
-    for l in o["listeners"].as_array().into_iter().flatten() {
-        t.row(vec![
-            format!("listener {}", text(&l["protocol"])),
-            format!("{}:{}", text(&l["ip_address"]), text(&l["port"])),
-        ]);
-    }
-    for k in [
-        "connections",
-        "channels",
-        "exchanges",
-        "queues",
-        "consumers",
-    ] {
-        t.row(vec![k.into(), get(&format!("/object_totals/{k}"))]);
-    }
-    t.row(vec![
-        "messages ready".into(),
-        get("/queue_totals/messages_ready"),
-    ]);
-    t.row(vec![
-        "messages unacked".into(),
-        get("/queue_totals/messages_unacknowledged"),
-    ]);
-    for k in ["publish", "deliver_get", "ack"] {
-        t.row(vec![
-            format!("{k} rate"),
-            format!("{}/s", get(&format!("/message_stats/{k}_details/rate"))),
-        ]);
-    }
-    t.row(vec!["memory".into(), format!("{} bytes", get("/mem_used"))]);
-    t.row(vec![
-        "disk free".into(),
-        format!(
-            "{} bytes (limit {})",
-            get("/disk_free"),
-            get("/disk_free_limit")
-        ),
-    ]);
-    let alarm = if alarms.0 == 200 {
-        "none".to_owned()
-    } else {
-        text(&alarms.1["reason"])
-    };
-    t.row(vec!["alarms".into(), alarm]);
-    write!(out, "{t}")?;
-    Ok(())
-}
-
+/// Prints that a command did what it was asked.
 fn done(r: &Remote, out: &mut dyn Write, what: String) -> anyhow::Result<()> {
     if r.format == Format::Json {
         print_json(out, &json!({ "ok": true, "message": what }))
     } else {
         writeln!(out, "{what}")?;
         Ok(())
-    }
-}
-
-fn queue(cmd: QueueCommand, out: &mut dyn Write) -> anyhow::Result<()> {
-    match cmd {
-        QueueCommand::Declare {
-            name,
-            transient,
-            auto_delete,
-            remote,
-        } => {
-            let path = format!(
-                "/api/queues/{}/{}",
-                vhost_path(&remote),
-                percent_encode(&name)
-            );
-            let body = json!({ "durable": !transient, "auto_delete": auto_delete });
-            Client::new(&remote).send("PUT", &path, Some(body))?;
-            done(&remote, out, format!("queue '{name}' declared"))
-        }
-        QueueCommand::Purge { name, remote } => {
-            let path = format!(
-                "/api/queues/{}/{}/contents",
-                vhost_path(&remote),
-                percent_encode(&name)
-            );
-            Client::new(&remote).send("DELETE", &path, None)?;
-            done(&remote, out, format!("queue '{name}' purged"))
-        }
-        QueueCommand::Delete { name, remote } => {
-            let path = format!(
-                "/api/queues/{}/{}",
-                vhost_path(&remote),
-                percent_encode(&name)
-            );
-            Client::new(&remote).send("DELETE", &path, None)?;
-            done(&remote, out, format!("queue '{name}' deleted"))
-        }
-    }
-}
-
-fn publish(args: PublishArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let body = match args.body {
-        Some(b) => b,
-        None => {
-            let mut b = String::new();
-            std::io::stdin()
-                .read_to_string(&mut b)
-                .context("reading the message body from standard input")?;
-            b
-        }
-    };
-    let mut properties = serde_json::Map::new();
-    if args.persistent {
-        properties.insert("delivery_mode".into(), json!(2));
-    }
-    if let Some(ct) = &args.content_type {
-        properties.insert("content_type".into(), json!(ct));
-    }
-    if !args.headers.is_empty() {
-        let mut headers = serde_json::Map::new();
-        for h in &args.headers {
-            let (k, v) = h
-                .split_once('=')
-                .with_context(|| format!("header '{h}' is not NAME=VALUE"))?;
-            headers.insert(k.to_owned(), json!(v));
-        }
-        properties.insert("headers".into(), Value::Object(headers));
-    }
-    let exchange = if args.exchange.is_empty() {
-        "amq.default"
-    } else {
-        &args.exchange
-    };
-    let path = format!(
-        "/api/exchanges/{}/{}/publish",
-        vhost_path(&args.remote),
-        percent_encode(exchange)
-    );
-    let answer = Client::new(&args.remote).send(
-        "POST",
-        &path,
-        Some(json!({
-            "routing_key": args.routing_key,
-            "payload": body,
-            "payload_encoding": "string",
-            "properties": properties,
-        })),
-    )?;
-    if args.remote.format == Format::Json {
-        return print_json(out, &answer);
-    }
-    if answer["routed"].as_bool() == Some(true) {
-        writeln!(out, "published")?;
-        Ok(())
-    } else {
-        anyhow::bail!("the message was not routed to any queue (it is dropped)")
-    }
-}
-
-fn consume(args: ConsumeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let path = format!(
-        "/api/queues/{}/{}/get",
-        vhost_path(&args.remote),
-        percent_encode(&args.queue)
-    );
-    let ackmode = if args.requeue {
-        "ack_requeue_true"
-    } else {
-        "ack_requeue_false"
-    };
-    let messages = Client::new(&args.remote).send(
-        "POST",
-        &path,
-        Some(json!({ "count": args.count, "ackmode": ackmode, "encoding": "auto" })),
-    )?;
-    if args.remote.format == Format::Json {
-        return print_json(out, &messages);
-    }
-    let mut t = Table::new(vec!["routing_key", "redelivered", "payload"]);
-    for m in messages.as_array().into_iter().flatten() {
-        t.row(vec![
-            text(&m["routing_key"]),
-            text(&m["redelivered"]),
-            text(&m["payload"]),
-        ]);
-    }
-    write!(out, "{t}")?;
-    Ok(())
-}
-
-fn definitions(cmd: DefinitionsCommand, out: &mut dyn Write) -> anyhow::Result<()> {
-    match cmd {
-        DefinitionsCommand::Export { file, remote } => {
-            let defs = Client::new(&remote).get("/api/definitions")?;
-            let text = serde_json::to_string_pretty(&defs)?;
-            match file {
-                Some(path) => {
-                    std::fs::write(&path, text + "\n")
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    done(
-                        &remote,
-                        out,
-                        format!("definitions written to {}", path.display()),
-                    )
-                }
-                None => {
-                    writeln!(out, "{text}")?;
-                    Ok(())
-                }
-            }
-        }
-        DefinitionsCommand::Import { file, remote } => {
-            let raw = if file.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s)?;
-                s
-            } else {
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?
-            };
-            let defs: Value = serde_json::from_str(&raw)
-                .with_context(|| format!("{} is not JSON", file.display()))?;
-            let counts = Client::new(&remote).send("POST", "/api/definitions", Some(defs))?;
-            if remote.format == Format::Json {
-                return print_json(out, &counts);
-            }
-            writeln!(
-                out,
-                "imported {} exchanges, {} queues, {} bindings",
-                text(&counts["exchanges"]),
-                text(&counts["queues"]),
-                text(&counts["bindings"])
-            )?;
-            Ok(())
-        }
     }
 }

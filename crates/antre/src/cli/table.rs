@@ -1,4 +1,4 @@
-//! Aligned text tables for people.
+//! Aligned text tables and human-readable sizes, for people.
 
 use std::fmt;
 
@@ -56,9 +56,37 @@ impl fmt::Display for Table {
     }
 }
 
+/// A byte count in binary units with three significant figures, as
+/// RabbitMQ's UI shows them: `512 B`, `1.5 KiB`, `12.3 MiB`, `45.6 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match (unit, value) {
+        (0, _) => format!("{bytes} B"),
+        (_, v) if v < 10.0 => format!("{v:.2} {}", UNITS[unit]),
+        (_, v) if v < 100.0 => format!("{v:.1} {}", UNITS[unit]),
+        (_, v) => format!("{v:.0} {}", UNITS[unit]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_in_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(50_000_000), "47.7 MiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.00 GiB");
+        assert_eq!(human_bytes(200 * 1024 * 1024 * 1024), "200 GiB");
+    }
 
     #[test]
     fn columns_are_aligned() {

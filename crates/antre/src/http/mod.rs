@@ -10,12 +10,15 @@
 //! - [`api`]: one module per resource (queues, exchanges, ...);
 //! - [`render`]: the JSON shape of each object, shared by the handlers;
 //! - [`rates`]: the sampler behind every `*_details.rate`;
-//! - [`metrics`]: `/metrics` in Prometheus text format;
+//! - [`metrics`]: `/metrics` and `/metrics/per-object` in Prometheus text
+//!   format, under RabbitMQ's names and antre's own;
 //! - [`error`]: JSON errors with their status codes;
+//! - [`lenient`]: request fields coerced as RabbitMQ coerces them;
 //! - [`ui`]: the embedded web UI.
 
 pub mod api;
 pub mod error;
+pub mod lenient;
 pub mod metrics;
 pub mod rates;
 pub mod render;
@@ -30,7 +33,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use base64::Engine;
 use tokio::net::TcpListener;
@@ -55,10 +58,10 @@ pub struct HttpState {
     pub disk_alarm: DiskAlarm,
     /// The server's settings.
     pub config: Arc<Config>,
-    /// Where AMQP clients connect.
-    pub amqp_addr: SocketAddr,
-    /// Where this listener is.
-    pub http_addr: SocketAddr,
+    /// Where AMQP clients connect (every address).
+    pub amqp_addrs: Vec<SocketAddr>,
+    /// Where the HTTP listener is (every address).
+    pub http_addrs: Vec<SocketAddr>,
     /// When the server started.
     pub started: Instant,
 }
@@ -199,6 +202,31 @@ pub fn router(state: HttpState) -> Router {
             "/api/definitions/{vhost}",
             get(definitions::export_vhost).post(definitions::import_vhost),
         )
+        .route("/api/parameters", get(parameters::empty))
+        .route("/api/parameters/{component}", get(parameters::of_component))
+        .route(
+            "/api/parameters/{component}/{vhost}",
+            get(parameters::of_vhost),
+        )
+        .route(
+            "/api/parameters/{component}/{vhost}/{name}",
+            get(parameters::one)
+                .put(parameters::set)
+                .delete(parameters::one),
+        )
+        .route("/api/global-parameters", get(parameters::empty))
+        .route("/api/global-parameters/{name}", get(parameters::global))
+        .route("/api/vhost-limits", get(parameters::empty))
+        .route("/api/vhost-limits/{vhost}", get(parameters::of_vhost))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            put(parameters::set_limit),
+        )
+        .route("/api/user-limits", get(parameters::empty))
+        .route("/api/user-limits/{user}", get(parameters::of_user))
+        .route("/api/user-limits/{user}/{name}", put(parameters::set_limit))
+        .route("/api/extensions", get(parameters::empty))
+        .route("/api/cluster-name", get(parameters::cluster_name))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             definitions_synced,
@@ -208,6 +236,8 @@ pub fn router(state: HttpState) -> Router {
         .merge(authed)
         .route("/api/openapi.json", get(ui::openapi))
         .route("/metrics", get(metrics::metrics))
+        .route("/metrics/per-object", get(metrics::per_object))
+        .route("/metrics/detailed", get(metrics::detailed))
         .route("/healthz", get(overview::healthz))
         .route("/readyz", get(overview::readyz))
         .route("/", get(ui::index))

@@ -15,9 +15,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::listing;
+use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::{parse_body, render, HttpState};
+use crate::http::{lenient, parse_body, render, HttpState};
 
 /// Every binding of a vhost: (source, binding), the default exchange's first.
 fn all(v: &Vhost) -> Vec<(String, Binding)> {
@@ -72,16 +72,18 @@ pub async fn list_all(
     for v in state.vhosts_for(None)? {
         out.extend(render_all(&v, |_, _| true));
     }
-    Ok(Json(listing(out, &query)))
+    Ok(Json(listing(out, &query, Paging::Unpaged)?))
 }
 
 /// GET /api/bindings/{vhost}.
 pub async fn list_vhost(
     State(state): State<HttpState>,
     Path(vhost): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let v = state.vhost(&vhost)?;
-    Ok(Json(Value::Array(render_all(&v, |_, _| true))))
+    let all = render_all(&v, |_, _| true);
+    Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
 /// GET /api/queues/{vhost}/{name}/bindings.
@@ -153,11 +155,13 @@ pub async fn between(
 }
 
 /// The body of POST /api/bindings/....
+/// `routing_key` may be null (pyrabbit2 sends null when none is given) and
+/// `arguments` `[]` (pyrabbit2's default), as RabbitMQ accepts.
 #[derive(Debug, Default, Deserialize)]
 pub struct BindingBody {
     #[serde(default)]
-    routing_key: String,
-    #[serde(default)]
+    routing_key: Option<String>,
+    #[serde(default, deserialize_with = "lenient::arguments")]
     arguments: Map<String, Value>,
 }
 
@@ -169,20 +173,21 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     let body: BindingBody = parse_body(&body)?;
+    let routing_key = body.routing_key.unwrap_or_default();
     let v = state.vhost(&vhost)?;
     let destination = destination(&kind, dest.clone())?;
     let arguments = json_to_table(&body.arguments);
     v.bind(
         url_exchange(&source),
         destination,
-        &body.routing_key,
+        &routing_key,
         arguments.clone(),
         0,
     )?;
     let location = format!(
         "{}/{}",
         render::percent_encode(&dest),
-        render::percent_encode(&render::properties_key(&body.routing_key, &arguments))
+        render::percent_encode(&render::properties_key(&routing_key, &arguments))
     );
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
 
-use super::listing;
+use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{render, HttpState};
 use crate::registry::ConnectionEntry;
@@ -26,17 +26,23 @@ fn connections(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
 pub async fn list(
     State(state): State<HttpState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Json<Value> {
-    Json(listing(connections(&state, None), &query))
+) -> ApiResult<Json<Value>> {
+    Ok(Json(listing(
+        connections(&state, None),
+        &query,
+        Paging::Paged,
+    )?))
 }
 
 /// GET /api/vhosts/{vhost}/connections.
 pub async fn list_vhost(
     State(state): State<HttpState>,
     Path(vhost): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    Ok(Json(Value::Array(connections(&state, Some(&vhost)))))
+    let all = connections(&state, Some(&vhost));
+    Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
 fn find(state: &HttpState, name: &str) -> ApiResult<std::sync::Arc<ConnectionEntry>> {
@@ -89,30 +95,31 @@ fn channels_where(state: &HttpState, keep: impl Fn(&ConnectionEntry) -> bool) ->
 pub async fn channels_of(
     State(state): State<HttpState>,
     Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     find(&state, &name)?;
-    Ok(Json(Value::Array(channels_where(&state, |c| {
-        c.name == name
-    }))))
+    let all = channels_where(&state, |c| c.name == name);
+    Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
 /// GET /api/channels.
 pub async fn channels(
     State(state): State<HttpState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Json<Value> {
-    Json(listing(channels_where(&state, |_| true), &query))
+) -> ApiResult<Json<Value>> {
+    let all = channels_where(&state, |_| true);
+    Ok(Json(listing(all, &query, Paging::Paged)?))
 }
 
 /// GET /api/vhosts/{vhost}/channels.
 pub async fn channels_vhost(
     State(state): State<HttpState>,
     Path(vhost): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    Ok(Json(Value::Array(channels_where(&state, |c| {
-        c.vhost == vhost
-    }))))
+    let all = channels_where(&state, |c| c.vhost == vhost);
+    Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
 /// GET /api/channels/{name}, with its consumers.
@@ -146,15 +153,24 @@ fn consumers(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
 }
 
 /// GET /api/consumers.
-pub async fn consumers_all(State(state): State<HttpState>) -> Json<Value> {
-    Json(Value::Array(consumers(&state, None)))
+pub async fn consumers_all(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(listing(
+        consumers(&state, None),
+        &query,
+        Paging::Unpaged,
+    )?))
 }
 
 /// GET /api/consumers/{vhost}.
 pub async fn consumers_vhost(
     State(state): State<HttpState>,
     Path(vhost): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    Ok(Json(Value::Array(consumers(&state, Some(&vhost)))))
+    let all = consumers(&state, Some(&vhost));
+    Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }

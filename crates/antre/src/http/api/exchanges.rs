@@ -12,9 +12,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{flag, listing};
+use super::{flag, listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::{parse_body, render, HttpState};
+use crate::http::{lenient, parse_body, render, HttpState};
 
 fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
     let mut out = Vec::new();
@@ -31,7 +31,7 @@ pub async fn list_all(
     State(state): State<HttpState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(listing(list(&state, None)?, &query)))
+    Ok(Json(listing(list(&state, None)?, &query, Paging::Paged)?))
 }
 
 /// GET /api/exchanges/{vhost}.
@@ -40,7 +40,11 @@ pub async fn list_vhost(
     Path(vhost): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(listing(list(&state, Some(&vhost))?, &query)))
+    Ok(Json(listing(
+        list(&state, Some(&vhost))?,
+        &query,
+        Paging::Paged,
+    )?))
 }
 
 /// The exchange, or 404. RabbitMQ names the default exchange `amq.default`
@@ -64,17 +68,18 @@ pub async fn show(
 }
 
 /// The body of PUT /api/exchanges/{vhost}/{name}.
+/// Fields are read as RabbitMQ reads them (see [`lenient`]).
 #[derive(Debug, Default, Deserialize)]
 pub struct ExchangeBody {
     #[serde(rename = "type", default)]
     kind: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
     durable: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::bool")]
     auto_delete: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::bool")]
     internal: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::arguments")]
     arguments: Map<String, Value>,
 }
 

@@ -16,9 +16,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::{parse_body, HttpState};
+use crate::http::{lenient, parse_body, HttpState};
 
-/// The body of POST /api/exchanges/{vhost}/{name}/publish.
+/// The body of POST /api/exchanges/{vhost}/{name}/publish. rabbitmqadmin
+/// also sends `vhost` and `exchange`, which the path already says.
 #[derive(Debug, Default, Deserialize)]
 pub struct PublishBody {
     #[serde(default)]
@@ -28,19 +29,28 @@ pub struct PublishBody {
     /// "string" (default) or "base64".
     #[serde(default)]
     payload_encoding: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::arguments")]
     properties: Map<String, Value>,
 }
 
 fn properties_from_json(p: &Map<String, Value>) -> ApiResult<BasicProperties> {
     let s = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
-    let n = |k: &str| p.get(k).and_then(Value::as_u64);
+    // Numbers may come as strings ("delivery_mode": "2"), as RabbitMQ takes them.
+    let n = |k: &str| -> ApiResult<Option<u64>> {
+        match p.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => lenient::to_u64(v)
+                .map(Some)
+                .map_err(|e| ApiError::bad_request(format!("property '{k}': {e}"))),
+        }
+    };
     let small = |k: &str| -> ApiResult<Option<u8>> {
-        n(k).map(|v| {
-            u8::try_from(v)
-                .map_err(|_| ApiError::bad_request(format!("property '{k}' must be 0..=255")))
-        })
-        .transpose()
+        n(k)?
+            .map(|v| {
+                u8::try_from(v)
+                    .map_err(|_| ApiError::bad_request(format!("property '{k}' must be 0..=255")))
+            })
+            .transpose()
     };
     let headers = match p.get("headers") {
         None | Some(Value::Null) => None,
@@ -61,7 +71,7 @@ fn properties_from_json(p: &Map<String, Value>) -> ApiResult<BasicProperties> {
         reply_to: s("reply_to"),
         expiration: s("expiration"),
         message_id: s("message_id"),
-        timestamp: n("timestamp"),
+        timestamp: n("timestamp")?,
         kind: s("type"),
         user_id: s("user_id"),
         app_id: s("app_id"),
@@ -151,25 +161,28 @@ pub async fn publish(
     Ok(Json(json!({ "routed": routed })))
 }
 
-/// The body of POST /api/queues/{vhost}/{name}/get.
+/// The body of POST /api/queues/{vhost}/{name}/get. Numbers may be strings
+/// (rabbitmqadmin sends `"count": "1"`), as RabbitMQ accepts.
 #[derive(Debug, Default, Deserialize)]
 pub struct GetBody {
-    #[serde(default = "one")]
-    count: usize,
+    /// How many messages, at most (default 1).
+    #[serde(default, deserialize_with = "lenient::opt_usize")]
+    count: Option<usize>,
     /// ack_requeue_true (default), ack_requeue_false, reject_requeue_true,
     /// reject_requeue_false.
     #[serde(default)]
     ackmode: Option<String>,
+    /// The field RabbitMQ before 3.7 took instead of `ackmode` (pyrabbit2
+    /// still sends it): without an `ackmode`, true is ack_requeue_true and
+    /// false ack_requeue_false.
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    requeue: Option<bool>,
     /// "auto" (string if UTF-8, base64 otherwise) or "base64".
     #[serde(default)]
     encoding: Option<String>,
     /// Cut payloads longer than this many bytes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::opt_usize")]
     truncate: Option<usize>,
-}
-
-fn one() -> usize {
-    1
 }
 
 /// POST /api/queues/{vhost}/{name}/get: takes up to `count` messages and
@@ -181,7 +194,11 @@ pub async fn get(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let body: GetBody = parse_body(&body)?;
-    let ackmode = body.ackmode.as_deref().unwrap_or("ack_requeue_true");
+    let ackmode = match (body.ackmode.as_deref(), body.requeue) {
+        (Some(mode), _) => mode,
+        (None, Some(false)) => "ack_requeue_false",
+        (None, _) => "ack_requeue_true",
+    };
     if !matches!(
         ackmode,
         "ack_requeue_true" | "ack_requeue_false" | "reject_requeue_true" | "reject_requeue_false"
@@ -201,13 +218,20 @@ pub async fn get(
     };
     let q = super::queues::find(&state, &vhost, &name)?;
     let mut taken: Vec<(Entry, u32)> = Vec::new();
-    for _ in 0..body.count.min(10_000) {
+    for _ in 0..body.count.unwrap_or(1).min(10_000) {
         match q.get(false) {
             Some(got) => taken.push(got),
             None => break,
         }
     }
-    state.broker.metrics.delivered.add(taken.len() as u64);
+    // Counted as RabbitMQ counts its management gets: basic.gets on a
+    // channel, to acknowledge.
+    let metrics = &state.broker.metrics;
+    metrics.delivered.add(taken.len() as u64);
+    metrics.delivered_get_manual_ack.add(taken.len() as u64);
+    if taken.is_empty() {
+        metrics.get_empty.inc();
+    }
     let out: Vec<Value> = taken
         .iter()
         .map(|(e, remaining)| {

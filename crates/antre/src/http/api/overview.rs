@@ -81,7 +81,7 @@ pub async fn overview(
         "management_version": env!("CARGO_PKG_VERSION"),
         "product_name": "antre",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "rabbitmq_version": "3.13.0",
+        "rabbitmq_version": crate::http::metrics::rabbitmq::RABBITMQ_VERSION,
         "cluster_name": node_name(),
         "node": node_name(),
         "uptime": state.started.elapsed().as_millis() as u64,
@@ -118,10 +118,7 @@ pub async fn overview(
             "queues": queues,
             "consumers": consumers,
         },
-        "listeners": [
-            { "node": node_name(), "protocol": "amqp", "ip_address": state.amqp_addr.ip().to_string(), "port": state.amqp_addr.port() },
-            { "node": node_name(), "protocol": "http", "ip_address": state.http_addr.ip().to_string(), "port": state.http_addr.port() },
-        ],
+        "listeners": listeners(&state),
         "mem_used": resident_memory(),
         "disk_free": disk_free(&state),
         "disk_free_limit": state.config.disk_free_limit,
@@ -144,6 +141,22 @@ pub async fn overview(
         qt["messages_unacknowledged_details"]["samples"] = samples(&history, |s| s.unacked);
     }
     Json(body)
+}
+
+/// RabbitMQ's `listeners`: one per protocol and address.
+fn listeners(state: &HttpState) -> Value {
+    let amqp = state.amqp_addrs.iter().map(|a| ("amqp", a));
+    let http = state.http_addrs.iter().map(|a| ("http", a));
+    amqp.chain(http)
+        .map(|(protocol, a)| {
+            json!({
+                "node": node_name(),
+                "protocol": protocol,
+                "ip_address": a.ip().to_string(),
+                "port": a.port(),
+            })
+        })
+        .collect()
 }
 
 /// GET /api/nodes: the one node.

@@ -4,14 +4,17 @@
 //! listed with the `administrator` tag. Users added here live until the
 //! broker stops; put lasting ones in the config (`default_user`).
 
+use std::collections::HashMap;
+
 use antre_broker::{User, UserRecord};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{parse_body, HttpState};
 
@@ -42,9 +45,13 @@ fn vhost_json(state: &HttpState, v: &antre_broker::Vhost) -> Value {
 }
 
 /// GET /api/vhosts.
-pub async fn list(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     let vhosts = state.vhosts_for(None)?;
-    Ok(Json(vhosts.iter().map(|v| vhost_json(&state, v)).collect()))
+    let all = vhosts.iter().map(|v| vhost_json(&state, v)).collect();
+    Ok(Json(listing(all, &query, Paging::Paged)?))
 }
 
 /// GET /api/vhosts/{vhost}.
@@ -100,8 +107,12 @@ fn user_json(u: &UserRecord) -> Value {
 }
 
 /// GET /api/users.
-pub async fn users(State(state): State<HttpState>) -> Json<Value> {
-    Json(state.broker.users().iter().map(user_json).collect())
+pub async fn users(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let all = state.broker.users().iter().map(user_json).collect();
+    Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
 /// GET /api/users/{name}.

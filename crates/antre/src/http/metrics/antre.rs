@@ -1,73 +1,13 @@
-//! `/metrics`: Prometheus text format (version 0.0.4).
-//!
-//! Names follow Prometheus conventions: an `antre_` prefix, base units
-//! (`_bytes`, `_seconds`), `_total` for counters. docs/operations.md lists
-//! every metric. No auth, like RabbitMQ's Prometheus endpoint: bind the
-//! HTTP listener to a private address if the numbers are sensitive.
+//! antre's own metrics: an `antre_` prefix, base units (`_bytes`,
+//! `_seconds`), `_total` for counters, per-queue series labelled `vhost`
+//! and `queue`, and the latency histograms RabbitMQ has no names for.
 
-use std::fmt::Write;
+use super::Page;
+use crate::http::api::overview::{disk_alarm, disk_free, object_totals, resident_memory};
+use crate::http::HttpState;
 
-use antre_broker::metrics::HistogramSnapshot;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-
-use super::api::overview::{disk_alarm, disk_free, object_totals, resident_memory};
-use super::HttpState;
-
-/// The metrics page being written.
-struct Page {
-    out: String,
-}
-
-impl Page {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-
-    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
-
-    fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
-        self.family(name, "histogram", help);
-        for (bound, n) in &h.buckets {
-            let le = format!("{bound}");
-            self.sample(&format!("{name}_bucket"), &[("le", &le)], n);
-        }
-        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count);
-        self.sample(&format!("{name}_sum"), &[], h.sum);
-        self.sample(&format!("{name}_count"), &[], h.count);
-    }
-}
-
-/// Escapes a label value: backslash, double quote and newline.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Renders every metric.
-pub fn render(state: &HttpState) -> String {
-    let mut p = Page { out: String::new() };
+/// Writes every `antre_*` metric.
+pub fn render(p: &mut Page, state: &HttpState) {
     let m = &state.broker.metrics;
     p.family("antre_build_info", "gauge", "Version of the running antre.");
     p.sample(
@@ -246,16 +186,4 @@ pub fn render(state: &HttpState) -> String {
         "Time from a persistent publish to its confirm.",
         &m.confirm_seconds.snapshot(),
     );
-    p.out
-}
-
-/// GET /metrics.
-pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(&state),
-    )
 }

@@ -1,0 +1,213 @@
+//! `antre status` and the listings: `queues`, `exchanges`, `bindings`,
+//! `connections`, `channels`, `consumers`.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+use super::client::Client;
+use super::table::{human_bytes, Table};
+use super::{print_json, text, vhost_path, Format, Remote};
+
+/// GETs a listing and prints `columns` (title, JSON pointer) of each item.
+fn list(
+    r: &Remote,
+    path: &str,
+    columns: &[(&str, &str)],
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let items = Client::new(r).get(path)?;
+    if r.format == Format::Json {
+        return print_json(out, &items);
+    }
+    let mut table = Table::new(columns.iter().map(|(title, _)| *title).collect());
+    for item in items.as_array().into_iter().flatten() {
+        table.row(
+            columns
+                .iter()
+                .map(|(_, field)| text(&item.pointer(field).cloned().unwrap_or(Value::Null)))
+                .collect(),
+        );
+    }
+    write!(out, "{table}")?;
+    Ok(())
+}
+
+/// `antre queues`.
+pub fn queues(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let columns = [
+        ("name", "/name"),
+        ("durable", "/durable"),
+        ("messages", "/messages"),
+        ("ready", "/messages_ready"),
+        ("unacked", "/messages_unacknowledged"),
+        ("consumers", "/consumers"),
+        ("publish/s", "/message_stats/publish_details/rate"),
+        ("deliver/s", "/message_stats/deliver_get_details/rate"),
+    ];
+    list(r, &format!("/api/queues/{}", vhost_path(r)), &columns, out)
+}
+
+/// `antre exchanges`.
+pub fn exchanges(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let columns = [
+        ("name", "/name"),
+        ("type", "/type"),
+        ("durable", "/durable"),
+        ("auto_delete", "/auto_delete"),
+        ("internal", "/internal"),
+    ];
+    let path = format!("/api/exchanges/{}", vhost_path(r));
+    list(r, &path, &columns, out)
+}
+
+/// `antre bindings`.
+pub fn bindings(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let columns = [
+        ("source", "/source"),
+        ("destination", "/destination"),
+        ("type", "/destination_type"),
+        ("routing_key", "/routing_key"),
+    ];
+    let path = format!("/api/bindings/{}", vhost_path(r));
+    list(r, &path, &columns, out)
+}
+
+/// `antre connections`.
+pub fn connections(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let columns = [
+        ("name", "/name"),
+        ("user", "/user"),
+        ("vhost", "/vhost"),
+        ("channels", "/channels"),
+        ("state", "/state"),
+    ];
+    list(r, "/api/connections", &columns, out)
+}
+
+/// `antre channels`.
+pub fn channels(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let columns = [
+        ("name", "/name"),
+        ("user", "/user"),
+        ("consumers", "/consumer_count"),
+        ("unacked", "/messages_unacknowledged"),
+        ("prefetch", "/prefetch_count"),
+    ];
+    let path = format!("/api/vhosts/{}/channels", vhost_path(r));
+    list(r, &path, &columns, out)
+}
+
+/// `antre consumers`.
+pub fn consumers(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let columns = [
+        ("queue", "/queue/name"),
+        ("consumer_tag", "/consumer_tag"),
+        ("channel", "/channel_details/name"),
+        ("ack_required", "/ack_required"),
+        ("prefetch", "/prefetch_count"),
+        ("unacked", "/messages_unacknowledged"),
+    ];
+    let path = format!("/api/consumers/{}", vhost_path(r));
+    list(r, &path, &columns, out)
+}
+
+/// `antre status`.
+pub fn status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let client = Client::new(r);
+    let o = client.get("/api/overview")?;
+    let alarms = client.get_status("/api/health/checks/alarms")?;
+    if r.format == Format::Json {
+        return print_json(out, &json!({ "overview": o, "alarms": alarms.1 }));
+    }
+    let get = |p: &str| text(&o.pointer(p).cloned().unwrap_or(Value::Null));
+    let bytes = |p: &str| human_bytes(o.pointer(p).and_then(Value::as_u64).unwrap_or(0));
+    let mut t = Table::new(vec!["", ""]);
+    t.row(vec![
+        "product".into(),
+        format!("{} {}", get("/product_name"), get("/product_version")),
+    ]);
+    t.row(vec!["node".into(), get("/node")]);
+    t.row(vec![
+        "uptime".into(),
+        human_duration(o["uptime"].as_u64().unwrap_or(0) / 1000),
+    ]);
+    for l in o["listeners"].as_array().into_iter().flatten() {
+        let ip = text(&l["ip_address"]);
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip
+        };
+        t.row(vec![
+            format!("listener {}", text(&l["protocol"])),
+            format!("{host}:{}", text(&l["port"])),
+        ]);
+    }
+    for k in [
+        "connections",
+        "channels",
+        "exchanges",
+        "queues",
+        "consumers",
+    ] {
+        t.row(vec![k.into(), get(&format!("/object_totals/{k}"))]);
+    }
+    t.row(vec![
+        "messages ready".into(),
+        get("/queue_totals/messages_ready"),
+    ]);
+    t.row(vec![
+        "messages unacked".into(),
+        get("/queue_totals/messages_unacknowledged"),
+    ]);
+    for k in ["publish", "deliver_get", "ack"] {
+        t.row(vec![
+            format!("{k} rate"),
+            format!("{}/s", get(&format!("/message_stats/{k}_details/rate"))),
+        ]);
+    }
+    t.row(vec!["memory".into(), bytes("/mem_used")]);
+    t.row(vec![
+        "disk free".into(),
+        format!(
+            "{} (alarm below {})",
+            bytes("/disk_free"),
+            bytes("/disk_free_limit")
+        ),
+    ]);
+    let alarm = if alarms.0 == 200 {
+        "none".to_owned()
+    } else {
+        text(&alarms.1["reason"])
+    };
+    t.row(vec!["alarms".into(), alarm]);
+    write!(out, "{t}")?;
+    Ok(())
+}
+
+/// `3d 4h 5m 6s`, leaving out leading zero units.
+fn human_duration(mut secs: u64) -> String {
+    let mut parts = Vec::new();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs >= size || !parts.is_empty() {
+            parts.push(format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    parts.push(format!("{secs}s"));
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(65), "1m 5s");
+        assert_eq!(human_duration(90_061), "1d 1h 1m 1s");
+        assert_eq!(human_duration(3_600), "1h 0m 0s");
+    }
+}

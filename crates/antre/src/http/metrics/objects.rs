@@ -1,0 +1,255 @@
+//! Queue, connection and channel metrics under RabbitMQ's names, written
+//! three ways as RabbitMQ writes them: summed into one series
+//! (`/metrics`), one series per object (`/metrics/per-object`), or only
+//! the requested families, per object, under `rabbitmq_detailed_` names
+//! (`/metrics/detailed?family=queue_coarse_metrics&vhost=/`).
+//!
+//! Each metric belongs to the rabbitmq_prometheus families it is in there,
+//! so `family=` selects the same metrics. RabbitMQ labels connection and
+//! channel series with `channel`, an Erlang process id; antre puts the
+//! connection's or channel's name there.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use antre_broker::Queue;
+
+use super::{Endpoint, Page};
+use crate::http::render;
+use crate::http::HttpState;
+
+/// One metric: its name after `rabbitmq_` (or `rabbitmq_detailed_`), type,
+/// help and the families `/metrics/detailed` knows it by.
+struct Metric {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    families: &'static [&'static str],
+}
+
+/// Where a metric is written on this page, if at all.
+struct Writer<'a> {
+    endpoint: &'a Endpoint,
+    written: HashSet<String>,
+}
+
+impl Writer<'_> {
+    /// The full name, or None when the page leaves the metric out (not
+    /// requested, or already written for another requested family).
+    fn name(&mut self, m: &Metric) -> Option<String> {
+        let name = match self.endpoint {
+            Endpoint::Aggregated | Endpoint::PerObject => format!("rabbitmq_{}", m.name),
+            Endpoint::Detailed(d) => {
+                if !m.families.iter().any(|f| d.families.iter().any(|w| w == f)) {
+                    return None;
+                }
+                format!("rabbitmq_detailed_{}", m.name)
+            }
+        };
+        self.written.insert(name.clone()).then_some(name)
+    }
+
+    /// Writes `m` from per-object rows of (label value, value).
+    fn write(&mut self, p: &mut Page, m: &Metric, label: &str, rows: &[(Vec<&str>, u64)]) {
+        let Some(name) = self.name(m) else {
+            return;
+        };
+        p.family(&name, m.kind, m.help);
+        if matches!(self.endpoint, Endpoint::Aggregated) {
+            p.sample(&name, &[], rows.iter().map(|(_, v)| v).sum::<u64>());
+            return;
+        }
+        let keys: Vec<&str> = label.split(',').collect();
+        for (labels, value) in rows {
+            let pairs: Vec<(&str, &str)> =
+                keys.iter().copied().zip(labels.iter().copied()).collect();
+            p.sample(&name, &pairs, value);
+        }
+    }
+}
+
+/// The queues the page covers, sorted by vhost and name.
+fn sorted_queues(state: &HttpState, endpoint: &Endpoint) -> Vec<Arc<Queue>> {
+    let mut all: Vec<Arc<Queue>> = state
+        .broker
+        .vhosts()
+        .iter()
+        .filter(|v| match endpoint {
+            Endpoint::Detailed(d) => d.vhosts.is_empty() || d.vhosts.contains(&v.name),
+            _ => true,
+        })
+        .flat_map(|v| v.queues())
+        .collect();
+    all.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+    all
+}
+
+/// How a queue metric is read from a queue.
+type QueueValue = fn(&Queue) -> u64;
+
+const QUEUE_METRICS: [(Metric, QueueValue); 5] = [
+    (
+        Metric {
+            name: "queue_messages_ready",
+            kind: "gauge",
+            help: "Messages ready to be delivered to consumers",
+            families: &["queue_coarse_metrics"],
+        },
+        |q| u64::from(q.counts().ready),
+    ),
+    (
+        Metric {
+            name: "queue_messages_unacked",
+            kind: "gauge",
+            help: "Messages delivered to consumers but not yet acknowledged",
+            families: &["queue_coarse_metrics"],
+        },
+        |q| u64::from(q.counts().unacked),
+    ),
+    (
+        Metric {
+            name: "queue_messages",
+            kind: "gauge",
+            help: "Sum of ready and unacknowledged messages - total queue depth",
+            families: &["queue_coarse_metrics"],
+        },
+        |q| {
+            let c = q.counts();
+            u64::from(c.ready) + u64::from(c.unacked)
+        },
+    ),
+    (
+        Metric {
+            name: "queue_consumers",
+            kind: "gauge",
+            help: "Consumers on a queue",
+            families: &["queue_consumer_count", "queue_metrics"],
+        },
+        |q| u64::from(q.counts().consumers),
+    ),
+    (
+        Metric {
+            name: "queue_messages_ready_bytes",
+            kind: "gauge",
+            help: "Size in bytes of ready messages",
+            families: &["queue_metrics"],
+        },
+        |q| q.ready_bytes(),
+    ),
+];
+
+/// Queue metrics, labelled `vhost` and `queue` per object.
+pub fn queues(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
+    let all = sorted_queues(state, endpoint);
+    let mut w = Writer {
+        endpoint,
+        written: HashSet::new(),
+    };
+    for (metric, value) in &QUEUE_METRICS {
+        let rows: Vec<(Vec<&str>, u64)> = all
+            .iter()
+            .map(|q| (vec![q.vhost.as_str(), q.name.as_str()], value(q)))
+            .collect();
+        w.write(p, metric, "vhost,queue", &rows);
+    }
+}
+
+const CONNECTION_METRICS: [Metric; 3] = [
+    Metric {
+        name: "connection_incoming_bytes_total",
+        kind: "counter",
+        help: "Total number of bytes received on a connection",
+        families: &["connection_coarse_metrics"],
+    },
+    Metric {
+        name: "connection_outgoing_bytes_total",
+        kind: "counter",
+        help: "Total number of bytes sent on a connection",
+        families: &["connection_coarse_metrics"],
+    },
+    Metric {
+        name: "connection_channels",
+        kind: "gauge",
+        help: "Channels on a connection",
+        families: &["connection_metrics"],
+    },
+];
+
+const CHANNEL_METRICS: [Metric; 3] = [
+    Metric {
+        name: "channel_consumers",
+        kind: "gauge",
+        help: "Consumers on a channel",
+        families: &["channel_metrics"],
+    },
+    Metric {
+        name: "channel_messages_unacked",
+        kind: "gauge",
+        help: "Delivered but not yet acknowledged messages",
+        families: &["channel_metrics"],
+    },
+    Metric {
+        name: "channel_prefetch",
+        kind: "gauge",
+        help: "Total limit of unacknowledged messages for all consumers on a channel",
+        families: &["channel_metrics"],
+    },
+];
+
+/// Connection and channel metrics, labelled `channel` per object.
+pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
+    let conns: Vec<_> = state
+        .registry
+        .connections()
+        .into_iter()
+        .filter(|c| match endpoint {
+            Endpoint::Detailed(d) => d.vhosts.is_empty() || d.vhosts.contains(&c.vhost),
+            _ => true,
+        })
+        .collect();
+    let consumers = render::all_consumers(state);
+    let per_connection: Vec<(String, [u64; 3])> = conns
+        .iter()
+        .map(|c| {
+            let values = [
+                c.recv_oct.load(Ordering::Relaxed),
+                c.send_oct.load(Ordering::Relaxed),
+                c.channels().len() as u64,
+            ];
+            (c.name.clone(), values)
+        })
+        .collect();
+    let mut per_channel: Vec<(String, [u64; 3])> = Vec::new();
+    for c in &conns {
+        for n in c.channels() {
+            let (mut count, mut unacked, mut prefetch) = (0u64, 0u64, 0u64);
+            let mine = consumers
+                .iter()
+                .map(|(_, i)| i)
+                .filter(|i| i.connection == c.id && i.channel == n);
+            for i in mine {
+                count += 1;
+                unacked += u64::from(i.unacked);
+                prefetch = prefetch.max(u64::from(i.prefetch));
+            }
+            per_channel.push((render::channel_name(c, n), [count, unacked, prefetch]));
+        }
+    }
+    let mut w = Writer {
+        endpoint,
+        written: HashSet::new(),
+    };
+    for (metrics, objects) in [
+        (&CONNECTION_METRICS, &per_connection),
+        (&CHANNEL_METRICS, &per_channel),
+    ] {
+        for (column, metric) in metrics.iter().enumerate() {
+            let rows: Vec<(Vec<&str>, u64)> = objects
+                .iter()
+                .map(|(name, values)| (vec![name.as_str()], values[column]))
+                .collect();
+            w.write(p, metric, "channel", &rows);
+        }
+    }
+}

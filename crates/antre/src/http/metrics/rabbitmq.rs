@@ -1,0 +1,378 @@
+//! The rabbitmq_prometheus plugin's metrics, same names, types and labels,
+//! for the ones antre has the numbers for. RabbitMQ's "RabbitMQ-Overview"
+//! Grafana dashboard reads only these (a test checks every name it
+//! queries is here).
+//!
+//! Where antre's numbers mean something slightly different, the closest
+//! honest value is given and docs/operations.md says so: the "Erlang"
+//! uptime is the process's, and the memory limit is the machine's memory
+//! (antre has no memory alarm, so publishers are blocked only when memory
+//! runs out). Every queue is a classic queue (`queue_type` label), and
+//! every message counts as AMQP 0-9-1 (`protocol` label), HTTP publishes
+//! included, as RabbitMQ counts its management API's.
+
+use antre_broker::metrics::BrokerMetrics;
+
+use super::{objects, Endpoint, Page};
+use crate::http::api::overview::{disk_alarm, disk_free, resident_memory};
+use crate::http::render::node_name;
+use crate::http::HttpState;
+
+/// The RabbitMQ version antre answers as (also in `/api/overview`).
+pub const RABBITMQ_VERSION: &str = "3.13.0";
+
+const AMQP: (&str, &str) = ("protocol", "amqp091");
+const CLASSIC: (&str, &str) = ("queue_type", "rabbit_classic_queue");
+
+/// Writes every `rabbitmq_*` metric.
+pub fn render(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
+    identity(p, endpoint);
+    if !matches!(endpoint, Endpoint::Detailed(_)) {
+        node(p, state);
+        let consumers = totals(p, state);
+        global(p, &state.broker.metrics, consumers);
+    }
+    objects::queues(p, state, endpoint);
+    objects::connections(p, state, endpoint);
+}
+
+fn identity(p: &mut Page, endpoint: &Endpoint) {
+    let node = node_name();
+    p.family(
+        "rabbitmq_identity_info",
+        "untyped",
+        "RabbitMQ node & cluster identity info",
+    );
+    let endpoint = match endpoint {
+        Endpoint::Aggregated => "metrics",
+        Endpoint::PerObject => "per-object",
+        Endpoint::Detailed(_) => "detailed",
+    };
+    p.sample(
+        "rabbitmq_identity_info",
+        &[
+            ("rabbitmq_node", &node),
+            ("rabbitmq_cluster", &node),
+            ("rabbitmq_endpoint", endpoint),
+        ],
+        1,
+    );
+    p.family(
+        "rabbitmq_build_info",
+        "untyped",
+        "RabbitMQ & Erlang/OTP version info",
+    );
+    p.sample(
+        "rabbitmq_build_info",
+        &[
+            ("rabbitmq_version", RABBITMQ_VERSION),
+            ("erlang_version", "none"),
+            ("product_name", "antre"),
+            ("product_version", env!("CARGO_PKG_VERSION")),
+        ],
+        1,
+    );
+}
+
+fn node(p: &mut Page, state: &HttpState) {
+    let gauges: [(&str, &str, f64); 7] = [
+        (
+            "rabbitmq_erlang_uptime_seconds",
+            "Node uptime (antre: the process's)",
+            state.started.elapsed().as_secs_f64(),
+        ),
+        (
+            "rabbitmq_process_resident_memory_bytes",
+            "Memory used in bytes",
+            resident_memory() as f64,
+        ),
+        (
+            "rabbitmq_resident_memory_limit_bytes",
+            "Memory high watermark in bytes (antre: the machine's memory)",
+            memory_total() as f64,
+        ),
+        (
+            "rabbitmq_process_open_fds",
+            "Open file descriptors",
+            open_fds() as f64,
+        ),
+        (
+            "rabbitmq_process_max_fds",
+            "Open file descriptors limit",
+            max_fds() as f64,
+        ),
+        (
+            "rabbitmq_disk_space_available_bytes",
+            "Disk space available in bytes",
+            disk_free(state) as f64,
+        ),
+        (
+            "rabbitmq_disk_space_available_limit_bytes",
+            "Free disk space low watermark in bytes",
+            state.config.disk_free_limit as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        p.single(name, "gauge", help, value);
+    }
+    p.single(
+        "rabbitmq_alarms_free_disk_space_watermark",
+        "gauge",
+        "is 1 if free disk space watermark alarm is in effect",
+        u8::from(disk_alarm(state)),
+    );
+}
+
+/// Object counts and lifecycle counters; returns the number of consumers.
+fn totals(p: &mut Page, state: &HttpState) -> u64 {
+    let conns = state.registry.connections();
+    let channels: usize = conns.iter().map(|c| c.channels().len()).sum();
+    let (mut queues, mut consumers) = (0usize, 0u64);
+    let (mut declared, mut created, mut deleted) = (0, 0, 0);
+    for v in state.broker.vhosts() {
+        for q in v.queues() {
+            queues += 1;
+            consumers += u64::from(q.counts().consumers);
+        }
+        let life = v.queue_lifecycle();
+        declared += life.declared;
+        created += life.created;
+        deleted += life.deleted;
+    }
+    p.single(
+        "rabbitmq_connections",
+        "gauge",
+        "Connections currently open",
+        conns.len(),
+    );
+    p.single(
+        "rabbitmq_channels",
+        "gauge",
+        "Channels currently open",
+        channels,
+    );
+    p.single(
+        "rabbitmq_consumers",
+        "gauge",
+        "Consumers currently connected",
+        consumers,
+    );
+    p.single("rabbitmq_queues", "gauge", "Queues available", queues);
+    let t = state.registry.totals();
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "rabbitmq_connections_opened_total",
+            "Total number of connections opened",
+            t.connections_opened,
+        ),
+        (
+            "rabbitmq_connections_closed_total",
+            "Total number of connections closed or terminated",
+            t.connections_closed,
+        ),
+        (
+            "rabbitmq_channels_opened_total",
+            "Total number of channels opened",
+            t.channels_opened,
+        ),
+        (
+            "rabbitmq_channels_closed_total",
+            "Total number of channels closed",
+            t.channels_closed,
+        ),
+        (
+            "rabbitmq_queues_declared_total",
+            "Total number of queues declared",
+            declared,
+        ),
+        (
+            "rabbitmq_queues_created_total",
+            "Total number of queues created",
+            created,
+        ),
+        (
+            "rabbitmq_queues_deleted_total",
+            "Total number of queues deleted",
+            deleted,
+        ),
+    ];
+    for (name, help, value) in counters {
+        p.single(name, "counter", help, value);
+    }
+    consumers
+}
+
+fn global(p: &mut Page, m: &BrokerMetrics, consumers: u64) {
+    let unroutable = m.unroutable.get();
+    let returned = m.returned.get();
+    let per_protocol: [(&str, &str, &str, u64); 8] = [
+        (
+            "rabbitmq_global_messages_received_total",
+            "counter",
+            "Total number of messages received from publishers",
+            m.published.get(),
+        ),
+        (
+            "rabbitmq_global_messages_received_confirm_total",
+            "counter",
+            "Total number of messages received from publishers expecting confirmations",
+            m.received_confirm.get(),
+        ),
+        (
+            "rabbitmq_global_messages_routed_total",
+            "counter",
+            "Total number of messages routed to queues or streams",
+            m.published.get().saturating_sub(unroutable),
+        ),
+        (
+            "rabbitmq_global_messages_unroutable_dropped_total",
+            "counter",
+            "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+            unroutable.saturating_sub(returned),
+        ),
+        (
+            "rabbitmq_global_messages_unroutable_returned_total",
+            "counter",
+            "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+            returned,
+        ),
+        (
+            "rabbitmq_global_messages_confirmed_total",
+            "counter",
+            "Total number of messages confirmed to publishers",
+            m.confirmed.get(),
+        ),
+        (
+            "rabbitmq_global_publishers",
+            "gauge",
+            "Current number of publishers",
+            m.publishers.get(),
+        ),
+        (
+            "rabbitmq_global_consumers",
+            "gauge",
+            "Current number of consumers",
+            consumers,
+        ),
+    ];
+    for (name, kind, help, value) in per_protocol {
+        p.family(name, kind, help);
+        p.sample(name, &[AMQP], value);
+    }
+    let per_queue_type: [(&str, &str, u64); 8] = [
+        (
+            "rabbitmq_global_messages_delivered_total",
+            "Total number of messages delivered to consumers",
+            m.delivered.get(),
+        ),
+        (
+            "rabbitmq_global_messages_delivered_consume_auto_ack_total",
+            "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
+            m.delivered_consume_auto_ack.get(),
+        ),
+        (
+            "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+            "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
+            m.delivered_consume_manual_ack.get(),
+        ),
+        (
+            "rabbitmq_global_messages_delivered_get_auto_ack_total",
+            "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
+            m.delivered_get_auto_ack.get(),
+        ),
+        (
+            "rabbitmq_global_messages_delivered_get_manual_ack_total",
+            "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
+            m.delivered_get_manual_ack.get(),
+        ),
+        (
+            "rabbitmq_global_messages_get_empty_total",
+            "Total number of times basic.get operations fetched no message",
+            m.get_empty.get(),
+        ),
+        (
+            "rabbitmq_global_messages_redelivered_total",
+            "Total number of messages redelivered to consumers",
+            m.redelivered.get(),
+        ),
+        (
+            "rabbitmq_global_messages_acknowledged_total",
+            "Total number of messages acknowledged by consumers",
+            m.acked.get(),
+        ),
+    ];
+    for (name, help, value) in per_queue_type {
+        p.family(name, "counter", help);
+        p.sample(name, &[AMQP, CLASSIC], value);
+    }
+    p.histogram_with(
+        "rabbitmq_message_size_bytes",
+        "Size of messages received from publishers",
+        &[AMQP],
+        &m.message_size.snapshot(),
+        erlang_float,
+    );
+}
+
+/// A bucket bound as the Erlang Prometheus client writes it (`100.0`,
+/// `1e+06`), which RabbitMQ's dashboards select by (`le="1e+06"`).
+fn erlang_float(x: f64) -> String {
+    if x.abs() < 1e6 {
+        return format!("{x:.1}");
+    }
+    let exponent = x.abs().log10().floor() as i32;
+    let mantissa = x / 10f64.powi(exponent);
+    format!("{mantissa}e+{exponent:02}")
+}
+
+/// Total memory of the machine (Linux; 0 elsewhere).
+fn memory_total() -> u64 {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return 0;
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// File descriptors open now (Linux; 0 elsewhere).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// The soft limit on open files (Linux; 0 elsewhere).
+fn max_fds() -> u64 {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return 0;
+    };
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_bounds_are_written_as_rabbitmqs_dashboards_select_them() {
+        let written: Vec<String> = antre_broker::metrics::SIZE_BUCKETS
+            .iter()
+            .map(|b| erlang_float(*b as f64))
+            .collect();
+        assert_eq!(
+            written,
+            ["100.0", "1000.0", "10000.0", "100000.0", "1e+06", "1e+07", "5e+07", "1e+08"]
+        );
+    }
+
+    #[test]
+    fn process_numbers_come_from_proc() {
+        assert!(memory_total() > 0);
+        assert!(open_fds() > 0);
+        assert!(max_fds() >= open_fds() as u64);
+    }
+}

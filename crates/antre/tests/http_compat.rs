@@ -1,0 +1,316 @@
+//! The management API takes what RabbitMQ's takes: the bodies rabbitmqadmin
+//! and pyrabbit2 send (booleans and numbers as strings, `arguments: []`),
+//! RabbitMQ's listing parameters (sort, pages, name regex), and the
+//! endpoints whose concept antre has with nothing in them (parameters,
+//! limits). The shapes here were checked against RabbitMQ 3.10.
+
+mod common;
+
+use common::TestBroker;
+use serde_json::{json, Value};
+
+/// Regression: rabbitmqadmin's `declare queue` and `declare exchange` send
+/// every boolean as a string and failed with `invalid type: string
+/// "false", expected a boolean`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmqadmin_bodies_with_string_booleans_declare() {
+    let b = TestBroker::start().await;
+    let (status, body) = b
+        .api(
+            "PUT",
+            "/api/queues/%2F/from-admin",
+            Some(json!({
+                "name": "from-admin", "vhost": "/", "auto_delete": "false",
+                "durable": "false", "arguments": {}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, q) = b.api("GET", "/api/queues/%2F/from-admin", None).await;
+    assert_eq!(q["durable"], false, "\"false\" means false: {q}");
+    let (status, body) = b
+        .api(
+            "PUT",
+            "/api/exchanges/%2F/admin-x",
+            Some(json!({
+                "name": "admin-x", "vhost": "/", "type": "topic", "auto_delete": "false",
+                "durable": "true", "internal": "false", "arguments": {}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, x) = b.api("GET", "/api/exchanges/%2F/admin-x", None).await;
+    assert_eq!(
+        (x["durable"].clone(), x["internal"].clone()),
+        (json!(true), json!(false))
+    );
+
+    // What RabbitMQ refuses stays refused.
+    let (status, body) = b
+        .api(
+            "PUT",
+            "/api/queues/%2F/bad",
+            Some(json!({ "durable": "yes" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("true or false"),
+        "{body}"
+    );
+}
+
+/// Regression: rabbitmqadmin's `get` sends `"count": "1"` and failed with
+/// `invalid type: string "1", expected usize`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmqadmin_get_with_a_string_count_gets() {
+    let b = TestBroker::start().await;
+    b.api("PUT", "/api/queues/%2F/inbox", None).await;
+    for n in ["one", "two", "three"] {
+        b.api(
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(json!({
+                "routing_key": "inbox", "payload": n, "payload_encoding": "string",
+                "properties": { "delivery_mode": "2" }, "vhost": "/", "exchange": "amq.default"
+            })),
+        )
+        .await;
+    }
+    let (status, got) = b
+        .api(
+            "POST",
+            "/api/queues/%2F/inbox/get",
+            Some(json!({
+                "count": "2", "ackmode": "ack_requeue_false", "encoding": "auto",
+                "truncate": "50000", "vhost": "/", "queue": "inbox"
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got.as_array().unwrap().len(), 2, "{got}");
+    assert_eq!(got[0]["payload"], "one");
+    assert_eq!(
+        got[0]["properties"]["delivery_mode"], 2,
+        "a string delivery_mode is the number"
+    );
+
+    // pyrabbit2 sends `requeue` beside `ackmode`; without ackmode it decides.
+    let (_, got) = b
+        .api(
+            "POST",
+            "/api/queues/%2F/inbox/get",
+            Some(json!({ "count": 1, "requeue": false, "encoding": "auto" })),
+        )
+        .await;
+    assert_eq!(got[0]["payload"], "three");
+    let (_, q) = b.api("GET", "/api/queues/%2F/inbox", None).await;
+    assert_eq!(q["messages"], 0, "requeue=false took it for good: {q}");
+}
+
+/// Regression: pyrabbit2's `create_exchange` and `create_binding` send
+/// `"arguments": []` (and a null routing key when none is given).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_argument_lists_are_empty_tables() {
+    let b = TestBroker::start().await;
+    let (status, body) = b
+        .api(
+            "PUT",
+            "/api/exchanges/%2F/py-x",
+            Some(json!({
+                "type": "direct", "auto_delete": false, "durable": true,
+                "internal": false, "arguments": []
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = b
+        .api(
+            "PUT",
+            "/api/queues/%2F/py-q",
+            Some(json!({ "durable": true, "arguments": [] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = b
+        .api(
+            "POST",
+            "/api/bindings/%2F/e/py-x/q/py-q",
+            Some(json!({ "routing_key": "k", "arguments": [] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = b
+        .api(
+            "POST",
+            "/api/bindings/%2F/e/py-x/q/py-q",
+            Some(json!({ "routing_key": null, "arguments": [] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, bindings) = b.api("GET", "/api/bindings/%2F/e/py-x/q/py-q", None).await;
+    let mut keys: Vec<&str> = bindings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["routing_key"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["", "k"], "{bindings}");
+    let (status, _) = b
+        .api(
+            "PUT",
+            "/api/queues/%2F/bad-args",
+            Some(json!({ "arguments": ["x-max-length", 1] })),
+        )
+        .await;
+    assert_eq!(status, 400, "a non-empty list is not a table");
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a list: {v}"))
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_sort_filter_and_page_as_rabbitmq_does() {
+    let b = TestBroker::start().await;
+    for (name, depth) in [("orders", 3), ("audit", 1), ("Outbox", 2), ("mail", 0)] {
+        b.api("PUT", &format!("/api/queues/%2F/{name}"), None).await;
+        for _ in 0..depth {
+            b.api(
+                "POST",
+                "/api/exchanges/%2F/amq.default/publish",
+                Some(json!({ "routing_key": name, "payload": "x" })),
+            )
+            .await;
+        }
+    }
+    let (_, sorted) = b
+        .api("GET", "/api/queues?sort=messages&sort_reverse=true", None)
+        .await;
+    assert_eq!(names(&sorted), ["orders", "Outbox", "audit", "mail"]);
+    let (_, by_name) = b.api("GET", "/api/queues/%2F?sort=name", None).await;
+    assert_eq!(names(&by_name), ["Outbox", "audit", "mail", "orders"]);
+
+    let (status, page) = b
+        .api("GET", "/api/queues?page=2&page_size=3&sort=name", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        page,
+        json!({
+            "filtered_count": 4, "item_count": 1, "items": [page["items"][0].clone()],
+            "page": 2, "page_count": 2, "page_size": 3, "total_count": 4
+        })
+    );
+    assert_eq!(page["items"][0]["name"], "orders");
+
+    let (_, matched) = b
+        .api(
+            "GET",
+            "/api/queues?page=1&name=%5Eo&use_regex=true&columns=name,messages",
+            None,
+        )
+        .await;
+    assert_eq!(matched["filtered_count"], 2, "{matched}");
+    assert_eq!(matched["total_count"], 4);
+    assert_eq!(
+        matched["items"],
+        json!([{ "name": "Outbox", "messages": 2 }, { "name": "orders", "messages": 3 }])
+    );
+    let (_, substring) = b.api("GET", "/api/queues?name=OUT", None).await;
+    assert_eq!(names(&substring), ["Outbox"], "substring, ignoring case");
+
+    for (path, error) in [
+        ("/api/exchanges?page=0", "invalid_pagination_parameters"),
+        (
+            "/api/exchanges?page=1&page_size=501",
+            "invalid_pagination_parameters",
+        ),
+        ("/api/exchanges?page=x", "bad_request"),
+        ("/api/exchanges?page=9", "page_out_of_range"),
+    ] {
+        let (status, body) = b.api("GET", path, None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(error)),
+            "{path}: {body}"
+        );
+    }
+    for path in [
+        "/api/vhosts?page=1",
+        "/api/connections?page=1",
+        "/api/channels?page=1",
+    ] {
+        let (status, body) = b.api("GET", path, None).await;
+        assert_eq!(status, 200);
+        assert!(body["items"].is_array(), "{path} pages: {body}");
+    }
+    let (_, bindings) = b.api("GET", "/api/bindings?page=1", None).await;
+    assert!(
+        bindings.is_array(),
+        "bindings are not paged, as in RabbitMQ"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_and_limits_are_empty_with_rabbitmqs_shapes() {
+    let b = TestBroker::start().await;
+    for path in [
+        "/api/parameters",
+        "/api/parameters/shovel",
+        "/api/parameters/federation-upstream/%2F",
+        "/api/global-parameters",
+        "/api/vhost-limits",
+        "/api/vhost-limits/%2F",
+        "/api/user-limits",
+        "/api/user-limits/guest",
+        "/api/extensions",
+    ] {
+        let (status, body) = b.api("GET", path, None).await;
+        assert_eq!((status, body), (200, json!([])), "{path}");
+    }
+    for path in [
+        "/api/parameters/shovel/nowhere",
+        "/api/parameters/shovel/%2F/s",
+        "/api/global-parameters/cluster_name",
+        "/api/vhost-limits/nowhere",
+        "/api/user-limits/nobody",
+    ] {
+        let (status, _) = b.api("GET", path, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, body) = b
+        .api(
+            "PUT",
+            "/api/parameters/shovel/%2F/s",
+            Some(json!({ "value": {} })),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("component shovel not found"),
+        "{body}"
+    );
+    let (status, _) = b
+        .api(
+            "PUT",
+            "/api/vhost-limits/%2F/max-queues",
+            Some(json!({ "value": 10 })),
+        )
+        .await;
+    assert_eq!(status, 400, "a limit antre would not enforce is refused");
+    let (status, body) = b.api("GET", "/api/cluster-name", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        body["name"].as_str().unwrap().starts_with("antre@"),
+        "{body}"
+    );
+}

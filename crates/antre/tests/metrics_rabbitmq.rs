@@ -1,0 +1,319 @@
+//! `/metrics` under the rabbitmq_prometheus plugin's names, so RabbitMQ's
+//! Grafana dashboards show antre's numbers: every series the
+//! "RabbitMQ-Overview" dashboard queries is served with the right value
+//! after known traffic, `/metrics/per-object` labels per queue and
+//! channel, and both pages pass the strict parser and `promtool check
+//! metrics` (skipped with a note when promtool is missing, except under CI),
+//! as does `/metrics/detailed`, which holds only the families asked for.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+
+use common::prometheus::{parse, Family};
+use common::{declare, publish_confirmed, within, TestBroker};
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+
+const DASHBOARD_METRICS: &str = include_str!("fixtures/rabbitmq-overview-dashboard-metrics.txt");
+
+fn sample_value(families: &HashMap<String, Family>, family: &str, sample: &str) -> f64 {
+    let f = families
+        .get(family)
+        .unwrap_or_else(|| panic!("no family {family}"));
+    f.samples
+        .iter()
+        .find(|s| s.name == sample)
+        .unwrap_or_else(|| panic!("no sample {sample}"))
+        .value
+}
+
+fn value(families: &HashMap<String, Family>, name: &str) -> f64 {
+    sample_value(families, name, name)
+}
+
+/// Known traffic: 3 confirmed publishes of 10 bytes, one unroutable
+/// mandatory publish, 2 manual-ack consumes, 1 auto-ack get, 1 empty get,
+/// a queue declared twice and another created and deleted. Returns what
+/// must stay open for the counts to hold (lapin closes dropped channels).
+async fn traffic(b: &TestBroker) -> (lapin::Connection, Vec<lapin::Channel>, lapin::Consumer) {
+    let conn = b.lapin().await;
+    let ch = common::confirm_channel(&conn).await;
+    declare(&ch, "work").await;
+    declare(&ch, "work").await;
+    declare(&ch, "scratch").await;
+    ch.queue_delete("scratch", QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        publish_confirmed(&ch, "", "work", b"0123456789").await;
+    }
+    let returned = ch
+        .basic_publish(
+            "",
+            "nowhere",
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"lost",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    within("confirm", returned).await.unwrap();
+    let got = ch
+        .basic_get("work", BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(got.is_some());
+    let consumer_ch = conn.create_channel().await.unwrap();
+    let mut consumer = consumer_ch
+        .basic_consume(
+            "work",
+            "c",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let d = within("delivery", consumer.next()).await.unwrap().unwrap();
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let empty = consumer_ch
+        .basic_get("work", BasicGetOptions::default())
+        .await
+        .unwrap();
+    assert!(empty.is_none());
+    (conn, vec![ch, consumer_ch], consumer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_series_the_rabbitmq_overview_dashboard_reads_is_served() {
+    let b = TestBroker::start().await;
+    let _open = traffic(&b).await;
+    let (status, kind, text) = b.http_text("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("text/plain"), "{kind}");
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let served: Vec<&str> = families
+        .values()
+        .flat_map(|f| f.samples.iter().map(|s| s.name.as_str()))
+        .collect();
+    let wanted: Vec<&str> = DASHBOARD_METRICS
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert!(
+        wanted.len() >= 40,
+        "the fixture lists the dashboard's series"
+    );
+    let missing: Vec<&&str> = wanted.iter().filter(|n| !served.contains(n)).collect();
+    assert!(missing.is_empty(), "not served: {missing:?}");
+
+    let identity = &families["rabbitmq_identity_info"].samples[0];
+    for label in ["rabbitmq_node", "rabbitmq_cluster", "rabbitmq_endpoint"] {
+        assert!(identity.labels.contains_key(label), "{identity:?}");
+    }
+    assert_eq!(identity.labels["rabbitmq_endpoint"], "metrics");
+
+    for (name, expected) in [
+        ("rabbitmq_global_messages_received_total", 4.0),
+        ("rabbitmq_global_messages_received_confirm_total", 4.0),
+        ("rabbitmq_global_messages_routed_total", 3.0),
+        ("rabbitmq_global_messages_unroutable_returned_total", 1.0),
+        ("rabbitmq_global_messages_unroutable_dropped_total", 0.0),
+        ("rabbitmq_global_messages_delivered_total", 3.0),
+        (
+            "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+            2.0,
+        ),
+        (
+            "rabbitmq_global_messages_delivered_consume_auto_ack_total",
+            0.0,
+        ),
+        ("rabbitmq_global_messages_delivered_get_auto_ack_total", 1.0),
+        (
+            "rabbitmq_global_messages_delivered_get_manual_ack_total",
+            0.0,
+        ),
+        ("rabbitmq_global_messages_get_empty_total", 1.0),
+        ("rabbitmq_global_messages_acknowledged_total", 2.0),
+        ("rabbitmq_global_publishers", 1.0),
+        ("rabbitmq_global_consumers", 1.0),
+        ("rabbitmq_connections", 1.0),
+        ("rabbitmq_connections_opened_total", 1.0),
+        ("rabbitmq_channels", 2.0),
+        ("rabbitmq_channels_opened_total", 2.0),
+        ("rabbitmq_channels_closed_total", 0.0),
+        ("rabbitmq_queues", 1.0),
+        ("rabbitmq_queues_declared_total", 3.0),
+        ("rabbitmq_queues_created_total", 2.0),
+        ("rabbitmq_queues_deleted_total", 1.0),
+        ("rabbitmq_queue_messages_ready", 0.0),
+        ("rabbitmq_message_size_bytes_count", 4.0),
+        ("rabbitmq_message_size_bytes_sum", 34.0),
+    ] {
+        let family = name
+            .strip_suffix("_count")
+            .or_else(|| name.strip_suffix("_sum"))
+            .filter(|f| families.contains_key(*f))
+            .unwrap_or(name);
+        assert_eq!(sample_value(&families, family, name), expected, "{name}");
+    }
+    let size = &families["rabbitmq_message_size_bytes"];
+    let le_100 = size
+        .samples
+        .iter()
+        .find(|s| s.labels.get("le").map(String::as_str) == Some("100.0"))
+        .expect("the dashboard's le=\"100.0\" bucket");
+    assert_eq!(le_100.value, 4.0);
+    assert!(size
+        .samples
+        .iter()
+        .any(|s| s.labels.get("le").map(String::as_str) == Some("1e+06")));
+    assert!(value(&families, "rabbitmq_process_open_fds") > 0.0);
+    assert!(value(&families, "rabbitmq_resident_memory_limit_bytes") > 0.0);
+    assert!(
+        families.contains_key("antre_messages_published_total"),
+        "antre's own names stay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_object_metrics_label_queues_and_channels() {
+    let b = TestBroker::start().await;
+    let (conn, _channels, _consumer) = traffic(&b).await;
+    let (status, _, text) = b.http_text("/metrics/per-object").await;
+    assert_eq!(status, 200);
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        families["rabbitmq_identity_info"].samples[0].labels["rabbitmq_endpoint"],
+        "per-object"
+    );
+    let depth = &families["rabbitmq_queue_messages"].samples;
+    assert_eq!(depth.len(), 1, "{depth:?}");
+    assert_eq!(depth[0].labels["vhost"], "/");
+    assert_eq!(depth[0].labels["queue"], "work");
+    let consumers = &families["rabbitmq_channel_consumers"].samples;
+    assert_eq!(consumers.len(), 2, "one series per channel: {consumers:?}");
+    assert_eq!(consumers.iter().map(|s| s.value).sum::<f64>(), 1.0);
+    assert!(consumers[0].labels["channel"].ends_with(" (1)"));
+    let incoming = &families["rabbitmq_connection_incoming_bytes_total"].samples;
+    assert_eq!(incoming.len(), 1);
+    assert!(incoming[0].value > 0.0);
+
+    conn.close(200, "bye").await.unwrap();
+    within("the connection to go", async {
+        while !b.server.registry.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let (_, _, text) = b.http_text("/metrics").await;
+    let families = parse(&text).unwrap();
+    assert_eq!(value(&families, "rabbitmq_connections_closed_total"), 1.0);
+    assert_eq!(value(&families, "rabbitmq_channels_closed_total"), 2.0);
+    assert_eq!(value(&families, "rabbitmq_global_publishers"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detailed_metrics_hold_only_the_requested_families() {
+    let b = TestBroker::start().await;
+    let _open = traffic(&b).await;
+    b.api("PUT", "/api/vhosts/other", None).await;
+    b.api("PUT", "/api/queues/other/elsewhere", None).await;
+    let (status, _, text) = b
+        .http_text(
+            "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count\
+             &family=queue_metrics&family=channel_metrics&vhost=%2F",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        families["rabbitmq_identity_info"].samples[0].labels["rabbitmq_endpoint"],
+        "detailed"
+    );
+    let depth = &families["rabbitmq_detailed_queue_messages"].samples;
+    assert_eq!(depth.len(), 1, "only vhost /: {depth:?}");
+    assert_eq!(depth[0].labels["queue"], "work");
+    assert!(families.contains_key("rabbitmq_detailed_queue_consumers"));
+    assert!(families.contains_key("rabbitmq_detailed_queue_messages_ready_bytes"));
+    assert_eq!(
+        families["rabbitmq_detailed_channel_consumers"]
+            .samples
+            .len(),
+        2
+    );
+    for absent in [
+        "rabbitmq_connections",
+        "rabbitmq_queue_messages",
+        "rabbitmq_detailed_connection_incoming_bytes_total",
+        "antre_messages_published_total",
+    ] {
+        assert!(!families.contains_key(absent), "{absent} was not asked for");
+    }
+}
+
+fn promtool() -> Option<String> {
+    if let Ok(path) = std::env::var("PROMTOOL") {
+        return Some(path);
+    }
+    let found = std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .any(|dir| std::path::Path::new(dir).join("promtool").is_file());
+    found.then(|| "promtool".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_every_page() {
+    let Some(promtool) = promtool() else {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+            "CI=true but promtool is missing: .ci/run installs it"
+        );
+        eprintln!("skipping: promtool is not installed (.ci/run installs it)");
+        return;
+    };
+    let b = TestBroker::start().await;
+    let _open = traffic(&b).await;
+    for path in [
+        "/metrics",
+        "/metrics/per-object",
+        "/metrics/detailed?family=queue_coarse_metrics&family=queue_metrics&family=connection_coarse_metrics",
+    ] {
+        let (_, _, text) = b.http_text(path).await;
+        let promtool = promtool.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run promtool");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write to promtool");
+            child.wait_with_output().expect("promtool output")
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics {path}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
