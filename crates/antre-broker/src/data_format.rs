@@ -15,7 +15,14 @@ use std::path::Path;
 use crate::error::BrokerError;
 
 /// The data format this build writes.
-pub const CURRENT: u32 = 1;
+///
+/// - 1: `definitions.json` rewritten whole on every change.
+/// - 2: `definitions.json` is a snapshot, and changes since it are logged
+///   in the vhost's `definitions-log/` store. A version-1 directory is a
+///   version-2 one with an empty log, so the migration only records the
+///   new number; a version-1 antre must not open a version-2 directory,
+///   since it would not see the logged changes.
+pub const CURRENT: u32 = 2;
 
 /// The file, in the data directory, that names its format version.
 pub const FILE: &str = "format";
@@ -48,9 +55,9 @@ pub fn check(data_dir: &Path) -> Result<u32, BrokerError> {
             data_dir.display()
         )));
     }
-    // Older versions would be migrated here, one version at a time. Version
-    // 1 is the first, so there is nothing to migrate yet.
-    if recorded.is_none() {
+    // Older versions are migrated here, one version at a time. From 1 to 2
+    // nothing on disk changes (see CURRENT).
+    if recorded.is_none() || found < CURRENT {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| BrokerError::Internal(format!("creating {}: {e}", data_dir.display())))?;
         antre_store::definitions::write_atomic(&path, format!("{PREFIX}{CURRENT}\n").as_bytes())
@@ -83,28 +90,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         assert_eq!(check(&data).unwrap(), CURRENT);
-        assert_eq!(recorded(&data), "antre data format 1\n");
+        assert_eq!(recorded(&data), format!("antre data format {CURRENT}\n"));
         assert_eq!(check(&data).unwrap(), CURRENT, "and reads it back");
     }
 
     #[test]
-    fn a_directory_from_before_the_format_file_is_version_1() {
+    fn a_directory_from_before_the_format_file_is_version_1_and_migrated() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("vhosts")).unwrap();
         assert_eq!(check(dir.path()).unwrap(), 1);
-        assert_eq!(recorded(dir.path()), "antre data format 1\n");
+        assert_eq!(
+            recorded(dir.path()),
+            format!("antre data format {CURRENT}\n")
+        );
+    }
+
+    #[test]
+    fn a_version_1_directory_is_migrated_to_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), "antre data format 1\n").unwrap();
+        assert_eq!(check(dir.path()).unwrap(), 1);
+        assert_eq!(
+            recorded(dir.path()),
+            format!("antre data format {CURRENT}\n")
+        );
     }
 
     #[test]
     fn a_newer_version_is_refused_naming_both_versions() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FILE), "antre data format 2\n").unwrap();
+        let newer = format!("antre data format {}\n", CURRENT + 1);
+        std::fs::write(dir.path().join(FILE), &newer).unwrap();
         let err = check(dir.path()).unwrap_err().to_string();
         assert!(
-            err.contains("has data format 2") && err.contains("reads data format 1"),
+            err.contains(&format!("has data format {}", CURRENT + 1))
+                && err.contains(&format!("reads data format {CURRENT}")),
             "{err}"
         );
-        assert_eq!(recorded(dir.path()), "antre data format 2\n", "left alone");
+        assert_eq!(recorded(dir.path()), newer, "left alone");
     }
 
     #[test]
