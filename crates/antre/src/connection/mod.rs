@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use antre_amqp::reply;
 use antre_broker::session::{
-    Effect, EventSink, OpenedConnection, Peer, Session, SessionConfig, SessionEvent, SessionState,
+    Effect, EventSink, ExternalIdentity, OpenedConnection, Peer, Session, SessionConfig,
+    SessionEvent, SessionState,
 };
 use antre_broker::Broker;
 use bytes::BytesMut;
@@ -102,6 +103,7 @@ impl Connection {
             Peer {
                 loopback: peer.ip().to_canonical().is_loopback(),
                 label: peer.to_string(),
+                external: ExternalIdentity::Unavailable,
             },
             Arc::new(Events(events_tx)),
             Instant::now().into_std(),
