@@ -451,6 +451,21 @@ impl Broker {
         Ok(())
     }
 
+    /// Checks a login whose identity was established outside AMQP (SASL
+    /// EXTERNAL: a verified TLS client certificate names the user). The
+    /// user must exist; there is no password to check. The loopback rule
+    /// still applies, as in RabbitMQ.
+    pub fn authenticate_external(&self, name: &str, from_loopback: bool) -> Result<(), LoginError> {
+        let users = self.users.read();
+        let user = users
+            .get(name)
+            .ok_or_else(|| LoginError::InvalidCredentials(name.to_owned()))?;
+        if user.loopback_only && !from_loopback {
+            return Err(LoginError::LoopbackOnly(name.to_owned()));
+        }
+        Ok(())
+    }
+
     /// A fresh id for a connection or a consumer.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
