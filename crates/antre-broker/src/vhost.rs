@@ -631,7 +631,11 @@ impl Vhost {
         self.save(&mut topo)
     }
 
-    /// queue.unbind / exchange.unbind. A missing binding is not an error.
+    /// queue.unbind / exchange.unbind. Idempotent, as in RabbitMQ: a missing
+    /// binding, queue, source or destination exchange is not an error
+    /// (clients unbind in teardown, after auto-delete has removed things);
+    /// the default exchange and another connection's exclusive queue still
+    /// are.
     pub fn unbind(
         &self,
         source: &str,
@@ -641,9 +645,12 @@ impl Vhost {
         conn: ConnectionId,
     ) -> Result<(), BrokerError> {
         let mut topo = self.topology.write();
-        self.check_binding_ends(&topo, source, &destination, conn)?;
+        match self.check_binding_ends(&topo, source, &destination, conn) {
+            Err(BrokerError::NotFound(_)) => return Ok(()),
+            other => other?,
+        }
         let Some(ex) = topo.exchanges.get_mut(source) else {
-            return Err(self.no_exchange(source));
+            return Ok(());
         };
         let before = ex.bindings.len();
         ex.bindings.retain(|b| {
