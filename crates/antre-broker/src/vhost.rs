@@ -538,7 +538,9 @@ impl Vhost {
                 queue_ref(&self.name, name)
             )));
         }
-        if if_empty && counts.ready + counts.unacked > 0 {
+        // RabbitMQ looks at ready messages only: a queue whose messages
+        // are all out for delivery counts as empty.
+        if if_empty && counts.ready > 0 {
             return Err(BrokerError::PreconditionFailed(format!(
                 "{} not empty",
                 queue_ref(&self.name, name)
