@@ -437,7 +437,9 @@ impl Vhost {
                 return Err(err("durable", &d.durable, &o.durable));
             }
             if o.exclusive_owner.is_some() != d.exclusive {
-                return Err(err("exclusive", &d.exclusive, &o.exclusive_owner.is_some()));
+                // RabbitMQ treats a differing exclusive flag as a lock
+                // conflict, not as an inequivalent argument.
+                return Err(locked(q));
             }
             if o.auto_delete != d.auto_delete {
                 return Err(err("auto_delete", &d.auto_delete, &o.auto_delete));
@@ -1171,12 +1173,18 @@ fn remove_orphan_queue_dirs(queues_dir: &Path, kept: &HashSet<String>) {
 
 fn check_exclusive(q: &Queue, conn: ConnectionId) -> Result<(), BrokerError> {
     match q.options.exclusive_owner {
-        Some(owner) if owner != conn => Err(BrokerError::ResourceLocked(format!(
-            "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-            queue_ref(&q.vhost, &q.name)
-        ))),
+        Some(owner) if owner != conn => Err(locked(q)),
         _ => Ok(()),
     }
+}
+
+/// RabbitMQ's 405 for another connection's exclusive queue, and for a
+/// redeclare whose exclusive flag differs from the queue's.
+fn locked(q: &Queue) -> BrokerError {
+    BrokerError::ResourceLocked(format!(
+        "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+        queue_ref(&q.vhost, &q.name)
+    ))
 }
 
 /// A server-generated name: `prefix` then 22 URL-safe base64 characters, the
