@@ -325,26 +325,30 @@ impl Vhost {
         d: ExchangeDeclaration,
         passive: bool,
     ) -> Result<(), BrokerError> {
+        // The default exchange cannot be declared, not even passively.
+        if d.name.is_empty() {
+            return Err(BrokerError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
         if passive {
             return match self.topology.read().exchanges.contains_key(&d.name) {
                 true => Ok(()),
                 false => Err(self.no_exchange(&d.name)),
             };
         }
-        if d.name.is_empty() {
-            return Err(BrokerError::AccessRefused(
-                "operation not permitted on the default exchange".into(),
-            ));
-        }
-        if reserved(&d.name) {
+        ExchangeType::parse(&d.kind, &d.arguments)?;
+        let mut topo = self.topology.write();
+        let existing = topo.exchanges.get(&d.name);
+        // amq.* names are reserved for new exchanges only: redeclaring a
+        // built-in one as it is succeeds, as in RabbitMQ.
+        if existing.is_none() && reserved(&d.name) {
             return Err(BrokerError::AccessRefused(format!(
                 "exchange name '{}' contains reserved prefix 'amq.*'",
                 d.name
             )));
         }
-        ExchangeType::parse(&d.kind, &d.arguments)?;
-        let mut topo = self.topology.write();
-        if let Some(ex) = topo.exchanges.get(&d.name) {
+        if let Some(ex) = existing {
             let err = |arg, got: &dyn std::fmt::Display, have: &dyn std::fmt::Display| {
                 inequivalent("exchange", arg, &self.name, &d.name, got, have)
             };
