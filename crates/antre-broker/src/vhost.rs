@@ -373,26 +373,24 @@ impl Vhost {
 
     /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), BrokerError> {
-        if name.is_empty() || reserved(name) {
+        if name.is_empty() {
+            return Err(BrokerError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        if reserved(name) {
             return Err(BrokerError::AccessRefused(format!(
-                "operation not permitted on {}",
-                if name.is_empty() {
-                    "the default exchange".to_owned()
-                } else {
-                    format!("exchange '{name}'")
-                }
+                "deletion of system {} not allowed",
+                exchange_ref(&self.name, name)
             )));
         }
         let mut topo = self.topology.write();
         let Some(ex) = topo.exchanges.get(name) else {
             return Ok(());
         };
-        let is_destination = topo.exchanges.values().any(|e| {
-            e.bindings
-                .iter()
-                .any(|b| b.destination == Destination::Exchange(name.to_owned()))
-        });
-        if if_unused && (!ex.bindings.is_empty() || is_destination) {
+        // In use means bound as a source, as in RabbitMQ: bindings that
+        // lead to it from other exchanges do not count.
+        if if_unused && !ex.bindings.is_empty() {
             return Err(BrokerError::PreconditionFailed(format!(
                 "{} in use",
                 exchange_ref(&self.name, name)

@@ -38,6 +38,13 @@ impl ExchangeKind {
             "fanout" => ExchangeKind::Fanout,
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
+            // RabbitMQ's two wordings: no type at all is invalid, a type
+            // it has no module for is unknown.
+            "" => {
+                return Err(BrokerError::CommandInvalid(
+                    "invalid exchange type ''".into(),
+                ))
+            }
             other => {
                 return Err(BrokerError::CommandInvalid(format!(
                     "unknown exchange type '{other}'"
