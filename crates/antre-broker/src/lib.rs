@@ -22,6 +22,7 @@ pub mod channel;
 pub mod clock;
 pub mod definitions;
 pub mod durable;
+mod equivalence;
 pub mod error;
 pub mod exchange;
 pub mod message;

@@ -20,6 +20,7 @@ use crate::definitions::{
     json_to_table, table_to_json, BindingDef, ExchangeDef, QueueDef, VhostDefinitions,
 };
 use crate::durable::{Durable, OwnsStore};
+use crate::equivalence;
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::dedup::DedupCache;
 use crate::exchange::delayed::DelayedMessages;
@@ -134,16 +135,6 @@ fn inequivalent(
     BrokerError::PreconditionFailed(format!(
         "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received '{got}' but current is '{have}'"
     ))
-}
-
-/// Declaration arguments that must match on redeclare: RabbitMQ compares the
-/// `x-` arguments it knows, ignoring others; antre compares all `x-` ones,
-/// by value (a recovered queue's I64 10 equals a client's I32 10).
-fn x_arguments(args: &FieldTable) -> FieldTable {
-    args.iter()
-        .filter(|(k, _)| k.starts_with("x-"))
-        .map(|(k, v)| (k, v.clone()))
-        .collect()
 }
 
 impl Vhost {
@@ -364,7 +355,11 @@ impl Vhost {
             if ex.internal != d.internal {
                 return Err(err("internal", &d.internal, &ex.internal));
             }
-            return Ok(());
+            return equivalence::check_exchange_args(
+                &exchange_ref(&self.name, &d.name),
+                &ex.arguments,
+                &d.arguments,
+            );
         }
         let ex = build_exchange(&self.name, self.storage.as_ref(), d, true)?;
         topo.exchanges.insert(ex.name.clone(), ex);
@@ -446,12 +441,11 @@ impl Vhost {
             if o.auto_delete != d.auto_delete {
                 return Err(err("auto_delete", &d.auto_delete, &o.auto_delete));
             }
-            if !tables_equal(&x_arguments(&o.arguments), &x_arguments(&d.arguments)) {
-                return Err(BrokerError::PreconditionFailed(format!(
-                    "inequivalent arguments for {}",
-                    queue_ref(&self.name, &name)
-                )));
-            }
+            equivalence::check_queue_args(
+                &queue_ref(&self.name, &name),
+                &o.arguments,
+                &d.arguments,
+            )?;
             let q = Arc::clone(q);
             drop(topo);
             q.touch();
