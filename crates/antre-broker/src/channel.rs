@@ -883,14 +883,7 @@ impl Channel {
     fn nack_publish(&mut self, seq: u64, out: &mut Vec<Outgoing>) {
         self.flush_confirms(out);
         if self.syncs_outstanding == 0 {
-            out.push(Outgoing::Method(
-                BasicNack {
-                    delivery_tag: seq,
-                    multiple: false,
-                    requeue: false,
-                }
-                .into(),
-            ));
+            out.push(Outgoing::Method(refused_publish(seq).into()));
             self.confirmed_up_to = self.confirmed_up_to.max(seq);
             return;
         }
@@ -916,14 +909,19 @@ impl Channel {
             return;
         };
         if !self.request_sync(tag) {
-            self.count_confirms(tag);
-            out.push(Outgoing::Method(
-                BasicAck {
-                    delivery_tag: tag,
-                    multiple: true,
-                }
-                .into(),
-            ));
+            let ack = self.ack_up_to(tag);
+            out.push(Outgoing::Method(ack.into()));
+        }
+    }
+
+    /// The basic.ack confirming every publish up to `tag`: multiple only
+    /// when it covers more than one, as RabbitMQ sends them.
+    fn ack_up_to(&mut self, tag: u64) -> BasicAck {
+        let multiple = tag > self.confirmed_up_to + 1;
+        self.count_confirms(tag);
+        BasicAck {
+            delivery_tag: tag,
+            multiple,
         }
     }
 
@@ -973,14 +971,7 @@ impl Channel {
         if token != TX_COMMIT_TOKEN && token & NACK_TOKEN_FLAG != 0 {
             let seq = token & !NACK_TOKEN_FLAG;
             self.confirmed_up_to = self.confirmed_up_to.max(seq);
-            out.push(Outgoing::Method(
-                BasicNack {
-                    delivery_tag: seq,
-                    multiple: false,
-                    requeue: false,
-                }
-                .into(),
-            ));
+            out.push(Outgoing::Method(refused_publish(seq).into()));
             return Ok(());
         }
         if token == TX_COMMIT_TOKEN {
@@ -993,12 +984,7 @@ impl Channel {
             return Ok(());
         }
         let method: Method = if ok {
-            self.count_confirms(token);
-            BasicAck {
-                delivery_tag: token,
-                multiple: true,
-            }
-            .into()
+            self.ack_up_to(token).into()
         } else {
             BasicNack {
                 delivery_tag: token,
@@ -1043,6 +1029,17 @@ impl Channel {
             self.cancel(&tag);
         }
         self.requeue_all();
+    }
+}
+
+/// The basic.nack for a publish a queue refused (x-overflow=reject-publish),
+/// in RabbitMQ's form: multiple and requeue set. Every earlier publish is
+/// confirmed by the time it is sent, so multiple covers only this one.
+fn refused_publish(seq: u64) -> BasicNack {
+    BasicNack {
+        delivery_tag: seq,
+        multiple: true,
+        requeue: true,
     }
 }
 
