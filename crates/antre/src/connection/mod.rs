@@ -734,11 +734,14 @@ impl Connection {
     }
 
     fn open_channel(&mut self, id: u16) -> Result<(), Stop> {
-        if id > self.channel_max {
+        // channel_max limits how many channels are open at once, not their
+        // numbers: RabbitMQ opens channel 65535 under channel_max 2047.
+        let open = self.channels.len();
+        if self.channel_max != 0 && open >= usize::from(self.channel_max) {
             return Err(Stop::protocol(
-                reply::CHANNEL_ERROR,
+                reply::NOT_ALLOWED,
                 format!(
-                    "CHANNEL_ERROR - channel {id} exceeds channel_max {}",
+                    "NOT_ALLOWED - number of channels opened ({open}) has reached the negotiated channel_max ({})",
                     self.channel_max
                 ),
             ));
