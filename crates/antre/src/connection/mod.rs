@@ -791,6 +791,17 @@ impl Connection {
                 method: Method::ConnectionCloseOk(_),
                 ..
             } => Err(Stop::Gone),
+            // A token refresh (OAuth clients send it before the old token
+            // expires). antre's users are password users, whose login
+            // nothing can expire, so there is no state to update: RabbitMQ's
+            // internal backend accepts the new secret the same way.
+            Frame::Method {
+                method: Method::ConnectionUpdateSecret(_),
+                ..
+            } => {
+                self.send_method(0, &ConnectionUpdateSecretOk {}.into());
+                Ok(())
+            }
             Frame::Method { method, .. } => {
                 let (class_id, method_id) = method.id();
                 Err(Stop::Close {
