@@ -552,12 +552,10 @@ impl Connection {
                     method: Method::ChannelOpen(_),
                     ..
                 } => self.open_channel(id),
-                Frame::Method { method, .. } => {
-                    Err(channel_error(id, &method, "expected 'channel.open'"))
-                }
+                Frame::Method { method, .. } => Err(channel_error(&method, "expected 'channel.open'")),
                 _ => Err(Stop::protocol(
-                    reply::CHANNEL_ERROR,
-                    format!("CHANNEL_ERROR - content frame on closed channel {id}"),
+                    reply::UNEXPECTED_FRAME,
+                    "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
                 )),
             };
         };
@@ -596,7 +594,6 @@ impl Connection {
                 match method {
                     Method::ChannelOpen(_) => {
                         return Err(channel_error(
-                            id,
                             &ChannelOpen::default().into(),
                             "second 'channel.open' seen",
                         ))
@@ -802,21 +799,13 @@ impl Connection {
                 self.send_method(0, &ConnectionUpdateSecretOk {}.into());
                 Ok(())
             }
-            Frame::Method { method, .. } => {
-                let (class_id, method_id) = method.id();
-                Err(Stop::Close {
-                    code: reply::COMMAND_INVALID,
-                    text: format!(
-                        "COMMAND_INVALID - unexpected method {} on channel 0",
-                        method.name()
-                    ),
-                    class_id,
-                    method_id,
-                })
-            }
+            Frame::Method { method, .. } => Err(channel_error(
+                &method,
+                "unexpected method in connection state running",
+            )),
             _ => Err(Stop::protocol(
-                reply::COMMAND_INVALID,
-                "COMMAND_INVALID - content frame on channel 0",
+                reply::UNEXPECTED_FRAME,
+                "UNEXPECTED_FRAME - content frame on channel 0",
             )),
         }
     }
@@ -863,11 +852,13 @@ fn encode_outgoing(channel: u16, out: &mut Vec<Outgoing>, frame_max: u32, wbuf: 
     }
 }
 
-fn channel_error(id: u16, method: &Method, why: &str) -> Stop {
+/// A 504 connection exception, worded as RabbitMQ words it (without the
+/// channel number: the client knows which channel it used).
+fn channel_error(method: &Method, why: &str) -> Stop {
     let (class_id, method_id) = method.id();
     Stop::Close {
         code: reply::CHANNEL_ERROR,
-        text: format!("CHANNEL_ERROR - {why} on channel {id}"),
+        text: format!("CHANNEL_ERROR - {why}"),
         class_id,
         method_id,
     }
