@@ -49,7 +49,22 @@ impl Connection {
                 "COMMAND_INVALID - expected connection.start-ok",
             ));
         };
-        let user = self.authenticate(&start_ok)?;
+        // A refused login is told only to clients that announce
+        // authentication_failure_close; RabbitMQ just closes the socket on
+        // older ones, which would not expect connection.close here.
+        let user = match self.authenticate(&start_ok) {
+            Err(Stop::Close {
+                code: reply::ACCESS_REFUSED,
+                ..
+            }) if !client_capability(
+                &start_ok.client_properties,
+                "authentication_failure_close",
+            ) =>
+            {
+                return Err(Stop::Gone)
+            }
+            other => other?,
+        };
         self.cancel_notify =
             client_capability(&start_ok.client_properties, "consumer_cancel_notify");
         self.blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
@@ -76,13 +91,11 @@ impl Connection {
             tune.frame_max
         };
         if frame_max < FRAME_MIN_SIZE || frame_max > self.config.frame_max {
-            return Err(Stop::protocol(
-                reply::NOT_ALLOWED,
-                format!(
-                    "NOT_ALLOWED - frame_max={frame_max} outside {FRAME_MIN_SIZE}..={}",
-                    self.config.frame_max
-                ),
-            ));
+            // RabbitMQ refuses a tune-ok out of bounds by closing the socket:
+            // the client has not opened the connection, so it is not owed a
+            // connection.close.
+            tracing::info!(peer = %self.peer, frame_max, "refusing frame_max outside {FRAME_MIN_SIZE}..={}", self.config.frame_max);
+            return Err(Stop::Gone);
         }
         self.frame_max = frame_max;
         self.channel_max = match tune.channel_max {
@@ -98,10 +111,13 @@ impl Connection {
             ));
         };
         let Some(vhost) = self.broker.vhost(&open.virtual_host) else {
-            return Err(Stop::protocol(
-                reply::NOT_ALLOWED,
-                format!("NOT_ALLOWED - vhost {} not found", open.virtual_host),
-            ));
+            let (class_id, method_id) = Method::ConnectionOpen(open.clone()).id();
+            return Err(Stop::Close {
+                code: reply::NOT_ALLOWED,
+                text: format!("NOT_ALLOWED - vhost {} not found", open.virtual_host),
+                class_id,
+                method_id,
+            });
         };
         self.ctx = Some(ChannelContext {
             broker: Arc::clone(&self.broker),
@@ -177,10 +193,10 @@ impl Connection {
             "PLAIN" => parse_plain(&start_ok.response).ok_or_else(refused)?,
             "AMQPLAIN" => parse_amqplain(&start_ok.response).ok_or_else(refused)?,
             other => {
-                return Err(Stop::protocol(
-                    reply::ACCESS_REFUSED,
-                    format!("ACCESS_REFUSED - unsupported authentication mechanism '{other}'"),
-                ))
+                // RabbitMQ closes the socket on a mechanism it did not offer,
+                // whatever the client's capabilities.
+                tracing::warn!(peer = %self.peer, "unsupported authentication mechanism '{other}'");
+                return Err(Stop::Gone);
             }
         };
         let loopback = self.peer.ip().to_canonical().is_loopback();
