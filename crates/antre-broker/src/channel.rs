@@ -417,13 +417,9 @@ impl Channel {
                 settles.clear();
                 out.push(Outgoing::Method(TxRollbackOk {}.into()));
             }
-            other => {
-                return Err(BrokerError::CommandInvalid(format!(
-                    "unexpected method {} on channel {}",
-                    other.name(),
-                    self.id
-                )))
-            }
+            // Server-to-client methods (and close-ok nobody asked for):
+            // RabbitMQ's wording.
+            _ => return Err(BrokerError::CommandInvalid("unimplemented method".into())),
         }
         Ok(())
     }

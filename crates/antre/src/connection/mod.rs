@@ -552,7 +552,9 @@ impl Connection {
                     method: Method::ChannelOpen(_),
                     ..
                 } => self.open_channel(id),
-                Frame::Method { method, .. } => Err(channel_error(&method, "expected 'channel.open'")),
+                Frame::Method { method, .. } => {
+                    Err(channel_error(&method, "expected 'channel.open'"))
+                }
                 _ => Err(Stop::protocol(
                     reply::UNEXPECTED_FRAME,
                     "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
@@ -605,7 +607,6 @@ impl Connection {
                         self.send_method(id, &ChannelCloseOk {}.into());
                         return Ok(());
                     }
-                    Method::ChannelCloseOk(_) => Ok(()),
                     Method::BasicPublish(publish) => {
                         self.has_published = true;
                         *content = Some(PendingContent {
@@ -784,10 +785,8 @@ impl Connection {
                 self.send_method(0, &ConnectionCloseOk {}.into());
                 Err(Stop::ClientClosed)
             }
-            Frame::Method {
-                method: Method::ConnectionCloseOk(_),
-                ..
-            } => Err(Stop::Gone),
+            // close-ok is only expected after the server's close, which
+            // await_close_ok handles.
             // A token refresh (OAuth clients send it before the old token
             // expires). antre's users are password users, whose login
             // nothing can expire, so there is no state to update: RabbitMQ's
