@@ -452,6 +452,16 @@ impl Channel {
                 "attempt to reuse consumer tag '{tag}'"
             )));
         }
+        let priority = match m.arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                BrokerError::PreconditionFailed(format!(
+                    "invalid arg 'x-priority' for {}: \"expected integer, got {}\"",
+                    crate::error::queue_ref(&self.ctx.vhost.name, &queue.name),
+                    crate::equivalence::type_name(v)
+                ))
+            })?,
+        };
         let id = self.ctx.broker.next_id();
         let credit = Credit::new(self.prefetch);
         // consume-ok must reach the client before the first delivery; the
@@ -483,6 +493,7 @@ impl Channel {
             credit,
             channel_credit: Arc::clone(&self.credit),
             sink: Arc::clone(&self.sink),
+            priority,
         };
         if let Err(e) = queue.add_consumer(spec) {
             self.consumers.remove(&tag);

@@ -565,7 +565,21 @@ impl Queue {
                 self.describe()
             )));
         }
-        st.consumers.push(spec);
+        // Consumers stay sorted by priority, highest first, each after the
+        // ones of its priority already there. A single active consumer is
+        // the first to arrive, whatever its priority.
+        let at = if self.args.single_active_consumer {
+            st.consumers.len()
+        } else {
+            st.consumers
+                .iter()
+                .position(|c| c.priority < spec.priority)
+                .unwrap_or(st.consumers.len())
+        };
+        if at <= st.next_consumer && at < st.consumers.len() {
+            st.next_consumer += 1;
+        }
+        st.consumers.insert(at, spec);
         st.had_consumer = true;
         st.last_used = now;
         self.dispatch(&mut st, now);
@@ -832,24 +846,45 @@ impl Queue {
         st.deleted = true;
     }
 
+    /// The consumer the next message goes to, its credit taken: the
+    /// highest priority with credit wins, round-robin among equals.
+    fn pick_consumer(&self, st: &mut QueueState) -> Option<usize> {
+        let n = if self.args.single_active_consumer {
+            1
+        } else {
+            st.consumers.len()
+        };
+        let mut first = 0;
+        while first < n {
+            let priority = st.consumers[first].priority;
+            let end = (first..n)
+                .find(|&i| st.consumers[i].priority != priority)
+                .unwrap_or(n);
+            let len = end - first;
+            let start = match st.next_consumer {
+                next if (first..end).contains(&next) => next - first,
+                _ => 0,
+            };
+            let found = (0..len)
+                .map(|i| first + (start + i) % len)
+                .find(|&i| st.consumers[i].try_take_credit());
+            if let Some(idx) = found {
+                st.next_consumer = idx + 1;
+                return Some(idx);
+            }
+            first = end;
+        }
+        None
+    }
+
     /// Delivers ready messages round-robin to consumers with credit (only to
     /// the first consumer, with a single active consumer). Expired messages
     /// met on the way are dead-lettered, never delivered.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, now: u64) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let n = if self.args.single_active_consumer {
-                1
-            } else {
-                st.consumers.len()
-            };
-            let start = st.next_consumer % n;
-            let Some(idx) = (0..n)
-                .map(|i| (start + i) % n)
-                .find(|&i| st.consumers[i].try_take_credit())
-            else {
+            let Some(idx) = self.pick_consumer(st) else {
                 return;
             };
-            st.next_consumer = (idx + 1) % n;
             self.expire(st, now);
             let entry = loop {
                 let Some(r) = st.ready.pop_front() else {
@@ -979,7 +1014,37 @@ pub(crate) mod tests {
             credit: Credit::new(prefetch),
             channel_credit: Credit::new(0),
             sink: Arc::clone(sink) as Arc<dyn DeliverySink>,
+            priority: 0,
         }
+    }
+
+    #[test]
+    fn higher_priority_consumers_are_served_first_while_they_have_credit() {
+        let q = queue();
+        let sinks: Vec<Arc<CollectSink>> = (0..3).map(|_| Arc::default()).collect();
+        let low = ConsumerSpec {
+            priority: -1,
+            ..consumer(1, 0, &sinks[0])
+        };
+        let high_a = ConsumerSpec {
+            priority: 5,
+            ..consumer(2, 2, &sinks[1])
+        };
+        let high_b = ConsumerSpec {
+            priority: 5,
+            ..consumer(3, 1, &sinks[2])
+        };
+        q.add_consumer(low).unwrap();
+        q.add_consumer(high_a).unwrap();
+        q.add_consumer(high_b).unwrap();
+        for i in 0..5 {
+            q.publish_ok(message(&i.to_string()));
+        }
+        // Round-robin between the two of priority 5 until their windows
+        // (2 and 1) are full; only then does the low one get messages.
+        assert_eq!(sinks[1].bodies(), ["0", "2"]);
+        assert_eq!(sinks[2].bodies(), ["1"]);
+        assert_eq!(sinks[0].bodies(), ["3", "4"]);
     }
 
     #[test]

@@ -152,6 +152,8 @@ impl Connection {
             "connection.blocked",
             "authentication_failure_close",
             "per_consumer_qos",
+            "consumer_priorities",
+            "direct_reply_to",
         ]
         .into_iter()
         .map(|c| (c, FieldValue::Bool(true)))
