@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use antre_amqp::FieldTable;
+use antre_amqp::{FieldTable, FieldValue};
 use antre_store::StoreOptions;
 use parking_lot::RwLock;
 use rand::Rng;
@@ -726,10 +726,12 @@ impl Vhost {
         let mut seen_exchanges: HashSet<&str> = HashSet::from([exchange]);
         let mut pending = vec![ex];
         while let Some(ex) = pending.pop() {
+            let mut matched = false;
             for b in &ex.bindings {
                 if !ex.matches(b, routing_key, headers) {
                     continue;
                 }
+                matched = true;
                 match &b.destination {
                     Destination::Queue(q) => {
                         if seen_queues.insert(q.as_str()) {
@@ -744,6 +746,19 @@ impl Vhost {
                                 pending.push(next);
                             }
                         }
+                    }
+                }
+            }
+            // What an exchange cannot route goes to its alternate exchange
+            // (RabbitMQ's `alternate-exchange` argument), with the same key.
+            let alternate = ex
+                .arguments
+                .get("alternate-exchange")
+                .and_then(FieldValue::as_str);
+            if let (false, Some(ae)) = (matched, alternate) {
+                if seen_exchanges.insert(ae) {
+                    if let Some(next) = topo.exchanges.get(ae) {
+                        pending.push(next);
                     }
                 }
             }

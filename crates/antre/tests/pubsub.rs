@@ -274,3 +274,46 @@ async fn predeclared_exchanges_exist() {
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_messages_go_to_the_alternate_exchange() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    exchange(&ch, "leftovers", ExchangeKind::Fanout).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("alternate-exchange"),
+        AMQPValue::LongString("leftovers".into()),
+    );
+    ch.exchange_declare(
+        "orders",
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
+    let routed = bound_queue(&ch, "orders", "paid", FieldTable::default()).await;
+    let unrouted = bound_queue(&ch, "leftovers", "", FieldTable::default()).await;
+
+    // Mandatory is satisfied by the alternate exchange: no return.
+    let confirm = ch
+        .basic_publish(
+            "orders",
+            "refunded",
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"r",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let confirmation = within("confirm", confirm).await.unwrap();
+    assert!(confirmation.take_message().is_none(), "not returned");
+    publish_confirmed(&ch, "orders", "paid", b"p").await;
+    assert_eq!(ready_count(&ch, &unrouted).await, 1);
+    assert_eq!(ready_count(&ch, &routed).await, 1, "routed messages stay");
+}
