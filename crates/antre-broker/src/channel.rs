@@ -92,6 +92,9 @@ pub struct ChannelContext {
     pub connection: ConnectionId,
     /// Largest message body accepted, in bytes.
     pub max_message_size: u64,
+    /// The user the connection logged in as: a published `user_id` must
+    /// name it.
+    pub user: String,
 }
 
 /// One open channel.
@@ -744,6 +747,15 @@ impl Channel {
         if m.immediate {
             return Err(BrokerError::NotImplemented("immediate=true".into()));
         }
+        if let Some(claimed) = &header.properties.user_id {
+            // RabbitMQ's validated user id: consumers may trust it.
+            if *claimed != self.ctx.user {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "user_id property set to '{claimed}' but authenticated user was '{}'",
+                    self.ctx.user
+                )));
+            }
+        }
         let mut header = header;
         if header.properties.reply_to.as_deref() == Some(REPLY_TO) {
             // The responder replies to this channel's own address.
@@ -1072,6 +1084,7 @@ mod tests {
             vhost: Arc::clone(&vhost),
             connection: 1,
             max_message_size: 1024,
+            user: "guest".into(),
         };
         let channel = Channel::new(1, ctx, Arc::clone(&sink) as Arc<dyn DeliverySink>);
         Fixture {
@@ -1342,6 +1355,35 @@ mod tests {
     }
 
     #[test]
+    fn a_user_id_must_name_the_logged_in_user() {
+        let mut f = fixture();
+        f.declare("q");
+        let publish = |f: &mut Fixture, user: &str| {
+            let header = ContentHeader {
+                class_id: 60,
+                body_size: 1,
+                properties: BasicProperties {
+                    user_id: Some(user.into()),
+                    ..Default::default()
+                },
+            };
+            let m = BasicPublish {
+                routing_key: "q".into(),
+                ..Default::default()
+            };
+            f.channel
+                .publish(m, header, Bytes::from_static(b"x"), &mut f.out)
+        };
+        assert!(publish(&mut f, "guest").is_ok());
+        let err = publish(&mut f, "mallory").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PRECONDITION_FAILED - user_id property set to 'mallory' but authenticated user was 'guest'"
+        );
+        assert_eq!(f.ready("q"), 1);
+    }
+
+    #[test]
     fn oversized_or_foreign_content_headers_are_refused() {
         let f = fixture();
         let big = ContentHeader {
@@ -1376,6 +1418,7 @@ mod tests {
             vhost,
             connection: 1,
             max_message_size: 1024,
+            user: "guest".into(),
         };
         let mut f = Fixture {
             vhost: Arc::clone(&ctx.vhost),

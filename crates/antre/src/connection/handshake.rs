@@ -124,6 +124,7 @@ impl Connection {
             vhost,
             connection: self.id,
             max_message_size: self.config.max_message_size,
+            user: user.clone(),
         });
         let entry = Arc::new(ConnectionEntry::new(
             self.id,
