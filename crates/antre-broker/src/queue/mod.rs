@@ -558,8 +558,11 @@ impl Queue {
         if st.deleted {
             return Err(BrokerError::NotFound(format!("no {}", self.describe())));
         }
-        if st.consumers.iter().any(|c| c.exclusive) || (spec.exclusive && !st.consumers.is_empty())
-        {
+        // A single-active-consumer queue already picks one consumer at a
+        // time, and RabbitMQ refuses exclusive consumers on it.
+        let exclusive_refused = spec.exclusive
+            && (!st.consumers.is_empty() || self.args.single_active_consumer);
+        if st.consumers.iter().any(|c| c.exclusive) || exclusive_refused {
             return Err(BrokerError::AccessRefused(format!(
                 "{} in exclusive use",
                 self.describe()
