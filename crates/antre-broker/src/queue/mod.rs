@@ -510,7 +510,10 @@ impl Queue {
         }
         let stored = entry.pos.is_some();
         st.insert_entry(entry, false);
-        self.dispatch(&mut st, now);
+        // Dispatch as of the millisecond before: a message whose TTL (0)
+        // ends the instant it arrives still goes to a consumer that can take
+        // it at once, as in RabbitMQ, and expires otherwise just below.
+        self.dispatch(&mut st, now.saturating_sub(1));
         self.enforce_limits(&mut st);
         self.expire(&mut st, now);
         Ok(Enqueued::Accepted { stored })
@@ -560,8 +563,8 @@ impl Queue {
         }
         // A single-active-consumer queue already picks one consumer at a
         // time, and RabbitMQ refuses exclusive consumers on it.
-        let exclusive_refused = spec.exclusive
-            && (!st.consumers.is_empty() || self.args.single_active_consumer);
+        let exclusive_refused =
+            spec.exclusive && (!st.consumers.is_empty() || self.args.single_active_consumer);
         if st.consumers.iter().any(|c| c.exclusive) || exclusive_refused {
             return Err(BrokerError::AccessRefused(format!(
                 "{} in exclusive use",
@@ -1284,6 +1287,18 @@ pub(crate) mod tests {
             q.take_dead_letters().is_empty(),
             "no dead-letter exchange: dropped"
         );
+    }
+
+    #[test]
+    fn a_ttl_zero_message_goes_to_a_waiting_consumer_or_expires() {
+        let clock = Arc::new(ManualClock::at(1_000_000));
+        let q = queue_with(&[("x-message-ttl", FieldValue::I32(0))], clock);
+        q.publish_ok(message("nobody"));
+        assert_eq!(q.counts().ready, 0, "expired at once without a consumer");
+        let sink = Arc::new(CollectSink::default());
+        q.add_consumer(consumer(1, 0, &sink)).unwrap();
+        q.publish_ok(message("caught"));
+        assert_eq!(sink.bodies(), ["caught"]);
     }
 
     #[test]
