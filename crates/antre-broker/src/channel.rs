@@ -19,7 +19,7 @@ use bytes::Bytes;
 use crate::broker::Broker;
 use crate::durable::{add_once, Durable};
 use crate::error::BrokerError;
-use crate::exchange::Destination;
+use crate::exchange::{sender_selected, Destination};
 use crate::message::Message;
 use crate::queue::{
     ConnectionId, ConsumerId, ConsumerSpec, Credit, Delivery, DeliverySink, Enqueued, Entry, Queue,
@@ -863,10 +863,18 @@ impl Channel {
             }
         }
         let headers = message.properties.headers.as_ref();
-        let queues = self
+        let mut queues = self
             .ctx
             .vhost
             .route(&message.exchange, &message.routing_key, headers)?;
+        for key in sender_selected::extra_keys(headers) {
+            for q in self.ctx.vhost.route(&message.exchange, &key, headers)? {
+                if !queues.iter().any(|seen| Arc::ptr_eq(seen, &q)) {
+                    queues.push(q);
+                }
+            }
+        }
+        let message = sender_selected::without_bcc(message);
         if queues.is_empty() {
             self.ctx.broker.metrics.unroutable.inc();
             if mandatory {

@@ -6,6 +6,7 @@
 pub mod dedup;
 pub mod delayed;
 pub mod headers;
+pub(crate) mod sender_selected;
 pub mod topic;
 
 use std::sync::Arc;
