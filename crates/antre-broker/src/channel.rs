@@ -729,7 +729,33 @@ impl Channel {
         if !requeue {
             return Err(BrokerError::NotImplemented("requeue=false".into()));
         }
-        self.requeue_all();
+        // Deliveries a transaction has acked (or rejected) are no longer
+        // the client's to recover, though the queue hears of it only at
+        // commit: RabbitMQ requeues just the others.
+        let pending: Vec<(u64, bool)> = match &self.mode {
+            Mode::Tx { settles, .. } => settles.iter().map(|s| (s.tag, s.multiple)).collect(),
+            _ => Vec::new(),
+        };
+        if pending.is_empty() {
+            self.requeue_all();
+            return Ok(());
+        }
+        let settled = |t: u64| {
+            pending
+                .iter()
+                .any(|&(tag, multiple)| t == tag || (multiple && (tag == 0 || t <= tag)))
+        };
+        let recovered: Vec<u64> = self
+            .unacked
+            .keys()
+            .copied()
+            .filter(|&t| !settled(t))
+            .collect();
+        let entries = recovered
+            .iter()
+            .filter_map(|t| self.unacked.remove(t))
+            .collect();
+        self.finish(entries, Settle::Requeue);
         Ok(())
     }
 
