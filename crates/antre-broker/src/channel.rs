@@ -819,8 +819,8 @@ impl Channel {
     pub fn check_header(&self, header: &ContentHeader) -> Result<(), BrokerError> {
         if header.class_id != antre_amqp::CLASS_BASIC {
             return Err(BrokerError::UnexpectedFrame(format!(
-                "content header for class {} on channel {}",
-                header.class_id, self.id
+                "expected content header for class 60, got one for class {} instead",
+                header.class_id
             )));
         }
         if header.body_size > self.ctx.max_message_size {

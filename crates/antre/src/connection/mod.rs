@@ -583,14 +583,8 @@ impl Connection {
         };
         let result = match frame {
             Frame::Method { method, .. } => {
-                if content.is_some() {
-                    return Err(Stop::protocol(
-                        reply::UNEXPECTED_FRAME,
-                        format!(
-                            "UNEXPECTED_FRAME - expected content header for class 60, got {}",
-                            method.name()
-                        ),
-                    ));
+                if let Some(pending) = content {
+                    return Err(unexpected_frame(Awaiting::content(pending)));
                 }
                 let ids = method.id();
                 match method {
@@ -623,10 +617,10 @@ impl Connection {
             }
             Frame::Header { header, .. } => {
                 let Some(pending) = content.as_mut().filter(|p| p.header.is_none()) else {
-                    return Err(Stop::protocol(
-                        reply::UNEXPECTED_FRAME,
-                        format!("UNEXPECTED_FRAME - content header on channel {id} without basic.publish"),
-                    ));
+                    return Err(unexpected_frame(match content {
+                        Some(_) => Awaiting::Body,
+                        None => Awaiting::Method,
+                    }));
                 };
                 let ids = (60, 40);
                 match channel.check_header(&header) {
@@ -649,18 +643,17 @@ impl Connection {
             }
             Frame::Body { payload, .. } => {
                 let Some(pending) = content.as_mut().filter(|p| p.header.is_some()) else {
-                    return Err(Stop::protocol(
-                        reply::UNEXPECTED_FRAME,
-                        format!("UNEXPECTED_FRAME - content body on channel {id} without a header"),
-                    ));
+                    return Err(unexpected_frame(match content {
+                        Some(_) => Awaiting::Header,
+                        None => Awaiting::Method,
+                    }));
                 };
                 pending.received += payload.len() as u64;
                 let expected = pending.header.as_ref().map_or(0, |h| h.body_size);
                 if pending.received > expected {
-                    return Err(Stop::protocol(
-                        reply::FRAME_ERROR,
-                        format!("FRAME_ERROR - content body exceeds the {expected} bytes its header announced"),
-                    ));
+                    // More body than the header announced: RabbitMQ treats
+                    // the frame as not the body it expects.
+                    return Err(unexpected_frame(Awaiting::Body));
                 }
                 // The common single-frame body is kept as the slice of the
                 // read buffer it arrived in; only multi-frame bodies are copied.
@@ -848,6 +841,48 @@ fn encode_outgoing(channel: u16, out: &mut Vec<Outgoing>, frame_max: u32, wbuf: 
                 encode_content(channel, &message.properties, &message.body, frame_max, wbuf);
             }
         }
+    }
+}
+
+/// What a channel's content assembly expects next.
+#[derive(Debug, Clone, Copy)]
+enum Awaiting {
+    Method,
+    Header,
+    Body,
+}
+
+impl Awaiting {
+    fn content(pending: &PendingContent) -> Awaiting {
+        match pending.header {
+            None => Awaiting::Header,
+            Some(_) => Awaiting::Body,
+        }
+    }
+}
+
+/// RabbitMQ's 505 for a frame that does not fit where the channel is in a
+/// publish; mid-publish it names basic.publish (60, 40).
+fn unexpected_frame(awaiting: Awaiting) -> Stop {
+    let (text, ids) = match awaiting {
+        Awaiting::Method => (
+            "expected method frame, got non method frame instead",
+            (0, 0),
+        ),
+        Awaiting::Header => (
+            "expected content header for class 60, got non content header frame instead",
+            (60, 40),
+        ),
+        Awaiting::Body => (
+            "expected content body, got non content body frame instead",
+            (60, 40),
+        ),
+    };
+    Stop::Close {
+        code: reply::UNEXPECTED_FRAME,
+        text: format!("UNEXPECTED_FRAME - {text}"),
+        class_id: ids.0,
+        method_id: ids.1,
     }
 }
 
