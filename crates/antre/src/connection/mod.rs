@@ -135,6 +135,7 @@ impl From<CodecError> for Stop {
         let name = match e.reply_code() {
             reply::FRAME_ERROR => "FRAME_ERROR",
             reply::NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
+            reply::UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
             _ => "SYNTAX_ERROR",
         };
         Stop::protocol(e.reply_code(), format!("{name} - {e}"))
