@@ -105,7 +105,7 @@ async fn check_group(group: &str) {
             continue;
         };
         let actual = runner::run(broker.addr(), s).await.events;
-        let deviation = deviations.iter().find(|d| d.scenario == name);
+        let deviation = deviations.iter().find(|d| d.scenarios.contains(&name));
         let label = format!("{name} ({})", s.about);
         if let Some(problem) = transcript::judge(&label, expected, &actual, deviation) {
             failures.push(problem);
@@ -156,16 +156,30 @@ fn every_scenario_file_is_a_group_and_every_deviation_a_scenario() {
                 .map(move |s| format!("{g}/{}", s.name))
         })
         .collect();
+    let mut listed = Vec::new();
     for d in Deviation::read_all(&dir().join("deviations.toml")) {
-        assert!(
-            all.contains(&d.scenario),
-            "deviation for unknown scenario {}",
-            d.scenario
-        );
+        for s in &d.scenarios {
+            assert!(all.contains(s), "deviation for unknown scenario {s}");
+            assert!(
+                !listed.contains(s),
+                "{s} is listed twice in deviations.toml"
+            );
+            listed.push(s.clone());
+        }
         assert!(
             !d.why.trim().is_empty(),
-            "deviation {} gives no reason",
-            d.scenario
+            "deviation {:?} gives no reason",
+            d.scenarios
+        );
+        assert!(
+            d.antre.is_some() != !d.ignore.is_empty(),
+            "deviation {:?}: give either antre's transcript or the fields to ignore",
+            d.scenarios
+        );
+        assert!(
+            d.antre.is_none() || d.scenarios.len() == 1,
+            "deviation {:?}: a transcript belongs to one scenario",
+            d.scenarios
         );
     }
 }
