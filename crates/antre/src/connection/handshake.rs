@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use super::{Connection, Stop};
+use crate::config::{ServerIdentity, RABBITMQ_VERSION};
 use crate::registry::ConnectionEntry;
 
 impl Connection {
@@ -159,14 +160,27 @@ impl Connection {
         .into_iter()
         .map(|c| (c, FieldValue::Bool(true)))
         .collect();
-        let server_properties: FieldTable = [
-            ("product", FieldValue::string("antre")),
-            ("version", FieldValue::string(env!("CARGO_PKG_VERSION"))),
-            ("platform", FieldValue::string("Rust")),
-            (
-                "information",
-                FieldValue::string("antre: an AMQP 0-9-1 message broker"),
+        let antre = env!("CARGO_PKG_VERSION");
+        let (product, version, information) = match self.config.server_identity {
+            ServerIdentity::Antre => (
+                "antre",
+                antre,
+                "antre: an AMQP 0-9-1 message broker".to_owned(),
             ),
+            // For clients that choose behaviour from product and version
+            // (docs/compatibility.md): the RabbitMQ release antre's replies
+            // are checked against, with the truth in `information`.
+            ServerIdentity::RabbitMq => (
+                "RabbitMQ",
+                RABBITMQ_VERSION,
+                format!("antre {antre}, an AMQP 0-9-1 message broker, presenting itself as RabbitMQ {RABBITMQ_VERSION}"),
+            ),
+        };
+        let server_properties: FieldTable = [
+            ("product", FieldValue::string(product)),
+            ("version", FieldValue::string(version)),
+            ("platform", FieldValue::string("Rust")),
+            ("information", FieldValue::string(information)),
             ("cluster_name", FieldValue::string("antre")),
             ("capabilities", FieldValue::Table(capabilities)),
         ]
