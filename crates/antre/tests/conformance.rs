@@ -172,7 +172,7 @@ fn every_scenario_file_is_a_group_and_every_deviation_a_scenario() {
             d.scenarios
         );
         assert!(
-            d.antre.is_some() != !d.ignore.is_empty(),
+            d.antre.is_some() == d.ignore.is_empty(),
             "deviation {:?}: give either antre's transcript or the fields to ignore",
             d.scenarios
         );

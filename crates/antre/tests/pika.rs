@@ -20,7 +20,10 @@ fn pika_available() -> bool {
 async fn pika_client_paths_work() {
     if !pika_available() {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "CI=true but python3 -c 'import pika' fails: .ci/run installs pika");
+        assert!(
+            !ci,
+            "CI=true but python3 -c 'import pika' fails: .ci/run installs pika"
+        );
         eprintln!("skipping: python3 with pika is not installed (pip install pika)");
         return;
     }

@@ -496,6 +496,8 @@ impl Runner {
     }
 }
 
+// A frame per read is the common case; boxing it would allocate for each.
+#[allow(clippy::large_enum_variant)]
 enum Read {
     Frame(Frame),
     Lost,
