@@ -20,9 +20,13 @@ pub enum CodecError {
         /// The negotiated limit.
         max: u32,
     },
-    /// A heartbeat frame on a channel other than 0, or with a payload.
+    /// A heartbeat frame with a payload.
     #[error("malformed heartbeat frame")]
     BadHeartbeat,
+    /// A heartbeat frame on a channel other than 0: a well-formed frame in
+    /// the wrong place, so 505 as in RabbitMQ rather than a frame error.
+    #[error("heartbeat frame on channel {0}")]
+    HeartbeatOnChannel(u16),
     /// A method, header or table ended before all its fields were read.
     #[error("truncated {0}")]
     Truncated(&'static str),
@@ -56,6 +60,7 @@ impl CodecError {
             | CodecError::UnknownFrameType(_)
             | CodecError::FrameTooLarge { .. }
             | CodecError::BadHeartbeat => reply::FRAME_ERROR,
+            CodecError::HeartbeatOnChannel(_) => reply::UNEXPECTED_FRAME,
             CodecError::UnknownMethod { .. } => reply::NOT_IMPLEMENTED,
             CodecError::Truncated(_)
             | CodecError::InvalidUtf8

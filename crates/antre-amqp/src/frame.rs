@@ -125,8 +125,11 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
         }
         FRAME_BODY => Frame::Body { channel, payload },
         _ => {
-            if channel != 0 || size != 0 {
+            if size != 0 {
                 return Err(CodecError::BadHeartbeat);
+            }
+            if channel != 0 {
+                return Err(CodecError::HeartbeatOnChannel(channel));
             }
             Frame::Heartbeat
         }
@@ -297,6 +300,11 @@ mod tests {
         let mut hb_on_channel = BytesMut::from(&[8u8, 0, 1, 0, 0, 0, 0, 0xCE][..]);
         assert_eq!(
             decode_frame(&mut hb_on_channel, MAX),
+            Err(CodecError::HeartbeatOnChannel(1))
+        );
+        let mut hb_with_payload = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 1, 0, 0xCE][..]);
+        assert_eq!(
+            decode_frame(&mut hb_with_payload, MAX),
             Err(CodecError::BadHeartbeat)
         );
     }

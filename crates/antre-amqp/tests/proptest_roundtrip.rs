@@ -455,6 +455,7 @@ fn decode_until_stuck(bytes: &[u8], frame_max: u32) -> (Vec<Frame>, Option<Codec
                     [
                         reply::FRAME_ERROR,
                         reply::SYNTAX_ERROR,
+                        reply::UNEXPECTED_FRAME,
                         reply::NOT_IMPLEMENTED
                     ]
                     .contains(&e.reply_code()),

@@ -33,6 +33,7 @@ pub mod data_format;
 pub mod dead_letter;
 pub mod definitions;
 pub mod durable;
+mod equivalence;
 pub mod error;
 pub mod exchange;
 pub mod message;

@@ -89,10 +89,12 @@ impl Message {
     pub fn ttl(&self) -> Result<Option<u64>, String> {
         match &self.properties.expiration {
             None => Ok(None),
-            Some(s) => s
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| format!("invalid expiration '{s}'")),
+            // RabbitMQ's wording: the reason is an Erlang term.
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if n >= 0 => Ok(Some(n as u64)),
+                Ok(n) => Err(format!("invalid expiration '{s}': {{value_negative,{n}}}")),
+                Err(_) => Err(format!("invalid expiration '{s}': no_integer")),
+            },
         }
     }
 

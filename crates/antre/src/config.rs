@@ -73,6 +73,39 @@ pub struct Config {
     /// A user to create at start-up, `(name, password)`, allowed from any
     /// address. When set, the loopback-only `guest` user is removed.
     pub default_user: Option<(String, String)>,
+    /// What connection.start tells clients the server is.
+    pub server_identity: ServerIdentity,
+}
+
+/// The `product` and `version` a server announces in connection.start.
+/// Some clients choose behaviour from them (docs/compatibility.md lists
+/// which), so a deployment can present antre as the RabbitMQ release its
+/// behaviour is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerIdentity {
+    /// `product = "antre"` and antre's own version: the truth.
+    #[default]
+    Antre,
+    /// `product = "RabbitMQ"` and [`RABBITMQ_VERSION`], with antre's name
+    /// and version in `information`.
+    RabbitMq,
+}
+
+/// The RabbitMQ release whose replies the conformance suite records
+/// (crates/antre/tests/conformance): what `server_identity = "rabbitmq"`
+/// claims to be.
+pub const RABBITMQ_VERSION: &str = "3.10.8";
+
+impl std::str::FromStr for ServerIdentity {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<ServerIdentity> {
+        match s.to_ascii_lowercase().as_str() {
+            "antre" => Ok(ServerIdentity::Antre),
+            "rabbitmq" => Ok(ServerIdentity::RabbitMq),
+            other => anyhow::bail!("server_identity must be antre or rabbitmq, not {other:?}"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -99,6 +132,7 @@ impl Default for Config {
             delivery_coalesce: Duration::from_millis(2),
             delivery_coalesce_rate: 20_000,
             default_user: None,
+            server_identity: ServerIdentity::Antre,
         }
     }
 }
@@ -193,6 +227,11 @@ pub struct Settings {
     /// Password of --default-user.
     #[arg(long, env = "ANTRE_DEFAULT_PASS", value_name = "PASSWORD")]
     pub default_pass: Option<String>,
+    /// What connection.start announces: "antre", or "rabbitmq" for product
+    /// RabbitMQ and version 3.10.8, for clients that choose behaviour from
+    /// them [default: antre].
+    #[arg(long, env = "ANTRE_SERVER_IDENTITY", value_name = "antre|rabbitmq")]
+    pub server_identity: Option<String>,
     /// Log as JSON lines instead of human-readable text [default: false].
     #[arg(long, env = "ANTRE_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub log_json: Option<bool>,
@@ -244,6 +283,7 @@ impl Settings {
             rate_interval: self.rate_interval.or(below.rate_interval),
             default_user: self.default_user.or(below.default_user),
             default_pass: self.default_pass.or(below.default_pass),
+            server_identity: self.server_identity.or(below.server_identity),
             log_json: self.log_json.or(below.log_json),
             log_level: self.log_level.or(below.log_level),
         }
@@ -305,6 +345,10 @@ impl Settings {
                 .delivery_coalesce_rate
                 .unwrap_or(d.delivery_coalesce_rate),
             default_user,
+            server_identity: match &self.server_identity {
+                None => d.server_identity,
+                Some(s) => s.parse()?,
+            },
         })
     }
 
@@ -412,6 +456,21 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Settings::from_toml("amqp_lisen = \"x\"").unwrap_err();
         assert!(format!("{err:#}").contains("amqp_lisen"), "{err:#}");
+    }
+
+    #[test]
+    fn server_identity_is_antre_unless_set_to_rabbitmq() {
+        assert_eq!(
+            Settings::default().to_config().unwrap().server_identity,
+            ServerIdentity::Antre
+        );
+        let rabbit = Settings::from_toml("server_identity = \"RabbitMQ\"").unwrap();
+        assert_eq!(
+            rabbit.to_config().unwrap().server_identity,
+            ServerIdentity::RabbitMq
+        );
+        let typo = Settings::from_toml("server_identity = \"rabit\"").unwrap();
+        assert!(typo.to_config().is_err());
     }
 
     #[test]

@@ -462,3 +462,45 @@ async fn deleting_a_queue_cancels_its_consumers() {
     // lapin ends the consumer stream when the server cancels it.
     assert!(within("cancel", c.next()).await.is_none());
 }
+
+/// antre's documented deviation from RabbitMQ (which closes the connection
+/// with 540): channel.flow(active=false) is answered, pauses deliveries to
+/// the channel's consumers, and active=true resumes them, so a client that
+/// sends it is never left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_flow_pauses_and_resumes_deliveries() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let publisher = confirm_channel(&conn).await;
+    let q = declare(&publisher, "paused").await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut c = ch
+        .basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    within(
+        "flow-ok",
+        ch.channel_flow(ChannelFlowOptions { active: false }),
+    )
+    .await
+    .expect("flow(active=false) is answered");
+    publish_confirmed(&publisher, "", &q, b"held").await;
+    assert_eq!(
+        ready_count(&publisher, &q).await,
+        1,
+        "not delivered while paused"
+    );
+    within(
+        "flow-ok",
+        ch.channel_flow(ChannelFlowOptions { active: true }),
+    )
+    .await
+    .expect("flow(active=true) is answered");
+    let got = take(&mut c, 1).await;
+    assert_eq!(&got[0].data[..], b"held");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use antre_amqp::method::*;
 
-use super::{reply, Channel, ChannelConsumer, Outgoing, Settle, Unacked};
+use super::{reply, Channel, ChannelConsumer, Mode, Outgoing, Settle, Unacked};
 use crate::error::BrokerError;
 use crate::queue::{ConsumerSpec, Credit, Delivery, Queue};
 use crate::vhost::{generated_name, REPLY_TO};
@@ -50,6 +50,16 @@ impl Channel {
                 "attempt to reuse consumer tag '{tag}'"
             )));
         }
+        let priority = match m.arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                BrokerError::PreconditionFailed(format!(
+                    "invalid arg 'x-priority' for {}: \"expected integer, got {}\"",
+                    crate::error::queue_ref(&self.ctx.vhost.name, &queue.name),
+                    crate::equivalence::type_name(v)
+                ))
+            })?,
+        };
         let id = self.ctx.broker.next_id();
         let credit = Credit::new(self.prefetch);
         // consume-ok must reach the client before the first delivery; the
@@ -81,6 +91,7 @@ impl Channel {
             credit,
             channel_credit: Arc::clone(&self.credit),
             sink: Arc::clone(&self.sink),
+            priority,
         };
         if let Err(e) = queue.add_consumer(spec) {
             self.consumers.remove(&tag);
@@ -285,11 +296,41 @@ impl Channel {
         if !requeue {
             return Err(BrokerError::NotImplemented("requeue=false".into()));
         }
-        self.requeue_all();
+        self.requeue_unsettled();
         if let Some(out) = out {
             reply(out, BasicRecoverOk {}, false);
         }
         Ok(())
+    }
+
+    /// Requeues every unacked delivery but those an open transaction has
+    /// settled already: they are no longer the client's to recover, though
+    /// the queue hears of it only at commit (RabbitMQ requeues the others).
+    fn requeue_unsettled(&mut self) {
+        let pending: Vec<(u64, bool)> = match &self.mode {
+            Mode::Tx { settles, .. } => settles.iter().map(|s| (s.tag, s.multiple)).collect(),
+            _ => Vec::new(),
+        };
+        if pending.is_empty() {
+            self.requeue_all();
+            return;
+        }
+        let settled = |t: u64| {
+            pending
+                .iter()
+                .any(|&(tag, multiple)| t == tag || (multiple && (tag == 0 || t <= tag)))
+        };
+        let recovered: Vec<u64> = self
+            .unacked
+            .keys()
+            .copied()
+            .filter(|&t| !settled(t))
+            .collect();
+        let entries = recovered
+            .iter()
+            .filter_map(|t| self.unacked.remove(t))
+            .collect();
+        self.finish(entries, Settle::Requeue);
     }
 
     pub(super) fn requeue_all(&mut self) {

@@ -25,6 +25,15 @@ impl Channel {
         if m.immediate {
             return Err(BrokerError::NotImplemented("immediate=true".into()));
         }
+        if let Some(claimed) = &header.properties.user_id {
+            // RabbitMQ's validated user id: consumers may trust it.
+            if *claimed != self.ctx.user {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "user_id property set to '{claimed}' but authenticated user was '{}'",
+                    self.ctx.user
+                )));
+            }
+        }
         let mut header = header;
         if header.properties.reply_to.as_deref() == Some(REPLY_TO) {
             // The responder replies to this channel's own address.
@@ -67,8 +76,8 @@ impl Channel {
     pub fn check_header(&self, header: &ContentHeader) -> Result<(), BrokerError> {
         if header.class_id != antre_amqp::CLASS_BASIC {
             return Err(BrokerError::UnexpectedFrame(format!(
-                "content header for class {} on channel {}",
-                header.class_id, self.id
+                "expected content header for class 60, got one for class {} instead",
+                header.class_id
             )));
         }
         if header.body_size > self.ctx.max_message_size {
@@ -140,14 +149,7 @@ impl Channel {
     pub(super) fn nack_publish(&mut self, seq: u64, out: &mut Vec<Outgoing>) {
         self.flush_confirms_now(out);
         if self.syncs_outstanding == 0 {
-            out.push(Outgoing::Method(
-                BasicNack {
-                    delivery_tag: seq,
-                    multiple: false,
-                    requeue: false,
-                }
-                .into(),
-            ));
+            out.push(Outgoing::Method(refused_publish(seq).into()));
             self.confirmed_up_to = self.confirmed_up_to.max(seq);
             return;
         }
@@ -173,14 +175,19 @@ impl Channel {
             return;
         };
         if !self.request_sync(tag) {
-            self.count_confirms(tag);
-            out.push(Outgoing::Method(
-                BasicAck {
-                    delivery_tag: tag,
-                    multiple: true,
-                }
-                .into(),
-            ));
+            let ack = self.ack_up_to(tag);
+            out.push(Outgoing::Method(ack.into()));
+        }
+    }
+
+    /// The basic.ack confirming every publish up to `tag`: multiple only
+    /// when it covers more than one, as RabbitMQ sends them.
+    fn ack_up_to(&mut self, tag: u64) -> BasicAck {
+        let multiple = tag > self.confirmed_up_to + 1;
+        self.count_confirms(tag);
+        BasicAck {
+            delivery_tag: tag,
+            multiple,
         }
     }
 
@@ -230,14 +237,7 @@ impl Channel {
         if token != TX_COMMIT_TOKEN && token & NACK_TOKEN_FLAG != 0 {
             let seq = token & !NACK_TOKEN_FLAG;
             self.confirmed_up_to = self.confirmed_up_to.max(seq);
-            out.push(Outgoing::Method(
-                BasicNack {
-                    delivery_tag: seq,
-                    multiple: false,
-                    requeue: false,
-                }
-                .into(),
-            ));
+            out.push(Outgoing::Method(refused_publish(seq).into()));
             return Ok(());
         }
         if token == TX_COMMIT_TOKEN {
@@ -250,12 +250,7 @@ impl Channel {
             return Ok(());
         }
         let method: Method = if ok {
-            self.count_confirms(token);
-            BasicAck {
-                delivery_tag: token,
-                multiple: true,
-            }
-            .into()
+            self.ack_up_to(token).into()
         } else {
             BasicNack {
                 delivery_tag: token,
@@ -345,5 +340,16 @@ impl Channel {
         settles.clear();
         out.push(Outgoing::Method(TxRollbackOk {}.into()));
         Ok(())
+    }
+}
+
+/// The basic.nack for a publish a queue refused (x-overflow=reject-publish),
+/// in RabbitMQ's form: multiple and requeue set. Every earlier publish is
+/// confirmed by the time it is sent, so multiple covers only this one.
+fn refused_publish(seq: u64) -> BasicNack {
+    BasicNack {
+        delivery_tag: seq,
+        multiple: true,
+        requeue: true,
     }
 }

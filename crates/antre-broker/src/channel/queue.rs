@@ -26,7 +26,9 @@ impl Channel {
             return Ok(());
         }
         let name = if m.passive && m.queue.is_empty() {
-            self.resolve_queue("")?
+            // With nothing declared yet, a passive declare looks for the
+            // queue named "", as RabbitMQ's 404 says.
+            self.last_queue.clone().unwrap_or_default()
         } else {
             m.queue
         };

@@ -24,6 +24,7 @@ fn fixture() -> Fixture {
         vhost: Arc::clone(&vhost),
         connection: 1,
         max_message_size: 1024,
+        user: "guest".into(),
     };
     let channel = Channel::new(1, ctx, Arc::clone(&sink) as Arc<dyn DeliverySink>);
     Fixture {
@@ -328,6 +329,7 @@ fn consumer_timeout_trips_on_the_queue_timeout_or_the_default() {
         vhost,
         connection: 1,
         max_message_size: 1024,
+        user: "guest".into(),
     };
     let mut f = Fixture {
         vhost: Arc::clone(&ctx.vhost),

@@ -7,6 +7,7 @@ pub mod bindings;
 pub mod dedup;
 pub mod delayed;
 pub mod headers;
+pub(crate) mod sender_selected;
 pub mod topic;
 
 use std::sync::Arc;
@@ -40,6 +41,13 @@ impl ExchangeKind {
             "fanout" => ExchangeKind::Fanout,
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
+            // RabbitMQ's two wordings: no type at all is invalid, a type
+            // it has no module for is unknown.
+            "" => {
+                return Err(BrokerError::CommandInvalid(
+                    "invalid exchange type ''".into(),
+                ))
+            }
             other => {
                 return Err(BrokerError::CommandInvalid(format!(
                     "unknown exchange type '{other}'"

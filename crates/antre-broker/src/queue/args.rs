@@ -3,6 +3,7 @@
 
 use antre_amqp::{FieldTable, FieldValue};
 
+use crate::equivalence::type_name;
 use crate::error::{queue_ref, BrokerError};
 
 /// What a queue does when it is full.
@@ -66,7 +67,7 @@ impl QueueArgs {
                     Some(n) => Err(invalid(arg, format!("{{value_negative,{n}}}"))),
                     None => Err(invalid(
                         arg,
-                        format!("{{unacceptable_type,{}}}", type_name(v)),
+                        format!("\"expected integer, got {}\"", type_name(v)),
                     )),
                 },
             }
@@ -74,10 +75,17 @@ impl QueueArgs {
         let string = |arg: &str| -> Result<Option<String>, BrokerError> {
             match args.get(arg) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_str()
-                    .map(|s| Some(s.to_owned()))
-                    .ok_or_else(|| invalid(arg, format!("{{unacceptable_type,{}}}", type_name(v)))),
+                Some(v) => v.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| {
+                    // RabbitMQ words this one differently from the others.
+                    if arg == "x-dead-letter-exchange" {
+                        return BrokerError::PreconditionFailed(format!(
+                            "invalid type '{}' for arg '{arg}' in {}",
+                            type_name(v),
+                            queue_ref(vhost, queue)
+                        ));
+                    }
+                    invalid(arg, format!("{{unacceptable_type,{}}}", type_name(v)))
+                }),
             }
         };
         let boolean = |arg: &str| -> Result<bool, BrokerError> {
@@ -97,18 +105,29 @@ impl QueueArgs {
             None | Some("drop-head") => Overflow::DropHead,
             Some("reject-publish") => Overflow::RejectPublish,
             Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-            Some(other) => {
-                return Err(invalid(
-                    "x-overflow",
-                    format!("{{unknown_overflow_type,<<\"{other}\">>}}"),
-                ))
-            }
+            Some(_) => return Err(invalid("x-overflow", "invalid_overflow".into())),
         };
         let max_priority = match int("x-max-priority", 0)? {
             None => 0,
             Some(p) if p <= 255 => p as u8,
-            Some(p) => return Err(invalid("x-max-priority", format!("{{value_too_big,{p}}}"))),
+            Some(p) => {
+                return Err(invalid(
+                    "x-max-priority",
+                    format!("{{max_value_exceeded,{p}}}"),
+                ))
+            }
         };
+        match string("x-queue-type")?.as_deref() {
+            // antre's queues are classic queues; quorum and stream are
+            // accepted as RabbitMQ accepts them and behave as classic.
+            None | Some("classic" | "quorum" | "stream") => {}
+            Some(other) => {
+                return Err(invalid(
+                    "x-queue-type",
+                    format!("\"unsupported queue type '{other}'\""),
+                ))
+            }
+        }
         let parsed = QueueArgs {
             message_ttl: int("x-message-ttl", 0)?,
             expires: int("x-expires", 1)?,
@@ -126,7 +145,7 @@ impl QueueArgs {
         if parsed.dead_letter_routing_key.is_some() && parsed.dead_letter_exchange.is_none() {
             return Err(invalid(
                 "x-dead-letter-routing-key",
-                "{routing_key_but_no_dlx_defined}".into(),
+                "routing_key_but_no_dlx_defined".into(),
             ));
         }
         Ok(parsed)
@@ -136,18 +155,6 @@ impl QueueArgs {
     /// visit it).
     pub fn needs_timer(&self) -> bool {
         self.message_ttl.is_some() || self.expires.is_some()
-    }
-}
-
-fn type_name(v: &FieldValue) -> &'static str {
-    match v {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::LongString(_) => "longstr",
-        FieldValue::F32(_) | FieldValue::F64(_) => "float",
-        FieldValue::Table(_) => "table",
-        FieldValue::Array(_) => "array",
-        FieldValue::Void => "void",
-        _ => "long",
     }
 }
 

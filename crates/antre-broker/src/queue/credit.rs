@@ -93,6 +93,9 @@ pub struct ConsumerSpec {
     pub channel_credit: Arc<Credit>,
     /// Where its deliveries go.
     pub sink: Arc<dyn DeliverySink>,
+    /// Its `x-priority`: consumers of a higher priority get every message
+    /// while they have credit; lower ones only when all higher are full.
+    pub priority: i64,
 }
 
 impl ConsumerSpec {

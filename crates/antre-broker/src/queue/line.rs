@@ -10,6 +10,11 @@
 //! queues (`rabbit_queue_consumers`: blocked consumers are re-added at the
 //! tail when unblocked).
 //!
+//! Consumer priorities (`x-priority` on basic.consume) come first: the line
+//! is walked once per priority, highest first, so a consumer gets a message
+//! only when every consumer of a higher priority is out of room; within one
+//! priority the rule above holds.
+//!
 //! With a single active consumer there is no line: the first subscriber
 //! gets everything while it is there.
 //!
@@ -109,11 +114,21 @@ impl ConsumerLine {
                 .then_some(0);
         }
         self.rejoin();
+        let mut levels: Vec<i64> = self.slots.iter().map(|s| s.spec.priority).collect();
+        levels.sort_unstable_by(|a, b| b.cmp(a));
+        levels.dedup();
+        levels
+            .into_iter()
+            .find_map(|level| self.take_turn_at(level))
+    }
+
+    /// [`ConsumerLine::take_turn`] among the consumers of one priority.
+    fn take_turn_at(&mut self, priority: i64) -> Option<usize> {
         let n = self.slots.len();
         for i in 0..n {
             let at = (self.next + i) % n;
             let slot = &mut self.slots[at];
-            if slot.out.is_some() {
+            if slot.out.is_some() || slot.spec.priority != priority {
                 continue;
             }
             if slot.spec.try_take_credit() {

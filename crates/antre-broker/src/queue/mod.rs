@@ -416,7 +416,10 @@ impl Queue {
         }
         let stored = entry.pos.is_some();
         st.insert_entry(entry, false);
-        self.dispatch(&mut st, now);
+        // Dispatch as of the millisecond before: a message whose TTL (0)
+        // ends the instant it arrives still goes to a consumer that can take
+        // it at once, as in RabbitMQ, and expires otherwise just below.
+        self.dispatch(&mut st, now.saturating_sub(1));
         self.enforce_limits(&mut st);
         self.expire(&mut st, now);
         Ok(Enqueued::Accepted { stored })
@@ -464,7 +467,11 @@ impl Queue {
         if st.deleted {
             return Err(BrokerError::NotFound(format!("no {}", self.describe())));
         }
-        if st.consumers.all().any(|c| c.exclusive) || (spec.exclusive && !st.consumers.is_empty()) {
+        // A single-active-consumer queue already picks one consumer at a
+        // time, and RabbitMQ refuses exclusive consumers on it.
+        let exclusive_refused =
+            spec.exclusive && (!st.consumers.is_empty() || self.args.single_active_consumer);
+        if st.consumers.all().any(|c| c.exclusive) || exclusive_refused {
             return Err(BrokerError::AccessRefused(format!(
                 "{} in exclusive use",
                 self.describe()

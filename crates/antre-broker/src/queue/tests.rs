@@ -89,7 +89,49 @@ fn consumer(id: u64, prefetch: u32, sink: &Arc<CollectSink>) -> ConsumerSpec {
         credit: Credit::new(prefetch),
         channel_credit: Credit::new(0),
         sink: Arc::clone(sink) as Arc<dyn DeliverySink>,
+        priority: 0,
     }
+}
+
+#[test]
+fn higher_priority_consumers_are_served_first_while_they_have_credit() {
+    let q = queue();
+    let sinks: Vec<Arc<CollectSink>> = (0..3).map(|_| Arc::default()).collect();
+    let low = ConsumerSpec {
+        priority: -1,
+        ..consumer(1, 0, &sinks[0])
+    };
+    let high_a = ConsumerSpec {
+        priority: 5,
+        ..consumer(2, 2, &sinks[1])
+    };
+    let high_b = ConsumerSpec {
+        priority: 5,
+        ..consumer(3, 1, &sinks[2])
+    };
+    q.add_consumer(low).unwrap();
+    q.add_consumer(high_a).unwrap();
+    q.add_consumer(high_b).unwrap();
+    for i in 0..5 {
+        q.publish_ok(message(&i.to_string()));
+    }
+    // Turns between the two of priority 5 until their windows (2 and 1)
+    // are full; only then does the low one get messages.
+    assert_eq!(sinks[1].bodies(), ["0", "2"]);
+    assert_eq!(sinks[2].bodies(), ["1"]);
+    assert_eq!(sinks[0].bodies(), ["3", "4"]);
+}
+
+#[test]
+fn a_ttl_zero_message_goes_to_a_waiting_consumer_or_expires() {
+    let clock = Arc::new(ManualClock::at(1_000_000));
+    let q = queue_with(&[("x-message-ttl", FieldValue::I32(0))], clock);
+    q.publish_ok(message("nobody"));
+    assert_eq!(q.counts().ready, 0, "expired at once without a consumer");
+    let sink = Arc::new(CollectSink::default());
+    q.add_consumer(consumer(1, 0, &sink)).unwrap();
+    q.publish_ok(message("caught"));
+    assert_eq!(sink.bodies(), ["caught"]);
 }
 
 #[test]

@@ -63,6 +63,12 @@ pub(super) struct ConnectionError {
 }
 
 impl ConnectionError {
+    /// Not an exception but a dropped socket, as RabbitMQ answers some
+    /// handshake refusals (nothing is written).
+    pub(super) fn silent() -> ConnectionError {
+        ConnectionError::new(0, String::new())
+    }
+
     pub(super) fn new(code: u16, text: impl Into<String>) -> ConnectionError {
         ConnectionError {
             code,
@@ -85,15 +91,59 @@ impl From<CodecError> for ConnectionError {
         let name = match e.reply_code() {
             reply::FRAME_ERROR => "FRAME_ERROR",
             reply::NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
+            reply::UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
             _ => "SYNTAX_ERROR",
         };
         ConnectionError::new(e.reply_code(), format!("{name} - {e}"))
     }
 }
 
-fn channel_error(id: u16, method: &Method, why: &str) -> ConnectionError {
-    let text = format!("CHANNEL_ERROR - {why} on channel {id}");
+/// A 504 connection exception, worded as RabbitMQ words it (without the
+/// channel number: the client knows which channel it used).
+fn channel_error(method: &Method, why: &str) -> ConnectionError {
+    let text = format!("CHANNEL_ERROR - {why}");
     ConnectionError::on(reply::CHANNEL_ERROR, text, method)
+}
+
+/// What a channel's content assembly expects next.
+#[derive(Debug, Clone, Copy)]
+enum Awaiting {
+    Method,
+    Header,
+    Body,
+}
+
+impl Awaiting {
+    fn content(pending: &PendingContent) -> Awaiting {
+        match pending.header {
+            None => Awaiting::Header,
+            Some(_) => Awaiting::Body,
+        }
+    }
+}
+
+/// RabbitMQ's 505 for a frame that does not fit where the channel is in a
+/// publish; mid-publish it names basic.publish (60, 40).
+fn unexpected_frame(awaiting: Awaiting) -> ConnectionError {
+    let (text, ids) = match awaiting {
+        Awaiting::Method => (
+            "expected method frame, got non method frame instead",
+            (0, 0),
+        ),
+        Awaiting::Header => (
+            "expected content header for class 60, got non content header frame instead",
+            (60, 40),
+        ),
+        Awaiting::Body => (
+            "expected content body, got non content body frame instead",
+            (60, 40),
+        ),
+    };
+    ConnectionError {
+        code: reply::UNEXPECTED_FRAME,
+        text: format!("UNEXPECTED_FRAME - {text}"),
+        ids,
+    }
 }
 
 impl Session {
@@ -142,12 +192,9 @@ impl Session {
                     ..
                 } => self.open_channel(id),
                 Frame::Method { method, .. } => {
-                    Err(channel_error(id, &method, "expected 'channel.open'"))
+                    Err(channel_error(&method, "expected 'channel.open'"))
                 }
-                _ => Err(ConnectionError::new(
-                    reply::CHANNEL_ERROR,
-                    format!("CHANNEL_ERROR - content frame on closed channel {id}"),
-                )),
+                _ => Err(unexpected_frame(Awaiting::Method)),
             };
         };
         let Slot::Open { channel, content } = slot else {
@@ -167,20 +214,14 @@ impl Session {
         };
         let result = match frame {
             Frame::Method { method, .. } => {
-                if content.is_some() {
-                    return Err(ConnectionError::new(
-                        reply::UNEXPECTED_FRAME,
-                        format!(
-                            "UNEXPECTED_FRAME - expected content header for class 60, got {}",
-                            method.name()
-                        ),
-                    ));
+                if let Some(pending) = content {
+                    return Err(unexpected_frame(Awaiting::content(pending)));
                 }
                 let ids = method.id();
                 match method {
                     Method::ChannelOpen(_) => {
                         let open = ChannelOpen::default().into();
-                        return Err(channel_error(id, &open, "second 'channel.open' seen"));
+                        return Err(channel_error(&open, "second 'channel.open' seen"));
                     }
                     Method::ChannelClose(_) => {
                         channel.close();
@@ -188,7 +229,6 @@ impl Session {
                         encode_method(id, &ChannelCloseOk {}.into(), &mut self.wbuf);
                         return Ok(());
                     }
-                    Method::ChannelCloseOk(_) => Ok(()),
                     Method::BasicPublish(publish) => {
                         self.has_published = true;
                         *content = Some(PendingContent {
@@ -204,11 +244,9 @@ impl Session {
                 }
             }
             Frame::Header { header, .. } => {
-                content_header(id, channel, content, header, &mut self.out)?
+                content_header(channel, content, header, &mut self.out)?
             }
-            Frame::Body { payload, .. } => {
-                content_body(id, channel, content, payload, &mut self.out)?
-            }
+            Frame::Body { payload, .. } => content_body(channel, content, payload, &mut self.out)?,
             Frame::Heartbeat => Ok(()),
         };
         self.encode_out(id);
@@ -238,35 +276,38 @@ impl Session {
                 self.state = SessionState::Closed { linger: true };
                 Ok(())
             }
+            // A token refresh (OAuth clients send it before the old token
+            // expires). antre's users are password users, whose login
+            // nothing can expire, so there is no state to update:
+            // RabbitMQ's internal backend accepts the new secret the same
+            // way. (close-ok is expected only after our own close.)
             Frame::Method {
-                method: Method::ConnectionCloseOk(_),
+                method: Method::ConnectionUpdateSecret(_),
                 ..
             } => {
-                self.teardown();
-                self.state = SessionState::Closed { linger: false };
+                encode_method(0, &ConnectionUpdateSecretOk {}.into(), &mut self.wbuf);
                 Ok(())
             }
-            Frame::Method { method, .. } => Err(ConnectionError::on(
-                reply::COMMAND_INVALID,
-                format!(
-                    "COMMAND_INVALID - unexpected method {} on channel 0",
-                    method.name()
-                ),
+            Frame::Method { method, .. } => Err(channel_error(
                 &method,
+                "unexpected method in connection state running",
             )),
             _ => Err(ConnectionError::new(
-                reply::COMMAND_INVALID,
-                "COMMAND_INVALID - content frame on channel 0",
+                reply::UNEXPECTED_FRAME,
+                "UNEXPECTED_FRAME - content frame on channel 0",
             )),
         }
     }
 
     fn open_channel(&mut self, id: u16) -> Result<(), ConnectionError> {
-        if id > self.channel_max {
+        // channel_max limits how many channels are open at once, not their
+        // numbers: RabbitMQ opens channel 65535 under channel_max 2047.
+        let open = self.channels.len();
+        if self.channel_max != 0 && open >= usize::from(self.channel_max) {
             return Err(ConnectionError::new(
-                reply::CHANNEL_ERROR,
+                reply::NOT_ALLOWED,
                 format!(
-                    "CHANNEL_ERROR - channel {id} exceeds channel_max {}",
+                    "NOT_ALLOWED - number of channels opened ({open}) has reached the negotiated channel_max ({})",
                     self.channel_max
                 ),
             ));
@@ -325,10 +366,14 @@ impl Session {
     /// make the client process messages that are coming back anyway), sends
     /// connection.close and waits for close-ok.
     pub(super) fn close_with(&mut self, code: u16, text: String, ids: (u16, u16)) {
-        tracing::info!(peer = self.peer.label, code, "closing connection: {text}");
         self.teardown();
         self.wbuf.clear();
         self.delivery_bytes = 0;
+        if code == 0 {
+            self.state = SessionState::Closed { linger: false };
+            return;
+        }
+        tracing::info!(peer = self.peer.label, code, "closing connection: {text}");
         let close = ConnectionClose {
             reply_code: code,
             reply_text: text,
@@ -406,17 +451,16 @@ type ContentResult = Result<Result<(), (BrokerError, (u16, u16))>, ConnectionErr
 
 /// A content header: checked before any body is read.
 fn content_header(
-    id: u16,
     channel: &mut Channel,
     content: &mut Option<PendingContent>,
     header: ContentHeader,
     out: &mut Vec<Outgoing>,
 ) -> ContentResult {
     let Some(pending) = content.as_mut().filter(|p| p.header.is_none()) else {
-        return Err(ConnectionError::new(
-            reply::UNEXPECTED_FRAME,
-            format!("UNEXPECTED_FRAME - content header on channel {id} without basic.publish"),
-        ));
+        return Err(unexpected_frame(match content {
+            Some(_) => Awaiting::Body,
+            None => Awaiting::Method,
+        }));
     };
     match channel.check_header(&header) {
         Err(e) => {
@@ -439,25 +483,23 @@ fn content_header(
 
 /// A content body frame: the message is published once it is complete.
 fn content_body(
-    id: u16,
     channel: &mut Channel,
     content: &mut Option<PendingContent>,
     payload: Bytes,
     out: &mut Vec<Outgoing>,
 ) -> ContentResult {
     let Some(pending) = content.as_mut().filter(|p| p.header.is_some()) else {
-        return Err(ConnectionError::new(
-            reply::UNEXPECTED_FRAME,
-            format!("UNEXPECTED_FRAME - content body on channel {id} without a header"),
-        ));
+        return Err(unexpected_frame(match content {
+            Some(_) => Awaiting::Header,
+            None => Awaiting::Method,
+        }));
     };
     pending.received += payload.len() as u64;
     let expected = pending.header.as_ref().map_or(0, |h| h.body_size);
     if pending.received > expected {
-        return Err(ConnectionError::new(
-            reply::FRAME_ERROR,
-            format!("FRAME_ERROR - content body exceeds the {expected} bytes its header announced"),
-        ));
+        // More body than the header announced: RabbitMQ treats the frame
+        // as not the body it expects.
+        return Err(unexpected_frame(Awaiting::Body));
     }
     // The common single-frame body is kept as the slice of the
     // read buffer it arrived in; only multi-frame bodies are copied.

@@ -43,6 +43,8 @@ pub struct ServerIdentity {
     pub product: String,
     /// `version`.
     pub version: String,
+    /// `information`.
+    pub information: String,
     /// `cluster_name`.
     pub cluster_name: String,
 }
@@ -52,13 +54,14 @@ impl Default for ServerIdentity {
         ServerIdentity {
             product: "antre".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            information: "antre: an AMQP 0-9-1 message broker".into(),
             cluster_name: "antre".into(),
         }
     }
 }
 
 /// The extensions antre supports, as RabbitMQ names them for clients.
-const CAPABILITIES: [&str; 7] = [
+const CAPABILITIES: [&str; 9] = [
     "publisher_confirms",
     "exchange_exchange_bindings",
     "basic.nack",
@@ -66,6 +69,8 @@ const CAPABILITIES: [&str; 7] = [
     "connection.blocked",
     "authentication_failure_close",
     "per_consumer_qos",
+    "consumer_priorities",
+    "direct_reply_to",
 ];
 
 /// The SASL mechanisms offered on a connection where EXTERNAL does not
@@ -88,7 +93,7 @@ pub fn server_properties(identity: &ServerIdentity) -> FieldTable {
         ("platform", FieldValue::string("Rust")),
         (
             "information",
-            FieldValue::string("antre: an AMQP 0-9-1 message broker"),
+            FieldValue::string(identity.information.clone()),
         ),
         (
             "cluster_name",
@@ -164,7 +169,18 @@ impl Session {
     }
 
     fn start_ok(&mut self, m: ConnectionStartOk) -> Result<(), ConnectionError> {
-        let user = self.authenticate(&m)?;
+        let user = match self.authenticate(&m) {
+            // A refused login is told only to clients that announce
+            // authentication_failure_close; RabbitMQ just closes the socket
+            // on older ones, which would not expect connection.close here.
+            Err(e)
+                if e.code == reply::ACCESS_REFUSED
+                    && !client_capability(&m.client_properties, "authentication_failure_close") =>
+            {
+                return Err(ConnectionError::silent())
+            }
+            other => other?,
+        };
         self.cancel_notify = client_capability(&m.client_properties, "consumer_cancel_notify");
         self.blocked_notify = client_capability(&m.client_properties, "connection.blocked");
         self.opened = Some(OpenedConnection {
@@ -192,13 +208,16 @@ impl Session {
             n => n,
         };
         if !(FRAME_MIN_SIZE..=self.config.frame_max).contains(&frame_max) {
-            return Err(ConnectionError::new(
-                reply::NOT_ALLOWED,
-                format!(
-                    "NOT_ALLOWED - frame_max={frame_max} outside {FRAME_MIN_SIZE}..={}",
-                    self.config.frame_max
-                ),
-            ));
+            // RabbitMQ refuses a tune-ok out of bounds by closing the
+            // socket: the client has not opened the connection, so it is
+            // not owed a connection.close.
+            tracing::info!(
+                peer = self.peer.label,
+                frame_max,
+                "refusing frame_max outside {FRAME_MIN_SIZE}..={}",
+                self.config.frame_max
+            );
+            return Err(ConnectionError::silent());
         }
         self.frame_max = frame_max;
         self.channel_max = match tune.channel_max {
@@ -212,16 +231,20 @@ impl Session {
 
     fn open(&mut self, open: ConnectionOpen) -> Result<(), ConnectionError> {
         let Some(vhost) = self.broker.vhost(&open.virtual_host) else {
-            return Err(ConnectionError::new(
-                reply::NOT_ALLOWED,
-                format!("NOT_ALLOWED - vhost {} not found", open.virtual_host),
-            ));
+            let text = format!("NOT_ALLOWED - vhost {} not found", open.virtual_host);
+            let method = Method::ConnectionOpen(open);
+            return Err(ConnectionError::on(reply::NOT_ALLOWED, text, &method));
         };
         self.ctx = Some(ChannelContext {
             broker: Arc::clone(&self.broker),
             vhost,
             connection: self.id,
             max_message_size: self.config.max_message_size,
+            user: self
+                .opened
+                .as_ref()
+                .map(|o| o.user.clone())
+                .unwrap_or_default(),
         });
         if let Some(mut opened) = self.opened.take() {
             opened.vhost = open.virtual_host;
@@ -259,16 +282,14 @@ impl Session {
             refused()
         };
         if !self.mechanisms().split(' ').any(|m| m == mechanism) {
-            // RabbitMQ's rabbit_reader: a mechanism it knows but does not
-            // offer here is "invalid", any other "unknown"; both 503.
-            let adjective = match mechanism {
-                "PLAIN" | "AMQPLAIN" | "EXTERNAL" => "invalid",
-                _ => "unknown",
-            };
-            return Err(ConnectionError::new(
-                reply::COMMAND_INVALID,
-                format!("COMMAND_INVALID - {adjective} authentication mechanism '{mechanism}'"),
-            ));
+            // RabbitMQ 3.10 closes the socket on a mechanism it did not
+            // offer, whatever the client's capabilities (recorded in the
+            // conformance suite: login-unknown-mechanism).
+            tracing::warn!(
+                peer = self.peer.label,
+                "refusing authentication mechanism '{mechanism}', which was not offered"
+            );
+            return Err(ConnectionError::silent());
         }
         if mechanism == "EXTERNAL" {
             let user = match &self.peer.external {

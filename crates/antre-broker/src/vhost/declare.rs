@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use antre_amqp::FieldTable;
 
+use crate::equivalence;
 use crate::error::{exchange_ref, queue_ref, BrokerError};
-use crate::exchange::headers::tables_equal;
 use crate::exchange::{Binding, Destination, ExchangeType};
 use crate::queue::{ConnectionId, Queue, QueueCounts, QueueOptions};
 
 use super::storage::build_exchange;
-use super::topology::check_exclusive;
+use super::topology::{check_exclusive, locked};
 use super::{generated_name, ExchangeDeclaration, QueueDeclaration, Vhost, REPLY_TO};
 
 fn reserved(name: &str) -> bool {
@@ -32,16 +32,6 @@ fn inequivalent(
     ))
 }
 
-/// Declaration arguments that must match on redeclare: RabbitMQ compares the
-/// `x-` arguments it knows, ignoring others; antre compares all `x-` ones,
-/// by value (a recovered queue's I64 10 equals a client's I32 10).
-fn x_arguments(args: &FieldTable) -> FieldTable {
-    args.iter()
-        .filter(|(k, _)| k.starts_with("x-"))
-        .map(|(k, v)| (k, v.clone()))
-        .collect()
-}
-
 impl Vhost {
     /// exchange.declare. `passive` only checks that it exists.
     pub fn declare_exchange(
@@ -49,6 +39,12 @@ impl Vhost {
         d: ExchangeDeclaration,
         passive: bool,
     ) -> Result<(), BrokerError> {
+        // The default exchange cannot be declared, not even passively.
+        if d.name.is_empty() {
+            return Err(BrokerError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
         if passive {
             let topo = self.topology.read();
             return match topo.exchanges.contains_key(&d.name) {
@@ -56,20 +52,18 @@ impl Vhost {
                 false => Err(topo.no_exchange(&d.name)),
             };
         }
-        if d.name.is_empty() {
-            return Err(BrokerError::AccessRefused(
-                "operation not permitted on the default exchange".into(),
-            ));
-        }
-        if reserved(&d.name) {
+        ExchangeType::parse(&d.kind, &d.arguments)?;
+        let mut topo = self.topology.write();
+        let existing = topo.exchanges.get(&d.name);
+        // amq.* names are reserved for new exchanges only: redeclaring a
+        // built-in one as it is succeeds, as in RabbitMQ.
+        if existing.is_none() && reserved(&d.name) {
             return Err(BrokerError::AccessRefused(format!(
                 "exchange name '{}' contains reserved prefix 'amq.*'",
                 d.name
             )));
         }
-        ExchangeType::parse(&d.kind, &d.arguments)?;
-        let mut topo = self.topology.write();
-        if let Some(ex) = topo.exchanges.get(&d.name) {
+        if let Some(ex) = existing {
             let err = |arg, got: &dyn std::fmt::Display, have: &dyn std::fmt::Display| {
                 inequivalent("exchange", arg, &self.name, &d.name, got, have)
             };
@@ -85,7 +79,11 @@ impl Vhost {
             if ex.internal != d.internal {
                 return Err(err("internal", &d.internal, &ex.internal));
             }
-            return Ok(());
+            return equivalence::check_exchange_args(
+                &exchange_ref(&self.name, &d.name),
+                &ex.arguments,
+                &d.arguments,
+            );
         }
         let ex = build_exchange(&self.name, self.storage.as_ref(), d, true)?;
         topo.insert_exchange(ex);
@@ -94,21 +92,24 @@ impl Vhost {
 
     /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), BrokerError> {
-        if name.is_empty() || reserved(name) {
+        if name.is_empty() {
+            return Err(BrokerError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        if reserved(name) {
             return Err(BrokerError::AccessRefused(format!(
-                "operation not permitted on {}",
-                if name.is_empty() {
-                    "the default exchange".to_owned()
-                } else {
-                    format!("exchange '{name}'")
-                }
+                "deletion of system {} not allowed",
+                exchange_ref(&self.name, name)
             )));
         }
         let mut topo = self.topology.write();
         let Some(ex) = topo.exchanges.get(name) else {
             return Ok(());
         };
-        if if_unused && (!ex.bindings.is_empty() || topo.is_destination(name)) {
+        // In use means bound as a source, as in RabbitMQ: bindings that
+        // lead to it from other exchanges do not count.
+        if if_unused && !ex.bindings.is_empty() {
             return Err(BrokerError::PreconditionFailed(format!(
                 "{} in use",
                 exchange_ref(&self.name, name)
@@ -154,17 +155,18 @@ impl Vhost {
                 return Err(err("durable", &d.durable, &o.durable));
             }
             if o.exclusive_owner.is_some() != d.exclusive {
-                return Err(err("exclusive", &d.exclusive, &o.exclusive_owner.is_some()));
+                // RabbitMQ treats a differing exclusive flag as a lock
+                // conflict, not as an inequivalent argument.
+                return Err(locked(q));
             }
             if o.auto_delete != d.auto_delete {
                 return Err(err("auto_delete", &d.auto_delete, &o.auto_delete));
             }
-            if !tables_equal(&x_arguments(&o.arguments), &x_arguments(&d.arguments)) {
-                return Err(BrokerError::PreconditionFailed(format!(
-                    "inequivalent arguments for {}",
-                    queue_ref(&self.name, &name)
-                )));
-            }
+            equivalence::check_queue_args(
+                &queue_ref(&self.name, &name),
+                &o.arguments,
+                &d.arguments,
+            )?;
             let q = Arc::clone(q);
             topo.lifecycle.declared += 1;
             drop(topo);
@@ -233,7 +235,9 @@ impl Vhost {
                 queue_ref(&self.name, name)
             )));
         }
-        if if_empty && counts.ready + counts.unacked > 0 {
+        // RabbitMQ looks at ready messages only: a queue whose messages
+        // are all out for delivery counts as empty.
+        if if_empty && counts.ready > 0 {
             return Err(BrokerError::PreconditionFailed(format!(
                 "{} not empty",
                 queue_ref(&self.name, name)
@@ -293,7 +297,11 @@ impl Vhost {
         self.change_binding(source, binding, conn, true)
     }
 
-    /// queue.unbind / exchange.unbind. A missing binding is not an error.
+    /// queue.unbind / exchange.unbind. Idempotent, as in RabbitMQ: a missing
+    /// binding, queue, source or destination exchange is not an error
+    /// (clients unbind in teardown, after auto-delete has removed things);
+    /// the default exchange and another connection's exclusive queue still
+    /// are.
     pub fn unbind(
         &self,
         source: &str,
@@ -319,7 +327,10 @@ impl Vhost {
         add: bool,
     ) -> Result<(), BrokerError> {
         let mut topo = self.topology.write();
-        topo.check_binding_ends(source, &binding.destination, conn)?;
+        match topo.check_binding_ends(source, &binding.destination, conn) {
+            Err(BrokerError::NotFound(_)) if !add => return Ok(()),
+            other => other?,
+        }
         if add {
             topo.bind(source, binding)?;
         } else {

@@ -16,6 +16,7 @@ use crate::dead_letter::{dead_lettered, is_cycle, DeadLetterWork};
 use crate::durable::{add_once, Durable};
 use crate::error::BrokerError;
 use crate::exchange::delayed::{delay_of, DelayedMessages};
+use crate::exchange::sender_selected;
 use crate::message::Message;
 use crate::queue::{DeathReason, Enqueued, Queue};
 
@@ -121,11 +122,9 @@ impl Vhost {
         if source != PublishSource::DelayedRelease && self.exchange_hooks(&message, outcome)? {
             return Ok(());
         }
-        let headers = message.properties.headers.as_ref();
-        let mut queues =
-            self.topology
-                .read()
-                .route(&message.exchange, &message.routing_key, headers)?;
+        let mut queues = self.route(&message, source)?;
+        // BCC names extra routes; consumers must not see it.
+        let message = sender_selected::without_bcc(message);
         if let PublishSource::DeadLetter(reason) = source {
             queues.retain(|q| {
                 let cycle = is_cycle(&message, reason, &q.name);
@@ -156,6 +155,29 @@ impl Vhost {
             work.collect(q);
         }
         Ok(())
+    }
+
+    /// The queues a message reaches: by its routing key and, for a
+    /// publisher's message, also by each key in its `CC` and `BCC` headers
+    /// (RabbitMQ's sender-selected distribution), each queue once.
+    fn route(
+        &self,
+        message: &Message,
+        source: PublishSource,
+    ) -> Result<Vec<Arc<Queue>>, BrokerError> {
+        let headers = message.properties.headers.as_ref();
+        let topo = self.topology.read();
+        let mut queues = topo.route(&message.exchange, &message.routing_key, headers)?;
+        if source.is_publisher() {
+            for key in sender_selected::extra_keys(headers) {
+                for q in topo.route(&message.exchange, &key, headers)? {
+                    if !queues.iter().any(|seen| Arc::ptr_eq(seen, &q)) {
+                        queues.push(q);
+                    }
+                }
+            }
+        }
+        Ok(queues)
     }
 
     /// Runs the exchange's deduplication and delay; returns whether they

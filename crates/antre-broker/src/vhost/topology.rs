@@ -339,12 +339,6 @@ impl Topology {
         self.remove_bindings_to(&Destination::Exchange(name.to_owned()), ex.durable);
     }
 
-    /// Whether some binding has `name` as its destination exchange.
-    pub fn is_destination(&self, name: &str) -> bool {
-        self.sources
-            .contains_key(&Destination::Exchange(name.to_owned()))
-    }
-
     fn forget_source(&mut self, destination: &Destination, source: &str) {
         if let Some(set) = self.sources.get_mut(destination) {
             set.remove(source);
@@ -417,10 +411,16 @@ impl<'t> Walk<'t> {
 /// Refuses another connection's exclusive queue.
 pub(super) fn check_exclusive(q: &Queue, conn: ConnectionId) -> Result<(), BrokerError> {
     match q.options.exclusive_owner {
-        Some(owner) if owner != conn => Err(BrokerError::ResourceLocked(format!(
-            "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-            queue_ref(&q.vhost, &q.name)
-        ))),
+        Some(owner) if owner != conn => Err(locked(q)),
         _ => Ok(()),
     }
+}
+
+/// RabbitMQ's 405 for another connection's exclusive queue, and for a
+/// redeclare whose exclusive flag differs from the queue's.
+pub(super) fn locked(q: &Queue) -> BrokerError {
+    BrokerError::ResourceLocked(format!(
+        "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+        queue_ref(&q.vhost, &q.name)
+    ))
 }

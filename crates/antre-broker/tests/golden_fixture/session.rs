@@ -58,6 +58,7 @@ impl Session {
             vhost: Arc::clone(&vhost),
             connection: CONNECTION,
             max_message_size: 128 * 1024 * 1024,
+            user: "guest".into(),
         };
         let (tx, synced) = mpsc::channel();
         let sink = Arc::new(NoConsumers(Mutex::new(tx)));

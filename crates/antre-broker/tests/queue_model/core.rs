@@ -389,6 +389,7 @@ fn new_channel(broker: &Arc<Broker>, vhost: &Arc<Vhost>, id: u16) -> Chan {
         vhost: Arc::clone(vhost),
         connection: CONNECTION,
         max_message_size: 1024,
+        user: "guest".into(),
     };
     Chan {
         channel: Channel::new(id, ctx, Arc::clone(&sink) as Arc<dyn DeliverySink>),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use antre_amqp::reply;
 use antre_broker::session::{
-    Effect, EventSink, ExternalIdentity, OpenedConnection, Peer, Session, SessionConfig,
+    self, Effect, EventSink, ExternalIdentity, OpenedConnection, Peer, Session, SessionConfig,
     SessionEvent, SessionState,
 };
 use antre_broker::Broker;
@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant, Interval, MissedTickBehavior};
 
-use crate::config::Config;
+use crate::config::{Config, ServerIdentity, RABBITMQ_VERSION};
 use crate::registry::{ConnectionEntry, Registry};
 use crate::tls::TlsInfo;
 
@@ -341,6 +341,26 @@ fn external_identity(tls: Option<&TlsInfo>, offered: bool) -> ExternalIdentity {
     }
 }
 
+/// How the server presents itself in connection.start.
+fn server_identity(identity: ServerIdentity) -> session::ServerIdentity {
+    let antre = session::ServerIdentity::default();
+    match identity {
+        ServerIdentity::Antre => antre,
+        // For clients that choose behaviour from product and version
+        // (docs/compatibility.md): the RabbitMQ release antre's replies are
+        // checked against, with the truth in `information`.
+        ServerIdentity::RabbitMq => session::ServerIdentity {
+            product: "RabbitMQ".into(),
+            version: RABBITMQ_VERSION.into(),
+            information: format!(
+                "antre {}, an AMQP 0-9-1 message broker, presenting itself as RabbitMQ {RABBITMQ_VERSION}",
+                antre.version
+            ),
+            ..antre
+        },
+    }
+}
+
 /// The session's settings, from the server's.
 fn session_config(config: &Config) -> SessionConfig {
     SessionConfig {
@@ -349,7 +369,7 @@ fn session_config(config: &Config) -> SessionConfig {
         heartbeat: config.heartbeat,
         max_message_size: config.max_message_size,
         consumer_timeout: config.consumer_timeout,
-        identity: Default::default(),
+        identity: server_identity(config.server_identity),
     }
 }
 
