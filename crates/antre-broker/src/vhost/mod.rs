@@ -203,7 +203,7 @@ impl Vhost {
     /// broker's timer.
     pub fn tick(&self, now: u64) {
         if let Some(definitions) = &self.definitions {
-            definitions.compact_if_due(&self.topology);
+            definitions.compact_if_due();
         }
         let schedules: Vec<Arc<DelayedMessages>> = self
             .topology

@@ -11,12 +11,13 @@
 //!
 //! A change costs one small append, whatever the number of definitions;
 //! rewriting the whole file per change made declaring n durable queues cost
-//! O(n²) (9,000 queues took 102 s). Once the log outgrows the snapshot, the
-//! broker's timer compacts it: it switches appends to a new log (generation
-//! g+1, `definitions-log.<g+1>/`), writes a snapshot of the definitions as
-//! of that switch naming g+1, then deletes the older logs. Only the switch
-//! holds a lock (the topology's read lock, so declares wait briefly and
-//! publishes not at all); serialising and fsyncing the snapshot does not.
+//! O(n²) (9,000 queues took 102 s). Once the log outgrows the snapshot, it
+//! is compacted on a thread of its own, from the files alone: appends
+//! switch to a new log (generation g+1, `definitions-log.<g+1>/`), then the
+//! old snapshot and the old log, now closed, are read back, combined and
+//! written as the snapshot of generation g+1, and the old logs deleted. No
+//! lock of the vhost is held meanwhile (only the switch takes the log's own
+//! lock), so neither publishers nor declares wait for a compaction.
 //! Start-up replays, on the snapshot, every log of its generation or later:
 //! after a crash between the switch and the snapshot that is two logs, the
 //! older one a prefix of history the snapshot does not have yet. Replaying
@@ -208,6 +209,24 @@ impl DurableState {
         state
     }
 
+    /// As the snapshot file holds them, sorted like an export.
+    fn to_definitions(&self, vhost: &str) -> VhostDefinitions {
+        let mut bindings: Vec<BindingDef> = self.bindings.values().cloned().collect();
+        bindings.sort_by(|a, b| {
+            (&a.source, &a.destination, &a.routing_key).cmp(&(
+                &b.source,
+                &b.destination,
+                &b.routing_key,
+            ))
+        });
+        VhostDefinitions {
+            name: vhost.to_owned(),
+            exchanges: self.exchanges.values().cloned().collect(),
+            queues: self.queues.values().cloned().collect(),
+            bindings,
+        }
+    }
+
     fn apply(&mut self, change: Change) {
         match change {
             Change::PutExchange(x) => {
@@ -232,10 +251,80 @@ impl DurableState {
     }
 }
 
+/// What the files of a vhost's definitions say.
+struct Recovered {
+    state: DurableState,
+    /// Changes replayed from logs.
+    replayed: usize,
+    /// The newest log read, still open, and its generation.
+    last_log: Option<(QueueStore, u64)>,
+    /// The snapshot's generation: the first log it does not include.
+    first: u64,
+}
+
+/// Reads the snapshot and replays, in order, the logs of its generation or
+/// later and before `before` (all of them when None). Logs older than the
+/// snapshot are deleted: folded into it already, their deletion cut short.
+fn read_definitions(
+    dir: &Path,
+    options: &antre_store::StoreOptions,
+    before: Option<u64>,
+) -> Result<Recovered, String> {
+    let snapshot = match antre_store::definitions::read(&dir.join(SNAPSHOT_FILE)) {
+        Ok(Some(raw)) => serde_json::from_slice::<Snapshot>(&raw)
+            .map_err(|e| format!("unreadable definitions: {e}"))?,
+        Ok(None) => Snapshot::default(),
+        Err(e) => return Err(format!("reading definitions: {e}")),
+    };
+    let first = snapshot.log_generation;
+    let mut read = Recovered {
+        state: DurableState::from_snapshot(snapshot.definitions),
+        replayed: 0,
+        last_log: None,
+        first,
+    };
+    for generation in log_generations(dir) {
+        let log_dir = log_dir(dir, generation);
+        if generation < first {
+            let _ = std::fs::remove_dir_all(&log_dir);
+            continue;
+        }
+        if before.is_some_and(|b| generation >= b) {
+            break;
+        }
+        let mut unreadable = None;
+        let (log, _) =
+            QueueStore::open(
+                &log_dir,
+                options.clone(),
+                |_, payload| match serde_json::from_slice::<Change>(payload) {
+                    Ok(change) => {
+                        read.state.apply(change);
+                        read.replayed += 1;
+                    }
+                    Err(e) => {
+                        unreadable.get_or_insert(e);
+                    }
+                },
+            )
+            .map_err(|e| format!("definitions log: {e}"))?;
+        if let Some(e) = unreadable {
+            // A record with a valid checksum that this version cannot read
+            // was written by a newer one: refuse rather than drop it.
+            return Err(format!(
+                "definitions log holds a change this version cannot read: {e}"
+            ));
+        }
+        read.last_log = Some((log, generation));
+    }
+    Ok(read)
+}
+
 /// The definitions of a persistent vhost on disk: snapshot and change log.
 #[derive(Debug)]
 pub(super) struct DefinitionsLog {
     label: String,
+    vhost: String,
     /// The vhost's directory.
     dir: PathBuf,
     store_options: antre_store::StoreOptions,
@@ -248,6 +337,8 @@ pub(super) struct DefinitionsLog {
     appended: AtomicU64,
     /// The log has outgrown the snapshot: the timer should compact.
     compaction_due: AtomicBool,
+    /// A compaction is running.
+    compacting: AtomicBool,
 }
 
 impl OwnsStore for DefinitionsLog {
@@ -270,71 +361,37 @@ impl DefinitionsLog {
         clock: &Arc<dyn Clock>,
     ) -> Result<Arc<DefinitionsLog>, BrokerError> {
         let name = topo.vhost.clone();
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
-            BrokerError::Internal(format!("{what} of vhost '{name}': {e}"))
-        };
-        let snapshot = match antre_store::definitions::read(&storage.dir.join(SNAPSHOT_FILE)) {
-            Ok(Some(raw)) => serde_json::from_slice::<Snapshot>(&raw)
-                .map_err(|e| internal("unreadable definitions", &e))?,
-            Ok(None) => Snapshot::default(),
-            Err(e) => return Err(internal("reading definitions", &e)),
-        };
-        let first = snapshot.log_generation;
-        let mut state = DurableState::from_snapshot(snapshot.definitions);
-        let mut replayed = 0usize;
-        let mut current = (None, first);
-        for generation in log_generations(&storage.dir) {
-            let dir = log_dir(&storage.dir, generation);
-            if generation < first {
-                // Folded into the snapshot already; its deletion was cut short.
-                let _ = std::fs::remove_dir_all(&dir);
-                continue;
+        let internal = |e: String| BrokerError::Internal(format!("{e} (vhost '{name}')"));
+        let read =
+            read_definitions(&storage.dir, &storage.store_options, None).map_err(internal)?;
+        let current = match read.last_log {
+            Some(last) => last,
+            None => {
+                let dir = log_dir(&storage.dir, read.first);
+                let (log, _) = QueueStore::open(&dir, storage.store_options.clone(), |_, _| {})
+                    .map_err(|e| internal(format!("definitions log: {e}")))?;
+                (log, read.first)
             }
-            let mut unreadable = None;
-            let (log, _) = QueueStore::open(&dir, storage.store_options.clone(), |_, payload| {
-                match serde_json::from_slice::<Change>(payload) {
-                    Ok(change) => {
-                        state.apply(change);
-                        replayed += 1;
-                    }
-                    Err(e) => {
-                        unreadable.get_or_insert(e);
-                    }
-                }
-            })
-            .map_err(|e| internal("definitions log", &e))?;
-            if let Some(e) = unreadable {
-                // A record with a valid checksum that this version cannot
-                // read was written by a newer one: refuse rather than drop it.
-                return Err(internal(
-                    "definitions log (a change this version cannot read)",
-                    &e,
-                ));
-            }
-            current = (Some(log), generation);
-        }
-        if current.0.is_none() {
-            let dir = log_dir(&storage.dir, first);
-            let (log, _) = QueueStore::open(&dir, storage.store_options.clone(), |_, _| {})
-                .map_err(|e| internal("definitions log", &e))?;
-            current = (Some(log), first);
-        }
-        rebuild(storage, topo, clock, state)?;
+        };
+        rebuild(storage, topo, clock, &read.state)?;
         topo.take_changes();
         let defs = Arc::new(DefinitionsLog {
             label: format!("definitions of vhost '{name}'"),
+            vhost: name.clone(),
             dir: storage.dir.clone(),
             store_options: storage.store_options.clone(),
-            log: Mutex::new(current),
+            log: Mutex::new((Some(current.0), current.1)),
             snapshot_bytes: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             compaction_due: AtomicBool::new(false),
+            compacting: AtomicBool::new(false),
         });
         // Start with a snapshot of everything and an empty log: start-up
         // reads no more than it must next time, and a new vhost exists on
         // disk at once.
-        if replayed > 0 || !storage.dir.join(SNAPSHOT_FILE).exists() {
-            defs.compact(topo)?;
+        if read.replayed > 0 || !storage.dir.join(SNAPSHOT_FILE).exists() {
+            let generation = defs.switch_log()?;
+            defs.write_snapshot(read.state.to_definitions(&name), generation)?;
         }
         storage
             .syncer
@@ -377,34 +434,45 @@ impl DefinitionsLog {
         Ok(())
     }
 
-    /// Compacts if the log has outgrown the snapshot (see the module docs):
-    /// called by the broker's timer, never on a client's path.
-    pub fn compact_if_due(&self, topology: &parking_lot::RwLock<Topology>) {
-        if !self.compaction_due.swap(false, Ordering::Relaxed) {
+    /// Compacts, on a thread of its own, if the log has outgrown the
+    /// snapshot (see the module docs). Called by the broker's timer.
+    pub fn compact_if_due(self: &Arc<Self>) {
+        if self.compacting.load(Ordering::Relaxed)
+            || !self.compaction_due.swap(false, Ordering::Relaxed)
+        {
             return;
         }
-        let switched = {
-            let topo = topology.read();
-            self.switch_log()
-                .map(|generation| (generation, durable_definitions(&topo)))
-        };
-        let result = switched.and_then(|(generation, defs)| self.write_snapshot(defs, generation));
-        if let Err(e) = result {
-            tracing::error!("compacting the {}: {e}", self.label);
+        self.compacting.store(true, Ordering::Relaxed);
+        let this = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("antre-compact".into())
+            .spawn(move || {
+                if let Err(e) = this.compact() {
+                    tracing::error!("compacting the {}: {e}", this.label);
+                    this.compaction_due.store(true, Ordering::Relaxed);
+                }
+                this.compacting.store(false, Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("starting the compaction of the {}: {e}", self.label);
+            self.compacting.store(false, Ordering::Relaxed);
             self.compaction_due.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Compacts at once (start-up: nobody else uses the vhost yet).
-    fn compact(&self, topo: &Topology) -> Result<(), BrokerError> {
+    /// Switches to a new log, then folds the old snapshot and logs into
+    /// the new snapshot, reading only files.
+    fn compact(&self) -> Result<(), BrokerError> {
         let generation = self.switch_log()?;
-        self.write_snapshot(durable_definitions(topo), generation)
+        let read = read_definitions(&self.dir, &self.store_options, Some(generation))
+            .map_err(|e| BrokerError::Internal(format!("{e} (vhost '{}')", self.vhost)))?;
+        // Read only: closing it must not write anything.
+        drop(read.last_log);
+        self.write_snapshot(read.state.to_definitions(&self.vhost), generation)
     }
 
     /// Makes the current log durable and closes it, and sends further
-    /// changes to the next generation's log; returns that generation. The
-    /// caller holds the topology (at least read-locked), so no change falls
-    /// between the two logs and the snapshot it takes next.
+    /// changes to the next generation's log; returns that generation.
     fn switch_log(&self) -> Result<u64, BrokerError> {
         let mut log = self.log.lock();
         let generation = log.1 + 1;
@@ -466,15 +534,15 @@ fn rebuild(
     storage: &VhostStorage,
     topo: &mut Topology,
     clock: &Arc<dyn Clock>,
-    state: DurableState,
+    state: &DurableState,
 ) -> Result<(), BrokerError> {
     let name = topo.vhost.clone();
     let mut kept_exchanges = HashSet::new();
-    for x in state.exchanges.into_values() {
+    for x in state.exchanges.values() {
         kept_exchanges.insert(dir_name(&x.name));
         let declaration = ExchangeDeclaration {
-            name: x.name,
-            kind: x.kind,
+            name: x.name.clone(),
+            kind: x.kind.clone(),
             durable: true,
             auto_delete: x.auto_delete,
             internal: x.internal,
@@ -484,7 +552,7 @@ fn rebuild(
     }
     remove_orphan_dirs(&storage.dir.join("exchanges"), &kept_exchanges);
     let mut kept_queues = HashSet::new();
-    for q in state.queues.into_values() {
+    for q in state.queues.values() {
         let options = QueueOptions {
             durable: true,
             exclusive_owner: None,
@@ -496,14 +564,14 @@ fn rebuild(
         topo.insert_queue(queue);
     }
     remove_orphan_dirs(&storage.dir.join("queues"), &kept_queues);
-    for b in state.bindings.into_values() {
+    for b in state.bindings.values() {
         let destination = match b.destination_type.as_str() {
-            "exchange" => Destination::Exchange(b.destination),
-            _ => Destination::Queue(b.destination),
+            "exchange" => Destination::Exchange(b.destination.clone()),
+            _ => Destination::Queue(b.destination.clone()),
         };
         let binding = Binding {
             destination,
-            routing_key: b.routing_key,
+            routing_key: b.routing_key.clone(),
             arguments: json_to_table(&b.arguments),
         };
         // A binding whose source is gone was saved by an older version
@@ -612,9 +680,7 @@ mod tests {
             let v = open(dir.path());
             declare(&v, "before-switch");
             let defs = v.definitions.as_ref().unwrap();
-            let topo = v.topology.read();
             defs.switch_log().unwrap();
-            drop(topo);
             declare(&v, "after-switch");
             v.close();
         }
@@ -627,8 +693,9 @@ mod tests {
         assert_eq!(log_generations(dir.path()), [3]);
     }
 
-    /// The timer's compaction moves on to a new log while changes keep
-    /// coming, and everything before and after it comes back.
+    /// The timer's compaction, on its own thread, folds what preceded its
+    /// switch of logs into the snapshot, and everything before and after it
+    /// comes back.
     #[test]
     fn compaction_by_the_timer_keeps_every_change() {
         let dir = tempfile::tempdir().unwrap();
@@ -639,6 +706,19 @@ mod tests {
             defs.compaction_due.store(true, Ordering::Relaxed);
             v.tick(1);
             assert!(!defs.compaction_due.load(Ordering::Relaxed));
+            while defs.compacting.load(Ordering::Relaxed) {
+                std::thread::yield_now();
+            }
+            let snapshot = std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
+            let snapshot: Snapshot = serde_json::from_slice(&snapshot).unwrap();
+            assert_eq!(snapshot.log_generation, 2);
+            let queues: Vec<&str> = snapshot
+                .definitions
+                .queues
+                .iter()
+                .map(|q| q.name.as_str())
+                .collect();
+            assert_eq!(queues, ["a"]);
             assert!(
                 log_generations(dir.path()).is_empty(),
                 "the old log is gone"
