@@ -26,7 +26,7 @@ use rand::Rng;
 
 use crate::clock::Clock;
 use crate::definitions::VhostDefinitions;
-use crate::durable::{Durable, OwnsStore};
+use crate::durable::Durable;
 use crate::error::BrokerError;
 use crate::exchange::delayed::DelayedMessages;
 use crate::exchange::Exchange;

@@ -30,14 +30,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use antre_store::QueueStore;
-use parking_lot::Mutex;
+use antre_store::{DirtyHook, PendingSync, StoreError};
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::definitions::{
     json_to_table, table_to_json, BindingDef, ExchangeDef, QueueDef, VhostDefinitions,
 };
-use crate::durable::{Durable, OwnsStore};
+use crate::durable::Durable;
 use crate::error::BrokerError;
 use crate::exchange::{Binding, Destination, Exchange};
 use crate::queue::{Queue, QueueOptions};
@@ -329,7 +330,9 @@ pub(super) struct DefinitionsLog {
     dir: PathBuf,
     store_options: antre_store::StoreOptions,
     /// The current log, and its generation.
-    log: Mutex<(Option<QueueStore>, u64)>,
+    log: Mutex<CurrentLog>,
+    /// Signalled when a retired log has been made durable and closed.
+    retired: Condvar,
     /// Bytes of the last snapshot written.
     snapshot_bytes: AtomicU64,
     /// Changes appended so far (callers compare to learn whether an
@@ -341,13 +344,67 @@ pub(super) struct DefinitionsLog {
     compacting: AtomicBool,
 }
 
-impl OwnsStore for DefinitionsLog {
-    fn store_label(&self) -> &str {
+/// The log changes are appended to.
+#[derive(Debug)]
+struct CurrentLog {
+    store: Option<QueueStore>,
+    generation: u64,
+    /// A compaction switched logs and is still making the old one
+    /// durable: a sync must wait for it, since the changes it answers for
+    /// may be in the old log.
+    retiring: bool,
+    /// Making a retired log durable failed: nothing can be promised about
+    /// the changes it held, so every sync fails (the vhost must be reopened,
+    /// as a store after a failed fsync).
+    retire_failed: Option<String>,
+}
+
+/// Group commit for the definitions log. Written by hand, not through
+/// [`crate::durable::OwnsStore`], for the one rule that trait cannot
+/// express: a sync waits while a retired log is still being made durable.
+/// The waiting is the syncer's, never a client's.
+impl Durable for DefinitionsLog {
+    fn label(&self) -> &str {
         &self.label
     }
 
-    fn with_store<R>(&self, f: impl FnOnce(&mut Option<QueueStore>) -> R) -> R {
-        f(&mut self.log.lock().0)
+    fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
+        let mut log = self.log.lock();
+        while log.retiring {
+            self.retired.wait(&mut log);
+        }
+        if let Some(cause) = &log.retire_failed {
+            return Some(Err(StoreError::Poisoned {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            }));
+        }
+        log.store.as_mut().map(QueueStore::begin_sync)
+    }
+
+    fn finish_sync(
+        &self,
+        pending: PendingSync,
+        result: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match self.log.lock().store.as_mut() {
+            Some(store) => store.finish_sync(pending, result),
+            None => result,
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.log
+            .lock()
+            .store
+            .as_ref()
+            .is_some_and(QueueStore::is_dirty)
+    }
+
+    fn watch(&self, hook: DirtyHook) {
+        if let Some(store) = self.log.lock().store.as_mut() {
+            store.set_on_dirty(hook);
+        }
     }
 }
 
@@ -380,7 +437,13 @@ impl DefinitionsLog {
             vhost: name.clone(),
             dir: storage.dir.clone(),
             store_options: storage.store_options.clone(),
-            log: Mutex::new((Some(current.0), current.1)),
+            log: Mutex::new(CurrentLog {
+                store: Some(current.0),
+                generation: current.1,
+                retiring: false,
+                retire_failed: None,
+            }),
+            retired: Condvar::new(),
             snapshot_bytes: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             compaction_due: AtomicBool::new(false),
@@ -413,7 +476,7 @@ impl DefinitionsLog {
             return Ok(());
         }
         let mut log = self.log.lock();
-        let Some(store) = log.0.as_mut() else {
+        let Some(store) = log.store.as_mut() else {
             return Ok(());
         };
         for change in &changes {
@@ -471,32 +534,52 @@ impl DefinitionsLog {
         self.write_snapshot(read.state.to_definitions(&self.vhost), generation)
     }
 
-    /// Makes the current log durable and closes it, and sends further
-    /// changes to the next generation's log; returns that generation.
+    /// Sends further changes to the next generation's log, then makes the
+    /// old one durable and closes it; returns the new generation. The switch
+    /// itself does no I/O worth the name (the new log's directory appears
+    /// with its first record), so appends barely wait; the old log's fsync
+    /// happens after the lock is released, and syncs wait for it (see
+    /// [`Durable::begin_sync`] above).
     fn switch_log(&self) -> Result<u64, BrokerError> {
-        let mut log = self.log.lock();
-        let generation = log.1 + 1;
-        let (mut next, _) = QueueStore::open(
-            &log_dir(&self.dir, generation),
-            self.store_options.clone(),
-            |_, _| {},
-        )
-        .map_err(|e| BrokerError::Internal(format!("opening the {} log: {e}", self.label)))?;
-        if let Some(old) = log.0.take() {
-            if let Some(hook) = old.on_dirty() {
+        let (old, generation) = {
+            let mut log = self.log.lock();
+            let generation = log.generation + 1;
+            let (mut next, _) = QueueStore::open(
+                &log_dir(&self.dir, generation),
+                self.store_options.clone(),
+                |_, _| {},
+            )
+            .map_err(|e| BrokerError::Internal(format!("opening the {} log: {e}", self.label)))?;
+            let old = log.store.take();
+            if let Some(hook) = old.as_ref().and_then(QueueStore::on_dirty) {
                 next.set_on_dirty(hook);
             }
-            // Synced before anyone can see the new log: a sync of the new
-            // log must not answer for changes still in the old one.
-            if let Err(e) = old.close() {
-                return Err(BrokerError::Internal(format!(
-                    "closing the {} log: {e}",
-                    self.label
-                )));
+            log.store = Some(next);
+            log.generation = generation;
+            log.retiring = old.is_some();
+            (old, generation)
+        };
+        let closed = old.map_or(Ok(()), QueueStore::close);
+        {
+            let mut log = self.log.lock();
+            log.retiring = false;
+            if let Err(e) = &closed {
+                log.retire_failed = Some(e.to_string());
             }
         }
-        *log = (Some(next), generation);
+        self.retired.notify_all();
+        closed
+            .map_err(|e| BrokerError::Internal(format!("closing the {} log: {e}", self.label)))?;
         Ok(generation)
+    }
+
+    /// Flushes and closes the current log (clean shutdown).
+    pub fn close_store(&self) {
+        if let Some(store) = self.log.lock().store.take() {
+            if let Err(e) = store.close() {
+                tracing::error!("closing {}: {e}", self.label);
+            }
+        }
     }
 
     /// Writes the snapshot of everything before log `generation`, then
