@@ -71,6 +71,10 @@ pub struct DeclareReport {
     pub slowest_thousand_seconds: f64,
     /// Seconds for the last thousand.
     pub last_thousand_seconds: f64,
+    /// Median seconds per thousand.
+    pub median_thousand_seconds: f64,
+    /// How many thousands took more than twice the first.
+    pub thousands_over_twice_the_first: usize,
     /// Bystander round trips (publish + get) completed meanwhile.
     pub bystander_round_trips: u64,
     /// Bystander round trip, median, ms.
@@ -170,6 +174,11 @@ pub async fn run(args: &DeclareArgs) -> Result<DeclareReport> {
         first_thousand_seconds: chunks.first().copied().unwrap_or(0.0),
         slowest_thousand_seconds: chunks.iter().copied().fold(0.0, f64::max),
         last_thousand_seconds: chunks.last().copied().unwrap_or(0.0),
+        median_thousand_seconds: median(&chunks),
+        thousands_over_twice_the_first: chunks
+            .iter()
+            .filter(|&&c| c > 2.0 * chunks.first().copied().unwrap_or(0.0))
+            .count(),
         bystander_round_trips: latency.count(),
         bystander_p50_ms: ms(latency.quantile(0.5)),
         bystander_p99_ms: ms(latency.quantile(0.99)),
@@ -177,6 +186,12 @@ pub async fn run(args: &DeclareArgs) -> Result<DeclareReport> {
         broker_rss_mib,
         delete_seconds,
     })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Publishes one message to its own queue and gets it back, every 10 ms,
@@ -242,11 +257,14 @@ pub fn print(r: &DeclareReport) {
         r.queues as f64 / r.seconds.max(1e-9)
     );
     println!(
-        "  per thousand: first {:.3} s, slowest {:.3} s ({:.1}x the first), last {:.3} s",
+        "  per thousand: first {:.3} s, median {:.3} s, slowest {:.3} s ({:.1}x the first), last {:.3} s; {} of {} over twice the first",
         r.first_thousand_seconds,
+        r.median_thousand_seconds,
         r.slowest_thousand_seconds,
         r.slowest_thousand_seconds / r.first_thousand_seconds.max(1e-9),
-        r.last_thousand_seconds
+        r.last_thousand_seconds,
+        r.thousands_over_twice_the_first,
+        r.queues.div_ceil(1000)
     );
     println!(
         "  bystander publish+get: {} round trips, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
