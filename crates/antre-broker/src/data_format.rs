@@ -15,7 +15,15 @@ use std::path::Path;
 use crate::error::BrokerError;
 
 /// The data format this build writes.
-pub const CURRENT: u32 = 1;
+///
+/// - 1: the first (`users.json` with a per-user loopback flag);
+/// - 2: `access.json` (users with tags, permissions, topic permissions)
+///   replaces `users.json`; loopback-only is the `loopback_users` setting.
+///   [`crate::access::AccessControl::open`] migrates a version 1 directory
+///   (its users keep what version 1 let them do: everything), and does so
+///   whenever it finds `users.json` without `access.json`, so a migration
+///   cut short by a crash finishes at the next start.
+pub const CURRENT: u32 = 2;
 
 /// The file, in the data directory, that names its format version.
 pub const FILE: &str = "format";
@@ -48,9 +56,9 @@ pub fn check(data_dir: &Path) -> Result<u32, BrokerError> {
             data_dir.display()
         )));
     }
-    // Older versions would be migrated here, one version at a time. Version
-    // 1 is the first, so there is nothing to migrate yet.
-    if recorded.is_none() {
+    // Migrations run as the broker opens what they concern (see CURRENT);
+    // each is idempotent, so the version can be recorded first.
+    if found < CURRENT || recorded.is_none() {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| BrokerError::Internal(format!("creating {}: {e}", data_dir.display())))?;
         antre_store::definitions::write_atomic(&path, format!("{PREFIX}{CURRENT}\n").as_bytes())
@@ -67,7 +75,9 @@ fn parse(raw: &[u8]) -> Option<u32> {
 
 /// Whether the directory holds what a broker writes (so it is not new).
 fn holds_data(data_dir: &Path) -> bool {
-    data_dir.join("vhosts").exists() || data_dir.join("users.json").exists()
+    data_dir.join("vhosts").exists()
+        || data_dir.join(crate::access::V1_USERS_FILE).exists()
+        || data_dir.join(crate::access::ACCESS_FILE).exists()
 }
 
 #[cfg(test)]
@@ -83,7 +93,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         assert_eq!(check(&data).unwrap(), CURRENT);
-        assert_eq!(recorded(&data), "antre data format 1\n");
+        assert_eq!(recorded(&data), format!("antre data format {CURRENT}\n"));
         assert_eq!(check(&data).unwrap(), CURRENT, "and reads it back");
     }
 
@@ -92,19 +102,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("vhosts")).unwrap();
         assert_eq!(check(dir.path()).unwrap(), 1);
-        assert_eq!(recorded(dir.path()), "antre data format 1\n");
+        assert_eq!(
+            recorded(dir.path()),
+            format!("antre data format {CURRENT}\n"),
+            "migrated as it opens"
+        );
     }
 
     #[test]
     fn a_newer_version_is_refused_naming_both_versions() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FILE), "antre data format 2\n").unwrap();
+        let newer = format!("antre data format {}\n", CURRENT + 1);
+        std::fs::write(dir.path().join(FILE), &newer).unwrap();
         let err = check(dir.path()).unwrap_err().to_string();
         assert!(
-            err.contains("has data format 2") && err.contains("reads data format 1"),
+            err.contains(&format!("has data format {}", CURRENT + 1))
+                && err.contains(&format!("reads data format {CURRENT}")),
             "{err}"
         );
-        assert_eq!(recorded(dir.path()), "antre data format 2\n", "left alone");
+        assert_eq!(recorded(dir.path()), newer, "left alone");
     }
 
     #[test]

@@ -58,9 +58,12 @@ pub struct Config {
     /// Deliveries per second to one connection above which it counts as
     /// busy and its deliveries are coalesced; 0 coalesces at any rate.
     pub delivery_coalesce_rate: u32,
-    /// A user to create at start-up, `(name, password)`, allowed from any
-    /// address. When set, the loopback-only `guest` user is removed.
+    /// A user to create at start-up, `(name, password)`, an administrator
+    /// with every permission on `/`. When set, `guest` is removed.
     pub default_user: Option<(String, String)>,
+    /// Users who may log in from loopback addresses only, whatever their
+    /// password (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
             delivery_coalesce: Duration::from_millis(2),
             delivery_coalesce_rate: 20_000,
             default_user: None,
+            loopback_users: vec!["guest".into()],
         }
     }
 }
@@ -143,13 +147,22 @@ pub struct Settings {
     /// API and UI [default: 5].
     #[arg(long, env = "ANTRE_RATE_INTERVAL", value_name = "SECONDS")]
     pub rate_interval: Option<f64>,
-    /// Create this user at start-up (allowed from any address) and remove
-    /// the loopback-only guest user [default: none].
+    /// Create this user at start-up (an administrator with every
+    /// permission on /) and remove guest [default: none].
     #[arg(long, env = "ANTRE_DEFAULT_USER", value_name = "NAME")]
     pub default_user: Option<String>,
     /// Password of --default-user.
     #[arg(long, env = "ANTRE_DEFAULT_PASS", value_name = "PASSWORD")]
     pub default_pass: Option<String>,
+    /// Users who may log in from loopback addresses only, comma-separated;
+    /// "none" for nobody [default: guest].
+    #[arg(
+        long,
+        env = "ANTRE_LOOPBACK_USERS",
+        value_name = "USERS",
+        value_delimiter = ','
+    )]
+    pub loopback_users: Option<Vec<String>>,
     /// Log as JSON lines instead of human-readable text [default: false].
     #[arg(long, env = "ANTRE_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub log_json: Option<bool>,
@@ -194,6 +207,7 @@ impl Settings {
             rate_interval: self.rate_interval.or(below.rate_interval),
             default_user: self.default_user.or(below.default_user),
             default_pass: self.default_pass.or(below.default_pass),
+            loopback_users: self.loopback_users.or(below.loopback_users),
             log_json: self.log_json.or(below.log_json),
             log_level: self.log_level.or(below.log_level),
         }
@@ -241,6 +255,15 @@ impl Settings {
                 .delivery_coalesce_rate
                 .unwrap_or(d.delivery_coalesce_rate),
             default_user,
+            loopback_users: match &self.loopback_users {
+                None => d.loopback_users,
+                Some(list) => list
+                    .iter()
+                    .map(|u| u.trim())
+                    .filter(|u| !u.is_empty() && *u != "none")
+                    .map(str::to_owned)
+                    .collect(),
+            },
         })
     }
 }
@@ -294,6 +317,18 @@ mod tests {
             crate::listen::entries(&http),
             ["127.0.0.1:15672", "[::1]:15672"]
         );
+    }
+
+    #[test]
+    fn loopback_users_default_to_guest_and_can_be_emptied() {
+        let d = Settings::default().to_config().unwrap();
+        assert_eq!(d.loopback_users, ["guest"]);
+        let file = Settings::from_toml("loopback_users = [\"guest\", \"ops\"]").unwrap();
+        assert_eq!(file.to_config().unwrap().loopback_users, ["guest", "ops"]);
+        let none = Settings::from_toml("loopback_users = [\"none\"]").unwrap();
+        assert!(none.to_config().unwrap().loopback_users.is_empty());
+        let empty = Settings::from_toml("loopback_users = []").unwrap();
+        assert!(empty.to_config().unwrap().loopback_users.is_empty());
     }
 
     #[test]

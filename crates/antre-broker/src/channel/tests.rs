@@ -23,6 +23,7 @@ fn fixture() -> Fixture {
         broker,
         vhost: Arc::clone(&vhost),
         connection: 1,
+        user: "guest".into(),
         max_message_size: 1024,
     };
     let channel = Channel::new(1, ctx, Arc::clone(&sink) as Arc<dyn DeliverySink>);
@@ -327,6 +328,7 @@ fn consumer_timeout_trips_on_the_queue_timeout_or_the_default() {
         broker,
         vhost,
         connection: 1,
+        user: "guest".into(),
         max_message_size: 1024,
     };
     let mut f = Fixture {

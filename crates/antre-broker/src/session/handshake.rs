@@ -156,7 +156,21 @@ impl Session {
     }
 
     fn start_ok(&mut self, m: ConnectionStartOk) -> Result<(), ConnectionError> {
-        let user = self.authenticate(&m)?;
+        let user = match self.authenticate(&m) {
+            Ok(user) => user,
+            // RabbitMQ tells a refused client why only if it said it
+            // understands (the `authentication_failure_close` capability);
+            // older clients just see the socket close.
+            Err(e) if client_capability(&m.client_properties, "authentication_failure_close") => {
+                return Err(e)
+            }
+            Err(_) => {
+                self.teardown();
+                self.wbuf.clear();
+                self.state = SessionState::Closed { linger: false };
+                return Ok(());
+            }
+        };
         self.cancel_notify = client_capability(&m.client_properties, "consumer_cancel_notify");
         self.blocked_notify = client_capability(&m.client_properties, "connection.blocked");
         self.opened = Some(OpenedConnection {
@@ -209,10 +223,21 @@ impl Session {
                 format!("NOT_ALLOWED - vhost {} not found", open.virtual_host),
             ));
         };
+        let user = self.opened.as_ref().map_or("", |o| o.user.as_str());
+        if !self.broker.access().vhost_access(user, &open.virtual_host) {
+            return Err(ConnectionError::new(
+                reply::NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - access to vhost '{}' refused for user '{user}'",
+                    open.virtual_host
+                ),
+            ));
+        }
         self.ctx = Some(ChannelContext {
             broker: Arc::clone(&self.broker),
             vhost,
             connection: self.id,
+            user: user.into(),
             max_message_size: self.config.max_message_size,
         });
         if let Some(mut opened) = self.opened.take() {

@@ -125,14 +125,16 @@ fn generate() {
             .expect("open the new data directory"),
     );
     for (name, password) in [("ops", "s3cret-ops"), ("app", "pässwörd 🔑")] {
-        broker.add_user(User {
-            name: name.into(),
-            password: password.into(),
-            loopback_only: false,
-        });
+        broker
+            .add_user(User {
+                name: name.into(),
+                password: password.into(),
+                tags: vec![],
+            })
+            .unwrap();
     }
-    broker.add_vhost("eu/payments").unwrap();
-    broker.add_vhost("empty").unwrap();
+    broker.create_vhost("eu/payments", "guest").unwrap();
+    broker.create_vhost("empty", "guest").unwrap();
 
     let mut s = Session::open(&broker, "/");
     topology(&mut s);

@@ -652,6 +652,17 @@ fn v1_users_keep_their_passwords() {
         f.broker.authenticate("ops", "s3cret-op", false),
         Err(LoginError::InvalidCredentials("ops".into()))
     );
+    // Format 1 let every user do everything: the migration keeps that.
+    for name in ["app", "guest", "ops"] {
+        let user = f.broker.access().user(name).unwrap();
+        assert_eq!(user.tags, ["administrator"], "{name}");
+        for vhost in ["/", "eu/payments"] {
+            assert!(
+                f.broker.access().vhost_access(name, vhost),
+                "{name} {vhost}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -765,28 +776,40 @@ fn v1_ttls_and_expiry_count_from_the_recorded_times() {
 }
 
 #[test]
-fn v1_has_no_format_file_and_is_read_as_data_format_1() {
+fn v1_has_no_format_file_and_is_migrated_to_the_current_format() {
     assert!(
         !fixture("v1").join(antre_broker::data_format::FILE).exists(),
         "v1 predates the format file"
     );
     let f = open("v1", V1_CLOSED_AT);
     let recorded = std::fs::read_to_string(f.dir.path().join("format")).unwrap();
-    assert_eq!(recorded, "antre data format 1\n");
+    let current = antre_broker::data_format::CURRENT;
+    assert_eq!(recorded, format!("antre data format {current}\n"));
+    assert!(
+        !f.dir.path().join("users.json").exists(),
+        "became access.json"
+    );
 }
 
 #[test]
 fn a_data_directory_of_a_newer_format_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&fixture("v1"), dir.path());
-    std::fs::write(dir.path().join("format"), "antre data format 2\n").unwrap();
+    let current = antre_broker::data_format::CURRENT;
+    let newer = current + 1;
+    std::fs::write(
+        dir.path().join("format"),
+        format!("antre data format {newer}\n"),
+    )
+    .unwrap();
     let clock = Arc::new(ManualClock::at(V1_CLOSED_AT)) as Arc<dyn Clock>;
     let err = Broker::open_with_clock(dir.path(), StorageOptions::default(), clock)
         .map(|_| ())
         .unwrap_err();
     assert!(
-        err.to_string()
-            .contains("has data format 2, but this antre reads data format 1"),
+        err.to_string().contains(&format!(
+            "has data format {newer}, but this antre reads data format {current}"
+        )),
         "{err}"
     );
     // Nothing was repaired or deleted: the fully acked segment is still there.

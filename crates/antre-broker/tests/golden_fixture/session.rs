@@ -52,6 +52,7 @@ impl Session {
             broker: Arc::clone(broker),
             vhost: Arc::clone(&vhost),
             connection: CONNECTION,
+            user: "guest".into(),
             max_message_size: 128 * 1024 * 1024,
         };
         Session {

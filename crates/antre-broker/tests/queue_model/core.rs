@@ -388,6 +388,7 @@ fn new_channel(broker: &Arc<Broker>, vhost: &Arc<Vhost>, id: u16) -> Chan {
         broker: Arc::clone(broker),
         vhost: Arc::clone(vhost),
         connection: CONNECTION,
+        user: "guest".into(),
         max_message_size: 1024,
     };
     Chan {
