@@ -175,6 +175,9 @@ struct V1User {
     password_hash: String,
 }
 
+/// A (user, vhost) pair, the key of permissions.
+type UserVhost = (String, String);
+
 /// Permissions granting everything, as RabbitMQ's `default_permissions`.
 pub fn full_permission(user: &str, vhost: &str) -> Permission {
     Permission {
@@ -192,7 +195,7 @@ pub struct AccessControl {
     data: RwLock<Data>,
     /// Compiled permissions by (user, vhost), filled on demand and emptied
     /// by every change; None caches "no permission".
-    compiled: Mutex<HashMap<(String, String), Option<Arc<VhostPermissions>>>>,
+    compiled: Mutex<HashMap<UserVhost, Option<Arc<VhostPermissions>>>>,
     generation: AtomicU64,
     loopback_users: RwLock<Vec<String>>,
     file: Option<PathBuf>,
@@ -430,7 +433,7 @@ impl AccessControl {
         self.change(|d| {
             let before = d.topic_permissions.len();
             d.topic_permissions.retain(|(u, v, x), _| {
-                !(u == user && v == vhost && exchange.map_or(true, |e| e == x))
+                !(u == user && v == vhost && exchange.is_none_or(|e| e == x))
             });
             Ok(d.topic_permissions.len() != before)
         })

@@ -65,12 +65,15 @@ impl Channel {
         key: &str,
         perm: Perm,
     ) -> Result<(), BrokerError> {
-        let vhost = Arc::clone(&self.ctx.vhost);
+        // The common case, no topic permission for this exchange, costs a
+        // map emptiness check; only then is the exchange's type looked up.
+        let has_rules = matches!(self.permissions(), Some(p) if p.has_topic_rules(exchange));
+        if !has_rules || !self.ctx.vhost.is_topic_exchange(exchange) {
+            return Ok(());
+        }
         match self.permissions() {
-            Some(p) if p.has_topic_rules(exchange) && vhost.is_topic_exchange(exchange) => {
-                p.check_topic(exchange, key, perm)
-            }
-            _ => Ok(()),
+            Some(p) => p.check_topic(exchange, key, perm),
+            None => Ok(()),
         }
     }
 
