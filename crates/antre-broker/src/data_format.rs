@@ -16,14 +16,22 @@ use crate::error::BrokerError;
 
 /// The data format this build writes.
 ///
-/// - 1: the first (`users.json` with a per-user loopback flag);
-/// - 2: `access.json` (users with tags, permissions, topic permissions)
+/// - 1: `definitions.json` rewritten whole on every change; users in
+///   `users.json` with a per-user loopback flag.
+/// - 2: `definitions.json` is a snapshot, and changes since it are logged
+///   in the vhost's `definitions-log/` store. A version-1 directory is a
+///   version-2 one with an empty log, so the migration only records the
+///   new number; a version-1 antre must not open a version-2 directory,
+///   since it would not see the logged changes.
+/// - 3: `access.json` (users with tags, permissions, topic permissions)
 ///   replaces `users.json`; loopback-only is the `loopback_users` setting.
-///   [`crate::access::AccessControl::open`] migrates a version 1 directory
-///   (its users keep what version 1 let them do: everything), and does so
-///   whenever it finds `users.json` without `access.json`, so a migration
-///   cut short by a crash finishes at the next start.
-pub const CURRENT: u32 = 2;
+///   [`crate::access::AccessControl::open`] migrates a version 1 or 2
+///   directory (its users keep what they could do: everything), and does
+///   so whenever it finds `users.json` without `access.json`, so a
+///   migration cut short by a crash finishes at the next start; a version-2
+///   antre must not open a version-3 directory, since it would seed a new
+///   `guest` and ignore every permission.
+pub const CURRENT: u32 = 3;
 
 /// The file, in the data directory, that names its format version.
 pub const FILE: &str = "format";
@@ -56,9 +64,11 @@ pub fn check(data_dir: &Path) -> Result<u32, BrokerError> {
             data_dir.display()
         )));
     }
-    // Migrations run as the broker opens what they concern (see CURRENT);
-    // each is idempotent, so the version can be recorded first.
-    if found < CURRENT || recorded.is_none() {
+    // Older versions are migrated here, one version at a time. From 1 to 2
+    // nothing on disk changes; from 2 to 3 the broker migrates `users.json`
+    // as it opens it, idempotently, so the version can be recorded first
+    // (see CURRENT).
+    if recorded.is_none() || found < CURRENT {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| BrokerError::Internal(format!("creating {}: {e}", data_dir.display())))?;
         antre_store::definitions::write_atomic(&path, format!("{PREFIX}{CURRENT}\n").as_bytes())
@@ -98,14 +108,24 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_from_before_the_format_file_is_version_1() {
+    fn a_directory_from_before_the_format_file_is_version_1_and_migrated() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("vhosts")).unwrap();
         assert_eq!(check(dir.path()).unwrap(), 1);
         assert_eq!(
             recorded(dir.path()),
-            format!("antre data format {CURRENT}\n"),
-            "migrated as it opens"
+            format!("antre data format {CURRENT}\n")
+        );
+    }
+
+    #[test]
+    fn a_version_1_directory_is_migrated_to_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), "antre data format 1\n").unwrap();
+        assert_eq!(check(dir.path()).unwrap(), 1);
+        assert_eq!(
+            recorded(dir.path()),
+            format!("antre data format {CURRENT}\n")
         );
     }
 

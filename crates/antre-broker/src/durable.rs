@@ -1,7 +1,7 @@
 //! Anything that writes to a message store and takes part in group commit:
 //! queues, and the logs of deduplicating and delaying exchanges.
 
-use antre_store::{PendingSync, QueueStore, StoreError};
+use antre_store::{DirtyHook, PendingSync, QueueStore, StoreError};
 
 /// A participant in the syncer's group commit.
 pub trait Durable: Send + Sync + std::fmt::Debug {
@@ -18,6 +18,9 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     /// Whether a sync would write anything.
     fn is_dirty(&self) -> bool;
+    /// Calls `hook` whenever it goes from having nothing to sync to having
+    /// something, so the syncer visits only the stores that need it.
+    fn watch(&self, hook: DirtyHook);
 }
 
 /// Whether two durables are the same object (data pointers only: vtable
@@ -86,5 +89,13 @@ impl<T: OwnsStore> Durable for T {
 
     fn is_dirty(&self) -> bool {
         self.with_store(|s| s.as_ref().is_some_and(QueueStore::is_dirty))
+    }
+
+    fn watch(&self, hook: DirtyHook) {
+        self.with_store(|s| {
+            if let Some(store) = s.as_mut() {
+                store.set_on_dirty(hook);
+            }
+        });
     }
 }

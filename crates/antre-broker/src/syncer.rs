@@ -11,10 +11,13 @@
 //! 0.3 ms per fsync, confirmed throughput is bounded by how many publishes
 //! arrive per round, not by fsyncs per second.
 //!
-//! Between requests, the syncer also sweeps every durable queue on a short
-//! interval, so persistent messages published without confirms and acks
-//! reach the disk within that interval.
+//! Between requests, the syncer also sweeps, on a short interval, the stores
+//! that became dirty since the last sweep, so persistent messages published
+//! without confirms and acks reach the disk within that interval. A store
+//! puts itself on that list when it goes from clean to dirty, so a sweep
+//! costs nothing for the (possibly many thousands of) idle queues.
 
+use std::collections::HashSet;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::thread;
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::durable::{add_once, same, Durable};
+use crate::durable::{same, Durable};
 use crate::metrics::BrokerMetrics;
 use crate::queue::DeliverySink;
 
@@ -36,7 +39,8 @@ struct Request {
 #[derive(Clone)]
 pub struct Syncer {
     tx: mpsc::Sender<Request>,
-    queues: Arc<Mutex<Vec<Weak<dyn Durable>>>>,
+    /// Stores that became dirty since the last sweep.
+    dirty: Arc<Mutex<Vec<Weak<dyn Durable>>>>,
 }
 
 impl std::fmt::Debug for Syncer {
@@ -50,19 +54,20 @@ impl Syncer {
     /// The thread ends when the last handle is dropped.
     pub fn start(interval: Duration, metrics: Arc<BrokerMetrics>) -> std::io::Result<Syncer> {
         let (tx, rx) = mpsc::channel();
-        let queues: Arc<Mutex<Vec<Weak<dyn Durable>>>> = Arc::default();
-        let registry = Arc::clone(&queues);
+        let dirty: Arc<Mutex<Vec<Weak<dyn Durable>>>> = Arc::default();
+        let swept = Arc::clone(&dirty);
         thread::Builder::new()
             .name("antre-syncer".into())
-            .spawn(move || run(rx, registry, interval, &metrics))?;
-        Ok(Syncer { tx, queues })
+            .spawn(move || run(rx, swept, interval, &metrics))?;
+        Ok(Syncer { tx, dirty })
     }
 
-    /// Includes a durable queue in the periodic sweep.
-    pub fn register(&self, queue: Arc<dyn Durable>) {
-        let mut queues = self.queues.lock();
-        queues.retain(|q| q.strong_count() > 0);
-        queues.push(Arc::downgrade(&queue));
+    /// Includes a store in the periodic sweep whenever it has something to
+    /// sync: it reports itself when it goes from clean to dirty.
+    pub fn register(&self, durable: Arc<dyn Durable>) {
+        let weak = Arc::downgrade(&durable);
+        let dirty = Arc::clone(&self.dirty);
+        durable.watch(Arc::new(move || dirty.lock().push(weak.clone())));
     }
 
     /// Asks for everything appended so far to `queues` to be made durable;
@@ -83,7 +88,7 @@ impl Syncer {
 
 fn run(
     rx: mpsc::Receiver<Request>,
-    registry: Arc<Mutex<Vec<Weak<dyn Durable>>>>,
+    dirty: Arc<Mutex<Vec<Weak<dyn Durable>>>>,
     interval: Duration,
     metrics: &BrokerMetrics,
 ) {
@@ -98,19 +103,22 @@ fn run(
         while let Ok(r) = rx.try_recv() {
             requests.push(r);
         }
+        // Each store once, however many requests name it: a set, since a
+        // sweep after a burst across many queues can name thousands.
+        let mut seen = HashSet::new();
         let mut queues: Vec<Arc<dyn Durable>> = Vec::new();
+        let mut add = |q: Arc<dyn Durable>| {
+            if seen.insert(Arc::as_ptr(&q) as *const () as usize) {
+                queues.push(q);
+            }
+        };
         for r in &requests {
-            r.queues
-                .iter()
-                .for_each(|q| add_once(&mut queues, Arc::clone(q)));
+            r.queues.iter().for_each(|q| add(Arc::clone(q)));
         }
         if last_sweep.elapsed() >= interval {
             last_sweep = Instant::now();
-            let registered: Vec<Arc<dyn Durable>> =
-                registry.lock().iter().filter_map(Weak::upgrade).collect();
-            for q in registered.into_iter().filter(|q| q.is_dirty()) {
-                add_once(&mut queues, q);
-            }
+            let swept = std::mem::take(&mut *dirty.lock());
+            swept.iter().filter_map(Weak::upgrade).for_each(&mut add);
         }
         let started = Instant::now();
         let failed = sync_round(&queues);

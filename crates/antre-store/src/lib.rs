@@ -119,7 +119,7 @@ use std::path::Path;
 
 pub use error::StoreError;
 pub use format::{MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
-pub use store::{PendingSync, QueueStore};
+pub use store::{DirtyHook, PendingSync, QueueStore};
 
 /// Where a record lives: segment number and byte offset of its header in
 /// that segment. Stable for the record's lifetime, across restarts. Orders

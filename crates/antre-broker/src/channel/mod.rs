@@ -193,6 +193,12 @@ impl Channel {
         self.unacked.len()
     }
 
+    /// Whether the channel waits for the syncer (confirms, a commit or
+    /// held replies come back through [`Channel::on_synced`]).
+    pub fn waiting_for_disk(&self) -> bool {
+        self.syncs_outstanding > 0
+    }
+
     /// Number of consumers on this channel.
     pub fn consumer_count(&self) -> usize {
         self.consumers.len()

@@ -193,6 +193,12 @@ impl crate::durable::Durable for Queue {
     fn is_dirty(&self) -> bool {
         Queue::is_dirty(self)
     }
+
+    fn watch(&self, hook: antre_store::DirtyHook) {
+        if let Some(store) = self.state.lock().store.as_mut() {
+            store.set_on_dirty(hook);
+        }
+    }
 }
 
 /// A queue.
@@ -210,6 +216,20 @@ pub struct Queue {
     pub metrics: QueueMetrics,
     clock: Arc<dyn Clock>,
     state: Mutex<QueueState>,
+    /// Time alone can change the queue (TTLs, `x-expires`, a message with
+    /// an expiration), so the broker's timer must visit it.
+    timed: std::sync::atomic::AtomicBool,
+    /// Tells the vhost the queue became timed.
+    timer_hook: std::sync::OnceLock<TimerHook>,
+}
+
+/// What a queue calls when it first needs the broker's timer.
+pub struct TimerHook(pub Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for TimerHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TimerHook")
+    }
 }
 
 fn store_failed(queue: &Queue, e: StoreError) -> BrokerError {
@@ -229,6 +249,7 @@ impl Queue {
     ) -> Result<Arc<Queue>, BrokerError> {
         let args = QueueArgs::parse(&options.arguments, vhost, name)?;
         let state = QueueState::new(&args, clock.now_ms());
+        let args_timed = args.needs_timer();
         Ok(Arc::new(Queue {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
@@ -237,7 +258,28 @@ impl Queue {
             metrics: QueueMetrics::default(),
             clock,
             state: Mutex::new(state),
+            timed: std::sync::atomic::AtomicBool::new(args_timed),
+            timer_hook: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Asks the queue to call `hook` once, when it first needs the broker's
+    /// timer (now, if its arguments already make it timed), so the timer
+    /// visits only such queues, not every queue of the vhost.
+    pub fn on_timed(&self, hook: TimerHook) {
+        let hook = self.timer_hook.get_or_init(|| hook);
+        if self.timed.load(std::sync::atomic::Ordering::Relaxed) {
+            (hook.0)();
+        }
+    }
+
+    /// Notes that the queue holds something that expires.
+    fn mark_timed(&self) {
+        if !self.timed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if let Some(hook) = self.timer_hook.get() {
+                (hook.0)();
+            }
+        }
     }
 
     /// A durable queue backed by the store in `dir`, with the messages the
@@ -305,6 +347,9 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if ttl.is_some() {
+            self.mark_timed();
+        }
         Entry {
             seq,
             priority: message.priority().min(self.args.max_priority),

@@ -18,7 +18,7 @@ pub mod publish;
 mod storage;
 mod topology;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use antre_amqp::FieldTable;
 use parking_lot::RwLock;
@@ -232,7 +232,16 @@ impl Vhost {
         for schedule in schedules {
             self.release_due(&schedule, now);
         }
-        for q in &self.queues() {
+        // Only queues that hold something that expires, or whose arguments
+        // expire them, need the timer; idle vhosts with many queues cost
+        // nothing here.
+        let timed: Vec<Arc<Queue>> = {
+            let topo = self.topology.read();
+            let mut list = topo.timed.lock();
+            list.retain(|q| q.strong_count() > 0);
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        for q in &timed {
             if q.tick(now) {
                 tracing::info!(
                     queue = q.name,

@@ -3,13 +3,15 @@
 //! in [`super::persist`] and locking in [`super::Vhost`].
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use antre_amqp::{FieldTable, FieldValue};
 
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{ConnectionId, Queue};
+use crate::queue::{ConnectionId, Queue, TimerHook};
 
 use super::persist::Change;
 
@@ -48,6 +50,8 @@ pub(super) struct Topology {
     changes: Vec<Change>,
     /// Queue declarations, creations and deletions so far.
     pub lifecycle: QueueLifecycle,
+    /// Queues that need the broker's timer (they add themselves).
+    pub timed: Arc<Mutex<Vec<Weak<Queue>>>>,
 }
 
 /// How many queue.declare calls succeeded, queues were created and queues
@@ -79,6 +83,7 @@ impl Topology {
             exclusive: HashMap::new(),
             changes: Vec::new(),
             lifecycle: QueueLifecycle::default(),
+            timed: Arc::default(),
         }
     }
 
@@ -120,6 +125,9 @@ impl Topology {
                 .or_default()
                 .push(queue.name.clone());
         }
+        let timed = Arc::clone(&self.timed);
+        let weak = Arc::downgrade(&queue);
+        queue.on_timed(TimerHook(Box::new(move || timed.lock().push(weak.clone()))));
         self.queues.insert(queue.name.clone(), queue);
     }
 

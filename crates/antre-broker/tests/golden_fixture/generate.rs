@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use antre_amqp::method::{BasicAck, BasicNack, BasicReject, ExchangeDeclare, QueueDeclare};
 use antre_amqp::{BasicProperties, FieldTable, FieldValue};
-use antre_broker::clock::{Clock, ManualClock};
 use antre_broker::access::{Permission, TopicPermission};
+use antre_broker::clock::{Clock, ManualClock};
 use antre_broker::{Broker, StorageOptions, User};
 use antre_store::StoreOptions;
 use bytes::Bytes;
@@ -126,7 +126,11 @@ fn generate() {
             .expect("open the new data directory"),
     );
     for (name, password, tags) in [
-        ("ops", "s3cret-ops", vec!["monitoring".to_owned(), "custom".to_owned()]),
+        (
+            "ops",
+            "s3cret-ops",
+            vec!["monitoring".to_owned(), "custom".to_owned()],
+        ),
         ("app", "pässwörd 🔑", vec![]),
     ] {
         broker
@@ -139,7 +143,7 @@ fn generate() {
     }
     broker.create_vhost("eu/payments", "guest").unwrap();
     broker.create_vhost("empty", "guest").unwrap();
-    // Since format 2: permissions and topic permissions.
+    // Since format 3: permissions and topic permissions.
     broker
         .set_permission(Permission {
             user: "app".into(),

@@ -25,8 +25,12 @@ use session::{table, Got, Session};
 
 /// The manual clock's time when the fixtures were written (2023-11-14).
 const T0: u64 = 1_700_000_000_000;
-/// When the v1 generator closed the broker: one delayed message had come due.
+/// When the generator closed the broker: one delayed message had come due.
 const V1_CLOSED_AT: u64 = T0 + 1000;
+
+/// The fixtures: each was written by the generator's one scenario, at its
+/// data format version, so each must recover the same contents.
+const FIXTURES: [&str; 3] = ["v1", "v2", "v3"];
 
 /// A fixture copied to a temporary directory (recovery repairs and deletes
 /// files, and the checked-in copy must stay as it is), opened on a manual
@@ -391,79 +395,82 @@ fn v1_queues() -> Vec<(&'static str, &'static str, Vec<Msg>)> {
 }
 
 #[test]
-fn v1_messages_are_recovered_in_order_with_their_properties() {
-    let f = open("v1", V1_CLOSED_AT);
-    let expected = v1_queues();
-    let mut names: Vec<(String, String)> = f
-        .broker
-        .vhosts()
-        .iter()
-        .flat_map(|v| {
-            v.queues()
-                .into_iter()
-                .map(|q| (v.name.clone(), q.name.clone()))
-        })
-        .collect();
-    names.sort();
-    let mut want: Vec<(String, String)> = expected
-        .iter()
-        .map(|(v, q, _)| (v.to_string(), q.to_string()))
-        .collect();
-    want.sort();
-    assert_eq!(names, want, "the recovered queues");
-    for (vhost, queue, messages) in expected {
-        let mut s = f.session(vhost);
-        let counts = s.vhost.queue(queue, 1).unwrap().counts();
-        assert_eq!(
-            (counts.ready, counts.unacked),
-            (messages.len() as u32, 0),
-            "counts of {queue}"
-        );
-        let drained = s.drain(queue);
-        let remaining: Vec<u32> = drained.iter().map(|g| g.method.message_count).collect();
-        let expected_remaining: Vec<u32> = (0..messages.len() as u32).rev().collect();
-        assert_eq!(
-            remaining, expected_remaining,
-            "message_count in get-ok of {queue}"
-        );
-        let recovered: Vec<Msg> = drained.iter().map(got).collect();
-        assert_eq!(recovered, messages, "messages of {vhost} {queue}");
+fn fixture_messages_are_recovered_in_order_with_their_properties() {
+    for version in FIXTURES {
+        let f = open(version, V1_CLOSED_AT);
+        let expected = v1_queues();
+        let mut names: Vec<(String, String)> = f
+            .broker
+            .vhosts()
+            .iter()
+            .flat_map(|v| {
+                v.queues()
+                    .into_iter()
+                    .map(|q| (v.name.clone(), q.name.clone()))
+            })
+            .collect();
+        names.sort();
+        let mut want: Vec<(String, String)> = expected
+            .iter()
+            .map(|(v, q, _)| (v.to_string(), q.to_string()))
+            .collect();
+        want.sort();
+        assert_eq!(names, want, "the recovered queues");
+        for (vhost, queue, messages) in expected {
+            let mut s = f.session(vhost);
+            let counts = s.vhost.queue(queue, 1).unwrap().counts();
+            assert_eq!(
+                (counts.ready, counts.unacked),
+                (messages.len() as u32, 0),
+                "counts of {queue}"
+            );
+            let drained = s.drain(queue);
+            let remaining: Vec<u32> = drained.iter().map(|g| g.method.message_count).collect();
+            let expected_remaining: Vec<u32> = (0..messages.len() as u32).rev().collect();
+            assert_eq!(
+                remaining, expected_remaining,
+                "message_count in get-ok of {queue}"
+            );
+            let recovered: Vec<Msg> = drained.iter().map(got).collect();
+            assert_eq!(recovered, messages, "messages of {vhost} {queue}");
+        }
     }
 }
 
 #[test]
-fn v1_store_files_are_cleaned_up_as_recovery_promises() {
-    let f = open("v1", V1_CLOSED_AT);
-    // dir_name("orders") in vhost dir_name("/"): the naming is part of the format.
-    let orders = f
-        .dir
-        .path()
-        .join("vhosts/8a5edab282632443219e051e4ade2d1d/queues/1c168adb00d208e42f93314529f1fa9c");
-    let mut files: Vec<String> = std::fs::read_dir(&orders)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
-    // Segment 4 held only acked records: recovery deleted it and its acks;
-    // new writes go to segment 5.
-    assert_eq!(
-        files,
-        [
-            "acks.0000000001",
-            "acks.0000000002",
-            "msgs.0000000001",
-            "msgs.0000000002",
-            "msgs.0000000003"
-        ]
-    );
-    assert!(
-        !f.dir
-            .path()
-            .join("vhosts/8a5edab282632443219e051e4ade2d1d/queues")
-            .join(dir_of("scratch"))
-            .exists(),
-        "a transient queue has no store"
-    );
+fn fixture_store_files_are_cleaned_up_as_recovery_promises() {
+    for version in FIXTURES {
+        let f = open(version, V1_CLOSED_AT);
+        // dir_name("orders") in vhost dir_name("/"): the naming is part of the format.
+        let orders = f.dir.path().join(
+            "vhosts/8a5edab282632443219e051e4ade2d1d/queues/1c168adb00d208e42f93314529f1fa9c",
+        );
+        let mut files: Vec<String> = std::fs::read_dir(&orders)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        // Segment 4 held only acked records: recovery deleted it and its acks;
+        // new writes go to segment 5.
+        assert_eq!(
+            files,
+            [
+                "acks.0000000001",
+                "acks.0000000002",
+                "msgs.0000000001",
+                "msgs.0000000002",
+                "msgs.0000000003"
+            ]
+        );
+        assert!(
+            !f.dir
+                .path()
+                .join("vhosts/8a5edab282632443219e051e4ade2d1d/queues")
+                .join(dir_of("scratch"))
+                .exists(),
+            "a transient queue has no store"
+        );
+    }
 }
 
 /// The directory name of a queue or vhost (the first 16 bytes of its
@@ -476,19 +483,21 @@ fn dir_of(name: &str) -> &'static str {
 }
 
 #[test]
-fn v1_definitions_are_recovered() {
-    let f = open("v1", V1_CLOSED_AT);
-    let mut vhosts: Vec<String> = f.broker.vhosts().iter().map(|v| v.name.clone()).collect();
-    vhosts.sort();
-    assert_eq!(vhosts, ["/", "empty", "eu/payments"]);
-    let defs =
-        |name: &str| serde_json::to_value(f.broker.vhost(name).unwrap().definitions()).unwrap();
-    assert_eq!(
-        defs("empty"),
-        json!({"name": "empty", "exchanges": [], "queues": [], "bindings": []})
-    );
-    assert_eq!(defs("eu/payments"), v1_eu_definitions());
-    assert_eq!(defs("/"), v1_root_definitions());
+fn fixture_definitions_are_recovered() {
+    for version in FIXTURES {
+        let f = open(version, V1_CLOSED_AT);
+        let mut vhosts: Vec<String> = f.broker.vhosts().iter().map(|v| v.name.clone()).collect();
+        vhosts.sort();
+        assert_eq!(vhosts, ["/", "empty", "eu/payments"]);
+        let defs =
+            |name: &str| serde_json::to_value(f.broker.vhost(name).unwrap().definitions()).unwrap();
+        assert_eq!(
+            defs("empty"),
+            json!({"name": "empty", "exchanges": [], "queues": [], "bindings": []})
+        );
+        assert_eq!(defs("eu/payments"), v1_eu_definitions());
+        assert_eq!(defs("/"), v1_root_definitions());
+    }
 }
 
 fn exchange(name: &str, kind: &str, arguments: serde_json::Value) -> serde_json::Value {
@@ -586,193 +595,246 @@ fn v1_eu_definitions() -> serde_json::Value {
 /// The recovered bindings route: each publish lands exactly where the
 /// topology says.
 #[test]
-fn v1_bindings_route_after_recovery() {
-    let f = open("v1", V1_CLOSED_AT);
-    let mut s = f.session("/");
-    let ready = |s: &Session| ["orders", "audit", "tasks"].map(|q| s.ready(q));
-    let [orders, audit, tasks] = ready(&s);
-    let mut publish = |exchange: &str, key: &str, props, added: [u32; 3]| {
-        s.publish(exchange, key, props, b"probe");
-        let want = [orders + added[0], audit + added[1], tasks + added[2]];
-        assert_eq!(
-            ready(&s),
-            want,
-            "after a publish to '{exchange}' with '{key}'"
-        );
-    };
-    // orders through the topic binding, audit through shop.topic -> shop.fanout.
-    publish("shop.topic", "order.us.created", persistent(), [1, 1, 0]);
-    // audit through shop.fanout and shop.internal: one copy all the same.
-    publish("shop.topic", "order.x.audit", persistent(), [1, 2, 0]);
-    publish("shop.direct", "orders.priority", persistent(), [2, 2, 0]);
-    publish("shop.auto", "auto", persistent(), [2, 3, 0]);
-    let urgent = headers(table([("urgent", FieldValue::Bool(true))]));
-    publish("shop.headers", "", urgent, [2, 3, 1]);
-    let neither = headers(table([("kind", string("chore"))]));
-    publish("shop.headers", "", neither, [2, 3, 1]);
-    let refused = s
-        .channel
-        .publish(
-            BasicPublish {
-                exchange: "shop.internal".into(),
-                ..Default::default()
-            },
-            antre_amqp::ContentHeader {
-                class_id: antre_amqp::CLASS_BASIC,
-                body_size: 0,
-                properties: persistent(),
-            },
-            Bytes::new(),
-            &mut s.out,
-        )
-        .unwrap_err();
-    assert!(
-        matches!(refused, BrokerError::AccessRefused(_)),
-        "{refused}"
-    );
-    let mut eu = f.session("eu/payments");
-    eu.publish("ledger.topic", "ledger.fr.eur", persistent(), b"l3");
-    eu.publish("ledger.topic", "ledger.fr.usd", persistent(), b"not routed");
-    assert_eq!(eu.ready("ledger"), 3);
-}
-
-#[test]
-fn v1_users_keep_their_passwords() {
-    let f = open("v1", V1_CLOSED_AT);
-    let names: Vec<String> = f.broker.users().into_iter().map(|u| u.name).collect();
-    assert_eq!(names, ["app", "guest", "ops"]);
-    assert_eq!(f.broker.authenticate("ops", "s3cret-ops", false), Ok(()));
-    assert_eq!(f.broker.authenticate("app", "pässwörd 🔑", false), Ok(()));
-    assert_eq!(f.broker.authenticate("guest", "guest", true), Ok(()));
-    assert_eq!(
-        f.broker.authenticate("guest", "guest", false),
-        Err(LoginError::LoopbackOnly("guest".into()))
-    );
-    assert_eq!(
-        f.broker.authenticate("ops", "s3cret-op", false),
-        Err(LoginError::InvalidCredentials("ops".into()))
-    );
-    // Format 1 let every user do everything: the migration keeps that.
-    for name in ["app", "guest", "ops"] {
-        let user = f.broker.access().user(name).unwrap();
-        assert_eq!(user.tags, ["administrator"], "{name}");
-        for vhost in ["/", "eu/payments"] {
-            assert!(
-                f.broker.access().vhost_access(name, vhost),
-                "{name} {vhost}"
+fn fixture_bindings_route_after_recovery() {
+    for version in FIXTURES {
+        let f = open(version, V1_CLOSED_AT);
+        let mut s = f.session("/");
+        let ready = |s: &Session| ["orders", "audit", "tasks"].map(|q| s.ready(q));
+        let [orders, audit, tasks] = ready(&s);
+        let mut publish = |exchange: &str, key: &str, props, added: [u32; 3]| {
+            s.publish(exchange, key, props, b"probe");
+            let want = [orders + added[0], audit + added[1], tasks + added[2]];
+            assert_eq!(
+                ready(&s),
+                want,
+                "after a publish to '{exchange}' with '{key}'"
             );
-        }
+        };
+        // orders through the topic binding, audit through shop.topic -> shop.fanout.
+        publish("shop.topic", "order.us.created", persistent(), [1, 1, 0]);
+        // audit through shop.fanout and shop.internal: one copy all the same.
+        publish("shop.topic", "order.x.audit", persistent(), [1, 2, 0]);
+        publish("shop.direct", "orders.priority", persistent(), [2, 2, 0]);
+        publish("shop.auto", "auto", persistent(), [2, 3, 0]);
+        let urgent = headers(table([("urgent", FieldValue::Bool(true))]));
+        publish("shop.headers", "", urgent, [2, 3, 1]);
+        let neither = headers(table([("kind", string("chore"))]));
+        publish("shop.headers", "", neither, [2, 3, 1]);
+        let refused = s
+            .channel
+            .publish(
+                BasicPublish {
+                    exchange: "shop.internal".into(),
+                    ..Default::default()
+                },
+                antre_amqp::ContentHeader {
+                    class_id: antre_amqp::CLASS_BASIC,
+                    body_size: 0,
+                    properties: persistent(),
+                },
+                Bytes::new(),
+                &mut s.out,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(refused, BrokerError::AccessRefused(_)),
+            "{refused}"
+        );
+        let mut eu = f.session("eu/payments");
+        eu.publish("ledger.topic", "ledger.fr.eur", persistent(), b"l3");
+        eu.publish("ledger.topic", "ledger.fr.usd", persistent(), b"not routed");
+        assert_eq!(eu.ready("ledger"), 3);
     }
 }
 
 #[test]
-fn v1_deduplication_windows_survive() {
-    let f = open("v1", V1_CLOSED_AT);
-    let mut s = f.session("/");
-    // The exchange's log: pay-1 and pay-2 are remembered for 10 minutes,
-    // pay-3 only for 1 s, which has passed.
-    s.publish("payments.dedup", "", dedup_key("pay-1"), b"dup");
-    s.publish("payments.dedup", "", id("pay-2"), b"dup");
-    assert_eq!(s.ready("deduped"), 3, "pay-1 and pay-2 are still known");
-    s.publish("payments.dedup", "", dedup_key("pay-3"), b"pay-3 again");
-    s.publish("payments.dedup", "", dedup_key("pay-4"), b"new");
-    assert_eq!(s.ready("deduped"), 5);
-    f.clock.advance(T0 + 600_000 - V1_CLOSED_AT);
-    s.publish(
-        "payments.dedup",
-        "",
-        dedup_key("pay-1"),
-        b"pay-1 after its window",
-    );
-    assert_eq!(s.ready("deduped"), 6);
-    // The queue's own deduplication is rebuilt from its messages.
-    s.publish("", "invoices", id("inv-1"), b"dup");
-    s.publish("", "invoices", dedup_key("inv-2"), b"dup");
-    assert_eq!(s.ready("invoices"), 2);
-    s.publish("", "invoices", id("inv-3"), b"new");
-    assert_eq!(s.ready("invoices"), 3);
+fn fixture_users_keep_their_passwords() {
+    for version in FIXTURES {
+        let f = open(version, V1_CLOSED_AT);
+        let names: Vec<String> = f.broker.users().into_iter().map(|u| u.name).collect();
+        assert_eq!(names, ["app", "guest", "ops"]);
+        assert_eq!(f.broker.authenticate("ops", "s3cret-ops", false), Ok(()));
+        assert_eq!(f.broker.authenticate("app", "pässwörd 🔑", false), Ok(()));
+        assert_eq!(f.broker.authenticate("guest", "guest", true), Ok(()));
+        assert_eq!(
+            f.broker.authenticate("guest", "guest", false),
+            Err(LoginError::LoopbackOnly("guest".into()))
+        );
+        assert_eq!(
+            f.broker.authenticate("ops", "s3cret-op", false),
+            Err(LoginError::InvalidCredentials("ops".into()))
+        );
+        if version == "v3" {
+            continue;
+        }
+        // Before format 3 every user could do everything: the migration
+        // keeps that, and users.json becomes access.json.
+        for name in ["app", "guest", "ops"] {
+            let user = f.broker.access().user(name).unwrap();
+            assert_eq!(user.tags, ["administrator"], "{version} {name}");
+            for vhost in ["/", "eu/payments", "empty"] {
+                let access = f.broker.access().vhost_access(name, vhost);
+                assert!(access, "{version} {name} {vhost}");
+            }
+        }
+        assert!(!f.dir.path().join("users.json").exists(), "{version}");
+        assert!(f.dir.path().join("access.json").exists(), "{version}");
+    }
 }
 
 #[test]
-fn v1_delayed_messages_come_due_on_time() {
-    let f = open("v1", V1_CLOSED_AT);
-    let mut s = f.session("/");
-    assert_eq!(s.ready("reminders"), 1);
-    f.tick_at(T0 + 4999);
-    assert_eq!(s.ready("reminders"), 1);
-    f.tick_at(T0 + 5000);
-    assert_eq!(s.ready("reminders"), 2);
-    f.tick_at(T0 + 59_999);
-    assert_eq!(s.ready("reminders"), 2);
-    f.tick_at(T0 + 60_000);
-    let released: Vec<Msg> = s.drain("reminders").iter().map(got).collect();
-    let fresh = |published_at, properties, body: &[u8]| Msg {
-        redelivered: false,
-        published_at,
-        ..msg("reminders.delayed", "remind", properties, body)
-    };
-    assert_eq!(
-        released,
-        [
-            Msg {
-                published_at: V1_CLOSED_AT,
-                ..msg(
-                    "reminders.delayed",
-                    "remind",
-                    delay(1000, 2),
-                    b"r1 after 1 s"
+fn fixture_deduplication_windows_survive() {
+    for version in FIXTURES {
+        let f = open(version, V1_CLOSED_AT);
+        let mut s = f.session("/");
+        // The exchange's log: pay-1 and pay-2 are remembered for 10 minutes,
+        // pay-3 only for 1 s, which has passed.
+        s.publish("payments.dedup", "", dedup_key("pay-1"), b"dup");
+        s.publish("payments.dedup", "", id("pay-2"), b"dup");
+        assert_eq!(s.ready("deduped"), 3, "pay-1 and pay-2 are still known");
+        s.publish("payments.dedup", "", dedup_key("pay-3"), b"pay-3 again");
+        s.publish("payments.dedup", "", dedup_key("pay-4"), b"new");
+        assert_eq!(s.ready("deduped"), 5);
+        f.clock.advance(T0 + 600_000 - V1_CLOSED_AT);
+        s.publish(
+            "payments.dedup",
+            "",
+            dedup_key("pay-1"),
+            b"pay-1 after its window",
+        );
+        assert_eq!(s.ready("deduped"), 6);
+        // The queue's own deduplication is rebuilt from its messages.
+        s.publish("", "invoices", id("inv-1"), b"dup");
+        s.publish("", "invoices", dedup_key("inv-2"), b"dup");
+        assert_eq!(s.ready("invoices"), 2);
+        s.publish("", "invoices", id("inv-3"), b"new");
+        assert_eq!(s.ready("invoices"), 3);
+    }
+}
+
+#[test]
+fn fixture_delayed_messages_come_due_on_time() {
+    for version in FIXTURES {
+        let f = open(version, V1_CLOSED_AT);
+        let mut s = f.session("/");
+        assert_eq!(s.ready("reminders"), 1);
+        f.tick_at(T0 + 4999);
+        assert_eq!(s.ready("reminders"), 1);
+        f.tick_at(T0 + 5000);
+        assert_eq!(s.ready("reminders"), 2);
+        f.tick_at(T0 + 59_999);
+        assert_eq!(s.ready("reminders"), 2);
+        f.tick_at(T0 + 60_000);
+        let released: Vec<Msg> = s.drain("reminders").iter().map(got).collect();
+        let fresh = |published_at, properties, body: &[u8]| Msg {
+            redelivered: false,
+            published_at,
+            ..msg("reminders.delayed", "remind", properties, body)
+        };
+        assert_eq!(
+            released,
+            [
+                Msg {
+                    published_at: V1_CLOSED_AT,
+                    ..msg(
+                        "reminders.delayed",
+                        "remind",
+                        delay(1000, 2),
+                        b"r1 after 1 s"
+                    )
+                },
+                fresh(T0 + 5000, delay(5000, 2), b"r2 after 5 s"),
+                fresh(T0 + 60_000, delay(60_000, 1), b"r3 after 1 min"),
+            ]
+        );
+    }
+}
+
+#[test]
+fn fixture_ttls_and_expiry_count_from_the_recorded_times() {
+    for version in FIXTURES {
+        let f = open(version, V1_CLOSED_AT);
+        let mut s = f.session("/");
+        f.tick_at(T0 + 5000);
+        // pay-2's own expiration has passed, but like RabbitMQ's classic
+        // queues antre expires heads only: it goes once pay-1 is taken.
+        assert_eq!(s.ready("payments"), 3);
+        let first = s.get("payments", true).expect("pay-1");
+        assert_eq!(
+            first.message.properties.message_id.as_deref(),
+            Some("pay-1")
+        );
+        f.tick_at(T0 + 5000);
+        assert_eq!(s.ready("payments"), 1);
+        let dead: Vec<Got> = s.drain("payments.dead");
+        let reasons: Vec<(Option<String>, Option<FieldValue>)> = dead
+            .iter()
+            .map(|g| {
+                let h = g.message.properties.headers.clone().unwrap_or_default();
+                (
+                    g.message.properties.message_id.clone(),
+                    h.get("x-first-death-reason").cloned(),
                 )
-            },
-            fresh(T0 + 5000, delay(5000, 2), b"r2 after 5 s"),
-            fresh(T0 + 60_000, delay(60_000, 1), b"r3 after 1 min"),
-        ]
-    );
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (Some("pay-0".into()), Some(string("rejected"))),
+                (Some("pay-2".into()), Some(string("expired"))),
+            ]
+        );
+        // The queue's TTL of a day counts from pay-3's publication at T0.
+        f.tick_at(T0 + 86_400_000 - 1);
+        assert_eq!(s.ready("payments"), 1);
+        f.tick_at(T0 + 86_400_000);
+        assert_eq!(s.ready("payments"), 0);
+        assert_eq!(s.ready("payments.dead"), 1);
+        // standby's x-expires (an hour unused) counts from recovery; it is gone.
+        assert!(matches!(
+            s.vhost.queue("standby", 1),
+            Err(BrokerError::NotFound(_))
+        ));
+    }
 }
 
 #[test]
-fn v1_ttls_and_expiry_count_from_the_recorded_times() {
-    let f = open("v1", V1_CLOSED_AT);
-    let mut s = f.session("/");
-    f.tick_at(T0 + 5000);
-    // pay-2's own expiration has passed, but like RabbitMQ's classic
-    // queues antre expires heads only: it goes once pay-1 is taken.
-    assert_eq!(s.ready("payments"), 3);
-    let first = s.get("payments", true).expect("pay-1");
-    assert_eq!(
-        first.message.properties.message_id.as_deref(),
-        Some("pay-1")
-    );
-    f.tick_at(T0 + 5000);
-    assert_eq!(s.ready("payments"), 1);
-    let dead: Vec<Got> = s.drain("payments.dead");
-    let reasons: Vec<(Option<String>, Option<FieldValue>)> = dead
-        .iter()
-        .map(|g| {
-            let h = g.message.properties.headers.clone().unwrap_or_default();
-            (
-                g.message.properties.message_id.clone(),
-                h.get("x-first-death-reason").cloned(),
-            )
-        })
+fn v3_keeps_tags_permissions_and_topic_permissions() {
+    use antre_broker::access::{Perm, ResourceKind};
+    let f = open("v3", V1_CLOSED_AT);
+    let access = f.broker.access();
+    let tags = |name: &str| access.user(name).unwrap().tags;
+    assert_eq!(tags("guest"), ["administrator"]);
+    assert_eq!(tags("ops"), ["monitoring", "custom"]);
+    assert!(tags("app").is_empty());
+    let mut granted: Vec<(String, String)> = access
+        .permissions()
+        .into_iter()
+        .map(|p| (p.user, p.vhost))
         .collect();
-    assert_eq!(
-        reasons,
-        [
-            (Some("pay-0".into()), Some(string("rejected"))),
-            (Some("pay-2".into()), Some(string("expired"))),
-        ]
+    granted.sort();
+    let expected = [
+        ("app", "eu/payments"),
+        ("guest", "/"),
+        ("guest", "empty"),
+        ("guest", "eu/payments"),
+        ("ops", "/"),
+    ];
+    assert_eq!(granted, expected.map(|(u, v)| (u.to_owned(), v.to_owned())));
+    let app = access.compiled("app", "eu/payments").unwrap();
+    assert!(app.allows(ResourceKind::Queue, "ledger", Perm::Configure));
+    assert!(app.allows(ResourceKind::Exchange, "ledger.topic", Perm::Write));
+    assert!(
+        !app.allows(ResourceKind::Queue, "ledger", Perm::Read),
+        "\"\" is nothing"
     );
-    // The queue's TTL of a day counts from pay-3's publication at T0.
-    f.tick_at(T0 + 86_400_000 - 1);
-    assert_eq!(s.ready("payments"), 1);
-    f.tick_at(T0 + 86_400_000);
-    assert_eq!(s.ready("payments"), 0);
-    assert_eq!(s.ready("payments.dead"), 1);
-    // standby's x-expires (an hour unused) counts from recovery; it is gone.
-    assert!(matches!(
-        s.vhost.queue("standby", 1),
-        Err(BrokerError::NotFound(_))
-    ));
+    assert!(app
+        .check_topic("ledger.topic", "ledger.app.eur", Perm::Write)
+        .is_ok());
+    assert!(app
+        .check_topic("ledger.topic", "ledger.ops.eur", Perm::Write)
+        .is_err());
+    assert!(access.compiled("app", "/").is_none());
 }
 
 #[test]
@@ -783,11 +845,9 @@ fn v1_has_no_format_file_and_is_migrated_to_the_current_format() {
     );
     let f = open("v1", V1_CLOSED_AT);
     let recorded = std::fs::read_to_string(f.dir.path().join("format")).unwrap();
-    let current = antre_broker::data_format::CURRENT;
-    assert_eq!(recorded, format!("antre data format {current}\n"));
-    assert!(
-        !f.dir.path().join("users.json").exists(),
-        "became access.json"
+    assert_eq!(
+        recorded,
+        format!("antre data format {}\n", antre_broker::data_format::CURRENT)
     );
 }
 
@@ -817,4 +877,27 @@ fn a_data_directory_of_a_newer_format_is_refused_untouched() {
         .path()
         .join("vhosts/8a5edab282632443219e051e4ade2d1d/queues/1c168adb00d208e42f93314529f1fa9c/msgs.0000000004")
         .exists());
+}
+
+/// v2 keeps its definitions as a snapshot plus a change log: here the
+/// snapshot predates every declaration, so recovery must replay the log.
+#[test]
+fn v2_recovers_its_definitions_from_the_change_log() {
+    let root = fixture("v2").join("vhosts/8a5edab282632443219e051e4ade2d1d");
+    let snapshot: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("definitions.json")).unwrap()).unwrap();
+    assert_eq!(snapshot["queues"], json!([]), "the snapshot is empty");
+    let log_files = std::fs::read_dir(root.join("definitions-log"))
+        .unwrap()
+        .count();
+    assert!(log_files > 0, "the declarations are in the log");
+    let recorded = std::fs::read_to_string(fixture("v2").join("format")).unwrap();
+    assert_eq!(recorded, "antre data format 2\n");
+    // What the log holds is checked by the fixture_* tests, which open v2
+    // as well as v1; once opened, the log is folded into a new snapshot.
+    let f = open("v2", V1_CLOSED_AT);
+    let root = f.dir.path().join("vhosts/8a5edab282632443219e051e4ade2d1d");
+    let snapshot: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("definitions.json")).unwrap()).unwrap();
+    assert_eq!(snapshot, v1_root_definitions());
 }

@@ -3,7 +3,8 @@
 //! the fixture back through it, so both go through the same entry points a
 //! client does.
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use antre_amqp::method::{
     BasicGet, BasicGetOk, BasicPublish, BasicRecover, ExchangeBind, ExchangeDeclare, QueueBind,
@@ -18,16 +19,19 @@ use bytes::Bytes;
 /// The connection id every session uses (no exclusive queues here).
 const CONNECTION: u64 = 1;
 
-/// A sink for a channel that never consumes: nothing should arrive.
-#[derive(Debug, Default)]
-struct NoConsumers;
+/// A sink for a channel that never consumes (nothing should arrive) and
+/// passes the syncer's answers back, as the server does.
+#[derive(Debug)]
+struct NoConsumers(Mutex<mpsc::Sender<(u64, bool)>>);
 
 impl DeliverySink for NoConsumers {
     fn deliver(&self, delivery: Delivery) -> Result<(), Box<Delivery>> {
         panic!("no consumer was started, yet got {delivery:?}")
     }
     fn cancel(&self, _consumer_tag: &str) {}
-    fn synced(&self, _token: u64, _ok: bool) {}
+    fn synced(&self, token: u64, ok: bool) {
+        let _ = self.0.lock().unwrap().send((token, ok));
+    }
 }
 
 /// A message as basic.get hands it out.
@@ -43,6 +47,7 @@ pub struct Session {
     pub vhost: Arc<Vhost>,
     pub channel: Channel,
     pub out: Vec<Outgoing>,
+    synced: mpsc::Receiver<(u64, bool)>,
 }
 
 impl Session {
@@ -55,16 +60,36 @@ impl Session {
             user: "guest".into(),
             max_message_size: 128 * 1024 * 1024,
         };
+        let (tx, synced) = mpsc::channel();
+        let sink = Arc::new(NoConsumers(Mutex::new(tx)));
         Session {
             broker: Arc::clone(broker),
             vhost,
-            channel: Channel::new(1, ctx, Arc::new(NoConsumers)),
+            channel: Channel::new(1, ctx, sink),
             out: Vec::new(),
+            synced,
         }
     }
 
+    /// Handles a method, then, as the server does at the end of a batch,
+    /// flushes and waits for what the channel owes the disk (a declare of
+    /// a durable queue is answered once it is synced).
     pub fn call(&mut self, m: impl Into<Method>) -> Result<(), BrokerError> {
-        self.channel.handle(m.into(), &mut self.out)
+        self.channel.handle(m.into(), &mut self.out)?;
+        self.settle()
+    }
+
+    /// Waits for the syncer's answers to what the channel asked for.
+    pub fn settle(&mut self) -> Result<(), BrokerError> {
+        self.channel.flush_confirms(&mut self.out);
+        while self.channel.waiting_for_disk() {
+            let (token, ok) = self
+                .synced
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the syncer answers");
+            self.channel.on_synced(token, ok, &mut self.out)?;
+        }
+        Ok(())
     }
 
     pub fn ok(&mut self, m: impl Into<Method>) {
@@ -127,7 +152,7 @@ impl Session {
         self.channel
             .publish(m, header, Bytes::copy_from_slice(body), &mut self.out)
             .unwrap_or_else(|e| panic!("publish to '{exchange}' with key '{key}': {e}"));
-        self.channel.flush_confirms(&mut self.out);
+        self.settle().expect("synced");
     }
 
     /// basic.get; None when the queue is empty.

@@ -23,6 +23,12 @@ impl QueueStore {
     /// effect in memory but its entry could not be written yet (it is
     /// retried); after a restart the record may come back.
     pub fn ack(&mut self, pos: SegmentPosition) -> Result<(), StoreError> {
+        let result = self.ack_record(pos);
+        self.dirtied();
+        result
+    }
+
+    fn ack_record(&mut self, pos: SegmentPosition) -> Result<(), StoreError> {
         self.check_usable()?;
         let current = self.writer.as_ref().map(|w| w.segment);
         let seg = self

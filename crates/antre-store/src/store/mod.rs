@@ -58,6 +58,10 @@ struct SyncFile {
     upto: Option<u64>,
 }
 
+/// What a store calls when it has something to sync and had nothing before
+/// (see [`QueueStore::set_on_dirty`]).
+pub type DirtyHook = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// The fsyncs a [`QueueStore::begin_sync`] left to do. Running them needs no
 /// access to the store, so it can happen without the queue's lock.
 pub struct PendingSync {
@@ -128,6 +132,11 @@ pub struct QueueStore {
     /// segment. A mutex (not a `RefCell`) keeps `read(&self)` and `Sync`.
     read_files: Mutex<Vec<(u32, File)>>,
     poisoned: Option<String>,
+    /// Called when the store goes from clean to dirty, so whoever syncs it
+    /// can keep a list of dirty stores instead of polling every one.
+    on_dirty: Option<DirtyHook>,
+    /// The hook was called and no sync finished since.
+    reported_dirty: bool,
     /// Set once the store was closed or abandoned, so `Drop` does nothing.
     closed: bool,
     #[cfg(test)]
@@ -188,6 +197,8 @@ impl QueueStore {
             acks_since_fsync: 0,
             live: rec.live,
             poisoned: None,
+            on_dirty: None,
+            reported_dirty: false,
             closed: false,
             #[cfg(test)]
             fail_next_flush: false,
@@ -210,6 +221,32 @@ impl QueueStore {
     /// segment that existed when the store was opened, so a position is never
     /// reused, even after a crash cut a tail off.
     pub fn append(&mut self, payload: &[u8]) -> Result<SegmentPosition, StoreError> {
+        let result = self.append_record(payload);
+        self.dirtied();
+        result
+    }
+
+    /// Asks the store to call `hook` whenever it goes from having nothing to
+    /// sync to having something (an append, an ack), and once now if it is
+    /// dirty already. A syncer then visits only the stores that need it.
+    pub fn set_on_dirty(&mut self, hook: DirtyHook) {
+        self.on_dirty = Some(hook);
+        self.reported_dirty = false;
+        self.dirtied();
+    }
+
+    /// Calls the dirty hook if the store just became dirty.
+    fn dirtied(&mut self) {
+        if self.reported_dirty || !self.is_dirty() {
+            return;
+        }
+        if let Some(hook) = &self.on_dirty {
+            self.reported_dirty = true;
+            hook();
+        }
+    }
+
+    fn append_record(&mut self, payload: &[u8]) -> Result<SegmentPosition, StoreError> {
         self.check_usable()?;
         let len = u32::try_from(payload.len())
             .ok()
@@ -368,6 +405,9 @@ impl QueueStore {
             #[cfg(test)]
             self.note_durable_len(segment_path(&self.dir, f.segment), f.upto, &f.file);
         }
+        // What arrived while the fsyncs ran is dirt of its own.
+        self.reported_dirty = false;
+        self.dirtied();
         Ok(())
     }
 
