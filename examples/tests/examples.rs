@@ -15,7 +15,7 @@ impl Broker {
     async fn start() -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let server = antre::start(antre::Config {
-            amqp_listen: "127.0.0.1:0".into(),
+            amqp_listen: Some("127.0.0.1:0".into()),
             // The examples speak AMQP only; no HTTP listener to collide on.
             http_listen: None,
             data_dir: dir.path().to_path_buf(),
@@ -27,7 +27,10 @@ impl Broker {
     }
 
     fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.server.amqp_addr)
+        format!(
+            "amqp://guest:guest@{}/%2f",
+            self.server.amqp_addr.expect("plain AMQP is on")
+        )
     }
 }
 

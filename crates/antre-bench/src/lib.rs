@@ -7,6 +7,8 @@
 //! - [`producer`] and [`consumer`]: the hot loops, one connection each, that
 //!   batch frames into few large reads and writes;
 //! - [`run`]: one benchmark run from options to [`run::Report`];
+//! - [`declare`]: the object-count scenario (many queues declared while a
+//!   bystander's round trips are timed);
 //! - [`lapin_driver`]: the same runs driven by the independent `lapin`
 //!   client instead of the built-in one (`antre-bench lapin`);
 //! - [`stats`]: latency histogram, counters, rates;
@@ -19,6 +21,7 @@ pub mod chart;
 pub mod client;
 pub mod compare;
 pub mod consumer;
+pub mod declare;
 pub mod fake;
 pub mod lapin_driver;
 pub mod procfs;

@@ -29,6 +29,9 @@ enum Command {
     /// Run the same scenarios with the independent lapin client driving the
     /// broker instead of the built-in one (same options and reports as `run`).
     Lapin(Box<RunArgs>),
+    /// Declare many queues (pipelined) while a bystander's publish+get round
+    /// trips are timed: cost per thousand and what it does to others.
+    Declare(Box<antre_bench::declare::DeclareArgs>),
     /// Measure the tool's own ceiling against an in-process fake broker.
     Selftest {
         /// Body sizes to try.
@@ -112,6 +115,13 @@ async fn async_main(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => finish_run(&args, Client::Builtin).await?,
         Command::Lapin(args) => finish_run(&args, Client::Lapin).await?,
+        Command::Declare(args) => {
+            let report = antre_bench::declare::run(&args).await?;
+            antre_bench::declare::print(&report);
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+        }
         Command::Selftest {
             sizes,
             duration,

@@ -7,7 +7,7 @@ use antre_bench::run::{run_with, Client, RunArgs};
 async fn broker() -> (antre::RunningServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = antre::start(antre::Config {
-        amqp_listen: "127.0.0.1:0".into(),
+        amqp_listen: Some("127.0.0.1:0".into()),
         http_listen: None,
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
@@ -18,7 +18,10 @@ async fn broker() -> (antre::RunningServer, tempfile::TempDir) {
 }
 
 fn args(server: &antre::RunningServer, label: &str) -> RunArgs {
-    let mut a = RunArgs::with_uri(&format!("amqp://guest:guest@{}/%2f", server.amqp_addr));
+    let mut a = RunArgs::with_uri(&format!(
+        "amqp://guest:guest@{}/%2f",
+        server.amqp_addr.expect("plain AMQP is on")
+    ));
     a.quiet = true;
     a.interval = 0.1;
     a.drain_timeout = 2.0;

@@ -376,6 +376,14 @@ impl Broker {
         self.access.login(name, password, from_loopback).map(drop)
     }
 
+    /// Checks a login whose identity was established outside AMQP (SASL
+    /// EXTERNAL: a verified TLS client certificate names the user). The
+    /// user must exist; there is no password to check. The loopback rule
+    /// still applies, as in RabbitMQ.
+    pub fn authenticate_external(&self, name: &str, from_loopback: bool) -> Result<(), LoginError> {
+        self.access.login_external(name, from_loopback).map(drop)
+    }
+
     /// A fresh id for a connection or a consumer.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)

@@ -13,6 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::tls::TlsSettings;
+
 /// The default AMQP addresses: both loopback addresses.
 pub const DEFAULT_AMQP_LISTEN: &str = "127.0.0.1:5672,[::1]:5672";
 /// The default HTTP addresses: both loopback addresses.
@@ -23,11 +25,21 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:15672,[::1]:15672";
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Addresses for AMQP clients, comma-separated (see [`crate::listen`]);
-    /// port 0 picks a free port.
-    pub amqp_listen: String,
+    /// port 0 picks a free port; `None` serves no plain AMQP.
+    pub amqp_listen: Option<String>,
+    /// Addresses for AMQP over TLS (amqps, conventionally port 5671);
+    /// `None` serves none. Needs `tls`.
+    pub amqps_listen: Option<String>,
     /// Addresses of the HTTP listener (management API, web UI, `/metrics`),
     /// comma-separated; `None` serves no HTTP.
     pub http_listen: Option<String>,
+    /// Addresses of the same over HTTPS; `None` serves none. Needs `tls`.
+    pub https_listen: Option<String>,
+    /// Certificate, key and client verification for amqps and https.
+    pub tls: Option<TlsSettings>,
+    /// How often the TLS files are checked for changes and reloaded; zero
+    /// checks never (SIGHUP still reloads).
+    pub tls_reload_interval: Duration,
     /// Directory for the message store and definitions.
     pub data_dir: PathBuf,
     /// Heartbeat interval proposed to clients, in seconds (0 disables).
@@ -71,8 +83,12 @@ impl Default for Config {
         Config {
             // Both loopback addresses: `localhost` is ::1 first for some
             // clients (Node.js).
-            amqp_listen: DEFAULT_AMQP_LISTEN.into(),
+            amqp_listen: Some(DEFAULT_AMQP_LISTEN.into()),
+            amqps_listen: None,
             http_listen: Some(DEFAULT_HTTP_LISTEN.into()),
+            https_listen: None,
+            tls: None,
+            tls_reload_interval: Duration::from_secs(10),
             data_dir: PathBuf::from("antre-data"),
             heartbeat: 60,
             frame_max: 131_072,
@@ -97,15 +113,42 @@ impl Default for Config {
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Addresses for AMQP clients, comma-separated; 0.0.0.0:5672 or
-    /// [::]:5672 for every interface; port 0 picks a free port
-    /// [default: 127.0.0.1:5672,[::1]:5672].
+    /// [::]:5672 for every interface; port 0 picks a free port; "off"
+    /// disables plain AMQP [default: 127.0.0.1:5672,[::1]:5672].
     #[arg(long, env = "ANTRE_AMQP_LISTEN", value_name = "ADDR")]
     pub amqp_listen: Option<String>,
+    /// Addresses for AMQP over TLS (amqps), comma-separated, e.g.
+    /// 0.0.0.0:5671; needs --tls-cert and --tls-key [default: off].
+    #[arg(long, env = "ANTRE_AMQPS_LISTEN", value_name = "ADDR")]
+    pub amqps_listen: Option<String>,
     /// Addresses for the management API, web UI and /metrics,
     /// comma-separated; "off" disables HTTP
     /// [default: 127.0.0.1:15672,[::1]:15672].
     #[arg(long, env = "ANTRE_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// Addresses for the management API, web UI and /metrics over HTTPS,
+    /// comma-separated; needs --tls-cert and --tls-key [default: off].
+    #[arg(long, env = "ANTRE_HTTPS_LISTEN", value_name = "ADDR")]
+    pub https_listen: Option<String>,
+    /// PEM certificate chain (the server's certificate first) for amqps
+    /// and https.
+    #[arg(long, env = "ANTRE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ANTRE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates to verify amqps client certificates against;
+    /// enables SASL EXTERNAL (login as the certificate's CN).
+    #[arg(long, env = "ANTRE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Refuse amqps clients without a certificate signed by --tls-ca
+    /// [default: false].
+    #[arg(long, env = "ANTRE_TLS_VERIFY_PEER", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub tls_verify_peer: Option<bool>,
+    /// Seconds between checks of the TLS files for changes (a change
+    /// reloads them; so does SIGHUP); 0 disables [default: 10].
+    #[arg(long, env = "ANTRE_TLS_RELOAD_INTERVAL", value_name = "SECONDS")]
+    pub tls_reload_interval: Option<f64>,
     /// Directory for messages and definitions [default: antre-data].
     #[arg(long, env = "ANTRE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -193,7 +236,14 @@ impl Settings {
     pub fn over(self, below: Settings) -> Settings {
         Settings {
             amqp_listen: self.amqp_listen.or(below.amqp_listen),
+            amqps_listen: self.amqps_listen.or(below.amqps_listen),
             http_listen: self.http_listen.or(below.http_listen),
+            https_listen: self.https_listen.or(below.https_listen),
+            tls_cert: self.tls_cert.or(below.tls_cert),
+            tls_key: self.tls_key.or(below.tls_key),
+            tls_ca: self.tls_ca.or(below.tls_ca),
+            tls_verify_peer: self.tls_verify_peer.or(below.tls_verify_peer),
+            tls_reload_interval: self.tls_reload_interval.or(below.tls_reload_interval),
             data_dir: self.data_dir.or(below.data_dir),
             disk_free_limit: self.disk_free_limit.or(below.disk_free_limit),
             queue_memory_limit: self.queue_memory_limit.or(below.queue_memory_limit),
@@ -216,10 +266,20 @@ impl Settings {
     /// The server configuration: these settings over the defaults.
     pub fn to_config(&self) -> anyhow::Result<Config> {
         let d = Config::default();
-        let http_listen = match self.http_listen.as_deref() {
-            None => d.http_listen,
-            Some("" | "off" | "none") => None,
-            Some(addr) => Some(addr.to_owned()),
+        let amqp_listen = listen_setting(self.amqp_listen.as_deref(), d.amqp_listen);
+        let amqps_listen = listen_setting(self.amqps_listen.as_deref(), d.amqps_listen);
+        let http_listen = listen_setting(self.http_listen.as_deref(), d.http_listen);
+        let https_listen = listen_setting(self.https_listen.as_deref(), d.https_listen);
+        if amqp_listen.is_none() && amqps_listen.is_none() {
+            anyhow::bail!("no AMQP listener: amqp_listen is off and amqps_listen is not set");
+        }
+        let tls = self.tls_settings(amqps_listen.is_some() || https_listen.is_some())?;
+        let tls_reload_interval = match self.tls_reload_interval {
+            None => d.tls_reload_interval,
+            Some(s) if s >= 0.0 && s.is_finite() => Duration::from_secs_f64(s),
+            Some(s) => anyhow::bail!(
+                "tls_reload_interval must be a number of seconds (0 disables), not {s}"
+            ),
         };
         let rate_interval = match self.rate_interval {
             None => d.rate_interval,
@@ -232,8 +292,12 @@ impl Settings {
             _ => anyhow::bail!("default_user and default_pass must be set together"),
         };
         Ok(Config {
-            amqp_listen: self.amqp_listen.clone().unwrap_or(d.amqp_listen),
+            amqp_listen,
+            amqps_listen,
             http_listen,
+            https_listen,
+            tls,
+            tls_reload_interval,
             data_dir: self.data_dir.clone().unwrap_or(d.data_dir),
             heartbeat: self.heartbeat.unwrap_or(d.heartbeat),
             frame_max: self.frame_max.unwrap_or(d.frame_max),
@@ -266,6 +330,52 @@ impl Settings {
             },
         })
     }
+
+    /// The TLS settings, checked against the listeners that use them.
+    fn tls_settings(&self, tls_listener: bool) -> anyhow::Result<Option<TlsSettings>> {
+        let verify_peer = self.tls_verify_peer.unwrap_or(false);
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            (None, None) if tls_listener => anyhow::bail!(
+                "amqps_listen and https_listen need a certificate and its key: \
+                 set --tls-cert FILE and --tls-key FILE (PEM)"
+            ),
+            (None, None) if self.tls_ca.is_some() || verify_peer => anyhow::bail!(
+                "tls_ca and tls_verify_peer need --tls-cert, --tls-key and a TLS \
+                 listener (--amqps-listen)"
+            ),
+            (None, None) => return Ok(None),
+            (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key (the PEM private key)"),
+            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert (the PEM certificate)"),
+        };
+        if !tls_listener {
+            anyhow::bail!(
+                "--tls-cert is set but no TLS listener is: set --amqps-listen \
+                 (conventionally port 5671) or --https-listen"
+            );
+        }
+        if verify_peer && self.tls_ca.is_none() {
+            anyhow::bail!(
+                "--tls-verify-peer needs --tls-ca, the CA that client certificates are checked against"
+            );
+        }
+        Ok(Some(TlsSettings {
+            cert,
+            key,
+            ca: self.tls_ca.clone(),
+            verify_peer,
+        }))
+    }
+}
+
+/// A listener's addresses: the setting if given ("off" turns it off), or
+/// the default.
+fn listen_setting(setting: Option<&str>, default: Option<String>) -> Option<String> {
+    match setting.map(str::trim) {
+        None => default,
+        Some("" | "off" | "none") => None,
+        Some(addr) => Some(addr.to_owned()),
+    }
 }
 
 #[cfg(test)]
@@ -283,7 +393,7 @@ mod tests {
             ..Settings::default()
         };
         let config = flags.over(file).to_config().unwrap();
-        assert_eq!(config.amqp_listen, "127.0.0.1:0");
+        assert_eq!(config.amqp_listen.as_deref(), Some("127.0.0.1:0"));
         assert_eq!(config.http_listen, None);
         assert_eq!(config.heartbeat, 30);
         assert_eq!(config.frame_max, 131_072);
@@ -309,9 +419,11 @@ mod tests {
     fn the_default_listeners_are_both_loopback_addresses() {
         let config = Settings::default().to_config().unwrap();
         assert_eq!(
-            crate::listen::entries(&config.amqp_listen),
+            crate::listen::entries(&config.amqp_listen.unwrap()),
             ["127.0.0.1:5672", "[::1]:5672"]
         );
+        assert_eq!(config.amqps_listen, None);
+        assert_eq!(config.https_listen, None);
         let http = config.http_listen.unwrap();
         assert_eq!(
             crate::listen::entries(&http),
@@ -344,5 +456,53 @@ mod tests {
             ..Settings::default()
         };
         assert!(s.to_config().is_err());
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    fn parse(toml: &str) -> anyhow::Result<Config> {
+        Settings::from_toml(toml)?.to_config()
+    }
+
+    #[test]
+    fn tls_listeners_take_the_certificate_and_plain_amqp_can_be_off() {
+        let config = parse(
+            "amqp_listen = \"off\"\namqps_listen = \"0.0.0.0:5671\"\n\
+             https_listen = \"0.0.0.0:15671\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\
+             tls_ca = \"ca.pem\"\ntls_verify_peer = true\ntls_reload_interval = 0\n",
+        )
+        .unwrap();
+        assert_eq!(config.amqp_listen, None);
+        assert_eq!(config.amqps_listen.as_deref(), Some("0.0.0.0:5671"));
+        assert_eq!(config.https_listen.as_deref(), Some("0.0.0.0:15671"));
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.ca, Some(PathBuf::from("ca.pem")));
+        assert!(tls.verify_peer);
+        assert!(config.tls_reload_interval.is_zero());
+    }
+
+    #[test]
+    fn inconsistent_tls_settings_say_what_is_missing() {
+        let cases = [
+            ("amqps_listen = \"127.0.0.1:5671\"", "--tls-cert"),
+            (
+                "amqps_listen = \"127.0.0.1:5671\"\ntls_cert = \"c.pem\"",
+                "--tls-key",
+            ),
+            ("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"", "--amqps-listen"),
+            (
+                "amqps_listen = \"127.0.0.1:5671\"\ntls_cert = \"c\"\ntls_key = \"k\"\ntls_verify_peer = true",
+                "--tls-ca",
+            ),
+            ("amqp_listen = \"off\"", "no AMQP listener"),
+        ];
+        for (toml, needle) in cases {
+            let err = format!("{:#}", parse(toml).unwrap_err());
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
     }
 }

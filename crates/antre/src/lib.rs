@@ -4,6 +4,8 @@
 //! - [`alarm`]: the free-disk alarm that blocks publishers;
 //! - [`server`]: the listener, start-up and graceful shutdown;
 //! - [`listen`]: binding every address of a listener's list;
+//! - [`tls`]: certificates for amqps and https (rustls), their reload, and
+//!   what a connection's TLS session is;
 //! - [`connection`]: one task per client connection: the socket, timers and
 //!   delivery coalescing around the core's pure protocol session;
 //! - [`registry`]: the open connections and their channels, for operators;
@@ -27,6 +29,7 @@ pub mod http;
 pub mod listen;
 pub mod registry;
 pub mod server;
+pub mod tls;
 
 pub use config::{Config, Settings};
 pub use server::{start, RunningServer};

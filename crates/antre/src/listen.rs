@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// errors.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerKind {
-    /// "AMQP" or "HTTP".
+    /// "AMQP", "AMQPS", "HTTP" or "HTTPS".
     pub protocol: &'static str,
     /// The command-line flag that sets it.
     pub flag: &'static str,
@@ -40,12 +40,28 @@ pub const AMQP: ListenerKind = ListenerKind {
     rabbitmq_port: 5672,
 };
 
+/// The AMQP-over-TLS listener's setting.
+pub const AMQPS: ListenerKind = ListenerKind {
+    protocol: "AMQPS",
+    flag: "--amqps-listen",
+    env: "ANTRE_AMQPS_LISTEN",
+    rabbitmq_port: 5671,
+};
+
 /// The HTTP listener's setting.
 pub const HTTP: ListenerKind = ListenerKind {
     protocol: "HTTP",
     flag: "--http-listen",
     env: "ANTRE_HTTP_LISTEN",
     rabbitmq_port: 15672,
+};
+
+/// The HTTPS listener's setting.
+pub const HTTPS: ListenerKind = ListenerKind {
+    protocol: "HTTPS",
+    flag: "--https-listen",
+    env: "ANTRE_HTTPS_LISTEN",
+    rabbitmq_port: 15671,
 };
 
 /// The entries of a comma-separated address list.
@@ -146,18 +162,19 @@ fn bind_error(list: &str, addr: SocketAddr, e: io::Error, kind: ListenerKind) ->
 }
 
 /// Accepts the next connection on any of `listeners`, taking them in turn
-/// from `*next` so a busy one does not starve the others.
+/// from `*next` so a busy one does not starve the others; says which
+/// listener it came from.
 pub async fn accept_any(
     listeners: &[TcpListener],
     next: &mut usize,
-) -> io::Result<(TcpStream, SocketAddr)> {
+) -> io::Result<(TcpStream, SocketAddr, usize)> {
     std::future::poll_fn(|cx| {
         let n = listeners.len();
         for i in 0..n {
             let at = (*next + i) % n;
             if let Poll::Ready(result) = listeners[at].poll_accept(cx) {
                 *next = (at + 1) % n;
-                return Poll::Ready(result);
+                return Poll::Ready(result.map(|(stream, peer)| (stream, peer, at)));
             }
         }
         Poll::Pending

@@ -97,20 +97,28 @@ fn init_logging(json: bool, level: &str) {
 
 async fn serve(config: antre::Config) -> anyhow::Result<()> {
     let server = antre::start(config).await?;
-    wait_for_signal().await?;
+    wait_for_stop(&server).await?;
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for Ctrl-C or SIGTERM. Meanwhile SIGHUP reloads the TLS
+/// certificates, the convention for daemons re-reading their files.
+async fn wait_for_stop(server: &antre::RunningServer) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return Ok(r?),
+            _ = term.recv() => return Ok(()),
+            _ = hangup.recv() => match server.reload_tls() {
+                Ok(()) if server.tls.is_none() => tracing::info!("SIGHUP: no TLS certificates to reload"),
+                Ok(()) => {}
+                Err(e) => tracing::error!("SIGHUP: cannot reload the TLS certificates, keeping the current ones: {e}"),
+            },
+        }
     }
-    Ok(())
 }

@@ -14,6 +14,8 @@ use antre_amqp::FieldTable;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+use crate::tls::TlsInfo;
+
 /// Every open connection, by id.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -68,6 +70,8 @@ pub struct ConnectionEntry {
     pub channel_max: u16,
     /// Negotiated heartbeat, in seconds.
     pub heartbeat: u16,
+    /// The TLS session, for an amqps connection.
+    pub tls: Option<TlsInfo>,
     /// Bytes read from the socket.
     pub recv_oct: AtomicU64,
     /// Bytes written to the socket.
@@ -92,6 +96,7 @@ impl ConnectionEntry {
         auth_mechanism: String,
         client_properties: FieldTable,
         (frame_max, channel_max, heartbeat): (u32, u16, u16),
+        tls: Option<TlsInfo>,
     ) -> ConnectionEntry {
         ConnectionEntry {
             id,
@@ -106,6 +111,7 @@ impl ConnectionEntry {
             frame_max,
             channel_max,
             heartbeat,
+            tls,
             recv_oct: AtomicU64::new(0),
             send_oct: AtomicU64::new(0),
             blocked: AtomicBool::new(false),

@@ -1,39 +1,55 @@
-//! The AMQP listener, start-up and graceful shutdown.
+//! The AMQP listeners, start-up and graceful shutdown.
 //!
-//! Start-up binds the AMQP and HTTP listeners (each on every address of its
-//! list, see [`crate::listen`]) before recovering storage, so an address in
-//! use fails fast. Shutdown stops both listeners, closes every
-//! AMQP connection with 320 CONNECTION_FORCED, then flushes the stores.
+//! Start-up loads the TLS certificates, if any, and binds the amqp, amqps,
+//! http and https listeners (each on every address of its list, see
+//! [`crate::listen`]) before recovering storage, so a bad certificate or
+//! an address in use fails fast. One accept loop serves amqp and amqps:
+//! an amqps connection's task runs the TLS handshake, then the same
+//! [`Connection`] code as plain TCP. Shutdown stops every listener, closes
+//! every AMQP connection with 320 CONNECTION_FORCED, then flushes the
+//! stores.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use antre_broker::{Broker, StorageOptions, User};
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::alarm::DiskAlarm;
 use crate::config::Config;
-use crate::connection::Connection;
+use crate::connection::{Accepted, Connection};
 use crate::http::{self, rates::Rates, HttpState};
 use crate::listen;
 use crate::registry::Registry;
+use crate::tls::{TlsCertificates, TlsError, TlsInfo, TlsProtocol};
 
 /// A server that is accepting connections.
 #[derive(Debug)]
 pub struct RunningServer {
     /// The free-disk alarm (its limit can be changed at run time).
     pub disk_alarm: DiskAlarm,
-    /// The first address AMQP clients connect to (with the real port).
-    pub amqp_addr: SocketAddr,
+    /// The first address AMQP clients connect to (with the real port), if
+    /// plain AMQP is served.
+    pub amqp_addr: Option<SocketAddr>,
     /// Every address AMQP clients may connect to.
     pub amqp_addrs: Vec<SocketAddr>,
+    /// The first amqps address, if AMQP over TLS is served.
+    pub amqps_addr: Option<SocketAddr>,
+    /// Every amqps address.
+    pub amqps_addrs: Vec<SocketAddr>,
     /// The first address of the management API, UI and metrics, if served.
     pub http_addr: Option<SocketAddr>,
     /// Every address of the management API, UI and metrics.
     pub http_addrs: Vec<SocketAddr>,
+    /// The first address of the same over HTTPS, if served.
+    pub https_addr: Option<SocketAddr>,
+    /// Every HTTPS address.
+    pub https_addrs: Vec<SocketAddr>,
+    /// The TLS certificates in use, if any.
+    pub tls: Option<Arc<TlsCertificates>>,
     /// The broker state, for inspection by tests and the management API.
     pub broker: Arc<Broker>,
     /// The open connections.
@@ -48,6 +64,17 @@ impl RunningServer {
     /// The settings it runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Reads the TLS certificate, key and CA files again (what SIGHUP
+    /// does): connections accepted from now on use them, open ones keep
+    /// theirs. On failure the certificates in use stay. Without TLS there
+    /// is nothing to do.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        match &self.tls {
+            Some(certs) => certs.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Stops accepting, closes every connection with 320 CONNECTION_FORCED
@@ -90,14 +117,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let listeners = listen::bind_all(&config.amqp_listen, listen::AMQP).await?;
-    let amqp_addrs = local_addrs(&listeners)?;
-    let amqp_addr = amqp_addrs[0];
-    let http_listeners = match &config.http_listen {
-        None => Vec::new(),
-        Some(list) => listen::bind_all(list, listen::HTTP).await?,
+    let tls = match &config.tls {
+        Some(settings) => Some(Arc::new(TlsCertificates::load(settings.clone())?)),
+        None if config.amqps_listen.is_some() || config.https_listen.is_some() => {
+            anyhow::bail!("amqps_listen and https_listen need TLS settings (--tls-cert, --tls-key)")
+        }
+        None => None,
     };
+    let plain = bind(config.amqp_listen.as_deref(), listen::AMQP).await?;
+    let amqp_addrs = local_addrs(&plain)?;
+    let secure = bind(config.amqps_listen.as_deref(), listen::AMQPS).await?;
+    let amqps_addrs = local_addrs(&secure)?;
+    let http_listeners = bind(config.http_listen.as_deref(), listen::HTTP).await?;
     let http_addrs = local_addrs(&http_listeners)?;
+    let https_listeners = bind(config.https_listen.as_deref(), listen::HTTPS).await?;
+    let https_addrs = local_addrs(&https_listeners)?;
     // Recovery reads every durable queue from disk: keep it off the async
     // workers. Clients connecting meanwhile wait in the listen backlog.
     let data_dir = config.data_dir.clone();
@@ -132,7 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     );
     let shared_config = Arc::new(config.clone());
     let mut http_tasks = Vec::new();
-    if !http_listeners.is_empty() {
+    if !http_listeners.is_empty() || !https_listeners.is_empty() {
         let rates = Rates::start(
             Arc::clone(&broker),
             Arc::clone(&registry),
@@ -146,20 +180,42 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             disk_alarm: disk_alarm.clone(),
             config: Arc::clone(&shared_config),
             amqp_addrs: amqp_addrs.clone(),
+            amqps_addrs: amqps_addrs.clone(),
             http_addrs: http_addrs.clone(),
+            https_addrs: https_addrs.clone(),
             started: std::time::Instant::now(),
         };
-        for (listener, addr) in http_listeners.into_iter().zip(&http_addrs) {
+        let http = http_listeners
+            .into_iter()
+            .zip(&http_addrs)
+            .map(|l| (l, None));
+        let https = https_listeners
+            .into_iter()
+            .zip(&https_addrs)
+            .map(|l| (l, tls.clone()));
+        for ((listener, addr), tls) in http.chain(https) {
+            let scheme = if tls.is_some() { "https" } else { "http" };
             http_tasks.push(tokio::spawn(http::serve(
                 listener,
+                tls,
                 state.clone(),
                 shutdown_rx.clone(),
             )));
-            tracing::info!("management UI and API on http://{addr}/");
+            tracing::info!("management UI and API on {scheme}://{addr}/");
         }
     }
+    if let Some(certs) = &tls {
+        if !config.tls_reload_interval.is_zero() {
+            tokio::spawn(Arc::clone(certs).watch(config.tls_reload_interval, shutdown_rx.clone()));
+        }
+    }
+    let amqp_listeners = AmqpListeners {
+        secure_from: plain.len(),
+        listeners: plain.into_iter().chain(secure).collect(),
+        tls: tls.clone(),
+    };
     let task = tokio::spawn(accept_loop(
-        listeners,
+        amqp_listeners,
         Arc::clone(&broker),
         shared_config,
         Arc::clone(&registry),
@@ -170,11 +226,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     for addr in &amqp_addrs {
         tracing::info!("listening on amqp://{addr}");
     }
+    for addr in &amqps_addrs {
+        tracing::info!("listening on amqps://{addr}");
+    }
     Ok(RunningServer {
-        amqp_addr,
+        amqp_addr: amqp_addrs.first().copied(),
         amqp_addrs,
+        amqps_addr: amqps_addrs.first().copied(),
+        amqps_addrs,
         http_addr: http_addrs.first().copied(),
         http_addrs,
+        https_addr: https_addrs.first().copied(),
+        https_addrs,
+        tls,
         broker,
         registry,
         shutdown,
@@ -185,6 +249,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     })
 }
 
+/// Binds a listener's addresses, or none if it is off.
+async fn bind(list: Option<&str>, kind: listen::ListenerKind) -> anyhow::Result<Vec<TcpListener>> {
+    match list {
+        Some(list) => listen::bind_all(list, kind).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 fn local_addrs(listeners: &[TcpListener]) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(listeners
         .iter()
@@ -192,8 +264,90 @@ fn local_addrs(listeners: &[TcpListener]) -> anyhow::Result<Vec<SocketAddr>> {
         .collect::<std::io::Result<_>>()?)
 }
 
-async fn accept_loop(
+/// The amqp and amqps listeners, accepted from by one loop.
+struct AmqpListeners {
+    /// amqp's first, then amqps's.
     listeners: Vec<TcpListener>,
+    /// Where amqps's begin.
+    secure_from: usize,
+    tls: Option<Arc<TlsCertificates>>,
+}
+
+/// What every connection task shares.
+#[derive(Clone)]
+struct Shared {
+    broker: Arc<Broker>,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    disk_alarm: DiskAlarm,
+}
+
+impl Shared {
+    async fn serve_plain(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let local = stream.local_addr().unwrap_or(peer);
+        let accepted = Accepted {
+            stream,
+            peer,
+            local,
+            tls: None,
+            external: false,
+        };
+        self.connection(accepted).serve(shutdown).await;
+    }
+
+    /// Runs the TLS handshake (given up at shutdown), then serves the
+    /// connection as a plain one.
+    async fn serve_tls(
+        self,
+        certs: Arc<TlsCertificates>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let local = stream.local_addr().unwrap_or(peer);
+        let stream = tokio::select! {
+            handshake = certs.handshake(stream, TlsProtocol::Amqp) => match handshake {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // A client that does not trust us, or that we do not
+                    // trust, is the client's business: debug, not warn.
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let accepted = Accepted {
+            tls: Some(TlsInfo::of(stream.get_ref().1)),
+            external: certs.verifies_clients(),
+            stream,
+            peer,
+            local,
+        };
+        self.connection(accepted).serve(shutdown).await;
+    }
+
+    fn connection<S>(&self, accepted: Accepted<S>) -> Connection<S>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        Connection::new(
+            accepted,
+            Arc::clone(&self.broker),
+            Arc::clone(&self.config),
+            Arc::clone(&self.registry),
+            self.disk_alarm.subscribe(),
+        )
+    }
+}
+
+async fn accept_loop(
+    amqp: AmqpListeners,
     broker: Arc<Broker>,
     config: Arc<Config>,
     registry: Arc<Registry>,
@@ -201,15 +355,29 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     lock: std::fs::File,
 ) {
+    let shared = Shared {
+        broker: Arc::clone(&broker),
+        config,
+        registry,
+        disk_alarm,
+    };
     let mut connections = JoinSet::new();
     let mut next = 0;
     loop {
         tokio::select! {
-            accepted = listen::accept_any(&listeners, &mut next) => match accepted {
-                Ok((stream, peer)) => {
+            accepted = listen::accept_any(&amqp.listeners, &mut next) => match accepted {
+                Ok((stream, peer, from)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = Connection::new(stream, peer, Arc::clone(&broker), Arc::clone(&config), Arc::clone(&registry), disk_alarm.subscribe());
-                    connections.spawn(conn.serve(shutdown.clone()));
+                    let shared = shared.clone();
+                    match &amqp.tls {
+                        Some(certs) if from >= amqp.secure_from => {
+                            let certs = Arc::clone(certs);
+                            connections.spawn(shared.serve_tls(certs, stream, peer, shutdown.clone()));
+                        }
+                        _ => {
+                            connections.spawn(shared.serve_plain(stream, peer, shutdown.clone()));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving the
@@ -222,7 +390,7 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
         }
     }
-    drop(listeners);
+    drop(amqp);
     while connections.join_next().await.is_some() {}
     // Every connection is gone: flush and close the stores so a restart
     // brings back no acked message.

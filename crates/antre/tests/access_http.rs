@@ -379,7 +379,7 @@ async fn guest_stays_loopback_only_when_re_created_or_re_passworded() {
         eprintln!("skipped: this machine has no non-loopback address to connect from");
         return;
     };
-    let b = TestBroker::start_with(|c| c.amqp_listen = "0.0.0.0:0".into()).await;
+    let b = TestBroker::start_with(|c| c.amqp_listen = Some("0.0.0.0:0".into())).await;
     let remote = std::net::SocketAddr::new(ip, b.addr().port());
     let login = |password: &'static str| async move {
         RawClient::open_as(remote, "guest", password, "/")
@@ -407,7 +407,7 @@ async fn guest_stays_loopback_only_when_re_created_or_re_passworded() {
     );
 
     let open = TestBroker::start_with(|c| {
-        c.amqp_listen = "0.0.0.0:0".into();
+        c.amqp_listen = Some("0.0.0.0:0".into());
         c.loopback_users = Vec::new();
     })
     .await;

@@ -335,7 +335,7 @@ async fn low_disk_blocks_publishers_until_space_returns() {
 async fn a_second_broker_cannot_open_the_same_data_directory() {
     let broker = TestBroker::start().await;
     let second = antre::start(antre::Config {
-        amqp_listen: "127.0.0.1:0".into(),
+        amqp_listen: Some("127.0.0.1:0".into()),
         data_dir: broker.dir.path().to_path_buf(),
         ..antre::Config::default()
     })

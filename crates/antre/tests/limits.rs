@@ -46,3 +46,69 @@ async fn frames_pipelined_with_connection_open_are_processed() {
     let (_, m) = c.recv_method().await.expect("queue.declare-ok");
     assert!(matches!(m, Method::QueueDeclareOk(_)), "got {m:?}");
 }
+
+/// Declaring a durable queue appends to the vhost's definitions log: it
+/// does not rewrite every definition (which made n declares cost O(n²)),
+/// and all of them, with their bindings, come back after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_declares_are_logged_not_rewritten() {
+    use futures::future::try_join_all;
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+
+    let broker = TestBroker::start().await;
+    let vhost_dir = broker
+        .dir
+        .path()
+        .join("vhosts/8a5edab282632443219e051e4ade2d1d");
+    let snapshot = || std::fs::read(vhost_dir.join("definitions.json")).unwrap();
+    let before = snapshot();
+    {
+        let conn = broker.lapin().await;
+        let ch = conn.create_channel().await.unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        // Pipelined: all declares are in flight before the first answer.
+        let declares = (0..300).map(|i| {
+            let ch = ch.clone();
+            async move {
+                let name = format!("payments-{i}");
+                ch.queue_declare(&name, durable, FieldTable::default())
+                    .await?;
+                ch.queue_bind(
+                    &name,
+                    "amq.direct",
+                    &name,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+            }
+        });
+        within("declares", try_join_all(declares)).await.unwrap();
+        conn.close(200, "bye").await.unwrap();
+    }
+    assert_eq!(
+        snapshot(),
+        before,
+        "no declare rewrote the definitions file"
+    );
+
+    let broker = broker.restart().await;
+    let conn = broker.lapin().await;
+    let ch = conn.create_channel().await.unwrap();
+    for i in [0, 150, 299] {
+        let name = format!("payments-{i}");
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        ch.queue_declare(&name, passive, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("{name} survived the restart: {e}"));
+        publish_confirmed(&ch, "amq.direct", &name, b"routed").await;
+        assert_eq!(ready_count(&ch, &name).await, 1, "{name} is still bound");
+    }
+}

@@ -22,7 +22,7 @@ async fn a_list_of_addresses_serves_amqp_and_http_on_both_loopbacks() {
         return;
     }
     let b = TestBroker::start_with(|c| {
-        c.amqp_listen = "127.0.0.1:0,[::1]:0".into();
+        c.amqp_listen = Some("127.0.0.1:0,[::1]:0".into());
         c.http_listen = Some("127.0.0.1:0, [::1]:0".into());
     })
     .await;

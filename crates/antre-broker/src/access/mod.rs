@@ -295,6 +295,24 @@ impl AccessControl {
         })
     }
 
+    /// Checks a login whose identity was established outside AMQP (SASL
+    /// EXTERNAL: a verified TLS client certificate names the user): the
+    /// user must exist, and the loopback rule applies, as in RabbitMQ.
+    pub fn login_external(&self, name: &str, from_loopback: bool) -> Result<LoggedIn, LoginError> {
+        let data = self.data.read();
+        let user = data
+            .users
+            .get(name)
+            .ok_or_else(|| LoginError::InvalidCredentials(name.to_owned()))?;
+        if !from_loopback && self.loopback_users.read().iter().any(|u| u == name) {
+            return Err(LoginError::LoopbackOnly(name.to_owned()));
+        }
+        Ok(LoggedIn {
+            name: user.name.clone(),
+            tags: user.tags.clone(),
+        })
+    }
+
     /// Every user, sorted by name.
     pub fn users(&self) -> Vec<UserRecord> {
         self.data.read().users.values().cloned().collect()

@@ -1,7 +1,7 @@
-//! The AMQP handshake: protocol header, start/start-ok with PLAIN or
-//! AMQPLAIN login, tune/tune-ok, open. Until open-ok nothing but these
-//! methods (and heartbeats) is accepted; the server bounds how long it may
-//! take.
+//! The AMQP handshake: protocol header, start/start-ok with PLAIN,
+//! AMQPLAIN or EXTERNAL login, tune/tune-ok, open. Until open-ok nothing
+//! but these methods (and heartbeats) is accepted; the server bounds how
+//! long it may take.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use antre_amqp::{
 use bytes::{Bytes, BytesMut};
 
 use super::frames::ConnectionError;
-use super::{Effect, OpenedConnection, Session, SessionState};
+use super::{Effect, ExternalIdentity, OpenedConnection, Session, SessionState};
 use crate::channel::ChannelContext;
 
 /// The handshake method the session waits for.
@@ -68,6 +68,14 @@ const CAPABILITIES: [&str; 7] = [
     "per_consumer_qos",
 ];
 
+/// The SASL mechanisms offered on a connection where EXTERNAL does not
+/// apply. (RabbitMQ 3.10 lists the same two in its registry's order,
+/// `AMQPLAIN PLAIN`; clients pick by their own preference, not the order.)
+const MECHANISMS: &str = "PLAIN AMQPLAIN";
+/// Where a verified client certificate may log in: EXTERNAL last, as
+/// RabbitMQ with rabbitmq_auth_mechanism_ssl lists it.
+const MECHANISMS_WITH_EXTERNAL: &str = "PLAIN AMQPLAIN EXTERNAL";
+
 /// connection.start's server properties.
 pub fn server_properties(identity: &ServerIdentity) -> FieldTable {
     let capabilities: FieldTable = CAPABILITIES
@@ -112,7 +120,7 @@ impl Session {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(&self.config.identity),
-                mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+                mechanisms: Bytes::from_static(self.mechanisms().as_bytes()),
                 locales: Bytes::from_static(b"en_US"),
             };
             encode_method(0, &start.into(), &mut self.wbuf);
@@ -253,6 +261,13 @@ impl Session {
         Ok(())
     }
 
+    fn mechanisms(&self) -> &'static str {
+        match self.peer.external {
+            ExternalIdentity::Unavailable => MECHANISMS,
+            _ => MECHANISMS_WITH_EXTERNAL,
+        }
+    }
+
     /// Checks the login; returns the user name.
     fn authenticate(&self, start_ok: &ConnectionStartOk) -> Result<String, ConnectionError> {
         let mechanism = start_ok.mechanism.as_str();
@@ -264,22 +279,50 @@ impl Session {
                 ),
             )
         };
+        let refuse = |why: &dyn std::fmt::Display| {
+            tracing::warn!(peer = self.peer.label, "login refused: {why}");
+            refused()
+        };
+        if !self.mechanisms().split(' ').any(|m| m == mechanism) {
+            // RabbitMQ's rabbit_reader: a mechanism it knows but does not
+            // offer here is "invalid", any other "unknown"; both 503.
+            let adjective = match mechanism {
+                "PLAIN" | "AMQPLAIN" | "EXTERNAL" => "invalid",
+                _ => "unknown",
+            };
+            return Err(ConnectionError::new(
+                reply::COMMAND_INVALID,
+                format!("COMMAND_INVALID - {adjective} authentication mechanism '{mechanism}'"),
+            ));
+        }
+        if mechanism == "EXTERNAL" {
+            let user = match &self.peer.external {
+                ExternalIdentity::Certificate {
+                    common_name: Some(name),
+                } => name.clone(),
+                ExternalIdentity::Certificate { common_name: None } => {
+                    return Err(refuse(
+                        &"the client certificate's subject has no common name",
+                    ))
+                }
+                _ => {
+                    return Err(refuse(
+                        &"connection peer presented no TLS (x.509) certificate",
+                    ))
+                }
+            };
+            self.broker
+                .authenticate_external(&user, self.peer.loopback)
+                .map_err(|e| refuse(&e))?;
+            return Ok(user);
+        }
         let (user, password) = match mechanism {
             "PLAIN" => parse_plain(&start_ok.response).ok_or_else(refused)?,
-            "AMQPLAIN" => parse_amqplain(&start_ok.response).ok_or_else(refused)?,
-            other => {
-                return Err(ConnectionError::new(
-                    reply::ACCESS_REFUSED,
-                    format!("ACCESS_REFUSED - unsupported authentication mechanism '{other}'"),
-                ))
-            }
+            _ => parse_amqplain(&start_ok.response).ok_or_else(refused)?,
         };
         self.broker
             .authenticate(&user, &password, self.peer.loopback)
-            .map_err(|e| {
-                tracing::warn!(peer = self.peer.label, "login refused: {e}");
-                refused()
-            })?;
+            .map_err(|e| refuse(&e))?;
         Ok(user)
     }
 }

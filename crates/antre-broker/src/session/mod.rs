@@ -59,6 +59,29 @@ pub struct Peer {
     pub loopback: bool,
     /// For logs.
     pub label: String,
+    /// What SASL EXTERNAL may log in as.
+    pub external: ExternalIdentity,
+}
+
+/// The identity a connection established outside AMQP, for SASL EXTERNAL
+/// (RabbitMQ's rabbitmq_auth_mechanism_ssl): the verified TLS client
+/// certificate's subject common name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ExternalIdentity {
+    /// EXTERNAL is not offered: not TLS, or client certificates are not
+    /// verified on this listener.
+    #[default]
+    Unavailable,
+    /// EXTERNAL is offered but the client presented no certificate, so a
+    /// login with it is refused (RabbitMQ offers it anyway, for a clearer
+    /// refusal than a missing mechanism).
+    NoCertificate,
+    /// The client presented a verified certificate.
+    Certificate {
+        /// Its subject's common name(s), joined with `,`; `None` if it has
+        /// none.
+        common_name: Option<String>,
+    },
 }
 
 /// Where the conversation is.

@@ -48,12 +48,16 @@ fn config() -> SessionConfig {
 
 impl Client {
     fn new() -> Client {
-        let events = Arc::new(Collect::default());
-        let now = Instant::now();
-        let peer = Peer {
+        Client::with_peer(Peer {
             loopback: true,
             label: "test".into(),
-        };
+            external: ExternalIdentity::Unavailable,
+        })
+    }
+
+    fn with_peer(peer: Peer) -> Client {
+        let events = Arc::new(Collect::default());
+        let now = Instant::now();
         let broker = Arc::new(Broker::new());
         let sink = Arc::clone(&events) as Arc<dyn EventSink>;
         Client {
@@ -484,4 +488,118 @@ fn unparseable_frames_close_the_connection_with_the_codec_reply_code() {
         panic!("expected connection.close, got {last:?}");
     };
     assert_eq!(close.reply_code, 501, "{}", close.reply_text);
+}
+
+/// A client whose TLS connection offers SASL EXTERNAL with `external`.
+fn external_client(external: ExternalIdentity, loopback: bool) -> Client {
+    Client::with_peer(Peer {
+        loopback,
+        label: "tls".into(),
+        external,
+    })
+}
+
+fn certificate(cn: &str) -> ExternalIdentity {
+    ExternalIdentity::Certificate {
+        common_name: Some(cn.into()),
+    }
+}
+
+fn external_start_ok() -> ConnectionStartOk {
+    ConnectionStartOk {
+        client_properties: FieldTable::new(),
+        mechanism: "EXTERNAL".into(),
+        response: Bytes::new(),
+        locale: "en_US".into(),
+    }
+}
+
+/// The mechanisms connection.start offers, and the reply to a start-ok.
+fn login(c: &mut Client, start_ok: ConnectionStartOk) -> (String, Method) {
+    c.bytes(&PROTOCOL_HEADER);
+    c.flush();
+    let Some((0, Method::ConnectionStart(start))) = c.methods().pop() else {
+        panic!("connection.start first");
+    };
+    let mechanisms = String::from_utf8_lossy(&start.mechanisms).into_owned();
+    c.method(0, start_ok);
+    c.flush();
+    let (_, reply) = c.methods().pop().expect("a reply to start-ok");
+    (mechanisms, reply)
+}
+
+fn close_code(reply: &Method) -> (u16, String) {
+    match reply {
+        Method::ConnectionClose(close) => (close.reply_code, close.reply_text.to_string()),
+        other => panic!("expected connection.close, got {other:?}"),
+    }
+}
+
+#[test]
+fn external_is_offered_only_where_client_certificates_are_verified() {
+    let (plain, _) = login(&mut Client::new(), start_ok("guest"));
+    assert_eq!(plain, "PLAIN AMQPLAIN");
+    for external in [ExternalIdentity::NoCertificate, certificate("guest")] {
+        let (offered, _) = login(&mut external_client(external, true), start_ok("guest"));
+        assert_eq!(offered, "PLAIN AMQPLAIN EXTERNAL");
+    }
+}
+
+#[test]
+fn external_logs_in_as_the_certificate_common_name_without_a_password() {
+    let mut c = external_client(certificate("guest"), true);
+    let (_, reply) = login(&mut c, external_start_ok());
+    assert!(matches!(reply, Method::ConnectionTune(_)), "{reply:?}");
+    c.method(0, ConnectionTuneOk::default());
+    c.method(0, open_vhost("/"));
+    c.flush();
+    let Some(Effect::Opened(opened)) = c.session.poll_effect() else {
+        panic!("the connection opens");
+    };
+    assert_eq!(
+        (opened.user.as_str(), opened.mechanism.as_str()),
+        ("guest", "EXTERNAL")
+    );
+}
+
+#[test]
+fn external_is_refused_without_a_certificate_a_name_or_a_known_user() {
+    let refused = [
+        (ExternalIdentity::NoCertificate, true),
+        (ExternalIdentity::Certificate { common_name: None }, true),
+        (certificate("nobody"), true),
+        // guest may log in from loopback only, whatever the mechanism.
+        (certificate("guest"), false),
+    ];
+    for (external, loopback) in refused {
+        let (_, reply) = login(
+            &mut external_client(external.clone(), loopback),
+            external_start_ok(),
+        );
+        let (code, text) = close_code(&reply);
+        assert_eq!(code, 403, "{external:?}: {text}");
+        assert!(text.contains("mechanism EXTERNAL"), "{text}");
+    }
+}
+
+#[test]
+fn a_mechanism_not_offered_is_command_invalid_as_in_rabbitmq() {
+    let (_, reply) = login(&mut Client::new(), external_start_ok());
+    assert_eq!(
+        close_code(&reply),
+        (
+            503,
+            "COMMAND_INVALID - invalid authentication mechanism 'EXTERNAL'".into()
+        )
+    );
+    let mut unknown = start_ok("guest");
+    unknown.mechanism = "CRAM-MD5".into();
+    let (_, reply) = login(&mut Client::new(), unknown);
+    assert_eq!(
+        close_code(&reply),
+        (
+            503,
+            "COMMAND_INVALID - unknown authentication mechanism 'CRAM-MD5'".into()
+        )
+    );
 }

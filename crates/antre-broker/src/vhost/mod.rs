@@ -222,6 +222,9 @@ impl Vhost {
     /// idle queues, and routes the dead letters that produced. Called by the
     /// broker's timer.
     pub fn tick(&self, now: u64) {
+        if let Some(definitions) = &self.definitions {
+            definitions.compact_if_due(&self.topology);
+        }
         let schedules: Vec<Arc<DelayedMessages>> = self
             .topology
             .read()

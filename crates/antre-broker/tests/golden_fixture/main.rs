@@ -894,10 +894,19 @@ fn v2_recovers_its_definitions_from_the_change_log() {
     let recorded = std::fs::read_to_string(fixture("v2").join("format")).unwrap();
     assert_eq!(recorded, "antre data format 2\n");
     // What the log holds is checked by the fixture_* tests, which open v2
-    // as well as v1; once opened, the log is folded into a new snapshot.
+    // as well as v1; once opened, the log is folded into a new snapshot,
+    // which names the log generation that follows it.
     let f = open("v2", V1_CLOSED_AT);
     let root = f.dir.path().join("vhosts/8a5edab282632443219e051e4ade2d1d");
-    let snapshot: serde_json::Value =
+    let mut snapshot: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("definitions.json")).unwrap()).unwrap();
+    let generation = snapshot
+        .as_object_mut()
+        .and_then(|o| o.remove("log_generation"));
+    assert_eq!(generation, Some(json!(1)));
     assert_eq!(snapshot, v1_root_definitions());
+    assert!(
+        !root.join("definitions-log").exists(),
+        "the folded log is gone"
+    );
 }

@@ -235,6 +235,12 @@ impl QueueStore {
         self.dirtied();
     }
 
+    /// The hook [`QueueStore::set_on_dirty`] installed, to carry over to a
+    /// store that replaces this one.
+    pub fn on_dirty(&self) -> Option<DirtyHook> {
+        self.on_dirty.clone()
+    }
+
     /// Calls the dirty hook if the store just became dirty.
     fn dirtied(&mut self) {
         if self.reported_dirty || !self.is_dirty() {
@@ -393,6 +399,11 @@ impl QueueStore {
         pending: PendingSync,
         result: Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        if pending.dir != self.dir {
+            // Begun on another store (its owner swapped stores meanwhile):
+            // nothing of this one was synced.
+            return result;
+        }
         if let Err(e) = result {
             return Err(self.poison(e));
         }

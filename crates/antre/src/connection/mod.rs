@@ -9,6 +9,9 @@
 //! events, then writes its output in one syscall (unless coalescing holds
 //! deliveries for a moment): under load, far fewer than one syscall per
 //! message.
+//!
+//! The socket is any byte stream: a TCP stream for amqp, a TLS stream over
+//! one for amqps (after its handshake), with the same code path for both.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,18 +19,18 @@ use std::time::Duration;
 
 use antre_amqp::reply;
 use antre_broker::session::{
-    Effect, EventSink, OpenedConnection, Peer, Session, SessionConfig, SessionEvent, SessionState,
+    Effect, EventSink, ExternalIdentity, OpenedConnection, Peer, Session, SessionConfig,
+    SessionEvent, SessionState,
 };
 use antre_broker::Broker;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant, Interval, MissedTickBehavior};
 
 use crate::config::Config;
 use crate::registry::{ConnectionEntry, Registry};
+use crate::tls::TlsInfo;
 
 mod coalesce;
 
@@ -61,16 +64,31 @@ enum End {
     Gone,
 }
 
-/// One client connection.
+/// An accepted client socket, plain or past its TLS handshake.
 #[derive(Debug)]
-pub struct Connection {
+pub struct Accepted<S> {
+    /// The byte stream.
+    pub stream: S,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Our address it connected to.
+    pub local: SocketAddr,
+    /// The TLS session, on amqps.
+    pub tls: Option<TlsInfo>,
+    /// SASL EXTERNAL is offered: amqps with client certificates verified.
+    pub external: bool,
+}
+
+/// One client connection over the byte stream `S`.
+#[derive(Debug)]
+pub struct Connection<S> {
     peer: SocketAddr,
     local: SocketAddr,
+    tls: Option<TlsInfo>,
     registry: Arc<Registry>,
     /// Set once the handshake is done and the connection is registered.
     entry: Option<Arc<ConnectionEntry>>,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    stream: S,
     rbuf: BytesMut,
     session: Session,
     events: mpsc::UnboundedReceiver<SessionEvent>,
@@ -83,18 +101,22 @@ pub struct Connection {
     heartbeat: Option<Interval>,
 }
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Wraps an accepted socket.
     pub fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
+        accepted: Accepted<S>,
         broker: Arc<Broker>,
         config: Arc<Config>,
         registry: Arc<Registry>,
         disk_alarm: watch::Receiver<bool>,
-    ) -> Connection {
-        let local = stream.local_addr().unwrap_or(peer);
-        let (reader, writer) = stream.into_split();
+    ) -> Connection<S> {
+        let Accepted {
+            stream,
+            peer,
+            local,
+            tls,
+            external,
+        } = accepted;
         let (events_tx, events) = mpsc::unbounded_channel();
         let session = Session::new(
             broker,
@@ -102,6 +124,7 @@ impl Connection {
             Peer {
                 loopback: peer.ip().to_canonical().is_loopback(),
                 label: peer.to_string(),
+                external: external_identity(tls.as_ref(), external),
             },
             Arc::new(Events(events_tx)),
             Instant::now().into_std(),
@@ -111,10 +134,10 @@ impl Connection {
         Connection {
             peer,
             local,
+            tls,
             registry,
             entry: None,
-            reader,
-            writer,
+            stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
             session,
             events,
@@ -145,7 +168,7 @@ impl Connection {
                 let _ = timeout(CLOSE_TIMEOUT, self.drain_until_eof()).await;
             }
         }
-        let _ = self.writer.shutdown().await;
+        let _ = self.stream.shutdown().await;
     }
 
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> End {
@@ -179,7 +202,7 @@ impl Connection {
             let holding = self.coalesce.holding();
             let beating = self.heartbeat.is_some();
             tokio::select! {
-                read = self.reader.read_buf(&mut self.rbuf), if self.reading => match read {
+                read = self.stream.read_buf(&mut self.rbuf), if self.reading => match read {
                     Ok(0) | Err(_) => return End::Gone,
                     Ok(n) => {
                         if let Some(entry) = &self.entry {
@@ -250,6 +273,7 @@ impl Connection {
             o.mechanism,
             o.client_properties,
             (o.frame_max, o.channel_max, o.heartbeat),
+            self.tls.take(),
         ));
         self.registry.register(Arc::clone(&entry));
         self.entry = Some(entry);
@@ -280,7 +304,10 @@ impl Connection {
         if out.is_empty() {
             return Ok(());
         }
-        self.writer.write_all(out).await?;
+        self.stream.write_all(out).await?;
+        // A TLS stream holds the records it could not write at once until
+        // flushed; for TCP this does nothing.
+        self.stream.flush().await?;
         if let Some(entry) = &self.entry {
             entry.sent(out.len());
         }
@@ -290,12 +317,27 @@ impl Connection {
 
     async fn drain_until_eof(&mut self) {
         self.rbuf.clear();
-        while let Ok(n) = self.reader.read_buf(&mut self.rbuf).await {
+        while let Ok(n) = self.stream.read_buf(&mut self.rbuf).await {
             if n == 0 {
                 return;
             }
             self.rbuf.clear();
         }
+    }
+}
+
+/// What SASL EXTERNAL can log in with: offered only where client
+/// certificates are verified, as RabbitMQ's rabbitmq_auth_mechanism_ssl
+/// offers it only on TLS connections.
+fn external_identity(tls: Option<&TlsInfo>, offered: bool) -> ExternalIdentity {
+    match tls {
+        Some(info) if offered => match &info.peer {
+            Some(cert) => ExternalIdentity::Certificate {
+                common_name: cert.common_name.clone(),
+            },
+            None => ExternalIdentity::NoCertificate,
+        },
+        _ => ExternalIdentity::Unavailable,
     }
 }
 

@@ -37,6 +37,7 @@ use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -44,6 +45,8 @@ use tokio::sync::watch;
 use crate::alarm::DiskAlarm;
 use crate::config::Config;
 use crate::registry::Registry;
+use crate::tls::http::TlsListener;
+use crate::tls::TlsCertificates;
 use error::{ApiError, ApiResult};
 use rates::Rates;
 
@@ -62,8 +65,12 @@ pub struct HttpState {
     pub config: Arc<Config>,
     /// Where AMQP clients connect (every address).
     pub amqp_addrs: Vec<SocketAddr>,
+    /// Where AMQP-over-TLS clients connect (every address).
+    pub amqps_addrs: Vec<SocketAddr>,
     /// Where the HTTP listener is (every address).
     pub http_addrs: Vec<SocketAddr>,
+    /// Where the HTTPS listener is (every address).
+    pub https_addrs: Vec<SocketAddr>,
     /// When the server started.
     pub started: Instant,
 }
@@ -91,16 +98,43 @@ impl HttpState {
 
 pub use auth::AuthUser;
 
-/// Serves HTTP until `shutdown` fires, then finishes in-flight requests.
-pub async fn serve(listener: TcpListener, state: HttpState, mut shutdown: watch::Receiver<bool>) {
+/// Serves HTTP, or HTTPS with `tls`, until `shutdown` fires, then
+/// finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<TlsCertificates>>,
+    state: HttpState,
+    shutdown: watch::Receiver<bool>,
+) {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut stop_rx = shutdown.clone();
     let stop = async move {
-        let _ = shutdown.changed().await;
+        let _ = stop_rx.changed().await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(certs) => {
+            let listener = match TlsListener::new(listener, certs, shutdown) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!("HTTPS listener failed: {e}");
+                    return;
+                }
+            };
+            // axum hands handlers the client's address (ConnectInfo) for
+            // its own TCP listener and for any tapped one; the tap does
+            // nothing else.
+            let listener = listener.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!("HTTP listener failed: {e}");
     }
 }

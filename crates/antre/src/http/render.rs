@@ -157,7 +157,7 @@ pub fn default_binding(vhost: &str, queue: &str) -> Value {
 pub fn connection(state: &HttpState, c: &ConnectionEntry) -> Value {
     let (recv_rate, send_rate) = state.rates.connection(c.id);
     let blocked = c.blocked.load(Ordering::Relaxed);
-    json!({
+    let mut out = json!({
         "name": c.name,
         "node": node_name(),
         "vhost": c.vhost,
@@ -166,7 +166,6 @@ pub fn connection(state: &HttpState, c: &ConnectionEntry) -> Value {
         "type": "network",
         "protocol": "AMQP 0-9-1",
         "auth_mechanism": c.auth_mechanism,
-        "ssl": false,
         "peer_host": c.peer.ip().to_string(),
         "peer_port": c.peer.port(),
         "host": c.local.ip().to_string(),
@@ -181,7 +180,28 @@ pub fn connection(state: &HttpState, c: &ConnectionEntry) -> Value {
         "recv_oct_details": details(recv_rate),
         "send_oct": c.send_oct.load(Ordering::Relaxed),
         "send_oct_details": details(send_rate),
-    })
+    });
+    add_tls(&mut out, c.tls.as_ref());
+    out
+}
+
+/// RabbitMQ's TLS fields of a connection: null where it is not TLS or
+/// has no client certificate.
+fn add_tls(out: &mut Value, tls: Option<&crate::tls::TlsInfo>) {
+    let peer = tls.and_then(|t| t.peer.as_ref());
+    let fields = [
+        ("ssl", json!(tls.is_some())),
+        ("ssl_protocol", json!(tls.map(|t| &t.protocol))),
+        ("ssl_key_exchange", json!(tls.map(|t| &t.key_exchange))),
+        ("ssl_cipher", json!(tls.map(|t| &t.cipher))),
+        ("ssl_hash", json!(tls.map(|t| &t.hash))),
+        ("peer_cert_subject", json!(peer.map(|p| &p.subject))),
+        ("peer_cert_issuer", json!(peer.map(|p| &p.issuer))),
+        ("peer_cert_validity", json!(peer.map(|p| &p.validity))),
+    ];
+    for (key, value) in fields {
+        out[key] = value;
+    }
 }
 
 /// RabbitMQ's channel name: `CONNECTION (NUMBER)`.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod prometheus;
 
 use std::net::SocketAddr;
@@ -38,7 +39,7 @@ impl TestBroker {
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config {
-            amqp_listen: "127.0.0.1:0".into(),
+            amqp_listen: Some("127.0.0.1:0".into()),
             http_listen: Some("127.0.0.1:0".into()),
             data_dir: dir.path().to_path_buf(),
             ..Config::default()
@@ -55,7 +56,7 @@ impl TestBroker {
         let config_tweak = server.config().clone();
         server.shutdown().await;
         let server = antre::start(Config {
-            amqp_listen: "127.0.0.1:0".into(),
+            amqp_listen: Some("127.0.0.1:0".into()),
             http_listen: config_tweak
                 .http_listen
                 .as_ref()
@@ -68,7 +69,7 @@ impl TestBroker {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.server.amqp_addr
+        self.server.amqp_addr.expect("plain AMQP is on")
     }
 
     pub fn uri(&self) -> String {

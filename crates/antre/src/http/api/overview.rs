@@ -146,8 +146,12 @@ pub async fn overview(
 /// RabbitMQ's `listeners`: one per protocol and address.
 fn listeners(state: &HttpState) -> Value {
     let amqp = state.amqp_addrs.iter().map(|a| ("amqp", a));
+    let amqps = state.amqps_addrs.iter().map(|a| ("amqp/ssl", a));
     let http = state.http_addrs.iter().map(|a| ("http", a));
-    amqp.chain(http)
+    let https = state.https_addrs.iter().map(|a| ("https", a));
+    amqp.chain(amqps)
+        .chain(http)
+        .chain(https)
         .map(|(protocol, a)| {
             json!({
                 "node": node_name(),

@@ -1,0 +1,187 @@
+//! TLS for the amqps and https listeners, with rustls.
+//!
+//! One certificate and key (PEM) serve both listeners. With a CA file,
+//! amqps asks clients for a certificate and verifies it against that CA
+//! (and with verify_peer refuses clients without one), which is what SASL
+//! EXTERNAL logs in with; https never asks, so a browser needs none.
+//!
+//! The configurations live in a [`TlsCertificates`] that every accept
+//! consults, so a reload (SIGHUP, or a change of the files noticed by
+//! [`TlsCertificates::watch`]) applies to the next connection while the
+//! open ones keep the session they have. A reload that fails keeps the
+//! certificates in use and says why.
+//!
+//! - [`load`]: reading the files, with errors that name the file;
+//! - [`info`]: a session's protocol, cipher and client certificate, named
+//!   as RabbitMQ names them;
+//! - [`http`]: the listener axum serves https on.
+
+pub mod http;
+pub mod info;
+mod load;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+pub use info::{PeerCertificate, TlsInfo};
+pub use load::TlsError;
+
+/// How long a client has to finish the TLS handshake (RabbitMQ's
+/// `ssl_handshake_timeout` default); the AMQP handshake's own limit starts
+/// after it.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the certificate, key and CA are, and how clients are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// PEM CA certificates that client certificates are verified against;
+    /// without it, amqps asks clients for none.
+    pub ca: Option<PathBuf>,
+    /// Refuse amqps clients that present no certificate (needs `ca`).
+    pub verify_peer: bool,
+}
+
+/// Which listener a handshake is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProtocol {
+    /// amqps: client certificates verified when a CA is set.
+    Amqp,
+    /// https: no client certificates.
+    Http,
+}
+
+/// The certificates in use, swapped whole by a reload.
+#[derive(Debug)]
+pub struct TlsCertificates {
+    settings: TlsSettings,
+    current: RwLock<Arc<load::Loaded>>,
+    /// Size and modification time of each file as last read, so the
+    /// watcher reloads only when one changed.
+    stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl TlsCertificates {
+    /// Reads and checks the files.
+    pub fn load(settings: TlsSettings) -> Result<TlsCertificates, TlsError> {
+        let stamps = stamps(&settings);
+        let loaded = load::load(&settings, unix_now())?;
+        tracing::info!(
+            cert = %settings.cert.display(),
+            "TLS certificate {}",
+            loaded.summary
+        );
+        Ok(TlsCertificates {
+            settings,
+            current: RwLock::new(Arc::new(loaded)),
+            stamps: Mutex::new(stamps),
+        })
+    }
+
+    /// The settings it was loaded with.
+    pub fn settings(&self) -> &TlsSettings {
+        &self.settings
+    }
+
+    /// Whether amqps clients may present a certificate that is verified
+    /// (a CA is set): where SASL EXTERNAL is offered.
+    pub fn verifies_clients(&self) -> bool {
+        self.settings.ca.is_some()
+    }
+
+    /// Reads the files again; on success, connections accepted from now on
+    /// use them. On failure the certificates in use stay.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        *self.stamps.lock() = stamps(&self.settings);
+        let loaded = load::load(&self.settings, unix_now())?;
+        tracing::info!(
+            cert = %self.settings.cert.display(),
+            "TLS certificate reloaded: {}",
+            loaded.summary
+        );
+        *self.current.write() = Arc::new(loaded);
+        Ok(())
+    }
+
+    /// Reloads if a file's size or modification time changed since it was
+    /// last read; returns whether it tried.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        if *self.stamps.lock() == stamps(&self.settings) {
+            return Ok(false);
+        }
+        self.reload().map(|()| true)
+    }
+
+    /// Checks the files every `interval` and reloads when one changed,
+    /// until `shutdown`. A failed reload is logged once per change of the
+    /// files: a half-written file is retried when its writer finishes.
+    pub async fn watch(self: Arc<Self>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Err(e) = self.reload_if_changed() {
+                        tracing::error!("TLS certificate files changed but cannot be used, keeping the current ones: {e}");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Runs the server side of the TLS handshake on an accepted socket,
+    /// with the certificates in use now, within [`HANDSHAKE_TIMEOUT`].
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        protocol: TlsProtocol,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let config = {
+            let current = self.current.read();
+            match protocol {
+                TlsProtocol::Amqp => Arc::clone(&current.amqp),
+                TlsProtocol::Http => Arc::clone(&current.http),
+            }
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
+    }
+}
+
+fn stamps(settings: &TlsSettings) -> Vec<Option<(SystemTime, u64)>> {
+    [
+        Some(&settings.cert),
+        Some(&settings.key),
+        settings.ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    })
+    .collect()
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
