@@ -168,8 +168,12 @@ impl Session {
             Ok(user) => user,
             // RabbitMQ tells a refused client why only if it said it
             // understands (the `authentication_failure_close` capability);
-            // older clients just see the socket close.
-            Err(e) if client_capability(&m.client_properties, "authentication_failure_close") => {
+            // older clients just see the socket close. Other errors (an
+            // unknown mechanism) are closes as usual.
+            Err(e)
+                if e.code != reply::ACCESS_REFUSED
+                    || client_capability(&m.client_properties, "authentication_failure_close") =>
+            {
                 return Err(e)
             }
             Err(_) => {

@@ -574,7 +574,7 @@ fn external_is_refused_without_a_certificate_a_name_or_a_known_user() {
     for (external, loopback) in refused {
         let (_, reply) = login(
             &mut external_client(external.clone(), loopback),
-            external_start_ok(),
+            with_capability(external_start_ok(), "authentication_failure_close"),
         );
         let (code, text) = close_code(&reply);
         assert_eq!(code, 403, "{external:?}: {text}");
