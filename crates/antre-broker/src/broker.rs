@@ -9,6 +9,10 @@ use std::time::Duration;
 use antre_store::StoreOptions;
 use parking_lot::RwLock;
 
+pub use crate::access::LoginError;
+use crate::access::{
+    AccessControl, AccessError, Credentials, Permission, TopicPermission, UserRecord,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::error::BrokerError;
 use crate::metrics::BrokerMetrics;
@@ -49,77 +53,15 @@ struct BrokerStorage {
     syncer: Syncer,
 }
 
-/// A user who may connect.
+/// A user to create with a cleartext password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     /// Login name.
     pub name: String,
-    /// Password.
+    /// Password (kept only as a salted hash).
     pub password: String,
-    /// Only connections from loopback addresses may log in as this user
-    /// (RabbitMQ's rule for `guest`, so a default password is never exposed).
-    pub loopback_only: bool,
-}
-
-/// A user as the broker keeps it: the password only as a salted hash, in
-/// RabbitMQ's `rabbit_password_hashing_sha256` format (base64 of a 4-byte
-/// salt followed by SHA-256(salt ++ password)), so hashes are portable.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UserRecord {
-    /// Login name.
-    pub name: String,
-    /// Salted SHA-256 of the password, base64.
-    pub password_hash: String,
-    /// Only connections from loopback addresses may log in as this user.
-    pub loopback_only: bool,
-}
-
-impl UserRecord {
-    fn new(user: &User) -> UserRecord {
-        use base64::Engine;
-        let salt: [u8; 4] = rand::random();
-        let mut salted = salt.to_vec();
-        salted.extend_from_slice(&sha256_salted(&salt, &user.password));
-        UserRecord {
-            name: user.name.clone(),
-            password_hash: base64::engine::general_purpose::STANDARD.encode(salted),
-            loopback_only: user.loopback_only,
-        }
-    }
-
-    /// Whether `password` is this user's, compared without an early exit.
-    fn verify(&self, password: &str) -> bool {
-        use base64::Engine;
-        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&self.password_hash) else {
-            return false;
-        };
-        if raw.len() != 4 + 32 {
-            return false;
-        }
-        let (salt, digest) = raw.split_at(4);
-        constant_time_eq(&sha256_salted(salt, password), digest)
-    }
-}
-
-fn sha256_salted(salt: &[u8], password: &str) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(salt);
-    h.update(password.as_bytes());
-    h.finalize().into()
-}
-
-const USERS_FILE: &str = "users.json";
-
-/// Why a login was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LoginError {
-    /// Unknown user or wrong password.
-    #[error("user '{0}' - invalid credentials")]
-    InvalidCredentials(String),
-    /// A loopback-only user connecting from elsewhere.
-    #[error("user '{0}' - User can only log in via localhost")]
-    LoopbackOnly(String),
+    /// Tags, e.g. `administrator`.
+    pub tags: Vec<String>,
 }
 
 /// The whole broker state that connections share.
@@ -129,7 +71,7 @@ pub struct Broker {
     /// with the broker).
     vhosts: Arc<RwLock<HashMap<String, Arc<Vhost>>>>,
     clock: Arc<dyn Clock>,
-    users: RwLock<HashMap<String, UserRecord>>,
+    access: AccessControl,
     next_id: AtomicU64,
     storage: Option<BrokerStorage>,
     /// Broker-wide message counters and latencies.
@@ -152,7 +94,7 @@ impl Broker {
     /// An in-memory broker on the given clock. It has no timer thread: tests
     /// move the clock and call [`Broker::tick`].
     pub fn with_clock(clock: Arc<dyn Clock>) -> Broker {
-        let broker = Broker::empty(None, Arc::default(), clock);
+        let broker = Broker::empty(None, Arc::default(), clock, AccessControl::new());
         let root = Arc::new(Vhost::new(
             "/",
             Arc::clone(&broker.clock),
@@ -166,24 +108,16 @@ impl Broker {
         storage: Option<BrokerStorage>,
         metrics: Arc<BrokerMetrics>,
         clock: Arc<dyn Clock>,
+        access: AccessControl,
     ) -> Broker {
-        let broker = Broker {
+        Broker {
             vhosts: Arc::default(),
             clock,
-            users: RwLock::new(HashMap::new()),
+            access,
             next_id: AtomicU64::new(1),
             storage,
             metrics,
-        };
-        // Not through add_user: a persistent broker decides in open()
-        // whether its users file replaces this first-start default.
-        let guest = UserRecord::new(&User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        });
-        broker.users.write().insert(guest.name.clone(), guest);
-        broker
+        }
     }
 
     /// A broker that persists durable definitions and persistent messages
@@ -209,7 +143,7 @@ impl Broker {
         let metrics = Arc::<BrokerMetrics>::default();
         let syncer = Syncer::start(options.sync_interval, Arc::clone(&metrics))
             .map_err(|e| BrokerError::Internal(format!("starting the sync thread: {e}")))?;
-        let broker = Broker::empty(
+        let mut broker = Broker::empty(
             Some(BrokerStorage {
                 data_dir: data_dir.to_owned(),
                 options,
@@ -217,6 +151,9 @@ impl Broker {
             }),
             metrics,
             clock,
+            // Replaced once the vhosts are known (a format 1 migration
+            // grants its users every vhost).
+            AccessControl::new(),
         );
         let entries = std::fs::read_dir(&vhosts_dir)
             .map_err(|e| BrokerError::Internal(format!("reading {}: {e}", vhosts_dir.display())))?;
@@ -231,13 +168,10 @@ impl Broker {
             broker.add_vhost(&name)?;
         }
         broker.add_vhost("/")?;
-        match Broker::load_users(data_dir)? {
-            // The file is the truth: a deleted guest stays deleted.
-            Some(list) => {
-                *broker.users.write() = list.into_iter().map(|u| (u.name.clone(), u)).collect()
-            }
-            None => broker.save_users(&broker.users.read()),
-        }
+        let mut names: Vec<String> = broker.vhosts.read().keys().cloned().collect();
+        names.sort();
+        // The file is the truth: a deleted guest stays deleted.
+        broker.access = AccessControl::open(data_dir, &names)?;
         Ok(broker)
     }
 
@@ -353,61 +287,57 @@ impl Broker {
         self.vhosts.read().values().cloned().collect()
     }
 
-    /// Adds or replaces a user.
-    pub fn add_user(&self, user: User) {
-        let mut users = self.users.write();
-        users.insert(user.name.clone(), UserRecord::new(&user));
-        self.save_users(&users);
+    /// Users, tags and permissions.
+    pub fn access(&self) -> &AccessControl {
+        &self.access
+    }
+
+    /// Adds or replaces a user, keeping their permissions.
+    pub fn add_user(&self, user: User) -> Result<(), AccessError> {
+        self.access
+            .put_user(&user.name, Credentials::Password(user.password), user.tags)
+            .map(drop)
     }
 
     /// Every user, sorted by name.
     pub fn users(&self) -> Vec<UserRecord> {
-        let mut users: Vec<UserRecord> = self.users.read().values().cloned().collect();
-        users.sort_by(|a, b| a.name.cmp(&b.name));
-        users
+        self.access.users()
     }
 
-    /// Removes a user; returns whether it existed. Open connections of the
-    /// user stay open (as in RabbitMQ).
-    pub fn delete_user(&self, name: &str) -> bool {
-        let mut users = self.users.write();
-        let existed = users.remove(name).is_some();
-        if existed {
-            self.save_users(&users);
-        }
-        existed
+    /// Removes a user and their permissions; returns whether it existed.
+    /// The server closes the user's connections.
+    pub fn delete_user(&self, name: &str) -> Result<bool, AccessError> {
+        self.access.delete_user(name)
     }
 
-    /// Rewrites the users file of a persistent broker (atomically). A
-    /// failure is logged: the change holds until the next restart.
-    fn save_users(&self, users: &HashMap<String, UserRecord>) {
-        let Some(s) = &self.storage else { return };
-        let mut list: Vec<&UserRecord> = users.values().collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        let written = serde_json::to_vec_pretty(&list)
-            .map_err(|e| e.to_string())
-            .and_then(|json| {
-                antre_store::definitions::write_atomic(&s.data_dir.join(USERS_FILE), &json)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = written {
-            tracing::error!("could not save users: {e}");
+    /// Creates a vhost (see [`Broker::add_vhost`]) and, if it is new,
+    /// grants `creator` every permission in it, as RabbitMQ's management
+    /// API does for the user who creates a vhost.
+    pub fn create_vhost(&self, name: &str, creator: &str) -> Result<bool, BrokerError> {
+        let existed = self.vhost(name).is_some();
+        self.add_vhost(name)?;
+        if !existed && self.access.user(creator).is_some() {
+            self.access
+                .set_permission(crate::access::full_permission(creator, name))
+                .map_err(|e| BrokerError::Internal(e.to_string()))?;
         }
+        Ok(!existed)
     }
 
-    /// Loads the users file; None when there is none yet (first start).
-    fn load_users(data_dir: &Path) -> Result<Option<Vec<UserRecord>>, BrokerError> {
-        let path = data_dir.join(USERS_FILE);
-        match antre_store::definitions::read(&path) {
-            Ok(Some(raw)) => serde_json::from_slice(&raw)
-                .map(Some)
-                .map_err(|e| BrokerError::Internal(format!("unreadable {}: {e}", path.display()))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(BrokerError::Internal(format!(
-                "reading {}: {e}",
-                path.display()
-            ))),
+    /// Sets a user's permission in a vhost, which must exist.
+    pub fn set_permission(&self, p: Permission) -> Result<bool, AccessError> {
+        if self.vhost(&p.vhost).is_none() {
+            return Err(AccessError::NoSuchVhost(p.vhost));
         }
+        self.access.set_permission(p)
+    }
+
+    /// Sets a user's topic permission in a vhost, which must exist.
+    pub fn set_topic_permission(&self, t: TopicPermission) -> Result<bool, AccessError> {
+        if self.vhost(&t.vhost).is_none() {
+            return Err(AccessError::NoSuchVhost(t.vhost));
+        }
+        self.access.set_topic_permission(t)
     }
 
     /// Deletes a vhost: every queue in it (with its messages) and its
@@ -422,6 +352,9 @@ impl Broker {
             vhost.delete_queue(&q.name, false, false, owner)?;
         }
         vhost.close();
+        self.access
+            .remove_vhost(name)
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
         if let Some(s) = &self.storage {
             let dir = s.data_dir.join("vhosts").join(dir_name(name));
             if dir.exists() {
@@ -433,22 +366,14 @@ impl Broker {
         Ok(true)
     }
 
-    /// Checks a login.
+    /// Checks a login (see [`AccessControl::login`]).
     pub fn authenticate(
         &self,
         name: &str,
         password: &str,
         from_loopback: bool,
     ) -> Result<(), LoginError> {
-        let users = self.users.read();
-        let user = users
-            .get(name)
-            .filter(|u| u.verify(password))
-            .ok_or_else(|| LoginError::InvalidCredentials(name.to_owned()))?;
-        if user.loopback_only && !from_loopback {
-            return Err(LoginError::LoopbackOnly(name.to_owned()));
-        }
-        Ok(())
+        self.access.login(name, password, from_loopback).map(drop)
     }
 
     /// Checks a login whose identity was established outside AMQP (SASL
@@ -456,26 +381,13 @@ impl Broker {
     /// user must exist; there is no password to check. The loopback rule
     /// still applies, as in RabbitMQ.
     pub fn authenticate_external(&self, name: &str, from_loopback: bool) -> Result<(), LoginError> {
-        let users = self.users.read();
-        let user = users
-            .get(name)
-            .ok_or_else(|| LoginError::InvalidCredentials(name.to_owned()))?;
-        if user.loopback_only && !from_loopback {
-            return Err(LoginError::LoopbackOnly(name.to_owned()));
-        }
-        Ok(())
+        self.access.login_external(name, from_loopback).map(drop)
     }
 
     /// A fresh id for a connection or a consumer.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
-}
-
-/// Compares secrets without an early exit, so timing does not reveal how
-/// much of a guessed password was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -486,40 +398,12 @@ mod tests {
         User {
             name: name.into(),
             password: password.into(),
-            loopback_only: false,
+            tags: vec![],
         }
     }
 
     #[test]
-    fn passwords_are_kept_hashed_and_salted() {
-        let broker = Broker::new();
-        broker.add_user(user("ops", "s3cret"));
-        let record = broker
-            .users()
-            .into_iter()
-            .find(|u| u.name == "ops")
-            .unwrap();
-        assert!(!record.password_hash.contains("s3cret"));
-        assert!(broker.authenticate("ops", "s3cret", false).is_ok());
-        assert!(broker.authenticate("ops", "s3cre", false).is_err());
-        broker.add_user(user("other", "s3cret"));
-        let other = broker
-            .users()
-            .into_iter()
-            .find(|u| u.name == "other")
-            .unwrap();
-        assert_ne!(
-            other.password_hash, record.password_hash,
-            "salted: same password, other hash"
-        );
-        assert_eq!(
-            broker.authenticate("guest", "guest", false),
-            Err(LoginError::LoopbackOnly("guest".into()))
-        );
-    }
-
-    #[test]
-    fn users_survive_a_restart_and_deleted_guest_stays_deleted() {
+    fn users_and_permissions_survive_a_restart_and_deleted_guest_stays_deleted() {
         let dir = tempfile::tempdir().unwrap();
         {
             let broker = Broker::open_with_clock(
@@ -532,8 +416,12 @@ mod tests {
                 broker.authenticate("guest", "guest", true).is_ok(),
                 "seeded on first start"
             );
-            broker.add_user(user("ops", "s3cret"));
-            assert!(broker.delete_user("guest"));
+            broker.add_user(user("ops", "s3cret")).unwrap();
+            broker.add_vhost("eu").unwrap();
+            broker
+                .set_permission(crate::access::full_permission("ops", "eu"))
+                .unwrap();
+            assert!(broker.delete_user("guest").unwrap());
             broker.close();
         }
         let broker =
@@ -541,5 +429,37 @@ mod tests {
                 .unwrap();
         assert!(broker.authenticate("ops", "s3cret", false).is_ok());
         assert!(broker.authenticate("guest", "guest", true).is_err());
+        assert!(broker.access().vhost_access("ops", "eu"));
+        assert!(!broker.access().vhost_access("ops", "/"));
+    }
+
+    #[test]
+    fn deleting_a_vhost_forgets_its_permissions() {
+        let broker = Broker::new();
+        assert!(broker.create_vhost("eu", "guest").unwrap());
+        assert!(
+            broker.access().vhost_access("guest", "eu"),
+            "the creator gets all"
+        );
+        broker.delete_vhost("eu").unwrap();
+        assert!(!broker.access().vhost_access("guest", "eu"));
+        broker.add_vhost("eu").unwrap();
+        assert!(
+            !broker.access().vhost_access("guest", "eu"),
+            "not back with the name"
+        );
+    }
+
+    #[test]
+    fn permissions_need_an_existing_vhost_and_user() {
+        let broker = Broker::new();
+        assert_eq!(
+            broker.set_permission(crate::access::full_permission("guest", "nope")),
+            Err(AccessError::NoSuchVhost("nope".into()))
+        );
+        assert_eq!(
+            broker.set_permission(crate::access::full_permission("nobody", "/")),
+            Err(AccessError::NoSuchUser("nobody".into()))
+        );
     }
 }

@@ -16,13 +16,22 @@ use crate::error::BrokerError;
 
 /// The data format this build writes.
 ///
-/// - 1: `definitions.json` rewritten whole on every change.
+/// - 1: `definitions.json` rewritten whole on every change; users in
+///   `users.json` with a per-user loopback flag.
 /// - 2: `definitions.json` is a snapshot, and changes since it are logged
 ///   in the vhost's `definitions-log/` store. A version-1 directory is a
 ///   version-2 one with an empty log, so the migration only records the
 ///   new number; a version-1 antre must not open a version-2 directory,
 ///   since it would not see the logged changes.
-pub const CURRENT: u32 = 2;
+/// - 3: `access.json` (users with tags, permissions, topic permissions)
+///   replaces `users.json`; loopback-only is the `loopback_users` setting.
+///   [`crate::access::AccessControl::open`] migrates a version 1 or 2
+///   directory (its users keep what they could do: everything), and does
+///   so whenever it finds `users.json` without `access.json`, so a
+///   migration cut short by a crash finishes at the next start; a version-2
+///   antre must not open a version-3 directory, since it would seed a new
+///   `guest` and ignore every permission.
+pub const CURRENT: u32 = 3;
 
 /// The file, in the data directory, that names its format version.
 pub const FILE: &str = "format";
@@ -56,7 +65,9 @@ pub fn check(data_dir: &Path) -> Result<u32, BrokerError> {
         )));
     }
     // Older versions are migrated here, one version at a time. From 1 to 2
-    // nothing on disk changes (see CURRENT).
+    // nothing on disk changes; from 2 to 3 the broker migrates `users.json`
+    // as it opens it, idempotently, so the version can be recorded first
+    // (see CURRENT).
     if recorded.is_none() || found < CURRENT {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| BrokerError::Internal(format!("creating {}: {e}", data_dir.display())))?;
@@ -74,7 +85,9 @@ fn parse(raw: &[u8]) -> Option<u32> {
 
 /// Whether the directory holds what a broker writes (so it is not new).
 fn holds_data(data_dir: &Path) -> bool {
-    data_dir.join("vhosts").exists() || data_dir.join("users.json").exists()
+    data_dir.join("vhosts").exists()
+        || data_dir.join(crate::access::V1_USERS_FILE).exists()
+        || data_dir.join(crate::access::ACCESS_FILE).exists()
 }
 
 #[cfg(test)]

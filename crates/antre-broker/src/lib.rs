@@ -5,6 +5,7 @@
 //! them to a [`channel::Channel`]; everything that decides where a message
 //! goes and who gets it lives here, so it can be tested in microseconds:
 //! - [`broker`]: the vhosts and users a server shares among connections;
+//! - [`access`]: users, tags, per-vhost and topic permissions;
 //! - [`vhost`]: a vhost's topology, and the one publish path into its queues;
 //! - [`dead_letter`]: dead-lettering, its cycle rule and its budget;
 //! - [`exchange`]: exchange types and binding rules (topic, headers);
@@ -26,6 +27,7 @@
 // outside tests (clippy.toml lets tests unwrap).
 #![warn(clippy::unwrap_used)]
 
+pub mod access;
 pub mod broker;
 pub mod channel;
 pub mod clock;
@@ -43,7 +45,8 @@ pub mod session;
 pub mod syncer;
 pub mod vhost;
 
-pub use broker::{Broker, LoginError, StorageOptions, User, UserRecord};
+pub use access::{AccessControl, LoginError, UserRecord};
+pub use broker::{Broker, StorageOptions, User};
 pub use channel::{Channel, ChannelContext, Outgoing};
 pub use error::BrokerError;
 pub use message::Message;

@@ -70,11 +70,14 @@ pub struct Config {
     /// Deliveries per second to one connection above which it counts as
     /// busy and its deliveries are coalesced; 0 coalesces at any rate.
     pub delivery_coalesce_rate: u32,
-    /// A user to create at start-up, `(name, password)`, allowed from any
-    /// address. When set, the loopback-only `guest` user is removed.
+    /// A user to create at start-up, `(name, password)`, an administrator
+    /// with every permission on `/`. When set, `guest` is removed.
     pub default_user: Option<(String, String)>,
     /// What connection.start tells clients the server is.
     pub server_identity: ServerIdentity,
+    /// Users who may log in from loopback addresses only, whatever their
+    /// password (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
 }
 
 /// The `product` and `version` a server announces in connection.start.
@@ -133,6 +136,7 @@ impl Default for Config {
             delivery_coalesce_rate: 20_000,
             default_user: None,
             server_identity: ServerIdentity::Antre,
+            loopback_users: vec!["guest".into()],
         }
     }
 }
@@ -220,8 +224,8 @@ pub struct Settings {
     /// API and UI [default: 5].
     #[arg(long, env = "ANTRE_RATE_INTERVAL", value_name = "SECONDS")]
     pub rate_interval: Option<f64>,
-    /// Create this user at start-up (allowed from any address) and remove
-    /// the loopback-only guest user [default: none].
+    /// Create this user at start-up (an administrator with every
+    /// permission on /) and remove guest [default: none].
     #[arg(long, env = "ANTRE_DEFAULT_USER", value_name = "NAME")]
     pub default_user: Option<String>,
     /// Password of --default-user.
@@ -232,6 +236,15 @@ pub struct Settings {
     /// them [default: antre].
     #[arg(long, env = "ANTRE_SERVER_IDENTITY", value_name = "antre|rabbitmq")]
     pub server_identity: Option<String>,
+    /// Users who may log in from loopback addresses only, comma-separated;
+    /// "none" for nobody [default: guest].
+    #[arg(
+        long,
+        env = "ANTRE_LOOPBACK_USERS",
+        value_name = "USERS",
+        value_delimiter = ','
+    )]
+    pub loopback_users: Option<Vec<String>>,
     /// Log as JSON lines instead of human-readable text [default: false].
     #[arg(long, env = "ANTRE_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub log_json: Option<bool>,
@@ -284,6 +297,7 @@ impl Settings {
             default_user: self.default_user.or(below.default_user),
             default_pass: self.default_pass.or(below.default_pass),
             server_identity: self.server_identity.or(below.server_identity),
+            loopback_users: self.loopback_users.or(below.loopback_users),
             log_json: self.log_json.or(below.log_json),
             log_level: self.log_level.or(below.log_level),
         }
@@ -345,6 +359,15 @@ impl Settings {
                 .delivery_coalesce_rate
                 .unwrap_or(d.delivery_coalesce_rate),
             default_user,
+            loopback_users: match &self.loopback_users {
+                None => d.loopback_users,
+                Some(list) => list
+                    .iter()
+                    .map(|u| u.trim())
+                    .filter(|u| !u.is_empty() && *u != "none")
+                    .map(str::to_owned)
+                    .collect(),
+            },
             server_identity: match &self.server_identity {
                 None => d.server_identity,
                 Some(s) => s.parse()?,
@@ -450,6 +473,18 @@ mod tests {
             crate::listen::entries(&http),
             ["127.0.0.1:15672", "[::1]:15672"]
         );
+    }
+
+    #[test]
+    fn loopback_users_default_to_guest_and_can_be_emptied() {
+        let d = Settings::default().to_config().unwrap();
+        assert_eq!(d.loopback_users, ["guest"]);
+        let file = Settings::from_toml("loopback_users = [\"guest\", \"ops\"]").unwrap();
+        assert_eq!(file.to_config().unwrap().loopback_users, ["guest", "ops"]);
+        let none = Settings::from_toml("loopback_users = [\"none\"]").unwrap();
+        assert!(none.to_config().unwrap().loopback_users.is_empty());
+        let empty = Settings::from_toml("loopback_users = []").unwrap();
+        assert!(empty.to_config().unwrap().loopback_users.is_empty());
     }
 
     #[test]

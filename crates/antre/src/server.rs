@@ -88,6 +88,30 @@ impl RunningServer {
     }
 }
 
+/// Makes `name` an administrator with `password` and, unless it has some,
+/// every permission on `/` (RabbitMQ's `default_user` and
+/// `default_permissions`); removes `guest`.
+fn seed_default_user(broker: &Broker, name: &str, password: &str) -> anyhow::Result<()> {
+    let access = broker.access();
+    let tags = match access.user(name) {
+        Some(u) if u.has_tag("administrator") => u.tags,
+        Some(u) => [u.tags, vec!["administrator".to_owned()]].concat(),
+        None => vec!["administrator".to_owned()],
+    };
+    broker.add_user(User {
+        name: name.to_owned(),
+        password: password.to_owned(),
+        tags,
+    })?;
+    if access.permission(name, "/").is_none() {
+        broker.set_permission(antre_broker::access::full_permission(name, "/"))?;
+    }
+    if name != "guest" {
+        broker.delete_user("guest")?;
+    }
+    Ok(())
+}
+
 /// Binds the listener and starts serving in the background.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&config.data_dir)
@@ -125,15 +149,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         data_dir = %config.data_dir.display(),
         "storage recovered"
     );
+    broker
+        .access()
+        .set_loopback_users(config.loopback_users.clone());
     if let Some((name, password)) = &config.default_user {
-        broker.add_user(User {
-            name: name.clone(),
-            password: password.clone(),
-            loopback_only: false,
-        });
-        if name != "guest" {
-            broker.delete_user("guest");
-        }
+        seed_default_user(&broker, name, password)?;
     }
     let broker = Arc::new(broker);
     let registry = Arc::<Registry>::default();

@@ -260,6 +260,33 @@ async fn the_ui_works_in_headless_chromium() {
         session.go(&format!("{ui}/#/connections"));
         session.find("//h1[starts-with(text(),'Connections')]");
 
+        // The Admin area: add a user, give it permissions, see both listed.
+        session.click("//a[@id='nav-admin']");
+        session.find("//h2[starts-with(text(),'Users')]");
+        session.find("//td[text()='guest']");
+        let add_user = "//form[h2[text()='Add a user']]";
+        session.type_into(&format!("{add_user}//input[@name='name']"), "browser-ops");
+        session.type_into(&format!("{add_user}//input[@name='password']"), "s3cret");
+        session.type_into(&format!("{add_user}//input[@name='tags']"), "management");
+        session.click(&format!("{add_user}//button"));
+        session.find("//td[text()='browser-ops']/following-sibling::td[text()='management']");
+        let set = "//form[h2[text()='Set permissions']]";
+        session.click(&format!(
+            "{set}//select[@name='user']/option[text()='browser-ops']"
+        ));
+        session.type_into(&format!("{set}//input[@name='configure']"), "^ops");
+        session.click(&format!("{set}//button"));
+        session.find("//td[text()='browser-ops']/following-sibling::td[text()='^ops']");
+        session.screenshot("antre-ui-admin.png");
+
+        // A management user has no Admin tab.
+        session.click("//button[text()='Log out']");
+        session.type_into("//input[@id='login-user']", "browser-ops");
+        session.type_into("//input[@id='login-password']", "s3cret");
+        session.click("//button[@id='login-submit']");
+        session.find("//span[@id='whoami' and contains(text(),'browser-ops (management)')]");
+        assert!(!session.displayed("//a[@id='nav-admin']"));
+
         session.call("DELETE", "", None);
         println!("browser test took {:?}", started.elapsed());
         overview

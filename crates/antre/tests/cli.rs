@@ -364,3 +364,66 @@ async fn status_sizes_are_human_and_errors_have_no_backtrace() {
     assert!(!err.to_lowercase().contains("backtrace"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_permissions_and_vhosts_from_the_cli() {
+    let b = TestBroker::start().await;
+    let url = b.http_url();
+    let run = |args: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let (ok, out, err) = antre(&url, args).await;
+            assert!(ok, "antre {args:?}: {err}");
+            out
+        }
+    };
+    run(&["vhosts", "add", "eu"]).await;
+    let vhosts = run(&["vhosts", "list"]).await;
+    assert!(vhosts.lines().any(|l| l.starts_with("eu ")), "{vhosts}");
+    run(&["users", "add", "ops", "s3cret", "--tags", "management"]).await;
+    run(&["users", "set-tags", "ops", "monitoring", "management"]).await;
+    let users = run(&["users", "list"]).await;
+    let ops = users.lines().find(|l| l.starts_with("ops ")).unwrap();
+    assert!(ops.contains("monitoring,management"), "{users}");
+    let (status, _) = b
+        .api_as(("ops", "s3cret"), "GET", "/api/whoami", None)
+        .await;
+    assert_eq!(status, 200, "set-tags kept the password");
+    run(&["users", "change-password", "ops", "n3w"]).await;
+    let (status, me) = b.api_as(("ops", "n3w"), "GET", "/api/whoami", None).await;
+    assert_eq!(
+        (status, me["tags"].clone()),
+        (200, json!(["monitoring", "management"]))
+    );
+
+    run(&[
+        "permissions",
+        "set",
+        "ops",
+        "--vhost",
+        "eu",
+        "--configure",
+        "^ops",
+        "--write",
+        ".*",
+        "--read",
+        "",
+    ])
+    .await;
+    let (ok, listed, _) = antre(&url, &["permissions", "list", "--format", "json"]).await;
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert!(listed.as_array().unwrap().contains(
+        &json!({ "user": "ops", "vhost": "eu", "configure": "^ops", "write": ".*", "read": "" })
+    ));
+    run(&["permissions", "clear", "ops", "--vhost", "eu"]).await;
+    let (status, _) = b.api("GET", "/api/permissions/eu/ops", None).await;
+    assert_eq!(status, 404);
+    let (ok, _, err) = antre(&url, &["permissions", "clear", "ops", "--vhost", "eu"]).await;
+    assert!(!ok && err.contains("Not Found"), "{err}");
+
+    run(&["users", "delete", "ops"]).await;
+    run(&["vhosts", "delete", "eu"]).await;
+    let (status, _) = b.api("GET", "/api/users/ops", None).await;
+    assert_eq!(status, 404);
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use antre_amqp::method::*;
 
 use super::{reply, Channel, ChannelConsumer, Mode, Outgoing, Settle, Unacked};
+use crate::access::{Perm, ResourceKind};
 use crate::error::BrokerError;
 use crate::queue::{ConsumerSpec, Credit, Delivery, Queue};
 use crate::vhost::{generated_name, REPLY_TO};
@@ -36,8 +37,10 @@ impl Channel {
     ) -> Result<(), BrokerError> {
         let queue_name = self.resolve_queue(&m.queue)?;
         let queue = if queue_name == REPLY_TO {
+            // Direct reply-to needs no permission, as in RabbitMQ.
             self.reply_consumer(&m)?
         } else {
+            self.permit(ResourceKind::Queue, &queue_name, Perm::Read)?;
             self.ctx.vhost.queue(&queue_name, self.ctx.connection)?
         };
         let tag: Arc<str> = if m.consumer_tag.is_empty() {
@@ -158,6 +161,7 @@ impl Channel {
 
     pub(super) fn get(&mut self, m: BasicGet, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
         let queue_name = self.resolve_queue(&m.queue)?;
+        self.permit(ResourceKind::Queue, &queue_name, Perm::Read)?;
         let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
         let Some((entry, message_count)) = queue.get(m.no_ack) else {
             self.ctx.broker.metrics.get_empty.inc();

@@ -17,8 +17,11 @@
 //!   recover, channel.flow and the consumer timeout;
 //! - [`settle`](self::settle): basic.ack/nack/reject;
 //! - [`publish`](self::publish): basic.publish, publisher confirms and
-//!   transactions.
+//!   transactions;
+//! - [`access`](self::access): the user's permissions, checked by each of
+//!   the above as RabbitMQ checks them.
 
+mod access;
 mod consume;
 mod exchange;
 mod held;
@@ -103,11 +106,11 @@ pub struct ChannelContext {
     pub vhost: Arc<Vhost>,
     /// The connection, for exclusive queues.
     pub connection: ConnectionId,
+    /// The user who opened the connection, whose permissions apply and
+    /// whom a published `user_id` must name.
+    pub user: Arc<str>,
     /// Largest message body accepted, in bytes.
     pub max_message_size: u64,
-    /// The user the connection logged in as: a published `user_id` must
-    /// name it.
-    pub user: String,
 }
 
 /// One open channel.
@@ -141,6 +144,8 @@ pub struct Channel {
     held: std::collections::VecDeque<held::Segment>,
     /// Whether it has published, so counts among the broker's publishers.
     publisher: bool,
+    /// The user's permissions in the vhost.
+    access: access::ChannelAccess,
 }
 
 /// The sync token that stands for a transaction commit (confirm tokens are
@@ -180,6 +185,7 @@ impl Channel {
             reply_queue: None,
             held: std::collections::VecDeque::new(),
             publisher: false,
+            access: access::ChannelAccess::default(),
         }
     }
 

@@ -25,15 +25,10 @@ impl Channel {
         if m.immediate {
             return Err(BrokerError::NotImplemented("immediate=true".into()));
         }
-        if let Some(claimed) = &header.properties.user_id {
-            // RabbitMQ's validated user id: consumers may trust it.
-            if *claimed != self.ctx.user {
-                return Err(BrokerError::PreconditionFailed(format!(
-                    "user_id property set to '{claimed}' but authenticated user was '{}'",
-                    self.ctx.user
-                )));
-            }
-        }
+        // RabbitMQ's order: write on the exchange, its existence (in the
+        // publish path), the topic permission, the user_id property.
+        self.permit_publish(&m.exchange, &m.routing_key)?;
+        self.check_user_id(header.properties.user_id.as_deref())?;
         let mut header = header;
         if header.properties.reply_to.as_deref() == Some(REPLY_TO) {
             // The responder replies to this channel's own address.

@@ -2,10 +2,12 @@
 
 use antre_amqp::method::*;
 
+use super::exchange::named_exchange;
 use super::{reply, Channel, Outgoing};
+use crate::access::{Perm, ResourceKind};
 use crate::error::BrokerError;
 use crate::exchange::Destination;
-use crate::vhost::{QueueDeclaration, REPLY_TO};
+use crate::vhost::{check_queue_name, generated_name, QueueDeclaration, REPLY_TO};
 
 impl Channel {
     pub(super) fn queue_declare(
@@ -39,10 +41,30 @@ impl Channel {
             auto_delete: m.auto_delete,
             arguments: m.arguments,
         };
-        let (q, counts) =
-            self.ctx
-                .vhost
-                .declare_queue(declaration, m.passive, self.ctx.connection)?;
+        let conn = self.ctx.connection;
+        let (q, counts) = if m.passive {
+            // A passive declare needs no permission, as in RabbitMQ.
+            self.ctx.vhost.declare_queue(declaration, true, conn)?
+        } else {
+            // The name first (server-generated `amq.gen-...`, or the
+            // client's, which must not be reserved), then configure on it:
+            // exclusive and server-named queues need it like any other.
+            let name = if declaration.name.is_empty() {
+                generated_name("amq.gen-")
+            } else {
+                check_queue_name(&declaration.name)?;
+                declaration.name.clone()
+            };
+            self.permit(ResourceKind::Queue, &name, Perm::Configure)?;
+            let dlx = named_exchange(&declaration.arguments, "x-dead-letter-exchange");
+            if let Some(dlx) = dlx.filter(|_| !self.ctx.vhost.has_queue(&name)) {
+                // A new queue that dead-letters: read on it, write on the DLX.
+                let dlx = dlx.to_owned();
+                self.permit(ResourceKind::Queue, &name, Perm::Read)?;
+                self.permit(ResourceKind::Exchange, &dlx, Perm::Write)?;
+            }
+            self.ctx.vhost.declare_queue_as(name, declaration, conn)?
+        };
         self.last_queue = Some(q.name.clone());
         let ok = QueueDeclareOk {
             queue: q.name.clone(),
@@ -64,6 +86,7 @@ impl Channel {
         } else {
             m.routing_key
         };
+        self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &key)?;
         let conn = self.ctx.connection;
         self.ctx.vhost.bind(
             &m.exchange,
@@ -82,6 +105,7 @@ impl Channel {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
         let queue = self.resolve_queue(&m.queue)?;
+        self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
         let conn = self.ctx.connection;
         self.ctx.vhost.unbind(
             &m.exchange,
@@ -100,6 +124,7 @@ impl Channel {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
         let queue = self.resolve_queue(&m.queue)?;
+        self.permit(ResourceKind::Queue, &queue, Perm::Read)?;
         let message_count = self.ctx.vhost.purge_queue(&queue, self.ctx.connection)?;
         reply(out, QueuePurgeOk { message_count }, m.nowait);
         Ok(())
@@ -111,6 +136,7 @@ impl Channel {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
         let queue = self.resolve_queue(&m.queue)?;
+        self.permit(ResourceKind::Queue, &queue, Perm::Configure)?;
         let conn = self.ctx.connection;
         let message_count = self
             .ctx

@@ -23,8 +23,8 @@ fn fixture() -> Fixture {
         broker,
         vhost: Arc::clone(&vhost),
         connection: 1,
-        max_message_size: 1024,
         user: "guest".into(),
+        max_message_size: 1024,
     };
     let channel = Channel::new(1, ctx, Arc::clone(&sink) as Arc<dyn DeliverySink>);
     Fixture {
@@ -328,8 +328,8 @@ fn consumer_timeout_trips_on_the_queue_timeout_or_the_default() {
         broker,
         vhost,
         connection: 1,
-        max_message_size: 1024,
         user: "guest".into(),
+        max_message_size: 1024,
     };
     let mut f = Fixture {
         vhost: Arc::clone(&ctx.vhost),
@@ -389,4 +389,37 @@ fn consumer_timeout_trips_on_the_queue_timeout_or_the_default() {
         err.to_string().contains("Timeout value used: 1000 ms"),
         "{err}"
     );
+}
+
+#[test]
+fn a_publish_grant_is_not_reused_after_the_permission_changes() {
+    let mut f = fixture();
+    f.declare("q");
+    let broker = Arc::clone(&f.channel.ctx.broker);
+    let publish = |f: &mut Fixture| {
+        let header = ContentHeader {
+            class_id: 60,
+            body_size: 1,
+            properties: BasicProperties::default(),
+        };
+        let m = BasicPublish {
+            routing_key: "q".into(),
+            ..Default::default()
+        };
+        f.channel
+            .publish(m, header, Bytes::from_static(b"x"), &mut f.out)
+    };
+    publish(&mut f).unwrap();
+    publish(&mut f).unwrap();
+    let mut p = crate::access::full_permission("guest", "/");
+    p.write = "^only-this$".into();
+    broker.access().set_permission(p.clone()).unwrap();
+    assert_eq!(
+        publish(&mut f).unwrap_err().to_string(),
+        "ACCESS_REFUSED - access to exchange 'amq.default' in vhost '/' refused for user 'guest'"
+    );
+    p.write = "^amq\\.default$".into();
+    broker.access().set_permission(p).unwrap();
+    publish(&mut f).unwrap();
+    assert_eq!(f.vhost.queue("q", 1).unwrap().counts().ready, 3);
 }

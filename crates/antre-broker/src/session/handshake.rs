@@ -235,16 +235,22 @@ impl Session {
             let method = Method::ConnectionOpen(open);
             return Err(ConnectionError::on(reply::NOT_ALLOWED, text, &method));
         };
+        let user = self.opened.as_ref().map_or("", |o| o.user.as_str());
+        if !self.broker.access().vhost_access(user, &open.virtual_host) {
+            return Err(ConnectionError::new(
+                reply::NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - access to vhost '{}' refused for user '{user}'",
+                    open.virtual_host
+                ),
+            ));
+        }
         self.ctx = Some(ChannelContext {
             broker: Arc::clone(&self.broker),
             vhost,
             connection: self.id,
+            user: user.into(),
             max_message_size: self.config.max_message_size,
-            user: self
-                .opened
-                .as_ref()
-                .map(|o| o.user.clone())
-                .unwrap_or_default(),
         });
         if let Some(mut opened) = self.opened.take() {
             opened.vhost = open.virtual_host;

@@ -27,6 +27,7 @@ impl EventSink for Collect {
 }
 
 struct Client {
+    broker: Arc<Broker>,
     session: Session,
     events: Arc<Collect>,
     input: BytesMut,
@@ -60,6 +61,7 @@ impl Client {
         let broker = Arc::new(Broker::new());
         let sink = Arc::clone(&events) as Arc<dyn EventSink>;
         Client {
+            broker: Arc::clone(&broker),
             session: Session::new(broker, config(), peer, sink, now),
             events,
             input: BytesMut::new(),
@@ -223,47 +225,83 @@ fn a_wrong_protocol_header_is_answered_with_ours_and_the_session_ends() {
     assert_eq!(*c.session.state(), SessionState::Closed { linger: false });
 }
 
-/// A start-ok from a client that announces `authentication_failure_close`
-/// (pika, lapin and the Java client do).
-fn start_ok_expecting_refusals(user: &str) -> ConnectionStartOk {
+fn with_capability(mut login: ConnectionStartOk, name: &str) -> ConnectionStartOk {
     let mut caps = FieldTable::new();
-    caps.insert(
-        "authentication_failure_close",
-        antre_amqp::FieldValue::Bool(true),
-    );
-    let mut m = start_ok(user);
-    m.client_properties
+    caps.insert(name, antre_amqp::FieldValue::Bool(true));
+    login
+        .client_properties
         .insert("capabilities", antre_amqp::FieldValue::Table(caps));
-    m
+    login
 }
 
 #[test]
-fn a_refused_login_closes_with_403_or_drops_a_client_not_expecting_it() {
-    let mut quiet = Client::new();
-    quiet.bytes(&PROTOCOL_HEADER);
-    quiet.flush();
-    quiet.methods();
-    quiet.method(0, start_ok("nobody"));
-    quiet.flush();
-    assert!(quiet.methods().is_empty(), "nothing but the socket closing");
-    assert_eq!(
-        *quiet.session.state(),
-        SessionState::Closed { linger: false }
-    );
+fn a_refused_login_closes_with_403_if_the_client_asked_to_be_told() {
+    for (user, password) in [("nobody", "guest"), ("guest", "wrong")] {
+        let mut c = Client::new();
+        c.bytes(&PROTOCOL_HEADER);
+        let mut login = start_ok(user);
+        login.response = Bytes::from(format!("\0{user}\0{password}"));
+        c.method(0, with_capability(login, "authentication_failure_close"));
+        c.flush();
+        let last = c.methods().pop();
+        let Some((0, Method::ConnectionClose(close))) = last else {
+            panic!("expected connection.close, got {last:?}");
+        };
+        assert_eq!(close.reply_code, 403);
+        // Checked against RabbitMQ 3.10.8: the same text whether or not
+        // the user exists.
+        assert_eq!(
+            close.reply_text,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. \
+             For details see the broker logfile."
+        );
+        assert_eq!(*c.session.state(), SessionState::Closing);
+        c.method(0, ConnectionCloseOk {});
+        c.flush();
+        assert_eq!(*c.session.state(), SessionState::Closed { linger: false });
+    }
+}
 
+#[test]
+fn a_refused_login_just_closes_for_a_client_without_the_capability() {
     let mut c = Client::new();
     c.bytes(&PROTOCOL_HEADER);
-    c.method(0, start_ok_expecting_refusals("nobody"));
+    c.method(0, start_ok("nobody"));
+    c.flush();
+    assert!(
+        c.methods()
+            .iter()
+            .all(|(_, m)| !matches!(m, Method::ConnectionClose(_))),
+        "RabbitMQ closes the socket without a word"
+    );
+    assert_eq!(*c.session.state(), SessionState::Closed { linger: false });
+}
+
+#[test]
+fn opening_a_vhost_without_permission_is_refused_with_530() {
+    let mut c = Client::new();
+    c.broker
+        .add_user(crate::broker::User {
+            name: "bob".into(),
+            password: "guest".into(),
+            tags: vec![],
+        })
+        .unwrap();
+    c.bytes(&PROTOCOL_HEADER);
+    c.method(0, start_ok("bob"));
+    c.method(0, ConnectionTuneOk::default());
+    c.method(0, open_vhost("/"));
     c.flush();
     let last = c.methods().pop();
     let Some((0, Method::ConnectionClose(close))) = last else {
         panic!("expected connection.close, got {last:?}");
     };
-    assert_eq!(close.reply_code, 403);
-    assert_eq!(*c.session.state(), SessionState::Closing);
-    c.method(0, ConnectionCloseOk {});
-    c.flush();
-    assert_eq!(*c.session.state(), SessionState::Closed { linger: false });
+    assert_eq!(close.reply_code, 530);
+    // Checked against RabbitMQ 3.10.8.
+    assert_eq!(
+        close.reply_text,
+        "NOT_ALLOWED - access to vhost '/' refused for user 'bob'"
+    );
 }
 
 #[test]
@@ -468,11 +506,13 @@ fn certificate(cn: &str) -> ExternalIdentity {
 }
 
 fn external_start_ok() -> ConnectionStartOk {
-    ConnectionStartOk {
+    let login = ConnectionStartOk {
+        client_properties: FieldTable::new(),
         mechanism: "EXTERNAL".into(),
         response: Bytes::new(),
-        ..start_ok_expecting_refusals("")
-    }
+        locale: "en_US".into(),
+    };
+    with_capability(login, "authentication_failure_close")
 }
 
 /// The mechanisms connection.start offers, and the reply to a start-ok.
@@ -535,7 +575,7 @@ fn external_is_refused_without_a_certificate_a_name_or_a_known_user() {
     for (external, loopback) in refused {
         let (_, reply) = login(
             &mut external_client(external.clone(), loopback),
-            external_start_ok(),
+            with_capability(external_start_ok(), "authentication_failure_close"),
         );
         let (code, text) = close_code(&reply);
         assert_eq!(code, 403, "{external:?}: {text}");
@@ -548,8 +588,10 @@ fn external_is_refused_without_a_certificate_a_name_or_a_known_user() {
 /// the conformance suite: login-unknown-mechanism).
 #[test]
 fn a_mechanism_not_offered_drops_the_connection_as_in_rabbitmq() {
-    let mut unknown = start_ok_expecting_refusals("guest");
-    unknown.mechanism = "CRAM-MD5".into();
+    let unknown = ConnectionStartOk {
+        mechanism: "CRAM-MD5".into(),
+        ..with_capability(start_ok("guest"), "authentication_failure_close")
+    };
     for start_ok in [external_start_ok(), unknown] {
         let mut c = Client::new();
         c.bytes(&PROTOCOL_HEADER);

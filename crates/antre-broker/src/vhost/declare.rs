@@ -19,6 +19,16 @@ fn reserved(name: &str) -> bool {
     name.starts_with("amq.")
 }
 
+/// Refuses a client-chosen queue name with the reserved prefix `amq.`.
+pub(crate) fn check_queue_name(name: &str) -> Result<(), BrokerError> {
+    if reserved(name) {
+        return Err(BrokerError::AccessRefused(format!(
+            "queue name '{name}' contains reserved prefix 'amq.*'"
+        )));
+    }
+    Ok(())
+}
+
 fn inequivalent(
     what: &str,
     arg: &str,
@@ -136,14 +146,22 @@ impl Vhost {
         }
         let name = if d.name.is_empty() {
             generated_name("amq.gen-")
-        } else if reserved(&d.name) {
-            return Err(BrokerError::AccessRefused(format!(
-                "queue name '{}' contains reserved prefix 'amq.*'",
-                d.name
-            )));
         } else {
+            check_queue_name(&d.name)?;
             d.name.clone()
         };
+        self.declare_queue_as(name, d, conn)
+    }
+
+    /// queue.declare (not passive) of the queue `name`, which the caller
+    /// checked or generated (a channel generates a server-named queue's
+    /// name itself, to check the user's permission on it first).
+    pub(crate) fn declare_queue_as(
+        &self,
+        name: String,
+        d: QueueDeclaration,
+        conn: ConnectionId,
+    ) -> Result<(Arc<Queue>, QueueCounts), BrokerError> {
         let mut topo = self.topology.write();
         if let Some(q) = topo.queues.get(&name) {
             check_exclusive(q, conn)?;

@@ -33,6 +33,7 @@ use crate::exchange::Exchange;
 use crate::metrics::BrokerMetrics;
 use crate::queue::{ConnectionId, Queue};
 
+pub(crate) use declare::check_queue_name;
 use persist::DefinitionsLog;
 pub use publish::{PublishOptions, PublishOutcome, PublishSource};
 pub use storage::{dir_name, VhostStorage};
@@ -186,6 +187,25 @@ impl Vhost {
     /// Queue declarations, creations and deletions so far.
     pub fn queue_lifecycle(&self) -> QueueLifecycle {
         self.topology.read().lifecycle
+    }
+
+    /// Whether the exchange `name` exists.
+    pub fn has_exchange(&self, name: &str) -> bool {
+        self.topology.read().exchanges.contains_key(name)
+    }
+
+    /// Whether the queue `name` exists.
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.topology.read().queues.contains_key(name)
+    }
+
+    /// Whether `name` is a topic exchange (whose routing keys topic
+    /// permissions cover).
+    pub fn is_topic_exchange(&self, name: &str) -> bool {
+        let topo = self.topology.read();
+        topo.exchanges
+            .get(name)
+            .is_some_and(|e| e.type_name == "topic")
     }
 
     /// A snapshot of every exchange, for listing.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use antre_amqp::method::{BasicAck, BasicNack, BasicReject, ExchangeDeclare, QueueDeclare};
 use antre_amqp::{BasicProperties, FieldTable, FieldValue};
+use antre_broker::access::{Permission, TopicPermission};
 use antre_broker::clock::{Clock, ManualClock};
 use antre_broker::{Broker, StorageOptions, User};
 use antre_store::StoreOptions;
@@ -124,15 +125,46 @@ fn generate() {
         Broker::open_with_clock(&out, options, Arc::clone(&clock) as Arc<dyn Clock>)
             .expect("open the new data directory"),
     );
-    for (name, password) in [("ops", "s3cret-ops"), ("app", "pässwörd 🔑")] {
-        broker.add_user(User {
-            name: name.into(),
-            password: password.into(),
-            loopback_only: false,
-        });
+    for (name, password, tags) in [
+        (
+            "ops",
+            "s3cret-ops",
+            vec!["monitoring".to_owned(), "custom".to_owned()],
+        ),
+        ("app", "pässwörd 🔑", vec![]),
+    ] {
+        broker
+            .add_user(User {
+                name: name.into(),
+                password: password.into(),
+                tags,
+            })
+            .unwrap();
     }
-    broker.add_vhost("eu/payments").unwrap();
-    broker.add_vhost("empty").unwrap();
+    broker.create_vhost("eu/payments", "guest").unwrap();
+    broker.create_vhost("empty", "guest").unwrap();
+    // Since format 3: permissions and topic permissions.
+    broker
+        .set_permission(Permission {
+            user: "app".into(),
+            vhost: "eu/payments".into(),
+            configure: "^(ledger|amq\\.gen-)".into(),
+            write: "^ledger".into(),
+            read: "".into(),
+        })
+        .unwrap();
+    broker
+        .set_permission(antre_broker::access::full_permission("ops", "/"))
+        .unwrap();
+    broker
+        .set_topic_permission(TopicPermission {
+            user: "app".into(),
+            vhost: "eu/payments".into(),
+            exchange: "ledger.topic".into(),
+            write: "^ledger\\.{username}\\.".into(),
+            read: ".*".into(),
+        })
+        .unwrap();
 
     let mut s = Session::open(&broker, "/");
     topology(&mut s);

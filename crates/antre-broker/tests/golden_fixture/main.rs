@@ -30,7 +30,7 @@ const V1_CLOSED_AT: u64 = T0 + 1000;
 
 /// The fixtures: each was written by the generator's one scenario, at its
 /// data format version, so each must recover the same contents.
-const FIXTURES: [&str; 2] = ["v1", "v2"];
+const FIXTURES: [&str; 3] = ["v1", "v2", "v3"];
 
 /// A fixture copied to a temporary directory (recovery repairs and deletes
 /// files, and the checked-in copy must stay as it is), opened on a manual
@@ -664,6 +664,21 @@ fn fixture_users_keep_their_passwords() {
             f.broker.authenticate("ops", "s3cret-op", false),
             Err(LoginError::InvalidCredentials("ops".into()))
         );
+        if version == "v3" {
+            continue;
+        }
+        // Before format 3 every user could do everything: the migration
+        // keeps that, and users.json becomes access.json.
+        for name in ["app", "guest", "ops"] {
+            let user = f.broker.access().user(name).unwrap();
+            assert_eq!(user.tags, ["administrator"], "{version} {name}");
+            for vhost in ["/", "eu/payments", "empty"] {
+                let access = f.broker.access().vhost_access(name, vhost);
+                assert!(access, "{version} {name} {vhost}");
+            }
+        }
+        assert!(!f.dir.path().join("users.json").exists(), "{version}");
+        assert!(f.dir.path().join("access.json").exists(), "{version}");
     }
 }
 
@@ -781,6 +796,45 @@ fn fixture_ttls_and_expiry_count_from_the_recorded_times() {
             Err(BrokerError::NotFound(_))
         ));
     }
+}
+
+#[test]
+fn v3_keeps_tags_permissions_and_topic_permissions() {
+    use antre_broker::access::{Perm, ResourceKind};
+    let f = open("v3", V1_CLOSED_AT);
+    let access = f.broker.access();
+    let tags = |name: &str| access.user(name).unwrap().tags;
+    assert_eq!(tags("guest"), ["administrator"]);
+    assert_eq!(tags("ops"), ["monitoring", "custom"]);
+    assert!(tags("app").is_empty());
+    let mut granted: Vec<(String, String)> = access
+        .permissions()
+        .into_iter()
+        .map(|p| (p.user, p.vhost))
+        .collect();
+    granted.sort();
+    let expected = [
+        ("app", "eu/payments"),
+        ("guest", "/"),
+        ("guest", "empty"),
+        ("guest", "eu/payments"),
+        ("ops", "/"),
+    ];
+    assert_eq!(granted, expected.map(|(u, v)| (u.to_owned(), v.to_owned())));
+    let app = access.compiled("app", "eu/payments").unwrap();
+    assert!(app.allows(ResourceKind::Queue, "ledger", Perm::Configure));
+    assert!(app.allows(ResourceKind::Exchange, "ledger.topic", Perm::Write));
+    assert!(
+        !app.allows(ResourceKind::Queue, "ledger", Perm::Read),
+        "\"\" is nothing"
+    );
+    assert!(app
+        .check_topic("ledger.topic", "ledger.app.eur", Perm::Write)
+        .is_ok());
+    assert!(app
+        .check_topic("ledger.topic", "ledger.ops.eur", Perm::Write)
+        .is_err());
+    assert!(access.compiled("app", "/").is_none());
 }
 
 #[test]

@@ -57,8 +57,8 @@ impl Session {
             broker: Arc::clone(broker),
             vhost: Arc::clone(&vhost),
             connection: CONNECTION,
-            max_message_size: 128 * 1024 * 1024,
             user: "guest".into(),
+            max_message_size: 128 * 1024 * 1024,
         };
         let (tx, synced) = mpsc::channel();
         let sink = Arc::new(NoConsumers(Mutex::new(tx)));

@@ -388,8 +388,8 @@ fn new_channel(broker: &Arc<Broker>, vhost: &Arc<Vhost>, id: u16) -> Chan {
         broker: Arc::clone(broker),
         vhost: Arc::clone(vhost),
         connection: CONNECTION,
-        max_message_size: 1024,
         user: "guest".into(),
+        max_message_size: 1024,
     };
     Chan {
         channel: Channel::new(id, ctx, Arc::clone(&sink) as Arc<dyn DeliverySink>),

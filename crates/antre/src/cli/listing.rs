@@ -10,7 +10,7 @@ use super::table::{human_bytes, Table};
 use super::{print_json, text, vhost_path, Format, Remote};
 
 /// GETs a listing and prints `columns` (title, JSON pointer) of each item.
-fn list(
+pub(super) fn list(
     r: &Remote,
     path: &str,
     columns: &[(&str, &str)],

@@ -7,8 +7,10 @@
 //! - [`listing`]: `status` and the object listings;
 //! - [`topology`]: declaring and deleting queues, exchanges and bindings,
 //!   closing connections, definitions;
-//! - [`messages`]: `publish` and `consume`.
+//! - [`messages`]: `publish` and `consume`;
+//! - [`access`]: `users`, `permissions` and `vhosts`.
 
+pub mod access;
 pub mod client;
 pub mod listing;
 pub mod messages;
@@ -89,6 +91,15 @@ pub enum RemoteCommand {
     /// Export or import durable definitions.
     #[command(subcommand)]
     Definitions(DefinitionsCommand),
+    /// List, add and delete users; set their tags and passwords.
+    #[command(subcommand)]
+    Users(access::UsersCommand),
+    /// List, set and clear users' permissions in a vhost.
+    #[command(subcommand)]
+    Permissions(access::PermissionsCommand),
+    /// List, add and delete vhosts.
+    #[command(subcommand)]
+    Vhosts(access::VhostsCommand),
 }
 
 /// `antre queues [list]` and the other listings.
@@ -351,6 +362,9 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
         C::Publish(args) => messages::publish(args, out),
         C::Consume(args) => messages::consume(args, out),
         C::Definitions(cmd) => topology::definitions(cmd, out),
+        C::Users(cmd) => access::users(cmd, out),
+        C::Permissions(cmd) => access::permissions(cmd, out),
+        C::Vhosts(cmd) => access::vhosts(cmd, out),
     }
 }
 
@@ -367,6 +381,7 @@ fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
 }

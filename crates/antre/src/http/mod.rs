@@ -3,11 +3,13 @@
 //! The API follows RabbitMQ's management plugin (same paths, same JSON field
 //! names) wherever antre has the same concept, so dashboards, scripts and
 //! tools written for RabbitMQ work. Every `/api` path but the OpenAPI
-//! description needs HTTP basic auth with a broker user (the same rules as
-//! AMQP logins: `guest` only from loopback). `/metrics`, `/healthz`,
-//! `/readyz` and the UI's static files need none: the UI logs in itself.
+//! description needs HTTP basic auth with a broker user who has a
+//! management tag, and RabbitMQ's rules per tag and vhost apply ([`auth`]).
+//! `/metrics`, `/healthz`, `/readyz` and the UI's static files need none:
+//! the UI logs in itself.
 //!
 //! - [`api`]: one module per resource (queues, exchanges, ...);
+//! - [`auth`]: logins, tags, and who may see and change what;
 //! - [`render`]: the JSON shape of each object, shared by the handlers;
 //! - [`rates`]: the sampler behind every `*_details.rate`;
 //! - [`metrics`]: `/metrics` and `/metrics/per-object` in Prometheus text
@@ -17,6 +19,7 @@
 //! - [`ui`]: the embedded web UI.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod lenient;
 pub mod metrics;
@@ -29,14 +32,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use antre_broker::{Broker, Vhost};
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, Method};
+use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::serve::ListenerExt;
 use axum::Router;
-use base64::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -94,9 +96,7 @@ impl HttpState {
     }
 }
 
-/// The user a request authenticated as.
-#[derive(Debug, Clone)]
-pub struct AuthUser(pub String);
+pub use auth::AuthUser;
 
 /// Serves HTTP, or HTTPS with `tls`, until `shutdown` fires, then
 /// finishes in-flight requests.
@@ -156,12 +156,42 @@ pub fn router(state: HttpState) -> Router {
             "/api/vhosts/{vhost}",
             get(vhosts::show).put(vhosts::create).delete(vhosts::remove),
         )
-        .route("/api/users", get(vhosts::users))
+        .route("/api/users", get(users::list))
+        .route(
+            "/api/users/without-permissions",
+            get(users::without_permissions),
+        )
+        .route("/api/users/bulk-delete", post(users::bulk_delete))
         .route(
             "/api/users/{name}",
-            get(vhosts::user)
-                .put(vhosts::put_user)
-                .delete(vhosts::delete_user),
+            get(users::show).put(users::put).delete(users::remove),
+        )
+        .route("/api/users/{user}/permissions", get(permissions::of_user))
+        .route(
+            "/api/users/{user}/topic-permissions",
+            get(permissions::topic_of_user),
+        )
+        .route(
+            "/api/vhosts/{vhost}/permissions",
+            get(permissions::of_vhost),
+        )
+        .route(
+            "/api/vhosts/{vhost}/topic-permissions",
+            get(permissions::topic_of_vhost),
+        )
+        .route("/api/permissions", get(permissions::list))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(permissions::show)
+                .put(permissions::set)
+                .delete(permissions::clear),
+        )
+        .route("/api/topic-permissions", get(permissions::topic_list))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(permissions::topic_show)
+                .put(permissions::topic_set)
+                .delete(permissions::topic_clear),
         )
         .route("/api/queues", get(queues::list_all))
         .route("/api/queues/{vhost}", get(queues::list_vhost))
@@ -265,7 +295,10 @@ pub fn router(state: HttpState) -> Router {
             state.clone(),
             definitions_synced,
         ))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_auth,
+        ));
     Router::new()
         .merge(authed)
         .route("/api/openapi.json", get(ui::openapi))
@@ -289,26 +322,6 @@ async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-/// Checks HTTP basic auth against the broker's users.
-async fn require_auth(
-    State(state): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let Some((user, password)) = basic_credentials(&request) else {
-        return ApiError::unauthorized("HTTP basic authentication with a broker user is required")
-            .into_response();
-    };
-    let loopback = peer.ip().to_canonical().is_loopback();
-    if let Err(e) = state.broker.authenticate(&user, &password, loopback) {
-        tracing::info!(%peer, "HTTP login refused: {e}");
-        return ApiError::unauthorized(format!("Login failed: {e}")).into_response();
-    }
-    request.extensions_mut().insert(AuthUser(user));
-    next.run(request).await
-}
-
 /// Answers a request that may have changed durable definitions (any but
 /// GET and HEAD) only once they are on disk, as AMQP's declare-ok is.
 async fn definitions_synced(
@@ -327,23 +340,6 @@ async fn definitions_synced(
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(e) => ApiError::internal(format!("sync task failed: {e}")).into_response(),
     }
-}
-
-fn basic_credentials(request: &Request) -> Option<(String, String)> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
 }
 
 /// Parses a JSON request body; an empty body is the type's default (as

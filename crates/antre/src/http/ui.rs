@@ -66,6 +66,11 @@ mod tests {
             "/api/consumers",
             "/api/vhosts",
             "/api/definitions",
+            "/api/users/{name}",
+            "/api/permissions/{vhost}/{user}",
+            "/api/topic-permissions/{vhost}/{user}",
+            "/api/users/{user}/permissions",
+            "/api/vhosts/{vhost}/permissions",
             "/api/health/checks/alarms",
             "/metrics",
         ] {

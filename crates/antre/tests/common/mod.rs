@@ -310,6 +310,61 @@ impl RawClient {
         c
     }
 
+    /// Logs in as `user` (announcing `authentication_failure_close`, as
+    /// current clients do) and opens `vhost`; the server's connection.close
+    /// if it refuses either (close-ok is sent).
+    pub async fn open_as(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        vhost: &str,
+    ) -> Result<RawClient, ConnectionClose> {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        let mut c = RawClient {
+            stream,
+            rbuf: BytesMut::new(),
+        };
+        c.send_bytes(&PROTOCOL_HEADER).await;
+        c.recv_method().await.expect("connection.start");
+        let mut caps = antre_amqp::FieldTable::new();
+        caps.insert(
+            "authentication_failure_close",
+            antre_amqp::FieldValue::Bool(true),
+        );
+        let mut props = antre_amqp::FieldTable::new();
+        props.insert("capabilities", antre_amqp::FieldValue::Table(caps));
+        let login = ConnectionStartOk {
+            client_properties: props,
+            mechanism: "PLAIN".into(),
+            response: Bytes::from(format!("\0{user}\0{password}")),
+            locale: "en_US".into(),
+        };
+        c.send(0, login).await;
+        loop {
+            match c.recv_method().await.expect("an answer") {
+                (_, Method::ConnectionTune(tune)) => {
+                    let ok = ConnectionTuneOk {
+                        channel_max: tune.channel_max,
+                        frame_max: tune.frame_max,
+                        heartbeat: 0,
+                    };
+                    c.send(0, ok).await;
+                    let open = ConnectionOpen {
+                        virtual_host: vhost.into(),
+                        ..Default::default()
+                    };
+                    c.send(0, open).await;
+                }
+                (_, Method::ConnectionOpenOk(_)) => return Ok(c),
+                (_, Method::ConnectionClose(close)) => {
+                    c.send(0, ConnectionCloseOk {}).await;
+                    return Err(close);
+                }
+                (_, other) => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
     }

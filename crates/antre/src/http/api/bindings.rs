@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
+use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::{Binding, Destination};
 use antre_broker::Vhost;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::{lenient, parse_body, render, HttpState};
+use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
 
 /// Every binding of a vhost: (source, binding), the default exchange's first.
 fn all(v: &Vhost) -> Vec<(String, Binding)> {
@@ -66,13 +67,15 @@ fn render_all(v: &Vhost, keep: impl Fn(&str, &Binding) -> bool) -> Vec<Value> {
 /// GET /api/bindings.
 pub async fn list_all(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
     for v in state.vhosts_for(None)? {
         out.extend(render_all(&v, |_, _| true));
     }
-    Ok(Json(listing(out, &query, Paging::Unpaged)?))
+    let visible = user.filter_vhost(&state, out);
+    Ok(Json(listing(visible, &query, Paging::Unpaged)?))
 }
 
 /// GET /api/bindings/{vhost}.
@@ -169,6 +172,7 @@ pub struct BindingBody {
 /// Location header naming the new binding.
 pub async fn create(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -176,6 +180,7 @@ pub async fn create(
     let routing_key = body.routing_key.unwrap_or_default();
     let v = state.vhost(&vhost)?;
     let destination = destination(&kind, dest.clone())?;
+    permit_binding(&state, &user, &vhost, url_exchange(&source), &destination)?;
     let arguments = json_to_table(&body.arguments);
     v.bind(
         url_exchange(&source),
@@ -232,12 +237,31 @@ pub async fn show(
 /// DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}.
 pub async fn remove(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
 ) -> ApiResult<StatusCode> {
     let v = state.vhost(&vhost)?;
     let dest = destination(&kind, dest)?;
     let source = url_exchange(&source);
     let (s, b) = find_binding(&v, source, &dest, &props)?;
+    permit_binding(&state, &user, &vhost, source, &dest)?;
     v.unbind(&s, b.destination, &b.routing_key, &b.arguments, 0)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What binding and unbinding need: write on the destination, read on the
+/// source (as queue.bind over AMQP).
+fn permit_binding(
+    state: &HttpState,
+    user: &AuthUser,
+    vhost: &str,
+    source: &str,
+    destination: &Destination,
+) -> ApiResult<()> {
+    let (kind, name) = match destination {
+        Destination::Queue(q) => (ResourceKind::Queue, q.as_str()),
+        Destination::Exchange(e) => (ResourceKind::Exchange, e.as_str()),
+    };
+    user.permit(state, vhost, kind, name, Perm::Write)?;
+    user.permit(state, vhost, ResourceKind::Exchange, source, Perm::Read)
 }

@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
 
 use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::{render, HttpState};
+use crate::http::{render, AuthUser, HttpState};
 use crate::registry::ConnectionEntry;
 
 fn connections(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
@@ -25,10 +25,11 @@ fn connections(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
 /// GET /api/connections.
 pub async fn list(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(listing(
-        connections(&state, None),
+        user.filter_user(connections(&state, None)),
         &query,
         Paging::Paged,
     )?))
@@ -37,11 +38,12 @@ pub async fn list(
 /// GET /api/vhosts/{vhost}/connections.
 pub async fn list_vhost(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path(vhost): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let all = connections(&state, Some(&vhost));
+    let all = user.filter_user(connections(&state, Some(&vhost)));
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
@@ -55,9 +57,11 @@ fn find(state: &HttpState, name: &str) -> ApiResult<std::sync::Arc<ConnectionEnt
 /// GET /api/connections/{name}.
 pub async fn show(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let conn = find(&state, &name)?;
+    user.may_touch(&conn.user, false)?;
     Ok(Json(render::connection(&state, &conn)))
 }
 
@@ -65,10 +69,12 @@ pub async fn show(
 /// the `X-Reason` header's text.
 pub async fn close(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<StatusCode> {
     let conn = find(&state, &name)?;
+    user.may_touch(&conn.user, true)?;
     let reason = headers
         .get("x-reason")
         .and_then(|v| v.to_str().ok())
@@ -94,10 +100,11 @@ fn channels_where(state: &HttpState, keep: impl Fn(&ConnectionEntry) -> bool) ->
 /// GET /api/connections/{name}/channels.
 pub async fn channels_of(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    find(&state, &name)?;
+    user.may_touch(&find(&state, &name)?.user, false)?;
     let all = channels_where(&state, |c| c.name == name);
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
@@ -105,32 +112,36 @@ pub async fn channels_of(
 /// GET /api/channels.
 pub async fn channels(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let all = channels_where(&state, |_| true);
+    let all = user.filter_user(channels_where(&state, |_| true));
     Ok(Json(listing(all, &query, Paging::Paged)?))
 }
 
 /// GET /api/vhosts/{vhost}/channels.
 pub async fn channels_vhost(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path(vhost): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let all = channels_where(&state, |c| c.vhost == vhost);
+    let all = user.filter_user(channels_where(&state, |c| c.vhost == vhost));
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
 /// GET /api/channels/{name}, with its consumers.
 pub async fn channel(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let consumers = render::all_consumers(&state);
     for c in state.registry.connections() {
         for n in c.channels() {
             if render::channel_name(&c, n) == name {
+                user.may_touch(&c.user, false)?;
                 let mut body = render::channel(&c, n, &consumers);
                 body["consumer_details"] = consumers
                     .iter()
@@ -155,10 +166,11 @@ fn consumers(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
 /// GET /api/consumers.
 pub async fn consumers_all(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(listing(
-        consumers(&state, None),
+        user.filter_user(consumers(&state, None)),
         &query,
         Paging::Unpaged,
     )?))
@@ -167,10 +179,11 @@ pub async fn consumers_all(
 /// GET /api/consumers/{vhost}.
 pub async fn consumers_vhost(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path(vhost): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let all = consumers(&state, Some(&vhost));
+    let all = user.filter_user(consumers(&state, Some(&vhost)));
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }

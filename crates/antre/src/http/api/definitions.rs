@@ -1,11 +1,15 @@
-//! `/api/definitions`: export and import of durable topology in the shape
-//! of RabbitMQ's definitions file, so a file exported from RabbitMQ loads
-//! here (its users, permissions and policies are ignored) and ours loads
-//! into RabbitMQ.
+//! `/api/definitions`: export and import of vhosts, users (with their
+//! password hashes and tags), permissions, topic permissions and durable
+//! topology in the shape of RabbitMQ's definitions file, so a file exported
+//! from RabbitMQ loads here (its policies and parameters are ignored) and
+//! ours loads into RabbitMQ. A vhost's own export (`/api/definitions/{vhost}`)
+//! has only its topology, as in RabbitMQ.
 
+use antre_broker::access::{password, Permission, TopicPermission};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::Destination;
 use antre_broker::vhost::{ExchangeDeclaration, QueueDeclaration};
+use antre_broker::UserRecord;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -38,9 +42,10 @@ fn export(state: &HttpState, vhost: Option<&str>) -> ApiResult<Value> {
     });
     if vhost.is_none() {
         body["vhosts"] = vhosts.iter().map(|v| json!({ "name": v.name })).collect();
-        body["users"] = json!([]);
-        body["permissions"] = json!([]);
-        body["topic_permissions"] = json!([]);
+        let access = state.broker.access();
+        body["users"] = access.users().iter().map(super::users::user_json).collect();
+        body["permissions"] = json!(access.permissions());
+        body["topic_permissions"] = json!(access.topic_permissions());
         body["global_parameters"] = json!([]);
     }
     Ok(body)
@@ -108,11 +113,17 @@ fn yes() -> bool {
     true
 }
 
-/// A definitions file; unknown sections (users, policies, ...) are ignored.
+/// A definitions file; unknown sections (policies, ...) are ignored.
 #[derive(Debug, Default, Deserialize)]
 struct DefinitionsIn {
     #[serde(default)]
     vhosts: Vec<VhostIn>,
+    #[serde(default)]
+    users: Vec<Map<String, Value>>,
+    #[serde(default)]
+    permissions: Vec<Permission>,
+    #[serde(default)]
+    topic_permissions: Vec<TopicPermission>,
     #[serde(default)]
     exchanges: Vec<ExchangeIn>,
     #[serde(default)]
@@ -136,6 +147,7 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
         for v in &defs.vhosts {
             state.broker.add_vhost(&v.name)?;
         }
+        import_access(state, &defs)?;
     }
     // Check the whole file before changing anything: a vhost that is named
     // by an object but neither exists nor is declared fails the import.
@@ -200,6 +212,56 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
         bindings += 1;
     }
     Ok(json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings }))
+}
+
+/// A definitions file's user as RabbitMQ's import reads it: a
+/// `password_hash` (with `hashing_algorithm`, SHA-256 if absent) or a
+/// cleartext `password`, and `tags` as a list or a comma-separated string.
+fn user_in(u: &Map<String, Value>) -> ApiResult<UserRecord> {
+    let text = |k: &str| u.get(k).and_then(Value::as_str).map(str::to_owned);
+    let name = text("name").ok_or_else(|| ApiError::bad_request("a user without a name"))?;
+    let tags = super::users::parse_tags(u.get("tags").unwrap_or(&Value::Null))?;
+    let (password_hash, hashing_algorithm) = match (text("password_hash"), text("password")) {
+        (Some(hash), _) => (
+            hash,
+            text("hashing_algorithm").unwrap_or_else(|| password::SHA256.to_owned()),
+        ),
+        (None, Some(p)) => (password::hash(&p), password::SHA256.to_owned()),
+        (None, None) => (String::new(), password::SHA256.to_owned()),
+    };
+    Ok(UserRecord {
+        name,
+        password_hash,
+        hashing_algorithm,
+        tags,
+    })
+}
+
+/// Imports users, permissions and topic permissions in one change: every
+/// vhost they name must exist (or be in the file), every user too.
+fn import_access(state: &HttpState, defs: &DefinitionsIn) -> ApiResult<()> {
+    let users = defs
+        .users
+        .iter()
+        .map(user_in)
+        .collect::<ApiResult<Vec<_>>>()?;
+    for vhost in defs
+        .permissions
+        .iter()
+        .map(|p| &p.vhost)
+        .chain(defs.topic_permissions.iter().map(|t| &t.vhost))
+    {
+        state.vhost(vhost)?;
+    }
+    state
+        .broker
+        .access()
+        .import(
+            users,
+            defs.permissions.clone(),
+            defs.topic_permissions.clone(),
+        )
+        .map_err(super::users::access_error)
 }
 
 /// POST /api/definitions: imports a whole file (idempotent: existing

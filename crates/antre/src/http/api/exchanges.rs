@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 
+use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::Exchange;
 use antre_broker::vhost::ExchangeDeclaration;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -14,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::{flag, listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::{lenient, parse_body, render, HttpState};
+use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
 
 fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
     let mut out = Vec::new();
@@ -29,9 +30,11 @@ fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
 /// GET /api/exchanges.
 pub async fn list_all(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(listing(list(&state, None)?, &query, Paging::Paged)?))
+    let visible = user.filter_vhost(&state, list(&state, None)?);
+    Ok(Json(listing(visible, &query, Paging::Paged)?))
 }
 
 /// GET /api/exchanges/{vhost}.
@@ -87,6 +90,7 @@ pub struct ExchangeBody {
 /// inequivalent or unknown type.
 pub async fn declare(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
@@ -103,6 +107,25 @@ pub async fn declare(
     }
     let v = state.vhost(&vhost)?;
     let existed = v.exchanges().iter().any(|e| e.name == name);
+    // What exchange.declare needs: configure, and for a new exchange with
+    // an alternate, read on it and write on the alternate.
+    user.permit(
+        &state,
+        &vhost,
+        ResourceKind::Exchange,
+        &name,
+        Perm::Configure,
+    )?;
+    if let Some(ae) = body
+        .arguments
+        .get("alternate-exchange")
+        .and_then(Value::as_str)
+    {
+        if !existed {
+            user.permit(&state, &vhost, ResourceKind::Exchange, &name, Perm::Read)?;
+            user.permit(&state, &vhost, ResourceKind::Exchange, ae, Perm::Write)?;
+        }
+    }
     v.declare_exchange(
         ExchangeDeclaration {
             name,
@@ -124,6 +147,7 @@ pub async fn declare(
 /// DELETE /api/exchanges/{vhost}/{name}[?if-unused=true].
 pub async fn remove(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
@@ -135,6 +159,13 @@ pub async fn remove(
             reason: format!("exchange '{name}' is predeclared and cannot be deleted"),
         });
     }
+    user.permit(
+        &state,
+        &vhost,
+        ResourceKind::Exchange,
+        &name,
+        Perm::Configure,
+    )?;
     state
         .vhost(&vhost)?
         .delete_exchange(&name, flag(&query, "if-unused"))?;

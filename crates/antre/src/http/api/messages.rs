@@ -5,18 +5,19 @@
 use std::sync::Arc;
 
 use antre_amqp::BasicProperties;
+use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::definitions::{json_to_table, table_to_json};
 use antre_broker::queue::Entry;
 use antre_broker::{Message, PublishOptions, PublishSource};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::Json;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::{lenient, parse_body, HttpState};
+use crate::http::{lenient, parse_body, AuthUser, HttpState};
 
 /// The body of POST /api/exchanges/{vhost}/{name}/publish. rabbitmqadmin
 /// also sends `vhost` and `exchange`, which the path already says.
@@ -111,6 +112,7 @@ fn properties_to_json(p: &BasicProperties) -> Value {
 /// POST /api/exchanges/{vhost}/{name}/publish: `{"routed": bool}`.
 pub async fn publish(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
@@ -121,6 +123,19 @@ pub async fn publish(
     } else {
         name
     };
+    // As basic.publish; RabbitMQ's API answers a refusal with 400 and the
+    // AMQP code and text.
+    state
+        .broker
+        .access()
+        .check(
+            &user.name,
+            &vhost,
+            ResourceKind::Exchange,
+            &exchange,
+            Perm::Write,
+        )
+        .map_err(|e| ApiError::bad_request(format!("{} {e}", e.reply_code())))?;
     let payload = match body.payload_encoding.as_deref().unwrap_or("string") {
         "string" => Bytes::from(body.payload.into_bytes()),
         "base64" => Bytes::from(
@@ -190,6 +205,7 @@ pub struct GetBody {
 /// at their original positions).
 pub async fn get(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
@@ -217,6 +233,12 @@ pub async fn get(
         }
     };
     let q = super::queues::find(&state, &vhost, &name)?;
+    // As basic.get: read on the queue, refused as RabbitMQ's API does.
+    state
+        .broker
+        .access()
+        .check(&user.name, &vhost, ResourceKind::Queue, &name, Perm::Read)
+        .map_err(|e| crate::http::auth::not_authorised(&e.to_string()))?;
     let mut taken: Vec<(Entry, u32)> = Vec::new();
     for _ in 0..body.count.unwrap_or(1).min(10_000) {
         match q.get(false) {

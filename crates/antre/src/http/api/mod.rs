@@ -10,7 +10,9 @@ pub mod listing;
 pub mod messages;
 pub mod overview;
 pub mod parameters;
+pub mod permissions;
 pub mod queues;
+pub mod users;
 pub mod vhosts;
 
 use std::collections::HashMap;

@@ -184,8 +184,8 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
 }
 
 /// GET /api/whoami.
-pub async fn whoami(Extension(AuthUser(name)): Extension<AuthUser>) -> Json<Value> {
-    Json(json!({ "name": name, "tags": ["administrator"] }))
+pub async fn whoami(Extension(user): Extension<AuthUser>) -> Json<Value> {
+    Json(json!({ "name": user.name, "tags": user.tags }))
 }
 
 /// GET /api/health/checks/alarms: 200 `{"status":"ok"}` or 503 with the

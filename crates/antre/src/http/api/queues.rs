@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 
+use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::definitions::json_to_table;
 use antre_broker::vhost::QueueDeclaration;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -13,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::{flag, listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::{lenient, parse_body, render, HttpState};
+use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
 
 fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
     let mut out = Vec::new();
@@ -28,9 +29,11 @@ fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
 /// GET /api/queues.
 pub async fn list_all(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(listing(list(&state, None)?, &query, Paging::Paged)?))
+    let visible = user.filter_vhost(&state, list(&state, None)?);
+    Ok(Json(listing(visible, &query, Paging::Paged)?))
 }
 
 /// GET /api/queues/{vhost}.
@@ -95,6 +98,7 @@ pub struct QueueBody {
 /// the body says otherwise (as in RabbitMQ's UI).
 pub async fn declare(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
@@ -111,6 +115,19 @@ pub async fn declare(
     }
     let v = state.vhost(&vhost)?;
     let existed = v.queues().iter().any(|q| q.name == name);
+    // What queue.declare needs: configure, and for a new dead-lettering
+    // queue read on it and write on its dead letter exchange.
+    user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
+    if let Some(dlx) = body
+        .arguments
+        .get("x-dead-letter-exchange")
+        .and_then(Value::as_str)
+    {
+        if !existed {
+            user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Read)?;
+            user.permit(&state, &vhost, ResourceKind::Exchange, dlx, Perm::Write)?;
+        }
+    }
     v.declare_queue(
         QueueDeclaration {
             name,
@@ -132,10 +149,12 @@ pub async fn declare(
 /// DELETE /api/queues/{vhost}/{name}[?if-unused=true&if-empty=true].
 pub async fn remove(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
     let q = find(&state, &vhost, &name)?;
+    user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
     let v = state.vhost(&vhost)?;
     let owner = q.options.exclusive_owner.unwrap_or(0);
     v.delete_queue(
@@ -150,9 +169,11 @@ pub async fn remove(
 /// DELETE /api/queues/{vhost}/{name}/contents: purge.
 pub async fn purge(
     State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let q = find(&state, &vhost, &name)?;
+    user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Read)?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
 }

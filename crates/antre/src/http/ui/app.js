@@ -60,9 +60,11 @@ async function api(method, path, body) {
     opts.body = JSON.stringify(body);
   }
   const resp = await fetch(path, opts);
-  if (resp.status === 401) { logout(); throw new Error("please log in"); }
   const text = await resp.text();
   const json = text ? JSON.parse(text) : null;
+  // 401 "not_authorized" is a failed login; "not_authorised" is a user
+  // who may not do this (RabbitMQ's two spellings), which stays logged in.
+  if (resp.status === 401 && !(json && json.error === "not_authorised")) { logout(); throw new Error("please log in"); }
   if (!resp.ok) throw new Error((json && json.reason) || resp.statusText);
   return json;
 }
@@ -375,6 +377,86 @@ async function channelsPage() {
   ];
 }
 
+// ---- admin: users, vhosts, permissions (administrators only) ---------------
+
+function deleteButton(what, path) {
+  return h("button", { class: "danger", onclick: async () => {
+    if (confirm(`Delete ${what}?`)) { await api("DELETE", path); render(); }
+  } }, "Delete");
+}
+
+async function adminPage() {
+  const [users, vhosts, perms, topics] = await Promise.all([
+    api("GET", "/api/users"), api("GET", "/api/vhosts"),
+    api("GET", "/api/permissions"), api("GET", "/api/topic-permissions")]);
+  const userOptions = () => h("select", { name: "user" }, users.map(u => h("option", {}, u.name)));
+  const vhostOptions = () => h("select", { name: "vhost" }, vhosts.map(v => h("option", {}, v.name)));
+  return [
+    h("h1", {}, "Admin"),
+    h("h2", {}, `Users (${users.length})`),
+    table([
+      { title: "Name", cell: u => u.name },
+      { title: "Tags", cell: u => u.tags.length ? u.tags.join(", ") : "(none: AMQP only)" },
+      { title: "Vhosts", cell: u => perms.filter(p => p.user === u.name).map(p => p.vhost).join(", ") },
+      { title: "", cell: u => deleteButton(`user ${u.name} (closing its connections)`, `/api/users/${enc(u.name)}`) },
+    ], users, "No users."),
+    h("h2", {}, `Virtual hosts (${vhosts.length})`),
+    table([
+      { title: "Name", cell: v => v.name },
+      { title: "Messages", num: true, cell: v => fmt(v.messages) },
+      { title: "Connections", num: true, cell: v => fmt(v.connections) },
+      { title: "", cell: v => deleteButton(`vhost ${v.name} and everything in it`, `/api/vhosts/${enc(v.name)}`) },
+    ], vhosts, "No vhosts."),
+    h("h2", {}, `Permissions (${perms.length})`),
+    table([
+      { title: "User", cell: p => p.user },
+      { title: "Vhost", cell: p => p.vhost },
+      { title: "Configure", cell: p => p.configure },
+      { title: "Write", cell: p => p.write },
+      { title: "Read", cell: p => p.read },
+      { title: "", cell: p => h("button", { class: "secondary", onclick: async () => {
+        await api("DELETE", `/api/permissions/${enc(p.vhost)}/${enc(p.user)}`); render();
+      } }, "Clear") },
+    ], perms, "No permissions."),
+    topics.length ? [h("h2", {}, `Topic permissions (${topics.length})`), table([
+      { title: "User", cell: t => t.user },
+      { title: "Vhost", cell: t => t.vhost },
+      { title: "Exchange", cell: t => t.exchange },
+      { title: "Write", cell: t => t.write },
+      { title: "Read", cell: t => t.read },
+    ], topics)] : null,
+    h("div", { class: "forms" },
+      form("Add a user", [
+        field("Name", h("input", { name: "name", required: true })),
+        field("Password", h("input", { name: "password", type: "password", required: true, autocomplete: "new-password" })),
+        field("Tags (comma-separated: administrator, monitoring, policymaker, management)", h("input", { name: "tags" })),
+      ], "Add user", async f => {
+        await api("PUT", `/api/users/${enc(val(f, "name"))}`, { password: val(f, "password"), tags: val(f, "tags") });
+        render();
+        return `User ${val(f, "name")} saved.`;
+      }),
+      form("Add a virtual host", [
+        field("Name", h("input", { name: "name", required: true })),
+      ], "Add vhost", async f => {
+        await api("PUT", `/api/vhosts/${enc(val(f, "name"))}`);
+        render();
+        return `Vhost ${val(f, "name")} added; you have every permission in it.`;
+      }),
+      form("Set permissions", [
+        field("User", userOptions()),
+        field("Vhost", vhostOptions()),
+        field("Configure (regex)", h("input", { name: "configure", value: ".*" })),
+        field("Write (regex)", h("input", { name: "write", value: ".*" })),
+        field("Read (regex)", h("input", { name: "read", value: ".*" })),
+      ], "Set permissions", async f => {
+        const body = { configure: val(f, "configure"), write: val(f, "write"), read: val(f, "read") };
+        await api("PUT", `/api/permissions/${enc(val(f, "vhost"))}/${enc(val(f, "user"))}`, body);
+        render();
+        return `Permissions of ${val(f, "user")} in ${val(f, "vhost")} set.`;
+      })),
+  ];
+}
+
 // ---- routing, login ------------------------------------------------------
 
 function route() {
@@ -384,6 +466,7 @@ function route() {
     case "exchanges": return parts.length === 3 ? ["exchanges", () => exchangePage(parts[1], parts[2])] : ["exchanges", exchangesPage];
     case "connections": return ["connections", connectionsPage];
     case "channels": return ["channels", channelsPage];
+    case "admin": return ["admin", adminPage];
     default: return ["overview", overviewPage];
   }
 }
@@ -423,12 +506,19 @@ function logout() {
   showLogin();
 }
 
+// The header for a logged-in user: the Admin tab only for administrators.
+function showUser(me) {
+  document.getElementById("login").hidden = true;
+  document.getElementById("nav").hidden = false;
+  document.getElementById("nav-admin").hidden = !me.tags.includes("administrator");
+  const tags = me.tags.length ? ` (${me.tags.join(", ")})` : "";
+  document.getElementById("whoami").replaceChildren(`${me.name}${tags}`, h("button", { class: "secondary", onclick: logout }, "Log out"));
+}
+
 async function login(user, password) {
   sessionStorage.setItem(AUTH_KEY, btoa(`${user}:${password}`));
   const me = await api("GET", "/api/whoami");
-  document.getElementById("login").hidden = true;
-  document.getElementById("nav").hidden = false;
-  document.getElementById("whoami").replaceChildren(`${me.name}`, h("button", { class: "secondary", onclick: logout }, "Log out"));
+  showUser(me);
   schedule();
   await render();
 }
@@ -441,7 +531,9 @@ document.getElementById("login").addEventListener("submit", async (e) => {
     await login(document.getElementById("login-user").value, document.getElementById("login-password").value);
   } catch (ex) {
     sessionStorage.removeItem(AUTH_KEY);
-    err.textContent = "Login failed: check the user and password (guest works from localhost only).";
+    err.textContent = ex.message === "please log in"
+      ? "Login failed: check the user and password (guest works from localhost only)."
+      : `Login refused: ${ex.message} (the management UI needs a user with a management tag).`;
   }
 });
 
@@ -449,8 +541,7 @@ window.addEventListener("hashchange", () => render());
 
 if (auth()) {
   api("GET", "/api/whoami").then(me => {
-    document.getElementById("nav").hidden = false;
-    document.getElementById("whoami").replaceChildren(`${me.name}`, h("button", { class: "secondary", onclick: logout }, "Log out"));
+    showUser(me);
     schedule();
     render();
   }).catch(() => showLogin());
