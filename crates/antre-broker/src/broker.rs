@@ -9,9 +9,10 @@ use std::time::Duration;
 use antre_store::StoreOptions;
 use parking_lot::RwLock;
 
+use crate::access::limits::MAX_QUEUES;
 pub use crate::access::LoginError;
 use crate::access::{
-    AccessControl, AccessError, Credentials, Permission, TopicPermission, UserRecord,
+    AccessControl, AccessError, Credentials, Permission, TopicPermission, UserRecord, VhostLimits,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::BrokerError;
@@ -172,6 +173,9 @@ impl Broker {
         names.sort();
         // The file is the truth: a deleted guest stays deleted.
         broker.access = AccessControl::open(data_dir, &names)?;
+        for vhost in broker.vhosts() {
+            broker.apply_vhost_limits(&vhost);
+        }
         Ok(broker)
     }
 
@@ -197,8 +201,56 @@ impl Broker {
             )?,
         };
         let vhost = Arc::new(vhost);
+        self.apply_vhost_limits(&vhost);
         vhosts.insert(name.to_owned(), Arc::clone(&vhost));
         Ok(vhost)
+    }
+
+    /// Hands a vhost the limits it enforces itself (`max-queues`).
+    fn apply_vhost_limits(&self, vhost: &Vhost) {
+        let limits = self.access.vhost_limits(&vhost.name);
+        vhost.set_max_queues(limits.limit(MAX_QUEUES));
+    }
+
+    /// Sets one limit of a vhost, which must exist (RabbitMQ's
+    /// `rabbitmqctl set_vhost_limits`, one name at a time).
+    pub fn set_vhost_limit(&self, vhost: &str, name: &str, value: i64) -> Result<(), AccessError> {
+        let v = self
+            .vhost(vhost)
+            .ok_or_else(|| AccessError::NoSuchVhost(vhost.to_owned()))?;
+        self.access.set_vhost_limit(vhost, name, value)?;
+        self.apply_vhost_limits(&v);
+        Ok(())
+    }
+
+    /// Removes one limit of a vhost, which must exist.
+    pub fn clear_vhost_limit(&self, vhost: &str, name: &str) -> Result<(), AccessError> {
+        let v = self
+            .vhost(vhost)
+            .ok_or_else(|| AccessError::NoSuchVhost(vhost.to_owned()))?;
+        self.access.clear_vhost_limit(vhost, name)?;
+        self.apply_vhost_limits(&v);
+        Ok(())
+    }
+
+    /// Replaces the limits of vhosts, which must exist, and users (see
+    /// [`AccessControl::import_limits`]).
+    pub fn import_limits(
+        &self,
+        vhosts: Vec<VhostLimits>,
+        users: Vec<crate::access::UserLimits>,
+    ) -> Result<(), AccessError> {
+        if let Some(l) = vhosts.iter().find(|l| self.vhost(&l.vhost).is_none()) {
+            return Err(AccessError::NoSuchVhost(l.vhost.clone()));
+        }
+        let touched: Vec<String> = vhosts.iter().map(|l| l.vhost.clone()).collect();
+        self.access.import_limits(vhosts, users)?;
+        for name in touched {
+            if let Some(v) = self.vhost(&name) {
+                self.apply_vhost_limits(&v);
+            }
+        }
+        Ok(())
     }
 
     /// The broker's clock.
@@ -431,6 +483,34 @@ mod tests {
         assert!(broker.authenticate("guest", "guest", true).is_err());
         assert!(broker.access().vhost_access("ops", "eu"));
         assert!(!broker.access().vhost_access("ops", "/"));
+    }
+
+    #[test]
+    fn vhost_limits_apply_after_a_restart_and_go_with_the_vhost() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            Broker::open_with_clock(dir.path(), StorageOptions::default(), Arc::new(SystemClock))
+                .unwrap()
+        };
+        {
+            let broker = open();
+            broker.add_vhost("eu").unwrap();
+            broker.set_vhost_limit("eu", "max-queues", 3).unwrap();
+            assert_eq!(broker.vhost("eu").unwrap().max_queues(), Some(3));
+            assert_eq!(
+                broker.set_vhost_limit("nope", "max-queues", 1),
+                Err(AccessError::NoSuchVhost("nope".into()))
+            );
+            broker.close();
+        }
+        let broker = open();
+        assert_eq!(broker.vhost("eu").unwrap().max_queues(), Some(3));
+        broker.clear_vhost_limit("eu", "max-queues").unwrap();
+        assert_eq!(broker.vhost("eu").unwrap().max_queues(), None);
+        broker.set_vhost_limit("eu", "max-queues", 1).unwrap();
+        broker.delete_vhost("eu").unwrap();
+        broker.add_vhost("eu").unwrap();
+        assert_eq!(broker.vhost("eu").unwrap().max_queues(), None);
     }
 
     #[test]

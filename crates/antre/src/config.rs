@@ -78,6 +78,23 @@ pub struct Config {
     /// Users who may log in from loopback addresses only, whatever their
     /// password (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
+    /// Most AMQP connections open at once on the node; connection.open
+    /// past it is refused with 530 (RabbitMQ's `connection_max`). `None`:
+    /// no limit but the socket budget.
+    pub max_connections: Option<u64>,
+    /// Most client sockets (AMQP and HTTP together) open at once; `None`
+    /// computes it from the file-descriptor limit, keeping the rest for
+    /// the message store (see [`crate::sockets`]).
+    pub max_sockets: Option<u64>,
+    /// Most HTTP connections open at once; past it, the longest-idle one
+    /// is closed to make room.
+    pub http_max_connections: u64,
+    /// How long an HTTP client has to send a request's headers (from the
+    /// connection, or the end of the previous response, to the blank line).
+    pub http_header_timeout: Duration,
+    /// How long an HTTP connection may stay open with no request in
+    /// progress.
+    pub http_idle_timeout: Duration,
 }
 
 /// The `product` and `version` a server announces in connection.start.
@@ -137,6 +154,11 @@ impl Default for Config {
             default_user: None,
             server_identity: ServerIdentity::Antre,
             loopback_users: vec!["guest".into()],
+            max_connections: None,
+            max_sockets: None,
+            http_max_connections: 1024,
+            http_header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -245,6 +267,26 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub loopback_users: Option<Vec<String>>,
+    /// Most AMQP connections open at once; connection.open past it is
+    /// refused with 530 NOT_ALLOWED [default: no limit but --max-sockets].
+    #[arg(long, env = "ANTRE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Most client sockets, AMQP and HTTP together; sockets past it are
+    /// closed at once [default: 90% of the file-descriptor limit less 100].
+    #[arg(long, env = "ANTRE_MAX_SOCKETS", value_name = "N")]
+    pub max_sockets: Option<u64>,
+    /// Most HTTP connections open at once; past it the longest-idle one is
+    /// closed to make room [default: 1024].
+    #[arg(long, env = "ANTRE_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    pub http_max_connections: Option<u64>,
+    /// Seconds an HTTP client has to send a request's headers
+    /// [default: 10].
+    #[arg(long, env = "ANTRE_HTTP_HEADER_TIMEOUT", value_name = "SECONDS")]
+    pub http_header_timeout: Option<f64>,
+    /// Seconds an HTTP connection may stay open with no request in
+    /// progress [default: 60].
+    #[arg(long, env = "ANTRE_HTTP_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub http_idle_timeout: Option<f64>,
     /// Log as JSON lines instead of human-readable text [default: false].
     #[arg(long, env = "ANTRE_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub log_json: Option<bool>,
@@ -298,6 +340,11 @@ impl Settings {
             default_pass: self.default_pass.or(below.default_pass),
             server_identity: self.server_identity.or(below.server_identity),
             loopback_users: self.loopback_users.or(below.loopback_users),
+            max_connections: self.max_connections.or(below.max_connections),
+            max_sockets: self.max_sockets.or(below.max_sockets),
+            http_max_connections: self.http_max_connections.or(below.http_max_connections),
+            http_header_timeout: self.http_header_timeout.or(below.http_header_timeout),
+            http_idle_timeout: self.http_idle_timeout.or(below.http_idle_timeout),
             log_json: self.log_json.or(below.log_json),
             log_level: self.log_level.or(below.log_level),
         }
@@ -326,6 +373,16 @@ impl Settings {
             Some(s) if s > 0.0 && s.is_finite() => Duration::from_secs_f64(s),
             Some(s) => anyhow::bail!("rate_interval must be a positive number of seconds, not {s}"),
         };
+        let positive = |name: &str, setting: Option<f64>, default: Duration| match setting {
+            None => Ok(default),
+            Some(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+            Some(s) => Err(anyhow::anyhow!(
+                "{name} must be a positive number of seconds, not {s}"
+            )),
+        };
+        if self.http_max_connections == Some(0) || self.max_sockets == Some(0) {
+            anyhow::bail!("http_max_connections and max_sockets must be at least 1");
+        }
         let default_user = match (&self.default_user, &self.default_pass) {
             (None, None) => None,
             (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
@@ -372,6 +429,19 @@ impl Settings {
                 None => d.server_identity,
                 Some(s) => s.parse()?,
             },
+            max_connections: self.max_connections.or(d.max_connections),
+            max_sockets: self.max_sockets.or(d.max_sockets),
+            http_max_connections: self.http_max_connections.unwrap_or(d.http_max_connections),
+            http_header_timeout: positive(
+                "http_header_timeout",
+                self.http_header_timeout,
+                d.http_header_timeout,
+            )?,
+            http_idle_timeout: positive(
+                "http_idle_timeout",
+                self.http_idle_timeout,
+                d.http_idle_timeout,
+            )?,
         })
     }
 
@@ -506,6 +576,40 @@ mod tests {
         );
         let typo = Settings::from_toml("server_identity = \"rabit\"").unwrap();
         assert!(typo.to_config().is_err());
+    }
+
+    #[test]
+    fn limits_default_to_none_for_amqp_and_bounds_for_http() {
+        let d = Settings::default().to_config().unwrap();
+        assert_eq!((d.max_connections, d.max_sockets), (None, None));
+        assert_eq!(d.http_max_connections, 1024);
+        assert_eq!(d.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(d.http_idle_timeout, Duration::from_secs(60));
+        let file = Settings::from_toml(
+            "max_connections = 100\nmax_sockets = 500\nhttp_max_connections = 8\n\
+             http_header_timeout = 0.5\nhttp_idle_timeout = 5\n",
+        )
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(
+            (file.max_connections, file.max_sockets),
+            (Some(100), Some(500))
+        );
+        assert_eq!(file.http_max_connections, 8);
+        assert_eq!(file.http_header_timeout, Duration::from_millis(500));
+        assert_eq!(file.http_idle_timeout, Duration::from_secs(5));
+        for bad in [
+            "http_header_timeout = 0",
+            "http_idle_timeout = -1",
+            "http_max_connections = 0",
+            "max_sockets = 0",
+        ] {
+            assert!(
+                Settings::from_toml(bad).unwrap().to_config().is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //!   setting, not a property of the user, so re-creating `guest` over the
 //!   API cannot expose it to the network.
 //!
+//! - [`limits`]: vhost limits (`max-connections`, `max-queues`) and user
+//!   limits (`max-connections`, `max-channels`), kept with the users, and
+//!   the live counts of connections and channels they are checked against.
+//!
 //! Channels hold an `Arc<VhostPermissions>` and reload it when
 //! [`AccessControl::generation`] moves, which every change does: a changed
 //! permission applies to open channels from their next method on.
@@ -19,6 +23,7 @@
 //! every change. That is a few milliseconds for thousands of users, and
 //! changes to users are rare; imports save once for the whole batch.
 
+pub mod limits;
 pub mod password;
 pub mod permissions;
 #[cfg(test)]
@@ -33,6 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
+pub use limits::{LimitError, LimitRefusal, LimitScope, Limits, Usage};
 pub use permissions::{
     InvalidPattern, Perm, Permission, ResourceKind, TopicPermission, VhostPermissions,
 };
@@ -115,6 +121,9 @@ pub enum AccessError {
     /// A `password_hash` that is not base64.
     #[error("password_hash is not base64")]
     NotBase64,
+    /// A limit that does not exist or is not an integer.
+    #[error(transparent)]
+    InvalidLimit(#[from] LimitError),
     /// Writing the access file failed.
     #[error("could not save users and permissions: {0}")]
     Storage(String),
@@ -128,15 +137,43 @@ struct Data {
     permissions: BTreeMap<(String, String), Permission>,
     /// By (user, vhost, exchange).
     topic_permissions: BTreeMap<(String, String, String), TopicPermission>,
+    /// By vhost; never empty.
+    vhost_limits: BTreeMap<String, Limits>,
+    /// By user; never empty.
+    user_limits: BTreeMap<String, Limits>,
 }
 
 /// `access.json` as written: lists, like a RabbitMQ definitions file.
+/// Limits are left out while there are none, so a file without them is
+/// what earlier versions wrote and read.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct DataFile {
     users: Vec<UserRecord>,
     permissions: Vec<Permission>,
     #[serde(default)]
     topic_permissions: Vec<TopicPermission>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    vhost_limits: Vec<VhostLimits>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    user_limits: Vec<UserLimits>,
+}
+
+/// A vhost's limits, in the shape of RabbitMQ's `GET /api/vhost-limits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostLimits {
+    /// The vhost.
+    pub vhost: String,
+    /// Its limits.
+    pub value: Limits,
+}
+
+/// A user's limits, in the shape of RabbitMQ's `GET /api/user-limits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLimits {
+    /// The user.
+    pub user: String,
+    /// Their limits.
+    pub value: Limits,
 }
 
 impl From<&Data> for DataFile {
@@ -145,6 +182,22 @@ impl From<&Data> for DataFile {
             users: d.users.values().cloned().collect(),
             permissions: d.permissions.values().cloned().collect(),
             topic_permissions: d.topic_permissions.values().cloned().collect(),
+            vhost_limits: d
+                .vhost_limits
+                .iter()
+                .map(|(vhost, value)| VhostLimits {
+                    vhost: vhost.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            user_limits: d
+                .user_limits
+                .iter()
+                .map(|(user, value)| UserLimits {
+                    user: user.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -162,6 +215,18 @@ impl From<DataFile> for Data {
                 .topic_permissions
                 .into_iter()
                 .map(|t| ((t.user.clone(), t.vhost.clone(), t.exchange.clone()), t))
+                .collect(),
+            vhost_limits: f
+                .vhost_limits
+                .into_iter()
+                .filter(|l| !l.value.is_empty())
+                .map(|l| (l.vhost, l.value))
+                .collect(),
+            user_limits: f
+                .user_limits
+                .into_iter()
+                .filter(|l| !l.value.is_empty())
+                .map(|l| (l.user, l.value))
                 .collect(),
         }
     }
@@ -198,6 +263,8 @@ pub struct AccessControl {
     compiled: Mutex<HashMap<UserVhost, Option<Arc<VhostPermissions>>>>,
     generation: AtomicU64,
     loopback_users: RwLock<Vec<String>>,
+    /// Open connections and channels, for limits.
+    usage: Usage,
     file: Option<PathBuf>,
 }
 
@@ -216,6 +283,7 @@ impl AccessControl {
             compiled: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
             loopback_users: RwLock::new(vec!["guest".to_owned()]),
+            usage: Usage::default(),
             file,
         }
     }
@@ -384,6 +452,7 @@ impl AccessControl {
             }
             d.permissions.retain(|(u, _), _| u != name);
             d.topic_permissions.retain(|(u, _, _), _| u != name);
+            d.user_limits.remove(name);
             Ok(true)
         })
     }
@@ -462,6 +531,7 @@ impl AccessControl {
         self.change(|d| {
             d.permissions.retain(|(_, v), _| v != vhost);
             d.topic_permissions.retain(|(_, v, _), _| v != vhost);
+            d.vhost_limits.remove(vhost);
             Ok(())
         })
     }

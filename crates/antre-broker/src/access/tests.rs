@@ -237,3 +237,49 @@ fn a_format_1_users_file_is_migrated_keeping_what_users_could_do() {
     assert!(!dir.path().join(V1_USERS_FILE).exists());
     assert!(dir.path().join(ACCESS_FILE).exists());
 }
+
+#[test]
+fn limits_survive_a_reopen_and_go_with_their_user_or_vhost() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = std::fs::read(dir.path().join(ACCESS_FILE)).ok();
+    {
+        let a = AccessControl::open(dir.path(), &["/".into(), "eu".into()]).unwrap();
+        let before = std::fs::read(dir.path().join(ACCESS_FILE)).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&before).contains("limits"),
+            "no limits, no new keys: the file is what earlier versions wrote"
+        );
+        a.put_user("bob", Credentials::Password("pw".into()), vec![])
+            .unwrap();
+        a.set_user_limit("bob", "max-channels", 5).unwrap();
+        a.set_vhost_limit("/", "max-queues", 10).unwrap();
+        a.set_vhost_limit("eu", "max-connections", -1).unwrap();
+        assert_eq!(
+            a.set_user_limit("nobody", "max-channels", 1),
+            Err(AccessError::NoSuchUser("nobody".into()))
+        );
+        assert!(matches!(
+            a.set_vhost_limit("/", "max-channels", 1),
+            Err(AccessError::InvalidLimit(_))
+        ));
+    }
+    assert!(plain.is_none());
+    let a = AccessControl::open(dir.path(), &["/".into()]).unwrap();
+    assert_eq!(a.user_limits("bob").limit("max-channels"), Some(5));
+    assert_eq!(a.vhost_limits("/").limit("max-queues"), Some(10));
+    assert_eq!(a.vhost_limits("eu").value("max-connections"), Some(-1));
+    assert_eq!(a.all_vhost_limits().len(), 2);
+    a.clear_vhost_limit("eu", "max-connections").unwrap();
+    assert!(a.vhost_limits("eu").is_empty());
+    assert_eq!(
+        a.all_vhost_limits().len(),
+        1,
+        "an emptied vhost is not listed"
+    );
+    a.remove_vhost("/").unwrap();
+    assert!(a.all_vhost_limits().is_empty());
+    a.delete_user("bob").unwrap();
+    a.put_user("bob", Credentials::Password("pw".into()), vec![])
+        .unwrap();
+    assert!(a.user_limits("bob").is_empty(), "not back with the name");
+}

@@ -12,6 +12,8 @@ use antre_amqp::{
 use bytes::{Bytes, BytesMut};
 
 use super::{ChannelSink, Effect, Session, SessionState};
+use crate::access::limits::ChannelPermit;
+use crate::access::LimitRefusal;
 use crate::channel::{Channel, Outgoing};
 use crate::error::BrokerError;
 use crate::queue::Delivery;
@@ -34,6 +36,8 @@ pub(super) enum Slot {
     Open {
         channel: Box<Channel>,
         content: Option<PendingContent>,
+        /// The channel's place in its user's `max-channels` count.
+        _permit: ChannelPermit,
     },
     /// We sent channel.close and ignore everything but close/close-ok.
     Closing,
@@ -197,7 +201,10 @@ impl Session {
                 _ => Err(unexpected_frame(Awaiting::Method)),
             };
         };
-        let Slot::Open { channel, content } = slot else {
+        let Slot::Open {
+            channel, content, ..
+        } = slot
+        else {
             // Closing: only close and close-ok matter, all else is dropped.
             match frame {
                 Frame::Method {
@@ -318,6 +325,22 @@ impl Session {
                 "CHANNEL_ERROR - connection not open",
             ));
         };
+        let permit = match self.broker.access().admit_channel(&ctx.user) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                let limit = match refusal {
+                    LimitRefusal::UserChannels(limit) => limit,
+                    _ => 0,
+                };
+                return Err(ConnectionError::new(
+                    reply::NOT_ALLOWED,
+                    format!(
+                        "NOT_ALLOWED - number of channels opened for user '{}' has reached the maximum allowed user limit of ({limit})",
+                        ctx.user
+                    ),
+                ));
+            }
+        };
         let sink = Arc::new(ChannelSink {
             channel: id,
             events: Arc::clone(&self.events),
@@ -328,6 +351,7 @@ impl Session {
             Slot::Open {
                 channel: Box::new(channel),
                 content: None,
+                _permit: permit,
             },
         );
         self.effects.push_back(Effect::ChannelOpened(id));

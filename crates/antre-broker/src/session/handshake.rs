@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::frames::ConnectionError;
 use super::{Effect, ExternalIdentity, OpenedConnection, Session, SessionState};
+use crate::access::LimitRefusal;
 use crate::channel::ChannelContext;
 
 /// The handshake method the session waits for.
@@ -236,7 +237,18 @@ impl Session {
             return Err(ConnectionError::on(reply::NOT_ALLOWED, text, &method));
         };
         let user = self.opened.as_ref().map_or("", |o| o.user.as_str());
-        if !self.broker.access().vhost_access(user, &open.virtual_host) {
+        let access = self.broker.access();
+        let permit = access
+            .admit_connection(user, &open.virtual_host, self.config.max_connections)
+            .map_err(|refusal| {
+                let text = refused_text(refusal, user, &open.virtual_host);
+                ConnectionError::on(
+                    reply::NOT_ALLOWED,
+                    text,
+                    &Method::ConnectionOpen(open.clone()),
+                )
+            })?;
+        if !access.vhost_access(user, &open.virtual_host) {
             return Err(ConnectionError::new(
                 reply::NOT_ALLOWED,
                 format!(
@@ -245,6 +257,7 @@ impl Session {
                 ),
             ));
         }
+        self.permit = Some(permit);
         self.ctx = Some(ChannelContext {
             broker: Arc::clone(&self.broker),
             vhost,
@@ -326,6 +339,21 @@ impl Session {
             .authenticate(&user, &password, self.peer.loopback)
             .map_err(|e| refuse(&e))?;
         Ok(user)
+    }
+}
+
+/// RabbitMQ's texts for a connection.open refused by a limit.
+fn refused_text(refusal: LimitRefusal, user: &str, vhost: &str) -> String {
+    match refusal {
+        LimitRefusal::NodeConnections(limit) => {
+            format!("NOT_ALLOWED - connection refused: node connection limit ({limit}) is reached")
+        }
+        LimitRefusal::VhostConnections(limit) => format!(
+            "NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}': connection limit ({limit}) is reached"
+        ),
+        LimitRefusal::UserConnections(limit) | LimitRefusal::UserChannels(limit) => format!(
+            "NOT_ALLOWED - connection refused for user '{user}': user connection limit ({limit}) is reached"
+        ),
     }
 }
 

@@ -29,6 +29,7 @@ use antre_amqp::method::*;
 use antre_amqp::{encode_frame, encode_method, FieldTable, Frame, Method};
 use bytes::BytesMut;
 
+use crate::access::limits::ConnectionPermit;
 use crate::broker::Broker;
 use crate::channel::{ChannelContext, Outgoing};
 use crate::queue::{Delivery, DeliverySink};
@@ -48,6 +49,10 @@ pub struct SessionConfig {
     pub max_message_size: u64,
     /// The consumer timeout for queues without `x-consumer-timeout`.
     pub consumer_timeout: Option<Duration>,
+    /// Most connections open on the node at once (`None`: no limit);
+    /// connection.open past it is refused with 530, as RabbitMQ refuses
+    /// past its `connection_max`.
+    pub max_connections: Option<u64>,
     /// How the server presents itself in connection.start.
     pub identity: ServerIdentity,
 }
@@ -199,6 +204,9 @@ pub struct Session {
     opened: Option<OpenedConnection>,
     /// Set by connection.open.
     ctx: Option<ChannelContext>,
+    /// The connection's place in the node's, vhost's and user's
+    /// connection counts, from connection.open to teardown.
+    permit: Option<ConnectionPermit>,
     frame_max: u32,
     channel_max: u16,
     heartbeat: u16,
@@ -244,6 +252,7 @@ impl Session {
             handshake: handshake::Step::ProtocolHeader,
             opened: None,
             ctx: None,
+            permit: None,
             channel_max: 0,
             heartbeat: 0,
             cancel_notify: false,
@@ -425,5 +434,6 @@ impl Session {
         if let Some(ctx) = &self.ctx {
             ctx.vhost.connection_closed(self.id);
         }
+        self.permit = None;
     }
 }

@@ -42,6 +42,7 @@ fn config() -> SessionConfig {
         heartbeat: 10,
         max_message_size: 1024,
         consumer_timeout: None,
+        max_connections: None,
         identity: ServerIdentity::default(),
     }
 }
@@ -56,13 +57,17 @@ impl Client {
     }
 
     fn with_peer(peer: Peer) -> Client {
+        Client::on(Arc::new(Broker::new()), config(), peer)
+    }
+
+    /// A client of `broker`, which other clients may share.
+    fn on(broker: Arc<Broker>, config: SessionConfig, peer: Peer) -> Client {
         let events = Arc::new(Collect::default());
         let now = Instant::now();
-        let broker = Arc::new(Broker::new());
         let sink = Arc::clone(&events) as Arc<dyn EventSink>;
         Client {
             broker: Arc::clone(&broker),
-            session: Session::new(broker, config(), peer, sink, now),
+            session: Session::new(broker, config, peer, sink, now),
             events,
             input: BytesMut::new(),
             output: BytesMut::new(),
@@ -602,4 +607,182 @@ fn a_mechanism_not_offered_drops_the_connection_as_in_rabbitmq() {
         assert!(c.methods().is_empty(), "nothing but the socket closing");
         assert_eq!(*c.session.state(), SessionState::Closed { linger: false });
     }
+}
+
+/// Limits: a client of `broker` logs in as `user` (password guest) and
+/// opens `vhost`; returns the answer to connection.open.
+fn connect(
+    broker: &Arc<Broker>,
+    config: SessionConfig,
+    user: &str,
+    vhost: &str,
+) -> (Client, Method) {
+    let peer = Peer {
+        loopback: true,
+        label: user.into(),
+        external: ExternalIdentity::Unavailable,
+    };
+    let mut c = Client::on(Arc::clone(broker), config, peer);
+    c.bytes(&PROTOCOL_HEADER);
+    c.method(0, start_ok(user));
+    c.method(0, ConnectionTuneOk::default());
+    c.method(0, open_vhost(vhost));
+    c.flush();
+    let (_, answer) = c.methods().pop().expect("an answer to connection.open");
+    (c, answer)
+}
+
+fn limited_broker() -> Arc<Broker> {
+    let broker = Arc::new(Broker::new());
+    broker
+        .add_user(crate::broker::User {
+            name: "bob".into(),
+            password: "guest".into(),
+            tags: vec![],
+        })
+        .unwrap();
+    broker.add_vhost("eu").unwrap();
+    for (user, vhost) in [("bob", "/"), ("guest", "eu")] {
+        broker
+            .set_permission(crate::access::full_permission(user, vhost))
+            .unwrap();
+    }
+    broker
+}
+
+#[test]
+fn connection_open_past_a_limit_is_refused_with_rabbitmqs_texts() {
+    let broker = limited_broker();
+    broker.set_vhost_limit("/", "max-connections", 1).unwrap();
+    let (mut first, ok) = connect(&broker, config(), "guest", "/");
+    assert!(matches!(ok, Method::ConnectionOpenOk(_)), "{ok:?}");
+    let (_, refused) = connect(&broker, config(), "bob", "/");
+    let Method::ConnectionClose(close) = refused else {
+        panic!("expected connection.close, got {refused:?}");
+    };
+    // Checked against RabbitMQ 3.10.8: 530, on connection.open (10, 40).
+    assert_eq!(
+        (close.reply_code, close.reply_text.as_str(), close.class_id, close.method_id),
+        (
+            530,
+            "NOT_ALLOWED - access to vhost '/' refused for user 'bob': connection limit (1) is reached",
+            10,
+            40
+        )
+    );
+    let (_, other_vhost) = connect(&broker, config(), "guest", "eu");
+    assert!(
+        matches!(other_vhost, Method::ConnectionOpenOk(_)),
+        "another vhost is fine"
+    );
+
+    broker.set_vhost_limit("/", "max-connections", -1).unwrap();
+    broker
+        .access()
+        .set_user_limit("bob", "max-connections", 1)
+        .unwrap();
+    let (_bob, ok) = connect(&broker, config(), "bob", "/");
+    assert!(matches!(ok, Method::ConnectionOpenOk(_)), "{ok:?}");
+    let (_, refused) = connect(&broker, config(), "bob", "/");
+    assert_eq!(
+        close_code(&refused),
+        (
+            530,
+            "NOT_ALLOWED - connection refused for user 'bob': user connection limit (1) is reached"
+                .into()
+        )
+    );
+
+    // A closed connection gives its place back at once.
+    broker.set_vhost_limit("/", "max-connections", 1).unwrap();
+    first.method(0, ConnectionClose::default());
+    first.flush();
+    assert_eq!(
+        broker.access().usage().vhost_connections("/"),
+        1,
+        "bob's is left"
+    );
+    broker
+        .access()
+        .clear_user_limit("bob", "max-connections")
+        .unwrap();
+    broker.set_vhost_limit("/", "max-connections", 2).unwrap();
+    let (_, ok) = connect(&broker, config(), "guest", "/");
+    assert!(matches!(ok, Method::ConnectionOpenOk(_)), "{ok:?}");
+}
+
+#[test]
+fn the_node_connection_limit_refuses_as_rabbitmq_3_13_does() {
+    let broker = limited_broker();
+    let node = SessionConfig {
+        max_connections: Some(2),
+        ..config()
+    };
+    let (_a, _) = connect(&broker, node.clone(), "guest", "/");
+    let (mut b, _) = connect(&broker, node.clone(), "guest", "eu");
+    let (_, refused) = connect(&broker, node.clone(), "bob", "/");
+    assert_eq!(
+        close_code(&refused),
+        (
+            530,
+            "NOT_ALLOWED - connection refused: node connection limit (2) is reached".into()
+        )
+    );
+    // A connection that ends without a close (a dropped socket) gives its
+    // place back too.
+    b.session.teardown();
+    drop(b);
+    let (_, ok) = connect(&broker, node, "bob", "/");
+    assert!(matches!(ok, Method::ConnectionOpenOk(_)), "{ok:?}");
+}
+
+#[test]
+fn channel_open_past_the_users_max_channels_closes_the_connection() {
+    let broker = limited_broker();
+    broker
+        .access()
+        .set_user_limit("bob", "max-channels", 2)
+        .unwrap();
+    let (mut c, _) = connect(&broker, config(), "bob", "/");
+    c.method(1, ChannelOpen::default());
+    c.method(2, ChannelOpen::default());
+    c.method(2, ChannelClose::default());
+    c.method(3, ChannelOpen::default());
+    c.flush();
+    let names: Vec<&str> = c.methods().iter().map(|(_, m)| m.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "channel.open-ok",
+            "channel.open-ok",
+            "channel.close-ok",
+            "channel.open-ok"
+        ],
+        "a closed channel gives its place back"
+    );
+    // The limit is the user's, over all their connections.
+    let (mut other, _) = connect(&broker, config(), "bob", "/");
+    other.method(1, ChannelOpen::default());
+    other.flush();
+    let (_, refused) = other.methods().pop().expect("an answer");
+    let Method::ConnectionClose(close) = refused else {
+        panic!("expected connection.close, got {refused:?}");
+    };
+    // Checked against RabbitMQ 3.10.8: 530 with class and method 0.
+    assert_eq!(
+        (close.reply_code, close.reply_text.as_str(), close.class_id),
+        (
+            530,
+            "NOT_ALLOWED - number of channels opened for user 'bob' has reached the maximum allowed user limit of (2)",
+            0
+        )
+    );
+    let (mut guest, _) = connect(&broker, config(), "guest", "eu");
+    guest.method(1, ChannelOpen::default());
+    guest.flush();
+    assert!(matches!(
+        guest.methods().pop(),
+        Some((1, Method::ChannelOpenOk(_)))
+    ));
+    assert_eq!(broker.access().usage().user_channels("bob"), 2);
 }

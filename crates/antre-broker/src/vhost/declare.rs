@@ -192,6 +192,14 @@ impl Vhost {
             let counts = q.counts();
             return Ok((q, counts));
         }
+        if let Some(limit) = self.max_queues() {
+            if topo.queue_count() as u64 >= limit {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
+                    self.name
+                )));
+            }
+        }
         let options = QueueOptions {
             durable: d.durable,
             exclusive_owner: d.exclusive.then_some(conn),

@@ -18,6 +18,7 @@ pub mod publish;
 mod storage;
 mod topology;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use antre_amqp::FieldTable;
@@ -89,7 +90,12 @@ pub struct Vhost {
     definitions: Option<Arc<DefinitionsLog>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<BrokerMetrics>,
+    /// The `max-queues` limit, [`NO_LIMIT`] when there is none.
+    max_queues: AtomicU64,
 }
+
+/// What [`Vhost::max_queues`] holds when no queue limit is set.
+const NO_LIMIT: u64 = u64::MAX;
 
 impl Vhost {
     /// A vhost with the predeclared exchanges, kept in memory only.
@@ -101,6 +107,7 @@ impl Vhost {
             definitions: None,
             clock,
             metrics,
+            max_queues: AtomicU64::new(NO_LIMIT),
         }
     }
 
@@ -123,7 +130,27 @@ impl Vhost {
             definitions: Some(definitions),
             clock,
             metrics,
+            max_queues: AtomicU64::new(NO_LIMIT),
         })
+    }
+
+    /// Sets the vhost's `max-queues` limit (`None`: no limit). Queues that
+    /// exist stay; only new declarations are refused past it.
+    pub fn set_max_queues(&self, limit: Option<u64>) {
+        self.max_queues
+            .store(limit.unwrap_or(NO_LIMIT), Ordering::Relaxed);
+    }
+
+    /// The vhost's `max-queues` limit, if any.
+    pub fn max_queues(&self) -> Option<u64> {
+        let limit = self.max_queues.load(Ordering::Relaxed);
+        (limit != NO_LIMIT).then_some(limit)
+    }
+
+    /// How many queues the vhost has, as its queue limit counts them
+    /// (direct reply-to's addresses are not queues to clients).
+    pub fn queue_count(&self) -> usize {
+        self.topology.read().queue_count()
     }
 
     /// Logs the changes to durable definitions `topo` recorded.

@@ -183,3 +183,39 @@ fn a_delayed_message_is_released_once_and_not_delayed_again() {
     f.vhost.tick(f.clock.now_ms());
     assert_eq!(f.ready("retries"), 1, "released once");
 }
+
+#[test]
+fn max_queues_refuses_new_queues_with_406_but_not_redeclares() {
+    let f = fixture();
+    f.queue("a", FieldTable::default());
+    f.vhost.set_max_queues(Some(2));
+    f.queue("b", FieldTable::default());
+    f.queue("a", FieldTable::default());
+    let declare = |name: &str| {
+        let d = QueueDeclaration {
+            name: name.into(),
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        };
+        f.vhost.declare_queue(d, false, 1)
+    };
+    // Checked against RabbitMQ 3.10.8.
+    assert_eq!(
+        declare("c").unwrap_err(),
+        BrokerError::PreconditionFailed(
+            "cannot declare queue 'c': queue limit in vhost '/' (2) is reached".into()
+        )
+    );
+    // Direct reply-to's addresses are not queues to the limit.
+    let reply = f.vhost.declare_reply_queue(1).unwrap();
+    assert_eq!(f.vhost.queue_count(), 2);
+    f.vhost.delete_queue(&reply.name, false, false, 1).unwrap();
+    f.vhost.delete_queue("b", false, false, 1).unwrap();
+    assert!(declare("c").is_ok());
+    f.vhost.set_max_queues(None);
+    assert!(declare("d").is_ok());
+    f.vhost.set_max_queues(Some(0));
+    assert!(declare("e").is_err(), "zero allows none");
+}

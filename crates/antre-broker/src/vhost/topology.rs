@@ -52,6 +52,8 @@ pub(super) struct Topology {
     pub lifecycle: QueueLifecycle,
     /// Queues that need the broker's timer (they add themselves).
     pub timed: Arc<Mutex<Vec<Weak<Queue>>>>,
+    /// How many of `queues` are direct reply-to addresses.
+    reply_queues: usize,
 }
 
 /// How many queue.declare calls succeeded, queues were created and queues
@@ -84,7 +86,13 @@ impl Topology {
             changes: Vec::new(),
             lifecycle: QueueLifecycle::default(),
             timed: Arc::default(),
+            reply_queues: 0,
         }
+    }
+
+    /// Queues as clients count them: without direct reply-to's addresses.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len().saturating_sub(self.reply_queues)
     }
 
     /// The changes to durable definitions made since the last call.
@@ -128,6 +136,9 @@ impl Topology {
         let timed = Arc::clone(&self.timed);
         let weak = Arc::downgrade(&queue);
         queue.on_timed(TimerHook(Box::new(move || timed.lock().push(weak.clone()))));
+        if queue.name.starts_with(super::REPLY_TO) {
+            self.reply_queues += 1;
+        }
         self.queues.insert(queue.name.clone(), queue);
     }
 
@@ -299,7 +310,9 @@ impl Topology {
     pub fn remove_queue(&mut self, name: &str) -> Option<Arc<Queue>> {
         let q = self.queues.remove(name)?;
         // Direct reply-to's queues are not queues to RabbitMQ's clients.
-        if !name.starts_with(super::REPLY_TO) {
+        if name.starts_with(super::REPLY_TO) {
+            self.reply_queues = self.reply_queues.saturating_sub(1);
+        } else {
             self.lifecycle.deleted += 1;
         }
         if let Some(owner) = q.options.exclusive_owner {

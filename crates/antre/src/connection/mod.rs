@@ -369,6 +369,7 @@ fn session_config(config: &Config) -> SessionConfig {
         heartbeat: config.heartbeat,
         max_message_size: config.max_message_size,
         consumer_timeout: config.consumer_timeout,
+        max_connections: config.max_connections,
         identity: server_identity(config.server_identity),
     }
 }

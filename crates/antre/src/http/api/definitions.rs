@@ -43,7 +43,11 @@ fn export(state: &HttpState, vhost: Option<&str>) -> ApiResult<Value> {
     if vhost.is_none() {
         body["vhosts"] = vhosts.iter().map(|v| json!({ "name": v.name })).collect();
         let access = state.broker.access();
-        body["users"] = access.users().iter().map(super::users::user_json).collect();
+        body["users"] = access
+            .users()
+            .iter()
+            .map(|u| super::users::user_json(access, u))
+            .collect();
         body["permissions"] = json!(access.permissions());
         body["topic_permissions"] = json!(access.topic_permissions());
         body["global_parameters"] = json!([]);

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use antre_broker::access::{password, AccessError, Credentials};
+use antre_broker::access::{password, AccessControl, AccessError, Credentials};
 use antre_broker::UserRecord;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -15,14 +15,15 @@ use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::HttpState;
 
-/// A user as RabbitMQ 3.10's API shows it (and its definitions file).
-pub fn user_json(u: &UserRecord) -> Value {
+/// A user as RabbitMQ 3.10's API shows it (and its definitions file),
+/// with the limits `access` keeps for them.
+pub fn user_json(access: &AccessControl, u: &UserRecord) -> Value {
     json!({
         "name": u.name,
         "password_hash": u.password_hash,
         "hashing_algorithm": u.hashing_algorithm,
         "tags": u.tags,
-        "limits": {},
+        "limits": access.user_limits(&u.name),
     })
 }
 
@@ -33,6 +34,7 @@ pub fn access_error(e: AccessError) -> ApiError {
             ApiError::bad_request("vhost_or_user_not_found")
         }
         AccessError::InvalidPattern(p) => ApiError::bad_request(p.to_string()),
+        AccessError::InvalidLimit(e) => ApiError::bad_request(e.to_string()),
         AccessError::NotBase64 => ApiError::bad_request("password_hash is not base64"),
         AccessError::Storage(reason) => ApiError::internal(reason),
     }
@@ -64,7 +66,12 @@ pub async fn list(
     State(state): State<HttpState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let all = state.broker.users().iter().map(user_json).collect();
+    let access = state.broker.access();
+    let all = access
+        .users()
+        .iter()
+        .map(|u| user_json(access, u))
+        .collect();
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
@@ -75,7 +82,7 @@ pub async fn without_permissions(State(state): State<HttpState>) -> Json<Value> 
         .users()
         .iter()
         .filter(|u| access.vhosts_of(&u.name).is_empty())
-        .map(user_json)
+        .map(|u| user_json(access, u))
         .collect();
     Json(users)
 }
@@ -85,11 +92,10 @@ pub async fn show(
     State(state): State<HttpState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    state
-        .broker
-        .access()
+    let access = state.broker.access();
+    access
         .user(&name)
-        .map(|u| Json(user_json(&u)))
+        .map(|u| Json(user_json(access, &u)))
         .ok_or_else(|| ApiError::not_found("Not Found"))
 }
 
