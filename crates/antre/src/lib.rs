@@ -9,6 +9,8 @@
 //! - [`connection`]: one task per client connection: the socket, timers and
 //!   delivery coalescing around the core's pure protocol session;
 //! - [`registry`]: the open connections and their channels, for operators;
+//! - [`sockets`]: the file-descriptor limit and the budget of client
+//!   sockets that keeps descriptors for the store;
 //! - [`http`]: the management API (RabbitMQ-shaped JSON), the web UI and
 //!   Prometheus metrics, on one HTTP listener;
 //! - [`cli`]: the `antre queues list`, `antre publish`, ... subcommands, a
@@ -29,6 +31,7 @@ pub mod http;
 pub mod listen;
 pub mod registry;
 pub mod server;
+pub mod sockets;
 pub mod tls;
 
 pub use config::{Config, Settings};

@@ -21,6 +21,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at start-up: the size of the settings variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker (the default when no command is given).

@@ -24,6 +24,7 @@ use crate::connection::{Accepted, Connection};
 use crate::http::{self, rates::Rates, HttpState};
 use crate::listen;
 use crate::registry::Registry;
+use crate::sockets::{SocketKind, SocketSlot, Sockets};
 use crate::tls::{TlsCertificates, TlsError, TlsInfo, TlsProtocol};
 
 /// A server that is accepting connections.
@@ -54,6 +55,8 @@ pub struct RunningServer {
     pub broker: Arc<Broker>,
     /// The open connections.
     pub registry: Arc<Registry>,
+    /// The client-socket budget.
+    pub sockets: Arc<Sockets>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     http_tasks: Vec<JoinHandle<()>>,
@@ -117,6 +120,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let lock = lock_data_dir(&config.data_dir)?;
+    // Before the store opens its files: the budget keeps descriptors for
+    // them whatever clients do.
+    let sockets = Sockets::for_node(config.max_sockets, config.http_max_connections);
     let tls = match &config.tls {
         Some(settings) => Some(Arc::new(TlsCertificates::load(settings.clone())?)),
         None if config.amqps_listen.is_some() || config.https_listen.is_some() => {
@@ -184,6 +190,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             http_addrs: http_addrs.clone(),
             https_addrs: https_addrs.clone(),
             started: std::time::Instant::now(),
+            sockets: Arc::clone(&sockets),
         };
         let http = http_listeners
             .into_iter()
@@ -214,15 +221,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         listeners: plain.into_iter().chain(secure).collect(),
         tls: tls.clone(),
     };
-    let task = tokio::spawn(accept_loop(
-        amqp_listeners,
-        Arc::clone(&broker),
-        shared_config,
-        Arc::clone(&registry),
-        disk_alarm.clone(),
-        shutdown_rx,
-        lock,
-    ));
+    let shared = Shared {
+        broker: Arc::clone(&broker),
+        config: shared_config,
+        registry: Arc::clone(&registry),
+        disk_alarm: disk_alarm.clone(),
+        sockets: Arc::clone(&sockets),
+    };
+    let task = tokio::spawn(accept_loop(amqp_listeners, shared, shutdown_rx, lock));
     for addr in &amqp_addrs {
         tracing::info!("listening on amqp://{addr}");
     }
@@ -241,6 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tls,
         broker,
         registry,
+        sockets,
         shutdown,
         task,
         http_tasks,
@@ -280,6 +287,7 @@ struct Shared {
     config: Arc<Config>,
     registry: Arc<Registry>,
     disk_alarm: DiskAlarm,
+    sockets: Arc<Sockets>,
 }
 
 impl Shared {
@@ -287,6 +295,7 @@ impl Shared {
         self,
         stream: TcpStream,
         peer: SocketAddr,
+        slot: SocketSlot,
         shutdown: watch::Receiver<bool>,
     ) {
         let local = stream.local_addr().unwrap_or(peer);
@@ -296,17 +305,20 @@ impl Shared {
             local,
             tls: None,
             external: false,
+            slot,
         };
         self.connection(accepted).serve(shutdown).await;
     }
 
-    /// Runs the TLS handshake (given up at shutdown), then serves the
-    /// connection as a plain one.
+    /// Runs the TLS handshake (given up at shutdown, or when the socket
+    /// budget closes the socket to make room), then serves the connection
+    /// as a plain one.
     async fn serve_tls(
         self,
         certs: Arc<TlsCertificates>,
         stream: TcpStream,
         peer: SocketAddr,
+        slot: SocketSlot,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let local = stream.local_addr().unwrap_or(peer);
@@ -320,6 +332,7 @@ impl Shared {
                     return;
                 }
             },
+            _ = slot.evicted() => return,
             _ = shutdown.changed() => return,
         };
         let accepted = Accepted {
@@ -328,6 +341,7 @@ impl Shared {
             stream,
             peer,
             local,
+            slot,
         };
         self.connection(accepted).serve(shutdown).await;
     }
@@ -346,36 +360,35 @@ impl Shared {
     }
 }
 
+/// Accepts AMQP and AMQPS clients. Every socket takes a slot of the
+/// socket budget first; one that gets none is closed at once (the budget
+/// logs it), so the listen backlog never fills with clients nobody serves.
 async fn accept_loop(
     amqp: AmqpListeners,
-    broker: Arc<Broker>,
-    config: Arc<Config>,
-    registry: Arc<Registry>,
-    disk_alarm: DiskAlarm,
+    shared: Shared,
     mut shutdown: watch::Receiver<bool>,
     lock: std::fs::File,
 ) {
-    let shared = Shared {
-        broker: Arc::clone(&broker),
-        config,
-        registry,
-        disk_alarm,
-    };
+    let broker = Arc::clone(&shared.broker);
     let mut connections = JoinSet::new();
     let mut next = 0;
     loop {
         tokio::select! {
             accepted = listen::accept_any(&amqp.listeners, &mut next) => match accepted {
                 Ok((stream, peer, from)) => {
+                    let Some(slot) = shared.sockets.admit(SocketKind::Amqp, peer) else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
+                    let stop = shutdown.clone();
                     match &amqp.tls {
                         Some(certs) if from >= amqp.secure_from => {
                             let certs = Arc::clone(certs);
-                            connections.spawn(shared.serve_tls(certs, stream, peer, shutdown.clone()));
+                            connections.spawn(shared.serve_tls(certs, stream, peer, slot, stop));
                         }
                         _ => {
-                            connections.spawn(shared.serve_plain(stream, peer, shutdown.clone()));
+                            connections.spawn(shared.serve_plain(stream, peer, slot, stop));
                         }
                     }
                 }

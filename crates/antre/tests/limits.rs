@@ -112,3 +112,297 @@ async fn durable_declares_are_logged_not_rewritten() {
         assert_eq!(ready_count(&ch, &name).await, 1, "{name} is still bound");
     }
 }
+
+/// Polls `check` until it holds, failing after [`WAIT`]: for states the
+/// broker reaches on its own (sockets accepted, connections closed), with
+/// no sleep standing in for synchronisation.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    within(what, async {
+        while !check() {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// Reads until the peer closes the socket; returns what it sent.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    within("the broker to close the socket", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    all
+}
+
+/// GET /healthz over a fresh connection of its own.
+async fn healthz(broker: &TestBroker) -> u16 {
+    broker.http_text("/healthz").await.0
+}
+
+async fn connect_all(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut all = Vec::with_capacity(n);
+    for _ in 0..n {
+        all.push(
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("tcp connect"),
+        );
+    }
+    all
+}
+
+/// Issue #11, item 5: idle HTTP sockets far beyond the cap. The broker
+/// never holds more than `http_max_connections`: each new socket closes
+/// the longest-idle one, so a bystander's /healthz is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_sockets_beyond_the_cap_cannot_silence_healthz() {
+    let broker = TestBroker::start_with(|c| c.http_max_connections = 8).await;
+    let http = broker.server.http_addr.unwrap();
+    let sockets = std::sync::Arc::clone(&broker.server.sockets);
+    let mut idle = connect_all(http, 40).await;
+    until("every idle socket accepted", || {
+        sockets.evicted_total() >= 32
+    })
+    .await;
+    assert_eq!(sockets.http_used(), 8);
+    for _ in 0..5 {
+        assert_eq!(healthz(&broker).await, 200);
+    }
+    // The oldest were closed to make room; the broker holds at most eight.
+    assert!(read_to_close(&mut idle[0]).await.is_empty());
+    assert!(sockets.http_used() <= 8);
+    assert_eq!(
+        sockets.refused_total(),
+        0,
+        "nothing was refused: idle ones made room"
+    );
+}
+
+/// A request head trickled byte by byte (slowloris) is cut off after the
+/// header timeout; an idle keep-alive connection after the idle timeout.
+#[tokio::test]
+async fn slow_headers_and_idle_connections_time_out() {
+    use tokio::io::AsyncWriteExt;
+    let broker = TestBroker::start_with(|c| {
+        c.http_header_timeout = std::time::Duration::from_millis(300);
+        c.http_idle_timeout = std::time::Duration::from_millis(600);
+    })
+    .await;
+    let http = broker.server.http_addr.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(http).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_to_close(&mut slow).await;
+    assert!(answer.is_empty(), "no answer to half a request: {answer:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    let mut kept = tokio::net::TcpStream::connect(http).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut kept).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "answered, then closed when idle: {text}"
+    );
+    assert_eq!(healthz(&broker).await, 200);
+}
+
+/// Issue #11, item 5, for every client socket: with a small socket budget,
+/// idle AMQP sockets (no handshake) and idle HTTP sockets far beyond it
+/// cannot take the descriptors: an open connection keeps publishing
+/// persistent messages with confirms, a new client gets in (an idle
+/// socket makes room), /healthz answers. Once every socket is busy, new
+/// ones are closed at once and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_flood_cannot_take_the_descriptors_the_store_needs() {
+    let broker = TestBroker::start_with(|c| c.max_sockets = Some(12)).await;
+    let sockets = std::sync::Arc::clone(&broker.server.sockets);
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    ch.queue_declare(
+        "payments",
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let persistent = lapin::BasicProperties::default().with_delivery_mode(2);
+    let publish = |n: u32| {
+        let ch = ch.clone();
+        let props = persistent.clone();
+        async move {
+            for i in 0..n {
+                let confirm = ch
+                    .basic_publish(
+                        "",
+                        "payments",
+                        Default::default(),
+                        format!("p{i}").as_bytes(),
+                        props.clone(),
+                    )
+                    .await
+                    .expect("publish");
+                let confirm = within("confirm", confirm).await.expect("confirmed");
+                assert!(
+                    confirm.is_ack(),
+                    "persistent publish {i} confirmed, not nacked"
+                );
+            }
+        }
+    };
+    publish(5).await;
+
+    let amqp = broker.addr();
+    let http = broker.server.http_addr.unwrap();
+    let _idle_amqp = connect_all(amqp, 60).await;
+    let _idle_http = connect_all(http, 60).await;
+    until("the flood accepted", || sockets.evicted_total() >= 100).await;
+    assert!(sockets.used() <= 12, "{} sockets", sockets.used());
+    publish(20).await;
+    assert_eq!(healthz(&broker).await, 200);
+    let newcomer = broker.lapin().await;
+    let nch = newcomer.create_channel().await.unwrap();
+    assert_eq!(ready_count(&nch, "payments").await, 25);
+
+    // Fill the budget with open connections: no idle socket is left to
+    // close, so a new socket is closed at once, before any protocol.
+    let registry = std::sync::Arc::clone(&broker.server.registry);
+    let mut open = Vec::new();
+    while registry.len() < 12 {
+        open.push(broker.raw().await);
+    }
+    assert_eq!(sockets.used(), 12);
+    let refused_before = sockets.refused_total();
+    let mut late = tokio::net::TcpStream::connect(amqp).await.unwrap();
+    assert!(
+        read_to_close(&mut late).await.is_empty(),
+        "closed without a word"
+    );
+    assert_eq!(sockets.refused_total(), refused_before + 1);
+    publish(5).await;
+}
+
+/// More AMQP connections than --max-connections: the extra ones are
+/// refused at connection.open with 530, as RabbitMQ refuses past its
+/// connection_max, while a connection that is in keeps publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_refused_the_amqp_way() {
+    let broker = TestBroker::start_with(|c| c.max_connections = Some(3)).await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    declare(&ch, "orders").await;
+    let _second = broker.raw().await;
+    let third = broker.raw().await;
+    for _ in 0..5 {
+        let refused = RawClient::open_as(broker.addr(), "guest", "guest", "/")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(refused.reply_code, 530);
+        assert_eq!(
+            refused.reply_text.as_str(),
+            "NOT_ALLOWED - connection refused: node connection limit (3) is reached"
+        );
+        publish_confirmed(&ch, "", "orders", b"still served").await;
+    }
+    assert_eq!(ready_count(&ch, "orders").await, 5);
+    // A connection that leaves gives its place back.
+    drop(third);
+    let registry = std::sync::Arc::clone(&broker.server.registry);
+    until("the third connection gone", || registry.len() == 2).await;
+    RawClient::open_as(broker.addr(), "guest", "guest", "/")
+        .await
+        .expect("a place is free again");
+}
+
+/// Issue #11, item 1, end to end: ten queues of length one dead-lettering
+/// into a fanout they are all bound to, one message in each, then one more
+/// publish. The dead-letter budget ends the storm: the broker stays
+/// responsive, memory stays bounded, and the dropped letters are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_storm_leaves_the_broker_responsive() {
+    use lapin::types::AMQPValue;
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    ch.exchange_declare(
+        "storm",
+        lapin::ExchangeKind::Fanout,
+        Default::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut args = lapin::types::FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("storm".into()),
+    );
+    for i in 0..10 {
+        let name = format!("storm-{i}");
+        ch.queue_declare(&name, Default::default(), args.clone())
+            .await
+            .unwrap();
+        ch.queue_bind(&name, "storm", "", Default::default(), Default::default())
+            .await
+            .unwrap();
+        publish_confirmed(&ch, "", &name, b"one").await;
+    }
+    let rss_before = resident_bytes();
+    publish_confirmed(&ch, "storm", "", b"the one more").await;
+
+    // A bystander on another connection: publish and get.
+    let bystander = broker.lapin().await;
+    let bch = confirm_channel(&bystander).await;
+    declare(&bch, "bystander").await;
+    publish_confirmed(&bch, "", "bystander", b"hello").await;
+    let got = within(
+        "basic.get",
+        bch.basic_get(
+            "bystander",
+            lapin::options::BasicGetOptions { no_ack: true },
+        ),
+    )
+    .await
+    .unwrap()
+    .expect("the bystander's message");
+    assert_eq!(got.data, b"hello");
+    assert_eq!(healthz(&broker).await, 200);
+    for i in 0..10 {
+        assert_eq!(ready_count(&ch, &format!("storm-{i}")).await, 1);
+    }
+    let grown = resident_bytes().saturating_sub(rss_before);
+    assert!(grown < 64 << 20, "memory grew by {grown} bytes");
+    let (_, _, metrics) = broker.http_text("/metrics").await;
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("antre_dead_letters_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("antre_dead_letters_dropped_total on /metrics");
+    assert!(dropped > 0.0, "dropped letters are counted: {dropped}");
+}
+
+/// Resident memory of this process (the broker runs in it).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}

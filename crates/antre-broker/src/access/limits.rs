@@ -408,9 +408,11 @@ impl AccessControl {
         })
     }
 
-    /// Replaces the limits of the given vhosts and users in one change (a
-    /// definitions import): each entry's limits replace what was set, an
-    /// empty one clears them. Users must exist.
+    /// Sets the limits of the given vhosts and users in one change (a
+    /// definitions import, `rabbitmqctl set_vhost_limits`): a vhost's
+    /// limits replace what was set (an empty set clears them), as RabbitMQ
+    /// replaces the `vhost-limits` parameter; a user's are added to what
+    /// was set, as RabbitMQ's import adds them. Users must exist.
     pub fn import_limits(
         &self,
         vhosts: Vec<VhostLimits>,
@@ -429,8 +431,11 @@ impl AccessControl {
             for l in vhosts {
                 replace(&mut d.vhost_limits, l.vhost, l.value);
             }
-            for l in users {
-                replace(&mut d.user_limits, l.user, l.value);
+            for l in users.into_iter().filter(|l| !l.value.is_empty()) {
+                let limits = d.user_limits.entry(l.user).or_default();
+                for (name, value) in l.value.iter() {
+                    limits.set(name, value);
+                }
             }
             Ok(())
         })

@@ -30,6 +30,7 @@ use tokio::time::{timeout, Instant, Interval, MissedTickBehavior};
 
 use crate::config::{Config, ServerIdentity, RABBITMQ_VERSION};
 use crate::registry::{ConnectionEntry, Registry};
+use crate::sockets::SocketSlot;
 use crate::tls::TlsInfo;
 
 mod coalesce;
@@ -77,6 +78,8 @@ pub struct Accepted<S> {
     pub tls: Option<TlsInfo>,
     /// SASL EXTERNAL is offered: amqps with client certificates verified.
     pub external: bool,
+    /// Its place in the node's socket budget.
+    pub slot: SocketSlot,
 }
 
 /// One client connection over the byte stream `S`.
@@ -99,6 +102,9 @@ pub struct Connection<S> {
     coalesce: coalesce::Coalescer,
     /// Heartbeats, once negotiated.
     heartbeat: Option<Interval>,
+    /// Its place in the socket budget: until the handshake is done, the
+    /// budget may close it to make room.
+    slot: SocketSlot,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -116,6 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             local,
             tls,
             external,
+            slot,
         } = accepted;
         let (events_tx, events) = mpsc::unbounded_channel();
         let session = Session::new(
@@ -145,6 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             reading: true,
             coalesce,
             heartbeat: None,
+            slot,
         }
     }
 
@@ -227,6 +235,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 _ = timeouts.tick(), if open => self.session.check_consumer_timeouts(),
                 _ = tokio::time::sleep_until(handshake_deadline), if handshaking => return End::Gone,
+                _ = self.slot.evicted(), if handshaking => return End::Gone,
                 _ = tokio::time::sleep_until(closing), if close_deadline.is_some() => return End::Gone,
                 _ = shutdown.changed() => {
                     self.session.close(reply::CONNECTION_FORCED, "CONNECTION_FORCED - broker shutting down".into());
@@ -277,6 +286,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         ));
         self.registry.register(Arc::clone(&entry));
         self.entry = Some(entry);
+        self.slot.busy();
         if let Some(beat) = self.session.heartbeat() {
             let mut ticker = tokio::time::interval(beat / 2);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -16,7 +16,9 @@
 //!   format, under RabbitMQ's names and antre's own;
 //! - [`error`]: JSON errors with their status codes;
 //! - [`lenient`]: request fields coerced as RabbitMQ coerces them;
-//! - [`ui`]: the embedded web UI.
+//! - [`ui`]: the embedded web UI;
+//! - [`serve`]: the accept loop and connections, with their cap and
+//!   timeouts.
 
 pub mod api;
 pub mod auth;
@@ -25,6 +27,7 @@ pub mod lenient;
 pub mod metrics;
 pub mod rates;
 pub mod render;
+pub mod serve;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -37,16 +40,12 @@ use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::serve::ListenerExt;
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::alarm::DiskAlarm;
 use crate::config::Config;
 use crate::registry::Registry;
-use crate::tls::http::TlsListener;
-use crate::tls::TlsCertificates;
+use crate::sockets::Sockets;
 use error::{ApiError, ApiResult};
 use rates::Rates;
 
@@ -73,6 +72,8 @@ pub struct HttpState {
     pub https_addrs: Vec<SocketAddr>,
     /// When the server started.
     pub started: Instant,
+    /// The client-socket budget.
+    pub sockets: Arc<Sockets>,
 }
 
 impl HttpState {
@@ -97,47 +98,7 @@ impl HttpState {
 }
 
 pub use auth::AuthUser;
-
-/// Serves HTTP, or HTTPS with `tls`, until `shutdown` fires, then
-/// finishes in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<Arc<TlsCertificates>>,
-    state: HttpState,
-    shutdown: watch::Receiver<bool>,
-) {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let mut stop_rx = shutdown.clone();
-    let stop = async move {
-        let _ = stop_rx.changed().await;
-    };
-    let served = match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-        Some(certs) => {
-            let listener = match TlsListener::new(listener, certs, shutdown) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!("HTTPS listener failed: {e}");
-                    return;
-                }
-            };
-            // axum hands handlers the client's address (ConnectInfo) for
-            // its own TCP listener and for any tapped one; the tap does
-            // nothing else.
-            let listener = listener.tap_io(|_| {});
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-    };
-    if let Err(e) = served {
-        tracing::error!("HTTP listener failed: {e}");
-    }
-}
+pub use serve::serve;
 
 /// Every route.
 pub fn router(state: HttpState) -> Router {
@@ -266,7 +227,7 @@ pub fn router(state: HttpState) -> Router {
             "/api/definitions/{vhost}",
             get(definitions::export_vhost).post(definitions::import_vhost),
         )
-        .route("/api/parameters", get(parameters::empty))
+        .route("/api/parameters", get(parameters::all))
         .route("/api/parameters/{component}", get(parameters::of_component))
         .route(
             "/api/parameters/{component}/{vhost}",
@@ -276,19 +237,22 @@ pub fn router(state: HttpState) -> Router {
             "/api/parameters/{component}/{vhost}/{name}",
             get(parameters::one)
                 .put(parameters::set)
-                .delete(parameters::one),
+                .delete(parameters::clear),
         )
         .route("/api/global-parameters", get(parameters::empty))
         .route("/api/global-parameters/{name}", get(parameters::global))
-        .route("/api/vhost-limits", get(parameters::empty))
-        .route("/api/vhost-limits/{vhost}", get(parameters::of_vhost))
+        .route("/api/vhost-limits", get(limits::vhost_list))
+        .route("/api/vhost-limits/{vhost}", get(limits::vhost_show))
         .route(
             "/api/vhost-limits/{vhost}/{name}",
-            put(parameters::set_limit),
+            put(limits::vhost_set).delete(limits::vhost_clear),
         )
-        .route("/api/user-limits", get(parameters::empty))
-        .route("/api/user-limits/{user}", get(parameters::of_user))
-        .route("/api/user-limits/{user}/{name}", put(parameters::set_limit))
+        .route("/api/user-limits", get(limits::user_list))
+        .route("/api/user-limits/{user}", get(limits::user_show))
+        .route(
+            "/api/user-limits/{user}/{name}",
+            put(limits::user_set).delete(limits::user_clear),
+        )
         .route("/api/extensions", get(parameters::empty))
         .route("/api/cluster-name", get(parameters::cluster_name))
         .route_layer(middleware::from_fn_with_state(

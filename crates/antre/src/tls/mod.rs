@@ -13,10 +13,11 @@
 //!
 //! - [`load`]: reading the files, with errors that name the file;
 //! - [`info`]: a session's protocol, cipher and client certificate, named
-//!   as RabbitMQ names them;
-//! - [`http`]: the listener axum serves https on.
+//!   as RabbitMQ names them.
+//!
+//! The https listener runs each handshake in its connection's task
+//! (`crate::http::serve`), as the amqps listener does.
 
-pub mod http;
 pub mod info;
 mod load;
 

@@ -1,11 +1,15 @@
 //! `/api/definitions`: export and import of vhosts, users (with their
-//! password hashes and tags), permissions, topic permissions and durable
-//! topology in the shape of RabbitMQ's definitions file, so a file exported
-//! from RabbitMQ loads here (its policies and parameters are ignored) and
-//! ours loads into RabbitMQ. A vhost's own export (`/api/definitions/{vhost}`)
-//! has only its topology, as in RabbitMQ.
+//! password hashes, tags and limits), permissions, topic permissions, vhost
+//! limits (as RabbitMQ 3.10 writes them: `vhost-limits` parameters) and
+//! durable topology in the shape of RabbitMQ's definitions file, so a file
+//! exported from RabbitMQ loads here (its policies and other parameters are
+//! ignored) and ours loads into RabbitMQ. A vhost's own export
+//! (`/api/definitions/{vhost}`) has only its topology and limits, as in
+//! RabbitMQ. As in RabbitMQ, an import that would take a vhost past its
+//! `max-queues` is refused before anything changes.
 
-use antre_broker::access::{password, Permission, TopicPermission};
+use antre_broker::access::limits::{parse_limits, LimitScope};
+use antre_broker::access::{password, Permission, TopicPermission, UserLimits, VhostLimits};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::Destination;
 use antre_broker::vhost::{ExchangeDeclaration, QueueDeclaration};
@@ -38,7 +42,14 @@ fn export(state: &HttpState, vhost: Option<&str>) -> ApiResult<Value> {
         "queues": queues,
         "bindings": bindings,
         "policies": [],
-        "parameters": [],
+        "parameters": state
+            .broker
+            .access()
+            .all_vhost_limits()
+            .iter()
+            .filter(|l| vhost.is_none_or(|v| v == l.vhost))
+            .map(super::parameters::limits_parameter)
+            .collect::<Vec<_>>(),
     });
     if vhost.is_none() {
         body["vhosts"] = vhosts.iter().map(|v| json!({ "name": v.name })).collect();
@@ -71,6 +82,18 @@ pub async fn export_vhost(
 #[derive(Debug, Default, Deserialize)]
 struct VhostIn {
     name: String,
+    /// RabbitMQ 3.13 writes a vhost's limits here too.
+    #[serde(default)]
+    limits: Option<Value>,
+}
+
+/// A runtime parameter; only `vhost-limits` ones are read.
+#[derive(Debug, Deserialize)]
+struct ParameterIn {
+    component: String,
+    vhost: Option<String>,
+    #[serde(default)]
+    value: Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +157,85 @@ struct DefinitionsIn {
     queues: Vec<QueueIn>,
     #[serde(default)]
     bindings: Vec<BindingIn>,
+    #[serde(default)]
+    parameters: Vec<ParameterIn>,
+}
+
+/// The vhost and user limits of a definitions file, checked: from
+/// `vhost-limits` parameters (RabbitMQ 3.10), vhosts' `limits` (3.13) and
+/// users' `limits`. Vhost limits of an import into one vhost apply to it.
+fn limits_in(
+    defs: &DefinitionsIn,
+    into: Option<&str>,
+) -> ApiResult<(Vec<VhostLimits>, Vec<UserLimits>)> {
+    let invalid = |e: antre_broker::access::LimitError| {
+        ApiError::bad_request(format!("Validation failed\n\n{e}\n"))
+    };
+    let mut vhosts = Vec::new();
+    let from_parameters = defs
+        .parameters
+        .iter()
+        .filter(|p| p.component == super::parameters::VHOST_LIMITS)
+        .map(|p| (p.vhost.clone(), &p.value));
+    let from_vhosts = defs
+        .vhosts
+        .iter()
+        .filter_map(|v| Some((Some(v.name.clone()), v.limits.as_ref()?)))
+        .filter(|(_, l)| l.as_object().is_some_and(|o| !o.is_empty()));
+    for (vhost, value) in from_parameters.chain(from_vhosts) {
+        let vhost = into
+            .map(str::to_owned)
+            .or(vhost)
+            .unwrap_or_else(|| "/".into());
+        let value = parse_limits(LimitScope::Vhost, value).map_err(invalid)?;
+        vhosts.push(VhostLimits { vhost, value });
+    }
+    let mut users = Vec::new();
+    if into.is_none() {
+        for u in &defs.users {
+            let (Some(name), Some(limits)) =
+                (u.get("name").and_then(Value::as_str), u.get("limits"))
+            else {
+                continue;
+            };
+            let value = parse_limits(LimitScope::User, limits).map_err(invalid)?;
+            users.push(UserLimits {
+                user: name.to_owned(),
+                value,
+            });
+        }
+    }
+    Ok((vhosts, users))
+}
+
+/// RabbitMQ's refusal of an import that would take a vhost past its
+/// `max-queues`: every new queue of the file is counted first.
+fn check_queue_limits(
+    state: &HttpState,
+    queues: impl Iterator<Item = (String, String)>,
+) -> ApiResult<()> {
+    let mut added: std::collections::BTreeMap<String, u64> = Default::default();
+    for (vhost, name) in queues {
+        let v = state.vhost(&vhost)?;
+        if !v.has_queue(&name) {
+            *added.entry(vhost).or_default() += 1;
+        }
+    }
+    for (vhost, add) in added {
+        let v = state.vhost(&vhost)?;
+        let Some(limit) = v.max_queues() else {
+            continue;
+        };
+        let count = v.queue_count() as u64;
+        if count + add > limit {
+            return Err(ApiError::bad_request(format!(
+                "Adding {add} queue(s) to virtual host \"{vhost}\" would exceed the limit of \
+                 {limit} queue(s).\n\nThis virtual host currently has {count} queue(s) \
+                 defined.\n\nImport aborted!"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What an import created, for the answer.
@@ -145,6 +247,7 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
             .or_else(|| own.clone())
             .unwrap_or_else(|| "/".to_owned())
     };
+    let (vhost_limits, user_limits) = limits_in(&defs, into)?;
     if let Some(v) = into {
         state.vhost(v)?;
     } else {
@@ -164,6 +267,8 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
     {
         state.vhost(&vhost)?;
     }
+    let new_queues = defs.queues.iter().map(|q| (pick(&q.vhost), q.name.clone()));
+    check_queue_limits(state, new_queues)?;
     let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
     for e in &defs.exchanges {
         if e.name.is_empty() || e.name.starts_with("amq.") {
@@ -215,6 +320,12 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
         )?;
         bindings += 1;
     }
+    // Last, as RabbitMQ's import does not hold the file's own queues to
+    // the file's limits.
+    state
+        .broker
+        .import_limits(vhost_limits, user_limits)
+        .map_err(super::users::access_error)?;
     Ok(json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings }))
 }
 

@@ -6,6 +6,7 @@ pub mod bindings;
 pub mod connections;
 pub mod definitions;
 pub mod exchanges;
+pub mod limits;
 pub mod listing;
 pub mod messages;
 pub mod overview;

@@ -180,6 +180,10 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
         "channels": channels,
         "queues": queues,
         "data_dir": state.config.data_dir.display().to_string(),
+        "fd_used": crate::sockets::open_fds(),
+        "fd_total": crate::sockets::fd_limit(),
+        "sockets_used": state.sockets.used(),
+        "sockets_total": state.sockets.total(),
     }]))
 }
 

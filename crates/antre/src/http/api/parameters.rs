@@ -1,101 +1,193 @@
-//! Runtime parameters, global parameters, limits, extensions and the
-//! cluster name: the RabbitMQ endpoints whose concept antre has but whose
-//! content is empty, answered as RabbitMQ answers them when empty, so
-//! `rabbitmqadmin list parameters` and the like work.
+//! Runtime parameters, global parameters, extensions and the cluster name,
+//! answered as RabbitMQ answers them, so `rabbitmqadmin list parameters`
+//! and the like work.
 //!
-//! - `/api/parameters[/{component}[/{vhost}]]`: antre has no parameter
-//!   components (RabbitMQ's come with plugins such as federation and
-//!   shovel), so every listing is `[]` and setting one fails as RabbitMQ
-//!   fails for an unknown component (400 `component ... not found`).
+//! - `/api/parameters[/{component}[/{vhost}[/{name}]]]`: the one
+//!   component antre has is RabbitMQ's built-in `vhost-limits`, whose one
+//!   parameter per vhost, `limits`, is the vhost's limits as a whole
+//!   (`{"value": {"max-connections": 10}, "vhost": "/", "component":
+//!   "vhost-limits", "name": "limits"}`; `rabbitmqctl set_vhost_limits`
+//!   sets it so). Other components come with RabbitMQ plugins antre does
+//!   not have (federation, shovel): their listings are `[]` and setting
+//!   one fails as RabbitMQ fails for an unknown component (400
+//!   `component ... not found`).
 //! - `/api/global-parameters`: antre keeps none; `[]`.
-//! - `/api/vhost-limits`, `/api/user-limits`: antre enforces none, so none
-//!   is in effect; `[]`, and setting one is refused with 400.
 //! - `/api/extensions`: the UI has no plugin extensions; `[]`.
 //! - `/api/cluster-name`: the node's name, which is antre's cluster name.
+//!
+//! `/api/vhost-limits` and `/api/user-limits` are in [`super::limits`].
 
+use antre_broker::access::limits::{parse_limits, LimitScope};
+use antre_broker::access::VhostLimits;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::users::access_error;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::render::node_name;
-use crate::http::HttpState;
+use crate::http::{AuthUser, HttpState};
+
+/// The component that holds vhost limits.
+pub const VHOST_LIMITS: &str = "vhost-limits";
+/// The name of its one parameter per vhost.
+pub const LIMITS: &str = "limits";
 
 fn none() -> Json<Value> {
     Json(json!([]))
 }
 
-/// GET /api/parameters, /api/global-parameters, /api/vhost-limits,
-/// /api/user-limits, /api/extensions: nothing.
+/// A vhost's limits as a runtime parameter.
+pub fn limits_parameter(l: &VhostLimits) -> Value {
+    json!({
+        "value": l.value,
+        "vhost": l.vhost,
+        "component": VHOST_LIMITS,
+        "name": LIMITS,
+    })
+}
+
+/// Every vhost-limits parameter of the vhosts `user` may see, or of one.
+fn limits_parameters(state: &HttpState, user: &AuthUser, vhost: Option<&str>) -> Value {
+    let visible = user.vhost_filter(state);
+    state
+        .broker
+        .access()
+        .all_vhost_limits()
+        .iter()
+        .filter(|l| vhost.is_none_or(|v| v == l.vhost))
+        .filter(|l| visible.as_ref().is_none_or(|v| v.contains(&l.vhost)))
+        .map(limits_parameter)
+        .collect()
+}
+
+/// GET /api/global-parameters, /api/extensions: nothing.
 pub async fn empty() -> Json<Value> {
     none()
 }
 
-/// GET /api/parameters/{component}: no parameters of any component.
-pub async fn of_component(Path(_component): Path<String>) -> Json<Value> {
-    none()
+/// GET /api/parameters: every parameter (vhost limits).
+pub async fn all(
+    State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
+) -> Json<Value> {
+    Json(limits_parameters(&state, &user, None))
 }
 
-/// GET /api/parameters/{component}/{vhost}, /api/vhost-limits/{vhost}:
-/// nothing, or 404 for a missing vhost.
+/// GET /api/parameters/{component}.
+pub async fn of_component(
+    State(state): State<HttpState>,
+    Extension(user): Extension<AuthUser>,
+    Path(component): Path<String>,
+) -> Json<Value> {
+    match component.as_str() {
+        VHOST_LIMITS => Json(limits_parameters(&state, &user, None)),
+        _ => none(),
+    }
+}
+
+/// GET /api/parameters/{component}/{vhost}: 404 for a missing vhost.
 pub async fn of_vhost(
     State(state): State<HttpState>,
-    Path(path): Path<Vec<String>>,
+    Extension(user): Extension<AuthUser>,
+    Path((component, vhost)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    if let Some(vhost) = path.last() {
-        state.vhost(vhost)?;
-    }
-    Ok(none())
+    state.vhost(&vhost)?;
+    Ok(match component.as_str() {
+        VHOST_LIMITS => Json(limits_parameters(&state, &user, Some(&vhost))),
+        _ => none(),
+    })
 }
 
-/// GET and DELETE /api/parameters/{component}/{vhost}/{name}: there is none.
+fn no_parameter(component: &str, vhost: &str, name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no parameter '{name}' of component '{component}' in vhost '{vhost}'"
+    ))
+}
+
+/// GET /api/parameters/{component}/{vhost}/{name}.
 pub async fn one(
     State(state): State<HttpState>,
     Path((component, vhost, name)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    Err(ApiError::not_found(format!(
-        "no parameter '{name}' of component '{component}' in vhost '{vhost}'"
-    )))
+    let limits = state.broker.access().vhost_limits(&vhost);
+    if component != VHOST_LIMITS || name != LIMITS || limits.is_empty() {
+        return Err(no_parameter(&component, &vhost, &name));
+    }
+    Ok(Json(limits_parameter(&VhostLimits {
+        vhost,
+        value: limits,
+    })))
 }
 
-/// PUT /api/parameters/{component}/{vhost}/{name}: refused as RabbitMQ
-/// refuses a component no plugin provides.
+/// DELETE /api/parameters/{component}/{vhost}/{name}: for vhost-limits,
+/// clears every limit of the vhost (`rabbitmqctl clear_vhost_limits`).
+pub async fn clear(
+    State(state): State<HttpState>,
+    Path((component, vhost, name)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    state.vhost(&vhost)?;
+    if component != VHOST_LIMITS || name != LIMITS {
+        return Err(no_parameter(&component, &vhost, &name));
+    }
+    let cleared = VhostLimits {
+        vhost,
+        value: Default::default(),
+    };
+    state
+        .broker
+        .import_limits(vec![cleared], Vec::new())
+        .map_err(access_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// PUT /api/parameters/{component}/{vhost}/{name} with `{"value": ...}`:
+/// for vhost-limits' `limits`, replaces the vhost's limits with the given
+/// object (`rabbitmqctl set_vhost_limits`); any other component is
+/// refused as RabbitMQ refuses a component no plugin provides.
 pub async fn set(
     State(state): State<HttpState>,
-    Path((component, vhost, _name)): Path<(String, String, String)>,
-    _body: Bytes,
-) -> ApiResult<Json<Value>> {
+    Path((component, vhost, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
     state.vhost(&vhost)?;
-    Err(ApiError::bad_request(format!(
-        "Validation failed\n\ncomponent {component} not found \
-         (antre has no runtime parameter components: no federation, no shovel)\n"
-    )))
+    if component != VHOST_LIMITS {
+        return Err(ApiError::bad_request(format!(
+            "Validation failed\n\ncomponent {component} not found \
+             (antre has no runtime parameter components but vhost-limits: \
+             no federation, no shovel)\n"
+        )));
+    }
+    if name != LIMITS {
+        return Err(ApiError::bad_request(format!(
+            "Validation failed\n\nparameter '{name}' of {VHOST_LIMITS} must be called '{LIMITS}'\n"
+        )));
+    }
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let value = body
+        .get("value")
+        .ok_or_else(|| ApiError::bad_request("[{key_missing,value}]"))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "Validation failed\n\n{LIMITS} not a list {value}\n"
+        )));
+    }
+    let value = parse_limits(LimitScope::Vhost, value)
+        .map_err(|e| ApiError::bad_request(format!("Validation failed\n\n{e}\n")))?;
+    state
+        .broker
+        .import_limits(vec![VhostLimits { vhost, value }], Vec::new())
+        .map_err(access_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// GET /api/global-parameters/{name}: there is none.
 pub async fn global(Path(name): Path<String>) -> ApiError {
     ApiError::not_found(format!("no global parameter '{name}'"))
-}
-
-/// GET /api/user-limits/{user}: none, or 404 for a missing user.
-pub async fn of_user(
-    State(state): State<HttpState>,
-    Path(user): Path<String>,
-) -> ApiResult<Json<Value>> {
-    if !state.broker.users().iter().any(|u| u.name == user) {
-        return Err(ApiError::not_found(format!("no user '{user}'")));
-    }
-    Ok(none())
-}
-
-/// PUT /api/vhost-limits/{vhost}/{name}, /api/user-limits/{user}/{name}.
-pub async fn set_limit(Path(path): Path<Vec<String>>, _body: Bytes) -> ApiError {
-    let name = path.last().map(String::as_str).unwrap_or("");
-    ApiError::bad_request(format!(
-        "antre does not enforce vhost or user limits, so limit '{name}' cannot be set"
-    ))
 }
 
 /// GET /api/cluster-name.

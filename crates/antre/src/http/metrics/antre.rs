@@ -111,6 +111,19 @@ pub fn render(p: &mut Page, state: &HttpState) {
         "1 while the free-disk alarm blocks publishers.",
         u8::from(disk_alarm(state)),
     );
+    let sockets = &state.sockets;
+    p.single(
+        "antre_sockets_refused_total",
+        "counter",
+        "Client sockets closed at once because max_sockets or http_max_connections was reached with none idle.",
+        sockets.refused_total(),
+    );
+    p.single(
+        "antre_sockets_evicted_total",
+        "counter",
+        "Idle client sockets (HTTP with no request, AMQP in its handshake) closed to make room for new ones.",
+        sockets.evicted_total(),
+    );
 
     let mut all = Vec::new();
     for v in state.broker.vhosts() {

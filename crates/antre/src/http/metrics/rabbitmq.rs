@@ -17,6 +17,7 @@ use super::{objects, Endpoint, Page};
 use crate::http::api::overview::{disk_alarm, disk_free, resident_memory};
 use crate::http::render::node_name;
 use crate::http::HttpState;
+use crate::sockets::{fd_limit, open_fds};
 
 /// The RabbitMQ version antre answers as (also in `/api/overview`).
 pub const RABBITMQ_VERSION: &str = "3.13.0";
@@ -75,7 +76,7 @@ fn identity(p: &mut Page, endpoint: &Endpoint) {
 }
 
 fn node(p: &mut Page, state: &HttpState) {
-    let gauges: [(&str, &str, f64); 7] = [
+    let gauges: [(&str, &str, f64); 9] = [
         (
             "rabbitmq_erlang_uptime_seconds",
             "Node uptime (antre: the process's)",
@@ -97,9 +98,19 @@ fn node(p: &mut Page, state: &HttpState) {
             open_fds() as f64,
         ),
         (
+            "rabbitmq_process_open_tcp_sockets",
+            "Open TCP sockets",
+            state.sockets.used() as f64,
+        ),
+        (
             "rabbitmq_process_max_fds",
             "Open file descriptors limit",
-            max_fds() as f64,
+            fd_limit().unwrap_or(0) as f64,
+        ),
+        (
+            "rabbitmq_process_max_tcp_sockets",
+            "Open TCP sockets limit",
+            state.sockets.total() as f64,
         ),
         (
             "rabbitmq_disk_space_available_bytes",
@@ -336,23 +347,6 @@ fn memory_total() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// File descriptors open now (Linux; 0 elsewhere).
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
-/// The soft limit on open files (Linux; 0 elsewhere).
-fn max_fds() -> u64 {
-    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
-        return 0;
-    };
-    limits
-        .lines()
-        .find_map(|l| l.strip_prefix("Max open files"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +367,6 @@ mod tests {
     fn process_numbers_come_from_proc() {
         assert!(memory_total() > 0);
         assert!(open_fds() > 0);
-        assert!(max_fds() >= open_fds() as u64);
+        assert!(fd_limit().unwrap() >= open_fds());
     }
 }
