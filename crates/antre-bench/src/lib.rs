@@ -9,6 +9,8 @@
 //! - [`run`]: one benchmark run from options to [`run::Report`];
 //! - [`declare`]: the object-count scenario (many queues declared while a
 //!   bystander's round trips are timed);
+//! - [`idle`]: many idle connections and what they cost the broker in
+//!   memory;
 //! - [`lapin_driver`]: the same runs driven by the independent `lapin`
 //!   client instead of the built-in one (`antre-bench lapin`);
 //! - [`stats`]: latency histogram, counters, rates;
@@ -23,6 +25,7 @@ pub mod compare;
 pub mod consumer;
 pub mod declare;
 pub mod fake;
+pub mod idle;
 pub mod lapin_driver;
 pub mod procfs;
 pub mod producer;

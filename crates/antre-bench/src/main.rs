@@ -32,6 +32,9 @@ enum Command {
     /// Declare many queues (pipelined) while a bystander's publish+get round
     /// trips are timed: cost per thousand and what it does to others.
     Declare(Box<antre_bench::declare::DeclareArgs>),
+    /// Open many idle connections and report the broker's resident memory
+    /// per connection.
+    Idle(Box<antre_bench::idle::IdleArgs>),
     /// Measure the tool's own ceiling against an in-process fake broker.
     Selftest {
         /// Body sizes to try.
@@ -118,6 +121,13 @@ async fn async_main(command: Command) -> Result<()> {
         Command::Declare(args) => {
             let report = antre_bench::declare::run(&args).await?;
             antre_bench::declare::print(&report);
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+        }
+        Command::Idle(args) => {
+            let report = antre_bench::idle::run(&args).await?;
+            antre_bench::idle::print(&report);
             if let Some(path) = &args.json {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
             }
