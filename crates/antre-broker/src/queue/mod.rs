@@ -37,7 +37,7 @@ use antre_amqp::{FieldTable, FieldValue};
 use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOptions};
 use parking_lot::Mutex;
 
-pub use args::{Overflow, QueueArgs};
+pub use args::{Overflow, QueueArgs, QueueKind};
 pub use credit::{ConsumerInfo, ConsumerSpec, Credit};
 use state::QueueState;
 
@@ -534,7 +534,14 @@ impl Queue {
         if entry.redelivered {
             self.metrics.redelivered.inc();
         }
-        if self.args.delivery_limit.is_some() && entry.delivery_count > 0 {
+        // Quorum queues stamp every delivery, the first with 0 (as
+        // RabbitMQ 3.10 does); a classic queue with a delivery limit stamps
+        // redeliveries.
+        let stamped = match self.args.kind {
+            QueueKind::Quorum => true,
+            _ => self.args.delivery_limit.is_some() && entry.delivery_count > 0,
+        };
+        if stamped {
             let count = FieldValue::I64(i64::from(entry.delivery_count));
             entry.message = Arc::new(entry.message.with_header("x-delivery-count", count));
         }
