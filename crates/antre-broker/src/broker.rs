@@ -9,6 +9,7 @@ use std::time::Duration;
 use antre_store::StoreOptions;
 use parking_lot::RwLock;
 
+use crate::alarm::Alarms;
 use crate::clock::{Clock, SystemClock};
 use crate::error::BrokerError;
 use crate::metrics::BrokerMetrics;
@@ -134,6 +135,8 @@ pub struct Broker {
     storage: Option<BrokerStorage>,
     /// Broker-wide message counters and latencies.
     pub metrics: Arc<BrokerMetrics>,
+    /// The memory and disk alarms that block publishers.
+    pub alarms: Arc<Alarms>,
 }
 
 impl Default for Broker {
@@ -174,6 +177,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             storage,
             metrics,
+            alarms: Arc::default(),
         };
         // Not through add_user: a persistent broker decides in open()
         // whether its users file replaces this first-start default.

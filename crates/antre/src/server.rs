@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::alarm::DiskAlarm;
+use crate::alarm::{self, Alarms, CheckIntervals};
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::http::{self, rates::Rates, HttpState};
@@ -24,8 +24,9 @@ use crate::registry::Registry;
 /// A server that is accepting connections.
 #[derive(Debug)]
 pub struct RunningServer {
-    /// The free-disk alarm (its limit can be changed at run time).
-    pub disk_alarm: DiskAlarm,
+    /// The memory and free-disk alarms (their limits can be changed at run
+    /// time).
+    pub alarms: Alarms,
     /// The first address AMQP clients connect to (with the real port).
     pub amqp_addr: SocketAddr,
     /// Every address AMQP clients may connect to.
@@ -77,8 +78,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     // Recovery reads every durable queue from disk: keep it off the async
     // workers. Clients connecting meanwhile wait in the listen backlog.
     let data_dir = config.data_dir.clone();
+    let memory_limit = config.memory_high_watermark.bytes(alarm::memory_total());
     let storage = StorageOptions {
-        queue_memory_limit: config.queue_memory_limit,
+        // Paging must start well below the watermark, or the alarm would
+        // block publishers before queues page anything.
+        queue_memory_limit: config.message_memory_limit.min(memory_limit / 4),
         ..StorageOptions::default()
     };
     let started = std::time::Instant::now();
@@ -104,11 +108,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let broker = Arc::new(broker);
     let registry = Arc::<Registry>::default();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let disk_alarm = DiskAlarm::start(
+    let alarms = Alarms::start(
+        &broker,
+        memory_limit,
         config.data_dir.clone(),
         config.disk_free_limit,
-        config.disk_check_interval,
+        CheckIntervals {
+            memory: config.memory_check_interval,
+            disk: config.disk_check_interval,
+        },
         shutdown_rx.clone(),
+    );
+    tracing::info!(
+        memory_high_watermark = memory_limit,
+        disk_free_limit = config.disk_free_limit,
+        "resource alarms set"
     );
     let shared_config = Arc::new(config.clone());
     let mut http_tasks = Vec::new();
@@ -123,7 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             broker: Arc::clone(&broker),
             registry: Arc::clone(&registry),
             rates,
-            disk_alarm: disk_alarm.clone(),
+            alarms: alarms.clone(),
             config: Arc::clone(&shared_config),
             amqp_addrs: amqp_addrs.clone(),
             http_addrs: http_addrs.clone(),
@@ -143,7 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Arc::clone(&broker),
         shared_config,
         Arc::clone(&registry),
-        disk_alarm.clone(),
+        alarms.clone(),
         shutdown_rx,
         lock,
     ));
@@ -161,7 +175,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         task,
         http_tasks,
         config,
-        disk_alarm,
+        alarms,
     })
 }
 
@@ -177,7 +191,7 @@ async fn accept_loop(
     broker: Arc<Broker>,
     config: Arc<Config>,
     registry: Arc<Registry>,
-    disk_alarm: DiskAlarm,
+    alarms: Alarms,
     mut shutdown: watch::Receiver<bool>,
     lock: std::fs::File,
 ) {
@@ -188,7 +202,7 @@ async fn accept_loop(
             accepted = listen::accept_any(&listeners, &mut next) => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = Connection::new(stream, peer, Arc::clone(&broker), Arc::clone(&config), Arc::clone(&registry), disk_alarm.subscribe());
+                    let conn = Connection::new(stream, peer, Arc::clone(&broker), Arc::clone(&config), Arc::clone(&registry), alarms.subscribe());
                     connections.spawn(conn.serve(shutdown.clone()));
                 }
                 Err(e) => {

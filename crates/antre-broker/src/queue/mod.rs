@@ -38,7 +38,7 @@ use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOpt
 use parking_lot::Mutex;
 
 pub use args::{Overflow, QueueArgs};
-pub use credit::{ConsumerInfo, ConsumerSpec, Credit};
+pub use credit::{ConsumerInfo, ConsumerSpec, Credit, OutputWindow, DELIVERY_OVERHEAD};
 use state::QueueState;
 
 use crate::clock::Clock;
@@ -98,6 +98,12 @@ pub trait DeliverySink: Send + Sync + std::fmt::Debug {
     fn cancel(&self, consumer_tag: &str);
     /// A sync the channel asked for finished (`ok` false: the disk failed).
     fn synced(&self, token: u64, ok: bool);
+    /// Whether the channel's connection can take another delivery now (see
+    /// [`OutputWindow`]). When it says no, the queue holds its messages and
+    /// the connection kicks it once it has written.
+    fn has_room(&self) -> bool {
+        true
+    }
 }
 
 /// How a queue was declared.
