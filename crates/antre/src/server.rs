@@ -82,7 +82,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let storage = StorageOptions {
         // Paging must start well below the watermark, or the alarm would
         // block publishers before queues page anything.
-        queue_memory_limit: config.message_memory_limit.min(memory_limit / 4),
+        message_memory_limit: config.message_memory_limit.min(memory_limit / 4),
         ..StorageOptions::default()
     };
     let started = std::time::Instant::now();

@@ -15,9 +15,10 @@
 //! Durability: a durable queue owns a [`QueueStore`]. A persistent message is
 //! appended to it on enqueue and acked in it when it leaves the queue; the
 //! broker's syncer makes appends durable in groups ([`Queue::begin_sync`]).
-//! Past the queue's memory limit, persistent messages keep only their store
-//! position in memory and their bodies are read back when delivered, so a
-//! backlog can be far larger than RAM.
+//! Memory: all queues share one budget for the messages they keep in
+//! memory; past it, bodies go to disk (the durable store, or a scratch
+//! store for transient ones) and a long queue's index goes to disk in pages
+//! ([`paging`]), so a backlog can be far larger than RAM, transient or not.
 //!
 //! Dead letters: messages that expire, overflow, are rejected or exceed the
 //! delivery limit are collected under the lock and routed to the dead-letter
@@ -28,6 +29,7 @@
 mod args;
 mod credit;
 mod line;
+mod paging;
 mod ready;
 mod state;
 
@@ -39,6 +41,7 @@ use parking_lot::Mutex;
 
 pub use args::{Overflow, QueueArgs};
 pub use credit::{ConsumerInfo, ConsumerSpec, Credit, OutputWindow, DELIVERY_OVERHEAD};
+pub use paging::{MessageMemory, Paging, PAGE_ENTRIES};
 use state::QueueState;
 
 use crate::clock::Clock;
@@ -226,15 +229,18 @@ fn store_failed(queue: &Queue, e: StoreError) -> BrokerError {
 }
 
 impl Queue {
-    /// A new, empty queue; messages live in memory only.
+    /// A new, empty queue; its messages live in memory within the node's
+    /// budget and are paged to scratch stores beyond it (with `paging`; in
+    /// memory only without).
     pub fn new(
         vhost: &str,
         name: &str,
         options: QueueOptions,
         clock: Arc<dyn Clock>,
+        paging: Option<Paging>,
     ) -> Result<Arc<Queue>, BrokerError> {
         let args = QueueArgs::parse(&options.arguments, vhost, name)?;
-        let state = QueueState::new(&args, clock.now_ms());
+        let state = QueueState::new(&args, clock.now_ms(), paging, name);
         Ok(Arc::new(Queue {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
@@ -256,13 +262,12 @@ impl Queue {
         clock: Arc<dyn Clock>,
         dir: &std::path::Path,
         store_options: StoreOptions,
-        memory_limit: u64,
+        paging: Option<Paging>,
     ) -> Result<Arc<Queue>, BrokerError> {
-        let queue = Queue::new(vhost, name, options, clock)?;
+        let queue = Queue::new(vhost, name, options, clock, paging)?;
         let mut undecodable = Vec::new();
         {
             let mut st = queue.state.lock();
-            st.memory_limit = memory_limit;
             let now = queue.clock.now_ms();
             let (store, stats) = QueueStore::open(dir, store_options, |pos, payload| {
                 let message = match Message::from_record(payload) {
@@ -363,11 +368,9 @@ impl Queue {
         }
         if entry.message.is_persistent() {
             if let Some(store) = st.store() {
-                entry.pos = Some(
-                    store
-                        .append(entry.message.record())
-                        .map_err(|e| store_failed(self, e))?,
-                );
+                let record = entry.message.record();
+                entry.pos = Some(store.append(record).map_err(|e| store_failed(self, e))?);
+                st.ready.pager.spent_on_disk(record.len() as u64);
             }
         }
         st.next_seq += 1;
@@ -614,7 +617,7 @@ impl Queue {
         let ready = st.ready.drain();
         let n = ready.len() as u32;
         for r in ready {
-            st.forget(r.pos, r.dedup_key.as_deref(), &self.name);
+            st.drop_ready(r, &self.name);
         }
         n
     }
@@ -624,7 +627,7 @@ impl Queue {
     pub fn delete(&self) -> u32 {
         let mut st = self.state.lock();
         st.deleted = true;
-        let n = st.ready.drain().len() as u32;
+        let n = st.ready.clear() as u32;
         st.dedup.clear();
         if let Some(store) = st.store.take() {
             if let Err(e) = store.delete_all() {
@@ -711,6 +714,7 @@ impl Queue {
                 tracing::error!(queue = self.name, "closing store failed: {e}");
             }
         }
+        st.ready.clear();
         st.deleted = true;
     }
 
@@ -761,5 +765,7 @@ impl Queue {
     }
 }
 
+#[cfg(test)]
+mod paging_tests;
 #[cfg(test)]
 pub(crate) mod tests;
