@@ -568,3 +568,59 @@ async fn a_fast_publisher_is_stopped_at_the_disk_limit_not_a_second_later() {
     let published = flood.stop(&ch).await;
     assert_eq!(u64::from(ready_count(&ch, "fast").await), published);
 }
+
+/// Issue #11, problem 4: each queue kept up to 64 MiB of bodies, so memory
+/// grew with the number of queues. Now one budget covers them all: 64
+/// durable queues with 6 MiB of persistent messages each (384 MiB) stay
+/// far below a 256 MiB watermark, and every message reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_queues_share_one_message_budget() {
+    let broker = Broker::spawn(&["--memory-high-watermark", "256MiB"]);
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let queues: Vec<String> = (0..64).map(|i| format!("q{i:02}")).collect();
+    for q in &queues {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(q, options, FieldTable::default())
+            .await
+            .unwrap();
+    }
+    let per_queue = 6 * MIB / BODY as u64;
+    let mut peak = 0;
+    for round in 0..per_queue {
+        for q in &queues {
+            ch.basic_publish(
+                "",
+                q,
+                BasicPublishOptions::default(),
+                &body(round),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        }
+        within("confirms", ch.wait_for_confirms())
+            .await
+            .expect("confirms");
+        peak = peak.max(broker.rss());
+    }
+    assert!(!conn.status().blocked());
+    assert!(peak < 160 * MIB, "RSS reached {} MiB", peak / MIB);
+    for q in &queues {
+        assert_eq!(broker.messages(q).await, per_queue);
+    }
+    let reader = conn.create_channel().await.unwrap();
+    for q in queues.iter().step_by(9) {
+        for i in 0..per_queue {
+            let got = reader
+                .basic_get(q, BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .expect("a message");
+            assert_eq!(index_of(&got.delivery.data), i);
+        }
+    }
+}
