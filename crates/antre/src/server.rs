@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::alarm::DiskAlarm;
+use crate::alarm::{self, Alarms, CheckIntervals};
 use crate::config::Config;
 use crate::connection::{Accepted, Connection};
 use crate::http::{self, rates::Rates, HttpState};
@@ -29,8 +29,9 @@ use crate::tls::{TlsCertificates, TlsError, TlsInfo, TlsProtocol};
 /// A server that is accepting connections.
 #[derive(Debug)]
 pub struct RunningServer {
-    /// The free-disk alarm (its limit can be changed at run time).
-    pub disk_alarm: DiskAlarm,
+    /// The memory and free-disk alarms (their limits can be changed at run
+    /// time).
+    pub alarms: Alarms,
     /// The first address AMQP clients connect to (with the real port), if
     /// plain AMQP is served.
     pub amqp_addr: Option<SocketAddr>,
@@ -135,8 +136,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     // Recovery reads every durable queue from disk: keep it off the async
     // workers. Clients connecting meanwhile wait in the listen backlog.
     let data_dir = config.data_dir.clone();
+    let memory_limit = config.memory_high_watermark.bytes(alarm::memory_total());
     let storage = StorageOptions {
-        queue_memory_limit: config.queue_memory_limit,
+        // Paging must start well below the watermark, or the alarm would
+        // block publishers before queues page anything.
+        message_memory_limit: config.message_memory_limit.min(memory_limit / 4),
         ..StorageOptions::default()
     };
     let started = std::time::Instant::now();
@@ -158,11 +162,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let broker = Arc::new(broker);
     let registry = Arc::<Registry>::default();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let disk_alarm = DiskAlarm::start(
+    let alarms = Alarms::start(
+        &broker,
+        memory_limit,
         config.data_dir.clone(),
         config.disk_free_limit,
-        config.disk_check_interval,
+        CheckIntervals {
+            memory: config.memory_check_interval,
+            disk: config.disk_check_interval,
+        },
         shutdown_rx.clone(),
+    );
+    tracing::info!(
+        memory_high_watermark = memory_limit,
+        disk_free_limit = config.disk_free_limit,
+        "resource alarms set"
     );
     let shared_config = Arc::new(config.clone());
     let mut http_tasks = Vec::new();
@@ -177,7 +191,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             broker: Arc::clone(&broker),
             registry: Arc::clone(&registry),
             rates,
-            disk_alarm: disk_alarm.clone(),
+            alarms: alarms.clone(),
             config: Arc::clone(&shared_config),
             amqp_addrs: amqp_addrs.clone(),
             amqps_addrs: amqps_addrs.clone(),
@@ -219,7 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Arc::clone(&broker),
         shared_config,
         Arc::clone(&registry),
-        disk_alarm.clone(),
+        alarms.clone(),
         shutdown_rx,
         lock,
     ));
@@ -245,7 +259,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         task,
         http_tasks,
         config,
-        disk_alarm,
+        alarms,
     })
 }
 
@@ -279,7 +293,7 @@ struct Shared {
     broker: Arc<Broker>,
     config: Arc<Config>,
     registry: Arc<Registry>,
-    disk_alarm: DiskAlarm,
+    alarms: Alarms,
 }
 
 impl Shared {
@@ -341,7 +355,7 @@ impl Shared {
             Arc::clone(&self.broker),
             Arc::clone(&self.config),
             Arc::clone(&self.registry),
-            self.disk_alarm.subscribe(),
+            self.alarms.subscribe(),
         )
     }
 }
@@ -351,7 +365,7 @@ async fn accept_loop(
     broker: Arc<Broker>,
     config: Arc<Config>,
     registry: Arc<Registry>,
-    disk_alarm: DiskAlarm,
+    alarms: Alarms,
     mut shutdown: watch::Receiver<bool>,
     lock: std::fs::File,
 ) {
@@ -359,7 +373,7 @@ async fn accept_loop(
         broker: Arc::clone(&broker),
         config,
         registry,
-        disk_alarm,
+        alarms,
     };
     let mut connections = JoinSet::new();
     let mut next = 0;

@@ -421,9 +421,11 @@ async fn health_checks_follow_the_disk_alarm() {
     let (status, _) = b.api("GET", "/api/aliveness-test/%2F", None).await;
     assert_eq!(status, 200);
 
-    let mut raised = b.server.disk_alarm.subscribe();
-    b.server.disk_alarm.set_limit(u64::MAX);
-    within("disk alarm", raised.wait_for(|r| *r)).await.unwrap();
+    let mut raised = b.server.alarms.subscribe();
+    b.server.alarms.set_disk_free_limit(u64::MAX);
+    within("disk alarm", raised.wait_for(|r| r.disk))
+        .await
+        .unwrap();
     let (status, body) = b.api("GET", "/api/health/checks/alarms", None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "failed");

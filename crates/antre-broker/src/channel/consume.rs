@@ -288,7 +288,9 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn kick_consumers(&self) {
+    /// Lets the queues of this channel's consumers dispatch again (room
+    /// freed in a window).
+    pub(crate) fn kick_consumers(&self) {
         let mut kicked: Vec<&Arc<Queue>> = Vec::new();
         for c in self.consumers.values() {
             if !kicked.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {

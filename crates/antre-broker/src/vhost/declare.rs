@@ -247,7 +247,13 @@ impl Vhost {
             Some(storage) if d.durable && !d.exclusive => {
                 storage.open_queue(&self.name, &name, options, Arc::clone(&self.clock), true)?
             }
-            _ => Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?,
+            _ => Queue::new(
+                &self.name,
+                &name,
+                options,
+                Arc::clone(&self.clock),
+                self.paging(),
+            )?,
         };
         topo.insert_queue(Arc::clone(&q));
         self.save(&mut topo)?;
@@ -269,7 +275,13 @@ impl Vhost {
             auto_delete: true,
             arguments: FieldTable::default(),
         };
-        let q = Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?;
+        let q = Queue::new(
+            &self.name,
+            &name,
+            options,
+            Arc::clone(&self.clock),
+            self.paging(),
+        )?;
         // Transient and exclusive: nothing to save in the definitions.
         self.topology.write().insert_queue(Arc::clone(&q));
         Ok(q)

@@ -12,7 +12,13 @@ fn storage(dir: &Path) -> VhostStorage {
     VhostStorage {
         dir: dir.to_path_buf(),
         store_options: antre_store::StoreOptions::default(),
-        memory_limit: u64::MAX,
+        paging: crate::queue::Paging {
+            memory: crate::queue::MessageMemory::new(u64::MAX),
+            scratch_dir: dir.join("scratch"),
+            store_options: antre_store::StoreOptions::default(),
+            alarms: Arc::default(),
+            page_entries: crate::queue::PAGE_ENTRIES,
+        },
         syncer,
     }
 }
