@@ -41,7 +41,8 @@ function tickLabel(v) {
 
 /// A chart card. `series`: [{ name, color, points: [[ms, value], ...] }],
 /// oldest point first. `opts.unit` follows values in the legend;
-/// `opts.integer` keeps ticks whole (message counts).
+/// `opts.integer` keeps ticks whole (message counts); `opts.empty` is a
+/// note drawn across the chart (e.g. while it has too few samples).
 export function lineChart(title, series, opts) {
   const o = opts || {};
   const all = series.flatMap(x => x.points);
@@ -67,7 +68,7 @@ export function lineChart(title, series, opts) {
     const d = ser.points.map((p, i) => `${i ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
     svg.appendChild(s("path", { d, fill: "none", stroke: ser.color, "stroke-width": 2, "data-series": ser.name }));
   }
-  if (!all.length) {
+  if (!all.length || o.empty) {
     svg.appendChild(s("text", { x: (L + W - R) / 2, y: H / 2, "text-anchor": "middle", fill: "#6b7585" }, o.empty || "No samples yet"));
   }
   const legend = h("div", { class: "legend" }, series.map(ser => {
