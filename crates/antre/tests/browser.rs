@@ -123,6 +123,16 @@ struct Session<'a> {
     id: String,
 }
 
+/// Ends the browser session (and quits Chromium) even when a step fails:
+/// killing chromedriver alone would leave Chromium running.
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .driver
+            .try_call("DELETE", &format!("/session/{}", self.id), None);
+    }
+}
+
 impl Session<'_> {
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         self.driver
@@ -804,7 +814,7 @@ async fn the_ui_works_in_headless_chromium() {
         s.find("//span[@id='whoami']//span[text()='browser-ops (management, policymaker)']");
         assert!(!s.displayed("//a[@id='nav-admin']"));
 
-        s.call("DELETE", "", None);
+        drop(s);
         println!("browser test took {:?}", started.elapsed());
         overview
     });
