@@ -621,6 +621,37 @@ async fn metrics_parse_as_prometheus_text() {
     assert!(count.value >= 1.0, "the persistent publish was fsynced");
 }
 
+/// Plugin exchange types are shown as declared, as RabbitMQ shows them,
+/// not as the type they route like (the UI listed an `x-delayed-message`
+/// exchange as `direct`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_exchange_types_are_listed_as_declared() {
+    let b = TestBroker::start().await;
+    let delayed =
+        json!({ "type": "x-delayed-message", "arguments": { "x-delayed-type": "topic" } });
+    let (status, _) = b
+        .api("PUT", "/api/exchanges/%2F/later", Some(delayed))
+        .await;
+    assert_eq!(status, 201);
+    let dedup = json!({ "type": "x-message-deduplication", "arguments": { "x-cache-size": 10 } });
+    let (status, _) = b.api("PUT", "/api/exchanges/%2F/once", Some(dedup)).await;
+    assert_eq!(status, 201);
+    let (_, later) = b.api("GET", "/api/exchanges/%2F/later", None).await;
+    assert_eq!(later["type"], "x-delayed-message");
+    assert_eq!(later["arguments"]["x-delayed-type"], "topic");
+    let (_, all) = b
+        .api(
+            "GET",
+            "/api/exchanges/%2F?name=once&columns=name,type",
+            None,
+        )
+        .await;
+    assert_eq!(
+        all,
+        json!([{ "name": "once", "type": "x-message-deduplication" }])
+    );
+}
+
 trait IntoStatusJson {
     fn into_status_json(self) -> (u16, Value);
 }

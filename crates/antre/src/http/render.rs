@@ -81,7 +81,7 @@ pub fn exchange(vhost: &str, e: &Exchange) -> Value {
     json!({
         "name": e.name,
         "vhost": vhost,
-        "type": e.kind.as_str(),
+        "type": e.type_name,
         "durable": e.durable,
         "auto_delete": e.auto_delete,
         "internal": e.internal,
