@@ -10,6 +10,12 @@
 #                    --long runs only scenarios 6 and 7)
 #   --long           also run backlog and restart (scenarios 6 and 7)
 #   --backlog N      messages in the backlog scenarios (default 1000000)
+#   --memory N       also run the memory scenarios 8-10 with N messages of
+#                    1 KiB: a persistent backlog in one queue, the same
+#                    spread over 1000 queues, and a transient backlog, each
+#                    published then drained on a freshly started broker,
+#                    peak RSS sampled (e.g. --memory 10000000; "--only none"
+#                    runs only these; "--only mem1000,memtransient" picks)
 #   --no-antre       measure RabbitMQ only (e.g. when antre does not build)
 #   --no-rabbitmq    measure antre only
 #   --antre-bin PATH use this antre binary instead of building one
@@ -20,6 +26,10 @@
 #                    (default 50; lapin runs one I/O thread per connection)
 #   --out DIR        where the JSON reports, charts and logs go
 #                    (default target/bench-<date>)
+#
+# RABBIT_PORT and RABBIT_NODE choose RabbitMQ's port and node name
+# (default 5682, rabbit@localhost; distribution port RABBIT_PORT+20000),
+# e.g. to run beside another RabbitMQ on this machine.
 #
 # Needs root for apt-get when RabbitMQ is missing. RabbitMQ runs on side
 # ports (AMQP 5682, distribution 25682) and antre on 127.0.0.1:5692, so an
@@ -33,6 +43,7 @@ SIZES=16,1024
 ONLY=transient,confirm,fanout,many,latency
 LONG=0
 BACKLOG=1000000
+MEMORY=0
 WITH_ANTRE=1
 WITH_RABBIT=1
 OUT=""
@@ -52,7 +63,8 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift 2 ;;
         --client) CLIENT=$2; shift 2 ;;
         --lapin-many) LAPIN_MANY=$2; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        --memory) MEMORY=$2; shift 2 ;;
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -67,8 +79,9 @@ OUT=${OUT:-$CARGO_TARGET_DIR/bench-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 BENCH=$CARGO_TARGET_DIR/release/antre-bench
 ANTRE=${ANTRE_BIN:-$CARGO_TARGET_DIR/release/antre}
-RABBIT_NODE=rabbit@localhost
-RABBIT_URL="amqp://guest:guest@127.0.0.1:5682/%2f"
+RABBIT_NODE=${RABBIT_NODE:-rabbit@localhost}
+RABBIT_PORT=${RABBIT_PORT:-5682}
+RABBIT_URL="amqp://guest:guest@127.0.0.1:$RABBIT_PORT/%2f"
 ANTRE_ADDR=127.0.0.1:5692
 ANTRE_URL="amqp://guest:guest@$ANTRE_ADDR/%2f"
 
@@ -94,8 +107,8 @@ rabbit_pid() {
     rabbitctl eval 'os:getpid().' 2>/dev/null | tr -dc '0-9'
 }
 start_rabbit() {
-    RABBITMQ_NODE_PORT=5682 RABBITMQ_NODENAME=$RABBIT_NODE RABBITMQ_DIST_PORT=25682 \
-        rabbitmq-server -detached
+    RABBITMQ_NODE_PORT=$RABBIT_PORT RABBITMQ_NODENAME=$RABBIT_NODE \
+        RABBITMQ_DIST_PORT=$((RABBIT_PORT + 20000)) rabbitmq-server -detached
     RABBIT_STARTED=1
 }
 wait_rabbit() {
@@ -124,7 +137,7 @@ if [ $WITH_RABBIT = 1 ]; then
     if rabbitctl status >/dev/null 2>&1; then
         log "RabbitMQ node $RABBIT_NODE already running: using it (and leaving it running)"
     else
-        log "starting RabbitMQ on 5682"
+        log "starting RabbitMQ on $RABBIT_PORT"
         start_rabbit
     fi
     wait_rabbit
@@ -268,6 +281,43 @@ if [ $LONG = 1 ]; then
         # Drain-free cleanup: delete the queue with a zero-length run.
         "$BENCH" run --quiet -u "$(url_of "$b")" -x 0 -y 0 -z 0 --queue-pattern antre-bench-backlog \
             --durable >/dev/null || true
+    done
+fi
+
+fresh() {
+    # A fresh process, so that the RSS measured is this scenario's own.
+    log "restarting $1 for a clean memory baseline"
+    if [ "$1" = rabbitmq ]; then
+        rabbitctl stop >/dev/null; RABBIT_STARTED=0; start_rabbit; wait_rabbit
+    else
+        stop_antre; rm -rf "$ANTRE_DATA"; mkdir -p "$ANTRE_DATA"; start_antre; wait_antre
+    fi
+}
+if [ "$MEMORY" -gt 0 ]; then
+    N=$MEMORY
+    for b in "${BROKERS[@]}"; do
+        # 8. a persistent backlog of N x 1 KiB in one queue.
+        if wants mem1 || [ "$ONLY" = none ]; then
+        fresh "$b"
+        M=(--queues 1 --queue-pattern antre-bench-mem -s 1024 --persistent -z 86400)
+        bench "8-backlog-1q-publish" publish_rate,rss "$b" "${M[@]}" -x 1 -y 0 -c 1000 -C "$N" --keep-queues
+        bench "8-backlog-1q-drain" deliver_rate,rss "$b" "${M[@]}" -x 0 -y 1 --no-reset -D "$N"
+        fi
+        # 9. the same spread over 1000 queues (one producer and consumer each).
+        if wants mem1000 || [ "$ONLY" = none ]; then
+        fresh "$b"
+        M=(--queues 1000 --queue-pattern antre-bench-mem-%d -s 1024 --persistent -z 86400)
+        # (-C counts per producer: N/1000 each.)
+        bench "9-backlog-1000q-publish" publish_rate,rss "$b" "${M[@]}" -x 1000 -y 0 -c 100 -C "$((N / 1000))" --keep-queues
+        bench "9-backlog-1000q-drain" deliver_rate,rss "$b" "${M[@]}" -x 0 -y 1000 --no-reset -D "$N"
+        fi
+        # 10. a transient backlog (non-durable queue, delivery_mode 1).
+        if wants memtransient || [ "$ONLY" = none ]; then
+        fresh "$b"
+        M=(--queues 1 --queue-pattern antre-bench-transient -s 1024 -z 86400)
+        bench "10-transient-publish" publish_rate,rss "$b" "${M[@]}" -x 1 -y 0 -c 1000 -C "$N" --keep-queues
+        bench "10-transient-drain" deliver_rate,rss "$b" "${M[@]}" -x 0 -y 1 --no-reset -D "$N"
+        fi
     done
 fi
 

@@ -14,9 +14,11 @@ pub use crate::access::LoginError;
 use crate::access::{
     AccessControl, AccessError, Credentials, Permission, TopicPermission, UserRecord, VhostLimits,
 };
+use crate::alarm::Alarms;
 use crate::clock::{Clock, SystemClock};
 use crate::error::BrokerError;
 use crate::metrics::BrokerMetrics;
+use crate::queue::{MessageMemory, Paging};
 use crate::syncer::Syncer;
 use crate::vhost::{dir_name, Vhost, VhostStorage};
 
@@ -29,20 +31,24 @@ const TICK_INTERVAL: Duration = Duration::from_millis(25);
 pub struct StorageOptions {
     /// Options for each durable queue's store.
     pub store: StoreOptions,
-    /// Bytes of message bodies each queue keeps in memory before further
-    /// persistent messages stay on disk only.
-    pub queue_memory_limit: u64,
+    /// Bytes of messages all queues together keep in memory; past this,
+    /// they page to disk (see [`crate::queue::Paging`]).
+    pub message_memory_limit: u64,
     /// How often the syncer sweeps durable queues for unsynced appends and
     /// acks when nobody asked for a sync.
     pub sync_interval: Duration,
+    /// Index entries per page when queues page (see
+    /// [`crate::queue::PAGE_ENTRIES`]).
+    pub page_entries: usize,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
             store: StoreOptions::default(),
-            queue_memory_limit: 64 * 1024 * 1024,
+            message_memory_limit: 32 * 1024 * 1024,
             sync_interval: Duration::from_millis(100),
+            page_entries: crate::queue::PAGE_ENTRIES,
         }
     }
 }
@@ -52,6 +58,20 @@ struct BrokerStorage {
     data_dir: PathBuf,
     options: StorageOptions,
     syncer: Syncer,
+    paging: Paging,
+}
+
+/// Scratch stores (paged transient messages and index pages), under the
+/// data directory and emptied at every start.
+const SCRATCH_DIR: &str = "scratch";
+
+/// Options of scratch stores: a small write buffer, since every queue that
+/// pages keeps one.
+fn scratch_options(store: &StoreOptions) -> StoreOptions {
+    StoreOptions {
+        write_buffer_size: 32 * 1024,
+        ..store.clone()
+    }
 }
 
 /// A user to create with a cleartext password.
@@ -77,6 +97,8 @@ pub struct Broker {
     storage: Option<BrokerStorage>,
     /// Broker-wide message counters and latencies.
     pub metrics: Arc<BrokerMetrics>,
+    /// The memory and disk alarms that block publishers.
+    pub alarms: Arc<Alarms>,
 }
 
 impl Default for Broker {
@@ -118,6 +140,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             storage,
             metrics,
+            alarms: Arc::default(),
         }
     }
 
@@ -141,14 +164,36 @@ impl Broker {
         std::fs::create_dir_all(&vhosts_dir).map_err(|e| {
             BrokerError::Internal(format!("creating {}: {e}", vhosts_dir.display()))
         })?;
+        // Nothing paged by an earlier run is of use now: durable queues
+        // rebuild their index from their own stores.
+        let scratch_dir = data_dir.join(SCRATCH_DIR);
+        match std::fs::remove_dir_all(&scratch_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BrokerError::Internal(format!(
+                    "removing {}: {e}",
+                    scratch_dir.display()
+                )))
+            }
+        }
         let metrics = Arc::<BrokerMetrics>::default();
         let syncer = Syncer::start(options.sync_interval, Arc::clone(&metrics))
             .map_err(|e| BrokerError::Internal(format!("starting the sync thread: {e}")))?;
+        let alarms = Arc::<Alarms>::default();
+        let paging = Paging {
+            memory: MessageMemory::new(options.message_memory_limit),
+            scratch_dir,
+            store_options: scratch_options(&options.store),
+            alarms: Arc::clone(&alarms),
+            page_entries: options.page_entries,
+        };
         let mut broker = Broker::empty(
             Some(BrokerStorage {
                 data_dir: data_dir.to_owned(),
                 options,
                 syncer,
+                paging,
             }),
             metrics,
             clock,
@@ -156,6 +201,7 @@ impl Broker {
             // grants its users every vhost).
             AccessControl::new(),
         );
+        broker.alarms = alarms;
         let entries = std::fs::read_dir(&vhosts_dir)
             .map_err(|e| BrokerError::Internal(format!("reading {}: {e}", vhosts_dir.display())))?;
         for entry in entries.flatten() {
@@ -193,7 +239,7 @@ impl Broker {
                 VhostStorage {
                     dir: s.data_dir.join("vhosts").join(dir_name(name)),
                     store_options: s.options.store.clone(),
-                    memory_limit: s.options.queue_memory_limit,
+                    paging: s.paging.clone(),
                     syncer: s.syncer.clone(),
                 },
                 Arc::clone(&self.clock),
@@ -288,6 +334,12 @@ impl Broker {
             })
             .map_err(|e| BrokerError::Internal(format!("starting the timer thread: {e}")))?;
         Ok(())
+    }
+
+    /// The node's message budget, if the broker pages (it has a data
+    /// directory).
+    pub fn message_memory(&self) -> Option<&Arc<MessageMemory>> {
+        self.storage.as_ref().map(|s| &s.paging.memory)
     }
 
     /// The group-commit thread, if the broker persists messages.

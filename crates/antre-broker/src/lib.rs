@@ -4,6 +4,7 @@
 //! The server crate turns bytes into methods (with `antre-amqp`) and hands
 //! them to a [`channel::Channel`]; everything that decides where a message
 //! goes and who gets it lives here, so it can be tested in microseconds:
+//! - [`alarm`]: the memory and disk alarms that block publishers;
 //! - [`broker`]: the vhosts and users a server shares among connections;
 //! - [`access`]: users, tags, per-vhost and topic permissions;
 //! - [`vhost`]: a vhost's topology, and the one publish path into its queues;
@@ -28,6 +29,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod access;
+pub mod alarm;
 pub mod broker;
 pub mod channel;
 pub mod clock;

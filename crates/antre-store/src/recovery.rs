@@ -165,7 +165,7 @@ fn recover_segment(
         },
         |off, payload| match payload {
             Some(p) => {
-                seg.index.push(off);
+                seg.index.push_recovered();
                 stats.records_recovered += 1;
                 on_record(
                     SegmentPosition {

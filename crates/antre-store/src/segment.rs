@@ -6,52 +6,64 @@
 
 use std::fs::File;
 
-/// Record offsets of one segment, in append order, with an acked bit each.
+/// Which records of one segment are live, in memory that does not grow
+/// with the backlog: a count of live records, the offsets of records acked
+/// since the store was opened (a FIFO queue acks a segment from its start
+/// and the segment goes once all are acked, so this stays short), and the
+/// offsets of records not yet written to the file (the ones a failed write
+/// can take away).
+///
+/// It does not know every record's offset (4 bytes a record would be 40 MB
+/// for a backlog of ten million), so it trusts the caller to name offsets
+/// it was given by `append` or recovery; the store checks bounds, and reads
+/// check each record's header CRC.
 #[derive(Debug, Default)]
 pub(crate) struct SegmentIndex {
-    /// Start offset of every record still tracked, ascending. Binary search
-    /// finds a record without a hash map's per-entry overhead.
-    offsets: Vec<u32>,
-    /// Bit `i` set = `offsets[i]` is acked.
-    acked: Vec<u64>,
     live: u32,
+    /// Offsets acked since open, ascending.
+    acked: Vec<u32>,
+    /// Offsets of records appended but not yet written to the file.
+    unflushed: Vec<u32>,
 }
 
 impl SegmentIndex {
-    /// Records a new live record. Offsets only grow within a segment.
+    /// Records a new live record, not yet written to the file.
     pub fn push(&mut self, offset: u32) {
-        debug_assert!(self.offsets.last().copied().unwrap_or(0) < offset);
-        if self.offsets.len().is_multiple_of(64) {
-            self.acked.push(0);
-        }
-        self.offsets.push(offset);
+        debug_assert!(self.unflushed.last().is_none_or(|&l| l < offset));
+        self.unflushed.push(offset);
         self.live += 1;
     }
 
-    fn slot(&self, offset: u32) -> Option<usize> {
-        self.offsets.binary_search(&offset).ok()
+    /// Records a live record found on disk at recovery.
+    pub fn push_recovered(&mut self) {
+        self.live += 1;
     }
 
-    fn is_acked(&self, i: usize) -> bool {
-        self.acked[i / 64] & (1 << (i % 64)) != 0
+    /// Everything appended so far reached the file.
+    pub fn flushed(&mut self) {
+        self.unflushed.clear();
     }
 
-    /// True if a record starts at `offset` and is not acked.
+    /// True unless the record at `offset` was acked (the caller checks that
+    /// a record starts there).
     pub fn is_live(&self, offset: u32) -> bool {
-        self.slot(offset).is_some_and(|i| !self.is_acked(i))
+        self.acked.binary_search(&offset).is_err()
     }
 
-    /// Marks the record at `offset` acked. False if there is no live record
-    /// there, so a double ack can never make the live count drift (which
-    /// would delete a segment that still holds messages).
+    /// Marks the record at `offset` acked. False if it already was, so a
+    /// double ack can never make the live count drift (which would delete a
+    /// segment that still holds messages).
     pub fn ack(&mut self, offset: u32) -> bool {
-        match self.slot(offset) {
-            Some(i) if !self.is_acked(i) => {
-                self.acked[i / 64] |= 1 << (i % 64);
+        if self.live == 0 {
+            return false;
+        }
+        match self.acked.binary_search(&offset) {
+            Ok(_) => false,
+            Err(at) => {
+                self.acked.insert(at, offset);
                 self.live -= 1;
                 true
             }
-            _ => false,
         }
     }
 
@@ -60,31 +72,29 @@ impl SegmentIndex {
         self.live
     }
 
-    /// Offsets of live records, ascending.
-    #[cfg(test)]
-    pub fn live_offsets(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.offsets.len())
-            .filter(|&i| !self.is_acked(i))
-            .map(|i| self.offsets[i])
-    }
-
-    /// Forgets every record at or after `offset` (their bytes never reached
-    /// the file). Returns how many live records were dropped.
+    /// Forgets every record at or after `offset`, which must all be
+    /// unflushed (their bytes never reached the file). Returns how many live
+    /// records were dropped.
     pub fn truncate_from(&mut self, offset: u32) -> u32 {
-        let keep = self.offsets.partition_point(|&o| o < offset);
-        let dropped = (keep..self.offsets.len())
-            .filter(|&i| !self.is_acked(i))
-            .count() as u32;
-        self.offsets.truncate(keep);
-        self.acked.truncate(keep.div_ceil(64));
-        if let Some(last) = self.acked.last_mut() {
-            let bits = keep % 64;
-            if bits != 0 {
-                *last &= (1u64 << bits) - 1;
+        let keep = self.unflushed.partition_point(|&o| o < offset);
+        let mut dropped = 0;
+        for &o in &self.unflushed[keep..] {
+            match self.acked.binary_search(&o) {
+                Ok(at) => {
+                    self.acked.remove(at);
+                }
+                Err(_) => dropped += 1,
             }
         }
+        self.unflushed.truncate(keep);
         self.live -= dropped;
         dropped
+    }
+
+    /// Bytes of memory this index holds (for tests of its bound).
+    #[cfg(test)]
+    pub fn memory(&self) -> usize {
+        (self.acked.capacity() + self.unflushed.capacity()) * 4
     }
 }
 
@@ -113,30 +123,43 @@ mod tests {
         for o in [16, 40, 90] {
             ix.push(o);
         }
+        ix.flushed();
         assert!(ix.ack(40));
         assert!(!ix.ack(40));
-        assert!(!ix.ack(41));
         assert_eq!(ix.live(), 2);
         assert!(ix.is_live(16) && !ix.is_live(40));
-        assert_eq!(ix.live_offsets().collect::<Vec<_>>(), vec![16, 90]);
     }
 
     #[test]
-    fn truncate_across_words() {
+    fn truncate_drops_only_unflushed_records() {
         let mut ix = SegmentIndex::default();
-        for i in 0..200u32 {
+        for i in 0..100u32 {
             ix.push(16 + i * 10);
         }
-        for i in (0..200u32).step_by(3) {
-            assert!(ix.ack(16 + i * 10));
+        ix.flushed();
+        for i in 100..200u32 {
+            ix.push(16 + i * 10);
         }
-        let live_before = ix.live();
-        let dropped = ix.truncate_from(16 + 70 * 10);
-        assert_eq!(live_before - dropped, ix.live());
-        assert_eq!(ix.live_offsets().count() as u32, ix.live());
+        // One flushed and one unflushed record acked.
+        assert!(ix.ack(16 + 50 * 10));
+        assert!(ix.ack(16 + 150 * 10));
+        assert_eq!(ix.live(), 198);
+        let dropped = ix.truncate_from(16 + 100 * 10);
+        assert_eq!(dropped, 99, "the acked one was not live");
+        assert_eq!(ix.live(), 99);
+        assert!(!ix.is_live(16 + 50 * 10));
         // New records after the cut start unacked.
-        ix.push(16 + 70 * 10);
-        assert!(ix.is_live(16 + 70 * 10));
-        assert!(!ix.is_live(16 + 69 * 10));
+        ix.push(16 + 100 * 10);
+        assert!(ix.is_live(16 + 100 * 10));
+    }
+
+    #[test]
+    fn memory_does_not_grow_with_live_records() {
+        let mut ix = SegmentIndex::default();
+        for _ in 0..100_000 {
+            ix.push_recovered();
+        }
+        assert_eq!(ix.live(), 100_000);
+        assert_eq!(ix.memory(), 0);
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::alarm::parse_size;
+pub use crate::alarm::MemoryWatermark;
 use crate::tls::TlsSettings;
 
 /// The default AMQP addresses: both loopback addresses.
@@ -50,9 +52,17 @@ pub struct Config {
     pub channel_max: u16,
     /// Largest message body accepted, in bytes (RabbitMQ's default: 128 MiB).
     pub max_message_size: u64,
-    /// Bytes of message bodies each queue keeps in memory; past this,
-    /// persistent messages stay on disk until delivered.
-    pub queue_memory_limit: u64,
+    /// Publishers are blocked while the broker's resident memory is above
+    /// this (RabbitMQ's `vm_memory_high_watermark`; default 40% of the
+    /// machine's or cgroup's memory).
+    pub memory_high_watermark: MemoryWatermark,
+    /// How often resident memory is read (besides the readings traffic
+    /// triggers).
+    pub memory_check_interval: Duration,
+    /// Bytes of messages (bodies and their bookkeeping) all queues together
+    /// keep in memory; past this, queues page messages to disk. At most a
+    /// quarter of the memory high watermark is used.
+    pub message_memory_limit: u64,
     /// Publishers are blocked while the data directory's file system has
     /// less free space than this, in bytes (RabbitMQ's default: 50 MB).
     pub disk_free_limit: u64,
@@ -70,6 +80,10 @@ pub struct Config {
     /// Deliveries per second to one connection above which it counts as
     /// busy and its deliveries are coalesced; 0 coalesces at any rate.
     pub delivery_coalesce_rate: u32,
+    /// Bytes of deliveries one connection may have on their way to its
+    /// client (handed over by queues, not yet written to the socket); past
+    /// this, queues hold its deliveries until it reads. 0: unlimited.
+    pub delivery_buffer_limit: u64,
     /// A user to create at start-up, `(name, password)`, an administrator
     /// with every permission on `/`. When set, `guest` is removed.
     pub default_user: Option<(String, String)>,
@@ -144,13 +158,16 @@ impl Default for Config {
             frame_max: 131_072,
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
-            queue_memory_limit: 64 * 1024 * 1024,
+            memory_high_watermark: MemoryWatermark::default(),
+            memory_check_interval: Duration::from_millis(100),
+            message_memory_limit: 32 * 1024 * 1024,
             disk_free_limit: 50_000_000,
             disk_check_interval: Duration::from_secs(1),
             rate_interval: Duration::from_secs(5),
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
             delivery_coalesce: Duration::from_millis(2),
             delivery_coalesce_rate: 20_000,
+            delivery_buffer_limit: 1024 * 1024,
             default_user: None,
             server_identity: ServerIdentity::Antre,
             loopback_users: vec!["guest".into()],
@@ -212,9 +229,26 @@ pub struct Settings {
     /// free space than this many bytes [default: 50000000].
     #[arg(long, env = "ANTRE_DISK_FREE_LIMIT", value_name = "BYTES")]
     pub disk_free_limit: Option<u64>,
-    /// Bytes of message bodies each queue keeps in memory; past this,
-    /// persistent messages stay on disk until delivered [default: 67108864].
-    #[arg(long, env = "ANTRE_QUEUE_MEMORY_LIMIT", value_name = "BYTES")]
+    /// Block publishers while the broker's resident memory is above this:
+    /// a fraction of the machine's (or cgroup's) memory, e.g. 0.4, or a
+    /// size, e.g. 2GiB [default: 0.4].
+    #[arg(
+        long,
+        env = "ANTRE_MEMORY_HIGH_WATERMARK",
+        value_name = "FRACTION|SIZE"
+    )]
+    pub memory_high_watermark: Option<SizeOrFraction>,
+    /// Bytes of messages all queues together keep in memory; past this,
+    /// messages are paged to disk, e.g. 64MiB [default: 32MiB].
+    #[arg(long, env = "ANTRE_MESSAGE_MEMORY_LIMIT", value_name = "SIZE")]
+    pub message_memory_limit: Option<SizeOrFraction>,
+    /// Deprecated: the old per-queue limit; now sets message_memory_limit.
+    #[arg(
+        long,
+        env = "ANTRE_QUEUE_MEMORY_LIMIT",
+        value_name = "BYTES",
+        hide = true
+    )]
     pub queue_memory_limit: Option<u64>,
     /// Heartbeat interval proposed to clients, in seconds; 0 disables
     /// [default: 60].
@@ -242,6 +276,11 @@ pub struct Settings {
     /// its deliveries are coalesced; 0 coalesces at any rate [default: 20000].
     #[arg(long, env = "ANTRE_DELIVERY_COALESCE_RATE", value_name = "PER_SECOND")]
     pub delivery_coalesce_rate: Option<u32>,
+    /// Bytes of deliveries one connection may have unwritten (a client
+    /// that does not read its socket costs at most this), e.g. 1MiB; 0 is
+    /// unlimited [default: 1MiB].
+    #[arg(long, env = "ANTRE_DELIVERY_BUFFER_LIMIT", value_name = "SIZE")]
+    pub delivery_buffer_limit: Option<SizeOrFraction>,
     /// Seconds between samples of the message rates shown by the management
     /// API and UI [default: 5].
     #[arg(long, env = "ANTRE_RATE_INTERVAL", value_name = "SECONDS")]
@@ -296,6 +335,49 @@ pub struct Settings {
     pub log_level: Option<String>,
 }
 
+/// A size or a fraction as a setting: a number (TOML integer or float) or
+/// a string with a unit (`"512MiB"`); see [`crate::alarm::parse_size`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum SizeOrFraction {
+    /// A plain number.
+    Number(f64),
+    /// A number with a unit.
+    Text(String),
+}
+
+impl std::str::FromStr for SizeOrFraction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim().parse::<f64>() {
+            Ok(n) => SizeOrFraction::Number(n),
+            Err(_) => SizeOrFraction::Text(s.to_owned()),
+        })
+    }
+}
+
+impl SizeOrFraction {
+    /// As a memory high watermark: a fraction up to 1, else a size.
+    pub fn watermark(&self) -> anyhow::Result<MemoryWatermark> {
+        let text = match self {
+            SizeOrFraction::Number(n) => n.to_string(),
+            SizeOrFraction::Text(t) => t.clone(),
+        };
+        text.parse()
+            .map_err(|e| anyhow::anyhow!("memory_high_watermark: {e}"))
+    }
+
+    /// As a size in bytes.
+    pub fn bytes(&self) -> anyhow::Result<u64> {
+        match self {
+            SizeOrFraction::Number(n) if *n >= 0.0 && n.is_finite() => Ok(*n as u64),
+            SizeOrFraction::Number(n) => anyhow::bail!("{n} is not a size"),
+            SizeOrFraction::Text(t) => parse_size(t).map_err(|e| anyhow::anyhow!(e)),
+        }
+    }
+}
+
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "antre.toml";
 
@@ -327,6 +409,8 @@ impl Settings {
             tls_reload_interval: self.tls_reload_interval.or(below.tls_reload_interval),
             data_dir: self.data_dir.or(below.data_dir),
             disk_free_limit: self.disk_free_limit.or(below.disk_free_limit),
+            memory_high_watermark: self.memory_high_watermark.or(below.memory_high_watermark),
+            message_memory_limit: self.message_memory_limit.or(below.message_memory_limit),
             queue_memory_limit: self.queue_memory_limit.or(below.queue_memory_limit),
             heartbeat: self.heartbeat.or(below.heartbeat),
             frame_max: self.frame_max.or(below.frame_max),
@@ -335,6 +419,7 @@ impl Settings {
             consumer_timeout: self.consumer_timeout.or(below.consumer_timeout),
             delivery_coalesce: self.delivery_coalesce.or(below.delivery_coalesce),
             delivery_coalesce_rate: self.delivery_coalesce_rate.or(below.delivery_coalesce_rate),
+            delivery_buffer_limit: self.delivery_buffer_limit.or(below.delivery_buffer_limit),
             rate_interval: self.rate_interval.or(below.rate_interval),
             default_user: self.default_user.or(below.default_user),
             default_pass: self.default_pass.or(below.default_pass),
@@ -400,7 +485,22 @@ impl Settings {
             frame_max: self.frame_max.unwrap_or(d.frame_max),
             channel_max: self.channel_max.unwrap_or(d.channel_max),
             max_message_size: self.max_message_size.unwrap_or(d.max_message_size),
-            queue_memory_limit: self.queue_memory_limit.unwrap_or(d.queue_memory_limit),
+            memory_high_watermark: match &self.memory_high_watermark {
+                None => d.memory_high_watermark,
+                Some(w) => w.watermark()?,
+            },
+            memory_check_interval: d.memory_check_interval,
+            message_memory_limit: match (&self.message_memory_limit, self.queue_memory_limit) {
+                (Some(size), _) => size.bytes()?,
+                (None, Some(old)) => {
+                    tracing::warn!(
+                        "queue_memory_limit is deprecated: it now sets message_memory_limit, \
+                         one limit for all queues together"
+                    );
+                    old
+                }
+                (None, None) => d.message_memory_limit,
+            },
             disk_free_limit: self.disk_free_limit.unwrap_or(d.disk_free_limit),
             disk_check_interval: d.disk_check_interval,
             rate_interval,
@@ -415,6 +515,10 @@ impl Settings {
             delivery_coalesce_rate: self
                 .delivery_coalesce_rate
                 .unwrap_or(d.delivery_coalesce_rate),
+            delivery_buffer_limit: match &self.delivery_buffer_limit {
+                None => d.delivery_buffer_limit,
+                Some(size) => size.bytes()?,
+            },
             default_user,
             loopback_users: match &self.loopback_users {
                 None => d.loopback_users,
@@ -555,6 +659,44 @@ mod tests {
         assert!(none.to_config().unwrap().loopback_users.is_empty());
         let empty = Settings::from_toml("loopback_users = []").unwrap();
         assert!(empty.to_config().unwrap().loopback_users.is_empty());
+    }
+
+    #[test]
+    fn memory_settings_take_fractions_and_sizes() {
+        let c =
+            Settings::from_toml("memory_high_watermark = 0.25\nmessage_memory_limit = \"16MiB\"\n")
+                .unwrap()
+                .to_config()
+                .unwrap();
+        assert_eq!(c.memory_high_watermark, MemoryWatermark::Relative(0.25));
+        assert_eq!(c.message_memory_limit, 16 << 20);
+        let c =
+            Settings::from_toml("memory_high_watermark = \"512MiB\"\nqueue_memory_limit = 4096\n")
+                .unwrap()
+                .to_config()
+                .unwrap();
+        assert_eq!(
+            c.memory_high_watermark,
+            MemoryWatermark::Absolute(512 << 20)
+        );
+        assert_eq!(
+            c.message_memory_limit, 4096,
+            "the old per-queue key still works"
+        );
+        let flags = Settings {
+            memory_high_watermark: Some("2GB".parse().unwrap()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            flags.to_config().unwrap().memory_high_watermark,
+            MemoryWatermark::Absolute(2_000_000_000)
+        );
+        assert!(Settings::from_toml("memory_high_watermark = \"lots\"")
+            .unwrap()
+            .to_config()
+            .is_err());
+        let d = Settings::default().to_config().unwrap();
+        assert_eq!(d.memory_high_watermark, MemoryWatermark::Relative(0.4));
     }
 
     #[test]

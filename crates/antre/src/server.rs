@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::alarm::DiskAlarm;
+use crate::alarm::{self, Alarms, CheckIntervals};
 use crate::config::Config;
 use crate::connection::{Accepted, Connection};
 use crate::http::{self, rates::Rates, HttpState};
@@ -30,8 +30,9 @@ use crate::tls::{TlsCertificates, TlsError, TlsInfo, TlsProtocol};
 /// A server that is accepting connections.
 #[derive(Debug)]
 pub struct RunningServer {
-    /// The free-disk alarm (its limit can be changed at run time).
-    pub disk_alarm: DiskAlarm,
+    /// The memory and free-disk alarms (their limits can be changed at run
+    /// time).
+    pub alarms: Alarms,
     /// The first address AMQP clients connect to (with the real port), if
     /// plain AMQP is served.
     pub amqp_addr: Option<SocketAddr>,
@@ -141,8 +142,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     // Recovery reads every durable queue from disk: keep it off the async
     // workers. Clients connecting meanwhile wait in the listen backlog.
     let data_dir = config.data_dir.clone();
+    let memory_limit = config.memory_high_watermark.bytes(alarm::memory_total());
     let storage = StorageOptions {
-        queue_memory_limit: config.queue_memory_limit,
+        // Paging must start well below the watermark, or the alarm would
+        // block publishers before queues page anything.
+        message_memory_limit: config.message_memory_limit.min(memory_limit / 4),
         ..StorageOptions::default()
     };
     let started = std::time::Instant::now();
@@ -164,11 +168,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let broker = Arc::new(broker);
     let registry = Arc::<Registry>::default();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let disk_alarm = DiskAlarm::start(
+    let alarms = Alarms::start(
+        &broker,
+        memory_limit,
         config.data_dir.clone(),
         config.disk_free_limit,
-        config.disk_check_interval,
+        CheckIntervals {
+            memory: config.memory_check_interval,
+            disk: config.disk_check_interval,
+        },
         shutdown_rx.clone(),
+    );
+    tracing::info!(
+        memory_high_watermark = memory_limit,
+        disk_free_limit = config.disk_free_limit,
+        "resource alarms set"
     );
     let shared_config = Arc::new(config.clone());
     let mut http_tasks = Vec::new();
@@ -183,7 +197,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             broker: Arc::clone(&broker),
             registry: Arc::clone(&registry),
             rates,
-            disk_alarm: disk_alarm.clone(),
+            alarms: alarms.clone(),
             config: Arc::clone(&shared_config),
             amqp_addrs: amqp_addrs.clone(),
             amqps_addrs: amqps_addrs.clone(),
@@ -225,7 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         broker: Arc::clone(&broker),
         config: shared_config,
         registry: Arc::clone(&registry),
-        disk_alarm: disk_alarm.clone(),
+        alarms: alarms.clone(),
         sockets: Arc::clone(&sockets),
     };
     let task = tokio::spawn(accept_loop(amqp_listeners, shared, shutdown_rx, lock));
@@ -252,7 +266,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         task,
         http_tasks,
         config,
-        disk_alarm,
+        alarms,
     })
 }
 
@@ -286,7 +300,7 @@ struct Shared {
     broker: Arc<Broker>,
     config: Arc<Config>,
     registry: Arc<Registry>,
-    disk_alarm: DiskAlarm,
+    alarms: Alarms,
     sockets: Arc<Sockets>,
 }
 
@@ -355,7 +369,7 @@ impl Shared {
             Arc::clone(&self.broker),
             Arc::clone(&self.config),
             Arc::clone(&self.registry),
-            self.disk_alarm.subscribe(),
+            self.alarms.subscribe(),
         )
     }
 }

@@ -37,7 +37,7 @@ macro_rules! groups {
     };
 }
 
-groups!(connection, channel, exchange, queue, basic, confirm, tx, extensions, frames);
+groups!(connection, channel, exchange, queue, basic, confirm, tx, extensions, frames, quorum);
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")

@@ -199,7 +199,7 @@ async fn deleted_durable_queue_stays_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_beyond_memory_limit_is_read_back_from_disk() {
     // A 4 KiB limit: nearly every message of this backlog lives on disk only.
-    let broker = TestBroker::start_with(|c| c.queue_memory_limit = 4096).await;
+    let broker = TestBroker::start_with(|c| c.message_memory_limit = 4096).await;
     let conn = broker.lapin().await;
     let ch = confirm_channel(&conn).await;
     ch.queue_declare("backlog", durable(), FieldTable::default())
@@ -306,7 +306,7 @@ async fn low_disk_blocks_publishers_until_space_returns() {
     let och = observer.create_channel().await.unwrap();
     assert_eq!(ready_count(&och, "q").await, 1);
 
-    broker.server.disk_alarm.set_limit(0);
+    broker.server.alarms.set_disk_free_limit(0);
     let (_, unblocked) = raw.recv_method().await.unwrap();
     assert!(
         matches!(unblocked, Method::ConnectionUnblocked(_)),

@@ -421,9 +421,11 @@ async fn health_checks_follow_the_disk_alarm() {
     let (status, _) = b.api("GET", "/api/aliveness-test/%2F", None).await;
     assert_eq!(status, 200);
 
-    let mut raised = b.server.disk_alarm.subscribe();
-    b.server.disk_alarm.set_limit(u64::MAX);
-    within("disk alarm", raised.wait_for(|r| *r)).await.unwrap();
+    let mut raised = b.server.alarms.subscribe();
+    b.server.alarms.set_disk_free_limit(u64::MAX);
+    within("disk alarm", raised.wait_for(|r| r.disk))
+        .await
+        .unwrap();
     let (status, body) = b.api("GET", "/api/health/checks/alarms", None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "failed");
@@ -617,6 +619,37 @@ async fn metrics_parse_as_prometheus_text() {
         .find(|s| s.name.ends_with("_count"))
         .unwrap();
     assert!(count.value >= 1.0, "the persistent publish was fsynced");
+}
+
+/// Plugin exchange types are shown as declared, as RabbitMQ shows them,
+/// not as the type they route like (the UI listed an `x-delayed-message`
+/// exchange as `direct`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_exchange_types_are_listed_as_declared() {
+    let b = TestBroker::start().await;
+    let delayed =
+        json!({ "type": "x-delayed-message", "arguments": { "x-delayed-type": "topic" } });
+    let (status, _) = b
+        .api("PUT", "/api/exchanges/%2F/later", Some(delayed))
+        .await;
+    assert_eq!(status, 201);
+    let dedup = json!({ "type": "x-message-deduplication", "arguments": { "x-cache-size": 10 } });
+    let (status, _) = b.api("PUT", "/api/exchanges/%2F/once", Some(dedup)).await;
+    assert_eq!(status, 201);
+    let (_, later) = b.api("GET", "/api/exchanges/%2F/later", None).await;
+    assert_eq!(later["type"], "x-delayed-message");
+    assert_eq!(later["arguments"]["x-delayed-type"], "topic");
+    let (_, all) = b
+        .api(
+            "GET",
+            "/api/exchanges/%2F?name=once&columns=name,type",
+            None,
+        )
+        .await;
+    assert_eq!(
+        all,
+        json!([{ "name": "once", "type": "x-message-deduplication" }])
+    );
 }
 
 trait IntoStatusJson {

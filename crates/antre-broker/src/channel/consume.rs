@@ -9,7 +9,7 @@ use antre_amqp::method::*;
 use super::{reply, Channel, ChannelConsumer, Mode, Outgoing, Settle, Unacked};
 use crate::access::{Perm, ResourceKind};
 use crate::error::BrokerError;
-use crate::queue::{ConsumerSpec, Credit, Delivery, Queue};
+use crate::queue::{ConsumerSpec, Credit, Delivery, Queue, QueueKind};
 use crate::vhost::{generated_name, REPLY_TO};
 
 impl Channel {
@@ -43,6 +43,13 @@ impl Channel {
             self.permit(ResourceKind::Queue, &queue_name, Perm::Read)?;
             self.ctx.vhost.queue(&queue_name, self.ctx.connection)?
         };
+        if queue.args.kind == QueueKind::Quorum && self.credit.limit() > 0 {
+            // RabbitMQ's quorum queues have no channel-wide prefetch.
+            return Err(BrokerError::NotImplemented(format!(
+                "{} does not support global qos",
+                crate::error::queue_ref(&self.ctx.vhost.name, &queue.name)
+            )));
+        }
         let tag: Arc<str> = if m.consumer_tag.is_empty() {
             generated_name("amq.ctag-").into()
         } else {
@@ -281,7 +288,9 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn kick_consumers(&self) {
+    /// Lets the queues of this channel's consumers dispatch again (room
+    /// freed in a window).
+    pub(crate) fn kick_consumers(&self) {
         let mut kicked: Vec<&Arc<Queue>> = Vec::new();
         for c in self.consumers.values() {
             if !kicked.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {

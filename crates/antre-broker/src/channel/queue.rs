@@ -7,7 +7,9 @@ use super::{reply, Channel, Outgoing};
 use crate::access::{Perm, ResourceKind};
 use crate::error::BrokerError;
 use crate::exchange::Destination;
-use crate::vhost::{check_queue_name, generated_name, QueueDeclaration, REPLY_TO};
+use crate::vhost::{
+    check_queue_name, check_server_named, generated_name, QueueDeclaration, REPLY_TO,
+};
 
 impl Channel {
     pub(super) fn queue_declare(
@@ -50,6 +52,7 @@ impl Channel {
             // client's, which must not be reserved), then configure on it:
             // exclusive and server-named queues need it like any other.
             let name = if declaration.name.is_empty() {
+                check_server_named(&declaration.arguments)?;
                 generated_name("amq.gen-")
             } else {
                 check_queue_name(&declaration.name)?;

@@ -18,6 +18,53 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// A queue's type (`x-queue-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueKind {
+    /// RabbitMQ's classic queue (the default).
+    #[default]
+    Classic,
+    /// A quorum queue. Until antre replicates, one that lives on this node
+    /// but follows quorum-queue rules where they differ from classic ones:
+    /// durable, not exclusive, not auto-delete, not server-named; no
+    /// priorities or classic-only arguments; `x-delivery-count` on every
+    /// redelivery; no channel-global prefetch.
+    Quorum,
+    /// A stream.
+    Stream,
+}
+
+impl QueueKind {
+    /// The name clients use in `x-queue-type` and the API shows as `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Classic => "classic",
+            QueueKind::Quorum => "quorum",
+            QueueKind::Stream => "stream",
+        }
+    }
+
+    /// The module RabbitMQ names in errors about the type.
+    pub fn rabbit_module(self) -> &'static str {
+        match self {
+            QueueKind::Classic => "rabbit_classic_queue",
+            QueueKind::Quorum => "rabbit_quorum_queue",
+            QueueKind::Stream => "rabbit_stream_queue",
+        }
+    }
+}
+
+/// Arguments RabbitMQ 3.10 knows for some queue type but not for quorum
+/// queues (`rabbit_quorum_queue:capabilities/0` against the others').
+const NOT_FOR_QUORUM: [&str; 6] = [
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
 /// The features a queue's arguments turn on.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct QueueArgs {
@@ -46,6 +93,8 @@ pub struct QueueArgs {
     /// `x-message-deduplication`: refuse a message whose key is already in
     /// the queue.
     pub deduplication: bool,
+    /// `x-queue-type`.
+    pub kind: QueueKind,
 }
 
 impl QueueArgs {
@@ -117,17 +166,37 @@ impl QueueArgs {
                 ))
             }
         };
-        match string("x-queue-type")?.as_deref() {
-            // antre's queues are classic queues; quorum and stream are
-            // accepted as RabbitMQ accepts them and behave as classic.
-            None | Some("classic" | "quorum" | "stream") => {}
+        let kind = match string("x-queue-type")?.as_deref() {
+            None | Some("classic") => QueueKind::Classic,
+            Some("quorum") => QueueKind::Quorum,
+            Some("stream") => QueueKind::Stream,
             Some(other) => {
                 return Err(invalid(
                     "x-queue-type",
                     format!("\"unsupported queue type '{other}'\""),
                 ))
             }
+        };
+        if kind == QueueKind::Quorum {
+            if let Some(arg) = NOT_FOR_QUORUM.iter().find(|a| args.get(a).is_some()) {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "invalid arg '{arg}' for {} of queue type {}",
+                    queue_ref(vhost, queue),
+                    kind.rabbit_module()
+                )));
+            }
         }
+        let overflow = match (kind, overflow) {
+            (QueueKind::Quorum, Overflow::RejectPublishDlx) => {
+                // RabbitMQ 3.10 logs and keeps its default.
+                tracing::warn!(
+                    "invalid overflow strategy reject-publish-dlx for quorum {}: drop-head applies",
+                    queue_ref(vhost, queue)
+                );
+                Overflow::DropHead
+            }
+            (_, o) => o,
+        };
         let parsed = QueueArgs {
             message_ttl: int("x-message-ttl", 0)?,
             expires: int("x-expires", 1)?,
@@ -141,6 +210,7 @@ impl QueueArgs {
             single_active_consumer: boolean("x-single-active-consumer")?,
             consumer_timeout: int("x-consumer-timeout", 1)?,
             deduplication: boolean("x-message-deduplication")?,
+            kind,
         };
         if parsed.dead_letter_routing_key.is_some() && parsed.dead_letter_exchange.is_none() {
             return Err(invalid(
@@ -183,6 +253,23 @@ mod tests {
         assert_eq!(a.dead_letter_exchange.as_deref(), Some("dlx"));
         assert_eq!(a.max_priority, 5);
         assert!(a.single_active_consumer);
+    }
+
+    #[test]
+    fn quorum_queues_refuse_classic_only_arguments_as_rabbitmq_does() {
+        let quorum = ("x-queue-type", FieldValue::string("quorum"));
+        let a = parse(&[quorum.clone(), ("x-delivery-limit", FieldValue::I32(3))]).unwrap();
+        assert_eq!((a.kind, a.delivery_limit), (QueueKind::Quorum, Some(3)));
+        let e = parse(&[quorum.clone(), ("x-max-priority", FieldValue::I32(3))]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"
+        );
+        let dlx = parse(&[
+            quorum,
+            ("x-overflow", FieldValue::string("reject-publish-dlx")),
+        ]);
+        assert_eq!(dlx.unwrap().overflow, Overflow::DropHead);
     }
 
     #[test]

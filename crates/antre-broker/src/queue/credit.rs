@@ -1,6 +1,7 @@
-//! Prefetch windows and consumers as a queue knows them.
+//! Prefetch windows, the output window of a connection, and consumers as a
+//! queue knows them.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{ConnectionId, ConsumerId, DeliverySink};
@@ -72,6 +73,77 @@ impl Credit {
     }
 }
 
+/// The bytes of deliveries one connection may have on their way to its
+/// client: handed over by queues and not yet written to the socket.
+///
+/// Prefetch bounds what a client has *not acked*; this bounds what it has
+/// *not read*, for every consumer of the connection, no-ack ones included.
+/// Without it, a client that stops reading its socket makes its queues
+/// push deliveries into an ever-growing buffer (and a no-ack queue looks
+/// empty while the broker holds its whole backlog in that buffer). With it,
+/// queues stop dispatching to the connection once the window is full; the
+/// messages stay in the queue (counted, pageable to disk) until the
+/// connection writes and frees room, which kicks the queues again.
+#[derive(Debug)]
+pub struct OutputWindow {
+    limit: u64,
+    in_flight: AtomicU64,
+    /// A queue found the window full: whoever frees room must kick the
+    /// connection's queues.
+    starved: AtomicBool,
+}
+
+/// What a delivery costs in an [`OutputWindow`] besides its body: its
+/// frames (method, header, property table), roughly.
+pub const DELIVERY_OVERHEAD: u64 = 256;
+
+impl OutputWindow {
+    /// A window of `limit` bytes (0: unlimited).
+    pub fn new(limit: u64) -> Arc<OutputWindow> {
+        Arc::new(OutputWindow {
+            limit: if limit == 0 { u64::MAX } else { limit },
+            in_flight: AtomicU64::new(0),
+            starved: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether another delivery may go out. A delivery larger than the
+    /// whole window still goes when nothing else is in flight.
+    pub fn has_room(&self) -> bool {
+        if self.in_flight.load(Ordering::Acquire) < self.limit {
+            return true;
+        }
+        self.starved.store(true, Ordering::Release);
+        // Room may have been freed between the two loads: look again, so a
+        // release that missed the flag cannot strand the queue.
+        self.in_flight.load(Ordering::Acquire) < self.limit
+    }
+
+    /// Counts `bytes` handed over.
+    pub fn take(&self, bytes: u64) {
+        self.in_flight.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Returns `bytes` (written, or given back). Returns whether a queue was
+    /// refused meanwhile and should now be kicked.
+    pub fn release(&self, bytes: u64) -> bool {
+        if bytes == 0 {
+            return false;
+        }
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+        self.starved.swap(false, Ordering::AcqRel)
+    }
+
+    /// Bytes in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
 /// A consumer as its queue knows it.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
@@ -101,6 +173,9 @@ pub struct ConsumerSpec {
 impl ConsumerSpec {
     /// Takes one delivery's credit from both windows, or none.
     pub(crate) fn try_take_credit(&self) -> bool {
+        if !self.sink.has_room() {
+            return false;
+        }
         if self.no_ack {
             return !self.channel_credit.paused.load(Ordering::Relaxed);
         }
@@ -117,6 +192,9 @@ impl ConsumerSpec {
     /// Whether [`ConsumerSpec::try_take_credit`] would succeed now.
     pub(crate) fn has_room(&self) -> bool {
         let paused = self.channel_credit.paused.load(Ordering::Relaxed);
+        if !self.sink.has_room() {
+            return false;
+        }
         if self.no_ack {
             return !paused;
         }

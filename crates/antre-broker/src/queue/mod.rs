@@ -15,9 +15,10 @@
 //! Durability: a durable queue owns a [`QueueStore`]. A persistent message is
 //! appended to it on enqueue and acked in it when it leaves the queue; the
 //! broker's syncer makes appends durable in groups ([`Queue::begin_sync`]).
-//! Past the queue's memory limit, persistent messages keep only their store
-//! position in memory and their bodies are read back when delivered, so a
-//! backlog can be far larger than RAM.
+//! Memory: all queues share one budget for the messages they keep in
+//! memory; past it, bodies go to disk (the durable store, or a scratch
+//! store for transient ones) and a long queue's index goes to disk in pages
+//! ([`paging`]), so a backlog can be far larger than RAM, transient or not.
 //!
 //! Dead letters: messages that expire, overflow, are rejected or exceed the
 //! delivery limit are collected under the lock and routed to the dead-letter
@@ -28,6 +29,7 @@
 mod args;
 mod credit;
 mod line;
+mod paging;
 mod ready;
 mod state;
 
@@ -37,8 +39,9 @@ use antre_amqp::{FieldTable, FieldValue};
 use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOptions};
 use parking_lot::Mutex;
 
-pub use args::{Overflow, QueueArgs};
-pub use credit::{ConsumerInfo, ConsumerSpec, Credit};
+pub use args::{Overflow, QueueArgs, QueueKind};
+pub use credit::{ConsumerInfo, ConsumerSpec, Credit, OutputWindow, DELIVERY_OVERHEAD};
+pub use paging::{MessageMemory, Paging, PAGE_ENTRIES};
 use state::QueueState;
 
 use crate::clock::Clock;
@@ -98,6 +101,12 @@ pub trait DeliverySink: Send + Sync + std::fmt::Debug {
     fn cancel(&self, consumer_tag: &str);
     /// A sync the channel asked for finished (`ok` false: the disk failed).
     fn synced(&self, token: u64, ok: bool);
+    /// Whether the channel's connection can take another delivery now (see
+    /// [`OutputWindow`]). When it says no, the queue holds its messages and
+    /// the connection kicks it once it has written.
+    fn has_room(&self) -> bool {
+        true
+    }
 }
 
 /// How a queue was declared.
@@ -240,15 +249,18 @@ fn store_failed(queue: &Queue, e: StoreError) -> BrokerError {
 }
 
 impl Queue {
-    /// A new, empty queue; messages live in memory only.
+    /// A new, empty queue; its messages live in memory within the node's
+    /// budget and are paged to scratch stores beyond it (with `paging`; in
+    /// memory only without).
     pub fn new(
         vhost: &str,
         name: &str,
         options: QueueOptions,
         clock: Arc<dyn Clock>,
+        paging: Option<Paging>,
     ) -> Result<Arc<Queue>, BrokerError> {
         let args = QueueArgs::parse(&options.arguments, vhost, name)?;
-        let state = QueueState::new(&args, clock.now_ms());
+        let state = QueueState::new(&args, clock.now_ms(), paging, name);
         let args_timed = args.needs_timer();
         Ok(Arc::new(Queue {
             name: name.to_owned(),
@@ -292,13 +304,12 @@ impl Queue {
         clock: Arc<dyn Clock>,
         dir: &std::path::Path,
         store_options: StoreOptions,
-        memory_limit: u64,
+        paging: Option<Paging>,
     ) -> Result<Arc<Queue>, BrokerError> {
-        let queue = Queue::new(vhost, name, options, clock)?;
+        let queue = Queue::new(vhost, name, options, clock, paging)?;
         let mut undecodable = Vec::new();
         {
             let mut st = queue.state.lock();
-            st.memory_limit = memory_limit;
             let now = queue.clock.now_ms();
             let (store, stats) = QueueStore::open(dir, store_options, |pos, payload| {
                 let message = match Message::from_record(payload) {
@@ -402,11 +413,9 @@ impl Queue {
         }
         if entry.message.is_persistent() {
             if let Some(store) = st.store() {
-                entry.pos = Some(
-                    store
-                        .append(entry.message.record())
-                        .map_err(|e| store_failed(self, e))?,
-                );
+                let record = entry.message.record();
+                entry.pos = Some(store.append(record).map_err(|e| store_failed(self, e))?);
+                st.ready.pager.spent_on_disk(record.len() as u64);
             }
         }
         st.next_seq += 1;
@@ -534,7 +543,14 @@ impl Queue {
         if entry.redelivered {
             self.metrics.redelivered.inc();
         }
-        if self.args.delivery_limit.is_some() && entry.delivery_count > 0 {
+        // Quorum queues stamp every delivery, the first with 0 (as
+        // RabbitMQ 3.10 does); a classic queue with a delivery limit stamps
+        // redeliveries.
+        let stamped = match self.args.kind {
+            QueueKind::Quorum => true,
+            _ => self.args.delivery_limit.is_some() && entry.delivery_count > 0,
+        };
+        if stamped {
             let count = FieldValue::I64(i64::from(entry.delivery_count));
             entry.message = Arc::new(entry.message.with_header("x-delivery-count", count));
         }
@@ -660,7 +676,7 @@ impl Queue {
         let ready = st.ready.drain();
         let n = ready.len() as u32;
         for r in ready {
-            st.forget(r.pos, r.dedup_key.as_deref(), &self.name);
+            st.drop_ready(r, &self.name);
         }
         n
     }
@@ -670,7 +686,7 @@ impl Queue {
     pub fn delete(&self) -> u32 {
         let mut st = self.state.lock();
         st.deleted = true;
-        let n = st.ready.drain().len() as u32;
+        let n = st.ready.clear() as u32;
         st.dedup.clear();
         if let Some(store) = st.store.take() {
             if let Err(e) = store.delete_all() {
@@ -757,6 +773,7 @@ impl Queue {
                 tracing::error!(queue = self.name, "closing store failed: {e}");
             }
         }
+        st.ready.clear();
         st.deleted = true;
     }
 
@@ -807,5 +824,7 @@ impl Queue {
     }
 }
 
+#[cfg(test)]
+mod paging_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -1,49 +1,92 @@
 //! The ready messages of a queue: one FIFO per priority level, each kept in
-//! order of arrival, with the counts the queue's limits need.
+//! order of arrival, with the counts the queue's limits need, paged to disk
+//! beyond the node's message budget (see [`super::paging`]).
+//!
+//! A level is three runs in order: `front` (in memory, where deliveries are
+//! taken and requeued messages return), `pages` (index entries on disk, a
+//! page of them per scratch record) and `back` (in memory, where new
+//! messages arrive). While the budget has room, a level is all `front`.
+//! Once a message is refused by the budget, new ones gather in `back`, and
+//! each full `back` is written as a page; when `front` runs out, the first
+//! page is read back. So a level holds at most a page of entries at each
+//! end in memory beyond what the budget paid for.
+//!
+//! Requeued messages always belong in `front`: a message can only have been
+//! delivered from `front`, so its sequence number is below every number in
+//! `pages` and `back`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use antre_store::SegmentPosition;
 
+use super::paging::{decode_page, encode_page, Page, Pager};
 use crate::message::Message;
+
+/// Where a ready message's body is.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// In memory (charged to the budget).
+    Memory(Arc<Message>),
+    /// Only in the durable queue's store, at the entry's `pos`.
+    Stored,
+    /// In the queue's scratch store, at this position.
+    Scratch(SegmentPosition),
+}
 
 /// A message waiting in a queue; its body may be on disk only.
 #[derive(Debug)]
 pub(crate) struct Ready {
     pub seq: u64,
-    /// None when the body was left on disk (paged out).
-    pub message: Option<Arc<Message>>,
+    pub body: Body,
+    /// Where the durable store keeps it, if it is persisted.
     pub pos: Option<SegmentPosition>,
-    pub redelivered: bool,
-    pub priority: u8,
+    /// Body size, known even when the body is on disk.
+    pub size: u32,
     /// When it expires (ms since the epoch), from queue or message TTL.
     pub expires_at: Option<u64>,
-    /// Body size, known even when the body is on disk.
-    pub size: u64,
     /// Times it came back unacked (for `x-delivery-limit`).
     pub delivery_count: u32,
+    pub redelivered: bool,
+    pub priority: u8,
+    /// Bytes of the memory budget this entry holds.
+    pub charged: u32,
     /// Its deduplication key, if the queue deduplicates.
     pub dedup_key: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Level {
+    front: VecDeque<Ready>,
+    pages: VecDeque<Page>,
+    back: VecDeque<Ready>,
+    /// Highest sequence number that arrived at the tail.
+    tail_seq: Option<u64>,
+}
+
+impl Level {
+    fn is_empty(&self) -> bool {
+        self.front.is_empty()
+    }
 }
 
 /// Ready messages by priority, highest first on the way out.
 #[derive(Debug)]
 pub(crate) struct ReadyList {
-    levels: Vec<VecDeque<Ready>>,
+    levels: Vec<Level>,
     len: usize,
     bytes: u64,
-    /// Memory held by bodies that are in memory.
-    pub in_memory: u64,
+    /// The budget and the scratch store.
+    pub pager: Pager,
 }
 
 impl ReadyList {
-    pub fn new(max_priority: u8) -> ReadyList {
+    pub fn new(max_priority: u8, pager: Pager) -> ReadyList {
         ReadyList {
-            levels: (0..=max_priority).map(|_| VecDeque::new()).collect(),
+            levels: (0..=max_priority).map(|_| Level::default()).collect(),
             len: 0,
             bytes: 0,
-            in_memory: 0,
+            pager,
         }
     }
 
@@ -68,31 +111,130 @@ impl ReadyList {
     /// back for new messages, at its old place for requeued ones).
     pub fn insert(&mut self, r: Ready) {
         self.len += 1;
-        self.bytes += r.size;
-        if let Some(m) = &r.message {
-            self.in_memory += m.memory_size();
-        }
+        self.bytes += u64::from(r.size);
         let level = self.level_of(r.priority);
-        let q = &mut self.levels[level];
-        if q.back().is_none_or(|last| last.seq < r.seq) {
-            q.push_back(r);
-        } else {
-            let at = q.partition_point(|e| e.seq < r.seq);
-            q.insert(at, r);
+        let l = &mut self.levels[level];
+        let arriving = l.tail_seq.is_none_or(|t| r.seq > t);
+        if !arriving {
+            let q = &mut l.front;
+            if q.back().is_none_or(|last| last.seq < r.seq) {
+                q.push_back(r);
+            } else {
+                let at = q.partition_point(|e| e.seq < r.seq);
+                q.insert(at, r);
+            }
+            return;
+        }
+        l.tail_seq = Some(r.seq);
+        let page = self.pager.page_entries();
+        let paging = !l.pages.is_empty() || !l.back.is_empty();
+        if !paging && (r.charged > 0 || l.front.len() < page) {
+            l.front.push_back(r);
+            return;
+        }
+        // The budget is spent (or the level is paging already): gather at
+        // the tail, and write a full tail out as a page.
+        let refused = r.charged == 0;
+        l.back.push_back(r);
+        if refused && l.back.len() >= page {
+            self.spill(level);
+        }
+    }
+
+    /// Writes a level's `back` to disk as one page. Bodies still in memory
+    /// go to disk first. If the disk refuses, the entries stay in memory.
+    fn spill(&mut self, level: usize) {
+        if !self.pager.enabled() {
+            return;
+        }
+        let mut entries: Vec<Ready> = self.levels[level].back.drain(..).collect();
+        for r in &mut entries {
+            if let Body::Memory(m) = &r.body {
+                let paged = match r.pos {
+                    Some(_) => Some(Body::Stored),
+                    None => self.pager.write(m.record()).map(Body::Scratch),
+                };
+                match paged {
+                    Some(body) => {
+                        r.body = body;
+                        self.pager.release(u64::from(r.charged));
+                        r.charged = 0;
+                    }
+                    None => {
+                        self.levels[level].back.extend(entries);
+                        return;
+                    }
+                }
+            }
+        }
+        let page = encode_page(&entries);
+        match self.pager.write(&page) {
+            Some(pos) => {
+                let bytes = entries.iter().map(|r| u64::from(r.size)).sum();
+                self.levels[level].pages.push_back(Page {
+                    pos,
+                    count: entries.len() as u32,
+                    bytes,
+                });
+                // The index entries are on disk now; what they charged
+                // (only requeued or budgeted ones) goes back.
+                for r in &entries {
+                    self.pager.release(u64::from(r.charged));
+                }
+            }
+            None => self.levels[level].back.extend(entries),
+        }
+    }
+
+    /// Refills an empty `front` from the first page, or from `back`.
+    fn refill(&mut self, level: usize) {
+        while self.levels[level].front.is_empty() {
+            let Some(page) = self.levels[level].pages.pop_front() else {
+                let l = &mut self.levels[level];
+                std::mem::swap(&mut l.front, &mut l.back);
+                return;
+            };
+            let entries = self
+                .pager
+                .read(page.pos)
+                .and_then(decode_page)
+                .filter(|e| e.len() == page.count as usize);
+            self.pager.free(page.pos);
+            match entries {
+                Some(entries) => self.levels[level].front.extend(entries),
+                None => {
+                    // Lost with its page (logged by the pager): their
+                    // durable records stay and come back at a restart.
+                    tracing::error!(
+                        lost = page.count,
+                        "ready messages lost: a page of the queue's index could not be read"
+                    );
+                    self.len -= page.count as usize;
+                    self.bytes -= page.bytes;
+                }
+            }
+            let l = &mut self.levels[level];
+            if l.pages.is_empty() {
+                let back = std::mem::take(&mut l.back);
+                l.front.extend(back);
+            }
         }
     }
 
     fn taken(&mut self, r: &Ready) {
         self.len -= 1;
-        self.bytes -= r.size;
-        if let Some(m) = &r.message {
-            self.in_memory = self.in_memory.saturating_sub(m.memory_size());
-        }
+        self.bytes -= u64::from(r.size);
+        self.pager.release(u64::from(r.charged));
     }
 
-    /// The next message to deliver: highest priority, oldest first.
+    /// The next message to deliver: highest priority, oldest first. Its
+    /// budget is given back (the caller holds it now).
     pub fn pop_front(&mut self) -> Option<Ready> {
-        let r = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        let level = (0..self.levels.len())
+            .rev()
+            .find(|&l| !self.levels[l].is_empty())?;
+        let r = self.levels[level].front.pop_front()?;
+        self.refill(level);
         self.taken(&r);
         Some(r)
     }
@@ -105,52 +247,82 @@ impl ReadyList {
         let mut out = Vec::new();
         for level in 0..self.levels.len() {
             while self.levels[level]
+                .front
                 .front()
                 .and_then(|r| r.expires_at)
                 .is_some_and(|at| at <= now)
             {
-                if let Some(r) = self.levels[level].pop_front() {
+                if let Some(r) = self.levels[level].front.pop_front() {
+                    self.refill(level);
+                    self.taken(&r);
                     out.push(r);
                 }
             }
         }
-        for r in &out {
-            self.taken(r);
-        }
         out
     }
 
-    /// Takes everything (purge, delete).
+    /// Takes everything, reading pages back (purge).
     pub fn drain(&mut self) -> Vec<Ready> {
-        let all: Vec<Ready> = self.levels.iter_mut().flat_map(|l| l.drain(..)).collect();
+        let mut all = Vec::with_capacity(self.len.min(1 << 20));
+        while let Some(r) = self.pop_front() {
+            all.push(r);
+        }
+        all
+    }
+
+    /// Drops everything without reading pages (the queue is deleted with
+    /// its stores). Returns how many there were.
+    pub fn clear(&mut self) -> usize {
+        let n = self.len;
+        for level in &mut self.levels {
+            let charged: u64 = level
+                .front
+                .iter()
+                .chain(level.back.iter())
+                .map(|r| u64::from(r.charged))
+                .sum();
+            self.pager.release(charged);
+            *level = Level::default();
+        }
+        self.pager.discard();
         self.len = 0;
         self.bytes = 0;
-        self.in_memory = 0;
-        all
+        n
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alarm::Alarms;
+    use crate::queue::paging::{MessageMemory, Paging, PAGE_ENTRIES};
 
     fn ready(seq: u64, priority: u8, expires_at: Option<u64>) -> Ready {
         Ready {
             seq,
-            message: None,
-            pos: None,
+            body: Body::Stored,
+            pos: Some(SegmentPosition {
+                segment: 1,
+                offset: 16 + seq as u32,
+            }),
             redelivered: false,
             priority,
             expires_at,
             size: 10,
             delivery_count: 0,
+            charged: 0,
             dedup_key: None,
         }
     }
 
+    fn list(max_priority: u8) -> ReadyList {
+        ReadyList::new(max_priority, Pager::new(None, "q"))
+    }
+
     #[test]
     fn higher_priority_first_fifo_within_a_priority() {
-        let mut l = ReadyList::new(5);
+        let mut l = list(5);
         for (seq, p) in [(0, 1), (1, 5), (2, 1), (3, 9), (4, 0)] {
             l.insert(ready(seq, p, None));
         }
@@ -165,9 +337,13 @@ mod tests {
 
     #[test]
     fn requeued_messages_return_to_their_place() {
-        let mut l = ReadyList::new(0);
-        for seq in [2, 3, 0, 1] {
+        let mut l = list(0);
+        for seq in [0, 1, 2, 3] {
             l.insert(ready(seq, 0, None));
+        }
+        let taken: Vec<Ready> = (0..2).filter_map(|_| l.pop_front()).collect();
+        for r in taken.into_iter().rev() {
+            l.insert(r);
         }
         let order: Vec<u64> = std::iter::from_fn(|| l.pop_front())
             .map(|r| r.seq)
@@ -177,7 +353,7 @@ mod tests {
 
     #[test]
     fn expiry_takes_expired_heads_only() {
-        let mut l = ReadyList::new(0);
+        let mut l = list(0);
         l.insert(ready(0, 0, Some(100)));
         l.insert(ready(1, 0, Some(50)));
         l.insert(ready(2, 0, Some(500)));
@@ -188,5 +364,52 @@ mod tests {
         let gone: Vec<u64> = l.take_expired(100).into_iter().map(|r| r.seq).collect();
         assert_eq!(gone, [0, 1]);
         assert_eq!(l.len(), 1);
+    }
+
+    /// With no budget, a long level keeps two pages of entries in memory
+    /// and the rest on disk, and gives everything back in order, requeued
+    /// messages at their places, across priorities.
+    #[test]
+    fn a_long_backlog_pages_its_index_and_keeps_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let pager = Pager::new(
+            Some(Paging {
+                memory: MessageMemory::new(0),
+                scratch_dir: dir.path().join("scratch"),
+                store_options: Default::default(),
+                alarms: Arc::new(Alarms::default()),
+                page_entries: PAGE_ENTRIES,
+            }),
+            "q",
+        );
+        let mut l = ReadyList::new(1, pager);
+        let n = 10 * PAGE_ENTRIES as u64 + 7;
+        for seq in 0..n {
+            l.insert(ready(seq, (seq % 3 == 0) as u8, None));
+        }
+        assert_eq!(l.len() as u64, n);
+        let in_memory: usize = l
+            .levels
+            .iter()
+            .map(|lv| lv.front.len() + lv.back.len())
+            .sum();
+        assert!(
+            in_memory <= 4 * PAGE_ENTRIES,
+            "{in_memory} entries in memory"
+        );
+        let high: Vec<u64> = (0..n).filter(|s| s % 3 == 0).collect();
+        let low: Vec<u64> = (0..n).filter(|s| s % 3 != 0).collect();
+        // Take some, put two back (a requeue), then take everything.
+        let first: Vec<Ready> = (0..5).filter_map(|_| l.pop_front()).collect();
+        assert_eq!(first.iter().map(|r| r.seq).collect::<Vec<_>>(), high[..5]);
+        for r in first.into_iter().skip(3) {
+            l.insert(r);
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| l.pop_front())
+            .map(|r| r.seq)
+            .collect();
+        let expected: Vec<u64> = high[3..].iter().chain(&low).copied().collect();
+        assert_eq!(order, expected);
+        assert!(l.is_empty() && l.bytes() == 0);
     }
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use antre_store::{QueueStore, SegmentPosition};
 
 use super::line::ConsumerLine;
-use super::ready::{Ready, ReadyList};
+use super::paging::{Pager, Paging, ENTRY_COST};
+use super::ready::{Body, Ready, ReadyList};
 use super::{DeadLetter, DeathReason, Entry, QueueArgs};
 use crate::message::Message;
 
@@ -22,9 +23,6 @@ pub(super) struct QueueState {
     pub(super) deleted: bool,
     /// The message store of a durable queue.
     pub(super) store: Option<QueueStore>,
-    /// Bytes of bodies kept in memory before further persistent messages
-    /// stay on disk only (unlimited without a store).
-    pub(super) memory_limit: u64,
     /// Keys of the messages in the queue (ready or unacked), for
     /// `x-message-deduplication`, with how many messages hold each.
     pub(super) dedup: HashMap<String, u32>,
@@ -35,16 +33,20 @@ pub(super) struct QueueState {
 }
 
 impl QueueState {
-    pub(super) fn new(args: &QueueArgs, now: u64) -> QueueState {
+    pub(super) fn new(
+        args: &QueueArgs,
+        now: u64,
+        paging: Option<Paging>,
+        name: &str,
+    ) -> QueueState {
         QueueState {
-            ready: ReadyList::new(args.max_priority),
+            ready: ReadyList::new(args.max_priority, Pager::new(paging, name)),
             consumers: ConsumerLine::new(args.single_active_consumer),
             next_seq: 0,
             unacked: 0,
             had_consumer: false,
             deleted: false,
             store: None,
-            memory_limit: u64::MAX,
             dedup: HashMap::new(),
             dead: Vec::new(),
             last_used: now,
@@ -75,17 +77,36 @@ impl QueueState {
         }
     }
 
+    /// Puts a message in the ready list: its body stays in memory if the
+    /// node's message budget has room, else it goes to disk (it is in the
+    /// durable store already, or is written to the scratch store).
     pub(super) fn insert_entry(&mut self, e: Entry, redelivered: bool) {
-        let keep = e.pos.is_none() || self.ready.in_memory < self.memory_limit;
+        let cost = ENTRY_COST + e.message.memory_size();
+        let size = e.message.body.len() as u32;
+        let (body, charged) = if self.ready.pager.try_charge(cost) {
+            (Body::Memory(e.message), cost)
+        } else if e.pos.is_some() {
+            (Body::Stored, 0)
+        } else {
+            match self.ready.pager.write(e.message.record()) {
+                Some(at) => (Body::Scratch(at), 0),
+                None => {
+                    // Cannot page it: it stays, counted all the same.
+                    self.ready.pager.force_charge(cost);
+                    (Body::Memory(e.message), cost)
+                }
+            }
+        };
         self.ready.insert(Ready {
             seq: e.seq,
-            size: e.message.body.len() as u64,
-            message: keep.then_some(e.message),
+            size,
+            body,
             pos: e.pos,
             redelivered,
             priority: e.priority,
             expires_at: e.expires_at,
             delivery_count: e.delivery_count,
+            charged: charged as u32,
             dedup_key: e.dedup_key,
         });
     }
@@ -100,24 +121,28 @@ impl QueueState {
             .read(pos)
             .map_err(|e| tracing::error!(queue, %pos, "dropping unreadable message: {e}"))
             .ok()?;
-        Message::from_record(&record)
-            .map_err(|e| tracing::error!(queue, %pos, "dropping undecodable message: {e}"))
-            .ok()
-            .map(Arc::new)
+        decode(&record, queue)
     }
 
     /// Loads a ready message's body (from disk if paged out). A record that
     /// cannot be read back is dropped, never delivered.
     pub(super) fn load(&mut self, r: Ready, queue: &str) -> Option<Entry> {
-        let message = match r.message {
-            Some(m) => m,
-            None => match self.read_paged(r.pos, queue) {
-                Some(m) => m,
-                None => {
-                    self.forget(r.pos, r.dedup_key.as_deref(), queue);
-                    return None;
-                }
-            },
+        let message = match r.body {
+            Body::Memory(m) => Some(m),
+            Body::Stored => self.read_paged(r.pos, queue),
+            Body::Scratch(at) => {
+                let m = self
+                    .ready
+                    .pager
+                    .read(at)
+                    .and_then(|raw| decode(&raw, queue));
+                self.ready.pager.free(at);
+                m
+            }
+        };
+        let Some(message) = message else {
+            self.forget(r.pos, r.dedup_key.as_deref(), queue);
+            return None;
         };
         Some(Entry {
             seq: r.seq,
@@ -129,6 +154,15 @@ impl QueueState {
             expires_at: r.expires_at,
             dedup_key: r.dedup_key,
         })
+    }
+
+    /// Forgets a ready message that leaves without being delivered: its
+    /// store record, its scratch copy, its deduplication key.
+    pub(super) fn drop_ready(&mut self, r: Ready, queue: &str) {
+        if let Body::Scratch(at) = r.body {
+            self.ready.pager.free(at);
+        }
+        self.forget(r.pos, r.dedup_key.as_deref(), queue);
     }
 
     /// Dead-letters (or drops) messages that leave the queue without being
@@ -152,8 +186,15 @@ impl QueueState {
                     self.forget(pos, key.as_deref(), queue);
                 }
             } else {
-                self.forget(pos, key.as_deref(), queue);
+                self.drop_ready(r, queue);
             }
         }
     }
+}
+
+fn decode(record: &[u8], queue: &str) -> Option<Arc<Message>> {
+    Message::from_record(record)
+        .map_err(|e| tracing::error!(queue, "dropping undecodable message: {e}"))
+        .ok()
+        .map(Arc::new)
 }

@@ -51,7 +51,7 @@ pub(crate) fn message(body: &str) -> Arc<Message> {
 }
 
 impl Queue {
-    fn publish_ok(self: &Arc<Self>, m: Arc<Message>) {
+    pub(crate) fn publish_ok(self: &Arc<Self>, m: Arc<Message>) {
         assert!(matches!(
             self.publish(m).expect("publish"),
             Enqueued::Accepted { .. }
@@ -63,7 +63,7 @@ fn queue() -> Arc<Queue> {
     queue_with(&[], Arc::new(ManualClock::at(1_000_000)))
 }
 
-fn queue_with(args: &[(&str, FieldValue)], clock: Arc<ManualClock>) -> Arc<Queue> {
+pub(crate) fn queue_with(args: &[(&str, FieldValue)], clock: Arc<ManualClock>) -> Arc<Queue> {
     Queue::new(
         "/",
         "q",
@@ -74,11 +74,12 @@ fn queue_with(args: &[(&str, FieldValue)], clock: Arc<ManualClock>) -> Arc<Queue
             arguments: args.iter().cloned().collect(),
         },
         clock,
+        None,
     )
     .expect("valid arguments")
 }
 
-fn consumer(id: u64, prefetch: u32, sink: &Arc<CollectSink>) -> ConsumerSpec {
+pub(crate) fn consumer(id: u64, prefetch: u32, sink: &Arc<CollectSink>) -> ConsumerSpec {
     ConsumerSpec {
         id,
         connection: 1,
@@ -353,6 +354,7 @@ fn delete_cancels_consumers_and_auto_delete_triggers_on_last_consumer() {
             arguments: FieldTable::new(),
         },
         Arc::new(ManualClock::default()),
+        None,
     )
     .unwrap();
     let sink = Arc::new(CollectSink::default());
@@ -369,7 +371,7 @@ fn delete_cancels_consumers_and_auto_delete_triggers_on_last_consumer() {
     assert_eq!(*sink.cancelled.lock(), ["c3"]);
 }
 
-fn reasons(q: &Queue) -> Vec<(String, &'static str)> {
+pub(crate) fn reasons(q: &Queue) -> Vec<(String, &'static str)> {
     q.take_dead_letters()
         .into_iter()
         .map(|d| {
@@ -381,7 +383,7 @@ fn reasons(q: &Queue) -> Vec<(String, &'static str)> {
         .collect()
 }
 
-fn with_props(body: &str, props: BasicProperties) -> Arc<Message> {
+pub(crate) fn with_props(body: &str, props: BasicProperties) -> Arc<Message> {
     Arc::new(Message::new(
         String::new(),
         "q".into(),
@@ -628,8 +630,28 @@ fn durable_queue(dir: &std::path::Path) -> Arc<Queue> {
         arguments: FieldTable::new(),
     };
     let clock = Arc::new(ManualClock::default());
-    Queue::open_durable("/", "q", options, clock, dir, StoreOptions::default(), 0)
-        .expect("open durable queue")
+    Queue::open_durable(
+        "/",
+        "q",
+        options,
+        clock,
+        dir,
+        StoreOptions::default(),
+        Some(no_budget(dir)),
+    )
+    .expect("open durable queue")
+}
+
+/// Paging with a budget of nothing: every body and index page goes to
+/// disk.
+pub(crate) fn no_budget(dir: &std::path::Path) -> Paging {
+    Paging {
+        memory: MessageMemory::new(0),
+        scratch_dir: dir.join("scratch"),
+        store_options: StoreOptions::default(),
+        alarms: Arc::default(),
+        page_entries: 4,
+    }
 }
 
 fn persistent(body: &str) -> Arc<Message> {

@@ -11,7 +11,7 @@ use antre_amqp::{
 };
 use bytes::{Bytes, BytesMut};
 
-use super::{ChannelSink, Effect, Session, SessionState};
+use super::{delivery_cost, ChannelSink, Effect, Session, SessionState};
 use crate::access::limits::ChannelPermit;
 use crate::access::LimitRefusal;
 use crate::channel::{Channel, Outgoing};
@@ -344,6 +344,7 @@ impl Session {
         let sink = Arc::new(ChannelSink {
             channel: id,
             events: Arc::clone(&self.events),
+            window: Arc::clone(&self.output_window),
         });
         let channel = Channel::new(id, ctx, sink);
         self.channels.insert(
@@ -435,15 +436,26 @@ impl Session {
     }
 
     pub(super) fn deliver(&mut self, id: u16, delivery: Delivery) {
+        let cost = delivery_cost(&delivery);
         let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) else {
             let queue = Arc::clone(&delivery.queue);
             queue.return_undelivered(delivery);
+            self.free_output(cost);
             return;
         };
         let before = self.wbuf.len();
         self.window_full |= channel.deliver(delivery, &mut self.out);
         self.encode_out(id);
-        self.delivery_bytes += self.wbuf.len() - before;
+        let encoded = self.wbuf.len() - before;
+        self.delivery_bytes += encoded;
+        if encoded > 0 {
+            // Freed once written (Session::wrote).
+            self.output_pending += cost;
+        } else {
+            // Went back to its queue (its consumer is gone), or waits behind
+            // held output: nothing of it sits in our buffer.
+            self.free_output(cost);
+        }
     }
 
     pub(super) fn on_synced(&mut self, id: u16, token: u64, ok: bool) {

@@ -30,9 +30,10 @@ use antre_amqp::{encode_frame, encode_method, FieldTable, Frame, Method};
 use bytes::BytesMut;
 
 use crate::access::limits::ConnectionPermit;
+use crate::alarm::Resource;
 use crate::broker::Broker;
 use crate::channel::{ChannelContext, Outgoing};
-use crate::queue::{Delivery, DeliverySink};
+use crate::queue::{Delivery, DeliverySink, OutputWindow, DELIVERY_OVERHEAD};
 
 pub use handshake::{server_properties, ServerIdentity};
 
@@ -53,6 +54,10 @@ pub struct SessionConfig {
     /// connection.open past it is refused with 530, as RabbitMQ refuses
     /// past its `connection_max`.
     pub max_connections: Option<u64>,
+    /// Bytes of deliveries that may be on their way to the client (handed
+    /// over by queues, not yet written) before queues hold further ones
+    /// (see [`OutputWindow`]); 0: unlimited.
+    pub delivery_buffer_limit: u64,
     /// How the server presents itself in connection.start.
     pub identity: ServerIdentity,
 }
@@ -162,20 +167,36 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
 struct ChannelSink {
     channel: u16,
     events: Arc<dyn EventSink>,
+    /// The connection's output window, shared by all its channels.
+    window: Arc<OutputWindow>,
+}
+
+/// What a delivery costs in the output window.
+fn delivery_cost(delivery: &Delivery) -> u64 {
+    delivery.entry.message.body.len() as u64 + DELIVERY_OVERHEAD
 }
 
 impl DeliverySink for ChannelSink {
     fn deliver(&self, delivery: Delivery) -> Result<(), Box<Delivery>> {
+        let cost = delivery_cost(&delivery);
+        self.window.take(cost);
         match self
             .events
             .send(SessionEvent::Deliver(self.channel, delivery))
         {
             Ok(()) => Ok(()),
-            Err(back) => match *back {
-                SessionEvent::Deliver(_, d) => Err(Box::new(d)),
-                _ => Ok(()),
-            },
+            Err(back) => {
+                self.window.release(cost);
+                match *back {
+                    SessionEvent::Deliver(_, d) => Err(Box::new(d)),
+                    _ => Ok(()),
+                }
+            }
         }
+    }
+
+    fn has_room(&self) -> bool {
+        self.window.has_room()
     }
 
     fn cancel(&self, consumer_tag: &str) {
@@ -222,6 +243,11 @@ pub struct Session {
     delivery_bytes: usize,
     /// A consumer's prefetch window filled since the last write.
     window_full: bool,
+    /// Bytes of deliveries queues may hand over before they wait for this
+    /// connection to write.
+    output_window: Arc<OutputWindow>,
+    /// Output-window bytes of the deliveries in `wbuf`, freed once written.
+    output_pending: u64,
     effects: VecDeque<Effect>,
     /// The client has published: an alarm blocks it.
     has_published: bool,
@@ -245,6 +271,7 @@ impl Session {
             id,
             broker,
             frame_max: config.frame_max,
+            output_window: OutputWindow::new(config.delivery_buffer_limit),
             config,
             peer,
             events,
@@ -262,6 +289,7 @@ impl Session {
             wbuf: BytesMut::with_capacity(64 * 1024),
             delivery_bytes: 0,
             window_full: false,
+            output_pending: 0,
             effects: VecDeque::new(),
             has_published: false,
             blocked: false,
@@ -294,6 +322,7 @@ impl Session {
     /// that arrived at `now`; an incomplete frame stays in `input`.
     pub fn receive(&mut self, input: &mut BytesMut, now: Instant) {
         self.last_recv = now;
+        let before = input.len();
         loop {
             let progressed = match self.state {
                 SessionState::Handshake => self.handshake_step(input),
@@ -307,6 +336,10 @@ impl Session {
                 break;
             }
         }
+        // What clients send is what fills memory: counting it lets the
+        // memory alarm be raised between two periodic readings.
+        let taken = before.saturating_sub(input.len()) as u64;
+        self.broker.alarms.spend(Resource::Memory, taken);
         self.flush_confirms();
     }
 
@@ -338,6 +371,20 @@ impl Session {
         self.delivery_bytes = 0;
         self.window_full = false;
         self.last_sent = now;
+        let written = std::mem::take(&mut self.output_pending);
+        self.free_output(written);
+    }
+
+    /// Returns output-window bytes; if a queue was held back for want of
+    /// them, lets every consumer's queue dispatch again.
+    fn free_output(&mut self, bytes: u64) {
+        if self.output_window.release(bytes) {
+            for slot in self.channels.values() {
+                if let Some(channel) = slot.channel() {
+                    channel.kick_consumers();
+                }
+            }
+        }
     }
 
     /// The next fact the server must act on.
@@ -386,6 +433,13 @@ impl Session {
             tracing::warn!(peer = self.peer.label, channel = id, "{e}");
             self.fail_channel(id, e, (0, 0));
         }
+    }
+
+    /// Applies the broker's resource alarms (see [`Session::set_alarm`]).
+    /// Returns whether the server should stop reading the client.
+    pub fn apply_alarms(&mut self) -> bool {
+        let reason = self.broker.alarms.state().reason();
+        self.set_alarm(reason)
     }
 
     /// Blocks or unblocks the client because of a resource alarm; only a

@@ -35,6 +35,14 @@ struct Client {
     now: Instant,
 }
 
+fn test_peer() -> Peer {
+    Peer {
+        loopback: true,
+        label: "test".into(),
+        external: ExternalIdentity::Unavailable,
+    }
+}
+
 fn config() -> SessionConfig {
     SessionConfig {
         frame_max: 4096,
@@ -43,21 +51,26 @@ fn config() -> SessionConfig {
         max_message_size: 1024,
         consumer_timeout: None,
         max_connections: None,
+        delivery_buffer_limit: 0,
         identity: ServerIdentity::default(),
     }
 }
 
 impl Client {
     fn new() -> Client {
-        Client::with_peer(Peer {
-            loopback: true,
-            label: "test".into(),
-            external: ExternalIdentity::Unavailable,
-        })
+        Client::with_config(config())
+    }
+
+    fn with_config(config: SessionConfig) -> Client {
+        Client::with_peer_and_config(test_peer(), config)
     }
 
     fn with_peer(peer: Peer) -> Client {
-        Client::on(Arc::new(Broker::new()), config(), peer)
+        Client::with_peer_and_config(peer, config())
+    }
+
+    fn with_peer_and_config(peer: Peer, config: SessionConfig) -> Client {
+        Client::on(Arc::new(Broker::new()), config, peer)
     }
 
     /// A client of `broker`, which other clients may share.
@@ -77,7 +90,11 @@ impl Client {
 
     /// A client past the handshake (heartbeat 10 s), with channel 1 open.
     fn open() -> Client {
-        let mut c = Client::new();
+        Client::open_with(config())
+    }
+
+    fn open_with(config: SessionConfig) -> Client {
+        let mut c = Client::with_config(config);
         c.bytes(&PROTOCOL_HEADER);
         c.method(0, start_ok("guest"));
         let tune_ok = ConnectionTuneOk {
@@ -785,4 +802,77 @@ fn channel_open_past_the_users_max_channels_closes_the_connection() {
         Some((1, Method::ChannelOpenOk(_)))
     ));
     assert_eq!(broker.access().usage().user_channels("bob"), 2);
+}
+
+/// A client that stops reading its socket: the server cannot write, so it
+/// never calls `wrote`. Its no-ack consumer gets at most the output window's
+/// worth of deliveries; the rest stay in the queue, counted, until the
+/// connection writes again.
+#[test]
+fn deliveries_stop_while_the_client_does_not_read() {
+    let mut c = Client::open_with(SessionConfig {
+        delivery_buffer_limit: 8192,
+        ..config()
+    });
+    let declare = QueueDeclare {
+        queue: "q".into(),
+        ..Default::default()
+    };
+    c.method(1, declare);
+    let consume = BasicConsume {
+        queue: "q".into(),
+        no_ack: true,
+        ..Default::default()
+    };
+    c.method(1, consume);
+    c.flush();
+    c.methods();
+    for _ in 0..100 {
+        c.publish(1, "q", &[b'x'; 1000]);
+    }
+    // The socket is full: events are handled, nothing is written.
+    c.session.receive(&mut c.input, c.now);
+    let mut unwritten = BytesMut::new();
+    for e in std::mem::take(&mut *c.events.0.lock()) {
+        c.session.event(e);
+    }
+    unwritten.extend_from_slice(c.session.output());
+    let deliveries = |buf: &mut BytesMut| {
+        let mut n = 0;
+        while let Some(f) = decode_frame(buf, 1 << 20).unwrap() {
+            n += usize::from(matches!(
+                f,
+                Frame::Method {
+                    method: Method::BasicDeliver(_),
+                    ..
+                }
+            ));
+        }
+        n
+    };
+    let first = deliveries(&mut unwritten);
+    // 1000-byte bodies cost 1256 bytes of window: 7 fill 8 KiB.
+    assert!((1..=8).contains(&first), "{first} deliveries buffered");
+    let queue = c.session.broker.vhost("/").unwrap().queue("q", 0).unwrap();
+    assert_eq!(
+        queue.counts().ready as usize,
+        100 - first,
+        "the rest wait in the queue"
+    );
+
+    // The socket drains: each write frees room and the queue goes on.
+    c.session.wrote(c.now);
+    let mut total = first;
+    for _ in 0..100 {
+        c.pump();
+        let mut out = std::mem::take(&mut c.output);
+        let n = deliveries(&mut out);
+        assert!(n <= 8, "{n} deliveries in one write");
+        total += n;
+        if total == 100 {
+            break;
+        }
+    }
+    assert_eq!(total, 100, "every message delivered once");
+    assert_eq!(queue.counts().ready, 0);
 }

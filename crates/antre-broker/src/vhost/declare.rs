@@ -9,7 +9,7 @@ use antre_amqp::FieldTable;
 use crate::equivalence;
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, ExchangeType};
-use crate::queue::{ConnectionId, Queue, QueueCounts, QueueOptions};
+use crate::queue::{ConnectionId, Queue, QueueArgs, QueueCounts, QueueKind, QueueOptions};
 
 use super::storage::build_exchange;
 use super::topology::{check_exclusive, locked};
@@ -20,6 +20,46 @@ fn reserved(name: &str) -> bool {
 }
 
 /// Refuses a client-chosen queue name with the reserved prefix `amq.`.
+/// The server may pick a queue's name only for types that allow it:
+/// RabbitMQ refuses server-named quorum queues and streams.
+pub(crate) fn check_server_named(arguments: &FieldTable) -> Result<(), BrokerError> {
+    let kind = arguments.get("x-queue-type").and_then(|v| v.as_str());
+    match kind {
+        Some(t @ ("quorum" | "stream")) => Err(BrokerError::PreconditionFailed(format!(
+            "Cannot declare a server-named queue for type rabbit_{t}_queue"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What a queue type demands of a declaration's properties, checked as
+/// RabbitMQ checks them (auto-delete, then exclusive, then durable), with
+/// its texts.
+fn check_properties(
+    args: &QueueArgs,
+    d: &QueueDeclaration,
+    queue: &str,
+) -> Result<(), BrokerError> {
+    if args.kind == QueueKind::Classic {
+        return Ok(());
+    }
+    let invalid = |property: &str| {
+        Err(BrokerError::PreconditionFailed(format!(
+            "invalid property '{property}' for {queue}"
+        )))
+    };
+    if d.auto_delete {
+        return invalid("auto-delete");
+    }
+    if d.exclusive {
+        return invalid("exclusive-owner");
+    }
+    if !d.durable {
+        return invalid("non-durable");
+    }
+    Ok(())
+}
+
 pub(crate) fn check_queue_name(name: &str) -> Result<(), BrokerError> {
     if reserved(name) {
         return Err(BrokerError::AccessRefused(format!(
@@ -145,6 +185,7 @@ impl Vhost {
             return Ok((q, counts));
         }
         let name = if d.name.is_empty() {
+            check_server_named(&d.arguments)?;
             generated_name("amq.gen-")
         } else {
             check_queue_name(&d.name)?;
@@ -200,6 +241,8 @@ impl Vhost {
                 )));
             }
         }
+        let args = QueueArgs::parse(&d.arguments, &self.name, &name)?;
+        check_properties(&args, &d, &queue_ref(&self.name, &name))?;
         let options = QueueOptions {
             durable: d.durable,
             exclusive_owner: d.exclusive.then_some(conn),
@@ -212,7 +255,13 @@ impl Vhost {
             Some(storage) if d.durable && !d.exclusive => {
                 storage.open_queue(&self.name, &name, options, Arc::clone(&self.clock), true)?
             }
-            _ => Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?,
+            _ => Queue::new(
+                &self.name,
+                &name,
+                options,
+                Arc::clone(&self.clock),
+                self.paging(),
+            )?,
         };
         topo.insert_queue(Arc::clone(&q));
         self.save(&mut topo)?;
@@ -234,7 +283,13 @@ impl Vhost {
             auto_delete: true,
             arguments: FieldTable::default(),
         };
-        let q = Queue::new(&self.name, &name, options, Arc::clone(&self.clock))?;
+        let q = Queue::new(
+            &self.name,
+            &name,
+            options,
+            Arc::clone(&self.clock),
+            self.paging(),
+        )?;
         // Transient and exclusive: nothing to save in the definitions.
         self.topology.write().insert_queue(Arc::clone(&q));
         Ok(q)

@@ -34,7 +34,7 @@ use crate::exchange::Exchange;
 use crate::metrics::BrokerMetrics;
 use crate::queue::{ConnectionId, Queue};
 
-pub(crate) use declare::check_queue_name;
+pub(crate) use declare::{check_queue_name, check_server_named};
 use persist::DefinitionsLog;
 pub use publish::{PublishOptions, PublishOutcome, PublishSource};
 pub use storage::{dir_name, VhostStorage};

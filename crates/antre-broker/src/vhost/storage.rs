@@ -14,7 +14,7 @@ use crate::error::{exchange_ref, BrokerError};
 use crate::exchange::dedup::DedupCache;
 use crate::exchange::delayed::DelayedMessages;
 use crate::exchange::{Exchange, ExchangeType};
-use crate::queue::{Queue, QueueOptions};
+use crate::queue::{Paging, Queue, QueueOptions};
 use crate::syncer::Syncer;
 
 use super::ExchangeDeclaration;
@@ -26,8 +26,8 @@ pub struct VhostStorage {
     pub dir: PathBuf,
     /// Options for each queue's store.
     pub store_options: StoreOptions,
-    /// Bytes of message bodies a queue keeps in memory.
-    pub memory_limit: u64,
+    /// The node's message budget and where queues page beyond it.
+    pub paging: Paging,
     /// The broker's group-commit thread.
     pub syncer: Syncer,
 }
@@ -41,6 +41,13 @@ pub fn dir_name(name: &str) -> String {
 
 pub(super) fn internal(path: &Path, what: &str, e: std::io::Error) -> BrokerError {
     BrokerError::Internal(format!("{what} {}: {e}", path.display()))
+}
+
+impl super::Vhost {
+    /// How the vhost's queues page (none for an in-memory vhost).
+    pub(super) fn paging(&self) -> Option<Paging> {
+        self.storage.as_ref().map(|s| s.paging.clone())
+    }
 }
 
 impl VhostStorage {
@@ -72,7 +79,7 @@ impl VhostStorage {
             clock,
             &dir,
             self.store_options.clone(),
-            self.memory_limit,
+            Some(self.paging.clone()),
         )?;
         self.syncer.register(Arc::clone(&q) as Arc<dyn Durable>);
         Ok(q)
@@ -124,7 +131,7 @@ pub(super) fn build_exchange(
                 format!("schedule of {label}"),
                 &dir.join("delayed"),
                 s.store_options.clone(),
-                s.memory_limit,
+                s.paging.memory.limit(),
             )?);
             s.syncer.register(Arc::clone(&schedule) as Arc<dyn Durable>);
             Some(schedule)

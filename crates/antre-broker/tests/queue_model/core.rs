@@ -63,12 +63,15 @@ pub struct Core {
 }
 
 impl Core {
-    /// A fresh broker; `page_out` keeps no persistent body in memory, so
-    /// deliveries read them back from the store.
+    /// A fresh broker; `page_out` gives it no message memory at all, so
+    /// every body and index page goes to disk (persistent ones read back
+    /// from their store, transient ones from scratch stores).
     pub fn new(page_out: bool) -> Core {
         let dir = temp_dir();
         let options = StorageOptions {
-            queue_memory_limit: if page_out { 0 } else { 64 * 1024 * 1024 },
+            message_memory_limit: if page_out { 0 } else { 64 * 1024 * 1024 },
+            // Pages of three entries, so short runs page their index too.
+            page_entries: if page_out { 3 } else { 128 },
             ..StorageOptions::default()
         };
         let clock = Arc::new(ManualClock::at(1_700_000_000_000));

@@ -35,13 +35,18 @@ impl QueueStore {
             .segments
             .get_mut(&pos.segment)
             .ok_or(StoreError::NotFound(pos))?;
-        if !seg.index.ack(pos.offset) {
+        let in_segment = pos.offset >= crate::SEGMENT_HEADER_LEN && u64::from(pos.offset) < seg.len;
+        if !in_segment || !seg.index.ack(pos.offset) {
             return Err(StoreError::NotFound(pos));
         }
         self.live -= 1;
         if seg.index.live() == 0 && current != Some(pos.segment) {
             // No ack entry needed: the whole segment goes.
             return self.delete_segment(pos.segment);
+        }
+        if self.scratch {
+            // Nothing in a scratch store outlives the process.
+            return Ok(());
         }
         self.pending_acks.push(pos);
         if self.pending_acks.len() >= self.opts.max_pending_acks {

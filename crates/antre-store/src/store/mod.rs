@@ -24,6 +24,9 @@ use crate::{sync_dir, RecoveryStats, SegmentPosition, StoreError, StoreOptions};
 mod acks;
 mod read;
 
+/// A write buffer up to this size is kept between syncs whatever its use.
+const SMALL_BUFFER: usize = 16 * 1024;
+
 /// The segment being appended to.
 struct Writer {
     segment: u32,
@@ -34,6 +37,8 @@ struct Writer {
     synced: u64,
     /// Appended records not yet handed to the kernel.
     buf: Vec<u8>,
+    /// Most bytes the buffer held since the last sync.
+    peak: usize,
 }
 
 impl Writer {
@@ -139,6 +144,8 @@ pub struct QueueStore {
     reported_dirty: bool,
     /// Set once the store was closed or abandoned, so `Drop` does nothing.
     closed: bool,
+    /// A scratch store (see [`QueueStore::open_scratch`]).
+    scratch: bool,
     #[cfg(test)]
     pub(crate) fail_next_flush: bool,
     /// Test shadow of what an fsync actually covered: file length at its
@@ -200,6 +207,7 @@ impl QueueStore {
             on_dirty: None,
             reported_dirty: false,
             closed: false,
+            scratch: false,
             #[cfg(test)]
             fail_next_flush: false,
             #[cfg(test)]
@@ -212,6 +220,23 @@ impl QueueStore {
             }
         }
         Ok((store, rec.stats))
+    }
+
+    /// A scratch store in `dir`: where a broker pages out what must leave
+    /// memory but need not survive a restart (transient messages, index
+    /// pages). Whatever `dir` held is removed first. Records are readable,
+    /// acks free whole segments as usual, but nothing is ever fsync'd, acks
+    /// are never written to disk, and closing or dropping the store removes
+    /// its directory.
+    pub fn open_scratch(dir: &Path, opts: StoreOptions) -> Result<QueueStore, StoreError> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("remove", dir, e)),
+        }
+        let (mut store, _) = QueueStore::open(dir, opts, |_, _| {})?;
+        store.scratch = true;
+        Ok(store)
     }
 
     /// Appends a record and returns its position.
@@ -347,6 +372,13 @@ impl QueueStore {
             if let Err(e) = self.flush(&mut w) {
                 return Err(self.write_failed(w, e));
             }
+            // A store that wrote little since the last sync gives its buffer
+            // back: thousands of durable queues must not each keep a full
+            // write buffer they filled once.
+            if w.buf.capacity() > SMALL_BUFFER && w.peak < w.buf.capacity() / 4 {
+                w.buf = Vec::new();
+            }
+            w.peak = 0;
             if w.synced < w.written {
                 match w.file.try_clone() {
                     Ok(file) => files.push(SyncFile {
@@ -436,9 +468,11 @@ impl QueueStore {
     /// [`append`](Self::append) or [`sync`](Self::sync), this tells which
     /// recently appended records were discarded.
     pub fn contains(&self, pos: SegmentPosition) -> bool {
-        self.segments
-            .get(&pos.segment)
-            .is_some_and(|s| s.index.is_live(pos.offset))
+        self.segments.get(&pos.segment).is_some_and(|s| {
+            pos.offset >= SEGMENT_HEADER_LEN
+                && u64::from(pos.offset) < s.len
+                && s.index.is_live(pos.offset)
+        })
     }
 
     /// Number of live (appended, not acked) records.
@@ -504,6 +538,10 @@ impl QueueStore {
     /// the store. After a clean close no acked record comes back. Dropping
     /// the store does the same but can only log errors.
     pub fn close(mut self) -> Result<(), StoreError> {
+        if self.scratch {
+            self.closed = true;
+            return self.remove_dir();
+        }
         let res = self.shutdown();
         self.closed = true;
         res
@@ -512,6 +550,10 @@ impl QueueStore {
     /// Deletes the queue's directory and everything in it (queue deleted).
     pub fn delete_all(mut self) -> Result<(), StoreError> {
         self.closed = true;
+        self.remove_dir()
+    }
+
+    fn remove_dir(&mut self) -> Result<(), StoreError> {
         self.writer = None;
         self.unsynced.clear();
         self.segments.clear();
@@ -523,6 +565,9 @@ impl QueueStore {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(StoreError::io("remove", &self.dir, e)),
+        }
+        if self.scratch {
+            return Ok(());
         }
         match self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             Some(parent) => sync_dir(parent),
@@ -580,7 +625,9 @@ impl QueueStore {
                 Err(e) => return Err(StoreError::io("create segment", &path, e)),
             };
             self.dir_needs_sync = true;
-            let mut buf = Vec::with_capacity(self.opts.write_buffer_size.min(1 << 20));
+            // Grown as records come: a store that writes little never holds
+            // a full write buffer (see begin_sync).
+            let mut buf = Vec::new();
             buf.extend_from_slice(&encode_segment_header(n));
             self.segments.insert(
                 n,
@@ -595,6 +642,7 @@ impl QueueStore {
                 written: 0,
                 synced: 0,
                 buf,
+                peak: 0,
             });
         }
     }
@@ -613,7 +661,11 @@ impl QueueStore {
         }
         w.file.write_all_at(&w.buf, w.written)?;
         w.written += w.buf.len() as u64;
+        w.peak = w.peak.max(w.buf.len());
         w.buf.clear();
+        if let Some(seg) = self.segments.get_mut(&w.segment) {
+            seg.index.flushed();
+        }
         Ok(())
     }
 
@@ -742,7 +794,16 @@ impl QueueStore {
 
 impl Drop for QueueStore {
     fn drop(&mut self) {
-        if self.closed || self.poisoned.is_some() {
+        if self.closed {
+            return;
+        }
+        if self.scratch {
+            if let Err(e) = self.remove_dir() {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove scratch store");
+            }
+            return;
+        }
+        if self.poisoned.is_some() {
             return;
         }
         if let Err(e) = self.shutdown() {

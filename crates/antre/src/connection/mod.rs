@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use antre_amqp::reply;
+use antre_broker::alarm::AlarmState;
 use antre_broker::session::{
     self, Effect, EventSink, ExternalIdentity, OpenedConnection, Peer, Session, SessionConfig,
     SessionEvent, SessionState,
@@ -95,7 +96,8 @@ pub struct Connection<S> {
     rbuf: BytesMut,
     session: Session,
     events: mpsc::UnboundedReceiver<SessionEvent>,
-    disk_alarm: watch::Receiver<bool>,
+    /// Changes of the resource alarms, to wake up a blocked client.
+    alarms: watch::Receiver<AlarmState>,
     /// False while a resource alarm blocks this (publishing) client.
     reading: bool,
     /// Holds deliveries to a busy connection for one write.
@@ -114,7 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         broker: Arc<Broker>,
         config: Arc<Config>,
         registry: Arc<Registry>,
-        disk_alarm: watch::Receiver<bool>,
+        alarms: watch::Receiver<AlarmState>,
     ) -> Connection<S> {
         let Accepted {
             stream,
@@ -148,7 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             rbuf: BytesMut::with_capacity(64 * 1024),
             session,
             events,
-            disk_alarm,
+            alarms,
             reading: true,
             coalesce,
             heartbeat: None,
@@ -228,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         }
                     }
                 }
-                _ = self.disk_alarm.changed() => {}
+                _ = self.alarms.changed() => {}
                 _ = self.coalesce.expired(), if holding => {}
                 _ = tick(&mut self.heartbeat), if beating => {
                     self.session.heartbeat_tick(Instant::now().into_std());
@@ -294,12 +296,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Stops reading a publishing connection while the disk alarm is raised
+    /// Stops reading a publishing connection while a resource alarm is raised
     /// (RabbitMQ's flow of blocking); the session tells clients that
     /// understand connection.blocked.
     fn update_alarm(&mut self) {
-        let alarm = (*self.disk_alarm.borrow()).then_some("low on disk");
-        let blocked = self.session.set_alarm(alarm);
+        let blocked = self.session.apply_alarms();
         self.reading = !blocked;
         if let Some(entry) = &self.entry {
             entry
@@ -380,6 +381,7 @@ fn session_config(config: &Config) -> SessionConfig {
         max_message_size: config.max_message_size,
         consumer_timeout: config.consumer_timeout,
         max_connections: config.max_connections,
+        delivery_buffer_limit: config.delivery_buffer_limit,
         identity: server_identity(config.server_identity),
     }
 }

@@ -42,7 +42,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 
-use crate::alarm::DiskAlarm;
+use crate::alarm::Alarms;
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::sockets::Sockets;
@@ -58,8 +58,8 @@ pub struct HttpState {
     pub registry: Arc<Registry>,
     /// Sampled rates.
     pub rates: Arc<Rates>,
-    /// The free-disk alarm.
-    pub disk_alarm: DiskAlarm,
+    /// The memory and free-disk alarms.
+    pub alarms: Alarms,
     /// The server's settings.
     pub config: Arc<Config>,
     /// Where AMQP clients connect (every address).

@@ -1,6 +1,7 @@
-//! The web UI, embedded in the binary: one HTML page, one script, one
-//! stylesheet, written by hand (no build step). The page logs in with a
-//! broker user and calls the same `/api` as scripts do.
+//! The web UI, embedded in the binary: one HTML page, a stylesheet and a
+//! script split into ES modules, written by hand (no build step, no
+//! dependencies). The page logs in with a broker user and calls the same
+//! `/api` as scripts do.
 
 use axum::extract::Path;
 use axum::http::header;
@@ -9,9 +10,23 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 
 const INDEX: &str = include_str!("ui/index.html");
-const APP_JS: &str = include_str!("ui/app.js");
-const APP_CSS: &str = include_str!("ui/app.css");
 const OPENAPI: &str = include_str!("openapi.json");
+
+/// The UI's files: the stylesheet and the script's ES modules.
+const ASSETS: &[(&str, &str)] = &[
+    ("app.css", include_str!("ui/app.css")),
+    ("app.js", include_str!("ui/app.js")),
+    ("dom.js", include_str!("ui/dom.js")),
+    ("table.js", include_str!("ui/table.js")),
+    ("chart.js", include_str!("ui/chart.js")),
+    ("args.js", include_str!("ui/args.js")),
+    ("overview.js", include_str!("ui/overview.js")),
+    ("queues.js", include_str!("ui/queues.js")),
+    ("exchanges.js", include_str!("ui/exchanges.js")),
+    ("connections.js", include_str!("ui/connections.js")),
+    ("admin.js", include_str!("ui/admin.js")),
+    ("definitions.js", include_str!("ui/definitions.js")),
+];
 
 /// GET /.
 pub async fn index() -> Response {
@@ -27,17 +42,20 @@ pub async fn index() -> Response {
 
 /// GET /ui/{file}.
 pub async fn asset(Path(file): Path<String>) -> Response {
-    let (kind, body) = match file.as_str() {
-        "app.js" => ("text/javascript; charset=utf-8", APP_JS),
-        "app.css" => ("text/css; charset=utf-8", APP_CSS),
-        _ => return ApiError::not_found(format!("no UI file '{file}'")).into_response(),
+    let Some((_, body)) = ASSETS.iter().find(|(name, _)| *name == file) else {
+        return ApiError::not_found(format!("no UI file '{file}'")).into_response();
+    };
+    let kind = if file.ends_with(".css") {
+        "text/css; charset=utf-8"
+    } else {
+        "text/javascript; charset=utf-8"
     };
     (
         [
             (header::CONTENT_TYPE, kind),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        body,
+        *body,
     )
         .into_response()
 }
@@ -49,6 +67,24 @@ pub async fn openapi() -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_module_the_script_imports_is_served() {
+        for (name, body) in super::ASSETS {
+            for line in body.lines().filter(|l| l.starts_with("import ")) {
+                let target = line
+                    .split("from \"./")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_else(|| panic!("{name}: unexpected import {line}"));
+                assert!(
+                    super::ASSETS.iter().any(|(n, _)| *n == target),
+                    "{name} imports {target}, which /ui/ does not serve"
+                );
+            }
+        }
+        assert!(super::INDEX.contains("src=\"/ui/app.js\""));
+    }
+
     #[test]
     fn the_openapi_description_is_json_and_names_every_api_path() {
         let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");

@@ -13,18 +13,7 @@ use crate::http::rates::OverviewSample;
 use crate::http::render::{details, node_name};
 use crate::http::{AuthUser, HttpState};
 
-/// Resident memory of this process, in bytes (Linux; 0 elsewhere).
-pub fn resident_memory() -> u64 {
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
-        return 0;
-    };
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+pub use crate::alarm::resident_memory;
 
 /// Free bytes on the data directory's file system.
 pub fn disk_free(state: &HttpState) -> u64 {
@@ -33,7 +22,12 @@ pub fn disk_free(state: &HttpState) -> u64 {
 
 /// Whether the free-disk alarm is raised.
 pub fn disk_alarm(state: &HttpState) -> bool {
-    *state.disk_alarm.subscribe().borrow()
+    state.alarms.state().disk
+}
+
+/// Whether the memory alarm is raised.
+pub fn memory_alarm(state: &HttpState) -> bool {
+    state.alarms.state().memory
 }
 
 /// Object counts: (connections, channels, exchanges, queues, consumers).
@@ -120,8 +114,10 @@ pub async fn overview(
         },
         "listeners": listeners(&state),
         "mem_used": resident_memory(),
+        "mem_limit": state.alarms.memory_limit(),
+        "mem_alarm": memory_alarm(&state),
         "disk_free": disk_free(&state),
-        "disk_free_limit": state.config.disk_free_limit,
+        "disk_free_limit": state.alarms.disk_free_limit(),
         "disk_free_alarm": disk_alarm(&state),
     });
     let age = ["msg_rates_age", "lengths_age"]
@@ -172,9 +168,10 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
         "running": true,
         "uptime": state.started.elapsed().as_millis() as u64,
         "mem_used": resident_memory(),
-        "mem_alarm": false,
+        "mem_limit": state.alarms.memory_limit(),
+        "mem_alarm": memory_alarm(&state),
         "disk_free": disk_free(&state),
-        "disk_free_limit": state.config.disk_free_limit,
+        "disk_free_limit": state.alarms.disk_free_limit(),
         "disk_free_alarm": disk_alarm(&state),
         "connections": connections,
         "channels": channels,
@@ -193,17 +190,24 @@ pub async fn whoami(Extension(user): Extension<AuthUser>) -> Json<Value> {
 }
 
 /// GET /api/health/checks/alarms: 200 `{"status":"ok"}` or 503 with the
-/// alarms in effect.
+/// alarms in effect, in RabbitMQ's words and shape.
 pub async fn alarms(
     State(state): State<HttpState>,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
-    if disk_alarm(&state) {
+    let raised = state.alarms.state();
+    let resources = [(raised.disk, "disk space"), (raised.memory, "memory")];
+    let alarms: Vec<Value> = resources
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, resource)| json!({ "node": node_name(), "resource": resource }))
+        .collect();
+    if !alarms.is_empty() {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "status": "failed",
-                "reason": "resource alarm(s) in effect: disk free space below the limit",
-                "alarms": [{ "node": node_name(), "resource": "disk" }],
+                "reason": "There are alarms in effect in the cluster",
+                "alarms": alarms,
             })),
         ));
     }
@@ -222,10 +226,10 @@ pub async fn ready(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
 }
 
 fn readiness(state: &HttpState) -> ApiResult<Json<Value>> {
-    if disk_alarm(state) {
-        return Err(ApiError::unavailable(
-            "disk alarm in effect: publishers are blocked",
-        ));
+    if let Some(reason) = state.alarms.state().reason() {
+        return Err(ApiError::unavailable(format!(
+            "resource alarm in effect ({reason}): publishers are blocked"
+        )));
     }
     Ok(Json(json!({ "status": "ok" })))
 }

@@ -3,7 +3,9 @@
 //! and `queue`, and the latency histograms RabbitMQ has no names for.
 
 use super::Page;
-use crate::http::api::overview::{disk_alarm, disk_free, object_totals, resident_memory};
+use crate::http::api::overview::{
+    disk_alarm, disk_free, memory_alarm, object_totals, resident_memory,
+};
 use crate::http::HttpState;
 
 /// Writes every `antre_*` metric.
@@ -94,6 +96,18 @@ pub fn render(p: &mut Page, state: &HttpState) {
         resident_memory(),
     );
     p.single(
+        "antre_memory_limit_bytes",
+        "gauge",
+        "The memory high watermark: above this much resident memory, publishers are blocked.",
+        state.alarms.memory_limit(),
+    );
+    p.single(
+        "antre_memory_alarm",
+        "gauge",
+        "1 while the memory alarm blocks publishers.",
+        u8::from(memory_alarm(state)),
+    );
+    p.single(
         "antre_disk_free_bytes",
         "gauge",
         "Free bytes on the data directory's file system.",
@@ -103,7 +117,7 @@ pub fn render(p: &mut Page, state: &HttpState) {
         "antre_disk_free_limit_bytes",
         "gauge",
         "Below this much free disk space, publishers are blocked.",
-        state.config.disk_free_limit,
+        state.alarms.disk_free_limit(),
     );
     p.single(
         "antre_disk_free_alarm",

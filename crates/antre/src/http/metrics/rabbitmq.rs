@@ -14,7 +14,7 @@
 use antre_broker::metrics::BrokerMetrics;
 
 use super::{objects, Endpoint, Page};
-use crate::http::api::overview::{disk_alarm, disk_free, resident_memory};
+use crate::http::api::overview::{disk_alarm, disk_free, memory_alarm, resident_memory};
 use crate::http::render::node_name;
 use crate::http::HttpState;
 use crate::sockets::{fd_limit, open_fds};
@@ -89,8 +89,8 @@ fn node(p: &mut Page, state: &HttpState) {
         ),
         (
             "rabbitmq_resident_memory_limit_bytes",
-            "Memory high watermark in bytes (antre: the machine's memory)",
-            memory_total() as f64,
+            "Memory high watermark in bytes",
+            state.alarms.memory_limit() as f64,
         ),
         (
             "rabbitmq_process_open_fds",
@@ -120,7 +120,7 @@ fn node(p: &mut Page, state: &HttpState) {
         (
             "rabbitmq_disk_space_available_limit_bytes",
             "Free disk space low watermark in bytes",
-            state.config.disk_free_limit as f64,
+            state.alarms.disk_free_limit() as f64,
         ),
     ];
     for (name, help, value) in gauges {
@@ -131,6 +131,12 @@ fn node(p: &mut Page, state: &HttpState) {
         "gauge",
         "is 1 if free disk space watermark alarm is in effect",
         u8::from(disk_alarm(state)),
+    );
+    p.single(
+        "rabbitmq_alarms_memory_used_watermark",
+        "gauge",
+        "is 1 if VM memory watermark alarm is in effect",
+        u8::from(memory_alarm(state)),
     );
 }
 
@@ -336,17 +342,6 @@ fn erlang_float(x: f64) -> String {
     format!("{mantissa}e+{exponent:02}")
 }
 
-/// Total memory of the machine (Linux; 0 elsewhere).
-fn memory_total() -> u64 {
-    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
-        return 0;
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,7 +360,6 @@ mod tests {
 
     #[test]
     fn process_numbers_come_from_proc() {
-        assert!(memory_total() > 0);
         assert!(open_fds() > 0);
         assert!(fd_limit().unwrap() >= open_fds());
     }

@@ -24,7 +24,7 @@
 //! changes on a snapshot that already holds them is harmless too: each sets
 //! or deletes one key, so the replay ends in the latest state.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,19 +32,21 @@ use std::sync::Arc;
 use antre_store::QueueStore;
 use antre_store::{DirtyHook, PendingSync, StoreError};
 use parking_lot::{Condvar, Mutex};
-use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::definitions::{
-    json_to_table, table_to_json, BindingDef, ExchangeDef, QueueDef, VhostDefinitions,
-};
+use crate::definitions::{json_to_table, VhostDefinitions};
 use crate::durable::Durable;
 use crate::error::BrokerError;
-use crate::exchange::{Binding, Destination, Exchange};
-use crate::queue::{Queue, QueueOptions};
+use crate::exchange::{Binding, Destination};
+use crate::queue::QueueOptions;
+
+mod change;
+
+pub(super) use change::{durable_definitions, Change};
+use change::{DurableState, Snapshot};
 
 use super::storage::{build_exchange, dir_name, remove_orphan_dirs, VhostStorage};
-use super::topology::{is_predeclared, Topology};
+use super::topology::Topology;
 use super::ExchangeDeclaration;
 
 const SNAPSHOT_FILE: &str = "definitions.json";
@@ -54,113 +56,6 @@ const LOG_DIR: &str = "definitions-log";
 /// the snapshot (and at least [`MIN_COMPACTION_BYTES`]).
 const COMPACTION_FACTOR: u64 = 2;
 const MIN_COMPACTION_BYTES: u64 = 4 << 20;
-
-/// One change to durable definitions, as the log records it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum Change {
-    /// A durable exchange was declared.
-    PutExchange(ExchangeDef),
-    /// A durable exchange was deleted.
-    DeleteExchange {
-        /// Its name.
-        name: String,
-    },
-    /// A durable queue was declared.
-    PutQueue(QueueDef),
-    /// A durable queue was deleted.
-    DeleteQueue {
-        /// Its name.
-        name: String,
-    },
-    /// A binding between durable ends was added.
-    PutBinding(BindingDef),
-    /// A binding between durable ends was removed.
-    DeleteBinding(BindingDef),
-}
-
-impl Change {
-    pub(super) fn put_exchange(vhost: &str, ex: &Exchange) -> Change {
-        Change::PutExchange(exchange_def(vhost, ex))
-    }
-
-    pub(super) fn put_queue(vhost: &str, q: &Queue) -> Change {
-        Change::PutQueue(queue_def(vhost, q))
-    }
-
-    pub(super) fn put_binding(vhost: &str, source: &str, b: &Binding) -> Change {
-        Change::PutBinding(binding_def(vhost, source, b))
-    }
-
-    pub(super) fn delete_binding(vhost: &str, source: &str, b: &Binding) -> Change {
-        Change::DeleteBinding(binding_def(vhost, source, b))
-    }
-}
-
-fn exchange_def(vhost: &str, ex: &Exchange) -> ExchangeDef {
-    ExchangeDef {
-        name: ex.name.clone(),
-        vhost: vhost.to_owned(),
-        kind: ex.type_name.clone(),
-        durable: true,
-        auto_delete: ex.auto_delete,
-        internal: ex.internal,
-        arguments: table_to_json(&ex.arguments),
-    }
-}
-
-fn queue_def(vhost: &str, q: &Queue) -> QueueDef {
-    QueueDef {
-        name: q.name.clone(),
-        vhost: vhost.to_owned(),
-        durable: true,
-        auto_delete: q.options.auto_delete,
-        arguments: table_to_json(&q.options.arguments),
-    }
-}
-
-fn binding_def(vhost: &str, source: &str, b: &Binding) -> BindingDef {
-    let (destination, kind) = match &b.destination {
-        Destination::Queue(q) => (q.clone(), "queue"),
-        Destination::Exchange(e) => (e.clone(), "exchange"),
-    };
-    BindingDef {
-        source: source.to_owned(),
-        vhost: vhost.to_owned(),
-        destination,
-        destination_type: kind.to_owned(),
-        routing_key: b.routing_key.clone(),
-        arguments: table_to_json(&b.arguments),
-    }
-}
-
-/// A binding's identity in the durable state: source, destination, key and
-/// arguments (serde_json keeps object keys sorted, so equal arguments
-/// give equal text).
-fn binding_key(b: &BindingDef) -> String {
-    serde_json::json!([
-        b.source,
-        b.destination_type,
-        b.destination,
-        b.routing_key,
-        b.arguments
-    ])
-    .to_string()
-}
-
-/// The snapshot file: the definitions, and the first log generation they
-/// do not include (absent in files written before there were generations).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Snapshot {
-    #[serde(flatten)]
-    definitions: VhostDefinitions,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    log_generation: u64,
-}
-
-fn is_zero(g: &u64) -> bool {
-    *g == 0
-}
 
 fn log_dir(vhost_dir: &Path, generation: u64) -> PathBuf {
     match generation {
@@ -185,71 +80,6 @@ fn log_generations(vhost_dir: &Path) -> Vec<u64> {
         .collect();
     found.sort_unstable();
     found
-}
-
-/// Durable definitions by key, while recovering.
-#[derive(Debug, Default)]
-struct DurableState {
-    exchanges: BTreeMap<String, ExchangeDef>,
-    queues: BTreeMap<String, QueueDef>,
-    bindings: BTreeMap<String, BindingDef>,
-}
-
-impl DurableState {
-    fn from_snapshot(defs: VhostDefinitions) -> DurableState {
-        let mut state = DurableState::default();
-        for x in defs.exchanges {
-            state.exchanges.insert(x.name.clone(), x);
-        }
-        for q in defs.queues {
-            state.queues.insert(q.name.clone(), q);
-        }
-        for b in defs.bindings {
-            state.bindings.insert(binding_key(&b), b);
-        }
-        state
-    }
-
-    /// As the snapshot file holds them, sorted like an export.
-    fn to_definitions(&self, vhost: &str) -> VhostDefinitions {
-        let mut bindings: Vec<BindingDef> = self.bindings.values().cloned().collect();
-        bindings.sort_by(|a, b| {
-            (&a.source, &a.destination, &a.routing_key).cmp(&(
-                &b.source,
-                &b.destination,
-                &b.routing_key,
-            ))
-        });
-        VhostDefinitions {
-            name: vhost.to_owned(),
-            exchanges: self.exchanges.values().cloned().collect(),
-            queues: self.queues.values().cloned().collect(),
-            bindings,
-        }
-    }
-
-    fn apply(&mut self, change: Change) {
-        match change {
-            Change::PutExchange(x) => {
-                self.exchanges.insert(x.name.clone(), x);
-            }
-            Change::DeleteExchange { name } => {
-                self.exchanges.remove(&name);
-            }
-            Change::PutQueue(q) => {
-                self.queues.insert(q.name.clone(), q);
-            }
-            Change::DeleteQueue { name } => {
-                self.queues.remove(&name);
-            }
-            Change::PutBinding(b) => {
-                self.bindings.insert(binding_key(&b), b);
-            }
-            Change::DeleteBinding(b) => {
-                self.bindings.remove(&binding_key(&b));
-            }
-        }
-    }
 }
 
 /// What the files of a vhost's definitions say.
@@ -664,154 +494,5 @@ fn rebuild(
     Ok(())
 }
 
-/// The durable part of a topology: durable exchanges (not the predeclared
-/// ones), durable non-exclusive queues, and bindings whose ends are both
-/// durable, as RabbitMQ persists them; sorted, so files diff well.
-pub(super) fn durable_definitions(topo: &Topology) -> VhostDefinitions {
-    let vhost = topo.vhost.as_str();
-    let mut defs = VhostDefinitions {
-        name: vhost.to_owned(),
-        ..Default::default()
-    };
-    let durable_queue = |name: &str| {
-        topo.queues
-            .get(name)
-            .is_some_and(|q| q.options.durable && q.options.exclusive_owner.is_none())
-    };
-    let durable_exchange = |name: &str| topo.exchanges.get(name).is_some_and(|e| e.durable);
-    for ex in topo.exchanges.values() {
-        if !ex.durable {
-            continue;
-        }
-        if !is_predeclared(&ex.name) {
-            defs.exchanges.push(exchange_def(vhost, ex));
-        }
-        for b in &ex.bindings {
-            let durable = match &b.destination {
-                Destination::Queue(q) => durable_queue(q),
-                Destination::Exchange(e) => durable_exchange(e),
-            };
-            if durable {
-                defs.bindings.push(binding_def(vhost, &ex.name, b));
-            }
-        }
-    }
-    for q in topo.queues.values() {
-        if durable_queue(&q.name) {
-            defs.queues.push(queue_def(vhost, q));
-        }
-    }
-    defs.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-    defs.queues.sort_by(|a, b| a.name.cmp(&b.name));
-    defs.bindings.sort_by(|a, b| {
-        (&a.source, &a.destination, &a.routing_key).cmp(&(
-            &b.source,
-            &b.destination,
-            &b.routing_key,
-        ))
-    });
-    defs
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
-    use crate::metrics::BrokerMetrics;
-    use crate::syncer::Syncer;
-    use crate::vhost::{QueueDeclaration, Vhost};
-
-    fn storage(dir: &Path) -> VhostStorage {
-        let syncer =
-            Syncer::start(std::time::Duration::from_millis(50), Arc::default()).expect("syncer");
-        VhostStorage {
-            dir: dir.to_path_buf(),
-            store_options: antre_store::StoreOptions::default(),
-            memory_limit: u64::MAX,
-            syncer,
-        }
-    }
-
-    fn open(dir: &Path) -> Vhost {
-        let clock = Arc::new(ManualClock::at(1)) as Arc<dyn Clock>;
-        Vhost::open("/", storage(dir), clock, Arc::<BrokerMetrics>::default()).expect("opens")
-    }
-
-    fn declare(v: &Vhost, name: &str) {
-        let d = QueueDeclaration {
-            name: name.into(),
-            durable: true,
-            exclusive: false,
-            auto_delete: false,
-            arguments: Default::default(),
-        };
-        v.declare_queue(d, false, 1).expect("declared");
-    }
-
-    fn names(v: &Vhost) -> Vec<String> {
-        let mut names: Vec<String> = v.queues().iter().map(|q| q.name.clone()).collect();
-        names.sort();
-        names
-    }
-
-    /// A crash after appends moved to a new log but before the snapshot
-    /// that would fold the old one: start-up replays both, in order.
-    #[test]
-    fn a_crash_between_switching_logs_and_the_snapshot_loses_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let v = open(dir.path());
-            declare(&v, "before-switch");
-            let defs = v.definitions.as_ref().unwrap();
-            defs.switch_log().unwrap();
-            declare(&v, "after-switch");
-            v.close();
-        }
-        assert_eq!(log_generations(dir.path()), [1, 2]);
-        let v = open(dir.path());
-        assert_eq!(names(&v), ["after-switch", "before-switch"]);
-        // Folded at start-up: the next log (3) appears with its first record.
-        assert!(log_generations(dir.path()).is_empty());
-        declare(&v, "after-restart");
-        assert_eq!(log_generations(dir.path()), [3]);
-    }
-
-    /// The timer's compaction, on its own thread, folds what preceded its
-    /// switch of logs into the snapshot, and everything before and after it
-    /// comes back.
-    #[test]
-    fn compaction_by_the_timer_keeps_every_change() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let v = open(dir.path());
-            declare(&v, "a");
-            let defs = v.definitions.as_ref().unwrap();
-            defs.compaction_due.store(true, Ordering::Relaxed);
-            v.tick(1);
-            assert!(!defs.compaction_due.load(Ordering::Relaxed));
-            while defs.compacting.load(Ordering::Relaxed) {
-                std::thread::yield_now();
-            }
-            let snapshot = std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
-            let snapshot: Snapshot = serde_json::from_slice(&snapshot).unwrap();
-            assert_eq!(snapshot.log_generation, 2);
-            let queues: Vec<&str> = snapshot
-                .definitions
-                .queues
-                .iter()
-                .map(|q| q.name.as_str())
-                .collect();
-            assert_eq!(queues, ["a"]);
-            assert!(
-                log_generations(dir.path()).is_empty(),
-                "the old log is gone"
-            );
-            declare(&v, "b");
-            assert_eq!(log_generations(dir.path()), [2]);
-            v.delete_queue("a", false, false, 1).unwrap();
-            v.close();
-        }
-        let v = open(dir.path());
-        assert_eq!(names(&v), ["b"]);
-    }
-}
+mod tests;

@@ -1,0 +1,233 @@
+//! What the definitions log records (one change to one definition), the
+//! durable state those changes build, and the snapshot file.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::definitions::{table_to_json, BindingDef, ExchangeDef, QueueDef, VhostDefinitions};
+use crate::exchange::{Binding, Destination, Exchange};
+use crate::queue::Queue;
+
+use crate::vhost::topology::{is_predeclared, Topology};
+
+/// One change to durable definitions, as the log records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(in crate::vhost) enum Change {
+    /// A durable exchange was declared.
+    PutExchange(ExchangeDef),
+    /// A durable exchange was deleted.
+    DeleteExchange {
+        /// Its name.
+        name: String,
+    },
+    /// A durable queue was declared.
+    PutQueue(QueueDef),
+    /// A durable queue was deleted.
+    DeleteQueue {
+        /// Its name.
+        name: String,
+    },
+    /// A binding between durable ends was added.
+    PutBinding(BindingDef),
+    /// A binding between durable ends was removed.
+    DeleteBinding(BindingDef),
+}
+
+impl Change {
+    pub(in crate::vhost) fn put_exchange(vhost: &str, ex: &Exchange) -> Change {
+        Change::PutExchange(exchange_def(vhost, ex))
+    }
+
+    pub(in crate::vhost) fn put_queue(vhost: &str, q: &Queue) -> Change {
+        Change::PutQueue(queue_def(vhost, q))
+    }
+
+    pub(in crate::vhost) fn put_binding(vhost: &str, source: &str, b: &Binding) -> Change {
+        Change::PutBinding(binding_def(vhost, source, b))
+    }
+
+    pub(in crate::vhost) fn delete_binding(vhost: &str, source: &str, b: &Binding) -> Change {
+        Change::DeleteBinding(binding_def(vhost, source, b))
+    }
+}
+
+fn exchange_def(vhost: &str, ex: &Exchange) -> ExchangeDef {
+    ExchangeDef {
+        name: ex.name.clone(),
+        vhost: vhost.to_owned(),
+        kind: ex.type_name.clone(),
+        durable: true,
+        auto_delete: ex.auto_delete,
+        internal: ex.internal,
+        arguments: table_to_json(&ex.arguments),
+    }
+}
+
+fn queue_def(vhost: &str, q: &Queue) -> QueueDef {
+    QueueDef {
+        name: q.name.clone(),
+        vhost: vhost.to_owned(),
+        durable: true,
+        auto_delete: q.options.auto_delete,
+        arguments: table_to_json(&q.options.arguments),
+    }
+}
+
+fn binding_def(vhost: &str, source: &str, b: &Binding) -> BindingDef {
+    let (destination, kind) = match &b.destination {
+        Destination::Queue(q) => (q.clone(), "queue"),
+        Destination::Exchange(e) => (e.clone(), "exchange"),
+    };
+    BindingDef {
+        source: source.to_owned(),
+        vhost: vhost.to_owned(),
+        destination,
+        destination_type: kind.to_owned(),
+        routing_key: b.routing_key.clone(),
+        arguments: table_to_json(&b.arguments),
+    }
+}
+
+/// A binding's identity in the durable state: source, destination, key and
+/// arguments (serde_json keeps object keys sorted, so equal arguments
+/// give equal text).
+fn binding_key(b: &BindingDef) -> String {
+    serde_json::json!([
+        b.source,
+        b.destination_type,
+        b.destination,
+        b.routing_key,
+        b.arguments
+    ])
+    .to_string()
+}
+
+/// The snapshot file: the definitions, and the first log generation they
+/// do not include (absent in files written before there were generations).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Snapshot {
+    #[serde(flatten)]
+    pub(super) definitions: VhostDefinitions,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(super) log_generation: u64,
+}
+
+fn is_zero(g: &u64) -> bool {
+    *g == 0
+}
+
+/// Durable definitions by key, while recovering.
+#[derive(Debug, Default)]
+pub(super) struct DurableState {
+    pub(super) exchanges: BTreeMap<String, ExchangeDef>,
+    pub(super) queues: BTreeMap<String, QueueDef>,
+    pub(super) bindings: BTreeMap<String, BindingDef>,
+}
+
+impl DurableState {
+    pub(super) fn from_snapshot(defs: VhostDefinitions) -> DurableState {
+        let mut state = DurableState::default();
+        for x in defs.exchanges {
+            state.exchanges.insert(x.name.clone(), x);
+        }
+        for q in defs.queues {
+            state.queues.insert(q.name.clone(), q);
+        }
+        for b in defs.bindings {
+            state.bindings.insert(binding_key(&b), b);
+        }
+        state
+    }
+
+    /// As the snapshot file holds them, sorted like an export.
+    pub(super) fn to_definitions(&self, vhost: &str) -> VhostDefinitions {
+        let mut bindings: Vec<BindingDef> = self.bindings.values().cloned().collect();
+        bindings.sort_by(|a, b| {
+            (&a.source, &a.destination, &a.routing_key).cmp(&(
+                &b.source,
+                &b.destination,
+                &b.routing_key,
+            ))
+        });
+        VhostDefinitions {
+            name: vhost.to_owned(),
+            exchanges: self.exchanges.values().cloned().collect(),
+            queues: self.queues.values().cloned().collect(),
+            bindings,
+        }
+    }
+
+    pub(super) fn apply(&mut self, change: Change) {
+        match change {
+            Change::PutExchange(x) => {
+                self.exchanges.insert(x.name.clone(), x);
+            }
+            Change::DeleteExchange { name } => {
+                self.exchanges.remove(&name);
+            }
+            Change::PutQueue(q) => {
+                self.queues.insert(q.name.clone(), q);
+            }
+            Change::DeleteQueue { name } => {
+                self.queues.remove(&name);
+            }
+            Change::PutBinding(b) => {
+                self.bindings.insert(binding_key(&b), b);
+            }
+            Change::DeleteBinding(b) => {
+                self.bindings.remove(&binding_key(&b));
+            }
+        }
+    }
+}
+
+/// The durable part of a topology: durable exchanges (not the predeclared
+/// ones), durable non-exclusive queues, and bindings whose ends are both
+/// durable, as RabbitMQ persists them; sorted, so files diff well.
+pub(in crate::vhost) fn durable_definitions(topo: &Topology) -> VhostDefinitions {
+    let vhost = topo.vhost.as_str();
+    let mut defs = VhostDefinitions {
+        name: vhost.to_owned(),
+        ..Default::default()
+    };
+    let durable_queue = |name: &str| {
+        topo.queues
+            .get(name)
+            .is_some_and(|q| q.options.durable && q.options.exclusive_owner.is_none())
+    };
+    let durable_exchange = |name: &str| topo.exchanges.get(name).is_some_and(|e| e.durable);
+    for ex in topo.exchanges.values() {
+        if !ex.durable {
+            continue;
+        }
+        if !is_predeclared(&ex.name) {
+            defs.exchanges.push(exchange_def(vhost, ex));
+        }
+        for b in &ex.bindings {
+            let durable = match &b.destination {
+                Destination::Queue(q) => durable_queue(q),
+                Destination::Exchange(e) => durable_exchange(e),
+            };
+            if durable {
+                defs.bindings.push(binding_def(vhost, &ex.name, b));
+            }
+        }
+    }
+    for q in topo.queues.values() {
+        if durable_queue(&q.name) {
+            defs.queues.push(queue_def(vhost, q));
+        }
+    }
+    defs.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+    defs.queues.sort_by(|a, b| a.name.cmp(&b.name));
+    defs.bindings.sort_by(|a, b| {
+        (&a.source, &a.destination, &a.routing_key).cmp(&(
+            &b.source,
+            &b.destination,
+            &b.routing_key,
+        ))
+    });
+    defs
+}

@@ -1,0 +1,107 @@
+//! The definitions log: crashes between switches, compaction.
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::metrics::BrokerMetrics;
+use crate::syncer::Syncer;
+use crate::vhost::{QueueDeclaration, Vhost};
+
+fn storage(dir: &Path) -> VhostStorage {
+    let syncer =
+        Syncer::start(std::time::Duration::from_millis(50), Arc::default()).expect("syncer");
+    VhostStorage {
+        dir: dir.to_path_buf(),
+        store_options: antre_store::StoreOptions::default(),
+        paging: crate::queue::Paging {
+            memory: crate::queue::MessageMemory::new(u64::MAX),
+            scratch_dir: dir.join("scratch"),
+            store_options: antre_store::StoreOptions::default(),
+            alarms: Arc::default(),
+            page_entries: crate::queue::PAGE_ENTRIES,
+        },
+        syncer,
+    }
+}
+
+fn open(dir: &Path) -> Vhost {
+    let clock = Arc::new(ManualClock::at(1)) as Arc<dyn Clock>;
+    Vhost::open("/", storage(dir), clock, Arc::<BrokerMetrics>::default()).expect("opens")
+}
+
+fn declare(v: &Vhost, name: &str) {
+    let d = QueueDeclaration {
+        name: name.into(),
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        arguments: Default::default(),
+    };
+    v.declare_queue(d, false, 1).expect("declared");
+}
+
+fn names(v: &Vhost) -> Vec<String> {
+    let mut names: Vec<String> = v.queues().iter().map(|q| q.name.clone()).collect();
+    names.sort();
+    names
+}
+
+/// A crash after appends moved to a new log but before the snapshot
+/// that would fold the old one: start-up replays both, in order.
+#[test]
+fn a_crash_between_switching_logs_and_the_snapshot_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let v = open(dir.path());
+        declare(&v, "before-switch");
+        let defs = v.definitions.as_ref().unwrap();
+        defs.switch_log().unwrap();
+        declare(&v, "after-switch");
+        v.close();
+    }
+    assert_eq!(log_generations(dir.path()), [1, 2]);
+    let v = open(dir.path());
+    assert_eq!(names(&v), ["after-switch", "before-switch"]);
+    // Folded at start-up: the next log (3) appears with its first record.
+    assert!(log_generations(dir.path()).is_empty());
+    declare(&v, "after-restart");
+    assert_eq!(log_generations(dir.path()), [3]);
+}
+
+/// The timer's compaction, on its own thread, folds what preceded its
+/// switch of logs into the snapshot, and everything before and after it
+/// comes back.
+#[test]
+fn compaction_by_the_timer_keeps_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let v = open(dir.path());
+        declare(&v, "a");
+        let defs = v.definitions.as_ref().unwrap();
+        defs.compaction_due.store(true, Ordering::Relaxed);
+        v.tick(1);
+        assert!(!defs.compaction_due.load(Ordering::Relaxed));
+        while defs.compacting.load(Ordering::Relaxed) {
+            std::thread::yield_now();
+        }
+        let snapshot = std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        let snapshot: Snapshot = serde_json::from_slice(&snapshot).unwrap();
+        assert_eq!(snapshot.log_generation, 2);
+        let queues: Vec<&str> = snapshot
+            .definitions
+            .queues
+            .iter()
+            .map(|q| q.name.as_str())
+            .collect();
+        assert_eq!(queues, ["a"]);
+        assert!(
+            log_generations(dir.path()).is_empty(),
+            "the old log is gone"
+        );
+        declare(&v, "b");
+        assert_eq!(log_generations(dir.path()), [2]);
+        v.delete_queue("a", false, false, 1).unwrap();
+        v.close();
+    }
+    let v = open(dir.path());
+    assert_eq!(names(&v), ["b"]);
+}

@@ -1,0 +1,218 @@
+// Queues: the list (sorted, filtered and paged by the broker), adding one,
+// and a queue's page with its charts, consumers, bindings, Get, publish,
+// purge and delete.
+
+import { h, api, enc, fmt, bytes, stat, field, checkbox, select, form, val, checked, actionButton, flash } from "./dom.js";
+import { lineChart, record, seriesOf } from "./chart.js";
+import { table, listing } from "./table.js";
+import { argsEditor } from "./args.js";
+
+export const QUEUE_ARGS = [
+  ["x-message-ttl", "number", "ms a message may wait in the queue"],
+  ["x-expires", "number", "ms unused before the queue is deleted"],
+  ["x-max-length", "number", "most ready messages"],
+  ["x-max-length-bytes", "number", "most bytes of ready bodies"],
+  ["x-overflow", "string", "drop-head, reject-publish or reject-publish-dlx"],
+  ["x-dead-letter-exchange", "string", "where dead letters go"],
+  ["x-dead-letter-routing-key", "string", "their routing key"],
+  ["x-max-priority", "number", "highest message priority (0-255)"],
+  ["x-delivery-limit", "number", "redeliveries before dead-lettering"],
+  ["x-single-active-consumer", "boolean", "one consumer at a time"],
+  ["x-consumer-timeout", "number", "ms a delivery may stay unacked"],
+  ["x-message-deduplication", "boolean", "skip messages whose key is queued"],
+  ["x-queue-type", "string", "classic, quorum or stream"],
+];
+
+export function queueLink(q) {
+  return h("a", { href: `#/queues/${enc(q.vhost)}/${enc(q.name)}` }, q.name);
+}
+
+function features(q) {
+  const args = Object.keys(q.arguments || {});
+  return [q.durable ? "D" : "", q.auto_delete ? "AD" : "", q.exclusive ? "Excl" : "", args.length ? "Args" : ""]
+    .filter(Boolean).map(f => h("abbr", { class: "tag", title: { D: "durable", AD: "auto-delete", Excl: "exclusive", Args: args.join(", ") }[f] }, f));
+}
+
+/// The vhost names, for forms.
+export async function vhostNames() {
+  return (await api("GET", "/api/vhosts?columns=name")).map(v => v.name);
+}
+
+export async function queuesPage(view) {
+  const vhosts = await vhostNames();
+  const list = listing({
+    id: "queues", path: "/api/queues", paged: true, what: "queues", sort: "",
+    columns: [
+      { title: "Vhost", sort: "vhost", cell: q => q.vhost },
+      { title: "Name", sort: "name", cell: queueLink },
+      { title: "Features", cell: features },
+      { title: "Ready", sort: "messages_ready", num: true, cell: q => fmt(q.messages_ready) },
+      { title: "Unacked", sort: "messages_unacknowledged", num: true, cell: q => fmt(q.messages_unacknowledged) },
+      { title: "Total", sort: "messages", num: true, cell: q => fmt(q.messages) },
+      { title: "Consumers", sort: "consumers", num: true, cell: q => fmt(q.consumers) },
+      { title: "Publish /s", sort: "message_stats.publish_details.rate", num: true, cell: q => fmt(q.message_stats.publish_details.rate) },
+      { title: "Deliver /s", sort: "message_stats.deliver_get_details.rate", num: true, cell: q => fmt(q.message_stats.deliver_get_details.rate) },
+      { title: "Ack /s", sort: "message_stats.ack_details.rate", num: true, cell: q => fmt(q.message_stats.ack_details.rate) },
+    ],
+  });
+  const args = argsEditor("Arguments", QUEUE_ARGS);
+  return [
+    h("h1", {}, "Queues"),
+    view.add(list),
+    h("div", { class: "forms" }, form("Add a queue", [
+      field("Vhost", select("vhost", vhosts)),
+      field("Name", h("input", { name: "name", required: true })),
+      field("Durability", select("durable", [["true", "durable"], ["false", "transient"]])),
+      checkbox("auto_delete", "Auto-delete (when its last consumer leaves)"),
+      args.el,
+    ], "Add queue", async f => {
+      const body = { durable: val(f, "durable") === "true", auto_delete: checked(f, "auto_delete"), arguments: args.value() };
+      await api("PUT", `/api/queues/${enc(val(f, "vhost"))}/${enc(val(f, "name"))}`, body);
+      await view.refresh();
+      return `Queue ${val(f, "name")} declared.`;
+    }, { id: "add-queue", class: "card form wide" })),
+  ];
+}
+
+/// A publish form, for an exchange's page or (through the default
+/// exchange) a queue's.
+export function publishForm(view, vhost, exchange, routingKey) {
+  return form("Publish a message", [
+    field("Routing key", h("input", { name: "routing_key", value: routingKey || "" })),
+    field("Delivery mode", select("delivery_mode", [["1", "1 - transient"], ["2", "2 - persistent"]])),
+    field("Headers (JSON)", h("input", { name: "headers", placeholder: '{"x-delay": 5000}' })),
+    field("Properties (JSON)", h("input", { name: "properties", placeholder: '{"message_id": "m-1", "expiration": "60000"}' })),
+    field("Payload", h("textarea", { name: "payload", rows: 4 })),
+  ], "Publish", async f => {
+    const parse = (name, what) => {
+      const text = val(f, name).trim();
+      if (!text) return undefined;
+      try { return JSON.parse(text); } catch (e) { throw new Error(`${what} is not valid JSON: ${e.message}`); }
+    };
+    const properties = { ...(parse("properties", "Properties") || {}), delivery_mode: Number(val(f, "delivery_mode")) };
+    const headers = parse("headers", "Headers");
+    if (headers) properties.headers = headers;
+    const r = await api("POST", `/api/exchanges/${enc(vhost)}/${enc(exchange || "amq.default")}/publish`, {
+      routing_key: val(f, "routing_key"), payload: val(f, "payload"), payload_encoding: "string", properties,
+    });
+    await view.refresh();
+    return r.routed ? "Message published." : "Message published, but it was not routed to any queue.";
+  }, { id: "publish" });
+}
+
+function getForm(base) {
+  const out = h("div", { id: "get-result", "aria-live": "polite" });
+  const f = form("Get messages", [
+    h("p", { class: "muted" }, "Getting a message takes it off the queue; with Nack, requeue it goes back, marked redelivered."),
+    h("div", { class: "row" },
+      field("Messages", h("input", { name: "count", type: "number", value: 1, min: 1 })),
+      field("Ack mode", select("ackmode", [
+        ["ack_requeue_true", "Nack, requeue"],
+        ["ack_requeue_false", "Ack, remove from queue"],
+        ["reject_requeue_false", "Reject, dead-letter or drop"]])),
+      field("Encoding", select("encoding", [["auto", "auto: string or base64"], ["base64", "base64"]])),
+      field("Truncate at (bytes)", h("input", { name: "truncate", type: "number", min: 1, placeholder: "no limit" }))),
+  ], "Get messages", async f => {
+    const body = { count: Number(val(f, "count")), ackmode: val(f, "ackmode"), encoding: val(f, "encoding") };
+    if (val(f, "truncate")) body.truncate = Number(val(f, "truncate"));
+    const msgs = await api("POST", `${base}/get`, body);
+    out.replaceChildren(...msgs.map((m, i) => h("div", { class: "message" },
+      h("div", { class: "muted" }, `Message ${i + 1}: exchange "${m.exchange}", routing key "${m.routing_key}"${m.redelivered ? ", redelivered" : ""}, ${m.payload_bytes} bytes (${m.payload_encoding}), ${m.message_count} left in the queue`),
+      h("div", { class: "muted" }, `properties: ${JSON.stringify(m.properties)}`),
+      h("pre", {}, m.payload))));
+    return msgs.length ? `${msgs.length} message(s) got.` : "The queue is empty.";
+  }, { id: "get" });
+  // The messages show under the form's notice, and stay until the next Get.
+  f.appendChild(out);
+  return f;
+}
+
+function bindForm(view, vhost, name) {
+  const args = argsEditor("Binding arguments", [["x-match", "string", "headers exchanges: all or any"]]);
+  return form("Bind from an exchange", [
+    field("Exchange", h("input", { name: "source", required: true })),
+    field("Routing key", h("input", { name: "routing_key" })),
+    args.el,
+  ], "Bind", async f => {
+    await api("POST", `/api/bindings/${enc(vhost)}/e/${enc(val(f, "source"))}/q/${enc(name)}`, { routing_key: val(f, "routing_key"), arguments: args.value() });
+    await view.refresh();
+    return `Bound from ${val(f, "source")}.`;
+  }, { id: "bind" });
+}
+
+function unbindButton(view, b) {
+  return actionButton("Unbind", "secondary", null, async () => {
+    await api("DELETE", `/api/bindings/${enc(b.vhost)}/e/${enc(b.source)}/q/${enc(b.destination)}/${enc(b.properties_key)}`);
+    await view.refresh();
+    return `Unbound from ${b.source}.`;
+  });
+}
+
+export async function queuePage(view, vhost, name) {
+  const base = `/api/queues/${enc(vhost)}/${enc(name)}`;
+  view.load(async () => {
+    const [q, bindings] = await Promise.all([api("GET", base), api("GET", `${base}/bindings`)]);
+    const ms = q.message_stats;
+    const hist = record(`queue ${vhost} ${name}`, {
+      ready: q.messages_ready, unacked: q.messages_unacknowledged,
+      publish: ms.publish_details.rate, deliver: ms.deliver_get_details.rate,
+      ack: ms.ack_details.rate, redeliver: ms.redeliver_details.rate,
+    });
+    return { q, bindings, hist };
+  });
+  return [
+    h("h1", {}, `Queue ${name} `, h("span", { class: "muted" }, `in vhost ${vhost}`)),
+    view.live(({ q }) => [
+      stat("Ready", q.messages_ready, "queue-ready"), stat("Unacked", q.messages_unacknowledged, "queue-unacked"),
+      stat("Total", q.messages, "queue-total"), stat("Consumers", q.consumers, "queue-consumers"),
+      stat("Publish /s", q.message_stats.publish_details.rate), stat("Deliver /s", q.message_stats.deliver_get_details.rate),
+      stat("Ack /s", q.message_stats.ack_details.rate), stat("Ready bytes", bytes(q.message_bytes_ready)),
+    ], { class: "stats" }),
+    view.live(({ q }) => h("p", { class: "muted" },
+      `${q.type || "classic"}, ${q.durable ? "durable" : "transient"}${q.auto_delete ? ", auto-delete" : ""}${q.exclusive ? ", exclusive" : ""}; arguments: ${JSON.stringify(q.arguments)}`)),
+    view.live(({ hist }) => {
+      const empty = "Samples appear as this page refreshes";
+      return [
+        lineChart("Message rates", [
+          seriesOf(hist, "publish", "publish", "#0b6bcb"), seriesOf(hist, "deliver", "deliver / get", "#1e8449"),
+          seriesOf(hist, "ack", "ack", "#d68910"), seriesOf(hist, "redeliver", "redeliver", "#8e44ad"),
+        ], { unit: "/s", empty: hist.length < 2 ? empty : undefined }),
+        lineChart("Queued messages", [
+          seriesOf(hist, "ready", "ready", "#0b6bcb"), seriesOf(hist, "unacked", "unacked", "#c0392b"),
+        ], { integer: true }),
+      ];
+    }, { class: "charts", id: "queue-charts" }),
+    h("h2", {}, "Consumers"),
+    view.live(({ q }) => table([
+      { title: "Tag", cell: c => c.consumer_tag },
+      { title: "Channel", cell: c => c.channel_details ? h("a", { href: `#/channels/${enc(c.channel_details.name)}` }, c.channel_details.name) : "" },
+      { title: "Ack required", cell: c => c.ack_required ? "yes" : "no" },
+      { title: "Exclusive", cell: c => c.exclusive ? "yes" : "no" },
+      { title: "Prefetch", num: true, cell: c => fmt(c.prefetch_count) },
+      { title: "Unacked", num: true, cell: c => fmt(c.messages_unacknowledged) },
+    ], q.consumer_details || [], "No consumers.")),
+    h("h2", {}, "Bindings"),
+    view.live(({ bindings }) => table([
+      { title: "From exchange", cell: b => b.source ? h("a", { href: `#/exchanges/${enc(b.vhost)}/${enc(b.source)}` }, b.source) : "(default exchange)" },
+      { title: "Routing key", cell: b => b.routing_key },
+      { title: "Arguments", cell: b => JSON.stringify(b.arguments) },
+      { title: "", cell: b => b.source ? unbindButton(view, b) : "" },
+    ], bindings)),
+    h("div", { class: "forms" },
+      getForm(base),
+      publishForm(view, vhost, "", name),
+      bindForm(view, vhost, name),
+      h("div", { class: "card form" }, h("h2", {}, "Purge or delete"),
+        h("div", { class: "row" },
+          actionButton("Purge messages", "secondary", `Purge queue ${name}?`, async () => {
+            await api("DELETE", `${base}/contents`);
+            await view.refresh();
+            return `Queue ${name} purged.`;
+          }),
+          actionButton("Delete queue", "danger", `Delete queue ${name}?`, async () => {
+            await api("DELETE", base);
+            flash(`Queue ${name} deleted.`, "notice", "#/queues");
+            location.hash = "#/queues";
+          })))),
+  ];
+}
