@@ -334,10 +334,14 @@ pub enum DefinitionsCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Load definitions from a JSON file ("-" for standard input).
+    /// Load definitions from a JSON file ("-" for standard input). What
+    /// antre cannot apply fails the import, listed, before anything changes.
     Import {
         /// File to read.
         file: PathBuf,
+        /// Apply what antre can and list what it skipped, instead of failing.
+        #[arg(long)]
+        skip_unsupported: bool,
         #[command(flatten)]
         remote: Remote,
     },

@@ -253,7 +253,11 @@ pub fn definitions(cmd: DefinitionsCommand, out: &mut dyn Write) -> anyhow::Resu
                 }
             }
         }
-        DefinitionsCommand::Import { file, remote } => {
+        DefinitionsCommand::Import {
+            file,
+            skip_unsupported,
+            remote,
+        } => {
             let raw = if file.as_os_str() == "-" {
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
@@ -264,17 +268,28 @@ pub fn definitions(cmd: DefinitionsCommand, out: &mut dyn Write) -> anyhow::Resu
             };
             let defs: Value = serde_json::from_str(&raw)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
-            let counts = Client::new(&remote).send("POST", "/api/definitions", Some(defs))?;
+            let path = match skip_unsupported {
+                true => "/api/definitions?skip_unsupported=true",
+                false => "/api/definitions",
+            };
+            let counts = Client::new(&remote).send("POST", path, Some(defs))?;
             if remote.format == Format::Json {
                 return print_json(out, &counts);
             }
             writeln!(
                 out,
-                "imported {} exchanges, {} queues, {} bindings",
+                "imported {} vhosts, {} users, {} exchanges, {} queues, {} bindings",
+                text(&counts["vhosts"]),
+                text(&counts["users"]),
                 text(&counts["exchanges"]),
                 text(&counts["queues"]),
                 text(&counts["bindings"])
             )?;
+            for (label, key) in [("skipped", "skipped"), ("ignored", "ignored")] {
+                for item in counts[key].as_array().into_iter().flatten() {
+                    writeln!(out, "{label}: {}", text(item))?;
+                }
+            }
             Ok(())
         }
     }

@@ -2,8 +2,10 @@
 //! password hashes, tags and limits), permissions, topic permissions, vhost
 //! limits (as RabbitMQ 3.10 writes them: `vhost-limits` parameters) and
 //! durable topology in the shape of RabbitMQ's definitions file, so a file
-//! exported from RabbitMQ loads here (its policies and other parameters are
-//! ignored) and ours loads into RabbitMQ. A vhost's own export
+//! exported from RabbitMQ loads here and ours loads into RabbitMQ. An
+//! import never drops anything silently: what antre cannot apply (a plugin's
+//! parameters, an unknown exchange type, ...) fails it before anything
+//! changes, listed, unless `?skip_unsupported=true` asks for the rest. A vhost's own export
 //! (`/api/definitions/{vhost}`) has only its topology and limits, as in
 //! RabbitMQ. As in RabbitMQ, an import that would take a vhost past its
 //! `max-queues` is refused before anything changes.
@@ -11,11 +13,12 @@
 use antre_broker::access::limits::{parse_limits, LimitScope};
 use antre_broker::access::{password, Permission, TopicPermission, UserLimits, VhostLimits};
 use antre_broker::definitions::json_to_table;
-use antre_broker::exchange::Destination;
+use antre_broker::exchange::{Destination, ExchangeType};
+use antre_broker::queue::QueueArgs;
 use antre_broker::vhost::{ExchangeDeclaration, QueueDeclaration};
 use antre_broker::UserRecord;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -85,12 +88,23 @@ struct VhostIn {
     /// RabbitMQ 3.13 writes a vhost's limits here too.
     #[serde(default)]
     limits: Option<Value>,
+    /// 3.11+ vhost metadata: antre keeps none of it.
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    tags: Option<Value>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    default_queue_type: Option<String>,
 }
 
 /// A runtime parameter; only `vhost-limits` ones are read.
 #[derive(Debug, Deserialize)]
 struct ParameterIn {
     component: String,
+    #[serde(default)]
+    name: Option<String>,
     vhost: Option<String>,
     #[serde(default)]
     value: Value,
@@ -116,6 +130,9 @@ struct ExchangeIn {
 struct QueueIn {
     name: String,
     vhost: Option<String>,
+    /// The queue type as newer RabbitMQ versions also write it.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
     #[serde(default = "yes")]
     durable: bool,
     #[serde(default)]
@@ -136,11 +153,24 @@ struct BindingIn {
     arguments: Map<String, Value>,
 }
 
+impl QueueIn {
+    /// The declared arguments, with `type` as `x-queue-type` when the
+    /// arguments do not say it.
+    fn arguments(&self) -> antre_amqp::FieldTable {
+        let mut args = self.arguments.clone();
+        if let Some(kind) = &self.kind {
+            args.entry("x-queue-type")
+                .or_insert_with(|| Value::String(kind.clone()));
+        }
+        json_to_table(&args)
+    }
+}
+
 fn yes() -> bool {
     true
 }
 
-/// A definitions file; unknown sections (policies, ...) are ignored.
+/// A definitions file; [`Review`] reports what antre does not apply.
 #[derive(Debug, Default, Deserialize)]
 struct DefinitionsIn {
     #[serde(default)]
@@ -159,6 +189,10 @@ struct DefinitionsIn {
     bindings: Vec<BindingIn>,
     #[serde(default)]
     parameters: Vec<ParameterIn>,
+    #[serde(default)]
+    global_parameters: Vec<Map<String, Value>>,
+    #[serde(default)]
+    policies: Vec<Map<String, Value>>,
 }
 
 /// The vhost and user limits of a definitions file, checked: from
@@ -238,25 +272,206 @@ fn check_queue_limits(
     Ok(())
 }
 
-/// What an import created, for the answer.
-fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value> {
-    let defs: DefinitionsIn = serde_json::from_slice(body)
+/// The top-level keys of a RabbitMQ definitions file that antre reads or
+/// that only describe the file.
+const SECTIONS: &[&str] = &[
+    "rabbit_version",
+    "rabbitmq_version",
+    "product_name",
+    "product_version",
+    "explanation",
+    "vhosts",
+    "users",
+    "permissions",
+    "topic_permissions",
+    "parameters",
+    "global_parameters",
+    "policies",
+    "exchanges",
+    "queues",
+    "bindings",
+];
+
+/// What of a definitions file antre cannot apply, found before anything
+/// changes. `unsupported` items fail the import unless the caller asked to
+/// skip them; `ignored` ones only describe the exporting broker and are
+/// reported without failing.
+#[derive(Debug, Default)]
+struct Review {
+    unsupported: Vec<String>,
+    ignored: Vec<String>,
+    /// Names (vhost, name) of exchanges and queues that will not be created,
+    /// so their bindings are skipped too.
+    skipped_exchanges: std::collections::BTreeSet<(String, String)>,
+    skipped_queues: std::collections::BTreeSet<(String, String)>,
+    skipped_users: std::collections::BTreeSet<String>,
+}
+
+impl Review {
+    /// Reads the whole file and notes everything antre would not apply.
+    fn of(
+        raw: &Map<String, Value>,
+        defs: &DefinitionsIn,
+        pick: &dyn Fn(&Option<String>) -> String,
+    ) -> Review {
+        let mut r = Review::default();
+        for key in raw.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
+            r.unsupported.push(format!("section '{key}'"));
+        }
+        for v in &defs.vhosts {
+            if let Some(t) = v.default_queue_type.as_deref().filter(|t| *t != "classic") {
+                r.unsupported.push(format!(
+                    "vhost '{}': default_queue_type '{t}' (antre's default queue type is classic)",
+                    v.name
+                ));
+            }
+            let described = v.description.as_deref().is_some_and(|d| !d.is_empty())
+                || v.tags.as_ref().is_some_and(|t| !is_empty_value(t))
+                || v.metadata.as_ref().is_some_and(|m| !is_empty_value(m));
+            if described {
+                r.ignored.push(format!(
+                    "vhost '{}': description and tags (antre keeps none)",
+                    v.name
+                ));
+            }
+        }
+        for u in &defs.users {
+            let name = u.get("name").and_then(Value::as_str).unwrap_or_default();
+            if let Some(alg) = u.get("hashing_algorithm").and_then(Value::as_str) {
+                if !password::supported(alg) {
+                    r.unsupported.push(format!(
+                        "user '{name}': hashing_algorithm '{alg}' (antre checks {} and {})",
+                        password::SHA256,
+                        password::SHA512
+                    ));
+                    r.skipped_users.insert(name.to_owned());
+                }
+            }
+        }
+        for p in defs
+            .parameters
+            .iter()
+            .filter(|p| p.component != super::parameters::VHOST_LIMITS)
+        {
+            r.unsupported.push(format!(
+                "parameter '{}' of component '{}' in vhost '{}' (antre has no such component)",
+                p.name.as_deref().unwrap_or_default(),
+                p.component,
+                pick(&p.vhost)
+            ));
+        }
+        for g in &defs.global_parameters {
+            let name = g.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name == "internal_cluster_id" {
+                r.ignored.push(
+                    "global parameter 'internal_cluster_id' (the exporting cluster's identity)"
+                        .into(),
+                );
+            } else {
+                r.unsupported.push(format!("global parameter '{name}'"));
+            }
+        }
+        for p in &defs.policies {
+            let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
+            let vhost = pick(&p.get("vhost").and_then(Value::as_str).map(str::to_owned));
+            r.unsupported.push(format!(
+                "policy '{name}' in vhost '{vhost}' (antre has no policies)"
+            ));
+        }
+        for e in &defs.exchanges {
+            if let Err(err) = ExchangeType::parse(&e.kind, &json_to_table(&e.arguments)) {
+                let vhost = pick(&e.vhost);
+                r.unsupported
+                    .push(format!("exchange '{}' in vhost '{vhost}': {err}", e.name));
+                r.skipped_exchanges.insert((vhost, e.name.clone()));
+            }
+        }
+        for q in &defs.queues {
+            let vhost = pick(&q.vhost);
+            if let Err(err) = QueueArgs::parse(&q.arguments(), &vhost, &q.name) {
+                r.unsupported
+                    .push(format!("queue '{}' in vhost '{vhost}': {err}", q.name));
+                r.skipped_queues.insert((vhost, q.name.clone()));
+            }
+        }
+        r
+    }
+
+    /// Whether a binding's ends are both being created (or exist).
+    fn binding_skipped(&self, vhost: &str, b: &BindingIn) -> bool {
+        let key = |n: &str| (vhost.to_owned(), n.to_owned());
+        self.skipped_exchanges.contains(&key(&b.source))
+            || match b.destination_type.as_str() {
+                "queue" => self.skipped_queues.contains(&key(&b.destination)),
+                _ => self.skipped_exchanges.contains(&key(&b.destination)),
+            }
+    }
+}
+
+fn is_empty_value(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_empty_value),
+        _ => false,
+    }
+}
+
+/// Applies a definitions file: checks it whole first, then creates what it
+/// holds. Nothing is dropped silently: what antre cannot apply fails the
+/// import before anything changes, listed, unless `skip` asks to import
+/// the rest; then the answer and the log list what was skipped.
+fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> ApiResult<Value> {
+    let raw: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid definitions JSON: {e}")))?;
+    let defs: DefinitionsIn = serde_json::from_value(Value::Object(raw.clone()))
         .map_err(|e| ApiError::bad_request(format!("invalid definitions JSON: {e}")))?;
     let pick = |own: &Option<String>| -> String {
         into.map(str::to_owned)
             .or_else(|| own.clone())
             .unwrap_or_else(|| "/".to_owned())
     };
+    let mut review = Review::of(&raw, &defs, &pick);
+    if into.is_some() {
+        for (section, n) in [
+            ("vhosts", defs.vhosts.len()),
+            ("users", defs.users.len()),
+            ("permissions", defs.permissions.len()),
+            ("topic_permissions", defs.topic_permissions.len()),
+        ] {
+            if n > 0 {
+                review.ignored.push(format!(
+                    "{n} {section} (an import into one vhost reads its topology and limits only)"
+                ));
+            }
+        }
+    }
+    if !review.unsupported.is_empty() && !skip {
+        return Err(ApiError::bad_request(format!(
+            "Import aborted, nothing was changed: antre cannot apply {} item(s) of this file:\n- {}\n\
+             Import again with ?skip_unsupported=true to apply the rest.",
+            review.unsupported.len(),
+            review.unsupported.join("\n- ")
+        )));
+    }
+    for item in &review.unsupported {
+        tracing::warn!("definitions import: skipped {item}");
+    }
     let (vhost_limits, user_limits) = limits_in(&defs, into)?;
+    let mut counts = Map::new();
     if let Some(v) = into {
         state.vhost(v)?;
     } else {
         for v in &defs.vhosts {
             state.broker.add_vhost(&v.name)?;
         }
-        import_access(state, &defs)?;
+        import_access(state, &defs, &review)?;
+        counts.insert("vhosts".into(), defs.vhosts.len().into());
+        let users = defs.users.len() - review.skipped_users.len();
+        counts.insert("users".into(), users.into());
     }
-    // Check the whole file before changing anything: a vhost that is named
+    // Check the whole topology before changing it: a vhost that is named
     // by an object but neither exists nor is declared fails the import.
     for vhost in defs
         .exchanges
@@ -267,14 +482,45 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
     {
         state.vhost(&vhost)?;
     }
-    let new_queues = defs.queues.iter().map(|q| (pick(&q.vhost), q.name.clone()));
+    let new_queues = defs
+        .queues
+        .iter()
+        .map(|q| (pick(&q.vhost), q.name.clone()))
+        .filter(|k| !review.skipped_queues.contains(k));
     check_queue_limits(state, new_queues)?;
+    let created = import_topology(state, &defs, &review, &pick)?;
+    counts.extend(created);
+    // Last, as RabbitMQ's import does not hold the file's own queues to
+    // the file's limits.
+    state
+        .broker
+        .import_limits(vhost_limits, user_limits)
+        .map_err(super::users::access_error)?;
+    counts.insert("skipped".into(), json!(review.unsupported));
+    counts.insert("ignored".into(), json!(review.ignored));
+    Ok(Value::Object(counts))
+}
+
+/// Creates a file's exchanges, queues and bindings, but those the review
+/// skips; answers how many of each.
+fn import_topology(
+    state: &HttpState,
+    defs: &DefinitionsIn,
+    review: &Review,
+    pick: &dyn Fn(&Option<String>) -> String,
+) -> ApiResult<Map<String, Value>> {
     let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
     for e in &defs.exchanges {
-        if e.name.is_empty() || e.name.starts_with("amq.") {
+        let vhost = pick(&e.vhost);
+        if e.name.is_empty()
+            || e.name.starts_with("amq.")
+            || review
+                .skipped_exchanges
+                .contains(&(vhost.clone(), e.name.clone()))
+        {
             continue;
         }
-        state.vhost(&pick(&e.vhost))?.declare_exchange(
+        state.vhost(&vhost)?.declare_exchange(
             ExchangeDeclaration {
                 name: e.name.clone(),
                 kind: e.kind.clone(),
@@ -288,13 +534,20 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
         exchanges += 1;
     }
     for q in &defs.queues {
-        state.vhost(&pick(&q.vhost))?.declare_queue(
+        let vhost = pick(&q.vhost);
+        if review
+            .skipped_queues
+            .contains(&(vhost.clone(), q.name.clone()))
+        {
+            continue;
+        }
+        state.vhost(&vhost)?.declare_queue(
             QueueDeclaration {
                 name: q.name.clone(),
                 durable: q.durable,
                 exclusive: false,
                 auto_delete: q.auto_delete,
-                arguments: json_to_table(&q.arguments),
+                arguments: q.arguments(),
             },
             false,
             0,
@@ -302,6 +555,10 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
         queues += 1;
     }
     for b in &defs.bindings {
+        let vhost = pick(&b.vhost);
+        if review.binding_skipped(&vhost, b) {
+            continue;
+        }
         let destination = match b.destination_type.as_str() {
             "queue" => Destination::Queue(b.destination.clone()),
             "exchange" => Destination::Exchange(b.destination.clone()),
@@ -311,7 +568,7 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
                 )))
             }
         };
-        state.vhost(&pick(&b.vhost))?.bind(
+        state.vhost(&vhost)?.bind(
             &b.source,
             destination,
             &b.routing_key,
@@ -320,13 +577,11 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
         )?;
         bindings += 1;
     }
-    // Last, as RabbitMQ's import does not hold the file's own queues to
-    // the file's limits.
-    state
-        .broker
-        .import_limits(vhost_limits, user_limits)
-        .map_err(super::users::access_error)?;
-    Ok(json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings }))
+    let mut counts = Map::new();
+    counts.insert("exchanges".into(), exchanges.into());
+    counts.insert("queues".into(), queues.into());
+    counts.insert("bindings".into(), bindings.into());
+    Ok(counts)
 }
 
 /// A definitions file's user as RabbitMQ's import reads it: a
@@ -354,28 +609,37 @@ fn user_in(u: &Map<String, Value>) -> ApiResult<UserRecord> {
 
 /// Imports users, permissions and topic permissions in one change: every
 /// vhost they name must exist (or be in the file), every user too.
-fn import_access(state: &HttpState, defs: &DefinitionsIn) -> ApiResult<()> {
+fn import_access(state: &HttpState, defs: &DefinitionsIn, review: &Review) -> ApiResult<()> {
     let users = defs
         .users
         .iter()
         .map(user_in)
+        .filter(|u| !matches!(u, Ok(u) if review.skipped_users.contains(&u.name)))
         .collect::<ApiResult<Vec<_>>>()?;
-    for vhost in defs
+    let kept = |user: &String| !review.skipped_users.contains(user);
+    let permissions: Vec<Permission> = defs
         .permissions
         .iter()
+        .filter(|p| kept(&p.user))
+        .cloned()
+        .collect();
+    let topic_permissions: Vec<TopicPermission> = defs
+        .topic_permissions
+        .iter()
+        .filter(|t| kept(&t.user))
+        .cloned()
+        .collect();
+    for vhost in permissions
+        .iter()
         .map(|p| &p.vhost)
-        .chain(defs.topic_permissions.iter().map(|t| &t.vhost))
+        .chain(topic_permissions.iter().map(|t| &t.vhost))
     {
         state.vhost(vhost)?;
     }
     state
         .broker
         .access()
-        .import(
-            users,
-            defs.permissions.clone(),
-            defs.topic_permissions.clone(),
-        )
+        .import(users, permissions, topic_permissions)
         .map_err(super::users::access_error)
 }
 
@@ -383,9 +647,33 @@ fn import_access(state: &HttpState, defs: &DefinitionsIn) -> ApiResult<()> {
 /// objects with the same properties are kept).
 pub async fn import_all(
     State(state): State<HttpState>,
+    Query(query): Query<ImportQuery>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    Ok((StatusCode::CREATED, Json(import(&state, &body, None)?)))
+    let skip = query.skip()?;
+    Ok((
+        StatusCode::CREATED,
+        Json(import(&state, &body, None, skip)?),
+    ))
+}
+
+/// `?skip_unsupported=true`: import what antre can apply, list the rest.
+#[derive(Debug, Default, Deserialize)]
+pub struct ImportQuery {
+    #[serde(default)]
+    skip_unsupported: Option<String>,
+}
+
+impl ImportQuery {
+    fn skip(&self) -> ApiResult<bool> {
+        match self.skip_unsupported.as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "skip_unsupported must be true or false, not '{other}'"
+            ))),
+        }
+    }
 }
 
 /// POST /api/definitions/{vhost}: imports into one vhost, whatever the
@@ -393,10 +681,12 @@ pub async fn import_all(
 pub async fn import_vhost(
     State(state): State<HttpState>,
     Path(vhost): Path<String>,
+    Query(query): Query<ImportQuery>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let skip = query.skip()?;
     Ok((
         StatusCode::CREATED,
-        Json(import(&state, &body, Some(&vhost))?),
+        Json(import(&state, &body, Some(&vhost), skip)?),
     ))
 }

@@ -1,7 +1,7 @@
 // Definitions export and import (RabbitMQ's definitions file: vhosts,
 // users, permissions, exchanges, queues, bindings), for the Admin area.
 
-import { h, api, enc, count, field, select, setOptions, form, val, download } from "./dom.js";
+import { h, api, enc, count, field, select, setOptions, form, val, checked, checkbox, download } from "./dom.js";
 
 function fileName(vhost) {
   const day = new Date().toISOString().slice(0, 10);
@@ -27,7 +27,7 @@ export function definitionsTab(view) {
   });
   const file = h("input", { type: "file", name: "file", accept: ".json,application/json", required: true });
   return [
-    h("p", { class: "muted" }, "The same file as RabbitMQ's: a file exported from RabbitMQ imports here (its policies and parameters are ignored) and one exported here imports into RabbitMQ."),
+    h("p", { class: "muted" }, "The same file as RabbitMQ's: a file exported from RabbitMQ imports here and one exported here imports into RabbitMQ. What antre cannot apply (a plugin's parameters, an unknown exchange type) fails the import, listed, before anything changes, unless you choose to skip it."),
     h("div", { class: "forms" },
       form("Export definitions", [
         field("Of", exportVhost, "One vhost's file has only its exchanges, queues and bindings."),
@@ -41,15 +41,18 @@ export function definitionsTab(view) {
       form("Import definitions", [
         field("File", file),
         field("Into", importVhost, "Into one vhost: the file's exchanges, queues and bindings go there, whatever vhost they name."),
+        checkbox("skip", "Skip what antre cannot apply, and list it"),
       ], "Import", async f => {
         const text = await file.files[0].text();
         let defs;
         try { defs = JSON.parse(text); } catch (e) { throw new Error(`${file.files[0].name} is not JSON: ${e.message}`); }
         const vhost = val(f, "vhost");
-        const r = await api("POST", vhost ? `/api/definitions/${enc(vhost)}` : "/api/definitions", defs);
+        const path = vhost ? `/api/definitions/${enc(vhost)}` : "/api/definitions";
+        const r = await api("POST", checked(f, "skip") ? `${path}?skip_unsupported=true` : path, defs);
         await view.refresh();
         const counts = r ? ` (${summary(r.exchanges, r.queues, r.bindings)})` : "";
-        return `Imported ${file.files[0].name}${counts}.`;
+        const skipped = r && r.skipped && r.skipped.length ? ` Skipped: ${r.skipped.join("; ")}.` : "";
+        return `Imported ${file.files[0].name}${counts}.${skipped}`;
       }, { id: "import-definitions" })),
   ];
 }
