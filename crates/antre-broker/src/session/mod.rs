@@ -286,7 +286,8 @@ impl Session {
             blocked_notify: false,
             channels: HashMap::new(),
             out: Vec::new(),
-            wbuf: BytesMut::with_capacity(64 * 1024),
+            // Grown by what is written, so idle connections stay small.
+            wbuf: BytesMut::new(),
             delivery_bytes: 0,
             window_full: false,
             output_pending: 0,

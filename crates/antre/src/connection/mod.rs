@@ -83,6 +83,13 @@ pub struct Accepted<S> {
     pub slot: SocketSlot,
 }
 
+/// The read buffer of a new connection. Idle connections (most of them, in
+/// deployments with thousands) keep only this; busy ones grow theirs.
+const READ_MIN: usize = 1024;
+/// The largest a read buffer grows for speed (a frame larger than it
+/// still grows it as far as the frame needs).
+const READ_MAX: usize = 256 * 1024;
+
 /// One client connection over the byte stream `S`.
 #[derive(Debug)]
 pub struct Connection<S> {
@@ -147,7 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             registry,
             entry: None,
             stream,
-            rbuf: BytesMut::with_capacity(64 * 1024),
+            rbuf: BytesMut::with_capacity(READ_MIN),
             session,
             events,
             alarms,
@@ -211,10 +218,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let closing = close_deadline.unwrap_or(handshake_deadline);
             let holding = self.coalesce.holding();
             let beating = self.heartbeat.is_some();
+            let room = self.rbuf.capacity() - self.rbuf.len();
+            if room < READ_MIN / 4 {
+                self.rbuf.reserve(READ_MIN);
+            }
+            let room = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 read = self.stream.read_buf(&mut self.rbuf), if self.reading => match read {
                     Ok(0) | Err(_) => return End::Gone,
                     Ok(n) => {
+                        // A read that filled the buffer means the client
+                        // sends faster than one small buffer per wake-up:
+                        // read more at once from now on.
+                        if n == room && self.rbuf.capacity() < READ_MAX {
+                            self.rbuf.reserve(self.rbuf.capacity());
+                        }
                         if let Some(entry) = &self.entry {
                             entry.received(n);
                         }

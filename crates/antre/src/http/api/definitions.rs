@@ -37,8 +37,8 @@ fn export(state: &HttpState, vhost: Option<&str>) -> ApiResult<Value> {
         bindings.extend(d.bindings.iter().map(|b| json!(b)));
     }
     let mut body = json!({
-        "rabbit_version": "3.13.0",
-        "rabbitmq_version": "3.13.0",
+        "rabbit_version": crate::config::RABBITMQ_VERSION,
+        "rabbitmq_version": crate::config::RABBITMQ_VERSION,
         "product_name": "antre",
         "product_version": env!("CARGO_PKG_VERSION"),
         "exchanges": exchanges,

@@ -19,8 +19,9 @@ use crate::http::render::node_name;
 use crate::http::HttpState;
 use crate::sockets::{fd_limit, open_fds};
 
-/// The RabbitMQ version antre answers as (also in `/api/overview`).
-pub const RABBITMQ_VERSION: &str = "3.13.0";
+/// The RabbitMQ version antre answers as (also in `/api/overview` and
+/// definitions exports): the one release its behaviour is checked against.
+pub use crate::config::RABBITMQ_VERSION;
 
 const AMQP: (&str, &str) = ("protocol", "amqp091");
 const CLASSIC: (&str, &str) = ("queue_type", "rabbit_classic_queue");
