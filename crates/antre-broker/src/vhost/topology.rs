@@ -7,10 +7,11 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use antre_amqp::{FieldTable, FieldValue};
+use antre_amqp::FieldTable;
 
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::policy::PolicySet;
 use crate::queue::{ConnectionId, Queue, TimerHook};
 
 use super::persist::Change;
@@ -31,9 +32,6 @@ pub(super) fn is_predeclared(name: &str) -> bool {
     PREDECLARED.iter().any(|(n, _)| *n == name)
 }
 
-/// The exchange argument naming where unroutable messages go instead.
-const ALTERNATE_EXCHANGE: &str = "alternate-exchange";
-
 /// Exchanges and queues of one vhost, with the indexes that keep every
 /// change O(log n) in the number of queues and bindings.
 #[derive(Debug)]
@@ -52,6 +50,8 @@ pub(super) struct Topology {
     pub lifecycle: QueueLifecycle,
     /// Queues that need the broker's timer (they add themselves).
     pub timed: Arc<Mutex<Vec<Weak<Queue>>>>,
+    /// The vhost's policies and operator policies.
+    pub policies: PolicySet,
 }
 
 /// How many queue.declare calls succeeded, queues were created and queues
@@ -84,7 +84,14 @@ impl Topology {
             changes: Vec::new(),
             lifecycle: QueueLifecycle::default(),
             timed: Arc::default(),
+            policies: PolicySet::default(),
         }
+    }
+
+    /// Records a change to durable definitions made outside the methods
+    /// here (policies).
+    pub fn push_change(&mut self, change: Change) {
+        self.changes.push(change);
     }
 
     /// The changes to durable definitions made since the last call.
@@ -107,15 +114,18 @@ impl Topology {
     }
 
     /// Adds an exchange (whose name is free).
-    pub fn insert_exchange(&mut self, ex: Exchange) {
+    pub fn insert_exchange(&mut self, mut ex: Exchange) {
+        ex.policy = self.policies.select_exchange(&ex.name);
         if ex.durable && !is_predeclared(&ex.name) {
             self.changes.push(Change::put_exchange(&self.vhost, &ex));
         }
         self.exchanges.insert(ex.name.clone(), ex);
     }
 
-    /// Adds a queue (whose name is free).
+    /// Adds a queue (whose name is free), under the policies that apply
+    /// to it.
     pub fn insert_queue(&mut self, queue: Arc<Queue>) {
+        queue.apply_policy(self.policies.select_queue(&queue.name, queue.kind()));
         if Self::durable_queue(&queue) {
             self.changes.push(Change::put_queue(&self.vhost, &queue));
         }
@@ -129,6 +139,20 @@ impl Topology {
         let weak = Arc::downgrade(&queue);
         queue.on_timed(TimerHook(Box::new(move || timed.lock().push(weak.clone()))));
         self.queues.insert(queue.name.clone(), queue);
+    }
+
+    /// Selects again, after a policy changed, the policies of every
+    /// exchange and queue, applying the new selection at once; returns the
+    /// queues whose selection changed (they may hold dead letters to route).
+    pub fn reapply_policies(&mut self) -> Vec<Arc<Queue>> {
+        for ex in self.exchanges.values_mut() {
+            ex.policy = self.policies.select_exchange(&ex.name);
+        }
+        self.queues
+            .values()
+            .filter(|q| q.apply_policy(self.policies.select_queue(&q.name, q.kind())))
+            .cloned()
+            .collect()
     }
 
     /// Removes and returns a connection's exclusive queues (it closed).
@@ -205,13 +229,9 @@ impl Topology {
             if walk.matched {
                 continue;
             }
-            let alternate = ex
-                .arguments
-                .get(ALTERNATE_EXCHANGE)
-                .and_then(FieldValue::as_str);
-            if let Some(alt) = alternate {
-                if walk.seen_exchanges.insert(alt) {
-                    if let Some(next) = self.exchanges.get(alt) {
+            if let Some(alt) = ex.alternate_exchange() {
+                if let Some((name, next)) = self.exchanges.get_key_value(alt.as_str()) {
+                    if walk.seen_exchanges.insert(name.as_str()) {
                         walk.pending.push(next);
                     }
                 }

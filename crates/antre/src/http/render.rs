@@ -52,7 +52,7 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
             .map(|conn| json!({ "name": conn.name, "peer_host": conn.peer.ip().to_string(), "peer_port": conn.peer.port() })),
         "arguments": table_to_json(&q.options.arguments),
         "node": node_name(),
-        "type": q.args.kind.as_str(),
+        "type": q.kind().as_str(),
         "state": "running",
         "messages": c.ready + c.unacked,
         "messages_details": details(r.ready + r.unacked),
