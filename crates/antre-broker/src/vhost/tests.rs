@@ -9,6 +9,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::exchange::Destination;
 use crate::message::Message;
+use crate::policy::PolicyKind;
 
 struct Fixture {
     vhost: Vhost,
@@ -184,15 +185,9 @@ fn a_delayed_message_is_released_once_and_not_delayed_again() {
     assert_eq!(f.ready("retries"), 1, "released once");
 }
 
-fn policy(
-    kind: crate::policy::PolicyKind,
-    name: &str,
-    body: serde_json::Value,
-) -> crate::policy::Policy {
+fn policy(kind: PolicyKind, name: &str, body: serde_json::Value) -> crate::policy::Policy {
     crate::policy::Policy::parse(kind, "/", name, body.as_object().unwrap()).unwrap()
 }
-
-use crate::policy::PolicyKind;
 
 #[test]
 fn a_policy_applies_at_once_to_existing_queues_and_clearing_it_restores_arguments() {
