@@ -1,13 +1,17 @@
 //! `/api/definitions`: export and import of vhosts, users (with their
 //! password hashes and tags), permissions, topic permissions and durable
-//! topology in the shape of RabbitMQ's definitions file, so a file exported
-//! from RabbitMQ loads here (its policies and parameters are ignored) and
-//! ours loads into RabbitMQ. A vhost's own export (`/api/definitions/{vhost}`)
-//! has only its topology, as in RabbitMQ.
+//! topology, policies and operator policies in the shape of RabbitMQ's
+//! definitions file, so a file exported from RabbitMQ loads here and ours
+//! loads into RabbitMQ. Operator policies are runtime parameters of the
+//! component `operator_policy` there (`parameters`); parameters of other
+//! components (federation, shovel) are ignored. A vhost's own export
+//! (`/api/definitions/{vhost}`) has only its topology and policies, as in
+//! RabbitMQ.
 
 use antre_broker::access::{password, Permission, TopicPermission};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::Destination;
+use antre_broker::policy::{Policy, PolicyKind};
 use antre_broker::vhost::{ExchangeDeclaration, QueueDeclaration};
 use antre_broker::UserRecord;
 use axum::body::Bytes;
@@ -23,11 +27,22 @@ use crate::http::HttpState;
 fn export(state: &HttpState, vhost: Option<&str>) -> ApiResult<Value> {
     let vhosts = state.vhosts_for(vhost)?;
     let (mut exchanges, mut queues, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut policies, mut parameters) = (Vec::new(), Vec::new());
     for v in &vhosts {
         let d = v.definitions();
         exchanges.extend(d.exchanges.iter().map(|e| json!(e)));
         queues.extend(d.queues.iter().map(|q| json!(q)));
         bindings.extend(d.bindings.iter().map(|b| json!(b)));
+        policies.extend(
+            v.policies(PolicyKind::Policy)
+                .iter()
+                .map(|p| super::policies::policy_json(p)),
+        );
+        parameters.extend(
+            v.policies(PolicyKind::Operator)
+                .iter()
+                .map(|p| super::policies::parameter_json(p)),
+        );
     }
     let mut body = json!({
         "rabbit_version": "3.13.0",
@@ -37,8 +52,8 @@ fn export(state: &HttpState, vhost: Option<&str>) -> ApiResult<Value> {
         "exchanges": exchanges,
         "queues": queues,
         "bindings": bindings,
-        "policies": [],
-        "parameters": [],
+        "policies": policies,
+        "parameters": parameters,
     });
     if vhost.is_none() {
         body["vhosts"] = vhosts.iter().map(|v| json!({ "name": v.name })).collect();
@@ -130,6 +145,51 @@ struct DefinitionsIn {
     queues: Vec<QueueIn>,
     #[serde(default)]
     bindings: Vec<BindingIn>,
+    #[serde(default)]
+    policies: Vec<Map<String, Value>>,
+    #[serde(default)]
+    parameters: Vec<Map<String, Value>>,
+}
+
+/// The policies and operator policies of a definitions file, validated,
+/// each with its vhost (`into`, else its own, else `/`).
+fn policies_in(defs: &DefinitionsIn, into: Option<&str>) -> ApiResult<Vec<Policy>> {
+    let vhost_of = |m: &Map<String, Value>| -> String {
+        into.map(str::to_owned)
+            .or_else(|| m.get("vhost").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| "/".to_owned())
+    };
+    let one = |kind: PolicyKind, vhost: String, name: Option<&Value>, body: &Map<String, Value>| {
+        let name = name.and_then(Value::as_str).ok_or_else(|| {
+            ApiError::bad_request(format!("a {} without a name", kind.component()))
+        })?;
+        Policy::parse(kind, &vhost, name, body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} '{name}' in vhost '{vhost}': {e}",
+                kind.component()
+            ))
+        })
+    };
+    let mut out = Vec::new();
+    for p in &defs.policies {
+        out.push(one(PolicyKind::Policy, vhost_of(p), p.get("name"), p)?);
+    }
+    for p in &defs.parameters {
+        if p.get("component").and_then(Value::as_str) != Some("operator_policy") {
+            continue;
+        }
+        let value = match p.get("value") {
+            Some(Value::Object(v)) => v.clone(),
+            _ => Map::new(),
+        };
+        out.push(one(
+            PolicyKind::Operator,
+            vhost_of(p),
+            p.get("name"),
+            &value,
+        )?);
+    }
+    Ok(out)
 }
 
 /// What an import created, for the answer.
@@ -159,6 +219,18 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
         .chain(defs.bindings.iter().map(|b| pick(&b.vhost)))
     {
         state.vhost(&vhost)?;
+    }
+    let policies = policies_in(&defs, into)?;
+    for p in &policies {
+        state.vhost(&p.vhost)?;
+    }
+    let (mut policy_count, mut operator_count) = (0, 0);
+    for p in policies {
+        match p.kind {
+            PolicyKind::Policy => policy_count += 1,
+            PolicyKind::Operator => operator_count += 1,
+        }
+        state.vhost(&p.vhost.clone())?.set_policy(p)?;
     }
     let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
     for e in &defs.exchanges {
@@ -211,7 +283,13 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>) -> ApiResult<Value
         )?;
         bindings += 1;
     }
-    Ok(json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings }))
+    Ok(json!({
+        "exchanges": exchanges,
+        "queues": queues,
+        "bindings": bindings,
+        "policies": policy_count,
+        "operator_policies": operator_count,
+    }))
 }
 
 /// A definitions file's user as RabbitMQ's import reads it: a

@@ -3,10 +3,12 @@
 //! content is empty, answered as RabbitMQ answers them when empty, so
 //! `rabbitmqadmin list parameters` and the like work.
 //!
-//! - `/api/parameters[/{component}[/{vhost}]]`: antre has no parameter
-//!   components (RabbitMQ's come with plugins such as federation and
-//!   shovel), so every listing is `[]` and setting one fails as RabbitMQ
-//!   fails for an unknown component (400 `component ... not found`).
+//! - `/api/parameters[/{component}[/{vhost}]]`: the only components antre
+//!   has are `policy` and `operator_policy` (served by
+//!   [`super::policies`]); RabbitMQ's others come with plugins such as
+//!   federation and shovel, so their listings are `[]` and setting one
+//!   fails as RabbitMQ fails for an unknown component (400 `component ...
+//!   not found`).
 //! - `/api/global-parameters`: antre keeps none; `[]`.
 //! - `/api/vhost-limits`, `/api/user-limits`: antre enforces none, so none
 //!   is in effect; `[]`, and setting one is refused with 400.
