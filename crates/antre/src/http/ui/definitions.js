@@ -9,8 +9,10 @@ function fileName(vhost) {
   return `antre-definitions${which}-${day}.json`;
 }
 
-function summary(exchanges, queues, bindings) {
-  return [count(exchanges, "exchange"), count(queues, "queue"), count(bindings, "binding")].join(", ");
+function summary(exchanges, queues, bindings, policies) {
+  const parts = [count(exchanges, "exchange"), count(queues, "queue"), count(bindings, "binding")];
+  if (policies) parts.push(count(policies, "policy"));
+  return parts.join(", ");
 }
 
 export function definitionsTab(view) {
@@ -27,10 +29,10 @@ export function definitionsTab(view) {
   });
   const file = h("input", { type: "file", name: "file", accept: ".json,application/json", required: true });
   return [
-    h("p", { class: "muted" }, "The same file as RabbitMQ's: a file exported from RabbitMQ imports here (its policies and parameters are ignored) and one exported here imports into RabbitMQ."),
+    h("p", { class: "muted" }, "The same file as RabbitMQ's: a file exported from RabbitMQ imports here (with its policies and operator policies; parameters of plugins such as federation are ignored) and one exported here imports into RabbitMQ."),
     h("div", { class: "forms" },
       form("Export definitions", [
-        field("Of", exportVhost, "One vhost's file has only its exchanges, queues and bindings."),
+        field("Of", exportVhost, "One vhost's file has only its exchanges, queues, bindings and policies."),
       ], "Download", async f => {
         const vhost = val(f, "vhost");
         const defs = await api("GET", vhost ? `/api/definitions/${enc(vhost)}` : "/api/definitions");
@@ -48,7 +50,7 @@ export function definitionsTab(view) {
         const vhost = val(f, "vhost");
         const r = await api("POST", vhost ? `/api/definitions/${enc(vhost)}` : "/api/definitions", defs);
         await view.refresh();
-        const counts = r ? ` (${summary(r.exchanges, r.queues, r.bindings)})` : "";
+        const counts = r ? ` (${summary(r.exchanges, r.queues, r.bindings, (r.policies || 0) + (r.operator_policies || 0))})` : "";
         return `Imported ${file.files[0].name}${counts}.`;
       }, { id: "import-definitions" })),
   ];
