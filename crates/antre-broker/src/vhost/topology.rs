@@ -11,7 +11,7 @@ use antre_amqp::FieldTable;
 
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::policy::PolicySet;
+use crate::policy::{AppliedPolicy, PolicySet};
 use crate::queue::{ConnectionId, Queue, TimerHook};
 
 use super::persist::Change;
@@ -125,7 +125,7 @@ impl Topology {
     /// Adds a queue (whose name is free), under the policies that apply
     /// to it.
     pub fn insert_queue(&mut self, queue: Arc<Queue>) {
-        queue.apply_policy(self.policies.select_queue(&queue.name, queue.kind()));
+        queue.apply_policy(self.policy_for(&queue));
         if Self::durable_queue(&queue) {
             self.changes.push(Change::put_queue(&self.vhost, &queue));
         }
@@ -141,6 +141,15 @@ impl Topology {
         self.queues.insert(queue.name.clone(), queue);
     }
 
+    /// The policies that apply to a queue: none for direct reply-to's
+    /// private queues, which are not queues to RabbitMQ's policies.
+    fn policy_for(&self, q: &Queue) -> AppliedPolicy {
+        if q.name.starts_with(super::REPLY_TO) {
+            return AppliedPolicy::default();
+        }
+        self.policies.select_queue(&q.name, q.kind())
+    }
+
     /// Selects again, after a policy changed, the policies of every
     /// exchange and queue, applying the new selection at once; returns the
     /// queues whose selection changed (they may hold dead letters to route).
@@ -150,7 +159,7 @@ impl Topology {
         }
         self.queues
             .values()
-            .filter(|q| q.apply_policy(self.policies.select_queue(&q.name, q.kind())))
+            .filter(|q| q.apply_policy(self.policy_for(q)))
             .cloned()
             .collect()
     }
