@@ -31,7 +31,14 @@ use crate::error::BrokerError;
 ///   migration cut short by a crash finishes at the next start; a version-2
 ///   antre must not open a version-3 directory, since it would seed a new
 ///   `guest` and ignore every permission.
-pub const CURRENT: u32 = 3;
+/// - 4: a vhost's definitions hold its policies and operator policies
+///   (`policies` and `operator_policies` in `definitions.json`, and
+///   `put_policy`, `delete_policy`, `put_operator_policy`,
+///   `delete_operator_policy` changes in its log). A version-3 directory
+///   is a version-4 one without policies, so the migration only records the
+///   new number; a version-3 antre must not open a version-4 directory,
+///   since it would drop the policies without a word.
+pub const CURRENT: u32 = 4;
 
 /// The file, in the data directory, that names its format version.
 pub const FILE: &str = "format";
@@ -65,9 +72,9 @@ pub fn check(data_dir: &Path) -> Result<u32, BrokerError> {
         )));
     }
     // Older versions are migrated here, one version at a time. From 1 to 2
-    // nothing on disk changes; from 2 to 3 the broker migrates `users.json`
-    // as it opens it, idempotently, so the version can be recorded first
-    // (see CURRENT).
+    // and from 3 to 4 nothing on disk changes; from 2 to 3 the broker
+    // migrates `users.json` as it opens it, idempotently, so the version can
+    // be recorded first (see CURRENT).
     if recorded.is_none() || found < CURRENT {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| BrokerError::Internal(format!("creating {}: {e}", data_dir.display())))?;

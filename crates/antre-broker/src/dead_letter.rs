@@ -57,7 +57,7 @@ impl DeadLetterWork {
     /// Takes the dead letters `queue` collected, if it has a dead-letter
     /// exchange to send them to.
     pub fn collect(&mut self, queue: &Arc<Queue>) {
-        if queue.args.dead_letter_exchange.is_none() {
+        if queue.args().dead_letter_exchange.is_none() {
             return;
         }
         let letters = queue.take_dead_letters();
@@ -152,7 +152,7 @@ pub fn dead_lettered(letter: &DeadLetter, queue: &Queue, dlx: &str, now_ms: u64)
     }
     properties.headers = Some(headers);
     let routing_key = queue
-        .args
+        .args()
         .dead_letter_routing_key
         .clone()
         .unwrap_or_else(|| original.routing_key.clone());

@@ -1,10 +1,13 @@
-//! Durable definitions (exchanges, queues, bindings) as JSON, in the shape of
-//! RabbitMQ's definitions export, so operators' files and tools carry over.
+//! Durable definitions (exchanges, queues, bindings, policies) as JSON, in
+//! the shape of RabbitMQ's definitions export, so operators' files and tools
+//! carry over.
 
 use antre_amqp::{FieldTable, FieldValue};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
+
+pub use crate::policy::PolicyDef;
 
 /// An exchange definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +79,13 @@ pub struct VhostDefinitions {
     /// Bindings between durable ends.
     #[serde(default)]
     pub bindings: Vec<BindingDef>,
+    /// Policies (absent from files written before antre had them, and
+    /// left out when there are none, so such files stay as they were).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyDef>,
+    /// Operator policies, likewise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operator_policies: Vec<PolicyDef>,
 }
 
 /// A field table as a JSON object. Strings that are not UTF-8 are written

@@ -17,6 +17,7 @@
 //! - [`channel`]: the per-channel state machine (delivery tags, acks,
 //!   publisher confirms, transactions);
 //! - [`syncer`]: group commit, so confirms mean "on disk" at high rates;
+//! - [`policy`]: policies and operator policies, RabbitMQ's rules;
 //! - [`definitions`]: durable topology as RabbitMQ-shaped JSON;
 //! - [`data_format`]: the data directory's format version;
 //! - [`metrics`]: counters and latency histograms for monitoring;
@@ -42,6 +43,7 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod metrics;
+pub mod policy;
 pub mod queue;
 pub mod session;
 pub mod syncer;

@@ -592,7 +592,7 @@ fn connection_and_channel(s: &Session, ui: &str, api: &Api) {
 }
 
 /// The Admin area: users (added, then edited keeping the password),
-/// vhosts, permissions, topic permissions, limits.
+/// vhosts, permissions, topic permissions, policies, limits.
 fn admin(s: &Session, api: &Api) {
     s.click("//a[@id='nav-admin']");
     s.find("//a[@id='admin-tab-users' and @aria-current='page']");
@@ -638,6 +638,25 @@ fn admin(s: &Session, api: &Api) {
     let perms = api.call("GET", "/api/permissions/browser-vh/browser-ops", None);
     assert_eq!(perms["configure"], "^ops", "{perms}");
     let _ = s.screenshot("antre-ui-admin.png");
+
+    s.click("//a[@id='admin-tab-policies']");
+    let policy = "//form[@id='policy-form']";
+    s.choose(&format!("{policy}//select[@name='vhost']"), "browser-vh");
+    s.type_into(&format!("{policy}//input[@name='name']"), "browser-limit");
+    s.type_into(&format!("{policy}//input[@name='pattern']"), "^ops");
+    s.choose(&format!("{policy}//select[@name='apply-to']"), "queues");
+    s.type_into(
+        &format!("{policy}//textarea[@name='definition']"),
+        r#"{"max-length": 7}"#,
+    );
+    s.click(&format!("{policy}//button[@type='submit']"));
+    s.find("//section[@id='listing-policies']//td[text()='browser-limit']");
+    let set = api.call("GET", "/api/policies/browser-vh/browser-limit", None);
+    assert_eq!(set["definition"]["max-length"], 7, "{set}");
+    assert_eq!(set["apply-to"], "queues", "{set}");
+    s.click("//tr[td[text()='browser-limit']]//button[text()='Delete']");
+    s.call("POST", "/alert/accept", Some(json!({})));
+    s.find("//div[@id='flash']//span[text()='Deleted browser-limit.']");
 
     s.click("//a[@id='admin-tab-limits']");
     s.find("//section[@id='listing-vhost-limits']");

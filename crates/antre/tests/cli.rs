@@ -427,3 +427,73 @@ async fn users_permissions_and_vhosts_from_the_cli() {
     let (status, _) = b.api("GET", "/api/users/ops", None).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_and_operator_policies_from_the_cli() {
+    let b = TestBroker::start().await;
+    let url = b.http_url();
+    let run = |args: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let (ok, out, err) = antre(&url, args).await;
+            assert!(ok, "antre {args:?}: {err}");
+            out
+        }
+    };
+    let said = run(&[
+        "policies",
+        "set",
+        "dlx",
+        "^orders$",
+        r#"{"dead-letter-exchange": "dead", "max-length": 10}"#,
+        "--priority",
+        "2",
+        "--apply-to",
+        "queues",
+    ])
+    .await;
+    assert_eq!(said.trim(), "policy 'dlx' set in vhost '/'");
+    run(&[
+        "operator-policies",
+        "set",
+        "cap",
+        ".*",
+        r#"{"max-length": 5}"#,
+    ])
+    .await;
+    let (_, p) = b.api("GET", "/api/policies/%2F/dlx", None).await;
+    assert_eq!(
+        p,
+        json!({"vhost": "/", "name": "dlx", "pattern": "^orders$", "apply-to": "queues",
+               "definition": {"dead-letter-exchange": "dead", "max-length": 10}, "priority": 2})
+    );
+    let listed = run(&["policies", "list"]).await;
+    let row = listed.lines().find(|l| l.contains("dlx")).unwrap();
+    assert!(
+        row.contains("^orders$") && row.contains("queues"),
+        "{listed}"
+    );
+    let (ok, listed, _) = antre(&url, &["operator-policies", "list", "-f", "json"]).await;
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["name"], "cap");
+    // RabbitMQ's refusal, as one line.
+    let (ok, _, err) = antre(
+        &url,
+        &["policies", "set", "bad", ".*", r#"{"max-length": -1}"#],
+    )
+    .await;
+    assert!(
+        !ok && err.contains("-1 is not a valid maximum length"),
+        "{err}"
+    );
+    let (ok, _, err) = antre(&url, &["policies", "set", "bad", ".*", "max-length=1"]).await;
+    assert!(!ok && err.contains("not JSON"), "{err}");
+    run(&["policies", "clear", "dlx"]).await;
+    run(&["operator-policies", "clear", "cap"]).await;
+    assert_eq!(b.api("GET", "/api/policies", None).await.1, json!([]));
+    assert_eq!(
+        b.api("GET", "/api/operator-policies", None).await.1,
+        json!([])
+    );
+}

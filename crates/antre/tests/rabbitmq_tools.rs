@@ -3,10 +3,6 @@
 //! would run them. Without a tool the test says so and passes, except
 //! under CI (`CI=true`), where .ci/run installs both and a missing one
 //! fails.
-//!
-//! Not covered yet, because antre has no such objects (the API answers 404
-//! and the tools fail): `rabbitmqadmin list policies|operator_policies`,
-//! `declare policy`.
 
 mod common;
 
@@ -401,4 +397,80 @@ async fn pyrabbit2_manages_antre() {
     assert!(ok, "pyrabbit2 session failed:\n{out}\n{err}");
     assert!(out.contains("pyrabbit2: ok"), "{out}");
     wait_closed(&conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmqadmin_declares_lists_and_deletes_policies() {
+    let Some(script) = rabbitmqadmin_script() else {
+        return missing("rabbitmqadmin");
+    };
+    let b = TestBroker::start().await;
+    let admin = Admin {
+        script,
+        port: b.server.http_addr.expect("HTTP on").port(),
+    };
+    admin
+        .ok(&["declare", "queue", "name=orders.eu", "durable=true"])
+        .await;
+    admin
+        .ok(&[
+            "declare",
+            "policy",
+            "name=orders-limit",
+            "pattern=^orders\\.",
+            r#"definition={"max-length": 100, "overflow": "reject-publish"}"#,
+            "priority=7",
+            "apply-to=queues",
+        ])
+        .await;
+    admin
+        .ok(&[
+            "declare",
+            "operator_policy",
+            "name=cap",
+            "pattern=.*",
+            r#"definition={"max-length": 10}"#,
+        ])
+        .await;
+    let policies = admin.json(&["list", "policies"]).await;
+    assert_eq!(names(&policies), ["orders-limit"]);
+    assert_eq!(policies[0]["pattern"], "^orders\\.");
+    assert_eq!(policies[0]["priority"], 7);
+    assert_eq!(policies[0]["apply-to"], "queues");
+    assert_eq!(
+        policies[0]["definition"],
+        serde_json::json!({"max-length": 100, "overflow": "reject-publish"})
+    );
+    let ops = admin.json(&["list", "operator_policies"]).await;
+    assert_eq!(names(&ops), ["cap"]);
+    let (_, q) = b.api("GET", "/api/queues/%2F/orders.eu", None).await;
+    assert_eq!(q["policy"], "orders-limit");
+    assert_eq!(q["operator_policy"], "cap");
+    assert_eq!(
+        q["effective_policy_definition"],
+        serde_json::json!({"max-length": 10, "overflow": "reject-publish"})
+    );
+    // A refused policy: the tool shows RabbitMQ's text.
+    let (ok, out, err) = admin
+        .try_run(&[
+            "declare",
+            "policy",
+            "name=bad",
+            "pattern=.*",
+            r#"definition={"max-length": -1}"#,
+        ])
+        .await;
+    assert!(!ok);
+    assert!(
+        format!("{out}{err}").contains("-1 is not a valid maximum length"),
+        "{out}{err}"
+    );
+    admin.ok(&["delete", "policy", "name=orders-limit"]).await;
+    admin.ok(&["delete", "operator_policy", "name=cap"]).await;
+    assert_eq!(
+        admin.json(&["list", "policies"]).await,
+        serde_json::json!([])
+    );
+    let (_, q) = b.api("GET", "/api/queues/%2F/orders.eu", None).await;
+    assert_eq!(q["effective_policy_definition"], serde_json::json!({}));
 }

@@ -43,7 +43,7 @@ impl Channel {
             self.permit(ResourceKind::Queue, &queue_name, Perm::Read)?;
             self.ctx.vhost.queue(&queue_name, self.ctx.connection)?
         };
-        if queue.args.kind == QueueKind::Quorum && self.credit.limit() > 0 {
+        if queue.kind() == QueueKind::Quorum && self.credit.limit() > 0 {
             // RabbitMQ's quorum queues have no channel-wide prefetch.
             return Err(BrokerError::NotImplemented(format!(
                 "{} does not support global qos",
@@ -361,7 +361,7 @@ impl Channel {
         default_ms: Option<u64>,
     ) -> Result<(), BrokerError> {
         for u in self.unacked.values() {
-            let Some(timeout) = u.queue.args.consumer_timeout.or(default_ms) else {
+            let Some(timeout) = u.queue.args().consumer_timeout.or(default_ms) else {
                 continue;
             };
             if now.saturating_sub(u.delivered_at) > timeout {

@@ -16,6 +16,7 @@ use antre_amqp::{FieldTable, FieldValue};
 
 use crate::durable::OwnsStore;
 use crate::error::BrokerError;
+use crate::policy::AppliedPolicy;
 pub use bindings::BindingTable;
 use dedup::DedupCache;
 use delayed::DelayedMessages;
@@ -167,6 +168,8 @@ pub struct Exchange {
     pub dedup: Option<Arc<DedupCache>>,
     /// Its schedule, if it is a delayed-message exchange.
     pub delayed: Option<Arc<DelayedMessages>>,
+    /// The policy and operator policy that apply to it (set by its vhost).
+    pub policy: AppliedPolicy,
 }
 
 impl Exchange {
@@ -183,6 +186,16 @@ impl Exchange {
             bindings: BindingTable::default(),
             dedup: None,
             delayed: None,
+            policy: AppliedPolicy::default(),
+        }
+    }
+
+    /// Where its unroutable messages go: the `alternate-exchange` argument,
+    /// else its policy's (RabbitMQ's `get_arg` precedence).
+    pub fn alternate_exchange(&self) -> Option<String> {
+        match self.arguments.get("alternate-exchange") {
+            Some(v) => v.as_str().map(str::to_owned),
+            None => self.policy.alternate_exchange(),
         }
     }
 

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use antre_amqp::{FieldTable, FieldValue};
 use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOptions};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 pub use args::{Overflow, QueueArgs, QueueKind};
 pub use credit::{ConsumerInfo, ConsumerSpec, Credit, OutputWindow, DELIVERY_OVERHEAD};
@@ -48,6 +48,7 @@ use crate::clock::Clock;
 use crate::error::{queue_ref, BrokerError};
 use crate::message::Message;
 use crate::metrics::QueueMetrics;
+use crate::policy::AppliedPolicy;
 
 /// Identifies a client connection (for exclusive queues).
 pub type ConnectionId = u64;
@@ -219,8 +220,13 @@ pub struct Queue {
     pub vhost: String,
     /// How it was declared.
     pub options: QueueOptions,
-    /// What its arguments turn on.
-    pub args: QueueArgs,
+    /// What its arguments and its policies turn on, for readers outside
+    /// the queue's lock ([`Queue::args`]); the queue itself works with the
+    /// copy in its state, and both change together
+    /// ([`Queue::apply_policy`]).
+    args: RwLock<Arc<QueueArgs>>,
+    /// The policy and operator policy that apply to it.
+    policy: RwLock<AppliedPolicy>,
     /// Message counters.
     pub metrics: QueueMetrics,
     clock: Arc<dyn Clock>,
@@ -241,6 +247,24 @@ impl std::fmt::Debug for TimerHook {
     }
 }
 
+/// Whether a policy key changes what an antre queue does (the others are
+/// RabbitMQ features antre does not have, accepted for compatibility).
+fn effective_key(key: &str) -> bool {
+    matches!(
+        key,
+        "message-ttl"
+            | "expires"
+            | "max-length"
+            | "max-length-bytes"
+            | "overflow"
+            | "dead-letter-exchange"
+            | "dead-letter-routing-key"
+            | "delivery-limit"
+            | "consumer-timeout"
+            | "alternate-exchange"
+    )
+}
+
 fn store_failed(queue: &Queue, e: StoreError) -> BrokerError {
     BrokerError::Internal(format!(
         "message store of {} failed: {e}",
@@ -259,14 +283,15 @@ impl Queue {
         clock: Arc<dyn Clock>,
         paging: Option<Paging>,
     ) -> Result<Arc<Queue>, BrokerError> {
-        let args = QueueArgs::parse(&options.arguments, vhost, name)?;
-        let state = QueueState::new(&args, clock.now_ms(), paging, name);
+        let args = Arc::new(QueueArgs::parse(&options.arguments, vhost, name)?);
+        let state = QueueState::new(Arc::clone(&args), clock.now_ms(), paging, name);
         let args_timed = args.needs_timer();
         Ok(Arc::new(Queue {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
             options,
-            args,
+            args: RwLock::new(args),
+            policy: RwLock::new(AppliedPolicy::default()),
             metrics: QueueMetrics::default(),
             clock,
             state: Mutex::new(state),
@@ -292,6 +317,62 @@ impl Queue {
                 (hook.0)();
             }
         }
+    }
+
+    /// What the queue's arguments and policies turn on, as of now.
+    pub fn args(&self) -> Arc<QueueArgs> {
+        Arc::clone(&self.args.read())
+    }
+
+    /// The queue's type (never changed by a policy).
+    pub fn kind(&self) -> QueueKind {
+        self.args.read().kind
+    }
+
+    /// The policy and operator policy that apply to the queue.
+    pub fn policy(&self) -> AppliedPolicy {
+        self.policy.read().clone()
+    }
+
+    /// Applies a (new) policy selection at once, as RabbitMQ does: limits
+    /// are enforced on the messages already in the queue (drop-head drops,
+    /// or dead-letters, the oldest), and new TTLs, expiry, dead-lettering,
+    /// delivery limit and consumer timeout take effect from now on
+    /// (messages keep the expiry they were given). Returns whether anything
+    /// changed. Dead letters it causes wait in the queue for the caller to
+    /// route ([`Queue::take_dead_letters`]).
+    pub fn apply_policy(self: &Arc<Self>, applied: AppliedPolicy) -> bool {
+        if *self.policy.read() == applied {
+            return false;
+        }
+        let declared = match QueueArgs::parse(&self.options.arguments, &self.vhost, &self.name) {
+            Ok(args) => args,
+            // Parsed once already when the queue was made.
+            Err(e) => {
+                tracing::error!(queue = self.name, "cannot apply policy: {e}");
+                return false;
+            }
+        };
+        let args = Arc::new(applied.queue_args(&self.options.arguments, declared));
+        if applied.definition().keys().any(|k| !effective_key(k)) {
+            tracing::debug!(
+                queue = self.name,
+                policy = applied.policy_name(),
+                "policy keys without effect in antre (mirroring, queue mode or version, \
+                 stream and placement settings) are kept but ignored"
+            );
+        }
+        let now = self.clock.now_ms();
+        let mut st = self.state.lock();
+        st.args = Arc::clone(&args);
+        *self.args.write() = Arc::clone(&args);
+        *self.policy.write() = applied;
+        if args.needs_timer() {
+            self.mark_timed();
+        }
+        self.enforce_limits(&mut st);
+        self.expire(&mut st, now);
+        true
     }
 
     /// A durable queue backed by the store in `dir`, with the messages the
@@ -322,7 +403,7 @@ impl Queue {
                 };
                 let seq = st.next_seq;
                 st.next_seq += 1;
-                let mut entry = queue.entry_for(Arc::new(message), seq, now);
+                let mut entry = queue.entry_for(&st.args, Arc::new(message), seq, now);
                 entry.pos = Some(pos);
                 if let Some(key) = &entry.dedup_key {
                     *st.dedup.entry(key.clone()).or_default() += 1;
@@ -348,13 +429,13 @@ impl Queue {
     }
 
     /// A fresh entry for `message`: its priority, expiry and dedup key.
-    fn entry_for(&self, message: Arc<Message>, seq: u64, now: u64) -> Entry {
+    fn entry_for(&self, args: &QueueArgs, message: Arc<Message>, seq: u64, now: u64) -> Entry {
         let published = if message.published_at == 0 {
             now
         } else {
             message.published_at
         };
-        let ttl = match (self.args.message_ttl, message.ttl().ok().flatten()) {
+        let ttl = match (args.message_ttl, message.ttl().ok().flatten()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -363,9 +444,9 @@ impl Queue {
         }
         Entry {
             seq,
-            priority: message.priority().min(self.args.max_priority),
+            priority: message.priority().min(args.max_priority),
             expires_at: ttl.map(|t| published.saturating_add(t)),
-            dedup_key: if self.args.deduplication {
+            dedup_key: if args.deduplication {
                 message.dedup_key()
             } else {
                 None
@@ -385,24 +466,24 @@ impl Queue {
             return Ok(Enqueued::Accepted { stored: false });
         }
         let seq = st.next_seq;
-        let mut entry = self.entry_for(message, seq, now);
+        let mut entry = self.entry_for(&st.args, message, seq, now);
         if let Some(key) = &entry.dedup_key {
             if st.dedup.contains_key(key) {
                 return Ok(Enqueued::Duplicate);
             }
         }
         let size = entry.message.body.len() as u64;
-        let full = self
+        let full = st
             .args
             .max_length
             .is_some_and(|max| st.ready.len() as u64 >= max)
-            || self
+            || st
                 .args
                 .max_length_bytes
                 .is_some_and(|max| st.ready.bytes() + size > max);
-        if full && self.args.overflow != Overflow::DropHead {
-            if self.args.overflow == Overflow::RejectPublishDlx
-                && self.args.dead_letter_exchange.is_some()
+        if full && st.args.overflow != Overflow::DropHead {
+            if st.args.overflow == Overflow::RejectPublishDlx
+                && st.args.dead_letter_exchange.is_some()
             {
                 st.dead.push(DeadLetter {
                     message: entry.message,
@@ -438,11 +519,11 @@ impl Queue {
     fn enforce_limits(&self, st: &mut QueueState) {
         let mut dropped = Vec::new();
         loop {
-            let over_len = self
+            let over_len = st
                 .args
                 .max_length
                 .is_some_and(|max| st.ready.len() as u64 > max);
-            let over_bytes = self
+            let over_bytes = st
                 .args
                 .max_length_bytes
                 .is_some_and(|max| st.ready.bytes() > max);
@@ -455,7 +536,7 @@ impl Queue {
             }
         }
         if !dropped.is_empty() {
-            let dlx = self.args.dead_letter_exchange.is_some();
+            let dlx = st.args.dead_letter_exchange.is_some();
             st.discard(dropped, DeathReason::MaxLen, &self.name, dlx);
         }
     }
@@ -464,7 +545,7 @@ impl Queue {
     fn expire(&self, st: &mut QueueState, now: u64) {
         let expired = st.ready.take_expired(now);
         if !expired.is_empty() {
-            let dlx = self.args.dead_letter_exchange.is_some();
+            let dlx = st.args.dead_letter_exchange.is_some();
             st.discard(expired, DeathReason::Expired, &self.name, dlx);
         }
     }
@@ -479,7 +560,7 @@ impl Queue {
         // A single-active-consumer queue already picks one consumer at a
         // time, and RabbitMQ refuses exclusive consumers on it.
         let exclusive_refused =
-            spec.exclusive && (!st.consumers.is_empty() || self.args.single_active_consumer);
+            spec.exclusive && (!st.consumers.is_empty() || st.args.single_active_consumer);
         if st.consumers.all().any(|c| c.exclusive) || exclusive_refused {
             return Err(BrokerError::AccessRefused(format!(
                 "{} in exclusive use",
@@ -527,7 +608,7 @@ impl Queue {
                 break e;
             }
         };
-        let entry = self.prepare_delivery(entry);
+        let entry = self.prepare_delivery(&st.args, entry);
         if no_ack {
             st.forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
         } else {
@@ -538,7 +619,7 @@ impl Queue {
 
     /// Counts a delivery and, for queues with a delivery limit, stamps
     /// redeliveries with `x-delivery-count` as quorum queues do.
-    fn prepare_delivery(&self, mut entry: Entry) -> Entry {
+    fn prepare_delivery(&self, args: &QueueArgs, mut entry: Entry) -> Entry {
         self.metrics.delivered.inc();
         if entry.redelivered {
             self.metrics.redelivered.inc();
@@ -546,9 +627,9 @@ impl Queue {
         // Quorum queues stamp every delivery, the first with 0 (as
         // RabbitMQ 3.10 does); a classic queue with a delivery limit stamps
         // redeliveries.
-        let stamped = match self.args.kind {
+        let stamped = match args.kind {
             QueueKind::Quorum => true,
-            _ => self.args.delivery_limit.is_some() && entry.delivery_count > 0,
+            _ => args.delivery_limit.is_some() && entry.delivery_count > 0,
         };
         if stamped {
             let count = FieldValue::I64(i64::from(entry.delivery_count));
@@ -573,7 +654,7 @@ impl Queue {
     pub fn reject(self: &Arc<Self>, entries: Vec<Entry>) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(entries.len() as u32);
-        let dlx = self.args.dead_letter_exchange.is_some();
+        let dlx = st.args.dead_letter_exchange.is_some();
         for e in entries {
             st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
             if dlx {
@@ -597,13 +678,13 @@ impl Queue {
         }
         for mut entry in entries {
             entry.delivery_count += 1;
-            if self
+            if st
                 .args
                 .delivery_limit
                 .is_some_and(|limit| u64::from(entry.delivery_count) > limit)
             {
                 st.forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
-                if self.args.dead_letter_exchange.is_some() {
+                if st.args.dead_letter_exchange.is_some() {
                     st.dead.push(DeadLetter {
                         message: entry.message,
                         reason: DeathReason::DeliveryLimit,
@@ -660,7 +741,7 @@ impl Queue {
     pub fn tick(self: &Arc<Self>, now: u64) -> bool {
         let mut st = self.state.lock();
         self.expire(&mut st, now);
-        self.args.expires.is_some_and(|ttl| {
+        st.args.expires.is_some_and(|ttl| {
             st.consumers.is_empty() && !st.deleted && now.saturating_sub(st.last_used) >= ttl
         })
     }
@@ -796,7 +877,7 @@ impl Queue {
                     break e;
                 }
             };
-            let entry = self.prepare_delivery(entry);
+            let entry = self.prepare_delivery(&st.args, entry);
             let consumer = st.consumers.get(idx);
             let no_ack = consumer.no_ack;
             let delivery = Delivery {

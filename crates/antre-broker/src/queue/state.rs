@@ -30,11 +30,13 @@ pub(super) struct QueueState {
     pub(super) dead: Vec<DeadLetter>,
     /// Last time the queue was used (for `x-expires`).
     pub(super) last_used: u64,
+    /// What its arguments and policies turn on.
+    pub(super) args: Arc<QueueArgs>,
 }
 
 impl QueueState {
     pub(super) fn new(
-        args: &QueueArgs,
+        args: Arc<QueueArgs>,
         now: u64,
         paging: Option<Paging>,
         name: &str,
@@ -50,6 +52,7 @@ impl QueueState {
             dedup: HashMap::new(),
             dead: Vec::new(),
             last_used: now,
+            args,
         }
     }
 

@@ -4,6 +4,7 @@
 //! - [`topology`]: the routing table and the rules that walk it;
 //! - [`declare`]: declaring, deleting, binding, with RabbitMQ's rules;
 //! - [`publish`]: every message's way in ([`Vhost::publish`]);
+//! - [`policies`]: policies and operator policies, applied at once;
 //! - [`persist`]: durable definitions on disk;
 //! - [`storage`]: the stores of durable queues and exchanges.
 //!
@@ -14,6 +15,7 @@
 
 mod declare;
 mod persist;
+mod policies;
 pub mod publish;
 mod storage;
 mod topology;

@@ -231,7 +231,7 @@ impl Vhost {
         let mut round = 0;
         while !work.is_empty() {
             for (from, letters) in work.next_round(round) {
-                let Some(dlx) = from.args.dead_letter_exchange.clone() else {
+                let Some(dlx) = from.args().dead_letter_exchange.clone() else {
                     continue;
                 };
                 for letter in letters {

@@ -148,6 +148,7 @@ pub(super) fn build_exchange(
         bindings: Default::default(),
         dedup,
         delayed,
+        policy: Default::default(),
     })
 }
 

@@ -9,6 +9,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::exchange::Destination;
 use crate::message::Message;
+use crate::policy::PolicyKind;
 
 struct Fixture {
     vhost: Vhost,
@@ -218,4 +219,119 @@ fn max_queues_refuses_new_queues_with_406_but_not_redeclares() {
     assert!(declare("d").is_ok());
     f.vhost.set_max_queues(Some(0));
     assert!(declare("e").is_err(), "zero allows none");
+}
+
+fn policy(kind: PolicyKind, name: &str, body: serde_json::Value) -> crate::policy::Policy {
+    crate::policy::Policy::parse(kind, "/", name, body.as_object().unwrap()).unwrap()
+}
+
+#[test]
+fn a_policy_applies_at_once_to_existing_queues_and_clearing_it_restores_arguments() {
+    let f = fixture();
+    f.queue("jobs", table(&[("x-max-length", FieldValue::I32(5))]));
+    for _ in 0..6 {
+        f.publish("", "jobs", FieldTable::default());
+    }
+    assert_eq!(f.ready("jobs"), 5);
+    let created = f
+        .vhost
+        .set_policy(policy(
+            PolicyKind::Policy,
+            "short",
+            serde_json::json!({
+                "pattern": "^jobs$", "apply-to": "queues", "definition": {"max-length": 2}
+            }),
+        ))
+        .unwrap();
+    assert!(created);
+    assert_eq!(f.ready("jobs"), 2, "drop-head at once");
+    let q = f.vhost.queue("jobs", 1).unwrap();
+    assert_eq!(q.policy().policy_name(), Some("short"));
+    assert_eq!(q.args().max_length, Some(2));
+    // An operator policy caps it further; the policy's larger limit loses.
+    f.vhost
+        .set_policy(policy(
+            PolicyKind::Operator,
+            "cap",
+            serde_json::json!({
+                "pattern": ".*", "definition": {"max-length": 1}
+            }),
+        ))
+        .unwrap();
+    assert_eq!(f.ready("jobs"), 1);
+    assert!(f.vhost.delete_policy(PolicyKind::Operator, "cap").unwrap());
+    assert!(f.vhost.delete_policy(PolicyKind::Policy, "short").unwrap());
+    assert!(!f.vhost.delete_policy(PolicyKind::Policy, "short").unwrap());
+    assert_eq!(q.args().max_length, Some(5), "back to its argument");
+    assert!(q.policy().is_none());
+    for _ in 0..6 {
+        f.publish("", "jobs", FieldTable::default());
+    }
+    assert_eq!(f.ready("jobs"), 5);
+}
+
+#[test]
+fn a_policys_dead_letter_exchange_takes_the_messages_it_drops() {
+    let f = fixture();
+    f.exchange("dlx", "fanout", false, FieldTable::default());
+    f.queue("dead", FieldTable::default());
+    f.bind("dlx", "dead", "");
+    f.queue("work", FieldTable::default());
+    for _ in 0..3 {
+        f.publish("", "work", FieldTable::default());
+    }
+    f.vhost
+        .set_policy(policy(
+            PolicyKind::Policy,
+            "dl",
+            serde_json::json!({
+                "pattern": "^work$",
+                "definition": {"max-length": 1, "dead-letter-exchange": "dlx"}
+            }),
+        ))
+        .unwrap();
+    assert_eq!((f.ready("work"), f.ready("dead")), (1, 2));
+    // A queue declared later gets it too (it matches).
+    f.queue("work", FieldTable::default());
+    f.publish("", "work", FieldTable::default());
+    assert_eq!((f.ready("work"), f.ready("dead")), (1, 3));
+}
+
+#[test]
+fn an_exchanges_alternate_exchange_may_come_from_a_policy_and_its_argument_wins() {
+    let f = fixture();
+    f.exchange("unrouted", "fanout", false, FieldTable::default());
+    f.exchange("other", "fanout", false, FieldTable::default());
+    f.queue("lost", FieldTable::default());
+    f.queue("lost.other", FieldTable::default());
+    f.bind("unrouted", "lost", "");
+    f.bind("other", "lost.other", "");
+    f.exchange("orders", "direct", false, FieldTable::default());
+    let by_arg = table(&[("alternate-exchange", FieldValue::string("other"))]);
+    f.exchange("orders.arg", "direct", false, by_arg);
+    assert_eq!(f.publish("orders", "x", FieldTable::default()).routed, 0);
+    f.vhost
+        .set_policy(policy(
+            PolicyKind::Policy,
+            "ae",
+            serde_json::json!({
+                "pattern": "^orders", "apply-to": "exchanges",
+                "definition": {"alternate-exchange": "unrouted"}
+            }),
+        ))
+        .unwrap();
+    assert_eq!(f.publish("orders", "x", FieldTable::default()).routed, 1);
+    assert_eq!(
+        f.publish("orders.arg", "x", FieldTable::default()).routed,
+        1
+    );
+    assert_eq!((f.ready("lost"), f.ready("lost.other")), (1, 1));
+    let policies: Vec<Option<String>> = f
+        .vhost
+        .exchanges()
+        .iter()
+        .filter(|e| e.name.starts_with("orders"))
+        .map(|e| e.policy.policy_name().map(str::to_owned))
+        .collect();
+    assert_eq!(policies, [Some("ae".to_owned()), Some("ae".to_owned())]);
 }

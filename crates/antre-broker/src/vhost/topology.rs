@@ -7,10 +7,11 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use antre_amqp::{FieldTable, FieldValue};
+use antre_amqp::FieldTable;
 
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::policy::{AppliedPolicy, PolicySet};
 use crate::queue::{ConnectionId, Queue, TimerHook};
 
 use super::persist::Change;
@@ -30,9 +31,6 @@ pub(super) const PREDECLARED: [(&str, ExchangeKind); 7] = [
 pub(super) fn is_predeclared(name: &str) -> bool {
     PREDECLARED.iter().any(|(n, _)| *n == name)
 }
-
-/// The exchange argument naming where unroutable messages go instead.
-const ALTERNATE_EXCHANGE: &str = "alternate-exchange";
 
 /// Exchanges and queues of one vhost, with the indexes that keep every
 /// change O(log n) in the number of queues and bindings.
@@ -54,6 +52,8 @@ pub(super) struct Topology {
     pub timed: Arc<Mutex<Vec<Weak<Queue>>>>,
     /// How many of `queues` are direct reply-to addresses.
     reply_queues: usize,
+    /// The vhost's policies and operator policies.
+    pub policies: PolicySet,
 }
 
 /// How many queue.declare calls succeeded, queues were created and queues
@@ -87,12 +87,19 @@ impl Topology {
             lifecycle: QueueLifecycle::default(),
             timed: Arc::default(),
             reply_queues: 0,
+            policies: PolicySet::default(),
         }
     }
 
     /// Queues as clients count them: without direct reply-to's addresses.
     pub fn queue_count(&self) -> usize {
         self.queues.len().saturating_sub(self.reply_queues)
+    }
+
+    /// Records a change to durable definitions made outside the methods
+    /// here (policies).
+    pub fn push_change(&mut self, change: Change) {
+        self.changes.push(change);
     }
 
     /// The changes to durable definitions made since the last call.
@@ -115,15 +122,18 @@ impl Topology {
     }
 
     /// Adds an exchange (whose name is free).
-    pub fn insert_exchange(&mut self, ex: Exchange) {
+    pub fn insert_exchange(&mut self, mut ex: Exchange) {
+        ex.policy = self.policies.select_exchange(&ex.name);
         if ex.durable && !is_predeclared(&ex.name) {
             self.changes.push(Change::put_exchange(&self.vhost, &ex));
         }
         self.exchanges.insert(ex.name.clone(), ex);
     }
 
-    /// Adds a queue (whose name is free).
+    /// Adds a queue (whose name is free), under the policies that apply
+    /// to it.
     pub fn insert_queue(&mut self, queue: Arc<Queue>) {
+        queue.apply_policy(self.policy_for(&queue));
         if Self::durable_queue(&queue) {
             self.changes.push(Change::put_queue(&self.vhost, &queue));
         }
@@ -140,6 +150,29 @@ impl Topology {
             self.reply_queues += 1;
         }
         self.queues.insert(queue.name.clone(), queue);
+    }
+
+    /// The policies that apply to a queue: none for direct reply-to's
+    /// private queues, which are not queues to RabbitMQ's policies.
+    fn policy_for(&self, q: &Queue) -> AppliedPolicy {
+        if q.name.starts_with(super::REPLY_TO) {
+            return AppliedPolicy::default();
+        }
+        self.policies.select_queue(&q.name, q.kind())
+    }
+
+    /// Selects again, after a policy changed, the policies of every
+    /// exchange and queue, applying the new selection at once; returns the
+    /// queues whose selection changed (they may hold dead letters to route).
+    pub fn reapply_policies(&mut self) -> Vec<Arc<Queue>> {
+        for ex in self.exchanges.values_mut() {
+            ex.policy = self.policies.select_exchange(&ex.name);
+        }
+        self.queues
+            .values()
+            .filter(|q| q.apply_policy(self.policy_for(q)))
+            .cloned()
+            .collect()
     }
 
     /// Removes and returns a connection's exclusive queues (it closed).
@@ -216,13 +249,9 @@ impl Topology {
             if walk.matched {
                 continue;
             }
-            let alternate = ex
-                .arguments
-                .get(ALTERNATE_EXCHANGE)
-                .and_then(FieldValue::as_str);
-            if let Some(alt) = alternate {
-                if walk.seen_exchanges.insert(alt) {
-                    if let Some(next) = self.exchanges.get(alt) {
+            if let Some(alt) = ex.alternate_exchange() {
+                if let Some((name, next)) = self.exchanges.get_key_value(alt.as_str()) {
+                    if walk.seen_exchanges.insert(name.as_str()) {
                         walk.pending.push(next);
                     }
                 }

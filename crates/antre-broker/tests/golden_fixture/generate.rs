@@ -14,6 +14,7 @@ use antre_amqp::method::{BasicAck, BasicNack, BasicReject, ExchangeDeclare, Queu
 use antre_amqp::{BasicProperties, FieldTable, FieldValue};
 use antre_broker::access::{Permission, TopicPermission};
 use antre_broker::clock::{Clock, ManualClock};
+use antre_broker::policy::{Policy, PolicyKind};
 use antre_broker::{Broker, StorageOptions, User};
 use antre_store::StoreOptions;
 use bytes::Bytes;
@@ -172,6 +173,26 @@ fn generate() {
     payments(&mut s);
     tasks_and_invoices(&mut s);
     delayed_and_deduplicated(&mut s, &clock);
+
+    // Since format 4: a policy and an operator policy (in eu/payments, so
+    // the other vhosts' definitions stay those of earlier formats).
+    let eu_vhost = broker.vhost("eu/payments").unwrap();
+    for (kind, name, body) in [
+        (
+            PolicyKind::Policy,
+            "ledger-limits",
+            serde_json::json!({"pattern": "^ledger$", "apply-to": "queues", "priority": 5,
+                               "definition": {"max-length": 1000, "queue-mode": "lazy"}}),
+        ),
+        (
+            PolicyKind::Operator,
+            "byte-cap",
+            serde_json::json!({"pattern": ".*", "definition": {"max-length-bytes": 1_073_741_824}}),
+        ),
+    ] {
+        let policy = Policy::parse(kind, "eu/payments", name, body.as_object().unwrap()).unwrap();
+        eu_vhost.set_policy(policy).unwrap();
+    }
 
     let mut eu = Session::open(&broker, "eu/payments");
     eu.exchange("ledger.topic", "topic", FieldTable::new());

@@ -30,7 +30,7 @@ const V1_CLOSED_AT: u64 = T0 + 1000;
 
 /// The fixtures: each was written by the generator's one scenario, at its
 /// data format version, so each must recover the same contents.
-const FIXTURES: [&str; 3] = ["v1", "v2", "v3"];
+const FIXTURES: [&str; 4] = ["v1", "v2", "v3", "v4"];
 
 /// A fixture copied to a temporary directory (recovery repairs and deletes
 /// files, and the checked-in copy must stay as it is), opened on a manual
@@ -495,7 +495,13 @@ fn fixture_definitions_are_recovered() {
             defs("empty"),
             json!({"name": "empty", "exchanges": [], "queues": [], "bindings": []})
         );
-        assert_eq!(defs("eu/payments"), v1_eu_definitions());
+        let mut eu = defs("eu/payments");
+        // Since v4 it has policies too (v4_keeps_policies_and_applies_them).
+        if let Some(defs) = eu.as_object_mut() {
+            defs.remove("policies");
+            defs.remove("operator_policies");
+        }
+        assert_eq!(eu, v1_eu_definitions());
         assert_eq!(defs("/"), v1_root_definitions());
     }
 }
@@ -664,7 +670,7 @@ fn fixture_users_keep_their_passwords() {
             f.broker.authenticate("ops", "s3cret-op", false),
             Err(LoginError::InvalidCredentials("ops".into()))
         );
-        if version == "v3" {
+        if version == "v3" || version == "v4" {
             continue;
         }
         // Before format 3 every user could do everything: the migration
@@ -799,42 +805,73 @@ fn fixture_ttls_and_expiry_count_from_the_recorded_times() {
 }
 
 #[test]
+fn v4_keeps_policies_and_applies_them() {
+    use antre_broker::policy::PolicyKind;
+    let f = open("v4", V1_CLOSED_AT);
+    let eu = f.broker.vhost("eu/payments").unwrap();
+    let defs = serde_json::to_value(eu.definitions()).unwrap();
+    assert_eq!(
+        defs["policies"],
+        json!([{"vhost": "eu/payments", "name": "ledger-limits", "pattern": "^ledger$",
+                "apply-to": "queues", "definition": {"max-length": 1000, "queue-mode": "lazy"},
+                "priority": 5}])
+    );
+    assert_eq!(
+        defs["operator_policies"],
+        json!([{"vhost": "eu/payments", "name": "byte-cap", "pattern": ".*", "apply-to": "all",
+                "definition": {"max-length-bytes": 1_073_741_824}, "priority": 0}])
+    );
+    assert_eq!(eu.policies(PolicyKind::Policy).len(), 1);
+    let ledger = eu.queue("ledger", 0).unwrap();
+    let applied = ledger.policy();
+    assert_eq!(applied.policy_name(), Some("ledger-limits"));
+    assert_eq!(applied.operator_name(), Some("byte-cap"));
+    assert_eq!(ledger.args().max_length, Some(1000));
+    assert_eq!(ledger.args().max_length_bytes, Some(1_073_741_824));
+    // The other vhosts have none (so their files stay as earlier formats').
+    let root = serde_json::to_value(f.broker.vhost("/").unwrap().definitions()).unwrap();
+    assert!(root.get("policies").is_none());
+}
+
+#[test]
 fn v3_keeps_tags_permissions_and_topic_permissions() {
     use antre_broker::access::{Perm, ResourceKind};
-    let f = open("v3", V1_CLOSED_AT);
-    let access = f.broker.access();
-    let tags = |name: &str| access.user(name).unwrap().tags;
-    assert_eq!(tags("guest"), ["administrator"]);
-    assert_eq!(tags("ops"), ["monitoring", "custom"]);
-    assert!(tags("app").is_empty());
-    let mut granted: Vec<(String, String)> = access
-        .permissions()
-        .into_iter()
-        .map(|p| (p.user, p.vhost))
-        .collect();
-    granted.sort();
-    let expected = [
-        ("app", "eu/payments"),
-        ("guest", "/"),
-        ("guest", "empty"),
-        ("guest", "eu/payments"),
-        ("ops", "/"),
-    ];
-    assert_eq!(granted, expected.map(|(u, v)| (u.to_owned(), v.to_owned())));
-    let app = access.compiled("app", "eu/payments").unwrap();
-    assert!(app.allows(ResourceKind::Queue, "ledger", Perm::Configure));
-    assert!(app.allows(ResourceKind::Exchange, "ledger.topic", Perm::Write));
-    assert!(
-        !app.allows(ResourceKind::Queue, "ledger", Perm::Read),
-        "\"\" is nothing"
-    );
-    assert!(app
-        .check_topic("ledger.topic", "ledger.app.eur", Perm::Write)
-        .is_ok());
-    assert!(app
-        .check_topic("ledger.topic", "ledger.ops.eur", Perm::Write)
-        .is_err());
-    assert!(access.compiled("app", "/").is_none());
+    for version in ["v3", "v4"] {
+        let f = open(version, V1_CLOSED_AT);
+        let access = f.broker.access();
+        let tags = |name: &str| access.user(name).unwrap().tags;
+        assert_eq!(tags("guest"), ["administrator"]);
+        assert_eq!(tags("ops"), ["monitoring", "custom"]);
+        assert!(tags("app").is_empty());
+        let mut granted: Vec<(String, String)> = access
+            .permissions()
+            .into_iter()
+            .map(|p| (p.user, p.vhost))
+            .collect();
+        granted.sort();
+        let expected = [
+            ("app", "eu/payments"),
+            ("guest", "/"),
+            ("guest", "empty"),
+            ("guest", "eu/payments"),
+            ("ops", "/"),
+        ];
+        assert_eq!(granted, expected.map(|(u, v)| (u.to_owned(), v.to_owned())));
+        let app = access.compiled("app", "eu/payments").unwrap();
+        assert!(app.allows(ResourceKind::Queue, "ledger", Perm::Configure));
+        assert!(app.allows(ResourceKind::Exchange, "ledger.topic", Perm::Write));
+        assert!(
+            !app.allows(ResourceKind::Queue, "ledger", Perm::Read),
+            "\"\" is nothing"
+        );
+        assert!(app
+            .check_topic("ledger.topic", "ledger.app.eur", Perm::Write)
+            .is_ok());
+        assert!(app
+            .check_topic("ledger.topic", "ledger.ops.eur", Perm::Write)
+            .is_err());
+        assert!(access.compiled("app", "/").is_none());
+    }
 }
 
 #[test]

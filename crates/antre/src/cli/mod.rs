@@ -8,12 +8,14 @@
 //! - [`topology`]: declaring and deleting queues, exchanges and bindings,
 //!   closing connections, definitions;
 //! - [`messages`]: `publish` and `consume`;
-//! - [`access`]: `users`, `permissions` and `vhosts`.
+//! - [`access`]: `users`, `permissions` and `vhosts`;
+//! - [`policies`]: `policies` and `operator-policies`.
 
 pub mod access;
 pub mod client;
 pub mod listing;
 pub mod messages;
+pub mod policies;
 pub mod table;
 pub mod topology;
 
@@ -100,6 +102,13 @@ pub enum RemoteCommand {
     /// List, add and delete vhosts.
     #[command(subcommand)]
     Vhosts(access::VhostsCommand),
+    /// List, set and clear policies in a vhost.
+    #[command(subcommand)]
+    Policies(policies::PolicyCommand),
+    /// List, set and clear operator policies (caps on what policies and
+    /// queue arguments may ask for).
+    #[command(subcommand)]
+    OperatorPolicies(policies::PolicyCommand),
 }
 
 /// `antre queues [list]` and the other listings.
@@ -369,6 +378,8 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
         C::Users(cmd) => access::users(cmd, out),
         C::Permissions(cmd) => access::permissions(cmd, out),
         C::Vhosts(cmd) => access::vhosts(cmd, out),
+        C::Policies(cmd) => policies::policies(cmd, false, out),
+        C::OperatorPolicies(cmd) => policies::policies(cmd, true, out),
     }
 }
 

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | none | nothing (AMQP only): `401 Not management user` |
 //! | `management` | its vhosts' queues, exchanges, bindings; its own connections and channels |
-//! | `policymaker` | as management, plus policies and parameters in its vhosts |
+//! | `policymaker` | as management, plus policies and parameters in its vhosts (operator policies are for administrators) |
 //! | `monitoring` | as management, plus every vhost's listing, every connection and channel, nodes |
 //! | `administrator` | everything, including users, permissions, vhosts, definitions |
 //!
@@ -181,6 +181,14 @@ fn rule(template: &str, method: &Method) -> Rule {
         return Rule::Admin;
     }
     match template {
+        // RabbitMQ's policy listings are per vhost; changing a policy is
+        // for policymakers, an operator policy for administrators.
+        "/api/policies"
+        | "/api/policies/{vhost}"
+        | "/api/operator-policies"
+        | "/api/operator-policies/{vhost}" => return Rule::Vhost,
+        "/api/policies/{vhost}/{name}" => return Rule::Policies,
+        "/api/operator-policies/{vhost}/{name}" => return Rule::Admin,
         "/api/vhosts/{vhost}"
         | "/api/vhosts/{vhost}/permissions"
         | "/api/vhosts/{vhost}/topic-permissions"

@@ -227,17 +227,39 @@ pub fn router(state: HttpState) -> Router {
             "/api/definitions/{vhost}",
             get(definitions::export_vhost).post(definitions::import_vhost),
         )
-        .route("/api/parameters", get(parameters::all))
-        .route("/api/parameters/{component}", get(parameters::of_component))
+        .route("/api/policies", get(policies::list_all))
+        .route("/api/policies/{vhost}", get(policies::list_vhost))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policies::get_one)
+                .put(policies::put)
+                .delete(policies::delete),
+        )
+        .route("/api/operator-policies", get(policies::op_list_all))
+        .route(
+            "/api/operator-policies/{vhost}",
+            get(policies::op_list_vhost),
+        )
+        .route(
+            "/api/operator-policies/{vhost}/{name}",
+            get(policies::op_get_one)
+                .put(policies::op_put)
+                .delete(policies::op_delete),
+        )
+        .route("/api/parameters", get(policies::parameters_all))
+        .route(
+            "/api/parameters/{component}",
+            get(policies::parameters_of_component),
+        )
         .route(
             "/api/parameters/{component}/{vhost}",
-            get(parameters::of_vhost),
+            get(policies::parameters_of_vhost),
         )
         .route(
             "/api/parameters/{component}/{vhost}/{name}",
-            get(parameters::one)
-                .put(parameters::set)
-                .delete(parameters::clear),
+            get(policies::parameter)
+                .put(policies::set_parameter)
+                .delete(policies::delete_parameter),
         )
         .route("/api/global-parameters", get(parameters::empty))
         .route("/api/global-parameters/{name}", get(parameters::global))

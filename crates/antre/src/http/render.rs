@@ -41,6 +41,7 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
         .iter()
         .find(|c| c.exclusive)
         .map(|c| c.tag.clone());
+    let policy = q.policy();
     json!({
         "name": q.name,
         "vhost": q.vhost,
@@ -52,7 +53,10 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
             .map(|conn| json!({ "name": conn.name, "peer_host": conn.peer.ip().to_string(), "peer_port": conn.peer.port() })),
         "arguments": table_to_json(&q.options.arguments),
         "node": node_name(),
-        "type": q.args.kind.as_str(),
+        "type": q.kind().as_str(),
+        "policy": policy.policy_name(),
+        "operator_policy": policy.operator_name(),
+        "effective_policy_definition": policy.definition(),
         "state": "running",
         "messages": c.ready + c.unacked,
         "messages_details": details(r.ready + r.unacked),
@@ -76,9 +80,9 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
     })
 }
 
-/// An exchange.
+/// An exchange; `policy` only when one applies, as in RabbitMQ.
 pub fn exchange(vhost: &str, e: &Exchange) -> Value {
-    json!({
+    let mut json = json!({
         "name": e.name,
         "vhost": vhost,
         "type": e.type_name,
@@ -86,7 +90,11 @@ pub fn exchange(vhost: &str, e: &Exchange) -> Value {
         "auto_delete": e.auto_delete,
         "internal": e.internal,
         "arguments": table_to_json(&e.arguments),
-    })
+    });
+    if let Some(policy) = e.policy.policy_name() {
+        json["policy"] = json!(policy);
+    }
+    json
 }
 
 /// The part of a binding's URL that identifies it among the bindings with

@@ -107,6 +107,9 @@ mod tests {
             "/api/topic-permissions/{vhost}/{user}",
             "/api/users/{user}/permissions",
             "/api/vhosts/{vhost}/permissions",
+            "/api/policies",
+            "/api/policies/{vhost}/{name}",
+            "/api/operator-policies/{vhost}/{name}",
             "/api/health/checks/alarms",
             "/metrics",
         ] {

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::definitions::{table_to_json, BindingDef, ExchangeDef, QueueDef, VhostDefinitions};
+use crate::definitions::{
+    table_to_json, BindingDef, ExchangeDef, PolicyDef, QueueDef, VhostDefinitions,
+};
 use crate::exchange::{Binding, Destination, Exchange};
+use crate::policy::PolicyKind;
 use crate::queue::Queue;
 
 use crate::vhost::topology::{is_predeclared, Topology};
@@ -33,6 +36,20 @@ pub(in crate::vhost) enum Change {
     PutBinding(BindingDef),
     /// A binding between durable ends was removed.
     DeleteBinding(BindingDef),
+    /// A policy was set (since data format 4).
+    PutPolicy(PolicyDef),
+    /// A policy was deleted.
+    DeletePolicy {
+        /// Its name.
+        name: String,
+    },
+    /// An operator policy was set (since data format 4).
+    PutOperatorPolicy(PolicyDef),
+    /// An operator policy was deleted.
+    DeleteOperatorPolicy {
+        /// Its name.
+        name: String,
+    },
 }
 
 impl Change {
@@ -50,6 +67,21 @@ impl Change {
 
     pub(in crate::vhost) fn delete_binding(vhost: &str, source: &str, b: &Binding) -> Change {
         Change::DeleteBinding(binding_def(vhost, source, b))
+    }
+
+    pub(in crate::vhost) fn put_policy(kind: PolicyKind, def: PolicyDef) -> Change {
+        match kind {
+            PolicyKind::Policy => Change::PutPolicy(def),
+            PolicyKind::Operator => Change::PutOperatorPolicy(def),
+        }
+    }
+
+    pub(in crate::vhost) fn delete_policy(kind: PolicyKind, name: &str) -> Change {
+        let name = name.to_owned();
+        match kind {
+            PolicyKind::Policy => Change::DeletePolicy { name },
+            PolicyKind::Operator => Change::DeleteOperatorPolicy { name },
+        }
     }
 }
 
@@ -124,6 +156,8 @@ pub(super) struct DurableState {
     pub(super) exchanges: BTreeMap<String, ExchangeDef>,
     pub(super) queues: BTreeMap<String, QueueDef>,
     pub(super) bindings: BTreeMap<String, BindingDef>,
+    pub(super) policies: BTreeMap<String, PolicyDef>,
+    pub(super) operator_policies: BTreeMap<String, PolicyDef>,
 }
 
 impl DurableState {
@@ -137,6 +171,12 @@ impl DurableState {
         }
         for b in defs.bindings {
             state.bindings.insert(binding_key(&b), b);
+        }
+        for p in defs.policies {
+            state.policies.insert(p.name.clone(), p);
+        }
+        for p in defs.operator_policies {
+            state.operator_policies.insert(p.name.clone(), p);
         }
         state
     }
@@ -156,6 +196,8 @@ impl DurableState {
             exchanges: self.exchanges.values().cloned().collect(),
             queues: self.queues.values().cloned().collect(),
             bindings,
+            policies: self.policies.values().cloned().collect(),
+            operator_policies: self.operator_policies.values().cloned().collect(),
         }
     }
 
@@ -178,6 +220,18 @@ impl DurableState {
             }
             Change::DeleteBinding(b) => {
                 self.bindings.remove(&binding_key(&b));
+            }
+            Change::PutPolicy(p) => {
+                self.policies.insert(p.name.clone(), p);
+            }
+            Change::DeletePolicy { name } => {
+                self.policies.remove(&name);
+            }
+            Change::PutOperatorPolicy(p) => {
+                self.operator_policies.insert(p.name.clone(), p);
+            }
+            Change::DeleteOperatorPolicy { name } => {
+                self.operator_policies.remove(&name);
             }
         }
     }
@@ -218,6 +272,18 @@ pub(in crate::vhost) fn durable_definitions(topo: &Topology) -> VhostDefinitions
     for q in topo.queues.values() {
         if durable_queue(&q.name) {
             defs.queues.push(queue_def(vhost, q));
+        }
+    }
+    for kind in [PolicyKind::Policy, PolicyKind::Operator] {
+        let list = topo
+            .policies
+            .list(kind)
+            .iter()
+            .map(|p| p.to_def())
+            .collect();
+        match kind {
+            PolicyKind::Policy => defs.policies = list,
+            PolicyKind::Operator => defs.operator_policies = list,
         }
     }
     defs.exchanges.sort_by(|a, b| a.name.cmp(&b.name));

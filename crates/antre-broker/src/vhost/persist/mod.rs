@@ -38,6 +38,7 @@ use crate::definitions::{json_to_table, VhostDefinitions};
 use crate::durable::Durable;
 use crate::error::BrokerError;
 use crate::exchange::{Binding, Destination};
+use crate::policy::{Policy, PolicyKind};
 use crate::queue::QueueOptions;
 
 mod change;
@@ -450,6 +451,27 @@ fn rebuild(
     state: &DurableState,
 ) -> Result<(), BrokerError> {
     let name = topo.vhost.clone();
+    // Policies first, so that exchanges and queues come back under them.
+    for (kind, defs) in [
+        (PolicyKind::Policy, &state.policies),
+        (PolicyKind::Operator, &state.operator_policies),
+    ] {
+        for def in defs.values() {
+            match Policy::from_def(kind, def) {
+                Ok(p) => {
+                    topo.policies.insert(p);
+                }
+                // Validated when it was set: only a rule changed since can
+                // refuse it. Loud, not fatal: the rest of the vhost works.
+                Err(e) => tracing::error!(
+                    vhost = name,
+                    policy = def.name,
+                    "cannot restore {}: {e}",
+                    kind.component()
+                ),
+            }
+        }
+    }
     let mut kept_exchanges = HashSet::new();
     for x in state.exchanges.values() {
         kept_exchanges.insert(dir_name(&x.name));

@@ -105,3 +105,64 @@ fn compaction_by_the_timer_keeps_every_change() {
     let v = open(dir.path());
     assert_eq!(names(&v), ["b"]);
 }
+
+/// Policies are durable definitions: logged, folded into snapshots, and
+/// applied to the queues recovered with them.
+#[test]
+fn policies_survive_a_restart_and_apply_to_recovered_queues() {
+    use crate::policy::{Policy, PolicyKind};
+    let set = |v: &Vhost, kind, name: &str, body: serde_json::Value| {
+        let p = Policy::parse(kind, "/", name, body.as_object().unwrap()).unwrap();
+        v.set_policy(p).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let v = open(dir.path());
+        declare(&v, "jobs");
+        set(
+            &v,
+            PolicyKind::Policy,
+            "ttl",
+            serde_json::json!({
+                "pattern": "^jobs$", "priority": 2, "definition": {"message-ttl": 1000}
+            }),
+        );
+        set(
+            &v,
+            PolicyKind::Policy,
+            "gone",
+            serde_json::json!({
+                "pattern": ".*", "definition": {"max-length": 1}
+            }),
+        );
+        set(
+            &v,
+            PolicyKind::Operator,
+            "cap",
+            serde_json::json!({
+                "pattern": ".*", "definition": {"max-length": 7}
+            }),
+        );
+        v.delete_policy(PolicyKind::Policy, "gone").unwrap();
+        v.close();
+    }
+    for round in 0..2 {
+        // The second round reads the snapshot written at the first start.
+        let v = open(dir.path());
+        let names: Vec<String> = v
+            .policies(PolicyKind::Policy)
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        assert_eq!(names, ["ttl"], "round {round}");
+        assert_eq!(v.policies(PolicyKind::Operator).len(), 1);
+        let q = v.queue("jobs", 1).unwrap();
+        assert_eq!(q.args().message_ttl, Some(1000));
+        assert_eq!(q.args().max_length, Some(7));
+        assert_eq!(q.policy().operator_name(), Some("cap"));
+        let defs = v.definitions();
+        assert_eq!(defs.policies.len(), 1);
+        assert_eq!(defs.operator_policies[0].name, "cap");
+        v.close();
+    }
+}

@@ -1,7 +1,9 @@
 //! `/api/definitions`: export and import of vhosts, users (with their
 //! password hashes, tags and limits), permissions, topic permissions, vhost
-//! limits (as RabbitMQ 3.10 writes them: `vhost-limits` parameters) and
-//! durable topology in the shape of RabbitMQ's definitions file, so a file
+//! limits (as RabbitMQ 3.10 writes them: `vhost-limits` parameters),
+//! policies, operator policies (runtime parameters of the component
+//! `operator_policy` there) and durable topology in the shape of RabbitMQ's
+//! definitions file, so a file
 //! exported from RabbitMQ loads here and ours loads into RabbitMQ. An
 //! import never drops anything silently: what antre cannot apply (a plugin's
 //! parameters, an unknown exchange type, ...) fails it before anything
@@ -14,6 +16,7 @@ use antre_broker::access::limits::{parse_limits, LimitScope};
 use antre_broker::access::{password, Permission, TopicPermission, UserLimits, VhostLimits};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::{Destination, ExchangeType};
+use antre_broker::policy::{Policy, PolicyKind};
 use antre_broker::queue::QueueArgs;
 use antre_broker::vhost::{ExchangeDeclaration, QueueDeclaration};
 use antre_broker::UserRecord;
@@ -30,12 +33,32 @@ use crate::http::HttpState;
 fn export(state: &HttpState, vhost: Option<&str>) -> ApiResult<Value> {
     let vhosts = state.vhosts_for(vhost)?;
     let (mut exchanges, mut queues, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut policies, mut parameters) = (Vec::new(), Vec::new());
     for v in &vhosts {
         let d = v.definitions();
         exchanges.extend(d.exchanges.iter().map(|e| json!(e)));
         queues.extend(d.queues.iter().map(|q| json!(q)));
         bindings.extend(d.bindings.iter().map(|b| json!(b)));
+        policies.extend(
+            v.policies(PolicyKind::Policy)
+                .iter()
+                .map(|p| super::policies::policy_json(p)),
+        );
+        parameters.extend(
+            v.policies(PolicyKind::Operator)
+                .iter()
+                .map(|p| super::policies::parameter_json(p)),
+        );
     }
+    parameters.extend(
+        state
+            .broker
+            .access()
+            .all_vhost_limits()
+            .iter()
+            .filter(|l| vhost.is_none_or(|v| v == l.vhost))
+            .map(super::parameters::limits_parameter),
+    );
     let mut body = json!({
         "rabbit_version": crate::config::RABBITMQ_VERSION,
         "rabbitmq_version": crate::config::RABBITMQ_VERSION,
@@ -44,15 +67,8 @@ fn export(state: &HttpState, vhost: Option<&str>) -> ApiResult<Value> {
         "exchanges": exchanges,
         "queues": queues,
         "bindings": bindings,
-        "policies": [],
-        "parameters": state
-            .broker
-            .access()
-            .all_vhost_limits()
-            .iter()
-            .filter(|l| vhost.is_none_or(|v| v == l.vhost))
-            .map(super::parameters::limits_parameter)
-            .collect::<Vec<_>>(),
+        "policies": policies,
+        "parameters": parameters,
     });
     if vhost.is_none() {
         body["vhosts"] = vhosts.iter().map(|v| json!({ "name": v.name })).collect();
@@ -305,6 +321,8 @@ struct Review {
     skipped_exchanges: std::collections::BTreeSet<(String, String)>,
     skipped_queues: std::collections::BTreeSet<(String, String)>,
     skipped_users: std::collections::BTreeSet<String>,
+    /// The file's policies and operator policies antre can apply.
+    policies: Vec<Policy>,
 }
 
 impl Review {
@@ -348,10 +366,11 @@ impl Review {
                 }
             }
         }
+        let own = [super::parameters::VHOST_LIMITS, "operator_policy"];
         for p in defs
             .parameters
             .iter()
-            .filter(|p| p.component != super::parameters::VHOST_LIMITS)
+            .filter(|p| !own.contains(&p.component.as_str()))
         {
             r.unsupported.push(format!(
                 "parameter '{}' of component '{}' in vhost '{}' (antre has no such component)",
@@ -371,12 +390,27 @@ impl Review {
                 r.unsupported.push(format!("global parameter '{name}'"));
             }
         }
-        for p in &defs.policies {
-            let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
-            let vhost = pick(&p.get("vhost").and_then(Value::as_str).map(str::to_owned));
-            r.unsupported.push(format!(
-                "policy '{name}' in vhost '{vhost}' (antre has no policies)"
-            ));
+        let operator = defs
+            .parameters
+            .iter()
+            .filter(|p| p.component == "operator_policy")
+            .map(|p| {
+                let body = p.value.as_object().cloned().unwrap_or_default();
+                (PolicyKind::Operator, p.vhost.clone(), p.name.clone(), body)
+            });
+        let policies = defs.policies.iter().map(|p| {
+            let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
+            (PolicyKind::Policy, text("vhost"), text("name"), p.clone())
+        });
+        for (kind, vhost, name, body) in policies.chain(operator) {
+            let (vhost, name) = (pick(&vhost), name.unwrap_or_default());
+            match Policy::parse(kind, &vhost, &name, &body) {
+                Ok(p) => r.policies.push(p),
+                Err(e) => r.unsupported.push(format!(
+                    "{} '{name}' in vhost '{vhost}': {e}",
+                    kind.component()
+                )),
+            }
         }
         for e in &defs.exchanges {
             if let Err(err) = ExchangeType::parse(&e.kind, &json_to_table(&e.arguments)) {
@@ -488,8 +522,21 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> Api
         .map(|q| (pick(&q.vhost), q.name.clone()))
         .filter(|k| !review.skipped_queues.contains(k));
     check_queue_limits(state, new_queues)?;
+    for p in &review.policies {
+        state.vhost(&p.vhost)?;
+    }
     let created = import_topology(state, &defs, &review, &pick)?;
     counts.extend(created);
+    let (mut policies, mut operator_policies) = (0, 0);
+    for p in review.policies {
+        match p.kind {
+            PolicyKind::Policy => policies += 1,
+            PolicyKind::Operator => operator_policies += 1,
+        }
+        state.vhost(&p.vhost.clone())?.set_policy(p)?;
+    }
+    counts.insert("policies".into(), policies.into());
+    counts.insert("operator_policies".into(), operator_policies.into());
     // Last, as RabbitMQ's import does not hold the file's own queues to
     // the file's limits.
     state

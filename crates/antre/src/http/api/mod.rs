@@ -12,6 +12,7 @@ pub mod messages;
 pub mod overview;
 pub mod parameters;
 pub mod permissions;
+pub mod policies;
 pub mod queues;
 pub mod users;
 pub mod vhosts;

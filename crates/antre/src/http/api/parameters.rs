@@ -2,8 +2,10 @@
 //! answered as RabbitMQ answers them, so `rabbitmqadmin list parameters`
 //! and the like work.
 //!
-//! - `/api/parameters[/{component}[/{vhost}[/{name}]]]`: the one
-//!   component antre has is RabbitMQ's built-in `vhost-limits`, whose one
+//! - `/api/parameters[/{component}[/{vhost}[/{name}]]]`: besides `policy`
+//!   and `operator_policy` (served by [`super::policies`], which routes
+//!   the other components here), the component antre has is RabbitMQ's
+//!   built-in `vhost-limits`, whose one
 //!   parameter per vhost, `limits`, is the vhost's limits as a whole
 //!   (`{"value": {"max-connections": 10}, "vhost": "/", "component":
 //!   "vhost-limits", "name": "limits"}`; `rabbitmqctl set_vhost_limits`

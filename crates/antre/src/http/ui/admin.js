@@ -1,9 +1,9 @@
 // The Admin area (administrators only): users, virtual hosts, permissions
-// and topic permissions, limits, definitions export and import. Each tab
-// is one entry of TABS, its own page function; a new admin concept (e.g.
-// policies, once the API has /api/policies) is one more entry.
+// and topic permissions, policies and operator policies, limits,
+// definitions export and import. Each tab is one entry of TABS, its own
+// page function; a new admin concept is one more entry.
 
-import { h, api, enc, fmt, field, select, setOptions, form, val, actionButton } from "./dom.js";
+import { h, api, enc, fmt, field, select, setOptions, form, val, jsonField, actionButton } from "./dom.js";
 import { listing } from "./table.js";
 import { definitionsTab } from "./definitions.js";
 
@@ -11,6 +11,7 @@ const TABS = [
   ["users", "Users", usersTab],
   ["vhosts", "Virtual hosts", vhostsTab],
   ["permissions", "Permissions", permissionsTab],
+  ["policies", "Policies", policiesTab],
   ["limits", "Limits", limitsTab],
   ["definitions", "Definitions", definitionsTab],
 ];
@@ -205,5 +206,63 @@ function limitsTab(view) {
     view.add(limitListing("vhost-limits", "/api/vhost-limits", "vhost", "vhost limits")),
     h("h2", {}, "User limits"),
     view.add(limitListing("user-limits", "/api/user-limits", "user", "user limits")),
+  ];
+}
+
+const APPLY_TO = ["all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams"];
+
+function policyListing(view, id, base, what) {
+  return listing({
+    id, path: base, paged: false, what, sort: "priority",
+    filterText: p => `${p.name} ${p.vhost} ${p.pattern}`, filterPlaceholder: "Filter by name, vhost or pattern",
+    columns: [
+      { title: "Vhost", sort: "vhost", cell: p => p.vhost },
+      { title: "Name", sort: "name", cell: p => p.name },
+      { title: "Pattern", sort: "pattern", cell: p => h("code", {}, p.pattern) },
+      { title: "Apply to", sort: "apply-to", cell: p => p["apply-to"] },
+      { title: "Definition", cell: p => h("code", {}, JSON.stringify(p.definition)) },
+      { title: "Priority", sort: "priority", num: true, cell: p => String(p.priority) },
+      { title: "", cell: p => actionButton("Delete", "danger", `Delete ${what.replace(/ies$/, "y")} ${p.name} in ${p.vhost}? What it set is undone at once.`, async () => {
+        await api("DELETE", `${base}/${enc(p.vhost)}/${enc(p.name)}`);
+        await view.refresh();
+        return `Deleted ${p.name}.`;
+      }) },
+    ],
+  });
+}
+
+function policiesTab(view) {
+  const vhost = select("vhost", []);
+  view.load(async () => setOptions(vhost, (await api("GET", "/api/vhosts?columns=name")).map(v => v.name)));
+  const kind = select("kind", [["policy", "Policy"], ["operator", "Operator policy"]]);
+  const policyForm = form("Add or change a policy", [
+    field("Kind", kind, "Operator policies cap what policies and queue arguments ask for; they take only expires, message-ttl, max-length, max-length-bytes, max-in-memory-length, max-in-memory-bytes and delivery-limit."),
+    field("Vhost", vhost),
+    field("Name", h("input", { name: "name", required: true, autocomplete: "off" })),
+    field("Pattern (regex)", h("input", { name: "pattern", required: true, placeholder: "^orders\\." }),
+      "Matched anywhere in the name: anchor it with ^ and $."),
+    field("Apply to", select("apply-to", APPLY_TO)),
+    field("Priority", h("input", { name: "priority", type: "number", value: "0" }), "The highest priority among matching policies applies."),
+    field("Definition (JSON)", h("textarea", { name: "definition", rows: 4, required: true, placeholder: '{"max-length": 1000, "dead-letter-exchange": "dlx"}' }),
+      "Keys as in RabbitMQ: message-ttl, expires, max-length, max-length-bytes, overflow, dead-letter-exchange, dead-letter-routing-key, delivery-limit, consumer-timeout, alternate-exchange, ... (mirroring and queue-mode keys are accepted and have no effect)."),
+  ], "Save policy", async f => {
+    const base = val(f, "kind") === "operator" ? "/api/operator-policies" : "/api/policies";
+    const body = {
+      pattern: val(f, "pattern"),
+      definition: jsonField(f, "definition", "The definition"),
+      priority: Number(val(f, "priority") || 0),
+      "apply-to": val(f, "apply-to"),
+    };
+    await api("PUT", `${base}/${enc(val(f, "vhost"))}/${enc(val(f, "name"))}`, body);
+    await view.refresh();
+    return `Policy ${val(f, "name")} saved; it applies at once.`;
+  }, { id: "policy-form" });
+  return [
+    h("h2", {}, "Policies"),
+    h("p", { class: "muted" }, "Settings applied to the queues and exchanges whose names match, highest priority first; queue arguments below a policy's limit win."),
+    view.add(policyListing(view, "policies", "/api/policies", "policies")),
+    h("h2", {}, "Operator policies"),
+    view.add(policyListing(view, "operator-policies", "/api/operator-policies", "operator policies")),
+    h("div", { class: "forms" }, policyForm),
   ];
 }

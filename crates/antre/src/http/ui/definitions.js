@@ -9,8 +9,10 @@ function fileName(vhost) {
   return `antre-definitions${which}-${day}.json`;
 }
 
-function summary(exchanges, queues, bindings) {
-  return [count(exchanges, "exchange"), count(queues, "queue"), count(bindings, "binding")].join(", ");
+function summary(exchanges, queues, bindings, policies) {
+  const parts = [count(exchanges, "exchange"), count(queues, "queue"), count(bindings, "binding")];
+  if (policies) parts.push(count(policies, "policy"));
+  return parts.join(", ");
 }
 
 export function definitionsTab(view) {
@@ -27,10 +29,10 @@ export function definitionsTab(view) {
   });
   const file = h("input", { type: "file", name: "file", accept: ".json,application/json", required: true });
   return [
-    h("p", { class: "muted" }, "The same file as RabbitMQ's: a file exported from RabbitMQ imports here and one exported here imports into RabbitMQ. What antre cannot apply (a plugin's parameters, an unknown exchange type) fails the import, listed, before anything changes, unless you choose to skip it."),
+    h("p", { class: "muted" }, "The same file as RabbitMQ's: a file exported from RabbitMQ imports here (with its policies and operator policies) and one exported here imports into RabbitMQ. What antre cannot apply (a plugin's parameters, an unknown exchange type) fails the import, listed, before anything changes, unless you choose to skip it."),
     h("div", { class: "forms" },
       form("Export definitions", [
-        field("Of", exportVhost, "One vhost's file has only its exchanges, queues and bindings."),
+        field("Of", exportVhost, "One vhost's file has only its exchanges, queues, bindings and policies."),
       ], "Download", async f => {
         const vhost = val(f, "vhost");
         const defs = await api("GET", vhost ? `/api/definitions/${enc(vhost)}` : "/api/definitions");
@@ -50,7 +52,7 @@ export function definitionsTab(view) {
         const path = vhost ? `/api/definitions/${enc(vhost)}` : "/api/definitions";
         const r = await api("POST", checked(f, "skip") ? `${path}?skip_unsupported=true` : path, defs);
         await view.refresh();
-        const counts = r ? ` (${summary(r.exchanges, r.queues, r.bindings)})` : "";
+        const counts = r ? ` (${summary(r.exchanges, r.queues, r.bindings, (r.policies || 0) + (r.operator_policies || 0))})` : "";
         const skipped = r && r.skipped && r.skipped.length ? ` Skipped: ${r.skipped.join("; ")}.` : "";
         return `Imported ${file.files[0].name}${counts}.${skipped}`;
       }, { id: "import-definitions" })),
