@@ -42,6 +42,7 @@ pub mod message;
 pub mod metrics;
 pub mod queue;
 pub mod session;
+pub mod stream;
 pub mod syncer;
 pub mod vhost;
 
