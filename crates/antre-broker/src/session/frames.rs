@@ -11,7 +11,7 @@ use antre_amqp::{
 };
 use bytes::{Bytes, BytesMut};
 
-use super::{ChannelSink, Effect, Session, SessionState};
+use super::{ChannelSink, Effect, Session, SessionEvent, SessionState};
 use crate::channel::{Channel, Outgoing};
 use crate::error::BrokerError;
 use crate::queue::Delivery;
@@ -322,7 +322,11 @@ impl Session {
             channel: id,
             events: Arc::clone(&self.events),
         });
-        let channel = Channel::new(id, ctx, sink);
+        let mut channel = Channel::new(id, ctx, sink);
+        let events = Arc::clone(&self.events);
+        channel.set_stream_waker(crate::stream::StreamWaker::new(move || {
+            let _ = events.send(SessionEvent::StreamReady(id));
+        }));
         self.channels.insert(
             id,
             Slot::Open {
@@ -420,6 +424,16 @@ impl Session {
         self.window_full |= channel.deliver(delivery, &mut self.out);
         self.encode_out(id);
         self.delivery_bytes += self.wbuf.len() - before;
+    }
+
+    /// A stream woke channel `id`: its stream consumers read on.
+    pub(super) fn stream_ready(&mut self, id: u16) {
+        if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
+            let before = self.wbuf.len();
+            channel.stream_ready(&mut self.out);
+            self.encode_out(id);
+            self.delivery_bytes += self.wbuf.len() - before;
+        }
     }
 
     pub(super) fn on_synced(&mut self, id: u16, token: u64, ok: bool) {

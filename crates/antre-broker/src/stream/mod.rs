@@ -41,7 +41,26 @@ use log::{Log, SEGMENT_START};
 use reader::Located;
 
 /// Wakes a consumer's channel when a stream it waits on has new chunks.
-pub type StreamWaker = Arc<dyn Fn() + Send + Sync>;
+#[derive(Clone)]
+pub struct StreamWaker(Arc<dyn Fn() + Send + Sync>);
+
+impl StreamWaker {
+    /// A waker that calls `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> StreamWaker {
+        StreamWaker(Arc::new(f))
+    }
+
+    /// Wakes whoever waits.
+    pub fn wake(&self) {
+        (self.0)();
+    }
+}
+
+impl std::fmt::Debug for StreamWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamWaker")
+    }
+}
 
 /// A consumer of a stream, as the stream knows it (to list it, and to
 /// cancel it when the stream is deleted).
@@ -233,7 +252,7 @@ impl Stream {
             st.log.retain(bytes, age, now);
         }
         for w in st.waiters.drain(..) {
-            w();
+            w.wake();
         }
     }
 
@@ -401,7 +420,7 @@ impl Stream {
             c.sink.cancel(&c.tag);
         }
         for w in st.waiters.drain(..) {
-            w();
+            w.wake();
         }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(

@@ -93,7 +93,7 @@ fn a_waiting_reader_is_woken_by_the_next_chunk() {
     let w = Arc::clone(&woken);
     assert!(!s.wait(
         0,
-        Arc::new(move || {
+        StreamWaker::new(move || {
             w.fetch_add(1, Ordering::Relaxed);
         })
     ));
@@ -105,7 +105,10 @@ fn a_waiting_reader_is_woken_by_the_next_chunk() {
     );
     s.flush();
     assert_eq!(woken.load(Ordering::Relaxed), 1);
-    assert!(s.wait(0, Arc::new(|| {})), "data there: no need to wait");
+    assert!(
+        s.wait(0, StreamWaker::new(|| {})),
+        "data there: no need to wait"
+    );
 }
 
 #[test]

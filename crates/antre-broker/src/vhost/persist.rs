@@ -42,6 +42,7 @@ use crate::durable::Durable;
 use crate::error::BrokerError;
 use crate::exchange::{Binding, Destination, Exchange};
 use crate::queue::{Queue, QueueOptions};
+use crate::stream::Stream;
 
 use super::storage::{build_exchange, dir_name, remove_orphan_dirs, VhostStorage};
 use super::topology::{is_predeclared, Topology};
@@ -88,6 +89,12 @@ impl Change {
         Change::PutQueue(queue_def(vhost, q))
     }
 
+    /// A stream is saved as a queue whose arguments say `x-queue-type:
+    /// stream`, as RabbitMQ's definitions have it.
+    pub(super) fn put_stream(vhost: &str, s: &Stream) -> Change {
+        Change::PutQueue(stream_def(vhost, s))
+    }
+
     pub(super) fn put_binding(vhost: &str, source: &str, b: &Binding) -> Change {
         Change::PutBinding(binding_def(vhost, source, b))
     }
@@ -116,6 +123,16 @@ fn queue_def(vhost: &str, q: &Queue) -> QueueDef {
         durable: true,
         auto_delete: q.options.auto_delete,
         arguments: table_to_json(&q.options.arguments),
+    }
+}
+
+fn stream_def(vhost: &str, s: &Stream) -> QueueDef {
+    QueueDef {
+        name: s.name.clone(),
+        vhost: vhost.to_owned(),
+        durable: true,
+        auto_delete: false,
+        arguments: table_to_json(&s.arguments),
     }
 }
 
@@ -635,7 +652,16 @@ fn rebuild(
     }
     remove_orphan_dirs(&storage.dir.join("exchanges"), &kept_exchanges);
     let mut kept_queues = HashSet::new();
+    let mut kept_streams = HashSet::new();
     for q in state.queues.values() {
+        let arguments = json_to_table(&q.arguments);
+        if super::declare::is_stream(&arguments) {
+            let stream =
+                storage.open_stream(&name, &q.name, arguments, Arc::clone(clock), false)?;
+            kept_streams.insert(dir_name(&q.name));
+            topo.insert_stream(stream);
+            continue;
+        }
         let options = QueueOptions {
             durable: true,
             exclusive_owner: None,
@@ -647,6 +673,7 @@ fn rebuild(
         topo.insert_queue(queue);
     }
     remove_orphan_dirs(&storage.dir.join("queues"), &kept_queues);
+    remove_orphan_dirs(&storage.dir.join("streams"), &kept_streams);
     for b in state.bindings.values() {
         let destination = match b.destination_type.as_str() {
             "exchange" => Destination::Exchange(b.destination.clone()),
@@ -674,9 +701,11 @@ pub(super) fn durable_definitions(topo: &Topology) -> VhostDefinitions {
         ..Default::default()
     };
     let durable_queue = |name: &str| {
-        topo.queues
-            .get(name)
-            .is_some_and(|q| q.options.durable && q.options.exclusive_owner.is_none())
+        topo.streams.contains_key(name)
+            || topo
+                .queues
+                .get(name)
+                .is_some_and(|q| q.options.durable && q.options.exclusive_owner.is_none())
     };
     let durable_exchange = |name: &str| topo.exchanges.get(name).is_some_and(|e| e.durable);
     for ex in topo.exchanges.values() {
@@ -700,6 +729,9 @@ pub(super) fn durable_definitions(topo: &Topology) -> VhostDefinitions {
         if durable_queue(&q.name) {
             defs.queues.push(queue_def(vhost, q));
         }
+    }
+    for s in topo.streams.values() {
+        defs.queues.push(stream_def(vhost, s));
     }
     defs.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
     defs.queues.sort_by(|a, b| a.name.cmp(&b.name));
