@@ -205,13 +205,17 @@ impl Chunk {
         Ok(())
     }
 
-    /// Its records with their offsets, sub-batches unpacked (compressed
+    /// Its records with their offsets (none for a tracking chunk),
+    /// sub-batches unpacked (compressed
     /// sub-batches, which antre cannot read, are skipped but keep their
     /// offsets).
     pub fn records(&self) -> Result<Vec<(u64, Bytes)>, ChunkError> {
         let bad = || ChunkError::BadEntries {
             chunk_id: self.header.chunk_id,
         };
+        if self.header.chunk_type != TYPE_USER {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::with_capacity(self.header.num_records as usize);
         let mut offset = self.header.chunk_id;
         for entry in Entries::new(self.data()) {
@@ -392,23 +396,159 @@ impl ChunkBuilder {
 
     /// The finished chunk, whose first record gets offset `chunk_id`.
     pub fn finish(self, chunk_id: u64, timestamp: i64, epoch: u64) -> (ChunkHeader, Bytes) {
-        let header = ChunkHeader {
-            version: VERSION,
-            chunk_type: TYPE_USER,
-            num_entries: self.entries,
-            num_records: self.records,
-            timestamp,
-            epoch,
-            chunk_id,
-            crc: crc32(&self.data),
-            data_len: self.data.len() as u32,
-            trailer_len: 0,
-            bloom_size: 0,
-        };
-        let mut out = BytesMut::with_capacity(HEADER_SIZE + self.data.len());
-        header.encode(&mut out);
-        out.put_slice(&self.data);
-        (header, out.freeze())
+        self.finish_with_trailer(chunk_id, timestamp, epoch, &[])
+    }
+
+    /// The finished chunk with a trailer (the tracking entries of the
+    /// publishers whose records it holds, as osiris writes them).
+    pub fn finish_with_trailer(
+        self,
+        chunk_id: u64,
+        timestamp: i64,
+        epoch: u64,
+        trailer: &[u8],
+    ) -> (ChunkHeader, Bytes) {
+        assemble(
+            TYPE_USER,
+            self.entries,
+            self.records,
+            &self.data,
+            trailer,
+            (chunk_id, timestamp, epoch),
+        )
+    }
+}
+
+fn assemble(
+    chunk_type: u8,
+    num_entries: u16,
+    num_records: u32,
+    data: &[u8],
+    trailer: &[u8],
+    (chunk_id, timestamp, epoch): (u64, i64, u64),
+) -> (ChunkHeader, Bytes) {
+    let header = ChunkHeader {
+        version: VERSION,
+        chunk_type,
+        num_entries,
+        num_records,
+        timestamp,
+        epoch,
+        chunk_id,
+        crc: crc32(data),
+        data_len: data.len() as u32,
+        trailer_len: trailer.len() as u32,
+        bloom_size: 0,
+    };
+    let mut out = BytesMut::with_capacity(HEADER_SIZE + data.len() + trailer.len());
+    header.encode(&mut out);
+    out.put_slice(data);
+    out.put_slice(trailer);
+    (header, out.freeze())
+}
+
+/// A tracking chunk (delta or snapshot): one entry holding `entries`
+/// ([`TrackingEntry::encode_all`]). It holds no records, so it takes no
+/// offset: readers skip it and offsets stay dense.
+pub fn tracking_chunk(
+    chunk_type: u8,
+    entries: &[u8],
+    chunk_id: u64,
+    timestamp: i64,
+    epoch: u64,
+) -> (ChunkHeader, Bytes) {
+    let mut data = BytesMut::with_capacity(entries.len() + 4);
+    data.put_u32(entries.len() as u32 & 0x7fff_ffff);
+    data.put_slice(entries);
+    assemble(chunk_type, 1, 0, &data, &[], (chunk_id, timestamp, epoch))
+}
+
+/// The chunk as the stream protocol's Deliver sends it: without its
+/// trailer (clients read records up to the frame's end), header adjusted.
+pub fn without_trailer(chunk: &Chunk) -> (ChunkHeader, Bytes) {
+    let mut header = chunk.header;
+    let keep = (usize::from(header.bloom_size) + header.data_len as usize).min(chunk.body.len());
+    header.trailer_len = 0;
+    (header, chunk.body.slice(..keep))
+}
+
+/// A tracking entry: a named publisher's last sequence, or a named
+/// consumer's stored offset (osiris's tracking format: type, id length,
+/// id, then two u64 for a sequence, one for an offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackingEntry {
+    /// A publisher's last sequence, stored with the chunk that holds it.
+    Sequence {
+        /// The publisher's name.
+        id: String,
+        /// The chunk it was written in.
+        chunk_id: u64,
+        /// Its publishing id.
+        sequence: u64,
+    },
+    /// A consumer's stored offset.
+    Offset {
+        /// The consumer's name.
+        id: String,
+        /// The offset.
+        offset: u64,
+    },
+}
+
+impl TrackingEntry {
+    /// Encodes entries one after the other (ids longer than 255 bytes are
+    /// cut: the protocol limits names to 256 characters).
+    pub fn encode_all(entries: &[TrackingEntry], out: &mut BytesMut) {
+        for e in entries {
+            let (kind, id) = match e {
+                TrackingEntry::Sequence { id, .. } => (0u8, id),
+                TrackingEntry::Offset { id, .. } => (1u8, id),
+            };
+            let id = &id.as_bytes()[..id.len().min(255)];
+            out.put_u8(kind);
+            out.put_u8(id.len() as u8);
+            out.put_slice(id);
+            match e {
+                TrackingEntry::Sequence {
+                    chunk_id, sequence, ..
+                } => {
+                    out.put_u64(*chunk_id);
+                    out.put_u64(*sequence);
+                }
+                TrackingEntry::Offset { offset, .. } => out.put_u64(*offset),
+            }
+        }
+    }
+
+    /// Decodes entries; stops at the first malformed one.
+    pub fn decode_all(mut raw: &[u8]) -> Vec<TrackingEntry> {
+        let mut out = Vec::new();
+        while raw.len() >= 2 {
+            let kind = raw[0];
+            let len = usize::from(raw[1]);
+            if raw.len() < 2 + len {
+                break;
+            }
+            let id = String::from_utf8_lossy(&raw[2..2 + len]).into_owned();
+            raw = &raw[2 + len..];
+            match kind {
+                0 if raw.len() >= 16 => {
+                    let chunk_id = raw.get_u64();
+                    let sequence = raw.get_u64();
+                    out.push(TrackingEntry::Sequence {
+                        id,
+                        chunk_id,
+                        sequence,
+                    });
+                }
+                1 if raw.len() >= 8 => {
+                    let offset = raw.get_u64();
+                    out.push(TrackingEntry::Offset { id, offset });
+                }
+                _ => break,
+            }
+        }
+        out
     }
 }
 
@@ -457,6 +597,42 @@ mod tests {
             Chunk::decode(Bytes::from(bad)),
             Err(ChunkError::BadCrc { chunk_id: 0 })
         );
+    }
+
+    #[test]
+    fn tracking_entries_round_trip_and_tracking_chunks_take_no_offset() {
+        let entries = vec![
+            TrackingEntry::Sequence {
+                id: "producer-1".into(),
+                chunk_id: 7,
+                sequence: 42,
+            },
+            TrackingEntry::Offset {
+                id: "analytics".into(),
+                offset: 1000,
+            },
+        ];
+        let mut raw = BytesMut::new();
+        TrackingEntry::encode_all(&entries, &mut raw);
+        assert_eq!(TrackingEntry::decode_all(&raw), entries);
+        let (h, chunk) = tracking_chunk(TYPE_TRACKING_DELTA, &raw, 9, 0, 1);
+        assert_eq!((h.num_records, h.next_offset()), (0, 9));
+        let c = Chunk::decode(chunk).unwrap();
+        assert!(c.records().unwrap().is_empty());
+        let Some(Ok(Entry::Simple(body))) = Entries::new(c.data()).next() else {
+            panic!("one simple entry");
+        };
+        assert_eq!(TrackingEntry::decode_all(&body), entries);
+    }
+
+    #[test]
+    fn deliver_drops_the_trailer() {
+        let mut b = ChunkBuilder::new();
+        b.push_simple(b"m");
+        let (_, raw) = b.finish_with_trailer(0, 0, 1, b"trailer");
+        let c = Chunk::decode(raw).unwrap();
+        let (h, body) = without_trailer(&c);
+        assert_eq!((h.trailer_len, &body[..]), (0, &c.data()[..]));
     }
 
     #[test]

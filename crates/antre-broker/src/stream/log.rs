@@ -19,15 +19,15 @@
 //! complete and synced before the next one was started, are walked by
 //! their headers only.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use antre_stream_proto::chunk::{Chunk, MAX_ENTRIES};
-use antre_stream_proto::chunk::{ChunkBuilder, ChunkHeader, HEADER_SIZE, SEGMENT_HEADER};
-use bytes::Bytes;
+use antre_stream_proto::chunk::{self, ChunkBuilder, ChunkHeader, HEADER_SIZE, SEGMENT_HEADER};
+use antre_stream_proto::chunk::{Chunk, Entries, Entry, TrackingEntry, MAX_ENTRIES};
+use bytes::{Bytes, BytesMut};
 
 /// A chunk is written once its entries reach this size.
 pub(crate) const CHUNK_TARGET: usize = 1 << 20;
@@ -51,7 +51,7 @@ pub(crate) struct SegmentMeta {
     pub size: u64,
     /// Chunks in it.
     pub chunks: u64,
-    /// Where its last chunk starts.
+    /// Where its last chunk of records starts.
     pub last_chunk_pos: u64,
 }
 
@@ -75,7 +75,9 @@ impl SegmentMeta {
         self.last_timestamp = h.timestamp;
         self.next_offset = h.next_offset();
         self.chunks += 1;
-        self.last_chunk_pos = pos;
+        if h.chunk_type == chunk::TYPE_USER {
+            self.last_chunk_pos = pos;
+        }
         self.size = pos + h.total_size();
     }
 }
@@ -83,6 +85,56 @@ impl SegmentMeta {
 /// The file name of the segment whose first offset is `first`.
 pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.segment"))
+}
+
+/// What the stream protocol tracks in a stream: named consumers' stored
+/// offsets and named publishers' last publishing ids (for deduplication).
+/// Kept as osiris keeps it: publishers' sequences in the trailer of the
+/// chunk that holds their messages (so a sequence is durable exactly when
+/// its messages are), offsets in tracking chunks, and a snapshot of both
+/// at the start of each segment, so recovery reads only the last segment.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Tracking {
+    pub offsets: HashMap<String, u64>,
+    pub sequences: HashMap<String, u64>,
+}
+
+impl Tracking {
+    fn is_empty(&self) -> bool {
+        self.offsets.is_empty() && self.sequences.is_empty()
+    }
+
+    fn apply(&mut self, entries: Vec<TrackingEntry>) {
+        for e in entries {
+            match e {
+                TrackingEntry::Sequence { id, sequence, .. } => {
+                    self.sequences.insert(id, sequence);
+                }
+                TrackingEntry::Offset { id, offset } => {
+                    self.offsets.insert(id, offset);
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self, chunk_id: u64) -> Vec<u8> {
+        let mut entries: Vec<TrackingEntry> = self
+            .sequences
+            .iter()
+            .map(|(id, s)| TrackingEntry::Sequence {
+                id: id.clone(),
+                chunk_id,
+                sequence: *s,
+            })
+            .collect();
+        entries.extend(self.offsets.iter().map(|(id, o)| TrackingEntry::Offset {
+            id: id.clone(),
+            offset: *o,
+        }));
+        let mut raw = BytesMut::new();
+        TrackingEntry::encode_all(&entries, &mut raw);
+        raw.to_vec()
+    }
 }
 
 /// What recovery found.
@@ -108,11 +160,17 @@ pub(crate) struct Log {
     /// Segment files were created or removed since the last sync.
     dir_dirty: bool,
     open: ChunkBuilder,
+    /// Publishers' last sequences among the open chunk's records.
+    open_writers: HashMap<String, u64>,
+    /// Stored offsets and publishers' sequences, as written.
+    pub tracking: Tracking,
     /// The offset after the last written record.
     pub written_next: u64,
-    /// The offset after the last record a finished sync covered.
-    synced_next: u64,
-    /// Offsets the syncs under way will cover, oldest first.
+    /// Chunks written since the log was opened.
+    written_chunks: u64,
+    /// Chunks a finished sync covered.
+    synced_chunks: u64,
+    /// Chunk counts the syncs under way will cover, oldest first.
     syncing: VecDeque<u64>,
     max_segment_size: u64,
     /// A failed write: the log refuses everything until restarted (and
@@ -167,6 +225,10 @@ impl Log {
         }
         stats.segments = segments.len();
         let written_next = segments.back().map_or(0, |s| s.next_offset);
+        let tracking = match segments.iter().rev().find(|s| s.chunks > 0) {
+            Some(s) => read_tracking(&segment_path(dir, s.first_offset), s.size)?,
+            None => Tracking::default(),
+        };
         let active = match segments.back() {
             Some(s) => {
                 let path = segment_path(dir, s.first_offset);
@@ -181,8 +243,11 @@ impl Log {
             unsynced: Vec::new(),
             dir_dirty: false,
             open: ChunkBuilder::new(),
+            open_writers: HashMap::new(),
+            tracking,
             written_next,
-            synced_next: written_next,
+            written_chunks: 0,
+            synced_chunks: 0,
             syncing: VecDeque::new(),
             max_segment_size,
             failed: None,
@@ -207,15 +272,37 @@ impl Log {
     /// Adds a record to the open chunk; returns whether that wrote a chunk
     /// (the chunk was full).
     pub fn append(&mut self, record: &[u8], now: i64) -> Result<bool, String> {
+        self.append_from(record, None, now)
+    }
+
+    /// Adds a record from a named publisher with its publishing id: the
+    /// chunk that holds it records the id in its trailer.
+    pub fn append_from(
+        &mut self,
+        record: &[u8],
+        writer: Option<(&str, u64)>,
+        now: i64,
+    ) -> Result<bool, String> {
         self.check()?;
         if !self.open.has_room() || self.open.data_len() + record.len() > CHUNK_TARGET * 4 {
             self.seal(now)?;
         }
         self.open.push_simple(record);
+        if let Some((name, sequence)) = writer {
+            self.open_writers.insert(name.to_owned(), sequence);
+        }
         if self.open.data_len() >= CHUNK_TARGET || self.open.records() as usize >= MAX_ENTRIES {
             return self.seal(now);
         }
         Ok(false)
+    }
+
+    /// A named publisher's last publishing id, open chunk included.
+    pub fn last_sequence(&self, writer: &str) -> Option<u64> {
+        self.open_writers
+            .get(writer)
+            .or_else(|| self.tracking.sequences.get(writer))
+            .copied()
     }
 
     /// Records appended and not written yet.
@@ -230,12 +317,51 @@ impl Log {
             return Ok(false);
         }
         let builder = std::mem::take(&mut self.open);
-        let (header, raw) = builder.finish(self.written_next, now, EPOCH);
+        let writers = std::mem::take(&mut self.open_writers);
+        let chunk_id = self.written_next;
+        let mut trailer = BytesMut::new();
+        let entries: Vec<TrackingEntry> = writers
+            .iter()
+            .map(|(id, sequence)| TrackingEntry::Sequence {
+                id: id.clone(),
+                chunk_id,
+                sequence: *sequence,
+            })
+            .collect();
+        TrackingEntry::encode_all(&entries, &mut trailer);
+        let (header, raw) = builder.finish_with_trailer(chunk_id, now, EPOCH, &trailer);
         if let Err(e) = self.write_chunk(&header, &raw) {
             self.failed = Some(e.clone());
             return Err(e);
         }
+        self.tracking.sequences.extend(writers);
         Ok(true)
+    }
+
+    /// Stores a named consumer's offset: the open chunk is written first,
+    /// then a tracking chunk with the offset. Returns whether a user chunk
+    /// was written on the way.
+    pub fn store_offset(&mut self, reference: &str, offset: u64, now: i64) -> Result<bool, String> {
+        let wrote = self.seal(now)?;
+        let entry = TrackingEntry::Offset {
+            id: reference.to_owned(),
+            offset,
+        };
+        let mut raw = BytesMut::new();
+        TrackingEntry::encode_all(&[entry], &mut raw);
+        let (header, chunk) = chunk::tracking_chunk(
+            chunk::TYPE_TRACKING_DELTA,
+            &raw,
+            self.written_next,
+            now,
+            EPOCH,
+        );
+        if let Err(e) = self.write_chunk(&header, &chunk) {
+            self.failed = Some(e.clone());
+            return Err(e);
+        }
+        self.tracking.offsets.insert(reference.to_owned(), offset);
+        Ok(wrote)
     }
 
     fn write_chunk(&mut self, header: &ChunkHeader, raw: &Bytes) -> Result<(), String> {
@@ -245,12 +371,30 @@ impl Log {
         };
         if roll || self.active.is_none() {
             self.roll(header.chunk_id)?;
+            if !self.tracking.is_empty() {
+                // Each segment starts with the tracking state, so recovery
+                // needs only the last segment.
+                let snapshot = self.tracking.snapshot(header.chunk_id);
+                let (h, raw) = chunk::tracking_chunk(
+                    chunk::TYPE_TRACKING_SNAPSHOT,
+                    &snapshot,
+                    header.chunk_id,
+                    header.timestamp,
+                    EPOCH,
+                );
+                self.append_to_active(&h, &raw)?;
+            }
         }
+        self.append_to_active(header, raw)
+    }
+
+    fn append_to_active(&mut self, header: &ChunkHeader, raw: &Bytes) -> Result<(), String> {
         let path = segment_path(&self.dir, header.chunk_id);
         let (Some(file), Some(meta)) = (self.active.as_mut(), self.segments.back_mut()) else {
             return Err(format!("no segment to write {}", path.display()));
         };
         let pos = meta.size;
+        self.written_chunks += 1;
         file.write_all(raw)
             .map_err(|e| io_err("write", &segment_path(&self.dir, meta.first_offset), e))?;
         meta.add(pos, header);
@@ -287,7 +431,7 @@ impl Log {
 
     /// Whether a sync would write anything.
     pub fn is_dirty(&self) -> bool {
-        !self.open.is_empty() || self.written_next > self.synced_next || self.dir_dirty
+        !self.open.is_empty() || self.written_chunks > self.synced_chunks || self.dir_dirty
     }
 
     /// Starts a group commit: the files and directory to fsync, and notes
@@ -295,7 +439,7 @@ impl Log {
     pub fn begin_sync(&mut self) -> Result<(Vec<File>, Vec<PathBuf>), String> {
         self.check()?;
         let mut files = std::mem::take(&mut self.unsynced);
-        if self.written_next > self.synced_next {
+        if self.written_chunks > self.synced_chunks {
             if let Some(active) = &self.active {
                 let clone = active
                     .try_clone()
@@ -308,15 +452,15 @@ impl Log {
         } else {
             Vec::new()
         };
-        self.syncing.push_back(self.written_next);
+        self.syncing.push_back(self.written_chunks);
         Ok((files, dirs))
     }
 
     /// Completes a group commit begun with [`Log::begin_sync`].
     pub fn finish_sync(&mut self, ok: bool) {
-        let covered = self.syncing.pop_front().unwrap_or(self.synced_next);
+        let covered = self.syncing.pop_front().unwrap_or(self.synced_chunks);
         if ok {
-            self.synced_next = self.synced_next.max(covered);
+            self.synced_chunks = self.synced_chunks.max(covered);
         } else {
             self.failed = Some("fsync failed".into());
         }
@@ -400,6 +544,43 @@ impl Log {
         self.finish_sync(true);
         Ok(())
     }
+}
+
+/// The tracking state at the end of a segment: its snapshot, then the
+/// deltas and chunk trailers after it.
+fn read_tracking(path: &Path, size: u64) -> Result<Tracking, String> {
+    let file = File::open(path).map_err(|e| io_err("open", path, e))?;
+    let mut tracking = Tracking::default();
+    let mut pos = SEGMENT_START;
+    let mut head = [0u8; HEADER_SIZE];
+    while pos + HEADER_SIZE as u64 <= size {
+        file.read_exact_at(&mut head, pos)
+            .map_err(|e| io_err("read", path, e))?;
+        let h = ChunkHeader::decode(&head).map_err(|e| e.to_string())?;
+        let body_at = pos + HEADER_SIZE as u64 + u64::from(h.bloom_size);
+        if h.chunk_type == chunk::TYPE_USER {
+            if h.trailer_len > 0 {
+                let mut trailer = vec![0u8; h.trailer_len as usize];
+                file.read_exact_at(&mut trailer, body_at + u64::from(h.data_len))
+                    .map_err(|e| io_err("read", path, e))?;
+                tracking.apply(TrackingEntry::decode_all(&trailer));
+            }
+        } else {
+            let mut data = vec![0u8; h.data_len as usize];
+            file.read_exact_at(&mut data, body_at)
+                .map_err(|e| io_err("read", path, e))?;
+            if h.chunk_type == chunk::TYPE_TRACKING_SNAPSHOT {
+                tracking = Tracking::default();
+            }
+            for entry in Entries::new(Bytes::from(data)).flatten() {
+                if let Entry::Simple(body) = entry {
+                    tracking.apply(TrackingEntry::decode_all(&body));
+                }
+            }
+        }
+        pos += h.total_size();
+    }
+    Ok(tracking)
 }
 
 fn open_append(path: &Path) -> Result<File, String> {
@@ -540,6 +721,26 @@ mod tests {
         log.close(0).unwrap();
         let got = records(&log);
         assert_eq!(got.last().unwrap(), &(2, b"after".to_vec()));
+    }
+
+    #[test]
+    fn tracking_survives_reopening_and_rolling_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), 400).unwrap();
+        log.append_from(&[1; 100], Some(("p", 5)), 0).unwrap();
+        log.seal(0).unwrap();
+        log.store_offset("reader", 0, 0).unwrap();
+        for i in 0..10 {
+            log.append_from(&[2; 100], Some(("p", 6 + i)), 0).unwrap();
+            log.seal(0).unwrap();
+        }
+        log.store_offset("reader", 7, 0).unwrap();
+        assert!(log.segments.len() > 2, "several segments");
+        assert_eq!(log.written_next, 11, "tracking chunks take no offsets");
+        log.close(0).unwrap();
+        let (log, _) = Log::open(dir.path(), 400).unwrap();
+        assert_eq!(log.tracking.sequences["p"], 15);
+        assert_eq!(log.tracking.offsets["reader"], 7);
     }
 
     #[test]

@@ -233,6 +233,93 @@ impl Stream {
         Ok(())
     }
 
+    /// Appends records as a stream-protocol publisher sent them (AMQP 1.0
+    /// messages, stored as they are). A named publisher's records whose
+    /// publishing id is not above its last one are duplicates: they are
+    /// dropped, and `accepted` says which were kept.
+    pub fn publish_records(
+        &self,
+        writer: Option<&str>,
+        records: &[(u64, bytes::Bytes)],
+        accepted: &mut Vec<bool>,
+    ) -> Result<(), BrokerError> {
+        let now = self.now();
+        let mut st = self.state.lock();
+        accepted.clear();
+        if st.deleted {
+            return Err(BrokerError::NotFound(format!("no {}", self.describe())));
+        }
+        let was_dirty = st.log.is_dirty();
+        let mut last = writer.map(|w| st.log.last_sequence(w));
+        let mut wrote = false;
+        for (id, record) in records {
+            if let Some(last) = &mut last {
+                if last.is_some_and(|l| *id <= l) {
+                    accepted.push(false);
+                    continue;
+                }
+                *last = Some(*id);
+            }
+            let from = writer.map(|w| (w, *id));
+            wrote |= st
+                .log
+                .append_from(record, from, now)
+                .map_err(|e| failed(self, e))?;
+            accepted.push(true);
+        }
+        let n = accepted.iter().filter(|a| **a).count() as u64;
+        self.published.fetch_add(n, Ordering::Relaxed);
+        if !was_dirty && n > 0 {
+            if let Some(hook) = &st.on_dirty {
+                hook();
+            }
+        }
+        if wrote {
+            self.after_write(&mut st, now);
+        }
+        Ok(())
+    }
+
+    /// A named publisher's last publishing id (None: it never published).
+    pub fn last_sequence(&self, writer: &str) -> Option<u64> {
+        self.state.lock().log.last_sequence(writer)
+    }
+
+    /// Stores a named consumer's offset (the stream protocol's
+    /// StoreOffset): durable with the next sync.
+    pub fn store_offset(&self, reference: &str, offset: u64) -> Result<(), BrokerError> {
+        let now = self.now();
+        let mut st = self.state.lock();
+        if st.deleted {
+            return Err(BrokerError::NotFound(format!("no {}", self.describe())));
+        }
+        let was_dirty = st.log.is_dirty();
+        let wrote = st
+            .log
+            .store_offset(reference, offset, now)
+            .map_err(|e| failed(self, e))?;
+        if !was_dirty {
+            if let Some(hook) = &st.on_dirty {
+                hook();
+            }
+        }
+        if wrote {
+            self.after_write(&mut st, now);
+        }
+        Ok(())
+    }
+
+    /// A named consumer's stored offset.
+    pub fn query_offset(&self, reference: &str) -> Option<u64> {
+        self.state
+            .lock()
+            .log
+            .tracking
+            .offsets
+            .get(reference)
+            .copied()
+    }
+
     /// A publisher's batch ended: writes the open chunk so consumers see
     /// it now rather than at the next sync.
     pub fn flush(&self) {
