@@ -29,6 +29,7 @@ pub mod http;
 pub mod listen;
 pub mod registry;
 pub mod server;
+pub mod stream;
 pub mod tls;
 
 pub use config::{Config, Settings};

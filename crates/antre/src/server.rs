@@ -48,6 +48,10 @@ pub struct RunningServer {
     pub https_addr: Option<SocketAddr>,
     /// Every HTTPS address.
     pub https_addrs: Vec<SocketAddr>,
+    /// The first address of RabbitMQ's stream protocol, if served.
+    pub stream_addr: Option<SocketAddr>,
+    /// Every stream protocol address.
+    pub stream_addrs: Vec<SocketAddr>,
     /// The TLS certificates in use, if any.
     pub tls: Option<Arc<TlsCertificates>>,
     /// The broker state, for inspection by tests and the management API.
@@ -57,6 +61,7 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     http_tasks: Vec<JoinHandle<()>>,
+    stream_tasks: Vec<JoinHandle<()>>,
     config: Config,
 }
 
@@ -83,6 +88,9 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         for http in self.http_tasks {
             let _ = http.await;
+        }
+        for stream in self.stream_tasks {
+            let _ = stream.await;
         }
         let _ = self.task.await;
     }
@@ -132,6 +140,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let http_addrs = local_addrs(&http_listeners)?;
     let https_listeners = bind(config.https_listen.as_deref(), listen::HTTPS).await?;
     let https_addrs = local_addrs(&https_listeners)?;
+    let stream_listeners = bind(config.stream_listen.as_deref(), crate::stream::LISTENER).await?;
+    let stream_addrs = local_addrs(&stream_listeners)?;
     // Recovery reads every durable queue from disk: keep it off the async
     // workers. Clients connecting meanwhile wait in the listen backlog.
     let data_dir = config.data_dir.clone();
@@ -204,6 +214,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             tracing::info!("management UI and API on {scheme}://{addr}/");
         }
     }
+    let mut stream_tasks = Vec::new();
+    for (listener, addr) in stream_listeners.into_iter().zip(&stream_addrs) {
+        stream_tasks.push(tokio::spawn(crate::stream::serve(
+            listener,
+            Arc::clone(&broker),
+            shutdown_rx.clone(),
+        )));
+        tracing::info!("listening on rabbitmq-stream://{addr}");
+    }
     if let Some(certs) = &tls {
         if !config.tls_reload_interval.is_zero() {
             tokio::spawn(Arc::clone(certs).watch(config.tls_reload_interval, shutdown_rx.clone()));
@@ -238,12 +257,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         http_addrs,
         https_addr: https_addrs.first().copied(),
         https_addrs,
+        stream_addr: stream_addrs.first().copied(),
+        stream_addrs,
         tls,
         broker,
         registry,
         shutdown,
         task,
         http_tasks,
+        stream_tasks,
         config,
         disk_alarm,
     })

@@ -53,6 +53,8 @@ pub(crate) struct SegmentMeta {
     pub chunks: u64,
     /// Where its last chunk of records starts.
     pub last_chunk_pos: u64,
+    /// The first offset of its last chunk of records, if it has one.
+    pub last_chunk_id: Option<u64>,
 }
 
 impl SegmentMeta {
@@ -65,6 +67,7 @@ impl SegmentMeta {
             size: SEGMENT_START,
             chunks: 0,
             last_chunk_pos: SEGMENT_START,
+            last_chunk_id: None,
         }
     }
 
@@ -77,6 +80,7 @@ impl SegmentMeta {
         self.chunks += 1;
         if h.chunk_type == chunk::TYPE_USER {
             self.last_chunk_pos = pos;
+            self.last_chunk_id = Some(h.chunk_id);
         }
         self.size = pos + h.total_size();
     }

@@ -110,6 +110,8 @@ pub struct StreamInfo {
     pub first_offset: u64,
     /// The newest offset written, if any.
     pub last_offset: Option<u64>,
+    /// The first offset of the newest chunk written, if any.
+    pub last_chunk_id: Option<u64>,
     /// Segment files.
     pub segments: usize,
     /// Consumers attached.
@@ -490,6 +492,7 @@ impl Stream {
             bytes: st.log.bytes(),
             first_offset: first,
             last_offset: end.checked_sub(1),
+            last_chunk_id: st.log.segments.iter().rev().find_map(|s| s.last_chunk_id),
             segments: st.log.segments.len(),
             consumers: st.consumers.len() as u32,
             published: self.published.load(Ordering::Relaxed),
