@@ -215,10 +215,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }
     }
     let mut stream_tasks = Vec::new();
+    // Single-active-consumer groups span every stream listener.
+    let stream_groups = Arc::new(crate::stream::Groups::default());
     for (listener, addr) in stream_listeners.into_iter().zip(&stream_addrs) {
         stream_tasks.push(tokio::spawn(crate::stream::serve(
             listener,
             Arc::clone(&broker),
+            Arc::clone(&stream_groups),
             shutdown_rx.clone(),
         )));
         tracing::info!("listening on rabbitmq-stream://{addr}");

@@ -363,3 +363,52 @@ async fn bad_credentials_are_refused() {
         .await;
     assert!(refused.is_err());
 }
+
+/// Publishes `bodies` with confirms on a fresh producer.
+async fn publish(env: &Environment, stream: &str, bodies: impl Iterator<Item = String>) {
+    let producer = env.producer().build(stream).await.expect("producer");
+    let messages = bodies.map(|b| Message::builder().body(b).build()).collect();
+    let statuses = within("confirms", producer.batch_send_with_confirm(messages))
+        .await
+        .expect("sent");
+    assert!(statuses.iter().all(|s| s.confirmed()));
+    producer.close().await.expect("closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_active_consumer_hands_over_where_the_group_left_off() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let b = start().await;
+    let env = connect(&b).await;
+    env.stream_creator().create("jobs").await.unwrap();
+    publish(&env, "jobs", (0..10).map(|i| format!("m{i}"))).await;
+    // Where an activated member starts: the test says, as an application
+    // would from its stored offset.
+    let resume = Arc::new(AtomicU64::new(0));
+    let member = |resume: Arc<AtomicU64>| {
+        env.consumer()
+            .name("worker")
+            .enable_single_active_consumer(true)
+            .offset(OffsetSpecification::First)
+            .consumer_update(move |active, _ctx| {
+                let at = resume.load(Ordering::SeqCst);
+                async move {
+                    assert_eq!(active, 1, "no rebalancing on a plain stream");
+                    OffsetSpecification::Offset(at)
+                }
+            })
+    };
+    let mut a = member(Arc::clone(&resume)).build("jobs").await.expect("a");
+    assert_eq!(take(&mut a, 10).await[9], (9, "m9".to_owned()));
+    let mut second = member(Arc::clone(&resume)).build("jobs").await.expect("b");
+    publish(&env, "jobs", (10..15).map(|i| format!("m{i}"))).await;
+    assert_eq!(take(&mut a, 5).await[4], (14, "m14".to_owned()));
+    // The first member leaves; the second takes over from offset 15. Had
+    // it been reading all along it would see offset 0 first.
+    resume.store(15, Ordering::SeqCst);
+    a.handle().close().await.expect("a closed");
+    publish(&env, "jobs", (15..17).map(|i| format!("m{i}"))).await;
+    let got = take(&mut second, 2).await;
+    assert_eq!(got, [(15, "m15".to_owned()), (16, "m16".to_owned())]);
+}

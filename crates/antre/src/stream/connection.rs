@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::admin;
+use super::sac::{GroupKey, Groups};
 
 /// The frame_max the server proposes (RabbitMQ's stream default).
 pub const FRAME_MAX: u32 = 1_048_576;
@@ -32,13 +34,16 @@ const INITIAL_FRAME_MAX: u32 = 8192;
 
 /// What the broker tells a connection's task.
 #[derive(Debug)]
-enum Event {
+pub(super) enum Event {
     /// A sync it asked for finished.
     Synced(u64, bool),
     /// A stream a subscription waits on has a new chunk.
     Ready(u8),
     /// A stream a subscription reads was deleted.
     Gone(u8),
+    /// A single-active-consumer subscription becomes active (true) or is
+    /// asked to step down (false).
+    ConsumerUpdate(u8, bool),
 }
 
 /// Carries the broker's callbacks into the connection's task.
@@ -79,15 +84,28 @@ struct Publisher {
 
 struct Subscription {
     stream: Arc<Stream>,
-    reader: Reader,
+    /// None while a single active consumer is not the active one.
+    reader: Option<Reader>,
     consumer: u64,
+    /// The next offset it gets, for the management API.
+    offset: Arc<AtomicU64>,
     credit: u32,
     parked: bool,
+    /// Its single-active-consumer group, if it is in one.
+    group: Option<GroupKey>,
 }
 
 /// A stream-protocol connection.
 pub struct Connection {
     broker: Arc<Broker>,
+    groups: Arc<Groups>,
+    /// Tells this connection's members of groups apart.
+    id: u64,
+    /// Correlation ids of the ConsumerUpdate requests this side sends.
+    next_corr: u32,
+    /// ConsumerUpdate requests awaiting the client's answer: the
+    /// subscription and whether it was told it is active.
+    updates: HashMap<u32, (u8, bool)>,
     peer: SocketAddr,
     local: SocketAddr,
     phase: Phase,
@@ -116,13 +134,19 @@ impl Connection {
     pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         mut socket: S,
         broker: Arc<Broker>,
+        groups: Arc<Groups>,
         peer: SocketAddr,
         local: SocketAddr,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let id = broker.next_id();
         let mut c = Connection {
             broker,
+            groups,
+            id,
+            next_corr: 1,
+            updates: HashMap::new(),
             peer,
             local,
             phase: Phase::PeerProperties,
@@ -514,7 +538,7 @@ impl Connection {
             } => {
                 let c = match self.subscriptions.remove(&subscription_id) {
                     Some(sub) => {
-                        sub.stream.remove_consumer(sub.consumer);
+                        self.forget(subscription_id, sub);
                         code::OK
                     }
                     None => code::SUBSCRIPTION_ID_DOES_NOT_EXIST,
@@ -625,9 +649,9 @@ impl Connection {
                 };
                 self.respond(key::DELETE_SUPER_STREAM, corr, c);
             }
-            // Single active consumer is not offered: no update is ever
-            // asked for, so an answer is ignored.
-            Request::ConsumerUpdateResponse { .. } => {}
+            Request::ConsumerUpdateResponse { corr, offset, .. } => {
+                self.consumer_updated(corr, offset)
+            }
             _ => {}
         }
     }
@@ -773,6 +797,20 @@ impl Connection {
                         stream: sub.stream.name.clone(),
                     }
                     .encode(&mut self.out);
+                    self.forget(id, sub);
+                }
+            }
+            Event::ConsumerUpdate(id, active) => {
+                if self.subscriptions.contains_key(&id) {
+                    let corr = self.next_corr;
+                    self.next_corr = self.next_corr.wrapping_add(1);
+                    self.updates.insert(corr, (id, active));
+                    ServerFrame::ConsumerUpdate {
+                        corr,
+                        subscription_id: id,
+                        active,
+                    }
+                    .encode(&mut self.out);
                 }
             }
         }
@@ -800,29 +838,39 @@ impl Connection {
             self.respond(key::SUBSCRIBE, corr, code::STREAM_DOES_NOT_EXIST);
             return;
         };
-        if properties
-            .iter()
-            .any(|(k, v)| k == "single-active-consumer" && v == "true")
-        {
-            // Not offered yet: refuse rather than deliver to every member.
-            self.respond(key::SUBSCRIBE, corr, code::PRECONDITION_FAILED);
-            return;
-        }
-        let spec = match offset {
-            OffsetSpecification::First => OffsetSpec::First,
-            OffsetSpecification::Last => OffsetSpec::Last,
-            OffsetSpecification::Next => OffsetSpec::Next,
-            OffsetSpecification::Offset(o) => OffsetSpec::Offset(o),
-            OffsetSpecification::Timestamp(t) => OffsetSpec::Timestamp(t.max(0) as u64),
+        let property = |name: &str| {
+            properties
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
         };
-        let reader = match s.reader(spec) {
-            Ok(r) => r,
-            Err(e) => {
-                self.respond(key::SUBSCRIBE, corr, admin::response_code(&e));
+        let group = if property("single-active-consumer") == Some("true") {
+            // RabbitMQ groups by consumer name: without one there is no
+            // group to join.
+            let Some(name) = property("name") else {
+                self.respond(key::SUBSCRIBE, corr, code::PRECONDITION_FAILED);
                 return;
+            };
+            Some((s.vhost.clone(), stream.to_owned(), name.to_owned()))
+        } else {
+            None
+        };
+        // A single active consumer reads only once active, from where the
+        // client says then.
+        let reader = if group.is_some() {
+            None
+        } else {
+            match s.reader(offset_spec(offset)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.respond(key::SUBSCRIBE, corr, admin::response_code(&e));
+                    return;
+                }
             }
         };
         let consumer = self.broker.next_id();
+        let position = reader.as_ref().map_or(0, Reader::position);
+        let offset = Arc::new(AtomicU64::new(position));
         let registered = s.add_consumer(StreamConsumer {
             id: consumer,
             tag: id.to_string().into(),
@@ -830,7 +878,7 @@ impl Connection {
             channel: 0,
             sink: Arc::clone(&self.sink) as Arc<dyn DeliverySink>,
             credit: Credit::new(0),
-            offset: Arc::new(std::sync::atomic::AtomicU64::new(reader.position())),
+            offset: Arc::clone(&offset),
         });
         if let Err(e) = registered {
             self.respond(key::SUBSCRIBE, corr, admin::response_code(&e));
@@ -842,11 +890,58 @@ impl Connection {
                 stream: s,
                 reader,
                 consumer,
+                offset,
                 credit: u32::from(credit),
                 parked: false,
+                group: group.clone(),
             },
         );
         self.respond(key::SUBSCRIBE, corr, code::OK);
+        if let Some(key) = group {
+            let partition = property("super-stream").and_then(|super_stream| {
+                let vhost = self.vhost.as_ref()?;
+                let (_, partitions) = admin::partitions(vhost, super_stream);
+                partitions.iter().position(|p| p == stream)
+            });
+            let events = self.events.clone();
+            self.groups.register(key, partition, self.id, id, events);
+        }
+    }
+
+    /// The client answered a ConsumerUpdate: an activated subscription
+    /// starts reading where it says; one that stepped down stops, and its
+    /// group's chosen member takes over.
+    fn consumer_updated(&mut self, corr: u32, offset: Option<OffsetSpecification>) {
+        let Some((id, active)) = self.updates.remove(&corr) else {
+            return;
+        };
+        let Some(sub) = self.subscriptions.get_mut(&id) else {
+            return;
+        };
+        if active {
+            let spec = offset_spec(offset.unwrap_or(OffsetSpecification::Next));
+            match sub.stream.reader(spec) {
+                Ok(r) => {
+                    sub.offset.store(r.position(), Ordering::Relaxed);
+                    sub.reader = Some(r);
+                    sub.parked = false;
+                }
+                Err(e) => tracing::warn!(stream = sub.stream.name, "activating a reader: {e}"),
+            }
+        } else {
+            sub.reader = None;
+            if let Some(key) = &sub.group {
+                self.groups.stepped_down(key);
+            }
+        }
+    }
+
+    /// Lets go of a subscription removed from the map.
+    fn forget(&mut self, id: u8, sub: Subscription) {
+        sub.stream.remove_consumer(sub.consumer);
+        if let Some(key) = &sub.group {
+            self.groups.remove(key, self.id, id);
+        }
     }
 
     /// Sends chunks to every subscription with credit.
@@ -865,21 +960,27 @@ impl Connection {
         };
         let mut retried = false;
         while sub.credit > 0 && !sub.parked {
-            match sub.reader.next_chunk() {
+            let Some(reader) = sub.reader.as_mut() else {
+                return;
+            };
+            match reader.next_chunk() {
                 Ok(Some(chunk)) => {
                     let (header, body) = without_trailer(&chunk);
                     let committed =
                         (version >= 2).then(|| sub.stream.info().last_chunk_id.unwrap_or(0));
                     encode_deliver(&mut self.out, id, committed, &header, &body);
                     sub.credit -= 1;
-                    sub.stream.count_delivered(u64::from(header.num_records));
+                    let records = u64::from(header.num_records);
+                    sub.offset
+                        .store(header.chunk_id + records, Ordering::Relaxed);
+                    sub.stream.count_delivered(records);
                 }
                 Ok(None) => {
                     let tx = events.clone();
                     let waker = StreamWaker::new(move || {
                         let _ = tx.send(Event::Ready(id));
                     });
-                    if !sub.stream.wait(sub.reader.position(), waker) || retried {
+                    if !sub.stream.wait(reader.position(), waker) || retried {
                         sub.parked = true;
                     }
                     retried = true;
@@ -893,8 +994,9 @@ impl Connection {
     }
 
     fn teardown(&mut self) {
-        for (_, sub) in self.subscriptions.drain() {
-            sub.stream.remove_consumer(sub.consumer);
+        let subscriptions: Vec<_> = self.subscriptions.drain().collect();
+        for (id, sub) in subscriptions {
+            self.forget(id, sub);
         }
         for d in std::mem::take(&mut self.dirty) {
             d.flush();
@@ -924,10 +1026,20 @@ fn encode_deliver(
     out.put_slice(body);
 }
 
+/// The broker's offset spec for the protocol's.
+fn offset_spec(offset: OffsetSpecification) -> OffsetSpec {
+    match offset {
+        OffsetSpecification::First => OffsetSpec::First,
+        OffsetSpecification::Last => OffsetSpec::Last,
+        OffsetSpecification::Next => OffsetSpec::Next,
+        OffsetSpecification::Offset(o) => OffsetSpec::Offset(o),
+        OffsetSpecification::Timestamp(t) => OffsetSpec::Timestamp(t.max(0) as u64),
+    }
+}
+
 /// The command versions antre serves.
 fn supported_versions() -> Vec<(u16, u16, u16)> {
     let mut v: Vec<(u16, u16, u16)> = (key::DECLARE_PUBLISHER..=key::DELETE_SUPER_STREAM)
-        .filter(|k| *k != key::CONSUMER_UPDATE)
         .map(|k| (k, 1, 1))
         .collect();
     for c in &mut v {

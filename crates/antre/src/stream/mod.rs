@@ -7,6 +7,7 @@
 
 mod admin;
 mod connection;
+mod sac;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use connection::{Connection, FRAME_MAX};
+pub use sac::Groups;
 
 /// The address `--stream-listen` without a value means.
 pub const DEFAULT_STREAM_LISTEN: &str = "127.0.0.1:5552";
@@ -33,6 +35,7 @@ pub const LISTENER: crate::listen::ListenerKind = crate::listen::ListenerKind {
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
+    groups: Arc<Groups>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tasks = JoinSet::new();
@@ -50,8 +53,9 @@ pub async fn serve(
                 let _ = socket.set_nodelay(true);
                 let Ok(local) = socket.local_addr() else { continue };
                 let broker = Arc::clone(&broker);
+                let groups = Arc::clone(&groups);
                 let shutdown = shutdown.clone();
-                tasks.spawn(Connection::run(socket, broker, peer, local, shutdown));
+                tasks.spawn(Connection::run(socket, broker, groups, peer, local, shutdown));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = shutdown.changed() => break,
