@@ -254,6 +254,22 @@ async fn the_ui_works_in_headless_chromium() {
         session.find("//pre[text()='order 0']");
         session.screenshot("antre-ui-queue.png");
 
+        // A stream declared from the queue form is listed as one, and its
+        // page shows offsets instead of ready/unacked.
+        session.go(&format!("{ui}/#/queues"));
+        let add_queue = "//form[h2[text()='Add a queue']]";
+        session.type_into(&format!("{add_queue}//input[@name='name']"), "browser-log");
+        session.type_into(
+            &format!("{add_queue}//input[@name='arguments']"),
+            r#"{"x-queue-type": "stream"}"#,
+        );
+        session.click(&format!("{add_queue}//button"));
+        session.find("//a[text()='browser-log']/../following-sibling::td[text()='stream']");
+        session.click("//a[text()='browser-log']");
+        session.find("//h1[starts-with(text(),'Stream browser-log')]");
+        session.find("//div[@id='stream-messages' and text()='0']");
+        session.find("//div[@id='stream-last' and text()='-']");
+
         // Exchanges and connections pages render.
         session.go(&format!("{ui}/#/exchanges"));
         session.find("//a[text()='amq.topic']");

@@ -188,6 +188,7 @@ async function queuesPage() {
     table([
       { title: "Vhost", cell: q => q.vhost },
       { title: "Name", cell: queueLink },
+      { title: "Type", cell: q => q.type || "classic" },
       { title: "Features", cell: q => [q.durable ? "D" : "", q.auto_delete ? "AD" : "", q.exclusive ? "Excl" : "", Object.keys(q.arguments).length ? "Args" : ""].filter(Boolean).join(" ") },
       { title: "Ready", num: true, cell: q => fmt(q.messages_ready) },
       { title: "Unacked", num: true, cell: q => fmt(q.messages_unacknowledged) },
@@ -195,7 +196,7 @@ async function queuesPage() {
       { title: "Consumers", num: true, cell: q => fmt(q.consumers) },
       { title: "Publish /s", num: true, cell: q => fmt(q.message_stats.publish_details.rate) },
       { title: "Deliver /s", num: true, cell: q => fmt(q.message_stats.deliver_get_details.rate) },
-      { title: "Ack /s", num: true, cell: q => fmt(q.message_stats.ack_details.rate) },
+      { title: "Ack /s", num: true, cell: q => fmt(q.message_stats.ack_details ? q.message_stats.ack_details.rate : 0) },
     ], qs, "No queues yet."),
     h("div", { class: "forms" }, form("Add a queue", [
       field("Vhost", h("select", { name: "vhost" }, vhosts.map(v => h("option", {}, v.name)))),
@@ -233,6 +234,7 @@ async function queuePage(vhost, name) {
   const q = await api("GET", base);
   const bindings = await api("GET", `${base}/bindings`);
   const out = h("div", { id: "get-result" });
+  if (q.type === "stream") return streamPage(q, bindings);
   return [
     h("h1", {}, `Queue ${q.name} `, h("span", { class: "muted" }, `in vhost ${q.vhost}`)),
     h("div", { class: "stats" },
@@ -276,6 +278,40 @@ async function queuePage(vhost, name) {
         h("div", { class: "row" },
           h("button", { class: "secondary", id: "purge", onclick: async () => { if (confirm(`Purge queue ${name}?`)) { await api("DELETE", `${base}/contents`); render(); } } }, "Purge messages"),
           h("button", { class: "danger", onclick: async () => { if (confirm(`Delete queue ${name}?`)) { await api("DELETE", base); location.hash = "#/queues"; } } }, "Delete queue")))),
+  ];
+}
+
+// A stream: its offsets and size instead of ready/unacked, consumers with
+// the offset each reads next; no get or purge (streams refuse both).
+function streamPage(q, bindings) {
+  const base = `/api/queues/${enc(q.vhost)}/${enc(q.name)}`;
+  const offset = o => (o === null || o === undefined ? "-" : fmt(o));
+  return [
+    h("h1", {}, `Stream ${q.name} `, h("span", { class: "muted" }, `in vhost ${q.vhost}`)),
+    h("div", { class: "stats" },
+      stat("Messages", q.messages, "stream-messages"), stat("Size", bytes(q.message_bytes)),
+      stat("First offset", offset(q.first_offset), "stream-first"), stat("Last offset", offset(q.last_offset), "stream-last"),
+      stat("Segments", q.segments), stat("Consumers", q.consumers),
+      stat("Publish /s", q.message_stats.publish_details.rate), stat("Deliver /s", q.message_stats.deliver_get_details.rate)),
+    h("p", { class: "muted" }, `stream; arguments: ${JSON.stringify(q.arguments)}`),
+    h("h2", {}, "Consumers"),
+    table([
+      { title: "Tag", cell: c => c.consumer_tag },
+      { title: "Channel", cell: c => c.channel_details ? c.channel_details.name : "stream protocol" },
+      { title: "Prefetch", num: true, cell: c => fmt(c.prefetch_count) },
+      { title: "Next offset", num: true, cell: c => offset(c.offset) },
+    ], q.consumer_details || [], "No consumers."),
+    h("h2", {}, "Bindings"),
+    table([
+      { title: "From exchange", cell: b => b.source || "(default exchange)" },
+      { title: "Routing key", cell: b => b.routing_key },
+      { title: "Arguments", cell: b => JSON.stringify(b.arguments) },
+    ], bindings),
+    h("div", { class: "forms" },
+      publishForm(q.vhost, "", q.name),
+      h("div", { class: "card form" }, h("h2", {}, "Delete"),
+        h("div", { class: "row" },
+          h("button", { class: "danger", onclick: async () => { if (confirm(`Delete stream ${q.name}?`)) { await api("DELETE", base); location.hash = "#/queues"; } } }, "Delete stream")))),
   ];
 }
 
