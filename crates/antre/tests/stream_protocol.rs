@@ -100,6 +100,19 @@ async fn publish_with_confirms_then_consume_from_first() {
     let (_, info) = b.api("GET", "/api/queues/%2f/events", None).await;
     assert_eq!(info["type"], "stream");
     assert_eq!(info["messages"], 1000);
+    assert_eq!(
+        (info["first_offset"].clone(), info["last_offset"].clone()),
+        (0.into(), 999.into())
+    );
+    // Both subscriptions are listed, each with the offset it reads next:
+    // both read to the end.
+    let offsets: Vec<_> = info["consumer_details"]
+        .as_array()
+        .expect("consumer_details")
+        .iter()
+        .map(|c| c["offset"].clone())
+        .collect();
+    assert_eq!(offsets, [1000, 1000], "{info}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -435,3 +435,52 @@ async fn an_exchange_routes_into_a_stream_and_properties_come_back() {
     let headers = d.properties.headers().as_ref().unwrap().inner().clone();
     assert_eq!(headers["customer"], AMQPValue::LongString("c-9".into()));
 }
+
+#[tokio::test]
+async fn retention_by_age_drops_old_segments_on_the_timer_and_metrics_show_it() {
+    let b = TestBroker::start().await;
+    let conn = b.lapin().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-age".into(), AMQPValue::LongString("1s".into()));
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(2_000),
+    );
+    declare_stream(&ch, "aged", args).await;
+    for batch in 0..6 {
+        publish_all(
+            &conn,
+            "aged",
+            (0..3).map(|i| format!("{batch}-{i}-{}", "x".repeat(200))),
+        )
+        .await;
+    }
+    let (_, info) = b.api("GET", "/api/queues/%2f/aged", None).await;
+    assert_eq!(info["messages"], 18, "nothing is old yet: {info}");
+    assert_eq!(info["first_offset"], 0);
+    // Nothing else happens to the stream: the broker's timer alone drops
+    // the segments once their messages are older than a second, keeping
+    // the one being written.
+    let info = within("old segments to go", async {
+        loop {
+            let (_, info) = b.api("GET", "/api/queues/%2f/aged", None).await;
+            if info["first_offset"].as_u64().unwrap_or(0) > 0 {
+                break info;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(info["messages"].as_u64().unwrap() < 18, "{info}");
+    assert_eq!(info["last_offset"], 17, "offsets do not move: {info}");
+    let (_, _, metrics) = b.http_text("/metrics").await;
+    let line = format!(
+        "antre_stream_messages{{vhost=\"/\",stream=\"aged\"}} {}",
+        info["messages"]
+    );
+    assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    assert!(
+        metrics.contains("antre_stream_messages_published_total{vhost=\"/\",stream=\"aged\"} 18")
+    );
+}
