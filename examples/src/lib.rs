@@ -4,9 +4,12 @@
 //!
 //! - [`payments`]: point-to-point payment processing;
 //! - [`flight_delays`]: flight-delay notices fanned out to five teams;
-//! - [`shop_events`]: e-commerce events routed by topic.
+//! - [`shop_events`]: e-commerce events routed by topic;
+//! - [`order_history`]: the order events kept in a stream, replayed from
+//!   the start by a new analytics service.
 
 pub mod flight_delays;
+pub mod order_history;
 pub mod payments;
 pub mod shop_events;
 pub mod support;

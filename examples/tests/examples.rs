@@ -80,3 +80,20 @@ async fn shop_events() {
     .await;
     broker.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_history() {
+    let broker = Broker::start().await;
+    run_example(
+        "order-history",
+        antre_examples::order_history::run(&broker.url()),
+    )
+    .await;
+    // A second run on the same broker starts from a clean slate.
+    run_example(
+        "order-history (second run)",
+        antre_examples::order_history::run(&broker.url()),
+    )
+    .await;
+    broker.server.shutdown().await;
+}

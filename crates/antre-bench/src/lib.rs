@@ -13,6 +13,8 @@
 //!   memory;
 //! - [`lapin_driver`]: the same runs driven by the independent `lapin`
 //!   client instead of the built-in one (`antre-bench lapin`);
+//! - [`stream`]: streams over RabbitMQ's stream protocol, driven by the
+//!   `rabbitmq-stream-client` crate (`antre-bench stream`);
 //! - [`stats`]: latency histogram, counters, rates;
 //! - [`fake`]: an in-process fake server, to measure the tool's own ceiling
 //!   ([`selftest`]) and to test the client without a broker;
@@ -32,3 +34,4 @@ pub mod producer;
 pub mod run;
 pub mod selftest;
 pub mod stats;
+pub mod stream;

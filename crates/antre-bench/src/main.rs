@@ -35,6 +35,9 @@ enum Command {
     /// Open many idle connections and report the broker's resident memory
     /// per connection.
     Idle(Box<antre_bench::idle::IdleArgs>),
+    /// Publish to a stream over the stream protocol with confirms, then read
+    /// it from first with N consumers at once (rabbitmq-stream-client).
+    Stream(Box<antre_bench::stream::StreamArgs>),
     /// Measure the tool's own ceiling against an in-process fake broker.
     Selftest {
         /// Body sizes to try.
@@ -131,6 +134,25 @@ async fn async_main(command: Command) -> Result<()> {
             if let Some(path) = &args.json {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
             }
+        }
+        Command::Stream(args) => {
+            let r = antre_bench::stream::run(&args).await?;
+            let cpu = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.2}"));
+            println!(
+                "| broker | messages | body | consumers | publish msg/s | consume msg/s | CPU µs/msg publish | CPU µs/msg consume |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+            println!(
+                "| {} | {} | {} B | {} | {} | {} | {} | {} |",
+                r.broker,
+                r.messages,
+                r.size,
+                r.consumers,
+                human_rate(r.publish_rate),
+                human_rate(r.consume_rate),
+                cpu(r.publish_cpu_us_per_msg),
+                cpu(r.consume_cpu_us_per_msg)
+            );
         }
         Command::Selftest {
             sizes,

@@ -21,6 +21,10 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
     /// Calls `hook` whenever it goes from having nothing to sync to having
     /// something, so the syncer visits only the stores that need it.
     fn watch(&self, hook: DirtyHook);
+    /// A publisher's batch of writes ended and nobody waits for a sync (no
+    /// confirms): a store that holds writes back for the next sync (a
+    /// stream's open chunk) lets readers see them now.
+    fn flush(&self) {}
 }
 
 /// Whether two durables are the same object (data pointers only: vtable

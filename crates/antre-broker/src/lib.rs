@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod session;
+pub mod stream;
 pub mod syncer;
 pub mod vhost;
 

@@ -226,7 +226,7 @@ pub struct RecoveryStats {
 
 /// fsyncs a directory so that entries created, renamed or removed in it are
 /// durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io("fsync directory", dir, e))

@@ -37,6 +37,9 @@ pub struct Config {
     pub http_listen: Option<String>,
     /// Addresses of the same over HTTPS; `None` serves none. Needs `tls`.
     pub https_listen: Option<String>,
+    /// Addresses for RabbitMQ's stream protocol, comma-separated; `None`
+    /// (the default) serves none.
+    pub stream_listen: Option<String>,
     /// Certificate, key and client verification for amqps and https.
     pub tls: Option<TlsSettings>,
     /// How often the TLS files are checked for changes and reloaded; zero
@@ -151,6 +154,7 @@ impl Default for Config {
             amqps_listen: None,
             http_listen: Some(DEFAULT_HTTP_LISTEN.into()),
             https_listen: None,
+            stream_listen: None,
             tls: None,
             tls_reload_interval: Duration::from_secs(10),
             data_dir: PathBuf::from("antre-data"),
@@ -203,6 +207,10 @@ pub struct Settings {
     /// comma-separated; needs --tls-cert and --tls-key [default: off].
     #[arg(long, env = "ANTRE_HTTPS_LISTEN", value_name = "ADDR")]
     pub https_listen: Option<String>,
+    /// Addresses for RabbitMQ's stream protocol, comma-separated; the flag
+    /// without a value means 127.0.0.1:5552 [default: off].
+    #[arg(long, env = "ANTRE_STREAM_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:5552", value_name = "ADDR")]
+    pub stream_listen: Option<String>,
     /// PEM certificate chain (the server's certificate first) for amqps
     /// and https.
     #[arg(long, env = "ANTRE_TLS_CERT", value_name = "FILE")]
@@ -402,6 +410,7 @@ impl Settings {
             amqps_listen: self.amqps_listen.or(below.amqps_listen),
             http_listen: self.http_listen.or(below.http_listen),
             https_listen: self.https_listen.or(below.https_listen),
+            stream_listen: self.stream_listen.or(below.stream_listen),
             tls_cert: self.tls_cert.or(below.tls_cert),
             tls_key: self.tls_key.or(below.tls_key),
             tls_ca: self.tls_ca.or(below.tls_ca),
@@ -442,6 +451,7 @@ impl Settings {
         let amqps_listen = listen_setting(self.amqps_listen.as_deref(), d.amqps_listen);
         let http_listen = listen_setting(self.http_listen.as_deref(), d.http_listen);
         let https_listen = listen_setting(self.https_listen.as_deref(), d.https_listen);
+        let stream_listen = listen_setting(self.stream_listen.as_deref(), d.stream_listen);
         if amqp_listen.is_none() && amqps_listen.is_none() {
             anyhow::bail!("no AMQP listener: amqp_listen is off and amqps_listen is not set");
         }
@@ -478,6 +488,7 @@ impl Settings {
             amqps_listen,
             http_listen,
             https_listen,
+            stream_listen,
             tls,
             tls_reload_interval,
             data_dir: self.data_dir.clone().unwrap_or(d.data_dir),

@@ -32,6 +32,7 @@ pub mod listen;
 pub mod registry;
 pub mod server;
 pub mod sockets;
+pub mod stream;
 pub mod tls;
 
 pub use config::{Config, Settings};

@@ -50,6 +50,10 @@ pub struct RunningServer {
     pub https_addr: Option<SocketAddr>,
     /// Every HTTPS address.
     pub https_addrs: Vec<SocketAddr>,
+    /// The first address of RabbitMQ's stream protocol, if served.
+    pub stream_addr: Option<SocketAddr>,
+    /// Every stream protocol address.
+    pub stream_addrs: Vec<SocketAddr>,
     /// The TLS certificates in use, if any.
     pub tls: Option<Arc<TlsCertificates>>,
     /// The broker state, for inspection by tests and the management API.
@@ -61,6 +65,7 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     http_tasks: Vec<JoinHandle<()>>,
+    stream_tasks: Vec<JoinHandle<()>>,
     config: Config,
 }
 
@@ -87,6 +92,9 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         for http in self.http_tasks {
             let _ = http.await;
+        }
+        for stream in self.stream_tasks {
+            let _ = stream.await;
         }
         let _ = self.task.await;
     }
@@ -139,6 +147,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let http_addrs = local_addrs(&http_listeners)?;
     let https_listeners = bind(config.https_listen.as_deref(), listen::HTTPS).await?;
     let https_addrs = local_addrs(&https_listeners)?;
+    let stream_listeners = bind(config.stream_listen.as_deref(), crate::stream::LISTENER).await?;
+    let stream_addrs = local_addrs(&stream_listeners)?;
     // Recovery reads every durable queue from disk: keep it off the async
     // workers. Clients connecting meanwhile wait in the listen backlog.
     let data_dir = config.data_dir.clone();
@@ -225,6 +235,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             tracing::info!("management UI and API on {scheme}://{addr}/");
         }
     }
+    let mut stream_tasks = Vec::new();
+    // Single-active-consumer groups span every stream listener.
+    let stream_groups = Arc::new(crate::stream::Groups::default());
+    for (listener, addr) in stream_listeners.into_iter().zip(&stream_addrs) {
+        stream_tasks.push(tokio::spawn(crate::stream::serve(
+            listener,
+            Arc::clone(&broker),
+            Arc::clone(&stream_groups),
+            shutdown_rx.clone(),
+        )));
+        tracing::info!("listening on rabbitmq-stream://{addr}");
+    }
     if let Some(certs) = &tls {
         if !config.tls_reload_interval.is_zero() {
             tokio::spawn(Arc::clone(certs).watch(config.tls_reload_interval, shutdown_rx.clone()));
@@ -258,6 +280,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         http_addrs,
         https_addr: https_addrs.first().copied(),
         https_addrs,
+        stream_addr: stream_addrs.first().copied(),
+        stream_addrs,
         tls,
         broker,
         registry,
@@ -265,6 +289,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown,
         task,
         http_tasks,
+        stream_tasks,
         config,
         alarms,
     })

@@ -496,6 +496,30 @@ fn queue_listing(s: &Session, ui: &str) {
     assert!(url.contains("sort=messages&sort_reverse=true"), "{url}");
 }
 
+/// A stream is listed with its type, and its page shows offsets, size and
+/// segments instead of ready and unacked messages.
+fn stream_page(s: &Session, ui: &str, api: &Api) {
+    api.call(
+        "PUT",
+        "/api/queues/%2F/browser-log",
+        Some(json!({ "durable": true, "arguments": { "x-queue-type": "stream" } })),
+    );
+    api.publish("browser-log", "event 0");
+    api.publish("browser-log", "event 1");
+    s.go(&format!("{ui}/#/queues/%2F/browser-log"));
+    s.find("//div[@id='stream-messages' and text()='2']");
+    s.find("//div[@id='stream-first' and text()='0']");
+    s.find("//div[@id='stream-last' and text()='1']");
+    s.find("//p[starts-with(text(),'stream,')]");
+    let _ = s.screenshot("antre-ui-stream.png");
+    s.go(&format!("{ui}/#/queues"));
+    let list = "//section[@id='listing-queues']";
+    s.type_into(&format!("{list}//input[@type='search']"), "browser-log");
+    s.find("//a[text()='browser-log']/../following-sibling::td[text()='stream']");
+    s.type_into(&format!("{list}//input[@type='search']"), "");
+    api.call("DELETE", "/api/queues/%2F/browser-log", None);
+}
+
 /// Adding exchanges with every option: a transient, auto-delete delayed
 /// exchange routing like topic, and a deduplicating one with a cache size
 /// and an alternate exchange.
@@ -821,6 +845,7 @@ async fn the_ui_works_in_headless_chromium() {
         get_survives_refresh(&s, &ui, &api);
         queue_page(&s);
         queue_listing(&s, &ui);
+        stream_page(&s, &ui, &api);
         exchanges(&s, &ui, &api);
         connection_and_channel(&s, &ui, &api);
         admin(&s, &api);

@@ -297,3 +297,175 @@ async fn http_publish_is_on_disk_when_the_api_answers() {
     broker.child.kill().ok();
     broker.child.wait().ok();
 }
+
+/// Reads a whole stream from `first` with a consumer: (offset, id) pairs.
+async fn read_stream(conn: &Connection, name: &str) -> Vec<(i64, u64)> {
+    let ch = conn.create_channel().await.unwrap();
+    let opts = QueueDeclareOptions {
+        durable: true,
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(name, opts, FieldTable::default())
+        .await
+        .unwrap();
+    let total = q.message_count() as usize;
+    ch.basic_qos(500, BasicQosOptions::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = ch
+        .basic_consume(name, "", BasicConsumeOptions::default(), args)
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let d = within("stream delivery", futures::StreamExt::next(&mut consumer))
+            .await
+            .expect("delivery")
+            .expect("delivery ok");
+        let offset = match d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-stream-offset").cloned())
+        {
+            Some(lapin::types::AMQPValue::LongLongInt(o)) => o,
+            other => panic!("x-stream-offset: {other:?}"),
+        };
+        out.push((offset, parse(&d.data)));
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    ch.close(200, "read").await.ok();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_stream_messages_survive_kill_9_in_order_with_their_offsets() {
+    let cycles: u64 = std::env::var("ANTRE_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("ANTRE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    println!("stream crash test: {cycles} cycles, seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut confirmed_total: HashSet<u64> = HashSet::new();
+    // What each offset held when last read: it must never change.
+    let mut known: Vec<u64> = Vec::new();
+    let mut next_id = 0u64;
+    for cycle in 0..=cycles {
+        let mut broker = spawn(dir.path());
+        let conn = within(
+            "connect",
+            Connection::connect(&broker.uri, ConnectionProperties::default()),
+        )
+        .await
+        .expect("connect");
+        let ch = conn.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("stream".into()),
+        );
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare("ledger", opts, args).await.unwrap();
+
+        let read = read_stream(&conn, "ledger").await;
+        for (i, (offset, id)) in read.iter().enumerate() {
+            assert_eq!(
+                *offset, i as i64,
+                "cycle {cycle}: offsets are dense (seed {seed})"
+            );
+            if let Some(before) = known.get(i) {
+                assert_eq!(
+                    before, id,
+                    "cycle {cycle}: offset {i} changed (seed {seed})"
+                );
+            }
+        }
+        let ids: Vec<u64> = read.iter().map(|(_, id)| *id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "cycle {cycle}: in publish order (seed {seed})"
+        );
+        let present: HashSet<u64> = ids.iter().copied().collect();
+        let missing: Vec<_> = confirmed_total.difference(&present).collect();
+        assert!(
+            missing.is_empty(),
+            "cycle {cycle}: confirmed messages lost: {missing:?} (seed {seed})"
+        );
+        known = ids;
+        if cycle == cycles {
+            println!(
+                "stream crash test: {cycles} kills, {} confirmed messages all in order at their offsets",
+                confirmed_total.len()
+            );
+            broker.child.kill().ok();
+            broker.child.wait().ok();
+            break;
+        }
+
+        let kill_after = rng.gen_range(1..400usize);
+        let confirmed = Arc::new(Mutex::new(Vec::new()));
+        let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let publisher = {
+            let ch = ch.clone();
+            let confirmed = Arc::clone(&confirmed);
+            let first = next_id;
+            tokio::spawn(async move {
+                let mut id = first;
+                loop {
+                    let mut window = Vec::new();
+                    for _ in 0..50 {
+                        let props = BasicProperties::default();
+                        match ch
+                            .basic_publish(
+                                "",
+                                "ledger",
+                                BasicPublishOptions::default(),
+                                &body(id),
+                                props,
+                            )
+                            .await
+                        {
+                            Ok(c) => window.push((id, c)),
+                            Err(_) => return,
+                        }
+                        id += 1;
+                    }
+                    for (id, c) in window {
+                        match c.await {
+                            Ok(c) if c.is_ack() => {
+                                let mut confirmed = confirmed.lock().unwrap();
+                                confirmed.push(id);
+                                let _ = count_tx.send(confirmed.len());
+                            }
+                            _ => return,
+                        }
+                    }
+                }
+            })
+        };
+        within("enough confirms", count_rx.wait_for(|n| *n >= kill_after))
+            .await
+            .expect("publisher confirms messages");
+        broker.child.kill().expect("SIGKILL");
+        broker.child.wait().expect("reap");
+        let _ = within("publisher stops", publisher).await;
+        next_id += 100_000;
+        confirmed_total.extend(confirmed.lock().unwrap().iter().copied());
+    }
+}

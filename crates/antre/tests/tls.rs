@@ -46,6 +46,10 @@ async fn lapin_tls(
     identity: Option<&Leaf>,
     external: bool,
 ) -> lapin::Result<Connection> {
+    // lapin's TLS connector asks rustls for the process's provider; with
+    // more than one compiled in (the stream client's tokio-rustls brings
+    // aws-lc-rs) none is chosen, so name ring, which antre uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let uri = if external {
         format!("amqps://{addr}/%2f?auth_mechanism=external")
     } else {

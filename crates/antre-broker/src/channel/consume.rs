@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use antre_amqp::method::*;
 
-use super::{reply, Channel, ChannelConsumer, Mode, Outgoing, Settle, Unacked};
+use super::{reply, Channel, ChannelConsumer, Mode, Outgoing, Settle, Source, Unacked};
 use crate::access::{Perm, ResourceKind};
 use crate::error::BrokerError;
 use crate::queue::{ConsumerSpec, Credit, Delivery, Queue, QueueKind};
@@ -41,6 +41,9 @@ impl Channel {
             self.reply_consumer(&m)?
         } else {
             self.permit(ResourceKind::Queue, &queue_name, Perm::Read)?;
+            if let Some(stream) = self.ctx.vhost.stream(&queue_name) {
+                return self.consume_stream(m, stream, out);
+            }
             self.ctx.vhost.queue(&queue_name, self.ctx.connection)?
         };
         if queue.kind() == QueueKind::Quorum && self.credit.limit() > 0 {
@@ -55,7 +58,7 @@ impl Channel {
         } else {
             m.consumer_tag.as_str().into()
         };
-        if self.consumers.contains_key(&tag) {
+        if self.consumers.contains_key(&tag) || self.streams.contains_key(&tag) {
             return Err(BrokerError::NotAllowed(format!(
                 "attempt to reuse consumer tag '{tag}'"
             )));
@@ -153,6 +156,9 @@ impl Channel {
 
     /// Cancels a consumer by tag (client's basic.cancel or channel close).
     pub(super) fn cancel(&mut self, tag: &str) {
+        if self.cancel_stream(tag) {
+            return;
+        }
         if let Some(c) = self.consumers.remove(tag) {
             if c.queue.remove_consumer(c.id) {
                 self.ctx.vhost.auto_delete_queue(&c.queue);
@@ -163,12 +169,18 @@ impl Channel {
     /// The queue cancelled one of our consumers (it was deleted). Returns
     /// whether the channel knew it, so the server sends basic.cancel once.
     pub fn consumer_cancelled(&mut self, tag: &str) -> bool {
-        self.consumers.remove(tag).is_some()
+        self.consumers.remove(tag).is_some() || self.streams.remove(tag).is_some()
     }
 
     pub(super) fn get(&mut self, m: BasicGet, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
         let queue_name = self.resolve_queue(&m.queue)?;
         self.permit(ResourceKind::Queue, &queue_name, Perm::Read)?;
+        if let Some(stream) = self.ctx.vhost.stream(&queue_name) {
+            return Err(BrokerError::NotImplemented(format!(
+                "basic.get not supported by stream queues {}",
+                stream.describe()
+            )));
+        }
         let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
         let Some((entry, message_count)) = queue.get(m.no_ack) else {
             self.ctx.broker.metrics.get_empty.inc();
@@ -190,8 +202,7 @@ impl Channel {
             self.unacked.insert(
                 delivery_tag,
                 Unacked {
-                    queue,
-                    entry,
+                    source: Source::Queue { queue, entry },
                     credit: None,
                     delivered_at: self.ctx.broker.clock().now_ms(),
                 },
@@ -257,8 +268,10 @@ impl Channel {
             self.unacked.insert(
                 delivery_tag,
                 Unacked {
-                    queue: delivery.queue,
-                    entry: delivery.entry,
+                    source: Source::Queue {
+                        queue: delivery.queue,
+                        entry: delivery.entry,
+                    },
                     credit: Some(credit),
                     delivered_at: self.ctx.broker.clock().now_ms(),
                 },
@@ -361,7 +374,11 @@ impl Channel {
         default_ms: Option<u64>,
     ) -> Result<(), BrokerError> {
         for u in self.unacked.values() {
-            let Some(timeout) = u.queue.args().consumer_timeout.or(default_ms) else {
+            let own = match &u.source {
+                Source::Queue { queue, .. } => queue.args().consumer_timeout,
+                Source::Stream(_) => None,
+            };
+            let Some(timeout) = own.or(default_ms) else {
                 continue;
             };
             if now.saturating_sub(u.delivered_at) > timeout {

@@ -28,6 +28,7 @@ mod held;
 mod publish;
 mod queue;
 mod settle;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -53,10 +54,18 @@ pub enum Outgoing {
     Content(Method, Arc<Message>),
 }
 
+/// Where an unacked delivery came from.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// A queue, which settles the entry.
+    Queue { queue: Arc<Queue>, entry: Entry },
+    /// A stream: settling only gives the consumer's credit back.
+    Stream(Arc<crate::stream::Stream>),
+}
+
 #[derive(Debug)]
 pub(crate) struct Unacked {
-    pub(crate) queue: Arc<Queue>,
-    pub(crate) entry: Entry,
+    pub(crate) source: Source,
     /// The consumer's window, to release on settle; None for basic.get.
     pub(crate) credit: Option<Arc<Credit>>,
     /// When it was delivered (ms), for the consumer timeout.
@@ -123,6 +132,10 @@ pub struct Channel {
     next_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
     consumers: HashMap<Arc<str>, ChannelConsumer>,
+    /// Consumers of streams, by tag.
+    streams: HashMap<Arc<str>, stream::StreamSub>,
+    /// What a stream calls to wake this channel's stream consumers.
+    stream_waker: crate::stream::StreamWaker,
     prefetch: u32,
     credit: Arc<Credit>,
     mode: Mode,
@@ -174,6 +187,8 @@ impl Channel {
             next_tag: 1,
             unacked: BTreeMap::new(),
             consumers: HashMap::new(),
+            streams: HashMap::new(),
+            stream_waker: crate::stream::StreamWaker::new(|| {}),
             prefetch: 0,
             credit: Credit::new(0),
             mode: Mode::Plain,
@@ -202,7 +217,14 @@ impl Channel {
 
     /// Number of consumers on this channel.
     pub fn consumer_count(&self) -> usize {
-        self.consumers.len()
+        self.consumers.len() + self.streams.len()
+    }
+
+    /// Sets what a stream calls to wake this channel when a chunk is
+    /// written while one of its stream consumers waits (the session sends
+    /// itself an event that ends in [`Channel::stream_ready`]).
+    pub fn set_stream_waker(&mut self, waker: crate::stream::StreamWaker) {
+        self.stream_waker = waker;
     }
 
     /// Handles a method that carries no content, by class. A method that
@@ -213,6 +235,13 @@ impl Channel {
         let result = self.dispatch(method, out);
         let changed = self.ctx.vhost.definitions_changed() != before;
         self.hold_after(out, start, changed);
+        // An ack gave credit back, a consume started a reader: stream
+        // consumers take what their credit allows.
+        if !self.streams.is_empty() {
+            let start = out.len();
+            self.pump_streams(out);
+            self.hold_after(out, start, false);
+        }
         result
     }
 
@@ -267,6 +296,10 @@ impl Channel {
         let tags: Vec<Arc<str>> = self.consumers.keys().cloned().collect();
         for tag in tags {
             self.cancel(&tag);
+        }
+        let tags: Vec<Arc<str>> = self.streams.keys().cloned().collect();
+        for tag in tags {
+            self.cancel_stream(&tag);
         }
         self.requeue_all();
     }

@@ -163,7 +163,9 @@ impl Channel {
     pub(super) fn flush_confirms_now(&mut self, out: &mut Vec<Outgoing>) {
         let Mode::Confirm { unconfirmed, .. } = &mut self.mode else {
             // Without confirms nobody waits: the syncer's sweep writes these.
-            self.dirty.clear();
+            for durable in self.dirty.drain(..) {
+                durable.flush();
+            }
             return;
         };
         let Some(tag) = unconfirmed.take() else {

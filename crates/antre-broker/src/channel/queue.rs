@@ -68,9 +68,9 @@ impl Channel {
             }
             self.ctx.vhost.declare_queue_as(name, declaration, conn)?
         };
-        self.last_queue = Some(q.name.clone());
+        self.last_queue = Some(q.name().to_owned());
         let ok = QueueDeclareOk {
-            queue: q.name.clone(),
+            queue: q.name().to_owned(),
             message_count: counts.ready,
             consumer_count: counts.consumers,
         };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use antre_amqp::method::*;
 
-use super::{Channel, Mode, PendingSettle, Settle, Unacked};
+use super::{Channel, Mode, PendingSettle, Settle, Source, Unacked};
 use crate::error::BrokerError;
 use crate::queue::{Entry, Queue};
 
@@ -38,6 +38,9 @@ impl Channel {
     pub(super) fn settle(&mut self, s: PendingSettle) -> Result<(), BrokerError> {
         // Validate now so an unknown tag fails at once, even in a transaction.
         self.check_tag(s.tag, s.multiple)?;
+        if s.requeue.is_some() {
+            self.check_stream_settle(s)?;
+        }
         if let Mode::Tx { settles, .. } = &mut self.mode {
             settles.push(s);
             return Ok(());
@@ -53,6 +56,26 @@ impl Channel {
                 "unknown delivery tag {tag}"
             )))
         }
+    }
+
+    /// RabbitMQ 3.10's streams take acks only: a nack or reject of a
+    /// stream delivery is refused.
+    fn check_stream_settle(&self, s: PendingSettle) -> Result<(), BrokerError> {
+        let covered: Box<dyn Iterator<Item = &Unacked>> = if s.multiple {
+            let upto = if s.tag == 0 { u64::MAX } else { s.tag };
+            Box::new(self.unacked.range(..=upto).map(|(_, u)| u))
+        } else {
+            Box::new(self.unacked.get(&s.tag).into_iter())
+        };
+        for u in covered {
+            if let Source::Stream(stream) = &u.source {
+                return Err(BrokerError::NotImplemented(format!(
+                    "basic.nack and basic.reject not supported by stream queues {}",
+                    stream.describe()
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn apply_settle(&mut self, s: PendingSettle) -> Result<(), BrokerError> {
@@ -90,9 +113,13 @@ impl Channel {
                 c.release(1);
                 self.credit.release(1);
             }
-            match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-                Some((_, entries)) => entries.push(u.entry),
-                None => by_queue.push((u.queue, vec![u.entry])),
+            let Source::Queue { queue, entry } = u.source else {
+                // A stream keeps its messages: the credit was all.
+                continue;
+            };
+            match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
+                Some((_, entries)) => entries.push(entry),
+                None => by_queue.push((queue, vec![entry])),
             }
         }
         for (queue, entries) in by_queue {

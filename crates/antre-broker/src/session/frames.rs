@@ -11,7 +11,7 @@ use antre_amqp::{
 };
 use bytes::{Bytes, BytesMut};
 
-use super::{delivery_cost, ChannelSink, Effect, Session, SessionState};
+use super::{delivery_cost, ChannelSink, Effect, Session, SessionEvent, SessionState};
 use crate::access::limits::ChannelPermit;
 use crate::access::LimitRefusal;
 use crate::channel::{Channel, Outgoing};
@@ -346,7 +346,11 @@ impl Session {
             events: Arc::clone(&self.events),
             window: Arc::clone(&self.output_window),
         });
-        let channel = Channel::new(id, ctx, sink);
+        let mut channel = Channel::new(id, ctx, sink);
+        let events = Arc::clone(&self.events);
+        channel.set_stream_waker(crate::stream::StreamWaker::new(move || {
+            let _ = events.send(SessionEvent::StreamReady(id));
+        }));
         self.channels.insert(
             id,
             Slot::Open {
@@ -455,6 +459,16 @@ impl Session {
             // Went back to its queue (its consumer is gone), or waits behind
             // held output: nothing of it sits in our buffer.
             self.free_output(cost);
+        }
+    }
+
+    /// A stream woke channel `id`: its stream consumers read on.
+    pub(super) fn stream_ready(&mut self, id: u16) {
+        if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {
+            let before = self.wbuf.len();
+            channel.stream_ready(&mut self.out);
+            self.encode_out(id);
+            self.delivery_bytes += self.wbuf.len() - before;
         }
     }
 

@@ -153,6 +153,8 @@ pub enum SessionEvent {
     Cancel(u16, String),
     /// A sync a channel asked for finished (`ok` false: the disk failed).
     Synced(u16, u64, bool),
+    /// A stream a consumer of a channel waits on has a new chunk.
+    StreamReady(u16),
 }
 
 /// Carries events to the session's owner (in the server, an unbounded
@@ -351,6 +353,7 @@ impl Session {
             SessionEvent::Synced(id, token, ok) => self.on_synced(id, token, ok),
             SessionEvent::Deliver(id, delivery) => self.deliver(id, delivery),
             SessionEvent::Cancel(id, tag) => self.consumer_cancelled(id, &tag),
+            SessionEvent::StreamReady(id) => self.stream_ready(id),
         }
     }
 

@@ -4,16 +4,51 @@
 
 use std::sync::Arc;
 
-use antre_amqp::FieldTable;
+use antre_amqp::{FieldTable, FieldValue};
 
 use crate::equivalence;
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, ExchangeType};
 use crate::queue::{ConnectionId, Queue, QueueArgs, QueueCounts, QueueKind, QueueOptions};
+use crate::stream::Stream;
 
 use super::storage::build_exchange;
 use super::topology::{check_exclusive, locked};
 use super::{generated_name, ExchangeDeclaration, QueueDeclaration, Vhost, REPLY_TO};
+
+/// What a queue.declare found or made: a queue or a stream.
+#[derive(Debug, Clone)]
+pub enum DeclaredQueue {
+    /// A classic queue.
+    Queue(Arc<Queue>),
+    /// A stream (`x-queue-type: stream`).
+    Stream(Arc<Stream>),
+}
+
+impl DeclaredQueue {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        match self {
+            DeclaredQueue::Queue(q) => &q.name,
+            DeclaredQueue::Stream(s) => &s.name,
+        }
+    }
+}
+
+/// Whether declaration arguments ask for a stream.
+pub(crate) fn is_stream(args: &FieldTable) -> bool {
+    args.get("x-queue-type").and_then(FieldValue::as_str) == Some("stream")
+}
+
+/// A stream's counts as queue.declare-ok reports them: its messages, and
+/// no consumers, as RabbitMQ's stream queues answer.
+fn stream_counts(s: &Stream) -> QueueCounts {
+    QueueCounts {
+        ready: u32::try_from(s.info().messages).unwrap_or(u32::MAX),
+        unacked: 0,
+        consumers: 0,
+    }
+}
 
 fn reserved(name: &str) -> bool {
     name.starts_with("amq.")
@@ -176,13 +211,17 @@ impl Vhost {
         d: QueueDeclaration,
         passive: bool,
         conn: ConnectionId,
-    ) -> Result<(Arc<Queue>, QueueCounts), BrokerError> {
+    ) -> Result<(DeclaredQueue, QueueCounts), BrokerError> {
         if passive {
+            if let Some(s) = self.stream(&d.name) {
+                let counts = stream_counts(&s);
+                return Ok((DeclaredQueue::Stream(s), counts));
+            }
             // A passive declare only looks: unlike a redeclare it does not
             // renew the queue's x-expires lease (as in RabbitMQ).
             let q = self.queue(&d.name, conn)?;
             let counts = q.counts();
-            return Ok((q, counts));
+            return Ok((DeclaredQueue::Queue(q), counts));
         }
         let name = if d.name.is_empty() {
             check_server_named(&d.arguments)?;
@@ -202,8 +241,29 @@ impl Vhost {
         name: String,
         d: QueueDeclaration,
         conn: ConnectionId,
-    ) -> Result<(Arc<Queue>, QueueCounts), BrokerError> {
+    ) -> Result<(DeclaredQueue, QueueCounts), BrokerError> {
         let mut topo = self.topology.write();
+        if let Some(s) = topo.streams.get(&name) {
+            let err = |arg, got: &dyn std::fmt::Display, have: &dyn std::fmt::Display| {
+                inequivalent("queue", arg, &self.name, &name, got, have)
+            };
+            if !d.durable {
+                return Err(err("durable", &d.durable, &true));
+            }
+            if d.auto_delete {
+                return Err(err("auto_delete", &d.auto_delete, &false));
+            }
+            equivalence::check_queue_args(
+                &queue_ref(&self.name, &name),
+                &s.arguments,
+                &d.arguments,
+            )?;
+            let s = Arc::clone(s);
+            topo.lifecycle.declared += 1;
+            drop(topo);
+            let counts = stream_counts(&s);
+            return Ok((DeclaredQueue::Stream(s), counts));
+        }
         if let Some(q) = topo.queues.get(&name) {
             check_exclusive(q, conn)?;
             let o = &q.options;
@@ -231,7 +291,15 @@ impl Vhost {
             drop(topo);
             q.touch();
             let counts = q.counts();
-            return Ok((q, counts));
+            return Ok((DeclaredQueue::Queue(q), counts));
+        }
+        if is_stream(&d.arguments) {
+            let stream = self.new_stream(&name, d)?;
+            topo.insert_stream(Arc::clone(&stream));
+            self.save(&mut topo)?;
+            topo.lifecycle.declared += 1;
+            topo.lifecycle.created += 1;
+            return Ok((DeclaredQueue::Stream(stream), QueueCounts::default()));
         }
         if let Some(limit) = self.max_queues() {
             if topo.queue_count() as u64 >= limit {
@@ -267,7 +335,31 @@ impl Vhost {
         self.save(&mut topo)?;
         topo.lifecycle.declared += 1;
         topo.lifecycle.created += 1;
-        Ok((q, QueueCounts::default()))
+        Ok((DeclaredQueue::Queue(q), QueueCounts::default()))
+    }
+
+    /// A new stream, after RabbitMQ's checks of its properties (in its
+    /// order and words).
+    fn new_stream(&self, name: &str, d: QueueDeclaration) -> Result<Arc<Stream>, BrokerError> {
+        let resource = queue_ref(&self.name, name);
+        let invalid = |property: &str| {
+            BrokerError::PreconditionFailed(format!("invalid property '{property}' for {resource}"))
+        };
+        if d.auto_delete {
+            return Err(invalid("auto-delete"));
+        }
+        if d.exclusive {
+            return Err(invalid("exclusive-owner"));
+        }
+        if !d.durable {
+            return Err(invalid("non-durable"));
+        }
+        let Some(storage) = &self.storage else {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "{resource} cannot be a stream: the broker has no data directory"
+            )));
+        };
+        storage.open_stream(&self.name, name, d.arguments, Arc::clone(&self.clock), true)
     }
 
     /// A fresh reply queue for direct reply-to: named
@@ -304,6 +396,12 @@ impl Vhost {
         conn: ConnectionId,
     ) -> Result<u32, BrokerError> {
         let mut topo = self.topology.write();
+        if topo.streams.contains_key(name) {
+            // RabbitMQ deletes a stream whatever if-unused and if-empty say.
+            let n = topo.remove_stream(name).map_or(0, |s| s.delete());
+            self.save(&mut topo)?;
+            return Ok(u32::try_from(n).unwrap_or(u32::MAX));
+        }
         let Some(q) = topo.queues.get(name) else {
             // RabbitMQ answers delete-ok for a queue that is already gone.
             return Ok(0);

@@ -13,7 +13,7 @@
 //! Routing collects the target queues under the read lock and releases it
 //! before enqueueing, so a slow queue never holds up the topology.
 
-mod declare;
+pub(crate) mod declare;
 mod persist;
 mod policies;
 pub mod publish;
@@ -35,7 +35,9 @@ use crate::exchange::delayed::DelayedMessages;
 use crate::exchange::Exchange;
 use crate::metrics::BrokerMetrics;
 use crate::queue::{ConnectionId, Queue};
+use crate::stream::Stream;
 
+pub use declare::DeclaredQueue;
 pub(crate) use declare::{check_queue_name, check_server_named};
 use persist::DefinitionsLog;
 pub use publish::{PublishOptions, PublishOutcome, PublishSource};
@@ -121,8 +123,10 @@ impl Vhost {
         clock: Arc<dyn Clock>,
         metrics: Arc<BrokerMetrics>,
     ) -> Result<Vhost, BrokerError> {
-        std::fs::create_dir_all(storage.dir.join("queues"))
-            .map_err(|e| storage::internal(&storage.dir, "create vhost directory", e))?;
+        for sub in ["queues", "streams"] {
+            std::fs::create_dir_all(storage.dir.join(sub))
+                .map_err(|e| storage::internal(&storage.dir, "create vhost directory", e))?;
+        }
         let mut topo = Topology::new(name);
         let definitions = DefinitionsLog::recover(&storage, &mut topo, &clock)?;
         Ok(Vhost {
@@ -192,6 +196,9 @@ impl Vhost {
         for q in topo.queues.values() {
             q.close_store();
         }
+        for s in topo.streams.values() {
+            s.close();
+        }
         for ex in topo.exchanges.values() {
             ex.close_stores();
         }
@@ -208,8 +215,25 @@ impl Vhost {
         Ok(Arc::clone(q))
     }
 
+    /// The stream `name`, if there is one.
+    pub fn stream(&self, name: &str) -> Option<Arc<Stream>> {
+        self.topology.read().streams.get(name).cloned()
+    }
+
+    /// Every stream, for listing.
+    pub fn streams(&self) -> Vec<Arc<Stream>> {
+        self.topology.read().streams.values().cloned().collect()
+    }
+
     /// Purges a queue; returns how many messages were dropped.
     pub fn purge_queue(&self, name: &str, conn: ConnectionId) -> Result<u32, BrokerError> {
+        if self.stream(name).is_some() {
+            // RabbitMQ's stream queues do not support purge.
+            return Err(BrokerError::PreconditionFailed(format!(
+                "purge not supported by {}",
+                crate::error::queue_ref(&self.name, name)
+            )));
+        }
         Ok(self.queue(name, conn)?.purge())
     }
 
@@ -223,9 +247,10 @@ impl Vhost {
         self.topology.read().exchanges.contains_key(name)
     }
 
-    /// Whether the queue `name` exists.
+    /// Whether the queue (or stream) `name` exists.
     pub fn has_queue(&self, name: &str) -> bool {
-        self.topology.read().queues.contains_key(name)
+        let topo = self.topology.read();
+        topo.queues.contains_key(name) || topo.streams.contains_key(name)
     }
 
     /// Whether `name` is a topic exchange (whose routing keys topic
@@ -263,6 +288,17 @@ impl Vhost {
             .collect();
         for schedule in schedules {
             self.release_due(&schedule, now);
+        }
+        let aging: Vec<Arc<Stream>> = {
+            let topo = self.topology.read();
+            let streams = topo.streams.values();
+            streams
+                .filter(|s| s.args.max_age_ms.is_some())
+                .cloned()
+                .collect()
+        };
+        for s in aging {
+            s.tick(now);
         }
         // Only queues that hold something that expires, or whose arguments
         // expire them, need the timer; idle vhosts with many queues cost

@@ -20,6 +20,7 @@ use crate::exchange::sender_selected;
 use crate::message::Message;
 use crate::queue::{DeathReason, Enqueued, Queue};
 
+use super::topology::Targets;
 use super::Vhost;
 
 /// Where a message comes from, which decides the rules it passes.
@@ -122,11 +123,11 @@ impl Vhost {
         if source != PublishSource::DelayedRelease && self.exchange_hooks(&message, outcome)? {
             return Ok(());
         }
-        let mut queues = self.route(&message, source)?;
+        let mut targets = self.route(&message, source)?;
         // BCC names extra routes; consumers must not see it.
         let message = sender_selected::without_bcc(message);
         if let PublishSource::DeadLetter(reason) = source {
-            queues.retain(|q| {
+            targets.queues.retain(|q| {
                 let cycle = is_cycle(&message, reason, &q.name);
                 if cycle {
                     tracing::debug!(queue = q.name, "dropping dead letter caught in a cycle");
@@ -134,14 +135,19 @@ impl Vhost {
                 !cycle
             });
         }
-        if queues.is_empty() && source.is_publisher() {
+        if targets.is_empty() && source.is_publisher() {
             self.metrics.unroutable.inc();
             if options.mandatory {
                 self.metrics.returned.inc();
                 outcome.returned = true;
             }
         }
-        for q in &queues {
+        for s in &targets.streams {
+            s.publish(&message)?;
+            outcome.routed += 1;
+            add_once(&mut outcome.stored, Arc::clone(s) as Arc<dyn Durable>);
+        }
+        for q in &targets.queues {
             match q.publish(Arc::clone(&message))? {
                 Enqueued::Accepted { stored } => {
                     outcome.routed += 1;
@@ -157,27 +163,29 @@ impl Vhost {
         Ok(())
     }
 
-    /// The queues a message reaches: by its routing key and, for a
+    /// The queues and streams a message reaches: by its routing key and, for a
     /// publisher's message, also by each key in its `CC` and `BCC` headers
     /// (RabbitMQ's sender-selected distribution), each queue once.
-    fn route(
-        &self,
-        message: &Message,
-        source: PublishSource,
-    ) -> Result<Vec<Arc<Queue>>, BrokerError> {
+    fn route(&self, message: &Message, source: PublishSource) -> Result<Targets, BrokerError> {
         let headers = message.properties.headers.as_ref();
         let topo = self.topology.read();
-        let mut queues = topo.route(&message.exchange, &message.routing_key, headers)?;
+        let mut targets = topo.route(&message.exchange, &message.routing_key, headers)?;
         if source.is_publisher() {
             for key in sender_selected::extra_keys(headers) {
-                for q in topo.route(&message.exchange, &key, headers)? {
-                    if !queues.iter().any(|seen| Arc::ptr_eq(seen, &q)) {
-                        queues.push(q);
+                let more = topo.route(&message.exchange, &key, headers)?;
+                for q in more.queues {
+                    if !targets.queues.iter().any(|seen| Arc::ptr_eq(seen, &q)) {
+                        targets.queues.push(q);
+                    }
+                }
+                for s in more.streams {
+                    if !targets.streams.iter().any(|seen| Arc::ptr_eq(seen, &s)) {
+                        targets.streams.push(s);
                     }
                 }
             }
         }
-        Ok(queues)
+        Ok(targets)
     }
 
     /// Runs the exchange's deduplication and delay; returns whether they

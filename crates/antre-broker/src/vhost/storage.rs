@@ -15,6 +15,7 @@ use crate::exchange::dedup::DedupCache;
 use crate::exchange::delayed::DelayedMessages;
 use crate::exchange::{Exchange, ExchangeType};
 use crate::queue::{Paging, Queue, QueueOptions};
+use crate::stream::Stream;
 use crate::syncer::Syncer;
 
 use super::ExchangeDeclaration;
@@ -83,6 +84,29 @@ impl VhostStorage {
         )?;
         self.syncer.register(Arc::clone(&q) as Arc<dyn Durable>);
         Ok(q)
+    }
+}
+
+impl VhostStorage {
+    /// Opens a stream's log under `streams/`, recovering it; `fresh`
+    /// clears what a deleted namesake may have left.
+    pub(super) fn open_stream(
+        &self,
+        vhost: &str,
+        name: &str,
+        arguments: antre_amqp::FieldTable,
+        clock: Arc<dyn Clock>,
+        fresh: bool,
+    ) -> Result<Arc<Stream>, BrokerError> {
+        let dir = self.dir.join("streams").join(dir_name(name));
+        if fresh && dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| internal(&dir, "remove stale stream directory", e))?;
+        }
+        let stream = Stream::open(vhost, name, arguments, &dir, clock)?;
+        self.syncer
+            .register(Arc::clone(&stream) as Arc<dyn Durable>);
+        Ok(stream)
     }
 }
 

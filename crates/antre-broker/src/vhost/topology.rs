@@ -13,6 +13,7 @@ use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::policy::{AppliedPolicy, PolicySet};
 use crate::queue::{ConnectionId, Queue, TimerHook};
+use crate::stream::Stream;
 
 use super::persist::Change;
 
@@ -40,6 +41,8 @@ pub(super) struct Topology {
     pub vhost: String,
     pub exchanges: HashMap<String, Exchange>,
     pub queues: HashMap<String, Arc<Queue>>,
+    /// Its streams by name (a name is a queue's or a stream's, never both).
+    pub streams: HashMap<String, Arc<Stream>>,
     /// For each destination, the exchanges with bindings to it.
     sources: HashMap<Destination, BTreeSet<String>>,
     /// Each connection's exclusive queues.
@@ -81,6 +84,7 @@ impl Topology {
             vhost: vhost.to_owned(),
             exchanges,
             queues: HashMap::new(),
+            streams: HashMap::new(),
             sources: HashMap::new(),
             exclusive: HashMap::new(),
             changes: Vec::new(),
@@ -116,7 +120,10 @@ impl Topology {
     /// a restart: when its destination does.
     fn durable_destination(&self, destination: &Destination) -> bool {
         match destination {
-            Destination::Queue(q) => self.queues.get(q).is_some_and(|q| Self::durable_queue(q)),
+            Destination::Queue(q) => {
+                self.queues.get(q).is_some_and(|q| Self::durable_queue(q))
+                    || self.streams.contains_key(q)
+            }
             Destination::Exchange(e) => self.exchanges.get(e).is_some_and(|e| e.durable),
         }
     }
@@ -175,6 +182,23 @@ impl Topology {
             .collect()
     }
 
+    /// Adds a stream (whose name is free). Streams are always durable.
+    pub fn insert_stream(&mut self, stream: Arc<Stream>) {
+        self.changes.push(Change::put_stream(&self.vhost, &stream));
+        self.streams.insert(stream.name.clone(), stream);
+    }
+
+    /// Removes a stream and the bindings to it; returns the stream.
+    pub fn remove_stream(&mut self, name: &str) -> Option<Arc<Stream>> {
+        let s = self.streams.remove(name)?;
+        self.lifecycle.deleted += 1;
+        self.changes.push(Change::DeleteQueue {
+            name: name.to_owned(),
+        });
+        self.remove_bindings_to(&Destination::Queue(name.to_owned()), true);
+        Some(s)
+    }
+
     /// Removes and returns a connection's exclusive queues (it closed).
     pub fn take_exclusive(&mut self, conn: ConnectionId) -> Vec<Arc<Queue>> {
         let names = self.exclusive.remove(&conn).unwrap_or_default();
@@ -207,7 +231,7 @@ impl Topology {
         Ok(ex)
     }
 
-    /// The queues a message published to `exchange` reaches, each once,
+    /// The queues and streams a message published to `exchange` reaches, each once,
     /// following exchange-to-exchange bindings (cycles are cut) and, from an
     /// exchange where no binding matched, its alternate exchange. Internal
     /// exchanges route too: only clients may not publish to them
@@ -217,9 +241,12 @@ impl Topology {
         exchange: &str,
         routing_key: &str,
         headers: Option<&FieldTable>,
-    ) -> Result<Vec<Arc<Queue>>, BrokerError> {
+    ) -> Result<Targets, BrokerError> {
         if exchange.is_empty() {
-            return Ok(self.queues.get(routing_key).cloned().into_iter().collect());
+            return Ok(Targets {
+                queues: self.queues.get(routing_key).cloned().into_iter().collect(),
+                streams: self.streams.get(routing_key).cloned().into_iter().collect(),
+            });
         }
         let ex = self
             .exchanges
@@ -227,7 +254,7 @@ impl Topology {
             .ok_or_else(|| self.no_exchange(exchange))?;
         let mut walk = Walk {
             topo: self,
-            out: Vec::new(),
+            out: Targets::default(),
             seen_queues: HashSet::new(),
             seen_exchanges: HashSet::from([exchange]),
             pending: vec![ex],
@@ -272,10 +299,11 @@ impl Topology {
             return Err(BrokerError::AccessRefused(default.into()));
         }
         match destination {
-            Destination::Queue(q) => {
-                let queue = self.queues.get(q).ok_or_else(|| self.no_queue(q))?;
-                check_exclusive(queue, conn)?;
-            }
+            Destination::Queue(q) => match self.queues.get(q) {
+                Some(queue) => check_exclusive(queue, conn)?,
+                None if self.streams.contains_key(q) => {}
+                None => return Err(self.no_queue(q)),
+            },
             Destination::Exchange(e) => {
                 if e.is_empty() {
                     return Err(BrokerError::AccessRefused(default.into()));
@@ -415,10 +443,26 @@ impl Topology {
     }
 }
 
+/// Where a message goes: queues and streams, each once.
+#[derive(Debug, Default)]
+pub(crate) struct Targets {
+    /// Queues.
+    pub queues: Vec<Arc<Queue>>,
+    /// Streams.
+    pub streams: Vec<Arc<Stream>>,
+}
+
+impl Targets {
+    /// Whether nothing takes the message.
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty() && self.streams.is_empty()
+    }
+}
+
 /// A walk through the routing graph from one exchange.
 struct Walk<'t> {
     topo: &'t Topology,
-    out: Vec<Arc<Queue>>,
+    out: Targets,
     seen_queues: HashSet<&'t str>,
     seen_exchanges: HashSet<&'t str>,
     pending: Vec<&'t Exchange>,
@@ -435,7 +479,9 @@ impl<'t> Walk<'t> {
             Destination::Queue(q) => {
                 if self.seen_queues.insert(q.as_str()) {
                     if let Some(queue) = self.topo.queues.get(q) {
-                        self.out.push(Arc::clone(queue));
+                        self.out.queues.push(Arc::clone(queue));
+                    } else if let Some(stream) = self.topo.streams.get(q) {
+                        self.out.streams.push(Arc::clone(stream));
                     }
                 }
             }

@@ -87,6 +87,27 @@ impl std::fmt::Debug for PendingSync {
 }
 
 impl PendingSync {
+    /// The fsyncs of files a store outside this crate wrote (a stream's
+    /// segment log), so it takes part in the same group commit: each file,
+    /// then each directory whose entries changed. `dir` names the owner in
+    /// errors.
+    pub fn for_files(dir: PathBuf, files: Vec<File>, sync_dirs: Vec<PathBuf>) -> PendingSync {
+        let files = files
+            .into_iter()
+            .enumerate()
+            .map(|(i, file)| SyncFile {
+                segment: i as u32,
+                file,
+                upto: None,
+            })
+            .collect();
+        PendingSync {
+            dir,
+            files,
+            sync_dirs,
+        }
+    }
+
     /// Whether there is nothing to fsync.
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.sync_dirs.is_empty()

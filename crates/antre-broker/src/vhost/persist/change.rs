@@ -11,6 +11,7 @@ use crate::definitions::{
 use crate::exchange::{Binding, Destination, Exchange};
 use crate::policy::PolicyKind;
 use crate::queue::Queue;
+use crate::stream::Stream;
 
 use crate::vhost::topology::{is_predeclared, Topology};
 
@@ -61,6 +62,12 @@ impl Change {
         Change::PutQueue(queue_def(vhost, q))
     }
 
+    /// A stream is saved as a queue whose arguments say `x-queue-type:
+    /// stream`, as RabbitMQ's definitions have it.
+    pub(in crate::vhost) fn put_stream(vhost: &str, s: &Stream) -> Change {
+        Change::PutQueue(stream_def(vhost, s))
+    }
+
     pub(in crate::vhost) fn put_binding(vhost: &str, source: &str, b: &Binding) -> Change {
         Change::PutBinding(binding_def(vhost, source, b))
     }
@@ -104,6 +111,16 @@ fn queue_def(vhost: &str, q: &Queue) -> QueueDef {
         durable: true,
         auto_delete: q.options.auto_delete,
         arguments: table_to_json(&q.options.arguments),
+    }
+}
+
+fn stream_def(vhost: &str, s: &Stream) -> QueueDef {
+    QueueDef {
+        name: s.name.clone(),
+        vhost: vhost.to_owned(),
+        durable: true,
+        auto_delete: false,
+        arguments: table_to_json(&s.arguments),
     }
 }
 
@@ -247,9 +264,11 @@ pub(in crate::vhost) fn durable_definitions(topo: &Topology) -> VhostDefinitions
         ..Default::default()
     };
     let durable_queue = |name: &str| {
-        topo.queues
-            .get(name)
-            .is_some_and(|q| q.options.durable && q.options.exclusive_owner.is_none())
+        topo.streams.contains_key(name)
+            || topo
+                .queues
+                .get(name)
+                .is_some_and(|q| q.options.durable && q.options.exclusive_owner.is_none())
     };
     let durable_exchange = |name: &str| topo.exchanges.get(name).is_some_and(|e| e.durable);
     for ex in topo.exchanges.values() {
@@ -273,6 +292,9 @@ pub(in crate::vhost) fn durable_definitions(topo: &Topology) -> VhostDefinitions
         if durable_queue(&q.name) {
             defs.queues.push(queue_def(vhost, q));
         }
+    }
+    for s in topo.streams.values() {
+        defs.queues.push(stream_def(vhost, s));
     }
     for kind in [PolicyKind::Policy, PolicyKind::Operator] {
         let list = topo

@@ -487,7 +487,16 @@ fn rebuild(
     }
     remove_orphan_dirs(&storage.dir.join("exchanges"), &kept_exchanges);
     let mut kept_queues = HashSet::new();
+    let mut kept_streams = HashSet::new();
     for q in state.queues.values() {
+        let arguments = json_to_table(&q.arguments);
+        if super::declare::is_stream(&arguments) {
+            let stream =
+                storage.open_stream(&name, &q.name, arguments, Arc::clone(clock), false)?;
+            kept_streams.insert(dir_name(&q.name));
+            topo.insert_stream(stream);
+            continue;
+        }
         let options = QueueOptions {
             durable: true,
             exclusive_owner: None,
@@ -499,6 +508,7 @@ fn rebuild(
         topo.insert_queue(queue);
     }
     remove_orphan_dirs(&storage.dir.join("queues"), &kept_queues);
+    remove_orphan_dirs(&storage.dir.join("streams"), &kept_streams);
     for b in state.bindings.values() {
         let destination = match b.destination_type.as_str() {
             "exchange" => Destination::Exchange(b.destination.clone()),

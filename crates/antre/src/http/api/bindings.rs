@@ -94,7 +94,9 @@ pub async fn of_queue(
     State(state): State<HttpState>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    super::queues::find(&state, &vhost, &name)?;
+    if !state.vhost(&vhost)?.has_queue(&name) {
+        super::queues::find(&state, &vhost, &name)?;
+    }
     let v = state.vhost(&vhost)?;
     let dest = Destination::Queue(name);
     Ok(Json(Value::Array(render_all(&v, |_, b| {

@@ -269,6 +269,9 @@ pub async fn aliveness(
         Default::default(),
         bytes::Bytes::from_static(b"test_message"),
     );
+    let antre_broker::vhost::DeclaredQueue::Queue(q) = q else {
+        return Err(ApiError::unavailable("aliveness-test is a stream"));
+    };
     q.publish(std::sync::Arc::new(message))?;
     match q.get(true) {
         Some(_) => Ok(Json(json!({ "status": "ok" }))),

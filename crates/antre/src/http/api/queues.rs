@@ -19,9 +19,18 @@ use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
 fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
     let mut out = Vec::new();
     for v in state.vhosts_for(vhost)? {
-        let mut queues = v.queues();
-        queues.sort_by(|a, b| a.name.cmp(&b.name));
-        out.extend(queues.iter().map(|q| render::queue(state, q)));
+        let queues = v.queues();
+        let mut all: Vec<(String, Value)> = queues
+            .iter()
+            .map(|q| (q.name.clone(), render::queue(state, q)))
+            .collect();
+        all.extend(
+            v.streams()
+                .iter()
+                .map(|s| (s.name.clone(), render::stream(s))),
+        );
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        out.extend(all.into_iter().map(|(_, q)| q));
     }
     Ok(out)
 }
@@ -67,6 +76,15 @@ pub async fn show(
     State(state): State<HttpState>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
+    if let Some(s) = state.vhost(&vhost)?.stream(&name) {
+        let mut body = render::stream(&s);
+        body["consumer_details"] = s
+            .consumers()
+            .iter()
+            .map(|c| render::stream_consumer(&state, &s, c))
+            .collect();
+        return Ok(Json(body));
+    }
     let q = find(&state, &vhost, &name)?;
     let mut body = render::queue(&state, &q);
     body["consumer_details"] = q
@@ -114,7 +132,7 @@ pub async fn declare(
         )));
     }
     let v = state.vhost(&vhost)?;
-    let existed = v.queues().iter().any(|q| q.name == name);
+    let existed = v.has_queue(&name);
     // What queue.declare needs: configure, and for a new dead-lettering
     // queue read on it and write on its dead letter exchange.
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
@@ -153,6 +171,11 @@ pub async fn remove(
     Path((vhost, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
+    if state.vhost(&vhost)?.stream(&name).is_some() {
+        user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
+        state.vhost(&vhost)?.delete_queue(&name, false, false, 0)?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let q = find(&state, &vhost, &name)?;
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
     let v = state.vhost(&vhost)?;
@@ -172,6 +195,11 @@ pub async fn purge(
     Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    if state.vhost(&vhost)?.stream(&name).is_some() {
+        return Err(ApiError::bad_request(format!(
+            "purge not supported by stream queues: '{name}' in vhost '{vhost}' is a stream"
+        )));
+    }
     let q = find(&state, &vhost, &name)?;
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Read)?;
     q.purge();

@@ -203,6 +203,61 @@ pub fn render(p: &mut Page, state: &HttpState) {
             p.sample(name, &[("vhost", &q.vhost), ("queue", &q.name)], value(q));
         }
     }
+    let mut streams = Vec::new();
+    for v in state.broker.vhosts() {
+        streams.extend(v.streams());
+    }
+    streams.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+    let infos: Vec<_> = streams.iter().map(|s| (s, s.info())).collect();
+    type StreamValue = fn(&antre_broker::stream::StreamInfo) -> u64;
+    let per_stream: [(&str, &str, &str, StreamValue); 6] = [
+        (
+            "antre_stream_messages",
+            "gauge",
+            "Messages a stream holds.",
+            |i| i.messages,
+        ),
+        (
+            "antre_stream_bytes",
+            "gauge",
+            "Bytes of a stream's segments on disk.",
+            |i| i.bytes,
+        ),
+        (
+            "antre_stream_segments",
+            "gauge",
+            "Segment files of a stream.",
+            |i| i.segments as u64,
+        ),
+        (
+            "antre_stream_consumers",
+            "gauge",
+            "Consumers of a stream.",
+            |i| u64::from(i.consumers),
+        ),
+        (
+            "antre_stream_messages_published_total",
+            "counter",
+            "Messages appended to a stream.",
+            |i| i.published,
+        ),
+        (
+            "antre_stream_messages_delivered_total",
+            "counter",
+            "Messages delivered from a stream.",
+            |i| i.delivered,
+        ),
+    ];
+    for (name, kind, help, value) in per_stream {
+        p.family(name, kind, help);
+        for (s, info) in &infos {
+            p.sample(
+                name,
+                &[("vhost", &s.vhost), ("stream", &s.name)],
+                value(info),
+            );
+        }
+    }
     p.histogram(
         "antre_store_fsync_seconds",
         "Duration of each group-commit fsync round of the message store.",

@@ -152,6 +152,10 @@ fn totals(p: &mut Page, state: &HttpState) -> u64 {
             queues += 1;
             consumers += u64::from(q.counts().consumers);
         }
+        for s in v.streams() {
+            queues += 1;
+            consumers += u64::from(s.info().consumers);
+        }
         let life = v.queue_lifecycle();
         declared += life.declared;
         created += life.created;

@@ -45,6 +45,7 @@ export async function queuesPage(view) {
     columns: [
       { title: "Vhost", sort: "vhost", cell: q => q.vhost },
       { title: "Name", sort: "name", cell: queueLink },
+      { title: "Type", sort: "type", cell: q => q.type || "classic" },
       { title: "Features", cell: features },
       { title: "Ready", sort: "messages_ready", num: true, cell: q => fmt(q.messages_ready) },
       { title: "Unacked", sort: "messages_unacknowledged", num: true, cell: q => fmt(q.messages_unacknowledged) },
@@ -148,6 +149,22 @@ function unbindButton(view, b) {
   });
 }
 
+function offsetText(o) {
+  return o === null || o === undefined ? "-" : fmt(o);
+}
+
+/// A stream's figures: messages stay after they are read, so offsets and
+/// size instead of ready and unacked.
+function streamStats(q) {
+  return [
+    stat("Messages", q.messages, "stream-messages"), stat("Size", bytes(q.message_bytes)),
+    stat("First offset", offsetText(q.first_offset), "stream-first"),
+    stat("Last offset", offsetText(q.last_offset), "stream-last"),
+    stat("Segments", q.segments), stat("Consumers", q.consumers, "queue-consumers"),
+    stat("Publish /s", q.message_stats.publish_details.rate), stat("Deliver /s", q.message_stats.deliver_get_details.rate),
+  ];
+}
+
 export async function queuePage(view, vhost, name) {
   const base = `/api/queues/${enc(vhost)}/${enc(name)}`;
   view.load(async () => {
@@ -156,13 +173,13 @@ export async function queuePage(view, vhost, name) {
     const hist = record(`queue ${vhost} ${name}`, {
       ready: q.messages_ready, unacked: q.messages_unacknowledged,
       publish: ms.publish_details.rate, deliver: ms.deliver_get_details.rate,
-      ack: ms.ack_details.rate, redeliver: ms.redeliver_details.rate,
+      ack: ms.ack_details ? ms.ack_details.rate : 0, redeliver: ms.redeliver_details ? ms.redeliver_details.rate : 0,
     });
     return { q, bindings, hist };
   });
   return [
     h("h1", {}, `Queue ${name} `, h("span", { class: "muted" }, `in vhost ${vhost}`)),
-    view.live(({ q }) => [
+    view.live(({ q }) => q.type === "stream" ? streamStats(q) : [
       stat("Ready", q.messages_ready, "queue-ready"), stat("Unacked", q.messages_unacknowledged, "queue-unacked"),
       stat("Total", q.messages, "queue-total"), stat("Consumers", q.consumers, "queue-consumers"),
       stat("Publish /s", q.message_stats.publish_details.rate), stat("Deliver /s", q.message_stats.deliver_get_details.rate),
@@ -190,6 +207,7 @@ export async function queuePage(view, vhost, name) {
       { title: "Exclusive", cell: c => c.exclusive ? "yes" : "no" },
       { title: "Prefetch", num: true, cell: c => fmt(c.prefetch_count) },
       { title: "Unacked", num: true, cell: c => fmt(c.messages_unacknowledged) },
+      ...(q.type === "stream" ? [{ title: "Next offset", num: true, cell: c => offsetText(c.offset) }] : []),
     ], q.consumer_details || [], "No consumers.")),
     h("h2", {}, "Bindings"),
     view.live(({ bindings }) => table([

@@ -1,0 +1,183 @@
+use std::sync::Arc;
+
+use antre_amqp::{BasicProperties, FieldTable};
+use bytes::Bytes;
+
+use super::*;
+use crate::clock::ManualClock;
+
+fn open(dir: &Path, clock: Arc<ManualClock>, args: FieldTable) -> Arc<Stream> {
+    Stream::open("/", "events", args, dir, clock).unwrap()
+}
+
+fn msg(body: &str) -> Message {
+    Message::new(
+        "".into(),
+        "events".into(),
+        BasicProperties::default(),
+        Bytes::from(body.to_owned()),
+    )
+}
+
+/// Every record a reader can read now, as (offset, body).
+fn drain(reader: &mut Reader) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    while let Some(chunk) = reader.next_chunk().unwrap() {
+        for (offset, raw) in chunk.records().unwrap() {
+            if offset < reader.skip_below() {
+                continue;
+            }
+            let m = record::from_record(raw, "events", 0).unwrap();
+            out.push((offset, String::from_utf8(m.body.to_vec()).unwrap()));
+        }
+    }
+    out
+}
+
+fn bodies(records: &[(u64, String)]) -> Vec<&str> {
+    records.iter().map(|(_, b)| b.as_str()).collect()
+}
+
+#[test]
+fn readers_start_where_their_offset_spec_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at(1_000));
+    let s = open(dir.path(), Arc::clone(&clock), FieldTable::default());
+    for i in 0..3 {
+        s.publish(&msg(&format!("a{i}"))).unwrap();
+    }
+    s.flush();
+    clock.advance(1_000);
+    for i in 0..2 {
+        s.publish(&msg(&format!("b{i}"))).unwrap();
+    }
+    s.flush();
+    let mut next = s.reader(OffsetSpec::Next).unwrap();
+    let first = drain(&mut s.reader(OffsetSpec::First).unwrap());
+    assert_eq!(bodies(&first), ["a0", "a1", "a2", "b0", "b1"]);
+    assert_eq!(first[3].0, 3);
+    assert_eq!(
+        bodies(&drain(&mut s.reader(OffsetSpec::Last).unwrap())),
+        ["b0", "b1"]
+    );
+    assert_eq!(
+        bodies(&drain(&mut s.reader(OffsetSpec::Offset(2)).unwrap())),
+        ["a2", "b0", "b1"]
+    );
+    assert_eq!(
+        bodies(&drain(&mut s.reader(OffsetSpec::Timestamp(1_500)).unwrap())),
+        ["b0", "b1"]
+    );
+    assert!(drain(&mut next).is_empty());
+    s.publish(&msg("c")).unwrap();
+    s.flush();
+    assert_eq!(drain(&mut next), [(5, "c".to_owned())]);
+    // Past the end: waits for that offset.
+    let mut ahead = s.reader(OffsetSpec::Offset(8)).unwrap();
+    for b in ["d", "e", "f"] {
+        s.publish(&msg(b)).unwrap();
+    }
+    s.flush();
+    assert_eq!(drain(&mut ahead), [(8, "f".to_owned())]);
+}
+
+#[test]
+fn a_waiting_reader_is_woken_by_the_next_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        Arc::new(ManualClock::at(0)),
+        FieldTable::default(),
+    );
+    let woken = Arc::new(AtomicU64::new(0));
+    let w = Arc::clone(&woken);
+    assert!(!s.wait(
+        0,
+        StreamWaker::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        })
+    ));
+    s.publish(&msg("x")).unwrap();
+    assert_eq!(
+        woken.load(Ordering::Relaxed),
+        0,
+        "the open chunk is not visible yet"
+    );
+    s.flush();
+    assert_eq!(woken.load(Ordering::Relaxed), 1);
+    assert!(
+        s.wait(0, StreamWaker::new(|| {})),
+        "data there: no need to wait"
+    );
+}
+
+#[test]
+fn a_reopened_stream_keeps_its_offsets_and_appends_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at(0));
+    let s = open(dir.path(), Arc::clone(&clock), FieldTable::default());
+    for i in 0..5 {
+        s.publish(&msg(&i.to_string())).unwrap();
+    }
+    s.close();
+    let s = open(dir.path(), clock, FieldTable::default());
+    s.publish(&msg("5")).unwrap();
+    s.flush();
+    let all = drain(&mut s.reader(OffsetSpec::First).unwrap());
+    let want: Vec<(u64, String)> = (0..6).map(|i| (i, i.to_string())).collect();
+    assert_eq!(all, want);
+    assert_eq!(s.info().last_offset, Some(5));
+}
+
+#[test]
+fn retention_by_size_drops_old_segments_and_first_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length-bytes", antre_amqp::FieldValue::I64(5_000));
+    args.insert(
+        "x-stream-max-segment-size-bytes",
+        antre_amqp::FieldValue::I64(1_000),
+    );
+    let s = open(dir.path(), Arc::new(ManualClock::at(0)), args);
+    let mut reader = s.reader(OffsetSpec::First).unwrap();
+    for i in 0..200 {
+        s.publish(&msg(&format!("{i:0>100}"))).unwrap();
+        s.flush();
+    }
+    let info = s.info();
+    assert!(info.bytes <= 6_000, "{info:?}");
+    assert!(info.first_offset > 0);
+    // A reader left behind goes on from the oldest segment left.
+    let got = drain(&mut reader);
+    assert!(
+        got.len() < 200 && got.last().unwrap().0 == 199,
+        "{}",
+        got.len()
+    );
+    let first = drain(&mut s.reader(OffsetSpec::First).unwrap());
+    assert_eq!(first[0].0, s.info().first_offset);
+}
+
+#[test]
+fn retention_by_age_needs_time_to_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-age", antre_amqp::FieldValue::string("10s"));
+    args.insert(
+        "x-stream-max-segment-size-bytes",
+        antre_amqp::FieldValue::I64(500),
+    );
+    let clock = Arc::new(ManualClock::at(0));
+    let s = open(dir.path(), Arc::clone(&clock), args);
+    for i in 0..20 {
+        s.publish(&msg(&format!("{i:0>100}"))).unwrap();
+        s.flush();
+    }
+    s.tick(5_000);
+    assert_eq!(s.info().first_offset, 0);
+    clock.advance(20_000);
+    s.tick(20_000);
+    let info = s.info();
+    assert_eq!(info.segments, 1, "only the segment being written stays");
+    assert!(info.first_offset > 0);
+}

@@ -1,0 +1,1051 @@
+//! One stream-protocol connection: its task, its handshake (peer
+//! properties, SASL PLAIN through the broker's access module, tune, open),
+//! publishers (confirms after the group commit, deduplication by publishing
+//! id for named publishers), subscriptions (whole stored chunks, sent while
+//! the subscription has chunk credit), offset tracking, and stream and
+//! super-stream management.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use antre_broker::access::{Perm, ResourceKind};
+use antre_broker::durable::{add_once, Durable};
+use antre_broker::queue::{Delivery, DeliverySink};
+use antre_broker::stream::{OffsetSpec, Reader, Stream, StreamConsumer, StreamWaker};
+use antre_broker::{Broker, Credit, Vhost};
+use antre_stream_proto::chunk::{without_trailer, HEADER_SIZE};
+use antre_stream_proto::frame::{
+    code, key, split_frame, OffsetSpecification, Properties, Request, ServerFrame, StreamMetadata,
+};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use super::admin;
+use super::sac::{GroupKey, Groups};
+
+/// The frame_max the server proposes (RabbitMQ's stream default).
+pub const FRAME_MAX: u32 = 1_048_576;
+/// The largest frame accepted before the connection is open.
+const INITIAL_FRAME_MAX: u32 = 8192;
+
+/// What the broker tells a connection's task.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// A sync it asked for finished.
+    Synced(u64, bool),
+    /// A stream a subscription waits on has a new chunk.
+    Ready(u8),
+    /// A stream a subscription reads was deleted.
+    Gone(u8),
+    /// A single-active-consumer subscription becomes active (true) or is
+    /// asked to step down (false).
+    ConsumerUpdate(u8, bool),
+}
+
+/// Carries the broker's callbacks into the connection's task.
+#[derive(Debug)]
+struct Sink(mpsc::UnboundedSender<Event>);
+
+impl DeliverySink for Sink {
+    fn deliver(&self, delivery: Delivery) -> Result<(), Box<Delivery>> {
+        // Streams never push deliveries.
+        Err(Box::new(delivery))
+    }
+
+    fn cancel(&self, consumer_tag: &str) {
+        if let Ok(id) = consumer_tag.parse() {
+            let _ = self.0.send(Event::Gone(id));
+        }
+    }
+
+    fn synced(&self, token: u64, ok: bool) {
+        let _ = self.0.send(Event::Synced(token, ok));
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    PeerProperties,
+    Sasl,
+    Tune,
+    Open,
+    Ready,
+    Closing,
+}
+
+struct Publisher {
+    stream: Arc<Stream>,
+    reference: Option<String>,
+}
+
+struct Subscription {
+    stream: Arc<Stream>,
+    /// None while a single active consumer is not the active one.
+    reader: Option<Reader>,
+    consumer: u64,
+    /// The next offset it gets, for the management API.
+    offset: Arc<AtomicU64>,
+    credit: u32,
+    parked: bool,
+    /// Its single-active-consumer group, if it is in one.
+    group: Option<GroupKey>,
+}
+
+/// A stream-protocol connection.
+pub struct Connection {
+    broker: Arc<Broker>,
+    groups: Arc<Groups>,
+    /// Tells this connection's members of groups apart.
+    id: u64,
+    /// Correlation ids of the ConsumerUpdate requests this side sends.
+    next_corr: u32,
+    /// ConsumerUpdate requests awaiting the client's answer: the
+    /// subscription and whether it was told it is active.
+    updates: HashMap<u32, (u8, bool)>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    phase: Phase,
+    user: String,
+    vhost: Option<Arc<Vhost>>,
+    frame_max: u32,
+    heartbeat: u32,
+    deliver_version: u16,
+    publishers: HashMap<u8, Publisher>,
+    subscriptions: HashMap<u8, Subscription>,
+    out: BytesMut,
+    events: mpsc::UnboundedSender<Event>,
+    sink: Arc<Sink>,
+    /// Confirms of this read's publishes, by publisher.
+    confirms: Vec<(u8, Vec<u64>)>,
+    /// Streams this read's publishes wrote to.
+    dirty: Vec<Arc<dyn Durable>>,
+    /// Confirms waiting for their sync, by token.
+    waiting: HashMap<u64, Vec<(u8, Vec<u64>)>>,
+    next_token: u64,
+    accepted: Vec<bool>,
+}
+
+impl Connection {
+    /// Serves a connection until it closes or the server shuts down.
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut socket: S,
+        broker: Arc<Broker>,
+        groups: Arc<Groups>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let id = broker.next_id();
+        let mut c = Connection {
+            broker,
+            groups,
+            id,
+            next_corr: 1,
+            updates: HashMap::new(),
+            peer,
+            local,
+            phase: Phase::PeerProperties,
+            user: String::new(),
+            vhost: None,
+            frame_max: INITIAL_FRAME_MAX,
+            heartbeat: 60,
+            deliver_version: 1,
+            publishers: HashMap::new(),
+            subscriptions: HashMap::new(),
+            out: BytesMut::with_capacity(64 * 1024),
+            events: tx.clone(),
+            sink: Arc::new(Sink(tx)),
+            confirms: Vec::new(),
+            dirty: Vec::new(),
+            waiting: HashMap::new(),
+            next_token: 1,
+            accepted: Vec::new(),
+        };
+        let mut input = BytesMut::with_capacity(64 * 1024);
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
+        loop {
+            tokio::select! {
+                read = socket.read_buf(&mut input) => {
+                    match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            last_read = Instant::now();
+                            if !c.receive(&mut input) {
+                                let _ = socket.write_all(&c.out).await;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(event) = rx.recv() => {
+                    c.event(event);
+                    while let Ok(more) = rx.try_recv() {
+                        c.event(more);
+                    }
+                }
+                _ = ticker.tick() => {
+                    let hb = Duration::from_secs(u64::from(c.heartbeat));
+                    if c.heartbeat > 0 && c.phase == Phase::Ready {
+                        if last_read.elapsed() > hb * 2 {
+                            tracing::info!(peer = %c.peer, "stream connection missed heartbeats");
+                            break;
+                        }
+                        if last_write.elapsed() >= hb / 2 {
+                            ServerFrame::Heartbeat.encode(&mut c.out);
+                        }
+                    }
+                }
+                _ = shutdown.changed() => {
+                    ServerFrame::Close { corr: 0, code: code::OK, reason: "broker shutting down".into() }
+                        .encode(&mut c.out);
+                    let _ = socket.write_all(&c.out).await;
+                    break;
+                }
+            }
+            if !c.out.is_empty() {
+                if socket.write_all(&c.out).await.is_err() {
+                    break;
+                }
+                c.out.clear();
+                last_write = Instant::now();
+            }
+            if c.phase == Phase::Closing {
+                let _ = socket.flush().await;
+                break;
+            }
+        }
+        c.teardown();
+    }
+
+    /// Handles every whole frame read; false when the connection must end.
+    fn receive(&mut self, input: &mut BytesMut) -> bool {
+        loop {
+            let max = if self.phase == Phase::Ready {
+                self.frame_max
+            } else {
+                INITIAL_FRAME_MAX.max(self.frame_max.min(FRAME_MAX))
+            };
+            let frame = match split_frame(input, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, "stream frame refused: {e}");
+                    self.close(code::FRAME_TOO_LARGE, "frame too large");
+                    return false;
+                }
+            };
+            match Request::decode(frame) {
+                Ok(req) => self.handle(req),
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, "bad stream frame: {e}");
+                    self.close(code::UNKNOWN_FRAME, &e.to_string());
+                    return false;
+                }
+            }
+            if self.phase == Phase::Closing {
+                return false;
+            }
+        }
+        self.request_confirms();
+        self.pump_all();
+        true
+    }
+
+    fn close(&mut self, c: u16, reason: &str) {
+        ServerFrame::Close {
+            corr: 0,
+            code: c,
+            reason: reason.to_owned(),
+        }
+        .encode(&mut self.out);
+        self.phase = Phase::Closing;
+    }
+
+    fn respond(&mut self, k: u16, corr: u32, c: u16) {
+        ServerFrame::Response {
+            key: k,
+            corr,
+            code: c,
+        }
+        .encode(&mut self.out);
+    }
+
+    fn handle(&mut self, req: Request) {
+        let allowed = matches!(
+            (&self.phase, &req),
+            (
+                _,
+                Request::Heartbeat | Request::Close { .. } | Request::CloseResponse { .. }
+            ) | (Phase::PeerProperties, Request::PeerProperties { .. })
+                | (
+                    Phase::Sasl,
+                    Request::SaslHandshake { .. } | Request::SaslAuthenticate { .. }
+                )
+                | (Phase::Tune, Request::Tune { .. })
+                | (Phase::Open, Request::Open { .. })
+                | (Phase::Ready, _)
+        );
+        if !allowed {
+            self.close(code::UNKNOWN_FRAME, "unexpected frame in this state");
+            return;
+        }
+        match req {
+            Request::PeerProperties { corr, .. } => {
+                let properties = vec![
+                    ("product".to_owned(), "antre".to_owned()),
+                    ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+                    ("platform".to_owned(), "Rust".to_owned()),
+                ];
+                ServerFrame::PeerPropertiesResponse {
+                    corr,
+                    code: code::OK,
+                    properties,
+                }
+                .encode(&mut self.out);
+                self.phase = Phase::Sasl;
+            }
+            Request::SaslHandshake { corr } => ServerFrame::SaslHandshakeResponse {
+                corr,
+                code: code::OK,
+                mechanisms: vec!["PLAIN".into()],
+            }
+            .encode(&mut self.out),
+            Request::SaslAuthenticate {
+                corr,
+                mechanism,
+                data,
+            } => self.authenticate(corr, &mechanism, &data),
+            Request::Tune {
+                frame_max,
+                heartbeat,
+            } => {
+                self.frame_max = if frame_max == 0 {
+                    FRAME_MAX
+                } else {
+                    frame_max.min(FRAME_MAX)
+                };
+                self.heartbeat = heartbeat;
+                self.phase = Phase::Open;
+            }
+            Request::Open { corr, vhost } => self.open(corr, &vhost),
+            Request::Close { corr, .. } => {
+                self.respond(key::CLOSE, corr, code::OK);
+                self.phase = Phase::Closing;
+            }
+            Request::CloseResponse { .. } => self.phase = Phase::Closing,
+            Request::Heartbeat => {}
+            other => self.command(other),
+        }
+    }
+
+    fn authenticate(&mut self, corr: u32, mechanism: &str, data: &[u8]) {
+        if mechanism != "PLAIN" {
+            self.respond(
+                key::SASL_AUTHENTICATE,
+                corr,
+                code::SASL_MECHANISM_NOT_SUPPORTED,
+            );
+            return;
+        }
+        // PLAIN: authzid NUL authcid NUL password.
+        let mut parts = data.split(|b| *b == 0).skip(1);
+        let user = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        let password = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        let loopback = self.peer.ip().is_loopback();
+        match self.broker.authenticate(&user, &password, loopback) {
+            Ok(()) => {
+                self.user = user;
+                self.respond(key::SASL_AUTHENTICATE, corr, code::OK);
+                ServerFrame::Tune {
+                    frame_max: FRAME_MAX,
+                    heartbeat: 60,
+                }
+                .encode(&mut self.out);
+                self.phase = Phase::Tune;
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.peer, "stream login refused: {e}");
+                let c = match e {
+                    antre_broker::LoginError::LoopbackOnly(_) => {
+                        code::SASL_AUTHENTICATION_FAILURE_LOOPBACK
+                    }
+                    _ => code::AUTHENTICATION_FAILURE,
+                };
+                self.respond(key::SASL_AUTHENTICATE, corr, c);
+                self.phase = Phase::Closing;
+            }
+        }
+    }
+
+    fn open(&mut self, corr: u32, vhost: &str) {
+        let found = self.broker.vhost(vhost);
+        match found.filter(|_| self.broker.access().vhost_access(&self.user, vhost)) {
+            Some(v) => {
+                self.vhost = Some(v);
+                let properties = vec![
+                    ("advertised_host".to_owned(), self.local.ip().to_string()),
+                    ("advertised_port".to_owned(), self.local.port().to_string()),
+                ];
+                ServerFrame::OpenResponse {
+                    corr,
+                    code: code::OK,
+                    properties,
+                }
+                .encode(&mut self.out);
+                self.phase = Phase::Ready;
+            }
+            None => {
+                self.respond(key::OPEN, corr, code::VIRTUAL_HOST_ACCESS_FAILURE);
+                self.phase = Phase::Closing;
+            }
+        }
+    }
+
+    /// Checks the user's permission on a stream.
+    fn permit(&self, stream: &str, perm: Perm) -> bool {
+        let Some(v) = &self.vhost else { return false };
+        let access = self.broker.access();
+        access
+            .check(&self.user, &v.name, ResourceKind::Queue, stream, perm)
+            .is_ok()
+    }
+
+    fn stream(&self, name: &str) -> Option<Arc<Stream>> {
+        self.vhost.as_ref()?.stream(name)
+    }
+
+    fn command(&mut self, req: Request) {
+        let Some(vhost) = self.vhost.clone() else {
+            return;
+        };
+        match req {
+            Request::DeclarePublisher {
+                corr,
+                publisher_id,
+                reference,
+                stream,
+            } => {
+                let c = match self.stream(&stream) {
+                    _ if self.publishers.contains_key(&publisher_id) => code::PRECONDITION_FAILED,
+                    _ if !self.permit(&stream, Perm::Write) => code::ACCESS_REFUSED,
+                    None => code::STREAM_DOES_NOT_EXIST,
+                    Some(s) => {
+                        self.publishers.insert(
+                            publisher_id,
+                            Publisher {
+                                stream: s,
+                                reference,
+                            },
+                        );
+                        code::OK
+                    }
+                };
+                self.respond(key::DECLARE_PUBLISHER, corr, c);
+            }
+            Request::Publish {
+                publisher_id,
+                messages,
+                ..
+            } => self.publish(publisher_id, messages),
+            Request::QueryPublisherSequence {
+                corr,
+                reference,
+                stream,
+            } => {
+                let (c, sequence) = match self.stream(&stream) {
+                    Some(s) => (code::OK, s.last_sequence(&reference).unwrap_or(0)),
+                    None => (code::STREAM_DOES_NOT_EXIST, 0),
+                };
+                ServerFrame::QueryPublisherSequenceResponse {
+                    corr,
+                    code: c,
+                    sequence,
+                }
+                .encode(&mut self.out);
+            }
+            Request::DeletePublisher { corr, publisher_id } => {
+                let c = match self.publishers.remove(&publisher_id) {
+                    Some(_) => code::OK,
+                    None => code::PUBLISHER_DOES_NOT_EXIST,
+                };
+                self.respond(key::DELETE_PUBLISHER, corr, c);
+            }
+            Request::Subscribe {
+                corr,
+                subscription_id,
+                stream,
+                offset,
+                credit,
+                properties,
+            } => self.subscribe(corr, subscription_id, &stream, offset, credit, &properties),
+            Request::Credit {
+                subscription_id,
+                credit,
+            } => match self.subscriptions.get_mut(&subscription_id) {
+                Some(sub) => {
+                    sub.credit = sub.credit.saturating_add(u32::from(credit));
+                    sub.parked = false;
+                }
+                None => ServerFrame::CreditResponse {
+                    code: code::SUBSCRIPTION_ID_DOES_NOT_EXIST,
+                    subscription_id,
+                }
+                .encode(&mut self.out),
+            },
+            Request::StoreOffset {
+                reference,
+                stream,
+                offset,
+            } => {
+                if let Some(s) = self
+                    .stream(&stream)
+                    .filter(|_| self.permit(&stream, Perm::Read))
+                {
+                    if let Err(e) = s.store_offset(&reference, offset) {
+                        tracing::warn!(stream, "storing an offset failed: {e}");
+                    } else {
+                        add_once(&mut self.dirty, s as Arc<dyn Durable>);
+                    }
+                }
+            }
+            Request::QueryOffset {
+                corr,
+                reference,
+                stream,
+            } => {
+                let (c, offset) = match self.stream(&stream).map(|s| s.query_offset(&reference)) {
+                    Some(Some(o)) => (code::OK, o),
+                    Some(None) => (code::NO_OFFSET, 0),
+                    None => (code::STREAM_DOES_NOT_EXIST, 0),
+                };
+                ServerFrame::QueryOffsetResponse {
+                    corr,
+                    code: c,
+                    offset,
+                }
+                .encode(&mut self.out);
+            }
+            Request::Unsubscribe {
+                corr,
+                subscription_id,
+            } => {
+                let c = match self.subscriptions.remove(&subscription_id) {
+                    Some(sub) => {
+                        self.forget(subscription_id, sub);
+                        code::OK
+                    }
+                    None => code::SUBSCRIPTION_ID_DOES_NOT_EXIST,
+                };
+                self.respond(key::UNSUBSCRIBE, corr, c);
+            }
+            Request::Create {
+                corr,
+                stream,
+                arguments,
+            } => {
+                let c = if self.permit(&stream, Perm::Configure) {
+                    admin::create(&vhost, &stream, &arguments)
+                } else {
+                    code::ACCESS_REFUSED
+                };
+                self.respond(key::CREATE, corr, c);
+            }
+            Request::Delete { corr, stream } => {
+                let c = if self.permit(&stream, Perm::Configure) {
+                    admin::delete(&vhost, &stream)
+                } else {
+                    code::ACCESS_REFUSED
+                };
+                self.respond(key::DELETE, corr, c);
+            }
+            Request::Metadata { corr, streams } => self.metadata(corr, streams),
+            Request::Route {
+                corr,
+                routing_key,
+                super_stream,
+            } => {
+                let (c, streams) = admin::route(&vhost, &super_stream, &routing_key);
+                ServerFrame::RouteResponse {
+                    corr,
+                    code: c,
+                    streams,
+                }
+                .encode(&mut self.out);
+            }
+            Request::Partitions { corr, super_stream } => {
+                let (c, streams) = admin::partitions(&vhost, &super_stream);
+                ServerFrame::PartitionsResponse {
+                    corr,
+                    code: c,
+                    streams,
+                }
+                .encode(&mut self.out);
+            }
+            Request::ExchangeCommandVersions { corr, commands } => {
+                let client_deliver = commands
+                    .iter()
+                    .find(|(k, _, _)| *k == key::DELIVER)
+                    .map_or(1, |(_, _, max)| *max);
+                self.deliver_version = client_deliver.clamp(1, 2);
+                ServerFrame::ExchangeCommandVersionsResponse {
+                    corr,
+                    code: code::OK,
+                    commands: supported_versions(),
+                }
+                .encode(&mut self.out);
+            }
+            Request::StreamStats { corr, stream } => {
+                let (c, stats) = match self.stream(&stream) {
+                    Some(s) => {
+                        let info = s.info();
+                        let committed = info.last_chunk_id.map_or(-1, |o| o as i64);
+                        let stats = vec![
+                            ("first_chunk_id".to_owned(), info.first_offset as i64),
+                            ("committed_chunk_id".to_owned(), committed),
+                        ];
+                        (code::OK, stats)
+                    }
+                    None => (code::STREAM_DOES_NOT_EXIST, Vec::new()),
+                };
+                ServerFrame::StreamStatsResponse {
+                    corr,
+                    code: c,
+                    stats,
+                }
+                .encode(&mut self.out);
+            }
+            Request::CreateSuperStream {
+                corr,
+                name,
+                partitions,
+                binding_keys,
+                arguments,
+            } => {
+                let c = if self.permit(&name, Perm::Configure) {
+                    admin::create_super_stream(
+                        &vhost,
+                        &name,
+                        &partitions,
+                        &binding_keys,
+                        &arguments,
+                    )
+                } else {
+                    code::ACCESS_REFUSED
+                };
+                self.respond(key::CREATE_SUPER_STREAM, corr, c);
+            }
+            Request::DeleteSuperStream { corr, name } => {
+                let c = if self.permit(&name, Perm::Configure) {
+                    admin::delete_super_stream(&vhost, &name)
+                } else {
+                    code::ACCESS_REFUSED
+                };
+                self.respond(key::DELETE_SUPER_STREAM, corr, c);
+            }
+            Request::ConsumerUpdateResponse { corr, offset, .. } => {
+                self.consumer_updated(corr, offset)
+            }
+            _ => {}
+        }
+    }
+
+    fn metadata(&mut self, corr: u32, streams: Vec<String>) {
+        let streams = streams
+            .into_iter()
+            .map(|name| {
+                let exists = self.stream(&name).is_some();
+                StreamMetadata {
+                    code: if exists {
+                        code::OK
+                    } else {
+                        code::STREAM_DOES_NOT_EXIST
+                    },
+                    leader: if exists { 0 } else { u16::MAX },
+                    replicas: Vec::new(),
+                    name,
+                }
+            })
+            .collect();
+        let host = self.local.ip().to_string();
+        ServerFrame::MetadataResponse {
+            corr,
+            brokers: vec![(0, host, u32::from(self.local.port()))],
+            streams,
+        }
+        .encode(&mut self.out);
+    }
+
+    fn publish(
+        &mut self,
+        publisher_id: u8,
+        messages: Vec<antre_stream_proto::frame::PublishedMessage>,
+    ) {
+        let Some(p) = self.publishers.get(&publisher_id) else {
+            let errors = messages
+                .iter()
+                .map(|m| (m.publishing_id, code::PUBLISHER_DOES_NOT_EXIST))
+                .collect();
+            ServerFrame::PublishError {
+                publisher_id,
+                errors,
+            }
+            .encode(&mut self.out);
+            return;
+        };
+        let records: Vec<(u64, Bytes)> = messages
+            .into_iter()
+            .map(|m| (m.publishing_id, m.message))
+            .collect();
+        let stream = Arc::clone(&p.stream);
+        let reference = p.reference.clone();
+        let mut accepted = std::mem::take(&mut self.accepted);
+        match stream.publish_records(reference.as_deref(), &records, &mut accepted) {
+            Ok(()) => {
+                // Duplicates are confirmed too: the publisher retried one
+                // that is already stored.
+                let ids = records.iter().map(|(id, _)| *id);
+                match self.confirms.iter_mut().find(|(p, _)| *p == publisher_id) {
+                    Some((_, list)) => list.extend(ids),
+                    None => self.confirms.push((publisher_id, ids.collect())),
+                }
+                if accepted.iter().any(|a| *a) {
+                    add_once(&mut self.dirty, stream as Arc<dyn Durable>);
+                }
+            }
+            Err(e) => {
+                let c = admin::response_code(&e);
+                let errors = records.iter().map(|(id, _)| (*id, c)).collect();
+                ServerFrame::PublishError {
+                    publisher_id,
+                    errors,
+                }
+                .encode(&mut self.out);
+            }
+        }
+        self.accepted = accepted;
+    }
+
+    /// Asks the syncer to make this read's publishes durable; their
+    /// confirms go out when it answers.
+    fn request_confirms(&mut self) {
+        if self.confirms.is_empty() && self.dirty.is_empty() {
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let confirms = std::mem::take(&mut self.confirms);
+        let dirty = std::mem::take(&mut self.dirty);
+        match self.broker.syncer() {
+            Some(syncer) => {
+                self.waiting.insert(token, confirms);
+                syncer.request(
+                    dirty,
+                    Arc::clone(&self.sink) as Arc<dyn DeliverySink>,
+                    token,
+                );
+            }
+            None => {
+                for d in &dirty {
+                    d.flush();
+                }
+                self.send_confirms(confirms, true);
+            }
+        }
+    }
+
+    fn send_confirms(&mut self, confirms: Vec<(u8, Vec<u64>)>, ok: bool) {
+        for (publisher_id, ids) in confirms {
+            if ok {
+                ServerFrame::PublishConfirm { publisher_id, ids }.encode(&mut self.out);
+            } else {
+                let errors = ids
+                    .into_iter()
+                    .map(|id| (id, code::INTERNAL_ERROR))
+                    .collect();
+                ServerFrame::PublishError {
+                    publisher_id,
+                    errors,
+                }
+                .encode(&mut self.out);
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Synced(token, ok) => {
+                if let Some(confirms) = self.waiting.remove(&token) {
+                    self.send_confirms(confirms, ok);
+                }
+            }
+            Event::Ready(id) => {
+                if let Some(sub) = self.subscriptions.get_mut(&id) {
+                    sub.parked = false;
+                }
+            }
+            Event::Gone(id) => {
+                if let Some(sub) = self.subscriptions.remove(&id) {
+                    ServerFrame::MetadataUpdate {
+                        code: code::STREAM_NOT_AVAILABLE,
+                        stream: sub.stream.name.clone(),
+                    }
+                    .encode(&mut self.out);
+                    self.forget(id, sub);
+                }
+            }
+            Event::ConsumerUpdate(id, active) => {
+                if self.subscriptions.contains_key(&id) {
+                    let corr = self.next_corr;
+                    self.next_corr = self.next_corr.wrapping_add(1);
+                    self.updates.insert(corr, (id, active));
+                    ServerFrame::ConsumerUpdate {
+                        corr,
+                        subscription_id: id,
+                        active,
+                    }
+                    .encode(&mut self.out);
+                }
+            }
+        }
+        self.pump_all();
+    }
+
+    fn subscribe(
+        &mut self,
+        corr: u32,
+        id: u8,
+        stream: &str,
+        offset: OffsetSpecification,
+        credit: u16,
+        properties: &Properties,
+    ) {
+        if self.subscriptions.contains_key(&id) {
+            self.respond(key::SUBSCRIBE, corr, code::SUBSCRIPTION_ID_ALREADY_EXISTS);
+            return;
+        }
+        if !self.permit(stream, Perm::Read) {
+            self.respond(key::SUBSCRIBE, corr, code::ACCESS_REFUSED);
+            return;
+        }
+        let Some(s) = self.stream(stream) else {
+            self.respond(key::SUBSCRIBE, corr, code::STREAM_DOES_NOT_EXIST);
+            return;
+        };
+        let property = |name: &str| {
+            properties
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let group = if property("single-active-consumer") == Some("true") {
+            // RabbitMQ groups by consumer name: without one there is no
+            // group to join.
+            let Some(name) = property("name") else {
+                self.respond(key::SUBSCRIBE, corr, code::PRECONDITION_FAILED);
+                return;
+            };
+            Some((s.vhost.clone(), stream.to_owned(), name.to_owned()))
+        } else {
+            None
+        };
+        // A single active consumer reads only once active, from where the
+        // client says then.
+        let reader = if group.is_some() {
+            None
+        } else {
+            match s.reader(offset_spec(offset)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.respond(key::SUBSCRIBE, corr, admin::response_code(&e));
+                    return;
+                }
+            }
+        };
+        let consumer = self.broker.next_id();
+        let position = reader.as_ref().map_or(0, Reader::position);
+        let offset = Arc::new(AtomicU64::new(position));
+        let registered = s.add_consumer(StreamConsumer {
+            id: consumer,
+            tag: id.to_string().into(),
+            connection: 0,
+            channel: 0,
+            sink: Arc::clone(&self.sink) as Arc<dyn DeliverySink>,
+            credit: Credit::new(0),
+            offset: Arc::clone(&offset),
+        });
+        if let Err(e) = registered {
+            self.respond(key::SUBSCRIBE, corr, admin::response_code(&e));
+            return;
+        }
+        self.subscriptions.insert(
+            id,
+            Subscription {
+                stream: s,
+                reader,
+                consumer,
+                offset,
+                credit: u32::from(credit),
+                parked: false,
+                group: group.clone(),
+            },
+        );
+        self.respond(key::SUBSCRIBE, corr, code::OK);
+        if let Some(key) = group {
+            let partition = property("super-stream").and_then(|super_stream| {
+                let vhost = self.vhost.as_ref()?;
+                let (_, partitions) = admin::partitions(vhost, super_stream);
+                partitions.iter().position(|p| p == stream)
+            });
+            let events = self.events.clone();
+            self.groups.register(key, partition, self.id, id, events);
+        }
+    }
+
+    /// The client answered a ConsumerUpdate: an activated subscription
+    /// starts reading where it says; one that stepped down stops, and its
+    /// group's chosen member takes over.
+    fn consumer_updated(&mut self, corr: u32, offset: Option<OffsetSpecification>) {
+        let Some((id, active)) = self.updates.remove(&corr) else {
+            return;
+        };
+        let Some(sub) = self.subscriptions.get_mut(&id) else {
+            return;
+        };
+        if active {
+            let spec = offset_spec(offset.unwrap_or(OffsetSpecification::Next));
+            match sub.stream.reader(spec) {
+                Ok(r) => {
+                    sub.offset.store(r.position(), Ordering::Relaxed);
+                    sub.reader = Some(r);
+                    sub.parked = false;
+                }
+                Err(e) => tracing::warn!(stream = sub.stream.name, "activating a reader: {e}"),
+            }
+        } else {
+            sub.reader = None;
+            if let Some(key) = &sub.group {
+                self.groups.stepped_down(key);
+            }
+        }
+    }
+
+    /// Lets go of a subscription removed from the map.
+    fn forget(&mut self, id: u8, sub: Subscription) {
+        sub.stream.remove_consumer(sub.consumer);
+        if let Some(key) = &sub.group {
+            self.groups.remove(key, self.id, id);
+        }
+    }
+
+    /// Sends chunks to every subscription with credit.
+    fn pump_all(&mut self) {
+        let ids: Vec<u8> = self.subscriptions.keys().copied().collect();
+        for id in ids {
+            self.pump(id);
+        }
+    }
+
+    fn pump(&mut self, id: u8) {
+        let events = self.events.clone();
+        let version = self.deliver_version;
+        let Some(sub) = self.subscriptions.get_mut(&id) else {
+            return;
+        };
+        let mut retried = false;
+        while sub.credit > 0 && !sub.parked {
+            let Some(reader) = sub.reader.as_mut() else {
+                return;
+            };
+            match reader.next_chunk() {
+                Ok(Some(chunk)) => {
+                    let (header, body) = without_trailer(&chunk);
+                    let committed =
+                        (version >= 2).then(|| sub.stream.info().last_chunk_id.unwrap_or(0));
+                    encode_deliver(&mut self.out, id, committed, &header, &body);
+                    sub.credit -= 1;
+                    let records = u64::from(header.num_records);
+                    sub.offset
+                        .store(header.chunk_id + records, Ordering::Relaxed);
+                    sub.stream.count_delivered(records);
+                }
+                Ok(None) => {
+                    let tx = events.clone();
+                    let waker = StreamWaker::new(move || {
+                        let _ = tx.send(Event::Ready(id));
+                    });
+                    if !sub.stream.wait(reader.position(), waker) || retried {
+                        sub.parked = true;
+                    }
+                    retried = true;
+                }
+                Err(e) => {
+                    tracing::error!(stream = sub.stream.name, "stream read failed: {e}");
+                    sub.parked = true;
+                }
+            }
+        }
+    }
+
+    fn teardown(&mut self) {
+        let subscriptions: Vec<_> = self.subscriptions.drain().collect();
+        for (id, sub) in subscriptions {
+            self.forget(id, sub);
+        }
+        for d in std::mem::take(&mut self.dirty) {
+            d.flush();
+        }
+    }
+}
+
+/// A Deliver frame: the chunk's header and body as stored (the header
+/// without the trailer, which clients do not read).
+fn encode_deliver(
+    out: &mut BytesMut,
+    subscription_id: u8,
+    committed: Option<u64>,
+    header: &antre_stream_proto::chunk::ChunkHeader,
+    body: &Bytes,
+) {
+    let size = 2 + 2 + 1 + if committed.is_some() { 8 } else { 0 } + HEADER_SIZE + body.len();
+    out.reserve(4 + size);
+    out.put_u32(size as u32);
+    out.put_u16(key::DELIVER);
+    out.put_u16(if committed.is_some() { 2 } else { 1 });
+    out.put_u8(subscription_id);
+    if let Some(c) = committed {
+        out.put_u64(c);
+    }
+    header.encode(out);
+    out.put_slice(body);
+}
+
+/// The broker's offset spec for the protocol's.
+fn offset_spec(offset: OffsetSpecification) -> OffsetSpec {
+    match offset {
+        OffsetSpecification::First => OffsetSpec::First,
+        OffsetSpecification::Last => OffsetSpec::Last,
+        OffsetSpecification::Next => OffsetSpec::Next,
+        OffsetSpecification::Offset(o) => OffsetSpec::Offset(o),
+        OffsetSpecification::Timestamp(t) => OffsetSpec::Timestamp(t.max(0) as u64),
+    }
+}
+
+/// The command versions antre serves.
+fn supported_versions() -> Vec<(u16, u16, u16)> {
+    let mut v: Vec<(u16, u16, u16)> = (key::DECLARE_PUBLISHER..=key::DELETE_SUPER_STREAM)
+        .map(|k| (k, 1, 1))
+        .collect();
+    for c in &mut v {
+        if c.0 == key::PUBLISH || c.0 == key::DELIVER {
+            c.2 = 2;
+        }
+    }
+    v
+}

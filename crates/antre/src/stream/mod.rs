@@ -1,0 +1,65 @@
+//! RabbitMQ's stream protocol (port 5552 in RabbitMQ) on its own listener,
+//! `--stream-listen` (off by default; the flag alone means
+//! 127.0.0.1:5552). It shares everything with AMQP 0-9-1: the streams (a
+//! stream written by either protocol reads with the other), the users and
+//! their permissions, the group commit. The frames are
+//! `antre_stream_proto::frame`; this module only runs connections.
+
+mod admin;
+mod connection;
+mod sac;
+
+use std::sync::Arc;
+
+use antre_broker::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use connection::{Connection, FRAME_MAX};
+pub use sac::Groups;
+
+/// The address `--stream-listen` without a value means.
+pub const DEFAULT_STREAM_LISTEN: &str = "127.0.0.1:5552";
+
+/// The stream listener's setting, for errors and hints.
+pub const LISTENER: crate::listen::ListenerKind = crate::listen::ListenerKind {
+    protocol: "stream",
+    flag: "--stream-listen",
+    env: "ANTRE_STREAM_LISTEN",
+    rabbitmq_port: 5552,
+};
+
+/// Accepts stream-protocol connections on `listener` until shutdown, then
+/// waits for their tasks (each sends a close first).
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    groups: Arc<Groups>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("stream listener accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let Ok(local) = socket.local_addr() else { continue };
+                let broker = Arc::clone(&broker);
+                let groups = Arc::clone(&groups);
+                let shutdown = shutdown.clone();
+                tasks.spawn(Connection::run(socket, broker, groups, peer, local, shutdown));
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
