@@ -484,3 +484,67 @@ async fn retention_by_age_drops_old_segments_on_the_timer_and_metrics_show_it() 
         metrics.contains("antre_stream_messages_published_total{vhost=\"/\",stream=\"aged\"} 18")
     );
 }
+
+/// A policy's `max-length-bytes` applies to a stream that exists, at once,
+/// the stricter of it and the stream's own argument winning; the stream
+/// shows the policy. A queue-only policy key keeps a policy off streams.
+#[tokio::test]
+async fn a_policy_sets_a_streams_retention_at_once() {
+    let b = TestBroker::start().await;
+    let conn = b.lapin().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(5_000),
+    );
+    declare_stream(&ch, "events", args).await;
+    for batch in 0..20 {
+        publish_all(
+            &conn,
+            "events",
+            (0..5).map(|i| format!("{batch}-{i}-{}", "x".repeat(200))),
+        )
+        .await;
+    }
+    let (_, before) = b.api("GET", "/api/queues/%2f/events", None).await;
+    assert_eq!(before["messages"], 100, "no retention yet: {before}");
+    assert_eq!(before["policy"], serde_json::Value::Null);
+
+    // Not for streams: message-ttl makes RabbitMQ skip this policy.
+    let queue_only = serde_json::json!({
+        "pattern": "^events$", "priority": 5,
+        "definition": { "max-length-bytes": 1000, "message-ttl": 1000 }
+    });
+    let (status, _) = b
+        .api("PUT", "/api/policies/%2f/queues-only", Some(queue_only))
+        .await;
+    assert_eq!(status, 201);
+    let (_, info) = b.api("GET", "/api/queues/%2f/events", None).await;
+    assert_eq!(info["messages"], 100, "{info}");
+
+    let retention = serde_json::json!({
+        "pattern": "^events$", "apply-to": "streams",
+        "definition": { "max-length-bytes": 20000, "max-age": "7D" }
+    });
+    let (status, _) = b
+        .api("PUT", "/api/policies/%2f/retention", Some(retention))
+        .await;
+    assert_eq!(status, 201);
+    let (_, info) = b.api("GET", "/api/queues/%2f/events", None).await;
+    assert_eq!(info["policy"], "retention", "{info}");
+    assert_eq!(
+        info["effective_policy_definition"]["max-length-bytes"], 20000,
+        "{info}"
+    );
+    let messages = info["messages"].as_u64().unwrap();
+    assert!(messages < 100, "whole old segments went at once: {info}");
+    let got = read(
+        &conn,
+        "events",
+        offset_arg(AMQPValue::LongString("first".into())),
+        1,
+    )
+    .await;
+    assert_eq!(got[0].0 as u64, 100 - messages, "first moved on");
+}

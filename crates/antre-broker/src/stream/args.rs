@@ -25,6 +25,32 @@ pub struct StreamArgs {
 }
 
 impl StreamArgs {
+    /// These arguments with a policy definition's retention keys applied,
+    /// the stricter value winning as for queues' limits. A policy's
+    /// `stream-max-segment-size-bytes` is not applied: a stream's segment
+    /// size is fixed when its log is opened.
+    pub fn with_policy(
+        &self,
+        definition: &serde_json::Map<String, serde_json::Value>,
+    ) -> StreamArgs {
+        let stricter = |own: Option<u64>, policy: Option<u64>| match (own, policy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let bytes = definition
+            .get("max-length-bytes")
+            .and_then(serde_json::Value::as_u64);
+        let age = definition
+            .get("max-age")
+            .and_then(serde_json::Value::as_str)
+            .and_then(parse_age);
+        StreamArgs {
+            max_length_bytes: stricter(self.max_length_bytes, bytes),
+            max_age_ms: stricter(self.max_age_ms, age),
+            max_segment_size: self.max_segment_size,
+        }
+    }
+
     /// Parses a stream's declaration arguments.
     pub fn parse(args: &FieldTable, vhost: &str, name: &str) -> Result<StreamArgs, BrokerError> {
         let invalid = |arg: &str, why: String| {

@@ -36,6 +36,7 @@ use crate::clock::Clock;
 use crate::durable::Durable;
 use crate::error::{queue_ref, BrokerError};
 use crate::message::Message;
+use crate::policy::AppliedPolicy;
 use crate::queue::{ConnectionId, ConsumerId, Credit, DeliverySink};
 use log::{Log, SEGMENT_START};
 use reader::Located;
@@ -124,6 +125,10 @@ pub struct StreamInfo {
 
 struct StreamState {
     log: Log,
+    /// Retention in effect: the arguments merged with the policies.
+    retention: StreamArgs,
+    /// The policies that apply.
+    policy: AppliedPolicy,
     /// Consumers waiting for the next chunk.
     waiters: Vec<StreamWaker>,
     consumers: Vec<StreamConsumer>,
@@ -184,13 +189,15 @@ impl Stream {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
             arguments,
-            args,
+            args: args.clone(),
             dir: dir.to_owned(),
             clock,
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             state: Mutex::new(StreamState {
                 log,
+                retention: args,
+                policy: AppliedPolicy::default(),
                 waiters: Vec::new(),
                 consumers: Vec::new(),
                 deleted: false,
@@ -336,7 +343,7 @@ impl Stream {
 
     /// A chunk was written: apply retention, wake waiting consumers.
     fn after_write(&self, st: &mut StreamState, now: i64) {
-        let (bytes, age) = (self.args.max_length_bytes, self.args.max_age_ms);
+        let (bytes, age) = (st.retention.max_length_bytes, st.retention.max_age_ms);
         if bytes.is_some() || age.is_some() {
             st.log.retain(bytes, age, now);
         }
@@ -347,11 +354,38 @@ impl Stream {
 
     /// Time passes: segments older than `x-max-age` go.
     pub fn tick(&self, now: u64) {
-        if self.args.max_age_ms.is_none() {
-            return;
-        }
         let mut st = self.state.lock();
-        st.log.retain(None, self.args.max_age_ms, now as i64);
+        if let Some(age) = st.retention.max_age_ms {
+            st.log.retain(None, Some(age), now as i64);
+        }
+    }
+
+    /// Applies the policies selected for this stream: its retention becomes
+    /// the stricter of its arguments and theirs (`max-length-bytes`,
+    /// `max-age`), enforced at once. Returns whether the selection changed.
+    pub fn apply_policy(&self, applied: AppliedPolicy) -> bool {
+        let now = self.now();
+        let mut st = self.state.lock();
+        if st.policy == applied {
+            return false;
+        }
+        st.retention = self.args.with_policy(&applied.definition());
+        st.policy = applied;
+        let (bytes, age) = (st.retention.max_length_bytes, st.retention.max_age_ms);
+        if bytes.is_some() || age.is_some() {
+            st.log.retain(bytes, age, now);
+        }
+        true
+    }
+
+    /// The policies that apply to this stream.
+    pub fn policy(&self) -> AppliedPolicy {
+        self.state.lock().policy.clone()
+    }
+
+    /// The retention in effect (arguments merged with policies).
+    pub fn retention(&self) -> StreamArgs {
+        self.state.lock().retention.clone()
     }
 
     /// A reader starting where `spec` says. The open chunk is written

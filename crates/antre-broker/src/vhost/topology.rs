@@ -12,7 +12,7 @@ use antre_amqp::FieldTable;
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::policy::{AppliedPolicy, PolicySet};
-use crate::queue::{ConnectionId, Queue, TimerHook};
+use crate::queue::{ConnectionId, Queue, QueueKind, TimerHook};
 use crate::stream::Stream;
 
 use super::persist::Change;
@@ -175,6 +175,9 @@ impl Topology {
         for ex in self.exchanges.values_mut() {
             ex.policy = self.policies.select_exchange(&ex.name);
         }
+        for s in self.streams.values() {
+            s.apply_policy(self.policies.select_queue(&s.name, QueueKind::Stream));
+        }
         self.queues
             .values()
             .filter(|q| q.apply_policy(self.policy_for(q)))
@@ -185,6 +188,7 @@ impl Topology {
     /// Adds a stream (whose name is free). Streams are always durable.
     pub fn insert_stream(&mut self, stream: Arc<Stream>) {
         self.changes.push(Change::put_stream(&self.vhost, &stream));
+        stream.apply_policy(self.policies.select_queue(&stream.name, QueueKind::Stream));
         self.streams.insert(stream.name.clone(), stream);
     }
 

@@ -86,6 +86,7 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
 /// disk).
 pub fn stream(s: &antre_broker::stream::Stream) -> Value {
     let info = s.info();
+    let policy = s.policy();
     json!({
         "name": s.name,
         "vhost": s.vhost,
@@ -96,6 +97,9 @@ pub fn stream(s: &antre_broker::stream::Stream) -> Value {
         "arguments": table_to_json(&s.arguments),
         "node": node_name(),
         "type": "stream",
+        "policy": policy.policy_name(),
+        "operator_policy": policy.operator_name(),
+        "effective_policy_definition": policy.definition(),
         "state": "running",
         "messages": info.messages,
         "messages_details": details(0.0),
