@@ -31,28 +31,6 @@ async fn queue(ch: &lapin::Channel, name: &str, a: FieldTable) {
         .expect("queue.declare");
 }
 
-/// A fanout exchange `exchange` with the queue `queue` bound to it.
-async fn fanout_into(ch: &lapin::Channel, exchange: &str, queue_name: &str) {
-    ch.exchange_declare(
-        exchange,
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    queue(ch, queue_name, FieldTable::default()).await;
-    ch.queue_bind(
-        queue_name,
-        exchange,
-        "",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-}
-
 /// The bodies of every ready message, taken with no-ack.
 async fn drain(ch: &lapin::Channel, queue: &str) -> Vec<String> {
     let mut out = Vec::new();

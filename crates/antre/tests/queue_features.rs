@@ -48,28 +48,6 @@ async fn durable_queue(ch: &lapin::Channel, name: &str, a: FieldTable) {
     .expect("queue.declare");
 }
 
-/// A dead-letter exchange (fanout) with one queue behind it.
-async fn dead_letter_queue(ch: &lapin::Channel, exchange: &str, queue_name: &str) {
-    ch.exchange_declare(
-        exchange,
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    queue(ch, queue_name, FieldTable::default()).await;
-    ch.queue_bind(
-        queue_name,
-        exchange,
-        "",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-}
-
 fn header<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a AMQPValue> {
     props.headers().as_ref()?.inner().get(key)
 }
@@ -125,7 +103,7 @@ async fn rejected_messages_are_dead_lettered_with_x_death() {
     let broker = TestBroker::start().await;
     let conn = broker.lapin().await;
     let ch = confirm_channel(&conn).await;
-    dead_letter_queue(&ch, "dlx", "failed-payments").await;
+    fanout_into(&ch, "dlx", "failed-payments").await;
     queue(
         &ch,
         "payments",
@@ -192,7 +170,7 @@ async fn expired_messages_are_dead_lettered_never_delivered() {
     let broker = TestBroker::start().await;
     let conn = broker.lapin().await;
     let ch = confirm_channel(&conn).await;
-    dead_letter_queue(&ch, "expired-x", "expired").await;
+    fanout_into(&ch, "expired-x", "expired").await;
     queue(
         &ch,
         "short-lived",
@@ -322,7 +300,7 @@ async fn poison_messages_are_dead_lettered_after_the_delivery_limit() {
     let broker = TestBroker::start().await;
     let conn = broker.lapin().await;
     let ch = confirm_channel(&conn).await;
-    dead_letter_queue(&ch, "poison-x", "poison").await;
+    fanout_into(&ch, "poison-x", "poison").await;
     queue(
         &ch,
         "work",

@@ -437,3 +437,34 @@ impl RawClient {
         close
     }
 }
+
+/// A fanout exchange `exchange` (a dead-letter exchange, say) with a new
+/// queue `queue_name` bound to it.
+pub async fn fanout_into(ch: &lapin::Channel, exchange: &str, queue_name: &str) {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    ch.exchange_declare(
+        exchange,
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange.declare");
+    ch.queue_declare(
+        queue_name,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.declare");
+    ch.queue_bind(
+        queue_name,
+        exchange,
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.bind");
+}
