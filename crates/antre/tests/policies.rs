@@ -9,27 +9,9 @@ mod common;
 
 use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
 use serde_json::{json, Value};
-
-fn args(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(v))
-}
-
-async fn queue(ch: &lapin::Channel, name: &str, a: FieldTable) {
-    ch.queue_declare(name, QueueDeclareOptions::default(), a)
-        .await
-        .expect("queue.declare");
-}
 
 /// The bodies of every ready message, taken with no-ack.
 async fn drain(ch: &lapin::Channel, queue: &str) -> Vec<String> {

@@ -10,29 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
-
-fn args(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(v))
-}
 
 fn int(v: i64) -> AMQPValue {
     AMQPValue::LongLongInt(v)
-}
-
-async fn queue(ch: &lapin::Channel, name: &str, a: FieldTable) {
-    ch.queue_declare(name, QueueDeclareOptions::default(), a)
-        .await
-        .expect("queue.declare");
 }
 
 async fn durable_queue(ch: &lapin::Channel, name: &str, a: FieldTable) {

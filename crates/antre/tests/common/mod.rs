@@ -441,8 +441,8 @@ impl RawClient {
 /// A fanout exchange `exchange` (a dead-letter exchange, say) with a new
 /// queue `queue_name` bound to it.
 pub async fn fanout_into(ch: &lapin::Channel, exchange: &str, queue_name: &str) {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+    use FieldTable;
     ch.exchange_declare(
         exchange,
         lapin::ExchangeKind::Fanout,
@@ -467,4 +467,26 @@ pub async fn fanout_into(ch: &lapin::Channel, exchange: &str, queue_name: &str) 
     )
     .await
     .expect("queue.bind");
+}
+
+/// A lapin argument table from `(name, value)` pairs.
+pub fn args(entries: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// A string argument value.
+pub fn s(v: &str) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongString(lapin::types::LongString::from(v))
+}
+
+/// Declares `name` (not durable) with arguments `a`.
+pub async fn queue(ch: &lapin::Channel, name: &str, a: FieldTable) {
+    use lapin::options::QueueDeclareOptions;
+    ch.queue_declare(name, QueueDeclareOptions::default(), a)
+        .await
+        .expect("queue.declare");
 }
