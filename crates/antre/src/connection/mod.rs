@@ -218,8 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let closing = close_deadline.unwrap_or(handshake_deadline);
             let holding = self.coalesce.holding();
             let beating = self.heartbeat.is_some();
-            let room = self.rbuf.capacity() - self.rbuf.len();
-            if room < READ_MIN / 4 {
+            if self.rbuf.capacity() - self.rbuf.len() < READ_MIN / 4 {
                 self.rbuf.reserve(READ_MIN);
             }
             let room = self.rbuf.capacity() - self.rbuf.len();

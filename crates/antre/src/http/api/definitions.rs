@@ -457,16 +457,19 @@ fn is_empty_value(v: &Value) -> bool {
 /// import before anything changes, listed, unless `skip` asks to import
 /// the rest; then the answer and the log list what was skipped.
 fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> ApiResult<Value> {
-    let raw: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid definitions JSON: {e}")))?;
-    let defs: DefinitionsIn = serde_json::from_value(Value::Object(raw.clone()))
-        .map_err(|e| ApiError::bad_request(format!("invalid definitions JSON: {e}")))?;
+    let invalid =
+        |e: serde_json::Error| ApiError::bad_request(format!("invalid definitions JSON: {e}"));
+    let raw: Value = serde_json::from_slice(body).map_err(invalid)?;
+    let defs = DefinitionsIn::deserialize(&raw).map_err(invalid)?;
+    let raw = raw
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("a definitions file is a JSON object"))?;
     let pick = |own: &Option<String>| -> String {
         into.map(str::to_owned)
             .or_else(|| own.clone())
             .unwrap_or_else(|| "/".to_owned())
     };
-    let mut review = Review::of(&raw, &defs, &pick);
+    let mut review = Review::of(raw, &defs, &pick);
     if into.is_some() {
         for (section, n) in [
             ("vhosts", defs.vhosts.len()),
@@ -533,7 +536,8 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> Api
             PolicyKind::Policy => policies += 1,
             PolicyKind::Operator => operator_policies += 1,
         }
-        state.vhost(&p.vhost.clone())?.set_policy(p)?;
+        let vhost = state.vhost(&p.vhost)?;
+        vhost.set_policy(p)?;
     }
     counts.insert("policies".into(), policies.into());
     counts.insert("operator_policies".into(), operator_policies.into());

@@ -52,7 +52,11 @@ pub fn limits_parameter(l: &VhostLimits) -> Value {
 }
 
 /// Every vhost-limits parameter of the vhosts `user` may see, or of one.
-fn limits_parameters(state: &HttpState, user: &AuthUser, vhost: Option<&str>) -> Value {
+pub(super) fn limits_parameters(
+    state: &HttpState,
+    user: &AuthUser,
+    vhost: Option<&str>,
+) -> Vec<Value> {
     let visible = user.vhost_filter(state);
     state
         .broker
@@ -70,14 +74,6 @@ pub async fn empty() -> Json<Value> {
     none()
 }
 
-/// GET /api/parameters: every parameter (vhost limits).
-pub async fn all(
-    State(state): State<HttpState>,
-    Extension(user): Extension<AuthUser>,
-) -> Json<Value> {
-    Json(limits_parameters(&state, &user, None))
-}
-
 /// GET /api/parameters/{component}.
 pub async fn of_component(
     State(state): State<HttpState>,
@@ -85,7 +81,7 @@ pub async fn of_component(
     Path(component): Path<String>,
 ) -> Json<Value> {
     match component.as_str() {
-        VHOST_LIMITS => Json(limits_parameters(&state, &user, None)),
+        VHOST_LIMITS => Json(limits_parameters(&state, &user, None).into()),
         _ => none(),
     }
 }
@@ -98,7 +94,7 @@ pub async fn of_vhost(
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
     Ok(match component.as_str() {
-        VHOST_LIMITS => Json(limits_parameters(&state, &user, Some(&vhost))),
+        VHOST_LIMITS => Json(limits_parameters(&state, &user, Some(&vhost)).into()),
         _ => none(),
     })
 }

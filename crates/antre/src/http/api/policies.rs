@@ -234,9 +234,8 @@ pub async fn parameters_all(
     Extension(user): Extension<AuthUser>,
 ) -> ApiResult<Json<Value>> {
     let Json(mut all) = parameters(&state, &user, PolicyKind::Operator, None)?;
-    let Json(limits) = super::parameters::all(State(state), Extension(user)).await;
-    if let (Some(all), Value::Array(limits)) = (all.as_array_mut(), limits) {
-        all.extend(limits);
+    if let Some(all) = all.as_array_mut() {
+        all.extend(super::parameters::limits_parameters(&state, &user, None));
     }
     Ok(Json(all))
 }
