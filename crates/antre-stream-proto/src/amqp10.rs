@@ -733,6 +733,45 @@ fn symbolic_section(name: &str) -> Option<u64> {
     })
 }
 
+/// `raw` (an encoded message) with the message annotation `key` set to
+/// `value`, every other section kept byte for byte: the annotations
+/// section is re-encoded (or added after the header and delivery
+/// annotations, where AMQP 1.0 puts it).
+pub fn with_annotation(raw: &Bytes, key: &str, value: Value) -> Result<Bytes, DecodeError> {
+    let mut b = raw.clone();
+    // Where the annotations go, and the old section's end if there is one.
+    let mut at = 0;
+    let mut existing: Option<(usize, Vec<(Value, Value)>)> = None;
+    while b.has_remaining() {
+        let start = raw.len() - b.remaining();
+        let Value::Described(d, v) = Value::decode(&mut b)? else {
+            return Err(DecodeError::NotASection);
+        };
+        let code = match *d {
+            Value::Ulong(c) => c,
+            Value::Symbol(s) => symbolic_section(&s).ok_or(DecodeError::NotASection)?,
+            _ => return Err(DecodeError::NotASection),
+        };
+        match (code, *v) {
+            (section::HEADER | section::DELIVERY_ANNOTATIONS, _) => at = raw.len() - b.remaining(),
+            (section::MESSAGE_ANNOTATIONS, Value::Map(map)) => {
+                at = start;
+                existing = Some((raw.len() - b.remaining(), map));
+                break;
+            }
+            _ => break,
+        }
+    }
+    let (rest_from, mut map) = existing.unwrap_or((at, Vec::new()));
+    map.retain(|(k, _)| k.as_str() != Some(key));
+    map.push((Value::symbol(key), value));
+    let mut out = BytesMut::with_capacity(raw.len() + key.len() + 32);
+    out.put_slice(&raw[..at]);
+    described(section::MESSAGE_ANNOTATIONS, Value::Map(map)).encode(&mut out);
+    out.put_slice(&raw[rest_from..]);
+    Ok(out.freeze())
+}
+
 fn lookup<'m>(map: &'m [(Value, Value)], key: &str) -> Option<&'m Value> {
     map.iter()
         .find(|(k, _)| k.as_str() == Some(key))
@@ -742,6 +781,35 @@ fn lookup<'m>(map: &'m [(Value, Value)], key: &str) -> Option<&'m Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_annotation_is_added_or_replaced_and_the_rest_kept() {
+        let mut m = Message {
+            header: Some(vec![Value::Bool(true)]),
+            application_properties: vec![(Value::string("region"), Value::string("emea"))],
+            body: Body::Data(vec![Bytes::from_static(b"body")]),
+            ..Default::default()
+        };
+        let raw = m.to_bytes();
+        let added = with_annotation(&raw, "x-stream-filter-value", Value::string("emea")).unwrap();
+        let got = Message::decode(added.clone()).unwrap();
+        m.message_annotations = vec![(
+            Value::symbol("x-stream-filter-value"),
+            Value::string("emea"),
+        )];
+        assert_eq!(got, m);
+        let replaced =
+            with_annotation(&added, "x-stream-filter-value", Value::string("apac")).unwrap();
+        let got = Message::decode(replaced).unwrap();
+        assert_eq!(
+            got.annotation("x-stream-filter-value")
+                .and_then(Value::as_str),
+            Some("apac")
+        );
+        assert_eq!(got.message_annotations.len(), 1);
+        assert_eq!(got.body_bytes(), Bytes::from_static(b"body"));
+        assert!(with_annotation(&Bytes::from_static(b"junk"), "k", Value::Null).is_err());
+    }
 
     #[test]
     fn a_message_round_trips() {

@@ -187,6 +187,11 @@ impl Chunk {
         Ok(chunk)
     }
 
+    /// The bloom filter (empty when no record has a filter value).
+    pub fn bloom(&self) -> &[u8] {
+        &self.body[..usize::from(self.header.bloom_size).min(self.body.len())]
+    }
+
     /// The entries section.
     pub fn data(&self) -> Bytes {
         let from = usize::from(self.header.bloom_size);
@@ -333,12 +338,95 @@ impl Iterator for Entries {
     }
 }
 
+/// Bytes of a chunk's bloom filter when it has filter values (osiris's
+/// default, RabbitMQ's `stream-filter-size-bytes`).
+pub const DEFAULT_FILTER_SIZE: usize = 16;
+
+/// The two bits a filter value sets in a bloom filter of `bits` bits, both
+/// in `1..bits` (bit 0 marks records without a filter value), as osiris
+/// lays its chunk filter out. osiris hashes with Erlang's `phash2`; antre
+/// hashes with CRC-32 under two seeds. Only the broker reads a chunk's
+/// filter (clients get chunks without it), so the hash need not match,
+/// but it must never change: filters are on disk.
+fn bloom_bits(value: &[u8], bits: usize) -> (usize, usize) {
+    let range = (bits - 1) as u32;
+    let hash = |seed: u32| {
+        let mut h = crc32fast::Hasher::new_with_initial(seed);
+        h.update(value);
+        (h.finalize() % range) as usize + 1
+    };
+    (hash(0), hash(0x9e37_79b9))
+}
+
+fn bit_set(bloom: &[u8], bit: usize) -> bool {
+    bloom
+        .get(bit / 8)
+        .is_some_and(|b| b & (0x80 >> (bit % 8)) != 0)
+}
+
+/// The bloom filter of a chunk whose records carry `values` (an empty
+/// value stands for records without one). Empty when no record has a
+/// value, as osiris writes it: such a chunk has no filter.
+pub fn bloom_filter<'a>(values: impl IntoIterator<Item = &'a [u8]>, size: usize) -> Vec<u8> {
+    let mut bloom = vec![0u8; size];
+    let bits = size * 8;
+    let mut any = false;
+    for v in values {
+        let (a, b) = if v.is_empty() {
+            (0, 0)
+        } else {
+            any = true;
+            bloom_bits(v, bits)
+        };
+        bloom[a / 8] |= 0x80 >> (a % 8);
+        bloom[b / 8] |= 0x80 >> (b % 8);
+    }
+    if any {
+        bloom
+    } else {
+        Vec::new()
+    }
+}
+
+/// What a filtered subscription wants: the chunks that may hold records
+/// with one of these filter values (and, with `match_unfiltered`, records
+/// without any). A bloom filter can answer "maybe" for a chunk without
+/// them, never "no" for a chunk with them: consumers filter exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkFilter {
+    /// The filter values asked for.
+    pub values: Vec<String>,
+    /// Also chunks holding records without a filter value.
+    pub match_unfiltered: bool,
+}
+
+impl ChunkFilter {
+    /// Whether a chunk with this bloom filter may hold wanted records. A
+    /// chunk without a filter (no record has a value) only holds
+    /// unfiltered records.
+    pub fn matches(&self, bloom: &[u8]) -> bool {
+        if bloom.is_empty() {
+            return self.match_unfiltered;
+        }
+        if self.match_unfiltered && bit_set(bloom, 0) {
+            return true;
+        }
+        let bits = bloom.len() * 8;
+        self.values.iter().any(|v| {
+            let (a, b) = bloom_bits(v.as_bytes(), bits);
+            bit_set(bloom, a) && bit_set(bloom, b)
+        })
+    }
+}
+
 /// Builds a user chunk from records.
 #[derive(Debug, Default)]
 pub struct ChunkBuilder {
     data: BytesMut,
     entries: u16,
     records: u32,
+    /// The records' distinct filter values (empty: a record without one).
+    filter_values: std::collections::BTreeSet<Vec<u8>>,
 }
 
 impl ChunkBuilder {
@@ -367,14 +455,28 @@ impl ChunkBuilder {
         usize::from(self.entries) < MAX_ENTRIES
     }
 
-    /// Adds one record as a simple entry. The caller keeps records under
-    /// [`MAX_ENTRY`] bytes and checks [`ChunkBuilder::has_room`].
+    /// Adds one record as a simple entry, without a filter value. The
+    /// caller keeps records under [`MAX_ENTRY`] bytes and checks
+    /// [`ChunkBuilder::has_room`].
     pub fn push_simple(&mut self, record: &[u8]) {
+        self.push_filtered(record, None);
+    }
+
+    /// Adds one record as a simple entry with its filter value (None: it
+    /// has none), which goes into the chunk's bloom filter.
+    pub fn push_filtered(&mut self, record: &[u8], filter_value: Option<&[u8]>) {
         debug_assert!(record.len() <= MAX_ENTRY && self.has_room());
         self.data.put_u32(record.len() as u32 & 0x7fff_ffff);
         self.data.put_slice(record);
         self.entries += 1;
         self.records += 1;
+        self.mark(filter_value.unwrap_or_default());
+    }
+
+    fn mark(&mut self, value: &[u8]) {
+        if !self.filter_values.contains(value) {
+            self.filter_values.insert(value.to_vec());
+        }
     }
 
     /// Adds a sub-batch entry as a publisher sent it.
@@ -392,6 +494,7 @@ impl ChunkBuilder {
         self.data.put_slice(body);
         self.entries += 1;
         self.records += u32::from(records);
+        self.mark(b"");
     }
 
     /// The finished chunk, whose first record gets offset `chunk_id`.
@@ -408,10 +511,14 @@ impl ChunkBuilder {
         epoch: u64,
         trailer: &[u8],
     ) -> (ChunkHeader, Bytes) {
+        let bloom = bloom_filter(
+            self.filter_values.iter().map(Vec::as_slice),
+            DEFAULT_FILTER_SIZE,
+        );
         assemble(
             TYPE_USER,
-            self.entries,
-            self.records,
+            (self.entries, self.records),
+            &bloom,
             &self.data,
             trailer,
             (chunk_id, timestamp, epoch),
@@ -421,8 +528,8 @@ impl ChunkBuilder {
 
 fn assemble(
     chunk_type: u8,
-    num_entries: u16,
-    num_records: u32,
+    (num_entries, num_records): (u16, u32),
+    bloom: &[u8],
     data: &[u8],
     trailer: &[u8],
     (chunk_id, timestamp, epoch): (u64, i64, u64),
@@ -438,10 +545,11 @@ fn assemble(
         crc: crc32(data),
         data_len: data.len() as u32,
         trailer_len: trailer.len() as u32,
-        bloom_size: 0,
+        bloom_size: bloom.len() as u8,
     };
-    let mut out = BytesMut::with_capacity(HEADER_SIZE + data.len() + trailer.len());
+    let mut out = BytesMut::with_capacity(HEADER_SIZE + bloom.len() + data.len() + trailer.len());
     header.encode(&mut out);
+    out.put_slice(bloom);
     out.put_slice(data);
     out.put_slice(trailer);
     (header, out.freeze())
@@ -460,16 +568,27 @@ pub fn tracking_chunk(
     let mut data = BytesMut::with_capacity(entries.len() + 4);
     data.put_u32(entries.len() as u32 & 0x7fff_ffff);
     data.put_slice(entries);
-    assemble(chunk_type, 1, 0, &data, &[], (chunk_id, timestamp, epoch))
+    assemble(
+        chunk_type,
+        (1, 0),
+        &[],
+        &data,
+        &[],
+        (chunk_id, timestamp, epoch),
+    )
 }
 
-/// The chunk as the stream protocol's Deliver sends it: without its
-/// trailer (clients read records up to the frame's end), header adjusted.
+/// The chunk as the stream protocol's Deliver sends it: the entries only,
+/// without bloom filter or trailer (as osiris sends a consumer its chunks:
+/// clients read records right after the header, up to the frame's end),
+/// the header adjusted to say so.
 pub fn without_trailer(chunk: &Chunk) -> (ChunkHeader, Bytes) {
     let mut header = chunk.header;
-    let keep = (usize::from(header.bloom_size) + header.data_len as usize).min(chunk.body.len());
+    let from = usize::from(header.bloom_size).min(chunk.body.len());
+    let to = (from + header.data_len as usize).min(chunk.body.len());
     header.trailer_len = 0;
-    (header, chunk.body.slice(..keep))
+    header.bloom_size = 0;
+    (header, chunk.body.slice(from..to))
 }
 
 /// A tracking entry: a named publisher's last sequence, or a named
@@ -583,6 +702,72 @@ mod tests {
                 (103, b"")
             ]
         );
+    }
+
+    #[test]
+    fn filter_values_make_a_bloom_filter_that_deliver_leaves_out() {
+        let mut b = ChunkBuilder::new();
+        b.push_filtered(b"a", Some(b"emea"));
+        b.push_filtered(b"b", Some(b"apac"));
+        b.push_simple(b"c");
+        let (h, raw) = b.finish_with_trailer(10, 0, 1, b"t");
+        assert_eq!(usize::from(h.bloom_size), DEFAULT_FILTER_SIZE);
+        assert_eq!(raw.len() as u64, h.total_size());
+        let c = Chunk::decode(raw).unwrap();
+        assert_eq!(c.bloom().len(), DEFAULT_FILTER_SIZE);
+        let got: Vec<_> = c.records().unwrap().into_iter().map(|(o, _)| o).collect();
+        assert_eq!(got, vec![10, 11, 12]);
+        let want = |values: &[&str], match_unfiltered| ChunkFilter {
+            values: values.iter().map(|v| v.to_string()).collect(),
+            match_unfiltered,
+        };
+        assert!(want(&["emea"], false).matches(c.bloom()));
+        assert!(want(&["amer", "apac"], false).matches(c.bloom()));
+        assert!(
+            want(&["amer"], true).matches(c.bloom()),
+            "bit 0: unfiltered"
+        );
+        // Deliver sends the entries right after the header, as osiris does.
+        let (dh, body) = without_trailer(&c);
+        assert_eq!((dh.bloom_size, dh.trailer_len), (0, 0));
+        assert_eq!(body, c.data());
+    }
+
+    #[test]
+    fn chunk_filters_skip_what_cannot_match() {
+        let values: Vec<String> = (0..200).map(|i| format!("region-{i}")).collect();
+        let mut skipped = 0;
+        for v in &values {
+            let mut b = ChunkBuilder::new();
+            b.push_filtered(b"x", Some(v.as_bytes()));
+            let (_, raw) = b.finish(0, 0, 1);
+            let c = Chunk::decode(raw).unwrap();
+            let own = ChunkFilter {
+                values: vec![v.clone()],
+                match_unfiltered: false,
+            };
+            assert!(own.matches(c.bloom()), "never a false negative");
+            assert!(!own.matches(&[]), "a chunk without filter: unfiltered only");
+            let other = ChunkFilter {
+                values: vec!["elsewhere".into()],
+                match_unfiltered: true,
+            };
+            if !other.matches(c.bloom()) {
+                skipped += 1;
+            }
+        }
+        // Two bits of 127 per value: false positives are rare.
+        assert!(skipped > 190, "only {skipped} of 200 skipped");
+        // Records without a value only: no filter, like osiris.
+        let mut b = ChunkBuilder::new();
+        b.push_simple(b"x");
+        let (h, _) = b.finish(0, 0, 1);
+        assert_eq!(h.bloom_size, 0);
+        let unfiltered = ChunkFilter {
+            values: vec!["emea".into()],
+            match_unfiltered: true,
+        };
+        assert!(unfiltered.matches(&[]));
     }
 
     #[test]

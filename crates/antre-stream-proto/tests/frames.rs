@@ -243,3 +243,34 @@ fn a_frame_over_frame_max_is_refused_before_it_arrives() {
         })
     );
 }
+
+/// Publish version 2 as the clients write it: each message's publishing id
+/// is followed by its filter value (a nullable string) before the message.
+#[test]
+fn publish_v2_carries_a_filter_value_per_message() {
+    let mut raw = vec![0x00, 0x02, 0x00, 0x02, 7, 0, 0, 0, 2];
+    raw.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+    raw.extend_from_slice(&[0, 4]);
+    raw.extend_from_slice(b"emea");
+    raw.extend_from_slice(&[0, 0, 0, 2]);
+    raw.extend_from_slice(b"m1");
+    raw.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2]);
+    raw.extend_from_slice(&[0xff, 0xff]); // null: no filter value
+    raw.extend_from_slice(&[0, 0, 0, 2]);
+    raw.extend_from_slice(b"m2");
+    let req = Request::decode(Bytes::from(raw)).expect("decodes");
+    let Request::Publish {
+        version,
+        publisher_id,
+        messages,
+    } = req
+    else {
+        panic!("not a publish: {req:?}");
+    };
+    assert_eq!((version, publisher_id), (2, 7));
+    let got: Vec<_> = messages
+        .iter()
+        .map(|m| (m.publishing_id, m.filter_value.as_deref(), &m.message[..]))
+        .collect();
+    assert_eq!(got, [(1, Some("emea"), &b"m1"[..]), (2, None, &b"m2"[..])]);
+}

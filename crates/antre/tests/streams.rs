@@ -548,3 +548,37 @@ async fn a_policy_sets_a_streams_retention_at_once() {
     .await;
     assert_eq!(got[0].0 as u64, 100 - messages, "first moved on");
 }
+
+/// A policy's `stream-max-segment-size-bytes` applies to the segments a
+/// stream starts from then on (it wins over the argument, as in RabbitMQ).
+#[tokio::test]
+async fn a_policys_segment_size_applies_to_the_next_segments() {
+    let b = TestBroker::start().await;
+    let conn = b.lapin().await;
+    let ch = conn.create_channel().await.unwrap();
+    declare_stream(&ch, "log", FieldTable::default()).await;
+    let segment = serde_json::json!({
+        "pattern": "^log$", "apply-to": "streams",
+        "definition": { "stream-max-segment-size-bytes": 2000 }
+    });
+    let (status, _) = b
+        .api("PUT", "/api/policies/%2f/segments", Some(segment))
+        .await;
+    assert_eq!(status, 201);
+    for batch in 0..10 {
+        publish_all(
+            &conn,
+            "log",
+            (0..5).map(|i| format!("{batch}-{i}-{}", "x".repeat(200))),
+        )
+        .await;
+    }
+    let (_, info) = b.api("GET", "/api/queues/%2f/log", None).await;
+    assert_eq!(info["messages"], 50, "{info}");
+    assert_eq!(
+        info["effective_policy_definition"]["stream-max-segment-size-bytes"], 2000,
+        "{info}"
+    );
+    let segments = info["segments"].as_u64().unwrap();
+    assert!(segments >= 3, "rolled at 2000 bytes, not 500 MB: {info}");
+}

@@ -80,7 +80,8 @@ impl Channel {
         let now = self.ctx.broker.clock().now_ms();
         let spec = OffsetSpec::parse(&m.arguments, now)?;
         let filter = Filter::parse(&m.arguments)?;
-        let reader = stream.reader(spec)?;
+        let mut reader = stream.reader(spec)?;
+        reader.set_filter(filter.as_ref().map(Filter::chunk_filter));
         let id = self.ctx.broker.next_id();
         let credit = Credit::new(self.prefetch);
         let offset = Arc::new(AtomicU64::new(reader.position()));

@@ -44,10 +44,16 @@ impl StreamArgs {
             .get("max-age")
             .and_then(serde_json::Value::as_str)
             .and_then(parse_age);
+        // The policy's segment size wins over the argument, as RabbitMQ's
+        // policy_precedence has it (a value out of range is ignored).
+        let segment = definition
+            .get("stream-max-segment-size-bytes")
+            .and_then(serde_json::Value::as_u64)
+            .filter(|n| (1..=MAX_SEGMENT_SIZE).contains(n));
         StreamArgs {
             max_length_bytes: stricter(self.max_length_bytes, bytes),
             max_age_ms: stricter(self.max_age_ms, age),
-            max_segment_size: self.max_segment_size,
+            max_segment_size: segment.unwrap_or(self.max_segment_size),
         }
     }
 
@@ -213,6 +219,14 @@ impl Filter {
             values,
             match_unfiltered,
         }))
+    }
+
+    /// The chunks that may hold messages it wants (by their bloom filters).
+    pub fn chunk_filter(&self) -> antre_stream_proto::chunk::ChunkFilter {
+        antre_stream_proto::chunk::ChunkFilter {
+            values: self.values.clone(),
+            match_unfiltered: self.match_unfiltered,
+        }
     }
 
     /// Whether a message with this filter value (None: it has none) passes.

@@ -275,23 +275,27 @@ impl Log {
 
     /// Adds a record to the open chunk; returns whether that wrote a chunk
     /// (the chunk was full).
+    #[cfg(test)]
     pub fn append(&mut self, record: &[u8], now: i64) -> Result<bool, String> {
-        self.append_from(record, None, now)
+        self.append_from(record, None, None, now)
     }
 
-    /// Adds a record from a named publisher with its publishing id: the
-    /// chunk that holds it records the id in its trailer.
+    /// Adds a record, from a named publisher with its publishing id (the
+    /// chunk that holds it records the id in its trailer) or not, with its
+    /// filter value (which goes into the chunk's bloom filter) or not.
     pub fn append_from(
         &mut self,
         record: &[u8],
         writer: Option<(&str, u64)>,
+        filter_value: Option<&str>,
         now: i64,
     ) -> Result<bool, String> {
         self.check()?;
         if !self.open.has_room() || self.open.data_len() + record.len() > CHUNK_TARGET * 4 {
             self.seal(now)?;
         }
-        self.open.push_simple(record);
+        self.open
+            .push_filtered(record, filter_value.map(str::as_bytes));
         if let Some((name, sequence)) = writer {
             self.open_writers.insert(name.to_owned(), sequence);
         }
@@ -299,6 +303,11 @@ impl Log {
             return self.seal(now);
         }
         Ok(false)
+    }
+
+    /// Changes the size at which the active segment rolls over.
+    pub fn set_max_segment_size(&mut self, bytes: u64) {
+        self.max_segment_size = bytes;
     }
 
     /// A named publisher's last publishing id, open chunk included.
@@ -731,11 +740,12 @@ mod tests {
     fn tracking_survives_reopening_and_rolling_segments() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = Log::open(dir.path(), 400).unwrap();
-        log.append_from(&[1; 100], Some(("p", 5)), 0).unwrap();
+        log.append_from(&[1; 100], Some(("p", 5)), None, 0).unwrap();
         log.seal(0).unwrap();
         log.store_offset("reader", 0, 0).unwrap();
         for i in 0..10 {
-            log.append_from(&[2; 100], Some(("p", 6 + i)), 0).unwrap();
+            log.append_from(&[2; 100], Some(("p", 6 + i)), None, 0)
+                .unwrap();
             log.seal(0).unwrap();
         }
         log.store_offset("reader", 7, 0).unwrap();

@@ -100,6 +100,17 @@ pub struct StreamConsumerInfo {
     pub offset: u64,
 }
 
+/// A message as a stream-protocol publisher sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedRecord {
+    /// Its publishing id.
+    pub id: u64,
+    /// Its filter value (publish version 2).
+    pub filter_value: Option<String>,
+    /// The AMQP 1.0 message.
+    pub message: bytes::Bytes,
+}
+
 /// A stream's figures, for listings and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StreamInfo {
@@ -223,13 +234,17 @@ impl Stream {
     /// once a sync covers it (the caller asks the syncer before a confirm).
     pub fn publish(&self, message: &Message) -> Result<(), BrokerError> {
         let record = record::to_record(message);
+        let filter_value = record::filter_value(message);
         let now = self.now();
         let mut st = self.state.lock();
         if st.deleted {
             return Ok(());
         }
         let was_dirty = st.log.is_dirty();
-        let wrote = st.log.append(&record, now).map_err(|e| failed(self, e))?;
+        let wrote = st
+            .log
+            .append_from(&record, None, filter_value, now)
+            .map_err(|e| failed(self, e))?;
         self.published.fetch_add(1, Ordering::Relaxed);
         if !was_dirty {
             if let Some(hook) = &st.on_dirty {
@@ -243,13 +258,14 @@ impl Stream {
     }
 
     /// Appends records as a stream-protocol publisher sent them (AMQP 1.0
-    /// messages, stored as they are). A named publisher's records whose
+    /// messages, stored as they are but for a filter value, see
+    /// [`record::with_filter_value`]). A named publisher's records whose
     /// publishing id is not above its last one are duplicates: they are
     /// dropped, and `accepted` says which were kept.
     pub fn publish_records(
         &self,
         writer: Option<&str>,
-        records: &[(u64, bytes::Bytes)],
+        records: &[PublishedRecord],
         accepted: &mut Vec<bool>,
     ) -> Result<(), BrokerError> {
         let now = self.now();
@@ -261,18 +277,18 @@ impl Stream {
         let was_dirty = st.log.is_dirty();
         let mut last = writer.map(|w| st.log.last_sequence(w));
         let mut wrote = false;
-        for (id, record) in records {
+        for r in records {
             if let Some(last) = &mut last {
-                if last.is_some_and(|l| *id <= l) {
+                if last.is_some_and(|l| r.id <= l) {
                     accepted.push(false);
                     continue;
                 }
-                *last = Some(*id);
+                *last = Some(r.id);
             }
-            let from = writer.map(|w| (w, *id));
+            let from = writer.map(|w| (w, r.id));
             wrote |= st
                 .log
-                .append_from(record, from, now)
+                .append_from(&r.message, from, r.filter_value.as_deref(), now)
                 .map_err(|e| failed(self, e))?;
             accepted.push(true);
         }
@@ -371,6 +387,10 @@ impl Stream {
         }
         st.retention = self.args.with_policy(&applied.definition());
         st.policy = applied;
+        // Segments already written keep their size; the next ones roll at
+        // the new one.
+        let segment = st.retention.max_segment_size;
+        st.log.set_max_segment_size(segment);
         let (bytes, age) = (st.retention.max_length_bytes, st.retention.max_age_ms);
         if bytes.is_some() || age.is_some() {
             st.log.retain(bytes, age, now);

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use antre_stream_proto::chunk::{Chunk, ChunkHeader, HEADER_SIZE, TYPE_USER};
+use antre_stream_proto::chunk::{Chunk, ChunkFilter, ChunkHeader, HEADER_SIZE, TYPE_USER};
 use bytes::Bytes;
 
 use super::log::{segment_path, SEGMENT_START};
@@ -43,6 +43,8 @@ pub struct Reader {
     not_before: Option<i64>,
     /// The offset after the last chunk passed.
     next: u64,
+    /// Chunks whose bloom filter cannot match are skipped.
+    filter: Option<ChunkFilter>,
 }
 
 impl Reader {
@@ -62,7 +64,14 @@ impl Reader {
             skip_below,
             not_before,
             next,
+            filter: None,
         }
+    }
+
+    /// Skips the chunks that hold no record this filter wants (by their
+    /// bloom filters: what is handed out may still hold others).
+    pub fn set_filter(&mut self, filter: Option<ChunkFilter>) {
+        self.filter = filter;
     }
 
     /// The stream it reads.
@@ -153,6 +162,14 @@ impl Reader {
         if self.not_before.take().is_some() {
             // Started by time: everything from this chunk on.
             self.skip_below = h.chunk_id;
+        }
+        if let Some(filter) = &self.filter {
+            let mut bloom = vec![0u8; usize::from(h.bloom_size)];
+            file.read_exact_at(&mut bloom, start + HEADER_SIZE as u64)
+                .map_err(|e| failed("read", e.to_string()))?;
+            if !filter.matches(&bloom) {
+                return Ok(None);
+            }
         }
         let mut raw = vec![0u8; total as usize];
         file.read_exact_at(&mut raw, start)

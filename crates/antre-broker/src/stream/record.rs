@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use crate::message::Message;
 
 const HEADERS_ANNOTATION: &str = "x-antre-amqp091-headers";
+const FILTER_VALUE: &str = super::args::FILTER_VALUE_HEADER;
 
 /// Encodes a message as a stream record.
 pub fn to_record(m: &Message) -> Bytes {
@@ -128,7 +129,15 @@ pub fn from_record(
             }
         }
     }
-    let headers = kept.or((!headers.is_empty()).then_some(headers));
+    let mut headers = kept.or((!headers.is_empty()).then_some(headers));
+    // A stream-protocol publisher's filter value (see `with_filter_value`)
+    // reads as the header an AMQP 0-9-1 publisher would have set.
+    if let Some(Value::String(v)) = m.annotation(FILTER_VALUE) {
+        let h = headers.get_or_insert_with(FieldTable::default);
+        if h.get(FILTER_VALUE).is_none() {
+            h.insert(FILTER_VALUE, FieldValue::LongString(v.clone().into()));
+        }
+    }
     let id = |v: &Option<Value>| v.as_ref().map(id_text);
     let p = &m.properties;
     let properties = BasicProperties {
@@ -155,11 +164,17 @@ pub fn from_record(
 
 /// A message's filter value (`x-stream-filter-value`), if it has one.
 pub fn filter_value(m: &Message) -> Option<&str> {
-    m.properties
-        .headers
-        .as_ref()?
-        .get(super::args::FILTER_VALUE_HEADER)?
-        .as_str()
+    m.properties.headers.as_ref()?.get(FILTER_VALUE)?.as_str()
+}
+
+/// A stream-protocol message (`raw`) published with a filter value: the
+/// value goes into the message as the annotation `x-stream-filter-value`,
+/// so that an AMQP 0-9-1 consumer's exact filter sees it (as the header of
+/// that name) like one an AMQP 0-9-1 publisher set. RabbitMQ keeps the
+/// value only in the chunk's bloom filter; stream-protocol consumers see
+/// the extra annotation. A message that does not parse is kept as sent.
+pub fn with_filter_value(raw: &Bytes, value: &str) -> Bytes {
+    amqp10::with_annotation(raw, FILTER_VALUE, Value::string(value)).unwrap_or_else(|_| raw.clone())
 }
 
 /// A message or correlation id of any AMQP 1.0 type, as 0-9-1's short
@@ -265,6 +280,24 @@ mod tests {
             assert_eq!(back, m);
             assert_eq!(back.published_at, 7);
         }
+    }
+
+    #[test]
+    fn a_stream_protocol_filter_value_reads_as_the_amqp091_header() {
+        let record = amqp10::Message {
+            application_properties: vec![(Value::string("region"), Value::string("emea"))],
+            body: Body::Data(vec![Bytes::from_static(b"o-1")]),
+            ..amqp10::Message::default()
+        }
+        .to_bytes();
+        let m = from_record(with_filter_value(&record, "emea"), "orders", 0).unwrap();
+        assert_eq!(filter_value(&m), Some("emea"));
+        assert_eq!(&m.body[..], b"o-1");
+        let headers = m.properties.headers.as_ref().unwrap();
+        assert_eq!(headers.get("region"), Some(&FieldValue::string("emea")));
+        // A message that does not parse is stored as sent.
+        let junk = Bytes::from_static(b"not amqp 1.0");
+        assert_eq!(with_filter_value(&junk, "emea"), junk);
     }
 
     #[test]

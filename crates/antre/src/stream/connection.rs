@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::durable::{add_once, Durable};
 use antre_broker::queue::{Delivery, DeliverySink};
-use antre_broker::stream::{OffsetSpec, Reader, Stream, StreamConsumer, StreamWaker};
+use antre_broker::stream::{
+    record, OffsetSpec, PublishedRecord, Reader, Stream, StreamConsumer, StreamWaker,
+};
 use antre_broker::{Broker, Credit, Vhost};
-use antre_stream_proto::chunk::{without_trailer, HEADER_SIZE};
+use antre_stream_proto::chunk::{without_trailer, ChunkFilter, HEADER_SIZE};
 use antre_stream_proto::frame::{
     code, key, split_frame, OffsetSpecification, Properties, Request, ServerFrame, StreamMetadata,
 };
@@ -93,6 +95,8 @@ struct Subscription {
     parked: bool,
     /// Its single-active-consumer group, if it is in one.
     group: Option<GroupKey>,
+    /// The filter values it asked for (`filter.N`, `match-unfiltered`).
+    filter: Option<ChunkFilter>,
 }
 
 /// A stream-protocol connection.
@@ -699,9 +703,16 @@ impl Connection {
             .encode(&mut self.out);
             return;
         };
-        let records: Vec<(u64, Bytes)> = messages
+        let records: Vec<PublishedRecord> = messages
             .into_iter()
-            .map(|m| (m.publishing_id, m.message))
+            .map(|m| PublishedRecord {
+                id: m.publishing_id,
+                message: match &m.filter_value {
+                    Some(v) => record::with_filter_value(&m.message, v),
+                    None => m.message,
+                },
+                filter_value: m.filter_value,
+            })
             .collect();
         let stream = Arc::clone(&p.stream);
         let reference = p.reference.clone();
@@ -710,7 +721,7 @@ impl Connection {
             Ok(()) => {
                 // Duplicates are confirmed too: the publisher retried one
                 // that is already stored.
-                let ids = records.iter().map(|(id, _)| *id);
+                let ids = records.iter().map(|r| r.id);
                 match self.confirms.iter_mut().find(|(p, _)| *p == publisher_id) {
                     Some((_, list)) => list.extend(ids),
                     None => self.confirms.push((publisher_id, ids.collect())),
@@ -721,7 +732,7 @@ impl Connection {
             }
             Err(e) => {
                 let c = admin::response_code(&e);
-                let errors = records.iter().map(|(id, _)| (*id, c)).collect();
+                let errors = records.iter().map(|r| (r.id, c)).collect();
                 ServerFrame::PublishError {
                     publisher_id,
                     errors,
@@ -855,13 +866,17 @@ impl Connection {
         } else {
             None
         };
+        let filter = subscription_filter(properties);
         // A single active consumer reads only once active, from where the
         // client says then.
         let reader = if group.is_some() {
             None
         } else {
             match s.reader(offset_spec(offset)) {
-                Ok(r) => Some(r),
+                Ok(mut r) => {
+                    r.set_filter(filter.clone());
+                    Some(r)
+                }
                 Err(e) => {
                     self.respond(key::SUBSCRIBE, corr, admin::response_code(&e));
                     return;
@@ -894,6 +909,7 @@ impl Connection {
                 credit: u32::from(credit),
                 parked: false,
                 group: group.clone(),
+                filter,
             },
         );
         self.respond(key::SUBSCRIBE, corr, code::OK);
@@ -921,7 +937,8 @@ impl Connection {
         if active {
             let spec = offset_spec(offset.unwrap_or(OffsetSpecification::Next));
             match sub.stream.reader(spec) {
-                Ok(r) => {
+                Ok(mut r) => {
+                    r.set_filter(sub.filter.clone());
                     sub.offset.store(r.position(), Ordering::Relaxed);
                     sub.reader = Some(r);
                     sub.parked = false;
@@ -1037,6 +1054,28 @@ fn offset_spec(offset: OffsetSpecification) -> OffsetSpec {
     }
 }
 
+/// The filter a subscription's properties ask for, as RabbitMQ reads them:
+/// every `filter.*` property is a value, `match-unfiltered: true` adds the
+/// messages without one. The broker skips chunks that hold none of them;
+/// the client filters the messages of the chunks it gets.
+fn subscription_filter(properties: &Properties) -> Option<ChunkFilter> {
+    let values: Vec<String> = properties
+        .iter()
+        .filter(|(k, _)| k.starts_with("filter."))
+        .map(|(_, v)| v.clone())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let match_unfiltered = properties
+        .iter()
+        .any(|(k, v)| k == "match-unfiltered" && v == "true");
+    Some(ChunkFilter {
+        values,
+        match_unfiltered,
+    })
+}
+
 /// The command versions antre serves.
 fn supported_versions() -> Vec<(u16, u16, u16)> {
     let mut v: Vec<(u16, u16, u16)> = (key::DECLARE_PUBLISHER..=key::DELETE_SUPER_STREAM)
@@ -1048,4 +1087,42 @@ fn supported_versions() -> Vec<(u16, u16, u16)> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(entries: &[(&str, &str)]) -> Properties {
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn subscription_properties_give_the_filter_as_rabbitmq_reads_them() {
+        assert_eq!(subscription_filter(&props(&[("name", "c")])), None);
+        let f = subscription_filter(&props(&[
+            ("filter.0", "emea"),
+            ("filter.1", "apac"),
+            ("match-unfiltered", "false"),
+        ]))
+        .expect("a filter");
+        assert_eq!(
+            (f.values.clone(), f.match_unfiltered),
+            (vec!["emea".into(), "apac".into()], false)
+        );
+        let f = subscription_filter(&props(&[
+            ("filter.x", "emea"),
+            ("match-unfiltered", "true"),
+        ]))
+        .expect("a filter");
+        assert!(f.match_unfiltered);
+        // match-unfiltered alone is no filter (RabbitMQ ignores it too).
+        assert_eq!(
+            subscription_filter(&props(&[("match-unfiltered", "true")])),
+            None
+        );
+    }
 }
