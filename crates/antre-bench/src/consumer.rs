@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use antre_amqp::method::*;
-use antre_amqp::{decode_frame, encode_method, Frame, Method};
+use antre_amqp::{decode_frame, encode_method, FieldTable, Frame, Method};
 use anyhow::{bail, Result};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +31,8 @@ pub struct ConsumerSpec {
     pub ack_every: u64,
     /// no_ack consumption: the broker forgets a message once sent.
     pub auto_ack: bool,
+    /// basic.consume arguments (e.g. `x-stream-offset` for a stream).
+    pub arguments: FieldTable,
 }
 
 /// Message reassembly state: which delivery's frames are arriving.
@@ -65,6 +67,7 @@ pub async fn run(
     let consume = BasicConsume {
         queue: spec.queue.clone(),
         no_ack: spec.auto_ack,
+        arguments: spec.arguments.clone(),
         ..Default::default()
     };
     conn.call(1, consume.into()).await?;

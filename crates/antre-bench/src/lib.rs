@@ -13,8 +13,9 @@
 //!   memory;
 //! - [`lapin_driver`]: the same runs driven by the independent `lapin`
 //!   client instead of the built-in one (`antre-bench lapin`);
-//! - [`stream`]: streams over RabbitMQ's stream protocol, driven by the
-//!   `rabbitmq-stream-client` crate (`antre-bench stream`);
+//! - [`stream`]: streams over RabbitMQ's stream protocol (driven by the
+//!   `rabbitmq-stream-client` crate, or publishing with [`stream_lean`])
+//!   and over AMQP 0-9-1 (`antre-bench stream`);
 //! - [`stats`]: latency histogram, counters, rates;
 //! - [`fake`]: an in-process fake server, to measure the tool's own ceiling
 //!   ([`selftest`]) and to test the client without a broker;
@@ -35,3 +36,4 @@ pub mod run;
 pub mod selftest;
 pub mod stats;
 pub mod stream;
+pub mod stream_lean;

@@ -35,8 +35,9 @@ enum Command {
     /// Open many idle connections and report the broker's resident memory
     /// per connection.
     Idle(Box<antre_bench::idle::IdleArgs>),
-    /// Publish to a stream over the stream protocol with confirms, then read
-    /// it from first with N consumers at once (rabbitmq-stream-client).
+    /// Publish to a stream with confirms, then read it from first with N
+    /// consumers at once, over the stream protocol (rabbitmq-stream-client)
+    /// or AMQP 0-9-1 (an x-queue-type stream queue).
     Stream(Box<antre_bench::stream::StreamArgs>),
     /// Measure the tool's own ceiling against an in-process fake broker.
     Selftest {
@@ -139,12 +140,17 @@ async fn async_main(command: Command) -> Result<()> {
             let r = antre_bench::stream::run(&args).await?;
             let cpu = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.2}"));
             println!(
-                "| broker | messages | body | consumers | publish msg/s | consume msg/s | CPU µs/msg publish | CPU µs/msg consume |"
+                "| broker | protocol | messages | body | consumers | publish msg/s | consume msg/s | CPU µs/msg publish | CPU µs/msg consume |"
             );
-            println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+            println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
             println!(
-                "| {} | {} | {} B | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} B | {} | {} | {} | {} | {} |",
                 r.broker,
+                match r.client {
+                    Some(antre_bench::stream::StreamClient::Lean) =>
+                        format!("{} (lean client)", r.protocol),
+                    _ => r.protocol.to_string(),
+                },
                 r.messages,
                 r.size,
                 r.consumers,
@@ -153,6 +159,9 @@ async fn async_main(command: Command) -> Result<()> {
                 cpu(r.publish_cpu_us_per_msg),
                 cpu(r.consume_cpu_us_per_msg)
             );
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&r)?)?;
+            }
         }
         Command::Selftest {
             sizes,

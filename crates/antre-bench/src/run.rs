@@ -319,6 +319,7 @@ pub async fn run_with(args: &RunArgs, client: Client) -> Result<Report> {
             prefetch: args.prefetch,
             ack_every: args.ack_every,
             auto_ack: args.auto_ack,
+            arguments: Default::default(),
         };
         let (counters, stop, ready) = (
             counters.clone(),
