@@ -427,12 +427,24 @@ pub struct ChunkBuilder {
     records: u32,
     /// The records' distinct filter values (empty: a record without one).
     filter_values: std::collections::BTreeSet<Vec<u8>>,
+    /// Bytes of Bloom filter when a record has a filter value (0: the
+    /// default).
+    filter_size: u8,
 }
 
 impl ChunkBuilder {
     /// An empty chunk.
     pub fn new() -> ChunkBuilder {
         ChunkBuilder::default()
+    }
+
+    /// An empty chunk whose Bloom filter, if it gets one, has `bytes` bytes
+    /// (0: [`DEFAULT_FILTER_SIZE`]; osiris allows 16 to 255).
+    pub fn with_filter_size(bytes: u8) -> ChunkBuilder {
+        ChunkBuilder {
+            filter_size: bytes,
+            ..ChunkBuilder::default()
+        }
     }
 
     /// Whether it holds no entry.
@@ -511,10 +523,11 @@ impl ChunkBuilder {
         epoch: u64,
         trailer: &[u8],
     ) -> (ChunkHeader, Bytes) {
-        let bloom = bloom_filter(
-            self.filter_values.iter().map(Vec::as_slice),
-            DEFAULT_FILTER_SIZE,
-        );
+        let size = match self.filter_size {
+            0 => DEFAULT_FILTER_SIZE,
+            n => usize::from(n),
+        };
+        let bloom = bloom_filter(self.filter_values.iter().map(Vec::as_slice), size);
         assemble(
             TYPE_USER,
             (self.entries, self.records),
@@ -758,6 +771,17 @@ mod tests {
         }
         // Two bits of 127 per value: false positives are rare.
         assert!(skipped > 190, "only {skipped} of 200 skipped");
+        // A larger filter, as x-stream-filter-size-bytes asks.
+        let mut b = ChunkBuilder::with_filter_size(255);
+        b.push_filtered(b"x", Some(b"emea"));
+        let (h, raw) = b.finish(0, 0, 1);
+        assert_eq!(h.bloom_size, 255);
+        let c = Chunk::decode(raw).unwrap();
+        let emea = ChunkFilter {
+            values: vec!["emea".into()],
+            match_unfiltered: false,
+        };
+        assert!(emea.matches(c.bloom()));
         // Records without a value only: no filter, like osiris.
         let mut b = ChunkBuilder::new();
         b.push_simple(b"x");

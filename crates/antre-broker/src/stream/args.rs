@@ -12,6 +12,9 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 500_000_000;
 /// RabbitMQ's ceiling on `x-stream-max-segment-size-bytes` (3 GB).
 pub const MAX_SEGMENT_SIZE: u64 = 3_000_000_000;
 
+/// osiris's default size of a chunk's Bloom filter (bytes).
+pub const DEFAULT_FILTER_SIZE: u8 = 16;
+
 /// What a stream's arguments ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamArgs {
@@ -22,13 +25,16 @@ pub struct StreamArgs {
     pub max_age_ms: Option<u64>,
     /// `x-stream-max-segment-size-bytes`: when to start a new segment.
     pub max_segment_size: u64,
+    /// `x-stream-filter-size-bytes` (16 to 255): the size of each chunk's
+    /// Bloom filter of filter values.
+    pub filter_size: u8,
 }
 
 impl StreamArgs {
-    /// These arguments with a policy definition's retention keys applied,
-    /// the stricter value winning as for queues' limits. A policy's
-    /// `stream-max-segment-size-bytes` is not applied: a stream's segment
-    /// size is fixed when its log is opened.
+    /// These arguments with a policy definition's keys applied: for
+    /// retention the stricter value wins, as for queues' limits; the
+    /// policy's segment size wins over the argument. A policy's filter size
+    /// is not applied (RabbitMQ reads it only when a stream is declared).
     pub fn with_policy(
         &self,
         definition: &serde_json::Map<String, serde_json::Value>,
@@ -54,6 +60,7 @@ impl StreamArgs {
             max_length_bytes: stricter(self.max_length_bytes, bytes),
             max_age_ms: stricter(self.max_age_ms, age),
             max_segment_size: segment.unwrap_or(self.max_segment_size),
+            filter_size: self.filter_size,
         }
     }
 
@@ -96,12 +103,23 @@ impl StreamArgs {
                 "Exceeded max value for x-stream-max-segment-size-bytes".into(),
             ));
         }
+        let filter_size = match int("x-stream-filter-size-bytes")? {
+            None => DEFAULT_FILTER_SIZE,
+            Some(n @ 16..=255) => n as u8,
+            Some(n) => {
+                return Err(invalid(
+                    "x-stream-filter-size-bytes",
+                    format!("{{invalid_filter_size,{n}}}"),
+                ))
+            }
+        };
         Ok(StreamArgs {
             max_length_bytes: int("x-max-length-bytes")?,
             max_age_ms,
             max_segment_size: max_segment_size
                 .filter(|n| *n > 0)
                 .unwrap_or(DEFAULT_SEGMENT_SIZE),
+            filter_size,
         })
     }
 }

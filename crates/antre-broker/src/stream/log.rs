@@ -177,6 +177,8 @@ pub(crate) struct Log {
     /// Chunk counts the syncs under way will cover, oldest first.
     syncing: VecDeque<u64>,
     max_segment_size: u64,
+    /// Bytes of each chunk's Bloom filter.
+    filter_size: u8,
     /// A failed write: the log refuses everything until restarted (and
     /// recovery truncates what the failure left).
     failed: Option<String>,
@@ -254,6 +256,7 @@ impl Log {
             synced_chunks: 0,
             syncing: VecDeque::new(),
             max_segment_size,
+            filter_size: 0,
             failed: None,
         };
         Ok((log, stats))
@@ -305,6 +308,14 @@ impl Log {
         Ok(false)
     }
 
+    /// Sets the size of the Bloom filter of the chunks written from now on.
+    pub fn set_filter_size(&mut self, bytes: u8) {
+        self.filter_size = bytes;
+        if self.open.is_empty() {
+            self.open = ChunkBuilder::with_filter_size(bytes);
+        }
+    }
+
     /// Changes the size at which the active segment rolls over.
     pub fn set_max_segment_size(&mut self, bytes: u64) {
         self.max_segment_size = bytes;
@@ -329,7 +340,10 @@ impl Log {
         if self.open.is_empty() {
             return Ok(false);
         }
-        let builder = std::mem::take(&mut self.open);
+        let builder = std::mem::replace(
+            &mut self.open,
+            ChunkBuilder::with_filter_size(self.filter_size),
+        );
         let writers = std::mem::take(&mut self.open_writers);
         let chunk_id = self.written_next;
         let mut trailer = BytesMut::new();

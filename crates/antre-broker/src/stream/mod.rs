@@ -190,9 +190,10 @@ impl Stream {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Stream>, BrokerError> {
         let args = StreamArgs::parse(&arguments, vhost, name)?;
-        let (log, stats) = Log::open(dir, args.max_segment_size).map_err(|e| {
+        let (mut log, stats) = Log::open(dir, args.max_segment_size).map_err(|e| {
             BrokerError::Internal(format!("opening {}: {e}", queue_ref(vhost, name)))
         })?;
+        log.set_filter_size(args.filter_size);
         if stats.chunks > 0 || stats.bytes_truncated > 0 {
             tracing::info!(vhost, stream = name, ?stats, "recovered stream");
         }

@@ -181,3 +181,79 @@ fn retention_by_age_needs_time_to_pass() {
     assert_eq!(info.segments, 1, "only the segment being written stays");
     assert!(info.first_offset > 0);
 }
+
+fn tagged(body: &str, value: &str) -> Message {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        args::FILTER_VALUE_HEADER,
+        antre_amqp::FieldValue::string(value),
+    );
+    let properties = BasicProperties {
+        headers: Some(headers),
+        ..Default::default()
+    };
+    Message::new(
+        "".into(),
+        "events".into(),
+        properties,
+        Bytes::from(body.to_owned()),
+    )
+}
+
+#[test]
+fn filtered_readers_skip_chunks_by_their_bloom_filters_of_the_asked_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-filter-size-bytes",
+        antre_amqp::FieldValue::I64(64),
+    );
+    let s = open(dir.path(), Arc::new(ManualClock::at(0)), args);
+    for (i, region) in ["emea", "apac", "emea"].iter().enumerate() {
+        s.publish(&tagged(&format!("{region}-{i}"), region))
+            .unwrap();
+        s.flush();
+    }
+    s.publish(&msg("plain")).unwrap();
+    s.flush();
+    let mut all = s.reader(OffsetSpec::First).unwrap();
+    let chunk = all.next_chunk().unwrap().unwrap();
+    assert_eq!(chunk.header.bloom_size, 64);
+    let filtered = |values: &[&str], match_unfiltered| {
+        let mut r = s.reader(OffsetSpec::First).unwrap();
+        r.set_filter(Some(antre_stream_proto::chunk::ChunkFilter {
+            values: values.iter().map(|v| v.to_string()).collect(),
+            match_unfiltered,
+        }));
+        drain(&mut r)
+    };
+    assert_eq!(bodies(&filtered(&["emea"], false)), ["emea-0", "emea-2"]);
+    assert_eq!(bodies(&filtered(&["apac"], true)), ["apac-1", "plain"]);
+    assert!(filtered(&["amer"], false).is_empty());
+}
+
+#[test]
+fn a_filter_size_outside_16_to_255_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [0, 15, 256] {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-stream-filter-size-bytes",
+            antre_amqp::FieldValue::I64(bad),
+        );
+        let e = Stream::open(
+            "/",
+            "events",
+            args,
+            dir.path(),
+            Arc::new(ManualClock::at(0)),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            BrokerError::PreconditionFailed(format!(
+                "invalid arg 'x-stream-filter-size-bytes' for queue 'events' in vhost '/': {{invalid_filter_size,{bad}}}"
+            ))
+        );
+    }
+}

@@ -27,6 +27,9 @@ pub fn stream_arguments(arguments: &Properties) -> Result<FieldTable, u16> {
             "stream-max-segment-size-bytes" => {
                 table.insert("x-stream-max-segment-size-bytes", FieldValue::I64(int()?))
             }
+            "stream-filter-size-bytes" => {
+                table.insert("x-stream-filter-size-bytes", FieldValue::I64(int()?))
+            }
             "max-age" => table.insert("x-max-age", FieldValue::string(v.clone())),
             "initial-cluster-size" => {
                 table.insert("x-initial-cluster-size", FieldValue::I64(int()?))
