@@ -27,8 +27,9 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-/// Frames larger than this are refused (the broker's tune asks for less).
-const FRAME_MAX: u32 = 1 << 20;
+/// Frames from the broker larger than this are refused: a Deliver carries
+/// a whole chunk, which a broker may let grow past the tuned frame_max.
+const FRAME_MAX: u32 = 64 << 20;
 /// Bytes gathered before one write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 

@@ -29,8 +29,11 @@ use antre_stream_proto::chunk::{self, ChunkBuilder, ChunkHeader, HEADER_SIZE, SE
 use antre_stream_proto::chunk::{Chunk, Entries, Entry, TrackingEntry, MAX_ENTRIES};
 use bytes::{Bytes, BytesMut};
 
-/// A chunk is written once its entries reach this size.
-pub(crate) const CHUNK_TARGET: usize = 1 << 20;
+/// The most bytes of entries a chunk gets (unless one record alone is
+/// larger): a chunk as the stream protocol delivers it (header and
+/// entries) then fits a Deliver frame of 1 MiB, the frame_max clients and
+/// brokers use by default, with room for the frame's own fields.
+pub(crate) const CHUNK_TARGET: usize = (1 << 20) - 512;
 /// A segment file's header size.
 pub(crate) const SEGMENT_START: u64 = SEGMENT_HEADER.len() as u64;
 /// The epoch antre writes: a single node never changes leader.
@@ -294,7 +297,8 @@ impl Log {
         now: i64,
     ) -> Result<bool, String> {
         self.check()?;
-        if !self.open.has_room() || self.open.data_len() + record.len() > CHUNK_TARGET * 4 {
+        // The entry's 4-byte length counts too.
+        if !self.open.has_room() || self.open.data_len() + 4 + record.len() > CHUNK_TARGET {
             self.seal(now)?;
         }
         self.open
@@ -302,7 +306,7 @@ impl Log {
         if let Some((name, sequence)) = writer {
             self.open_writers.insert(name.to_owned(), sequence);
         }
-        if self.open.data_len() >= CHUNK_TARGET || self.open.records() as usize >= MAX_ENTRIES {
+        if self.open.data_len() + 4 >= CHUNK_TARGET || self.open.records() as usize >= MAX_ENTRIES {
             return self.seal(now);
         }
         Ok(false)
@@ -704,6 +708,29 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn chunks_fit_a_one_mebibyte_deliver_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), 100_000_000).unwrap();
+        for i in 0..3_000u32 {
+            let size = 700 + (i as usize * 37) % 900;
+            log.append_from(&vec![1; size], None, Some("f"), 0).unwrap();
+        }
+        log.seal(0).unwrap();
+        let raw = std::fs::read(segment_path(log.dir(), 0)).unwrap();
+        let mut pos = SEGMENT_START as usize;
+        let mut chunks = 0;
+        while pos < raw.len() {
+            let h = ChunkHeader::decode(&raw[pos..]).unwrap();
+            // Deliver: size, key, version, subscription, committed offset.
+            let frame = 4 + 2 + 2 + 1 + 8 + HEADER_SIZE + h.data_len as usize;
+            assert!(frame <= 1 << 20, "chunk {} needs {frame} bytes", h.chunk_id);
+            pos += h.total_size() as usize;
+            chunks += 1;
+        }
+        assert!(chunks > 1);
     }
 
     #[test]
