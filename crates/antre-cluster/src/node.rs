@@ -80,6 +80,8 @@ pub struct Cluster {
     runtime: tokio::runtime::Handle,
     /// Connections for forwarding changes to the leader, by target.
     forward: Mutex<HashMap<NodeId, Connection>>,
+    /// Set by [`Cluster::shutdown`]: the ping tasks end.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -139,8 +141,13 @@ impl Cluster {
             next_request: AtomicU64::new(rand::random::<u32>() as u64),
             runtime: tokio::runtime::Handle::current(),
             forward: Mutex::default(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(crate::server::serve(listener, Arc::downgrade(&node)));
+        for peer in config.peers.iter().filter(|p| p.name != config.node_name) {
+            let conn = Connection::new(Arc::clone(&node.link), &peer.name, peer.addr);
+            tokio::spawn(ping(conn, Arc::downgrade(&node)));
+        }
         let members: BTreeMap<NodeId, BasicNode> = config
             .peers
             .iter()
@@ -169,6 +176,7 @@ impl Cluster {
 
     /// Stops the metadata group and closes the log.
     pub async fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("stopping raft: {e}");
         }
@@ -348,6 +356,24 @@ impl Cluster {
         };
         self.waiters.lock().remove(&request);
         result
+    }
+}
+
+/// How often a node pings each peer.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Pings one peer every second while the node lives; each answer (or
+/// failure) updates what the node knows of the peer.
+async fn ping(mut conn: Connection, node: std::sync::Weak<Cluster>) {
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match node.upgrade() {
+            Some(n) if !n.stopped.load(Ordering::Relaxed) => drop(n),
+            _ => return,
+        }
+        let _ = conn.call(&Request::Ping, PING_EVERY).await;
     }
 }
 

@@ -76,6 +76,7 @@ async fn serve_peer(
             Request::Vote(rpc) => Response::Vote(node.raft.vote(rpc).await),
             Request::Snapshot(rpc) => Response::Snapshot(node.raft.install_snapshot(rpc).await),
             Request::Propose(p) => Response::Propose(node.commit_as_leader(p).await),
+            Request::Ping => Response::Pong,
         };
         drop(node);
         write_frame(&mut stream, &response).await?;

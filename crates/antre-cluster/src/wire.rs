@@ -76,6 +76,10 @@ pub enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower hands its leader a metadata change to commit.
     Propose(Proposal),
+    /// Liveness: every node pings every peer each second, so that each
+    /// knows which peers run (Raft alone only links followers to their
+    /// leader).
+    Ping,
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -89,6 +93,8 @@ pub enum Response {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// To [`Request::Propose`].
     Propose(Result<(), ProposeRefusal>),
+    /// To [`Request::Ping`].
+    Pong,
 }
 
 /// Why a node did not commit a forwarded change.

@@ -67,6 +67,8 @@ pub struct RunningServer {
     http_tasks: Vec<JoinHandle<()>>,
     stream_tasks: Vec<JoinHandle<()>>,
     config: Config,
+    /// This node's cluster membership, if it is a cluster node.
+    pub cluster: Option<Arc<antre_cluster::Cluster>>,
 }
 
 impl RunningServer {
@@ -97,6 +99,9 @@ impl RunningServer {
             let _ = stream.await;
         }
         let _ = self.task.await;
+        if let Some(cluster) = &self.cluster {
+            cluster.shutdown().await;
+        }
     }
 }
 
@@ -176,6 +181,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         seed_default_user(&broker, name, password)?;
     }
     let broker = Arc::new(broker);
+    // Before any listener serves: from here on, metadata changes go
+    // through the cluster's metadata group.
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            antre_cluster::Cluster::start(c.clone(), Arc::clone(&broker))
+                .await
+                .context("starting the cluster node")?,
+        ),
+        None => None,
+    };
     let registry = Arc::<Registry>::default();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let alarms = Alarms::start(
@@ -215,6 +230,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             https_addrs: https_addrs.clone(),
             started: std::time::Instant::now(),
             sockets: Arc::clone(&sockets),
+            cluster: cluster.clone(),
         };
         let http = http_listeners
             .into_iter()
@@ -292,6 +308,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         stream_tasks,
         config,
         alarms,
+        cluster,
     })
 }
 

@@ -457,6 +457,15 @@ fn is_empty_value(v: &Value) -> bool {
 /// import before anything changes, listed, unless `skip` asks to import
 /// the rest; then the answer and the log list what was skipped.
 fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> ApiResult<Value> {
+    if state.broker.metadata_log().is_some() {
+        // The import applies many objects directly; it is not yet a
+        // sequence of replicated changes (docs/clustering.md).
+        return Err(ApiError {
+            status: StatusCode::NOT_IMPLEMENTED,
+            error: "not_implemented",
+            reason: "importing definitions on a cluster node is not supported yet".into(),
+        });
+    }
     let invalid =
         |e: serde_json::Error| ApiError::bad_request(format!("invalid definitions JSON: {e}"));
     let raw: Value = serde_json::from_slice(body).map_err(invalid)?;

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use antre_broker::access::{Perm, ResourceKind};
+use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::vhost::QueueDeclaration;
 use axum::body::Bytes;
@@ -146,17 +147,34 @@ pub async fn declare(
             user.permit(&state, &vhost, ResourceKind::Exchange, dlx, Perm::Write)?;
         }
     }
-    v.declare_queue(
-        QueueDeclaration {
+    if let Some(log) = state.broker.metadata_log() {
+        if body.arguments.get("x-queue-type").and_then(Value::as_str) == Some("stream") {
+            return Err(ApiError::bad_request(
+                "streams are not supported in an antre cluster yet",
+            ));
+        }
+        let command = MetaCommand::DeclareQueue {
+            vhost,
             name,
             durable: body.durable.unwrap_or(true),
-            exclusive: false,
             auto_delete: body.auto_delete,
-            arguments: json_to_table(&body.arguments),
-        },
-        false,
-        0,
-    )?;
+            arguments: WireTable(json_to_table(&body.arguments)),
+            owner: log.node_name().to_owned(),
+        };
+        state.broker.change_meta(command)?;
+    } else {
+        v.declare_queue(
+            QueueDeclaration {
+                name,
+                durable: body.durable.unwrap_or(true),
+                exclusive: false,
+                auto_delete: body.auto_delete,
+                arguments: json_to_table(&body.arguments),
+            },
+            false,
+            0,
+        )?;
+    }
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -180,6 +198,15 @@ pub async fn remove(
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
     let v = state.vhost(&vhost)?;
     let owner = q.options.exclusive_owner.unwrap_or(0);
+    if state.broker.metadata_log().is_some() && owner == 0 {
+        state.broker.change_meta(MetaCommand::DeleteQueue {
+            vhost,
+            name,
+            if_unused: flag(&query, "if-unused"),
+            if_empty: flag(&query, "if-empty"),
+        })?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     v.delete_queue(
         &name,
         flag(&query, "if-unused"),
@@ -202,6 +229,7 @@ pub async fn purge(
     }
     let q = find(&state, &vhost, &name)?;
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Read)?;
+    state.vhost(&vhost)?.check_local(&name)?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
 }
