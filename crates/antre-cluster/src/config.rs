@@ -40,6 +40,9 @@ pub struct ClusterConfig {
     pub dir: PathBuf,
     /// How long a metadata change may wait for the cluster before it fails.
     pub change_timeout: Duration,
+    /// A snapshot is built after this many log entries since the last one;
+    /// the log before it is then compacted.
+    pub snapshot_logs: u64,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -51,12 +54,16 @@ impl std::fmt::Debug for ClusterConfig {
             .field("secret", &"<redacted>")
             .field("dir", &self.dir)
             .field("change_timeout", &self.change_timeout)
+            .field("snapshot_logs", &self.snapshot_logs)
             .finish()
     }
 }
 
 /// The default bound on a metadata change's wait for the cluster.
 pub const DEFAULT_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default number of log entries between snapshots.
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
 
 /// A node's Raft id: the first 8 bytes (big-endian) of the SHA-256 of its
 /// name. Derived from the name alone, so it does not change when the peer
@@ -183,6 +190,7 @@ mod tests {
             secret: "0123456789abcdef".into(),
             dir: PathBuf::new(),
             change_timeout: DEFAULT_CHANGE_TIMEOUT,
+            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
         };
         assert!(c.validate().is_err());
         c.node_name = "n2".into();

@@ -184,7 +184,12 @@ impl Connection {
 
     /// Sends one request and reads its answer, within `ttl`.
     pub async fn call(&mut self, request: &Request, ttl: Duration) -> Result<Response, CallError> {
-        let mut stream = match self.stream.take() {
+        // An idle connection has nothing to read: if it is readable, the
+        // peer closed it (or broke the protocol), and a request sent on it
+        // would be lost after all. Such a connection is replaced before
+        // anything is sent, so the caller may safely try again elsewhere.
+        let alive = |s: &TcpStream| matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        let mut stream = match self.stream.take().filter(alive) {
             Some(s) => s,
             None => self.connect().await?,
         };

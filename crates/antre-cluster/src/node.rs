@@ -21,13 +21,15 @@ use crate::state_machine::{StateMachine, Waiters};
 use crate::wire::{ProposeRefusal, Request, Response};
 use crate::{ClusterConfig, ClusterError, NodeId, Proposal, Raft};
 
-/// Raft timing: a heartbeat every 250 ms; a follower that hears nothing
-/// for 1.5 to 3 s stands for election. Generous for loopback, so that a
-/// node busy with other work (or a loaded CI machine) does not trigger
-/// needless elections, yet a dead leader is replaced within a few seconds.
-const HEARTBEAT_MS: u64 = 250;
-const ELECTION_MIN_MS: u64 = 1500;
-const ELECTION_MAX_MS: u64 = 3000;
+/// Raft timing: a heartbeat every 200 ms; a follower that hears nothing
+/// for 1 to 2 s stands for election. Generous for a LAN, so that a node
+/// busy with other work (or a loaded CI machine) does not trigger needless
+/// elections, yet a dead leader is replaced within a few seconds (openraft
+/// also has followers refuse votes while the leader's lease, the longest
+/// election timeout, runs: failover takes 2 to 4 s).
+const HEARTBEAT_MS: u64 = 200;
+const ELECTION_MIN_MS: u64 = 1000;
+const ELECTION_MAX_MS: u64 = 2000;
 
 /// A peer counts as running while it was heard from this recently.
 const RUNNING_WITHIN: Duration = Duration::from_secs(5);
@@ -82,6 +84,11 @@ pub struct Cluster {
     forward: Mutex<HashMap<NodeId, Connection>>,
     /// Set by [`Cluster::shutdown`]: the ping tasks end.
     stopped: std::sync::atomic::AtomicBool,
+    /// The listener's task, ended by [`Cluster::shutdown`] (so the
+    /// address is free again).
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tells the tasks serving peers' connections to close them.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -120,8 +127,10 @@ impl Cluster {
             heartbeat_interval: HEARTBEAT_MS,
             election_timeout_min: ELECTION_MIN_MS,
             election_timeout_max: ELECTION_MAX_MS,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-            max_in_snapshot_log_to_keep: 100,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs.max(1)),
+            // Some entries stay after a snapshot, so a follower a little
+            // behind catches up from the log rather than a whole snapshot.
+            max_in_snapshot_log_to_keep: (config.snapshot_logs / 10).min(100),
             ..Default::default()
         }
         .validate()
@@ -142,8 +151,15 @@ impl Cluster {
             runtime: tokio::runtime::Handle::current(),
             forward: Mutex::default(),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            listener: Mutex::default(),
+            stop: tokio::sync::watch::Sender::new(false),
         });
-        tokio::spawn(crate::server::serve(listener, Arc::downgrade(&node)));
+        let serving = tokio::spawn(crate::server::serve(
+            listener,
+            Arc::downgrade(&node),
+            node.stop.subscribe(),
+        ));
+        *node.listener.lock() = Some(serving);
         for peer in config.peers.iter().filter(|p| p.name != config.node_name) {
             let conn = Connection::new(Arc::clone(&node.link), &peer.name, peer.addr);
             tokio::spawn(ping(conn, Arc::downgrade(&node)));
@@ -177,6 +193,10 @@ impl Cluster {
     /// Stops the metadata group and closes the log.
     pub async fn shutdown(&self) {
         self.stopped.store(true, Ordering::Relaxed);
+        self.stop.send_replace(true);
+        if let Some(task) = self.listener.lock().take() {
+            task.abort();
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("stopping raft: {e}");
         }

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Weak};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::auth;
 use crate::node::Cluster;
@@ -12,7 +13,7 @@ use crate::wire::{read_frame, write_frame, Request, Response};
 
 /// Accepts cluster connections until the listener fails or the node is
 /// gone.
-pub async fn serve(listener: TcpListener, node: Weak<Cluster>) {
+pub async fn serve(listener: TcpListener, node: Weak<Cluster>, stop: watch::Receiver<bool>) {
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -26,9 +27,15 @@ pub async fn serve(listener: TcpListener, node: Weak<Cluster>) {
             return;
         };
         let _ = stream.set_nodelay(true);
+        let mut stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_peer(stream, addr, n).await {
-                tracing::debug!(%addr, "cluster connection ended: {e}");
+            // A node that stops closes its peers' connections at once, so
+            // they see it gone before they send anything more on them.
+            tokio::select! {
+                r = serve_peer(stream, addr, n) => if let Err(e) = r {
+                    tracing::debug!(%addr, "cluster connection ended: {e}");
+                },
+                _ = stop.wait_for(|s| *s) => {}
             }
         });
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use antre_broker::cluster::{MetaCommand, MetaOutcome, MetadataLog, WireTable};
 use antre_broker::Broker;
-use antre_cluster::config::{parse_peers, DEFAULT_CHANGE_TIMEOUT};
+use antre_cluster::config::{parse_peers, DEFAULT_CHANGE_TIMEOUT, DEFAULT_SNAPSHOT_LOGS};
 use antre_cluster::{Cluster, ClusterConfig};
 use tokio::time::Instant;
 
@@ -44,6 +44,7 @@ async fn start(names: &[&str], secrets: &[&str], dir: &std::path::Path) -> Vec<N
             secret: secrets[i].to_owned(),
             dir: dir.join(name),
             change_timeout: DEFAULT_CHANGE_TIMEOUT,
+            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
         };
         let cluster = Cluster::start(config, Arc::clone(&broker)).await.unwrap();
         nodes.push(Node { broker, cluster });

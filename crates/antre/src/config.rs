@@ -536,6 +536,7 @@ impl Settings {
             secret,
             dir: data_dir.join("cluster"),
             change_timeout,
+            snapshot_logs: antre_cluster::config::DEFAULT_SNAPSHOT_LOGS,
         };
         config.validate()?;
         Ok(Some(config))
