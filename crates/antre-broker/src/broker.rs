@@ -251,6 +251,9 @@ impl Broker {
             )?,
         };
         let vhost = Arc::new(vhost);
+        if let Some(log) = self.metadata.get() {
+            vhost.set_metadata_log(Arc::clone(log));
+        }
         self.apply_vhost_limits(&vhost);
         vhosts.insert(name.to_owned(), Arc::clone(&vhost));
         Ok(vhost)

@@ -357,6 +357,11 @@ pub trait MetadataLog: Send + Sync + fmt::Debug {
     /// called from the synchronous channel handlers, so implementations
     /// must cope with being called on an async runtime's worker.
     fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError>;
+
+    /// Proposes a change without waiting for it (a queue's owner removing
+    /// an auto-delete or expired queue, from a timer or a channel that must
+    /// not block on the cluster); a failure is logged.
+    fn propose_later(&self, command: MetaCommand);
 }
 
 /// The whole replicated metadata, as a cluster's snapshot carries it: what
@@ -389,7 +394,13 @@ impl Broker {
     /// Makes this broker a cluster node whose metadata changes go through
     /// `log`. Returns false if it already had one.
     pub fn set_metadata_log(&self, log: Arc<dyn MetadataLog>) -> bool {
-        self.metadata.set(log).is_ok()
+        if self.metadata.set(Arc::clone(&log)).is_err() {
+            return false;
+        }
+        for v in self.vhosts() {
+            v.set_metadata_log(Arc::clone(&log));
+        }
+        true
     }
 
     /// The cluster's metadata log, if this broker is a cluster node.
@@ -805,6 +816,30 @@ mod tests {
             })
             .unwrap();
         assert_eq!(v.remote_owner("q"), None);
+    }
+
+    #[test]
+    fn another_nodes_queue_does_not_expire_here() {
+        let clock = Arc::new(crate::clock::ManualClock::default());
+        let broker = Broker::with_clock(clock.clone());
+        let declare = |name: &str| MetaCommand::DeclareQueue {
+            vhost: "/".into(),
+            name: name.into(),
+            durable: false,
+            auto_delete: false,
+            arguments: WireTable([("x-expires", FieldValue::I32(1000))].into_iter().collect()),
+            owner: "n1".into(),
+        };
+        broker.apply_meta(declare("mine")).unwrap();
+        broker.apply_meta(declare("theirs")).unwrap();
+        let v = broker.vhost("/").unwrap();
+        v.set_remote_owner("theirs", Some("n1"));
+        clock.advance(2000);
+        broker.tick();
+        // The owner's copy expires on the owner, which has every node
+        // forget it; this node's copy waits for that.
+        assert!(!v.has_queue("mine"));
+        assert!(v.has_queue("theirs"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::log_store::LogStore;
 use crate::network::{CallError, Connection, Link, NetworkFactory};
-use crate::state_machine::{StateMachine, Waiters};
+use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
 use crate::wire::{ProposeRefusal, Request, Response};
 use crate::{ClusterConfig, ClusterError, NodeId, Proposal, Raft};
 
@@ -78,6 +78,7 @@ pub struct Cluster {
     pub raft: Raft,
     log: LogStore,
     waiters: Waiters,
+    hooks: AppliedHooks,
     next_request: AtomicU64,
     runtime: tokio::runtime::Handle,
     /// Connections for forwarding changes to the leader, by target.
@@ -89,6 +90,8 @@ pub struct Cluster {
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Tells the tasks serving peers' connections to close them.
     stop: tokio::sync::watch::Sender<bool>,
+    /// This node, for tasks it spawns.
+    this: std::sync::OnceLock<std::sync::Weak<Cluster>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -115,12 +118,14 @@ impl Cluster {
         let me = config.node_id();
         let log = LogStore::open(&config.dir)?;
         let waiters: Waiters = Arc::default();
+        let hooks: AppliedHooks = Arc::default();
         let sm = StateMachine::open(
             &config.dir,
             Arc::clone(&broker),
             me,
             &config.node_name,
             Arc::clone(&waiters),
+            Arc::clone(&hooks),
         )?;
         let raft_config = openraft::Config {
             cluster_name: "antre".into(),
@@ -147,13 +152,16 @@ impl Cluster {
             raft,
             log,
             waiters,
+            hooks,
             next_request: AtomicU64::new(rand::random::<u32>() as u64),
             runtime: tokio::runtime::Handle::current(),
             forward: Mutex::default(),
             stopped: std::sync::atomic::AtomicBool::new(false),
             listener: Mutex::default(),
             stop: tokio::sync::watch::Sender::new(false),
+            this: std::sync::OnceLock::new(),
         });
+        let _ = node.this.set(Arc::downgrade(&node));
         let serving = tokio::spawn(crate::server::serve(
             listener,
             Arc::downgrade(&node),
@@ -188,6 +196,13 @@ impl Cluster {
             config.peers.len()
         );
         Ok(node)
+    }
+
+    /// Calls `hook` after each change this node applies (every node
+    /// applies every change), for what the server must do on every node,
+    /// such as closing a deleted user's connections.
+    pub fn on_applied(&self, hook: impl Fn(&MetaCommand) + Send + Sync + 'static) {
+        self.hooks.lock().push(Arc::new(hook));
     }
 
     /// Stops the metadata group and closes the log.
@@ -417,5 +432,17 @@ impl MetadataLog for Cluster {
             )),
             Err(_) => self.runtime.block_on(self.propose_async(command)),
         }
+    }
+
+    fn propose_later(&self, command: MetaCommand) {
+        let Some(node) = self.this.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        self.runtime.spawn(async move {
+            let what = command.describe();
+            if let Err(e) = node.propose_async(command).await {
+                tracing::warn!("{what}: {e}");
+            }
+        });
     }
 }

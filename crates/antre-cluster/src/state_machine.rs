@@ -33,6 +33,13 @@ use tokio::sync::oneshot;
 
 use crate::{ClusterError, NodeId, TypeConfig};
 
+/// Something the server does after every applied change (closing the
+/// connections of a deleted user, say), on every node.
+pub type AppliedHook = Arc<dyn Fn(&MetaCommand) + Send + Sync>;
+
+/// The hooks of a node, shared with its state machine.
+pub type AppliedHooks = Arc<Mutex<Vec<AppliedHook>>>;
+
 /// A proposer waiting for its own node's apply of its entry.
 pub type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<MetaOutcome, MetaError>>>>>;
 
@@ -67,6 +74,7 @@ pub struct StateMachine {
     dir: PathBuf,
     state: Arc<Mutex<State>>,
     waiters: Waiters,
+    hooks: AppliedHooks,
     snapshots_built: Arc<AtomicU64>,
     /// Held for a whole batch of applies and while a snapshot is built:
     /// openraft builds snapshots on a task of their own, and a snapshot
@@ -99,6 +107,7 @@ impl StateMachine {
         me: NodeId,
         node_name: &str,
         waiters: Waiters,
+        hooks: AppliedHooks,
     ) -> Result<StateMachine, ClusterError> {
         let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
         std::fs::create_dir_all(dir).map_err(|e| storage(&e))?;
@@ -132,6 +141,7 @@ impl StateMachine {
                 snapshot,
             })),
             waiters,
+            hooks,
             snapshots_built: Arc::default(),
             applying: Arc::default(),
         };
@@ -193,7 +203,14 @@ impl StateMachine {
             MetaCommand::DeleteVhost { name } => Some(name.clone()),
             _ => None,
         };
+        let hooks: Vec<AppliedHook> = self.hooks.lock().clone();
+        let for_hooks = (!hooks.is_empty()).then(|| command.clone());
         let result = self.broker.apply_meta(command);
+        if let (Some(command), true) = (for_hooks, result.is_ok()) {
+            for hook in &hooks {
+                hook(&command);
+            }
+        }
         let mut state = self.state.lock();
         if let Some((vhost, queue)) = queue_key {
             let v = self.broker.vhost(&vhost);

@@ -129,6 +129,31 @@ fn seed_default_user(broker: &Broker, name: &str, password: &str) -> anyhow::Res
     Ok(())
 }
 
+/// In a cluster, a user or vhost deleted on any node closes the
+/// connections it had on this node, as the deleting node closes its own
+/// (RabbitMQ closes them cluster-wide).
+fn close_on_deletion(cluster: &antre_cluster::Cluster, registry: &Arc<Registry>) {
+    use antre_broker::cluster::MetaCommand;
+    let registry = Arc::downgrade(registry);
+    cluster.on_applied(move |command| {
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let (user, vhost) = match command {
+            MetaCommand::DeleteUser { name } => (Some(name), None),
+            MetaCommand::DeleteVhost { name } => (None, Some(name)),
+            _ => return,
+        };
+        for c in registry.connections() {
+            if user == Some(&c.user) {
+                c.force_close(&format!("user '{}' is deleted", c.user));
+            } else if vhost == Some(&c.vhost) {
+                c.force_close(&format!("vhost '{}' is deleted", c.vhost));
+            }
+        }
+    });
+}
+
 /// Binds the listener and starts serving in the background.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&config.data_dir)
@@ -192,6 +217,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         None => None,
     };
     let registry = Arc::<Registry>::default();
+    if let Some(cluster) = &cluster {
+        close_on_deletion(cluster, &registry);
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let alarms = Alarms::start(
         &broker,

@@ -96,7 +96,14 @@ async fn a_cluster_replicates_metadata_and_survives_failures() {
     })
     .await;
     let alice = connect(&c.nodes[2].amqp_uri_as("alice", "wonderland")).await;
-    alice.close(200, "bye").await.expect("close");
+    // Deleting her on n1 closes her connection on n3.
+    let (s, b) = c.api(0, "DELETE", "/api/users/alice", None).await;
+    assert_eq!(s, 204, "{b}");
+    c.until("alice's connection on n3 to close", || {
+        let open = alice.status().connected();
+        async move { !open }
+    })
+    .await;
 
     // A vhost and a policy made on n2 are on n1 and n3.
     let (s, b) = c.api(1, "PUT", "/api/vhosts/eu", None).await;
@@ -233,6 +240,45 @@ async fn a_cluster_replicates_metadata_and_survives_failures() {
         text.contains("inequivalent arg 'x-max-length' for queue 'eu-orders' in vhost '/'"),
         "{text}"
     );
+    // An auto-delete queue its owner removes (its last consumer left) is
+    // forgotten by every node.
+    let ch1 = n1.create_channel().await.expect("channel");
+    ch1.queue_declare(
+        "short-lived",
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare auto-delete");
+    c.until("the auto-delete queue on n2", || {
+        has(&c, 1, "/api/queues/%2F/short-lived")
+    })
+    .await;
+    let consumer = ch1
+        .basic_consume(
+            "short-lived",
+            "c1",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    ch1.basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+        .await
+        .expect("cancel");
+    for i in 0..3 {
+        c.until("the auto-deleted queue gone everywhere", || async {
+            matches!(
+                c.try_api(i, "GET", "/api/queues/%2F/short-lived", None)
+                    .await,
+                Some((404, _))
+            )
+        })
+        .await;
+    }
     for conn in [n1, n2, n3] {
         let _ = conn.close(200, "bye").await;
     }

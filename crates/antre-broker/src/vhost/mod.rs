@@ -105,6 +105,10 @@ pub struct Vhost {
     /// Whether `remote` has any entry: the publish path reads only this
     /// flag on a single node.
     has_remote: AtomicBool,
+    /// In a cluster, where the removals this vhost decides itself (an
+    /// auto-delete queue's last consumer leaving, `x-expires`) are proposed
+    /// so that every node forgets the queue.
+    metadata: std::sync::OnceLock<Arc<dyn crate::cluster::MetadataLog>>,
 }
 
 /// What [`Vhost::max_queues`] holds when no queue limit is set.
@@ -123,6 +127,7 @@ impl Vhost {
             max_queues: AtomicU64::new(NO_LIMIT),
             remote: RwLock::default(),
             has_remote: AtomicBool::new(false),
+            metadata: std::sync::OnceLock::new(),
         }
     }
 
@@ -150,6 +155,7 @@ impl Vhost {
             max_queues: AtomicU64::new(NO_LIMIT),
             remote: RwLock::default(),
             has_remote: AtomicBool::new(false),
+            metadata: std::sync::OnceLock::new(),
         })
     }
 
@@ -158,6 +164,11 @@ impl Vhost {
     pub fn set_max_queues(&self, limit: Option<u64>) {
         self.max_queues
             .store(limit.unwrap_or(NO_LIMIT), Ordering::Relaxed);
+    }
+
+    /// Makes this vhost a cluster node's (see the `metadata` field).
+    pub(crate) fn set_metadata_log(&self, log: Arc<dyn crate::cluster::MetadataLog>) {
+        let _ = self.metadata.set(log);
     }
 
     /// Records that the queue `name` is owned by the node `owner` (in a
@@ -380,7 +391,9 @@ impl Vhost {
             list.iter().filter_map(Weak::upgrade).collect()
         };
         for q in &timed {
-            if q.tick(now) {
+            // Another node's queue expires on its owner, which then has
+            // every node forget it.
+            if q.tick(now) && self.remote_owner(&q.name).is_none() {
                 tracing::info!(
                     queue = q.name,
                     vhost = self.name,
