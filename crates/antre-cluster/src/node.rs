@@ -274,20 +274,23 @@ impl Cluster {
     /// Commits `proposal` as the leader: first checks that a quorum still
     /// follows it (so a leader cut off from its majority does not append
     /// what it cannot commit), then appends it and waits for the commit,
-    /// all within the change timeout.
-    pub async fn commit_as_leader(&self, proposal: Proposal) -> Result<(), ProposeRefusal> {
-        let deadline = Instant::now() + self.link.config.change_timeout;
+    /// all before `deadline`.
+    pub async fn commit_as_leader(
+        &self,
+        proposal: Proposal,
+        deadline: Instant,
+    ) -> Result<(), ProposeRefusal> {
         let not_leader = |leader: Option<NodeId>| ProposeRefusal::NotLeader(leader);
         match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
             Err(_) => {
-                return Err(ProposeRefusal::Failed(
+                return Err(ProposeRefusal::NoQuorum(
                     "no quorum of the cluster's nodes answers".into(),
                 ))
             }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 return Err(not_leader(f.leader_id))
             }
-            Ok(Err(e)) => return Err(ProposeRefusal::Failed(e.to_string())),
+            Ok(Err(e)) => return Err(ProposeRefusal::NoQuorum(e.to_string())),
             Ok(Ok(_)) => {}
         }
         match tokio::time::timeout_at(deadline, self.raft.client_write(proposal)).await {
@@ -313,14 +316,19 @@ impl Cluster {
             }
             let leader = metrics.borrow().current_leader;
             match leader {
-                Some(l) if l == me => match self.commit_as_leader(proposal.clone()).await {
-                    Ok(()) => return Ok(()),
-                    Err(ProposeRefusal::Failed(e)) => return Err(e),
-                    Err(ProposeRefusal::NotLeader(_)) => last_error = "leadership moved".into(),
-                },
+                Some(l) if l == me => {
+                    match self.commit_as_leader(proposal.clone(), deadline).await {
+                        Ok(()) => return Ok(()),
+                        Err(ProposeRefusal::Failed(e)) => return Err(e),
+                        // Nothing was appended: safe to try again.
+                        Err(ProposeRefusal::NoQuorum(e)) => last_error = e,
+                        Err(ProposeRefusal::NotLeader(_)) => last_error = "leadership moved".into(),
+                    }
+                }
                 Some(l) => match self.forward(l, &proposal, deadline).await {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(ProposeRefusal::Failed(e))) => return Err(e),
+                    Ok(Err(ProposeRefusal::NoQuorum(e))) => last_error = e,
                     Ok(Err(ProposeRefusal::NotLeader(_))) => last_error = "leadership moved".into(),
                     // Nothing was sent: safe to try again.
                     Err(CallError::Unreachable(e)) => {

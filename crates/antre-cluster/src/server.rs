@@ -82,7 +82,10 @@ async fn serve_peer(
             Request::Append(rpc) => Response::Append(node.raft.append_entries(rpc).await),
             Request::Vote(rpc) => Response::Vote(node.raft.vote(rpc).await),
             Request::Snapshot(rpc) => Response::Snapshot(node.raft.install_snapshot(rpc).await),
-            Request::Propose(p) => Response::Propose(node.commit_as_leader(p).await),
+            Request::Propose(p) => {
+                let deadline = tokio::time::Instant::now() + node.link.config.change_timeout;
+                Response::Propose(node.commit_as_leader(p, deadline).await)
+            }
             Request::Ping => Response::Pong,
         };
         drop(node);

@@ -102,6 +102,9 @@ pub enum Response {
 pub enum ProposeRefusal {
     /// It is not the leader (it names the one it knows, if any).
     NotLeader(Option<NodeId>),
+    /// It leads but could not confirm that a quorum follows it: it
+    /// appended nothing, so the change may be proposed again.
+    NoQuorum(String),
     /// It is the leader but could not commit (no quorum in time).
     Failed(String),
 }

@@ -752,6 +752,63 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_come_all_together_from_toml_flags_or_a_secret_file() {
+        // None: a single node.
+        assert!(Settings::default().to_config().unwrap().cluster.is_none());
+        let toml = "node_name = \"n2\"\ncluster_listen = \"127.0.0.1:25673\"\n\
+                    cluster_peers = \"n1=127.0.0.1:25672,n2=127.0.0.1:25673\"\n\
+                    cluster_secret = \"0123456789abcdef\"\ncluster_change_timeout = 2.5\n\
+                    data_dir = \"/var/lib/antre\"\n";
+        let c = Settings::from_toml(toml).unwrap().to_config().unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.node_name, "n2");
+        assert_eq!(cluster.listen.port(), 25673);
+        assert_eq!(cluster.peers.len(), 2);
+        assert_eq!(cluster.change_timeout, Duration::from_millis(2500));
+        assert_eq!(cluster.dir, Path::new("/var/lib/antre/cluster"));
+        // The secret never shows in the configuration's Debug.
+        assert!(!format!("{cluster:?}").contains("0123456789abcdef"));
+
+        // A secret file, whitespace trimmed.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "  from-a-file-0123456789\n").unwrap();
+        let flags = Settings {
+            node_name: Some("n1".into()),
+            cluster_listen: Some("127.0.0.1:25672".into()),
+            cluster_peers: Some("n1=127.0.0.1:25672".into()),
+            cluster_secret_file: Some(file.clone()),
+            ..Settings::default()
+        };
+        let cluster = flags.to_config().unwrap().cluster.unwrap();
+        assert_eq!(cluster.secret, "from-a-file-0123456789");
+
+        // Partial, conflicting or unsupported combinations are refused.
+        let partial = Settings {
+            node_name: Some("n1".into()),
+            ..Settings::default()
+        };
+        let e = partial.to_config().unwrap_err().to_string();
+        assert!(e.contains("cluster_listen"), "{e}");
+        let both = Settings {
+            cluster_secret: Some("0123456789abcdef".into()),
+            ..flags.clone()
+        };
+        assert!(both.to_config().is_err());
+        let not_listed = Settings {
+            node_name: Some("n9".into()),
+            ..flags.clone()
+        };
+        assert!(not_listed.to_config().is_err());
+        let with_streams = Settings {
+            stream_listen: Some("127.0.0.1:5552".into()),
+            ..flags
+        };
+        let e = with_streams.to_config().unwrap_err().to_string();
+        assert!(e.contains("stream"), "{e}");
+    }
+
+    #[test]
     fn the_default_listeners_are_both_loopback_addresses() {
         let config = Settings::default().to_config().unwrap();
         assert_eq!(
