@@ -378,6 +378,11 @@ pub struct MetaSnapshot {
     pub owners: Vec<(String, String, String)>,
 }
 
+/// A change handed to the wrong half of [`Broker::apply_meta`] (a bug).
+fn misrouted(command: &MetaCommand) -> MetaError {
+    BrokerError::Internal(format!("misrouted metadata change {}", command.describe())).into()
+}
+
 fn no_vhost(name: &str) -> BrokerError {
     BrokerError::NotFound(format!("no vhost '{name}'"))
 }
@@ -432,6 +437,27 @@ impl Broker {
     /// same on every node at the same point of the log.
     pub fn apply_meta(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
         use MetaCommand as C;
+        let access = matches!(
+            command,
+            C::PutUser { .. }
+                | C::DeleteUser { .. }
+                | C::CreateVhost { .. }
+                | C::DeleteVhost { .. }
+                | C::SetPermission(_)
+                | C::ClearPermission { .. }
+                | C::SetTopicPermission(_)
+                | C::ClearTopicPermission { .. }
+        );
+        if access {
+            self.apply_access(command)
+        } else {
+            self.apply_topology(command)
+        }
+    }
+
+    /// [`Broker::apply_meta`] for users, vhosts and permissions.
+    fn apply_access(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        use MetaCommand as C;
         let access = self.access();
         Ok(match command {
             C::PutUser {
@@ -469,6 +495,16 @@ impl Broker {
                 &vhost,
                 exchange.as_deref(),
             )?),
+            other => return Err(misrouted(&other)),
+        })
+    }
+
+    /// [`Broker::apply_meta`] for policies, limits, exchanges, queues and
+    /// bindings.
+    fn apply_topology(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        use MetaCommand as C;
+        let access = self.access();
+        Ok(match command {
             C::SetPolicy { operator, def } => {
                 let vhost = self.vhost_or_404(&def.vhost)?;
                 let policy = Policy::from_def(kind_of(operator), &def)
@@ -576,6 +612,7 @@ impl Broker {
                 }
                 MetaOutcome::Done
             }
+            other => return Err(misrouted(&other)),
         })
     }
 
