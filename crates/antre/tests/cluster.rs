@@ -169,6 +169,12 @@ async fn a_cluster_replicates_metadata_and_survives_failures() {
         })
         .await;
     }
+    // Every node shows the queue's owner as its node.
+    for i in 0..3 {
+        let (s, q) = c.api(i, "GET", "/api/queues/%2F/eu-orders", None).await;
+        assert_eq!(s, 200, "{q}");
+        assert_eq!(q["node"], json!("n1"), "on {}", c.nodes[i].name);
+    }
     // Passive declares on n3 find them.
     let n3 = connect(&c.nodes[2].amqp_uri()).await;
     let ch3 = n3.create_channel().await.expect("channel");

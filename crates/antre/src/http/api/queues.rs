@@ -17,13 +17,32 @@ use super::{flag, listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
 
+/// On a cluster node, a queue's `node` is the cluster node that owns it
+/// (its messages and consumers are there; this node shows its definition
+/// only), as RabbitMQ shows a queue's home node.
+fn with_node(state: &HttpState, v: &antre_broker::Vhost, mut queue: Value) -> Value {
+    if let Some(me) = state.broker.node_name() {
+        let name = queue["name"].as_str().unwrap_or_default();
+        let node = v
+            .remote_owner(name)
+            .map_or_else(|| me.to_owned(), |n| n.to_string());
+        queue["node"] = Value::String(node);
+    }
+    queue
+}
+
 fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
     let mut out = Vec::new();
     for v in state.vhosts_for(vhost)? {
         let queues = v.queues();
         let mut all: Vec<(String, Value)> = queues
             .iter()
-            .map(|q| (q.name.clone(), render::queue(state, q)))
+            .map(|q| {
+                (
+                    q.name.clone(),
+                    with_node(state, &v, render::queue(state, q)),
+                )
+            })
             .collect();
         all.extend(
             v.streams()
@@ -87,7 +106,8 @@ pub async fn show(
         return Ok(Json(body));
     }
     let q = find(&state, &vhost, &name)?;
-    let mut body = render::queue(&state, &q);
+    let v = state.vhost(&vhost)?;
+    let mut body = with_node(&state, &v, render::queue(&state, &q));
     body["consumer_details"] = q
         .consumers()
         .iter()
