@@ -108,6 +108,30 @@ pub enum MetaCommand {
         /// The user who asked.
         creator: String,
     },
+    /// Creates a vhost without granting anyone anything (a definitions
+    /// import).
+    AddVhost {
+        /// The vhost.
+        name: String,
+    },
+    /// Adds users and permissions in one change, all or nothing (a
+    /// definitions import; see [`crate::AccessControl::import`]).
+    ImportAccess {
+        /// Users, with their password hashes.
+        users: Vec<crate::access::UserRecord>,
+        /// Permissions.
+        permissions: Vec<Permission>,
+        /// Topic permissions.
+        topic_permissions: Vec<TopicPermission>,
+    },
+    /// Sets vhost and user limits in one change (a definitions import; see
+    /// [`Broker::import_limits`]).
+    ImportLimits {
+        /// Vhost limits (each replaces the vhost's).
+        vhosts: Vec<VhostLimits>,
+        /// User limits (added to the user's).
+        users: Vec<crate::access::UserLimits>,
+    },
     /// Deletes a vhost and everything in it.
     DeleteVhost {
         /// The vhost.
@@ -442,6 +466,8 @@ impl Broker {
             C::PutUser { .. }
                 | C::DeleteUser { .. }
                 | C::CreateVhost { .. }
+                | C::AddVhost { .. }
+                | C::ImportAccess { .. }
                 | C::DeleteVhost { .. }
                 | C::SetPermission(_)
                 | C::ClearPermission { .. }
@@ -479,6 +505,19 @@ impl Broker {
             C::DeleteUser { name } => MetaOutcome::Changed(self.delete_user(&name)?),
             C::CreateVhost { name, creator } => {
                 MetaOutcome::Changed(self.create_vhost(&name, &creator)?)
+            }
+            C::AddVhost { name } => {
+                let new = self.vhost(&name).is_none();
+                self.add_vhost(&name)?;
+                MetaOutcome::Changed(new)
+            }
+            C::ImportAccess {
+                users,
+                permissions,
+                topic_permissions,
+            } => {
+                access.import(users, permissions, topic_permissions)?;
+                MetaOutcome::Done
             }
             C::DeleteVhost { name } => MetaOutcome::Changed(self.delete_vhost(&name)?),
             C::SetPermission(p) => MetaOutcome::Changed(self.set_permission(p)?),
@@ -529,6 +568,10 @@ impl Broker {
             }
             C::ReplaceVhostLimits(limits) => {
                 self.import_limits(vec![limits], Vec::new())?;
+                MetaOutcome::Done
+            }
+            C::ImportLimits { vhosts, users } => {
+                self.import_limits(vhosts, users)?;
                 MetaOutcome::Done
             }
             C::SetUserLimit { user, name, value } => {

@@ -121,6 +121,42 @@ async fn a_cluster_replicates_metadata_and_survives_failures() {
         .await;
     }
 
+    // A definitions file imported on n2 reaches every node; its queues
+    // live on n2.
+    let defs = json!({
+        "vhosts": [{"name": "imported"}],
+        "users": [{"name": "bob", "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+        "permissions": [{"user": "bob", "vhost": "imported", "configure": ".*", "write": ".*", "read": ".*"}],
+        "exchanges": [{"name": "imp-x", "vhost": "imported", "type": "fanout", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}],
+        "queues": [{"name": "imp-q", "vhost": "imported", "durable": true, "auto_delete": false, "arguments": {"x-max-length": 7}}],
+        "bindings": [{"source": "imp-x", "vhost": "imported", "destination": "imp-q", "destination_type": "queue", "routing_key": "", "arguments": {}}],
+        "policies": [{"vhost": "imported", "name": "imp-p", "pattern": ".*", "apply-to": "queues", "definition": {"message-ttl": 1000}, "priority": 0}],
+    });
+    let (s, b) = c.api(1, "POST", "/api/definitions", Some(defs)).await;
+    assert!(s == 201 || s == 204, "{s} {b}");
+    for i in [0, 2] {
+        for path in [
+            "/api/vhosts/imported",
+            "/api/users/bob",
+            "/api/permissions/imported/bob",
+            "/api/exchanges/imported/imp-x",
+            "/api/policies/imported/imp-p",
+        ] {
+            c.until(path, || has(&c, i, path)).await;
+        }
+        c.until("the imported binding", || async {
+            let r = c
+                .try_api(i, "GET", "/api/bindings/imported/e/imp-x/q/imp-q", None)
+                .await;
+            matches!(r, Some((200, Value::Array(a))) if a.len() == 1)
+        })
+        .await;
+        let (s, q) = c.api(i, "GET", "/api/queues/imported/imp-q", None).await;
+        assert_eq!(s, 200, "{q}");
+        assert_eq!(q["node"], json!("n2"), "{q}");
+        assert_eq!(q["arguments"]["x-max-length"], json!(7), "{q}");
+    }
+
     // An exchange, a durable queue and a binding declared over AMQP on n1.
     let n1 = connect(&c.nodes[0].amqp_uri()).await;
     let ch = n1.create_channel().await.expect("channel");
