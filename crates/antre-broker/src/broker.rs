@@ -99,6 +99,9 @@ pub struct Broker {
     pub metrics: Arc<BrokerMetrics>,
     /// The memory and disk alarms that block publishers.
     pub alarms: Arc<Alarms>,
+    /// In a cluster, the metadata log every metadata change goes through
+    /// (see [`crate::cluster`]); unset on a single node.
+    pub(crate) metadata: std::sync::OnceLock<Arc<dyn crate::cluster::MetadataLog>>,
 }
 
 impl Default for Broker {
@@ -141,6 +144,7 @@ impl Broker {
             storage,
             metrics,
             alarms: Arc::default(),
+            metadata: std::sync::OnceLock::new(),
         }
     }
 
@@ -247,12 +251,19 @@ impl Broker {
             )?,
         };
         let vhost = Arc::new(vhost);
+        if let Some(log) = self.metadata.get() {
+            vhost.set_metadata_log(Arc::clone(log));
+        }
         self.apply_vhost_limits(&vhost);
         vhosts.insert(name.to_owned(), Arc::clone(&vhost));
         Ok(vhost)
     }
 
     /// Hands a vhost the limits it enforces itself (`max-queues`).
+    pub(crate) fn apply_vhost_limits_of(&self, vhost: &Vhost) {
+        self.apply_vhost_limits(vhost);
+    }
+
     fn apply_vhost_limits(&self, vhost: &Vhost) {
         let limits = self.access.vhost_limits(&vhost.name);
         vhost.set_max_queues(limits.limit(MAX_QUEUES));

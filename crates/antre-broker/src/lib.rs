@@ -19,6 +19,7 @@
 //! - [`syncer`]: group commit, so confirms mean "on disk" at high rates;
 //! - [`policy`]: policies and operator policies, RabbitMQ's rules;
 //! - [`definitions`]: durable topology as RabbitMQ-shaped JSON;
+//! - [`cluster`]: the seam to a cluster's replicated metadata log;
 //! - [`data_format`]: the data directory's format version;
 //! - [`metrics`]: counters and latency histograms for monitoring;
 //! - [`clock`]: injectable time, so TTLs and delays are tested without sleeps;
@@ -34,6 +35,7 @@ pub mod alarm;
 pub mod broker;
 pub mod channel;
 pub mod clock;
+pub mod cluster;
 pub mod data_format;
 pub mod dead_letter;
 pub mod definitions;

@@ -112,6 +112,9 @@ pub struct Config {
     /// How long an HTTP connection may stay open with no request in
     /// progress.
     pub http_idle_timeout: Duration,
+    /// This node's cluster settings; `None` (no cluster flags): a single
+    /// node, exactly as without clustering. See docs/clustering.md.
+    pub cluster: Option<antre_cluster::ClusterConfig>,
 }
 
 /// The `product` and `version` a server announces in connection.start.
@@ -180,6 +183,7 @@ impl Default for Config {
             http_max_connections: 1024,
             http_header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
+            cluster: None,
         }
     }
 }
@@ -334,6 +338,37 @@ pub struct Settings {
     /// progress [default: 60].
     #[arg(long, env = "ANTRE_HTTP_IDLE_TIMEOUT", value_name = "SECONDS")]
     pub http_idle_timeout: Option<f64>,
+    /// This node's name in its cluster, e.g. n1; with --cluster-listen,
+    /// --cluster-peers and a secret, makes this node a cluster member
+    /// [default: none: a single node].
+    #[arg(long, env = "ANTRE_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Address this node listens on for the other cluster nodes, e.g.
+    /// 127.0.0.1:25672.
+    #[arg(long, env = "ANTRE_CLUSTER_LISTEN", value_name = "ADDR")]
+    pub cluster_listen: Option<String>,
+    /// Every cluster member, this node included, as NAME=HOST:PORT,
+    /// comma-separated; the same list on every node bootstraps the cluster
+    /// once.
+    #[arg(long, env = "ANTRE_CLUSTER_PEERS", value_name = "NAME=ADDR,...")]
+    pub cluster_peers: Option<String>,
+    /// The secret cluster nodes prove to each other (at least 16 bytes);
+    /// prefer --cluster-secret-file or ANTRE_CLUSTER_SECRET, which do not
+    /// show in the process list.
+    #[arg(
+        long,
+        env = "ANTRE_CLUSTER_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (surrounding whitespace ignored).
+    #[arg(long, env = "ANTRE_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Seconds a metadata change (a declaration, a user...) may wait for
+    /// the cluster (a leader, a quorum) before it fails [default: 5].
+    #[arg(long, env = "ANTRE_CLUSTER_CHANGE_TIMEOUT", value_name = "SECONDS")]
+    pub cluster_change_timeout: Option<f64>,
     /// Log as JSON lines instead of human-readable text [default: false].
     #[arg(long, env = "ANTRE_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub log_json: Option<bool>,
@@ -439,9 +474,72 @@ impl Settings {
             http_max_connections: self.http_max_connections.or(below.http_max_connections),
             http_header_timeout: self.http_header_timeout.or(below.http_header_timeout),
             http_idle_timeout: self.http_idle_timeout.or(below.http_idle_timeout),
+            node_name: self.node_name.or(below.node_name),
+            cluster_listen: self.cluster_listen.or(below.cluster_listen),
+            cluster_peers: self.cluster_peers.or(below.cluster_peers),
+            cluster_secret: self.cluster_secret.or(below.cluster_secret),
+            cluster_secret_file: self.cluster_secret_file.or(below.cluster_secret_file),
+            cluster_change_timeout: self.cluster_change_timeout.or(below.cluster_change_timeout),
             log_json: self.log_json.or(below.log_json),
             log_level: self.log_level.or(below.log_level),
         }
+    }
+
+    /// The cluster settings, all or none: a node name, a cluster listener,
+    /// the peer list and a secret (given, or read from its file).
+    fn cluster_settings(
+        &self,
+        data_dir: &Path,
+    ) -> anyhow::Result<Option<antre_cluster::ClusterConfig>> {
+        let any = self.node_name.is_some()
+            || self.cluster_listen.is_some()
+            || self.cluster_peers.is_some()
+            || self.cluster_secret.is_some()
+            || self.cluster_secret_file.is_some();
+        if !any {
+            return Ok(None);
+        }
+        let need = |v: &Option<String>, name: &str| {
+            v.clone().ok_or_else(|| {
+                anyhow::anyhow!("a cluster node needs {name} (see docs/clustering.md)")
+            })
+        };
+        let node_name = need(&self.node_name, "node_name")?;
+        let listen =
+            antre_cluster::config::resolve(&need(&self.cluster_listen, "cluster_listen")?)?;
+        let peers =
+            antre_cluster::config::parse_peers(&need(&self.cluster_peers, "cluster_peers")?)?;
+        let secret = match (&self.cluster_secret, &self.cluster_secret_file) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set cluster_secret or cluster_secret_file, not both")
+            }
+            (Some(s), None) => s.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading cluster_secret_file {}", f.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => anyhow::bail!(
+                "a cluster node needs cluster_secret or cluster_secret_file (see docs/clustering.md)"
+            ),
+        };
+        let change_timeout = match self.cluster_change_timeout {
+            None => antre_cluster::config::DEFAULT_CHANGE_TIMEOUT,
+            Some(s) if s > 0.0 && s.is_finite() => Duration::from_secs_f64(s),
+            Some(s) => anyhow::bail!(
+                "cluster_change_timeout must be a positive number of seconds, not {s}"
+            ),
+        };
+        let config = antre_cluster::ClusterConfig {
+            node_name,
+            listen,
+            peers,
+            secret,
+            dir: data_dir.join("cluster"),
+            change_timeout,
+            snapshot_logs: antre_cluster::config::DEFAULT_SNAPSHOT_LOGS,
+        };
+        config.validate()?;
+        Ok(Some(config))
     }
 
     /// The server configuration: these settings over the defaults.
@@ -483,7 +581,16 @@ impl Settings {
             (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
             _ => anyhow::bail!("default_user and default_pass must be set together"),
         };
+        let data_dir = self.data_dir.clone().unwrap_or(d.data_dir);
+        let cluster = self.cluster_settings(&data_dir)?;
+        if cluster.is_some() && stream_listen.is_some() {
+            anyhow::bail!(
+                "the stream protocol listener is not supported on a cluster node yet \
+                 (streams are not replicated): remove stream_listen or the cluster settings"
+            );
+        }
         Ok(Config {
+            cluster,
             amqp_listen,
             amqps_listen,
             http_listen,
@@ -491,7 +598,7 @@ impl Settings {
             stream_listen,
             tls,
             tls_reload_interval,
-            data_dir: self.data_dir.clone().unwrap_or(d.data_dir),
+            data_dir,
             heartbeat: self.heartbeat.unwrap_or(d.heartbeat),
             frame_max: self.frame_max.unwrap_or(d.frame_max),
             channel_max: self.channel_max.unwrap_or(d.channel_max),
@@ -642,6 +749,63 @@ mod tests {
             Settings::default().to_config().unwrap().delivery_coalesce,
             Duration::from_millis(2)
         );
+    }
+
+    #[test]
+    fn cluster_settings_come_all_together_from_toml_flags_or_a_secret_file() {
+        // None: a single node.
+        assert!(Settings::default().to_config().unwrap().cluster.is_none());
+        let toml = "node_name = \"n2\"\ncluster_listen = \"127.0.0.1:25673\"\n\
+                    cluster_peers = \"n1=127.0.0.1:25672,n2=127.0.0.1:25673\"\n\
+                    cluster_secret = \"0123456789abcdef\"\ncluster_change_timeout = 2.5\n\
+                    data_dir = \"/var/lib/antre\"\n";
+        let c = Settings::from_toml(toml).unwrap().to_config().unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.node_name, "n2");
+        assert_eq!(cluster.listen.port(), 25673);
+        assert_eq!(cluster.peers.len(), 2);
+        assert_eq!(cluster.change_timeout, Duration::from_millis(2500));
+        assert_eq!(cluster.dir, Path::new("/var/lib/antre/cluster"));
+        // The secret never shows in the configuration's Debug.
+        assert!(!format!("{cluster:?}").contains("0123456789abcdef"));
+
+        // A secret file, whitespace trimmed.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "  from-a-file-0123456789\n").unwrap();
+        let flags = Settings {
+            node_name: Some("n1".into()),
+            cluster_listen: Some("127.0.0.1:25672".into()),
+            cluster_peers: Some("n1=127.0.0.1:25672".into()),
+            cluster_secret_file: Some(file.clone()),
+            ..Settings::default()
+        };
+        let cluster = flags.to_config().unwrap().cluster.unwrap();
+        assert_eq!(cluster.secret, "from-a-file-0123456789");
+
+        // Partial, conflicting or unsupported combinations are refused.
+        let partial = Settings {
+            node_name: Some("n1".into()),
+            ..Settings::default()
+        };
+        let e = partial.to_config().unwrap_err().to_string();
+        assert!(e.contains("cluster_listen"), "{e}");
+        let both = Settings {
+            cluster_secret: Some("0123456789abcdef".into()),
+            ..flags.clone()
+        };
+        assert!(both.to_config().is_err());
+        let not_listed = Settings {
+            node_name: Some("n9".into()),
+            ..flags.clone()
+        };
+        assert!(not_listed.to_config().is_err());
+        let with_streams = Settings {
+            stream_listen: Some("127.0.0.1:5552".into()),
+            ..flags
+        };
+        let e = with_streams.to_config().unwrap_err().to_string();
+        assert!(e.contains("stream"), "{e}");
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct RunningServer {
     http_tasks: Vec<JoinHandle<()>>,
     stream_tasks: Vec<JoinHandle<()>>,
     config: Config,
+    /// This node's cluster membership, if it is a cluster node.
+    pub cluster: Option<Arc<antre_cluster::Cluster>>,
 }
 
 impl RunningServer {
@@ -97,6 +99,9 @@ impl RunningServer {
             let _ = stream.await;
         }
         let _ = self.task.await;
+        if let Some(cluster) = &self.cluster {
+            cluster.shutdown().await;
+        }
     }
 }
 
@@ -122,6 +127,31 @@ fn seed_default_user(broker: &Broker, name: &str, password: &str) -> anyhow::Res
         broker.delete_user("guest")?;
     }
     Ok(())
+}
+
+/// In a cluster, a user or vhost deleted on any node closes the
+/// connections it had on this node, as the deleting node closes its own
+/// (RabbitMQ closes them cluster-wide).
+fn close_on_deletion(cluster: &antre_cluster::Cluster, registry: &Arc<Registry>) {
+    use antre_broker::cluster::MetaCommand;
+    let registry = Arc::downgrade(registry);
+    cluster.on_applied(move |command| {
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let (user, vhost) = match command {
+            MetaCommand::DeleteUser { name } => (Some(name), None),
+            MetaCommand::DeleteVhost { name } => (None, Some(name)),
+            _ => return,
+        };
+        for c in registry.connections() {
+            if user == Some(&c.user) {
+                c.force_close(&format!("user '{}' is deleted", c.user));
+            } else if vhost == Some(&c.vhost) {
+                c.force_close(&format!("vhost '{}' is deleted", c.vhost));
+            }
+        }
+    });
 }
 
 /// Binds the listener and starts serving in the background.
@@ -176,7 +206,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         seed_default_user(&broker, name, password)?;
     }
     let broker = Arc::new(broker);
+    // Before any listener serves: from here on, metadata changes go
+    // through the cluster's metadata group.
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            antre_cluster::Cluster::start(c.clone(), Arc::clone(&broker))
+                .await
+                .context("starting the cluster node")?,
+        ),
+        None => None,
+    };
     let registry = Arc::<Registry>::default();
+    if let Some(cluster) = &cluster {
+        close_on_deletion(cluster, &registry);
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let alarms = Alarms::start(
         &broker,
@@ -215,6 +258,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             https_addrs: https_addrs.clone(),
             started: std::time::Instant::now(),
             sockets: Arc::clone(&sockets),
+            cluster: cluster.clone(),
         };
         let http = http_listeners
             .into_iter()
@@ -292,6 +336,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         stream_tasks,
         config,
         alarms,
+        cluster,
     })
 }
 

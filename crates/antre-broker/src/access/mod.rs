@@ -143,6 +143,22 @@ struct Data {
     user_limits: BTreeMap<String, Limits>,
 }
 
+/// Everything [`AccessControl`] keeps, as a cluster's metadata snapshot
+/// carries it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccessSnapshot {
+    /// Users, with their password hashes.
+    pub users: Vec<UserRecord>,
+    /// Permissions.
+    pub permissions: Vec<Permission>,
+    /// Topic permissions.
+    pub topic_permissions: Vec<TopicPermission>,
+    /// Vhost limits.
+    pub vhost_limits: Vec<VhostLimits>,
+    /// User limits.
+    pub user_limits: Vec<UserLimits>,
+}
+
 /// `access.json` as written: lists, like a RabbitMQ definitions file.
 /// Limits are left out while there are none, so a file without them is
 /// what earlier versions wrote and read.
@@ -575,6 +591,54 @@ impl AccessControl {
                 let key = (t.user.clone(), t.vhost.clone(), t.exchange.clone());
                 d.topic_permissions.insert(key, t);
             }
+            Ok(())
+        })
+    }
+
+    /// Every user, permission and limit at once, as a cluster's metadata
+    /// snapshot carries them.
+    pub fn snapshot(&self) -> AccessSnapshot {
+        let file = DataFile::from(&*self.data.read());
+        AccessSnapshot {
+            users: file.users,
+            permissions: file.permissions,
+            topic_permissions: file.topic_permissions,
+            vhost_limits: file.vhost_limits,
+            user_limits: file.user_limits,
+        }
+    }
+
+    /// Replaces every user, permission and limit with a snapshot's (a
+    /// cluster node catching up from its metadata group's snapshot).
+    pub fn replace_all(&self, snapshot: AccessSnapshot) -> Result<(), AccessError> {
+        self.change(|d| {
+            let mut next = Data::default();
+            for u in snapshot.users {
+                next.users.insert(u.name.clone(), u);
+            }
+            for p in snapshot.permissions {
+                next.permissions
+                    .insert((p.user.clone(), p.vhost.clone()), p);
+            }
+            for t in snapshot.topic_permissions {
+                let key = (t.user.clone(), t.vhost.clone(), t.exchange.clone());
+                next.topic_permissions.insert(key, t);
+            }
+            for l in snapshot
+                .vhost_limits
+                .into_iter()
+                .filter(|l| !l.value.is_empty())
+            {
+                next.vhost_limits.insert(l.vhost, l.value);
+            }
+            for l in snapshot
+                .user_limits
+                .into_iter()
+                .filter(|l| !l.value.is_empty())
+            {
+                next.user_limits.insert(l.user, l.value);
+            }
+            *d = next;
             Ok(())
         })
     }

@@ -44,7 +44,9 @@ impl Channel {
             if let Some(stream) = self.ctx.vhost.stream(&queue_name) {
                 return self.consume_stream(m, stream, out);
             }
-            self.ctx.vhost.queue(&queue_name, self.ctx.connection)?
+            let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
+            self.ctx.vhost.check_local(&queue_name)?;
+            queue
         };
         if queue.kind() == QueueKind::Quorum && self.credit.limit() > 0 {
             // RabbitMQ's quorum queues have no channel-wide prefetch.
@@ -182,6 +184,7 @@ impl Channel {
             )));
         }
         let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
+        self.ctx.vhost.check_local(&queue_name)?;
         let Some((entry, message_count)) = queue.get(m.no_ack) else {
             self.ctx.broker.metrics.get_empty.inc();
             out.push(Outgoing::Method(BasicGetEmpty::default().into()));

@@ -4,6 +4,7 @@ use antre_amqp::method::*;
 
 use super::{reply, Channel, Outgoing};
 use crate::access::{Perm, ResourceKind};
+use crate::cluster::{MetaCommand, WireTable};
 use crate::error::BrokerError;
 use crate::exchange::{Destination, ExchangeType};
 use crate::vhost::ExchangeDeclaration;
@@ -40,7 +41,20 @@ impl Channel {
             internal: m.internal,
             arguments: m.arguments,
         };
-        self.ctx.vhost.declare_exchange(declaration, m.passive)?;
+        match self.replicated(m.passive) {
+            Some(log) => {
+                log.propose(MetaCommand::DeclareExchange {
+                    vhost: self.ctx.vhost.name.clone(),
+                    name: declaration.name,
+                    kind: declaration.kind,
+                    durable: declaration.durable,
+                    auto_delete: declaration.auto_delete,
+                    internal: declaration.internal,
+                    arguments: WireTable(declaration.arguments),
+                })?;
+            }
+            None => self.ctx.vhost.declare_exchange(declaration, m.passive)?,
+        }
         reply(out, ExchangeDeclareOk {}, m.nowait);
         Ok(())
     }
@@ -54,7 +68,16 @@ impl Channel {
         if !m.exchange.is_empty() && !m.exchange.starts_with("amq.") {
             self.permit(ResourceKind::Exchange, &m.exchange, Perm::Configure)?;
         }
-        self.ctx.vhost.delete_exchange(&m.exchange, m.if_unused)?;
+        match self.replicated(false) {
+            Some(log) => {
+                log.propose(MetaCommand::DeleteExchange {
+                    vhost: self.ctx.vhost.name.clone(),
+                    name: m.exchange,
+                    if_unused: m.if_unused,
+                })?;
+            }
+            None => self.ctx.vhost.delete_exchange(&m.exchange, m.if_unused)?,
+        }
         reply(out, ExchangeDeleteOk {}, m.nowait);
         Ok(())
     }
@@ -70,6 +93,19 @@ impl Channel {
             &m.destination,
             &m.routing_key,
         )?;
+        if let Some(log) = self.replicated(false) {
+            log.propose(MetaCommand::Binding {
+                unbind: false,
+                vhost: self.ctx.vhost.name.clone(),
+                source: m.source,
+                destination: m.destination,
+                to_exchange: true,
+                routing_key: m.routing_key,
+                arguments: WireTable(m.arguments),
+            })?;
+            reply(out, ExchangeBindOk {}, m.nowait);
+            return Ok(());
+        }
         let destination = Destination::Exchange(m.destination);
         let conn = self.ctx.connection;
         self.ctx
@@ -90,6 +126,19 @@ impl Channel {
             &m.destination,
             &m.routing_key,
         )?;
+        if let Some(log) = self.replicated(false) {
+            log.propose(MetaCommand::Binding {
+                unbind: true,
+                vhost: self.ctx.vhost.name.clone(),
+                source: m.source,
+                destination: m.destination,
+                to_exchange: true,
+                routing_key: m.routing_key,
+                arguments: WireTable(m.arguments),
+            })?;
+            reply(out, ExchangeUnbindOk {}, m.nowait);
+            return Ok(());
+        }
         let destination = Destination::Exchange(m.destination);
         let conn = self.ctx.connection;
         self.ctx

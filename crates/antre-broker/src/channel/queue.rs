@@ -5,13 +5,36 @@ use antre_amqp::method::*;
 use super::exchange::named_exchange;
 use super::{reply, Channel, Outgoing};
 use crate::access::{Perm, ResourceKind};
+use crate::cluster::{MetaCommand, MetaOutcome, MetadataLog, WireTable};
 use crate::error::BrokerError;
 use crate::exchange::Destination;
+use crate::vhost::declare::is_stream;
 use crate::vhost::{
     check_queue_name, check_server_named, generated_name, QueueDeclaration, REPLY_TO,
 };
 
 impl Channel {
+    /// The cluster's metadata log, when this channel's change must go
+    /// through it: in a cluster, for anything but an exclusive queue
+    /// (exclusive queues belong to their connection's node).
+    pub(super) fn replicated(&self, exclusive: bool) -> Option<std::sync::Arc<dyn MetadataLog>> {
+        if exclusive {
+            return None;
+        }
+        self.ctx.broker.metadata_log().cloned()
+    }
+
+    /// Whether `queue` is an exclusive queue of this node (its bindings and
+    /// deletion are this node's business only).
+    fn is_local_exclusive(&self, queue: &str) -> bool {
+        self.ctx.broker.metadata_log().is_some()
+            && self
+                .ctx
+                .vhost
+                .queue_info(queue)
+                .is_some_and(|q| q.options.exclusive_owner.is_some())
+    }
+
     pub(super) fn queue_declare(
         &mut self,
         m: QueueDeclare,
@@ -66,6 +89,37 @@ impl Channel {
                 self.permit(ResourceKind::Queue, &name, Perm::Read)?;
                 self.permit(ResourceKind::Exchange, &dlx, Perm::Write)?;
             }
+            if let Some(log) = self.replicated(declaration.exclusive) {
+                // In a cluster, a shared queue's definition is metadata:
+                // every node applies it; this node owns its engine.
+                if is_stream(&declaration.arguments) {
+                    return Err(BrokerError::PreconditionFailed(
+                        "streams are not supported in an antre cluster yet".into(),
+                    ));
+                }
+                let owner = log.node_name().to_owned();
+                let outcome = log.propose(MetaCommand::DeclareQueue {
+                    vhost: self.ctx.vhost.name.clone(),
+                    name,
+                    durable: declaration.durable,
+                    auto_delete: declaration.auto_delete,
+                    arguments: WireTable(declaration.arguments),
+                    owner,
+                })?;
+                let MetaOutcome::Queue { name, counts } = outcome else {
+                    return Err(BrokerError::Internal(
+                        "queue.declare applied no queue".into(),
+                    ));
+                };
+                self.last_queue = Some(name.clone());
+                let ok = QueueDeclareOk {
+                    queue: name,
+                    message_count: counts.ready,
+                    consumer_count: counts.consumers,
+                };
+                reply(out, ok, m.nowait);
+                return Ok(());
+            }
             self.ctx.vhost.declare_queue_as(name, declaration, conn)?
         };
         self.last_queue = Some(q.name().to_owned());
@@ -91,6 +145,19 @@ impl Channel {
         };
         self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &key)?;
         let conn = self.ctx.connection;
+        if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {
+            log.propose(MetaCommand::Binding {
+                unbind: false,
+                vhost: self.ctx.vhost.name.clone(),
+                source: m.exchange,
+                destination: queue,
+                to_exchange: false,
+                routing_key: key,
+                arguments: WireTable(m.arguments),
+            })?;
+            reply(out, QueueBindOk {}, m.nowait);
+            return Ok(());
+        }
         self.ctx.vhost.bind(
             &m.exchange,
             Destination::Queue(queue),
@@ -110,6 +177,19 @@ impl Channel {
         let queue = self.resolve_queue(&m.queue)?;
         self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
         let conn = self.ctx.connection;
+        if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {
+            log.propose(MetaCommand::Binding {
+                unbind: true,
+                vhost: self.ctx.vhost.name.clone(),
+                source: m.exchange,
+                destination: queue,
+                to_exchange: false,
+                routing_key: m.routing_key,
+                arguments: WireTable(m.arguments),
+            })?;
+            reply(out, QueueUnbindOk {}, false);
+            return Ok(());
+        }
         self.ctx.vhost.unbind(
             &m.exchange,
             Destination::Queue(queue),
@@ -128,6 +208,7 @@ impl Channel {
     ) -> Result<(), BrokerError> {
         let queue = self.resolve_queue(&m.queue)?;
         self.permit(ResourceKind::Queue, &queue, Perm::Read)?;
+        self.ctx.vhost.check_local(&queue)?;
         let message_count = self.ctx.vhost.purge_queue(&queue, self.ctx.connection)?;
         reply(out, QueuePurgeOk { message_count }, m.nowait);
         Ok(())
@@ -141,6 +222,20 @@ impl Channel {
         let queue = self.resolve_queue(&m.queue)?;
         self.permit(ResourceKind::Queue, &queue, Perm::Configure)?;
         let conn = self.ctx.connection;
+        if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {
+            let outcome = log.propose(MetaCommand::DeleteQueue {
+                vhost: self.ctx.vhost.name.clone(),
+                name: queue,
+                if_unused: m.if_unused,
+                if_empty: m.if_empty,
+            })?;
+            let message_count = match outcome {
+                MetaOutcome::Messages(n) => n,
+                _ => 0,
+            };
+            reply(out, QueueDeleteOk { message_count }, m.nowait);
+            return Ok(());
+        }
         let message_count = self
             .ctx
             .vhost

@@ -436,6 +436,10 @@ impl Vhost {
     /// Removes `queue` if it is still the vhost's queue of that name and
     /// `still` holds, saving the definitions.
     pub(super) fn remove_if_current(&self, queue: &Arc<Queue>, still: impl Fn(&Queue) -> bool) {
+        if self.remote_owner(&queue.name).is_some() {
+            // Its owner decides; its replicated deletion removes it here.
+            return;
+        }
         let mut topo = self.topology.write();
         let same = topo
             .queues
@@ -447,6 +451,18 @@ impl Vhost {
             }
             if let Err(e) = self.save(&mut topo) {
                 tracing::error!("{e}");
+            }
+            let shared = queue.options.exclusive_owner.is_none();
+            if let (Some(log), true) = (self.metadata.get(), shared) {
+                // Removed here first (the owner's engine is gone); the
+                // other nodes drop their copy of the definition when this
+                // commits.
+                log.propose_later(crate::cluster::MetaCommand::DeleteQueue {
+                    vhost: self.name.clone(),
+                    name: queue.name.clone(),
+                    if_unused: false,
+                    if_empty: false,
+                });
             }
         }
     }

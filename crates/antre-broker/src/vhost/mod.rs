@@ -20,7 +20,8 @@ pub mod publish;
 mod storage;
 mod topology;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use antre_amqp::FieldTable;
@@ -96,6 +97,18 @@ pub struct Vhost {
     metrics: Arc<BrokerMetrics>,
     /// The `max-queues` limit, [`NO_LIMIT`] when there is none.
     max_queues: AtomicU64,
+    /// In a cluster, the queues whose engine runs on another node, by name,
+    /// with that node's name. Such a queue exists here so that its
+    /// definition, bindings and declarations behave as on its owner, but it
+    /// takes no messages and serves no consumers here.
+    remote: RwLock<HashMap<String, Arc<str>>>,
+    /// Whether `remote` has any entry: the publish path reads only this
+    /// flag on a single node.
+    has_remote: AtomicBool,
+    /// In a cluster, where the removals this vhost decides itself (an
+    /// auto-delete queue's last consumer leaving, `x-expires`) are proposed
+    /// so that every node forgets the queue.
+    metadata: std::sync::OnceLock<Arc<dyn crate::cluster::MetadataLog>>,
 }
 
 /// What [`Vhost::max_queues`] holds when no queue limit is set.
@@ -112,6 +125,9 @@ impl Vhost {
             clock,
             metrics,
             max_queues: AtomicU64::new(NO_LIMIT),
+            remote: RwLock::default(),
+            has_remote: AtomicBool::new(false),
+            metadata: std::sync::OnceLock::new(),
         }
     }
 
@@ -137,6 +153,9 @@ impl Vhost {
             clock,
             metrics,
             max_queues: AtomicU64::new(NO_LIMIT),
+            remote: RwLock::default(),
+            has_remote: AtomicBool::new(false),
+            metadata: std::sync::OnceLock::new(),
         })
     }
 
@@ -145,6 +164,63 @@ impl Vhost {
     pub fn set_max_queues(&self, limit: Option<u64>) {
         self.max_queues
             .store(limit.unwrap_or(NO_LIMIT), Ordering::Relaxed);
+    }
+
+    /// Makes this vhost a cluster node's (see the `metadata` field).
+    pub(crate) fn set_metadata_log(&self, log: Arc<dyn crate::cluster::MetadataLog>) {
+        let _ = self.metadata.set(log);
+    }
+
+    /// Records that the queue `name` is owned by the node `owner` (in a
+    /// cluster, another node than this one), or, with `None`, that it is
+    /// this node's own (or gone).
+    pub fn set_remote_owner(&self, name: &str, owner: Option<&str>) {
+        let mut remote = self.remote.write();
+        match owner {
+            Some(node) => {
+                remote.insert(name.to_owned(), Arc::from(node));
+            }
+            None => {
+                remote.remove(name);
+            }
+        }
+        self.has_remote.store(!remote.is_empty(), Ordering::Release);
+    }
+
+    /// The node that owns the queue `name`, when that is another node.
+    pub fn remote_owner(&self, name: &str) -> Option<Arc<str>> {
+        if !self.has_remote.load(Ordering::Acquire) {
+            return None;
+        }
+        self.remote.read().get(name).cloned()
+    }
+
+    /// Every queue of this vhost owned by another node, with its owner.
+    pub fn remote_owners(&self) -> Vec<(String, String)> {
+        let remote = self.remote.read();
+        let mut all: Vec<(String, String)> = remote
+            .iter()
+            .map(|(q, n)| (q.clone(), n.to_string()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The error for using a queue whose engine runs on `owner`, as
+    /// RabbitMQ answers 404 for a queue whose home node is unreachable.
+    pub fn remote_queue_error(&self, name: &str, owner: &str) -> BrokerError {
+        BrokerError::NotFound(format!(
+            "{} lives on cluster node '{owner}'; this node does not forward to it yet: connect to '{owner}'",
+            crate::error::queue_ref(&self.name, name)
+        ))
+    }
+
+    /// Refuses to use the queue `name` here if another node owns it.
+    pub fn check_local(&self, name: &str) -> Result<(), BrokerError> {
+        match self.remote_owner(name) {
+            Some(owner) => Err(self.remote_queue_error(name, &owner)),
+            None => Ok(()),
+        }
     }
 
     /// The vhost's `max-queues` limit, if any.
@@ -247,6 +323,11 @@ impl Vhost {
         self.topology.read().exchanges.contains_key(name)
     }
 
+    /// The queue `name`, whoever may use it (for looking at it only).
+    pub fn queue_info(&self, name: &str) -> Option<Arc<Queue>> {
+        self.topology.read().queues.get(name).cloned()
+    }
+
     /// Whether the queue (or stream) `name` exists.
     pub fn has_queue(&self, name: &str) -> bool {
         let topo = self.topology.read();
@@ -310,7 +391,9 @@ impl Vhost {
             list.iter().filter_map(Weak::upgrade).collect()
         };
         for q in &timed {
-            if q.tick(now) {
+            // Another node's queue expires on its owner, which then has
+            // every node forget it.
+            if q.tick(now) && self.remote_owner(&q.name).is_none() {
                 tracing::info!(
                     queue = q.name,
                     vhost = self.name,

@@ -135,6 +135,9 @@ impl Vhost {
                 !cycle
             });
         }
+        if self.has_remote.load(std::sync::atomic::Ordering::Acquire) {
+            self.leave_out_remote(&mut targets, source)?;
+        }
         if targets.is_empty() && source.is_publisher() {
             self.metrics.unroutable.inc();
             if options.mandatory {
@@ -160,6 +163,40 @@ impl Vhost {
             }
             work.collect(q);
         }
+        Ok(())
+    }
+
+    /// In a cluster, a publisher's message routed to a queue another node
+    /// owns is refused (this node does not forward yet, and must not keep
+    /// a second copy); a dead letter or a delayed release drops that queue
+    /// from its targets, with a warning.
+    fn leave_out_remote(
+        &self,
+        targets: &mut Targets,
+        source: PublishSource,
+    ) -> Result<(), BrokerError> {
+        let remote = self.remote.read();
+        if let Some((q, owner)) = targets
+            .queues
+            .iter()
+            .find_map(|q| remote.get(&q.name).map(|o| (q, o)))
+        {
+            if source.is_publisher() {
+                return Err(self.remote_queue_error(&q.name, owner));
+            }
+        }
+        targets.queues.retain(|q| match remote.get(&q.name) {
+            Some(owner) => {
+                tracing::warn!(
+                    vhost = self.name,
+                    queue = q.name,
+                    owner = &**owner,
+                    "dropping a message for a queue another cluster node owns"
+                );
+                false
+            }
+            None => true,
+        });
         Ok(())
     }
 

@@ -186,6 +186,62 @@ pub fn status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `antre cluster status`: the members as the node behind `--url` sees
+/// them (`GET /api/nodes`): reachability, the metadata leader, last
+/// contact, and why a member is unreachable.
+pub fn cluster_status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let nodes = Client::new(r).get("/api/nodes")?;
+    if r.format == Format::Json {
+        return print_json(out, &nodes);
+    }
+    let list = nodes.as_array().cloned().unwrap_or_default();
+    if list.len() == 1 && list[0].get("metadata_leader").is_none() {
+        writeln!(
+            out,
+            "{} is a single node, not a cluster member",
+            text(&list[0]["name"])
+        )?;
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut t = Table::new(vec![
+        "node",
+        "address",
+        "running",
+        "leader",
+        "last contact",
+        "reason",
+    ]);
+    for n in &list {
+        let contact = match n["last_contact"].as_u64() {
+            Some(ms) => format!("{:.1}s ago", now.saturating_sub(ms) as f64 / 1000.0),
+            None => "never".into(),
+        };
+        t.row(vec![
+            text(&n["name"]),
+            text(&n["cluster_listen"]),
+            if n["running"] == json!(true) {
+                "yes"
+            } else {
+                "no"
+            }
+            .into(),
+            if n["metadata_leader"] == json!(true) {
+                "yes"
+            } else {
+                ""
+            }
+            .into(),
+            contact,
+            n["unreachable_reason"].as_str().unwrap_or("").into(),
+        ]);
+    }
+    write!(out, "{t}")?;
+    Ok(())
+}
+
 /// `3d 4h 5m 6s`, leaving out leading zero units.
 fn human_duration(mut secs: u64) -> String {
     let mut parts = Vec::new();

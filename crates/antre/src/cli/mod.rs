@@ -109,6 +109,17 @@ pub enum RemoteCommand {
     /// queue arguments may ask for).
     #[command(subcommand)]
     OperatorPolicies(policies::PolicyCommand),
+    /// Show the cluster this node belongs to.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `antre cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, which one leads the metadata group, and which are
+    /// reachable from the node behind --url (and if not, why).
+    Status(Remote),
 }
 
 /// `antre queues [list]` and the other listings.
@@ -361,6 +372,7 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     use RemoteCommand as C;
     match command {
         C::Status(r) => listing::status(&r, out),
+        C::Cluster(ClusterCommand::Status(r)) => listing::cluster_status(&r, out),
         C::Queues(l) => listing::queues(&l.remote(), out),
         C::Exchanges(l) => listing::exchanges(&l.remote(), out),
         C::Bindings(l) => listing::bindings(&l.remote(), out),

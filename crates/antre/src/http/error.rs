@@ -1,6 +1,7 @@
 //! Errors of the management API: JSON `{"error": ..., "reason": ...}` with
 //! the status code RabbitMQ's management plugin uses for the same failure.
 
+use antre_broker::cluster::MetaError;
 use antre_broker::BrokerError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -88,6 +89,18 @@ impl From<BrokerError> for ApiError {
             status,
             error,
             reason: e.to_string(),
+        }
+    }
+}
+
+impl From<MetaError> for ApiError {
+    /// A refusal as a single node answers it; a cluster that could not
+    /// commit the change in time is 503 with the reason.
+    fn from(e: MetaError) -> ApiError {
+        match e {
+            MetaError::Broker(e) => e.into(),
+            MetaError::Access(e) => crate::http::api::users::access_error(e),
+            MetaError::Unavailable(reason) => ApiError::unavailable(reason),
         }
     }
 }

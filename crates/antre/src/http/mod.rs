@@ -74,6 +74,8 @@ pub struct HttpState {
     pub started: Instant,
     /// The client-socket budget.
     pub sockets: Arc<Sockets>,
+    /// This node's cluster membership, if it is a cluster node.
+    pub cluster: Option<Arc<antre_cluster::Cluster>>,
 }
 
 impl HttpState {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use antre_broker::access::{Perm, ResourceKind};
+use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::{Binding, Destination};
 use antre_broker::Vhost;
@@ -184,13 +185,14 @@ pub async fn create(
     let destination = destination(&kind, dest.clone())?;
     permit_binding(&state, &user, &vhost, url_exchange(&source), &destination)?;
     let arguments = json_to_table(&body.arguments);
-    v.bind(
+    state.broker.change_meta(binding_command(
+        false,
+        &v.name,
         url_exchange(&source),
         destination,
         &routing_key,
-        arguments.clone(),
-        0,
-    )?;
+        &arguments,
+    ))?;
     let location = format!(
         "{}/{}",
         render::percent_encode(&dest),
@@ -247,8 +249,39 @@ pub async fn remove(
     let source = url_exchange(&source);
     let (s, b) = find_binding(&v, source, &dest, &props)?;
     permit_binding(&state, &user, &vhost, source, &dest)?;
-    v.unbind(&s, b.destination, &b.routing_key, &b.arguments, 0)?;
+    state.broker.change_meta(binding_command(
+        true,
+        &v.name,
+        &s,
+        b.destination,
+        &b.routing_key,
+        &b.arguments,
+    ))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A bind or unbind as a metadata change.
+fn binding_command(
+    unbind: bool,
+    vhost: &str,
+    source: &str,
+    destination: Destination,
+    routing_key: &str,
+    arguments: &antre_amqp::FieldTable,
+) -> MetaCommand {
+    let (destination, to_exchange) = match destination {
+        Destination::Queue(q) => (q, false),
+        Destination::Exchange(e) => (e, true),
+    };
+    MetaCommand::Binding {
+        unbind,
+        vhost: vhost.to_owned(),
+        source: source.to_owned(),
+        destination,
+        to_exchange,
+        routing_key: routing_key.to_owned(),
+        arguments: WireTable(arguments.clone()),
+    }
 }
 
 /// What binding and unbinding need: write on the destination, read on the

@@ -14,6 +14,7 @@
 
 use antre_broker::access::limits::{parse_limits, LimitScope};
 use antre_broker::access::{password, Permission, TopicPermission, UserLimits, VhostLimits};
+use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::{Destination, ExchangeType};
 use antre_broker::policy::{Policy, PolicyKind};
@@ -501,7 +502,17 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> Api
         state.vhost(v)?;
     } else {
         for v in &defs.vhosts {
-            state.broker.add_vhost(&v.name)?;
+            match state.broker.metadata_log() {
+                Some(_) => {
+                    let command = MetaCommand::AddVhost {
+                        name: v.name.clone(),
+                    };
+                    state.broker.change_meta(command)?;
+                }
+                None => {
+                    state.broker.add_vhost(&v.name)?;
+                }
+            }
         }
         import_access(state, &defs, &review)?;
         counts.insert("vhosts".into(), defs.vhosts.len().into());
@@ -537,16 +548,33 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> Api
             PolicyKind::Operator => operator_policies += 1,
         }
         let vhost = state.vhost(&p.vhost)?;
+        if state.broker.metadata_log().is_some() {
+            let operator = p.kind == PolicyKind::Operator;
+            let command = MetaCommand::SetPolicy {
+                operator,
+                def: p.to_def(),
+            };
+            state.broker.change_meta(command)?;
+            continue;
+        }
         vhost.set_policy(p)?;
     }
     counts.insert("policies".into(), policies.into());
     counts.insert("operator_policies".into(), operator_policies.into());
     // Last, as RabbitMQ's import does not hold the file's own queues to
     // the file's limits.
-    state
-        .broker
-        .import_limits(vhost_limits, user_limits)
-        .map_err(super::users::access_error)?;
+    if state.broker.metadata_log().is_some() {
+        let command = MetaCommand::ImportLimits {
+            vhosts: vhost_limits,
+            users: user_limits,
+        };
+        state.broker.change_meta(command)?;
+    } else {
+        state
+            .broker
+            .import_limits(vhost_limits, user_limits)
+            .map_err(super::users::access_error)?;
+    }
     counts.insert("skipped".into(), json!(review.unsupported));
     counts.insert("ignored".into(), json!(review.ignored));
     Ok(Value::Object(counts))
@@ -571,17 +599,27 @@ fn import_topology(
         {
             continue;
         }
-        state.vhost(&vhost)?.declare_exchange(
-            ExchangeDeclaration {
-                name: e.name.clone(),
-                kind: e.kind.clone(),
-                durable: e.durable,
-                auto_delete: e.auto_delete,
-                internal: e.internal,
-                arguments: json_to_table(&e.arguments),
-            },
-            false,
-        )?;
+        let declaration = ExchangeDeclaration {
+            name: e.name.clone(),
+            kind: e.kind.clone(),
+            durable: e.durable,
+            auto_delete: e.auto_delete,
+            internal: e.internal,
+            arguments: json_to_table(&e.arguments),
+        };
+        if state.broker.metadata_log().is_some() {
+            state.broker.change_meta(MetaCommand::DeclareExchange {
+                vhost,
+                name: declaration.name,
+                kind: declaration.kind,
+                durable: declaration.durable,
+                auto_delete: declaration.auto_delete,
+                internal: declaration.internal,
+                arguments: WireTable(declaration.arguments),
+            })?;
+        } else {
+            state.vhost(&vhost)?.declare_exchange(declaration, false)?;
+        }
         exchanges += 1;
     }
     for q in &defs.queues {
@@ -590,6 +628,19 @@ fn import_topology(
             .skipped_queues
             .contains(&(vhost.clone(), q.name.clone()))
         {
+            continue;
+        }
+        if let Some(log) = state.broker.metadata_log() {
+            // Imported on this node: its queues live here.
+            state.broker.change_meta(MetaCommand::DeclareQueue {
+                vhost,
+                name: q.name.clone(),
+                durable: q.durable,
+                auto_delete: q.auto_delete,
+                arguments: WireTable(q.arguments()),
+                owner: log.node_name().to_owned(),
+            })?;
+            queues += 1;
             continue;
         }
         state.vhost(&vhost)?.declare_queue(
@@ -619,13 +670,29 @@ fn import_topology(
                 )))
             }
         };
-        state.vhost(&vhost)?.bind(
-            &b.source,
-            destination,
-            &b.routing_key,
-            json_to_table(&b.arguments),
-            0,
-        )?;
+        if state.broker.metadata_log().is_some() {
+            let (destination, to_exchange) = match destination {
+                Destination::Queue(q) => (q, false),
+                Destination::Exchange(e) => (e, true),
+            };
+            state.broker.change_meta(MetaCommand::Binding {
+                unbind: false,
+                vhost,
+                source: b.source.clone(),
+                destination,
+                to_exchange,
+                routing_key: b.routing_key.clone(),
+                arguments: WireTable(json_to_table(&b.arguments)),
+            })?;
+        } else {
+            state.vhost(&vhost)?.bind(
+                &b.source,
+                destination,
+                &b.routing_key,
+                json_to_table(&b.arguments),
+                0,
+            )?;
+        }
         bindings += 1;
     }
     let mut counts = Map::new();
@@ -686,6 +753,15 @@ fn import_access(state: &HttpState, defs: &DefinitionsIn, review: &Review) -> Ap
         .chain(topic_permissions.iter().map(|t| &t.vhost))
     {
         state.vhost(vhost)?;
+    }
+    if state.broker.metadata_log().is_some() {
+        let command = MetaCommand::ImportAccess {
+            users,
+            permissions,
+            topic_permissions,
+        };
+        state.broker.change_meta(command)?;
+        return Ok(());
     }
     state
         .broker

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use antre_broker::access::{Perm, ResourceKind};
+use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::Exchange;
-use antre_broker::vhost::ExchangeDeclaration;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -126,17 +126,15 @@ pub async fn declare(
             user.permit(&state, &vhost, ResourceKind::Exchange, ae, Perm::Write)?;
         }
     }
-    v.declare_exchange(
-        ExchangeDeclaration {
-            name,
-            kind,
-            durable: body.durable.unwrap_or(true),
-            auto_delete: body.auto_delete,
-            internal: body.internal,
-            arguments: json_to_table(&body.arguments),
-        },
-        false,
-    )?;
+    state.broker.change_meta(MetaCommand::DeclareExchange {
+        vhost,
+        name,
+        kind,
+        durable: body.durable.unwrap_or(true),
+        auto_delete: body.auto_delete,
+        internal: body.internal,
+        arguments: WireTable(json_to_table(&body.arguments)),
+    })?;
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -166,8 +164,10 @@ pub async fn remove(
         &name,
         Perm::Configure,
     )?;
-    state
-        .vhost(&vhost)?
-        .delete_exchange(&name, flag(&query, "if-unused"))?;
+    state.broker.change_meta(MetaCommand::DeleteExchange {
+        vhost,
+        name,
+        if_unused: flag(&query, "if-unused"),
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -21,9 +21,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::users::access_error;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{AuthUser, HttpState};
+use antre_broker::cluster::MetaCommand;
 
 /// The `value` of a `{"value": N}` body, checked for `name` in `scope`.
 /// RabbitMQ words its refusals differently for the two scopes.
@@ -86,10 +86,12 @@ pub async fn vhost_set(
         return Err(no_vhost());
     }
     let value = value_of(LimitScope::Vhost, &name, &body)?;
-    state
-        .broker
-        .set_vhost_limit(&vhost, &name, value)
-        .map_err(access_error)?;
+    let command = MetaCommand::SetVhostLimit {
+        vhost: vhost.clone(),
+        name: name.clone(),
+        value,
+    };
+    state.broker.change_meta(command)?;
     tracing::info!(vhost, limit = name, value, "vhost limit set");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -102,10 +104,11 @@ pub async fn vhost_clear(
     if state.broker.vhost(&vhost).is_none() {
         return Err(no_vhost());
     }
-    state
-        .broker
-        .clear_vhost_limit(&vhost, &name)
-        .map_err(access_error)?;
+    let command = MetaCommand::ClearVhostLimit {
+        vhost: vhost.clone(),
+        name: name.clone(),
+    };
+    state.broker.change_meta(command)?;
     tracing::info!(vhost, limit = name, "vhost limit cleared");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -148,9 +151,12 @@ pub async fn user_set(
         return Err(no_user(&user));
     }
     let value = value_of(LimitScope::User, &name, &body)?;
-    access
-        .set_user_limit(&user, &name, value)
-        .map_err(access_error)?;
+    let command = MetaCommand::SetUserLimit {
+        user: user.clone(),
+        name: name.clone(),
+        value,
+    };
+    state.broker.change_meta(command)?;
     tracing::info!(user, limit = name, value, "user limit set");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -164,9 +170,11 @@ pub async fn user_clear(
     if access.user(&user).is_none() {
         return Err(no_user(&user));
     }
-    access
-        .clear_user_limit(&user, &name)
-        .map_err(access_error)?;
+    let command = MetaCommand::ClearUserLimit {
+        user: user.clone(),
+        name: name.clone(),
+    };
+    state.broker.change_meta(command)?;
     tracing::info!(user, limit = name, "user limit cleared");
     Ok(StatusCode::NO_CONTENT)
 }

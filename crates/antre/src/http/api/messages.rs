@@ -233,6 +233,7 @@ pub async fn get(
         }
     };
     let q = super::queues::find(&state, &vhost, &name)?;
+    state.vhost(&vhost)?.check_local(&name)?;
     // As basic.get: read on the queue, refused as RabbitMQ's API does.
     state
         .broker

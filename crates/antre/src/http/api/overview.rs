@@ -159,20 +159,57 @@ fn listeners(state: &HttpState) -> Value {
         .collect()
 }
 
-/// GET /api/nodes: the one node.
+/// GET /api/nodes: this node, and in a cluster every other member with
+/// what this node knows of it (running, metadata leader, last contact).
 pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
-    let (connections, channels, _, queues, _) = object_totals(&state);
-    Json(json!([{
+    let mut local = local_node(&state);
+    let Some(cluster) = &state.cluster else {
+        return Json(json!([local]));
+    };
+    let status = cluster.status();
+    let ms = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+    };
+    let nodes: Vec<Value> = status
+        .members
+        .iter()
+        .map(|m| {
+            let cluster_fields = json!({
+                "cluster_listen": m.addr.to_string(),
+                "metadata_leader": m.leader,
+                "last_contact": ms(m.last_contact),
+                "unreachable_reason": m.error,
+            });
+            let mut node = if m.this_node {
+                local["name"] = json!(m.name);
+                std::mem::take(&mut local)
+            } else {
+                json!({ "name": m.name, "type": "disc", "running": m.running })
+            };
+            if let (Some(node), Value::Object(extra)) = (node.as_object_mut(), cluster_fields) {
+                node.extend(extra);
+            }
+            node
+        })
+        .collect();
+    Json(Value::Array(nodes))
+}
+
+/// This node as `/api/nodes` shows it.
+fn local_node(state: &HttpState) -> Value {
+    let (connections, channels, _, queues, _) = object_totals(state);
+    json!({
         "name": node_name(),
         "type": "disc",
         "running": true,
         "uptime": state.started.elapsed().as_millis() as u64,
         "mem_used": resident_memory(),
         "mem_limit": state.alarms.memory_limit(),
-        "mem_alarm": memory_alarm(&state),
-        "disk_free": disk_free(&state),
+        "mem_alarm": memory_alarm(state),
+        "disk_free": disk_free(state),
         "disk_free_limit": state.alarms.disk_free_limit(),
-        "disk_free_alarm": disk_alarm(&state),
+        "disk_free_alarm": disk_alarm(state),
         "connections": connections,
         "channels": channels,
         "queues": queues,
@@ -181,7 +218,7 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
         "fd_total": crate::sockets::fd_limit(),
         "sockets_used": state.sockets.used(),
         "sockets_total": state.sockets.total(),
-    }]))
+    })
 }
 
 /// GET /api/whoami.

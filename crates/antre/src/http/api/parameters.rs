@@ -27,10 +27,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::users::access_error;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::render::node_name;
 use crate::http::{AuthUser, HttpState};
+use antre_broker::cluster::MetaCommand;
 
 /// The component that holds vhost limits.
 pub const VHOST_LIMITS: &str = "vhost-limits";
@@ -137,8 +137,7 @@ pub async fn clear(
     };
     state
         .broker
-        .import_limits(vec![cleared], Vec::new())
-        .map_err(access_error)?;
+        .change_meta(MetaCommand::ReplaceVhostLimits(cleared))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -178,8 +177,10 @@ pub async fn set(
         .map_err(|e| ApiError::bad_request(format!("Validation failed\n\n{e}\n")))?;
     state
         .broker
-        .import_limits(vec![VhostLimits { vhost, value }], Vec::new())
-        .map_err(access_error)?;
+        .change_meta(MetaCommand::ReplaceVhostLimits(VhostLimits {
+            vhost,
+            value,
+        }))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

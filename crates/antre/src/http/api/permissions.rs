@@ -2,13 +2,13 @@
 //! and per-vhost views (administrators only, as in RabbitMQ).
 
 use antre_broker::access::{Permission, TopicPermission};
+use antre_broker::cluster::MetaCommand;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::users::access_error;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::HttpState;
 
@@ -107,14 +107,14 @@ pub async fn set(
     let [configure, write, read] = fields(&body, ["configure", "write", "read"])?;
     let created = state
         .broker
-        .set_permission(Permission {
+        .change_meta(MetaCommand::SetPermission(Permission {
             user,
             vhost,
             configure,
             write,
             read,
-        })
-        .map_err(access_error)?;
+        }))?
+        .changed();
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -127,10 +127,10 @@ pub async fn clear(
     State(state): State<HttpState>,
     Path((vhost, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    match state.broker.access().clear_permission(&user, &vhost) {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(not_found()),
-        Err(e) => Err(access_error(e)),
+    let command = MetaCommand::ClearPermission { user, vhost };
+    match state.broker.change_meta(command)?.changed() {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(not_found()),
     }
 }
 
@@ -195,14 +195,14 @@ pub async fn topic_set(
     let [exchange, write, read] = fields(&body, ["exchange", "write", "read"])?;
     let created = state
         .broker
-        .set_topic_permission(TopicPermission {
+        .change_meta(MetaCommand::SetTopicPermission(TopicPermission {
             user,
             vhost,
             exchange,
             write,
             read,
-        })
-        .map_err(access_error)?;
+        }))?
+        .changed();
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -217,14 +217,13 @@ pub async fn topic_clear(
     Path((vhost, user)): Path<(String, String)>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
-    let exchange = query.get("exchange").map(String::as_str);
-    match state
-        .broker
-        .access()
-        .clear_topic_permission(&user, &vhost, exchange)
-    {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(not_found()),
-        Err(e) => Err(access_error(e)),
+    let command = MetaCommand::ClearTopicPermission {
+        user,
+        vhost,
+        exchange: query.get("exchange").cloned(),
+    };
+    match state.broker.change_meta(command)?.changed() {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(not_found()),
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use antre_broker::cluster::MetaCommand;
 use antre_broker::policy::{Policy, PolicyKind};
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
@@ -90,7 +91,7 @@ fn set(
     name: &str,
     body: &[u8],
 ) -> ApiResult<StatusCode> {
-    let v = state.vhost(vhost)?;
+    state.vhost(vhost)?;
     let body: Map<String, Value> =
         crate::http::parse_body::<Value>(body).and_then(|b| match b {
             Value::Null => Ok(Map::new()),
@@ -101,7 +102,11 @@ fn set(
         })?;
     let policy = Policy::parse(kind, vhost, name, &body)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(if v.set_policy(policy)? {
+    let command = MetaCommand::SetPolicy {
+        operator: kind == PolicyKind::Operator,
+        def: policy.to_def(),
+    };
+    Ok(if state.broker.change_meta(command)?.changed() {
         StatusCode::CREATED
     } else {
         StatusCode::NO_CONTENT
@@ -109,7 +114,13 @@ fn set(
 }
 
 fn remove(state: &HttpState, kind: PolicyKind, vhost: &str, name: &str) -> ApiResult<StatusCode> {
-    if state.vhost(vhost)?.delete_policy(kind, name)? {
+    state.vhost(vhost)?;
+    let command = MetaCommand::DeletePolicy {
+        operator: kind == PolicyKind::Operator,
+        vhost: vhost.to_owned(),
+        name: name.to_owned(),
+    };
+    if state.broker.change_meta(command)?.changed() {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(missing())

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use antre_broker::access::{Perm, ResourceKind};
+use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::vhost::QueueDeclaration;
 use axum::body::Bytes;
@@ -16,13 +17,32 @@ use super::{flag, listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
 
+/// On a cluster node, a queue's `node` is the cluster node that owns it
+/// (its messages and consumers are there; this node shows its definition
+/// only), as RabbitMQ shows a queue's home node.
+fn with_node(state: &HttpState, v: &antre_broker::Vhost, mut queue: Value) -> Value {
+    if let Some(me) = state.broker.node_name() {
+        let name = queue["name"].as_str().unwrap_or_default();
+        let node = v
+            .remote_owner(name)
+            .map_or_else(|| me.to_owned(), |n| n.to_string());
+        queue["node"] = Value::String(node);
+    }
+    queue
+}
+
 fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
     let mut out = Vec::new();
     for v in state.vhosts_for(vhost)? {
         let queues = v.queues();
         let mut all: Vec<(String, Value)> = queues
             .iter()
-            .map(|q| (q.name.clone(), render::queue(state, q)))
+            .map(|q| {
+                (
+                    q.name.clone(),
+                    with_node(state, &v, render::queue(state, q)),
+                )
+            })
             .collect();
         all.extend(
             v.streams()
@@ -86,7 +106,8 @@ pub async fn show(
         return Ok(Json(body));
     }
     let q = find(&state, &vhost, &name)?;
-    let mut body = render::queue(&state, &q);
+    let v = state.vhost(&vhost)?;
+    let mut body = with_node(&state, &v, render::queue(&state, &q));
     body["consumer_details"] = q
         .consumers()
         .iter()
@@ -146,17 +167,34 @@ pub async fn declare(
             user.permit(&state, &vhost, ResourceKind::Exchange, dlx, Perm::Write)?;
         }
     }
-    v.declare_queue(
-        QueueDeclaration {
+    if let Some(log) = state.broker.metadata_log() {
+        if body.arguments.get("x-queue-type").and_then(Value::as_str) == Some("stream") {
+            return Err(ApiError::bad_request(
+                "streams are not supported in an antre cluster yet",
+            ));
+        }
+        let command = MetaCommand::DeclareQueue {
+            vhost,
             name,
             durable: body.durable.unwrap_or(true),
-            exclusive: false,
             auto_delete: body.auto_delete,
-            arguments: json_to_table(&body.arguments),
-        },
-        false,
-        0,
-    )?;
+            arguments: WireTable(json_to_table(&body.arguments)),
+            owner: log.node_name().to_owned(),
+        };
+        state.broker.change_meta(command)?;
+    } else {
+        v.declare_queue(
+            QueueDeclaration {
+                name,
+                durable: body.durable.unwrap_or(true),
+                exclusive: false,
+                auto_delete: body.auto_delete,
+                arguments: json_to_table(&body.arguments),
+            },
+            false,
+            0,
+        )?;
+    }
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -180,6 +218,15 @@ pub async fn remove(
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
     let v = state.vhost(&vhost)?;
     let owner = q.options.exclusive_owner.unwrap_or(0);
+    if state.broker.metadata_log().is_some() && owner == 0 {
+        state.broker.change_meta(MetaCommand::DeleteQueue {
+            vhost,
+            name,
+            if_unused: flag(&query, "if-unused"),
+            if_empty: flag(&query, "if-empty"),
+        })?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     v.delete_queue(
         &name,
         flag(&query, "if-unused"),
@@ -202,6 +249,7 @@ pub async fn purge(
     }
     let q = find(&state, &vhost, &name)?;
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Read)?;
+    state.vhost(&vhost)?.check_local(&name)?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use antre_broker::access::{password, AccessControl, AccessError, Credentials};
+use antre_broker::cluster::MetaCommand;
 use antre_broker::UserRecord;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -164,16 +165,16 @@ pub fn put_user(state: &HttpState, name: &str, body: &Map<String, Value>) -> Api
             );
         }
     }
-    state
-        .broker
-        .access()
-        .put_user(name, credentials, tags)
-        .map_err(access_error)
+    let command = MetaCommand::put_user(name, credentials, tags);
+    Ok(state.broker.change_meta(command)?.changed())
 }
 
 /// Deletes a user and closes their connections, as RabbitMQ does.
 fn delete(state: &HttpState, name: &str) -> ApiResult<bool> {
-    let existed = state.broker.delete_user(name).map_err(access_error)?;
+    let command = MetaCommand::DeleteUser {
+        name: name.to_owned(),
+    };
+    let existed = state.broker.change_meta(command)?.changed();
     if existed {
         for c in state.registry.connections() {
             if c.user == name {

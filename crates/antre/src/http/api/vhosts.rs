@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use antre_broker::cluster::MetaCommand;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -72,7 +73,11 @@ pub async fn create(
     if vhost.is_empty() {
         return Err(ApiError::bad_request("a vhost name cannot be empty"));
     }
-    Ok(if state.broker.create_vhost(&vhost, &user.name)? {
+    let command = MetaCommand::CreateVhost {
+        name: vhost,
+        creator: user.name.clone(),
+    };
+    Ok(if state.broker.change_meta(command)?.changed() {
         StatusCode::CREATED
     } else {
         StatusCode::NO_CONTENT
@@ -91,6 +96,8 @@ pub async fn remove(
             c.force_close(&format!("vhost '{vhost}' is deleted"));
         }
     }
-    state.broker.delete_vhost(&vhost)?;
+    state
+        .broker
+        .change_meta(MetaCommand::DeleteVhost { name: vhost })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,1006 @@
+//! The seam between the broker core and a cluster's metadata log.
+//!
+//! On a single node a change to metadata (a user, a vhost, a permission, a
+//! policy, a limit, an exchange, a binding, a queue definition) is applied
+//! where it is asked for. In a cluster it is a [`MetaCommand`] proposed to
+//! the metadata Raft group; once the group committed it, every node, the
+//! proposer included, applies it in log order with [`Broker::apply_meta`],
+//! which calls the same broker code a single node calls. The proposer
+//! answers its client with the result of its own apply, so refusals (a 406
+//! for an inequivalent redeclare, a 404 for a missing exchange) are what a
+//! single node answers.
+//!
+//! The core stays free of networking: it only knows the [`MetadataLog`]
+//! trait, which the server's cluster crate implements and hands the broker
+//! with [`Broker::set_metadata_log`]. A broker without one is a single node.
+
+use std::fmt;
+use std::sync::Arc;
+
+use antre_amqp::FieldTable;
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{
+    AccessError, AccessSnapshot, Credentials, Permission, TopicPermission, VhostLimits,
+};
+use crate::broker::Broker;
+use crate::definitions::{json_to_table, PolicyDef, VhostDefinitions};
+use crate::error::BrokerError;
+use crate::exchange::Destination;
+use crate::policy::{Policy, PolicyKind};
+use crate::queue::QueueCounts;
+use crate::vhost::{ExchangeDeclaration, QueueDeclaration, Vhost};
+
+/// A field table carried in the log in its AMQP wire form, so that the
+/// types of its values (a long is not a short) survive replication exactly
+/// and equivalence checks answer as on the proposer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WireTable(pub FieldTable);
+
+impl Serialize for WireTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = BytesMut::new();
+        self.0.encode(&mut out);
+        // The table's own u32 length prefix is redundant with serde's.
+        s.serialize_bytes(out.get(4..).unwrap_or_default())
+    }
+}
+
+impl<'de> Deserialize<'de> for WireTable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw: Vec<u8> = serde_bytes_vec(d)?;
+        FieldTable::decode(Bytes::from(raw), 0)
+            .map(WireTable)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads bytes whether the format gives them as bytes or as a sequence.
+fn serde_bytes_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = a.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_bytes(V)
+}
+
+/// One change to cluster-wide metadata, as the metadata log carries it.
+/// Passwords travel only as salted hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Creates or replaces a user (`PUT /api/users/{name}`).
+    PutUser {
+        /// Login name.
+        name: String,
+        /// Salted hash (empty: no password login).
+        password_hash: String,
+        /// RabbitMQ's name of the hashing algorithm.
+        algorithm: String,
+        /// Tags.
+        tags: Vec<String>,
+    },
+    /// Deletes a user with their permissions.
+    DeleteUser {
+        /// Login name.
+        name: String,
+    },
+    /// Creates a vhost, granting its creator full permissions.
+    CreateVhost {
+        /// The vhost.
+        name: String,
+        /// The user who asked.
+        creator: String,
+    },
+    /// Creates a vhost without granting anyone anything (a definitions
+    /// import).
+    AddVhost {
+        /// The vhost.
+        name: String,
+    },
+    /// Adds users and permissions in one change, all or nothing (a
+    /// definitions import; see [`crate::AccessControl::import`]).
+    ImportAccess {
+        /// Users, with their password hashes.
+        users: Vec<crate::access::UserRecord>,
+        /// Permissions.
+        permissions: Vec<Permission>,
+        /// Topic permissions.
+        topic_permissions: Vec<TopicPermission>,
+    },
+    /// Sets vhost and user limits in one change (a definitions import; see
+    /// [`Broker::import_limits`]).
+    ImportLimits {
+        /// Vhost limits (each replaces the vhost's).
+        vhosts: Vec<VhostLimits>,
+        /// User limits (added to the user's).
+        users: Vec<crate::access::UserLimits>,
+    },
+    /// Deletes a vhost and everything in it.
+    DeleteVhost {
+        /// The vhost.
+        name: String,
+    },
+    /// Sets a user's permission in a vhost.
+    SetPermission(Permission),
+    /// Clears a user's permission in a vhost.
+    ClearPermission {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+    },
+    /// Sets a topic permission.
+    SetTopicPermission(TopicPermission),
+    /// Clears topic permissions (of one exchange, or all of the vhost's).
+    ClearTopicPermission {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The exchange, or every one.
+        exchange: Option<String>,
+    },
+    /// Sets a policy (`operator`: an operator policy).
+    SetPolicy {
+        /// Operator policy rather than policy.
+        operator: bool,
+        /// The policy, as definitions hold it.
+        def: PolicyDef,
+    },
+    /// Clears a policy.
+    DeletePolicy {
+        /// Operator policy rather than policy.
+        operator: bool,
+        /// The vhost.
+        vhost: String,
+        /// The policy's name.
+        name: String,
+    },
+    /// Sets one vhost limit.
+    SetVhostLimit {
+        /// The vhost.
+        vhost: String,
+        /// `max-connections`, `max-queues`.
+        name: String,
+        /// The value (negative: no limit).
+        value: i64,
+    },
+    /// Clears one vhost limit.
+    ClearVhostLimit {
+        /// The vhost.
+        vhost: String,
+        /// The limit.
+        name: String,
+    },
+    /// Replaces a vhost's limits (`PUT /api/parameters/vhost-limits/...`).
+    ReplaceVhostLimits(VhostLimits),
+    /// Sets one user limit.
+    SetUserLimit {
+        /// The user.
+        user: String,
+        /// `max-connections`, `max-channels`.
+        name: String,
+        /// The value.
+        value: i64,
+    },
+    /// Clears one user limit.
+    ClearUserLimit {
+        /// The user.
+        user: String,
+        /// The limit.
+        name: String,
+    },
+    /// exchange.declare (not passive).
+    DeclareExchange {
+        /// The vhost.
+        vhost: String,
+        /// The exchange.
+        name: String,
+        /// Its type.
+        kind: String,
+        /// Durable.
+        durable: bool,
+        /// Auto-delete.
+        auto_delete: bool,
+        /// Internal.
+        internal: bool,
+        /// Arguments.
+        arguments: WireTable,
+    },
+    /// exchange.delete.
+    DeleteExchange {
+        /// The vhost.
+        vhost: String,
+        /// The exchange.
+        name: String,
+        /// Only if it has no bindings.
+        if_unused: bool,
+    },
+    /// queue.declare (not passive, not exclusive) of a named queue.
+    DeclareQueue {
+        /// The vhost.
+        vhost: String,
+        /// The queue (the proposer generated a server-named queue's name).
+        name: String,
+        /// Durable.
+        durable: bool,
+        /// Auto-delete.
+        auto_delete: bool,
+        /// Arguments.
+        arguments: WireTable,
+        /// The node where a new queue's engine (its messages) will live:
+        /// the proposer's.
+        owner: String,
+    },
+    /// queue.delete.
+    DeleteQueue {
+        /// The vhost.
+        vhost: String,
+        /// The queue.
+        name: String,
+        /// Only if it has no consumers.
+        if_unused: bool,
+        /// Only if it has no ready messages.
+        if_empty: bool,
+    },
+    /// queue.bind / exchange.bind (`unbind`: the unbind of each).
+    Binding {
+        /// Unbind rather than bind.
+        unbind: bool,
+        /// The vhost.
+        vhost: String,
+        /// The source exchange.
+        source: String,
+        /// The destination's name.
+        destination: String,
+        /// Whether the destination is an exchange (else a queue).
+        to_exchange: bool,
+        /// The binding key.
+        routing_key: String,
+        /// Arguments.
+        arguments: WireTable,
+    },
+}
+
+impl MetaCommand {
+    /// A user change whose cleartext password, if any, is hashed here, on
+    /// the proposer, so the log never holds it.
+    pub fn put_user(name: &str, credentials: Credentials, tags: Vec<String>) -> MetaCommand {
+        let (password_hash, algorithm) = match credentials {
+            Credentials::Password(p) => (
+                crate::access::password::hash(&p),
+                crate::access::password::SHA256.to_owned(),
+            ),
+            Credentials::Hash { hash, algorithm } => (hash, algorithm),
+            Credentials::None => (String::new(), crate::access::password::SHA256.to_owned()),
+        };
+        MetaCommand::PutUser {
+            name: name.to_owned(),
+            password_hash,
+            algorithm,
+            tags,
+        }
+    }
+
+    /// A short description for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            MetaCommand::PutUser { name, .. } => format!("put user {name}"),
+            MetaCommand::DeleteUser { name } => format!("delete user {name}"),
+            MetaCommand::CreateVhost { name, .. } => format!("create vhost {name}"),
+            MetaCommand::DeleteVhost { name } => format!("delete vhost {name}"),
+            MetaCommand::DeclareQueue { vhost, name, .. } => {
+                format!("declare queue {name} in {vhost}")
+            }
+            MetaCommand::DeclareExchange { vhost, name, .. } => {
+                format!("declare exchange {name} in {vhost}")
+            }
+            other => format!("{other:?}").chars().take(120).collect(),
+        }
+    }
+}
+
+/// What applying a [`MetaCommand`] gave, on the node that applied it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaOutcome {
+    /// Done, nothing to report.
+    Done,
+    /// Whether something was created (a user, a vhost, a permission, a
+    /// policy) or existed (a deletion).
+    Changed(bool),
+    /// A declared queue: its name and counts for queue.declare-ok.
+    Queue {
+        /// The queue.
+        name: String,
+        /// Its counts here.
+        counts: QueueCounts,
+    },
+    /// How many messages a deleted queue held.
+    Messages(u32),
+}
+
+impl MetaOutcome {
+    /// The flag of [`MetaOutcome::Changed`] (false for the others).
+    pub fn changed(&self) -> bool {
+        matches!(self, MetaOutcome::Changed(true))
+    }
+}
+
+/// Why a metadata change failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MetaError {
+    /// The broker refused it (the same refusal a single node gives).
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The access store refused it.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// The cluster could not commit it in time (no quorum reachable, no
+    /// leader): nothing of it was applied by this node.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<MetaError> for BrokerError {
+    /// For AMQP: an unavailable cluster is RabbitMQ's 541 INTERNAL_ERROR,
+    /// what RabbitMQ 3.10 answers when a quorum queue's Raft cluster cannot
+    /// be started in time (`rabbit_quorum_queue:declare_queue_error/4`).
+    fn from(e: MetaError) -> BrokerError {
+        match e {
+            MetaError::Broker(e) => e,
+            MetaError::Access(e) => BrokerError::Internal(e.to_string()),
+            MetaError::Unavailable(text) => BrokerError::Internal(text),
+        }
+    }
+}
+
+/// A cluster's replicated metadata log, as the broker sees it.
+pub trait MetadataLog: Send + Sync + fmt::Debug {
+    /// This node's name in the cluster.
+    fn node_name(&self) -> &str;
+
+    /// Proposes a change and waits (bounded) until this node applied it,
+    /// returning this node's result. May block the calling thread: it is
+    /// called from the synchronous channel handlers, so implementations
+    /// must cope with being called on an async runtime's worker.
+    fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError>;
+
+    /// Proposes a change without waiting for it (a queue's owner removing
+    /// an auto-delete or expired queue, from a timer or a channel that must
+    /// not block on the cluster); a failure is logged.
+    fn propose_later(&self, command: MetaCommand);
+}
+
+/// The whole replicated metadata, as a cluster's snapshot carries it: what
+/// a node that missed too much of the log installs instead.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetaSnapshot {
+    /// Vhost names.
+    pub vhosts: Vec<String>,
+    /// Users, permissions, limits.
+    pub access: AccessSnapshot,
+    /// Each vhost's durable exchanges, queues, bindings and policies.
+    pub definitions: Vec<VhostDefinitions>,
+    /// Queues and their owning node: (vhost, queue, node).
+    pub owners: Vec<(String, String, String)>,
+}
+
+/// A change handed to the wrong half of [`Broker::apply_meta`] (a bug).
+fn misrouted(command: &MetaCommand) -> MetaError {
+    BrokerError::Internal(format!("misrouted metadata change {}", command.describe())).into()
+}
+
+fn no_vhost(name: &str) -> BrokerError {
+    BrokerError::NotFound(format!("no vhost '{name}'"))
+}
+
+fn kind_of(operator: bool) -> PolicyKind {
+    if operator {
+        PolicyKind::Operator
+    } else {
+        PolicyKind::Policy
+    }
+}
+
+impl Broker {
+    /// Makes this broker a cluster node whose metadata changes go through
+    /// `log`. Returns false if it already had one.
+    pub fn set_metadata_log(&self, log: Arc<dyn MetadataLog>) -> bool {
+        if self.metadata.set(Arc::clone(&log)).is_err() {
+            return false;
+        }
+        for v in self.vhosts() {
+            v.set_metadata_log(Arc::clone(&log));
+        }
+        true
+    }
+
+    /// The cluster's metadata log, if this broker is a cluster node.
+    pub fn metadata_log(&self) -> Option<&Arc<dyn MetadataLog>> {
+        self.metadata.get()
+    }
+
+    /// This node's name, in a cluster.
+    pub fn node_name(&self) -> Option<&str> {
+        self.metadata.get().map(|l| l.node_name())
+    }
+
+    /// Makes a metadata change: applied at once on a single node, proposed
+    /// to the metadata log in a cluster (see the module docs).
+    pub fn change_meta(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        match self.metadata.get() {
+            Some(log) => log.propose(command),
+            None => self.apply_meta(command),
+        }
+    }
+
+    fn vhost_or_404(&self, name: &str) -> Result<Arc<Vhost>, BrokerError> {
+        self.vhost(name).ok_or_else(|| no_vhost(name))
+    }
+
+    /// Applies one committed change with the broker's own code. Every node
+    /// of a cluster calls this for every entry, in log order, so it must be
+    /// deterministic: its result depends only on the metadata, which is the
+    /// same on every node at the same point of the log.
+    pub fn apply_meta(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        use MetaCommand as C;
+        let access = matches!(
+            command,
+            C::PutUser { .. }
+                | C::DeleteUser { .. }
+                | C::CreateVhost { .. }
+                | C::AddVhost { .. }
+                | C::ImportAccess { .. }
+                | C::DeleteVhost { .. }
+                | C::SetPermission(_)
+                | C::ClearPermission { .. }
+                | C::SetTopicPermission(_)
+                | C::ClearTopicPermission { .. }
+        );
+        if access {
+            self.apply_access(command)
+        } else {
+            self.apply_topology(command)
+        }
+    }
+
+    /// [`Broker::apply_meta`] for users, vhosts and permissions.
+    fn apply_access(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        use MetaCommand as C;
+        let access = self.access();
+        Ok(match command {
+            C::PutUser {
+                name,
+                password_hash,
+                algorithm,
+                tags,
+            } => {
+                let credentials = if password_hash.is_empty() {
+                    Credentials::None
+                } else {
+                    Credentials::Hash {
+                        hash: password_hash,
+                        algorithm,
+                    }
+                };
+                MetaOutcome::Changed(access.put_user(&name, credentials, tags)?)
+            }
+            C::DeleteUser { name } => MetaOutcome::Changed(self.delete_user(&name)?),
+            C::CreateVhost { name, creator } => {
+                MetaOutcome::Changed(self.create_vhost(&name, &creator)?)
+            }
+            C::AddVhost { name } => {
+                let new = self.vhost(&name).is_none();
+                self.add_vhost(&name)?;
+                MetaOutcome::Changed(new)
+            }
+            C::ImportAccess {
+                users,
+                permissions,
+                topic_permissions,
+            } => {
+                access.import(users, permissions, topic_permissions)?;
+                MetaOutcome::Done
+            }
+            C::DeleteVhost { name } => MetaOutcome::Changed(self.delete_vhost(&name)?),
+            C::SetPermission(p) => MetaOutcome::Changed(self.set_permission(p)?),
+            C::ClearPermission { user, vhost } => {
+                MetaOutcome::Changed(access.clear_permission(&user, &vhost)?)
+            }
+            C::SetTopicPermission(t) => MetaOutcome::Changed(self.set_topic_permission(t)?),
+            C::ClearTopicPermission {
+                user,
+                vhost,
+                exchange,
+            } => MetaOutcome::Changed(access.clear_topic_permission(
+                &user,
+                &vhost,
+                exchange.as_deref(),
+            )?),
+            other => return Err(misrouted(&other)),
+        })
+    }
+
+    /// [`Broker::apply_meta`] for policies, limits, exchanges, queues and
+    /// bindings.
+    fn apply_topology(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        use MetaCommand as C;
+        let access = self.access();
+        Ok(match command {
+            C::SetPolicy { operator, def } => {
+                let vhost = self.vhost_or_404(&def.vhost)?;
+                let policy = Policy::from_def(kind_of(operator), &def)
+                    .map_err(|e| BrokerError::PreconditionFailed(e.to_string()))?;
+                MetaOutcome::Changed(vhost.set_policy(policy)?)
+            }
+            C::DeletePolicy {
+                operator,
+                vhost,
+                name,
+            } => {
+                let vhost = self.vhost_or_404(&vhost)?;
+                MetaOutcome::Changed(vhost.delete_policy(kind_of(operator), &name)?)
+            }
+            C::SetVhostLimit { vhost, name, value } => {
+                self.set_vhost_limit(&vhost, &name, value)?;
+                MetaOutcome::Done
+            }
+            C::ClearVhostLimit { vhost, name } => {
+                self.clear_vhost_limit(&vhost, &name)?;
+                MetaOutcome::Done
+            }
+            C::ReplaceVhostLimits(limits) => {
+                self.import_limits(vec![limits], Vec::new())?;
+                MetaOutcome::Done
+            }
+            C::ImportLimits { vhosts, users } => {
+                self.import_limits(vhosts, users)?;
+                MetaOutcome::Done
+            }
+            C::SetUserLimit { user, name, value } => {
+                access.set_user_limit(&user, &name, value)?;
+                MetaOutcome::Done
+            }
+            C::ClearUserLimit { user, name } => {
+                access.clear_user_limit(&user, &name)?;
+                MetaOutcome::Done
+            }
+            C::DeclareExchange {
+                vhost,
+                name,
+                kind,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+            } => {
+                let declaration = ExchangeDeclaration {
+                    name,
+                    kind,
+                    durable,
+                    auto_delete,
+                    internal,
+                    arguments: arguments.0,
+                };
+                self.vhost_or_404(&vhost)?
+                    .declare_exchange(declaration, false)?;
+                MetaOutcome::Done
+            }
+            C::DeleteExchange {
+                vhost,
+                name,
+                if_unused,
+            } => {
+                self.vhost_or_404(&vhost)?
+                    .delete_exchange(&name, if_unused)?;
+                MetaOutcome::Done
+            }
+            C::DeclareQueue {
+                vhost,
+                name,
+                durable,
+                auto_delete,
+                arguments,
+                owner,
+            } => self.apply_declare_queue(&vhost, name, durable, auto_delete, arguments, &owner)?,
+            C::DeleteQueue {
+                vhost,
+                name,
+                if_unused,
+                if_empty,
+            } => {
+                let v = self.vhost_or_404(&vhost)?;
+                let n = v.delete_queue(&name, if_unused, if_empty, 0)?;
+                if !v.has_queue(&name) {
+                    v.set_remote_owner(&name, None);
+                }
+                MetaOutcome::Messages(n)
+            }
+            C::Binding {
+                unbind,
+                vhost,
+                source,
+                destination,
+                to_exchange,
+                routing_key,
+                arguments,
+            } => {
+                let v = self.vhost_or_404(&vhost)?;
+                let destination = if to_exchange {
+                    Destination::Exchange(destination)
+                } else {
+                    Destination::Queue(destination)
+                };
+                if unbind {
+                    v.unbind(&source, destination, &routing_key, &arguments.0, 0)?;
+                } else {
+                    v.bind(&source, destination, &routing_key, arguments.0, 0)?;
+                }
+                MetaOutcome::Done
+            }
+            other => return Err(misrouted(&other)),
+        })
+    }
+
+    /// A replicated queue.declare: the queue exists on every node, but its
+    /// engine (messages, consumers) only on its owner; the others record
+    /// the owner so they refuse to keep a second copy.
+    fn apply_declare_queue(
+        &self,
+        vhost: &str,
+        name: String,
+        durable: bool,
+        auto_delete: bool,
+        arguments: WireTable,
+        owner: &str,
+    ) -> Result<MetaOutcome, MetaError> {
+        let v = self.vhost_or_404(vhost)?;
+        let new = !v.has_queue(&name);
+        let declaration = QueueDeclaration {
+            name: name.clone(),
+            durable,
+            exclusive: false,
+            auto_delete,
+            arguments: arguments.0,
+        };
+        let (q, counts) = v.declare_queue_as(name, declaration, 0)?;
+        if new {
+            let mine = self.node_name().is_none_or(|me| me == owner);
+            v.set_remote_owner(q.name(), (!mine).then_some(owner));
+        }
+        Ok(MetaOutcome::Queue {
+            name: q.name().to_owned(),
+            counts,
+        })
+    }
+
+    /// The whole replicated metadata, for a cluster snapshot.
+    pub fn meta_snapshot(&self) -> MetaSnapshot {
+        let mut vhosts = self.vhosts();
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        let me = self.node_name().unwrap_or_default().to_owned();
+        let mut owners = Vec::new();
+        for v in &vhosts {
+            let remote = v.remote_owners();
+            for q in v.queues() {
+                if q.options.exclusive_owner.is_some() {
+                    continue;
+                }
+                let node = remote
+                    .iter()
+                    .find(|(n, _)| *n == q.name)
+                    .map_or_else(|| me.clone(), |(_, node)| node.clone());
+                owners.push((v.name.clone(), q.name.clone(), node));
+            }
+        }
+        MetaSnapshot {
+            vhosts: vhosts.iter().map(|v| v.name.clone()).collect(),
+            access: self.access().snapshot(),
+            definitions: vhosts.iter().map(|v| v.definitions()).collect(),
+            owners,
+        }
+    }
+
+    /// Replaces the replicated metadata with a snapshot's: vhosts, users
+    /// and the rest that the snapshot lacks are removed, what it has is
+    /// declared (idempotently) and owners are recorded.
+    pub fn install_meta_snapshot(&self, snapshot: MetaSnapshot) -> Result<(), MetaError> {
+        for v in self.vhosts() {
+            if !snapshot.vhosts.contains(&v.name) {
+                self.delete_vhost(&v.name)?;
+            }
+        }
+        for name in &snapshot.vhosts {
+            self.add_vhost(name)?;
+        }
+        self.access().replace_all(snapshot.access.clone())?;
+        for v in self.vhosts() {
+            self.apply_vhost_limits_of(&v);
+        }
+        for defs in &snapshot.definitions {
+            let Some(v) = self.vhost(&defs.name) else {
+                continue;
+            };
+            install_vhost_definitions(&v, defs)?;
+        }
+        let me = self.node_name().unwrap_or_default();
+        for (vhost, queue, node) in &snapshot.owners {
+            if let Some(v) = self.vhost(vhost) {
+                v.set_remote_owner(queue, (node != me).then_some(node.as_str()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Brings one vhost's durable definitions to a snapshot's.
+fn install_vhost_definitions(v: &Vhost, defs: &VhostDefinitions) -> Result<(), MetaError> {
+    let current = v.definitions();
+    for b in &current.bindings {
+        if !defs.bindings.contains(b) {
+            v.unbind(
+                &b.source,
+                destination_of(&b.destination_type, &b.destination),
+                &b.routing_key,
+                &json_to_table(&b.arguments),
+                0,
+            )?;
+        }
+    }
+    for q in &current.queues {
+        if !defs.queues.iter().any(|d| d.name == q.name) {
+            v.delete_queue(&q.name, false, false, 0)?;
+            v.set_remote_owner(&q.name, None);
+        }
+    }
+    for e in &current.exchanges {
+        if !defs.exchanges.iter().any(|d| d.name == e.name) {
+            v.delete_exchange(&e.name, false)?;
+        }
+    }
+    for (operator, list) in [
+        (false, &current.policies),
+        (true, &current.operator_policies),
+    ] {
+        let wanted = if operator {
+            &defs.operator_policies
+        } else {
+            &defs.policies
+        };
+        for p in list {
+            if !wanted.iter().any(|w| w.name == p.name) {
+                v.delete_policy(kind_of(operator), &p.name)?;
+            }
+        }
+    }
+    for e in &defs.exchanges {
+        let declaration = ExchangeDeclaration {
+            name: e.name.clone(),
+            kind: e.kind.clone(),
+            durable: e.durable,
+            auto_delete: e.auto_delete,
+            internal: e.internal,
+            arguments: json_to_table(&e.arguments),
+        };
+        v.declare_exchange(declaration, false)?;
+    }
+    for q in &defs.queues {
+        if v.has_queue(&q.name) {
+            continue;
+        }
+        let declaration = QueueDeclaration {
+            name: q.name.clone(),
+            durable: q.durable,
+            exclusive: false,
+            auto_delete: q.auto_delete,
+            arguments: json_to_table(&q.arguments),
+        };
+        v.declare_queue_as(q.name.clone(), declaration, 0)?;
+    }
+    for b in &defs.bindings {
+        v.bind(
+            &b.source,
+            destination_of(&b.destination_type, &b.destination),
+            &b.routing_key,
+            json_to_table(&b.arguments),
+            0,
+        )?;
+    }
+    for (operator, list) in [(false, &defs.policies), (true, &defs.operator_policies)] {
+        for def in list {
+            let policy = Policy::from_def(kind_of(operator), def)
+                .map_err(|e| BrokerError::Internal(e.to_string()))?;
+            v.set_policy(policy)?;
+        }
+    }
+    Ok(())
+}
+
+fn destination_of(kind: &str, name: &str) -> Destination {
+    if kind == "exchange" {
+        Destination::Exchange(name.to_owned())
+    } else {
+        Destination::Queue(name.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use antre_amqp::FieldValue;
+
+    #[test]
+    fn wire_tables_keep_their_value_types() {
+        let mut t = FieldTable::new();
+        t.insert("x-max-length", FieldValue::I16(7));
+        t.insert("x-message-ttl", FieldValue::I64(60_000));
+        t.insert("x-dead-letter-exchange", FieldValue::string("dlx"));
+        let cmd = MetaCommand::DeclareQueue {
+            vhost: "/".into(),
+            name: "q".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: WireTable(t.clone()),
+            owner: "n1".into(),
+        };
+        let json = serde_json::to_vec(&cmd).unwrap();
+        let back: MetaCommand = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, cmd);
+    }
+
+    #[test]
+    fn a_queue_declared_for_another_node_is_remote_and_takes_no_messages() {
+        let broker = Broker::new();
+        let cmd = |owner: &str| MetaCommand::DeclareQueue {
+            vhost: "/".into(),
+            name: "q".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: WireTable::default(),
+            owner: owner.into(),
+        };
+        // Without a metadata log the broker is a single node: it owns all.
+        broker.apply_meta(cmd("n1")).unwrap();
+        let v = broker.vhost("/").unwrap();
+        assert_eq!(v.remote_owner("q"), None);
+        v.set_remote_owner("q", Some("n1"));
+        let err = v.check_local("q").unwrap_err();
+        assert_eq!(err.reply_code(), 404);
+        assert!(err.to_string().contains("'n1'"), "{err}");
+        // A redeclare keeps the owner; a delete forgets it.
+        broker.apply_meta(cmd("n2")).unwrap();
+        assert_eq!(v.remote_owner("q").as_deref(), Some("n1"));
+        broker
+            .apply_meta(MetaCommand::DeleteQueue {
+                vhost: "/".into(),
+                name: "q".into(),
+                if_unused: false,
+                if_empty: false,
+            })
+            .unwrap();
+        assert_eq!(v.remote_owner("q"), None);
+    }
+
+    #[test]
+    fn another_nodes_queue_does_not_expire_here() {
+        let clock = Arc::new(crate::clock::ManualClock::default());
+        let broker = Broker::with_clock(clock.clone());
+        let declare = |name: &str| MetaCommand::DeclareQueue {
+            vhost: "/".into(),
+            name: name.into(),
+            durable: false,
+            auto_delete: false,
+            arguments: WireTable([("x-expires", FieldValue::I32(1000))].into_iter().collect()),
+            owner: "n1".into(),
+        };
+        broker.apply_meta(declare("mine")).unwrap();
+        broker.apply_meta(declare("theirs")).unwrap();
+        let v = broker.vhost("/").unwrap();
+        v.set_remote_owner("theirs", Some("n1"));
+        clock.advance(2000);
+        broker.tick();
+        // The owner's copy expires on the owner, which has every node
+        // forget it; this node's copy waits for that.
+        assert!(!v.has_queue("mine"));
+        assert!(v.has_queue("theirs"));
+    }
+
+    #[test]
+    fn an_inequivalent_redeclare_gives_the_single_node_error() {
+        let broker = Broker::new();
+        let declare = |ttl: i32| MetaCommand::DeclareQueue {
+            vhost: "/".into(),
+            name: "q".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: WireTable(
+                [("x-message-ttl", FieldValue::I32(ttl))]
+                    .into_iter()
+                    .collect(),
+            ),
+            owner: "n1".into(),
+        };
+        broker.apply_meta(declare(1000)).unwrap();
+        let err = BrokerError::from(broker.apply_meta(declare(2000)).unwrap_err());
+        assert_eq!(err.reply_code(), 406);
+        assert!(err.to_string().contains("x-message-ttl"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_installs_on_an_empty_broker() {
+        let a = Broker::new();
+        a.apply_meta(MetaCommand::CreateVhost {
+            name: "eu".into(),
+            creator: "guest".into(),
+        })
+        .unwrap();
+        a.apply_meta(MetaCommand::put_user(
+            "ops",
+            Credentials::Password("pw".into()),
+            vec!["administrator".into()],
+        ))
+        .unwrap();
+        a.apply_meta(MetaCommand::DeclareExchange {
+            vhost: "eu".into(),
+            name: "x".into(),
+            kind: "topic".into(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: WireTable::default(),
+        })
+        .unwrap();
+        a.apply_meta(MetaCommand::DeclareQueue {
+            vhost: "eu".into(),
+            name: "q".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: WireTable::default(),
+            owner: "n1".into(),
+        })
+        .unwrap();
+        a.apply_meta(MetaCommand::Binding {
+            unbind: false,
+            vhost: "eu".into(),
+            source: "x".into(),
+            destination: "q".into(),
+            to_exchange: false,
+            routing_key: "k.#".into(),
+            arguments: WireTable::default(),
+        })
+        .unwrap();
+        let snapshot = a.meta_snapshot();
+        let json = serde_json::to_vec(&snapshot).unwrap();
+        let b = Broker::new();
+        b.apply_meta(MetaCommand::CreateVhost {
+            name: "stale".into(),
+            creator: "guest".into(),
+        })
+        .unwrap();
+        b.install_meta_snapshot(serde_json::from_slice(&json).unwrap())
+            .unwrap();
+        assert!(b.vhost("stale").is_none());
+        let eu = b.vhost("eu").unwrap();
+        assert!(eu.has_exchange("x") && eu.has_queue("q"));
+        assert_eq!(eu.definitions().bindings.len(), 1);
+        assert!(b.access().user("ops").is_some());
+        assert_eq!(b.meta_snapshot(), snapshot);
+    }
+}

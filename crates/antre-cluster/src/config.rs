@@ -1,0 +1,202 @@
+//! A node's identity and its peers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::{ClusterError, NodeId};
+
+/// One member of the cluster as the peer list names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its node name (`n1`).
+    pub name: String,
+    /// Its cluster listener.
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// Its Raft id.
+    pub fn id(&self) -> NodeId {
+        node_id_of(&self.name)
+    }
+}
+
+/// Everything a node needs to join its cluster.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// This node's name; must be in `peers`.
+    pub node_name: String,
+    /// Where this node listens for the other nodes.
+    pub listen: SocketAddr,
+    /// Every member, this node included: the membership the cluster is
+    /// bootstrapped with the first time.
+    pub peers: Vec<Peer>,
+    /// The shared secret every node proves it knows.
+    pub secret: String,
+    /// Where the Raft log, vote and snapshot live (`<data-dir>/cluster`).
+    pub dir: PathBuf,
+    /// How long a metadata change may wait for the cluster before it fails.
+    pub change_timeout: Duration,
+    /// A snapshot is built after this many log entries since the last one;
+    /// the log before it is then compacted.
+    pub snapshot_logs: u64,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_name", &self.node_name)
+            .field("listen", &self.listen)
+            .field("peers", &self.peers)
+            .field("secret", &"<redacted>")
+            .field("dir", &self.dir)
+            .field("change_timeout", &self.change_timeout)
+            .field("snapshot_logs", &self.snapshot_logs)
+            .finish()
+    }
+}
+
+/// The default bound on a metadata change's wait for the cluster.
+pub const DEFAULT_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default number of log entries between snapshots.
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
+
+/// A node's Raft id: the first 8 bytes (big-endian) of the SHA-256 of its
+/// name. Derived from the name alone, so it does not change when the peer
+/// list grows or is written in another order, and every node computes the
+/// same id for a peer without asking it.
+pub fn node_id_of(name: &str) -> NodeId {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(id)
+}
+
+/// Parses a peer list: `n1=127.0.0.1:25672,n2=host:25673`. Host names are
+/// resolved now.
+pub fn parse_peers(list: &str) -> Result<Vec<Peer>, ClusterError> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, addr) = item
+            .split_once('=')
+            .ok_or_else(|| ClusterError::Config(format!("peer '{item}' is not NAME=HOST:PORT")))?;
+        let name = name.trim();
+        check_name(name)?;
+        let addr = resolve(addr.trim())?;
+        if peers.iter().any(|p| p.name == name) {
+            return Err(ClusterError::Config(format!(
+                "peer '{name}' is listed twice"
+            )));
+        }
+        peers.push(Peer {
+            name: name.to_owned(),
+            addr,
+        });
+    }
+    Ok(peers)
+}
+
+/// Resolves `host:port` to its first address.
+pub fn resolve(addr: &str) -> Result<SocketAddr, ClusterError> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map_err(|e| ClusterError::Config(format!("cannot resolve '{addr}': {e}")))?
+        .next()
+        .ok_or_else(|| ClusterError::Config(format!("'{addr}' resolves to no address")))
+}
+
+/// A node name: letters, digits, `-`, `_`, `.`, `@`; at most 255 bytes.
+pub fn check_name(name: &str) -> Result<(), ClusterError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ClusterError::Config(format!(
+            "node name '{name}' must be 1 to 255 letters, digits, '-', '_', '.' or '@'"
+        )))
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the settings together: this node is in the peer list, the
+    /// secret is long enough, no two names share an id.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        check_name(&self.node_name)?;
+        if !self.peers.iter().any(|p| p.name == self.node_name) {
+            return Err(ClusterError::Config(format!(
+                "this node '{}' is not in the peer list",
+                self.node_name
+            )));
+        }
+        if self.secret.len() < 16 {
+            return Err(ClusterError::Config(
+                "the cluster secret must be at least 16 bytes".into(),
+            ));
+        }
+        let mut ids: Vec<NodeId> = self.peers.iter().map(Peer::id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() {
+            return Err(ClusterError::Config("two node names hash to one id".into()));
+        }
+        Ok(())
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> NodeId {
+        node_id_of(&self.node_name)
+    }
+
+    /// The name of the node with Raft id `id`, if it is a peer.
+    pub fn name_of(&self, id: NodeId) -> Option<&str> {
+        self.peers
+            .iter()
+            .find(|p| p.id() == id)
+            .map(|p| p.name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_ids_are_stable() {
+        let peers = parse_peers("n1=127.0.0.1:25672, n2=127.0.0.1:25673").unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[1].name, "n2");
+        assert_eq!(peers[1].addr.port(), 25673);
+        assert_eq!(node_id_of("n1"), node_id_of("n1"));
+        assert_ne!(node_id_of("n1"), node_id_of("n2"));
+        assert!(parse_peers("n1=127.0.0.1:1,n1=127.0.0.1:2").is_err());
+        assert!(parse_peers("n1").is_err());
+        assert!(parse_peers("bad name=127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn validate_wants_this_node_in_the_list_and_a_real_secret() {
+        let mut c = ClusterConfig {
+            node_name: "n3".into(),
+            listen: "127.0.0.1:1".parse().unwrap(),
+            peers: parse_peers("n1=127.0.0.1:1,n2=127.0.0.1:2").unwrap(),
+            secret: "0123456789abcdef".into(),
+            dir: PathBuf::new(),
+            change_timeout: DEFAULT_CHANGE_TIMEOUT,
+            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+        };
+        assert!(c.validate().is_err());
+        c.node_name = "n2".into();
+        c.validate().unwrap();
+        c.secret = "short".into();
+        assert!(c.validate().is_err());
+        assert!(!format!("{c:?}").contains("short"));
+    }
+}

@@ -1,0 +1,376 @@
+//! The metadata group's Raft log and vote, on disk under
+//! `<data-dir>/cluster/`.
+//!
+//! The log's entries are records in antre's segment store
+//! ([`antre_store::QueueStore`], directory `log/`): checksummed, fsync'd
+//! before an append is reported done, a torn tail truncated when the store
+//! is opened. What Raft needs beyond appending maps onto the store's acks:
+//!
+//! - **truncate** a conflicting suffix: ack its records, then
+//!   `sync_acks` (an ack checkpoint), so they cannot come back;
+//! - **purge** a prefix covered by a snapshot: record the purge point in
+//!   `raft.json` first, then ack the records (one that comes back after a
+//!   crash is at or below the purge point and is ignored).
+//!
+//! Recovery replays the records in append order: a record whose index is
+//! at or below an earlier one's supersedes that one and everything after it
+//! (it was appended after a truncation whose acks were lost), and a gap in
+//! the indexes ends the log there. The vote and the purge point live in
+//! `raft.json`, rewritten atomically (temporary file, fsync, rename, fsync
+//! of the directory) before a vote is answered. The whole log is also kept
+//! in memory: the metadata log is small, and purged after each snapshot.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use antre_store::{QueueStore, SegmentPosition, StoreOptions};
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, LogId, StorageError, StorageIOError, Vote};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::{ClusterError, NodeId, TypeConfig};
+
+/// What `raft.json` holds.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+}
+
+struct Inner {
+    store: QueueStore,
+    entries: BTreeMap<u64, (SegmentPosition, Entry<TypeConfig>)>,
+    meta: Meta,
+    meta_path: PathBuf,
+}
+
+/// The Raft log storage; clones share one log (openraft's reader is one).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").finish_non_exhaustive()
+    }
+}
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn storage(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Storage(e.to_string())
+}
+
+/// Runs blocking disk work from an async storage call without stalling
+/// the other tasks of the runtime's worker.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+impl LogStore {
+    /// Opens (creating) the log in `dir`, recovering what is there.
+    pub fn open(dir: &Path) -> Result<LogStore, ClusterError> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let meta_path = dir.join("raft.json");
+        let meta: Meta = match antre_store::definitions::read(&meta_path).map_err(storage)? {
+            Some(raw) => serde_json::from_slice(&raw).map_err(storage)?,
+            None => Meta::default(),
+        };
+        let mut records: Vec<(SegmentPosition, Vec<u8>)> = Vec::new();
+        let (mut store, _stats) =
+            QueueStore::open(&dir.join("log"), StoreOptions::default(), |pos, p| {
+                records.push((pos, p.to_vec()));
+            })
+            .map_err(storage)?;
+        let mut entries: BTreeMap<u64, (SegmentPosition, Entry<TypeConfig>)> = BTreeMap::new();
+        let mut dead = Vec::new();
+        for (pos, raw) in records {
+            let entry: Entry<TypeConfig> = serde_json::from_slice(&raw).map_err(storage)?;
+            let index = entry.log_id.index;
+            // A later record at an index supersedes the one there and
+            // everything after it (a truncation whose acks were lost).
+            dead.extend(entries.split_off(&index).into_values().map(|(p, _)| p));
+            entries.insert(index, (pos, entry));
+        }
+        let purged = meta.last_purged.map(|l| l.index);
+        if let Some(p) = purged {
+            let rest = entries.split_off(&(p + 1));
+            dead.extend(entries.into_values().map(|(p, _)| p));
+            entries = rest;
+        }
+        // A gap (a corrupt record the store skipped) ends the log.
+        let mut expected = purged.map_or_else(|| entries.keys().next().copied(), |p| Some(p + 1));
+        let mut cut = None;
+        for &i in entries.keys() {
+            if Some(i) != expected {
+                cut = Some(i);
+                break;
+            }
+            expected = Some(i + 1);
+        }
+        if let Some(i) = cut {
+            tracing::warn!(
+                index = i,
+                "the cluster log has a gap: dropping it and what follows"
+            );
+            dead.extend(entries.split_off(&i).into_values().map(|(p, _)| p));
+        }
+        for pos in &dead {
+            let _ = store.ack(*pos);
+        }
+        if !dead.is_empty() {
+            store.sync_acks().map_err(storage)?;
+        }
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(Inner {
+                store,
+                entries,
+                meta,
+                meta_path,
+            })),
+        })
+    }
+
+    /// Closes the underlying store (flushing acks).
+    pub fn close(&self) {
+        let mut inner = self.inner.lock();
+        if let Err(e) = inner.store.sync_acks() {
+            tracing::warn!("closing the cluster log: {e}");
+        }
+    }
+}
+
+impl Inner {
+    fn save_meta(&self) -> Result<(), std::io::Error> {
+        let json = serde_json::to_vec(&self.meta).map_err(std::io::Error::other)?;
+        antre_store::definitions::write_atomic(&self.meta_path, &json)
+            .map_err(std::io::Error::other)
+    }
+
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.entries
+            .values()
+            .next_back()
+            .map(|(_, e)| e.log_id)
+            .or(self.meta.last_purged)
+    }
+
+    /// Acks the records of the entries from `index` on; returns how many.
+    fn drop_from(&mut self, index: u64) -> Result<usize, antre_store::StoreError> {
+        let gone = self.entries.split_off(&index);
+        for (pos, _) in gone.values() {
+            self.store.ack(*pos)?;
+        }
+        Ok(gone.len())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .entries
+            .range(range)
+            .map(|(_, (_, e))| e.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let inner = self.inner.lock();
+        Ok(LogState {
+            last_purged_log_id: inner.meta.last_purged,
+            last_log_id: inner.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let inner = Arc::clone(&self.inner);
+        let vote = *vote;
+        blocking(move || {
+            let mut inner = inner.lock();
+            let before = inner.meta.vote;
+            inner.meta.vote = Some(vote);
+            inner.save_meta().map_err(|e| {
+                inner.meta.vote = before;
+                StorageIOError::write_vote(&e).into()
+            })
+        })
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        Ok(self.inner.lock().meta.vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let inner = Arc::clone(&self.inner);
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let result = blocking(move || -> Result<(), std::io::Error> {
+            let mut inner = inner.lock();
+            for entry in entries {
+                let raw = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+                let index = entry.log_id.index;
+                if inner.entries.contains_key(&index) {
+                    inner.drop_from(index).map_err(std::io::Error::other)?;
+                }
+                let pos = inner.store.append(&raw).map_err(std::io::Error::other)?;
+                inner.entries.insert(index, (pos, entry));
+            }
+            // Durable before Raft counts the entries as ours.
+            inner.store.sync().map_err(std::io::Error::other)
+        });
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = StorageIOError::write_logs(&e).into();
+                callback.log_io_completed(Err(e));
+                Err(err)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let mut inner = inner.lock();
+            inner
+                .drop_from(log_id.index)
+                .and_then(|_| inner.store.sync_acks())
+                .map_err(|e| StorageIOError::write_logs(&e).into())
+        })
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let mut inner = inner.lock();
+            let before = inner.meta.last_purged;
+            inner.meta.last_purged = Some(log_id);
+            if let Err(e) = inner.save_meta() {
+                inner.meta.last_purged = before;
+                return Err(StorageIOError::write_logs(&e).into());
+            }
+            let rest = inner.entries.split_off(&(log_id.index + 1));
+            let gone = std::mem::replace(&mut inner.entries, rest);
+            for (pos, _) in gone.values() {
+                // A purged record that comes back is ignored at recovery.
+                let _ = inner.store.ack(*pos);
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn append(store: &LogStore, entries: Vec<Entry<TypeConfig>>) {
+        let mut inner = store.inner.lock();
+        for e in entries {
+            let raw = serde_json::to_vec(&e).unwrap();
+            let pos = inner.store.append(&raw).unwrap();
+            inner.entries.insert(e.log_id.index, (pos, e));
+        }
+        inner.store.sync().unwrap();
+    }
+
+    fn indexes(store: &LogStore) -> Vec<(u64, u64)> {
+        let inner = store.inner.lock();
+        inner
+            .entries
+            .values()
+            .map(|(_, e)| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_survives_a_restart_with_truncations_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        append(&store, (0..5).map(|i| entry(1, i)).collect());
+        // A conflict at 3: the suffix goes, new entries of term 2 follow.
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(1, 1), 3))
+            .await
+            .unwrap();
+        append(&store, vec![entry(2, 3), entry(2, 4)]);
+        store.save_vote(&Vote::new(2, 9)).await.unwrap();
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), 1))
+            .await
+            .unwrap();
+        store.close();
+        drop(store);
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&store), vec![(1, 2), (2, 3), (2, 4)]);
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 9)));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(1));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
+        let got = store.try_get_log_entries(3..5).await.unwrap();
+        assert_eq!(got.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_tail_is_dropped_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        append(&store, (0..3).map(|i| entry(1, i)).collect());
+        store.close();
+        drop(store);
+        // Tear the last record: cut a few bytes off the segment file.
+        let seg = std::fs::read_dir(dir.path().join("log"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("msgs.")
+            })
+            .unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 5).unwrap();
+        drop(f);
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&store), vec![(1, 0), (1, 1)]);
+    }
+}

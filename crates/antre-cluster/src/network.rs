@@ -1,0 +1,326 @@
+//! The dialling side of the cluster link, and what this node knows of its
+//! peers' reachability.
+//!
+//! openraft asks its network factory for one client per target; each
+//! client keeps one TCP connection, authenticated once ([`crate::auth`]),
+//! and sends one request at a time on it (openraft's replication to a
+//! target is sequential). A failed connect or handshake backs off
+//! exponentially (100 ms doubling to 2 s) before the next attempt, so a
+//! node that is down costs its peers one connect per back-off period.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use crate::auth::{self, AuthError};
+use crate::wire::{read_frame, write_frame, Request, Response};
+use crate::{ClusterConfig, NodeId, TypeConfig};
+
+/// How long a TCP connect to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The first and the longest wait before reconnecting to a peer.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What this node last saw of a peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerState {
+    /// Whether the last exchange with it (either direction) succeeded.
+    pub reachable: bool,
+    /// Why it is not, when it is not.
+    pub error: Option<String>,
+    /// When a message from it last arrived (wall clock).
+    pub last_contact: Option<SystemTime>,
+}
+
+/// The link's shared state: who we are, the secret, our peers.
+pub struct Link {
+    /// This node's settings.
+    pub config: ClusterConfig,
+    states: Mutex<HashMap<String, PeerState>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("node", &self.config.node_name)
+            .finish()
+    }
+}
+
+impl Link {
+    /// The link of a node with these settings.
+    pub fn new(config: ClusterConfig) -> Link {
+        Link {
+            config,
+            states: Mutex::default(),
+        }
+    }
+
+    /// Records a successful exchange with `peer`.
+    pub fn contact(&self, peer: &str) {
+        let mut states = self.states.lock();
+        let s = states.entry(peer.to_owned()).or_default();
+        if !s.reachable {
+            tracing::info!(peer, "cluster peer {peer} is reachable");
+        }
+        s.reachable = true;
+        s.error = None;
+        s.last_contact = Some(SystemTime::now());
+    }
+
+    /// Records a failed exchange with `peer` at `addr`, logging a new
+    /// reason once.
+    pub fn failed(&self, peer: &str, addr: SocketAddr, reason: &str, refused: bool) {
+        let mut states = self.states.lock();
+        let s = states.entry(peer.to_owned()).or_default();
+        if s.error.as_deref() != Some(reason) {
+            if refused {
+                tracing::warn!(peer, %addr, "cluster peer {peer} at {addr} refused: {reason}");
+            } else {
+                tracing::info!(peer, %addr, "cluster peer {peer} at {addr} unreachable: {reason}");
+            }
+        }
+        s.reachable = false;
+        s.error = Some(reason.to_owned());
+    }
+
+    /// What this node knows of `peer`.
+    pub fn state(&self, peer: &str) -> PeerState {
+        self.states.lock().get(peer).cloned().unwrap_or_default()
+    }
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// No connection could be made (or authenticated): nothing was sent.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The request may have been sent, but no answer came back.
+    #[error("{0}")]
+    Network(String),
+}
+
+/// One authenticated connection to one peer, made when first needed.
+pub struct Connection {
+    link: Arc<Link>,
+    name: String,
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Connection {
+    /// A connection to the peer `name` at `addr` (not made yet).
+    pub fn new(link: Arc<Link>, name: &str, addr: SocketAddr) -> Connection {
+        Connection {
+            link,
+            name: name.to_owned(),
+            addr,
+            stream: None,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    async fn connect(&mut self) -> Result<TcpStream, CallError> {
+        if let Some(at) = self.retry_at {
+            if Instant::now() < at {
+                let why = self.link.state(&self.name).error.unwrap_or_default();
+                return Err(CallError::Unreachable(format!("backing off: {why}")));
+            }
+        }
+        let result = async {
+            let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| AuthError::Io("connect timed out".into()))?
+                .map_err(|e| AuthError::Io(e.to_string()))?;
+            let _ = s.set_nodelay(true);
+            let cfg = &self.link.config;
+            tokio::time::timeout(
+                auth::HANDSHAKE_TIMEOUT,
+                auth::client(&mut s, &cfg.node_name, &self.name, &cfg.secret),
+            )
+            .await
+            .map_err(|_| AuthError::Io("handshake timed out".into()))??;
+            Ok::<_, AuthError>(s)
+        }
+        .await;
+        match result {
+            Ok(s) => {
+                self.failures = 0;
+                self.retry_at = None;
+                self.link.contact(&self.name);
+                Ok(s)
+            }
+            Err(e) => {
+                let refused = !matches!(e, AuthError::Io(_));
+                self.link
+                    .failed(&self.name, self.addr, &e.to_string(), refused);
+                let wait = BACKOFF_MIN
+                    .saturating_mul(1 << self.failures.min(5))
+                    .min(BACKOFF_MAX);
+                self.failures += 1;
+                self.retry_at = Some(Instant::now() + wait);
+                Err(CallError::Unreachable(e.to_string()))
+            }
+        }
+    }
+
+    /// Sends one request and reads its answer, within `ttl`.
+    pub async fn call(&mut self, request: &Request, ttl: Duration) -> Result<Response, CallError> {
+        // An idle connection has nothing to read: if it is readable, the
+        // peer closed it (or broke the protocol), and a request sent on it
+        // would be lost after all. Such a connection is replaced before
+        // anything is sent, so the caller may safely try again elsewhere.
+        let alive = |s: &TcpStream| matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        let mut stream = match self.stream.take().filter(alive) {
+            Some(s) => s,
+            None => self.connect().await?,
+        };
+        let exchange = async {
+            write_frame(&mut stream, request).await?;
+            read_frame::<_, Response>(&mut stream).await
+        };
+        match tokio::time::timeout(ttl, exchange).await {
+            Ok(Ok(response)) => {
+                self.stream = Some(stream);
+                self.link.contact(&self.name);
+                Ok(response)
+            }
+            Ok(Err(e)) => {
+                self.link
+                    .failed(&self.name, self.addr, &e.to_string(), false);
+                Err(CallError::Network(e.to_string()))
+            }
+            Err(_) => Err(CallError::Network(format!(
+                "no answer from {} within {ttl:?}",
+                self.name
+            ))),
+        }
+    }
+}
+
+/// openraft's network factory: a [`Connection`] per target.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    /// The shared link.
+    pub link: Arc<Link>,
+}
+
+/// A [`Connection`] as openraft's per-target client.
+pub struct PeerClient {
+    target: NodeId,
+    conn: Connection,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let cfg = &self.link.config;
+        let name = cfg.name_of(target).unwrap_or("unknown").to_owned();
+        let addr = cfg
+            .peers
+            .iter()
+            .find(|p| p.id() == target)
+            .map(|p| p.addr)
+            .or_else(|| node.addr.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        PeerClient {
+            target,
+            conn: Connection::new(Arc::clone(&self.link), &name, addr),
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn rpc(&mut self, request: Request, option: &RPCOption) -> Result<Response, CallError> {
+        self.conn.call(&request, option.hard_ttl()).await
+    }
+}
+
+fn rpc_error<E: std::error::Error>(
+    e: CallError,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    let io = std::io::Error::other(e.to_string());
+    match e {
+        CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&io)),
+        CallError::Network(_) => RPCError::Network(NetworkError::new(&io)),
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    rpc_error(CallError::Network("answer of the wrong kind".into()))
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self
+            .rpc(Request::Append(rpc), &option)
+            .await
+            .map_err(rpc_error)?
+        {
+            Response::Append(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        match self
+            .rpc(Request::Snapshot(rpc), &option)
+            .await
+            .map_err(rpc_error)?
+        {
+            Response::Snapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self
+            .rpc(Request::Vote(rpc), &option)
+            .await
+            .map_err(rpc_error)?
+        {
+            Response::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+}

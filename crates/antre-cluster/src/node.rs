@@ -1,0 +1,456 @@
+//! A cluster node: starting it, proposing metadata changes, its status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use antre_broker::cluster::{MetaCommand, MetaError, MetaOutcome, MetadataLog};
+use antre_broker::Broker;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::log_store::LogStore;
+use crate::network::{CallError, Connection, Link, NetworkFactory};
+use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
+use crate::wire::{ProposeRefusal, Request, Response};
+use crate::{ClusterConfig, ClusterError, NodeId, Proposal, Raft};
+
+/// Raft timing: a heartbeat every 200 ms; a follower that hears nothing
+/// for 1 to 2 s stands for election. Generous for a LAN, so that a node
+/// busy with other work (or a loaded CI machine) does not trigger needless
+/// elections, yet a dead leader is replaced within a few seconds (openraft
+/// also has followers refuse votes while the leader's lease, the longest
+/// election timeout, runs: failover takes 2 to 4 s).
+const HEARTBEAT_MS: u64 = 200;
+const ELECTION_MIN_MS: u64 = 1000;
+const ELECTION_MAX_MS: u64 = 2000;
+
+/// A peer counts as running while it was heard from this recently.
+const RUNNING_WITHIN: Duration = Duration::from_secs(5);
+
+/// One member as [`Cluster::status`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberStatus {
+    /// Node name.
+    pub name: String,
+    /// Cluster listener.
+    pub addr: SocketAddr,
+    /// Raft id.
+    pub id: NodeId,
+    /// Whether this is the node answering.
+    pub this_node: bool,
+    /// Whether it answers (this node: always).
+    pub running: bool,
+    /// Whether it leads the metadata group, as this node knows.
+    pub leader: bool,
+    /// When it was last heard from (this node: now).
+    pub last_contact: Option<SystemTime>,
+    /// Why it is unreachable, if it is.
+    pub error: Option<String>,
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterStatus {
+    /// The answering node.
+    pub node: String,
+    /// Its Raft role: leader, follower, candidate, learner.
+    pub role: String,
+    /// The current term.
+    pub term: u64,
+    /// The leader's name, if one is known.
+    pub leader: Option<String>,
+    /// Every member, by name.
+    pub members: Vec<MemberStatus>,
+}
+
+/// A running cluster node.
+pub struct Cluster {
+    /// The link (settings, peers' states).
+    pub link: Arc<Link>,
+    /// The metadata group.
+    pub raft: Raft,
+    log: LogStore,
+    waiters: Waiters,
+    hooks: AppliedHooks,
+    next_request: AtomicU64,
+    runtime: tokio::runtime::Handle,
+    /// Connections for forwarding changes to the leader, by target.
+    forward: Mutex<HashMap<NodeId, Connection>>,
+    /// Set by [`Cluster::shutdown`]: the ping tasks end.
+    stopped: std::sync::atomic::AtomicBool,
+    /// The listener's task, ended by [`Cluster::shutdown`] (so the
+    /// address is free again).
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tells the tasks serving peers' connections to close them.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// This node, for tasks it spawns.
+    this: std::sync::OnceLock<std::sync::Weak<Cluster>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.link.config.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Starts this node: opens its log and state machine under
+    /// `config.dir`, listens for its peers, starts the metadata group
+    /// (bootstrapping it with the peer list the first time), and makes
+    /// `broker` send its metadata changes through it.
+    pub async fn start(
+        config: ClusterConfig,
+        broker: Arc<Broker>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            ClusterError::Network(format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let me = config.node_id();
+        let log = LogStore::open(&config.dir)?;
+        let waiters: Waiters = Arc::default();
+        let hooks: AppliedHooks = Arc::default();
+        let sm = StateMachine::open(
+            &config.dir,
+            Arc::clone(&broker),
+            me,
+            &config.node_name,
+            Arc::clone(&waiters),
+            Arc::clone(&hooks),
+        )?;
+        let raft_config = openraft::Config {
+            cluster_name: "antre".into(),
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_MIN_MS,
+            election_timeout_max: ELECTION_MAX_MS,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs.max(1)),
+            // Some entries stay after a snapshot, so a follower a little
+            // behind catches up from the log rather than a whole snapshot.
+            max_in_snapshot_log_to_keep: (config.snapshot_logs / 10).min(100),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let link = Arc::new(Link::new(config.clone()));
+        let factory = NetworkFactory {
+            link: Arc::clone(&link),
+        };
+        let raft = Raft::new(me, Arc::new(raft_config), factory, log.clone(), sm)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let node = Arc::new(Cluster {
+            link,
+            raft,
+            log,
+            waiters,
+            hooks,
+            next_request: AtomicU64::new(rand::random::<u32>() as u64),
+            runtime: tokio::runtime::Handle::current(),
+            forward: Mutex::default(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            listener: Mutex::default(),
+            stop: tokio::sync::watch::Sender::new(false),
+            this: std::sync::OnceLock::new(),
+        });
+        let _ = node.this.set(Arc::downgrade(&node));
+        let serving = tokio::spawn(crate::server::serve(
+            listener,
+            Arc::downgrade(&node),
+            node.stop.subscribe(),
+        ));
+        *node.listener.lock() = Some(serving);
+        for peer in config.peers.iter().filter(|p| p.name != config.node_name) {
+            let conn = Connection::new(Arc::clone(&node.link), &peer.name, peer.addr);
+            tokio::spawn(ping(conn, Arc::downgrade(&node)));
+        }
+        let members: BTreeMap<NodeId, BasicNode> = config
+            .peers
+            .iter()
+            .map(|p| (p.id(), BasicNode::new(p.addr.to_string())))
+            .collect();
+        // Every node bootstraps with the same membership; once the log has
+        // one (on later starts), openraft refuses and the log's stands.
+        match node.raft.initialize(members).await {
+            Ok(()) => tracing::info!("cluster bootstrapped with {} members", config.peers.len()),
+            Err(RaftError::APIError(e)) => tracing::debug!("cluster already initialized: {e}"),
+            Err(e) => return Err(ClusterError::Raft(e.to_string())),
+        }
+        if !broker.set_metadata_log(Arc::clone(&node) as Arc<dyn MetadataLog>) {
+            return Err(ClusterError::Config(
+                "the broker already has a cluster".into(),
+            ));
+        }
+        tracing::info!(
+            node = config.node_name,
+            listen = %config.listen,
+            "cluster node started ({} peers)",
+            config.peers.len()
+        );
+        Ok(node)
+    }
+
+    /// Calls `hook` after each change this node applies (every node
+    /// applies every change), for what the server must do on every node,
+    /// such as closing a deleted user's connections.
+    pub fn on_applied(&self, hook: impl Fn(&MetaCommand) + Send + Sync + 'static) {
+        self.hooks.lock().push(Arc::new(hook));
+    }
+
+    /// Stops the metadata group and closes the log.
+    pub async fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.stop.send_replace(true);
+        if let Some(task) = self.listener.lock().take() {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("stopping raft: {e}");
+        }
+        self.log.close();
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.link.config.node_id()
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let cfg = &self.link.config;
+        let leader = m.current_leader;
+        let now = SystemTime::now();
+        let members = cfg
+            .peers
+            .iter()
+            .map(|p| {
+                let this_node = p.name == cfg.node_name;
+                let state = self.link.state(&p.name);
+                let recent = state
+                    .last_contact
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|d| d < RUNNING_WITHIN);
+                MemberStatus {
+                    name: p.name.clone(),
+                    addr: p.addr,
+                    id: p.id(),
+                    this_node,
+                    running: this_node || (state.reachable && recent),
+                    leader: leader == Some(p.id()),
+                    last_contact: if this_node {
+                        Some(now)
+                    } else {
+                        state.last_contact
+                    },
+                    error: if this_node { None } else { state.error },
+                }
+            })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        ClusterStatus {
+            node: cfg.node_name.clone(),
+            role: role.into(),
+            term: m.current_term,
+            leader: leader.and_then(|id| cfg.name_of(id)).map(str::to_owned),
+            members,
+        }
+    }
+
+    /// Commits `proposal` as the leader: first checks that a quorum still
+    /// follows it (so a leader cut off from its majority does not append
+    /// what it cannot commit), then appends it and waits for the commit,
+    /// all before `deadline`.
+    pub async fn commit_as_leader(
+        &self,
+        proposal: Proposal,
+        deadline: Instant,
+    ) -> Result<(), ProposeRefusal> {
+        let not_leader = |leader: Option<NodeId>| ProposeRefusal::NotLeader(leader);
+        match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+            Err(_) => {
+                return Err(ProposeRefusal::NoQuorum(
+                    "no quorum of the cluster's nodes answers".into(),
+                ))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                return Err(not_leader(f.leader_id))
+            }
+            Ok(Err(e)) => return Err(ProposeRefusal::NoQuorum(e.to_string())),
+            Ok(Ok(_)) => {}
+        }
+        match tokio::time::timeout_at(deadline, self.raft.client_write(proposal)).await {
+            Err(_) => Err(ProposeRefusal::Failed(
+                "the change was not committed in time".into(),
+            )),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(not_leader(f.leader_id))
+            }
+            Ok(Err(e)) => Err(ProposeRefusal::Failed(e.to_string())),
+        }
+    }
+
+    /// Gets `proposal` committed by whoever leads, until `deadline`.
+    async fn commit(&self, proposal: Proposal, deadline: Instant) -> Result<(), String> {
+        let me = self.id();
+        let mut metrics = self.raft.metrics();
+        let mut last_error = "no leader is elected".to_owned();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(last_error);
+            }
+            let leader = metrics.borrow().current_leader;
+            match leader {
+                Some(l) if l == me => {
+                    match self.commit_as_leader(proposal.clone(), deadline).await {
+                        Ok(()) => return Ok(()),
+                        Err(ProposeRefusal::Failed(e)) => return Err(e),
+                        // Nothing was appended: safe to try again.
+                        Err(ProposeRefusal::NoQuorum(e)) => last_error = e,
+                        Err(ProposeRefusal::NotLeader(_)) => last_error = "leadership moved".into(),
+                    }
+                }
+                Some(l) => match self.forward(l, &proposal, deadline).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(ProposeRefusal::Failed(e))) => return Err(e),
+                    Ok(Err(ProposeRefusal::NoQuorum(e))) => last_error = e,
+                    Ok(Err(ProposeRefusal::NotLeader(_))) => last_error = "leadership moved".into(),
+                    // Nothing was sent: safe to try again.
+                    Err(CallError::Unreachable(e)) => {
+                        let name = self.link.config.name_of(l).unwrap_or("?");
+                        last_error = format!("the leader {name} is unreachable: {e}");
+                    }
+                    // It may have been committed: trying again could apply
+                    // it twice.
+                    Err(CallError::Network(e)) => return Err(e),
+                },
+                None => {}
+            }
+            // Wait for news of a leader, or a little.
+            let pause = tokio::time::sleep(Duration::from_millis(100));
+            tokio::select! {
+                _ = metrics.changed() => {}
+                _ = pause => {}
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        proposal: &Proposal,
+        deadline: Instant,
+    ) -> Result<Result<(), ProposeRefusal>, CallError> {
+        let cfg = &self.link.config;
+        let Some(peer) = cfg.peers.iter().find(|p| p.id() == leader) else {
+            return Err(CallError::Unreachable(format!(
+                "unknown leader id {leader}"
+            )));
+        };
+        let taken = self.forward.lock().remove(&leader);
+        let mut conn =
+            taken.unwrap_or_else(|| Connection::new(Arc::clone(&self.link), &peer.name, peer.addr));
+        let ttl = deadline.saturating_duration_since(Instant::now());
+        let result = conn.call(&Request::Propose(proposal.clone()), ttl).await;
+        self.forward.lock().insert(leader, conn);
+        match result? {
+            Response::Propose(r) => Ok(r),
+            _ => Err(CallError::Network("answer of the wrong kind".into())),
+        }
+    }
+
+    /// Proposes `command` and waits for this node's apply of it.
+    async fn propose_async(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        let deadline = Instant::now() + self.link.config.change_timeout;
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().insert(request, tx);
+        let proposal = Proposal {
+            origin: self.id(),
+            request,
+            command,
+        };
+        let what = proposal.command.describe();
+        let result = match self.commit(proposal, deadline).await {
+            Err(e) => Err(MetaError::Unavailable(format!(
+                "cluster metadata change '{what}' failed: {e}"
+            ))),
+            Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(result)) => result,
+                _ => Err(MetaError::Unavailable(format!(
+                    "cluster metadata change '{what}' was committed but not yet applied on this node"
+                ))),
+            },
+        };
+        self.waiters.lock().remove(&request);
+        result
+    }
+}
+
+/// How often a node pings each peer.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Pings one peer every second while the node lives; each answer (or
+/// failure) updates what the node knows of the peer.
+async fn ping(mut conn: Connection, node: std::sync::Weak<Cluster>) {
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match node.upgrade() {
+            Some(n) if !n.stopped.load(Ordering::Relaxed) => drop(n),
+            _ => return,
+        }
+        let _ = conn.call(&Request::Ping, PING_EVERY).await;
+    }
+}
+
+impl MetadataLog for Cluster {
+    fn node_name(&self) -> &str {
+        &self.link.config.node_name
+    }
+
+    /// Blocks the calling thread until the change is applied here or the
+    /// change timeout passed. On a worker of the multi-threaded runtime it
+    /// uses `block_in_place`, so the worker's other tasks move elsewhere
+    /// while it waits.
+    fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| h.block_on(self.propose_async(command)))
+            }
+            Ok(_) => Err(MetaError::Unavailable(
+                "cluster metadata changes cannot wait on a single-threaded runtime".into(),
+            )),
+            Err(_) => self.runtime.block_on(self.propose_async(command)),
+        }
+    }
+
+    fn propose_later(&self, command: MetaCommand) {
+        let Some(node) = self.this.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        self.runtime.spawn(async move {
+            let what = command.describe();
+            if let Err(e) = node.propose_async(command).await {
+                tracing::warn!("{what}: {e}");
+            }
+        });
+    }
+}

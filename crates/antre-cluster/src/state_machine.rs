@@ -1,0 +1,380 @@
+//! The metadata state machine: committed entries applied to the broker.
+//!
+//! Every node applies every committed entry, in log order, with
+//! [`Broker::apply_meta`], the broker's one deterministic apply function.
+//! When the entry was proposed by this node, the result of its apply is
+//! handed to the waiting proposer, which answers its client with it.
+//!
+//! The broker persists what an apply changes itself (definitions,
+//! `access.json`); this state machine persists, in `applied.json`, the
+//! last applied log id, the membership and the owning node of each
+//! replicated queue. The owner of a new queue is written there *before* the
+//! entry is applied, and the last applied id after, so a crash in between
+//! re-applies the entry (declarations are idempotent) and still knows the
+//! owner. The snapshot is the whole replicated metadata
+//! ([`MetaSnapshot`], JSON), kept in `snapshot.json`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use antre_broker::cluster::{MetaCommand, MetaError, MetaOutcome, MetaSnapshot};
+use antre_broker::Broker;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::{ClusterError, NodeId, TypeConfig};
+
+/// Something the server does after every applied change (closing the
+/// connections of a deleted user, say), on every node.
+pub type AppliedHook = Arc<dyn Fn(&MetaCommand) + Send + Sync>;
+
+/// The hooks of a node, shared with its state machine.
+pub type AppliedHooks = Arc<Mutex<Vec<AppliedHook>>>;
+
+/// A proposer waiting for its own node's apply of its entry.
+pub type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<MetaOutcome, MetaError>>>>>;
+
+/// What `applied.json` holds.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Applied {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    /// (vhost, queue, owning node) of every replicated queue.
+    owners: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+struct State {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    owners: BTreeMap<(String, String), String>,
+    snapshot: Option<StoredSnapshot>,
+}
+
+/// The state machine; clones share it (one is also the snapshot builder).
+#[derive(Clone)]
+pub struct StateMachine {
+    broker: Arc<Broker>,
+    me: NodeId,
+    node_name: String,
+    dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    waiters: Waiters,
+    hooks: AppliedHooks,
+    snapshots_built: Arc<AtomicU64>,
+    /// Held for a whole batch of applies and while a snapshot is built:
+    /// openraft builds snapshots on a task of their own, and a snapshot
+    /// must see the broker between entries, never in the middle of one.
+    applying: Arc<Mutex<()>>,
+}
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Runs the broker's (blocking, disk-writing) apply off the async path.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+impl StateMachine {
+    /// Opens the state machine of `broker` in `dir`, restoring the owners
+    /// of replicated queues into the broker.
+    pub fn open(
+        dir: &Path,
+        broker: Arc<Broker>,
+        me: NodeId,
+        node_name: &str,
+        waiters: Waiters,
+        hooks: AppliedHooks,
+    ) -> Result<StateMachine, ClusterError> {
+        let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
+        std::fs::create_dir_all(dir).map_err(|e| storage(&e))?;
+        let applied: Applied = match antre_store::definitions::read(&dir.join("applied.json"))
+            .map_err(|e| storage(&e))?
+        {
+            Some(raw) => serde_json::from_slice(&raw).map_err(|e| storage(&e))?,
+            None => Applied::default(),
+        };
+        let snapshot: Option<StoredSnapshot> =
+            match antre_store::definitions::read(&dir.join("snapshot.json"))
+                .map_err(|e| storage(&e))?
+            {
+                Some(raw) => Some(serde_json::from_slice(&raw).map_err(|e| storage(&e))?),
+                None => None,
+            };
+        let owners: BTreeMap<(String, String), String> = applied
+            .owners
+            .into_iter()
+            .map(|(v, q, n)| ((v, q), n))
+            .collect();
+        let sm = StateMachine {
+            broker,
+            me,
+            node_name: node_name.to_owned(),
+            dir: dir.to_owned(),
+            state: Arc::new(Mutex::new(State {
+                last_applied: applied.last_applied,
+                membership: applied.membership,
+                owners,
+                snapshot,
+            })),
+            waiters,
+            hooks,
+            snapshots_built: Arc::default(),
+            applying: Arc::default(),
+        };
+        sm.restore_owners();
+        Ok(sm)
+    }
+
+    /// Hands the broker the owner of every replicated queue it has.
+    fn restore_owners(&self) {
+        let state = self.state.lock();
+        for ((vhost, queue), node) in &state.owners {
+            if let Some(v) = self.broker.vhost(vhost) {
+                if v.has_queue(queue) {
+                    let remote = (*node != self.node_name).then_some(node.as_str());
+                    v.set_remote_owner(queue, remote);
+                }
+            }
+        }
+    }
+
+    fn save(&self, state: &State) -> Result<(), std::io::Error> {
+        let applied = Applied {
+            last_applied: state.last_applied,
+            membership: state.membership.clone(),
+            owners: state
+                .owners
+                .iter()
+                .map(|((v, q), n)| (v.clone(), q.clone(), n.clone()))
+                .collect(),
+        };
+        let json = serde_json::to_vec(&applied).map_err(io_err)?;
+        antre_store::definitions::write_atomic(&self.dir.join("applied.json"), &json)
+            .map_err(io_err)
+    }
+
+    /// Applies one proposal; keeps the owners of queues in step.
+    fn apply_one(
+        &self,
+        command: MetaCommand,
+    ) -> Result<Result<MetaOutcome, MetaError>, std::io::Error> {
+        let queue_key = match &command {
+            MetaCommand::DeclareQueue {
+                vhost, name, owner, ..
+            } => {
+                let key = (vhost.clone(), name.clone());
+                let exists = self.broker.vhost(vhost).is_some_and(|v| v.has_queue(name));
+                let mut state = self.state.lock();
+                if !exists && !state.owners.contains_key(&key) {
+                    // Recorded before the apply: see the module docs.
+                    state.owners.insert(key.clone(), owner.clone());
+                    self.save(&state)?;
+                }
+                Some(key)
+            }
+            MetaCommand::DeleteQueue { vhost, name, .. } => Some((vhost.clone(), name.clone())),
+            _ => None,
+        };
+        let deleted_vhost = match &command {
+            MetaCommand::DeleteVhost { name } => Some(name.clone()),
+            _ => None,
+        };
+        let hooks: Vec<AppliedHook> = self.hooks.lock().clone();
+        let for_hooks = (!hooks.is_empty()).then(|| command.clone());
+        let result = self.broker.apply_meta(command);
+        if let (Some(command), true) = (for_hooks, result.is_ok()) {
+            for hook in &hooks {
+                hook(&command);
+            }
+        }
+        let mut state = self.state.lock();
+        if let Some((vhost, queue)) = queue_key {
+            let v = self.broker.vhost(&vhost);
+            if v.as_ref().is_some_and(|v| v.has_queue(&queue)) {
+                if let (Some(v), Some(node)) =
+                    (v, state.owners.get(&(vhost.clone(), queue.clone())))
+                {
+                    v.set_remote_owner(&queue, (*node != self.node_name).then_some(node.as_str()));
+                }
+            } else {
+                state.owners.remove(&(vhost, queue));
+            }
+        }
+        if let Some(gone) = deleted_vhost {
+            state.owners.retain(|(v, _), _| *v != gone);
+        }
+        Ok(result)
+    }
+
+    fn apply_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<usize, std::io::Error> {
+        let n = entries.len();
+        let _applying = self.applying.lock();
+        for entry in entries {
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(proposal) => {
+                    tracing::debug!(index = entry.log_id.index, "applying {proposal}");
+                    let result = self.apply_one(proposal.command)?;
+                    if let Err(e) = &result {
+                        tracing::debug!(index = entry.log_id.index, "refused: {e}");
+                    }
+                    if proposal.origin == self.me {
+                        if let Some(tx) = self.waiters.lock().remove(&proposal.request) {
+                            let _ = tx.send(result);
+                        }
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    self.state.lock().membership = StoredMembership::new(Some(entry.log_id), m);
+                }
+            }
+            self.state.lock().last_applied = Some(entry.log_id);
+        }
+        let state = self.state.lock();
+        self.save(&state)?;
+        Ok(n)
+    }
+
+    fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), std::io::Error> {
+        let json = serde_json::to_vec(snapshot).map_err(io_err)?;
+        antre_store::definitions::write_atomic(&self.dir.join("snapshot.json"), &json)
+            .map_err(io_err)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let this = self.clone();
+        blocking(move || {
+            // No apply runs while `applying` is held, so the broker's state
+            // is the state at last_applied.
+            let _applying = this.applying.lock();
+            let state = this.state.lock();
+            let data = serde_json::to_vec(&this.broker.meta_snapshot())
+                .map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let n = this.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
+            let snapshot_id = match state.last_applied {
+                Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
+                None => format!("--{n}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.membership.clone(),
+                snapshot_id,
+            };
+            let stored = StoredSnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            };
+            drop(state);
+            this.store_snapshot(&stored)
+                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            this.state.lock().snapshot = Some(stored);
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        let state = self.state.lock();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<()>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let this = self.clone();
+        let n = blocking(move || this.apply_entries(entries))
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        Ok(vec![(); n])
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let this = self.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            let sig = || Some(meta.signature());
+            let snap: MetaSnapshot = serde_json::from_slice(&data)
+                .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?;
+            tracing::info!(snapshot = %meta.snapshot_id, "installing the metadata snapshot");
+            let _applying = this.applying.lock();
+            let mut state = this.state.lock();
+            this.broker
+                .install_meta_snapshot(snap.clone())
+                .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
+            state.owners = snap
+                .owners
+                .into_iter()
+                .map(|(v, q, n)| ((v, q), n))
+                .collect();
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+            this.save(&state)
+                .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
+            let stored = StoredSnapshot {
+                meta: meta.clone(),
+                data,
+            };
+            this.store_snapshot(&stored)
+                .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
+            state.snapshot = Some(stored);
+            Ok(())
+        })
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let state = self.state.lock();
+        Ok(state.snapshot.as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}

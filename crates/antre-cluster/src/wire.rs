@@ -1,0 +1,128 @@
+//! Frames on the cluster link: a 4-byte big-endian length, then a JSON
+//! document.
+//!
+//! JSON rather than a compact binary encoding (postcard, bincode) because
+//! the metadata carries `serde_json::Value`s (policy definitions, the
+//! arguments in definitions snapshots), which formats that are not
+//! self-describing cannot decode; metadata changes are rare and small, so
+//! the size and speed of the encoding do not matter here, and a frame can
+//! be read in a packet capture.
+
+use std::io;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::{NodeId, Proposal, TypeConfig};
+
+/// The largest frame either side accepts (a snapshot chunk is far less).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// Writes one frame.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::other(format!(
+            "frame of {} bytes is over {MAX_FRAME}",
+            body.len()
+        )));
+    }
+    let len = u32::try_from(body.len()).map_err(io::Error::other)?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+/// Reads one frame.
+pub async fn read_frame<R, T>(r: &mut R) -> io::Result<T>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over {MAX_FRAME}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// What a node asks another once the link is authenticated.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Raft: append entries (or heartbeat).
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// Raft: request a vote.
+    Vote(VoteRequest<NodeId>),
+    /// Raft: a snapshot chunk.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower hands its leader a metadata change to commit.
+    Propose(Proposal),
+    /// Liveness: every node pings every peer each second, so that each
+    /// knows which peers run (Raft alone only links followers to their
+    /// leader).
+    Ping,
+}
+
+/// The answer to a [`Request`], of the same kind.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// To [`Request::Append`].
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::Snapshot`].
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// To [`Request::Propose`].
+    Propose(Result<(), ProposeRefusal>),
+    /// To [`Request::Ping`].
+    Pong,
+}
+
+/// Why a node did not commit a forwarded change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ProposeRefusal {
+    /// It is not the leader (it names the one it knows, if any).
+    NotLeader(Option<NodeId>),
+    /// It leads but could not confirm that a quorum follows it: it
+    /// appended nothing, so the change may be proposed again.
+    NoQuorum(String),
+    /// It is the leader but could not commit (no quorum in time).
+    Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, &ProposeRefusal::NotLeader(Some(7)))
+            .await
+            .unwrap();
+        let got: ProposeRefusal = read_frame(&mut b).await.unwrap();
+        assert_eq!(got, ProposeRefusal::NotLeader(Some(7)));
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = read_frame::<_, ProposeRefusal>(&mut b).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}

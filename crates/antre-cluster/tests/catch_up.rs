@@ -1,0 +1,165 @@
+//! A node that was down while the others compacted their log catches up
+//! by installing the leader's snapshot: what was created and deleted
+//! meanwhile is there and gone, and queue owners are known.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use antre_broker::cluster::{MetaCommand, MetadataLog, WireTable};
+use antre_broker::{Broker, StorageOptions};
+use antre_cluster::config::{parse_peers, Peer, DEFAULT_CHANGE_TIMEOUT};
+use antre_cluster::{Cluster, ClusterConfig};
+use tokio::time::Instant;
+
+const SECRET: &str = "a-secret-of-some-length";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Node {
+    broker: Arc<Broker>,
+    cluster: Arc<Cluster>,
+}
+
+async fn start(name: &str, peers: &[Peer], dir: &std::path::Path) -> Node {
+    let broker = Arc::new(Broker::open(&dir.join(name), StorageOptions::default()).unwrap());
+    let config = ClusterConfig {
+        node_name: name.to_owned(),
+        listen: peers.iter().find(|p| p.name == name).unwrap().addr,
+        peers: peers.to_vec(),
+        secret: SECRET.to_owned(),
+        dir: dir.join(name).join("cluster"),
+        change_timeout: DEFAULT_CHANGE_TIMEOUT,
+        snapshot_logs: 5,
+    };
+    let cluster = Cluster::start(config, Arc::clone(&broker)).await.unwrap();
+    Node { broker, cluster }
+}
+
+async fn stop(node: Node) {
+    node.cluster.shutdown().await;
+    node.broker.close();
+}
+
+async fn propose(node: &Node, command: MetaCommand) {
+    let cluster = Arc::clone(&node.cluster);
+    tokio::task::spawn_blocking(move || cluster.propose(command))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_a_compacted_log_installs_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = (1..=3)
+        .map(|i| format!("n{i}=127.0.0.1:{}", free_port()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let peers = parse_peers(&list).unwrap();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        nodes.push(start(name, &peers, dir.path()).await);
+    }
+    until("a leader", || nodes[0].cluster.status().leader.is_some()).await;
+    // The node that goes down is a follower, so that the others need no
+    // election to go on.
+    let down = nodes
+        .iter()
+        .position(|n| n.cluster.status().role != "leader")
+        .unwrap();
+    let n3 = nodes.remove(down);
+    let down_name = n3.cluster.node_name().to_owned();
+    let had = n3
+        .cluster
+        .raft
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
+    let n2 = nodes.pop().unwrap();
+    let n1 = nodes.pop().unwrap();
+    propose(
+        &n1,
+        MetaCommand::CreateVhost {
+            name: "stale".into(),
+            creator: "guest".into(),
+        },
+    )
+    .await;
+    until("n3 to have it", || n3.broker.vhost("stale").is_some()).await;
+    stop(n3).await;
+
+    // While n3 is down: enough changes for several snapshots and
+    // compactions, and the deletion of what n3 has.
+    propose(
+        &n1,
+        MetaCommand::DeleteVhost {
+            name: "stale".into(),
+        },
+    )
+    .await;
+    for i in 0..20 {
+        propose(
+            &n2,
+            MetaCommand::CreateVhost {
+                name: format!("v{i}"),
+                creator: "guest".into(),
+            },
+        )
+        .await;
+    }
+    propose(
+        &n2,
+        MetaCommand::DeclareQueue {
+            vhost: "v3".into(),
+            name: "q".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: WireTable::default(),
+            owner: n2.cluster.node_name().to_owned(),
+        },
+    )
+    .await;
+    until("the leader to compact its log", || {
+        let leader = [&n1, &n2]
+            .into_iter()
+            .find(|n| n.cluster.status().role == "leader")
+            .unwrap();
+        let purged = leader.cluster.raft.metrics().borrow().purged;
+        // Past what n3 has: it cannot catch up from the log.
+        purged.is_some_and(|p| p.index > had + 1)
+    })
+    .await;
+
+    let n3 = start(&down_name, &peers, dir.path()).await;
+    until("n3 to catch up", || {
+        n3.broker.vhost("v19").is_some() && n3.broker.vhost("v3").is_some_and(|v| v.has_queue("q"))
+    })
+    .await;
+    assert!(n3.broker.vhost("stale").is_none());
+    // openraft reports the installed snapshot in its metrics just after
+    // the state machine took it.
+    until("n3 to report the installed snapshot", || {
+        n3.cluster.raft.metrics().borrow().snapshot.is_some()
+    })
+    .await;
+    let owner = n3.broker.vhost("v3").unwrap().remote_owner("q");
+    assert_eq!(owner.as_deref(), Some(n2.cluster.node_name()));
+    for n in [n1, n2, n3] {
+        stop(n).await;
+    }
+}

@@ -1,0 +1,497 @@
+//! A cluster of three real `antre` processes (tests/cluster/harness.rs),
+//! driven by lapin and the management API: the metadata group forms,
+//! metadata changes on any node are seen on every node with single-node
+//! answers, the leader's death is survived, a node that was down catches
+//! up, a change without a quorum fails cleanly and leaves nothing behind,
+//! and a node with the wrong secret is refused.
+
+#[path = "cluster/harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use harness::{TestCluster, CHANGE_TIMEOUT_S, SECRET};
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{json, Value};
+
+async fn connect(uri: &str) -> Connection {
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect")
+}
+
+fn reply(err: &lapin::Error) -> (u16, String) {
+    match err {
+        lapin::Error::ProtocolError(e) => (e.get_id(), e.get_message().to_string()),
+        other => panic!("not a protocol error: {other:?}"),
+    }
+}
+
+async fn has(c: &TestCluster, i: usize, path: &str) -> bool {
+    matches!(c.try_api(i, "GET", path, None).await, Some((200, _)))
+}
+
+/// Every node shows every node running and agrees on one leader.
+async fn formed(c: &TestCluster, members: &[usize]) -> bool {
+    let mut leaders = Vec::new();
+    for &i in members {
+        let Some((200, Value::Array(nodes))) = c.try_api(i, "GET", "/api/nodes", None).await else {
+            return false;
+        };
+        let running = nodes
+            .iter()
+            .filter(|n| members.iter().any(|&m| n["name"] == json!(c.nodes[m].name)))
+            .all(|n| n["running"] == json!(true));
+        let leader: Vec<&Value> = nodes
+            .iter()
+            .filter(|n| n["metadata_leader"] == json!(true))
+            .collect();
+        if !running || leader.len() != 1 {
+            return false;
+        }
+        leaders.push(leader[0]["name"].clone());
+    }
+    leaders.windows(2).all(|w| w[0] == w[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_replicates_metadata_and_survives_failures() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c, &[0, 1, 2]))
+        .await;
+    let nodes = c.nodes(0).await;
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for n in &nodes {
+        assert!(n["last_contact"].is_u64(), "{n}");
+        assert!(n["cluster_listen"].is_string(), "{n}");
+    }
+
+    // A user created on n1 over HTTP logs in over AMQP on n3.
+    let (s, b) = c
+        .api(
+            0,
+            "PUT",
+            "/api/users/alice",
+            Some(json!({"password": "wonderland", "tags": ""})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = c
+        .api(
+            0,
+            "PUT",
+            "/api/permissions/%2F/alice",
+            Some(json!({"configure": ".*", "write": ".*", "read": ".*"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    c.until("alice's permission on n3", || {
+        has(&c, 2, "/api/permissions/%2F/alice")
+    })
+    .await;
+    let alice = connect(&c.nodes[2].amqp_uri_as("alice", "wonderland")).await;
+    // Deleting her on n1 closes her connection on n3.
+    let (s, b) = c.api(0, "DELETE", "/api/users/alice", None).await;
+    assert_eq!(s, 204, "{b}");
+    c.until("alice's connection on n3 to close", || {
+        let open = alice.status().connected();
+        async move { !open }
+    })
+    .await;
+
+    // A vhost and a policy made on n2 are on n1 and n3.
+    let (s, b) = c.api(1, "PUT", "/api/vhosts/eu", None).await;
+    assert_eq!(s, 201, "{b}");
+    let policy =
+        json!({"pattern": "^capped", "definition": {"max-length": 10}, "apply-to": "queues"});
+    let (s, b) = c.api(1, "PUT", "/api/policies/%2F/cap", Some(policy)).await;
+    assert_eq!(s, 201, "{b}");
+    for i in [0, 2] {
+        c.until("the vhost everywhere", || has(&c, i, "/api/vhosts/eu"))
+            .await;
+        c.until("the policy everywhere", || {
+            has(&c, i, "/api/policies/%2F/cap")
+        })
+        .await;
+    }
+
+    // A definitions file imported on n2 reaches every node; its queues
+    // live on n2.
+    let defs = json!({
+        "vhosts": [{"name": "imported"}],
+        "users": [{"name": "bob", "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+        "permissions": [{"user": "bob", "vhost": "imported", "configure": ".*", "write": ".*", "read": ".*"}],
+        "exchanges": [{"name": "imp-x", "vhost": "imported", "type": "fanout", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}],
+        "queues": [{"name": "imp-q", "vhost": "imported", "durable": true, "auto_delete": false, "arguments": {"x-max-length": 7}}],
+        "bindings": [{"source": "imp-x", "vhost": "imported", "destination": "imp-q", "destination_type": "queue", "routing_key": "", "arguments": {}}],
+        "policies": [{"vhost": "imported", "name": "imp-p", "pattern": ".*", "apply-to": "queues", "definition": {"message-ttl": 1000}, "priority": 0}],
+    });
+    let (s, b) = c.api(1, "POST", "/api/definitions", Some(defs)).await;
+    assert!(s == 201 || s == 204, "{s} {b}");
+    for i in [0, 2] {
+        for path in [
+            "/api/vhosts/imported",
+            "/api/users/bob",
+            "/api/permissions/imported/bob",
+            "/api/exchanges/imported/imp-x",
+            "/api/policies/imported/imp-p",
+        ] {
+            c.until(path, || has(&c, i, path)).await;
+        }
+        c.until("the imported binding", || async {
+            let r = c
+                .try_api(i, "GET", "/api/bindings/imported/e/imp-x/q/imp-q", None)
+                .await;
+            matches!(r, Some((200, Value::Array(a))) if a.len() == 1)
+        })
+        .await;
+        let (s, q) = c.api(i, "GET", "/api/queues/imported/imp-q", None).await;
+        assert_eq!(s, 200, "{q}");
+        assert_eq!(q["node"], json!("n2"), "{q}");
+        assert_eq!(q["arguments"]["x-max-length"], json!(7), "{q}");
+    }
+
+    // An exchange, a durable queue and a binding declared over AMQP on n1.
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let ch = n1.create_channel().await.expect("channel");
+    ch.exchange_declare(
+        "orders",
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange.declare");
+    let ok = ch
+        .queue_declare(
+            "eu-orders",
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+    assert_eq!(ok.message_count(), 0);
+    ch.queue_bind(
+        "eu-orders",
+        "orders",
+        "eu.#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.bind");
+    for i in [1, 2] {
+        c.until("the exchange everywhere", || {
+            has(&c, i, "/api/exchanges/%2F/orders")
+        })
+        .await;
+        c.until("the binding everywhere", || async {
+            let r = c
+                .try_api(i, "GET", "/api/bindings/%2F/e/orders/q/eu-orders", None)
+                .await;
+            matches!(r, Some((200, Value::Array(a))) if a.len() == 1)
+        })
+        .await;
+    }
+    // Every node shows the queue's owner as its node.
+    for i in 0..3 {
+        let (s, q) = c.api(i, "GET", "/api/queues/%2F/eu-orders", None).await;
+        assert_eq!(s, 200, "{q}");
+        assert_eq!(q["node"], json!("n1"), "on {}", c.nodes[i].name);
+    }
+    // Passive declares on n3 find them.
+    let n3 = connect(&c.nodes[2].amqp_uri()).await;
+    let ch3 = n3.create_channel().await.expect("channel");
+    ch3.queue_declare(
+        "eu-orders",
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive queue.declare on n3");
+    ch3.exchange_declare(
+        "orders",
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive exchange.declare on n3");
+
+    // Publishing on the owner works; on another node it is refused with a
+    // 404 naming the owner (no forwarding yet, and no second copy).
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch.basic_publish(
+        "orders",
+        "eu.paris",
+        BasicPublishOptions::default(),
+        b"one",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let err = ch3
+        .basic_get("eu-orders", BasicGetOptions::default())
+        .await
+        .expect_err("basic.get of n1's queue on n3");
+    let (code, text) = reply(&err);
+    assert_eq!(code, 404, "{text}");
+    assert!(text.contains("lives on cluster node 'n1'"), "{text}");
+
+    // n2 redeclaring n1's queue with other arguments: the single node's 406.
+    let n2 = connect(&c.nodes[1].amqp_uri()).await;
+    let ch2 = n2.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(5));
+    let err = ch2
+        .queue_declare(
+            "eu-orders",
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .expect_err("inequivalent redeclare");
+    let (code, text) = reply(&err);
+    assert_eq!(code, 406, "{text}");
+    assert!(
+        text.contains("inequivalent arg 'x-max-length' for queue 'eu-orders' in vhost '/'"),
+        "{text}"
+    );
+    // An auto-delete queue its owner removes (its last consumer left) is
+    // forgotten by every node.
+    let ch1 = n1.create_channel().await.expect("channel");
+    ch1.queue_declare(
+        "short-lived",
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare auto-delete");
+    c.until("the auto-delete queue on n2", || {
+        has(&c, 1, "/api/queues/%2F/short-lived")
+    })
+    .await;
+    let consumer = ch1
+        .basic_consume(
+            "short-lived",
+            "c1",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    ch1.basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+        .await
+        .expect("cancel");
+    for i in 0..3 {
+        c.until("the auto-deleted queue gone everywhere", || async {
+            matches!(
+                c.try_api(i, "GET", "/api/queues/%2F/short-lived", None)
+                    .await,
+                Some((404, _))
+            )
+        })
+        .await;
+    }
+    for conn in [n1, n2, n3] {
+        let _ = conn.close(200, "bye").await;
+    }
+
+    // Kill -9 the leader: the others elect another and go on.
+    let leader = c.leader_seen_by(0).await.expect("a leader");
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    c.kill(leader);
+    c.until("a new leader among the survivors", || async {
+        let mut seen = Vec::new();
+        for &i in &survivors {
+            seen.push(c.leader_seen_by(i).await);
+        }
+        seen.iter().all(|l| l.is_some() && *l != Some(leader)) && seen[0] == seen[1]
+    })
+    .await;
+    let s = connect(&c.nodes[survivors[0]].amqp_uri()).await;
+    let sch = s.create_channel().await.expect("channel");
+    sch.queue_declare(
+        "after-failover",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare after failover");
+    let _ = s.close(200, "bye").await;
+    let nodes = c.nodes(survivors[1]).await;
+    let dead = nodes
+        .iter()
+        .find(|n| n["name"] == json!(c.nodes[leader].name))
+        .expect("the killed node is listed");
+    assert_eq!(dead["running"], json!(false), "{dead}");
+
+    // The killed node comes back and catches up.
+    c.spawn(leader);
+    c.wait_http(leader).await;
+    c.until(
+        "the restarted node to see what was declared while it was down",
+        || has(&c, leader, "/api/queues/%2F/after-failover"),
+    )
+    .await;
+    c.until("the cluster to form again", || formed(&c, &[0, 1, 2]))
+        .await;
+
+    // Two of three down: a change on the survivor fails within the
+    // timeout, over AMQP (541, as RabbitMQ) and over HTTP (503).
+    let survivor = 0;
+    c.kill(1);
+    c.kill(2);
+    let conn = connect(&c.nodes[survivor].amqp_uri()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let started = std::time::Instant::now();
+    let err = ch
+        .queue_declare(
+            "during-outage",
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("a declare without quorum");
+    let elapsed = started.elapsed();
+    let (code, text) = reply(&err);
+    assert_eq!(code, 541, "{text}");
+    assert!(text.contains("during-outage"), "{text}");
+    assert!(
+        elapsed < Duration::from_secs(CHANGE_TIMEOUT_S + 5),
+        "{elapsed:?}"
+    );
+    let (status, body) = c
+        .api(
+            survivor,
+            "PUT",
+            "/api/queues/%2F/during-outage-http",
+            Some(json!({"durable": true})),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("during-outage-http")),
+        "{body}"
+    );
+    let _ = conn.close(200, "bye").await;
+
+    // The others come back: nothing of the failed changes appears.
+    c.spawn(1);
+    c.spawn(2);
+    c.wait_http(1).await;
+    c.wait_http(2).await;
+    c.until("the cluster to form after the outage", || {
+        formed(&c, &[0, 1, 2])
+    })
+    .await;
+    // A change committed now is applied after anything left in the log.
+    let (s, b) = c
+        .api(
+            1,
+            "PUT",
+            "/api/queues/%2F/marker",
+            Some(json!({"durable": true})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    for i in 0..3 {
+        c.until("the marker everywhere", || {
+            has(&c, i, "/api/queues/%2F/marker")
+        })
+        .await;
+        for q in ["during-outage", "during-outage-http"] {
+            let (status, _) = c.api(i, "GET", &format!("/api/queues/%2F/{q}"), None).await;
+            assert_eq!(status, 404, "{q} appeared on {}", c.nodes[i].name);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_is_refused_and_says_why() {
+    let c = TestCluster::start(&[SECRET, SECRET, "not-the-cluster-secret-at-all"]).await;
+    // n1 and n2 are a majority: they form the cluster without n3.
+    c.until("n1 and n2 to elect a leader", || async {
+        c.leader_seen_by(0).await.is_some_and(|l| l < 2)
+    })
+    .await;
+    c.until("n1 to show n3 unreachable with the reason", || async {
+        let Some((200, Value::Array(nodes))) = c.try_api(0, "GET", "/api/nodes", None).await else {
+            return false;
+        };
+        nodes.iter().any(|n| {
+            n["name"] == json!("n3")
+                && n["running"] == json!(false)
+                && n["unreachable_reason"] == json!("wrong cluster secret")
+        })
+    })
+    .await;
+    c.until("both sides to log the refusal", || async {
+        c.nodes[0].logged("cluster peer n3 at")
+            && c.nodes[0].logged("refused: wrong cluster secret")
+            && c.nodes[2].logged("refused: wrong cluster secret")
+    })
+    .await;
+    // A change on the majority works; n3 sees none of it.
+    let (s, b) = c.api(0, "PUT", "/api/vhosts/only-majority", None).await;
+    assert_eq!(s, 201, "{b}");
+    c.until("n2 to have it", || has(&c, 1, "/api/vhosts/only-majority"))
+        .await;
+    let (s, _) = c.api(2, "GET", "/api/vhosts/only-majority", None).await;
+    assert_eq!(s, 404);
+    // `antre cluster status` on n1 prints n3 as not running, with why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_antre"))
+        .args(["cluster", "status", "--url", &c.nodes[0].http()])
+        .output()
+        .expect("antre cluster status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n3 = text
+        .lines()
+        .find(|l| l.starts_with("n3"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        n3.contains("no") && n3.contains("wrong cluster secret"),
+        "{text}"
+    );
+}
