@@ -8,10 +8,10 @@ use crate::access::{Perm, ResourceKind};
 use crate::cluster::{MetaCommand, MetaOutcome, MetadataLog, WireTable};
 use crate::error::BrokerError;
 use crate::exchange::Destination;
-use crate::vhost::declare::is_stream;
 use crate::vhost::{
     check_queue_name, check_server_named, generated_name, QueueDeclaration, REPLY_TO,
 };
+use antre_amqp::FieldValue;
 
 impl Channel {
     /// The cluster's metadata log, when this channel's change must go
@@ -92,10 +92,12 @@ impl Channel {
             if let Some(log) = self.replicated(declaration.exclusive) {
                 // In a cluster, a shared queue's definition is metadata:
                 // every node applies it; this node owns its engine.
-                if is_stream(&declaration.arguments) {
-                    return Err(BrokerError::PreconditionFailed(
-                        "streams are not supported in an antre cluster yet".into(),
-                    ));
+                let queue_type = declaration
+                    .arguments
+                    .get("x-queue-type")
+                    .and_then(FieldValue::as_str);
+                if let Some(why) = crate::cluster::unsupported_queue_type(queue_type) {
+                    return Err(BrokerError::PreconditionFailed(why));
                 }
                 let owner = log.node_name().to_owned();
                 let outcome = log.propose(MetaCommand::DeclareQueue {

@@ -168,10 +168,9 @@ pub async fn declare(
         }
     }
     if let Some(log) = state.broker.metadata_log() {
-        if body.arguments.get("x-queue-type").and_then(Value::as_str) == Some("stream") {
-            return Err(ApiError::bad_request(
-                "streams are not supported in an antre cluster yet",
-            ));
+        let queue_type = body.arguments.get("x-queue-type").and_then(Value::as_str);
+        if let Some(why) = antre_broker::cluster::unsupported_queue_type(queue_type) {
+            return Err(ApiError::bad_request(why));
         }
         let command = MetaCommand::DeclareQueue {
             vhost,
