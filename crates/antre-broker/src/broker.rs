@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use antre_store::StoreOptions;
+use antre_store::{StoreOptions, WriteBuffers};
 use parking_lot::RwLock;
 
 use crate::access::limits::MAX_QUEUES;
@@ -40,6 +40,10 @@ pub struct StorageOptions {
     /// Index entries per page when queues page (see
     /// [`crate::queue::PAGE_ENTRIES`]).
     pub page_entries: usize,
+    /// Bytes the write buffers of all stores (durable and scratch) may
+    /// hold together beyond a small floor each (see
+    /// [`antre_store::WriteBuffers`]); used unless `store` names a budget.
+    pub write_buffer_limit: usize,
 }
 
 impl Default for StorageOptions {
@@ -49,6 +53,7 @@ impl Default for StorageOptions {
             message_memory_limit: 32 * 1024 * 1024,
             sync_interval: Duration::from_millis(100),
             page_entries: crate::queue::PAGE_ENTRIES,
+            write_buffer_limit: 8 * 1024 * 1024,
         }
     }
 }
@@ -160,9 +165,12 @@ impl Broker {
     /// (tests drive time with [`Broker::tick`]).
     pub fn open_with_clock(
         data_dir: &Path,
-        options: StorageOptions,
+        mut options: StorageOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Broker, BrokerError> {
+        if options.store.write_buffers.is_none() {
+            options.store.write_buffers = Some(WriteBuffers::new(options.write_buffer_limit));
+        }
         crate::data_format::check(data_dir)?;
         let vhosts_dir = data_dir.join("vhosts");
         std::fs::create_dir_all(&vhosts_dir).map_err(|e| {

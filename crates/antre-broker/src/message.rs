@@ -134,20 +134,33 @@ impl Message {
     /// The record the store keeps: version, exchange, routing key,
     /// properties (as on the wire), body.
     pub fn record(&self) -> &Bytes {
-        self.record.get_or_init(|| {
-            let mut out = BytesMut::with_capacity(self.body.len() + 64);
-            out.put_u8(RECORD_VERSION);
-            out.put_u64(self.published_at);
-            put_shortstr(&mut out, &self.exchange);
-            put_shortstr(&mut out, &self.routing_key);
-            let at = out.len();
-            out.put_u32(0);
-            self.properties.encode(&mut out);
-            let len = (out.len() - at - 4) as u32;
-            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-            out.put_slice(&self.body);
-            out.freeze()
-        })
+        self.record.get_or_init(|| self.encode_record())
+    }
+
+    /// Encodes the record now and makes the body a slice of it (the body
+    /// ends the record), for a message about to be stored: one that then
+    /// stays in memory holds its bytes once, not a body (pinning the
+    /// client's read buffer it was sliced from) plus the record's copy.
+    pub fn seal_record(&mut self) {
+        let record = self.encode_record();
+        let body_at = record.len() - self.body.len();
+        self.body = record.slice(body_at..);
+        self.record = OnceLock::from(record);
+    }
+
+    fn encode_record(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.body.len() + 64);
+        out.put_u8(RECORD_VERSION);
+        out.put_u64(self.published_at);
+        put_shortstr(&mut out, &self.exchange);
+        put_shortstr(&mut out, &self.routing_key);
+        let at = out.len();
+        out.put_u32(0);
+        self.properties.encode(&mut out);
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        out.put_slice(&self.body);
+        out.freeze()
     }
 
     /// Reads a message back from its record.
@@ -195,6 +208,28 @@ mod tests {
         assert_eq!(back.properties, m.properties);
         assert_eq!(back.body, m.body);
         assert_eq!(back.published_at, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn a_sealed_message_shares_one_buffer_with_its_record() {
+        let mut m = Message::new(
+            "ex".into(),
+            "key".into(),
+            BasicProperties::default(),
+            Bytes::from_static(b"the body"),
+        )
+        .published_at(7);
+        let before = Message::from_record(m.record()).unwrap();
+        m.seal_record();
+        assert_eq!(&m.body[..], b"the body");
+        let record = m.record();
+        assert!(record.ends_with(b"the body"));
+        // The body is the record's tail, not a copy.
+        assert_eq!(
+            m.body.as_ptr(),
+            record[record.len() - m.body.len()..].as_ptr()
+        );
+        assert_eq!(Message::from_record(record).unwrap(), before);
     }
 
     #[test]

@@ -116,10 +116,11 @@ mod model_tests;
 use std::fmt;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
 pub use error::StoreError;
 pub use format::{MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
-pub use store::{DirtyHook, PendingSync, QueueStore};
+pub use store::{DirtyHook, PendingSync, QueueStore, WriteBuffers};
 
 /// Where a record lives: segment number and byte offset of its header in
 /// that segment. Stable for the record's lifetime, across restarts. Orders
@@ -148,6 +149,11 @@ pub struct StoreOptions {
     /// `write` call (default 256 KiB). Records at least this large are
     /// written directly from the caller's slice.
     pub write_buffer_size: usize,
+    /// A budget the write buffers of many stores share (default none:
+    /// each may grow to `write_buffer_size`). With one, a buffer grows past
+    /// 4 KiB only while the budget has room, and is given back after a
+    /// sync once half the budget is spent.
+    pub write_buffers: Option<Arc<WriteBuffers>>,
     /// Acks buffered in memory before being written to the ack files
     /// (default 1024). Bounds the ack window after `kill -9`.
     pub max_pending_acks: usize,
@@ -163,6 +169,7 @@ impl Default for StoreOptions {
         StoreOptions {
             segment_size: 8 * 1024 * 1024,
             write_buffer_size: 256 * 1024,
+            write_buffers: None,
             max_pending_acks: 1024,
             ack_sync_every: 8192,
             max_open_read_files: 8,

@@ -17,6 +17,7 @@ fn small_opts() -> StoreOptions {
     StoreOptions {
         segment_size: 256,
         write_buffer_size: 96,
+        write_buffers: None,
         max_pending_acks: 4,
         ack_sync_every: 8,
         max_open_read_files: 2,

@@ -120,11 +120,14 @@ impl Channel {
         out: &mut Vec<Outgoing>,
     ) -> Result<bool, BrokerError> {
         let options = PublishOptions::new(PublishSource::Client, mandatory);
-        let outcome = self.ctx.vhost.publish(Arc::clone(&message), options)?;
+        // Only a mandatory message can come back; any other is handed over
+        // alone, so the publish path may seal it (see Message::seal_record).
+        let kept = mandatory.then(|| Arc::clone(&message));
+        let outcome = self.ctx.vhost.publish(message, options)?;
         for durable in outcome.stored {
             self.mark_dirty(durable);
         }
-        if outcome.returned {
+        if let Some(message) = kept.filter(|_| outcome.returned) {
             out.push(Outgoing::Content(
                 BasicReturn {
                     reply_code: antre_amqp::reply::NO_ROUTE,

@@ -91,9 +91,10 @@ pub struct Paging {
 }
 
 /// Index entries per page by default: a level that pages keeps about this
-/// many entries in memory at its head and at its tail, 2 × 128 × ~80 bytes,
-/// and writes and reads its index in records of ~5 KiB.
-pub const PAGE_ENTRIES: usize = 128;
+/// many entries in memory at its head and at its tail, 2 × 64 × ~96 bytes
+/// (12 KiB; a thousand paging queues hold 12 MiB, not the 25 MiB of 128),
+/// and writes and reads its index in records of ~2.5 KiB.
+pub const PAGE_ENTRIES: usize = 64;
 
 /// What one ready entry costs in memory besides its body: the entry and
 /// its slot in the list.

@@ -213,6 +213,9 @@ impl DeliverySink for ChannelSink {
     }
 }
 
+/// An output buffer up to this size is kept whatever its use.
+const OUTPUT_KEEP: usize = 256;
+
 /// The protocol conversation of one client connection.
 #[derive(Debug)]
 pub struct Session {
@@ -371,7 +374,17 @@ impl Session {
 
     /// The server wrote the whole output at `now`.
     pub fn wrote(&mut self, now: Instant) {
+        let used = self.wbuf.len();
         self.wbuf.clear();
+        if used < self.wbuf.capacity() / 4 && self.wbuf.capacity() > OUTPUT_KEEP {
+            // Mostly unused: a burst grew it, or the handshake did on an
+            // idle connection. Shrink to twice what was written, so steady
+            // output settles at one size instead of reallocating each time.
+            self.wbuf = match used * 2 {
+                0..=OUTPUT_KEEP => BytesMut::new(),
+                keep => BytesMut::with_capacity(keep),
+            };
+        }
         self.delivery_bytes = 0;
         self.window_full = false;
         self.last_sent = now;

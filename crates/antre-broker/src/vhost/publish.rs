@@ -125,7 +125,14 @@ impl Vhost {
         }
         let mut targets = self.route(&message, source)?;
         // BCC names extra routes; consumers must not see it.
-        let message = sender_selected::without_bcc(message);
+        let mut message = sender_selected::without_bcc(message);
+        if message.is_persistent() && targets.queues.iter().any(|q| q.options.durable) {
+            // It will be stored: encode the record once, the body its tail
+            // (unless another holder shares the message already).
+            if let Some(m) = Arc::get_mut(&mut message) {
+                m.seal_record();
+            }
+        }
         if let PublishSource::DeadLetter(reason) = source {
             targets.queues.retain(|q| {
                 let cycle = is_cycle(&message, reason, &q.name);

@@ -22,10 +22,11 @@ use crate::segment::Segment;
 use crate::{sync_dir, RecoveryStats, SegmentPosition, StoreError, StoreOptions};
 
 mod acks;
+mod buffer;
 mod read;
 
-/// A write buffer up to this size is kept between syncs whatever its use.
-const SMALL_BUFFER: usize = 16 * 1024;
+use buffer::Buffer;
+pub use buffer::WriteBuffers;
 
 /// The segment being appended to.
 struct Writer {
@@ -36,7 +37,7 @@ struct Writer {
     /// Bytes of the file known to be fsync'd.
     synced: u64,
     /// Appended records not yet handed to the kernel.
-    buf: Vec<u8>,
+    buf: Buffer,
     /// Most bytes the buffer held since the last sync.
     peak: usize,
 }
@@ -153,6 +154,9 @@ pub struct QueueStore {
     pending_acks: Vec<SegmentPosition>,
     acks_since_fsync: u64,
     live: u64,
+    /// Most bytes the write buffer held in the last sync round: the size
+    /// to give it at once when the next round starts.
+    buffer_hint: usize,
     /// Small LRU of read handles for non-current segments, so reading a
     /// backlog does not cost an `open` per message nor hold a descriptor per
     /// segment. A mutex (not a `RefCell`) keeps `read(&self)` and `Sync`.
@@ -224,6 +228,7 @@ impl QueueStore {
             pending_acks: Vec::new(),
             acks_since_fsync: 0,
             live: rec.live,
+            buffer_hint: 0,
             poisoned: None,
             on_dirty: None,
             reported_dirty: false,
@@ -324,11 +329,23 @@ impl QueueStore {
             None => self.start_segment()?,
         };
         let cap = self.opts.write_buffer_size as u64;
-        let direct = rec_len >= cap;
+        let mut direct = rec_len >= cap;
         if !w.buf.is_empty() && (direct || w.buf.len() as u64 + rec_len > cap) {
             if let Err(e) = self.flush(&mut w) {
                 return Err(self.write_failed(w, e));
             }
+        }
+        // Cannot truncate: rec_len < cap, a usize.
+        let extra = rec_len as usize;
+        let (hint, max) = (self.buffer_hint, self.opts.write_buffer_size);
+        if !direct && !w.buf.reserve(extra, hint, max) {
+            // The shared budget refused to grow the buffer: write out what
+            // it holds; the floor then takes a small record, a larger one
+            // is written directly.
+            if let Err(e) = self.flush(&mut w) {
+                return Err(self.write_failed(w, e));
+            }
+            direct = !w.buf.reserve(extra, hint, max);
         }
         let offset = w.len();
         let header = encode_record_header(payload);
@@ -344,8 +361,8 @@ impl QueueStore {
             }
             w.written += rec_len;
         } else {
-            w.buf.extend_from_slice(&header);
-            w.buf.extend_from_slice(payload);
+            w.buf.push(&header);
+            w.buf.push(payload);
         }
         let segment = w.segment;
         // Cannot fail: segment_size and MAX_PAYLOAD_LEN keep offsets < 2^31.
@@ -393,11 +410,12 @@ impl QueueStore {
             if let Err(e) = self.flush(&mut w) {
                 return Err(self.write_failed(w, e));
             }
-            // A store that wrote little since the last sync gives its buffer
-            // back: thousands of durable queues must not each keep a full
-            // write buffer they filled once.
-            if w.buf.capacity() > SMALL_BUFFER && w.peak < w.buf.capacity() / 4 {
-                w.buf = Vec::new();
+            // The buffer is empty now. A store gives it back unless it is
+            // busy and the shared budget far from spent: thousands of
+            // durable queues must not each keep a buffer they filled once.
+            self.buffer_hint = w.peak;
+            if w.buf.should_release(w.peak) {
+                w.buf.release();
             }
             w.peak = 0;
             if w.synced < w.written {
@@ -505,6 +523,12 @@ impl QueueStore {
     /// buffered bytes about to be written.
     pub fn disk_bytes(&self) -> u64 {
         self.segments.values().map(|s| s.len + s.ack_len).sum()
+    }
+
+    /// Bytes the write buffer holds allocated now (counted in the shared
+    /// [`WriteBuffers`] budget, if the store has one).
+    pub fn buffer_capacity(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.buf.capacity())
     }
 
     /// Number of segment files on disk.
@@ -648,8 +672,8 @@ impl QueueStore {
             self.dir_needs_sync = true;
             // Grown as records come: a store that writes little never holds
             // a full write buffer (see begin_sync).
-            let mut buf = Vec::new();
-            buf.extend_from_slice(&encode_segment_header(n));
+            let mut buf = Buffer::new(self.opts.write_buffers.clone());
+            buf.push(&encode_segment_header(n));
             self.segments.insert(
                 n,
                 Segment {
@@ -684,6 +708,12 @@ impl QueueStore {
         w.written += w.buf.len() as u64;
         w.peak = w.peak.max(w.buf.len());
         w.buf.clear();
+        if self.scratch {
+            // Never synced, so nothing else would give the buffer back:
+            // scratch writes come in bursts (a page, a run of bodies).
+            self.buffer_hint = w.peak;
+            w.buf.release();
+        }
         if let Some(seg) = self.segments.get_mut(&w.segment) {
             seg.index.flushed();
         }

@@ -20,13 +20,13 @@ use std::time::Duration;
 use antre_amqp::reply;
 use antre_broker::alarm::AlarmState;
 use antre_broker::session::{
-    self, Effect, EventSink, ExternalIdentity, OpenedConnection, Peer, Session, SessionConfig,
-    SessionEvent, SessionState,
+    self, Effect, ExternalIdentity, OpenedConnection, Peer, Session, SessionConfig, SessionEvent,
+    SessionState,
 };
 use antre_broker::Broker;
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
 use tokio::time::{timeout, Instant, Interval, MissedTickBehavior};
 
 use crate::config::{Config, ServerIdentity, RABBITMQ_VERSION};
@@ -34,7 +34,15 @@ use crate::registry::{ConnectionEntry, Registry};
 use crate::sockets::SocketSlot;
 use crate::tls::TlsInfo;
 
+mod budget;
 mod coalesce;
+mod events;
+
+pub use budget::ReadBuffers;
+
+/// What the read buffers of all connections may hold together beyond
+/// 8 KiB each (see [`ReadBuffers`]).
+pub const READ_BUFFERS_LIMIT: usize = 16 * 1024 * 1024;
 
 /// How long a client has for the handshake, as in RabbitMQ.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,16 +55,6 @@ const CONSUMER_TIMEOUT_CHECK: Duration = Duration::from_secs(1);
 /// Events handled per wake-up before the output is written, so one busy
 /// queue cannot make a connection buffer without bound.
 const EVENT_BATCH: usize = 256;
-
-/// Carries events into the connection's task.
-#[derive(Debug)]
-struct Events(mpsc::UnboundedSender<SessionEvent>);
-
-impl EventSink for Events {
-    fn send(&self, event: SessionEvent) -> Result<(), Box<SessionEvent>> {
-        self.0.send(event).map_err(|e| Box::new(e.0))
-    }
-}
 
 /// Why the loop ended.
 enum End {
@@ -83,12 +81,14 @@ pub struct Accepted<S> {
     pub slot: SocketSlot,
 }
 
-/// The read buffer of a new connection. Idle connections (most of them, in
-/// deployments with thousands) keep only this; busy ones grow theirs.
+/// The read buffer a connection starts reading into once bytes flow.
 const READ_MIN: usize = 1024;
 /// The largest a read buffer grows for speed (a frame larger than it
 /// still grows it as far as the frame needs).
 const READ_MAX: usize = 256 * 1024;
+/// What a quiet connection reads at most into a stack buffer while it
+/// holds no read buffer (see [`read_into`]).
+const QUIET_READ: usize = 4096;
 
 /// One client connection over the byte stream `S`.
 #[derive(Debug)]
@@ -100,9 +100,18 @@ pub struct Connection<S> {
     /// Set once the handshake is done and the connection is registered.
     entry: Option<Arc<ConnectionEntry>>,
     stream: S,
+    /// Bytes read and not yet handled. Empty, with no allocation, while the
+    /// connection is quiet (see [`read_into`]).
     rbuf: BytesMut,
+    /// The size the read buffer grew to while the client sent fast: what
+    /// it gets at once when a burst starts again.
+    read_hint: usize,
+    /// The last read emptied the socket (it did not fill the buffer).
+    drained: bool,
+    /// Its part of the node's read-buffer budget.
+    read_share: budget::ReadShare,
     session: Session,
-    events: mpsc::UnboundedReceiver<SessionEvent>,
+    events: events::Inbox,
     /// Changes of the resource alarms, to wake up a blocked client.
     alarms: watch::Receiver<AlarmState>,
     /// False while a resource alarm blocks this (publishing) client.
@@ -124,6 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         config: Arc<Config>,
         registry: Arc<Registry>,
         alarms: watch::Receiver<AlarmState>,
+        read_buffers: Arc<ReadBuffers>,
     ) -> Connection<S> {
         let Accepted {
             stream,
@@ -133,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             external,
             slot,
         } = accepted;
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (events, events_tx) = events::Inbox::new();
         let session = Session::new(
             broker,
             session_config(&config),
@@ -142,7 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 label: peer.to_string(),
                 external: external_identity(tls.as_ref(), external),
             },
-            Arc::new(Events(events_tx)),
+            Arc::new(events_tx),
             Instant::now().into_std(),
         );
         let coalesce =
@@ -154,7 +164,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             registry,
             entry: None,
             stream,
-            rbuf: BytesMut::with_capacity(READ_MIN),
+            rbuf: BytesMut::new(),
+            read_hint: READ_MIN,
+            drained: true,
+            read_share: budget::ReadShare::new(read_buffers),
             session,
             events,
             alarms,
@@ -176,7 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         // Deliveries still queued for us never reached the client.
         self.events.close();
-        while let Ok(event) = self.events.try_recv() {
+        while let Some(event) = self.events.next() {
             self.session.event(event);
         }
         if let End::Closed = end {
@@ -218,19 +231,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let closing = close_deadline.unwrap_or(handshake_deadline);
             let holding = self.coalesce.holding();
             let beating = self.heartbeat.is_some();
-            if self.rbuf.capacity() - self.rbuf.len() < READ_MIN / 4 {
+            if self.rbuf.is_empty() && self.drained {
+                // Everything read was handled and the socket had no more:
+                // wait without a buffer. Thousands of idle connections, or
+                // publishers waiting for their confirms, hold none; frames
+                // still in use (bodies in queues) keep only their own bytes.
+                self.rbuf = BytesMut::new();
+                self.read_share.release();
+            } else if self.rbuf.capacity() - self.rbuf.len() < READ_MIN / 4 {
                 self.rbuf.reserve(READ_MIN);
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
-                read = self.stream.read_buf(&mut self.rbuf), if self.reading => match read {
+                read = read_into(&mut self.stream, &mut self.rbuf, &mut self.read_share, self.read_hint), if self.reading => match read {
                     Ok(0) | Err(_) => return End::Gone,
                     Ok(n) => {
                         // A read that filled the buffer means the client
                         // sends faster than one small buffer per wake-up:
                         // read more at once from now on.
-                        if n == room && self.rbuf.capacity() < READ_MAX {
-                            self.rbuf.reserve(self.rbuf.capacity());
+                        self.drained = n < room || (room == 0 && n < QUIET_READ);
+                        // Past 8 KiB, as far as the node's read budget allows.
+                        let cap = self.rbuf.capacity();
+                        if n == room && cap < READ_MAX {
+                            let allowed = self.read_share.allow((2 * cap).min(READ_MAX));
+                            if allowed > cap {
+                                self.rbuf.reserve(allowed - self.rbuf.len());
+                                self.read_hint = self.read_hint.max(allowed);
+                            }
                         }
                         if let Some(entry) = &self.entry {
                             entry.received(n);
@@ -238,12 +265,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         self.session.receive(&mut self.rbuf, Instant::now().into_std());
                     }
                 },
-                Some(event) = self.events.recv() => {
-                    self.event(event);
-                    for _ in 1..EVENT_BATCH {
-                        match self.events.try_recv() {
-                            Ok(event) => self.event(event),
-                            Err(_) => break,
+                () = self.events.ready() => {
+                    for _ in 0..EVENT_BATCH {
+                        match self.events.next() {
+                            Some(event) => self.event(event),
+                            None => break,
                         }
                     }
                 }
@@ -401,6 +427,37 @@ fn session_config(config: &Config) -> SessionConfig {
         delivery_buffer_limit: config.delivery_buffer_limit,
         identity: server_identity(config.server_identity),
     }
+}
+
+/// Reads what the client sent into `rbuf`. A connection without a read
+/// buffer (quiet: see `Connection::run`) waits for bytes with a stack
+/// buffer instead, which exists only while the read is polled, not while
+/// the task sleeps; what arrives is copied into a buffer sized to it, or to
+/// `hint` if the stack buffer filled (a burst: the next reads go straight
+/// into the buffer).
+async fn read_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    share: &mut budget::ReadShare,
+    hint: usize,
+) -> std::io::Result<usize> {
+    if rbuf.capacity() > rbuf.len() {
+        return stream.read_buf(rbuf).await;
+    }
+    std::future::poll_fn(|cx| {
+        let mut stack = [0u8; QUIET_READ];
+        let mut buf = ReadBuf::new(&mut stack);
+        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+        let got = buf.filled();
+        rbuf.reserve(if got.len() == QUIET_READ {
+            share.allow(hint.max(2 * QUIET_READ))
+        } else {
+            got.len()
+        });
+        rbuf.extend_from_slice(got);
+        std::task::Poll::Ready(Ok(got.len()))
+    })
+    .await
 }
 
 async fn tick(ticker: &mut Option<Interval>) {
