@@ -280,6 +280,30 @@ pub enum MetaCommand {
 }
 
 impl MetaCommand {
+    /// A bind (or, with `unbind`, an unbind) of `destination` to `source`.
+    pub fn binding(
+        unbind: bool,
+        vhost: &str,
+        source: String,
+        destination: Destination,
+        routing_key: String,
+        arguments: FieldTable,
+    ) -> MetaCommand {
+        let (destination, to_exchange) = match destination {
+            Destination::Queue(q) => (q, false),
+            Destination::Exchange(e) => (e, true),
+        };
+        MetaCommand::Binding {
+            unbind,
+            vhost: vhost.to_owned(),
+            source,
+            destination,
+            to_exchange,
+            routing_key,
+            arguments: WireTable(arguments),
+        }
+    }
+
     /// A user change whose cleartext password, if any, is hashed here, on
     /// the proposer, so the log never holds it.
     pub fn put_user(name: &str, credentials: Credentials, tags: Vec<String>) -> MetaCommand {

@@ -4,6 +4,8 @@
 //! streams, and a stream shared with AMQP 0-9-1 both ways.
 
 mod common;
+#[path = "stream_protocol/filtering.rs"]
+mod filtering;
 
 use std::time::Duration;
 

@@ -94,15 +94,14 @@ impl Channel {
             &m.routing_key,
         )?;
         if let Some(log) = self.replicated(false) {
-            log.propose(MetaCommand::Binding {
-                unbind: false,
-                vhost: self.ctx.vhost.name.clone(),
-                source: m.source,
-                destination: m.destination,
-                to_exchange: true,
-                routing_key: m.routing_key,
-                arguments: WireTable(m.arguments),
-            })?;
+            log.propose(MetaCommand::binding(
+                false,
+                &self.ctx.vhost.name,
+                m.source,
+                Destination::Exchange(m.destination),
+                m.routing_key,
+                m.arguments,
+            ))?;
             reply(out, ExchangeBindOk {}, m.nowait);
             return Ok(());
         }
@@ -127,15 +126,14 @@ impl Channel {
             &m.routing_key,
         )?;
         if let Some(log) = self.replicated(false) {
-            log.propose(MetaCommand::Binding {
-                unbind: true,
-                vhost: self.ctx.vhost.name.clone(),
-                source: m.source,
-                destination: m.destination,
-                to_exchange: true,
-                routing_key: m.routing_key,
-                arguments: WireTable(m.arguments),
-            })?;
+            log.propose(MetaCommand::binding(
+                true,
+                &self.ctx.vhost.name,
+                m.source,
+                Destination::Exchange(m.destination),
+                m.routing_key,
+                m.arguments,
+            ))?;
             reply(out, ExchangeUnbindOk {}, m.nowait);
             return Ok(());
         }

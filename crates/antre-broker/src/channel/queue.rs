@@ -148,15 +148,14 @@ impl Channel {
         self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &key)?;
         let conn = self.ctx.connection;
         if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {
-            log.propose(MetaCommand::Binding {
-                unbind: false,
-                vhost: self.ctx.vhost.name.clone(),
-                source: m.exchange,
-                destination: queue,
-                to_exchange: false,
-                routing_key: key,
-                arguments: WireTable(m.arguments),
-            })?;
+            log.propose(MetaCommand::binding(
+                false,
+                &self.ctx.vhost.name,
+                m.exchange,
+                Destination::Queue(queue),
+                key,
+                m.arguments,
+            ))?;
             reply(out, QueueBindOk {}, m.nowait);
             return Ok(());
         }
@@ -180,15 +179,14 @@ impl Channel {
         self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
         let conn = self.ctx.connection;
         if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {
-            log.propose(MetaCommand::Binding {
-                unbind: true,
-                vhost: self.ctx.vhost.name.clone(),
-                source: m.exchange,
-                destination: queue,
-                to_exchange: false,
-                routing_key: m.routing_key,
-                arguments: WireTable(m.arguments),
-            })?;
+            log.propose(MetaCommand::binding(
+                true,
+                &self.ctx.vhost.name,
+                m.exchange,
+                Destination::Queue(queue),
+                m.routing_key,
+                m.arguments,
+            ))?;
             reply(out, QueueUnbindOk {}, false);
             return Ok(());
         }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use antre_broker::access::{Perm, ResourceKind};
-use antre_broker::cluster::{MetaCommand, WireTable};
+use antre_broker::cluster::MetaCommand;
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::{Binding, Destination};
 use antre_broker::Vhost;
@@ -269,19 +269,14 @@ fn binding_command(
     routing_key: &str,
     arguments: &antre_amqp::FieldTable,
 ) -> MetaCommand {
-    let (destination, to_exchange) = match destination {
-        Destination::Queue(q) => (q, false),
-        Destination::Exchange(e) => (e, true),
-    };
-    MetaCommand::Binding {
+    MetaCommand::binding(
         unbind,
-        vhost: vhost.to_owned(),
-        source: source.to_owned(),
+        vhost,
+        source.to_owned(),
         destination,
-        to_exchange,
-        routing_key: routing_key.to_owned(),
-        arguments: WireTable(arguments.clone()),
-    }
+        routing_key.to_owned(),
+        arguments.clone(),
+    )
 }
 
 /// What binding and unbinding need: write on the destination, read on the

@@ -684,19 +684,14 @@ fn import_topology(
             }
         };
         if state.broker.metadata_log().is_some() {
-            let (destination, to_exchange) = match destination {
-                Destination::Queue(q) => (q, false),
-                Destination::Exchange(e) => (e, true),
-            };
-            state.broker.change_meta(MetaCommand::Binding {
-                unbind: false,
-                vhost,
-                source: b.source.clone(),
+            state.broker.change_meta(MetaCommand::binding(
+                false,
+                &vhost,
+                b.source.clone(),
                 destination,
-                to_exchange,
-                routing_key: b.routing_key.clone(),
-                arguments: WireTable(json_to_table(&b.arguments)),
-            })?;
+                b.routing_key.clone(),
+                json_to_table(&b.arguments),
+            ))?;
         } else {
             state.vhost(&vhost)?.bind(
                 &b.source,

@@ -10,31 +10,14 @@
 //! then gets only the chunks that can hold what it asked for (the broker
 //! skips the others by their bloom filters), with no client-side filter.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use rabbitmq_stream_client::types::{Message, OffsetSpecification, SimpleValue};
 use rabbitmq_stream_client::{Consumer, Environment, FilterConfiguration};
 
-async fn start() -> TestBroker {
-    TestBroker::start_with(|c| c.stream_listen = Some("127.0.0.1:0".into())).await
-}
-
-async fn connect(b: &TestBroker) -> Environment {
-    let addr = b.server.stream_addr.expect("stream listener");
-    within(
-        "stream client connects",
-        Environment::builder()
-            .host(&addr.ip().to_string())
-            .port(addr.port())
-            .build(),
-    )
-    .await
-    .expect("environment")
-}
+use super::{connect, start};
 
 fn region(m: &Message) -> String {
     match m.application_properties().and_then(|p| p.get("region")) {
