@@ -10,8 +10,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 
 use common::within;
@@ -29,43 +28,11 @@ struct Broker {
 
 /// Starts the binary and waits for its "listening on" line.
 fn spawn(data_dir: &std::path::Path) -> Broker {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_antre"))
-        .args([
-            "serve",
-            "--amqp-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn antre");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut http = String::new();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("antre exited before listening")
-            .expect("read stderr");
-        if let Some(at) = line.find("API on http://") {
-            http = line[at + "API on ".len()..]
-                .trim()
-                .trim_end_matches('/')
-                .to_owned();
-        }
-        if let Some(at) = line.find("listening on amqp://") {
-            break line[at + "listening on amqp://".len()..].trim().to_owned();
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let common::process::Spawned { child, amqp, http } =
+        common::process::spawn_antre(data_dir, &[]);
     Broker {
         child,
-        uri: format!("amqp://guest:guest@{addr}/%2f"),
+        uri: format!("amqp://guest:guest@{amqp}/%2f"),
         http,
     }
 }

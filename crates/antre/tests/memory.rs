@@ -15,8 +15,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,45 +51,12 @@ impl Broker {
     /// Starts the binary with `args` and waits for its "listening" line.
     fn spawn(args: &[&str]) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_antre"))
-            .args([
-                "serve",
-                "--amqp-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn antre");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut http = String::new();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("antre exited before listening")
-                .expect("read stderr");
-            if let Some(at) = line.find("API on http://") {
-                http = line[at + "API on ".len()..]
-                    .trim()
-                    .trim_end_matches('/')
-                    .to_owned();
-            }
-            if let Some(at) = line.find("listening on amqp://") {
-                break line[at + "listening on amqp://".len()..].trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let process::Spawned { child, amqp, http } = process::spawn_antre(dir.path(), args);
         Broker {
             child,
-            uri: format!("amqp://guest:guest@{addr}/%2f"),
+            uri: format!("amqp://guest:guest@{amqp}/%2f"),
             http,
-            addr: addr.parse().expect("address"),
+            addr: amqp.parse().expect("address"),
             _dir: dir,
         }
     }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod process;
 pub mod prometheus;
 
 use std::net::SocketAddr;
