@@ -18,7 +18,7 @@ use crate::alarm::Alarms;
 use crate::clock::{Clock, SystemClock};
 use crate::error::BrokerError;
 use crate::metrics::BrokerMetrics;
-use crate::queue::{MessageMemory, Paging};
+use crate::queue::{MessageMemory, OutputBudget, Paging};
 use crate::syncer::Syncer;
 use crate::vhost::{dir_name, Vhost, VhostStorage};
 
@@ -104,6 +104,9 @@ pub struct Broker {
     pub metrics: Arc<BrokerMetrics>,
     /// The memory and disk alarms that block publishers.
     pub alarms: Arc<Alarms>,
+    /// The bytes of deliveries all connections may have unwritten together
+    /// (see [`OutputBudget`]); unlimited until set.
+    pub output_budget: Arc<OutputBudget>,
     /// In a cluster, the metadata log every metadata change goes through
     /// (see [`crate::cluster`]); unset on a single node.
     pub(crate) metadata: std::sync::OnceLock<Arc<dyn crate::cluster::MetadataLog>>,
@@ -149,6 +152,7 @@ impl Broker {
             storage,
             metrics,
             alarms: Arc::default(),
+            output_budget: Arc::default(),
             metadata: std::sync::OnceLock::new(),
         }
     }

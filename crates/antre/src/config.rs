@@ -87,6 +87,10 @@ pub struct Config {
     /// client (handed over by queues, not yet written to the socket); past
     /// this, queues hold its deliveries until it reads. 0: unlimited.
     pub delivery_buffer_limit: u64,
+    /// Bytes of deliveries all connections together may have unwritten;
+    /// past it, a connection over its fair share (64 KiB) waits for its
+    /// own writes. 0: unlimited.
+    pub delivery_buffer_total: u64,
     /// A user to create at start-up, `(name, password)`, an administrator
     /// with every permission on `/`. When set, `guest` is removed.
     pub default_user: Option<(String, String)>,
@@ -175,6 +179,7 @@ impl Default for Config {
             delivery_coalesce: Duration::from_millis(2),
             delivery_coalesce_rate: 20_000,
             delivery_buffer_limit: 1024 * 1024,
+            delivery_buffer_total: 32 * 1024 * 1024,
             default_user: None,
             server_identity: ServerIdentity::Antre,
             loopback_users: vec!["guest".into()],
@@ -293,6 +298,12 @@ pub struct Settings {
     /// unlimited [default: 1MiB].
     #[arg(long, env = "ANTRE_DELIVERY_BUFFER_LIMIT", value_name = "SIZE")]
     pub delivery_buffer_limit: Option<SizeOrFraction>,
+    /// Bytes of deliveries all connections together may have unwritten
+    /// (many slow readers cost at most this, plus 64 KiB each), e.g.
+    /// 32MiB; 0 is unlimited [default: 32MiB, at most a quarter of the
+    /// memory watermark].
+    #[arg(long, env = "ANTRE_DELIVERY_BUFFER_TOTAL", value_name = "SIZE")]
+    pub delivery_buffer_total: Option<SizeOrFraction>,
     /// Seconds between samples of the message rates shown by the management
     /// API and UI [default: 5].
     #[arg(long, env = "ANTRE_RATE_INTERVAL", value_name = "SECONDS")]
@@ -464,6 +475,7 @@ impl Settings {
             delivery_coalesce: self.delivery_coalesce.or(below.delivery_coalesce),
             delivery_coalesce_rate: self.delivery_coalesce_rate.or(below.delivery_coalesce_rate),
             delivery_buffer_limit: self.delivery_buffer_limit.or(below.delivery_buffer_limit),
+            delivery_buffer_total: self.delivery_buffer_total.or(below.delivery_buffer_total),
             rate_interval: self.rate_interval.or(below.rate_interval),
             default_user: self.default_user.or(below.default_user),
             default_pass: self.default_pass.or(below.default_pass),
@@ -635,6 +647,10 @@ impl Settings {
                 .unwrap_or(d.delivery_coalesce_rate),
             delivery_buffer_limit: match &self.delivery_buffer_limit {
                 None => d.delivery_buffer_limit,
+                Some(size) => size.bytes()?,
+            },
+            delivery_buffer_total: match &self.delivery_buffer_total {
+                None => d.delivery_buffer_total,
                 Some(size) => size.bytes()?,
             },
             default_user,
@@ -845,6 +861,12 @@ mod tests {
                 .unwrap();
         assert_eq!(c.memory_high_watermark, MemoryWatermark::Relative(0.25));
         assert_eq!(c.message_memory_limit, 16 << 20);
+        assert_eq!(c.delivery_buffer_total, 32 << 20, "the default");
+        let c = Settings::from_toml("delivery_buffer_total = \"8MiB\"\n")
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(c.delivery_buffer_total, 8 << 20);
         let c =
             Settings::from_toml("memory_high_watermark = \"512MiB\"\nqueue_memory_limit = 4096\n")
                 .unwrap()

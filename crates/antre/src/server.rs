@@ -194,6 +194,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .context("recovery task failed")?
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    // Like the message budget, unwritten output must stay well below the
+    // watermark (0, unlimited, stays so).
+    let output_total = match config.delivery_buffer_total {
+        0 => 0,
+        total => total.min(memory_limit / 4).max(1),
+    };
+    broker.output_budget.set_limit(output_total);
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         data_dir = %config.data_dir.display(),

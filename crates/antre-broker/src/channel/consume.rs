@@ -205,7 +205,10 @@ impl Channel {
             self.unacked.insert(
                 delivery_tag,
                 Unacked {
-                    source: Source::Queue { queue, entry },
+                    source: Source::Queue {
+                        queue,
+                        entry: entry.into_unsettled(),
+                    },
                     credit: None,
                     delivered_at: self.ctx.broker.clock().now_ms(),
                 },
@@ -273,7 +276,7 @@ impl Channel {
                 Unacked {
                     source: Source::Queue {
                         queue: delivery.queue,
-                        entry: delivery.entry,
+                        entry: delivery.entry.into_unsettled(),
                     },
                     credit: Some(credit),
                     delivered_at: self.ctx.broker.clock().now_ms(),

@@ -41,7 +41,7 @@ use crate::broker::Broker;
 use crate::durable::Durable;
 use crate::error::BrokerError;
 use crate::message::Message;
-use crate::queue::{ConnectionId, ConsumerId, Credit, DeliverySink, Entry, Queue};
+use crate::queue::{ConnectionId, ConsumerId, Credit, DeliverySink, Queue, Unsettled};
 use crate::vhost::Vhost;
 
 /// A frame the channel wants sent.
@@ -58,7 +58,7 @@ pub enum Outgoing {
 #[derive(Debug)]
 pub(crate) enum Source {
     /// A queue, which settles the entry.
-    Queue { queue: Arc<Queue>, entry: Entry },
+    Queue { queue: Arc<Queue>, entry: Unsettled },
     /// A stream: settling only gives the consumer's credit back.
     Stream(Arc<crate::stream::Stream>),
 }

@@ -8,7 +8,7 @@ use antre_amqp::method::*;
 
 use super::{Channel, Mode, PendingSettle, Settle, Source, Unacked};
 use crate::error::BrokerError;
-use crate::queue::{Entry, Queue};
+use crate::queue::{Queue, Unsettled};
 
 impl Channel {
     pub(super) fn ack(&mut self, m: BasicAck) -> Result<(), BrokerError> {
@@ -107,7 +107,7 @@ impl Channel {
     /// Settles deliveries with their queues, releases their credit and lets
     /// the queues deliver more.
     pub(super) fn finish(&mut self, settled: Vec<Unacked>, how: Settle) {
-        let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
+        let mut by_queue: Vec<(Arc<Queue>, Vec<Unsettled>)> = Vec::new();
         for u in settled {
             if let Some(c) = &u.credit {
                 c.release(1);
@@ -124,7 +124,7 @@ impl Channel {
         }
         for (queue, entries) in by_queue {
             match how {
-                Settle::Ack => queue.ack(&entries),
+                Settle::Ack => queue.ack(entries),
                 Settle::Requeue => queue.requeue(entries),
                 Settle::Reject => queue.reject(entries),
             }

@@ -88,6 +88,8 @@ impl Credit {
 pub struct OutputWindow {
     limit: u64,
     in_flight: AtomicU64,
+    /// What every connection of the node has in flight together.
+    node: Arc<OutputBudget>,
     /// A queue found the window full: whoever frees room must kick the
     /// connection's queues.
     starved: AtomicBool,
@@ -97,12 +99,62 @@ pub struct OutputWindow {
 /// frames (method, header, property table), roughly.
 pub const DELIVERY_OVERHEAD: u64 = 256;
 
+/// The bytes of deliveries all connections of a node may have on their
+/// way to their clients together.
+///
+/// Each connection's [`OutputWindow`] bounds one slow reader; this bounds
+/// many at once (a thousand consumers' connections with a full window of
+/// 1 MiB each would otherwise hold a gigabyte). Past the budget, a
+/// connection whose own output is over its fair share ([`FAIR_SHARE`])
+/// gets no more deliveries until it writes: it has bytes in flight, so
+/// its own write frees room and kicks its queues; nobody waits on another
+/// connection's progress. Connections under their share always get
+/// deliveries, so the budget can be exceeded by at most the number of
+/// connections times the share.
+#[derive(Debug)]
+pub struct OutputBudget {
+    limit: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// What a connection may always have in flight, whatever the node's
+/// [`OutputBudget`]: a few deliveries of a few KiB, enough to keep a client
+/// busy while it reads.
+pub const FAIR_SHARE: u64 = 64 * 1024;
+
+impl Default for OutputBudget {
+    fn default() -> Self {
+        OutputBudget {
+            limit: AtomicU64::new(u64::MAX),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+}
+
+impl OutputBudget {
+    /// Sets the budget in bytes (0: unlimited).
+    pub fn set_limit(&self, limit: u64) {
+        let limit = if limit == 0 { u64::MAX } else { limit };
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Bytes every connection has in flight together.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn exhausted(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) >= self.limit.load(Ordering::Relaxed)
+    }
+}
+
 impl OutputWindow {
-    /// A window of `limit` bytes (0: unlimited).
-    pub fn new(limit: u64) -> Arc<OutputWindow> {
+    /// A window of `limit` bytes (0: unlimited) under the node's budget.
+    pub fn new(limit: u64, node: Arc<OutputBudget>) -> Arc<OutputWindow> {
         Arc::new(OutputWindow {
             limit: if limit == 0 { u64::MAX } else { limit },
             in_flight: AtomicU64::new(0),
+            node,
             starved: AtomicBool::new(false),
         })
     }
@@ -110,18 +162,26 @@ impl OutputWindow {
     /// Whether another delivery may go out. A delivery larger than the
     /// whole window still goes when nothing else is in flight.
     pub fn has_room(&self) -> bool {
-        if self.in_flight.load(Ordering::Acquire) < self.limit {
+        if self.room() {
             return true;
         }
         self.starved.store(true, Ordering::Release);
         // Room may have been freed between the two loads: look again, so a
         // release that missed the flag cannot strand the queue.
-        self.in_flight.load(Ordering::Acquire) < self.limit
+        self.room()
+    }
+
+    fn room(&self) -> bool {
+        let own = self.in_flight.load(Ordering::Acquire);
+        // Refused only with bytes of its own in flight, whose write will
+        // release them and kick the queues (see OutputBudget).
+        own < self.limit && (own < FAIR_SHARE || !self.node.exhausted())
     }
 
     /// Counts `bytes` handed over.
     pub fn take(&self, bytes: u64) {
         self.in_flight.fetch_add(bytes, Ordering::AcqRel);
+        self.node.in_flight.fetch_add(bytes, Ordering::AcqRel);
     }
 
     /// Returns `bytes` (written, or given back). Returns whether a queue was
@@ -130,17 +190,31 @@ impl OutputWindow {
         if bytes == 0 {
             return false;
         }
+        let mut released = 0;
         let _ = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(bytes))
+                released = v.min(bytes);
+                Some(v - released)
             });
+        // Only what this window counted leaves the node's count, so a
+        // release larger than what was taken cannot wrap it.
+        self.node.in_flight.fetch_sub(released, Ordering::AcqRel);
         self.starved.swap(false, Ordering::AcqRel)
     }
 
     /// Bytes in flight.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OutputWindow {
+    /// A connection that ends with output unwritten gives it back to the
+    /// node (that output is dropped with the connection).
+    fn drop(&mut self) {
+        let left = *self.in_flight.get_mut();
+        self.node.in_flight.fetch_sub(left, Ordering::AcqRel);
     }
 }
 

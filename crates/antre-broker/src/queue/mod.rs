@@ -40,7 +40,9 @@ use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOpt
 use parking_lot::{Mutex, RwLock};
 
 pub use args::{Overflow, QueueArgs, QueueKind};
-pub use credit::{ConsumerInfo, ConsumerSpec, Credit, OutputWindow, DELIVERY_OVERHEAD};
+pub use credit::{
+    ConsumerInfo, ConsumerSpec, Credit, OutputBudget, OutputWindow, DELIVERY_OVERHEAD, FAIR_SHARE,
+};
 pub use paging::{MessageMemory, Paging, PAGE_ENTRIES};
 use state::QueueState;
 
@@ -71,6 +73,64 @@ pub struct Entry {
     priority: u8,
     expires_at: Option<u64>,
     dedup_key: Option<String>,
+}
+
+/// A delivered message waiting for its consumer to settle it.
+///
+/// A persistent message in a durable queue keeps only its place in the
+/// store ([`Entry::into_unsettled`]): its body is on disk already, and
+/// holding it would let consumers' unacked windows (prefetch × message
+/// size, unbounded with prefetch 0) pin that many bodies in memory. The
+/// body is read back only if the message comes back (requeue) or is
+/// dead-lettered, which are the rare paths; an ack needs no body.
+#[derive(Debug)]
+pub struct Unsettled {
+    seq: u64,
+    /// The message, unless it is persistent and can be read back from the store.
+    message: Option<Arc<Message>>,
+    pos: Option<SegmentPosition>,
+    delivery_count: u32,
+    /// Body size, to count the message when it comes back.
+    size: u32,
+    priority: u8,
+    expires_at: Option<u64>,
+    dedup_key: Option<String>,
+}
+
+impl Unsettled {
+    /// Whether the body is still held in memory.
+    pub fn holds_body(&self) -> bool {
+        self.message.is_some()
+    }
+}
+
+impl From<Entry> for Unsettled {
+    /// Keeps the body (see [`Entry::into_unsettled`] to drop it).
+    fn from(e: Entry) -> Unsettled {
+        Unsettled {
+            seq: e.seq,
+            size: u32::try_from(e.message.body.len()).unwrap_or(u32::MAX),
+            message: Some(e.message),
+            pos: e.pos,
+            delivery_count: e.delivery_count,
+            priority: e.priority,
+            expires_at: e.expires_at,
+            dedup_key: e.dedup_key,
+        }
+    }
+}
+
+impl Entry {
+    /// Turns a delivered entry into what its channel keeps until it is
+    /// settled: without its body when the store has it.
+    pub fn into_unsettled(self) -> Unsettled {
+        let stored = self.pos.is_some();
+        let mut u = Unsettled::from(self);
+        if stored {
+            u.message = None;
+        }
+        u
+    }
 }
 
 /// A message handed to a consumer.
@@ -639,62 +699,73 @@ impl Queue {
     }
 
     /// Settles delivered messages for good (acked).
-    pub fn ack(self: &Arc<Self>, entries: &[Entry]) {
+    pub fn ack<E: Into<Unsettled>>(self: &Arc<Self>, entries: impl IntoIterator<Item = E>) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(entries.len() as u32);
-        self.metrics.acked.add(entries.len() as u64);
+        let mut n = 0u32;
         for e in entries {
+            let e = e.into();
+            n += 1;
             st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
         }
+        st.unacked = st.unacked.saturating_sub(n);
+        self.metrics.acked.add(u64::from(n));
     }
 
     /// Settles delivered messages that the consumer rejected without
     /// requeue: they are dead-lettered if the queue has a dead-letter
     /// exchange, dropped otherwise.
-    pub fn reject(self: &Arc<Self>, entries: Vec<Entry>) {
+    pub fn reject<E: Into<Unsettled>>(self: &Arc<Self>, entries: impl IntoIterator<Item = E>) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(entries.len() as u32);
         let dlx = st.args.dead_letter_exchange.is_some();
         for e in entries {
-            st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
+            let e = e.into();
+            st.unacked = st.unacked.saturating_sub(1);
             if dlx {
-                st.dead.push(DeadLetter {
-                    message: e.message,
-                    reason: DeathReason::Rejected,
-                });
+                if let Some(message) = st.body_of(&e, &self.name) {
+                    st.dead.push(DeadLetter {
+                        message,
+                        reason: DeathReason::Rejected,
+                    });
+                }
             }
+            st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
         }
     }
 
     /// Puts delivered messages back at their original positions, marked
     /// redelivered, and dispatches them again. A message that came back more
     /// often than the queue's delivery limit is dead-lettered instead.
-    pub fn requeue(self: &Arc<Self>, entries: Vec<Entry>) {
+    pub fn requeue<E: Into<Unsettled>>(self: &Arc<Self>, entries: impl IntoIterator<Item = E>) {
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(entries.len() as u32);
-        if st.deleted {
-            return;
-        }
-        for mut entry in entries {
-            entry.delivery_count += 1;
+        for e in entries {
+            let mut e = e.into();
+            st.unacked = st.unacked.saturating_sub(1);
+            if st.deleted {
+                continue;
+            }
+            e.delivery_count += 1;
             if st
                 .args
                 .delivery_limit
-                .is_some_and(|limit| u64::from(entry.delivery_count) > limit)
+                .is_some_and(|limit| u64::from(e.delivery_count) > limit)
             {
-                st.forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
                 if st.args.dead_letter_exchange.is_some() {
-                    st.dead.push(DeadLetter {
-                        message: entry.message,
-                        reason: DeathReason::DeliveryLimit,
-                    });
+                    if let Some(message) = st.body_of(&e, &self.name) {
+                        st.dead.push(DeadLetter {
+                            message,
+                            reason: DeathReason::DeliveryLimit,
+                        });
+                    }
                 }
+                st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
                 continue;
             }
-            st.insert_entry(entry, true);
+            st.insert_unsettled(e);
         }
-        self.dispatch(&mut st, now);
+        if !st.deleted {
+            self.dispatch(&mut st, now);
+        }
     }
 
     /// Settles a delivery to a no-ack consumer once its channel has handed

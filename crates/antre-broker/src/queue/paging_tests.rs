@@ -87,7 +87,7 @@ fn a_transient_backlog_past_the_budget_is_on_disk_and_comes_back_in_order() {
     );
     let back = taken.split_off(3);
     q.remove_consumer(1);
-    q.ack(&taken);
+    q.ack(taken);
     q.requeue(back);
     let mut order = Vec::new();
     while let Some((e, _)) = q.get(true) {

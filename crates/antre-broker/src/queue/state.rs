@@ -10,7 +10,7 @@ use antre_store::{QueueStore, SegmentPosition};
 use super::line::ConsumerLine;
 use super::paging::{Pager, Paging, ENTRY_COST};
 use super::ready::{Body, Ready, ReadyList};
-use super::{DeadLetter, DeathReason, Entry, QueueArgs};
+use super::{DeadLetter, DeathReason, Entry, QueueArgs, Unsettled};
 use crate::message::Message;
 
 #[derive(Debug)]
@@ -125,6 +125,58 @@ impl QueueState {
             .map_err(|e| tracing::error!(queue, %pos, "dropping unreadable message: {e}"))
             .ok()?;
         decode(&record, queue)
+    }
+
+    /// The body of a delivered message: held, or read back from the store.
+    pub(super) fn body_of(&mut self, u: &Unsettled, queue: &str) -> Option<Arc<Message>> {
+        match &u.message {
+            Some(m) => Some(Arc::clone(m)),
+            None => self.read_paged(u.pos, queue),
+        }
+    }
+
+    /// Puts a message that came back from a consumer in the ready list,
+    /// marked redelivered. One whose body was let go stays on disk until
+    /// it is delivered again.
+    pub(super) fn insert_unsettled(&mut self, u: Unsettled) {
+        let Unsettled {
+            seq,
+            message,
+            pos,
+            delivery_count,
+            size,
+            priority,
+            expires_at,
+            dedup_key,
+            ..
+        } = u;
+        match message {
+            Some(message) => self.insert_entry(
+                Entry {
+                    seq,
+                    message,
+                    redelivered: true,
+                    pos,
+                    delivery_count,
+                    priority,
+                    expires_at,
+                    dedup_key,
+                },
+                true,
+            ),
+            None => self.ready.insert(Ready {
+                seq,
+                size,
+                body: Body::Stored,
+                pos,
+                redelivered: true,
+                priority,
+                expires_at,
+                delivery_count,
+                charged: 0,
+                dedup_key,
+            }),
+        }
     }
 
     /// Loads a ready message's body (from disk if paged out). A record that

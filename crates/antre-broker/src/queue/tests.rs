@@ -198,7 +198,7 @@ fn a_consumer_whose_window_frees_goes_to_the_back_of_the_line() {
     // a acks m1.
     let first = a.deliveries.lock()[0].entry.clone();
     window.release(1);
-    q.ack(&[first]);
+    q.ack([first]);
     q.kick();
     for m in ["m5", "m6", "m7"] {
         q.publish_ok(message(m));
@@ -618,16 +618,20 @@ fn deduplicating_queue_refuses_keys_it_holds_until_they_leave() {
         q.publish(keyed("p1 again", "payment-1")).unwrap(),
         Enqueued::Duplicate
     );
-    q.ack(&[e]);
+    q.ack([e]);
     q.publish_ok(keyed("p1 later", "payment-1"));
 }
 
 fn durable_queue(dir: &std::path::Path) -> Arc<Queue> {
+    durable_queue_with(dir, &[])
+}
+
+fn durable_queue_with(dir: &std::path::Path, args: &[(&str, FieldValue)]) -> Arc<Queue> {
     let options = QueueOptions {
         durable: true,
         exclusive_owner: None,
         auto_delete: false,
-        arguments: FieldTable::new(),
+        arguments: args.iter().cloned().collect::<FieldTable>(),
     };
     let clock = Arc::new(ManualClock::default());
     Queue::open_durable(
@@ -712,4 +716,69 @@ fn a_no_ack_delivery_that_comes_back_undelivered_stays_durable() {
     let (e, _) = q.get(true).expect("recovered");
     assert_eq!(&e.message.body[..], b"kept");
     assert!(q.get(true).is_none(), "the settled one is gone");
+}
+
+#[test]
+fn unacked_persistent_messages_let_their_bodies_go_and_read_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = durable_queue_with(
+        dir.path(),
+        &[
+            ("x-dead-letter-exchange", FieldValue::string("dlx")),
+            ("x-delivery-limit", FieldValue::I32(1)),
+        ],
+    );
+    q.publish_ok(persistent("first"));
+    q.publish_ok(persistent("second"));
+    q.publish_ok(message("transient"));
+    let take = |q: &Arc<Queue>| {
+        let (e, _) = q.get(false).expect("a message");
+        let body = String::from_utf8_lossy(&e.message.body).into_owned();
+        (body, e.redelivered, e.delivery_count, e.into_unsettled())
+    };
+    let (b1, _, _, u1) = take(&q);
+    let (b2, _, _, u2) = take(&q);
+    let (b3, _, _, u3) = take(&q);
+    assert_eq!(
+        (b1.as_str(), b2.as_str(), b3.as_str()),
+        ("first", "second", "transient")
+    );
+    assert!(
+        !u1.holds_body() && !u2.holds_body(),
+        "persistent: store only"
+    );
+    assert!(u3.holds_body(), "a transient message has no other copy");
+    // Requeued, a body-less message is read back, in its old place.
+    q.requeue([u2, u1]);
+    q.requeue([u3]);
+    assert_eq!(
+        q.counts(),
+        QueueCounts {
+            ready: 3,
+            unacked: 0,
+            consumers: 0
+        }
+    );
+    let (b, redelivered, count, u1) = take(&q);
+    assert_eq!((b.as_str(), redelivered, count), ("first", true, 1));
+    // Rejected, it is dead-lettered with its body.
+    q.reject([u1]);
+    // Past the delivery limit, it is dead-lettered with its body too.
+    let (b, _, _, u2) = take(&q);
+    assert_eq!(b, "second");
+    q.requeue([u2]);
+    assert_eq!(
+        reasons(&q),
+        [
+            ("first".to_owned(), "rejected"),
+            ("second".to_owned(), "delivery_limit")
+        ]
+    );
+    // An ack needs no body, and the store forgets the message.
+    let (_, _, _, u3) = take(&q);
+    q.ack([u3]);
+    assert_eq!(q.counts().ready, 0);
+    q.close_store();
+    let q = durable_queue(dir.path());
+    assert!(q.get(true).is_none(), "nothing settled comes back");
 }

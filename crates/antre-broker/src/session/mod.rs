@@ -272,11 +272,15 @@ impl Session {
         now: Instant,
     ) -> Session {
         let id = broker.next_id();
+        let output_window = OutputWindow::new(
+            config.delivery_buffer_limit,
+            Arc::clone(&broker.output_budget),
+        );
         Session {
             id,
             broker,
             frame_max: config.frame_max,
-            output_window: OutputWindow::new(config.delivery_buffer_limit),
+            output_window,
             config,
             peer,
             events,

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
 use super::*;
+use crate::queue::FAIR_SHARE;
 
 #[derive(Debug, Default)]
 struct Collect(Mutex<Vec<SessionEvent>>);
@@ -94,7 +95,12 @@ impl Client {
     }
 
     fn open_with(config: SessionConfig) -> Client {
-        let mut c = Client::with_config(config);
+        Client::open_on(Arc::new(Broker::new()), config)
+    }
+
+    /// A client of `broker` past the handshake, with channel 1 open.
+    fn open_on(broker: Arc<Broker>, config: SessionConfig) -> Client {
+        let mut c = Client::on(broker, config, test_peer());
         c.bytes(&PROTOCOL_HEADER);
         c.method(0, start_ok("guest"));
         let tune_ok = ConnectionTuneOk {
@@ -875,4 +881,91 @@ fn deliveries_stop_while_the_client_does_not_read() {
     }
     assert_eq!(total, 100, "every message delivered once");
     assert_eq!(queue.counts().ready, 0);
+}
+
+/// Connections that stop reading cannot together hold more than the node's
+/// output budget, plus a fair share each, however large their own windows;
+/// a bystander that reads is served all along.
+#[test]
+fn the_node_output_budget_bounds_many_clients_that_do_not_read() {
+    let broker = Arc::new(Broker::new());
+    broker.output_budget.set_limit(128 * 1024);
+    let config = SessionConfig {
+        delivery_buffer_limit: 1 << 20,
+        ..config()
+    };
+    let consume = |c: &mut Client, queue: &str| {
+        let declare = QueueDeclare {
+            queue: queue.into(),
+            ..Default::default()
+        };
+        c.method(1, declare);
+        let consume = BasicConsume {
+            queue: queue.into(),
+            no_ack: true,
+            ..Default::default()
+        };
+        c.method(1, consume);
+        c.flush();
+        c.methods();
+    };
+    let mut stalled = Vec::new();
+    for i in 0..4 {
+        let mut c = Client::open_on(Arc::clone(&broker), config.clone());
+        consume(&mut c, &format!("stalled{i}"));
+        for _ in 0..200 {
+            c.publish(1, &format!("stalled{i}"), &[b'x'; 1000]);
+        }
+        // Its socket is full: events are handled, nothing is written.
+        c.session.receive(&mut c.input, c.now);
+        for e in std::mem::take(&mut *c.events.0.lock()) {
+            c.session.event(e);
+        }
+        stalled.push(c);
+    }
+    let per_delivery = 1000 + DELIVERY_OVERHEAD;
+    let held = broker.output_budget.in_flight();
+    assert!(
+        held <= 128 * 1024 + 4 * (FAIR_SHARE + per_delivery),
+        "{held} bytes unwritten (each window alone allows 1 MiB)"
+    );
+    for (i, c) in stalled.iter().enumerate() {
+        let q = c
+            .broker
+            .vhost("/")
+            .unwrap()
+            .queue(&format!("stalled{i}"), 0)
+            .unwrap();
+        assert!(
+            q.counts().ready > 0,
+            "stalled{i}'s backlog waits in its queue"
+        );
+    }
+
+    let mut bystander = Client::open_on(Arc::clone(&broker), config.clone());
+    consume(&mut bystander, "served");
+    for _ in 0..100 {
+        bystander.publish(1, "served", &[b'y'; 1000]);
+    }
+    bystander.flush();
+    let mut delivered = 0;
+    for _ in 0..100 {
+        delivered += bystander
+            .methods()
+            .iter()
+            .filter(|(_, m)| matches!(m, Method::BasicDeliver(_)))
+            .count();
+        if delivered == 100 {
+            break;
+        }
+        bystander.pump();
+    }
+    assert_eq!(delivered, 100, "the bystander got every message");
+
+    // A stalled connection that goes away gives its share back.
+    let before = broker.output_budget.in_flight();
+    let mut gone = stalled.pop().unwrap();
+    gone.session.teardown();
+    drop(gone);
+    assert!(broker.output_budget.in_flight() < before);
 }

@@ -286,7 +286,7 @@ pub async fn get(
     match ackmode {
         "ack_requeue_false" => {
             state.broker.metrics.acked.add(entries.len() as u64);
-            q.ack(&entries);
+            q.ack(entries);
         }
         "reject_requeue_false" => {
             q.reject(entries);
