@@ -29,7 +29,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::consumer::ConsumerSpec;
@@ -73,7 +73,7 @@ fn exchange_kind(kind: &str) -> ExchangeKind {
 pub async fn setup(args: &RunArgs) -> Result<()> {
     let conn = connect(&args.uri, "antre-bench lapin setup").await?;
     let ch = conn.create_channel().await?;
-    let durable = args.persistent || args.durable;
+    let durable = args.durable_queues();
     if !args.exchange.is_empty() {
         let options = ExchangeDeclareOptions {
             durable,
@@ -97,8 +97,14 @@ pub async fn setup(args: &RunArgs) -> Result<()> {
             durable,
             ..Default::default()
         };
-        ch.queue_declare(&queue, options, FieldTable::default())
-            .await?;
+        let mut arguments = FieldTable::default();
+        if let Some(kind) = &args.queue_type {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(kind.as_str().into()),
+            );
+        }
+        ch.queue_declare(&queue, options, arguments).await?;
         if !args.exchange.is_empty() {
             ch.queue_bind(
                 &queue,

@@ -32,6 +32,23 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// Resident set size of `pid` in KiB (VmRSS), or `None` if it has exited.
+/// CPU time of several processes (a cluster's nodes) together; `None`
+/// for none.
+pub fn cpu_time_of(pids: &[u32]) -> Result<Option<u64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    pids.iter()
+        .map(|&p| cpu_time_us(p))
+        .sum::<Result<u64>>()
+        .map(Some)
+}
+
+/// Resident memory of several processes together, if any can be read.
+pub fn rss_kib_of(pids: &[u32]) -> Option<u64> {
+    pids.iter().filter_map(|&p| rss_kib(p)).reduce(|a, b| a + b)
+}
+
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_rss_kib(&status)

@@ -92,9 +92,13 @@ pub struct RunArgs {
     /// Do not delete the queues after the run (to leave a backlog behind).
     #[arg(long)]
     pub keep_queues: bool,
-    /// PID of the broker: its CPU time per message and its memory are reported.
+    /// PID of the broker: its CPU time per message and its memory are
+    /// reported. A cluster's nodes: several PIDs, comma-separated, summed.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
+    /// The queues' type (`x-queue-type`), e.g. quorum; durable unless classic.
     #[arg(long)]
-    pub broker_pid: Option<u32>,
+    pub queue_type: Option<String>,
     /// Name of the broker in reports (e.g. rabbitmq, antre).
     #[arg(long, default_value = "broker")]
     pub broker: String,
@@ -123,6 +127,23 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Whether the queues are declared durable: for persistent messages,
+    /// on request, and for every replicated type (quorum, stream).
+    pub fn durable_queues(&self) -> bool {
+        self.persistent
+            || self.durable
+            || self.queue_type.as_deref().is_some_and(|t| t != "classic")
+    }
+
+    /// The queues' declare arguments (`x-queue-type`).
+    pub fn queue_arguments(&self) -> antre_amqp::FieldTable {
+        let mut arguments = antre_amqp::FieldTable::new();
+        if let Some(kind) = &self.queue_type {
+            arguments.insert("x-queue-type", antre_amqp::FieldValue::string(kind));
+        }
+        arguments
+    }
+
     /// Default options with `uri`, as `antre-bench run --uri URI` would have.
     pub fn with_uri(uri: &str) -> RunArgs {
         use clap::Parser;
@@ -221,7 +242,7 @@ impl Report {
 async fn setup(args: &RunArgs, url: &AmqpUrl) -> Result<()> {
     let mut conn = Connection::open(url, "antre-bench setup").await?;
     conn.open_channel(1).await?;
-    let durable = args.persistent || args.durable;
+    let durable = args.durable_queues();
     if !args.exchange.is_empty() {
         let m = ExchangeDeclare {
             exchange: args.exchange.clone(),
@@ -240,7 +261,13 @@ async fn setup(args: &RunArgs, url: &AmqpUrl) -> Result<()> {
             };
             conn.call(1, m.into()).await?;
         }
-        conn.declare_queue(1, &queue, durable, false).await?;
+        let m = QueueDeclare {
+            queue: queue.clone(),
+            durable,
+            arguments: args.queue_arguments(),
+            ..Default::default()
+        };
+        conn.call(1, m.into()).await?;
         if !args.exchange.is_empty() {
             let m = QueueBind {
                 queue: queue.clone(),
@@ -344,7 +371,7 @@ pub async fn run_with(args: &RunArgs, client: Client) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    let cpu_before = args.broker_pid.map(procfs::cpu_time_us).transpose()?;
+    let cpu_before = procfs::cpu_time_of(&args.broker_pid)?;
     let tool_cpu_before = procfs::cpu_time_us(std::process::id()).unwrap_or(0);
     let t0 = Instant::now();
     let t0_ns = now_ns();
@@ -434,7 +461,7 @@ pub async fn run_with(args: &RunArgs, client: Client) -> Result<Report> {
             Err(e) => errors.push(format!("consumer panicked: {e}")),
         }
     }
-    let cpu_after = args.broker_pid.map(procfs::cpu_time_us).transpose()?;
+    let cpu_after = procfs::cpu_time_of(&args.broker_pid)?;
     let tool_cpu = procfs::cpu_time_us(std::process::id()).unwrap_or(0) - tool_cpu_before;
     sampler.sample_now();
     if !args.keep_queues {
@@ -509,7 +536,7 @@ struct Sampler {
     last: (u64, u64, u64),
     total: Histogram,
     samples: Vec<Sample>,
-    broker_pid: Option<u32>,
+    broker_pid: Vec<u32>,
     rss_max: Option<u64>,
     live: bool,
 }
@@ -523,7 +550,7 @@ impl Sampler {
             last: (0, 0, 0),
             total: Histogram::default(),
             samples: Vec::new(),
-            broker_pid: args.broker_pid,
+            broker_pid: args.broker_pid.clone(),
             rss_max: None,
             live,
         }
@@ -549,7 +576,7 @@ impl Sampler {
         let [p, c, d] = interval_rates(self.last, totals, secs);
         let lat = self.counters.take_interval_latency();
         self.total.merge(&lat);
-        let rss = self.broker_pid.and_then(procfs::rss_kib);
+        let rss = procfs::rss_kib_of(&self.broker_pid);
         if let Some(r) = rss {
             self.rss_max = Some(self.rss_max.unwrap_or(0).max(r));
         }

@@ -28,7 +28,7 @@ fn args(server: &antre::RunningServer, label: &str) -> RunArgs {
     a.label = label.into();
     a.broker = "antre".into();
     // The broker runs in this process: its CPU is ours.
-    a.broker_pid = Some(std::process::id());
+    a.broker_pid = vec![std::process::id()];
     a
 }
 
@@ -73,5 +73,54 @@ async fn lapin_fanout_delivers_a_copy_per_queue() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert!(r.published > 0);
     assert_eq!(r.delivered, 3 * r.published, "one copy per queue");
+    server.shutdown().await;
+}
+
+/// `--queue-type quorum` declares quorum queues with both clients, and
+/// `--broker-pid` takes several processes (a cluster's nodes), summed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_type_declares_quorum_queues_and_pids_are_summed() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    let (server, _dir) = broker().await;
+    for (client, queue) in [(Client::Builtin, "qq-builtin"), (Client::Lapin, "qq-lapin")] {
+        let mut a = args(&server, "quorum");
+        a.duration = 0.3;
+        a.confirm = Some(50);
+        a.queue_pattern = queue.into();
+        a.queue_type = Some("quorum".into());
+        a.keep_queues = true;
+        a.broker_pid = vec![std::process::id(), std::process::id()];
+        let r = run_with(&a, client).await.expect("run");
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.published > 0 && r.confirmed == r.published);
+
+        let conn = lapin::Connection::connect(
+            &format!("amqp://guest:guest@{}/%2f", server.amqp_addr.unwrap()),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let declare = |kind: &str| {
+            let mut arguments = FieldTable::default();
+            arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+            let options = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            (options, arguments)
+        };
+        let (options, arguments) = declare("quorum");
+        ch.queue_declare(queue, options, arguments)
+            .await
+            .expect("it is a durable quorum queue");
+        let (options, arguments) = declare("classic");
+        let err = ch
+            .queue_declare(queue, options, arguments)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("x-queue-type"), "{err}");
+    }
     server.shutdown().await;
 }
