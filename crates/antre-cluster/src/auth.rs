@@ -273,6 +273,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_joining_node_dials_any_name_and_a_node_waiting_to_join_accepts_any() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let c = client(&mut a, "n4", "", "0123456789abcdef");
+        let s = server(&mut b, "n1", &[], "0123456789abcdef");
+        let (c, s) = tokio::join!(c, s);
+        assert_eq!(c, Ok(()));
+        assert_eq!(s.unwrap(), "n4");
+        // The secret is still checked.
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let c = client(&mut a, "n4", "", "0123456789abcdef");
+        let s = server(&mut b, "n1", &[], "fedcba9876543210");
+        let (c, _) = tokio::join!(c, s);
+        assert_eq!(c, Err(AuthError::WrongSecret));
+    }
+
+    #[tokio::test]
     async fn an_unknown_node_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let peers = vec!["n2".to_owned()];

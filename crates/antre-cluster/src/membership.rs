@@ -376,3 +376,21 @@ pub(crate) async fn join(node: Weak<Cluster>, target: SocketAddr) {
         tokio::time::sleep(JOIN_RETRY).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memberships_written_before_names_were_recorded_still_load() {
+        // openraft's BasicNode, as the first cluster release stored it.
+        let old: Member = serde_json::from_str(r#"{"addr":"127.0.0.1:25672"}"#).unwrap();
+        assert_eq!(old.name, "");
+        assert_eq!(old.addr, "127.0.0.1:25672");
+        let m = Member::new("n4", "10.0.0.4:25672".parse().unwrap());
+        let back: Member = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(m.to_string(), "n4 at 10.0.0.4:25672");
+        assert_eq!(MemberChange::Remove("n3".into()).to_string(), "remove n3");
+    }
+}

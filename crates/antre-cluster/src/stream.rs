@@ -178,3 +178,22 @@ pub fn idle_and_open(stream: &mut BoxStream) -> bool {
         Poll::Pending
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn an_idle_stream_is_open_until_the_peer_writes_or_closes() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a: BoxStream = Box::new(a);
+        assert!(idle_and_open(&mut a));
+        b.write_all(b"x").await.unwrap();
+        assert!(!idle_and_open(&mut a), "unexpected bytes make it unusable");
+        let (a, b) = tokio::io::duplex(64);
+        let mut a: BoxStream = Box::new(a);
+        drop(b);
+        assert!(!idle_and_open(&mut a), "a closed peer makes it unusable");
+    }
+}
