@@ -2,7 +2,8 @@
 //! (tests/cluster/harness.rs), with a TCP proxy on every directed link
 //! (tests/cluster/proxy.rs) and real clients (lapin, the management API):
 //!
-//! - the metadata leader cut off from the majority: the minority refuses
+//! - the metadata leader cut off from the majority (links cut, or
+//!   blackholed): the minority refuses
 //!   changes within the change timeout (541 / 503), the majority elects a
 //!   leader and goes on, and after healing every node has one history
 //!   without the refused changes;
@@ -106,12 +107,23 @@ fn has_queue(defs: &Value, name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_majority_changes_nothing_and_the_majority_goes_on() {
+    leader_partitioned(Mesh::isolate).await;
+}
+
+/// The same with the leader's links blackholed: connections stay up and
+/// take bytes, nothing arrives (until healed, when the held bytes do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_leader_changes_nothing_and_the_majority_goes_on() {
+    leader_partitioned(Mesh::blackhole).await;
+}
+
+async fn leader_partitioned(partition: fn(&Mesh, usize)) {
     let (c, mesh) = proxied_cluster().await;
     let leader = c.until_leader(&[0, 1, 2]).await;
     let majority: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let (_conn, ch) = channel(&c.nodes[leader].amqp_uri()).await;
 
-    mesh.isolate(leader);
+    partition(&mesh, leader);
     // The minority side: an AMQP declare fails with 541 within the change
     // timeout, an HTTP change with 503.
     let started = Instant::now();

@@ -246,6 +246,20 @@ impl Mesh {
         }
     }
 
+    /// Every byte to and from node `i` is held: its links accept
+    /// connections and take bytes, and forward nothing.
+    pub fn blackhole(&self, i: usize) {
+        let held = LinkState {
+            cut: false,
+            up: Flow::Hold,
+            down: Flow::Hold,
+        };
+        for j in (0..self.n).filter(|&j| j != i) {
+            self.set(i, j, held);
+            self.set(j, i, held);
+        }
+    }
+
     /// Every byte between `a` and `b`, both ways on both links, arrives
     /// `d` late.
     pub fn delay(&self, a: usize, b: usize, d: Duration) {
