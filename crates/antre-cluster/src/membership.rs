@@ -117,14 +117,14 @@ pub struct MemberInfo {
 }
 
 impl Cluster {
-    /// The members as this node's log knows them. A node that has no
-    /// membership yet (waiting to join) lists its peer list.
+    /// The members as this node's log knows them, by name. A node that
+    /// has no membership yet (waiting to join) lists its peer list.
     pub fn members(&self) -> Vec<MemberInfo> {
         let cfg = &self.link.config;
         let stored = self.raft.metrics().borrow().membership_config.clone();
         let membership = stored.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let members: Vec<MemberInfo> = membership
+        let mut members: Vec<MemberInfo> = membership
             .nodes()
             .map(|(&id, m)| MemberInfo {
                 id,
@@ -138,6 +138,8 @@ impl Cluster {
             })
             .collect();
         if !members.is_empty() {
+            // By name, for listings (the membership is by id).
+            members.sort_by(|a, b| a.name.cmp(&b.name));
             return members;
         }
         cfg.peers

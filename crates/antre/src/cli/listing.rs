@@ -254,6 +254,7 @@ pub fn cluster_status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut t = Table::new(vec![
         "node",
         "address",
+        "member",
         "running",
         "leader",
         "last contact",
@@ -267,6 +268,7 @@ pub fn cluster_status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
         t.row(vec![
             text(&n["name"]),
             text(&n["cluster_listen"]),
+            text(&n["cluster_member"]),
             if n["running"] == json!(true) {
                 "yes"
             } else {
