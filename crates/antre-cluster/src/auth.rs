@@ -67,6 +67,10 @@ pub enum AuthError {
     /// The connection failed or the other side broke the protocol.
     #[error("{0}")]
     Io(String),
+    /// The TLS handshake failed: a certificate the other side (or this
+    /// one) does not accept, or a side without TLS.
+    #[error("{0}")]
+    Tls(String),
 }
 
 fn nonce() -> Vec<u8> {
@@ -109,7 +113,9 @@ async fn write<S: AsyncWrite + Unpin>(s: &mut S, m: &Handshake) -> Result<(), Au
     write_frame(s, m).await.map_err(io)
 }
 
-/// The dialling side: proves itself as `me` to the node `expected`.
+/// The dialling side: proves itself as `me` to the node `expected` (or,
+/// with `expected` empty, to whichever node answers: a joining node knows
+/// only an address).
 pub async fn client<S>(s: &mut S, me: &str, expected: &str, secret: &str) -> Result<(), AuthError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -128,7 +134,7 @@ where
         Handshake::Refused { reason } => return Err(refused(reason)),
         other => return Err(io(format!("unexpected {other:?}"))),
     };
-    if node != expected {
+    if !expected.is_empty() && node != expected {
         let reason = format!("expected node '{expected}' at that address, found '{node}'");
         let _ = write(
             s,
@@ -175,8 +181,9 @@ pub struct Refusal {
     pub error: AuthError,
 }
 
-/// The listening side: checks that the dialler is one of `peers` and
-/// knows the secret; returns its name.
+/// The listening side: checks that the dialler is one of `peers` (any
+/// node when `peers` is empty: a node waiting to join) and knows the
+/// secret; returns its name.
 pub async fn server<S>(
     s: &mut S,
     me: &str,
@@ -194,8 +201,8 @@ where
         Handshake::Hello { node, nonce } => (node, nonce),
         other => return Err(fail(None, io(format!("unexpected {other:?}")))),
     };
-    if !peers.contains(&node) {
-        let reason = format!("node '{node}' is not in the peer list of '{me}'");
+    if !peers.is_empty() && !peers.contains(&node) {
+        let reason = format!("node '{node}' is not a member of the cluster of '{me}'");
         let _ = write(
             s,
             &Handshake::Refused {
@@ -263,6 +270,22 @@ mod tests {
         assert_eq!(s.error, AuthError::WrongSecret);
         assert_eq!(s.node.as_deref(), Some("n1"));
         assert_eq!(s.error.to_string(), "wrong cluster secret");
+    }
+
+    #[tokio::test]
+    async fn a_joining_node_dials_any_name_and_a_node_waiting_to_join_accepts_any() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let c = client(&mut a, "n4", "", "0123456789abcdef");
+        let s = server(&mut b, "n1", &[], "0123456789abcdef");
+        let (c, s) = tokio::join!(c, s);
+        assert_eq!(c, Ok(()));
+        assert_eq!(s.unwrap(), "n4");
+        // The secret is still checked.
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let c = client(&mut a, "n4", "", "0123456789abcdef");
+        let s = server(&mut b, "n1", &[], "fedcba9876543210");
+        let (c, _) = tokio::join!(c, s);
+        assert_eq!(c, Err(AuthError::WrongSecret));
     }
 
     #[tokio::test]

@@ -43,6 +43,13 @@ pub struct ClusterConfig {
     /// A snapshot is built after this many log entries since the last one;
     /// the log before it is then compacted.
     pub snapshot_logs: u64,
+    /// A member's cluster address: this node does not bootstrap a cluster
+    /// from its peer list but asks the node there to add it (and, once it
+    /// is a member, ignores this). See [`crate::membership`].
+    pub join: Option<SocketAddr>,
+    /// TLS on the link (mutual, against the cluster's CA); `None`: plain
+    /// TCP.
+    pub tls: Option<crate::stream::LinkTls>,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -55,6 +62,8 @@ impl std::fmt::Debug for ClusterConfig {
             .field("dir", &self.dir)
             .field("change_timeout", &self.change_timeout)
             .field("snapshot_logs", &self.snapshot_logs)
+            .field("join", &self.join)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -155,6 +164,22 @@ impl ClusterConfig {
         node_id_of(&self.node_name)
     }
 
+    /// This node's own cluster address as its peers should dial it: its
+    /// entry in the peer list, or its listener.
+    pub fn advertised(&self) -> SocketAddr {
+        self.peers
+            .iter()
+            .find(|p| p.name == self.node_name)
+            .map_or(self.listen, |p| p.addr)
+    }
+
+    /// The address the peer list gives for `id`, if it lists it. It wins
+    /// over the membership's: each node may reach a peer by its own route
+    /// (a proxy, a NAT), so the list is this node's view.
+    pub fn listed_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.peers.iter().find(|p| p.id() == id).map(|p| p.addr)
+    }
+
     /// The name of the node with Raft id `id`, if it is a peer.
     pub fn name_of(&self, id: NodeId) -> Option<&str> {
         self.peers
@@ -191,6 +216,8 @@ mod tests {
             dir: PathBuf::new(),
             change_timeout: DEFAULT_CHANGE_TIMEOUT,
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+            join: None,
+            tls: None,
         };
         assert!(c.validate().is_err());
         c.node_name = "n2".into();

@@ -11,7 +11,9 @@
 //! - [`network`]: the client side of the link (openraft's network factory)
 //!   and what each node knows of its peers' reachability;
 //! - [`server`]: the listening side of the link;
-//! - [`node`]: starting a node, proposing changes, its status.
+//! - [`node`]: starting a node, proposing changes, its status;
+//! - [`membership`]: who the members are, adding and removing them;
+//! - [`stream`]: the byte stream under the link, plain TCP or mutual TLS.
 //!
 //! Consensus is openraft's (0.9); this crate only gives it storage, a
 //! network and a state machine. See docs/clustering.md.
@@ -25,10 +27,12 @@
 pub mod auth;
 pub mod config;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod server;
 pub mod state_machine;
+pub mod stream;
 pub mod wire;
 
 use std::io::Cursor;
@@ -37,6 +41,7 @@ use antre_broker::cluster::MetaCommand;
 use serde::{Deserialize, Serialize};
 
 pub use config::{node_id_of, ClusterConfig, Peer};
+pub use membership::{Member, MemberChange};
 pub use node::{Cluster, ClusterStatus, MemberStatus};
 
 /// A node's Raft id: derived from its name (see [`node_id_of`]).
@@ -72,6 +77,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Proposal,
         R = (),
+        Node = Member,
 );
 
 /// The metadata group's Raft handle.

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::Member;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -21,11 +22,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use crate::auth::{self, AuthError};
+use crate::stream::{idle_and_open, BoxStream};
 use crate::wire::{read_frame, write_frame, Request, Response};
 use crate::{ClusterConfig, NodeId, TypeConfig};
 
@@ -120,7 +121,7 @@ pub struct Connection {
     link: Arc<Link>,
     name: String,
     addr: SocketAddr,
-    stream: Option<TcpStream>,
+    stream: Option<BoxStream>,
     failures: u32,
     retry_at: Option<Instant>,
 }
@@ -138,7 +139,7 @@ impl Connection {
         }
     }
 
-    async fn connect(&mut self) -> Result<TcpStream, CallError> {
+    async fn connect(&mut self) -> Result<BoxStream, CallError> {
         if let Some(at) = self.retry_at {
             if Instant::now() < at {
                 let why = self.link.state(&self.name).error.unwrap_or_default();
@@ -146,12 +147,19 @@ impl Connection {
             }
         }
         let result = async {
-            let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+            let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
                 .await
                 .map_err(|_| AuthError::Io("connect timed out".into()))?
                 .map_err(|e| AuthError::Io(e.to_string()))?;
             let _ = s.set_nodelay(true);
             let cfg = &self.link.config;
+            let mut s: BoxStream = match &cfg.tls {
+                Some(tls) => tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, tls.connect(s))
+                    .await
+                    .map_err(|_| AuthError::Io("TLS handshake timed out".into()))?
+                    .map_err(|e| AuthError::Tls(e.to_string()))?,
+                None => Box::new(s),
+            };
             tokio::time::timeout(
                 auth::HANDSHAKE_TIMEOUT,
                 auth::client(&mut s, &cfg.node_name, &self.name, &cfg.secret),
@@ -188,8 +196,11 @@ impl Connection {
         // peer closed it (or broke the protocol), and a request sent on it
         // would be lost after all. Such a connection is replaced before
         // anything is sent, so the caller may safely try again elsewhere.
-        let alive = |s: &TcpStream| matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-        let mut stream = match self.stream.take().filter(alive) {
+        let idle = self
+            .stream
+            .take()
+            .and_then(|mut s| idle_and_open(&mut s).then_some(s));
+        let mut stream = match idle {
             Some(s) => s,
             None => self.connect().await?,
         };
@@ -216,51 +227,140 @@ impl Connection {
     }
 }
 
-/// openraft's network factory: a [`Connection`] per target.
+/// openraft's network factory: a [`Connection`] per target, from a pool.
+///
+/// openraft keeps one client per target for replication, but asks for a
+/// new one for every leadership check (`ensure_linearizable`, run before
+/// each metadata change) and gives that check the heartbeat interval
+/// (200 ms) in all, connecting included. A fresh connection costs a TCP
+/// connect, the TLS handshake if any and the HMAC handshake (two round
+/// trips): over a link of tens of milliseconds that alone passes 200 ms,
+/// and every check would fail. So a client's connection goes back to a
+/// pool when openraft drops it, the next client takes it, and when the
+/// pool is empty a connection is made for it in the background, outside
+/// openraft's timeout, while the current client dials its own.
 #[derive(Clone)]
 pub struct NetworkFactory {
     /// The shared link.
     pub link: Arc<Link>,
+    pool: Arc<Pool>,
 }
 
-/// A [`Connection`] as openraft's per-target client.
+/// Idle authenticated connections by target, and the targets one is
+/// being made for.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<NodeId, Vec<Connection>>>,
+    warming: Mutex<std::collections::HashSet<NodeId>>,
+}
+
+/// Idle connections kept per target.
+const POOL_MAX: usize = 4;
+
+impl Pool {
+    fn take(&self, target: NodeId) -> Option<Connection> {
+        self.idle.lock().get_mut(&target).and_then(Vec::pop)
+    }
+
+    fn give_back(&self, target: NodeId, conn: Connection) {
+        if conn.stream.is_none() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        let list = idle.entry(target).or_default();
+        if list.len() < POOL_MAX {
+            list.push(conn);
+        }
+    }
+}
+
+impl NetworkFactory {
+    /// The factory of a node's link.
+    pub fn new(link: Arc<Link>) -> NetworkFactory {
+        NetworkFactory {
+            link,
+            pool: Arc::default(),
+        }
+    }
+
+    /// Makes a connection to `target` for the pool, in the background.
+    fn warm(&self, target: NodeId, name: &str, addr: SocketAddr) {
+        if !self.pool.warming.lock().insert(target) {
+            return;
+        }
+        let pool = Arc::clone(&self.pool);
+        let mut conn = Connection::new(Arc::clone(&self.link), name, addr);
+        tokio::spawn(async move {
+            if let Ok(stream) = conn.connect().await {
+                conn.stream = Some(stream);
+                pool.give_back(target, conn);
+            }
+            pool.warming.lock().remove(&target);
+        });
+    }
+}
+
+/// A [`Connection`] as openraft's per-target client; its connection goes
+/// back to the factory's pool when openraft drops it.
 pub struct PeerClient {
     target: NodeId,
-    conn: Connection,
+    conn: Option<Connection>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for PeerClient {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back(self.target, conn);
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        if let Some(conn) = self.pool.take(target) {
+            return PeerClient {
+                target,
+                conn: Some(conn),
+                pool: Arc::clone(&self.pool),
+            };
+        }
         let cfg = &self.link.config;
-        let name = cfg.name_of(target).unwrap_or("unknown").to_owned();
+        let name = match cfg.name_of(target) {
+            Some(n) => n.to_owned(),
+            None if !node.name.is_empty() => node.name.clone(),
+            None => "unknown".to_owned(),
+        };
+        // The peer list's address is this node's route to the peer and
+        // wins; a member added later is dialled where the membership says.
         let addr = cfg
-            .peers
-            .iter()
-            .find(|p| p.id() == target)
-            .map(|p| p.addr)
-            .or_else(|| node.addr.parse().ok())
+            .listed_addr(target)
+            .or_else(|| crate::config::resolve(&node.addr).ok())
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        self.warm(target, &name, addr);
         PeerClient {
             target,
-            conn: Connection::new(Arc::clone(&self.link), &name, addr),
+            conn: Some(Connection::new(Arc::clone(&self.link), &name, addr)),
+            pool: Arc::clone(&self.pool),
         }
     }
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl PeerClient {
     async fn rpc(&mut self, request: Request, option: &RPCOption) -> Result<Response, CallError> {
-        self.conn.call(&request, option.hard_ttl()).await
+        match self.conn.as_mut() {
+            Some(conn) => conn.call(&request, option.hard_ttl()).await,
+            None => Err(CallError::Unreachable("no connection".into())),
+        }
     }
 }
 
-fn rpc_error<E: std::error::Error>(
-    e: CallError,
-) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+fn rpc_error<E: std::error::Error>(e: CallError) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
     let io = std::io::Error::other(e.to_string());
     match e {
         CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&io)),
@@ -268,7 +368,7 @@ fn rpc_error<E: std::error::Error>(
     }
 }
 
-fn unexpected<E: std::error::Error>() -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+fn unexpected<E: std::error::Error>() -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
     rpc_error(CallError::Network("answer of the wrong kind".into()))
 }
 

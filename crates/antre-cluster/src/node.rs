@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use antre_broker::cluster::{MetaCommand, MetaError, MetaOutcome, MetadataLog};
 use antre_broker::Broker;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::ServerState;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -19,7 +19,7 @@ use crate::log_store::LogStore;
 use crate::network::{CallError, Connection, Link, NetworkFactory};
 use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
 use crate::wire::{ProposeRefusal, Request, Response};
-use crate::{ClusterConfig, ClusterError, NodeId, Proposal, Raft};
+use crate::{ClusterConfig, ClusterError, Member, NodeId, Proposal, Raft};
 
 /// Raft timing: a heartbeat every 200 ms; a follower that hears nothing
 /// for 1 to 2 s stands for election. Generous for a LAN, so that a node
@@ -39,10 +39,12 @@ const RUNNING_WITHIN: Duration = Duration::from_secs(5);
 pub struct MemberStatus {
     /// Node name.
     pub name: String,
-    /// Cluster listener.
-    pub addr: SocketAddr,
+    /// Cluster listener (as this node dials it).
+    pub addr: Option<SocketAddr>,
     /// Raft id.
     pub id: NodeId,
+    /// A voter of the metadata group (false: a learner catching up).
+    pub voter: bool,
     /// Whether this is the node answering.
     pub this_node: bool,
     /// Whether it answers (this node: always).
@@ -84,7 +86,7 @@ pub struct Cluster {
     /// Connections for forwarding changes to the leader, by target.
     forward: Mutex<HashMap<NodeId, Connection>>,
     /// Set by [`Cluster::shutdown`]: the ping tasks end.
-    stopped: std::sync::atomic::AtomicBool,
+    pub(crate) stopped: std::sync::atomic::AtomicBool,
     /// The listener's task, ended by [`Cluster::shutdown`] (so the
     /// address is free again).
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -141,9 +143,7 @@ impl Cluster {
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let link = Arc::new(Link::new(config.clone()));
-        let factory = NetworkFactory {
-            link: Arc::clone(&link),
-        };
+        let factory = NetworkFactory::new(Arc::clone(&link));
         let raft = Raft::new(me, Arc::new(raft_config), factory, log.clone(), sm)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -168,21 +168,32 @@ impl Cluster {
             node.stop.subscribe(),
         ));
         *node.listener.lock() = Some(serving);
-        for peer in config.peers.iter().filter(|p| p.name != config.node_name) {
-            let conn = Connection::new(Arc::clone(&node.link), &peer.name, peer.addr);
-            tokio::spawn(ping(conn, Arc::downgrade(&node)));
-        }
-        let members: BTreeMap<NodeId, BasicNode> = config
-            .peers
-            .iter()
-            .map(|p| (p.id(), BasicNode::new(p.addr.to_string())))
-            .collect();
-        // Every node bootstraps with the same membership; once the log has
-        // one (on later starts), openraft refuses and the log's stands.
-        match node.raft.initialize(members).await {
-            Ok(()) => tracing::info!("cluster bootstrapped with {} members", config.peers.len()),
-            Err(RaftError::APIError(e)) => tracing::debug!("cluster already initialized: {e}"),
-            Err(e) => return Err(ClusterError::Raft(e.to_string())),
+        tokio::spawn(ping_members(Arc::downgrade(&node)));
+        match config.join {
+            // A joining node must not bootstrap a cluster of its own: it
+            // waits for the leader to add it.
+            Some(target) => {
+                tokio::spawn(crate::membership::join(Arc::downgrade(&node), target));
+            }
+            None => {
+                let members: BTreeMap<NodeId, Member> = config
+                    .peers
+                    .iter()
+                    .map(|p| (p.id(), Member::new(&p.name, p.addr)))
+                    .collect();
+                // Every node bootstraps with the same membership; once the
+                // log has one (on later starts), openraft refuses and the
+                // log's stands.
+                match node.raft.initialize(members).await {
+                    Ok(()) => {
+                        tracing::info!("cluster bootstrapped with {} members", config.peers.len())
+                    }
+                    Err(RaftError::APIError(e)) => {
+                        tracing::debug!("cluster already initialized: {e}")
+                    }
+                    Err(e) => return Err(ClusterError::Raft(e.to_string())),
+                }
+            }
         }
         if !broker.set_metadata_log(Arc::clone(&node) as Arc<dyn MetadataLog>) {
             return Err(ClusterError::Config(
@@ -229,9 +240,9 @@ impl Cluster {
         let cfg = &self.link.config;
         let leader = m.current_leader;
         let now = SystemTime::now();
-        let members = cfg
-            .peers
-            .iter()
+        let members = self
+            .members()
+            .into_iter()
             .map(|p| {
                 let this_node = p.name == cfg.node_name;
                 let state = self.link.state(&p.name);
@@ -241,11 +252,16 @@ impl Cluster {
                     .is_some_and(|d| d < RUNNING_WITHIN);
                 MemberStatus {
                     name: p.name.clone(),
-                    addr: p.addr,
-                    id: p.id(),
+                    addr: if this_node {
+                        Some(cfg.advertised())
+                    } else {
+                        p.addr
+                    },
+                    id: p.id,
+                    voter: p.voter,
                     this_node,
                     running: this_node || (state.reachable && recent),
-                    leader: leader == Some(p.id()),
+                    leader: leader == Some(p.id),
                     last_contact: if this_node {
                         Some(now)
                     } else {
@@ -266,7 +282,7 @@ impl Cluster {
             node: cfg.node_name.clone(),
             role: role.into(),
             term: m.current_term,
-            leader: leader.and_then(|id| cfg.name_of(id)).map(str::to_owned),
+            leader: leader.and_then(|id| self.name_of(id)),
             members,
         }
     }
@@ -332,7 +348,7 @@ impl Cluster {
                     Ok(Err(ProposeRefusal::NotLeader(_))) => last_error = "leadership moved".into(),
                     // Nothing was sent: safe to try again.
                     Err(CallError::Unreachable(e)) => {
-                        let name = self.link.config.name_of(l).unwrap_or("?");
+                        let name = self.name_of(l).unwrap_or_else(|| "?".into());
                         last_error = format!("the leader {name} is unreachable: {e}");
                     }
                     // It may have been committed: trying again could apply
@@ -356,22 +372,35 @@ impl Cluster {
         proposal: &Proposal,
         deadline: Instant,
     ) -> Result<Result<(), ProposeRefusal>, CallError> {
-        let cfg = &self.link.config;
-        let Some(peer) = cfg.peers.iter().find(|p| p.id() == leader) else {
+        match self
+            .forward_request(leader, &Request::Propose(proposal.clone()), deadline)
+            .await?
+        {
+            Response::Propose(r) => Ok(r),
+            _ => Err(CallError::Network("answer of the wrong kind".into())),
+        }
+    }
+
+    /// Sends `request` to the node `leader` on this node's forwarding
+    /// connection to it, and waits for the answer until `deadline`.
+    pub(crate) async fn forward_request(
+        &self,
+        leader: NodeId,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Response, CallError> {
+        let (Some(name), Some(addr)) = (self.name_of(leader), self.addr_of(leader)) else {
             return Err(CallError::Unreachable(format!(
                 "unknown leader id {leader}"
             )));
         };
         let taken = self.forward.lock().remove(&leader);
         let mut conn =
-            taken.unwrap_or_else(|| Connection::new(Arc::clone(&self.link), &peer.name, peer.addr));
+            taken.unwrap_or_else(|| Connection::new(Arc::clone(&self.link), &name, addr));
         let ttl = deadline.saturating_duration_since(Instant::now());
-        let result = conn.call(&Request::Propose(proposal.clone()), ttl).await;
+        let result = conn.call(request, ttl).await;
         self.forward.lock().insert(leader, conn);
-        match result? {
-            Response::Propose(r) => Ok(r),
-            _ => Err(CallError::Network("answer of the wrong kind".into())),
-        }
+        result
     }
 
     /// Proposes `command` and waits for this node's apply of it.
@@ -404,6 +433,44 @@ impl Cluster {
 
 /// How often a node pings each peer.
 const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps one ping task per member (other than this node): members come
+/// and go with membership changes.
+async fn ping_members(node: std::sync::Weak<Cluster>) {
+    let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = match node.upgrade() {
+            Some(n) if !n.stopped.load(Ordering::Relaxed) => n,
+            _ => break,
+        };
+        let me = n.link.config.node_name.clone();
+        let members: Vec<(String, SocketAddr)> = n
+            .members()
+            .into_iter()
+            .filter(|m| m.name != me)
+            .filter_map(|m| Some((m.name, m.addr?)))
+            .collect();
+        tasks.retain(|name, task| {
+            let keep = members.iter().any(|(m, _)| m == name) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, addr) in members {
+            if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(name) {
+                let conn = Connection::new(Arc::clone(&n.link), slot.key(), addr);
+                slot.insert(tokio::spawn(ping(conn, node.clone())));
+            }
+        }
+    }
+    for task in tasks.values() {
+        task.abort();
+    }
+}
 
 /// Pings one peer every second while the node lives; each answer (or
 /// failure) updates what the node knows of the peer.

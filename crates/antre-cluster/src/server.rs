@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::auth;
 use crate::node::Cluster;
+use crate::stream::BoxStream;
 use crate::wire::{read_frame, write_frame, Request, Response};
 
 /// Accepts cluster connections until the listener fails or the node is
@@ -42,13 +43,31 @@ pub async fn serve(listener: TcpListener, node: Weak<Cluster>, stop: watch::Rece
 }
 
 async fn serve_peer(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     addr: std::net::SocketAddr,
     node: Arc<Cluster>,
 ) -> std::io::Result<()> {
     let cfg = &node.link.config;
-    let names: Vec<String> = cfg.peers.iter().map(|p| p.name.clone()).collect();
-    let handshake = auth::server(&mut stream, &cfg.node_name, &names, &cfg.secret);
+    let mut stream: BoxStream = match &cfg.tls {
+        Some(tls) => match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                // The peer's name is not known yet: the log names its address.
+                tracing::warn!(%addr, "cluster peer at {addr} refused: {e}");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::warn!(%addr, "cluster peer at {addr}: TLS handshake timed out");
+                return Ok(());
+            }
+        },
+        None => Box::new(tcp),
+    };
+    // Any node proving the secret is let in, so that a node outside the
+    // membership can ask to join; what a non-member may ask is limited
+    // below (see `allowed`).
+    let names = node.accepted_names().unwrap_or_default();
+    let handshake = auth::server(&mut stream, &cfg.node_name, &[], &cfg.secret);
     let peer = match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(peer)) => peer,
         Ok(Err(refusal)) => {
@@ -77,6 +96,10 @@ async fn serve_peer(
         let Some(node) = weak.upgrade() else {
             return Ok(());
         };
+        if !allowed(&node, &peer, &request) {
+            tracing::warn!(%addr, "cluster peer {peer} at {addr} refused: node '{peer}' is not a member of the cluster of '{}'", node.link.config.node_name);
+            return Ok(());
+        }
         node.link.contact(&peer);
         let response = match request {
             Request::Append(rpc) => Response::Append(node.raft.append_entries(rpc).await),
@@ -87,8 +110,31 @@ async fn serve_peer(
                 Response::Propose(node.commit_as_leader(p, deadline).await)
             }
             Request::Ping => Response::Pong,
+            Request::Members(change) => {
+                // Membership changes are rare and may wait for a new
+                // node to catch up: served on a task of their own would
+                // reorder answers, so this connection waits (the joining
+                // node and forwarding followers use their own).
+                Response::Members(node.change_members(change).await)
+            }
         };
         drop(node);
         write_frame(&mut stream, &response).await?;
+    }
+}
+
+/// What a node may ask: a member anything; a node outside the membership
+/// (one asking to join, or one removed that does not know it yet) only to
+/// be added itself, and pings. So a removed node cannot disturb the group
+/// with votes or appends. A node that has no membership yet (it waits to
+/// join) takes requests from anyone knowing the secret: the leader adding
+/// it is not in its peer list.
+fn allowed(node: &Cluster, peer: &str, request: &Request) -> bool {
+    match request {
+        Request::Ping => true,
+        Request::Members(crate::MemberChange::Add(m)) if m.name == peer => true,
+        _ => node
+            .accepted_names()
+            .is_none_or(|names| names.iter().any(|n| n == peer)),
     }
 }

@@ -24,14 +24,14 @@ use antre_broker::cluster::{MetaCommand, MetaError, MetaOutcome, MetaSnapshot};
 use antre_broker::Broker;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::{ClusterError, NodeId, TypeConfig};
+use crate::{ClusterError, Member, NodeId, TypeConfig};
 
 /// Something the server does after every applied change (closing the
 /// connections of a deleted user, say), on every node.
@@ -47,20 +47,20 @@ pub type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<MetaOutcome, Me
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Applied {
     last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, BasicNode>,
+    membership: StoredMembership<NodeId, Member>,
     /// (vhost, queue, owning node) of every replicated queue.
     owners: Vec<(String, String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+    meta: SnapshotMeta<NodeId, Member>,
     data: Vec<u8>,
 }
 
 struct State {
     last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, BasicNode>,
+    membership: StoredMembership<NodeId, Member>,
     owners: BTreeMap<(String, String), String>,
     snapshot: Option<StoredSnapshot>,
 }
@@ -307,7 +307,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
         let state = self.state.lock();
         Ok((state.last_applied, state.membership.clone()))
     }
@@ -334,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();

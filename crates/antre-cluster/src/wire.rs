@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::membership::{MemberChange, MembershipError};
 use crate::{NodeId, Proposal, TypeConfig};
 
 /// The largest frame either side accepts (a snapshot chunk is far less).
@@ -80,6 +81,9 @@ pub enum Request {
     /// knows which peers run (Raft alone only links followers to their
     /// leader).
     Ping,
+    /// A membership change, for the leader (a node that does not lead
+    /// hands it on); also what a node started with `--cluster-join` sends.
+    Members(MemberChange),
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -95,6 +99,8 @@ pub enum Response {
     Propose(Result<(), ProposeRefusal>),
     /// To [`Request::Ping`].
     Pong,
+    /// To [`Request::Members`].
+    Members(Result<(), MembershipError>),
 }
 
 /// Why a node did not commit a forwarded change.

@@ -44,6 +44,8 @@ async fn start(name: &str, peers: &[Peer], dir: &std::path::Path) -> Node {
         dir: dir.join(name).join("cluster"),
         change_timeout: DEFAULT_CHANGE_TIMEOUT,
         snapshot_logs: 5,
+        join: None,
+        tls: None,
     };
     let cluster = Cluster::start(config, Arc::clone(&broker)).await.unwrap();
     Node { broker, cluster }

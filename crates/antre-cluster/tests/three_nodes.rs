@@ -45,6 +45,8 @@ async fn start(names: &[&str], secrets: &[&str], dir: &std::path::Path) -> Vec<N
             dir: dir.join(name),
             change_timeout: DEFAULT_CHANGE_TIMEOUT,
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+            join: None,
+            tls: None,
         };
         let cluster = Cluster::start(config, Arc::clone(&broker)).await.unwrap();
         nodes.push(Node { broker, cluster });

@@ -380,6 +380,22 @@ pub struct Settings {
     /// the cluster (a leader, a quorum) before it fails [default: 5].
     #[arg(long, env = "ANTRE_CLUSTER_CHANGE_TIMEOUT", value_name = "SECONDS")]
     pub cluster_change_timeout: Option<f64>,
+    /// Join an existing cluster through the member listening (cluster
+    /// link) at this address, instead of bootstrapping one from the peer
+    /// list; ignored once this node is a member. The peer list may then
+    /// hold only this node.
+    #[arg(long, env = "ANTRE_CLUSTER_JOIN", value_name = "ADDR")]
+    pub cluster_join: Option<String>,
+    /// PEM certificate (chain) this node presents on the cluster link;
+    /// with --cluster-tls-key and --cluster-tls-ca, the link is mutual TLS.
+    #[arg(long, env = "ANTRE_CLUSTER_TLS_CERT", value_name = "FILE")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// PEM private key of --cluster-tls-cert.
+    #[arg(long, env = "ANTRE_CLUSTER_TLS_KEY", value_name = "FILE")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) the other nodes' certificates must be signed by.
+    #[arg(long, env = "ANTRE_CLUSTER_TLS_CA", value_name = "FILE")]
+    pub cluster_tls_ca: Option<PathBuf>,
     /// Log as JSON lines instead of human-readable text [default: false].
     #[arg(long, env = "ANTRE_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub log_json: Option<bool>,
@@ -492,6 +508,10 @@ impl Settings {
             cluster_secret: self.cluster_secret.or(below.cluster_secret),
             cluster_secret_file: self.cluster_secret_file.or(below.cluster_secret_file),
             cluster_change_timeout: self.cluster_change_timeout.or(below.cluster_change_timeout),
+            cluster_join: self.cluster_join.or(below.cluster_join),
+            cluster_tls_cert: self.cluster_tls_cert.or(below.cluster_tls_cert),
+            cluster_tls_key: self.cluster_tls_key.or(below.cluster_tls_key),
+            cluster_tls_ca: self.cluster_tls_ca.or(below.cluster_tls_ca),
             log_json: self.log_json.or(below.log_json),
             log_level: self.log_level.or(below.log_level),
         }
@@ -507,7 +527,8 @@ impl Settings {
             || self.cluster_listen.is_some()
             || self.cluster_peers.is_some()
             || self.cluster_secret.is_some()
-            || self.cluster_secret_file.is_some();
+            || self.cluster_secret_file.is_some()
+            || self.cluster_join.is_some();
         if !any {
             return Ok(None);
         }
@@ -519,8 +540,30 @@ impl Settings {
         let node_name = need(&self.node_name, "node_name")?;
         let listen =
             antre_cluster::config::resolve(&need(&self.cluster_listen, "cluster_listen")?)?;
-        let peers =
-            antre_cluster::config::parse_peers(&need(&self.cluster_peers, "cluster_peers")?)?;
+        let join = match &self.cluster_join {
+            Some(a) => Some(antre_cluster::config::resolve(a)?),
+            None => None,
+        };
+        // A joining node learns its peers from the membership: its list
+        // may be left out (it then names only itself).
+        let peers = match (&self.cluster_peers, join) {
+            (None, Some(_)) => vec![antre_cluster::Peer {
+                name: node_name.clone(),
+                addr: listen,
+            }],
+            _ => antre_cluster::config::parse_peers(&need(&self.cluster_peers, "cluster_peers")?)?,
+        };
+        let tls = match (
+            &self.cluster_tls_cert,
+            &self.cluster_tls_key,
+            &self.cluster_tls_ca,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(crate::tls::cluster_link(cert, key, ca)?),
+            _ => anyhow::bail!(
+                "cluster TLS needs all of cluster_tls_cert, cluster_tls_key and cluster_tls_ca"
+            ),
+        };
         let secret = match (&self.cluster_secret, &self.cluster_secret_file) {
             (Some(_), Some(_)) => {
                 anyhow::bail!("set cluster_secret or cluster_secret_file, not both")
@@ -549,6 +592,8 @@ impl Settings {
             dir: data_dir.join("cluster"),
             change_timeout,
             snapshot_logs: antre_cluster::config::DEFAULT_SNAPSHOT_LOGS,
+            join,
+            tls,
         };
         config.validate()?;
         Ok(Some(config))
@@ -822,6 +867,40 @@ mod tests {
         };
         let e = with_streams.to_config().unwrap_err().to_string();
         assert!(e.contains("stream"), "{e}");
+    }
+
+    #[test]
+    fn a_joining_node_needs_no_peer_list_and_cluster_tls_needs_all_three_files() {
+        let toml = "node_name = \"n4\"\ncluster_listen = \"127.0.0.1:25675\"\n\
+                    cluster_join = \"127.0.0.1:25672\"\n\
+                    cluster_secret = \"0123456789abcdef\"\n";
+        let cluster = Settings::from_toml(toml)
+            .unwrap()
+            .to_config()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(cluster.join.map(|a| a.port()), Some(25672));
+        assert_eq!(cluster.peers.len(), 1);
+        assert_eq!(cluster.peers[0].name, "n4");
+        assert_eq!(cluster.advertised().port(), 25675);
+
+        let partial_tls = Settings {
+            cluster_tls_cert: Some("/nonexistent/n4.pem".into()),
+            ..Settings::from_toml(toml).unwrap()
+        };
+        let e = partial_tls.to_config().unwrap_err().to_string();
+        assert!(
+            e.contains("cluster_tls_key") && e.contains("cluster_tls_ca"),
+            "{e}"
+        );
+        let missing_files = Settings {
+            cluster_tls_key: Some("/nonexistent/n4.key".into()),
+            cluster_tls_ca: Some("/nonexistent/ca.pem".into()),
+            ..partial_tls
+        };
+        let e = format!("{:#}", missing_files.to_config().unwrap_err());
+        assert!(e.contains("/nonexistent/n4.pem"), "{e}");
     }
 
     #[test]

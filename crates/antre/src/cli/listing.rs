@@ -186,6 +186,51 @@ pub fn status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `antre cluster join NODE ADDR`: adds the node (it catches up, then
+/// votes).
+pub fn cluster_join(r: &Remote, node: &str, addr: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let body = json!({ "name": node, "address": addr });
+    Client::new(r).send("POST", "/api/cluster/members", Some(body))?;
+    writeln!(out, "{node} at {addr} is a member")?;
+    Ok(())
+}
+
+/// `antre cluster leave`: the node behind --url removes itself.
+pub fn cluster_leave(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let client = Client::new(r);
+    let nodes = client.get("/api/nodes")?;
+    let me = nodes
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["this_node"] == json!(true)))
+        .and_then(|n| n["name"].as_str())
+        .ok_or_else(|| anyhow::anyhow!("{} is not a cluster member", r.url))?
+        .to_owned();
+    client.send(
+        "DELETE",
+        &format!(
+            "/api/cluster/members/{}",
+            crate::http::render::percent_encode(&me)
+        ),
+        None,
+    )?;
+    writeln!(out, "{me} left the cluster: stop it now")?;
+    Ok(())
+}
+
+/// `antre cluster forget NODE`: removes a node (dead or alive).
+pub fn cluster_forget(r: &Remote, node: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    Client::new(r).send(
+        "DELETE",
+        &format!(
+            "/api/cluster/members/{}",
+            crate::http::render::percent_encode(node)
+        ),
+        None,
+    )?;
+    writeln!(out, "{node} is no longer a member")?;
+    Ok(())
+}
+
 /// `antre cluster status`: the members as the node behind `--url` sees
 /// them (`GET /api/nodes`): reachability, the metadata leader, last
 /// contact, and why a member is unreachable.
@@ -209,6 +254,7 @@ pub fn cluster_status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut t = Table::new(vec![
         "node",
         "address",
+        "member",
         "running",
         "leader",
         "last contact",
@@ -222,6 +268,7 @@ pub fn cluster_status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
         t.row(vec![
             text(&n["name"]),
             text(&n["cluster_listen"]),
+            text(&n["cluster_member"]),
             if n["running"] == json!(true) {
                 "yes"
             } else {

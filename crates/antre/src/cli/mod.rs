@@ -109,7 +109,7 @@ pub enum RemoteCommand {
     /// queue arguments may ask for).
     #[command(subcommand)]
     OperatorPolicies(policies::PolicyCommand),
-    /// Show the cluster this node belongs to.
+    /// Show the cluster this node belongs to; add and remove members.
     #[command(subcommand)]
     Cluster(ClusterCommand),
 }
@@ -120,6 +120,26 @@ pub enum ClusterCommand {
     /// Members, which one leads the metadata group, and which are
     /// reachable from the node behind --url (and if not, why).
     Status(Remote),
+    /// Add a node to the cluster of the node behind --url (start the new
+    /// node with --cluster-join, which also asks by itself).
+    Join {
+        /// The new node's name.
+        node: String,
+        /// Its cluster listener, HOST:PORT.
+        address: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove the node behind --url from its cluster (stop it afterwards).
+    Leave(Remote),
+    /// Remove a node (typically dead and not coming back) from the cluster
+    /// of the node behind --url.
+    Forget {
+        /// The node to remove.
+        node: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// `antre queues [list]` and the other listings.
@@ -373,6 +393,15 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     match command {
         C::Status(r) => listing::status(&r, out),
         C::Cluster(ClusterCommand::Status(r)) => listing::cluster_status(&r, out),
+        C::Cluster(ClusterCommand::Join {
+            node,
+            address,
+            remote,
+        }) => listing::cluster_join(&remote, &node, &address, out),
+        C::Cluster(ClusterCommand::Leave(r)) => listing::cluster_leave(&r, out),
+        C::Cluster(ClusterCommand::Forget { node, remote }) => {
+            listing::cluster_forget(&remote, &node, out)
+        }
         C::Queues(l) => listing::queues(&l.remote(), out),
         C::Exchanges(l) => listing::exchanges(&l.remote(), out),
         C::Bindings(l) => listing::bindings(&l.remote(), out),

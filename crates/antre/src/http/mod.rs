@@ -108,6 +108,8 @@ pub fn router(state: HttpState) -> Router {
     let authed = Router::new()
         .route("/api/overview", get(overview::overview))
         .route("/api/nodes", get(overview::nodes))
+        .route("/api/cluster/members", post(cluster::add))
+        .route("/api/cluster/members/{node}", delete(cluster::remove))
         .route("/api/whoami", get(overview::whoami))
         .route("/api/health/checks/alarms", get(overview::alarms))
         .route("/api/health/checks/local-alarms", get(overview::alarms))

@@ -111,6 +111,8 @@ mod tests {
             "/api/policies/{vhost}/{name}",
             "/api/operator-policies/{vhost}/{name}",
             "/api/health/checks/alarms",
+            "/api/cluster/members",
+            "/api/cluster/members/{node}",
             "/metrics",
         ] {
             assert!(paths.contains_key(p), "{p} is described");

@@ -104,6 +104,16 @@ pub enum TlsError {
         /// What rustls said.
         source: rustls::Error,
     },
+    /// The cluster link's certificate, key and CA cannot be used together.
+    #[error("cluster TLS certificate {cert} and key {key} cannot be used: {detail}")]
+    Cluster {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        detail: String,
+    },
     /// The CA file cannot be used to verify clients.
     #[error("TLS CA file {path} cannot be used to verify client certificates: {detail}")]
     BadCa {
@@ -112,6 +122,33 @@ pub enum TlsError {
         /// What rustls said.
         detail: String,
     },
+}
+
+/// Reads the certificate, key and CA of the cluster link (mutual TLS
+/// between cluster nodes), with the same checks as the listeners'.
+pub(super) fn load_cluster(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    now: i64,
+) -> Result<antre_cluster::stream::LinkTls, TlsError> {
+    let chain = read_certificates(cert, "certificate")?;
+    check_validity(&chain, cert, "certificate", now)?;
+    let private = read_key(key)?;
+    let cas = read_certificates(ca, "CA")?;
+    check_validity(&cas, ca, "CA", now)?;
+    let mut roots = RootCertStore::empty();
+    for c in cas {
+        roots.add(c).map_err(|e| TlsError::BadCa {
+            path: ca.to_owned(),
+            detail: e.to_string(),
+        })?;
+    }
+    antre_cluster::stream::LinkTls::new(chain, private, roots).map_err(|e| TlsError::Cluster {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
 }
 
 /// What a successful load produced: one configuration per protocol, and a

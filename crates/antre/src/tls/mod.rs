@@ -53,6 +53,17 @@ pub struct TlsSettings {
     pub verify_peer: bool,
 }
 
+/// The cluster link's TLS (mutual, against the cluster's CA; see
+/// docs/clustering.md): the files are read and checked as the listeners'
+/// are.
+pub fn cluster_link(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+) -> Result<antre_cluster::stream::LinkTls, TlsError> {
+    load::load_cluster(cert, key, ca, unix_now())
+}
+
 /// Which listener a handshake is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsProtocol {

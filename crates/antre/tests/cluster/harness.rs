@@ -39,6 +39,11 @@ pub struct Node {
     pub cluster_port: u16,
     pub dir: PathBuf,
     pub secret: String,
+    /// This node's own peer list, when it is not the cluster's (its own
+    /// routes to the others, through proxies say).
+    pub peers: Option<String>,
+    /// More arguments for `antre serve` (TLS files, --cluster-join...).
+    pub args: Vec<String>,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -68,6 +73,16 @@ impl Node {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The cluster listener's address.
+    pub fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster_port)
+    }
 }
 
 /// A test cluster; its processes are killed when it is dropped.
@@ -81,6 +96,7 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
+                // A paused node dies of SIGKILL all the same.
                 let _ = c.kill();
                 let _ = c.wait();
             }
@@ -92,44 +108,99 @@ impl TestCluster {
     /// Starts one node per secret (n1, n2, ...), all with the same peer
     /// list, and waits for each one's HTTP listener.
     pub async fn start(secrets: &[&str]) -> TestCluster {
+        let mut cluster = TestCluster::plan(secrets);
+        cluster.launch().await;
+        cluster
+    }
+
+    /// Starts every node of a [`TestCluster::plan`] and waits for each
+    /// one's HTTP listener.
+    pub async fn launch(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.spawn(i);
+        }
+        for i in 0..self.nodes.len() {
+            self.wait_http(i).await;
+        }
+    }
+
+    /// Picks ports and directories for one node per secret, without
+    /// starting any: set their `peers` or `args` first, then
+    /// [`TestCluster::launch`].
+    pub fn plan(secrets: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nodes: Vec<Node> = secrets
             .iter()
             .enumerate()
-            .map(|(i, secret)| Node {
-                name: format!("n{}", i + 1),
-                amqp_port: free_port(),
-                http_port: free_port(),
-                cluster_port: free_port(),
-                dir: dir.path().join(format!("n{}", i + 1)),
-                secret: (*secret).to_owned(),
-                child: None,
-                log: Arc::default(),
-            })
+            .map(|(i, secret)| TestCluster::new_node(&dir, i + 1, secret))
             .collect();
         let peers = nodes
             .iter()
             .map(|n| format!("{}=127.0.0.1:{}", n.name, n.cluster_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = TestCluster {
+        TestCluster {
             nodes,
             peers,
             _dir: dir,
-        };
-        for i in 0..cluster.nodes.len() {
-            cluster.spawn(i);
         }
-        for i in 0..cluster.nodes.len() {
-            cluster.wait_http(i).await;
+    }
+
+    fn new_node(dir: &tempfile::TempDir, number: usize, secret: &str) -> Node {
+        Node {
+            name: format!("n{number}"),
+            amqp_port: free_port(),
+            http_port: free_port(),
+            cluster_port: free_port(),
+            dir: dir.path().join(format!("n{number}")),
+            secret: secret.to_owned(),
+            peers: None,
+            args: Vec::new(),
+            child: None,
+            log: Arc::default(),
         }
-        cluster
+    }
+
+    /// Adds a node (not started) started with `--cluster-join` the
+    /// cluster address of node `through`; returns its index.
+    pub fn plan_joiner(&mut self, through: usize) -> usize {
+        let number = self.nodes.len() + 1;
+        let mut n = TestCluster::new_node(&self._dir, number, &self.nodes[0].secret.clone());
+        n.peers = Some(format!("{}=127.0.0.1:{}", n.name, n.cluster_port));
+        n.args = vec!["--cluster-join".into(), self.nodes[through].cluster_addr()];
+        self.nodes.push(n);
+        number - 1
+    }
+
+    /// The peer list every node gets unless it has its own.
+    pub fn peer_list(&self) -> &str {
+        &self.peers
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to node `i`'s process.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].pid().expect("node runs");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// SIGSTOPs node `i`: it stops answering but keeps its sockets.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "STOP");
+    }
+
+    /// SIGCONTs node `i`.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "CONT");
     }
 
     /// Starts node `i`'s process (again).
     pub fn spawn(&mut self, i: usize) {
-        let peers = self.peers.clone();
         let n = &mut self.nodes[i];
+        let peers = n.peers.clone().unwrap_or_else(|| self.peers.clone());
         assert!(n.child.is_none(), "{} is running", n.name);
         let mut child = Command::new(env!("CARGO_BIN_EXE_antre"))
             .arg("serve")
@@ -141,6 +212,7 @@ impl TestCluster {
             .args(["--cluster-change-timeout", &CHANGE_TIMEOUT_S.to_string()])
             .arg("--data-dir")
             .arg(&n.dir)
+            .args(&n.args)
             .env("ANTRE_CLUSTER_SECRET", &n.secret)
             .env("RUST_LOG", "info")
             .env_remove("ANTRE_CLUSTER_SECRET_FILE")
@@ -270,4 +342,120 @@ impl TestCluster {
             .to_owned();
         self.nodes.iter().position(|n| n.name == name)
     }
+}
+
+impl TestCluster {
+    /// The leader every node of `members` sees, when they all see every
+    /// member running and agree on one leader, itself one of `members`.
+    pub async fn agreed_leader(&self, members: &[usize]) -> Option<usize> {
+        let mut leaders = Vec::new();
+        for &i in members {
+            let Some((200, Value::Array(nodes))) = self.try_api(i, "GET", "/api/nodes", None).await
+            else {
+                return None;
+            };
+            let all_running = members.iter().all(|&m| {
+                nodes
+                    .iter()
+                    .any(|n| n["name"] == self.nodes[m].name.as_str() && n["running"] == true)
+            });
+            let leader: Vec<&Value> = nodes
+                .iter()
+                .filter(|n| n["metadata_leader"] == true)
+                .collect();
+            if !all_running || leader.len() != 1 {
+                return None;
+            }
+            leaders.push(leader[0]["name"].as_str()?.to_owned());
+        }
+        if leaders.windows(2).any(|w| w[0] != w[1]) {
+            return None;
+        }
+        // A leader outside `members` is one they have not noticed is gone.
+        let leader = self
+            .nodes
+            .iter()
+            .position(|n| Some(&n.name) == leaders.first())?;
+        members.contains(&leader).then_some(leader)
+    }
+
+    /// Waits until `members` agree on a leader; returns it.
+    pub async fn until_leader(&self, members: &[usize]) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self.agreed_leader(members).await {
+                return l;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("timed out waiting for {members:?} to agree on a leader");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Node `i`'s `/api/definitions`, comparable between nodes: the
+    /// default user's password hash (salted on each node, which seeds it
+    /// locally) left out, every list sorted.
+    pub async fn definitions(&self, i: usize) -> Option<Value> {
+        let (status, mut defs) = self.try_api(i, "GET", "/api/definitions", None).await?;
+        if status != 200 {
+            return None;
+        }
+        if let Some(users) = defs["users"].as_array_mut() {
+            for u in users {
+                if let Some(u) = u.as_object_mut() {
+                    u.remove("password_hash");
+                }
+            }
+        }
+        if let Some(obj) = defs.as_object_mut() {
+            for v in obj.values_mut() {
+                if let Some(list) = v.as_array_mut() {
+                    list.sort_by_key(|x| x.to_string());
+                }
+            }
+        }
+        Some(defs)
+    }
+
+    /// Waits until every node of `members` has the same definitions and
+    /// `check` holds for them; returns them.
+    pub async fn until_one_history(
+        &self,
+        members: &[usize],
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + WAIT;
+        let mut last = Vec::new();
+        loop {
+            let mut all = Vec::new();
+            for &i in members {
+                all.push(self.definitions(i).await);
+            }
+            if let Some(Some(first)) = all.first() {
+                if all.iter().all(|d| d.as_ref() == Some(first)) && check(first) {
+                    return first.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("nodes {members:?} do not converge: {last:#?}");
+            }
+            last = all;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The names of the queues in a definitions document.
+pub fn queue_names(defs: &Value) -> Vec<String> {
+    defs["queues"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|q| q["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 //! core, answer with [`super::render`]'s JSON.
 
 pub mod bindings;
+pub mod cluster;
 pub mod connections;
 pub mod definitions;
 pub mod exchanges;

@@ -176,7 +176,9 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
         .iter()
         .map(|m| {
             let cluster_fields = json!({
-                "cluster_listen": m.addr.to_string(),
+                "cluster_listen": m.addr.map(|a| a.to_string()),
+                "cluster_member": if m.voter { "voter" } else { "learner" },
+                "this_node": m.this_node,
                 "metadata_leader": m.leader,
                 "last_contact": ms(m.last_contact),
                 "unreachable_reason": m.error,

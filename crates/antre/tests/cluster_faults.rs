@@ -1,0 +1,590 @@
+//! Jepsen-style faults on a cluster of three real `antre` processes
+//! (tests/cluster/harness.rs), with a TCP proxy on every directed link
+//! (tests/cluster/proxy.rs) and real clients (lapin, the management API):
+//!
+//! - the metadata leader cut off from the majority (links cut, or
+//!   blackholed): the minority refuses
+//!   changes within the change timeout (541 / 503), the majority elects a
+//!   leader and goes on, and after healing every node has one history
+//!   without the refused changes;
+//! - the leader paused (SIGSTOP) long enough to lose leadership while the
+//!   majority makes changes, then resumed: one leader, and a change sent
+//!   to the paused node is either refused or committed, as answered;
+//! - a one-way cut and slow links: changes still commit and converge;
+//! - membership under load: a fourth node joins while a client publishes
+//!   with confirms and another declares queues, then leaves; a killed node
+//!   is forgotten;
+//! - TLS on the link: a cluster forms over mutual TLS, a node whose
+//!   certificate another CA signed is refused, and both sides say why.
+//!
+//! Every wait polls with a deadline; the faults' durations are what the
+//! tests assert around, never a synchronisation.
+//!
+//! A test of another replicated thing (a quorum queue) is a few lines of
+//! the same pieces: `proxied_cluster()`, `c.until_leader(..)`,
+//! `publisher(uri, queue, stop)` for confirmed publishing, a fault
+//! (`mesh.isolate(i)`, `mesh.cut_one_way(a, b)`, `mesh.delay(a, b, d)`,
+//! `c.pause(i)` / `c.resume(i)`, `c.kill(i)` / `c.spawn(i)`), then
+//! `mesh.heal()` and assertions on what was confirmed.
+
+#[path = "cluster/harness.rs"]
+mod harness;
+#[allow(dead_code)]
+#[path = "common/pki.rs"]
+mod pki;
+#[path = "cluster/proxy.rs"]
+mod proxy;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::{queue_names, TestCluster, CHANGE_TIMEOUT_S, SECRET};
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use proxy::Mesh;
+use serde_json::{json, Value};
+
+async fn connect(uri: &str) -> Connection {
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect")
+}
+
+async fn channel(uri: &str) -> (Connection, Channel) {
+    let conn = connect(uri).await;
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn reply_code(err: &lapin::Error) -> u16 {
+    match err {
+        lapin::Error::ProtocolError(e) => e.get_id(),
+        other => panic!("not a protocol error: {other:?}"),
+    }
+}
+
+/// Three nodes, each reaching the others through its own proxies.
+async fn proxied_cluster() -> (TestCluster, Mesh) {
+    let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
+    let ports: Vec<u16> = c.nodes.iter().map(|n| n.cluster_port).collect();
+    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let mesh = Mesh::new(&ports).await;
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        n.peers = Some(mesh.peers_of(i, &names, ports[i]));
+    }
+    c.launch().await;
+    (c, mesh)
+}
+
+/// Declares queue `name` over HTTP on node `i`; the status.
+async fn put_queue(c: &TestCluster, i: usize, name: &str) -> u16 {
+    let path = format!("/api/queues/%2F/{name}");
+    match c
+        .try_api(i, "PUT", &path, Some(json!({"durable": true})))
+        .await
+    {
+        Some((status, _)) => status,
+        None => 0,
+    }
+}
+
+fn has_queue(defs: &Value, name: &str) -> bool {
+    queue_names(defs).iter().any(|q| q == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_majority_changes_nothing_and_the_majority_goes_on() {
+    leader_partitioned(Mesh::isolate).await;
+}
+
+/// The same with the leader's links blackholed: connections stay up and
+/// take bytes, nothing arrives (until healed, when the held bytes do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_leader_changes_nothing_and_the_majority_goes_on() {
+    leader_partitioned(Mesh::blackhole).await;
+}
+
+async fn leader_partitioned(partition: fn(&Mesh, usize)) {
+    let (c, mesh) = proxied_cluster().await;
+    let leader = c.until_leader(&[0, 1, 2]).await;
+    let majority: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (_conn, ch) = channel(&c.nodes[leader].amqp_uri()).await;
+
+    partition(&mesh, leader);
+    // The minority side: an AMQP declare fails with 541 within the change
+    // timeout, an HTTP change with 503.
+    let started = Instant::now();
+    let err = ch
+        .queue_declare("minority-amqp", durable(), FieldTable::default())
+        .await
+        .expect_err("a declare on the minority side");
+    assert_eq!(reply_code(&err), 541, "{err:?}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(CHANGE_TIMEOUT_S + 2),
+        "{elapsed:?}"
+    );
+    let (s, b) = c
+        .api(leader, "PUT", "/api/vhosts/minority-vhost", None)
+        .await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(put_queue(&c, leader, "minority-http").await, 503);
+
+    // The majority elects a leader of its own, and changes work there.
+    let new_leader = c.until_leader(&majority).await;
+    assert_ne!(new_leader, leader);
+    let (conn, ch) = channel(&c.nodes[majority[0]].amqp_uri()).await;
+    ch.queue_declare("majority-amqp", durable(), FieldTable::default())
+        .await
+        .expect("a declare on the majority side");
+    let _ = conn.close(200, "bye").await;
+    assert_eq!(put_queue(&c, majority[1], "majority-http").await, 201);
+    let (s, b) = c
+        .api(majority[1], "PUT", "/api/vhosts/majority-vhost", None)
+        .await;
+    assert_eq!(s, 201, "{b}");
+
+    // Healed: one history everywhere, with the majority's changes and
+    // none of the minority's.
+    mesh.heal();
+    let defs = c
+        .until_one_history(&[0, 1, 2], |d| {
+            has_queue(d, "majority-amqp") && has_queue(d, "majority-http")
+        })
+        .await;
+    for q in ["minority-amqp", "minority-http"] {
+        assert!(!has_queue(&defs, q), "{q} appeared: {defs:#}");
+    }
+    let vhosts = defs["vhosts"].to_string();
+    assert!(vhosts.contains("majority-vhost"), "{vhosts}");
+    assert!(!vhosts.contains("minority-vhost"), "{vhosts}");
+    c.until_leader(&[0, 1, 2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_resumes_as_a_follower_without_split_brain() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let old = c.until_leader(&[0, 1, 2]).await;
+    let majority: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let (_conn, ch) = channel(&c.nodes[old].amqp_uri()).await;
+
+    c.pause(old);
+    let paused_at = Instant::now();
+    // A change sent to the paused node waits in its socket.
+    let pending = tokio::spawn(async move {
+        ch.queue_declare("sent-while-paused", durable(), FieldTable::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    });
+    let new = c.until_leader(&majority).await;
+    let failover = paused_at.elapsed();
+    assert_ne!(new, old);
+    assert_eq!(put_queue(&c, new, "on-new-leader").await, 201);
+    assert_eq!(put_queue(&c, majority[0], "on-majority-0").await, 201);
+    assert_eq!(put_queue(&c, majority[1], "on-majority-1").await, 201);
+
+    c.resume(old);
+    let answer = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("the paused node answers once resumed")
+        .expect("task");
+    // One leader, seen by all three; the old one follows it.
+    let leader = c.until_leader(&[0, 1, 2]).await;
+    let defs = c
+        .until_one_history(&[0, 1, 2], |d| {
+            ["on-new-leader", "on-majority-0", "on-majority-1"]
+                .iter()
+                .all(|q| has_queue(d, q))
+        })
+        .await;
+    // The change the paused node received is committed exactly when it
+    // was confirmed to the client.
+    match &answer {
+        Ok(()) => assert!(has_queue(&defs, "sent-while-paused"), "{defs:#}"),
+        Err(e) => {
+            assert!(e.contains("541"), "{e}");
+            assert!(!has_queue(&defs, "sent-while-paused"), "{defs:#}");
+        }
+    }
+    let roles: Vec<Value> = futures::future::join_all((0..3).map(|i| c.nodes(i)))
+        .await
+        .into_iter()
+        .map(|nodes| {
+            json!(nodes
+                .iter()
+                .filter(|n| n["metadata_leader"] == true)
+                .map(|n| n["name"].clone())
+                .collect::<Vec<_>>())
+        })
+        .collect();
+    let expected = json!([c.nodes[leader].name]);
+    assert!(roles.iter().all(|r| *r == expected), "{roles:?}");
+    eprintln!("paused leader: the majority elected another in {failover:?}; the resumed node's pending declare: {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_cut_and_slow_links_still_converge() {
+    let (c, mesh) = proxied_cluster().await;
+    let leader = c.until_leader(&[0, 1, 2]).await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (cut_off, other) = (followers[0], followers[1]);
+
+    // The leader can no longer reach one follower, which still reaches
+    // both others: the leader and the other follower are a majority.
+    mesh.cut_one_way(leader, cut_off);
+    c.until("a change committed during the one-way cut", || async {
+        matches!(put_queue(&c, other, "during-one-way-cut").await, 201 | 204)
+    })
+    .await;
+    mesh.heal();
+    c.until_one_history(&[0, 1, 2], |d| has_queue(d, "during-one-way-cut"))
+        .await;
+    c.until_leader(&[0, 1, 2]).await;
+
+    // Every link 30 ms slow each way (a 60 ms round trip): changes on
+    // each node still commit in time. (openraft 0.9 gives an append the
+    // heartbeat interval, 200 ms, to be answered, the follower's fsync
+    // included: a round trip near it stops commits on a loaded machine,
+    // see docs/clustering.md.)
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        mesh.delay(a, b, Duration::from_millis(30));
+    }
+    for i in 0..3 {
+        let started = Instant::now();
+        let name = format!("slow-{i}");
+        let path = format!("/api/queues/%2F/{name}");
+        let (status, body) = c.api(i, "PUT", &path, Some(json!({"durable": true}))).await;
+        if status != 201 {
+            c.dump_logs();
+            panic!("{name}: {status} {body}");
+        }
+        eprintln!(
+            "slow links: a change on n{} took {:?}",
+            i + 1,
+            started.elapsed()
+        );
+    }
+    c.until_one_history(&[0, 1, 2], |d| {
+        (0..3).all(|i| has_queue(d, &format!("slow-{i}")))
+    })
+    .await;
+    mesh.heal();
+}
+
+/// A client publishing with confirms until told to stop; the number of
+/// messages confirmed.
+fn publisher(
+    uri: String,
+    queue: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let (conn, ch) = channel(&uri).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let mut confirmed = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let confirm = ch
+                .basic_publish(
+                    "",
+                    queue,
+                    BasicPublishOptions::default(),
+                    b"payload",
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            assert!(confirm.is_ack(), "{confirm:?}");
+            confirmed += 1;
+        }
+        let _ = conn.close(200, "bye").await;
+        confirmed
+    })
+}
+
+/// A client declaring queue after queue until told to stop; the names
+/// declared successfully, and how many declares failed.
+fn declarer(uri: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<String>, u64)> {
+    tokio::spawn(async move {
+        let mut ok = Vec::new();
+        let mut failed = 0;
+        let mut k = 0;
+        let (mut conn, mut ch) = channel(&uri).await;
+        while !stop.load(Ordering::Relaxed) {
+            let name = format!("load-{k}");
+            k += 1;
+            match ch
+                .queue_declare(&name, durable(), FieldTable::default())
+                .await
+            {
+                Ok(_) => ok.push(name),
+                Err(_) => {
+                    // 541 closes the connection: open another.
+                    failed += 1;
+                    (conn, ch) = channel(&uri).await;
+                }
+            }
+        }
+        let _ = conn.close(200, "bye").await;
+        (ok, failed)
+    })
+}
+
+async fn member_roles(c: &TestCluster, i: usize) -> Vec<(String, String)> {
+    match c.try_api(i, "GET", "/api/nodes", None).await {
+        Some((200, Value::Array(nodes))) => nodes
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap_or("").to_owned(),
+                    n["cluster_member"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_antre"))
+        .args(args)
+        .output()
+        .expect("antre");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_leave_and_are_forgotten_under_load() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until_leader(&[0, 1, 2]).await;
+    assert_eq!(put_queue(&c, 0, "load").await, 201);
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = publisher(c.nodes[0].amqp_uri(), "load", Arc::clone(&stop));
+    let declaring = declarer(c.nodes[1].amqp_uri(), Arc::clone(&stop));
+
+    // Grow 3 → 4: n4 starts with --cluster-join n1's address, catches up
+    // and becomes a voter.
+    let n4 = c.plan_joiner(0);
+    c.spawn(n4);
+    c.wait_http(n4).await;
+    let started = Instant::now();
+    c.until("n4 a voter, on n1 and on n4", || async {
+        let voter = |roles: Vec<(String, String)>| {
+            roles.len() == 4 && roles.iter().all(|(_, r)| r == "voter")
+        };
+        voter(member_roles(&c, 0).await) && voter(member_roles(&c, n4).await)
+    })
+    .await;
+    eprintln!("n4 joined under load in {:?}", started.elapsed());
+    c.until_leader(&[0, 1, 2, n4]).await;
+    assert_eq!(put_queue(&c, n4, "made-on-n4").await, 201);
+    let (ok, text) = cli(&["cluster", "status", "--url", &c.nodes[n4].http()]);
+    let members = text
+        .lines()
+        .filter(|l| l.starts_with('n') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
+        .count();
+    assert!(ok && members == 4, "{text}");
+
+    // Shrink back: n4 leaves (run against n4 itself), then stops.
+    let (ok, text) = cli(&["cluster", "leave", "--url", &c.nodes[n4].http()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("n4 left the cluster"), "{text}");
+    c.until("n4 gone from n1's members", || async {
+        let roles = member_roles(&c, 0).await;
+        roles.len() == 3 && !roles.iter().any(|(n, _)| n == "n4")
+    })
+    .await;
+    c.kill(n4);
+
+    // A killed node is forgotten: n1 and n2 are then the whole cluster.
+    c.kill(2);
+    let (ok, text) = cli(&["cluster", "forget", "n3", "--url", &c.nodes[0].http()]);
+    assert!(ok, "{text}");
+    c.until("n3 forgotten on n1 and n2", || async {
+        let two = |roles: Vec<(String, String)>| {
+            let mut names: Vec<String> = roles.into_iter().map(|(n, _)| n).collect();
+            names.sort();
+            names == ["n1", "n2"]
+        };
+        two(member_roles(&c, 0).await) && two(member_roles(&c, 1).await)
+    })
+    .await;
+    // Membership changes are for administrators.
+    let (s, b) = c
+        .api(
+            0,
+            "PUT",
+            "/api/users/watcher",
+            Some(json!({"password": "watching", "tags": "monitoring"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    c.until("watcher on n2", || async {
+        matches!(
+            c.try_api(1, "GET", "/api/users/watcher", None).await,
+            Some((200, _))
+        )
+    })
+    .await;
+    let url = format!("{}/api/cluster/members/n2", c.nodes[1].http());
+    let status = tokio::task::spawn_blocking(move || {
+        match ureq::delete(&url)
+            .set("Authorization", "Basic d2F0Y2hlcjp3YXRjaGluZw==")
+            .call()
+        {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    })
+    .await
+    .expect("request");
+    assert_eq!(status, 401, "a monitoring user removed a member");
+    // Forgetting a node that is not a member is refused, saying so.
+    let (ok, text) = cli(&["cluster", "forget", "n3", "--url", &c.nodes[0].http()]);
+    assert!(!ok && text.contains("not a member"), "{text}");
+    c.until_leader(&[0, 1]).await;
+    assert_eq!(put_queue(&c, 1, "after-forget").await, 201);
+
+    stop.store(true, Ordering::Relaxed);
+    let confirmed = publishing.await.expect("publisher");
+    let (declared, failed) = declaring.await.expect("declarer");
+    assert!(
+        confirmed > 0 && !declared.is_empty(),
+        "{confirmed} {declared:?}"
+    );
+    // Every confirmed message is in the queue on its node, n1.
+    c.until("every confirmed message in 'load'", || async {
+        let q = c.try_api(0, "GET", "/api/queues/%2F/load", None).await;
+        matches!(q, Some((200, q)) if q["messages"] == json!(confirmed))
+    })
+    .await;
+    // Every declare answered OK is on both remaining nodes.
+    let defs = c
+        .until_one_history(&[0, 1], |d| has_queue(d, "after-forget"))
+        .await;
+    for q in declared.iter().chain(["made-on-n4".to_owned()].iter()) {
+        assert!(has_queue(&defs, q), "{q} missing");
+    }
+    eprintln!(
+        "membership under load: {confirmed} messages confirmed, {} queues declared, {failed} declares refused",
+        declared.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_can_leave_and_the_others_go_on() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let leader = c.until_leader(&[0, 1, 2]).await;
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (ok, text) = cli(&["cluster", "leave", "--url", &c.nodes[leader].http()]);
+    assert!(ok, "{text}");
+    // The two others elect one of them and change things without it.
+    let new = c.until_leader(&rest).await;
+    c.until("the leaver gone from the others' members", || async {
+        let roles = member_roles(&c, new).await;
+        roles.len() == 2 && roles.iter().all(|(_, r)| r == "voter")
+    })
+    .await;
+    c.kill(leader);
+    assert_eq!(put_queue(&c, rest[0], "after-leader-left").await, 201);
+    c.until_one_history(&rest, |d| has_queue(d, "after-leader-left"))
+        .await;
+}
+
+/// A cluster over mutual TLS: n1 and n2 share the cluster's CA; n3's
+/// certificate is signed by another CA and is refused, until it gets one
+/// from the cluster's CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_over_tls_refuses_a_certificate_of_another_ca() {
+    use rcgen::ExtendedKeyUsagePurpose as Eku;
+    let cluster_ca = pki::Ca::new("antre cluster CA");
+    let rogue_ca = pki::Ca::new("another CA");
+    let node_cert = |ca: &pki::Ca, cn: &str| {
+        ca.leaf(cn, Eku::ServerAuth, |p| {
+            p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
+        })
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_string_lossy().into_owned()
+    };
+    let ca_file = write("ca.pem", &cluster_ca.pem);
+    let tls_args = |cert: &pki::Leaf, n: &str| {
+        vec![
+            "--cluster-tls-cert".to_owned(),
+            write(&format!("{n}.pem"), &cert.cert_pem),
+            "--cluster-tls-key".to_owned(),
+            write(&format!("{n}.key"), &cert.key_pem),
+            "--cluster-tls-ca".to_owned(),
+            ca_file.clone(),
+        ]
+    };
+    let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
+    c.nodes[0].args = tls_args(&node_cert(&cluster_ca, "n1"), "n1");
+    c.nodes[1].args = tls_args(&node_cert(&cluster_ca, "n2"), "n2");
+    c.nodes[2].args = tls_args(&node_cert(&rogue_ca, "n3"), "n3-rogue");
+    c.launch().await;
+
+    // n1 and n2 form the cluster over TLS; a change on n1 reaches n2.
+    c.until_leader(&[0, 1]).await;
+    assert_eq!(put_queue(&c, 0, "over-tls").await, 201);
+    c.until_one_history(&[0, 1], |d| has_queue(d, "over-tls"))
+        .await;
+    // n3 is refused: n1 shows why, and n1 logs the refusal of n3's
+    // certificate when n3 dials it.
+    c.until("n1 to show n3 refused for its certificate", || async {
+        let Some((200, Value::Array(nodes))) = c.try_api(0, "GET", "/api/nodes", None).await else {
+            return false;
+        };
+        nodes.iter().any(|n| {
+            n["name"] == "n3"
+                && n["running"] == false
+                && n["unreachable_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("TLS") && r.contains("UnknownIssuer"))
+        })
+    })
+    .await;
+    c.until("n1 to log n3's certificate refused", || async {
+        c.nodes[0].logged("refused: TLS") && c.nodes[0].logged("UnknownIssuer")
+    })
+    .await;
+    assert!(c
+        .definitions(2)
+        .await
+        .is_some_and(|d| !has_queue(&d, "over-tls")));
+
+    // With a certificate from the cluster's CA, n3 joins the others.
+    c.kill(2);
+    c.nodes[2].args = tls_args(&node_cert(&cluster_ca, "n3"), "n3");
+    c.spawn(2);
+    c.wait_http(2).await;
+    c.until_leader(&[0, 1, 2]).await;
+    c.until_one_history(&[0, 1, 2], |d| has_queue(d, "over-tls"))
+        .await;
+}
