@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use crate::durable::{same, Durable};
 use crate::metrics::BrokerMetrics;
 use crate::queue::DeliverySink;
+use crate::replicated::Commit;
 
 struct Request {
     queues: Vec<Arc<dyn Durable>>,
@@ -35,10 +36,17 @@ struct Request {
     token: u64,
 }
 
+/// What the sync thread receives: a request, or news that a replicated
+/// write (a quorum queue's entry) was committed or failed.
+enum Msg {
+    Request(Request),
+    Poke,
+}
+
 /// Handle to the broker's sync thread; cheap to clone.
 #[derive(Clone)]
 pub struct Syncer {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Msg>,
     /// Stores that became dirty since the last sweep.
     dirty: Arc<Mutex<Vec<Weak<dyn Durable>>>>,
 }
@@ -79,29 +87,56 @@ impl Syncer {
             sink,
             token,
         };
-        if let Err(mpsc::SendError(r)) = self.tx.send(request) {
+        if let Err(mpsc::SendError(Msg::Request(r))) = self.tx.send(Msg::Request(request)) {
             // The broker is shutting down; nothing can be promised any more.
             r.sink.synced(r.token, false);
         }
     }
+
+    /// Wakes the sync thread: a replicated write it may be waiting for
+    /// (see [`crate::replicated::Commit`]) was committed or failed.
+    pub fn poke(&self) {
+        let _ = self.tx.send(Msg::Poke);
+    }
+}
+
+/// Whether a request can be answered now, and how: None while one of its
+/// replicated writes waits for its commit.
+fn settled(r: &Request) -> Option<bool> {
+    let mut ok = true;
+    for q in &r.queues {
+        match q.commit() {
+            Commit::Local => {}
+            Commit::Pending => return None,
+            Commit::Done(done) => ok &= done,
+        }
+    }
+    Some(ok)
 }
 
 fn run(
-    rx: mpsc::Receiver<Request>,
+    rx: mpsc::Receiver<Msg>,
     dirty: Arc<Mutex<Vec<Weak<dyn Durable>>>>,
     interval: Duration,
     metrics: &BrokerMetrics,
 ) {
     let mut last_sweep = Instant::now();
+    // Requests whose local stores are synced but whose replicated writes
+    // wait for their commit. A channel's requests complete in order, so a
+    // later request of the same channel waits behind them too; other
+    // channels' requests do not.
+    let mut waiting: Vec<(Request, bool)> = Vec::new();
     loop {
         let mut requests = Vec::new();
         match rx.recv_timeout(interval) {
-            Ok(r) => requests.push(r),
-            Err(RecvTimeoutError::Timeout) => {}
+            Ok(Msg::Request(r)) => requests.push(r),
+            Ok(Msg::Poke) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        while let Ok(r) = rx.try_recv() {
-            requests.push(r);
+        while let Ok(m) = rx.try_recv() {
+            if let Msg::Request(r) = m {
+                requests.push(r);
+            }
         }
         // Each store once, however many requests name it: a set, since a
         // sweep after a burst across many queues can name thousands.
@@ -126,10 +161,37 @@ fn run(
             metrics.fsync_seconds.observe(started.elapsed());
         }
         for r in requests {
-            let ok = !r.queues.iter().any(|q| failed.iter().any(|f| same(f, q)));
-            r.sink.synced(r.token, ok);
+            let local_ok = !r
+                .queues
+                .iter()
+                .any(|q| q.commit() == Commit::Local && failed.iter().any(|f| same(f, q)));
+            waiting.push((r, local_ok));
+        }
+        answer_ready(&mut waiting);
+    }
+}
+
+/// Answers the waiting requests whose replicated writes are done, keeping
+/// each channel's requests in order.
+fn answer_ready(waiting: &mut Vec<(Request, bool)>) {
+    let mut blocked: Vec<*const ()> = Vec::new();
+    let mut still = Vec::new();
+    for (r, local_ok) in waiting.drain(..) {
+        let sink = Arc::as_ptr(&r.sink) as *const ();
+        let state = if blocked.contains(&sink) {
+            None
+        } else {
+            settled(&r)
+        };
+        match state {
+            Some(ok) => r.sink.synced(r.token, ok && local_ok),
+            None => {
+                blocked.push(sink);
+                still.push((r, local_ok));
+            }
         }
     }
+    *waiting = still;
 }
 
 /// Syncs the queues; returns those whose sync failed.

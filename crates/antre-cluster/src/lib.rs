@@ -11,7 +11,9 @@
 //! - [`network`]: the client side of the link (openraft's network factory)
 //!   and what each node knows of its peers' reachability;
 //! - [`server`]: the listening side of the link;
-//! - [`node`]: starting a node, proposing changes, its status.
+//! - [`node`]: starting a node, proposing changes, its status;
+//! - [`queue_group`]: quorum queues, one Raft group per queue, whose
+//!   leader runs the queue's engine.
 //!
 //! Consensus is openraft's (0.9); this crate only gives it storage, a
 //! network and a state machine. See docs/clustering.md.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod queue_group;
 pub mod server;
 pub mod state_machine;
 pub mod wire;

@@ -76,6 +76,8 @@ pub struct Cluster {
     pub link: Arc<Link>,
     /// The metadata group.
     pub raft: Raft,
+    /// The quorum queue groups this node is a member of.
+    pub queue_groups: Arc<crate::queue_group::QueueGroups>,
     log: LogStore,
     waiters: Waiters,
     hooks: AppliedHooks,
@@ -119,6 +121,13 @@ impl Cluster {
         let log = LogStore::open(&config.dir)?;
         let waiters: Waiters = Arc::default();
         let hooks: AppliedHooks = Arc::default();
+        let link = Arc::new(Link::new(config.clone()));
+        let queue_groups = crate::queue_group::QueueGroups::new(
+            Arc::clone(&link),
+            Arc::clone(&broker),
+            &config.dir,
+            tokio::runtime::Handle::current(),
+        );
         let sm = StateMachine::open(
             &config.dir,
             Arc::clone(&broker),
@@ -126,6 +135,7 @@ impl Cluster {
             &config.node_name,
             Arc::clone(&waiters),
             Arc::clone(&hooks),
+            Arc::clone(&queue_groups),
         )?;
         let raft_config = openraft::Config {
             cluster_name: "antre".into(),
@@ -140,7 +150,6 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let link = Arc::new(Link::new(config.clone()));
         let factory = NetworkFactory {
             link: Arc::clone(&link),
         };
@@ -150,6 +159,7 @@ impl Cluster {
         let node = Arc::new(Cluster {
             link,
             raft,
+            queue_groups,
             log,
             waiters,
             hooks,
@@ -212,6 +222,7 @@ impl Cluster {
         if let Some(task) = self.listener.lock().take() {
             task.abort();
         }
+        self.queue_groups.shutdown().await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("stopping raft: {e}");
         }

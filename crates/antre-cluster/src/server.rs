@@ -87,6 +87,9 @@ async fn serve_peer(
                 Response::Propose(node.commit_as_leader(p, deadline).await)
             }
             Request::Ping => Response::Pong,
+            queue @ (Request::QueueAppend { .. }
+            | Request::QueueVote { .. }
+            | Request::QueueSnapshot { .. }) => node.queue_groups.serve(queue).await,
         };
         drop(node);
         write_frame(&mut stream, &response).await?;

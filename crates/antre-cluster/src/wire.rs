@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::queue_group::QueueTypeConfig;
 use crate::{NodeId, Proposal, TypeConfig};
 
 /// The largest frame either side accepts (a snapshot chunk is far less).
@@ -80,6 +81,27 @@ pub enum Request {
     /// knows which peers run (Raft alone only links followers to their
     /// leader).
     Ping,
+    /// Raft of a quorum queue's group: append entries.
+    QueueAppend {
+        /// The group ([`crate::queue_group`]).
+        group: String,
+        /// The request.
+        rpc: AppendEntriesRequest<QueueTypeConfig>,
+    },
+    /// Raft of a quorum queue's group: request a vote.
+    QueueVote {
+        /// The group.
+        group: String,
+        /// The request.
+        rpc: VoteRequest<NodeId>,
+    },
+    /// Raft of a quorum queue's group: a snapshot chunk.
+    QueueSnapshot {
+        /// The group.
+        group: String,
+        /// The request.
+        rpc: InstallSnapshotRequest<QueueTypeConfig>,
+    },
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -95,6 +117,15 @@ pub enum Response {
     Propose(Result<(), ProposeRefusal>),
     /// To [`Request::Ping`].
     Pong,
+    /// To [`Request::QueueAppend`].
+    QueueAppend(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::QueueVote`].
+    QueueVote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::QueueSnapshot`].
+    QueueSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// This node runs no replica of the named group (not started yet, or
+    /// the queue is gone): to the sender, the member is unreachable.
+    NoGroup(String),
 }
 
 /// Why a node did not commit a forwarded change.

@@ -31,6 +31,7 @@ mod credit;
 mod line;
 mod paging;
 mod ready;
+mod replica;
 mod state;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use parking_lot::{Mutex, RwLock};
 pub use args::{Overflow, QueueArgs, QueueKind};
 pub use credit::{ConsumerInfo, ConsumerSpec, Credit, OutputWindow, DELIVERY_OVERHEAD};
 pub use paging::{MessageMemory, Paging, PAGE_ENTRIES};
+pub use replica::ReplicatedMessage;
 use state::QueueState;
 
 use crate::clock::Clock;
@@ -49,6 +51,7 @@ use crate::error::{queue_ref, BrokerError};
 use crate::message::Message;
 use crate::metrics::QueueMetrics;
 use crate::policy::AppliedPolicy;
+use crate::replicated::QueueReplica;
 
 /// Identifies a client connection (for exclusive queues).
 pub type ConnectionId = u64;
@@ -236,6 +239,9 @@ pub struct Queue {
     timed: std::sync::atomic::AtomicBool,
     /// Tells the vhost the queue became timed.
     timer_hook: std::sync::OnceLock<TimerHook>,
+    /// A quorum queue's replication, on the members of its group in a
+    /// cluster (see [`crate::replicated`]).
+    replica: std::sync::OnceLock<Arc<dyn QueueReplica>>,
 }
 
 /// What a queue calls when it first needs the broker's timer.
@@ -297,6 +303,7 @@ impl Queue {
             state: Mutex::new(state),
             timed: std::sync::atomic::AtomicBool::new(args_timed),
             timer_hook: std::sync::OnceLock::new(),
+            replica: std::sync::OnceLock::new(),
         }))
     }
 
@@ -610,9 +617,10 @@ impl Queue {
         };
         let entry = self.prepare_delivery(&st.args, entry);
         if no_ack {
-            st.forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
+            st.forget(entry.seq, entry.pos, entry.dedup_key.as_deref(), &self.name);
         } else {
             st.unacked += 1;
+            st.hand_out(entry.seq);
         }
         Some((entry, st.ready.len() as u32))
     }
@@ -641,10 +649,13 @@ impl Queue {
     /// Settles delivered messages for good (acked).
     pub fn ack(self: &Arc<Self>, entries: &[Entry]) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(entries.len() as u32);
-        self.metrics.acked.add(entries.len() as u64);
         for e in entries {
-            st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
+            if !st.take_outstanding(e.seq) {
+                continue;
+            }
+            st.unacked = st.unacked.saturating_sub(1);
+            self.metrics.acked.inc();
+            st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name);
         }
     }
 
@@ -653,10 +664,13 @@ impl Queue {
     /// exchange, dropped otherwise.
     pub fn reject(self: &Arc<Self>, entries: Vec<Entry>) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(entries.len() as u32);
         let dlx = st.args.dead_letter_exchange.is_some();
         for e in entries {
-            st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
+            if !st.take_outstanding(e.seq) {
+                continue;
+            }
+            st.unacked = st.unacked.saturating_sub(1);
+            st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name);
             if dlx {
                 st.dead.push(DeadLetter {
                     message: e.message,
@@ -672,8 +686,12 @@ impl Queue {
     pub fn requeue(self: &Arc<Self>, entries: Vec<Entry>) {
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| st.take_outstanding(e.seq))
+            .collect();
         st.unacked = st.unacked.saturating_sub(entries.len() as u32);
-        if st.deleted {
+        if st.deleted || st.standby {
             return;
         }
         for mut entry in entries {
@@ -683,7 +701,7 @@ impl Queue {
                 .delivery_limit
                 .is_some_and(|limit| u64::from(entry.delivery_count) > limit)
             {
-                st.forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
+                st.forget(entry.seq, entry.pos, entry.dedup_key.as_deref(), &self.name);
                 if st.args.dead_letter_exchange.is_some() {
                     st.dead.push(DeadLetter {
                         message: entry.message,
@@ -691,6 +709,9 @@ impl Queue {
                     });
                 }
                 continue;
+            }
+            if let Some(replica) = &st.replica {
+                replica.returned(entry.seq);
             }
             st.insert_entry(entry, true);
         }
@@ -702,12 +723,14 @@ impl Queue {
     /// deduplication key, so that if it comes back undelivered
     /// ([`Queue::return_undelivered`]) it is still durable.
     pub fn settle_no_ack(&self, entry: &Entry) {
-        if entry.pos.is_none() && entry.dedup_key.is_none() {
+        let replicated = self.replica.get().is_some();
+        if entry.pos.is_none() && entry.dedup_key.is_none() && !replicated {
             return;
         }
-        self.state
-            .lock()
-            .forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
+        let mut st = self.state.lock();
+        if st.take_outstanding(entry.seq) {
+            st.forget(entry.seq, entry.pos, entry.dedup_key.as_deref(), &self.name);
+        }
     }
 
     /// Puts back a message that never reached its consumer (its channel
@@ -718,10 +741,13 @@ impl Queue {
         }
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
+        if !st.take_outstanding(delivery.entry.seq) {
+            return;
+        }
         if !delivery.no_ack {
             st.unacked = st.unacked.saturating_sub(1);
         }
-        if st.deleted {
+        if st.deleted || st.standby {
             return;
         }
         let redelivered = delivery.entry.redelivered;
@@ -878,6 +904,7 @@ impl Queue {
                 }
             };
             let entry = self.prepare_delivery(&st.args, entry);
+            let seq = entry.seq;
             let consumer = st.consumers.get(idx);
             let no_ack = consumer.no_ack;
             let delivery = Delivery {
@@ -891,8 +918,11 @@ impl Queue {
             match consumer.sink.deliver(delivery) {
                 // Settled when its channel hands it out (settle_no_ack):
                 // until then it may come back undelivered.
-                Ok(()) if no_ack => {}
-                Ok(()) => st.unacked += 1,
+                Ok(()) if no_ack => st.hand_out(seq),
+                Ok(()) => {
+                    st.unacked += 1;
+                    st.hand_out(seq);
+                }
                 Err(back) => {
                     // The consumer's connection is gone: keep the message,
                     // forget the consumer.
