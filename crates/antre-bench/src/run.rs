@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Declare durable queues even for transient messages.
     #[arg(long)]
     pub durable: bool,
+    /// Declare the queues with this `x-queue-type` (e.g. quorum; they are
+    /// then durable).
+    #[arg(long)]
+    pub queue_type: Option<String>,
     /// Use publisher confirms with at most this many unconfirmed messages per producer.
     #[arg(short = 'c', long)]
     pub confirm: Option<u64>,
@@ -221,7 +225,7 @@ impl Report {
 async fn setup(args: &RunArgs, url: &AmqpUrl) -> Result<()> {
     let mut conn = Connection::open(url, "antre-bench setup").await?;
     conn.open_channel(1).await?;
-    let durable = args.persistent || args.durable;
+    let durable = args.persistent || args.durable || args.queue_type.is_some();
     if !args.exchange.is_empty() {
         let m = ExchangeDeclare {
             exchange: args.exchange.clone(),
@@ -240,7 +244,8 @@ async fn setup(args: &RunArgs, url: &AmqpUrl) -> Result<()> {
             };
             conn.call(1, m.into()).await?;
         }
-        conn.declare_queue(1, &queue, durable, false).await?;
+        conn.declare_queue(1, &queue, durable, false, args.queue_type.as_deref())
+            .await?;
         if !args.exchange.is_empty() {
             let m = QueueBind {
                 queue: queue.clone(),

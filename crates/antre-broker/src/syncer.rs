@@ -224,3 +224,46 @@ pub(crate) fn sync_round(queues: &[Arc<dyn Durable>]) -> Vec<Arc<dyn Durable>> {
     }
     failed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::tests::CollectSink;
+    use crate::replicated::PendingCommit;
+
+    fn wait_for(sink: &CollectSink, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.synced.lock().len() < n {
+            assert!(Instant::now() < deadline, "no answer");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn replicated_writes_hold_their_channel_only_until_committed() {
+        let syncer = Syncer::start(Duration::from_millis(5), Arc::default()).expect("syncer");
+        let batch = PendingCommit::new(Some(syncer.clone()));
+        let a = Arc::new(CollectSink::default());
+        let b = Arc::new(CollectSink::default());
+        let durable = || vec![Arc::clone(&batch) as Arc<dyn Durable>];
+        syncer.request(durable(), Arc::clone(&a) as Arc<dyn DeliverySink>, 1);
+        // A later request of the same channel waits behind it...
+        syncer.request(Vec::new(), Arc::clone(&a) as Arc<dyn DeliverySink>, 2);
+        // ...another channel's does not.
+        syncer.request(Vec::new(), Arc::clone(&b) as Arc<dyn DeliverySink>, 3);
+        wait_for(&b, 1);
+        assert!(a.synced.lock().is_empty());
+        batch.complete(true);
+        wait_for(&a, 2);
+        assert_eq!(*a.synced.lock(), [(1, true), (2, true)]);
+        let failed = PendingCommit::new(Some(syncer.clone()));
+        failed.complete(false);
+        syncer.request(
+            vec![failed as Arc<dyn Durable>],
+            Arc::clone(&a) as Arc<dyn DeliverySink>,
+            4,
+        );
+        wait_for(&a, 3);
+        assert_eq!(a.synced.lock()[2], (4, false));
+    }
+}

@@ -397,6 +397,10 @@ impl Cluster {
             command,
         };
         let what = proposal.command.describe();
+        let declared = match &proposal.command {
+            MetaCommand::DeclareQueue { vhost, name, .. } => Some((vhost.clone(), name.clone())),
+            _ => None,
+        };
         let result = match self.commit(proposal, deadline).await {
             Err(e) => Err(MetaError::Unavailable(format!(
                 "cluster metadata change '{what}' failed: {e}"
@@ -409,6 +413,10 @@ impl Cluster {
             },
         };
         self.waiters.lock().remove(&request);
+        if let (Ok(_), Some((vhost, name))) = (&result, declared) {
+            // A quorum queue: answer once its group has a leader.
+            self.queue_groups.wait_ready(&vhost, &name, deadline).await;
+        }
         result
     }
 }

@@ -660,8 +660,17 @@ impl QueueGroups {
             .collect();
         // As for the metadata group: every member bootstraps with the same
         // members; once the log has a membership openraft refuses.
-        if let Err(e) = raft.initialize(members).await {
-            tracing::debug!(group = def.group, "queue group already initialized: {e}");
+        match raft.initialize(members).await {
+            // A new queue: its declaring node stands for election at once,
+            // so it usually leads (as RabbitMQ's declaring node does) and
+            // the queue is usable without waiting for an election timeout.
+            Ok(()) if def.members.first().map(String::as_str) == Some(self.me()) => {
+                if let Err(e) = raft.trigger().elect().await {
+                    tracing::debug!(group = def.group, "no election: {e}");
+                }
+            }
+            Ok(()) => {}
+            Err(e) => tracing::debug!(group = def.group, "queue group already initialized: {e}"),
         }
         let replica = Arc::new(Replica {
             engine: Arc::clone(&engine),
@@ -718,6 +727,27 @@ impl QueueGroups {
                 None => Response::NoGroup(group),
             },
             _ => Response::NoGroup(String::new()),
+        }
+    }
+
+    /// Waits (until `deadline`) until quorum queue `name` in `vhost` has a
+    /// leader that took its engine over, as this node knows: a declare-ok
+    /// then means the queue takes publishes, as RabbitMQ answers a quorum
+    /// queue's declare once its Raft cluster started.
+    pub async fn wait_ready(&self, vhost: &str, name: &str, deadline: tokio::time::Instant) {
+        loop {
+            let Some(v) = self.broker.vhost(vhost) else {
+                return;
+            };
+            match v.quorum_info(name) {
+                None => return,
+                Some(i) if i.leader.is_some() => return,
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -821,6 +851,12 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
             step_down(&group);
         }
         if leader != known_leader && leader != Some(me) {
+            if !engine.active.load(Ordering::Acquire) {
+                // Consumers that attached here while no leader was known
+                // would wait forever on this idle engine: cancel them, so
+                // they re-subscribe where the queue lives.
+                engine.queue.replica_step_down();
+            }
             if let Some(name) = leader.and_then(|l| groups.link.config.name_of(l)) {
                 if let Some(v) = groups.broker.vhost(&group.def.vhost) {
                     v.set_quorum_leader(&group.def.name, name);

@@ -246,6 +246,26 @@ async fn a_quorum_queue_replicates_and_survives_its_leaders_death() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     failover_cycles(&mut c, "orders", cycles).await;
+
+    // Deleting the queue stops its group and removes its data everywhere.
+    for i in 0..3 {
+        let groups = c.nodes[i].dir.join("cluster").join("queues");
+        assert!(
+            std::fs::read_dir(&groups).is_ok_and(|mut d| d.next().is_some()),
+            "{} holds a replica",
+            c.nodes[i].name
+        );
+    }
+    let (status, body) = c.api(0, "DELETE", "/api/queues/%2F/orders", None).await;
+    assert_eq!(status, 204, "{body}");
+    for i in 0..3 {
+        let groups = c.nodes[i].dir.join("cluster").join("queues");
+        c.until("the replica's data removed", || async {
+            std::fs::read_dir(&groups).is_ok_and(|mut d| d.next().is_none())
+        })
+        .await;
+        assert!(queue_json(&c, i, "orders").await.is_none());
+    }
 }
 
 /// What the failover loop saw.

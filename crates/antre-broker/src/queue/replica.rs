@@ -148,3 +148,112 @@ impl Queue {
         st.dead.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::tests::{consumer, message, queue_with, CollectSink};
+    use crate::replicated::PendingCommit;
+    use antre_amqp::FieldValue;
+    use parking_lot::Mutex;
+
+    /// Records what the engine reports.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        enqueued: Mutex<Vec<String>>,
+        settled: Mutex<Vec<u64>>,
+        returned: Mutex<Vec<u64>>,
+    }
+
+    impl QueueReplica for Recorder {
+        fn enqueue(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError> {
+            self.enqueued
+                .lock()
+                .push(String::from_utf8_lossy(&message.body).into_owned());
+            Ok(PendingCommit::new(None))
+        }
+        fn settle(&self, id: u64) {
+            self.settled.lock().push(id);
+        }
+        fn returned(&self, id: u64) {
+            self.returned.lock().push(id);
+        }
+    }
+
+    fn replicated(args: &[(&str, FieldValue)]) -> (Arc<Queue>, Arc<Recorder>) {
+        let mut all = vec![("x-queue-type", FieldValue::string("quorum"))];
+        all.extend_from_slice(args);
+        let q = queue_with(&all, Arc::new(ManualClock::at(1_000_000)));
+        let r = Arc::new(Recorder::default());
+        assert!(q.set_replica(Arc::clone(&r) as Arc<dyn QueueReplica>));
+        (q, r)
+    }
+
+    #[test]
+    fn publishes_are_proposed_and_applied_enqueues_reach_consumers() {
+        let (q, r) = replicated(&[]);
+        assert!(q.replicate(&message("a")).expect("replicate").is_some());
+        assert_eq!(*r.enqueued.lock(), ["a"]);
+        // Standby (not leading): an applied enqueue is not the engine's.
+        q.replica_enqueue(0, message("a"));
+        assert_eq!(q.counts().ready, 0);
+        q.replica_takeover(Vec::new());
+        let sink = Arc::new(CollectSink::default());
+        q.add_consumer(consumer(1, 10, &sink)).expect("consume");
+        q.replica_enqueue(0, message("a"));
+        q.replica_enqueue(1, message("b"));
+        assert_eq!(sink.bodies(), ["a", "b"]);
+        let deliveries: Vec<_> = sink.deliveries.lock().drain(..).collect();
+        q.ack(std::slice::from_ref(&deliveries[0].entry));
+        q.requeue(vec![deliveries[1].entry.clone()]);
+        assert_eq!(*r.settled.lock(), [0]);
+        assert_eq!(*r.returned.lock(), [1]);
+        // An ack of a message this leadership did not hand out (or already
+        // settled) changes nothing.
+        q.ack(std::slice::from_ref(&deliveries[0].entry));
+        assert_eq!(*r.settled.lock(), [0]);
+    }
+
+    #[test]
+    fn a_takeover_marks_everything_redelivered_and_stale_acks_are_ignored() {
+        let (q, r) = replicated(&[("x-delivery-limit", FieldValue::I32(1))]);
+        q.replica_takeover(Vec::new());
+        let sink = Arc::new(CollectSink::default());
+        q.add_consumer(consumer(1, 10, &sink)).expect("consume");
+        q.replica_enqueue(4, message("x"));
+        let old: Vec<_> = sink.deliveries.lock().drain(..).collect();
+        // Leadership lost: consumers cancelled, engine empty.
+        q.replica_step_down();
+        assert_eq!(*sink.cancelled.lock(), ["c1"]);
+        assert_eq!(q.counts().ready, 0);
+        // Back as leader, from the group's state (one return counted).
+        q.replica_takeover(vec![ReplicatedMessage {
+            id: 4,
+            message: message("x"),
+            delivery_count: 1,
+        }]);
+        q.ack(std::slice::from_ref(&old[0].entry));
+        assert!(r.settled.lock().is_empty(), "a stale ack settles nothing");
+        let (got, _) = q.get(false).expect("the message");
+        assert!(got.redelivered);
+        assert_eq!(got.delivery_count, 1);
+        // One more return passes the limit: settled, not requeued.
+        q.requeue(vec![got]);
+        assert_eq!(*r.settled.lock(), [4]);
+        assert!(r.returned.lock().is_empty());
+        assert_eq!(q.counts().ready, 0);
+    }
+
+    #[test]
+    fn reject_publish_refuses_before_proposing() {
+        let (q, r) = replicated(&[
+            ("x-max-length", FieldValue::I32(1)),
+            ("x-overflow", FieldValue::string("reject-publish")),
+        ]);
+        q.replica_takeover(Vec::new());
+        q.replica_enqueue(0, message("a"));
+        assert!(q.replicate(&message("b")).expect("replicate").is_none());
+        assert!(r.enqueued.lock().is_empty());
+    }
+}
