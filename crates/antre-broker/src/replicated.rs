@@ -38,6 +38,11 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     fn settle(&self, id: u64);
     /// A delivered message with this id came back to the queue.
     fn returned(&self, id: u64);
+    /// How many messages this member's replica holds (applied, not
+    /// settled): the leader's count once a member caught up.
+    fn replicated_messages(&self) -> u64 {
+        0
+    }
 }
 
 /// Where a replicated write stands, for the syncer.

@@ -68,9 +68,9 @@ use crate::{ClusterError, NodeId};
 /// Raft timing of queue groups: as the metadata group's (see
 /// [`crate::node`]), so a dead leader is replaced in 2 to 4 s and a busy
 /// machine does not cause needless elections.
-const HEARTBEAT_MS: u64 = 200;
-const ELECTION_MIN_MS: u64 = 1000;
-const ELECTION_MAX_MS: u64 = 2000;
+const HEARTBEAT_MS: u64 = 100;
+const ELECTION_MIN_MS: u64 = 400;
+const ELECTION_MAX_MS: u64 = 800;
 /// A snapshot of the messages left after this many entries; the log keeps
 /// a few entries before it for followers a little behind.
 const SNAPSHOT_LOGS: u64 = 4096;
@@ -438,6 +438,7 @@ struct Pending {
 /// calls ([`QueueReplica`]).
 struct Replica {
     engine: Arc<Engine>,
+    state: Arc<Mutex<QueueState>>,
     pending: Mutex<Pending>,
     wake: tokio::sync::Notify,
 }
@@ -478,6 +479,10 @@ impl QueueReplica for Replica {
     fn returned(&self, id: u64) {
         self.pending.lock().ops.returned.push(id);
         self.wake.notify_one();
+    }
+
+    fn replicated_messages(&self) -> u64 {
+        self.state.lock().set.messages.len() as u64
     }
 }
 
@@ -674,6 +679,7 @@ impl QueueGroups {
         }
         let replica = Arc::new(Replica {
             engine: Arc::clone(&engine),
+            state: Arc::clone(&machine.state),
             pending: Mutex::default(),
             wake: tokio::sync::Notify::new(),
         });

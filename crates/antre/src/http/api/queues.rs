@@ -52,6 +52,15 @@ fn with_node(state: &HttpState, v: &antre_broker::Vhost, mut queue: Value) -> Va
             queue["leader"] = info.leader.as_deref().map_or(Value::Null, Value::from);
             queue["members"] = Value::from(info.members.clone());
             queue["online"] = serde_json::json!(online);
+            // antre's own: what this member's replica holds (applied, not
+            // settled), equal to the leader's once it caught up.
+            if let Some(replica) = v
+                .queue_info(name)
+                .as_ref()
+                .and_then(|q| q.replica().cloned())
+            {
+                queue["replica_messages"] = Value::from(replica.replicated_messages());
+            }
         }
     }
     queue
