@@ -156,7 +156,7 @@ fn run(
             swept.iter().filter_map(Weak::upgrade).for_each(&mut add);
         }
         let started = Instant::now();
-        let failed = sync_round(&queues);
+        let failed = fsync_round(&queues);
         if !queues.is_empty() {
             metrics.fsync_seconds.observe(started.elapsed());
         }
@@ -194,8 +194,36 @@ fn answer_ready(waiting: &mut Vec<(Request, bool)>) {
     *waiting = still;
 }
 
-/// Syncs the queues; returns those whose sync failed.
+/// How long a caller that syncs in its own thread waits for replicated
+/// writes (quorum queues) to be committed.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Syncs the queues in the caller's thread, waiting (bounded) for the
+/// replicated ones to be committed; returns those that failed.
 pub(crate) fn sync_round(queues: &[Arc<dyn Durable>]) -> Vec<Arc<dyn Durable>> {
+    let mut failed = fsync_round(queues);
+    let deadline = Instant::now() + COMMIT_WAIT;
+    for q in queues {
+        loop {
+            match q.commit() {
+                Commit::Local | Commit::Done(true) => break,
+                Commit::Done(false) => {
+                    failed.push(Arc::clone(q));
+                    break;
+                }
+                Commit::Pending if Instant::now() >= deadline => {
+                    failed.push(Arc::clone(q));
+                    break;
+                }
+                Commit::Pending => thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+    failed
+}
+
+/// Syncs the local stores; returns those whose sync failed.
+fn fsync_round(queues: &[Arc<dyn Durable>]) -> Vec<Arc<dyn Durable>> {
     let mut failed = Vec::new();
     let mut started = Vec::with_capacity(queues.len());
     for q in queues {

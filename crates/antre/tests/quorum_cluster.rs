@@ -529,10 +529,17 @@ async fn delivery_limit_dead_letters_and_no_quorum() {
     let l = wait_leader(&c, "work").await;
     let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
     let pub_ch = confirm_channel(&conn).await;
-    assert_eq!(
-        publish_confirmed(&pub_ch, "work", b"job", harness::WAIT).await,
-        Some(true)
-    );
+    // The management API's publish answers once the group committed it.
+    let (status, body) = c
+        .api(
+            l,
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(json!({"routing_key": "work", "payload": "job",
+                        "payload_encoding": "string", "properties": {"delivery_mode": 2}})),
+        )
+        .await;
+    assert_eq!((status, &body["routed"]), (200, &json!(true)), "{body}");
     let ch = conn.create_channel().await.expect("channel");
     let got = ch
         .basic_get("work", BasicGetOptions::default())
