@@ -88,6 +88,7 @@ stop_antre() {
 trap 'stop_antre; [ $WITH_RABBIT = 1 ] && stop_rabbit; true' EXIT
 
 if [ $WITH_RABBIT = 1 ]; then
+    rm -rf /tmp/qb1-mnesia /tmp/qb2-mnesia /tmp/qb3-mnesia
     for i in 1 2 3; do
         echo "loopback_users = none" >"$OUT/qb$i.conf"
         echo "[]." >"$OUT/qb$i-plugins"
@@ -100,7 +101,11 @@ if [ $WITH_RABBIT = 1 ]; then
             /usr/lib/rabbitmq/bin/rabbitmq-server -detached)
     done
     for i in 1 2 3; do
-        rabbitmqctl -q -n "qb$i@localhost" await_startup --timeout 60 >/dev/null
+        # await_startup fails at once while the node is not registered yet.
+        for _ in $(seq 60); do
+            rabbitmqctl -q -n "qb$i@localhost" await_startup --timeout 60 >/dev/null 2>&1 && break
+            sleep 1
+        done
     done
     for i in 2 3; do
         rabbitmqctl -q -n "qb$i@localhost" stop_app
