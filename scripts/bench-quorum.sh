@@ -79,6 +79,9 @@ stop_rabbit() {
     for i in 1 2 3; do
         rabbitmqctl -q -n "qb$i@localhost" stop >/dev/null 2>&1 || true
     done
+    # A node that never answered its CLI would keep running (and hold the
+    # benchmark lock, whose descriptor it inherited).
+    for p in "${RABBIT_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 }
 ANTRE_PIDS=()
 stop_antre() {
