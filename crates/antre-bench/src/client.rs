@@ -286,11 +286,17 @@ impl Connection {
         queue: &str,
         durable: bool,
         passive: bool,
+        queue_type: Option<&str>,
     ) -> Result<(u32, u32)> {
+        let mut arguments = FieldTable::default();
+        if let Some(t) = queue_type {
+            arguments.insert("x-queue-type", FieldValue::string(t));
+        }
         let m = QueueDeclare {
             queue: queue.into(),
             durable,
             passive,
+            arguments,
             ..Default::default()
         };
         match self.call(channel, m.into()).await? {

@@ -203,7 +203,7 @@ async fn bystander(
     let mut conn = Connection::open(&url, "antre-bench bystander").await?;
     conn.open_channel(1).await?;
     let queue = "bench-declare-bystander";
-    conn.declare_queue(1, queue, false, false).await?;
+    conn.declare_queue(1, queue, false, false, None).await?;
     let mut latency = Histogram::default();
     loop {
         let t = Instant::now();

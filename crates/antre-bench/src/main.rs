@@ -276,7 +276,7 @@ async fn finish_run(args: &RunArgs, client: Client) -> Result<()> {
 async fn passive_count(url: &AmqpUrl, queue: &str) -> Result<u32> {
     let mut conn = Connection::open(url, "antre-bench wait-count").await?;
     conn.open_channel(1).await?;
-    let (n, _) = conn.declare_queue(1, queue, true, true).await?;
+    let (n, _) = conn.declare_queue(1, queue, true, true, None).await?;
     conn.close().await;
     Ok(n)
 }

@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Declare durable queues even for transient messages.
     #[arg(long)]
     pub durable: bool,
+    /// Declare the queues with this `x-queue-type` (e.g. quorum; they are
+    /// then durable).
+    #[arg(long)]
+    pub queue_type: Option<String>,
     /// Use publisher confirms with at most this many unconfirmed messages per producer.
     #[arg(short = 'c', long)]
     pub confirm: Option<u64>,
@@ -96,9 +100,6 @@ pub struct RunArgs {
     /// reported. A cluster's nodes: several PIDs, comma-separated, summed.
     #[arg(long, value_delimiter = ',')]
     pub broker_pid: Vec<u32>,
-    /// The queues' type (`x-queue-type`), e.g. quorum; durable unless classic.
-    #[arg(long)]
-    pub queue_type: Option<String>,
     /// Name of the broker in reports (e.g. rabbitmq, antre).
     #[arg(long, default_value = "broker")]
     pub broker: String,
@@ -133,15 +134,6 @@ impl RunArgs {
         self.persistent
             || self.durable
             || self.queue_type.as_deref().is_some_and(|t| t != "classic")
-    }
-
-    /// The queues' declare arguments (`x-queue-type`).
-    pub fn queue_arguments(&self) -> antre_amqp::FieldTable {
-        let mut arguments = antre_amqp::FieldTable::new();
-        if let Some(kind) = &self.queue_type {
-            arguments.insert("x-queue-type", antre_amqp::FieldValue::string(kind));
-        }
-        arguments
     }
 
     /// Default options with `uri`, as `antre-bench run --uri URI` would have.
@@ -261,13 +253,8 @@ async fn setup(args: &RunArgs, url: &AmqpUrl) -> Result<()> {
             };
             conn.call(1, m.into()).await?;
         }
-        let m = QueueDeclare {
-            queue: queue.clone(),
-            durable,
-            arguments: args.queue_arguments(),
-            ..Default::default()
-        };
-        conn.call(1, m.into()).await?;
+        conn.declare_queue(1, &queue, durable, false, args.queue_type.as_deref())
+            .await?;
         if !args.exchange.is_empty() {
             let m = QueueBind {
                 queue: queue.clone(),

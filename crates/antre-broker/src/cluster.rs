@@ -260,6 +260,18 @@ pub enum MetaCommand {
         /// Only if it has no ready messages.
         if_empty: bool,
     },
+    /// A quorum queue's group elected a leader: where its engine (its
+    /// consumers, its publishes) lives now. Proposed by the new leader;
+    /// nodes that are not members of the group learn it from here (members
+    /// follow their own replica).
+    QueueLeader {
+        /// The vhost.
+        vhost: String,
+        /// The queue.
+        name: String,
+        /// The leader's node name.
+        leader: String,
+    },
     /// queue.bind / exchange.bind (`unbind`: the unbind of each).
     Binding {
         /// Unbind rather than bind.
@@ -397,15 +409,15 @@ impl From<MetaError> for BrokerError {
 
 /// Why a cluster node refuses a queue of this type, if it does.
 ///
-/// A stream or a quorum queue in a cluster is expected to be replicated,
-/// and antre does not replicate queue contents yet: accepting one as a
-/// queue on a single node would look replicated and lose messages with that
-/// node, as a stream silently made into a classic queue would lose replay.
-/// So the declaring client is told plainly instead (AMQP, HTTP and
-/// definitions import all ask here).
+/// A stream in a cluster is expected to be replicated, and antre does not
+/// replicate streams yet: accepting one on a single node would look
+/// replicated and lose messages with that node. So the declaring client is
+/// told plainly instead (AMQP, HTTP and definitions import all ask here).
+/// Quorum queues are replicated (a Raft group per queue, see
+/// [`crate::replicated`]).
 pub fn unsupported_queue_type(queue_type: Option<&str>) -> Option<String> {
     match queue_type {
-        Some(t @ ("stream" | "quorum")) => Some(format!(
+        Some(t @ "stream") => Some(format!(
             "{t} queues are not supported in an antre cluster yet (their contents are not replicated)"
         )),
         _ => None,
@@ -441,6 +453,23 @@ pub struct MetaSnapshot {
     pub definitions: Vec<VhostDefinitions>,
     /// Queues and their owning node: (vhost, queue, node).
     pub owners: Vec<(String, String, String)>,
+    /// Quorum queues' groups (filled in by the cluster's state machine,
+    /// which decides them).
+    #[serde(default)]
+    pub quorum: Vec<QuorumDef>,
+}
+
+/// A quorum queue's Raft group, as every node of a cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumDef {
+    /// The vhost.
+    pub vhost: String,
+    /// The queue.
+    pub name: String,
+    /// Its members' node names, the declaring node first.
+    pub members: Vec<String>,
+    /// The group's id (stable for this declaration of the queue).
+    pub group: String,
 }
 
 /// A change handed to the wrong half of [`Broker::apply_meta`] (a bug).
@@ -661,6 +690,22 @@ impl Broker {
                 arguments,
                 owner,
             } => self.apply_declare_queue(&vhost, name, durable, auto_delete, arguments, &owner)?,
+            C::QueueLeader {
+                vhost,
+                name,
+                leader,
+            } => {
+                let v = self.vhost_or_404(&vhost)?;
+                let me = self.node_name().unwrap_or_default();
+                let member = v
+                    .quorum_info(&name)
+                    .is_some_and(|i| i.members.iter().any(|m| m == me));
+                v.set_quorum_leader(&name, &leader);
+                if !member && v.has_queue(&name) {
+                    v.set_remote_owner(&name, (leader != me).then_some(leader.as_str()));
+                }
+                MetaOutcome::Done
+            }
             C::DeleteQueue {
                 vhost,
                 name,
@@ -671,6 +716,7 @@ impl Broker {
                 let n = v.delete_queue(&name, if_unused, if_empty, 0)?;
                 if !v.has_queue(&name) {
                     v.set_remote_owner(&name, None);
+                    v.set_quorum_info(&name, None);
                 }
                 MetaOutcome::Messages(n)
             }
@@ -756,6 +802,7 @@ impl Broker {
             access: self.access().snapshot(),
             definitions: vhosts.iter().map(|v| v.definitions()).collect(),
             owners,
+            quorum: Vec::new(),
         }
     }
 

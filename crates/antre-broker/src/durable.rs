@@ -25,6 +25,12 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
     /// confirms): a store that holds writes back for the next sync (a
     /// stream's open chunk) lets readers see them now.
     fn flush(&self) {}
+    /// Whether this is a replicated write waiting for its commit (see
+    /// [`crate::replicated`]) rather than a local store: the syncer then
+    /// waits for [`crate::replicated::Commit::Done`] instead of an fsync.
+    fn commit(&self) -> crate::replicated::Commit {
+        crate::replicated::Commit::Local
+    }
 }
 
 /// Whether two durables are the same object (data pointers only: vtable

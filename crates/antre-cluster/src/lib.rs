@@ -14,6 +14,8 @@
 //! - [`node`]: starting a node, proposing changes, its status;
 //! - [`membership`]: who the members are, adding and removing them;
 //! - [`stream`]: the byte stream under the link, plain TCP or mutual TLS.
+//! - [`queue_group`]: quorum queues, one Raft group per queue, whose
+//!   leader runs the queue's engine.
 //!
 //! Consensus is openraft's (0.9); this crate only gives it storage, a
 //! network and a state machine. See docs/clustering.md.
@@ -30,6 +32,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod queue_group;
 pub mod server;
 pub mod state_machine;
 pub mod stream;

@@ -1,5 +1,7 @@
-//! The metadata group's Raft log and vote, on disk under
-//! `<data-dir>/cluster/`.
+//! A Raft group's log and vote on disk: the metadata group's under
+//! `<data-dir>/cluster/`, each quorum queue's under
+//! `<data-dir>/cluster/queues/<group>/`. The store is generic over the
+//! group's openraft type configuration; entries are JSON records.
 //!
 //! The log's entries are records in antre's segment store
 //! ([`antre_store::QueueStore`], directory `log/`): checksummed, fsync'd
@@ -28,7 +30,7 @@ use std::sync::Arc;
 
 use antre_store::{QueueStore, SegmentPosition, StoreOptions};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{Entry, LogId, StorageError, StorageIOError, Vote};
+use openraft::{Entry, LogId, RaftTypeConfig, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -41,20 +43,33 @@ struct Meta {
     last_purged: Option<LogId<NodeId>>,
 }
 
-struct Inner {
+struct Inner<C: RaftTypeConfig> {
     store: QueueStore,
-    entries: BTreeMap<u64, (SegmentPosition, Entry<TypeConfig>)>,
+    entries: BTreeMap<u64, (SegmentPosition, Entry<C>)>,
     meta: Meta,
     meta_path: PathBuf,
 }
 
+/// The type configurations this store serves: node ids are [`NodeId`],
+/// entries openraft's, serialisable.
+pub trait LogConfig: RaftTypeConfig<NodeId = NodeId, Entry = Entry<Self>> {}
+
+impl<C> LogConfig for C where C: RaftTypeConfig<NodeId = NodeId, Entry = Entry<C>> {}
+
 /// The Raft log storage; clones share one log (openraft's reader is one).
-#[derive(Clone)]
-pub struct LogStore {
-    inner: Arc<Mutex<Inner>>,
+pub struct LogStore<C: LogConfig = TypeConfig> {
+    inner: Arc<Mutex<Inner<C>>>,
 }
 
-impl Debug for LogStore {
+impl<C: LogConfig> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C: LogConfig> Debug for LogStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogStore").finish_non_exhaustive()
     }
@@ -77,9 +92,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-impl LogStore {
+impl<C: LogConfig> LogStore<C> {
     /// Opens (creating) the log in `dir`, recovering what is there.
-    pub fn open(dir: &Path) -> Result<LogStore, ClusterError> {
+    pub fn open(dir: &Path) -> Result<LogStore<C>, ClusterError> {
         std::fs::create_dir_all(dir).map_err(storage)?;
         let meta_path = dir.join("raft.json");
         let meta: Meta = match antre_store::definitions::read(&meta_path).map_err(storage)? {
@@ -92,10 +107,10 @@ impl LogStore {
                 records.push((pos, p.to_vec()));
             })
             .map_err(storage)?;
-        let mut entries: BTreeMap<u64, (SegmentPosition, Entry<TypeConfig>)> = BTreeMap::new();
+        let mut entries: BTreeMap<u64, (SegmentPosition, Entry<C>)> = BTreeMap::new();
         let mut dead = Vec::new();
         for (pos, raw) in records {
-            let entry: Entry<TypeConfig> = serde_json::from_slice(&raw).map_err(storage)?;
+            let entry: Entry<C> = serde_json::from_slice(&raw).map_err(storage)?;
             let index = entry.log_id.index;
             // A later record at an index supersedes the one there and
             // everything after it (a truncation whose acks were lost).
@@ -150,7 +165,7 @@ impl LogStore {
     }
 }
 
-impl Inner {
+impl<C: LogConfig> Inner<C> {
     fn save_meta(&self) -> Result<(), std::io::Error> {
         let json = serde_json::to_vec(&self.meta).map_err(std::io::Error::other)?;
         antre_store::definitions::write_atomic(&self.meta_path, &json)
@@ -175,11 +190,14 @@ impl Inner {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: LogConfig> RaftLogReader<C> for LogStore<C>
+where
+    C::D: Clone,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+    ) -> StorageResult<Vec<Entry<C>>> {
         let inner = self.inner.lock();
         Ok(inner
             .entries
@@ -189,10 +207,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C: LogConfig> RaftLogStorage<C> for LogStore<C>
+where
+    C::D: Clone,
+{
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+    async fn get_log_state(&mut self) -> StorageResult<LogState<C>> {
         let inner = self.inner.lock();
         Ok(LogState {
             last_purged_log_id: inner.meta.last_purged,
@@ -222,13 +243,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.inner.lock().meta.vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StorageResult<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
         let inner = Arc::clone(&self.inner);
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let entries: Vec<Entry<C>> = entries.into_iter().collect();
         let result = blocking(move || -> Result<(), std::io::Error> {
             let mut inner = inner.lock();
             for entry in entries {
@@ -300,7 +321,7 @@ mod tests {
         }
     }
 
-    fn append(store: &LogStore, entries: Vec<Entry<TypeConfig>>) {
+    fn append(store: &LogStore<TypeConfig>, entries: Vec<Entry<TypeConfig>>) {
         let mut inner = store.inner.lock();
         for e in entries {
             let raw = serde_json::to_vec(&e).unwrap();
@@ -310,7 +331,7 @@ mod tests {
         inner.store.sync().unwrap();
     }
 
-    fn indexes(store: &LogStore) -> Vec<(u64, u64)> {
+    fn indexes(store: &LogStore<TypeConfig>) -> Vec<(u64, u64)> {
         let inner = store.inner.lock();
         inner
             .entries
@@ -322,7 +343,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_log_survives_a_restart_with_truncations_and_purges() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = LogStore::open(dir.path()).unwrap();
+        let mut store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
         append(&store, (0..5).map(|i| entry(1, i)).collect());
         // A conflict at 3: the suffix goes, new entries of term 2 follow.
         store
@@ -337,7 +358,7 @@ mod tests {
             .unwrap();
         store.close();
         drop(store);
-        let mut store = LogStore::open(dir.path()).unwrap();
+        let mut store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
         assert_eq!(indexes(&store), vec![(1, 2), (2, 3), (2, 4)]);
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 9)));
         let state = store.get_log_state().await.unwrap();
@@ -350,7 +371,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_torn_tail_is_dropped_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path()).unwrap();
+        let store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
         append(&store, (0..3).map(|i| entry(1, i)).collect());
         store.close();
         drop(store);
@@ -370,7 +391,7 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
         f.set_len(len - 5).unwrap();
         drop(f);
-        let store = LogStore::open(dir.path()).unwrap();
+        let store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
         assert_eq!(indexes(&store), vec![(1, 0), (1, 1)]);
     }
 }

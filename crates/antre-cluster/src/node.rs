@@ -78,6 +78,8 @@ pub struct Cluster {
     pub link: Arc<Link>,
     /// The metadata group.
     pub raft: Raft,
+    /// The quorum queue groups this node is a member of.
+    pub queue_groups: Arc<crate::queue_group::QueueGroups>,
     log: LogStore,
     waiters: Waiters,
     hooks: AppliedHooks,
@@ -121,6 +123,13 @@ impl Cluster {
         let log = LogStore::open(&config.dir)?;
         let waiters: Waiters = Arc::default();
         let hooks: AppliedHooks = Arc::default();
+        let link = Arc::new(Link::new(config.clone()));
+        let queue_groups = crate::queue_group::QueueGroups::new(
+            Arc::clone(&link),
+            Arc::clone(&broker),
+            &config.dir,
+            tokio::runtime::Handle::current(),
+        );
         let sm = StateMachine::open(
             &config.dir,
             Arc::clone(&broker),
@@ -128,6 +137,7 @@ impl Cluster {
             &config.node_name,
             Arc::clone(&waiters),
             Arc::clone(&hooks),
+            Arc::clone(&queue_groups),
         )?;
         let raft_config = openraft::Config {
             cluster_name: "antre".into(),
@@ -142,7 +152,6 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let link = Arc::new(Link::new(config.clone()));
         let factory = NetworkFactory::new(Arc::clone(&link));
         let raft = Raft::new(me, Arc::new(raft_config), factory, log.clone(), sm)
             .await
@@ -150,6 +159,7 @@ impl Cluster {
         let node = Arc::new(Cluster {
             link,
             raft,
+            queue_groups,
             log,
             waiters,
             hooks,
@@ -162,6 +172,9 @@ impl Cluster {
             this: std::sync::OnceLock::new(),
         });
         let _ = node.this.set(Arc::downgrade(&node));
+        let weak = Arc::downgrade(&node);
+        node.queue_groups
+            .set_address_book(Box::new(move |id| weak.upgrade()?.addr_of(id)));
         let serving = tokio::spawn(crate::server::serve(
             listener,
             Arc::downgrade(&node),
@@ -223,6 +236,7 @@ impl Cluster {
         if let Some(task) = self.listener.lock().take() {
             task.abort();
         }
+        self.queue_groups.shutdown().await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("stopping raft: {e}");
         }
@@ -415,6 +429,10 @@ impl Cluster {
             command,
         };
         let what = proposal.command.describe();
+        let declared = match &proposal.command {
+            MetaCommand::DeclareQueue { vhost, name, .. } => Some((vhost.clone(), name.clone())),
+            _ => None,
+        };
         let result = match self.commit(proposal, deadline).await {
             Err(e) => Err(MetaError::Unavailable(format!(
                 "cluster metadata change '{what}' failed: {e}"
@@ -427,6 +445,10 @@ impl Cluster {
             },
         };
         self.waiters.lock().remove(&request);
+        if let (Ok(_), Some((vhost, name))) = (&result, declared) {
+            // A quorum queue: answer once its group has a leader.
+            self.queue_groups.wait_ready(&vhost, &name, deadline).await;
+        }
         result
     }
 }

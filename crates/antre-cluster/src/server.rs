@@ -117,6 +117,9 @@ async fn serve_peer(
                 // node and forwarding followers use their own).
                 Response::Members(node.change_members(change).await)
             }
+            queue @ (Request::QueueAppend { .. }
+            | Request::QueueVote { .. }
+            | Request::QueueSnapshot { .. }) => node.queue_groups.serve(queue).await,
         };
         drop(node);
         write_frame(&mut stream, &response).await?;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use antre_broker::cluster::{MetaCommand, MetaError, MetaOutcome, MetaSnapshot};
+use antre_broker::cluster::{MetaCommand, MetaError, MetaOutcome, MetaSnapshot, QuorumDef};
 use antre_broker::Broker;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::queue_group::QueueGroups;
 use crate::{ClusterError, Member, NodeId, TypeConfig};
 
 /// Something the server does after every applied change (closing the
@@ -50,6 +51,9 @@ struct Applied {
     membership: StoredMembership<NodeId, Member>,
     /// (vhost, queue, owning node) of every replicated queue.
     owners: Vec<(String, String, String)>,
+    /// Every quorum queue's group (members, id).
+    #[serde(default)]
+    quorum: Vec<QuorumDef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +66,7 @@ struct State {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Member>,
     owners: BTreeMap<(String, String), String>,
+    quorum: BTreeMap<(String, String), QuorumDef>,
     snapshot: Option<StoredSnapshot>,
 }
 
@@ -76,6 +81,8 @@ pub struct StateMachine {
     waiters: Waiters,
     hooks: AppliedHooks,
     snapshots_built: Arc<AtomicU64>,
+    /// The quorum queue groups this node runs.
+    groups: Arc<QueueGroups>,
     /// Held for a whole batch of applies and while a snapshot is built:
     /// openraft builds snapshots on a task of their own, and a snapshot
     /// must see the broker between entries, never in the middle of one.
@@ -108,6 +115,7 @@ impl StateMachine {
         node_name: &str,
         waiters: Waiters,
         hooks: AppliedHooks,
+        groups: Arc<QueueGroups>,
     ) -> Result<StateMachine, ClusterError> {
         let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
         std::fs::create_dir_all(dir).map_err(|e| storage(&e))?;
@@ -138,10 +146,16 @@ impl StateMachine {
                 last_applied: applied.last_applied,
                 membership: applied.membership,
                 owners,
+                quorum: applied
+                    .quorum
+                    .into_iter()
+                    .map(|d| ((d.vhost.clone(), d.name.clone()), d))
+                    .collect(),
                 snapshot,
             })),
             waiters,
             hooks,
+            groups,
             snapshots_built: Arc::default(),
             applying: Arc::default(),
         };
@@ -149,9 +163,13 @@ impl StateMachine {
         Ok(sm)
     }
 
-    /// Hands the broker the owner of every replicated queue it has.
+    /// Hands the broker the owner of every replicated queue it has, and
+    /// starts this node's quorum queue replicas.
     fn restore_owners(&self) {
         let state = self.state.lock();
+        for def in state.quorum.values() {
+            self.groups.declared(def);
+        }
         for ((vhost, queue), node) in &state.owners {
             if let Some(v) = self.broker.vhost(vhost) {
                 if v.has_queue(queue) {
@@ -160,6 +178,43 @@ impl StateMachine {
                 }
             }
         }
+    }
+
+    /// The group of a quorum queue about to be declared by the metadata
+    /// entry at `index` (None for other queue types): its members are the
+    /// declaring node then the next voters by name, wrapping around,
+    /// `x-quorum-initial-group-size` of them (3 by default, at most every
+    /// voter), as RabbitMQ starts with the declaring node. Every node
+    /// computes the same from the same log.
+    fn quorum_def(
+        &self,
+        state: &State,
+        vhost: &str,
+        name: &str,
+        owner: &str,
+        arguments: &antre_amqp::FieldTable,
+        index: u64,
+    ) -> Option<QuorumDef> {
+        let quorum = arguments
+            .get("x-queue-type")
+            .and_then(antre_amqp::FieldValue::as_str)
+            == Some("quorum");
+        if !quorum {
+            return None;
+        }
+        let size = arguments
+            .get("x-quorum-initial-group-size")
+            .and_then(antre_amqp::FieldValue::as_i64)
+            .filter(|n| *n > 0)
+            .unwrap_or(3);
+        let voters: Vec<NodeId> = state.membership.membership().voter_ids().collect();
+        let members = self.groups.pick_members(owner, &voters, size as usize);
+        Some(QuorumDef {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            members,
+            group: crate::queue_group::group_id(vhost, name, index),
+        })
     }
 
     fn save(&self, state: &State) -> Result<(), std::io::Error> {
@@ -171,6 +226,7 @@ impl StateMachine {
                 .iter()
                 .map(|((v, q), n)| (v.clone(), q.clone(), n.clone()))
                 .collect(),
+            quorum: state.quorum.values().cloned().collect(),
         };
         let json = serde_json::to_vec(&applied).map_err(io_err)?;
         antre_store::definitions::write_atomic(&self.dir.join("applied.json"), &json)
@@ -181,10 +237,15 @@ impl StateMachine {
     fn apply_one(
         &self,
         command: MetaCommand,
+        index: u64,
     ) -> Result<Result<MetaOutcome, MetaError>, std::io::Error> {
         let queue_key = match &command {
             MetaCommand::DeclareQueue {
-                vhost, name, owner, ..
+                vhost,
+                name,
+                owner,
+                arguments,
+                ..
             } => {
                 let key = (vhost.clone(), name.clone());
                 let exists = self.broker.vhost(vhost).is_some_and(|v| v.has_queue(name));
@@ -192,6 +253,11 @@ impl StateMachine {
                 if !exists && !state.owners.contains_key(&key) {
                     // Recorded before the apply: see the module docs.
                     state.owners.insert(key.clone(), owner.clone());
+                    if let Some(def) =
+                        self.quorum_def(&state, vhost, name, owner, &arguments.0, index)
+                    {
+                        state.quorum.insert(key.clone(), def);
+                    }
                     self.save(&state)?;
                 }
                 Some(key)
@@ -213,19 +279,44 @@ impl StateMachine {
         }
         let mut state = self.state.lock();
         if let Some((vhost, queue)) = queue_key {
+            let key = (vhost.clone(), queue.clone());
             let v = self.broker.vhost(&vhost);
             if v.as_ref().is_some_and(|v| v.has_queue(&queue)) {
-                if let (Some(v), Some(node)) =
-                    (v, state.owners.get(&(vhost.clone(), queue.clone())))
-                {
-                    v.set_remote_owner(&queue, (*node != self.node_name).then_some(node.as_str()));
+                let def = state.quorum.get(&key);
+                if let (Some(v), Some(node)) = (v, state.owners.get(&key)) {
+                    // A quorum queue's location follows its group's leader
+                    // (see queue_group); until one is known, its declarer.
+                    let led = def.is_some() && v.quorum_info(&queue).is_some();
+                    if !led {
+                        v.set_remote_owner(
+                            &queue,
+                            (*node != self.node_name).then_some(node.as_str()),
+                        );
+                    }
+                }
+                if let Some(def) = def {
+                    self.groups.declared(def);
                 }
             } else {
-                state.owners.remove(&(vhost, queue));
+                state.owners.remove(&key);
+                if let Some(def) = state.quorum.remove(&key) {
+                    self.groups.deleted(&def.group);
+                    self.save(&state)?;
+                }
             }
         }
         if let Some(gone) = deleted_vhost {
             state.owners.retain(|(v, _), _| *v != gone);
+            let dropped: Vec<String> = state
+                .quorum
+                .iter()
+                .filter(|((v, _), _)| *v == gone)
+                .map(|(_, d)| d.group.clone())
+                .collect();
+            state.quorum.retain(|(v, _), _| *v != gone);
+            for g in &dropped {
+                self.groups.deleted(g);
+            }
         }
         Ok(result)
     }
@@ -238,7 +329,7 @@ impl StateMachine {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(proposal) => {
                     tracing::debug!(index = entry.log_id.index, "applying {proposal}");
-                    let result = self.apply_one(proposal.command)?;
+                    let result = self.apply_one(proposal.command, entry.log_id.index)?;
                     if let Err(e) = &result {
                         tracing::debug!(index = entry.log_id.index, "refused: {e}");
                     }
@@ -274,8 +365,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             // is the state at last_applied.
             let _applying = this.applying.lock();
             let state = this.state.lock();
-            let data = serde_json::to_vec(&this.broker.meta_snapshot())
-                .map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let mut snap = this.broker.meta_snapshot();
+            snap.quorum = state.quorum.values().cloned().collect();
+            let data =
+                serde_json::to_vec(&snap).map_err(|e| StorageIOError::read_state_machine(&e))?;
             let n = this.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
             let snapshot_id = match state.last_applied {
                 Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
@@ -355,6 +448,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .into_iter()
                 .map(|(v, q, n)| ((v, q), n))
                 .collect();
+            let quorum: BTreeMap<(String, String), QuorumDef> = snap
+                .quorum
+                .into_iter()
+                .map(|d| ((d.vhost.clone(), d.name.clone()), d))
+                .collect();
+            for def in state.quorum.values() {
+                if !quorum.values().any(|d| d.group == def.group) {
+                    this.groups.deleted(&def.group);
+                }
+            }
+            for def in quorum.values() {
+                this.groups.declared(def);
+            }
+            state.quorum = quorum;
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
             this.save(&state)

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::membership::{MemberChange, MembershipError};
+use crate::queue_group::QueueTypeConfig;
 use crate::{NodeId, Proposal, TypeConfig};
 
 /// The largest frame either side accepts (a snapshot chunk is far less).
@@ -84,6 +85,27 @@ pub enum Request {
     /// A membership change, for the leader (a node that does not lead
     /// hands it on); also what a node started with `--cluster-join` sends.
     Members(MemberChange),
+    /// Raft of a quorum queue's group: append entries.
+    QueueAppend {
+        /// The group ([`crate::queue_group`]).
+        group: String,
+        /// The request.
+        rpc: AppendEntriesRequest<QueueTypeConfig>,
+    },
+    /// Raft of a quorum queue's group: request a vote.
+    QueueVote {
+        /// The group.
+        group: String,
+        /// The request.
+        rpc: VoteRequest<NodeId>,
+    },
+    /// Raft of a quorum queue's group: a snapshot chunk.
+    QueueSnapshot {
+        /// The group.
+        group: String,
+        /// The request.
+        rpc: InstallSnapshotRequest<QueueTypeConfig>,
+    },
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -101,6 +123,15 @@ pub enum Response {
     Pong,
     /// To [`Request::Members`].
     Members(Result<(), MembershipError>),
+    /// To [`Request::QueueAppend`].
+    QueueAppend(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::QueueVote`].
+    QueueVote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::QueueSnapshot`].
+    QueueSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// This node runs no replica of the named group (not started yet, or
+    /// the queue is gone): to the sender, the member is unreachable.
+    NoGroup(String),
 }
 
 /// Why a node did not commit a forwarded change.

@@ -31,6 +31,7 @@ mod credit;
 mod line;
 mod paging;
 mod ready;
+mod replica;
 mod state;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub use credit::{
     ConsumerInfo, ConsumerSpec, Credit, OutputBudget, OutputWindow, DELIVERY_OVERHEAD, FAIR_SHARE,
 };
 pub use paging::{MessageMemory, Paging, PAGE_ENTRIES};
+pub use replica::ReplicatedMessage;
 use state::QueueState;
 
 use crate::clock::Clock;
@@ -51,6 +53,7 @@ use crate::error::{queue_ref, BrokerError};
 use crate::message::Message;
 use crate::metrics::QueueMetrics;
 use crate::policy::AppliedPolicy;
+use crate::replicated::QueueReplica;
 
 /// Identifies a client connection (for exclusive queues).
 pub type ConnectionId = u64;
@@ -296,6 +299,9 @@ pub struct Queue {
     timed: std::sync::atomic::AtomicBool,
     /// Tells the vhost the queue became timed.
     timer_hook: std::sync::OnceLock<TimerHook>,
+    /// A quorum queue's replication, on the members of its group in a
+    /// cluster (see [`crate::replicated`]).
+    replica: std::sync::OnceLock<Arc<dyn QueueReplica>>,
 }
 
 /// What a queue calls when it first needs the broker's timer.
@@ -357,6 +363,7 @@ impl Queue {
             state: Mutex::new(state),
             timed: std::sync::atomic::AtomicBool::new(args_timed),
             timer_hook: std::sync::OnceLock::new(),
+            replica: std::sync::OnceLock::new(),
         }))
     }
 
@@ -670,9 +677,10 @@ impl Queue {
         };
         let entry = self.prepare_delivery(&st.args, entry);
         if no_ack {
-            st.forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
+            st.forget(entry.seq, entry.pos, entry.dedup_key.as_deref(), &self.name);
         } else {
             st.unacked += 1;
+            st.hand_out(entry.seq);
         }
         Some((entry, st.ready.len() as u32))
     }
@@ -701,14 +709,15 @@ impl Queue {
     /// Settles delivered messages for good (acked).
     pub fn ack<E: Into<Unsettled>>(self: &Arc<Self>, entries: impl IntoIterator<Item = E>) {
         let mut st = self.state.lock();
-        let mut n = 0u32;
         for e in entries {
             let e = e.into();
-            n += 1;
-            st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
+            if !st.take_outstanding(e.seq) {
+                continue;
+            }
+            st.unacked = st.unacked.saturating_sub(1);
+            self.metrics.acked.inc();
+            st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name);
         }
-        st.unacked = st.unacked.saturating_sub(n);
-        self.metrics.acked.add(u64::from(n));
     }
 
     /// Settles delivered messages that the consumer rejected without
@@ -719,6 +728,9 @@ impl Queue {
         let dlx = st.args.dead_letter_exchange.is_some();
         for e in entries {
             let e = e.into();
+            if !st.take_outstanding(e.seq) {
+                continue;
+            }
             st.unacked = st.unacked.saturating_sub(1);
             if dlx {
                 if let Some(message) = st.body_of(&e, &self.name) {
@@ -728,7 +740,7 @@ impl Queue {
                     });
                 }
             }
-            st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
+            st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name);
         }
     }
 
@@ -738,12 +750,16 @@ impl Queue {
     pub fn requeue<E: Into<Unsettled>>(self: &Arc<Self>, entries: impl IntoIterator<Item = E>) {
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
-        for e in entries {
-            let mut e = e.into();
-            st.unacked = st.unacked.saturating_sub(1);
-            if st.deleted {
-                continue;
-            }
+        let entries: Vec<Unsettled> = entries
+            .into_iter()
+            .map(Into::into)
+            .filter(|e: &Unsettled| st.take_outstanding(e.seq))
+            .collect();
+        st.unacked = st.unacked.saturating_sub(entries.len() as u32);
+        if st.deleted || st.standby {
+            return;
+        }
+        for mut e in entries {
             e.delivery_count += 1;
             if st
                 .args
@@ -758,14 +774,15 @@ impl Queue {
                         });
                     }
                 }
-                st.forget(e.pos, e.dedup_key.as_deref(), &self.name);
+                st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name);
                 continue;
+            }
+            if let Some(replica) = &st.replica {
+                replica.returned(e.seq);
             }
             st.insert_unsettled(e);
         }
-        if !st.deleted {
-            self.dispatch(&mut st, now);
-        }
+        self.dispatch(&mut st, now);
     }
 
     /// Settles a delivery to a no-ack consumer once its channel has handed
@@ -773,12 +790,14 @@ impl Queue {
     /// deduplication key, so that if it comes back undelivered
     /// ([`Queue::return_undelivered`]) it is still durable.
     pub fn settle_no_ack(&self, entry: &Entry) {
-        if entry.pos.is_none() && entry.dedup_key.is_none() {
+        let replicated = self.replica.get().is_some();
+        if entry.pos.is_none() && entry.dedup_key.is_none() && !replicated {
             return;
         }
-        self.state
-            .lock()
-            .forget(entry.pos, entry.dedup_key.as_deref(), &self.name);
+        let mut st = self.state.lock();
+        if st.take_outstanding(entry.seq) {
+            st.forget(entry.seq, entry.pos, entry.dedup_key.as_deref(), &self.name);
+        }
     }
 
     /// Puts back a message that never reached its consumer (its channel
@@ -789,10 +808,13 @@ impl Queue {
         }
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
+        if !st.take_outstanding(delivery.entry.seq) {
+            return;
+        }
         if !delivery.no_ack {
             st.unacked = st.unacked.saturating_sub(1);
         }
-        if st.deleted {
+        if st.deleted || st.standby {
             return;
         }
         let redelivered = delivery.entry.redelivered;
@@ -949,6 +971,7 @@ impl Queue {
                 }
             };
             let entry = self.prepare_delivery(&st.args, entry);
+            let seq = entry.seq;
             let consumer = st.consumers.get(idx);
             let no_ack = consumer.no_ack;
             let delivery = Delivery {
@@ -962,8 +985,11 @@ impl Queue {
             match consumer.sink.deliver(delivery) {
                 // Settled when its channel hands it out (settle_no_ack):
                 // until then it may come back undelivered.
-                Ok(()) if no_ack => {}
-                Ok(()) => st.unacked += 1,
+                Ok(()) if no_ack => st.hand_out(seq),
+                Ok(()) => {
+                    st.unacked += 1;
+                    st.hand_out(seq);
+                }
                 Err(back) => {
                     // The consumer's connection is gone: keep the message,
                     // forget the consumer.

@@ -2,7 +2,7 @@
 //! count, store and dead letters, with the bookkeeping every way out of the
 //! queue shares (forgetting a message, paging bodies in and out).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use antre_store::{QueueStore, SegmentPosition};
@@ -12,6 +12,7 @@ use super::paging::{Pager, Paging, ENTRY_COST};
 use super::ready::{Body, Ready, ReadyList};
 use super::{DeadLetter, DeathReason, Entry, QueueArgs, Unsettled};
 use crate::message::Message;
+use crate::replicated::QueueReplica;
 
 #[derive(Debug)]
 pub(super) struct QueueState {
@@ -32,6 +33,16 @@ pub(super) struct QueueState {
     pub(super) last_used: u64,
     /// What its arguments and policies turn on.
     pub(super) args: Arc<QueueArgs>,
+    /// A quorum queue's replication (cluster only): forgotten messages are
+    /// settled through it.
+    pub(super) replica: Option<Arc<dyn QueueReplica>>,
+    /// A replicated queue: the ids handed out by this engine (this
+    /// leadership) and not settled yet. Settles of other ids (a delivery
+    /// of an earlier leadership of this node) change nothing.
+    pub(super) outstanding: HashSet<u64>,
+    /// A replicated queue whose group this node does not lead: the engine
+    /// holds nothing and takes nothing.
+    pub(super) standby: bool,
 }
 
 impl QueueState {
@@ -53,6 +64,23 @@ impl QueueState {
             dead: Vec::new(),
             last_used: now,
             args,
+            replica: None,
+            outstanding: HashSet::new(),
+            standby: false,
+        }
+    }
+
+    /// Whether a handed-out message with this id still counts: always on
+    /// an ordinary queue; on a replicated one, if this leadership handed it
+    /// out (it stops counting).
+    pub(super) fn take_outstanding(&mut self, seq: u64) -> bool {
+        self.replica.is_none() || self.outstanding.remove(&seq)
+    }
+
+    /// Notes a message handed out (replicated queues only).
+    pub(super) fn hand_out(&mut self, seq: u64) {
+        if self.replica.is_some() {
+            self.outstanding.insert(seq);
         }
     }
 
@@ -64,7 +92,16 @@ impl QueueState {
     /// its store record and its deduplication key. A store failure only means
     /// the message may come back after a restart, never a loss, so it is
     /// logged rather than failing the client's ack.
-    pub(super) fn forget(&mut self, pos: Option<SegmentPosition>, key: Option<&str>, queue: &str) {
+    pub(super) fn forget(
+        &mut self,
+        seq: u64,
+        pos: Option<SegmentPosition>,
+        key: Option<&str>,
+        queue: &str,
+    ) {
+        if let Some(replica) = &self.replica {
+            replica.settle(seq);
+        }
         if let (Some(pos), Some(store)) = (pos, self.store()) {
             if let Err(e) = store.ack(pos) {
                 tracing::warn!(queue, %pos, "could not record ack in store: {e}");
@@ -196,7 +233,7 @@ impl QueueState {
             }
         };
         let Some(message) = message else {
-            self.forget(r.pos, r.dedup_key.as_deref(), queue);
+            self.forget(r.seq, r.pos, r.dedup_key.as_deref(), queue);
             return None;
         };
         Some(Entry {
@@ -217,7 +254,7 @@ impl QueueState {
         if let Body::Scratch(at) = r.body {
             self.ready.pager.free(at);
         }
-        self.forget(r.pos, r.dedup_key.as_deref(), queue);
+        self.forget(r.seq, r.pos, r.dedup_key.as_deref(), queue);
     }
 
     /// Dead-letters (or drops) messages that leave the queue without being
@@ -230,7 +267,7 @@ impl QueueState {
         dead_lettering: bool,
     ) {
         for r in readies {
-            let pos = r.pos;
+            let (seq, pos) = (r.seq, r.pos);
             let key = r.dedup_key.clone();
             if dead_lettering {
                 if let Some(e) = self.load(r, queue) {
@@ -238,7 +275,7 @@ impl QueueState {
                         message: e.message,
                         reason,
                     });
-                    self.forget(pos, key.as_deref(), queue);
+                    self.forget(seq, pos, key.as_deref(), queue);
                 }
             } else {
                 self.drop_ready(r, queue);

@@ -105,6 +105,8 @@ pub struct Vhost {
     /// Whether `remote` has any entry: the publish path reads only this
     /// flag on a single node.
     has_remote: AtomicBool,
+    /// Quorum queues' groups in a cluster: members and leader, by queue.
+    quorum: RwLock<HashMap<String, QuorumInfo>>,
     /// In a cluster, where the removals this vhost decides itself (an
     /// auto-delete queue's last consumer leaving, `x-expires`) are proposed
     /// so that every node forgets the queue.
@@ -127,6 +129,7 @@ impl Vhost {
             max_queues: AtomicU64::new(NO_LIMIT),
             remote: RwLock::default(),
             has_remote: AtomicBool::new(false),
+            quorum: RwLock::default(),
             metadata: std::sync::OnceLock::new(),
         }
     }
@@ -155,6 +158,7 @@ impl Vhost {
             max_queues: AtomicU64::new(NO_LIMIT),
             remote: RwLock::default(),
             has_remote: AtomicBool::new(false),
+            quorum: RwLock::default(),
             metadata: std::sync::OnceLock::new(),
         })
     }
@@ -164,6 +168,31 @@ impl Vhost {
     pub fn set_max_queues(&self, limit: Option<u64>) {
         self.max_queues
             .store(limit.unwrap_or(NO_LIMIT), Ordering::Relaxed);
+    }
+
+    /// Records (or, with None, forgets) a quorum queue's group.
+    pub fn set_quorum_info(&self, name: &str, info: Option<QuorumInfo>) {
+        let mut quorum = self.quorum.write();
+        match info {
+            Some(i) => {
+                quorum.insert(name.to_owned(), i);
+            }
+            None => {
+                quorum.remove(name);
+            }
+        }
+    }
+
+    /// Records the node that leads a quorum queue's group now.
+    pub fn set_quorum_leader(&self, name: &str, leader: &str) {
+        if let Some(i) = self.quorum.write().get_mut(name) {
+            i.leader = Some(leader.to_owned());
+        }
+    }
+
+    /// A quorum queue's group, in a cluster.
+    pub fn quorum_info(&self, name: &str) -> Option<QuorumInfo> {
+        self.quorum.read().get(name).cloned()
     }
 
     /// Makes this vhost a cluster node's (see the `metadata` field).
@@ -404,6 +433,15 @@ impl Vhost {
             self.route_dead_letters(q);
         }
     }
+}
+
+/// A quorum queue's Raft group as a cluster node knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QuorumInfo {
+    /// Members' node names.
+    pub members: Vec<String>,
+    /// The leader's node name, once one is known.
+    pub leader: Option<String>,
 }
 
 /// A server-generated name: `prefix` then 22 URL-safe base64 characters, the

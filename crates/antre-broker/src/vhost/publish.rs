@@ -158,6 +158,19 @@ impl Vhost {
             add_once(&mut outcome.stored, Arc::clone(s) as Arc<dyn Durable>);
         }
         for q in &targets.queues {
+            if q.replica().is_some() {
+                // A quorum queue in a cluster: the message enters its
+                // engine once its group committed it.
+                match q.replicate(&message)? {
+                    Some(batch) => {
+                        outcome.routed += 1;
+                        add_once(&mut outcome.stored, batch);
+                    }
+                    None => outcome.rejected = true,
+                }
+                work.collect(q);
+                continue;
+            }
             match q.publish(Arc::clone(&message))? {
                 Enqueued::Accepted { stored } => {
                     outcome.routed += 1;

@@ -44,6 +44,8 @@ pub fn queues(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
         ("consumers", "/consumers"),
         ("publish/s", "/message_stats/publish_details/rate"),
         ("deliver/s", "/message_stats/deliver_get_details/rate"),
+        ("type", "/type"),
+        ("leader", "/leader"),
     ];
     list(r, &format!("/api/queues/{}", vhost_path(r)), &columns, out)
 }

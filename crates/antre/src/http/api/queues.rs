@@ -19,14 +19,49 @@ use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
 
 /// On a cluster node, a queue's `node` is the cluster node that owns it
 /// (its messages and consumers are there; this node shows its definition
-/// only), as RabbitMQ shows a queue's home node.
+/// only), as RabbitMQ shows a queue's home node; a quorum queue's is its
+/// group's leader, and it also shows `leader`, `members` and `online`.
 fn with_node(state: &HttpState, v: &antre_broker::Vhost, mut queue: Value) -> Value {
     if let Some(me) = state.broker.node_name() {
-        let name = queue["name"].as_str().unwrap_or_default();
+        let name = queue["name"].as_str().unwrap_or_default().to_owned();
+        let name = name.as_str();
         let node = v
             .remote_owner(name)
             .map_or_else(|| me.to_owned(), |n| n.to_string());
         queue["node"] = Value::String(node);
+        if let Some(info) = v.quorum_info(name) {
+            // RabbitMQ's fields for a quorum queue: its leader, its
+            // members, and the members running now.
+            let running: Vec<String> = state
+                .cluster
+                .as_ref()
+                .map(|c| {
+                    c.status()
+                        .members
+                        .into_iter()
+                        .filter(|m| m.running)
+                        .map(|m| m.name)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let online: Vec<&String> = info
+                .members
+                .iter()
+                .filter(|m| running.contains(m))
+                .collect();
+            queue["leader"] = info.leader.as_deref().map_or(Value::Null, Value::from);
+            queue["members"] = Value::from(info.members.clone());
+            queue["online"] = serde_json::json!(online);
+            // antre's own: what this member's replica holds (applied, not
+            // settled), equal to the leader's once it caught up.
+            if let Some(replica) = v
+                .queue_info(name)
+                .as_ref()
+                .and_then(|q| q.replica().cloned())
+            {
+                queue["replica_messages"] = Value::from(replica.replicated_messages());
+            }
+        }
     }
     queue
 }

@@ -1,0 +1,259 @@
+//! A quorum queue's engine in a cluster: fed by its Raft group's applied
+//! log on the group's leader, idle elsewhere (see [`crate::replicated`]).
+
+use std::sync::Arc;
+
+use super::{DeadLetter, DeathReason, Overflow, Queue};
+use crate::durable::Durable;
+use crate::error::BrokerError;
+use crate::message::Message;
+use crate::replicated::QueueReplica;
+
+/// A message of a replicated queue as its group holds it, for an engine
+/// taking over: its id, the message, how often it came back.
+#[derive(Debug, Clone)]
+pub struct ReplicatedMessage {
+    /// The group's id for it (the engine's sequence number).
+    pub id: u64,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Deliveries that came back (`x-delivery-count`).
+    pub delivery_count: u32,
+}
+
+impl Queue {
+    /// Makes this queue's contents replicated through `replica`. The engine
+    /// starts idle (standby) until [`Queue::replica_takeover`]. Returns
+    /// false if it already had one.
+    pub fn set_replica(&self, replica: Arc<dyn QueueReplica>) -> bool {
+        if self.replica.set(Arc::clone(&replica)).is_err() {
+            return false;
+        }
+        let mut st = self.state.lock();
+        st.replica = Some(replica);
+        st.standby = true;
+        true
+    }
+
+    /// The queue's replication, if its contents are replicated.
+    pub fn replica(&self) -> Option<&Arc<dyn QueueReplica>> {
+        self.replica.get()
+    }
+
+    /// Publishes to a replicated queue (on its group's leader): applies the
+    /// overflow rule `reject-publish` against the engine's count, then hands
+    /// the message to the group. Returns the batch the confirm waits for,
+    /// or None if the queue refused the message.
+    pub fn replicate(
+        self: &Arc<Self>,
+        message: &Arc<Message>,
+    ) -> Result<Option<Arc<dyn Durable>>, BrokerError> {
+        let Some(replica) = self.replica.get() else {
+            return Err(BrokerError::Internal(format!(
+                "{} is not replicated",
+                self.describe()
+            )));
+        };
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Ok(None);
+            }
+            let size = message.body.len() as u64;
+            let full = st
+                .args
+                .max_length
+                .is_some_and(|max| st.ready.len() as u64 >= max)
+                || st
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|max| st.ready.bytes() + size > max);
+            if full && st.args.overflow != Overflow::DropHead {
+                if st.args.overflow == Overflow::RejectPublishDlx
+                    && st.args.dead_letter_exchange.is_some()
+                {
+                    st.dead.push(DeadLetter {
+                        message: Arc::clone(message),
+                        reason: DeathReason::MaxLen,
+                    });
+                }
+                return Ok(None);
+            }
+        }
+        replica.enqueue(message).map(Some)
+    }
+
+    /// A committed enqueue, applied on the leader: the message joins the
+    /// engine with the group's id as its sequence number (ids grow in log
+    /// order), is delivered if a consumer can take it, and the queue's
+    /// limits and TTLs apply (what they drop is settled through the group).
+    pub fn replica_enqueue(self: &Arc<Self>, id: u64, message: Arc<Message>) {
+        let now = self.clock.now_ms();
+        let mut st = self.state.lock();
+        if st.deleted || st.standby {
+            return;
+        }
+        let entry = self.entry_for(&st.args, message, id, now);
+        st.next_seq = st.next_seq.max(id + 1);
+        self.metrics.published.inc();
+        st.insert_entry(entry, false);
+        self.dispatch(&mut st, now.saturating_sub(1));
+        self.enforce_limits(&mut st);
+        self.expire(&mut st, now);
+    }
+
+    /// This node now leads the queue's group: the engine starts from the
+    /// group's applied messages. Every one is marked redelivered: the old
+    /// leader may have handed any of them out (the honest rule RabbitMQ's
+    /// quorum queues also follow for messages returned by a lost consumer).
+    pub fn replica_takeover(self: &Arc<Self>, messages: Vec<ReplicatedMessage>) {
+        let now = self.clock.now_ms();
+        let mut st = self.state.lock();
+        Self::idle(&mut st);
+        st.standby = false;
+        for m in messages {
+            let mut entry = self.entry_for(&st.args, m.message, m.id, now);
+            entry.delivery_count = m.delivery_count;
+            st.next_seq = st.next_seq.max(m.id + 1);
+            st.insert_entry(entry, true);
+        }
+        self.dispatch(&mut st, now);
+        self.enforce_limits(&mut st);
+        self.expire(&mut st, now);
+    }
+
+    /// This node no longer leads the queue's group: the engine drops what
+    /// it holds (the group keeps it) and cancels its consumers, which are
+    /// told with basic.cancel (clients re-subscribe on the new leader's
+    /// node, as with RabbitMQ's consumer cancel notifications).
+    pub fn replica_step_down(&self) {
+        let mut st = self.state.lock();
+        Self::idle(&mut st);
+        st.standby = true;
+        for c in st.consumers.take_all() {
+            c.release_credit();
+            c.sink.cancel(&c.tag);
+        }
+    }
+
+    /// Empties the engine without settling anything in the group.
+    fn idle(st: &mut super::state::QueueState) {
+        for r in st.ready.drain() {
+            if let super::ready::Body::Scratch(at) = r.body {
+                st.ready.pager.free(at);
+            }
+        }
+        st.outstanding.clear();
+        st.unacked = 0;
+        st.dead.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::tests::{consumer, message, queue_with, CollectSink};
+    use crate::replicated::PendingCommit;
+    use antre_amqp::FieldValue;
+    use parking_lot::Mutex;
+
+    /// Records what the engine reports.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        enqueued: Mutex<Vec<String>>,
+        settled: Mutex<Vec<u64>>,
+        returned: Mutex<Vec<u64>>,
+    }
+
+    impl QueueReplica for Recorder {
+        fn enqueue(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError> {
+            self.enqueued
+                .lock()
+                .push(String::from_utf8_lossy(&message.body).into_owned());
+            Ok(PendingCommit::new(None))
+        }
+        fn settle(&self, id: u64) {
+            self.settled.lock().push(id);
+        }
+        fn returned(&self, id: u64) {
+            self.returned.lock().push(id);
+        }
+    }
+
+    fn replicated(args: &[(&str, FieldValue)]) -> (Arc<Queue>, Arc<Recorder>) {
+        let mut all = vec![("x-queue-type", FieldValue::string("quorum"))];
+        all.extend_from_slice(args);
+        let q = queue_with(&all, Arc::new(ManualClock::at(1_000_000)));
+        let r = Arc::new(Recorder::default());
+        assert!(q.set_replica(Arc::clone(&r) as Arc<dyn QueueReplica>));
+        (q, r)
+    }
+
+    #[test]
+    fn publishes_are_proposed_and_applied_enqueues_reach_consumers() {
+        let (q, r) = replicated(&[]);
+        assert!(q.replicate(&message("a")).expect("replicate").is_some());
+        assert_eq!(*r.enqueued.lock(), ["a"]);
+        // Standby (not leading): an applied enqueue is not the engine's.
+        q.replica_enqueue(0, message("a"));
+        assert_eq!(q.counts().ready, 0);
+        q.replica_takeover(Vec::new());
+        let sink = Arc::new(CollectSink::default());
+        q.add_consumer(consumer(1, 10, &sink)).expect("consume");
+        q.replica_enqueue(0, message("a"));
+        q.replica_enqueue(1, message("b"));
+        assert_eq!(sink.bodies(), ["a", "b"]);
+        let deliveries: Vec<_> = sink.deliveries.lock().drain(..).collect();
+        q.ack([deliveries[0].entry.clone()]);
+        q.requeue(vec![deliveries[1].entry.clone()]);
+        assert_eq!(*r.settled.lock(), [0]);
+        assert_eq!(*r.returned.lock(), [1]);
+        // An ack of a message this leadership did not hand out (or already
+        // settled) changes nothing.
+        q.ack([deliveries[0].entry.clone()]);
+        assert_eq!(*r.settled.lock(), [0]);
+    }
+
+    #[test]
+    fn a_takeover_marks_everything_redelivered_and_stale_acks_are_ignored() {
+        let (q, r) = replicated(&[("x-delivery-limit", FieldValue::I32(1))]);
+        q.replica_takeover(Vec::new());
+        let sink = Arc::new(CollectSink::default());
+        q.add_consumer(consumer(1, 10, &sink)).expect("consume");
+        q.replica_enqueue(4, message("x"));
+        let old: Vec<_> = sink.deliveries.lock().drain(..).collect();
+        // Leadership lost: consumers cancelled, engine empty.
+        q.replica_step_down();
+        assert_eq!(*sink.cancelled.lock(), ["c1"]);
+        assert_eq!(q.counts().ready, 0);
+        // Back as leader, from the group's state (one return counted).
+        q.replica_takeover(vec![ReplicatedMessage {
+            id: 4,
+            message: message("x"),
+            delivery_count: 1,
+        }]);
+        q.ack([old[0].entry.clone()]);
+        assert!(r.settled.lock().is_empty(), "a stale ack settles nothing");
+        let (got, _) = q.get(false).expect("the message");
+        assert!(got.redelivered);
+        assert_eq!(got.delivery_count, 1);
+        // One more return passes the limit: settled, not requeued.
+        q.requeue(vec![got]);
+        assert_eq!(*r.settled.lock(), [4]);
+        assert!(r.returned.lock().is_empty());
+        assert_eq!(q.counts().ready, 0);
+    }
+
+    #[test]
+    fn reject_publish_refuses_before_proposing() {
+        let (q, r) = replicated(&[
+            ("x-max-length", FieldValue::I32(1)),
+            ("x-overflow", FieldValue::string("reject-publish")),
+        ]);
+        q.replica_takeover(Vec::new());
+        q.replica_enqueue(0, message("a"));
+        assert!(q.replicate(&message("b")).expect("replicate").is_none());
+        assert!(r.enqueued.lock().is_empty());
+    }
+}

@@ -1,0 +1,126 @@
+//! The seam between a queue engine and the replication of its contents (a
+//! quorum queue in a cluster).
+//!
+//! A quorum queue's messages live in a Raft group of its own (in the
+//! cluster crate). Its engine, the ordinary [`crate::queue::Queue`], runs on
+//! the group's leader only and is fed by the group's applied log:
+//!
+//! - a publish does not enter the engine directly: [`QueueReplica::enqueue`]
+//!   hands the message to the group and returns a [`Durable`] that reports
+//!   when the entry holding it is committed (on a majority of the members'
+//!   disks). Confirms wait for it exactly as they wait for an fsync;
+//! - once committed, the leader's apply gives the message to the engine
+//!   ([`crate::queue::Queue::replica_enqueue`]) with the group's id for it as
+//!   its sequence number;
+//! - whenever the engine forgets a message for good (ack, reject, drop,
+//!   expiry, dead-letter, purge) it calls [`QueueReplica::settle`]; when a
+//!   delivered message comes back (nack/reject with requeue, consumer gone)
+//!   it calls [`QueueReplica::returned`], which counts a delivery on every
+//!   member (for `x-delivery-limit` after a failover).
+//!
+//! Settles and returns are proposed asynchronously: the client's ack is
+//! answered at once, as RabbitMQ's acks are. If the leader dies before the
+//! settle is committed, the new leader delivers the message again, marked
+//! redelivered (at-least-once, as RabbitMQ documents).
+
+use std::sync::Arc;
+
+use crate::durable::Durable;
+use crate::error::BrokerError;
+use crate::message::Message;
+
+/// What a queue engine tells the replication of its contents.
+pub trait QueueReplica: Send + Sync + std::fmt::Debug {
+    /// Replicates a message published to the queue (on the leader). The
+    /// returned durable completes when the message is committed.
+    fn enqueue(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError>;
+    /// The engine forgot the message with this id for good.
+    fn settle(&self, id: u64);
+    /// A delivered message with this id came back to the queue.
+    fn returned(&self, id: u64);
+    /// How many messages this member's replica holds (applied, not
+    /// settled): the leader's count once a member caught up.
+    fn replicated_messages(&self) -> u64 {
+        0
+    }
+}
+
+/// Where a replicated write stands, for the syncer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Not replicated: a local store, synced by fsync.
+    Local,
+    /// Replicated, not committed yet.
+    Pending,
+    /// Replicated: committed (true) or failed (false, e.g. leadership
+    /// lost before the commit).
+    Done(bool),
+}
+
+/// One batch of replicated writes, as the syncer waits for it: a
+/// publisher's confirm covering a message in the batch is sent once the
+/// batch is committed, and becomes a nack if it fails.
+#[derive(Debug)]
+pub struct PendingCommit {
+    /// 0 pending, 1 committed, 2 failed.
+    state: std::sync::atomic::AtomicU8,
+    /// Woken when the batch completes, so waiting confirms go out.
+    syncer: Option<crate::syncer::Syncer>,
+}
+
+impl PendingCommit {
+    /// A pending batch; `syncer` is poked when it completes.
+    pub fn new(syncer: Option<crate::syncer::Syncer>) -> Arc<PendingCommit> {
+        Arc::new(PendingCommit {
+            state: std::sync::atomic::AtomicU8::new(0),
+            syncer,
+        })
+    }
+
+    /// Records the outcome (the first one counts) and wakes the syncer.
+    pub fn complete(&self, ok: bool) {
+        use std::sync::atomic::Ordering;
+        let to = if ok { 1 } else { 2 };
+        if self
+            .state
+            .compare_exchange(0, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if let Some(s) = &self.syncer {
+                s.poke();
+            }
+        }
+    }
+}
+
+impl Durable for PendingCommit {
+    fn label(&self) -> &str {
+        "replicated batch"
+    }
+
+    fn begin_sync(&self) -> Option<Result<antre_store::PendingSync, antre_store::StoreError>> {
+        None
+    }
+
+    fn finish_sync(
+        &self,
+        _pending: antre_store::PendingSync,
+        _result: Result<(), antre_store::StoreError>,
+    ) -> Result<(), antre_store::StoreError> {
+        Ok(())
+    }
+
+    fn is_dirty(&self) -> bool {
+        false
+    }
+
+    fn watch(&self, _hook: antre_store::DirtyHook) {}
+
+    fn commit(&self) -> Commit {
+        match self.state.load(std::sync::atomic::Ordering::Acquire) {
+            0 => Commit::Pending,
+            1 => Commit::Done(true),
+            _ => Commit::Done(false),
+        }
+    }
+}

@@ -1,0 +1,1152 @@
+//! Quorum queues: one Raft group per queue.
+//!
+//! A quorum queue's definition (with its members) goes through the
+//! metadata group ([`crate::state_machine`] picks the members and the
+//! group's id when it applies the declare); each member then runs a
+//! replica of the queue's own group, started here. The group's log holds
+//! [`QueueOps`] entries: messages enqueued, settled (acked, rejected,
+//! dropped, dead-lettered), returned (delivered and back: one more
+//! delivery). Every member applies them to the same message set
+//! ([`QueueState`]); its log is in antre's segment store under
+//! `<data-dir>/cluster/queues/<group>/` ([`crate::log_store`]), with a
+//! snapshot of the messages left (`snapshot.json`) after which the log's
+//! prefix is purged.
+//!
+//! The engine that serves consumers is the broker's ordinary queue, on the
+//! group's leader only (see [`antre_broker::replicated`]): a publish is
+//! proposed, confirmed when committed, and given to the engine when applied;
+//! what the engine settles or returns is proposed in turn. When this node
+//! becomes the leader it first waits until it applied everything committed
+//! before its term, then starts the engine from the applied messages, all
+//! marked redelivered; when it stops leading, the engine empties and
+//! cancels its consumers (basic.cancel).
+//!
+//! The frames travel over the metadata group's authenticated link, with the
+//! group's id in each request ([`crate::wire::Request::QueueAppend`]).
+//! Message bodies travel and are stored as base64 strings inside the JSON:
+//! the link and the log are JSON for the metadata group, and one encoding
+//! for both groups keeps the link one protocol; base64 costs a third more
+//! bytes, far less than JSON's arrays of numbers, and nothing next to the
+//! fsync each commit waits for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use antre_broker::cluster::{MetaCommand, QuorumDef};
+use antre_broker::durable::Durable;
+use antre_broker::error::BrokerError;
+use antre_broker::message::Message;
+use antre_broker::queue::{Queue, ReplicatedMessage};
+use antre_broker::replicated::{PendingCommit, QueueReplica};
+use antre_broker::Broker;
+use base64::Engine as _;
+use bytes::Bytes;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, ServerState, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::log_store::LogStore;
+use crate::network::{CallError, Connection, Link};
+use crate::wire::{Request, Response};
+use crate::{ClusterError, NodeId};
+
+/// Raft timing of queue groups: a heartbeat every 100 ms; a follower
+/// stands for election once the leader's lease (the longest election
+/// timeout, 800 ms after its last heartbeat) and its own election timeout
+/// (400 to 800 ms) have passed, so a dead leader is replaced in 1.2 to
+/// 1.6 s (the issue's goal is a failover under 2 s). Shorter than the
+/// metadata group's, whose changes are rare and can wait: a queue's
+/// publishers cannot. A node that misses heartbeats for that long (a
+/// stalled machine) costs the queue an election, which is safe.
+const HEARTBEAT_MS: u64 = 100;
+const ELECTION_MIN_MS: u64 = 400;
+const ELECTION_MAX_MS: u64 = 800;
+/// A snapshot of the messages left after this many entries; the log keeps
+/// a few entries before it for followers a little behind.
+const SNAPSHOT_LOGS: u64 = 4096;
+const KEEP_AFTER_SNAPSHOT: u64 = 256;
+/// Entries a leader has proposed and not yet seen committed, at most:
+/// publishes arriving meanwhile gather into the next, larger entry.
+const IN_FLIGHT: usize = 8;
+
+/// A message body (a [`Message`] record) in the log and on the wire: a
+/// base64 string in the JSON (see the module docs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Body(pub Bytes);
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Body({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Body {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(|v| Body(Bytes::from(v)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One entry of a queue group's log. A leader gathers what happened since
+/// its last entry into one; members apply `returned`, then `settle`, then
+/// `enqueue` (a message is settled or returned only after its enqueue was
+/// applied, so an entry never settles what it enqueues).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueOps {
+    /// New messages: the leader's id for each (growing), its record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enqueue: Vec<(u64, Body)>,
+    /// Messages gone for good.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settle: Vec<u64>,
+    /// Messages delivered that came back (one more delivery each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returned: Vec<u64>,
+}
+
+impl QueueOps {
+    fn is_empty(&self) -> bool {
+        self.enqueue.is_empty() && self.settle.is_empty() && self.returned.is_empty()
+    }
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for quorum queue groups.
+    pub QueueTypeConfig:
+        D = QueueOps,
+        R = (),
+);
+
+/// A quorum queue group's Raft handle.
+pub type QueueRaft = openraft::Raft<QueueTypeConfig>;
+
+/// The id of the group of queue `name` in `vhost`, declared by the
+/// metadata entry at `index`: stable for this declaration, different for a
+/// queue deleted and declared again (whose old data must not be reused).
+pub fn group_id(vhost: &str, name: &str, index: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(vhost.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(index.to_be_bytes());
+    h.finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One message as every member holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Held {
+    record: Body,
+    delivery_count: u32,
+}
+
+/// The replicated message set.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Messages {
+    /// By id, in order.
+    messages: BTreeMap<u64, Held>,
+    /// Above every id ever enqueued.
+    next_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// A member's state: what it applied.
+struct QueueState {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    set: Messages,
+    snapshot: Option<StoredSnapshot>,
+}
+
+/// What ties a group to the broker's engine of its queue on this node.
+struct Engine {
+    broker: Arc<Broker>,
+    queue: Arc<Queue>,
+    /// This node leads and the engine holds the applied messages: applied
+    /// enqueues go to it.
+    active: AtomicBool,
+    /// Messages this leader proposed, by id, so its apply need not decode
+    /// their records again.
+    proposed: Mutex<HashMap<u64, Arc<Message>>>,
+}
+
+impl Engine {
+    fn route_dead_letters(&self) {
+        if let Some(v) = self.broker.vhost(&self.queue.vhost) {
+            let _ = v.route_dead_letters(&self.queue);
+        }
+    }
+}
+
+/// The state machine of one member; clones share it.
+#[derive(Clone)]
+struct QueueMachine {
+    state: Arc<Mutex<QueueState>>,
+    engine: Arc<Engine>,
+    dir: PathBuf,
+}
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn decode(record: &Body) -> Option<Arc<Message>> {
+    match Message::from_record(&record.0) {
+        Ok(m) => Some(Arc::new(m)),
+        Err(e) => {
+            tracing::error!("dropping an undecodable replicated message: {e}");
+            None
+        }
+    }
+}
+
+impl QueueMachine {
+    fn open(dir: &Path, engine: Arc<Engine>) -> Result<QueueMachine, ClusterError> {
+        let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
+        let snapshot: Option<StoredSnapshot> =
+            match antre_store::definitions::read(&dir.join("snapshot.json"))
+                .map_err(|e| storage(&e))?
+            {
+                Some(raw) => Some(serde_json::from_slice(&raw).map_err(|e| storage(&e))?),
+                None => None,
+            };
+        // Restart: the state is the snapshot's; openraft applies the log's
+        // committed entries after it again.
+        let (last_applied, membership, set) = match &snapshot {
+            Some(s) => (
+                s.meta.last_log_id,
+                s.meta.last_membership.clone(),
+                serde_json::from_slice(&s.data).map_err(|e| storage(&e))?,
+            ),
+            None => (None, StoredMembership::default(), Messages::default()),
+        };
+        Ok(QueueMachine {
+            state: Arc::new(Mutex::new(QueueState {
+                last_applied,
+                membership,
+                set,
+                snapshot,
+            })),
+            engine,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Applies entries; on the active leader, new messages go to the
+    /// engine (under the state's lock, so a takeover sees each message
+    /// exactly once: in the set it starts from, or applied after).
+    fn apply_entries(&self, entries: Vec<Entry<QueueTypeConfig>>) -> usize {
+        let n = entries.len();
+        let mut st = self.state.lock();
+        let active = self.engine.active.load(Ordering::Acquire);
+        for entry in entries {
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(ops) => {
+                    for id in &ops.returned {
+                        if let Some(m) = st.set.messages.get_mut(id) {
+                            m.delivery_count += 1;
+                        }
+                    }
+                    for id in &ops.settle {
+                        st.set.messages.remove(id);
+                    }
+                    for (id, record) in ops.enqueue {
+                        st.set.next_id = st.set.next_id.max(id + 1);
+                        if active {
+                            let cached = self.engine.proposed.lock().remove(&id);
+                            if let Some(m) = cached.or_else(|| decode(&record)) {
+                                self.engine.queue.replica_enqueue(id, m);
+                            }
+                        }
+                        st.set.messages.insert(
+                            id,
+                            Held {
+                                record,
+                                delivery_count: 0,
+                            },
+                        );
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    st.membership = StoredMembership::new(Some(entry.log_id), m);
+                }
+            }
+            st.last_applied = Some(entry.log_id);
+        }
+        drop(st);
+        if active {
+            self.engine.route_dead_letters();
+        }
+        n
+    }
+
+    fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), std::io::Error> {
+        let json = serde_json::to_vec(snapshot).map_err(io_err)?;
+        antre_store::definitions::write_atomic(&self.dir.join("snapshot.json"), &json)
+            .map_err(io_err)
+    }
+}
+
+impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<QueueTypeConfig>> {
+        let this = self.clone();
+        blocking(move || {
+            let st = this.state.lock();
+            let data =
+                serde_json::to_vec(&st.set).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let snapshot_id = match st.last_applied {
+                Some(l) => format!("{}-{}", l.leader_id, l.index),
+                None => "-".into(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: st.last_applied,
+                last_membership: st.membership.clone(),
+                snapshot_id,
+            };
+            drop(st);
+            let stored = StoredSnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            };
+            this.store_snapshot(&stored)
+                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            this.state.lock().snapshot = Some(stored);
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })
+        })
+    }
+}
+
+impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
+    type SnapshotBuilder = QueueMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        let st = self.state.lock();
+        Ok((st.last_applied, st.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<()>>
+    where
+        I: IntoIterator<Item = Entry<QueueTypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<QueueTypeConfig>> = entries.into_iter().collect();
+        let this = self.clone();
+        let n = blocking(move || this.apply_entries(entries));
+        Ok(vec![(); n])
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let this = self.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            let sig = || Some(meta.signature());
+            let set: Messages = serde_json::from_slice(&data)
+                .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?;
+            let stored = StoredSnapshot {
+                meta: meta.clone(),
+                data,
+            };
+            this.store_snapshot(&stored)
+                .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
+            let mut st = this.state.lock();
+            st.set = set;
+            st.last_applied = meta.last_log_id;
+            st.membership = meta.last_membership.clone();
+            st.snapshot = Some(stored);
+            Ok(())
+        })
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<QueueTypeConfig>>> {
+        let st = self.state.lock();
+        Ok(st.snapshot.as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}
+
+/// What a leader's engine did since its last proposal.
+#[derive(Default)]
+struct Pending {
+    ops: QueueOps,
+    /// The batch the enqueues in `ops` confirm with.
+    batch: Option<Arc<PendingCommit>>,
+    /// The id the next enqueue gets.
+    next_id: u64,
+}
+
+/// The replication of one queue on one member: what the broker's engine
+/// calls ([`QueueReplica`]).
+struct Replica {
+    engine: Arc<Engine>,
+    state: Arc<Mutex<QueueState>>,
+    pending: Mutex<Pending>,
+    wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("queue", &self.engine.queue.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueReplica for Replica {
+    fn enqueue(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError> {
+        let syncer = self.engine.broker.syncer().cloned();
+        if !self.engine.active.load(Ordering::Acquire) {
+            // Leadership moved a moment ago: the publisher gets a nack.
+            let failed = PendingCommit::new(syncer);
+            failed.complete(false);
+            return Ok(failed);
+        }
+        let mut p = self.pending.lock();
+        let id = p.next_id;
+        p.next_id += 1;
+        p.ops.enqueue.push((id, Body(message.record().clone())));
+        self.engine.proposed.lock().insert(id, Arc::clone(message));
+        let batch = Arc::clone(p.batch.get_or_insert_with(|| PendingCommit::new(syncer)));
+        drop(p);
+        self.wake.notify_one();
+        Ok(batch)
+    }
+
+    fn settle(&self, id: u64) {
+        self.pending.lock().ops.settle.push(id);
+        self.wake.notify_one();
+    }
+
+    fn returned(&self, id: u64) {
+        self.pending.lock().ops.returned.push(id);
+        self.wake.notify_one();
+    }
+
+    fn replicated_messages(&self) -> u64 {
+        self.state.lock().set.messages.len() as u64
+    }
+}
+
+/// One member's replica of a queue's group.
+pub struct Group {
+    def: QuorumDef,
+    raft: QueueRaft,
+    machine: QueueMachine,
+    replica: Arc<Replica>,
+    log: LogStore<QueueTypeConfig>,
+    dir: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("group", &self.def.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The queue groups this node is a member of.
+pub struct QueueGroups {
+    link: Arc<Link>,
+    broker: Arc<Broker>,
+    dir: PathBuf,
+    groups: Mutex<HashMap<String, Arc<Group>>>,
+    runtime: tokio::runtime::Handle,
+    this: Weak<QueueGroups>,
+    /// Where a member is dialled, from the metadata group's membership:
+    /// a node that joined later is in no peer list.
+    addresses: std::sync::OnceLock<AddressBook>,
+}
+
+/// Looks up a node's cluster address by its Raft id.
+pub type AddressBook = Box<dyn Fn(NodeId) -> Option<std::net::SocketAddr> + Send + Sync>;
+
+impl std::fmt::Debug for QueueGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueGroups").finish_non_exhaustive()
+    }
+}
+
+impl QueueGroups {
+    /// The registry of a node whose cluster directory is `dir`.
+    pub fn new(
+        link: Arc<Link>,
+        broker: Arc<Broker>,
+        dir: &Path,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<QueueGroups> {
+        Arc::new_cyclic(|this| QueueGroups {
+            link,
+            broker,
+            dir: dir.join("queues"),
+            groups: Mutex::default(),
+            runtime,
+            this: this.clone(),
+            addresses: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Sets where members are dialled (the metadata group's membership);
+    /// without it, only the peer list is known.
+    pub fn set_address_book(&self, book: AddressBook) {
+        let _ = self.addresses.set(book);
+    }
+
+    fn address_of(&self, id: NodeId) -> Option<std::net::SocketAddr> {
+        self.link
+            .config
+            .listed_addr(id)
+            .or_else(|| self.addresses.get().and_then(|book| book(id)))
+    }
+
+    fn me(&self) -> &str {
+        &self.link.config.node_name
+    }
+
+    /// Applies a quorum queue's definition on this node: records its
+    /// members for listings, and starts this node's replica if it is one
+    /// (in the background: openraft starts asynchronously).
+    pub fn declared(&self, def: &QuorumDef) {
+        if let Some(v) = self.broker.vhost(&def.vhost) {
+            let leader = v.quorum_info(&def.name).and_then(|i| i.leader);
+            v.set_quorum_info(
+                &def.name,
+                Some(antre_broker::vhost::QuorumInfo {
+                    members: def.members.clone(),
+                    leader,
+                }),
+            );
+        }
+        if !def.members.iter().any(|m| m == self.me())
+            || self.groups.lock().contains_key(&def.group)
+        {
+            return;
+        }
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        let def = def.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = this.start(def.clone()).await {
+                tracing::error!(
+                    vhost = def.vhost,
+                    queue = def.name,
+                    "cannot start the quorum queue's replica: {e}"
+                );
+            }
+        });
+    }
+
+    /// The queue is gone: stops this node's replica and removes its data.
+    pub fn deleted(&self, group: &str) {
+        let Some(g) = self.groups.lock().remove(group) else {
+            // Not started (yet): remove what a previous run left.
+            let _ = std::fs::remove_dir_all(self.dir.join(group));
+            return;
+        };
+        self.runtime.spawn(async move {
+            g.stop.send_replace(true);
+            g.machine.engine.active.store(false, Ordering::Release);
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!("stopping quorum queue group {}: {e}", g.def.group);
+            }
+            g.log.close();
+            if let Err(e) = std::fs::remove_dir_all(&g.dir) {
+                tracing::warn!("removing quorum queue group {}: {e}", g.def.group);
+            }
+            tracing::info!(
+                vhost = g.def.vhost,
+                queue = g.def.name,
+                "quorum queue replica removed"
+            );
+        });
+    }
+
+    /// Groups this node runs, by id.
+    pub fn running(&self) -> Vec<String> {
+        self.groups.lock().keys().cloned().collect()
+    }
+
+    /// Stops every replica (node shutdown), keeping their data.
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<Group>> = self.groups.lock().drain().map(|(_, g)| g).collect();
+        for g in all {
+            g.stop.send_replace(true);
+            let _ = g.raft.shutdown().await;
+            g.log.close();
+        }
+    }
+
+    async fn start(self: Arc<Self>, def: QuorumDef) -> Result<(), ClusterError> {
+        let Some(queue) = self
+            .broker
+            .vhost(&def.vhost)
+            .and_then(|v| v.queue_info(&def.name))
+        else {
+            return Err(ClusterError::Config(format!(
+                "quorum queue {} in {} does not exist here",
+                def.name, def.vhost
+            )));
+        };
+        let dir = self.dir.join(&def.group);
+        std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let log = LogStore::<QueueTypeConfig>::open(&dir)?;
+        let engine = Arc::new(Engine {
+            broker: Arc::clone(&self.broker),
+            queue: Arc::clone(&queue),
+            active: AtomicBool::new(false),
+            proposed: Mutex::default(),
+        });
+        let machine = QueueMachine::open(&dir, Arc::clone(&engine))?;
+        let config = openraft::Config {
+            cluster_name: format!("antre-queue-{}", def.group),
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_MIN_MS,
+            election_timeout_max: ELECTION_MAX_MS,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS),
+            max_in_snapshot_log_to_keep: KEEP_AFTER_SNAPSHOT,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let network = GroupNetwork {
+            link: Arc::clone(&self.link),
+            group: Arc::from(def.group.as_str()),
+        };
+        let me = self.link.config.node_id();
+        let raft = QueueRaft::new(me, Arc::new(config), network, log.clone(), machine.clone())
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        // Ids come from names, so every member computes the same
+        // membership whatever its peer list holds.
+        let members: BTreeMap<NodeId, BasicNode> = def
+            .members
+            .iter()
+            .map(|m| {
+                let id = crate::node_id_of(m);
+                let addr = self.address_of(id).map(|a| a.to_string());
+                (id, BasicNode::new(addr.unwrap_or_default()))
+            })
+            .collect();
+        // As for the metadata group: every member bootstraps with the same
+        // members; once the log has a membership openraft refuses.
+        match raft.initialize(members).await {
+            // A new queue: its declaring node stands for election at once,
+            // so it usually leads (as RabbitMQ's declaring node does) and
+            // the queue is usable without waiting for an election timeout.
+            Ok(()) if def.members.first().map(String::as_str) == Some(self.me()) => {
+                if let Err(e) = raft.trigger().elect().await {
+                    tracing::debug!(group = def.group, "no election: {e}");
+                }
+            }
+            Ok(()) => {}
+            Err(e) => tracing::debug!(group = def.group, "queue group already initialized: {e}"),
+        }
+        let replica = Arc::new(Replica {
+            engine: Arc::clone(&engine),
+            state: Arc::clone(&machine.state),
+            pending: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        });
+        if !queue.set_replica(Arc::clone(&replica) as Arc<dyn QueueReplica>) {
+            let _ = raft.shutdown().await;
+            return Err(ClusterError::Config(format!(
+                "quorum queue {} already has a replica",
+                def.name
+            )));
+        }
+        let group = Arc::new(Group {
+            def: def.clone(),
+            raft,
+            machine,
+            replica,
+            log,
+            dir,
+            stop: tokio::sync::watch::Sender::new(false),
+        });
+        self.groups
+            .lock()
+            .insert(def.group.clone(), Arc::clone(&group));
+        tokio::spawn(propose_loop(Arc::clone(&group)));
+        tokio::spawn(lead_loop(Arc::downgrade(&self), Arc::clone(&group)));
+        tracing::info!(
+            vhost = def.vhost,
+            queue = def.name,
+            members = ?def.members,
+            "quorum queue replica started"
+        );
+        Ok(())
+    }
+
+    fn group(&self, id: &str) -> Option<Arc<Group>> {
+        self.groups.lock().get(id).cloned()
+    }
+
+    /// Answers a peer's Raft request for one of this node's groups.
+    pub async fn serve(&self, request: Request) -> Response {
+        match request {
+            Request::QueueAppend { group, rpc } => match self.group(&group) {
+                Some(g) => Response::QueueAppend(g.raft.append_entries(rpc).await),
+                None => Response::NoGroup(group),
+            },
+            Request::QueueVote { group, rpc } => match self.group(&group) {
+                Some(g) => Response::QueueVote(g.raft.vote(rpc).await),
+                None => Response::NoGroup(group),
+            },
+            Request::QueueSnapshot { group, rpc } => match self.group(&group) {
+                Some(g) => Response::QueueSnapshot(g.raft.install_snapshot(rpc).await),
+                None => Response::NoGroup(group),
+            },
+            _ => Response::NoGroup(String::new()),
+        }
+    }
+
+    /// Waits (until `deadline`) until quorum queue `name` in `vhost` has a
+    /// leader that took its engine over, as this node knows: a declare-ok
+    /// then means the queue takes publishes, as RabbitMQ answers a quorum
+    /// queue's declare once its Raft cluster started.
+    pub async fn wait_ready(&self, vhost: &str, name: &str, deadline: tokio::time::Instant) {
+        loop {
+            let Some(v) = self.broker.vhost(vhost) else {
+                return;
+            };
+            match v.quorum_info(name) {
+                None => return,
+                Some(i) if i.leader.is_some() => return,
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A new group's members: `owner`, then the voters after it by name
+    /// (wrapping around), `size` in all at most.
+    pub fn pick_members(&self, owner: &str, voters: &[NodeId], size: usize) -> Vec<String> {
+        let cfg = &self.link.config;
+        let mut names: Vec<&str> = voters.iter().filter_map(|&id| cfg.name_of(id)).collect();
+        names.sort_unstable();
+        let start = names.iter().position(|n| *n == owner).unwrap_or(0);
+        names.rotate_left(start);
+        names
+            .into_iter()
+            .take(size.max(1))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The node that leads `group` now, as this member knows it.
+    pub fn leader_of(&self, group: &str) -> Option<String> {
+        let g = self.group(group)?;
+        let leader = g.raft.metrics().borrow().current_leader?;
+        self.link.config.name_of(leader).map(str::to_owned)
+    }
+}
+
+/// Proposes what the engine did, while this node leads: each round takes
+/// everything gathered since the last (one entry), up to [`IN_FLIGHT`]
+/// entries uncommitted at a time.
+async fn propose_loop(group: Arc<Group>) {
+    let mut stop = group.stop.subscribe();
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    loop {
+        tokio::select! {
+            _ = group.replica.wake.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let (ops, batch) = {
+                let mut p = group.replica.pending.lock();
+                (std::mem::take(&mut p.ops), p.batch.take())
+            };
+            if ops.is_empty() {
+                break;
+            }
+            if !group.machine.engine.active.load(Ordering::Acquire) {
+                // Not the leader (any more): these never reach the log. The
+                // publishes are nacked; settles are lost with the engine,
+                // so those messages are delivered again, redelivered.
+                if let Some(b) = batch {
+                    b.complete(false);
+                }
+                continue;
+            }
+            match group.raft.client_write_ff(ops).await {
+                Ok(rx) => {
+                    tokio::spawn(async move {
+                        let ok = matches!(rx.await, Ok(Ok(_)));
+                        if let Some(b) = batch {
+                            b.complete(ok);
+                        }
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(group = group.def.group, "queue group stopped: {e}");
+                    if let Some(b) = batch {
+                        b.complete(false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Follows the group's leadership: takes the engine over when this node
+/// becomes the leader, steps it down when it stops leading, and keeps the
+/// queue's location (the vhost's remote owner, the leader shown in
+/// listings) up to date.
+async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
+    let mut stop = group.stop.subscribe();
+    let mut metrics = group.raft.metrics();
+    let mut known_leader: Option<NodeId> = None;
+    loop {
+        let Some(groups) = groups.upgrade() else {
+            return;
+        };
+        let (state, leader) = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_leader)
+        };
+        let me = groups.link.config.node_id();
+        let engine = &group.machine.engine;
+        let active = engine.active.load(Ordering::Acquire);
+        if state == ServerState::Leader && !active {
+            take_over(&groups, &group).await;
+        } else if state != ServerState::Leader && active {
+            step_down(&group);
+        }
+        if leader != known_leader && leader != Some(me) {
+            if !engine.active.load(Ordering::Acquire) {
+                // Consumers that attached here while no leader was known
+                // would wait forever on this idle engine: cancel them, so
+                // they re-subscribe where the queue lives.
+                engine.queue.replica_step_down();
+            }
+            if let Some(name) = leader.and_then(|l| groups.link.config.name_of(l)) {
+                if let Some(v) = groups.broker.vhost(&group.def.vhost) {
+                    v.set_quorum_leader(&group.def.name, name);
+                    v.set_remote_owner(&group.def.name, Some(name));
+                }
+            }
+            known_leader = leader;
+        } else if leader == Some(me) && engine.active.load(Ordering::Acquire) {
+            known_leader = leader;
+        }
+        drop(groups);
+        // A leader whose takeover failed tries again shortly.
+        let retry = tokio::time::sleep(Duration::from_millis(if state == ServerState::Leader {
+            200
+        } else {
+            2000
+        }));
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            _ = retry => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// This node was elected: once it applied everything committed before its
+/// term (the read barrier of its first entry), the engine starts from the
+/// applied messages.
+async fn take_over(groups: &QueueGroups, group: &Group) {
+    let wait = groups.link.config.change_timeout;
+    match tokio::time::timeout(wait, group.raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(group = group.def.group, "not taking over yet: {e}");
+            return;
+        }
+        Err(_) => return,
+    }
+    let engine = &group.machine.engine;
+    {
+        let st = group.machine.state.lock();
+        let messages: Vec<ReplicatedMessage> = st
+            .set
+            .messages
+            .iter()
+            .filter_map(|(&id, held)| {
+                decode(&held.record).map(|message| ReplicatedMessage {
+                    id,
+                    message,
+                    delivery_count: held.delivery_count,
+                })
+            })
+            .collect();
+        {
+            let mut p = group.replica.pending.lock();
+            p.ops = QueueOps::default();
+            if let Some(b) = p.batch.take() {
+                b.complete(false);
+            }
+            p.next_id = st.set.next_id;
+        }
+        engine.proposed.lock().clear();
+        engine.queue.replica_takeover(messages);
+        engine.active.store(true, Ordering::Release);
+    }
+    engine.route_dead_letters();
+    let me = groups.me().to_owned();
+    if let Some(v) = groups.broker.vhost(&group.def.vhost) {
+        v.set_remote_owner(&group.def.name, None);
+        v.set_quorum_leader(&group.def.name, &me);
+    }
+    tracing::info!(
+        vhost = group.def.vhost,
+        queue = group.def.name,
+        "this node leads the quorum queue now"
+    );
+    if let Some(log) = groups.broker.metadata_log() {
+        log.propose_later(MetaCommand::QueueLeader {
+            vhost: group.def.vhost.clone(),
+            name: group.def.name.clone(),
+            leader: me,
+        });
+    }
+}
+
+/// This node stopped leading: the engine empties and its consumers are
+/// cancelled; what it had not proposed yet is dropped (publishes nacked).
+fn step_down(group: &Group) {
+    let engine = &group.machine.engine;
+    let _st = group.machine.state.lock();
+    engine.active.store(false, Ordering::Release);
+    engine.queue.replica_step_down();
+    engine.proposed.lock().clear();
+    let mut p = group.replica.pending.lock();
+    p.ops = QueueOps::default();
+    if let Some(b) = p.batch.take() {
+        b.complete(false);
+    }
+    tracing::info!(
+        vhost = group.def.vhost,
+        queue = group.def.name,
+        "this node no longer leads the quorum queue"
+    );
+}
+
+/// openraft's network factory for one group: a connection per target over
+/// the cluster link, requests carrying the group's id.
+#[derive(Clone)]
+struct GroupNetwork {
+    link: Arc<Link>,
+    group: Arc<str>,
+}
+
+struct GroupClient {
+    target: NodeId,
+    group: Arc<str>,
+    conn: Connection,
+}
+
+impl RaftNetworkFactory<QueueTypeConfig> for GroupNetwork {
+    type Network = GroupClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupClient {
+        let cfg = &self.link.config;
+        // A member that joined later is in no peer list: an empty name
+        // accepts whichever node answers there, the secret proving it is
+        // a member.
+        let name = cfg.name_of(target).unwrap_or("").to_owned();
+        let addr = cfg
+            .peers
+            .iter()
+            .find(|p| p.id() == target)
+            .map(|p| p.addr)
+            .or_else(|| node.addr.parse().ok())
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        GroupClient {
+            target,
+            group: Arc::clone(&self.group),
+            conn: Connection::new(Arc::clone(&self.link), &name, addr),
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+fn rpc_error<E: std::error::Error>(
+    e: CallError,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    let io = std::io::Error::other(e.to_string());
+    match e {
+        CallError::Unreachable(_) => RPCError::Unreachable(openraft::error::Unreachable::new(&io)),
+        CallError::Network(_) => RPCError::Network(openraft::error::NetworkError::new(&io)),
+    }
+}
+
+impl GroupClient {
+    async fn call(&mut self, request: Request, option: &RPCOption) -> Result<Response, CallError> {
+        match self.conn.call(&request, option.hard_ttl()).await? {
+            // The member has not started its replica yet (or the queue is
+            // gone there): unreachable, as a node that is down.
+            Response::NoGroup(g) => Err(CallError::Unreachable(format!(
+                "no replica of queue group {g}"
+            ))),
+            r => Ok(r),
+        }
+    }
+}
+
+impl RaftNetwork<QueueTypeConfig> for GroupClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<QueueTypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let group = self.group.to_string();
+        match self
+            .call(Request::QueueAppend { group, rpc }, &option)
+            .await
+            .map_err(rpc_error)?
+        {
+            Response::QueueAppend(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(rpc_error(CallError::Network(
+                "answer of the wrong kind".into(),
+            ))),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<QueueTypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let group = self.group.to_string();
+        match self
+            .call(Request::QueueSnapshot { group, rpc }, &option)
+            .await
+            .map_err(rpc_error)?
+        {
+            Response::QueueSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(rpc_error(CallError::Network(
+                "answer of the wrong kind".into(),
+            ))),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        let group = self.group.to_string();
+        match self
+            .call(Request::QueueVote { group, rpc }, &option)
+            .await
+            .map_err(rpc_error)?
+        {
+            Response::QueueVote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(rpc_error(CallError::Network(
+                "answer of the wrong kind".into(),
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_round_trip_with_base64_bodies() {
+        let ops = QueueOps {
+            enqueue: vec![(7, Body(Bytes::from_static(b"\x00\xffhello")))],
+            settle: vec![1, 2],
+            returned: vec![],
+        };
+        let json = serde_json::to_string(&ops).unwrap();
+        assert!(json.contains("AP9oZWxsbw=="), "{json}");
+        assert!(!json.contains("returned"));
+        let back: QueueOps = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ops);
+    }
+
+    #[test]
+    fn group_ids_differ_per_declaration() {
+        assert_eq!(group_id("/", "q", 5), group_id("/", "q", 5));
+        assert_ne!(group_id("/", "q", 5), group_id("/", "q", 6));
+        assert_ne!(group_id("/", "q", 5), group_id("/", "r", 5));
+        assert_eq!(group_id("/", "q", 5).len(), 24);
+    }
+}

@@ -1,0 +1,708 @@
+//! Quorum queues on a cluster of three real `antre` processes
+//! (tests/cluster/harness.rs), driven by lapin and the management API:
+//! a quorum queue has three members; publishes are confirmed once
+//! committed; acked messages are gone on every replica; kill -9 of the
+//! queue's leader under confirmed publishing and consuming loses nothing
+//! confirmed and marks every possible redelivery; x-delivery-limit and
+//! dead-lettering hold across a failover; with two of three nodes down
+//! nothing is confirmed, and nothing confirmed is lost when they return.
+//!
+//! `ANTRE_QUORUM_CYCLES=100` runs the failover loop 100 times (see
+//! scripts/soak-quorum-failover.sh); CI runs 3.
+
+#[path = "cluster/harness.rs"]
+mod harness;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use harness::{TestCluster, SECRET};
+use lapin::options::*;
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+async fn connect(uri: &str) -> Option<Connection> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    for (k, v) in extra {
+        args.insert((*k).into(), v.clone());
+    }
+    args
+}
+
+async fn declare_quorum(ch: &Channel, name: &str, extra: &[(&str, AMQPValue)]) {
+    ch.queue_declare(
+        name,
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum_args(extra),
+    )
+    .await
+    .expect("declare quorum queue");
+}
+
+/// The queue as node `i` lists it.
+async fn queue_json(c: &TestCluster, i: usize, name: &str) -> Option<Value> {
+    match c
+        .try_api(i, "GET", &format!("/api/queues/%2F/{name}"), None)
+        .await
+    {
+        Some((200, v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// The running node that leads queue `name` and has taken its engine over
+/// (it lists itself as the leader only then).
+async fn leader(c: &TestCluster, name: &str) -> Option<usize> {
+    for (i, n) in c.nodes.iter().enumerate() {
+        if !n.is_running() {
+            continue;
+        }
+        if let Some(q) = queue_json(c, i, name).await {
+            if q["leader"] == json!(n.name) {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// Whether node `i`'s replica of queue `name` holds as many messages as the
+/// leader's (a restarted member caught up, the queue being idle).
+async fn caught_up(c: &TestCluster, name: &str, i: usize) -> bool {
+    let Some(l) = leader(c, name).await else {
+        return false;
+    };
+    let (Some(mine), Some(leaders)) = (queue_json(c, i, name).await, queue_json(c, l, name).await)
+    else {
+        return false;
+    };
+    mine["replica_messages"].is_u64() && mine["replica_messages"] == leaders["replica_messages"]
+}
+
+async fn wait_leader(c: &TestCluster, name: &str) -> usize {
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        if let Some(i) = leader(c, name).await {
+            return i;
+        }
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!("no leader for {name}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+/// Publishes `body` and waits for its confirm: Some(true) acked,
+/// Some(false) nacked, None no answer in `within` (or the channel failed).
+async fn publish_confirmed(
+    ch: &Channel,
+    queue: &str,
+    body: &[u8],
+    within: Duration,
+) -> Option<bool> {
+    let confirm = ch
+        .basic_publish(
+            "",
+            queue,
+            BasicPublishOptions::default(),
+            body,
+            persistent(),
+        )
+        .await
+        .ok()?;
+    match tokio::time::timeout(within, confirm).await {
+        Ok(Ok(Confirmation::Ack(_))) => Some(true),
+        Ok(Ok(Confirmation::Nack(_))) => Some(false),
+        _ => None,
+    }
+}
+
+async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    ch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_replicates_and_survives_its_leaders_death() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let n1 = loop {
+        if let Some(conn) = connect(&c.nodes[0].amqp_uri()).await {
+            let ch = conn.create_channel().await.expect("channel");
+            // The metadata group may still be electing its first leader.
+            let declared = ch
+                .queue_declare(
+                    "orders",
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    quorum_args(&[]),
+                )
+                .await;
+            if declared.is_ok() {
+                break conn;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    drop(n1);
+    let l = wait_leader(&c, "orders").await;
+    // Every node lists it with its three members and the same leader.
+    for i in 0..3 {
+        let leader_name = c.nodes[l].name.clone();
+        c.until("every node to know the leader", || async {
+            queue_json(&c, i, "orders")
+                .await
+                .is_some_and(|q| q["leader"] == json!(leader_name))
+        })
+        .await;
+        let q = queue_json(&c, i, "orders").await.expect("queue");
+        assert_eq!(q["type"], json!("quorum"), "{q}");
+        let mut members: Vec<String> =
+            serde_json::from_value(q["members"].clone()).expect("members");
+        members.sort();
+        assert_eq!(members, ["n1", "n2", "n3"], "{q}");
+        assert_eq!(q["node"], json!(leader_name), "{q}");
+        assert!(q["online"].as_array().is_some_and(|o| !o.is_empty()), "{q}");
+    }
+
+    // Confirmed publishes on the leader, consumed there; the acked ones are
+    // gone for good: after the leader dies they do not come back.
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    for i in 0..20 {
+        let body = format!("first-{i}");
+        assert_eq!(
+            publish_confirmed(&ch, "orders", body.as_bytes(), harness::WAIT).await,
+            Some(true)
+        );
+    }
+    let consumer_ch = conn.create_channel().await.expect("channel");
+    for i in 0..5 {
+        let got = consumer_ch
+            .basic_get("orders", BasicGetOptions::default())
+            .await
+            .expect("get")
+            .expect("a message");
+        assert_eq!(got.delivery.data, format!("first-{i}").as_bytes());
+        assert!(!got.delivery.redelivered);
+        got.delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+    }
+    // A confirmed publish after the acks: its entry follows their settles
+    // in the log, so once it is confirmed they are committed too.
+    assert_eq!(
+        publish_confirmed(&ch, "orders", b"barrier", harness::WAIT).await,
+        Some(true)
+    );
+    drop(conn);
+    c.kill(l);
+    let l2 = wait_leader(&c, "orders").await;
+    assert_ne!(l2, l);
+    let conn = connect(&c.nodes[l2].amqp_uri()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut bodies = Vec::new();
+    while let Some(got) = ch
+        .basic_get("orders", BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+    {
+        // Every message is marked: the dead leader may have delivered it.
+        assert!(got.delivery.redelivered);
+        bodies.push(String::from_utf8_lossy(&got.delivery.data).into_owned());
+    }
+    let mut expected: Vec<String> = (5..20).map(|i| format!("first-{i}")).collect();
+    expected.push("barrier".into());
+    assert_eq!(
+        bodies, expected,
+        "acked messages stay gone, the rest survive in order"
+    );
+    drop(conn);
+    c.spawn(l);
+    c.wait_http(l).await;
+    c.until("the restarted member to catch up", || {
+        caught_up(&c, "orders", l)
+    })
+    .await;
+
+    let cycles: usize = std::env::var("ANTRE_QUORUM_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    failover_cycles(&mut c, "orders", cycles).await;
+
+    // Deleting the queue stops its group and removes its data everywhere.
+    for i in 0..3 {
+        let groups = c.nodes[i].dir.join("cluster").join("queues");
+        assert!(
+            std::fs::read_dir(&groups).is_ok_and(|mut d| d.next().is_some()),
+            "{} holds a replica",
+            c.nodes[i].name
+        );
+    }
+    let (status, body) = c.api(0, "DELETE", "/api/queues/%2F/orders", None).await;
+    assert_eq!(status, 204, "{body}");
+    for i in 0..3 {
+        let groups = c.nodes[i].dir.join("cluster").join("queues");
+        c.until("the replica's data removed", || async {
+            std::fs::read_dir(&groups).is_ok_and(|mut d| d.next().is_none())
+        })
+        .await;
+        assert!(queue_json(&c, i, "orders").await.is_none());
+    }
+}
+
+/// What the failover loop saw.
+#[derive(Default)]
+struct History {
+    /// Ids whose publish was confirmed.
+    confirmed: Vec<u64>,
+    /// Each delivery: id, redelivered flag.
+    delivered: Vec<(u64, bool)>,
+}
+
+/// Publishes numbered messages with confirms, `window` at a time, until
+/// the connection fails; records the confirmed ids.
+async fn publish_until_failure(ch: Channel, ids: Arc<AtomicU64>, history: Arc<Mutex<History>>) {
+    loop {
+        let mut pending = Vec::new();
+        for _ in 0..20 {
+            let id = ids.fetch_add(1, Ordering::Relaxed);
+            let Ok(confirm) = ch
+                .basic_publish(
+                    "",
+                    "orders",
+                    BasicPublishOptions::default(),
+                    id.to_string().as_bytes(),
+                    persistent(),
+                )
+                .await
+            else {
+                return;
+            };
+            pending.push((id, confirm));
+        }
+        for (id, confirm) in pending {
+            match confirm.await {
+                Ok(Confirmation::Ack(_)) => history.lock().expect("history").confirmed.push(id),
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Consumes with acks until the connection fails; records deliveries.
+async fn consume_until_failure(ch: Channel, history: Arc<Mutex<History>>) {
+    ch.basic_qos(50, BasicQosOptions::default()).await.ok();
+    let Ok(mut consumer) = ch
+        .basic_consume(
+            "orders",
+            "soak",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    else {
+        return;
+    };
+    while let Some(Ok(d)) = consumer.next().await {
+        if let Some(id) = std::str::from_utf8(&d.data)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            history
+                .lock()
+                .expect("history")
+                .delivered
+                .push((id, d.redelivered));
+        }
+        if d.ack(BasicAckOptions::default()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Kills the queue's leader under confirmed publishing and consuming,
+/// `cycles` times, restarting it each time; then drains the queue and
+/// checks the history: nothing confirmed lost, every repeated delivery
+/// marked redelivered. Prints the figures.
+async fn failover_cycles(c: &mut TestCluster, queue: &str, cycles: usize) {
+    let ids = Arc::new(AtomicU64::new(1_000_000));
+    let history = Arc::new(Mutex::new(History::default()));
+    let mut failovers = Vec::new();
+    for cycle in 0..cycles {
+        let l = wait_leader(c, queue).await;
+        let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+        let publisher = tokio::spawn(publish_until_failure(
+            confirm_channel(&conn).await,
+            Arc::clone(&ids),
+            Arc::clone(&history),
+        ));
+        let consumer = tokio::spawn(consume_until_failure(
+            conn.create_channel().await.expect("channel"),
+            Arc::clone(&history),
+        ));
+        let start = history.lock().expect("history").confirmed.len();
+        c.until("confirms before the kill", || async {
+            history.lock().expect("history").confirmed.len() >= start + 100
+        })
+        .await;
+        c.kill(l);
+        let killed = Instant::now();
+        if std::env::var_os("ANTRE_QUORUM_TRACE").is_some() {
+            eprintln!(
+                "TRACE kill {} at {:?}",
+                c.nodes[l].name,
+                std::time::SystemTime::now()
+            );
+        }
+        // Their connection is gone with the node; what they recorded stands.
+        publisher.abort();
+        consumer.abort();
+        drop(conn);
+        // The first confirm on the new leader.
+        let deadline = killed + harness::WAIT;
+        let took = loop {
+            assert!(
+                Instant::now() < deadline,
+                "no new leader confirms (cycle {cycle})"
+            );
+            let Some(l2) = leader(c, queue).await.filter(|&i| i != l) else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let Some(conn) = connect(&c.nodes[l2].amqp_uri()).await else {
+                continue;
+            };
+            let ch = confirm_channel(&conn).await;
+            let id = ids.fetch_add(1, Ordering::Relaxed);
+            let body = id.to_string();
+            if publish_confirmed(&ch, queue, body.as_bytes(), Duration::from_secs(2)).await
+                == Some(true)
+            {
+                history.lock().expect("history").confirmed.push(id);
+                if std::env::var_os("ANTRE_QUORUM_TRACE").is_some() {
+                    eprintln!(
+                        "TRACE confirm on {} after {:?}",
+                        c.nodes[l2].name,
+                        killed.elapsed()
+                    );
+                    c.dump_logs();
+                }
+                break killed.elapsed();
+            }
+        };
+        failovers.push(took);
+        c.spawn(l);
+        c.wait_http(l).await;
+        // The restarted member catches up before its peer is killed.
+        c.until("the restarted member to catch up", || {
+            caught_up(c, queue, l)
+        })
+        .await;
+    }
+    // Drain what is left from the leader.
+    let l = wait_leader(c, queue).await;
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    while let Some(got) = ch
+        .basic_get(queue, BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+    {
+        if let Some(id) = std::str::from_utf8(&got.delivery.data)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            history
+                .lock()
+                .expect("history")
+                .delivered
+                .push((id, got.delivery.redelivered));
+        }
+    }
+    let h = history.lock().expect("history");
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut dishonest = 0;
+    for &(id, redelivered) in &h.delivered {
+        let n = seen.entry(id).or_default();
+        if *n > 0 && !redelivered {
+            dishonest += 1;
+        }
+        *n += 1;
+    }
+    let lost = h
+        .confirmed
+        .iter()
+        .filter(|id| !seen.contains_key(id))
+        .count();
+    let duplicated: usize = seen.values().map(|n| n - 1).sum();
+    let mut sorted = failovers.clone();
+    sorted.sort();
+    let max = sorted.last().copied().unwrap_or_default();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+    let mean = failovers.iter().sum::<Duration>() / failovers.len().max(1) as u32;
+    println!(
+        "quorum failover: cycles {cycles}, confirmed {}, delivered {}, lost {lost}, \
+         duplicated {duplicated}, unmarked repeats {dishonest}, \
+         failover (kill to first confirm on the new leader) mean {mean:.2?} median {median:.2?} \
+         max {max:.2?}",
+        h.confirmed.len(),
+        h.delivered.len()
+    );
+    assert_eq!(lost, 0, "confirmed messages lost");
+    assert_eq!(dishonest, 0, "a repeated delivery not marked redelivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_limit_dead_letters_and_no_quorum() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let conn = loop {
+        if let Some(conn) = connect(&c.nodes[0].amqp_uri()).await {
+            let ch = conn.create_channel().await.expect("channel");
+            let ok = ch
+                .exchange_declare(
+                    "dlx",
+                    lapin::ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok();
+            if ok {
+                break conn;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ch = conn.create_channel().await.expect("channel");
+    declare_quorum(
+        &ch,
+        "work",
+        &[
+            ("x-delivery-limit", AMQPValue::LongInt(1)),
+            (
+                "x-dead-letter-exchange",
+                AMQPValue::LongString("dlx".into()),
+            ),
+        ],
+    )
+    .await;
+    drop(conn);
+    let l = wait_leader(&c, "work").await;
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let pub_ch = confirm_channel(&conn).await;
+    // The management API's publish answers once the group committed it.
+    let (status, body) = c
+        .api(
+            l,
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(json!({"routing_key": "work", "payload": "job",
+                        "payload_encoding": "string", "properties": {"delivery_mode": 2}})),
+        )
+        .await;
+    assert_eq!((status, &body["routed"]), (200, &json!(true)), "{body}");
+    let ch = conn.create_channel().await.expect("channel");
+    let got = ch
+        .basic_get("work", BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("the job");
+    assert_eq!(
+        got.delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned()),
+        Some(AMQPValue::LongLongInt(0))
+    );
+    got.delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .expect("nack");
+    // The return is committed before this publish's entry.
+    assert_eq!(
+        publish_confirmed(&pub_ch, "work", b"barrier", harness::WAIT).await,
+        Some(true)
+    );
+    drop(conn);
+    c.kill(l);
+    let l2 = wait_leader(&c, "work").await;
+    let conn = connect(&c.nodes[l2].amqp_uri()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    // The dead-letter queue lives on the new leader's node (a classic
+    // queue on another node would not take the dead letter yet: no
+    // forwarding).
+    ch.queue_declare(
+        "dead",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare dead");
+    ch.queue_bind(
+        "dead",
+        "dlx",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let got = ch
+        .basic_get("work", BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("the job again");
+    assert_eq!(got.delivery.data, b"job");
+    assert!(got.delivery.redelivered);
+    // Its one return was replicated: the new leader counts it.
+    assert_eq!(
+        got.delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned()),
+        Some(AMQPValue::LongLongInt(1))
+    );
+    got.delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .expect("nack");
+    // Past the limit: dead-lettered, not requeued.
+    let dead = loop {
+        if let Some(d) = ch
+            .basic_get("dead", BasicGetOptions { no_ack: true })
+            .await
+            .expect("get dead")
+        {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.delivery.data, b"job");
+    let reason = dead
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-first-death-reason").cloned());
+    assert_eq!(
+        reason,
+        Some(AMQPValue::LongString("delivery_limit".into())),
+        "{:?}",
+        dead.delivery.properties.headers()
+    );
+    let next = ch
+        .basic_get("work", BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the barrier");
+    assert_eq!(next.delivery.data, b"barrier");
+    drop(conn);
+    c.spawn(l);
+    c.wait_http(l).await;
+
+    // Two of three members down: the leader cannot commit, so it does not
+    // confirm; once they are back the publish is confirmed and kept.
+    let l = wait_leader(&c, "work").await;
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let pub_ch = confirm_channel(&conn).await;
+    assert_eq!(
+        publish_confirmed(&pub_ch, "work", b"before", harness::WAIT).await,
+        Some(true)
+    );
+    let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    for &i in &others {
+        c.kill(i);
+    }
+    let confirm = pub_ch
+        .basic_publish(
+            "",
+            "work",
+            BasicPublishOptions::default(),
+            b"alone",
+            persistent(),
+        )
+        .await
+        .expect("publish");
+    let mut confirm = Box::pin(confirm);
+    let early = match tokio::time::timeout(Duration::from_secs(3), &mut confirm).await {
+        Err(_) => None,
+        Ok(Ok(nack @ Confirmation::Nack(_))) => Some(nack),
+        Ok(other) => panic!("a publish without a quorum must not be confirmed: {other:?}"),
+    };
+    for &i in &others {
+        c.spawn(i);
+    }
+    let answer = match early {
+        Some(a) => a,
+        None => tokio::time::timeout(harness::WAIT, confirm)
+            .await
+            .expect("an answer once the quorum is back")
+            .expect("confirm"),
+    };
+    drop(conn);
+    let l = wait_leader(&c, "work").await;
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut bodies = Vec::new();
+    while let Some(got) = ch
+        .basic_get("work", BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+    {
+        bodies.push(String::from_utf8_lossy(&got.delivery.data).into_owned());
+    }
+    assert!(bodies.contains(&"before".to_owned()), "{bodies:?}");
+    if matches!(answer, Confirmation::Ack(_)) {
+        assert!(bodies.contains(&"alone".to_owned()), "{bodies:?}");
+    }
+}

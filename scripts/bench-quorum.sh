@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Quorum queues side by side: a 3-node RabbitMQ 3.10 cluster and a 3-node
+# antre cluster on this machine, one after the other. For each queue count
+# (1 and 10): as many producers (persistent 1 KiB messages, confirms with
+# 100 in flight each) and consumers (acks every 100, prefetch 1000) as
+# queues, all connected to node 1, for DURATION seconds. Prints the
+# confirmed publish rate, the delivered rate and the CPU all three nodes
+# used per confirmed message (from /proc), and the antre/RabbitMQ ratios.
+#
+# Usage: scripts/bench-quorum.sh [--duration S] [--queues LIST] [--size B]
+#                                [--no-rabbitmq] [--no-antre]
+#
+# RabbitMQ nodes qb1..qb3@localhost on AMQP 5611-5613 (distribution
+# 25611-25613, management off); antre nodes on AMQP 5701-5703, HTTP
+# 15701-15703, cluster 25701-25703. Everything started here is stopped at
+# the end. Run it under `flock /work/bench.lock` on a shared machine.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=10
+QUEUES=1,10
+SIZE=1024
+WITH_RABBIT=1
+WITH_ANTRE=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION=$2; shift 2 ;;
+        --queues) QUEUES=$2; shift 2 ;;
+        --size) SIZE=$2; shift 2 ;;
+        --no-rabbitmq) WITH_RABBIT=0; shift ;;
+        --no-antre) WITH_ANTRE=0; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+OUT=$(mktemp -d /tmp/bench-quorum.XXXXXX)
+chmod 755 "$OUT"
+cd "$ROOT"
+cargo build --release -q -p antre -p antre-bench
+ANTRE=$ROOT/target/release/antre
+BENCH=$ROOT/target/release/antre-bench
+
+cpu_ticks() { # total utime+stime of the given pids, in clock ticks
+    local total=0
+    for p in "$@"; do
+        local f
+        f=$(awk '{print $14+$15}' "/proc/$p/stat")
+        total=$((total + f))
+    done
+    echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+# run NAME URI PIDS...: one run per queue count; appends rows to $OUT/rows
+run() {
+    local name=$1 uri=$2; shift 2
+    for q in ${QUEUES//,/ }; do
+        local json=$OUT/$name-$q.json
+        local before after
+        before=$(cpu_ticks "$@")
+        "$BENCH" run --uri "$uri" --queue-type quorum --queues "$q" -x "$q" -y "$q" \
+            --persistent -c 100 -q 1000 -A 100 -s "$SIZE" -z "$DURATION" \
+            --broker "$name" --label "quorum-$q" --json "$json" --quiet >/dev/null 2>"$OUT/$name-$q.err" || true
+        after=$(cpu_ticks "$@")
+        python3 - "$json" "$name" "$q" "$before" "$after" "$HZ" >>"$OUT/rows" <<'EOF'
+import json, sys
+path, name, q, before, after, hz = sys.argv[1:]
+r = json.load(open(path))
+cpu = (int(after) - int(before)) / int(hz)
+confirmed = r["confirmed"]
+rate = confirmed / r["publish_seconds"] if r["publish_seconds"] else 0
+us = cpu * 1e6 / confirmed if confirmed else float("nan")
+print(f"{name} {q} {rate:.0f} {r['deliver_rate']:.0f} {us:.1f} {r['nacked']} {len(r['errors'])}")
+EOF
+    done
+}
+
+RABBIT_PIDS=()
+stop_rabbit() {
+    for i in 1 2 3; do
+        rabbitmqctl -q -n "qb$i@localhost" stop >/dev/null 2>&1 || true
+    done
+    # A node that never answered its CLI would keep running (and hold the
+    # benchmark lock, whose descriptor it inherited).
+    for p in "${RABBIT_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+ANTRE_PIDS=()
+stop_antre() {
+    for p in "${ANTRE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap 'stop_antre; [ $WITH_RABBIT = 1 ] && stop_rabbit; true' EXIT
+
+if [ $WITH_RABBIT = 1 ]; then
+    rm -rf /tmp/qb1-mnesia /tmp/qb2-mnesia /tmp/qb3-mnesia
+    for i in 1 2 3; do
+        echo "loopback_users = none" >"$OUT/qb$i.conf"
+        echo "[]." >"$OUT/qb$i-plugins"
+        chmod 644 "$OUT/qb$i.conf" "$OUT/qb$i-plugins"
+        (cd /var/lib/rabbitmq && ulimit -n 20000 && setpriv --reuid rabbitmq --regid rabbitmq --init-groups \
+            env HOME=/var/lib/rabbitmq RABBITMQ_CONFIG_FILE="$OUT/qb$i.conf" \
+            RABBITMQ_ENABLED_PLUGINS_FILE="$OUT/qb$i-plugins" RABBITMQ_NODE_PORT=$((5610 + i)) \
+            RABBITMQ_NODENAME="qb$i@localhost" RABBITMQ_DIST_PORT=$((25610 + i)) \
+            RABBITMQ_MNESIA_BASE="/tmp/qb$i-mnesia" RABBITMQ_LOG_BASE="/tmp/qb$i-log" \
+            /usr/lib/rabbitmq/bin/rabbitmq-server -detached)
+    done
+    for i in 1 2 3; do
+        # await_startup fails at once while the node is not registered yet.
+        for _ in $(seq 60); do
+            rabbitmqctl -q -n "qb$i@localhost" await_startup --timeout 60 >/dev/null 2>&1 && break
+            sleep 1
+        done
+    done
+    for i in 2 3; do
+        rabbitmqctl -q -n "qb$i@localhost" stop_app
+        rabbitmqctl -q -n "qb$i@localhost" join_cluster qb1@localhost
+        rabbitmqctl -q -n "qb$i@localhost" start_app
+    done
+    for i in 1 2 3; do
+        RABBIT_PIDS+=("$(rabbitmqctl -q -n "qb$i@localhost" eval 'list_to_integer(os:getpid()).')")
+    done
+    run rabbitmq "amqp://guest:guest@127.0.0.1:5611/%2f" "${RABBIT_PIDS[@]}"
+    stop_rabbit
+    rm -rf /tmp/qb1-mnesia /tmp/qb2-mnesia /tmp/qb3-mnesia
+fi
+
+if [ $WITH_ANTRE = 1 ]; then
+    PEERS=n1=127.0.0.1:25701,n2=127.0.0.1:25702,n3=127.0.0.1:25703
+    for i in 1 2 3; do
+        ANTRE_CLUSTER_SECRET=bench-quorum-secret-0123456789 "$ANTRE" serve --node-name "n$i" \
+            --cluster-listen "127.0.0.1:$((25700 + i))" --cluster-peers "$PEERS" \
+            --amqp-listen "127.0.0.1:$((5700 + i))" --http-listen "127.0.0.1:$((15700 + i))" \
+            --data-dir "$OUT/antre-n$i" 2>"$OUT/antre-n$i.log" &
+        ANTRE_PIDS+=($!)
+    done
+    for i in 1 2 3; do
+        for _ in $(seq 100); do
+            curl -sf -u guest:guest "http://127.0.0.1:$((15700 + i))/api/overview" >/dev/null && break
+            sleep 0.1
+        done
+    done
+    # The metadata group elects its leader: wait until a declare works.
+    for _ in $(seq 100); do
+        curl -sf -u guest:guest -X PUT -H 'content-type: application/json' \
+            -d '{"durable":true}' "http://127.0.0.1:15701/api/queues/%2F/warm-up" >/dev/null && break
+        sleep 0.2
+    done
+    run antre "amqp://guest:guest@127.0.0.1:5701/%2f" "${ANTRE_PIDS[@]}"
+    stop_antre
+fi
+
+echo "broker queues confirmed/s delivered/s cpu-us/msg(3 nodes) nacked errors"
+cat "$OUT/rows"
+if [ $WITH_RABBIT = 1 ] && [ $WITH_ANTRE = 1 ]; then
+    python3 - "$OUT/rows" <<'EOF'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    b, q, rate, drate, us, *_ = line.split()
+    rows[(b, q)] = (float(rate), float(us))
+for (b, q), (rate, us) in sorted(rows.items()):
+    if b == "antre" and ("rabbitmq", q) in rows:
+        r_rate, r_us = rows[("rabbitmq", q)]
+        print(f"queues {q}: antre/RabbitMQ confirmed rate {rate / r_rate:.2f}x, CPU per message {us / r_us:.2f}x")
+EOF
+fi
+echo "reports in $OUT"
