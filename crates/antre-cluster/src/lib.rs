@@ -11,7 +11,9 @@
 //! - [`network`]: the client side of the link (openraft's network factory)
 //!   and what each node knows of its peers' reachability;
 //! - [`server`]: the listening side of the link;
-//! - [`node`]: starting a node, proposing changes, its status.
+//! - [`node`]: starting a node, proposing changes, its status;
+//! - [`forward`] and [`data_wire`]: the data link that forwards publishes,
+//!   consumers, gets and purges to the node that owns a queue.
 //!
 //! Consensus is openraft's (0.9); this crate only gives it storage, a
 //! network and a state machine. See docs/clustering.md.
@@ -24,6 +26,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod data_wire;
+pub mod forward;
 pub mod log_store;
 pub mod network;
 pub mod node;

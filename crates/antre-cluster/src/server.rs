@@ -87,6 +87,12 @@ async fn serve_peer(
                 Response::Propose(node.commit_as_leader(p, deadline).await)
             }
             Request::Ping => Response::Pong,
+            Request::DataLink => {
+                let broker = node.forwarder.broker();
+                drop(node);
+                crate::forward::serve(stream, peer, broker).await;
+                return Ok(());
+            }
         };
         drop(node);
         write_frame(&mut stream, &response).await?;

@@ -80,6 +80,10 @@ pub enum Request {
     /// knows which peers run (Raft alone only links followers to their
     /// leader).
     Ping,
+    /// Turns this connection into a forwarding data link: from here on
+    /// both sides speak [`crate::data_wire`] frames (see
+    /// [`crate::forward`]). Not answered.
+    DataLink,
 }
 
 /// The answer to a [`Request`], of the same kind.
