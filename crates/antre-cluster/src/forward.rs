@@ -60,6 +60,8 @@ use crate::wire::{write_frame, Request};
 
 /// How long dialling an owner may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a failed link stays failed before the next use dials again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// A write gathers queued frames up to about this many bytes.
 const WRITE_BATCH: usize = 1 << 20;
 
@@ -88,6 +90,7 @@ struct DataLink {
 #[derive(Default)]
 struct LinkState {
     dead: Option<String>,
+    died_at: Option<std::time::Instant>,
     publishes: HashMap<u64, (usize, RemoteDone)>,
     calls: HashMap<u64, std::sync::mpsc::Sender<Result<Vec<Outgoing>, BrokerError>>>,
     channels: HashMap<u64, Weak<ProxyHandle>>,
@@ -113,7 +116,12 @@ impl Forwarder {
     fn link_to(&self, owner: &str) -> Arc<DataLink> {
         let mut links = self.links.lock();
         if let Some(l) = links.get(owner) {
-            if l.state.lock().dead.is_none() {
+            let st = l.state.lock();
+            // A link that just failed stays (dead) for a moment: what is
+            // sent to it fails at once instead of dialling a down node
+            // for every batch.
+            let retry = st.died_at.is_some_and(|t| t.elapsed() >= RETRY_AFTER);
+            if st.dead.is_none() || !retry {
                 return Arc::clone(l);
             }
         }
@@ -274,6 +282,7 @@ impl DataLink {
                 self.owner
             );
             st.dead = Some(why.to_owned());
+            st.died_at = Some(std::time::Instant::now());
             st.calls.clear();
             (
                 std::mem::take(&mut st.publishes),

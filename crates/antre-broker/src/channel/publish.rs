@@ -196,6 +196,10 @@ impl Channel {
             };
             if token.is_some() || !self.remote_window.is_empty() {
                 self.flush_remote(token, out);
+            } else if matches!(self.mode, Mode::Plain) {
+                for durable in self.dirty.drain(..) {
+                    durable.flush();
+                }
             }
             return;
         }

@@ -82,6 +82,34 @@ pub(crate) struct Group {
     refused: Vec<u64>,
 }
 
+/// The owner-side method for settling `tag` (and all before it, `multiple`).
+fn settle_method(how: super::Settle, tag: u64, multiple: bool) -> Method {
+    match how {
+        super::Settle::Ack => BasicAck {
+            delivery_tag: tag,
+            multiple,
+        }
+        .into(),
+        super::Settle::Requeue => BasicNack {
+            delivery_tag: tag,
+            multiple,
+            requeue: true,
+        }
+        .into(),
+        super::Settle::Reject if multiple => BasicNack {
+            delivery_tag: tag,
+            multiple,
+            requeue: false,
+        }
+        .into(),
+        super::Settle::Reject => BasicReject {
+            delivery_tag: tag,
+            requeue: false,
+        }
+        .into(),
+    }
+}
+
 fn same(a: &Arc<dyn RemoteChannel>, b: &Arc<dyn RemoteChannel>) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
@@ -412,38 +440,42 @@ impl Channel {
         .into()]);
     }
 
-    /// Settles deliveries of other nodes' queues on their proxy channels.
+    /// Settles deliveries of other nodes' queues on their proxy channels:
+    /// one method per proxy channel when the settled deliveries are all
+    /// those of that channel up to the highest (a `multiple` settle there,
+    /// as the client's was here), else one per delivery.
     pub(super) fn settle_remote(
         &self,
         settled: Vec<(Arc<dyn RemoteChannel>, u64)>,
         how: super::Settle,
     ) {
-        let mut by_channel: Vec<(Arc<dyn RemoteChannel>, Vec<Method>)> = Vec::new();
+        let mut by_channel: Vec<(Arc<dyn RemoteChannel>, Vec<u64>)> = Vec::new();
         for (rc, tag) in settled {
-            let method: Method = match how {
-                super::Settle::Ack => BasicAck {
-                    delivery_tag: tag,
-                    multiple: false,
-                }
-                .into(),
-                super::Settle::Requeue => BasicNack {
-                    delivery_tag: tag,
-                    multiple: false,
-                    requeue: true,
-                }
-                .into(),
-                super::Settle::Reject => BasicReject {
-                    delivery_tag: tag,
-                    requeue: false,
-                }
-                .into(),
-            };
             match by_channel.iter_mut().find(|(c, _)| same(c, &rc)) {
-                Some((_, methods)) => methods.push(method),
-                None => by_channel.push((rc, vec![method])),
+                Some((_, tags)) => tags.push(tag),
+                None => by_channel.push((rc, vec![tag])),
             }
         }
-        for (rc, methods) in by_channel {
+        for (rc, mut tags) in by_channel {
+            tags.sort_unstable();
+            let max = tags.last().copied().unwrap_or(0);
+            // The owner numbers a proxy channel's deliveries one by one, in
+            // the order this channel receives them: if these are
+            // consecutive and nothing of it below them is still unacked
+            // here, the owner's unacked up to `max` are exactly these (a gap
+            // could be a delivery still on its way here).
+            let prefix = tags.len() > 1
+                && tags.windows(2).all(|w| w[1] == w[0] + 1)
+                && !self.unacked.values().any(|u| {
+                    matches!(&u.source, Source::Remote { channel, tag } if same(channel, &rc) && *tag < max)
+                });
+            let methods: Vec<Method> = if prefix {
+                vec![settle_method(how, max, true)]
+            } else {
+                tags.into_iter()
+                    .map(|t| settle_method(how, t, false))
+                    .collect()
+            };
             rc.cast(methods);
         }
     }
