@@ -110,6 +110,9 @@ pub struct Broker {
     /// In a cluster, the metadata log every metadata change goes through
     /// (see [`crate::cluster`]); unset on a single node.
     pub(crate) metadata: std::sync::OnceLock<Arc<dyn crate::cluster::MetadataLog>>,
+    /// In a cluster, how channels reach queues other nodes own (see
+    /// [`crate::remote`]); unset on a single node.
+    remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteQueues>>,
 }
 
 impl Default for Broker {
@@ -154,6 +157,7 @@ impl Broker {
             alarms: Arc::default(),
             output_budget: Arc::default(),
             metadata: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
         }
     }
 
@@ -269,6 +273,17 @@ impl Broker {
         self.apply_vhost_limits(&vhost);
         vhosts.insert(name.to_owned(), Arc::clone(&vhost));
         Ok(vhost)
+    }
+
+    /// Makes channels forward their work on queues other cluster nodes
+    /// own through `remote`. Returns false if it was set already.
+    pub fn set_remote_queues(&self, remote: Arc<dyn crate::remote::RemoteQueues>) -> bool {
+        self.remote.set(remote).is_ok()
+    }
+
+    /// The forwarder to other nodes' queues, in a cluster.
+    pub fn remote_queues(&self) -> Option<&Arc<dyn crate::remote::RemoteQueues>> {
+        self.remote.get()
     }
 
     /// Hands a vhost the limits it enforces itself (`max-queues`).

@@ -47,6 +47,7 @@ pub mod message;
 pub mod metrics;
 pub mod policy;
 pub mod queue;
+pub mod remote;
 pub mod replicated;
 pub mod session;
 pub mod stream;

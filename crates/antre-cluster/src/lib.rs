@@ -16,6 +16,8 @@
 //! - [`stream`]: the byte stream under the link, plain TCP or mutual TLS.
 //! - [`queue_group`]: quorum queues, one Raft group per queue, whose
 //!   leader runs the queue's engine.
+//! - [`forward`] and [`data_wire`]: the data link that forwards publishes,
+//!   consumers, gets and purges to the node that owns a queue.
 //!
 //! Consensus is openraft's (0.9); this crate only gives it storage, a
 //! network and a state machine. See docs/clustering.md.
@@ -28,6 +30,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod data_wire;
+pub mod forward;
 pub mod log_store;
 pub mod membership;
 pub mod network;

@@ -96,6 +96,8 @@ pub struct Cluster {
     stop: tokio::sync::watch::Sender<bool>,
     /// This node, for tasks it spawns.
     this: std::sync::OnceLock<std::sync::Weak<Cluster>>,
+    /// Forwarding to queues other nodes own (the broker's `RemoteQueues`).
+    pub forwarder: Arc<crate::forward::Forwarder>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -156,7 +158,9 @@ impl Cluster {
         let raft = Raft::new(me, Arc::new(raft_config), factory, log.clone(), sm)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let forwarder = crate::forward::Forwarder::new(Arc::clone(&link), &broker);
         let node = Arc::new(Cluster {
+            forwarder: Arc::clone(&forwarder),
             link,
             raft,
             queue_groups,
@@ -213,6 +217,7 @@ impl Cluster {
                 "the broker already has a cluster".into(),
             ));
         }
+        broker.set_remote_queues(forwarder as Arc<dyn antre_broker::remote::RemoteQueues>);
         tracing::info!(
             node = config.node_name,
             listen = %config.listen,
@@ -233,6 +238,7 @@ impl Cluster {
     pub async fn shutdown(&self) {
         self.stopped.store(true, Ordering::Relaxed);
         self.stop.send_replace(true);
+        self.forwarder.shutdown();
         if let Some(task) = self.listener.lock().take() {
             task.abort();
         }

@@ -120,6 +120,12 @@ async fn serve_peer(
             queue @ (Request::QueueAppend { .. }
             | Request::QueueVote { .. }
             | Request::QueueSnapshot { .. }) => node.queue_groups.serve(queue).await,
+            Request::DataLink => {
+                let broker = node.forwarder.broker();
+                drop(node);
+                crate::forward::serve(stream, peer, broker).await;
+                return Ok(());
+            }
         };
         drop(node);
         write_frame(&mut stream, &response).await?;

@@ -106,6 +106,10 @@ pub enum Request {
         /// The request.
         rpc: InstallSnapshotRequest<QueueTypeConfig>,
     },
+    /// Turns this connection into a forwarding data link: from here on
+    /// both sides speak [`crate::data_wire`] frames (see
+    /// [`crate::forward`]). Not answered.
+    DataLink,
 }
 
 /// The answer to a [`Request`], of the same kind.

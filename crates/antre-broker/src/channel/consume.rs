@@ -45,7 +45,9 @@ impl Channel {
                 return self.consume_stream(m, stream, out);
             }
             let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
-            self.ctx.vhost.check_local(&queue_name)?;
+            if let Some(owner) = self.ctx.vhost.remote_owner(&queue_name) {
+                return self.consume_remote(m, queue_name, &owner, out);
+            }
             queue
         };
         if queue.kind() == QueueKind::Quorum && self.credit.limit() > 0 {
@@ -60,7 +62,10 @@ impl Channel {
         } else {
             m.consumer_tag.as_str().into()
         };
-        if self.consumers.contains_key(&tag) || self.streams.contains_key(&tag) {
+        if self.consumers.contains_key(&tag)
+            || self.streams.contains_key(&tag)
+            || self.remotes.contains_key(&tag)
+        {
             return Err(BrokerError::NotAllowed(format!(
                 "attempt to reuse consumer tag '{tag}'"
             )));
@@ -148,7 +153,9 @@ impl Channel {
         m: BasicCancel,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
-        self.cancel(&m.consumer_tag);
+        if !self.cancel_remote_and_wait(&m.consumer_tag) {
+            self.cancel(&m.consumer_tag);
+        }
         let ok = BasicCancelOk {
             consumer_tag: m.consumer_tag,
         };
@@ -158,7 +165,7 @@ impl Channel {
 
     /// Cancels a consumer by tag (client's basic.cancel or channel close).
     pub(super) fn cancel(&mut self, tag: &str) {
-        if self.cancel_stream(tag) {
+        if self.cancel_stream(tag) || self.cancel_remote(tag) {
             return;
         }
         if let Some(c) = self.consumers.remove(tag) {
@@ -171,7 +178,9 @@ impl Channel {
     /// The queue cancelled one of our consumers (it was deleted). Returns
     /// whether the channel knew it, so the server sends basic.cancel once.
     pub fn consumer_cancelled(&mut self, tag: &str) -> bool {
-        self.consumers.remove(tag).is_some() || self.streams.remove(tag).is_some()
+        self.consumers.remove(tag).is_some()
+            || self.streams.remove(tag).is_some()
+            || self.remotes.remove(tag).is_some()
     }
 
     pub(super) fn get(&mut self, m: BasicGet, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
@@ -184,7 +193,9 @@ impl Channel {
             )));
         }
         let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
-        self.ctx.vhost.check_local(&queue_name)?;
+        if let Some(owner) = self.ctx.vhost.remote_owner(&queue_name) {
+            return self.get_remote(m, queue_name, &owner, out);
+        }
         let Some((entry, message_count)) = queue.get(m.no_ack) else {
             self.ctx.broker.metrics.get_empty.inc();
             out.push(Outgoing::Method(BasicGetEmpty::default().into()));
@@ -382,7 +393,7 @@ impl Channel {
         for u in self.unacked.values() {
             let own = match &u.source {
                 Source::Queue { queue, .. } => queue.args().consumer_timeout,
-                Source::Stream(_) => None,
+                Source::Stream(_) | Source::Remote { .. } => None,
             };
             let Some(timeout) = own.or(default_ms) else {
                 continue;

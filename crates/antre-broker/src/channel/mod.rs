@@ -27,6 +27,7 @@ mod exchange;
 mod held;
 mod publish;
 mod queue;
+mod remote;
 mod settle;
 mod stream;
 #[cfg(test)]
@@ -61,6 +62,12 @@ pub(crate) enum Source {
     Queue { queue: Arc<Queue>, entry: Unsettled },
     /// A stream: settling only gives the consumer's credit back.
     Stream(Arc<crate::stream::Stream>),
+    /// A queue another cluster node owns: settled on the proxy channel
+    /// there, under the owner's delivery tag.
+    Remote {
+        channel: Arc<dyn crate::remote::RemoteChannel>,
+        tag: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -159,6 +166,19 @@ pub struct Channel {
     publisher: bool,
     /// The user's permissions in the vhost.
     access: access::ChannelAccess,
+    /// Consumers of queues other cluster nodes own, by tag.
+    remotes: HashMap<Arc<str>, remote::RemoteSub>,
+    /// Proxy channels on other nodes, by node.
+    remote_channels: HashMap<Arc<str>, Arc<dyn crate::remote::RemoteChannel>>,
+    /// Publishes routed to other nodes' queues since the last flush.
+    remote_window: Vec<remote::RemoteItem>,
+    /// Publishes a local queue refused while remote ones are in flight.
+    window_refused: Vec<u64>,
+    /// Flushed groups whose answers are not all in (see [`remote`]).
+    remote_groups: std::collections::VecDeque<remote::Group>,
+    next_group: u64,
+    /// Remote targets of the publish being routed.
+    remote_pending: Option<remote::RemoteItem>,
 }
 
 /// The sync token that stands for a transaction commit (confirm tokens are
@@ -201,6 +221,13 @@ impl Channel {
             held: std::collections::VecDeque::new(),
             publisher: false,
             access: access::ChannelAccess::default(),
+            remotes: HashMap::new(),
+            remote_channels: HashMap::new(),
+            remote_window: Vec::new(),
+            window_refused: Vec::new(),
+            remote_groups: std::collections::VecDeque::new(),
+            next_group: 1,
+            remote_pending: None,
         }
     }
 
@@ -212,12 +239,12 @@ impl Channel {
     /// Whether the channel waits for the syncer (confirms, a commit or
     /// held replies come back through [`Channel::on_synced`]).
     pub fn waiting_for_disk(&self) -> bool {
-        self.syncs_outstanding > 0
+        self.syncs_outstanding > 0 || !self.remote_groups.is_empty()
     }
 
     /// Number of consumers on this channel.
     pub fn consumer_count(&self) -> usize {
-        self.consumers.len() + self.streams.len()
+        self.consumers.len() + self.streams.len() + self.remotes.len()
     }
 
     /// Sets what a stream calls to wake this channel when a chunk is
@@ -301,7 +328,14 @@ impl Channel {
         for tag in tags {
             self.cancel_stream(&tag);
         }
+        // Forwarded consumers too, before the requeues, or the owner would
+        // deliver the requeued messages to them again.
+        let tags: Vec<Arc<str>> = self.remotes.keys().cloned().collect();
+        for tag in tags {
+            self.cancel_remote(&tag);
+        }
         self.requeue_all();
+        self.close_remote();
     }
 }
 

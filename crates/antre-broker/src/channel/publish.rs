@@ -91,14 +91,25 @@ impl Channel {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
         let rejected = self.enqueue(mandatory, message, out)?;
+        let remote = self.remote_pending.take();
         let seq = match &mut self.mode {
             Mode::Confirm { next, .. } => {
                 *next += 1;
                 *next - 1
             }
-            _ => return Ok(()),
+            _ => {
+                if let Some(item) = remote {
+                    self.window_remote(item, 0);
+                }
+                return Ok(());
+            }
         };
-        if rejected {
+        if let Some(item) = remote {
+            self.window_remote(item, seq);
+        }
+        if rejected && self.remote_active() {
+            self.refuse_in_group(seq);
+        } else if rejected {
             // RabbitMQ nacks a publish that any of its queues refused.
             self.nack_publish(seq, out);
         } else if let Mode::Confirm { unconfirmed, .. } = &mut self.mode {
@@ -122,10 +133,23 @@ impl Channel {
         let options = PublishOptions::new(PublishSource::Client, mandatory);
         // Only a mandatory message can come back; any other is handed over
         // alone, so the publish path may seal it (see Message::seal_record).
-        let kept = mandatory.then(|| Arc::clone(&message));
+        // In a cluster, a message for another node's queue is forwarded:
+        // keep it for that.
+        let kept = (mandatory || self.ctx.vhost.has_remote_queues()).then(|| Arc::clone(&message));
         let outcome = self.ctx.vhost.publish(message, options)?;
         for durable in outcome.stored {
             self.mark_dirty(durable);
+        }
+        if !outcome.remote.is_empty() {
+            if let Some(message) = &kept {
+                self.remote_pending = Some(super::remote::RemoteItem {
+                    seq: 0,
+                    message: Arc::clone(message),
+                    mandatory,
+                    local_routed: outcome.routed > 0,
+                    targets: outcome.remote,
+                });
+            }
         }
         if let Some(message) = kept.filter(|_| outcome.returned) {
             out.push(Outgoing::Content(
@@ -164,6 +188,21 @@ impl Channel {
     /// When the batch wrote to a store, the ack waits for the syncer instead
     /// and comes back through [`Channel::on_synced`].
     pub(super) fn flush_confirms_now(&mut self, out: &mut Vec<Outgoing>) {
+        if self.remote_active() {
+            let token = match &mut self.mode {
+                Mode::Confirm { unconfirmed, .. } => unconfirmed.take(),
+                Mode::Tx { .. } => return,
+                Mode::Plain => None,
+            };
+            if token.is_some() || !self.remote_window.is_empty() {
+                self.flush_remote(token, out);
+            } else if matches!(self.mode, Mode::Plain) {
+                for durable in self.dirty.drain(..) {
+                    durable.flush();
+                }
+            }
+            return;
+        }
         let Mode::Confirm { unconfirmed, .. } = &mut self.mode else {
             // Without confirms nobody waits: the syncer's sweep writes these.
             for durable in self.dirty.drain(..) {
@@ -182,7 +221,7 @@ impl Channel {
 
     /// The basic.ack confirming every publish up to `tag`: multiple only
     /// when it covers more than one, as RabbitMQ sends them.
-    fn ack_up_to(&mut self, tag: u64) -> BasicAck {
+    pub(super) fn ack_up_to(&mut self, tag: u64) -> BasicAck {
         let multiple = tag > self.confirmed_up_to + 1;
         self.count_confirms(tag);
         BasicAck {
@@ -226,6 +265,9 @@ impl Channel {
         ok: bool,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
+        if self.on_group_synced(token, ok, out) {
+            return Ok(());
+        }
         self.syncs_outstanding = self.syncs_outstanding.saturating_sub(1);
         if let Some(started) = self.sync_started.pop_front() {
             self.ctx
@@ -323,8 +365,11 @@ impl Channel {
             self.route(p.mandatory, p.message, out)?;
         }
         // Persistent messages of a transaction are on disk before
-        // commit-ok, as in RabbitMQ.
-        if !self.request_sync(TX_COMMIT_TOKEN) {
+        // commit-ok, as in RabbitMQ (and with the other nodes that own
+        // some of its queues).
+        if self.remote_active() {
+            self.flush_remote(Some(TX_COMMIT_TOKEN), out);
+        } else if !self.request_sync(TX_COMMIT_TOKEN) {
             out.push(Outgoing::Method(TxCommitOk {}.into()));
         }
         Ok(())
@@ -346,7 +391,7 @@ impl Channel {
 /// The basic.nack for a publish a queue refused (x-overflow=reject-publish),
 /// in RabbitMQ's form: multiple and requeue set. Every earlier publish is
 /// confirmed by the time it is sent, so multiple covers only this one.
-fn refused_publish(seq: u64) -> BasicNack {
+pub(super) fn refused_publish(seq: u64) -> BasicNack {
     BasicNack {
         delivery_tag: seq,
         multiple: true,

@@ -125,6 +125,14 @@ impl Channel {
             self.ctx.vhost.declare_queue_as(name, declaration, conn)?
         };
         self.last_queue = Some(q.name().to_owned());
+        let mut counts = counts;
+        if m.passive {
+            if let Some(owner) = self.ctx.vhost.remote_owner(q.name()) {
+                // The counts are the owner's, as RabbitMQ asks the queue's
+                // home node.
+                counts = self.remote_counts(q.name(), &owner, out).unwrap_or(counts);
+            }
+        }
         let ok = QueueDeclareOk {
             queue: q.name().to_owned(),
             message_count: counts.ready,
@@ -208,8 +216,14 @@ impl Channel {
     ) -> Result<(), BrokerError> {
         let queue = self.resolve_queue(&m.queue)?;
         self.permit(ResourceKind::Queue, &queue, Perm::Read)?;
-        self.ctx.vhost.check_local(&queue)?;
-        let message_count = self.ctx.vhost.purge_queue(&queue, self.ctx.connection)?;
+        let message_count = match self.ctx.vhost.remote_owner(&queue) {
+            Some(owner) => {
+                // Its existence and exclusivity are checked here first.
+                self.ctx.vhost.queue(&queue, self.ctx.connection)?;
+                self.purge_remote(queue, &owner, out)?
+            }
+            None => self.ctx.vhost.purge_queue(&queue, self.ctx.connection)?,
+        };
         reply(out, QueuePurgeOk { message_count }, m.nowait);
         Ok(())
     }

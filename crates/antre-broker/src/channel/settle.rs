@@ -108,14 +108,20 @@ impl Channel {
     /// the queues deliver more.
     pub(super) fn finish(&mut self, settled: Vec<Unacked>, how: Settle) {
         let mut by_queue: Vec<(Arc<Queue>, Vec<Unsettled>)> = Vec::new();
+        let mut remote = Vec::new();
         for u in settled {
             if let Some(c) = &u.credit {
                 c.release(1);
                 self.credit.release(1);
             }
-            let Source::Queue { queue, entry } = u.source else {
+            let (queue, entry) = match u.source {
+                Source::Queue { queue, entry } => (queue, entry),
+                Source::Remote { channel, tag } => {
+                    remote.push((channel, tag));
+                    continue;
+                }
                 // A stream keeps its messages: the credit was all.
-                continue;
+                Source::Stream(_) => continue,
             };
             match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
                 Some((_, entries)) => entries.push(entry),
@@ -134,6 +140,9 @@ impl Channel {
                     self.mark_dirty(durable);
                 }
             }
+        }
+        if !remote.is_empty() {
+            self.settle_remote(remote, how);
         }
         self.kick_consumers();
     }

@@ -171,6 +171,15 @@ pub trait DeliverySink: Send + Sync + std::fmt::Debug {
     fn has_room(&self) -> bool {
         true
     }
+    /// Hands over a delivery a queue on another cluster node made (see
+    /// [`crate::remote`]); gives it back if the channel is gone. Sinks
+    /// that never carry forwarded consumers keep this default.
+    fn deliver_remote(
+        &self,
+        delivery: crate::remote::RemoteDelivery,
+    ) -> Result<(), Box<crate::remote::RemoteDelivery>> {
+        Err(Box::new(delivery))
+    }
 }
 
 /// How a queue was declared.

@@ -462,6 +462,20 @@ impl Session {
         }
     }
 
+    /// A delivery from a queue another cluster node owns, for channel `id`.
+    pub(super) fn deliver_remote(&mut self, id: u16, delivery: crate::remote::RemoteDelivery) {
+        let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) else {
+            // The channel is gone: the owner requeues it when the proxy
+            // channel closes; say so at once all the same.
+            Channel::refuse_remote(&delivery);
+            return;
+        };
+        let before = self.wbuf.len();
+        self.window_full |= channel.deliver_remote(delivery, &mut self.out);
+        self.encode_out(id);
+        self.delivery_bytes += self.wbuf.len() - before;
+    }
+
     /// A stream woke channel `id`: its stream consumers read on.
     pub(super) fn stream_ready(&mut self, id: u16) {
         if let Some(Slot::Open { channel, .. }) = self.channels.get_mut(&id) {

@@ -155,6 +155,8 @@ pub enum SessionEvent {
     Synced(u16, u64, bool),
     /// A stream a consumer of a channel waits on has a new chunk.
     StreamReady(u16),
+    /// A delivery from a queue another cluster node owns.
+    RemoteDeliver(u16, crate::remote::RemoteDelivery),
 }
 
 /// Carries events to the session's owner (in the server, an unbounded
@@ -210,6 +212,22 @@ impl DeliverySink for ChannelSink {
         let _ = self
             .events
             .send(SessionEvent::Synced(self.channel, token, ok));
+    }
+
+    fn deliver_remote(
+        &self,
+        delivery: crate::remote::RemoteDelivery,
+    ) -> Result<(), Box<crate::remote::RemoteDelivery>> {
+        match self
+            .events
+            .send(SessionEvent::RemoteDeliver(self.channel, delivery))
+        {
+            Ok(()) => Ok(()),
+            Err(back) => match *back {
+                SessionEvent::RemoteDeliver(_, d) => Err(Box::new(d)),
+                _ => Ok(()),
+            },
+        }
     }
 }
 
@@ -361,6 +379,7 @@ impl Session {
             SessionEvent::Deliver(id, delivery) => self.deliver(id, delivery),
             SessionEvent::Cancel(id, tag) => self.consumer_cancelled(id, &tag),
             SessionEvent::StreamReady(id) => self.stream_ready(id),
+            SessionEvent::RemoteDeliver(id, delivery) => self.deliver_remote(id, delivery),
         }
     }
 

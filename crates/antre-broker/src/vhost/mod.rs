@@ -224,6 +224,12 @@ impl Vhost {
         self.remote.read().get(name).cloned()
     }
 
+    /// Whether any queue of this vhost is owned by another node (one
+    /// atomic load: the publish path asks it for every message).
+    pub fn has_remote_queues(&self) -> bool {
+        self.has_remote.load(Ordering::Acquire)
+    }
+
     /// Every queue of this vhost owned by another node, with its owner.
     pub fn remote_owners(&self) -> Vec<(String, String)> {
         let remote = self.remote.read();
@@ -235,11 +241,14 @@ impl Vhost {
         all
     }
 
-    /// The error for using a queue whose engine runs on `owner`, as
-    /// RabbitMQ answers 404 for a queue whose home node is unreachable.
+    /// The error for using a queue whose engine runs on `owner` where
+    /// nothing forwards to it (the management API's get, purge and
+    /// publish; a broker without a forwarder), as RabbitMQ answers 404 for
+    /// a queue whose home node is unreachable. AMQP channels forward
+    /// instead ([`crate::remote`]).
     pub fn remote_queue_error(&self, name: &str, owner: &str) -> BrokerError {
         BrokerError::NotFound(format!(
-            "{} lives on cluster node '{owner}'; this node does not forward to it yet: connect to '{owner}'",
+            "{} lives on cluster node '{owner}'; this node's management API does not forward to it: use '{owner}'",
             crate::error::queue_ref(&self.name, name)
         ))
     }

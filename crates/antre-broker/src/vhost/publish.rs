@@ -77,6 +77,10 @@ pub struct PublishOutcome {
     pub rejected: bool,
     /// Stores written, to sync before promising the message is safe.
     pub stored: Vec<Arc<dyn Durable>>,
+    /// In a cluster, for a client's publish: queues it was routed to that
+    /// other nodes own, with their owner. The channel forwards it there
+    /// ([`crate::remote`]); nothing was enqueued for them here.
+    pub remote: Vec<(Arc<str>, String)>,
 }
 
 impl Vhost {
@@ -143,9 +147,9 @@ impl Vhost {
             });
         }
         if self.has_remote.load(std::sync::atomic::Ordering::Acquire) {
-            self.leave_out_remote(&mut targets, source)?;
+            self.leave_out_remote(&mut targets, source, &mut outcome.remote)?;
         }
-        if targets.is_empty() && source.is_publisher() {
+        if targets.is_empty() && outcome.remote.is_empty() && source.is_publisher() {
             self.metrics.unroutable.inc();
             if options.mandatory {
                 self.metrics.returned.inc();
@@ -186,26 +190,33 @@ impl Vhost {
         Ok(())
     }
 
-    /// In a cluster, a publisher's message routed to a queue another node
-    /// owns is refused (this node does not forward yet, and must not keep
-    /// a second copy); a dead letter or a delayed release drops that queue
-    /// from its targets, with a warning.
+    /// In a cluster, a queue another node owns is left out of the local
+    /// targets: a client's message for it goes to `remote` (its channel
+    /// forwards it to the owner); the management API's publish is refused
+    /// (it does not forward); a dead letter or a delayed release drops
+    /// that queue from its targets, with a warning (this node must not
+    /// keep a second copy).
     fn leave_out_remote(
         &self,
         targets: &mut Targets,
         source: PublishSource,
+        remote_targets: &mut Vec<(Arc<str>, String)>,
     ) -> Result<(), BrokerError> {
         let remote = self.remote.read();
-        if let Some((q, owner)) = targets
-            .queues
-            .iter()
-            .find_map(|q| remote.get(&q.name).map(|o| (q, o)))
-        {
-            if source.is_publisher() {
+        if source == PublishSource::Api {
+            if let Some((q, owner)) = targets
+                .queues
+                .iter()
+                .find_map(|q| remote.get(&q.name).map(|o| (q, o)))
+            {
                 return Err(self.remote_queue_error(&q.name, owner));
             }
         }
         targets.queues.retain(|q| match remote.get(&q.name) {
+            Some(owner) if source == PublishSource::Client => {
+                remote_targets.push((Arc::clone(owner), q.name.clone()));
+                false
+            }
             Some(owner) => {
                 tracing::warn!(
                     vhost = self.name,
@@ -218,6 +229,53 @@ impl Vhost {
             None => true,
         });
         Ok(())
+    }
+
+    /// Enqueues a message another cluster node routed (and forwarded) to
+    /// these queues of this node, skipping the exchange's hooks and
+    /// routing, which the forwarding node ran. Queues that no longer exist
+    /// (or are another node's) are skipped: `routed` 0 means none took it.
+    pub fn publish_forwarded(
+        &self,
+        message: Arc<Message>,
+        queues: &[String],
+    ) -> Result<PublishOutcome, BrokerError> {
+        let mut outcome = PublishOutcome::default();
+        let targets: Vec<Arc<Queue>> = {
+            let topo = self.topology.read();
+            queues
+                .iter()
+                .filter(|n| self.remote_owner(n).is_none())
+                .filter_map(|n| topo.queues.get(n.as_str()).cloned())
+                .collect()
+        };
+        let mut message = message;
+        if message.is_persistent() && targets.iter().any(|q| q.options.durable) {
+            if let Some(m) = Arc::get_mut(&mut message) {
+                m.seal_record();
+            }
+        }
+        let mut work = DeadLetterWork::new();
+        let mut result = Ok(());
+        for q in &targets {
+            match q.publish(Arc::clone(&message)) {
+                Ok(Enqueued::Accepted { stored }) => {
+                    outcome.routed += 1;
+                    if stored {
+                        add_once(&mut outcome.stored, Arc::clone(q) as Arc<dyn Durable>);
+                    }
+                }
+                Ok(Enqueued::Duplicate) => outcome.routed += 1,
+                Ok(Enqueued::Rejected) => outcome.rejected = true,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            work.collect(q);
+        }
+        self.route_dead_letter_work(work, &mut outcome.stored);
+        result.map(|()| outcome)
     }
 
     /// The queues and streams a message reaches: by its routing key and, for a

@@ -1,0 +1,150 @@
+//! The seam between the broker core and forwarding to queues other cluster
+//! nodes own.
+//!
+//! In a cluster a classic queue lives on one node, its owner
+//! ([`crate::vhost::Vhost::remote_owner`] names it on every other node).
+//! A client connected to another node still publishes to it and consumes
+//! from it: its channel hands the work to a [`RemoteQueues`], which the
+//! cluster crate implements over the cluster link. The core stays free of
+//! networking; it only sees:
+//!
+//! - [`RemoteQueues::publish`]: a batch of messages for queues of one
+//!   owner, answered once the owner has them (for a persistent message to a
+//!   durable queue: once the owner's store synced it), through a callback
+//!   that the channel turns into a sync answer (`DeliverySink::synced`), so
+//!   publisher confirms wait for remote queues the way they wait for the
+//!   local disk;
+//! - [`RemoteQueues::open_channel`]: a proxy channel on the owner, a real
+//!   [`crate::channel::Channel`] there, to which this node's channel sends
+//!   the AMQP methods it forwards (basic.consume with the client's
+//!   prefetch, basic.get, queue.purge, basic.cancel, and the settles of
+//!   forwarded deliveries mapped to the owner's delivery tags). Its
+//!   deliveries come back through the channel's sink
+//!   ([`crate::queue::DeliverySink::deliver_remote`]).
+//!
+//! Which node owns a queue is only ever asked of the vhost's
+//! `remote_owner`, so a queue whose owner moves (a replicated queue's
+//! leader) is followed by updating that lookup.
+
+use std::sync::Arc;
+
+use antre_amqp::Method;
+
+use crate::channel::Outgoing;
+use crate::error::BrokerError;
+use crate::message::Message;
+use crate::queue::DeliverySink;
+
+/// One message forwarded to an owner, for some of its queues.
+#[derive(Debug, Clone)]
+pub struct RemotePublish {
+    /// The owner's queues it was routed to.
+    pub queues: Vec<String>,
+    /// The message, with its original exchange and routing key.
+    pub message: Arc<Message>,
+}
+
+/// What the owner did with one forwarded message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteResult {
+    /// At least one of its queues took it (and it is synced if it must be).
+    Accepted,
+    /// A queue refused it (overflow `reject-publish`): nack it.
+    Rejected,
+    /// None of its queues exists any more: unroutable (returned if
+    /// mandatory).
+    Gone,
+    /// It is not known to be stored (the owner is unreachable, or its disk
+    /// failed): nack it.
+    Failed,
+}
+
+/// Called once with the result of each message of a batch, in order.
+pub type RemoteDone = Box<dyn FnOnce(Vec<RemoteResult>) + Send>;
+
+/// Forwarding to queues other nodes own (see the module docs).
+pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
+    /// Sends `batch` to `owner`'s queues in `vhost`, in order after every
+    /// batch sent to it before; `done` is called once `owner` answered (or
+    /// the link failed: every result is then [`RemoteResult::Failed`]).
+    fn publish(&self, owner: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone);
+
+    /// Opens a proxy channel on `owner` for a channel of this node whose
+    /// user is `user`; deliveries and cancels it pushes go to `sink`.
+    fn open_channel(
+        &self,
+        owner: &str,
+        vhost: &str,
+        user: &str,
+        sink: Arc<dyn DeliverySink>,
+    ) -> Arc<dyn RemoteChannel>;
+}
+
+/// A channel on a queue's owner that forwards one local channel's work.
+pub trait RemoteChannel: Send + Sync + std::fmt::Debug {
+    /// Runs `method` on the owner's channel and waits for its answer (the
+    /// frames it replied with, or the error that closed it), within the
+    /// cluster's change timeout. Blocks the calling thread.
+    fn call(&self, method: Method) -> Result<Vec<Outgoing>, BrokerError>;
+
+    /// Sends methods that need no answer (settles, cancels), in order.
+    fn cast(&self, methods: Vec<Method>);
+
+    /// Closes the owner's channel: its consumers are cancelled and what it
+    /// delivered and nobody settled goes back to its queues.
+    fn close(&self);
+
+    /// Whether it still works (false once its link to the owner broke: a
+    /// new one must be opened).
+    fn is_open(&self) -> bool;
+}
+
+/// A delivery a queue on another node made to a consumer of this node.
+#[derive(Debug)]
+pub struct RemoteDelivery {
+    /// The proxy channel it came through (to settle it there).
+    pub channel: Arc<dyn RemoteChannel>,
+    /// The consumer's tag (the same on both nodes).
+    pub consumer_tag: String,
+    /// The owner's delivery tag.
+    pub remote_tag: u64,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// The message (its exchange and routing key are the original ones).
+    pub message: Arc<Message>,
+}
+
+/// The broker error a forwarded method failed with on the owner, from its
+/// reply code and text (`CODE_NAME - details`).
+pub fn error_from_reply(code: u16, text: &str) -> BrokerError {
+    use antre_amqp::constants::reply;
+    let details = text
+        .split_once(" - ")
+        .map_or(text, |(_, rest)| rest)
+        .to_owned();
+    match code {
+        reply::NOT_FOUND => BrokerError::NotFound(details),
+        reply::PRECONDITION_FAILED => BrokerError::PreconditionFailed(details),
+        reply::ACCESS_REFUSED => BrokerError::AccessRefused(details),
+        reply::RESOURCE_LOCKED => BrokerError::ResourceLocked(details),
+        reply::NOT_ALLOWED => BrokerError::NotAllowed(details),
+        reply::COMMAND_INVALID => BrokerError::CommandInvalid(details),
+        reply::CHANNEL_ERROR => BrokerError::ChannelError(details),
+        reply::UNEXPECTED_FRAME => BrokerError::UnexpectedFrame(details),
+        reply::NOT_IMPLEMENTED => BrokerError::NotImplemented(details),
+        _ => BrokerError::Internal(details),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_survive_the_trip_by_code_and_text() {
+        let e = BrokerError::ResourceLocked("queue 'q' in vhost '/' is exclusive".into());
+        assert_eq!(error_from_reply(e.reply_code(), &e.to_string()), e);
+        let e = BrokerError::NotFound("no queue 'x'".into());
+        assert_eq!(error_from_reply(e.reply_code(), &e.to_string()), e);
+    }
+}

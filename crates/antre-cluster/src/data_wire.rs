@@ -1,0 +1,407 @@
+//! Frames of the forwarding data link ([`crate::forward`]).
+//!
+//! Binary, unlike the metadata link's JSON ([`crate::wire`]): these frames
+//! carry message bodies at the publish rate, and JSON would spell every
+//! byte of a body as a number (or grow it by a third in base64) and cost a
+//! parse per byte. Messages travel in the store's record form
+//! ([`Message::record`]: exchange, routing key, properties as on the AMQP
+//! wire, body), AMQP methods in their frame payload form
+//! ([`Method::encode`]), so nothing here invents an encoding of its own
+//! beyond the framing:
+//!
+//! ```text
+//! frame   := u32 length-of-rest | u8 kind | fields
+//! str     := u32 length | UTF-8        bytes := u32 length | raw
+//! outputs := u32 count | count × (bytes method | u8 has-message | [bytes record])
+//! ```
+
+use std::sync::Arc;
+
+use antre_amqp::Method;
+use antre_broker::channel::Outgoing;
+use antre_broker::message::Message;
+use antre_broker::remote::RemoteResult;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// The largest data frame either side accepts: a batch of messages of up
+/// to antre's largest message size.
+pub const MAX_DATA_FRAME: usize = 1 << 30;
+
+/// One frame of the data link.
+#[derive(Debug)]
+pub enum DataFrame {
+    /// Forwarding node → owner: messages for the owner's queues.
+    Publish {
+        /// The forwarding node's number for the batch.
+        batch: u64,
+        /// The vhost.
+        vhost: String,
+        /// Each message with the owner's queues it was routed to.
+        items: Vec<(Vec<String>, Arc<Message>)>,
+    },
+    /// Forwarding node → owner: open proxy channel `ch` for `user`.
+    Open {
+        /// The forwarding node's number for the channel.
+        ch: u64,
+        /// The vhost.
+        vhost: String,
+        /// The user whose permissions apply.
+        user: String,
+    },
+    /// Forwarding node → owner: run a method on proxy channel `ch`;
+    /// `req` 0 wants no answer.
+    Call {
+        /// The proxy channel.
+        ch: u64,
+        /// The request number to answer with, 0 for none.
+        req: u64,
+        /// The method.
+        method: Method,
+    },
+    /// Forwarding node → owner: close proxy channel `ch`.
+    Close {
+        /// The proxy channel.
+        ch: u64,
+    },
+    /// Owner → forwarding node: what became of each message of a batch.
+    Published {
+        /// The batch.
+        batch: u64,
+        /// One result per message, in order.
+        results: Vec<RemoteResult>,
+    },
+    /// Owner → forwarding node: the answer to a [`DataFrame::Call`].
+    Reply {
+        /// The request.
+        req: u64,
+        /// The frames the channel answered with, or the error's reply code
+        /// and text.
+        result: Result<Vec<Outgoing>, (u16, String)>,
+    },
+    /// Owner → forwarding node: what proxy channel `ch` sends unasked
+    /// (deliveries, a consumer cancelled by its queue).
+    Push {
+        /// The proxy channel.
+        ch: u64,
+        /// The frames.
+        out: Vec<Outgoing>,
+    },
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("bad data frame: {0}")]
+pub struct DecodeError(pub String);
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.put_slice(b);
+}
+
+fn put_method(out: &mut BytesMut, m: &Method) {
+    let at = out.len();
+    out.put_u32(0);
+    m.encode(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_outputs(out: &mut BytesMut, items: &[Outgoing]) {
+    out.put_u32(items.len() as u32);
+    for item in items {
+        match item {
+            Outgoing::Method(m) => {
+                put_method(out, m);
+                out.put_u8(0);
+            }
+            Outgoing::Content(m, message) => {
+                put_method(out, m);
+                out.put_u8(1);
+                put_bytes(out, message.record());
+            }
+        }
+    }
+}
+
+fn result_code(r: RemoteResult) -> u8 {
+    match r {
+        RemoteResult::Accepted => 0,
+        RemoteResult::Rejected => 1,
+        RemoteResult::Gone => 2,
+        RemoteResult::Failed => 3,
+    }
+}
+
+impl DataFrame {
+    /// The frame, length prefix included.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(64);
+        out.put_u32(0);
+        match self {
+            DataFrame::Publish {
+                batch,
+                vhost,
+                items,
+            } => {
+                out.put_u8(1);
+                out.put_u64(*batch);
+                put_str(&mut out, vhost);
+                out.put_u32(items.len() as u32);
+                for (queues, message) in items {
+                    out.put_u16(queues.len() as u16);
+                    for q in queues {
+                        put_str(&mut out, q);
+                    }
+                    put_bytes(&mut out, message.record());
+                }
+            }
+            DataFrame::Open { ch, vhost, user } => {
+                out.put_u8(2);
+                out.put_u64(*ch);
+                put_str(&mut out, vhost);
+                put_str(&mut out, user);
+            }
+            DataFrame::Call { ch, req, method } => {
+                out.put_u8(3);
+                out.put_u64(*ch);
+                out.put_u64(*req);
+                put_method(&mut out, method);
+            }
+            DataFrame::Close { ch } => {
+                out.put_u8(4);
+                out.put_u64(*ch);
+            }
+            DataFrame::Published { batch, results } => {
+                out.put_u8(11);
+                out.put_u64(*batch);
+                out.put_u32(results.len() as u32);
+                for r in results {
+                    out.put_u8(result_code(*r));
+                }
+            }
+            DataFrame::Reply { req, result } => {
+                out.put_u8(12);
+                out.put_u64(*req);
+                match result {
+                    Ok(items) => {
+                        out.put_u16(0);
+                        put_outputs(&mut out, items);
+                    }
+                    Err((code, text)) => {
+                        out.put_u16(*code);
+                        put_str(&mut out, text);
+                    }
+                }
+            }
+            DataFrame::Push { ch, out: items } => {
+                out.put_u8(13);
+                out.put_u64(*ch);
+                put_outputs(&mut out, items);
+            }
+        }
+        let len = (out.len() - 4) as u32;
+        out[0..4].copy_from_slice(&len.to_be_bytes());
+        out.freeze()
+    }
+
+    /// Reads a frame's body (after its length prefix).
+    pub fn decode(body: Bytes) -> Result<DataFrame, DecodeError> {
+        let mut r = Reader(body);
+        let kind = r.u8()?;
+        Ok(match kind {
+            1 => {
+                let batch = r.u64()?;
+                let vhost = r.str()?;
+                let n = r.u32()? as usize;
+                let mut items = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    let nq = r.u16()? as usize;
+                    let mut queues = Vec::with_capacity(nq);
+                    for _ in 0..nq {
+                        queues.push(r.str()?);
+                    }
+                    items.push((queues, r.message()?));
+                }
+                DataFrame::Publish {
+                    batch,
+                    vhost,
+                    items,
+                }
+            }
+            2 => DataFrame::Open {
+                ch: r.u64()?,
+                vhost: r.str()?,
+                user: r.str()?,
+            },
+            3 => DataFrame::Call {
+                ch: r.u64()?,
+                req: r.u64()?,
+                method: r.method()?,
+            },
+            4 => DataFrame::Close { ch: r.u64()? },
+            11 => {
+                let batch = r.u64()?;
+                let n = r.u32()? as usize;
+                let mut results = Vec::with_capacity(n.min(65536));
+                for _ in 0..n {
+                    results.push(match r.u8()? {
+                        0 => RemoteResult::Accepted,
+                        1 => RemoteResult::Rejected,
+                        2 => RemoteResult::Gone,
+                        _ => RemoteResult::Failed,
+                    });
+                }
+                DataFrame::Published { batch, results }
+            }
+            12 => {
+                let req = r.u64()?;
+                let code = r.u16()?;
+                let result = if code == 0 {
+                    Ok(r.outputs()?)
+                } else {
+                    Err((code, r.str()?))
+                };
+                DataFrame::Reply { req, result }
+            }
+            13 => DataFrame::Push {
+                ch: r.u64()?,
+                out: r.outputs()?,
+            },
+            k => return Err(DecodeError(format!("unknown kind {k}"))),
+        })
+    }
+}
+
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        if self.0.remaining() < n {
+            return Err(DecodeError("truncated".into()));
+        }
+        Ok(())
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2)?;
+        Ok(self.0.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4)?;
+        Ok(self.0.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
+    }
+    fn bytes(&mut self) -> Result<Bytes, DecodeError> {
+        let n = self.u32()? as usize;
+        self.need(n)?;
+        Ok(self.0.split_to(n))
+    }
+    fn str(&mut self) -> Result<String, DecodeError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|e| DecodeError(e.to_string()))
+    }
+    fn method(&mut self) -> Result<Method, DecodeError> {
+        Method::decode(self.bytes()?).map_err(|e| DecodeError(e.to_string()))
+    }
+    fn message(&mut self) -> Result<Arc<Message>, DecodeError> {
+        let raw = self.bytes()?;
+        Message::from_record(&raw)
+            .map(Arc::new)
+            .map_err(|e| DecodeError(e.to_string()))
+    }
+    fn outputs(&mut self) -> Result<Vec<Outgoing>, DecodeError> {
+        let n = self.u32()? as usize;
+        let mut items = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let method = self.method()?;
+            items.push(if self.u8()? == 0 {
+                Outgoing::Method(method)
+            } else {
+                Outgoing::Content(method, self.message()?)
+            });
+        }
+        Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use antre_amqp::method::{BasicAck, BasicDeliver};
+    use antre_amqp::BasicProperties;
+
+    fn round_trip(f: &DataFrame) -> DataFrame {
+        let raw = f.encode();
+        let len = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
+        assert_eq!(len, raw.len() - 4);
+        DataFrame::decode(raw.slice(4..)).unwrap()
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let props = BasicProperties {
+            message_id: Some("m1".into()),
+            ..Default::default()
+        };
+        let m = Arc::new(Message::new(
+            "x".into(),
+            "k".into(),
+            props,
+            Bytes::from_static(b"body"),
+        ));
+        let DataFrame::Publish { batch, items, .. } = round_trip(&DataFrame::Publish {
+            batch: 7,
+            vhost: "/".into(),
+            items: vec![(vec!["a".into(), "b".into()], Arc::clone(&m))],
+        }) else {
+            panic!("kind")
+        };
+        assert_eq!(batch, 7);
+        assert_eq!(items[0].0, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(items[0].1.body, m.body);
+        assert_eq!(items[0].1.properties, m.properties);
+        let deliver: Method = BasicDeliver {
+            consumer_tag: "c".into(),
+            delivery_tag: 3,
+            redelivered: true,
+            exchange: "x".into(),
+            routing_key: "k".into(),
+        }
+        .into();
+        let DataFrame::Push { ch, out } = round_trip(&DataFrame::Push {
+            ch: 9,
+            out: vec![
+                Outgoing::Content(deliver.clone(), m),
+                Outgoing::Method(
+                    BasicAck {
+                        delivery_tag: 1,
+                        multiple: false,
+                    }
+                    .into(),
+                ),
+            ],
+        }) else {
+            panic!("kind")
+        };
+        assert_eq!(ch, 9);
+        assert!(matches!(&out[0], Outgoing::Content(d, _) if *d == deliver));
+        let DataFrame::Reply { result, .. } = round_trip(&DataFrame::Reply {
+            req: 1,
+            result: Err((404, "NOT_FOUND - no".into())),
+        }) else {
+            panic!("kind")
+        };
+        assert_eq!(result.unwrap_err().0, 404);
+        assert!(DataFrame::decode(Bytes::from_static(&[1, 0])).is_err());
+    }
+}

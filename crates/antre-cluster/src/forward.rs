@@ -1,0 +1,846 @@
+//! Forwarding: a client on any node publishes to and consumes from queues
+//! another node owns ([`antre_broker::remote`] is the broker's side).
+//!
+//! **The data link.** Each node that forwards to an owner dials it once
+//! more, besides the metadata link: one connection per (forwarding node,
+//! owner), authenticated as every cluster connection, then switched to the
+//! binary frames of [`crate::data_wire`] with a [`Request::DataLink`]. It is
+//! full duplex: the forwarding node writes publish batches and proxy
+//! channel methods, the owner writes batch answers, method answers and
+//! pushes (deliveries, cancels) whenever they happen. A dedicated
+//! connection rather than long polls on the request/response link: the
+//! owner's deliveries go out the moment its queue dispatches, the order
+//! of everything sent one way is the connection's, and a broken connection
+//! is one event both sides act on. Each side has a writer task that takes
+//! every frame queued since its last write and writes them together, so a
+//! busy channel's publishes travel many per write, pipelined, never one
+//! round trip per message.
+//!
+//! **On the owner** each connection runs one task that owns the proxy
+//! channels (real [`Channel`]s, with a [`DeliverySink`] that feeds that task)
+//! and enqueues forwarded publishes with
+//! [`antre_broker::vhost::Vhost::publish_forwarded`]; a batch with
+//! persistent messages for durable queues is answered after the syncer
+//! synced them. When the connection drops, every proxy channel is closed:
+//! its consumers are cancelled and its unacked deliveries requeued, as for
+//! a client connection that went away.
+//!
+//! **On the forwarding node**, when the connection drops (or cannot be
+//! made), every publish batch waiting for an answer fails (its publishes
+//! are nacked: they are not known to be stored), every waiting call fails,
+//! and every forwarded consumer is cancelled (the client gets basic.cancel
+//! if it announced `consumer_cancel_notify`, as RabbitMQ cancels consumers
+//! of a classic queue whose node went down). The next use dials again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use antre_amqp::Method;
+use antre_broker::channel::{Channel, ChannelContext, Outgoing};
+use antre_broker::error::BrokerError;
+use antre_broker::message::Message;
+use antre_broker::queue::{Delivery, DeliverySink};
+use antre_broker::remote::{
+    error_from_reply, RemoteChannel, RemoteDelivery, RemoteDone, RemotePublish, RemoteQueues,
+    RemoteResult,
+};
+use antre_broker::Broker;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::stream::BoxStream;
+use tokio::sync::mpsc;
+
+use crate::auth;
+use crate::data_wire::{DataFrame, MAX_DATA_FRAME};
+use crate::network::Link;
+use crate::wire::{write_frame, Request};
+
+/// How long dialling an owner may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a failed link stays failed before the next use dials again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// A write gathers queued frames up to about this many bytes.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// This node's forwarder: the [`RemoteQueues`] the broker holds.
+pub struct Forwarder {
+    link: Arc<Link>,
+    broker: Weak<Broker>,
+    links: Mutex<HashMap<String, Arc<DataLink>>>,
+    next: AtomicU64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder").finish_non_exhaustive()
+    }
+}
+
+/// What a forwarding node keeps of one data connection.
+struct DataLink {
+    owner: String,
+    tx: mpsc::UnboundedSender<Bytes>,
+    state: Mutex<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    dead: Option<String>,
+    died_at: Option<std::time::Instant>,
+    publishes: HashMap<u64, (usize, RemoteDone)>,
+    calls: HashMap<u64, std::sync::mpsc::Sender<Result<Vec<Outgoing>, BrokerError>>>,
+    channels: HashMap<u64, Weak<ProxyHandle>>,
+}
+
+impl Forwarder {
+    /// A forwarder over `link` for `broker`; call from the runtime.
+    pub fn new(link: Arc<Link>, broker: &Arc<Broker>) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            link,
+            broker: Arc::downgrade(broker),
+            links: Mutex::default(),
+            next: AtomicU64::new(1),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The live data link to `owner`, dialled if there is none.
+    fn link_to(&self, owner: &str) -> Arc<DataLink> {
+        let mut links = self.links.lock();
+        if let Some(l) = links.get(owner) {
+            let st = l.state.lock();
+            // A link that just failed stays (dead) for a moment: what is
+            // sent to it fails at once instead of dialling a down node
+            // for every batch.
+            let retry = st.died_at.is_some_and(|t| t.elapsed() >= RETRY_AFTER);
+            if st.dead.is_none() || !retry {
+                return Arc::clone(l);
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = Arc::new(DataLink {
+            owner: owner.to_owned(),
+            tx,
+            state: Mutex::default(),
+        });
+        links.insert(owner.to_owned(), Arc::clone(&link));
+        let cfg = self.link.config.clone();
+        let weak = Arc::downgrade(&link);
+        self.runtime.spawn(async move {
+            let why = match dial(&cfg, &weak).await {
+                Ok(stream) => run_client(stream, rx, &weak).await,
+                Err(e) => e,
+            };
+            if let Some(link) = weak.upgrade() {
+                link.fail(&why);
+            }
+        });
+        link
+    }
+
+    /// The broker, for the owner's side of the links.
+    pub(crate) fn broker(&self) -> Weak<Broker> {
+        Weak::clone(&self.broker)
+    }
+
+    /// Closes every data link (the node stops).
+    pub fn shutdown(&self) {
+        for (_, l) in self.links.lock().drain() {
+            l.fail("this node is stopping");
+        }
+    }
+}
+
+async fn dial(cfg: &crate::ClusterConfig, link: &Weak<DataLink>) -> Result<BoxStream, String> {
+    let owner = link.upgrade().map(|l| l.owner.clone()).ok_or("gone")?;
+    let addr = cfg
+        .peers
+        .iter()
+        .find(|p| p.name == owner)
+        .map(|p| p.addr)
+        .ok_or_else(|| format!("no cluster node named '{owner}'"))?;
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    // With TLS on the link, the data link is TLS too, like every
+    // connection between nodes.
+    let mut s: BoxStream = match &cfg.tls {
+        Some(tls) => tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, tls.connect(s))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_owned())?
+            .map_err(|e| format!("TLS: {e}"))?,
+        None => Box::new(s),
+    };
+    tokio::time::timeout(
+        auth::HANDSHAKE_TIMEOUT,
+        auth::client(&mut s, &cfg.node_name, &owner, &cfg.secret),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    write_frame(&mut s, &Request::DataLink)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Writes every frame queued on `rx`, batching what is queued together.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(64 << 10);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        w.write_all(&buf).await?;
+    }
+    Ok(())
+}
+
+/// Reads one data frame.
+async fn read_data_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<DataFrame> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_DATA_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("data frame of {len} bytes"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    DataFrame::decode(Bytes::from(body))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The forwarding side of a connection: writes what is queued, reads the
+/// owner's answers and pushes. Returns why it ended.
+async fn run_client<S>(
+    stream: S,
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    link: &Weak<DataLink>,
+) -> String
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    let mut writer = tokio::spawn(write_loop(w, rx));
+    let mut r = tokio::io::BufReader::with_capacity(64 << 10, r);
+    loop {
+        tokio::select! {
+            frame = read_data_frame(&mut r) => match frame {
+                Ok(frame) => {
+                    let Some(l) = link.upgrade() else {
+                        writer.abort();
+                        return "gone".into();
+                    };
+                    l.on_frame(frame);
+                }
+                Err(e) => {
+                    writer.abort();
+                    return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        "the connection was closed".into()
+                    } else {
+                        e.to_string()
+                    };
+                }
+            },
+            done = &mut writer => {
+                return match done {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "the link was closed".into(),
+                };
+            }
+        }
+    }
+}
+
+impl DataLink {
+    fn send(&self, frame: &DataFrame) -> bool {
+        self.tx.send(frame.encode()).is_ok()
+    }
+
+    /// The connection ended: fail everything waiting on it.
+    fn fail(&self, why: &str) {
+        let (publishes, channels) = {
+            let mut st = self.state.lock();
+            if st.dead.is_some() {
+                return;
+            }
+            tracing::info!(
+                node = self.owner,
+                "data link to cluster node {} lost: {why}",
+                self.owner
+            );
+            st.dead = Some(why.to_owned());
+            st.died_at = Some(std::time::Instant::now());
+            st.calls.clear();
+            (
+                std::mem::take(&mut st.publishes),
+                std::mem::take(&mut st.channels),
+            )
+        };
+        for (_, (n, done)) in publishes {
+            done(vec![RemoteResult::Failed; n]);
+        }
+        for (_, ch) in channels {
+            if let Some(ch) = ch.upgrade() {
+                ch.lost();
+            }
+        }
+    }
+
+    fn unreachable(&self) -> BrokerError {
+        let why = self.state.lock().dead.clone().unwrap_or_default();
+        BrokerError::NotFound(format!(
+            "the queue's cluster node '{}' is unreachable: {why}",
+            self.owner
+        ))
+    }
+
+    fn on_frame(&self, frame: DataFrame) {
+        match frame {
+            DataFrame::Published { batch, results } => {
+                let done = self.state.lock().publishes.remove(&batch);
+                if let Some((_, done)) = done {
+                    done(results);
+                }
+            }
+            DataFrame::Reply { req, result } => {
+                let tx = self.state.lock().calls.remove(&req);
+                if let Some(tx) = tx {
+                    let _ = tx.send(result.map_err(|(code, text)| error_from_reply(code, &text)));
+                }
+            }
+            DataFrame::Push { ch, out } => {
+                let ch = self.state.lock().channels.get(&ch).and_then(Weak::upgrade);
+                if let Some(ch) = ch {
+                    ch.on_push(out);
+                }
+            }
+            other => tracing::debug!("unexpected data frame from the owner: {other:?}"),
+        }
+    }
+}
+
+impl RemoteQueues for Forwarder {
+    fn publish(&self, owner: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone) {
+        let link = self.link_to(owner);
+        let id = self.next_id();
+        let n = batch.len();
+        {
+            let mut st = link.state.lock();
+            if st.dead.is_some() {
+                drop(st);
+                done(vec![RemoteResult::Failed; n]);
+                return;
+            }
+            st.publishes.insert(id, (n, done));
+        }
+        let frame = DataFrame::Publish {
+            batch: id,
+            vhost: vhost.to_owned(),
+            items: batch.into_iter().map(|p| (p.queues, p.message)).collect(),
+        };
+        if !link.send(&frame) {
+            link.fail("the link was closed");
+        }
+    }
+
+    fn open_channel(
+        &self,
+        owner: &str,
+        vhost: &str,
+        user: &str,
+        sink: Arc<dyn DeliverySink>,
+    ) -> Arc<dyn RemoteChannel> {
+        let link = self.link_to(owner);
+        let ch = self.next_id();
+        let handle = Arc::new(ProxyHandle {
+            link: Arc::clone(&link),
+            ch,
+            sink,
+            consumers: Mutex::default(),
+            dead: AtomicBool::new(false),
+            this: Mutex::new(Weak::new()),
+            next_req: AtomicU64::new(1),
+            timeout: self.link.config.change_timeout,
+        });
+        *handle.this.lock() = Arc::downgrade(&handle);
+        let registered = {
+            let mut st = link.state.lock();
+            if st.dead.is_none() {
+                st.channels.insert(ch, Arc::downgrade(&handle));
+                true
+            } else {
+                false
+            }
+        };
+        if !registered
+            || !link.send(&DataFrame::Open {
+                ch,
+                vhost: vhost.to_owned(),
+                user: user.to_owned(),
+            })
+        {
+            handle.dead.store(true, Ordering::Release);
+        }
+        handle
+    }
+}
+
+/// A proxy channel on an owner, as the forwarding node holds it.
+struct ProxyHandle {
+    link: Arc<DataLink>,
+    ch: u64,
+    sink: Arc<dyn DeliverySink>,
+    /// The consumers it holds, to cancel if the link drops.
+    consumers: Mutex<HashSet<String>>,
+    dead: AtomicBool,
+    this: Mutex<Weak<ProxyHandle>>,
+    next_req: AtomicU64,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ProxyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyHandle")
+            .field("owner", &self.link.owner)
+            .field("ch", &self.ch)
+            .finish()
+    }
+}
+
+impl ProxyHandle {
+    /// The link dropped: the owner cancelled this channel's consumers.
+    fn lost(&self) {
+        self.dead.store(true, Ordering::Release);
+        let tags: Vec<String> = self.consumers.lock().drain().collect();
+        for tag in tags {
+            self.sink.cancel(&tag);
+        }
+    }
+
+    fn on_push(&self, out: Vec<Outgoing>) {
+        let Some(me) = self.this.lock().upgrade() else {
+            return;
+        };
+        for item in out {
+            match item {
+                Outgoing::Content(Method::BasicDeliver(d), message) => {
+                    let delivery = RemoteDelivery {
+                        channel: Arc::clone(&me) as Arc<dyn RemoteChannel>,
+                        consumer_tag: d.consumer_tag,
+                        remote_tag: d.delivery_tag,
+                        redelivered: d.redelivered,
+                        message,
+                    };
+                    if let Err(back) = self.sink.deliver_remote(delivery) {
+                        Channel::refuse_remote(&back);
+                    }
+                }
+                Outgoing::Method(Method::BasicCancel(c)) => {
+                    self.consumers.lock().remove(&c.consumer_tag);
+                    self.sink.cancel(&c.consumer_tag);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn wait(
+        &self,
+        rx: std::sync::mpsc::Receiver<Result<Vec<Outgoing>, BrokerError>>,
+    ) -> Result<Vec<Outgoing>, BrokerError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let recv = || rx.recv_timeout(self.timeout);
+        let got = match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(recv)
+            }
+            Ok(_) => {
+                return Err(BrokerError::Internal(
+                    "forwarding cannot wait on a single-threaded runtime".into(),
+                ))
+            }
+            Err(_) => recv(),
+        };
+        match got {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(BrokerError::NotFound(format!(
+                "the queue's cluster node '{}' did not answer within {:?}",
+                self.link.owner, self.timeout
+            ))),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.link.unreachable()),
+        }
+    }
+}
+
+impl RemoteChannel for ProxyHandle {
+    fn call(&self, method: Method) -> Result<Vec<Outgoing>, BrokerError> {
+        if self.dead.load(Ordering::Acquire) {
+            return Err(self.link.unreachable());
+        }
+        let consume_tag = match &method {
+            Method::BasicConsume(c) => Some(c.consumer_tag.clone()),
+            _ => None,
+        };
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed) << 20 | (self.ch & 0xfffff);
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let mut st = self.link.state.lock();
+            if st.dead.is_some() {
+                drop(st);
+                return Err(self.link.unreachable());
+            }
+            st.calls.insert(req, tx);
+        }
+        if let Some(tag) = &consume_tag {
+            self.consumers.lock().insert(tag.clone());
+        }
+        let sent = self.link.send(&DataFrame::Call {
+            ch: self.ch,
+            req,
+            method,
+        });
+        let result = if sent {
+            self.wait(rx)
+        } else {
+            Err(self.link.unreachable())
+        };
+        self.link.state.lock().calls.remove(&req);
+        if let (Err(_), Some(tag)) = (&result, &consume_tag) {
+            self.consumers.lock().remove(tag);
+        }
+        result
+    }
+
+    fn cast(&self, methods: Vec<Method>) {
+        if self.dead.load(Ordering::Acquire) {
+            return;
+        }
+        for method in methods {
+            if let Method::BasicCancel(c) = &method {
+                self.consumers.lock().remove(&c.consumer_tag);
+            }
+            self.link.send(&DataFrame::Call {
+                ch: self.ch,
+                req: 0,
+                method,
+            });
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        !self.dead.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.link.state.lock().channels.remove(&self.ch);
+        if !self.dead.swap(true, Ordering::AcqRel) {
+            self.link.send(&DataFrame::Close { ch: self.ch });
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        if !self.dead.load(Ordering::Acquire) {
+            self.link.send(&DataFrame::Close { ch: self.ch });
+        }
+    }
+}
+
+// ---- the owner's side ----
+
+/// What reaches the owner's task for one connection.
+#[derive(Debug)]
+enum Event {
+    Frame(DataFrame),
+    Deliver(u64, Delivery),
+    Cancel(u64, String),
+    Synced(u64, u64, bool),
+    Ended(String),
+}
+
+/// The sink of a proxy channel (`ch`), or of forwarded publishes (`ch` 0).
+#[derive(Debug)]
+struct ProxySink {
+    ch: u64,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl DeliverySink for ProxySink {
+    fn deliver(&self, delivery: Delivery) -> Result<(), Box<Delivery>> {
+        match self.tx.send(Event::Deliver(self.ch, delivery)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(Event::Deliver(_, d))) => Err(Box::new(d)),
+            Err(_) => Ok(()),
+        }
+    }
+    fn cancel(&self, consumer_tag: &str) {
+        let _ = self
+            .tx
+            .send(Event::Cancel(self.ch, consumer_tag.to_owned()));
+    }
+    fn synced(&self, token: u64, ok: bool) {
+        let _ = self.tx.send(Event::Synced(self.ch, token, ok));
+    }
+}
+
+/// Serves a data connection from `peer` on this (owning) node, until it
+/// ends; then closes its proxy channels (requeueing what they delivered
+/// and nobody settled).
+pub async fn serve<S>(stream: S, peer: String, broker: Weak<Broker>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
+    let writer = tokio::spawn(write_loop(w, out_rx));
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let reader_tx = ev_tx.clone();
+    let reader = tokio::spawn(async move {
+        let mut r = tokio::io::BufReader::with_capacity(64 << 10, r);
+        loop {
+            match read_data_frame(&mut r).await {
+                Ok(f) => {
+                    if reader_tx.send(Event::Frame(f)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = reader_tx.send(Event::Ended(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    let mut owner = Owner {
+        broker,
+        channels: HashMap::new(),
+        batches: HashMap::new(),
+        next_token: 1,
+        out: out_tx,
+        events: ev_tx,
+    };
+    while let Some(event) = ev_rx.recv().await {
+        if let Event::Ended(why) = &event {
+            tracing::debug!(peer, "data link from {peer} ended: {why}");
+            break;
+        }
+        if owner.out.is_closed() {
+            break;
+        }
+        owner.on_event(event);
+    }
+    reader.abort();
+    writer.abort();
+    for (_, mut ch) in owner.channels.drain() {
+        ch.close();
+    }
+    // Deliveries already on their way to the closed channels go back.
+    ev_rx.close();
+    while let Ok(event) = ev_rx.try_recv() {
+        if let Event::Deliver(_, d) = event {
+            let queue = Arc::clone(&d.queue);
+            queue.return_undelivered(d);
+        }
+    }
+}
+
+struct Owner {
+    broker: Weak<Broker>,
+    channels: HashMap<u64, Channel>,
+    /// Publish batches waiting for the syncer: the forwarder's number and
+    /// the results, by sync token.
+    batches: HashMap<u64, (u64, Vec<RemoteResult>)>,
+    next_token: u64,
+    out: mpsc::UnboundedSender<Bytes>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Owner {
+    fn send(&self, frame: &DataFrame) {
+        let _ = self.out.send(frame.encode());
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Frame(frame) => self.on_frame(frame),
+            Event::Deliver(ch, d) => match self.channels.get_mut(&ch) {
+                Some(channel) => {
+                    let mut out = Vec::new();
+                    channel.deliver(d, &mut out);
+                    self.push(ch, out);
+                }
+                None => {
+                    let queue = Arc::clone(&d.queue);
+                    queue.return_undelivered(d);
+                }
+            },
+            Event::Cancel(ch, tag) => {
+                if let Some(channel) = self.channels.get_mut(&ch) {
+                    if channel.consumer_cancelled(&tag) {
+                        let cancel = antre_amqp::method::BasicCancel {
+                            consumer_tag: tag,
+                            nowait: true,
+                        };
+                        self.push(ch, vec![Outgoing::Method(cancel.into())]);
+                    }
+                }
+            }
+            Event::Synced(0, token, ok) => {
+                if let Some((batch, mut results)) = self.batches.remove(&token) {
+                    if !ok {
+                        results.iter_mut().for_each(|r| *r = RemoteResult::Failed);
+                    }
+                    self.send(&DataFrame::Published { batch, results });
+                }
+            }
+            Event::Synced(ch, token, ok) => {
+                if let Some(channel) = self.channels.get_mut(&ch) {
+                    let mut out = Vec::new();
+                    if let Err(e) = channel.on_synced(token, ok, &mut out) {
+                        tracing::warn!("forwarded channel: {e}");
+                    }
+                    self.push(ch, out);
+                }
+            }
+            Event::Ended(_) => {}
+        }
+    }
+
+    fn push(&self, ch: u64, out: Vec<Outgoing>) {
+        if !out.is_empty() {
+            self.send(&DataFrame::Push { ch, out });
+        }
+    }
+
+    fn on_frame(&mut self, frame: DataFrame) {
+        match frame {
+            DataFrame::Publish {
+                batch,
+                vhost,
+                items,
+            } => self.publish(batch, &vhost, items),
+            DataFrame::Open { ch, vhost, user } => self.open(ch, &vhost, &user),
+            DataFrame::Call { ch, req, method } => self.call(ch, req, method),
+            DataFrame::Close { ch } => {
+                if let Some(mut channel) = self.channels.remove(&ch) {
+                    channel.close();
+                }
+            }
+            other => tracing::debug!("unexpected data frame from a forwarding node: {other:?}"),
+        }
+    }
+
+    fn publish(&mut self, batch: u64, vhost: &str, items: Vec<(Vec<String>, Arc<Message>)>) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let Some(v) = broker.vhost(vhost) else {
+            let results = vec![RemoteResult::Gone; items.len()];
+            self.send(&DataFrame::Published { batch, results });
+            return;
+        };
+        let mut stored = Vec::new();
+        let mut results = Vec::with_capacity(items.len());
+        for (queues, message) in items {
+            results.push(match v.publish_forwarded(message, &queues) {
+                Ok(o) => {
+                    for s in o.stored {
+                        antre_broker::durable::add_once(&mut stored, s);
+                    }
+                    if o.rejected {
+                        RemoteResult::Rejected
+                    } else if o.routed == 0 {
+                        RemoteResult::Gone
+                    } else {
+                        RemoteResult::Accepted
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(vhost, "forwarded publish failed: {e}");
+                    RemoteResult::Failed
+                }
+            });
+        }
+        match broker.syncer() {
+            Some(syncer) if !stored.is_empty() => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.batches.insert(token, (batch, results));
+                let sink = Arc::new(ProxySink {
+                    ch: 0,
+                    tx: self.events.clone(),
+                });
+                syncer.request(stored, sink, token);
+            }
+            _ => self.send(&DataFrame::Published { batch, results }),
+        }
+    }
+
+    fn open(&mut self, ch: u64, vhost: &str, user: &str) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let Some(v) = broker.vhost(vhost) else {
+            return;
+        };
+        let ctx = ChannelContext {
+            connection: broker.next_id(),
+            broker: Arc::clone(&broker),
+            vhost: v,
+            user: Arc::from(user),
+            max_message_size: u64::MAX,
+        };
+        let sink = Arc::new(ProxySink {
+            ch,
+            tx: self.events.clone(),
+        });
+        self.channels.insert(ch, Channel::new(1, ctx, sink));
+    }
+
+    fn call(&mut self, ch: u64, req: u64, method: Method) {
+        let mut out = Vec::new();
+        let result = match self.channels.get_mut(&ch) {
+            Some(channel) => channel.handle(method, &mut out),
+            None => Err(BrokerError::NotFound(
+                "no such vhost on the queue's node".into(),
+            )),
+        };
+        if req == 0 {
+            if let Err(e) = result {
+                tracing::debug!("forwarded method failed: {e}");
+            }
+            self.push(ch, out);
+            return;
+        }
+        let result = match result {
+            Ok(()) => Ok(out),
+            Err(e) => Err((e.reply_code(), e.to_string())),
+        };
+        self.send(&DataFrame::Reply { req, result });
+    }
+}
