@@ -706,3 +706,90 @@ async fn delivery_limit_dead_letters_and_no_quorum() {
         assert!(bodies.contains(&"alone".to_owned()), "{bodies:?}");
     }
 }
+
+/// A client on a node that does not lead a quorum queue publishes to it
+/// and consumes from it: the node forwards to the queue's leader
+/// (the same lookup as a classic queue's owner).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let declarer = loop {
+        if let Some(conn) = connect(&c.nodes[0].amqp_uri()).await {
+            let ch = conn.create_channel().await.expect("channel");
+            let declared = ch
+                .queue_declare(
+                    "payments",
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    quorum_args(&[]),
+                )
+                .await;
+            if declared.is_ok() {
+                break conn;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    drop(declarer);
+    let l = wait_leader(&c, "payments").await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let (via_pub, via_con) = (others[0], others[1]);
+    for &i in &others {
+        let leader_name = c.nodes[l].name.clone();
+        c.until("the other nodes to know the leader", || async {
+            queue_json(&c, i, "payments")
+                .await
+                .is_some_and(|q| q["leader"] == json!(leader_name))
+        })
+        .await;
+    }
+
+    let publisher = connect(&c.nodes[via_pub].amqp_uri())
+        .await
+        .expect("connect");
+    let ch = confirm_channel(&publisher).await;
+    for n in 0..50u32 {
+        let body = format!("payment-{n}");
+        assert_eq!(
+            publish_confirmed(&ch, "payments", body.as_bytes(), harness::WAIT).await,
+            Some(true),
+            "confirm of {body} through {}",
+            c.nodes[via_pub].name
+        );
+    }
+
+    let consumer = connect(&c.nodes[via_con].amqp_uri())
+        .await
+        .expect("connect");
+    let ch = consumer.create_channel().await.expect("channel");
+    ch.basic_qos(10, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut deliveries = ch
+        .basic_consume(
+            "payments",
+            "through-a-follower",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume through a node that does not lead");
+    for n in 0..50u32 {
+        let d = tokio::time::timeout(harness::WAIT, deliveries.next())
+            .await
+            .expect("a delivery in time")
+            .expect("the consumer is open")
+            .expect("a delivery");
+        assert_eq!(d.data, format!("payment-{n}").into_bytes(), "in order");
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    // The acks reached the leader: nothing is left in the queue.
+    c.until("the leader to hold no message", || async {
+        queue_json(&c, l, "payments")
+            .await
+            .is_some_and(|q| q["messages"] == json!(0))
+    })
+    .await;
+}
