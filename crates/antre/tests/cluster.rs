@@ -10,21 +10,11 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{TestCluster, CHANGE_TIMEOUT_S, SECRET};
+use harness::{connect, TestCluster, CHANGE_TIMEOUT_S, SECRET};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 use serde_json::{json, Value};
-
-async fn connect(uri: &str) -> Connection {
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        Connection::connect(uri, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect timed out")
-    .expect("connect")
-}
 
 fn reply(err: &lapin::Error) -> (u16, String) {
     match err {

@@ -39,22 +39,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{queue_names, TestCluster, CHANGE_TIMEOUT_S, SECRET};
+use harness::{connect, queue_names, TestCluster, CHANGE_TIMEOUT_S, SECRET};
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use proxy::Mesh;
 use serde_json::{json, Value};
-
-async fn connect(uri: &str) -> Connection {
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        Connection::connect(uri, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect timed out")
-    .expect("connect")
-}
 
 async fn channel(uri: &str) -> (Connection, Channel) {
     let conn = connect(uri).await;

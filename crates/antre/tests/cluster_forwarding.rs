@@ -19,21 +19,11 @@ mod harness;
 use std::time::Duration;
 
 use futures::StreamExt;
-use harness::{TestCluster, SECRET};
+use harness::{connect, TestCluster, SECRET};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use serde_json::{json, Value};
-
-async fn connect(uri: &str) -> Connection {
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        Connection::connect(uri, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect timed out")
-    .expect("connect")
-}
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(20), f)

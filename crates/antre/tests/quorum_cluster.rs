@@ -62,6 +62,32 @@ async fn declare_quorum(ch: &Channel, name: &str, extra: &[(&str, AMQPValue)]) {
     .expect("declare quorum queue");
 }
 
+/// Declares quorum queue `name` on the first node, retrying while the
+/// metadata group may still be electing its first leader.
+async fn declare_on_n1(c: &TestCluster, name: &str) {
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        if let Some(conn) = connect(&c.nodes[0].amqp_uri()).await {
+            let ch = conn.create_channel().await.expect("channel");
+            let declared = ch
+                .queue_declare(
+                    name,
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    quorum_args(&[]),
+                )
+                .await;
+            if declared.is_ok() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "could not declare {name}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The queue as node `i` lists it.
 async fn queue_json(c: &TestCluster, i: usize, name: &str) -> Option<Value> {
     match c
@@ -156,27 +182,7 @@ async fn confirm_channel(conn: &Connection) -> Channel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_replicates_and_survives_its_leaders_death() {
     let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    let n1 = loop {
-        if let Some(conn) = connect(&c.nodes[0].amqp_uri()).await {
-            let ch = conn.create_channel().await.expect("channel");
-            // The metadata group may still be electing its first leader.
-            let declared = ch
-                .queue_declare(
-                    "orders",
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    quorum_args(&[]),
-                )
-                .await;
-            if declared.is_ok() {
-                break conn;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    drop(n1);
+    declare_on_n1(&c, "orders").await;
     let l = wait_leader(&c, "orders").await;
     // Every node lists it with its three members and the same leader.
     for i in 0..3 {
@@ -713,26 +719,7 @@ async fn delivery_limit_dead_letters_and_no_quorum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
     let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    let declarer = loop {
-        if let Some(conn) = connect(&c.nodes[0].amqp_uri()).await {
-            let ch = conn.create_channel().await.expect("channel");
-            let declared = ch
-                .queue_declare(
-                    "payments",
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    quorum_args(&[]),
-                )
-                .await;
-            if declared.is_ok() {
-                break conn;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    drop(declarer);
+    declare_on_n1(&c, "payments").await;
     let l = wait_leader(&c, "payments").await;
     let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
     let (via_pub, via_con) = (others[0], others[1]);

@@ -548,15 +548,7 @@ impl Queue {
                 return Ok(Enqueued::Duplicate);
             }
         }
-        let size = entry.message.body.len() as u64;
-        let full = st
-            .args
-            .max_length
-            .is_some_and(|max| st.ready.len() as u64 >= max)
-            || st
-                .args
-                .max_length_bytes
-                .is_some_and(|max| st.ready.bytes() + size > max);
+        let full = st.is_full_for(entry.message.body.len() as u64);
         if full && st.args.overflow != Overflow::DropHead {
             if st.args.overflow == Overflow::RejectPublishDlx
                 && st.args.dead_letter_exchange.is_some()

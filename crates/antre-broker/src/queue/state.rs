@@ -84,6 +84,18 @@ impl QueueState {
         }
     }
 
+    /// Whether a message of `size` bytes would take the queue past
+    /// `x-max-length` or `x-max-length-bytes`.
+    pub(super) fn is_full_for(&self, size: u64) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| self.ready.len() as u64 >= max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| self.ready.bytes() + size > max)
+    }
+
     pub(super) fn store(&mut self) -> Option<&mut QueueStore> {
         self.store.as_mut()
     }

@@ -459,3 +459,14 @@ pub fn queue_names(defs: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A lapin connection to `uri`, within 15 s (a node may still be starting).
+pub async fn connect(uri: &str) -> lapin::Connection {
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        lapin::Connection::connect(uri, lapin::ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect")
+}
