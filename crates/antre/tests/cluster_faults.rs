@@ -14,6 +14,8 @@
 //! - membership under load: a fourth node joins while a client publishes
 //!   with confirms and another declares queues, then leaves; a killed node
 //!   is forgotten;
+//! - a quorum queue's leader cut off: it confirms nothing, the majority
+//!   goes on, and after healing the queue holds exactly what was confirmed;
 //! - TLS on the link: a cluster forms over mutual TLS, a node whose
 //!   certificate another CA signed is refused, and both sides say why.
 //!
@@ -577,4 +579,114 @@ async fn the_link_over_tls_refuses_a_certificate_of_another_ca() {
     c.until_leader(&[0, 1, 2]).await;
     c.until_one_history(&[0, 1, 2], |d| has_queue(d, "over-tls"))
         .await;
+}
+
+/// The node that leads quorum queue `name`, as node `i` sees it.
+async fn queue_leader_seen_by(c: &TestCluster, i: usize, name: &str) -> Option<String> {
+    let path = format!("/api/queues/%2F/{name}");
+    match c.try_api(i, "GET", &path, None).await {
+        Some((200, q)) => q["leader"].as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// A quorum queue's leader cut off from the majority: what it is asked to
+/// publish meanwhile is never confirmed (nacked or unanswered), the
+/// majority elects another leader and confirms there, and after healing
+/// the queue holds exactly what was confirmed on either side: nothing
+/// confirmed lost, nothing of the minority's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_leader_cut_off_confirms_nothing_and_the_majority_goes_on() {
+    let (c, mesh) = proxied_cluster().await;
+    c.until_leader(&[0, 1, 2]).await;
+    let (_conn, ch) = channel(&c.nodes[0].amqp_uri()).await;
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare("pq", durable(), quorum)
+        .await
+        .expect("declare quorum queue");
+    let leader_name = loop {
+        if let Some(l) = queue_leader_seen_by(&c, 0, "pq").await {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let old = c
+        .nodes
+        .iter()
+        .position(|n| n.name == leader_name)
+        .expect("the leader is a node");
+    let publish = |ch: Channel, body: String| async move {
+        let confirm = ch
+            .basic_publish(
+                "",
+                "pq",
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .ok()?;
+        match tokio::time::timeout(Duration::from_secs(3), confirm).await {
+            Ok(Ok(c)) => Some(c.is_ack()),
+            _ => None,
+        }
+    };
+    let (_lconn, lch) = channel(&c.nodes[old].amqp_uri()).await;
+    lch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mut confirmed = Vec::new();
+    for n in 0..20 {
+        let body = format!("before-{n}");
+        assert_eq!(publish(lch.clone(), body.clone()).await, Some(true));
+        confirmed.push(body);
+    }
+
+    mesh.isolate(old);
+    for n in 0..5 {
+        let outcome = publish(lch.clone(), format!("minority-{n}")).await;
+        assert_ne!(outcome, Some(true), "a cut-off leader confirmed a publish");
+    }
+    let majority: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new = loop {
+        let seen = queue_leader_seen_by(&c, majority[0], "pq").await;
+        if let Some(i) = seen.and_then(|l| c.nodes.iter().position(|n| n.name == l)) {
+            if i != old && queue_leader_seen_by(&c, i, "pq").await == Some(c.nodes[i].name.clone())
+            {
+                break i;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_mconn, mch) = channel(&c.nodes[new].amqp_uri()).await;
+    mch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for n in 0..20 {
+        let body = format!("after-{n}");
+        assert_eq!(publish(mch.clone(), body.clone()).await, Some(true));
+        confirmed.push(body);
+    }
+
+    mesh.heal();
+    let new_name = c.nodes[new].name.clone();
+    c.until("the healed node to follow the new leader", || async {
+        queue_leader_seen_by(&c, old, "pq").await.as_ref() == Some(&new_name)
+    })
+    .await;
+    let mut got = Vec::new();
+    while let Ok(Some(m)) = mch.basic_get("pq", BasicGetOptions { no_ack: true }).await {
+        got.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    let mut want = confirmed.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(
+        got, want,
+        "exactly what was confirmed, nothing of the minority's"
+    );
 }
