@@ -574,21 +574,7 @@ impl Channel {
     /// Asks the syncer for the group's local stores, when it has some (or
     /// earlier requests are out, whose answers must come first).
     fn request_group_sync(&mut self, id: u64) -> bool {
-        let Some(syncer) = self.ctx.broker.syncer() else {
-            self.dirty.clear();
-            return false;
-        };
-        if self.dirty.is_empty() && self.syncs_outstanding == 0 {
-            return false;
-        }
-        self.syncs_outstanding += 1;
-        self.sync_started.push_back(std::time::Instant::now());
-        syncer.request(
-            std::mem::take(&mut self.dirty),
-            Arc::clone(&self.sink),
-            GROUP_SYNC_FLAG | id,
-        );
-        true
+        self.request_sync(GROUP_SYNC_FLAG | id)
     }
 
     /// A sync token of a group came back; returns false if `token` is not
