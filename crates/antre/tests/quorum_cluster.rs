@@ -171,6 +171,24 @@ async fn publish_confirmed(
     }
 }
 
+/// The `x-delivery-count` header a delivery carries.
+fn delivery_count(d: &lapin::message::Delivery) -> Option<AMQPValue> {
+    d.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+}
+
+/// Gives a delivery back to its queue (nack with requeue).
+async fn nack_requeue(d: &lapin::message::Delivery) {
+    d.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    })
+    .await
+    .expect("nack");
+}
+
 async fn confirm_channel(conn: &Connection) -> Channel {
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -553,20 +571,10 @@ async fn delivery_limit_dead_letters_and_no_quorum() {
         .expect("get")
         .expect("the job");
     assert_eq!(
-        got.delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("x-delivery-count").cloned()),
+        delivery_count(&got.delivery),
         Some(AMQPValue::LongLongInt(0))
     );
-    got.delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await
-        .expect("nack");
+    nack_requeue(&got.delivery).await;
     // The return is committed before this publish's entry.
     assert_eq!(
         publish_confirmed(&pub_ch, "work", b"barrier", harness::WAIT).await,
@@ -608,20 +616,10 @@ async fn delivery_limit_dead_letters_and_no_quorum() {
     assert!(got.delivery.redelivered);
     // Its one return was replicated: the new leader counts it.
     assert_eq!(
-        got.delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("x-delivery-count").cloned()),
+        delivery_count(&got.delivery),
         Some(AMQPValue::LongLongInt(1))
     );
-    got.delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await
-        .expect("nack");
+    nack_requeue(&got.delivery).await;
     // Past the limit: dead-lettered, not requeued.
     let dead = loop {
         if let Some(d) = ch
