@@ -19,7 +19,7 @@ use crate::log_store::LogStore;
 use crate::network::{CallError, Connection, Link, NetworkFactory};
 use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
 use crate::wire::{ProposeRefusal, Request, Response};
-use crate::{ClusterConfig, ClusterError, Member, NodeId, Proposal, Raft};
+use crate::{node_id_of, ClusterConfig, ClusterError, Member, NodeId, Proposal, Raft};
 
 /// Raft timing: a heartbeat every 200 ms; a follower that hears nothing
 /// for 1 to 2 s stands for election. Generous for a LAN, so that a node
@@ -98,7 +98,13 @@ pub struct Cluster {
     this: std::sync::OnceLock<std::sync::Weak<Cluster>>,
     /// Forwarding to queues other nodes own (the broker's `RemoteQueues`).
     pub forwarder: Arc<crate::forward::Forwarder>,
+    /// What this node answers to [`Request::NodeInfo`]: its server knows
+    /// its memory, alarms and connections, this crate does not.
+    node_info: std::sync::OnceLock<NodeInfoFn>,
 }
+
+/// A node's figures as JSON, set by the server (see [`Cluster::serve_node_info`]).
+type NodeInfoFn = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,6 +167,7 @@ impl Cluster {
         let forwarder = crate::forward::Forwarder::new(Arc::clone(&link), &broker);
         let node = Arc::new(Cluster {
             forwarder: Arc::clone(&forwarder),
+            node_info: std::sync::OnceLock::new(),
             link,
             raft,
             queue_groups,
@@ -232,6 +239,36 @@ impl Cluster {
     /// such as closing a deleted user's connections.
     pub fn on_applied(&self, hook: impl Fn(&MetaCommand) + Send + Sync + 'static) {
         self.hooks.lock().push(Arc::new(hook));
+    }
+
+    /// Sets what this node tells a peer asking for its figures
+    /// ([`Cluster::node_info`]); the first call wins.
+    pub fn serve_node_info(&self, info: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
+        let _ = self.node_info.set(Box::new(info));
+    }
+
+    /// This node's figures, as [`Cluster::serve_node_info`] makes them.
+    pub(crate) fn local_info(&self) -> serde_json::Value {
+        self.node_info
+            .get()
+            .map_or_else(|| serde_json::json!({}), |info| info())
+    }
+
+    /// Asks the member `name` for its figures (memory, disk, alarms,
+    /// connections), waiting at most `ttl`.
+    pub async fn node_info(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<serde_json::Value, CallError> {
+        let deadline = Instant::now() + ttl;
+        match self
+            .forward_request(node_id_of(name), &Request::NodeInfo, deadline)
+            .await?
+        {
+            Response::NodeInfo(info) => Ok(info),
+            _ => Err(CallError::Network("answer of the wrong kind".into())),
+        }
     }
 
     /// Stops the metadata group and closes the log.

@@ -110,6 +110,7 @@ async fn serve_peer(
                 Response::Propose(node.commit_as_leader(p, deadline).await)
             }
             Request::Ping => Response::Pong,
+            Request::NodeInfo => Response::NodeInfo(node.local_info()),
             Request::Members(change) => {
                 // Membership changes are rare and may wait for a new
                 // node to catch up: served on a task of their own would

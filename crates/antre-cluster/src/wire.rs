@@ -110,6 +110,9 @@ pub enum Request {
     /// both sides speak [`crate::data_wire`] frames (see
     /// [`crate::forward`]). Not answered.
     DataLink,
+    /// The node's own figures (memory, disk, alarms, connections), for
+    /// a management API that shows every node, as RabbitMQ's does.
+    NodeInfo,
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -136,6 +139,10 @@ pub enum Response {
     /// This node runs no replica of the named group (not started yet, or
     /// the queue is gone): to the sender, the member is unreachable.
     NoGroup(String),
+    /// To [`Request::NodeInfo`]: a JSON object of the node's figures, in
+    /// the fields of the management API's `/api/nodes` (empty when the
+    /// node's server has not set [`crate::Cluster::serve_node_info`]).
+    NodeInfo(serde_json::Value),
 }
 
 /// Why a node did not commit a forwarded change.

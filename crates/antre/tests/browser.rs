@@ -16,6 +16,8 @@
 //! (`CI=true`), where it fails.
 
 mod common;
+#[path = "cluster/harness.rs"]
+mod harness;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -769,8 +771,9 @@ fn browser(driver: &Driver, chromium: &Path, downloads: &Path) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ui_works_in_headless_chromium() {
+/// chromedriver and chromium, or `None` (after saying so) when they are
+/// not installed; under CI their absence fails the test.
+fn browser_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let driver_bin = find_program("ANTRE_CHROMEDRIVER", &["chromedriver"]);
     let chromium = find_program("ANTRE_CHROMIUM", &["chromium", "chromium-browser"]);
@@ -780,9 +783,17 @@ async fn the_ui_works_in_headless_chromium() {
             "CI=true but chromium/chromedriver are missing: .ci/run installs them"
         );
         eprintln!(
-            "SKIPPED the_ui_works_in_headless_chromium: chromium and chromedriver are not \
+            "SKIPPED {test}: chromium and chromedriver are not \
              installed (apt-get install chromium chromium-driver)"
         );
+        return None;
+    };
+    Some((driver_bin, chromium))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_works_in_headless_chromium() {
+    let Some((driver_bin, chromium)) = browser_programs("the_ui_works_in_headless_chromium") else {
         return;
     };
 
@@ -868,4 +879,76 @@ async fn the_ui_works_in_headless_chromium() {
         .expect("browser test");
     assert!(overview.exists());
     drop(conn);
+}
+
+/// The overview shows the cluster: every node with its own figures (the
+/// other nodes' memory, connections and quorum queue leaders come from
+/// those nodes), which node leads the metadata, a node that is down and
+/// why; an administrator forgets the dead node from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_shows_the_cluster() {
+    let Some((driver_bin, chromium)) = browser_programs("the_ui_shows_the_cluster") else {
+        return;
+    };
+    let mut c = harness::TestCluster::start(&[harness::SECRET; 3]).await;
+    c.until_leader(&[0, 1, 2]).await;
+    // A connection on n2, so its row differs from the others.
+    let on_n2 = harness::connect(&c.nodes[1].amqp_uri()).await;
+    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    c.until("n2's connection in n1's /api/nodes", || async {
+        c.nodes(0)
+            .await
+            .iter()
+            .any(|n| n["name"] == names[1].as_str() && n["connections"] == 1)
+    })
+    .await;
+    c.kill(2);
+    c.until("n3 down as n1 sees it", || async {
+        c.nodes(0)
+            .await
+            .iter()
+            .any(|n| n["name"] == names[2].as_str() && n["running"] == false)
+    })
+    .await;
+
+    let ui = c.nodes[0].http();
+    let run = tokio::task::spawn_blocking(move || {
+        let downloads = tempfile::tempdir().expect("downloads dir");
+        let driver = Driver::start(&driver_bin);
+        let id = browser(&driver, &chromium, downloads.path());
+        let s = Session {
+            driver: &driver,
+            id,
+        };
+        s.go(&format!("{ui}/"));
+        login(&s, "guest", "guest");
+        let table = "//div[@id='nodes']//table";
+        s.find("//div[@id='nodes']//h2[text()='Cluster nodes (3)']");
+        let row =
+            |name: &str| format!("{table}//tr[td[1][starts-with(normalize-space(.), '{name}')]]");
+        s.find(&format!("{}//span[text()='this node']", row(&names[0])));
+        s.find(&format!("{}/td[3][text()='running']", row(&names[1])));
+        // n2's figures are its own: one connection, memory in MiB.
+        s.find(&format!("{}/td[6][text()='1']", row(&names[1])));
+        s.find(&format!("{}/td[4][contains(text(),'MiB')]", row(&names[1])));
+        s.find(&format!(
+            "{}/td[3]/span[starts-with(text(),'down')]",
+            row(&names[2])
+        ));
+        let _ = s.screenshot("antre-ui-cluster.png");
+        // Forget the dead node.
+        s.click(&format!("{}//button[text()='Forget']", row(&names[2])));
+        s.call("POST", "/alert/accept", Some(json!({})));
+        s.find(&format!(
+            "//div[@id='flash']//span[text()='{} was removed from the cluster.']",
+            names[2]
+        ));
+        s.refresh();
+        s.find("//div[@id='nodes']//h2[text()='Cluster nodes (2)']");
+    });
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("browser test finishes in 2 minutes")
+        .expect("browser test");
+    drop(on_n2);
 }

@@ -86,6 +86,21 @@ async fn a_cluster_replicates_metadata_and_survives_failures() {
     })
     .await;
     let alice = connect(&c.nodes[2].amqp_uri_as("alice", "wonderland")).await;
+    // n1 shows every node's own figures, as RabbitMQ's API does: n3's
+    // include alice's connection (n1 has none), its memory and uptime.
+    c.until("n3's own figures in n1's /api/nodes", || async {
+        let nodes = c.nodes(0).await;
+        let n3 = nodes.iter().find(|n| n["name"] == c.nodes[2].name.as_str());
+        n3.is_some_and(|n| {
+            n["connections"].as_u64() >= Some(1)
+                && n["mem_used"].as_u64() > Some(0)
+                && n["uptime"].is_u64()
+                && n["disk_free"].is_u64()
+                && n["quorum_leaders"].is_u64()
+                && n["this_node"] == false
+        })
+    })
+    .await;
     // Deleting her on n1 closes her connection on n3.
     let (s, b) = c.api(0, "DELETE", "/api/users/alice", None).await;
     assert_eq!(s, 204, "{b}");

@@ -79,6 +79,14 @@ pub struct HttpState {
 }
 
 impl HttpState {
+    /// This node's name: its cluster node name on a cluster node (what
+    /// its peers and `/api/nodes` call it), else `antre@host`.
+    pub fn node_name(&self) -> String {
+        self.broker
+            .node_name()
+            .map_or_else(render::node_name, str::to_owned)
+    }
+
     /// The vhost called `name`, or 404.
     pub fn vhost(&self, name: &str) -> ApiResult<Arc<Vhost>> {
         self.broker

@@ -77,7 +77,7 @@ pub async fn overview(
         "product_version": env!("CARGO_PKG_VERSION"),
         "rabbitmq_version": crate::http::metrics::rabbitmq::RABBITMQ_VERSION,
         "cluster_name": node_name(),
-        "node": node_name(),
+        "node": state.node_name(),
         "uptime": state.started.elapsed().as_millis() as u64,
         "rates_mode": "basic",
         "sample_interval": state.config.rate_interval.as_secs_f64(),
@@ -150,7 +150,7 @@ fn listeners(state: &HttpState) -> Value {
         .chain(https)
         .map(|(protocol, a)| {
             json!({
-                "node": node_name(),
+                "node": state.node_name(),
                 "protocol": protocol,
                 "ip_address": a.ip().to_string(),
                 "port": a.port(),
@@ -159,8 +159,15 @@ fn listeners(state: &HttpState) -> Value {
         .collect()
 }
 
+/// How long `/api/nodes` waits for another member's figures: a node
+/// that is slower than this shows as running but without them, rather
+/// than holding the whole listing up.
+const NODE_INFO_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// GET /api/nodes: this node, and in a cluster every other member with
-/// what this node knows of it (running, metadata leader, last contact).
+/// what this node knows of it (running, metadata leader, last contact)
+/// and the figures it reports itself (memory, disk, alarms, connections),
+/// as RabbitMQ's management API shows every node of its cluster.
 pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
     let mut local = local_node(&state);
     let Some(cluster) = &state.cluster else {
@@ -171,10 +178,25 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
         t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as u64)
     };
+    let remote = status.members.iter().map(|m| async move {
+        if m.this_node || !m.running {
+            return None;
+        }
+        match cluster.node_info(&m.name, NODE_INFO_TIMEOUT).await {
+            Ok(Value::Object(info)) => Some(info),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(node = %m.name, "no figures from {}: {e}", m.name);
+                None
+            }
+        }
+    });
+    let figures = futures::future::join_all(remote).await;
     let nodes: Vec<Value> = status
         .members
         .iter()
-        .map(|m| {
+        .zip(figures)
+        .map(|(m, figures)| {
             let cluster_fields = json!({
                 "cluster_listen": m.addr.map(|a| a.to_string()),
                 "cluster_member": if m.voter { "voter" } else { "learner" },
@@ -184,11 +206,16 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
                 "unreachable_reason": m.error,
             });
             let mut node = if m.this_node {
-                local["name"] = json!(m.name);
                 std::mem::take(&mut local)
             } else {
-                json!({ "name": m.name, "type": "disc", "running": m.running })
+                let mut node = json!({ "type": "disc" });
+                if let (Some(node), Some(figures)) = (node.as_object_mut(), figures) {
+                    node.extend(figures);
+                }
+                node
             };
+            node["name"] = json!(m.name);
+            node["running"] = json!(m.this_node || m.running);
             if let (Some(node), Value::Object(extra)) = (node.as_object_mut(), cluster_fields) {
                 node.extend(extra);
             }
@@ -198,11 +225,47 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
     Json(Value::Array(nodes))
 }
 
+/// Makes this node answer its cluster peers' requests for its figures
+/// with what `/api/nodes` shows of it. The answer is built from a copy of
+/// `state` without the cluster handle (the cluster keeps the closure, so
+/// a handle in it would keep both alive forever); its quorum queue counts
+/// come through a weak handle instead.
+pub fn serve_node_info(state: &HttpState) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    let weak = std::sync::Arc::downgrade(cluster);
+    let state = HttpState {
+        cluster: None,
+        ..state.clone()
+    };
+    cluster.serve_node_info(move || {
+        let mut node = local_node(&state);
+        if let Some(cluster) = weak.upgrade() {
+            quorum_counts(&cluster, &mut node);
+        }
+        node
+    });
+}
+
+/// The quorum queue replicas this node runs and how many of them it
+/// leads: what a rebalance evens out.
+fn quorum_counts(cluster: &antre_cluster::Cluster, node: &mut Value) {
+    let me = &cluster.link.config.node_name;
+    let groups = cluster.queue_groups.running();
+    let leading = groups
+        .iter()
+        .filter(|g| cluster.queue_groups.leader_of(g).as_ref() == Some(me))
+        .count();
+    node["quorum_replicas"] = json!(groups.len());
+    node["quorum_leaders"] = json!(leading);
+}
+
 /// This node as `/api/nodes` shows it.
 fn local_node(state: &HttpState) -> Value {
     let (connections, channels, _, queues, _) = object_totals(state);
-    json!({
-        "name": node_name(),
+    let mut node = json!({
+        "name": state.node_name(),
         "type": "disc",
         "running": true,
         "uptime": state.started.elapsed().as_millis() as u64,
@@ -220,7 +283,11 @@ fn local_node(state: &HttpState) -> Value {
         "fd_total": crate::sockets::fd_limit(),
         "sockets_used": state.sockets.used(),
         "sockets_total": state.sockets.total(),
-    })
+    });
+    if let Some(cluster) = &state.cluster {
+        quorum_counts(cluster, &mut node);
+    }
+    node
 }
 
 /// GET /api/whoami.
@@ -238,7 +305,7 @@ pub async fn alarms(
     let alarms: Vec<Value> = resources
         .iter()
         .filter(|(on, _)| *on)
-        .map(|(_, resource)| json!({ "node": node_name(), "resource": resource }))
+        .map(|(_, resource)| json!({ "node": state.node_name(), "resource": resource }))
         .collect();
     if !alarms.is_empty() {
         return Err((

@@ -8,7 +8,7 @@
 // typed, the result of a Get, notices after an action) is left alone, so
 // the periodic refresh never wipes it.
 
-import { h, api, auth, setAuth, clearAuth, whenLoggedOut, flash, flashNavigated } from "./dom.js";
+import { h, api, auth, setAuth, clearAuth, setMe, whenLoggedOut, flash, flashNavigated } from "./dom.js";
 import { lineChart } from "./chart.js";
 import { overviewPage } from "./overview.js";
 import { queuesPage, queuePage } from "./queues.js";
@@ -148,6 +148,7 @@ whenLoggedOut(logout);
 
 // The header for a logged-in user: the Admin tab only for administrators.
 function showUser(me) {
+  setMe(me);
   document.getElementById("login").hidden = true;
   document.getElementById("nav").hidden = false;
   document.getElementById("nav-admin").hidden = !me.tags.includes("administrator");

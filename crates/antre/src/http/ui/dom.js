@@ -66,6 +66,12 @@ export function when(ms) {
 export function auth() { return sessionStorage.getItem(AUTH_KEY); }
 export function setAuth(user, password) { sessionStorage.setItem(AUTH_KEY, btoa(`${user}:${password}`)); }
 export function clearAuth() { sessionStorage.removeItem(AUTH_KEY); }
+let me = null;
+/// Remembers who is logged in (`/api/whoami`), for pages that offer
+/// administrators more.
+export function setMe(who) { me = who; }
+/// Whether the logged-in user is an administrator.
+export function isAdmin() { return !!me && me.tags.includes("administrator"); }
 /// What to do when the broker no longer accepts the stored login.
 export function whenLoggedOut(fn) { onLoggedOut = fn; }
 

@@ -1,10 +1,59 @@
-// The overview: broker-wide totals, rates and charts.
+// The overview: broker-wide totals, rates and charts, and the nodes of the
+// cluster (one row for a single node).
 
-import { h, api, stat, bytes } from "./dom.js";
+import { h, api, stat, bytes, fmt, enc, isAdmin, actionButton } from "./dom.js";
 import { lineChart, ratesOf, levelsOf } from "./chart.js";
+import { table } from "./table.js";
+
+/// "3 d 4 h", "12 min": an uptime in milliseconds.
+function uptime(ms) {
+  if (ms === undefined || ms === null) return "–";
+  const min = Math.floor(ms / 60000), hours = Math.floor(min / 60), days = Math.floor(hours / 24);
+  if (days) return `${days} d ${hours % 24} h`;
+  if (hours) return `${hours} h ${min % 60} min`;
+  return `${min} min`;
+}
+
+/// A figure with its limit and a warning when its alarm is raised.
+function withAlarm(value, limit, alarm) {
+  return [value, limit ? h("span", { class: "muted" }, ` / ${limit}`) : null, alarm ? h("span", { class: "error" }, " ⚠ alarm") : null];
+}
+
+/// The nodes table: every member of the cluster, its state as this node
+/// sees it, and the figures it reports (memory, disk, connections, quorum
+/// queue leaders). An administrator can forget a node that is down.
+function nodesTable(nodes) {
+  const clustered = nodes.some(n => n.cluster_member);
+  const columns = [
+    { title: "Node", cell: n => [n.name, n.this_node ? [" ", h("span", { class: "tag" }, "this node")] : null,
+      n.metadata_leader ? [" ", h("span", { class: "tag" }, "metadata leader")] : null] },
+    clustered ? { title: "Member", cell: n => n.cluster_member } : null,
+    { title: "State", cell: n => n.running ? "running" : [h("span", { class: "error" }, "down"),
+      n.unreachable_reason ? h("div", { class: "hint reason" }, n.unreachable_reason) : null] },
+    { title: "Memory", num: true, cell: n => withAlarm(bytes(n.mem_used), n.mem_limit ? bytes(n.mem_limit) : null, n.mem_alarm) },
+    { title: "Disk free", num: true, cell: n => withAlarm(bytes(n.disk_free), null, n.disk_free_alarm) },
+    { title: "Connections", num: true, cell: n => fmt(n.connections) },
+    { title: "Queues", num: true, cell: n => fmt(n.queues) },
+    clustered ? { title: "Quorum leaders", num: true, cell: n => n.quorum_replicas === undefined ? "–" : `${fmt(n.quorum_leaders)} of ${fmt(n.quorum_replicas)}` } : null,
+    { title: "Uptime", num: true, cell: n => uptime(n.uptime) },
+    clustered && isAdmin() ? { title: "", cell: n => n.running ? null :
+      actionButton("Forget", "danger", `Remove ${n.name} from the cluster? Its quorum queue replicas and classic queues are lost to the cluster.`,
+        async () => { await api("DELETE", `/api/cluster/members/${enc(n.name)}`); return `${n.name} was removed from the cluster.`; }) } : null,
+  ].filter(Boolean);
+  return [h("h2", {}, clustered ? `Cluster nodes (${nodes.length})` : "Node"), h("div", { class: "listing" }, table(columns, nodes))];
+}
 
 export function overviewPage(view) {
-  view.load(() => api("GET", "/api/overview?msg_rates_age=600&lengths_age=600"));
+  view.load(async () => {
+    // A user without the monitoring tag may not list nodes: the overview
+    // still shows, without the table.
+    const [o, nodes] = await Promise.all([
+      api("GET", "/api/overview?msg_rates_age=600&lengths_age=600"),
+      api("GET", "/api/nodes").catch(() => null),
+    ]);
+    o.nodes = nodes;
+    return o;
+  });
   return [
     view.live(o => h("h1", {}, `Overview · ${o.product_name} ${o.product_version} on ${o.node}`)),
     view.live(o => {
@@ -44,6 +93,7 @@ export function overviewPage(view) {
         ], { integer: true }),
       ];
     }, { class: "charts" }),
+    view.live(o => o.nodes ? nodesTable(o.nodes) : null, { id: "nodes" }),
     view.live(o => h("p", { class: "muted" }, `Rates are sampled every ${o.sample_interval} s. Listeners: `,
       o.listeners.map(l => `${l.protocol} ${l.ip_address}:${l.port}`).join(", "))),
   ];
