@@ -510,3 +510,188 @@ async fn the_owner_dying_cancels_forwarded_consumers_and_loses_nothing_confirmed
     assert_eq!(got.delivery.data, b"l0");
     assert!(sub2.status().connected());
 }
+
+/// The `x-death` reasons of a dead letter, newest first.
+fn death_reasons(d: &lapin::message::Delivery) -> Vec<String> {
+    let Some(AMQPValue::FieldArray(deaths)) = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death").cloned())
+    else {
+        return Vec::new();
+    };
+    deaths
+        .as_slice()
+        .iter()
+        .filter_map(|death| match death {
+            AMQPValue::FieldTable(t) => match t.inner().get("reason") {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+/// Messages n1 routes itself (dead letters of its queues: rejected,
+/// expired, dropped by overflow, through a dead-letter exchange with an
+/// alternate exchange; a delayed-message exchange's releases) reach a queue
+/// n2 owns, as they would reach a queue of n1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_delayed_messages_reach_another_nodes_queue() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let n2 = connect(&c.nodes[1].amqp_uri()).await;
+    let ch1 = n1.create_channel().await.expect("channel");
+    let ch2 = n2.create_channel().await.expect("channel");
+    // n2 owns `graveyard`; everything else is n1's.
+    declare_durable(&ch2, "graveyard").await;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch1.exchange_declare(
+        "ae",
+        lapin::ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare ae");
+    // A dead-letter exchange with no binding: its alternate exchange
+    // routes the letters.
+    ch1.exchange_declare(
+        "dlx",
+        lapin::ExchangeKind::Direct,
+        durable,
+        args(&[("alternate-exchange", text("ae"))]),
+    )
+    .await
+    .expect("declare dlx");
+    ch1.exchange_declare(
+        "later",
+        lapin::ExchangeKind::Custom("x-delayed-message".into()),
+        durable,
+        args(&[("x-delayed-type", text("direct"))]),
+    )
+    .await
+    .expect("declare later");
+    ch1.queue_bind(
+        "graveyard",
+        "ae",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind ae");
+    ch1.queue_bind(
+        "graveyard",
+        "later",
+        "grave",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind later");
+    let dead_lettering = |more: &[(&str, AMQPValue)]| {
+        let mut all = vec![("x-dead-letter-exchange", text("dlx"))];
+        all.extend(more.iter().cloned());
+        args(&all)
+    };
+    for (name, more) in [
+        ("rejecting", vec![]),
+        ("expiring", vec![("x-message-ttl", AMQPValue::LongInt(20))]),
+        ("overflowing", vec![("x-max-length", AMQPValue::LongInt(1))]),
+    ] {
+        ch1.queue_declare(
+            name,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            dead_lettering(&more),
+        )
+        .await
+        .expect("declare a dead-lettering queue");
+    }
+    for i in 0..3 {
+        c.until("the bindings everywhere", || async {
+            has(&c, i, "/api/bindings/%2F/e/ae/q/graveyard").await
+                && has(&c, i, "/api/bindings/%2F/e/later/q/graveyard").await
+        })
+        .await;
+    }
+
+    let publish = |exchange: &'static str, key: &'static str, body: &'static str| {
+        let ch1 = ch1.clone();
+        async move {
+            let mut headers = FieldTable::default();
+            headers.insert("x-delay".into(), AMQPValue::LongLongInt(50));
+            ch1.basic_publish(
+                exchange,
+                key,
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
+            )
+            .await
+            .expect("publish on n1");
+        }
+    };
+    // Rejected by a consumer on n1.
+    publish("", "rejecting", "rejected").await;
+    let got = ch1
+        .basic_get("rejecting", BasicGetOptions { no_ack: false })
+        .await
+        .expect("basic.get")
+        .expect("a message");
+    got.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+    // Expired by n1's timer.
+    publish("", "expiring", "expired").await;
+    // Pushed out of a full queue.
+    publish("", "overflowing", "overflowed").await;
+    publish("", "overflowing", "kept").await;
+    // Released by n1's delayed-message exchange.
+    publish("later", "grave", "delayed").await;
+
+    let mut graveyard = consumer(&ch2, "graveyard", "mourner").await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let d = next(&mut graveyard).await;
+        let body = String::from_utf8_lossy(&d.data).into_owned();
+        seen.insert(body, death_reasons(&d));
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let expected: std::collections::BTreeMap<String, Vec<String>> = [
+        ("rejected", vec!["rejected"]),
+        ("expired", vec!["expired"]),
+        ("overflowed", vec!["maxlen"]),
+        ("delayed", vec![]),
+    ]
+    .into_iter()
+    .map(|(b, r)| (b.to_owned(), r.into_iter().map(str::to_owned).collect()))
+    .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(messages(&c, 0, "overflowing").await, 1, "`kept` stays");
+}
