@@ -69,6 +69,13 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// the link failed: every result is then [`RemoteResult::Failed`]).
     fn publish(&self, owner: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone);
 
+    /// Whether this node has more forwarded publishes out to `owner`, not
+    /// answered, than it may buffer: the connections that publish there
+    /// are then blocked, as by the memory alarm, until it catches up.
+    fn congested(&self, _owner: &str) -> bool {
+        false
+    }
+
     /// Opens a proxy channel on `owner` for a channel of this node whose
     /// user is `user`; deliveries and cancels it pushes go to `sink`.
     fn open_channel(

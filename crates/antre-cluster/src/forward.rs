@@ -66,6 +66,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// A write gathers queued frames up to about this many bytes.
 const WRITE_BATCH: usize = 1 << 20;
+/// What a forwarded message costs in a link's buffer besides its body.
+const PUBLISH_OVERHEAD: u64 = 256;
 
 /// This node's forwarder: the [`RemoteQueues`] the broker holds.
 pub struct Forwarder {
@@ -87,13 +89,30 @@ struct DataLink {
     owner: String,
     tx: mpsc::UnboundedSender<Bytes>,
     state: Mutex<LinkState>,
+    /// Bytes of forwarded publishes the owner has not answered yet (its
+    /// buffer: queued here, in the sockets, or in the owner's hands).
+    /// Past [`crate::ClusterConfig::forward_buffer`], the publishers that
+    /// forward to this owner are blocked (see [`RemoteQueues::congested`]).
+    unanswered: AtomicU64,
+}
+
+/// A publish batch the owner has not answered yet.
+struct Pending {
+    /// Messages in it.
+    n: usize,
+    /// Taken when the batch is answered, or failed on its timeout (then
+    /// the entry stays, counting its bytes, until the owner answers or
+    /// the link drops).
+    done: Option<RemoteDone>,
+    bytes: u64,
+    sent: std::time::Instant,
 }
 
 #[derive(Default)]
 struct LinkState {
     dead: Option<String>,
     died_at: Option<std::time::Instant>,
-    publishes: HashMap<u64, (usize, RemoteDone)>,
+    publishes: HashMap<u64, Pending>,
     calls: HashMap<u64, std::sync::mpsc::Sender<Result<Vec<Outgoing>, BrokerError>>>,
     channels: HashMap<u64, Weak<ProxyHandle>>,
 }
@@ -132,10 +151,13 @@ impl Forwarder {
             owner: owner.to_owned(),
             tx,
             state: Mutex::default(),
+            unanswered: AtomicU64::new(0),
         });
         links.insert(owner.to_owned(), Arc::clone(&link));
         let cfg = self.link.config.clone();
         let weak = Arc::downgrade(&link);
+        self.runtime
+            .spawn(expire_publishes(Weak::clone(&weak), cfg.forward_timeout));
         self.runtime.spawn(async move {
             let why = match dial(&cfg, &weak).await {
                 Ok(stream) => run_client(stream, rx, &weak).await,
@@ -157,6 +179,44 @@ impl Forwarder {
     pub fn shutdown(&self) {
         for (_, l) in self.links.lock().drain() {
             l.fail("this node is stopping");
+        }
+    }
+}
+
+/// Fails (nacks) the publishes of `link` its owner has not answered
+/// within `timeout`: a paused or overloaded owner must not make publishers
+/// wait forever. Their bytes stay counted until the owner answers or the
+/// link drops, so publishers stay blocked while the owner is stuck.
+async fn expire_publishes(link: Weak<DataLink>, timeout: Duration) {
+    let tick = (timeout / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(link) = link.upgrade() else {
+            return;
+        };
+        let expired: Vec<(usize, RemoteDone)> = {
+            let mut st = link.state.lock();
+            if st.dead.is_some() {
+                return;
+            }
+            st.publishes
+                .values_mut()
+                .filter(|p| p.done.is_some() && p.sent.elapsed() >= timeout)
+                .filter_map(|p| Some((p.n, p.done.take()?)))
+                .collect()
+        };
+        if expired.is_empty() {
+            continue;
+        }
+        let messages: usize = expired.iter().map(|(n, _)| n).sum();
+        tracing::warn!(
+            node = link.owner,
+            messages,
+            "cluster node '{}' did not answer forwarded publishes within {timeout:?}: nacking them",
+            link.owner
+        );
+        for (n, done) in expired {
+            done(vec![RemoteResult::Failed; n]);
         }
     }
 }
@@ -300,8 +360,11 @@ impl DataLink {
                 std::mem::take(&mut st.channels),
             )
         };
-        for (_, (n, done)) in publishes {
-            done(vec![RemoteResult::Failed; n]);
+        self.unanswered.store(0, Ordering::Release);
+        for (_, p) in publishes {
+            if let Some(done) = p.done {
+                done(vec![RemoteResult::Failed; p.n]);
+            }
         }
         for (_, ch) in channels {
             if let Some(ch) = ch.upgrade() {
@@ -321,9 +384,16 @@ impl DataLink {
     fn on_frame(&self, frame: DataFrame) {
         match frame {
             DataFrame::Published { batch, results } => {
-                let done = self.state.lock().publishes.remove(&batch);
-                if let Some((_, done)) = done {
-                    done(results);
+                let pending = self.state.lock().publishes.remove(&batch);
+                if let Some(p) = pending {
+                    let _ =
+                        self.unanswered
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                                Some(v.saturating_sub(p.bytes))
+                            });
+                    if let Some(done) = p.done {
+                        done(results);
+                    }
                 }
             }
             DataFrame::Reply { req, result } => {
@@ -348,6 +418,10 @@ impl RemoteQueues for Forwarder {
         let link = self.link_to(owner);
         let id = self.next_id();
         let n = batch.len();
+        let bytes = batch
+            .iter()
+            .map(|p| p.message.body.len() as u64 + PUBLISH_OVERHEAD)
+            .sum();
         {
             let mut st = link.state.lock();
             if st.dead.is_some() {
@@ -355,7 +429,16 @@ impl RemoteQueues for Forwarder {
                 done(vec![RemoteResult::Failed; n]);
                 return;
             }
-            st.publishes.insert(id, (n, done));
+            st.publishes.insert(
+                id,
+                Pending {
+                    n,
+                    done: Some(done),
+                    bytes,
+                    sent: std::time::Instant::now(),
+                },
+            );
+            link.unanswered.fetch_add(bytes, Ordering::AcqRel);
         }
         let frame = DataFrame::Publish {
             batch: id,
@@ -365,6 +448,14 @@ impl RemoteQueues for Forwarder {
         if !link.send(&frame) {
             link.fail("the link was closed");
         }
+    }
+
+    fn congested(&self, owner: &str) -> bool {
+        let limit = self.link.config.forward_buffer;
+        self.links
+            .lock()
+            .get(owner)
+            .is_some_and(|l| l.unanswered.load(Ordering::Acquire) > limit)
     }
 
     fn open_channel(
