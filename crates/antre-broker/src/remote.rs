@@ -104,6 +104,13 @@ pub trait RemoteChannel: Send + Sync + std::fmt::Debug {
     /// Whether it still works (false once its link to the owner broke: a
     /// new one must be opened).
     fn is_open(&self) -> bool;
+
+    /// This node's session took a delivery of `bytes` (body and
+    /// [`crate::queue::DELIVERY_OVERHEAD`]) from this channel: the owner
+    /// may push that much more. The owner pushes at most a window of
+    /// bytes not yet taken, so a client that does not read holds up its
+    /// own deliveries on the owner, not this node's memory.
+    fn taken(&self, _bytes: u64) {}
 }
 
 /// A delivery a queue on another node made to a consumer of this node.

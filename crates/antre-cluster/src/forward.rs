@@ -68,6 +68,11 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 const WRITE_BATCH: usize = 1 << 20;
 /// What a forwarded message costs in a link's buffer besides its body.
 const PUBLISH_OVERHEAD: u64 = 256;
+/// Delivery bytes a proxy channel may have pushed that the forwarding
+/// node's session has not taken yet (as a connection's output window).
+const PUSH_WINDOW: u64 = 1 << 20;
+/// The forwarding node gives room back in steps of this many bytes.
+const CREDIT_STEP: u64 = 64 << 10;
 
 /// This node's forwarder: the [`RemoteQueues`] the broker holds.
 pub struct Forwarder {
@@ -476,6 +481,7 @@ impl RemoteQueues for Forwarder {
             this: Mutex::new(Weak::new()),
             next_req: AtomicU64::new(1),
             timeout: self.link.config.change_timeout,
+            untaken: AtomicU64::new(0),
         });
         *handle.this.lock() = Arc::downgrade(&handle);
         let registered = {
@@ -511,6 +517,8 @@ struct ProxyHandle {
     this: Mutex<Weak<ProxyHandle>>,
     next_req: AtomicU64,
     timeout: Duration,
+    /// Delivery bytes the session took and the owner was not told of.
+    untaken: AtomicU64,
 }
 
 impl std::fmt::Debug for ProxyHandle {
@@ -646,6 +654,17 @@ impl RemoteChannel for ProxyHandle {
         !self.dead.load(Ordering::Acquire)
     }
 
+    fn taken(&self, bytes: u64) {
+        let total = self.untaken.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if total < CREDIT_STEP || self.dead.load(Ordering::Acquire) {
+            return;
+        }
+        let bytes = self.untaken.swap(0, Ordering::AcqRel);
+        if bytes > 0 {
+            self.link.send(&DataFrame::Credit { ch: self.ch, bytes });
+        }
+    }
+
     fn close(&self) {
         self.link.state.lock().channels.remove(&self.ch);
         if !self.dead.swap(true, Ordering::AcqRel) {
@@ -674,20 +693,62 @@ enum Event {
     Ended(String),
 }
 
+/// The delivery bytes a proxy channel pushed and the forwarding node's
+/// session has not taken yet (see [`PUSH_WINDOW`]).
+#[derive(Debug, Default)]
+struct PushWindow {
+    in_flight: AtomicU64,
+    /// A queue found the window full: the next credit kicks the queues.
+    starved: AtomicBool,
+}
+
+impl PushWindow {
+    fn room(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) < PUSH_WINDOW
+    }
+
+    /// Gives `bytes` back; returns whether a queue waits for room.
+    fn credit(&self, bytes: u64) -> bool {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+        self.starved.swap(false, Ordering::AcqRel)
+    }
+}
+
 /// The sink of a proxy channel (`ch`), or of forwarded publishes (`ch` 0).
 #[derive(Debug)]
 struct ProxySink {
     ch: u64,
     tx: mpsc::UnboundedSender<Event>,
+    window: Arc<PushWindow>,
 }
 
 impl DeliverySink for ProxySink {
     fn deliver(&self, delivery: Delivery) -> Result<(), Box<Delivery>> {
+        let cost =
+            delivery.entry.message.body.len() as u64 + antre_broker::queue::DELIVERY_OVERHEAD;
+        self.window.in_flight.fetch_add(cost, Ordering::AcqRel);
         match self.tx.send(Event::Deliver(self.ch, delivery)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::SendError(Event::Deliver(_, d))) => Err(Box::new(d)),
+            Err(mpsc::error::SendError(Event::Deliver(_, d))) => {
+                self.window.credit(cost);
+                Err(Box::new(d))
+            }
             Err(_) => Ok(()),
         }
+    }
+
+    fn has_room(&self) -> bool {
+        if self.window.room() {
+            return true;
+        }
+        self.window.starved.store(true, Ordering::Release);
+        // A credit may have come between the two loads: look again, so it
+        // cannot strand the queue.
+        self.window.room()
     }
     fn cancel(&self, consumer_tag: &str) {
         let _ = self
@@ -730,6 +791,7 @@ where
     let mut owner = Owner {
         broker,
         channels: HashMap::new(),
+        windows: HashMap::new(),
         batches: HashMap::new(),
         next_token: 1,
         out: out_tx,
@@ -763,6 +825,8 @@ where
 struct Owner {
     broker: Weak<Broker>,
     channels: HashMap<u64, Channel>,
+    /// Each proxy channel's push window.
+    windows: HashMap<u64, Arc<PushWindow>>,
     /// Publish batches waiting for the syncer: the forwarder's number and
     /// the results, by sync token.
     batches: HashMap<u64, (u64, Vec<RemoteResult>)>,
@@ -781,8 +845,20 @@ impl Owner {
             Event::Frame(frame) => self.on_frame(frame),
             Event::Deliver(ch, d) => match self.channels.get_mut(&ch) {
                 Some(channel) => {
+                    let cost =
+                        d.entry.message.body.len() as u64 + antre_broker::queue::DELIVERY_OVERHEAD;
                     let mut out = Vec::new();
                     channel.deliver(d, &mut out);
+                    let pushed = out
+                        .iter()
+                        .any(|o| matches!(o, Outgoing::Content(Method::BasicDeliver(_), _)));
+                    if !pushed {
+                        // It went back to its queue (its consumer was
+                        // cancelled): its room in the window is free.
+                        if let Some(w) = self.windows.get(&ch) {
+                            w.credit(cost);
+                        }
+                    }
                     self.push(ch, out);
                 }
                 None => {
@@ -838,8 +914,15 @@ impl Owner {
             DataFrame::Open { ch, vhost, user } => self.open(ch, &vhost, &user),
             DataFrame::Call { ch, req, method } => self.call(ch, req, method),
             DataFrame::Close { ch } => {
+                self.windows.remove(&ch);
                 if let Some(mut channel) = self.channels.remove(&ch) {
                     channel.close();
+                }
+            }
+            DataFrame::Credit { ch, bytes } => {
+                let starved = self.windows.get(&ch).is_some_and(|w| w.credit(bytes));
+                if let (true, Some(channel)) = (starved, self.channels.get(&ch)) {
+                    channel.resume_deliveries();
                 }
             }
             other => tracing::debug!("unexpected data frame from a forwarding node: {other:?}"),
@@ -885,6 +968,7 @@ impl Owner {
                 let sink = Arc::new(ProxySink {
                     ch: 0,
                     tx: self.events.clone(),
+                    window: Arc::default(),
                 });
                 syncer.request(stored, sink, token);
             }
@@ -906,11 +990,14 @@ impl Owner {
             user: Arc::from(user),
             max_message_size: u64::MAX,
         };
+        let window = Arc::new(PushWindow::default());
         let sink = Arc::new(ProxySink {
             ch,
             tx: self.events.clone(),
+            window: Arc::clone(&window),
         });
         self.channels.insert(ch, Channel::new(1, ctx, sink));
+        self.windows.insert(ch, window);
     }
 
     fn call(&mut self, ch: u64, req: u64, method: Method) {

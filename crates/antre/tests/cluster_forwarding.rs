@@ -1205,3 +1205,107 @@ async fn forwarding_follows_a_quorum_queue_through_its_leaders_death() {
         "the forwarded consumer was cancelled when the leader died"
     );
 }
+
+/// A pika consumer on n2 of n1's queue, without acks or prefetch, that
+/// stops reading its socket until told to go on, then counts what it gets.
+const STALLED_CONSUMER: &str = r#"
+import sys, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+got = 0
+def on_message(ch, method, props, body):
+    global got
+    got += 1
+ch.basic_consume("firehose", on_message, auto_ack=True)
+print("consuming", flush=True)
+sys.stdin.readline()
+while got < int(sys.argv[2]):
+    conn.process_data_events(time_limit=1)
+print(got, flush=True)
+"#;
+
+/// A consumer with neither acks nor prefetch through a forwarding node,
+/// whose client stops reading: the owner keeps the queue's messages (it
+/// pushes a bounded window that the forwarding node has not handed to its
+/// client), instead of the forwarding node buffering all of them; once
+/// the client reads again it gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_consumer_that_does_not_read_leaves_the_messages_on_the_owner() {
+    let pika = std::process::Command::new("python3")
+        .args(["-c", "import pika"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !pika {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "CI=true but python3 -c 'import pika' fails");
+        eprintln!("skipping: python3 with pika is not installed");
+        return;
+    }
+    const COUNT: usize = 640;
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let ch1 = n1.create_channel().await.expect("channel");
+    declare_durable(&ch1, "firehose").await;
+    c.until("n2 to know `firehose`", || async {
+        has(&c, 1, "/api/queues/%2F/firehose").await
+    })
+    .await;
+    let body = vec![1u8; 64 << 10];
+    for _ in 0..COUNT {
+        ch1.basic_publish(
+            "",
+            "firehose",
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    c.until("40 MiB in n1's queue", || async {
+        messages(&c, 0, "firehose").await == COUNT as u64
+    })
+    .await;
+
+    let mut child = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            STALLED_CONSUMER,
+            &c.nodes[1].amqp_uri(),
+            &COUNT.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        child.stdout.take().expect("stdout"),
+    ));
+    let line = within("the pika consumer to start", lines.next_line()).await;
+    assert_eq!(line.expect("read").as_deref(), Some("consuming"));
+    c.until("n1 to push deliveries", || async {
+        messages(&c, 0, "firehose").await < COUNT as u64
+    })
+    .await;
+    // Without flow control, n1 would push the whole queue within
+    // milliseconds; with it, it stops at its window plus what the sockets
+    // and n2's output window hold (a few MiB).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let left = messages(&c, 0, "firehose").await;
+    assert!(
+        left > 200,
+        "n1 pushed all but {left} messages to a client that does not read"
+    );
+    // Reading again, it gets them all.
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
+        .await
+        .expect("write");
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the pika consumer to finish");
+    assert_eq!(line.expect("read"), Some(COUNT.to_string()));
+    assert_eq!(messages(&c, 0, "firehose").await, 0);
+}

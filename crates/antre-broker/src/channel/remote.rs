@@ -427,6 +427,8 @@ impl Channel {
     /// emits basic.deliver. One for a consumer cancelled meanwhile goes
     /// back. Returns false (the owner keeps the consumer's window).
     pub fn deliver_remote(&mut self, d: RemoteDelivery, out: &mut Vec<Outgoing>) -> bool {
+        d.channel
+            .taken(d.message.body.len() as u64 + crate::queue::DELIVERY_OVERHEAD);
         let (no_ack, credit, timeout) = match self.remotes.get(d.consumer_tag.as_str()) {
             Some(sub) if same(&sub.channel, &d.channel) => {
                 (sub.no_ack, Arc::clone(&sub.credit), sub.timeout)
@@ -481,6 +483,13 @@ impl Channel {
             }
             keep
         });
+    }
+
+    /// Lets this channel's queues dispatch again (on a queue's owner, once
+    /// the forwarding node gave back room for a proxy channel's
+    /// deliveries).
+    pub fn resume_deliveries(&self) {
+        self.kick_consumers();
     }
 
     /// Sends the channel-wide window to the proxy channels (basic.qos with
