@@ -270,6 +270,9 @@ impl Broker {
         if let Some(log) = self.metadata.get() {
             vhost.set_metadata_log(Arc::clone(log));
         }
+        if let Some(remote) = self.remote.get() {
+            vhost.set_forwarder(Arc::clone(remote));
+        }
         self.apply_vhost_limits(&vhost);
         vhosts.insert(name.to_owned(), Arc::clone(&vhost));
         Ok(vhost)
@@ -278,7 +281,14 @@ impl Broker {
     /// Makes channels forward their work on queues other cluster nodes
     /// own through `remote`. Returns false if it was set already.
     pub fn set_remote_queues(&self, remote: Arc<dyn crate::remote::RemoteQueues>) -> bool {
-        self.remote.set(remote).is_ok()
+        if self.remote.set(Arc::clone(&remote)).is_err() {
+            return false;
+        }
+        // Dead letters and delayed releases are routed by the vhost itself.
+        for v in self.vhosts() {
+            v.set_forwarder(Arc::clone(&remote));
+        }
+        true
     }
 
     /// The forwarder to other nodes' queues, in a cluster.

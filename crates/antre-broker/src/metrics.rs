@@ -177,6 +177,10 @@ pub struct BrokerMetrics {
     /// Dead letters dropped because one operation caused more than the
     /// dead-letter budget allows (see [`crate::dead_letter`]).
     pub dead_letters_dropped: Counter,
+    /// Messages the broker routed itself (dead letters, delayed releases)
+    /// to a queue on another cluster node that did not get there (its
+    /// node unreachable or failing); each is logged.
+    pub internal_forwards_failed: Counter,
     /// Messages published on channels in confirm mode.
     pub received_confirm: Counter,
     /// Deliveries to consumers that acknowledge automatically (no_ack).

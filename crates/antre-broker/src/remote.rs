@@ -69,6 +69,13 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// the link failed: every result is then [`RemoteResult::Failed`]).
     fn publish(&self, owner: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone);
 
+    /// Whether this node has more forwarded publishes out to `owner`, not
+    /// answered, than it may buffer: the connections that publish there
+    /// are then blocked, as by the memory alarm, until it catches up.
+    fn congested(&self, _owner: &str) -> bool {
+        false
+    }
+
     /// Opens a proxy channel on `owner` for a channel of this node whose
     /// user is `user`; deliveries and cancels it pushes go to `sink`.
     fn open_channel(
@@ -97,6 +104,13 @@ pub trait RemoteChannel: Send + Sync + std::fmt::Debug {
     /// Whether it still works (false once its link to the owner broke: a
     /// new one must be opened).
     fn is_open(&self) -> bool;
+
+    /// This node's session took a delivery of `bytes` (body and
+    /// [`crate::queue::DELIVERY_OVERHEAD`]) from this channel: the owner
+    /// may push that much more. The owner pushes at most a window of
+    /// bytes not yet taken, so a client that does not read holds up its
+    /// own deliveries on the owner, not this node's memory.
+    fn taken(&self, _bytes: u64) {}
 }
 
 /// A delivery a queue on another node made to a consumer of this node.

@@ -40,6 +40,13 @@ pub struct ClusterConfig {
     pub dir: PathBuf,
     /// How long a metadata change may wait for the cluster before it fails.
     pub change_timeout: Duration,
+    /// How long a publish forwarded to another node's queue waits for that
+    /// node's answer before it is nacked.
+    pub forward_timeout: Duration,
+    /// Bytes of forwarded publishes a node may have sent to one other node
+    /// and not had answered; past it, the publishers that forward there are
+    /// blocked (connection.blocked) until the owner catches up.
+    pub forward_buffer: u64,
     /// A snapshot is built after this many log entries since the last one;
     /// the log before it is then compacted.
     pub snapshot_logs: u64,
@@ -61,6 +68,8 @@ impl std::fmt::Debug for ClusterConfig {
             .field("secret", &"<redacted>")
             .field("dir", &self.dir)
             .field("change_timeout", &self.change_timeout)
+            .field("forward_timeout", &self.forward_timeout)
+            .field("forward_buffer", &self.forward_buffer)
             .field("snapshot_logs", &self.snapshot_logs)
             .field("join", &self.join)
             .field("tls", &self.tls.is_some())
@@ -70,6 +79,12 @@ impl std::fmt::Debug for ClusterConfig {
 
 /// The default bound on a metadata change's wait for the cluster.
 pub const DEFAULT_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default bound on a forwarded publish's wait for its owner.
+pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default bound on what one node buffers for another's queues.
+pub const DEFAULT_FORWARD_BUFFER: u64 = 64 << 20;
 
 /// The default number of log entries between snapshots.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
@@ -215,6 +230,8 @@ mod tests {
             secret: "0123456789abcdef".into(),
             dir: PathBuf::new(),
             change_timeout: DEFAULT_CHANGE_TIMEOUT,
+            forward_timeout: DEFAULT_FORWARD_TIMEOUT,
+            forward_buffer: DEFAULT_FORWARD_BUFFER,
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
             join: None,
             tls: None,

@@ -63,6 +63,15 @@ pub enum DataFrame {
         /// The proxy channel.
         ch: u64,
     },
+    /// Forwarding node → owner: its session took `bytes` of the
+    /// deliveries proxy channel `ch` pushed; the owner may push that much
+    /// more (see [`crate::forward`], consumer flow control).
+    Credit {
+        /// The proxy channel.
+        ch: u64,
+        /// Delivery bytes, as the owner counted them.
+        bytes: u64,
+    },
     /// Owner → forwarding node: what became of each message of a batch.
     Published {
         /// The batch.
@@ -175,6 +184,11 @@ impl DataFrame {
                 out.put_u8(4);
                 out.put_u64(*ch);
             }
+            DataFrame::Credit { ch, bytes } => {
+                out.put_u8(5);
+                out.put_u64(*ch);
+                out.put_u64(*bytes);
+            }
             DataFrame::Published { batch, results } => {
                 out.put_u8(11);
                 out.put_u64(*batch);
@@ -243,6 +257,10 @@ impl DataFrame {
                 method: r.method()?,
             },
             4 => DataFrame::Close { ch: r.u64()? },
+            5 => DataFrame::Credit {
+                ch: r.u64()?,
+                bytes: r.u64()?,
+            },
             11 => {
                 let batch = r.u64()?;
                 let n = r.u32()? as usize;
@@ -367,6 +385,10 @@ mod tests {
             panic!("kind")
         };
         assert_eq!(batch, 7);
+        assert!(matches!(
+            round_trip(&DataFrame::Credit { ch: 5, bytes: 1 << 40 }),
+            DataFrame::Credit { ch: 5, bytes } if bytes == 1 << 40
+        ));
         assert_eq!(items[0].0, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(items[0].1.body, m.body);
         assert_eq!(items[0].1.properties, m.properties);

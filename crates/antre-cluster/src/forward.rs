@@ -66,6 +66,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// A write gathers queued frames up to about this many bytes.
 const WRITE_BATCH: usize = 1 << 20;
+/// What a forwarded message costs in a link's buffer besides its body.
+const PUBLISH_OVERHEAD: u64 = 256;
+/// Delivery bytes a proxy channel may have pushed that the forwarding
+/// node's session has not taken yet (as a connection's output window).
+const PUSH_WINDOW: u64 = 1 << 20;
+/// The forwarding node gives room back in steps of this many bytes.
+const CREDIT_STEP: u64 = 64 << 10;
 
 /// This node's forwarder: the [`RemoteQueues`] the broker holds.
 pub struct Forwarder {
@@ -87,13 +94,30 @@ struct DataLink {
     owner: String,
     tx: mpsc::UnboundedSender<Bytes>,
     state: Mutex<LinkState>,
+    /// Bytes of forwarded publishes the owner has not answered yet (its
+    /// buffer: queued here, in the sockets, or in the owner's hands).
+    /// Past [`crate::ClusterConfig::forward_buffer`], the publishers that
+    /// forward to this owner are blocked (see [`RemoteQueues::congested`]).
+    unanswered: AtomicU64,
+}
+
+/// A publish batch the owner has not answered yet.
+struct Pending {
+    /// Messages in it.
+    n: usize,
+    /// Taken when the batch is answered, or failed on its timeout (then
+    /// the entry stays, counting its bytes, until the owner answers or
+    /// the link drops).
+    done: Option<RemoteDone>,
+    bytes: u64,
+    sent: std::time::Instant,
 }
 
 #[derive(Default)]
 struct LinkState {
     dead: Option<String>,
     died_at: Option<std::time::Instant>,
-    publishes: HashMap<u64, (usize, RemoteDone)>,
+    publishes: HashMap<u64, Pending>,
     calls: HashMap<u64, std::sync::mpsc::Sender<Result<Vec<Outgoing>, BrokerError>>>,
     channels: HashMap<u64, Weak<ProxyHandle>>,
 }
@@ -132,10 +156,13 @@ impl Forwarder {
             owner: owner.to_owned(),
             tx,
             state: Mutex::default(),
+            unanswered: AtomicU64::new(0),
         });
         links.insert(owner.to_owned(), Arc::clone(&link));
         let cfg = self.link.config.clone();
         let weak = Arc::downgrade(&link);
+        self.runtime
+            .spawn(expire_publishes(Weak::clone(&weak), cfg.forward_timeout));
         self.runtime.spawn(async move {
             let why = match dial(&cfg, &weak).await {
                 Ok(stream) => run_client(stream, rx, &weak).await,
@@ -157,6 +184,44 @@ impl Forwarder {
     pub fn shutdown(&self) {
         for (_, l) in self.links.lock().drain() {
             l.fail("this node is stopping");
+        }
+    }
+}
+
+/// Fails (nacks) the publishes of `link` its owner has not answered
+/// within `timeout`: a paused or overloaded owner must not make publishers
+/// wait forever. Their bytes stay counted until the owner answers or the
+/// link drops, so publishers stay blocked while the owner is stuck.
+async fn expire_publishes(link: Weak<DataLink>, timeout: Duration) {
+    let tick = (timeout / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(link) = link.upgrade() else {
+            return;
+        };
+        let expired: Vec<(usize, RemoteDone)> = {
+            let mut st = link.state.lock();
+            if st.dead.is_some() {
+                return;
+            }
+            st.publishes
+                .values_mut()
+                .filter(|p| p.done.is_some() && p.sent.elapsed() >= timeout)
+                .filter_map(|p| Some((p.n, p.done.take()?)))
+                .collect()
+        };
+        if expired.is_empty() {
+            continue;
+        }
+        let messages: usize = expired.iter().map(|(n, _)| n).sum();
+        tracing::warn!(
+            node = link.owner,
+            messages,
+            "cluster node '{}' did not answer forwarded publishes within {timeout:?}: nacking them",
+            link.owner
+        );
+        for (n, done) in expired {
+            done(vec![RemoteResult::Failed; n]);
         }
     }
 }
@@ -300,8 +365,11 @@ impl DataLink {
                 std::mem::take(&mut st.channels),
             )
         };
-        for (_, (n, done)) in publishes {
-            done(vec![RemoteResult::Failed; n]);
+        self.unanswered.store(0, Ordering::Release);
+        for (_, p) in publishes {
+            if let Some(done) = p.done {
+                done(vec![RemoteResult::Failed; p.n]);
+            }
         }
         for (_, ch) in channels {
             if let Some(ch) = ch.upgrade() {
@@ -321,9 +389,16 @@ impl DataLink {
     fn on_frame(&self, frame: DataFrame) {
         match frame {
             DataFrame::Published { batch, results } => {
-                let done = self.state.lock().publishes.remove(&batch);
-                if let Some((_, done)) = done {
-                    done(results);
+                let pending = self.state.lock().publishes.remove(&batch);
+                if let Some(p) = pending {
+                    let _ =
+                        self.unanswered
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                                Some(v.saturating_sub(p.bytes))
+                            });
+                    if let Some(done) = p.done {
+                        done(results);
+                    }
                 }
             }
             DataFrame::Reply { req, result } => {
@@ -348,6 +423,10 @@ impl RemoteQueues for Forwarder {
         let link = self.link_to(owner);
         let id = self.next_id();
         let n = batch.len();
+        let bytes = batch
+            .iter()
+            .map(|p| p.message.body.len() as u64 + PUBLISH_OVERHEAD)
+            .sum();
         {
             let mut st = link.state.lock();
             if st.dead.is_some() {
@@ -355,7 +434,16 @@ impl RemoteQueues for Forwarder {
                 done(vec![RemoteResult::Failed; n]);
                 return;
             }
-            st.publishes.insert(id, (n, done));
+            st.publishes.insert(
+                id,
+                Pending {
+                    n,
+                    done: Some(done),
+                    bytes,
+                    sent: std::time::Instant::now(),
+                },
+            );
+            link.unanswered.fetch_add(bytes, Ordering::AcqRel);
         }
         let frame = DataFrame::Publish {
             batch: id,
@@ -365,6 +453,14 @@ impl RemoteQueues for Forwarder {
         if !link.send(&frame) {
             link.fail("the link was closed");
         }
+    }
+
+    fn congested(&self, owner: &str) -> bool {
+        let limit = self.link.config.forward_buffer;
+        self.links
+            .lock()
+            .get(owner)
+            .is_some_and(|l| l.unanswered.load(Ordering::Acquire) > limit)
     }
 
     fn open_channel(
@@ -385,6 +481,7 @@ impl RemoteQueues for Forwarder {
             this: Mutex::new(Weak::new()),
             next_req: AtomicU64::new(1),
             timeout: self.link.config.change_timeout,
+            untaken: AtomicU64::new(0),
         });
         *handle.this.lock() = Arc::downgrade(&handle);
         let registered = {
@@ -420,6 +517,8 @@ struct ProxyHandle {
     this: Mutex<Weak<ProxyHandle>>,
     next_req: AtomicU64,
     timeout: Duration,
+    /// Delivery bytes the session took and the owner was not told of.
+    untaken: AtomicU64,
 }
 
 impl std::fmt::Debug for ProxyHandle {
@@ -555,6 +654,17 @@ impl RemoteChannel for ProxyHandle {
         !self.dead.load(Ordering::Acquire)
     }
 
+    fn taken(&self, bytes: u64) {
+        let total = self.untaken.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if total < CREDIT_STEP || self.dead.load(Ordering::Acquire) {
+            return;
+        }
+        let bytes = self.untaken.swap(0, Ordering::AcqRel);
+        if bytes > 0 {
+            self.link.send(&DataFrame::Credit { ch: self.ch, bytes });
+        }
+    }
+
     fn close(&self) {
         self.link.state.lock().channels.remove(&self.ch);
         if !self.dead.swap(true, Ordering::AcqRel) {
@@ -583,20 +693,62 @@ enum Event {
     Ended(String),
 }
 
+/// The delivery bytes a proxy channel pushed and the forwarding node's
+/// session has not taken yet (see [`PUSH_WINDOW`]).
+#[derive(Debug, Default)]
+struct PushWindow {
+    in_flight: AtomicU64,
+    /// A queue found the window full: the next credit kicks the queues.
+    starved: AtomicBool,
+}
+
+impl PushWindow {
+    fn room(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) < PUSH_WINDOW
+    }
+
+    /// Gives `bytes` back; returns whether a queue waits for room.
+    fn credit(&self, bytes: u64) -> bool {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+        self.starved.swap(false, Ordering::AcqRel)
+    }
+}
+
 /// The sink of a proxy channel (`ch`), or of forwarded publishes (`ch` 0).
 #[derive(Debug)]
 struct ProxySink {
     ch: u64,
     tx: mpsc::UnboundedSender<Event>,
+    window: Arc<PushWindow>,
 }
 
 impl DeliverySink for ProxySink {
     fn deliver(&self, delivery: Delivery) -> Result<(), Box<Delivery>> {
+        let cost =
+            delivery.entry.message.body.len() as u64 + antre_broker::queue::DELIVERY_OVERHEAD;
+        self.window.in_flight.fetch_add(cost, Ordering::AcqRel);
         match self.tx.send(Event::Deliver(self.ch, delivery)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::SendError(Event::Deliver(_, d))) => Err(Box::new(d)),
+            Err(mpsc::error::SendError(Event::Deliver(_, d))) => {
+                self.window.credit(cost);
+                Err(Box::new(d))
+            }
             Err(_) => Ok(()),
         }
+    }
+
+    fn has_room(&self) -> bool {
+        if self.window.room() {
+            return true;
+        }
+        self.window.starved.store(true, Ordering::Release);
+        // A credit may have come between the two loads: look again, so it
+        // cannot strand the queue.
+        self.window.room()
     }
     fn cancel(&self, consumer_tag: &str) {
         let _ = self
@@ -639,6 +791,7 @@ where
     let mut owner = Owner {
         broker,
         channels: HashMap::new(),
+        windows: HashMap::new(),
         batches: HashMap::new(),
         next_token: 1,
         out: out_tx,
@@ -672,6 +825,8 @@ where
 struct Owner {
     broker: Weak<Broker>,
     channels: HashMap<u64, Channel>,
+    /// Each proxy channel's push window.
+    windows: HashMap<u64, Arc<PushWindow>>,
     /// Publish batches waiting for the syncer: the forwarder's number and
     /// the results, by sync token.
     batches: HashMap<u64, (u64, Vec<RemoteResult>)>,
@@ -690,8 +845,20 @@ impl Owner {
             Event::Frame(frame) => self.on_frame(frame),
             Event::Deliver(ch, d) => match self.channels.get_mut(&ch) {
                 Some(channel) => {
+                    let cost =
+                        d.entry.message.body.len() as u64 + antre_broker::queue::DELIVERY_OVERHEAD;
                     let mut out = Vec::new();
                     channel.deliver(d, &mut out);
+                    let pushed = out
+                        .iter()
+                        .any(|o| matches!(o, Outgoing::Content(Method::BasicDeliver(_), _)));
+                    if !pushed {
+                        // It went back to its queue (its consumer was
+                        // cancelled): its room in the window is free.
+                        if let Some(w) = self.windows.get(&ch) {
+                            w.credit(cost);
+                        }
+                    }
                     self.push(ch, out);
                 }
                 None => {
@@ -747,8 +914,15 @@ impl Owner {
             DataFrame::Open { ch, vhost, user } => self.open(ch, &vhost, &user),
             DataFrame::Call { ch, req, method } => self.call(ch, req, method),
             DataFrame::Close { ch } => {
+                self.windows.remove(&ch);
                 if let Some(mut channel) = self.channels.remove(&ch) {
                     channel.close();
+                }
+            }
+            DataFrame::Credit { ch, bytes } => {
+                let starved = self.windows.get(&ch).is_some_and(|w| w.credit(bytes));
+                if let (true, Some(channel)) = (starved, self.channels.get(&ch)) {
+                    channel.resume_deliveries();
                 }
             }
             other => tracing::debug!("unexpected data frame from a forwarding node: {other:?}"),
@@ -794,6 +968,7 @@ impl Owner {
                 let sink = Arc::new(ProxySink {
                     ch: 0,
                     tx: self.events.clone(),
+                    window: Arc::default(),
                 });
                 syncer.request(stored, sink, token);
             }
@@ -815,11 +990,14 @@ impl Owner {
             user: Arc::from(user),
             max_message_size: u64::MAX,
         };
+        let window = Arc::new(PushWindow::default());
         let sink = Arc::new(ProxySink {
             ch,
             tx: self.events.clone(),
+            window: Arc::clone(&window),
         });
         self.channels.insert(ch, Channel::new(1, ctx, sink));
+        self.windows.insert(ch, window);
     }
 
     fn call(&mut self, ch: u64, req: u64, method: Method) {

@@ -43,6 +43,8 @@ async fn start(name: &str, peers: &[Peer], dir: &std::path::Path) -> Node {
         secret: SECRET.to_owned(),
         dir: dir.join(name).join("cluster"),
         change_timeout: DEFAULT_CHANGE_TIMEOUT,
+        forward_timeout: antre_cluster::config::DEFAULT_FORWARD_TIMEOUT,
+        forward_buffer: antre_cluster::config::DEFAULT_FORWARD_BUFFER,
         snapshot_logs: 5,
         join: None,
         tls: None,

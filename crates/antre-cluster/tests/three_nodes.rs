@@ -44,6 +44,8 @@ async fn start(names: &[&str], secrets: &[&str], dir: &std::path::Path) -> Vec<N
             secret: secrets[i].to_owned(),
             dir: dir.join(name),
             change_timeout: DEFAULT_CHANGE_TIMEOUT,
+            forward_timeout: antre_cluster::config::DEFAULT_FORWARD_TIMEOUT,
+            forward_buffer: antre_cluster::config::DEFAULT_FORWARD_BUFFER,
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
             join: None,
             tls: None,

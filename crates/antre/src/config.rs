@@ -380,6 +380,15 @@ pub struct Settings {
     /// the cluster (a leader, a quorum) before it fails [default: 5].
     #[arg(long, env = "ANTRE_CLUSTER_CHANGE_TIMEOUT", value_name = "SECONDS")]
     pub cluster_change_timeout: Option<f64>,
+    /// Seconds a publish forwarded to a queue another node owns waits for
+    /// that node's answer before it is nacked [default: 5].
+    #[arg(long, env = "ANTRE_CLUSTER_FORWARD_TIMEOUT", value_name = "SECONDS")]
+    pub cluster_forward_timeout: Option<f64>,
+    /// Bytes of forwarded publishes this node may have sent to one other
+    /// node and not had answered; past it, the connections publishing
+    /// there are blocked until it catches up [default: 67108864].
+    #[arg(long, env = "ANTRE_CLUSTER_FORWARD_BUFFER", value_name = "BYTES")]
+    pub cluster_forward_buffer: Option<u64>,
     /// Join an existing cluster through the member listening (cluster
     /// link) at this address, instead of bootstrapping one from the peer
     /// list; ignored once this node is a member. The peer list may then
@@ -508,6 +517,10 @@ impl Settings {
             cluster_secret: self.cluster_secret.or(below.cluster_secret),
             cluster_secret_file: self.cluster_secret_file.or(below.cluster_secret_file),
             cluster_change_timeout: self.cluster_change_timeout.or(below.cluster_change_timeout),
+            cluster_forward_timeout: self
+                .cluster_forward_timeout
+                .or(below.cluster_forward_timeout),
+            cluster_forward_buffer: self.cluster_forward_buffer.or(below.cluster_forward_buffer),
             cluster_join: self.cluster_join.or(below.cluster_join),
             cluster_tls_cert: self.cluster_tls_cert.or(below.cluster_tls_cert),
             cluster_tls_key: self.cluster_tls_key.or(below.cluster_tls_key),
@@ -584,6 +597,18 @@ impl Settings {
                 "cluster_change_timeout must be a positive number of seconds, not {s}"
             ),
         };
+        let forward_timeout = match self.cluster_forward_timeout {
+            None => antre_cluster::config::DEFAULT_FORWARD_TIMEOUT,
+            Some(s) if s > 0.0 && s.is_finite() => Duration::from_secs_f64(s),
+            Some(s) => anyhow::bail!(
+                "cluster_forward_timeout must be a positive number of seconds, not {s}"
+            ),
+        };
+        let forward_buffer = match self.cluster_forward_buffer {
+            None => antre_cluster::config::DEFAULT_FORWARD_BUFFER,
+            Some(0) => anyhow::bail!("cluster_forward_buffer must be a positive number of bytes"),
+            Some(b) => b,
+        };
         let config = antre_cluster::ClusterConfig {
             node_name,
             listen,
@@ -591,6 +616,8 @@ impl Settings {
             secret,
             dir: data_dir.join("cluster"),
             change_timeout,
+            forward_timeout,
+            forward_buffer,
             snapshot_logs: antre_cluster::config::DEFAULT_SNAPSHOT_LOGS,
             join,
             tls,
@@ -826,7 +853,21 @@ mod tests {
         assert_eq!(cluster.listen.port(), 25673);
         assert_eq!(cluster.peers.len(), 2);
         assert_eq!(cluster.change_timeout, Duration::from_millis(2500));
+        assert_eq!(cluster.forward_timeout, Duration::from_secs(5));
+        assert_eq!(cluster.forward_buffer, 64 << 20);
         assert_eq!(cluster.dir, Path::new("/var/lib/antre/cluster"));
+        let forward =
+            format!("{toml}cluster_forward_timeout = 0.5\ncluster_forward_buffer = 1024\n");
+        let cluster = Settings::from_toml(&forward)
+            .unwrap()
+            .to_config()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(cluster.forward_timeout, Duration::from_millis(500));
+        assert_eq!(cluster.forward_buffer, 1024);
+        let zero = format!("{toml}cluster_forward_buffer = 0\n");
+        assert!(Settings::from_toml(&zero).unwrap().to_config().is_err());
         // The secret never shows in the configuration's Debug.
         assert!(!format!("{cluster:?}").contains("0123456789abcdef"));
 

@@ -510,3 +510,802 @@ async fn the_owner_dying_cancels_forwarded_consumers_and_loses_nothing_confirmed
     assert_eq!(got.delivery.data, b"l0");
     assert!(sub2.status().connected());
 }
+
+/// The `x-death` reasons of a dead letter, newest first.
+fn death_reasons(d: &lapin::message::Delivery) -> Vec<String> {
+    let Some(AMQPValue::FieldArray(deaths)) = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death").cloned())
+    else {
+        return Vec::new();
+    };
+    deaths
+        .as_slice()
+        .iter()
+        .filter_map(|death| match death {
+            AMQPValue::FieldTable(t) => match t.inner().get("reason") {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+/// Messages n1 routes itself (dead letters of its queues: rejected,
+/// expired, dropped by overflow, through a dead-letter exchange with an
+/// alternate exchange; a delayed-message exchange's releases) reach a queue
+/// n2 owns, as they would reach a queue of n1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_delayed_messages_reach_another_nodes_queue() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let n2 = connect(&c.nodes[1].amqp_uri()).await;
+    let ch1 = n1.create_channel().await.expect("channel");
+    let ch2 = n2.create_channel().await.expect("channel");
+    // n2 owns `graveyard`; everything else is n1's.
+    declare_durable(&ch2, "graveyard").await;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch1.exchange_declare(
+        "ae",
+        lapin::ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare ae");
+    // A dead-letter exchange with no binding: its alternate exchange
+    // routes the letters.
+    ch1.exchange_declare(
+        "dlx",
+        lapin::ExchangeKind::Direct,
+        durable,
+        args(&[("alternate-exchange", text("ae"))]),
+    )
+    .await
+    .expect("declare dlx");
+    ch1.exchange_declare(
+        "later",
+        lapin::ExchangeKind::Custom("x-delayed-message".into()),
+        durable,
+        args(&[("x-delayed-type", text("direct"))]),
+    )
+    .await
+    .expect("declare later");
+    ch1.queue_bind(
+        "graveyard",
+        "ae",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind ae");
+    ch1.queue_bind(
+        "graveyard",
+        "later",
+        "grave",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind later");
+    let dead_lettering = |more: &[(&str, AMQPValue)]| {
+        let mut all = vec![("x-dead-letter-exchange", text("dlx"))];
+        all.extend(more.iter().cloned());
+        args(&all)
+    };
+    for (name, more) in [
+        ("rejecting", vec![]),
+        ("expiring", vec![("x-message-ttl", AMQPValue::LongInt(20))]),
+        ("overflowing", vec![("x-max-length", AMQPValue::LongInt(1))]),
+    ] {
+        ch1.queue_declare(
+            name,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            dead_lettering(&more),
+        )
+        .await
+        .expect("declare a dead-lettering queue");
+    }
+    for i in 0..3 {
+        c.until("the bindings everywhere", || async {
+            has(&c, i, "/api/bindings/%2F/e/ae/q/graveyard").await
+                && has(&c, i, "/api/bindings/%2F/e/later/q/graveyard").await
+        })
+        .await;
+    }
+
+    let publish = |exchange: &'static str, key: &'static str, body: &'static str| {
+        let ch1 = ch1.clone();
+        async move {
+            let mut headers = FieldTable::default();
+            headers.insert("x-delay".into(), AMQPValue::LongLongInt(50));
+            ch1.basic_publish(
+                exchange,
+                key,
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
+            )
+            .await
+            .expect("publish on n1");
+        }
+    };
+    // Rejected by a consumer on n1.
+    publish("", "rejecting", "rejected").await;
+    let got = ch1
+        .basic_get("rejecting", BasicGetOptions { no_ack: false })
+        .await
+        .expect("basic.get")
+        .expect("a message");
+    got.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+    // Expired by n1's timer.
+    publish("", "expiring", "expired").await;
+    // Pushed out of a full queue.
+    publish("", "overflowing", "overflowed").await;
+    publish("", "overflowing", "kept").await;
+    // Released by n1's delayed-message exchange.
+    publish("later", "grave", "delayed").await;
+
+    let mut graveyard = consumer(&ch2, "graveyard", "mourner").await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let d = next(&mut graveyard).await;
+        let body = String::from_utf8_lossy(&d.data).into_owned();
+        seen.insert(body, death_reasons(&d));
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let expected: std::collections::BTreeMap<String, Vec<String>> = [
+        ("rejected", vec!["rejected"]),
+        ("expired", vec!["expired"]),
+        ("overflowed", vec!["maxlen"]),
+        ("delayed", vec![]),
+    ]
+    .into_iter()
+    .map(|(b, r)| (b.to_owned(), r.into_iter().map(str::to_owned).collect()))
+    .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(messages(&c, 0, "overflowing").await, 1, "`kept` stays");
+}
+
+/// Whether node `i`'s management API shows a blocked connection.
+async fn a_connection_blocked(c: &TestCluster, i: usize) -> bool {
+    match c.try_api(i, "GET", "/api/connections", None).await {
+        Some((200, Value::Array(conns))) => conns.iter().any(|c| c["state"] == json!("blocked")),
+        _ => false,
+    }
+}
+
+/// The owner of a queue paused (SIGSTOP): a confirmed publish through
+/// another node is nacked within `--cluster-forward-timeout` instead of
+/// waiting forever; a publisher without confirms that goes on is blocked
+/// (connection.blocked) once the link's buffer is full, while a bystander
+/// on the same node keeps publishing to and consuming from a local queue;
+/// once the owner resumes, the publisher is unblocked and confirms flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_nacks_and_blocks_only_the_publishers_that_forward_to_it() {
+    let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
+    for n in &mut c.nodes {
+        n.args = [
+            "--cluster-forward-timeout",
+            "1",
+            "--cluster-forward-buffer",
+            "1048576",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
+    c.launch().await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let ch1 = n1.create_channel().await.expect("channel");
+    declare_durable(&ch1, "stuck").await;
+    let bystander = connect(&c.nodes[1].amqp_uri()).await;
+    let local = bystander.create_channel().await.expect("channel");
+    declare_durable(&local, "nearby").await;
+    local
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    c.until("n2 to know `stuck`", || async {
+        has(&c, 1, "/api/queues/%2F/stuck").await
+    })
+    .await;
+    let confirming = connect(&c.nodes[1].amqp_uri()).await;
+    let pub2 = confirming.create_channel().await.expect("channel");
+    pub2.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let confirm = pub2
+        .basic_publish(
+            "",
+            "stuck",
+            BasicPublishOptions::default(),
+            b"before",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    assert!(within("confirm", confirm).await.expect("confirm").is_ack());
+
+    c.pause(0);
+    let confirm = pub2
+        .basic_publish(
+            "",
+            "stuck",
+            BasicPublishOptions::default(),
+            b"paused",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    let confirmation = within("a nack from the forward timeout", confirm)
+        .await
+        .expect("confirm");
+    assert!(
+        confirmation.is_nack(),
+        "nacked, not confirmed, while the owner is paused"
+    );
+
+    // A publisher without confirms floods the link: 4 MiB against a 1 MiB
+    // buffer. It is blocked; it publishes from a task, since lapin's
+    // publishes wait once the server stops reading.
+    let flooder = connect(&c.nodes[1].amqp_uri()).await;
+    let flood = flooder.create_channel().await.expect("channel");
+    let flooding = tokio::spawn(async move {
+        let body = vec![7u8; 64 << 10];
+        for _ in 0..64 {
+            if flood
+                .basic_publish(
+                    "",
+                    "stuck",
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default(),
+                )
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Kept open: lapin drops the frames of a closed channel that it
+        // has not written yet.
+        flood
+    });
+    c.until("the flooding publisher to be blocked on n2", || {
+        a_connection_blocked(&c, 1)
+    })
+    .await;
+    // The bystander is not: it publishes with confirms to n2's own queue
+    // and consumes from it.
+    for i in 0..20 {
+        let confirm = local
+            .basic_publish(
+                "",
+                "nearby",
+                BasicPublishOptions::default(),
+                format!("near {i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("bystander publish");
+        assert!(within("bystander confirm", confirm)
+            .await
+            .expect("confirm")
+            .is_ack());
+    }
+    let mut near = consumer(&local, "nearby", "bystander").await;
+    for i in 0..20 {
+        let d = next(&mut near).await;
+        assert_eq!(d.data, format!("near {i}").as_bytes());
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+
+    c.resume(0);
+    c.until("the flooding publisher to be unblocked", || async {
+        !a_connection_blocked(&c, 1).await
+    })
+    .await;
+    let flood = within("the flood to end", flooding)
+        .await
+        .expect("flooding task");
+    // A confirmed publish behind the flood on its channel: once confirmed,
+    // the flood is on n1 too.
+    flood
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let confirm = flood
+        .basic_publish(
+            "",
+            "stuck",
+            BasicPublishOptions::default(),
+            b"flood-end",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    assert!(within("confirm behind the flood", confirm)
+        .await
+        .expect("confirm")
+        .is_ack());
+    let confirm = pub2
+        .basic_publish(
+            "",
+            "stuck",
+            BasicPublishOptions::default(),
+            b"after",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    assert!(within("confirm after resume", confirm)
+        .await
+        .expect("confirm")
+        .is_ack());
+    // Everything the flooder sent reached the owner, in order, after what
+    // was confirmed before (the nacked message may or may not have: a nack
+    // means "not known to be stored").
+    let mut bodies = Vec::new();
+    while let Some(got) = ch1
+        .basic_get("stuck", BasicGetOptions { no_ack: true })
+        .await
+        .expect("get on n1")
+    {
+        let d = got.delivery.data;
+        bodies.push(if d.len() == 64 << 10 {
+            "flood".to_owned()
+        } else {
+            String::from_utf8_lossy(&d).into_owned()
+        });
+    }
+    let floods = bodies.iter().filter(|b| *b == "flood").count();
+    assert_eq!(floods, 64, "every message of the blocked publisher");
+    bodies.dedup();
+    bodies.retain(|b| b != "paused");
+    assert_eq!(bodies, ["before", "flood", "flood-end", "after"]);
+}
+
+/// The next `n` deliveries of `stream`, and then none for a while: a
+/// prefetch window holds the rest back (or there is no more).
+async fn exactly<S>(stream: &mut S, n: usize) -> Vec<lapin::message::Delivery>
+where
+    S: futures::Stream<Item = lapin::Result<lapin::message::Delivery>> + Unpin,
+{
+    let mut got = Vec::new();
+    while got.len() < n {
+        let d = within("a delivery", stream.next()).await;
+        got.push(d.expect("the consumers are open").expect("delivery"));
+    }
+    let more = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
+    assert!(more.is_err(), "more than {n} deliveries: {more:?}");
+    got
+}
+
+/// `basic.qos` with `global=true` on a channel of n2 bounds its forwarded
+/// consumers of queues on n1 and n3 together, as it bounds local ones; a
+/// queue's `x-consumer-timeout` closes a forwarding channel that holds a
+/// delivery too long (406), as on the queue's owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_prefetch_and_consumer_timeout_hold_for_forwarded_consumers() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let n3 = connect(&c.nodes[2].amqp_uri()).await;
+    let ch1 = n1.create_channel().await.expect("channel");
+    let ch3 = n3.create_channel().await.expect("channel");
+    declare_durable(&ch1, "left").await;
+    declare_durable(&ch3, "right").await;
+    ch1.queue_declare(
+        "impatient",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args(&[("x-consumer-timeout", AMQPValue::LongInt(300))]),
+    )
+    .await
+    .expect("declare impatient");
+    for q in ["left", "right", "impatient"] {
+        c.until("n2 to know the queues", || async {
+            has(&c, 1, &format!("/api/queues/%2F/{q}")).await
+        })
+        .await;
+    }
+    for i in 0..10 {
+        for (ch, q) in [(&ch1, "left"), (&ch3, "right")] {
+            ch.basic_publish(
+                "",
+                q,
+                BasicPublishOptions::default(),
+                format!("{q} {i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+        }
+    }
+    c.until("10 messages in each queue", || async {
+        messages(&c, 0, "left").await == 10 && messages(&c, 2, "right").await == 10
+    })
+    .await;
+
+    let n2 = connect(&c.nodes[1].amqp_uri()).await;
+    let ch2 = n2.create_channel().await.expect("channel");
+    ch2.basic_qos(4, BasicQosOptions { global: true })
+        .await
+        .expect("global qos");
+    let left = consumer(&ch2, "left", "l").await;
+    let right = consumer(&ch2, "right", "r").await;
+    let mut both = futures::stream::select(left, right);
+    let first = exactly(&mut both, 4).await;
+    // Acking two makes room for exactly two more.
+    for d in first.into_iter().take(2) {
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    exactly(&mut both, 2).await;
+    // Raising the window lets the rest flow.
+    ch2.basic_qos(100, BasicQosOptions { global: true })
+        .await
+        .expect("global qos");
+    exactly(&mut both, 14).await;
+
+    // The consumer timeout of n1's queue, through n2.
+    ch1.basic_publish(
+        "",
+        "impatient",
+        BasicPublishOptions::default(),
+        b"slow",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish");
+    let slow = n2.create_channel().await.expect("channel");
+    let mut waiting = consumer(&slow, "impatient", "sloth").await;
+    let d = next(&mut waiting).await;
+    assert_eq!(d.data, b"slow");
+    c.until(
+        "the forwarding channel closed by the consumer timeout",
+        || async { !slow.status().connected() },
+    )
+    .await;
+    drop(d);
+    assert!(n2.status().connected(), "only the channel closes");
+    c.until("the message back in n1's queue", || async {
+        messages(&c, 0, "impatient").await == 1
+    })
+    .await;
+}
+
+/// The node that lists itself as the leader of quorum queue `name`.
+async fn quorum_leader(c: &TestCluster, name: &str) -> Option<usize> {
+    for (i, n) in c.nodes.iter().enumerate() {
+        if !n.is_running() {
+            continue;
+        }
+        if let Some((200, q)) = c
+            .try_api(i, "GET", &format!("/api/queues/%2F/{name}"), None)
+            .await
+        {
+            if q["leader"] == json!(n.name) {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// Publishes `bodies` one by one with confirms on a channel of `conn`,
+/// publishing a new attempt of a message (a new body) after a nack or no
+/// answer; returns the bodies confirmed.
+async fn publish_all_confirmed(
+    conn: Connection,
+    count: usize,
+    started: tokio::sync::mpsc::UnboundedSender<usize>,
+) -> Vec<String> {
+    let mut confirmed = Vec::new();
+    let mut ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    for i in 0..count {
+        let mut attempt = 0;
+        loop {
+            let body = format!("m{i}-a{attempt}");
+            attempt += 1;
+            let published = ch
+                .basic_publish(
+                    "",
+                    "ledger-q",
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await;
+            let acked = match published {
+                Ok(confirm) => matches!(
+                    tokio::time::timeout(Duration::from_secs(15), confirm).await,
+                    Ok(Ok(c)) if c.is_ack()
+                ),
+                Err(_) => false,
+            };
+            if acked {
+                confirmed.push(body);
+                let _ = started.send(i);
+                break;
+            }
+            if !ch.status().connected() {
+                ch = conn.create_channel().await.expect("channel");
+                ch.confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .expect("confirm.select");
+            }
+            assert!(attempt < 200, "{body} never confirmed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    confirmed
+}
+
+/// A confirmed publisher and a consumer attached through the two nodes
+/// that do not lead a quorum queue while its leader is killed -9: every
+/// confirmed message is delivered, a message delivered twice is marked
+/// redelivered the second time, and the forwarded consumer is cancelled
+/// (then consumes again, through the new leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_follows_a_quorum_queue_through_its_leaders_death() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let ch1 = n1.create_channel().await.expect("channel");
+    let mut quorum = FieldTable::default();
+    quorum.insert("x-queue-type".into(), text("quorum"));
+    ch1.queue_declare(
+        "ledger-q",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum,
+    )
+    .await
+    .expect("declare the quorum queue");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let l = loop {
+        if let Some(i) = quorum_leader(&c, "ledger-q").await {
+            break i;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let (via_pub, via_con) = (others[0], others[1]);
+    let leader_name = c.nodes[l].name.clone();
+    for &i in &others {
+        c.until("the others to know the leader", || async {
+            matches!(c.try_api(i, "GET", "/api/queues/%2F/ledger-q", None).await,
+                Some((200, q)) if q["leader"] == json!(leader_name))
+        })
+        .await;
+    }
+
+    // The consumer, through `via_con`: consumes again whenever it is
+    // cancelled, until told to stop.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, bool)>::new()));
+    let cancels = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumer_conn = connect(&c.nodes[via_con].amqp_uri()).await;
+    let consuming = {
+        let (received, cancels, stop) = (received.clone(), cancels.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ch = consumer_conn.create_channel().await.expect("channel");
+                ch.basic_qos(20, BasicQosOptions::default())
+                    .await
+                    .expect("qos");
+                let Ok(mut deliveries) = ch
+                    .basic_consume(
+                        "ledger-q",
+                        "",
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
+                    {
+                        Ok(Some(Ok(d))) => {
+                            received.lock().expect("received").push((
+                                String::from_utf8_lossy(&d.data).into_owned(),
+                                d.redelivered,
+                            ));
+                            // A slow consumer: a backlog builds up, which
+                            // the leader's death must not lose.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            let _ = d.acker.ack(BasicAckOptions::default()).await;
+                        }
+                        Ok(_) => {
+                            cancels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            break;
+                        }
+                        Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => return,
+                        Err(_) => {}
+                    }
+                }
+                let _ = ch.close(200, "again").await;
+            }
+        })
+    };
+    let publisher_conn = connect(&c.nodes[via_pub].amqp_uri()).await;
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let publishing = tokio::spawn(publish_all_confirmed(publisher_conn, 300, started_tx));
+    // Kill the leader a third of the way through.
+    while let Some(i) = within("confirms before the kill", started.recv()).await {
+        if i >= 100 {
+            break;
+        }
+    }
+    c.kill(l);
+    let confirmed = tokio::time::timeout(Duration::from_secs(120), publishing)
+        .await
+        .expect("the publisher finished")
+        .expect("publisher task");
+    c.until("every confirmed message delivered", || async {
+        let got = received.lock().expect("received");
+        confirmed.iter().all(|b| got.iter().any(|(g, _)| g == b))
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = within("the consumer to stop", consuming).await;
+    let got = received.lock().expect("received").clone();
+    let mut seen = std::collections::HashSet::new();
+    for (body, redelivered) in &got {
+        if !seen.insert(body.clone()) {
+            assert!(
+                redelivered,
+                "{body} delivered again without the redelivered flag"
+            );
+        }
+    }
+    assert!(
+        cancels.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the forwarded consumer was cancelled when the leader died"
+    );
+}
+
+/// A pika consumer on n2 of n1's queue, without acks or prefetch, that
+/// stops reading its socket until told to go on, then counts what it gets.
+const STALLED_CONSUMER: &str = r#"
+import sys, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+got = 0
+def on_message(ch, method, props, body):
+    global got
+    got += 1
+ch.basic_consume("firehose", on_message, auto_ack=True)
+print("consuming", flush=True)
+sys.stdin.readline()
+while got < int(sys.argv[2]):
+    conn.process_data_events(time_limit=1)
+print(got, flush=True)
+"#;
+
+/// A consumer with neither acks nor prefetch through a forwarding node,
+/// whose client stops reading: the owner keeps the queue's messages (it
+/// pushes a bounded window that the forwarding node has not handed to its
+/// client), instead of the forwarding node buffering all of them; once
+/// the client reads again it gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_consumer_that_does_not_read_leaves_the_messages_on_the_owner() {
+    let pika = std::process::Command::new("python3")
+        .args(["-c", "import pika"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !pika {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "CI=true but python3 -c 'import pika' fails");
+        eprintln!("skipping: python3 with pika is not installed");
+        return;
+    }
+    const COUNT: usize = 640;
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let ch1 = n1.create_channel().await.expect("channel");
+    declare_durable(&ch1, "firehose").await;
+    c.until("n2 to know `firehose`", || async {
+        has(&c, 1, "/api/queues/%2F/firehose").await
+    })
+    .await;
+    let body = vec![1u8; 64 << 10];
+    for _ in 0..COUNT {
+        ch1.basic_publish(
+            "",
+            "firehose",
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    c.until("40 MiB in n1's queue", || async {
+        messages(&c, 0, "firehose").await == COUNT as u64
+    })
+    .await;
+
+    let mut child = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            STALLED_CONSUMER,
+            &c.nodes[1].amqp_uri(),
+            &COUNT.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        child.stdout.take().expect("stdout"),
+    ));
+    let line = within("the pika consumer to start", lines.next_line()).await;
+    assert_eq!(line.expect("read").as_deref(), Some("consuming"));
+    c.until("n1 to push deliveries", || async {
+        messages(&c, 0, "firehose").await < COUNT as u64
+    })
+    .await;
+    // Without flow control, n1 would push the whole queue within
+    // milliseconds; with it, it stops at its window plus what the sockets
+    // and n2's output window hold (a few MiB).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let left = messages(&c, 0, "firehose").await;
+    assert!(
+        left > 200,
+        "n1 pushed all but {left} messages to a client that does not read"
+    );
+    // Reading again, it gets them all.
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
+        .await
+        .expect("write");
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the pika consumer to finish");
+    assert_eq!(line.expect("read"), Some(COUNT.to_string()));
+    assert_eq!(messages(&c, 0, "firehose").await, 0);
+}

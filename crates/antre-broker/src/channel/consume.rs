@@ -22,6 +22,7 @@ impl Channel {
         }
         if m.global {
             self.credit.set_limit(m.prefetch_count.into());
+            self.qos_remote(m.prefetch_count);
             self.kick_consumers();
         } else {
             self.prefetch = m.prefetch_count.into();
@@ -46,7 +47,7 @@ impl Channel {
             }
             let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
             if let Some(owner) = self.ctx.vhost.remote_owner(&queue_name) {
-                return self.consume_remote(m, queue_name, &owner, out);
+                return self.consume_remote(m, &queue, &owner, out);
             }
             queue
         };
@@ -194,7 +195,8 @@ impl Channel {
         }
         let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
         if let Some(owner) = self.ctx.vhost.remote_owner(&queue_name) {
-            return self.get_remote(m, queue_name, &owner, out);
+            let timeout = queue.args().consumer_timeout;
+            return self.get_remote(m, queue_name, &owner, timeout, out);
         }
         let Some((entry, message_count)) = queue.get(m.no_ack) else {
             self.ctx.broker.metrics.get_empty.inc();
@@ -393,7 +395,8 @@ impl Channel {
         for u in self.unacked.values() {
             let own = match &u.source {
                 Source::Queue { queue, .. } => queue.args().consumer_timeout,
-                Source::Stream(_) | Source::Remote { .. } => None,
+                Source::Remote { timeout, .. } => *timeout,
+                Source::Stream(_) => None,
             };
             let Some(timeout) = own.or(default_ms) else {
                 continue;

@@ -67,6 +67,8 @@ pub(crate) enum Source {
     Remote {
         channel: Arc<dyn crate::remote::RemoteChannel>,
         tag: u64,
+        /// The queue's consumer timeout (ms), if it has one.
+        timeout: Option<u64>,
     },
 }
 
@@ -179,6 +181,11 @@ pub struct Channel {
     next_group: u64,
     /// Remote targets of the publish being routed.
     remote_pending: Option<remote::RemoteItem>,
+    /// The nodes this channel forwarded publishes to, for flow control.
+    forwarded_to: Vec<Arc<str>>,
+    /// Deliveries of other nodes' queues held while the channel-wide
+    /// prefetch window is full (see [`remote`]).
+    remote_held: std::collections::VecDeque<crate::remote::RemoteDelivery>,
 }
 
 /// The sync token that stands for a transaction commit (confirm tokens are
@@ -224,6 +231,8 @@ impl Channel {
             remotes: HashMap::new(),
             remote_channels: HashMap::new(),
             remote_window: Vec::new(),
+            forwarded_to: Vec::new(),
+            remote_held: std::collections::VecDeque::new(),
             window_refused: Vec::new(),
             remote_groups: std::collections::VecDeque::new(),
             next_group: 1,
@@ -268,6 +277,10 @@ impl Channel {
             let start = out.len();
             self.pump_streams(out);
             self.hold_after(out, start, false);
+        }
+        if !self.remote_held.is_empty() {
+            // Forwarded deliveries the channel-wide window held back.
+            self.release_held_remote(out);
         }
         result
     }

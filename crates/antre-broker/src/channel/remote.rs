@@ -13,6 +13,14 @@
 //! does not have yet. While any group is outstanding, later flushes become
 //! groups too (possibly with nothing remote), to keep that order.
 //!
+//! **Prefetch.** A forwarded consumer's own prefetch is its credit on the
+//! owner. The channel-wide window (`basic.qos` with `global=true`) is
+//! this channel's, shared with its local consumers: each proxy channel
+//! gets it as its own global window (so an owner never sends more than
+//! it), and a forwarded delivery takes a place in this channel's window
+//! before it goes to the client; one that finds the window full waits
+//! here, in order, until a settle frees a place.
+//!
 //! [`RemoteQueues::publish`]: crate::remote::RemoteQueues::publish
 
 use std::sync::Arc;
@@ -24,6 +32,7 @@ use parking_lot::Mutex;
 use super::{Channel, Mode, Outgoing, Source, Unacked, TX_COMMIT_TOKEN};
 use crate::error::BrokerError;
 use crate::message::Message;
+use crate::queue::{Credit, Queue, QueueKind};
 use crate::remote::{RemoteChannel, RemoteDelivery, RemotePublish, RemoteResult};
 
 /// Sync token flag: every remote answer of the group in the low bits came.
@@ -39,6 +48,12 @@ const NO_CONFIRM: u64 = 0;
 pub(crate) struct RemoteSub {
     pub(crate) channel: Arc<dyn RemoteChannel>,
     pub(crate) no_ack: bool,
+    /// Its window here: unlimited (the owner enforces its prefetch), it
+    /// only counts, so that a settle gives the channel-wide window back.
+    pub(crate) credit: Arc<Credit>,
+    /// The queue's consumer timeout (ms), if it has one: this node's
+    /// session enforces it, as the owner does for its own clients.
+    pub(crate) timeout: Option<u64>,
 }
 
 /// A publish routed (also) to other nodes' queues, waiting for the flush.
@@ -151,10 +166,19 @@ impl Channel {
     pub(super) fn consume_remote(
         &mut self,
         m: BasicConsume,
-        queue: String,
+        local: &Arc<Queue>,
         owner: &str,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
+        let queue = local.name.clone();
+        let global = u16::try_from(self.credit.limit()).unwrap_or(u16::MAX);
+        if local.kind() == QueueKind::Quorum && global > 0 {
+            // As for a local quorum queue: no channel-wide prefetch.
+            return Err(BrokerError::NotImplemented(format!(
+                "{} does not support global qos",
+                crate::error::queue_ref(&self.ctx.vhost.name, &queue)
+            )));
+        }
         let tag: Arc<str> = if m.consumer_tag.is_empty() {
             crate::vhost::generated_name("amq.ctag-").into()
         } else {
@@ -179,6 +203,17 @@ impl Channel {
             }
             .into(),
         )?;
+        if global > 0 {
+            // The owner never sends this channel more than its window.
+            rc.call(
+                BasicQos {
+                    prefetch_size: 0,
+                    prefetch_count: global,
+                    global: true,
+                }
+                .into(),
+            )?;
+        }
         // Registered before the call: the owner may deliver before its
         // consume-ok comes back, and deliveries wait behind this handler.
         self.remotes.insert(
@@ -186,6 +221,8 @@ impl Channel {
             RemoteSub {
                 channel: Arc::clone(&rc),
                 no_ack: m.no_ack,
+                credit: Credit::new(0),
+                timeout: local.args().consumer_timeout,
             },
         );
         let call = rc.call(
@@ -267,6 +304,7 @@ impl Channel {
         let Some(sub) = self.remotes.remove(tag) else {
             return false;
         };
+        self.release_held_remote_of(tag);
         let cancel = BasicCancel {
             consumer_tag: tag.to_owned(),
             nowait: false,
@@ -283,6 +321,7 @@ impl Channel {
         let Some(sub) = self.remotes.remove(tag) else {
             return false;
         };
+        self.release_held_remote_of(tag);
         sub.channel.cast(vec![BasicCancel {
             consumer_tag: tag.to_owned(),
             nowait: true,
@@ -297,6 +336,7 @@ impl Channel {
         m: BasicGet,
         queue: String,
         owner: &str,
+        timeout: Option<u64>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
         self.flush_remote_window(out);
@@ -327,6 +367,7 @@ impl Channel {
                                 source: Source::Remote {
                                     channel: Arc::clone(&rc),
                                     tag: ok.delivery_tag,
+                                    timeout,
                                 },
                                 credit: None,
                                 delivered_at: self.ctx.broker.clock().now_ms(),
@@ -386,13 +427,94 @@ impl Channel {
     /// emits basic.deliver. One for a consumer cancelled meanwhile goes
     /// back. Returns false (the owner keeps the consumer's window).
     pub fn deliver_remote(&mut self, d: RemoteDelivery, out: &mut Vec<Outgoing>) -> bool {
-        let no_ack = match self.remotes.get(d.consumer_tag.as_str()) {
-            Some(sub) if same(&sub.channel, &d.channel) => sub.no_ack,
+        d.channel
+            .taken(d.message.body.len() as u64 + crate::queue::DELIVERY_OVERHEAD);
+        let (no_ack, credit, timeout) = match self.remotes.get(d.consumer_tag.as_str()) {
+            Some(sub) if same(&sub.channel, &d.channel) => {
+                (sub.no_ack, Arc::clone(&sub.credit), sub.timeout)
+            }
             _ => {
                 Self::refuse_remote(&d);
                 return false;
             }
         };
+        // No-ack consumers ignore windows, as local ones do; others wait
+        // for a place in the channel-wide window, behind those waiting.
+        if !no_ack && (!self.remote_held.is_empty() || !self.credit.try_take()) {
+            self.remote_held.push_back(d);
+            return false;
+        }
+        self.emit_remote(d, no_ack, credit, timeout, out);
+        false
+    }
+
+    /// Hands the deliveries the channel-wide window held to the client, in
+    /// order, as far as the window has room now.
+    pub(super) fn release_held_remote(&mut self, out: &mut Vec<Outgoing>) {
+        while let Some(d) = self.remote_held.front() {
+            let sub = match self.remotes.get(d.consumer_tag.as_str()) {
+                Some(sub) if same(&sub.channel, &d.channel) => {
+                    Some((Arc::clone(&sub.credit), sub.timeout))
+                }
+                _ => None,
+            };
+            let Some((credit, timeout)) = sub else {
+                if let Some(d) = self.remote_held.pop_front() {
+                    Self::refuse_remote(&d);
+                }
+                continue;
+            };
+            if !self.credit.try_take() {
+                return;
+            }
+            if let Some(d) = self.remote_held.pop_front() {
+                self.emit_remote(d, false, credit, timeout, out);
+            }
+        }
+    }
+
+    /// A consumer was cancelled: what the window held for it goes back to
+    /// its queue on the owner.
+    fn release_held_remote_of(&mut self, tag: &str) {
+        self.remote_held.retain(|d| {
+            let keep = d.consumer_tag != tag;
+            if !keep {
+                Self::refuse_remote(d);
+            }
+            keep
+        });
+    }
+
+    /// Lets this channel's queues dispatch again (on a queue's owner, once
+    /// the forwarding node gave back room for a proxy channel's
+    /// deliveries).
+    pub fn resume_deliveries(&self) {
+        self.kick_consumers();
+    }
+
+    /// Sends the channel-wide window to the proxy channels (basic.qos with
+    /// `global=true` changed it).
+    pub(super) fn qos_remote(&self, limit: u16) {
+        for rc in self.remote_channels.values() {
+            rc.cast(vec![BasicQos {
+                prefetch_size: 0,
+                prefetch_count: limit,
+                global: true,
+            }
+            .into()]);
+        }
+    }
+
+    /// Emits basic.deliver for a forwarded delivery under this channel's
+    /// next tag (its place in the channel's window already taken).
+    fn emit_remote(
+        &mut self,
+        d: RemoteDelivery,
+        no_ack: bool,
+        credit: Arc<Credit>,
+        timeout: Option<u64>,
+        out: &mut Vec<Outgoing>,
+    ) {
         let start = out.len();
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
@@ -414,20 +536,21 @@ impl Channel {
             d.message,
         ));
         if !no_ack {
+            credit.try_take();
             self.unacked.insert(
                 delivery_tag,
                 Unacked {
                     source: Source::Remote {
                         channel: d.channel,
                         tag: d.remote_tag,
+                        timeout,
                     },
-                    credit: None,
+                    credit: Some(credit),
                     delivered_at: self.ctx.broker.clock().now_ms(),
                 },
             );
         }
         self.hold_after(out, start, false);
-        false
     }
 
     /// Gives a delivery for a consumer that is gone back to its queue on
@@ -467,7 +590,7 @@ impl Channel {
             let prefix = tags.len() > 1
                 && tags.windows(2).all(|w| w[1] == w[0] + 1)
                 && !self.unacked.values().any(|u| {
-                    matches!(&u.source, Source::Remote { channel, tag } if same(channel, &rc) && *tag < max)
+                    matches!(&u.source, Source::Remote { channel, tag, .. } if same(channel, &rc) && *tag < max)
                 });
             let methods: Vec<Method> = if prefix {
                 vec![settle_method(how, max, true)]
@@ -480,9 +603,22 @@ impl Channel {
         }
     }
 
+    /// A node this channel forwards publishes to whose link is congested
+    /// (see [`crate::remote::RemoteQueues::congested`]): the session then
+    /// blocks the connection, as the memory alarm does.
+    pub fn forward_congested(&self) -> Option<&str> {
+        let remote = self.ctx.broker.remote_queues()?;
+        self.forwarded_to
+            .iter()
+            .find(|owner| remote.congested(owner))
+            .map(|owner| &**owner)
+    }
+
     /// Channel close, after its consumers were cancelled: closes the proxy
     /// channels (the owners requeue what this channel did not settle).
     pub(super) fn close_remote(&mut self) {
+        // The owners requeue what the window held with the rest.
+        self.remote_held.clear();
         for (_, rc) in self.remote_channels.drain() {
             rc.close();
         }
@@ -555,6 +691,9 @@ impl Channel {
         };
         let remote = self.ctx.broker.remote_queues().cloned();
         for (owner, batch, indices) in per_owner {
+            if !self.forwarded_to.contains(&owner) {
+                self.forwarded_to.push(Arc::clone(&owner));
+            }
             let slot: Slot = Arc::default();
             group.batches.push((Arc::clone(&slot), indices));
             let sink = Arc::clone(&self.sink);

@@ -116,7 +116,7 @@ impl Channel {
             }
             let (queue, entry) = match u.source {
                 Source::Queue { queue, entry } => (queue, entry),
-                Source::Remote { channel, tag } => {
+                Source::Remote { channel, tag, .. } => {
                     remote.push((channel, tag));
                     continue;
                 }

@@ -478,8 +478,23 @@ impl Session {
     /// Applies the broker's resource alarms (see [`Session::set_alarm`]).
     /// Returns whether the server should stop reading the client.
     pub fn apply_alarms(&mut self) -> bool {
-        let reason = self.broker.alarms.state().reason();
-        self.set_alarm(reason)
+        if let Some(reason) = self.broker.alarms.state().reason() {
+            return self.set_alarm(Some(reason));
+        }
+        // In a cluster, a full link to a node this connection forwards
+        // publishes to blocks it too (and only it: other clients of this
+        // node keep publishing to its own queues).
+        if self.has_published && self.broker.remote_queues().is_some() {
+            let congested = self.channels.values().find_map(|slot| match slot {
+                frames::Slot::Open { channel, .. } => channel.forward_congested(),
+                frames::Slot::Closing => None,
+            });
+            if let Some(owner) = congested {
+                let reason = format!("the cluster link to node '{owner}' is full");
+                return self.set_alarm(Some(&reason));
+            }
+        }
+        self.set_alarm(None)
     }
 
     /// Blocks or unblocks the client because of a resource alarm; only a

@@ -111,6 +111,9 @@ pub struct Vhost {
     /// auto-delete queue's last consumer leaving, `x-expires`) are proposed
     /// so that every node forgets the queue.
     metadata: std::sync::OnceLock<Arc<dyn crate::cluster::MetadataLog>>,
+    /// In a cluster, where the messages this vhost routes itself (dead
+    /// letters, delayed releases) go when they reach another node's queue.
+    forwarder: std::sync::OnceLock<Arc<dyn crate::remote::RemoteQueues>>,
 }
 
 /// What [`Vhost::max_queues`] holds when no queue limit is set.
@@ -131,6 +134,7 @@ impl Vhost {
             has_remote: AtomicBool::new(false),
             quorum: RwLock::default(),
             metadata: std::sync::OnceLock::new(),
+            forwarder: std::sync::OnceLock::new(),
         }
     }
 
@@ -160,6 +164,7 @@ impl Vhost {
             has_remote: AtomicBool::new(false),
             quorum: RwLock::default(),
             metadata: std::sync::OnceLock::new(),
+            forwarder: std::sync::OnceLock::new(),
         })
     }
 
@@ -198,6 +203,12 @@ impl Vhost {
     /// Makes this vhost a cluster node's (see the `metadata` field).
     pub(crate) fn set_metadata_log(&self, log: Arc<dyn crate::cluster::MetadataLog>) {
         let _ = self.metadata.set(log);
+    }
+
+    /// Makes this vhost forward the messages it routes itself to other
+    /// nodes' queues through `remote` (see the `forwarder` field).
+    pub(crate) fn set_forwarder(&self, remote: Arc<dyn crate::remote::RemoteQueues>) {
+        let _ = self.forwarder.set(remote);
     }
 
     /// Records that the queue `name` is owned by the node `owner` (in a

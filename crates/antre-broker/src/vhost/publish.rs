@@ -148,6 +148,11 @@ impl Vhost {
         }
         if self.has_remote.load(std::sync::atomic::Ordering::Acquire) {
             self.leave_out_remote(&mut targets, source, &mut outcome.remote)?;
+            if !source.is_publisher() && !outcome.remote.is_empty() {
+                // Nobody's channel forwards what the broker routes itself.
+                let remote = std::mem::take(&mut outcome.remote);
+                self.forward_internal(&message, remote, source);
+            }
         }
         if targets.is_empty() && outcome.remote.is_empty() && source.is_publisher() {
             self.metrics.unroutable.inc();
@@ -191,11 +196,10 @@ impl Vhost {
     }
 
     /// In a cluster, a queue another node owns is left out of the local
-    /// targets: a client's message for it goes to `remote` (its channel
-    /// forwards it to the owner); the management API's publish is refused
-    /// (it does not forward); a dead letter or a delayed release drops
-    /// that queue from its targets, with a warning (this node must not
-    /// keep a second copy).
+    /// targets and listed in `remote`: a client's channel forwards its
+    /// message there, and a dead letter or a delayed release is forwarded
+    /// by [`Vhost::forward_internal`]; the management API's publish is
+    /// refused (it does not forward).
     fn leave_out_remote(
         &self,
         targets: &mut Targets,
@@ -213,22 +217,74 @@ impl Vhost {
             }
         }
         targets.queues.retain(|q| match remote.get(&q.name) {
-            Some(owner) if source == PublishSource::Client => {
-                remote_targets.push((Arc::clone(owner), q.name.clone()));
-                false
-            }
             Some(owner) => {
-                tracing::warn!(
-                    vhost = self.name,
-                    queue = q.name,
-                    owner = &**owner,
-                    "dropping a message for a queue another cluster node owns"
-                );
+                remote_targets.push((Arc::clone(owner), q.name.clone()));
                 false
             }
             None => true,
         });
         Ok(())
+    }
+
+    /// Hands a message this vhost routed itself (a dead letter, a delayed
+    /// release) to the owners of the `targets` it reached on other nodes,
+    /// one batch per owner, in order behind what this node sent them
+    /// before. Nobody waits for the answer: like RabbitMQ's dead-lettering
+    /// of classic queues this is at most once, but a message that does not
+    /// get there (its owner unreachable, its disk failing) is counted
+    /// (`antre_cluster_internal_forwards_failed_total`) and logged, never
+    /// dropped silently.
+    fn forward_internal(
+        &self,
+        message: &Arc<Message>,
+        targets: Vec<(Arc<str>, String)>,
+        source: PublishSource,
+    ) {
+        let what = match source {
+            PublishSource::DelayedRelease => "delayed message",
+            _ => "dead letter",
+        };
+        let mut per_owner: Vec<(Arc<str>, Vec<String>)> = Vec::new();
+        for (owner, queue) in targets {
+            match per_owner.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, queues)) => queues.push(queue),
+                None => per_owner.push((owner, vec![queue])),
+            }
+        }
+        let Some(remote) = self.forwarder.get() else {
+            let n = per_owner.len() as u64;
+            self.metrics.internal_forwards_failed.add(n);
+            tracing::warn!(
+                vhost = self.name,
+                "dropping a {what} for a queue another cluster node owns: this node does not forward"
+            );
+            return;
+        };
+        for (owner, queues) in per_owner {
+            let metrics = Arc::clone(&self.metrics);
+            let vhost = self.name.clone();
+            let node = Arc::clone(&owner);
+            let named = queues.join(", ");
+            let done: crate::remote::RemoteDone = Box::new(move |results| {
+                use crate::remote::RemoteResult;
+                // A queue deleted meanwhile (Gone) or one that refused it
+                // (overflow) is as for a local queue: routed nowhere.
+                if results.contains(&RemoteResult::Failed) {
+                    metrics.internal_forwards_failed.inc();
+                    tracing::warn!(
+                        vhost,
+                        queues = named,
+                        node = &*node,
+                        "a {what} for queues of cluster node '{node}' did not reach them"
+                    );
+                }
+            });
+            let batch = vec![crate::remote::RemotePublish {
+                queues,
+                message: Arc::clone(message),
+            }];
+            remote.publish(&owner, &self.name, batch, done);
+        }
     }
 
     /// Enqueues a message another cluster node routed (and forwarded) to
@@ -258,6 +314,24 @@ impl Vhost {
         let mut work = DeadLetterWork::new();
         let mut result = Ok(());
         for q in &targets {
+            if q.replica().is_some() {
+                // This node leads the quorum queue: the message enters its
+                // engine once the group committed it, as for a client of
+                // this node (the confirm waits for that commit).
+                match q.replicate(&message) {
+                    Ok(Some(batch)) => {
+                        outcome.routed += 1;
+                        add_once(&mut outcome.stored, batch);
+                    }
+                    Ok(None) => outcome.rejected = true,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                work.collect(q);
+                continue;
+            }
             match q.publish(Arc::clone(&message)) {
                 Ok(Enqueued::Accepted { stored }) => {
                     outcome.routed += 1;

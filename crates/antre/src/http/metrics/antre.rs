@@ -23,7 +23,7 @@ pub fn render(p: &mut Page, state: &HttpState) {
         "Seconds since the broker started.",
         state.started.elapsed().as_secs_f64(),
     );
-    let counters: [(&str, &str, u64); 8] = [
+    let counters: [(&str, &str, u64); 9] = [
         (
             "antre_messages_published_total",
             "Messages published by clients.",
@@ -63,6 +63,11 @@ pub fn render(p: &mut Page, state: &HttpState) {
             "antre_dead_letters_dropped_total",
             "Dead letters dropped because one operation caused more than the dead-letter budget allows.",
             m.dead_letters_dropped.get(),
+        ),
+        (
+            "antre_cluster_internal_forwards_failed_total",
+            "Dead letters and delayed messages for a queue on another cluster node that did not reach it.",
+            m.internal_forwards_failed.get(),
         ),
     ];
     for (name, help, value) in counters {
