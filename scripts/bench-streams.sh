@@ -22,6 +22,11 @@
 #                     starves; the AMQP client runs on one thread)
 #   --out DIR         where the JSON reports and logs go
 #                     (default target/bench-streams-<date>)
+#   --pin             each broker on CPU 0 and the client on CPU 1 (taskset):
+#                     on a 2-core machine the client otherwise competes with
+#                     the broker it measures. Both brokers size themselves
+#                     to the one CPU they see (Erlang starts one scheduler,
+#                     tokio one worker).
 #
 # RabbitMQ runs as its own node (RABBIT_NODE, default
 # bench-streams@localhost) on side ports: AMQP RABBIT_PORT (default 5694),
@@ -45,6 +50,8 @@ WITH_RABBIT=1
 ANTRE_BIN=""
 STREAM_THREADS=2
 OUT=""
+BROKER_CPU=()
+CLIENT_CPU=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --messages) MESSAGES=$2; shift 2 ;;
@@ -56,7 +63,8 @@ while [ $# -gt 0 ]; do
         --antre-bin) ANTRE_BIN=$2; shift 2 ;;
         --stream-threads) STREAM_THREADS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
-        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        --pin) BROKER_CPU=(taskset -c 0); CLIENT_CPU=(taskset -c 1); shift ;;
+        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -106,10 +114,11 @@ EOF
         chown rabbitmq: "$RABBIT_DIR"
         # Debian's wrapper would reset the fd limit to 1024: run the server
         # script itself as the rabbitmq user.
-        (cd /var/lib/rabbitmq && ulimit -n 20000 && setpriv --reuid rabbitmq --regid rabbitmq \
+        (cd /var/lib/rabbitmq && ulimit -n 20000 && ${BROKER_CPU[@]+"${BROKER_CPU[@]}"} \
+            setpriv --reuid rabbitmq --regid rabbitmq \
             --init-groups env "${env[@]}" /usr/lib/rabbitmq/bin/rabbitmq-server -detached)
     else
-        env "${env[@]}" rabbitmq-server -detached
+        ${BROKER_CPU[@]+"${BROKER_CPU[@]}"} env "${env[@]}" rabbitmq-server -detached
     fi
     for _ in $(seq 1 240); do
         rabbitctl ping >/dev/null 2>&1 && break
@@ -132,7 +141,7 @@ ANTRE_PID=""
 ANTRE_DATA=""
 start_antre() {
     ANTRE_DATA=$(mktemp -d /tmp/bench-streams-antre.XXXXXX)
-    "$ANTRE" serve --amqp-listen "$ANTRE_AMQP" --stream-listen "$ANTRE_STREAM" \
+    ${BROKER_CPU[@]+"${BROKER_CPU[@]}"} "$ANTRE" serve --amqp-listen "$ANTRE_AMQP" --stream-listen "$ANTRE_STREAM" \
         --http-listen off --data-dir "$ANTRE_DATA" >>"$OUT/antre.log" 2>&1 &
     ANTRE_PID=$!
     for _ in $(seq 1 600); do
@@ -180,7 +189,7 @@ for protocol in ${PROTOCOLS//,/ }; do
                 stream-lean) client=lean ;;
             esac
             log "$b $protocol: $MESSAGES messages, $c consumers"
-            "$BENCH" --threads "$threads" stream --protocol "$proto" --client "$client" \
+            ${CLIENT_CPU[@]+"${CLIENT_CPU[@]}"} "$BENCH" --threads "$threads" stream --protocol "$proto" --client "$client" \
                 --uri "amqp://guest:guest@$amqp/%2f" \
                 --host 127.0.0.1 --port "$sport" -n "$MESSAGES" -s "$SIZE" -c "$c" \
                 --pid "$pid" --broker "$b" --json "$OUT/$protocol-c$c-$b.json" \
