@@ -355,9 +355,13 @@ impl StateMachine {
             }
         }
         let (vhost, name, node, add) = (vhost.clone(), name.clone(), node.clone(), *add);
-        let result = self.broker.apply_meta(command);
+        let result = self.broker.apply_meta(command.clone());
         if result.is_err() {
             return Ok(result);
+        }
+        let hooks: Vec<AppliedHook> = self.hooks.lock().clone();
+        for hook in &hooks {
+            hook(&command);
         }
         let mut state = self.state.lock();
         let Some(def) = state.quorum.get_mut(&key) else {

@@ -457,7 +457,8 @@ impl QueueGroups {
         deadline: Instant,
     ) -> Result<bool, GroupOpError> {
         let me = self.link.config.node_id();
-        let lease = Duration::from_millis(ELECTION_MAX_MS + 50);
+        // openraft's followers hold the lease for `election_timeout_max`.
+        let lease = Duration::from_millis(g.raft.config().election_timeout_max + 50);
         let mut metrics = g.raft.metrics();
         let mut lease_from: Option<Instant> = None;
         let mut next_ask = Instant::now();
