@@ -272,6 +272,23 @@ pub enum MetaCommand {
         /// The leader's node name.
         leader: String,
     },
+    /// Adds a member to a quorum queue's group, or (with `add` false)
+    /// removes one: the replicated member list every node knows (`rabbitmq-queues
+    /// add_member` / `delete_member`). The group's own Raft membership is
+    /// changed by its leader around it (see `antre_cluster::queue_group::members`):
+    /// a new member is recorded first (so it starts its replica and can be
+    /// sent the log), a removed one last (so it serves until the group no
+    /// longer counts it).
+    QueueMember {
+        /// The vhost.
+        vhost: String,
+        /// The queue.
+        name: String,
+        /// The member's node name.
+        node: String,
+        /// Add (else remove).
+        add: bool,
+    },
     /// queue.bind / exchange.bind (`unbind`: the unbind of each).
     Binding {
         /// Unbind rather than bind.
@@ -348,6 +365,15 @@ impl MetaCommand {
             MetaCommand::DeclareExchange { vhost, name, .. } => {
                 format!("declare exchange {name} in {vhost}")
             }
+            MetaCommand::QueueMember {
+                vhost,
+                name,
+                node,
+                add,
+            } => format!(
+                "{} member {node} of queue {name} in {vhost}",
+                if *add { "add" } else { "remove" }
+            ),
             other => format!("{other:?}").chars().take(120).collect(),
         }
     }
@@ -468,8 +494,43 @@ pub struct QuorumDef {
     pub name: String,
     /// Its members' node names, the declaring node first.
     pub members: Vec<String>,
+    /// The members added after the declare (`add_member`, `grow`): they
+    /// start without bootstrapping the group and wait for its leader to
+    /// send them the log. The others bootstrapped it together.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<String>,
     /// The group's id (stable for this declaration of the queue).
     pub group: String,
+}
+
+/// Whether adding (`add`) or removing `node` to or from a quorum queue
+/// whose members are `members` makes sense: the refusals RabbitMQ's
+/// `add_member` and `delete_member` give, with antre's wording. Used by the
+/// apply and by the cluster before it proposes the change.
+pub fn check_member_change(
+    members: &[String],
+    queue: &str,
+    vhost: &str,
+    node: &str,
+    add: bool,
+) -> Result<(), BrokerError> {
+    let is_member = members.iter().any(|m| m == node);
+    if add && is_member {
+        return Err(BrokerError::PreconditionFailed(format!(
+            "node '{node}' is already a member of queue '{queue}' in vhost '{vhost}'"
+        )));
+    }
+    if !add && !is_member {
+        return Err(BrokerError::PreconditionFailed(format!(
+            "node '{node}' is not a member of queue '{queue}' in vhost '{vhost}'"
+        )));
+    }
+    if !add && members.len() == 1 {
+        return Err(BrokerError::PreconditionFailed(format!(
+            "node '{node}' is the last member of queue '{queue}' in vhost '{vhost}': delete the queue instead"
+        )));
+    }
+    Ok(())
 }
 
 /// A change handed to the wrong half of [`Broker::apply_meta`] (a bug).
@@ -706,6 +767,15 @@ impl Broker {
                 }
                 MetaOutcome::Done
             }
+            C::QueueMember {
+                vhost,
+                name,
+                node,
+                add,
+            } => {
+                self.apply_queue_member(&vhost, &name, &node, add)?;
+                MetaOutcome::Done
+            }
             C::DeleteQueue {
                 vhost,
                 name,
@@ -776,6 +846,55 @@ impl Broker {
             name: q.name().to_owned(),
             counts,
         })
+    }
+
+    /// A replicated change of a quorum queue's member list: checks it as
+    /// `rabbitmq-queues add_member`/`delete_member` do (the queue exists
+    /// and is a quorum queue; the node is not already a member / is one;
+    /// the last member stays) and records the new list. On a node that is
+    /// no longer a member, the queue lives where its leader is.
+    fn apply_queue_member(
+        &self,
+        vhost: &str,
+        name: &str,
+        node: &str,
+        add: bool,
+    ) -> Result<(), BrokerError> {
+        let v = self.vhost_or_404(vhost)?;
+        if !v.has_queue(name) {
+            return Err(BrokerError::NotFound(format!(
+                "no queue '{name}' in vhost '{vhost}'"
+            )));
+        }
+        let Some(mut info) = v.quorum_info(name) else {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{vhost}' is not a quorum queue"
+            )));
+        };
+        check_member_change(&info.members, name, vhost, node, add)?;
+        if add {
+            info.members.push(node.to_owned());
+        } else {
+            info.members.retain(|m| m != node);
+        }
+        let me = self.node_name().unwrap_or_default();
+        let member = info.members.iter().any(|m| m == me);
+        if !member {
+            // Not (or no longer) a member: publishes and consumers go to
+            // the leader. A leader recorded that is no member any more
+            // (this node, or the one just removed) is stale: a remaining
+            // member until the new leader announces itself.
+            let leader = match &info.leader {
+                Some(l) if l != me && info.members.contains(l) => Some(l.clone()),
+                _ => info.members.first().cloned(),
+            };
+            v.set_remote_owner(name, leader.as_deref());
+            if let Some(l) = leader {
+                info.leader = Some(l);
+            }
+        }
+        v.set_quorum_info(name, Some(info));
+        Ok(())
     }
 
     /// The whole replicated metadata, for a cluster snapshot.
@@ -984,6 +1103,63 @@ mod tests {
             })
             .unwrap();
         assert_eq!(v.remote_owner("q"), None);
+    }
+
+    #[test]
+    fn a_quorum_queues_members_change_as_rabbitmq_queues_allows() {
+        let broker = Broker::new();
+        broker
+            .apply_meta(MetaCommand::DeclareQueue {
+                vhost: "/".into(),
+                name: "q".into(),
+                durable: true,
+                auto_delete: false,
+                arguments: WireTable::default(),
+                owner: "n1".into(),
+            })
+            .unwrap();
+        let member = |node: &str, add: bool| MetaCommand::QueueMember {
+            vhost: "/".into(),
+            name: "q".into(),
+            node: node.into(),
+            add,
+        };
+        let refused = |r: Result<MetaOutcome, MetaError>| match r {
+            Err(MetaError::Broker(e)) => e.to_string(),
+            other => panic!("not refused: {other:?}"),
+        };
+        // A classic queue has no members to change.
+        assert!(refused(broker.apply_meta(member("n2", true))).contains("not a quorum queue"));
+        let v = broker.vhost("/").unwrap();
+        v.set_quorum_info(
+            "q",
+            Some(crate::vhost::QuorumInfo {
+                members: vec!["n1".into()],
+                leader: Some("n1".into()),
+            }),
+        );
+        broker.apply_meta(member("n2", true)).unwrap();
+        assert_eq!(v.quorum_info("q").unwrap().members, ["n1", "n2"]);
+        assert!(refused(broker.apply_meta(member("n2", true))).contains("already a member"));
+        assert!(refused(broker.apply_meta(member("n3", false))).contains("not a member"));
+        broker.apply_meta(member("n1", false)).unwrap();
+        let info = v.quorum_info("q").unwrap();
+        assert_eq!(info.members, ["n2"]);
+        // Not a member here (a single node has no name, so it is none):
+        // the queue lives with its remaining member, not the removed leader.
+        assert_eq!(v.remote_owner("q").as_deref(), Some("n2"));
+        assert_eq!(info.leader.as_deref(), Some("n2"));
+        assert!(refused(broker.apply_meta(member("n2", false))).contains("last member"));
+        let missing = MetaCommand::QueueMember {
+            vhost: "/".into(),
+            name: "nope".into(),
+            node: "n1".into(),
+            add: true,
+        };
+        assert!(matches!(
+            broker.apply_meta(missing),
+            Err(MetaError::Broker(BrokerError::NotFound(_)))
+        ));
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! - [`membership`]: who the members are, adding and removing them;
 //! - [`stream`]: the byte stream under the link, plain TCP or mutual TLS.
 //! - [`queue_group`]: quorum queues, one Raft group per queue, whose
-//!   leader runs the queue's engine.
+//!   leader runs the queue's engine; [`queue_group::members`]: adding and
+//!   removing a queue's members, rebalancing leaders.
 //! - [`forward`] and [`data_wire`]: the data link that forwards publishes,
 //!   consumers, gets and purges to the node that owns a queue.
 //!

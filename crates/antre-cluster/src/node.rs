@@ -460,8 +460,16 @@ impl Cluster {
         result
     }
 
+    /// This node as an `Arc`, for tasks it spawns (None once it is gone).
+    pub(crate) fn arc(&self) -> Option<Arc<Cluster>> {
+        self.this.get().and_then(std::sync::Weak::upgrade)
+    }
+
     /// Proposes `command` and waits for this node's apply of it.
-    async fn propose_async(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+    pub(crate) async fn propose_async(
+        &self,
+        command: MetaCommand,
+    ) -> Result<MetaOutcome, MetaError> {
         let deadline = Instant::now() + self.link.config.change_timeout;
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();

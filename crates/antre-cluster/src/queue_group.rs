@@ -60,6 +60,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod members;
+
 use crate::log_store::LogStore;
 use crate::network::{CallError, Connection, Link};
 use crate::wire::{Request, Response};
@@ -500,6 +502,8 @@ pub struct Group {
     log: LogStore<QueueTypeConfig>,
     dir: PathBuf,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Proposals held while leadership is transferred (see [`members`]).
+    paused: AtomicBool,
 }
 
 impl std::fmt::Debug for Group {
@@ -521,6 +525,9 @@ pub struct QueueGroups {
     /// Where a member is dialled, from the metadata group's membership:
     /// a node that joined later is in no peer list.
     addresses: std::sync::OnceLock<AddressBook>,
+    /// Every quorum queue's definition and the replica slot of each queue
+    /// this node was a member of (see [`members`]).
+    known: members::Known,
 }
 
 /// Looks up a node's cluster address by its Raft id.
@@ -548,6 +555,7 @@ impl QueueGroups {
             runtime,
             this: this.clone(),
             addresses: std::sync::OnceLock::new(),
+            known: members::Known::default(),
         })
     }
 
@@ -572,6 +580,7 @@ impl QueueGroups {
     /// members for listings, and starts this node's replica if it is one
     /// (in the background: openraft starts asynchronously).
     pub fn declared(&self, def: &QuorumDef) {
+        self.remember(def);
         if let Some(v) = self.broker.vhost(&def.vhost) {
             let leader = v.quorum_info(&def.name).and_then(|i| i.leader);
             v.set_quorum_info(
@@ -604,6 +613,7 @@ impl QueueGroups {
 
     /// The queue is gone: stops this node's replica and removes its data.
     pub fn deleted(&self, group: &str) {
+        self.forget(group);
         let Some(g) = self.groups.lock().remove(group) else {
             // Not started (yet): remove what a previous run left.
             let _ = std::fs::remove_dir_all(self.dir.join(group));
@@ -687,6 +697,7 @@ impl QueueGroups {
         let members: BTreeMap<NodeId, BasicNode> = def
             .members
             .iter()
+            .filter(|m| !def.joined.contains(m))
             .map(|m| {
                 let id = crate::node_id_of(m);
                 let addr = self.address_of(id).map(|a| a.to_string());
@@ -695,7 +706,16 @@ impl QueueGroups {
             .collect();
         // As for the metadata group: every member bootstraps with the same
         // members; once the log has a membership openraft refuses.
-        match raft.initialize(members).await {
+        // A member added later (`add_member`) must not bootstrap: its
+        // log comes from the group's leader.
+        let init = if def.joined.iter().any(|m| m == self.me()) {
+            Err(ClusterError::Raft("added later: no bootstrap".into()))
+        } else {
+            raft.initialize(members)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))
+        };
+        match init {
             // A new queue: its declaring node stands for election at once,
             // so it usually leads (as RabbitMQ's declaring node does) and
             // the queue is usable without waiting for an election timeout.
@@ -713,7 +733,7 @@ impl QueueGroups {
             pending: Mutex::default(),
             wake: tokio::sync::Notify::new(),
         });
-        if !queue.set_replica(Arc::clone(&replica) as Arc<dyn QueueReplica>) {
+        if !self.attach(&queue, Arc::clone(&replica)) {
             let _ = raft.shutdown().await;
             return Err(ClusterError::Config(format!(
                 "quorum queue {} already has a replica",
@@ -728,6 +748,7 @@ impl QueueGroups {
             log,
             dir,
             stop: tokio::sync::watch::Sender::new(false),
+            paused: AtomicBool::new(false),
         });
         self.groups
             .lock()
@@ -825,6 +846,12 @@ async fn propose_loop(group: Arc<Group>) {
             let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                 return;
             };
+            if group.paused.load(Ordering::Acquire) {
+                // A leadership transfer is under way (members.rs): new
+                // entries would renew the followers' leases and keep the
+                // target from being elected. They wait in `pending`.
+                break;
+            }
             let (ops, batch) = {
                 let mut p = group.replica.pending.lock();
                 (std::mem::take(&mut p.ops), p.batch.take())

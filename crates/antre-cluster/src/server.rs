@@ -121,6 +121,13 @@ async fn serve_peer(
             queue @ (Request::QueueAppend { .. }
             | Request::QueueVote { .. }
             | Request::QueueSnapshot { .. }) => node.queue_groups.serve(queue).await,
+            Request::QueueMembers { group, op } => {
+                // A new member may take a while to catch up: this
+                // connection waits, as for the metadata membership.
+                let deadline =
+                    tokio::time::Instant::now() + crate::queue_group::members::CHANGE_TIMEOUT;
+                Response::QueueMembers(node.queue_groups.group_op(&group, op, deadline).await)
+            }
             Request::DataLink => {
                 let broker = node.forwarder.broker();
                 drop(node);

@@ -213,6 +213,7 @@ impl StateMachine {
             vhost: vhost.to_owned(),
             name: name.to_owned(),
             members,
+            joined: Vec::new(),
             group: crate::queue_group::group_id(vhost, name, index),
         })
     }
@@ -239,6 +240,9 @@ impl StateMachine {
         command: MetaCommand,
         index: u64,
     ) -> Result<Result<MetaOutcome, MetaError>, std::io::Error> {
+        if let MetaCommand::QueueMember { .. } = &command {
+            return self.apply_queue_member(command);
+        }
         let queue_key = match &command {
             MetaCommand::DeclareQueue {
                 vhost,
@@ -318,6 +322,63 @@ impl StateMachine {
                 self.groups.deleted(g);
             }
         }
+        Ok(result)
+    }
+
+    /// A quorum queue's member added or removed: the broker checks and
+    /// records it, then this node's definition of the group follows and
+    /// its replica starts (a new member) or stops and is removed (a removed
+    /// one). Only a member of the metadata group can be added.
+    fn apply_queue_member(
+        &self,
+        command: MetaCommand,
+    ) -> Result<Result<MetaOutcome, MetaError>, std::io::Error> {
+        let MetaCommand::QueueMember {
+            vhost,
+            name,
+            node,
+            add,
+        } = &command
+        else {
+            return Ok(Ok(MetaOutcome::Done));
+        };
+        let key = (vhost.clone(), name.clone());
+        if *add {
+            let state = self.state.lock();
+            let id = crate::node_id_of(node);
+            if state.membership.membership().get_node(&id).is_none() {
+                return Ok(Err(MetaError::Broker(
+                    antre_broker::error::BrokerError::PreconditionFailed(format!(
+                        "node '{node}' is not a member of the cluster"
+                    )),
+                )));
+            }
+        }
+        let (vhost, name, node, add) = (vhost.clone(), name.clone(), node.clone(), *add);
+        let result = self.broker.apply_meta(command.clone());
+        if result.is_err() {
+            return Ok(result);
+        }
+        let hooks: Vec<AppliedHook> = self.hooks.lock().clone();
+        for hook in &hooks {
+            hook(&command);
+        }
+        let mut state = self.state.lock();
+        let Some(def) = state.quorum.get_mut(&key) else {
+            return Ok(result);
+        };
+        if add {
+            def.members.push(node.clone());
+            def.joined.push(node.clone());
+        } else {
+            def.members.retain(|m| *m != node);
+            def.joined.retain(|m| *m != node);
+        }
+        let def = def.clone();
+        self.save(&state)?;
+        drop(state);
+        tracing::info!(vhost, queue = name, members = ?def.members, "quorum queue members changed");
+        self.groups.members_changed(&def);
         Ok(result)
     }
 
@@ -459,7 +520,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             for def in quorum.values() {
-                this.groups.declared(def);
+                // Also stops this node's replica of a queue it was
+                // removed from meanwhile.
+                this.groups.members_changed(def);
             }
             state.quorum = quorum;
             state.last_applied = meta.last_log_id;

@@ -106,6 +106,14 @@ pub enum Request {
         /// The request.
         rpc: InstallSnapshotRequest<QueueTypeConfig>,
     },
+    /// Replica management of a quorum queue's group: for its leader
+    /// (or, for an election, the member that should stand).
+    QueueMembers {
+        /// The group.
+        group: String,
+        /// What to do.
+        op: crate::queue_group::members::GroupOp,
+    },
     /// Turns this connection into a forwarding data link: from here on
     /// both sides speak [`crate::data_wire`] frames (see
     /// [`crate::forward`]). Not answered.
@@ -136,6 +144,8 @@ pub enum Response {
     QueueVote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     /// To [`Request::QueueSnapshot`].
     QueueSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// To [`Request::QueueMembers`]: whether anything changed.
+    QueueMembers(Result<bool, crate::queue_group::members::GroupOpError>),
     /// This node runs no replica of the named group (not started yet, or
     /// the queue is gone): to the sender, the member is unreachable.
     NoGroup(String),

@@ -16,6 +16,7 @@ pub mod client;
 pub mod listing;
 pub mod messages;
 pub mod policies;
+pub mod replicas;
 pub mod table;
 pub mod topology;
 
@@ -61,8 +62,9 @@ pub enum Format {
 pub enum RemoteCommand {
     /// Show the broker's state: version, listeners, totals, rates, alarms.
     Status(Remote),
-    /// List queues.
-    Queues(Listing),
+    /// List queues; manage quorum queues' members and leaders in a
+    /// cluster (add-member, delete-member, grow, shrink, rebalance).
+    Queues(QueuesArgs),
     /// List exchanges.
     Exchanges(Listing),
     /// List bindings.
@@ -160,6 +162,16 @@ impl Listing {
             None => self.remote,
         }
     }
+}
+
+/// `antre queues [list|add-member|...]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct QueuesArgs {
+    #[command(subcommand)]
+    verb: Option<replicas::QueuesVerb>,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 /// `... list`.
@@ -402,7 +414,8 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
         C::Cluster(ClusterCommand::Forget { node, remote }) => {
             listing::cluster_forget(&remote, &node, out)
         }
-        C::Queues(l) => listing::queues(&l.remote(), out),
+        C::Queues(QueuesArgs { verb: Some(v), .. }) => replicas::run(v, out),
+        C::Queues(QueuesArgs { verb: None, remote }) => listing::queues(&remote, out),
         C::Exchanges(l) => listing::exchanges(&l.remote(), out),
         C::Bindings(l) => listing::bindings(&l.remote(), out),
         C::Connections(l) => listing::connections(&l.remote(), out),

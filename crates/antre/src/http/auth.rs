@@ -190,6 +190,10 @@ fn rule(template: &str, method: &Method) -> Rule {
         | "/api/operator-policies/{vhost}" => return Rule::Vhost,
         "/api/policies/{vhost}/{name}" => return Rule::Policies,
         "/api/operator-policies/{vhost}/{name}" => return Rule::Admin,
+        // Replica management of quorum queues (rabbitmq-queues).
+        "/api/queues/{vhost}/{name}/members/{node}" | "/api/rebalance/queues" => {
+            return Rule::Admin
+        }
         "/api/vhosts/{vhost}"
         | "/api/vhosts/{vhost}/permissions"
         | "/api/vhosts/{vhost}/topic-permissions"

@@ -118,6 +118,13 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/nodes", get(overview::nodes))
         .route("/api/cluster/members", post(cluster::add))
         .route("/api/cluster/members/{node}", delete(cluster::remove))
+        .route("/api/cluster/queues/grow/{node}", post(cluster::grow))
+        .route("/api/cluster/queues/shrink/{node}", post(cluster::shrink))
+        .route("/api/rebalance/queues", post(cluster::rebalance))
+        .route(
+            "/api/queues/{vhost}/{name}/members/{node}",
+            post(cluster::add_queue_member).delete(cluster::delete_queue_member),
+        )
         .route("/api/whoami", get(overview::whoami))
         .route("/api/health/checks/alarms", get(overview::alarms))
         .route("/api/health/checks/local-alarms", get(overview::alarms))

@@ -113,6 +113,10 @@ mod tests {
             "/api/health/checks/alarms",
             "/api/cluster/members",
             "/api/cluster/members/{node}",
+            "/api/queues/{vhost}/{name}/members/{node}",
+            "/api/cluster/queues/grow/{node}",
+            "/api/cluster/queues/shrink/{node}",
+            "/api/rebalance/queues",
             "/metrics",
         ] {
             assert!(paths.contains_key(p), "{p} is described");

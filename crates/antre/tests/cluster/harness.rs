@@ -470,3 +470,83 @@ pub async fn connect(uri: &str) -> lapin::Connection {
     .expect("connect timed out")
     .expect("connect")
 }
+
+/// Quorum queues' replica management (tests/quorum_members.rs).
+impl TestCluster {
+    /// Queue `name` in vhost `/` as node `i` lists it (`None`: not listed,
+    /// or the node does not answer).
+    pub async fn queue_on(&self, i: usize, name: &str) -> Option<Value> {
+        match self
+            .try_api(i, "GET", &format!("/api/queues/%2F/{name}"), None)
+            .await
+        {
+            Some((200, v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// A quorum queue's members as node `i` lists them, sorted.
+    pub async fn members_on(&self, i: usize, name: &str) -> Option<Vec<String>> {
+        let q = self.queue_on(i, name).await?;
+        let mut members: Vec<String> = serde_json::from_value(q["members"].clone()).ok()?;
+        members.sort();
+        Some(members)
+    }
+
+    /// Waits until every running node lists `members` for queue `name`.
+    pub async fn until_members(&self, name: &str, members: &[&str]) {
+        let want: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_running() {
+                continue;
+            }
+            let what = format!("{} to list {name}'s members {want:?}", self.nodes[i].name);
+            self.until(&what, || async {
+                self.members_on(i, name).await.as_ref() == Some(&want)
+            })
+            .await;
+        }
+    }
+
+    /// The running node that leads quorum queue `name` and has taken its
+    /// engine over (it lists itself as the leader only then).
+    pub async fn queue_leader(&self, name: &str) -> Option<usize> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.is_running() {
+                continue;
+            }
+            if let Some(q) = self.queue_on(i, name).await {
+                if q["leader"] == Value::String(n.name.clone()) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Runs the `antre` CLI against node `i` (`--url` added); its success,
+    /// stdout and stderr.
+    pub async fn cli(&self, i: usize, args: &[&str]) -> (bool, String, String) {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(["--url".to_owned(), self.nodes[i].http()]);
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_antre"))
+                .args(&all)
+                .output()
+                .expect("run antre")
+        })
+        .await
+        .expect("CLI task");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Whether node `i` holds no quorum queue replica data.
+    pub fn no_replica_data(&self, i: usize) -> bool {
+        let groups = self.nodes[i].dir.join("cluster").join("queues");
+        std::fs::read_dir(&groups).map_or(true, |mut d| d.next().is_none())
+    }
+}

@@ -1,0 +1,227 @@
+//! `antre queues add-member|delete-member|grow|shrink|rebalance`: replica
+//! management of quorum queues in a cluster, as `rabbitmq-queues` does it,
+//! through the management API (docs/clustering.md#replica-management).
+
+use std::io::Write;
+
+use clap::{Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use super::client::Client;
+use super::table::Table;
+use super::{done, print_json, text, vhost_path, Format, Remote};
+use crate::http::render::percent_encode;
+
+/// `antre queues ...`.
+#[derive(Debug, Subcommand)]
+pub enum QueuesVerb {
+    /// List them (the same as giving no verb).
+    List(Remote),
+    /// Add a member on NODE to quorum queue QUEUE (in --vhost); answers
+    /// once it has caught up and votes.
+    AddMember {
+        /// The quorum queue.
+        queue: String,
+        /// The node to add a member on.
+        node: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove the member on NODE from quorum queue QUEUE (in --vhost);
+    /// its replica and data there are deleted.
+    DeleteMember {
+        /// The quorum queue.
+        queue: String,
+        /// The node whose member goes.
+        node: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Add a member on NODE to every quorum queue (of every vhost) it is
+    /// not a member of: `all` of them, or those with an `even` number of
+    /// members.
+    Grow {
+        /// The node (typically one that just joined).
+        node: String,
+        /// Which queues.
+        #[arg(value_enum, default_value_t = GrowWhich::All)]
+        which: GrowWhich,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove the member on NODE from every quorum queue (of every vhost)
+    /// where it is not the last one (typically before retiring the node).
+    Shrink {
+        /// The node.
+        node: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Move quorum queue leaders so each node leads about as many as the
+    /// others; prints the leaders per node before and after.
+    Rebalance {
+        /// Only queues whose name matches this regular expression.
+        #[arg(long)]
+        pattern: Option<String>,
+        /// Every vhost's queues (else --vhost's).
+        #[arg(long)]
+        all_vhosts: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// The queues `grow` adds a member to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GrowWhich {
+    /// Every quorum queue.
+    All,
+    /// Those with an even number of members.
+    Even,
+}
+
+/// Runs one of the verbs other than `list`.
+pub fn run(verb: QueuesVerb, out: &mut dyn Write) -> anyhow::Result<()> {
+    match verb {
+        QueuesVerb::List(r) => super::listing::queues(&r, out),
+        QueuesVerb::AddMember {
+            queue,
+            node,
+            remote,
+        } => {
+            Client::new(&remote).send("POST", &member_path(&remote, &queue, &node), None)?;
+            done(&remote, out, format!("{node} is a member of {queue}"))
+        }
+        QueuesVerb::DeleteMember {
+            queue,
+            node,
+            remote,
+        } => {
+            Client::new(&remote).send("DELETE", &member_path(&remote, &queue, &node), None)?;
+            done(
+                &remote,
+                out,
+                format!("{node} is no longer a member of {queue}"),
+            )
+        }
+        QueuesVerb::Grow {
+            node,
+            which,
+            remote,
+        } => {
+            let strategy = match which {
+                GrowWhich::All => "all",
+                GrowWhich::Even => "even",
+            };
+            let path = format!(
+                "/api/cluster/queues/grow/{}?strategy={strategy}",
+                percent_encode(&node)
+            );
+            let answer = Client::new(&remote).send("POST", &path, None)?;
+            changes(&remote, &answer, out)
+        }
+        QueuesVerb::Shrink { node, remote } => {
+            let path = format!("/api/cluster/queues/shrink/{}", percent_encode(&node));
+            let answer = Client::new(&remote).send("POST", &path, None)?;
+            changes(&remote, &answer, out)
+        }
+        QueuesVerb::Rebalance {
+            pattern,
+            all_vhosts,
+            remote,
+        } => {
+            let mut body = json!({});
+            if !all_vhosts {
+                body["vhost"] = json!(remote.vhost);
+            }
+            if let Some(p) = pattern {
+                body["pattern"] = json!(p);
+            }
+            let answer = Client::new(&remote).send("POST", "/api/rebalance/queues", Some(body))?;
+            rebalanced(&remote, &answer, out)
+        }
+    }
+}
+
+fn member_path(r: &Remote, queue: &str, node: &str) -> String {
+    format!(
+        "/api/queues/{}/{}/members/{}",
+        vhost_path(r),
+        percent_encode(queue),
+        percent_encode(node)
+    )
+}
+
+/// Each queue a grow or shrink touched, and how it went; fails if any
+/// failed (after printing them all).
+fn changes(r: &Remote, answer: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
+    if r.format == Format::Json {
+        print_json(out, answer)?;
+    } else {
+        let mut table = Table::new(vec!["vhost", "queue", "members", "result"]);
+        for c in answer.as_array().into_iter().flatten() {
+            let result = if c["ok"] == json!(true) {
+                "ok".to_owned()
+            } else {
+                text(&c["error"])
+            };
+            table.row(vec![
+                text(&c["vhost"]),
+                text(&c["name"]),
+                text(&c["members"]),
+                result,
+            ]);
+        }
+        write!(out, "{table}")?;
+    }
+    let failed = answer
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["ok"] != json!(true))
+        .count();
+    if failed > 0 {
+        anyhow::bail!("{failed} queue(s) not changed");
+    }
+    Ok(())
+}
+
+/// Leaders per node before and after, as `rabbitmq-queues rebalance`
+/// prints them, then the moves that failed.
+fn rebalanced(r: &Remote, answer: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
+    if r.format == Format::Json {
+        return print_json(out, answer);
+    }
+    let count = |side: &str, node: &Value| {
+        answer[side]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["node"] == *node)
+            .map_or_else(|| "0".to_owned(), |c| text(&c["leaders"]))
+    };
+    let mut table = Table::new(vec!["node", "leaders before", "leaders after"]);
+    for c in answer["after"].as_array().into_iter().flatten() {
+        let node = &c["node"];
+        table.row(vec![
+            text(node),
+            count("before", node),
+            count("after", node),
+        ]);
+    }
+    write!(out, "{table}")?;
+    for m in answer["moves"].as_array().into_iter().flatten() {
+        if m["ok"] != json!(true) {
+            writeln!(
+                out,
+                "{} in {}: not moved from {} to {}: {}",
+                text(&m["name"]),
+                text(&m["vhost"]),
+                text(&m["from"]),
+                text(&m["to"]),
+                text(&m["error"])
+            )?;
+        }
+    }
+    Ok(())
+}
