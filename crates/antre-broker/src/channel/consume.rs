@@ -365,21 +365,12 @@ impl Channel {
                 .iter()
                 .any(|&(tag, multiple)| t == tag || (multiple && (tag == 0 || t <= tag)))
         };
-        let recovered: Vec<u64> = self
-            .unacked
-            .keys()
-            .copied()
-            .filter(|&t| !settled(t))
-            .collect();
-        let entries = recovered
-            .iter()
-            .filter_map(|t| self.unacked.remove(t))
-            .collect();
-        self.finish(entries, Settle::Requeue);
+        let recovered = self.unacked.take_where(|t| !settled(t));
+        self.finish(recovered, Settle::Requeue);
     }
 
     pub(super) fn requeue_all(&mut self) {
-        let all = std::mem::take(&mut self.unacked).into_values().collect();
+        let all = self.unacked.take_all();
         self.finish(all, Settle::Requeue);
     }
 
@@ -392,22 +383,12 @@ impl Channel {
         now: u64,
         default_ms: Option<u64>,
     ) -> Result<(), BrokerError> {
-        for u in self.unacked.values() {
-            let own = match &u.source {
-                Source::Queue { queue, .. } => queue.args().consumer_timeout,
-                Source::Remote { timeout, .. } => *timeout,
-                Source::Stream(_) => None,
-            };
-            let Some(timeout) = own.or(default_ms) else {
-                continue;
-            };
-            if now.saturating_sub(u.delivered_at) > timeout {
-                return Err(BrokerError::PreconditionFailed(format!(
-                    "delivery acknowledgement on channel {} timed out. Timeout value used: {timeout} ms. \
-                     This timeout value can be configured, see consumers doc guide to learn more",
-                    self.id
-                )));
-            }
+        if let Some(timeout) = self.unacked.overdue(now, default_ms) {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "delivery acknowledgement on channel {} timed out. Timeout value used: {timeout} ms. \
+                 This timeout value can be configured, see consumers doc guide to learn more",
+                self.id
+            )));
         }
         Ok(())
     }

@@ -32,8 +32,9 @@ mod settle;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod unacked;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use antre_amqp::Method;
@@ -72,6 +73,8 @@ pub(crate) enum Source {
     },
 }
 
+/// A delivery as it is handed to the channel's unacked log (which keeps it
+/// packed, see [`unacked`](self::unacked)).
 #[derive(Debug)]
 pub(crate) struct Unacked {
     pub(crate) source: Source,
@@ -139,7 +142,7 @@ pub struct Channel {
     ctx: ChannelContext,
     sink: Arc<dyn DeliverySink>,
     next_tag: u64,
-    unacked: BTreeMap<u64, Unacked>,
+    unacked: unacked::UnackedLog,
     consumers: HashMap<Arc<str>, ChannelConsumer>,
     /// Consumers of streams, by tag.
     streams: HashMap<Arc<str>, stream::StreamSub>,
@@ -212,7 +215,7 @@ impl Channel {
             ctx,
             sink,
             next_tag: 1,
-            unacked: BTreeMap::new(),
+            unacked: unacked::UnackedLog::default(),
             consumers: HashMap::new(),
             streams: HashMap::new(),
             stream_waker: crate::stream::StreamWaker::new(|| {}),

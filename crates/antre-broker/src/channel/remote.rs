@@ -589,9 +589,10 @@ impl Channel {
             // could be a delivery still on its way here).
             let prefix = tags.len() > 1
                 && tags.windows(2).all(|w| w[1] == w[0] + 1)
-                && !self.unacked.values().any(|u| {
-                    matches!(&u.source, Source::Remote { channel, tag, .. } if same(channel, &rc) && *tag < max)
-                });
+                && !self
+                    .unacked
+                    .remote_tags()
+                    .any(|(channel, tag)| same(channel, &rc) && tag < max);
             let methods: Vec<Method> = if prefix {
                 vec![settle_method(how, max, true)]
             } else {

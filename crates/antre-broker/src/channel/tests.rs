@@ -423,3 +423,273 @@ fn a_publish_grant_is_not_reused_after_the_permission_changes() {
     publish(&mut f).unwrap();
     assert_eq!(f.vhost.queue("q", 1).unwrap().counts().ready, 3);
 }
+
+/// Takes `n` messages with basic.get (no ack), returning their tags.
+fn get_n(f: &mut Fixture, q: &str, n: usize) -> Vec<u64> {
+    let mut tags = Vec::new();
+    for _ in 0..n {
+        let before = f.out.len();
+        f.call(BasicGet {
+            queue: q.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        for o in &f.out[before..] {
+            if let Outgoing::Content(Method::BasicGetOk(m), _) = o {
+                tags.push(m.delivery_tag);
+            }
+        }
+    }
+    tags
+}
+
+fn ack(f: &mut Fixture, tag: u64, multiple: bool) -> Result<(), BrokerError> {
+    f.call(BasicAck {
+        delivery_tag: tag,
+        multiple,
+    })
+}
+
+fn counts(f: &Fixture, q: &str) -> (u32, u32) {
+    let c = f.vhost.queue(q, 1).unwrap().counts();
+    (c.ready, c.unacked)
+}
+
+#[test]
+fn out_of_order_acks_over_a_long_run_hold_the_log_to_its_live_records() {
+    let mut f = fixture();
+    f.declare("q");
+    f.call(BasicConsume {
+        queue: "q".into(),
+        consumer_tag: "c".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    // Tag 1 is never acked; after it, every round delivers 100 and acks
+    // them in a scrambled order (odd tags first, then even ones backwards),
+    // leaving every tenth unacked until the next round.
+    f.publish("q", "pinned");
+    assert_eq!(f.pump(), [1]);
+    let mut late: Vec<u64> = Vec::new();
+    let mut max_held = 0;
+    for round in 0..200 {
+        for i in 0..100 {
+            f.publish("q", &format!("{round}-{i}"));
+        }
+        let tags = f.pump();
+        assert_eq!(tags.len(), 100);
+        let (keep, settle): (Vec<u64>, Vec<u64>) = tags.iter().partition(|&&t| t % 10 == 0);
+        let (odd, mut even): (Vec<u64>, Vec<u64>) = settle.iter().partition(|&&t| t % 2 == 1);
+        even.reverse();
+        for t in odd.into_iter().chain(even).chain(late.drain(..)) {
+            ack(&mut f, t, false).unwrap();
+        }
+        late = keep;
+        max_held = max_held.max(f.channel.unacked.held());
+        assert_eq!(f.channel.unacked_count(), 1 + late.len());
+    }
+    // Live records at most 11 (the pinned one and a round's tenth), plus
+    // what one round adds before it is acked: never the 20,000 tags run
+    // through.
+    assert!(max_held <= 2 * 111 + 64, "held {max_held} records");
+    assert_eq!(counts(&f, "q"), (0, 11));
+    // A multiple ack over all those holes settles exactly the live ones.
+    let last = *late.last().unwrap();
+    ack(&mut f, last, true).unwrap();
+    assert_eq!(f.channel.unacked_count(), 0);
+    assert_eq!(f.channel.unacked.held(), 0);
+    assert_eq!(
+        f.channel.unacked.origins(),
+        0,
+        "the queue is not kept alive"
+    );
+    assert_eq!(counts(&f, "q"), (0, 0));
+}
+
+#[test]
+fn multiple_settles_across_holes_take_only_live_tags() {
+    let mut f = fixture();
+    f.declare("q");
+    for i in 0..10 {
+        f.publish("q", &i.to_string());
+    }
+    assert_eq!(get_n(&mut f, "q", 10), (1..=10).collect::<Vec<_>>());
+    for t in [3, 5, 7] {
+        ack(&mut f, t, false).unwrap();
+    }
+    f.call(BasicReject {
+        delivery_tag: 2,
+        requeue: true,
+    })
+    .unwrap();
+    assert_eq!(counts(&f, "q"), (1, 6));
+    ack(&mut f, 8, true).unwrap();
+    // 1, 4, 6 and 8 went; 9 and 10 stay.
+    assert_eq!(f.channel.unacked_count(), 2);
+    assert_eq!(counts(&f, "q"), (1, 2));
+    for (tag, multiple) in [(5, false), (8, true), (8, false)] {
+        assert_eq!(
+            ack(&mut f, tag, multiple).unwrap_err(),
+            BrokerError::PreconditionFailed(format!("unknown delivery tag {tag}"))
+        );
+    }
+    // A nack of tag 0 with multiple puts back everything left.
+    f.call(BasicNack {
+        delivery_tag: 0,
+        multiple: true,
+        requeue: true,
+    })
+    .unwrap();
+    assert_eq!(counts(&f, "q"), (3, 0));
+    // They come back marked redelivered, with their bodies.
+    let before = f.out.len();
+    get_n(&mut f, "q", 3);
+    let bodies: Vec<(String, bool)> = f.out[before..]
+        .iter()
+        .filter_map(|o| match o {
+            Outgoing::Content(Method::BasicGetOk(m), msg) => Some((
+                String::from_utf8_lossy(&msg.body).into_owned(),
+                m.redelivered,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        bodies,
+        [("1".into(), true), ("8".into(), true), ("9".into(), true)]
+    );
+}
+
+#[test]
+fn recover_in_a_transaction_spares_what_the_transaction_settled() {
+    let mut f = fixture();
+    f.declare("q");
+    for i in 0..6 {
+        f.publish("q", &i.to_string());
+    }
+    get_n(&mut f, "q", 6);
+    f.call(TxSelect {}).unwrap();
+    ack(&mut f, 2, true).unwrap();
+    ack(&mut f, 5, false).unwrap();
+    f.call(BasicRecover { requeue: true }).unwrap();
+    // 3, 4 and 6 went back; 1, 2 and 5 wait for the commit.
+    assert_eq!(counts(&f, "q"), (3, 3));
+    assert_eq!(f.channel.unacked_count(), 3);
+    f.call(TxCommit {}).unwrap();
+    assert_eq!(counts(&f, "q"), (3, 0));
+    assert_eq!(f.channel.unacked_count(), 0);
+}
+
+#[test]
+fn settling_one_consumer_releases_its_own_window_and_the_channels() {
+    let mut f = fixture();
+    f.declare("a");
+    f.declare("b");
+    f.call(BasicQos {
+        prefetch_count: 3,
+        global: true,
+        ..Default::default()
+    })
+    .unwrap();
+    f.call(BasicQos {
+        prefetch_count: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    for q in ["a", "b"] {
+        f.call(BasicConsume {
+            queue: q.into(),
+            consumer_tag: q.into(),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    for i in 0..4 {
+        f.publish("a", &format!("a{i}"));
+        f.publish("b", &format!("b{i}"));
+    }
+    // The channel's window (3) binds first: a gets 2 (its own window), b 1.
+    f.out.clear();
+    let first = f.pump();
+    assert_eq!(first.len(), 3);
+    assert_eq!((counts(&f, "a").1, counts(&f, "b").1), (2, 1));
+    let of_b = |f: &Fixture| -> Vec<u64> {
+        f.out
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Content(Method::BasicDeliver(m), _) if m.consumer_tag == "b" => {
+                    Some(m.delivery_tag)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let b_tags = of_b(&f);
+    assert_eq!(b_tags.len(), 1);
+    // Settle b's delivery, out of order with a's: the room goes to b, as
+    // a's own window is still full.
+    ack(&mut f, b_tags[0], false).unwrap();
+    f.out.clear();
+    let next = f.pump();
+    assert_eq!(next.len(), 1, "one slot in the channel's window came free");
+    assert_eq!(of_b(&f), next);
+    assert_eq!(f.channel.unacked_count(), 3);
+    ack(&mut f, 0, true).unwrap();
+    assert_eq!(f.pump().len(), 3);
+}
+
+#[test]
+fn requeued_transient_messages_keep_their_ttl_and_deduplication_fields() {
+    let mut f = fixture();
+    let args: antre_amqp::FieldTable = [
+        ("x-message-ttl", antre_amqp::FieldValue::I32(60_000)),
+        (
+            "x-message-deduplication",
+            antre_amqp::FieldValue::Bool(true),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    f.call(QueueDeclare {
+        queue: "q".into(),
+        arguments: args,
+        ..Default::default()
+    })
+    .unwrap();
+    let publish = |f: &mut Fixture, key: &str| {
+        let header = ContentHeader {
+            class_id: 60,
+            body_size: 1,
+            properties: BasicProperties {
+                message_id: Some(key.into()),
+                ..Default::default()
+            },
+        };
+        let m = BasicPublish {
+            routing_key: "q".into(),
+            ..Default::default()
+        };
+        f.channel
+            .publish(m, header, Bytes::from_static(b"x"), &mut f.out)
+            .unwrap();
+    };
+    publish(&mut f, "k1");
+    get_n(&mut f, "q", 1);
+    // Delivered and unacked, its key still counts: a duplicate is dropped.
+    publish(&mut f, "k1");
+    assert_eq!(counts(&f, "q"), (0, 1));
+    f.call(BasicRecover { requeue: true }).unwrap();
+    assert_eq!(counts(&f, "q"), (1, 0));
+    publish(&mut f, "k1");
+    assert_eq!(
+        counts(&f, "q"),
+        (1, 0),
+        "the key came back with the message"
+    );
+    get_n(&mut f, "q", 1);
+    ack(&mut f, 2, false).unwrap();
+    // Acked, the key is free again.
+    publish(&mut f, "k1");
+    assert_eq!(counts(&f, "q"), (1, 0));
+    assert_eq!(f.channel.unacked.held(), 0);
+}

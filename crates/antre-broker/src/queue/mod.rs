@@ -87,17 +87,20 @@ pub struct Entry {
 /// body is read back only if the message comes back (requeue) or is
 /// dead-lettered, which are the rare paths; an ack needs no body.
 #[derive(Debug)]
+///
+/// Its fields are open to the crate so that a channel can keep them packed
+/// (see `channel::unacked`) and put them back together at settle time.
 pub struct Unsettled {
-    seq: u64,
+    pub(crate) seq: u64,
     /// The message, unless it is persistent and can be read back from the store.
-    message: Option<Arc<Message>>,
-    pos: Option<SegmentPosition>,
-    delivery_count: u32,
+    pub(crate) message: Option<Arc<Message>>,
+    pub(crate) pos: Option<SegmentPosition>,
+    pub(crate) delivery_count: u32,
     /// Body size, to count the message when it comes back.
-    size: u32,
-    priority: u8,
-    expires_at: Option<u64>,
-    dedup_key: Option<String>,
+    pub(crate) size: u32,
+    pub(crate) priority: u8,
+    pub(crate) expires_at: Option<u64>,
+    pub(crate) dedup_key: Option<String>,
 }
 
 impl Unsettled {

@@ -90,11 +90,13 @@ pub struct Paging {
     pub page_entries: usize,
 }
 
-/// Index entries per page by default: a level that pages keeps about this
-/// many entries in memory at its head and at its tail, 2 × 64 × ~96 bytes
-/// (12 KiB; a thousand paging queues hold 12 MiB, not the 25 MiB of 128),
-/// and writes and reads its index in records of ~2.5 KiB.
-pub const PAGE_ENTRIES: usize = 64;
+/// Index entries per page by default: a level that pages keeps at most
+/// this many entries in memory at its head and at its tail, 2 × 32 × ~96
+/// bytes (6 KiB; a thousand paging queues hold 6 MiB, not the 12 MiB of
+/// 64), and writes and reads its index in records of ~1.3 KiB (one
+/// scratch write per 32 messages past the budget, still a small part of
+/// writing their bodies).
+pub const PAGE_ENTRIES: usize = 32;
 
 /// What one ready entry costs in memory besides its body: the entry and
 /// its slot in the list.

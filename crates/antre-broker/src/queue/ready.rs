@@ -147,7 +147,9 @@ impl ReadyList {
         if !self.pager.enabled() {
             return;
         }
-        let mut entries: Vec<Ready> = self.levels[level].back.drain(..).collect();
+        // Taken whole, capacity and all: a level that pages holds no
+        // empty page-sized buffer between two pages.
+        let mut entries: Vec<Ready> = Vec::from(std::mem::take(&mut self.levels[level].back));
         for r in &mut entries {
             if let Body::Memory(m) = &r.body {
                 let paged = match r.pos {
@@ -233,7 +235,13 @@ impl ReadyList {
         let level = (0..self.levels.len())
             .rev()
             .find(|&l| !self.levels[l].is_empty())?;
-        let r = self.levels[level].front.pop_front()?;
+        let front = &mut self.levels[level].front;
+        let r = front.pop_front()?;
+        // A front that held a large in-memory backlog gives the room back
+        // as it drains (a level that pages never needs more than a page).
+        if front.capacity() > 1024 && front.capacity() > 8 * front.len() {
+            front.shrink_to(2 * front.len());
+        }
         self.refill(level);
         self.taken(&r);
         Some(r)
