@@ -6,9 +6,15 @@
 # queues, all connected to node 1, for DURATION seconds. Prints the
 # confirmed publish rate, the delivered rate and the CPU all three nodes
 # used per confirmed message (from /proc), and the antre/RabbitMQ ratios.
+# For antre it also counts the quorum queues' leader changes during each
+# run (takeovers the nodes logged, beyond each new queue's first).
+#
+# Then a fixed-rate case: one queue, one producer (confirms, 100 in
+# flight) and one consumer, RATE msg/s for DURATION seconds, reporting
+# the publish->deliver latency p50/p99 of both clusters.
 #
 # Usage: scripts/bench-quorum.sh [--duration S] [--queues LIST] [--size B]
-#                                [--no-rabbitmq] [--no-antre]
+#                                [--rate R|0] [--no-rabbitmq] [--no-antre]
 #
 # RabbitMQ nodes qb1..qb3@localhost on AMQP 5611-5613 (distribution
 # 25611-25613, management off); antre nodes on AMQP 5701-5703, HTTP
@@ -20,6 +26,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=10
 QUEUES=1,10
 SIZE=1024
+RATE=5000
 WITH_RABBIT=1
 WITH_ANTRE=1
 while [ $# -gt 0 ]; do
@@ -27,6 +34,7 @@ while [ $# -gt 0 ]; do
         --duration) DURATION=$2; shift 2 ;;
         --queues) QUEUES=$2; shift 2 ;;
         --size) SIZE=$2; shift 2 ;;
+        --rate) RATE=$2; shift 2 ;;
         --no-rabbitmq) WITH_RABBIT=0; shift ;;
         --no-antre) WITH_ANTRE=0; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
@@ -50,28 +58,54 @@ cpu_ticks() { # total utime+stime of the given pids, in clock ticks
 }
 HZ=$(getconf CLK_TCK)
 
-# run NAME URI PIDS...: one run per queue count; appends rows to $OUT/rows
+# Quorum queue takeovers the antre nodes logged so far (0 for RabbitMQ).
+takeovers() {
+    cat "$OUT"/antre-n*.log 2>/dev/null | grep -c "this node leads the quorum queue now" || true
+}
+
+# run NAME URI PIDS...: one run per queue count; appends rows to $OUT/rows,
+# then the fixed-rate case to $OUT/latency
 run() {
     local name=$1 uri=$2; shift 2
     for q in ${QUEUES//,/ }; do
         local json=$OUT/$name-$q.json
-        local before after
+        local before after lead_before lead_after
+        lead_before=$(takeovers)
         before=$(cpu_ticks "$@")
         "$BENCH" run --uri "$uri" --queue-type quorum --queues "$q" -x "$q" -y "$q" \
             --persistent -c 100 -q 1000 -A 100 -s "$SIZE" -z "$DURATION" \
             --broker "$name" --label "quorum-$q" --json "$json" --quiet >/dev/null 2>"$OUT/$name-$q.err" || true
         after=$(cpu_ticks "$@")
-        python3 - "$json" "$name" "$q" "$before" "$after" "$HZ" >>"$OUT/rows" <<'EOF'
+        lead_after=$(takeovers)
+        # Each new queue's first leader is one takeover; more are changes.
+        local changes=$((lead_after - lead_before - q))
+        [ "$changes" -ge 0 ] || changes=0
+        [ "$name" = antre ] || changes=-
+        python3 - "$json" "$name" "$q" "$before" "$after" "$HZ" "$changes" >>"$OUT/rows" <<'EOF'
 import json, sys
-path, name, q, before, after, hz = sys.argv[1:]
+path, name, q, before, after, hz, changes = sys.argv[1:]
 r = json.load(open(path))
 cpu = (int(after) - int(before)) / int(hz)
 confirmed = r["confirmed"]
 rate = confirmed / r["publish_seconds"] if r["publish_seconds"] else 0
 us = cpu * 1e6 / confirmed if confirmed else float("nan")
-print(f"{name} {q} {rate:.0f} {r['deliver_rate']:.0f} {us:.1f} {r['nacked']} {len(r['errors'])}")
+print(f"{name} {q} {rate:.0f} {r['deliver_rate']:.0f} {us:.1f} {r['nacked']} {len(r['errors'])} {changes}")
 EOF
     done
+    if [ "$RATE" != 0 ]; then
+        local json=$OUT/$name-rate.json
+        "$BENCH" run --uri "$uri" --queue-type quorum --queues 1 -x 1 -y 1 \
+            --persistent -c 100 -q 1000 -A 100 -s "$SIZE" -z "$DURATION" -r "$RATE" \
+            --broker "$name" --label "quorum-rate-$RATE" --json "$json" --quiet >/dev/null 2>"$OUT/$name-rate.err" || true
+        python3 - "$json" "$name" >>"$OUT/latency" <<'EOF'
+import json, sys
+path, name = sys.argv[1:]
+r = json.load(open(path))
+l = r["latency"]
+rate = r["confirmed"] / r["publish_seconds"] if r["publish_seconds"] else 0
+print(f"{name} {rate:.0f} {r['deliver_rate']:.0f} {l['p50_us'] / 1e3:.2f} {l['p99_us'] / 1e3:.2f}")
+EOF
+    fi
 }
 
 RABBIT_PIDS=()
@@ -148,8 +182,12 @@ if [ $WITH_ANTRE = 1 ]; then
     stop_antre
 fi
 
-echo "broker queues confirmed/s delivered/s cpu-us/msg(3 nodes) nacked errors"
+echo "broker queues confirmed/s delivered/s cpu-us/msg(3 nodes) nacked errors leader-changes"
 cat "$OUT/rows"
+if [ -s "$OUT/latency" ]; then
+    echo "fixed rate $RATE msg/s, 1 queue: broker confirmed/s delivered/s p50-ms p99-ms (publish->deliver)"
+    cat "$OUT/latency"
+fi
 if [ $WITH_RABBIT = 1 ] && [ $WITH_ANTRE = 1 ]; then
     python3 - "$OUT/rows" <<'EOF'
 import sys

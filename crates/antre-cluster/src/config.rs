@@ -57,6 +57,106 @@ pub struct ClusterConfig {
     /// TLS on the link (mutual, against the cluster's CA); `None`: plain
     /// TCP.
     pub tls: Option<crate::stream::LinkTls>,
+    /// Raft timing of the metadata group.
+    pub metadata_timing: RaftTiming,
+    /// Raft timing of every quorum queue's group.
+    pub queue_timing: RaftTiming,
+}
+
+/// The Raft timing of a kind of group: how often its leader sends
+/// heartbeats, and how long a follower waits without one before it stands
+/// for election.
+///
+/// openraft 0.9 also gives every append request the heartbeat interval to
+/// be answered (the round trip, and the follower's write and fsync), so
+/// the heartbeat interval must exceed the slowest round trip between
+/// nodes; and a follower refuses votes during the leader's lease (the
+/// longest election timeout after its last heartbeat), so a dead leader is
+/// replaced after the lease plus an election timeout: 1.5 to 2 times
+/// [`RaftTiming::election_max`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Between two heartbeats of the leader.
+    pub heartbeat: Duration,
+    /// The shortest election timeout; each follower draws its own between
+    /// this and [`RaftTiming::election_max`] (twice this), so two rarely
+    /// stand at once.
+    pub election_min: Duration,
+}
+
+impl RaftTiming {
+    /// The metadata group's default: heartbeats every 200 ms, elections
+    /// after 1 to 2 s. Its changes are rare and can wait; a node busy with
+    /// other work should not start needless elections.
+    pub const METADATA: RaftTiming = RaftTiming {
+        heartbeat: Duration::from_millis(200),
+        election_min: Duration::from_millis(1000),
+    };
+
+    /// A quorum queue group's default: heartbeats every 100 ms, elections
+    /// after 400 to 800 ms, so a dead leader is replaced in 1.2 to 1.6 s
+    /// (publishers cannot wait as long as metadata changes can).
+    pub const QUEUE: RaftTiming = RaftTiming {
+        heartbeat: Duration::from_millis(100),
+        election_min: Duration::from_millis(400),
+    };
+
+    /// The shortest heartbeat interval accepted.
+    pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+    /// How many heartbeat intervals the shortest election timeout must
+    /// span at least: a follower must not stand for election because one
+    /// or two heartbeats were late.
+    pub const MIN_RATIO: u32 = 3;
+
+    /// The longest election timeout.
+    pub fn election_max(&self) -> Duration {
+        self.election_min * 2
+    }
+
+    /// Checks the timing of the group `what` (named in the error): a
+    /// heartbeat interval of at least 10 ms and an election timeout of at
+    /// least three heartbeat intervals, at most an hour.
+    pub fn validate(&self, what: &str) -> Result<(), ClusterError> {
+        if self.heartbeat < Self::MIN_HEARTBEAT {
+            return Err(ClusterError::Config(format!(
+                "the {what} heartbeat interval must be at least {:?}, not {:?}",
+                Self::MIN_HEARTBEAT,
+                self.heartbeat
+            )));
+        }
+        if self.election_min < self.heartbeat * Self::MIN_RATIO {
+            return Err(ClusterError::Config(format!(
+                "the {what} election timeout ({:?}) must be at least {} times its heartbeat interval ({:?})",
+                self.election_min,
+                Self::MIN_RATIO,
+                self.heartbeat
+            )));
+        }
+        if self.election_min > Duration::from_secs(3600) {
+            return Err(ClusterError::Config(format!(
+                "the {what} election timeout must be at most an hour, not {:?}",
+                self.election_min
+            )));
+        }
+        Ok(())
+    }
+
+    /// openraft's settings for this timing; `name` names the group.
+    pub(crate) fn raft_config(&self, name: String) -> openraft::Config {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        openraft::Config {
+            cluster_name: name,
+            heartbeat_interval: ms(self.heartbeat),
+            election_timeout_min: ms(self.election_min),
+            election_timeout_max: ms(self.election_max()),
+            // A snapshot (a quorum queue's messages, the metadata) may be
+            // large: it gets far more than openraft's 200 ms default,
+            // scaled with the timing for slow links.
+            install_snapshot_timeout: ms(self.election_max() * 5),
+            ..Default::default()
+        }
+    }
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -73,6 +173,8 @@ impl std::fmt::Debug for ClusterConfig {
             .field("snapshot_logs", &self.snapshot_logs)
             .field("join", &self.join)
             .field("tls", &self.tls.is_some())
+            .field("metadata_timing", &self.metadata_timing)
+            .field("queue_timing", &self.queue_timing)
             .finish()
     }
 }
@@ -171,6 +273,8 @@ impl ClusterConfig {
         if ids.len() != self.peers.len() {
             return Err(ClusterError::Config("two node names hash to one id".into()));
         }
+        self.metadata_timing.validate("metadata group's")?;
+        self.queue_timing.validate("quorum queues'")?;
         Ok(())
     }
 
@@ -235,6 +339,8 @@ mod tests {
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
             join: None,
             tls: None,
+            metadata_timing: RaftTiming::METADATA,
+            queue_timing: RaftTiming::QUEUE,
         };
         assert!(c.validate().is_err());
         c.node_name = "n2".into();
@@ -242,5 +348,36 @@ mod tests {
         c.secret = "short".into();
         assert!(c.validate().is_err());
         assert!(!format!("{c:?}").contains("short"));
+    }
+
+    #[test]
+    fn timing_wants_the_heartbeat_well_below_the_election_timeout() {
+        RaftTiming::METADATA.validate("m").unwrap();
+        RaftTiming::QUEUE.validate("q").unwrap();
+        let t = RaftTiming {
+            heartbeat: Duration::from_millis(500),
+            election_min: Duration::from_millis(1400),
+        };
+        let e = t.validate("quorum queues'").unwrap_err().to_string();
+        assert!(e.contains("at least 3 times"), "{e}");
+        let t = RaftTiming {
+            heartbeat: Duration::from_millis(5),
+            election_min: Duration::from_millis(100),
+        };
+        assert!(t.validate("m").is_err());
+        let c = RaftTiming {
+            heartbeat: Duration::from_millis(500),
+            election_min: Duration::from_millis(1500),
+        }
+        .raft_config("x".into());
+        assert_eq!(
+            (
+                c.heartbeat_interval,
+                c.election_timeout_min,
+                c.election_timeout_max
+            ),
+            (500, 1500, 3000)
+        );
+        c.validate().unwrap();
     }
 }

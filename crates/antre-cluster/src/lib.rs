@@ -32,12 +32,14 @@
 pub mod auth;
 pub mod config;
 pub mod data_wire;
+mod failover;
 pub mod forward;
 pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod node;
 pub mod queue_group;
+pub mod raft_runtime;
 pub mod server;
 pub mod state_machine;
 pub mod stream;
@@ -48,7 +50,7 @@ use std::io::Cursor;
 use antre_broker::cluster::MetaCommand;
 use serde::{Deserialize, Serialize};
 
-pub use config::{node_id_of, ClusterConfig, Peer};
+pub use config::{node_id_of, ClusterConfig, Peer, RaftTiming};
 pub use membership::{Member, MemberChange};
 pub use node::{Cluster, ClusterStatus, MemberStatus};
 

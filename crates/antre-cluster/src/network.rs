@@ -249,7 +249,7 @@ pub struct NetworkFactory {
 /// Idle authenticated connections by target, and the targets one is
 /// being made for.
 #[derive(Default)]
-struct Pool {
+pub struct Pool {
     idle: Mutex<HashMap<NodeId, Vec<Connection>>>,
     warming: Mutex<std::collections::HashSet<NodeId>>,
 }
@@ -300,15 +300,17 @@ impl NetworkFactory {
     }
 }
 
-/// A [`Connection`] as openraft's per-target client; its connection goes
-/// back to the factory's pool when openraft drops it.
-pub struct PeerClient {
+/// A connection from a [`NetworkFactory`]'s pool, back in the pool when
+/// dropped: what openraft's per-target clients hold, of the metadata
+/// group and of quorum queue groups alike (one pool per node: the link's
+/// requests name their group).
+pub struct PooledConnection {
     target: NodeId,
     conn: Option<Connection>,
     pool: Arc<Pool>,
 }
 
-impl Drop for PeerClient {
+impl Drop for PooledConnection {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             self.pool.give_back(self.target, conn);
@@ -316,17 +318,46 @@ impl Drop for PeerClient {
     }
 }
 
+impl PooledConnection {
+    /// Sends one request and reads its answer, within `ttl`.
+    pub async fn call(&mut self, request: &Request, ttl: Duration) -> Result<Response, CallError> {
+        match self.conn.as_mut() {
+            Some(conn) => conn.call(request, ttl).await,
+            None => Err(CallError::Unreachable("no connection".into())),
+        }
+    }
+}
+
+impl NetworkFactory {
+    /// A connection to `target` (named `name`, dialled at `addr` if a new
+    /// one is needed): an idle one from the pool, or a new one while
+    /// another is made for the pool in the background.
+    pub fn connection(&self, target: NodeId, name: &str, addr: SocketAddr) -> PooledConnection {
+        let conn = match self.pool.take(target) {
+            Some(conn) => conn,
+            None => {
+                self.warm(target, name, addr);
+                Connection::new(Arc::clone(&self.link), name, addr)
+            }
+        };
+        PooledConnection {
+            target,
+            conn: Some(conn),
+            pool: Arc::clone(&self.pool),
+        }
+    }
+}
+
+/// openraft's client for one target of the metadata group.
+pub struct PeerClient {
+    target: NodeId,
+    conn: PooledConnection,
+}
+
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
-        if let Some(conn) = self.pool.take(target) {
-            return PeerClient {
-                target,
-                conn: Some(conn),
-                pool: Arc::clone(&self.pool),
-            };
-        }
         let cfg = &self.link.config;
         let name = match cfg.name_of(target) {
             Some(n) => n.to_owned(),
@@ -339,11 +370,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             .listed_addr(target)
             .or_else(|| crate::config::resolve(&node.addr).ok())
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        self.warm(target, &name, addr);
         PeerClient {
             target,
-            conn: Some(Connection::new(Arc::clone(&self.link), &name, addr)),
-            pool: Arc::clone(&self.pool),
+            conn: self.connection(target, &name, addr),
         }
     }
 }
@@ -353,10 +382,7 @@ type RpcResult<T, E = openraft::error::Infallible> =
 
 impl PeerClient {
     async fn rpc(&mut self, request: Request, option: &RPCOption) -> Result<Response, CallError> {
-        match self.conn.as_mut() {
-            Some(conn) => conn.call(&request, option.hard_ttl()).await,
-            None => Err(CallError::Unreachable("no connection".into())),
-        }
+        self.conn.call(&request, option.hard_ttl()).await
     }
 }
 

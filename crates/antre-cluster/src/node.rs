@@ -21,16 +21,6 @@ use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
 use crate::wire::{ProposeRefusal, Request, Response};
 use crate::{node_id_of, ClusterConfig, ClusterError, Member, NodeId, Proposal, Raft};
 
-/// Raft timing: a heartbeat every 200 ms; a follower that hears nothing
-/// for 1 to 2 s stands for election. Generous for a LAN, so that a node
-/// busy with other work (or a loaded CI machine) does not trigger needless
-/// elections, yet a dead leader is replaced within a few seconds (openraft
-/// also has followers refuse votes while the leader's lease, the longest
-/// election timeout, runs: failover takes 2 to 4 s).
-const HEARTBEAT_MS: u64 = 200;
-const ELECTION_MIN_MS: u64 = 1000;
-const ELECTION_MAX_MS: u64 = 2000;
-
 /// A peer counts as running while it was heard from this recently.
 const RUNNING_WITHIN: Duration = Duration::from_secs(5);
 
@@ -84,7 +74,13 @@ pub struct Cluster {
     waiters: Waiters,
     hooks: AppliedHooks,
     next_request: AtomicU64,
-    runtime: tokio::runtime::Handle,
+    /// The broker's runtime (the one `start` was called on).
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// The Raft groups' own threads ([`crate::raft_runtime`]).
+    raft_runtime: Arc<crate::raft_runtime::RaftRuntime>,
+    /// Peers this node is finding out whether they died
+    /// ([`crate::failover`]).
+    pub(crate) probing: Mutex<std::collections::HashSet<NodeId>>,
     /// Connections for forwarding changes to the leader, by target.
     forward: Mutex<HashMap<NodeId, Connection>>,
     /// Set by [`Cluster::shutdown`]: the ping tasks end.
@@ -128,15 +124,18 @@ impl Cluster {
             ClusterError::Network(format!("cannot listen on {}: {e}", config.listen))
         })?;
         let me = config.node_id();
+        let raft_runtime = crate::raft_runtime::RaftRuntime::start(&config.node_name)?;
+        let raft_rt = raft_runtime.handle().clone();
         let log = LogStore::open(&config.dir)?;
         let waiters: Waiters = Arc::default();
         let hooks: AppliedHooks = Arc::default();
         let link = Arc::new(Link::new(config.clone()));
+        let factory = NetworkFactory::new(Arc::clone(&link));
         let queue_groups = crate::queue_group::QueueGroups::new(
-            Arc::clone(&link),
+            factory.clone(),
             Arc::clone(&broker),
             &config.dir,
-            tokio::runtime::Handle::current(),
+            raft_rt.clone(),
         );
         let sm = StateMachine::open(
             &config.dir,
@@ -147,22 +146,29 @@ impl Cluster {
             Arc::clone(&hooks),
             Arc::clone(&queue_groups),
         )?;
+        // The timing is a setting (crate::config::RaftTiming::METADATA by
+        // default).
         let raft_config = openraft::Config {
-            cluster_name: "antre".into(),
-            heartbeat_interval: HEARTBEAT_MS,
-            election_timeout_min: ELECTION_MIN_MS,
-            election_timeout_max: ELECTION_MAX_MS,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs.max(1)),
             // Some entries stay after a snapshot, so a follower a little
             // behind catches up from the log rather than a whole snapshot.
             max_in_snapshot_log_to_keep: (config.snapshot_logs / 10).min(100),
-            ..Default::default()
+            ..config.metadata_timing.raft_config("antre".into())
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let factory = NetworkFactory::new(Arc::clone(&link));
-        let raft = Raft::new(me, Arc::new(raft_config), factory, log.clone(), sm)
+        // openraft spawns the core and its workers on the runtime it is
+        // started on: the Raft runtime.
+        let started = raft_rt.spawn(Raft::new(
+            me,
+            Arc::new(raft_config),
+            factory,
+            log.clone(),
+            sm,
+        ));
+        let raft = started
             .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let forwarder = crate::forward::Forwarder::new(Arc::clone(&link), &broker);
         let node = Arc::new(Cluster {
@@ -176,6 +182,8 @@ impl Cluster {
             hooks,
             next_request: AtomicU64::new(rand::random::<u32>() as u64),
             runtime: tokio::runtime::Handle::current(),
+            raft_runtime,
+            probing: Mutex::default(),
             forward: Mutex::default(),
             stopped: std::sync::atomic::AtomicBool::new(false),
             listener: Mutex::default(),
@@ -186,18 +194,23 @@ impl Cluster {
         let weak = Arc::downgrade(&node);
         node.queue_groups
             .set_address_book(Box::new(move |id| weak.upgrade()?.addr_of(id)));
-        let serving = tokio::spawn(crate::server::serve(
+        // Peers' Raft requests are answered on the Raft runtime too (the
+        // listener was bound here: its socket moves with it).
+        let listener = listener
+            .into_std()
+            .map_err(|e| ClusterError::Network(format!("cluster listener: {e}")))?;
+        let serving = raft_rt.spawn(crate::server::serve_std(
             listener,
             Arc::downgrade(&node),
             node.stop.subscribe(),
         ));
         *node.listener.lock() = Some(serving);
-        tokio::spawn(ping_members(Arc::downgrade(&node)));
+        raft_rt.spawn(ping_members(Arc::downgrade(&node)));
         match config.join {
             // A joining node must not bootstrap a cluster of its own: it
             // waits for the leader to add it.
             Some(target) => {
-                tokio::spawn(crate::membership::join(Arc::downgrade(&node), target));
+                raft_rt.spawn(crate::membership::join(Arc::downgrade(&node), target));
             }
             None => {
                 let members: BTreeMap<NodeId, Member> = config
@@ -284,11 +297,23 @@ impl Cluster {
             tracing::warn!("stopping raft: {e}");
         }
         self.log.close();
+        self.raft_runtime.stop();
     }
 
     /// This node's Raft id.
     pub fn id(&self) -> NodeId {
         self.link.config.node_id()
+    }
+
+    /// Where Raft work is spawned.
+    pub(crate) fn raft_handle(&self) -> &tokio::runtime::Handle {
+        self.raft_runtime.handle()
+    }
+
+    /// Whether node `id` leads the metadata group or a quorum queue group
+    /// this node follows.
+    pub(crate) fn led_by(&self, id: NodeId) -> bool {
+        crate::failover::follows(&self.raft, id) || !self.queue_groups.led_by(id).is_empty()
     }
 
     /// The cluster as this node sees it.

@@ -63,21 +63,10 @@ use sha2::{Digest, Sha256};
 pub mod members;
 
 use crate::log_store::LogStore;
-use crate::network::{CallError, Connection, Link};
+use crate::network::{CallError, Link, NetworkFactory, PooledConnection};
 use crate::wire::{Request, Response};
 use crate::{ClusterError, NodeId};
 
-/// Raft timing of queue groups: a heartbeat every 100 ms; a follower
-/// stands for election once the leader's lease (the longest election
-/// timeout, 800 ms after its last heartbeat) and its own election timeout
-/// (400 to 800 ms) have passed, so a dead leader is replaced in 1.2 to
-/// 1.6 s (the goal is a failover under 2 s). Shorter than the
-/// metadata group's, whose changes are rare and can wait: a queue's
-/// publishers cannot. A node that misses heartbeats for that long (a
-/// stalled machine) costs the queue an election, which is safe.
-const HEARTBEAT_MS: u64 = 100;
-const ELECTION_MIN_MS: u64 = 400;
-const ELECTION_MAX_MS: u64 = 800;
 /// A snapshot of the messages left after this many entries; the log keeps
 /// a few entries before it for followers a little behind.
 const SNAPSHOT_LOGS: u64 = 4096;
@@ -517,6 +506,9 @@ impl std::fmt::Debug for Group {
 /// The queue groups this node is a member of.
 pub struct QueueGroups {
     link: Arc<Link>,
+    /// The node's connections to its peers, shared with the metadata
+    /// group (a leadership check gets a connection made already).
+    network: NetworkFactory,
     broker: Arc<Broker>,
     dir: PathBuf,
     groups: Mutex<HashMap<String, Arc<Group>>>,
@@ -540,15 +532,17 @@ impl std::fmt::Debug for QueueGroups {
 }
 
 impl QueueGroups {
-    /// The registry of a node whose cluster directory is `dir`.
+    /// The registry of a node whose cluster directory is `dir`; its
+    /// groups run on `runtime` (the node's Raft runtime).
     pub fn new(
-        link: Arc<Link>,
+        network: NetworkFactory,
         broker: Arc<Broker>,
         dir: &Path,
         runtime: tokio::runtime::Handle,
     ) -> Arc<QueueGroups> {
         Arc::new_cyclic(|this| QueueGroups {
-            link,
+            link: Arc::clone(&network.link),
+            network,
             broker,
             dir: dir.join("queues"),
             groups: Mutex::default(),
@@ -673,19 +667,21 @@ impl QueueGroups {
             proposed: Mutex::default(),
         });
         let machine = QueueMachine::open(&dir, Arc::clone(&engine))?;
+        // Timing: a setting, crate::config::RaftTiming::QUEUE by default
+        // (shorter than the metadata group's: publishers cannot wait).
         let config = openraft::Config {
-            cluster_name: format!("antre-queue-{}", def.group),
-            heartbeat_interval: HEARTBEAT_MS,
-            election_timeout_min: ELECTION_MIN_MS,
-            election_timeout_max: ELECTION_MAX_MS,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS),
             max_in_snapshot_log_to_keep: KEEP_AFTER_SNAPSHOT,
-            ..Default::default()
+            ..self
+                .link
+                .config
+                .queue_timing
+                .raft_config(format!("antre-queue-{}", def.group))
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let network = GroupNetwork {
-            link: Arc::clone(&self.link),
+            network: self.network.clone(),
             group: Arc::from(def.group.as_str()),
         };
         let me = self.link.config.node_id();
@@ -820,6 +816,16 @@ impl QueueGroups {
             .into_iter()
             .take(size.max(1))
             .map(str::to_owned)
+            .collect()
+    }
+
+    /// The groups this node follows whose leader is node `leader`.
+    pub fn led_by(&self, leader: NodeId) -> Vec<QueueRaft> {
+        self.groups
+            .lock()
+            .values()
+            .filter(|g| crate::failover::follows(&g.raft, leader))
+            .map(|g| g.raft.clone())
             .collect()
     }
 
@@ -1026,24 +1032,25 @@ fn step_down(group: &Group) {
 }
 
 /// openraft's network factory for one group: a connection per target over
-/// the cluster link, requests carrying the group's id.
+/// the cluster link (from the node's pool), requests carrying the group's
+/// id.
 #[derive(Clone)]
 struct GroupNetwork {
-    link: Arc<Link>,
+    network: NetworkFactory,
     group: Arc<str>,
 }
 
 struct GroupClient {
     target: NodeId,
     group: Arc<str>,
-    conn: Connection,
+    conn: PooledConnection,
 }
 
 impl RaftNetworkFactory<QueueTypeConfig> for GroupNetwork {
     type Network = GroupClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupClient {
-        let cfg = &self.link.config;
+        let cfg = &self.network.link.config;
         // A member that joined later is in no peer list: an empty name
         // accepts whichever node answers there, the secret proving it is
         // a member.
@@ -1058,7 +1065,7 @@ impl RaftNetworkFactory<QueueTypeConfig> for GroupNetwork {
         GroupClient {
             target,
             group: Arc::clone(&self.group),
-            conn: Connection::new(Arc::clone(&self.link), &name, addr),
+            conn: self.network.connection(target, &name, addr),
         }
     }
 }

@@ -9,8 +9,22 @@ use tokio::sync::watch;
 
 use crate::auth;
 use crate::node::Cluster;
+use crate::raft_runtime::AbortOnDrop;
 use crate::stream::BoxStream;
 use crate::wire::{read_frame, write_frame, Request, Response};
+
+/// [`serve`] for a listener bound on another runtime: it is registered
+/// with the runtime this runs on (the node's Raft runtime).
+pub async fn serve_std(
+    listener: std::net::TcpListener,
+    node: Weak<Cluster>,
+    stop: watch::Receiver<bool>,
+) {
+    match TcpListener::from_std(listener) {
+        Ok(l) => serve(l, node, stop).await,
+        Err(e) => tracing::error!("cluster listener: {e}"),
+    }
+}
 
 /// Accepts cluster connections until the listener fails or the node is
 /// gone.
@@ -92,7 +106,17 @@ async fn serve_peer(
     let weak = Arc::downgrade(&node);
     drop(node);
     loop {
-        let request: Request = read_frame(&mut stream).await?;
+        let request: Request = match read_frame(&mut stream).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The peer closed its connection, perhaps because it died:
+                // find out, for a fast failover of what it led.
+                if let Some(node) = weak.upgrade() {
+                    crate::failover::link_closed(&node, &peer);
+                }
+                return Err(e);
+            }
+        };
         let Some(node) = weak.upgrade() else {
             return Ok(());
         };
@@ -130,8 +154,15 @@ async fn serve_peer(
             }
             Request::DataLink => {
                 let broker = node.forwarder.broker();
+                // Forwarded publishes and deliveries are the broker's work:
+                // they run on its runtime, not the Raft runtime this
+                // connection was accepted on (and end with this future,
+                // when the node stops).
+                let runtime = node.runtime.clone();
                 drop(node);
-                crate::forward::serve(stream, peer, broker).await;
+                let mut task =
+                    AbortOnDrop(runtime.spawn(crate::forward::serve(stream, peer, broker)));
+                let _ = (&mut task.0).await;
                 return Ok(());
             }
         };

@@ -48,6 +48,8 @@ async fn start(name: &str, peers: &[Peer], dir: &std::path::Path) -> Node {
         snapshot_logs: 5,
         join: None,
         tls: None,
+        metadata_timing: antre_cluster::RaftTiming::METADATA,
+        queue_timing: antre_cluster::RaftTiming::QUEUE,
     };
     let cluster = Cluster::start(config, Arc::clone(&broker)).await.unwrap();
     Node { broker, cluster }

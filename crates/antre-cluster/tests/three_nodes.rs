@@ -49,6 +49,8 @@ async fn start(names: &[&str], secrets: &[&str], dir: &std::path::Path) -> Vec<N
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
             join: None,
             tls: None,
+            metadata_timing: antre_cluster::RaftTiming::METADATA,
+            queue_timing: antre_cluster::RaftTiming::QUEUE,
         };
         let cluster = Cluster::start(config, Arc::clone(&broker)).await.unwrap();
         nodes.push(Node { broker, cluster });

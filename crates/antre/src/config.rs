@@ -389,6 +389,33 @@ pub struct Settings {
     /// there are blocked until it catches up [default: 67108864].
     #[arg(long, env = "ANTRE_CLUSTER_FORWARD_BUFFER", value_name = "BYTES")]
     pub cluster_forward_buffer: Option<u64>,
+    /// Seconds between the metadata group's Raft heartbeats; must exceed
+    /// the slowest round trip between nodes (with a follower's fsync)
+    /// [default: 0.2].
+    #[arg(long, env = "ANTRE_CLUSTER_HEARTBEAT_INTERVAL", value_name = "SECONDS")]
+    pub cluster_heartbeat_interval: Option<f64>,
+    /// Seconds without a heartbeat after which a metadata group follower
+    /// stands for election (each draws between this and twice this); at
+    /// least 3 heartbeat intervals [default: 1].
+    #[arg(long, env = "ANTRE_CLUSTER_ELECTION_TIMEOUT", value_name = "SECONDS")]
+    pub cluster_election_timeout: Option<f64>,
+    /// Seconds between a quorum queue group's Raft heartbeats
+    /// [default: 0.1].
+    #[arg(
+        long,
+        env = "ANTRE_CLUSTER_QUEUE_HEARTBEAT_INTERVAL",
+        value_name = "SECONDS"
+    )]
+    pub cluster_queue_heartbeat_interval: Option<f64>,
+    /// Seconds without a heartbeat after which a quorum queue group's
+    /// follower stands for election (between this and twice this); at
+    /// least 3 heartbeat intervals [default: 0.4].
+    #[arg(
+        long,
+        env = "ANTRE_CLUSTER_QUEUE_ELECTION_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub cluster_queue_election_timeout: Option<f64>,
     /// Join an existing cluster through the member listening (cluster
     /// link) at this address, instead of bootstrapping one from the peer
     /// list; ignored once this node is a member. The peer list may then
@@ -521,6 +548,18 @@ impl Settings {
                 .cluster_forward_timeout
                 .or(below.cluster_forward_timeout),
             cluster_forward_buffer: self.cluster_forward_buffer.or(below.cluster_forward_buffer),
+            cluster_heartbeat_interval: self
+                .cluster_heartbeat_interval
+                .or(below.cluster_heartbeat_interval),
+            cluster_election_timeout: self
+                .cluster_election_timeout
+                .or(below.cluster_election_timeout),
+            cluster_queue_heartbeat_interval: self
+                .cluster_queue_heartbeat_interval
+                .or(below.cluster_queue_heartbeat_interval),
+            cluster_queue_election_timeout: self
+                .cluster_queue_election_timeout
+                .or(below.cluster_queue_election_timeout),
             cluster_join: self.cluster_join.or(below.cluster_join),
             cluster_tls_cert: self.cluster_tls_cert.or(below.cluster_tls_cert),
             cluster_tls_key: self.cluster_tls_key.or(below.cluster_tls_key),
@@ -609,7 +648,41 @@ impl Settings {
             Some(0) => anyhow::bail!("cluster_forward_buffer must be a positive number of bytes"),
             Some(b) => b,
         };
+        let seconds = |name: &str, setting: Option<f64>, default: Duration| match setting {
+            None => Ok(default),
+            Some(s) if s > 0.0 && s.is_finite() && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+            Some(s) => Err(anyhow::anyhow!(
+                "{name} must be a positive number of seconds, not {s}"
+            )),
+        };
+        use antre_cluster::RaftTiming;
+        let metadata_timing = RaftTiming {
+            heartbeat: seconds(
+                "cluster_heartbeat_interval",
+                self.cluster_heartbeat_interval,
+                RaftTiming::METADATA.heartbeat,
+            )?,
+            election_min: seconds(
+                "cluster_election_timeout",
+                self.cluster_election_timeout,
+                RaftTiming::METADATA.election_min,
+            )?,
+        };
+        let queue_timing = RaftTiming {
+            heartbeat: seconds(
+                "cluster_queue_heartbeat_interval",
+                self.cluster_queue_heartbeat_interval,
+                RaftTiming::QUEUE.heartbeat,
+            )?,
+            election_min: seconds(
+                "cluster_queue_election_timeout",
+                self.cluster_queue_election_timeout,
+                RaftTiming::QUEUE.election_min,
+            )?,
+        };
         let config = antre_cluster::ClusterConfig {
+            metadata_timing,
+            queue_timing,
             node_name,
             listen,
             peers,
@@ -855,6 +928,8 @@ mod tests {
         assert_eq!(cluster.change_timeout, Duration::from_millis(2500));
         assert_eq!(cluster.forward_timeout, Duration::from_secs(5));
         assert_eq!(cluster.forward_buffer, 64 << 20);
+        assert_eq!(cluster.metadata_timing, antre_cluster::RaftTiming::METADATA);
+        assert_eq!(cluster.queue_timing, antre_cluster::RaftTiming::QUEUE);
         assert_eq!(cluster.dir, Path::new("/var/lib/antre/cluster"));
         let forward =
             format!("{toml}cluster_forward_timeout = 0.5\ncluster_forward_buffer = 1024\n");
@@ -908,6 +983,44 @@ mod tests {
         };
         let e = with_streams.to_config().unwrap_err().to_string();
         assert!(e.contains("stream"), "{e}");
+    }
+
+    #[test]
+    fn cluster_raft_timings_are_settings_checked_together() {
+        let base = "node_name = \"n1\"\ncluster_listen = \"127.0.0.1:25672\"\n\
+                    cluster_peers = \"n1=127.0.0.1:25672\"\n\
+                    cluster_secret = \"0123456789abcdef\"\n";
+        let toml = format!(
+            "{base}cluster_heartbeat_interval = 0.5\ncluster_election_timeout = 3\n\
+             cluster_queue_heartbeat_interval = 0.25\ncluster_queue_election_timeout = 1.5\n"
+        );
+        let cluster = Settings::from_toml(&toml)
+            .unwrap()
+            .to_config()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            cluster.metadata_timing.heartbeat,
+            Duration::from_millis(500)
+        );
+        assert_eq!(cluster.metadata_timing.election_min, Duration::from_secs(3));
+        assert_eq!(cluster.queue_timing.heartbeat, Duration::from_millis(250));
+        assert_eq!(cluster.queue_timing.election_max(), Duration::from_secs(3));
+        // A heartbeat not well below the election timeout is refused,
+        // naming the group.
+        let close = Settings {
+            cluster_queue_heartbeat_interval: Some(0.2),
+            ..Settings::from_toml(base).unwrap()
+        };
+        let e = close.to_config().unwrap_err().to_string();
+        assert!(e.contains("quorum queues' election timeout"), "{e}");
+        let negative = Settings {
+            cluster_heartbeat_interval: Some(-1.0),
+            ..Settings::from_toml(base).unwrap()
+        };
+        let e = negative.to_config().unwrap_err().to_string();
+        assert!(e.contains("cluster_heartbeat_interval"), "{e}");
     }
 
     #[test]

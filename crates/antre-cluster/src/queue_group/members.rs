@@ -45,6 +45,7 @@ use openraft::ChangeMembers;
 use tokio::time::Instant;
 
 use super::*;
+use crate::network::Connection;
 use crate::node::Cluster;
 
 /// How long one queue's membership change may take (a new member catches
