@@ -616,13 +616,7 @@ impl QueueGroups {
         self.runtime.spawn(async move {
             g.stop.send_replace(true);
             g.machine.engine.active.store(false, Ordering::Release);
-            if let Err(e) = g.raft.shutdown().await {
-                tracing::warn!("stopping quorum queue group {}: {e}", g.def.group);
-            }
-            g.log.close();
-            if let Err(e) = std::fs::remove_dir_all(&g.dir) {
-                tracing::warn!("removing quorum queue group {}: {e}", g.def.group);
-            }
+            remove_replica(&g).await;
             tracing::info!(
                 vhost = g.def.vhost,
                 queue = g.def.name,
@@ -1155,6 +1149,18 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
                 "answer of the wrong kind".into(),
             ))),
         }
+    }
+}
+
+/// Stops a stopped group's Raft and deletes its data: this node keeps no
+/// replica of it any more (the queue was deleted, or this member removed).
+pub(crate) async fn remove_replica(g: &Group) {
+    if let Err(e) = g.raft.shutdown().await {
+        tracing::warn!("stopping quorum queue group {}: {e}", g.def.group);
+    }
+    g.log.close();
+    if let Err(e) = std::fs::remove_dir_all(&g.dir) {
+        tracing::warn!("removing quorum queue group {}: {e}", g.def.group);
     }
 }
 

@@ -305,13 +305,7 @@ impl QueueGroups {
             if g.machine.engine.active.load(Ordering::Acquire) {
                 step_down(&g);
             }
-            if let Err(e) = g.raft.shutdown().await {
-                tracing::warn!("stopping quorum queue group {}: {e}", g.def.group);
-            }
-            g.log.close();
-            if let Err(e) = std::fs::remove_dir_all(&g.dir) {
-                tracing::warn!("removing quorum queue group {}: {e}", g.def.group);
-            }
+            remove_replica(&g).await;
             tracing::info!(
                 vhost = g.def.vhost,
                 queue = g.def.name,
