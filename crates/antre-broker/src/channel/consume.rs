@@ -13,6 +13,25 @@ use crate::queue::{ConsumerSpec, Credit, Delivery, Queue, QueueKind};
 use crate::vhost::{generated_name, REPLY_TO};
 
 impl Channel {
+    /// The tag a basic.consume asked for, or a generated one; 530 if a
+    /// consumer of any kind (queue, stream, remote) on this channel has it.
+    pub(super) fn new_consumer_tag(&self, requested: &str) -> Result<Arc<str>, BrokerError> {
+        let tag: Arc<str> = if requested.is_empty() {
+            generated_name("amq.ctag-").into()
+        } else {
+            requested.into()
+        };
+        if self.consumers.contains_key(&tag)
+            || self.streams.contains_key(&tag)
+            || self.remotes.contains_key(&tag)
+        {
+            return Err(BrokerError::NotAllowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        Ok(tag)
+    }
+
     pub(super) fn qos(&mut self, m: BasicQos, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
         if m.prefetch_size != 0 {
             return Err(BrokerError::NotImplemented(format!(
@@ -58,19 +77,7 @@ impl Channel {
                 crate::error::queue_ref(&self.ctx.vhost.name, &queue.name)
             )));
         }
-        let tag: Arc<str> = if m.consumer_tag.is_empty() {
-            generated_name("amq.ctag-").into()
-        } else {
-            m.consumer_tag.as_str().into()
-        };
-        if self.consumers.contains_key(&tag)
-            || self.streams.contains_key(&tag)
-            || self.remotes.contains_key(&tag)
-        {
-            return Err(BrokerError::NotAllowed(format!(
-                "attempt to reuse consumer tag '{tag}'"
-            )));
-        }
+        let tag = self.new_consumer_tag(&m.consumer_tag)?;
         let priority = match m.arguments.get("x-priority") {
             None => 0,
             Some(v) => v.as_i64().ok_or_else(|| {

@@ -152,16 +152,7 @@ impl Channel {
             }
         }
         if let Some(message) = kept.filter(|_| outcome.returned) {
-            out.push(Outgoing::Content(
-                BasicReturn {
-                    reply_code: antre_amqp::reply::NO_ROUTE,
-                    reply_text: "NO_ROUTE".into(),
-                    exchange: message.exchange.clone(),
-                    routing_key: message.routing_key.clone(),
-                }
-                .into(),
-                message,
-            ));
+            out.push(returned_no_route(message));
         }
         Ok(outcome.rejected)
     }
@@ -397,4 +388,19 @@ pub(super) fn refused_publish(seq: u64) -> BasicNack {
         multiple: true,
         requeue: true,
     }
+}
+
+/// A mandatory message that reached no queue, going back to its publisher
+/// (basic.return 312 NO_ROUTE).
+pub(super) fn returned_no_route(message: Arc<Message>) -> Outgoing {
+    Outgoing::Content(
+        BasicReturn {
+            reply_code: antre_amqp::reply::NO_ROUTE,
+            reply_text: "NO_ROUTE".into(),
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+        }
+        .into(),
+        message,
+    )
 }

@@ -179,19 +179,7 @@ impl Channel {
                 crate::error::queue_ref(&self.ctx.vhost.name, &queue)
             )));
         }
-        let tag: Arc<str> = if m.consumer_tag.is_empty() {
-            crate::vhost::generated_name("amq.ctag-").into()
-        } else {
-            m.consumer_tag.as_str().into()
-        };
-        if self.consumers.contains_key(&tag)
-            || self.streams.contains_key(&tag)
-            || self.remotes.contains_key(&tag)
-        {
-            return Err(BrokerError::NotAllowed(format!(
-                "attempt to reuse consumer tag '{tag}'"
-            )));
-        }
+        let tag = self.new_consumer_tag(&m.consumer_tag)?;
         self.flush_remote_window(out);
         let rc = self.remote_channel(&queue, owner)?;
         let prefetch_count = u16::try_from(self.prefetch).unwrap_or(u16::MAX);
@@ -792,16 +780,7 @@ impl Channel {
                 let metrics = &self.ctx.broker.metrics;
                 metrics.unroutable.inc();
                 metrics.returned.inc();
-                out.push(Outgoing::Content(
-                    BasicReturn {
-                        reply_code: antre_amqp::reply::NO_ROUTE,
-                        reply_text: "NO_ROUTE".into(),
-                        exchange: message.exchange.clone(),
-                        routing_key: message.routing_key.clone(),
-                    }
-                    .into(),
-                    message,
-                ));
+                out.push(super::publish::returned_no_route(message));
             }
         }
         match g.token {
