@@ -576,11 +576,13 @@ impl Queue {
             *st.dedup.entry(key.clone()).or_default() += 1;
         }
         let stored = entry.pos.is_some();
+        let arrived = arrival(&entry.message, now);
         st.insert_entry(entry, false);
-        // Dispatch as of the millisecond before: a message whose TTL (0)
-        // ends the instant it arrives still goes to a consumer that can take
-        // it at once, as in RabbitMQ, and expires otherwise just below.
-        self.dispatch(&mut st, now.saturating_sub(1));
+        // Dispatch as of the millisecond before it arrived: a message whose
+        // TTL (0) ends the instant it arrives still goes to a consumer that
+        // can take it at once, as in RabbitMQ, and expires otherwise just
+        // below.
+        self.dispatch(&mut st, arrived.saturating_sub(1));
         self.enforce_limits(&mut st);
         self.expire(&mut st, now);
         Ok(Enqueued::Accepted { stored })
@@ -1003,6 +1005,16 @@ impl Queue {
                 }
             }
         }
+    }
+}
+
+/// When `message` arrived: when its channel stamped it, which under load
+/// (or behind a Raft commit) can be a few milliseconds before its queue
+/// took it at `now`.
+fn arrival(message: &Message, now: u64) -> u64 {
+    match message.published_at {
+        0 => now,
+        at => at.min(now),
     }
 }
 

@@ -88,8 +88,9 @@ impl Queue {
         let entry = self.entry_for(&st.args, message, id, now);
         st.next_seq = st.next_seq.max(id + 1);
         self.metrics.published.inc();
+        let arrived = super::arrival(&entry.message, now);
         st.insert_entry(entry, false);
-        self.dispatch(&mut st, now.saturating_sub(1));
+        self.dispatch(&mut st, arrived.saturating_sub(1));
         self.enforce_limits(&mut st);
         self.expire(&mut st, now);
     }

@@ -136,6 +136,21 @@ fn a_ttl_zero_message_goes_to_a_waiting_consumer_or_expires() {
 }
 
 #[test]
+fn a_ttl_zero_message_stamped_before_it_reached_the_queue_still_goes_to_a_waiting_consumer() {
+    // The channel stamps the publish time; under load the queue may take
+    // the message a few milliseconds later. It still "arrives" at its
+    // stamp, when the consumer could take it.
+    let clock = Arc::new(ManualClock::at(1_000_000));
+    let q = queue_with(&[("x-message-ttl", FieldValue::I32(0))], clock);
+    let sink = Arc::new(CollectSink::default());
+    q.add_consumer(consumer(1, 0, &sink)).unwrap();
+    q.publish_ok(Arc::new(
+        Arc::unwrap_or_clone(message("late")).published_at(1_000_000 - 3),
+    ));
+    assert_eq!(sink.bodies(), ["late"]);
+}
+
+#[test]
 fn consumers_are_served_round_robin() {
     let q = queue();
     let (a, b) = (
