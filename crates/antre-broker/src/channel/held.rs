@@ -116,6 +116,12 @@ impl Channel {
         result
     }
 
+    /// Whether output waits behind a sync (what the channel emits now is
+    /// held, not written).
+    pub fn holds_output(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Moves what a handler emitted (from `start` on) behind held output,
     /// if any; `changed` says the handler changed durable definitions, so
     /// its answer must wait for a sync.

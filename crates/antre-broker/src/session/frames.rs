@@ -366,6 +366,7 @@ impl Session {
 
     fn channel_gone(&mut self, id: u16) {
         self.channels.remove(&id);
+        self.drop_held_window(id);
         self.effects.push_back(Effect::ChannelClosed(id));
     }
 
@@ -381,6 +382,7 @@ impl Session {
             channel.close();
         }
         self.channels.insert(id, Slot::Closing);
+        self.drop_held_window(id);
         let close = ChannelClose {
             reply_code: e.reply_code(),
             reply_text: e.to_string(),
@@ -425,6 +427,26 @@ impl Session {
                 }
             }
         }
+        if !self.held_window.is_empty() && !self.holds_output(id) {
+            // What it held went out just now (or was dropped with the
+            // channel): its bytes are freed once written.
+            if let Some(bytes) = self.held_window.remove(&id) {
+                self.output_pending += bytes;
+            }
+        }
+    }
+
+    /// Whether channel `id` holds output behind a sync.
+    fn holds_output(&self, id: u16) -> bool {
+        matches!(self.channels.get(&id), Some(Slot::Open { channel, .. }) if channel.holds_output())
+    }
+
+    /// Channel `id` is gone with what it held: that output is never
+    /// written, so its window bytes are free at once.
+    fn drop_held_window(&mut self, id: u16) {
+        if let Some(bytes) = self.held_window.remove(&id) {
+            self.free_output(bytes);
+        }
     }
 
     /// After a batch of frames: one basic.ack(multiple) per channel for the
@@ -449,15 +471,19 @@ impl Session {
         };
         let before = self.wbuf.len();
         self.window_full |= channel.deliver(delivery, &mut self.out);
+        let held = channel.holds_output();
         self.encode_out(id);
         let encoded = self.wbuf.len() - before;
         self.delivery_bytes += encoded;
         if encoded > 0 {
             // Freed once written (Session::wrote).
             self.output_pending += cost;
+        } else if held {
+            // Waits behind held output: counted until written.
+            *self.held_window.entry(id).or_default() += cost;
         } else {
-            // Went back to its queue (its consumer is gone), or waits behind
-            // held output: nothing of it sits in our buffer.
+            // Went back to its queue (its consumer is gone): nothing of it
+            // sits in our buffer.
             self.free_output(cost);
         }
     }

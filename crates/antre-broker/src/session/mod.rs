@@ -271,6 +271,11 @@ pub struct Session {
     output_window: Arc<OutputWindow>,
     /// Output-window bytes of the deliveries in `wbuf`, freed once written.
     output_pending: u64,
+    /// Output-window bytes of deliveries a channel holds behind a sync of
+    /// durable definitions (see `channel::held`), per channel: they count
+    /// until written like any other, or a large prefetch could pile a
+    /// backlog into held output.
+    held_window: HashMap<u16, u64>,
     effects: VecDeque<Effect>,
     /// The client has published: an alarm blocks it.
     has_published: bool,
@@ -318,6 +323,7 @@ impl Session {
             delivery_bytes: 0,
             window_full: false,
             output_pending: 0,
+            held_window: HashMap::new(),
             effects: VecDeque::new(),
             has_published: false,
             blocked: false,
@@ -535,6 +541,8 @@ impl Session {
     /// their queues, consumers are cancelled, exclusive queues are deleted.
     /// Events that arrive afterwards return their deliveries to the queues.
     pub fn teardown(&mut self) {
+        let held: u64 = self.held_window.drain().map(|(_, bytes)| bytes).sum();
+        self.free_output(held);
         for (_, slot) in self.channels.drain() {
             if let Some(mut channel) = slot.into_channel() {
                 channel.close();

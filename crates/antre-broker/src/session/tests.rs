@@ -883,6 +883,86 @@ fn deliveries_stop_while_the_client_does_not_read() {
     assert_eq!(queue.counts().ready, 0);
 }
 
+/// Deliveries that arrive while the channel's output waits for a sync of
+/// durable definitions (a durable declare just before) are held in the
+/// channel, not written: they still count in the output window until they
+/// are, so a consumer with a large prefetch cannot pile a backlog into
+/// held output.
+#[test]
+fn deliveries_held_behind_a_durable_declare_count_in_the_output_window() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker =
+        Arc::new(Broker::open(dir.path(), crate::StorageOptions::default()).expect("broker"));
+    let mut c = Client::open_on(
+        broker,
+        SessionConfig {
+            delivery_buffer_limit: 8192,
+            ..config()
+        },
+    );
+    let transient = QueueDeclare {
+        queue: "q".into(),
+        ..Default::default()
+    };
+    c.method(1, transient);
+    c.flush();
+    for _ in 0..100 {
+        c.publish(1, "q", &[b'x'; 1000]);
+    }
+    c.flush();
+    c.methods();
+    let durable = QueueDeclare {
+        queue: "d".into(),
+        durable: true,
+        ..Default::default()
+    };
+    c.method(1, durable);
+    let consume = BasicConsume {
+        queue: "q".into(),
+        no_ack: true,
+        ..Default::default()
+    };
+    c.method(1, consume);
+    // The declare's sync does not come back yet: every other event is
+    // handled, and what the session wrote is taken as written.
+    c.session.receive(&mut c.input, c.now);
+    let mut syncs = Vec::new();
+    for _ in 0..200 {
+        let events: Vec<SessionEvent> = std::mem::take(&mut *c.events.0.lock());
+        for e in events {
+            match e {
+                SessionEvent::Synced(..) => syncs.push(e),
+                e => c.session.event(e),
+            }
+        }
+        c.session.wrote(c.now);
+    }
+    let queue = c.session.broker.vhost("/").unwrap().queue("q", 0).unwrap();
+    let ready = queue.counts().ready as usize;
+    assert!(
+        ready >= 100 - 8,
+        "at most a window's worth held, {} taken",
+        100 - ready
+    );
+    // The sync comes back (the syncer thread may still owe it): the held
+    // output goes out, and the rest follows as it is written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut delivered = 0;
+    while delivered < 100 {
+        assert!(Instant::now() < deadline, "{delivered} of 100 delivered");
+        for e in syncs.drain(..) {
+            c.session.event(e);
+        }
+        c.pump();
+        delivered += c
+            .methods()
+            .iter()
+            .filter(|(_, m)| matches!(m, Method::BasicDeliver(_)))
+            .count();
+    }
+    assert_eq!(delivered, 100);
+}
+
 /// Connections that stop reading cannot together hold more than the node's
 /// output budget, plus a fair share each, however large their own windows;
 /// a bystander that reads is served all along.
