@@ -20,7 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::alarm::{self, Alarms, CheckIntervals};
 use crate::config::Config;
-use crate::connection::{Accepted, Connection, ReadBuffers, READ_BUFFERS_LIMIT};
+use crate::connection::{Accepted, Buffers, Connection, READ_BUFFERS_LIMIT, WRITE_BUFFERS_LIMIT};
 use crate::http::{self, rates::Rates, HttpState};
 use crate::listen;
 use crate::registry::Registry;
@@ -315,7 +315,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         registry: Arc::clone(&registry),
         alarms: alarms.clone(),
         sockets: Arc::clone(&sockets),
-        read_buffers: ReadBuffers::new(READ_BUFFERS_LIMIT),
+        buffers: Buffers::new(READ_BUFFERS_LIMIT, WRITE_BUFFERS_LIMIT),
     };
     let task = tokio::spawn(accept_loop(amqp_listeners, shared, shutdown_rx, lock));
     for addr in &amqp_addrs {
@@ -381,8 +381,8 @@ struct Shared {
     registry: Arc<Registry>,
     alarms: Alarms,
     sockets: Arc<Sockets>,
-    /// The budget every connection's read buffer grows from.
-    read_buffers: Arc<ReadBuffers>,
+    /// The node-wide budgets of connections' read and output buffers.
+    buffers: Buffers,
 }
 
 impl Shared {
@@ -451,7 +451,7 @@ impl Shared {
             Arc::clone(&self.config),
             Arc::clone(&self.registry),
             self.alarms.subscribe(),
-            Arc::clone(&self.read_buffers),
+            &self.buffers,
         )
     }
 }

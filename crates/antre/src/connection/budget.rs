@@ -1,12 +1,20 @@
-//! One budget for the read buffers of all connections.
+//! Node-wide budgets for the read and write buffers of all connections.
 //!
 //! A client that sends faster than one small buffer per wake-up gets a
 //! larger read buffer (up to 256 KiB), which saves wake-ups and syscalls.
 //! One fast publisher should have that; a thousand publishers that each
 //! send a confirm window at once should not each hold 64–256 KiB, since
 //! the bytes would otherwise simply wait in the kernel's socket buffers.
-//! So growth past [`READ_SMALL`] takes from a node-wide budget, and a
-//! connection that gets none reads in small buffers.
+//! So growth past a small size ([`READ_SMALL`]) takes from a node-wide
+//! budget, and a connection that gets none reads in small buffers.
+//!
+//! Output is the same: a consumer's connection encodes a few hundred
+//! coalesced deliveries per write, and keeping that buffer between writes
+//! saves an allocation each time. A thousand consumers each keeping
+//! 256 KiB would hold 256 MB while their queues drain, so a connection
+//! keeps an output buffer larger than [`WRITE_SMALL`] only while the
+//! node's write budget lets it, and gives it back after the write
+//! otherwise.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,18 +22,26 @@ use std::sync::Arc;
 /// A connection's read buffer may grow to this without the budget.
 pub(crate) const READ_SMALL: usize = 8 * 1024;
 
-/// What all connections' read buffers may hold beyond [`READ_SMALL`] each.
+/// A connection may keep an output buffer of this size between writes
+/// without the budget.
+pub(crate) const WRITE_SMALL: usize = 16 * 1024;
+
+/// What all connections' buffers of one kind may hold beyond a small size
+/// each.
 #[derive(Debug)]
-pub struct ReadBuffers {
+pub struct BufferBudget {
     limit: usize,
+    /// What each connection may have without the budget.
+    small: usize,
     used: AtomicUsize,
 }
 
-impl ReadBuffers {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Arc<ReadBuffers> {
-        Arc::new(ReadBuffers {
+impl BufferBudget {
+    /// A budget of `limit` bytes for buffers above `small` bytes.
+    pub fn new(limit: usize, small: usize) -> Arc<BufferBudget> {
+        Arc::new(BufferBudget {
             limit,
+            small,
             used: AtomicUsize::new(0),
         })
     }
@@ -50,27 +66,63 @@ impl ReadBuffers {
     }
 }
 
-/// One connection's share of the budget, given back when dropped.
+/// The node's two buffer budgets, which every connection draws from.
+#[derive(Debug, Clone)]
+pub struct Buffers {
+    /// Read buffers beyond [`READ_SMALL`] each.
+    pub read: Arc<BufferBudget>,
+    /// Output buffers kept between writes beyond [`WRITE_SMALL`] each.
+    pub write: Arc<BufferBudget>,
+}
+
+impl Buffers {
+    /// Budgets of `read` and `write` bytes.
+    pub fn new(read: usize, write: usize) -> Buffers {
+        Buffers {
+            read: BufferBudget::new(read, READ_SMALL),
+            write: BufferBudget::new(write, WRITE_SMALL),
+        }
+    }
+}
+
+/// One connection's share of a budget, given back when dropped.
 #[derive(Debug)]
-pub(crate) struct ReadShare {
-    budget: Arc<ReadBuffers>,
-    /// Bytes taken (the buffer's size beyond [`READ_SMALL`]).
+pub(crate) struct BufferShare {
+    budget: Arc<BufferBudget>,
+    /// Bytes taken (the buffer's size beyond the budget's small size).
     taken: usize,
 }
 
-impl ReadShare {
-    pub(crate) fn new(budget: Arc<ReadBuffers>) -> ReadShare {
-        ReadShare { budget, taken: 0 }
+impl BufferShare {
+    pub(crate) fn new(budget: Arc<BufferBudget>) -> BufferShare {
+        BufferShare { budget, taken: 0 }
     }
 
     /// The largest buffer (at most `want`) the connection may have now.
     pub(crate) fn allow(&mut self, want: usize) -> usize {
-        let over = want.saturating_sub(READ_SMALL);
+        let small = self.budget.small;
+        let over = want.saturating_sub(small);
         if over <= self.taken || self.budget.try_take(over - self.taken) {
             self.taken = self.taken.max(over);
             return want;
         }
-        READ_SMALL.max(READ_SMALL + self.taken).min(want)
+        small.max(small + self.taken).min(want)
+    }
+
+    /// Whether the connection may keep a buffer of `size` bytes from now
+    /// on, its share resized to it (given back when it may not, or when
+    /// the buffer is small).
+    pub(crate) fn keep(&mut self, size: usize) -> bool {
+        let over = size.saturating_sub(self.budget.small);
+        if over < self.taken {
+            self.budget.give(self.taken - over);
+            self.taken = over;
+        }
+        if self.allow(size) >= size {
+            return true;
+        }
+        self.release();
+        false
     }
 
     /// The connection dropped its buffer: its share goes back.
@@ -79,7 +131,7 @@ impl ReadShare {
     }
 }
 
-impl Drop for ReadShare {
+impl Drop for BufferShare {
     fn drop(&mut self) {
         self.release();
     }
@@ -91,9 +143,9 @@ mod tests {
 
     #[test]
     fn growth_past_the_small_size_needs_the_budget() {
-        let budget = ReadBuffers::new(100 * 1024);
-        let mut a = ReadShare::new(Arc::clone(&budget));
-        let mut b = ReadShare::new(Arc::clone(&budget));
+        let budget = BufferBudget::new(100 * 1024, READ_SMALL);
+        let mut a = BufferShare::new(Arc::clone(&budget));
+        let mut b = BufferShare::new(Arc::clone(&budget));
         assert_eq!(a.allow(READ_SMALL), READ_SMALL);
         assert_eq!(budget.used(), 0);
         assert_eq!(a.allow(READ_SMALL + 60 * 1024), READ_SMALL + 60 * 1024);
@@ -109,6 +161,28 @@ mod tests {
         );
         a.release();
         assert_eq!(budget.used(), 40 * 1024);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_large_output_buffer_is_kept_only_within_the_budget() {
+        let budget = BufferBudget::new(300 * 1024, WRITE_SMALL);
+        let mut a = BufferShare::new(Arc::clone(&budget));
+        let mut b = BufferShare::new(Arc::clone(&budget));
+        assert!(a.keep(WRITE_SMALL), "small buffers are always kept");
+        assert_eq!(budget.used(), 0);
+        assert!(a.keep(WRITE_SMALL + 256 * 1024));
+        assert_eq!(budget.used(), 256 * 1024);
+        assert!(!b.keep(WRITE_SMALL + 256 * 1024), "no room left for b");
+        assert_eq!(budget.used(), 256 * 1024, "b took nothing");
+        // a's buffer shrank: the difference goes back, and b fits now.
+        assert!(a.keep(WRITE_SMALL + 16 * 1024));
+        assert_eq!(budget.used(), 16 * 1024);
+        assert!(b.keep(WRITE_SMALL + 256 * 1024));
+        assert_eq!(budget.used(), 272 * 1024);
+        assert!(!a.keep(WRITE_SMALL + 64 * 1024), "a may not grow past it");
+        assert_eq!(budget.used(), 256 * 1024, "a gave its share back");
         drop(b);
         assert_eq!(budget.used(), 0);
     }

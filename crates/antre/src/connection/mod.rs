@@ -38,11 +38,15 @@ mod budget;
 mod coalesce;
 mod events;
 
-pub use budget::ReadBuffers;
+pub use budget::{BufferBudget, Buffers};
 
 /// What the read buffers of all connections may hold together beyond
-/// 8 KiB each (see [`ReadBuffers`]).
+/// 8 KiB each (see [`BufferBudget`]).
 pub const READ_BUFFERS_LIMIT: usize = 16 * 1024 * 1024;
+
+/// What the output buffers all connections keep between writes may hold
+/// together beyond 16 KiB each (see [`BufferBudget`]).
+pub const WRITE_BUFFERS_LIMIT: usize = 16 * 1024 * 1024;
 
 /// How long a client has for the handshake, as in RabbitMQ.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,7 +113,10 @@ pub struct Connection<S> {
     /// The last read emptied the socket (it did not fill the buffer).
     drained: bool,
     /// Its part of the node's read-buffer budget.
-    read_share: budget::ReadShare,
+    read_share: budget::BufferShare,
+    /// Its share of the node's budget for output buffers kept between
+    /// writes.
+    write_share: budget::BufferShare,
     session: Session,
     events: events::Inbox,
     /// Changes of the resource alarms, to wake up a blocked client.
@@ -133,7 +140,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         config: Arc<Config>,
         registry: Arc<Registry>,
         alarms: watch::Receiver<AlarmState>,
-        read_buffers: Arc<ReadBuffers>,
+        buffers: &Buffers,
     ) -> Connection<S> {
         let Accepted {
             stream,
@@ -167,7 +174,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             rbuf: BytesMut::new(),
             read_hint: READ_MIN,
             drained: true,
-            read_share: budget::ReadShare::new(read_buffers),
+            read_share: budget::BufferShare::new(Arc::clone(&buffers.read)),
+            write_share: budget::BufferShare::new(Arc::clone(&buffers.write)),
             session,
             events,
             alarms,
@@ -366,6 +374,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             entry.sent(out.len());
         }
         self.session.wrote(Instant::now().into_std());
+        let kept = self.session.output().capacity();
+        if !self.write_share.keep(kept) {
+            // Past the node's budget: give the (empty) buffer back and grow
+            // a new one for the next write.
+            *self.session.output() = BytesMut::new();
+        }
         Ok(())
     }
 
@@ -438,7 +452,7 @@ fn session_config(config: &Config) -> SessionConfig {
 async fn read_into<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
-    share: &mut budget::ReadShare,
+    share: &mut budget::BufferShare,
     hint: usize,
 ) -> std::io::Result<usize> {
     if rbuf.capacity() > rbuf.len() {
