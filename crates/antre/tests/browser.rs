@@ -64,11 +64,7 @@ impl Driver {
     fn start(program: &PathBuf) -> Driver {
         // chromedriver cannot pick its own port and report it: ask the OS
         // for a free one.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = harness::free_port();
         let mut child = Command::new(program)
             .arg(format!("--port={port}"))
             .stdout(Stdio::piped())

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,12 +24,30 @@ pub const CHANGE_TIMEOUT_S: u64 = 3;
 /// Upper bound on any single wait: a guard against hangs.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind :0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+/// A port no other part of this test process was given: the OS hands out
+/// a port it just freed again, so without the record two nodes of the
+/// tests running in parallel (one's cluster listener, another's AMQP one)
+/// were once given the same port, and the first to bind it answered the
+/// other's peers in the wrong protocol.
+pub fn free_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind :0")
+            .local_addr()
+            .expect("local addr")
+            .port();
+        if claim_port(port) {
+            return port;
+        }
+    }
+}
+
+/// Records `port` as given out in this test process; false when it was
+/// given out before. Whatever binds port 0 itself and keeps the socket
+/// (a proxy) claims its port too, so that no node is planned onto it.
+pub fn claim_port(port: u16) -> bool {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    GIVEN.lock().expect("ports").insert(port)
 }
 
 /// One node of the cluster.

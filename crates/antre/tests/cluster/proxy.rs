@@ -72,8 +72,15 @@ impl Drop for Proxy {
 impl Proxy {
     /// A proxy to `target` (a port on 127.0.0.1), passing everything.
     pub async fn start(target: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("proxy addr").port();
+        // A port a node was planned onto (not bound yet) is not taken:
+        // keep the next one instead.
+        let (listener, port) = loop {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+            let port = listener.local_addr().expect("proxy addr").port();
+            if crate::harness::claim_port(port) {
+                break (listener, port);
+            }
+        };
         let state = Arc::new(watch::Sender::new(LinkState::PASS));
         let task = tokio::spawn(accept(listener, target, Arc::clone(&state)));
         Proxy { port, state, task }
