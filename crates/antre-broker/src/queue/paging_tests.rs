@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use antre_amqp::{BasicProperties, FieldTable, FieldValue};
 
-use super::tests::{consumer, message, no_budget, reasons, with_props, CollectSink};
+use super::tests::{consumer, message, no_budget, persistent, reasons, with_props, CollectSink};
 use super::*;
 use crate::clock::ManualClock;
 
@@ -215,5 +215,52 @@ fn the_budget_is_charged_and_given_back() {
         let (e, _) = q.get(true).unwrap();
         assert_eq!(body(&e), format!("{i:0>500}"));
     }
+    assert_eq!(memory.used(), 0);
+}
+
+#[test]
+fn stored_messages_wait_on_disk_only_until_a_consumer_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = MessageMemory::new(1 << 20);
+    let paging = Paging {
+        memory: Arc::clone(&memory),
+        ..no_budget(dir.path())
+    };
+    let q = Queue::open_durable(
+        "/",
+        "q",
+        QueueOptions {
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        },
+        Arc::new(ManualClock::default()),
+        dir.path(),
+        StoreOptions::default(),
+        Some(paging),
+    )
+    .unwrap();
+    for i in 0..10 {
+        q.publish_ok(persistent(&format!("m{i}")));
+    }
+    assert_eq!(q.counts().ready, 10);
+    assert_eq!(memory.used(), 0, "a backlog nobody consumes is on disk");
+    // A consumer at its prefetch limit: what arrives now is about to be
+    // taken and stays in memory.
+    let sink = Arc::new(CollectSink::default());
+    q.add_consumer(consumer(1, 1, &sink)).unwrap();
+    q.publish_ok(persistent("m10"));
+    assert!(memory.used() > 0, "a consumed queue keeps its messages");
+    // Every body comes back in order, from disk or from memory.
+    let mut taken: Vec<Entry> = sink.deliveries.lock().drain(..).map(|d| d.entry).collect();
+    q.remove_consumer(1);
+    q.ack(std::mem::take(&mut taken));
+    let mut order = Vec::new();
+    while let Some((e, _)) = q.get(true) {
+        order.push(body(&e));
+    }
+    let expected: Vec<String> = (1..=10).map(|i| format!("m{i}")).collect();
+    assert_eq!(order, expected);
     assert_eq!(memory.used(), 0);
 }

@@ -132,10 +132,18 @@ impl QueueState {
     /// Puts a message in the ready list: its body stays in memory if the
     /// node's message budget has room, else it goes to disk (it is in the
     /// durable store already, or is written to the scratch store).
+    ///
+    /// A stored message waiting in a queue without consumers is not kept
+    /// in memory at all: its body is on disk already, nobody is about to
+    /// take it, and a thousand such queues would otherwise fill the budget
+    /// with the heads of backlogs that may wait for hours (32 MiB of the
+    /// 109 MiB a 10M backlog in 1000 queues cost), leaving nothing for the
+    /// queues that are being consumed.
     pub(super) fn insert_entry(&mut self, e: Entry, redelivered: bool) {
         let cost = ENTRY_COST + e.message.memory_size();
         let size = e.message.body.len() as u32;
-        let (body, charged) = if self.ready.pager.try_charge(cost) {
+        let idle = e.pos.is_some() && self.consumers.is_empty();
+        let (body, charged) = if !idle && self.ready.pager.try_charge(cost) {
             (Body::Memory(e.message), cost)
         } else if e.pos.is_some() {
             (Body::Stored, 0)

@@ -673,7 +673,7 @@ pub(crate) fn no_budget(dir: &std::path::Path) -> Paging {
     }
 }
 
-fn persistent(body: &str) -> Arc<Message> {
+pub(crate) fn persistent(body: &str) -> Arc<Message> {
     with_props(
         body,
         BasicProperties {
