@@ -50,6 +50,23 @@ pub fn claim_port(port: u16) -> bool {
     GIVEN.lock().expect("ports").insert(port)
 }
 
+/// Whether every thread of process `pid` is stopped (state `T` in
+/// /proc; a thread that ended meanwhile counts as stopped).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).map_or(true, |stat| {
+            // The state follows the command name, which is in parentheses
+            // and may hold spaces.
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+                .is_some_and(|state| state == 'T' || state == 't')
+        })
+    })
+}
+
 /// One node of the cluster.
 pub struct Node {
     pub name: String,
@@ -207,8 +224,20 @@ impl TestCluster {
     }
 
     /// SIGSTOPs node `i`: it stops answering but keeps its sockets.
+    /// Returns once every thread of it is stopped: the signal is only
+    /// sent when `kill` returns, and on a loaded machine a thread already
+    /// running could otherwise still take what a test sends next.
     pub fn pause(&self, i: usize) {
         self.signal(i, "STOP");
+        let pid = self.nodes[i].pid().expect("node runs");
+        let deadline = std::time::Instant::now() + WAIT;
+        while !all_threads_stopped(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {i} did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONTs node `i`.
