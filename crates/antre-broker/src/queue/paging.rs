@@ -102,13 +102,40 @@ pub const PAGE_ENTRIES: usize = 32;
 /// its slot in the list.
 pub(crate) const ENTRY_COST: u64 = size_of::<Ready>() as u64 + 16;
 
-/// A run of ready entries on disk, as one scratch record.
+/// A run of ready entries on disk, as one scratch record. What stays in
+/// memory of a long backlog is one of these per page, so it is packed into
+/// 16 bytes (10M messages in 1000 queues keep 312,500 of them): the entry
+/// count in the low 16 bits ([`MAX_PAGE_ENTRIES`]), the bodies' bytes in
+/// the other 48 (256 TiB).
 #[derive(Debug)]
 pub(crate) struct Page {
     pub pos: SegmentPosition,
-    pub count: u32,
-    pub bytes: u64,
+    packed: u64,
 }
+
+impl Page {
+    pub fn new(pos: SegmentPosition, count: usize, bytes: u64) -> Page {
+        debug_assert!(count <= MAX_PAGE_ENTRIES);
+        let count = count.min(MAX_PAGE_ENTRIES) as u64;
+        Page {
+            pos,
+            packed: bytes.min(u64::MAX >> 16) << 16 | count,
+        }
+    }
+
+    /// Entries in the page.
+    pub fn count(&self) -> u32 {
+        (self.packed & 0xffff) as u32
+    }
+
+    /// Their bodies' bytes.
+    pub fn bytes(&self) -> u64 {
+        self.packed >> 16
+    }
+}
+
+/// The most entries a page holds (a larger `page_entries` is cut to it).
+pub const MAX_PAGE_ENTRIES: usize = u16::MAX as usize;
 
 /// A queue's side of paging: the budget and its scratch store, opened on
 /// first use. Without a [`Paging`] (a broker without a data directory)
@@ -217,7 +244,7 @@ impl Pager {
     pub fn page_entries(&self) -> usize {
         self.paging
             .as_ref()
-            .map_or(PAGE_ENTRIES, |p| p.page_entries.max(1))
+            .map_or(PAGE_ENTRIES, |p| p.page_entries.clamp(1, MAX_PAGE_ENTRIES))
     }
 
     /// Whether paging is possible at all.
@@ -393,6 +420,19 @@ mod tests {
         let mut cut = encode_page(&entries);
         cut.truncate(cut.len() - 3);
         assert!(decode_page(cut.freeze()).is_none());
+    }
+
+    #[test]
+    fn a_page_summary_is_16_bytes_and_keeps_its_count_and_bytes() {
+        assert_eq!(std::mem::size_of::<Page>(), 16);
+        let pos = SegmentPosition {
+            segment: 7,
+            offset: 4096,
+        };
+        let p = Page::new(pos, 32, 5 << 30);
+        assert_eq!((p.count(), p.bytes(), p.pos), (32, 5 << 30, pos));
+        let full = Page::new(pos, MAX_PAGE_ENTRIES, 0);
+        assert_eq!((full.count() as usize, full.bytes()), (MAX_PAGE_ENTRIES, 0));
     }
 
     #[test]

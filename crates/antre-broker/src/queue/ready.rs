@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use antre_store::SegmentPosition;
 
-use super::paging::{decode_page, encode_page, Page, Pager};
+use super::paging::{decode_page, encode_page, Page, Pager, MAX_PAGE_ENTRIES};
 use crate::message::Message;
 
 /// Where a ready message's body is.
@@ -169,22 +169,26 @@ impl ReadyList {
                 }
             }
         }
-        let page = encode_page(&entries);
-        match self.pager.write(&page) {
-            Some(pos) => {
-                let bytes = entries.iter().map(|r| u64::from(r.size)).sum();
-                self.levels[level].pages.push_back(Page {
-                    pos,
-                    count: entries.len() as u32,
-                    bytes,
-                });
-                // The index entries are on disk now; what they charged
-                // (only requeued or budgeted ones) goes back.
-                for r in &entries {
-                    self.pager.release(u64::from(r.charged));
-                }
+        // Normally one page; a `back` that grew while the disk refused
+        // pages is written as several, none over what a page can count.
+        while !entries.is_empty() {
+            let rest = entries.split_off(entries.len().min(MAX_PAGE_ENTRIES));
+            let Some(pos) = self.pager.write(&encode_page(&entries)) else {
+                let back = &mut self.levels[level].back;
+                back.extend(entries);
+                back.extend(rest);
+                return;
+            };
+            let bytes = entries.iter().map(|r| u64::from(r.size)).sum();
+            self.levels[level]
+                .pages
+                .push_back(Page::new(pos, entries.len(), bytes));
+            // The index entries are on disk now; what they charged (only
+            // requeued or budgeted ones) goes back.
+            for r in &entries {
+                self.pager.release(u64::from(r.charged));
             }
-            None => self.levels[level].back.extend(entries),
+            entries = rest;
         }
     }
 
@@ -200,7 +204,7 @@ impl ReadyList {
                 .pager
                 .read(page.pos)
                 .and_then(decode_page)
-                .filter(|e| e.len() == page.count as usize);
+                .filter(|e| e.len() == page.count() as usize);
             self.pager.free(page.pos);
             match entries {
                 Some(entries) => self.levels[level].front.extend(entries),
@@ -208,11 +212,11 @@ impl ReadyList {
                     // Lost with its page (logged by the pager): their
                     // durable records stay and come back at a restart.
                     tracing::error!(
-                        lost = page.count,
+                        lost = page.count(),
                         "ready messages lost: a page of the queue's index could not be read"
                     );
-                    self.len -= page.count as usize;
-                    self.bytes -= page.bytes;
+                    self.len -= page.count() as usize;
+                    self.bytes -= page.bytes();
                 }
             }
             let l = &mut self.levels[level];
