@@ -424,7 +424,7 @@ mod tests {
 
     #[test]
     fn a_page_summary_is_16_bytes_and_keeps_its_count_and_bytes() {
-        assert_eq!(std::mem::size_of::<Page>(), 16);
+        assert_eq!(size_of::<Page>(), 16);
         let pos = SegmentPosition {
             segment: 7,
             offset: 4096,
