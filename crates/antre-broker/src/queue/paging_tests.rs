@@ -30,6 +30,16 @@ fn paging_queue(
     .unwrap()
 }
 
+/// Paging with a budget of `limit` bytes, and the budget to watch.
+fn budget(dir: &std::path::Path, limit: u64) -> (Arc<MessageMemory>, Paging) {
+    let memory = MessageMemory::new(limit);
+    let paging = Paging {
+        memory: Arc::clone(&memory),
+        ..no_budget(dir)
+    };
+    (memory, paging)
+}
+
 fn body(e: &Entry) -> String {
     String::from_utf8_lossy(&e.message.body).into_owned()
 }
@@ -187,11 +197,7 @@ fn purge_and_delete_free_what_was_paged() {
 #[test]
 fn the_budget_is_charged_and_given_back() {
     let dir = tempfile::tempdir().unwrap();
-    let memory = MessageMemory::new(64 * 1024);
-    let paging = Paging {
-        memory: Arc::clone(&memory),
-        ..no_budget(dir.path())
-    };
+    let (memory, paging) = budget(dir.path(), 64 * 1024);
     let q = Queue::new(
         "/",
         "q",
@@ -221,11 +227,7 @@ fn the_budget_is_charged_and_given_back() {
 #[test]
 fn stored_messages_wait_on_disk_only_until_a_consumer_is_there() {
     let dir = tempfile::tempdir().unwrap();
-    let memory = MessageMemory::new(1 << 20);
-    let paging = Paging {
-        memory: Arc::clone(&memory),
-        ..no_budget(dir.path())
-    };
+    let (memory, paging) = budget(dir.path(), 1 << 20);
     let q = Queue::open_durable(
         "/",
         "q",
