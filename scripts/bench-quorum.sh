@@ -14,7 +14,12 @@
 # the publish->deliver latency p50/p99 of both clusters.
 #
 # Usage: scripts/bench-quorum.sh [--duration S] [--queues LIST] [--size B]
-#                                [--rate R|0] [--no-rabbitmq] [--no-antre]
+#                                [--confirms N] [--rate R|0]
+#                                [--no-rabbitmq] [--no-antre]
+#
+# --confirms sets the publishers' confirm window (default 100): one queue
+# with one publisher is bound by the latency of a commit, so the window
+# decides how many publishes each Raft round carries.
 #
 # RabbitMQ nodes qb1..qb3@localhost on AMQP 5611-5613 (distribution
 # 25611-25613, management off); antre nodes on AMQP 5701-5703, HTTP
@@ -27,6 +32,7 @@ DURATION=10
 QUEUES=1,10
 SIZE=1024
 RATE=5000
+CONFIRMS=100
 WITH_RABBIT=1
 WITH_ANTRE=1
 while [ $# -gt 0 ]; do
@@ -35,6 +41,7 @@ while [ $# -gt 0 ]; do
         --queues) QUEUES=$2; shift 2 ;;
         --size) SIZE=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
+        --confirms) CONFIRMS=$2; shift 2 ;;
         --no-rabbitmq) WITH_RABBIT=0; shift ;;
         --no-antre) WITH_ANTRE=0; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
@@ -73,7 +80,7 @@ run() {
         lead_before=$(takeovers)
         before=$(cpu_ticks "$@")
         "$BENCH" run --uri "$uri" --queue-type quorum --queues "$q" -x "$q" -y "$q" \
-            --persistent -c 100 -q 1000 -A 100 -s "$SIZE" -z "$DURATION" \
+            --persistent -c "$CONFIRMS" -q 1000 -A 100 -s "$SIZE" -z "$DURATION" \
             --broker "$name" --label "quorum-$q" --json "$json" --quiet >/dev/null 2>"$OUT/$name-$q.err" || true
         after=$(cpu_ticks "$@")
         lead_after=$(takeovers)
