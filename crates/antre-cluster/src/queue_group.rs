@@ -520,6 +520,12 @@ pub struct QueueGroups {
     /// Every quorum queue's definition and the replica slot of each queue
     /// this node was a member of (see [`members`]).
     known: members::Known,
+    /// One lock per group, held while its replica starts or stops: a
+    /// replica removed and added again at once must not open its
+    /// directory while the old one still writes to it (or is deleting it).
+    lifecycle: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set by [`QueueGroups::shutdown`]: no replica starts after it.
+    closed: AtomicBool,
 }
 
 /// Looks up a node's cluster address by its Raft id.
@@ -550,6 +556,8 @@ impl QueueGroups {
             this: this.clone(),
             addresses: std::sync::OnceLock::new(),
             known: members::Known::default(),
+            lifecycle: Mutex::default(),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -585,43 +593,73 @@ impl QueueGroups {
                 }),
             );
         }
-        if !def.members.iter().any(|m| m == self.me())
-            || self.groups.lock().contains_key(&def.group)
+        if def.members.iter().any(|m| m == self.me())
+            && !self.groups.lock().contains_key(&def.group)
         {
-            return;
+            self.reconcile(&def.group);
         }
-        let Some(this) = self.this.upgrade() else {
-            return;
-        };
-        let def = def.clone();
-        self.runtime.spawn(async move {
-            if let Err(e) = this.start(def.clone()).await {
-                tracing::error!(
-                    vhost = def.vhost,
-                    queue = def.name,
-                    "cannot start the quorum queue's replica: {e}"
-                );
-            }
-        });
     }
 
     /// The queue is gone: stops this node's replica and removes its data.
     pub fn deleted(&self, group: &str) {
         self.forget(group);
-        let Some(g) = self.groups.lock().remove(group) else {
-            // Not started (yet): remove what a previous run left.
-            let _ = std::fs::remove_dir_all(self.dir.join(group));
+        self.reconcile(group);
+    }
+
+    /// Brings this node's replica of `group` in line with the definition
+    /// it knows last (in the background): starts it if this node is a
+    /// member, stops it and removes its data if not (or the queue is gone).
+    /// Each run decides from the state it finds under the group's lock, so
+    /// the runs may happen in any order: the last one sees the last
+    /// definition, and a start never overlaps a removal.
+    fn reconcile(&self, group: &str) {
+        let Some(this) = self.this.upgrade() else {
             return;
         };
+        let lock = Arc::clone(self.lifecycle.lock().entry(group.to_owned()).or_default());
+        let group = group.to_owned();
         self.runtime.spawn(async move {
-            g.stop.send_replace(true);
-            g.machine.engine.active.store(false, Ordering::Release);
-            remove_replica(&g).await;
-            tracing::info!(
-                vhost = g.def.vhost,
-                queue = g.def.name,
-                "quorum queue replica removed"
-            );
+            let _held = lock.lock().await;
+            let def = this.def_by_group(&group);
+            let wanted = def
+                .as_ref()
+                .filter(|d| d.members.iter().any(|m| m == this.me()));
+            let running = this.group(&group);
+            match (wanted, running) {
+                (Some(def), None) if !this.closed.load(Ordering::Acquire) => {
+                    if let Err(e) = Arc::clone(&this).start(def.clone()).await {
+                        tracing::error!(
+                            vhost = def.vhost,
+                            queue = def.name,
+                            "cannot start the quorum queue's replica: {e}"
+                        );
+                    }
+                }
+                (None, Some(g)) => {
+                    this.groups.lock().remove(&group);
+                    this.stop_replica(&g).await;
+                    let why = if def.is_some() {
+                        "this node is no longer a member of the quorum queue: replica removed"
+                    } else {
+                        "quorum queue replica removed"
+                    };
+                    tracing::info!(vhost = g.def.vhost, queue = g.def.name, "{why}");
+                }
+                (None, None) if def.is_none() => {
+                    // Deleted before its replica started (or while this
+                    // node was down): remove what a previous run left.
+                    let _ = std::fs::remove_dir_all(this.dir.join(&group));
+                }
+                _ => {}
+            }
+            if def.is_none() {
+                // The queue is gone for good (group ids are never reused):
+                // its lock goes too, unless another run waits for it.
+                let mut locks = this.lifecycle.lock();
+                if locks.get(&group).is_some_and(|l| Arc::strong_count(l) == 2) {
+                    locks.remove(&group);
+                }
+            }
         });
     }
 
@@ -632,6 +670,7 @@ impl QueueGroups {
 
     /// Stops every replica (node shutdown), keeping their data.
     pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
         let all: Vec<Arc<Group>> = self.groups.lock().drain().map(|(_, g)| g).collect();
         for g in all {
             g.stop.send_replace(true);

@@ -737,8 +737,12 @@ async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
     let ch = confirm_channel(&publisher).await;
     for n in 0..50u32 {
         let body = format!("payment-{n}");
+        let confirmed = publish_confirmed(&ch, "payments", body.as_bytes(), harness::WAIT).await;
+        if confirmed != Some(true) {
+            c.dump_logs();
+        }
         assert_eq!(
-            publish_confirmed(&ch, "payments", body.as_bytes(), harness::WAIT).await,
+            confirmed,
             Some(true),
             "confirm of {body} through {}",
             c.nodes[via_pub].name

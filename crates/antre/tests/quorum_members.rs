@@ -424,6 +424,52 @@ async fn members_are_removed_one_queue_and_node_wide() {
     // Every message of the shrunk queue is still there.
     let want: Vec<String> = (0..11).map(|i| format!("m{i}")).collect();
     let bodies = drain_n_at_leader(&c, "shrunk", want.len()).await;
+    if bodies != want {
+        c.dump_logs();
+    }
+    assert_eq!(bodies, want);
+}
+
+/// A member removed and added back at once: its new replica must not
+/// open the directory its old one is still stopping in (or deleting), and
+/// must end up with every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_and_added_back_at_once_keeps_every_message() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare(&c, 0, "again", None).await;
+    c.until_members("again", &["n1", "n2", "n3"]).await;
+    let conn = connect(&c.nodes[0].amqp_uri()).await;
+    let ch = confirm_channel(&conn).await;
+    for i in 0..5 {
+        assert!(publish_confirmed(&ch, "again", format!("m{i}").as_bytes()).await);
+    }
+
+    let (status, body) = post_member(&c, 0, "DELETE", "again", "n2").await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = post_member(&c, 0, "POST", "again", "n2").await;
+    assert!(status == 200 || status == 204, "{status} {body}");
+    c.until_members("again", &["n1", "n2", "n3"]).await;
+    c.until("n2's old replica to be removed", || async {
+        c.nodes[1].logged("no longer a member of the quorum queue: replica removed")
+    })
+    .await;
+    assert!(!c.no_replica_data(1), "n2's new replica lost its data");
+    for i in 5..10 {
+        assert!(publish_confirmed(&ch, "again", format!("m{i}").as_bytes()).await);
+    }
+    drop(conn);
+
+    // n2 alone holds the queue now: it has every message.
+    for gone in ["n1", "n3"] {
+        let (status, body) = post_member(&c, 1, "DELETE", "again", gone).await;
+        assert_eq!(status, 204, "{body}");
+    }
+    c.until_members("again", &["n2"]).await;
+    let want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let bodies = drain_n_at_leader(&c, "again", want.len()).await;
+    if bodies != want {
+        c.dump_logs();
+    }
     assert_eq!(bodies, want);
 }
 

@@ -114,7 +114,7 @@ impl QueueReplica for Slot {
 /// each queue this node holds a replica of.
 #[derive(Default)]
 pub(super) struct Known {
-    defs: Mutex<BTreeMap<(String, String), QuorumDef>>,
+    defs: Mutex<Defs>,
     slots: Mutex<Vec<(Weak<Queue>, Arc<Slot>)>>,
 }
 
@@ -222,18 +222,32 @@ pub struct Rebalance {
     pub moves: Vec<LeaderMove>,
 }
 
+/// Quorum queue definitions by vhost and name, and by group (a lookup
+/// per replica start or stop: linear scans would make a node with many
+/// quorum queues quadratic).
+#[derive(Default)]
+struct Defs {
+    by_name: BTreeMap<(String, String), QuorumDef>,
+    by_group: HashMap<String, (String, String)>,
+}
+
 impl QueueGroups {
     /// Records a quorum queue's definition (every node, member or not).
     pub(super) fn remember(&self, def: &QuorumDef) {
-        self.known
-            .defs
-            .lock()
-            .insert((def.vhost.clone(), def.name.clone()), def.clone());
+        let key = (def.vhost.clone(), def.name.clone());
+        let mut defs = self.known.defs.lock();
+        if let Some(old) = defs.by_name.insert(key.clone(), def.clone()) {
+            defs.by_group.remove(&old.group);
+        }
+        defs.by_group.insert(def.group.clone(), key);
     }
 
     /// Forgets the definition of the queue whose group is `group`.
     pub(super) fn forget(&self, group: &str) {
-        self.known.defs.lock().retain(|_, d| d.group != group);
+        let mut defs = self.known.defs.lock();
+        if let Some(key) = defs.by_group.remove(group) {
+            defs.by_name.remove(&key);
+        }
     }
 
     /// The definition of quorum queue `name` in `vhost`, as this node
@@ -242,13 +256,21 @@ impl QueueGroups {
         self.known
             .defs
             .lock()
+            .by_name
             .get(&(vhost.to_owned(), name.to_owned()))
             .cloned()
     }
 
+    /// The definition of the queue whose group is `group`, if it exists.
+    pub(super) fn def_by_group(&self, group: &str) -> Option<QuorumDef> {
+        let defs = self.known.defs.lock();
+        let key = defs.by_group.get(group)?;
+        defs.by_name.get(key).cloned()
+    }
+
     /// Every quorum queue's definition, by vhost and name.
     pub fn defs(&self) -> Vec<QuorumDef> {
-        self.known.defs.lock().values().cloned().collect()
+        self.known.defs.lock().by_name.values().cloned().collect()
     }
 
     /// Gives the broker's `queue` this node's `replica` (through the
@@ -292,31 +314,27 @@ impl QueueGroups {
     /// is a member now, stops it and removes its data if it no longer is.
     pub fn members_changed(&self, def: &QuorumDef) {
         self.declared(def);
-        if def.members.iter().any(|m| m == self.me()) {
-            return;
+        if !def.members.iter().any(|m| m == self.me()) && self.group(&def.group).is_some() {
+            self.reconcile(&def.group);
         }
-        let Some(g) = self.groups.lock().remove(&def.group) else {
-            return;
-        };
-        let queue = Arc::clone(&g.machine.engine.queue);
-        self.detach(&queue);
-        self.runtime.spawn(async move {
-            g.stop.send_replace(true);
-            if g.machine.engine.active.load(Ordering::Acquire) {
-                step_down(&g);
-            }
-            remove_replica(&g).await;
-            tracing::info!(
-                vhost = g.def.vhost,
-                queue = g.def.name,
-                "this node is no longer a member of the quorum queue: replica removed"
-            );
-        });
+    }
+
+    /// Stops this node's replica `g` (no longer a member, or the queue is
+    /// gone): the queue's publishes are nacked from now on, its consumers
+    /// here cancelled, and the replica's data removed.
+    pub(super) async fn stop_replica(&self, g: &Group) {
+        self.detach(&g.machine.engine.queue);
+        g.stop.send_replace(true);
+        if g.machine.engine.active.load(Ordering::Acquire) {
+            step_down(g);
+        }
+        remove_replica(g).await;
     }
 
     fn name_of(&self, id: NodeId) -> Option<String> {
         let known = self.known.defs.lock();
         known
+            .by_name
             .values()
             .flat_map(|d| d.members.iter())
             .find(|m| crate::node_id_of(m) == id)
