@@ -16,10 +16,12 @@
 # Usage: scripts/bench-quorum.sh [--duration S] [--queues LIST] [--size B]
 #                                [--confirms N] [--rate R|0]
 #                                [--no-rabbitmq] [--no-antre]
+#                                [--antre-bin PATH] [--antre-first]
 #
 # --confirms sets the publishers' confirm window (default 100): one queue
 # with one publisher is bound by the latency of a commit, so the window
-# decides how many publishes each Raft round carries.
+# decides how many publishes each Raft round carries. --antre-bin runs
+# another build of antre (an A/B against a copy of an older release build).
 #
 # RabbitMQ nodes qb1..qb3@localhost on AMQP 5611-5613 (distribution
 # 25611-25613, management off); antre nodes on AMQP 5701-5703, HTTP
@@ -35,6 +37,8 @@ RATE=5000
 CONFIRMS=100
 WITH_RABBIT=1
 WITH_ANTRE=1
+ANTRE_BIN=
+ANTRE_FIRST=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
@@ -44,6 +48,8 @@ while [ $# -gt 0 ]; do
         --confirms) CONFIRMS=$2; shift 2 ;;
         --no-rabbitmq) WITH_RABBIT=0; shift ;;
         --no-antre) WITH_ANTRE=0; shift ;;
+        --antre-bin) ANTRE_BIN=$2; shift 2 ;;
+        --antre-first) ANTRE_FIRST=1; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -51,7 +57,7 @@ OUT=$(mktemp -d /tmp/bench-quorum.XXXXXX)
 chmod 755 "$OUT"
 cd "$ROOT"
 cargo build --release -q -p antre -p antre-bench
-ANTRE=$ROOT/target/release/antre
+ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
 BENCH=$ROOT/target/release/antre-bench
 
 cpu_ticks() { # total utime+stime of the given pids, in clock ticks
@@ -123,6 +129,16 @@ stop_rabbit() {
     # A node that never answered its CLI would keep running (and hold the
     # benchmark lock, whose descriptor it inherited).
     for p in "${RABBIT_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Gone, and their writes on disk, before antre's run starts: a node
+    # still shutting down (or the kernel writing its files back) would
+    # take CPU and disk from the run that follows.
+    for _ in $(seq 300); do
+        local alive=0
+        for p in "${RABBIT_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    sync
 }
 ANTRE_PIDS=()
 stop_antre() {
@@ -131,7 +147,7 @@ stop_antre() {
 }
 trap 'stop_antre; [ $WITH_RABBIT = 1 ] && stop_rabbit; true' EXIT
 
-if [ $WITH_RABBIT = 1 ]; then
+bench_rabbitmq() {
     rm -rf /tmp/qb1-mnesia /tmp/qb2-mnesia /tmp/qb3-mnesia
     for i in 1 2 3; do
         echo "loopback_users = none" >"$OUT/qb$i.conf"
@@ -162,9 +178,10 @@ if [ $WITH_RABBIT = 1 ]; then
     run rabbitmq "amqp://guest:guest@127.0.0.1:5611/%2f" "${RABBIT_PIDS[@]}"
     stop_rabbit
     rm -rf /tmp/qb1-mnesia /tmp/qb2-mnesia /tmp/qb3-mnesia
-fi
+    sync
+}
 
-if [ $WITH_ANTRE = 1 ]; then
+bench_antre() {
     PEERS=n1=127.0.0.1:25701,n2=127.0.0.1:25702,n3=127.0.0.1:25703
     for i in 1 2 3; do
         ANTRE_CLUSTER_SECRET=bench-quorum-secret-0123456789 "$ANTRE" serve --node-name "n$i" \
@@ -187,7 +204,13 @@ if [ $WITH_ANTRE = 1 ]; then
     done
     run antre "amqp://guest:guest@127.0.0.1:5701/%2f" "${ANTRE_PIDS[@]}"
     stop_antre
-fi
+}
+
+# Each broker runs on a machine the other has left; --antre-first swaps
+# the order, to see how much the order itself moves the figures.
+if [ $ANTRE_FIRST = 1 ] && [ $WITH_ANTRE = 1 ]; then bench_antre; fi
+if [ $WITH_RABBIT = 1 ]; then bench_rabbitmq; fi
+if [ $ANTRE_FIRST = 0 ] && [ $WITH_ANTRE = 1 ]; then bench_antre; fi
 
 echo "broker queues confirmed/s delivered/s cpu-us/msg(3 nodes) nacked errors leader-changes"
 cat "$OUT/rows"

@@ -1,7 +1,9 @@
 //! A Raft group's log and vote on disk: the metadata group's under
 //! `<data-dir>/cluster/`, each quorum queue's under
 //! `<data-dir>/cluster/queues/<group>/`. The store is generic over the
-//! group's openraft type configuration; entries are JSON records.
+//! group's openraft type configuration; entries are records in the
+//! configuration's encoding ([`LogConfig`]: JSON for the metadata group,
+//! binary for quorum queues).
 //!
 //! The log's entries are records in antre's segment store
 //! ([`antre_store::QueueStore`], directory `log/`): checksummed, fsync'd
@@ -51,10 +53,38 @@ struct Inner<C: RaftTypeConfig> {
 }
 
 /// The type configurations this store serves: node ids are [`NodeId`],
-/// entries openraft's, serialisable.
-pub trait LogConfig: RaftTypeConfig<NodeId = NodeId, Entry = Entry<Self>> {}
+/// entries openraft's, each with its record encoding.
+pub trait LogConfig: RaftTypeConfig<NodeId = NodeId, Entry = Entry<Self>> {
+    /// An entry as a record of the log.
+    fn encode(entry: &Entry<Self>) -> Result<Vec<u8>, std::io::Error>;
+    /// A record of the log as an entry.
+    fn decode(raw: &[u8]) -> Result<Entry<Self>, std::io::Error>;
+}
 
-impl<C> LogConfig for C where C: RaftTypeConfig<NodeId = NodeId, Entry = Entry<C>> {}
+/// The metadata group's entries are JSON: few, small, and readable.
+impl LogConfig for TypeConfig {
+    fn encode(entry: &Entry<Self>) -> Result<Vec<u8>, std::io::Error> {
+        serde_json::to_vec(entry).map_err(std::io::Error::other)
+    }
+
+    fn decode(raw: &[u8]) -> Result<Entry<Self>, std::io::Error> {
+        serde_json::from_slice(raw).map_err(std::io::Error::other)
+    }
+}
+
+/// A queue group's entries carry message bodies: binary
+/// ([`crate::queue_group::codec`]).
+impl LogConfig for crate::queue_group::QueueTypeConfig {
+    fn encode(entry: &Entry<Self>) -> Result<Vec<u8>, std::io::Error> {
+        let mut raw = Vec::new();
+        crate::queue_group::codec::encode_entry(entry, &mut raw).map_err(std::io::Error::other)?;
+        Ok(raw)
+    }
+
+    fn decode(raw: &[u8]) -> Result<Entry<Self>, std::io::Error> {
+        crate::queue_group::codec::decode_record(raw).map_err(std::io::Error::other)
+    }
+}
 
 /// The Raft log storage; clones share one log (openraft's reader is one).
 pub struct LogStore<C: LogConfig = TypeConfig> {
@@ -110,7 +140,7 @@ impl<C: LogConfig> LogStore<C> {
         let mut entries: BTreeMap<u64, (SegmentPosition, Entry<C>)> = BTreeMap::new();
         let mut dead = Vec::new();
         for (pos, raw) in records {
-            let entry: Entry<C> = serde_json::from_slice(&raw).map_err(storage)?;
+            let entry = C::decode(&raw).map_err(storage)?;
             let index = entry.log_id.index;
             // A later record at an index supersedes the one there and
             // everything after it (a truncation whose acks were lost).
@@ -253,7 +283,7 @@ where
         let result = blocking(move || -> Result<(), std::io::Error> {
             let mut inner = inner.lock();
             for entry in entries {
-                let raw = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+                let raw = C::encode(&entry)?;
                 let index = entry.log_id.index;
                 if inner.entries.contains_key(&index) {
                     inner.drop_from(index).map_err(std::io::Error::other)?;

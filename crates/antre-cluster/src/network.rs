@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 
 use crate::auth::{self, AuthError};
 use crate::stream::{idle_and_open, BoxStream};
-use crate::wire::{read_frame, write_frame, Request, Response};
+use crate::wire::{read_frame, write_request, Request, Response};
 use crate::{ClusterConfig, NodeId, TypeConfig};
 
 /// How long a TCP connect to a peer may take.
@@ -205,7 +205,7 @@ impl Connection {
             None => self.connect().await?,
         };
         let exchange = async {
-            write_frame(&mut stream, request).await?;
+            write_request(&mut stream, request).await?;
             read_frame::<_, Response>(&mut stream).await
         };
         match tokio::time::timeout(ttl, exchange).await {

@@ -23,11 +23,11 @@
 //!
 //! The frames travel over the metadata group's authenticated link, with the
 //! group's id in each request ([`crate::wire::Request::QueueAppend`]).
-//! Message bodies travel and are stored as base64 strings inside the JSON:
-//! the link and the log are JSON for the metadata group, and one encoding
-//! for both groups keeps the link one protocol; base64 costs a third more
-//! bytes, far less than JSON's arrays of numbers, and nothing next to the
-//! fsync each commit waits for.
+//! The entries, which carry the published messages, are binary in the log
+//! and in append requests ([`codec`]); the rest of the link is JSON, as
+//! for the metadata group. Snapshots (rare: one per [`SNAPSHOT_LOGS`]
+//! entries, and sent only to a member far behind) are JSON, with the
+//! bodies as base64 strings.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
@@ -60,6 +60,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod codec;
 pub mod members;
 
 use crate::log_store::LogStore;
@@ -75,8 +76,8 @@ const KEEP_AFTER_SNAPSHOT: u64 = 256;
 /// publishes arriving meanwhile gather into the next, larger entry.
 const IN_FLIGHT: usize = 8;
 
-/// A message body (a [`Message`] record) in the log and on the wire: a
-/// base64 string in the JSON (see the module docs).
+/// A message body (a [`Message`] record); in a snapshot (JSON), a
+/// base64 string (see the module docs).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Body(pub Bytes);
 

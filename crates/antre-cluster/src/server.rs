@@ -11,7 +11,7 @@ use crate::auth;
 use crate::node::Cluster;
 use crate::raft_runtime::AbortOnDrop;
 use crate::stream::BoxStream;
-use crate::wire::{read_frame, write_frame, Request, Response};
+use crate::wire::{read_request, write_frame, Request, Response};
 
 /// [`serve`] for a listener bound on another runtime: it is registered
 /// with the runtime this runs on (the node's Raft runtime).
@@ -106,7 +106,7 @@ async fn serve_peer(
     let weak = Arc::downgrade(&node);
     drop(node);
     loop {
-        let request: Request = match read_frame(&mut stream).await {
+        let request: Request = match read_request(&mut stream).await {
             Ok(r) => r,
             Err(e) => {
                 // The peer closed its connection, perhaps because it died:

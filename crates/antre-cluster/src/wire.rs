@@ -1,5 +1,6 @@
 //! Frames on the cluster link: a 4-byte big-endian length, then a JSON
-//! document.
+//! document, except for a quorum queue's append entries (binary, see
+//! [`write_request`]).
 //!
 //! JSON rather than a compact binary encoding (postcard, bincode) because
 //! the metadata carries `serde_json::Value`s (policy definitions, the
@@ -32,17 +33,22 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    if body.len() > MAX_FRAME {
+    let mut buf = vec![0; 4];
+    serde_json::to_writer(&mut buf, msg).map_err(io::Error::other)?;
+    write_body(w, buf).await
+}
+
+/// Writes a frame whose body follows the 4 bytes reserved at the start of
+/// `buf`, where its length goes.
+async fn write_body<W: AsyncWrite + Unpin>(w: &mut W, mut buf: Vec<u8>) -> io::Result<()> {
+    let body = buf.len() - 4;
+    if body > MAX_FRAME {
         return Err(io::Error::other(format!(
-            "frame of {} bytes is over {MAX_FRAME}",
-            body.len()
+            "frame of {body} bytes is over {MAX_FRAME}"
         )));
     }
-    let len = u32::try_from(body.len()).map_err(io::Error::other)?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&body);
+    let len = u32::try_from(body).map_err(io::Error::other)?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
     w.write_all(&buf).await?;
     w.flush().await
 }
@@ -53,6 +59,11 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    let body = read_body(r).await?;
+    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+async fn read_body<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -64,7 +75,40 @@ where
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
-    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(body)
+}
+
+/// The first byte of a binary [`Request::QueueAppend`] frame; a JSON
+/// document starts with `{` or `"`.
+const QUEUE_APPEND: u8 = 0x01;
+
+/// Writes a request: a quorum queue's append entries in binary (they carry
+/// the messages being published, see [`crate::queue_group::codec`]), any
+/// other as JSON.
+pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, request: &Request) -> io::Result<()> {
+    match request {
+        Request::QueueAppend { group, rpc } => {
+            let mut buf = vec![0, 0, 0, 0, QUEUE_APPEND];
+            crate::queue_group::codec::encode_append(group, rpc, &mut buf)
+                .map_err(io::Error::other)?;
+            write_body(w, buf).await
+        }
+        other => write_frame(w, other).await,
+    }
+}
+
+/// Reads what [`write_request`] wrote.
+pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Request> {
+    let body = read_body(r).await?;
+    let invalid =
+        |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    if body.first() == Some(&QUEUE_APPEND) {
+        let (group, rpc) =
+            crate::queue_group::codec::decode_append(bytes::Bytes::from(body).slice(1..))
+                .map_err(|e| invalid(&e))?;
+        return Ok(Request::QueueAppend { group, rpc });
+    }
+    serde_json::from_slice(&body).map_err(|e| invalid(&e))
 }
 
 /// What a node asks another once the link is authenticated.
