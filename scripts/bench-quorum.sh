@@ -17,11 +17,14 @@
 #                                [--confirms N] [--rate R|0]
 #                                [--no-rabbitmq] [--no-antre]
 #                                [--antre-bin PATH] [--antre-first]
+#                                [--backlog N]
 #
 # --confirms sets the publishers' confirm window (default 100): one queue
 # with one publisher is bound by the latency of a commit, so the window
 # decides how many publishes each Raft round carries. --antre-bin runs
 # another build of antre (an A/B against a copy of an older release build).
+# --backlog N also publishes N messages to a quorum queue without a
+# consumer and reports each node's RSS (`--queues ''` for that case alone).
 #
 # RabbitMQ nodes qb1..qb3@localhost on AMQP 5611-5613 (distribution
 # 25611-25613, management off); antre nodes on AMQP 5701-5703, HTTP
@@ -39,6 +42,7 @@ WITH_RABBIT=1
 WITH_ANTRE=1
 ANTRE_BIN=
 ANTRE_FIRST=0
+BACKLOG=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
@@ -50,11 +54,13 @@ while [ $# -gt 0 ]; do
         --no-antre) WITH_ANTRE=0; shift ;;
         --antre-bin) ANTRE_BIN=$2; shift 2 ;;
         --antre-first) ANTRE_FIRST=1; shift ;;
+        --backlog) BACKLOG=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 OUT=$(mktemp -d /tmp/bench-quorum.XXXXXX)
 chmod 755 "$OUT"
+: >"$OUT/rows"
 cd "$ROOT"
 cargo build --release -q -p antre -p antre-bench
 ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
@@ -70,6 +76,14 @@ cpu_ticks() { # total utime+stime of the given pids, in clock ticks
     echo "$total"
 }
 HZ=$(getconf CLK_TCK)
+
+rss_of() { # each pid's resident memory in MiB, joined by slashes
+    local out=""
+    for p in "$@"; do
+        out="$out${out:+/}$(($(awk '/VmRSS/{print $2}' "/proc/$p/status") / 1024))"
+    done
+    echo "$out"
+}
 
 # Quorum queue takeovers the antre nodes logged so far (0 for RabbitMQ).
 takeovers() {
@@ -105,6 +119,25 @@ us = cpu * 1e6 / confirmed if confirmed else float("nan")
 print(f"{name} {q} {rate:.0f} {r['deliver_rate']:.0f} {us:.1f} {r['nacked']} {len(r['errors'])} {changes}")
 EOF
     done
+    if [ "$BACKLOG" != 0 ]; then
+        # A backlog: N messages and no consumer; each node's RSS before,
+        # right after, and 10 s after publishing.
+        local rss_before rss_after rss_later
+        rss_before=$(rss_of "$@")
+        "$BENCH" run --uri "$uri" --queue-type quorum --queues 1 -x 1 -y 0 --queue-pattern backlog-%d \
+            --persistent -c 1000 -s "$SIZE" -C "$BACKLOG" --keep-queues \
+            --broker "$name" --label "quorum-backlog" --json "$OUT/$name-backlog.json" --quiet >/dev/null 2>"$OUT/$name-backlog.err" || true
+        rss_after=$(rss_of "$@")
+        sleep 10
+        rss_later=$(rss_of "$@")
+        python3 - "$OUT/$name-backlog.json" "$name" "$rss_before" "$rss_after" "$rss_later" >>"$OUT/backlog" <<'EOF'
+import json, sys
+path, name, before, after, later = sys.argv[1:]
+r = json.load(open(path))
+rate = r["confirmed"] / r["publish_seconds"] if r["publish_seconds"] else 0
+print(f"{name} {r['confirmed']} {rate:.0f} {before} {after} {later}")
+EOF
+    fi
     if [ "$RATE" != 0 ]; then
         local json=$OUT/$name-rate.json
         "$BENCH" run --uri "$uri" --queue-type quorum --queues 1 -x 1 -y 1 \
@@ -214,6 +247,10 @@ if [ $ANTRE_FIRST = 0 ] && [ $WITH_ANTRE = 1 ]; then bench_antre; fi
 
 echo "broker queues confirmed/s delivered/s cpu-us/msg(3 nodes) nacked errors leader-changes"
 cat "$OUT/rows"
+if [ -s "$OUT/backlog" ]; then
+    echo "backlog without consumer: broker confirmed msg/s RSS-MiB-before RSS-after RSS-10s-later (per node)"
+    cat "$OUT/backlog"
+fi
 if [ -s "$OUT/latency" ]; then
     echo "fixed rate $RATE msg/s, 1 queue: broker confirmed/s delivered/s p50-ms p99-ms (publish->deliver)"
     cat "$OUT/latency"
