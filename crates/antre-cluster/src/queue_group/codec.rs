@@ -128,8 +128,8 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
     Ok(())
 }
 
-/// Reads one entry from the front of `buf` (advancing it). Records are
-/// sliced out of `buf`, not copied.
+/// Reads one entry from the front of `buf` (advancing it). Each record is
+/// copied into its own buffer.
 pub fn decode_entry(buf: &mut Bytes) -> Result<Entry<QueueTypeConfig>, CodecError> {
     let tag = get_u8(buf, "entry")?;
     let log_id = get_log_id(buf)?;
@@ -144,7 +144,10 @@ pub fn decode_entry(buf: &mut Bytes) -> Result<Entry<QueueTypeConfig>, CodecErro
                 if buf.remaining() < len {
                     return Err(short("record"));
                 }
-                enqueue.push((id, Body(buf.split_to(len))));
+                // A copy, not a slice: a message the queue keeps long must
+                // not keep the whole frame or log record it came in alive.
+                enqueue.push((id, Body(Bytes::copy_from_slice(&buf[..len]))));
+                buf.advance(len);
             }
             let settle = get_ids(buf, "settles")?;
             let returned = get_ids(buf, "returns")?;
@@ -346,6 +349,21 @@ mod tests {
         assert_eq!(back.prev_log_id, rpc.prev_log_id);
         assert_eq!(back.leader_commit, rpc.leader_commit);
         assert_eq!(back.entries, rpc.entries);
+    }
+
+    #[test]
+    fn a_decoded_record_does_not_hold_on_to_its_frame() {
+        let mut raw = Vec::new();
+        encode_entry(&entries()[1], &mut raw).unwrap();
+        let frame = Bytes::from(raw);
+        let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+        let entry = decode_entry(&mut frame.clone()).unwrap();
+        let EntryPayload::Normal(ops) = entry.payload else {
+            panic!("not a normal entry");
+        };
+        let record = &ops.enqueue[0].1 .0;
+        assert_eq!(&record[..], b"\x00\xff{record}");
+        assert!(!range.contains(&(record.as_ptr() as usize)));
     }
 
     #[test]
