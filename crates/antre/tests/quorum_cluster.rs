@@ -309,6 +309,53 @@ async fn a_quorum_queue_replicates_and_survives_its_leaders_death() {
     }
 }
 
+/// `x-max-length` bounds a quorum queue on every member, not only in the
+/// leader's engine: the heads it drops are settled through the log, so
+/// each member's replicated set (its memory) holds the limit, and a new
+/// leader has the same last messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_limit_bounds_every_member() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, "warm").await;
+    let conn = connect(&c.nodes[0].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    declare_quorum(&ch, "bounded", &[("x-max-length", AMQPValue::LongInt(5))]).await;
+    let l = wait_leader(&c, "bounded").await;
+    drop(conn);
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    for i in 0..20 {
+        let body = format!("m{i}");
+        assert_eq!(
+            publish_confirmed(&ch, "bounded", body.as_bytes(), harness::WAIT).await,
+            Some(true)
+        );
+    }
+    for i in 0..3 {
+        c.until("every member to hold the limit", || async {
+            queue_json(&c, i, "bounded")
+                .await
+                .is_some_and(|q| q["replica_messages"] == json!(5))
+        })
+        .await;
+    }
+    drop(conn);
+    c.kill(l);
+    let l2 = wait_leader(&c, "bounded").await;
+    let conn = connect(&c.nodes[l2].amqp_uri()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut bodies = Vec::new();
+    while let Some(got) = ch
+        .basic_get("bounded", BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+    {
+        bodies.push(String::from_utf8_lossy(&got.delivery.data).into_owned());
+    }
+    let want: Vec<String> = (15..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, want);
+}
+
 /// What the failover loop saw.
 #[derive(Default)]
 struct History {
