@@ -952,6 +952,12 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
             take_over(&groups, &group).await;
         } else if state != ServerState::Leader && active {
             step_down(&group);
+            // Until the next leader is known, this node must not list
+            // itself: clients looking for the leader would come to an
+            // engine that no longer serves the queue.
+            if let Some(v) = groups.broker.vhost(&group.def.vhost) {
+                v.forget_quorum_leader(&group.def.name, groups.me());
+            }
         }
         if leader != known_leader && leader != Some(me) {
             if !engine.active.load(Ordering::Acquire) {

@@ -148,6 +148,30 @@ async fn drain_n_at_leader(c: &TestCluster, queue: &str, n: usize) -> Vec<String
     bodies
 }
 
+/// Declares `queue` with three members and publishes `m0`.. `m{n-1}` to
+/// it, confirmed, through node 0; the connection and its confirm channel.
+async fn on_three_members(c: &TestCluster, queue: &str, n: usize) -> (lapin::Connection, Channel) {
+    declare(c, 0, queue, None).await;
+    c.until_members(queue, &["n1", "n2", "n3"]).await;
+    let conn = connect(&c.nodes[0].amqp_uri()).await;
+    let ch = confirm_channel(&conn).await;
+    for i in 0..n {
+        assert!(publish_confirmed(&ch, queue, format!("m{i}").as_bytes()).await);
+    }
+    (conn, ch)
+}
+
+/// Drains `queue` at its leader: `m0`.. `m{n-1}` in order, or the nodes'
+/// logs are printed and the test fails.
+async fn assert_every_message_at_leader(c: &TestCluster, queue: &str, n: usize) {
+    let want: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    let bodies = drain_n_at_leader(c, queue, n).await;
+    if bodies != want {
+        c.dump_logs();
+    }
+    assert_eq!(bodies, want);
+}
+
 async fn post_member(
     c: &TestCluster,
     i: usize,
@@ -287,13 +311,7 @@ async fn a_queue_grown_under_load_survives_the_death_of_its_first_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_removed_one_queue_and_node_wide() {
     let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    declare(&c, 0, "shrunk", None).await;
-    c.until_members("shrunk", &["n1", "n2", "n3"]).await;
-    let conn = connect(&c.nodes[0].amqp_uri()).await;
-    let ch = confirm_channel(&conn).await;
-    for i in 0..10 {
-        assert!(publish_confirmed(&ch, "shrunk", format!("m{i}").as_bytes()).await);
-    }
+    let (_conn, _ch) = on_three_members(&c, "shrunk", 10).await;
     assert!(!c.no_replica_data(2));
 
     // For administrators only.
@@ -422,12 +440,7 @@ async fn members_are_removed_one_queue_and_node_wide() {
     assert_eq!(now.map(|i| c.nodes[i].name.as_str()), Some(other));
 
     // Every message of the shrunk queue is still there.
-    let want: Vec<String> = (0..11).map(|i| format!("m{i}")).collect();
-    let bodies = drain_n_at_leader(&c, "shrunk", want.len()).await;
-    if bodies != want {
-        c.dump_logs();
-    }
-    assert_eq!(bodies, want);
+    assert_every_message_at_leader(&c, "shrunk", 11).await;
 }
 
 /// A member removed and added back at once: its new replica must not
@@ -436,13 +449,7 @@ async fn members_are_removed_one_queue_and_node_wide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_removed_and_added_back_at_once_keeps_every_message() {
     let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    declare(&c, 0, "again", None).await;
-    c.until_members("again", &["n1", "n2", "n3"]).await;
-    let conn = connect(&c.nodes[0].amqp_uri()).await;
-    let ch = confirm_channel(&conn).await;
-    for i in 0..5 {
-        assert!(publish_confirmed(&ch, "again", format!("m{i}").as_bytes()).await);
-    }
+    let (conn, ch) = on_three_members(&c, "again", 5).await;
 
     let (status, body) = post_member(&c, 0, "DELETE", "again", "n2").await;
     assert_eq!(status, 204, "{body}");
@@ -465,12 +472,7 @@ async fn a_member_removed_and_added_back_at_once_keeps_every_message() {
         assert_eq!(status, 204, "{body}");
     }
     c.until_members("again", &["n2"]).await;
-    let want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
-    let bodies = drain_n_at_leader(&c, "again", want.len()).await;
-    if bodies != want {
-        c.dump_logs();
-    }
-    assert_eq!(bodies, want);
+    assert_every_message_at_leader(&c, "again", 10).await;
 }
 
 /// Leaders per node of `queues`, as node 0 lists them.

@@ -195,6 +195,17 @@ impl Vhost {
         }
     }
 
+    /// This node (`me`) stopped leading a quorum queue's group: it no
+    /// longer lists itself as the leader (the leader is unknown until one
+    /// is elected, which then records itself).
+    pub fn forget_quorum_leader(&self, name: &str, me: &str) {
+        if let Some(i) = self.quorum.write().get_mut(name) {
+            if i.leader.as_deref() == Some(me) {
+                i.leader = None;
+            }
+        }
+    }
+
     /// A quorum queue's group, in a cluster.
     pub fn quorum_info(&self, name: &str) -> Option<QuorumInfo> {
         self.quorum.read().get(name).cloned()

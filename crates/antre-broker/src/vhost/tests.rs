@@ -335,3 +335,23 @@ fn an_exchanges_alternate_exchange_may_come_from_a_policy_and_its_argument_wins(
         .collect();
     assert_eq!(policies, [Some("ae".to_owned()), Some("ae".to_owned())]);
 }
+
+#[test]
+fn a_node_that_stops_leading_a_quorum_queue_no_longer_lists_itself() {
+    let f = fixture();
+    let info = |leader: &str| QuorumInfo {
+        members: vec!["n1".into(), "n2".into()],
+        leader: Some(leader.into()),
+    };
+    f.vhost.set_quorum_info("q", Some(info("n1")));
+    // Another node's step-down changes nothing here.
+    f.vhost.forget_quorum_leader("q", "n2");
+    assert_eq!(
+        f.vhost.quorum_info("q").and_then(|i| i.leader).as_deref(),
+        Some("n1")
+    );
+    f.vhost.forget_quorum_leader("q", "n1");
+    let now = f.vhost.quorum_info("q").expect("still a quorum queue");
+    assert_eq!(now.leader, None);
+    assert_eq!(now.members, ["n1", "n2"]);
+}
