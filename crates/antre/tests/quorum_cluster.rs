@@ -171,19 +171,16 @@ async fn publish_confirmed(
     }
 }
 
-/// Takes every message of `queue` at node `i` (no-ack gets); their bodies.
-async fn drain_at(c: &TestCluster, i: usize, queue: &str) -> Vec<String> {
-    let conn = connect(&c.nodes[i].amqp_uri()).await.expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
-    let mut bodies = Vec::new();
-    while let Some(got) = ch
-        .basic_get(queue, BasicGetOptions { no_ack: true })
-        .await
-        .expect("get")
-    {
-        bodies.push(String::from_utf8_lossy(&got.delivery.data).into_owned());
+/// Publishes `{prefix}0`.. `{prefix}{n-1}` to `queue`, each confirmed.
+async fn publish_all_confirmed(ch: &Channel, queue: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let body = format!("{prefix}{i}");
+        assert_eq!(
+            publish_confirmed(ch, queue, body.as_bytes(), harness::WAIT).await,
+            Some(true),
+            "confirm of {body}"
+        );
     }
-    bodies
 }
 
 /// The `x-delivery-count` header a delivery carries.
@@ -240,13 +237,7 @@ async fn a_quorum_queue_replicates_and_survives_its_leaders_death() {
     // gone for good: after the leader dies they do not come back.
     let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
     let ch = confirm_channel(&conn).await;
-    for i in 0..20 {
-        let body = format!("first-{i}");
-        assert_eq!(
-            publish_confirmed(&ch, "orders", body.as_bytes(), harness::WAIT).await,
-            Some(true)
-        );
-    }
+    publish_all_confirmed(&ch, "orders", "first-", 20).await;
     let consumer_ch = conn.create_channel().await.expect("channel");
     for i in 0..5 {
         let got = consumer_ch
@@ -339,13 +330,7 @@ async fn a_length_limit_bounds_every_member() {
     drop(conn);
     let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
     let ch = confirm_channel(&conn).await;
-    for i in 0..20 {
-        let body = format!("m{i}");
-        assert_eq!(
-            publish_confirmed(&ch, "bounded", body.as_bytes(), harness::WAIT).await,
-            Some(true)
-        );
-    }
+    publish_all_confirmed(&ch, "bounded", "m", 20).await;
     for i in 0..3 {
         c.until("every member to hold the limit", || async {
             queue_json(&c, i, "bounded")
@@ -361,7 +346,7 @@ async fn a_length_limit_bounds_every_member() {
     let mut bodies = Vec::new();
     while bodies.len() < want.len() && Instant::now() < deadline {
         let l2 = wait_leader(&c, "bounded").await;
-        bodies.extend(drain_at(&c, l2, "bounded").await);
+        bodies.extend(c.drain(l2, "bounded").await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if bodies != want {
@@ -768,7 +753,7 @@ async fn delivery_limit_dead_letters_and_no_quorum() {
     };
     drop(conn);
     let l = wait_leader(&c, "work").await;
-    let bodies = drain_at(&c, l, "work").await;
+    let bodies = c.drain(l, "work").await;
     assert!(bodies.contains(&"before".to_owned()), "{bodies:?}");
     if matches!(answer, Confirmation::Ack(_)) {
         assert!(bodies.contains(&"alone".to_owned()), "{bodies:?}");

@@ -93,21 +93,6 @@ async fn publish_confirmed(ch: &Channel, queue: &str, body: &[u8]) -> bool {
     )
 }
 
-/// Takes every message of `queue` on node `i` (no-ack gets); their bodies.
-async fn drain(c: &TestCluster, i: usize, queue: &str) -> Vec<String> {
-    let conn = connect(&c.nodes[i].amqp_uri()).await;
-    let ch = conn.create_channel().await.expect("channel");
-    let mut bodies = Vec::new();
-    while let Some(got) = ch
-        .basic_get(queue, BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-    {
-        bodies.push(String::from_utf8_lossy(&got.delivery.data).into_owned());
-    }
-    bodies
-}
-
 /// Polls `f` until it gives a value, failing after [`harness::WAIT`].
 async fn wait_for<T, F, Fut>(c: &TestCluster, what: &str, mut f: F) -> T
 where
@@ -130,7 +115,7 @@ where
 /// Waits for the leader of `queue` and drains it there.
 async fn drain_at_leader(c: &TestCluster, queue: &str) -> Vec<String> {
     let l = wait_for(c, &format!("a leader of {queue}"), || c.queue_leader(queue)).await;
-    drain(c, l, queue).await
+    c.drain(l, queue).await
 }
 
 /// Drains `queue` at its leader until `n` messages came or the wait ends:

@@ -521,6 +521,23 @@ pub async fn connect(uri: &str) -> lapin::Connection {
 
 /// Quorum queues' replica management (tests/quorum_members.rs).
 impl TestCluster {
+    /// Takes every message of `queue` on node `i` (no-ack gets); their
+    /// bodies.
+    pub async fn drain(&self, i: usize, queue: &str) -> Vec<String> {
+        use lapin::options::BasicGetOptions;
+        let conn = connect(&self.nodes[i].amqp_uri()).await;
+        let ch = conn.create_channel().await.expect("channel");
+        let mut bodies = Vec::new();
+        while let Some(got) = ch
+            .basic_get(queue, BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            bodies.push(String::from_utf8_lossy(&got.delivery.data).into_owned());
+        }
+        bodies
+    }
+
     /// Queue `name` in vhost `/` as node `i` lists it (`None`: not listed,
     /// or the node does not answer).
     pub async fn queue_on(&self, i: usize, name: &str) -> Option<Value> {
