@@ -25,9 +25,9 @@
 //! group's id in each request ([`crate::wire::Request::QueueAppend`]).
 //! The entries, which carry the published messages, are binary in the log
 //! and in append requests ([`codec`]); the rest of the link is JSON, as
-//! for the metadata group. Snapshots (rare: one per [`SNAPSHOT_LOGS`]
-//! entries, and sent only to a member far behind) are JSON, with the
-//! bodies as base64 strings.
+//! for the metadata group. Snapshots (one per [`SNAPSHOT_LOGS`] entries,
+//! or sooner by size, see [`snapshot_due`]; sent only to a member far
+//! behind) are JSON, with the bodies as base64 strings.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
@@ -71,7 +71,19 @@ use crate::{ClusterError, NodeId};
 /// A snapshot of the messages left after this many entries; the log keeps
 /// a few entries before it for followers a little behind.
 const SNAPSHOT_LOGS: u64 = 4096;
-const KEEP_AFTER_SNAPSHOT: u64 = 256;
+const KEEP_AFTER_SNAPSHOT: u64 = 32;
+/// ... or sooner, once the records applied since the last snapshot reach
+/// this many bytes and the messages left hold fewer: the log (kept in
+/// memory until a snapshot lets it be purged) then costs at most this, or
+/// as much as the messages themselves, whatever the entries' sizes, and a
+/// snapshot costs no more writing than the log it replaces.
+const SNAPSHOT_BYTES: u64 = 32 << 20;
+
+/// Whether a member should snapshot now: `logged` bytes of records applied
+/// since its last snapshot, `held` the bytes of the messages left.
+fn snapshot_due(logged: u64, held: u64) -> bool {
+    logged >= SNAPSHOT_BYTES.max(held)
+}
 /// Entries a leader has proposed and not yet seen committed, at most:
 /// publishes arriving meanwhile gather into the next, larger entry.
 const IN_FLIGHT: usize = 8;
@@ -169,6 +181,16 @@ struct Messages {
     next_id: u64,
 }
 
+impl Messages {
+    /// Bytes of the records held.
+    fn bytes(&self) -> u64 {
+        self.messages
+            .values()
+            .map(|h| h.record.0.len() as u64)
+            .sum()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, BasicNode>,
@@ -181,6 +203,11 @@ struct QueueState {
     membership: StoredMembership<NodeId, BasicNode>,
     set: Messages,
     snapshot: Option<StoredSnapshot>,
+    /// Bytes of the records in `set`.
+    held: u64,
+    /// Bytes of the records applied since the last snapshot (see
+    /// [`snapshot_due`]); `None` once a snapshot was asked for.
+    logged: Option<u64>,
 }
 
 /// What ties a group to the broker's engine of its queue on this node.
@@ -209,6 +236,9 @@ struct QueueMachine {
     state: Arc<Mutex<QueueState>>,
     engine: Arc<Engine>,
     dir: PathBuf,
+    /// Woken when a snapshot is due by size ([`snapshot_due`]): the
+    /// group's task asks openraft for one.
+    snapshot_due: Arc<tokio::sync::Notify>,
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -256,15 +286,19 @@ impl QueueMachine {
             ),
             None => (None, StoredMembership::default(), Messages::default()),
         };
+        let held = set.bytes();
         Ok(QueueMachine {
             state: Arc::new(Mutex::new(QueueState {
                 last_applied,
                 membership,
                 set,
                 snapshot,
+                held,
+                logged: Some(0),
             })),
             engine,
             dir: dir.to_owned(),
+            snapshot_due: Arc::default(),
         })
     }
 
@@ -285,9 +319,16 @@ impl QueueMachine {
                         }
                     }
                     for id in &ops.settle {
-                        st.set.messages.remove(id);
+                        if let Some(gone) = st.set.messages.remove(id) {
+                            st.held -= gone.record.0.len() as u64;
+                        }
                     }
                     for (id, record) in ops.enqueue {
+                        let len = record.0.len() as u64;
+                        st.held += len;
+                        if let Some(logged) = st.logged.as_mut() {
+                            *logged += len;
+                        }
                         st.set.next_id = st.set.next_id.max(id + 1);
                         if active {
                             let cached = self.engine.proposed.lock().remove(&id);
@@ -310,6 +351,13 @@ impl QueueMachine {
             }
             st.last_applied = Some(entry.log_id);
         }
+        if st
+            .logged
+            .is_some_and(|logged| snapshot_due(logged, st.held))
+        {
+            st.logged = None;
+            self.snapshot_due.notify_one();
+        }
         drop(st);
         if active {
             self.engine.route_dead_letters();
@@ -328,7 +376,8 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<QueueTypeConfig>> {
         let this = self.clone();
         blocking(move || {
-            let st = this.state.lock();
+            let mut st = this.state.lock();
+            st.logged = Some(0);
             let data =
                 serde_json::to_vec(&st.set).map_err(|e| StorageIOError::read_state_machine(&e))?;
             let snapshot_id = match st.last_applied {
@@ -404,6 +453,8 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
             this.store_snapshot(&stored)
                 .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
             let mut st = this.state.lock();
+            st.held = set.bytes();
+            st.logged = Some(0);
             st.set = set;
             st.last_applied = meta.last_log_id;
             st.membership = meta.last_membership.clone();
@@ -784,6 +835,7 @@ impl QueueGroups {
             .lock()
             .insert(def.group.clone(), Arc::clone(&group));
         tokio::spawn(propose_loop(Arc::clone(&group)));
+        tokio::spawn(snapshot_loop(Arc::clone(&group)));
         tokio::spawn(lead_loop(Arc::downgrade(&self), Arc::clone(&group)));
         tracing::info!(
             vhost = def.vhost,
@@ -925,6 +977,24 @@ async fn propose_loop(group: Arc<Group>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Asks openraft for a snapshot whenever the member's state says one is
+/// due by size ([`snapshot_due`]; openraft's own policy counts entries).
+async fn snapshot_loop(group: Arc<Group>) {
+    let mut stop = group.stop.subscribe();
+    let due = Arc::clone(&group.machine.snapshot_due);
+    loop {
+        tokio::select! {
+            _ = due.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = group.raft.trigger().snapshot().await {
+            tracing::debug!(group = group.def.group, "no snapshot: {e}");
+            // Asked again once enough is logged anew.
+            group.machine.state.lock().logged.get_or_insert(0);
         }
     }
 }
@@ -1226,6 +1296,15 @@ mod tests {
         assert!(!json.contains("returned"));
         let back: QueueOps = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ops);
+    }
+
+    #[test]
+    fn a_snapshot_is_due_by_size_once_the_log_outgrows_the_messages() {
+        assert!(!snapshot_due(SNAPSHOT_BYTES - 1, 0));
+        assert!(snapshot_due(SNAPSHOT_BYTES, 0));
+        // A long queue: not before as much was logged as it holds.
+        assert!(!snapshot_due(SNAPSHOT_BYTES, 3 * SNAPSHOT_BYTES));
+        assert!(snapshot_due(3 * SNAPSHOT_BYTES, 3 * SNAPSHOT_BYTES));
     }
 
     #[test]
