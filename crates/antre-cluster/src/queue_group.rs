@@ -9,7 +9,7 @@
 //! delivery). Every member applies them to the same message set
 //! ([`QueueState`]); its log is in antre's segment store under
 //! `<data-dir>/cluster/queues/<group>/` ([`crate::log_store`]), with a
-//! snapshot of the messages left (`snapshot.json`) after which the log's
+//! snapshot of the messages left (`snapshot.bin`) after which the log's
 //! prefix is purged.
 //!
 //! The engine that serves consumers is the broker's ordinary queue, on the
@@ -27,7 +27,7 @@
 //! and in append requests ([`codec`]); the rest of the link is JSON, as
 //! for the metadata group. Snapshots (one per [`SNAPSHOT_LOGS`] entries,
 //! or sooner by size, see [`snapshot_due`]; sent only to a member far
-//! behind) are JSON, with the bodies as base64 strings.
+//! behind) are binary too ([`codec::encode_messages`]), on disk only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
@@ -88,8 +88,8 @@ fn snapshot_due(logged: u64, held: u64) -> bool {
 /// publishes arriving meanwhile gather into the next, larger entry.
 const IN_FLIGHT: usize = 8;
 
-/// A message body (a [`Message`] record); in a snapshot (JSON), a
-/// base64 string (see the module docs).
+/// A message body (a [`Message`] record); in JSON (a snapshot an older
+/// version wrote) a base64 string.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Body(pub Bytes);
 
@@ -191,10 +191,54 @@ impl Messages {
     }
 }
 
+/// How an older version stored a snapshot (`snapshot.json`), still read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, BasicNode>,
     data: Vec<u8>,
+}
+
+/// The member's last snapshot: its metadata as JSON (a 4-byte
+/// little-endian length first), then its data ([`codec::encode_messages`]).
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+const OLD_SNAPSHOT_FILE: &str = "snapshot.json";
+
+type QueueSnapshotMeta = SnapshotMeta<NodeId, BasicNode>;
+
+fn write_snapshot_file(dir: &Path, meta: &QueueSnapshotMeta, data: &[u8]) -> std::io::Result<()> {
+    let meta_json = serde_json::to_vec(meta).map_err(io_err)?;
+    let len = u32::try_from(meta_json.len()).map_err(io_err)?;
+    let mut file = Vec::with_capacity(4 + meta_json.len() + data.len());
+    file.extend_from_slice(&len.to_le_bytes());
+    file.extend_from_slice(&meta_json);
+    file.extend_from_slice(data);
+    antre_store::definitions::write_atomic(&dir.join(SNAPSHOT_FILE), &file).map_err(io_err)?;
+    match std::fs::remove_file(dir.join(OLD_SNAPSHOT_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The member's last snapshot, if it has one: its metadata and data.
+fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<(QueueSnapshotMeta, Vec<u8>)>> {
+    if let Some(mut raw) =
+        antre_store::definitions::read(&dir.join(SNAPSHOT_FILE)).map_err(io_err)?
+    {
+        let bad = || io_err("a truncated snapshot file");
+        let len = raw.get(..4).ok_or_else(bad)?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let meta_json = raw.get(4..4 + len).ok_or_else(bad)?;
+        let meta = serde_json::from_slice(meta_json).map_err(io_err)?;
+        let data = raw.split_off(4 + len);
+        return Ok(Some((meta, data)));
+    }
+    match antre_store::definitions::read(&dir.join(OLD_SNAPSHOT_FILE)).map_err(io_err)? {
+        Some(raw) => {
+            let old: StoredSnapshot = serde_json::from_slice(&raw).map_err(io_err)?;
+            Ok(Some((old.meta, old.data)))
+        }
+        None => Ok(None),
+    }
 }
 
 /// A member's state: what it applied.
@@ -202,7 +246,8 @@ struct QueueState {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
     set: Messages,
-    snapshot: Option<StoredSnapshot>,
+    /// The last snapshot's metadata (its data is on disk only).
+    snapshot: Option<QueueSnapshotMeta>,
     /// Bytes of the records in `set`.
     held: u64,
     /// Bytes of the records applied since the last snapshot (see
@@ -269,22 +314,17 @@ fn decode(record: &Body) -> Option<Arc<Message>> {
 impl QueueMachine {
     fn open(dir: &Path, engine: Arc<Engine>) -> Result<QueueMachine, ClusterError> {
         let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
-        let snapshot: Option<StoredSnapshot> =
-            match antre_store::definitions::read(&dir.join("snapshot.json"))
-                .map_err(|e| storage(&e))?
-            {
-                Some(raw) => Some(serde_json::from_slice(&raw).map_err(|e| storage(&e))?),
-                None => None,
-            };
+        let stored = read_snapshot_file(dir).map_err(|e| storage(&e))?;
         // Restart: the state is the snapshot's; openraft applies the log's
         // committed entries after it again.
-        let (last_applied, membership, set) = match &snapshot {
-            Some(s) => (
-                s.meta.last_log_id,
-                s.meta.last_membership.clone(),
-                serde_json::from_slice(&s.data).map_err(|e| storage(&e))?,
+        let (last_applied, membership, set, snapshot) = match stored {
+            Some((meta, data)) => (
+                meta.last_log_id,
+                meta.last_membership.clone(),
+                codec::decode_messages(&data).map_err(|e| storage(&e))?,
+                Some(meta),
             ),
-            None => (None, StoredMembership::default(), Messages::default()),
+            None => (None, StoredMembership::default(), Messages::default(), None),
         };
         let held = set.bytes();
         Ok(QueueMachine {
@@ -364,12 +404,6 @@ impl QueueMachine {
         }
         n
     }
-
-    fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), std::io::Error> {
-        let json = serde_json::to_vec(snapshot).map_err(io_err)?;
-        antre_store::definitions::write_atomic(&self.dir.join("snapshot.json"), &json)
-            .map_err(io_err)
-    }
 }
 
 impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
@@ -378,8 +412,15 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
         blocking(move || {
             let mut st = this.state.lock();
             st.logged = Some(0);
-            let data =
-                serde_json::to_vec(&st.set).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            // The records are shared, not copied, so the lock (which
+            // applies wait for) is held only to list them.
+            let messages: Vec<(u64, u32, Bytes)> = st
+                .set
+                .messages
+                .iter()
+                .map(|(&id, h)| (id, h.delivery_count, h.record.0.clone()))
+                .collect();
+            let next_id = st.set.next_id;
             let snapshot_id = match st.last_applied {
                 Some(l) => format!("{}-{}", l.leader_id, l.index),
                 None => "-".into(),
@@ -390,13 +431,11 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
                 snapshot_id,
             };
             drop(st);
-            let stored = StoredSnapshot {
-                meta: meta.clone(),
-                data: data.clone(),
-            };
-            this.store_snapshot(&stored)
+            let data = codec::encode_messages(next_id, &messages);
+            drop(messages);
+            write_snapshot_file(&this.dir, &meta, &data)
                 .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-            this.state.lock().snapshot = Some(stored);
+            this.state.lock().snapshot = Some(meta.clone());
             Ok(Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(data)),
@@ -444,13 +483,9 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
         let meta = meta.clone();
         blocking(move || {
             let sig = || Some(meta.signature());
-            let set: Messages = serde_json::from_slice(&data)
+            let set = codec::decode_messages(&data)
                 .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?;
-            let stored = StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            };
-            this.store_snapshot(&stored)
+            write_snapshot_file(&this.dir, &meta, &data)
                 .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
             let mut st = this.state.lock();
             st.held = set.bytes();
@@ -458,16 +493,23 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
             st.set = set;
             st.last_applied = meta.last_log_id;
             st.membership = meta.last_membership.clone();
-            st.snapshot = Some(stored);
+            st.snapshot = Some(meta);
             Ok(())
         })
     }
 
+    /// Only to send the snapshot to a member far behind: read from disk
+    /// then, not kept in memory for the rare occasion.
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<QueueTypeConfig>>> {
-        let st = self.state.lock();
-        Ok(st.snapshot.as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
+        if self.state.lock().snapshot.is_none() {
+            return Ok(None);
+        }
+        let dir = self.dir.clone();
+        let stored = blocking(move || read_snapshot_file(&dir))
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }

@@ -358,36 +358,78 @@ async fn a_length_limit_bounds_every_member() {
 /// A quorum queue through which large messages flow takes a snapshot by
 /// size, long before its entry count asks for one: each member's log (kept
 /// in memory until a snapshot lets it go) stays bounded whatever the
-/// messages' sizes.
+/// messages' sizes. A member that was down meanwhile restarts from its
+/// snapshot file and catches up from the leader's snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_snapshots_by_size() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
     declare_on_n1(&c, "large").await;
     let l = wait_leader(&c, "large").await;
     let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
     let ch = confirm_channel(&conn).await;
-    let body = vec![b'x'; 1 << 20];
     // 40 MiB through the queue in about 80 entries (a publish, then its
     // settle); the queue itself stays nearly empty.
-    for _ in 0..40 {
-        assert_eq!(
-            publish_confirmed(&ch, "large", &body, harness::WAIT).await,
-            Some(true)
-        );
-        let got = ch
-            .basic_get("large", BasicGetOptions { no_ack: true })
-            .await
-            .expect("get");
-        assert!(got.is_some());
-    }
-    for i in 0..3 {
+    // Each body is its name, padded to 1 MiB.
+    let ch = &ch;
+    let flow = |name: &'static str| async move {
+        for i in 0..40 {
+            let mut body = format!("{name}-{i:02}").into_bytes();
+            body.resize(1 << 20, b' ');
+            assert_eq!(
+                publish_confirmed(ch, "large", &body, harness::WAIT).await,
+                Some(true)
+            );
+            let got = ch
+                .basic_get("large", BasicGetOptions { no_ack: true })
+                .await
+                .expect("get");
+            assert!(got.is_some());
+        }
+    };
+    flow("first").await;
+    let snapshotted = |i: usize| {
         let groups = c.nodes[i].dir.join("cluster").join("queues");
+        std::fs::read_dir(groups)
+            .is_ok_and(|d| d.flatten().any(|g| g.path().join("snapshot.bin").exists()))
+    };
+    for i in 0..3 {
         c.until("every member to take a snapshot", || async {
-            std::fs::read_dir(&groups)
-                .is_ok_and(|d| d.flatten().any(|g| g.path().join("snapshot.json").exists()))
+            snapshotted(i)
         })
         .await;
     }
+
+    // A member is down while 40 MiB more flow (three messages ahead of
+    // them, so that three are left at the end), and the others' logs no
+    // longer reach back to it: it restarts from its own snapshot and
+    // catches up from the leader's.
+    publish_all_confirmed(ch, "large", "ahead-", 3).await;
+    let f = (0..3).find(|&i| i != l).expect("a follower");
+    c.kill(f);
+    flow("second").await;
+    drop(conn);
+    c.spawn(f);
+    c.wait_http(f).await;
+    c.until("the restarted member to catch up", || async {
+        queue_json(&c, f, "large")
+            .await
+            .is_some_and(|q| q["replica_messages"] == json!(3))
+    })
+    .await;
+    c.kill(l);
+    let want = ["second-37", "second-38", "second-39"];
+    let deadline = Instant::now() + harness::WAIT;
+    let mut bodies = Vec::new();
+    while bodies.len() < want.len() && Instant::now() < deadline {
+        let l2 = wait_leader(&c, "large").await;
+        let names = c.drain(l2, "large").await;
+        bodies.extend(names.iter().map(|b| b.trim_end().to_owned()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if bodies != want {
+        c.dump_logs();
+    }
+    assert_eq!(bodies, want);
 }
 
 /// What the failover loop saw.

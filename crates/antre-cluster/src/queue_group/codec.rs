@@ -20,12 +20,13 @@
 use bytes::{Buf, BufMut, Bytes};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 
-use super::{Body, QueueOps, QueueTypeConfig};
+use super::{Body, Held, Messages, QueueOps, QueueTypeConfig};
 use crate::NodeId;
 
 const BLANK: u8 = 0xB0;
 const NORMAL: u8 = 0xB1;
 const MEMBERSHIP: u8 = 0xB2;
+const SNAPSHOT: u8 = 0xB5;
 
 /// A malformed entry (a peer's bug or a corrupt record: the store's
 /// checksums catch disk corruption first).
@@ -282,6 +283,66 @@ pub fn decode_append(
     ))
 }
 
+/// A snapshot's data: the id the next enqueue gets, then each message left
+/// (id, delivery count, record), in id order.
+pub(super) fn encode_messages(next_id: u64, messages: &[(u64, u32, Bytes)]) -> Vec<u8> {
+    let bodies: usize = messages.iter().map(|(_, _, r)| 16 + r.len()).sum();
+    let mut out = Vec::with_capacity(13 + bodies);
+    out.put_u8(SNAPSHOT);
+    out.put_u64_le(next_id);
+    out.put_u32_le(messages.len() as u32);
+    for (id, delivery_count, record) in messages {
+        out.put_u64_le(*id);
+        out.put_u32_le(*delivery_count);
+        out.put_u32_le(record.len() as u32);
+        out.put_slice(record);
+    }
+    out
+}
+
+/// Reads what [`encode_messages`] wrote, or a snapshot's data as an older
+/// version wrote it (JSON, bodies in base64).
+pub(super) fn decode_messages(raw: &[u8]) -> Result<Messages, CodecError> {
+    if raw.first() == Some(&b'{') {
+        return serde_json::from_slice(raw).map_err(|e| CodecError(e.to_string()));
+    }
+    let mut buf = Bytes::copy_from_slice(raw);
+    if get_u8(&mut buf, "snapshot")? != SNAPSHOT {
+        return Err(CodecError("not a snapshot".into()));
+    }
+    let next_id = get_u64(&mut buf, "snapshot")?;
+    let n = get_count(&mut buf, 16, "snapshot")?;
+    let mut set = Messages {
+        messages: std::collections::BTreeMap::new(),
+        next_id,
+    };
+    for _ in 0..n {
+        let id = get_u64(&mut buf, "message")?;
+        let delivery_count = get_u32(&mut buf, "message")?;
+        let len = get_u32(&mut buf, "message")? as usize;
+        if buf.remaining() < len {
+            return Err(short("record"));
+        }
+        // Its own buffer: one long-kept message must not pin the snapshot.
+        let record = Body(Bytes::copy_from_slice(&buf[..len]));
+        buf.advance(len);
+        set.messages.insert(
+            id,
+            Held {
+                record,
+                delivery_count,
+            },
+        );
+    }
+    if buf.has_remaining() {
+        return Err(CodecError(format!(
+            "{} bytes after the snapshot",
+            buf.len()
+        )));
+    }
+    Ok(set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +410,30 @@ mod tests {
         assert_eq!(back.prev_log_id, rpc.prev_log_id);
         assert_eq!(back.leader_commit, rpc.leader_commit);
         assert_eq!(back.entries, rpc.entries);
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_old_json_ones_still_read() {
+        let msgs = vec![
+            (3, 0, Bytes::from_static(b"\x00\xffone")),
+            (9, 2, Bytes::new()),
+        ];
+        let raw = encode_messages(10, &msgs);
+        let set = decode_messages(&raw).unwrap();
+        assert_eq!(set.next_id, 10);
+        let got: Vec<(u64, u32, Bytes)> = set
+            .messages
+            .iter()
+            .map(|(id, h)| (*id, h.delivery_count, h.record.0.clone()))
+            .collect();
+        assert_eq!(got, msgs);
+        let json = serde_json::to_vec(&set).unwrap();
+        let back = decode_messages(&json).unwrap();
+        assert_eq!(back.next_id, 10);
+        assert_eq!(back.messages.len(), 2);
+        for cut in 0..raw.len() {
+            assert!(decode_messages(&raw[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
