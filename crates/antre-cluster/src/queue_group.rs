@@ -7,7 +7,7 @@
 //! [`QueueOps`] entries: messages enqueued, settled (acked, rejected,
 //! dropped, dead-lettered), returned (delivered and back: one more
 //! delivery). Every member applies them to the same message set
-//! ([`QueueState`]); its log is in antre's segment store under
+//! (`QueueState`); its log is in antre's segment store under
 //! `<data-dir>/cluster/queues/<group>/` ([`crate::log_store`]), with a
 //! snapshot of the messages left (`snapshot.bin`) after which the log's
 //! prefix is purged.
@@ -25,9 +25,9 @@
 //! group's id in each request ([`crate::wire::Request::QueueAppend`]).
 //! The entries, which carry the published messages, are binary in the log
 //! and in append requests ([`codec`]); the rest of the link is JSON, as
-//! for the metadata group. Snapshots (one per [`SNAPSHOT_LOGS`] entries,
-//! or sooner by size, see [`snapshot_due`]; sent only to a member far
-//! behind) are binary too ([`codec::encode_messages`]), on disk only.
+//! for the metadata group. Snapshots (one per `SNAPSHOT_LOGS` entries,
+//! or sooner by size, see `snapshot_due`; sent only to a member far
+//! behind) are binary too (`codec::encode_messages`), on disk only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
