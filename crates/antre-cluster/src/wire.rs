@@ -104,8 +104,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Request
         |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
     if body.first() == Some(&QUEUE_APPEND) {
         let (group, rpc) =
-            crate::queue_group::codec::decode_append(bytes::Bytes::from(body).slice(1..))
-                .map_err(|e| invalid(&e))?;
+            crate::queue_group::codec::decode_append(&body[1..]).map_err(|e| invalid(&e))?;
         return Ok(Request::QueueAppend { group, rpc });
     }
     serde_json::from_slice(&body).map_err(|e| invalid(&e))

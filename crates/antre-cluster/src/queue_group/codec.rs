@@ -44,28 +44,46 @@ fn put_log_id(out: &mut Vec<u8>, id: &LogId<NodeId>) {
     out.put_u64_le(id.index);
 }
 
-fn get_u64(buf: &mut Bytes, what: &str) -> Result<u64, CodecError> {
+fn get_u64(buf: &mut &[u8], what: &str) -> Result<u64, CodecError> {
     if buf.remaining() < 8 {
         return Err(short(what));
     }
     Ok(buf.get_u64_le())
 }
 
-fn get_u32(buf: &mut Bytes, what: &str) -> Result<u32, CodecError> {
+fn get_u32(buf: &mut &[u8], what: &str) -> Result<u32, CodecError> {
     if buf.remaining() < 4 {
         return Err(short(what));
     }
     Ok(buf.get_u32_le())
 }
 
-fn get_u8(buf: &mut Bytes, what: &str) -> Result<u8, CodecError> {
+fn get_u8(buf: &mut &[u8], what: &str) -> Result<u8, CodecError> {
     if buf.remaining() < 1 {
         return Err(short(what));
     }
     Ok(buf.get_u8())
 }
 
-fn get_log_id(buf: &mut Bytes) -> Result<LogId<NodeId>, CodecError> {
+/// The next `len` bytes of the input, which it passes.
+fn get_slice<'a>(buf: &mut &'a [u8], len: usize, what: &str) -> Result<&'a [u8], CodecError> {
+    if buf.len() < len {
+        return Err(short(what));
+    }
+    let (head, rest) = buf.split_at(len);
+    *buf = rest;
+    Ok(head)
+}
+
+/// A length-prefixed record, copied into its own buffer: a message kept
+/// long must not keep the whole frame, log record or snapshot it came in
+/// alive.
+fn get_record(buf: &mut &[u8], what: &str) -> Result<Body, CodecError> {
+    let len = get_u32(buf, what)? as usize;
+    get_slice(buf, len, what).map(|r| Body(Bytes::copy_from_slice(r)))
+}
+
+fn get_log_id(buf: &mut &[u8]) -> Result<LogId<NodeId>, CodecError> {
     let term = get_u64(buf, "log id")?;
     let node = get_u64(buf, "log id")?;
     let index = get_u64(buf, "log id")?;
@@ -75,7 +93,7 @@ fn get_log_id(buf: &mut Bytes) -> Result<LogId<NodeId>, CodecError> {
 /// A count read from the input, checked against what is left of it (each
 /// item takes at least `min` bytes), so a corrupt count cannot make the
 /// decoder reserve gigabytes.
-fn get_count(buf: &mut Bytes, min: usize, what: &str) -> Result<usize, CodecError> {
+fn get_count(buf: &mut &[u8], min: usize, what: &str) -> Result<usize, CodecError> {
     let n = get_u32(buf, what)? as usize;
     if n.saturating_mul(min) > buf.remaining() {
         return Err(short(what));
@@ -90,7 +108,7 @@ fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
     }
 }
 
-fn get_ids(buf: &mut Bytes, what: &str) -> Result<Vec<u64>, CodecError> {
+fn get_ids(buf: &mut &[u8], what: &str) -> Result<Vec<u64>, CodecError> {
     let n = get_count(buf, 8, what)?;
     (0..n).map(|_| get_u64(buf, what)).collect()
 }
@@ -131,7 +149,7 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
 
 /// Reads one entry from the front of `buf` (advancing it). Each record is
 /// copied into its own buffer.
-pub fn decode_entry(buf: &mut Bytes) -> Result<Entry<QueueTypeConfig>, CodecError> {
+pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecError> {
     let tag = get_u8(buf, "entry")?;
     let log_id = get_log_id(buf)?;
     let payload = match tag {
@@ -141,14 +159,7 @@ pub fn decode_entry(buf: &mut Bytes) -> Result<Entry<QueueTypeConfig>, CodecErro
             let mut enqueue = Vec::with_capacity(n);
             for _ in 0..n {
                 let id = get_u64(buf, "enqueue")?;
-                let len = get_u32(buf, "enqueue")? as usize;
-                if buf.remaining() < len {
-                    return Err(short("record"));
-                }
-                // A copy, not a slice: a message the queue keeps long must
-                // not keep the whole frame or log record it came in alive.
-                enqueue.push((id, Body(Bytes::copy_from_slice(&buf[..len]))));
-                buf.advance(len);
+                enqueue.push((id, get_record(buf, "record")?));
             }
             let settle = get_ids(buf, "settles")?;
             let returned = get_ids(buf, "returns")?;
@@ -160,12 +171,9 @@ pub fn decode_entry(buf: &mut Bytes) -> Result<Entry<QueueTypeConfig>, CodecErro
         }
         MEMBERSHIP => {
             let len = get_u32(buf, "membership")? as usize;
-            if buf.remaining() < len {
-                return Err(short("membership"));
-            }
-            let json = buf.split_to(len);
+            let json = get_slice(buf, len, "membership")?;
             EntryPayload::Membership(
-                serde_json::from_slice(&json).map_err(|e| CodecError(e.to_string()))?,
+                serde_json::from_slice(json).map_err(|e| CodecError(e.to_string()))?,
             )
         }
         other => return Err(CodecError(format!("unknown tag {other:#x}"))),
@@ -178,7 +186,7 @@ pub fn decode_record(raw: &[u8]) -> Result<Entry<QueueTypeConfig>, CodecError> {
     if raw.first() == Some(&b'{') {
         return serde_json::from_slice(raw).map_err(|e| CodecError(e.to_string()));
     }
-    let mut buf = Bytes::copy_from_slice(raw);
+    let mut buf = raw;
     let entry = decode_entry(&mut buf)?;
     if buf.has_remaining() {
         return Err(CodecError(format!("{} bytes after the entry", buf.len())));
@@ -192,7 +200,7 @@ fn put_vote(out: &mut Vec<u8>, vote: &Vote<NodeId>) {
     out.put_u8(u8::from(vote.committed));
 }
 
-fn get_vote(buf: &mut Bytes) -> Result<Vote<NodeId>, CodecError> {
+fn get_vote(buf: &mut &[u8]) -> Result<Vote<NodeId>, CodecError> {
     let term = get_u64(buf, "vote")?;
     let node = get_u64(buf, "vote")?;
     let committed = get_u8(buf, "vote")? != 0;
@@ -213,7 +221,7 @@ fn put_opt_log_id(out: &mut Vec<u8>, id: &Option<LogId<NodeId>>) {
     }
 }
 
-fn get_opt_log_id(buf: &mut Bytes) -> Result<Option<LogId<NodeId>>, CodecError> {
+fn get_opt_log_id(buf: &mut &[u8]) -> Result<Option<LogId<NodeId>>, CodecError> {
     match get_u8(buf, "log id")? {
         0 => Ok(None),
         _ => get_log_id(buf).map(Some),
@@ -242,7 +250,7 @@ pub fn encode_append(
 
 /// Reads what [`encode_append`] wrote.
 pub fn decode_append(
-    mut buf: Bytes,
+    mut buf: &[u8],
 ) -> Result<
     (
         String,
@@ -250,16 +258,9 @@ pub fn decode_append(
     ),
     CodecError,
 > {
-    let len = {
-        if buf.remaining() < 2 {
-            return Err(short("group id"));
-        }
-        buf.get_u16_le() as usize
-    };
-    if buf.remaining() < len {
-        return Err(short("group id"));
-    }
-    let group = String::from_utf8(buf.split_to(len).to_vec())
+    let len =
+        u16::from_le_bytes([get_u8(&mut buf, "group id")?, get_u8(&mut buf, "group id")?]) as usize;
+    let group = String::from_utf8(get_slice(&mut buf, len, "group id")?.to_vec())
         .map_err(|_| CodecError("group id not UTF-8".into()))?;
     let vote = get_vote(&mut buf)?;
     let prev_log_id = get_opt_log_id(&mut buf)?;
@@ -306,7 +307,7 @@ pub(super) fn decode_messages(raw: &[u8]) -> Result<Messages, CodecError> {
     if raw.first() == Some(&b'{') {
         return serde_json::from_slice(raw).map_err(|e| CodecError(e.to_string()));
     }
-    let mut buf = Bytes::copy_from_slice(raw);
+    let mut buf = raw;
     if get_u8(&mut buf, "snapshot")? != SNAPSHOT {
         return Err(CodecError("not a snapshot".into()));
     }
@@ -319,13 +320,7 @@ pub(super) fn decode_messages(raw: &[u8]) -> Result<Messages, CodecError> {
     for _ in 0..n {
         let id = get_u64(&mut buf, "message")?;
         let delivery_count = get_u32(&mut buf, "message")?;
-        let len = get_u32(&mut buf, "message")? as usize;
-        if buf.remaining() < len {
-            return Err(short("record"));
-        }
-        // Its own buffer: one long-kept message must not pin the snapshot.
-        let record = Body(Bytes::copy_from_slice(&buf[..len]));
-        buf.advance(len);
+        let record = get_record(&mut buf, "record")?;
         set.messages.insert(
             id,
             Held {
@@ -404,7 +399,7 @@ mod tests {
         };
         let mut raw = Vec::new();
         encode_append("0123abcd", &rpc, &mut raw).unwrap();
-        let (group, back) = decode_append(Bytes::from(raw)).unwrap();
+        let (group, back) = decode_append(&raw).unwrap();
         assert_eq!(group, "0123abcd");
         assert_eq!(back.vote, rpc.vote);
         assert_eq!(back.prev_log_id, rpc.prev_log_id);
@@ -440,9 +435,8 @@ mod tests {
     fn a_decoded_record_does_not_hold_on_to_its_frame() {
         let mut raw = Vec::new();
         encode_entry(&entries()[1], &mut raw).unwrap();
-        let frame = Bytes::from(raw);
-        let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
-        let entry = decode_entry(&mut frame.clone()).unwrap();
+        let range = raw.as_ptr() as usize..raw.as_ptr() as usize + raw.len();
+        let entry = decode_entry(&mut raw.as_slice()).unwrap();
         let EntryPayload::Normal(ops) = entry.payload else {
             panic!("not a normal entry");
         };
@@ -458,7 +452,7 @@ mod tests {
             encode_entry(&e, &mut raw).unwrap();
         }
         for cut in 0..raw.len() {
-            let mut buf = Bytes::copy_from_slice(&raw[..cut]);
+            let mut buf = &raw[..cut];
             while buf.has_remaining() {
                 if decode_entry(&mut buf).is_err() {
                     break;
