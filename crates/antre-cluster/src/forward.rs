@@ -943,16 +943,11 @@ impl Owner {
         for (queues, message) in items {
             results.push(match v.publish_forwarded(message, &queues) {
                 Ok(o) => {
+                    let result = o.forwarded_result();
                     for s in o.stored {
                         antre_broker::durable::add_once(&mut stored, s);
                     }
-                    if o.rejected {
-                        RemoteResult::Rejected
-                    } else if o.routed == 0 {
-                        RemoteResult::Gone
-                    } else {
-                        RemoteResult::Accepted
-                    }
+                    result
                 }
                 Err(e) => {
                     tracing::warn!(vhost, "forwarded publish failed: {e}");

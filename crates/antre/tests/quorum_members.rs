@@ -141,9 +141,23 @@ async fn on_three_members(c: &TestCluster, queue: &str, n: usize) -> (lapin::Con
     let conn = connect(&c.nodes[0].amqp_uri()).await;
     let ch = confirm_channel(&conn).await;
     for i in 0..n {
-        assert!(publish_confirmed(&ch, queue, format!("m{i}").as_bytes()).await);
+        publish_until_confirmed(c, &ch, queue, format!("m{i}").as_bytes()).await;
     }
     (conn, ch)
+}
+
+/// Publishes `body` until it is confirmed, as a publisher does: a nack
+/// (the queue's leader moved a moment ago, or the node that forwarded it
+/// did not know the new one yet) says the message was not stored.
+async fn publish_until_confirmed(c: &TestCluster, ch: &Channel, queue: &str, body: &[u8]) {
+    let deadline = Instant::now() + harness::WAIT;
+    while !publish_confirmed(ch, queue, body).await {
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!("{} was never confirmed", String::from_utf8_lossy(body));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Drains `queue` at its leader: `m0`.. `m{n-1}` in order, or the nodes'
@@ -355,7 +369,7 @@ async fn members_are_removed_one_queue_and_node_wide() {
     // It keeps serving, through n3 too (forwarded to its one member).
     let conn3 = connect(&c.nodes[2].amqp_uri()).await;
     let ch3 = confirm_channel(&conn3).await;
-    assert!(publish_confirmed(&ch3, "shrunk", b"m10").await);
+    publish_until_confirmed(&c, &ch3, "shrunk", b"m10").await;
 
     // Node-wide: three more single-member queues; grow n2 on all four,
     // n3 on those with an even number of members (all four), shrink n3.
@@ -412,7 +426,7 @@ async fn members_are_removed_one_queue_and_node_wide() {
     // the queue's messages.
     let wide = connect(&c.nodes[0].amqp_uri()).await;
     let wide_ch = confirm_channel(&wide).await;
-    assert!(publish_confirmed(&wide_ch, "wide-a", b"kept").await);
+    publish_until_confirmed(&c, &wide_ch, "wide-a", b"kept").await;
     drop(wide);
     let l = wait_for(&c, "a leader of wide-a", || c.queue_leader("wide-a")).await;
     let name = c.nodes[l].name.clone();
@@ -447,7 +461,7 @@ async fn a_member_removed_and_added_back_at_once_keeps_every_message() {
     .await;
     assert!(!c.no_replica_data(1), "n2's new replica lost its data");
     for i in 5..10 {
-        assert!(publish_confirmed(&ch, "again", format!("m{i}").as_bytes()).await);
+        publish_until_confirmed(&c, &ch, "again", format!("m{i}").as_bytes()).await;
     }
     drop(conn);
 

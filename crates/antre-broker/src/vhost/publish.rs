@@ -83,6 +83,26 @@ pub struct PublishOutcome {
     pub remote: Vec<(Arc<str>, String)>,
 }
 
+impl PublishOutcome {
+    /// The answer to the node that forwarded this publish (see
+    /// [`Vhost::publish_forwarded`]).
+    pub fn forwarded_result(&self) -> crate::remote::RemoteResult {
+        use crate::remote::RemoteResult;
+        if self.rejected {
+            RemoteResult::Rejected
+        } else if !self.remote.is_empty() {
+            // Some of its queues are another node's now (a quorum queue's
+            // leader moved): it is not stored there, so the publisher is
+            // told to try again rather than that nothing matched.
+            RemoteResult::Failed
+        } else if self.routed == 0 {
+            RemoteResult::Gone
+        } else {
+            RemoteResult::Accepted
+        }
+    }
+}
+
 impl Vhost {
     /// Publishes a message through the vhost's one publish path (see the
     /// module docs). Errors are the publisher's (no such exchange, an
@@ -290,7 +310,9 @@ impl Vhost {
     /// Enqueues a message another cluster node routed (and forwarded) to
     /// these queues of this node, skipping the exchange's hooks and
     /// routing, which the forwarding node ran. Queues that no longer exist
-    /// (or are another node's) are skipped: `routed` 0 means none took it.
+    /// are skipped (`routed` 0 means none took it); those another node owns
+    /// now (the forwarding node did not know yet) are listed in `remote`,
+    /// not enqueued.
     pub fn publish_forwarded(
         &self,
         message: Arc<Message>,
@@ -299,11 +321,17 @@ impl Vhost {
         let mut outcome = PublishOutcome::default();
         let targets: Vec<Arc<Queue>> = {
             let topo = self.topology.read();
-            queues
-                .iter()
-                .filter(|n| self.remote_owner(n).is_none())
-                .filter_map(|n| topo.queues.get(n.as_str()).cloned())
-                .collect()
+            let mut here = Vec::new();
+            for n in queues {
+                let Some(q) = topo.queues.get(n.as_str()) else {
+                    continue;
+                };
+                match self.remote_owner(n) {
+                    Some(owner) => outcome.remote.push((owner, n.clone())),
+                    None => here.push(Arc::clone(q)),
+                }
+            }
+            here
         };
         let mut message = message;
         if message.is_persistent() && targets.iter().any(|q| q.options.durable) {

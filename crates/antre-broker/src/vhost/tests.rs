@@ -355,3 +355,35 @@ fn a_node_that_stops_leading_a_quorum_queue_no_longer_lists_itself() {
     assert_eq!(now.leader, None);
     assert_eq!(now.members, ["n1", "n2"]);
 }
+
+/// A node whose queue another node owns now (a quorum queue's leader
+/// moved) must not answer a forwarded publish as if nothing matched: that
+/// is confirmed to the publisher as unroutable, and the message is lost.
+#[test]
+fn a_forwarded_publish_to_a_queue_owned_elsewhere_now_is_failed_not_gone() {
+    use crate::remote::RemoteResult;
+    let f = fixture();
+    f.queue("here", FieldTable::default());
+    f.queue("moved", FieldTable::default());
+    f.vhost.set_remote_owner("moved", Some("n2"));
+    let msg = || {
+        Arc::new(Message::new(
+            String::new(),
+            "here".into(),
+            BasicProperties::default(),
+            Bytes::from_static(b"m"),
+        ))
+    };
+    let publish = |queues: &[&str]| {
+        let queues: Vec<String> = queues.iter().map(|q| (*q).to_owned()).collect();
+        f.vhost
+            .publish_forwarded(msg(), &queues)
+            .unwrap()
+            .forwarded_result()
+    };
+    assert_eq!(publish(&["moved"]), RemoteResult::Failed);
+    assert_eq!(f.ready("moved"), 0);
+    assert_eq!(publish(&["gone"]), RemoteResult::Gone);
+    assert_eq!(publish(&["here"]), RemoteResult::Accepted);
+    assert_eq!(f.ready("here"), 1);
+}
