@@ -50,7 +50,6 @@ use antre_broker::Broker;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::stream::BoxStream;
 use tokio::sync::mpsc;
@@ -60,8 +59,6 @@ use crate::data_wire::{DataFrame, MAX_DATA_FRAME};
 use crate::network::Link;
 use crate::wire::{write_frame, Request};
 
-/// How long dialling an owner may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a failed link stays failed before the next use dials again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// A write gathers queued frames up to about this many bytes.
@@ -234,11 +231,7 @@ async fn dial(cfg: &crate::ClusterConfig, link: &Weak<DataLink>) -> Result<BoxSt
         .find(|p| p.name == owner)
         .map(|p| p.addr)
         .ok_or_else(|| format!("no cluster node named '{owner}'"))?;
-    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let _ = s.set_nodelay(true);
+    let s = crate::network::dial(addr).await?;
     // With TLS on the link, the data link is TLS too, like every
     // connection between nodes.
     let mut s: BoxStream = match &cfg.tls {

@@ -147,11 +147,7 @@ impl Connection {
             }
         }
         let result = async {
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-                .await
-                .map_err(|_| AuthError::Io("connect timed out".into()))?
-                .map_err(|e| AuthError::Io(e.to_string()))?;
-            let _ = s.set_nodelay(true);
+            let s = dial(self.addr).await.map_err(AuthError::Io)?;
             let cfg = &self.link.config;
             let mut s: BoxStream = match &cfg.tls {
                 Some(tls) => tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, tls.connect(s))
@@ -448,5 +444,54 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             _ => Err(unexpected()),
         }
+    }
+}
+
+/// Whether a connection to `addr` is a connection to itself.
+fn reached_itself(s: &TcpStream, addr: SocketAddr) -> bool {
+    s.local_addr().ok() == Some(addr)
+}
+
+/// Opens a TCP connection to a peer's cluster address (no delay on
+/// small frames). A connection to an address nothing listens on, made from
+/// that same address, connects to itself (TCP simultaneous open): a node
+/// that keeps dialling a stopped peer on its own host could take the
+/// peer's port that way and keep it from starting again. Such a
+/// connection is closed and reported as a refusal.
+pub(crate) async fn dial(addr: SocketAddr) -> Result<TcpStream, String> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if reached_itself(&s, addr) {
+        return Err(format!(
+            "nothing listens on {addr} (the connection reached itself)"
+        ));
+    }
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_that_reached_itself_is_recognised() {
+        // What a dial of a stopped peer's port can become when the kernel
+        // picks that same port as the source: a socket bound to the
+        // address it connects to (TCP simultaneous open).
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(addr).unwrap();
+        let s = socket.connect(addr).await.unwrap();
+        assert!(reached_itself(&s, addr));
+        // An ordinary connection is not.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let s = TcpStream::connect(to).await.unwrap();
+        assert!(!reached_itself(&s, to));
     }
 }
