@@ -827,28 +827,34 @@ impl QueueGroups {
                 (id, BasicNode::new(addr.unwrap_or_default()))
             })
             .collect();
-        // As for the metadata group: every member bootstraps with the same
-        // members; once the log has a membership openraft refuses.
-        // A member added later (`add_member`) must not bootstrap: its
-        // log comes from the group's leader.
-        let init = if def.joined.iter().any(|m| m == self.me()) {
-            Err(ClusterError::Raft("added later: no bootstrap".into()))
-        } else {
-            raft.initialize(members)
-                .await
-                .map_err(|e| ClusterError::Raft(e.to_string()))
-        };
-        match init {
-            // A new queue: its declaring node stands for election at once,
-            // so it usually leads (as RabbitMQ's declaring node does) and
-            // the queue is usable without waiting for an election timeout.
-            Ok(()) if def.members.first().map(String::as_str) == Some(self.me()) => {
-                if let Err(e) = raft.trigger().elect().await {
-                    tracing::debug!(group = def.group, "no election: {e}");
+        // Every member bootstraps with the same members (once the log has a
+        // membership openraft refuses), but not at once: openraft's
+        // `initialize` stands for election straight away, and the first
+        // member, where the queue was placed (its locator), is to lead a
+        // new queue. So it alone bootstraps now; the others wait for its
+        // log (see `first_election`). A member added later (`add_member`)
+        // never bootstraps: its log comes from the group's leader.
+        let placed = def.members.first().map(String::as_str) == Some(self.me());
+        let joined = def.joined.iter().any(|m| m == self.me());
+        let grace = self.link.config.queue_timing.election_max() * 3;
+        if placed && !joined {
+            match raft.initialize(members).await {
+                Ok(()) => {
+                    tokio::spawn(first_election(raft.clone(), None, grace));
+                }
+                Err(e) => {
+                    tracing::debug!(group = def.group, "queue group already initialized: {e}")
                 }
             }
-            Ok(()) => {}
-            Err(e) => tracing::debug!(group = def.group, "queue group already initialized: {e}"),
+        } else if !joined {
+            // A restart finds the membership in the log already.
+            let fresh = !raft
+                .is_initialized()
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            if fresh {
+                tokio::spawn(first_election(raft.clone(), Some(members), grace));
+            }
         }
         let replica = Arc::new(Replica {
             engine: Arc::clone(&engine),
@@ -1019,6 +1025,67 @@ async fn propose_loop(group: Arc<Group>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A new group's first election: the node the queue was placed on stands
+/// and leads, as RabbitMQ starts a quorum queue's leader where its locator
+/// put it, and the queue is usable without waiting for an election
+/// timeout.
+///
+/// The placed member has bootstrapped (`bootstrap` is `None`), which made
+/// it stand once. Once was not enough: the others create their replica as
+/// they apply the declare, a little later, so its first vote requests
+/// often found no group to answer them. So it stands again, backing off,
+/// until a leader is known.
+///
+/// The other members wait unbootstrapped (with no membership their
+/// election timers do nothing): when they bootstrapped too, as they once
+/// did, each stood at once and a third of the queues declared on one node
+/// came to be led elsewhere, every publish then forwarded. The leader's
+/// first append gives them the membership. Should no leader be known after
+/// `grace` (the placed node died before its election), they bootstrap
+/// with the same `bootstrap` members and elect one of them.
+async fn first_election(
+    raft: QueueRaft,
+    bootstrap: Option<BTreeMap<NodeId, BasicNode>>,
+    grace: Duration,
+) {
+    let start = tokio::time::Instant::now();
+    let until = start + grace;
+    let mut metrics = raft.metrics();
+    let mut retry = Duration::from_millis(50);
+    let mut next_try = start + retry;
+    let placed = bootstrap.is_none();
+    loop {
+        if metrics.borrow_and_update().current_leader.is_some() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            break;
+        }
+        if placed && now >= next_try {
+            // Each try is a new term: not again before the last one could
+            // have been answered.
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::debug!("no election: {e}");
+                return;
+            }
+            retry = (retry * 2).min(Duration::from_millis(400));
+            next_try = now + retry;
+        }
+        let wake = if placed { next_try.min(until) } else { until };
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+    if let Some(members) = bootstrap {
+        // Refused when the leader's log arrived meanwhile: nothing to do.
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!("no late bootstrap: {e}");
         }
     }
 }
