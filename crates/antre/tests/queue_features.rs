@@ -425,6 +425,53 @@ async fn invalid_arguments_are_precondition_failed() {
         .await
         .unwrap_err();
     assert_eq!(reply_code(&err), Some(406), "x-delayed-type is required");
+    // Locators take RabbitMQ's values for the queue's type (a classic
+    // queue has x-queue-master-locator, a quorum queue
+    // x-queue-leader-locator); anything else is refused, not ignored.
+    let quorum = ("x-queue-type", AMQPValue::LongString("quorum".into()));
+    let leader = |v: &str| ("x-queue-leader-locator", AMQPValue::LongString(v.into()));
+    let master = |v: &str| ("x-queue-master-locator", AMQPValue::LongString(v.into()));
+    for (a, ok, why) in [
+        (args(&[quorum.clone(), leader("balanced")]), true, ""),
+        (args(&[master("min-masters")]), true, ""),
+        (
+            args(&[quorum.clone(), leader("nearest")]),
+            false,
+            ": invalid_queue_locator_arg",
+        ),
+        (
+            args(&[master("balanced")]),
+            false,
+            ": invalid_queue_locator_arg",
+        ),
+        (
+            args(&[leader("client-local")]),
+            false,
+            " of queue type rabbit_classic_queue",
+        ),
+    ] {
+        let ch = conn.create_channel().await.unwrap();
+        let declared = ch
+            .queue_declare(
+                "located",
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                a.clone(),
+            )
+            .await;
+        if ok {
+            declared.unwrap_or_else(|e| panic!("{a:?}: {e}"));
+            ch.queue_delete("located", QueueDeleteOptions::default())
+                .await
+                .unwrap();
+            continue;
+        }
+        let err = declared.unwrap_err();
+        assert_eq!(reply_code(&err), Some(406), "{a:?}");
+        assert!(err.to_string().contains(why), "{a:?}: {err}");
+    }
 }
 
 async fn delayed_exchange(ch: &lapin::Channel, name: &str, durable: bool) {

@@ -54,6 +54,57 @@ impl QueueKind {
     }
 }
 
+/// Where a cluster places a new queue: its quorum queue's first leader
+/// (`x-queue-leader-locator`, policy key `queue-leader-locator`) or the
+/// node that holds a classic queue (`x-queue-master-locator`, policy key
+/// `queue-master-locator`). On a single node every value places the queue
+/// on that node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Locator {
+    /// The node the declaring client is connected to (the default).
+    #[default]
+    ClientLocal,
+    /// The node that leads the fewest quorum queues (`balanced`, and
+    /// RabbitMQ's older names for it, `least-leaders` and `random`).
+    Balanced,
+    /// The node that holds the fewest classic queues (`min-masters`).
+    MinMasters,
+    /// Any node, at random (`random` for a classic queue).
+    Random,
+}
+
+impl Locator {
+    /// The locator `value` names for a queue of type `kind`, as the
+    /// argument or the policy key spells it; `None` if it names none.
+    pub fn parse(kind: QueueKind, value: &str) -> Option<Locator> {
+        match (kind, value) {
+            (_, "client-local") => Some(Locator::ClientLocal),
+            (QueueKind::Classic, "min-masters") => Some(Locator::MinMasters),
+            (QueueKind::Classic, "random") => Some(Locator::Random),
+            (QueueKind::Quorum | QueueKind::Stream, "balanced" | "least-leaders" | "random") => {
+                Some(Locator::Balanced)
+            }
+            _ => None,
+        }
+    }
+
+    /// The argument that sets it for a queue of type `kind`.
+    pub fn argument(kind: QueueKind) -> &'static str {
+        match kind {
+            QueueKind::Classic => "x-queue-master-locator",
+            QueueKind::Quorum | QueueKind::Stream => "x-queue-leader-locator",
+        }
+    }
+
+    /// The policy key that sets it for a queue of type `kind`.
+    pub fn policy_key(kind: QueueKind) -> &'static str {
+        match kind {
+            QueueKind::Classic => "queue-master-locator",
+            QueueKind::Quorum | QueueKind::Stream => "queue-leader-locator",
+        }
+    }
+}
+
 /// Arguments RabbitMQ 3.10 knows for some queue type but not for quorum
 /// queues (`rabbit_quorum_queue:capabilities/0` against the others').
 const NOT_FOR_QUORUM: [&str; 6] = [
@@ -95,6 +146,9 @@ pub struct QueueArgs {
     pub deduplication: bool,
     /// `x-queue-type`.
     pub kind: QueueKind,
+    /// `x-queue-leader-locator` or `x-queue-master-locator` (whichever
+    /// the type takes), if given.
+    pub locator: Option<Locator>,
 }
 
 impl QueueArgs {
@@ -186,6 +240,24 @@ impl QueueArgs {
                 )));
             }
         }
+        if kind == QueueKind::Classic && args.get("x-queue-leader-locator").is_some() {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "invalid arg 'x-queue-leader-locator' for {} of queue type {}",
+                queue_ref(vhost, queue),
+                kind.rabbit_module()
+            )));
+        }
+        let locator_arg = Locator::argument(kind);
+        let locator = match string(locator_arg)? {
+            None => None,
+            // RabbitMQ 3.10 answers a bad x-queue-master-locator with a
+            // crash of the channel (541 INTERNAL_ERROR); the 406 it gives
+            // for a bad x-queue-leader-locator says what is wrong.
+            Some(v) => Some(
+                Locator::parse(kind, &v)
+                    .ok_or_else(|| invalid(locator_arg, "invalid_queue_locator_arg".into()))?,
+            ),
+        };
         let overflow = match (kind, overflow) {
             (QueueKind::Quorum, Overflow::RejectPublishDlx) => {
                 // RabbitMQ 3.10 logs and keeps its default.
@@ -211,6 +283,7 @@ impl QueueArgs {
             consumer_timeout: int("x-consumer-timeout", 1)?,
             deduplication: boolean("x-message-deduplication")?,
             kind,
+            locator,
         };
         if parsed.dead_letter_routing_key.is_some() && parsed.dead_letter_exchange.is_none() {
             return Err(invalid(
@@ -284,5 +357,45 @@ mod tests {
         assert!(parse(&[("x-overflow", FieldValue::string("explode"))]).is_err());
         assert!(parse(&[("x-max-priority", FieldValue::I32(256))]).is_err());
         assert!(parse(&[("x-dead-letter-routing-key", FieldValue::string("k"))]).is_err());
+    }
+
+    #[test]
+    fn locators_take_rabbitmqs_values_per_queue_type() {
+        let quorum = ("x-queue-type", FieldValue::string("quorum"));
+        let leader = |v: FieldValue| parse(&[quorum.clone(), ("x-queue-leader-locator", v)]);
+        let master = |v: FieldValue| parse(&[("x-queue-master-locator", v)]);
+        for (v, want) in [
+            ("client-local", Locator::ClientLocal),
+            ("balanced", Locator::Balanced),
+            ("least-leaders", Locator::Balanced),
+            ("random", Locator::Balanced),
+        ] {
+            assert_eq!(leader(FieldValue::string(v)).unwrap().locator, Some(want));
+        }
+        for (v, want) in [
+            ("client-local", Locator::ClientLocal),
+            ("min-masters", Locator::MinMasters),
+            ("random", Locator::Random),
+        ] {
+            assert_eq!(master(FieldValue::string(v)).unwrap().locator, Some(want));
+        }
+        assert_eq!(parse(std::slice::from_ref(&quorum)).unwrap().locator, None);
+        let text = |r: Result<QueueArgs, BrokerError>| r.unwrap_err().to_string();
+        assert_eq!(
+            text(leader(FieldValue::string("min-masters"))),
+            "PRECONDITION_FAILED - invalid arg 'x-queue-leader-locator' for queue 'q' in vhost '/': invalid_queue_locator_arg"
+        );
+        assert_eq!(
+            text(leader(FieldValue::I32(5))),
+            "PRECONDITION_FAILED - invalid arg 'x-queue-leader-locator' for queue 'q' in vhost '/': {unacceptable_type,signedint}"
+        );
+        assert_eq!(
+            text(master(FieldValue::string("balanced"))),
+            "PRECONDITION_FAILED - invalid arg 'x-queue-master-locator' for queue 'q' in vhost '/': invalid_queue_locator_arg"
+        );
+        assert_eq!(
+            text(parse(&[("x-queue-leader-locator", FieldValue::string("balanced"))])),
+            "PRECONDITION_FAILED - invalid arg 'x-queue-leader-locator' for queue 'q' in vhost '/' of queue type rabbit_classic_queue"
+        );
     }
 }

@@ -40,7 +40,7 @@ use antre_amqp::{FieldTable, FieldValue};
 use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOptions};
 use parking_lot::{Mutex, RwLock};
 
-pub use args::{Overflow, QueueArgs, QueueKind};
+pub use args::{Locator, Overflow, QueueArgs, QueueKind};
 pub use credit::{
     ConsumerInfo, ConsumerSpec, Credit, OutputBudget, OutputWindow, DELIVERY_OVERHEAD, FAIR_SHARE,
 };
