@@ -455,6 +455,11 @@ pub trait MetadataLog: Send + Sync + fmt::Debug {
     /// This node's name in the cluster.
     fn node_name(&self) -> &str;
 
+    /// The cluster's nodes (its voters), where a new queue may be placed.
+    fn nodes(&self) -> Vec<String> {
+        vec![self.node_name().to_owned()]
+    }
+
     /// Proposes a change and waits (bounded) until this node applied it,
     /// returning this node's result. May block the calling thread: it is
     /// called from the synchronous channel handlers, so implementations

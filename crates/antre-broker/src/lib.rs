@@ -45,6 +45,7 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod metrics;
+pub mod placement;
 pub mod policy;
 pub mod queue;
 pub mod remote;

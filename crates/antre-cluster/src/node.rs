@@ -590,6 +590,14 @@ impl MetadataLog for Cluster {
         &self.link.config.node_name
     }
 
+    fn nodes(&self) -> Vec<String> {
+        self.members()
+            .into_iter()
+            .filter(|m| m.voter)
+            .map(|m| m.name)
+            .collect()
+    }
+
     /// Blocks the calling thread until the change is applied here or the
     /// change timeout passed. On a worker of the multi-threaded runtime it
     /// uses `block_in_place`, so the worker's other tasks move elsewhere

@@ -99,7 +99,11 @@ impl Channel {
                 if let Some(why) = crate::cluster::unsupported_queue_type(queue_type) {
                     return Err(BrokerError::PreconditionFailed(why));
                 }
-                let owner = log.node_name().to_owned();
+                let owner = self
+                    .ctx
+                    .broker
+                    .place_new_queue(&self.ctx.vhost, &name, &declaration.arguments)
+                    .unwrap_or_else(|| log.node_name().to_owned());
                 let outcome = log.propose(MetaCommand::DeclareQueue {
                     vhost: self.ctx.vhost.name.clone(),
                     name,

@@ -211,6 +211,15 @@ impl Vhost {
         self.quorum.read().get(name).cloned()
     }
 
+    /// Each quorum queue's leader, where one is known.
+    pub fn quorum_leaders(&self) -> Vec<Option<String>> {
+        self.quorum
+            .read()
+            .values()
+            .map(|i| i.leader.clone())
+            .collect()
+    }
+
     /// Makes this vhost a cluster node's (see the `metadata` field).
     pub(crate) fn set_metadata_log(&self, log: Arc<dyn crate::cluster::MetadataLog>) {
         let _ = self.metadata.set(log);

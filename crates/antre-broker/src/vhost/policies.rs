@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use crate::error::BrokerError;
-use crate::policy::{Policy, PolicyKind};
+use crate::policy::{AppliedPolicy, Policy, PolicyKind};
+use crate::queue::QueueKind;
 
 use super::persist::Change;
 use super::Vhost;
@@ -60,6 +61,12 @@ impl Vhost {
     /// The policies of a kind, by priority (lowest first), then name.
     pub fn policies(&self, kind: PolicyKind) -> Vec<Arc<Policy>> {
         self.topology.read().policies.list(kind)
+    }
+
+    /// The policies that would apply to a queue `name` of type `kind`
+    /// (one that may not exist yet).
+    pub fn queue_policy(&self, name: &str, kind: QueueKind) -> AppliedPolicy {
+        self.topology.read().policies.select_queue(name, kind)
     }
 
     /// One policy.

@@ -644,14 +644,19 @@ fn import_topology(
             continue;
         }
         if let Some(log) = state.broker.metadata_log() {
-            // Imported on this node: its queues live here.
+            // Placed as a declare on this node places them.
+            let arguments = q.arguments();
+            let owner = state
+                .broker
+                .place_new_queue(&*state.vhost(&vhost)?, &q.name, &arguments)
+                .unwrap_or_else(|| log.node_name().to_owned());
             state.broker.change_meta(MetaCommand::DeclareQueue {
                 vhost,
                 name: q.name.clone(),
                 durable: q.durable,
                 auto_delete: q.auto_delete,
-                arguments: WireTable(q.arguments()),
-                owner: log.node_name().to_owned(),
+                arguments: WireTable(arguments),
+                owner,
             })?;
             queues += 1;
             continue;

@@ -207,13 +207,18 @@ pub async fn declare(
         if let Some(why) = antre_broker::cluster::unsupported_queue_type(queue_type) {
             return Err(ApiError::bad_request(why));
         }
+        let arguments = json_to_table(&body.arguments);
+        let owner = state
+            .broker
+            .place_new_queue(&v, &name, &arguments)
+            .unwrap_or_else(|| log.node_name().to_owned());
         let command = MetaCommand::DeclareQueue {
             vhost,
             name,
             durable: body.durable.unwrap_or(true),
             auto_delete: body.auto_delete,
-            arguments: WireTable(json_to_table(&body.arguments)),
-            owner: log.node_name().to_owned(),
+            arguments: WireTable(arguments),
+            owner,
         };
         state.broker.change_meta(command)?;
     } else {

@@ -1,0 +1,174 @@
+//! Where a cluster of three real `antre` processes (tests/cluster/harness.rs)
+//! places new queues, driven by lapin and the management API: a quorum
+//! queue is led by the node its locator picks (the declaring node by
+//! default, the node with the fewest leaders for `balanced`, a policy's
+//! `queue-leader-locator` before the argument), and a classic queue lives
+//! where `x-queue-master-locator` puts it.
+
+#[path = "cluster/harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use harness::{connect, TestCluster, SECRET};
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::json;
+use tokio::time::Instant;
+
+fn table(entries: &[(&str, &str)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert((*k).into(), AMQPValue::LongString((*v).into()));
+    }
+    t
+}
+
+/// Declares `name` on node `i` (retrying while the metadata group may
+/// still elect its first leader).
+async fn declare_on(c: &TestCluster, i: usize, name: &str, args: FieldTable) {
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        let conn = connect(&c.nodes[i].amqp_uri()).await;
+        let ch = conn.create_channel().await.expect("channel");
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        match ch.queue_declare(name, opts, args.clone()).await {
+            Ok(_) => return,
+            Err(e) => assert!(Instant::now() < deadline, "could not declare {name}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A queue's node (a quorum queue's leader) as node `i` lists it, once it
+/// lists one.
+async fn node_of(c: &TestCluster, i: usize, name: &str) -> String {
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        if let Some(q) = c.queue_on(i, name).await {
+            let shown = if q.get("leader").is_some() {
+                q["leader"].as_str()
+            } else {
+                q["node"].as_str()
+            };
+            if let Some(n) = shown.filter(|n| !n.is_empty()) {
+                return n.to_owned();
+            }
+        }
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!("no node for {name} on node {i}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tally(nodes: &[String]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for n in nodes {
+        *counts.entry(n.as_str()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_queues_are_placed_where_their_locator_says() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let quorum = ("x-queue-type", "quorum");
+
+    // client-local, the default: declared on n2, led by n2, every one.
+    // (Before, the other members' election timers often won the first
+    // election, and a third of such queues were led elsewhere.)
+    let mut led = Vec::new();
+    for i in 0..6 {
+        let name = format!("local-{i}");
+        declare_on(&c, 1, &name, table(&[quorum])).await;
+        led.push(node_of(&c, 1, &name).await);
+    }
+    assert_eq!(tally(&led), BTreeMap::from([("n2", 6)]), "{led:?}");
+
+    // balanced: the node leading the fewest quorum queues, the declaring
+    // one on a tie. n2 leads six already, so n1 and n3 take turns.
+    let mut led = Vec::new();
+    for i in 0..6 {
+        let name = format!("bal-{i}");
+        let args = table(&[quorum, ("x-queue-leader-locator", "balanced")]);
+        declare_on(&c, 0, &name, args).await;
+        led.push(node_of(&c, 0, &name).await);
+    }
+    assert_eq!(led, ["n1", "n3", "n1", "n3", "n1", "n3"], "{led:?}");
+
+    // A policy's queue-leader-locator wins over the argument, as in
+    // RabbitMQ: n1 and n3 lead four each now, n2 six.
+    let (status, body) = c
+        .api(
+            0,
+            "PUT",
+            "/api/policies/%2F/spread",
+            Some(json!({"pattern": "^pol-", "apply-to": "queues",
+                        "definition": {"queue-leader-locator": "balanced"}})),
+        )
+        .await;
+    assert!(status == 201 || status == 204, "{status} {body}");
+    let mut led = Vec::new();
+    for i in 0..2 {
+        let name = format!("pol-{i}");
+        let args = table(&[quorum, ("x-queue-leader-locator", "client-local")]);
+        declare_on(&c, 1, &name, args).await;
+        led.push(node_of(&c, 1, &name).await);
+    }
+    assert_eq!(led, ["n1", "n3"], "{led:?}");
+
+    // Classic queues: min-masters spreads them one per node; client-local
+    // keeps one on the declaring node.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let name = format!("mm-{i}");
+        declare_on(
+            &c,
+            0,
+            &name,
+            table(&[("x-queue-master-locator", "min-masters")]),
+        )
+        .await;
+        held.push(node_of(&c, 0, &name).await);
+    }
+    assert_eq!(held, ["n1", "n2", "n3"], "{held:?}");
+    declare_on(&c, 2, "here", FieldTable::default()).await;
+    assert_eq!(node_of(&c, 0, "here").await, "n3");
+
+    // Messages reach a queue placed on another node and come back.
+    let conn = connect(&c.nodes[0].amqp_uri()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    for q in ["bal-1", "mm-2"] {
+        let confirm = ch
+            .basic_publish(
+                "",
+                q,
+                BasicPublishOptions::default(),
+                b"placed",
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "{q}: {confirm:?}");
+        let got = ch
+            .basic_get(q, BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get");
+        assert_eq!(
+            got.map(|m| m.delivery.data),
+            Some(b"placed".to_vec()),
+            "{q}"
+        );
+    }
+}
