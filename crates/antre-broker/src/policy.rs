@@ -22,11 +22,12 @@
 //!   for TTLs, expiry, length limits, delivery limit and consumer timeout;
 //!   the argument wins for dead-lettering and overflow.
 //!
-//! Keys that select RabbitMQ features antre does not have (mirroring
-//! `ha-*`, `queue-mode`, `queue-version`, `queue-master-locator`,
-//! `queue-leader-locator`, `initial-cluster-size`, `dead-letter-strategy`,
-//! `max-in-memory-*`, stream settings) are validated, stored and shown as in
-//! RabbitMQ, and have no effect.
+//! `queue-master-locator` and `queue-leader-locator` place new queues in a
+//! cluster ([`crate::placement`]). Keys that select RabbitMQ features
+//! antre does not have (mirroring `ha-*`, `queue-mode`, `queue-version`,
+//! `initial-cluster-size`, `dead-letter-strategy`, `max-in-memory-*`,
+//! stream settings) are validated, stored and shown as in RabbitMQ, and
+//! have no effect.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
