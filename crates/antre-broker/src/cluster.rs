@@ -455,7 +455,8 @@ pub trait MetadataLog: Send + Sync + fmt::Debug {
     /// This node's name in the cluster.
     fn node_name(&self) -> &str;
 
-    /// The cluster's nodes (its voters), where a new queue may be placed.
+    /// The cluster's running nodes (its voters), where a new queue may be
+    /// placed.
     fn nodes(&self) -> Vec<String> {
         vec![self.node_name().to_owned()]
     }

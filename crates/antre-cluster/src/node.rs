@@ -16,13 +16,22 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::log_store::LogStore;
-use crate::network::{CallError, Connection, Link, NetworkFactory};
+use crate::network::{CallError, Connection, Link, NetworkFactory, PeerState};
 use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
 use crate::wire::{ProposeRefusal, Request, Response};
 use crate::{node_id_of, ClusterConfig, ClusterError, Member, NodeId, Proposal, Raft};
 
 /// A peer counts as running while it was heard from this recently.
 const RUNNING_WITHIN: Duration = Duration::from_secs(5);
+
+/// Whether a peer whose link is in `state` counts as running at `now`.
+fn peer_running(state: &PeerState, now: SystemTime) -> bool {
+    let recent = state
+        .last_contact
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|d| d < RUNNING_WITHIN);
+    state.reachable && recent
+}
 
 /// One member as [`Cluster::status`] reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -328,10 +337,7 @@ impl Cluster {
             .map(|p| {
                 let this_node = p.name == cfg.node_name;
                 let state = self.link.state(&p.name);
-                let recent = state
-                    .last_contact
-                    .and_then(|t| now.duration_since(t).ok())
-                    .is_some_and(|d| d < RUNNING_WITHIN);
+                let running = this_node || peer_running(&state, now);
                 MemberStatus {
                     name: p.name.clone(),
                     addr: if this_node {
@@ -342,7 +348,7 @@ impl Cluster {
                     id: p.id,
                     voter: p.voter,
                     this_node,
-                    running: this_node || (state.reachable && recent),
+                    running,
                     leader: leader == Some(p.id),
                     last_contact: if this_node {
                         Some(now)
@@ -590,10 +596,17 @@ impl MetadataLog for Cluster {
         &self.link.config.node_name
     }
 
+    /// Voters that are running: as RabbitMQ's locators, placement skips a
+    /// node that is down (a classic queue placed there could not be used
+    /// until it came back).
     fn nodes(&self) -> Vec<String> {
         self.members()
             .into_iter()
-            .filter(|m| m.voter)
+            .filter(|m| {
+                m.voter
+                    && (m.name == self.link.config.node_name
+                        || peer_running(&self.link.state(&m.name), SystemTime::now()))
+            })
             .map(|m| m.name)
             .collect()
     }

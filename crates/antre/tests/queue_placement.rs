@@ -77,7 +77,7 @@ fn tally(nodes: &[String]) -> BTreeMap<&str, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_queues_are_placed_where_their_locator_says() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
     let quorum = ("x-queue-type", "quorum");
 
     // client-local, the default: declared on n2, led by n2, every one.
@@ -171,4 +171,28 @@ async fn new_queues_are_placed_where_their_locator_says() {
             "{q}"
         );
     }
+    drop(conn);
+
+    // A node that is down is no candidate. With n1 killed, n1 would win
+    // both picks on n3 below if it counted (classic queues: n1 1, n2 1,
+    // n3 2; quorum leaders: n1 4, n2 6, n3 4 before n1's moved).
+    c.kill(0);
+    c.until("n3 to see n1 down", || async {
+        c.nodes(2)
+            .await
+            .iter()
+            .any(|n| n["name"] == "n1" && n["running"] == false)
+    })
+    .await;
+    declare_on(
+        &c,
+        2,
+        "mm-down",
+        table(&[("x-queue-master-locator", "min-masters")]),
+    )
+    .await;
+    assert_eq!(node_of(&c, 2, "mm-down").await, "n2");
+    let args = table(&[quorum, ("x-queue-leader-locator", "balanced")]);
+    declare_on(&c, 1, "bal-down", args).await;
+    assert_ne!(node_of(&c, 1, "bal-down").await, "n1");
 }
