@@ -6,7 +6,8 @@
 //! handed to the waiting proposer, which answers its client with it.
 //!
 //! The broker persists what an apply changes itself (definitions,
-//! `access.json`); this state machine persists, in `applied.json`, the
+//! `access.json`; the definitions are synced before `applied.json` is
+//! written); this state machine persists, in `applied.json`, the
 //! last applied log id, the membership and the owning node of each
 //! replicated queue. The owner of a new queue is written there *before* the
 //! entry is applied, and the last applied id after, so a crash in between
@@ -219,6 +220,13 @@ impl StateMachine {
     }
 
     fn save(&self, state: &State) -> Result<(), std::io::Error> {
+        // What the entries applied so far changed in the broker's durable
+        // definitions must be on disk before `last_applied` says they were
+        // applied: the broker only appends those changes and leaves them
+        // to its group commit, so a kill -9 in between once lost a queue
+        // on one node for good (its restart did not apply the entry again)
+        // while the others kept it.
+        self.broker.sync_definitions().map_err(io_err)?;
         let applied = Applied {
             last_applied: state.last_applied,
             membership: state.membership.clone(),
