@@ -65,6 +65,21 @@ async fn start_with(
     Node { broker, cluster }
 }
 
+/// Three nodes n1..n3 in `dir`, once they have a leader; their peers.
+async fn three_nodes(dir: &std::path::Path, storage: StorageOptions) -> (Vec<Peer>, Vec<Node>) {
+    let list = (1..=3)
+        .map(|i| format!("n{i}=127.0.0.1:{}", free_port()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let peers = parse_peers(&list).unwrap();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        nodes.push(start_with(name, &peers, dir, storage.clone()).await);
+    }
+    until("a leader", || nodes[0].cluster.status().leader.is_some()).await;
+    (peers, nodes)
+}
+
 async fn stop(node: Node) {
     node.cluster.shutdown().await;
     node.broker.close();
@@ -81,16 +96,7 @@ async fn propose(node: &Node, command: MetaCommand) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_behind_a_compacted_log_installs_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let list = (1..=3)
-        .map(|i| format!("n{i}=127.0.0.1:{}", free_port()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let peers = parse_peers(&list).unwrap();
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        nodes.push(start(name, &peers, dir.path()).await);
-    }
-    until("a leader", || nodes[0].cluster.status().leader.is_some()).await;
+    let (peers, mut nodes) = three_nodes(dir.path(), StorageOptions::default()).await;
     // The node that goes down is a follower, so that the others need no
     // election to go on.
     let down = nodes
@@ -207,20 +213,11 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_right_after_applying_a_declare_has_the_queue_when_back() {
     let dir = tempfile::tempdir().unwrap();
-    let list = (1..=3)
-        .map(|i| format!("n{i}=127.0.0.1:{}", free_port()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let peers = parse_peers(&list).unwrap();
     let storage = StorageOptions {
         sync_interval: Duration::from_secs(3600),
         ..StorageOptions::default()
     };
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        nodes.push(start_with(name, &peers, dir.path(), storage.clone()).await);
-    }
-    until("a leader", || nodes[0].cluster.status().leader.is_some()).await;
+    let (peers, mut nodes) = three_nodes(dir.path(), storage.clone()).await;
     let follower = nodes
         .iter()
         .position(|n| n.cluster.status().role != "leader")

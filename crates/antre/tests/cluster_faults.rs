@@ -71,12 +71,7 @@ fn reply_code(err: &lapin::Error) -> u16 {
 /// Three nodes, each reaching the others through its own proxies.
 async fn proxied_cluster() -> (TestCluster, Mesh) {
     let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
-    let ports: Vec<u16> = c.nodes.iter().map(|n| n.cluster_port).collect();
-    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
-    let mesh = Mesh::new(&ports).await;
-    for (i, n) in c.nodes.iter_mut().enumerate() {
-        n.peers = Some(mesh.peers_of(i, &names, ports[i]));
-    }
+    let mesh = Mesh::between(&mut c).await;
     c.launch().await;
     (c, mesh)
 }

@@ -327,12 +327,8 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
-    let ports: Vec<u16> = c.nodes.iter().map(|n| n.cluster_port).collect();
     let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
-    let mesh = Mesh::new(&ports).await;
-    for (i, n) in c.nodes.iter_mut().enumerate() {
-        n.peers = Some(mesh.peers_of(i, &names, ports[i]));
-    }
+    let mesh = Mesh::between(&mut c).await;
     c.launch().await;
     c.until_leader(&[0, 1, 2]).await;
 

@@ -29,14 +29,11 @@ const LINK_DELAY: Duration = Duration::from_millis(90);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn longer_raft_timings_work_over_links_slower_than_the_default_heartbeat() {
     let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
-    let ports: Vec<u16> = c.nodes.iter().map(|n| n.cluster_port).collect();
-    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
-    let mesh = Mesh::new(&ports).await;
+    let mesh = Mesh::between(&mut c).await;
     for (a, b) in [(0, 1), (0, 2), (1, 2)] {
         mesh.delay(a, b, LINK_DELAY);
     }
-    for (i, n) in c.nodes.iter_mut().enumerate() {
-        n.peers = Some(mesh.peers_of(i, &names, ports[i]));
+    for n in c.nodes.iter_mut() {
         // Half a second between heartbeats (more than two round trips),
         // elections after 2 to 4 s, for both kinds of groups.
         n.args = [

@@ -202,6 +202,18 @@ impl Mesh {
         }
     }
 
+    /// Proxies between the nodes of `c`, planned and not started yet,
+    /// each node's peer list set to reach the others through them.
+    pub async fn between(c: &mut crate::harness::TestCluster) -> Mesh {
+        let ports: Vec<u16> = c.nodes.iter().map(|n| n.cluster_port).collect();
+        let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+        let mesh = Mesh::new(&ports).await;
+        for (i, n) in c.nodes.iter_mut().enumerate() {
+            n.peers = Some(mesh.peers_of(i, &names, ports[i]));
+        }
+        mesh
+    }
+
     /// Node `from`'s peer list: itself at its own listener, the others
     /// through its proxies.
     pub fn peers_of(&self, from: usize, names: &[String], own_port: u16) -> String {
