@@ -21,6 +21,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-100}"
 seed="${2:-$RANDOM}"
+# The whole output (with every node's log on a failure) goes to the log
+# file; the terminal gets the rounds and the figures.
+log=target/soak-nemesis.log
+mkdir -p target
+echo "full output: $log"
 ANTRE_NEMESIS_ROUNDS="$rounds" ANTRE_NEMESIS_SEED="$seed" cargo test -p antre \
-    --test cluster_nemesis -- --nocapture 2>&1 |
+    --test cluster_nemesis -- --nocapture 2>&1 | tee "$log" |
     grep -E "^nemesis|^test result|panicked|timed out"
