@@ -10,7 +10,10 @@
 //! (`QueueState`); its log is in antre's segment store under
 //! `<data-dir>/cluster/queues/<group>/` ([`crate::log_store`]), with a
 //! snapshot of the messages left (`snapshot.bin`) after which the log's
-//! prefix is purged.
+//! prefix is purged. The set's records are on disk, in the member's record
+//! segments (`records/`, [`antre_store::records`]); in memory it holds
+//! each message's id, delivery count and where its record is, so a long
+//! queue costs each member about 50 bytes a message, not the message.
 //!
 //! The engine that serves consumers is the broker's ordinary queue, on the
 //! group's leader only (see [`antre_broker::replicated`]): a publish is
@@ -26,10 +29,11 @@
 //! The entries, which carry the published messages, are binary in the log
 //! and in append requests ([`codec`]); the rest of the link is JSON, as
 //! for the metadata group. Snapshots (one per `SNAPSHOT_LOGS` entries,
-//! or sooner by size, see `snapshot_due`; sent only to a member far
-//! behind) are binary too (`codec::encode_messages`), on disk only.
+//! or sooner by size, see `snapshot_due`) are binary too: on disk the
+//! references ([`codec::encode_refs`]), and for a member far behind the
+//! records themselves ([`codec::MessagesEncoder`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +47,8 @@ use antre_broker::message::Message;
 use antre_broker::queue::{Queue, ReplicatedMessage};
 use antre_broker::replicated::{PendingCommit, QueueReplica};
 use antre_broker::Broker;
+use antre_store::records::{Mark, RecordRef, RecordSegments, RecordSync};
+use antre_store::StoreError;
 use base64::Engine as _;
 use bytes::Bytes;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError};
@@ -73,17 +79,23 @@ use crate::{ClusterError, NodeId};
 const SNAPSHOT_LOGS: u64 = 4096;
 const KEEP_AFTER_SNAPSHOT: u64 = 32;
 /// ... or sooner, once the records applied since the last snapshot reach
-/// this many bytes and the messages left hold fewer: the log (kept in
-/// memory until a snapshot lets it be purged) then costs at most this, or
-/// as much as the messages themselves, whatever the entries' sizes, and a
-/// snapshot costs no more writing than the log it replaces.
+/// this many bytes and four times what the snapshot writes: the log (kept
+/// in memory until a snapshot lets it be purged) then costs at most that,
+/// whatever the entries' sizes, and a snapshot (its references, the
+/// records being in the member's record segments already) costs a
+/// quarter of the log it replaces.
 const SNAPSHOT_BYTES: u64 = 32 << 20;
+/// What a snapshot writes per message left ([`codec::encode_refs`]).
+const SNAPSHOT_REF_BYTES: u64 = 24;
 
 /// Whether a member should snapshot now: `logged` bytes of records applied
-/// since its last snapshot, `held` the bytes of the messages left.
-fn snapshot_due(logged: u64, held: u64) -> bool {
-    logged >= SNAPSHOT_BYTES.max(held)
+/// since its last snapshot, `left` the messages left.
+fn snapshot_due(logged: u64, left: usize) -> bool {
+    logged >= SNAPSHOT_BYTES.max(4 * SNAPSHOT_REF_BYTES * left as u64)
 }
+/// Bytes of live records a snapshot copies at most out of mostly dead
+/// record segments (see [`compact`]), so that one snapshot stays short.
+const COMPACT_BYTES: u64 = 16 << 20;
 /// Entries a leader has proposed and not yet seen committed, at most:
 /// publishes arriving meanwhile gather into the next, larger entry.
 const IN_FLIGHT: usize = 8;
@@ -165,14 +177,16 @@ pub fn group_id(vhost: &str, name: &str, index: u64) -> String {
         .collect()
 }
 
-/// One message as every member holds it.
+/// One message with its record, as a snapshot sent to a member carries it
+/// (and as older versions kept it in memory).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Held {
     record: Body,
     delivery_count: u32,
 }
 
-/// The replicated message set.
+/// The replicated message set with its records: a snapshot's data as
+/// members send it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Messages {
     /// By id, in order.
@@ -181,13 +195,47 @@ struct Messages {
     next_id: u64,
 }
 
-impl Messages {
-    /// Bytes of the records held.
-    fn bytes(&self) -> u64 {
-        self.messages
-            .values()
-            .map(|h| h.record.0.len() as u64)
-            .sum()
+/// One message as a member holds it: its record stays in the member's
+/// record segments.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    at: RecordRef,
+    delivery_count: u32,
+}
+
+/// The replicated message set as a member holds it in memory: about 50
+/// bytes per message, whatever its size.
+#[derive(Debug, Default)]
+struct StoredSet {
+    /// By id, in order.
+    messages: BTreeMap<u64, Stored>,
+    /// Above every id ever enqueued.
+    next_id: u64,
+}
+
+impl StoredSet {
+    /// Appends each message's record to `records`.
+    fn store(full: Messages, records: &mut RecordSegments) -> Result<StoredSet, StoreError> {
+        let mut set = StoredSet {
+            messages: BTreeMap::new(),
+            next_id: full.next_id,
+        };
+        for (id, held) in full.messages {
+            let at = records.append(&held.record.0)?;
+            set.messages.insert(
+                id,
+                Stored {
+                    at,
+                    delivery_count: held.delivery_count,
+                },
+            );
+        }
+        Ok(set)
+    }
+
+    /// The record segments the set refers to.
+    fn segments(&self) -> BTreeSet<u32> {
+        self.messages.values().map(|m| m.at.segment).collect()
     }
 }
 
@@ -199,8 +247,12 @@ struct StoredSnapshot {
 }
 
 /// The member's last snapshot: its metadata as JSON (a 4-byte
-/// little-endian length first), then its data ([`codec::encode_messages`]).
+/// little-endian length first), then its data: references to the records
+/// in its record segments ([`codec::encode_refs`]; an older version wrote
+/// the records themselves, [`codec::MessagesEncoder`]).
 const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// The member's record segments, beside its log.
+const RECORDS_DIR: &str = "records";
 const OLD_SNAPSHOT_FILE: &str = "snapshot.json";
 
 type QueueSnapshotMeta = SnapshotMeta<NodeId, BasicNode>;
@@ -245,14 +297,42 @@ fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<(QueueSnapshotMeta, 
 struct QueueState {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
-    set: Messages,
+    set: StoredSet,
+    /// The records of `set` (and of messages gone since the last
+    /// snapshot), under `<group>/records/`.
+    records: RecordSegments,
     /// The last snapshot's metadata (its data is on disk only).
     snapshot: Option<QueueSnapshotMeta>,
-    /// Bytes of the records in `set`.
-    held: u64,
     /// Bytes of the records applied since the last snapshot (see
     /// [`snapshot_due`]); `None` once a snapshot was asked for.
     logged: Option<u64>,
+}
+
+/// Copies the live records of mostly dead segments to the head (at most
+/// [`COMPACT_BYTES`] of them), so that a few old messages do not keep
+/// whole segments on disk: the old segments go once the snapshot that
+/// follows is durable.
+fn compact(st: &mut QueueState) -> Result<(), StoreError> {
+    let sparse = st.records.sparse();
+    if sparse.is_empty() {
+        return Ok(());
+    }
+    let mut budget = COMPACT_BYTES;
+    let QueueState { set, records, .. } = st;
+    for m in set.messages.values_mut() {
+        if budget == 0 {
+            break;
+        }
+        if !sparse.contains(&m.at.segment) {
+            continue;
+        }
+        let record = records.read(m.at)?;
+        let at = records.append(&record)?;
+        records.release(m.at);
+        m.at = at;
+        budget = budget.saturating_sub(u64::from(at.len));
+    }
+    Ok(())
 }
 
 /// What ties a group to the broker's engine of its queue on this node.
@@ -284,6 +364,10 @@ struct QueueMachine {
     /// Woken when a snapshot is due by size ([`snapshot_due`]): the
     /// group's task asks openraft for one.
     snapshot_due: Arc<tokio::sync::Notify>,
+    /// Held while a snapshot is built, installed or read for a member:
+    /// each replaces or reads the snapshot file and the record segments
+    /// it refers to.
+    snapshotting: Arc<Mutex<()>>,
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -301,8 +385,8 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-fn decode(record: &Body) -> Option<Arc<Message>> {
-    match Message::from_record(&record.0) {
+fn decode(record: &[u8]) -> Option<Arc<Message>> {
+    match Message::from_record(record) {
         Ok(m) => Some(Arc::new(m)),
         Err(e) => {
             tracing::error!("dropping an undecodable replicated message: {e}");
@@ -315,37 +399,79 @@ impl QueueMachine {
     fn open(dir: &Path, engine: Arc<Engine>) -> Result<QueueMachine, ClusterError> {
         let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
         let stored = read_snapshot_file(dir).map_err(|e| storage(&e))?;
+        let records_dir = dir.join(RECORDS_DIR);
         // Restart: the state is the snapshot's; openraft applies the log's
-        // committed entries after it again.
-        let (last_applied, membership, set, snapshot) = match stored {
-            Some((meta, data)) => (
-                meta.last_log_id,
-                meta.last_membership.clone(),
-                codec::decode_messages(&data).map_err(|e| storage(&e))?,
-                Some(meta),
-            ),
-            None => (None, StoredMembership::default(), Messages::default(), None),
+        // committed entries after it again (their records are appended
+        // again: the segments are cut back to the snapshot's mark).
+        let (last_applied, membership, set, records, snapshot) = match stored {
+            Some((meta, data)) if codec::is_refs(&data) => {
+                let (set, mark) = codec::decode_refs(&data).map_err(|e| storage(&e))?;
+                let records = RecordSegments::open(
+                    &records_dir,
+                    Some(mark),
+                    set.messages.values().map(|m| &m.at),
+                )
+                .map_err(|e| storage(&e))?;
+                (
+                    meta.last_log_id,
+                    meta.last_membership.clone(),
+                    set,
+                    records,
+                    Some(meta),
+                )
+            }
+            Some((meta, data)) => {
+                // An older version's snapshot, records inside: they move to
+                // the record segments, and the snapshot to references.
+                let full = codec::decode_messages(&data).map_err(|e| storage(&e))?;
+                let mut records =
+                    RecordSegments::open(&records_dir, None, []).map_err(|e| storage(&e))?;
+                let set = StoredSet::store(full, &mut records).map_err(|e| storage(&e))?;
+                let (sync, mark) = records.to_sync().map_err(|e| storage(&e))?;
+                sync.run().map_err(|e| storage(&e))?;
+                write_snapshot_file(dir, &meta, &codec::encode_refs(&set, mark))
+                    .map_err(|e| storage(&e))?;
+                (
+                    meta.last_log_id,
+                    meta.last_membership.clone(),
+                    set,
+                    records,
+                    Some(meta),
+                )
+            }
+            None => {
+                let records =
+                    RecordSegments::open(&records_dir, None, []).map_err(|e| storage(&e))?;
+                (
+                    None,
+                    StoredMembership::default(),
+                    StoredSet::default(),
+                    records,
+                    None,
+                )
+            }
         };
-        let held = set.bytes();
         Ok(QueueMachine {
             state: Arc::new(Mutex::new(QueueState {
                 last_applied,
                 membership,
                 set,
+                records,
                 snapshot,
-                held,
                 logged: Some(0),
             })),
             engine,
             dir: dir.to_owned(),
             snapshot_due: Arc::default(),
+            snapshotting: Arc::default(),
         })
     }
 
     /// Applies entries; on the active leader, new messages go to the
     /// engine (under the state's lock, so a takeover sees each message
-    /// exactly once: in the set it starts from, or applied after).
-    fn apply_entries(&self, entries: Vec<Entry<QueueTypeConfig>>) -> usize {
+    /// exactly once: in the set it starts from, or applied after). A
+    /// record that cannot be written stops the member (a storage error).
+    fn apply_entries(&self, entries: Vec<Entry<QueueTypeConfig>>) -> Result<usize, StoreError> {
         let n = entries.len();
         let mut st = self.state.lock();
         let active = self.engine.active.load(Ordering::Acquire);
@@ -360,26 +486,25 @@ impl QueueMachine {
                     }
                     for id in &ops.settle {
                         if let Some(gone) = st.set.messages.remove(id) {
-                            st.held -= gone.record.0.len() as u64;
+                            st.records.release(gone.at);
                         }
                     }
                     for (id, record) in ops.enqueue {
-                        let len = record.0.len() as u64;
-                        st.held += len;
+                        let at = st.records.append(&record.0)?;
                         if let Some(logged) = st.logged.as_mut() {
-                            *logged += len;
+                            *logged += u64::from(at.len);
                         }
                         st.set.next_id = st.set.next_id.max(id + 1);
                         if active {
                             let cached = self.engine.proposed.lock().remove(&id);
-                            if let Some(m) = cached.or_else(|| decode(&record)) {
+                            if let Some(m) = cached.or_else(|| decode(&record.0)) {
                                 self.engine.queue.replica_enqueue(id, m);
                             }
                         }
                         st.set.messages.insert(
                             id,
-                            Held {
-                                record,
+                            Stored {
+                                at,
                                 delivery_count: 0,
                             },
                         );
@@ -391,9 +516,12 @@ impl QueueMachine {
             }
             st.last_applied = Some(entry.log_id);
         }
+        // Into the page cache now: a buffer per queue would stay allocated
+        // on every member of every queue.
+        st.records.flush()?;
         if st
             .logged
-            .is_some_and(|logged| snapshot_due(logged, st.held))
+            .is_some_and(|logged| snapshot_due(logged, st.set.messages.len()))
         {
             st.logged = None;
             self.snapshot_due.notify_one();
@@ -402,7 +530,25 @@ impl QueueMachine {
         if active {
             self.engine.route_dead_letters();
         }
-        n
+        Ok(n)
+    }
+
+    /// Makes `set` (with the records it refers to, as they are in the
+    /// segments at `mark` once `sync` ran) this member's snapshot on disk,
+    /// then deletes the segments only older snapshots referred to.
+    fn persist(
+        &self,
+        meta: &QueueSnapshotMeta,
+        data: &[u8],
+        sync: RecordSync,
+        mark: Mark,
+        referred: &BTreeSet<u32>,
+    ) -> Result<(), std::io::Error> {
+        sync.run().map_err(io_err)?;
+        write_snapshot_file(&self.dir, meta, data)?;
+        let mut st = self.state.lock();
+        st.snapshot = Some(meta.clone());
+        st.records.collect(mark, referred).map_err(io_err)
     }
 }
 
@@ -410,17 +556,9 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<QueueTypeConfig>> {
         let this = self.clone();
         blocking(move || {
+            let _one = this.snapshotting.lock();
             let mut st = this.state.lock();
             st.logged = Some(0);
-            // The records are shared, not copied, so the lock (which
-            // applies wait for) is held only to list them.
-            let messages: Vec<(u64, u32, Bytes)> = st
-                .set
-                .messages
-                .iter()
-                .map(|(&id, h)| (id, h.delivery_count, h.record.0.clone()))
-                .collect();
-            let next_id = st.set.next_id;
             let snapshot_id = match st.last_applied {
                 Some(l) => format!("{}-{}", l.leader_id, l.index),
                 None => "-".into(),
@@ -430,12 +568,20 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
                 last_membership: st.membership.clone(),
                 snapshot_id,
             };
+            let write_err = |e: &dyn std::fmt::Display| {
+                StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e))
+            };
+            // Under the lock (which applies wait for): the references,
+            // 24 bytes a message; the fsync of the records is not.
+            compact(&mut st).map_err(|e| write_err(&e))?;
+            let (sync, mark) = st.records.to_sync().map_err(|e| write_err(&e))?;
+            let data = codec::encode_refs(&st.set, mark);
+            let referred = st.set.segments();
             drop(st);
-            let data = codec::encode_messages(next_id, &messages);
-            drop(messages);
-            write_snapshot_file(&this.dir, &meta, &data)
-                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-            this.state.lock().snapshot = Some(meta.clone());
+            this.persist(&meta, &data, sync, mark, &referred)
+                .map_err(|e| write_err(&e))?;
+            // openraft 0.9 keeps only the meta of a snapshot built; what it
+            // sends a member is get_current_snapshot's, records included.
             Ok(Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(data)),
@@ -461,7 +607,8 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
     {
         let entries: Vec<Entry<QueueTypeConfig>> = entries.into_iter().collect();
         let this = self.clone();
-        let n = blocking(move || this.apply_entries(entries));
+        let n = blocking(move || this.apply_entries(entries))
+            .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))?;
         Ok(vec![(); n])
     }
 
@@ -473,6 +620,8 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
+    /// The records go to a fresh head segment; the old segments go once
+    /// the snapshot referring to the new ones is durable.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
@@ -483,34 +632,82 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
         let meta = meta.clone();
         blocking(move || {
             let sig = || Some(meta.signature());
-            let set = codec::decode_messages(&data)
+            let write_err =
+                |e: &dyn std::fmt::Display| StorageIOError::write_snapshot(sig(), &io_err(e));
+            let full = codec::decode_messages(&data)
                 .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?;
-            write_snapshot_file(&this.dir, &meta, &data)
-                .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
-            let mut st = this.state.lock();
-            st.held = set.bytes();
-            st.logged = Some(0);
-            st.set = set;
-            st.last_applied = meta.last_log_id;
-            st.membership = meta.last_membership.clone();
-            st.snapshot = Some(meta);
+            drop(data);
+            let _one = this.snapshotting.lock();
+            let (set, sync, mark) = {
+                let mut st = this.state.lock();
+                st.records.restart().map_err(|e| write_err(&e))?;
+                let set = StoredSet::store(full, &mut st.records).map_err(|e| write_err(&e))?;
+                let (sync, mark) = st.records.to_sync().map_err(|e| write_err(&e))?;
+                (set, sync, mark)
+            };
+            let refs = codec::encode_refs(&set, mark);
+            let referred = set.segments();
+            {
+                let mut st = this.state.lock();
+                st.logged = Some(0);
+                st.set = set;
+                st.last_applied = meta.last_log_id;
+                st.membership = meta.last_membership.clone();
+            }
+            this.persist(&meta, &refs, sync, mark, &referred)
+                .map_err(|e| write_err(&e))?;
             Ok(())
         })
     }
 
-    /// Only to send the snapshot to a member far behind: read from disk
-    /// then, not kept in memory for the rare occasion.
+    /// Only to send the snapshot to a member far behind: its records are
+    /// read from the segments then, not kept in memory for the rare
+    /// occasion.
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<QueueTypeConfig>>> {
         if self.state.lock().snapshot.is_none() {
             return Ok(None);
         }
-        let dir = self.dir.clone();
-        let stored = blocking(move || read_snapshot_file(&dir))
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        let this = self.clone();
+        blocking(move || {
+            let read_err =
+                |e: &dyn std::fmt::Display| StorageIOError::read_snapshot(None, &io_err(e));
+            let _one = this.snapshotting.lock();
+            let Some((meta, data)) = read_snapshot_file(&this.dir).map_err(|e| read_err(&e))?
+            else {
+                return Ok(None);
+            };
+            let data = if codec::is_refs(&data) {
+                let (set, _) = codec::decode_refs(&data).map_err(|e| read_err(&e))?;
+                drop(data);
+                let reader = this
+                    .state
+                    .lock()
+                    .records
+                    .reader()
+                    .map_err(|e| read_err(&e))?;
+                let bytes: u64 = set
+                    .messages
+                    .values()
+                    .map(|m| 16 + u64::from(m.at.len))
+                    .sum();
+                let mut out = codec::MessagesEncoder::new(
+                    set.next_id,
+                    set.messages.len(),
+                    usize::try_from(bytes).unwrap_or(usize::MAX),
+                );
+                for (&id, m) in &set.messages {
+                    let record = reader.read(m.at).map_err(|e| read_err(&e))?;
+                    out.push(id, m.delivery_count, &record);
+                }
+                out.finish()
+            } else {
+                data
+            };
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
+        })
     }
 }
 
@@ -1185,16 +1382,20 @@ async fn take_over(groups: &QueueGroups, group: &Group) {
     }
     let engine = &group.machine.engine;
     {
-        let st = group.machine.state.lock();
-        let messages: Vec<ReplicatedMessage> = st
-            .set
+        let mut st = group.machine.state.lock();
+        let QueueState { set, records, .. } = &mut *st;
+        let messages: Vec<ReplicatedMessage> = set
             .messages
             .iter()
-            .filter_map(|(&id, held)| {
-                decode(&held.record).map(|message| ReplicatedMessage {
+            .filter_map(|(&id, m)| {
+                let record = records
+                    .read(m.at)
+                    .map_err(|e| tracing::error!("dropping an unreadable replicated message: {e}"))
+                    .ok()?;
+                decode(&record).map(|message| ReplicatedMessage {
                     id,
                     message,
-                    delivery_count: held.delivery_count,
+                    delivery_count: m.delivery_count,
                 })
             })
             .collect();
@@ -1407,13 +1608,168 @@ mod tests {
         assert_eq!(back, ops);
     }
 
+    /// A member's state machine over a queue of a broker of its own,
+    /// in `dir`, standing by (no engine fed).
+    fn machine(dir: &Path) -> QueueMachine {
+        let broker = Arc::new(
+            Broker::open(&dir.join("broker"), antre_broker::StorageOptions::default()).unwrap(),
+        );
+        let v = broker.vhost("/").unwrap();
+        let d = antre_broker::vhost::QueueDeclaration {
+            name: "q".into(),
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: antre_amqp::FieldTable::default(),
+        };
+        v.declare_queue(d, false, 1).unwrap();
+        let engine = Arc::new(Engine {
+            queue: v.queue_info("q").unwrap(),
+            broker,
+            active: AtomicBool::new(false),
+            proposed: Mutex::default(),
+        });
+        QueueMachine::open(&dir.join("group"), engine).unwrap()
+    }
+
+    fn ops_entry(index: u64, enqueue: &[(u64, &str)], settle: &[u64]) -> Entry<QueueTypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(QueueOps {
+                enqueue: enqueue
+                    .iter()
+                    .map(|(id, r)| (*id, Body(Bytes::copy_from_slice(r.as_bytes()))))
+                    .collect(),
+                settle: settle.to_vec(),
+                returned: Vec::new(),
+            }),
+        }
+    }
+
+    /// The member's messages: id and record, read from its segments.
+    fn held(m: &QueueMachine) -> Vec<(u64, String)> {
+        let mut st = m.state.lock();
+        let QueueState { set, records, .. } = &mut *st;
+        set.messages
+            .iter()
+            .map(|(&id, s)| {
+                let r = records.read(s.at).unwrap();
+                (id, String::from_utf8(r.to_vec()).unwrap())
+            })
+            .collect()
+    }
+
+    fn owned(v: &[(u64, &str)]) -> Vec<(u64, String)> {
+        v.iter().map(|(id, r)| (*id, (*r).to_owned())).collect()
+    }
+
+    #[tokio::test]
+    async fn a_member_restarts_at_its_snapshot_and_applies_the_log_after_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = machine(dir.path());
+        m.apply_entries(vec![
+            ops_entry(1, &[(0, "a"), (1, "b"), (2, "c")], &[]),
+            ops_entry(2, &[(3, "d")], &[0]),
+        ])
+        .unwrap();
+        let snap = m
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(2));
+        let after = vec![ops_entry(3, &[(4, "e")], &[1, 2])];
+        m.apply_entries(after.clone()).unwrap();
+        assert_eq!(held(&m), owned(&[(3, "d"), (4, "e")]));
+        let engine = Arc::clone(&m.engine);
+        drop(m);
+
+        // kill -9 here: the state is the snapshot's, the records appended
+        // after it are cut off, and applying the entries again gives the
+        // same set.
+        let mut m = QueueMachine::open(&dir.path().join("group"), engine).unwrap();
+        let (applied, _) = m.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(2));
+        assert_eq!(held(&m), owned(&[(1, "b"), (2, "c"), (3, "d")]));
+        m.apply_entries(after).unwrap();
+        assert_eq!(held(&m), owned(&[(3, "d"), (4, "e")]));
+        assert_eq!(m.state.lock().set.next_id, 5);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_sent_to_a_member_carries_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = machine(&dir.path().join("leader"));
+        leader
+            .apply_entries(vec![
+                ops_entry(1, &[(0, "x"), (1, "y"), (2, "z")], &[]),
+                ops_entry(2, &[], &[1]),
+            ])
+            .unwrap();
+        leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        // Settled after the snapshot: still in what is sent.
+        leader.apply_entries(vec![ops_entry(3, &[], &[0])]).unwrap();
+        let sent = leader.get_current_snapshot().await.unwrap().unwrap();
+
+        let mut member = machine(&dir.path().join("member"));
+        member
+            .apply_entries(vec![ops_entry(1, &[(0, "stale")], &[])])
+            .unwrap();
+        member
+            .install_snapshot(&sent.meta, sent.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(held(&member), owned(&[(0, "x"), (2, "z")]));
+        let engine = Arc::clone(&member.engine);
+        drop(member);
+        let member = QueueMachine::open(&dir.path().join("member").join("group"), engine).unwrap();
+        assert_eq!(held(&member), owned(&[(0, "x"), (2, "z")]));
+        assert_eq!(member.state.lock().records.segment_count(), 1);
+    }
+
     #[test]
-    fn a_snapshot_is_due_by_size_once_the_log_outgrows_the_messages() {
+    fn an_older_versions_snapshot_moves_its_records_to_the_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = machine(dir.path());
+        let engine = Arc::clone(&m.engine);
+        drop(m);
+        let group = dir.path().join("group");
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 7)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-1-7".into(),
+        };
+        let mut old = codec::MessagesEncoder::new(9, 2, 0);
+        old.push(4, 1, b"four");
+        old.push(8, 0, b"eight");
+        write_snapshot_file(&group, &meta, &old.finish()).unwrap();
+
+        let m = QueueMachine::open(&group, Arc::clone(&engine)).unwrap();
+        assert_eq!(held(&m), owned(&[(4, "four"), (8, "eight")]));
+        assert_eq!(m.state.lock().set.messages[&4].delivery_count, 1);
+        drop(m);
+        let (_, data) = read_snapshot_file(&group).unwrap().unwrap();
+        assert!(codec::is_refs(&data));
+        let m = QueueMachine::open(&group, engine).unwrap();
+        assert_eq!(held(&m), owned(&[(4, "four"), (8, "eight")]));
+    }
+
+    #[test]
+    fn a_snapshot_is_due_by_size_once_the_log_outgrows_its_references() {
         assert!(!snapshot_due(SNAPSHOT_BYTES - 1, 0));
         assert!(snapshot_due(SNAPSHOT_BYTES, 0));
-        // A long queue: not before as much was logged as it holds.
-        assert!(!snapshot_due(SNAPSHOT_BYTES, 3 * SNAPSHOT_BYTES));
-        assert!(snapshot_due(3 * SNAPSHOT_BYTES, 3 * SNAPSHOT_BYTES));
+        // A long queue: its records are on disk already, the snapshot
+        // writes 24 bytes a message; not before the log is four times that.
+        let long = 1_000_000;
+        assert!(!snapshot_due(SNAPSHOT_BYTES, long));
+        assert!(!snapshot_due(4 * 24 * long as u64 - 1, long));
+        assert!(snapshot_due(4 * 24 * long as u64, long));
     }
 
     #[test]

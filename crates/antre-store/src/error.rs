@@ -62,6 +62,17 @@ pub enum StoreError {
         /// What failed to check out.
         reason: &'static str,
     },
+    /// A member's record segments do not hold what its snapshot refers to
+    /// ([`crate::records`]): damaged, truncated or missing.
+    #[error("record segments in {} are damaged at offset {offset}: {reason}", path.display())]
+    Records {
+        /// The segment file (or the one expected).
+        path: PathBuf,
+        /// Where in it.
+        offset: u64,
+        /// What failed to check out.
+        reason: String,
+    },
     /// A segment file was written by a newer, incompatible format version.
     /// The store refuses to touch it rather than "repair" data it does not
     /// understand.

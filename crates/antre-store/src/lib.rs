@@ -106,6 +106,7 @@
 pub mod definitions;
 mod error;
 mod format;
+pub mod records;
 mod recovery;
 mod segment;
 mod store;

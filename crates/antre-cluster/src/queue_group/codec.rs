@@ -20,13 +20,16 @@
 use bytes::{Buf, BufMut, Bytes};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 
-use super::{Body, Held, Messages, QueueOps, QueueTypeConfig};
+use antre_store::records::{Mark, RecordRef};
+
+use super::{Body, Held, Messages, QueueOps, QueueTypeConfig, Stored, StoredSet};
 use crate::NodeId;
 
 const BLANK: u8 = 0xB0;
 const NORMAL: u8 = 0xB1;
 const MEMBERSHIP: u8 = 0xB2;
 const SNAPSHOT: u8 = 0xB5;
+const SNAPSHOT_REFS: u8 = 0xB6;
 
 /// A malformed entry (a peer's bug or a corrupt record: the store's
 /// checksums catch disk corruption first).
@@ -284,24 +287,34 @@ pub fn decode_append(
     ))
 }
 
-/// A snapshot's data: the id the next enqueue gets, then each message left
-/// (id, delivery count, record), in id order.
-pub(super) fn encode_messages(next_id: u64, messages: &[(u64, u32, Bytes)]) -> Vec<u8> {
-    let bodies: usize = messages.iter().map(|(_, _, r)| 16 + r.len()).sum();
-    let mut out = Vec::with_capacity(13 + bodies);
-    out.put_u8(SNAPSHOT);
-    out.put_u64_le(next_id);
-    out.put_u32_le(messages.len() as u32);
-    for (id, delivery_count, record) in messages {
-        out.put_u64_le(*id);
-        out.put_u32_le(*delivery_count);
-        out.put_u32_le(record.len() as u32);
-        out.put_slice(record);
+/// A snapshot's data as sent to a member: the id the next enqueue gets,
+/// then each message left (id, delivery count, record), in id order,
+/// encoded one message at a time as its record is read from disk.
+pub(super) struct MessagesEncoder(Vec<u8>);
+
+impl MessagesEncoder {
+    /// `count` messages will follow, of about `bytes` in all.
+    pub(super) fn new(next_id: u64, count: usize, bytes: usize) -> MessagesEncoder {
+        let mut out = Vec::with_capacity(13 + bytes);
+        out.put_u8(SNAPSHOT);
+        out.put_u64_le(next_id);
+        out.put_u32_le(count as u32);
+        MessagesEncoder(out)
     }
-    out
+
+    pub(super) fn push(&mut self, id: u64, delivery_count: u32, record: &[u8]) {
+        self.0.put_u64_le(id);
+        self.0.put_u32_le(delivery_count);
+        self.0.put_u32_le(record.len() as u32);
+        self.0.put_slice(record);
+    }
+
+    pub(super) fn finish(self) -> Vec<u8> {
+        self.0
+    }
 }
 
-/// Reads what [`encode_messages`] wrote, or a snapshot's data as an older
+/// Reads what [`MessagesEncoder`] wrote, or a snapshot's data as an older
 /// version wrote it (JSON, bodies in base64).
 pub(super) fn decode_messages(raw: &[u8]) -> Result<Messages, CodecError> {
     if raw.first() == Some(&b'{') {
@@ -336,6 +349,67 @@ pub(super) fn decode_messages(raw: &[u8]) -> Result<Messages, CodecError> {
         )));
     }
     Ok(set)
+}
+
+/// A member's own snapshot of its set, the records staying in its record
+/// segments: the tag, the next id, the segments' [`Mark`], then each
+/// message's id, delivery count and [`RecordRef`] (24 bytes each).
+pub(super) fn encode_refs(set: &StoredSet, mark: Mark) -> Vec<u8> {
+    let mut out = Vec::with_capacity(29 + 24 * set.messages.len());
+    out.put_u8(SNAPSHOT_REFS);
+    out.put_u64_le(set.next_id);
+    out.put_u32_le(mark.segment);
+    out.put_u64_le(mark.len);
+    out.put_u32_le(set.messages.len() as u32);
+    for (&id, m) in &set.messages {
+        out.put_u64_le(id);
+        out.put_u32_le(m.delivery_count);
+        out.put_u32_le(m.at.segment);
+        out.put_u32_le(m.at.offset);
+        out.put_u32_le(m.at.len);
+    }
+    out
+}
+
+/// Whether a snapshot's data is [`encode_refs`]'s (else it holds the
+/// records themselves: [`decode_messages`]).
+pub(super) fn is_refs(raw: &[u8]) -> bool {
+    raw.first() == Some(&SNAPSHOT_REFS)
+}
+
+/// Reads what [`encode_refs`] wrote.
+pub(super) fn decode_refs(raw: &[u8]) -> Result<(StoredSet, Mark), CodecError> {
+    let mut buf = raw;
+    if get_u8(&mut buf, "snapshot")? != SNAPSHOT_REFS {
+        return Err(CodecError("not a snapshot of references".into()));
+    }
+    let next_id = get_u64(&mut buf, "snapshot")?;
+    let mark = Mark {
+        segment: get_u32(&mut buf, "snapshot")?,
+        len: get_u64(&mut buf, "snapshot")?,
+    };
+    let n = get_count(&mut buf, 24, "snapshot")?;
+    let mut set = StoredSet {
+        messages: std::collections::BTreeMap::new(),
+        next_id,
+    };
+    for _ in 0..n {
+        let id = get_u64(&mut buf, "message")?;
+        let delivery_count = get_u32(&mut buf, "message")?;
+        let at = RecordRef {
+            segment: get_u32(&mut buf, "message")?,
+            offset: get_u32(&mut buf, "message")?,
+            len: get_u32(&mut buf, "message")?,
+        };
+        set.messages.insert(id, Stored { at, delivery_count });
+    }
+    if buf.has_remaining() {
+        return Err(CodecError(format!(
+            "{} bytes after the snapshot",
+            buf.len()
+        )));
+    }
+    Ok((set, mark))
 }
 
 #[cfg(test)]
@@ -413,7 +487,11 @@ mod tests {
             (3, 0, Bytes::from_static(b"\x00\xffone")),
             (9, 2, Bytes::new()),
         ];
-        let raw = encode_messages(10, &msgs);
+        let mut enc = MessagesEncoder::new(10, msgs.len(), 0);
+        for (id, dc, record) in &msgs {
+            enc.push(*id, *dc, record);
+        }
+        let raw = enc.finish();
         let set = decode_messages(&raw).unwrap();
         assert_eq!(set.next_id, 10);
         let got: Vec<(u64, u32, Bytes)> = set
