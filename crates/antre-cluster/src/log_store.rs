@@ -21,8 +21,13 @@
 //! (it was appended after a truncation whose acks were lost), and a gap in
 //! the indexes ends the log there. The vote and the purge point live in
 //! `raft.json`, rewritten atomically (temporary file, fsync, rename, fsync
-//! of the directory) before a vote is answered. The whole log is also kept
-//! in memory: the metadata log is small, and purged after each snapshot.
+//! of the directory) before a vote is answered. The newest entries are also
+//! kept in memory, up to [`LogConfig::CACHE_BYTES`] of their records (all
+//! of the metadata log, which is small and purged after each snapshot; a
+//! few MiB of a quorum queue's, whose log carries every message): openraft
+//! reads entries to apply and to replicate them, almost always the newest
+//! ones, and an older one (for a follower far behind) is read back from
+//! the store.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -45,9 +50,23 @@ struct Meta {
     last_purged: Option<LogId<NodeId>>,
 }
 
+/// An entry of the log: where its record is, and the entry itself while
+/// it is among the newest.
+struct Slot<C: RaftTypeConfig> {
+    pos: SegmentPosition,
+    log_id: LogId<NodeId>,
+    /// The record's length, which the cache counts.
+    len: u64,
+    entry: Option<Entry<C>>,
+}
+
 struct Inner<C: RaftTypeConfig> {
     store: QueueStore,
-    entries: BTreeMap<u64, (SegmentPosition, Entry<C>)>,
+    entries: BTreeMap<u64, Slot<C>>,
+    /// Bytes of the records of the entries held in memory.
+    cached: u64,
+    /// No entry below this index is held in memory.
+    cached_from: u64,
     meta: Meta,
     meta_path: PathBuf,
 }
@@ -59,6 +78,8 @@ pub trait LogConfig: RaftTypeConfig<NodeId = NodeId, Entry = Entry<Self>> {
     fn encode(entry: &Entry<Self>) -> Result<Vec<u8>, std::io::Error>;
     /// A record of the log as an entry.
     fn decode(raw: &[u8]) -> Result<Entry<Self>, std::io::Error>;
+    /// Bytes of records of the newest entries kept in memory.
+    const CACHE_BYTES: u64;
 }
 
 /// The metadata group's entries are JSON: few, small, and readable.
@@ -70,6 +91,8 @@ impl LogConfig for TypeConfig {
     fn decode(raw: &[u8]) -> Result<Entry<Self>, std::io::Error> {
         serde_json::from_slice(raw).map_err(std::io::Error::other)
     }
+
+    const CACHE_BYTES: u64 = u64::MAX;
 }
 
 /// A queue group's entries carry message bodies: binary
@@ -84,6 +107,11 @@ impl LogConfig for crate::queue_group::QueueTypeConfig {
     fn decode(raw: &[u8]) -> Result<Entry<Self>, std::io::Error> {
         crate::queue_group::codec::decode_record(raw).map_err(std::io::Error::other)
     }
+
+    /// Enough for the entries a leader has in flight (publishes batch into
+    /// entries of up to a few hundred KiB) and a follower a little behind;
+    /// small enough that thousands of quorum queues do not hold gigabytes.
+    const CACHE_BYTES: u64 = 2 << 20;
 }
 
 /// The Raft log storage; clones share one log (openraft's reader is one).
@@ -137,20 +165,20 @@ impl<C: LogConfig> LogStore<C> {
                 records.push((pos, p.to_vec()));
             })
             .map_err(storage)?;
-        let mut entries: BTreeMap<u64, (SegmentPosition, Entry<C>)> = BTreeMap::new();
+        let mut entries: BTreeMap<u64, Slot<C>> = BTreeMap::new();
         let mut dead = Vec::new();
         for (pos, raw) in records {
             let entry = C::decode(&raw).map_err(storage)?;
             let index = entry.log_id.index;
             // A later record at an index supersedes the one there and
             // everything after it (a truncation whose acks were lost).
-            dead.extend(entries.split_off(&index).into_values().map(|(p, _)| p));
-            entries.insert(index, (pos, entry));
+            dead.extend(entries.split_off(&index).into_values().map(|s| s.pos));
+            entries.insert(index, Slot::new(pos, raw.len(), entry));
         }
         let purged = meta.last_purged.map(|l| l.index);
         if let Some(p) = purged {
             let rest = entries.split_off(&(p + 1));
-            dead.extend(entries.into_values().map(|(p, _)| p));
+            dead.extend(entries.into_values().map(|s| s.pos));
             entries = rest;
         }
         // A gap (a corrupt record the store skipped) ends the log.
@@ -168,7 +196,7 @@ impl<C: LogConfig> LogStore<C> {
                 index = i,
                 "the cluster log has a gap: dropping it and what follows"
             );
-            dead.extend(entries.split_off(&i).into_values().map(|(p, _)| p));
+            dead.extend(entries.split_off(&i).into_values().map(|s| s.pos));
         }
         for pos in &dead {
             let _ = store.ack(*pos);
@@ -176,13 +204,18 @@ impl<C: LogConfig> LogStore<C> {
         if !dead.is_empty() {
             store.sync_acks().map_err(storage)?;
         }
+        let cached = entries.values().map(|s| s.len).sum();
+        let mut inner = Inner {
+            store,
+            entries,
+            cached,
+            cached_from: 0,
+            meta,
+            meta_path,
+        };
+        inner.evict();
         Ok(LogStore {
-            inner: Arc::new(Mutex::new(Inner {
-                store,
-                entries,
-                meta,
-                meta_path,
-            })),
+            inner: Arc::new(Mutex::new(inner)),
         })
     }
 
@@ -195,7 +228,62 @@ impl<C: LogConfig> LogStore<C> {
     }
 }
 
+impl<C: LogConfig> Slot<C> {
+    fn new(pos: SegmentPosition, len: usize, entry: Entry<C>) -> Slot<C> {
+        Slot {
+            pos,
+            log_id: entry.log_id,
+            len: len as u64,
+            entry: Some(entry),
+        }
+    }
+}
+
 impl<C: LogConfig> Inner<C> {
+    /// Drops the oldest entries from memory until those left fit in
+    /// [`LogConfig::CACHE_BYTES`] (the newest stays, whatever its size).
+    fn evict(&mut self) {
+        if self.cached <= C::CACHE_BYTES {
+            return;
+        }
+        let newest = self.entries.keys().next_back().copied().unwrap_or(0);
+        if self.cached_from >= newest {
+            return;
+        }
+        for (&i, slot) in self.entries.range_mut(self.cached_from..newest) {
+            if self.cached <= C::CACHE_BYTES {
+                break;
+            }
+            if slot.entry.take().is_some() {
+                self.cached -= slot.len;
+            }
+            self.cached_from = i + 1;
+        }
+    }
+
+    /// Removes entries, keeping the count of cached bytes.
+    fn forget(&mut self, gone: &BTreeMap<u64, Slot<C>>) {
+        for slot in gone.values() {
+            if slot.entry.is_some() {
+                self.cached -= slot.len;
+            }
+        }
+    }
+
+    /// The entry at `slot`, from memory or read back from the store.
+    fn entry(&self, slot: &Slot<C>) -> Result<Entry<C>, std::io::Error>
+    where
+        C::D: Clone,
+    {
+        match &slot.entry {
+            Some(e) => Ok(e.clone()),
+            None => {
+                let raw = self.store.read(slot.pos).map_err(std::io::Error::other)?;
+                C::decode(&raw)
+            }
+        }
+    }
+
     fn save_meta(&self) -> Result<(), std::io::Error> {
         let json = serde_json::to_vec(&self.meta).map_err(std::io::Error::other)?;
         antre_store::definitions::write_atomic(&self.meta_path, &json)
@@ -206,15 +294,18 @@ impl<C: LogConfig> Inner<C> {
         self.entries
             .values()
             .next_back()
-            .map(|(_, e)| e.log_id)
+            .map(|s| s.log_id)
             .or(self.meta.last_purged)
     }
 
     /// Acks the records of the entries from `index` on; returns how many.
     fn drop_from(&mut self, index: u64) -> Result<usize, antre_store::StoreError> {
         let gone = self.entries.split_off(&index);
-        for (pos, _) in gone.values() {
-            self.store.ack(*pos)?;
+        self.forget(&gone);
+        // Entries appended at these indexes again are the newest.
+        self.cached_from = self.cached_from.min(index);
+        for slot in gone.values() {
+            self.store.ack(slot.pos)?;
         }
         Ok(gone.len())
     }
@@ -228,12 +319,16 @@ where
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<C>>> {
-        let inner = self.inner.lock();
-        Ok(inner
-            .entries
-            .range(range)
-            .map(|(_, (_, e))| e.clone())
-            .collect())
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let inner = inner.lock();
+            inner
+                .entries
+                .range(range)
+                .map(|(_, slot)| inner.entry(slot))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StorageIOError::read_logs(&e).into())
+        })
     }
 }
 
@@ -289,8 +384,12 @@ where
                     inner.drop_from(index).map_err(std::io::Error::other)?;
                 }
                 let pos = inner.store.append(&raw).map_err(std::io::Error::other)?;
-                inner.entries.insert(index, (pos, entry));
+                inner.cached += raw.len() as u64;
+                inner
+                    .entries
+                    .insert(index, Slot::new(pos, raw.len(), entry));
             }
+            inner.evict();
             // Durable before Raft counts the entries as ours.
             inner.store.sync().map_err(std::io::Error::other)
         });
@@ -330,9 +429,10 @@ where
             }
             let rest = inner.entries.split_off(&(log_id.index + 1));
             let gone = std::mem::replace(&mut inner.entries, rest);
-            for (pos, _) in gone.values() {
+            inner.forget(&gone);
+            for slot in gone.values() {
                 // A purged record that comes back is ignored at recovery.
-                let _ = inner.store.ack(*pos);
+                let _ = inner.store.ack(slot.pos);
             }
             Ok(())
         })
@@ -342,6 +442,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue_group::QueueTypeConfig;
     use openraft::{CommittedLeaderId, EntryPayload};
 
     fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
@@ -351,23 +452,81 @@ mod tests {
         }
     }
 
-    fn append(store: &LogStore<TypeConfig>, entries: Vec<Entry<TypeConfig>>) {
+    /// What `append` does, without openraft's flush callback.
+    fn append<C: LogConfig>(store: &LogStore<C>, entries: Vec<Entry<C>>) {
         let mut inner = store.inner.lock();
         for e in entries {
-            let raw = serde_json::to_vec(&e).unwrap();
+            let raw = C::encode(&e).unwrap();
             let pos = inner.store.append(&raw).unwrap();
-            inner.entries.insert(e.log_id.index, (pos, e));
+            inner.cached += raw.len() as u64;
+            inner
+                .entries
+                .insert(e.log_id.index, Slot::new(pos, raw.len(), e));
         }
+        inner.evict();
         inner.store.sync().unwrap();
     }
 
-    fn indexes(store: &LogStore<TypeConfig>) -> Vec<(u64, u64)> {
+    fn indexes<C: LogConfig>(store: &LogStore<C>) -> Vec<(u64, u64)> {
         let inner = store.inner.lock();
         inner
             .entries
             .values()
-            .map(|(_, e)| (e.log_id.leader_id.term, e.log_id.index))
+            .map(|s| (s.log_id.leader_id.term, s.log_id.index))
             .collect()
+    }
+
+    fn cached<C: LogConfig>(store: &LogStore<C>) -> Vec<u64> {
+        let inner = store.inner.lock();
+        inner
+            .entries
+            .iter()
+            .filter(|(_, s)| s.entry.is_some())
+            .map(|(&i, _)| i)
+            .collect()
+    }
+
+    /// A queue group's entry of one message of `size` bytes.
+    fn big(term: u64, index: u64, size: usize) -> Entry<QueueTypeConfig> {
+        let ops = crate::queue_group::QueueOps {
+            enqueue: vec![(
+                index,
+                crate::queue_group::Body(vec![index as u8; size].into()),
+            )],
+            ..Default::default()
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(ops),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_newest_queue_entries_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::<QueueTypeConfig>::open(dir.path()).unwrap();
+        let mib = 1 << 20;
+        append(&store, (0..6).map(|i| big(1, i, mib)).collect());
+        // 2 MiB of records: the last entry and most of the one before
+        // cannot both fit with their headers, so only the newest stays.
+        assert_eq!(cached(&store), vec![5]);
+        // Older entries are read back from the store.
+        let got = store.try_get_log_entries(0..6).await.unwrap();
+        assert_eq!(got, (0..6).map(|i| big(1, i, mib)).collect::<Vec<_>>());
+        // A conflict at 4: the new entries there are the newest.
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(1, 1), 4))
+            .await
+            .unwrap();
+        append(&store, vec![big(2, 4, 1000), big(2, 5, 1000)]);
+        assert_eq!(cached(&store), vec![4, 5]);
+        store.close();
+        drop(store);
+        let mut store = LogStore::<QueueTypeConfig>::open(dir.path()).unwrap();
+        assert_eq!(cached(&store), vec![3, 4, 5]);
+        assert_eq!(indexes(&store).last(), Some(&(2, 5)));
+        let got = store.try_get_log_entries(2..4).await.unwrap();
+        assert_eq!(got, vec![big(1, 2, mib), big(1, 3, mib)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,11 +79,12 @@ use crate::{ClusterError, NodeId};
 const SNAPSHOT_LOGS: u64 = 4096;
 const KEEP_AFTER_SNAPSHOT: u64 = 32;
 /// ... or sooner, once the records applied since the last snapshot reach
-/// this many bytes and four times what the snapshot writes: the log (kept
-/// in memory until a snapshot lets it be purged) then costs at most that,
-/// whatever the entries' sizes, and a snapshot (its references, the
-/// records being in the member's record segments already) costs a
-/// quarter of the log it replaces.
+/// this many bytes and four times what the snapshot writes: the log on
+/// disk (in memory only its newest entries, see `LogConfig::CACHE_BYTES`)
+/// and the time to read it at start-up then stay bounded whatever the
+/// entries' sizes, and a snapshot (its references, the records being in
+/// the member's record segments already) costs a quarter of the log it
+/// replaces.
 const SNAPSHOT_BYTES: u64 = 32 << 20;
 /// What a snapshot writes per message left ([`codec::encode_refs`]).
 const SNAPSHOT_REF_BYTES: u64 = 24;
