@@ -311,6 +311,15 @@ impl<C: LogConfig> Inner<C> {
     }
 }
 
+/// The first index `range` may hold.
+fn range_start(range: &impl RangeBounds<u64>) -> u64 {
+    match range.start_bound() {
+        std::ops::Bound::Included(&i) => i,
+        std::ops::Bound::Excluded(&i) => i.saturating_add(1),
+        std::ops::Bound::Unbounded => 0,
+    }
+}
+
 impl<C: LogConfig> RaftLogReader<C> for LogStore<C>
 where
     C::D: Clone,
@@ -319,16 +328,24 @@ where
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<C>>> {
-        let inner = Arc::clone(&self.inner);
-        blocking(move || {
-            let inner = inner.lock();
+        let read = |inner: &Inner<C>| {
             inner
                 .entries
-                .range(range)
+                .range(range.clone())
                 .map(|(_, slot)| inner.entry(slot))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StorageIOError::read_logs(&e).into())
-        })
+        };
+        {
+            // Almost always the newest entries, in memory: no disk read, so
+            // no hand-off of the runtime's worker either.
+            let inner = self.inner.lock();
+            if range_start(&range) >= inner.cached_from {
+                return read(&inner);
+            }
+        }
+        let inner = Arc::clone(&self.inner);
+        blocking(move || read(&inner.lock()))
     }
 }
 

@@ -302,11 +302,93 @@ struct QueueState {
     /// The records of `set` (and of messages gone since the last
     /// snapshot), under `<group>/records/`.
     records: RecordSegments,
+    /// Records of the newest messages, not written to `records` yet
+    /// (their place is [`UNWRITTEN`]): most messages of a consumed queue
+    /// are settled before they would be, and never touch the segments.
+    unwritten: BTreeMap<u64, Bytes>,
+    /// Bytes in `unwritten`.
+    unwritten_bytes: u64,
     /// The last snapshot's metadata (its data is on disk only).
     snapshot: Option<QueueSnapshotMeta>,
     /// Bytes of the records applied since the last snapshot (see
     /// [`snapshot_due`]); `None` once a snapshot was asked for.
     logged: Option<u64>,
+}
+
+/// The place of a record not written to the segments yet (see
+/// `QueueState::unwritten`); its length is the record's.
+const UNWRITTEN: u32 = u32::MAX;
+/// Bytes of records a member holds unwritten at most (per queue); the
+/// oldest are written when there are more.
+const UNWRITTEN_BYTES: u64 = 2 << 20;
+
+impl QueueState {
+    /// A message applied: its record waits in memory (see `unwritten`).
+    fn enqueue(&mut self, id: u64, record: Bytes) -> Result<(), StoreError> {
+        let len = u32::try_from(record.len()).map_err(|_| StoreError::RecordTooLarge {
+            len: record.len(),
+            max: u32::MAX,
+        })?;
+        let at = RecordRef {
+            segment: UNWRITTEN,
+            offset: 0,
+            len,
+        };
+        self.set.messages.insert(
+            id,
+            Stored {
+                at,
+                delivery_count: 0,
+            },
+        );
+        self.unwritten_bytes += u64::from(len);
+        if let Some(old) = self.unwritten.insert(id, record) {
+            self.unwritten_bytes -= old.len() as u64;
+        }
+        self.write_unwritten(UNWRITTEN_BYTES)
+    }
+
+    /// A message gone for good.
+    fn settle(&mut self, id: u64) {
+        let Some(gone) = self.set.messages.remove(&id) else {
+            return;
+        };
+        if gone.at.segment == UNWRITTEN {
+            if let Some(r) = self.unwritten.remove(&id) {
+                self.unwritten_bytes -= r.len() as u64;
+            }
+        } else {
+            self.records.release(gone.at);
+        }
+    }
+
+    /// Writes the oldest unwritten records to the segments until at most
+    /// `keep` bytes of them are left.
+    fn write_unwritten(&mut self, keep: u64) -> Result<(), StoreError> {
+        while self.unwritten_bytes > keep {
+            let Some((id, record)) = self.unwritten.pop_first() else {
+                break;
+            };
+            self.unwritten_bytes -= record.len() as u64;
+            let at = self.records.append(&record)?;
+            if let Some(m) = self.set.messages.get_mut(&id) {
+                m.at = at;
+            }
+        }
+        Ok(())
+    }
+
+    /// A message's record, from memory or its segment.
+    fn record(&mut self, id: u64, at: RecordRef) -> Result<Bytes, StoreError> {
+        if at.segment == UNWRITTEN {
+            return self.unwritten.get(&id).cloned().ok_or(StoreError::Records {
+                path: self.records.dir().to_owned(),
+                offset: 0,
+                reason: format!("the record of message {id} is missing"),
+            });
+        }
+        self.records.read(at)
+    }
 }
 
 /// Copies the live records of mostly dead segments to the head (at most
@@ -458,6 +540,8 @@ impl QueueMachine {
                 membership,
                 set,
                 records,
+                unwritten: BTreeMap::new(),
+                unwritten_bytes: 0,
                 snapshot,
                 logged: Some(0),
             })),
@@ -485,15 +569,12 @@ impl QueueMachine {
                             m.delivery_count += 1;
                         }
                     }
-                    for id in &ops.settle {
-                        if let Some(gone) = st.set.messages.remove(id) {
-                            st.records.release(gone.at);
-                        }
+                    for &id in &ops.settle {
+                        st.settle(id);
                     }
                     for (id, record) in ops.enqueue {
-                        let at = st.records.append(&record.0)?;
                         if let Some(logged) = st.logged.as_mut() {
-                            *logged += u64::from(at.len);
+                            *logged += record.0.len() as u64;
                         }
                         st.set.next_id = st.set.next_id.max(id + 1);
                         if active {
@@ -502,13 +583,7 @@ impl QueueMachine {
                                 self.engine.queue.replica_enqueue(id, m);
                             }
                         }
-                        st.set.messages.insert(
-                            id,
-                            Stored {
-                                at,
-                                delivery_count: 0,
-                            },
-                        );
+                        st.enqueue(id, record.0)?;
                     }
                 }
                 EntryPayload::Membership(m) => {
@@ -572,8 +647,10 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
             let write_err = |e: &dyn std::fmt::Display| {
                 StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e))
             };
-            // Under the lock (which applies wait for): the references,
-            // 24 bytes a message; the fsync of the records is not.
+            // Under the lock (which applies wait for): the newest records
+            // and the references, 24 bytes a message; the fsync of the
+            // records is not.
+            st.write_unwritten(0).map_err(|e| write_err(&e))?;
             compact(&mut st).map_err(|e| write_err(&e))?;
             let (sync, mark) = st.records.to_sync().map_err(|e| write_err(&e))?;
             let data = codec::encode_refs(&st.set, mark);
@@ -652,6 +729,8 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
                 let mut st = this.state.lock();
                 st.logged = Some(0);
                 st.set = set;
+                st.unwritten.clear();
+                st.unwritten_bytes = 0;
                 st.last_applied = meta.last_log_id;
                 st.membership = meta.last_membership.clone();
             }
@@ -1384,13 +1463,12 @@ async fn take_over(groups: &QueueGroups, group: &Group) {
     let engine = &group.machine.engine;
     {
         let mut st = group.machine.state.lock();
-        let QueueState { set, records, .. } = &mut *st;
-        let messages: Vec<ReplicatedMessage> = set
-            .messages
-            .iter()
-            .filter_map(|(&id, m)| {
-                let record = records
-                    .read(m.at)
+        let held: Vec<(u64, Stored)> = st.set.messages.iter().map(|(&id, m)| (id, *m)).collect();
+        let messages: Vec<ReplicatedMessage> = held
+            .into_iter()
+            .filter_map(|(id, m)| {
+                let record = st
+                    .record(id, m.at)
                     .map_err(|e| tracing::error!("dropping an unreadable replicated message: {e}"))
                     .ok()?;
                 decode(&record).map(|message| ReplicatedMessage {
@@ -1650,11 +1728,10 @@ mod tests {
     /// The member's messages: id and record, read from its segments.
     fn held(m: &QueueMachine) -> Vec<(u64, String)> {
         let mut st = m.state.lock();
-        let QueueState { set, records, .. } = &mut *st;
-        set.messages
-            .iter()
-            .map(|(&id, s)| {
-                let r = records.read(s.at).unwrap();
+        let held: Vec<(u64, Stored)> = st.set.messages.iter().map(|(&id, m)| (id, *m)).collect();
+        held.into_iter()
+            .map(|(id, s)| {
+                let r = st.record(id, s.at).unwrap();
                 (id, String::from_utf8(r.to_vec()).unwrap())
             })
             .collect()
@@ -1696,6 +1773,46 @@ mod tests {
         m.apply_entries(after).unwrap();
         assert_eq!(held(&m), owned(&[(3, "d"), (4, "e")]));
         assert_eq!(m.state.lock().set.next_id, 5);
+    }
+
+    #[tokio::test]
+    async fn records_are_written_only_when_too_many_wait_or_a_snapshot_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = machine(dir.path());
+        let disk = |m: &QueueMachine| m.state.lock().records.disk_bytes();
+        // Consumed at once: nothing reaches the segments.
+        m.apply_entries(vec![
+            ops_entry(1, &[(0, "a"), (1, "b")], &[]),
+            ops_entry(2, &[], &[0, 1]),
+        ])
+        .unwrap();
+        assert_eq!(disk(&m), 0);
+        // More than UNWRITTEN_BYTES waiting: the oldest are written.
+        let big = "x".repeat(1 << 20);
+        let entries: Vec<_> = (0..4u64)
+            .map(|i| ops_entry(3 + i, &[(2 + i, big.as_str())], &[]))
+            .collect();
+        m.apply_entries(entries).unwrap();
+        {
+            let st = m.state.lock();
+            assert!(st.unwritten_bytes <= UNWRITTEN_BYTES);
+            assert_eq!(st.unwritten.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
+        }
+        assert!(disk(&m) >= 2 << 20);
+        assert_eq!(held(&m).len(), 4);
+        // A snapshot writes the rest.
+        m.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(m.state.lock().unwritten.is_empty());
+        assert!(disk(&m) >= 4 << 20);
+        let engine = Arc::clone(&m.engine);
+        drop(m);
+        let m = QueueMachine::open(&dir.path().join("group"), engine).unwrap();
+        assert_eq!(held(&m).len(), 4);
+        assert!(held(&m).iter().all(|(_, r)| *r == big));
     }
 
     #[tokio::test]

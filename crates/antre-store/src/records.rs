@@ -416,6 +416,11 @@ impl RecordSegments {
         self.create(self.head + 1)
     }
 
+    /// The segments' directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Bytes in the segment files.
     pub fn disk_bytes(&self) -> u64 {
         self.segments.values().map(|s| s.size).sum()
