@@ -271,6 +271,11 @@ pub enum MetaCommand {
         name: String,
         /// The leader's node name.
         leader: String,
+        /// The group's Raft term it leads in: an older term's leader
+        /// recorded later changes nothing (absent in entries of older
+        /// versions: 0).
+        #[serde(default)]
+        term: u64,
     },
     /// Adds a member to a quorum queue's group, or (with `add` false)
     /// removes one: the replicated member list every node knows (`rabbitmq-queues
@@ -761,14 +766,16 @@ impl Broker {
                 vhost,
                 name,
                 leader,
+                term,
             } => {
                 let v = self.vhost_or_404(&vhost)?;
                 let me = self.node_name().unwrap_or_default();
                 let member = v
                     .quorum_info(&name)
                     .is_some_and(|i| i.members.iter().any(|m| m == me));
-                v.set_quorum_leader(&name, &leader);
-                if !member && v.has_queue(&name) {
+                v.set_quorum_leader(&name, &leader, term);
+                let current = v.quorum_info(&name).and_then(|i| i.leader);
+                if !member && v.has_queue(&name) && current.as_deref() == Some(leader.as_str()) {
                     v.set_remote_owner(&name, (leader != me).then_some(leader.as_str()));
                 }
                 MetaOutcome::Done
@@ -1111,6 +1118,45 @@ mod tests {
         assert_eq!(v.remote_owner("q"), None);
     }
 
+    /// Seen in CI: a node that led for a moment announced itself just
+    /// before its successor, and its announcement was applied after the
+    /// successor's: every node then named a dead node as the leader.
+    #[test]
+    fn a_late_announcement_of_an_older_quorum_leader_changes_nothing() {
+        let broker = Broker::new();
+        broker
+            .apply_meta(MetaCommand::DeclareQueue {
+                vhost: "/".into(),
+                name: "q".into(),
+                durable: true,
+                auto_delete: false,
+                arguments: WireTable::default(),
+                owner: "n1".into(),
+            })
+            .unwrap();
+        let v = broker.vhost("/").unwrap();
+        v.set_quorum_info(
+            "q",
+            Some(crate::vhost::QuorumInfo {
+                members: vec!["n1".into(), "n3".into()],
+                ..Default::default()
+            }),
+        );
+        let leader = |leader: &str, term| MetaCommand::QueueLeader {
+            vhost: "/".into(),
+            name: "q".into(),
+            leader: leader.into(),
+            term,
+        };
+        broker.apply_meta(leader("n3", 4)).unwrap();
+        broker.apply_meta(leader("n1", 3)).unwrap();
+        assert_eq!(v.quorum_info("q").unwrap().leader.as_deref(), Some("n3"));
+        assert_eq!(v.remote_owner("q").as_deref(), Some("n3"));
+        broker.apply_meta(leader("n1", 5)).unwrap();
+        assert_eq!(v.quorum_info("q").unwrap().leader.as_deref(), Some("n1"));
+        assert_eq!(v.remote_owner("q").as_deref(), Some("n1"));
+    }
+
     #[test]
     fn a_quorum_queues_members_change_as_rabbitmq_queues_allows() {
         let broker = Broker::new();
@@ -1142,6 +1188,7 @@ mod tests {
             Some(crate::vhost::QuorumInfo {
                 members: vec!["n1".into()],
                 leader: Some("n1".into()),
+                leader_term: 1,
             }),
         );
         broker.apply_meta(member("n2", true)).unwrap();

@@ -34,7 +34,9 @@ use crate::{ClusterConfig, NodeId, TypeConfig};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The first and the longest wait before reconnecting to a peer.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// (A returning peer is found within this: longer, and a member back from
+/// a restart waited for its leader past its election timeout.)
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What this node last saw of a peer.
 #[derive(Debug, Clone, Default)]

@@ -955,12 +955,12 @@ impl QueueGroups {
     pub fn declared(&self, def: &QuorumDef) {
         self.remember(def);
         if let Some(v) = self.broker.vhost(&def.vhost) {
-            let leader = v.quorum_info(&def.name).and_then(|i| i.leader);
+            let known = v.quorum_info(&def.name).unwrap_or_default();
             v.set_quorum_info(
                 &def.name,
                 Some(antre_broker::vhost::QuorumInfo {
                     members: def.members.clone(),
-                    leader,
+                    ..known
                 }),
             );
         }
@@ -1114,7 +1114,22 @@ impl QueueGroups {
         let placed = def.members.first().map(String::as_str) == Some(self.me());
         let joined = def.joined.iter().any(|m| m == self.me());
         let grace = self.link.config.queue_timing.election_max() * 3;
-        if placed && !joined {
+        let restarted = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if restarted {
+            // Back from a restart: the others most likely still have a
+            // leader, which has backed off from this node while it was
+            // down and may not reach it before its election timeout. If it
+            // stood then, its higher term would depose that leader (openraft
+            // 0.9 has no pre-vote), moving the queue and cancelling its
+            // consumers for nothing: it waits to hear from the leader first.
+            if def.members.len() > 1 {
+                raft.runtime_config().elect(false);
+                tokio::spawn(rejoin(raft.clone(), grace));
+            }
+        } else if placed && !joined {
             match raft.initialize(members).await {
                 Ok(()) => {
                     tokio::spawn(first_election(raft.clone(), None, grace));
@@ -1124,14 +1139,7 @@ impl QueueGroups {
                 }
             }
         } else if !joined {
-            // A restart finds the membership in the log already.
-            let fresh = !raft
-                .is_initialized()
-                .await
-                .map_err(|e| ClusterError::Raft(e.to_string()))?;
-            if fresh {
-                tokio::spawn(first_election(raft.clone(), Some(members), grace));
-            }
+            tokio::spawn(first_election(raft.clone(), Some(members), grace));
         }
         let replica = Arc::new(Replica {
             engine: Arc::clone(&engine),
@@ -1367,6 +1375,15 @@ async fn first_election(
     }
 }
 
+/// A restarted member's elections, held off (see `start`) until it hears
+/// from a leader or `grace` passes without one (the others are down or
+/// restarting too: then it stands as usual).
+async fn rejoin(raft: QueueRaft, grace: Duration) {
+    let mut metrics = raft.metrics();
+    let _ = tokio::time::timeout(grace, metrics.wait_for(|m| m.current_leader.is_some())).await;
+    raft.runtime_config().elect(true);
+}
+
 /// Asks openraft for a snapshot whenever the member's state says one is
 /// due by size ([`snapshot_due`]; openraft's own policy counts entries).
 async fn snapshot_loop(group: Arc<Group>) {
@@ -1397,15 +1414,15 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
         let Some(groups) = groups.upgrade() else {
             return;
         };
-        let (state, leader) = {
+        let (state, leader, term) = {
             let m = metrics.borrow_and_update();
-            (m.state, m.current_leader)
+            (m.state, m.current_leader, m.current_term)
         };
         let me = groups.link.config.node_id();
         let engine = &group.machine.engine;
         let active = engine.active.load(Ordering::Acquire);
         if state == ServerState::Leader && !active {
-            take_over(&groups, &group).await;
+            take_over(&groups, &group, term).await;
         } else if state != ServerState::Leader && active {
             step_down(&group);
             // Until the next leader is known, this node must not list
@@ -1424,7 +1441,7 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
             }
             if let Some(name) = leader.and_then(|l| groups.link.config.name_of(l)) {
                 if let Some(v) = groups.broker.vhost(&group.def.vhost) {
-                    v.set_quorum_leader(&group.def.name, name);
+                    v.set_quorum_leader(&group.def.name, name, term);
                     v.set_remote_owner(&group.def.name, Some(name));
                 }
             }
@@ -1447,10 +1464,12 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
     }
 }
 
-/// This node was elected: once it applied everything committed before its
-/// term (the read barrier of its first entry), the engine starts from the
-/// applied messages.
-async fn take_over(groups: &QueueGroups, group: &Group) {
+/// This node was elected in `term`: once it applied everything committed
+/// before its term (the read barrier of its first entry), the engine
+/// starts from the applied messages. The term goes with the news, so that
+/// a node that led for a moment before (its news arriving late) cannot
+/// undo this one's.
+async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
     let wait = groups.link.config.change_timeout;
     match tokio::time::timeout(wait, group.raft.ensure_linearizable()).await {
         Ok(Ok(_)) => {}
@@ -1494,7 +1513,7 @@ async fn take_over(groups: &QueueGroups, group: &Group) {
     let me = groups.me().to_owned();
     if let Some(v) = groups.broker.vhost(&group.def.vhost) {
         v.set_remote_owner(&group.def.name, None);
-        v.set_quorum_leader(&group.def.name, &me);
+        v.set_quorum_leader(&group.def.name, &me, term);
     }
     tracing::info!(
         vhost = group.def.vhost,
@@ -1506,6 +1525,7 @@ async fn take_over(groups: &QueueGroups, group: &Group) {
             vhost: group.def.vhost.clone(),
             name: group.def.name.clone(),
             leader: me,
+            term,
         });
     }
 }
@@ -1595,7 +1615,18 @@ impl GroupClient {
     }
 }
 
+/// How long a queue group's leader waits before it retries a member that
+/// failed (openraft's default is 500 ms): a member back from a restart
+/// or a partition hears from its leader sooner, before its own election
+/// timer runs out. Connecting to a peer still down costs little: the
+/// pooled connection has its own backoff and fails at once meanwhile.
+const REPLICATION_BACKOFF: Duration = Duration::from_millis(200);
+
 impl RaftNetwork<QueueTypeConfig> for GroupClient {
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(REPLICATION_BACKOFF))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<QueueTypeConfig>,

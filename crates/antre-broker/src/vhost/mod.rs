@@ -188,10 +188,17 @@ impl Vhost {
         }
     }
 
-    /// Records the node that leads a quorum queue's group now.
-    pub fn set_quorum_leader(&self, name: &str, leader: &str) {
+    /// Records the node that leads a quorum queue's group in Raft term
+    /// `term`, unless a leader of a later term is known already: the news
+    /// of a leadership arrives by several paths (this node's replica, the
+    /// metadata group) in any order, and a node that led for a moment must
+    /// not undo what its successor recorded.
+    pub fn set_quorum_leader(&self, name: &str, leader: &str, term: u64) {
         if let Some(i) = self.quorum.write().get_mut(name) {
-            i.leader = Some(leader.to_owned());
+            if term >= i.leader_term {
+                i.leader = Some(leader.to_owned());
+                i.leader_term = term;
+            }
         }
     }
 
@@ -482,6 +489,8 @@ pub struct QuorumInfo {
     pub members: Vec<String>,
     /// The leader's node name, once one is known.
     pub leader: Option<String>,
+    /// The Raft term `leader` was elected in (0: not known).
+    pub leader_term: u64,
 }
 
 /// A server-generated name: `prefix` then 22 URL-safe base64 characters, the

@@ -342,6 +342,7 @@ fn a_node_that_stops_leading_a_quorum_queue_no_longer_lists_itself() {
     let info = |leader: &str| QuorumInfo {
         members: vec!["n1".into(), "n2".into()],
         leader: Some(leader.into()),
+        leader_term: 1,
     };
     f.vhost.set_quorum_info("q", Some(info("n1")));
     // Another node's step-down changes nothing here.
