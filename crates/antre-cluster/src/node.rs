@@ -119,6 +119,28 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// Holds off a restarted member's elections until it hears from a leader,
+/// or for `grace` if none reaches it (the others are down or restarting
+/// too: then it stands as usual). Its peers' leader backed off from it
+/// while it was down and may reach it only after its election timeout; if
+/// it stood then, its higher term would depose a healthy leader (openraft
+/// 0.9 has no pre-vote). Quorum queue groups use it; the metadata group,
+/// whose election timeout (1 s) is longer than the time its leader takes
+/// to find a returning node (members ping each other every second), has
+/// not needed it (`a_restarted_node_does_not_depose_the_metadata_leader`).
+pub(crate) fn hold_elections<C: openraft::RaftTypeConfig>(
+    raft: &openraft::Raft<C>,
+    grace: Duration,
+) {
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        let mut metrics = raft.metrics();
+        let _ = tokio::time::timeout(grace, metrics.wait_for(|m| m.current_leader.is_some())).await;
+        raft.runtime_config().elect(true);
+    });
+}
+
 impl Cluster {
     /// Starts this node: opens its log and state machine under
     /// `config.dir`, listens for its peers, starts the metadata group

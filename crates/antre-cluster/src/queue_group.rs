@@ -1126,8 +1126,7 @@ impl QueueGroups {
             // 0.9 has no pre-vote), moving the queue and cancelling its
             // consumers for nothing: it waits to hear from the leader first.
             if def.members.len() > 1 {
-                raft.runtime_config().elect(false);
-                tokio::spawn(rejoin(raft.clone(), grace));
+                crate::node::hold_elections(&raft, grace);
             }
         } else if placed && !joined {
             match raft.initialize(members).await {
@@ -1373,15 +1372,6 @@ async fn first_election(
             tracing::debug!("no late bootstrap: {e}");
         }
     }
-}
-
-/// A restarted member's elections, held off (see `start`) until it hears
-/// from a leader or `grace` passes without one (the others are down or
-/// restarting too: then it stands as usual).
-async fn rejoin(raft: QueueRaft, grace: Duration) {
-    let mut metrics = raft.metrics();
-    let _ = tokio::time::timeout(grace, metrics.wait_for(|m| m.current_leader.is_some())).await;
-    raft.runtime_config().elect(true);
 }
 
 /// Asks openraft for a snapshot whenever the member's state says one is

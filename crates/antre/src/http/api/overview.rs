@@ -202,6 +202,9 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
                 "cluster_member": if m.voter { "voter" } else { "learner" },
                 "this_node": m.this_node,
                 "metadata_leader": m.leader,
+                // The Raft term this node is in (on its own entry): a term
+                // that grows with no node failing is an election too many.
+                "metadata_term": m.this_node.then_some(status.term),
                 "last_contact": ms(m.last_contact),
                 "unreachable_reason": m.error,
             });
