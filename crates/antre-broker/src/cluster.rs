@@ -1118,11 +1118,8 @@ mod tests {
         assert_eq!(v.remote_owner("q"), None);
     }
 
-    /// Seen in CI: a node that led for a moment announced itself just
-    /// before its successor, and its announcement was applied after the
-    /// successor's: every node then named a dead node as the leader.
-    #[test]
-    fn a_late_announcement_of_an_older_quorum_leader_changes_nothing() {
+    /// A broker with the durable queue `q` in `/`, declared on `n1`.
+    fn with_durable_queue_q() -> Broker {
         let broker = Broker::new();
         broker
             .apply_meta(MetaCommand::DeclareQueue {
@@ -1134,6 +1131,15 @@ mod tests {
                 owner: "n1".into(),
             })
             .unwrap();
+        broker
+    }
+
+    /// Seen in CI: a node that led for a moment announced itself just
+    /// before its successor, and its announcement was applied after the
+    /// successor's: every node then named a dead node as the leader.
+    #[test]
+    fn a_late_announcement_of_an_older_quorum_leader_changes_nothing() {
+        let broker = with_durable_queue_q();
         let v = broker.vhost("/").unwrap();
         v.set_quorum_info(
             "q",
@@ -1159,17 +1165,7 @@ mod tests {
 
     #[test]
     fn a_quorum_queues_members_change_as_rabbitmq_queues_allows() {
-        let broker = Broker::new();
-        broker
-            .apply_meta(MetaCommand::DeclareQueue {
-                vhost: "/".into(),
-                name: "q".into(),
-                durable: true,
-                auto_delete: false,
-                arguments: WireTable::default(),
-                owner: "n1".into(),
-            })
-            .unwrap();
+        let broker = with_durable_queue_q();
         let member = |node: &str, add: bool| MetaCommand::QueueMember {
             vhost: "/".into(),
             name: "q".into(),

@@ -486,22 +486,13 @@ impl QueueMachine {
         // Restart: the state is the snapshot's; openraft applies the log's
         // committed entries after it again (their records are appended
         // again: the segments are cut back to the snapshot's mark).
-        let (last_applied, membership, set, records, snapshot) = match stored {
+        let (snapshot, set, records) = match stored {
             Some((meta, data)) if codec::is_refs(&data) => {
                 let (set, mark) = codec::decode_refs(&data).map_err(|e| storage(&e))?;
-                let records = RecordSegments::open(
-                    &records_dir,
-                    Some(mark),
-                    set.messages.values().map(|m| &m.at),
-                )
-                .map_err(|e| storage(&e))?;
-                (
-                    meta.last_log_id,
-                    meta.last_membership.clone(),
-                    set,
-                    records,
-                    Some(meta),
-                )
+                let live = set.messages.values().map(|m| &m.at);
+                let records = RecordSegments::open(&records_dir, Some(mark), live)
+                    .map_err(|e| storage(&e))?;
+                (Some(meta), set, records)
             }
             Some((meta, data)) => {
                 // An older version's snapshot, records inside: they move to
@@ -514,26 +505,19 @@ impl QueueMachine {
                 sync.run().map_err(|e| storage(&e))?;
                 write_snapshot_file(dir, &meta, &codec::encode_refs(&set, mark))
                     .map_err(|e| storage(&e))?;
-                (
-                    meta.last_log_id,
-                    meta.last_membership.clone(),
-                    set,
-                    records,
-                    Some(meta),
-                )
+                (Some(meta), set, records)
             }
             None => {
                 let records =
                     RecordSegments::open(&records_dir, None, []).map_err(|e| storage(&e))?;
-                (
-                    None,
-                    StoredMembership::default(),
-                    StoredSet::default(),
-                    records,
-                    None,
-                )
+                (None, StoredSet::default(), records)
             }
         };
+        let last_applied = snapshot.as_ref().and_then(|m| m.last_log_id);
+        let membership = snapshot
+            .as_ref()
+            .map(|m| m.last_membership.clone())
+            .unwrap_or_default();
         Ok(QueueMachine {
             state: Arc::new(Mutex::new(QueueState {
                 last_applied,
