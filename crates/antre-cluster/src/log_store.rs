@@ -151,6 +151,13 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl<C: LogConfig> LogStore<C> {
+    /// The id of the last entry in the log (or of the last purged one),
+    /// as Raft's vote compares logs: what a pre-vote ([`crate::failover`])
+    /// weighs.
+    pub(crate) fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.inner.lock().last_log_id()
+    }
+
     /// Opens (creating) the log in `dir`, recovering what is there.
     pub fn open(dir: &Path) -> Result<LogStore<C>, ClusterError> {
         std::fs::create_dir_all(dir).map_err(storage)?;

@@ -341,6 +341,25 @@ impl Cluster {
         self.raft_runtime.handle()
     }
 
+    /// The metadata group's log.
+    pub(crate) fn log(&self) -> &LogStore {
+        &self.log
+    }
+
+    /// Answers a peer's [`Request::PreVote`] for the metadata group
+    /// (`group` none) or a quorum queue's group.
+    pub(crate) fn grants_pre_vote(
+        &self,
+        group: Option<&str>,
+        dead: NodeId,
+        theirs: Option<openraft::LogId<NodeId>>,
+    ) -> bool {
+        match group {
+            None => crate::failover::grants(&self.raft, self.log.last_log_id(), dead, theirs),
+            Some(g) => self.queue_groups.grants_pre_vote(g, dead, theirs),
+        }
+    }
+
     /// Whether node `id` leads the metadata group or a quorum queue group
     /// this node follows.
     pub(crate) fn led_by(&self, id: NodeId) -> bool {

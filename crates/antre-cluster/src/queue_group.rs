@@ -1221,14 +1221,35 @@ impl QueueGroups {
             .collect()
     }
 
-    /// The groups this node follows whose leader is node `leader`.
-    pub fn led_by(&self, leader: NodeId) -> Vec<QueueRaft> {
+    /// The groups this node follows whose leader is node `leader`: each
+    /// group's name, Raft and log.
+    pub(crate) fn led_by(
+        &self,
+        leader: NodeId,
+    ) -> Vec<(String, QueueRaft, LogStore<QueueTypeConfig>)> {
         self.groups
             .lock()
             .values()
             .filter(|g| crate::failover::follows(&g.raft, leader))
-            .map(|g| g.raft.clone())
+            .map(|g| (g.def.group.clone(), g.raft.clone(), g.log.clone()))
             .collect()
+    }
+
+    /// Answers a peer's pre-vote ([`Request::PreVote`]) in `group`: no if
+    /// this node runs no replica of it.
+    pub(crate) fn grants_pre_vote(
+        &self,
+        group: &str,
+        dead: NodeId,
+        theirs: Option<LogId<NodeId>>,
+    ) -> bool {
+        self.group(group)
+            .is_some_and(|g| crate::failover::grants(&g.raft, g.log.last_log_id(), dead, theirs))
+    }
+
+    /// The node's connections to its peers.
+    pub(crate) fn network(&self) -> &NetworkFactory {
+        &self.network
     }
 
     /// The node that leads `group` now, as this member knows it.

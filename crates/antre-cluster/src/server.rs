@@ -135,6 +135,11 @@ async fn serve_peer(
             }
             Request::Ping => Response::Pong,
             Request::NodeInfo => Response::NodeInfo(node.local_info()),
+            Request::PreVote {
+                group,
+                dead,
+                last_log,
+            } => Response::PreVote(node.grants_pre_vote(group.as_deref(), dead, last_log)),
             Request::Members(change) => {
                 // Membership changes are rare and may wait for a new
                 // node to catch up: served on a task of their own would

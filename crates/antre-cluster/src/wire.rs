@@ -164,6 +164,19 @@ pub enum Request {
     /// The node's own figures (memory, disk, alarms, connections), for
     /// a management API that shows every node, as RabbitMQ's does.
     NodeInfo,
+    /// Would this node vote for the sender, whose log ends at `last_log`,
+    /// in the metadata group (`group` none) or a quorum queue's group,
+    /// now that their leader `dead` died? Asked before standing again,
+    /// so that a member that cannot win stops raising the term (see
+    /// [`crate::failover`]). Changes nothing on the answering node.
+    PreVote {
+        /// The quorum queue's group, or none for the metadata group.
+        group: Option<String>,
+        /// The leader that died.
+        dead: NodeId,
+        /// The last entry of the sender's log.
+        last_log: Option<openraft::LogId<NodeId>>,
+    },
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -196,6 +209,8 @@ pub enum Response {
     /// the fields of the management API's `/api/nodes` (empty when the
     /// node's server has not set [`crate::Cluster::serve_node_info`]).
     NodeInfo(serde_json::Value),
+    /// To [`Request::PreVote`]: whether it would vote for the sender.
+    PreVote(bool),
 }
 
 /// Why a node did not commit a forwarded change.
