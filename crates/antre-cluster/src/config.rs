@@ -154,6 +154,8 @@ impl RaftTiming {
             // large: it gets far more than openraft's 200 ms default,
             // scaled with the timing for slow links.
             install_snapshot_timeout: ms(self.election_max() * 5),
+            // crate::election runs the election timer, with a pre-vote.
+            enable_elect: false,
             ..Default::default()
         }
     }

@@ -32,6 +32,7 @@
 pub mod auth;
 pub mod config;
 pub mod data_wire;
+mod election;
 mod failover;
 pub mod forward;
 pub mod log_store;

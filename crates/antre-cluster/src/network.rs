@@ -101,6 +101,12 @@ impl Link {
         s.error = Some(reason.to_owned());
     }
 
+    /// Whether this node's last exchange with `peer` failed (false if it
+    /// never had one).
+    pub fn unreachable(&self, peer: &str) -> bool {
+        self.states.lock().get(peer).is_some_and(|s| !s.reachable)
+    }
+
     /// What this node knows of `peer`.
     pub fn state(&self, peer: &str) -> PeerState {
         self.states.lock().get(peer).cloned().unwrap_or_default()
@@ -356,22 +362,26 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
-        let cfg = &self.link.config;
-        let name = match cfg.name_of(target) {
-            Some(n) => n.to_owned(),
-            None if !node.name.is_empty() => node.name.clone(),
-            None => "unknown".to_owned(),
-        };
-        // The peer list's address is this node's route to the peer and
-        // wins; a member added later is dialled where the membership says.
-        let addr = cfg
-            .listed_addr(target)
-            .or_else(|| crate::config::resolve(&node.addr).ok())
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         PeerClient {
             target,
-            conn: self.connection(target, &name, addr),
+            conn: crate::election::Voters::<TypeConfig>::connection(self, target, node),
         }
+    }
+}
+
+impl crate::election::Voters<TypeConfig> for NetworkFactory {
+    fn connection(&self, id: NodeId, node: &Member) -> PooledConnection {
+        let name = if node.name.is_empty() {
+            "unknown"
+        } else {
+            &node.name
+        };
+        let (name, addr) = crate::election::route(self, id, name, &node.addr);
+        NetworkFactory::connection(self, id, &name, addr)
+    }
+
+    fn network(&self) -> &NetworkFactory {
+        self
     }
 }
 

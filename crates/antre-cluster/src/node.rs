@@ -119,28 +119,6 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Holds off a restarted member's elections until it hears from a leader,
-/// or for `grace` if none reaches it (the others are down or restarting
-/// too: then it stands as usual). Its peers' leader backed off from it
-/// while it was down and may reach it only after its election timeout; if
-/// it stood then, its higher term would depose a healthy leader (openraft
-/// 0.9 has no pre-vote). Quorum queue groups use it; the metadata group,
-/// whose election timeout (1 s) is longer than the time its leader takes
-/// to find a returning node (members ping each other every second), has
-/// not needed it (`a_restarted_node_does_not_depose_the_metadata_leader`).
-pub(crate) fn hold_elections<C: openraft::RaftTypeConfig>(
-    raft: &openraft::Raft<C>,
-    grace: Duration,
-) {
-    raft.runtime_config().elect(false);
-    let raft = raft.clone();
-    tokio::spawn(async move {
-        let mut metrics = raft.metrics();
-        let _ = tokio::time::timeout(grace, metrics.wait_for(|m| m.current_leader.is_some())).await;
-        raft.runtime_config().elect(true);
-    });
-}
-
 impl Cluster {
     /// Starts this node: opens its log and state machine under
     /// `config.dir`, listens for its peers, starts the metadata group
@@ -237,6 +215,13 @@ impl Cluster {
         ));
         *node.listener.lock() = Some(serving);
         raft_rt.spawn(ping_members(Arc::downgrade(&node)));
+        raft_rt.spawn(crate::election::run(
+            node.queue_groups.network().clone(),
+            None,
+            node.raft.clone(),
+            node.log.clone(),
+            config.metadata_timing,
+        ));
         match config.join {
             // A joining node must not bootstrap a cluster of its own: it
             // waits for the leader to add it.
@@ -348,15 +333,36 @@ impl Cluster {
 
     /// Answers a peer's [`Request::PreVote`] for the metadata group
     /// (`group` none) or a quorum queue's group.
-    pub(crate) fn grants_pre_vote(
+    pub(crate) async fn grants_pre_vote(
         &self,
         group: Option<&str>,
-        dead: NodeId,
+        dead: Option<NodeId>,
         theirs: Option<openraft::LogId<NodeId>>,
-    ) -> bool {
+    ) -> crate::election::PreVoteAnswer {
+        // The candidate's word that its leader died counts only if this
+        // node cannot reach that leader either: a node that was cut off
+        // (its dial refused, as a dead peer's is) and comes back still
+        // thinks so, and must not persuade a member that hears the leader.
+        let dead = dead.filter(|&d| {
+            let Some(name) = self.name_of(d) else {
+                return false;
+            };
+            if self.link.unreachable(&name) {
+                return true;
+            }
+            // Not known here yet (this node's own probe may still be on its
+            // way): find out now, so that the candidate's next ask counts.
+            if let Some(node) = self.this.get().and_then(std::sync::Weak::upgrade) {
+                crate::failover::link_closed(&node, &name);
+            }
+            false
+        });
         match group {
-            None => crate::failover::grants(&self.raft, self.log.last_log_id(), dead, theirs),
-            Some(g) => self.queue_groups.grants_pre_vote(g, dead, theirs),
+            None => {
+                let lease = self.link.config.metadata_timing.election_max();
+                crate::election::grants(&self.raft, &self.log, dead, theirs, lease).await
+            }
+            Some(g) => self.queue_groups.grants_pre_vote(g, dead, theirs).await,
         }
     }
 

@@ -378,17 +378,35 @@ impl QueueState {
         Ok(())
     }
 
-    /// A message's record, from memory or its segment.
-    fn record(&mut self, id: u64, at: RecordRef) -> Result<Bytes, StoreError> {
-        if at.segment == UNWRITTEN {
-            return self.unwritten.get(&id).cloned().ok_or(StoreError::Records {
-                path: self.records.dir().to_owned(),
-                offset: 0,
-                reason: format!("the record of message {id} is missing"),
-            });
+    /// Calls `f` with every message held, in id order, and its record.
+    fn for_each_held(&mut self, mut f: impl FnMut(u64, Stored, Result<Bytes, StoreError>)) {
+        let QueueState {
+            set,
+            records,
+            unwritten,
+            ..
+        } = self;
+        for (&id, &m) in &set.messages {
+            f(id, m, read_record(records, unwritten, id, m.at));
         }
-        self.records.read(at)
     }
+}
+
+/// A message's record, from memory or its segment.
+fn read_record(
+    records: &mut RecordSegments,
+    unwritten: &BTreeMap<u64, Bytes>,
+    id: u64,
+    at: RecordRef,
+) -> Result<Bytes, StoreError> {
+    if at.segment == UNWRITTEN {
+        return unwritten.get(&id).cloned().ok_or(StoreError::Records {
+            path: records.dir().to_owned(),
+            offset: 0,
+            reason: format!("the record of message {id} is missing"),
+        });
+    }
+    records.read(at)
 }
 
 /// Copies the live records of mostly dead segments to the head (at most
@@ -1068,14 +1086,17 @@ impl QueueGroups {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let network = GroupNetwork {
-            network: self.network.clone(),
-            group: Arc::from(def.group.as_str()),
-        };
+        let network = self.group_network(&def.group);
         let me = self.link.config.node_id();
-        let raft = QueueRaft::new(me, Arc::new(config), network, log.clone(), machine.clone())
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let raft = QueueRaft::new(
+            me,
+            Arc::new(config),
+            network.clone(),
+            log.clone(),
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
         // Ids come from names, so every member computes the same
         // membership whatever its peer list holds.
         let members: BTreeMap<NodeId, BasicNode> = def
@@ -1102,27 +1123,22 @@ impl QueueGroups {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        if restarted {
-            // Back from a restart: the others most likely still have a
-            // leader, which has backed off from this node while it was
-            // down and may not reach it before its election timeout. If it
-            // stood then, its higher term would depose that leader (openraft
-            // 0.9 has no pre-vote), moving the queue and cancelling its
-            // consumers for nothing: it waits to hear from the leader first.
-            if def.members.len() > 1 {
-                crate::node::hold_elections(&raft, grace);
-            }
-        } else if placed && !joined {
-            match raft.initialize(members).await {
-                Ok(()) => {
-                    tokio::spawn(first_election(raft.clone(), None, grace));
+        // Back from a restart, a member elects as usual: its elections ask
+        // a pre-vote first (crate::election), so it does not depose a
+        // leader that has not reached it yet.
+        if !restarted && !joined {
+            if placed {
+                match raft.initialize(members).await {
+                    Ok(()) => {
+                        tokio::spawn(first_election(raft.clone(), None, grace));
+                    }
+                    Err(e) => {
+                        tracing::debug!(group = def.group, "queue group already initialized: {e}")
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(group = def.group, "queue group already initialized: {e}")
-                }
+            } else {
+                tokio::spawn(first_election(raft.clone(), Some(members), grace));
             }
-        } else if !joined {
-            tokio::spawn(first_election(raft.clone(), Some(members), grace));
         }
         let replica = Arc::new(Replica {
             engine: Arc::clone(&engine),
@@ -1150,6 +1166,13 @@ impl QueueGroups {
         self.groups
             .lock()
             .insert(def.group.clone(), Arc::clone(&group));
+        tokio::spawn(crate::election::run(
+            network,
+            Some(def.group.clone()),
+            group.raft.clone(),
+            group.log.clone(),
+            self.link.config.queue_timing,
+        ));
         tokio::spawn(propose_loop(Arc::clone(&group)));
         tokio::spawn(snapshot_loop(Arc::clone(&group)));
         tokio::spawn(lead_loop(Arc::downgrade(&self), Arc::clone(&group)));
@@ -1222,29 +1245,45 @@ impl QueueGroups {
     }
 
     /// The groups this node follows whose leader is node `leader`: each
-    /// group's name, Raft and log.
+    /// group's network, Raft and log.
     pub(crate) fn led_by(
         &self,
         leader: NodeId,
-    ) -> Vec<(String, QueueRaft, LogStore<QueueTypeConfig>)> {
+    ) -> Vec<(GroupNetwork, QueueRaft, LogStore<QueueTypeConfig>)> {
         self.groups
             .lock()
             .values()
             .filter(|g| crate::failover::follows(&g.raft, leader))
-            .map(|g| (g.def.group.clone(), g.raft.clone(), g.log.clone()))
+            .map(|g| {
+                (
+                    self.group_network(&g.def.group),
+                    g.raft.clone(),
+                    g.log.clone(),
+                )
+            })
             .collect()
+    }
+
+    fn group_network(&self, group: &str) -> GroupNetwork {
+        GroupNetwork {
+            network: self.network.clone(),
+            group: Arc::from(group),
+        }
     }
 
     /// Answers a peer's pre-vote ([`Request::PreVote`]) in `group`: no if
     /// this node runs no replica of it.
-    pub(crate) fn grants_pre_vote(
+    pub(crate) async fn grants_pre_vote(
         &self,
         group: &str,
-        dead: NodeId,
+        dead: Option<NodeId>,
         theirs: Option<LogId<NodeId>>,
-    ) -> bool {
-        self.group(group)
-            .is_some_and(|g| crate::failover::grants(&g.raft, g.log.last_log_id(), dead, theirs))
+    ) -> crate::election::PreVoteAnswer {
+        let Some(g) = self.group(group) else {
+            return crate::election::PreVoteAnswer::NoReplica;
+        };
+        let lease = self.link.config.queue_timing.election_max();
+        crate::election::grants(&g.raft, &g.log, dead, theirs, lease).await
     }
 
     /// The node's connections to its peers.
@@ -1477,21 +1516,23 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
     let engine = &group.machine.engine;
     {
         let mut st = group.machine.state.lock();
-        let held: Vec<(u64, Stored)> = st.set.messages.iter().map(|(&id, m)| (id, *m)).collect();
-        let messages: Vec<ReplicatedMessage> = held
-            .into_iter()
-            .filter_map(|(id, m)| {
-                let record = st
-                    .record(id, m.at)
-                    .map_err(|e| tracing::error!("dropping an unreadable replicated message: {e}"))
-                    .ok()?;
-                decode(&record).map(|message| ReplicatedMessage {
+        let mut messages = Vec::with_capacity(st.set.messages.len());
+        st.for_each_held(|id, m, record| {
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("dropping an unreadable replicated message: {e}");
+                    return;
+                }
+            };
+            if let Some(message) = decode(&record) {
+                messages.push(ReplicatedMessage {
                     id,
                     message,
                     delivery_count: m.delivery_count,
-                })
-            })
-            .collect();
+                });
+            }
+        });
         {
             let mut p = group.replica.pending.lock();
             p.ops = QueueOps::default();
@@ -1549,12 +1590,13 @@ fn step_down(group: &Group) {
 /// the cluster link (from the node's pool), requests carrying the group's
 /// id.
 #[derive(Clone)]
-struct GroupNetwork {
+pub(crate) struct GroupNetwork {
     network: NetworkFactory,
-    group: Arc<str>,
+    /// The group's name.
+    pub(crate) group: Arc<str>,
 }
 
-struct GroupClient {
+pub(crate) struct GroupClient {
     target: NodeId,
     group: Arc<str>,
     conn: PooledConnection,
@@ -1564,23 +1606,25 @@ impl RaftNetworkFactory<QueueTypeConfig> for GroupNetwork {
     type Network = GroupClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupClient {
-        let cfg = &self.network.link.config;
-        // A member that joined later is in no peer list: an empty name
-        // accepts whichever node answers there, the secret proving it is
-        // a member.
-        let name = cfg.name_of(target).unwrap_or("").to_owned();
-        let addr = cfg
-            .peers
-            .iter()
-            .find(|p| p.id() == target)
-            .map(|p| p.addr)
-            .or_else(|| node.addr.parse().ok())
-            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         GroupClient {
             target,
             group: Arc::clone(&self.group),
-            conn: self.network.connection(target, &name, addr),
+            conn: crate::election::Voters::connection(self, target, node),
         }
+    }
+}
+
+impl crate::election::Voters<QueueTypeConfig> for GroupNetwork {
+    fn connection(&self, id: NodeId, node: &BasicNode) -> PooledConnection {
+        // A member that joined later is in no peer list: an empty name
+        // accepts whichever node answers there, the secret proving it is
+        // a member.
+        let (name, addr) = crate::election::route(&self.network, id, "", &node.addr);
+        self.network.connection(id, &name, addr)
+    }
+
+    fn network(&self) -> &NetworkFactory {
+        &self.network
     }
 }
 
@@ -1753,14 +1797,11 @@ mod tests {
 
     /// The member's messages: id and record, read from its segments.
     fn held(m: &QueueMachine) -> Vec<(u64, String)> {
-        let mut st = m.state.lock();
-        let held: Vec<(u64, Stored)> = st.set.messages.iter().map(|(&id, m)| (id, *m)).collect();
-        held.into_iter()
-            .map(|(id, s)| {
-                let r = st.record(id, s.at).unwrap();
-                (id, String::from_utf8(r.to_vec()).unwrap())
-            })
-            .collect()
+        let mut held = Vec::new();
+        m.state.lock().for_each_held(|id, _, r| {
+            held.push((id, String::from_utf8(r.unwrap().to_vec()).unwrap()));
+        });
+        held
     }
 
     fn owned(v: &[(u64, &str)]) -> Vec<(u64, String)> {

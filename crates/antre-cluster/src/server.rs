@@ -139,7 +139,7 @@ async fn serve_peer(
                 group,
                 dead,
                 last_log,
-            } => Response::PreVote(node.grants_pre_vote(group.as_deref(), dead, last_log)),
+            } => Response::PreVote(node.grants_pre_vote(group.as_deref(), dead, last_log).await),
             Request::Members(change) => {
                 // Membership changes are rare and may wait for a new
                 // node to catch up: served on a task of their own would

@@ -165,15 +165,16 @@ pub enum Request {
     /// a management API that shows every node, as RabbitMQ's does.
     NodeInfo,
     /// Would this node vote for the sender, whose log ends at `last_log`,
-    /// in the metadata group (`group` none) or a quorum queue's group,
-    /// now that their leader `dead` died? Asked before standing again,
-    /// so that a member that cannot win stops raising the term (see
-    /// [`crate::failover`]). Changes nothing on the answering node.
+    /// in the metadata group (`group` none) or a quorum queue's group?
+    /// Asked before standing for election, so that a member that cannot
+    /// win (cut off, or behind) does not raise the term (see
+    /// [`crate::election`]). Changes nothing on the answering node.
     PreVote {
         /// The quorum queue's group, or none for the metadata group.
         group: Option<String>,
-        /// The leader that died.
-        dead: NodeId,
+        /// The leader the sender found dead ([`crate::failover`]), if
+        /// it did: no longer counted as a live leader.
+        dead: Option<NodeId>,
         /// The last entry of the sender's log.
         last_log: Option<openraft::LogId<NodeId>>,
     },
@@ -210,7 +211,7 @@ pub enum Response {
     /// node's server has not set [`crate::Cluster::serve_node_info`]).
     NodeInfo(serde_json::Value),
     /// To [`Request::PreVote`]: whether it would vote for the sender.
-    PreVote(bool),
+    PreVote(crate::election::PreVoteAnswer),
 }
 
 /// Why a node did not commit a forwarded change.

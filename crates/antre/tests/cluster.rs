@@ -537,11 +537,11 @@ async fn metadata_term(c: &TestCluster, i: usize) -> Option<u64> {
     nodes.as_array()?.iter().find(|n| n["this_node"] == true)?["metadata_term"].as_u64()
 }
 
-/// A node back from a restart waits to hear from the metadata leader
-/// before it may stand for election. Seen in CI: the restarted node's
-/// higher term deposed a healthy leader (openraft 0.9 has no pre-vote),
-/// and a queue delete asked at that moment failed with 503 "leadership
-/// moved".
+/// A node back from a restart does not depose the metadata leader: its
+/// elections ask a pre-vote, which the others, hearing their leader,
+/// refuse. Seen in CI for quorum queues: the restarted node's higher term
+/// deposed a healthy leader (openraft 0.9 has no pre-vote), and a change
+/// asked at that moment failed with 503 "leadership moved".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_does_not_depose_the_metadata_leader() {
     let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;

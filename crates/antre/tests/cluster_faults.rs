@@ -585,6 +585,30 @@ async fn queue_leader_seen_by(c: &TestCluster, i: usize, name: &str) -> Option<S
     }
 }
 
+/// Declares quorum queue `name` through node `i`; the node that leads
+/// it, once `i` knows.
+async fn declare_quorum_queue(c: &TestCluster, i: usize, name: &str) -> usize {
+    let (_conn, ch) = channel(&c.nodes[i].amqp_uri()).await;
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(name, durable(), quorum)
+        .await
+        .expect("declare quorum queue");
+    loop {
+        if let Some(l) = queue_leader_seen_by(c, i, name).await {
+            return c
+                .nodes
+                .iter()
+                .position(|n| n.name == l)
+                .expect("the leader is a node");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A quorum queue's leader cut off from the majority: what it is asked to
 /// publish meanwhile is never confirmed (nacked or unanswered), the
 /// majority elects another leader and confirms there, and after healing
@@ -594,26 +618,7 @@ async fn queue_leader_seen_by(c: &TestCluster, i: usize, name: &str) -> Option<S
 async fn a_quorum_queue_leader_cut_off_confirms_nothing_and_the_majority_goes_on() {
     let (c, mesh) = proxied_cluster().await;
     c.until_leader(&[0, 1, 2]).await;
-    let (_conn, ch) = channel(&c.nodes[0].amqp_uri()).await;
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        lapin::types::AMQPValue::LongString("quorum".into()),
-    );
-    ch.queue_declare("pq", durable(), quorum)
-        .await
-        .expect("declare quorum queue");
-    let leader_name = loop {
-        if let Some(l) = queue_leader_seen_by(&c, 0, "pq").await {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let old = c
-        .nodes
-        .iter()
-        .position(|n| n.name == leader_name)
-        .expect("the leader is a node");
+    let old = declare_quorum_queue(&c, 0, "pq").await;
     let publish = |ch: Channel, body: String| async move {
         let confirm = ch
             .basic_publish(
@@ -684,4 +689,98 @@ async fn a_quorum_queue_leader_cut_off_confirms_nothing_and_the_majority_goes_on
         got, want,
         "exactly what was confirmed, nothing of the minority's"
     );
+}
+
+/// The metadata group's term on node `i`'s own entry of `/api/nodes`.
+async fn metadata_term(c: &TestCluster, i: usize) -> u64 {
+    let nodes = c.nodes(i).await;
+    nodes
+        .iter()
+        .find_map(|n| n["metadata_term"].as_u64())
+        .expect("the answering node's term")
+}
+
+/// A follower cut off from the others past its election timeout deposes
+/// neither the metadata leader nor a quorum queue's leader when the
+/// partition heals. openraft 0.9 has no pre-vote: the cut-off node
+/// stood for election again and again, and on healing its higher term
+/// made both healthy leaders step down, for elections it could not even
+/// win (its log was behind): a pause of the queue and its consumers for
+/// nothing. Now it asks the others first, who refuse while they hear
+/// their leader: it never raises the term, and both leaders keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_deposes_no_leader_when_it_returns() {
+    let (c, mesh) = proxied_cluster().await;
+    let meta = c.until_leader(&[0, 1, 2]).await;
+    let leader = declare_quorum_queue(&c, meta, "pq").await;
+    let cut = (0..3)
+        .find(|&i| i != leader && i != meta)
+        .expect("a node that leads neither group");
+    let meta_term = metadata_term(&c, meta).await;
+    let queue_term = c.queue_on(meta, "pq").await.expect("listed")["leader_term"].clone();
+    assert!(queue_term.as_u64().is_some(), "{queue_term}");
+
+    let (_lconn, lch) = channel(&c.nodes[leader].amqp_uri()).await;
+    lch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let publish = |n: usize| {
+        let lch = lch.clone();
+        async move {
+            lch.basic_publish(
+                "",
+                "pq",
+                BasicPublishOptions::default(),
+                format!("m-{n}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm")
+            .is_ack()
+        }
+    };
+    for n in 0..10 {
+        assert!(publish(n).await);
+    }
+    mesh.isolate(cut);
+    // The fault, while the majority goes on (the cut-off node's log falls
+    // behind): longer than a queue group's lease and election timeout
+    // (0.8 s + 0.4 to 0.8 s), so its timer runs out; shorter than the
+    // 4 s the cut-off node keeps standing for the metadata group after it
+    // found its leader "dead" (the proxy refuses its dials, as a dead
+    // node's port would), so it comes back still believing that.
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut n = 10;
+    while Instant::now() < until {
+        assert!(publish(n).await);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metadata_term(&c, cut).await,
+        meta_term,
+        "the cut-off node raised the metadata term"
+    );
+    mesh.heal();
+    // It catches up with both groups (so the leaders have heard its term).
+    assert_eq!(put_queue(&c, meta, "after-heal").await, 201);
+    c.until_one_history(&[0, 1, 2], |d| has_queue(d, "after-heal"))
+        .await;
+    c.until("the cut-off member to catch up", || async {
+        c.queue_on(cut, "pq")
+            .await
+            .is_some_and(|q| q["replica_messages"].as_u64() == Some(n as u64))
+    })
+    .await;
+    assert_eq!(c.leader_seen_by(cut).await, Some(meta));
+    assert_eq!(
+        metadata_term(&c, meta).await,
+        meta_term,
+        "a metadata election"
+    );
+    let q = c.queue_on(meta, "pq").await.expect("listed");
+    assert_eq!(q["leader"], c.nodes[leader].name.as_str());
+    assert_eq!(q["leader_term"], queue_term, "a quorum queue election");
 }

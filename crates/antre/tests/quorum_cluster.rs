@@ -455,12 +455,12 @@ async fn a_quorum_queue_snapshots_by_size() {
     drain_all(&c, "large", &["second-37", "second-38", "second-39"]).await;
 }
 
-/// A member back from a restart waits to hear from the leader before it
-/// may stand for election. Seen in CI: the leader, which had backed off
-/// from the dead member, did not reach it before its election timeout; it
-/// stood, and its higher term deposed the leader (openraft 0.9 has no
-/// pre-vote), which moved the queue and cancelled its consumers for
-/// nothing.
+/// A member back from a restart does not depose the leader: its
+/// elections ask a pre-vote, which the others, hearing their leader,
+/// refuse. Seen in CI: the leader, which had backed off from the dead
+/// member, did not reach it before its election timeout; it stood, and
+/// its higher term deposed the leader (openraft 0.9 has no pre-vote),
+/// which moved the queue and cancelled its consumers for nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_member_does_not_depose_the_leader() {
     let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;

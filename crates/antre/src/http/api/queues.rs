@@ -50,6 +50,10 @@ fn with_node(state: &HttpState, v: &antre_broker::Vhost, mut queue: Value) -> Va
                 .filter(|m| running.contains(m))
                 .collect();
             queue["leader"] = info.leader.as_deref().map_or(Value::Null, Value::from);
+            // The Raft term its leader was elected in (RabbitMQ shows a
+            // quorum queue's term in `rabbitmq-queues quorum_status`): it
+            // grows with each election, even one the same node wins.
+            queue["leader_term"] = Value::from(info.leader_term);
             queue["members"] = Value::from(info.members.clone());
             queue["online"] = serde_json::json!(online);
             // antre's own: what this member's replica holds (applied, not

@@ -1,0 +1,459 @@
+//! Elections with a pre-vote, for the metadata group and every quorum
+//! queue group.
+//!
+//! openraft 0.9 has no pre-vote (it came in 0.10, still an alpha): a
+//! member that hears no leader for its election timeout stands, raising
+//! the term. A member cut off by a partition stood again and again, and
+//! when the partition healed its higher term deposed the healthy leader
+//! (the leader steps down on seeing it), for a new election the cut-off
+//! member, whose log is behind, could not even win: a leader change and a
+//! pause for nothing. A restarted member did the same when its election
+//! timeout ran out before the leader, which had backed off from it while
+//! it was down, reached it.
+//!
+//! So openraft's own election timer is off (`enable_elect: false`) and
+//! [`run`] stands in for it, as Raft's thesis (section 9.6) describes:
+//! when the timer runs out, the member first asks the other voters
+//! ([`Request::PreVote`]) whether they would vote for it, which changes
+//! nothing on them, and stands (a new term) only when a majority would. A
+//! voter would when it has no leader it heard from within the leader's
+//! lease (openraft's own rule for real votes: the longest election
+//! timeout after the leader's last heartbeat) and its log is no longer
+//! than the candidate's. A member that cannot reach a majority, or whose
+//! log is behind, thus never raises the term, and rejoins under the
+//! leader it left.
+//!
+//! The timer is openraft's: the election timeout, drawn between its
+//! minimum and maximum, counts from the last change of the member's vote
+//! (a leader's heartbeat or append renews it), plus the leader's lease
+//! while the vote is committed (a leader was known). The fast failover
+//! ([`crate::failover`]) asks the same pre-vote, naming the leader it
+//! found dead, which a voter then no longer counts as live if it cannot
+//! reach it either ([`crate::Cluster`] checks its own link first).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Instant as _, LogId, RaftTypeConfig, ServerState, Vote};
+use serde::{Deserialize, Serialize};
+
+use crate::config::RaftTiming;
+use crate::log_store::{LogConfig, LogStore};
+use crate::network::{NetworkFactory, PooledConnection};
+use crate::wire::{Request, Response};
+use crate::NodeId;
+
+/// How a group's member reaches another voter of the group, named in
+/// its membership.
+pub(crate) trait Voters<C: RaftTypeConfig<NodeId = NodeId>>: Send + Sync + 'static {
+    /// A connection to voter `id`, described by `node` in the membership.
+    fn connection(&self, id: NodeId, node: &C::Node) -> PooledConnection;
+    /// The node's connections, for the name of this node.
+    fn network(&self) -> &NetworkFactory;
+}
+
+/// The name this node's peer list gives `id` (else `name`) and the
+/// address to dial it at: the list's (this node's route to the peer), or
+/// `addr` from the membership for a member added later.
+pub(crate) fn route(
+    network: &NetworkFactory,
+    id: NodeId,
+    name: &str,
+    addr: &str,
+) -> (String, SocketAddr) {
+    let cfg = &network.link.config;
+    let name = cfg.name_of(id).unwrap_or(name).to_owned();
+    let addr = cfg
+        .listed_addr(id)
+        .or_else(|| crate::config::resolve(addr).ok())
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    (name, addr)
+}
+
+/// What a voter's Raft state says about a pre-vote.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    state: ServerState,
+    leader: Option<NodeId>,
+    /// Its vote is committed (a leader was elected) and the leader was
+    /// heard from within the lease.
+    lease_runs: bool,
+}
+
+/// A voter's answer to a pre-vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PreVoteAnswer {
+    /// It would vote for the candidate.
+    Yes,
+    /// It has no live leader either, but its log is longer: the candidate
+    /// cannot win.
+    LongerLog,
+    /// It leads, or heard its leader within the lease.
+    HasLeader,
+    /// It runs no replica of the group (or is no voter).
+    NoReplica,
+}
+
+/// Answers a peer's [`Request::PreVote`] in a group whose Raft is `raft`
+/// and log `log`: whether this member would vote for a candidate whose
+/// log ends at `theirs`. `dead` is the leader the candidate found dead,
+/// if this node cannot reach it either; `lease` the group's leader lease
+/// (its longest election timeout).
+pub(crate) async fn grants<C: LogConfig>(
+    raft: &openraft::Raft<C>,
+    log: &LogStore<C>,
+    dead: Option<NodeId>,
+    theirs: Option<LogId<NodeId>>,
+    lease: Duration,
+) -> PreVoteAnswer {
+    let Ok(lease_runs) = raft
+        .with_raft_state(move |st| {
+            st.vote_ref().is_committed()
+                && st
+                    .vote_last_modified()
+                    .is_some_and(|t| t.elapsed() <= lease)
+        })
+        .await
+    else {
+        return PreVoteAnswer::NoReplica;
+    };
+    let view = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        View {
+            state: m.state,
+            leader: m.current_leader,
+            lease_runs,
+        }
+    };
+    would_vote(view, dead, log.last_log_id(), theirs)
+}
+
+fn would_vote(
+    v: View,
+    dead: Option<NodeId>,
+    mine: Option<LogId<NodeId>>,
+    theirs: Option<LogId<NodeId>>,
+) -> PreVoteAnswer {
+    let leaderless = match v.state {
+        ServerState::Follower | ServerState::Candidate => {
+            !v.lease_runs || (dead.is_some() && v.leader == dead)
+        }
+        ServerState::Leader => false,
+        // A learner does not vote.
+        _ => return PreVoteAnswer::NoReplica,
+    };
+    if !leaderless {
+        PreVoteAnswer::HasLeader
+    } else if theirs >= mine {
+        PreVoteAnswer::Yes
+    } else {
+        PreVoteAnswer::LongerLog
+    }
+}
+
+/// The answers to a pre-vote.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tally {
+    /// Voters in the group.
+    voters: usize,
+    /// This member is one of them.
+    voter: bool,
+    /// Voters that would vote for it.
+    yes: usize,
+    /// Voters that have no live leader but a longer log.
+    longer: usize,
+    /// This member's vote when it asked.
+    vote: Vote<NodeId>,
+}
+
+impl Tally {
+    fn majority(&self, others: usize) -> bool {
+        (others + usize::from(self.voter)) * 2 > self.voters
+    }
+
+    /// A majority would vote for this member: it would win.
+    pub(crate) fn wins(&self) -> bool {
+        self.majority(self.yes)
+    }
+
+    /// A majority answered and has no live leader, though some would not
+    /// vote for this member (their logs are longer).
+    pub(crate) fn leaderless(&self) -> bool {
+        self.majority(self.yes + self.longer)
+    }
+}
+
+/// Asks the other voters of `group` (none: the metadata group) whether
+/// they would vote for this member, whose log is `log`, now that their
+/// leader is gone (`dead`, when it was found dead). Each voter has `ttl`
+/// to answer.
+pub(crate) async fn pre_vote<C: LogConfig>(
+    voters: &impl Voters<C>,
+    group: Option<String>,
+    raft: &openraft::Raft<C>,
+    log: &LogStore<C>,
+    dead: Option<NodeId>,
+    ttl: Duration,
+) -> Tally {
+    let me = voters.network().link.config.node_id();
+    let (mut tally, mut asked) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let ids: Vec<NodeId> = membership.voter_ids().collect();
+        let asked: Vec<PooledConnection> = ids
+            .iter()
+            .filter(|&&id| id != me && Some(id) != dead)
+            .filter_map(|&id| Some(voters.connection(id, membership.get_node(&id)?)))
+            .collect();
+        let tally = Tally {
+            voters: ids.len(),
+            voter: ids.contains(&me),
+            vote: m.vote,
+            ..Tally::default()
+        };
+        (tally, asked)
+    };
+    let request = Arc::new(Request::PreVote {
+        group,
+        dead,
+        last_log: log.last_log_id(),
+    });
+    let mut answers = tokio::task::JoinSet::new();
+    for mut conn in asked.drain(..) {
+        let request = Arc::clone(&request);
+        answers.spawn(async move {
+            match conn.call(&request, ttl).await {
+                Ok(Response::PreVote(answer)) => Some(answer),
+                _ => None,
+            }
+        });
+    }
+    // Not waiting for the rest once a majority said yes: a voter that is
+    // paused or cut off answers only after `ttl`.
+    while !tally.wins() {
+        let Some(answer) = answers.join_next().await else {
+            break;
+        };
+        match answer.ok().flatten() {
+            Some(PreVoteAnswer::Yes) => tally.yes += 1,
+            Some(PreVoteAnswer::LongerLog) => tally.longer += 1,
+            _ => {}
+        }
+    }
+    tally
+}
+
+/// Stands for election in `raft` after a pre-vote, unless its vote
+/// changed since the pre-vote was asked (`tally`): a leader elected
+/// meanwhile would be deposed by the new term. False if Raft stopped.
+pub(crate) async fn stand<C: RaftTypeConfig<NodeId = NodeId>>(
+    raft: &openraft::Raft<C>,
+    tally: &Tally,
+) -> bool {
+    if raft.metrics().borrow().vote != tally.vote {
+        return true;
+    }
+    match raft.trigger().elect().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("no election: {e}");
+            false
+        }
+    }
+}
+
+/// A random election timeout of `timing`.
+fn election_timeout(timing: RaftTiming) -> Duration {
+    let spread = timing.election_max().saturating_sub(timing.election_min);
+    timing.election_min + spread.mul_f64(rand::random::<f64>())
+}
+
+/// The election timer of a member of `group` (none: the metadata group),
+/// for as long as its Raft runs (see the module docs).
+pub(crate) async fn run<C: LogConfig>(
+    voters: impl Voters<C>,
+    group: Option<String>,
+    raft: openraft::Raft<C>,
+    log: LogStore<C>,
+    timing: RaftTiming,
+) {
+    let lease = timing.election_max();
+    let me = voters.network().link.config.node_id();
+    let mut timeout = election_timeout(timing);
+    loop {
+        let Ok((since, committed)) = raft
+            .with_raft_state(|st| {
+                (
+                    st.vote_last_modified().map(|t| t.elapsed()),
+                    st.vote_ref().is_committed(),
+                )
+            })
+            .await
+        else {
+            // Raft stopped: the group is gone, or the node.
+            return;
+        };
+        let (leads, voter) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == me);
+            (m.state == ServerState::Leader, voter)
+        };
+        if leads || !voter {
+            tokio::time::sleep(timeout).await;
+            continue;
+        }
+        let wait = if committed { lease + timeout } else { timeout };
+        let due = since.map_or(Duration::ZERO, |s| wait.saturating_sub(s));
+        if !due.is_zero() {
+            tokio::time::sleep(due).await;
+            continue;
+        }
+        let ttl = timing.heartbeat * 2;
+        let tally = pre_vote(&voters, group.clone(), &raft, &log, None, ttl).await;
+        if tally.wins() {
+            tracing::debug!(?group, "a majority would vote for this member: it stands");
+            if !stand(&raft, &tally).await {
+                return;
+            }
+        }
+        // Not again before this election could end, or, refused, before
+        // another timeout (a leader may reach this member meanwhile).
+        timeout = election_timeout(timing);
+        tokio::time::sleep(timeout).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    const DEAD: NodeId = 7;
+
+    /// A follower of `leader`, whose lease runs or not.
+    fn follower(leader: Option<NodeId>, lease_runs: bool) -> View {
+        View {
+            state: ServerState::Follower,
+            leader,
+            lease_runs,
+        }
+    }
+
+    #[test]
+    fn a_pre_vote_is_refused_to_a_shorter_log_and_granted_to_an_equal_or_longer_one() {
+        let v = follower(Some(DEAD), true);
+        let vote = |mine, theirs| would_vote(v, Some(DEAD), mine, theirs);
+        // The failover soak's 4.5 s case: the two survivors' logs ended at
+        // 1296 and 1299; the one at 1296 cannot win, and must not stand.
+        assert_eq!(
+            vote(log_id(53, 1299), log_id(53, 1296)),
+            PreVoteAnswer::LongerLog
+        );
+        assert_eq!(vote(log_id(53, 1296), log_id(53, 1299)), PreVoteAnswer::Yes);
+        assert_eq!(vote(log_id(53, 1299), log_id(53, 1299)), PreVoteAnswer::Yes);
+        // A later term wins over a longer log of an earlier one.
+        assert_eq!(vote(log_id(53, 1299), log_id(54, 10)), PreVoteAnswer::Yes);
+        assert_eq!(
+            vote(log_id(54, 10), log_id(53, 1299)),
+            PreVoteAnswer::LongerLog
+        );
+        assert_eq!(vote(log_id(1, 0), None), PreVoteAnswer::LongerLog);
+        assert_eq!(vote(None, None), PreVoteAnswer::Yes);
+    }
+
+    #[test]
+    fn a_member_that_hears_its_leader_refuses_a_pre_vote() {
+        let log = log_id(3, 10);
+        let vote = |v, dead| would_vote(v, dead, log, log);
+        // The partition case: the leader's heartbeats reach this voter,
+        // so a cut-off member asking it gets no, and does not stand.
+        assert_eq!(
+            vote(follower(Some(1), true), None),
+            PreVoteAnswer::HasLeader
+        );
+        // Its lease ran out: the leader is gone, as far as it knows.
+        assert_eq!(vote(follower(Some(1), false), None), PreVoteAnswer::Yes);
+        // The candidate found the leader dead (a refused dial): the lease
+        // no longer counts.
+        assert_eq!(
+            vote(follower(Some(DEAD), true), Some(DEAD)),
+            PreVoteAnswer::Yes
+        );
+        // But not for another leader than the dead one.
+        assert_eq!(
+            vote(follower(Some(1), true), Some(DEAD)),
+            PreVoteAnswer::HasLeader
+        );
+        // A candidate's vote is not committed: no lease.
+        let standing = View {
+            state: ServerState::Candidate,
+            leader: None,
+            lease_runs: false,
+        };
+        assert_eq!(vote(standing, None), PreVoteAnswer::Yes);
+        let with = |state| View {
+            state,
+            leader: Some(1),
+            lease_runs: false,
+        };
+        assert_eq!(
+            vote(with(ServerState::Leader), None),
+            PreVoteAnswer::HasLeader
+        );
+        assert_eq!(
+            vote(with(ServerState::Learner), None),
+            PreVoteAnswer::NoReplica
+        );
+    }
+
+    fn tally(voters: usize, voter: bool, yes: usize, longer: usize) -> Tally {
+        Tally {
+            voters,
+            voter,
+            yes,
+            longer,
+            vote: Vote::default(),
+        }
+    }
+
+    #[test]
+    fn a_pre_vote_needs_a_majority_of_the_voters() {
+        // The leader of three died: the other survivor's yes makes two.
+        assert!(tally(3, true, 1, 0).wins());
+        assert!(!tally(3, true, 0, 0).wins());
+        assert!(!tally(5, true, 1, 0).wins());
+        assert!(tally(5, true, 2, 0).wins());
+        // A member that is not a voter counts only the others.
+        assert!(!tally(3, false, 1, 0).wins());
+        assert!(tally(3, false, 2, 0).wins());
+        // A group of one elects itself.
+        assert!(tally(1, true, 0, 0).wins());
+        // The survivor with the longer log refuses, but has no leader.
+        let behind = tally(3, true, 0, 1);
+        assert!(!behind.wins() && behind.leaderless());
+        // Nobody answered: cut off.
+        assert!(!tally(3, true, 0, 0).leaderless());
+    }
+
+    #[test]
+    fn election_timeouts_stay_within_the_timing() {
+        let t = RaftTiming::QUEUE;
+        for _ in 0..100 {
+            let d = election_timeout(t);
+            assert!(d >= t.election_min && d <= t.election_max(), "{d:?}");
+        }
+    }
+}
