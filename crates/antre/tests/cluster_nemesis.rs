@@ -72,6 +72,19 @@ struct History {
     confirm_times: Vec<Instant>,
     /// Each delivery: id, redelivered flag.
     delivered: Vec<(u64, bool)>,
+    /// The publisher's latest troubles (which node, what), printed when
+    /// the queue stops confirming.
+    troubles: std::collections::VecDeque<String>,
+}
+
+impl History {
+    fn trouble(&mut self, uri: &str, what: &str) {
+        if self.troubles.len() == 20 {
+            self.troubles.pop_front();
+        }
+        self.troubles
+            .push_back(format!("{:?} {uri}: {what}", std::time::SystemTime::now()));
+    }
 }
 
 type Shared = Arc<Mutex<History>>;
@@ -107,6 +120,7 @@ fn publisher(uris: Vec<String>, h: Shared, stop: Arc<AtomicBool>) -> tokio::task
                 return;
             }
             let Some((conn, ch)) = open(uri).await else {
+                record(&h, |h| h.trouble(uri, "no connection"));
                 continue;
             };
             let confirms = timeout(
@@ -114,6 +128,7 @@ fn publisher(uris: Vec<String>, h: Shared, stop: Arc<AtomicBool>) -> tokio::task
                 ch.confirm_select(ConfirmSelectOptions::default()),
             );
             if !matches!(confirms.await, Ok(Ok(()))) {
+                record(&h, |h| h.trouble(uri, "no confirm.select-ok"));
                 continue;
             }
             while !stop.load(Ordering::Relaxed) {
@@ -132,8 +147,12 @@ fn publisher(uris: Vec<String>, h: Shared, stop: Arc<AtomicBool>) -> tokio::task
                     );
                     match timeout(REPLY_WAIT, publish).await {
                         Ok(Ok(confirm)) => pending.push((id, confirm)),
-                        _ => {
-                            record(&h, |h| h.unknown += 1);
+                        other => {
+                            let what = format!("publish failed: {other:?}");
+                            record(&h, |h| {
+                                h.unknown += 1;
+                                h.trouble(uri, &what);
+                            });
                             break;
                         }
                     }
@@ -147,11 +166,18 @@ fn publisher(uris: Vec<String>, h: Shared, stop: Arc<AtomicBool>) -> tokio::task
                             h.confirm_times.push(Instant::now());
                         }),
                         Ok(Ok(_)) => {
-                            record(&h, |h| h.nacked += 1);
+                            record(&h, |h| {
+                                h.nacked += 1;
+                                h.trouble(uri, "nack");
+                            });
                             healthy = false;
                         }
-                        _ => {
-                            record(&h, |h| h.unknown += 1);
+                        other => {
+                            let what = format!("no confirm: {other:?}");
+                            record(&h, |h| {
+                                h.unknown += 1;
+                                h.trouble(uri, &what);
+                            });
                             healthy = false;
                         }
                     }
@@ -423,11 +449,20 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
         }
         // Healed: the queue must take confirms again, with one leader.
         let healed = Instant::now();
-        c.until(
-            &format!("a confirm after round {round} ({fault:?})"),
-            || async { record(&h, |h| h.confirm_times.last().is_some_and(|&t| t > healed)) },
-        )
-        .await;
+        while !record(&h, |h| h.confirm_times.last().is_some_and(|&t| t > healed)) {
+            if healed.elapsed() > harness::WAIT {
+                // What the publisher and every node saw, for the record.
+                for t in record(&h, |h| h.troubles.clone()) {
+                    eprintln!("publisher: {t}");
+                }
+                for i in 0..3 {
+                    eprintln!("{}: {:?}", c.nodes[i].name, c.queue_on(i, QUEUE).await);
+                }
+                c.dump_logs();
+                panic!("timed out waiting for a confirm after round {round} ({fault:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         recoveries.push(healed.elapsed());
     }
 
