@@ -43,6 +43,13 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     fn replicated_messages(&self) -> u64 {
         0
     }
+    /// Messages handed to [`QueueReplica::enqueue`] on this leader and not
+    /// applied yet (proposed or waiting to be): their count and body bytes.
+    /// `reject-publish` counts them against the queue's limits, or every
+    /// publish of a burst would pass the check before the first commit.
+    /// (No default: a wrapper that forgot to pass it on would let every
+    /// burst through.)
+    fn in_flight(&self) -> (u64, u64);
 }
 
 /// Where a replicated write stands, for the syncer.

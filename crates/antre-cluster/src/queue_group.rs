@@ -444,8 +444,39 @@ struct Engine {
     /// enqueues go to it.
     active: AtomicBool,
     /// Messages this leader proposed, by id, so its apply need not decode
-    /// their records again.
-    proposed: Mutex<HashMap<u64, Arc<Message>>>,
+    /// their records again; also what `reject-publish` counts as on its way
+    /// in ([`QueueReplica::in_flight`]).
+    proposed: Mutex<Proposed>,
+}
+
+/// A leader's proposed enqueues not applied yet.
+#[derive(Default)]
+struct Proposed {
+    messages: HashMap<u64, Arc<Message>>,
+    /// Their bodies' bytes.
+    bytes: u64,
+}
+
+impl Proposed {
+    fn insert(&mut self, id: u64, message: Arc<Message>) {
+        self.bytes += message.body.len() as u64;
+        if let Some(old) = self.messages.insert(id, message) {
+            self.bytes -= old.body.len() as u64;
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Arc<Message>> {
+        let m = self.messages.remove(&id)?;
+        self.bytes -= m.body.len() as u64;
+        Some(m)
+    }
+
+    /// Leadership began or ended: what was proposed before is either
+    /// applied from the log by the new engine or never will be.
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
 }
 
 impl Engine {
@@ -580,7 +611,7 @@ impl QueueMachine {
                         }
                         st.set.next_id = st.set.next_id.max(id + 1);
                         if active {
-                            let cached = self.engine.proposed.lock().remove(&id);
+                            let cached = self.engine.proposed.lock().remove(id);
                             if let Some(m) = cached.or_else(|| decode(&record.0)) {
                                 self.engine.queue.replica_enqueue(id, m);
                             }
@@ -852,6 +883,11 @@ impl QueueReplica for Replica {
 
     fn replicated_messages(&self) -> u64 {
         self.state.lock().set.messages.len() as u64
+    }
+
+    fn in_flight(&self) -> (u64, u64) {
+        let p = self.engine.proposed.lock();
+        (p.messages.len() as u64, p.bytes)
     }
 }
 

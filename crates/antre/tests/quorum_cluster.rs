@@ -381,6 +381,68 @@ async fn a_length_limit_bounds_every_member() {
     drain_all(&c, "bounded", &want).await;
 }
 
+/// `reject-publish` counts the publishes still being committed: a burst of
+/// pipelined publishes (none confirmed yet when the next arrives) gets
+/// exactly the limit acked and the rest nacked, as a queue that checked
+/// only what its leader had applied would let the whole burst in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_publish_counts_publishes_not_committed_yet() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, "warm").await;
+    let conn = connect(&c.nodes[0].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    let reject = ("x-overflow", AMQPValue::LongString("reject-publish".into()));
+    declare_quorum(
+        &ch,
+        "few",
+        &[("x-max-length", AMQPValue::LongInt(5)), reject.clone()],
+    )
+    .await;
+    declare_quorum(
+        &ch,
+        "small",
+        &[("x-max-length-bytes", AMQPValue::LongInt(100)), reject],
+    )
+    .await;
+    for (queue, body_len, fits) in [("few", 1, 5), ("small", 30, 3)] {
+        let l = wait_leader(&c, queue).await;
+        let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+        let ch = confirm_channel(&conn).await;
+        let mut confirms = Vec::new();
+        for i in 0..40u8 {
+            let body = vec![b'a' + i % 26; body_len];
+            let confirm = ch
+                .basic_publish(
+                    "",
+                    queue,
+                    BasicPublishOptions::default(),
+                    &body,
+                    persistent(),
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        let mut acked = 0;
+        for confirm in confirms {
+            match confirm.await.expect("confirm") {
+                Confirmation::Ack(_) => acked += 1,
+                Confirmation::Nack(_) => {}
+                other => panic!("not a confirm: {other:?}"),
+            }
+        }
+        assert_eq!(acked, fits, "{queue}: acked publishes");
+        for i in 0..3 {
+            c.until("every member to hold what was acked", || async {
+                queue_json(&c, i, queue)
+                    .await
+                    .is_some_and(|q| q["replica_messages"] == json!(fits))
+            })
+            .await;
+        }
+    }
+}
+
 /// A quorum queue through which large messages flow takes a snapshot by
 /// size, long before its entry count asks for one: each member's log (kept
 /// in memory until a snapshot lets it go) stays bounded whatever the

@@ -41,8 +41,9 @@ impl Queue {
     }
 
     /// Publishes to a replicated queue (on its group's leader): applies the
-    /// overflow rule `reject-publish` against the engine's count, then hands
-    /// the message to the group. Returns the batch the confirm waits for,
+    /// overflow rule `reject-publish` against the engine's count and the
+    /// publishes still being committed, then hands the message to the
+    /// group. Returns the batch the confirm waits for,
     /// or None if the queue refused the message.
     pub fn replicate(
         self: &Arc<Self>,
@@ -54,12 +55,15 @@ impl Queue {
                 self.describe()
             )));
         };
+        // Asked before the queue's lock: the replica's own lock is taken
+        // inside the queue's elsewhere, never the other way round.
+        let coming = replica.in_flight();
         {
             let mut st = self.state.lock();
             if st.deleted {
                 return Ok(None);
             }
-            let full = st.is_full_for(message.body.len() as u64);
+            let full = st.is_full_with(message.body.len() as u64, coming);
             if full && st.args.overflow != Overflow::DropHead {
                 if st.args.overflow == Overflow::RejectPublishDlx
                     && st.args.dead_letter_exchange.is_some()
@@ -91,8 +95,21 @@ impl Queue {
         let arrived = super::arrival(&entry.message, now);
         st.insert_entry(entry, false);
         self.dispatch(&mut st, arrived.saturating_sub(1));
-        self.enforce_limits(&mut st);
+        self.enforce_committed_limits(&mut st);
         self.expire(&mut st, now);
+    }
+
+    /// The length limits, on messages the group committed: drop-head drops
+    /// as ever, but under `reject-publish` every one was confirmed to its
+    /// publisher, and dropping it would lose it. Publishes checked against
+    /// the count at the same moment on different channels can take the
+    /// queue a little past its limit; the next publishes are refused until
+    /// it is back under (RabbitMQ's quorum queues also treat the limit as
+    /// approximate).
+    fn enforce_committed_limits(&self, st: &mut super::state::QueueState) {
+        if st.args.overflow == Overflow::DropHead {
+            self.enforce_limits(st);
+        }
     }
 
     /// This node now leads the queue's group: the engine starts from the
@@ -111,7 +128,7 @@ impl Queue {
             st.insert_entry(entry, true);
         }
         self.dispatch(&mut st, now);
-        self.enforce_limits(&mut st);
+        self.enforce_committed_limits(&mut st);
         self.expire(&mut st, now);
     }
 
@@ -171,6 +188,11 @@ mod tests {
         }
         fn returned(&self, id: u64) {
             self.returned.lock().push(id);
+        }
+        /// Nothing is ever applied here: every enqueue is in flight.
+        fn in_flight(&self) -> (u64, u64) {
+            let e = self.enqueued.lock();
+            (e.len() as u64, e.iter().map(|b| b.len() as u64).sum())
         }
     }
 
@@ -248,5 +270,53 @@ mod tests {
         q.replica_enqueue(0, message("a"));
         assert!(q.replicate(&message("b")).expect("replicate").is_none());
         assert!(r.enqueued.lock().is_empty());
+    }
+
+    #[test]
+    fn reject_publish_counts_publishes_not_applied_yet() {
+        let (q, r) = replicated(&[
+            ("x-max-length", FieldValue::I32(2)),
+            ("x-overflow", FieldValue::string("reject-publish")),
+        ]);
+        q.replica_takeover(Vec::new());
+        assert!(q.replicate(&message("a")).expect("replicate").is_some());
+        assert!(q.replicate(&message("b")).expect("replicate").is_some());
+        // Two on their way in, none applied: the queue is full already.
+        assert!(q.replicate(&message("c")).expect("replicate").is_none());
+        assert_eq!(*r.enqueued.lock(), ["a", "b"]);
+
+        let (q, r) = replicated(&[
+            ("x-max-length-bytes", FieldValue::I32(5)),
+            ("x-overflow", FieldValue::string("reject-publish")),
+        ]);
+        q.replica_takeover(Vec::new());
+        assert!(q.replicate(&message("abc")).expect("replicate").is_some());
+        assert!(q.replicate(&message("def")).expect("replicate").is_none());
+        assert!(q.replicate(&message("gh")).expect("replicate").is_some());
+        assert_eq!(*r.enqueued.lock(), ["abc", "gh"]);
+    }
+
+    #[test]
+    fn committed_messages_past_a_reject_publish_limit_are_kept() {
+        let (q, r) = replicated(&[
+            ("x-max-length", FieldValue::I32(1)),
+            ("x-overflow", FieldValue::string("reject-publish")),
+        ]);
+        q.replica_takeover(Vec::new());
+        // Two publishes that passed the check at the same moment: both were
+        // confirmed, both stay.
+        q.replica_enqueue(0, message("a"));
+        q.replica_enqueue(1, message("b"));
+        assert_eq!(q.counts().ready, 2);
+        assert!(r.settled.lock().is_empty());
+        assert!(q.replicate(&message("c")).expect("replicate").is_none());
+
+        // Under drop-head the oldest leaves, settled through the group.
+        let (q, r) = replicated(&[("x-max-length", FieldValue::I32(1))]);
+        q.replica_takeover(Vec::new());
+        q.replica_enqueue(0, message("a"));
+        q.replica_enqueue(1, message("b"));
+        assert_eq!(q.counts().ready, 1);
+        assert_eq!(*r.settled.lock(), [0]);
     }
 }

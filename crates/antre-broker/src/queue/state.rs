@@ -87,13 +87,19 @@ impl QueueState {
     /// Whether a message of `size` bytes would take the queue past
     /// `x-max-length` or `x-max-length-bytes`.
     pub(super) fn is_full_for(&self, size: u64) -> bool {
+        self.is_full_with(size, (0, 0))
+    }
+
+    /// [`Self::is_full_for`], counting `(messages, bytes)` more that are on
+    /// their way in (a replicated queue's publishes not applied yet).
+    pub(super) fn is_full_with(&self, size: u64, coming: (u64, u64)) -> bool {
         self.args
             .max_length
-            .is_some_and(|max| self.ready.len() as u64 >= max)
+            .is_some_and(|max| self.ready.len() as u64 + coming.0 >= max)
             || self
                 .args
                 .max_length_bytes
-                .is_some_and(|max| self.ready.bytes() + size > max)
+                .is_some_and(|max| self.ready.bytes() + coming.1 + size > max)
     }
 
     pub(super) fn store(&mut self) -> Option<&mut QueueStore> {

@@ -107,6 +107,11 @@ impl QueueReplica for Slot {
         let current = self.current.lock().clone();
         current.map_or(0, |r| r.replicated_messages())
     }
+
+    fn in_flight(&self) -> (u64, u64) {
+        let current = self.current.lock().clone();
+        current.map_or((0, 0), |r| r.in_flight())
+    }
 }
 
 /// What [`QueueGroups`] knows for replica management: every quorum
