@@ -114,15 +114,88 @@ impl LogConfig for crate::queue_group::QueueTypeConfig {
     const CACHE_BYTES: u64 = 2 << 20;
 }
 
+/// How far the group's state machine has a snapshot on disk, which a
+/// purge of the log waits for.
+///
+/// openraft 0.9 installs a snapshot sent by the leader on its state machine
+/// worker and purges the log it covers from the Raft core at the same
+/// moment: nothing orders the two. A member killed after the purge was
+/// written and before the snapshot was left a log purged past its
+/// snapshot, which openraft refuses to start from (its check that the
+/// purge point is at or below the snapshot's last entry panics), and the
+/// member's replica of the queue was gone for good (seen in the nemesis
+/// soak: a follower far behind, a full snapshot, a kill 2 s later). So the
+/// state machine reports each snapshot once it is durable, and the purge
+/// waits until one covers it: the Raft core of a member installing a
+/// snapshot waits for that install, which it has nothing else to do
+/// meanwhile.
+#[derive(Debug, Default)]
+pub struct SnapshotFloor {
+    state: Mutex<FloorState>,
+    changed: parking_lot::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FloorState {
+    durable: Option<LogId<NodeId>>,
+    /// An install failed: a purge waiting for it must not wait forever
+    /// (openraft stops the group on the install's error anyway).
+    failed: bool,
+}
+
+impl SnapshotFloor {
+    /// Longest a purge waits for a snapshot; a safety net only, as an
+    /// install that ends, well or not, wakes it.
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+    /// The snapshot covering the log up to `upto` is on disk.
+    pub fn durable(&self, upto: Option<LogId<NodeId>>) {
+        let mut s = self.state.lock();
+        if upto > s.durable {
+            s.durable = upto;
+        }
+        s.failed = false;
+        self.changed.notify_all();
+    }
+
+    /// Installing a snapshot failed.
+    pub fn failed(&self) {
+        self.state.lock().failed = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until a snapshot up to `upto` is durable.
+    fn wait_for(&self, upto: LogId<NodeId>) -> Result<(), std::io::Error> {
+        let deadline = std::time::Instant::now() + Self::PATIENCE;
+        let mut s = self.state.lock();
+        while s.durable < Some(upto) {
+            if s.failed {
+                return Err(std::io::Error::other(format!(
+                    "not purging the log up to {upto}: the snapshot covering it failed"
+                )));
+            }
+            if self.changed.wait_until(&mut s, deadline).timed_out() {
+                return Err(std::io::Error::other(format!(
+                    "not purging the log up to {upto}: no snapshot covers it"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The Raft log storage; clones share one log (openraft's reader is one).
 pub struct LogStore<C: LogConfig = TypeConfig> {
     inner: Arc<Mutex<Inner<C>>>,
+    /// What a purge waits for, where the state machine reports it.
+    floor: Option<Arc<SnapshotFloor>>,
 }
 
 impl<C: LogConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             inner: Arc::clone(&self.inner),
+            floor: self.floor.clone(),
         }
     }
 }
@@ -156,6 +229,13 @@ impl<C: LogConfig> LogStore<C> {
     /// weighs.
     pub(crate) fn last_log_id(&self) -> Option<LogId<NodeId>> {
         self.inner.lock().last_log_id()
+    }
+
+    /// Makes every purge wait until `floor` reports a durable snapshot
+    /// covering it (see [`SnapshotFloor`]).
+    pub fn with_floor(mut self, floor: Arc<SnapshotFloor>) -> LogStore<C> {
+        self.floor = Some(floor);
+        self
     }
 
     /// Opens (creating) the log in `dir`, recovering what is there.
@@ -223,6 +303,7 @@ impl<C: LogConfig> LogStore<C> {
         inner.evict();
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
+            floor: None,
         })
     }
 
@@ -443,7 +524,13 @@ where
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let inner = Arc::clone(&self.inner);
+        let floor = self.floor.clone();
         blocking(move || {
+            if let Some(floor) = floor {
+                floor
+                    .wait_for(log_id)
+                    .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
+            }
             let mut inner = inner.lock();
             let before = inner.meta.last_purged;
             inner.meta.last_purged = Some(log_id);
@@ -606,5 +693,46 @@ mod tests {
         drop(f);
         let store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
         assert_eq!(indexes(&store), vec![(1, 0), (1, 1)]);
+    }
+
+    /// A purge the state machine's snapshot does not cover yet waits for
+    /// it (openraft purges while the snapshot is still being installed);
+    /// one whose snapshot failed leaves the log as it was, so the member
+    /// restarts from its old snapshot and its log, never from a log purged
+    /// past its snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_waits_for_the_snapshot_that_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let floor = Arc::new(SnapshotFloor::default());
+        let at = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        floor.durable(Some(at(1)));
+        let mut store = LogStore::<TypeConfig>::open(dir.path())
+            .unwrap()
+            .with_floor(Arc::clone(&floor));
+        append(&store, (0..6).map(|i| entry(1, i)).collect());
+        // Covered already: at once.
+        store.purge(at(1)).await.unwrap();
+        // Not covered: the purge waits until the snapshot is durable.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut purging = store.clone();
+        let task = tokio::spawn(async move {
+            let r = purging.purge(at(3)).await;
+            done_tx.send(()).unwrap();
+            r
+        });
+        assert_eq!(indexes(&store).first(), Some(&(1, 2)));
+        assert!(done_rx.try_recv().is_err(), "purged before the snapshot");
+        floor.durable(Some(at(4)));
+        task.await.unwrap().unwrap();
+        assert_eq!(indexes(&store).first(), Some(&(1, 4)));
+        // A failed install: the purge is refused, nothing changes.
+        floor.failed();
+        assert!(store.purge(at(5)).await.is_err());
+        store.close();
+        drop(store);
+        let mut store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(at(3)));
+        assert_eq!(indexes(&store), vec![(1, 4), (1, 5)]);
     }
 }

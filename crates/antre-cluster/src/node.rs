@@ -155,6 +155,7 @@ impl Cluster {
             Arc::clone(&hooks),
             Arc::clone(&queue_groups),
         )?;
+        let log = log.with_floor(Arc::clone(&sm.floor));
         // The timing is a setting (crate::config::RaftTiming::METADATA by
         // default).
         let raft_config = openraft::Config {

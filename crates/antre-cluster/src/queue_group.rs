@@ -69,7 +69,7 @@ use sha2::{Digest, Sha256};
 pub mod codec;
 pub mod members;
 
-use crate::log_store::LogStore;
+use crate::log_store::{LogStore, SnapshotFloor};
 use crate::network::{CallError, Link, NetworkFactory, PooledConnection};
 use crate::wire::{Request, Response};
 use crate::{ClusterError, NodeId};
@@ -500,6 +500,9 @@ struct QueueMachine {
     /// each replaces or reads the snapshot file and the record segments
     /// it refers to.
     snapshotting: Arc<Mutex<()>>,
+    /// Told of each snapshot once it is on disk: the log's purges wait
+    /// for it.
+    floor: Arc<SnapshotFloor>,
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -563,6 +566,8 @@ impl QueueMachine {
             }
         };
         let last_applied = snapshot.as_ref().and_then(|m| m.last_log_id);
+        let floor = Arc::new(SnapshotFloor::default());
+        floor.durable(last_applied);
         let membership = snapshot
             .as_ref()
             .map(|m| m.last_membership.clone())
@@ -582,6 +587,7 @@ impl QueueMachine {
             dir: dir.to_owned(),
             snapshot_due: Arc::default(),
             snapshotting: Arc::default(),
+            floor,
         })
     }
 
@@ -655,6 +661,7 @@ impl QueueMachine {
     ) -> Result<(), std::io::Error> {
         sync.run().map_err(io_err)?;
         write_snapshot_file(&self.dir, meta, data)?;
+        self.floor.durable(meta.last_log_id);
         let mut st = self.state.lock();
         st.snapshot = Some(meta.clone());
         st.records.collect(mark, referred).map_err(io_err)
@@ -741,7 +748,8 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
         let data = snapshot.into_inner();
         let this = self.clone();
         let meta = meta.clone();
-        blocking(move || {
+        let floor = Arc::clone(&self.floor);
+        let installed = blocking(move || {
             let sig = || Some(meta.signature());
             let write_err =
                 |e: &dyn std::fmt::Display| StorageIOError::write_snapshot(sig(), &io_err(e));
@@ -770,7 +778,11 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
             this.persist(&meta, &refs, sync, mark, &referred)
                 .map_err(|e| write_err(&e))?;
             Ok(())
-        })
+        });
+        if installed.is_err() {
+            floor.failed();
+        }
+        installed
     }
 
     /// Only to send the snapshot to a member far behind: its records are
@@ -1109,6 +1121,7 @@ impl QueueGroups {
             proposed: Mutex::default(),
         });
         let machine = QueueMachine::open(&dir, Arc::clone(&engine))?;
+        let log = log.with_floor(Arc::clone(&machine.floor));
         // Timing: a setting, crate::config::RaftTiming::QUEUE by default
         // (shorter than the metadata group's: publishers cannot wait).
         let config = openraft::Config {

@@ -82,6 +82,9 @@ pub struct StateMachine {
     waiters: Waiters,
     hooks: AppliedHooks,
     snapshots_built: Arc<AtomicU64>,
+    /// Told of each snapshot once it is on disk: the log's purges wait
+    /// for it ([`crate::log_store::SnapshotFloor`]).
+    pub(crate) floor: Arc<crate::log_store::SnapshotFloor>,
     /// The quorum queue groups this node runs.
     groups: Arc<QueueGroups>,
     /// Held for a whole batch of applies and while a snapshot is built:
@@ -158,8 +161,16 @@ impl StateMachine {
             hooks,
             groups,
             snapshots_built: Arc::default(),
+            floor: Arc::default(),
             applying: Arc::default(),
         };
+        sm.floor.durable(
+            sm.state
+                .lock()
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.meta.last_log_id),
+        );
         sm.restore_owners();
         Ok(sm)
     }
@@ -422,7 +433,9 @@ impl StateMachine {
     fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), std::io::Error> {
         let json = serde_json::to_vec(snapshot).map_err(io_err)?;
         antre_store::definitions::write_atomic(&self.dir.join("snapshot.json"), &json)
-            .map_err(io_err)
+            .map_err(io_err)?;
+        self.floor.durable(snapshot.meta.last_log_id);
+        Ok(())
     }
 }
 
@@ -502,7 +515,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let this = self.clone();
         let meta = meta.clone();
-        blocking(move || {
+        let floor = Arc::clone(&self.floor);
+        let installed = blocking(move || {
             let sig = || Some(meta.signature());
             let snap: MetaSnapshot = serde_json::from_slice(&data)
                 .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?;
@@ -545,7 +559,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
             state.snapshot = Some(stored);
             Ok(())
-        })
+        });
+        if installed.is_err() {
+            floor.failed();
+        }
+        installed
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
