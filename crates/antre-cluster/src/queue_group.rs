@@ -447,6 +447,9 @@ struct Engine {
     /// their records again; also what `reject-publish` counts as on its way
     /// in ([`QueueReplica::in_flight`]).
     proposed: Mutex<Proposed>,
+    /// Counts the snapshots this member installed: each ends the wait of
+    /// the proposals it made as an earlier leader (see [`propose_loop`]).
+    snapshots_installed: tokio::sync::watch::Sender<u64>,
 }
 
 /// A leader's proposed enqueues not applied yet.
@@ -782,6 +785,7 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
         if installed.is_err() {
             floor.failed();
         }
+        self.engine.snapshots_installed.send_modify(|n| *n += 1);
         installed
     }
 
@@ -1119,6 +1123,7 @@ impl QueueGroups {
             queue: Arc::clone(&queue),
             active: AtomicBool::new(false),
             proposed: Mutex::default(),
+            snapshots_installed: tokio::sync::watch::Sender::new(0),
         });
         let machine = QueueMachine::open(&dir, Arc::clone(&engine))?;
         let log = log.with_floor(Arc::clone(&machine.floor));
@@ -1385,10 +1390,31 @@ async fn propose_loop(group: Arc<Group>) {
                 }
                 continue;
             }
+            // Subscribed before the proposal: a snapshot installed any
+            // time after it counts.
+            let mut installed = group.machine.engine.snapshots_installed.subscribe();
             match group.raft.client_write_ff(ops).await {
                 Ok(rx) => {
                     tokio::spawn(async move {
-                        let ok = matches!(rx.await, Ok(Ok(_)));
+                        // openraft answers a proposal when its entry is
+                        // applied (by index) or truncated away. A leader
+                        // deposed with proposals not committed, then so far
+                        // behind that it catches up by a snapshot, has
+                        // neither: the snapshot replaces its log without a
+                        // truncation and openraft keeps the answer forever.
+                        // Its publishers then waited for a confirm that never
+                        // came, and each such proposal kept its slot, so
+                        // after IN_FLIGHT of them the node, leader again,
+                        // proposed nothing more (a queue wedged for good,
+                        // seen in the nemesis soak). A snapshot installed
+                        // here means this node no longer leads; what it
+                        // proposed before is nacked (it may or may not be in
+                        // the snapshot: a publisher that sends it again
+                        // makes a duplicate, never a loss).
+                        let ok = tokio::select! {
+                            r = rx => matches!(r, Ok(Ok(_))),
+                            _ = installed.changed() => false,
+                        };
                         if let Some(b) = batch {
                             b.complete(ok);
                         }
@@ -1826,6 +1852,7 @@ mod tests {
             broker,
             active: AtomicBool::new(false),
             proposed: Mutex::default(),
+            snapshots_installed: tokio::sync::watch::Sender::new(0),
         });
         QueueMachine::open(&dir.join("group"), engine).unwrap()
     }

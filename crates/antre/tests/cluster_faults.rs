@@ -784,3 +784,112 @@ async fn a_follower_cut_off_deposes_no_leader_when_it_returns() {
     assert_eq!(q["leader"], c.nodes[leader].name.as_str());
     assert_eq!(q["leader_term"], queue_term, "a quorum queue election");
 }
+
+/// A quorum queue's leader cut off while publishes are in flight, then so
+/// far behind when the partition heals that it catches up by a snapshot:
+/// every publish it was asked for is answered (nacked: it cannot know
+/// whether the new leader has it). openraft answers a proposal when its
+/// entry is applied or truncated away, and a snapshot replacing the log
+/// does neither: the publisher waited for those confirms forever, and the
+/// node, once leader again, kept a slot for each of them and after eight
+/// proposed nothing more (a wedged queue, seen in the nemesis soak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_answers_its_publishes_after_catching_up_by_snapshot() {
+    let (c, mesh) = proxied_cluster().await;
+    c.until_leader(&[0, 1, 2]).await;
+    let old = declare_quorum_queue(&c, 0, "sq").await;
+    let (_oconn, och) = channel(&c.nodes[old].amqp_uri()).await;
+    och.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    let ok = och
+        .basic_publish(
+            "",
+            "sq",
+            BasicPublishOptions::default(),
+            b"before",
+            persistent.clone(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(ok.is_ack());
+
+    mesh.isolate(old);
+    let mut stuck = Vec::new();
+    for n in 0..10 {
+        let body = format!("minority-{n}");
+        let confirm = och
+            .basic_publish(
+                "",
+                "sq",
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                persistent.clone(),
+            )
+            .await
+            .expect("publish");
+        stuck.push(confirm);
+    }
+    // The majority elects a leader and moves on, through enough large
+    // messages for a snapshot by size, then enough entries that the log
+    // the cut-off node would need is purged.
+    let new = 'elected: loop {
+        for i in (0..3).filter(|&i| i != old) {
+            if queue_leader_seen_by(&c, i, "sq").await.as_deref() == Some(c.nodes[i].name.as_str())
+            {
+                break 'elected i;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_nconn, nch) = channel(&c.nodes[new].amqp_uri()).await;
+    nch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let snapshotted = || {
+        let groups = c.nodes[new].dir.join("cluster").join("queues");
+        std::fs::read_dir(groups)
+            .is_ok_and(|d| d.flatten().any(|g| g.path().join("snapshot.bin").exists()))
+    };
+    let through = |body: Vec<u8>| {
+        let nch = nch.clone();
+        let persistent = persistent.clone();
+        async move {
+            let confirm = nch
+                .basic_publish("", "sq", BasicPublishOptions::default(), &body, persistent)
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            assert!(confirm.is_ack());
+            nch.basic_get("sq", BasicGetOptions { no_ack: true })
+                .await
+                .expect("get")
+                .expect("a message");
+        }
+    };
+    let deadline = Instant::now() + harness::WAIT;
+    while !snapshotted() {
+        assert!(Instant::now() < deadline, "no snapshot on the new leader");
+        through(vec![b'x'; 1 << 20]).await;
+    }
+    for _ in 0..40 {
+        through(b"small".to_vec()).await;
+    }
+
+    mesh.heal();
+    c.until("the old leader to install a snapshot", || async {
+        c.nodes[old].logged("install_full_snapshot")
+    })
+    .await;
+    for confirm in stuck {
+        let answer = tokio::time::timeout(harness::WAIT, confirm).await;
+        assert!(
+            matches!(answer, Ok(Ok(ref c)) if !c.is_ack()),
+            "a cut-off leader's publish: {answer:?}"
+        );
+    }
+}
