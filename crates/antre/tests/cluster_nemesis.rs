@@ -75,9 +75,20 @@ struct History {
     /// The publisher's latest troubles (which node, what), printed when
     /// the queue stops confirming.
     troubles: std::collections::VecDeque<String>,
+    /// What the consumer did lately (subscribed where, how it ended),
+    /// printed when it stops getting messages.
+    consumer_log: std::collections::VecDeque<String>,
 }
 
 impl History {
+    fn consumer_did(&mut self, uri: &str, what: &str) {
+        if self.consumer_log.len() == 20 {
+            self.consumer_log.pop_front();
+        }
+        self.consumer_log
+            .push_back(format!("{:?} {uri}: {what}", std::time::SystemTime::now()));
+    }
+
     fn trouble(&mut self, uri: &str, what: &str) {
         if self.troubles.len() == 20 {
             self.troubles.pop_front();
@@ -159,8 +170,11 @@ fn publisher(uris: Vec<String>, h: Shared, stop: Arc<AtomicBool>) -> tokio::task
                 }
                 // A short batch, a nack or a lost confirm: try another node.
                 let mut healthy = pending.len() == BATCH;
+                // One wait for the whole batch: a node that lost its
+                // confirms is left after REPLY_WAIT, not after BATCH of them.
+                let deadline = Instant::now() + REPLY_WAIT;
                 for (id, confirm) in pending {
-                    match timeout(REPLY_WAIT, confirm).await {
+                    match tokio::time::timeout_at(deadline, confirm).await {
                         Ok(Ok(c)) if c.is_ack() => record(&h, |h| {
                             h.confirmed.insert(id);
                             h.confirm_times.push(Instant::now());
@@ -212,11 +226,16 @@ fn consumer(uris: Vec<String>, h: Shared, stop: Arc<AtomicBool>) -> tokio::task:
                 FieldTable::default(),
             );
             let Ok(Ok(mut deliveries)) = timeout(REPLY_WAIT, consume).await else {
+                record(&h, |h| h.consumer_did(uri, "no consume-ok"));
                 continue;
             };
+            record(&h, |h| h.consumer_did(uri, "subscribed"));
+            let mut got = 0u64;
             loop {
-                // Wakes up now and then to notice `stop`; a node that
-                // answers nothing for long is given up.
+                // Wakes up now and then to notice `stop`. An idle consumer
+                // stays where it is: one the queue's leader never feeds
+                // (left on an engine that no longer serves the queue,
+                // without a basic.cancel) is a bug this test is to find.
                 let next = timeout(Duration::from_millis(500), deliveries.next()).await;
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -224,8 +243,13 @@ fn consumer(uris: Vec<String>, h: Shared, stop: Arc<AtomicBool>) -> tokio::task:
                 let d = match next {
                     Err(_) => continue,
                     Ok(Some(Ok(d))) => d,
-                    Ok(_) => break,
+                    other => {
+                        let what = format!("ended after {got} deliveries: {other:?}");
+                        record(&h, |h| h.consumer_did(uri, &what));
+                        break;
+                    }
                 };
+                got += 1;
                 if let Some(id) = std::str::from_utf8(&d.data)
                     .ok()
                     .and_then(|s| s.parse().ok())
@@ -234,6 +258,9 @@ fn consumer(uris: Vec<String>, h: Shared, stop: Arc<AtomicBool>) -> tokio::task:
                 }
                 let ack = timeout(REPLY_WAIT, d.ack(BasicAckOptions::default()));
                 if !matches!(ack.await, Ok(Ok(()))) {
+                    record(&h, |h| {
+                        h.consumer_did(uri, &format!("ack failed after {got}"))
+                    });
                     break;
                 }
             }
@@ -469,15 +496,38 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
     stop_publishing.store(true, Ordering::Relaxed);
     publishing.await.expect("publisher");
     let (declared, refused) = declaring.await.expect("declarer");
-    // The consumer goes on until it has had every confirmed message.
+    // The consumer goes on until it has had every confirmed message. One
+    // that stops getting them is a failure of its own (reported after the
+    // drain below has told whether the messages are still in the queue).
     let want = record(&h, |h| h.confirmed.clone());
-    c.until("the consumer to have every confirmed message", || async {
+    let missing = || {
         record(&h, |h| {
             let got: BTreeSet<u64> = h.delivered.iter().map(|&(id, _)| id).collect();
-            want.is_subset(&got)
+            want.difference(&got).count()
         })
-    })
-    .await;
+    };
+    let deadline = Instant::now() + harness::WAIT;
+    while missing() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let starved = missing();
+    if starved > 0 {
+        eprintln!("the consumer lacks {starved} confirmed messages");
+        for e in record(&h, |h| h.consumer_log.clone()) {
+            eprintln!("consumer: {e}");
+        }
+        for i in 0..3 {
+            eprintln!("{}: {:?}", c.nodes[i].name, c.queue_on(i, QUEUE).await);
+            for what in ["/api/channels", "/api/consumers"] {
+                eprintln!(
+                    "{} {what}: {:?}",
+                    c.nodes[i].name,
+                    c.try_api(i, "GET", what, None).await
+                );
+            }
+        }
+        c.dump_logs();
+    }
     stop_consuming.store(true, Ordering::Relaxed);
     consuming.await.expect("consumer");
     // What is left (unconfirmed publishes that did make it, deliveries
@@ -558,6 +608,10 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
         c.dump_logs();
     }
     assert!(lost.is_empty(), "confirmed but never delivered: {lost:?}");
+    assert_eq!(
+        starved, 0,
+        "confirmed messages the consumer never got (the drain did)"
+    );
     assert_eq!(unmarked, 0, "repeated deliveries not marked redelivered");
     assert_eq!(phantom, 0, "deliveries of messages never published");
 }
