@@ -148,6 +148,14 @@ impl SnapshotFloor {
     /// install that ends, well or not, wakes it.
     const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 
+    /// A floor at the snapshot the state machine found on disk at start-up
+    /// (none: no purge until one is built or installed).
+    pub fn new(durable: Option<LogId<NodeId>>) -> SnapshotFloor {
+        let floor = SnapshotFloor::default();
+        floor.state.lock().durable = durable;
+        floor
+    }
+
     /// The snapshot covering the log up to `upto` is on disk.
     pub fn durable(&self, upto: Option<LogId<NodeId>>) {
         let mut s = self.state.lock();
@@ -703,9 +711,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_purge_waits_for_the_snapshot_that_covers_it() {
         let dir = tempfile::tempdir().unwrap();
-        let floor = Arc::new(SnapshotFloor::default());
         let at = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
-        floor.durable(Some(at(1)));
+        let floor = Arc::new(SnapshotFloor::new(Some(at(1))));
         let mut store = LogStore::<TypeConfig>::open(dir.path())
             .unwrap()
             .with_floor(Arc::clone(&floor));

@@ -483,6 +483,17 @@ impl Proposed {
 }
 
 impl Engine {
+    /// The engine of `queue`, idle until this node leads its group.
+    fn new(broker: Arc<Broker>, queue: Arc<Queue>) -> Arc<Engine> {
+        Arc::new(Engine {
+            broker,
+            queue,
+            active: AtomicBool::new(false),
+            proposed: Mutex::default(),
+            snapshots_installed: tokio::sync::watch::Sender::new(0),
+        })
+    }
+
     fn route_dead_letters(&self) {
         if let Some(v) = self.broker.vhost(&self.queue.vhost) {
             let _ = v.route_dead_letters(&self.queue);
@@ -569,8 +580,6 @@ impl QueueMachine {
             }
         };
         let last_applied = snapshot.as_ref().and_then(|m| m.last_log_id);
-        let floor = Arc::new(SnapshotFloor::default());
-        floor.durable(last_applied);
         let membership = snapshot
             .as_ref()
             .map(|m| m.last_membership.clone())
@@ -590,7 +599,7 @@ impl QueueMachine {
             dir: dir.to_owned(),
             snapshot_due: Arc::default(),
             snapshotting: Arc::default(),
-            floor,
+            floor: Arc::new(SnapshotFloor::new(last_applied)),
         })
     }
 
@@ -751,7 +760,6 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
         let data = snapshot.into_inner();
         let this = self.clone();
         let meta = meta.clone();
-        let floor = Arc::clone(&self.floor);
         let installed = blocking(move || {
             let sig = || Some(meta.signature());
             let write_err =
@@ -783,7 +791,7 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
             Ok(())
         });
         if installed.is_err() {
-            floor.failed();
+            self.floor.failed();
         }
         self.engine.snapshots_installed.send_modify(|n| *n += 1);
         installed
@@ -1118,13 +1126,7 @@ impl QueueGroups {
         let dir = self.dir.join(&def.group);
         std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
         let log = LogStore::<QueueTypeConfig>::open(&dir)?;
-        let engine = Arc::new(Engine {
-            broker: Arc::clone(&self.broker),
-            queue: Arc::clone(&queue),
-            active: AtomicBool::new(false),
-            proposed: Mutex::default(),
-            snapshots_installed: tokio::sync::watch::Sender::new(0),
-        });
+        let engine = Engine::new(Arc::clone(&self.broker), Arc::clone(&queue));
         let machine = QueueMachine::open(&dir, Arc::clone(&engine))?;
         let log = log.with_floor(Arc::clone(&machine.floor));
         // Timing: a setting, crate::config::RaftTiming::QUEUE by default
@@ -1847,13 +1849,7 @@ mod tests {
             arguments: antre_amqp::FieldTable::default(),
         };
         v.declare_queue(d, false, 1).unwrap();
-        let engine = Arc::new(Engine {
-            queue: v.queue_info("q").unwrap(),
-            broker,
-            active: AtomicBool::new(false),
-            proposed: Mutex::default(),
-            snapshots_installed: tokio::sync::watch::Sender::new(0),
-        });
+        let engine = Engine::new(broker, v.queue_info("q").unwrap());
         QueueMachine::open(&dir.join("group"), engine).unwrap()
     }
 

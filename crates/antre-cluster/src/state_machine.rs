@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::log_store::SnapshotFloor;
 use crate::queue_group::QueueGroups;
 use crate::{ClusterError, Member, NodeId, TypeConfig};
 
@@ -84,7 +85,7 @@ pub struct StateMachine {
     snapshots_built: Arc<AtomicU64>,
     /// Told of each snapshot once it is on disk: the log's purges wait
     /// for it ([`crate::log_store::SnapshotFloor`]).
-    pub(crate) floor: Arc<crate::log_store::SnapshotFloor>,
+    pub(crate) floor: Arc<SnapshotFloor>,
     /// The quorum queue groups this node runs.
     groups: Arc<QueueGroups>,
     /// Held for a whole batch of applies and while a snapshot is built:
@@ -136,6 +137,7 @@ impl StateMachine {
                 Some(raw) => Some(serde_json::from_slice(&raw).map_err(|e| storage(&e))?),
                 None => None,
             };
+        let floor = SnapshotFloor::new(snapshot.as_ref().and_then(|s| s.meta.last_log_id));
         let owners: BTreeMap<(String, String), String> = applied
             .owners
             .into_iter()
@@ -161,16 +163,9 @@ impl StateMachine {
             hooks,
             groups,
             snapshots_built: Arc::default(),
-            floor: Arc::default(),
+            floor: Arc::new(floor),
             applying: Arc::default(),
         };
-        sm.floor.durable(
-            sm.state
-                .lock()
-                .snapshot
-                .as_ref()
-                .and_then(|s| s.meta.last_log_id),
-        );
         sm.restore_owners();
         Ok(sm)
     }
@@ -515,7 +510,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let this = self.clone();
         let meta = meta.clone();
-        let floor = Arc::clone(&self.floor);
         let installed = blocking(move || {
             let sig = || Some(meta.signature());
             let snap: MetaSnapshot = serde_json::from_slice(&data)
@@ -561,7 +555,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(())
         });
         if installed.is_err() {
-            floor.failed();
+            self.floor.failed();
         }
         installed
     }

@@ -82,20 +82,20 @@ struct History {
 
 impl History {
     fn consumer_did(&mut self, uri: &str, what: &str) {
-        if self.consumer_log.len() == 20 {
-            self.consumer_log.pop_front();
-        }
-        self.consumer_log
-            .push_back(format!("{:?} {uri}: {what}", std::time::SystemTime::now()));
+        keep_recent(&mut self.consumer_log, uri, what);
     }
 
     fn trouble(&mut self, uri: &str, what: &str) {
-        if self.troubles.len() == 20 {
-            self.troubles.pop_front();
-        }
-        self.troubles
-            .push_back(format!("{:?} {uri}: {what}", std::time::SystemTime::now()));
+        keep_recent(&mut self.troubles, uri, what);
     }
+}
+
+/// Adds a timestamped line to `log`, which keeps the latest 20.
+fn keep_recent(log: &mut std::collections::VecDeque<String>, uri: &str, what: &str) {
+    if log.len() == 20 {
+        log.pop_front();
+    }
+    log.push_back(format!("{:?} {uri}: {what}", std::time::SystemTime::now()));
 }
 
 type Shared = Arc<Mutex<History>>;
