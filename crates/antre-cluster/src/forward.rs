@@ -984,7 +984,9 @@ impl Owner {
             tx: self.events.clone(),
             window: Arc::clone(&window),
         });
-        self.channels.insert(ch, Channel::new(1, ctx, sink));
+        let mut channel = Channel::new(1, ctx, sink);
+        channel.answer_at_once();
+        self.channels.insert(ch, channel);
         self.windows.insert(ch, window);
     }
 
@@ -1008,5 +1010,128 @@ impl Owner {
             Err(e) => Err((e.reply_code(), e.to_string())),
         };
         self.send(&DataFrame::Reply { req, result });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use antre_amqp::method::{BasicConsume, QueueDeclare};
+    use antre_amqp::BasicProperties;
+
+    /// One side of a data link, as the forwarding node drives it.
+    struct Forwarding<S> {
+        stream: S,
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> Forwarding<S> {
+        async fn send(&mut self, frame: DataFrame) {
+            self.stream.write_all(&frame.encode()).await.unwrap();
+        }
+
+        /// The next frame the owner sends, within a few seconds.
+        async fn next(&mut self) -> DataFrame {
+            tokio::time::timeout(Duration::from_secs(5), read_data_frame(&mut self.stream))
+                .await
+                .expect("the owner sent nothing")
+                .unwrap()
+        }
+
+        async fn call(&mut self, req: u64, method: Method) -> Vec<Outgoing> {
+            self.send(DataFrame::Call { ch: 1, req, method }).await;
+            loop {
+                if let DataFrame::Reply { req: r, result } = self.next().await {
+                    assert_eq!(r, req);
+                    return result.unwrap();
+                }
+            }
+        }
+    }
+
+    /// A proxy channel that changed durable definitions (or merely ran
+    /// while another connection changed them: the change count is the
+    /// vhost's) held its later output for a sync that nothing on the owner
+    /// ever requested: its consumer's deliveries were counted unacked and
+    /// never pushed, and the forwarded consumer starved for good (seen in
+    /// the nemesis test, a consumer through a follower while a third client
+    /// declared queues).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_channel_answers_and_delivers_after_a_definitions_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Arc::new(
+            Broker::open(
+                &dir.path().join("broker"),
+                antre_broker::StorageOptions::default(),
+            )
+            .unwrap(),
+        );
+        let (here, there) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve(there, "n9".into(), Arc::downgrade(&broker)));
+        let mut f = Forwarding { stream: here };
+        f.send(DataFrame::Open {
+            ch: 1,
+            vhost: "/".into(),
+            user: "guest".into(),
+        })
+        .await;
+
+        let declared = f
+            .call(
+                1,
+                QueueDeclare {
+                    ticket: 0,
+                    queue: "q".into(),
+                    passive: false,
+                    durable: true,
+                    exclusive: false,
+                    auto_delete: false,
+                    nowait: false,
+                    arguments: Default::default(),
+                }
+                .into(),
+            )
+            .await;
+        assert!(
+            matches!(&declared[..], [Outgoing::Method(Method::QueueDeclareOk(_))]),
+            "{declared:?}"
+        );
+        f.call(
+            2,
+            BasicConsume {
+                ticket: 0,
+                queue: "q".into(),
+                consumer_tag: "c".into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: Default::default(),
+            }
+            .into(),
+        )
+        .await;
+        let m = Message::new(
+            String::new(),
+            "q".into(),
+            BasicProperties::default(),
+            Bytes::from_static(b"paid"),
+        );
+        f.send(DataFrame::Publish {
+            batch: 1,
+            vhost: "/".into(),
+            items: vec![(vec!["q".into()], Arc::new(m))],
+        })
+        .await;
+        loop {
+            if let DataFrame::Push { ch, out } = f.next().await {
+                assert_eq!(ch, 1);
+                assert!(
+                    matches!(&out[..], [Outgoing::Content(Method::BasicDeliver(d), m)]
+                        if d.consumer_tag == "c" && &m.body[..] == b"paid"),
+                    "{out:?}"
+                );
+                return;
+            }
+        }
     }
 }

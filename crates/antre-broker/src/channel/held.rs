@@ -116,6 +116,20 @@ impl Channel {
         result
     }
 
+    /// Makes this channel answer and deliver at once, never holding its
+    /// output for a sync of the definitions: for a proxy channel a cluster
+    /// node runs for a client of another node (`antre-cluster`'s forward
+    /// module). Nothing there would ever ask for that sync (a session asks
+    /// once per batch of frames), and the change count this compares is
+    /// the vhost's, so a change by any other connection meanwhile held the
+    /// channel's deliveries for good. Nothing is lost by it: what that
+    /// client is answered comes from its own node's channel, and a change
+    /// to definitions in a cluster is durable once the metadata group
+    /// committed it, before any node applies it.
+    pub fn answer_at_once(&mut self) {
+        self.at_once = true;
+    }
+
     /// Whether output waits behind a sync (what the channel emits now is
     /// held, not written).
     pub fn holds_output(&self) -> bool {
@@ -126,6 +140,9 @@ impl Channel {
     /// if any; `changed` says the handler changed durable definitions, so
     /// its answer must wait for a sync.
     pub(super) fn hold_after(&mut self, out: &mut Vec<Outgoing>, start: usize, changed: bool) {
+        if self.at_once {
+            return;
+        }
         if changed {
             match self.held.back_mut() {
                 Some(last) if !last.requested => last.needs_sync = true,

@@ -167,6 +167,8 @@ pub struct Channel {
     reply_queue: Option<Arc<Queue>>,
     /// Output waiting for the disk (see [`held`](self::held)).
     held: std::collections::VecDeque<held::Segment>,
+    /// A proxy channel: never holds output (see [`Channel::answer_at_once`]).
+    at_once: bool,
     /// Whether it has published, so counts among the broker's publishers.
     publisher: bool,
     /// The user's permissions in the vhost.
@@ -229,6 +231,7 @@ impl Channel {
             confirmed_up_to: 0,
             reply_queue: None,
             held: std::collections::VecDeque::new(),
+            at_once: false,
             publisher: false,
             access: access::ChannelAccess::default(),
             remotes: HashMap::new(),

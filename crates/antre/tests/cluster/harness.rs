@@ -262,7 +262,10 @@ impl TestCluster {
             .arg(&n.dir)
             .args(&n.args)
             .env("ANTRE_CLUSTER_SECRET", &n.secret)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("ANTRE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("ANTRE_CLUSTER_SECRET_FILE")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
