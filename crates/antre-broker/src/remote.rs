@@ -62,6 +62,26 @@ pub enum RemoteResult {
 /// Called once with the result of each message of a batch, in order.
 pub type RemoteDone = Box<dyn FnOnce(Vec<RemoteResult>) + Send>;
 
+/// A queue's figures as its owner has them: every node's management API
+/// shows these for a queue another node owns, as RabbitMQ's shows a
+/// queue's figures whichever node is asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteCounts {
+    /// Messages waiting for a consumer.
+    pub ready: u32,
+    /// Messages delivered and not yet settled.
+    pub unacked: u32,
+    /// Consumers attached (this node's forwarded ones among them).
+    pub consumers: u32,
+    /// Body bytes of the ready messages.
+    pub ready_bytes: u64,
+}
+
+/// Called once with the owner's figures of each queue asked for, in order
+/// (`None` for one it does not own now), or with `None` if it did not
+/// answer.
+pub type CountsDone = Box<dyn FnOnce(Option<Vec<Option<RemoteCounts>>>) + Send>;
+
 /// Forwarding to queues other nodes own (see the module docs).
 pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// Sends `batch` to `owner`'s queues in `vhost`, in order after every
@@ -74,6 +94,13 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// are then blocked, as by the memory alarm, until it catches up.
     fn congested(&self, _owner: &str) -> bool {
         false
+    }
+
+    /// Asks `owner` for the figures of its `queues` in `vhost` (one round
+    /// trip for them all); `done` gets them, or `None` if the owner is
+    /// unreachable or does not answer within the forwarding timeout.
+    fn counts(&self, _owner: &str, _vhost: &str, _queues: Vec<String>, done: CountsDone) {
+        done(None);
     }
 
     /// Opens a proxy channel on `owner` for a channel of this node whose

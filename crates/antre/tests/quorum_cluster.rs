@@ -1077,6 +1077,31 @@ async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
         );
     }
 
+    // Every node shows the queue's figures as its leader has them (a
+    // member's own copy of the queue is empty, which they showed before).
+    for i in 0..3 {
+        let q = queue_json(&c, i, "payments").await.expect("listed");
+        assert_eq!(
+            (&q["messages"], &q["messages_ready"], &q["consumers"]),
+            (&json!(50), &json!(50), &json!(0)),
+            "{}: {q}",
+            c.nodes[i].name
+        );
+        let (status, all) = c.api(i, "GET", "/api/queues", None).await;
+        assert_eq!(status, 200);
+        let listed = all
+            .as_array()
+            .and_then(|a| a.iter().find(|q| q["name"] == "payments"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            listed["messages"],
+            json!(50),
+            "{}: {listed}",
+            c.nodes[i].name
+        );
+    }
+
     let consumer = connect(&c.nodes[via_con].amqp_uri())
         .await
         .expect("connect");
@@ -1100,6 +1125,19 @@ async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
             .expect("the consumer is open")
             .expect("a delivery");
         assert_eq!(d.data, format!("payment-{n}").into_bytes(), "in order");
+        if n == 0 {
+            // The forwarded consumer and its window, seen from a node
+            // that neither leads the queue nor holds the consumer.
+            c.until(
+                "the publisher's node to show the consumer's window",
+                || async {
+                    queue_json(&c, via_pub, "payments").await.is_some_and(|q| {
+                        q["consumers"] == json!(1) && q["messages_unacknowledged"] == json!(10)
+                    })
+                },
+            )
+            .await;
+        }
         d.ack(BasicAckOptions::default()).await.expect("ack");
     }
     // The acks reached the leader: nothing is left in the queue.

@@ -1,6 +1,7 @@
 //! `/api/queues`: list, show, declare, delete, purge.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::cluster::{MetaCommand, WireTable};
@@ -70,18 +71,91 @@ fn with_node(state: &HttpState, v: &antre_broker::Vhost, mut queue: Value) -> Va
     queue
 }
 
-fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
+/// How long a listing waits for the nodes that own queues to send their
+/// figures.
+const OWNER_WAIT: Duration = Duration::from_secs(3);
+
+/// Sets the figures of the queues other cluster nodes own (their messages,
+/// deliveries and consumers are there; this node's copy of such a queue
+/// is empty) from their owners, one request per owner, all at once. A
+/// queue whose owner does not answer in time loses its figures, as
+/// RabbitMQ leaves out those of a queue it cannot reach, rather than show
+/// zeros.
+async fn with_owner_counts(state: &HttpState, v: &antre_broker::Vhost, queues: &mut [Value]) {
+    let Some(remote) = state.broker.remote_queues() else {
+        return;
+    };
+    let mut by_owner: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, q) in queues.iter().enumerate() {
+        if let Some(owner) = q["name"].as_str().and_then(|n| v.remote_owner(n)) {
+            by_owner.entry(owner.to_string()).or_default().push(i);
+        }
+    }
+    let asks = by_owner.into_iter().map(|(owner, at)| {
+        let names: Vec<String> = at
+            .iter()
+            .map(|&i| queues[i]["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        remote.counts(
+            &owner,
+            &v.name,
+            names,
+            Box::new(move |counts| {
+                let _ = tx.send(counts);
+            }),
+        );
+        async move {
+            let counts = tokio::time::timeout(OWNER_WAIT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            (at, counts)
+        }
+    });
+    for (at, counts) in futures::future::join_all(asks).await {
+        for (k, i) in at.into_iter().enumerate() {
+            let q = &mut queues[i];
+            match counts.as_ref().and_then(|c| c.get(k).copied().flatten()) {
+                Some(c) => {
+                    q["messages"] = Value::from(c.ready + c.unacked);
+                    q["messages_ready"] = Value::from(c.ready);
+                    q["messages_unacknowledged"] = Value::from(c.unacked);
+                    q["message_bytes_ready"] = Value::from(c.ready_bytes);
+                    q["consumers"] = Value::from(c.consumers);
+                }
+                None => {
+                    if let Some(fields) = q.as_object_mut() {
+                        for key in [
+                            "messages",
+                            "messages_ready",
+                            "messages_unacknowledged",
+                            "message_bytes_ready",
+                            "consumers",
+                        ] {
+                            fields.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
     let mut out = Vec::new();
     for v in state.vhosts_for(vhost)? {
         let queues = v.queues();
+        let mut rendered: Vec<Value> = queues
+            .iter()
+            .map(|q| with_node(state, &v, render::queue(state, q)))
+            .collect();
+        with_owner_counts(state, &v, &mut rendered).await;
         let mut all: Vec<(String, Value)> = queues
             .iter()
-            .map(|q| {
-                (
-                    q.name.clone(),
-                    with_node(state, &v, render::queue(state, q)),
-                )
-            })
+            .map(|q| q.name.clone())
+            .zip(rendered)
             .collect();
         all.extend(
             v.streams()
@@ -100,7 +174,7 @@ pub async fn list_all(
     Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let visible = user.filter_vhost(&state, list(&state, None)?);
+    let visible = user.filter_vhost(&state, list(&state, None).await?);
     Ok(Json(listing(visible, &query, Paging::Paged)?))
 }
 
@@ -111,7 +185,7 @@ pub async fn list_vhost(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(listing(
-        list(&state, Some(&vhost))?,
+        list(&state, Some(&vhost)).await?,
         &query,
         Paging::Paged,
     )?))
@@ -147,6 +221,7 @@ pub async fn show(
     let q = find(&state, &vhost, &name)?;
     let v = state.vhost(&vhost)?;
     let mut body = with_node(&state, &v, render::queue(&state, &q));
+    with_owner_counts(&state, &v, std::slice::from_mut(&mut body)).await;
     body["consumer_details"] = q
         .consumers()
         .iter()
