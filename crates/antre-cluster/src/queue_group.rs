@@ -99,7 +99,16 @@ fn snapshot_due(logged: u64, left: usize) -> bool {
 const COMPACT_BYTES: u64 = 16 << 20;
 /// Entries a leader has proposed and not yet seen committed, at most:
 /// publishes arriving meanwhile gather into the next, larger entry.
-const IN_FLIGHT: usize = 8;
+///
+/// Two, so that one entry is written while the other is replicated, and
+/// no more: openraft 0.9 writes each proposal as its own append and waits
+/// for that append's fsync in its core loop before it replicates anything
+/// or handles another message, so more entries in flight only cut the
+/// same publishes into more, smaller appends, each an fsync the others
+/// queue behind. With 8 (the earlier value) one queue confirmed a fifth
+/// less at a fifth more CPU per message, and ten queues 14% less
+/// (BENCHMARKS.md, "Entries in flight").
+const IN_FLIGHT: usize = 2;
 
 /// A message body (a [`Message`] record); in JSON (a snapshot an older
 /// version wrote) a base64 string.
