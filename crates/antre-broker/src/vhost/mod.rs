@@ -322,11 +322,14 @@ impl Vhost {
         }
     }
 
-    /// How many changes to durable definitions were logged so far: an
-    /// operation that changed the count must not be answered before
-    /// [`Vhost::definitions_store`] is synced.
+    /// How many changes to durable definitions this thread logged so far:
+    /// an operation that changed the count must not be answered before
+    /// [`Vhost::definitions_store`] is synced. Changes other threads made
+    /// meanwhile do not count (see `persist::APPENDED_HERE`).
     pub fn definitions_changed(&self) -> u64 {
-        self.definitions.as_ref().map_or(0, |d| d.appended())
+        self.definitions
+            .as_ref()
+            .map_or(0, |_| persist::appended_here())
     }
 
     /// The store of the vhost's durable definitions, to sync before

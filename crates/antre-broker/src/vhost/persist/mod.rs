@@ -166,13 +166,31 @@ pub(super) struct DefinitionsLog {
     retired: Condvar,
     /// Bytes of the last snapshot written.
     snapshot_bytes: AtomicU64,
-    /// Changes appended so far (callers compare to learn whether an
-    /// operation changed durable definitions and must wait for a sync).
-    appended: AtomicU64,
     /// The log has outgrown the snapshot: the timer should compact.
     compaction_due: AtomicBool,
     /// A compaction is running.
     compacting: AtomicBool,
+}
+
+thread_local! {
+    /// Changes this thread appended to any vhost's definitions log.
+    ///
+    /// A channel's handler runs on one thread from start to end (it is
+    /// not async), so this count moving across it means that handler
+    /// changed durable definitions and its answer must wait for a sync. A
+    /// count of the log's own also moved with changes other connections
+    /// made at the same moment, or, on a cluster node, that the metadata
+    /// group applied (on its own thread, after the majority committed
+    /// them: durable already), and the handler's output then waited for a
+    /// sync it did not need; on a cluster's proxy channel, which nothing
+    /// syncs, for good.
+    static APPENDED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many definition changes this thread has appended so far (see
+/// [`APPENDED_HERE`]).
+pub fn appended_here() -> u64 {
+    APPENDED_HERE.with(std::cell::Cell::get)
 }
 
 /// The log changes are appended to.
@@ -276,7 +294,6 @@ impl DefinitionsLog {
             }),
             retired: Condvar::new(),
             snapshot_bytes: AtomicU64::new(0),
-            appended: AtomicU64::new(0),
             compaction_due: AtomicBool::new(false),
             compacting: AtomicBool::new(false),
         });
@@ -291,11 +308,6 @@ impl DefinitionsLog {
             .syncer
             .register(Arc::clone(&defs) as Arc<dyn Durable>);
         Ok(defs)
-    }
-
-    /// How many changes were appended so far.
-    pub fn appended(&self) -> u64 {
-        self.appended.load(Ordering::Relaxed)
     }
 
     /// Appends the changes `topo` recorded (called with the topology still
@@ -323,8 +335,7 @@ impl DefinitionsLog {
             self.compaction_due.store(true, Ordering::Relaxed);
         }
         drop(log);
-        self.appended
-            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        APPENDED_HERE.with(|n| n.set(n.get() + changes.len() as u64));
         Ok(())
     }
 

@@ -166,3 +166,23 @@ fn policies_survive_a_restart_and_apply_to_recovered_queues() {
         v.close();
     }
 }
+
+/// Only a change this thread made counts as the caller's: a channel's
+/// answer waits for a sync when its own handler changed definitions, not
+/// when another connection's did at the same moment (a vhost-wide count
+/// made it wait too, and a cluster's proxy channel, which nothing syncs,
+/// wait for good).
+#[test]
+fn a_change_counts_for_the_thread_that_made_it_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Arc::new(open(dir.path()));
+    let before = v.definitions_changed();
+    let other = Arc::clone(&v);
+    std::thread::spawn(move || declare(&other, "elsewhere"))
+        .join()
+        .unwrap();
+    assert_eq!(names(&v), ["elsewhere"]);
+    assert_eq!(v.definitions_changed(), before, "another thread's change");
+    declare(&v, "here");
+    assert!(v.definitions_changed() > before, "this thread's change");
+}
