@@ -65,7 +65,7 @@ pub type RemoteDone = Box<dyn FnOnce(Vec<RemoteResult>) + Send>;
 /// A queue's figures as its owner has them: every node's management API
 /// shows these for a queue another node owns, as RabbitMQ's shows a
 /// queue's figures whichever node is asked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteCounts {
     /// Messages waiting for a consumer.
     pub ready: u32,
@@ -75,6 +75,23 @@ pub struct RemoteCounts {
     pub consumers: u32,
     /// Body bytes of the ready messages.
     pub ready_bytes: u64,
+    /// Each consumer, when they were asked for (empty otherwise).
+    pub consumer_details: Vec<RemoteConsumer>,
+}
+
+/// A consumer of a queue another node owns, as its owner has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteConsumer {
+    /// Its tag.
+    pub tag: String,
+    /// Whether deliveries count as acked when sent.
+    pub no_ack: bool,
+    /// Whether it is the queue's exclusive consumer.
+    pub exclusive: bool,
+    /// Its prefetch window (0 = unlimited).
+    pub prefetch: u32,
+    /// Deliveries it has not settled yet.
+    pub unacked: u32,
 }
 
 /// Called once with the owner's figures of each queue asked for, in order
@@ -97,9 +114,17 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     }
 
     /// Asks `owner` for the figures of its `queues` in `vhost` (one round
-    /// trip for them all); `done` gets them, or `None` if the owner is
-    /// unreachable or does not answer within the forwarding timeout.
-    fn counts(&self, _owner: &str, _vhost: &str, _queues: Vec<String>, done: CountsDone) {
+    /// trip for them all), with each queue's consumers if `details`;
+    /// `done` gets them, or `None` if the owner is unreachable or does not
+    /// answer within the forwarding timeout.
+    fn counts(
+        &self,
+        _owner: &str,
+        _vhost: &str,
+        _queues: Vec<String>,
+        _details: bool,
+        done: CountsDone,
+    ) {
         done(None);
     }
 

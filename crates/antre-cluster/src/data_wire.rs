@@ -20,7 +20,7 @@ use std::sync::Arc;
 use antre_amqp::Method;
 use antre_broker::channel::Outgoing;
 use antre_broker::message::Message;
-use antre_broker::remote::{RemoteCounts, RemoteResult};
+use antre_broker::remote::{RemoteConsumer, RemoteCounts, RemoteResult};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The largest data frame either side accepts: a batch of messages of up
@@ -81,6 +81,8 @@ pub enum DataFrame {
         vhost: String,
         /// The queues.
         queues: Vec<String>,
+        /// Each queue's consumers too.
+        details: bool,
     },
     /// Owner → forwarding node: what became of each message of a batch.
     Published {
@@ -207,7 +209,12 @@ impl DataFrame {
                 out.put_u64(*ch);
                 out.put_u64(*bytes);
             }
-            DataFrame::Counts { req, vhost, queues } => {
+            DataFrame::Counts {
+                req,
+                vhost,
+                queues,
+                details,
+            } => {
                 out.put_u8(6);
                 out.put_u64(*req);
                 put_str(&mut out, vhost);
@@ -215,6 +222,7 @@ impl DataFrame {
                 for q in queues {
                     put_str(&mut out, q);
                 }
+                out.put_u8(u8::from(*details));
             }
             DataFrame::CountsReply { req, counts } => {
                 out.put_u8(14);
@@ -229,6 +237,13 @@ impl DataFrame {
                             out.put_u32(c.unacked);
                             out.put_u32(c.consumers);
                             out.put_u64(c.ready_bytes);
+                            out.put_u32(c.consumer_details.len() as u32);
+                            for d in &c.consumer_details {
+                                put_str(&mut out, &d.tag);
+                                out.put_u8(u8::from(d.no_ack) | u8::from(d.exclusive) << 1);
+                                out.put_u32(d.prefetch);
+                                out.put_u32(d.unacked);
+                            }
                         }
                     }
                 }
@@ -313,7 +328,12 @@ impl DataFrame {
                 for _ in 0..n {
                     queues.push(r.str()?);
                 }
-                DataFrame::Counts { req, vhost, queues }
+                DataFrame::Counts {
+                    req,
+                    vhost,
+                    queues,
+                    details: r.u8()? != 0,
+                }
             }
             14 => {
                 let req = r.u64()?;
@@ -322,12 +342,7 @@ impl DataFrame {
                 for _ in 0..n {
                     counts.push(match r.u8()? {
                         0 => None,
-                        _ => Some(RemoteCounts {
-                            ready: r.u32()?,
-                            unacked: r.u32()?,
-                            consumers: r.u32()?,
-                            ready_bytes: r.u64()?,
-                        }),
+                        _ => Some(r.counts()?),
                     });
                 }
                 DataFrame::CountsReply { req, counts }
@@ -407,6 +422,29 @@ impl Reader {
         Message::from_record(&raw)
             .map(Arc::new)
             .map_err(|e| DecodeError(e.to_string()))
+    }
+    fn counts(&mut self) -> Result<RemoteCounts, DecodeError> {
+        let mut c = RemoteCounts {
+            ready: self.u32()?,
+            unacked: self.u32()?,
+            consumers: self.u32()?,
+            ready_bytes: self.u64()?,
+            consumer_details: Vec::new(),
+        };
+        let n = self.u32()? as usize;
+        c.consumer_details.reserve(n.min(4096));
+        for _ in 0..n {
+            let tag = self.str()?;
+            let flags = self.u8()?;
+            c.consumer_details.push(RemoteConsumer {
+                tag,
+                no_ack: flags & 1 != 0,
+                exclusive: flags & 2 != 0,
+                prefetch: self.u32()?,
+                unacked: self.u32()?,
+            });
+        }
+        Ok(c)
     }
     fn outputs(&mut self) -> Result<Vec<Outgoing>, DecodeError> {
         let n = self.u32()? as usize;
@@ -495,20 +533,37 @@ mod tests {
             panic!("kind")
         };
         assert_eq!(result.unwrap_err().0, 404);
-        let DataFrame::Counts { req, vhost, queues } = round_trip(&DataFrame::Counts {
+        let DataFrame::Counts {
+            req,
+            vhost,
+            queues,
+            details,
+        } = round_trip(&DataFrame::Counts {
             req: 4,
             vhost: "/".into(),
             queues: vec!["a".into(), "b".into()],
-        }) else {
+            details: true,
+        })
+        else {
             panic!("kind")
         };
-        assert_eq!((req, vhost.as_str(), queues.len()), (4, "/", 2));
+        assert_eq!(
+            (req, vhost.as_str(), queues.len(), details),
+            (4, "/", 2, true)
+        );
         let counts = vec![
             Some(RemoteCounts {
                 ready: 1,
                 unacked: 2,
                 consumers: 3,
                 ready_bytes: 1 << 33,
+                consumer_details: vec![RemoteConsumer {
+                    tag: "c".into(),
+                    no_ack: false,
+                    exclusive: true,
+                    prefetch: 10,
+                    unacked: 2,
+                }],
             }),
             None,
         ];

@@ -43,8 +43,8 @@ use antre_broker::error::BrokerError;
 use antre_broker::message::Message;
 use antre_broker::queue::{Delivery, DeliverySink};
 use antre_broker::remote::{
-    error_from_reply, CountsDone, RemoteChannel, RemoteCounts, RemoteDelivery, RemoteDone,
-    RemotePublish, RemoteQueues, RemoteResult,
+    error_from_reply, CountsDone, RemoteChannel, RemoteConsumer, RemoteCounts, RemoteDelivery,
+    RemoteDone, RemotePublish, RemoteQueues, RemoteResult,
 };
 use antre_broker::Broker;
 use bytes::Bytes;
@@ -475,7 +475,14 @@ impl RemoteQueues for Forwarder {
         }
     }
 
-    fn counts(&self, owner: &str, vhost: &str, queues: Vec<String>, done: CountsDone) {
+    fn counts(
+        &self,
+        owner: &str,
+        vhost: &str,
+        queues: Vec<String>,
+        details: bool,
+        done: CountsDone,
+    ) {
         let link = self.link_to(owner);
         let req = self.next_id();
         {
@@ -491,6 +498,7 @@ impl RemoteQueues for Forwarder {
             req,
             vhost: vhost.to_owned(),
             queues,
+            details,
         };
         if !link.send(&frame) {
             link.fail("the link was closed");
@@ -954,8 +962,13 @@ impl Owner {
                 items,
             } => self.publish(batch, &vhost, items),
             DataFrame::Open { ch, vhost, user } => self.open(ch, &vhost, &user),
-            DataFrame::Counts { req, vhost, queues } => {
-                let counts = self.counts(&vhost, &queues);
+            DataFrame::Counts {
+                req,
+                vhost,
+                queues,
+                details,
+            } => {
+                let counts = self.counts(&vhost, &queues, details);
                 self.send(&DataFrame::CountsReply { req, counts });
             }
             DataFrame::Call { ch, req, method } => self.call(ch, req, method),
@@ -1020,7 +1033,7 @@ impl Owner {
     /// The figures of the queues of `vhost` this node owns now, `None` for
     /// the others (a member that is not the leader has no consumers and
     /// no deliveries: its figures would be wrong).
-    fn counts(&self, vhost: &str, queues: &[String]) -> Vec<Option<RemoteCounts>> {
+    fn counts(&self, vhost: &str, queues: &[String], details: bool) -> Vec<Option<RemoteCounts>> {
         let v = self.broker.upgrade().and_then(|b| b.vhost(vhost));
         queues
             .iter()
@@ -1031,11 +1044,26 @@ impl Owner {
                 }
                 let q = v.queue_info(name)?;
                 let c = q.counts();
+                let consumer_details = if details {
+                    q.consumers()
+                        .into_iter()
+                        .map(|c| RemoteConsumer {
+                            tag: c.tag,
+                            no_ack: c.no_ack,
+                            exclusive: c.exclusive,
+                            prefetch: c.prefetch,
+                            unacked: c.unacked,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 Some(RemoteCounts {
                     ready: c.ready,
                     unacked: c.unacked,
                     consumers: c.consumers,
                     ready_bytes: q.ready_bytes(),
+                    consumer_details,
                 })
             })
             .collect()

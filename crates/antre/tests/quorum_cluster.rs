@@ -1132,7 +1132,13 @@ async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
                 "the publisher's node to show the consumer's window",
                 || async {
                     queue_json(&c, via_pub, "payments").await.is_some_and(|q| {
-                        q["consumers"] == json!(1) && q["messages_unacknowledged"] == json!(10)
+                        let consumer = &q["consumer_details"][0];
+                        q["consumers"] == json!(1)
+                            && q["messages_unacknowledged"] == json!(10)
+                            && consumer["consumer_tag"] == json!("through-a-follower")
+                            && consumer["prefetch_count"] == json!(10)
+                            && consumer["messages_unacknowledged"] == json!(10)
+                            && consumer["ack_required"] == json!(true)
                     })
                 },
             )

@@ -80,8 +80,14 @@ const OWNER_WAIT: Duration = Duration::from_secs(3);
 /// is empty) from their owners, one request per owner, all at once. A
 /// queue whose owner does not answer in time loses its figures, as
 /// RabbitMQ leaves out those of a queue it cannot reach, rather than show
-/// zeros.
-async fn with_owner_counts(state: &HttpState, v: &antre_broker::Vhost, queues: &mut [Value]) {
+/// zeros. With `details`, also its `consumer_details` as the owner has
+/// them (their channels are the owner's: `channel_details` is null here).
+async fn with_owner_counts(
+    state: &HttpState,
+    v: &antre_broker::Vhost,
+    queues: &mut [Value],
+    details: bool,
+) {
     let Some(remote) = state.broker.remote_queues() else {
         return;
     };
@@ -101,6 +107,7 @@ async fn with_owner_counts(state: &HttpState, v: &antre_broker::Vhost, queues: &
             &owner,
             &v.name,
             names,
+            details,
             Box::new(move |counts| {
                 let _ = tx.send(counts);
             }),
@@ -117,13 +124,34 @@ async fn with_owner_counts(state: &HttpState, v: &antre_broker::Vhost, queues: &
     for (at, counts) in futures::future::join_all(asks).await {
         for (k, i) in at.into_iter().enumerate() {
             let q = &mut queues[i];
-            match counts.as_ref().and_then(|c| c.get(k).copied().flatten()) {
+            match counts.as_ref().and_then(|c| c.get(k).cloned().flatten()) {
                 Some(c) => {
                     q["messages"] = Value::from(c.ready + c.unacked);
                     q["messages_ready"] = Value::from(c.ready);
                     q["messages_unacknowledged"] = Value::from(c.unacked);
                     q["message_bytes_ready"] = Value::from(c.ready_bytes);
                     q["consumers"] = Value::from(c.consumers);
+                    if details {
+                        let queue = serde_json::json!({ "name": q["name"], "vhost": q["vhost"] });
+                        q["consumer_details"] = c
+                            .consumer_details
+                            .iter()
+                            .map(|c| {
+                                serde_json::json!({
+                                    "consumer_tag": c.tag,
+                                    "queue": queue,
+                                    "channel_details": null,
+                                    "ack_required": !c.no_ack,
+                                    "exclusive": c.exclusive,
+                                    "prefetch_count": c.prefetch,
+                                    "messages_unacknowledged": c.unacked,
+                                    "active": true,
+                                    "activity_status": "up",
+                                    "arguments": {},
+                                })
+                            })
+                            .collect();
+                    }
                 }
                 None => {
                     if let Some(fields) = q.as_object_mut() {
@@ -151,7 +179,7 @@ async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
             .iter()
             .map(|q| with_node(state, &v, render::queue(state, q)))
             .collect();
-        with_owner_counts(state, &v, &mut rendered).await;
+        with_owner_counts(state, &v, &mut rendered, false).await;
         let mut all: Vec<(String, Value)> = queues
             .iter()
             .map(|q| q.name.clone())
@@ -221,12 +249,12 @@ pub async fn show(
     let q = find(&state, &vhost, &name)?;
     let v = state.vhost(&vhost)?;
     let mut body = with_node(&state, &v, render::queue(&state, &q));
-    with_owner_counts(&state, &v, std::slice::from_mut(&mut body)).await;
     body["consumer_details"] = q
         .consumers()
         .iter()
         .map(|c| render::consumer(&state, &q, c))
         .collect();
+    with_owner_counts(&state, &v, std::slice::from_mut(&mut body), true).await;
     Ok(Json(body))
 }
 
