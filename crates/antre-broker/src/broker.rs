@@ -113,6 +113,11 @@ pub struct Broker {
     /// In a cluster, how channels reach queues other nodes own (see
     /// [`crate::remote`]); unset on a single node.
     remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteQueues>>,
+    /// The proxy channels other cluster nodes run here for their clients
+    /// (`antre-cluster`'s forward module), by the connection id each acts
+    /// as: the node that forwards it, which the management API shows as
+    /// the channel of such a consumer.
+    forwarded: parking_lot::Mutex<HashMap<u64, Arc<str>>>,
 }
 
 impl Default for Broker {
@@ -158,6 +163,7 @@ impl Broker {
             output_budget: Arc::default(),
             metadata: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
+            forwarded: parking_lot::Mutex::default(),
         }
     }
 
@@ -539,6 +545,22 @@ impl Broker {
     /// A fresh id for a connection or a consumer.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records that connection id `connection` is a proxy channel cluster
+    /// node `node` runs here for one of its clients (`None`: it closed).
+    pub fn set_forwarded_from(&self, connection: u64, node: Option<&str>) {
+        let mut forwarded = self.forwarded.lock();
+        match node {
+            Some(node) => forwarded.insert(connection, Arc::from(node)),
+            None => forwarded.remove(&connection),
+        };
+    }
+
+    /// The cluster node whose client connection id `connection` acts for,
+    /// if it is a proxy channel.
+    pub fn forwarded_from(&self, connection: u64) -> Option<Arc<str>> {
+        self.forwarded.lock().get(&connection).cloned()
     }
 }
 

@@ -840,6 +840,8 @@ where
     });
     let mut owner = Owner {
         broker,
+        peer: Arc::from(peer.as_str()),
+        connections: HashMap::new(),
         channels: HashMap::new(),
         windows: HashMap::new(),
         batches: HashMap::new(),
@@ -862,6 +864,7 @@ where
     for (_, mut ch) in owner.channels.drain() {
         ch.close();
     }
+    owner.forget_connections();
     // Deliveries already on their way to the closed channels go back.
     ev_rx.close();
     while let Ok(event) = ev_rx.try_recv() {
@@ -874,6 +877,10 @@ where
 
 struct Owner {
     broker: Weak<Broker>,
+    /// The forwarding node.
+    peer: Arc<str>,
+    /// The connection id each proxy channel acts as.
+    connections: HashMap<u64, u64>,
     channels: HashMap<u64, Channel>,
     /// Each proxy channel's push window.
     windows: HashMap<u64, Arc<PushWindow>>,
@@ -977,6 +984,11 @@ impl Owner {
                 if let Some(mut channel) = self.channels.remove(&ch) {
                     channel.close();
                 }
+                if let (Some(conn), Some(broker)) =
+                    (self.connections.remove(&ch), self.broker.upgrade())
+                {
+                    broker.set_forwarded_from(conn, None);
+                }
             }
             DataFrame::Credit { ch, bytes } => {
                 let starved = self.windows.get(&ch).is_some_and(|w| w.credit(bytes));
@@ -1030,6 +1042,15 @@ impl Owner {
         }
     }
 
+    /// The link ended: its proxy channels are no one's any more.
+    fn forget_connections(&mut self) {
+        if let Some(broker) = self.broker.upgrade() {
+            for (_, conn) in self.connections.drain() {
+                broker.set_forwarded_from(conn, None);
+            }
+        }
+    }
+
     /// The figures of the queues of `vhost` this node owns now, `None` for
     /// the others (a member that is not the leader has no consumers and
     /// no deliveries: its figures would be wrong).
@@ -1076,8 +1097,11 @@ impl Owner {
         let Some(v) = broker.vhost(vhost) else {
             return;
         };
+        let connection = broker.next_id();
+        broker.set_forwarded_from(connection, Some(&self.peer));
+        self.connections.insert(ch, connection);
         let ctx = ChannelContext {
-            connection: broker.next_id(),
+            connection,
             broker: Arc::clone(&broker),
             vhost: v,
             user: Arc::from(user),

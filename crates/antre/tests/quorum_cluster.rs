@@ -1143,6 +1143,14 @@ async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
                 },
             )
             .await;
+            // The leader names the node the consumer's channel is on.
+            let via = c.nodes[via_con].name.clone();
+            let q = queue_json(&c, l, "payments").await.expect("listed");
+            assert_eq!(
+                q["consumer_details"][0]["channel_details"]["node"],
+                json!(via),
+                "{q}"
+            );
         }
         d.ack(BasicAckOptions::default()).await.expect("ack");
     }

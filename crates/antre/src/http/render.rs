@@ -349,16 +349,27 @@ pub fn channel(
 /// A consumer.
 pub fn consumer(state: &HttpState, q: &Queue, info: &ConsumerInfo) -> Value {
     let conn = state.registry.get(info.connection);
-    let channel_details = conn.as_ref().map(|c| {
-        json!({
+    let channel_details = match conn.as_ref() {
+        Some(c) => json!({
             "name": channel_name(c, info.channel),
             "number": info.channel,
             "connection_name": c.name,
             "peer_host": c.peer.ip().to_string(),
             "peer_port": c.peer.port(),
             "user": c.user,
-        })
-    });
+        }),
+        // A client of another cluster node, through its proxy channel
+        // here: its channel is on that node.
+        None => match state.broker.forwarded_from(info.connection) {
+            Some(node) => json!({
+                "name": format!("forwarded by cluster node {node}"),
+                "number": info.channel,
+                "connection_name": format!("cluster node {node}"),
+                "node": node.to_string(),
+            }),
+            None => Value::Null,
+        },
+    };
     json!({
         "consumer_tag": info.tag,
         "queue": { "name": q.name, "vhost": q.vhost },
