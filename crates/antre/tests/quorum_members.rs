@@ -502,6 +502,22 @@ async fn leaders_rebalance_and_a_paused_leader_is_replaced() {
         Some(json!({"durable": true})),
     )
     .await;
+    // The node asked to rebalance balances the queues it knows with a
+    // leader: under load it may apply the declares a moment after the
+    // nodes that committed them (seen in CI).
+    c.until("n2 to know every queue's leader", || async {
+        for q in &queues {
+            let known = c
+                .queue_on(1, q)
+                .await
+                .is_some_and(|v| v["leader"].is_string());
+            if !known {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     let (ok, out, err) = c
         .cli(
             1,
