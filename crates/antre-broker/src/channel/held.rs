@@ -120,12 +120,12 @@ impl Channel {
     /// output for a sync of the definitions: for a proxy channel a cluster
     /// node runs for a client of another node (`antre-cluster`'s forward
     /// module). Nothing there would ever ask for that sync (a session asks
-    /// once per batch of frames), and the change count this compares is
-    /// the vhost's, so a change by any other connection meanwhile held the
-    /// channel's deliveries for good. Nothing is lost by it: what that
-    /// client is answered comes from its own node's channel, and a change
-    /// to definitions in a cluster is durable once the metadata group
-    /// committed it, before any node applies it.
+    /// once per batch of frames), so a handler that changed definitions
+    /// there (or, while the count was the vhost's, merely ran while another
+    /// connection did) held the channel's deliveries for good. Nothing is
+    /// lost by it: what that client is answered comes from its own node's
+    /// channel, and a change to definitions in a cluster is durable once
+    /// the metadata group committed it, before any node applies it.
     pub fn answer_at_once(&mut self) {
         self.at_once = true;
     }
