@@ -94,6 +94,18 @@ pub struct RemoteConsumer {
     pub unacked: u32,
 }
 
+impl From<crate::queue::ConsumerInfo> for RemoteConsumer {
+    fn from(c: crate::queue::ConsumerInfo) -> RemoteConsumer {
+        RemoteConsumer {
+            tag: c.tag,
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            prefetch: c.prefetch,
+            unacked: c.unacked,
+        }
+    }
+}
+
 /// Called once with the owner's figures of each queue asked for, in order
 /// (`None` for one it does not own now), or with `None` if it did not
 /// answer.

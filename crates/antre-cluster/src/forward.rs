@@ -841,7 +841,6 @@ where
     let mut owner = Owner {
         broker,
         peer: Arc::from(peer.as_str()),
-        connections: HashMap::new(),
         channels: HashMap::new(),
         windows: HashMap::new(),
         batches: HashMap::new(),
@@ -861,10 +860,9 @@ where
     }
     reader.abort();
     writer.abort();
-    for (_, mut ch) in owner.channels.drain() {
-        ch.close();
+    for ch in owner.channels.keys().copied().collect::<Vec<_>>() {
+        owner.close(ch);
     }
-    owner.forget_connections();
     // Deliveries already on their way to the closed channels go back.
     ev_rx.close();
     while let Ok(event) = ev_rx.try_recv() {
@@ -879,8 +877,6 @@ struct Owner {
     broker: Weak<Broker>,
     /// The forwarding node.
     peer: Arc<str>,
-    /// The connection id each proxy channel acts as.
-    connections: HashMap<u64, u64>,
     channels: HashMap<u64, Channel>,
     /// Each proxy channel's push window.
     windows: HashMap<u64, Arc<PushWindow>>,
@@ -979,17 +975,7 @@ impl Owner {
                 self.send(&DataFrame::CountsReply { req, counts });
             }
             DataFrame::Call { ch, req, method } => self.call(ch, req, method),
-            DataFrame::Close { ch } => {
-                self.windows.remove(&ch);
-                if let Some(mut channel) = self.channels.remove(&ch) {
-                    channel.close();
-                }
-                if let (Some(conn), Some(broker)) =
-                    (self.connections.remove(&ch), self.broker.upgrade())
-                {
-                    broker.set_forwarded_from(conn, None);
-                }
-            }
+            DataFrame::Close { ch } => self.close(ch),
             DataFrame::Credit { ch, bytes } => {
                 let starved = self.windows.get(&ch).is_some_and(|w| w.credit(bytes));
                 if let (true, Some(channel)) = (starved, self.channels.get(&ch)) {
@@ -1042,11 +1028,15 @@ impl Owner {
         }
     }
 
-    /// The link ended: its proxy channels are no one's any more.
-    fn forget_connections(&mut self) {
-        if let Some(broker) = self.broker.upgrade() {
-            for (_, conn) in self.connections.drain() {
-                broker.set_forwarded_from(conn, None);
+    /// Closes proxy channel `ch` (the forwarding node closed it, or the
+    /// link ended): its consumers are cancelled, what it delivered and
+    /// nobody settled goes back, and it is no one's channel any more.
+    fn close(&mut self, ch: u64) {
+        self.windows.remove(&ch);
+        if let Some(mut channel) = self.channels.remove(&ch) {
+            channel.close();
+            if let Some(broker) = self.broker.upgrade() {
+                broker.set_forwarded_from(channel.connection(), None);
             }
         }
     }
@@ -1068,13 +1058,7 @@ impl Owner {
                 let consumer_details = if details {
                     q.consumers()
                         .into_iter()
-                        .map(|c| RemoteConsumer {
-                            tag: c.tag,
-                            no_ack: c.no_ack,
-                            exclusive: c.exclusive,
-                            prefetch: c.prefetch,
-                            unacked: c.unacked,
-                        })
+                        .map(RemoteConsumer::from)
                         .collect()
                 } else {
                     Vec::new()
@@ -1099,7 +1083,6 @@ impl Owner {
         };
         let connection = broker.next_id();
         broker.set_forwarded_from(connection, Some(&self.peer));
-        self.connections.insert(ch, connection);
         let ctx = ChannelContext {
             connection,
             broker: Arc::clone(&broker),
@@ -1177,9 +1160,9 @@ mod tests {
         }
     }
 
-    /// A proxy channel that changed durable definitions (or merely ran
-    /// while another connection changed them: the change count is the
-    /// vhost's) held its later output for a sync that nothing on the owner
+    /// A proxy channel that changed durable definitions (or, while the
+    /// change count was the vhost's, merely ran while another connection
+    /// changed them) held its later output for a sync that nothing on the owner
     /// ever requested: its consumer's deliveries were counted unacked and
     /// never pushed, and the forwarded consumer starved for good (seen in
     /// the nemesis test, a consumer through a follower while a third client

@@ -246,6 +246,11 @@ impl Channel {
         }
     }
 
+    /// The connection id the channel belongs to (its consumers carry it).
+    pub fn connection(&self) -> ConnectionId {
+        self.ctx.connection
+    }
+
     /// Messages delivered on this channel and not yet settled.
     pub fn unacked_count(&self) -> usize {
         self.unacked.len()

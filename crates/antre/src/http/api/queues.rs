@@ -132,24 +132,11 @@ async fn with_owner_counts(
                     q["message_bytes_ready"] = Value::from(c.ready_bytes);
                     q["consumers"] = Value::from(c.consumers);
                     if details {
-                        let queue = serde_json::json!({ "name": q["name"], "vhost": q["vhost"] });
+                        let name = q["name"].as_str().unwrap_or_default().to_owned();
                         q["consumer_details"] = c
                             .consumer_details
                             .iter()
-                            .map(|c| {
-                                serde_json::json!({
-                                    "consumer_tag": c.tag,
-                                    "queue": queue,
-                                    "channel_details": null,
-                                    "ack_required": !c.no_ack,
-                                    "exclusive": c.exclusive,
-                                    "prefetch_count": c.prefetch,
-                                    "messages_unacknowledged": c.unacked,
-                                    "active": true,
-                                    "activity_status": "up",
-                                    "arguments": {},
-                                })
-                            })
+                            .map(|c| render::consumer_of(&v.name, &name, c, Value::Null))
                             .collect();
                     }
                 }
