@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export ANTRE_CRASH_CYCLES="${1:-300}"
 if [ -n "${2:-}" ]; then export ANTRE_CRASH_SEED="$2"; fi
-cargo test --release -p antre --test crash -- --nocapture
+cargo test --release -p antre --test node crash:: -- --nocapture

@@ -67,5 +67,5 @@ echo "== recording"
 cd "$ROOT"
 # One scenario group at a time: the groups share the one node.
 ANTRE_CONFORMANCE_RECORD="127.0.0.1:$PORT" \
-    cargo test -p antre --test conformance -- --test-threads=1
+    cargo test -p antre --test node conformance:: -- --test-threads=1
 git -C "$ROOT" status --short crates/antre/tests/conformance/transcripts

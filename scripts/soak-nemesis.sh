@@ -27,5 +27,5 @@ log=target/soak-nemesis.log
 mkdir -p target
 echo "full output: $log"
 ANTRE_NEMESIS_ROUNDS="$rounds" ANTRE_NEMESIS_SEED="$seed" cargo test -p antre \
-    --test cluster_nemesis -- --nocapture 2>&1 | tee "$log" |
+    --test cluster cluster_nemesis:: -- --nocapture 2>&1 | tee "$log" |
     grep -E "^nemesis|^test result|panicked|timed out"

@@ -16,6 +16,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cycles="${1:-100}"
-ANTRE_QUORUM_CYCLES="$cycles" cargo test -p antre --test quorum_cluster \
-    a_quorum_queue_replicates_and_survives_its_leaders_death -- --nocapture 2>&1 |
+ANTRE_QUORUM_CYCLES="$cycles" cargo test -p antre --test cluster \
+    quorum_cluster::a_quorum_queue_replicates_and_survives_its_leaders_death -- --nocapture 2>&1 |
     grep -E "^quorum failover:|^test result|panicked"

@@ -8,7 +8,7 @@
 //! `^(cfg|amq\.gen.*)`, write `^(w|cfg|amq\.topic)`, read `^(r|cfg)`, and a
 //! topic permission on `cfg.x` with write `^{username}\.`, read `^rallowed`).
 
-mod common;
+use crate::common;
 
 use antre_amqp::method::*;
 use antre_amqp::{encode_content, encode_method, BasicProperties, FieldTable, FieldValue, Method};

@@ -3,7 +3,7 @@
 //! users and permissions. Reasons and status codes were checked against
 //! RabbitMQ 3.10.8's management plugin on a side port.
 
-mod common;
+use crate::common;
 
 use common::{RawClient, TestBroker};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! The core flows again with a second, independent client (amqprs), so
 //! compatibility does not rest on one library's habits.
 
-mod common;
+use crate::common;
 
 use amqprs::channel::{
     BasicAckArguments, BasicConsumeArguments, BasicGetArguments, BasicPublishArguments,

@@ -15,9 +15,8 @@
 //! them). Without them the test says so and passes, except under CI
 //! (`CI=true`), where it fails.
 
-mod common;
-#[path = "cluster/harness.rs"]
-mod harness;
+use crate::common;
+use crate::harness;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

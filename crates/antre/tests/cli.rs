@@ -1,7 +1,7 @@
 //! The `antre` CLI against a real broker: the binary runs as a child
 //! process and talks to the broker's management API.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

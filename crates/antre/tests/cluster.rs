@@ -5,8 +5,7 @@
 //! up, a change without a quorum fails cleanly and leaves nothing behind,
 //! and a node with the wrong secret is refused.
 
-#[path = "cluster/harness.rs"]
-mod harness;
+use crate::harness;
 
 use std::time::Duration;
 

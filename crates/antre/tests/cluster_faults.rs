@@ -29,13 +29,9 @@
 //! `c.pause(i)` / `c.resume(i)`, `c.kill(i)` / `c.spawn(i)`), then
 //! `mesh.heal()` and assertions on what was confirmed.
 
-#[path = "cluster/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "common/pki.rs"]
-mod pki;
-#[path = "cluster/proxy.rs"]
-mod proxy;
+use crate::common::pki;
+use crate::harness;
+use crate::proxy;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

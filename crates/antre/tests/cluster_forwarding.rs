@@ -13,8 +13,7 @@
 //!   (never a confirm) for publishes through n2, and every confirmed
 //!   message there after the owner restarts.
 
-#[path = "cluster/harness.rs"]
-mod harness;
+use crate::harness;
 
 use std::time::Duration;
 

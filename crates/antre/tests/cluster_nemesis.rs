@@ -27,10 +27,8 @@
 //! many (`ANTRE_NEMESIS_ROUNDS`, `ANTRE_NEMESIS_SEED`), printing the
 //! figures.
 
-#[path = "cluster/harness.rs"]
-mod harness;
-#[path = "cluster/proxy.rs"]
-mod proxy;
+use crate::harness;
+use crate::proxy;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

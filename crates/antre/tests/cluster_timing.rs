@@ -9,10 +9,8 @@
 //! queue is declared and confirms publishes, a metadata change commits
 //! and a membership change (a node forgotten) commits.
 
-#[path = "cluster/harness.rs"]
-mod harness;
-#[path = "cluster/proxy.rs"]
-mod proxy;
+use crate::harness;
+use crate::proxy;
 
 use std::time::{Duration, Instant};
 

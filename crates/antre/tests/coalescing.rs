@@ -5,7 +5,7 @@
 //! wait limit, so a trigger that failed to send would time the test out
 //! rather than pass late; a zero rate threshold makes every connection busy.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! test with `ANTRE_CONFORMANCE_RECORD=host:port` pointing at a RabbitMQ.
 //! See `conformance/README.md` for the scenario language.
 
-mod common;
+use crate::common;
 #[path = "conformance/runner.rs"]
 mod runner;
 #[path = "conformance/script.rs"]

@@ -7,7 +7,7 @@
 //! `cargo test` runs a few cycles; `scripts/crash-test.sh` runs hundreds
 //! (set `ANTRE_CRASH_CYCLES`).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::process::Child;

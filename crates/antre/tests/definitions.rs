@@ -4,7 +4,7 @@
 //! binding, global parameters) is imported section by section, and nothing
 //! antre cannot apply is dropped silently.
 
-mod common;
+use crate::common;
 
 use common::{RawClient, TestBroker};
 use serde_json::{json, Value};

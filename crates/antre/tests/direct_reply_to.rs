@@ -1,7 +1,7 @@
 //! Direct reply-to (`amq.rabbitmq.reply-to`) with lapin: request/reply
 //! without declaring a reply queue, and RabbitMQ's errors around it.
 
-mod common;
+use crate::common;
 
 use common::*;
 use futures::StreamExt;

@@ -1,7 +1,7 @@
 //! Durable definitions and persistent messages across restarts; transient
 //! ones do not survive; backlogs larger than the memory limit.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lapin::options::*;

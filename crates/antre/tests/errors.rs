@@ -1,7 +1,7 @@
 //! Bad input gets the reply code the spec names, as a channel or connection
 //! close, and never harms other connections.
 
-mod common;
+use crate::common;
 
 use antre_amqp::method::*;
 use antre_amqp::{encode_content, encode_method, reply, BasicProperties, Method, PROTOCOL_HEADER};

@@ -2,7 +2,7 @@
 //! names, auth, errors, topology changes, messages over HTTP, and the
 //! definitions round trip into a fresh broker.
 
-mod common;
+use crate::common;
 
 use common::{declare, publish_confirmed, within, TestBroker};
 use futures::StreamExt;

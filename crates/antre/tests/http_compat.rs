@@ -4,7 +4,7 @@
 //! endpoints whose concept antre has with nothing in them (parameters,
 //! limits). The shapes here were checked against RabbitMQ 3.10.
 
-mod common;
+use crate::common;
 
 use common::TestBroker;
 use serde_json::{json, Value};

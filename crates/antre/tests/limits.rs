@@ -1,7 +1,7 @@
 //! Bounded under any load: a misbehaving client meets a limit the AMQP way
 //! (a reply code, connection.blocked) and a bystander client stays served.
 
-mod common;
+use crate::common;
 
 use antre_amqp::method::*;
 use antre_amqp::{encode_method, Method};
@@ -329,80 +329,4 @@ async fn connections_beyond_max_connections_are_refused_the_amqp_way() {
     RawClient::open_as(broker.addr(), "guest", "guest", "/")
         .await
         .expect("a place is free again");
-}
-
-/// Issue #11, item 1, end to end: ten queues of length one dead-lettering
-/// into a fanout they are all bound to, one message in each, then one more
-/// publish. The dead-letter budget ends the storm: the broker stays
-/// responsive, memory stays bounded, and the dropped letters are counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_storm_leaves_the_broker_responsive() {
-    use lapin::types::AMQPValue;
-    let broker = TestBroker::start().await;
-    let conn = broker.lapin().await;
-    let ch = confirm_channel(&conn).await;
-    ch.exchange_declare(
-        "storm",
-        lapin::ExchangeKind::Fanout,
-        Default::default(),
-        lapin::types::FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut args = lapin::types::FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("storm".into()),
-    );
-    for i in 0..10 {
-        let name = format!("storm-{i}");
-        ch.queue_declare(&name, Default::default(), args.clone())
-            .await
-            .unwrap();
-        ch.queue_bind(&name, "storm", "", Default::default(), Default::default())
-            .await
-            .unwrap();
-        publish_confirmed(&ch, "", &name, b"one").await;
-    }
-    let rss_before = resident_bytes();
-    publish_confirmed(&ch, "storm", "", b"the one more").await;
-
-    // A bystander on another connection: publish and get.
-    let bystander = broker.lapin().await;
-    let bch = confirm_channel(&bystander).await;
-    declare(&bch, "bystander").await;
-    publish_confirmed(&bch, "", "bystander", b"hello").await;
-    let got = within(
-        "basic.get",
-        bch.basic_get(
-            "bystander",
-            lapin::options::BasicGetOptions { no_ack: true },
-        ),
-    )
-    .await
-    .unwrap()
-    .expect("the bystander's message");
-    assert_eq!(got.data, b"hello");
-    assert_eq!(healthz(&broker).await, 200);
-    for i in 0..10 {
-        assert_eq!(ready_count(&ch, &format!("storm-{i}")).await, 1);
-    }
-    let grown = resident_bytes().saturating_sub(rss_before);
-    assert!(grown < 64 << 20, "memory grew by {grown} bytes");
-    let (_, _, metrics) = broker.http_text("/metrics").await;
-    let dropped: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("antre_dead_letters_dropped_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("antre_dead_letters_dropped_total on /metrics");
-    assert!(dropped > 0.0, "dropped letters are counted: {dropped}");
-}
-
-/// Resident memory of this process (the broker runs in it).
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
 }

@@ -3,7 +3,7 @@
 //! texts and codes are RabbitMQ 3.10.8's (recorded by hand against a live
 //! node).
 
-mod common;
+use crate::common;
 
 use common::*;
 use lapin::options::*;

@@ -4,7 +4,7 @@
 //! that says how to pick another, with no backtrace even when
 //! RUST_BACKTRACE is set.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -13,7 +13,7 @@
 //! - a fast persistent publisher is stopped by the disk alarm within a
 //!   small bound of the limit, not a second's worth of writes past it.
 
-mod common;
+use crate::common;
 
 use std::process::Child;
 use std::sync::Arc;
@@ -589,4 +589,71 @@ async fn many_queues_share_one_message_budget() {
             assert_eq!(index_of(&got.delivery.data), i);
         }
     }
+}
+
+/// Issue #11, item 1, end to end: ten queues of length one dead-lettering
+/// into a fanout they are all bound to, one message in each, then one more
+/// publish. The dead-letter budget ends the storm: the broker stays
+/// responsive, memory stays bounded, and the dropped letters are counted.
+/// (The broker is a child process, so its memory is not other tests'.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_storm_leaves_the_broker_responsive() {
+    use lapin::types::AMQPValue;
+    let broker = Broker::spawn(&[]);
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    ch.exchange_declare(
+        "storm",
+        lapin::ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("storm".into()),
+    );
+    for i in 0..10 {
+        let name = format!("storm-{i}");
+        ch.queue_declare(&name, Default::default(), args.clone())
+            .await
+            .unwrap();
+        ch.queue_bind(&name, "storm", "", Default::default(), Default::default())
+            .await
+            .unwrap();
+        publish_confirmed(&ch, "", &name, b"one").await;
+    }
+    let rss_before = broker.rss();
+    publish_confirmed(&ch, "storm", "", b"the one more").await;
+
+    // A bystander on another connection: publish and get.
+    let bystander = broker.lapin().await;
+    let bch = confirm_channel(&bystander).await;
+    declare(&bch, "bystander").await;
+    publish_confirmed(&bch, "", "bystander", b"hello").await;
+    let got = within(
+        "basic.get",
+        bch.basic_get("bystander", BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .unwrap()
+    .expect("the bystander's message");
+    assert_eq!(got.data, b"hello");
+    assert_eq!(broker.get("/healthz").await.0, 200);
+    for i in 0..10 {
+        assert_eq!(ready_count(&ch, &format!("storm-{i}")).await, 1);
+    }
+    let grown = broker.rss().saturating_sub(rss_before);
+    assert!(grown < 64 << 20, "memory grew by {grown} bytes");
+    let (_, metrics) = broker.get("/metrics").await;
+    let metrics = metrics.as_str().expect("metrics text");
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("antre_dead_letters_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("antre_dead_letters_dropped_total on /metrics");
+    assert!(dropped > 0.0, "dropped letters are counted: {dropped}");
 }

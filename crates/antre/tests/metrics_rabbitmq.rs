@@ -6,7 +6,7 @@
 //! metrics` (skipped with a note when promtool is missing, except under CI),
 //! as does `/metrics/detailed`, which holds only the families asked for.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};

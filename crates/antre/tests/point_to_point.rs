@@ -1,7 +1,7 @@
 //! Point-to-point queues with lapin: competing consumers, acks, requeue,
 //! prefetch, basic.get, confirms and transactions.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

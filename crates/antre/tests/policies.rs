@@ -5,7 +5,7 @@
 //! alternate exchanges; precedence between policy, operator policy and
 //! arguments; who may set them; restarts and definitions.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lapin::options::*;

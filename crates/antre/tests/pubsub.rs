@@ -1,7 +1,7 @@
 //! Publish/subscribe with lapin: fan-out, topic and headers routing,
 //! exchange-to-exchange bindings and mandatory returns.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lapin::options::*;

@@ -4,7 +4,7 @@
 //! rules are unit-tested on a manual clock in the broker core; here each gets
 //! one end-to-end check with short real delays.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,8 +5,7 @@
 //! `queue-leader-locator` before the argument), and a classic queue lives
 //! where `x-queue-master-locator` puts it.
 
-#[path = "cluster/harness.rs"]
-mod harness;
+use crate::harness;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

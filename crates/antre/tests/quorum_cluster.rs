@@ -10,8 +10,7 @@
 //! `ANTRE_QUORUM_CYCLES=100` runs the failover loop 100 times (see
 //! scripts/soak-quorum-failover.sh); CI runs 3.
 
-#[path = "cluster/harness.rs"]
-mod harness;
+use crate::harness;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

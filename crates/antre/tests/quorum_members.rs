@@ -5,8 +5,7 @@
 //! members (and refusing to remove the last); node-wide grow and shrink;
 //! rebalancing leaders; a paused (SIGSTOP) leader replaced and resumed.
 
-#[path = "cluster/harness.rs"]
-mod harness;
+use crate::harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -4,7 +4,7 @@
 //! under CI (`CI=true`), where .ci/run installs both and a missing one
 //! fails.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! version it pins); without python3 and rstream the test says so and
 //! passes, except under CI (`CI=true`), where it fails.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! `server_identity = "rabbitmq"` (for clients that pick behaviour from
 //! `product` and `version`, see docs/compatibility.md).
 
-mod common;
+use crate::common;
 
 use antre::config::ServerIdentity;
 use antre_amqp::{decode_frame, FieldTable, FieldValue, Frame, Method, PROTOCOL_HEADER};

@@ -3,7 +3,7 @@
 //! from an offset, deduplication by publishing id, offset tracking, super
 //! streams, and a stream shared with AMQP 0-9-1 both ways.
 
-mod common;
+use crate::common;
 #[path = "stream_protocol/filtering.rs"]
 mod filtering;
 

@@ -2,7 +2,7 @@
 //! publishing with confirms, consuming from every kind of offset, acks as
 //! credit, filtering, retention, many readers, restart with offsets intact.
 
-mod common;
+use crate::common;
 
 use common::*;
 use futures::StreamExt;

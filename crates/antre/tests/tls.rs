@@ -5,7 +5,7 @@
 //! a bad certificate stops the start with a message naming the file.
 //! pika's half is in tls_pika.rs.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! says so and passes, except under CI (`CI=true`), where .ci/run installs
 //! it and a missing one fails.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -14,8 +14,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::script::{Conn, Connect, Kind, Scenario, Step};
-use crate::show::{describe, Names};
+use super::script::{Conn, Connect, Kind, Scenario, Step};
+use super::show::{describe, Names};
 
 /// How long one expected reply may take: a guard against a reply that never
 /// comes (recorded as `timeout`), not a synchronisation device.
@@ -486,7 +486,7 @@ impl Runner {
                 _ => return " <body incomplete>".into(),
             }
         }
-        crate::show::content(&header.properties, &body, &mut self.names)
+        super::show::content(&header.properties, &body, &mut self.names)
     }
 
     fn close_peer(&mut self, conn: &Conn) {
