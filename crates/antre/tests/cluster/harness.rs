@@ -527,18 +527,30 @@ impl TestCluster {
     /// Takes every message of `queue` on node `i` (no-ack gets); their
     /// bodies.
     pub async fn drain(&self, i: usize, queue: &str) -> Vec<String> {
+        let (bodies, failed) = self.try_drain(i, queue).await;
+        if let Some(e) = failed {
+            panic!("basic.get: {e:?}");
+        }
+        bodies
+    }
+
+    /// Takes messages of `queue` on node `i` (no-ack gets) until it is
+    /// empty or a get fails (as one does while the queue's leader
+    /// changes); their bodies, and the failure if one ended it.
+    pub async fn try_drain(&self, i: usize, queue: &str) -> (Vec<String>, Option<lapin::Error>) {
         use lapin::options::BasicGetOptions;
         let conn = connect(&self.nodes[i].amqp_uri()).await;
         let ch = conn.create_channel().await.expect("channel");
         let mut bodies = Vec::new();
-        while let Some(got) = ch
-            .basic_get(queue, BasicGetOptions { no_ack: true })
-            .await
-            .expect("basic.get")
-        {
-            bodies.push(String::from_utf8_lossy(&got.delivery.data).into_owned());
+        loop {
+            match ch.basic_get(queue, BasicGetOptions { no_ack: true }).await {
+                Ok(Some(got)) => {
+                    bodies.push(String::from_utf8_lossy(&got.delivery.data).into_owned())
+                }
+                Ok(None) => return (bodies, None),
+                Err(e) => return (bodies, Some(e)),
+            }
         }
-        bodies
     }
 
     /// Queue `name` in vhost `/` as node `i` lists it (`None`: not listed,
