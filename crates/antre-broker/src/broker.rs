@@ -117,7 +117,7 @@ pub struct Broker {
     /// (`antre-cluster`'s forward module), by the connection id each acts
     /// as: the node that forwards it, which the management API shows as
     /// the channel of such a consumer.
-    forwarded: parking_lot::Mutex<HashMap<u64, Arc<str>>>,
+    forwarded: parking_lot::Mutex<HashMap<u64, ForwardedFrom>>,
 }
 
 impl Default for Broker {
@@ -547,21 +547,31 @@ impl Broker {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records that connection id `connection` is a proxy channel cluster
-    /// node `node` runs here for one of its clients (`None`: it closed).
-    pub fn set_forwarded_from(&self, connection: u64, node: Option<&str>) {
+    /// Records that connection id `connection` is a proxy channel another
+    /// cluster node runs here for one of its clients (`None`: it closed).
+    pub fn set_forwarded_from(&self, connection: u64, from: Option<ForwardedFrom>) {
         let mut forwarded = self.forwarded.lock();
-        match node {
-            Some(node) => forwarded.insert(connection, Arc::from(node)),
+        match from {
+            Some(from) => forwarded.insert(connection, from),
             None => forwarded.remove(&connection),
         };
     }
 
-    /// The cluster node whose client connection id `connection` acts for,
-    /// if it is a proxy channel.
-    pub fn forwarded_from(&self, connection: u64) -> Option<Arc<str>> {
+    /// The cluster node and user whose client connection id `connection`
+    /// acts for, if it is a proxy channel.
+    pub fn forwarded_from(&self, connection: u64) -> Option<ForwardedFrom> {
         self.forwarded.lock().get(&connection).cloned()
     }
+}
+
+/// Whom a proxy channel acts for: a client of another cluster node (see
+/// [`Broker::set_forwarded_from`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedFrom {
+    /// The node the client is connected to.
+    pub node: Arc<str>,
+    /// The client's user.
+    pub user: Arc<str>,
 }
 
 #[cfg(test)]

@@ -1082,7 +1082,11 @@ impl Owner {
             return;
         };
         let connection = broker.next_id();
-        broker.set_forwarded_from(connection, Some(&self.peer));
+        let from = antre_broker::broker::ForwardedFrom {
+            node: Arc::clone(&self.peer),
+            user: Arc::from(user),
+        };
+        broker.set_forwarded_from(connection, Some(from));
         let ctx = ChannelContext {
             connection,
             broker: Arc::clone(&broker),

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::log_store::LogStore;
 use crate::network::{CallError, Connection, Link, NetworkFactory, PeerState};
 use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
-use crate::wire::{ProposeRefusal, Request, Response};
+use crate::wire::{Listing, ProposeRefusal, Request, Response};
 use crate::{node_id_of, ClusterConfig, ClusterError, Member, NodeId, Proposal, Raft};
 
 /// A peer counts as running while it was heard from this recently.
@@ -106,10 +106,17 @@ pub struct Cluster {
     /// What this node answers to [`Request::NodeInfo`]: its server knows
     /// its memory, alarms and connections, this crate does not.
     node_info: std::sync::OnceLock<NodeInfoFn>,
+    /// What this node answers to [`Request::Listing`]: its server renders
+    /// its management listings.
+    listing: std::sync::OnceLock<ListingFn>,
 }
 
 /// A node's figures as JSON, set by the server (see [`Cluster::serve_node_info`]).
 type NodeInfoFn = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// A node's rows of a management listing, set by the server (see
+/// [`Cluster::serve_listing`]).
+type ListingFn = Box<dyn Fn(Listing, Option<&str>) -> Vec<serde_json::Value> + Send + Sync>;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -184,6 +191,7 @@ impl Cluster {
         let node = Arc::new(Cluster {
             forwarder: Arc::clone(&forwarder),
             node_info: std::sync::OnceLock::new(),
+            listing: std::sync::OnceLock::new(),
             link,
             raft,
             queue_groups,
@@ -297,6 +305,50 @@ impl Cluster {
             .await?
         {
             Response::NodeInfo(info) => Ok(info),
+            _ => Err(CallError::Network("answer of the wrong kind".into())),
+        }
+    }
+
+    /// Sets how this node renders its own rows of a management listing
+    /// for a peer ([`Cluster::listing`]); the first call wins.
+    pub fn serve_listing(
+        &self,
+        rows: impl Fn(Listing, Option<&str>) -> Vec<serde_json::Value> + Send + Sync + 'static,
+    ) {
+        let _ = self.listing.set(Box::new(rows));
+    }
+
+    /// This node's rows of `what`, as [`Cluster::serve_listing`] makes
+    /// them.
+    pub(crate) fn local_listing(
+        &self,
+        what: Listing,
+        vhost: Option<&str>,
+    ) -> Vec<serde_json::Value> {
+        self.listing
+            .get()
+            .map_or_else(Vec::new, |rows| rows(what, vhost))
+    }
+
+    /// Asks the member `name` for its own rows of the listing `what`
+    /// (only `vhost`'s, if given), waiting at most `ttl`.
+    pub async fn listing(
+        &self,
+        name: &str,
+        what: Listing,
+        vhost: Option<&str>,
+        ttl: Duration,
+    ) -> Result<Vec<serde_json::Value>, CallError> {
+        let deadline = Instant::now() + ttl;
+        let request = Request::Listing {
+            what,
+            vhost: vhost.map(str::to_owned),
+        };
+        match self
+            .forward_request(node_id_of(name), &request, deadline)
+            .await?
+        {
+            Response::Listing(rows) => Ok(rows),
             _ => Err(CallError::Network("answer of the wrong kind".into())),
         }
     }

@@ -135,6 +135,9 @@ async fn serve_peer(
             }
             Request::Ping => Response::Pong,
             Request::NodeInfo => Response::NodeInfo(node.local_info()),
+            Request::Listing { what, vhost } => {
+                Response::Listing(node.local_listing(what, vhost.as_deref()))
+            }
             Request::PreVote {
                 group,
                 dead,

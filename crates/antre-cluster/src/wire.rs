@@ -164,6 +164,16 @@ pub enum Request {
     /// The node's own figures (memory, disk, alarms, connections), for
     /// a management API that shows every node, as RabbitMQ's does.
     NodeInfo,
+    /// The node's own rows of a management listing (its connections,
+    /// their channels, the consumers of the queues it owns), for a
+    /// listing of the whole cluster, as RabbitMQ's management API gives
+    /// whichever node is asked.
+    Listing {
+        /// Which listing.
+        what: Listing,
+        /// Only the rows of this vhost.
+        vhost: Option<String>,
+    },
     /// Would this node vote for the sender, whose log ends at `last_log`,
     /// in the metadata group (`group` none) or a quorum queue's group?
     /// Asked before standing for election, so that a member that cannot
@@ -178,6 +188,19 @@ pub enum Request {
         /// The last entry of the sender's log.
         last_log: Option<openraft::LogId<NodeId>>,
     },
+}
+
+/// A management listing a node answers for its own objects only
+/// ([`Request::Listing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Listing {
+    /// Its clients' connections.
+    Connections,
+    /// Their channels.
+    Channels,
+    /// The consumers of the queues it owns (a forwarded client's among
+    /// them; the node the client is connected to does not list those).
+    Consumers,
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -210,6 +233,10 @@ pub enum Response {
     /// the fields of the management API's `/api/nodes` (empty when the
     /// node's server has not set [`crate::Cluster::serve_node_info`]).
     NodeInfo(serde_json::Value),
+    /// To [`Request::Listing`]: the rows, as the node's management API
+    /// renders them (none when its server has not set
+    /// [`crate::Cluster::serve_listing`]).
+    Listing(Vec<serde_json::Value>),
     /// To [`Request::PreVote`]: whether it would vote for the sender.
     PreVote(crate::election::PreVoteAnswer),
 }

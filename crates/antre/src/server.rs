@@ -268,6 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             cluster: cluster.clone(),
         };
         http::api::overview::serve_node_info(&state);
+        http::api::connections::serve_listings(&state);
         let http = http_listeners
             .into_iter()
             .zip(&http_addrs)

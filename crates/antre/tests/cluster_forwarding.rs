@@ -1308,3 +1308,152 @@ async fn a_forwarded_consumer_that_does_not_read_leaves_the_messages_on_the_owne
     assert_eq!(line.expect("read"), Some(COUNT.to_string()));
     assert_eq!(messages(&c, 0, "firehose").await, 0);
 }
+
+/// The rows of a listing of node `i`, as `who`.
+async fn rows(c: &TestCluster, i: usize, who: (&str, &str), path: &str) -> Vec<Value> {
+    match c.try_api_as(i, who, "GET", path, None).await {
+        Some((200, Value::Array(rows))) => rows,
+        other => panic!("GET {path} on {}: {other:?}", c.nodes[i].name),
+    }
+}
+
+fn field<'a>(rows: &'a [Value], key: &str) -> Vec<&'a str> {
+    let mut out: Vec<&str> = rows.iter().filter_map(|r| r[key].as_str()).collect();
+    out.sort_unstable();
+    out
+}
+
+/// Reported: "I connected my services to n1 and n2, opened the UI on n3
+/// and it listed no connections, no channels, no consumers, and an empty
+/// overview." A cluster's management API lists the whole cluster
+/// whichever node is asked, as RabbitMQ's does: every member's
+/// connections and channels, every queue's consumers once (a forwarded
+/// consumer by the queue's owner, naming the node its client is on), the
+/// overview's totals of connections, consumers and messages; and a user
+/// who may see only their own connections sees those on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let names: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
+    let (s, body) = c
+        .api(
+            0,
+            "PUT",
+            "/api/users/alice",
+            Some(json!({ "password": "wonderland", "tags": "management" })),
+        )
+        .await;
+    assert!(s == 201 || s == 204, "{s} {body}");
+    let (s, body) = c
+        .api(
+            0,
+            "PUT",
+            "/api/permissions/%2F/alice",
+            Some(json!({ "configure": ".*", "write": ".*", "read": ".*" })),
+        )
+        .await;
+    assert!(s == 201 || s == 204, "{s} {body}");
+    c.until("alice's permissions on n2", || {
+        has(&c, 1, "/api/permissions/%2F/alice")
+    })
+    .await;
+
+    // guest on n1 owns the queues; alice on n2 consumes one of them; guest
+    // on n3 just has a channel open.
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let ch1 = n1.create_channel().await.expect("channel");
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    declare_durable(&ch1, "orders").await;
+    declare_durable(&ch1, "backlog").await;
+    for i in 0..4 {
+        ch1.basic_publish(
+            "",
+            "backlog",
+            BasicPublishOptions::default(),
+            b"waiting",
+            props(i),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    let n2 = connect(&c.nodes[1].amqp_uri_as("alice", "wonderland")).await;
+    let ch2 = n2.create_channel().await.expect("channel");
+    c.until("orders known on n2", || {
+        has(&c, 1, "/api/queues/%2F/orders")
+    })
+    .await;
+    let _alice = consumer(&ch2, "orders", "alice-on-n2").await;
+    let n3 = connect(&c.nodes[2].amqp_uri()).await;
+    let _ch3 = n3.create_channel().await.expect("channel");
+
+    let guest = ("guest", "guest");
+    for i in 0..3 {
+        let node = names[i];
+        let conns = rows(&c, i, guest, "/api/connections").await;
+        assert_eq!(field(&conns, "node"), names, "connections listed by {node}");
+        assert_eq!(field(&conns, "user"), ["alice", "guest", "guest"], "{node}");
+        let in_vhost = rows(&c, i, guest, "/api/vhosts/%2F/connections").await;
+        assert_eq!(in_vhost.len(), 3, "{node}: {in_vhost:?}");
+        let channels = rows(&c, i, guest, "/api/channels").await;
+        assert_eq!(field(&channels, "node"), names, "channels listed by {node}");
+        assert_eq!(
+            rows(&c, i, guest, "/api/vhosts/%2F/channels").await.len(),
+            3
+        );
+
+        let consumers = rows(&c, i, guest, "/api/consumers").await;
+        assert_eq!(consumers.len(), 1, "{node}: {consumers:?}");
+        assert_eq!(consumers[0]["consumer_tag"], "alice-on-n2", "{node}");
+        assert_eq!(consumers[0]["queue"]["name"], "orders", "{node}");
+        assert_eq!(consumers[0]["channel_details"]["node"], names[1], "{node}");
+        assert_eq!(rows(&c, i, guest, "/api/consumers/%2F").await.len(), 1);
+
+        // Alice's connection, shown by name on whichever node is asked.
+        let alices = conns
+            .iter()
+            .find(|r| r["user"] == "alice")
+            .expect("alice's");
+        let path = format!(
+            "/api/connections/{}",
+            alices["name"]
+                .as_str()
+                .expect("a name")
+                .replace(" ", "%20")
+                .replace(">", "%3E")
+        );
+        let (s, shown) = c.api(i, "GET", &path, None).await;
+        assert_eq!(
+            (s, &shown["user"]),
+            (200, &json!("alice")),
+            "{node}: {shown}"
+        );
+
+        // Alice may see her own connection only, wherever it is.
+        let hers = rows(&c, i, ("alice", "wonderland"), "/api/connections").await;
+        assert_eq!(field(&hers, "node"), [names[1]], "alice asking {node}");
+        let her_consumers = rows(&c, i, ("alice", "wonderland"), "/api/consumers").await;
+        assert_eq!(
+            her_consumers.len(),
+            1,
+            "alice asking {node}: {her_consumers:?}"
+        );
+        assert_eq!(her_consumers[0]["channel_details"]["user"], "alice");
+
+        let (s, overview) = c.api(i, "GET", "/api/overview", None).await;
+        assert_eq!(s, 200);
+        let totals = &overview["object_totals"];
+        assert_eq!(totals["connections"], 3, "{node}: {totals}");
+        assert_eq!(totals["channels"], 3, "{node}: {totals}");
+        assert_eq!(totals["consumers"], 1, "{node}: {totals}");
+        assert_eq!(
+            overview["queue_totals"]["messages"], 4,
+            "{node}: {overview}"
+        );
+        assert_eq!(overview["queue_totals"]["messages_ready"], 4, "{node}");
+    }
+}

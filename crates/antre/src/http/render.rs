@@ -248,7 +248,7 @@ pub fn connection(state: &HttpState, c: &ConnectionEntry) -> Value {
     let blocked = c.blocked.load(Ordering::Relaxed);
     let mut out = json!({
         "name": c.name,
-        "node": node_name(),
+        "node": state.node_name(),
         "vhost": c.vhost,
         "user": c.user,
         "state": if blocked { "blocked" } else { "running" },
@@ -319,9 +319,10 @@ pub fn all_consumers(state: &HttpState) -> Vec<(Arc<Queue>, ConsumerInfo)> {
     out
 }
 
-/// A channel. Its consumer count, prefetch and unacked messages come from
-/// the consumers queues report for it.
+/// A channel of this node (`node`). Its consumer count, prefetch and
+/// unacked messages come from the consumers queues report for it.
 pub fn channel(
+    node: &str,
     c: &ConnectionEntry,
     number: u16,
     consumers: &[(Arc<Queue>, ConsumerInfo)],
@@ -336,7 +337,7 @@ pub fn channel(
     json!({
         "name": channel_name(c, number),
         "number": number,
-        "node": node_name(),
+        "node": node,
         "vhost": c.vhost,
         "user": c.user,
         "state": "running",
@@ -355,6 +356,7 @@ pub fn consumer(state: &HttpState, q: &Queue, info: &ConsumerInfo) -> Value {
             "name": channel_name(c, info.channel),
             "number": info.channel,
             "connection_name": c.name,
+            "node": state.node_name(),
             "peer_host": c.peer.ip().to_string(),
             "peer_port": c.peer.port(),
             "user": c.user,
@@ -362,11 +364,12 @@ pub fn consumer(state: &HttpState, q: &Queue, info: &ConsumerInfo) -> Value {
         // A client of another cluster node, through its proxy channel
         // here: its channel is on that node.
         None => match state.broker.forwarded_from(info.connection) {
-            Some(node) => json!({
-                "name": format!("forwarded by cluster node {node}"),
+            Some(from) => json!({
+                "name": format!("forwarded by cluster node {}", from.node),
                 "number": info.channel,
-                "connection_name": format!("cluster node {node}"),
-                "node": node.to_string(),
+                "connection_name": format!("cluster node {}", from.node),
+                "node": from.node.as_ref(),
+                "user": from.user.as_ref(),
             }),
             None => Value::Null,
         },

@@ -334,11 +334,30 @@ impl TestCluster {
         path: &str,
         body: Option<Value>,
     ) -> Option<(u16, Value)> {
+        self.try_api_as(i, ("guest", "guest"), method, path, body)
+            .await
+    }
+
+    /// Calls node `i`'s API as `(user, password)`; `None` if it does not
+    /// answer.
+    pub async fn try_api_as(
+        &self,
+        i: usize,
+        (user, password): (&str, &str),
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<(u16, Value)> {
+        use base64::Engine;
         let url = format!("{}{path}", self.nodes[i].http());
         let method = method.to_owned();
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
         tokio::task::spawn_blocking(move || {
             let req = ureq::request(&method, &url)
-                .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+                .set("Authorization", &auth)
                 .timeout(Duration::from_secs(10));
             let result = match body {
                 Some(b) => req.send_json(b),

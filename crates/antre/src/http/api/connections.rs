@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 
+use antre_cluster::wire::Listing;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
 
+use super::overview::NODE_INFO_TIMEOUT;
 use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{render, AuthUser, HttpState};
@@ -22,6 +24,61 @@ fn connections(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
         .collect()
 }
 
+/// This node's own rows of the listing `what` (only `vhost`'s, if given).
+fn local_rows(state: &HttpState, what: Listing, vhost: Option<&str>) -> Vec<Value> {
+    match what {
+        Listing::Connections => connections(state, vhost),
+        Listing::Channels => channels_where(state, |c| vhost.is_none_or(|v| c.vhost == v)),
+        Listing::Consumers => consumers(state, vhost),
+    }
+}
+
+/// The rows of `what` of every running node: this node's and each other
+/// member's own, asked of them all at once. A cluster's management API
+/// lists the whole cluster's connections, channels and consumers
+/// whichever node is asked, as RabbitMQ's does; a member that does not
+/// answer within [`NODE_INFO_TIMEOUT`] is left out rather than holding
+/// the listing up.
+async fn cluster_rows(state: &HttpState, what: Listing, vhost: Option<&str>) -> Vec<Value> {
+    let mut rows = local_rows(state, what, vhost);
+    let Some(cluster) = &state.cluster else {
+        return rows;
+    };
+    let status = cluster.status();
+    let others = status
+        .members
+        .iter()
+        .filter(|m| !m.this_node && m.running)
+        .map(|m| async move {
+            cluster
+                .listing(&m.name, what, vhost, NODE_INFO_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(node = %m.name, "no {what:?} rows from {}: {e}", m.name);
+                    Vec::new()
+                })
+        });
+    for theirs in futures::future::join_all(others).await {
+        rows.extend(theirs);
+    }
+    rows
+}
+
+/// Makes this node answer its cluster peers' requests for its own rows
+/// of a listing (see [`cluster_rows`]). As for the node figures
+/// ([`super::overview::serve_node_info`]), the closure holds a copy of
+/// `state` without the cluster handle, which keeps the closure.
+pub fn serve_listings(state: &HttpState) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    let state = HttpState {
+        cluster: None,
+        ..state.clone()
+    };
+    cluster.serve_listing(move |what, vhost| local_rows(&state, what, vhost));
+}
+
 /// GET /api/connections.
 pub async fn list(
     State(state): State<HttpState>,
@@ -29,7 +86,7 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(listing(
-        user.filter_user(connections(&state, None)),
+        user.filter_user(cluster_rows(&state, Listing::Connections, None).await),
         &query,
         Paging::Paged,
     )?))
@@ -43,7 +100,7 @@ pub async fn list_vhost(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let all = user.filter_user(connections(&state, Some(&vhost)));
+    let all = user.filter_user(cluster_rows(&state, Listing::Connections, Some(&vhost)).await);
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
@@ -54,13 +111,25 @@ fn find(state: &HttpState, name: &str) -> ApiResult<std::sync::Arc<ConnectionEnt
         .ok_or_else(|| ApiError::not_found(format!("no connection '{name}'")))
 }
 
-/// GET /api/connections/{name}.
+/// GET /api/connections/{name}: a connection of this node, or else of
+/// another member (its row of that member's listing).
 pub async fn show(
     State(state): State<HttpState>,
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let conn = find(&state, &name)?;
+    let found = find(&state, &name);
+    if let (Err(_), Some(_)) = (&found, &state.cluster) {
+        let elsewhere = cluster_rows(&state, Listing::Connections, None)
+            .await
+            .into_iter()
+            .find(|c| c["name"] == name.as_str());
+        if let Some(conn) = elsewhere {
+            user.may_touch(conn["user"].as_str().unwrap_or_default(), false)?;
+            return Ok(Json(conn));
+        }
+    }
+    let conn = found?;
     user.may_touch(&conn.user, false)?;
     Ok(Json(render::connection(&state, &conn)))
 }
@@ -85,13 +154,14 @@ pub async fn close(
 
 fn channels_where(state: &HttpState, keep: impl Fn(&ConnectionEntry) -> bool) -> Vec<Value> {
     let consumers = render::all_consumers(state);
+    let node = state.node_name();
     let mut out = Vec::new();
     for c in state.registry.connections() {
         if !keep(&c) {
             continue;
         }
         for n in c.channels() {
-            out.push(render::channel(&c, n, &consumers));
+            out.push(render::channel(&node, &c, n, &consumers));
         }
     }
     out
@@ -115,7 +185,7 @@ pub async fn channels(
     Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let all = user.filter_user(channels_where(&state, |_| true));
+    let all = user.filter_user(cluster_rows(&state, Listing::Channels, None).await);
     Ok(Json(listing(all, &query, Paging::Paged)?))
 }
 
@@ -127,7 +197,7 @@ pub async fn channels_vhost(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let all = user.filter_user(channels_where(&state, |c| c.vhost == vhost));
+    let all = user.filter_user(cluster_rows(&state, Listing::Channels, Some(&vhost)).await);
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
@@ -142,7 +212,7 @@ pub async fn channel(
         for n in c.channels() {
             if render::channel_name(&c, n) == name {
                 user.may_touch(&c.user, false)?;
-                let mut body = render::channel(&c, n, &consumers);
+                let mut body = render::channel(&state.node_name(), &c, n, &consumers);
                 body["consumer_details"] = consumers
                     .iter()
                     .filter(|(_, i)| i.connection == c.id && i.channel == n)
@@ -170,7 +240,7 @@ pub async fn consumers_all(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(listing(
-        user.filter_user(consumers(&state, None)),
+        user.filter_user(cluster_rows(&state, Listing::Consumers, None).await),
         &query,
         Paging::Unpaged,
     )?))
@@ -184,6 +254,6 @@ pub async fn consumers_vhost(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let all = user.filter_user(consumers(&state, Some(&vhost)));
+    let all = user.filter_user(cluster_rows(&state, Listing::Consumers, Some(&vhost)).await);
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }

@@ -31,6 +31,8 @@ pub fn memory_alarm(state: &HttpState) -> bool {
 }
 
 /// Object counts: (connections, channels, exchanges, queues, consumers).
+/// Consumers are those of the queues this node owns (on another member a
+/// queue's consumers are that member's to count).
 pub fn object_totals(state: &HttpState) -> (usize, usize, usize, usize, usize) {
     let conns = state.registry.connections();
     let channels = conns.iter().map(|c| c.channels().len()).sum();
@@ -39,10 +41,28 @@ pub fn object_totals(state: &HttpState) -> (usize, usize, usize, usize, usize) {
         exchanges += v.exchanges().len();
         for q in v.queues() {
             queues += 1;
-            consumers += q.counts().consumers as usize;
+            if v.remote_owner(&q.name).is_none() {
+                consumers += q.counts().consumers as usize;
+            }
         }
     }
     (conns.len(), channels, exchanges, queues, consumers)
+}
+
+/// Messages (ready, unacknowledged) in the queues this node owns: the
+/// copy a quorum queue's follower keeps is its leader's to count.
+fn owned_messages(state: &HttpState) -> (u64, u64) {
+    let (mut ready, mut unacked) = (0u64, 0u64);
+    for v in state.broker.vhosts() {
+        for q in v.queues() {
+            if v.remote_owner(&q.name).is_none() {
+                let c = q.counts();
+                ready += u64::from(c.ready);
+                unacked += u64::from(c.unacked);
+            }
+        }
+    }
+    (ready, unacked)
 }
 
 fn samples(history: &[OverviewSample], pick: impl Fn(&OverviewSample) -> u64) -> Value {
@@ -62,14 +82,19 @@ pub async fn overview(
 ) -> Json<Value> {
     let m = &state.broker.metrics;
     let r = state.rates.overview();
-    let (connections, channels, exchanges, queues, consumers) = object_totals(&state);
-    let (mut ready, mut unacked) = (0u64, 0u64);
-    for v in state.broker.vhosts() {
-        for q in v.queues() {
-            let c = q.counts();
-            ready += u64::from(c.ready);
-            unacked += u64::from(c.unacked);
-        }
+    let (mut connections, mut channels, exchanges, queues, mut consumers) = object_totals(&state);
+    let (mut ready, mut unacked) = owned_messages(&state);
+    // In a cluster the totals are the cluster's, as RabbitMQ's are: each
+    // member's connections, channels, and the messages and consumers of
+    // the queues it owns (a member that does not answer in time is left
+    // out). Exchanges and queues are definitions every member has.
+    for info in other_nodes_info(&state).await.into_iter().flatten() {
+        let n = |k: &str| info.get(k).and_then(Value::as_u64).unwrap_or(0);
+        connections += n("connections") as usize;
+        channels += n("channels") as usize;
+        consumers += n("consumers") as usize;
+        ready += n("messages_ready");
+        unacked += n("messages_unacknowledged");
     }
     let mut body = json!({
         "management_version": env!("CARGO_PKG_VERSION"),
@@ -162,7 +187,7 @@ fn listeners(state: &HttpState) -> Value {
 /// How long `/api/nodes` waits for another member's figures: a node
 /// that is slower than this shows as running but without them, rather
 /// than holding the whole listing up.
-const NODE_INFO_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const NODE_INFO_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// GET /api/nodes: this node, and in a cluster every other member with
 /// what this node knows of it (running, metadata leader, last contact)
@@ -178,20 +203,7 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
         t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as u64)
     };
-    let remote = status.members.iter().map(|m| async move {
-        if m.this_node || !m.running {
-            return None;
-        }
-        match cluster.node_info(&m.name, NODE_INFO_TIMEOUT).await {
-            Ok(Value::Object(info)) => Some(info),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!(node = %m.name, "no figures from {}: {e}", m.name);
-                None
-            }
-        }
-    });
-    let figures = futures::future::join_all(remote).await;
+    let figures = members_info(cluster, &status).await;
     let nodes: Vec<Value> = status
         .members
         .iter()
@@ -226,6 +238,37 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
         })
         .collect();
     Json(Value::Array(nodes))
+}
+
+/// Each member's figures as it reports them, in `status`'s order: `None`
+/// for this node, one not running, or one that does not answer within
+/// [`NODE_INFO_TIMEOUT`].
+async fn members_info(
+    cluster: &antre_cluster::Cluster,
+    status: &antre_cluster::ClusterStatus,
+) -> Vec<Option<serde_json::Map<String, Value>>> {
+    let remote = status.members.iter().map(|m| async move {
+        if m.this_node || !m.running {
+            return None;
+        }
+        match cluster.node_info(&m.name, NODE_INFO_TIMEOUT).await {
+            Ok(Value::Object(info)) => Some(info),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(node = %m.name, "no figures from {}: {e}", m.name);
+                None
+            }
+        }
+    });
+    futures::future::join_all(remote).await
+}
+
+/// The other members' figures (none on a single node).
+async fn other_nodes_info(state: &HttpState) -> Vec<Option<serde_json::Map<String, Value>>> {
+    match &state.cluster {
+        Some(cluster) => members_info(cluster, &cluster.status()).await,
+        None => Vec::new(),
+    }
 }
 
 /// Makes this node answer its cluster peers' requests for its figures
@@ -266,7 +309,8 @@ fn quorum_counts(cluster: &antre_cluster::Cluster, node: &mut Value) {
 
 /// This node as `/api/nodes` shows it.
 fn local_node(state: &HttpState) -> Value {
-    let (connections, channels, _, queues, _) = object_totals(state);
+    let (connections, channels, _, queues, consumers) = object_totals(state);
+    let (ready, unacked) = owned_messages(state);
     let mut node = json!({
         "name": state.node_name(),
         "type": "disc",
@@ -281,6 +325,10 @@ fn local_node(state: &HttpState) -> Value {
         "connections": connections,
         "channels": channels,
         "queues": queues,
+        // Of the queues this node owns (what the cluster's overview adds).
+        "consumers": consumers,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
         "data_dir": state.config.data_dir.display().to_string(),
         "fd_used": crate::sockets::open_fds(),
         "fd_total": crate::sockets::fd_limit(),
