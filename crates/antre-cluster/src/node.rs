@@ -103,20 +103,31 @@ pub struct Cluster {
     this: std::sync::OnceLock<std::sync::Weak<Cluster>>,
     /// Forwarding to queues other nodes own (the broker's `RemoteQueues`).
     pub forwarder: Arc<crate::forward::Forwarder>,
-    /// What this node answers to [`Request::NodeInfo`]: its server knows
-    /// its memory, alarms and connections, this crate does not.
-    node_info: std::sync::OnceLock<NodeInfoFn>,
-    /// What this node answers to [`Request::Listing`]: its server renders
-    /// its management listings.
-    listing: std::sync::OnceLock<ListingFn>,
+    /// What this node answers to its peers' management requests
+    /// ([`Request::NodeInfo`], [`Request::Listing`],
+    /// [`Request::CloseConnection`]): its server knows its memory,
+    /// alarms and connections, this crate does not.
+    management: std::sync::OnceLock<Arc<dyn LocalManagement>>,
 }
 
-/// A node's figures as JSON, set by the server (see [`Cluster::serve_node_info`]).
-type NodeInfoFn = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// This node's management layer as its peers' management APIs need it:
+/// a cluster's API shows every node's figures and lists every node's
+/// connections, whichever node is asked (as RabbitMQ's does).
+pub trait LocalManagement: Send + Sync {
+    /// This node's figures, in the fields of `/api/nodes`.
+    fn node_info(&self) -> serde_json::Value;
 
-/// A node's rows of a management listing, set by the server (see
-/// [`Cluster::serve_listing`]).
-type ListingFn = Box<dyn Fn(Listing, Option<&str>) -> Vec<serde_json::Value> + Send + Sync>;
+    /// This node's own rows of the listing `what` (only `vhost`'s).
+    fn listing(&self, what: Listing, vhost: Option<&str>) -> Vec<serde_json::Value>;
+
+    /// Closes this node's client connection `name` with `reason` (320
+    /// CONNECTION_FORCED); false if it has none of that name.
+    fn close_connection(&self, name: &str, reason: &str) -> bool;
+}
+
+fn wrong_kind() -> CallError {
+    CallError::Network("answer of the wrong kind".into())
+}
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -190,8 +201,7 @@ impl Cluster {
         let forwarder = crate::forward::Forwarder::new(Arc::clone(&link), &broker);
         let node = Arc::new(Cluster {
             forwarder: Arc::clone(&forwarder),
-            node_info: std::sync::OnceLock::new(),
-            listing: std::sync::OnceLock::new(),
+            management: std::sync::OnceLock::new(),
             link,
             raft,
             queue_groups,
@@ -279,17 +289,41 @@ impl Cluster {
         self.hooks.lock().push(Arc::new(hook));
     }
 
-    /// Sets what this node tells a peer asking for its figures
-    /// ([`Cluster::node_info`]); the first call wins.
-    pub fn serve_node_info(&self, info: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
-        let _ = self.node_info.set(Box::new(info));
+    /// Sets what this node answers its peers' management requests with;
+    /// the first call wins (until then it answers with nothing).
+    pub fn serve_management(&self, management: Arc<dyn LocalManagement>) {
+        let _ = self.management.set(management);
     }
 
-    /// This node's figures, as [`Cluster::serve_node_info`] makes them.
-    pub(crate) fn local_info(&self) -> serde_json::Value {
-        self.node_info
-            .get()
-            .map_or_else(|| serde_json::json!({}), |info| info())
+    /// Answers a peer's management request.
+    pub(crate) fn local_management(&self, request: Request) -> Response {
+        let m = self.management.get();
+        match request {
+            Request::NodeInfo => {
+                Response::NodeInfo(m.map_or_else(|| serde_json::json!({}), |m| m.node_info()))
+            }
+            Request::Listing { what, vhost } => {
+                Response::Listing(m.map_or_else(Vec::new, |m| m.listing(what, vhost.as_deref())))
+            }
+            Request::CloseConnection { name, reason } => {
+                Response::CloseConnection(m.is_some_and(|m| m.close_connection(&name, &reason)))
+            }
+            other => {
+                tracing::warn!("not a management request: {other:?}");
+                Response::Pong
+            }
+        }
+    }
+
+    /// Asks the member `name` a management request, waiting at most `ttl`.
+    async fn ask_management(
+        &self,
+        name: &str,
+        request: Request,
+        ttl: Duration,
+    ) -> Result<Response, CallError> {
+        self.forward_request(node_id_of(name), &request, Instant::now() + ttl)
+            .await
     }
 
     /// Asks the member `name` for its figures (memory, disk, alarms,
@@ -299,35 +333,10 @@ impl Cluster {
         name: &str,
         ttl: Duration,
     ) -> Result<serde_json::Value, CallError> {
-        let deadline = Instant::now() + ttl;
-        match self
-            .forward_request(node_id_of(name), &Request::NodeInfo, deadline)
-            .await?
-        {
+        match self.ask_management(name, Request::NodeInfo, ttl).await? {
             Response::NodeInfo(info) => Ok(info),
-            _ => Err(CallError::Network("answer of the wrong kind".into())),
+            _ => Err(wrong_kind()),
         }
-    }
-
-    /// Sets how this node renders its own rows of a management listing
-    /// for a peer ([`Cluster::listing`]); the first call wins.
-    pub fn serve_listing(
-        &self,
-        rows: impl Fn(Listing, Option<&str>) -> Vec<serde_json::Value> + Send + Sync + 'static,
-    ) {
-        let _ = self.listing.set(Box::new(rows));
-    }
-
-    /// This node's rows of `what`, as [`Cluster::serve_listing`] makes
-    /// them.
-    pub(crate) fn local_listing(
-        &self,
-        what: Listing,
-        vhost: Option<&str>,
-    ) -> Vec<serde_json::Value> {
-        self.listing
-            .get()
-            .map_or_else(Vec::new, |rows| rows(what, vhost))
     }
 
     /// Asks the member `name` for its own rows of the listing `what`
@@ -339,17 +348,32 @@ impl Cluster {
         vhost: Option<&str>,
         ttl: Duration,
     ) -> Result<Vec<serde_json::Value>, CallError> {
-        let deadline = Instant::now() + ttl;
         let request = Request::Listing {
             what,
             vhost: vhost.map(str::to_owned),
         };
-        match self
-            .forward_request(node_id_of(name), &request, deadline)
-            .await?
-        {
+        match self.ask_management(name, request, ttl).await? {
             Response::Listing(rows) => Ok(rows),
-            _ => Err(CallError::Network("answer of the wrong kind".into())),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    /// Asks the member `name` to close its client connection `conn` with
+    /// `reason`; whether it had one of that name.
+    pub async fn close_connection(
+        &self,
+        name: &str,
+        conn: &str,
+        reason: &str,
+        ttl: Duration,
+    ) -> Result<bool, CallError> {
+        let request = Request::CloseConnection {
+            name: conn.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match self.ask_management(name, request, ttl).await? {
+            Response::CloseConnection(closed) => Ok(closed),
+            _ => Err(wrong_kind()),
         }
     }
 

@@ -134,9 +134,8 @@ async fn serve_peer(
                 Response::Propose(node.commit_as_leader(p, deadline).await)
             }
             Request::Ping => Response::Pong,
-            Request::NodeInfo => Response::NodeInfo(node.local_info()),
-            Request::Listing { what, vhost } => {
-                Response::Listing(node.local_listing(what, vhost.as_deref()))
+            r @ (Request::NodeInfo | Request::Listing { .. } | Request::CloseConnection { .. }) => {
+                node.local_management(r)
             }
             Request::PreVote {
                 group,

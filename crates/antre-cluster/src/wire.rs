@@ -174,6 +174,15 @@ pub enum Request {
         /// Only the rows of this vhost.
         vhost: Option<String>,
     },
+    /// Close the node's client connection `name` (320 CONNECTION_FORCED
+    /// with `reason`), for a management API that closes any member's
+    /// connection, as RabbitMQ's does.
+    CloseConnection {
+        /// The connection's name, as its listing shows it.
+        name: String,
+        /// The reply text's reason.
+        reason: String,
+    },
     /// Would this node vote for the sender, whose log ends at `last_log`,
     /// in the metadata group (`group` none) or a quorum queue's group?
     /// Asked before standing for election, so that a member that cannot
@@ -231,12 +240,15 @@ pub enum Response {
     NoGroup(String),
     /// To [`Request::NodeInfo`]: a JSON object of the node's figures, in
     /// the fields of the management API's `/api/nodes` (empty when the
-    /// node's server has not set [`crate::Cluster::serve_node_info`]).
+    /// node's server has not set [`crate::Cluster::serve_management`]).
     NodeInfo(serde_json::Value),
     /// To [`Request::Listing`]: the rows, as the node's management API
     /// renders them (none when its server has not set
-    /// [`crate::Cluster::serve_listing`]).
+    /// [`crate::Cluster::serve_management`]).
     Listing(Vec<serde_json::Value>),
+    /// To [`Request::CloseConnection`]: whether the node had such a
+    /// connection (and closes it).
+    CloseConnection(bool),
     /// To [`Request::PreVote`]: whether it would vote for the sender.
     PreVote(crate::election::PreVoteAnswer),
 }

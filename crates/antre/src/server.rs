@@ -267,8 +267,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             sockets: Arc::clone(&sockets),
             cluster: cluster.clone(),
         };
-        http::api::overview::serve_node_info(&state);
-        http::api::connections::serve_listings(&state);
+        http::api::peers::serve(&state);
         let http = http_listeners
             .into_iter()
             .zip(&http_addrs)

@@ -1413,23 +1413,26 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
         assert_eq!(consumers[0]["channel_details"]["node"], names[1], "{node}");
         assert_eq!(rows(&c, i, guest, "/api/consumers/%2F").await.len(), 1);
 
-        // Alice's connection, shown by name on whichever node is asked.
+        // Alice's connection and channel, shown by name on whichever node
+        // is asked.
         let alices = conns
             .iter()
             .find(|r| r["user"] == "alice")
             .expect("alice's");
-        let path = format!(
-            "/api/connections/{}",
-            alices["name"]
-                .as_str()
-                .expect("a name")
-                .replace(" ", "%20")
-                .replace(">", "%3E")
-        );
+        let path = format!("/api/connections/{}", escaped(&alices["name"]));
         let (s, shown) = c.api(i, "GET", &path, None).await;
         assert_eq!(
             (s, &shown["user"]),
             (200, &json!("alice")),
+            "{node}: {shown}"
+        );
+        let hers = rows(&c, i, guest, &format!("{path}/channels")).await;
+        assert_eq!(field(&hers, "node"), [names[1]], "{node}: {hers:?}");
+        let channel = format!("/api/channels/{}", escaped(&hers[0]["name"]));
+        let (s, shown) = c.api(i, "GET", &channel, None).await;
+        assert_eq!(
+            (s, &shown["node"]),
+            (200, &json!(names[1])),
             "{node}: {shown}"
         );
 
@@ -1456,4 +1459,37 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
         );
         assert_eq!(overview["queue_totals"]["messages_ready"], 4, "{node}");
     }
+
+    // Closing works from any node too, with the same rules: alice may not
+    // close guest's connection on n1 through n3; guest closes alice's on
+    // n2 through n3, and her client is disconnected.
+    let conns = rows(&c, 2, guest, "/api/connections").await;
+    let on = |node: &str| {
+        let row = conns.iter().find(|r| r["node"] == node).expect("a row");
+        format!("/api/connections/{}", escaped(&row["name"]))
+    };
+    let (s, _) = c
+        .try_api_as(2, ("alice", "wonderland"), "DELETE", &on(names[0]), None)
+        .await
+        .expect("n3 answers");
+    assert_eq!(s, 401, "alice closing guest's connection");
+    assert!(n1.status().connected());
+    let (s, body) = c.api(2, "DELETE", &on(names[1]), None).await;
+    assert_eq!(s, 204, "{body}");
+    c.until("alice's connection closed", || async {
+        !n2.status().connected()
+    })
+    .await;
+    let left = rows(&c, 2, guest, "/api/connections").await;
+    assert_eq!(field(&left, "node"), [names[0], names[2]]);
+    let (s, _) = c.api(2, "DELETE", &on(names[1]), None).await;
+    assert_eq!(s, 404, "closed already");
+}
+
+/// A connection's or channel's name as a path segment.
+fn escaped(name: &Value) -> String {
+    name.as_str()
+        .expect("a name")
+        .replace(' ', "%20")
+        .replace('>', "%3E")
 }

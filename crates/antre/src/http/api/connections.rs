@@ -25,7 +25,7 @@ fn connections(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
 }
 
 /// This node's own rows of the listing `what` (only `vhost`'s, if given).
-fn local_rows(state: &HttpState, what: Listing, vhost: Option<&str>) -> Vec<Value> {
+pub(crate) fn local_rows(state: &HttpState, what: Listing, vhost: Option<&str>) -> Vec<Value> {
     match what {
         Listing::Connections => connections(state, vhost),
         Listing::Channels => channels_where(state, |c| vhost.is_none_or(|v| c.vhost == v)),
@@ -64,21 +64,6 @@ async fn cluster_rows(state: &HttpState, what: Listing, vhost: Option<&str>) -> 
     rows
 }
 
-/// Makes this node answer its cluster peers' requests for its own rows
-/// of a listing (see [`cluster_rows`]). As for the node figures
-/// ([`super::overview::serve_node_info`]), the closure holds a copy of
-/// `state` without the cluster handle, which keeps the closure.
-pub fn serve_listings(state: &HttpState) {
-    let Some(cluster) = &state.cluster else {
-        return;
-    };
-    let state = HttpState {
-        cluster: None,
-        ..state.clone()
-    };
-    cluster.serve_listing(move |what, vhost| local_rows(&state, what, vhost));
-}
-
 /// GET /api/connections.
 pub async fn list(
     State(state): State<HttpState>,
@@ -111,6 +96,21 @@ fn find(state: &HttpState, name: &str) -> ApiResult<std::sync::Arc<ConnectionEnt
         .ok_or_else(|| ApiError::not_found(format!("no connection '{name}'")))
 }
 
+/// The row of `what` named `name` on another member, for a connection or
+/// channel this node does not have (none on a single node).
+async fn elsewhere(state: &HttpState, what: Listing, name: &str) -> Option<Value> {
+    state.cluster.as_ref()?;
+    cluster_rows(state, what, None)
+        .await
+        .into_iter()
+        .find(|row| row["name"] == name && row["node"] != state.node_name().as_str())
+}
+
+/// The user a row of another member's listing belongs to.
+fn owner_of(row: &Value) -> &str {
+    row["user"].as_str().unwrap_or_default()
+}
+
 /// GET /api/connections/{name}: a connection of this node, or else of
 /// another member (its row of that member's listing).
 pub async fn show(
@@ -118,18 +118,16 @@ pub async fn show(
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let found = find(&state, &name);
-    if let (Err(_), Some(_)) = (&found, &state.cluster) {
-        let elsewhere = cluster_rows(&state, Listing::Connections, None)
-            .await
-            .into_iter()
-            .find(|c| c["name"] == name.as_str());
-        if let Some(conn) = elsewhere {
-            user.may_touch(conn["user"].as_str().unwrap_or_default(), false)?;
-            return Ok(Json(conn));
+    let conn = match find(&state, &name) {
+        Ok(conn) => conn,
+        Err(missing) => {
+            let row = elsewhere(&state, Listing::Connections, &name)
+                .await
+                .ok_or(missing)?;
+            user.may_touch(owner_of(&row), false)?;
+            return Ok(Json(row));
         }
-    }
-    let conn = found?;
+    };
     user.may_touch(&conn.user, false)?;
     Ok(Json(render::connection(&state, &conn)))
 }
@@ -142,12 +140,34 @@ pub async fn close(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<StatusCode> {
-    let conn = find(&state, &name)?;
-    user.may_touch(&conn.user, true)?;
     let reason = headers
         .get("x-reason")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("Closed via management API");
+    let conn = match find(&state, &name) {
+        Ok(conn) => conn,
+        Err(missing) => {
+            // Another member's: that member closes it.
+            let row = elsewhere(&state, Listing::Connections, &name)
+                .await
+                .ok_or(missing)?;
+            user.may_touch(owner_of(&row), true)?;
+            let (Some(cluster), Some(node)) = (&state.cluster, row["node"].as_str()) else {
+                return Err(ApiError::not_found(format!("no connection '{name}'")));
+            };
+            return match cluster
+                .close_connection(node, &name, reason, NODE_INFO_TIMEOUT)
+                .await
+            {
+                Ok(true) => Ok(StatusCode::NO_CONTENT),
+                Ok(false) => Err(ApiError::not_found(format!("no connection '{name}'"))),
+                Err(e) => Err(ApiError::unavailable(format!(
+                    "cluster node '{node}' did not close connection '{name}': {e}"
+                ))),
+            };
+        }
+    };
+    user.may_touch(&conn.user, true)?;
     conn.force_close(reason);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -174,8 +194,23 @@ pub async fn channels_of(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    user.may_touch(&find(&state, &name)?.user, false)?;
-    let all = channels_where(&state, |c| c.name == name);
+    let all = match find(&state, &name) {
+        Ok(conn) => {
+            user.may_touch(&conn.user, false)?;
+            channels_where(&state, |c| c.name == name)
+        }
+        Err(missing) => {
+            let row = elsewhere(&state, Listing::Connections, &name)
+                .await
+                .ok_or(missing)?;
+            user.may_touch(owner_of(&row), false)?;
+            cluster_rows(&state, Listing::Channels, None)
+                .await
+                .into_iter()
+                .filter(|ch| ch["connection_details"]["name"] == name.as_str())
+                .collect()
+        }
+    };
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
@@ -222,7 +257,17 @@ pub async fn channel(
             }
         }
     }
-    Err(ApiError::not_found(format!("no channel '{name}'")))
+    // Another member's, with the consumers its node lists for it.
+    let mut row = elsewhere(&state, Listing::Channels, &name)
+        .await
+        .ok_or_else(|| ApiError::not_found(format!("no channel '{name}'")))?;
+    user.may_touch(owner_of(&row), false)?;
+    row["consumer_details"] = cluster_rows(&state, Listing::Consumers, None)
+        .await
+        .into_iter()
+        .filter(|c| c["channel_details"]["name"] == name.as_str())
+        .collect();
+    Ok(Json(row))
 }
 
 fn consumers(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {

@@ -12,6 +12,7 @@ pub mod listing;
 pub mod messages;
 pub mod overview;
 pub mod parameters;
+pub mod peers;
 pub mod permissions;
 pub mod policies;
 pub mod queues;

@@ -271,32 +271,9 @@ async fn other_nodes_info(state: &HttpState) -> Vec<Option<serde_json::Map<Strin
     }
 }
 
-/// Makes this node answer its cluster peers' requests for its figures
-/// with what `/api/nodes` shows of it. The answer is built from a copy of
-/// `state` without the cluster handle (the cluster keeps the closure, so
-/// a handle in it would keep both alive forever); its quorum queue counts
-/// come through a weak handle instead.
-pub fn serve_node_info(state: &HttpState) {
-    let Some(cluster) = &state.cluster else {
-        return;
-    };
-    let weak = std::sync::Arc::downgrade(cluster);
-    let state = HttpState {
-        cluster: None,
-        ..state.clone()
-    };
-    cluster.serve_node_info(move || {
-        let mut node = local_node(&state);
-        if let Some(cluster) = weak.upgrade() {
-            quorum_counts(&cluster, &mut node);
-        }
-        node
-    });
-}
-
 /// The quorum queue replicas this node runs and how many of them it
 /// leads: what a rebalance evens out.
-fn quorum_counts(cluster: &antre_cluster::Cluster, node: &mut Value) {
+pub(crate) fn quorum_counts(cluster: &antre_cluster::Cluster, node: &mut Value) {
     let me = &cluster.link.config.node_name;
     let groups = cluster.queue_groups.running();
     let leading = groups
@@ -308,7 +285,7 @@ fn quorum_counts(cluster: &antre_cluster::Cluster, node: &mut Value) {
 }
 
 /// This node as `/api/nodes` shows it.
-fn local_node(state: &HttpState) -> Value {
+pub(crate) fn local_node(state: &HttpState) -> Value {
     let (connections, channels, _, queues, consumers) = object_totals(state);
     let (ready, unacked) = owned_messages(state);
     let mut node = json!({
