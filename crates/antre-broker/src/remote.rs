@@ -62,55 +62,6 @@ pub enum RemoteResult {
 /// Called once with the result of each message of a batch, in order.
 pub type RemoteDone = Box<dyn FnOnce(Vec<RemoteResult>) + Send>;
 
-/// A queue's figures as its owner has them: every node's management API
-/// shows these for a queue another node owns, as RabbitMQ's shows a
-/// queue's figures whichever node is asked.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RemoteCounts {
-    /// Messages waiting for a consumer.
-    pub ready: u32,
-    /// Messages delivered and not yet settled.
-    pub unacked: u32,
-    /// Consumers attached (this node's forwarded ones among them).
-    pub consumers: u32,
-    /// Body bytes of the ready messages.
-    pub ready_bytes: u64,
-    /// Each consumer, when they were asked for (empty otherwise).
-    pub consumer_details: Vec<RemoteConsumer>,
-}
-
-/// A consumer of a queue another node owns, as its owner has it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RemoteConsumer {
-    /// Its tag.
-    pub tag: String,
-    /// Whether deliveries count as acked when sent.
-    pub no_ack: bool,
-    /// Whether it is the queue's exclusive consumer.
-    pub exclusive: bool,
-    /// Its prefetch window (0 = unlimited).
-    pub prefetch: u32,
-    /// Deliveries it has not settled yet.
-    pub unacked: u32,
-}
-
-impl From<crate::queue::ConsumerInfo> for RemoteConsumer {
-    fn from(c: crate::queue::ConsumerInfo) -> RemoteConsumer {
-        RemoteConsumer {
-            tag: c.tag,
-            no_ack: c.no_ack,
-            exclusive: c.exclusive,
-            prefetch: c.prefetch,
-            unacked: c.unacked,
-        }
-    }
-}
-
-/// Called once with the owner's figures of each queue asked for, in order
-/// (`None` for one it does not own now), or with `None` if it did not
-/// answer.
-pub type CountsDone = Box<dyn FnOnce(Option<Vec<Option<RemoteCounts>>>) + Send>;
-
 /// Forwarding to queues other nodes own (see the module docs).
 pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// Sends `batch` to `owner`'s queues in `vhost`, in order after every
@@ -123,21 +74,6 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// are then blocked, as by the memory alarm, until it catches up.
     fn congested(&self, _owner: &str) -> bool {
         false
-    }
-
-    /// Asks `owner` for the figures of its `queues` in `vhost` (one round
-    /// trip for them all), with each queue's consumers if `details`;
-    /// `done` gets them, or `None` if the owner is unreachable or does not
-    /// answer within the forwarding timeout.
-    fn counts(
-        &self,
-        _owner: &str,
-        _vhost: &str,
-        _queues: Vec<String>,
-        _details: bool,
-        done: CountsDone,
-    ) {
-        done(None);
     }
 
     /// Opens a proxy channel on `owner` for a channel of this node whose

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use antre_amqp::Method;
 use antre_broker::channel::Outgoing;
 use antre_broker::message::Message;
-use antre_broker::remote::{RemoteConsumer, RemoteCounts, RemoteResult};
+use antre_broker::remote::RemoteResult;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The largest data frame either side accepts: a batch of messages of up
@@ -72,18 +72,6 @@ pub enum DataFrame {
         /// Delivery bytes, as the owner counted them.
         bytes: u64,
     },
-    /// Forwarding node → owner: the figures of these queues (for the
-    /// management API).
-    Counts {
-        /// The request number to answer with.
-        req: u64,
-        /// The vhost.
-        vhost: String,
-        /// The queues.
-        queues: Vec<String>,
-        /// Each queue's consumers too.
-        details: bool,
-    },
     /// Owner → forwarding node: what became of each message of a batch.
     Published {
         /// The batch.
@@ -98,14 +86,6 @@ pub enum DataFrame {
         /// The frames the channel answered with, or the error's reply code
         /// and text.
         result: Result<Vec<Outgoing>, (u16, String)>,
-    },
-    /// Owner → forwarding node: the answer to a [`DataFrame::Counts`], one
-    /// per queue asked, `None` for a queue this node does not own.
-    CountsReply {
-        /// The request.
-        req: u64,
-        /// The figures.
-        counts: Vec<Option<RemoteCounts>>,
     },
     /// Owner → forwarding node: what proxy channel `ch` sends unasked
     /// (deliveries, a consumer cancelled by its queue).
@@ -209,45 +189,6 @@ impl DataFrame {
                 out.put_u64(*ch);
                 out.put_u64(*bytes);
             }
-            DataFrame::Counts {
-                req,
-                vhost,
-                queues,
-                details,
-            } => {
-                out.put_u8(6);
-                out.put_u64(*req);
-                put_str(&mut out, vhost);
-                out.put_u32(queues.len() as u32);
-                for q in queues {
-                    put_str(&mut out, q);
-                }
-                out.put_u8(u8::from(*details));
-            }
-            DataFrame::CountsReply { req, counts } => {
-                out.put_u8(14);
-                out.put_u64(*req);
-                out.put_u32(counts.len() as u32);
-                for c in counts {
-                    match c {
-                        None => out.put_u8(0),
-                        Some(c) => {
-                            out.put_u8(1);
-                            out.put_u32(c.ready);
-                            out.put_u32(c.unacked);
-                            out.put_u32(c.consumers);
-                            out.put_u64(c.ready_bytes);
-                            out.put_u32(c.consumer_details.len() as u32);
-                            for d in &c.consumer_details {
-                                put_str(&mut out, &d.tag);
-                                out.put_u8(u8::from(d.no_ack) | u8::from(d.exclusive) << 1);
-                                out.put_u32(d.prefetch);
-                                out.put_u32(d.unacked);
-                            }
-                        }
-                    }
-                }
-            }
             DataFrame::Published { batch, results } => {
                 out.put_u8(11);
                 out.put_u64(*batch);
@@ -320,33 +261,6 @@ impl DataFrame {
                 ch: r.u64()?,
                 bytes: r.u64()?,
             },
-            6 => {
-                let req = r.u64()?;
-                let vhost = r.str()?;
-                let n = r.u32()? as usize;
-                let mut queues = Vec::with_capacity(n.min(4096));
-                for _ in 0..n {
-                    queues.push(r.str()?);
-                }
-                DataFrame::Counts {
-                    req,
-                    vhost,
-                    queues,
-                    details: r.u8()? != 0,
-                }
-            }
-            14 => {
-                let req = r.u64()?;
-                let n = r.u32()? as usize;
-                let mut counts = Vec::with_capacity(n.min(4096));
-                for _ in 0..n {
-                    counts.push(match r.u8()? {
-                        0 => None,
-                        _ => Some(r.counts()?),
-                    });
-                }
-                DataFrame::CountsReply { req, counts }
-            }
             11 => {
                 let batch = r.u64()?;
                 let n = r.u32()? as usize;
@@ -422,29 +336,6 @@ impl Reader {
         Message::from_record(&raw)
             .map(Arc::new)
             .map_err(|e| DecodeError(e.to_string()))
-    }
-    fn counts(&mut self) -> Result<RemoteCounts, DecodeError> {
-        let mut c = RemoteCounts {
-            ready: self.u32()?,
-            unacked: self.u32()?,
-            consumers: self.u32()?,
-            ready_bytes: self.u64()?,
-            consumer_details: Vec::new(),
-        };
-        let n = self.u32()? as usize;
-        c.consumer_details.reserve(n.min(4096));
-        for _ in 0..n {
-            let tag = self.str()?;
-            let flags = self.u8()?;
-            c.consumer_details.push(RemoteConsumer {
-                tag,
-                no_ack: flags & 1 != 0,
-                exclusive: flags & 2 != 0,
-                prefetch: self.u32()?,
-                unacked: self.u32()?,
-            });
-        }
-        Ok(c)
     }
     fn outputs(&mut self) -> Result<Vec<Outgoing>, DecodeError> {
         let n = self.u32()? as usize;
@@ -533,47 +424,6 @@ mod tests {
             panic!("kind")
         };
         assert_eq!(result.unwrap_err().0, 404);
-        let DataFrame::Counts {
-            req,
-            vhost,
-            queues,
-            details,
-        } = round_trip(&DataFrame::Counts {
-            req: 4,
-            vhost: "/".into(),
-            queues: vec!["a".into(), "b".into()],
-            details: true,
-        })
-        else {
-            panic!("kind")
-        };
-        assert_eq!(
-            (req, vhost.as_str(), queues.len(), details),
-            (4, "/", 2, true)
-        );
-        let counts = vec![
-            Some(RemoteCounts {
-                ready: 1,
-                unacked: 2,
-                consumers: 3,
-                ready_bytes: 1 << 33,
-                consumer_details: vec![RemoteConsumer {
-                    tag: "c".into(),
-                    no_ack: false,
-                    exclusive: true,
-                    prefetch: 10,
-                    unacked: 2,
-                }],
-            }),
-            None,
-        ];
-        let DataFrame::CountsReply { req, counts: back } = round_trip(&DataFrame::CountsReply {
-            req: 4,
-            counts: counts.clone(),
-        }) else {
-            panic!("kind")
-        };
-        assert_eq!((req, back), (4, counts));
         assert!(DataFrame::decode(Bytes::from_static(&[1, 0])).is_err());
     }
 }

@@ -43,8 +43,8 @@ use antre_broker::error::BrokerError;
 use antre_broker::message::Message;
 use antre_broker::queue::{Delivery, DeliverySink};
 use antre_broker::remote::{
-    error_from_reply, CountsDone, RemoteChannel, RemoteConsumer, RemoteCounts, RemoteDelivery,
-    RemoteDone, RemotePublish, RemoteQueues, RemoteResult,
+    error_from_reply, RemoteChannel, RemoteDelivery, RemoteDone, RemotePublish, RemoteQueues,
+    RemoteResult,
 };
 use antre_broker::Broker;
 use bytes::Bytes;
@@ -117,9 +117,6 @@ struct LinkState {
     publishes: HashMap<u64, Pending>,
     calls: HashMap<u64, std::sync::mpsc::Sender<Result<Vec<Outgoing>, BrokerError>>>,
     channels: HashMap<u64, Weak<ProxyHandle>>,
-    /// Requests for queues' figures not answered yet, and when each was
-    /// sent.
-    counts: HashMap<u64, (std::time::Instant, CountsDone)>,
 }
 
 impl Forwarder {
@@ -199,32 +196,17 @@ async fn expire_publishes(link: Weak<DataLink>, timeout: Duration) {
         let Some(link) = link.upgrade() else {
             return;
         };
-        let (expired, unanswered) = {
+        let expired: Vec<(usize, RemoteDone)> = {
             let mut st = link.state.lock();
             if st.dead.is_some() {
                 return;
             }
-            let expired: Vec<(usize, RemoteDone)> = st
-                .publishes
+            st.publishes
                 .values_mut()
                 .filter(|p| p.done.is_some() && p.sent.elapsed() >= timeout)
                 .filter_map(|p| Some((p.n, p.done.take()?)))
-                .collect();
-            let late: Vec<u64> = st
-                .counts
-                .iter()
-                .filter(|(_, (sent, _))| sent.elapsed() >= timeout)
-                .map(|(&req, _)| req)
-                .collect();
-            let unanswered: Vec<CountsDone> = late
-                .iter()
-                .filter_map(|req| st.counts.remove(req).map(|(_, done)| done))
-                .collect();
-            (expired, unanswered)
+                .collect()
         };
-        for done in unanswered {
-            done(None);
-        }
         if expired.is_empty() {
             continue;
         }
@@ -371,9 +353,6 @@ impl DataLink {
             st.dead = Some(why.to_owned());
             st.died_at = Some(std::time::Instant::now());
             st.calls.clear();
-            for (_, (_, done)) in st.counts.drain() {
-                done(None);
-            }
             (
                 std::mem::take(&mut st.publishes),
                 std::mem::take(&mut st.channels),
@@ -413,12 +392,6 @@ impl DataLink {
                     if let Some(done) = p.done {
                         done(results);
                     }
-                }
-            }
-            DataFrame::CountsReply { req, counts } => {
-                let done = self.state.lock().counts.remove(&req);
-                if let Some((_, done)) = done {
-                    done(Some(counts));
                 }
             }
             DataFrame::Reply { req, result } => {
@@ -469,36 +442,6 @@ impl RemoteQueues for Forwarder {
             batch: id,
             vhost: vhost.to_owned(),
             items: batch.into_iter().map(|p| (p.queues, p.message)).collect(),
-        };
-        if !link.send(&frame) {
-            link.fail("the link was closed");
-        }
-    }
-
-    fn counts(
-        &self,
-        owner: &str,
-        vhost: &str,
-        queues: Vec<String>,
-        details: bool,
-        done: CountsDone,
-    ) {
-        let link = self.link_to(owner);
-        let req = self.next_id();
-        {
-            let mut st = link.state.lock();
-            if st.dead.is_some() {
-                drop(st);
-                done(None);
-                return;
-            }
-            st.counts.insert(req, (std::time::Instant::now(), done));
-        }
-        let frame = DataFrame::Counts {
-            req,
-            vhost: vhost.to_owned(),
-            queues,
-            details,
         };
         if !link.send(&frame) {
             link.fail("the link was closed");
@@ -965,15 +908,6 @@ impl Owner {
                 items,
             } => self.publish(batch, &vhost, items),
             DataFrame::Open { ch, vhost, user } => self.open(ch, &vhost, &user),
-            DataFrame::Counts {
-                req,
-                vhost,
-                queues,
-                details,
-            } => {
-                let counts = self.counts(&vhost, &queues, details);
-                self.send(&DataFrame::CountsReply { req, counts });
-            }
             DataFrame::Call { ch, req, method } => self.call(ch, req, method),
             DataFrame::Close { ch } => self.close(ch),
             DataFrame::Credit { ch, bytes } => {
@@ -1039,39 +973,6 @@ impl Owner {
                 broker.set_forwarded_from(channel.connection(), None);
             }
         }
-    }
-
-    /// The figures of the queues of `vhost` this node owns now, `None` for
-    /// the others (a member that is not the leader has no consumers and
-    /// no deliveries: its figures would be wrong).
-    fn counts(&self, vhost: &str, queues: &[String], details: bool) -> Vec<Option<RemoteCounts>> {
-        let v = self.broker.upgrade().and_then(|b| b.vhost(vhost));
-        queues
-            .iter()
-            .map(|name| {
-                let v = v.as_ref()?;
-                if v.remote_owner(name).is_some() {
-                    return None;
-                }
-                let q = v.queue_info(name)?;
-                let c = q.counts();
-                let consumer_details = if details {
-                    q.consumers()
-                        .into_iter()
-                        .map(RemoteConsumer::from)
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                Some(RemoteCounts {
-                    ready: c.ready,
-                    unacked: c.unacked,
-                    consumers: c.consumers,
-                    ready_bytes: q.ready_bytes(),
-                    consumer_details,
-                })
-            })
-            .collect()
     }
 
     fn open(&mut self, ch: u64, vhost: &str, user: &str) {

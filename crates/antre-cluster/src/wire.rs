@@ -210,6 +210,9 @@ pub enum Listing {
     /// The consumers of the queues it owns (a forwarded client's among
     /// them; the node the client is connected to does not list those).
     Consumers,
+    /// The queues it owns, with their figures (messages, consumers,
+    /// counters and rates), which only the owner knows.
+    Queues,
 }
 
 /// The answer to a [`Request`], of the same kind.

@@ -1093,6 +1093,13 @@ async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
             "{}: {q}",
             c.nodes[i].name
         );
+        // Its message counters too: 50 publishes, whoever is asked.
+        assert_eq!(
+            q["message_stats"]["publish"],
+            json!(50),
+            "{}: {q}",
+            c.nodes[i].name
+        );
         let (status, all) = c.api(i, "GET", "/api/queues", None).await;
         assert_eq!(status, 200);
         let listed = all

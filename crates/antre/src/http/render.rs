@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use antre_broker::definitions::table_to_json;
 use antre_broker::exchange::{Binding, Destination, Exchange};
-use antre_broker::remote::RemoteConsumer;
 use antre_broker::{ConsumerInfo, Queue};
 use serde_json::{json, Value};
 
@@ -374,20 +373,14 @@ pub fn consumer(state: &HttpState, q: &Queue, info: &ConsumerInfo) -> Value {
             None => Value::Null,
         },
     };
-    consumer_of(&q.vhost, &q.name, &info.clone().into(), channel_details)
-}
-
-/// A consumer of queue `queue` in `vhost`, its channel described already
-/// (null for a consumer another node listed).
-pub fn consumer_of(vhost: &str, queue: &str, c: &RemoteConsumer, channel_details: Value) -> Value {
     json!({
-        "consumer_tag": c.tag,
-        "queue": { "name": queue, "vhost": vhost },
+        "consumer_tag": info.tag,
+        "queue": { "name": q.name, "vhost": q.vhost },
         "channel_details": channel_details,
-        "ack_required": !c.no_ack,
-        "exclusive": c.exclusive,
-        "prefetch_count": c.prefetch,
-        "messages_unacknowledged": c.unacked,
+        "ack_required": !info.no_ack,
+        "exclusive": info.exclusive,
+        "prefetch_count": info.prefetch,
+        "messages_unacknowledged": info.unacked,
         "active": true,
         "activity_status": "up",
         "arguments": {},

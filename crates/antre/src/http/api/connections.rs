@@ -30,6 +30,7 @@ pub(crate) fn local_rows(state: &HttpState, what: Listing, vhost: Option<&str>) 
         Listing::Connections => connections(state, vhost),
         Listing::Channels => channels_where(state, |c| vhost.is_none_or(|v| c.vhost == v)),
         Listing::Consumers => consumers(state, vhost),
+        Listing::Queues => super::queues::owned_rows(state, vhost),
     }
 }
 

@@ -7,6 +7,7 @@ use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::vhost::QueueDeclaration;
+use antre_cluster::wire::Listing;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -75,85 +76,86 @@ fn with_node(state: &HttpState, v: &antre_broker::Vhost, mut queue: Value) -> Va
 /// figures.
 const OWNER_WAIT: Duration = Duration::from_secs(3);
 
-/// Sets the figures of the queues other cluster nodes own (their messages,
-/// deliveries and consumers are there; this node's copy of such a queue
-/// is empty) from their owners, one request per owner, all at once. A
-/// queue whose owner does not answer in time loses its figures, as
-/// RabbitMQ leaves out those of a queue it cannot reach, rather than show
-/// zeros. With `details`, also its `consumer_details` as the owner has
-/// them (their channels are the owner's: `channel_details` is null here).
-async fn with_owner_counts(
-    state: &HttpState,
-    v: &antre_broker::Vhost,
-    queues: &mut [Value],
-    details: bool,
-) {
-    let Some(remote) = state.broker.remote_queues() else {
-        return;
+/// The fields of a queue's row that only its owner knows: its messages,
+/// deliveries and consumers are there, and so are its counters and rates.
+const OWNER_FIELDS: [&str; 10] = [
+    "messages",
+    "messages_details",
+    "messages_ready",
+    "messages_ready_details",
+    "messages_unacknowledged",
+    "messages_unacknowledged_details",
+    "message_bytes_ready",
+    "consumers",
+    "exclusive_consumer_tag",
+    "message_stats",
+];
+
+/// The queues this node owns (of `vhost`, or of all), as it renders them:
+/// what another member shows of them (see [`with_owner_figures`]).
+pub(crate) fn owned_rows(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
+    let Ok(vhosts) = state.vhosts_for(vhost) else {
+        return Vec::new();
     };
-    let mut by_owner: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, q) in queues.iter().enumerate() {
-        if let Some(owner) = q["name"].as_str().and_then(|n| v.remote_owner(n)) {
-            by_owner.entry(owner.to_string()).or_default().push(i);
+    let mut rows = Vec::new();
+    for v in vhosts {
+        for q in v.queues() {
+            if v.remote_owner(&q.name).is_none() {
+                rows.push(render::queue(state, &q));
+            }
         }
     }
-    let asks = by_owner.into_iter().map(|(owner, at)| {
-        let names: Vec<String> = at
-            .iter()
-            .map(|&i| queues[i]["name"].as_str().unwrap_or_default().to_owned())
+    rows
+}
+
+/// Sets the figures of the queues other cluster members own (this node's
+/// copy of such a queue is empty, its counters zero) from their owners'
+/// own rows ([`OWNER_FIELDS`]), one request per owner, all at once, as
+/// RabbitMQ asks a queue's home node. A queue whose owner does not answer
+/// in time, or no longer owns it, loses those fields, as RabbitMQ leaves
+/// out those of a queue it cannot reach, rather than show zeros.
+async fn with_owner_figures(state: &HttpState, v: &antre_broker::Vhost, queues: &mut [Value]) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    let owner_of = |q: &Value| {
+        q["name"]
+            .as_str()
+            .and_then(|n| v.remote_owner(n))
+            .map(|o| o.to_string())
+    };
+    let mut owners: Vec<String> = queues.iter().filter_map(owner_of).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    let asks = owners.into_iter().map(|owner| async move {
+        let rows = cluster
+            .listing(&owner, Listing::Queues, Some(&v.name), OWNER_WAIT)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!(node = %owner, "no queue figures from {owner}: {e}");
+                Vec::new()
+            });
+        let by_name: HashMap<String, Value> = rows
+            .into_iter()
+            .filter_map(|r| Some((r["name"].as_str()?.to_owned(), r)))
             .collect();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        remote.counts(
-            &owner,
-            &v.name,
-            names,
-            details,
-            Box::new(move |counts| {
-                let _ = tx.send(counts);
-            }),
-        );
-        async move {
-            let counts = tokio::time::timeout(OWNER_WAIT, rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
-            (at, counts)
-        }
+        (owner, by_name)
     });
-    for (at, counts) in futures::future::join_all(asks).await {
-        for (k, i) in at.into_iter().enumerate() {
-            let q = &mut queues[i];
-            match counts.as_ref().and_then(|c| c.get(k).cloned().flatten()) {
-                Some(c) => {
-                    q["messages"] = Value::from(c.ready + c.unacked);
-                    q["messages_ready"] = Value::from(c.ready);
-                    q["messages_unacknowledged"] = Value::from(c.unacked);
-                    q["message_bytes_ready"] = Value::from(c.ready_bytes);
-                    q["consumers"] = Value::from(c.consumers);
-                    if details {
-                        let name = q["name"].as_str().unwrap_or_default().to_owned();
-                        q["consumer_details"] = c
-                            .consumer_details
-                            .iter()
-                            .map(|c| render::consumer_of(&v.name, &name, c, Value::Null))
-                            .collect();
-                    }
-                }
-                None => {
-                    if let Some(fields) = q.as_object_mut() {
-                        for key in [
-                            "messages",
-                            "messages_ready",
-                            "messages_unacknowledged",
-                            "message_bytes_ready",
-                            "consumers",
-                        ] {
-                            fields.remove(key);
-                        }
-                    }
-                }
-            }
+    let figures: HashMap<String, HashMap<String, Value>> =
+        futures::future::join_all(asks).await.into_iter().collect();
+    for q in queues.iter_mut() {
+        let Some(owner) = owner_of(q) else {
+            continue;
+        };
+        let theirs = q["name"].as_str().and_then(|n| figures.get(&owner)?.get(n));
+        let Some(fields) = q.as_object_mut() else {
+            continue;
+        };
+        for key in OWNER_FIELDS {
+            match theirs.map(|row| &row[key]) {
+                Some(value) => fields.insert(key.to_owned(), value.clone()),
+                None => fields.remove(key),
+            };
         }
     }
 }
@@ -166,7 +168,7 @@ async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
             .iter()
             .map(|q| with_node(state, &v, render::queue(state, q)))
             .collect();
-        with_owner_counts(state, &v, &mut rendered, false).await;
+        with_owner_figures(state, &v, &mut rendered).await;
         let mut all: Vec<(String, Value)> = queues
             .iter()
             .map(|q| q.name.clone())
@@ -236,12 +238,22 @@ pub async fn show(
     let q = find(&state, &vhost, &name)?;
     let v = state.vhost(&vhost)?;
     let mut body = with_node(&state, &v, render::queue(&state, &q));
-    body["consumer_details"] = q
-        .consumers()
-        .iter()
-        .map(|c| render::consumer(&state, &q, c))
-        .collect();
-    with_owner_counts(&state, &v, std::slice::from_mut(&mut body), true).await;
+    body["consumer_details"] = match (v.remote_owner(&name), &state.cluster) {
+        // Its consumers are its owner's, listed there with their channels.
+        (Some(owner), Some(cluster)) => cluster
+            .listing(&owner, Listing::Consumers, Some(&vhost), OWNER_WAIT)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c["queue"]["name"] == name.as_str())
+            .collect(),
+        _ => q
+            .consumers()
+            .iter()
+            .map(|c| render::consumer(&state, &q, c))
+            .collect(),
+    };
+    with_owner_figures(&state, &v, std::slice::from_mut(&mut body)).await;
     Ok(Json(body))
 }
 
