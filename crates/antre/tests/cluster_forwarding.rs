@@ -1458,6 +1458,9 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
             "{node}: {overview}"
         );
         assert_eq!(overview["queue_totals"]["messages_ready"], 4, "{node}");
+        // The four publishes n1 took, counted whichever node is asked.
+        assert_eq!(overview["message_stats"]["publish"], 4, "{node}");
+        assert_eq!(overview["message_stats"]["confirm"], 4, "{node}");
     }
 
     // Closing works from any node too, with the same rules: alice may not

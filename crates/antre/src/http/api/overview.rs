@@ -80,14 +80,15 @@ pub async fn overview(
     State(state): State<HttpState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Json<Value> {
-    let m = &state.broker.metrics;
     let r = state.rates.overview();
     let (mut connections, mut channels, exchanges, queues, mut consumers) = object_totals(&state);
     let (mut ready, mut unacked) = owned_messages(&state);
+    let mut message_stats = message_stats(&state);
     // In a cluster the totals are the cluster's, as RabbitMQ's are: each
-    // member's connections, channels, and the messages and consumers of
-    // the queues it owns (a member that does not answer in time is left
-    // out). Exchanges and queues are definitions every member has.
+    // member's connections, channels, message counters and rates, and the
+    // messages and consumers of the queues it owns (a member that does
+    // not answer in time is left out). Exchanges and queues are
+    // definitions every member has.
     for info in other_nodes_info(&state).await.into_iter().flatten() {
         let n = |k: &str| info.get(k).and_then(Value::as_u64).unwrap_or(0);
         connections += n("connections") as usize;
@@ -95,6 +96,9 @@ pub async fn overview(
         consumers += n("consumers") as usize;
         ready += n("messages_ready");
         unacked += n("messages_unacknowledged");
+        if let Some(theirs) = info.get("message_stats") {
+            add_message_stats(&mut message_stats, theirs);
+        }
     }
     let mut body = json!({
         "management_version": env!("CARGO_PKG_VERSION"),
@@ -106,22 +110,7 @@ pub async fn overview(
         "uptime": state.started.elapsed().as_millis() as u64,
         "rates_mode": "basic",
         "sample_interval": state.config.rate_interval.as_secs_f64(),
-        "message_stats": {
-            "publish": m.published.get(),
-            "publish_details": details(r.publish),
-            "deliver_get": m.delivered.get(),
-            "deliver_get_details": details(r.deliver_get),
-            "redeliver": m.redelivered.get(),
-            "redeliver_details": details(r.redeliver),
-            "ack": m.acked.get(),
-            "ack_details": details(r.ack),
-            "confirm": m.confirmed.get(),
-            "confirm_details": details(r.confirm),
-            "return_unroutable": m.returned.get(),
-            "return_unroutable_details": details(r.return_unroutable),
-            "drop_unroutable": m.unroutable.get().saturating_sub(m.returned.get()),
-            "drop_unroutable_details": details(r.drop_unroutable),
-        },
+        "message_stats": message_stats,
         "queue_totals": {
             "messages": ready + unacked,
             "messages_details": details(r.ready + r.unacked),
@@ -162,6 +151,44 @@ pub async fn overview(
         qt["messages_unacknowledged_details"]["samples"] = samples(&history, |s| s.unacked);
     }
     Json(body)
+}
+
+/// This node's message counters and their rates, in the overview's
+/// `message_stats` shape.
+fn message_stats(state: &HttpState) -> Value {
+    let m = &state.broker.metrics;
+    let r = state.rates.overview();
+    json!({
+        "publish": m.published.get(),
+        "publish_details": details(r.publish),
+        "deliver_get": m.delivered.get(),
+        "deliver_get_details": details(r.deliver_get),
+        "redeliver": m.redelivered.get(),
+        "redeliver_details": details(r.redeliver),
+        "ack": m.acked.get(),
+        "ack_details": details(r.ack),
+        "confirm": m.confirmed.get(),
+        "confirm_details": details(r.confirm),
+        "return_unroutable": m.returned.get(),
+        "return_unroutable_details": details(r.return_unroutable),
+        "drop_unroutable": m.unroutable.get().saturating_sub(m.returned.get()),
+        "drop_unroutable_details": details(r.drop_unroutable),
+    })
+}
+
+/// Adds another member's `message_stats` to `ours`: counters and rates.
+fn add_message_stats(ours: &mut Value, theirs: &Value) {
+    let Some(ours) = ours.as_object_mut() else {
+        return;
+    };
+    for (key, mine) in ours.iter_mut() {
+        let theirs = &theirs[key];
+        if let (Some(a), Some(b)) = (mine.as_u64(), theirs.as_u64()) {
+            *mine = json!(a + b);
+        } else if let (Some(a), Some(b)) = (mine["rate"].as_f64(), theirs["rate"].as_f64()) {
+            *mine = details(a + b);
+        }
+    }
 }
 
 /// RabbitMQ's `listeners`: one per protocol and address.
@@ -302,10 +329,12 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         "connections": connections,
         "channels": channels,
         "queues": queues,
-        // Of the queues this node owns (what the cluster's overview adds).
+        // Of the queues this node owns, and this node's counters and
+        // rates: what the cluster's overview adds up.
         "consumers": consumers,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
+        "message_stats": message_stats(state),
         "data_dir": state.config.data_dir.display().to_string(),
         "fd_used": crate::sockets::open_fds(),
         "fd_total": crate::sockets::fd_limit(),
