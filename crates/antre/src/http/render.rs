@@ -27,6 +27,17 @@ pub fn details(rate: f64) -> Value {
     json!({ "rate": (rate * 100.0).round() / 100.0 })
 }
 
+/// RabbitMQ's `message_stats`: each counter (name, count, rate per
+/// second) and its `*_details` rate.
+pub fn message_stats(counters: &[(&str, u64, f64)]) -> Value {
+    let mut out = serde_json::Map::new();
+    for &(name, count, rate) in counters {
+        out.insert(name.to_owned(), json!(count));
+        out.insert(format!("{name}_details"), details(rate));
+    }
+    Value::Object(out)
+}
+
 /// A queue.
 pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
     let c = q.counts();
@@ -67,16 +78,12 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
         "message_bytes_ready": q.ready_bytes(),
         "consumers": c.consumers,
         "exclusive_consumer_tag": exclusive_consumer_tag,
-        "message_stats": {
-            "publish": m.published.get(),
-            "publish_details": details(r.publish),
-            "deliver_get": m.delivered.get(),
-            "deliver_get_details": details(r.deliver_get),
-            "redeliver": m.redelivered.get(),
-            "redeliver_details": details(r.redeliver),
-            "ack": m.acked.get(),
-            "ack_details": details(r.ack),
-        },
+        "message_stats": message_stats(&[
+            ("publish", m.published.get(), r.publish),
+            ("deliver_get", m.delivered.get(), r.deliver_get),
+            ("redeliver", m.redelivered.get(), r.redeliver),
+            ("ack", m.acked.get(), r.ack),
+        ]),
     })
 }
 

@@ -112,6 +112,37 @@ fn owner_of(row: &Value) -> &str {
     row["user"].as_str().unwrap_or_default()
 }
 
+/// Where connection `name` is: on this node, or in another member's
+/// listing (its row).
+enum Located {
+    Here(std::sync::Arc<ConnectionEntry>),
+    Elsewhere(Value),
+}
+
+/// Finds connection `name` on this node or another member, and checks
+/// that `user` may see it (or close it, with `delete`); 404 if no member
+/// has it.
+async fn locate(
+    state: &HttpState,
+    user: &AuthUser,
+    name: &str,
+    delete: bool,
+) -> ApiResult<Located> {
+    match find(state, name) {
+        Ok(conn) => {
+            user.may_touch(&conn.user, delete)?;
+            Ok(Located::Here(conn))
+        }
+        Err(missing) => {
+            let row = elsewhere(state, Listing::Connections, name)
+                .await
+                .ok_or(missing)?;
+            user.may_touch(owner_of(&row), delete)?;
+            Ok(Located::Elsewhere(row))
+        }
+    }
+}
+
 /// GET /api/connections/{name}: a connection of this node, or else of
 /// another member (its row of that member's listing).
 pub async fn show(
@@ -119,22 +150,15 @@ pub async fn show(
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let conn = match find(&state, &name) {
-        Ok(conn) => conn,
-        Err(missing) => {
-            let row = elsewhere(&state, Listing::Connections, &name)
-                .await
-                .ok_or(missing)?;
-            user.may_touch(owner_of(&row), false)?;
-            return Ok(Json(row));
-        }
-    };
-    user.may_touch(&conn.user, false)?;
-    Ok(Json(render::connection(&state, &conn)))
+    Ok(Json(match locate(&state, &user, &name, false).await? {
+        Located::Here(conn) => render::connection(&state, &conn),
+        Located::Elsewhere(row) => row,
+    }))
 }
 
 /// DELETE /api/connections/{name}: closes it with 320 CONNECTION_FORCED and
-/// the `X-Reason` header's text.
+/// the `X-Reason` header's text. Another member's connection is closed by
+/// that member.
 pub async fn close(
     State(state): State<HttpState>,
     Extension(user): Extension<AuthUser>,
@@ -145,32 +169,26 @@ pub async fn close(
         .get("x-reason")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("Closed via management API");
-    let conn = match find(&state, &name) {
-        Ok(conn) => conn,
-        Err(missing) => {
-            // Another member's: that member closes it.
-            let row = elsewhere(&state, Listing::Connections, &name)
-                .await
-                .ok_or(missing)?;
-            user.may_touch(owner_of(&row), true)?;
-            let (Some(cluster), Some(node)) = (&state.cluster, row["node"].as_str()) else {
-                return Err(ApiError::not_found(format!("no connection '{name}'")));
-            };
-            return match cluster
-                .close_connection(node, &name, reason, NODE_INFO_TIMEOUT)
-                .await
-            {
-                Ok(true) => Ok(StatusCode::NO_CONTENT),
-                Ok(false) => Err(ApiError::not_found(format!("no connection '{name}'"))),
-                Err(e) => Err(ApiError::unavailable(format!(
-                    "cluster node '{node}' did not close connection '{name}': {e}"
-                ))),
-            };
+    let row = match locate(&state, &user, &name, true).await? {
+        Located::Here(conn) => {
+            conn.force_close(reason);
+            return Ok(StatusCode::NO_CONTENT);
         }
+        Located::Elsewhere(row) => row,
     };
-    user.may_touch(&conn.user, true)?;
-    conn.force_close(reason);
-    Ok(StatusCode::NO_CONTENT)
+    let (Some(cluster), Some(node)) = (&state.cluster, row["node"].as_str()) else {
+        return Err(ApiError::not_found(format!("no connection '{name}'")));
+    };
+    match cluster
+        .close_connection(node, &name, reason, NODE_INFO_TIMEOUT)
+        .await
+    {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found(format!("no connection '{name}'"))),
+        Err(e) => Err(ApiError::unavailable(format!(
+            "cluster node '{node}' did not close connection '{name}': {e}"
+        ))),
+    }
 }
 
 fn channels_where(state: &HttpState, keep: impl Fn(&ConnectionEntry) -> bool) -> Vec<Value> {
@@ -195,22 +213,13 @@ pub async fn channels_of(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let all = match find(&state, &name) {
-        Ok(conn) => {
-            user.may_touch(&conn.user, false)?;
-            channels_where(&state, |c| c.name == name)
-        }
-        Err(missing) => {
-            let row = elsewhere(&state, Listing::Connections, &name)
-                .await
-                .ok_or(missing)?;
-            user.may_touch(owner_of(&row), false)?;
-            cluster_rows(&state, Listing::Channels, None)
-                .await
-                .into_iter()
-                .filter(|ch| ch["connection_details"]["name"] == name.as_str())
-                .collect()
-        }
+    let all = match locate(&state, &user, &name, false).await? {
+        Located::Here(_) => channels_where(&state, |c| c.name == name),
+        Located::Elsewhere(_) => cluster_rows(&state, Listing::Channels, None)
+            .await
+            .into_iter()
+            .filter(|ch| ch["connection_details"]["name"] == name.as_str())
+            .collect(),
     };
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }

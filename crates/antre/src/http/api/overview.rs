@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::rates::OverviewSample;
-use crate::http::render::{details, node_name};
+use crate::http::render::{details, message_stats, node_name};
 use crate::http::{AuthUser, HttpState};
 
 pub use crate::alarm::resident_memory;
@@ -83,7 +83,7 @@ pub async fn overview(
     let r = state.rates.overview();
     let (mut connections, mut channels, exchanges, queues, mut consumers) = object_totals(&state);
     let (mut ready, mut unacked) = owned_messages(&state);
-    let mut message_stats = message_stats(&state);
+    let mut message_stats = node_message_stats(&state);
     // In a cluster the totals are the cluster's, as RabbitMQ's are: each
     // member's connections, channels, message counters and rates, and the
     // messages and consumers of the queues it owns (a member that does
@@ -155,25 +155,22 @@ pub async fn overview(
 
 /// This node's message counters and their rates, in the overview's
 /// `message_stats` shape.
-fn message_stats(state: &HttpState) -> Value {
+fn node_message_stats(state: &HttpState) -> Value {
     let m = &state.broker.metrics;
     let r = state.rates.overview();
-    json!({
-        "publish": m.published.get(),
-        "publish_details": details(r.publish),
-        "deliver_get": m.delivered.get(),
-        "deliver_get_details": details(r.deliver_get),
-        "redeliver": m.redelivered.get(),
-        "redeliver_details": details(r.redeliver),
-        "ack": m.acked.get(),
-        "ack_details": details(r.ack),
-        "confirm": m.confirmed.get(),
-        "confirm_details": details(r.confirm),
-        "return_unroutable": m.returned.get(),
-        "return_unroutable_details": details(r.return_unroutable),
-        "drop_unroutable": m.unroutable.get().saturating_sub(m.returned.get()),
-        "drop_unroutable_details": details(r.drop_unroutable),
-    })
+    message_stats(&[
+        ("publish", m.published.get(), r.publish),
+        ("deliver_get", m.delivered.get(), r.deliver_get),
+        ("redeliver", m.redelivered.get(), r.redeliver),
+        ("ack", m.acked.get(), r.ack),
+        ("confirm", m.confirmed.get(), r.confirm),
+        ("return_unroutable", m.returned.get(), r.return_unroutable),
+        (
+            "drop_unroutable",
+            m.unroutable.get().saturating_sub(m.returned.get()),
+            r.drop_unroutable,
+        ),
+    ])
 }
 
 /// Adds another member's `message_stats` to `ours`: counters and rates.
@@ -334,7 +331,7 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         "consumers": consumers,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
-        "message_stats": message_stats(state),
+        "message_stats": node_message_stats(state),
         "data_dir": state.config.data_dir.display().to_string(),
         "fd_used": crate::sockets::open_fds(),
         "fd_total": crate::sockets::fd_limit(),
