@@ -879,7 +879,8 @@ async fn the_ui_works_in_headless_chromium() {
 /// The overview shows the cluster: every node with its own figures (the
 /// other nodes' memory, connections and quorum queue leaders come from
 /// those nodes), which node leads the metadata, a node that is down and
-/// why; an administrator forgets the dead node from there.
+/// why; an administrator forgets the dead node from there. The
+/// connections page lists every node's clients, with their node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_shows_the_cluster() {
     let Some((driver_bin, chromium)) = browser_programs("the_ui_shows_the_cluster") else {
@@ -940,6 +941,12 @@ async fn the_ui_shows_the_cluster() {
         ));
         s.refresh();
         s.find("//div[@id='nodes']//h2[text()='Cluster nodes (2)']");
+        // n1's connections page lists n2's client, on n2.
+        s.go(&format!("{ui}/#/connections"));
+        s.find(&format!(
+            "//section[@id='listing-connections']//tr/td[3][text()='{}']",
+            names[1]
+        ));
     });
     tokio::time::timeout(Duration::from_secs(120), run)
         .await

@@ -80,6 +80,7 @@ pub fn connections(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
     let columns = [
         ("name", "/name"),
         ("user", "/user"),
+        ("node", "/node"),
         ("vhost", "/vhost"),
         ("channels", "/channels"),
         ("state", "/state"),
@@ -92,6 +93,7 @@ pub fn channels(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
     let columns = [
         ("name", "/name"),
         ("user", "/user"),
+        ("node", "/node"),
         ("consumers", "/consumer_count"),
         ("unacked", "/messages_unacknowledged"),
         ("prefetch", "/prefetch_count"),

@@ -33,6 +33,7 @@ export function connectionsPage(view) {
     columns: [
       { title: "Name", sort: "name", cell: c => connectionLink(c.name) },
       { title: "User", sort: "user", cell: c => c.user },
+      { title: "Node", sort: "node", cell: c => c.node },
       { title: "Vhost", sort: "vhost", cell: c => c.vhost },
       { title: "Client", sort: "client_properties.product", cell: client },
       { title: "TLS", sort: "ssl", cell: c => c.ssl ? c.ssl_protocol || "yes" : "no" },
@@ -100,6 +101,7 @@ export function channelsPage(view) {
     columns: [
       { title: "Channel", sort: "name", cell: c => channelLink(c.name) },
       { title: "User", sort: "user", cell: c => c.user },
+      { title: "Node", sort: "node", cell: c => c.node },
       { title: "Vhost", sort: "vhost", cell: c => c.vhost },
       { title: "State", sort: "state", cell: c => c.state },
       { title: "Consumers", sort: "consumer_count", num: true, cell: c => fmt(c.consumer_count) },
