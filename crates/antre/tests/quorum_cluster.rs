@@ -1113,6 +1113,27 @@ async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
             "{}: {listed}",
             c.nodes[i].name
         );
+        // Only the leader exports the queue's series, as the RabbitMQ node
+        // that hosts a queue does: a follower's would be a second series
+        // of the same queue, with its copy's empty figures.
+        let Some((200, Value::String(text))) =
+            c.try_api(i, "GET", "/metrics/per-object", None).await
+        else {
+            panic!("no metrics from {}", c.nodes[i].name);
+        };
+        let families = crate::common::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let depth: Vec<f64> = families
+            .get("rabbitmq_queue_messages")
+            .map(|f| {
+                f.samples
+                    .iter()
+                    .filter(|s| s.labels.get("queue").is_some_and(|q| q == "payments"))
+                    .map(|s| s.value)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let exported = if i == l { vec![50.0] } else { Vec::new() };
+        assert_eq!(depth, exported, "{}'s series", c.nodes[i].name);
     }
 
     let consumer = connect(&c.nodes[via_con].amqp_uri())

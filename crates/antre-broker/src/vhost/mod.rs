@@ -432,6 +432,20 @@ impl Vhost {
         self.topology.read().queues.values().cloned().collect()
     }
 
+    /// The queues whose engine runs on this node: every queue on a single
+    /// node; on a cluster node not those another node owns (a classic
+    /// queue's home, a quorum queue's leader), whose copy here is not
+    /// where their messages, consumers and counters are. What a node
+    /// counts and exports as its own.
+    pub fn owned_queues(&self) -> Vec<Arc<Queue>> {
+        let mut queues = self.queues();
+        if self.has_remote_queues() {
+            let remote = self.remote.read();
+            queues.retain(|q| !remote.contains_key(&q.name));
+        }
+        queues
+    }
+
     /// Time passes: releases due delayed messages, expires messages and
     /// idle queues, and routes the dead letters that produced. Called by the
     /// broker's timer.

@@ -39,11 +39,9 @@ pub fn object_totals(state: &HttpState) -> (usize, usize, usize, usize, usize) {
     let (mut exchanges, mut queues, mut consumers) = (0, 0, 0);
     for v in state.broker.vhosts() {
         exchanges += v.exchanges().len();
-        for q in v.queues() {
-            queues += 1;
-            if v.remote_owner(&q.name).is_none() {
-                consumers += q.counts().consumers as usize;
-            }
+        queues += v.queues().len();
+        for q in v.owned_queues() {
+            consumers += q.counts().consumers as usize;
         }
     }
     (conns.len(), channels, exchanges, queues, consumers)
@@ -54,12 +52,10 @@ pub fn object_totals(state: &HttpState) -> (usize, usize, usize, usize, usize) {
 fn owned_messages(state: &HttpState) -> (u64, u64) {
     let (mut ready, mut unacked) = (0u64, 0u64);
     for v in state.broker.vhosts() {
-        for q in v.queues() {
-            if v.remote_owner(&q.name).is_none() {
-                let c = q.counts();
-                ready += u64::from(c.ready);
-                unacked += u64::from(c.unacked);
-            }
+        for q in v.owned_queues() {
+            let c = q.counts();
+            ready += u64::from(c.ready);
+            unacked += u64::from(c.unacked);
         }
     }
     (ready, unacked)

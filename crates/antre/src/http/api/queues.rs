@@ -99,10 +99,8 @@ pub(crate) fn owned_rows(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
     };
     let mut rows = Vec::new();
     for v in vhosts {
-        for q in v.queues() {
-            if v.remote_owner(&q.name).is_none() {
-                rows.push(render::queue(state, &q));
-            }
+        for q in v.owned_queues() {
+            rows.push(render::queue(state, &q));
         }
     }
     rows

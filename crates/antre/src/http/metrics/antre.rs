@@ -144,11 +144,12 @@ pub fn render(p: &mut Page, state: &HttpState) {
         sockets.evicted_total(),
     );
 
+    // A node exports the queues it owns, as RabbitMQ's nodes export the
+    // queues they host: another member's copy would be a second series
+    // of the same queue with its own (empty) figures.
     let mut all = Vec::new();
     for v in state.broker.vhosts() {
-        for q in v.queues() {
-            all.push(q);
-        }
+        all.extend(v.owned_queues());
     }
     all.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
     type QueueValue = fn(&antre_broker::Queue) -> u64;

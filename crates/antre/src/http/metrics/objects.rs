@@ -69,7 +69,8 @@ impl Writer<'_> {
     }
 }
 
-/// The queues the page covers, sorted by vhost and name.
+/// The queues the page covers (those this node owns, see
+/// [`antre_broker::Vhost::owned_queues`]), sorted by vhost and name.
 fn sorted_queues(state: &HttpState, endpoint: &Endpoint) -> Vec<Arc<Queue>> {
     let mut all: Vec<Arc<Queue>> = state
         .broker
@@ -79,7 +80,7 @@ fn sorted_queues(state: &HttpState, endpoint: &Endpoint) -> Vec<Arc<Queue>> {
             Endpoint::Detailed(d) => d.vhosts.is_empty() || d.vhosts.contains(&v.name),
             _ => true,
         })
-        .flat_map(|v| v.queues())
+        .flat_map(|v| v.owned_queues())
         .collect();
     all.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
     all

@@ -148,7 +148,7 @@ fn totals(p: &mut Page, state: &HttpState) -> u64 {
     let (mut queues, mut consumers) = (0usize, 0u64);
     let (mut declared, mut created, mut deleted) = (0, 0, 0);
     for v in state.broker.vhosts() {
-        for q in v.queues() {
+        for q in v.owned_queues() {
             queues += 1;
             consumers += u64::from(q.counts().consumers);
         }
