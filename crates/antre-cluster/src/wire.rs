@@ -213,6 +213,9 @@ pub enum Listing {
     /// The queues it owns, with their figures (messages, consumers,
     /// counters and rates), which only the owner knows.
     Queues,
+    /// Each vhost's messages in the queues it owns and its connections
+    /// in the vhost.
+    Vhosts,
 }
 
 /// The answer to a [`Request`], of the same kind.

@@ -1330,7 +1330,8 @@ fn field<'a>(rows: &'a [Value], key: &str) -> Vec<&'a str> {
 /// connections and channels, every queue's consumers once (a forwarded
 /// consumer by the queue's owner, naming the node its client is on), the
 /// overview's totals of connections, consumers and messages; and a user
-/// who may see only their own connections sees those on every node.
+/// who may see only their own connections sees those on every node. A
+/// vhost's messages and connections are the cluster's as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers() {
     let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
@@ -1458,6 +1459,20 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
             "{node}: {overview}"
         );
         assert_eq!(overview["queue_totals"]["messages_ready"], 4, "{node}");
+        // The vhost's figures are the cluster's too.
+        let (s, vhost) = c.api(i, "GET", "/api/vhosts/%2F", None).await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            (&vhost["messages"], &vhost["connections"]),
+            (&json!(4), &json!(3)),
+            "{node}: {vhost}"
+        );
+        let states = vhost["cluster_state"].as_object().expect("cluster_state");
+        assert_eq!(states.len(), 3, "{node}: {vhost}");
+        assert!(states.values().all(|s| s == "running"), "{node}: {vhost}");
+        let listed = rows(&c, i, guest, "/api/vhosts").await;
+        let slash = listed.iter().find(|v| v["name"] == "/").expect("/ listed");
+        assert_eq!(slash["messages_ready"], 4, "{node}: {slash}");
         // The four publishes n1 took, counted whichever node is asked.
         assert_eq!(overview["message_stats"]["publish"], 4, "{node}");
         assert_eq!(overview["message_stats"]["confirm"], 4, "{node}");

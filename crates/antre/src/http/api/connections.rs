@@ -31,6 +31,7 @@ pub(crate) fn local_rows(state: &HttpState, what: Listing, vhost: Option<&str>) 
         Listing::Channels => channels_where(state, |c| vhost.is_none_or(|v| c.vhost == v)),
         Listing::Consumers => consumers(state, vhost),
         Listing::Queues => super::queues::owned_rows(state, vhost),
+        Listing::Vhosts => super::vhosts::own_figures(state, vhost),
     }
 }
 
@@ -40,7 +41,11 @@ pub(crate) fn local_rows(state: &HttpState, what: Listing, vhost: Option<&str>) 
 /// whichever node is asked, as RabbitMQ's does; a member that does not
 /// answer within [`NODE_INFO_TIMEOUT`] is left out rather than holding
 /// the listing up.
-async fn cluster_rows(state: &HttpState, what: Listing, vhost: Option<&str>) -> Vec<Value> {
+pub(crate) async fn cluster_rows(
+    state: &HttpState,
+    what: Listing,
+    vhost: Option<&str>,
+) -> Vec<Value> {
     let mut rows = local_rows(state, what, vhost);
     let Some(cluster) = &state.cluster else {
         return rows;

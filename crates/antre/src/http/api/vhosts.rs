@@ -4,39 +4,88 @@
 use std::collections::HashMap;
 
 use antre_broker::cluster::MetaCommand;
+use antre_cluster::wire::Listing;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::connections::cluster_rows;
 use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{AuthUser, HttpState};
 
-fn vhost_json(state: &HttpState, v: &antre_broker::Vhost) -> Value {
-    let (mut ready, mut unacked) = (0u64, 0u64);
-    for q in v.queues() {
-        let c = q.counts();
-        ready += u64::from(c.ready);
-        unacked += u64::from(c.unacked);
-    }
-    let connections = state
-        .registry
-        .connections()
+/// This node's own figures of each vhost (or of `vhost`): the messages in
+/// the queues it owns and its connections there. What a cluster member
+/// adds to the vhosts' figures another member shows.
+pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
+    let Ok(vhosts) = state.vhosts_for(vhost) else {
+        return Vec::new();
+    };
+    let connections = state.registry.connections();
+    vhosts
         .iter()
-        .filter(|c| c.vhost == v.name)
-        .count();
+        .map(|v| {
+            let (mut ready, mut unacked) = (0u64, 0u64);
+            for q in v.owned_queues() {
+                let c = q.counts();
+                ready += u64::from(c.ready);
+                unacked += u64::from(c.unacked);
+            }
+            json!({
+                "name": v.name,
+                "messages_ready": ready,
+                "messages_unacknowledged": unacked,
+                "connections": connections.iter().filter(|c| c.vhost == v.name).count(),
+            })
+        })
+        .collect()
+}
+
+/// A vhost as the API shows it, its figures added up over `figures`
+/// (every member's own, see [`own_figures`]), as RabbitMQ's are the
+/// cluster's.
+fn vhost_json(state: &HttpState, name: &str, figures: &[Value]) -> Value {
+    let sum = |key: &str| -> u64 {
+        figures
+            .iter()
+            .filter(|f| f["name"] == name)
+            .filter_map(|f| f[key].as_u64())
+            .sum()
+    };
+    let (ready, unacked) = (sum("messages_ready"), sum("messages_unacknowledged"));
     json!({
-        "name": v.name,
+        "name": name,
         "description": "",
         "tags": [],
         "tracing": false,
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
-        "connections": connections,
-        "cluster_state": { crate::http::render::node_name(): "running" },
+        "connections": sum("connections"),
+        "cluster_state": cluster_state(state),
     })
+}
+
+/// Each node's state (`running`, or `nodedown` for a member this node
+/// cannot reach), as RabbitMQ's vhosts show it.
+fn cluster_state(state: &HttpState) -> Value {
+    let Some(cluster) = &state.cluster else {
+        return json!({ state.node_name(): "running" });
+    };
+    cluster
+        .status()
+        .members
+        .iter()
+        .map(|m| {
+            let up = m.this_node || m.running;
+            (
+                m.name.clone(),
+                json!(if up { "running" } else { "nodedown" }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// GET /api/vhosts.
@@ -50,7 +99,11 @@ pub async fn list(
         let mine = state.broker.access().vhosts_of(&user.name);
         vhosts.retain(|v| mine.contains(&v.name));
     }
-    let all = vhosts.iter().map(|v| vhost_json(&state, v)).collect();
+    let figures = cluster_rows(&state, Listing::Vhosts, None).await;
+    let all = vhosts
+        .iter()
+        .map(|v| vhost_json(&state, &v.name, &figures))
+        .collect();
     Ok(Json(listing(all, &query, Paging::Paged)?))
 }
 
@@ -59,8 +112,9 @@ pub async fn show(
     State(state): State<HttpState>,
     Path(vhost): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let v = state.vhost(&vhost)?;
-    Ok(Json(vhost_json(&state, &v)))
+    state.vhost(&vhost)?;
+    let figures = cluster_rows(&state, Listing::Vhosts, Some(&vhost)).await;
+    Ok(Json(vhost_json(&state, &vhost, &figures)))
 }
 
 /// PUT /api/vhosts/{vhost}: 201 created (and the creating user gets every
