@@ -1334,7 +1334,12 @@ fn field<'a>(rows: &'a [Value], key: &str) -> Vec<&'a str> {
 /// vhost's messages and connections are the cluster's as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    // Rates sampled every 0.2 s, so that they show within the test.
+    let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
+    for n in &mut c.nodes {
+        n.args.extend(["--rate-interval".into(), "0.2".into()]);
+    }
+    c.launch().await;
     c.until("the cluster to form", || formed(&c)).await;
     let names: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
     let (s, body) = c
@@ -1477,6 +1482,37 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
         assert_eq!(overview["message_stats"]["publish"], 4, "{node}");
         assert_eq!(overview["message_stats"]["confirm"], 4, "{node}");
     }
+
+    // The rates too: while n1 takes publishes, n3's overview shows the
+    // cluster's publish rate and the growth of its ready messages.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let (ch1, stop) = (ch1.clone(), std::sync::Arc::clone(&stop));
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ch1.basic_publish(
+                    "",
+                    "backlog",
+                    BasicPublishOptions::default(),
+                    b"more",
+                    props(0),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            }
+        }
+    });
+    c.until("n3's overview to show n1's rates", || async {
+        let (_, o) = c.api(2, "GET", "/api/overview", None).await;
+        let rate = |v: &Value| v["rate"].as_f64().unwrap_or(0.0);
+        rate(&o["message_stats"]["publish_details"]) > 0.0
+            && rate(&o["queue_totals"]["messages_ready_details"]) > 0.0
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.expect("the publisher");
 
     // Closing works from any node too, with the same rules: alice may not
     // close guest's connection on n1 through n3; guest closes alice's on

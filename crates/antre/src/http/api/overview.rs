@@ -80,6 +80,7 @@ pub async fn overview(
     let (mut connections, mut channels, exchanges, queues, mut consumers) = object_totals(&state);
     let (mut ready, mut unacked) = owned_messages(&state);
     let mut message_stats = node_message_stats(&state);
+    let (mut ready_rate, mut unacked_rate) = (r.ready, r.unacked);
     // In a cluster the totals are the cluster's, as RabbitMQ's are: each
     // member's connections, channels, message counters and rates, and the
     // messages and consumers of the queues it owns (a member that does
@@ -92,6 +93,9 @@ pub async fn overview(
         consumers += n("consumers") as usize;
         ready += n("messages_ready");
         unacked += n("messages_unacknowledged");
+        let rate = |k: &str| info.get(k).and_then(|d| d["rate"].as_f64()).unwrap_or(0.0);
+        ready_rate += rate("messages_ready_details");
+        unacked_rate += rate("messages_unacknowledged_details");
         if let Some(theirs) = info.get("message_stats") {
             add_message_stats(&mut message_stats, theirs);
         }
@@ -109,11 +113,11 @@ pub async fn overview(
         "message_stats": message_stats,
         "queue_totals": {
             "messages": ready + unacked,
-            "messages_details": details(r.ready + r.unacked),
+            "messages_details": details(ready_rate + unacked_rate),
             "messages_ready": ready,
-            "messages_ready_details": details(r.ready),
+            "messages_ready_details": details(ready_rate),
             "messages_unacknowledged": unacked,
-            "messages_unacknowledged_details": details(r.unacked),
+            "messages_unacknowledged_details": details(unacked_rate),
         },
         "object_totals": {
             "connections": connections,
@@ -326,7 +330,9 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         // rates: what the cluster's overview adds up.
         "consumers": consumers,
         "messages_ready": ready,
+        "messages_ready_details": details(state.rates.overview().ready),
         "messages_unacknowledged": unacked,
+        "messages_unacknowledged_details": details(state.rates.overview().unacked),
         "message_stats": node_message_stats(state),
         "data_dir": state.config.data_dir.display().to_string(),
         "fd_used": crate::sockets::open_fds(),
