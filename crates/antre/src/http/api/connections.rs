@@ -9,12 +9,14 @@ use axum::Json;
 use serde_json::Value;
 
 use super::overview::NODE_INFO_TIMEOUT;
+use super::peers::cluster_rows;
 use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{render, AuthUser, HttpState};
 use crate::registry::ConnectionEntry;
 
-fn connections(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
+/// This node's connections (of `vhost`, if given).
+pub(crate) fn connections(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
     state
         .registry
         .connections()
@@ -22,52 +24,6 @@ fn connections(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
         .filter(|c| vhost.is_none_or(|v| c.vhost == v))
         .map(|c| render::connection(state, c))
         .collect()
-}
-
-/// This node's own rows of the listing `what` (only `vhost`'s, if given).
-pub(crate) fn local_rows(state: &HttpState, what: Listing, vhost: Option<&str>) -> Vec<Value> {
-    match what {
-        Listing::Connections => connections(state, vhost),
-        Listing::Channels => channels_where(state, |c| vhost.is_none_or(|v| c.vhost == v)),
-        Listing::Consumers => consumers(state, vhost),
-        Listing::Queues => super::queues::owned_rows(state, vhost),
-        Listing::Vhosts => super::vhosts::own_figures(state, vhost),
-    }
-}
-
-/// The rows of `what` of every running node: this node's and each other
-/// member's own, asked of them all at once. A cluster's management API
-/// lists the whole cluster's connections, channels and consumers
-/// whichever node is asked, as RabbitMQ's does; a member that does not
-/// answer within [`NODE_INFO_TIMEOUT`] is left out rather than holding
-/// the listing up.
-pub(crate) async fn cluster_rows(
-    state: &HttpState,
-    what: Listing,
-    vhost: Option<&str>,
-) -> Vec<Value> {
-    let mut rows = local_rows(state, what, vhost);
-    let Some(cluster) = &state.cluster else {
-        return rows;
-    };
-    let status = cluster.status();
-    let others = status
-        .members
-        .iter()
-        .filter(|m| !m.this_node && m.running)
-        .map(|m| async move {
-            cluster
-                .listing(&m.name, what, vhost, NODE_INFO_TIMEOUT)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::debug!(node = %m.name, "no {what:?} rows from {}: {e}", m.name);
-                    Vec::new()
-                })
-        });
-    for theirs in futures::future::join_all(others).await {
-        rows.extend(theirs);
-    }
-    rows
 }
 
 /// GET /api/connections.
@@ -196,7 +152,11 @@ pub async fn close(
     }
 }
 
-fn channels_where(state: &HttpState, keep: impl Fn(&ConnectionEntry) -> bool) -> Vec<Value> {
+/// The channels of this node's connections that `keep` keeps.
+pub(crate) fn channels_where(
+    state: &HttpState,
+    keep: impl Fn(&ConnectionEntry) -> bool,
+) -> Vec<Value> {
     let consumers = render::all_consumers(state);
     let node = state.node_name();
     let mut out = Vec::new();
@@ -285,7 +245,8 @@ pub async fn channel(
     Ok(Json(row))
 }
 
-fn consumers(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
+/// The consumers of this node's queues (of `vhost`, if given).
+pub(crate) fn consumers(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
     render::all_consumers(state)
         .iter()
         .filter(|(q, _)| vhost.is_none_or(|v| q.vhost == v))

@@ -1,16 +1,67 @@
-//! What this node answers its cluster peers' management APIs: its figures
-//! for `/api/nodes` and the overview, its own rows of the connection,
-//! channel and consumer listings, and closing one of its connections. A
-//! cluster's management API shows the whole cluster whichever node is
-//! asked, as RabbitMQ's does (see docs/clustering.md).
+//! A cluster's management API shows the whole cluster whichever node is
+//! asked, as RabbitMQ's does (see docs/clustering.md): what this node
+//! answers its peers (its figures for `/api/nodes` and the overview, its
+//! own rows of the connection, channel, consumer, queue and vhost
+//! listings, closing one of its connections), and the listing of every
+//! member's rows.
 
 use std::sync::{Arc, Weak};
 
 use antre_cluster::wire::Listing;
 use serde_json::Value;
 
+use super::overview::NODE_INFO_TIMEOUT;
 use super::{connections, overview};
 use crate::http::HttpState;
+
+/// This node's own rows of the listing `what` (only `vhost`'s, if given).
+fn local_rows(state: &HttpState, what: Listing, vhost: Option<&str>) -> Vec<Value> {
+    match what {
+        Listing::Connections => connections::connections(state, vhost),
+        Listing::Channels => {
+            connections::channels_where(state, |c| vhost.is_none_or(|v| c.vhost == v))
+        }
+        Listing::Consumers => connections::consumers(state, vhost),
+        Listing::Queues => super::queues::owned_rows(state, vhost),
+        Listing::Vhosts => super::vhosts::own_figures(state, vhost),
+    }
+}
+
+/// The rows of `what` of every running node: this node's and each other
+/// member's own, asked of them all at once. A cluster's management API
+/// lists the whole cluster's connections, channels and consumers, and
+/// shows a queue's and a vhost's figures, whichever node is asked, as
+/// RabbitMQ's does; a member that does not
+/// answer within [`NODE_INFO_TIMEOUT`] is left out rather than holding
+/// the listing up.
+pub(crate) async fn cluster_rows(
+    state: &HttpState,
+    what: Listing,
+    vhost: Option<&str>,
+) -> Vec<Value> {
+    let mut rows = local_rows(state, what, vhost);
+    let Some(cluster) = &state.cluster else {
+        return rows;
+    };
+    let status = cluster.status();
+    let others = status
+        .members
+        .iter()
+        .filter(|m| !m.this_node && m.running)
+        .map(|m| async move {
+            cluster
+                .listing(&m.name, what, vhost, NODE_INFO_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(node = %m.name, "no {what:?} rows from {}: {e}", m.name);
+                    Vec::new()
+                })
+        });
+    for theirs in futures::future::join_all(others).await {
+        rows.extend(theirs);
+    }
+    rows
+}
 
 /// This node's management layer, as its peers ask it.
 struct Peers {
@@ -32,7 +83,7 @@ impl antre_cluster::LocalManagement for Peers {
     }
 
     fn listing(&self, what: Listing, vhost: Option<&str>) -> Vec<Value> {
-        connections::local_rows(&self.state, what, vhost)
+        local_rows(&self.state, what, vhost)
     }
 
     fn close_connection(&self, name: &str, reason: &str) -> bool {

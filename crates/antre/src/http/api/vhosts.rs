@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::connections::cluster_rows;
+use super::peers::cluster_rows;
 use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{AuthUser, HttpState};
