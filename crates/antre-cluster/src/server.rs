@@ -135,7 +135,18 @@ async fn serve_peer(
             }
             Request::Ping => Response::Pong,
             r @ (Request::NodeInfo | Request::Listing { .. } | Request::CloseConnection { .. }) => {
-                node.local_management(r)
+                // Rendering a listing of thousands of connections is work
+                // for the blocking pool, not for the Raft runtime's
+                // workers, whose heartbeats must not wait behind it.
+                let node = Arc::clone(&node);
+                tokio::task::spawn_blocking(move || node.local_management(r))
+                    .await
+                    .unwrap_or_else(|e| {
+                        // An answer of another kind: the asker takes it as
+                        // none (as from a member that did not answer).
+                        tracing::warn!("a management request failed: {e}");
+                        Response::Pong
+                    })
             }
             Request::PreVote {
                 group,
