@@ -117,8 +117,14 @@ pub trait LocalManagement: Send + Sync {
     /// This node's figures, in the fields of `/api/nodes`.
     fn node_info(&self) -> serde_json::Value;
 
-    /// This node's own rows of the listing `what` (only `vhost`'s).
-    fn listing(&self, what: Listing, vhost: Option<&str>) -> Vec<serde_json::Value>;
+    /// This node's own rows of the listing `what` (only `vhost`'s, and
+    /// only the object `name`'s, see [`Request::Listing`]).
+    fn listing(
+        &self,
+        what: Listing,
+        vhost: Option<&str>,
+        name: Option<&str>,
+    ) -> Vec<serde_json::Value>;
 
     /// Closes this node's client connection `name` with `reason` (320
     /// CONNECTION_FORCED); false if it has none of that name.
@@ -302,8 +308,10 @@ impl Cluster {
             Request::NodeInfo => {
                 Response::NodeInfo(m.map_or_else(|| serde_json::json!({}), |m| m.node_info()))
             }
-            Request::Listing { what, vhost } => {
-                Response::Listing(m.map_or_else(Vec::new, |m| m.listing(what, vhost.as_deref())))
+            Request::Listing { what, vhost, name } => {
+                Response::Listing(m.map_or_else(Vec::new, |m| {
+                    m.listing(what, vhost.as_deref(), name.as_deref())
+                }))
             }
             Request::CloseConnection { name, reason } => {
                 Response::CloseConnection(m.is_some_and(|m| m.close_connection(&name, &reason)))
@@ -339,20 +347,23 @@ impl Cluster {
         }
     }
 
-    /// Asks the member `name` for its own rows of the listing `what`
-    /// (only `vhost`'s, if given), waiting at most `ttl`.
+    /// Asks the member `node` for its own rows of the listing `what`
+    /// (only `vhost`'s, and only the object `name`'s, if given), waiting
+    /// at most `ttl`.
     pub async fn listing(
         &self,
-        name: &str,
+        node: &str,
         what: Listing,
         vhost: Option<&str>,
+        name: Option<&str>,
         ttl: Duration,
     ) -> Result<Vec<serde_json::Value>, CallError> {
         let request = Request::Listing {
             what,
             vhost: vhost.map(str::to_owned),
+            name: name.map(str::to_owned),
         };
-        match self.ask_management(name, request, ttl).await? {
+        match self.ask_management(node, request, ttl).await? {
             Response::Listing(rows) => Ok(rows),
             _ => Err(wrong_kind()),
         }

@@ -173,6 +173,11 @@ pub enum Request {
         what: Listing,
         /// Only the rows of this vhost.
         vhost: Option<String>,
+        /// Only the row of the object of this name (a connection, a
+        /// channel, a queue; for consumers, those of the queue of this
+        /// name), for a page that shows one.
+        #[serde(default)]
+        name: Option<String>,
     },
     /// Close the node's client connection `name` (320 CONNECTION_FORCED
     /// with `reason`), for a management API that closes any member's

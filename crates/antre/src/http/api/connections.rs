@@ -33,7 +33,7 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(listing(
-        user.filter_user(cluster_rows(&state, Listing::Connections, None).await),
+        user.filter_user(cluster_rows(&state, Listing::Connections, None, None).await),
         &query,
         Paging::Paged,
     )?))
@@ -47,7 +47,8 @@ pub async fn list_vhost(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let all = user.filter_user(cluster_rows(&state, Listing::Connections, Some(&vhost)).await);
+    let all =
+        user.filter_user(cluster_rows(&state, Listing::Connections, Some(&vhost), None).await);
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
@@ -62,10 +63,10 @@ fn find(state: &HttpState, name: &str) -> ApiResult<std::sync::Arc<ConnectionEnt
 /// channel this node does not have (none on a single node).
 async fn elsewhere(state: &HttpState, what: Listing, name: &str) -> Option<Value> {
     state.cluster.as_ref()?;
-    cluster_rows(state, what, None)
+    cluster_rows(state, what, None, Some(name))
         .await
         .into_iter()
-        .find(|row| row["name"] == name && row["node"] != state.node_name().as_str())
+        .find(|row| row["node"] != state.node_name().as_str())
 }
 
 /// The user a row of another member's listing belongs to.
@@ -180,7 +181,7 @@ pub async fn channels_of(
 ) -> ApiResult<Json<Value>> {
     let all = match locate(&state, &user, &name, false).await? {
         Located::Here(_) => channels_where(&state, |c| c.name == name),
-        Located::Elsewhere(_) => cluster_rows(&state, Listing::Channels, None)
+        Located::Elsewhere(_) => cluster_rows(&state, Listing::Channels, None, None)
             .await
             .into_iter()
             .filter(|ch| ch["connection_details"]["name"] == name.as_str())
@@ -195,7 +196,7 @@ pub async fn channels(
     Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let all = user.filter_user(cluster_rows(&state, Listing::Channels, None).await);
+    let all = user.filter_user(cluster_rows(&state, Listing::Channels, None, None).await);
     Ok(Json(listing(all, &query, Paging::Paged)?))
 }
 
@@ -207,7 +208,7 @@ pub async fn channels_vhost(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let all = user.filter_user(cluster_rows(&state, Listing::Channels, Some(&vhost)).await);
+    let all = user.filter_user(cluster_rows(&state, Listing::Channels, Some(&vhost), None).await);
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }
 
@@ -237,7 +238,7 @@ pub async fn channel(
         .await
         .ok_or_else(|| ApiError::not_found(format!("no channel '{name}'")))?;
     user.may_touch(owner_of(&row), false)?;
-    row["consumer_details"] = cluster_rows(&state, Listing::Consumers, None)
+    row["consumer_details"] = cluster_rows(&state, Listing::Consumers, None, None)
         .await
         .into_iter()
         .filter(|c| c["channel_details"]["name"] == name.as_str())
@@ -261,7 +262,7 @@ pub async fn consumers_all(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(listing(
-        user.filter_user(cluster_rows(&state, Listing::Consumers, None).await),
+        user.filter_user(cluster_rows(&state, Listing::Consumers, None, None).await),
         &query,
         Paging::Unpaged,
     )?))
@@ -275,6 +276,6 @@ pub async fn consumers_vhost(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let all = user.filter_user(cluster_rows(&state, Listing::Consumers, Some(&vhost)).await);
+    let all = user.filter_user(cluster_rows(&state, Listing::Consumers, Some(&vhost), None).await);
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }

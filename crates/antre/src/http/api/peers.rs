@@ -14,32 +14,48 @@ use super::overview::NODE_INFO_TIMEOUT;
 use super::{connections, overview};
 use crate::http::HttpState;
 
-/// This node's own rows of the listing `what` (only `vhost`'s, if given).
-fn local_rows(state: &HttpState, what: Listing, vhost: Option<&str>) -> Vec<Value> {
-    match what {
+/// This node's own rows of the listing `what` (only `vhost`'s, and only
+/// the object `name`'s, if given: a connection, a channel, a queue; for
+/// consumers, those of the queue `name`).
+fn local_rows(
+    state: &HttpState,
+    what: Listing,
+    vhost: Option<&str>,
+    name: Option<&str>,
+) -> Vec<Value> {
+    let named = |row: &Value, key: &str| name.is_none_or(|n| row[key] == n);
+    let mut rows = match what {
         Listing::Connections => connections::connections(state, vhost),
         Listing::Channels => {
             connections::channels_where(state, |c| vhost.is_none_or(|v| c.vhost == v))
         }
         Listing::Consumers => connections::consumers(state, vhost),
-        Listing::Queues => super::queues::owned_rows(state, vhost),
-        Listing::Vhosts => super::vhosts::own_figures(state, vhost),
+        // Rendered for the named queue only: a queue's page on another
+        // member asks for one of maybe thousands.
+        Listing::Queues => return super::queues::owned_rows(state, vhost, name),
+        Listing::Vhosts => return super::vhosts::own_figures(state, vhost),
+    };
+    match what {
+        Listing::Consumers => rows.retain(|c| named(&c["queue"], "name")),
+        _ => rows.retain(|r| named(r, "name")),
     }
+    rows
 }
 
 /// The rows of `what` of every running node: this node's and each other
-/// member's own, asked of them all at once. A cluster's management API
-/// lists the whole cluster's connections, channels and consumers, and
-/// shows a queue's and a vhost's figures, whichever node is asked, as
-/// RabbitMQ's does; a member that does not
-/// answer within [`NODE_INFO_TIMEOUT`] is left out rather than holding
-/// the listing up.
+/// member's own, asked of them all at once (only `vhost`'s, and only the
+/// object `name`'s, as [`local_rows`] filters). A cluster's management
+/// API lists the whole cluster's connections, channels and consumers,
+/// and shows a queue's and a vhost's figures, whichever node is asked,
+/// as RabbitMQ's does; a member that does not answer within
+/// [`NODE_INFO_TIMEOUT`] is left out rather than holding the listing up.
 pub(crate) async fn cluster_rows(
     state: &HttpState,
     what: Listing,
     vhost: Option<&str>,
+    name: Option<&str>,
 ) -> Vec<Value> {
-    let mut rows = local_rows(state, what, vhost);
+    let mut rows = local_rows(state, what, vhost, name);
     let Some(cluster) = &state.cluster else {
         return rows;
     };
@@ -50,7 +66,7 @@ pub(crate) async fn cluster_rows(
         .filter(|m| !m.this_node && m.running)
         .map(|m| async move {
             cluster
-                .listing(&m.name, what, vhost, NODE_INFO_TIMEOUT)
+                .listing(&m.name, what, vhost, name, NODE_INFO_TIMEOUT)
                 .await
                 .unwrap_or_else(|e| {
                     tracing::debug!(node = %m.name, "no {what:?} rows from {}: {e}", m.name);
@@ -82,8 +98,8 @@ impl antre_cluster::LocalManagement for Peers {
         node
     }
 
-    fn listing(&self, what: Listing, vhost: Option<&str>) -> Vec<Value> {
-        local_rows(&self.state, what, vhost)
+    fn listing(&self, what: Listing, vhost: Option<&str>, name: Option<&str>) -> Vec<Value> {
+        local_rows(&self.state, what, vhost, name)
     }
 
     fn close_connection(&self, name: &str, reason: &str) -> bool {

@@ -91,16 +91,19 @@ const OWNER_FIELDS: [&str; 10] = [
     "message_stats",
 ];
 
-/// The queues this node owns (of `vhost`, or of all), as it renders them:
-/// what another member shows of them (see [`with_owner_figures`]).
-pub(crate) fn owned_rows(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
+/// The queues this node owns (of `vhost`, or of all; only `name`, if
+/// given), as it renders them: what another member shows of them (see
+/// [`with_owner_figures`]).
+pub(crate) fn owned_rows(state: &HttpState, vhost: Option<&str>, name: Option<&str>) -> Vec<Value> {
     let Ok(vhosts) = state.vhosts_for(vhost) else {
         return Vec::new();
     };
     let mut rows = Vec::new();
     for v in vhosts {
         for q in v.owned_queues() {
-            rows.push(render::queue(state, &q));
+            if name.is_none_or(|n| q.name == n) {
+                rows.push(render::queue(state, &q));
+            }
         }
     }
     rows
@@ -111,8 +114,14 @@ pub(crate) fn owned_rows(state: &HttpState, vhost: Option<&str>) -> Vec<Value> {
 /// own rows ([`OWNER_FIELDS`]), one request per owner, all at once, as
 /// RabbitMQ asks a queue's home node. A queue whose owner does not answer
 /// in time, or no longer owns it, loses those fields, as RabbitMQ leaves
-/// out those of a queue it cannot reach, rather than show zeros.
-async fn with_owner_figures(state: &HttpState, v: &antre_broker::Vhost, queues: &mut [Value]) {
+/// out those of a queue it cannot reach, rather than show zeros. With
+/// `one` (a queue's own page), the owner renders that queue only.
+async fn with_owner_figures(
+    state: &HttpState,
+    v: &antre_broker::Vhost,
+    queues: &mut [Value],
+    one: Option<&str>,
+) {
     let Some(cluster) = &state.cluster else {
         return;
     };
@@ -127,7 +136,7 @@ async fn with_owner_figures(state: &HttpState, v: &antre_broker::Vhost, queues: 
     owners.dedup();
     let asks = owners.into_iter().map(|owner| async move {
         let rows = cluster
-            .listing(&owner, Listing::Queues, Some(&v.name), OWNER_WAIT)
+            .listing(&owner, Listing::Queues, Some(&v.name), one, OWNER_WAIT)
             .await
             .unwrap_or_else(|e| {
                 tracing::debug!(node = %owner, "no queue figures from {owner}: {e}");
@@ -166,7 +175,7 @@ async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
             .iter()
             .map(|q| with_node(state, &v, render::queue(state, q)))
             .collect();
-        with_owner_figures(state, &v, &mut rendered).await;
+        with_owner_figures(state, &v, &mut rendered, None).await;
         let mut all: Vec<(String, Value)> = queues
             .iter()
             .map(|q| q.name.clone())
@@ -239,19 +248,23 @@ pub async fn show(
     body["consumer_details"] = match (v.remote_owner(&name), &state.cluster) {
         // Its consumers are its owner's, listed there with their channels.
         (Some(owner), Some(cluster)) => cluster
-            .listing(&owner, Listing::Consumers, Some(&vhost), OWNER_WAIT)
+            .listing(
+                &owner,
+                Listing::Consumers,
+                Some(&vhost),
+                Some(&name),
+                OWNER_WAIT,
+            )
             .await
             .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c["queue"]["name"] == name.as_str())
-            .collect(),
+            .into(),
         _ => q
             .consumers()
             .iter()
             .map(|c| render::consumer(&state, &q, c))
             .collect(),
     };
-    with_owner_figures(&state, &v, std::slice::from_mut(&mut body)).await;
+    with_owner_figures(&state, &v, std::slice::from_mut(&mut body), Some(&name)).await;
     Ok(Json(body))
 }
 

@@ -99,7 +99,7 @@ pub async fn list(
         let mine = state.broker.access().vhosts_of(&user.name);
         vhosts.retain(|v| mine.contains(&v.name));
     }
-    let figures = cluster_rows(&state, Listing::Vhosts, None).await;
+    let figures = cluster_rows(&state, Listing::Vhosts, None, None).await;
     let all = vhosts
         .iter()
         .map(|v| vhost_json(&state, &v.name, &figures))
@@ -113,7 +113,7 @@ pub async fn show(
     Path(vhost): Path<String>,
 ) -> ApiResult<Json<Value>> {
     state.vhost(&vhost)?;
-    let figures = cluster_rows(&state, Listing::Vhosts, Some(&vhost)).await;
+    let figures = cluster_rows(&state, Listing::Vhosts, Some(&vhost), None).await;
     Ok(Json(vhost_json(&state, &vhost, &figures)))
 }
 
