@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::log_store::LogStore;
 use crate::network::{CallError, Connection, Link, NetworkFactory, PeerState};
 use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
-use crate::wire::{Listing, ProposeRefusal, Request, Response};
+use crate::wire::{Listing, ProposeRefusal, QueueAction, Request, Response};
 use crate::{node_id_of, ClusterConfig, ClusterError, Member, NodeId, Proposal, Raft};
 
 /// A peer counts as running while it was heard from this recently.
@@ -129,6 +129,17 @@ pub trait LocalManagement: Send + Sync {
     /// Closes this node's client connection `name` with `reason` (320
     /// CONNECTION_FORCED); false if it has none of that name.
     fn close_connection(&self, name: &str, reason: &str) -> bool;
+
+    /// Does `action` on this node's queue `queue` in `vhost` as `user`
+    /// (name and tags): the API's answer, or its error's status and
+    /// reason.
+    fn queue_action(
+        &self,
+        vhost: &str,
+        queue: &str,
+        user: (&str, &[String]),
+        action: QueueAction,
+    ) -> Result<serde_json::Value, (u16, String)>;
 }
 
 fn wrong_kind() -> CallError {
@@ -313,6 +324,16 @@ impl Cluster {
                     m.listing(what, vhost.as_deref(), name.as_deref())
                 }))
             }
+            Request::QueueAction {
+                vhost,
+                queue,
+                user,
+                tags,
+                action,
+            } => Response::QueueAction(match m {
+                Some(m) => m.queue_action(&vhost, &queue, (&user, &tags), action),
+                None => Err((503, "this node's management API is not running".into())),
+            }),
             Request::CloseConnection { name, reason } => {
                 Response::CloseConnection(m.is_some_and(|m| m.close_connection(&name, &reason)))
             }
@@ -365,6 +386,31 @@ impl Cluster {
         };
         match self.ask_management(node, request, ttl).await? {
             Response::Listing(rows) => Ok(rows),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    /// Asks the member `node`, which owns queue `queue` of `vhost`, to do
+    /// `action` as `user` (name and tags), waiting at most `ttl`: its
+    /// API's answer, or its error's status and reason.
+    pub async fn queue_action(
+        &self,
+        node: &str,
+        vhost: &str,
+        queue: &str,
+        user: (&str, &[String]),
+        action: QueueAction,
+        ttl: Duration,
+    ) -> Result<Result<serde_json::Value, (u16, String)>, CallError> {
+        let request = Request::QueueAction {
+            vhost: vhost.to_owned(),
+            queue: queue.to_owned(),
+            user: user.0.to_owned(),
+            tags: user.1.to_vec(),
+            action,
+        };
+        match self.ask_management(node, request, ttl).await? {
+            Response::QueueAction(answer) => Ok(answer),
             _ => Err(wrong_kind()),
         }
     }

@@ -134,7 +134,10 @@ async fn serve_peer(
                 Response::Propose(node.commit_as_leader(p, deadline).await)
             }
             Request::Ping => Response::Pong,
-            r @ (Request::NodeInfo | Request::Listing { .. } | Request::CloseConnection { .. }) => {
+            r @ (Request::NodeInfo
+            | Request::Listing { .. }
+            | Request::QueueAction { .. }
+            | Request::CloseConnection { .. }) => {
                 // Rendering a listing of thousands of connections is work
                 // for the blocking pool, not for the Raft runtime's
                 // workers, whose heartbeats must not wait behind it.

@@ -179,6 +179,22 @@ pub enum Request {
         #[serde(default)]
         name: Option<String>,
     },
+    /// Act on a queue the node owns for a management API on another
+    /// member, as `user` (whose permissions the node checks), as
+    /// RabbitMQ's API gets from or purges a queue whichever node is
+    /// asked.
+    QueueAction {
+        /// The vhost.
+        vhost: String,
+        /// The queue.
+        queue: String,
+        /// The user the asking member authenticated.
+        user: String,
+        /// The user's tags.
+        tags: Vec<String>,
+        /// What to do.
+        action: QueueAction,
+    },
     /// Close the node's client connection `name` (320 CONNECTION_FORCED
     /// with `reason`), for a management API that closes any member's
     /// connection, as RabbitMQ's does.
@@ -202,6 +218,16 @@ pub enum Request {
         /// The last entry of the sender's log.
         last_log: Option<openraft::LogId<NodeId>>,
     },
+}
+
+/// What a member's management API asks a queue's owner to do
+/// ([`Request::QueueAction`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum QueueAction {
+    /// `POST /api/queues/{vhost}/{name}/get` with this body.
+    Get(serde_json::Value),
+    /// `DELETE /api/queues/{vhost}/{name}/contents`.
+    Purge,
 }
 
 /// A management listing a node answers for its own objects only
@@ -257,6 +283,9 @@ pub enum Response {
     /// renders them (none when its server has not set
     /// [`crate::Cluster::serve_management`]).
     Listing(Vec<serde_json::Value>),
+    /// To [`Request::QueueAction`]: the API's answer, or its error's
+    /// HTTP status and reason.
+    QueueAction(Result<serde_json::Value, (u16, String)>),
     /// To [`Request::CloseConnection`]: whether the node had such a
     /// connection (and closes it).
     CloseConnection(bool),

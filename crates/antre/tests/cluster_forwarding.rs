@@ -1351,6 +1351,16 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
         )
         .await;
     assert!(s == 201 || s == 204, "{s} {body}");
+    // bob may use the management API but has no permissions in /.
+    let (s, body) = c
+        .api(
+            0,
+            "PUT",
+            "/api/users/bob",
+            Some(json!({ "password": "builder", "tags": "management" })),
+        )
+        .await;
+    assert!(s == 201 || s == 204, "{s} {body}");
     let (s, body) = c
         .api(
             0,
@@ -1360,10 +1370,12 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
         )
         .await;
     assert!(s == 201 || s == 204, "{s} {body}");
-    c.until("alice's permissions on n2", || {
-        has(&c, 1, "/api/permissions/%2F/alice")
-    })
-    .await;
+    for i in [1, 2] {
+        c.until("alice's permissions on n2 and n3", || {
+            has(&c, i, "/api/permissions/%2F/alice")
+        })
+        .await;
+    }
 
     // guest on n1 owns the queues; alice on n2 consumes one of them; guest
     // on n3 just has a channel open.
@@ -1513,6 +1525,32 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     publisher.await.expect("the publisher");
+
+    // A queue's messages are got and purged through any node: its owner
+    // (n1) does it, with the asking user's permissions.
+    let get = json!({ "count": 2, "ackmode": "ack_requeue_true", "encoding": "auto" });
+    let (s, got) = c
+        .api(2, "POST", "/api/queues/%2F/backlog/get", Some(get.clone()))
+        .await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got.as_array().map(Vec::len), Some(2), "{got}");
+    assert_eq!(got[0]["payload"], "waiting", "{got}");
+    let (s, refused) = c
+        .try_api_as(
+            2,
+            ("bob", "builder"),
+            "POST",
+            "/api/queues/%2F/backlog/get",
+            Some(get),
+        )
+        .await
+        .expect("n3 answers");
+    assert_eq!(s, 401, "bob has no read permission: {refused}");
+    let (s, body) = c
+        .api(2, "DELETE", "/api/queues/%2F/backlog/contents", None)
+        .await;
+    assert_eq!(s, 204, "{body}");
+    assert_eq!(messages(&c, 0, "backlog").await, 0, "purged on its owner");
 
     // Closing works from any node too, with the same rules: alice may not
     // close guest's connection on n1 through n3; guest closes alice's on

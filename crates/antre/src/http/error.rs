@@ -64,6 +64,18 @@ impl ApiError {
         }
     }
 
+    /// The error another cluster member's API answered with (its status
+    /// and reason), as this node's.
+    pub fn from_status(status: u16, reason: String) -> ApiError {
+        match status {
+            400 => ApiError::bad_request(reason),
+            401 => crate::http::auth::not_authorised(&reason),
+            404 => ApiError::not_found(reason),
+            503 => ApiError::unavailable(reason),
+            _ => ApiError::internal(reason),
+        }
+    }
+
     /// 500: the broker failed.
     pub fn internal(reason: impl Into<String>) -> ApiError {
         ApiError {

@@ -9,6 +9,7 @@ use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::definitions::{json_to_table, table_to_json};
 use antre_broker::queue::Entry;
 use antre_broker::{Message, PublishOptions, PublishSource};
+use antre_cluster::wire::QueueAction;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::Json;
@@ -203,13 +204,33 @@ pub struct GetBody {
 /// POST /api/queues/{vhost}/{name}/get: takes up to `count` messages and
 /// settles them by `ackmode` (requeued ones come back marked redelivered,
 /// at their original positions).
+/// On a cluster node that does not own the queue, its owner takes them
+/// (as `user`), as RabbitMQ's API gets from a queue whichever node is
+/// asked.
 pub async fn get(
     State(state): State<HttpState>,
     Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let body: GetBody = parse_body(&body)?;
+    let v = state.vhost(&vhost)?;
+    if let (Some(owner), Some(cluster)) = (v.remote_owner(&name), &state.cluster) {
+        let body: Value = parse_body(&body)?;
+        let action = QueueAction::Get(body);
+        return super::queues::at_owner(cluster, &owner, &vhost, &name, &user, action).await;
+    }
+    Ok(Json(get_here(&state, &user, &vhost, &name, &body)?))
+}
+
+/// Takes messages from this node's queue `name` (see [`get`]).
+pub fn get_here(
+    state: &HttpState,
+    user: &AuthUser,
+    vhost: &str,
+    name: &str,
+    body: &[u8],
+) -> ApiResult<Value> {
+    let body: GetBody = parse_body(body)?;
     let ackmode = match (body.ackmode.as_deref(), body.requeue) {
         (Some(mode), _) => mode,
         (None, Some(false)) => "ack_requeue_false",
@@ -232,13 +253,13 @@ pub async fn get(
             )))
         }
     };
-    let q = super::queues::find(&state, &vhost, &name)?;
-    state.vhost(&vhost)?.check_local(&name)?;
+    let q = super::queues::find(state, vhost, name)?;
+    state.vhost(vhost)?.check_local(name)?;
     // As basic.get: read on the queue, refused as RabbitMQ's API does.
     state
         .broker
         .access()
-        .check(&user.name, &vhost, ResourceKind::Queue, &name, Perm::Read)
+        .check(&user.name, vhost, ResourceKind::Queue, name, Perm::Read)
         .map_err(|e| crate::http::auth::not_authorised(&e.to_string()))?;
     let mut taken: Vec<(Entry, u32)> = Vec::new();
     for _ in 0..body.count.unwrap_or(1).min(10_000) {
@@ -292,9 +313,9 @@ pub async fn get(
             q.reject(entries);
             // Dead letters reach the disk with the syncer's next sweep, as
             // those of an AMQP basic.reject do.
-            state.vhost(&vhost)?.route_dead_letters(&q);
+            state.vhost(vhost)?.route_dead_letters(&q);
         }
         _ => q.requeue(entries),
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Value::Array(out))
 }

@@ -7,12 +7,12 @@
 
 use std::sync::{Arc, Weak};
 
-use antre_cluster::wire::Listing;
+use antre_cluster::wire::{Listing, QueueAction};
 use serde_json::Value;
 
 use super::overview::NODE_INFO_TIMEOUT;
 use super::{connections, overview};
-use crate::http::HttpState;
+use crate::http::{AuthUser, HttpState};
 
 /// This node's own rows of the listing `what` (only `vhost`'s, and only
 /// the object `name`'s, if given: a connection, a channel, a queue; for
@@ -100,6 +100,29 @@ impl antre_cluster::LocalManagement for Peers {
 
     fn listing(&self, what: Listing, vhost: Option<&str>, name: Option<&str>) -> Vec<Value> {
         local_rows(&self.state, what, vhost, name)
+    }
+
+    fn queue_action(
+        &self,
+        vhost: &str,
+        queue: &str,
+        (name, tags): (&str, &[String]),
+        action: QueueAction,
+    ) -> Result<Value, (u16, String)> {
+        let user = AuthUser {
+            name: name.to_owned(),
+            tags: tags.to_vec(),
+        };
+        let answer = match action {
+            QueueAction::Get(body) => {
+                let body = serde_json::to_vec(&body).unwrap_or_default();
+                super::messages::get_here(&self.state, &user, vhost, queue, &body)
+            }
+            QueueAction::Purge => {
+                super::queues::purge_here(&self.state, &user, vhost, queue).map(|()| Value::Null)
+            }
+        };
+        answer.map_err(|e| (e.status.as_u16(), e.reason))
     }
 
     fn close_connection(&self, name: &str, reason: &str) -> bool {

@@ -7,7 +7,7 @@ use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::vhost::QueueDeclaration;
-use antre_cluster::wire::Listing;
+use antre_cluster::wire::{Listing, QueueAction};
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -403,9 +403,45 @@ pub async fn purge(
             "purge not supported by stream queues: '{name}' in vhost '{vhost}' is a stream"
         )));
     }
-    let q = find(&state, &vhost, &name)?;
-    user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Read)?;
-    state.vhost(&vhost)?.check_local(&name)?;
-    q.purge();
+    let v = state.vhost(&vhost)?;
+    if let (Some(owner), Some(cluster)) = (v.remote_owner(&name), &state.cluster) {
+        // Its answer has no body: 204, as for a queue of this node.
+        let _ = at_owner(cluster, &owner, &vhost, &name, &user, QueueAction::Purge).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    purge_here(&state, &user, &vhost, &name)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Purges this node's queue `name` (see [`purge`]).
+pub fn purge_here(state: &HttpState, user: &AuthUser, vhost: &str, name: &str) -> ApiResult<()> {
+    let q = find(state, vhost, name)?;
+    user.permit(state, vhost, ResourceKind::Queue, name, Perm::Read)?;
+    state.vhost(vhost)?.check_local(name)?;
+    q.purge();
+    Ok(())
+}
+
+/// Has `owner`, the cluster member that owns queue `name`, do `action`
+/// as `user` (a get or a purge through this node's API): its answer, or
+/// its error as it gave it.
+pub async fn at_owner(
+    cluster: &antre_cluster::Cluster,
+    owner: &str,
+    vhost: &str,
+    name: &str,
+    user: &AuthUser,
+    action: QueueAction,
+) -> ApiResult<Json<Value>> {
+    let who = (user.name.as_str(), user.tags.as_slice());
+    match cluster
+        .queue_action(owner, vhost, name, who, action, OWNER_WAIT)
+        .await
+    {
+        Ok(Ok(answer)) => Ok(Json(answer)),
+        Ok(Err((status, reason))) => Err(ApiError::from_status(status, reason)),
+        Err(e) => Err(ApiError::unavailable(format!(
+            "cluster node '{owner}', which owns queue '{name}', did not answer: {e}"
+        ))),
+    }
 }
