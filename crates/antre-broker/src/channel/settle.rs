@@ -8,6 +8,7 @@ use antre_amqp::method::*;
 use super::unacked::{Origin, Settled};
 use super::{Channel, Mode, PendingSettle, Settle};
 use crate::error::BrokerError;
+use crate::queue::{Queue, Unsettled};
 
 impl Channel {
     pub(super) fn ack(&mut self, m: BasicAck) -> Result<(), BrokerError> {
@@ -86,31 +87,42 @@ impl Channel {
 
     /// Settles deliveries with their queues, releases their credit and lets
     /// the queues deliver more.
+    ///
+    /// The log groups deliveries by consumer, but a queue must hear of all
+    /// of them at once: a queue dispatches after each call, so requeueing
+    /// one consumer's deliveries before another's of the same channel would
+    /// hand them back out of their queue order (RabbitMQ requeues all of a
+    /// channel's deliveries from one queue together).
     pub(super) fn finish(&mut self, settled: Settled, how: Settle) {
         let mut remote = Vec::new();
+        let mut by_queue: Vec<(Arc<Queue>, Vec<Unsettled>)> = Vec::new();
         for group in settled.groups {
             if let Some(c) = &group.credit {
                 c.release(group.count);
                 self.credit.release(group.count);
             }
-            let queue = match group.origin {
-                Origin::Queue(queue) => queue,
-                Origin::Remote(channel, _) => {
-                    remote.extend(
-                        group
-                            .remote_tags
-                            .into_iter()
-                            .map(|t| (Arc::clone(&channel), t)),
-                    );
-                    continue;
+            match group.origin {
+                Origin::Queue(queue) => {
+                    match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
+                        Some((_, entries)) => entries.extend(group.entries),
+                        None => by_queue.push((queue, group.entries)),
+                    }
                 }
+                Origin::Remote(channel, _) => remote.extend(
+                    group
+                        .remote_tags
+                        .into_iter()
+                        .map(|t| (Arc::clone(&channel), t)),
+                ),
                 // A stream keeps its messages: the credit was all.
-                Origin::Stream(_) => continue,
-            };
+                Origin::Stream(_) => {}
+            }
+        }
+        for (queue, entries) in by_queue {
             match how {
-                Settle::Ack => queue.ack(group.entries),
-                Settle::Requeue => queue.requeue(group.entries),
-                Settle::Reject => queue.reject(group.entries),
+                Settle::Ack => queue.ack(entries),
+                Settle::Requeue => queue.requeue(entries),
+                Settle::Reject => queue.reject(entries),
             }
             // Rejections, and requeues past a delivery limit, leave dead letters.
             if how != Settle::Ack {
