@@ -47,9 +47,12 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     /// applied yet (proposed or waiting to be): their count and body bytes.
     /// `reject-publish` counts them against the queue's limits, or every
     /// publish of a burst would pass the check before the first commit.
-    /// (No default: a wrapper that forgot to pass it on would let every
-    /// burst through.)
-    fn in_flight(&self) -> (u64, u64);
+    /// Only ids from `from_id` on count: the caller holds the queue's lock
+    /// and passes the first id its engine has not applied, so a message
+    /// being applied at that moment counts once, in the engine or here,
+    /// never twice or not at all. (No default: a wrapper that forgot to
+    /// pass it on would let every burst through.)
+    fn in_flight(&self, from_id: u64) -> (u64, u64);
 }
 
 /// Where a replicated write stands, for the syncer.

@@ -464,7 +464,8 @@ struct Engine {
 /// A leader's proposed enqueues not applied yet.
 #[derive(Default)]
 struct Proposed {
-    messages: HashMap<u64, Arc<Message>>,
+    /// By id, which grows in log order.
+    messages: BTreeMap<u64, Arc<Message>>,
     /// Their bodies' bytes.
     bytes: u64,
 }
@@ -475,6 +476,18 @@ impl Proposed {
         if let Some(old) = self.messages.insert(id, message) {
             self.bytes -= old.body.len() as u64;
         }
+    }
+
+    fn get(&self, id: u64) -> Option<Arc<Message>> {
+        self.messages.get(&id).cloned()
+    }
+
+    /// The count and bytes of those from `from_id` on. Those below it are
+    /// applied already, waiting only to be removed: a few at most.
+    fn from(&self, from_id: u64) -> (u64, u64) {
+        let applied = self.messages.range(..from_id);
+        let (n, bytes) = applied.fold((0, 0), |(n, b), (_, m)| (n + 1, b + m.body.len() as u64));
+        (self.messages.len() as u64 - n, self.bytes - bytes)
     }
 
     fn remove(&mut self, id: u64) -> Option<Arc<Message>> {
@@ -638,10 +651,14 @@ impl QueueMachine {
                         }
                         st.set.next_id = st.set.next_id.max(id + 1);
                         if active {
-                            let cached = self.engine.proposed.lock().remove(id);
+                            // Out of `proposed` only once the engine has
+                            // it, so that `reject-publish` always counts it
+                            // in one of them ([`QueueReplica::in_flight`]).
+                            let cached = self.engine.proposed.lock().get(id);
                             if let Some(m) = cached.or_else(|| decode(&record.0)) {
                                 self.engine.queue.replica_enqueue(id, m);
                             }
+                            self.engine.proposed.lock().remove(id);
                         }
                         st.enqueue(id, record.0)?;
                     }
@@ -918,9 +935,8 @@ impl QueueReplica for Replica {
         self.state.lock().set.messages.len() as u64
     }
 
-    fn in_flight(&self) -> (u64, u64) {
-        let p = self.engine.proposed.lock();
-        (p.messages.len() as u64, p.bytes)
+    fn in_flight(&self, from_id: u64) -> (u64, u64) {
+        self.engine.proposed.lock().from(from_id)
     }
 }
 
@@ -1841,6 +1857,28 @@ mod tests {
         assert!(!json.contains("returned"));
         let back: QueueOps = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ops);
+    }
+
+    #[test]
+    fn proposed_counts_only_what_the_engine_has_not_applied() {
+        let body = |n: usize| {
+            Arc::new(Message::new(
+                String::new(),
+                "q".into(),
+                antre_amqp::BasicProperties::default(),
+                Bytes::from(vec![b'x'; n]),
+            ))
+        };
+        let mut p = Proposed::default();
+        p.insert(4, body(10));
+        p.insert(5, body(20));
+        p.insert(6, body(30));
+        assert_eq!(p.from(0), (3, 60));
+        // 4 is applied (the engine's next id is 5) but not removed yet.
+        assert_eq!(p.from(5), (2, 50));
+        p.remove(4);
+        assert_eq!(p.from(5), (2, 50));
+        assert_eq!(p.from(7), (0, 0));
     }
 
     /// A member's state machine over a queue of a broker of its own,

@@ -55,14 +55,15 @@ impl Queue {
                 self.describe()
             )));
         };
-        // Asked before the queue's lock: the replica's own lock is taken
-        // inside the queue's elsewhere, never the other way round.
-        let coming = replica.in_flight();
         {
             let mut st = self.state.lock();
             if st.deleted {
                 return Ok(None);
             }
+            // Under the queue's lock (the replica's locks are only ever
+            // taken inside it): the engine's count and the one in flight
+            // are of the same moment.
+            let coming = replica.in_flight(st.next_seq);
             let full = st.is_full_with(message.body.len() as u64, coming);
             if full && st.args.overflow != Overflow::DropHead {
                 if st.args.overflow == Overflow::RejectPublishDlx
@@ -190,7 +191,7 @@ mod tests {
             self.returned.lock().push(id);
         }
         /// Nothing is ever applied here: every enqueue is in flight.
-        fn in_flight(&self) -> (u64, u64) {
+        fn in_flight(&self, _from_id: u64) -> (u64, u64) {
             let e = self.enqueued.lock();
             (e.len() as u64, e.iter().map(|b| b.len() as u64).sum())
         }

@@ -108,9 +108,9 @@ impl QueueReplica for Slot {
         current.map_or(0, |r| r.replicated_messages())
     }
 
-    fn in_flight(&self) -> (u64, u64) {
+    fn in_flight(&self, from_id: u64) -> (u64, u64) {
         let current = self.current.lock().clone();
-        current.map_or((0, 0), |r| r.in_flight())
+        current.map_or((0, 0), |r| r.in_flight(from_id))
     }
 }
 
