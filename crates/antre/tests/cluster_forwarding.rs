@@ -1551,6 +1551,19 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
         .await;
     assert_eq!(s, 204, "{body}");
     assert_eq!(messages(&c, 0, "backlog").await, 0, "purged on its owner");
+    // And the API's publish through n3 reaches n1's queue, stored there
+    // before it answers.
+    let (s, body) = c
+        .api(
+            2,
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(json!({ "routing_key": "backlog", "payload": "through n3",
+                         "payload_encoding": "string", "properties": { "delivery_mode": 2 } })),
+        )
+        .await;
+    assert_eq!((s, &body["routed"]), (200, &json!(true)), "{body}");
+    assert_eq!(messages(&c, 0, "backlog").await, 1, "on its owner");
 
     // Closing works from any node too, with the same rules: alice may not
     // close guest's connection on n1 through n3; guest closes alice's on

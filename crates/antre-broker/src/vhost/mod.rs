@@ -279,14 +279,15 @@ impl Vhost {
         all
     }
 
-    /// The error for using a queue whose engine runs on `owner` where
-    /// nothing forwards to it (the management API's get, purge and
-    /// publish; a broker without a forwarder), as RabbitMQ answers 404 for
-    /// a queue whose home node is unreachable. AMQP channels forward
-    /// instead ([`crate::remote`]).
+    /// The error for using here a queue whose engine runs on `owner`
+    /// (a broker without a forwarder; a management request that reached
+    /// a node the queue moved away from meanwhile), as RabbitMQ answers
+    /// 404 for a queue whose home node is unreachable. AMQP channels and
+    /// the management API forward to the owner instead
+    /// ([`crate::remote`]).
     pub fn remote_queue_error(&self, name: &str, owner: &str) -> BrokerError {
         BrokerError::NotFound(format!(
-            "{} lives on cluster node '{owner}'; this node's management API does not forward to it: use '{owner}'",
+            "{} lives on cluster node '{owner}', not on this one: use '{owner}'",
             crate::error::queue_ref(&self.name, name)
         ))
     }

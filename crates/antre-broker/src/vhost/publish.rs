@@ -167,7 +167,7 @@ impl Vhost {
             });
         }
         if self.has_remote.load(std::sync::atomic::Ordering::Acquire) {
-            self.leave_out_remote(&mut targets, source, &mut outcome.remote)?;
+            self.leave_out_remote(&mut targets, &mut outcome.remote);
             if !source.is_publisher() && !outcome.remote.is_empty() {
                 // Nobody's channel forwards what the broker routes itself.
                 let remote = std::mem::take(&mut outcome.remote);
@@ -216,26 +216,16 @@ impl Vhost {
     }
 
     /// In a cluster, a queue another node owns is left out of the local
-    /// targets and listed in `remote`: a client's channel forwards its
-    /// message there, and a dead letter or a delayed release is forwarded
-    /// by [`Vhost::forward_internal`]; the management API's publish is
-    /// refused (it does not forward).
+    /// targets and listed in `remote`: a client's channel (or the
+    /// management API's publish) forwards its message there, and a dead
+    /// letter or a delayed release is forwarded by
+    /// [`Vhost::forward_internal`].
     fn leave_out_remote(
         &self,
         targets: &mut Targets,
-        source: PublishSource,
         remote_targets: &mut Vec<(Arc<str>, String)>,
-    ) -> Result<(), BrokerError> {
+    ) {
         let remote = self.remote.read();
-        if source == PublishSource::Api {
-            if let Some((q, owner)) = targets
-                .queues
-                .iter()
-                .find_map(|q| remote.get(&q.name).map(|o| (q, o)))
-            {
-                return Err(self.remote_queue_error(&q.name, owner));
-            }
-        }
         targets.queues.retain(|q| match remote.get(&q.name) {
             Some(owner) => {
                 remote_targets.push((Arc::clone(owner), q.name.clone()));
@@ -243,7 +233,6 @@ impl Vhost {
             }
             None => true,
         });
-        Ok(())
     }
 
     /// Hands a message this vhost routed itself (a dead letter, a delayed

@@ -8,6 +8,7 @@ use antre_amqp::BasicProperties;
 use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::definitions::{json_to_table, table_to_json};
 use antre_broker::queue::Entry;
+use antre_broker::remote::{RemotePublish, RemoteResult};
 use antre_broker::{Message, PublishOptions, PublishSource};
 use antre_cluster::wire::QueueAction;
 use axum::body::Bytes;
@@ -163,7 +164,7 @@ pub async fn publish(
     message.ttl().map_err(ApiError::bad_request)?;
     let message = Arc::new(message);
     let options = PublishOptions::new(PublishSource::Api, false);
-    let outcome = v.publish(message, options)?;
+    let outcome = v.publish(Arc::clone(&message), options)?;
     // Persistent messages are on disk before the answer, as a publisher
     // confirm would promise.
     if !outcome.stored.is_empty() {
@@ -173,8 +174,71 @@ pub async fn publish(
             .await
             .map_err(|e| ApiError::internal(format!("sync task failed: {e}")))??;
     }
-    let routed = outcome.routed > 0 || outcome.delayed;
+    let forwarded = forward(&state, &vhost, message, outcome.remote).await?;
+    let routed = outcome.routed > 0 || outcome.delayed || forwarded;
     Ok(Json(json!({ "routed": routed })))
+}
+
+/// How long the API's publish waits for the owners of the other nodes'
+/// queues it routed to.
+const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands the API's `message` to the owners of the queues of other cluster
+/// members it was routed to (`targets`), as a client's channel forwards
+/// its publishes, and waits until each stored it (synced if it must be):
+/// whether any queue took it. An owner that does not store it (it is
+/// unreachable, or its disk failed) makes a 503, as a publisher would get
+/// a nack.
+async fn forward(
+    state: &HttpState,
+    vhost: &str,
+    message: Arc<Message>,
+    targets: Vec<(Arc<str>, String)>,
+) -> ApiResult<bool> {
+    if targets.is_empty() {
+        return Ok(false);
+    }
+    let Some(remote) = state.broker.remote_queues() else {
+        return Err(ApiError::unavailable(
+            "this node forwards to no cluster node",
+        ));
+    };
+    let mut by_owner: std::collections::BTreeMap<Arc<str>, Vec<String>> = Default::default();
+    for (owner, queue) in targets {
+        by_owner.entry(owner).or_default().push(queue);
+    }
+    let answers = by_owner.into_iter().map(|(owner, queues)| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let batch = vec![RemotePublish {
+            queues,
+            message: Arc::clone(&message),
+        }];
+        remote.publish(
+            &owner,
+            vhost,
+            batch,
+            Box::new(move |results| {
+                let _ = tx.send(results);
+            }),
+        );
+        async move {
+            let results = tokio::time::timeout(FORWARD_WAIT, rx).await;
+            (owner, results.ok().and_then(Result::ok).unwrap_or_default())
+        }
+    });
+    let mut routed = false;
+    for (owner, results) in futures::future::join_all(answers).await {
+        match results.first() {
+            Some(RemoteResult::Accepted) => routed = true,
+            Some(RemoteResult::Rejected | RemoteResult::Gone) => {}
+            Some(RemoteResult::Failed) | None => {
+                return Err(ApiError::unavailable(format!(
+                    "cluster node '{owner}' did not store the message for its queues"
+                )))
+            }
+        }
+    }
+    Ok(routed)
 }
 
 /// The body of POST /api/queues/{vhost}/{name}/get. Numbers may be strings
