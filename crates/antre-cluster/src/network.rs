@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 
 use crate::auth::{self, AuthError};
 use crate::stream::{idle_and_open, BoxStream};
-use crate::wire::{read_frame, write_request, Request, Response};
+use crate::wire::{Request, Response};
 use crate::{ClusterConfig, NodeId, TypeConfig};
 
 /// How long a TCP connect to a peer may take.
@@ -125,13 +125,103 @@ pub enum CallError {
 }
 
 /// One authenticated connection to one peer, made when first needed.
+///
+/// A call may be cut off at any point: openraft drops an RPC's future at
+/// its deadline (the heartbeat interval, for an append), and so does
+/// [`Connection::call`]'s own timeout. What was under way is therefore
+/// kept here rather than in the call's future: a dial goes on in a task of
+/// its own, and an exchange keeps what it wrote of the request and read of
+/// the answer ([`Exchange`]). The next call takes over from there (an
+/// earlier call's late answer is read and dropped) instead of dialling
+/// again. Dialling again within the next call's deadline cost a TCP
+/// connect and a handshake of two round trips on top of the request's
+/// own: over a link slower than about a fifth of the heartbeat interval,
+/// one slow answer made every later call time out too, and the follower
+/// was never replicated to again.
 pub struct Connection {
     link: Arc<Link>,
     name: String,
     addr: SocketAddr,
     stream: Option<BoxStream>,
+    /// A dial started by a call that was cut off, still going.
+    dialing: Option<tokio::task::JoinHandle<Result<BoxStream, AuthError>>>,
+    /// An exchange a call that was cut off left unfinished.
+    exchange: Option<Exchange>,
+    /// Exchanges started, to tell whether a call that timed out had sent
+    /// its request.
+    exchanges: u64,
     failures: u32,
     retry_at: Option<Instant>,
+}
+
+/// An unfinished exchange older than this is given up (its connection
+/// closed) rather than waited for: the peer is paused or the route is
+/// gone, and a new connection is the better bet.
+const EXCHANGE_GIVE_UP: Duration = Duration::from_secs(2);
+
+/// One request and its answer on a stream, resumable after its driving
+/// future was dropped: every await in [`Exchange::run`] is a single
+/// `write`, `flush` or `read`, which either made progress (recorded before
+/// the next await) or did nothing.
+struct Exchange {
+    stream: BoxStream,
+    request: Vec<u8>,
+    written: usize,
+    flushed: bool,
+    head: [u8; 4],
+    head_read: usize,
+    body: Vec<u8>,
+    body_read: usize,
+    started: Instant,
+}
+
+impl Exchange {
+    fn new(stream: BoxStream, request: Vec<u8>) -> Exchange {
+        Exchange {
+            stream,
+            request,
+            written: 0,
+            flushed: false,
+            head: [0; 4],
+            head_read: 0,
+            body: Vec::new(),
+            body_read: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Sends what is left of the request and reads what is left of the
+    /// answer: the answer's body.
+    async fn run(&mut self) -> std::io::Result<Vec<u8>> {
+        use std::io::{Error, ErrorKind};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while self.written < self.request.len() {
+            match self.stream.write(&self.request[self.written..]).await? {
+                0 => return Err(ErrorKind::WriteZero.into()),
+                n => self.written += n,
+            }
+        }
+        if !self.flushed {
+            self.stream.flush().await?;
+            self.flushed = true;
+        }
+        let closed = || Error::new(ErrorKind::UnexpectedEof, "the peer closed the connection");
+        while self.head_read < 4 {
+            match self.stream.read(&mut self.head[self.head_read..]).await? {
+                0 => return Err(closed()),
+                n => self.head_read += n,
+            }
+        }
+        let len = crate::wire::body_length(self.head)?;
+        self.body.resize(len, 0);
+        while self.body_read < len {
+            match self.stream.read(&mut self.body[self.body_read..]).await? {
+                0 => return Err(closed()),
+                n => self.body_read += n,
+            }
+        }
+        Ok(std::mem::take(&mut self.body))
+    }
 }
 
 impl Connection {
@@ -142,37 +232,34 @@ impl Connection {
             name: name.to_owned(),
             addr,
             stream: None,
+            dialing: None,
+            exchange: None,
+            exchanges: 0,
             failures: 0,
             retry_at: None,
         }
     }
 
     async fn connect(&mut self) -> Result<BoxStream, CallError> {
-        if let Some(at) = self.retry_at {
-            if Instant::now() < at {
-                let why = self.link.state(&self.name).error.unwrap_or_default();
-                return Err(CallError::Unreachable(format!("backing off: {why}")));
+        if self.dialing.is_none() {
+            if let Some(at) = self.retry_at {
+                if Instant::now() < at {
+                    let why = self.link.state(&self.name).error.unwrap_or_default();
+                    return Err(CallError::Unreachable(format!("backing off: {why}")));
+                }
             }
+            let (link, name, addr) = (Arc::clone(&self.link), self.name.clone(), self.addr);
+            self.dialing = Some(tokio::spawn(async move {
+                authenticated(&link, &name, addr).await
+            }));
         }
-        let result = async {
-            let s = dial(self.addr).await.map_err(AuthError::Io)?;
-            let cfg = &self.link.config;
-            let mut s: BoxStream = match &cfg.tls {
-                Some(tls) => tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, tls.connect(s))
-                    .await
-                    .map_err(|_| AuthError::Io("TLS handshake timed out".into()))?
-                    .map_err(|e| AuthError::Tls(e.to_string()))?,
-                None => Box::new(s),
-            };
-            tokio::time::timeout(
-                auth::HANDSHAKE_TIMEOUT,
-                auth::client(&mut s, &cfg.node_name, &self.name, &cfg.secret),
-            )
+        let Some(dialing) = self.dialing.as_mut() else {
+            return Err(CallError::Unreachable("no dial".into()));
+        };
+        let result = dialing
             .await
-            .map_err(|_| AuthError::Io("handshake timed out".into()))??;
-            Ok::<_, AuthError>(s)
-        }
-        .await;
+            .unwrap_or_else(|e| Err(AuthError::Io(format!("dial task failed: {e}"))));
+        self.dialing = None;
         match result {
             Ok(s) => {
                 self.failures = 0;
@@ -196,6 +283,32 @@ impl Connection {
 
     /// Sends one request and reads its answer, within `ttl`.
     pub async fn call(&mut self, request: &Request, ttl: Duration) -> Result<Response, CallError> {
+        let frame = crate::wire::encode_request(request)
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let before = self.exchanges;
+        match tokio::time::timeout(ttl, self.exchange(frame)).await {
+            Ok(result) => result,
+            Err(_) if self.exchanges != before => Err(CallError::Network(format!(
+                "no answer from {} within {ttl:?}",
+                self.name
+            ))),
+            Err(_) => Err(CallError::Unreachable(format!(
+                "no connection to {} within {ttl:?}",
+                self.name
+            ))),
+        }
+    }
+
+    async fn exchange(&mut self, frame: Vec<u8>) -> Result<Response, CallError> {
+        // An earlier call's exchange first: its answer is dropped, its
+        // connection kept.
+        if let Some(earlier) = self.exchange.as_mut() {
+            if earlier.started.elapsed() < EXCHANGE_GIVE_UP && earlier.run().await.is_ok() {
+                self.stream = self.exchange.take().map(|e| e.stream);
+            } else {
+                self.exchange = None;
+            }
+        }
         // An idle connection has nothing to read: if it is readable, the
         // peer closed it (or broke the protocol), and a request sent on it
         // would be lost after all. Such a connection is replaced before
@@ -204,31 +317,52 @@ impl Connection {
             .stream
             .take()
             .and_then(|mut s| idle_and_open(&mut s).then_some(s));
-        let mut stream = match idle {
+        let stream = match idle {
             Some(s) => s,
             None => self.connect().await?,
         };
-        let exchange = async {
-            write_request(&mut stream, request).await?;
-            read_frame::<_, Response>(&mut stream).await
-        };
-        match tokio::time::timeout(ttl, exchange).await {
-            Ok(Ok(response)) => {
-                self.stream = Some(stream);
+        self.exchanges += 1;
+        let answer = self
+            .exchange
+            .insert(Exchange::new(stream, frame))
+            .run()
+            .await;
+        let done = self.exchange.take();
+        let response = answer.and_then(|body| crate::wire::decode_body::<Response>(&body));
+        match response {
+            Ok(response) => {
+                self.stream = done.map(|e| e.stream);
                 self.link.contact(&self.name);
                 Ok(response)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 self.link
                     .failed(&self.name, self.addr, &e.to_string(), false);
                 Err(CallError::Network(e.to_string()))
             }
-            Err(_) => Err(CallError::Network(format!(
-                "no answer from {} within {ttl:?}",
-                self.name
-            ))),
         }
     }
+}
+
+/// Dials `name` at `addr` and authenticates the connection (TLS first if
+/// the link has it).
+async fn authenticated(link: &Link, name: &str, addr: SocketAddr) -> Result<BoxStream, AuthError> {
+    let s = dial(addr).await.map_err(AuthError::Io)?;
+    let cfg = &link.config;
+    let mut s: BoxStream = match &cfg.tls {
+        Some(tls) => tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, tls.connect(s))
+            .await
+            .map_err(|_| AuthError::Io("TLS handshake timed out".into()))?
+            .map_err(|e| AuthError::Tls(e.to_string()))?,
+        None => Box::new(s),
+    };
+    tokio::time::timeout(
+        auth::HANDSHAKE_TIMEOUT,
+        auth::client(&mut s, &cfg.node_name, name, &cfg.secret),
+    )
+    .await
+    .map_err(|_| AuthError::Io("handshake timed out".into()))??;
+    Ok(s)
 }
 
 /// openraft's network factory: a [`Connection`] per target, from a pool.
@@ -487,6 +621,98 @@ pub(crate) async fn dial(addr: SocketAddr) -> Result<TcpStream, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const SECRET: &str = "0123456789abcdef";
+
+    fn link(me: &str, peers: &str) -> Arc<Link> {
+        use crate::config::*;
+        Arc::new(Link::new(ClusterConfig {
+            node_name: me.into(),
+            listen: "127.0.0.1:1".parse().unwrap(),
+            peers: parse_peers(peers).unwrap(),
+            secret: SECRET.into(),
+            dir: std::path::PathBuf::new(),
+            change_timeout: DEFAULT_CHANGE_TIMEOUT,
+            forward_timeout: DEFAULT_FORWARD_TIMEOUT,
+            forward_buffer: DEFAULT_FORWARD_BUFFER,
+            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+            join: None,
+            tls: None,
+            metadata_timing: RaftTiming::METADATA,
+            queue_timing: RaftTiming::QUEUE,
+        }))
+    }
+
+    /// A peer over a slow link: its handshake takes `handshake` longer,
+    /// its first answer `first` longer, the others nothing. Counts the
+    /// connections it accepted.
+    async fn slow_peer(handshake: Duration, first: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        let answers = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let answers = Arc::clone(&answers);
+                tokio::spawn(async move {
+                    tokio::time::sleep(handshake).await;
+                    let peers = ["n1".to_owned(), "n2".to_owned()];
+                    if auth::server(&mut s, "n2", &peers, SECRET).await.is_err() {
+                        return;
+                    }
+                    while let Ok(req) = crate::wire::read_request(&mut s).await {
+                        assert!(matches!(req, Request::Ping));
+                        if answers.fetch_add(1, Ordering::SeqCst) == 0 {
+                            tokio::time::sleep(first).await;
+                        }
+                        if crate::wire::write_frame(&mut s, &Response::Pong)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// One late answer must not cost the connection: over a link whose
+    /// handshake alone takes longer than a call may, redialling after it
+    /// made every later call time out as well (a follower behind a slow
+    /// link was never replicated to again).
+    #[tokio::test]
+    async fn a_late_answer_is_read_by_the_next_call_on_the_same_connection() {
+        let ttl = Duration::from_millis(500);
+        let (addr, accepted) =
+            slow_peer(Duration::from_millis(600), Duration::from_millis(700)).await;
+        let mut conn = Connection::new(link("n1", "n1=127.0.0.1:1,n2=127.0.0.1:2"), "n2", addr);
+        // The first call dials (600 ms) and is cut off: the dial goes on.
+        assert!(matches!(
+            conn.call(&Request::Ping, ttl).await,
+            Err(CallError::Unreachable(_))
+        ));
+        // The second finds the connection made and sends; the answer is
+        // late (700 ms): cut off again, the exchange left half done.
+        assert!(matches!(
+            conn.call(&Request::Ping, ttl).await,
+            Err(CallError::Network(_))
+        ));
+        // The third reads the late answer (200 ms to go), then its own.
+        assert!(matches!(
+            conn.call(&Request::Ping, ttl).await,
+            Ok(Response::Pong)
+        ));
+        assert!(matches!(
+            conn.call(&Request::Ping, ttl).await,
+            Ok(Response::Pong)
+        ));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection");
+    }
 
     #[tokio::test]
     async fn a_connection_that_reached_itself_is_recognised() {

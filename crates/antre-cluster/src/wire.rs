@@ -41,6 +41,13 @@ where
 /// Writes a frame whose body follows the 4 bytes reserved at the start of
 /// `buf`, where its length goes.
 async fn write_body<W: AsyncWrite + Unpin>(w: &mut W, mut buf: Vec<u8>) -> io::Result<()> {
+    set_length(&mut buf)?;
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+/// Puts the length of the body that follows `buf`'s first 4 bytes there.
+fn set_length(buf: &mut [u8]) -> io::Result<()> {
     let body = buf.len() - 4;
     if body > MAX_FRAME {
         return Err(io::Error::other(format!(
@@ -49,8 +56,25 @@ async fn write_body<W: AsyncWrite + Unpin>(w: &mut W, mut buf: Vec<u8>) -> io::R
     }
     let len = u32::try_from(body).map_err(io::Error::other)?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
-    w.write_all(&buf).await?;
-    w.flush().await
+    Ok(())
+}
+
+/// The body length a frame's 4-byte head announces, refused past
+/// [`MAX_FRAME`].
+pub fn body_length(head: [u8; 4]) -> io::Result<usize> {
+    let len = u32::from_be_bytes(head) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over {MAX_FRAME}"),
+        ));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame's body.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Reads one frame.
@@ -59,21 +83,13 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
-    let body = read_body(r).await?;
-    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    decode_body(&read_body(r).await?)
 }
 
 async fn read_body<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is over {MAX_FRAME}"),
-        ));
-    }
-    let mut body = vec![0u8; len];
+    let mut head = [0u8; 4];
+    r.read_exact(&mut head).await?;
+    let mut body = vec![0u8; body_length(head)?];
     r.read_exact(&mut body).await?;
     Ok(body)
 }
@@ -86,15 +102,24 @@ const QUEUE_APPEND: u8 = 0x01;
 /// the messages being published, see [`crate::queue_group::codec`]), any
 /// other as JSON.
 pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, request: &Request) -> io::Result<()> {
+    let frame = encode_request(request)?;
+    w.write_all(&frame).await?;
+    w.flush().await
+}
+
+/// A request's whole frame, length first, as [`write_request`] writes it.
+pub fn encode_request(request: &Request) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0, 0, 0, 0];
     match request {
         Request::QueueAppend { group, rpc } => {
-            let mut buf = vec![0, 0, 0, 0, QUEUE_APPEND];
+            buf.push(QUEUE_APPEND);
             crate::queue_group::codec::encode_append(group, rpc, &mut buf)
                 .map_err(io::Error::other)?;
-            write_body(w, buf).await
         }
-        other => write_frame(w, other).await,
+        other => serde_json::to_writer(&mut buf, other).map_err(io::Error::other)?,
     }
+    set_length(&mut buf)?;
+    Ok(buf)
 }
 
 /// Reads what [`write_request`] wrote.
