@@ -13,9 +13,13 @@
 # runs with 3 cycles), with a cycle count from ANTRE_QUORUM_CYCLES.
 #
 # Usage: scripts/soak-quorum-failover.sh [CYCLES]
+#
+# ANTRE_QUORUM_TRACE=S (seconds) also prints every failover that took S or
+# more: each attempt at the first confirm and what the nodes logged
+# meanwhile (the script then keeps those TRACE and log lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cycles="${1:-100}"
 ANTRE_QUORUM_CYCLES="$cycles" cargo test -p antre --test cluster \
     quorum_cluster::a_quorum_queue_replicates_and_survives_its_leaders_death -- --nocapture 2>&1 |
-    grep -E "^quorum failover:|^test result|panicked"
+    grep -E "^quorum failover:|^test result|panicked|^TRACE|^\[n[0-9]\]"

@@ -736,15 +736,12 @@ async fn failover_cycles(c: &mut TestCluster, queue: &str, cycles: usize) {
             history.lock().expect("history").confirmed.len() >= start + 100
         })
         .await;
+        let marks = c.log_marks();
         c.kill(l);
         let killed = Instant::now();
-        if std::env::var_os("ANTRE_QUORUM_TRACE").is_some() {
-            eprintln!(
-                "TRACE kill {} at {:?}",
-                c.nodes[l].name,
-                std::time::SystemTime::now()
-            );
-        }
+        let wall = std::time::SystemTime::now();
+        // What each attempt at the first confirm met, for the trace.
+        let mut attempts: Vec<String> = Vec::new();
         // Their connection is gone with the node; what they recorded stands.
         publisher.abort();
         consumer.abort();
@@ -760,27 +757,40 @@ async fn failover_cycles(c: &mut TestCluster, queue: &str, cycles: usize) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
+            let name = &c.nodes[l2].name;
             let Some(conn) = connect(&c.nodes[l2].amqp_uri()).await else {
+                attempts.push(format!("{:?} {name}: no connection", killed.elapsed()));
                 continue;
             };
             let ch = confirm_channel(&conn).await;
             let id = ids.fetch_add(1, Ordering::Relaxed);
             let body = id.to_string();
-            if publish_confirmed(&ch, queue, body.as_bytes(), Duration::from_secs(2)).await
-                == Some(true)
-            {
+            let sent = killed.elapsed();
+            let got = publish_confirmed(&ch, queue, body.as_bytes(), Duration::from_secs(2)).await;
+            attempts.push(format!(
+                "{sent:?} {name}: publish, {got:?} after {:?}",
+                killed.elapsed() - sent
+            ));
+            if got == Some(true) {
                 history.lock().expect("history").confirmed.push(id);
-                if std::env::var_os("ANTRE_QUORUM_TRACE").is_some() {
-                    eprintln!(
-                        "TRACE confirm on {} after {:?}",
-                        c.nodes[l2].name,
-                        killed.elapsed()
-                    );
-                    c.dump_logs();
-                }
                 break killed.elapsed();
             }
         };
+        // ANTRE_QUORUM_TRACE=S prints the failovers that took S seconds or
+        // more: each attempt, and what the nodes logged meanwhile.
+        let slow = std::env::var("ANTRE_QUORUM_TRACE")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok());
+        if slow.is_some_and(|s| took.as_secs_f64() >= s) {
+            eprintln!(
+                "TRACE cycle {cycle}: killed {} at {wall:?}, first confirm after {took:?}",
+                c.nodes[l].name
+            );
+            for a in &attempts {
+                eprintln!("TRACE   {a}");
+            }
+            c.dump_logs_since(&marks);
+        }
         failovers.push(took);
         c.spawn(l);
         c.wait_http(l).await;

@@ -318,6 +318,21 @@ impl TestCluster {
     }
 
     /// Prints every node's log (on failure).
+    /// How many lines each node has logged so far, for [`Self::dump_logs_since`].
+    pub fn log_marks(&self) -> Vec<usize> {
+        let len = |n: &Node| n.log.lock().expect("log").len();
+        self.nodes.iter().map(len).collect()
+    }
+
+    /// Prints what each node logged after `marks`.
+    pub fn dump_logs_since(&self, marks: &[usize]) {
+        for (n, &from) in self.nodes.iter().zip(marks) {
+            for l in n.log.lock().expect("log").iter().skip(from) {
+                eprintln!("[{}] {l}", n.name);
+            }
+        }
+    }
+
     pub fn dump_logs(&self) {
         for n in &self.nodes {
             for l in n.log.lock().expect("log").iter() {
