@@ -1,6 +1,6 @@
 //! Frames on the cluster link: a 4-byte big-endian length, then a JSON
 //! document, except for a quorum queue's append entries (binary, see
-//! [`write_request`]).
+//! [`encode_request`]).
 //!
 //! JSON rather than a compact binary encoding (postcard, bincode) because
 //! the metadata carries `serde_json::Value`s (policy definitions, the
@@ -98,16 +98,11 @@ async fn read_body<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
 /// document starts with `{` or `"`.
 const QUEUE_APPEND: u8 = 0x01;
 
-/// Writes a request: a quorum queue's append entries in binary (they carry
-/// the messages being published, see [`crate::queue_group::codec`]), any
-/// other as JSON.
-pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, request: &Request) -> io::Result<()> {
-    let frame = encode_request(request)?;
-    w.write_all(&frame).await?;
-    w.flush().await
-}
-
-/// A request's whole frame, length first, as [`write_request`] writes it.
+/// A request's whole frame, length first: a quorum queue's append entries
+/// in binary (they carry the messages being published, see
+/// [`crate::queue_group::codec`]), any other as JSON. Encoded whole
+/// before it is sent, so that a sender cut off halfway can finish it later
+/// (see [`crate::network::Connection`]).
 pub fn encode_request(request: &Request) -> io::Result<Vec<u8>> {
     let mut buf = vec![0, 0, 0, 0];
     match request {
@@ -122,7 +117,7 @@ pub fn encode_request(request: &Request) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Reads what [`write_request`] wrote.
+/// Reads what [`encode_request`] encoded.
 pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Request> {
     let body = read_body(r).await?;
     let invalid =
@@ -345,5 +340,22 @@ mod tests {
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         let err = read_frame::<_, ProposeRefusal>(&mut b).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn encoded_requests_read_back_and_answers_decode() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&encode_request(&Request::Ping).unwrap())
+            .await
+            .unwrap();
+        assert!(matches!(read_request(&mut b).await.unwrap(), Request::Ping));
+        let mut frame = vec![0; 4];
+        serde_json::to_writer(&mut frame, &Response::Pong).unwrap();
+        set_length(&mut frame).unwrap();
+        let head: [u8; 4] = frame[..4].try_into().unwrap();
+        assert_eq!(body_length(head).unwrap(), frame.len() - 4);
+        let back: Response = decode_body(&frame[4..]).unwrap();
+        assert!(matches!(back, Response::Pong));
+        assert!(body_length(u32::MAX.to_be_bytes()).is_err());
     }
 }
