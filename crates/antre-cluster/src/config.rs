@@ -254,6 +254,27 @@ pub fn check_name(name: &str) -> Result<(), ClusterError> {
 }
 
 impl ClusterConfig {
+    /// Default settings for node `me` among `peers` (a peer list), with a
+    /// valid secret, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(me: &str, peers: &str) -> ClusterConfig {
+        ClusterConfig {
+            node_name: me.into(),
+            listen: "127.0.0.1:1".parse().expect("address"),
+            peers: parse_peers(peers).expect("peer list"),
+            secret: "0123456789abcdef".into(),
+            dir: PathBuf::new(),
+            change_timeout: DEFAULT_CHANGE_TIMEOUT,
+            forward_timeout: DEFAULT_FORWARD_TIMEOUT,
+            forward_buffer: DEFAULT_FORWARD_BUFFER,
+            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+            join: None,
+            tls: None,
+            metadata_timing: RaftTiming::METADATA,
+            queue_timing: RaftTiming::QUEUE,
+        }
+    }
+
     /// Checks the settings together: this node is in the peer list, the
     /// secret is long enough, no two names share an id.
     pub fn validate(&self) -> Result<(), ClusterError> {
@@ -329,21 +350,7 @@ mod tests {
 
     #[test]
     fn validate_wants_this_node_in_the_list_and_a_real_secret() {
-        let mut c = ClusterConfig {
-            node_name: "n3".into(),
-            listen: "127.0.0.1:1".parse().unwrap(),
-            peers: parse_peers("n1=127.0.0.1:1,n2=127.0.0.1:2").unwrap(),
-            secret: "0123456789abcdef".into(),
-            dir: PathBuf::new(),
-            change_timeout: DEFAULT_CHANGE_TIMEOUT,
-            forward_timeout: DEFAULT_FORWARD_TIMEOUT,
-            forward_buffer: DEFAULT_FORWARD_BUFFER,
-            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
-            join: None,
-            tls: None,
-            metadata_timing: RaftTiming::METADATA,
-            queue_timing: RaftTiming::QUEUE,
-        };
+        let mut c = ClusterConfig::for_test("n3", "n1=127.0.0.1:1,n2=127.0.0.1:2");
         assert!(c.validate().is_err());
         c.node_name = "n2".into();
         c.validate().unwrap();

@@ -626,22 +626,9 @@ mod tests {
     const SECRET: &str = "0123456789abcdef";
 
     fn link(me: &str, peers: &str) -> Arc<Link> {
-        use crate::config::*;
-        Arc::new(Link::new(ClusterConfig {
-            node_name: me.into(),
-            listen: "127.0.0.1:1".parse().unwrap(),
-            peers: parse_peers(peers).unwrap(),
-            secret: SECRET.into(),
-            dir: std::path::PathBuf::new(),
-            change_timeout: DEFAULT_CHANGE_TIMEOUT,
-            forward_timeout: DEFAULT_FORWARD_TIMEOUT,
-            forward_buffer: DEFAULT_FORWARD_BUFFER,
-            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
-            join: None,
-            tls: None,
-            metadata_timing: RaftTiming::METADATA,
-            queue_timing: RaftTiming::QUEUE,
-        }))
+        let config = ClusterConfig::for_test(me, peers);
+        assert_eq!(config.secret, SECRET);
+        Arc::new(Link::new(config))
     }
 
     /// A peer over a slow link: its handshake takes `handshake` longer,
