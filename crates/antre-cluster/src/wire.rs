@@ -267,6 +267,9 @@ pub enum Listing {
     /// Each vhost's messages in the queues it owns and its connections
     /// in the vhost.
     Vhosts,
+    /// The samples of its own counters that it keeps for the overview's
+    /// charts, oldest first.
+    Samples,
 }
 
 /// The answer to a [`Request`], of the same kind.

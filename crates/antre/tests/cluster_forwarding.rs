@@ -1525,6 +1525,16 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     publisher.await.expect("the publisher");
+    // And the overview's charts: n3's samples (newest first) add n1's
+    // counters and queue lengths to its own, which are nothing.
+    c.until("n3's chart samples to show n1's publishes", || async {
+        let path = "/api/overview?msg_rates_age=60&lengths_age=60";
+        let (_, o) = c.api(2, "GET", path, None).await;
+        let newest = |d: &Value| d["samples"][0]["sample"].as_u64().unwrap_or(0);
+        newest(&o["message_stats"]["publish_details"]) > 4
+            && newest(&o["queue_totals"]["messages_ready_details"]) > 4
+    })
+    .await;
 
     // A queue's messages are got and purged through any node: its owner
     // (n1) does it, with the asking user's permissions.

@@ -39,7 +39,7 @@ pub struct QueueSample {
 }
 
 /// Broker-wide counters and depths at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OverviewSample {
     /// When, in ms since the epoch.
     pub timestamp: u64,
@@ -61,6 +61,42 @@ pub struct OverviewSample {
     pub ready: u64,
     /// Unacked messages in all queues.
     pub unacked: u64,
+}
+
+impl OverviewSample {
+    /// Adds another node's counters and depths (the time stays ours).
+    fn add(&mut self, o: &OverviewSample) {
+        self.publish += o.publish;
+        self.deliver_get += o.deliver_get;
+        self.redeliver += o.redeliver;
+        self.ack += o.ack;
+        self.confirm += o.confirm;
+        self.drop_unroutable += o.drop_unroutable;
+        self.return_unroutable += o.return_unroutable;
+        self.ready += o.ready;
+        self.unacked += o.unacked;
+    }
+}
+
+/// The cluster's chart samples: at each of this node's sample times, every
+/// other member's counters as they stood then, added to ours. Members
+/// sample on their own clocks, so "then" is a member's latest sample up to
+/// half an interval (`slack_ms`) after ours; a member that has none as old
+/// (it started later) counts with its first, so that its whole history
+/// does not show as one burst in the chart's rates.
+pub fn cluster_history(
+    mut ours: Vec<OverviewSample>,
+    others: &[Vec<OverviewSample>],
+    slack_ms: u64,
+) -> Vec<OverviewSample> {
+    for theirs in others.iter().filter(|t| !t.is_empty()) {
+        for s in &mut ours {
+            let until = s.timestamp.saturating_add(slack_ms);
+            let at = theirs.partition_point(|t| t.timestamp <= until);
+            s.add(&theirs[at.saturating_sub(1)]);
+        }
+    }
+    ours
 }
 
 /// Rates of the broker-wide counters, per second.
@@ -286,6 +322,29 @@ impl Rates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clusters_samples_add_each_members_counters_as_they_stood_then() {
+        let at = |timestamp, publish| OverviewSample {
+            timestamp,
+            publish,
+            ready: publish / 10,
+            ..OverviewSample::default()
+        };
+        let ours = vec![at(10_000, 1), at(15_000, 2), at(20_000, 3)];
+        // Sampled 2 s after us: its sample at 12 s is ours at 10 s (within
+        // half an interval), and so on.
+        let early = vec![at(7_000, 100), at(12_000, 200), at(17_000, 300)];
+        // Started later: its first sample stands for the times before it.
+        let late = vec![at(18_000, 1000), at(23_000, 2000)];
+        let got = cluster_history(ours, &[early, late, Vec::new()], 2_500);
+        let publish: Vec<u64> = got.iter().map(|s| s.publish).collect();
+        assert_eq!(publish, [1201, 1302, 1303]);
+        let ready: Vec<u64> = got.iter().map(|s| s.ready).collect();
+        assert_eq!(ready, [120, 130, 130]);
+        let times: Vec<u64> = got.iter().map(|s| s.timestamp).collect();
+        assert_eq!(times, [10_000, 15_000, 20_000], "our times stay");
+    }
 
     #[test]
     fn rates_are_deltas_over_elapsed_seconds() {

@@ -12,6 +12,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::rates::OverviewSample;
 use crate::http::render::{details, message_stats, node_name};
 use crate::http::{AuthUser, HttpState};
+use antre_cluster::wire::Listing;
 
 pub use crate::alarm::resident_memory;
 
@@ -139,7 +140,7 @@ pub async fn overview(
         .filter_map(|k| query.get(*k)?.parse::<u64>().ok())
         .max();
     if let Some(age) = age {
-        let history = state.rates.history(Duration::from_secs(age));
+        let history = cluster_samples(&state, state.rates.history(Duration::from_secs(age))).await;
         let ms = &mut body["message_stats"];
         ms["publish_details"]["samples"] = samples(&history, |s| s.publish);
         ms["deliver_get_details"]["samples"] = samples(&history, |s| s.deliver_get);
@@ -151,6 +152,45 @@ pub async fn overview(
         qt["messages_unacknowledged_details"]["samples"] = samples(&history, |s| s.unacked);
     }
     Json(body)
+}
+
+/// This node's chart samples as rows for its peers ([`Listing::Samples`]):
+/// every one it keeps, named by node.
+pub(crate) fn own_samples(state: &HttpState) -> Vec<Value> {
+    let node = state.node_name();
+    let all = state
+        .rates
+        .history(Duration::from_secs(u64::from(u32::MAX)));
+    all.iter()
+        .filter_map(|s| {
+            let mut row = serde_json::to_value(s).ok()?;
+            row["node"] = json!(node);
+            Some(row)
+        })
+        .collect()
+}
+
+/// In a cluster, the cluster's chart samples, as the overview's totals
+/// beside them are the cluster's: each member's counters added to
+/// `ours` at our sample times (a member that does not answer in time is
+/// left out).
+async fn cluster_samples(state: &HttpState, ours: Vec<OverviewSample>) -> Vec<OverviewSample> {
+    if state.cluster.is_none() {
+        return ours;
+    }
+    let me = state.node_name();
+    let mut others: std::collections::BTreeMap<String, Vec<OverviewSample>> = Default::default();
+    for row in super::peers::cluster_rows(state, Listing::Samples, None, None).await {
+        let Some(node) = row["node"].as_str().filter(|n| *n != me).map(str::to_owned) else {
+            continue;
+        };
+        if let Ok(sample) = serde_json::from_value(row) {
+            others.entry(node).or_default().push(sample);
+        }
+    }
+    let others: Vec<Vec<OverviewSample>> = others.into_values().collect();
+    let slack = state.config.rate_interval.as_millis() as u64 / 2;
+    crate::http::rates::cluster_history(ours, &others, slack)
 }
 
 /// This node's message counters and their rates, in the overview's

@@ -2,8 +2,8 @@
 //! asked, as RabbitMQ's does (see docs/clustering.md): what this node
 //! answers its peers (its figures for `/api/nodes` and the overview, its
 //! own rows of the connection, channel, consumer, queue and vhost
-//! listings, closing one of its connections), and the listing of every
-//! member's rows.
+//! listings and its chart samples, closing one of its connections), and
+//! the listing of every member's rows.
 
 use std::sync::{Arc, Weak};
 
@@ -34,6 +34,7 @@ fn local_rows(
         // member asks for one of maybe thousands.
         Listing::Queues => return super::queues::owned_rows(state, vhost, name),
         Listing::Vhosts => return super::vhosts::own_figures(state, vhost),
+        Listing::Samples => return overview::own_samples(state),
     };
     match what {
         Listing::Consumers => rows.retain(|c| named(&c["queue"], "name")),
