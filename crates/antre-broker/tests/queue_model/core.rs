@@ -336,14 +336,7 @@ impl Core {
     /// and a new broker recovers the directory; the client reconnects and
     /// declares its queues again.
     fn restart(&mut self) {
-        for c in &mut self.channels {
-            c.channel.close();
-        }
-        self.publisher.channel.close();
-        for c in &self.channels {
-            return_waiting(&c.sink);
-        }
-        self.broker.close();
+        self.shut_down();
         self.channels.clear();
         let (broker, vhost) = open(&self.dir, &self.options, &self.clock);
         self.publisher = new_channel(&broker, &vhost, CHANNELS as u16 + 1);
@@ -353,6 +346,32 @@ impl Core {
         self.broker = broker;
         self.vhost = vhost;
         self.declare_queues();
+    }
+}
+
+impl Core {
+    /// What a server does when its clients go and it stops: channels close
+    /// (consumers cancelled, deliveries back in their queues, which drops
+    /// the references between queues and channels), then the stores close.
+    fn shut_down(&mut self) {
+        for c in &mut self.channels {
+            c.channel.close();
+        }
+        self.publisher.channel.close();
+        for c in &self.channels {
+            return_waiting(&c.sink);
+        }
+        self.broker.close();
+    }
+}
+
+/// A case's broker goes as a server's would: without it, every case left
+/// its queues (and their page files) alive through the references between
+/// consumers and queues, and a long run (hundreds of thousands of cases)
+/// ran out of file descriptors, which showed as store failures.
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }
 
