@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::wire::{read_frame, write_frame};
+use crate::wire::{read_frame_within, write_frame};
 
 /// How long a handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,8 +105,14 @@ fn io(e: impl std::fmt::Display) -> AuthError {
     AuthError::Io(e.to_string())
 }
 
+/// The largest handshake frame either side accepts: a name of at most 255
+/// bytes, a nonce or proof of 32 bytes (as JSON numbers), or a refusal's
+/// reason. A peer that has not proved the secret cannot make a node
+/// allocate more than this (a member's frames may be up to 64 MiB).
+const MAX_HANDSHAKE_FRAME: usize = 8 * 1024;
+
 async fn read<S: AsyncRead + Unpin>(s: &mut S) -> Result<Handshake, AuthError> {
-    read_frame(s).await.map_err(io)
+    read_frame_within(s, MAX_HANDSHAKE_FRAME).await.map_err(io)
 }
 
 async fn write<S: AsyncWrite + Unpin>(s: &mut S, m: &Handshake) -> Result<(), AuthError> {
@@ -243,6 +249,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     async fn run(
         client_secret: &str,
@@ -253,6 +260,32 @@ mod tests {
         let c = client(&mut a, "n1", "n2", client_secret);
         let s = server(&mut b, "n2", &peers, server_secret);
         tokio::join!(c, s)
+    }
+
+    /// A stranger announcing a frame far larger than any handshake is
+    /// refused on the 4 bytes of its head: nothing is allocated for it,
+    /// and the node does not wait for the body.
+    #[tokio::test]
+    async fn an_oversized_handshake_frame_is_refused_before_its_body() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        a.write_all(&(32u32 << 20).to_be_bytes()).await.unwrap();
+        drop(a);
+        let refusal = server(&mut b, "n2", &[], "0123456789abcdef")
+            .await
+            .unwrap_err();
+        assert!(
+            refusal.error.to_string().contains("is over 8192"),
+            "{refusal:?}"
+        );
+        // A member's frame of that size would be read (the limit is the
+        // handshake's, not the link's).
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(32u32 << 20).to_be_bytes()).await.unwrap();
+        drop(a);
+        let err = crate::wire::read_frame::<_, Handshake>(&mut b)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]

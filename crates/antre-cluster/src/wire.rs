@@ -62,11 +62,15 @@ fn set_length(buf: &mut [u8]) -> io::Result<()> {
 /// The body length a frame's 4-byte head announces, refused past
 /// [`MAX_FRAME`].
 pub fn body_length(head: [u8; 4]) -> io::Result<usize> {
+    length_within(head, MAX_FRAME)
+}
+
+fn length_within(head: [u8; 4], max: usize) -> io::Result<usize> {
     let len = u32::from_be_bytes(head) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is over {MAX_FRAME}"),
+            format!("frame of {len} bytes is over {max}"),
         ));
     }
     Ok(len)
@@ -83,13 +87,25 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
-    decode_body(&read_body(r).await?)
+    read_frame_within(r, MAX_FRAME).await
 }
 
-async fn read_body<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
+/// Reads one frame of at most `max` bytes, refused as soon as its head
+/// announces more (before anything is allocated for it): what a peer that
+/// has not proved the secret yet may send is bounded by the handshake's
+/// size, not by the largest frame a member may.
+pub async fn read_frame_within<R, T>(r: &mut R, max: usize) -> io::Result<T>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    decode_body(&read_body(r, max).await?)
+}
+
+async fn read_body<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Vec<u8>> {
     let mut head = [0u8; 4];
     r.read_exact(&mut head).await?;
-    let mut body = vec![0u8; body_length(head)?];
+    let mut body = vec![0u8; length_within(head, max)?];
     r.read_exact(&mut body).await?;
     Ok(body)
 }
@@ -119,7 +135,7 @@ pub fn encode_request(request: &Request) -> io::Result<Vec<u8>> {
 
 /// Reads what [`encode_request`] encoded.
 pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Request> {
-    let body = read_body(r).await?;
+    let body = read_body(r, MAX_FRAME).await?;
     let invalid =
         |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
     if body.first() == Some(&QUEUE_APPEND) {

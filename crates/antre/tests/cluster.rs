@@ -530,6 +530,52 @@ async fn a_node_with_the_wrong_secret_is_refused_and_says_why() {
     );
 }
 
+/// Whoever reaches a node's cluster port before proving the secret may
+/// send a handshake, not a member's 64 MiB frame: a stranger announcing
+/// 60 MiB is cut off at the frame's head (the node used to allocate it and
+/// read on), and the members stay served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_announcing_a_huge_handshake_frame_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until_leader(&[0, 1, 2]).await;
+    let addr = format!("127.0.0.1:{}", c.nodes[0].cluster_port);
+    let mut strangers = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        s.write_all(&(60u32 << 20).to_be_bytes())
+            .await
+            .expect("head");
+        strangers.push(s);
+    }
+    // The node closed each connection after the head: the body's first
+    // megabytes cannot all be written (a node reading on takes them all).
+    let junk = vec![b'x'; 1 << 20];
+    for mut s in strangers {
+        let mut refused = false;
+        for _ in 0..16 {
+            if s.write_all(&junk).await.is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "16 MiB of a stranger's frame accepted");
+    }
+    c.until("n1 to log the refusal", || async {
+        c.nodes[0].logged("is over 8192")
+    })
+    .await;
+    // The members are served: a change made through n1 reaches n3.
+    let (s, b) = c.api(0, "PUT", "/api/vhosts/after-strangers", None).await;
+    assert_eq!(s, 201, "{b}");
+    c.until("n3 to have it", || {
+        has(&c, 2, "/api/vhosts/after-strangers")
+    })
+    .await;
+}
+
 /// The metadata term node `i` is in, from its own entry of `/api/nodes`.
 async fn metadata_term(c: &TestCluster, i: usize) -> Option<u64> {
     let nodes = c.try_api(i, "GET", "/api/nodes", None).await?.1;
