@@ -26,9 +26,74 @@ pub async fn serve_std(
     }
 }
 
+/// Connections still in their handshake, at most, from one address and
+/// from all: whoever reaches the cluster port can open connections
+/// without the secret, and each holds a descriptor and a task for up to
+/// [`auth::HANDSHAKE_TIMEOUT`]. Past either bound a new connection is
+/// closed at once (a member dialling then backs off and dials again), so
+/// one address cannot take every slot nor the node's descriptors.
+/// Authenticated connections are not counted. A member may well dial
+/// hundreds at once: it keeps a connection per Raft group it replicates
+/// to, and after a partition heals every group dials again.
+const HANDSHAKES_PER_ADDRESS: usize = 256;
+const HANDSHAKES: usize = 1024;
+
+/// The handshakes under way, by peer address.
+#[derive(Default)]
+struct Handshakes {
+    by_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// When a refusal was last logged (one line a second at most).
+    logged: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+/// A handshake's slot, given back when dropped.
+struct Slot {
+    handshakes: Arc<Handshakes>,
+    ip: std::net::IpAddr,
+}
+
+impl Handshakes {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let mut by_ip = self.by_ip.lock();
+        let all: usize = by_ip.values().sum();
+        let here = by_ip.entry(ip).or_default();
+        if *here >= HANDSHAKES_PER_ADDRESS || all >= HANDSHAKES {
+            drop(by_ip);
+            let mut logged = self.logged.lock();
+            if logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                *logged = Some(std::time::Instant::now());
+                tracing::warn!(
+                    %ip,
+                    "cluster listener: too many connections still in their handshake \
+                     ({HANDSHAKES_PER_ADDRESS} per address, {HANDSHAKES} in all): closing new ones"
+                );
+            }
+            return None;
+        }
+        *here += 1;
+        Some(Slot {
+            handshakes: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut by_ip = self.handshakes.by_ip.lock();
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts cluster connections until the listener fails or the node is
 /// gone.
 pub async fn serve(listener: TcpListener, node: Weak<Cluster>, stop: watch::Receiver<bool>) {
+    let handshakes = Arc::new(Handshakes::default());
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -41,13 +106,16 @@ pub async fn serve(listener: TcpListener, node: Weak<Cluster>, stop: watch::Rece
         let Some(n) = node.upgrade() else {
             return;
         };
+        let Some(slot) = handshakes.take(addr.ip()) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let mut stop = stop.clone();
         tokio::spawn(async move {
             // A node that stops closes its peers' connections at once, so
             // they see it gone before they send anything more on them.
             tokio::select! {
-                r = serve_peer(stream, addr, n) => if let Err(e) = r {
+                r = serve_peer(stream, addr, n, slot) => if let Err(e) = r {
                     tracing::debug!(%addr, "cluster connection ended: {e}");
                 },
                 _ = stop.wait_for(|s| *s) => {}
@@ -60,6 +128,7 @@ async fn serve_peer(
     tcp: TcpStream,
     addr: std::net::SocketAddr,
     node: Arc<Cluster>,
+    handshake_slot: Slot,
 ) -> std::io::Result<()> {
     let cfg = &node.link.config;
     let mut stream: BoxStream = match &cfg.tls {
@@ -100,6 +169,7 @@ async fn serve_peer(
             return Ok(());
         }
     };
+    drop(handshake_slot);
     node.link.contact(&peer);
     // Drop the strong reference while waiting for requests, so a node
     // that shuts down is not kept alive by its peers' connections.

@@ -576,6 +576,52 @@ async fn a_stranger_announcing_a_huge_handshake_frame_is_cut_off() {
     .await;
 }
 
+/// Connections that never finish their handshake are bounded per address:
+/// 300 idle ones from 127.0.0.2 (a stranger without the secret) get 256
+/// slots and the rest are closed at once, while the members, dialling
+/// from 127.0.0.1, still connect and commit changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_strangers_on_the_cluster_port_are_bounded_per_address() {
+    use tokio::io::AsyncReadExt;
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until_leader(&[0, 1, 2]).await;
+    let to: std::net::SocketAddr = format!("127.0.0.1:{}", c.nodes[0].cluster_port)
+        .parse()
+        .expect("address");
+    let mut strangers = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("address"))
+            .expect("bind 127.0.0.2");
+        strangers.push(socket.connect(to).await.expect("connect"));
+    }
+    c.until("n1 to close the strangers past the bound", || async {
+        c.nodes[0].logged("too many connections still in their handshake")
+    })
+    .await;
+    // The last one is closed at once, not after the handshake's 5 s.
+    let mut byte = [0u8; 1];
+    let last = strangers.last_mut().expect("strangers");
+    let read = tokio::time::timeout(Duration::from_secs(3), last.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the 300th stranger still connected: {read:?}"
+    );
+    // The members are served meanwhile, new connections included: n3,
+    // restarted, dials n1 again.
+    c.kill(2);
+    c.spawn(2);
+    c.wait_http(2).await;
+    let (s, b) = c.api(0, "PUT", "/api/vhosts/beside-strangers", None).await;
+    assert_eq!(s, 201, "{b}");
+    c.until("n3 to have it", || {
+        has(&c, 2, "/api/vhosts/beside-strangers")
+    })
+    .await;
+    drop(strangers);
+}
+
 /// The metadata term node `i` is in, from its own entry of `/api/nodes`.
 async fn metadata_term(c: &TestCluster, i: usize) -> Option<u64> {
     let nodes = c.try_api(i, "GET", "/api/nodes", None).await?.1;
