@@ -128,6 +128,20 @@ pub struct RemoteDelivery {
     pub message: Arc<Message>,
 }
 
+/// Queues of other nodes a message was routed to, `(owner, queue)`, as
+/// one list of queues per owner, in the order the owners first appear:
+/// what is forwarded to each owner as one publish.
+pub fn by_owner(targets: Vec<(Arc<str>, String)>) -> Vec<(Arc<str>, Vec<String>)> {
+    let mut per_owner: Vec<(Arc<str>, Vec<String>)> = Vec::new();
+    for (owner, queue) in targets {
+        match per_owner.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, queues)) => queues.push(queue),
+            None => per_owner.push((owner, vec![queue])),
+        }
+    }
+    per_owner
+}
+
 /// The broker error a forwarded method failed with on the owner, from its
 /// reply code and text (`CODE_NAME - details`).
 pub fn error_from_reply(code: u16, text: &str) -> BrokerError {
@@ -153,6 +167,17 @@ pub fn error_from_reply(code: u16, text: &str) -> BrokerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_group_by_owner_in_first_seen_order() {
+        let t = |o: &str, q: &str| (Arc::<str>::from(o), q.to_owned());
+        let grouped = by_owner(vec![t("n2", "a"), t("n1", "b"), t("n2", "c")]);
+        let names: Vec<(&str, Vec<&str>)> = grouped
+            .iter()
+            .map(|(o, qs)| (&**o, qs.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(names, [("n2", vec!["a", "c"]), ("n1", vec!["b"])]);
+    }
 
     #[test]
     fn errors_survive_the_trip_by_code_and_text() {

@@ -253,13 +253,7 @@ impl Vhost {
             PublishSource::DelayedRelease => "delayed message",
             _ => "dead letter",
         };
-        let mut per_owner: Vec<(Arc<str>, Vec<String>)> = Vec::new();
-        for (owner, queue) in targets {
-            match per_owner.iter_mut().find(|(o, _)| *o == owner) {
-                Some((_, queues)) => queues.push(queue),
-                None => per_owner.push((owner, vec![queue])),
-            }
-        }
+        let per_owner = crate::remote::by_owner(targets);
         let Some(remote) = self.forwarder.get() else {
             let n = per_owner.len() as u64;
             self.metrics.internal_forwards_failed.add(n);

@@ -8,7 +8,7 @@ use antre_amqp::BasicProperties;
 use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::definitions::{json_to_table, table_to_json};
 use antre_broker::queue::Entry;
-use antre_broker::remote::{RemotePublish, RemoteResult};
+use antre_broker::remote::{by_owner, RemotePublish, RemoteResult};
 use antre_broker::{Message, PublishOptions, PublishSource};
 use antre_cluster::wire::QueueAction;
 use axum::body::Bytes;
@@ -203,11 +203,7 @@ async fn forward(
             "this node forwards to no cluster node",
         ));
     };
-    let mut by_owner: std::collections::BTreeMap<Arc<str>, Vec<String>> = Default::default();
-    for (owner, queue) in targets {
-        by_owner.entry(owner).or_default().push(queue);
-    }
-    let answers = by_owner.into_iter().map(|(owner, queues)| {
+    let answers = by_owner(targets).into_iter().map(|(owner, queues)| {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let batch = vec![RemotePublish {
             queues,
