@@ -51,13 +51,21 @@ pub fn object_totals(state: &HttpState) -> (usize, usize, usize, usize, usize) {
 /// Messages (ready, unacknowledged) in the queues this node owns: the
 /// copy a quorum queue's follower keeps is its leader's to count.
 fn owned_messages(state: &HttpState) -> (u64, u64) {
+    state
+        .broker
+        .vhosts()
+        .iter()
+        .map(|v| owned_messages_in(v))
+        .fold((0, 0), |(r, u), (vr, vu)| (r + vr, u + vu))
+}
+
+/// Messages (ready, unacknowledged) in the queues of `v` this node owns.
+pub(crate) fn owned_messages_in(v: &antre_broker::Vhost) -> (u64, u64) {
     let (mut ready, mut unacked) = (0u64, 0u64);
-    for v in state.broker.vhosts() {
-        for q in v.owned_queues() {
-            let c = q.counts();
-            ready += u64::from(c.ready);
-            unacked += u64::from(c.unacked);
-        }
+    for q in v.owned_queues() {
+        let c = q.counts();
+        ready += u64::from(c.ready);
+        unacked += u64::from(c.unacked);
     }
     (ready, unacked)
 }
@@ -155,18 +163,13 @@ pub async fn overview(
 }
 
 /// This node's chart samples as rows for its peers ([`Listing::Samples`]):
-/// every one it keeps, named by node.
+/// every one it keeps.
 pub(crate) fn own_samples(state: &HttpState) -> Vec<Value> {
-    let node = state.node_name();
     let all = state
         .rates
         .history(Duration::from_secs(u64::from(u32::MAX)));
     all.iter()
-        .filter_map(|s| {
-            let mut row = serde_json::to_value(s).ok()?;
-            row["node"] = json!(node);
-            Some(row)
-        })
+        .filter_map(|s| serde_json::to_value(s).ok())
         .collect()
 }
 
@@ -175,20 +178,18 @@ pub(crate) fn own_samples(state: &HttpState) -> Vec<Value> {
 /// `ours` at our sample times (a member that does not answer in time is
 /// left out).
 async fn cluster_samples(state: &HttpState, ours: Vec<OverviewSample>) -> Vec<OverviewSample> {
-    if state.cluster.is_none() {
+    let others: Vec<Vec<OverviewSample>> =
+        super::peers::other_members_rows(state, Listing::Samples, None, None)
+            .await
+            .into_iter()
+            .map(|rows| {
+                let sample = |row| serde_json::from_value(row).ok();
+                rows.into_iter().filter_map(sample).collect()
+            })
+            .collect();
+    if others.is_empty() {
         return ours;
     }
-    let me = state.node_name();
-    let mut others: std::collections::BTreeMap<String, Vec<OverviewSample>> = Default::default();
-    for row in super::peers::cluster_rows(state, Listing::Samples, None, None).await {
-        let Some(node) = row["node"].as_str().filter(|n| *n != me).map(str::to_owned) else {
-            continue;
-        };
-        if let Ok(sample) = serde_json::from_value(row) {
-            others.entry(node).or_default().push(sample);
-        }
-    }
-    let others: Vec<Vec<OverviewSample>> = others.into_values().collect();
     let slack = state.config.rate_interval.as_millis() as u64 / 2;
     crate::http::rates::cluster_history(ours, &others, slack)
 }
@@ -352,6 +353,7 @@ pub(crate) fn quorum_counts(cluster: &antre_cluster::Cluster, node: &mut Value) 
 pub(crate) fn local_node(state: &HttpState) -> Value {
     let (connections, channels, _, queues, consumers) = object_totals(state);
     let (ready, unacked) = owned_messages(state);
+    let rates = state.rates.overview();
     let mut node = json!({
         "name": state.node_name(),
         "type": "disc",
@@ -370,9 +372,9 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         // rates: what the cluster's overview adds up.
         "consumers": consumers,
         "messages_ready": ready,
-        "messages_ready_details": details(state.rates.overview().ready),
+        "messages_ready_details": details(rates.ready),
         "messages_unacknowledged": unacked,
-        "messages_unacknowledged_details": details(state.rates.overview().unacked),
+        "messages_unacknowledged_details": details(rates.unacked),
         "message_stats": node_message_stats(state),
         "data_dir": state.config.data_dir.display().to_string(),
         "fd_used": crate::sockets::open_fds(),

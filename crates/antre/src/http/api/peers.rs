@@ -57,8 +57,23 @@ pub(crate) async fn cluster_rows(
     name: Option<&str>,
 ) -> Vec<Value> {
     let mut rows = local_rows(state, what, vhost, name);
+    for theirs in other_members_rows(state, what, vhost, name).await {
+        rows.extend(theirs);
+    }
+    rows
+}
+
+/// The other running members' own rows of `what` (see [`cluster_rows`]),
+/// one list per member (none on a single node; empty for a member that
+/// did not answer in time).
+pub(crate) async fn other_members_rows(
+    state: &HttpState,
+    what: Listing,
+    vhost: Option<&str>,
+    name: Option<&str>,
+) -> Vec<Vec<Value>> {
     let Some(cluster) = &state.cluster else {
-        return rows;
+        return Vec::new();
     };
     let status = cluster.status();
     let others = status
@@ -74,10 +89,7 @@ pub(crate) async fn cluster_rows(
                     Vec::new()
                 })
         });
-    for theirs in futures::future::join_all(others).await {
-        rows.extend(theirs);
-    }
-    rows
+    futures::future::join_all(others).await
 }
 
 /// This node's management layer, as its peers ask it.

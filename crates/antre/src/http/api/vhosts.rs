@@ -26,12 +26,7 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
     vhosts
         .iter()
         .map(|v| {
-            let (mut ready, mut unacked) = (0u64, 0u64);
-            for q in v.owned_queues() {
-                let c = q.counts();
-                ready += u64::from(c.ready);
-                unacked += u64::from(c.unacked);
-            }
+            let (ready, unacked) = super::overview::owned_messages_in(v);
             json!({
                 "name": v.name,
                 "messages_ready": ready,
