@@ -74,6 +74,11 @@
 //! when every record in it is acked and it is not the current write segment,
 //! so disk use follows the backlog, not the history.
 //!
+//! The current segment may end in zeros written ahead of its records, so
+//! that the fsyncs of later rounds write data only; a full or closed
+//! segment is cut back to its last record, and recovery removes zeros after
+//! the last record like any other tail.
+//!
 //! Segments that existed at open are never appended to again: writes go to a
 //! fresh segment with a number higher than any file in the directory. So an
 //! offset is never reused, and an ack entry can never apply to a record other

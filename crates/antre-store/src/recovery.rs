@@ -194,8 +194,16 @@ fn recover_segment(
     let valid_len = summary.valid_len as u64;
     let file_len = image.len() as u64;
     if valid_len < file_len {
-        tracing::warn!(path = %path.display(), offset = valid_len, bytes = file_len - valid_len,
-            "torn tail truncated (records written but never synced before a crash)");
+        // Cannot truncate: valid_len <= image.len().
+        if image[valid_len as usize..].iter().all(|&b| b == 0) {
+            // The store writes zeros ahead of its records (see
+            // `QueueStore::zero_ahead`): after a crash they are expected.
+            tracing::debug!(path = %path.display(), offset = valid_len, bytes = file_len - valid_len,
+                "zeros after the last record removed");
+        } else {
+            tracing::warn!(path = %path.display(), offset = valid_len, bytes = file_len - valid_len,
+                "torn tail truncated (records written but never synced before a crash)");
+        }
         stats.bytes_truncated += file_len - valid_len;
         file.set_len(valid_len)
             .map_err(|e| StoreError::io("truncate torn tail of", &path, e))?;

@@ -28,6 +28,16 @@ mod read;
 use buffer::Buffer;
 pub use buffer::WriteBuffers;
 
+/// Rounds of records a segment's zeros written ahead are meant to take
+/// (see [`QueueStore::zero_ahead`]).
+const ZERO_AHEAD_ROUNDS: u64 = 8;
+/// Most bytes of zeros written ahead of a segment's records.
+const MAX_ZERO_AHEAD: u64 = 1 << 20;
+/// Zeros are written up to a multiple of this (a file system block).
+const ZERO_BLOCK: u64 = 4096;
+/// The zeros one `write` call writes ahead at most.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
 /// The segment being appended to.
 struct Writer {
     segment: u32,
@@ -36,6 +46,9 @@ struct Writer {
     written: u64,
     /// Bytes of the file known to be fsync'd.
     synced: u64,
+    /// Length of the file: `written` plus zeros written ahead of the
+    /// records (see [`QueueStore::zero_ahead`]).
+    zeroed: u64,
     /// Appended records not yet handed to the kernel.
     buf: Buffer,
     /// Most bytes the buffer held since the last sync.
@@ -419,6 +432,7 @@ impl QueueStore {
             }
             w.peak = 0;
             if w.synced < w.written {
+                self.zero_ahead(&mut w);
                 match w.file.try_clone() {
                     Ok(file) => files.push(SyncFile {
                         segment: w.segment,
@@ -622,7 +636,72 @@ impl QueueStore {
 
     fn shutdown(&mut self) -> Result<(), StoreError> {
         self.sync()?;
+        if let Some(mut w) = self.writer.take() {
+            // Not fsync'd: a crash before the kernel writes the new length
+            // back leaves zeros, which recovery removes as it always does.
+            self.trim_zeros(&mut w);
+            self.writer = Some(w);
+        }
         self.sync_acks()
+    }
+
+    /// Writes zeros ahead of the records of the current segment, so that
+    /// the fsyncs of the next rounds only write data.
+    ///
+    /// An fdatasync of a file that grew must also write the file's new size
+    /// and block allocation back; one whose records overwrite blocks that
+    /// already exist writes the data alone. Measured on this project's ext4
+    /// (three writers, 40 KB a round): 420 µs a round appending, 230 µs
+    /// overwriting zeros. A quorum queue's commit waits for two such
+    /// fsyncs in a row, and a confirm of a classic queue for one.
+    ///
+    /// The zeros reach a round's fsync with its records (this runs before
+    /// them), so the round that extends pays the old price once for about
+    /// [`ZERO_AHEAD_ROUNDS`] rounds. How far ahead follows the round's
+    /// size, so a quiet queue keeps a few KiB of zeros and a busy one at
+    /// most [`MAX_ZERO_AHEAD`]; never past the segment's size. Recovery
+    /// already treats zeros after the last record as tail, and a full or
+    /// closed segment gives them back. A failed write of zeros (a full
+    /// disk) costs nothing but the speed-up: the records still append.
+    fn zero_ahead(&mut self, w: &mut Writer) {
+        if self.scratch {
+            return;
+        }
+        let round = w.written - w.synced;
+        let from = w.zeroed.max(w.written);
+        if from - w.written >= round {
+            return;
+        }
+        let want = round.saturating_mul(ZERO_AHEAD_ROUNDS).min(MAX_ZERO_AHEAD);
+        let end = (w.written + want)
+            .next_multiple_of(ZERO_BLOCK)
+            .min(u64::from(self.opts.segment_size));
+        let mut at = from;
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64);
+            // Cannot truncate: n <= ZEROS.len(), a usize.
+            if let Err(e) = w.file.write_all_at(&ZEROS[..n as usize], at) {
+                tracing::debug!(dir = %self.dir.display(), error = %e,
+                    "could not write zeros ahead of the records; appending instead");
+                break;
+            }
+            at += n;
+        }
+        w.zeroed = at;
+    }
+
+    /// Cuts the zeros written ahead off a segment no longer appended to.
+    fn trim_zeros(&self, w: &mut Writer) {
+        if w.zeroed <= w.written {
+            return;
+        }
+        if let Err(e) = w.file.set_len(w.written) {
+            // Recovery removes them anyway.
+            tracing::debug!(dir = %self.dir.display(), error = %e,
+                "could not cut the zeros after the last record");
+            return;
+        }
+        w.zeroed = w.written;
     }
 
     fn check_usable(&self) -> Result<(), StoreError> {
@@ -686,6 +765,7 @@ impl QueueStore {
                 file,
                 written: 0,
                 synced: 0,
+                zeroed: 0,
                 buf,
                 peak: 0,
             });
@@ -730,6 +810,7 @@ impl QueueStore {
         w.buf.clear();
         tracing::warn!(path = %path.display(), offset = good, error = %e,
             "write failed; rolling the segment back to its last good offset");
+        w.zeroed = good;
         if let Err(te) = w.file.set_len(good) {
             // Recovery treats whatever follows the last good record as a
             // torn tail, so a failed truncate cannot corrupt anything either.
@@ -772,13 +853,15 @@ impl QueueStore {
 
     /// Keeps a retired writer's file for the next `sync()` if it has unsynced
     /// bytes, or deletes the segment if nothing in it is live.
-    fn park(&mut self, w: Writer) -> Result<(), StoreError> {
+    fn park(&mut self, mut w: Writer) -> Result<(), StoreError> {
         let live = self.segments.get(&w.segment).map_or(0, |s| s.index.live());
         if live == 0 {
             let n = w.segment;
             drop(w);
             return self.delete_segment(n);
         }
+        // Not fsync'd for: recovery removes zeros after the last record.
+        self.trim_zeros(&mut w);
         if w.synced < w.written {
             self.unsynced.push(Unsynced {
                 segment: w.segment,
