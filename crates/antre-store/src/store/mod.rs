@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::format::{
     ack_path, encode_record_header, encode_segment_header, segment_path, MAX_PAYLOAD_LEN,
@@ -41,7 +41,9 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 /// The segment being appended to.
 struct Writer {
     segment: u32,
-    file: File,
+    /// Shared with the fsyncs of a sync in progress (a handle of its own
+    /// would cost a `dup` and a `close` a round).
+    file: Arc<File>,
     /// Bytes in the file (everything before `buf`).
     written: u64,
     /// Bytes of the file known to be fsync'd.
@@ -66,20 +68,20 @@ impl Writer {
 /// still only in the page cache.
 struct Unsynced {
     segment: u32,
-    file: File,
+    file: Arc<File>,
 }
 
 /// One file an fsync is owed for.
 struct SyncFile {
     segment: u32,
-    file: File,
+    file: Arc<File>,
     /// For the current segment: the length the fsync covers.
     upto: Option<u64>,
 }
 
 /// What a store calls when it has something to sync and had nothing before
 /// (see [`QueueStore::set_on_dirty`]).
-pub type DirtyHook = std::sync::Arc<dyn Fn() + Send + Sync>;
+pub type DirtyHook = Arc<dyn Fn() + Send + Sync>;
 
 /// The fsyncs a [`QueueStore::begin_sync`] left to do. Running them needs no
 /// access to the store, so it can happen without the queue's lock.
@@ -111,7 +113,7 @@ impl PendingSync {
             .enumerate()
             .map(|(i, file)| SyncFile {
                 segment: i as u32,
-                file,
+                file: Arc::new(file),
                 upto: None,
             })
             .collect();
@@ -433,17 +435,11 @@ impl QueueStore {
             w.peak = 0;
             if w.synced < w.written {
                 self.zero_ahead(&mut w);
-                match w.file.try_clone() {
-                    Ok(file) => files.push(SyncFile {
-                        segment: w.segment,
-                        file,
-                        upto: Some(w.written),
-                    }),
-                    Err(e) => {
-                        self.writer = Some(w);
-                        return Err(StoreError::io("dup segment handle", self.dir.clone(), e));
-                    }
-                }
+                files.push(SyncFile {
+                    segment: w.segment,
+                    file: Arc::clone(&w.file),
+                    upto: Some(w.written),
+                });
             }
             self.writer = Some(w);
         }
@@ -762,7 +758,7 @@ impl QueueStore {
             );
             return Ok(Writer {
                 segment: n,
-                file,
+                file: Arc::new(file),
                 written: 0,
                 synced: 0,
                 zeroed: 0,
