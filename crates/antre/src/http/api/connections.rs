@@ -9,7 +9,7 @@ use axum::Json;
 use serde_json::Value;
 
 use super::overview::NODE_INFO_TIMEOUT;
-use super::peers::cluster_rows;
+use super::peers::{cluster_rows, member_rows};
 use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{render, AuthUser, HttpState};
@@ -181,11 +181,17 @@ pub async fn channels_of(
 ) -> ApiResult<Json<Value>> {
     let all = match locate(&state, &user, &name, false).await? {
         Located::Here(_) => channels_where(&state, |c| c.name == name),
-        Located::Elsewhere(_) => cluster_rows(&state, Listing::Channels, None, None)
-            .await
-            .into_iter()
-            .filter(|ch| ch["connection_details"]["name"] == name.as_str())
-            .collect(),
+        // Asked of the member the connection's row names, for the
+        // connection's vhost only.
+        Located::Elsewhere(row) => {
+            let node = row["node"].as_str().unwrap_or_default();
+            let vhost = row["vhost"].as_str();
+            member_rows(&state, node, Listing::Channels, vhost, None)
+                .await
+                .into_iter()
+                .filter(|ch| ch["connection_details"]["name"] == name.as_str())
+                .collect()
+        }
     };
     Ok(Json(listing(all, &query, Paging::Unpaged)?))
 }

@@ -80,16 +80,29 @@ pub(crate) async fn other_members_rows(
         .members
         .iter()
         .filter(|m| !m.this_node && m.running)
-        .map(|m| async move {
-            cluster
-                .listing(&m.name, what, vhost, name, NODE_INFO_TIMEOUT)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::debug!(node = %m.name, "no {what:?} rows from {}: {e}", m.name);
-                    Vec::new()
-                })
-        });
+        .map(|m| member_rows(state, &m.name, what, vhost, name));
     futures::future::join_all(others).await
+}
+
+/// Member `node`'s own rows of `what` (filtered as [`local_rows`]
+/// filters); none if it does not answer within [`NODE_INFO_TIMEOUT`].
+pub(crate) async fn member_rows(
+    state: &HttpState,
+    node: &str,
+    what: Listing,
+    vhost: Option<&str>,
+    name: Option<&str>,
+) -> Vec<Value> {
+    let Some(cluster) = &state.cluster else {
+        return Vec::new();
+    };
+    cluster
+        .listing(node, what, vhost, name, NODE_INFO_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::debug!(node, "no {what:?} rows from {node}: {e}");
+            Vec::new()
+        })
 }
 
 /// This node's management layer, as its peers ask it.
