@@ -464,6 +464,21 @@ fn queue_listing(s: &Session, ui: &str) {
         "the second page",
         "document.querySelectorAll('#listing-queues tbody tr').length === 5",
     );
+    // The filter box sends `change` when it loses focus (to the Next
+    // button, say) with its text unchanged: that must not send the list
+    // back to page 1 once the filter's 250 ms debounce runs (CI saw it do
+    // so). Past 500 ms such a reset would have asked for page 1.
+    s.exec(
+        "document.querySelector('#listing-queues input[type=search]')\
+           .dispatchEvent(new Event('change'));\
+         window.blurredAt = performance.now();",
+        json!([]),
+    );
+    s.wait_for(
+        "the filter's debounce to have run",
+        "performance.now() - window.blurredAt > 500",
+    );
+    s.find(&format!("{list}//span[text()='Page 2 of 2']"));
     let url = last_request(s, "/api/queues?");
     for part in ["page=2", "page_size=20", "name=bulk"] {
         assert!(url.contains(part), "the broker pages and filters: {url}");

@@ -122,7 +122,16 @@ export function listing(opts) {
   const pageInfo = h("span", { class: "page-info" });
   const prev = h("button", { type: "button", class: "secondary", "aria-label": `Previous page of ${what}`, onclick: () => { st.page--; update(); } }, "‹ Previous");
   const next = h("button", { type: "button", class: "secondary", "aria-label": `Next page of ${what}`, onclick: () => { st.page++; update(); } }, "Next ›");
-  const refilter = debounce(() => { st.page = 1; update(); }, 250);
+  // Back to page 1 only when the filter really changed: the box also sends
+  // `change` when it loses focus, e.g. to the Next button right after
+  // typing, and that must not undo the click a moment later.
+  let filtered = st.name;
+  const refilter = debounce(() => {
+    if (st.name === filtered) return;
+    filtered = st.name;
+    st.page = 1;
+    update();
+  }, 250);
   const filter = h("input", { type: "search", class: "filter", value: st.name, placeholder: opts.filterPlaceholder || "Filter by name", "aria-label": `Filter ${what}`,
     oninput: () => { st.name = filter.value; refilter(); }, onchange: () => { st.name = filter.value; refilter(); } });
   const regex = h("input", { type: "checkbox", checked: st.regex, onchange: () => { st.regex = regex.checked; st.page = 1; update(); } });
