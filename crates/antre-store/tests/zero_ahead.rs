@@ -21,8 +21,8 @@ fn payload(i: u32, len: usize) -> Vec<u8> {
     p
 }
 
-fn segment_file(dir: &Path, pos: SegmentPosition) -> PathBuf {
-    dir.join(format!("msgs.{:010}", pos.segment))
+fn segment_file(dir: &Path, segment: u32) -> PathBuf {
+    dir.join(format!("msgs.{segment:010}"))
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -60,7 +60,7 @@ fn a_synced_round_leaves_zeros_ahead_and_close_cuts_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut store, _) = QueueStore::open(dir.path(), opts(8 << 20), |_, _| {}).expect("open");
     let pos = write_rounds(&mut store, 3, 10, 1000);
-    let path = segment_file(dir.path(), pos[0]);
+    let path = segment_file(dir.path(), pos[0].segment);
     let data = end_of(*pos.last().expect("records"), 1000);
     let len = file_len(&path);
     assert!(
@@ -90,7 +90,7 @@ fn zeros_ahead_are_removed_after_a_crash_and_never_read_as_records() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut store, _) = QueueStore::open(dir.path(), opts(8 << 20), |_, _| {}).expect("open");
     let pos = write_rounds(&mut store, 4, 25, 300);
-    let path = segment_file(dir.path(), pos[0]);
+    let path = segment_file(dir.path(), pos[0].segment);
     let zeros_from = end_of(*pos.last().expect("records"), 300);
     assert!(file_len(&path) > zeros_from);
     // kill -9: no close, no drop.
@@ -130,8 +130,7 @@ fn a_full_segment_gives_its_zeros_back_and_none_passes_the_segment_size() {
     segments.dedup();
     assert!(segments.len() >= 3, "the rounds fill several segments");
     for &n in &segments {
-        let path = dir.path().join(format!("msgs.{n:010}"));
-        let len = file_len(&path);
+        let len = file_len(&segment_file(dir.path(), n));
         assert!(len <= u64::from(size), "segment {n} is {len} bytes");
         if Some(&n) != segments.last() {
             let last = pos.iter().rev().find(|p| p.segment == n).expect("a record");
@@ -150,7 +149,7 @@ fn a_quiet_store_writes_few_zeros_ahead() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut store, _) = QueueStore::open(dir.path(), opts(8 << 20), |_, _| {}).expect("open");
     let pos = write_rounds(&mut store, 1, 1, 100);
-    let len = file_len(&segment_file(dir.path(), pos[0]));
+    let len = file_len(&segment_file(dir.path(), pos[0].segment));
     assert!(
         len <= 4096,
         "one small record keeps one block at most: {len}"

@@ -48,8 +48,9 @@ struct Writer {
     written: u64,
     /// Bytes of the file known to be fsync'd.
     synced: u64,
-    /// Length of the file: `written` plus zeros written ahead of the
-    /// records (see [`QueueStore::zero_ahead`]).
+    /// Where the zeros written ahead of the records end (see
+    /// [`QueueStore::zero_ahead`]); at or below `written` once records
+    /// have overwritten them all (or none were written).
     zeroed: u64,
     /// Appended records not yet handed to the kernel.
     buf: Buffer,
