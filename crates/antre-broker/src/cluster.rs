@@ -438,23 +438,6 @@ impl From<MetaError> for BrokerError {
     }
 }
 
-/// Why a cluster node refuses a queue of this type, if it does.
-///
-/// A stream in a cluster is expected to be replicated, and antre does not
-/// replicate streams yet: accepting one on a single node would look
-/// replicated and lose messages with that node. So the declaring client is
-/// told plainly instead (AMQP, HTTP and definitions import all ask here).
-/// Quorum queues are replicated (a Raft group per queue, see
-/// [`crate::replicated`]).
-pub fn unsupported_queue_type(queue_type: Option<&str>) -> Option<String> {
-    match queue_type {
-        Some(t @ "stream") => Some(format!(
-            "{t} queues are not supported in an antre cluster yet (their contents are not replicated)"
-        )),
-        _ => None,
-    }
-}
-
 /// A cluster's replicated metadata log, as the broker sees it.
 pub trait MetadataLog: Send + Sync + fmt::Debug {
     /// This node's name in the cluster.

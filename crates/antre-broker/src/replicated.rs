@@ -53,6 +53,12 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     /// never twice or not at all. (No default: a wrapper that forgot to
     /// pass it on would let every burst through.)
     fn in_flight(&self, from_id: u64) -> (u64, u64);
+    /// Whether this node holds a replica now (a node removed from the
+    /// group keeps the object, which then holds nothing): a stream's
+    /// consumers here read its log only then.
+    fn is_member(&self) -> bool {
+        true
+    }
 }
 
 /// Where a replicated write stands, for the syncer.

@@ -683,6 +683,9 @@ enum Event {
     Deliver(u64, Delivery),
     Cancel(u64, String),
     Synced(u64, u64, bool),
+    /// A stream one of the proxy channel's consumers waits on has a new
+    /// chunk.
+    StreamReady(u64),
     Ended(String),
 }
 
@@ -890,6 +893,13 @@ impl Owner {
                     self.push(ch, out);
                 }
             }
+            Event::StreamReady(ch) => {
+                if let Some(channel) = self.channels.get_mut(&ch) {
+                    let mut out = Vec::new();
+                    channel.stream_ready(&mut out);
+                    self.push(ch, out);
+                }
+            }
             Event::Ended(_) => {}
         }
     }
@@ -1003,6 +1013,10 @@ impl Owner {
         });
         let mut channel = Channel::new(1, ctx, sink);
         channel.answer_at_once();
+        let events = self.events.clone();
+        channel.set_stream_waker(antre_broker::stream::StreamWaker::new(move || {
+            let _ = events.send(Event::StreamReady(ch));
+        }));
         self.channels.insert(ch, channel);
         self.windows.insert(ch, window);
     }
@@ -1022,6 +1036,13 @@ impl Owner {
             self.push(ch, out);
             return;
         }
+        // A stream consumer's first deliveries come with its consume (an
+        // ack's, with the ack): they go as pushes, which the forwarding
+        // node hands its consumers, ahead of the answer it waits for.
+        let (deliveries, out): (Vec<Outgoing>, Vec<Outgoing>) = out
+            .into_iter()
+            .partition(|o| matches!(o, Outgoing::Content(Method::BasicDeliver(_), _)));
+        self.push(ch, deliveries);
         let result = match result {
             Ok(()) => Ok(out),
             Err(e) => Err((e.reply_code(), e.to_string())),

@@ -1,4 +1,12 @@
-//! Quorum queues: one Raft group per queue.
+//! Quorum queues and streams: one Raft group per queue.
+//!
+//! A stream's group is a quorum queue's with another state: the entries
+//! carry its publishes only, each with the offset the leader gave it (its
+//! id), and every member appends what it applies to its own stream log
+//! (`Target::Stream`); the group keeps no message set for it, and a
+//! snapshot marks how far that log is durable (a member far behind gets
+//! the stream's chunks, `encode_stream_snapshot`). The rest of this
+//! module speaks of queues; it holds for both.
 //!
 //! A quorum queue's definition (with its members) goes through the
 //! metadata group ([`crate::state_machine`] picks the members and the
@@ -46,6 +54,7 @@ use antre_broker::error::BrokerError;
 use antre_broker::message::Message;
 use antre_broker::queue::{Queue, ReplicatedMessage};
 use antre_broker::replicated::{PendingCommit, QueueReplica};
+use antre_broker::stream::{Stream, StreamChunks};
 use antre_broker::Broker;
 use antre_store::records::{Mark, RecordRef, RecordSegments, RecordSync};
 use antre_store::StoreError;
@@ -418,6 +427,47 @@ fn read_record(
     records.read(at)
 }
 
+/// The first bytes of a stream's snapshot as a member far behind gets it.
+const STREAM_SNAPSHOT: &[u8; 4] = b"ASS1";
+
+/// A stream's snapshot for a member far behind: the id its group gives
+/// the next message (the offset after the last), then the stream's
+/// chunks, each with its length (4 bytes, little-endian) first.
+fn encode_stream_snapshot(next_id: u64, chunks: &StreamChunks) -> Vec<u8> {
+    let bytes: usize = chunks.chunks.iter().map(|c| 4 + c.len()).sum();
+    let mut out = Vec::with_capacity(20 + bytes);
+    out.extend_from_slice(STREAM_SNAPSHOT);
+    out.extend_from_slice(&next_id.to_le_bytes());
+    out.extend_from_slice(&chunks.next.to_le_bytes());
+    for c in &chunks.chunks {
+        // A chunk is at most a stream frame's size, far below 4 GiB.
+        out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+fn decode_stream_snapshot(data: &[u8]) -> Result<(u64, StreamChunks), String> {
+    let bad = || "a malformed stream snapshot".to_owned();
+    let rest = data.strip_prefix(STREAM_SNAPSHOT).ok_or_else(bad)?;
+    let u64_at = |at: usize| -> Result<u64, String> {
+        let b = rest.get(at..at + 8).ok_or_else(bad)?;
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| bad())?))
+    };
+    let next_id = u64_at(0)?;
+    let next = u64_at(8)?;
+    let mut rest = &rest[16..];
+    let mut chunks = Vec::new();
+    while !rest.is_empty() {
+        let len = rest.get(..4).ok_or_else(bad)?;
+        let len = u32::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
+        let chunk = rest.get(4..4 + len).ok_or_else(bad)?;
+        chunks.push(Bytes::copy_from_slice(chunk));
+        rest = &rest[4 + len..];
+    }
+    Ok((next_id, StreamChunks { next, chunks }))
+}
+
 /// Copies the live records of mostly dead segments to the head (at most
 /// [`COMPACT_BYTES`] of them), so that a few old messages do not keep
 /// whole segments on disk: the old segments go once the snapshot that
@@ -445,10 +495,83 @@ fn compact(st: &mut QueueState) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What a group replicates, as the broker holds it on this node: a
+/// quorum queue (its engine runs on the leader) or a stream (every member
+/// appends what it applies to its own log, see
+/// [`antre_broker::stream::Stream::replica_append`]).
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// A quorum queue.
+    Queue(Arc<Queue>),
+    /// A stream.
+    Stream(Arc<Stream>),
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::Queue(q) => &q.name,
+            Target::Stream(s) => &s.name,
+        }
+    }
+
+    fn queue(&self) -> Option<&Arc<Queue>> {
+        match self {
+            Target::Queue(q) => Some(q),
+            Target::Stream(_) => None,
+        }
+    }
+
+    fn stream(&self) -> Option<&Arc<Stream>> {
+        match self {
+            Target::Queue(_) => None,
+            Target::Stream(s) => Some(s),
+        }
+    }
+
+    /// Hands the broker's object its replication; false if it has one.
+    fn set_replica(&self, replica: Arc<dyn QueueReplica>) -> bool {
+        match self {
+            Target::Queue(q) => q.set_replica(replica),
+            Target::Stream(s) => s.set_replica(replica),
+        }
+    }
+
+    fn downgrade(&self) -> WeakTarget {
+        match self {
+            Target::Queue(q) => WeakTarget::Queue(Arc::downgrade(q)),
+            Target::Stream(s) => WeakTarget::Stream(Arc::downgrade(s)),
+        }
+    }
+}
+
+/// A [`Target`] that does not keep the broker's object alive.
+pub(crate) enum WeakTarget {
+    Queue(Weak<Queue>),
+    Stream(Weak<Stream>),
+}
+
+impl WeakTarget {
+    fn alive(&self) -> bool {
+        match self {
+            WeakTarget::Queue(q) => q.strong_count() > 0,
+            WeakTarget::Stream(s) => s.strong_count() > 0,
+        }
+    }
+
+    fn is(&self, target: &Target) -> bool {
+        match (self, target) {
+            (WeakTarget::Queue(w), Target::Queue(q)) => std::ptr::eq(w.as_ptr(), Arc::as_ptr(q)),
+            (WeakTarget::Stream(w), Target::Stream(s)) => std::ptr::eq(w.as_ptr(), Arc::as_ptr(s)),
+            _ => false,
+        }
+    }
+}
+
 /// What ties a group to the broker's engine of its queue on this node.
 struct Engine {
     broker: Arc<Broker>,
-    queue: Arc<Queue>,
+    target: Target,
     /// This node leads and the engine holds the applied messages: applied
     /// enqueues go to it.
     active: AtomicBool,
@@ -505,11 +628,11 @@ impl Proposed {
 }
 
 impl Engine {
-    /// The engine of `queue`, idle until this node leads its group.
-    fn new(broker: Arc<Broker>, queue: Arc<Queue>) -> Arc<Engine> {
+    /// The engine of `target`, idle until this node leads its group.
+    fn new(broker: Arc<Broker>, target: Target) -> Arc<Engine> {
         Arc::new(Engine {
             broker,
-            queue,
+            target,
             active: AtomicBool::new(false),
             proposed: Mutex::default(),
             snapshots_installed: tokio::sync::watch::Sender::new(0),
@@ -517,8 +640,11 @@ impl Engine {
     }
 
     fn route_dead_letters(&self) {
-        if let Some(v) = self.broker.vhost(&self.queue.vhost) {
-            let _ = v.route_dead_letters(&self.queue);
+        let Some(queue) = self.target.queue() else {
+            return;
+        };
+        if let Some(v) = self.broker.vhost(&queue.vhost) {
+            let _ = v.route_dead_letters(queue);
         }
     }
 }
@@ -633,6 +759,7 @@ impl QueueMachine {
         let n = entries.len();
         let mut st = self.state.lock();
         let active = self.engine.active.load(Ordering::Acquire);
+        let stream = self.engine.target.stream();
         for entry in entries {
             match entry.payload {
                 EntryPayload::Blank => {}
@@ -645,6 +772,11 @@ impl QueueMachine {
                     for &id in &ops.settle {
                         st.settle(id);
                     }
+                    if let Some(stream) = stream {
+                        self.append_to_stream(&mut st, stream, ops.enqueue)?;
+                        st.last_applied = Some(entry.log_id);
+                        continue;
+                    }
                     for (id, record) in ops.enqueue {
                         if let Some(logged) = st.logged.as_mut() {
                             *logged += record.0.len() as u64;
@@ -655,8 +787,11 @@ impl QueueMachine {
                             // it, so that `reject-publish` always counts it
                             // in one of them ([`QueueReplica::in_flight`]).
                             let cached = self.engine.proposed.lock().get(id);
-                            if let Some(m) = cached.or_else(|| decode(&record.0)) {
-                                self.engine.queue.replica_enqueue(id, m);
+                            if let (Some(m), Some(queue)) = (
+                                cached.or_else(|| decode(&record.0)),
+                                self.engine.target.queue(),
+                            ) {
+                                queue.replica_enqueue(id, m);
                             }
                             self.engine.proposed.lock().remove(id);
                         }
@@ -684,6 +819,36 @@ impl QueueMachine {
             self.engine.route_dead_letters();
         }
         Ok(n)
+    }
+
+    /// A stream's applied messages: into this member's log, at the ids the
+    /// leader gave them (their offsets). The group keeps no message set
+    /// for a stream: its log is the state, and a snapshot only marks how
+    /// far it is durable.
+    fn append_to_stream(
+        &self,
+        st: &mut QueueState,
+        stream: &Stream,
+        enqueue: Vec<(u64, Body)>,
+    ) -> Result<(), StoreError> {
+        let mut messages = Vec::with_capacity(enqueue.len());
+        for (id, record) in enqueue {
+            if let Some(logged) = st.logged.as_mut() {
+                *logged += record.0.len() as u64;
+            }
+            st.set.next_id = st.set.next_id.max(id + 1);
+            let cached = self.engine.proposed.lock().remove(id);
+            if let Some(m) = cached.or_else(|| decode(&record.0)) {
+                messages.push((id, m));
+            }
+        }
+        stream
+            .replica_append(messages.iter().map(|(id, m)| (*id, &**m)))
+            .map_err(|e| StoreError::Records {
+                path: self.dir.clone(),
+                offset: 0,
+                reason: e.to_string(),
+            })
     }
 
     /// Makes `set` (with the records it refers to, as they are in the
@@ -734,6 +899,10 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
             let data = codec::encode_refs(&st.set, mark);
             let referred = st.set.segments();
             drop(st);
+            if let Some(stream) = this.engine.target.stream() {
+                // The log holds what the snapshot stands for.
+                stream.replica_sync().map_err(|e| write_err(&e))?;
+            }
             this.persist(&meta, &data, sync, mark, &referred)
                 .map_err(|e| write_err(&e))?;
             // openraft 0.9 keeps only the meta of a snapshot built; what it
@@ -790,8 +959,29 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
             let sig = || Some(meta.signature());
             let write_err =
                 |e: &dyn std::fmt::Display| StorageIOError::write_snapshot(sig(), &io_err(e));
-            let full = codec::decode_messages(&data)
-                .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?;
+            let full = match this.engine.target.stream() {
+                Some(stream) => {
+                    // The sender's chunks replace this member's log, which
+                    // is then what the snapshot stands for.
+                    let (next_id, chunks) = decode_stream_snapshot(&data)
+                        .map_err(|e| StorageIOError::read_snapshot(sig(), &io_err(e)))?;
+                    stream.replica_install(&chunks).map_err(|e| write_err(&e))?;
+                    stream.replica_sync().map_err(|e| write_err(&e))?;
+                    tracing::info!(
+                        vhost = stream.vhost,
+                        stream = stream.name,
+                        chunks = chunks.chunks.len(),
+                        next_offset = chunks.next,
+                        "stream replica installed its leader's chunks"
+                    );
+                    Messages {
+                        messages: BTreeMap::new(),
+                        next_id,
+                    }
+                }
+                None => codec::decode_messages(&data)
+                    .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?,
+            };
             drop(data);
             let _one = this.snapshotting.lock();
             let (set, sync, mark) = {
@@ -839,7 +1029,12 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
             else {
                 return Ok(None);
             };
-            let data = if codec::is_refs(&data) {
+            let data = if let Some(stream) = this.engine.target.stream() {
+                // A stream's snapshot is its log: every chunk, as it is.
+                let (set, _) = codec::decode_refs(&data).map_err(|e| read_err(&e))?;
+                let chunks = stream.replica_chunks().map_err(|e| read_err(&e))?;
+                encode_stream_snapshot(set.next_id, &chunks)
+            } else if codec::is_refs(&data) {
                 let (set, _) = codec::decode_refs(&data).map_err(|e| read_err(&e))?;
                 drop(data);
                 let reader = this
@@ -896,7 +1091,7 @@ struct Replica {
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
-            .field("queue", &self.engine.queue.name)
+            .field("queue", &self.engine.target.name())
             .finish_non_exhaustive()
     }
 }
@@ -1138,10 +1333,12 @@ impl QueueGroups {
     }
 
     async fn start(self: Arc<Self>, def: QuorumDef) -> Result<(), ClusterError> {
-        let Some(queue) = self
-            .broker
-            .vhost(&def.vhost)
-            .and_then(|v| v.queue_info(&def.name))
+        let vhost = self.broker.vhost(&def.vhost);
+        let queue = vhost.as_ref().and_then(|v| v.queue_info(&def.name));
+        let stream = vhost.as_ref().and_then(|v| v.stream(&def.name));
+        let Some(queue) = queue
+            .map(Target::Queue)
+            .or_else(|| stream.map(Target::Stream))
         else {
             return Err(ClusterError::Config(format!(
                 "quorum queue {} in {} does not exist here",
@@ -1151,7 +1348,7 @@ impl QueueGroups {
         let dir = self.dir.join(&def.group);
         std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
         let log = LogStore::<QueueTypeConfig>::open(&dir)?;
-        let engine = Engine::new(Arc::clone(&self.broker), Arc::clone(&queue));
+        let engine = Engine::new(Arc::clone(&self.broker), queue.clone());
         let machine = QueueMachine::open(&dir, Arc::clone(&engine))?;
         let log = log.with_floor(Arc::clone(&machine.floor));
         // Timing: a setting, crate::config::RaftTiming::QUEUE by default
@@ -1573,7 +1770,9 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
                 // Consumers that attached here while no leader was known
                 // would wait forever on this idle engine: cancel them, so
                 // they re-subscribe where the queue lives.
-                engine.queue.replica_step_down();
+                if let Some(queue) = engine.target.queue() {
+                    queue.replica_step_down();
+                }
             }
             if let Some(name) = leader.and_then(|l| groups.link.config.name_of(l)) {
                 if let Some(v) = groups.broker.vhost(&group.def.vhost) {
@@ -1644,7 +1843,10 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
             p.next_id = st.set.next_id;
         }
         engine.proposed.lock().clear();
-        engine.queue.replica_takeover(messages);
+        match &engine.target {
+            Target::Queue(queue) => queue.replica_takeover(messages),
+            Target::Stream(_) => {}
+        }
         engine.active.store(true, Ordering::Release);
     }
     engine.route_dead_letters();
@@ -1674,7 +1876,11 @@ fn step_down(group: &Group) {
     let engine = &group.machine.engine;
     let _st = group.machine.state.lock();
     engine.active.store(false, Ordering::Release);
-    engine.queue.replica_step_down();
+    if let Some(queue) = engine.target.queue() {
+        // A stream's consumers stay: they read this member's log, which
+        // goes on with what the next leader commits.
+        queue.replica_step_down();
+    }
     engine.proposed.lock().clear();
     let mut p = group.replica.pending.lock();
     p.ops = QueueOps::default();
@@ -1896,7 +2102,7 @@ mod tests {
             arguments: antre_amqp::FieldTable::default(),
         };
         v.declare_queue(d, false, 1).unwrap();
-        let engine = Engine::new(broker, v.queue_info("q").unwrap());
+        let engine = Engine::new(broker, Target::Queue(v.queue_info("q").unwrap()));
         QueueMachine::open(&dir.join("group"), engine).unwrap()
     }
 

@@ -187,10 +187,11 @@ impl StateMachine {
         }
     }
 
-    /// The group of a quorum queue about to be declared by the metadata
-    /// entry at `index` (None for other queue types): its members are the
-    /// declaring node then the next voters by name, wrapping around,
-    /// `x-quorum-initial-group-size` of them (3 by default, at most every
+    /// The group of a quorum queue or a stream about to be declared by the
+    /// metadata entry at `index` (None for other queue types): its members
+    /// are the declaring node then the next voters by name, wrapping
+    /// around, `x-quorum-initial-group-size` (a stream's
+    /// `x-initial-cluster-size`) of them (3 by default, at most every
     /// voter), as RabbitMQ starts with the declaring node. Every node
     /// computes the same from the same log.
     fn quorum_def(
@@ -202,15 +203,18 @@ impl StateMachine {
         arguments: &antre_amqp::FieldTable,
         index: u64,
     ) -> Option<QuorumDef> {
-        let quorum = arguments
+        // A stream's contents are replicated the same way, by a group of
+        // its own (`x-initial-cluster-size` members).
+        let size_argument = match arguments
             .get("x-queue-type")
             .and_then(antre_amqp::FieldValue::as_str)
-            == Some("quorum");
-        if !quorum {
-            return None;
-        }
+        {
+            Some("quorum") => "x-quorum-initial-group-size",
+            Some("stream") => "x-initial-cluster-size",
+            _ => return None,
+        };
         let size = arguments
-            .get("x-quorum-initial-group-size")
+            .get(size_argument)
             .and_then(antre_amqp::FieldValue::as_i64)
             .filter(|n| *n > 0)
             .unwrap_or(3);

@@ -743,7 +743,8 @@ impl Settings {
         if cluster.is_some() && stream_listen.is_some() {
             anyhow::bail!(
                 "the stream protocol listener is not supported on a cluster node yet \
-                 (streams are not replicated): remove stream_listen or the cluster settings"
+                 (a cluster's streams are served over AMQP): remove stream_listen or the \
+                 cluster settings"
             );
         }
         Ok(Config {

@@ -286,36 +286,6 @@ async fn a_cluster_replicates_metadata_and_survives_failures() {
         text.contains("inequivalent arg 'x-max-length' for queue 'eu-orders' in vhost '/'"),
         "{text}"
     );
-    // A stream would look replicated and is not yet: refused plainly, on
-    // AMQP and on HTTP (quorum queues are replicated: quorum_cluster.rs).
-    for queue_type in ["stream"] {
-        let ch = n2.create_channel().await.expect("channel");
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(queue_type.into()),
-        );
-        let err = ch
-            .queue_declare(
-                "payments",
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .expect_err("a replicated queue type in a cluster");
-        let (code, text) = reply(&err);
-        assert_eq!(code, 406, "{text}");
-        assert!(
-            text.contains(&format!(
-                "{queue_type} queues are not supported in an antre cluster yet"
-            )),
-            "{text}"
-        );
-    }
-    assert!(!has(&c, 0, "/api/queues/%2F/payments").await);
     // An auto-delete queue its owner removes (its last consumer left) is
     // forgotten by every node.
     let ch1 = n1.create_channel().await.expect("channel");

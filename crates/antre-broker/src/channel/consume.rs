@@ -62,11 +62,18 @@ impl Channel {
         } else {
             self.permit(ResourceKind::Queue, &queue_name, Perm::Read)?;
             if let Some(stream) = self.ctx.vhost.stream(&queue_name) {
-                return self.consume_stream(m, stream, out);
+                // A member of a stream's group reads its own replica; a
+                // node that holds none reads the leader's.
+                match self.ctx.vhost.remote_owner(&queue_name) {
+                    Some(owner) if !stream.replica().is_some_and(|r| r.is_member()) => {
+                        return self.consume_remote(m, queue_name, None, &owner, out);
+                    }
+                    _ => return self.consume_stream(m, stream, out),
+                }
             }
             let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
             if let Some(owner) = self.ctx.vhost.remote_owner(&queue_name) {
-                return self.consume_remote(m, &queue, &owner, out);
+                return self.consume_remote(m, queue_name, Some(&queue), &owner, out);
             }
             queue
         };

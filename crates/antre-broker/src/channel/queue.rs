@@ -11,7 +11,6 @@ use crate::exchange::Destination;
 use crate::vhost::{
     check_queue_name, check_server_named, generated_name, QueueDeclaration, REPLY_TO,
 };
-use antre_amqp::FieldValue;
 
 impl Channel {
     /// The cluster's metadata log, when this channel's change must go
@@ -92,13 +91,6 @@ impl Channel {
             if let Some(log) = self.replicated(declaration.exclusive) {
                 // In a cluster, a shared queue's definition is metadata:
                 // every node applies it; this node owns its engine.
-                let queue_type = declaration
-                    .arguments
-                    .get("x-queue-type")
-                    .and_then(FieldValue::as_str);
-                if let Some(why) = crate::cluster::unsupported_queue_type(queue_type) {
-                    return Err(BrokerError::PreconditionFailed(why));
-                }
                 let owner = self
                     .ctx
                     .broker

@@ -161,18 +161,19 @@ impl Channel {
         Ok(rc)
     }
 
-    /// basic.consume of a queue `owner` owns: a consumer with the client's
-    /// prefetch on the owner's proxy channel, under the same tag.
+    /// basic.consume of a queue (or stream) `owner` owns: a consumer with
+    /// the client's prefetch on the owner's proxy channel, under the same
+    /// tag. `local` is this node's queue, if the name is a queue's.
     pub(super) fn consume_remote(
         &mut self,
         m: BasicConsume,
-        local: &Arc<Queue>,
+        queue: String,
+        local: Option<&Arc<Queue>>,
         owner: &str,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
-        let queue = local.name.clone();
         let global = u16::try_from(self.credit.limit()).unwrap_or(u16::MAX);
-        if local.kind() == QueueKind::Quorum && global > 0 {
+        if local.is_some_and(|q| q.kind() == QueueKind::Quorum) && global > 0 {
             // As for a local quorum queue: no channel-wide prefetch.
             return Err(BrokerError::NotImplemented(format!(
                 "{} does not support global qos",
@@ -210,7 +211,7 @@ impl Channel {
                 channel: Arc::clone(&rc),
                 no_ack: m.no_ack,
                 credit: Credit::new(0),
-                timeout: local.args().consumer_timeout,
+                timeout: local.and_then(|q| q.args().consumer_timeout),
             },
         );
         let call = rc.call(

@@ -185,6 +185,9 @@ pub(crate) struct Log {
     /// A failed write: the log refuses everything until restarted (and
     /// recovery truncates what the failure left).
     failed: Option<String>,
+    /// Counts [`Log::reset`]s: readers of an older generation hold files
+    /// that are gone.
+    pub generation: u64,
 }
 
 fn io_err(what: &str, path: &Path, e: io::Error) -> String {
@@ -261,6 +264,7 @@ impl Log {
             max_segment_size,
             filter_size: 0,
             failed: None,
+            generation: 0,
         };
         Ok((log, stats))
     }
@@ -457,6 +461,54 @@ impl Log {
         self.active = Some(file);
         self.segments.push_back(SegmentMeta::empty(first));
         self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// The offset the next record appended gets (open chunk included).
+    pub fn next_offset(&self) -> u64 {
+        self.written_next + u64::from(self.open.records())
+    }
+
+    /// Empties the log, which goes on at offset `first`: a replica that
+    /// installs its group's snapshot replaces what it held. The files go
+    /// now; readers on them move on to what is written next.
+    pub fn reset(&mut self, first: u64) -> Result<(), String> {
+        self.active = None;
+        self.unsynced.clear();
+        for s in self.segments.drain(..) {
+            let path = segment_path(&self.dir, s.first_offset);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_err("remove", &path, e));
+                }
+                _ => {}
+            }
+        }
+        self.open = ChunkBuilder::with_filter_size(self.filter_size);
+        self.open_writers.clear();
+        self.tracking = Tracking::default();
+        self.written_next = first;
+        self.dir_dirty = true;
+        self.failed = None;
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Writes a whole chunk as another replica wrote it (header and body),
+    /// after the open chunk; it must start at the log's next offset.
+    pub fn write_raw_chunk(&mut self, raw: &Bytes, now: i64) -> Result<(), String> {
+        self.seal(now)?;
+        let header = ChunkHeader::decode(raw).map_err(|e| e.to_string())?;
+        if header.chunk_id != self.written_next {
+            return Err(format!(
+                "a chunk at offset {} where the log is at {}",
+                header.chunk_id, self.written_next
+            ));
+        }
+        if let Err(e) = self.write_chunk(&header, raw) {
+            self.failed = Some(e.clone());
+            return Err(e);
+        }
         Ok(())
     }
 

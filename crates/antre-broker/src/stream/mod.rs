@@ -19,6 +19,7 @@ pub mod args;
 mod log;
 pub mod reader;
 pub mod record;
+mod replica;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,7 @@ use parking_lot::Mutex;
 pub use args::{Filter, OffsetSpec, StreamArgs};
 pub use log::Recovered;
 pub use reader::Reader;
+pub use replica::StreamChunks;
 
 use crate::clock::Clock;
 use crate::durable::Durable;
@@ -174,6 +176,8 @@ pub struct Stream {
     published: AtomicU64,
     delivered: AtomicU64,
     state: Mutex<StreamState>,
+    /// In a cluster, the stream's Raft group (see [`replica`]): set once.
+    replica: std::sync::OnceLock<Arc<dyn crate::replicated::QueueReplica>>,
 }
 
 fn failed(stream: &Stream, e: impl std::fmt::Display) -> BrokerError {
@@ -215,6 +219,7 @@ impl Stream {
                 deleted: false,
                 on_dirty: None,
             }),
+            replica: std::sync::OnceLock::new(),
         }))
     }
 
@@ -456,6 +461,7 @@ impl Stream {
                 None => at_end(end),
             },
         };
+        let generation = st.log.generation;
         drop(st);
         Ok(Reader::new(
             Arc::clone(self),
@@ -464,13 +470,25 @@ impl Stream {
             next,
             skip,
             not_before,
+            generation,
         ))
     }
 
     /// Where a reader of `segment` (None: it has none yet) stands; `wanted`
     /// is the next offset it needs, to find where to go on from.
-    pub(crate) fn locate(&self, segment: Option<u64>, wanted: u64) -> Located {
+    /// `generation` is the log's the reader knew; it learns the new one
+    /// with [`Located::Replaced`].
+    pub(crate) fn locate(
+        &self,
+        segment: Option<u64>,
+        wanted: u64,
+        generation: &mut u64,
+    ) -> Located {
         let st = self.state.lock();
+        if *generation != st.log.generation {
+            *generation = st.log.generation;
+            return Located::Replaced(st.log.segment_for(wanted).map(|s| s.first_offset));
+        }
         if let Some((meta, last)) = segment.and_then(|s| st.log.segment(s)) {
             let next = if last {
                 None

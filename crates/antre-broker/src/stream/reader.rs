@@ -27,6 +27,10 @@ pub(crate) enum Located {
     /// The segment is gone (or the reader has none yet): go on from this
     /// one, if the stream has any.
     Moved(Option<u64>),
+    /// The log was replaced (a replica installed its leader's chunks,
+    /// see [`super::replica`]): its files are new, even one with the
+    /// reader's segment's name. Go on from this one, past what was read.
+    Replaced(Option<u64>),
 }
 
 /// A consumer's cursor over a stream.
@@ -45,6 +49,9 @@ pub struct Reader {
     next: u64,
     /// Chunks whose bloom filter cannot match are skipped.
     filter: Option<ChunkFilter>,
+    /// The log's generation its segment belongs to (see
+    /// [`Located::Replaced`]).
+    generation: u64,
 }
 
 impl Reader {
@@ -55,6 +62,7 @@ impl Reader {
         next: u64,
         skip_below: u64,
         not_before: Option<i64>,
+        generation: u64,
     ) -> Reader {
         Reader {
             stream,
@@ -65,6 +73,7 @@ impl Reader {
             not_before,
             next,
             filter: None,
+            generation,
         }
     }
 
@@ -94,13 +103,34 @@ impl Reader {
     pub fn next_chunk(&mut self) -> Result<Option<Chunk>, BrokerError> {
         loop {
             let Some(segment) = self.segment else {
-                match self.stream.locate(None, self.position()) {
-                    Located::Moved(Some(first)) => self.enter(first),
+                match self
+                    .stream
+                    .locate(None, self.position(), &mut self.generation)
+                {
+                    Located::Moved(Some(first)) | Located::Replaced(Some(first)) => {
+                        self.enter(first)
+                    }
                     _ => return Ok(None),
                 }
                 continue;
             };
-            match self.stream.locate(Some(segment), self.position()) {
+            match self
+                .stream
+                .locate(Some(segment), self.position(), &mut self.generation)
+            {
+                Located::Replaced(first) => {
+                    // The new files may start before what this reader
+                    // handed out already.
+                    self.skip_below = self.position();
+                    match first {
+                        Some(first) => self.enter(first),
+                        None => {
+                            self.segment = None;
+                            self.file = None;
+                            return Ok(None);
+                        }
+                    }
+                }
                 Located::Moved(Some(first)) if first != segment => self.enter(first),
                 Located::Moved(_) => return Ok(None),
                 Located::Here { size, next } => {

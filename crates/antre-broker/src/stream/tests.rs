@@ -257,3 +257,78 @@ fn a_filter_size_outside_16_to_255_is_refused() {
         );
     }
 }
+
+/// A replica applies its group's messages at the offsets the leader gave
+/// them: those it holds already (applied again after a restart) are
+/// skipped, and a gap starts the log over at the group's offset.
+#[test]
+fn a_replica_appends_at_its_groups_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at(1_000));
+    let s = open(dir.path(), Arc::clone(&clock), FieldTable::default());
+    let (m0, m1, m2) = (msg("m0"), msg("m1"), msg("m2"));
+    s.replica_append([(0, &m0), (1, &m1)]).unwrap();
+    s.replica_append([(1, &m1), (2, &m2)]).unwrap();
+    assert_eq!(s.next_offset(), 3);
+    let all = drain(&mut s.reader(OffsetSpec::First).unwrap());
+    assert_eq!(all, [(0, "m0".into()), (1, "m1".into()), (2, "m2".into())]);
+
+    let m9 = msg("m9");
+    s.replica_append([(9, &m9)]).unwrap();
+    assert_eq!(s.next_offset(), 10);
+    assert_eq!(
+        drain(&mut s.reader(OffsetSpec::First).unwrap()),
+        [(9, "m9".into())]
+    );
+}
+
+/// A member far behind installs another's chunks: it then reads the same
+/// records at the same offsets, and a reader it had goes on past what it
+/// handed out, reading the new files rather than the removed ones (whose
+/// first segment has the same name).
+#[test]
+fn a_replica_installs_another_members_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at(1_000));
+    let leader = open(
+        &dir.path().join("leader"),
+        Arc::clone(&clock),
+        FieldTable::default(),
+    );
+    let behind = open(
+        &dir.path().join("behind"),
+        Arc::clone(&clock),
+        FieldTable::default(),
+    );
+    let messages: Vec<Message> = (0..6).map(|i| msg(&format!("r{i}"))).collect();
+    leader
+        .replica_append(messages.iter().enumerate().map(|(i, m)| (i as u64, m)))
+        .unwrap();
+    behind
+        .replica_append([(0, &messages[0]), (1, &messages[1])])
+        .unwrap();
+    let mut reader = behind.reader(OffsetSpec::First).unwrap();
+    assert_eq!(bodies(&drain(&mut reader)), ["r0", "r1"]);
+
+    let chunks = leader.replica_chunks().unwrap();
+    assert_eq!(chunks.next, 6);
+    behind.replica_install(&chunks).unwrap();
+    behind.replica_sync().unwrap();
+    assert_eq!(behind.next_offset(), 6);
+    assert_eq!(
+        drain(&mut reader),
+        [
+            (2, "r2".into()),
+            (3, "r3".into()),
+            (4, "r4".into()),
+            (5, "r5".into())
+        ]
+    );
+    let all = drain(&mut behind.reader(OffsetSpec::First).unwrap());
+    assert_eq!(bodies(&all), ["r0", "r1", "r2", "r3", "r4", "r5"]);
+
+    // It goes on from there with what the group applies next.
+    let m6 = msg("r6");
+    behind.replica_append([(6, &m6)]).unwrap();
+    assert_eq!(drain(&mut reader), [(6, "r6".into())]);
+}

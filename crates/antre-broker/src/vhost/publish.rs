@@ -19,6 +19,7 @@ use crate::exchange::delayed::{delay_of, DelayedMessages};
 use crate::exchange::sender_selected;
 use crate::message::Message;
 use crate::queue::{DeathReason, Enqueued, Queue};
+use crate::stream::Stream;
 
 use super::topology::Targets;
 use super::Vhost;
@@ -182,9 +183,15 @@ impl Vhost {
             }
         }
         for s in &targets.streams {
-            s.publish(&message)?;
+            if s.replica().is_some() {
+                // A stream in a cluster: appended once its group committed
+                // it (the confirm waits for that commit).
+                add_once(&mut outcome.stored, s.replicate(&message)?);
+            } else {
+                s.publish(&message)?;
+                add_once(&mut outcome.stored, Arc::clone(s) as Arc<dyn Durable>);
+            }
             outcome.routed += 1;
-            add_once(&mut outcome.stored, Arc::clone(s) as Arc<dyn Durable>);
         }
         for q in &targets.queues {
             if q.replica().is_some() {
@@ -226,13 +233,15 @@ impl Vhost {
         remote_targets: &mut Vec<(Arc<str>, String)>,
     ) {
         let remote = self.remote.read();
-        targets.queues.retain(|q| match remote.get(&q.name) {
+        let mut local = |name: &str| match remote.get(name) {
             Some(owner) => {
-                remote_targets.push((Arc::clone(owner), q.name.clone()));
+                remote_targets.push((Arc::clone(owner), name.to_owned()));
                 false
             }
             None => true,
-        });
+        };
+        targets.queues.retain(|q| local(&q.name));
+        targets.streams.retain(|s| local(&s.name));
     }
 
     /// Hands a message this vhost routed itself (a dead letter, a delayed
@@ -302,20 +311,36 @@ impl Vhost {
         queues: &[String],
     ) -> Result<PublishOutcome, BrokerError> {
         let mut outcome = PublishOutcome::default();
-        let targets: Vec<Arc<Queue>> = {
+        let (targets, streams): (Vec<Arc<Queue>>, Vec<Arc<Stream>>) = {
             let topo = self.topology.read();
             let mut here = Vec::new();
+            let mut streams = Vec::new();
             for n in queues {
-                let Some(q) = topo.queues.get(n.as_str()) else {
+                let q = topo.queues.get(n.as_str());
+                let s = topo.streams.get(n.as_str());
+                if q.is_none() && s.is_none() {
                     continue;
-                };
-                match self.remote_owner(n) {
-                    Some(owner) => outcome.remote.push((owner, n.clone())),
-                    None => here.push(Arc::clone(q)),
                 }
+                if let Some(owner) = self.remote_owner(n) {
+                    outcome.remote.push((owner, n.clone()));
+                    continue;
+                }
+                here.extend(q.cloned());
+                streams.extend(s.cloned());
             }
-            here
+            (here, streams)
         };
+        for s in &streams {
+            let stored = match s.replica() {
+                Some(_) => s.replicate(&message)?,
+                None => {
+                    s.publish(&message)?;
+                    Arc::clone(s) as Arc<dyn Durable>
+                }
+            };
+            outcome.routed += 1;
+            add_once(&mut outcome.stored, stored);
+        }
         let mut message = message;
         if message.is_persistent() && targets.iter().any(|q| q.options.durable) {
             if let Some(m) = Arc::get_mut(&mut message) {

@@ -112,6 +112,10 @@ impl QueueReplica for Slot {
         let current = self.current.lock().clone();
         current.map_or((0, 0), |r| r.in_flight(from_id))
     }
+
+    fn is_member(&self) -> bool {
+        self.current.lock().is_some()
+    }
 }
 
 /// What [`QueueGroups`] knows for replica management: every quorum
@@ -120,7 +124,7 @@ impl QueueReplica for Slot {
 #[derive(Default)]
 pub(super) struct Known {
     defs: Mutex<Defs>,
-    slots: Mutex<Vec<(Weak<Queue>, Arc<Slot>)>>,
+    slots: Mutex<Vec<(WeakTarget, Arc<Slot>)>>,
 }
 
 /// A change of one group, made by its leader (or, for `Elect`, by the
@@ -280,12 +284,10 @@ impl QueueGroups {
 
     /// Gives the broker's `queue` this node's `replica` (through the
     /// queue's slot). False if the queue already has a live replica.
-    pub(super) fn attach(&self, queue: &Arc<Queue>, replica: Arc<Replica>) -> bool {
+    pub(super) fn attach(&self, queue: &Target, replica: Arc<Replica>) -> bool {
         let mut slots = self.known.slots.lock();
-        slots.retain(|(q, _)| q.strong_count() > 0);
-        let existing = slots
-            .iter()
-            .find(|(q, _)| q.upgrade().is_some_and(|q| Arc::ptr_eq(&q, queue)));
+        slots.retain(|(q, _)| q.alive());
+        let existing = slots.iter().find(|(q, _)| q.is(queue));
         if let Some((_, slot)) = existing {
             let mut current = slot.current.lock();
             if current.is_some() {
@@ -301,14 +303,14 @@ impl QueueGroups {
         if !queue.set_replica(Arc::clone(&slot) as Arc<dyn QueueReplica>) {
             return false;
         }
-        slots.push((Arc::downgrade(queue), slot));
+        slots.push((queue.downgrade(), slot));
         true
     }
 
-    fn detach(&self, queue: &Arc<Queue>) {
+    fn detach(&self, queue: &Target) {
         let slots = self.known.slots.lock();
         for (q, slot) in slots.iter() {
-            if q.upgrade().is_some_and(|q| Arc::ptr_eq(&q, queue)) {
+            if q.is(queue) {
                 *slot.current.lock() = None;
             }
         }
@@ -328,12 +330,22 @@ impl QueueGroups {
     /// gone): the queue's publishes are nacked from now on, its consumers
     /// here cancelled, and the replica's data removed.
     pub(super) async fn stop_replica(&self, g: &Group) {
-        self.detach(&g.machine.engine.queue);
+        self.detach(&g.machine.engine.target);
         g.stop.send_replace(true);
         if g.machine.engine.active.load(Ordering::Acquire) {
             step_down(g);
         }
         remove_replica(g).await;
+        if let Some(stream) = g.machine.engine.target.stream() {
+            // The log goes with the replica; should this node become a
+            // member again, it gets the stream anew from offset 0.
+            if let Err(e) = stream.replica_clear() {
+                tracing::warn!(
+                    stream = stream.name,
+                    "clearing a removed replica's log: {e}"
+                );
+            }
+        }
     }
 
     fn name_of(&self, id: NodeId) -> Option<String> {

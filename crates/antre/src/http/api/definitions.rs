@@ -12,10 +12,9 @@
 //! RabbitMQ. As in RabbitMQ, an import that would take a vhost past its
 //! `max-queues` is refused before anything changes.
 
-use antre_amqp::FieldValue;
 use antre_broker::access::limits::{parse_limits, LimitScope};
 use antre_broker::access::{password, Permission, TopicPermission, UserLimits, VhostLimits};
-use antre_broker::cluster::{unsupported_queue_type, MetaCommand, WireTable};
+use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::{Destination, ExchangeType};
 use antre_broker::policy::{Policy, PolicyKind};
@@ -333,7 +332,6 @@ impl Review {
         raw: &Map<String, Value>,
         defs: &DefinitionsIn,
         pick: &dyn Fn(&Option<String>) -> String,
-        clustered: bool,
     ) -> Review {
         let mut r = Review::default();
         for key in raw.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
@@ -428,13 +426,7 @@ impl Review {
             let args = q.arguments();
             let refusal = QueueArgs::parse(&args, &vhost, &q.name)
                 .err()
-                .map(|e| e.to_string())
-                .or_else(|| {
-                    let queue_type = args.get("x-queue-type").and_then(FieldValue::as_str);
-                    clustered
-                        .then(|| unsupported_queue_type(queue_type))
-                        .flatten()
-                });
+                .map(|e| e.to_string());
             if let Some(err) = refusal {
                 r.unsupported
                     .push(format!("queue '{}' in vhost '{vhost}': {err}", q.name));
@@ -482,8 +474,7 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> Api
             .or_else(|| own.clone())
             .unwrap_or_else(|| "/".to_owned())
     };
-    let clustered = state.broker.metadata_log().is_some();
-    let mut review = Review::of(raw, &defs, &pick, clustered);
+    let mut review = Review::of(raw, &defs, &pick);
     if into.is_some() {
         for (section, n) in [
             ("vhosts", defs.vhosts.len()),

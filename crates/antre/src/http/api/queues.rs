@@ -21,8 +21,9 @@ use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
 
 /// On a cluster node, a queue's `node` is the cluster node that owns it
 /// (its messages and consumers are there; this node shows its definition
-/// only), as RabbitMQ shows a queue's home node; a quorum queue's is its
-/// group's leader, and it also shows `leader`, `members` and `online`.
+/// only), as RabbitMQ shows a queue's home node; a quorum queue's (or a
+/// stream's) is its group's leader, and it also shows `leader`, `members`
+/// and `online`.
 fn with_node(state: &HttpState, v: &antre_broker::Vhost, mut queue: Value) -> Value {
     if let Some(me) = state.broker.node_name() {
         let name = queue["name"].as_str().unwrap_or_default().to_owned();
@@ -184,7 +185,7 @@ async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
         all.extend(
             v.streams()
                 .iter()
-                .map(|s| (s.name.clone(), render::stream(s))),
+                .map(|s| (s.name.clone(), with_node(state, &v, render::stream(s)))),
         );
         all.sort_by(|a, b| a.0.cmp(&b.0));
         out.extend(all.into_iter().map(|(_, q)| q));
@@ -234,7 +235,8 @@ pub async fn show(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     if let Some(s) = state.vhost(&vhost)?.stream(&name) {
-        let mut body = render::stream(&s);
+        let v = state.vhost(&vhost)?;
+        let mut body = with_node(&state, &v, render::stream(&s));
         body["consumer_details"] = s
             .consumers()
             .iter()
@@ -320,10 +322,6 @@ pub async fn declare(
         }
     }
     if let Some(log) = state.broker.metadata_log() {
-        let queue_type = body.arguments.get("x-queue-type").and_then(Value::as_str);
-        if let Some(why) = antre_broker::cluster::unsupported_queue_type(queue_type) {
-            return Err(ApiError::bad_request(why));
-        }
         let arguments = json_to_table(&body.arguments);
         let owner = state
             .broker
@@ -365,15 +363,16 @@ pub async fn remove(
     Path((vhost, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
-    if state.vhost(&vhost)?.stream(&name).is_some() {
-        user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
-        state.vhost(&vhost)?.delete_queue(&name, false, false, 0)?;
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    let q = find(&state, &vhost, &name)?;
-    user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
     let v = state.vhost(&vhost)?;
-    let owner = q.options.exclusive_owner.unwrap_or(0);
+    let owner = match v.stream(&name) {
+        // A stream has no exclusive owner.
+        Some(_) => 0,
+        None => find(&state, &vhost, &name)?
+            .options
+            .exclusive_owner
+            .unwrap_or(0),
+    };
+    user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
     if state.broker.metadata_log().is_some() && owner == 0 {
         state.broker.change_meta(MetaCommand::DeleteQueue {
             vhost,

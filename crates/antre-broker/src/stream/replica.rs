@@ -1,0 +1,202 @@
+//! A stream in a cluster: its contents replicated by a Raft group (in the
+//! cluster crate), as a quorum queue's are (see [`crate::replicated`]).
+//!
+//! Every member holds the whole stream in its own log. A publish is not
+//! appended where it arrives: on the group's leader [`Stream::replicate`]
+//! hands it to the group and returns a [`Durable`] that completes once the
+//! entry holding it is committed (on a majority of the members' disks).
+//! Each member, leader or not, appends the committed messages to its log
+//! as it applies them ([`Stream::replica_append`]), at the offsets the
+//! leader gave them, so the same offset names the same message on every
+//! member and a consumer reads the log of whichever member it is attached
+//! to (only committed messages are ever in it). A member far behind gets
+//! the leader's chunks as they are ([`Stream::replica_chunks`],
+//! [`Stream::replica_install`]).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{failed, OffsetSpec, Stream};
+use crate::durable::Durable;
+use crate::error::BrokerError;
+use crate::message::Message;
+use crate::replicated::QueueReplica;
+
+/// The chunks of a stream from its oldest offset, as a replica sends them
+/// to a member far behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamChunks {
+    /// The offset after the last record.
+    pub next: u64,
+    /// Each chunk whole (header and body), oldest first.
+    pub chunks: Vec<Bytes>,
+}
+
+impl Stream {
+    /// Makes this stream's contents replicated through `replica`: publishes
+    /// go to [`Stream::replicate`] from now on. Returns false if it already
+    /// had one.
+    pub fn set_replica(&self, replica: Arc<dyn QueueReplica>) -> bool {
+        self.replica.set(replica).is_ok()
+    }
+
+    /// The stream's replication, if its contents are replicated.
+    pub fn replica(&self) -> Option<&Arc<dyn QueueReplica>> {
+        self.replica.get()
+    }
+
+    /// Publishes to a replicated stream (on its group's leader): returns
+    /// the batch the confirm waits for. The message reaches the log when
+    /// the group applies it.
+    pub fn replicate(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError> {
+        match self.replica.get() {
+            Some(r) => r.enqueue(message),
+            None => Err(BrokerError::Internal(format!(
+                "{} is not replicated",
+                self.describe()
+            ))),
+        }
+    }
+
+    /// The offset the next message appended gets.
+    pub fn next_offset(&self) -> u64 {
+        self.state.lock().log.next_offset()
+    }
+
+    /// Appends messages a member applied, each at the offset its group's
+    /// leader gave it, then writes them as a chunk so that consumers see
+    /// them at once. A message below the log's next offset is there
+    /// already (a member that restarted applies again what it applied
+    /// after its last snapshot) and is skipped. A gap (a message above the
+    /// next offset: this member's log lost its tail) cannot be filled
+    /// here: the log starts over at the message, keeping offsets the
+    /// group's.
+    pub fn replica_append<'a>(
+        &self,
+        messages: impl IntoIterator<Item = (u64, &'a Message)>,
+    ) -> Result<(), BrokerError> {
+        let now = self.now();
+        let mut st = self.state.lock();
+        if st.deleted {
+            return Ok(());
+        }
+        let was_dirty = st.log.is_dirty();
+        let mut appended = 0u64;
+        for (offset, message) in messages {
+            let next = st.log.next_offset();
+            if offset < next {
+                continue;
+            }
+            if offset > next {
+                tracing::warn!(
+                    stream = self.name,
+                    vhost = self.vhost,
+                    "the replica's log ends at offset {next}, its group is at {offset}: it starts over there"
+                );
+                st.log.seal(now).map_err(|e| failed(self, e))?;
+                st.log.reset(offset).map_err(|e| failed(self, e))?;
+            }
+            let record = super::record::to_record(message);
+            let filter_value = super::record::filter_value(message);
+            st.log
+                .append_from(&record, None, filter_value, now)
+                .map_err(|e| failed(self, e))?;
+            appended += 1;
+        }
+        if appended == 0 {
+            return Ok(());
+        }
+        self.published
+            .fetch_add(appended, std::sync::atomic::Ordering::Relaxed);
+        st.log.seal(now).map_err(|e| failed(self, e))?;
+        if !was_dirty {
+            if let Some(hook) = &st.on_dirty {
+                hook();
+            }
+        }
+        self.after_write(&mut st, now);
+        Ok(())
+    }
+
+    /// Writes everything appended and fsyncs the log: a member's snapshot
+    /// of its group stands for the log up to here, and the group's own log
+    /// before it is dropped.
+    pub fn replica_sync(&self) -> Result<(), BrokerError> {
+        let now = self.now();
+        let mut st = self.state.lock();
+        if st.deleted {
+            return Ok(());
+        }
+        if st.log.seal(now).map_err(|e| failed(self, e))? {
+            self.after_write(&mut st, now);
+        }
+        let (files, dirs) = st.log.begin_sync().map_err(|e| failed(self, e))?;
+        let synced = files
+            .iter()
+            .try_for_each(|f| f.sync_data().map_err(|e| e.to_string()))
+            .and_then(|()| {
+                dirs.iter()
+                    .try_for_each(|d| antre_store::sync_dir(d).map_err(|e| e.to_string()))
+            });
+        st.log.finish_sync(synced.is_ok());
+        synced.map_err(|e| failed(self, e))
+    }
+
+    /// Every chunk of the log, from the oldest, for a member far behind.
+    pub fn replica_chunks(self: &Arc<Self>) -> Result<StreamChunks, BrokerError> {
+        let mut reader = self.reader(OffsetSpec::First)?;
+        let next = self.next_offset();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = reader.next_chunk()? {
+            if chunk.header.chunk_id >= next {
+                break;
+            }
+            let mut raw = BytesMut::with_capacity(chunk.header.total_size() as usize);
+            chunk.header.encode(&mut raw);
+            raw.extend_from_slice(&chunk.body);
+            chunks.push(raw.freeze());
+        }
+        Ok(StreamChunks { next, chunks })
+    }
+
+    /// Empties the log (this node no longer holds a replica). Its
+    /// consumers are cancelled (basic.cancel, as for a quorum queue's
+    /// member removed): subscribed again here, they read the leader's.
+    pub fn replica_clear(&self) -> Result<(), BrokerError> {
+        let consumers = std::mem::take(&mut self.state.lock().consumers);
+        for c in consumers {
+            c.sink.cancel(&c.tag);
+        }
+        self.replica_install(&StreamChunks::default())?;
+        self.replica_sync()
+    }
+
+    /// Replaces the log with another member's chunks ([`Stream::replica_chunks`]).
+    pub fn replica_install(&self, from: &StreamChunks) -> Result<(), BrokerError> {
+        let now = self.now();
+        let mut st = self.state.lock();
+        if st.deleted {
+            return Ok(());
+        }
+        let first = match from.chunks.first() {
+            Some(raw) => {
+                antre_stream_proto::chunk::ChunkHeader::decode(raw)
+                    .map_err(|e| failed(self, e))?
+                    .chunk_id
+            }
+            None => from.next,
+        };
+        st.log.reset(first).map_err(|e| failed(self, e))?;
+        for raw in &from.chunks {
+            st.log
+                .write_raw_chunk(raw, now)
+                .map_err(|e| failed(self, e))?;
+        }
+        if let Some(hook) = &st.on_dirty {
+            hook();
+        }
+        self.after_write(&mut st, now);
+        Ok(())
+    }
+}
