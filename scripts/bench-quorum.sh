@@ -17,7 +17,7 @@
 #                                [--confirms N] [--rate R|0]
 #                                [--no-rabbitmq] [--no-antre]
 #                                [--antre-bin PATH] [--antre-first]
-#                                [--backlog N]
+#                                [--backlog N] [--type quorum|stream]
 #
 # --confirms sets the publishers' confirm window (default 100): one queue
 # with one publisher is bound by the latency of a commit, so the window
@@ -25,6 +25,8 @@
 # another build of antre (an A/B against a copy of an older release build).
 # --backlog N also publishes N messages to a quorum queue without a
 # consumer and reports each node's RSS (`--queues ''` for that case alone).
+# --type stream runs the same cases on streams (replicated on both
+# clusters; consumers start at the next offset) instead of quorum queues.
 #
 # RabbitMQ nodes qb1..qb3@localhost on AMQP 5611-5613 (distribution
 # 25611-25613, management off); antre nodes on AMQP 5701-5703, HTTP
@@ -43,6 +45,7 @@ WITH_ANTRE=1
 ANTRE_BIN=
 ANTRE_FIRST=0
 BACKLOG=0
+QTYPE=quorum
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
@@ -55,6 +58,7 @@ while [ $# -gt 0 ]; do
         --antre-bin) ANTRE_BIN=$2; shift 2 ;;
         --antre-first) ANTRE_FIRST=1; shift ;;
         --backlog) BACKLOG=$2; shift 2 ;;
+        --type) QTYPE=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -99,9 +103,9 @@ run() {
         local before after lead_before lead_after
         lead_before=$(takeovers)
         before=$(cpu_ticks "$@")
-        "$BENCH" run --uri "$uri" --queue-type quorum --queues "$q" -x "$q" -y "$q" \
+        "$BENCH" run --uri "$uri" --queue-type "$QTYPE" --queues "$q" -x "$q" -y "$q" \
             --persistent -c "$CONFIRMS" -q 1000 -A 100 -s "$SIZE" -z "$DURATION" \
-            --broker "$name" --label "quorum-$q" --json "$json" --quiet >/dev/null 2>"$OUT/$name-$q.err" || true
+            --broker "$name" --label "$QTYPE-$q" --json "$json" --quiet >/dev/null 2>"$OUT/$name-$q.err" || true
         after=$(cpu_ticks "$@")
         lead_after=$(takeovers)
         # Each new queue's first leader is one takeover; more are changes.
@@ -124,9 +128,9 @@ EOF
         # right after, and 10 s after publishing.
         local rss_before rss_after rss_later
         rss_before=$(rss_of "$@")
-        "$BENCH" run --uri "$uri" --queue-type quorum --queues 1 -x 1 -y 0 --queue-pattern backlog-%d \
+        "$BENCH" run --uri "$uri" --queue-type "$QTYPE" --queues 1 -x 1 -y 0 --queue-pattern backlog-%d \
             --persistent -c 1000 -s "$SIZE" -C "$BACKLOG" --keep-queues \
-            --broker "$name" --label "quorum-backlog" --json "$OUT/$name-backlog.json" --quiet >/dev/null 2>"$OUT/$name-backlog.err" || true
+            --broker "$name" --label "$QTYPE-backlog" --json "$OUT/$name-backlog.json" --quiet >/dev/null 2>"$OUT/$name-backlog.err" || true
         rss_after=$(rss_of "$@")
         sleep 10
         rss_later=$(rss_of "$@")
@@ -140,9 +144,9 @@ EOF
     fi
     if [ "$RATE" != 0 ]; then
         local json=$OUT/$name-rate.json
-        "$BENCH" run --uri "$uri" --queue-type quorum --queues 1 -x 1 -y 1 \
+        "$BENCH" run --uri "$uri" --queue-type "$QTYPE" --queues 1 -x 1 -y 1 \
             --persistent -c 100 -q 1000 -A 100 -s "$SIZE" -z "$DURATION" -r "$RATE" \
-            --broker "$name" --label "quorum-rate-$RATE" --json "$json" --quiet >/dev/null 2>"$OUT/$name-rate.err" || true
+            --broker "$name" --label "$QTYPE-rate-$RATE" --json "$json" --quiet >/dev/null 2>"$OUT/$name-rate.err" || true
         python3 - "$json" "$name" >>"$OUT/latency" <<'EOF'
 import json, sys
 path, name = sys.argv[1:]

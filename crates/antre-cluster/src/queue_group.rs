@@ -831,19 +831,14 @@ impl QueueMachine {
         stream: &Stream,
         enqueue: Vec<(u64, Body)>,
     ) -> Result<(), StoreError> {
-        let mut messages = Vec::with_capacity(enqueue.len());
-        for (id, record) in enqueue {
+        for (id, record) in &enqueue {
             if let Some(logged) = st.logged.as_mut() {
                 *logged += record.0.len() as u64;
             }
             st.set.next_id = st.set.next_id.max(id + 1);
-            let cached = self.engine.proposed.lock().remove(id);
-            if let Some(m) = cached.or_else(|| decode(&record.0)) {
-                messages.push((id, m));
-            }
         }
         stream
-            .replica_append(messages.iter().map(|(id, m)| (*id, &**m)))
+            .replica_append(enqueue.iter().map(|(id, r)| (*id, &r.0)))
             .map_err(|e| StoreError::Records {
                 path: self.dir.clone(),
                 offset: 0,
@@ -1104,6 +1099,18 @@ impl QueueReplica for Replica {
             let failed = PendingCommit::new(syncer);
             failed.complete(false);
             return Ok(failed);
+        }
+        if self.engine.target.stream().is_some() {
+            // Encoded once, here: every member appends the record as it is.
+            let body = Body(antre_broker::stream::replica_record(message));
+            let mut p = self.pending.lock();
+            let id = p.next_id;
+            p.next_id += 1;
+            p.ops.enqueue.push((id, body));
+            let batch = Arc::clone(p.batch.get_or_insert_with(|| PendingCommit::new(syncer)));
+            drop(p);
+            self.wake.notify_one();
+            return Ok(batch);
         }
         let mut p = self.pending.lock();
         let id = p.next_id;

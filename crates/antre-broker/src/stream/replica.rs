@@ -23,6 +23,29 @@ use crate::error::BrokerError;
 use crate::message::Message;
 use crate::replicated::QueueReplica;
 
+/// A message as a stream's group replicates it: its stream record
+/// ([`super::record::to_record`]), encoded once by the leader, after its
+/// filter value (2 bytes of length, little-endian, then the value; 0 and
+/// nothing without one), which goes into the chunk's Bloom filter.
+pub fn replica_record(message: &Message) -> Bytes {
+    let record = super::record::to_record(message);
+    let filter = super::record::filter_value(message).unwrap_or_default();
+    let filter = &filter.as_bytes()[..filter.len().min(usize::from(u16::MAX))];
+    let mut out = BytesMut::with_capacity(2 + filter.len() + record.len());
+    out.extend_from_slice(&(filter.len() as u16).to_le_bytes());
+    out.extend_from_slice(filter);
+    out.extend_from_slice(&record);
+    out.freeze()
+}
+
+/// The filter value and the stream record of a [`replica_record`].
+fn split_replica_record(raw: &Bytes) -> Option<(Option<&str>, Bytes)> {
+    let len = usize::from(u16::from_le_bytes([*raw.first()?, *raw.get(1)?]));
+    let filter = std::str::from_utf8(raw.get(2..2 + len)?).ok()?;
+    let record = raw.slice(2 + len..);
+    Some(((!filter.is_empty()).then_some(filter), record))
+}
+
 /// The chunks of a stream from its oldest offset, as a replica sends them
 /// to a member far behind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,9 +87,9 @@ impl Stream {
         self.state.lock().log.next_offset()
     }
 
-    /// Appends messages a member applied, each at the offset its group's
-    /// leader gave it, then writes them as a chunk so that consumers see
-    /// them at once. A message below the log's next offset is there
+    /// Appends messages a member applied ([`replica_record`]s), each at
+    /// the offset its group's leader gave it, then writes them as a chunk
+    /// so that consumers see them at once. A message below the log's next offset is there
     /// already (a member that restarted applies again what it applied
     /// after its last snapshot) and is skipped. A gap (a message above the
     /// next offset: this member's log lost its tail) cannot be filled
@@ -74,7 +97,7 @@ impl Stream {
     /// group's.
     pub fn replica_append<'a>(
         &self,
-        messages: impl IntoIterator<Item = (u64, &'a Message)>,
+        records: impl IntoIterator<Item = (u64, &'a Bytes)>,
     ) -> Result<(), BrokerError> {
         let now = self.now();
         let mut st = self.state.lock();
@@ -83,7 +106,7 @@ impl Stream {
         }
         let was_dirty = st.log.is_dirty();
         let mut appended = 0u64;
-        for (offset, message) in messages {
+        for (offset, raw) in records {
             let next = st.log.next_offset();
             if offset < next {
                 continue;
@@ -97,8 +120,12 @@ impl Stream {
                 st.log.seal(now).map_err(|e| failed(self, e))?;
                 st.log.reset(offset).map_err(|e| failed(self, e))?;
             }
-            let record = super::record::to_record(message);
-            let filter_value = super::record::filter_value(message);
+            let Some((filter_value, record)) = split_replica_record(raw) else {
+                return Err(failed(
+                    self,
+                    format!("a malformed record at offset {offset}"),
+                ));
+            };
             st.log
                 .append_from(&record, None, filter_value, now)
                 .map_err(|e| failed(self, e))?;
