@@ -104,9 +104,13 @@ async fn publish_all_confirmed(c: &TestCluster, i: usize, name: &str, prefix: &s
     }
 }
 
-/// Reads stream `name` from its first offset through node `i` until `n`
-/// messages came, or none came for a while: their offsets and bodies.
-async fn read_from_first(c: &TestCluster, i: usize, name: &str, n: usize) -> Vec<(i64, String)> {
+/// A consumer of stream `name` through node `i`, from its first offset,
+/// with a prefetch of 100 (and its connection, to keep).
+async fn consume_from_first(
+    c: &TestCluster,
+    i: usize,
+    name: &str,
+) -> (lapin::Connection, lapin::Consumer) {
     let conn = harness::connect(&c.nodes[i].amqp_uri()).await;
     let ch: Channel = conn.create_channel().await.expect("channel");
     ch.basic_qos(100, BasicQosOptions::default())
@@ -117,10 +121,17 @@ async fn read_from_first(c: &TestCluster, i: usize, name: &str, n: usize) -> Vec
         "x-stream-offset".into(),
         AMQPValue::LongString("first".into()),
     );
-    let mut consumer = ch
+    let consumer = ch
         .basic_consume(name, "reader", BasicConsumeOptions::default(), args)
         .await
         .expect("consume");
+    (conn, consumer)
+}
+
+/// Reads stream `name` from its first offset through node `i` until `n`
+/// messages came, or none came for a while: their offsets and bodies.
+async fn read_from_first(c: &TestCluster, i: usize, name: &str, n: usize) -> Vec<(i64, String)> {
+    let (_conn, mut consumer) = consume_from_first(c, i, name).await;
     let mut got = Vec::new();
     while got.len() < n {
         let next = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await;
@@ -209,24 +220,7 @@ async fn a_stream_replicates_and_survives_its_leaders_death() {
     until_reads(&c, l, "flights", &both).await;
 
     // Deleting the stream stops its group and removes its data everywhere.
-    let deadline = Instant::now() + harness::WAIT;
-    loop {
-        let (status, body) = c.api(0, "DELETE", "/api/queues/%2F/flights", None).await;
-        if status == 503 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        assert_eq!(status, 204, "{body}");
-        break;
-    }
-    for i in 0..3 {
-        let groups = c.nodes[i].dir.join("cluster").join("queues");
-        c.until("the replica's data removed", || async {
-            std::fs::read_dir(&groups).is_ok_and(|mut d| d.next().is_none())
-        })
-        .await;
-        assert!(c.queue_on(i, "flights").await.is_none());
-    }
+    c.delete_everywhere("flights").await;
 }
 
 /// A member down while more than a snapshot's worth flows comes back to
@@ -326,20 +320,7 @@ async fn a_streams_members_change() {
     until_reads(&c, 2, "cabin", &a).await;
 
     // A consumer on n3 while n3 leaves the group: cancelled.
-    let conn = harness::connect(&c.nodes[2].amqp_uri()).await;
-    let ch = conn.create_channel().await.expect("channel");
-    ch.basic_qos(100, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = ch
-        .basic_consume("cabin", "watcher", BasicConsumeOptions::default(), args)
-        .await
-        .expect("consume");
+    let (_conn, mut consumer) = consume_from_first(&c, 2, "cabin").await;
     for _ in 0..10 {
         let d = tokio::time::timeout(harness::WAIT, consumer.next())
             .await

@@ -334,27 +334,7 @@ async fn a_quorum_queue_replicates_and_survives_its_leaders_death() {
             c.nodes[i].name
         );
     }
-    // The failovers' kills may have taken the metadata leader too: while
-    // its group elects anew, a change is refused with 503 (seen in CI), as
-    // RabbitMQ refuses one without a quorum; a client asks again.
-    let deadline = Instant::now() + harness::WAIT;
-    loop {
-        let (status, body) = c.api(0, "DELETE", "/api/queues/%2F/orders", None).await;
-        if status == 503 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        assert_eq!(status, 204, "{body}");
-        break;
-    }
-    for i in 0..3 {
-        let groups = c.nodes[i].dir.join("cluster").join("queues");
-        c.until("the replica's data removed", || async {
-            std::fs::read_dir(&groups).is_ok_and(|mut d| d.next().is_none())
-        })
-        .await;
-        assert!(queue_json(&c, i, "orders").await.is_none());
-    }
+    c.delete_everywhere("orders").await;
 }
 
 /// `x-max-length` bounds a quorum queue on every member, not only in the

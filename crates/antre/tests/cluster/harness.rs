@@ -659,6 +659,32 @@ impl TestCluster {
     }
 
     /// Whether node `i` holds no quorum queue replica data.
+    /// Deletes queue (or stream) `name` in `/` through node 0's API and
+    /// waits until no node holds a replica's data or lists it. A kill in
+    /// the test before may have taken the metadata leader: while its group
+    /// elects anew, a change is refused with 503 (seen in CI), as RabbitMQ
+    /// refuses one without a quorum; a client asks again.
+    pub async fn delete_everywhere(&self, name: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let path = format!("/api/queues/%2F/{name}");
+            let (status, body) = self.api(0, "DELETE", &path, None).await;
+            if status == 503 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(status, 204, "{body}");
+            break;
+        }
+        for i in 0..self.nodes.len() {
+            self.until("the replica's data removed", || async {
+                self.no_replica_data(i)
+            })
+            .await;
+            assert!(self.queue_on(i, name).await.is_none());
+        }
+    }
+
     pub fn no_replica_data(&self, i: usize) -> bool {
         let groups = self.nodes[i].dir.join("cluster").join("queues");
         std::fs::read_dir(&groups).map_or(true, |mut d| d.next().is_none())
