@@ -42,7 +42,7 @@
 //! records themselves ([`codec::MessagesEncoder`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Cursor;
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -54,7 +54,7 @@ use antre_broker::error::BrokerError;
 use antre_broker::message::Message;
 use antre_broker::queue::{Queue, ReplicatedMessage};
 use antre_broker::replicated::{PendingCommit, QueueReplica};
-use antre_broker::stream::{Stream, StreamChunks};
+use antre_broker::stream::{ChunkSource, Stream};
 use antre_broker::Broker;
 use antre_store::records::{Mark, RecordRef, RecordSegments, RecordSync};
 use antre_store::StoreError;
@@ -174,6 +174,10 @@ openraft::declare_raft_types!(
     pub QueueTypeConfig:
         D = QueueOps,
         R = (),
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = Entry<QueueTypeConfig>,
+        SnapshotData = tokio::fs::File,
 );
 
 /// A quorum queue group's Raft handle.
@@ -429,43 +433,92 @@ fn read_record(
 
 /// The first bytes of a stream's snapshot as a member far behind gets it.
 const STREAM_SNAPSHOT: &[u8; 4] = b"ASS1";
+/// In place of a chunk's length: the chunks ended.
+const STREAM_SNAPSHOT_END: u32 = u32::MAX;
 
-/// A stream's snapshot for a member far behind: the id its group gives
-/// the next message (the offset after the last), then the stream's
-/// chunks, each with its length (4 bytes, little-endian) first.
-fn encode_stream_snapshot(next_id: u64, chunks: &StreamChunks) -> Vec<u8> {
-    let bytes: usize = chunks.chunks.iter().map(|c| 4 + c.len()).sum();
-    let mut out = Vec::with_capacity(20 + bytes);
-    out.extend_from_slice(STREAM_SNAPSHOT);
-    out.extend_from_slice(&next_id.to_le_bytes());
-    out.extend_from_slice(&chunks.next.to_le_bytes());
-    for c in &chunks.chunks {
+/// Writes a stream's snapshot for a member far behind: the id its group
+/// gives the next message, the offset after the last chunk, then the
+/// stream's chunks, each with its length (4 bytes, little-endian) first,
+/// then [`STREAM_SNAPSHOT_END`]. Chunk by chunk, never all in memory.
+fn write_stream_snapshot(
+    out: &mut dyn Write,
+    next_id: u64,
+    chunks: &mut ChunkSource,
+) -> std::io::Result<()> {
+    out.write_all(STREAM_SNAPSHOT)?;
+    out.write_all(&next_id.to_le_bytes())?;
+    out.write_all(&chunks.next_offset().to_le_bytes())?;
+    while let Some(c) = chunks.next_chunk().map_err(io_err)? {
         // A chunk is at most a stream frame's size, far below 4 GiB.
-        out.extend_from_slice(&(c.len() as u32).to_le_bytes());
-        out.extend_from_slice(c);
+        let len = u32::try_from(c.len())
+            .ok()
+            .filter(|&l| l != STREAM_SNAPSHOT_END)
+            .ok_or_else(|| io_err("a stream chunk over 4 GiB"))?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(&c)?;
     }
-    out
+    out.write_all(&STREAM_SNAPSHOT_END.to_le_bytes())
 }
 
-fn decode_stream_snapshot(data: &[u8]) -> Result<(u64, StreamChunks), String> {
-    let bad = || "a malformed stream snapshot".to_owned();
-    let rest = data.strip_prefix(STREAM_SNAPSHOT).ok_or_else(bad)?;
-    let u64_at = |at: usize| -> Result<u64, String> {
-        let b = rest.get(at..at + 8).ok_or_else(bad)?;
-        Ok(u64::from_le_bytes(b.try_into().map_err(|_| bad())?))
-    };
-    let next_id = u64_at(0)?;
-    let next = u64_at(8)?;
-    let mut rest = &rest[16..];
-    let mut chunks = Vec::new();
-    while !rest.is_empty() {
-        let len = rest.get(..4).ok_or_else(bad)?;
-        let len = u32::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
-        let chunk = rest.get(4..4 + len).ok_or_else(bad)?;
-        chunks.push(Bytes::copy_from_slice(chunk));
-        rest = &rest[4 + len..];
+/// Reads what [`write_stream_snapshot`] wrote: the next id, the next
+/// offset, and the chunks, one at a time.
+fn read_stream_snapshot<R: Read>(
+    mut r: R,
+) -> std::io::Result<(u64, u64, impl Iterator<Item = Result<Bytes, BrokerError>>)> {
+    let mut head = [0u8; 20];
+    r.read_exact(&mut head)?;
+    if &head[..4] != STREAM_SNAPSHOT {
+        return Err(io_err("not a stream snapshot"));
     }
-    Ok((next_id, StreamChunks { next, chunks }))
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&head[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (next_id, next) = (u64_at(4), u64_at(12));
+    let mut ended = false;
+    let chunks = std::iter::from_fn(move || {
+        if ended {
+            return None;
+        }
+        let failed =
+            |e: std::io::Error| BrokerError::Internal(format!("reading a stream snapshot: {e}"));
+        let mut len = [0u8; 4];
+        if let Err(e) = r.read_exact(&mut len) {
+            ended = true;
+            return Some(Err(failed(e)));
+        }
+        let len = u32::from_le_bytes(len);
+        if len == STREAM_SNAPSHOT_END {
+            ended = true;
+            return None;
+        }
+        let mut chunk = vec![0u8; len as usize];
+        match r.read_exact(&mut chunk) {
+            Ok(()) => Some(Ok(Bytes::from(chunk))),
+            Err(e) => {
+                ended = true;
+                Some(Err(failed(e)))
+            }
+        }
+    });
+    Ok((next_id, next, chunks))
+}
+
+/// A snapshot's data as openraft moves it: an unnamed file in `dir`
+/// (gone once closed) holding what `write` wrote, read from its start.
+/// A snapshot sent to a member far behind is read from it a chunk at a
+/// time, and one received is written to one, so neither is ever in memory
+/// whole (a stream's is its whole log).
+fn snapshot_data(
+    dir: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<Box<tokio::fs::File>> {
+    let mut out = BufWriter::new(tempfile::tempfile_in(dir)?);
+    write(&mut out)?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.rewind()?;
+    Ok(Box::new(tokio::fs::File::from_std(file)))
 }
 
 /// Copies the live records of mostly dead segments to the head (at most
@@ -902,10 +955,9 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueMachine {
                 .map_err(|e| write_err(&e))?;
             // openraft 0.9 keeps only the meta of a snapshot built; what it
             // sends a member is get_current_snapshot's, records included.
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            })
+            let snapshot =
+                snapshot_data(&this.dir, |w| w.write_all(&data)).map_err(|e| write_err(&e))?;
+            Ok(Snapshot { meta, snapshot })
         })
     }
 }
@@ -936,8 +988,9 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        snapshot_data(&self.dir, |_| Ok(()))
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 
     /// The records go to a fresh head segment; the old segments go once
@@ -945,28 +998,33 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> StorageResult<()> {
-        let data = snapshot.into_inner();
+        let mut file = snapshot.into_std().await;
         let this = self.clone();
         let meta = meta.clone();
         let installed = blocking(move || {
             let sig = || Some(meta.signature());
             let write_err =
                 |e: &dyn std::fmt::Display| StorageIOError::write_snapshot(sig(), &io_err(e));
+            let read_err =
+                |e: &dyn std::fmt::Display| StorageIOError::read_snapshot(sig(), &io_err(e));
+            file.rewind().map_err(|e| read_err(&e))?;
             let full = match this.engine.target.stream() {
                 Some(stream) => {
                     // The sender's chunks replace this member's log, which
                     // is then what the snapshot stands for.
-                    let (next_id, chunks) = decode_stream_snapshot(&data)
-                        .map_err(|e| StorageIOError::read_snapshot(sig(), &io_err(e)))?;
-                    stream.replica_install(&chunks).map_err(|e| write_err(&e))?;
+                    let (next_id, next, chunks) =
+                        read_stream_snapshot(BufReader::new(file)).map_err(|e| read_err(&e))?;
+                    let n = stream
+                        .replica_install(next, chunks)
+                        .map_err(|e| write_err(&e))?;
                     stream.replica_sync().map_err(|e| write_err(&e))?;
                     tracing::info!(
                         vhost = stream.vhost,
                         stream = stream.name,
-                        chunks = chunks.chunks.len(),
-                        next_offset = chunks.next,
+                        chunks = n,
+                        next_offset = next,
                         "stream replica installed its leader's chunks"
                     );
                     Messages {
@@ -974,10 +1032,13 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
                         next_id,
                     }
                 }
-                None => codec::decode_messages(&data)
-                    .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?,
+                None => {
+                    let mut data = Vec::new();
+                    file.read_to_end(&mut data).map_err(|e| read_err(&e))?;
+                    codec::decode_messages(&data)
+                        .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?
+                }
             };
-            drop(data);
             let _one = this.snapshotting.lock();
             let (set, sync, mark) = {
                 let mut st = this.state.lock();
@@ -1024,12 +1085,17 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
             else {
                 return Ok(None);
             };
-            let data = if let Some(stream) = this.engine.target.stream() {
+            if let Some(stream) = this.engine.target.stream() {
                 // A stream's snapshot is its log: every chunk, as it is.
                 let (set, _) = codec::decode_refs(&data).map_err(|e| read_err(&e))?;
-                let chunks = stream.replica_chunks().map_err(|e| read_err(&e))?;
-                encode_stream_snapshot(set.next_id, &chunks)
-            } else if codec::is_refs(&data) {
+                let mut chunks = stream.replica_chunks().map_err(|e| read_err(&e))?;
+                let snapshot = snapshot_data(&this.dir, |w| {
+                    write_stream_snapshot(w, set.next_id, &mut chunks)
+                })
+                .map_err(|e| read_err(&e))?;
+                return Ok(Some(Snapshot { meta, snapshot }));
+            }
+            let data = if codec::is_refs(&data) {
                 let (set, _) = codec::decode_refs(&data).map_err(|e| read_err(&e))?;
                 drop(data);
                 let reader = this
@@ -1056,10 +1122,9 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
             } else {
                 data
             };
-            Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }))
+            let snapshot =
+                snapshot_data(&this.dir, |w| w.write_all(&data)).map_err(|e| read_err(&e))?;
+            Ok(Some(Snapshot { meta, snapshot }))
         })
     }
 }
@@ -2295,5 +2360,52 @@ mod tests {
         assert_ne!(group_id("/", "q", 5), group_id("/", "q", 6));
         assert_ne!(group_id("/", "q", 5), group_id("/", "r", 5));
         assert_eq!(group_id("/", "q", 5).len(), 24);
+    }
+
+    /// A stream of `n` messages in `dir`, as a member's.
+    fn stream_of(dir: &Path, n: u64) -> Arc<Stream> {
+        let mut args = antre_amqp::FieldTable::default();
+        args.insert("x-queue-type", antre_amqp::FieldValue::string("stream"));
+        let clock = Arc::new(antre_broker::clock::ManualClock::at(1_000));
+        let s = Stream::open("/", "s", args, dir, clock).unwrap();
+        let records: Vec<Bytes> = (0..n)
+            .map(|i| {
+                antre_broker::stream::replica_record(&Message::new(
+                    String::new(),
+                    "s".into(),
+                    antre_amqp::BasicProperties::default(),
+                    Bytes::from(format!("m{i}")),
+                ))
+            })
+            .collect();
+        for (i, r) in records.iter().enumerate() {
+            s.replica_append([(i as u64, r)]).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn a_stream_snapshot_goes_through_a_file_chunk_by_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = stream_of(&dir.path().join("leader"), 7);
+        let mut chunks = leader.replica_chunks().unwrap();
+        let mut file = snapshot_data(dir.path(), |w| write_stream_snapshot(w, 7, &mut chunks))
+            .unwrap()
+            .try_into_std()
+            .unwrap();
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw).unwrap();
+
+        let behind = stream_of(&dir.path().join("behind"), 2);
+        let (next_id, next, chunks) = read_stream_snapshot(&raw[..]).unwrap();
+        assert_eq!((next_id, next), (7, 7));
+        assert_eq!(behind.replica_install(next, chunks).unwrap(), 7);
+        assert_eq!(behind.next_offset(), 7);
+
+        // Cut short: the chunk it stops in is an error, not a shorter log.
+        let (_, _, chunks) = read_stream_snapshot(&raw[..raw.len() - 10]).unwrap();
+        let read: Vec<_> = chunks.collect();
+        assert!(read.last().is_some_and(|r| r.is_err()), "{read:?}");
+        assert!(read_stream_snapshot(&b"ASQ1"[..]).is_err());
     }
 }

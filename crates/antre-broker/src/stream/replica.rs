@@ -11,7 +11,7 @@
 //! member and a consumer reads the log of whichever member it is attached
 //! to (only committed messages are ever in it). A member far behind gets
 //! the leader's chunks as they are ([`Stream::replica_chunks`],
-//! [`Stream::replica_install`]).
+//! [`Stream::replica_install`]), read and written one at a time.
 
 use std::sync::Arc;
 
@@ -46,14 +46,34 @@ fn split_replica_record(raw: &Bytes) -> Option<(Option<&str>, Bytes)> {
     Some(((!filter.is_empty()).then_some(filter), record))
 }
 
-/// The chunks of a stream from its oldest offset, as a replica sends them
-/// to a member far behind.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamChunks {
-    /// The offset after the last record.
-    pub next: u64,
-    /// Each chunk whole (header and body), oldest first.
-    pub chunks: Vec<Bytes>,
+/// The chunks of a stream from its oldest offset, read one at a time, as
+/// a replica sends them to a member far behind: a stream of many
+/// gigabytes goes out without being held in memory.
+#[derive(Debug)]
+pub struct ChunkSource {
+    reader: super::Reader,
+    next: u64,
+}
+
+impl ChunkSource {
+    /// The offset after the last record the chunks hold.
+    pub fn next_offset(&self) -> u64 {
+        self.next
+    }
+
+    /// The next chunk, whole (header and body), or None after the last.
+    pub fn next_chunk(&mut self) -> Result<Option<Bytes>, BrokerError> {
+        let Some(chunk) = self.reader.next_chunk()? else {
+            return Ok(None);
+        };
+        if chunk.header.chunk_id >= self.next {
+            return Ok(None);
+        }
+        let mut raw = BytesMut::with_capacity(chunk.header.total_size() as usize);
+        chunk.header.encode(&mut raw);
+        raw.extend_from_slice(&chunk.body);
+        Ok(Some(raw.freeze()))
+    }
 }
 
 impl Stream {
@@ -170,21 +190,14 @@ impl Stream {
         synced.map_err(|e| failed(self, e))
     }
 
-    /// Every chunk of the log, from the oldest, for a member far behind.
-    pub fn replica_chunks(self: &Arc<Self>) -> Result<StreamChunks, BrokerError> {
-        let mut reader = self.reader(OffsetSpec::First)?;
-        let next = self.next_offset();
-        let mut chunks = Vec::new();
-        while let Some(chunk) = reader.next_chunk()? {
-            if chunk.header.chunk_id >= next {
-                break;
-            }
-            let mut raw = BytesMut::with_capacity(chunk.header.total_size() as usize);
-            chunk.header.encode(&mut raw);
-            raw.extend_from_slice(&chunk.body);
-            chunks.push(raw.freeze());
-        }
-        Ok(StreamChunks { next, chunks })
+    /// Every chunk of the log, from the oldest, for a member far behind:
+    /// those written up to now (what comes later is not read).
+    pub fn replica_chunks(self: &Arc<Self>) -> Result<ChunkSource, BrokerError> {
+        let reader = self.reader(OffsetSpec::First)?;
+        Ok(ChunkSource {
+            reader,
+            next: self.next_offset(),
+        })
     }
 
     /// Empties the log (this node no longer holds a replica). Its
@@ -195,35 +208,45 @@ impl Stream {
         for c in consumers {
             c.sink.cancel(&c.tag);
         }
-        self.replica_install(&StreamChunks::default())?;
+        self.replica_install(0, std::iter::empty())?;
         self.replica_sync()
     }
 
-    /// Replaces the log with another member's chunks ([`Stream::replica_chunks`]).
-    pub fn replica_install(&self, from: &StreamChunks) -> Result<(), BrokerError> {
+    /// Replaces the log with another member's chunks
+    /// ([`Stream::replica_chunks`]), read one at a time; `next` is the
+    /// offset after them (where the log starts if there are none).
+    /// Returns how many were written.
+    pub fn replica_install(
+        &self,
+        next: u64,
+        chunks: impl IntoIterator<Item = Result<Bytes, BrokerError>>,
+    ) -> Result<u64, BrokerError> {
         let now = self.now();
         let mut st = self.state.lock();
         if st.deleted {
-            return Ok(());
+            return Ok(0);
         }
-        let first = match from.chunks.first() {
-            Some(raw) => {
+        let mut chunks = chunks.into_iter().peekable();
+        let first = match chunks.peek() {
+            Some(Ok(raw)) => {
                 antre_stream_proto::chunk::ChunkHeader::decode(raw)
                     .map_err(|e| failed(self, e))?
                     .chunk_id
             }
-            None => from.next,
+            Some(Err(_)) | None => next,
         };
         st.log.reset(first).map_err(|e| failed(self, e))?;
-        for raw in &from.chunks {
+        let mut written = 0;
+        for raw in chunks {
             st.log
-                .write_raw_chunk(raw, now)
+                .write_raw_chunk(&raw?, now)
                 .map_err(|e| failed(self, e))?;
+            written += 1;
         }
         if let Some(hook) = &st.on_dirty {
             hook();
         }
         self.after_write(&mut st, now);
-        Ok(())
+        Ok(written)
     }
 }

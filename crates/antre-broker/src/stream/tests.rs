@@ -315,9 +315,10 @@ fn a_replica_installs_another_members_chunks() {
     let mut reader = behind.reader(OffsetSpec::First).unwrap();
     assert_eq!(bodies(&drain(&mut reader)), ["r0", "r1"]);
 
-    let chunks = leader.replica_chunks().unwrap();
-    assert_eq!(chunks.next, 6);
-    behind.replica_install(&chunks).unwrap();
+    let mut chunks = leader.replica_chunks().unwrap();
+    assert_eq!(chunks.next_offset(), 6);
+    let all = std::iter::from_fn(|| chunks.next_chunk().transpose());
+    assert!(behind.replica_install(6, all).unwrap() > 0);
     behind.replica_sync().unwrap();
     assert_eq!(behind.next_offset(), 6);
     assert_eq!(
