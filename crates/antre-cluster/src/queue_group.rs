@@ -1165,9 +1165,9 @@ impl QueueReplica for Replica {
             failed.complete(false);
             return Ok(failed);
         }
-        if self.engine.target.stream().is_some() {
+        if let Some(stream) = self.engine.target.stream() {
             // Encoded once, here: every member appends the record as it is.
-            let body = Body(antre_broker::stream::replica_record(message));
+            let body = Body(stream.replica_record(message));
             let mut p = self.pending.lock();
             let id = p.next_id;
             p.next_id += 1;
@@ -2370,7 +2370,7 @@ mod tests {
         let s = Stream::open("/", "s", args, dir, clock).unwrap();
         let records: Vec<Bytes> = (0..n)
             .map(|i| {
-                antre_broker::stream::replica_record(&Message::new(
+                s.replica_record(&Message::new(
                     String::new(),
                     "s".into(),
                     antre_amqp::BasicProperties::default(),

@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 pub use args::{Filter, OffsetSpec, StreamArgs};
 pub use log::Recovered;
 pub use reader::Reader;
-pub use replica::{replica_record, ChunkSource};
+pub use replica::ChunkSource;
 
 use crate::clock::Clock;
 use crate::durable::Durable;

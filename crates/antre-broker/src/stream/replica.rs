@@ -23,27 +23,32 @@ use crate::error::BrokerError;
 use crate::message::Message;
 use crate::replicated::QueueReplica;
 
-/// A message as a stream's group replicates it: its stream record
-/// ([`super::record::to_record`]), encoded once by the leader, after its
-/// filter value (2 bytes of length, little-endian, then the value; 0 and
-/// nothing without one), which goes into the chunk's Bloom filter.
-pub fn replica_record(message: &Message) -> Bytes {
-    let record = super::record::to_record(message);
-    let filter = super::record::filter_value(message).unwrap_or_default();
-    let filter = &filter.as_bytes()[..filter.len().min(usize::from(u16::MAX))];
-    let mut out = BytesMut::with_capacity(2 + filter.len() + record.len());
-    out.extend_from_slice(&(filter.len() as u16).to_le_bytes());
-    out.extend_from_slice(filter);
-    out.extend_from_slice(&record);
-    out.freeze()
+/// A message as a stream's group replicates it, encoded once by the
+/// leader ([`Stream::replica_record`]): the leader's time (8 bytes,
+/// little-endian, ms), the filter value (2 bytes of length, then the
+/// value; 0 and nothing without one), then the stream record.
+struct ReplicaRecord<'a> {
+    /// When the leader took it: the time of the chunk that holds it on
+    /// every member, so a start by timestamp and retention by age see the
+    /// same chunks everywhere.
+    at: i64,
+    /// Into the chunk's Bloom filter.
+    filter: Option<&'a str>,
+    /// As [`super::record::to_record`] encodes it.
+    record: Bytes,
 }
 
-/// The filter value and the stream record of a [`replica_record`].
-fn split_replica_record(raw: &Bytes) -> Option<(Option<&str>, Bytes)> {
-    let len = usize::from(u16::from_le_bytes([*raw.first()?, *raw.get(1)?]));
-    let filter = std::str::from_utf8(raw.get(2..2 + len)?).ok()?;
-    let record = raw.slice(2 + len..);
-    Some(((!filter.is_empty()).then_some(filter), record))
+impl ReplicaRecord<'_> {
+    fn parse(raw: &Bytes) -> Option<ReplicaRecord<'_>> {
+        let at = i64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
+        let len = usize::from(u16::from_le_bytes(raw.get(8..10)?.try_into().ok()?));
+        let filter = std::str::from_utf8(raw.get(10..10 + len)?).ok()?;
+        Some(ReplicaRecord {
+            at,
+            filter: (!filter.is_empty()).then_some(filter),
+            record: raw.slice(10 + len..),
+        })
+    }
 }
 
 /// The chunks of a stream from its oldest offset, read one at a time, as
@@ -77,6 +82,19 @@ impl ChunkSource {
 }
 
 impl Stream {
+    /// A message as this stream's group replicates it (on its leader).
+    pub fn replica_record(&self, message: &Message) -> Bytes {
+        let record = super::record::to_record(message);
+        let filter = super::record::filter_value(message).unwrap_or_default();
+        let filter = &filter.as_bytes()[..filter.len().min(usize::from(u16::MAX))];
+        let mut out = BytesMut::with_capacity(10 + filter.len() + record.len());
+        out.extend_from_slice(&self.now().to_le_bytes());
+        out.extend_from_slice(&(filter.len() as u16).to_le_bytes());
+        out.extend_from_slice(filter);
+        out.extend_from_slice(&record);
+        out.freeze()
+    }
+
     /// Makes this stream's contents replicated through `replica`: publishes
     /// go to [`Stream::replicate`] from now on. Returns false if it already
     /// had one.
@@ -107,7 +125,7 @@ impl Stream {
         self.state.lock().log.next_offset()
     }
 
-    /// Appends messages a member applied ([`replica_record`]s), each at
+    /// Appends messages a member applied ([`Stream::replica_record`]s), each at
     /// the offset its group's leader gave it, then writes them as a chunk
     /// so that consumers see them at once. A message below the log's next offset is there
     /// already (a member that restarted applies again what it applied
@@ -126,6 +144,8 @@ impl Stream {
         }
         let was_dirty = st.log.is_dirty();
         let mut appended = 0u64;
+        // The chunks' time: the leader's, of their newest message.
+        let mut at = now;
         for (offset, raw) in records {
             let next = st.log.next_offset();
             if offset < next {
@@ -137,17 +157,18 @@ impl Stream {
                     vhost = self.vhost,
                     "the replica's log ends at offset {next}, its group is at {offset}: it starts over there"
                 );
-                st.log.seal(now).map_err(|e| failed(self, e))?;
+                st.log.seal(at).map_err(|e| failed(self, e))?;
                 st.log.reset(offset).map_err(|e| failed(self, e))?;
             }
-            let Some((filter_value, record)) = split_replica_record(raw) else {
+            let Some(r) = ReplicaRecord::parse(raw) else {
                 return Err(failed(
                     self,
                     format!("a malformed record at offset {offset}"),
                 ));
             };
+            at = r.at;
             st.log
-                .append_from(&record, None, filter_value, now)
+                .append_from(&r.record, None, r.filter, at)
                 .map_err(|e| failed(self, e))?;
             appended += 1;
         }
@@ -156,7 +177,7 @@ impl Stream {
         }
         self.published
             .fetch_add(appended, std::sync::atomic::Ordering::Relaxed);
-        st.log.seal(now).map_err(|e| failed(self, e))?;
+        st.log.seal(at).map_err(|e| failed(self, e))?;
         if !was_dirty {
             if let Some(hook) = &st.on_dirty {
                 hook();

@@ -259,8 +259,8 @@ fn a_filter_size_outside_16_to_255_is_refused() {
 }
 
 /// A message as its group replicates it to a stream's members.
-fn rec(body: &str) -> Bytes {
-    replica_record(&msg(body))
+fn rec(leader: &Stream, body: &str) -> Bytes {
+    leader.replica_record(&msg(body))
 }
 
 /// A replica applies its group's messages at the offsets the leader gave
@@ -271,14 +271,14 @@ fn a_replica_appends_at_its_groups_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at(1_000));
     let s = open(dir.path(), Arc::clone(&clock), FieldTable::default());
-    let (m0, m1, m2) = (rec("m0"), rec("m1"), rec("m2"));
+    let (m0, m1, m2) = (rec(&s, "m0"), rec(&s, "m1"), rec(&s, "m2"));
     s.replica_append([(0, &m0), (1, &m1)]).unwrap();
     s.replica_append([(1, &m1), (2, &m2)]).unwrap();
     assert_eq!(s.next_offset(), 3);
     let all = drain(&mut s.reader(OffsetSpec::First).unwrap());
     assert_eq!(all, [(0, "m0".into()), (1, "m1".into()), (2, "m2".into())]);
 
-    let m9 = rec("m9");
+    let m9 = rec(&s, "m9");
     s.replica_append([(9, &m9)]).unwrap();
     assert_eq!(s.next_offset(), 10);
     assert_eq!(
@@ -305,7 +305,7 @@ fn a_replica_installs_another_members_chunks() {
         Arc::clone(&clock),
         FieldTable::default(),
     );
-    let messages: Vec<Bytes> = (0..6).map(|i| rec(&format!("r{i}"))).collect();
+    let messages: Vec<Bytes> = (0..6).map(|i| rec(&leader, &format!("r{i}"))).collect();
     leader
         .replica_append(messages.iter().enumerate().map(|(i, m)| (i as u64, m)))
         .unwrap();
@@ -334,7 +334,7 @@ fn a_replica_installs_another_members_chunks() {
     assert_eq!(bodies(&all), ["r0", "r1", "r2", "r3", "r4", "r5"]);
 
     // It goes on from there with what the group applies next.
-    let m6 = rec("r6");
+    let m6 = rec(&leader, "r6");
     behind.replica_append([(6, &m6)]).unwrap();
     assert_eq!(drain(&mut reader), [(6, "r6".into())]);
 }
@@ -351,7 +351,7 @@ fn a_replicas_chunks_carry_the_filter_values() {
     );
     let s = open(dir.path(), Arc::new(ManualClock::at(0)), args);
     for (i, region) in ["emea", "apac"].iter().enumerate() {
-        let r = replica_record(&tagged(&format!("{region}-{i}"), region));
+        let r = s.replica_record(&tagged(&format!("{region}-{i}"), region));
         s.replica_append([(i as u64, &r)]).unwrap();
     }
     let mut r = s.reader(OffsetSpec::First).unwrap();
@@ -360,4 +360,30 @@ fn a_replicas_chunks_carry_the_filter_values() {
         match_unfiltered: false,
     }));
     assert_eq!(bodies(&drain(&mut r)), ["apac-1"]);
+}
+
+/// A replica's chunks carry the leader's time, not the member's: a start
+/// by timestamp and retention by age see the same chunks on every member.
+#[test]
+fn a_replicas_chunks_carry_the_leaders_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = open(
+        &dir.path().join("leader"),
+        Arc::new(ManualClock::at(5_000)),
+        FieldTable::default(),
+    );
+    let member = open(
+        &dir.path().join("member"),
+        Arc::new(ManualClock::at(1_000)),
+        FieldTable::default(),
+    );
+    let r = rec(&leader, "m0");
+    member.replica_append([(0, &r)]).unwrap();
+    let chunk = member
+        .reader(OffsetSpec::First)
+        .unwrap()
+        .next_chunk()
+        .unwrap()
+        .unwrap();
+    assert_eq!(chunk.header.timestamp, 5_000);
 }
