@@ -568,6 +568,15 @@ impl Target {
         }
     }
 
+    /// For the log lines the group shares with quorum queues (whose texts
+    /// scripts and tests look for): `quorum` or `stream`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Target::Queue(_) => "quorum",
+            Target::Stream(_) => "stream",
+        }
+    }
+
     fn queue(&self) -> Option<&Arc<Queue>> {
         match self {
             Target::Queue(q) => Some(q),
@@ -1529,6 +1538,7 @@ impl QueueGroups {
         tracing::info!(
             vhost = def.vhost,
             queue = def.name,
+            kind = group.machine.engine.target.kind(),
             members = ?def.members,
             "quorum queue replica started"
         );
@@ -1930,6 +1940,7 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
     tracing::info!(
         vhost = group.def.vhost,
         queue = group.def.name,
+        kind = engine.target.kind(),
         "this node leads the quorum queue now"
     );
     if let Some(log) = groups.broker.metadata_log() {
@@ -1962,6 +1973,7 @@ fn step_down(group: &Group) {
     tracing::info!(
         vhost = group.def.vhost,
         queue = group.def.name,
+        kind = engine.target.kind(),
         "this node no longer leads the quorum queue"
     );
 }
