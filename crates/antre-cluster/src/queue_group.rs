@@ -1174,23 +1174,20 @@ impl QueueReplica for Replica {
             failed.complete(false);
             return Ok(failed);
         }
-        if let Some(stream) = self.engine.target.stream() {
-            // Encoded once, here: every member appends the record as it is.
-            let body = Body(stream.replica_record(message));
-            let mut p = self.pending.lock();
-            let id = p.next_id;
-            p.next_id += 1;
-            p.ops.enqueue.push((id, body));
-            let batch = Arc::clone(p.batch.get_or_insert_with(|| PendingCommit::new(syncer)));
-            drop(p);
-            self.wake.notify_one();
-            return Ok(batch);
-        }
+        let stream = self.engine.target.stream();
+        // A stream's record is encoded once, here: every member appends it
+        // as it is, and no engine needs the message back at apply.
+        let body = match stream {
+            Some(stream) => stream.replica_record(message),
+            None => message.record().clone(),
+        };
         let mut p = self.pending.lock();
         let id = p.next_id;
         p.next_id += 1;
-        p.ops.enqueue.push((id, Body(message.record().clone())));
-        self.engine.proposed.lock().insert(id, Arc::clone(message));
+        p.ops.enqueue.push((id, Body(body)));
+        if stream.is_none() {
+            self.engine.proposed.lock().insert(id, Arc::clone(message));
+        }
         let batch = Arc::clone(p.batch.get_or_insert_with(|| PendingCommit::new(syncer)));
         drop(p);
         self.wake.notify_one();

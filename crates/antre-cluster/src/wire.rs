@@ -29,29 +29,20 @@ use crate::{NodeId, Proposal, TypeConfig};
 /// snapshot (which carries the whole stream) was some 12 MB of JSON, and
 /// a member catching up took seconds per chunk.
 mod chunk_base64 {
-    use base64::Engine as _;
     use openraft::raft::InstallSnapshotRequest;
     use openraft::{BasicNode, SnapshotMeta, Vote};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::queue_group::QueueTypeConfig;
+    use crate::queue_group::{Body, QueueTypeConfig};
     use crate::NodeId;
 
-    #[derive(Serialize)]
-    struct Out<'a> {
-        vote: &'a Vote<NodeId>,
-        meta: &'a SnapshotMeta<NodeId, BasicNode>,
+    /// openraft's request, with the bytes as a [`Body`] (base64 in JSON).
+    #[derive(Serialize, Deserialize)]
+    struct Chunk<V, M> {
+        vote: V,
+        meta: M,
         offset: u64,
-        data: String,
-        done: bool,
-    }
-
-    #[derive(Deserialize)]
-    struct In {
-        vote: Vote<NodeId>,
-        meta: SnapshotMeta<NodeId, BasicNode>,
-        offset: u64,
-        data: String,
+        data: Body,
         done: bool,
     }
 
@@ -59,11 +50,11 @@ mod chunk_base64 {
         r: &InstallSnapshotRequest<QueueTypeConfig>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        Out {
+        Chunk {
             vote: &r.vote,
             meta: &r.meta,
             offset: r.offset,
-            data: base64::engine::general_purpose::STANDARD.encode(&r.data),
+            data: Body(bytes::Bytes::copy_from_slice(&r.data)),
             done: r.done,
         }
         .serialize(s)
@@ -72,15 +63,12 @@ mod chunk_base64 {
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<InstallSnapshotRequest<QueueTypeConfig>, D::Error> {
-        let r = In::deserialize(d)?;
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(r.data.as_bytes())
-            .map_err(serde::de::Error::custom)?;
+        let r = Chunk::<Vote<NodeId>, SnapshotMeta<NodeId, BasicNode>>::deserialize(d)?;
         Ok(InstallSnapshotRequest {
             vote: r.vote,
             meta: r.meta,
             offset: r.offset,
-            data,
+            data: r.data.0.to_vec(),
             done: r.done,
         })
     }

@@ -616,16 +616,24 @@ impl Log {
 
     /// Flushes the open chunk and fsyncs everything (clean shutdown).
     pub fn close(&mut self, now: i64) -> Result<(), String> {
+        self.sync_all(now)
+    }
+
+    /// Writes the open chunk and fsyncs everything, here and now (not
+    /// through the syncer's group commit): at shutdown, and before a
+    /// replica's snapshot stands for the log.
+    pub fn sync_all(&mut self, now: i64) -> Result<(), String> {
         self.seal(now)?;
         let (files, dirs) = self.begin_sync()?;
-        for f in files {
-            f.sync_data().map_err(|e| io_err("fsync", &self.dir, e))?;
-        }
-        for d in dirs {
-            antre_store::sync_dir(&d).map_err(|e| e.to_string())?;
-        }
-        self.finish_sync(true);
-        Ok(())
+        let synced = files
+            .iter()
+            .try_for_each(|f| f.sync_data().map_err(|e| io_err("fsync", &self.dir, e)))
+            .and_then(|()| {
+                dirs.iter()
+                    .try_for_each(|d| antre_store::sync_dir(d).map_err(|e| e.to_string()))
+            });
+        self.finish_sync(synced.is_ok());
+        synced
     }
 }
 

@@ -149,6 +149,18 @@ struct StreamState {
     on_dirty: Option<DirtyHook>,
 }
 
+impl StreamState {
+    /// Something was appended: if the log was clean before (`was_dirty`
+    /// false), the syncer is told it owes the stream a sync.
+    fn dirtied(&self, was_dirty: bool) {
+        if !was_dirty {
+            if let Some(hook) = &self.on_dirty {
+                hook();
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for StreamState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamState")
@@ -252,11 +264,7 @@ impl Stream {
             .append_from(&record, None, filter_value, now)
             .map_err(|e| failed(self, e))?;
         self.published.fetch_add(1, Ordering::Relaxed);
-        if !was_dirty {
-            if let Some(hook) = &st.on_dirty {
-                hook();
-            }
-        }
+        st.dirtied(was_dirty);
         if wrote {
             self.after_write(&mut st, now);
         }
@@ -300,10 +308,8 @@ impl Stream {
         }
         let n = accepted.iter().filter(|a| **a).count() as u64;
         self.published.fetch_add(n, Ordering::Relaxed);
-        if !was_dirty && n > 0 {
-            if let Some(hook) = &st.on_dirty {
-                hook();
-            }
+        if n > 0 {
+            st.dirtied(was_dirty);
         }
         if wrote {
             self.after_write(&mut st, now);
@@ -329,11 +335,7 @@ impl Stream {
             .log
             .store_offset(reference, offset, now)
             .map_err(|e| failed(self, e))?;
-        if !was_dirty {
-            if let Some(hook) = &st.on_dirty {
-                hook();
-            }
-        }
+        st.dirtied(was_dirty);
         if wrote {
             self.after_write(&mut st, now);
         }

@@ -178,11 +178,7 @@ impl Stream {
         self.published
             .fetch_add(appended, std::sync::atomic::Ordering::Relaxed);
         st.log.seal(at).map_err(|e| failed(self, e))?;
-        if !was_dirty {
-            if let Some(hook) = &st.on_dirty {
-                hook();
-            }
-        }
+        st.dirtied(was_dirty);
         self.after_write(&mut st, now);
         Ok(())
     }
@@ -199,16 +195,7 @@ impl Stream {
         if st.log.seal(now).map_err(|e| failed(self, e))? {
             self.after_write(&mut st, now);
         }
-        let (files, dirs) = st.log.begin_sync().map_err(|e| failed(self, e))?;
-        let synced = files
-            .iter()
-            .try_for_each(|f| f.sync_data().map_err(|e| e.to_string()))
-            .and_then(|()| {
-                dirs.iter()
-                    .try_for_each(|d| antre_store::sync_dir(d).map_err(|e| e.to_string()))
-            });
-        st.log.finish_sync(synced.is_ok());
-        synced.map_err(|e| failed(self, e))
+        st.log.sync_all(now).map_err(|e| failed(self, e))
     }
 
     /// Every chunk of the log, from the oldest, for a member far behind:
@@ -264,9 +251,8 @@ impl Stream {
                 .map_err(|e| failed(self, e))?;
             written += 1;
         }
-        if let Some(hook) = &st.on_dirty {
-            hook();
-        }
+        // The new files are owed an fsync, whatever was owed before.
+        st.dirtied(false);
         self.after_write(&mut st, now);
         Ok(written)
     }
