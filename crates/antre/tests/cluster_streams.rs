@@ -39,26 +39,7 @@ async fn declare_stream(c: &TestCluster, i: usize, name: &str) {
 /// Declares stream `name` with `size` replicas (`x-initial-cluster-size`)
 /// on node `i`.
 async fn declare_sized(c: &TestCluster, i: usize, name: &str, size: Option<i32>) {
-    let deadline = Instant::now() + harness::WAIT;
-    loop {
-        let conn = harness::connect(&c.nodes[i].amqp_uri()).await;
-        let ch = conn.create_channel().await.expect("channel");
-        let declared = ch
-            .queue_declare(
-                name,
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                stream_args(size),
-            )
-            .await;
-        match declared {
-            Ok(_) => return,
-            Err(e) => assert!(Instant::now() < deadline, "could not declare {name}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.declare_durable(i, name, stream_args(size)).await
 }
 
 async fn wait_leader(c: &TestCluster, name: &str) -> usize {

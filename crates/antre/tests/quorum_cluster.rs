@@ -64,27 +64,7 @@ async fn declare_quorum(ch: &Channel, name: &str, extra: &[(&str, AMQPValue)]) {
 /// Declares quorum queue `name` on the first node, retrying while the
 /// metadata group may still be electing its first leader.
 async fn declare_on_n1(c: &TestCluster, name: &str) {
-    let deadline = Instant::now() + harness::WAIT;
-    loop {
-        if let Some(conn) = connect(&c.nodes[0].amqp_uri()).await {
-            let ch = conn.create_channel().await.expect("channel");
-            let declared = ch
-                .queue_declare(
-                    name,
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    quorum_args(&[]),
-                )
-                .await;
-            if declared.is_ok() {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "could not declare {name}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.declare_durable(0, name, quorum_args(&[])).await
 }
 
 /// The queue as node `i` lists it.

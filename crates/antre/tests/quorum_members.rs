@@ -38,26 +38,7 @@ fn quorum_args(size: Option<i64>) -> FieldTable {
 /// Declares quorum queue `name` on node `i` (retrying while the metadata
 /// group may still elect its first leader) and waits for its leader.
 async fn declare(c: &TestCluster, i: usize, name: &str, size: Option<i64>) {
-    let deadline = Instant::now() + harness::WAIT;
-    loop {
-        let conn = connect(&c.nodes[i].amqp_uri()).await;
-        let ch = conn.create_channel().await.expect("channel");
-        let declared = ch
-            .queue_declare(
-                name,
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                quorum_args(size),
-            )
-            .await;
-        if declared.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "could not declare {name}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.declare_durable(i, name, quorum_args(size)).await;
     c.until(&format!("a leader of {name}"), || async {
         c.queue_leader(name).await.is_some()
     })

@@ -558,6 +558,37 @@ pub async fn connect(uri: &str) -> lapin::Connection {
 
 /// Quorum queues' replica management (tests/quorum_members.rs).
 impl TestCluster {
+    /// Declares durable queue `name` in `/` with `args` on node `i`,
+    /// retrying while the metadata group may still be electing its first
+    /// leader (the declare fails meanwhile) or the node does not take
+    /// connections yet.
+    pub async fn declare_durable(&self, i: usize, name: &str, args: lapin::types::FieldTable) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let attempt = async {
+                let uri = self.nodes[i].amqp_uri();
+                let conn = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+                    .await?;
+                let ch = conn.create_channel().await?;
+                let options = lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
+                ch.queue_declare(name, options, args.clone())
+                    .await
+                    .map(|_| ())
+            };
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(())) => return,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "could not declare {name}: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Takes every message of `queue` on node `i` (no-ack gets); their
     /// bodies.
     pub async fn drain(&self, i: usize, queue: &str) -> Vec<String> {
