@@ -118,6 +118,11 @@ pub struct Broker {
     /// as: the node that forwards it, which the management API shows as
     /// the channel of such a consumer.
     forwarded: parking_lot::Mutex<HashMap<u64, ForwardedFrom>>,
+    /// In a cluster, where each node's listeners of other protocols than
+    /// AMQP are (RabbitMQ's cluster-wide listener table): a stream
+    /// client's metadata request names the node of each stream's leader
+    /// and replicas by these. By (node, protocol).
+    pub(crate) listeners: RwLock<std::collections::BTreeMap<(String, String), String>>,
 }
 
 impl Default for Broker {
@@ -164,6 +169,7 @@ impl Broker {
             metadata: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
             forwarded: parking_lot::Mutex::default(),
+            listeners: RwLock::default(),
         }
     }
 

@@ -264,6 +264,17 @@ pub enum MetaCommand {
     /// consumers, its publishes) lives now. Proposed by the new leader;
     /// nodes that are not members of the group learn it from here (members
     /// follow their own replica).
+    /// Records where a node listens for a protocol (`stream`), or that
+    /// it no longer does (`address` None). Each node records its own as
+    /// it starts.
+    SetListener {
+        /// The node's name.
+        node: String,
+        /// The protocol (`stream`).
+        protocol: String,
+        /// `HOST:PORT` as clients reach it.
+        address: Option<String>,
+    },
     QueueLeader {
         /// The vhost.
         vhost: String,
@@ -477,6 +488,9 @@ pub struct MetaSnapshot {
     /// which decides them).
     #[serde(default)]
     pub quorum: Vec<QuorumDef>,
+    /// Nodes' listeners of other protocols: (node, protocol, address).
+    #[serde(default)]
+    pub listeners: Vec<(String, String, String)>,
 }
 
 /// A quorum queue's Raft group, as every node of a cluster knows it.
@@ -763,6 +777,18 @@ impl Broker {
                 }
                 MetaOutcome::Done
             }
+            C::SetListener {
+                node,
+                protocol,
+                address,
+            } => {
+                let mut listeners = self.listeners.write();
+                let key = (node, protocol);
+                MetaOutcome::Changed(match address {
+                    Some(a) => listeners.insert(key, a.clone()).as_ref() != Some(&a),
+                    None => listeners.remove(&key).is_some(),
+                })
+            }
             C::QueueMember {
                 vhost,
                 name,
@@ -918,6 +944,12 @@ impl Broker {
             definitions: vhosts.iter().map(|v| v.definitions()).collect(),
             owners,
             quorum: Vec::new(),
+            listeners: self
+                .listeners
+                .read()
+                .iter()
+                .map(|((node, protocol), a)| (node.clone(), protocol.clone(), a.clone()))
+                .collect(),
         }
     }
 
@@ -949,7 +981,20 @@ impl Broker {
                 v.set_remote_owner(queue, (node != me).then_some(node.as_str()));
             }
         }
+        *self.listeners.write() = snapshot
+            .listeners
+            .into_iter()
+            .map(|(node, protocol, a)| ((node, protocol), a))
+            .collect();
         Ok(())
+    }
+
+    /// Where node `node` listens for `protocol`, as it recorded it.
+    pub fn listener(&self, node: &str, protocol: &str) -> Option<String> {
+        self.listeners
+            .read()
+            .get(&(node.to_owned(), protocol.to_owned()))
+            .cloned()
     }
 }
 

@@ -59,6 +59,29 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     fn is_member(&self) -> bool {
         true
     }
+    /// Whether this node leads the group now (it takes publishes).
+    fn leads(&self) -> bool;
+    /// A stream's: replicates a stream-protocol publisher's records
+    /// (publishing id, [`crate::stream::Stream::replica_published`]
+    /// encoding) on the leader, dropping a named publisher's duplicates
+    /// (`accepted` says which were kept). The durable completes when the
+    /// kept ones are committed.
+    fn publish_records(
+        &self,
+        writer: Option<&str>,
+        records: Vec<(u64, bytes::Bytes)>,
+        accepted: &mut Vec<bool>,
+    ) -> Result<Arc<dyn Durable>, BrokerError> {
+        let _ = (writer, records, accepted);
+        Err(BrokerError::Internal("not a stream".into()))
+    }
+    /// A stream's: stores a named consumer's offset through the group
+    /// (handed to the leader from any member; not confirmed, as in
+    /// RabbitMQ).
+    fn store_offset(&self, reference: &str, offset: u64) -> Result<(), BrokerError> {
+        let _ = (reference, offset);
+        Err(BrokerError::Internal("not a stream".into()))
+    }
 }
 
 /// Where a replicated write stands, for the syncer.

@@ -161,11 +161,17 @@ pub struct QueueOps {
     /// Messages delivered that came back (one more delivery each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub returned: Vec<u64>,
+    /// A stream's named consumers' stored offsets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<(String, u64)>,
 }
 
 impl QueueOps {
     fn is_empty(&self) -> bool {
-        self.enqueue.is_empty() && self.settle.is_empty() && self.returned.is_empty()
+        self.enqueue.is_empty()
+            && self.settle.is_empty()
+            && self.returned.is_empty()
+            && self.offsets.is_empty()
     }
 }
 
@@ -548,6 +554,15 @@ fn compact(st: &mut QueueState) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A stream's log could not take what the group applied.
+fn stream_failed(dir: &Path, e: &BrokerError) -> StoreError {
+    StoreError::Records {
+        path: dir.to_owned(),
+        offset: 0,
+        reason: e.to_string(),
+    }
+}
+
 /// What a group replicates, as the broker holds it on this node: a
 /// quorum queue (its engine runs on the leader) or a stream (every member
 /// appends what it applies to its own log, see
@@ -836,6 +851,11 @@ impl QueueMachine {
                     }
                     if let Some(stream) = stream {
                         self.append_to_stream(&mut st, stream, ops.enqueue)?;
+                        for (reference, offset) in &ops.offsets {
+                            stream
+                                .replica_store_offset(reference, *offset)
+                                .map_err(|e| stream_failed(&self.dir, &e))?;
+                        }
                         st.last_applied = Some(entry.log_id);
                         continue;
                     }
@@ -901,11 +921,7 @@ impl QueueMachine {
         }
         stream
             .replica_append(enqueue.iter().map(|(id, r)| (*id, &r.0)))
-            .map_err(|e| StoreError::Records {
-                path: self.dir.clone(),
-                offset: 0,
-                reason: e.to_string(),
-            })
+            .map_err(|e| stream_failed(&self.dir, &e))
     }
 
     /// Makes `set` (with the records it refers to, as they are in the
@@ -1146,6 +1162,26 @@ struct Pending {
     batch: Option<Arc<PendingCommit>>,
     /// The id the next enqueue gets.
     next_id: u64,
+    /// A stream's named publishers' last publishing ids this leader
+    /// proposed (their log may not have them yet): a publish retried
+    /// before its first copy was applied is a duplicate too.
+    writers: HashMap<String, u64>,
+}
+
+impl Pending {
+    /// Leadership came or went: nothing gathered is proposed.
+    fn reset(&mut self) {
+        self.ops = QueueOps::default();
+        self.writers.clear();
+        if let Some(b) = self.batch.take() {
+            b.complete(false);
+        }
+    }
+
+    /// The batch the enqueues gathered now confirm with.
+    fn batch(&mut self, syncer: Option<antre_broker::syncer::Syncer>) -> Arc<PendingCommit> {
+        Arc::clone(self.batch.get_or_insert_with(|| PendingCommit::new(syncer)))
+    }
 }
 
 /// The replication of one queue on one member: what the broker's engine
@@ -1155,6 +1191,34 @@ struct Replica {
     state: Arc<Mutex<QueueState>>,
     pending: Mutex<Pending>,
     wake: tokio::sync::Notify,
+    /// The group's id, and the node's groups: a stream's member that does
+    /// not lead hands stored offsets to the leader through them.
+    group: String,
+    groups: Weak<QueueGroups>,
+}
+
+impl Replica {
+    /// A failed batch: its publishes are nacked (leadership moved).
+    fn failed(&self) -> Arc<dyn Durable> {
+        let failed = PendingCommit::new(self.engine.broker.syncer().cloned());
+        failed.complete(false);
+        failed
+    }
+
+    /// Stores a stream consumer's offset through the group, on its
+    /// leader.
+    fn store_offset_here(&self, reference: &str, offset: u64) -> Result<(), BrokerError> {
+        if !self.engine.active.load(Ordering::Acquire) {
+            return Err(BrokerError::Internal("not the stream's leader".into()));
+        }
+        self.pending
+            .lock()
+            .ops
+            .offsets
+            .push((reference.to_owned(), offset));
+        self.wake.notify_one();
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Replica {
@@ -1167,13 +1231,11 @@ impl std::fmt::Debug for Replica {
 
 impl QueueReplica for Replica {
     fn enqueue(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError> {
-        let syncer = self.engine.broker.syncer().cloned();
         if !self.engine.active.load(Ordering::Acquire) {
             // Leadership moved a moment ago: the publisher gets a nack.
-            let failed = PendingCommit::new(syncer);
-            failed.complete(false);
-            return Ok(failed);
+            return Ok(self.failed());
         }
+        let syncer = self.engine.broker.syncer().cloned();
         let stream = self.engine.target.stream();
         // A stream's record is encoded once, here: every member appends it
         // as it is, and no engine needs the message back at apply.
@@ -1188,10 +1250,74 @@ impl QueueReplica for Replica {
         if stream.is_none() {
             self.engine.proposed.lock().insert(id, Arc::clone(message));
         }
-        let batch = Arc::clone(p.batch.get_or_insert_with(|| PendingCommit::new(syncer)));
+        let batch = p.batch(syncer);
         drop(p);
         self.wake.notify_one();
         Ok(batch)
+    }
+
+    fn leads(&self) -> bool {
+        self.engine.active.load(Ordering::Acquire)
+    }
+
+    fn publish_records(
+        &self,
+        writer: Option<&str>,
+        records: Vec<(u64, Bytes)>,
+        accepted: &mut Vec<bool>,
+    ) -> Result<Arc<dyn Durable>, BrokerError> {
+        accepted.clear();
+        let Some(stream) = self.engine.target.stream() else {
+            return Err(BrokerError::Internal("not a stream".into()));
+        };
+        if !self.engine.active.load(Ordering::Acquire) {
+            accepted.resize(records.len(), true);
+            return Ok(self.failed());
+        }
+        // Read before the pending lock (the stream's lock is never taken
+        // under it); what this leader proposed since is in `writers`.
+        let logged = writer.and_then(|w| stream.last_sequence(w));
+        let syncer = self.engine.broker.syncer().cloned();
+        let mut p = self.pending.lock();
+        let mut last = writer.map(|w| p.writers.get(w).copied().max(logged));
+        for (publishing_id, body) in records {
+            if let Some(last) = &mut last {
+                if last.is_some_and(|l| publishing_id <= l) {
+                    accepted.push(false);
+                    continue;
+                }
+                *last = Some(publishing_id);
+            }
+            let id = p.next_id;
+            p.next_id += 1;
+            p.ops.enqueue.push((id, Body(body)));
+            accepted.push(true);
+        }
+        if let (Some(w), Some(Some(l))) = (writer, last) {
+            p.writers.insert(w.to_owned(), l);
+        }
+        if !accepted.iter().any(|a| *a) {
+            // Only duplicates: confirmed at once, as RabbitMQ does.
+            drop(p);
+            let done = PendingCommit::new(syncer);
+            done.complete(true);
+            return Ok(done);
+        }
+        let batch = p.batch(syncer);
+        drop(p);
+        self.wake.notify_one();
+        Ok(batch)
+    }
+
+    fn store_offset(&self, reference: &str, offset: u64) -> Result<(), BrokerError> {
+        if self.store_offset_here(reference, offset).is_ok() {
+            return Ok(());
+        }
+        let Some(groups) = self.groups.upgrade() else {
+            return Err(BrokerError::Internal("the node is stopping".into()));
+        };
+        groups.hand_store_offset(&self.group, reference, offset);
+        Ok(())
     }
 
     fn settle(&self, id: u64) {
@@ -1501,6 +1627,8 @@ impl QueueGroups {
             state: Arc::clone(&machine.state),
             pending: Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            group: def.group.clone(),
+            groups: self.this.clone(),
         });
         if !self.attach(&queue, Arc::clone(&replica)) {
             let _ = raft.shutdown().await;
@@ -1915,10 +2043,7 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
         });
         {
             let mut p = group.replica.pending.lock();
-            p.ops = QueueOps::default();
-            if let Some(b) = p.batch.take() {
-                b.complete(false);
-            }
+            p.reset();
             p.next_id = st.set.next_id;
         }
         engine.proposed.lock().clear();
@@ -1962,11 +2087,7 @@ fn step_down(group: &Group) {
         queue.replica_step_down();
     }
     engine.proposed.lock().clear();
-    let mut p = group.replica.pending.lock();
-    p.ops = QueueOps::default();
-    if let Some(b) = p.batch.take() {
-        b.complete(false);
-    }
+    group.replica.pending.lock().reset();
     tracing::info!(
         vhost = group.def.vhost,
         queue = group.def.name,
@@ -2138,6 +2259,7 @@ mod tests {
             enqueue: vec![(7, Body(Bytes::from_static(b"\x00\xffhello")))],
             settle: vec![1, 2],
             returned: vec![],
+            offsets: vec![],
         };
         let json = serde_json::to_string(&ops).unwrap();
         assert!(json.contains("AP9oZWxsbw=="), "{json}");
@@ -2197,6 +2319,7 @@ mod tests {
                     .collect(),
                 settle: settle.to_vec(),
                 returned: Vec::new(),
+                offsets: Vec::new(),
             }),
         }
     }

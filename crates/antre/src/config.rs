@@ -740,13 +740,6 @@ impl Settings {
         };
         let data_dir = self.data_dir.clone().unwrap_or(d.data_dir);
         let cluster = self.cluster_settings(&data_dir)?;
-        if cluster.is_some() && stream_listen.is_some() {
-            anyhow::bail!(
-                "the stream protocol listener is not supported on a cluster node yet \
-                 (a cluster's streams are served over AMQP): remove stream_listen or the \
-                 cluster settings"
-            );
-        }
         Ok(Config {
             cluster,
             amqp_listen,

@@ -297,6 +297,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             Arc::clone(&stream_groups),
             shutdown_rx.clone(),
         )));
+        if let Some(c) = &config.cluster {
+            crate::stream::record_listener(&broker, *addr, c.advertised().ip());
+        }
         tracing::info!("listening on rabbitmq-stream://{addr}");
     }
     if let Some(certs) = &tls {

@@ -18,6 +18,7 @@ mod cluster;
 mod cluster_faults;
 mod cluster_forwarding;
 mod cluster_nemesis;
+mod cluster_stream_protocol;
 mod cluster_streams;
 mod cluster_timing;
 mod queue_placement;

@@ -190,6 +190,9 @@ mod tests {
         fn returned(&self, id: u64) {
             self.returned.lock().push(id);
         }
+        fn leads(&self) -> bool {
+            true
+        }
         /// Nothing is ever applied here: every enqueue is in flight.
         fn in_flight(&self, _from_id: u64) -> (u64, u64) {
             let e = self.enqueued.lock();

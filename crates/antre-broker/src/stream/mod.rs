@@ -323,8 +323,19 @@ impl Stream {
     }
 
     /// Stores a named consumer's offset (the stream protocol's
-    /// StoreOffset): durable with the next sync.
+    /// StoreOffset): durable with the next sync. A replicated stream's
+    /// goes through its group (to the leader, from any member), and every
+    /// member stores it as it applies it ([`Stream::replica_store_offset`]).
     pub fn store_offset(&self, reference: &str, offset: u64) -> Result<(), BrokerError> {
+        match self.replica.get() {
+            Some(r) => r.store_offset(reference, offset),
+            None => self.replica_store_offset(reference, offset),
+        }
+    }
+
+    /// Stores a named consumer's offset in this node's log (a single
+    /// node's store, or a member applying its group's).
+    pub fn replica_store_offset(&self, reference: &str, offset: u64) -> Result<(), BrokerError> {
         let now = self.now();
         let mut st = self.state.lock();
         if st.deleted {

@@ -17,16 +17,19 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{failed, OffsetSpec, Stream};
+use super::{failed, OffsetSpec, PublishedRecord, Stream};
 use crate::durable::Durable;
 use crate::error::BrokerError;
 use crate::message::Message;
 use crate::replicated::QueueReplica;
 
 /// A message as a stream's group replicates it, encoded once by the
-/// leader ([`Stream::replica_record`]): the leader's time (8 bytes,
-/// little-endian, ms), the filter value (2 bytes of length, then the
-/// value; 0 and nothing without one), then the stream record.
+/// leader ([`Stream::replica_record`], [`Stream::replica_published`]):
+/// the leader's time (8 bytes, little-endian, ms), the filter value (2
+/// bytes of length, then the value; 0 and nothing without one), for a
+/// named stream-protocol publisher's message its name and publishing id
+/// (the length's top bit set, then 2 bytes of length, the name, 8 bytes
+/// of id), then the stream record.
 struct ReplicaRecord<'a> {
     /// When the leader took it: the time of the chunk that holds it on
     /// every member, so a start by timestamp and retention by age see the
@@ -34,20 +37,67 @@ struct ReplicaRecord<'a> {
     at: i64,
     /// Into the chunk's Bloom filter.
     filter: Option<&'a str>,
+    /// The named publisher and publishing id: every member tracks it in
+    /// its chunks, so the leader after a failover deduplicates as the one
+    /// before did.
+    writer: Option<(&'a str, u64)>,
     /// As [`super::record::to_record`] encodes it.
     record: Bytes,
 }
 
+/// The filter length's top bit: a writer follows the filter.
+const HAS_WRITER: u16 = 0x8000;
+
 impl ReplicaRecord<'_> {
     fn parse(raw: &Bytes) -> Option<ReplicaRecord<'_>> {
         let at = i64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
-        let len = usize::from(u16::from_le_bytes(raw.get(8..10)?.try_into().ok()?));
+        let flags = u16::from_le_bytes(raw.get(8..10)?.try_into().ok()?);
+        let len = usize::from(flags & !HAS_WRITER);
         let filter = std::str::from_utf8(raw.get(10..10 + len)?).ok()?;
+        let mut at_record = 10 + len;
+        let writer = if flags & HAS_WRITER != 0 {
+            let name_len = usize::from(u16::from_le_bytes(
+                raw.get(at_record..at_record + 2)?.try_into().ok()?,
+            ));
+            let name =
+                std::str::from_utf8(raw.get(at_record + 2..at_record + 2 + name_len)?).ok()?;
+            let id_at = at_record + 2 + name_len;
+            let id = u64::from_le_bytes(raw.get(id_at..id_at + 8)?.try_into().ok()?);
+            at_record = id_at + 8;
+            Some((name, id))
+        } else {
+            None
+        };
         Some(ReplicaRecord {
             at,
             filter: (!filter.is_empty()).then_some(filter),
-            record: raw.slice(10 + len..),
+            writer,
+            record: raw.slice(at_record..),
         })
+    }
+
+    fn encode(at: i64, filter: &str, writer: Option<(&str, u64)>, record: &[u8]) -> Bytes {
+        let filter = &filter.as_bytes()[..filter.len().min(usize::from(!HAS_WRITER))];
+        let writer = writer.map(|(name, id)| {
+            (
+                &name.as_bytes()[..name.len().min(usize::from(u16::MAX))],
+                id,
+            )
+        });
+        let mut out = BytesMut::with_capacity(
+            20 + filter.len() + writer.map_or(0, |(n, _)| n.len()) + record.len(),
+        );
+        out.extend_from_slice(&at.to_le_bytes());
+        let flags = filter.len() as u16 | if writer.is_some() { HAS_WRITER } else { 0 };
+        out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(filter);
+        if let Some((name, id)) = writer {
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        out.extend_from_slice(record);
+        out.freeze()
     }
 }
 
@@ -86,13 +136,43 @@ impl Stream {
     pub fn replica_record(&self, message: &Message) -> Bytes {
         let record = super::record::to_record(message);
         let filter = super::record::filter_value(message).unwrap_or_default();
-        let filter = &filter.as_bytes()[..filter.len().min(usize::from(u16::MAX))];
-        let mut out = BytesMut::with_capacity(10 + filter.len() + record.len());
-        out.extend_from_slice(&self.now().to_le_bytes());
-        out.extend_from_slice(&(filter.len() as u16).to_le_bytes());
-        out.extend_from_slice(filter);
-        out.extend_from_slice(&record);
-        out.freeze()
+        ReplicaRecord::encode(self.now(), filter, None, &record)
+    }
+
+    /// A stream-protocol publisher's message as this stream's group
+    /// replicates it (on its leader), with the publisher's name if it
+    /// has one.
+    pub fn replica_published(&self, record: &PublishedRecord, writer: Option<&str>) -> Bytes {
+        ReplicaRecord::encode(
+            self.now(),
+            record.filter_value.as_deref().unwrap_or_default(),
+            writer.map(|w| (w, record.id)),
+            &record.message,
+        )
+    }
+
+    /// Publishes a stream-protocol publisher's messages to a replicated
+    /// stream (on its group's leader): a named publisher's duplicates
+    /// (publishing ids not above its last, committed or on their way) are
+    /// dropped, `accepted` says which were kept, and the returned batch
+    /// is the one the confirms wait for.
+    pub fn publish_replicated(
+        &self,
+        writer: Option<&str>,
+        records: &[PublishedRecord],
+        accepted: &mut Vec<bool>,
+    ) -> Result<Arc<dyn Durable>, BrokerError> {
+        let Some(replica) = self.replica.get() else {
+            return Err(BrokerError::Internal(format!(
+                "{} is not replicated",
+                self.describe()
+            )));
+        };
+        let bodies = records
+            .iter()
+            .map(|r| (r.id, self.replica_published(r, writer)))
+            .collect();
+        replica.publish_records(writer, bodies, accepted)
     }
 
     /// Makes this stream's contents replicated through `replica`: publishes
@@ -168,7 +248,7 @@ impl Stream {
             };
             at = r.at;
             st.log
-                .append_from(&r.record, None, r.filter, at)
+                .append_from(&r.record, r.writer, r.filter, at)
                 .map_err(|e| failed(self, e))?;
             appended += 1;
         }

@@ -27,6 +27,10 @@ use crate::NodeId;
 
 const BLANK: u8 = 0xB0;
 const NORMAL: u8 = 0xB1;
+/// `NORMAL` followed by a stream's stored offsets (count, then name
+/// length as u16, name, offset each): an entry without any keeps the
+/// older tag, which older versions read.
+const NORMAL_OFFSETS: u8 = 0xB3;
 const MEMBERSHIP: u8 = 0xB2;
 const SNAPSHOT: u8 = 0xB5;
 const SNAPSHOT_REFS: u8 = 0xB6;
@@ -124,7 +128,11 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
             put_log_id(out, &entry.log_id);
         }
         EntryPayload::Normal(ops) => {
-            out.put_u8(NORMAL);
+            out.put_u8(if ops.offsets.is_empty() {
+                NORMAL
+            } else {
+                NORMAL_OFFSETS
+            });
             put_log_id(out, &entry.log_id);
             let bodies: usize = ops.enqueue.iter().map(|(_, b)| 12 + b.0.len()).sum();
             out.reserve(bodies + 12 + 8 * (ops.settle.len() + ops.returned.len()));
@@ -138,6 +146,16 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
             }
             put_ids(out, &ops.settle);
             put_ids(out, &ops.returned);
+            if !ops.offsets.is_empty() {
+                out.put_u32_le(ops.offsets.len() as u32);
+                for (name, offset) in &ops.offsets {
+                    let len = u16::try_from(name.len())
+                        .map_err(|_| CodecError("a consumer name over 64 KiB".into()))?;
+                    out.put_u16_le(len);
+                    out.put_slice(name.as_bytes());
+                    out.put_u64_le(*offset);
+                }
+            }
         }
         EntryPayload::Membership(m) => {
             out.put_u8(MEMBERSHIP);
@@ -157,7 +175,7 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
     let log_id = get_log_id(buf)?;
     let payload = match tag {
         BLANK => EntryPayload::Blank,
-        NORMAL => {
+        NORMAL | NORMAL_OFFSETS => {
             let n = get_count(buf, 12, "enqueues")?;
             let mut enqueue = Vec::with_capacity(n);
             for _ in 0..n {
@@ -166,10 +184,24 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
             }
             let settle = get_ids(buf, "settles")?;
             let returned = get_ids(buf, "returns")?;
+            let mut offsets = Vec::new();
+            if tag == NORMAL_OFFSETS {
+                let n = get_count(buf, 10, "offsets")?;
+                for _ in 0..n {
+                    let len = usize::from(u16::from_le_bytes([
+                        get_u8(buf, "offset")?,
+                        get_u8(buf, "offset")?,
+                    ]));
+                    let name = std::str::from_utf8(get_slice(buf, len, "offset")?)
+                        .map_err(|_| CodecError("a consumer name not UTF-8".into()))?;
+                    offsets.push((name.to_owned(), get_u64(buf, "offset")?));
+                }
+            }
             EntryPayload::Normal(QueueOps {
                 enqueue,
                 settle,
                 returned,
+                offsets,
             })
         }
         MEMBERSHIP => {
@@ -442,6 +474,15 @@ mod tests {
                     ],
                     settle: vec![1, 2],
                     returned: vec![9],
+                    offsets: Vec::new(),
+                }),
+            },
+            Entry {
+                log_id: log_id(1, 7, 3),
+                payload: EntryPayload::Normal(QueueOps {
+                    enqueue: vec![(5, Body(Bytes::from_static(b"r")))],
+                    offsets: vec![("consumer-1".into(), 42), (String::new(), 0)],
+                    ..QueueOps::default()
                 }),
             },
             Entry {

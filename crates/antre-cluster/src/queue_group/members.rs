@@ -116,6 +116,40 @@ impl QueueReplica for Slot {
     fn is_member(&self) -> bool {
         self.current.lock().is_some()
     }
+
+    fn leads(&self) -> bool {
+        let current = self.current.lock().clone();
+        current.is_some_and(|r| r.leads())
+    }
+
+    fn publish_records(
+        &self,
+        writer: Option<&str>,
+        records: Vec<(u64, Bytes)>,
+        accepted: &mut Vec<bool>,
+    ) -> Result<Arc<dyn Durable>, BrokerError> {
+        let current = self.current.lock().clone();
+        match current {
+            Some(r) => r.publish_records(writer, records, accepted),
+            None => {
+                accepted.clear();
+                accepted.resize(records.len(), true);
+                let failed = PendingCommit::new(self.syncer.clone());
+                failed.complete(false);
+                Ok(failed)
+            }
+        }
+    }
+
+    fn store_offset(&self, reference: &str, offset: u64) -> Result<(), BrokerError> {
+        let current = self.current.lock().clone();
+        match current {
+            Some(r) => r.store_offset(reference, offset),
+            None => Err(BrokerError::NotFound(
+                "this node holds no replica of the stream".into(),
+            )),
+        }
+    }
 }
 
 /// What [`QueueGroups`] knows for replica management: every quorum
@@ -139,6 +173,14 @@ pub enum GroupOp {
     TransferLeader(String),
     /// To a member: stand for election now (a transfer's last step).
     Elect,
+    /// A stream's: store a named consumer's offset (a member that does
+    /// not lead hands it to the leader).
+    StoreOffset {
+        /// The consumer's name.
+        reference: String,
+        /// Its offset.
+        offset: u64,
+    },
 }
 
 /// Why a group change was not made.
@@ -359,6 +401,36 @@ impl QueueGroups {
             .or_else(|| self.link.config.name_of(id).map(str::to_owned))
     }
 
+    /// Hands a stream consumer's stored offset to `group`'s leader, in the
+    /// background (the stream protocol does not answer a StoreOffset; a
+    /// consumer stores again as it goes, so one lost while leadership
+    /// moves is made good by the next).
+    pub(super) fn hand_store_offset(&self, group: &str, reference: &str, offset: u64) {
+        let Some(g) = self.group(group) else { return };
+        let Some(leader) = g.raft.metrics().borrow().current_leader else {
+            tracing::debug!(group, "no leader to store an offset with");
+            return;
+        };
+        let (Some(name), Some(addr)) = (self.name_of(leader), self.address_of(leader)) else {
+            return;
+        };
+        let request = Request::QueueMembers {
+            group: group.to_owned(),
+            op: GroupOp::StoreOffset {
+                reference: reference.to_owned(),
+                offset,
+            },
+        };
+        let link = Arc::clone(&self.link);
+        self.runtime.spawn(async move {
+            let mut conn = Connection::new(link, &name, addr);
+            match conn.call(&request, Duration::from_secs(5)).await {
+                Ok(Response::QueueMembers(Ok(_))) => {}
+                other => tracing::debug!("storing an offset through {name}: {other:?}"),
+            }
+        });
+    }
+
     /// Makes `op` on this node's replica of `group` (see [`GroupOp`]).
     /// Returns whether anything changed (false: it was already so).
     pub async fn group_op(
@@ -381,6 +453,13 @@ impl QueueGroups {
             return Err(GroupOpError::NotLeader(
                 m.current_leader.and_then(|l| self.name_of(l)),
             ));
+        }
+        if let GroupOp::StoreOffset { reference, offset } = &op {
+            return g
+                .replica
+                .store_offset_here(reference, *offset)
+                .map(|()| true)
+                .map_err(|e| GroupOpError::Failed(e.to_string()));
         }
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -443,7 +522,7 @@ impl QueueGroups {
                 }
                 self.transfer(&g, &node, deadline).await
             }
-            GroupOp::Elect => Ok(false),
+            GroupOp::Elect | GroupOp::StoreOffset { .. } => Ok(false),
         }
     }
 

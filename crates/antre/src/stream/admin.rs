@@ -3,14 +3,17 @@
 //! the same object AMQP 0-9-1 declares with `x-queue-type: stream`; a super
 //! stream is what RabbitMQ makes of it: a direct exchange of that name
 //! whose bindings (with `x-stream-partition-order`) lead to its partition
-//! streams.
+//! streams. On a cluster node each of these definitions is metadata: it is
+//! proposed to the metadata group, which every node applies (as AMQP's
+//! declares are), and a stream's members are picked there.
 
 use std::sync::Arc;
 
 use antre_amqp::{FieldTable, FieldValue};
+use antre_broker::cluster::{MetaCommand, MetaError, WireTable};
 use antre_broker::exchange::Destination;
 use antre_broker::vhost::{DeclaredQueue, ExchangeDeclaration, QueueDeclaration};
-use antre_broker::{BrokerError, Vhost};
+use antre_broker::{Broker, BrokerError, Vhost};
 use antre_stream_proto::frame::{code, Properties};
 
 /// The binding argument that orders a super stream's partitions.
@@ -56,8 +59,31 @@ pub fn response_code(e: &BrokerError) -> u16 {
     }
 }
 
+/// The response code of a change the cluster's metadata group refused
+/// or could not commit.
+fn meta_code(e: &MetaError) -> u16 {
+    match e {
+        MetaError::Broker(e) => response_code(e),
+        MetaError::Access(_) => code::ACCESS_REFUSED,
+        MetaError::Unavailable(_) => code::STREAM_NOT_AVAILABLE,
+    }
+}
+
+/// Makes a definition change: proposed to the metadata group on a cluster
+/// node (`command`), made here on a single node (`local`).
+fn change(
+    broker: &Broker,
+    command: impl FnOnce() -> MetaCommand,
+    local: impl FnOnce() -> Result<(), BrokerError>,
+) -> Result<(), u16> {
+    match broker.metadata_log() {
+        Some(log) => log.propose(command()).map(drop).map_err(|e| meta_code(&e)),
+        None => local().map_err(|e| response_code(&e)),
+    }
+}
+
 /// Creates a stream; STREAM_ALREADY_EXISTS when the name is taken.
-pub fn create(vhost: &Vhost, name: &str, arguments: &Properties) -> u16 {
+pub fn create(broker: &Broker, vhost: &Vhost, name: &str, arguments: &Properties) -> u16 {
     if vhost.has_queue(name) {
         return code::STREAM_ALREADY_EXISTS;
     }
@@ -65,29 +91,57 @@ pub fn create(vhost: &Vhost, name: &str, arguments: &Properties) -> u16 {
         Ok(a) => a,
         Err(c) => return c,
     };
-    let declaration = QueueDeclaration {
-        name: name.to_owned(),
-        durable: true,
-        exclusive: false,
-        auto_delete: false,
-        arguments,
-    };
-    match vhost.declare_queue(declaration, false, 0) {
-        Ok((DeclaredQueue::Stream(_), _)) => code::OK,
-        Ok(_) => code::PRECONDITION_FAILED,
-        Err(e) => response_code(&e),
+    let mut declared = None;
+    let changed = change(
+        broker,
+        || MetaCommand::DeclareQueue {
+            vhost: vhost.name.clone(),
+            name: name.to_owned(),
+            durable: true,
+            auto_delete: false,
+            arguments: WireTable(arguments.clone()),
+            owner: broker
+                .place_new_queue(vhost, name, &arguments)
+                .or_else(|| broker.node_name().map(str::to_owned))
+                .unwrap_or_default(),
+        },
+        || {
+            let declaration = QueueDeclaration {
+                name: name.to_owned(),
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: arguments.clone(),
+            };
+            declared = Some(vhost.declare_queue(declaration, false, 0)?.0);
+            Ok(())
+        },
+    );
+    match changed {
+        Err(c) => c,
+        // A name a classic or quorum queue took meanwhile.
+        Ok(()) if vhost.stream(name).is_none() => code::PRECONDITION_FAILED,
+        Ok(()) if matches!(declared, Some(DeclaredQueue::Queue(_))) => code::PRECONDITION_FAILED,
+        Ok(()) => code::OK,
     }
 }
 
 /// Deletes a stream (not a classic queue of that name).
-pub fn delete(vhost: &Vhost, name: &str) -> u16 {
+pub fn delete(broker: &Broker, vhost: &Vhost, name: &str) -> u16 {
     if vhost.stream(name).is_none() {
         return code::STREAM_DOES_NOT_EXIST;
     }
-    match vhost.delete_queue(name, false, false, 0) {
-        Ok(_) => code::OK,
-        Err(e) => response_code(&e),
-    }
+    let changed = change(
+        broker,
+        || MetaCommand::DeleteQueue {
+            vhost: vhost.name.clone(),
+            name: name.to_owned(),
+            if_unused: false,
+            if_empty: false,
+        },
+        || vhost.delete_queue(name, false, false, 0).map(drop),
+    );
+    changed.err().unwrap_or(code::OK)
 }
 
 /// A super stream's partitions, in partition order, with their binding keys.
@@ -140,6 +194,7 @@ pub fn route(vhost: &Vhost, super_stream: &str, routing_key: &str) -> (u16, Vec<
 
 /// Creates a super stream: its partitions, its exchange and the bindings.
 pub fn create_super_stream(
+    broker: &Broker,
     vhost: &Arc<Vhost>,
     name: &str,
     partitions: &[String],
@@ -153,7 +208,7 @@ pub fn create_super_stream(
         return code::STREAM_ALREADY_EXISTS;
     }
     for p in partitions {
-        let c = create(vhost, p, arguments);
+        let c = create(broker, vhost, p, arguments);
         if c != code::OK {
             return c;
         }
@@ -166,29 +221,61 @@ pub fn create_super_stream(
         internal: false,
         arguments: FieldTable::default(),
     };
-    if let Err(e) = vhost.declare_exchange(exchange, false) {
-        return response_code(&e);
+    let declared = change(
+        broker,
+        || MetaCommand::DeclareExchange {
+            vhost: vhost.name.clone(),
+            name: exchange.name.clone(),
+            kind: exchange.kind.clone(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: WireTable::default(),
+        },
+        || vhost.declare_exchange(exchange.clone(), false).map(drop),
+    );
+    if let Err(c) = declared {
+        return c;
     }
     for (order, (p, key)) in partitions.iter().zip(binding_keys).enumerate() {
         let mut args = FieldTable::default();
         args.insert(PARTITION_ORDER, FieldValue::I64(order as i64));
-        if let Err(e) = vhost.bind(name, Destination::Queue(p.clone()), key, args, 0) {
-            return response_code(&e);
+        let bound = change(
+            broker,
+            || MetaCommand::Binding {
+                unbind: false,
+                vhost: vhost.name.clone(),
+                source: name.to_owned(),
+                destination: p.clone(),
+                to_exchange: false,
+                routing_key: key.clone(),
+                arguments: WireTable(args.clone()),
+            },
+            || vhost.bind(name, Destination::Queue(p.clone()), key, args.clone(), 0),
+        );
+        if let Err(c) = bound {
+            return c;
         }
     }
     code::OK
 }
 
 /// Deletes a super stream: its partitions and its exchange.
-pub fn delete_super_stream(vhost: &Vhost, name: &str) -> u16 {
+pub fn delete_super_stream(broker: &Broker, vhost: &Vhost, name: &str) -> u16 {
     let Some(parts) = partitions_of(vhost, name) else {
         return code::STREAM_DOES_NOT_EXIST;
     };
     for (_, p, _) in parts {
-        let _ = vhost.delete_queue(&p, false, false, 0);
+        let _ = delete(broker, vhost, &p);
     }
-    match vhost.delete_exchange(name, false) {
-        Ok(()) => code::OK,
-        Err(e) => response_code(&e),
-    }
+    let deleted = change(
+        broker,
+        || MetaCommand::DeleteExchange {
+            vhost: vhost.name.clone(),
+            name: name.to_owned(),
+            if_unused: false,
+        },
+        || vhost.delete_exchange(name, false),
+    );
+    deleted.err().unwrap_or(code::OK)
 }

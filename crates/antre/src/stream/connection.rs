@@ -440,6 +440,12 @@ impl Connection {
                     _ if self.publishers.contains_key(&publisher_id) => code::PRECONDITION_FAILED,
                     _ if !self.permit(&stream, Perm::Write) => code::ACCESS_REFUSED,
                     None => code::STREAM_DOES_NOT_EXIST,
+                    // A cluster's stream takes publishes on its leader's
+                    // node, which the metadata command names (as RabbitMQ's
+                    // clients use it).
+                    Some(s) if s.replica().is_some_and(|r| !r.leads()) => {
+                        code::STREAM_NOT_AVAILABLE
+                    }
                     Some(s) => {
                         self.publishers.insert(
                             publisher_id,
@@ -555,7 +561,7 @@ impl Connection {
                 arguments,
             } => {
                 let c = if self.permit(&stream, Perm::Configure) {
-                    admin::create(&vhost, &stream, &arguments)
+                    admin::create(&self.broker, &vhost, &stream, &arguments)
                 } else {
                     code::ACCESS_REFUSED
                 };
@@ -563,7 +569,7 @@ impl Connection {
             }
             Request::Delete { corr, stream } => {
                 let c = if self.permit(&stream, Perm::Configure) {
-                    admin::delete(&vhost, &stream)
+                    admin::delete(&self.broker, &vhost, &stream)
                 } else {
                     code::ACCESS_REFUSED
                 };
@@ -634,6 +640,7 @@ impl Connection {
             } => {
                 let c = if self.permit(&name, Perm::Configure) {
                     admin::create_super_stream(
+                        &self.broker,
                         &vhost,
                         &name,
                         &partitions,
@@ -647,7 +654,7 @@ impl Connection {
             }
             Request::DeleteSuperStream { corr, name } => {
                 let c = if self.permit(&name, Perm::Configure) {
-                    admin::delete_super_stream(&vhost, &name)
+                    admin::delete_super_stream(&self.broker, &vhost, &name)
                 } else {
                     code::ACCESS_REFUSED
                 };
@@ -661,29 +668,78 @@ impl Connection {
     }
 
     fn metadata(&mut self, corr: u32, streams: Vec<String>) {
+        let mut brokers: Vec<(u16, String, u32)> = Vec::new();
         let streams = streams
             .into_iter()
             .map(|name| {
-                let exists = self.stream(&name).is_some();
+                let (code, leader, replicas) = match self.stream(&name) {
+                    None => (code::STREAM_DOES_NOT_EXIST, None, Vec::new()),
+                    Some(s) if s.replica().is_none() => {
+                        let me = self.broker_ref(&mut brokers, None);
+                        (code::OK, me, Vec::new())
+                    }
+                    Some(_) => {
+                        let info = self.vhost.as_ref().and_then(|v| v.quorum_info(&name));
+                        let (leader, members) =
+                            info.map(|i| (i.leader, i.members)).unwrap_or_default();
+                        let leader_ref = leader
+                            .as_deref()
+                            .and_then(|l| self.broker_ref(&mut brokers, Some(l)));
+                        // Replicas on nodes that are down are left out
+                        // (as RabbitMQ does): a consumer sent there could
+                        // not connect.
+                        let running = self.broker.metadata_log().map(|l| l.nodes());
+                        let replicas = members
+                            .iter()
+                            .filter(|m| Some(m.as_str()) != leader.as_deref())
+                            .filter(|m| running.as_ref().is_none_or(|r| r.contains(m)))
+                            .filter_map(|m| self.broker_ref(&mut brokers, Some(m)))
+                            .collect();
+                        match leader_ref {
+                            Some(l) => (code::OK, Some(l), replicas),
+                            None => (code::STREAM_NOT_AVAILABLE, None, replicas),
+                        }
+                    }
+                };
                 StreamMetadata {
-                    code: if exists {
-                        code::OK
-                    } else {
-                        code::STREAM_DOES_NOT_EXIST
-                    },
-                    leader: if exists { 0 } else { u16::MAX },
-                    replicas: Vec::new(),
+                    code,
+                    leader: leader.unwrap_or(u16::MAX),
+                    replicas,
                     name,
                 }
             })
             .collect();
-        let host = self.local.ip().to_string();
         ServerFrame::MetadataResponse {
             corr,
-            brokers: vec![(0, host, u32::from(self.local.port()))],
+            brokers,
             streams,
         }
         .encode(&mut self.out);
+    }
+
+    /// The reference of `node`'s stream listener in a metadata response
+    /// (None: this node), added to `brokers` the first time; None if that
+    /// node records no stream listener (a cluster's nodes record theirs as
+    /// they start).
+    fn broker_ref(&self, brokers: &mut Vec<(u16, String, u32)>, node: Option<&str>) -> Option<u16> {
+        let me = self.broker.node_name();
+        let address = match node.or(me) {
+            Some(n) if Some(n) != me => {
+                let a = self.broker.listener(n, crate::stream::LISTENER.protocol)?;
+                let (host, port) = a.rsplit_once(':')?;
+                (host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?)
+            }
+            _ => (self.local.ip().to_string(), u32::from(self.local.port())),
+        };
+        if let Some((r, _, _)) = brokers
+            .iter()
+            .find(|(_, h, p)| (h, p) == (&address.0, &address.1))
+        {
+            return Some(*r);
+        }
+        let r = u16::try_from(brokers.len()).ok()?;
+        brokers.push((r, address.0, address.1));
+        Some(r)
     }
 
     fn publish(
@@ -716,9 +772,39 @@ impl Connection {
             .collect();
         let stream = Arc::clone(&p.stream);
         let reference = p.reference.clone();
+        if stream.replica().is_some_and(|r| !r.leads()) {
+            // Its leader moved away: the client learns it as from
+            // RabbitMQ (a metadata update), and declares its publisher
+            // again where the metadata command now says.
+            self.publishers.remove(&publisher_id);
+            ServerFrame::MetadataUpdate {
+                code: code::STREAM_NOT_AVAILABLE,
+                stream: stream.name.clone(),
+            }
+            .encode(&mut self.out);
+            let errors = records
+                .iter()
+                .map(|r| (r.id, code::STREAM_NOT_AVAILABLE))
+                .collect();
+            ServerFrame::PublishError {
+                publisher_id,
+                errors,
+            }
+            .encode(&mut self.out);
+            return;
+        }
         let mut accepted = std::mem::take(&mut self.accepted);
-        match stream.publish_records(reference.as_deref(), &records, &mut accepted) {
-            Ok(()) => {
+        let published = if stream.replica().is_some() {
+            stream
+                .publish_replicated(reference.as_deref(), &records, &mut accepted)
+                .map(Some)
+        } else {
+            stream
+                .publish_records(reference.as_deref(), &records, &mut accepted)
+                .map(|()| None)
+        };
+        match published {
+            Ok(batch) => {
                 // Duplicates are confirmed too: the publisher retried one
                 // that is already stored.
                 let ids = records.iter().map(|r| r.id);
@@ -726,8 +812,13 @@ impl Connection {
                     Some((_, list)) => list.extend(ids),
                     None => self.confirms.push((publisher_id, ids.collect())),
                 }
-                if accepted.iter().any(|a| *a) {
-                    add_once(&mut self.dirty, stream as Arc<dyn Durable>);
+                match batch {
+                    // The committed batch is what the confirms wait for.
+                    Some(batch) => add_once(&mut self.dirty, batch),
+                    None if accepted.iter().any(|a| *a) => {
+                        add_once(&mut self.dirty, stream as Arc<dyn Durable>);
+                    }
+                    None => {}
                 }
             }
             Err(e) => {
@@ -849,6 +940,12 @@ impl Connection {
             self.respond(key::SUBSCRIBE, corr, code::STREAM_DOES_NOT_EXIST);
             return;
         };
+        if s.replica().is_some_and(|r| !r.is_member()) {
+            // A cluster's stream is read on a node with a replica of it
+            // (the metadata command names them), as in RabbitMQ.
+            self.respond(key::SUBSCRIBE, corr, code::STREAM_NOT_AVAILABLE);
+            return;
+        }
         let property = |name: &str| {
             properties
                 .iter()

@@ -9,8 +9,10 @@ mod admin;
 mod connection;
 mod sac;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use antre_broker::cluster::MetaCommand;
 use antre_broker::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -29,6 +31,44 @@ pub const LISTENER: crate::listen::ListenerKind = crate::listen::ListenerKind {
     env: "ANTRE_STREAM_LISTEN",
     rabbitmq_port: 5552,
 };
+
+/// On a cluster node: records in the metadata group where this node's
+/// stream listener is, so that every node's metadata command can send
+/// clients to it (the leader of a stream for publishing, a replica for
+/// reading). Proposed again every second until the group has it (a node
+/// starting before its cluster has a leader). An unspecified address (all
+/// interfaces) is advertised with the node's cluster address instead.
+pub fn record_listener(broker: &Arc<Broker>, listener: SocketAddr, cluster_host: IpAddr) {
+    let Some(node) = broker.node_name().map(str::to_owned) else {
+        return;
+    };
+    let ip = if listener.ip().is_unspecified() {
+        cluster_host
+    } else {
+        listener.ip()
+    };
+    let address = SocketAddr::new(ip, listener.port()).to_string();
+    let broker = Arc::clone(broker);
+    tokio::spawn(async move {
+        while broker.listener(&node, LISTENER.protocol).as_deref() != Some(address.as_str()) {
+            let command = MetaCommand::SetListener {
+                node: node.clone(),
+                protocol: LISTENER.protocol.to_owned(),
+                address: Some(address.clone()),
+            };
+            let b = Arc::clone(&broker);
+            let proposed = tokio::task::spawn_blocking(move || b.change_meta(command)).await;
+            match proposed {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!("recording the stream listener: {e}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(_) => return,
+            }
+        }
+    });
+}
 
 /// Accepts stream-protocol connections on `listener` until shutdown, then
 /// waits for their tasks (each sends a close first).

@@ -1,0 +1,250 @@
+//! RabbitMQ's stream protocol on a cluster of three real `antre`
+//! processes (tests/cluster/harness.rs), driven by the
+//! `rabbitmq-stream-client` crate as a user's application would: the
+//! client asks any node for a stream's metadata and goes where it says (to
+//! the leader to publish, to a replica to read), a named producer's
+//! deduplication holds across a change of leader, and stored offsets are
+//! the group's, whichever node a consumer stores them through.
+
+use crate::harness;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use harness::{free_port, TestCluster, SECRET};
+use rabbitmq_stream_client::types::{Message, OffsetSpecification, ResponseCode};
+use rabbitmq_stream_client::{Client, ClientOptions, Consumer, Environment};
+use tokio::time::Instant;
+
+/// A cluster whose nodes also listen for the stream protocol; returns it
+/// with each node's stream port.
+async fn start() -> (TestCluster, Vec<u16>) {
+    let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
+    let mut ports = Vec::new();
+    for n in &mut c.nodes {
+        let port = free_port();
+        n.args = vec!["--stream-listen".into(), format!("127.0.0.1:{port}")];
+        ports.push(port);
+    }
+    c.launch().await;
+    (c, ports)
+}
+
+async fn env(port: u16) -> Environment {
+    tokio::time::timeout(
+        harness::WAIT,
+        Environment::builder().host("127.0.0.1").port(port).build(),
+    )
+    .await
+    .expect("in time")
+    .expect("environment")
+}
+
+/// The stream's metadata as node `port` answers it: (leader port, replica
+/// ports), once it lists `replicas` replicas with their stream listeners
+/// (nodes record theirs in the metadata group as they start; those down
+/// are left out) and the leader is not the node listening on
+/// `not_leader`.
+async fn metadata(
+    port: u16,
+    stream: &str,
+    not_leader: Option<u32>,
+    replicas: usize,
+) -> (u32, Vec<u32>) {
+    let client = Client::connect(
+        ClientOptions::builder()
+            .host("127.0.0.1")
+            .port(port)
+            .build(),
+    )
+    .await
+    .expect("client");
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        let m = client
+            .metadata(vec![stream.to_owned()])
+            .await
+            .expect("metadata");
+        if let Some(m) = m.get(stream) {
+            if m.response_code == ResponseCode::Ok
+                && m.replicas.len() == replicas
+                && Some(m.leader.port) != not_leader
+            {
+                let _ = client.close().await;
+                let mut replicas: Vec<u32> = m.replicas.iter().map(|r| r.port).collect();
+                replicas.sort_unstable();
+                return (m.leader.port, replicas);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no full metadata of {stream}: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes `ids` as a producer named `name` (through the node at
+/// `port`, which sends the client to the leader); each is confirmed.
+async fn publish(port: u16, stream: &str, name: &str, ids: &[u64]) {
+    let env = env(port).await;
+    let mut producer = env
+        .producer()
+        .name(name)
+        .build(stream)
+        .await
+        .expect("producer");
+    for &id in ids {
+        let m = Message::builder()
+            .body(format!("p{id}"))
+            .publishing_id(id)
+            .build();
+        let status = tokio::time::timeout(harness::WAIT, producer.send_with_confirm(m))
+            .await
+            .expect("confirm in time")
+            .expect("confirm");
+        assert!(status.confirmed(), "publishing id {id} confirmed");
+    }
+    producer.close().await.expect("closed");
+}
+
+/// Reads `n` messages from the first offset: (offset, body).
+async fn read(consumer: &mut Consumer, n: usize) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(harness::WAIT, consumer.next())
+            .await
+            .expect("delivery in time")
+            .expect("a delivery")
+            .expect("delivery ok");
+        let body = d.message().data().unwrap_or_default();
+        out.push((d.offset(), String::from_utf8_lossy(body).into_owned()));
+    }
+    out
+}
+
+/// Waits until `consumer`'s node has its stored offset at `want`.
+async fn until_offset(consumer: &Consumer, want: u64) {
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        match consumer.query_offset().await {
+            Ok(o) if o == want => return,
+            other => assert!(Instant::now() < deadline, "stored offset: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bodies(ids: impl IntoIterator<Item = u64>) -> Vec<String> {
+    ids.into_iter().map(|id| format!("p{id}")).collect()
+}
+
+// The client's producers close in Drop by blocking the thread: the
+// clients need a worker of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_clients_are_sent_to_the_leader_and_replicas_and_dedup_survives_failover() {
+    let (mut c, ports) = start().await;
+    // Created through n2: the metadata group places the stream, its
+    // declaring node first, so n2 leads it.
+    env(ports[1])
+        .await
+        .stream_creator()
+        .create("payments")
+        .await
+        .expect("created");
+    c.until_members("payments", &["n1", "n2", "n3"]).await;
+    let (leader, replicas) = metadata(ports[0], "payments", None, 2).await;
+    let l = ports
+        .iter()
+        .position(|p| u32::from(*p) == leader)
+        .expect("a node's port");
+    let mut others: Vec<u32> = ports
+        .iter()
+        .filter(|p| u32::from(**p) != leader)
+        .map(|p| u32::from(*p))
+        .collect();
+    others.sort_unstable();
+    assert_eq!(replicas, others, "the other two members are its replicas");
+    // Asked through a node that does not lead it, the client publishes
+    // on the leader.
+    let asked = (l + 1) % 3;
+    publish(
+        ports[asked],
+        "payments",
+        "payer",
+        &(1..=30).collect::<Vec<_>>(),
+    )
+    .await;
+    // A replica stores a consumer's offset through the leader.
+    {
+        let env = env(ports[asked]).await;
+        let mut consumer = env
+            .consumer()
+            .name("audit")
+            .offset(OffsetSpecification::First)
+            .build("payments")
+            .await
+            .expect("consumer");
+        let got = read(&mut consumer, 30).await;
+        assert_eq!(
+            got.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+            bodies(1..=30)
+        );
+        consumer.store_offset(got[19].0).await.expect("stored");
+        // A stored offset is not confirmed: the consumer's node shows it
+        // once the group committed it.
+        until_offset(&consumer, 19).await;
+    }
+    // The leader dies: another member leads, and knows the producer's
+    // last publishing id (its log tracks it, as the leader's did).
+    c.kill(l);
+    let survivor = (l + 1) % 3;
+    metadata(ports[survivor], "payments", Some(leader), 1).await;
+    // A retry of 29 and 30 after a lost confirm is dropped; 31 is new.
+    publish(ports[survivor], "payments", "payer", &[29, 30, 31]).await;
+    let env_s = env(ports[survivor]).await;
+    let mut consumer = env_s
+        .consumer()
+        .name("audit")
+        .offset(OffsetSpecification::First)
+        .build("payments")
+        .await
+        .expect("consumer");
+    let got = read(&mut consumer, 31).await;
+    assert_eq!(
+        got.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+        bodies(1..=31)
+    );
+    assert_eq!(
+        got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        (0..31).collect::<Vec<u64>>()
+    );
+    // The offset stored before the failover is there on the survivors.
+    until_offset(&consumer, 19).await;
+    // A new publisher declared where the old leader was, once it is back
+    // and a follower, is refused: the client goes by the metadata.
+    c.spawn(l);
+    c.wait_http(l).await;
+    let back = Client::connect(
+        ClientOptions::builder()
+            .host("127.0.0.1")
+            .port(ports[l])
+            .build(),
+    )
+    .await
+    .expect("client");
+    let declared = back
+        .declare_publisher(1, None, "payments")
+        .await
+        .expect("answer");
+    assert_eq!(declared.code(), &ResponseCode::StreamNotAvailable);
+    let _ = back.close().await;
+    // Deleted through one node, it is gone from all.
+    env_s.delete_stream("payments").await.expect("deleted");
+    for i in 0..3 {
+        c.until(&format!("payments gone from node {i}"), || async {
+            c.queue_on(i, "payments").await.is_none()
+        })
+        .await;
+    }
+}
