@@ -1195,6 +1195,10 @@ struct Replica {
     /// not lead hands stored offsets to the leader through them.
     group: String,
     groups: Weak<QueueGroups>,
+    /// A stream's stored offsets waiting to go to the leader (the newest
+    /// of each consumer), and whether a task is sending them.
+    offsets_to_forward: Mutex<HashMap<String, u64>>,
+    forwarding: AtomicBool,
 }
 
 impl Replica {
@@ -1205,17 +1209,13 @@ impl Replica {
         failed
     }
 
-    /// Stores a stream consumer's offset through the group, on its
+    /// Stores stream consumers' offsets through the group, on its
     /// leader.
-    fn store_offset_here(&self, reference: &str, offset: u64) -> Result<(), BrokerError> {
+    fn store_offsets_here(&self, offsets: Vec<(String, u64)>) -> Result<(), BrokerError> {
         if !self.engine.active.load(Ordering::Acquire) {
             return Err(BrokerError::Internal("not the stream's leader".into()));
         }
-        self.pending
-            .lock()
-            .ops
-            .offsets
-            .push((reference.to_owned(), offset));
+        self.pending.lock().ops.offsets.extend(offsets);
         self.wake.notify_one();
         Ok(())
     }
@@ -1310,13 +1310,31 @@ impl QueueReplica for Replica {
     }
 
     fn store_offset(&self, reference: &str, offset: u64) -> Result<(), BrokerError> {
-        if self.store_offset_here(reference, offset).is_ok() {
+        let offsets = vec![(reference.to_owned(), offset)];
+        if self.store_offsets_here(offsets).is_ok() {
             return Ok(());
         }
-        let Some(groups) = self.groups.upgrade() else {
-            return Err(BrokerError::Internal("the node is stopping".into()));
-        };
-        groups.hand_store_offset(&self.group, reference, offset);
+        // Not the leader: handed to it by one task at a time, over one
+        // connection, the newest offset of each consumer (a consumer may
+        // store after every message).
+        self.offsets_to_forward
+            .lock()
+            .insert(reference.to_owned(), offset);
+        if !self.forwarding.swap(true, Ordering::AcqRel) {
+            let Some(groups) = self.groups.upgrade() else {
+                return Err(BrokerError::Internal("the node is stopping".into()));
+            };
+            let Some(me) = groups.group(&self.group).map(|g| Arc::clone(&g.replica)) else {
+                self.forwarding.store(false, Ordering::Release);
+                return Err(BrokerError::NotFound(
+                    "no replica of the stream here".into(),
+                ));
+            };
+            groups
+                .runtime
+                .clone()
+                .spawn(async move { groups.forward_offsets(&me).await });
+        }
         Ok(())
     }
 
@@ -1629,6 +1647,8 @@ impl QueueGroups {
             wake: tokio::sync::Notify::new(),
             group: def.group.clone(),
             groups: self.this.clone(),
+            offsets_to_forward: Mutex::default(),
+            forwarding: AtomicBool::new(false),
         });
         if !self.attach(&queue, Arc::clone(&replica)) {
             let _ = raft.shutdown().await;

@@ -41,15 +41,15 @@ async fn env(port: u16) -> Environment {
 }
 
 /// The stream's metadata as node `port` answers it: (leader port, replica
-/// ports), once it lists `replicas` replicas with their stream listeners
-/// (nodes record theirs in the metadata group as they start; those down
-/// are left out) and the leader is not the node listening on
-/// `not_leader`.
+/// ports), once it lists `replicas` replicas (any number if None) with
+/// their stream listeners (nodes record theirs in the metadata group as
+/// they start; those down are left out) and the leader is not the node
+/// listening on `not_leader`.
 async fn metadata(
     port: u16,
     stream: &str,
     not_leader: Option<u32>,
-    replicas: usize,
+    replicas: Option<usize>,
 ) -> (u32, Vec<u32>) {
     let client = Client::connect(
         ClientOptions::builder()
@@ -67,7 +67,7 @@ async fn metadata(
             .expect("metadata");
         if let Some(m) = m.get(stream) {
             if m.response_code == ResponseCode::Ok
-                && m.replicas.len() == replicas
+                && replicas.is_none_or(|n| m.replicas.len() == n)
                 && Some(m.leader.port) != not_leader
             {
                 let _ = client.close().await;
@@ -153,7 +153,7 @@ async fn stream_clients_are_sent_to_the_leader_and_replicas_and_dedup_survives_f
         .await
         .expect("created");
     c.until_members("payments", &["n1", "n2", "n3"]).await;
-    let (leader, replicas) = metadata(ports[0], "payments", None, 2).await;
+    let (leader, replicas) = metadata(ports[0], "payments", None, Some(2)).await;
     let l = ports
         .iter()
         .position(|p| u32::from(*p) == leader)
@@ -199,7 +199,7 @@ async fn stream_clients_are_sent_to_the_leader_and_replicas_and_dedup_survives_f
     // last publishing id (its log tracks it, as the leader's did).
     c.kill(l);
     let survivor = (l + 1) % 3;
-    metadata(ports[survivor], "payments", Some(leader), 1).await;
+    metadata(ports[survivor], "payments", Some(leader), Some(1)).await;
     // A retry of 29 and 30 after a lost confirm is dropped; 31 is new.
     publish(ports[survivor], "payments", "payer", &[29, 30, 31]).await;
     let env_s = env(ports[survivor]).await;
@@ -247,4 +247,57 @@ async fn stream_clients_are_sent_to_the_leader_and_replicas_and_dedup_survives_f
         })
         .await;
     }
+}
+
+/// A producer on a node that lost the stream's leadership (paused while
+/// the others elected another) gets no confirm for what it publishes
+/// there, then STREAM_NOT_AVAILABLE: the client learns to look for the
+/// leader again, as when RabbitMQ moves a stream's leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_whose_node_loses_the_lead_is_told_so() {
+    let (c, ports) = start().await;
+    let env0 = env(ports[0]).await;
+    env0.stream_creator()
+        .create("orders")
+        .await
+        .expect("created");
+    let (leader, _) = metadata(ports[0], "orders", None, Some(2)).await;
+    assert_eq!(leader, u32::from(ports[0]), "placed on the declaring node");
+    let producer = env0.producer().build("orders").await.expect("producer");
+    let first = Message::builder().body("before").build();
+    let status = tokio::time::timeout(harness::WAIT, producer.send_with_confirm(first))
+        .await
+        .expect("in time")
+        .expect("confirm");
+    assert!(status.confirmed());
+    c.pause(0);
+    metadata(ports[1], "orders", Some(leader), None).await;
+    c.resume(0);
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        let m = Message::builder().body("after").build();
+        let status = tokio::time::timeout(harness::WAIT, producer.send_with_confirm(m))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        assert!(
+            !status.confirmed(),
+            "confirmed by a node that does not lead"
+        );
+        if status.status() == &ResponseCode::StreamNotAvailable {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {:?}", status.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = producer.close().await;
+    // What the old leader had confirmed is still there.
+    let env1 = env(ports[1]).await;
+    let mut consumer = env1
+        .consumer()
+        .offset(OffsetSpecification::First)
+        .build("orders")
+        .await
+        .expect("consumer");
+    assert_eq!(read(&mut consumer, 1).await[0].1, "before");
 }

@@ -173,14 +173,9 @@ pub enum GroupOp {
     TransferLeader(String),
     /// To a member: stand for election now (a transfer's last step).
     Elect,
-    /// A stream's: store a named consumer's offset (a member that does
-    /// not lead hands it to the leader).
-    StoreOffset {
-        /// The consumer's name.
-        reference: String,
-        /// Its offset.
-        offset: u64,
-    },
+    /// A stream's: store named consumers' offsets (a member that does not
+    /// lead hands them to the leader).
+    StoreOffsets(Vec<(String, u64)>),
 }
 
 /// Why a group change was not made.
@@ -401,34 +396,51 @@ impl QueueGroups {
             .or_else(|| self.link.config.name_of(id).map(str::to_owned))
     }
 
-    /// Hands a stream consumer's stored offset to `group`'s leader, in the
-    /// background (the stream protocol does not answer a StoreOffset; a
-    /// consumer stores again as it goes, so one lost while leadership
-    /// moves is made good by the next).
-    pub(super) fn hand_store_offset(&self, group: &str, reference: &str, offset: u64) {
-        let Some(g) = self.group(group) else { return };
-        let Some(leader) = g.raft.metrics().borrow().current_leader else {
-            tracing::debug!(group, "no leader to store an offset with");
-            return;
-        };
-        let (Some(name), Some(addr)) = (self.name_of(leader), self.address_of(leader)) else {
-            return;
-        };
-        let request = Request::QueueMembers {
-            group: group.to_owned(),
-            op: GroupOp::StoreOffset {
-                reference: reference.to_owned(),
-                offset,
-            },
-        };
-        let link = Arc::clone(&self.link);
-        self.runtime.spawn(async move {
-            let mut conn = Connection::new(link, &name, addr);
-            match conn.call(&request, Duration::from_secs(5)).await {
-                Ok(Response::QueueMembers(Ok(_))) => {}
-                other => tracing::debug!("storing an offset through {name}: {other:?}"),
+    /// Hands stream consumers' stored offsets to `group`'s leader, in the
+    /// background, until none are left (see [`Replica::store_offset`]).
+    /// The stream protocol does not answer a StoreOffset: offsets the
+    /// leader could not be reached for are dropped, and a consumer stores
+    /// again as it goes.
+    pub(super) async fn forward_offsets(&self, replica: &Replica) {
+        let mut conn: Option<(NodeId, Connection)> = None;
+        loop {
+            let offsets: Vec<(String, u64)> = {
+                let mut waiting = replica.offsets_to_forward.lock();
+                if waiting.is_empty() {
+                    replica.forwarding.store(false, Ordering::Release);
+                    return;
+                }
+                waiting.drain().collect()
+            };
+            let leader = self
+                .group(&replica.group)
+                .and_then(|g| g.raft.metrics().borrow().current_leader);
+            let Some(leader) = leader else {
+                tracing::debug!(group = replica.group, "no leader to store offsets with");
+                continue;
+            };
+            if conn.as_ref().is_none_or(|(to, _)| *to != leader) {
+                let (Some(name), Some(addr)) = (self.name_of(leader), self.address_of(leader))
+                else {
+                    continue;
+                };
+                conn = Some((leader, Connection::new(Arc::clone(&self.link), &name, addr)));
             }
-        });
+            let Some((_, c)) = conn.as_mut() else {
+                continue;
+            };
+            let request = Request::QueueMembers {
+                group: replica.group.clone(),
+                op: GroupOp::StoreOffsets(offsets),
+            };
+            match c.call(&request, Duration::from_secs(5)).await {
+                Ok(Response::QueueMembers(Ok(_))) => {}
+                other => {
+                    tracing::debug!(group = replica.group, "storing offsets: {other:?}");
+                    conn = None;
+                }
+            }
+        }
     }
 
     /// Makes `op` on this node's replica of `group` (see [`GroupOp`]).
@@ -454,10 +466,10 @@ impl QueueGroups {
                 m.current_leader.and_then(|l| self.name_of(l)),
             ));
         }
-        if let GroupOp::StoreOffset { reference, offset } = &op {
+        if let GroupOp::StoreOffsets(offsets) = op {
             return g
                 .replica
-                .store_offset_here(reference, *offset)
+                .store_offsets_here(offsets)
                 .map(|()| true)
                 .map_err(|e| GroupOpError::Failed(e.to_string()));
         }
@@ -522,7 +534,7 @@ impl QueueGroups {
                 }
                 self.transfer(&g, &node, deadline).await
             }
-            GroupOp::Elect | GroupOp::StoreOffset { .. } => Ok(false),
+            GroupOp::Elect | GroupOp::StoreOffsets(_) => Ok(false),
         }
     }
 
