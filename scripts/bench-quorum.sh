@@ -17,7 +17,8 @@
 #                                [--confirms N] [--rate R|0]
 #                                [--no-rabbitmq] [--no-antre]
 #                                [--antre-bin PATH] [--antre-first]
-#                                [--backlog N] [--type quorum|stream]
+#                                [--backlog N] [--messages N]
+#                                [--type quorum|stream|stream-protocol]
 #
 # --confirms sets the publishers' confirm window (default 100): one queue
 # with one publisher is bound by the latency of a commit, so the window
@@ -27,6 +28,12 @@
 # consumer and reports each node's RSS (`--queues ''` for that case alone).
 # --type stream runs the same cases on streams (replicated on both
 # clusters; consumers start at the next offset) instead of quorum queues.
+# --type stream-protocol measures RabbitMQ's stream protocol instead
+# (RabbitMQ's stream plugin on 5621-5623, antre's --stream-listen on
+# 5721-5723): `antre-bench stream` with rabbitmq-stream-client creates a
+# replicated stream through node 1, publishes --messages N (default
+# 300000) with confirms on its leader (the client asks the metadata), then
+# one consumer reads them all from a replica; CPU is all three nodes'.
 #
 # RabbitMQ nodes qb1..qb3@localhost on AMQP 5611-5613 (distribution
 # 25611-25613, management off); antre nodes on AMQP 5701-5703, HTTP
@@ -46,6 +53,7 @@ ANTRE_BIN=
 ANTRE_FIRST=0
 BACKLOG=0
 QTYPE=quorum
+MESSAGES=300000
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
@@ -59,6 +67,7 @@ while [ $# -gt 0 ]; do
         --antre-first) ANTRE_FIRST=1; shift ;;
         --backlog) BACKLOG=$2; shift 2 ;;
         --type) QTYPE=$2; shift 2 ;;
+        --messages) MESSAGES=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -94,10 +103,34 @@ takeovers() {
     cat "$OUT"/antre-n*.log 2>/dev/null | grep -c "this node leads the quorum queue now" || true
 }
 
+# run_stream_protocol NAME PORT PIDS...: one stream-protocol run; appends
+# a row to $OUT/rows (publish and consume rates, CPU of all nodes per
+# message over both phases).
+run_stream_protocol() {
+    local name=$1 port=$2; shift 2
+    local json=$OUT/$name-stream-protocol.json before after
+    before=$(cpu_ticks "$@")
+    "$BENCH" stream --protocol stream --port "$port" -n "$MESSAGES" -s "$SIZE" -c 1 \
+        --broker "$name" --json "$json" >/dev/null 2>"$OUT/$name-stream-protocol.err" || true
+    after=$(cpu_ticks "$@")
+    python3 - "$json" "$name" "$before" "$after" "$HZ" >>"$OUT/rows" <<'EOF'
+import json, sys
+path, name, before, after, hz = sys.argv[1:]
+r = json.load(open(path))
+cpu = (int(after) - int(before)) / int(hz)
+us = cpu * 1e6 / r["messages"]
+print(f"{name} stream-protocol {r['publish_rate']:.0f} {r['consume_rate']:.0f} {us:.1f} - - -")
+EOF
+}
+
 # run NAME URI PIDS...: one run per queue count; appends rows to $OUT/rows,
 # then the fixed-rate case to $OUT/latency
 run() {
     local name=$1 uri=$2; shift 2
+    if [ "$QTYPE" = stream-protocol ]; then
+        run_stream_protocol "$name" "${uri##*:}" "$@"
+        return
+    fi
     for q in ${QUEUES//,/ }; do
         local json=$OUT/$name-$q.json
         local before after lead_before lead_after
@@ -189,6 +222,11 @@ bench_rabbitmq() {
     for i in 1 2 3; do
         echo "loopback_users = none" >"$OUT/qb$i.conf"
         echo "[]." >"$OUT/qb$i-plugins"
+        if [ "$QTYPE" = stream-protocol ]; then
+            printf 'stream.listeners.tcp.1 = 127.0.0.1:%s\nstream.advertised_host = 127.0.0.1\nstream.advertised_port = %s\n' \
+                $((5620 + i)) $((5620 + i)) >>"$OUT/qb$i.conf"
+            echo "[rabbitmq_stream]." >"$OUT/qb$i-plugins"
+        fi
         chmod 644 "$OUT/qb$i.conf" "$OUT/qb$i-plugins"
         (cd /var/lib/rabbitmq && ulimit -n 20000 && setpriv --reuid rabbitmq --regid rabbitmq --init-groups \
             env HOME=/var/lib/rabbitmq RABBITMQ_CONFIG_FILE="$OUT/qb$i.conf" \
@@ -212,7 +250,11 @@ bench_rabbitmq() {
     for i in 1 2 3; do
         RABBIT_PIDS+=("$(rabbitmqctl -q -n "qb$i@localhost" eval 'list_to_integer(os:getpid()).')")
     done
-    run rabbitmq "amqp://guest:guest@127.0.0.1:5611/%2f" "${RABBIT_PIDS[@]}"
+    if [ "$QTYPE" = stream-protocol ]; then
+        run rabbitmq "stream:5621" "${RABBIT_PIDS[@]}"
+    else
+        run rabbitmq "amqp://guest:guest@127.0.0.1:5611/%2f" "${RABBIT_PIDS[@]}"
+    fi
     stop_rabbit
     rm -rf /tmp/qb1-mnesia /tmp/qb2-mnesia /tmp/qb3-mnesia
     sync
@@ -224,6 +266,7 @@ bench_antre() {
         ANTRE_CLUSTER_SECRET=bench-quorum-secret-0123456789 "$ANTRE" serve --node-name "n$i" \
             --cluster-listen "127.0.0.1:$((25700 + i))" --cluster-peers "$PEERS" \
             --amqp-listen "127.0.0.1:$((5700 + i))" --http-listen "127.0.0.1:$((15700 + i))" \
+            --stream-listen "127.0.0.1:$((5720 + i))" \
             --data-dir "$OUT/antre-n$i" 2>"$OUT/antre-n$i.log" &
         ANTRE_PIDS+=($!)
     done
@@ -239,7 +282,11 @@ bench_antre() {
             -d '{"durable":true}' "http://127.0.0.1:15701/api/queues/%2F/warm-up" >/dev/null && break
         sleep 0.2
     done
-    run antre "amqp://guest:guest@127.0.0.1:5701/%2f" "${ANTRE_PIDS[@]}"
+    if [ "$QTYPE" = stream-protocol ]; then
+        run antre "stream:5721" "${ANTRE_PIDS[@]}"
+    else
+        run antre "amqp://guest:guest@127.0.0.1:5701/%2f" "${ANTRE_PIDS[@]}"
+    fi
     stop_antre
 }
 

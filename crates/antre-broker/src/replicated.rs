@@ -103,22 +103,37 @@ pub enum Commit {
 pub struct PendingCommit {
     /// 0 pending, 1 committed, 2 failed.
     state: std::sync::atomic::AtomicU8,
+    /// The parts (log entries) the batch went out in that are not
+    /// committed yet: a large batch is proposed as several entries, and is
+    /// committed once all are.
+    parts: std::sync::atomic::AtomicUsize,
     /// Woken when the batch completes, so waiting confirms go out.
     syncer: Option<crate::syncer::Syncer>,
 }
 
 impl PendingCommit {
-    /// A pending batch; `syncer` is poked when it completes.
+    /// A pending batch, of one part; `syncer` is poked when it completes.
     pub fn new(syncer: Option<crate::syncer::Syncer>) -> Arc<PendingCommit> {
         Arc::new(PendingCommit {
             state: std::sync::atomic::AtomicU8::new(0),
+            parts: std::sync::atomic::AtomicUsize::new(1),
             syncer,
         })
     }
 
-    /// Records the outcome (the first one counts) and wakes the syncer.
+    /// One more part: the batch is committed once each part completed.
+    pub fn add_part(&self) {
+        self.parts.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Records a part's outcome: the batch fails with its first failed
+    /// part, and is committed with its last committed one. Wakes the
+    /// syncer when the outcome is known.
     pub fn complete(&self, ok: bool) {
         use std::sync::atomic::Ordering;
+        if ok && self.parts.fetch_sub(1, Ordering::AcqRel) > 1 {
+            return;
+        }
         let to = if ok { 1 } else { 2 };
         if self
             .state
@@ -161,5 +176,33 @@ impl Durable for PendingCommit {
             1 => Commit::Done(true),
             _ => Commit::Done(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_in_parts_is_committed_with_its_last_part_and_fails_with_any() {
+        let b = PendingCommit::new(None);
+        b.add_part();
+        b.add_part();
+        b.complete(true);
+        b.complete(true);
+        assert_eq!(b.commit(), Commit::Pending);
+        b.complete(true);
+        assert_eq!(b.commit(), Commit::Done(true));
+
+        let b = PendingCommit::new(None);
+        b.add_part();
+        b.complete(true);
+        b.complete(false);
+        assert_eq!(b.commit(), Commit::Done(false));
+        let b = PendingCommit::new(None);
+        b.add_part();
+        b.complete(false);
+        b.complete(true);
+        assert_eq!(b.commit(), Commit::Done(false), "the first failure counts");
     }
 }

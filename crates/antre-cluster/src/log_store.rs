@@ -67,6 +67,9 @@ struct Inner<C: RaftTypeConfig> {
     cached: u64,
     /// No entry below this index is held in memory.
     cached_from: u64,
+    /// Most bytes of records held in memory ([`LogConfig::CACHE_BYTES`]
+    /// unless [`LogStore::with_cache_bytes`] set it).
+    cache_bytes: u64,
     meta: Meta,
     meta_path: PathBuf,
 }
@@ -246,6 +249,13 @@ impl<C: LogConfig> LogStore<C> {
         self
     }
 
+    /// Holds up to `bytes` of the newest records in memory instead of
+    /// [`LogConfig::CACHE_BYTES`].
+    pub fn with_cache_bytes(self, bytes: u64) -> LogStore<C> {
+        self.inner.lock().cache_bytes = bytes;
+        self
+    }
+
     /// Opens (creating) the log in `dir`, recovering what is there.
     pub fn open(dir: &Path) -> Result<LogStore<C>, ClusterError> {
         std::fs::create_dir_all(dir).map_err(storage)?;
@@ -305,6 +315,7 @@ impl<C: LogConfig> LogStore<C> {
             entries,
             cached,
             cached_from: 0,
+            cache_bytes: C::CACHE_BYTES,
             meta,
             meta_path,
         };
@@ -339,7 +350,7 @@ impl<C: LogConfig> Inner<C> {
     /// Drops the oldest entries from memory until those left fit in
     /// [`LogConfig::CACHE_BYTES`] (the newest stays, whatever its size).
     fn evict(&mut self) {
-        if self.cached <= C::CACHE_BYTES {
+        if self.cached <= self.cache_bytes {
             return;
         }
         let newest = self.entries.keys().next_back().copied().unwrap_or(0);
@@ -347,7 +358,7 @@ impl<C: LogConfig> Inner<C> {
             return;
         }
         for (&i, slot) in self.entries.range_mut(self.cached_from..newest) {
-            if self.cached <= C::CACHE_BYTES {
+            if self.cached <= self.cache_bytes {
                 break;
             }
             if slot.entry.take().is_some() {

@@ -85,8 +85,38 @@ use crate::{ClusterError, NodeId};
 
 /// A snapshot of the messages left after this many entries; the log keeps
 /// a few entries before it for followers a little behind.
+///
+/// The snapshots are this crate's to trigger (openraft's own policy is
+/// off): a leader that snapshots drops its log up to a few entries before
+/// the snapshot, and a follower further behind than that at that moment,
+/// however briefly (a slower disk under load), can then only be sent the
+/// snapshot. For a stream that is the whole stream, shipped again and
+/// again under load (seen as a third of the stream protocol's publish
+/// rate). So a leader waits (a little) for its followers to be close
+/// before it snapshots; see [`snapshot_loop`].
 const SNAPSHOT_LOGS: u64 = 4096;
-const KEEP_AFTER_SNAPSHOT: u64 = 32;
+const KEEP_AFTER_SNAPSHOT: u64 = 64;
+/// How far a leader lets its log grow past a due snapshot while it waits
+/// for its followers to come within half of [`KEEP_AFTER_SNAPSHOT`]
+/// entries (a follower behind under load catches up from the log, cheaper
+/// than a snapshot, above all a stream's: the whole stream), before it
+/// snapshots anyway (a follower that is down must not keep the log
+/// growing).
+const SNAPSHOT_LAG_BYTES: u64 = 8 * SNAPSHOT_BYTES;
+/// Bytes of messages one log entry carries at most (unless one message
+/// alone is larger): what gathered beyond goes in the next entries, so an
+/// entry, and an append request, stays far below the link's largest frame
+/// whatever the publishers send at once.
+const ENTRY_BYTES: u64 = 8 << 20;
+/// Bytes of entries one append request to a follower carries at most
+/// (unless one entry alone is larger); openraft counts entries only.
+const APPEND_BYTES: u64 = 16 << 20;
+/// The newest log entries a stream's group holds in memory (a quorum
+/// queue's hold `LogConfig::CACHE_BYTES`).
+const STREAM_LOG_CACHE: u64 = 64 << 20;
+/// What each entry counts towards [`snapshot_due`] beyond its records, so
+/// that a snapshot comes every [`SNAPSHOT_LOGS`] entries at the latest.
+const ENTRY_WEIGHT: u64 = SNAPSHOT_BYTES / SNAPSHOT_LOGS;
 /// ... or sooner, once the records applied since the last snapshot reach
 /// this many bytes and four times what the snapshot writes: the log on
 /// disk (in memory only its newest entries, see `LogConfig::CACHE_BYTES`)
@@ -341,6 +371,19 @@ struct QueueState {
     /// Bytes of the records applied since the last snapshot (see
     /// [`snapshot_due`]); `None` once a snapshot was asked for.
     logged: Option<u64>,
+    /// Bytes counted towards snapshots ever applied (how far the log grew
+    /// while a leader waits for a follower, see [`followers_close`]).
+    logged_total: u64,
+}
+
+impl QueueState {
+    /// Counts `bytes` applied towards the next snapshot.
+    fn count_logged(&mut self, bytes: u64) {
+        if let Some(logged) = self.logged.as_mut() {
+            *logged += bytes;
+        }
+        self.logged_total += bytes;
+    }
 }
 
 /// The place of a record not written to the segments yet (see
@@ -552,6 +595,26 @@ fn compact(st: &mut QueueState) -> Result<(), StoreError> {
         budget = budget.saturating_sub(u64::from(at.len));
     }
     Ok(())
+}
+
+/// About the bytes an entry takes in an append request.
+fn entry_bytes(e: &Entry<QueueTypeConfig>) -> u64 {
+    match &e.payload {
+        EntryPayload::Normal(ops) => {
+            ops.enqueue
+                .iter()
+                .map(|(_, b)| 12 + b.0.len() as u64)
+                .sum::<u64>()
+                + 8 * (ops.settle.len() + ops.returned.len()) as u64
+                + ops
+                    .offsets
+                    .iter()
+                    .map(|(r, _)| 10 + r.len() as u64)
+                    .sum::<u64>()
+                + 32
+        }
+        _ => 64,
+    }
 }
 
 /// A stream's log could not take what the group applied.
@@ -819,6 +882,7 @@ impl QueueMachine {
                 unwritten_bytes: 0,
                 snapshot,
                 logged: Some(0),
+                logged_total: 0,
             })),
             engine,
             dir: dir.to_owned(),
@@ -841,6 +905,7 @@ impl QueueMachine {
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(ops) => {
+                    st.count_logged(ENTRY_WEIGHT);
                     for id in &ops.returned {
                         if let Some(m) = st.set.messages.get_mut(id) {
                             m.delivery_count += 1;
@@ -860,9 +925,7 @@ impl QueueMachine {
                         continue;
                     }
                     for (id, record) in ops.enqueue {
-                        if let Some(logged) = st.logged.as_mut() {
-                            *logged += record.0.len() as u64;
-                        }
+                        st.count_logged(record.0.len() as u64);
                         st.set.next_id = st.set.next_id.max(id + 1);
                         if active {
                             // Out of `proposed` only once the engine has
@@ -914,9 +977,7 @@ impl QueueMachine {
         enqueue: Vec<(u64, Body)>,
     ) -> Result<(), StoreError> {
         for (id, record) in &enqueue {
-            if let Some(logged) = st.logged.as_mut() {
-                *logged += record.0.len() as u64;
-            }
+            st.count_logged(record.0.len() as u64);
             st.set.next_id = st.set.next_id.max(id + 1);
         }
         stream
@@ -1181,6 +1242,39 @@ impl Pending {
     /// The batch the enqueues gathered now confirm with.
     fn batch(&mut self, syncer: Option<antre_broker::syncer::Syncer>) -> Arc<PendingCommit> {
         Arc::clone(self.batch.get_or_insert_with(|| PendingCommit::new(syncer)))
+    }
+
+    /// What the next entry proposes: everything gathered, but for the
+    /// messages past [`ENTRY_BYTES`] (at least one goes), which wait for
+    /// the entry after. The batch they share then counts this entry as
+    /// one part of it (committed once all its parts are).
+    fn take_entry(&mut self) -> (QueueOps, Option<Arc<PendingCommit>>) {
+        let mut bytes = 0;
+        let split = self.ops.enqueue.iter().position(|(_, body)| {
+            bytes += body.0.len() as u64;
+            bytes > ENTRY_BYTES
+        });
+        match split
+            .map(|k| k.max(1))
+            .filter(|&k| k < self.ops.enqueue.len())
+        {
+            Some(k) => {
+                let rest = self.ops.enqueue.split_off(k);
+                let ops = std::mem::replace(
+                    &mut self.ops,
+                    QueueOps {
+                        enqueue: rest,
+                        ..QueueOps::default()
+                    },
+                );
+                let batch = self.batch.clone();
+                if let Some(b) = &batch {
+                    b.add_part();
+                }
+                (ops, batch)
+            }
+            None => (std::mem::take(&mut self.ops), self.batch.take()),
+        }
     }
 }
 
@@ -1573,10 +1667,19 @@ impl QueueGroups {
         let engine = Engine::new(Arc::clone(&self.broker), queue.clone());
         let machine = QueueMachine::open(&dir, Arc::clone(&engine))?;
         let log = log.with_floor(Arc::clone(&machine.floor));
+        // A stream takes publishes faster than a queue (batches of a
+        // stream-protocol publisher), and a cluster has few streams: its
+        // followers and its own apply read what they need from memory
+        // rather than decoding it back from disk (which slowed a follower
+        // under load, and so put it further behind).
+        let log = match &queue {
+            Target::Stream(_) => log.with_cache_bytes(STREAM_LOG_CACHE),
+            Target::Queue(_) => log,
+        };
         // Timing: a setting, crate::config::RaftTiming::QUEUE by default
         // (shorter than the metadata group's: publishers cannot wait).
         let config = openraft::Config {
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS),
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: KEEP_AFTER_SNAPSHOT,
             ..self
                 .link
@@ -1825,10 +1928,7 @@ async fn propose_loop(group: Arc<Group>) {
                 // target from being elected. They wait in `pending`.
                 break;
             }
-            let (ops, batch) = {
-                let mut p = group.replica.pending.lock();
-                (std::mem::take(&mut p.ops), p.batch.take())
-            };
+            let (ops, batch) = group.replica.pending.lock().take_entry();
             if ops.is_empty() {
                 break;
             }
@@ -1954,10 +2054,60 @@ async fn snapshot_loop(group: Arc<Group>) {
             _ = due.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        followers_close(&group).await;
         if let Err(e) = group.raft.trigger().snapshot().await {
             tracing::debug!(group = group.def.group, "no snapshot: {e}");
             // Asked again once enough is logged anew.
             group.machine.state.lock().logged.get_or_insert(0);
+        }
+    }
+}
+
+/// Whether every follower that `reachable` says is up has the log up to
+/// within half of [`KEEP_AFTER_SNAPSHOT`] entries of what the leader
+/// applied (true on a follower, which has no replication metrics).
+fn followers_within_keep(
+    m: &openraft::RaftMetrics<NodeId, BasicNode>,
+    reachable: impl Fn(NodeId) -> bool,
+) -> bool {
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    m.replication.as_ref().is_none_or(|followers| {
+        followers
+            .iter()
+            .filter(|(id, _)| **id != m.id && reachable(**id))
+            .all(|(_, matched)| matched.map_or(0, |l| l.index) + KEEP_AFTER_SNAPSHOT / 2 >= applied)
+    })
+}
+
+/// On the group's leader: waits until every follower that is up has the
+/// log up to within half of [`KEEP_AFTER_SNAPSHOT`] entries of what this
+/// node applied, so that a snapshot now leaves them entries enough to
+/// catch up from, or until [`SNAPSHOT_LAG_BYTES`] more were applied
+/// meanwhile. A follower this node cannot reach is not waited for (it
+/// gets a snapshot once back, as before). Returns at once on a follower.
+async fn followers_close(group: &Group) {
+    let from = group.machine.state.lock().logged_total;
+    let groups = group.replica.groups.upgrade();
+    let reachable = |id: NodeId| {
+        groups
+            .as_ref()
+            .is_some_and(|g| g.name_of(id).is_some_and(|name| !g.link.unreachable(&name)))
+    };
+    let mut metrics = group.raft.metrics();
+    loop {
+        if followers_within_keep(&metrics.borrow_and_update(), reachable) {
+            return;
+        }
+        if group.machine.state.lock().logged_total - from >= SNAPSHOT_LAG_BYTES {
+            tracing::info!(
+                group = group.def.group,
+                "a follower is far behind: snapshotting anyway"
+            );
+            return;
+        }
+        // Also woken by every apply (the metrics' last applied entry).
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -2130,7 +2280,28 @@ pub(crate) struct GroupClient {
     target: NodeId,
     group: Arc<str>,
     conn: PooledConnection,
+    /// For a large append's own connection.
+    network: GroupNetwork,
+    node: BasicNode,
+    /// A large append on its way to the member (see
+    /// [`GroupClient::append_large`]).
+    large: Option<LargeAppend>,
 }
+
+/// An append request sent by a task of its own, which openraft's timeout
+/// for an append (the heartbeat interval) does not cancel.
+struct LargeAppend {
+    vote: openraft::Vote<NodeId>,
+    prev: Option<LogId<NodeId>>,
+    last: Option<LogId<NodeId>>,
+    answer: tokio::sync::oneshot::Receiver<Result<Response, CallError>>,
+}
+
+/// Appends of more bytes than this go by [`GroupClient::append_large`].
+const LARGE_APPEND: u64 = 1 << 20;
+/// How long a large append may take (a follower writing and fsyncing
+/// hundreds of MiB on a busy disk).
+const LARGE_APPEND_TTL: Duration = Duration::from_secs(60);
 
 impl RaftNetworkFactory<QueueTypeConfig> for GroupNetwork {
     type Network = GroupClient;
@@ -2140,6 +2311,9 @@ impl RaftNetworkFactory<QueueTypeConfig> for GroupNetwork {
             target,
             group: Arc::clone(&self.group),
             conn: crate::election::Voters::connection(self, target, node),
+            network: self.clone(),
+            node: node.clone(),
+            large: None,
         }
     }
 }
@@ -2171,15 +2345,86 @@ fn rpc_error<E: std::error::Error>(
     }
 }
 
+/// The member has not started its replica yet (or the queue is gone
+/// there): unreachable, as a node that is down.
+fn no_group(r: Response) -> Result<Response, CallError> {
+    match r {
+        Response::NoGroup(g) => Err(CallError::Unreachable(format!(
+            "no replica of queue group {g}"
+        ))),
+        r => Ok(r),
+    }
+}
+
 impl GroupClient {
     async fn call(&mut self, request: Request, option: &RPCOption) -> Result<Response, CallError> {
-        match self.conn.call(&request, option.hard_ttl()).await? {
-            // The member has not started its replica yet (or the queue is
-            // gone there): unreachable, as a node that is down.
-            Response::NoGroup(g) => Err(CallError::Unreachable(format!(
-                "no replica of queue group {g}"
+        no_group(self.conn.call(&request, option.hard_ttl()).await?)
+    }
+
+    /// Sends an append of many bytes. openraft gives an append the
+    /// heartbeat interval (100 ms for a queue's group) and then sends it
+    /// again: an entry of large messages takes longer to send, write and
+    /// fsync, so it was sent again and again and never answered (a
+    /// publish of tens of MiB to a quorum queue was never confirmed). Here
+    /// the request goes out once, by a task of its own; each call of
+    /// openraft's for the same start (the same leader and previous entry)
+    /// waits for that answer a little, reporting a network error while
+    /// it is not there yet (openraft tries again at once), and the answer,
+    /// once there, is the result (a partial success if openraft has more
+    /// entries by then).
+    async fn append_large(
+        &mut self,
+        request: Request,
+        vote: openraft::Vote<NodeId>,
+        prev: Option<LogId<NodeId>>,
+        last: Option<LogId<NodeId>>,
+        option: &RPCOption,
+    ) -> Result<Response, CallError> {
+        let same = self
+            .large
+            .as_ref()
+            .is_some_and(|l| l.vote == vote && l.prev == prev && l.last <= last);
+        if !same {
+            let (tx, answer) = tokio::sync::oneshot::channel();
+            let mut conn =
+                crate::election::Voters::connection(&self.network, self.target, &self.node);
+            tokio::spawn(async move {
+                let r = conn
+                    .call(&request, LARGE_APPEND_TTL)
+                    .await
+                    .and_then(no_group);
+                let _ = tx.send(r);
+            });
+            self.large = Some(LargeAppend {
+                vote,
+                prev,
+                last,
+                answer,
+            });
+        }
+        let Some(l) = self.large.as_mut() else {
+            return Err(CallError::Network("no append under way".into()));
+        };
+        match tokio::time::timeout(option.soft_ttl(), &mut l.answer).await {
+            Err(_) => Err(CallError::Network(format!(
+                "a large append to {} still under way",
+                self.target
             ))),
-            r => Ok(r),
+            Ok(answer) => {
+                let sent = l.last;
+                self.large = None;
+                match answer {
+                    Ok(Ok(Response::QueueAppend(Ok(AppendEntriesResponse::Success))))
+                        if sent != last =>
+                    {
+                        Ok(Response::QueueAppend(Ok(
+                            AppendEntriesResponse::PartialSuccess(sent),
+                        )))
+                    }
+                    Ok(r) => r,
+                    Err(_) => Err(CallError::Network("the large append's task ended".into())),
+                }
+            }
         }
     }
 }
@@ -2198,15 +2443,49 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<QueueTypeConfig>,
+        mut rpc: AppendEntriesRequest<QueueTypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let group = self.group.to_string();
-        match self
-            .call(Request::QueueAppend { group, rpc }, &option)
+        // A follower far behind is sent up to openraft's count of entries
+        // at once, which of large messages made requests over the link's
+        // largest frame, refused every time: the follower never caught up.
+        // The entries past APPEND_BYTES go in the next request (openraft
+        // takes a partial success as that follower's progress).
+        let mut bytes = 0;
+        let keep = rpc.entries.iter().position(|e| {
+            bytes += entry_bytes(e);
+            bytes > APPEND_BYTES
+        });
+        let partial = match keep.map(|k| k.max(1)) {
+            Some(k) if k < rpc.entries.len() => {
+                rpc.entries.truncate(k);
+                rpc.entries.last().map(|e| e.log_id)
+            }
+            _ => None,
+        };
+        let sent_bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
+        let answer = if sent_bytes > LARGE_APPEND {
+            let (vote, prev) = (rpc.vote, rpc.prev_log_id);
+            let last = rpc.entries.last().map(|e| e.log_id);
+            self.append_large(
+                Request::QueueAppend { group, rpc },
+                vote,
+                prev,
+                last,
+                &option,
+            )
             .await
-            .map_err(rpc_error)?
-        {
+        } else {
+            // A heartbeat between the calls for a large append leaves it
+            // under way.
+            self.call(Request::QueueAppend { group, rpc }, &option)
+                .await
+        };
+        match answer.map_err(rpc_error)? {
+            Response::QueueAppend(Ok(AppendEntriesResponse::Success)) if partial.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(partial))
+            }
             Response::QueueAppend(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
@@ -2272,6 +2551,34 @@ pub(crate) async fn remove_replica(g: &Group) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A leader snapshots (dropping its log up to KEEP_AFTER_SNAPSHOT
+    /// entries before it) only with every follower it can reach close
+    /// enough to catch up from what is left; one it cannot reach is not
+    /// waited for.
+    #[test]
+    fn a_snapshot_waits_for_followers_a_little_behind_not_for_those_down() {
+        let id = |index| Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index));
+        let mut m = openraft::RaftMetrics::<NodeId, BasicNode>::new_initial(1);
+        m.last_applied = id(1000);
+        assert!(
+            followers_within_keep(&m, |_| true),
+            "a follower: no one to wait for"
+        );
+        m.replication = Some(BTreeMap::from([(1, id(1000)), (2, id(990)), (3, id(500))]));
+        assert!(
+            !followers_within_keep(&m, |_| true),
+            "3 is 500 entries behind"
+        );
+        assert!(followers_within_keep(&m, |n| n != 3), "3 is down");
+        m.replication = Some(BTreeMap::from([
+            (1, id(1000)),
+            (2, id(1000 - KEEP_AFTER_SNAPSHOT / 2)),
+            (3, None),
+        ]));
+        assert!(!followers_within_keep(&m, |_| true), "3 has nothing yet");
+        assert!(followers_within_keep(&m, |n| n == 2));
+    }
 
     #[test]
     fn ops_round_trip_with_base64_bodies() {

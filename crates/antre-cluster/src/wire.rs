@@ -74,8 +74,12 @@ mod chunk_base64 {
     }
 }
 
-/// The largest frame either side accepts (a snapshot chunk is far less).
-pub const MAX_FRAME: usize = 64 << 20;
+/// The largest frame either side accepts once the peer is authenticated
+/// (the handshake has its own, small limit): a quorum queue's entry holding
+/// one message of the largest size a client may publish (512 MiB at most)
+/// goes to a follower in one frame. Entries and append requests are
+/// otherwise kept to a few MiB (`queue_group::ENTRY_BYTES`, `APPEND_BYTES`).
+pub const MAX_FRAME: usize = 576 << 20;
 
 /// Writes one frame.
 pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> io::Result<()>

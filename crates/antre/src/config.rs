@@ -10,6 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The largest `max_message_size` (512 MiB, as in RabbitMQ).
+pub const MAX_MESSAGE_SIZE: u64 = 512 << 20;
+
 use anyhow::Context;
 use serde::Deserialize;
 
@@ -753,7 +756,14 @@ impl Settings {
             heartbeat: self.heartbeat.unwrap_or(d.heartbeat),
             frame_max: self.frame_max.unwrap_or(d.frame_max),
             channel_max: self.channel_max.unwrap_or(d.channel_max),
-            max_message_size: self.max_message_size.unwrap_or(d.max_message_size),
+            max_message_size: match self.max_message_size.unwrap_or(d.max_message_size) {
+                // RabbitMQ's ceiling too; a cluster's link carries a
+                // message whole in one frame (antre_cluster::wire::MAX_FRAME).
+                n if n > MAX_MESSAGE_SIZE => anyhow::bail!(
+                    "max_message_size {n} is over the largest allowed, {MAX_MESSAGE_SIZE} (512 MiB)"
+                ),
+                n => n,
+            },
             memory_high_watermark: match &self.memory_high_watermark {
                 None => d.memory_high_watermark,
                 Some(w) => w.watermark()?,

@@ -287,6 +287,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             tracing::info!("management UI and API on {scheme}://{addr}/");
         }
     }
+    if let Some(c) = &config.cluster {
+        // The first stream listener is the one clients are sent to.
+        crate::stream::record_listener(&broker, stream_addrs.first().copied(), c.advertised().ip());
+    }
     let mut stream_tasks = Vec::new();
     // Single-active-consumer groups span every stream listener.
     let stream_groups = Arc::new(crate::stream::Groups::default());
@@ -297,9 +301,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             Arc::clone(&stream_groups),
             shutdown_rx.clone(),
         )));
-        if let Some(c) = &config.cluster {
-            crate::stream::record_listener(&broker, *addr, c.advertised().ip());
-        }
         tracing::info!("listening on rabbitmq-stream://{addr}");
     }
     if let Some(certs) = &tls {

@@ -216,15 +216,16 @@ async fn a_member_far_behind_gets_the_leaders_chunks() {
     publish_all_confirmed(&c, l, "baggage", "early-", 5).await;
     let f = (0..3).find(|&i| i != l).expect("a follower");
     c.kill(f);
-    // 70 bodies of 1 MiB, an entry each: past twice the 32 MiB after which
-    // a member snapshots and drops its log (all but the 32 entries before
-    // the snapshot).
+    // 130 bodies of 1 MiB, an entry each: past the 32 MiB after which a
+    // member snapshots three times over, each dropping its log but for the
+    // 64 entries before the snapshot (the leader does not wait for a
+    // follower it cannot reach).
     let conn = harness::connect(&c.nodes[l].amqp_uri()).await;
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
-    for k in 0..70 {
+    for k in 0..130 {
         let mut body = format!("bag-{k}").into_bytes();
         body.resize(1 << 20, b' ');
         let confirm = ch
@@ -250,7 +251,7 @@ async fn a_member_far_behind_gets_the_leaders_chunks() {
         .await;
     c.spawn(f);
     c.wait_http(f).await;
-    let want = expected(&[("early-", 5), ("bag-", 70)]);
+    let want = expected(&[("early-", 5), ("bag-", 130)]);
     until_reads(&c, f, "baggage", &want).await;
     assert!(
         c.nodes[f].logged("stream replica installed its leader's chunks"),
@@ -258,7 +259,7 @@ async fn a_member_far_behind_gets_the_leaders_chunks() {
     );
     // It goes on with the group after that.
     publish_all_confirmed(&c, f, "baggage", "late-", 3).await;
-    let want = expected(&[("early-", 5), ("bag-", 70), ("late-", 3)]);
+    let want = expected(&[("early-", 5), ("bag-", 130), ("late-", 3)]);
     for i in 0..3 {
         until_reads(&c, i, "baggage", &want).await;
     }

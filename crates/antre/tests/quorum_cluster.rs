@@ -321,6 +321,57 @@ async fn a_quorum_queue_replicates_and_survives_its_leaders_death() {
 /// leader's engine: the heads it drops are settled through the log, so
 /// each member's replicated set (its memory) holds the limit, and a new
 /// leader has the same last messages.
+/// A burst of large messages goes out in entries of a few MiB (each
+/// confirmed once all of its burst's entries are committed), and a message
+/// larger than the cluster link's old 64 MiB frame replicates as well (its
+/// entry could never reach a follower: the publish was never confirmed).
+/// The leader killed afterwards, the new one has them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_and_bursts_replicate() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, "scans").await;
+    let l = wait_leader(&c, "scans").await;
+    c.until_members("scans", &["n1", "n2", "n3"]).await;
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    let body = |name: &str, size: usize| {
+        let mut b = name.as_bytes().to_vec();
+        b.resize(size, b' ');
+        b
+    };
+    let mut confirms = Vec::new();
+    for k in 0..40 {
+        let confirm = ch
+            .basic_publish(
+                "",
+                "scans",
+                BasicPublishOptions::default(),
+                &body(&format!("page-{k}"), 1 << 20),
+                persistent(),
+            )
+            .await
+            .expect("publish");
+        confirms.push(confirm);
+    }
+    for (k, confirm) in confirms.into_iter().enumerate() {
+        let answer = tokio::time::timeout(harness::WAIT, confirm).await;
+        assert!(
+            matches!(answer, Ok(Ok(Confirmation::Ack(_)))),
+            "page-{k}: {answer:?}"
+        );
+    }
+    let whole = publish_confirmed(&ch, "scans", &body("whole-scan", 80 << 20), harness::WAIT).await;
+    if whole != Some(true) {
+        c.dump_logs();
+    }
+    assert_eq!(whole, Some(true), "an 80 MiB message confirmed");
+    drop(conn);
+    c.kill(l);
+    let mut want: Vec<String> = (0..40).map(|k| format!("page-{k}")).collect();
+    want.push("whole-scan".into());
+    drain_all(&c, "scans", &want).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_length_limit_bounds_every_member() {
     let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;

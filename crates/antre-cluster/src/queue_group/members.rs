@@ -385,7 +385,7 @@ impl QueueGroups {
         }
     }
 
-    fn name_of(&self, id: NodeId) -> Option<String> {
+    pub(super) fn name_of(&self, id: NodeId) -> Option<String> {
         let known = self.known.defs.lock();
         known
             .by_name

@@ -33,28 +33,32 @@ pub const LISTENER: crate::listen::ListenerKind = crate::listen::ListenerKind {
 };
 
 /// On a cluster node: records in the metadata group where this node's
-/// stream listener is, so that every node's metadata command can send
-/// clients to it (the leader of a stream for publishing, a replica for
-/// reading). Proposed again every second until the group has it (a node
-/// starting before its cluster has a leader). An unspecified address (all
-/// interfaces) is advertised with the node's cluster address instead.
-pub fn record_listener(broker: &Arc<Broker>, listener: SocketAddr, cluster_host: IpAddr) {
+/// stream listener is (`listener`; None: it has none, and a stale address
+/// recorded by an earlier run is cleared), so that every node's metadata
+/// command can send clients to it (the leader of a stream for publishing,
+/// a replica for reading). Proposed again every second until the group
+/// has it (a node starting before its cluster has a leader). An
+/// unspecified address (all interfaces) is advertised with the node's
+/// cluster address instead.
+pub fn record_listener(broker: &Arc<Broker>, listener: Option<SocketAddr>, cluster_host: IpAddr) {
     let Some(node) = broker.node_name().map(str::to_owned) else {
         return;
     };
-    let ip = if listener.ip().is_unspecified() {
-        cluster_host
-    } else {
-        listener.ip()
-    };
-    let address = SocketAddr::new(ip, listener.port()).to_string();
+    let address = listener.map(|l| {
+        let ip = if l.ip().is_unspecified() {
+            cluster_host
+        } else {
+            l.ip()
+        };
+        SocketAddr::new(ip, l.port()).to_string()
+    });
     let broker = Arc::clone(broker);
     tokio::spawn(async move {
-        while broker.listener(&node, LISTENER.protocol).as_deref() != Some(address.as_str()) {
+        while broker.listener(&node, LISTENER.protocol) != address {
             let command = MetaCommand::SetListener {
                 node: node.clone(),
                 protocol: LISTENER.protocol.to_owned(),
-                address: Some(address.clone()),
+                address: address.clone(),
             };
             let b = Arc::clone(&broker);
             let proposed = tokio::task::spawn_blocking(move || b.change_meta(command)).await;
