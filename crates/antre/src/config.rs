@@ -981,12 +981,13 @@ mod tests {
             ..flags.clone()
         };
         assert!(not_listed.to_config().is_err());
+        // A cluster node serves the stream protocol too.
         let with_streams = Settings {
             stream_listen: Some("127.0.0.1:5552".into()),
             ..flags
         };
-        let e = with_streams.to_config().unwrap_err().to_string();
-        assert!(e.contains("stream"), "{e}");
+        let config = with_streams.to_config().unwrap();
+        assert!(config.cluster.is_some() && config.stream_listen.is_some());
     }
 
     #[test]
@@ -1186,6 +1187,21 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn max_message_size_stops_at_512_mib() {
+        let at = Settings {
+            max_message_size: Some(MAX_MESSAGE_SIZE),
+            ..Settings::default()
+        };
+        assert_eq!(at.to_config().unwrap().max_message_size, 512 << 20);
+        let over = Settings {
+            max_message_size: Some(MAX_MESSAGE_SIZE + 1),
+            ..Settings::default()
+        };
+        let e = over.to_config().unwrap_err().to_string();
+        assert!(e.contains("max_message_size"), "{e}");
     }
 
     #[test]
