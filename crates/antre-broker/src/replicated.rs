@@ -121,6 +121,14 @@ impl PendingCommit {
         })
     }
 
+    /// A batch already committed (`ok`) or failed: publishes confirmed or
+    /// nacked without a proposal (duplicates; leadership moved away).
+    pub fn done(syncer: Option<crate::syncer::Syncer>, ok: bool) -> Arc<PendingCommit> {
+        let b = PendingCommit::new(syncer);
+        b.complete(ok);
+        b
+    }
+
     /// One more part: the batch is committed once each part completed.
     pub fn add_part(&self) {
         self.parts.fetch_add(1, std::sync::atomic::Ordering::AcqRel);

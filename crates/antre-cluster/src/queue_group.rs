@@ -1298,9 +1298,7 @@ struct Replica {
 impl Replica {
     /// A failed batch: its publishes are nacked (leadership moved).
     fn failed(&self) -> Arc<dyn Durable> {
-        let failed = PendingCommit::new(self.engine.broker.syncer().cloned());
-        failed.complete(false);
-        failed
+        PendingCommit::done(self.engine.broker.syncer().cloned(), false)
     }
 
     /// Stores stream consumers' offsets through the group, on its
@@ -1393,9 +1391,7 @@ impl QueueReplica for Replica {
         if !accepted.iter().any(|a| *a) {
             // Only duplicates: confirmed at once, as RabbitMQ does.
             drop(p);
-            let done = PendingCommit::new(syncer);
-            done.complete(true);
-            return Ok(done);
+            return Ok(PendingCommit::done(syncer, true));
         }
         let batch = p.batch(syncer);
         drop(p);

@@ -123,6 +123,23 @@ async fn read(consumer: &mut Consumer, n: usize) -> Vec<(u64, String)> {
     out
 }
 
+/// Reads the first `n` messages of "payments" as consumer "audit"
+/// (through a replica the metadata names), checking that they are at
+/// offsets 0 to n-1; returns the consumer and the bodies.
+async fn read_as_audit(env: &Environment, n: usize) -> (Consumer, Vec<String>) {
+    let mut consumer = env
+        .consumer()
+        .name("audit")
+        .offset(OffsetSpecification::First)
+        .build("payments")
+        .await
+        .expect("consumer");
+    let got = read(&mut consumer, n).await;
+    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..n as u64).collect::<Vec<_>>());
+    (consumer, got.into_iter().map(|(_, b)| b).collect())
+}
+
 /// Waits until `consumer`'s node has its stored offset at `want`.
 async fn until_offset(consumer: &Consumer, want: u64) {
     let deadline = Instant::now() + harness::WAIT;
@@ -178,19 +195,9 @@ async fn stream_clients_are_sent_to_the_leader_and_replicas_and_dedup_survives_f
     // A replica stores a consumer's offset through the leader.
     {
         let env = env(ports[asked]).await;
-        let mut consumer = env
-            .consumer()
-            .name("audit")
-            .offset(OffsetSpecification::First)
-            .build("payments")
-            .await
-            .expect("consumer");
-        let got = read(&mut consumer, 30).await;
-        assert_eq!(
-            got.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
-            bodies(1..=30)
-        );
-        consumer.store_offset(got[19].0).await.expect("stored");
+        let (consumer, got) = read_as_audit(&env, 30).await;
+        assert_eq!(got, bodies(1..=30));
+        consumer.store_offset(19).await.expect("stored");
         // A stored offset is not confirmed: the consumer's node shows it
         // once the group committed it.
         until_offset(&consumer, 19).await;
@@ -203,22 +210,8 @@ async fn stream_clients_are_sent_to_the_leader_and_replicas_and_dedup_survives_f
     // A retry of 29 and 30 after a lost confirm is dropped; 31 is new.
     publish(ports[survivor], "payments", "payer", &[29, 30, 31]).await;
     let env_s = env(ports[survivor]).await;
-    let mut consumer = env_s
-        .consumer()
-        .name("audit")
-        .offset(OffsetSpecification::First)
-        .build("payments")
-        .await
-        .expect("consumer");
-    let got = read(&mut consumer, 31).await;
-    assert_eq!(
-        got.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
-        bodies(1..=31)
-    );
-    assert_eq!(
-        got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-        (0..31).collect::<Vec<u64>>()
-    );
+    let (consumer, got) = read_as_audit(&env_s, 31).await;
+    assert_eq!(got, bodies(1..=31), "at offsets 0-30");
     // The offset stored before the failover is there on the survivors.
     until_offset(&consumer, 19).await;
     // A new publisher declared where the old leader was, once it is back

@@ -84,9 +84,7 @@ impl QueueReplica for Slot {
             None => {
                 // Not a member (any more): the publisher gets a nack, as
                 // from a replica that just lost leadership.
-                let failed = PendingCommit::new(self.syncer.clone());
-                failed.complete(false);
-                Ok(failed)
+                Ok(PendingCommit::done(self.syncer.clone(), false))
             }
         }
     }
@@ -134,9 +132,7 @@ impl QueueReplica for Slot {
             None => {
                 accepted.clear();
                 accepted.resize(records.len(), true);
-                let failed = PendingCommit::new(self.syncer.clone());
-                failed.complete(false);
-                Ok(failed)
+                Ok(PendingCommit::done(self.syncer.clone(), false))
             }
         }
     }

@@ -748,15 +748,8 @@ impl Connection {
         messages: Vec<antre_stream_proto::frame::PublishedMessage>,
     ) {
         let Some(p) = self.publishers.get(&publisher_id) else {
-            let errors = messages
-                .iter()
-                .map(|m| (m.publishing_id, code::PUBLISHER_DOES_NOT_EXIST))
-                .collect();
-            ServerFrame::PublishError {
-                publisher_id,
-                errors,
-            }
-            .encode(&mut self.out);
+            let ids = messages.iter().map(|m| m.publishing_id);
+            self.publish_error(publisher_id, ids, code::PUBLISHER_DOES_NOT_EXIST);
             return;
         };
         let records: Vec<PublishedRecord> = messages
@@ -782,15 +775,8 @@ impl Connection {
                 stream: stream.name.clone(),
             }
             .encode(&mut self.out);
-            let errors = records
-                .iter()
-                .map(|r| (r.id, code::STREAM_NOT_AVAILABLE))
-                .collect();
-            ServerFrame::PublishError {
-                publisher_id,
-                errors,
-            }
-            .encode(&mut self.out);
+            let ids = records.iter().map(|r| r.id);
+            self.publish_error(publisher_id, ids, code::STREAM_NOT_AVAILABLE);
             return;
         }
         let mut accepted = std::mem::take(&mut self.accepted);
@@ -822,16 +808,20 @@ impl Connection {
                 }
             }
             Err(e) => {
-                let c = admin::response_code(&e);
-                let errors = records.iter().map(|r| (r.id, c)).collect();
-                ServerFrame::PublishError {
-                    publisher_id,
-                    errors,
-                }
-                .encode(&mut self.out);
+                let ids = records.iter().map(|r| r.id);
+                self.publish_error(publisher_id, ids, admin::response_code(&e));
             }
         }
         self.accepted = accepted;
+    }
+
+    /// Answers each of `ids` with a publish error of code `c`.
+    fn publish_error(&mut self, publisher_id: u8, ids: impl Iterator<Item = u64>, c: u16) {
+        ServerFrame::PublishError {
+            publisher_id,
+            errors: ids.map(|id| (id, c)).collect(),
+        }
+        .encode(&mut self.out);
     }
 
     /// Asks the syncer to make this read's publishes durable; their
@@ -867,15 +857,7 @@ impl Connection {
             if ok {
                 ServerFrame::PublishConfirm { publisher_id, ids }.encode(&mut self.out);
             } else {
-                let errors = ids
-                    .into_iter()
-                    .map(|id| (id, code::INTERNAL_ERROR))
-                    .collect();
-                ServerFrame::PublishError {
-                    publisher_id,
-                    errors,
-                }
-                .encode(&mut self.out);
+                self.publish_error(publisher_id, ids.into_iter(), code::INTERNAL_ERROR);
             }
         }
     }
