@@ -294,3 +294,46 @@ async fn a_producer_whose_node_loses_the_lead_is_told_so() {
         .expect("consumer");
     assert_eq!(read(&mut consumer, 1).await[0].1, "before");
 }
+
+/// rstream, RabbitMQ's Python stream client, against the cluster: asked
+/// through a node that does not lead the stream, its producer publishes
+/// on the leader (deduplicating a retried publishing id), its consumer
+/// reads the whole stream from a replica (the first message written over
+/// AMQP 0-9-1) and stores an offset there that reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rstream_publishes_and_reads_through_a_cluster() {
+    if !crate::common::rstream::rstream_or_skip() {
+        return;
+    }
+    let (c, ports) = start().await;
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("stream".into()),
+    );
+    // Declared through n2, which then leads it.
+    c.declare_durable(1, "py-events", args).await;
+    c.until_members("py-events", &["n1", "n2", "n3"]).await;
+    let conn = harness::connect(&c.nodes[1].amqp_uri()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let confirm = ch
+        .basic_publish(
+            "",
+            "py-events",
+            lapin::options::BasicPublishOptions::default(),
+            b"from amqp",
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    let (leader, _) = metadata(ports[0], "py-events", None, Some(2)).await;
+    assert_eq!(leader, u32::from(ports[1]));
+    let n1 = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    crate::common::rstream::run_script(n1, "client_paths.py", "py-events").await;
+}

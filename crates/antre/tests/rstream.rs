@@ -1,68 +1,13 @@
 //! rstream, RabbitMQ's Python stream client, against antre's stream
 //! protocol listener: the scripts in crates/antre/tests/rstream run with
-//! the listener's address. rstream comes from PyPI (`.ci/run` installs the
-//! version it pins); without python3 and rstream the test says so and
-//! passes, except under CI (`CI=true`), where it fails.
+//! the listener's address (see `common::rstream`).
 
 use crate::common;
 
-use std::process::Command;
-
+use common::rstream::{rstream_or_skip, run_script};
 use common::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-
-fn rstream_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import rstream"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Whether to go on: python3 with rstream is there, or (outside CI) the
-/// test says it skips.
-fn rstream_or_skip() -> bool {
-    if rstream_available() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "CI=true but python3 -c 'import rstream' fails: .ci/run installs rstream"
-    );
-    eprintln!("skipping: python3 with rstream is not installed (pip install rstream)");
-    false
-}
-
-/// Runs tests/rstream/SCRIPT against the broker's stream listener; it
-/// must print "ok".
-async fn run_script(b: &TestBroker, script: &str, stream: &str) {
-    let addr = b.server.stream_addr.expect("stream listener");
-    let path = format!("{}/tests/rstream/{script}", env!("CARGO_MANIFEST_DIR"));
-    let stream = stream.to_owned();
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args([
-                path.as_str(),
-                &addr.ip().to_string(),
-                &addr.port().to_string(),
-                &stream,
-            ])
-            .output()
-            .expect("python3 runs")
-    });
-    let out = tokio::time::timeout(WAIT * 4, run)
-        .await
-        .expect("the rstream script finishes")
-        .expect("script task");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.trim() == "ok",
-        "rstream script {script} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rstream_publishes_dedups_consumes_and_tracks_offsets() {
@@ -85,7 +30,12 @@ async fn rstream_publishes_dedups_consumes_and_tracks_offsets() {
     ch.queue_declare("py-events", durable, args).await.unwrap();
     publish_confirmed(&ch, "", "py-events", b"from amqp").await;
 
-    run_script(&b, "client_paths.py", "py-events").await;
+    run_script(
+        b.server.stream_addr.expect("stream listener"),
+        "client_paths.py",
+        "py-events",
+    )
+    .await;
     let (_, info) = b.api("GET", "/api/queues/%2f/py-events", None).await;
     assert_eq!(
         info["messages"], 51,
@@ -111,5 +61,10 @@ async fn rstream_filtered_subscriptions_get_only_chunks_that_can_match() {
         ..Default::default()
     };
     ch.queue_declare("py-regions", durable, args).await.unwrap();
-    run_script(&b, "filtering.py", "py-regions").await;
+    run_script(
+        b.server.stream_addr.expect("stream listener"),
+        "filtering.py",
+        "py-regions",
+    )
+    .await;
 }

@@ -7,6 +7,7 @@
 pub mod pki;
 pub mod process;
 pub mod prometheus;
+pub mod rstream;
 
 use std::net::SocketAddr;
 use std::time::Duration;
