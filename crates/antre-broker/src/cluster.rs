@@ -944,12 +944,7 @@ impl Broker {
             definitions: vhosts.iter().map(|v| v.definitions()).collect(),
             owners,
             quorum: Vec::new(),
-            listeners: self
-                .listeners
-                .read()
-                .iter()
-                .map(|((node, protocol), a)| (node.clone(), protocol.clone(), a.clone()))
-                .collect(),
+            listeners: self.listeners(),
         }
     }
 
@@ -981,12 +976,26 @@ impl Broker {
                 v.set_remote_owner(queue, (node != me).then_some(node.as_str()));
             }
         }
-        *self.listeners.write() = snapshot
-            .listeners
+        self.set_listeners(snapshot.listeners);
+        Ok(())
+    }
+
+    /// Every node's recorded listeners: (node, protocol, address).
+    pub fn listeners(&self) -> Vec<(String, String, String)> {
+        self.listeners
+            .read()
+            .iter()
+            .map(|((node, protocol), a)| (node.clone(), protocol.clone(), a.clone()))
+            .collect()
+    }
+
+    /// Replaces the recorded listeners (a snapshot's, or what a node
+    /// persisted before a restart).
+    pub fn set_listeners(&self, listeners: Vec<(String, String, String)>) {
+        *self.listeners.write() = listeners
             .into_iter()
             .map(|(node, protocol, a)| ((node, protocol), a))
             .collect();
-        Ok(())
     }
 
     /// Where node `node` listens for `protocol`, as it recorded it.

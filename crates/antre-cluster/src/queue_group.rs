@@ -194,9 +194,26 @@ pub struct QueueOps {
     /// A stream's named consumers' stored offsets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offsets: Vec<(String, u64)>,
+    /// The Raft term of the leadership that proposed this (see
+    /// [`QueueOps::stale`]); None in entries of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 impl QueueOps {
+    /// Whether this entry was proposed during an earlier leadership of
+    /// the node that appended it (`term` is the entry's). openraft takes
+    /// a proposal handed to it while its node leads, but one that reaches
+    /// its core only after the node lost the leadership and won it again
+    /// is appended in the new term: its ids were given out before the new
+    /// leadership's engine started from the applied state, so they may be
+    /// given out again (a stream's offsets twice: confirmed messages
+    /// skipped as already there). Every member ignores such an entry, and
+    /// its proposer nacks it.
+    fn stale(&self, term: u64) -> bool {
+        self.term.is_some_and(|t| t != term)
+    }
+
     fn is_empty(&self) -> bool {
         self.enqueue.is_empty()
             && self.settle.is_empty()
@@ -715,6 +732,9 @@ struct Engine {
     /// This node leads and the engine holds the applied messages: applied
     /// enqueues go to it.
     active: AtomicBool,
+    /// The Raft term this node's engine leads in (set as it takes over):
+    /// the tag of its proposals ([`QueueOps::term`]).
+    term: std::sync::atomic::AtomicU64,
     /// Messages this leader proposed, by id, so its apply need not decode
     /// their records again; also what `reject-publish` counts as on its way
     /// in ([`QueueReplica::in_flight`]).
@@ -774,6 +794,7 @@ impl Engine {
             broker,
             target,
             active: AtomicBool::new(false),
+            term: std::sync::atomic::AtomicU64::new(0),
             proposed: Mutex::default(),
             snapshots_installed: tokio::sync::watch::Sender::new(0),
         })
@@ -904,6 +925,12 @@ impl QueueMachine {
         for entry in entries {
             match entry.payload {
                 EntryPayload::Blank => {}
+                EntryPayload::Normal(ops) if ops.stale(entry.log_id.leader_id.term) => {
+                    tracing::info!(
+                        group = self.engine.target.name(),
+                        "ignoring an entry proposed in an earlier leadership of its leader"
+                    );
+                }
                 EntryPayload::Normal(ops) => {
                     st.count_logged(ENTRY_WEIGHT);
                     for id in &ops.returned {
@@ -1940,6 +1967,9 @@ async fn propose_loop(group: Arc<Group>) {
             // Subscribed before the proposal: a snapshot installed any
             // time after it counts.
             let mut installed = group.machine.engine.snapshots_installed.subscribe();
+            let term = group.machine.engine.term.load(Ordering::Acquire);
+            let mut ops = ops;
+            ops.term = Some(term);
             match group.raft.client_write_ff(ops).await {
                 Ok(rx) => {
                     tokio::spawn(async move {
@@ -1959,7 +1989,9 @@ async fn propose_loop(group: Arc<Group>) {
                         // the snapshot: a publisher that sends it again
                         // makes a duplicate, never a loss).
                         let ok = tokio::select! {
-                            r = rx => matches!(r, Ok(Ok(_))),
+                            // Appended in a later term: ignored by every
+                            // member (QueueOps::stale), so nacked.
+                            r = rx => matches!(r, Ok(Ok(ref w)) if w.log_id.leader_id.term == term),
                             _ = installed.changed() => false,
                         };
                         if let Some(b) = batch {
@@ -2187,6 +2219,20 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
         }
         Err(_) => return,
     }
+    // Everything in this leader's log applied first, not only what was
+    // known committed: a leader that restarts resumes its leadership in
+    // the same term (openraft keeps its committed vote), with entries of
+    // before its restart in its log and not applied yet. Its engine would
+    // otherwise start from an older state and give out ids (a stream's
+    // offsets) that those entries hold already (confirmed messages then
+    // skipped as already there: found by the stream protocol's kill loop).
+    let last_log = group.raft.metrics().borrow().last_log_index;
+    let waiting = group.raft.wait(Some(wait));
+    let applied = waiting.applied_index_at_least(last_log, "the leader's log applied");
+    if let Err(e) = applied.await {
+        tracing::debug!(group = group.def.group, "not taking over yet: {e}");
+        return;
+    }
     let engine = &group.machine.engine;
     {
         let mut st = group.machine.state.lock();
@@ -2217,6 +2263,7 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
             Target::Queue(queue) => queue.replica_takeover(messages),
             Target::Stream(_) => {}
         }
+        engine.term.store(term, Ordering::Release);
         engine.active.store(true, Ordering::Release);
     }
     engine.route_dead_letters();
@@ -2583,6 +2630,7 @@ mod tests {
             settle: vec![1, 2],
             returned: vec![],
             offsets: vec![],
+            term: None,
         };
         let json = serde_json::to_string(&ops).unwrap();
         assert!(json.contains("AP9oZWxsbw=="), "{json}");
@@ -2643,6 +2691,7 @@ mod tests {
                 settle: settle.to_vec(),
                 returned: Vec::new(),
                 offsets: Vec::new(),
+                term: None,
             }),
         }
     }

@@ -56,6 +56,11 @@ struct Applied {
     /// Every quorum queue's group (members, id).
     #[serde(default)]
     quorum: Vec<QuorumDef>,
+    /// Nodes' listeners of other protocols: (node, protocol, address).
+    /// Kept by the broker in memory only, so here for a restart (which
+    /// does not apply again the entries that recorded them).
+    #[serde(default)]
+    listeners: Vec<(String, String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +142,7 @@ impl StateMachine {
                 Some(raw) => Some(serde_json::from_slice(&raw).map_err(|e| storage(&e))?),
                 None => None,
             };
+        broker.set_listeners(applied.listeners);
         let floor = SnapshotFloor::new(snapshot.as_ref().and_then(|s| s.meta.last_log_id));
         let owners: BTreeMap<(String, String), String> = applied
             .owners
@@ -246,6 +252,7 @@ impl StateMachine {
                 .map(|((v, q), n)| (v.clone(), q.clone(), n.clone()))
                 .collect(),
             quorum: state.quorum.values().cloned().collect(),
+            listeners: self.broker.listeners(),
         };
         let json = serde_json::to_vec(&applied).map_err(io_err)?;
         antre_store::definitions::write_atomic(&self.dir.join("applied.json"), &json)

@@ -8,6 +8,8 @@
 
 use crate::harness;
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -336,4 +338,161 @@ async fn rstream_publishes_and_reads_through_a_cluster() {
     assert_eq!(leader, u32::from(ports[1]));
     let n1 = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
     crate::common::rstream::run_script(n1, "client_paths.py", "py-events").await;
+}
+
+/// The payment case over the stream protocol: a named producer keeps many
+/// publishes in flight while the stream's leader is killed -9; it
+/// publishes again, on the new leader, every one whose confirm it did not
+/// get. Deduplication by publishing id keeps each exactly once: the stream
+/// holds every id once, in order, nothing lost, nothing twice.
+/// `ANTRE_STREAM_PROTOCOL_CYCLES` sets the kills (CI: 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_producer_stores_each_message_once_through_leader_kills() {
+    let cycles: usize = std::env::var("ANTRE_STREAM_PROTOCOL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let (mut c, ports) = start().await;
+    env(ports[0])
+        .await
+        .stream_creator()
+        .create("ledger")
+        .await
+        .expect("created");
+    c.until_members("ledger", &["n1", "n2", "n3"]).await;
+    let confirmed = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut next = 1u64;
+    let mut unconfirmed: Vec<u64> = Vec::new();
+    for cycle in 0..cycles {
+        let (leader, _) = metadata(ports[cycle % 3], "ledger", None, Some(2)).await;
+        let l = ports
+            .iter()
+            .position(|p| u32::from(*p) == leader)
+            .expect("a node's port");
+        let (_env, mut producer) = payer(ports[(l + 1) % 3]).await;
+        // First again what the last leader's death left without a
+        // confirm: each is stored once, whether it was or not.
+        for id in unconfirmed.drain(..) {
+            let status = tokio::time::timeout(harness::WAIT, producer.send_with_confirm(entry(id)))
+                .await
+                .expect("confirm in time")
+                .expect("confirm");
+            assert!(status.confirmed(), "resent {id}");
+            confirmed.lock().expect("lock").insert(id);
+        }
+        // Then new ones, many in flight; the leader is killed once 50 of
+        // this cycle's are confirmed, and 50 more go out after that.
+        let first = next;
+        let mut after_kill = None;
+        while after_kill.is_none_or(|n| n < 50) {
+            let id = next;
+            next += 1;
+            let done = Arc::clone(&confirmed);
+            let sent = producer
+                .send(entry(id), move |status| async move {
+                    if status.is_ok_and(|s| s.confirmed()) {
+                        done.lock().expect("lock").insert(id);
+                    }
+                })
+                .await;
+            if sent.is_err() {
+                break;
+            }
+            match &mut after_kill {
+                Some(n) => *n += 1,
+                None => {
+                    let got = confirmed.lock().expect("lock").range(first..).count();
+                    if got >= 50 {
+                        c.kill(l);
+                        after_kill = Some(0);
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), producer.close()).await;
+        let done = confirmed.lock().expect("lock").clone();
+        unconfirmed = (first..next).filter(|id| !done.contains(id)).collect();
+        c.spawn(l);
+        c.wait_http(l).await;
+    }
+    // The last cycle's unconfirmed, once more, then the whole stream.
+    // Every node names both replicas again: a restarted node knows the
+    // others' stream listeners (kept with its applied metadata).
+    let (leader, _) = metadata(ports[0], "ledger", None, Some(2)).await;
+    let (env, mut producer) = payer(u16::try_from(leader).expect("a port")).await;
+    for id in unconfirmed.drain(..) {
+        let status = tokio::time::timeout(harness::WAIT, producer.send_with_confirm(entry(id)))
+            .await
+            .expect("confirm in time")
+            .expect("confirm");
+        assert!(status.confirmed(), "resent {id}");
+    }
+    producer.close().await.expect("closed");
+    let n = usize::try_from(next - 1).expect("a count");
+    let mut consumer = env
+        .consumer()
+        .offset(OffsetSpecification::First)
+        .build("ledger")
+        .await
+        .expect("consumer");
+    let mut got: Vec<String> = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+            Ok(Some(Ok(d))) => got
+                .push(String::from_utf8_lossy(d.message().data().unwrap_or_default()).into_owned()),
+            _ => break,
+        }
+    }
+    let want = bodies(1..next);
+    let held: std::collections::HashSet<&String> = got.iter().collect();
+    let missing: Vec<&String> = want.iter().filter(|b| !held.contains(b)).collect();
+    // Missing ids as ranges, for a failure's message.
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for b in &missing {
+        let id: u64 = b[1..].parse().expect("an id");
+        match ranges.last_mut() {
+            Some((_, hi)) if *hi + 1 == id => *hi = id,
+            _ => ranges.push((id, id)),
+        }
+    }
+    assert_eq!(got.len(), n, "missing ids {ranges:?}");
+    assert_eq!(got, want, "every id once, in order");
+    c.until("nothing more in the stream", || async {
+        c.queue_on(0, "ledger")
+            .await
+            .is_some_and(|q| q["messages"] == serde_json::json!(n))
+    })
+    .await;
+    eprintln!(
+        "stream protocol dedup through {cycles} leader kills: {n} ids, each stored once, {} confirmed first time",
+        confirmed.lock().expect("lock").len()
+    );
+}
+
+/// Producer "payer" of "ledger", asked through the node at `port`: tried
+/// again while a failover leaves that node without a leader to name (the
+/// client then reports the stream missing), as an application retries.
+async fn payer(
+    port: u16,
+) -> (
+    Environment,
+    rabbitmq_stream_client::Producer<rabbitmq_stream_client::Dedup>,
+) {
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        let env = env(port).await;
+        match env.producer().name("payer").build("ledger").await {
+            Ok(p) => return (env, p),
+            Err(e) => assert!(Instant::now() < deadline, "producer: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn entry(id: u64) -> Message {
+    Message::builder()
+        .body(format!("p{id}"))
+        .publishing_id(id)
+        .build()
 }

@@ -31,6 +31,8 @@ const NORMAL: u8 = 0xB1;
 /// length as u16, name, offset each): an entry without any keeps the
 /// older tag, which older versions read.
 const NORMAL_OFFSETS: u8 = 0xB3;
+/// `NORMAL_OFFSETS` with the proposer's term (u64) after the log id.
+const NORMAL_TERM: u8 = 0xB4;
 const MEMBERSHIP: u8 = 0xB2;
 const SNAPSHOT: u8 = 0xB5;
 const SNAPSHOT_REFS: u8 = 0xB6;
@@ -128,12 +130,15 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
             put_log_id(out, &entry.log_id);
         }
         EntryPayload::Normal(ops) => {
-            out.put_u8(if ops.offsets.is_empty() {
-                NORMAL
-            } else {
-                NORMAL_OFFSETS
+            out.put_u8(match (ops.term, ops.offsets.is_empty()) {
+                (Some(_), _) => NORMAL_TERM,
+                (None, true) => NORMAL,
+                (None, false) => NORMAL_OFFSETS,
             });
             put_log_id(out, &entry.log_id);
+            if let Some(term) = ops.term {
+                out.put_u64_le(term);
+            }
             let bodies: usize = ops.enqueue.iter().map(|(_, b)| 12 + b.0.len()).sum();
             out.reserve(bodies + 12 + 8 * (ops.settle.len() + ops.returned.len()));
             out.put_u32_le(ops.enqueue.len() as u32);
@@ -146,7 +151,7 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
             }
             put_ids(out, &ops.settle);
             put_ids(out, &ops.returned);
-            if !ops.offsets.is_empty() {
+            if ops.term.is_some() || !ops.offsets.is_empty() {
                 out.put_u32_le(ops.offsets.len() as u32);
                 for (name, offset) in &ops.offsets {
                     let len = u16::try_from(name.len())
@@ -175,7 +180,11 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
     let log_id = get_log_id(buf)?;
     let payload = match tag {
         BLANK => EntryPayload::Blank,
-        NORMAL | NORMAL_OFFSETS => {
+        NORMAL | NORMAL_OFFSETS | NORMAL_TERM => {
+            let term = match tag {
+                NORMAL_TERM => Some(get_u64(buf, "term")?),
+                _ => None,
+            };
             let n = get_count(buf, 12, "enqueues")?;
             let mut enqueue = Vec::with_capacity(n);
             for _ in 0..n {
@@ -185,7 +194,7 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
             let settle = get_ids(buf, "settles")?;
             let returned = get_ids(buf, "returns")?;
             let mut offsets = Vec::new();
-            if tag == NORMAL_OFFSETS {
+            if tag != NORMAL {
                 let n = get_count(buf, 10, "offsets")?;
                 for _ in 0..n {
                     let len = usize::from(u16::from_le_bytes([
@@ -202,6 +211,7 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
                 settle,
                 returned,
                 offsets,
+                term,
             })
         }
         MEMBERSHIP => {
@@ -475,6 +485,7 @@ mod tests {
                     settle: vec![1, 2],
                     returned: vec![9],
                     offsets: Vec::new(),
+                    term: None,
                 }),
             },
             Entry {
@@ -482,6 +493,14 @@ mod tests {
                 payload: EntryPayload::Normal(QueueOps {
                     enqueue: vec![(5, Body(Bytes::from_static(b"r")))],
                     offsets: vec![("consumer-1".into(), 42), (String::new(), 0)],
+                    ..QueueOps::default()
+                }),
+            },
+            Entry {
+                log_id: log_id(3, 7, 4),
+                payload: EntryPayload::Normal(QueueOps {
+                    enqueue: vec![(6, Body(Bytes::from_static(b"t")))],
+                    term: Some(3),
                     ..QueueOps::default()
                 }),
             },
