@@ -49,6 +49,18 @@ pub struct PeerState {
     pub last_contact: Option<SystemTime>,
 }
 
+impl PeerState {
+    /// Whether the last exchange with the peer succeeded and a message
+    /// from it arrived less than `within` before `now`.
+    pub fn heard_within(&self, within: Duration, now: SystemTime) -> bool {
+        let recent = self
+            .last_contact
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|d| d < within);
+        self.reachable && recent
+    }
+}
+
 /// The link's shared state: who we are, the secret, our peers.
 pub struct Link {
     /// This node's settings.

@@ -26,11 +26,7 @@ const RUNNING_WITHIN: Duration = Duration::from_secs(5);
 
 /// Whether a peer whose link is in `state` counts as running at `now`.
 fn peer_running(state: &PeerState, now: SystemTime) -> bool {
-    let recent = state
-        .last_contact
-        .and_then(|t| now.duration_since(t).ok())
-        .is_some_and(|d| d < RUNNING_WITHIN);
-    state.reachable && recent
+    state.heard_within(RUNNING_WITHIN, now)
 }
 
 /// One member as [`Cluster::status`] reports it.

@@ -103,6 +103,9 @@ const KEEP_AFTER_SNAPSHOT: u64 = 64;
 /// snapshots anyway (a follower that is down must not keep the log
 /// growing).
 const SNAPSHOT_LAG_BYTES: u64 = 8 * SNAPSHOT_BYTES;
+/// A follower not heard from this long is not waited for before a
+/// snapshot (nodes hear from each other every heartbeat, 0.1-0.2 s).
+const FOLLOWER_HEARD_WITHIN: Duration = Duration::from_secs(1);
 /// Bytes of messages one log entry carries at most (unless one message
 /// alone is larger): what gathered beyond goes in the next entries, so an
 /// entry, and an append request, stays far below the link's largest frame
@@ -612,6 +615,22 @@ fn compact(st: &mut QueueState) -> Result<(), StoreError> {
         budget = budget.saturating_sub(u64::from(at.len));
     }
     Ok(())
+}
+
+/// Where to cut a list of items of `sizes` bytes so that its first part
+/// stays within `cap` bytes (at least one item goes, however large):
+/// None if all of it fits.
+fn cut_within(sizes: impl ExactSizeIterator<Item = u64>, cap: u64) -> Option<usize> {
+    let len = sizes.len();
+    let mut bytes = 0;
+    sizes
+        .map(|size| {
+            bytes += size;
+            bytes
+        })
+        .position(|bytes| bytes > cap)
+        .map(|k| k.max(1))
+        .filter(|&k| k < len)
 }
 
 /// About the bytes an entry takes in an append request.
@@ -1276,15 +1295,8 @@ impl Pending {
     /// the entry after. The batch they share then counts this entry as
     /// one part of it (committed once all its parts are).
     fn take_entry(&mut self) -> (QueueOps, Option<Arc<PendingCommit>>) {
-        let mut bytes = 0;
-        let split = self.ops.enqueue.iter().position(|(_, body)| {
-            bytes += body.0.len() as u64;
-            bytes > ENTRY_BYTES
-        });
-        match split
-            .map(|k| k.max(1))
-            .filter(|&k| k < self.ops.enqueue.len())
-        {
+        let sizes = self.ops.enqueue.iter().map(|(_, body)| body.0.len() as u64);
+        match cut_within(sizes, ENTRY_BYTES) {
             Some(k) => {
                 let rest = self.ops.enqueue.split_off(k);
                 let ops = std::mem::replace(
@@ -2116,10 +2128,16 @@ fn followers_within_keep(
 async fn followers_close(group: &Group) {
     let from = group.machine.state.lock().logged_total;
     let groups = group.replica.groups.upgrade();
+    // Up: heard from lately, over any of the node's links to it (a
+    // partitioned follower's calls time out without failing).
     let reachable = |id: NodeId| {
-        groups
-            .as_ref()
-            .is_some_and(|g| g.name_of(id).is_some_and(|name| !g.link.unreachable(&name)))
+        groups.as_ref().is_some_and(|g| {
+            g.name_of(id).is_some_and(|name| {
+                g.link
+                    .state(&name)
+                    .heard_within(FOLLOWER_HEARD_WITHIN, std::time::SystemTime::now())
+            })
+        })
     };
     let mut metrics = group.raft.metrics();
     loop {
@@ -2495,18 +2513,10 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
         // largest frame, refused every time: the follower never caught up.
         // The entries past APPEND_BYTES go in the next request (openraft
         // takes a partial success as that follower's progress).
-        let mut bytes = 0;
-        let keep = rpc.entries.iter().position(|e| {
-            bytes += entry_bytes(e);
-            bytes > APPEND_BYTES
+        let partial = cut_within(rpc.entries.iter().map(entry_bytes), APPEND_BYTES).and_then(|k| {
+            rpc.entries.truncate(k);
+            rpc.entries.last().map(|e| e.log_id)
         });
-        let partial = match keep.map(|k| k.max(1)) {
-            Some(k) if k < rpc.entries.len() => {
-                rpc.entries.truncate(k);
-                rpc.entries.last().map(|e| e.log_id)
-            }
-            _ => None,
-        };
         let sent_bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
         let answer = if sent_bytes > LARGE_APPEND {
             let (vote, prev) = (rpc.vote, rpc.prev_log_id);
@@ -2594,6 +2604,21 @@ pub(crate) async fn remove_replica(g: &Group) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_are_cut_within_a_byte_cap_keeping_at_least_one_item() {
+        let cut = |sizes: &[u64], cap| cut_within(sizes.iter().copied(), cap);
+        assert_eq!(cut(&[3, 3, 3], 10), None);
+        assert_eq!(cut(&[3, 3, 3], 6), Some(2));
+        assert_eq!(cut(&[3, 3, 3], 5), Some(1));
+        assert_eq!(
+            cut(&[30, 3], 10),
+            Some(1),
+            "one item over the cap goes alone"
+        );
+        assert_eq!(cut(&[30], 10), None);
+        assert_eq!(cut(&[], 10), None);
+    }
 
     /// A leader snapshots (dropping its log up to KEEP_AFTER_SNAPSHOT
     /// entries before it) only with every follower it can reach close

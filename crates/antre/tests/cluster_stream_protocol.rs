@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use harness::{free_port, TestCluster, SECRET};
 use rabbitmq_stream_client::types::{Message, OffsetSpecification, ResponseCode};
-use rabbitmq_stream_client::{Client, ClientOptions, Consumer, Environment};
+use rabbitmq_stream_client::{Client, ClientOptions, Consumer, Dedup, Environment, Producer};
 use tokio::time::Instant;
 
 /// A cluster whose nodes also listen for the stream protocol; returns it
@@ -97,17 +97,38 @@ async fn publish(port: u16, stream: &str, name: &str, ids: &[u64]) {
         .await
         .expect("producer");
     for &id in ids {
-        let m = Message::builder()
-            .body(format!("p{id}"))
-            .publishing_id(id)
-            .build();
-        let status = tokio::time::timeout(harness::WAIT, producer.send_with_confirm(m))
-            .await
-            .expect("confirm in time")
-            .expect("confirm");
-        assert!(status.confirmed(), "publishing id {id} confirmed");
+        send_confirmed(&mut producer, id).await;
     }
     producer.close().await.expect("closed");
+}
+
+/// Sends `p{id}` with publishing id `id` and waits for its confirm.
+async fn send_confirmed(producer: &mut Producer<Dedup>, id: u64) {
+    let status = tokio::time::timeout(harness::WAIT, producer.send_with_confirm(entry(id)))
+        .await
+        .expect("confirm in time")
+        .expect("confirm");
+    assert!(status.confirmed(), "publishing id {id} confirmed");
+}
+
+/// Creates stream `name` through the node at `port`, and waits until
+/// every node lists its three members.
+async fn create(c: &TestCluster, port: u16, name: &str) {
+    env(port)
+        .await
+        .stream_creator()
+        .create(name)
+        .await
+        .expect("created");
+    c.until_members(name, &["n1", "n2", "n3"]).await;
+}
+
+/// The index of the node whose stream listener is on `port`.
+fn node_on(ports: &[u16], port: u32) -> usize {
+    ports
+        .iter()
+        .position(|p| u32::from(*p) == port)
+        .expect("a node's port")
 }
 
 /// Reads `n` messages from the first offset: (offset, body).
@@ -165,18 +186,9 @@ async fn stream_clients_are_sent_to_the_leader_and_replicas_and_dedup_survives_f
     let (mut c, ports) = start().await;
     // Created through n2: the metadata group places the stream, its
     // declaring node first, so n2 leads it.
-    env(ports[1])
-        .await
-        .stream_creator()
-        .create("payments")
-        .await
-        .expect("created");
-    c.until_members("payments", &["n1", "n2", "n3"]).await;
+    create(&c, ports[1], "payments").await;
     let (leader, replicas) = metadata(ports[0], "payments", None, Some(2)).await;
-    let l = ports
-        .iter()
-        .position(|p| u32::from(*p) == leader)
-        .expect("a node's port");
+    let l = node_on(&ports, leader);
     let mut others: Vec<u32> = ports
         .iter()
         .filter(|p| u32::from(**p) != leader)
@@ -353,31 +365,18 @@ async fn a_named_producer_stores_each_message_once_through_leader_kills() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     let (mut c, ports) = start().await;
-    env(ports[0])
-        .await
-        .stream_creator()
-        .create("ledger")
-        .await
-        .expect("created");
-    c.until_members("ledger", &["n1", "n2", "n3"]).await;
+    create(&c, ports[0], "ledger").await;
     let confirmed = Arc::new(Mutex::new(BTreeSet::new()));
     let mut next = 1u64;
     let mut unconfirmed: Vec<u64> = Vec::new();
     for cycle in 0..cycles {
         let (leader, _) = metadata(ports[cycle % 3], "ledger", None, Some(2)).await;
-        let l = ports
-            .iter()
-            .position(|p| u32::from(*p) == leader)
-            .expect("a node's port");
+        let l = node_on(&ports, leader);
         let (_env, mut producer) = payer(ports[(l + 1) % 3]).await;
         // First again what the last leader's death left without a
         // confirm: each is stored once, whether it was or not.
         for id in unconfirmed.drain(..) {
-            let status = tokio::time::timeout(harness::WAIT, producer.send_with_confirm(entry(id)))
-                .await
-                .expect("confirm in time")
-                .expect("confirm");
-            assert!(status.confirmed(), "resent {id}");
+            send_confirmed(&mut producer, id).await;
             confirmed.lock().expect("lock").insert(id);
         }
         // Then new ones, many in flight; the leader is killed once 50 of
@@ -422,11 +421,7 @@ async fn a_named_producer_stores_each_message_once_through_leader_kills() {
     let (leader, _) = metadata(ports[0], "ledger", None, Some(2)).await;
     let (env, mut producer) = payer(u16::try_from(leader).expect("a port")).await;
     for id in unconfirmed.drain(..) {
-        let status = tokio::time::timeout(harness::WAIT, producer.send_with_confirm(entry(id)))
-            .await
-            .expect("confirm in time")
-            .expect("confirm");
-        assert!(status.confirmed(), "resent {id}");
+        send_confirmed(&mut producer, id).await;
     }
     producer.close().await.expect("closed");
     let n = usize::try_from(next - 1).expect("a count");
@@ -473,12 +468,7 @@ async fn a_named_producer_stores_each_message_once_through_leader_kills() {
 /// Producer "payer" of "ledger", asked through the node at `port`: tried
 /// again while a failover leaves that node without a leader to name (the
 /// client then reports the stream missing), as an application retries.
-async fn payer(
-    port: u16,
-) -> (
-    Environment,
-    rabbitmq_stream_client::Producer<rabbitmq_stream_client::Dedup>,
-) {
+async fn payer(port: u16) -> (Environment, Producer<Dedup>) {
     let deadline = Instant::now() + harness::WAIT;
     loop {
         let env = env(port).await;

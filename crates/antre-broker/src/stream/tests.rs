@@ -10,6 +10,16 @@ fn open(dir: &Path, clock: Arc<ManualClock>, args: FieldTable) -> Arc<Stream> {
     Stream::open("/", "events", args, dir, clock).unwrap()
 }
 
+/// A stream whose chunks carry Bloom filters of `size` bytes.
+fn with_filters(dir: &Path, size: i64) -> Arc<Stream> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-filter-size-bytes",
+        antre_amqp::FieldValue::I64(size),
+    );
+    open(dir, Arc::new(ManualClock::at(0)), args)
+}
+
 fn msg(body: &str) -> Message {
     Message::new(
         "".into(),
@@ -203,12 +213,7 @@ fn tagged(body: &str, value: &str) -> Message {
 #[test]
 fn filtered_readers_skip_chunks_by_their_bloom_filters_of_the_asked_size() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-filter-size-bytes",
-        antre_amqp::FieldValue::I64(64),
-    );
-    let s = open(dir.path(), Arc::new(ManualClock::at(0)), args);
+    let s = with_filters(dir.path(), 64);
     for (i, region) in ["emea", "apac", "emea"].iter().enumerate() {
         s.publish(&tagged(&format!("{region}-{i}"), region))
             .unwrap();
@@ -344,12 +349,7 @@ fn a_replica_installs_another_members_chunks() {
 #[test]
 fn a_replicas_chunks_carry_the_filter_values() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-filter-size-bytes",
-        antre_amqp::FieldValue::I64(32),
-    );
-    let s = open(dir.path(), Arc::new(ManualClock::at(0)), args);
+    let s = with_filters(dir.path(), 32);
     for (i, region) in ["emea", "apac"].iter().enumerate() {
         let r = s.replica_record(&tagged(&format!("{region}-{i}"), region));
         s.replica_append([(i as u64, &r)]).unwrap();
