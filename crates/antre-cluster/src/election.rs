@@ -30,6 +30,18 @@
 //! ([`crate::failover`]) asks the same pre-vote, naming the leader it
 //! found dead, which a voter then no longer counts as live if it cannot
 //! reach it either ([`crate::Cluster`] checks its own link first).
+//!
+//! A leader writing a large entry is silent until the write is durable:
+//! openraft 0.9's core waits for each append of its log, and sends no
+//! heartbeat meanwhile. An 80 MiB message took over a second to write on a
+//! busy machine, both followers' leases ran out, they elected one of
+//! themselves and the message was nacked. The leader is asked in a
+//! pre-vote like any voter, and it answers for itself without its core:
+//! busy appending for longer than a heartbeat interval
+//! ([`PreVoteAnswer::Writing`]), which no candidate stands against. Only
+//! while the append runs, and not past [`WRITING_AT_MOST`]: a leader that
+//! cannot be reached, is paused, or whose disk hangs is replaced as
+//! before.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +51,7 @@ use openraft::{Instant as _, LogId, RaftTypeConfig, ServerState, Vote};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RaftTiming;
-use crate::log_store::{LogConfig, LogStore};
+use crate::log_store::{Appends, LogConfig, LogStore};
 use crate::network::{NetworkFactory, PooledConnection};
 use crate::wire::{Request, Response};
 use crate::NodeId;
@@ -93,20 +105,48 @@ pub enum PreVoteAnswer {
     HasLeader,
     /// It runs no replica of the group (or is no voter).
     NoReplica,
+    /// It leads, and has been writing an append to its log for longer
+    /// than a heartbeat interval (its heartbeats wait for it): alive, so
+    /// nobody stands.
+    Writing,
+}
+
+/// Longest a leader's append may keep candidates from standing
+/// ([`PreVoteAnswer::Writing`]): a write that takes longer is a disk that
+/// hangs, and another member had better lead.
+pub(crate) const WRITING_AT_MOST: Duration = Duration::from_secs(30);
+
+/// Whether a member in `state`, whose log's appends are `appends`,
+/// answers a pre-vote with [`PreVoteAnswer::Writing`] without asking its
+/// Raft core, which waits for the append: it leads, and has been writing
+/// for longer than a heartbeat interval, or was a moment ago (within a
+/// lease: its first heartbeats after the write are still on their way).
+fn writing_leader(state: ServerState, appends: Appends, timing: RaftTiming) -> bool {
+    let long = |d: Duration| d >= timing.heartbeat && d <= WRITING_AT_MOST;
+    state == ServerState::Leader
+        && (appends.running.is_some_and(long)
+            || appends
+                .longest
+                .is_some_and(|(took, ago)| long(took) && ago <= timing.election_max()))
 }
 
 /// Answers a peer's [`Request::PreVote`] in a group whose Raft is `raft`
 /// and log `log`: whether this member would vote for a candidate whose
 /// log ends at `theirs`. `dead` is the leader the candidate found dead,
-/// if this node cannot reach it either; `lease` the group's leader lease
-/// (its longest election timeout).
+/// if this node cannot reach it either; `timing` the group's (its leader
+/// lease is the longest election timeout).
 pub(crate) async fn grants<C: LogConfig>(
     raft: &openraft::Raft<C>,
     log: &LogStore<C>,
     dead: Option<NodeId>,
     theirs: Option<LogId<NodeId>>,
-    lease: Duration,
+    timing: RaftTiming,
 ) -> PreVoteAnswer {
+    let state = raft.metrics().borrow().state;
+    if writing_leader(state, log.appends(), timing) {
+        return PreVoteAnswer::Writing;
+    }
+    let lease = timing.election_max();
     let Ok(lease_runs) = raft
         .with_raft_state(move |st| {
             st.vote_ref().is_committed()
@@ -164,16 +204,19 @@ pub(crate) struct Tally {
     yes: usize,
     /// Voters that have no live leader but a longer log.
     longer: usize,
+    /// The leader answered that it is writing to its log.
+    writing: bool,
     /// This member's vote when it asked.
     vote: Vote<NodeId>,
 }
 
 impl Tally {
     fn majority(&self, others: usize) -> bool {
-        (others + usize::from(self.voter)) * 2 > self.voters
+        !self.writing && (others + usize::from(self.voter)) * 2 > self.voters
     }
 
-    /// A majority would vote for this member: it would win.
+    /// A majority would vote for this member: it would win (unless the
+    /// leader said it is alive, writing).
     pub(crate) fn wins(&self) -> bool {
         self.majority(self.yes)
     }
@@ -198,15 +241,15 @@ pub(crate) async fn pre_vote<C: LogConfig>(
     ttl: Duration,
 ) -> Tally {
     let me = voters.network().link.config.node_id();
-    let (mut tally, mut asked) = {
+    let (mut tally, mut asked, leader) = {
         let m = raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
         let ids: Vec<NodeId> = membership.voter_ids().collect();
-        let asked: Vec<PooledConnection> = ids
+        let asked: Vec<(NodeId, PooledConnection)> = ids
             .iter()
             .filter(|&&id| id != me && Some(id) != dead)
-            .filter_map(|&id| Some(voters.connection(id, membership.get_node(&id)?)))
+            .filter_map(|&id| Some((id, voters.connection(id, membership.get_node(&id)?))))
             .collect();
         let tally = Tally {
             voters: ids.len(),
@@ -214,7 +257,10 @@ pub(crate) async fn pre_vote<C: LogConfig>(
             vote: m.vote,
             ..Tally::default()
         };
-        (tally, asked)
+        let leader = m
+            .current_leader
+            .filter(|l| asked.iter().any(|(id, _)| id == l));
+        (tally, asked, leader)
     };
     let request = Arc::new(Request::PreVote {
         group,
@@ -222,24 +268,47 @@ pub(crate) async fn pre_vote<C: LogConfig>(
         last_log: log.last_log_id(),
     });
     let mut answers = tokio::task::JoinSet::new();
-    for mut conn in asked.drain(..) {
+    for (id, mut conn) in asked.drain(..) {
         let request = Arc::clone(&request);
         answers.spawn(async move {
             match conn.call(&request, ttl).await {
-                Ok(Response::PreVote(answer)) => Some(answer),
-                _ => None,
+                Ok(Response::PreVote(answer)) => (id, Some(answer)),
+                _ => (id, None),
             }
         });
     }
     // Not waiting for the rest once a majority said yes: a voter that is
-    // paused or cut off answers only after `ttl`.
-    while !tally.wins() {
-        let Some(answer) = answers.join_next().await else {
+    // paused or cut off answers only after `ttl`. But the leader this
+    // member knew gets a little longer than the others: it may answer that
+    // it is alive, writing (see the module docs), and a follower's yes
+    // may come first.
+    let mut leader_answered = leader.is_none();
+    let mut grace: Option<tokio::time::Instant> = None;
+    while !tally.writing {
+        if tally.wins() {
+            if leader_answered {
+                break;
+            }
+            grace.get_or_insert_with(|| tokio::time::Instant::now() + ttl / 4);
+        }
+        let next = match grace {
+            Some(due) => match tokio::time::timeout_at(due, answers.join_next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => answers.join_next().await,
+        };
+        let Some(joined) = next else {
             break;
         };
-        match answer.ok().flatten() {
+        let Ok((id, answer)) = joined else {
+            continue;
+        };
+        leader_answered |= Some(id) == leader;
+        match answer {
             Some(PreVoteAnswer::Yes) => tally.yes += 1,
             Some(PreVoteAnswer::LongerLog) => tally.longer += 1,
+            Some(PreVoteAnswer::Writing) => tally.writing = true,
             _ => {}
         }
     }
@@ -425,8 +494,54 @@ mod tests {
             voter,
             yes,
             longer,
+            writing: false,
             vote: Vote::default(),
         }
+    }
+
+    #[test]
+    fn a_leader_writing_a_large_entry_keeps_candidates_from_standing() {
+        let t = RaftTiming::QUEUE;
+        let ms = Duration::from_millis;
+        let running = |d| Appends {
+            running: Some(d),
+            longest: None,
+        };
+        let ended = |took, ago| Appends {
+            running: None,
+            longest: Some((took, ago)),
+        };
+        let writing = |state, appends| writing_leader(state, appends, t);
+        // The 80 MiB case: the leader has been writing for 1.3 s, longer
+        // than the followers' leases; it is alive.
+        assert!(writing(ServerState::Leader, running(ms(1300))));
+        // It just finished: its heartbeats are on their way.
+        assert!(writing(ServerState::Leader, ended(ms(1300), ms(200))));
+        // An ordinary append (its heartbeat is not late), none at all, a
+        // long one long ago, or a disk that hangs: the usual answer.
+        assert!(!writing(ServerState::Leader, running(t.heartbeat / 2)));
+        assert!(!writing(
+            ServerState::Leader,
+            ended(t.heartbeat / 2, ms(10))
+        ));
+        assert!(!writing(ServerState::Leader, Appends::default()));
+        assert!(!writing(
+            ServerState::Leader,
+            ended(ms(1300), t.election_max() + ms(1))
+        ));
+        let hang = WRITING_AT_MOST + Duration::from_secs(1);
+        assert!(!writing(ServerState::Leader, running(hang)));
+        // A follower writing says nothing for the leader.
+        assert!(!writing(
+            ServerState::Follower,
+            running(Duration::from_secs(2))
+        ));
+        // Both followers' leases ran out and they would vote for each
+        // other, but the leader said it is writing: nobody stands.
+        let mut t = tally(3, true, 1, 0);
+        assert!(t.wins());
+        t.writing = true;
+        assert!(!t.wins() && !t.leaderless());
     }
 
     #[test]

@@ -34,6 +34,7 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use antre_store::{QueueStore, SegmentPosition, StoreOptions};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -149,7 +150,7 @@ struct FloorState {
 impl SnapshotFloor {
     /// Longest a purge waits for a snapshot; a safety net only, as an
     /// install that ends, well or not, wakes it.
-    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+    const PATIENCE: Duration = Duration::from_secs(120);
 
     /// A floor at the snapshot the state machine found on disk at start-up
     /// (none: no purge until one is built or installed).
@@ -177,7 +178,7 @@ impl SnapshotFloor {
 
     /// Waits until a snapshot up to `upto` is durable.
     fn wait_for(&self, upto: LogId<NodeId>) -> Result<(), std::io::Error> {
-        let deadline = std::time::Instant::now() + Self::PATIENCE;
+        let deadline = Instant::now() + Self::PATIENCE;
         let mut s = self.state.lock();
         while s.durable < Some(upto) {
             if s.failed {
@@ -200,6 +201,10 @@ pub struct LogStore<C: LogConfig = TypeConfig> {
     inner: Arc<Mutex<Inner<C>>>,
     /// What a purge waits for, where the state machine reports it.
     floor: Option<Arc<SnapshotFloor>>,
+    /// The append under way and the longest of late (see
+    /// [`LogStore::appends`]). Apart from `inner`, whose lock the append
+    /// holds.
+    appending: Arc<Mutex<AppendMarks>>,
 }
 
 impl<C: LogConfig> Clone for LogStore<C> {
@@ -207,13 +212,57 @@ impl<C: LogConfig> Clone for LogStore<C> {
         LogStore {
             inner: Arc::clone(&self.inner),
             floor: self.floor.clone(),
+            appending: Arc::clone(&self.appending),
         }
     }
 }
 
-impl<C: LogConfig> Debug for LogStore<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").finish_non_exhaustive()
+/// When the append under way started, and how long the longest append
+/// of late took and when it ended.
+#[derive(Debug, Default)]
+struct AppendMarks {
+    started: Option<Instant>,
+    longest: Option<(Duration, Instant)>,
+}
+
+/// What [`LogStore::appends`] reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Appends {
+    /// How long the append under way has been running, if one is.
+    pub(crate) running: Option<Duration>,
+    /// The longest append of late: how long it took, and how long ago it
+    /// ended.
+    pub(crate) longest: Option<(Duration, Duration)>,
+}
+
+/// How long an append is remembered as the longest of late, unless a
+/// longer one comes.
+const LONGEST_KEPT: Duration = Duration::from_secs(60);
+
+/// Marks an append under way until dropped (also when it fails).
+struct Appending<'a>(&'a Mutex<AppendMarks>);
+
+impl<'a> Appending<'a> {
+    fn start(marks: &'a Mutex<AppendMarks>) -> Appending<'a> {
+        marks.lock().started = Some(Instant::now());
+        Appending(marks)
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        let mut m = self.0.lock();
+        let Some(started) = m.started.take() else {
+            return;
+        };
+        let now = Instant::now();
+        let took = now - started;
+        let replace = m
+            .longest
+            .is_none_or(|(t, ended)| took >= t || now - ended > LONGEST_KEPT);
+        if replace {
+            m.longest = Some((took, now));
+        }
     }
 }
 
@@ -240,6 +289,60 @@ impl<C: LogConfig> LogStore<C> {
     /// weighs.
     pub(crate) fn last_log_id(&self) -> Option<LogId<NodeId>> {
         self.inner.lock().last_log_id()
+    }
+
+    /// How long the append under way has been writing and syncing, and
+    /// the longest append of late. openraft 0.9's core waits for each
+    /// append to be durable before it does anything else, heartbeats
+    /// included: a leader writing a large entry is silent meanwhile, and
+    /// for a moment after, though alive (see [`crate::election::grants`]).
+    pub(crate) fn appends(&self) -> Appends {
+        let m = self.appending.lock();
+        Appends {
+            running: m.started.map(|t| t.elapsed()),
+            longest: m.longest.map(|(took, ended)| (took, ended.elapsed())),
+        }
+    }
+
+    /// Appends `entries` and makes them durable: openraft's `append`,
+    /// without its callback.
+    ///
+    /// The lock is held only to append the records, not to encode them
+    /// nor for the fsync: openraft's replication tasks read the newest
+    /// entries under it, and blocked on it for as long as a leader wrote
+    /// a large entry, they held every worker of the Raft runtime (an
+    /// 80 MiB message on a busy machine silenced its node for 2.4 s, and
+    /// the followers elected another leader).
+    fn write(&self, entries: Vec<Entry<C>>) -> Result<(), std::io::Error> {
+        let _appending = Appending::start(&self.appending);
+        let records = entries
+            .into_iter()
+            .map(|e| Ok((C::encode(&e)?, e)))
+            .collect::<Result<Vec<_>, std::io::Error>>()?;
+        let pending = {
+            let mut inner = self.inner.lock();
+            for (raw, entry) in records {
+                let index = entry.log_id.index;
+                if inner.entries.contains_key(&index) {
+                    inner.drop_from(index).map_err(std::io::Error::other)?;
+                }
+                let pos = inner.store.append(&raw).map_err(std::io::Error::other)?;
+                inner.cached += raw.len() as u64;
+                inner
+                    .entries
+                    .insert(index, Slot::new(pos, raw.len(), entry));
+            }
+            inner.evict();
+            inner.store.begin_sync().map_err(std::io::Error::other)?
+        };
+        // Durable before Raft counts the entries as ours. The Raft core
+        // waits for this append: nothing else writes the log meanwhile.
+        let synced = pending.run();
+        self.inner
+            .lock()
+            .store
+            .finish_sync(pending, synced)
+            .map_err(std::io::Error::other)
     }
 
     /// Makes every purge wait until `floor` reports a durable snapshot
@@ -323,6 +426,7 @@ impl<C: LogConfig> LogStore<C> {
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
             floor: None,
+            appending: Arc::default(),
         })
     }
 
@@ -497,26 +601,9 @@ where
         I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
-        let inner = Arc::clone(&self.inner);
         let entries: Vec<Entry<C>> = entries.into_iter().collect();
-        let result = blocking(move || -> Result<(), std::io::Error> {
-            let mut inner = inner.lock();
-            for entry in entries {
-                let raw = C::encode(&entry)?;
-                let index = entry.log_id.index;
-                if inner.entries.contains_key(&index) {
-                    inner.drop_from(index).map_err(std::io::Error::other)?;
-                }
-                let pos = inner.store.append(&raw).map_err(std::io::Error::other)?;
-                inner.cached += raw.len() as u64;
-                inner
-                    .entries
-                    .insert(index, Slot::new(pos, raw.len(), entry));
-            }
-            inner.evict();
-            // Durable before Raft counts the entries as ours.
-            inner.store.sync().map_err(std::io::Error::other)
-        });
+        let store = self.clone();
+        let result = blocking(move || store.write(entries));
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -582,19 +669,8 @@ mod tests {
         }
     }
 
-    /// What `append` does, without openraft's flush callback.
     fn append<C: LogConfig>(store: &LogStore<C>, entries: Vec<Entry<C>>) {
-        let mut inner = store.inner.lock();
-        for e in entries {
-            let raw = C::encode(&e).unwrap();
-            let pos = inner.store.append(&raw).unwrap();
-            inner.cached += raw.len() as u64;
-            inner
-                .entries
-                .insert(e.log_id.index, Slot::new(pos, raw.len(), e));
-        }
-        inner.evict();
-        inner.store.sync().unwrap();
+        store.write(entries).unwrap();
     }
 
     fn indexes<C: LogConfig>(store: &LogStore<C>) -> Vec<(u64, u64)> {
@@ -657,6 +733,33 @@ mod tests {
         assert_eq!(indexes(&store).last(), Some(&(2, 5)));
         let got = store.try_get_log_entries(2..4).await.unwrap();
         assert_eq!(got, vec![big(1, 2, mib), big(1, 3, mib)]);
+    }
+
+    #[test]
+    fn appends_are_timed_and_the_longest_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::<QueueTypeConfig>::open(dir.path()).unwrap();
+        assert!(store.appends().running.is_none() && store.appends().longest.is_none());
+        append(&store, vec![big(1, 0, 1 << 20)]);
+        assert!(store.appends().longest.is_some());
+        assert!(store.appends().running.is_none());
+        // A quicker one after a long one does not hide it.
+        let long = Duration::from_secs(2);
+        store.appending.lock().longest = Some((long, Instant::now()));
+        append(&store, vec![big(1, 1, 10)]);
+        let (still, ago) = store.appends().longest.unwrap();
+        assert_eq!(still, long);
+        assert!(ago < LONGEST_KEPT);
+        // Unless the long one is long past.
+        store.appending.lock().longest = Instant::now()
+            .checked_sub(LONGEST_KEPT + Duration::from_secs(1))
+            .map(|ended| (long, ended));
+        append(&store, vec![big(1, 2, 10)]);
+        assert!(store.appends().longest.unwrap().0 < long);
+        let during = Appending::start(&store.appending);
+        assert!(store.appends().running.is_some());
+        drop(during);
+        assert!(store.appends().running.is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -491,8 +491,8 @@ impl Cluster {
         });
         match group {
             None => {
-                let lease = self.link.config.metadata_timing.election_max();
-                crate::election::grants(&self.raft, &self.log, dead, theirs, lease).await
+                let timing = self.link.config.metadata_timing;
+                crate::election::grants(&self.raft, &self.log, dead, theirs, timing).await
             }
             Some(g) => self.queue_groups.grants_pre_vote(g, dead, theirs).await,
         }

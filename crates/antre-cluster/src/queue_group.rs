@@ -1925,8 +1925,8 @@ impl QueueGroups {
         let Some(g) = self.group(group) else {
             return crate::election::PreVoteAnswer::NoReplica;
         };
-        let lease = self.link.config.queue_timing.election_max();
-        crate::election::grants(&g.raft, &g.log, dead, theirs, lease).await
+        let timing = self.link.config.queue_timing;
+        crate::election::grants(&g.raft, &g.log, dead, theirs, timing).await
     }
 
     /// The node's connections to its peers.
@@ -2439,6 +2439,7 @@ impl GroupClient {
         vote: openraft::Vote<NodeId>,
         prev: Option<LogId<NodeId>>,
         last: Option<LogId<NodeId>>,
+        leader_commit: Option<LogId<NodeId>>,
         option: &RPCOption,
     ) -> Result<Response, CallError> {
         let same = self
@@ -2467,10 +2468,13 @@ impl GroupClient {
             return Err(CallError::Network("no append under way".into()));
         };
         match tokio::time::timeout(option.soft_ttl(), &mut l.answer).await {
-            Err(_) => Err(CallError::Network(format!(
-                "a large append to {} still under way",
-                self.target
-            ))),
+            Err(_) => {
+                self.keep_lease(vote, prev, leader_commit, option).await;
+                Err(CallError::Network(format!(
+                    "a large append to {} still under way",
+                    self.target
+                )))
+            }
             Ok(answer) => {
                 let sent = l.last;
                 self.large = None;
@@ -2486,6 +2490,34 @@ impl GroupClient {
                     Err(_) => Err(CallError::Network("the large append's task ended".into())),
                 }
             }
+        }
+    }
+
+    /// Sends the member a heartbeat while a large append to it is under
+    /// way. openraft sends none while it has entries to replicate, and the
+    /// member hears nothing until it has received the whole append: an
+    /// 80 MiB message on a busy machine took longer than the member's
+    /// lease, the followers elected one of themselves and the message was
+    /// nacked. The heartbeat is the one openraft would send (no entries,
+    /// after the append's previous entry, which the member has or finds
+    /// in conflict as with the append itself); its answer does not
+    /// matter, only that the member hears its leader.
+    async fn keep_lease(
+        &mut self,
+        vote: openraft::Vote<NodeId>,
+        prev: Option<LogId<NodeId>>,
+        leader_commit: Option<LogId<NodeId>>,
+        option: &RPCOption,
+    ) {
+        let rpc = AppendEntriesRequest {
+            vote,
+            prev_log_id: prev,
+            leader_commit,
+            entries: Vec::new(),
+        };
+        let group = self.group.to_string();
+        if let Err(e) = self.call(Request::QueueAppend { group, rpc }, option).await {
+            tracing::debug!(target = self.target, "heartbeat beside a large append: {e}");
         }
     }
 }
@@ -2519,13 +2551,14 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
         });
         let sent_bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
         let answer = if sent_bytes > LARGE_APPEND {
-            let (vote, prev) = (rpc.vote, rpc.prev_log_id);
+            let (vote, prev, commit) = (rpc.vote, rpc.prev_log_id, rpc.leader_commit);
             let last = rpc.entries.last().map(|e| e.log_id);
             self.append_large(
                 Request::QueueAppend { group, rpc },
                 vote,
                 prev,
                 last,
+                commit,
                 &option,
             )
             .await
