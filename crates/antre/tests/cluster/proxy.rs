@@ -8,7 +8,10 @@
 //!   hold ends (a blackhole that TCP would retransmit through: what a
 //!   dropped route does to a connection that outlives it);
 //! - **delay** one direction: each chunk is forwarded its delay after it
-//!   arrived (latency, not a throughput cap).
+//!   arrived (latency, not a throughput cap);
+//! - **rate** one direction: each connection forwards at most so many
+//!   bytes a second (a slow link; a connection's bytes do not slow its
+//!   neighbours').
 //!
 //! A node's peer list names the proxies as its peers' addresses, so every
 //! node has its own route to each other node.
@@ -33,6 +36,8 @@ pub enum Flow {
     Hold,
     /// Forwarded this long after they arrived.
     Delay(Duration),
+    /// Forwarded at most this many bytes a second, per connection.
+    Rate(u64),
 }
 
 /// The state of one proxy.
@@ -150,11 +155,25 @@ async fn pump(
     };
     let writer = async move {
         let mut state = state;
+        // When the bytes forwarded so far would have passed a rate cap.
+        let mut free_at = Instant::now();
         while let Some((at, chunk)) = rx.recv().await {
             loop {
                 let f = flow(&state.borrow_and_update());
                 match f {
                     Flow::Pass => break,
+                    Flow::Rate(per_sec) => {
+                        let took =
+                            Duration::from_secs_f64(chunk.len() as f64 / per_sec.max(1) as f64);
+                        let due = free_at.max(Instant::now()) + took;
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(due) => {
+                                free_at = due;
+                                break;
+                            }
+                            r = state.changed() => if r.is_err() { return },
+                        }
+                    }
                     Flow::Delay(d) => {
                         // Re-read the flow if it changes meanwhile (a
                         // delay turned into a hold, say).
