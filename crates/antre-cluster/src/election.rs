@@ -37,11 +37,13 @@
 //! busy machine, both followers' leases ran out, they elected one of
 //! themselves and the message was nacked. The leader is asked in a
 //! pre-vote like any voter, and it answers for itself without its core:
-//! busy appending for longer than a heartbeat interval
-//! ([`PreVoteAnswer::Writing`]), which no candidate stands against. Only
-//! while the append runs, and not past [`WRITING_AT_MOST`]: a leader that
+//! busy appending for longer than a heartbeat interval, or it was within
+//! the last lease ([`PreVoteAnswer::Writing`]), and no candidate stands
+//! against that. Not past [`WRITING_AT_MOST`] of writing: a leader that
 //! cannot be reached, is paused, or whose disk hangs is replaced as
-//! before.
+//! before. (A follower does not hear its leader either while a large
+//! append is on its way to it: the leader sends it heartbeats beside it,
+//! see `GroupClient::keep_lease`.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,8 +108,8 @@ pub enum PreVoteAnswer {
     /// It runs no replica of the group (or is no voter).
     NoReplica,
     /// It leads, and has been writing an append to its log for longer
-    /// than a heartbeat interval (its heartbeats wait for it): alive, so
-    /// nobody stands.
+    /// than a heartbeat interval, or just was (its heartbeats wait for
+    /// it): alive, so nobody stands.
     Writing,
 }
 
