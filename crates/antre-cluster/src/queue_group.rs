@@ -1167,8 +1167,18 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
                 None => {
                     let mut data = Vec::new();
                     file.read_to_end(&mut data).map_err(|e| read_err(&e))?;
-                    codec::decode_messages(&data)
-                        .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?
+                    let full = codec::decode_messages(&data)
+                        .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?;
+                    // openraft's own lines are off by default (see the
+                    // binary's log filter): a member catching up this way
+                    // is worth a line.
+                    tracing::info!(
+                        queue = this.engine.target.name(),
+                        messages = full.messages.len(),
+                        upto = ?meta.last_log_id,
+                        "quorum queue replica installed its leader's snapshot"
+                    );
+                    full
                 }
             };
             let _one = this.snapshotting.lock();

@@ -92,10 +92,32 @@ fn run() -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
+/// What a log filter that does not name openraft adds: its errors only,
+/// and nothing of its replication tasks. At `info` openraft logs a dozen
+/// lines for each election of each quorum queue (thousands of queues, tens
+/// of thousands of lines at start-up), and a warning and an error each
+/// time it retries a follower (every 100-300 ms while one is down or a
+/// large message is on its way to it), which antre's own lines already
+/// say once: a node's peer unreachable, a queue's leader changed. Name
+/// openraft in the filter to see them (`info,openraft=info`).
+const OPENRAFT_QUIET: &str = "openraft=error,openraft::replication=off";
+
+/// The log filter antre runs with, given `RUST_LOG` (if set) and the
+/// configured `log_level`.
+fn log_filter(env: Option<&str>, level: &str) -> String {
+    let filter = env.unwrap_or(level);
+    if filter.contains("openraft") {
+        filter.to_owned()
+    } else {
+        format!("{filter},{OPENRAFT_QUIET}")
+    }
+}
+
 fn init_logging(json: bool, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let env = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(env.as_deref(), level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_filter(None, level)))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(None, "info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -131,6 +153,32 @@ async fn wait_for_stop(server: &antre::RunningServer) -> anyhow::Result<()> {
                 Ok(()) => {}
                 Err(e) => tracing::error!("SIGHUP: cannot reload the TLS certificates, keeping the current ones: {e}"),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openraft_is_quiet_unless_the_filter_names_it() {
+        assert_eq!(
+            log_filter(None, "info"),
+            "info,openraft=error,openraft::replication=off"
+        );
+        // RUST_LOG wins over the configured level, and gets the same.
+        assert_eq!(
+            log_filter(Some("warn,antre=debug"), "info"),
+            "warn,antre=debug,openraft=error,openraft::replication=off"
+        );
+        assert_eq!(
+            log_filter(Some("info,openraft=info"), "info"),
+            "info,openraft=info"
+        );
+        assert_eq!(log_filter(None, "openraft=debug"), "openraft=debug");
+        for f in [log_filter(None, "info"), log_filter(None, "debug")] {
+            assert!(tracing_subscriber::EnvFilter::try_new(&f).is_ok(), "{f}");
         }
     }
 }

@@ -884,7 +884,7 @@ async fn a_deposed_leader_answers_its_publishes_after_catching_up_by_snapshot() 
 
     mesh.heal();
     c.until("the old leader to install a snapshot", || async {
-        c.nodes[old].logged("install_full_snapshot")
+        c.nodes[old].logged("quorum queue replica installed its leader's snapshot")
     })
     .await;
     for confirm in stuck {

@@ -262,6 +262,8 @@ impl TestCluster {
             .arg(&n.dir)
             .args(&n.args)
             .env("ANTRE_CLUSTER_SECRET", &n.secret)
+            // The default filter (openraft's info and warnings left out);
+            // ANTRE_TEST_LOG=info,openraft=info shows its elections too.
             .env(
                 "RUST_LOG",
                 std::env::var("ANTRE_TEST_LOG").unwrap_or_else(|_| "info".into()),
