@@ -189,7 +189,11 @@ async fn pump(
                     }
                 }
             }
-            if to.write_all(&chunk).await.is_err() {
+            // A cut ends the connection, but the task noticing it may run
+            // after this one: no byte passes once the link is cut (under
+            // load, a publish made after a leader was isolated reached a
+            // follower and was committed by the majority).
+            if state.borrow().cut || to.write_all(&chunk).await.is_err() {
                 return;
             }
         }
