@@ -360,10 +360,7 @@ async fn rstream_publishes_and_reads_through_a_cluster() {
 /// `ANTRE_STREAM_PROTOCOL_CYCLES` sets the kills (CI: 2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_producer_stores_each_message_once_through_leader_kills() {
-    let cycles: usize = std::env::var("ANTRE_STREAM_PROTOCOL_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    let cycles = crate::common::rounds_from_env("ANTRE_STREAM_PROTOCOL_CYCLES", 2);
     let (mut c, ports) = start().await;
     create(&c, ports[0], "ledger").await;
     let confirmed = Arc::new(Mutex::new(BTreeSet::new()));

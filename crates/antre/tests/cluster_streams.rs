@@ -423,10 +423,7 @@ async fn publish_through_failover(
 /// gap or a difference between members).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_confirmed_is_lost_through_leader_kills() {
-    let cycles: usize = std::env::var("ANTRE_STREAM_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let cycles = crate::common::rounds_from_env("ANTRE_STREAM_CYCLES", 3);
     let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
     declare_stream(&c, 0, "orders").await;
     c.until_members("orders", &["n1", "n2", "n3"]).await;

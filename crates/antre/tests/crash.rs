@@ -52,10 +52,7 @@ fn parse(data: &[u8]) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_kill_9() {
-    let cycles: u64 = std::env::var("ANTRE_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let cycles = common::rounds_from_env("ANTRE_CRASH_CYCLES", 3);
     let seed: u64 = std::env::var("ANTRE_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -312,10 +309,7 @@ async fn read_stream(conn: &Connection, name: &str) -> Vec<(i64, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_stream_messages_survive_kill_9_in_order_with_their_offsets() {
-    let cycles: u64 = std::env::var("ANTRE_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let cycles = common::rounds_from_env("ANTRE_CRASH_CYCLES", 3);
     let seed: u64 = std::env::var("ANTRE_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -311,10 +311,7 @@ async fn a_quorum_queue_replicates_and_survives_its_leaders_death() {
     })
     .await;
 
-    let cycles: usize = std::env::var("ANTRE_QUORUM_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let cycles = crate::common::rounds_from_env("ANTRE_QUORUM_CYCLES", 3);
     failover_cycles(&mut c, "orders", cycles).await;
 
     // Deleting the queue stops its group and removes its data everywhere.

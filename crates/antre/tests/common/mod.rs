@@ -167,6 +167,15 @@ pub fn basic_auth(user: &str, password: &str) -> String {
     )
 }
 
+/// How many rounds a soakable test runs: the number in the environment
+/// variable `var` (a soak script sets it), else `default` (what CI runs).
+pub fn rounds_from_env(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Waits for a future, failing the test instead of hanging.
 pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, fut)
