@@ -1973,7 +1973,7 @@ async fn propose_loop(group: Arc<Group>) {
                 // target from being elected. They wait in `pending`.
                 break;
             }
-            let (ops, batch) = group.replica.pending.lock().take_entry();
+            let (mut ops, batch) = group.replica.pending.lock().take_entry();
             if ops.is_empty() {
                 break;
             }
@@ -1990,7 +1990,6 @@ async fn propose_loop(group: Arc<Group>) {
             // time after it counts.
             let mut installed = group.machine.engine.snapshots_installed.subscribe();
             let term = group.machine.engine.term.load(Ordering::Acquire);
-            let mut ops = ops;
             ops.term = Some(term);
             match group.raft.client_write_ff(ops).await {
                 Ok(rx) => {
