@@ -784,7 +784,7 @@ fn browser(driver: &Driver, chromium: &Path, downloads: &Path) -> String {
 /// chromedriver and chromium, or `None` (after saying so) when they are
 /// not installed; under CI their absence fails the test.
 fn browser_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let ci = common::under_ci();
     let driver_bin = find_program("ANTRE_CHROMEDRIVER", &["chromedriver"]);
     let chromium = find_program("ANTRE_CHROMIUM", &["chromium", "chromium-browser"]);
     let (Some(driver_bin), Some(chromium)) = (driver_bin, chromium) else {

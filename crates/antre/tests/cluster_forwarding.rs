@@ -1230,14 +1230,7 @@ print(got, flush=True)
 /// the client reads again it gets every message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_consumer_that_does_not_read_leaves_the_messages_on_the_owner() {
-    let pika = std::process::Command::new("python3")
-        .args(["-c", "import pika"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !pika {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "CI=true but python3 -c 'import pika' fails");
-        eprintln!("skipping: python3 with pika is not installed");
+    if !crate::common::python::module_or_skip("pika") {
         return;
     }
     const COUNT: usize = 640;

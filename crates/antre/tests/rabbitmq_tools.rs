@@ -12,14 +12,10 @@ use std::process::Command;
 use common::{within, TestBroker};
 use serde_json::Value;
 
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// Says a tool is missing: a failure under CI, a note otherwise.
 fn missing(what: &str) {
     assert!(
-        !under_ci(),
+        !common::under_ci(),
         "CI=true but {what} is missing: .ci/run installs it"
     );
     eprintln!("skipping: {what} is not installed (.ci/run installs it)");

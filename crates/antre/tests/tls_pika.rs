@@ -6,23 +6,11 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::pki::{Ca, TlsFiles};
-use common::{within, TestBroker};
+use common::TestBroker;
 use serde_json::Value;
-
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn pika_installed() -> bool {
-    Command::new("python3")
-        .args(["-c", "import pika"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Runs each scenario against the amqps port and prints one JSON object
 /// per scenario: what happened, and the error if one was raised.
@@ -68,12 +56,7 @@ attempt("untrusted-server", context(other_ca, mine), pika.PlainCredentials("gues
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pika_connects_over_tls_and_logs_in_with_external() {
-    if !pika_installed() {
-        assert!(
-            !under_ci(),
-            "CI=true but pika is missing: .ci/run installs it"
-        );
-        eprintln!("skipping: pika is not installed (pip install pika; .ci/run installs it)");
+    if !common::python::module_or_skip("pika") {
         return;
     }
     let ca = Ca::new("antre test CA");
@@ -94,18 +77,13 @@ async fn pika_connects_over_tls_and_logs_in_with_external() {
     })
     .await;
     let port = b.server.amqps_addr.unwrap().port().to_string();
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", SCRIPT, &port])
-        .arg(&files.ca)
-        .arg(&client_cert)
-        .arg(&client_key)
-        .arg(&other_ca);
-    let out = within(
-        "pika",
-        tokio::task::spawn_blocking(move || cmd.output().expect("run python3")),
-    )
-    .await
-    .unwrap();
+    let files_args =
+        [&files.ca, &client_cert, &client_key, &other_ca].map(|p| p.display().to_string());
+    let args = ["-c".to_owned(), SCRIPT.to_owned(), port]
+        .into_iter()
+        .chain(files_args)
+        .collect();
+    let out = common::python::run("pika", args, common::WAIT).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}{stdout}");

@@ -7,6 +7,7 @@
 pub mod pki;
 pub mod process;
 pub mod prometheus;
+pub mod python;
 pub mod rstream;
 
 use std::net::SocketAddr;
@@ -165,6 +166,13 @@ pub fn basic_auth(user: &str, password: &str) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
+}
+
+/// Whether the tests run under CI (`CI=true`), where every tool and client
+/// they drive must be there (`.ci/run` installs them): a test that would
+/// skip without one fails instead.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// How many rounds a soakable test runs: the number in the environment
