@@ -28,6 +28,7 @@ use std::sync::Arc;
 use crate::durable::Durable;
 use crate::error::BrokerError;
 use crate::message::Message;
+use crate::stream::sac::Report as SacReport;
 
 /// What a queue engine tells the replication of its contents.
 pub trait QueueReplica: Send + Sync + std::fmt::Debug {
@@ -82,7 +83,19 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
         let _ = (reference, offset);
         Err(BrokerError::Internal("not a stream".into()))
     }
+    /// A stream's: hands this node's single-active-consumer members of the
+    /// stream to the group's coordinator (on its leader, see
+    /// [`crate::stream::sac`]) and calls `answer` with, for each member in
+    /// the report's order, whether it should be active, or why the
+    /// coordinator could not be asked. `answer` may run on another thread.
+    /// (No default: a wrapper that forgot to pass it on would leave every
+    /// member inactive.)
+    fn report_consumers(&self, report: SacReport, answer: SacAnswer);
 }
+
+/// What [`QueueReplica::report_consumers`] calls with the coordinator's
+/// answer.
+pub type SacAnswer = Box<dyn FnOnce(Result<Vec<bool>, String>) + Send>;
 
 /// Where a replicated write stands, for the syncer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

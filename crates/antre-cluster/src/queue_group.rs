@@ -76,6 +76,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod codec;
+mod consumers;
 pub mod members;
 
 use crate::log_store::{LogStore, SnapshotFloor};
@@ -1342,6 +1343,8 @@ struct Replica {
     /// of each consumer), and whether a task is sending them.
     offsets_to_forward: Mutex<HashMap<String, u64>>,
     forwarding: AtomicBool,
+    /// A stream's single-active-consumer coordination.
+    consumers: consumers::Consumers,
 }
 
 impl Replica {
@@ -1475,6 +1478,22 @@ impl QueueReplica for Replica {
                 .spawn(async move { groups.forward_offsets(&me).await });
         }
         Ok(())
+    }
+
+    fn report_consumers(
+        &self,
+        report: antre_broker::stream::sac::Report,
+        answer: antre_broker::replicated::SacAnswer,
+    ) {
+        let Some(groups) = self.groups.upgrade() else {
+            answer(Err("the node is stopping".into()));
+            return;
+        };
+        let group = self.group.clone();
+        groups
+            .runtime
+            .clone()
+            .spawn(async move { answer(groups.report_consumers(&group, report).await) });
     }
 
     fn settle(&self, id: u64) {
@@ -1797,6 +1816,7 @@ impl QueueGroups {
             groups: self.this.clone(),
             offsets_to_forward: Mutex::default(),
             forwarding: AtomicBool::new(false),
+            consumers: consumers::Consumers::new(!restarted),
         });
         if !self.attach(&queue, Arc::clone(&replica)) {
             let _ = raft.shutdown().await;

@@ -243,6 +243,9 @@ async fn serve_peer(
                     tokio::time::Instant::now() + crate::queue_group::members::CHANGE_TIMEOUT;
                 Response::QueueMembers(node.queue_groups.group_op(&group, op, deadline).await)
             }
+            Request::StreamConsumers { group, report } => {
+                Response::StreamConsumers(node.queue_groups.coordinate(&group, &report).await)
+            }
             Request::DataLink => {
                 let broker = node.forwarder.broker();
                 // Forwarded publishes and deliveries are the broker's work:

@@ -198,6 +198,13 @@ mod tests {
             let e = self.enqueued.lock();
             (e.len() as u64, e.iter().map(|b| b.len() as u64).sum())
         }
+        fn report_consumers(
+            &self,
+            _report: crate::stream::sac::Report,
+            answer: crate::replicated::SacAnswer,
+        ) {
+            answer(Err("a queue".into()));
+        }
     }
 
     fn replicated(args: &[(&str, FieldValue)]) -> (Arc<Queue>, Arc<Recorder>) {

@@ -20,6 +20,7 @@ mod log;
 pub mod reader;
 pub mod record;
 mod replica;
+pub mod sac;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -146,6 +146,18 @@ impl QueueReplica for Slot {
             )),
         }
     }
+
+    fn report_consumers(
+        &self,
+        report: antre_broker::stream::sac::Report,
+        answer: antre_broker::replicated::SacAnswer,
+    ) {
+        let current = self.current.lock().clone();
+        match current {
+            Some(r) => r.report_consumers(report, answer),
+            None => answer(Err("this node holds no replica of the stream".into())),
+        }
+    }
 }
 
 /// What [`QueueGroups`] knows for replica management: every quorum

@@ -885,7 +885,13 @@ impl Connection {
                 }
             }
             Event::ConsumerUpdate(id, active) => {
-                if self.subscriptions.contains_key(&id) {
+                if let Some(sub) = self.subscriptions.get_mut(&id) {
+                    if !active {
+                        // Stepping down stops its deliveries at once: on a
+                        // cluster another member may be activated as soon
+                        // as its lease ends, answered or not.
+                        sub.reader = None;
+                    }
                     let corr = self.next_corr;
                     self.next_corr = self.next_corr.wrapping_add(1);
                     self.updates.insert(corr, (id, active));
@@ -946,6 +952,7 @@ impl Connection {
             None
         };
         let filter = subscription_filter(properties);
+        let s_replica = s.replica().cloned();
         // A single active consumer reads only once active, from where the
         // client says then.
         let reader = if group.is_some() {
@@ -999,7 +1006,9 @@ impl Connection {
                 partitions.iter().position(|p| p == stream)
             });
             let events = self.events.clone();
-            self.groups.register(key, partition, self.id, id, events);
+            let replica = s_replica;
+            self.groups
+                .register(key, partition, self.id, id, events, replica);
         }
     }
 
@@ -1024,11 +1033,8 @@ impl Connection {
                 }
                 Err(e) => tracing::warn!(stream = sub.stream.name, "activating a reader: {e}"),
             }
-        } else {
-            sub.reader = None;
-            if let Some(key) = &sub.group {
-                self.groups.stepped_down(key);
-            }
+        } else if let Some(key) = &sub.group {
+            self.groups.stepped_down(key, self.id, id);
         }
     }
 

@@ -1,0 +1,411 @@
+//! Single active consumer over the stream protocol: which member of each
+//! group of a stream is active, as RabbitMQ's
+//! `rabbit_stream_sac_coordinator` decides it. Subscriptions that share a
+//! name on a stream form a group, and only one of them (the active one)
+//! gets messages. A plain stream's group keeps its first member active
+//! until it leaves; a super stream partition's group makes member
+//! `partition index mod size` active, so the partitions spread over the
+//! members, and a newcomer may take the place of the active one, which is
+//! first told to step down (so it can store its offset) and replaced once
+//! it answered.
+//!
+//! The [`Coordinator`] only decides: nodes hold the members (a member is
+//! one subscription of one client connection) and report them, each with
+//! whether it is active now, and apply the answer. On one node the
+//! coordinator is called in place; on a cluster a replicated stream's
+//! leader runs it and every node with members reports to it, on change
+//! and every [`REPORT_EVERY`], so that members on different nodes form one
+//! group.
+//!
+//! Leases keep two members from being active at once when nodes or links
+//! fail. A node whose reports went unanswered for [`NODE_LEASE`] (counted
+//! from when it sent the last answered one) makes its members step down;
+//! the coordinator drops the members of a node not heard from for
+//! [`COORDINATOR_LEASE`], which is longer, so by then they stopped. A
+//! coordinator only answers while a majority follows its node, and a new
+//! one (a new leader) activates nobody that was not reported active for
+//! [`NODE_LEASE`] plus a margin, unless its term is the stream's first:
+//! a member activated by an earlier leader is either reported to it by
+//! then or stopped.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How often a node with members reports them (it also reports at once
+/// when they change).
+pub const REPORT_EVERY: Duration = Duration::from_millis(300);
+/// Unanswered for this long, a node's active members step down.
+pub const NODE_LEASE: Duration = Duration::from_secs(2);
+/// Not heard from for this long, a node's members are dropped.
+pub const COORDINATOR_LEASE: Duration = Duration::from_millis(2500);
+/// How long a coordinator of a later term waits before it activates a
+/// member nobody reported active.
+pub const TAKEOVER_GRACE: Duration = Duration::from_millis(2500);
+
+/// One member, as its node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedMember {
+    /// The group: the consumer name.
+    pub group: String,
+    /// The stream's index among its super stream's partitions; None for a
+    /// plain stream.
+    pub partition: Option<usize>,
+    /// The member's connection, unique on its node.
+    pub connection: u64,
+    /// Its subscription id on that connection.
+    pub subscription: u8,
+    /// Whether it is active, or told to step down and not answered yet.
+    pub active: bool,
+}
+
+/// Everything one node holds of one stream's groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The node (empty on a single node).
+    pub node: String,
+    /// Its members, in the order they subscribed.
+    pub members: Vec<ReportedMember>,
+}
+
+#[derive(Debug)]
+struct Member {
+    node: String,
+    connection: u64,
+    subscription: u8,
+    /// As last reported.
+    reported: bool,
+    /// The coordinator's decision: None until it made one.
+    want: Option<bool>,
+}
+
+impl Member {
+    fn is(&self, node: &str, m: &ReportedMember) -> bool {
+        self.node == node && self.connection == m.connection && self.subscription == m.subscription
+    }
+
+    /// Holds the group's slot and was not told to give it up.
+    fn keeps(&self) -> bool {
+        self.want != Some(false) && (self.reported || self.want == Some(true))
+    }
+
+    /// Told to step down and has not answered yet.
+    fn stepping_down(&self) -> bool {
+        self.reported && self.want == Some(false)
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    name: String,
+    partition: Option<usize>,
+    members: Vec<Member>,
+}
+
+impl Group {
+    /// The member that should be active.
+    fn chosen(&self) -> usize {
+        self.partition.map_or(0, |p| p % self.members.len())
+    }
+
+    fn decide(&mut self, may_activate: bool) {
+        let keepers: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].keeps())
+            .collect();
+        // Two keepers only after a change of coordinator (each activated
+        // by another): the first reported one stays.
+        let keeper = keepers
+            .iter()
+            .copied()
+            .find(|&i| self.members[i].reported)
+            .or(keepers.first().copied());
+        for &i in &keepers {
+            if Some(i) != keeper {
+                self.members[i].want = Some(false);
+            }
+        }
+        if let Some(k) = keeper {
+            let rebalance = self.partition.is_some() && k != self.chosen();
+            self.members[k].want = Some(!rebalance);
+            return;
+        }
+        if may_activate && !self.members.iter().any(Member::stepping_down) {
+            let c = self.chosen();
+            self.members[c].want = Some(true);
+        }
+    }
+}
+
+/// Decides which member of each group of one stream is active (see the
+/// module docs).
+#[derive(Debug)]
+pub struct Coordinator {
+    term: u64,
+    /// Before this, only members reported active may be.
+    activate_from: Instant,
+    /// When each node last reported.
+    heard: Vec<(String, Instant)>,
+    groups: Vec<Group>,
+}
+
+impl Coordinator {
+    /// A coordinator for leadership `term`, begun `now`. With `first`
+    /// (no earlier leader could have activated anybody) it activates at
+    /// once; otherwise it waits [`TAKEOVER_GRACE`] for reports.
+    pub fn new(term: u64, now: Instant, first: bool) -> Coordinator {
+        Coordinator {
+            term,
+            activate_from: if first { now } else { now + TAKEOVER_GRACE },
+            heard: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// The leadership term it decides for.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Takes a node's report: returns, for each of its members in the
+    /// report's order, whether it should be active. (Other nodes learn of
+    /// decisions about their members from their next report.)
+    pub fn report(&mut self, report: &Report, now: Instant) -> Vec<bool> {
+        match self.heard.iter_mut().find(|(n, _)| *n == report.node) {
+            Some((_, at)) => *at = now,
+            None => self.heard.push((report.node.clone(), now)),
+        }
+        let lapsed: Vec<String> = self
+            .heard
+            .iter()
+            .filter(|(_, at)| now.duration_since(*at) > COORDINATOR_LEASE)
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.heard.retain(|(n, _)| !lapsed.contains(n));
+        let node = report.node.as_str();
+        for g in &mut self.groups {
+            g.members.retain(|m| {
+                !lapsed.contains(&m.node)
+                    && (m.node != node
+                        || report
+                            .members
+                            .iter()
+                            .any(|r| r.group == g.name && m.is(node, r)))
+            });
+        }
+        for r in &report.members {
+            let g = match self.groups.iter().position(|g| g.name == r.group) {
+                Some(i) => &mut self.groups[i],
+                None => {
+                    self.groups.push(Group {
+                        name: r.group.clone(),
+                        partition: r.partition,
+                        members: Vec::new(),
+                    });
+                    let last = self.groups.len() - 1;
+                    &mut self.groups[last]
+                }
+            };
+            g.partition = r.partition;
+            match g.members.iter_mut().find(|m| m.is(node, r)) {
+                Some(m) => m.reported = r.active,
+                None => g.members.push(Member {
+                    node: node.to_owned(),
+                    connection: r.connection,
+                    subscription: r.subscription,
+                    reported: r.active,
+                    want: None,
+                }),
+            }
+        }
+        self.groups.retain(|g| !g.members.is_empty());
+        let may_activate = now >= self.activate_from;
+        for g in &mut self.groups {
+            g.decide(may_activate);
+        }
+        report
+            .members
+            .iter()
+            .map(|r| {
+                self.groups
+                    .iter()
+                    .filter(|g| g.name == r.group)
+                    .flat_map(|g| g.members.iter())
+                    .find(|m| m.is(node, r))
+                    .is_some_and(|m| m.want == Some(true))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(
+        group: &str,
+        partition: Option<usize>,
+        connection: u64,
+        active: bool,
+    ) -> ReportedMember {
+        ReportedMember {
+            group: group.into(),
+            partition,
+            connection,
+            subscription: 1,
+            active,
+        }
+    }
+
+    fn report(node: &str, members: Vec<ReportedMember>) -> Report {
+        Report {
+            node: node.into(),
+            members,
+        }
+    }
+
+    #[test]
+    fn the_first_member_across_nodes_stays_active_until_it_leaves() {
+        let t = Instant::now();
+        let mut c = Coordinator::new(1, t, true);
+        let a = c.report(&report("n1", vec![member("app", None, 1, false)]), t);
+        assert_eq!(a, [true]);
+        let b = c.report(&report("n2", vec![member("app", None, 7, false)]), t);
+        assert_eq!(b, [false], "n1's member holds the group");
+        // n1's member, now active, leaves: n2's takes over.
+        assert!(c.report(&report("n1", vec![]), t).is_empty());
+        let b = c.report(&report("n2", vec![member("app", None, 7, false)]), t);
+        assert_eq!(b, [true]);
+    }
+
+    #[test]
+    fn a_partition_rebalances_across_nodes_after_the_active_one_steps_down() {
+        let t = Instant::now();
+        let mut c = Coordinator::new(1, t, true);
+        // Partition 1 of a super stream: with two members, the second.
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", Some(1), 1, false)]), t),
+            [true]
+        );
+        let b = c.report(&report("n2", vec![member("app", Some(1), 2, false)]), t);
+        assert_eq!(b, [false], "not before the active one stepped down");
+        // n1's member, still active, is told to step down.
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", Some(1), 1, true)]), t),
+            [false]
+        );
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", Some(1), 2, false)]), t),
+            [false]
+        );
+        // It answered: the chosen one takes over.
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", Some(1), 1, false)]), t),
+            [false]
+        );
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", Some(1), 2, false)]), t),
+            [true]
+        );
+    }
+
+    #[test]
+    fn a_silent_nodes_members_are_dropped_after_its_lease() {
+        let t = Instant::now();
+        let mut c = Coordinator::new(1, t, true);
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", None, 1, false)]), t),
+            [true]
+        );
+        let later = t + COORDINATOR_LEASE / 2;
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, false)]), later),
+            [false]
+        );
+        let lapsed = t + COORDINATOR_LEASE + Duration::from_millis(1);
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, false)]), lapsed),
+            [true]
+        );
+        assert!(
+            NODE_LEASE < COORDINATOR_LEASE,
+            "a node stops its members first"
+        );
+    }
+
+    #[test]
+    fn a_new_coordinator_keeps_the_reported_active_member_and_waits_for_the_others() {
+        let t = Instant::now();
+        let mut c = Coordinator::new(2, t, false);
+        // n2 reports first: its member is not activated while n1 may
+        // still hold one active.
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, false)]), t),
+            [false]
+        );
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", None, 1, true)]), t),
+            [true]
+        );
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, false)]), t),
+            [false]
+        );
+        // With nobody active, the wait ends after the grace.
+        let mut c = Coordinator::new(2, t, false);
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, false)]), t),
+            [false]
+        );
+        let after = t + TAKEOVER_GRACE;
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, false)]), after),
+            [true]
+        );
+        assert!(NODE_LEASE < TAKEOVER_GRACE);
+    }
+
+    #[test]
+    fn of_two_members_reported_active_the_first_stays() {
+        let t = Instant::now();
+        let mut c = Coordinator::new(3, t, false);
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", None, 1, true)]), t),
+            [true]
+        );
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, true)]), t),
+            [false]
+        );
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", None, 1, true)]), t),
+            [true]
+        );
+    }
+
+    #[test]
+    fn groups_of_one_stream_are_decided_apart() {
+        let t = Instant::now();
+        let mut c = Coordinator::new(1, t, true);
+        let r = report(
+            "n1",
+            vec![
+                member("a", None, 1, false),
+                member("b", None, 1, false),
+                member("a", None, 2, false),
+            ],
+        );
+        let r = Report {
+            members: r
+                .members
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut m)| {
+                    m.subscription = i as u8;
+                    m
+                })
+                .collect(),
+            ..r
+        };
+        assert_eq!(c.report(&r, t), [true, true, false]);
+    }
+}

@@ -1,0 +1,117 @@
+//! Single active consumer of a replicated stream across the cluster: every
+//! node with members of the stream's groups reports them to the stream's
+//! leader, which runs the one [`Coordinator`] of the stream (see
+//! [`antre_broker::stream::sac`] for the protocol and its leases).
+
+use std::time::{Duration, Instant};
+
+use antre_broker::stream::sac::{Coordinator, Report};
+use openraft::ServerState;
+
+use super::*;
+use crate::network::Connection;
+
+/// How long a report may wait for its answer: past it the node counts the
+/// report as unanswered (its lease runs from when it sent the last
+/// answered one).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A replica's side of the coordination: the coordinator while this node
+/// leads the stream, and the connection reports go to the leader on.
+pub(super) struct Consumers {
+    /// The group started with this process (not from a log on disk): in
+    /// its first term, no earlier coordinator activated anybody. (A leader
+    /// that restarts may lead on in the same term.)
+    fresh: bool,
+    coordinator: Mutex<Option<Coordinator>>,
+    link: tokio::sync::Mutex<Option<(NodeId, Connection)>>,
+}
+
+impl Consumers {
+    pub(super) fn new(fresh: bool) -> Consumers {
+        Consumers {
+            fresh,
+            coordinator: Mutex::default(),
+            link: tokio::sync::Mutex::default(),
+        }
+    }
+}
+
+impl QueueGroups {
+    /// Hands `report` (this node's members of the stream `group`'s
+    /// groups) to the stream's leader: for each member, whether it should
+    /// be active.
+    pub(super) async fn report_consumers(
+        &self,
+        group: &str,
+        mut report: Report,
+    ) -> Result<Vec<bool>, String> {
+        let g = self
+            .group(group)
+            .ok_or_else(|| "no replica of the stream here".to_owned())?;
+        report.node = self.link.config.node_name.clone();
+        let m = g.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader {
+            return self.coordinate(group, &report).await;
+        }
+        let leader = m
+            .current_leader
+            .ok_or_else(|| "the stream has no leader".to_owned())?;
+        let mut link = g.replica.consumers.link.lock().await;
+        if link.as_ref().is_none_or(|(to, _)| *to != leader) {
+            let (Some(name), Some(addr)) = (self.name_of(leader), self.address_of(leader)) else {
+                return Err("the stream's leader is not known yet".into());
+            };
+            *link = Some((leader, Connection::new(Arc::clone(&self.link), &name, addr)));
+        }
+        let Some((_, c)) = link.as_mut() else {
+            return Err("no link to the stream's leader".into());
+        };
+        let request = Request::StreamConsumers {
+            group: group.to_owned(),
+            report,
+        };
+        match c.call(&request, ANSWER_TIMEOUT).await {
+            Ok(Response::StreamConsumers(answer)) => answer,
+            other => {
+                *link = None;
+                Err(format!("the stream's leader did not answer: {other:?}"))
+            }
+        }
+    }
+
+    /// Answers a node's report, on the stream's leader: only while a
+    /// majority follows this node, so that a leader cut off from it stops
+    /// renewing its members' leases.
+    pub(crate) async fn coordinate(
+        &self,
+        group: &str,
+        report: &Report,
+    ) -> Result<Vec<bool>, String> {
+        let g = self
+            .group(group)
+            .ok_or_else(|| "no replica of the stream here".to_owned())?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, g.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("not the stream's leader: {e}")),
+            Err(_) => return Err("no majority answered in time".into()),
+        }
+        let engine = &g.machine.engine;
+        if !engine.active.load(Ordering::Acquire) {
+            return Err("the stream's leader is taking over".into());
+        }
+        let term = engine.term.load(Ordering::Acquire);
+        let now = Instant::now();
+        let mut coordinator = g.replica.consumers.coordinator.lock();
+        let c = match coordinator.as_mut() {
+            Some(c) if c.term() == term => c,
+            _ => {
+                // The stream's first leader: nobody was activated before.
+                let first = term <= 1 && g.replica.consumers.fresh;
+                tracing::debug!(group, term, first, "coordinating single active consumers");
+                coordinator.insert(Coordinator::new(term, now, first))
+            }
+        };
+        Ok(c.report(report, now))
+    }
+}
