@@ -271,6 +271,12 @@ async fn channels_consumers_and_closing_a_connection_from_the_cli() {
     let (ok, out, err) = antre(&url, &["consumers", "list"]).await;
     assert!(ok, "{err}");
     assert!(out.contains("jobs") && out.contains("worker-1"), "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.trim_end().ends_with("up")),
+        "{out}"
+    );
 
     let (ok, out, _) = antre(&url, &["connections", "-f", "json"]).await;
     assert!(ok);

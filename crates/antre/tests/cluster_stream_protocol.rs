@@ -567,6 +567,11 @@ async fn a_single_active_consumer_group_spans_the_nodes() {
     publish(ports[0], "jobs", "jobs-p", &(10..20).collect::<Vec<_>>()).await;
     assert_eq!(read(&mut a, 10).await[9], (19, "p19".to_owned()));
     assert_eq!(*told.lock().expect("lock"), [("a", true)], "b never active");
+    // Each node's management API shows its member as the group decided.
+    for (node, status) in [(1, "single_active"), (2, "waiting")] {
+        let (_, s) = c.api(node, "GET", "/api/queues/%2F/jobs", None).await;
+        assert_eq!(s["consumer_details"][0]["activity_status"], status);
+    }
     // "a" leaves: "b" takes over from offset 20.
     resume.store(20, Ordering::SeqCst);
     a.handle().close().await.expect("a closed");

@@ -376,6 +376,28 @@ async fn single_active_consumer_takes_everything() {
         (0..10).map(|i| i.to_string()).collect::<Vec<_>>(),
         "all to the active one, in order"
     );
+    // The management API says which one is active, as RabbitMQ's does.
+    let (_, consumers) = broker.api("GET", "/api/consumers", None).await;
+    let mut status: Vec<(String, bool, String)> = consumers
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| {
+            (
+                c["consumer_tag"].as_str().unwrap_or_default().to_owned(),
+                c["active"] == true,
+                c["activity_status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    status.sort();
+    assert_eq!(
+        status,
+        [
+            ("first".to_owned(), true, "single_active".to_owned()),
+            ("second".to_owned(), false, "waiting".to_owned())
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -419,6 +419,25 @@ async fn single_active_consumer_hands_over_where_the_group_left_off() {
     let mut second = member(Arc::clone(&resume)).build("jobs").await.expect("b");
     publish(&env, "jobs", (10..15).map(|i| format!("m{i}"))).await;
     assert_eq!(take(&mut a, 5).await[4], (14, "m14".to_owned()));
+    // The management API tells the active member from the waiting one.
+    let (_, stream) = b.api("GET", "/api/queues/%2F/jobs", None).await;
+    let mut status: Vec<(bool, String)> = stream["consumer_details"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| {
+            let s = c["activity_status"].as_str().unwrap_or_default();
+            (c["active"] == true, s.to_owned())
+        })
+        .collect();
+    status.sort();
+    assert_eq!(
+        status,
+        [
+            (false, "waiting".to_owned()),
+            (true, "single_active".to_owned())
+        ]
+    );
     // The first member leaves; the second takes over from offset 15. Had
     // it been reading all along it would see offset 0 first.
     resume.store(15, Ordering::SeqCst);

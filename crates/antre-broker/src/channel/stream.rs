@@ -93,6 +93,7 @@ impl Channel {
             sink: Arc::clone(&self.sink),
             credit: Arc::clone(&credit),
             offset: Arc::clone(&offset),
+            single_active: None,
         })?;
         if !m.nowait {
             out.push(Outgoing::Method(

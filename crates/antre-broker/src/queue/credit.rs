@@ -283,11 +283,41 @@ impl ConsumerSpec {
     }
 }
 
+/// Whether a consumer is sent messages, as RabbitMQ's management API
+/// says it (`activity_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// An ordinary consumer: it takes its turn.
+    Up,
+    /// The active member of a single-active-consumer queue or group.
+    SingleActive,
+    /// A member of one that waits for its turn.
+    Waiting,
+}
+
+impl Activity {
+    /// RabbitMQ's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::Up => "up",
+            Activity::SingleActive => "single_active",
+            Activity::Waiting => "waiting",
+        }
+    }
+
+    /// Whether it is sent messages (the API's `active`).
+    pub fn active(self) -> bool {
+        self != Activity::Waiting
+    }
+}
+
 /// A consumer, as the management API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerInfo {
     /// Its tag.
     pub tag: String,
+    /// Whether it is sent messages.
+    pub activity: Activity,
     /// The connection it belongs to.
     pub connection: ConnectionId,
     /// Its channel number.

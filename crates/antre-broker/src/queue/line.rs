@@ -51,6 +51,11 @@ impl ConsumerLine {
         }
     }
 
+    /// Whether the queue has a single active consumer (the first).
+    pub fn single_active(&self) -> bool {
+        self.single_active
+    }
+
     /// Every consumer, in line or not.
     pub fn all(&self) -> impl Iterator<Item = &ConsumerSpec> {
         self.slots.iter().map(|s| &s.spec)

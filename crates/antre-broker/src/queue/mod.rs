@@ -42,7 +42,8 @@ use parking_lot::{Mutex, RwLock};
 
 pub use args::{Locator, Overflow, QueueArgs, QueueKind};
 pub use credit::{
-    ConsumerInfo, ConsumerSpec, Credit, OutputBudget, OutputWindow, DELIVERY_OVERHEAD, FAIR_SHARE,
+    Activity, ConsumerInfo, ConsumerSpec, Credit, OutputBudget, OutputWindow, DELIVERY_OVERHEAD,
+    FAIR_SHARE,
 };
 pub use paging::{MessageMemory, Paging, PAGE_ENTRIES};
 pub use replica::ReplicatedMessage;
@@ -884,12 +885,20 @@ impl Queue {
 
     /// The queue's consumers.
     pub fn consumers(&self) -> Vec<ConsumerInfo> {
-        self.state
-            .lock()
-            .consumers
+        let st = self.state.lock();
+        let single_active = st.consumers.single_active();
+        st.consumers
             .all()
-            .map(|c| ConsumerInfo {
+            .enumerate()
+            .map(|(i, c)| ConsumerInfo {
                 tag: c.tag.to_string(),
+                // The first in line is a single-active-consumer queue's
+                // active one (see line.rs).
+                activity: match (single_active, i) {
+                    (false, _) => Activity::Up,
+                    (true, 0) => Activity::SingleActive,
+                    (true, _) => Activity::Waiting,
+                },
                 connection: c.connection,
                 channel: c.channel,
                 no_ack: c.no_ack,

@@ -23,7 +23,7 @@ mod replica;
 pub mod sac;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use antre_amqp::FieldTable;
@@ -84,6 +84,9 @@ pub struct StreamConsumer {
     pub credit: Arc<Credit>,
     /// The offset of the next message it will be sent.
     pub offset: Arc<AtomicU64>,
+    /// A member of a single-active-consumer group: whether it is the
+    /// active one now (set by its connection as the group decides).
+    pub single_active: Option<Arc<AtomicBool>>,
 }
 
 /// A consumer of a stream, as the management API lists it.
@@ -101,6 +104,8 @@ pub struct StreamConsumerInfo {
     pub unacked: u32,
     /// The offset of the next message it will be sent.
     pub offset: u64,
+    /// Whether it is sent messages.
+    pub activity: crate::queue::Activity,
 }
 
 /// A message as a stream-protocol publisher sends it.
@@ -565,6 +570,11 @@ impl Stream {
                 prefetch: c.credit.limit(),
                 unacked: c.credit.in_flight(),
                 offset: c.offset.load(Ordering::Relaxed),
+                activity: match &c.single_active {
+                    None => crate::queue::Activity::Up,
+                    Some(a) if a.load(Ordering::Relaxed) => crate::queue::Activity::SingleActive,
+                    Some(_) => crate::queue::Activity::Waiting,
+                },
             })
             .collect()
     }

@@ -111,6 +111,7 @@ pub fn consumers(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
         ("ack_required", "/ack_required"),
         ("prefetch", "/prefetch_count"),
         ("unacked", "/messages_unacknowledged"),
+        ("activity", "/activity_status"),
     ];
     let path = format!("/api/consumers/{}", vhost_path(r));
     list(r, &path, &columns, out)

@@ -160,8 +160,8 @@ pub fn stream_consumer(
         "exclusive": false,
         "prefetch_count": info.prefetch,
         "messages_unacknowledged": info.unacked,
-        "active": true,
-        "activity_status": "up",
+        "active": info.activity.active(),
+        "activity_status": info.activity.as_str(),
         "arguments": {},
         "offset": info.offset,
     })
@@ -388,8 +388,8 @@ pub fn consumer(state: &HttpState, q: &Queue, info: &ConsumerInfo) -> Value {
         "exclusive": info.exclusive,
         "prefetch_count": info.prefetch,
         "messages_unacknowledged": info.unacked,
-        "active": true,
-        "activity_status": "up",
+        "active": info.activity.active(),
+        "activity_status": info.activity.as_str(),
         "arguments": {},
     })
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,9 @@ struct Subscription {
     parked: bool,
     /// Its single-active-consumer group, if it is in one.
     group: Option<GroupKey>,
+    /// In a group: whether it is the active member (for the management
+    /// API; set as it is told).
+    single_active: Option<Arc<AtomicBool>>,
     /// The filter values it asked for (`filter.N`, `match-unfiltered`).
     filter: Option<ChunkFilter>,
 }
@@ -886,6 +889,9 @@ impl Connection {
             }
             Event::ConsumerUpdate(id, active) => {
                 if let Some(sub) = self.subscriptions.get_mut(&id) {
+                    if let Some(flag) = &sub.single_active {
+                        flag.store(active, Ordering::Relaxed);
+                    }
                     if !active {
                         // Stepping down stops its deliveries at once: on a
                         // cluster another member may be activated as soon
@@ -972,6 +978,7 @@ impl Connection {
         let consumer = self.broker.next_id();
         let position = reader.as_ref().map_or(0, Reader::position);
         let offset = Arc::new(AtomicU64::new(position));
+        let single_active = group.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
         let registered = s.add_consumer(StreamConsumer {
             id: consumer,
             tag: id.to_string().into(),
@@ -980,6 +987,7 @@ impl Connection {
             sink: Arc::clone(&self.sink) as Arc<dyn DeliverySink>,
             credit: Credit::new(0),
             offset: Arc::clone(&offset),
+            single_active: single_active.clone(),
         });
         if let Err(e) = registered {
             self.respond(key::SUBSCRIBE, corr, admin::response_code(&e));
@@ -995,6 +1003,7 @@ impl Connection {
                 credit: u32::from(credit),
                 parked: false,
                 group: group.clone(),
+                single_active,
                 filter,
             },
         );
