@@ -213,7 +213,12 @@ impl Coordinator {
                     connection: r.connection,
                     subscription: r.subscription,
                     reported: r.active,
-                    want: None,
+                    // Active and unknown here: activated by an earlier
+                    // coordinator (kept, during the wait), or a member
+                    // this one dropped when its node's lease ended (a
+                    // report held up on a slow link may still say it is
+                    // active): it steps down.
+                    want: (r.active && now >= self.activate_from).then_some(false),
                 }),
             }
         }
@@ -329,6 +334,42 @@ mod tests {
         assert!(
             NODE_LEASE < COORDINATOR_LEASE,
             "a node stops its members first"
+        );
+    }
+
+    #[test]
+    fn a_member_of_a_dropped_node_reported_active_late_steps_down() {
+        let t = Instant::now();
+        let mut c = Coordinator::new(1, t, true);
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", None, 1, false)]), t),
+            [true]
+        );
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, false)]), t),
+            [false]
+        );
+        // n1 is cut off: dropped after its lease, n2's member activated.
+        let lapsed = t + COORDINATOR_LEASE + Duration::from_millis(1);
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, false)]), lapsed),
+            [true]
+        );
+        // A report n1 sent before its own lease ended arrives once the
+        // link heals, saying its member is active: it is told to step
+        // down, and n2's stays active.
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", None, 1, true)]), lapsed),
+            [false]
+        );
+        assert_eq!(
+            c.report(&report("n2", vec![member("app", None, 2, true)]), lapsed),
+            [true]
+        );
+        // It stepped down: it waits behind n2's.
+        assert_eq!(
+            c.report(&report("n1", vec![member("app", None, 1, false)]), lapsed),
+            [false]
         );
     }
 
