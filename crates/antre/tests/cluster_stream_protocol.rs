@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 /// A cluster whose nodes also listen for the stream protocol; returns it
 /// with each node's stream port.
-async fn start() -> (TestCluster, Vec<u16>) {
+pub(crate) async fn start() -> (TestCluster, Vec<u16>) {
     let (mut c, ports) = plan();
     c.launch().await;
     (c, ports)
@@ -29,7 +29,7 @@ async fn start() -> (TestCluster, Vec<u16>) {
 
 /// [`start`]'s cluster, its nodes reaching each other through proxies
 /// that inject faults.
-async fn start_proxied() -> (TestCluster, Vec<u16>, Mesh) {
+pub(crate) async fn start_proxied() -> (TestCluster, Vec<u16>, Mesh) {
     let (mut c, ports) = plan();
     let mesh = Mesh::between(&mut c).await;
     c.launch().await;
@@ -47,7 +47,7 @@ fn plan() -> (TestCluster, Vec<u16>) {
     (c, ports)
 }
 
-async fn env(port: u16) -> Environment {
+pub(crate) async fn env(port: u16) -> Environment {
     tokio::time::timeout(
         harness::WAIT,
         Environment::builder().host("127.0.0.1").port(port).build(),
@@ -62,7 +62,7 @@ async fn env(port: u16) -> Environment {
 /// their stream listeners (nodes record theirs in the metadata group as
 /// they start; those down are left out) and the leader is not the node
 /// listening on `not_leader`.
-async fn metadata(
+pub(crate) async fn metadata(
     port: u16,
     stream: &str,
     not_leader: Option<u32>,
@@ -103,7 +103,7 @@ async fn metadata(
 
 /// Publishes `ids` as a producer named `name` (through the node at
 /// `port`, which sends the client to the leader); each is confirmed.
-async fn publish(port: u16, stream: &str, name: &str, ids: &[u64]) {
+pub(crate) async fn publish(port: u16, stream: &str, name: &str, ids: &[u64]) {
     let env = env(port).await;
     let mut producer = env
         .producer()
@@ -128,7 +128,7 @@ async fn send_confirmed(producer: &mut Producer<Dedup>, id: u64) {
 
 /// Creates stream `name` through the node at `port`, and waits until
 /// every node lists its three members.
-async fn create(c: &TestCluster, port: u16, name: &str) {
+pub(crate) async fn create(c: &TestCluster, port: u16, name: &str) {
     env(port)
         .await
         .stream_creator()
@@ -139,7 +139,7 @@ async fn create(c: &TestCluster, port: u16, name: &str) {
 }
 
 /// The index of the node whose stream listener is on `port`.
-fn node_on(ports: &[u16], port: u32) -> usize {
+pub(crate) fn node_on(ports: &[u16], port: u32) -> usize {
     ports
         .iter()
         .position(|p| u32::from(*p) == port)
@@ -147,7 +147,7 @@ fn node_on(ports: &[u16], port: u32) -> usize {
 }
 
 /// Reads `n` messages from the first offset: (offset, body).
-async fn read(consumer: &mut Consumer, n: usize) -> Vec<(u64, String)> {
+pub(crate) async fn read(consumer: &mut Consumer, n: usize) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     while out.len() < n {
         let d = tokio::time::timeout(harness::WAIT, consumer.next())
@@ -497,262 +497,4 @@ fn entry(id: u64) -> Message {
         .body(format!("p{id}"))
         .publishing_id(id)
         .build()
-}
-
-/// Which single-active-consumer members were told what, in order:
-/// (member, active).
-type Activations = Arc<Mutex<Vec<(&'static str, bool)>>>;
-
-/// The same, of a super stream's members: (member, partition, active).
-type PartitionActivations = Arc<Mutex<Vec<(&'static str, String, bool)>>>;
-
-/// A member of consumer group `name` of `stream`, subscribed on the node
-/// at `port` itself (the client's load-balancer mode keeps it there: every
-/// node advertises the same host). Activated, it reads from the offset in
-/// `resume`, as an application would from its stored offset.
-async fn sac_member(
-    port: u16,
-    stream: &str,
-    name: &str,
-    member: &'static str,
-    told: &Activations,
-    resume: &Arc<std::sync::atomic::AtomicU64>,
-) -> (Environment, Consumer) {
-    let env = tokio::time::timeout(
-        harness::WAIT,
-        Environment::builder()
-            .host("127.0.0.1")
-            .port(port)
-            .load_balancer_mode(true)
-            .build(),
-    )
-    .await
-    .expect("in time")
-    .expect("environment");
-    let told = Arc::clone(told);
-    let resume = Arc::clone(resume);
-    let consumer = env
-        .consumer()
-        .name(name)
-        .enable_single_active_consumer(true)
-        .offset(OffsetSpecification::First)
-        .consumer_update(move |active, _ctx| {
-            told.lock().expect("lock").push((member, active == 1));
-            let at = resume.load(std::sync::atomic::Ordering::SeqCst);
-            async move { OffsetSpecification::Offset(at) }
-        })
-        .build(stream)
-        .await
-        .expect("consumer");
-    (env, consumer)
-}
-
-/// Single active consumer groups span the cluster, as RabbitMQ's
-/// coordinator makes them: of members subscribed on different nodes, one
-/// reads; when it leaves, or its node dies, another takes over where the
-/// group left off. (Each node kept groups of its own before: both members
-/// read every message.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_single_active_consumer_group_spans_the_nodes() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let (mut c, ports) = start().await;
-    create(&c, ports[0], "jobs").await;
-    let told: Activations = Arc::default();
-    let resume = Arc::new(AtomicU64::new(0));
-    // "a" on n2 joins first and is activated; "b" on n3 waits.
-    let (_ea, mut a) = sac_member(ports[1], "jobs", "worker", "a", &told, &resume).await;
-    let (_eb, mut b) = sac_member(ports[2], "jobs", "worker", "b", &told, &resume).await;
-    publish(ports[0], "jobs", "jobs-p", &(0..10).collect::<Vec<_>>()).await;
-    assert_eq!(read(&mut a, 10).await[9], (9, "p9".to_owned()));
-    publish(ports[0], "jobs", "jobs-p", &(10..20).collect::<Vec<_>>()).await;
-    assert_eq!(read(&mut a, 10).await[9], (19, "p19".to_owned()));
-    assert_eq!(*told.lock().expect("lock"), [("a", true)], "b never active");
-    // Each node's management API shows its member as the group decided.
-    for (node, status) in [(1, "single_active"), (2, "waiting")] {
-        let (_, s) = c.api(node, "GET", "/api/queues/%2F/jobs", None).await;
-        assert_eq!(s["consumer_details"][0]["activity_status"], status);
-    }
-    // "a" leaves: "b" takes over from offset 20.
-    resume.store(20, Ordering::SeqCst);
-    a.handle().close().await.expect("a closed");
-    publish(ports[0], "jobs", "jobs-p", &[20, 21]).await;
-    assert_eq!(
-        read(&mut b, 2).await,
-        [(20, "p20".to_owned()), (21, "p21".to_owned())]
-    );
-    // "d" on n2 waits behind "b"; b's node dies: once its lease ended
-    // the coordinator activates "d", which reads from offset 22.
-    resume.store(22, Ordering::SeqCst);
-    let (_ed, mut d) = sac_member(ports[1], "jobs", "worker", "d", &told, &resume).await;
-    c.kill(2);
-    publish(ports[0], "jobs", "jobs-p", &[22, 23]).await;
-    assert_eq!(
-        read(&mut d, 2).await,
-        [(22, "p22".to_owned()), (23, "p23".to_owned())]
-    );
-    assert_eq!(
-        *told.lock().expect("lock"),
-        [("a", true), ("b", true), ("d", true)]
-    );
-}
-
-/// The stream's leader dies while a member reads: the new leader's
-/// coordinator keeps that member active (its node reports it within its
-/// lease) and activates no other; the member reads what is published
-/// after the failover.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_active_consumer_stays_active_through_a_leader_failover() {
-    use std::sync::atomic::AtomicU64;
-    let (mut c, ports) = start().await;
-    create(&c, ports[0], "jobs").await;
-    let told: Activations = Arc::default();
-    let resume = Arc::new(AtomicU64::new(0));
-    let (_ea, mut a) = sac_member(ports[1], "jobs", "worker", "a", &told, &resume).await;
-    let (_eb, _b) = sac_member(ports[2], "jobs", "worker", "b", &told, &resume).await;
-    publish(ports[0], "jobs", "jobs-p", &[0, 1]).await;
-    assert_eq!(read(&mut a, 2).await[1], (1, "p1".to_owned()));
-    c.kill(0);
-    let (leader, _) = metadata(ports[1], "jobs", Some(u32::from(ports[0])), Some(1)).await;
-    publish(
-        u16::try_from(leader).expect("a port"),
-        "jobs",
-        "jobs-p",
-        &[2, 3],
-    )
-    .await;
-    assert_eq!(
-        read(&mut a, 2).await,
-        [(2, "p2".to_owned()), (3, "p3".to_owned())]
-    );
-    // Past the new coordinator's wait for reports: still only "a".
-    tokio::time::sleep(antre_broker::stream::sac::TAKEOVER_GRACE).await;
-    publish(
-        u16::try_from(leader).expect("a port"),
-        "jobs",
-        "jobs-p",
-        &[4],
-    )
-    .await;
-    assert_eq!(read(&mut a, 1).await, [(4, "p4".to_owned())]);
-    assert_eq!(*told.lock().expect("lock"), [("a", true)]);
-}
-
-/// The node of the active member is cut off (its links take bytes and
-/// forward none): its member steps down when its lease ends, and only
-/// then, once the coordinator's longer lease ended too, the member on a
-/// node of the majority takes over. Healed, the cut-off node's member
-/// waits behind it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_off_active_consumer_steps_down_before_another_takes_over() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let (c, ports, mesh) = start_proxied().await;
-    create(&c, ports[0], "jobs").await;
-    let told: Activations = Arc::default();
-    let resume = Arc::new(AtomicU64::new(0));
-    let (_ea, mut a) = sac_member(ports[1], "jobs", "worker", "a", &told, &resume).await;
-    let (_eb, mut b) = sac_member(ports[2], "jobs", "worker", "b", &told, &resume).await;
-    publish(ports[0], "jobs", "jobs-p", &[0, 1]).await;
-    assert_eq!(read(&mut a, 2).await[1], (1, "p1".to_owned()));
-    resume.store(2, Ordering::SeqCst);
-    mesh.blackhole(1);
-    publish(ports[0], "jobs", "jobs-p", &[2, 3]).await;
-    assert_eq!(
-        read(&mut b, 2).await,
-        [(2, "p2".to_owned()), (3, "p3".to_owned())]
-    );
-    assert_eq!(
-        *told.lock().expect("lock"),
-        [("a", true), ("a", false), ("b", true)],
-        "a stepped down before b was activated"
-    );
-    // Healed, n2 reports "a" again, behind "b": "b" leaves, "a" takes
-    // over.
-    mesh.heal();
-    resume.store(4, Ordering::SeqCst);
-    b.handle().close().await.expect("b closed");
-    publish(ports[0], "jobs", "jobs-p", &[4]).await;
-    assert_eq!(read(&mut a, 1).await, [(4, "p4".to_owned())]);
-    assert_eq!(
-        *told.lock().expect("lock"),
-        [("a", true), ("a", false), ("b", true), ("a", true)]
-    );
-}
-
-/// A super stream's partitions spread over the members of a group
-/// whatever node each is on: a member on another node joining makes the
-/// first step down on the partition that is now the newcomer's (index 1
-/// of 2 members), and keeps partition 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_super_streams_partitions_spread_over_members_on_different_nodes() {
-    let (c, ports) = start().await;
-    env(ports[0])
-        .await
-        .stream_creator()
-        .create_super_stream("orders", 2, None)
-        .await
-        .expect("super stream");
-    for p in ["orders-0", "orders-1"] {
-        c.until_members(p, &["n1", "n2", "n3"]).await;
-    }
-    let told: PartitionActivations = Arc::default();
-    let member = |port: u16, who: &'static str| {
-        let told = Arc::clone(&told);
-        async move {
-            let env = Environment::builder()
-                .host("127.0.0.1")
-                .port(port)
-                .load_balancer_mode(true)
-                .build()
-                .await
-                .expect("environment");
-            let consumer = env
-                .super_stream_consumer()
-                .name("app")
-                .enable_single_active_consumer(true)
-                .offset(OffsetSpecification::First)
-                .consumer_update(move |active, ctx| {
-                    told.lock()
-                        .expect("lock")
-                        .push((who, ctx.stream(), active == 1));
-                    async { OffsetSpecification::Next }
-                })
-                .build("orders")
-                .await
-                .expect("super stream consumer");
-            (env, consumer)
-        }
-    };
-    let (_ex, mut x) = member(ports[1], "x").await;
-    c.until("x active on both partitions", || async {
-        told.lock().expect("lock").len() == 2
-    })
-    .await;
-    let (_ey, mut y) = member(ports[2], "y").await;
-    c.until("y active on orders-1", || async {
-        told.lock().expect("lock").len() == 4
-    })
-    .await;
-    let mut got = told.lock().expect("lock").clone();
-    got[..2].sort();
-    assert_eq!(
-        got,
-        [
-            ("x", "orders-0".to_owned(), true),
-            ("x", "orders-1".to_owned(), true),
-            ("x", "orders-1".to_owned(), false),
-            ("y", "orders-1".to_owned(), true),
-        ]
-    );
-    // Each reads its partition's messages from where it was activated.
-    publish(ports[0], "orders-1", "orders-p1", &[1]).await;
-    publish(ports[0], "orders-0", "orders-p0", &[0]).await;
-    for (consumer, want) in [(&mut y, ("orders-1", "p1")), (&mut x, ("orders-0", "p0"))] {
-        let d = tokio::time::timeout(harness::WAIT, consumer.next())
-            .await
-            .expect("delivery in time")
-            .expect("a delivery")
-            .expect("delivery ok");
-        let body = String::from_utf8_lossy(d.message().data().unwrap_or_default()).into_owned();
-        assert_eq!((d.stream().as_str(), body.as_str()), want);
-    }
 }

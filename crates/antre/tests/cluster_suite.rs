@@ -19,6 +19,7 @@ mod cluster_faults;
 mod cluster_forwarding;
 mod cluster_nemesis;
 mod cluster_stream_protocol;
+mod cluster_stream_sac;
 mod cluster_streams;
 mod cluster_timing;
 mod queue_placement;
