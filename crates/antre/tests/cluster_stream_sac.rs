@@ -22,19 +22,11 @@ type Activations = Arc<Mutex<Vec<(&'static str, bool)>>>;
 /// The same, of a super stream's members: (member, partition, active).
 type PartitionActivations = Arc<Mutex<Vec<(&'static str, String, bool)>>>;
 
-/// A member of consumer group `name` of `stream`, subscribed on the node
-/// at `port` itself (the client's load-balancer mode keeps it there: every
-/// node advertises the same host). Activated, it reads from the offset in
-/// `resume`, as an application would from its stored offset.
-async fn sac_member(
-    port: u16,
-    stream: &str,
-    name: &str,
-    member: &'static str,
-    told: &Activations,
-    resume: &Arc<std::sync::atomic::AtomicU64>,
-) -> (Environment, Consumer) {
-    let env = tokio::time::timeout(
+/// An environment whose consumers subscribe on the node at `port` itself:
+/// the client's load-balancer mode keeps them there (every node advertises
+/// the same host), so a test knows which node each member is on.
+async fn pinned_env(port: u16) -> Environment {
+    tokio::time::timeout(
         harness::WAIT,
         Environment::builder()
             .host("127.0.0.1")
@@ -44,7 +36,21 @@ async fn sac_member(
     )
     .await
     .expect("in time")
-    .expect("environment");
+    .expect("environment")
+}
+
+/// A member of consumer group `name` of `stream`, subscribed on the node
+/// at `port` itself ([`pinned_env`]). Activated, it reads from the offset
+/// in `resume`, as an application would from its stored offset.
+async fn sac_member(
+    port: u16,
+    stream: &str,
+    name: &str,
+    member: &'static str,
+    told: &Activations,
+    resume: &Arc<std::sync::atomic::AtomicU64>,
+) -> (Environment, Consumer) {
+    let env = pinned_env(port).await;
     let told = Arc::clone(told);
     let resume = Arc::clone(resume);
     let consumer = env
@@ -214,13 +220,7 @@ async fn a_super_streams_partitions_spread_over_members_on_different_nodes() {
     let member = |port: u16, who: &'static str| {
         let told = Arc::clone(&told);
         async move {
-            let env = Environment::builder()
-                .host("127.0.0.1")
-                .port(port)
-                .load_balancer_mode(true)
-                .build()
-                .await
-                .expect("environment");
+            let env = pinned_env(port).await;
             let consumer = env
                 .super_stream_consumer()
                 .name("app")
@@ -326,17 +326,7 @@ impl Seen {
 /// A member of group "worker" of "jobs" on the node at `port`, read by a
 /// task of its own into `seen`.
 async fn join(port: u16, member: String, seen: &Arc<Mutex<Seen>>) -> Environment {
-    let env = tokio::time::timeout(
-        harness::WAIT,
-        Environment::builder()
-            .host("127.0.0.1")
-            .port(port)
-            .load_balancer_mode(true)
-            .build(),
-    )
-    .await
-    .expect("in time")
-    .expect("environment");
+    let env = pinned_env(port).await;
     let told = Arc::clone(seen);
     let name = member.clone();
     let mut consumer = env
