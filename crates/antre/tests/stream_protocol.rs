@@ -446,3 +446,69 @@ async fn single_active_consumer_hands_over_where_the_group_left_off() {
     let got = take(&mut second, 2).await;
     assert_eq!(got, [(15, "m15".to_owned()), (16, "m16".to_owned())]);
 }
+
+/// A member told to step down before it answered its activation stays
+/// stopped when that answer comes: on a super stream partition, "a" is
+/// activated, and "b" joins (the partition is now b's) while a's client
+/// still works on the activation. The client answers the step-down first,
+/// so "b" is activated; a's late answer to its activation then started a
+/// reader (both read the partition's message), and no longer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_told_to_step_down_before_answering_its_activation_stays_stopped() {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+    let b = start().await;
+    let env = connect(&b).await;
+    env.stream_creator()
+        .create_super_stream("invoices", 2, None)
+        .await
+        .expect("super stream");
+    // Set when a member is activated on invoices-1 (a's activation then
+    // waits for `release`).
+    let (a_active, b_active, release) = (
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+    );
+    let member = |active_on_1: &Arc<Notify>, hold: Option<&Arc<Notify>>| {
+        let (told, hold) = (Arc::clone(active_on_1), hold.cloned());
+        env.super_stream_consumer()
+            .name("app")
+            .enable_single_active_consumer(true)
+            .consumer_update(move |active, ctx| {
+                let mine = active == 1 && ctx.stream() == "invoices-1";
+                let (told, hold) = (Arc::clone(&told), hold.clone());
+                async move {
+                    if mine {
+                        told.notify_one();
+                        if let Some(h) = hold {
+                            h.notified().await;
+                        }
+                    }
+                    OffsetSpecification::First
+                }
+            })
+    };
+    let mut a = member(&a_active, Some(&release))
+        .build("invoices")
+        .await
+        .expect("a");
+    within("a's activation on invoices-1", a_active.notified()).await;
+    let mut second = member(&b_active, None).build("invoices").await.expect("b");
+    within("b's activation on invoices-1", b_active.notified()).await;
+    publish(&env, "invoices-1", std::iter::once("i1".to_owned())).await;
+    release.notify_one();
+    let d = within("b reads invoices-1", second.next())
+        .await
+        .expect("a delivery")
+        .expect("delivery ok");
+    assert_eq!(d.stream(), "invoices-1");
+    // Had a's late answer started a reader, the message would have been on
+    // a's connection by the time b had it.
+    let to_a = tokio::time::timeout(Duration::from_millis(300), a.next()).await;
+    assert!(
+        to_a.is_err(),
+        "a got a message: {:?}",
+        to_a.map(|d| d.map(|d| d.map(|d| d.offset())))
+    );
+}

@@ -958,7 +958,7 @@ impl Connection {
             None
         };
         let filter = subscription_filter(properties);
-        let s_replica = s.replica().cloned();
+        let replica = s.replica().cloned();
         // A single active consumer reads only once active, from where the
         // client says then.
         let reader = if group.is_some() {
@@ -1015,7 +1015,6 @@ impl Connection {
                 partitions.iter().position(|p| p == stream)
             });
             let events = self.events.clone();
-            let replica = s_replica;
             self.groups
                 .register(key, partition, self.id, id, events, replica);
         }
@@ -1032,6 +1031,15 @@ impl Connection {
             return;
         };
         if active {
+            // Told to step down since it was activated (this answer came
+            // late): it stays stopped.
+            if sub
+                .single_active
+                .as_ref()
+                .is_some_and(|a| !a.load(Ordering::Relaxed))
+            {
+                return;
+            }
             let spec = offset_spec(offset.unwrap_or(OffsetSpecification::Next));
             match sub.stream.reader(spec) {
                 Ok(mut r) => {
