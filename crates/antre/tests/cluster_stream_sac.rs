@@ -385,6 +385,7 @@ async fn one_member_is_active_at_a_time_through_kills_and_cuts() {
     }
     let mut next_id = 0u64;
     let mut joins = 1;
+    let mut handovers: Vec<(Fault, bool, Option<Duration>)> = Vec::new();
     for round in 0..rounds {
         for fault in [Fault::KillActive, Fault::CutActive, Fault::KillLeader] {
             // Someone reads (after a fault the group may still be handing
@@ -413,6 +414,7 @@ async fn one_member_is_active_at_a_time_through_kills_and_cuts() {
                 Fault::KillLeader => l,
             };
             eprintln!("round {round}: {fault:?} (n{}), {active} active", hit + 1);
+            let struck = Instant::now();
             match fault {
                 Fault::CutActive => mesh.blackhole(hit),
                 Fault::KillActive | Fault::KillLeader => {
@@ -457,10 +459,23 @@ async fn one_member_is_active_at_a_time_through_kills_and_cuts() {
                 assert!(Instant::now() < deadline, "{body} never read");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
-            assert!(
-                seen.lock().expect("lock").was_active(&reader, at),
-                "{body} read by {reader}, not active then"
-            );
+            {
+                let s = seen.lock().expect("lock");
+                assert!(
+                    s.was_active(&reader, at),
+                    "{body} read by {reader}, not active then"
+                );
+                // The first activation since the fault, if there was one
+                // (a member kept through a leader's kill has none).
+                let next = s.events.iter().find(|(_, a, t)| *a && *t >= struck);
+                let took = next.map(|(.., t)| t.duration_since(struck));
+                handovers.push((fault, a == hit, took));
+                // A leader's kill leaves a member of another node active.
+                assert!(
+                    a == hit || took.is_none() || !matches!(fault, Fault::KillLeader),
+                    "{active} replaced after a kill of another node's leader"
+                );
+            }
             // Repaired: the node back (with a new member) or healed.
             match fault {
                 Fault::CutActive => mesh.heal(),
@@ -478,9 +493,38 @@ async fn one_member_is_active_at_a_time_through_kills_and_cuts() {
     }
     let s = seen.lock().expect("lock");
     s.check_one_at_a_time();
+    let figures: Vec<String> = [Fault::KillActive, Fault::CutActive, Fault::KillLeader]
+        .iter()
+        .map(|f| {
+            let of: Vec<(bool, Option<Duration>)> = handovers
+                .iter()
+                .filter(|(g, ..)| std::mem::discriminant(g) == std::mem::discriminant(f))
+                .map(|(_, on_hit, d)| (*on_hit, *d))
+                .collect();
+            // Handed over from a member on the node hit.
+            let took: Vec<Duration> = of
+                .iter()
+                .filter(|(h, _)| *h)
+                .filter_map(|(_, d)| *d)
+                .collect();
+            let mean =
+                took.iter().sum::<Duration>() / u32::try_from(took.len().max(1)).unwrap_or(1);
+            let max = took.iter().max().copied().unwrap_or_default();
+            let spared = of.iter().filter(|(h, _)| !*h).count();
+            format!(
+                "{f:?}: the active member's node hit {} of {} times, handed over in {:.2} s mean, {:.2} s max; kept {} of {spared} times it was not",
+                of.len() - spared,
+                of.len(),
+                mean.as_secs_f64(),
+                max.as_secs_f64(),
+                of.iter().filter(|(h, d)| !*h && d.is_none()).count(),
+            )
+        })
+        .collect();
     eprintln!(
-        "single active consumer through {rounds} rounds of kills and cuts: {} activations, {} messages read, never two active",
+        "single active consumer through {rounds} rounds of kills and cuts: {} activations, {} messages read, never two active; {}",
         s.events.iter().filter(|(_, a, _)| *a).count(),
-        s.read.len()
+        s.read.len(),
+        figures.join("; ")
     );
 }
