@@ -58,14 +58,8 @@ impl QueueGroups {
             .current_leader
             .ok_or_else(|| "the stream has no leader".to_owned())?;
         let mut link = g.replica.consumers.link.lock().await;
-        if link.as_ref().is_none_or(|(to, _)| *to != leader) {
-            let (Some(name), Some(addr)) = (self.name_of(leader), self.address_of(leader)) else {
-                return Err("the stream's leader is not known yet".into());
-            };
-            *link = Some((leader, Connection::new(Arc::clone(&self.link), &name, addr)));
-        }
-        let Some((_, c)) = link.as_mut() else {
-            return Err("no link to the stream's leader".into());
+        let Some(c) = self.leader_link(&mut link, leader) else {
+            return Err("the stream's leader is not known yet".into());
         };
         let request = Request::StreamConsumers {
             group: group.to_owned(),

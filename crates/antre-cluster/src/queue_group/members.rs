@@ -404,6 +404,21 @@ impl QueueGroups {
             .or_else(|| self.link.config.name_of(id).map(str::to_owned))
     }
 
+    /// The connection kept in `cached` to a group's `leader`, dialled
+    /// anew when the leader changed; None while its name or address is
+    /// not known.
+    pub(super) fn leader_link<'a>(
+        &self,
+        cached: &'a mut Option<(NodeId, Connection)>,
+        leader: NodeId,
+    ) -> Option<&'a mut Connection> {
+        if cached.as_ref().is_none_or(|(to, _)| *to != leader) {
+            let (name, addr) = (self.name_of(leader)?, self.address_of(leader)?);
+            *cached = Some((leader, Connection::new(Arc::clone(&self.link), &name, addr)));
+        }
+        cached.as_mut().map(|(_, c)| c)
+    }
+
     /// Hands stream consumers' stored offsets to `group`'s leader, in the
     /// background, until none are left (see [`Replica::store_offset`]).
     /// The stream protocol does not answer a StoreOffset: offsets the
@@ -427,14 +442,7 @@ impl QueueGroups {
                 tracing::debug!(group = replica.group, "no leader to store offsets with");
                 continue;
             };
-            if conn.as_ref().is_none_or(|(to, _)| *to != leader) {
-                let (Some(name), Some(addr)) = (self.name_of(leader), self.address_of(leader))
-                else {
-                    continue;
-                };
-                conn = Some((leader, Connection::new(Arc::clone(&self.link), &name, addr)));
-            }
-            let Some((_, c)) = conn.as_mut() else {
+            let Some(c) = self.leader_link(&mut conn, leader) else {
                 continue;
             };
             let request = Request::QueueMembers {
