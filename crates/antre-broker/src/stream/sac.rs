@@ -182,6 +182,7 @@ impl Coordinator {
             .collect();
         self.heard.retain(|(n, _)| !lapsed.contains(n));
         let node = report.node.as_str();
+        let may_activate = now >= self.activate_from;
         for g in &mut self.groups {
             g.members.retain(|m| {
                 !lapsed.contains(&m.node)
@@ -218,12 +219,11 @@ impl Coordinator {
                     // this one dropped when its node's lease ended (a
                     // report held up on a slow link may still say it is
                     // active): it steps down.
-                    want: (r.active && now >= self.activate_from).then_some(false),
+                    want: (r.active && may_activate).then_some(false),
                 }),
             }
         }
         self.groups.retain(|g| !g.members.is_empty());
-        let may_activate = now >= self.activate_from;
         for g in &mut self.groups {
             g.decide(may_activate);
         }

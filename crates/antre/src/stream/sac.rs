@@ -24,6 +24,7 @@ use antre_broker::replicated::QueueReplica;
 use antre_broker::stream::sac::{Coordinator, Report, ReportedMember, NODE_LEASE, REPORT_EVERY};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::timeout;
 
 use super::connection::Event;
 
@@ -250,23 +251,17 @@ async fn report_loop(
             st.report()
         };
         let sent = Instant::now();
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         replica.report_consumers(
             report.clone(),
             Box::new(move |answer| {
                 let _ = tx.send(answer);
             }),
         );
-        let give_up = tokio::time::sleep(NODE_LEASE);
-        tokio::pin!(give_up);
-        let answer = loop {
-            tokio::select! {
-                answer = &mut rx => {
-                    break answer.unwrap_or_else(|_| Err("the cluster dropped the report".into()));
-                }
-                () = &mut give_up => break Err("no answer in time".into()),
-                () = until(lease) => lease = lapse(&groups, &key),
-            }
+        let answer = match keeping(&mut lease, &groups, &key, timeout(NODE_LEASE, rx)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the cluster dropped the report".into()),
+            Err(_) => Err("no answer in time".into()),
         };
         {
             let Some(g) = groups.upgrade() else { return };
@@ -299,14 +294,24 @@ async fn report_loop(
                 return;
             }
         }
-        let next = tokio::time::sleep(REPORT_EVERY);
-        tokio::pin!(next);
-        loop {
-            tokio::select! {
-                () = wake.notified() => break,
-                () = &mut next => break,
-                () = until(lease) => lease = lapse(&groups, &key),
-            }
+        let next = timeout(REPORT_EVERY, wake.notified());
+        let _ = keeping(&mut lease, &groups, &key, next).await;
+    }
+}
+
+/// Waits for `fut`, making the members step down on time if their lease
+/// ends meanwhile.
+async fn keeping<T>(
+    lease: &mut Option<Instant>,
+    groups: &Weak<Groups>,
+    key: &StreamKey,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            () = until(*lease) => *lease = lapse(groups, key),
         }
     }
 }
