@@ -7,7 +7,9 @@
 //! died, the metadata group's 3 to 4 s after. But a process that dies
 //! (kill -9, a crash, a reboot) closes its sockets at once, as RabbitMQ's
 //! nodes see a peer's Erlang distribution connection drop: when a
-//! connection a peer opened to this node ends, this node dials the peer;
+//! connection a peer opened to this node ends after carrying Raft's
+//! traffic (not only pings: a peer's own probe ends that way), this node
+//! dials the peer;
 //! if the peer refuses (nothing listens there any more) or cannot
 //! authenticate, it is down, and every group it led here stands for
 //! election now instead of waiting for its timers.
@@ -83,6 +85,7 @@ async fn probe(node: Weak<Cluster>, peer: &str, id: NodeId, addr: SocketAddr) {
     let Some(n) = node.upgrade() else {
         return;
     };
+    n.link.probing(peer);
     let mut conn = Connection::new(Arc::clone(&n.link), peer, addr);
     // Time enough for a live peer to answer over any link the timings
     // suit; a slower answer leaves the decision to Raft's timers.

@@ -47,6 +47,9 @@ pub struct PeerState {
     pub error: Option<String>,
     /// When a message from it last arrived (wall clock).
     pub last_contact: Option<SystemTime>,
+    /// How many times this node checked whether it died, after a
+    /// connection it had opened here closed.
+    pub probes: u64,
 }
 
 impl PeerState {
@@ -111,6 +114,15 @@ impl Link {
         }
         s.reachable = false;
         s.error = Some(reason.to_owned());
+    }
+
+    /// Counts a check of whether `peer` died.
+    pub fn probing(&self, peer: &str) {
+        self.states
+            .lock()
+            .entry(peer.to_owned())
+            .or_default()
+            .probes += 1;
     }
 
     /// Whether this node's last exchange with `peer` failed (false if it

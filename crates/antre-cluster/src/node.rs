@@ -50,6 +50,9 @@ pub struct MemberStatus {
     pub last_contact: Option<SystemTime>,
     /// Why it is unreachable, if it is.
     pub error: Option<String>,
+    /// How many times this node checked whether it died (see
+    /// [`PeerState::probes`](crate::network::PeerState::probes)).
+    pub probes: u64,
 }
 
 /// The cluster as one node sees it.
@@ -535,6 +538,7 @@ impl Cluster {
                         state.last_contact
                     },
                     error: if this_node { None } else { state.error },
+                    probes: state.probes,
                 }
             })
             .collect();

@@ -175,18 +175,26 @@ async fn serve_peer(
     // that shuts down is not kept alive by its peers' connections.
     let weak = Arc::downgrade(&node);
     drop(node);
+    // Whether the connection carried more than pings. The end of one that
+    // carried only pings says nothing about its peer: it is the peer's
+    // probe of this node, or the pool's spare it never used. Probing back
+    // each time made two nodes that each led a group the other followed
+    // probe each other in an endless loop, a core between them, as soon
+    // as one connection between them closed.
+    let mut worked = false;
     loop {
         let request: Request = match read_request(&mut stream).await {
             Ok(r) => r,
             Err(e) => {
                 // The peer closed its connection, perhaps because it died:
                 // find out, for a fast failover of what it led.
-                if let Some(node) = weak.upgrade() {
+                if let Some(node) = weak.upgrade().filter(|_| worked) {
                     crate::failover::link_closed(&node, &peer);
                 }
                 return Err(e);
             }
         };
+        worked |= !matches!(request, Request::Ping);
         let Some(node) = weak.upgrade() else {
             return Ok(());
         };

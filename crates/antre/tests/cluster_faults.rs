@@ -895,3 +895,64 @@ async fn a_deposed_leader_answers_its_publishes_after_catching_up_by_snapshot() 
         );
     }
 }
+
+/// What node `i` counts of its checks whether node `peer` died.
+async fn liveness_probes(c: &TestCluster, i: usize, peer: usize) -> u64 {
+    c.nodes(i)
+        .await
+        .iter()
+        .find(|n| n["name"] == Value::String(c.nodes[peer].name.clone()))
+        .and_then(|n| n["liveness_probes"].as_u64())
+        .expect("a count for every other node")
+}
+
+/// Two nodes that each lead a group the other follows (the metadata on
+/// one, a quorum queue on the other) check once whether the other died
+/// when a connection closes, and stop there. Each check's own connection
+/// closing used to make the checked node check back, and the two went on
+/// forever, a core between them, from the first connection that closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_link_is_checked_once_not_in_an_endless_exchange() {
+    let (c, mesh) = proxied_cluster().await;
+    let m = c.until_leader(&[0, 1, 2]).await;
+    let q = (m + 1) % 3;
+    assert_eq!(declare_quorum_queue(&c, q, "probed").await, q);
+    // Traffic from q's leadership to m: appends it replicates there.
+    let (_conn, ch) = channel(&c.nodes[q].amqp_uri()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch.basic_publish(
+        "",
+        "probed",
+        BasicPublishOptions::default(),
+        b"one",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let m_of_q = liveness_probes(&c, m, q).await;
+    let q_of_m = liveness_probes(&c, q, m).await;
+
+    mesh.reset(q, m);
+    c.until("m to check whether q died", || async {
+        liveness_probes(&c, m, q).await > m_of_q
+    })
+    .await;
+    // An exchange would add hundreds a second; each closed connection
+    // of q's adds at most one.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        let (mq, qm) = (
+            liveness_probes(&c, m, q).await,
+            liveness_probes(&c, q, m).await,
+        );
+        assert!(
+            mq <= m_of_q + 8 && qm <= q_of_m + 8,
+            "probes keep going: m of q {m_of_q} -> {mq}, q of m {q_of_m} -> {qm}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -4,6 +4,8 @@
 //!
 //! - **cut**: its connections are dropped and new ones closed at once
 //!   (the dialling node sees its peer gone);
+//! - **reset**: the connections open now are dropped, new ones pass (a
+//!   peer that closed its connections, or a middlebox that dropped them);
 //! - **hold** one direction: bytes are read but not forwarded until the
 //!   hold ends (a blackhole that TCP would retransmit through: what a
 //!   dropped route does to a connection that outlives it);
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 /// What happens to the bytes of one direction of a link.
@@ -65,6 +67,7 @@ pub struct Proxy {
     /// Where it listens.
     pub port: u16,
     state: Arc<watch::Sender<LinkState>>,
+    resets: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -87,8 +90,24 @@ impl Proxy {
             }
         };
         let state = Arc::new(watch::Sender::new(LinkState::PASS));
-        let task = tokio::spawn(accept(listener, target, Arc::clone(&state)));
-        Proxy { port, state, task }
+        let resets = Arc::new(Notify::new());
+        let task = tokio::spawn(accept(
+            listener,
+            target,
+            Arc::clone(&state),
+            Arc::clone(&resets),
+        ));
+        Proxy {
+            port,
+            state,
+            resets,
+            task,
+        }
+    }
+
+    /// Drops the connections open now; new ones pass.
+    pub fn reset(&self) {
+        self.resets.notify_waiters();
     }
 
     /// Sets its state; cutting drops its connections at once.
@@ -102,7 +121,12 @@ impl Proxy {
     }
 }
 
-async fn accept(listener: TcpListener, target: u16, state: Arc<watch::Sender<LinkState>>) {
+async fn accept(
+    listener: TcpListener,
+    target: u16,
+    state: Arc<watch::Sender<LinkState>>,
+    resets: Arc<Notify>,
+) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
             continue;
@@ -112,7 +136,10 @@ async fn accept(listener: TcpListener, target: u16, state: Arc<watch::Sender<Lin
             continue;
         }
         let state = state.subscribe();
+        let resets = Arc::clone(&resets);
         tokio::spawn(async move {
+            // Registered now: a reset from here on drops the connection.
+            let reset = resets.notified();
             let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                 return;
             };
@@ -125,6 +152,7 @@ async fn accept(listener: TcpListener, target: u16, state: Arc<watch::Sender<Lin
                 _ = pump(in_r, out_w, state.clone(), |s| s.up) => {}
                 _ = pump(out_r, in_w, state, |s| s.down) => {}
                 _ = cut.wait_for(|s| s.cut) => {}
+                () = reset => {}
             }
             // Returning drops both sockets: the connection is gone.
         });
@@ -261,6 +289,11 @@ impl Mesh {
     /// Sets the proxy `from`→`to`.
     pub fn set(&self, from: usize, to: usize, state: LinkState) {
         self.link(from, to).set(state);
+    }
+
+    /// Drops the connections `from` opened to `to`; new ones pass.
+    pub fn reset(&self, from: usize, to: usize) {
+        self.link(from, to).reset();
     }
 
     /// `from` can no longer dial `to` (`to` may still dial `from`).

@@ -284,6 +284,10 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
                 "metadata_term": m.this_node.then_some(status.term),
                 "last_contact": ms(m.last_contact),
                 "unreachable_reason": m.error,
+                // Checks of whether the node died (after a connection it
+                // opened to this one closed): a figure that keeps growing
+                // with every node up means links that keep closing.
+                "liveness_probes": (!m.this_node).then_some(m.probes),
             });
             let mut node = if m.this_node {
                 std::mem::take(&mut local)
