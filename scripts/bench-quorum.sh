@@ -75,6 +75,7 @@ OUT=$(mktemp -d /tmp/bench-quorum.XXXXXX)
 chmod 755 "$OUT"
 : >"$OUT/rows"
 cd "$ROOT"
+. scripts/lib/antre-cluster.sh
 cargo build --release -q -p antre -p antre-bench
 ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
 BENCH=$ROOT/target/release/antre-bench
@@ -261,27 +262,7 @@ bench_rabbitmq() {
 }
 
 bench_antre() {
-    PEERS=n1=127.0.0.1:25701,n2=127.0.0.1:25702,n3=127.0.0.1:25703
-    for i in 1 2 3; do
-        ANTRE_CLUSTER_SECRET=bench-quorum-secret-0123456789 "$ANTRE" serve --node-name "n$i" \
-            --cluster-listen "127.0.0.1:$((25700 + i))" --cluster-peers "$PEERS" \
-            --amqp-listen "127.0.0.1:$((5700 + i))" --http-listen "127.0.0.1:$((15700 + i))" \
-            --stream-listen "127.0.0.1:$((5720 + i))" \
-            --data-dir "$OUT/antre-n$i" 2>"$OUT/antre-n$i.log" &
-        ANTRE_PIDS+=($!)
-    done
-    for i in 1 2 3; do
-        for _ in $(seq 100); do
-            curl -sf -u guest:guest "http://127.0.0.1:$((15700 + i))/api/overview" >/dev/null && break
-            sleep 0.1
-        done
-    done
-    # The metadata group elects its leader: wait until a declare works.
-    for _ in $(seq 100); do
-        curl -sf -u guest:guest -X PUT -H 'content-type: application/json' \
-            -d '{"durable":true}' "http://127.0.0.1:15701/api/queues/%2F/warm-up" >/dev/null && break
-        sleep 0.2
-    done
+    start_antre_cluster "$ANTRE" "$OUT" 700 bench-quorum-secret-0123456789
     if [ "$QTYPE" = stream-protocol ]; then
         run antre "stream:5721" "${ANTRE_PIDS[@]}"
     else

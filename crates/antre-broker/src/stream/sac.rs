@@ -27,6 +27,12 @@
 //! [`NODE_LEASE`] plus a margin, unless its term is the stream's first:
 //! a member activated by an earlier leader is either reported to it by
 //! then or stopped.
+//!
+//! "While a majority follows" costs a round of heartbeats to the other
+//! members; one round serves every report answered within
+//! [`PROOF_FRESH`] of its start ([`LeadershipProof`]), so a stream's
+//! leader pays about one round per [`REPORT_EVERY`] however many nodes
+//! report, not one per report.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +48,59 @@ pub const COORDINATOR_LEASE: Duration = Duration::from_millis(2500);
 /// How long a coordinator of a later term waits before it activates a
 /// member nobody reported active.
 pub const TAKEOVER_GRACE: Duration = Duration::from_millis(2500);
+
+/// How long after it started a round of heartbeats a majority answered
+/// still proves the coordinator's node leads (see [`LeadershipProof`]).
+pub const PROOF_FRESH: Duration = Duration::from_millis(250);
+
+// A member renewed on the strength of a proof's round stays active until
+// NODE_LEASE after its report was sent, at most PROOF_FRESH after the
+// round began; a later leader was elected after that start (a majority
+// answered the round in the old term first) and activates others only
+// TAKEOVER_GRACE after its election. This must hold with a margin:
+const _: () =
+    assert!(NODE_LEASE.as_millis() + PROOF_FRESH.as_millis() + 200 <= TAKEOVER_GRACE.as_millis());
+
+/// When a majority last confirmed, in a round of heartbeats begun at
+/// `since`, that this node leads the stream in `term`: a coordinator
+/// answers a report only on such a proof, at most [`PROOF_FRESH`] old,
+/// and asks for a new round when it has none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeadershipProof {
+    last: Option<(u64, Instant)>,
+    /// When the last round that failed began.
+    failed: Option<Instant>,
+}
+
+impl LeadershipProof {
+    /// Whether a report may be answered at `now` in `term` without a new
+    /// round.
+    pub fn holds(&self, term: u64, now: Instant) -> bool {
+        self.last.is_some_and(|(t, since)| {
+            t == term && now.saturating_duration_since(since) < PROOF_FRESH
+        })
+    }
+
+    /// A majority answered a round begun at `since` in `term`.
+    pub fn confirmed(&mut self, term: u64, since: Instant) {
+        match self.last {
+            // A round begun later already answered.
+            Some((t, s)) if t == term && s >= since => {}
+            _ => self.last = Some((term, since)),
+        }
+    }
+
+    /// A round begun at `since` failed (no majority, or another leader).
+    pub fn failed(&mut self, since: Instant) {
+        self.failed = Some(since);
+    }
+
+    /// Whether a round begun after `asked` failed: a report that waited
+    /// for it shares its failure rather than start another round.
+    pub fn failed_since(&self, asked: Instant) -> bool {
+        self.failed.is_some_and(|f| f >= asked)
+    }
+}
 
 /// One member, as its node reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,6 +480,29 @@ mod tests {
             c.report(&report("n1", vec![member("app", None, 1, true)]), t),
             [true]
         );
+    }
+
+    #[test]
+    fn a_leadership_proof_serves_its_term_for_a_while() {
+        let t0 = Instant::now();
+        let mut proof = LeadershipProof::default();
+        assert!(!proof.holds(3, t0), "no round yet");
+        proof.confirmed(3, t0);
+        assert!(proof.holds(3, t0 + PROOF_FRESH / 2));
+        assert!(!proof.holds(3, t0 + PROOF_FRESH), "too old");
+        assert!(!proof.holds(4, t0), "another term needs its own round");
+        // A round that began earlier but answered later changes nothing.
+        proof.confirmed(3, t0 + PROOF_FRESH);
+        proof.confirmed(3, t0);
+        assert!(proof.holds(3, t0 + PROOF_FRESH * 3 / 2));
+        proof.confirmed(4, t0 + PROOF_FRESH);
+        assert!(!proof.holds(3, t0 + PROOF_FRESH));
+        assert!(proof.holds(4, t0 + PROOF_FRESH));
+        // A failed round answers the reports that waited for it.
+        let later = t0 + PROOF_FRESH * 4;
+        proof.failed(later);
+        assert!(proof.failed_since(later - PROOF_FRESH));
+        assert!(!proof.failed_since(later + PROOF_FRESH));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use antre_broker::stream::sac::{Coordinator, Report};
+use antre_broker::stream::sac::{Coordinator, LeadershipProof, Report};
 use openraft::ServerState;
 
 use super::*;
@@ -24,6 +24,11 @@ pub(super) struct Consumers {
     /// that restarts may lead on in the same term.)
     fresh: bool,
     coordinator: Mutex<Option<Coordinator>>,
+    /// The last round of heartbeats a majority answered; held across a
+    /// round, so that reports arriving meanwhile wait for it rather than
+    /// each start one (every report of every node came with a round of its
+    /// own, and at 30 partitions those rounds took a core).
+    proof: tokio::sync::Mutex<LeadershipProof>,
     link: tokio::sync::Mutex<Option<(NodeId, Connection)>>,
 }
 
@@ -32,6 +37,7 @@ impl Consumers {
         Consumers {
             fresh,
             coordinator: Mutex::default(),
+            proof: tokio::sync::Mutex::default(),
             link: tokio::sync::Mutex::default(),
         }
     }
@@ -85,17 +91,37 @@ impl QueueGroups {
         let g = self
             .group(group)
             .ok_or_else(|| "no replica of the stream here".to_owned())?;
-        match tokio::time::timeout(ANSWER_TIMEOUT, g.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("not the stream's leader: {e}")),
-            Err(_) => return Err("no majority answered in time".into()),
-        }
         let engine = &g.machine.engine;
+        let term = engine.term.load(Ordering::Acquire);
+        let asked = Instant::now();
+        let mut proof = g.replica.consumers.proof.lock().await;
+        if proof.failed_since(asked) {
+            return Err("no majority confirmed the stream's leader".into());
+        }
+        if !proof.holds(term, Instant::now()) {
+            let since = Instant::now();
+            let round = tokio::time::timeout(ANSWER_TIMEOUT, g.raft.ensure_linearizable()).await;
+            let failure = match round {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(format!("not the stream's leader: {e}")),
+                Err(_) => Some("no majority answered in time".into()),
+            };
+            if let Some(why) = failure {
+                proof.failed(since);
+                return Err(why);
+            }
+            proof.confirmed(term, since);
+        }
         if !engine.active.load(Ordering::Acquire) {
             return Err("the stream's leader is taking over".into());
         }
-        let term = engine.term.load(Ordering::Acquire);
         let now = Instant::now();
+        // The round proved `term`; leading another by now, this node waits
+        // for a round of that one.
+        if engine.term.load(Ordering::Acquire) != term || !proof.holds(term, now) {
+            return Err("the stream's leadership changed".into());
+        }
+        drop(proof);
         let mut coordinator = g.replica.consumers.coordinator.lock();
         let c = match coordinator.as_mut() {
             Some(c) if c.term() == term => c,
