@@ -76,6 +76,7 @@ chmod 755 "$OUT"
 : >"$OUT/rows"
 cd "$ROOT"
 . scripts/lib/antre-cluster.sh
+. scripts/lib/rabbitmq-cluster.sh
 cargo build --release -q -p antre -p antre-bench
 ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
 BENCH=$ROOT/target/release/antre-bench
@@ -193,24 +194,7 @@ EOF
 }
 
 RABBIT_PIDS=()
-stop_rabbit() {
-    for i in 1 2 3; do
-        rabbitmqctl -q -n "qb$i@localhost" stop >/dev/null 2>&1 || true
-    done
-    # A node that never answered its CLI would keep running (and hold the
-    # benchmark lock, whose descriptor it inherited).
-    for p in "${RABBIT_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    # Gone, and their writes on disk, before antre's run starts: a node
-    # still shutting down (or the kernel writing its files back) would
-    # take CPU and disk from the run that follows.
-    for _ in $(seq 300); do
-        local alive=0
-        for p in "${RABBIT_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    sync
-}
+stop_rabbit() { stop_rabbit_cluster qb; }
 ANTRE_PIDS=()
 stop_antre() {
     for p in "${ANTRE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -218,47 +202,24 @@ stop_antre() {
 }
 trap 'stop_antre; [ $WITH_RABBIT = 1 ] && stop_rabbit; true' EXIT
 
+rabbit_node_conf() {
+    if [ "$QTYPE" = stream-protocol ]; then
+        printf 'stream.listeners.tcp.1 = 127.0.0.1:%s\nstream.advertised_host = 127.0.0.1\nstream.advertised_port = %s\n' \
+            $((5620 + $1)) $((5620 + $1))
+    fi
+}
+
 bench_rabbitmq() {
-    rm -rf /tmp/qb1-mnesia /tmp/qb2-mnesia /tmp/qb3-mnesia
-    for i in 1 2 3; do
-        echo "loopback_users = none" >"$OUT/qb$i.conf"
-        echo "[]." >"$OUT/qb$i-plugins"
-        if [ "$QTYPE" = stream-protocol ]; then
-            printf 'stream.listeners.tcp.1 = 127.0.0.1:%s\nstream.advertised_host = 127.0.0.1\nstream.advertised_port = %s\n' \
-                $((5620 + i)) $((5620 + i)) >>"$OUT/qb$i.conf"
-            echo "[rabbitmq_stream]." >"$OUT/qb$i-plugins"
-        fi
-        chmod 644 "$OUT/qb$i.conf" "$OUT/qb$i-plugins"
-        (cd /var/lib/rabbitmq && ulimit -n 20000 && setpriv --reuid rabbitmq --regid rabbitmq --init-groups \
-            env HOME=/var/lib/rabbitmq RABBITMQ_CONFIG_FILE="$OUT/qb$i.conf" \
-            RABBITMQ_ENABLED_PLUGINS_FILE="$OUT/qb$i-plugins" RABBITMQ_NODE_PORT=$((5610 + i)) \
-            RABBITMQ_NODENAME="qb$i@localhost" RABBITMQ_DIST_PORT=$((25610 + i)) \
-            RABBITMQ_MNESIA_BASE="/tmp/qb$i-mnesia" RABBITMQ_LOG_BASE="/tmp/qb$i-log" \
-            /usr/lib/rabbitmq/bin/rabbitmq-server -detached)
-    done
-    for i in 1 2 3; do
-        # await_startup fails at once while the node is not registered yet.
-        for _ in $(seq 60); do
-            rabbitmqctl -q -n "qb$i@localhost" await_startup --timeout 60 >/dev/null 2>&1 && break
-            sleep 1
-        done
-    done
-    for i in 2 3; do
-        rabbitmqctl -q -n "qb$i@localhost" stop_app
-        rabbitmqctl -q -n "qb$i@localhost" join_cluster qb1@localhost
-        rabbitmqctl -q -n "qb$i@localhost" start_app
-    done
-    for i in 1 2 3; do
-        RABBIT_PIDS+=("$(rabbitmqctl -q -n "qb$i@localhost" eval 'list_to_integer(os:getpid()).')")
-    done
+    if [ "$QTYPE" = stream-protocol ]; then
+        RABBIT_PLUGINS="[rabbitmq_stream]"
+    fi
+    start_rabbit_cluster "$OUT" qb 5610
     if [ "$QTYPE" = stream-protocol ]; then
         run rabbitmq "stream:5621" "${RABBIT_PIDS[@]}"
     else
         run rabbitmq "amqp://guest:guest@127.0.0.1:5611/%2f" "${RABBIT_PIDS[@]}"
     fi
     stop_rabbit
-    rm -rf /tmp/qb1-mnesia /tmp/qb2-mnesia /tmp/qb3-mnesia
-    sync
 }
 
 bench_antre() {

@@ -7,7 +7,8 @@
 # 5000+BASE+i, HTTP 15000+BASE+i, stream 5020+BASE+i; its data is in
 # OUT/antre-ni, its log OUT/antre-ni.log. Appends the nodes' pids to
 # ANTRE_PIDS. Returns once node 1 has declared the queue "warm-up" (the
-# metadata group has a leader).
+# metadata group has a leader). ANTRE_ARGS, if set, is added to each
+# node's command line (split on spaces).
 
 start_antre_cluster() {
     local antre=$1 out=$2 base=$3 secret=$4 i
@@ -17,7 +18,7 @@ start_antre_cluster() {
             --cluster-listen "127.0.0.1:$((25000 + base + i))" --cluster-peers "$peers" \
             --amqp-listen "127.0.0.1:$((5000 + base + i))" --http-listen "127.0.0.1:$((15000 + base + i))" \
             --stream-listen "127.0.0.1:$((5020 + base + i))" \
-            --data-dir "$out/antre-n$i" 2>"$out/antre-n$i.log" &
+            --data-dir "$out/antre-n$i" ${ANTRE_ARGS:-} 2>"$out/antre-n$i.log" &
         ANTRE_PIDS+=($!)
     done
     for i in 1 2 3; do
