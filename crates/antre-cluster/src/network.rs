@@ -50,6 +50,8 @@ pub struct PeerState {
     /// How many times this node checked whether it died, after a
     /// connection it had opened here closed.
     pub probes: u64,
+    /// How many requests it sent this node (a batch of heartbeats is one).
+    pub requests: u64,
 }
 
 impl PeerState {
@@ -98,6 +100,14 @@ impl Link {
         s.reachable = true;
         s.error = None;
         s.last_contact = Some(SystemTime::now());
+    }
+
+    /// Records a request `peer` sent this node (a successful exchange).
+    pub fn received(&self, peer: &str) {
+        self.contact(peer);
+        if let Some(s) = self.states.lock().get_mut(peer) {
+            s.requests += 1;
+        }
     }
 
     /// Records a failed exchange with `peer` at `addr`, logging a new

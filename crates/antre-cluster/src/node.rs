@@ -53,6 +53,9 @@ pub struct MemberStatus {
     /// How many times this node checked whether it died (see
     /// [`PeerState::probes`](crate::network::PeerState::probes)).
     pub probes: u64,
+    /// How many requests it sent this node (see
+    /// [`PeerState::requests`](crate::network::PeerState::requests)).
+    pub requests: u64,
 }
 
 /// The cluster as one node sees it.
@@ -539,6 +542,7 @@ impl Cluster {
                     },
                     error: if this_node { None } else { state.error },
                     probes: state.probes,
+                    requests: state.requests,
                 }
             })
             .collect();

@@ -77,6 +77,7 @@ use sha2::{Digest, Sha256};
 
 pub mod codec;
 mod consumers;
+mod heartbeats;
 pub mod members;
 
 use crate::log_store::{LogStore, SnapshotFloor};
@@ -1559,6 +1560,8 @@ pub struct QueueGroups {
     lifecycle: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set by [`QueueGroups::shutdown`]: no replica starts after it.
     closed: AtomicBool,
+    /// The groups' heartbeats to each member, batched.
+    heartbeats: Arc<heartbeats::Heartbeats>,
 }
 
 /// Looks up a node's cluster address by its Raft id.
@@ -1591,6 +1594,7 @@ impl QueueGroups {
             known: members::Known::default(),
             lifecycle: Mutex::default(),
             closed: AtomicBool::new(false),
+            heartbeats: Arc::default(),
         })
     }
 
@@ -1941,6 +1945,7 @@ impl QueueGroups {
         GroupNetwork {
             network: self.network.clone(),
             group: Arc::from(group),
+            heartbeats: Arc::clone(&self.heartbeats),
         }
     }
 
@@ -2364,6 +2369,7 @@ pub(crate) struct GroupNetwork {
     network: NetworkFactory,
     /// The group's name.
     pub(crate) group: Arc<str>,
+    heartbeats: Arc<heartbeats::Heartbeats>,
 }
 
 pub(crate) struct GroupClient {
@@ -2376,7 +2382,18 @@ pub(crate) struct GroupClient {
     /// A large append on its way to the member (see
     /// [`GroupClient::append_large`]).
     large: Option<LargeAppend>,
+    /// When this client last sent entries or a new commit index, and that
+    /// index: its heartbeats are batched only once the group is idle.
+    busy: (std::time::Instant, Option<LogId<NodeId>>),
 }
+
+/// How long a group sends neither entries nor a new commit index before
+/// its heartbeats go with the other groups' ([`heartbeats`]). openraft
+/// sends a follower one request at a time, so a heartbeat that waits to
+/// be batched holds the next append back: batching a busy group's
+/// heartbeats (and the empty appends that carry its commit index) cut one
+/// quorum queue's confirmed rate from 35,000 to 7,300 a second.
+const IDLE_BEFORE_BATCHING: Duration = Duration::from_secs(1);
 
 /// An append request sent by a task of its own, which openraft's timeout
 /// for an append (the heartbeat interval) does not cancel.
@@ -2404,6 +2421,7 @@ impl RaftNetworkFactory<QueueTypeConfig> for GroupNetwork {
             network: self.clone(),
             node: node.clone(),
             large: None,
+            busy: (std::time::Instant::now(), None),
         }
     }
 }
@@ -2579,6 +2597,10 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
             rpc.entries.last().map(|e| e.log_id)
         });
         let sent_bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
+        if !rpc.entries.is_empty() || rpc.leader_commit != self.busy.1 {
+            self.busy = (std::time::Instant::now(), rpc.leader_commit);
+        }
+        let idle = self.busy.0.elapsed() >= IDLE_BEFORE_BATCHING;
         let answer = if sent_bytes > LARGE_APPEND {
             let (vote, prev, commit) = (rpc.vote, rpc.prev_log_id, rpc.leader_commit);
             let last = rpc.entries.last().map(|e| e.log_id);
@@ -2591,6 +2613,22 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
                 &option,
             )
             .await
+        } else if idle && rpc.entries.is_empty() && partial.is_none() {
+            // An idle group's heartbeat: with the other groups' to this
+            // member.
+            let to =
+                crate::election::route(&self.network.network, self.target, "", &self.node.addr);
+            self.network
+                .heartbeats
+                .send(
+                    &self.network.network.link,
+                    self.target,
+                    to,
+                    group,
+                    rpc,
+                    option.hard_ttl(),
+                )
+                .await
         } else {
             // A heartbeat between the calls for a large append leaves it
             // under way.

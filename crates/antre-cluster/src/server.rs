@@ -3,6 +3,7 @@
 //! follower forwards to this node as leader).
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -60,7 +61,7 @@ impl Handshakes {
         if *here >= HANDSHAKES_PER_ADDRESS || all >= HANDSHAKES {
             drop(by_ip);
             let mut logged = self.logged.lock();
-            if logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 *logged = Some(std::time::Instant::now());
                 tracing::warn!(
                     %ip,
@@ -99,7 +100,7 @@ pub async fn serve(listener: TcpListener, node: Weak<Cluster>, stop: watch::Rece
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("cluster listener: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -202,7 +203,7 @@ async fn serve_peer(
             tracing::warn!(%addr, "cluster peer {peer} at {addr} refused: node '{peer}' is not a member of the cluster of '{}'", node.link.config.node_name);
             return Ok(());
         }
-        node.link.contact(&peer);
+        node.link.received(&peer);
         let response = match request {
             Request::Append(rpc) => Response::Append(node.raft.append_entries(rpc).await),
             Request::Vote(rpc) => Response::Vote(node.raft.vote(rpc).await),
@@ -240,6 +241,11 @@ async fn serve_peer(
                 // reorder answers, so this connection waits (the joining
                 // node and forwarding followers use their own).
                 Response::Members(node.change_members(change).await)
+            }
+            Request::QueueHeartbeats { within_ms, beats } => {
+                node.queue_groups
+                    .serve_heartbeats(beats, Duration::from_millis(within_ms))
+                    .await
             }
             queue @ (Request::QueueAppend { .. }
             | Request::QueueVote { .. }

@@ -225,6 +225,14 @@ pub enum Request {
         /// The request.
         rpc: AppendEntriesRequest<QueueTypeConfig>,
     },
+    /// Raft of many quorum queues' groups: their empty appends to this
+    /// node, together ([`crate::queue_group::heartbeats`]).
+    QueueHeartbeats {
+        /// How long the sender waits for the answer.
+        within_ms: u64,
+        /// Each group's append.
+        beats: Vec<(String, AppendEntriesRequest<QueueTypeConfig>)>,
+    },
     /// Raft of a quorum queue's group: request a vote.
     QueueVote {
         /// The group.
@@ -369,6 +377,14 @@ pub enum Response {
     Members(Result<(), MembershipError>),
     /// To [`Request::QueueAppend`].
     QueueAppend(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::QueueHeartbeats`]: each group's answer, in order
+    /// ([`Response::QueueAppend`], [`Response::NoGroup`] or
+    /// [`Response::Late`]).
+    QueueHeartbeats(Vec<Response>),
+    /// In [`Response::QueueHeartbeats`]: the named group's Raft did not
+    /// answer within the batch's time (to the sender, as a request that
+    /// got no answer).
+    Late(String),
     /// To [`Request::QueueVote`].
     QueueVote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     /// To [`Request::QueueSnapshot`].
@@ -469,5 +485,40 @@ mod tests {
         let back: Response = decode_body(&frame[4..]).unwrap();
         assert!(matches!(back, Response::Pong));
         assert!(body_length(u32::MAX.to_be_bytes()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_heartbeats_reads_back_in_order() {
+        let beat = |term| AppendEntriesRequest::<QueueTypeConfig> {
+            vote: openraft::Vote::new_committed(term, 7),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        };
+        let request = Request::QueueHeartbeats {
+            within_ms: 90,
+            beats: vec![("a".into(), beat(3)), ("b".into(), beat(4))],
+        };
+        let (mut w, mut r) = tokio::io::duplex(4096);
+        w.write_all(&encode_request(&request).unwrap())
+            .await
+            .unwrap();
+        match read_request(&mut r).await.unwrap() {
+            Request::QueueHeartbeats { within_ms, beats } => {
+                assert_eq!(within_ms, 90);
+                let got: Vec<_> = beats
+                    .iter()
+                    .map(|(g, rpc)| (g.as_str(), rpc.vote))
+                    .collect();
+                assert_eq!(
+                    got,
+                    [
+                        ("a", openraft::Vote::new_committed(3, 7)),
+                        ("b", openraft::Vote::new_committed(4, 7))
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

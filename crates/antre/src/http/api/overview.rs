@@ -288,6 +288,9 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
                 // opened to this one closed): a figure that keeps growing
                 // with every node up means links that keep closing.
                 "liveness_probes": (!m.this_node).then_some(m.probes),
+                // Requests it sent this node over the cluster link (the
+                // heartbeats of many queues in one message count once).
+                "link_requests": (!m.this_node).then_some(m.requests),
             });
             let mut node = if m.this_node {
                 std::mem::take(&mut local)
