@@ -81,6 +81,18 @@ impl std::fmt::Debug for Link {
     }
 }
 
+/// Marks `peer` reachable, heard from now; its state.
+fn touch<'a>(states: &'a mut HashMap<String, PeerState>, peer: &str) -> &'a mut PeerState {
+    let s = states.entry(peer.to_owned()).or_default();
+    if !s.reachable {
+        tracing::info!(peer, "cluster peer {peer} is reachable");
+    }
+    s.reachable = true;
+    s.error = None;
+    s.last_contact = Some(SystemTime::now());
+    s
+}
+
 impl Link {
     /// The link of a node with these settings.
     pub fn new(config: ClusterConfig) -> Link {
@@ -92,22 +104,12 @@ impl Link {
 
     /// Records a successful exchange with `peer`.
     pub fn contact(&self, peer: &str) {
-        let mut states = self.states.lock();
-        let s = states.entry(peer.to_owned()).or_default();
-        if !s.reachable {
-            tracing::info!(peer, "cluster peer {peer} is reachable");
-        }
-        s.reachable = true;
-        s.error = None;
-        s.last_contact = Some(SystemTime::now());
+        touch(&mut self.states.lock(), peer);
     }
 
     /// Records a request `peer` sent this node (a successful exchange).
     pub fn received(&self, peer: &str) {
-        self.contact(peer);
-        if let Some(s) = self.states.lock().get_mut(peer) {
-            s.requests += 1;
-        }
+        touch(&mut self.states.lock(), peer).requests += 1;
     }
 
     /// Records a failed exchange with `peer` at `addr`, logging a new
