@@ -898,12 +898,7 @@ async fn a_deposed_leader_answers_its_publishes_after_catching_up_by_snapshot() 
 
 /// What node `i` counts of its checks whether node `peer` died.
 async fn liveness_probes(c: &TestCluster, i: usize, peer: usize) -> u64 {
-    c.nodes(i)
-        .await
-        .iter()
-        .find(|n| n["name"] == Value::String(c.nodes[peer].name.clone()))
-        .and_then(|n| n["liveness_probes"].as_u64())
-        .expect("a count for every other node")
+    c.count_of_peer(i, peer, "liveness_probes").await
 }
 
 /// Two nodes that each lead a group the other follows (the metadata on

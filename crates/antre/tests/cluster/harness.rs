@@ -418,6 +418,17 @@ impl TestCluster {
         body.as_array().cloned().unwrap_or_default()
     }
 
+    /// A count node `i` keeps of node `peer` (`field` of `peer`'s entry
+    /// in `i`'s `/api/nodes`, such as `link_requests`).
+    pub async fn count_of_peer(&self, i: usize, peer: usize, field: &str) -> u64 {
+        self.nodes(i)
+            .await
+            .iter()
+            .find(|n| n["name"] == Value::String(self.nodes[peer].name.clone()))
+            .and_then(|n| n[field].as_u64())
+            .unwrap_or_else(|| panic!("node {i} counts no {field} of node {peer}"))
+    }
+
     /// The metadata leader's index, as node `i` sees it.
     pub async fn leader_seen_by(&self, i: usize) -> Option<usize> {
         let nodes = self.try_api(i, "GET", "/api/nodes", None).await?.1;
