@@ -75,6 +75,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod carriers;
 pub mod codec;
 mod consumers;
 mod heartbeats;
@@ -1562,6 +1563,8 @@ pub struct QueueGroups {
     closed: AtomicBool,
     /// The groups' heartbeats to each member, batched.
     heartbeats: Arc<heartbeats::Heartbeats>,
+    /// The stream members' reports to each stream leader's node, batched.
+    reports: carriers::Carriers<consumers::StreamReport>,
 }
 
 /// Looks up a node's cluster address by its Raft id.
@@ -1595,6 +1598,7 @@ impl QueueGroups {
             lifecycle: Mutex::default(),
             closed: AtomicBool::new(false),
             heartbeats: Arc::default(),
+            reports: carriers::Carriers::default(),
         })
     }
 
@@ -1946,6 +1950,7 @@ impl QueueGroups {
             network: self.network.clone(),
             group: Arc::from(group),
             heartbeats: Arc::clone(&self.heartbeats),
+            busy: Arc::new(Mutex::new((std::time::Instant::now(), None))),
         }
     }
 
@@ -2370,6 +2375,14 @@ pub(crate) struct GroupNetwork {
     /// The group's name.
     pub(crate) group: Arc<str>,
     heartbeats: Arc<heartbeats::Heartbeats>,
+    /// When the group's leader last sent a member entries or a new
+    /// commit index, and that index: its heartbeats are batched only once
+    /// the group is idle. Kept for the group, not for each client:
+    /// openraft makes a new client for every round of heartbeats that
+    /// proves a leadership (a stream's single-active-consumer reports ask
+    /// for one every 250 ms), and each, new, took its group for busy and
+    /// sent alone.
+    busy: Arc<Mutex<(std::time::Instant, Option<LogId<NodeId>>)>>,
 }
 
 pub(crate) struct GroupClient {
@@ -2382,9 +2395,6 @@ pub(crate) struct GroupClient {
     /// A large append on its way to the member (see
     /// [`GroupClient::append_large`]).
     large: Option<LargeAppend>,
-    /// When this client last sent entries or a new commit index, and that
-    /// index: its heartbeats are batched only once the group is idle.
-    busy: (std::time::Instant, Option<LogId<NodeId>>),
 }
 
 /// How long a group sends neither entries nor a new commit index before
@@ -2421,7 +2431,6 @@ impl RaftNetworkFactory<QueueTypeConfig> for GroupNetwork {
             network: self.clone(),
             node: node.clone(),
             large: None,
-            busy: (std::time::Instant::now(), None),
         }
     }
 }
@@ -2597,10 +2606,13 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
             rpc.entries.last().map(|e| e.log_id)
         });
         let sent_bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
-        if !rpc.entries.is_empty() || rpc.leader_commit != self.busy.1 {
-            self.busy = (std::time::Instant::now(), rpc.leader_commit);
-        }
-        let idle = self.busy.0.elapsed() >= IDLE_BEFORE_BATCHING;
+        let idle = {
+            let mut busy = self.network.busy.lock();
+            if !rpc.entries.is_empty() || rpc.leader_commit != busy.1 {
+                *busy = (std::time::Instant::now(), rpc.leader_commit);
+            }
+            busy.0.elapsed() >= IDLE_BEFORE_BATCHING
+        };
         let answer = if sent_bytes > LARGE_APPEND {
             let (vote, prev, commit) = (rpc.vote, rpc.prev_log_id, rpc.leader_commit);
             let last = rpc.entries.last().map(|e| e.log_id);
@@ -2624,9 +2636,11 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
                     &self.network.network.link,
                     self.target,
                     to,
-                    group,
-                    rpc,
-                    option.hard_ttl(),
+                    heartbeats::Beat {
+                        group,
+                        rpc,
+                        ttl: option.hard_ttl(),
+                    },
                 )
                 .await
         } else {

@@ -257,8 +257,10 @@ async fn serve_peer(
                     tokio::time::Instant::now() + crate::queue_group::members::CHANGE_TIMEOUT;
                 Response::QueueMembers(node.queue_groups.group_op(&group, op, deadline).await)
             }
-            Request::StreamConsumers { group, report } => {
-                Response::StreamConsumers(node.queue_groups.coordinate(&group, &report).await)
+            Request::StreamConsumers { within_ms, reports } => {
+                node.queue_groups
+                    .serve_reports(reports, Duration::from_millis(within_ms))
+                    .await
             }
             Request::DataLink => {
                 let broker = node.forwarder.broker();

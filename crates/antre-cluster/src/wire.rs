@@ -256,14 +256,15 @@ pub enum Request {
         /// What to do.
         op: crate::queue_group::members::GroupOp,
     },
-    /// A node's single-active-consumer members of a replicated stream,
-    /// for the stream's leader, which coordinates its groups
-    /// ([`antre_broker::stream::sac`]).
+    /// A node's single-active-consumer members of replicated streams this
+    /// node leads, for each stream's coordinator of its groups
+    /// ([`antre_broker::stream::sac`]); the streams' reports together
+    /// ([`crate::queue_group::consumers`]).
     StreamConsumers {
-        /// The stream's group.
-        group: String,
-        /// The node's members.
-        report: antre_broker::stream::sac::Report,
+        /// How long the sender waits for the answer.
+        within_ms: u64,
+        /// Each stream's group, and the node's members of it.
+        reports: Vec<(String, antre_broker::stream::sac::Report)>,
     },
     /// Turns this connection into a forwarding data link: from here on
     /// both sides speak [`crate::data_wire`] frames (see
@@ -391,9 +392,10 @@ pub enum Response {
     QueueSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// To [`Request::QueueMembers`]: whether anything changed.
     QueueMembers(Result<bool, crate::queue_group::members::GroupOpError>),
-    /// To [`Request::StreamConsumers`]: for each member, whether it
-    /// should be active; or why the leader could not say.
-    StreamConsumers(Result<Vec<bool>, String>),
+    /// To [`Request::StreamConsumers`], for each report in order: for
+    /// each member, whether it should be active; or why the leader could
+    /// not say.
+    StreamConsumers(Vec<Result<Vec<bool>, String>>),
     /// This node runs no replica of the named group (not started yet, or
     /// the queue is gone): to the sender, the member is unreachable.
     NoGroup(String),

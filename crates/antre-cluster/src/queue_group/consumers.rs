@@ -3,13 +3,21 @@
 //! leader, which runs the one [`Coordinator`] of the stream (see
 //! [`antre_broker::stream::sac`] for the protocol and its leases).
 
+//!
+//! A node's reports to one leader's node travel together (see
+//! [`super::carriers`]): every stream's members are reported every
+//! [`antre_broker::stream::sac::REPORT_EVERY`], and at 100 partitions
+//! that was a thousand calls a second across a 3-node cluster, one per
+//! stream and node.
+
 use std::time::{Duration, Instant};
 
 use antre_broker::stream::sac::{Coordinator, LeadershipProof, Report};
 use openraft::ServerState;
 
+use super::carriers::{self, Batch};
 use super::*;
-use crate::network::Connection;
+use crate::network::CallError;
 
 /// How long a report may wait for its answer: past it the node counts the
 /// report as unanswered (its lease runs from when it sent the last
@@ -17,7 +25,7 @@ use crate::network::Connection;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A replica's side of the coordination: the coordinator while this node
-/// leads the stream, and the connection reports go to the leader on.
+/// leads the stream.
 pub(super) struct Consumers {
     /// The group started with this process (not from a log on disk): in
     /// its first term, no earlier coordinator activated anybody. (A leader
@@ -29,7 +37,6 @@ pub(super) struct Consumers {
     /// each start one (every report of every node came with a round of its
     /// own, and at 30 partitions those rounds took a core).
     proof: tokio::sync::Mutex<LeadershipProof>,
-    link: tokio::sync::Mutex<Option<(NodeId, Connection)>>,
 }
 
 impl Consumers {
@@ -38,8 +45,35 @@ impl Consumers {
             fresh,
             coordinator: Mutex::default(),
             proof: tokio::sync::Mutex::default(),
-            link: tokio::sync::Mutex::default(),
         }
+    }
+}
+
+/// One stream's report on its way to the stream's leader.
+pub(super) struct StreamReport {
+    group: String,
+    report: Report,
+}
+
+impl Batch for StreamReport {
+    type Answer = Result<Vec<bool>, String>;
+
+    fn ttl(&self) -> Duration {
+        ANSWER_TIMEOUT
+    }
+
+    fn request(reports: Vec<StreamReport>, ttl: Duration) -> Request {
+        Request::StreamConsumers {
+            within_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            reports: reports.into_iter().map(|r| (r.group, r.report)).collect(),
+        }
+    }
+
+    fn answers(response: Response, n: usize) -> Option<Vec<Result<Self::Answer, CallError>>> {
+        let Response::StreamConsumers(each) = response else {
+            return None;
+        };
+        carriers::each(each.into_iter().map(Ok).collect(), n)
     }
 }
 
@@ -63,31 +97,42 @@ impl QueueGroups {
         let leader = m
             .current_leader
             .ok_or_else(|| "the stream has no leader".to_owned())?;
-        let mut link = g.replica.consumers.link.lock().await;
-        let Some(c) = self.leader_link(&mut link, leader) else {
-            return Err("the stream's leader is not known yet".into());
-        };
-        let request = Request::StreamConsumers {
+        let to = self
+            .name_of(leader)
+            .zip(self.address_of(leader))
+            .ok_or_else(|| "the stream's leader is not known yet".to_owned())?;
+        let call = StreamReport {
             group: group.to_owned(),
             report,
         };
-        match c.call(&request, ANSWER_TIMEOUT).await {
-            Ok(Response::StreamConsumers(answer)) => answer,
-            other => {
-                *link = None;
-                Err(format!("the stream's leader did not answer: {other:?}"))
-            }
+        match self.reports.send(&self.link, leader, to, call).await {
+            Ok(answer) => answer,
+            Err(e) => Err(format!("the stream's leader did not answer: {e}")),
         }
+    }
+
+    /// Answers a node's reports ([`Request::StreamConsumers`]), each
+    /// within half of `within` (the rest is for the answer's way back): a
+    /// stream whose leadership cannot be proven in time holds up no other
+    /// stream's answer.
+    pub(crate) async fn serve_reports(
+        &self,
+        reports: Vec<(String, Report)>,
+        within: Duration,
+    ) -> Response {
+        let deadline = tokio::time::Instant::now() + within / 2;
+        let each = reports.into_iter().map(|(group, report)| async move {
+            tokio::time::timeout_at(deadline, self.coordinate(&group, &report))
+                .await
+                .unwrap_or_else(|_| Err("the stream's leader did not answer in time".into()))
+        });
+        Response::StreamConsumers(futures::future::join_all(each).await)
     }
 
     /// Answers a node's report, on the stream's leader: only while a
     /// majority follows this node, so that a leader cut off from it stops
     /// renewing its members' leases.
-    pub(crate) async fn coordinate(
-        &self,
-        group: &str,
-        report: &Report,
-    ) -> Result<Vec<bool>, String> {
+    async fn coordinate(&self, group: &str, report: &Report) -> Result<Vec<bool>, String> {
         let g = self
             .group(group)
             .ok_or_else(|| "no replica of the stream here".to_owned())?;
