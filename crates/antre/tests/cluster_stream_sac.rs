@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rabbitmq_stream_client::types::OffsetSpecification;
+use rabbitmq_stream_client::types::{OffsetSpecification, SuperStreamConsumer};
 use rabbitmq_stream_client::{Consumer, Environment};
 use tokio::time::Instant;
 
@@ -200,6 +200,34 @@ async fn a_cut_off_active_consumer_steps_down_before_another_takes_over() {
     );
 }
 
+/// A member `who` of consumer group "app" of super stream `name`,
+/// subscribed on the node at `port` itself ([`pinned_env`]); what it is
+/// told goes to `told`.
+async fn super_member(
+    port: u16,
+    name: &str,
+    who: &'static str,
+    told: &PartitionActivations,
+) -> (Environment, SuperStreamConsumer) {
+    let env = pinned_env(port).await;
+    let told = Arc::clone(told);
+    let consumer = env
+        .super_stream_consumer()
+        .name("app")
+        .enable_single_active_consumer(true)
+        .offset(OffsetSpecification::First)
+        .consumer_update(move |active, ctx| {
+            told.lock()
+                .expect("lock")
+                .push((who, ctx.stream(), active == 1));
+            async { OffsetSpecification::Next }
+        })
+        .build(name)
+        .await
+        .expect("super stream consumer");
+    (env, consumer)
+}
+
 /// A super stream's partitions spread over the members of a group
 /// whatever node each is on: a member on another node joining makes the
 /// first step down on the partition that is now the newcomer's (index 1
@@ -217,27 +245,7 @@ async fn a_super_streams_partitions_spread_over_members_on_different_nodes() {
         c.until_members(p, &["n1", "n2", "n3"]).await;
     }
     let told: PartitionActivations = Arc::default();
-    let member = |port: u16, who: &'static str| {
-        let told = Arc::clone(&told);
-        async move {
-            let env = pinned_env(port).await;
-            let consumer = env
-                .super_stream_consumer()
-                .name("app")
-                .enable_single_active_consumer(true)
-                .offset(OffsetSpecification::First)
-                .consumer_update(move |active, ctx| {
-                    told.lock()
-                        .expect("lock")
-                        .push((who, ctx.stream(), active == 1));
-                    async { OffsetSpecification::Next }
-                })
-                .build("orders")
-                .await
-                .expect("super stream consumer");
-            (env, consumer)
-        }
-    };
+    let member = |port: u16, who: &'static str| super_member(port, "orders", who, &told);
     let (_ex, mut x) = member(ports[1], "x").await;
     c.until("x active on both partitions", || async {
         told.lock().expect("lock").len() == 2
@@ -589,23 +597,7 @@ async fn consumer_reports_to_a_leader_travel_together() {
     let told: PartitionActivations = Arc::default();
     let mut members = Vec::new();
     for (port, who) in ports.iter().zip(["x", "y", "z"]) {
-        let env = pinned_env(*port).await;
-        let told = Arc::clone(&told);
-        let consumer = env
-            .super_stream_consumer()
-            .name("app")
-            .enable_single_active_consumer(true)
-            .offset(OffsetSpecification::Next)
-            .consumer_update(move |active, ctx| {
-                told.lock()
-                    .expect("lock")
-                    .push((who, ctx.stream(), active == 1));
-                async { OffsetSpecification::Next }
-            })
-            .build("busy")
-            .await
-            .expect("super stream consumer");
-        members.push((env, consumer));
+        members.push(super_member(*port, "busy", who, &told).await);
     }
     c.until("every partition has an active member", || async {
         let told = told.lock().expect("lock");
