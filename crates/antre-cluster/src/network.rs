@@ -52,6 +52,9 @@ pub struct PeerState {
     pub probes: u64,
     /// How many requests it sent this node (a batch of heartbeats is one).
     pub requests: u64,
+    /// How many quorum queue heartbeats (empty appends) it sent this
+    /// node, each group's counted, batched or not.
+    pub queue_heartbeats: u64,
 }
 
 impl PeerState {
@@ -110,6 +113,13 @@ impl Link {
     /// Records a request `peer` sent this node (a successful exchange).
     pub fn received(&self, peer: &str) {
         touch(&mut self.states.lock(), peer).requests += 1;
+    }
+
+    /// Counts `n` quorum queue heartbeats `peer` sent this node.
+    pub fn heartbeats_from(&self, peer: &str, n: usize) {
+        if let Some(s) = self.states.lock().get_mut(peer) {
+            s.queue_heartbeats += n as u64;
+        }
     }
 
     /// Records a failed exchange with `peer` at `addr`, logging a new

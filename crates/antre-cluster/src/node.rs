@@ -56,6 +56,9 @@ pub struct MemberStatus {
     /// How many requests it sent this node (see
     /// [`PeerState::requests`](crate::network::PeerState::requests)).
     pub requests: u64,
+    /// How many quorum queue heartbeats it sent this node (see
+    /// [`PeerState::queue_heartbeats`](crate::network::PeerState::queue_heartbeats)).
+    pub queue_heartbeats: u64,
 }
 
 /// The cluster as one node sees it.
@@ -543,6 +546,7 @@ impl Cluster {
                     error: if this_node { None } else { state.error },
                     probes: state.probes,
                     requests: state.requests,
+                    queue_heartbeats: state.queue_heartbeats,
                 }
             })
             .collect();

@@ -1528,6 +1528,65 @@ pub struct Group {
     stop: tokio::sync::watch::Sender<bool>,
     /// Proposals held while leadership is transferred (see [`members`]).
     paused: AtomicBool,
+    /// When its leader last sent entries or a new commit index (shared
+    /// with its network, see [`GroupNetwork`]).
+    busy: Arc<Mutex<Activity>>,
+}
+
+/// When a group's leader last sent a member entries or a new commit
+/// index, and that index.
+type Activity = (std::time::Instant, Option<LogId<NodeId>>);
+
+/// An idle group's leader heartbeats once every this many heartbeat
+/// intervals (see [`pace_idle_heartbeats`]).
+const IDLE_HEARTBEAT_EVERY: u32 = 3;
+
+/// Paces the heartbeats of the groups this node leads: at the configured
+/// interval while a group is busy, once every [`IDLE_HEARTBEAT_EVERY`]
+/// intervals once it is idle (as its heartbeats are batched: nothing sent
+/// for a second but heartbeats).
+///
+/// An idle queue's heartbeats were most of what it costs: each wakes the
+/// Raft core on the leader and on both followers, 10 a second per queue
+/// (RabbitMQ's Ra sends none). A follower stands only once its leader's
+/// lease (the longest election timeout) and an election timeout passed
+/// without a heartbeat, so one every 3 intervals (0.3 s by default, the
+/// lease 0.8 s; the timing requires elections to wait at least 3
+/// intervals) keeps every lease with room for a late one. A dead leader
+/// is still noticed at once by the node's failure detection
+/// ([`crate::failover`]); a cut-off leader of an idle queue up to two
+/// intervals later. A busy group is left to openraft: a follower is sent
+/// one request at a time, and a busy group's heartbeats carry its commit
+/// index. A group whose leadership is being transferred is left alone
+/// (the transfer turns its heartbeats off).
+async fn pace_idle_heartbeats(groups: Weak<QueueGroups>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticks: u32 = 0;
+    loop {
+        tick.tick().await;
+        ticks = ticks.wrapping_add(1);
+        let all: Vec<Arc<Group>> = match groups.upgrade() {
+            Some(g) => g.groups.lock().values().cloned().collect(),
+            None => return,
+        };
+        let beat_now = ticks.is_multiple_of(IDLE_HEARTBEAT_EVERY);
+        for g in all {
+            if g.paused.load(Ordering::Acquire) {
+                continue;
+            }
+            let leads = g.raft.metrics().borrow().state == ServerState::Leader;
+            let idle = leads && g.busy.lock().0.elapsed() >= IDLE_BEFORE_BATCHING;
+            // openraft's own heartbeats, on for every group that is not an
+            // idle leader: a member elected later starts with them.
+            g.raft.runtime_config().heartbeat(!idle);
+            if idle && beat_now {
+                if let Err(e) = g.raft.trigger().heartbeat().await {
+                    tracing::debug!(group = g.def.group, "no heartbeat: {e}");
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Group {
@@ -1585,7 +1644,8 @@ impl QueueGroups {
         dir: &Path,
         runtime: tokio::runtime::Handle,
     ) -> Arc<QueueGroups> {
-        Arc::new_cyclic(|this| QueueGroups {
+        let interval = network.link.config.queue_timing.heartbeat;
+        let groups = Arc::new_cyclic(|this| QueueGroups {
             link: Arc::clone(&network.link),
             network,
             broker,
@@ -1599,7 +1659,11 @@ impl QueueGroups {
             closed: AtomicBool::new(false),
             heartbeats: Arc::default(),
             reports: carriers::Carriers::default(),
-        })
+        });
+        groups
+            .runtime
+            .spawn(pace_idle_heartbeats(Arc::downgrade(&groups), interval));
+        groups
     }
 
     /// Sets where members are dialled (the metadata group's membership);
@@ -1842,6 +1906,7 @@ impl QueueGroups {
             dir,
             stop: tokio::sync::watch::Sender::new(false),
             paused: AtomicBool::new(false),
+            busy: Arc::clone(&network.busy),
         });
         self.groups
             .lock()
@@ -2376,13 +2441,13 @@ pub(crate) struct GroupNetwork {
     pub(crate) group: Arc<str>,
     heartbeats: Arc<heartbeats::Heartbeats>,
     /// When the group's leader last sent a member entries or a new
-    /// commit index, and that index: its heartbeats are batched only once
-    /// the group is idle. Kept for the group, not for each client:
+    /// commit index, and that index: its heartbeats are batched, and
+    /// paced ([`pace_idle_heartbeats`]), only once the group is idle. Kept for the group, not for each client:
     /// openraft makes a new client for every round of heartbeats that
     /// proves a leadership (a stream's single-active-consumer reports ask
     /// for one every 250 ms), and each, new, took its group for busy and
     /// sent alone.
-    busy: Arc<Mutex<(std::time::Instant, Option<LogId<NodeId>>)>>,
+    busy: Arc<Mutex<Activity>>,
 }
 
 pub(crate) struct GroupClient {

@@ -204,6 +204,11 @@ async fn serve_peer(
             return Ok(());
         }
         node.link.received(&peer);
+        if let Request::QueueAppend { rpc, .. } = &request {
+            if rpc.entries.is_empty() {
+                node.link.heartbeats_from(&peer, 1);
+            }
+        }
         let response = match request {
             Request::Append(rpc) => Response::Append(node.raft.append_entries(rpc).await),
             Request::Vote(rpc) => Response::Vote(node.raft.vote(rpc).await),
@@ -243,6 +248,7 @@ async fn serve_peer(
                 Response::Members(node.change_members(change).await)
             }
             Request::QueueHeartbeats { within_ms, beats } => {
+                node.link.heartbeats_from(&peer, beats.len());
                 node.queue_groups
                     .serve_heartbeats(beats, Duration::from_millis(within_ms))
                     .await

@@ -1265,12 +1265,11 @@ async fn a_quorum_queue_is_served_through_nodes_that_do_not_lead_it() {
     .await;
 }
 
-/// The requests node `i` received from nodes 1 and 2 over the cluster
-/// link.
-async fn link_requests(c: &TestCluster, i: usize) -> [u64; 2] {
+/// What node `i` counts in `field` of nodes 1 and 2 (on `/api/nodes`).
+async fn from_peers(c: &TestCluster, i: usize, field: &str) -> [u64; 2] {
     [
-        c.count_of_peer(i, 1, "link_requests").await,
-        c.count_of_peer(i, 2, "link_requests").await,
+        c.count_of_peer(i, 1, field).await,
+        c.count_of_peer(i, 2, field).await,
     ]
 }
 
@@ -1300,11 +1299,11 @@ async fn idle_queues_heartbeats_travel_together() {
     // A group's heartbeats are batched once it has been idle for a second:
     // each second's rates until both peers' are low.
     let deadline = Instant::now() + harness::WAIT;
-    let mut before = link_requests(&c, 0).await;
+    let mut before = from_peers(&c, 0, "link_requests").await;
     let mut start = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = link_requests(&c, 0).await;
+        let after = from_peers(&c, 0, "link_requests").await;
         let seconds = start.elapsed().as_secs_f64();
         let rates: Vec<f64> = (0..2)
             .map(|p| (after[p] - before[p]) as f64 / seconds)
@@ -1318,4 +1317,66 @@ async fn idle_queues_heartbeats_travel_together() {
         );
         (before, start) = (after, Instant::now());
     }
+}
+
+/// An idle quorum queue's leader heartbeats at a third of the busy rate:
+/// with 90 idle queues (about 30 led by each node, each followed by the
+/// other two), each peer sends node 0 about 90 heartbeats a second (the
+/// test passes under 120). Every queue heartbeated at the busy rate
+/// before, idle or not: about 200 a second from each peer. A queue that gets
+/// busy again heartbeats at the full rate (see the quorum benchmark's
+/// confirmed rate, which needs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_queues_heartbeat_less_often() {
+    const QUEUES: usize = 90;
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until_leader(&[0, 1, 2]).await;
+    let mut channels = Vec::new();
+    for i in 0..3 {
+        let conn = connect(&c.nodes[i].amqp_uri()).await.expect("connect");
+        channels.push((conn.create_channel().await.expect("channel"), conn));
+    }
+    for q in 0..QUEUES {
+        declare_quorum(&channels[q % 3].0, &format!("calm-{q}"), &[]).await;
+    }
+    for q in 0..QUEUES {
+        wait_leader(&c, &format!("calm-{q}")).await;
+    }
+    let deadline = Instant::now() + harness::WAIT;
+    let (mut before, mut start) = (from_peers(&c, 0, "queue_heartbeats").await, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = from_peers(&c, 0, "queue_heartbeats").await;
+        let seconds = start.elapsed().as_secs_f64();
+        let rates: Vec<f64> = (0..2)
+            .map(|p| (after[p] - before[p]) as f64 / seconds)
+            .collect();
+        if rates.iter().all(|&r| r < 120.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes 1 and 2 still send node 0 {rates:.0?} heartbeats a second for {QUEUES} idle queues"
+        );
+        (before, start) = (after, Instant::now());
+    }
+    // A paced queue takes a publish at once: its leader appends it
+    // without waiting for a heartbeat.
+    let ch = &channels[0].0;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let confirm = ch
+        .basic_publish(
+            "",
+            "calm-0",
+            BasicPublishOptions::default(),
+            b"again",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack(), "{confirm:?}");
 }

@@ -291,6 +291,10 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
                 // Requests it sent this node over the cluster link (the
                 // heartbeats of many queues in one message count once).
                 "link_requests": (!m.this_node).then_some(m.requests),
+                // Each quorum queue's heartbeats it sent this node, batched
+                // or not: a leader paces an idle queue's at a third of the
+                // busy rate.
+                "queue_heartbeats": (!m.this_node).then_some(m.queue_heartbeats),
             });
             let mut node = if m.this_node {
                 std::mem::take(&mut local)
