@@ -355,6 +355,27 @@ pub(crate) async fn run<C: LogConfig>(
     let me = voters.network().link.config.node_id();
     let mut timeout = election_timeout(timing);
     loop {
+        // Asked of the metrics, not of the Raft core: a leader's timer (one
+        // per group it leads) no longer sends its core a message every
+        // timeout.
+        let (leads, voter) = {
+            let metrics = raft.metrics();
+            if metrics.has_changed().is_err() {
+                // Raft stopped: the group is gone, or the node.
+                return;
+            }
+            let m = metrics.borrow();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == me);
+            (m.state == ServerState::Leader, voter)
+        };
+        if leads || !voter {
+            tokio::time::sleep(timeout).await;
+            continue;
+        }
         let Ok((since, committed)) = raft
             .with_raft_state(|st| {
                 (
@@ -367,20 +388,6 @@ pub(crate) async fn run<C: LogConfig>(
             // Raft stopped: the group is gone, or the node.
             return;
         };
-        let (leads, voter) = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            let voter = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == me);
-            (m.state == ServerState::Leader, voter)
-        };
-        if leads || !voter {
-            tokio::time::sleep(timeout).await;
-            continue;
-        }
         let wait = if committed { lease + timeout } else { timeout };
         let due = since.map_or(Duration::ZERO, |s| wait.saturating_sub(s));
         if !due.is_zero() {

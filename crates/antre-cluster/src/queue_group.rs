@@ -2268,7 +2268,11 @@ async fn followers_close(group: &Group) {
 /// listings) up to date.
 async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
     let mut stop = group.stop.subscribe();
-    let mut metrics = group.raft.metrics();
+    // The server's metrics, which change with its state, leader or vote:
+    // `metrics()` changes with every message the Raft core handles (a
+    // heartbeat, its answer), and woke this task each time, for every
+    // group on every member.
+    let mut metrics = group.raft.server_metrics();
     let mut known_leader: Option<NodeId> = None;
     loop {
         let Some(groups) = groups.upgrade() else {
@@ -2276,7 +2280,7 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
         };
         let (state, leader, term) = {
             let m = metrics.borrow_and_update();
-            (m.state, m.current_leader, m.current_term)
+            (m.state, m.current_leader, m.vote.leader_id().get_term())
         };
         let me = groups.link.config.node_id();
         let engine = &group.machine.engine;
