@@ -1273,6 +1273,54 @@ async fn from_peers(c: &TestCluster, i: usize, field: &str) -> [u64; 2] {
     ]
 }
 
+/// Idle queues on three nodes: [`IDLE_QUEUES`] quorum queues, each
+/// declared through (and so led by) the nodes in turn, each with a
+/// leader. Also a connection to node 0.
+async fn idle_cluster(prefix: &str) -> (TestCluster, Connection) {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until_leader(&[0, 1, 2]).await;
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        conns.push(connect(&c.nodes[i].amqp_uri()).await.expect("connect"));
+    }
+    for q in 0..IDLE_QUEUES {
+        let ch = conns[q % 3].create_channel().await.expect("channel");
+        declare_quorum(&ch, &format!("{prefix}-{q}"), &[]).await;
+    }
+    for q in 0..IDLE_QUEUES {
+        wait_leader(&c, &format!("{prefix}-{q}")).await;
+    }
+    (c, conns.swap_remove(0))
+}
+
+/// How many idle queues [`idle_cluster`] declares: about 30 led by each
+/// node and followed by the other two.
+const IDLE_QUEUES: usize = 90;
+
+/// Waits until node 0 counts fewer than `limit` a second in `field` of
+/// each of nodes 1 and 2 over a second (the groups go idle a second after
+/// their last entry); fails after [`harness::WAIT`].
+async fn until_peers_send_less(c: &TestCluster, field: &str, limit: f64) {
+    let deadline = Instant::now() + harness::WAIT;
+    let (mut before, mut start) = (from_peers(c, 0, field).await, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = from_peers(c, 0, field).await;
+        let seconds = start.elapsed().as_secs_f64();
+        let rates: Vec<f64> = (0..2)
+            .map(|p| (after[p] - before[p]) as f64 / seconds)
+            .collect();
+        if rates.iter().all(|&r| r < limit) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes 1 and 2 still send node 0 {rates:.0?} {field} a second for {IDLE_QUEUES} idle queues"
+        );
+        (before, start) = (after, Instant::now());
+    }
+}
+
 /// Idle quorum queues' heartbeats to a member travel together: the
 /// messages a node receives from a peer stay under about a hundred a
 /// second however many groups that peer leads (about 60 here, once
@@ -1281,102 +1329,24 @@ async fn from_peers(c: &TestCluster, i: usize, field: &str) -> [u64; 2] {
 /// node, sent each of its peers about 200 messages a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_queues_heartbeats_travel_together() {
-    const QUEUES: usize = 90;
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until_leader(&[0, 1, 2]).await;
-    let mut channels = Vec::new();
-    for i in 0..3 {
-        let conn = connect(&c.nodes[i].amqp_uri()).await.expect("connect");
-        channels.push((conn.create_channel().await.expect("channel"), conn));
-    }
-    // Each declared through a node of its own: led there.
-    for q in 0..QUEUES {
-        declare_quorum(&channels[q % 3].0, &format!("idle-{q}"), &[]).await;
-    }
-    for q in 0..QUEUES {
-        wait_leader(&c, &format!("idle-{q}")).await;
-    }
-    // A group's heartbeats are batched once it has been idle for a second:
-    // each second's rates until both peers' are low.
-    let deadline = Instant::now() + harness::WAIT;
-    let mut before = from_peers(&c, 0, "link_requests").await;
-    let mut start = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = from_peers(&c, 0, "link_requests").await;
-        let seconds = start.elapsed().as_secs_f64();
-        let rates: Vec<f64> = (0..2)
-            .map(|p| (after[p] - before[p]) as f64 / seconds)
-            .collect();
-        if rates.iter().all(|&r| r < 120.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nodes 1 and 2 still send {rates:.0?} messages a second to node 0 for {QUEUES} idle queues"
-        );
-        (before, start) = (after, Instant::now());
-    }
+    let (c, _conn) = idle_cluster("idle").await;
+    until_peers_send_less(&c, "link_requests", 120.0).await;
 }
 
 /// An idle quorum queue's leader heartbeats at a third of the busy rate:
 /// with 90 idle queues (about 30 led by each node, each followed by the
 /// other two), each peer sends node 0 about 90 heartbeats a second (the
 /// test passes under 120). Every queue heartbeated at the busy rate
-/// before, idle or not: about 200 a second from each peer. A queue that gets
-/// busy again heartbeats at the full rate (see the quorum benchmark's
-/// confirmed rate, which needs it).
+/// before, idle or not: about 200 a second from each peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_queues_heartbeat_less_often() {
-    const QUEUES: usize = 90;
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until_leader(&[0, 1, 2]).await;
-    let mut channels = Vec::new();
-    for i in 0..3 {
-        let conn = connect(&c.nodes[i].amqp_uri()).await.expect("connect");
-        channels.push((conn.create_channel().await.expect("channel"), conn));
-    }
-    for q in 0..QUEUES {
-        declare_quorum(&channels[q % 3].0, &format!("calm-{q}"), &[]).await;
-    }
-    for q in 0..QUEUES {
-        wait_leader(&c, &format!("calm-{q}")).await;
-    }
-    let deadline = Instant::now() + harness::WAIT;
-    let (mut before, mut start) = (from_peers(&c, 0, "queue_heartbeats").await, Instant::now());
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = from_peers(&c, 0, "queue_heartbeats").await;
-        let seconds = start.elapsed().as_secs_f64();
-        let rates: Vec<f64> = (0..2)
-            .map(|p| (after[p] - before[p]) as f64 / seconds)
-            .collect();
-        if rates.iter().all(|&r| r < 120.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nodes 1 and 2 still send node 0 {rates:.0?} heartbeats a second for {QUEUES} idle queues"
-        );
-        (before, start) = (after, Instant::now());
-    }
+    let (c, conn) = idle_cluster("calm").await;
+    until_peers_send_less(&c, "queue_heartbeats", 120.0).await;
     // A paced queue takes a publish at once: its leader appends it
     // without waiting for a heartbeat.
-    let ch = &channels[0].0;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    let confirm = ch
-        .basic_publish(
-            "",
-            "calm-0",
-            BasicPublishOptions::default(),
-            b"again",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    assert!(confirm.is_ack(), "{confirm:?}");
+    let ch = confirm_channel(&conn).await;
+    assert_eq!(
+        publish_confirmed(&ch, "calm-0", b"again", harness::WAIT).await,
+        Some(true)
+    );
 }
