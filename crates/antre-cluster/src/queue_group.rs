@@ -2446,11 +2446,11 @@ pub(crate) struct GroupNetwork {
     heartbeats: Arc<heartbeats::Heartbeats>,
     /// When the group's leader last sent a member entries or a new
     /// commit index, and that index: its heartbeats are batched, and
-    /// paced ([`pace_idle_heartbeats`]), only once the group is idle. Kept for the group, not for each client:
-    /// openraft makes a new client for every round of heartbeats that
-    /// proves a leadership (a stream's single-active-consumer reports ask
-    /// for one every 250 ms), and each, new, took its group for busy and
-    /// sent alone.
+    /// paced ([`pace_idle_heartbeats`]), only once the group is idle.
+    /// Kept for the group, not for each client: openraft makes a new
+    /// client for every round of heartbeats that proves a leadership (a
+    /// stream's single-active-consumer reports ask for one every 250 ms),
+    /// and each, new, took its group for busy and sent alone.
     busy: Arc<Mutex<Activity>>,
 }
 

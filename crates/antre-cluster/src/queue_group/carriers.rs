@@ -41,9 +41,9 @@ pub(crate) trait Batch: Sized + Send + 'static {
     fn ttl(&self) -> Duration;
     /// The request carrying `calls`, to be answered within `ttl`.
     fn request(calls: Vec<Self>, ttl: Duration) -> Request;
-    /// Each call's answer, in order, from the member's `response` to a
-    /// batch of `n`; `None` for a response of the wrong kind.
-    fn answers(response: Response, n: usize) -> Option<Vec<Result<Self::Answer, CallError>>>;
+    /// Each call's answer, in order, from the member's `response`; `None`
+    /// for a response of the wrong kind.
+    fn answers(response: Response) -> Option<Vec<Result<Self::Answer, CallError>>>;
 }
 
 /// One call on its way.
@@ -176,11 +176,13 @@ impl<B: Batch> Carrier<B> {
                 sent.push(c.call);
             }
             let each = match conn.call(&B::request(sent, ttl), ttl).await {
-                Ok(response) => B::answers(response, n).unwrap_or_else(|| {
-                    (0..n)
-                        .map(|_| Err(CallError::Network("answer of the wrong kind".into())))
-                        .collect()
-                }),
+                Ok(response) => B::answers(response)
+                    .filter(|each| each.len() == n)
+                    .unwrap_or_else(|| {
+                        (0..n)
+                            .map(|_| Err(CallError::Network("answer of the wrong kind".into())))
+                            .collect()
+                    }),
                 Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
             };
             for (answer, r) in answers.into_iter().zip(each) {
@@ -190,10 +192,25 @@ impl<B: Batch> Carrier<B> {
     }
 }
 
-/// Each of `n` calls' answer from a batch's answers, `None` unless there
-/// is one per call.
-pub(super) fn each<T>(answers: Vec<T>, n: usize) -> Option<Vec<T>> {
-    (answers.len() == n).then_some(answers)
+/// The member's side of a batch: every call handled side by side, each
+/// answered within half of the sender's `within` (the rest is for the
+/// answer's way back) or, if not done by then, with what its `late`
+/// gives, so that a slow one holds up no other call's answer.
+pub(super) async fn answer_each<F, L>(
+    within: Duration,
+    calls: impl IntoIterator<Item = (F, L)>,
+) -> Vec<F::Output>
+where
+    F: std::future::Future,
+    L: FnOnce() -> F::Output,
+{
+    let deadline = tokio::time::Instant::now() + within / 2;
+    let each = calls.into_iter().map(|(call, late)| async move {
+        tokio::time::timeout_at(deadline, call)
+            .await
+            .unwrap_or_else(|_| late())
+    });
+    futures::future::join_all(each).await
 }
 
 #[cfg(test)]
@@ -212,8 +229,8 @@ mod tests {
         fn request(_: Vec<Echo>, _: Duration) -> Request {
             Request::Ping
         }
-        fn answers(_: Response, n: usize) -> Option<Vec<Result<(), CallError>>> {
-            Some((0..n).map(|_| Ok(())).collect())
+        fn answers(_: Response) -> Option<Vec<Result<(), CallError>>> {
+            Some(vec![Ok(())])
         }
     }
 

@@ -2,7 +2,6 @@
 //! node with members of the stream's groups reports them to the stream's
 //! leader, which runs the one [`Coordinator`] of the stream (see
 //! [`antre_broker::stream::sac`] for the protocol and its leases).
-
 //!
 //! A node's reports to one leader's node travel together (see
 //! [`super::carriers`]): every stream's members are reported every
@@ -69,11 +68,11 @@ impl Batch for StreamReport {
         }
     }
 
-    fn answers(response: Response, n: usize) -> Option<Vec<Result<Self::Answer, CallError>>> {
+    fn answers(response: Response) -> Option<Vec<Result<Self::Answer, CallError>>> {
         let Response::StreamConsumers(each) = response else {
             return None;
         };
-        carriers::each(each.into_iter().map(Ok).collect(), n)
+        Some(each.into_iter().map(Ok).collect())
     }
 }
 
@@ -120,13 +119,12 @@ impl QueueGroups {
         reports: Vec<(String, Report)>,
         within: Duration,
     ) -> Response {
-        let deadline = tokio::time::Instant::now() + within / 2;
-        let each = reports.into_iter().map(|(group, report)| async move {
-            tokio::time::timeout_at(deadline, self.coordinate(&group, &report))
-                .await
-                .unwrap_or_else(|_| Err("the stream's leader did not answer in time".into()))
+        let each = reports.into_iter().map(|(group, report)| {
+            let answer = async move { self.coordinate(&group, &report).await };
+            let late = || Err("the stream's leader did not answer in time".into());
+            (answer, late)
         });
-        Response::StreamConsumers(futures::future::join_all(each).await)
+        Response::StreamConsumers(carriers::answer_each(within, each).await)
     }
 
     /// Answers a node's report, on the stream's leader: only while a

@@ -49,7 +49,7 @@ impl Batch for Beat {
         }
     }
 
-    fn answers(response: Response, n: usize) -> Option<Vec<Result<Response, CallError>>> {
+    fn answers(response: Response) -> Option<Vec<Result<Response, CallError>>> {
         let Response::QueueHeartbeats(each) = response else {
             return None;
         };
@@ -59,7 +59,7 @@ impl Batch for Beat {
             ))),
             r => no_group(r),
         });
-        carriers::each(each.collect(), n)
+        Some(each.collect())
     }
 }
 
@@ -73,20 +73,17 @@ impl QueueGroups {
         beats: Vec<(String, AppendEntriesRequest<QueueTypeConfig>)>,
         within: Duration,
     ) -> Response {
-        // Half the sender's time: the rest is for the answer's way back.
-        let deadline = tokio::time::Instant::now() + within / 2;
         let each = beats.into_iter().map(|(group, rpc)| {
             let g = self.group(&group);
-            async move {
-                let Some(g) = g else {
-                    return Response::NoGroup(group);
-                };
-                match tokio::time::timeout_at(deadline, g.raft.append_entries(rpc)).await {
-                    Ok(r) => Response::QueueAppend(r),
-                    Err(_) => Response::Late(group),
+            let late = group.clone();
+            let answer = async move {
+                match g {
+                    Some(g) => Response::QueueAppend(g.raft.append_entries(rpc).await),
+                    None => Response::NoGroup(group),
                 }
-            }
+            };
+            (answer, move || Response::Late(late))
         });
-        Response::QueueHeartbeats(futures::future::join_all(each).await)
+        Response::QueueHeartbeats(carriers::answer_each(within, each).await)
     }
 }
