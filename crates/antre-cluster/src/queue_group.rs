@@ -1531,6 +1531,18 @@ pub struct Group {
     /// When its leader last sent entries or a new commit index (shared
     /// with its network, see [`GroupNetwork`]).
     busy: Arc<Mutex<Activity>>,
+    /// Whether openraft's timer (its tick) runs for this replica (see
+    /// [`pace_idle_heartbeats`]); openraft has no getter for it.
+    ticking: AtomicBool,
+}
+
+impl Group {
+    /// Starts or stops openraft's timer for this replica.
+    fn set_ticking(&self, on: bool) {
+        if self.ticking.swap(on, Ordering::AcqRel) != on {
+            self.raft.runtime_config().tick(on);
+        }
+    }
 }
 
 /// When a group's leader last sent a member entries or a new commit
@@ -1559,6 +1571,14 @@ const IDLE_HEARTBEAT_EVERY: u32 = 3;
 /// one request at a time, and a busy group's heartbeats carry its commit
 /// index. A group whose leadership is being transferred is left alone
 /// (the transfer turns its heartbeats off).
+///
+/// openraft's timer (its tick, every 1.5 heartbeat intervals) runs only
+/// for the leaders of busy groups. With elections left to
+/// [`crate::election`], it does nothing on a follower and only sends an
+/// idle leader's heartbeats, which are off: yet each tick woke the Raft
+/// core of every replica, which then republished its metrics, 20 times
+/// a second for an idle queue on three nodes (its paced heartbeats,
+/// their answers and triggers, about 17).
 async fn pace_idle_heartbeats(groups: Weak<QueueGroups>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -1566,8 +1586,11 @@ async fn pace_idle_heartbeats(groups: Weak<QueueGroups>, interval: Duration) {
     loop {
         tick.tick().await;
         ticks = ticks.wrapping_add(1);
-        let all: Vec<Arc<Group>> = match groups.upgrade() {
-            Some(g) => g.groups.lock().values().cloned().collect(),
+        let (all, me): (Vec<Arc<Group>>, NodeId) = match groups.upgrade() {
+            Some(g) => (
+                g.groups.lock().values().cloned().collect(),
+                g.link.config.node_id(),
+            ),
             None => return,
         };
         let beat_now = ticks.is_multiple_of(IDLE_HEARTBEAT_EVERY);
@@ -1575,11 +1598,30 @@ async fn pace_idle_heartbeats(groups: Weak<QueueGroups>, interval: Duration) {
             if g.paused.load(Ordering::Acquire) {
                 continue;
             }
-            let leads = g.raft.metrics().borrow().state == ServerState::Leader;
+            let (leads, voter) = {
+                let m = g.raft.metrics();
+                let m = m.borrow();
+                // One config (not a joint one) naming this node.
+                let voter = match m
+                    .membership_config
+                    .membership()
+                    .get_joint_config()
+                    .as_slice()
+                {
+                    [voters] => voters.contains(&me),
+                    _ => false,
+                };
+                (m.state == ServerState::Leader, voter)
+            };
             let idle = leads && g.busy.lock().0.elapsed() >= IDLE_BEFORE_BATCHING;
             // openraft's own heartbeats, on for every group that is not an
             // idle leader: a member elected later starts with them.
             g.raft.runtime_config().heartbeat(!idle);
+            // openraft's timer, for what it does with elections off: a
+            // leader's heartbeats, and stepping down once a membership
+            // without it is committed (so a leader outside its voters
+            // keeps it). lead_loop starts it when a member is elected.
+            g.set_ticking(leads && !(idle && voter));
             if idle && beat_now {
                 if let Err(e) = g.raft.trigger().heartbeat().await {
                     tracing::debug!(group = g.def.group, "no heartbeat: {e}");
@@ -1768,6 +1810,17 @@ impl QueueGroups {
         });
     }
 
+    /// How many of this node's replicas have openraft's timer running:
+    /// leaders of queues busy within the last second (see
+    /// [`pace_idle_heartbeats`]).
+    pub fn ticking(&self) -> usize {
+        self.groups
+            .lock()
+            .values()
+            .filter(|g| g.ticking.load(Ordering::Acquire))
+            .count()
+    }
+
     /// Groups this node runs, by id.
     pub fn running(&self) -> Vec<String> {
         self.groups.lock().keys().cloned().collect()
@@ -1907,6 +1960,8 @@ impl QueueGroups {
             stop: tokio::sync::watch::Sender::new(false),
             paused: AtomicBool::new(false),
             busy: Arc::clone(&network.busy),
+            // openraft starts a replica with its timer on.
+            ticking: AtomicBool::new(true),
         });
         self.groups
             .lock()
@@ -2274,6 +2329,7 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
     // group on every member.
     let mut metrics = group.raft.server_metrics();
     let mut known_leader: Option<NodeId> = None;
+    let mut led = false;
     loop {
         let Some(groups) = groups.upgrade() else {
             return;
@@ -2285,6 +2341,13 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
         let me = groups.link.config.node_id();
         let engine = &group.machine.engine;
         let active = engine.active.load(Ordering::Acquire);
+        let leads = state == ServerState::Leader;
+        if leads && !led {
+            // Just elected: its heartbeats, until it is idle (see
+            // pace_idle_heartbeats, which owns the timer from then on).
+            group.set_ticking(true);
+        }
+        led = leads;
         if state == ServerState::Leader && !active {
             take_over(&groups, &group, term).await;
         } else if state != ServerState::Leader && active {
@@ -2316,12 +2379,17 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
             known_leader = leader;
         }
         drop(groups);
-        // A leader whose takeover failed tries again shortly.
-        let retry = tokio::time::sleep(Duration::from_millis(if state == ServerState::Leader {
-            200
-        } else {
-            2000
-        }));
+        // A leader whose takeover failed tries again shortly. Nothing
+        // else changes but with the metrics: a timer for every replica
+        // woke every queue's members for nothing.
+        let failed = leads && !engine.active.load(Ordering::Acquire);
+        let retry = async {
+            if failed {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
             r = metrics.changed() => if r.is_err() { return },
             _ = retry => {}

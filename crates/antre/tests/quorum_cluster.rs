@@ -1350,3 +1350,40 @@ async fn idle_queues_heartbeat_less_often() {
         Some(true)
     );
 }
+
+/// Idle quorum queues run no Raft timer on any member: openraft's tick
+/// woke every replica's Raft core 6.7 times a second (20 for a queue on
+/// three nodes) though it had nothing to do but an idle leader's
+/// heartbeats, which are paced. Before, every replica of the 90 idle
+/// queues ticked on every node. A queue that gets busy has its leader's
+/// timer running again, for its heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_queues_run_no_raft_timer() {
+    let (c, conn) = idle_cluster("still").await;
+    let ticking = |i: usize| {
+        let c = &c;
+        async move { c.count_of_peer(i, i, "quorum_ticking").await }
+    };
+    c.until("no idle replica ticking on any node", || async {
+        for i in 0..3 {
+            if ticking(i).await != 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let leader = wait_leader(&c, "still-0").await;
+    let ch = confirm_channel(&conn).await;
+    c.until("the busy queue's leader ticking", || async {
+        assert_eq!(
+            publish_confirmed(&ch, "still-0", b"busy", harness::WAIT).await,
+            Some(true)
+        );
+        ticking(leader).await == 1
+    })
+    .await;
+    for i in (0..3).filter(|&i| i != leader) {
+        assert_eq!(ticking(i).await, 0, "node {i}, a follower, ticks");
+    }
+}

@@ -358,6 +358,9 @@ pub(crate) fn quorum_counts(cluster: &antre_cluster::Cluster, node: &mut Value) 
         .count();
     node["quorum_replicas"] = json!(groups.len());
     node["quorum_leaders"] = json!(leading);
+    // Replicas whose Raft timer runs: the leaders of queues busy within
+    // the last second (an idle queue costs no timer on any member).
+    node["quorum_ticking"] = json!(cluster.queue_groups.ticking());
 }
 
 /// This node as `/api/nodes` shows it.
