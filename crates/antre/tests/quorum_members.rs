@@ -425,6 +425,45 @@ async fn members_are_removed_one_queue_and_node_wide() {
 /// A member removed and added back at once: its new replica must not
 /// open the directory its old one is still stopping in (or deleting), and
 /// must end up with every message.
+/// The leader of an idle queue, whose replicas run no Raft timer, removed
+/// from its members: the other two elect a leader, which takes publishes
+/// and has every message. (The removal does not wait for the removed
+/// leader's timer to step it down: the node stops its replica when the
+/// metadata entry that removes it is applied.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_queues_leader_removed_from_its_members_hands_over() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let (_conn, _ch) = on_three_members(&c, "resting", 3).await;
+    let l = wait_for(&c, "a leader of resting", || c.queue_leader("resting")).await;
+    // Idle: no replica of the queue runs its timer on any node.
+    c.until("the queue to rest", || async {
+        let mut ticking = 0;
+        for i in 0..3 {
+            ticking += c.count_of_peer(i, i, "quorum_ticking").await;
+        }
+        ticking == 0
+    })
+    .await;
+    let gone = c.nodes[l].name.clone();
+    let (ok, out, err) = c
+        .cli((l + 1) % 3, &["queues", "delete-member", "resting", &gone])
+        .await;
+    assert!(ok, "{out}{err}");
+    let rest: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != gone)
+        .collect();
+    c.until_members("resting", &rest).await;
+    let next = wait_for(&c, "a new leader of resting", || async {
+        c.queue_leader("resting").await.filter(|&n| n != l)
+    })
+    .await;
+    let conn = connect(&c.nodes[next].amqp_uri()).await;
+    let ch = confirm_channel(&conn).await;
+    publish_until_confirmed(&c, &ch, "resting", b"m3").await;
+    assert_every_message_at_leader(&c, "resting", 4).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_removed_and_added_back_at_once_keeps_every_message() {
     let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
