@@ -1531,15 +1531,53 @@ pub struct Group {
     /// When its leader last sent entries or a new commit index (shared
     /// with its network, see [`GroupNetwork`]).
     busy: Arc<Mutex<Activity>>,
-    /// Whether openraft's timer (its tick) runs for this replica (see
-    /// [`pace_idle_heartbeats`]); openraft has no getter for it.
-    ticking: AtomicBool,
+    /// Whether this member leads, as [`lead_loop`] last saw it: the
+    /// groups [`pace_idle_heartbeats`] visits (read without the lock).
+    leads: AtomicBool,
+    /// Its openraft timer and heartbeats, set by [`lead_loop`] when the
+    /// member is elected or steps down and by [`pace_idle_heartbeats`]
+    /// while it leads.
+    timer: Mutex<Timer>,
+}
+
+/// What openraft is told about a member's timer (its tick) and heartbeats
+/// (openraft has no getters for them).
+#[derive(Debug)]
+struct Timer {
+    /// As [`Group::leads`], written under this lock: the pacing task
+    /// changes nothing once the leadership loop has seen a step-down.
+    leads: bool,
+    ticking: bool,
 }
 
 impl Group {
-    /// Starts or stops openraft's timer for this replica.
-    fn set_ticking(&self, on: bool) {
-        if self.ticking.swap(on, Ordering::AcqRel) != on {
+    /// [`lead_loop`] saw this member elected (`leads`) or step down. An
+    /// elected member's timer runs (its heartbeats) until the pacing task
+    /// finds the group idle; a member that does not lead has it off (it
+    /// does nothing there with elections off) and openraft's heartbeats
+    /// on, for when it is elected again.
+    fn led(&self, leads: bool) {
+        let mut t = self.timer.lock();
+        t.leads = leads;
+        self.leads.store(leads, Ordering::Release);
+        if !leads {
+            self.raft.runtime_config().heartbeat(true);
+        }
+        self.set_ticking(&mut t, leads);
+    }
+
+    /// The pacing task's settings for a leader, unless it stepped down.
+    fn pace(&self, heartbeats: bool, ticking: bool) {
+        let mut t = self.timer.lock();
+        if t.leads {
+            self.raft.runtime_config().heartbeat(heartbeats);
+            self.set_ticking(&mut t, ticking);
+        }
+    }
+
+    fn set_ticking(&self, t: &mut Timer, on: bool) {
+        if t.ticking != on {
+            t.ticking = on;
             self.raft.runtime_config().tick(on);
         }
     }
@@ -1586,42 +1624,44 @@ async fn pace_idle_heartbeats(groups: Weak<QueueGroups>, interval: Duration) {
     loop {
         tick.tick().await;
         ticks = ticks.wrapping_add(1);
-        let (all, me): (Vec<Arc<Group>>, NodeId) = match groups.upgrade() {
+        // Only the groups this node leads: the others' settings change
+        // when they are elected or step down (Group::led).
+        let (leading, me): (Vec<Arc<Group>>, NodeId) = match groups.upgrade() {
             Some(g) => (
-                g.groups.lock().values().cloned().collect(),
+                g.groups
+                    .lock()
+                    .values()
+                    .filter(|g| g.leads.load(Ordering::Acquire))
+                    .cloned()
+                    .collect(),
                 g.link.config.node_id(),
             ),
             None => return,
         };
         let beat_now = ticks.is_multiple_of(IDLE_HEARTBEAT_EVERY);
-        for g in all {
+        for g in leading {
             if g.paused.load(Ordering::Acquire) {
                 continue;
             }
-            let (leads, voter) = {
-                let m = g.raft.metrics();
-                let m = m.borrow();
-                // One config (not a joint one) naming this node.
-                let voter = match m
-                    .membership_config
-                    .membership()
-                    .get_joint_config()
-                    .as_slice()
-                {
-                    [voters] => voters.contains(&me),
-                    _ => false,
-                };
-                (m.state == ServerState::Leader, voter)
+            // One config (not a joint one) naming this node.
+            let voter = match g
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .as_slice()
+            {
+                [voters] => voters.contains(&me),
+                _ => false,
             };
-            let idle = leads && g.busy.lock().0.elapsed() >= IDLE_BEFORE_BATCHING;
-            // openraft's own heartbeats, on for every group that is not an
-            // idle leader: a member elected later starts with them.
-            g.raft.runtime_config().heartbeat(!idle);
+            let idle = g.busy.lock().0.elapsed() >= IDLE_BEFORE_BATCHING;
             // openraft's timer, for what it does with elections off: a
             // leader's heartbeats, and stepping down once a membership
             // without it is committed (so a leader outside its voters
-            // keeps it). lead_loop starts it when a member is elected.
-            g.set_ticking(leads && !(idle && voter));
+            // keeps it).
+            g.pace(!idle, !(idle && voter));
             if idle && beat_now {
                 if let Err(e) = g.raft.trigger().heartbeat().await {
                     tracing::debug!(group = g.def.group, "no heartbeat: {e}");
@@ -1817,7 +1857,7 @@ impl QueueGroups {
         self.groups
             .lock()
             .values()
-            .filter(|g| g.ticking.load(Ordering::Acquire))
+            .filter(|g| g.timer.lock().ticking)
             .count()
     }
 
@@ -1960,8 +2000,13 @@ impl QueueGroups {
             stop: tokio::sync::watch::Sender::new(false),
             paused: AtomicBool::new(false),
             busy: Arc::clone(&network.busy),
-            // openraft starts a replica with its timer on.
-            ticking: AtomicBool::new(true),
+            leads: AtomicBool::new(false),
+            // openraft starts a replica with its timer on; lead_loop's
+            // first look sets it.
+            timer: Mutex::new(Timer {
+                leads: false,
+                ticking: true,
+            }),
         });
         self.groups
             .lock()
@@ -2329,7 +2374,7 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
     // group on every member.
     let mut metrics = group.raft.server_metrics();
     let mut known_leader: Option<NodeId> = None;
-    let mut led = false;
+    let mut led = None;
     loop {
         let Some(groups) = groups.upgrade() else {
             return;
@@ -2342,12 +2387,10 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
         let engine = &group.machine.engine;
         let active = engine.active.load(Ordering::Acquire);
         let leads = state == ServerState::Leader;
-        if leads && !led {
-            // Just elected: its heartbeats, until it is idle (see
-            // pace_idle_heartbeats, which owns the timer from then on).
-            group.set_ticking(true);
+        if led != Some(leads) {
+            group.led(leads);
+            led = Some(leads);
         }
-        led = leads;
         if state == ServerState::Leader && !active {
             take_over(&groups, &group, term).await;
         } else if state != ServerState::Leader && active {
