@@ -1531,9 +1531,6 @@ pub struct Group {
     /// When its leader last sent entries or a new commit index (shared
     /// with its network, see [`GroupNetwork`]).
     busy: Arc<Mutex<Activity>>,
-    /// Whether this member leads, as [`lead_loop`] last saw it: the
-    /// groups [`pace_idle_heartbeats`] visits (read without the lock).
-    leads: AtomicBool,
     /// Its openraft timer and heartbeats, set by [`lead_loop`] when the
     /// member is elected or steps down and by [`pace_idle_heartbeats`]
     /// while it leads.
@@ -1544,32 +1541,41 @@ pub struct Group {
 /// (openraft has no getters for them).
 #[derive(Debug)]
 struct Timer {
-    /// As [`Group::leads`], written under this lock: the pacing task
+    /// Whether the member leads, as [`lead_loop`] last saw it (None
+    /// before its first look): the pacing task visits only leaders, and
     /// changes nothing once the leadership loop has seen a step-down.
-    leads: bool,
+    leads: Option<bool>,
     ticking: bool,
 }
 
 impl Group {
-    /// [`lead_loop`] saw this member elected (`leads`) or step down. An
-    /// elected member's timer runs (its heartbeats) until the pacing task
-    /// finds the group idle; a member that does not lead has it off (it
-    /// does nothing there with elections off) and openraft's heartbeats
-    /// on, for when it is elected again.
+    /// [`lead_loop`] sees whether this member leads; only a change (or
+    /// the first look) changes anything. An elected member's timer runs
+    /// (its heartbeats) until the pacing task finds the group idle; a
+    /// member that does not lead has it off (it does nothing there with
+    /// elections off) and openraft's heartbeats on, for when it is
+    /// elected again.
     fn led(&self, leads: bool) {
         let mut t = self.timer.lock();
-        t.leads = leads;
-        self.leads.store(leads, Ordering::Release);
+        if t.leads == Some(leads) {
+            return;
+        }
+        t.leads = Some(leads);
         if !leads {
             self.raft.runtime_config().heartbeat(true);
         }
         self.set_ticking(&mut t, leads);
     }
 
+    /// Whether [`lead_loop`] last saw this member lead.
+    fn leads(&self) -> bool {
+        self.timer.lock().leads == Some(true)
+    }
+
     /// The pacing task's settings for a leader, unless it stepped down.
     fn pace(&self, heartbeats: bool, ticking: bool) {
         let mut t = self.timer.lock();
-        if t.leads {
+        if t.leads == Some(true) {
             self.raft.runtime_config().heartbeat(heartbeats);
             self.set_ticking(&mut t, ticking);
         }
@@ -1631,7 +1637,7 @@ async fn pace_idle_heartbeats(groups: Weak<QueueGroups>, interval: Duration) {
                 g.groups
                     .lock()
                     .values()
-                    .filter(|g| g.leads.load(Ordering::Acquire))
+                    .filter(|g| g.leads())
                     .cloned()
                     .collect(),
                 g.link.config.node_id(),
@@ -1643,25 +1649,18 @@ async fn pace_idle_heartbeats(groups: Weak<QueueGroups>, interval: Duration) {
             if g.paused.load(Ordering::Acquire) {
                 continue;
             }
-            // One config (not a joint one) naming this node.
-            let voter = match g
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .get_joint_config()
-                .as_slice()
-            {
-                [voters] => voters.contains(&me),
-                _ => false,
-            };
             let idle = g.busy.lock().0.elapsed() >= IDLE_BEFORE_BATCHING;
             // openraft's timer, for what it does with elections off: a
             // leader's heartbeats, and stepping down once a membership
-            // without it is committed (so a leader outside its voters
-            // keeps it).
-            g.pace(!idle, !(idle && voter));
+            // without it is committed (so a leader outside its voters,
+            // one config and not a joint one naming it, keeps it).
+            let rests = idle && {
+                let m = g.raft.metrics();
+                let m = m.borrow();
+                let configs = m.membership_config.membership().get_joint_config();
+                matches!(configs.as_slice(), [voters] if voters.contains(&me))
+            };
+            g.pace(!idle, !rests);
             if idle && beat_now {
                 if let Err(e) = g.raft.trigger().heartbeat().await {
                     tracing::debug!(group = g.def.group, "no heartbeat: {e}");
@@ -2000,11 +1999,10 @@ impl QueueGroups {
             stop: tokio::sync::watch::Sender::new(false),
             paused: AtomicBool::new(false),
             busy: Arc::clone(&network.busy),
-            leads: AtomicBool::new(false),
             // openraft starts a replica with its timer on; lead_loop's
             // first look sets it.
             timer: Mutex::new(Timer {
-                leads: false,
+                leads: None,
                 ticking: true,
             }),
         });
@@ -2374,7 +2372,6 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
     // group on every member.
     let mut metrics = group.raft.server_metrics();
     let mut known_leader: Option<NodeId> = None;
-    let mut led = None;
     loop {
         let Some(groups) = groups.upgrade() else {
             return;
@@ -2387,13 +2384,10 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
         let engine = &group.machine.engine;
         let active = engine.active.load(Ordering::Acquire);
         let leads = state == ServerState::Leader;
-        if led != Some(leads) {
-            group.led(leads);
-            led = Some(leads);
-        }
-        if state == ServerState::Leader && !active {
+        group.led(leads);
+        if leads && !active {
             take_over(&groups, &group, term).await;
-        } else if state != ServerState::Leader && active {
+        } else if !leads && active {
             step_down(&group);
             // Until the next leader is known, this node must not list
             // itself: clients looking for the leader would come to an
