@@ -16,7 +16,9 @@
 //!   factorially even with the cycle rule (ten queues: millions of copies of
 //!   one message). One operation may therefore cause at most a fixed multiple
 //!   of the letters it started with; the rest are dropped, counted and
-//!   logged. RabbitMQ has no such bound and can be taken down this way.
+//!   logged (a letter whose queue keeps it until it is held, at least once,
+//!   is put off instead). RabbitMQ has no such bound and can be taken down
+//!   this way.
 
 use std::sync::Arc;
 
@@ -71,7 +73,11 @@ impl DeadLetterWork {
     pub(crate) fn next_round(&mut self, round: usize) -> Vec<(Arc<Queue>, Vec<DeadLetter>)> {
         let batch = std::mem::take(&mut self.pending);
         if round >= MAX_HOPS {
-            self.dropped += batch.iter().map(|(_, l)| l.len()).sum::<usize>();
+            for (queue, letters) in &batch {
+                for letter in letters {
+                    self.put_off(letter, queue);
+                }
+            }
             return Vec::new();
         }
         if self.budget.is_none() {
@@ -84,16 +90,35 @@ impl DeadLetterWork {
     /// Whether one more letter may be routed; counts it either way.
     pub(crate) fn spend(&mut self) -> bool {
         if self.routed >= self.budget.unwrap_or(MIN_BUDGET) {
-            self.dropped += 1;
             return false;
         }
         self.routed += 1;
         true
     }
 
+    /// A letter over the budget or the hop limit: dropped, or, if its
+    /// queue keeps its message until it is held, routed again later (see
+    /// [`DeadLetter::unroutable`]), so that neither bound ever loses it.
+    pub(crate) fn put_off(&mut self, letter: &DeadLetter, queue: &Queue) {
+        match letter.hold {
+            Some(_) => letter.unroutable(queue),
+            None => self.dropped += 1,
+        }
+    }
+
     /// Whether nothing is left to route.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+}
+
+impl DeadLetter {
+    /// This letter is not routed now: a queue that keeps its message until
+    /// it is held (at least once) routes it again later.
+    pub(crate) fn unroutable(&self, queue: &Queue) {
+        if let Some(seq) = self.hold {
+            queue.dead_letter_routed(seq, None);
+        }
     }
 }
 
@@ -212,6 +237,23 @@ mod tests {
             assert!(work.spend());
         }
         assert!(!work.spend());
+        // Over the budget: an ordinary letter is dropped, one whose queue
+        // keeps it (at least once) is only put off.
+        let clock = Arc::new(crate::clock::ManualClock::at(0));
+        let queue = crate::queue::tests::queue_with(&[], clock);
+        let letter = |hold| DeadLetter {
+            message: Arc::new(Message::new(
+                String::new(),
+                String::new(),
+                antre_amqp::BasicProperties::default(),
+                bytes::Bytes::new(),
+            )),
+            reason: DeathReason::Rejected,
+            hold,
+        };
+        work.put_off(&letter(Some(3)), &queue);
+        assert_eq!(work.dropped, 0);
+        work.put_off(&letter(None), &queue);
         assert_eq!(work.dropped, 1);
     }
 }

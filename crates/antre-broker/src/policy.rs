@@ -20,12 +20,12 @@
 //!   limits, otherwise the operator's) and resolves them against a queue's
 //!   own `x-` arguments ([`AppliedPolicy::queue_args`]): the smaller value
 //!   for TTLs, expiry, length limits, delivery limit and consumer timeout;
-//!   the argument wins for dead-lettering and overflow.
+//!   the argument wins for dead-lettering (its strategy too) and overflow.
 //!
 //! `queue-master-locator` and `queue-leader-locator` place new queues in a
 //! cluster ([`crate::placement`]). Keys that select RabbitMQ features
 //! antre does not have (mirroring `ha-*`, `queue-mode`, `queue-version`,
-//! `initial-cluster-size`, `dead-letter-strategy`, `max-in-memory-*`,
+//! `initial-cluster-size`, `max-in-memory-*`,
 //! stream settings) are validated, stored and shown as in RabbitMQ, and
 //! have no effect.
 
@@ -38,7 +38,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
-use crate::queue::{Overflow, QueueArgs, QueueKind};
+use crate::queue::{DeadLetterStrategy, Overflow, QueueArgs, QueueKind};
 
 /// Whether a policy is a user's policy or an operator policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -865,6 +865,13 @@ impl AppliedPolicy {
         }
         if args.dead_letter_exchange.is_some() && args.dead_letter_routing_key.is_none() {
             args.dead_letter_routing_key = text("dead-letter-routing-key");
+        }
+        if declared.get("x-dead-letter-strategy").is_none() && args.kind == QueueKind::Quorum {
+            args.dead_letter_strategy = match text("dead-letter-strategy").as_deref() {
+                Some("at-least-once") => DeadLetterStrategy::AtLeastOnce,
+                Some("at-most-once") => DeadLetterStrategy::AtMostOnce,
+                _ => args.dead_letter_strategy,
+            };
         }
         if declared.get("x-overflow").is_none() {
             args.overflow = match text("overflow").as_deref() {

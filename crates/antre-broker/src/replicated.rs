@@ -16,7 +16,9 @@
 //!   expiry, dead-letter, purge) it calls [`QueueReplica::settle`]; when a
 //!   delivered message comes back (nack/reject with requeue, consumer gone)
 //!   it calls [`QueueReplica::returned`], which counts a delivery on every
-//!   member (for `x-delivery-limit` after a failover).
+//!   member (for `x-delivery-limit` after a failover); a message
+//!   dead-lettered at least once is marked with
+//!   [`QueueReplica::dead_lettered`] and settled once its letter is held.
 //!
 //! Settles and returns are proposed asynchronously: the client's ack is
 //! answered at once, as RabbitMQ's acks are. If the leader dies before the
@@ -39,6 +41,11 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     fn settle(&self, id: u64);
     /// A delivered message with this id came back to the queue.
     fn returned(&self, id: u64);
+    /// The message with this id is being dead-lettered at least once: it
+    /// stays (out of consumers' reach) until [`QueueReplica::settle`], and
+    /// a new leader dead-letters it again. (No default: a wrapper that
+    /// forgot to pass it on would have a new leader deliver it again.)
+    fn dead_lettered(&self, id: u64, reason: crate::queue::DeathReason);
     /// How many messages this member's replica holds (applied, not
     /// settled): the leader's count once a member caught up.
     fn replicated_messages(&self) -> u64 {

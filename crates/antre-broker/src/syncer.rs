@@ -223,7 +223,7 @@ pub(crate) fn sync_round(queues: &[Arc<dyn Durable>]) -> Vec<Arc<dyn Durable>> {
 }
 
 /// Syncs the local stores; returns those whose sync failed.
-fn fsync_round(queues: &[Arc<dyn Durable>]) -> Vec<Arc<dyn Durable>> {
+pub(crate) fn fsync_round(queues: &[Arc<dyn Durable>]) -> Vec<Arc<dyn Durable>> {
     let mut failed = Vec::new();
     let mut started = Vec::with_capacity(queues.len());
     for q in queues {

@@ -52,7 +52,7 @@ use antre_broker::cluster::{MetaCommand, QuorumDef};
 use antre_broker::durable::Durable;
 use antre_broker::error::BrokerError;
 use antre_broker::message::Message;
-use antre_broker::queue::{Queue, ReplicatedMessage};
+use antre_broker::queue::{DeathReason, Queue, ReplicatedMessage};
 use antre_broker::replicated::{PendingCommit, QueueReplica};
 use antre_broker::stream::{ChunkSource, Stream};
 use antre_broker::Broker;
@@ -183,9 +183,10 @@ impl<'de> Deserialize<'de> for Body {
 }
 
 /// One entry of a queue group's log. A leader gathers what happened since
-/// its last entry into one; members apply `returned`, then `settle`, then
-/// `enqueue` (a message is settled or returned only after its enqueue was
-/// applied, so an entry never settles what it enqueues).
+/// its last entry into one; members apply `returned`, then
+/// `dead_lettered`, then `settle`, then `enqueue` (a message is settled or
+/// returned only after its enqueue was applied, so an entry never settles
+/// what it enqueues).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueueOps {
     /// New messages: the leader's id for each (growing), its record.
@@ -197,6 +198,10 @@ pub struct QueueOps {
     /// Messages delivered that came back (one more delivery each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub returned: Vec<u64>,
+    /// Messages dead-lettered at least once, with the reason's code
+    /// ([`death_code`]): kept, out of consumers' reach, until settled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_lettered: Vec<(u64, u8)>,
     /// A stream's named consumers' stored offsets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offsets: Vec<(String, u64)>,
@@ -224,6 +229,7 @@ impl QueueOps {
         self.enqueue.is_empty()
             && self.settle.is_empty()
             && self.returned.is_empty()
+            && self.dead_lettered.is_empty()
             && self.offsets.is_empty()
     }
 }
@@ -265,6 +271,9 @@ pub fn group_id(vhost: &str, name: &str, index: u64) -> String {
 struct Held {
     record: Body,
     delivery_count: u32,
+    /// Dead-lettered at least once: the reason's code ([`death_code`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dying: Option<u8>,
 }
 
 /// The replicated message set with its records: a snapshot's data as
@@ -283,6 +292,30 @@ struct Messages {
 struct Stored {
     at: RecordRef,
     delivery_count: u32,
+    /// Dead-lettered at least once: the reason's code ([`death_code`]).
+    dying: Option<u8>,
+}
+
+/// A dead-letter reason as a group's log and snapshots keep it.
+pub(crate) fn death_code(reason: DeathReason) -> u8 {
+    match reason {
+        DeathReason::Rejected => 0,
+        DeathReason::Expired => 1,
+        DeathReason::MaxLen => 2,
+        DeathReason::DeliveryLimit => 3,
+    }
+}
+
+/// The reason a [`death_code`] stands for (an unknown code, from a newer
+/// version, reads as a rejection: the message is dead-lettered all the
+/// same).
+fn death_reason(code: u8) -> DeathReason {
+    match code {
+        1 => DeathReason::Expired,
+        2 => DeathReason::MaxLen,
+        3 => DeathReason::DeliveryLimit,
+        _ => DeathReason::Rejected,
+    }
 }
 
 /// The replicated message set as a member holds it in memory: about 50
@@ -309,6 +342,7 @@ impl StoredSet {
                 Stored {
                     at,
                     delivery_count: held.delivery_count,
+                    dying: held.dying,
                 },
             );
         }
@@ -433,6 +467,7 @@ impl QueueState {
             Stored {
                 at,
                 delivery_count: 0,
+                dying: None,
             },
         );
         self.unwritten_bytes += u64::from(len);
@@ -960,6 +995,11 @@ impl QueueMachine {
                             m.delivery_count += 1;
                         }
                     }
+                    for (id, code) in &ops.dead_lettered {
+                        if let Some(m) = st.set.messages.get_mut(id) {
+                            m.dying = Some(*code);
+                        }
+                    }
                     for &id in &ops.settle {
                         st.settle(id);
                     }
@@ -1262,6 +1302,9 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
                 for (&id, m) in &set.messages {
                     let record = reader.read(m.at).map_err(|e| read_err(&e))?;
                     out.push(id, m.delivery_count, &record);
+                    if let Some(code) = m.dying {
+                        out.dying(id, code);
+                    }
                 }
                 out.finish()
             } else {
@@ -1505,6 +1548,12 @@ impl QueueReplica for Replica {
 
     fn returned(&self, id: u64) {
         self.pending.lock().ops.returned.push(id);
+        self.wake.notify_one();
+    }
+
+    fn dead_lettered(&self, id: u64, reason: DeathReason) {
+        let code = death_code(reason);
+        self.pending.lock().ops.dead_lettered.push((id, code));
         self.wake.notify_one();
     }
 
@@ -2481,6 +2530,7 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
                     id,
                     message,
                     delivery_count: m.delivery_count,
+                    dying: m.dying.map(death_reason),
                 });
             }
         });
@@ -2941,9 +2991,7 @@ mod tests {
         let ops = QueueOps {
             enqueue: vec![(7, Body(Bytes::from_static(b"\x00\xffhello")))],
             settle: vec![1, 2],
-            returned: vec![],
-            offsets: vec![],
-            term: None,
+            ..QueueOps::default()
         };
         let json = serde_json::to_string(&ops).unwrap();
         assert!(json.contains("AP9oZWxsbw=="), "{json}");
@@ -3002,9 +3050,7 @@ mod tests {
                     .map(|(id, r)| (*id, Body(Bytes::copy_from_slice(r.as_bytes()))))
                     .collect(),
                 settle: settle.to_vec(),
-                returned: Vec::new(),
-                offsets: Vec::new(),
-                term: None,
+                ..QueueOps::default()
             }),
         }
     }
@@ -3054,6 +3100,41 @@ mod tests {
         m.apply_entries(after).unwrap();
         assert_eq!(held(&m), owned(&[(3, "d"), (4, "e")]));
         assert_eq!(m.state.lock().set.next_id, 5);
+    }
+
+    /// A message dead-lettered at least once stays dying on a member
+    /// through its snapshot and a restart, and goes with its settle.
+    #[tokio::test]
+    async fn a_dying_mark_survives_a_snapshot_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = machine(dir.path());
+        let mut dying = ops_entry(2, &[], &[]);
+        if let EntryPayload::Normal(ops) = &mut dying.payload {
+            ops.dead_lettered = vec![(1, death_code(DeathReason::DeliveryLimit))];
+        }
+        m.apply_entries(vec![ops_entry(1, &[(0, "a"), (1, "b")], &[]), dying])
+            .unwrap();
+        m.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let engine = Arc::clone(&m.engine);
+        drop(m);
+        let m = QueueMachine::open(&dir.path().join("group"), engine).unwrap();
+        let marks = |m: &QueueMachine| {
+            let st = m.state.lock();
+            let marks = st.set.messages.iter().map(|(id, s)| (*id, s.dying));
+            marks
+                .map(|(id, d)| (id, d.map(death_reason)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            marks(&m),
+            [(0, None), (1, Some(DeathReason::DeliveryLimit))]
+        );
+        m.apply_entries(vec![ops_entry(3, &[], &[1])]).unwrap();
+        assert_eq!(marks(&m), [(0, None)]);
     }
 
     #[tokio::test]

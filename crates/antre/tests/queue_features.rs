@@ -326,6 +326,99 @@ async fn poison_messages_are_dead_lettered_after_the_delivery_limit() {
     );
 }
 
+/// A declined payment dead-lettered at least once (RabbitMQ's
+/// `x-dead-letter-strategy` for quorum queues) while its dead-letter queue
+/// does not exist yet: at most once it was dropped; here the queue keeps
+/// it (shown as `messages_dlx`, out of consumers' reach) and routes it
+/// again until a queue takes it, which then holds it durably.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_kept_at_least_once_reaches_a_queue_declared_later() {
+    let broker = TestBroker::start().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    ch.exchange_declare(
+        "pay-dlx",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange.declare");
+    durable_queue(
+        &ch,
+        "pay",
+        args(&[
+            ("x-queue-type", s("quorum")),
+            ("x-dead-letter-exchange", s("pay-dlx")),
+            ("x-dead-letter-strategy", s("at-least-once")),
+            ("x-overflow", s("reject-publish")),
+        ]),
+    )
+    .await;
+    publish_confirmed(&ch, "", "pay", b"card declined").await;
+    publish_confirmed(&ch, "", "pay", b"paid").await;
+    let m = ch
+        .basic_get("pay", BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("the declined payment");
+    m.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let dlx = |q: &serde_json::Value| (q["messages_dlx"].clone(), q["messages_ready"].clone());
+    eventually("kept as a dead letter", || async {
+        let (_, q) = broker.api("GET", "/api/queues/%2F/pay", None).await;
+        dlx(&q) == (serde_json::json!(1), serde_json::json!(1))
+    })
+    .await;
+    // Out of consumers' reach: the next get is the other payment, then
+    // nothing.
+    let next = ch
+        .basic_get("pay", BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the other payment");
+    assert_eq!(&next.delivery.data[..], b"paid");
+    assert!(ch
+        .basic_get("pay", BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
+
+    durable_queue(&ch, "pay-dead", FieldTable::default()).await;
+    ch.queue_bind(
+        "pay-dead",
+        "pay-dlx",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.bind");
+    eventually("routed again to the queue declared later", || async {
+        ready_count(&ch, "pay-dead").await == 1
+    })
+    .await;
+    eventually("let go once held", || async {
+        let (_, q) = broker.api("GET", "/api/queues/%2F/pay", None).await;
+        dlx(&q) == (serde_json::json!(0), serde_json::json!(0))
+    })
+    .await;
+    let dead = ch
+        .basic_get("pay-dead", BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(&dead.delivery.data[..], b"card declined");
+    let deaths = x_death(&dead.delivery.properties);
+    assert_eq!(text(deaths[0].inner().get("reason")), "rejected");
+    assert_eq!(text(deaths[0].inner().get("queue")), "pay");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_active_consumer_takes_everything() {
     let broker = TestBroker::start().await;

@@ -1387,3 +1387,124 @@ async fn idle_queues_run_no_raft_timer() {
         assert_eq!(ticking(i).await, 0, "node {i}, a follower, ticks");
     }
 }
+
+/// Declares durable fanout exchange `name` through node `i`, retrying
+/// while the metadata group may still be electing its first leader.
+async fn declare_fanout(c: &TestCluster, i: usize, name: &str) {
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        if let Some(conn) = connect(&c.nodes[i].amqp_uri()).await {
+            let ch = conn.create_channel().await.expect("channel");
+            let options = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let declared = ch
+                .exchange_declare(
+                    name,
+                    lapin::ExchangeKind::Fanout,
+                    options,
+                    FieldTable::default(),
+                )
+                .await;
+            if declared.is_ok() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "could not declare {name}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A refund rejected from a quorum queue that dead-letters at least once,
+/// while its dead-letter queue does not exist yet: every member keeps it
+/// (dying, out of consumers' reach), the leader's death does not lose it
+/// nor hand it to a consumer again, and the new leader routes it again
+/// until the dead-letter queue, declared later on another node, holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_least_once_dead_letter_survives_its_leaders_death() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_fanout(&c, 0, "refunds-dlx").await;
+    let args = quorum_args(&[
+        (
+            "x-dead-letter-exchange",
+            AMQPValue::LongString("refunds-dlx".into()),
+        ),
+        (
+            "x-dead-letter-strategy",
+            AMQPValue::LongString("at-least-once".into()),
+        ),
+        ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+    ]);
+    c.declare_durable(0, "refunds", args).await;
+    let l = wait_leader(&c, "refunds").await;
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    publish_all_confirmed(&ch, "refunds", "r", 2).await;
+    let got = ch
+        .basic_get("refunds", BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("r0");
+    assert_eq!(got.delivery.data, b"r0");
+    got.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+    // Every member keeps both: r0 dying, r1 ready.
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        let mut kept = 0;
+        for i in 0..3 {
+            let q = queue_json(&c, i, "refunds").await.unwrap_or_default();
+            if q["replica_messages"] == json!(2) && q["messages_dlx"] == json!(1) {
+                kept += 1;
+            }
+        }
+        if kept == 3 {
+            break;
+        }
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!("the dead letter is not kept on every member");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(conn);
+    c.kill(l);
+    let l2 = wait_leader(&c, "refunds").await;
+    // The dead-letter queue is declared now, led by another node than the
+    // new leader: the dead letter is forwarded there.
+    let other = (0..3).find(|&i| i != l && i != l2).expect("a third node");
+    let dead_args = quorum_args(&[(
+        "x-queue-leader-locator",
+        AMQPValue::LongString("client-local".into()),
+    )]);
+    c.declare_durable(other, "refunds-dead", dead_args).await;
+    let conn = connect(&c.nodes[other].amqp_uri()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_bind(
+        "refunds-dead",
+        "refunds-dlx",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    drain_all(&c, "refunds-dead", &["r0"]).await;
+    // r0 never came back to the queue's consumers.
+    drain_all(&c, "refunds", &["r1"]).await;
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        let q = queue_json(&c, l2, "refunds").await.unwrap_or_default();
+        if q["messages_dlx"] == json!(0) && q["replica_messages"] == json!(0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!("the held dead letter was not let go: {q}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -18,6 +18,19 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// How a quorum queue dead-letters (`x-dead-letter-strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeadLetterStrategy {
+    /// A dead letter leaves the queue as it is routed, whatever becomes
+    /// of it (RabbitMQ's default, and the only way classic queues have).
+    #[default]
+    AtMostOnce,
+    /// A dead letter stays in the queue, out of consumers' reach, until
+    /// every queue it is routed to holds it safely; one that reaches no
+    /// queue is retried (see [`QueueArgs::at_least_once`]).
+    AtLeastOnce,
+}
+
 /// A queue's type (`x-queue-type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueKind {
@@ -133,6 +146,8 @@ pub struct QueueArgs {
     pub dead_letter_exchange: Option<String>,
     /// `x-dead-letter-routing-key`.
     pub dead_letter_routing_key: Option<String>,
+    /// `x-dead-letter-strategy` (quorum queues).
+    pub dead_letter_strategy: DeadLetterStrategy,
     /// `x-max-priority`: highest priority level (0 = no priorities).
     pub max_priority: u8,
     /// `x-delivery-limit`: redeliveries allowed before dead-lettering.
@@ -240,6 +255,23 @@ impl QueueArgs {
                 )));
             }
         }
+        if kind != QueueKind::Quorum && args.get("x-dead-letter-strategy").is_some() {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "invalid arg 'x-dead-letter-strategy' for {} of queue type {}",
+                queue_ref(vhost, queue),
+                kind.rabbit_module()
+            )));
+        }
+        let dead_letter_strategy = match string("x-dead-letter-strategy")?.as_deref() {
+            None | Some("at-most-once") => DeadLetterStrategy::AtMostOnce,
+            Some("at-least-once") => DeadLetterStrategy::AtLeastOnce,
+            Some(_) => {
+                return Err(invalid(
+                    "x-dead-letter-strategy",
+                    "invalid_dlx_strategy".into(),
+                ))
+            }
+        };
         if kind == QueueKind::Classic && args.get("x-queue-leader-locator").is_some() {
             return Err(BrokerError::PreconditionFailed(format!(
                 "invalid arg 'x-queue-leader-locator' for {} of queue type {}",
@@ -277,6 +309,7 @@ impl QueueArgs {
             overflow,
             dead_letter_exchange: string("x-dead-letter-exchange")?,
             dead_letter_routing_key: string("x-dead-letter-routing-key")?,
+            dead_letter_strategy,
             max_priority,
             delivery_limit: int("x-delivery-limit", 0)?,
             single_active_consumer: boolean("x-single-active-consumer")?,
@@ -298,6 +331,18 @@ impl QueueArgs {
     /// visit it).
     pub fn needs_timer(&self) -> bool {
         self.message_ttl.is_some() || self.expires.is_some()
+    }
+
+    /// Whether dead letters are kept until their targets hold them. As in
+    /// RabbitMQ, `at-least-once` takes a quorum queue with a dead-letter
+    /// exchange and `reject-publish` overflow: under drop-head the queue
+    /// could only make room by dropping what it promised to keep, so it
+    /// dead-letters at most once.
+    pub fn at_least_once(&self) -> bool {
+        self.kind == QueueKind::Quorum
+            && self.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce
+            && self.overflow == Overflow::RejectPublish
+            && self.dead_letter_exchange.is_some()
     }
 }
 
@@ -326,6 +371,42 @@ mod tests {
         assert_eq!(a.dead_letter_exchange.as_deref(), Some("dlx"));
         assert_eq!(a.max_priority, 5);
         assert!(a.single_active_consumer);
+    }
+
+    /// RabbitMQ 3.10's answers, recorded against it.
+    #[test]
+    fn the_dead_letter_strategy_is_a_quorum_queues_and_one_of_two() {
+        let err = |entries: &[(&str, FieldValue)]| parse(entries).unwrap_err().to_string();
+        let strategy = |s: &str| ("x-dead-letter-strategy", FieldValue::string(s));
+        let quorum = ("x-queue-type", FieldValue::string("quorum"));
+        assert!(err(&[strategy("at-least-once")]).contains(
+            "invalid arg 'x-dead-letter-strategy' for queue 'q' in vhost '/' of queue type rabbit_classic_queue"
+        ));
+        let stream = ("x-queue-type", FieldValue::string("stream"));
+        assert!(err(&[stream, strategy("at-least-once")]).contains("rabbit_stream_queue"));
+        assert!(err(&[quorum.clone(), strategy("bogus")]).contains(
+            "invalid arg 'x-dead-letter-strategy' for queue 'q' in vhost '/': invalid_dlx_strategy"
+        ));
+        assert!(err(&[
+            quorum.clone(),
+            ("x-dead-letter-strategy", FieldValue::I32(1))
+        ])
+        .contains("{unacceptable_type,signedint}"));
+        let dlx = ("x-dead-letter-exchange", FieldValue::string("dlx"));
+        let reject = ("x-overflow", FieldValue::string("reject-publish"));
+        let full = [
+            quorum.clone(),
+            strategy("at-least-once"),
+            dlx.clone(),
+            reject.clone(),
+        ];
+        assert!(parse(&full).unwrap().at_least_once());
+        // Without reject-publish or a dead-letter exchange it does not apply.
+        assert!(!parse(&full[..3]).unwrap().at_least_once());
+        let no_dlx = [quorum.clone(), strategy("at-least-once"), reject];
+        assert!(!parse(&no_dlx).unwrap().at_least_once());
+        let most = parse(&[quorum, strategy("at-most-once"), dlx]).unwrap();
+        assert_eq!(most.dead_letter_strategy, DeadLetterStrategy::AtMostOnce);
     }
 
     #[test]

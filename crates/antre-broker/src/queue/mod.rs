@@ -28,6 +28,7 @@
 
 mod args;
 mod credit;
+mod dying;
 mod line;
 mod paging;
 mod ready;
@@ -40,7 +41,7 @@ use antre_amqp::{FieldTable, FieldValue};
 use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreError, StoreOptions};
 use parking_lot::{Mutex, RwLock};
 
-pub use args::{Locator, Overflow, QueueArgs, QueueKind};
+pub use args::{DeadLetterStrategy, Locator, Overflow, QueueArgs, QueueKind};
 pub use credit::{
     Activity, ConsumerInfo, ConsumerSpec, Credit, OutputBudget, OutputWindow, DELIVERY_OVERHEAD,
     FAIR_SHARE,
@@ -242,6 +243,11 @@ pub struct DeadLetter {
     pub message: Arc<Message>,
     /// Why it left.
     pub reason: DeathReason,
+    /// At-least-once dead-lettering: the sequence number of the message
+    /// the queue keeps until this letter is held; the router reports back
+    /// with [`Queue::dead_letter_routed`]. None: the message is gone
+    /// already (at most once).
+    pub hold: Option<u64>,
 }
 
 /// What happened to a published message at one queue.
@@ -338,6 +344,7 @@ fn effective_key(key: &str) -> bool {
             | "overflow"
             | "dead-letter-exchange"
             | "dead-letter-routing-key"
+            | "dead-letter-strategy"
             | "delivery-limit"
             | "consumer-timeout"
             | "alternate-exchange"
@@ -450,6 +457,9 @@ impl Queue {
         if args.needs_timer() {
             self.mark_timed();
         }
+        if !args.at_least_once() && !st.dying.is_empty() {
+            st.release_dying(&self.name);
+        }
         self.enforce_limits(&mut st);
         self.expire(&mut st, now);
         true
@@ -560,6 +570,7 @@ impl Queue {
                 st.dead.push(DeadLetter {
                     message: entry.message,
                     reason: DeathReason::MaxLen,
+                    hold: None,
                 });
             }
             return Ok(Enqueued::Rejected);
@@ -739,15 +750,17 @@ impl Queue {
                 continue;
             }
             st.unacked = st.unacked.saturating_sub(1);
-            if dlx {
-                if let Some(message) = st.body_of(&e, &self.name) {
-                    st.dead.push(DeadLetter {
-                        message,
-                        reason: DeathReason::Rejected,
-                    });
-                }
+            match dlx.then(|| st.body_of(&e, &self.name)).flatten() {
+                Some(message) => st.dead_letter(
+                    e.seq,
+                    e.pos,
+                    e.dedup_key,
+                    message,
+                    DeathReason::Rejected,
+                    &self.name,
+                ),
+                None => st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name),
             }
-            st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name);
         }
     }
 
@@ -773,15 +786,18 @@ impl Queue {
                 .delivery_limit
                 .is_some_and(|limit| u64::from(e.delivery_count) > limit)
             {
-                if st.args.dead_letter_exchange.is_some() {
-                    if let Some(message) = st.body_of(&e, &self.name) {
-                        st.dead.push(DeadLetter {
-                            message,
-                            reason: DeathReason::DeliveryLimit,
-                        });
-                    }
+                let dlx = st.args.dead_letter_exchange.is_some();
+                match dlx.then(|| st.body_of(&e, &self.name)).flatten() {
+                    Some(message) => st.dead_letter(
+                        e.seq,
+                        e.pos,
+                        e.dedup_key,
+                        message,
+                        DeathReason::DeliveryLimit,
+                        &self.name,
+                    ),
+                    None => st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name),
                 }
-                st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name);
                 continue;
             }
             if let Some(replica) = &st.replica {
@@ -869,6 +885,8 @@ impl Queue {
         st.deleted = true;
         let n = st.ready.clear() as u32;
         st.dedup.clear();
+        st.dying.clear();
+        st.dying_bytes = 0;
         if let Some(store) = st.store.take() {
             if let Err(e) = store.delete_all() {
                 tracing::warn!(

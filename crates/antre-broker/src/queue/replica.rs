@@ -19,6 +19,9 @@ pub struct ReplicatedMessage {
     pub message: Arc<Message>,
     /// Deliveries that came back (`x-delivery-count`).
     pub delivery_count: u32,
+    /// Dead-lettered at least once, its letter not known to be held yet:
+    /// why. The new leader dead-letters it again rather than deliver it.
+    pub dying: Option<DeathReason>,
 }
 
 impl Queue {
@@ -72,6 +75,7 @@ impl Queue {
                     st.dead.push(DeadLetter {
                         message: Arc::clone(message),
                         reason: DeathReason::MaxLen,
+                        hold: None,
                     });
                 }
                 return Ok(None);
@@ -122,15 +126,28 @@ impl Queue {
         let mut st = self.state.lock();
         Self::idle(&mut st);
         st.standby = false;
+        let mut dying = false;
         for m in messages {
+            st.next_seq = st.next_seq.max(m.id + 1);
+            if let Some(reason) = m.dying {
+                // Its letter goes again: it may reach a target twice,
+                // never zero times.
+                let retry = super::state::DyingStage::RetryAt(now);
+                st.hold_dying(m.id, m.message, reason, None, None, retry);
+                dying = true;
+                continue;
+            }
             let mut entry = self.entry_for(&st.args, m.message, m.id, now);
             entry.delivery_count = m.delivery_count;
-            st.next_seq = st.next_seq.max(m.id + 1);
             st.insert_entry(entry, true);
         }
         self.dispatch(&mut st, now);
         self.enforce_committed_limits(&mut st);
         self.expire(&mut st, now);
+        drop(st);
+        if dying {
+            self.mark_timed();
+        }
     }
 
     /// This node no longer leads the queue's group: the engine drops what
@@ -157,6 +174,8 @@ impl Queue {
         st.outstanding.clear();
         st.unacked = 0;
         st.dead.clear();
+        st.dying.clear();
+        st.dying_bytes = 0;
     }
 }
 
@@ -175,6 +194,7 @@ mod tests {
         enqueued: Mutex<Vec<String>>,
         settled: Mutex<Vec<u64>>,
         returned: Mutex<Vec<u64>>,
+        dying: Mutex<Vec<u64>>,
     }
 
     impl QueueReplica for Recorder {
@@ -189,6 +209,9 @@ mod tests {
         }
         fn returned(&self, id: u64) {
             self.returned.lock().push(id);
+        }
+        fn dead_lettered(&self, id: u64, _reason: DeathReason) {
+            self.dying.lock().push(id);
         }
         fn leads(&self) -> bool {
             true
@@ -258,6 +281,7 @@ mod tests {
             id: 4,
             message: message("x"),
             delivery_count: 1,
+            dying: None,
         }]);
         q.ack([old[0].entry.clone()]);
         assert!(r.settled.lock().is_empty(), "a stale ack settles nothing");
@@ -269,6 +293,57 @@ mod tests {
         assert_eq!(*r.settled.lock(), [4]);
         assert!(r.returned.lock().is_empty());
         assert_eq!(q.counts().ready, 0);
+    }
+
+    /// At least once, a rejected message is marked dying in the group and
+    /// settled only once its letter is held; a new leader dead-letters
+    /// the dying messages it takes over again, never delivers them.
+    #[test]
+    fn a_dying_message_is_settled_once_held_and_survives_a_takeover() {
+        let (q, r) = replicated(&[
+            ("x-overflow", FieldValue::string("reject-publish")),
+            ("x-dead-letter-exchange", FieldValue::string("dlx")),
+            (
+                "x-dead-letter-strategy",
+                FieldValue::string("at-least-once"),
+            ),
+        ]);
+        q.replica_takeover(Vec::new());
+        let sink = Arc::new(CollectSink::default());
+        q.add_consumer(consumer(1, 10, &sink)).expect("consume");
+        q.replica_enqueue(7, message("pay"));
+        let d: Vec<_> = sink.deliveries.lock().drain(..).collect();
+        q.reject([d[0].entry.clone()]);
+        assert_eq!(*r.dying.lock(), [7]);
+        assert!(r.settled.lock().is_empty(), "kept until held");
+        let letters = q.take_dead_letters();
+        assert_eq!(letters[0].hold, Some(7));
+        // Routed nowhere: routed again once its wait is over.
+        q.dead_letter_routed(7, None);
+        assert_eq!(q.dying_due(1_000_000), 0);
+        assert_eq!(q.dying_due(1_001_000), 1);
+        assert_eq!(q.take_dead_letters()[0].hold, Some(7));
+        q.dead_letter_routed(7, Some(Vec::new()));
+        assert_eq!(*r.settled.lock(), [7]);
+        assert_eq!(q.dying().0, 0);
+
+        // A new leader of a group holding a dying message.
+        q.replica_step_down();
+        q.replica_takeover(vec![ReplicatedMessage {
+            id: 9,
+            message: message("refund"),
+            delivery_count: 0,
+            dying: Some(DeathReason::Rejected),
+        }]);
+        let sink = Arc::new(CollectSink::default());
+        q.add_consumer(consumer(2, 10, &sink)).expect("consume");
+        assert!(sink.bodies().is_empty(), "a dying message is not delivered");
+        assert_eq!(q.dying_due(1_000_000), 1);
+        let again = q.take_dead_letters();
+        assert_eq!(
+            (again[0].hold, again[0].reason),
+            (Some(9), DeathReason::Rejected)
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! count, store and dead letters, with the bookkeeping every way out of the
 //! queue shares (forgetting a message, paging bodies in and out).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use antre_store::{QueueStore, SegmentPosition};
@@ -11,8 +11,45 @@ use super::line::ConsumerLine;
 use super::paging::{Pager, Paging, ENTRY_COST};
 use super::ready::{Body, Ready, ReadyList};
 use super::{DeadLetter, DeathReason, Entry, QueueArgs, Unsettled};
+use crate::durable::Durable;
 use crate::message::Message;
 use crate::replicated::QueueReplica;
+
+/// The first wait before a dead letter that reached no queue is routed
+/// again; it doubles with each failure up to [`DYING_RETRY_MAX_MS`].
+/// RabbitMQ retries after three minutes; a few seconds make a dead-letter
+/// queue declared late, or a target's leader that moved, cost little.
+pub(super) const DYING_RETRY_MS: u64 = 1_000;
+/// The longest wait between two attempts of the same dead letter.
+pub(super) const DYING_RETRY_MAX_MS: u64 = 60_000;
+
+/// A message dead-lettered at least once (`x-dead-letter-strategy:
+/// at-least-once`): out of consumers' reach, but kept (and counted
+/// against the queue's limits) until every queue its dead letter reached
+/// holds it safely.
+#[derive(Debug)]
+pub(super) struct Dying {
+    pub(super) message: Arc<Message>,
+    pub(super) reason: DeathReason,
+    pub(super) pos: Option<SegmentPosition>,
+    pub(super) dedup_key: Option<String>,
+    pub(super) stage: DyingStage,
+    /// The wait before the next attempt, should this one fail.
+    pub(super) backoff: u64,
+}
+
+/// Where a [`Dying`] message's dead letter stands.
+#[derive(Debug)]
+pub(super) enum DyingStage {
+    /// Handed to the vhost to route.
+    Routing,
+    /// Routed: held once each of these has it durably (synced,
+    /// committed, or answered by the node that owns the target).
+    Routed(Vec<Arc<dyn Durable>>),
+    /// Reached no queue (or a target refused or lost it): routed again
+    /// at this time.
+    RetryAt(u64),
+}
 
 #[derive(Debug)]
 pub(super) struct QueueState {
@@ -43,6 +80,11 @@ pub(super) struct QueueState {
     /// A replicated queue whose group this node does not lead: the engine
     /// holds nothing and takes nothing.
     pub(super) standby: bool,
+    /// Messages dead-lettered at least once and not held by their targets
+    /// yet, by sequence number.
+    pub(super) dying: BTreeMap<u64, Dying>,
+    /// Body bytes of `dying`.
+    pub(super) dying_bytes: u64,
 }
 
 impl QueueState {
@@ -67,6 +109,8 @@ impl QueueState {
             replica: None,
             outstanding: HashSet::new(),
             standby: false,
+            dying: BTreeMap::new(),
+            dying_bytes: 0,
         }
     }
 
@@ -91,15 +135,87 @@ impl QueueState {
     }
 
     /// [`Self::is_full_for`], counting `(messages, bytes)` more that are on
-    /// their way in (a replicated queue's publishes not applied yet).
+    /// their way in (a replicated queue's publishes not applied yet). Dead
+    /// letters the queue still keeps count, as in RabbitMQ: a queue whose
+    /// dead letters have nowhere to go refuses publishes rather than grow
+    /// without bound.
     pub(super) fn is_full_with(&self, size: u64, coming: (u64, u64)) -> bool {
+        let held = self.ready.len() as u64 + self.dying.len() as u64;
+        let bytes = self.ready.bytes() + self.dying_bytes;
         self.args
             .max_length
-            .is_some_and(|max| self.ready.len() as u64 + coming.0 >= max)
+            .is_some_and(|max| held + coming.0 >= max)
             || self
                 .args
                 .max_length_bytes
-                .is_some_and(|max| self.ready.bytes() + coming.1 + size > max)
+                .is_some_and(|max| bytes + coming.1 + size > max)
+    }
+
+    /// A message leaves the queue for its dead-letter exchange. At most
+    /// once, it is forgotten as its letter goes; at least once, it is kept
+    /// until the letter's targets hold it ([`Self::hold_dying`]), and its
+    /// group (if replicated) learns it is dying, so that a new leader goes
+    /// on dead-lettering it rather than deliver it again.
+    pub(super) fn dead_letter(
+        &mut self,
+        seq: u64,
+        pos: Option<SegmentPosition>,
+        dedup_key: Option<String>,
+        message: Arc<Message>,
+        reason: DeathReason,
+        queue: &str,
+    ) {
+        if !self.args.at_least_once() {
+            self.dead.push(DeadLetter {
+                message,
+                reason,
+                hold: None,
+            });
+            self.forget(seq, pos, dedup_key.as_deref(), queue);
+            return;
+        }
+        if let Some(replica) = &self.replica {
+            replica.dead_lettered(seq, reason);
+        }
+        self.dead.push(DeadLetter {
+            message: Arc::clone(&message),
+            reason,
+            hold: Some(seq),
+        });
+        self.hold_dying(seq, message, reason, pos, dedup_key, DyingStage::Routing);
+    }
+
+    /// Keeps a dying message until its dead letter is held.
+    pub(super) fn hold_dying(
+        &mut self,
+        seq: u64,
+        message: Arc<Message>,
+        reason: DeathReason,
+        pos: Option<SegmentPosition>,
+        dedup_key: Option<String>,
+        stage: DyingStage,
+    ) {
+        self.dying_bytes += message.body.len() as u64;
+        let dying = Dying {
+            message,
+            reason,
+            pos,
+            dedup_key,
+            stage,
+            backoff: DYING_RETRY_MS,
+        };
+        if let Some(old) = self.dying.insert(seq, dying) {
+            self.dying_bytes -= old.message.body.len() as u64;
+        }
+    }
+
+    /// A dying message's dead letter is held by its targets (or went
+    /// nowhere by rule): it is forgotten for good.
+    pub(super) fn settle_dying(&mut self, seq: u64, queue: &str) {
+        if let Some(d) = self.dying.remove(&seq) {
+            self.dying_bytes -= d.message.body.len() as u64;
+            self.forget(seq, d.pos, d.dedup_key.as_deref(), queue);
+        }
     }
 
     pub(super) fn store(&mut self) -> Option<&mut QueueStore> {
@@ -297,11 +413,7 @@ impl QueueState {
             let key = r.dedup_key.clone();
             if dead_lettering {
                 if let Some(e) = self.load(r, queue) {
-                    self.dead.push(DeadLetter {
-                        message: e.message,
-                        reason,
-                    });
-                    self.forget(seq, pos, key.as_deref(), queue);
+                    self.dead_letter(seq, pos, key, e.message, reason, queue);
                 }
             } else {
                 self.drop_ready(r, queue);

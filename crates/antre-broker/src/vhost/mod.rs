@@ -495,6 +495,7 @@ impl Vhost {
                 );
                 self.remove_if_current(q, |_| true);
             }
+            self.advance_dying(q, now);
             self.route_dead_letters(q);
         }
     }

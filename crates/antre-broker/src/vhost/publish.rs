@@ -19,6 +19,7 @@ use crate::exchange::delayed::{delay_of, DelayedMessages};
 use crate::exchange::sender_selected;
 use crate::message::Message;
 use crate::queue::{DeathReason, Enqueued, Queue};
+use crate::replicated::{Commit, PendingCommit};
 use crate::stream::Stream;
 
 use super::topology::Targets;
@@ -53,12 +54,19 @@ pub struct PublishOptions {
     pub mandatory: bool,
     /// Where it comes from.
     pub source: PublishSource,
+    /// A dead letter its queue keeps until it is held (at least once):
+    /// the outcome's `stored` also waits for the nodes it is forwarded to.
+    pub held: bool,
 }
 
 impl PublishOptions {
     /// A publisher's message from `source`.
     pub fn new(source: PublishSource, mandatory: bool) -> PublishOptions {
-        PublishOptions { mandatory, source }
+        PublishOptions {
+            mandatory,
+            source,
+            held: false,
+        }
     }
 }
 
@@ -76,6 +84,9 @@ pub struct PublishOutcome {
     pub returned: bool,
     /// A queue refused it (overflow `reject-publish`): nack it.
     pub rejected: bool,
+    /// A dead letter was kept from queues it died in before (RabbitMQ's
+    /// cycle rule).
+    pub cycled: bool,
     /// Stores written, to sync before promising the message is safe.
     pub stored: Vec<Arc<dyn Durable>>,
     /// In a cluster, for a client's publish: queues it was routed to that
@@ -163,6 +174,7 @@ impl Vhost {
                 let cycle = is_cycle(&message, reason, &q.name);
                 if cycle {
                     tracing::debug!(queue = q.name, "dropping dead letter caught in a cycle");
+                    outcome.cycled = true;
                 }
                 !cycle
             });
@@ -172,7 +184,12 @@ impl Vhost {
             if !source.is_publisher() && !outcome.remote.is_empty() {
                 // Nobody's channel forwards what the broker routes itself.
                 let remote = std::mem::take(&mut outcome.remote);
-                self.forward_internal(&message, remote, source);
+                let n = remote.len();
+                let answered = self.forward_internal(&message, remote, source);
+                if options.held {
+                    outcome.routed += n;
+                    add_once(&mut outcome.stored, answered);
+                }
             }
         }
         if targets.is_empty() && outcome.remote.is_empty() && source.is_publisher() {
@@ -247,17 +264,20 @@ impl Vhost {
     /// Hands a message this vhost routed itself (a dead letter, a delayed
     /// release) to the owners of the `targets` it reached on other nodes,
     /// one batch per owner, in order behind what this node sent them
-    /// before. Nobody waits for the answer: like RabbitMQ's dead-lettering
-    /// of classic queues this is at most once, but a message that does not
-    /// get there (its owner unreachable, its disk failing) is counted
-    /// (`antre_cluster_internal_forwards_failed_total`) and logged, never
-    /// dropped silently.
+    /// before. Only a dead letter its queue keeps (at least once) waits
+    /// for the answer, through the returned durable, which completes once
+    /// every owner took and stored the message (a queue gone or full
+    /// there fails it, and the letter is retried). Otherwise, like
+    /// RabbitMQ's dead-lettering of classic queues, this is at most once,
+    /// but a message that does not get there (its owner unreachable, its
+    /// disk failing) is counted (`antre_cluster_internal_forwards_failed_total`)
+    /// and logged, never dropped silently.
     fn forward_internal(
         &self,
         message: &Arc<Message>,
         targets: Vec<(Arc<str>, String)>,
         source: PublishSource,
-    ) {
+    ) -> Arc<dyn Durable> {
         let what = match source {
             PublishSource::DelayedRelease => "delayed message",
             _ => "dead letter",
@@ -270,15 +290,21 @@ impl Vhost {
                 vhost = self.name,
                 "dropping a {what} for a queue another cluster node owns: this node does not forward"
             );
-            return;
+            return PendingCommit::done(None, false);
         };
+        let answered = PendingCommit::new(None);
+        for _ in 1..per_owner.len() {
+            answered.add_part();
+        }
         for (owner, queues) in per_owner {
             let metrics = Arc::clone(&self.metrics);
             let vhost = self.name.clone();
             let node = Arc::clone(&owner);
             let named = queues.join(", ");
+            let answer = Arc::clone(&answered);
             let done: crate::remote::RemoteDone = Box::new(move |results| {
                 use crate::remote::RemoteResult;
+                answer.complete(results.iter().all(|r| *r == RemoteResult::Accepted));
                 // A queue deleted meanwhile (Gone) or one that refused it
                 // (overflow) is as for a local queue: routed nowhere.
                 if results.contains(&RemoteResult::Failed) {
@@ -297,6 +323,7 @@ impl Vhost {
             }];
             remote.publish(&owner, &self.name, batch, done);
         }
+        answered
     }
 
     /// Enqueues a message another cluster node routed (and forwarded) to
@@ -458,6 +485,44 @@ impl Vhost {
         stored
     }
 
+    /// At-least-once dead-lettering, on the broker's timer: the messages
+    /// `queue` keeps whose letters every target now holds go for good
+    /// (local stores are synced here; commits and forwards are only
+    /// looked at), those lost on the way and those whose retry is due are
+    /// routed again (by the caller, with the queue's other dead letters).
+    pub(super) fn advance_dying(&self, queue: &Arc<Queue>, now: u64) {
+        if queue.dying().0 == 0 {
+            return;
+        }
+        let in_flight = queue.dying_in_flight();
+        if !in_flight.is_empty() {
+            let mut local: Vec<Arc<dyn Durable>> = Vec::new();
+            for d in in_flight.iter().flat_map(|(_, stores)| stores) {
+                if d.commit() == Commit::Local {
+                    add_once(&mut local, Arc::clone(d));
+                }
+            }
+            let failed = crate::syncer::fsync_round(&local);
+            let mut done = Vec::new();
+            for (seq, stores) in in_flight {
+                let mut held = Some(true);
+                for d in &stores {
+                    match d.commit() {
+                        Commit::Local if failed.iter().any(|f| Arc::ptr_eq(f, d)) => {
+                            held = Some(false)
+                        }
+                        Commit::Local | Commit::Done(true) => {}
+                        Commit::Done(false) => held = Some(false),
+                        Commit::Pending => held = held.filter(|h| !h),
+                    }
+                }
+                done.extend(held.map(|h| (seq, h)));
+            }
+            queue.dying_settled(done);
+        }
+        queue.dying_due(now);
+    }
+
     /// Publishes dead letters, and the dead letters they cause in turn, hop
     /// by hop, within the work's budget.
     fn route_dead_letter_work(&self, mut work: DeadLetterWork, stored: &mut Vec<Arc<dyn Durable>>) {
@@ -465,20 +530,40 @@ impl Vhost {
         while !work.is_empty() {
             for (from, letters) in work.next_round(round) {
                 let Some(dlx) = from.args().dead_letter_exchange.clone() else {
+                    letters.iter().for_each(|l| l.unroutable(&from));
                     continue;
                 };
                 for letter in letters {
                     if !work.spend() {
+                        work.put_off(&letter, &from);
                         continue;
                     }
                     let now = self.clock.now_ms();
                     let message = Arc::new(dead_lettered(&letter, &from, &dlx, now));
-                    let options =
+                    let mut options =
                         PublishOptions::new(PublishSource::DeadLetter(letter.reason), false);
+                    options.held = letter.hold.is_some();
                     let mut outcome = PublishOutcome::default();
-                    if let Err(e) = self.publish_one(message, options, &mut outcome, &mut work) {
-                        // RabbitMQ drops dead letters whose exchange is gone.
-                        tracing::debug!(queue = from.name, "dropping dead letter: {e}");
+                    let result = self.publish_one(message, options, &mut outcome, &mut work);
+                    if let Err(e) = &result {
+                        // RabbitMQ drops dead letters whose exchange is
+                        // gone (a kept one is retried).
+                        tracing::debug!(queue = from.name, "dead letter not routed: {e}");
+                    }
+                    if let Some(seq) = letter.hold {
+                        // Held once every target has it; a letter kept
+                        // from its queues by the cycle rule goes nowhere
+                        // by rule, as in RabbitMQ.
+                        let reached = outcome.routed > 0
+                            || outcome.duplicate
+                            || outcome.delayed
+                            || outcome.cycled;
+                        let held = result.is_ok() && reached && !outcome.rejected;
+                        // The timer waits for what holds it, not the caller
+                        // (a rejecting channel's confirms must not wait for
+                        // another node's answer).
+                        from.dead_letter_routed(seq, held.then_some(outcome.stored));
+                        continue;
                     }
                     for s in outcome.stored {
                         add_once(stored, s);

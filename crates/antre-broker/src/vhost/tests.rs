@@ -388,3 +388,120 @@ fn a_forwarded_publish_to_a_queue_owned_elsewhere_now_is_failed_not_gone() {
     assert_eq!(publish(&["here"]), RemoteResult::Accepted);
     assert_eq!(f.ready("here"), 1);
 }
+
+impl Fixture {
+    /// Declares quorum queue `name` dead-lettering at least once to `dlx`
+    /// (`reject-publish`, as that strategy takes), with `extra` arguments.
+    fn at_least_once(&self, name: &str, dlx: &str, extra: &[(&str, FieldValue)]) -> Arc<Queue> {
+        let mut args = table(&[
+            ("x-queue-type", FieldValue::string("quorum")),
+            ("x-overflow", FieldValue::string("reject-publish")),
+            ("x-dead-letter-exchange", FieldValue::string(dlx)),
+            (
+                "x-dead-letter-strategy",
+                FieldValue::string("at-least-once"),
+            ),
+        ]);
+        for (k, v) in extra {
+            args.insert(*k, v.clone());
+        }
+        let declaration = QueueDeclaration {
+            name: name.into(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: args,
+        };
+        self.vhost.declare_queue(declaration, false, 1).unwrap();
+        self.vhost.queue(name, 1).unwrap()
+    }
+}
+
+/// A payment's dead letter that reaches no queue (its dead-letter queue
+/// not declared yet) is kept, counts against the queue's limit, and is
+/// routed again until a queue takes it; at most once it was dropped.
+#[test]
+fn an_at_least_once_dead_letter_is_kept_until_a_queue_takes_it() {
+    let f = fixture();
+    f.exchange("dlx", "fanout", false, FieldTable::default());
+    let pay = f.at_least_once(
+        "pay",
+        "dlx",
+        &[
+            ("x-message-ttl", FieldValue::I32(10)),
+            ("x-max-length", FieldValue::I32(2)),
+        ],
+    );
+    f.publish("", "pay", FieldTable::default());
+    f.clock.advance(11);
+    f.vhost.tick(f.clock.now_ms());
+    assert_eq!((f.ready("pay"), pay.dying().0), (0, 1), "kept, not dropped");
+    // It counts: one more fits, the next is refused.
+    assert_eq!(f.publish("", "pay", FieldTable::default()).routed, 1);
+    assert!(f.publish("", "pay", FieldTable::default()).rejected);
+
+    f.queue("dead", FieldTable::default());
+    f.bind("dlx", "dead", "");
+    // The second message expires now and reaches the queue at once; the
+    // first waits for its retry.
+    f.clock.advance(500);
+    f.vhost.tick(f.clock.now_ms());
+    assert_eq!((f.ready("dead"), pay.dying().0), (1, 1));
+    f.clock.advance(600);
+    f.vhost.tick(f.clock.now_ms());
+    assert_eq!((f.ready("dead"), pay.dying().0), (2, 0));
+    assert_eq!(f.metrics.dead_letters_dropped.get(), 0);
+}
+
+/// Under drop-head the strategy does not apply (RabbitMQ falls back to
+/// at most once); a policy can turn it on, and clearing the policy lets
+/// the kept messages go.
+#[test]
+fn at_least_once_takes_reject_publish_and_may_come_from_a_policy() {
+    let f = fixture();
+    f.exchange("dlx", "fanout", false, FieldTable::default());
+    let head = f.at_least_once(
+        "head",
+        "dlx",
+        &[
+            ("x-overflow", FieldValue::string("drop-head")),
+            ("x-message-ttl", FieldValue::I32(10)),
+        ],
+    );
+    assert!(!head.args().at_least_once());
+    f.publish("", "head", FieldTable::default());
+    f.clock.advance(11);
+    f.vhost.tick(f.clock.now_ms());
+    assert_eq!((f.ready("head"), head.dying().0), (0, 0), "dropped");
+
+    let declaration = QueueDeclaration {
+        name: "pol".into(),
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        arguments: table(&[
+            ("x-queue-type", FieldValue::string("quorum")),
+            ("x-message-ttl", FieldValue::I32(10)),
+        ]),
+    };
+    f.vhost.declare_queue(declaration, false, 1).unwrap();
+    let pol = f.vhost.queue("pol", 1).unwrap();
+    f.vhost
+        .set_policy(policy(
+            PolicyKind::Policy,
+            "alo",
+            serde_json::json!({
+                "pattern": "^pol$",
+                "definition": {"dead-letter-exchange": "dlx", "overflow": "reject-publish",
+                               "dead-letter-strategy": "at-least-once"}
+            }),
+        ))
+        .unwrap();
+    assert!(pol.args().at_least_once());
+    f.publish("", "pol", FieldTable::default());
+    f.clock.advance(11);
+    f.vhost.tick(f.clock.now_ms());
+    assert_eq!(pol.dying().0, 1);
+    assert!(f.vhost.delete_policy(PolicyKind::Policy, "alo").unwrap());
+    assert_eq!(pol.dying().0, 0, "at most once again: let go");
+}

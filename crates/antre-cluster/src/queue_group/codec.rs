@@ -15,7 +15,12 @@
 //! length and record each), the settled ids and the returned ids (count,
 //! then ids); for `Membership` the length of its JSON and the JSON. The
 //! tags are not `{`: a record written as JSON by an older version is read
-//! as JSON ([`decode_entry`]).
+//! as JSON ([`decode_entry`]). Newer parts (a stream's offsets, the
+//! proposer's term, messages dead-lettered at least once) come after the
+//! older ones under a tag of their own, and snapshots put the dying
+//! messages after everything else, only when there are some: what older
+//! versions wrote reads the same, and what they can read is written the
+//! same as long as the newer parts are empty.
 
 use bytes::{Buf, BufMut, Bytes};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
@@ -33,6 +38,10 @@ const NORMAL: u8 = 0xB1;
 const NORMAL_OFFSETS: u8 = 0xB3;
 /// `NORMAL_OFFSETS` with the proposer's term (u64) after the log id.
 const NORMAL_TERM: u8 = 0xB4;
+/// `NORMAL_TERM` followed by the messages dead-lettered at least once
+/// (count, then id and reason code each): an entry without any keeps the
+/// older tag, which older versions read.
+const NORMAL_DYING: u8 = 0xB7;
 const MEMBERSHIP: u8 = 0xB2;
 const SNAPSHOT: u8 = 0xB5;
 const SNAPSHOT_REFS: u8 = 0xB6;
@@ -110,6 +119,23 @@ fn get_count(buf: &mut &[u8], min: usize, what: &str) -> Result<usize, CodecErro
     Ok(n)
 }
 
+/// Messages dead-lettered at least once: count, then id and reason code
+/// each.
+fn put_dying(out: &mut Vec<u8>, dying: impl ExactSizeIterator<Item = (u64, u8)>) {
+    out.put_u32_le(dying.len() as u32);
+    for (id, code) in dying {
+        out.put_u64_le(id);
+        out.put_u8(code);
+    }
+}
+
+fn get_dying(buf: &mut &[u8]) -> Result<Vec<(u64, u8)>, CodecError> {
+    let n = get_count(buf, 9, "dead letters")?;
+    (0..n)
+        .map(|_| Ok((get_u64(buf, "dead letter")?, get_u8(buf, "dead letter")?)))
+        .collect()
+}
+
 fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
     out.put_u32_le(ids.len() as u32);
     for &id in ids {
@@ -130,13 +156,19 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
             put_log_id(out, &entry.log_id);
         }
         EntryPayload::Normal(ops) => {
+            let dying = !ops.dead_lettered.is_empty();
             out.put_u8(match (ops.term, ops.offsets.is_empty()) {
+                _ if dying => NORMAL_DYING,
                 (Some(_), _) => NORMAL_TERM,
                 (None, true) => NORMAL,
                 (None, false) => NORMAL_OFFSETS,
             });
             put_log_id(out, &entry.log_id);
-            if let Some(term) = ops.term {
+            if dying {
+                // Only a leader of this version proposes these, and it
+                // always gives its term.
+                out.put_u64_le(ops.term.unwrap_or(entry.log_id.leader_id.term));
+            } else if let Some(term) = ops.term {
                 out.put_u64_le(term);
             }
             let bodies: usize = ops.enqueue.iter().map(|(_, b)| 12 + b.0.len()).sum();
@@ -151,7 +183,7 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
             }
             put_ids(out, &ops.settle);
             put_ids(out, &ops.returned);
-            if ops.term.is_some() || !ops.offsets.is_empty() {
+            if dying || ops.term.is_some() || !ops.offsets.is_empty() {
                 out.put_u32_le(ops.offsets.len() as u32);
                 for (name, offset) in &ops.offsets {
                     let len = u16::try_from(name.len())
@@ -160,6 +192,9 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
                     out.put_slice(name.as_bytes());
                     out.put_u64_le(*offset);
                 }
+            }
+            if dying {
+                put_dying(out, ops.dead_lettered.iter().copied());
             }
         }
         EntryPayload::Membership(m) => {
@@ -180,9 +215,9 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
     let log_id = get_log_id(buf)?;
     let payload = match tag {
         BLANK => EntryPayload::Blank,
-        NORMAL | NORMAL_OFFSETS | NORMAL_TERM => {
+        NORMAL | NORMAL_OFFSETS | NORMAL_TERM | NORMAL_DYING => {
             let term = match tag {
-                NORMAL_TERM => Some(get_u64(buf, "term")?),
+                NORMAL_TERM | NORMAL_DYING => Some(get_u64(buf, "term")?),
                 _ => None,
             };
             let n = get_count(buf, 12, "enqueues")?;
@@ -206,10 +241,15 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
                     offsets.push((name.to_owned(), get_u64(buf, "offset")?));
                 }
             }
+            let dead_lettered = match tag {
+                NORMAL_DYING => get_dying(buf)?,
+                _ => Vec::new(),
+            };
             EntryPayload::Normal(QueueOps {
                 enqueue,
                 settle,
                 returned,
+                dead_lettered,
                 offsets,
                 term,
             })
@@ -332,7 +372,10 @@ pub fn decode_append(
 /// A snapshot's data as sent to a member: the id the next enqueue gets,
 /// then each message left (id, delivery count, record), in id order,
 /// encoded one message at a time as its record is read from disk.
-pub(super) struct MessagesEncoder(Vec<u8>);
+pub(super) struct MessagesEncoder {
+    out: Vec<u8>,
+    dying: Vec<(u64, u8)>,
+}
 
 impl MessagesEncoder {
     /// `count` messages will follow, of about `bytes` in all.
@@ -341,18 +384,30 @@ impl MessagesEncoder {
         out.put_u8(SNAPSHOT);
         out.put_u64_le(next_id);
         out.put_u32_le(count as u32);
-        MessagesEncoder(out)
+        MessagesEncoder {
+            out,
+            dying: Vec::new(),
+        }
     }
 
     pub(super) fn push(&mut self, id: u64, delivery_count: u32, record: &[u8]) {
-        self.0.put_u64_le(id);
-        self.0.put_u32_le(delivery_count);
-        self.0.put_u32_le(record.len() as u32);
-        self.0.put_slice(record);
+        self.out.put_u64_le(id);
+        self.out.put_u32_le(delivery_count);
+        self.out.put_u32_le(record.len() as u32);
+        self.out.put_slice(record);
     }
 
-    pub(super) fn finish(self) -> Vec<u8> {
-        self.0
+    /// The message pushed with `id` is dying, for this reason's code.
+    pub(super) fn dying(&mut self, id: u64, code: u8) {
+        self.dying.push((id, code));
+    }
+
+    /// The data, with the dying messages after the messages (if any).
+    pub(super) fn finish(mut self) -> Vec<u8> {
+        if !self.dying.is_empty() {
+            put_dying(&mut self.out, self.dying.into_iter());
+        }
+        self.out
     }
 }
 
@@ -381,8 +436,16 @@ pub(super) fn decode_messages(raw: &[u8]) -> Result<Messages, CodecError> {
             Held {
                 record,
                 delivery_count,
+                dying: None,
             },
         );
+    }
+    if buf.has_remaining() {
+        for (id, code) in get_dying(&mut buf)? {
+            if let Some(m) = set.messages.get_mut(&id) {
+                m.dying = Some(code);
+            }
+        }
     }
     if buf.has_remaining() {
         return Err(CodecError(format!(
@@ -409,6 +472,13 @@ pub(super) fn encode_refs(set: &StoredSet, mark: Mark) -> Vec<u8> {
         out.put_u32_le(m.at.segment);
         out.put_u32_le(m.at.offset);
         out.put_u32_le(m.at.len);
+    }
+    let dying = set
+        .messages
+        .iter()
+        .filter_map(|(&id, m)| Some((id, m.dying?)));
+    if dying.clone().next().is_some() {
+        put_dying(&mut out, dying.collect::<Vec<_>>().into_iter());
     }
     out
 }
@@ -443,7 +513,21 @@ pub(super) fn decode_refs(raw: &[u8]) -> Result<(StoredSet, Mark), CodecError> {
             offset: get_u32(&mut buf, "message")?,
             len: get_u32(&mut buf, "message")?,
         };
-        set.messages.insert(id, Stored { at, delivery_count });
+        set.messages.insert(
+            id,
+            Stored {
+                at,
+                delivery_count,
+                dying: None,
+            },
+        );
+    }
+    if buf.has_remaining() {
+        for (id, code) in get_dying(&mut buf)? {
+            if let Some(m) = set.messages.get_mut(&id) {
+                m.dying = Some(code);
+            }
+        }
     }
     if buf.has_remaining() {
         return Err(CodecError(format!(
@@ -484,8 +568,18 @@ mod tests {
                     ],
                     settle: vec![1, 2],
                     returned: vec![9],
+                    dead_lettered: Vec::new(),
                     offsets: Vec::new(),
                     term: None,
+                }),
+            },
+            Entry {
+                log_id: log_id(3, 7, 5),
+                payload: EntryPayload::Normal(QueueOps {
+                    settle: vec![2],
+                    dead_lettered: vec![(4, 0), (8, 3)],
+                    term: Some(3),
+                    ..QueueOps::default()
                 }),
             },
             Entry {
@@ -544,29 +638,70 @@ mod tests {
     #[test]
     fn snapshots_round_trip_and_old_json_ones_still_read() {
         let msgs = vec![
-            (3, 0, Bytes::from_static(b"\x00\xffone")),
-            (9, 2, Bytes::new()),
+            (3, 0, None, Bytes::from_static(b"\x00\xffone")),
+            (9, 2, Some(3), Bytes::new()),
         ];
         let mut enc = MessagesEncoder::new(10, msgs.len(), 0);
-        for (id, dc, record) in &msgs {
+        for (id, dc, dying, record) in &msgs {
             enc.push(*id, *dc, record);
+            if let Some(code) = dying {
+                enc.dying(*id, *code);
+            }
         }
         let raw = enc.finish();
         let set = decode_messages(&raw).unwrap();
         assert_eq!(set.next_id, 10);
-        let got: Vec<(u64, u32, Bytes)> = set
+        let got: Vec<(u64, u32, Option<u8>, Bytes)> = set
             .messages
             .iter()
-            .map(|(id, h)| (*id, h.delivery_count, h.record.0.clone()))
+            .map(|(id, h)| (*id, h.delivery_count, h.dying, h.record.0.clone()))
             .collect();
         assert_eq!(got, msgs);
         let json = serde_json::to_vec(&set).unwrap();
         let back = decode_messages(&json).unwrap();
         assert_eq!(back.next_id, 10);
         assert_eq!(back.messages.len(), 2);
-        for cut in 0..raw.len() {
+        assert_eq!(back.messages[&9].dying, Some(3));
+        // Cut anywhere but where the dying messages start (a snapshot
+        // without any ends there): an error, never a panic.
+        let without_dying = raw.len() - 4 - 9;
+        for cut in (0..raw.len()).filter(|&c| c != without_dying) {
             assert!(decode_messages(&raw[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    fn stored(delivery_count: u32, dying: Option<u8>) -> Stored {
+        let at = RecordRef {
+            segment: 1,
+            offset: 2,
+            len: 3,
+        };
+        Stored {
+            at,
+            delivery_count,
+            dying,
+        }
+    }
+
+    #[test]
+    fn snapshots_of_references_keep_the_dying_messages() {
+        let mut set = StoredSet {
+            messages: BTreeMap::new(),
+            next_id: 12,
+        };
+        set.messages.insert(4, stored(1, None));
+        set.messages.insert(5, stored(0, Some(1)));
+        let mark = Mark {
+            segment: 2,
+            len: 99,
+        };
+        let (back, m) = decode_refs(&encode_refs(&set, mark)).unwrap();
+        assert_eq!((m.segment, m.len, back.next_id), (2, 99, 12));
+        let got: Vec<_> = back.messages.iter().map(|(id, s)| (*id, s.dying)).collect();
+        assert_eq!(got, [(4, None), (5, Some(1))]);
+        // Without dying messages the data is as older versions wrote it.
+        set.messages.remove(&5);
+        assert_eq!(encode_refs(&set, mark).len(), 25 + 24);
     }
 
     #[test]

@@ -101,6 +101,12 @@ impl QueueReplica for Slot {
         }
     }
 
+    fn dead_lettered(&self, id: u64, reason: DeathReason) {
+        if let Some(r) = self.current.lock().clone() {
+            r.dead_lettered(id, reason);
+        }
+    }
+
     fn replicated_messages(&self) -> u64 {
         let current = self.current.lock().clone();
         current.map_or(0, |r| r.replicated_messages())

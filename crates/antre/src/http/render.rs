@@ -53,7 +53,7 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
         .find(|c| c.exclusive)
         .map(|c| c.tag.clone());
     let policy = q.policy();
-    json!({
+    let mut row = json!({
         "name": q.name,
         "vhost": q.vhost,
         "durable": q.options.durable,
@@ -84,7 +84,15 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
             ("redeliver", m.redelivered.get(), r.redeliver),
             ("ack", m.acked.get(), r.ack),
         ]),
-    })
+    });
+    if q.kind() == antre_broker::queue::QueueKind::Quorum {
+        // RabbitMQ's: messages dead-lettered at least once that the queue
+        // keeps until their targets hold them.
+        let (dying, bytes) = q.dying();
+        row["messages_dlx"] = json!(dying);
+        row["message_bytes_dlx"] = json!(bytes);
+    }
+    row
 }
 
 /// A stream, in the shape of RabbitMQ's stream queues (`type: stream`,

@@ -165,6 +165,13 @@ async fn with_owner_figures(
                 None => fields.remove(key),
             };
         }
+        // A quorum queue's only.
+        for key in ["messages_dlx", "message_bytes_dlx"] {
+            match theirs.map(|row| &row[key]).filter(|v| !v.is_null()) {
+                Some(value) => fields.insert(key.to_owned(), value.clone()),
+                None => fields.remove(key),
+            };
+        }
     }
 }
 
