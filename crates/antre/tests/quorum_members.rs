@@ -470,6 +470,9 @@ async fn a_member_removed_and_added_back_at_once_keeps_every_message() {
     let (conn, ch) = on_three_members(&c, "again", 5).await;
 
     let (status, body) = post_member(&c, 0, "DELETE", "again", "n2").await;
+    if status != 204 {
+        c.dump_logs();
+    }
     assert_eq!(status, 204, "{body}");
     let (status, body) = post_member(&c, 0, "POST", "again", "n2").await;
     assert!(status == 200 || status == 204, "{status} {body}");
@@ -487,6 +490,9 @@ async fn a_member_removed_and_added_back_at_once_keeps_every_message() {
     // n2 alone holds the queue now: it has every message.
     for gone in ["n1", "n3"] {
         let (status, body) = post_member(&c, 1, "DELETE", "again", gone).await;
+        if status != 204 {
+            c.dump_logs();
+        }
         assert_eq!(status, 204, "{body}");
     }
     c.until_members("again", &["n2"]).await;

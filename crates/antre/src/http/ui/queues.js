@@ -184,6 +184,8 @@ export async function queuePage(view, vhost, name) {
       stat("Total", q.messages, "queue-total"), stat("Consumers", q.consumers, "queue-consumers"),
       stat("Publish /s", q.message_stats.publish_details.rate), stat("Deliver /s", q.message_stats.deliver_get_details.rate),
       stat("Ack /s", q.message_stats.ack_details.rate), stat("Ready bytes", bytes(q.message_bytes_ready)),
+      // A quorum queue's dead letters kept until a queue holds them (at-least-once).
+      q.messages_dlx ? stat("Dead letters kept", q.messages_dlx, "queue-dlx") : null,
     ], { class: "stats" }),
     view.live(({ q }) => h("p", { class: "muted" },
       `${q.type || "classic"}, ${q.durable ? "durable" : "transient"}${q.auto_delete ? ", auto-delete" : ""}${q.exclusive ? ", exclusive" : ""}; arguments: ${JSON.stringify(q.arguments)}`)),
