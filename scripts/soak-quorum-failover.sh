@@ -10,7 +10,13 @@
 #   on the new leader) mean ... max ...
 #
 # It is the failover loop of crates/antre/tests/quorum_cluster.rs (which CI
-# runs with 3 cycles), with a cycle count from ANTRE_QUORUM_CYCLES.
+# runs with 3 cycles), with a cycle count from ANTRE_QUORUM_CYCLES. The
+# loop runs twice: on a plain quorum queue, then on one that dead-letters
+# at least once, whose consumer rejects every seventh message; that run
+# also checks that every rejected message reached the dead-letter queue:
+#
+#   at-least-once dead letters: rejected ..., dead-lettered ..., lost 0,
+#   duplicated ...
 #
 # Usage: scripts/soak-quorum-failover.sh [CYCLES]
 #
@@ -20,6 +26,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cycles="${1:-100}"
-ANTRE_QUORUM_CYCLES="$cycles" cargo test -p antre --test cluster \
-    quorum_cluster::a_quorum_queue_replicates_and_survives_its_leaders_death -- --nocapture 2>&1 |
-    grep -E "^quorum failover:|^test result|panicked|^TRACE|^\[n[0-9]\]"
+for test in a_quorum_queue_replicates_and_survives_its_leaders_death \
+    a_queue_dead_lettering_at_least_once_loses_no_dead_letter_to_leader_kills; do
+    ANTRE_QUORUM_CYCLES="$cycles" cargo test -p antre --test cluster \
+        "quorum_cluster::$test" -- --nocapture 2>&1 |
+        grep -E "^quorum failover:|^at-least-once dead letters:|^test result|panicked|^TRACE|^\[n[0-9]\]"
+done

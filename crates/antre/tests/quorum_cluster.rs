@@ -312,7 +312,7 @@ async fn a_quorum_queue_replicates_and_survives_its_leaders_death() {
     .await;
 
     let cycles = crate::common::rounds_from_env("ANTRE_QUORUM_CYCLES", 3);
-    failover_cycles(&mut c, "orders", cycles).await;
+    failover_cycles(&mut c, "orders", cycles, None).await;
 
     // Deleting the queue stops its group and removes its data everywhere.
     for i in 0..3 {
@@ -705,11 +705,18 @@ struct History {
     confirmed: Vec<u64>,
     /// Each delivery: id, redelivered flag.
     delivered: Vec<(u64, bool)>,
+    /// Ids the consumer rejected (without requeue).
+    rejected: Vec<u64>,
 }
 
 /// Publishes numbered messages with confirms, `window` at a time, until
 /// the connection fails; records the confirmed ids.
-async fn publish_until_failure(ch: Channel, ids: Arc<AtomicU64>, history: Arc<Mutex<History>>) {
+async fn publish_until_failure(
+    ch: Channel,
+    queue: String,
+    ids: Arc<AtomicU64>,
+    history: Arc<Mutex<History>>,
+) {
     loop {
         let mut pending = Vec::new();
         for _ in 0..20 {
@@ -717,7 +724,7 @@ async fn publish_until_failure(ch: Channel, ids: Arc<AtomicU64>, history: Arc<Mu
             let Ok(confirm) = ch
                 .basic_publish(
                     "",
-                    "orders",
+                    &queue,
                     BasicPublishOptions::default(),
                     id.to_string().as_bytes(),
                     persistent(),
@@ -739,11 +746,18 @@ async fn publish_until_failure(ch: Channel, ids: Arc<AtomicU64>, history: Arc<Mu
 }
 
 /// Consumes with acks until the connection fails; records deliveries.
-async fn consume_until_failure(ch: Channel, history: Arc<Mutex<History>>) {
+/// With `reject_every` n, ids that are multiples of n are rejected
+/// without requeue instead (the queue dead-letters them).
+async fn consume_until_failure(
+    ch: Channel,
+    queue: String,
+    history: Arc<Mutex<History>>,
+    reject_every: Option<u64>,
+) {
     ch.basic_qos(50, BasicQosOptions::default()).await.ok();
     let Ok(mut consumer) = ch
         .basic_consume(
-            "orders",
+            &queue,
             "soak",
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -753,17 +767,27 @@ async fn consume_until_failure(ch: Channel, history: Arc<Mutex<History>>) {
         return;
     };
     while let Some(Ok(d)) = consumer.next().await {
-        if let Some(id) = std::str::from_utf8(&d.data)
+        let id: Option<u64> = std::str::from_utf8(&d.data)
             .ok()
-            .and_then(|s| s.parse().ok())
-        {
+            .and_then(|s| s.parse().ok());
+        if let Some(id) = id {
             history
                 .lock()
                 .expect("history")
                 .delivered
                 .push((id, d.redelivered));
         }
-        if d.ack(BasicAckOptions::default()).await.is_err() {
+        let reject = id.zip(reject_every).is_some_and(|(id, n)| id % n == 0);
+        let settled = if reject {
+            let done = d.reject(BasicRejectOptions { requeue: false }).await;
+            if let (Ok(()), Some(id)) = (&done, id) {
+                history.lock().expect("history").rejected.push(id);
+            }
+            done
+        } else {
+            d.ack(BasicAckOptions::default()).await
+        };
+        if settled.is_err() {
             return;
         }
     }
@@ -772,8 +796,10 @@ async fn consume_until_failure(ch: Channel, history: Arc<Mutex<History>>) {
 /// Kills the queue's leader under confirmed publishing and consuming,
 /// `cycles` times, restarting it each time; then drains the queue and
 /// checks the history: nothing confirmed lost, every repeated delivery
-/// marked redelivered. Prints the figures.
-async fn failover_cycles(c: &mut TestCluster, queue: &str, cycles: usize) {
+/// marked redelivered. With `dead` (the queue dead-letters at least once
+/// into that queue), the consumer rejects every seventh message, and each
+/// rejected one must be in `dead` in the end. Prints the figures.
+async fn failover_cycles(c: &mut TestCluster, queue: &str, cycles: usize, dead: Option<&str>) {
     let ids = Arc::new(AtomicU64::new(1_000_000));
     let history = Arc::new(Mutex::new(History::default()));
     let mut failovers = Vec::new();
@@ -782,12 +808,15 @@ async fn failover_cycles(c: &mut TestCluster, queue: &str, cycles: usize) {
         let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
         let publisher = tokio::spawn(publish_until_failure(
             confirm_channel(&conn).await,
+            queue.to_owned(),
             Arc::clone(&ids),
             Arc::clone(&history),
         ));
         let consumer = tokio::spawn(consume_until_failure(
             conn.create_channel().await.expect("channel"),
+            queue.to_owned(),
             Arc::clone(&history),
+            dead.map(|_| 7),
         ));
         let start = history.lock().expect("history").confirmed.len();
         c.until("confirms before the kill", || async {
@@ -858,57 +887,112 @@ async fn failover_cycles(c: &mut TestCluster, queue: &str, cycles: usize) {
         })
         .await;
     }
-    // Drain what is left from the leader.
+    // Drain what is left from the leader, rejecting as the consumer did
+    // (a reject the killed leader never committed brings its message back).
     let l = wait_leader(c, queue).await;
     let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     while let Some(got) = ch
-        .basic_get(queue, BasicGetOptions { no_ack: true })
+        .basic_get(queue, BasicGetOptions::default())
         .await
         .expect("get")
     {
-        if let Some(id) = std::str::from_utf8(&got.delivery.data)
+        let id: Option<u64> = std::str::from_utf8(&got.delivery.data)
             .ok()
-            .and_then(|s| s.parse().ok())
+            .and_then(|s| s.parse().ok());
+        let reject = id.filter(|id| dead.is_some() && id % 7 == 0);
         {
-            history
-                .lock()
-                .expect("history")
-                .delivered
-                .push((id, got.delivery.redelivered));
+            let mut h = history.lock().expect("history");
+            if let Some(id) = id {
+                h.delivered.push((id, got.delivery.redelivered));
+            }
+            h.rejected.extend(reject);
+        }
+        if reject.is_some() {
+            let options = BasicRejectOptions { requeue: false };
+            got.delivery.reject(options).await.expect("reject");
+        } else {
+            got.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
         }
     }
-    let h = history.lock().expect("history");
-    let mut seen: HashMap<u64, usize> = HashMap::new();
-    let mut dishonest = 0;
-    for &(id, redelivered) in &h.delivered {
-        let n = seen.entry(id).or_default();
-        if *n > 0 && !redelivered {
-            dishonest += 1;
+    let (lost, dishonest, rejected) = {
+        let h = history.lock().expect("history");
+        let mut seen: HashMap<u64, usize> = HashMap::new();
+        let mut dishonest = 0;
+        for &(id, redelivered) in &h.delivered {
+            let n = seen.entry(id).or_default();
+            if *n > 0 && !redelivered {
+                dishonest += 1;
+            }
+            *n += 1;
         }
-        *n += 1;
-    }
-    let lost = h
-        .confirmed
-        .iter()
-        .filter(|id| !seen.contains_key(id))
-        .count();
-    let duplicated: usize = seen.values().map(|n| n - 1).sum();
-    let mut sorted = failovers.clone();
-    sorted.sort();
-    let max = sorted.last().copied().unwrap_or_default();
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
-    let mean = failovers.iter().sum::<Duration>() / failovers.len().max(1) as u32;
-    println!(
-        "quorum failover: cycles {cycles}, confirmed {}, delivered {}, lost {lost}, \
-         duplicated {duplicated}, unmarked repeats {dishonest}, \
-         failover (kill to first confirm on the new leader) mean {mean:.2?} median {median:.2?} \
-         max {max:.2?}",
-        h.confirmed.len(),
-        h.delivered.len()
-    );
+        let lost = h
+            .confirmed
+            .iter()
+            .filter(|id| !seen.contains_key(id))
+            .count();
+        let duplicated: usize = seen.values().map(|n| n - 1).sum();
+        let mut sorted = failovers.clone();
+        sorted.sort();
+        let max = sorted.last().copied().unwrap_or_default();
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+        let mean = failovers.iter().sum::<Duration>() / failovers.len().max(1) as u32;
+        println!(
+            "quorum failover: cycles {cycles}, confirmed {}, delivered {}, lost {lost}, \
+             duplicated {duplicated}, unmarked repeats {dishonest}, \
+             failover (kill to first confirm on the new leader) mean {mean:.2?} median {median:.2?} \
+             max {max:.2?}",
+            h.confirmed.len(),
+            h.delivered.len()
+        );
+        (lost, dishonest, h.rejected.clone())
+    };
     assert_eq!(lost, 0, "confirmed messages lost");
     assert_eq!(dishonest, 0, "a repeated delivery not marked redelivered");
+    if let Some(dead) = dead {
+        dead_letters_all_held(c, queue, dead, &rejected).await;
+    }
+}
+
+/// Every id in `rejected` reached `dead` (at least once), once `queue` no
+/// longer keeps any dead letter. Prints the figures.
+async fn dead_letters_all_held(c: &TestCluster, queue: &str, dead: &str, rejected: &[u64]) {
+    c.until("the kept dead letters to be held", || async {
+        match leader(c, queue).await {
+            Some(l) => queue_json(c, l, queue)
+                .await
+                .is_some_and(|q| q["messages_dlx"] == json!(0)),
+            None => false,
+        }
+    })
+    .await;
+    let mut got: HashMap<u64, usize> = HashMap::new();
+    let l = wait_leader(c, dead).await;
+    for body in c.drain(l, dead).await {
+        if let Ok(id) = body.parse::<u64>() {
+            *got.entry(id).or_default() += 1;
+        }
+    }
+    let distinct: std::collections::HashSet<u64> = rejected.iter().copied().collect();
+    let lost: Vec<u64> = distinct
+        .iter()
+        .copied()
+        .filter(|id| !got.contains_key(id))
+        .collect();
+    let duplicated: usize = got.values().map(|n| n - 1).sum();
+    println!(
+        "at-least-once dead letters: rejected {}, dead-lettered {}, lost {}, duplicated {duplicated}",
+        distinct.len(),
+        got.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "rejected messages never dead-lettered: {lost:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1507,4 +1591,42 @@ async fn an_at_least_once_dead_letter_survives_its_leaders_death() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The failover loop on a queue that dead-letters at least once into
+/// another quorum queue (led from the first node, so some kills take both
+/// leaders down): the consumer rejects every seventh message, and every
+/// rejected message reaches the dead-letter queue, whichever leader died
+/// between the reject and the dead letter's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_dead_lettering_at_least_once_loses_no_dead_letter_to_leader_kills() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_fanout(&c, 0, "orders-dlx").await;
+    c.declare_durable(0, "orders-dead", quorum_args(&[])).await;
+    let conn = connect(&c.nodes[0].amqp_uri()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_bind(
+        "orders-dead",
+        "orders-dlx",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    drop(conn);
+    let args = quorum_args(&[
+        (
+            "x-dead-letter-exchange",
+            AMQPValue::LongString("orders-dlx".into()),
+        ),
+        (
+            "x-dead-letter-strategy",
+            AMQPValue::LongString("at-least-once".into()),
+        ),
+        ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+    ]);
+    c.declare_durable(0, "rejecting", args).await;
+    let cycles = crate::common::rounds_from_env("ANTRE_QUORUM_CYCLES", 3);
+    failover_cycles(&mut c, "rejecting", cycles, Some("orders-dead")).await;
 }
