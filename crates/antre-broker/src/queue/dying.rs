@@ -2,19 +2,227 @@
 //! quorum queues): a dead-lettered message stays in its queue, out of
 //! consumers' reach, until every queue its letter reached holds it.
 //!
-//! The queue only keeps the messages and their stage
-//! ([`super::state::DyingStage`]); the vhost routes the letters and reports
-//! back ([`Queue::dead_letter_routed`]), and the broker's timer checks
-//! whether the targets hold them yet and routes again those that went
-//! nowhere ([`crate::vhost::Vhost::tick`]). As in RabbitMQ's dead-letter
-//! worker, a letter may reach a target twice (a retry after a failover),
-//! never zero times while its queue exists.
+//! The queue only keeps the messages and their stage ([`DyingStage`]);
+//! the vhost routes the letters and reports back
+//! ([`Queue::dead_letter_routed`]), and the broker's timer checks whether
+//! the targets hold them yet and routes again those that went nowhere
+//! ([`crate::vhost::Vhost::tick`]). As in RabbitMQ's dead-letter worker, a
+//! letter may reach a target twice (a retry after a failover), never zero
+//! times while its queue exists.
+//!
+//! Kept messages live within the node's message budget like ready ones:
+//! past it, a body stays in the durable store it is in already, or goes
+//! to the queue's scratch store, so dead letters with nowhere to go cost
+//! an index entry each, not their bodies.
 
 use std::sync::Arc;
 
-use super::state::{DyingStage, QueueState, DYING_RETRY_MAX_MS};
-use super::{DeadLetter, Queue};
+use antre_store::SegmentPosition;
+
+use super::paging::ENTRY_COST;
+use super::state::QueueState;
+use super::{DeadLetter, DeathReason, Queue};
 use crate::durable::Durable;
+use crate::message::Message;
+
+/// The first wait before a dead letter that reached no queue is routed
+/// again; it doubles with each failure up to [`DYING_RETRY_MAX_MS`].
+/// RabbitMQ retries after three minutes; a few seconds make a dead-letter
+/// queue declared late, or a target's leader that moved, cost little.
+pub(super) const DYING_RETRY_MS: u64 = 1_000;
+/// The longest wait between two attempts of the same dead letter.
+pub(super) const DYING_RETRY_MAX_MS: u64 = 60_000;
+
+/// A message dead-lettered at least once: out of consumers' reach, but
+/// kept (and counted against the queue's limits) until every queue its
+/// dead letter reached holds it safely.
+#[derive(Debug)]
+pub(super) struct Dying {
+    body: DyingBody,
+    /// Body bytes.
+    size: u64,
+    /// What its body in memory charges to the node's budget.
+    charged: u64,
+    reason: DeathReason,
+    pos: Option<SegmentPosition>,
+    dedup_key: Option<String>,
+    stage: DyingStage,
+    /// The wait before the next attempt, should this one fail.
+    backoff: u64,
+}
+
+/// Where a kept message's body is.
+#[derive(Debug)]
+enum DyingBody {
+    Memory(Arc<Message>),
+    /// In the queue's durable store, at the message's `pos`.
+    Stored,
+    /// In the queue's scratch store.
+    Scratch(SegmentPosition),
+}
+
+/// Where a [`Dying`] message's dead letter stands.
+#[derive(Debug)]
+pub(super) enum DyingStage {
+    /// Handed to the vhost to route.
+    Routing,
+    /// Routed: held once each of these has it durably (synced,
+    /// committed, or answered by the node that owns the target).
+    Routed(Vec<Arc<dyn Durable>>),
+    /// Reached no queue (or a target refused or lost it): routed again
+    /// at this time.
+    RetryAt(u64),
+}
+
+impl QueueState {
+    /// A message leaves the queue for its dead-letter exchange. At most
+    /// once, it is forgotten as its letter goes; at least once, it is kept
+    /// until the letter's targets hold it ([`Self::hold_dying`]), and its
+    /// group (if replicated) learns it is dying, so that a new leader goes
+    /// on dead-lettering it rather than deliver it again.
+    pub(super) fn dead_letter(
+        &mut self,
+        seq: u64,
+        pos: Option<SegmentPosition>,
+        dedup_key: Option<String>,
+        message: Arc<Message>,
+        reason: DeathReason,
+        queue: &str,
+    ) {
+        if !self.args.at_least_once() {
+            self.dead.push(DeadLetter {
+                message,
+                reason,
+                hold: None,
+            });
+            self.forget(seq, pos, dedup_key.as_deref(), queue);
+            return;
+        }
+        if let Some(replica) = &self.replica {
+            replica.dead_lettered(seq, reason);
+        }
+        self.dead.push(DeadLetter {
+            message: Arc::clone(&message),
+            reason,
+            hold: Some(seq),
+        });
+        self.hold_dying(seq, message, reason, pos, dedup_key, DyingStage::Routing);
+    }
+
+    /// Keeps a dying message until its dead letter is held: its body in
+    /// memory if the node's budget has room, else on disk.
+    pub(super) fn hold_dying(
+        &mut self,
+        seq: u64,
+        message: Arc<Message>,
+        reason: DeathReason,
+        pos: Option<SegmentPosition>,
+        dedup_key: Option<String>,
+        stage: DyingStage,
+    ) {
+        let size = message.body.len() as u64;
+        let cost = ENTRY_COST + message.memory_size();
+        let (body, charged) = if self.ready.pager.try_charge(cost) {
+            (DyingBody::Memory(message), cost)
+        } else if pos.is_some() && self.store.is_some() {
+            (DyingBody::Stored, 0)
+        } else {
+            match self.ready.pager.write(message.record()) {
+                Some(at) => (DyingBody::Scratch(at), 0),
+                None => {
+                    // Cannot page it: it stays, counted all the same.
+                    self.ready.pager.force_charge(cost);
+                    (DyingBody::Memory(message), cost)
+                }
+            }
+        };
+        let dying = Dying {
+            body,
+            size,
+            charged,
+            reason,
+            pos,
+            dedup_key,
+            stage,
+            backoff: DYING_RETRY_MS,
+        };
+        self.dying_bytes += size;
+        if let Some(old) = self.dying.insert(seq, dying) {
+            self.let_go(old);
+        }
+    }
+
+    /// A dying message's dead letter is held by its targets (or went
+    /// nowhere by rule): it is forgotten for good.
+    pub(super) fn settle_dying(&mut self, seq: u64, queue: &str) {
+        if let Some(d) = self.dying.remove(&seq) {
+            let (pos, key) = (d.pos, d.dedup_key.clone());
+            self.let_go(d);
+            self.forget(seq, pos, key.as_deref(), queue);
+        }
+    }
+
+    /// Drops the kept messages without settling them anywhere (the queue
+    /// is deleted, or its group keeps them while another node leads it).
+    pub(super) fn drop_dying(&mut self) {
+        for (_, d) in std::mem::take(&mut self.dying) {
+            self.let_go(d);
+        }
+    }
+
+    /// Gives back what a kept message's body held: its charge, its
+    /// scratch record.
+    fn let_go(&mut self, d: Dying) {
+        self.dying_bytes -= d.size;
+        match d.body {
+            DyingBody::Memory(_) => self.ready.pager.release(d.charged),
+            DyingBody::Scratch(at) => self.ready.pager.free(at),
+            DyingBody::Stored => {}
+        }
+    }
+
+    /// A kept message's body, from memory or disk; None if it cannot be
+    /// read back (logged where it failed).
+    fn dying_body(&mut self, seq: u64, queue: &str) -> Option<Arc<Message>> {
+        let d = self.dying.get(&seq)?;
+        match &d.body {
+            DyingBody::Memory(m) => Some(Arc::clone(m)),
+            DyingBody::Stored => self.read_paged(d.pos, queue),
+            &DyingBody::Scratch(at) => {
+                let raw = self.ready.pager.read(at)?;
+                Message::from_record(&raw)
+                    .map_err(|e| tracing::error!(queue, "dropping undecodable message: {e}"))
+                    .ok()
+                    .map(Arc::new)
+            }
+        }
+    }
+
+    /// At-least-once dead-lettering was turned off (a policy changed): the
+    /// kept messages go, those waiting for a retry dead-lettered at most
+    /// once, as the queue now does.
+    pub(super) fn release_dying(&mut self, queue: &str) {
+        let dlx = self.args.dead_letter_exchange.is_some();
+        let seqs: Vec<u64> = self.dying.keys().copied().collect();
+        for seq in seqs {
+            let waiting = self
+                .dying
+                .get(&seq)
+                .is_some_and(|d| matches!(d.stage, DyingStage::RetryAt(_)));
+            if dlx && waiting {
+                if let Some(message) = self.dying_body(seq, queue) {
+                    let reason = self.dying[&seq].reason;
+                    self.dead.push(DeadLetter {
+                        message,
+                        reason,
+                        hold: None,
+                    });
+                }
+            }
+            self.settle_dying(seq, queue);
+        }
+    }
+}
 
 impl Queue {
     /// The router's report on a held dead letter: `held_by` the stores
@@ -73,20 +281,32 @@ impl Queue {
 
     /// Hands the dead letters whose retry is due to the queue's dead
     /// letters to route ([`Queue::take_dead_letters`]); returns how many.
+    /// One whose body cannot be read back any more is dropped (logged).
     pub fn dying_due(&self, now: u64) -> usize {
         let mut st = self.state.lock();
-        let QueueState { dying, dead, .. } = &mut *st;
+        let due: Vec<u64> = st
+            .dying
+            .iter()
+            .filter(|(_, d)| matches!(d.stage, DyingStage::RetryAt(at) if at <= now))
+            .map(|(&seq, _)| seq)
+            .collect();
         let mut n = 0;
-        for (&seq, d) in dying.iter_mut() {
-            if matches!(d.stage, DyingStage::RetryAt(at) if at <= now) {
-                d.stage = DyingStage::Routing;
-                dead.push(DeadLetter {
-                    message: Arc::clone(&d.message),
-                    reason: d.reason,
-                    hold: Some(seq),
-                });
-                n += 1;
-            }
+        for seq in due {
+            let Some(message) = st.dying_body(seq, &self.name) else {
+                st.settle_dying(seq, &self.name);
+                continue;
+            };
+            let Some(d) = st.dying.get_mut(&seq) else {
+                continue;
+            };
+            d.stage = DyingStage::Routing;
+            let reason = d.reason;
+            st.dead.push(DeadLetter {
+                message,
+                reason,
+                hold: Some(seq),
+            });
+            n += 1;
         }
         n
     }
@@ -96,25 +316,5 @@ impl Queue {
     pub fn dying(&self) -> (u32, u64) {
         let st = self.state.lock();
         (st.dying.len() as u32, st.dying_bytes)
-    }
-}
-
-impl QueueState {
-    /// At-least-once dead-lettering was turned off (a policy changed): the
-    /// kept messages go, those waiting for a retry dead-lettered at most
-    /// once, as the queue now does.
-    pub(super) fn release_dying(&mut self, queue: &str) {
-        let dlx = self.args.dead_letter_exchange.is_some();
-        for (seq, d) in std::mem::take(&mut self.dying) {
-            if dlx && matches!(d.stage, DyingStage::RetryAt(_)) {
-                self.dead.push(DeadLetter {
-                    message: d.message,
-                    reason: d.reason,
-                    hold: None,
-                });
-            }
-            self.forget(seq, d.pos, d.dedup_key.as_deref(), queue);
-        }
-        self.dying_bytes = 0;
     }
 }

@@ -885,8 +885,7 @@ impl Queue {
         st.deleted = true;
         let n = st.ready.clear() as u32;
         st.dedup.clear();
-        st.dying.clear();
-        st.dying_bytes = 0;
+        st.drop_dying();
         if let Some(store) = st.store.take() {
             if let Err(e) = store.delete_all() {
                 tracing::warn!(

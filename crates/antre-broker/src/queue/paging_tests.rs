@@ -266,3 +266,77 @@ fn stored_messages_wait_on_disk_only_until_a_consumer_is_there() {
     assert_eq!(order, expected);
     assert_eq!(memory.used(), 0);
 }
+
+/// A message dead-lettered at least once and kept (its letter reached no
+/// queue) costs the budget nothing past it: its body goes to the scratch
+/// store, comes back for each retry, and is freed once held.
+#[test]
+fn kept_dead_letters_page_out_past_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (memory, paging) = budget(dir.path(), 0);
+    let q = at_least_once_queue(paging);
+    q.publish_ok(message("declined"));
+    let (got, _) = q.get(false).expect("the payment");
+    q.reject([got]);
+    assert_eq!(q.dying(), (1, 8));
+    assert_eq!(memory.used(), 0, "kept on disk, not in memory");
+    let first = q.take_dead_letters();
+    assert_eq!(body_of(&first[0]), "declined");
+    assert_eq!(
+        Arc::strong_count(&first[0].message),
+        1,
+        "the queue keeps no copy in memory"
+    );
+    q.dead_letter_routed(0, None);
+    assert_eq!(q.dying_due(2_000), 1);
+    let again = q.take_dead_letters();
+    assert_eq!(
+        (body_of(&again[0]), again[0].hold),
+        ("declined".into(), Some(0))
+    );
+    q.dead_letter_routed(0, Some(Vec::new()));
+    assert_eq!(q.dying(), (0, 0));
+
+    // Within the budget it stays in memory, charged until it is held.
+    let (memory, paging) = budget(dir.path(), 1 << 20);
+    let q = at_least_once_queue(paging);
+    q.publish_ok(message("declined"));
+    let (got, _) = q.get(false).expect("the payment");
+    drop(q.take_dead_letters());
+    let before = memory.used();
+    q.reject([got]);
+    drop(q.take_dead_letters());
+    assert!(memory.used() > before, "a kept body is charged");
+    q.dead_letter_routed(0, Some(Vec::new()));
+    assert_eq!(memory.used(), before);
+}
+
+fn at_least_once_queue(paging: Paging) -> Arc<Queue> {
+    Queue::new(
+        "/",
+        "q",
+        QueueOptions {
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: [
+                ("x-queue-type", FieldValue::string("quorum")),
+                ("x-overflow", FieldValue::string("reject-publish")),
+                ("x-dead-letter-exchange", FieldValue::string("dlx")),
+                (
+                    "x-dead-letter-strategy",
+                    FieldValue::string("at-least-once"),
+                ),
+            ]
+            .into_iter()
+            .collect::<FieldTable>(),
+        },
+        Arc::new(ManualClock::at(1_000)),
+        Some(paging),
+    )
+    .unwrap()
+}
+
+fn body_of(letter: &DeadLetter) -> String {
+    String::from_utf8_lossy(&letter.message.body).into_owned()
+}

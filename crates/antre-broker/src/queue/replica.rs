@@ -132,7 +132,7 @@ impl Queue {
             if let Some(reason) = m.dying {
                 // Its letter goes again: it may reach a target twice,
                 // never zero times.
-                let retry = super::state::DyingStage::RetryAt(now);
+                let retry = super::dying::DyingStage::RetryAt(now);
                 st.hold_dying(m.id, m.message, reason, None, None, retry);
                 dying = true;
                 continue;
@@ -174,8 +174,7 @@ impl Queue {
         st.outstanding.clear();
         st.unacked = 0;
         st.dead.clear();
-        st.dying.clear();
-        st.dying_bytes = 0;
+        st.drop_dying();
     }
 }
 

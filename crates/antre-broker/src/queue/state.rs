@@ -7,49 +7,13 @@ use std::sync::Arc;
 
 use antre_store::{QueueStore, SegmentPosition};
 
+use super::dying::Dying;
 use super::line::ConsumerLine;
 use super::paging::{Pager, Paging, ENTRY_COST};
 use super::ready::{Body, Ready, ReadyList};
 use super::{DeadLetter, DeathReason, Entry, QueueArgs, Unsettled};
-use crate::durable::Durable;
 use crate::message::Message;
 use crate::replicated::QueueReplica;
-
-/// The first wait before a dead letter that reached no queue is routed
-/// again; it doubles with each failure up to [`DYING_RETRY_MAX_MS`].
-/// RabbitMQ retries after three minutes; a few seconds make a dead-letter
-/// queue declared late, or a target's leader that moved, cost little.
-pub(super) const DYING_RETRY_MS: u64 = 1_000;
-/// The longest wait between two attempts of the same dead letter.
-pub(super) const DYING_RETRY_MAX_MS: u64 = 60_000;
-
-/// A message dead-lettered at least once (`x-dead-letter-strategy:
-/// at-least-once`): out of consumers' reach, but kept (and counted
-/// against the queue's limits) until every queue its dead letter reached
-/// holds it safely.
-#[derive(Debug)]
-pub(super) struct Dying {
-    pub(super) message: Arc<Message>,
-    pub(super) reason: DeathReason,
-    pub(super) pos: Option<SegmentPosition>,
-    pub(super) dedup_key: Option<String>,
-    pub(super) stage: DyingStage,
-    /// The wait before the next attempt, should this one fail.
-    pub(super) backoff: u64,
-}
-
-/// Where a [`Dying`] message's dead letter stands.
-#[derive(Debug)]
-pub(super) enum DyingStage {
-    /// Handed to the vhost to route.
-    Routing,
-    /// Routed: held once each of these has it durably (synced,
-    /// committed, or answered by the node that owns the target).
-    Routed(Vec<Arc<dyn Durable>>),
-    /// Reached no queue (or a target refused or lost it): routed again
-    /// at this time.
-    RetryAt(u64),
-}
 
 #[derive(Debug)]
 pub(super) struct QueueState {
@@ -149,73 +113,6 @@ impl QueueState {
                 .args
                 .max_length_bytes
                 .is_some_and(|max| bytes + coming.1 + size > max)
-    }
-
-    /// A message leaves the queue for its dead-letter exchange. At most
-    /// once, it is forgotten as its letter goes; at least once, it is kept
-    /// until the letter's targets hold it ([`Self::hold_dying`]), and its
-    /// group (if replicated) learns it is dying, so that a new leader goes
-    /// on dead-lettering it rather than deliver it again.
-    pub(super) fn dead_letter(
-        &mut self,
-        seq: u64,
-        pos: Option<SegmentPosition>,
-        dedup_key: Option<String>,
-        message: Arc<Message>,
-        reason: DeathReason,
-        queue: &str,
-    ) {
-        if !self.args.at_least_once() {
-            self.dead.push(DeadLetter {
-                message,
-                reason,
-                hold: None,
-            });
-            self.forget(seq, pos, dedup_key.as_deref(), queue);
-            return;
-        }
-        if let Some(replica) = &self.replica {
-            replica.dead_lettered(seq, reason);
-        }
-        self.dead.push(DeadLetter {
-            message: Arc::clone(&message),
-            reason,
-            hold: Some(seq),
-        });
-        self.hold_dying(seq, message, reason, pos, dedup_key, DyingStage::Routing);
-    }
-
-    /// Keeps a dying message until its dead letter is held.
-    pub(super) fn hold_dying(
-        &mut self,
-        seq: u64,
-        message: Arc<Message>,
-        reason: DeathReason,
-        pos: Option<SegmentPosition>,
-        dedup_key: Option<String>,
-        stage: DyingStage,
-    ) {
-        self.dying_bytes += message.body.len() as u64;
-        let dying = Dying {
-            message,
-            reason,
-            pos,
-            dedup_key,
-            stage,
-            backoff: DYING_RETRY_MS,
-        };
-        if let Some(old) = self.dying.insert(seq, dying) {
-            self.dying_bytes -= old.message.body.len() as u64;
-        }
-    }
-
-    /// A dying message's dead letter is held by its targets (or went
-    /// nowhere by rule): it is forgotten for good.
-    pub(super) fn settle_dying(&mut self, seq: u64, queue: &str) {
-        if let Some(d) = self.dying.remove(&seq) {
-            self.dying_bytes -= d.message.body.len() as u64;
-            self.forget(seq, d.pos, d.dedup_key.as_deref(), queue);
-        }
     }
 
     pub(super) fn store(&mut self) -> Option<&mut QueueStore> {
