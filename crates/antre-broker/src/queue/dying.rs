@@ -21,7 +21,7 @@ use antre_store::SegmentPosition;
 
 use super::paging::ENTRY_COST;
 use super::state::QueueState;
-use super::{DeadLetter, DeathReason, Queue};
+use super::{DeadLetter, DeathReason, Queue, Unsettled};
 use crate::durable::Durable;
 use crate::message::Message;
 
@@ -107,6 +107,18 @@ impl QueueState {
             hold: Some(seq),
         });
         self.hold_dying(seq, message, reason, pos, dedup_key, DyingStage::Routing);
+    }
+
+    /// A delivered message leaves for good: dead-lettered for `reason`
+    /// (the queue has a dead-letter exchange), or forgotten. One whose
+    /// body cannot be read back is forgotten too.
+    pub(super) fn leave(&mut self, u: Unsettled, reason: Option<DeathReason>, queue: &str) {
+        match reason.and_then(|r| Some((r, self.body_of(&u, queue)?))) {
+            Some((reason, message)) => {
+                self.dead_letter(u.seq, u.pos, u.dedup_key, message, reason, queue)
+            }
+            None => self.forget(u.seq, u.pos, u.dedup_key.as_deref(), queue),
+        }
     }
 
     /// Keeps a dying message until its dead letter is held: its body in

@@ -750,17 +750,7 @@ impl Queue {
                 continue;
             }
             st.unacked = st.unacked.saturating_sub(1);
-            match dlx.then(|| st.body_of(&e, &self.name)).flatten() {
-                Some(message) => st.dead_letter(
-                    e.seq,
-                    e.pos,
-                    e.dedup_key,
-                    message,
-                    DeathReason::Rejected,
-                    &self.name,
-                ),
-                None => st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name),
-            }
+            st.leave(e, dlx.then_some(DeathReason::Rejected), &self.name);
         }
     }
 
@@ -787,17 +777,7 @@ impl Queue {
                 .is_some_and(|limit| u64::from(e.delivery_count) > limit)
             {
                 let dlx = st.args.dead_letter_exchange.is_some();
-                match dlx.then(|| st.body_of(&e, &self.name)).flatten() {
-                    Some(message) => st.dead_letter(
-                        e.seq,
-                        e.pos,
-                        e.dedup_key,
-                        message,
-                        DeathReason::DeliveryLimit,
-                        &self.name,
-                    ),
-                    None => st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name),
-                }
+                st.leave(e, dlx.then_some(DeathReason::DeliveryLimit), &self.name);
                 continue;
             }
             if let Some(replica) = &st.replica {

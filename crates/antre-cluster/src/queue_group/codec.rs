@@ -136,6 +136,23 @@ fn get_dying(buf: &mut &[u8]) -> Result<Vec<(u64, u8)>, CodecError> {
         .collect()
 }
 
+/// The end of a snapshot: the dying messages, if any (each marked with
+/// `mark`), then nothing.
+fn read_dying(buf: &mut &[u8], mut mark: impl FnMut(u64, u8)) -> Result<(), CodecError> {
+    if buf.has_remaining() {
+        for (id, code) in get_dying(buf)? {
+            mark(id, code);
+        }
+    }
+    if buf.has_remaining() {
+        return Err(CodecError(format!(
+            "{} bytes after the snapshot",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
 fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
     out.put_u32_le(ids.len() as u32);
     for &id in ids {
@@ -440,19 +457,11 @@ pub(super) fn decode_messages(raw: &[u8]) -> Result<Messages, CodecError> {
             },
         );
     }
-    if buf.has_remaining() {
-        for (id, code) in get_dying(&mut buf)? {
-            if let Some(m) = set.messages.get_mut(&id) {
-                m.dying = Some(code);
-            }
+    read_dying(&mut buf, |id, code| {
+        if let Some(m) = set.messages.get_mut(&id) {
+            m.dying = Some(code);
         }
-    }
-    if buf.has_remaining() {
-        return Err(CodecError(format!(
-            "{} bytes after the snapshot",
-            buf.len()
-        )));
-    }
+    })?;
     Ok(set)
 }
 
@@ -522,19 +531,11 @@ pub(super) fn decode_refs(raw: &[u8]) -> Result<(StoredSet, Mark), CodecError> {
             },
         );
     }
-    if buf.has_remaining() {
-        for (id, code) in get_dying(&mut buf)? {
-            if let Some(m) = set.messages.get_mut(&id) {
-                m.dying = Some(code);
-            }
+    read_dying(&mut buf, |id, code| {
+        if let Some(m) = set.messages.get_mut(&id) {
+            m.dying = Some(code);
         }
-    }
-    if buf.has_remaining() {
-        return Err(CodecError(format!(
-            "{} bytes after the snapshot",
-            buf.len()
-        )));
-    }
+    })?;
     Ok((set, mark))
 }
 
