@@ -26,6 +26,7 @@ pub mod chart;
 pub mod client;
 pub mod compare;
 pub mod consumer;
+pub mod dead_letter;
 pub mod declare;
 pub mod fake;
 pub mod idle;

@@ -32,6 +32,10 @@ enum Command {
     /// Declare many queues (pipelined) while a bystander's publish+get round
     /// trips are timed: cost per thousand and what it does to others.
     Declare(Box<antre_bench::declare::DeclareArgs>),
+    /// Reject every message of a quorum queue that dead-letters at least
+    /// once into another, and time until the dead-letter queue holds them
+    /// all.
+    DeadLetter(Box<antre_bench::dead_letter::DeadLetterArgs>),
     /// Open many idle connections and report the broker's resident memory
     /// per connection.
     Idle(Box<antre_bench::idle::IdleArgs>),
@@ -125,6 +129,13 @@ async fn async_main(command: Command) -> Result<()> {
         Command::Declare(args) => {
             let report = antre_bench::declare::run(&args).await?;
             antre_bench::declare::print(&report);
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+        }
+        Command::DeadLetter(args) => {
+            let report = antre_bench::dead_letter::run(&args).await?;
+            antre_bench::dead_letter::print(&report);
             if let Some(path) = &args.json {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
             }
