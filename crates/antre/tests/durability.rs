@@ -82,6 +82,15 @@ async fn durable_topology_and_persistent_messages_survive_restart() {
         }
         publish(&ch, "", "payments", b"transient", false).await;
         publish(&ch, "", "scratch", b"gone", true).await;
+        // A quorum queue keeps every message, whatever its delivery mode
+        // (as RabbitMQ's quorum queues do).
+        let mut quorum = FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare("ledger", durable(), quorum).await.unwrap();
+        publish(&ch, "", "ledger", b"transient entry", false).await;
         // Consume and ack the first three; leave one delivered but unacked.
         for _ in 0..3 {
             let m = ch
@@ -113,6 +122,12 @@ async fn durable_topology_and_persistent_messages_survive_restart() {
         7,
         "p3..p9 survive; acked ones and the transient one do not"
     );
+    let ledger = ch
+        .basic_get("ledger", BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the quorum queue's transient message survives");
+    assert_eq!(&ledger.delivery.data[..], b"transient entry");
     let err = ch
         .queue_declare("scratch", passive(), FieldTable::default())
         .await

@@ -329,8 +329,9 @@ async fn poison_messages_are_dead_lettered_after_the_delivery_limit() {
 /// A declined payment dead-lettered at least once (RabbitMQ's
 /// `x-dead-letter-strategy` for quorum queues) while its dead-letter queue
 /// does not exist yet: at most once it was dropped; here the queue keeps
-/// it (shown as `messages_dlx`, out of consumers' reach) and routes it
-/// again until a queue takes it, which then holds it durably.
+/// it (shown as `messages_dlx`, out of consumers' reach), through a
+/// restart, and routes it again until a queue takes it, which then holds
+/// it durably.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_kept_at_least_once_reaches_a_queue_declared_later() {
     let broker = TestBroker::start().await;
@@ -383,6 +384,19 @@ async fn a_dead_letter_kept_at_least_once_reaches_a_queue_declared_later() {
         .unwrap()
         .expect("the other payment");
     assert_eq!(&next.delivery.data[..], b"paid");
+    assert!(ch
+        .basic_get("pay", BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
+
+    // A restart does not hand it to consumers again: still kept.
+    drop(conn);
+    let broker = broker.restart().await;
+    let conn = broker.lapin().await;
+    let ch = confirm_channel(&conn).await;
+    let (_, q) = broker.api("GET", "/api/queues/%2F/pay", None).await;
+    assert_eq!(dlx(&q), (serde_json::json!(1), serde_json::json!(0)), "{q}");
     assert!(ch
         .basic_get("pay", BasicGetOptions { no_ack: true })
         .await

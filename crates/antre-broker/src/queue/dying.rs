@@ -14,9 +14,16 @@
 //! past it, a body stays in the durable store it is in already, or goes
 //! to the queue's scratch store, so dead letters with nowhere to go cost
 //! an index entry each, not their bodies.
+//!
+//! Across restarts: in a cluster the queue's group keeps the dying mark
+//! (see [`crate::replicated::QueueReplica::dead_lettered`]); on a single
+//! node the message is written to its queue's store again with the mark
+//! ([`DYING_HEADER`]) and its unmarked record acked, so that a restarted
+//! node goes on dead-lettering it rather than deliver it again.
 
 use std::sync::Arc;
 
+use antre_amqp::FieldValue;
 use antre_store::SegmentPosition;
 
 use super::paging::ENTRY_COST;
@@ -32,6 +39,38 @@ use crate::message::Message;
 pub(super) const DYING_RETRY_MS: u64 = 1_000;
 /// The longest wait between two attempts of the same dead letter.
 pub(super) const DYING_RETRY_MAX_MS: u64 = 60_000;
+
+/// The header of a dying message's record in its queue's store (single
+/// node): the reason, as `x-death` names it. Never seen by clients: it is
+/// taken off when the record is read back.
+const DYING_HEADER: &str = "x-antre-dying";
+
+/// The dying mark of a message read back from a queue's store, and the
+/// message without it; None if it carries none.
+pub(super) fn stored_mark(message: &Message) -> Option<(DeathReason, Message)> {
+    let headers = message.properties.headers.as_ref()?;
+    let reason = match headers.get(DYING_HEADER)?.as_str()? {
+        "expired" => DeathReason::Expired,
+        "maxlen" => DeathReason::MaxLen,
+        "delivery_limit" => DeathReason::DeliveryLimit,
+        _ => DeathReason::Rejected,
+    };
+    let mut properties = message.properties.clone();
+    if let Some(h) = properties.headers.as_mut() {
+        h.remove(DYING_HEADER);
+        if h.is_empty() {
+            properties.headers = None;
+        }
+    }
+    let unmarked = Message::new(
+        message.exchange.clone(),
+        message.routing_key.clone(),
+        properties,
+        message.body.clone(),
+    )
+    .published_at(message.published_at);
+    Some((reason, unmarked))
+}
 
 /// A message dead-lettered at least once: out of consumers' reach, but
 /// kept (and counted against the queue's limits) until every queue its
@@ -101,6 +140,7 @@ impl QueueState {
         if let Some(replica) = &self.replica {
             replica.dead_lettered(seq, reason);
         }
+        let pos = self.store_mark(pos, &message, reason, queue);
         self.dead.push(DeadLetter {
             message: Arc::clone(&message),
             reason,
@@ -118,6 +158,37 @@ impl QueueState {
                 self.dead_letter(u.seq, u.pos, u.dedup_key, message, reason, queue)
             }
             None => self.forget(u.seq, u.pos, u.dedup_key.as_deref(), queue),
+        }
+    }
+
+    /// On a single node, writes the dying mark to the queue's store: the
+    /// message again, marked, and its unmarked record acked. Returns where
+    /// the message now is (where it was if the store failed: it then
+    /// comes back ready after a restart, as if dead-lettered at most once).
+    fn store_mark(
+        &mut self,
+        pos: Option<SegmentPosition>,
+        message: &Message,
+        reason: DeathReason,
+        queue: &str,
+    ) -> Option<SegmentPosition> {
+        let (Some(old), Some(store)) = (pos, self.store.as_mut()) else {
+            return pos;
+        };
+        let marked = message.with_header(DYING_HEADER, FieldValue::string(reason.as_str()));
+        let record = marked.record();
+        match store.append(record) {
+            Ok(new) => {
+                if let Err(e) = store.ack(old) {
+                    tracing::warn!(queue, %old, "could not record ack in store: {e}");
+                }
+                self.ready.pager.spent_on_disk(record.len() as u64);
+                Some(new)
+            }
+            Err(e) => {
+                tracing::warn!(queue, "could not store a dead letter's mark: {e}");
+                pos
+            }
         }
     }
 
@@ -199,7 +270,14 @@ impl QueueState {
         let d = self.dying.get(&seq)?;
         match &d.body {
             DyingBody::Memory(m) => Some(Arc::clone(m)),
-            DyingBody::Stored => self.read_paged(d.pos, queue),
+            DyingBody::Stored => {
+                let stored = self.read_paged(d.pos, queue)?;
+                // The record carries the mark (see `store_mark`).
+                match stored_mark(&stored) {
+                    Some((_, unmarked)) => Some(Arc::new(unmarked)),
+                    None => Some(stored),
+                }
+            }
             &DyingBody::Scratch(at) => {
                 let raw = self.ready.pager.read(at)?;
                 Message::from_record(&raw)

@@ -493,6 +493,14 @@ impl Queue {
                 };
                 let seq = st.next_seq;
                 st.next_seq += 1;
+                if let Some((reason, message)) = dying::stored_mark(&message) {
+                    // Dead-lettered at least once before the restart, its
+                    // letter not known to be held: it goes again.
+                    let retry = dying::DyingStage::RetryAt(now);
+                    st.hold_dying(seq, Arc::new(message), reason, Some(pos), None, retry);
+                    queue.mark_timed();
+                    return;
+                }
                 let mut entry = queue.entry_for(&st.args, Arc::new(message), seq, now);
                 entry.pos = Some(pos);
                 if let Some(key) = &entry.dedup_key {
@@ -575,7 +583,9 @@ impl Queue {
             }
             return Ok(Enqueued::Rejected);
         }
-        if entry.message.is_persistent() {
+        // A quorum queue keeps every message, whatever its delivery mode,
+        // as RabbitMQ's do (its publisher's confirm then waits for it).
+        if entry.message.is_persistent() || st.args.kind == QueueKind::Quorum {
             if let Some(store) = st.store() {
                 let record = entry.message.record();
                 entry.pos = Some(store.append(record).map_err(|e| store_failed(self, e))?);
