@@ -397,6 +397,14 @@ async fn a_dead_letter_kept_at_least_once_reaches_a_queue_declared_later() {
     let ch = confirm_channel(&conn).await;
     let (_, q) = broker.api("GET", "/api/queues/%2F/pay", None).await;
     assert_eq!(dlx(&q), (serde_json::json!(1), serde_json::json!(0)), "{q}");
+    let (_, _, page) = broker.http_text("/metrics").await;
+    let families = prometheus::parse(&page).unwrap_or_else(|e| panic!("{e}\n{page}"));
+    let kept = &families["antre_queue_messages_dlx"].samples;
+    assert!(
+        kept.iter()
+            .any(|s| s.labels.get("queue").map(String::as_str) == Some("pay") && s.value == 1.0),
+        "{kept:?}"
+    );
     assert!(ch
         .basic_get("pay", BasicGetOptions { no_ack: true })
         .await

@@ -153,7 +153,7 @@ pub fn render(p: &mut Page, state: &HttpState) {
     }
     all.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
     type QueueValue = fn(&antre_broker::Queue) -> u64;
-    let per_queue: [(&str, &str, &str, QueueValue); 8] = [
+    let per_queue: [(&str, &str, &str, QueueValue); 9] = [
         (
             "antre_queue_messages_ready",
             "gauge",
@@ -171,6 +171,12 @@ pub fn render(p: &mut Page, state: &HttpState) {
             "gauge",
             "Consumers of the queue.",
             |q| u64::from(q.counts().consumers),
+        ),
+        (
+            "antre_queue_messages_dlx",
+            "gauge",
+            "Messages dead-lettered at least once that the queue keeps until their targets hold them (quorum queues).",
+            |q| u64::from(q.dying().0),
         ),
         (
             "antre_queue_messages_ready_bytes",
