@@ -43,18 +43,11 @@ chmod 755 "$OUT"
 cd "$ROOT"
 . scripts/lib/antre-cluster.sh
 . scripts/lib/rabbitmq-cluster.sh
+. scripts/lib/cpu.sh
 cargo build --release -q -p antre -p antre-bench
 ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
 BENCH=$ROOT/target/release/antre-bench
-HZ=$(getconf CLK_TCK)
 
-cpu_ticks() { # total utime+stime of the given pids, in clock ticks
-    local total=0 p
-    for p in "$@"; do
-        total=$((total + $(awk '{print $14+$15}' "/proc/$p/stat")))
-    done
-    echo "$total"
-}
 
 # run NAME URI PIDS...: one run; appends a row to $OUT/rows.
 run() {

@@ -20,11 +20,11 @@ chmod 755 "$OUT"
 cd "$ROOT"
 . scripts/lib/antre-cluster.sh
 . scripts/lib/rabbitmq-cluster.sh
+. scripts/lib/cpu.sh
 if [ -z "${ANTRE_BIN:-}" ]; then
     cargo build --release -q -p antre
 fi
 ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
-HZ=$(getconf CLK_TCK)
 : >"$OUT/rows"
 
 ANTRE_PIDS=()
@@ -36,13 +36,6 @@ stop_antre() {
 }
 trap 'stop_antre; [ ${#RABBIT_PIDS[@]} = 0 ] || stop_rabbit_cluster qi; true' EXIT
 
-cpu_ticks() {
-    local total=0 p
-    for p in "$@"; do
-        total=$((total + $(awk '{print $14+$15}' "/proc/$p/stat")))
-    done
-    echo "$total"
-}
 
 # measure NAME N AMQP_BASE PIDS...: declares N quorum queues and appends
 # the nodes' share of a core at rest to $OUT/rows.

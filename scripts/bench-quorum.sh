@@ -77,20 +77,11 @@ chmod 755 "$OUT"
 cd "$ROOT"
 . scripts/lib/antre-cluster.sh
 . scripts/lib/rabbitmq-cluster.sh
+. scripts/lib/cpu.sh
 cargo build --release -q -p antre -p antre-bench
 ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
 BENCH=$ROOT/target/release/antre-bench
 
-cpu_ticks() { # total utime+stime of the given pids, in clock ticks
-    local total=0
-    for p in "$@"; do
-        local f
-        f=$(awk '{print $14+$15}' "/proc/$p/stat")
-        total=$((total + f))
-    done
-    echo "$total"
-}
-HZ=$(getconf CLK_TCK)
 
 rss_of() { # each pid's resident memory in MiB, joined by slashes
     local out=""
