@@ -27,7 +27,7 @@ use antre_amqp::FieldValue;
 use antre_store::SegmentPosition;
 
 use super::paging::ENTRY_COST;
-use super::state::QueueState;
+use super::state::{decode, QueueState};
 use super::{DeadLetter, DeathReason, Queue, Unsettled};
 use crate::durable::Durable;
 use crate::message::Message;
@@ -49,12 +49,10 @@ const DYING_HEADER: &str = "x-antre-dying";
 /// message without it; None if it carries none.
 pub(super) fn stored_mark(message: &Message) -> Option<(DeathReason, Message)> {
     let headers = message.properties.headers.as_ref()?;
-    let reason = match headers.get(DYING_HEADER)?.as_str()? {
-        "expired" => DeathReason::Expired,
-        "maxlen" => DeathReason::MaxLen,
-        "delivery_limit" => DeathReason::DeliveryLimit,
-        _ => DeathReason::Rejected,
-    };
+    let name = headers.get(DYING_HEADER)?.as_str()?;
+    // A name this version does not know (a newer one's) is dead-lettered
+    // all the same.
+    let reason = DeathReason::from_name(name).unwrap_or(DeathReason::Rejected);
     let mut properties = message.properties.clone();
     if let Some(h) = properties.headers.as_mut() {
         h.remove(DYING_HEADER);
@@ -278,14 +276,23 @@ impl QueueState {
                     None => Some(stored),
                 }
             }
-            &DyingBody::Scratch(at) => {
-                let raw = self.ready.pager.read(at)?;
-                Message::from_record(&raw)
-                    .map_err(|e| tracing::error!(queue, "dropping undecodable message: {e}"))
-                    .ok()
-                    .map(Arc::new)
-            }
+            &DyingBody::Scratch(at) => decode(&self.ready.pager.read(at)?, queue),
         }
+    }
+
+    /// Hands a kept message's letter to the queue's dead letters to route,
+    /// held (`hold`) or not; false if its body cannot be read back.
+    fn send_dying(&mut self, seq: u64, hold: Option<u64>, queue: &str) -> bool {
+        let (Some(message), Some(d)) = (self.dying_body(seq, queue), self.dying.get(&seq)) else {
+            return false;
+        };
+        let reason = d.reason;
+        self.dead.push(DeadLetter {
+            message,
+            reason,
+            hold,
+        });
+        true
     }
 
     /// At-least-once dead-lettering was turned off (a policy changed): the
@@ -300,14 +307,7 @@ impl QueueState {
                 .get(&seq)
                 .is_some_and(|d| matches!(d.stage, DyingStage::RetryAt(_)));
             if dlx && waiting {
-                if let Some(message) = self.dying_body(seq, queue) {
-                    let reason = self.dying[&seq].reason;
-                    self.dead.push(DeadLetter {
-                        message,
-                        reason,
-                        hold: None,
-                    });
-                }
+                self.send_dying(seq, None, queue);
             }
             self.settle_dying(seq, queue);
         }
@@ -382,20 +382,13 @@ impl Queue {
             .collect();
         let mut n = 0;
         for seq in due {
-            let Some(message) = st.dying_body(seq, &self.name) else {
+            if !st.send_dying(seq, Some(seq), &self.name) {
                 st.settle_dying(seq, &self.name);
                 continue;
-            };
-            let Some(d) = st.dying.get_mut(&seq) else {
-                continue;
-            };
-            d.stage = DyingStage::Routing;
-            let reason = d.reason;
-            st.dead.push(DeadLetter {
-                message,
-                reason,
-                hold: Some(seq),
-            });
+            }
+            if let Some(d) = st.dying.get_mut(&seq) {
+                d.stage = DyingStage::Routing;
+            }
             n += 1;
         }
         n

@@ -234,6 +234,18 @@ impl DeathReason {
             DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
+
+    /// The reason [`DeathReason::as_str`] names.
+    pub fn from_name(name: &str) -> Option<DeathReason> {
+        [
+            DeathReason::Rejected,
+            DeathReason::Expired,
+            DeathReason::MaxLen,
+            DeathReason::DeliveryLimit,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == name)
+    }
 }
 
 /// A message leaving a queue for its dead-letter exchange.
@@ -479,6 +491,10 @@ impl Queue {
     ) -> Result<Arc<Queue>, BrokerError> {
         let queue = Queue::new(vhost, name, options, clock, paging)?;
         let mut undecodable = Vec::new();
+        // Dead-lettered at least once before the restart, their letters
+        // not known to be held: kept once the store is the queue's, so
+        // their bodies can stay in it.
+        let mut kept = Vec::new();
         {
             let mut st = queue.state.lock();
             let now = queue.clock.now_ms();
@@ -494,11 +510,7 @@ impl Queue {
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 if let Some((reason, message)) = dying::stored_mark(&message) {
-                    // Dead-lettered at least once before the restart, its
-                    // letter not known to be held: it goes again.
-                    let retry = dying::DyingStage::RetryAt(now);
-                    st.hold_dying(seq, Arc::new(message), reason, Some(pos), None, retry);
-                    queue.mark_timed();
+                    kept.push((seq, message, reason, pos));
                     return;
                 }
                 let mut entry = queue.entry_for(&st.args, Arc::new(message), seq, now);
@@ -518,6 +530,12 @@ impl Queue {
                 let _ = store.ack(pos);
             }
             st.store = Some(store);
+            for (seq, message, reason, pos) in kept {
+                // Its letter goes again at once.
+                let retry = dying::DyingStage::RetryAt(now);
+                st.hold_dying(seq, Arc::new(message), reason, Some(pos), None, retry);
+                queue.mark_timed();
+            }
         }
         Ok(queue)
     }

@@ -319,7 +319,7 @@ impl QueueState {
     }
 }
 
-fn decode(record: &[u8], queue: &str) -> Option<Arc<Message>> {
+pub(super) fn decode(record: &[u8], queue: &str) -> Option<Arc<Message>> {
     Message::from_record(record)
         .map_err(|e| tracing::error!(queue, "dropping undecodable message: {e}"))
         .ok()
