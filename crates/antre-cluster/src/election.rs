@@ -85,6 +85,39 @@ pub(crate) fn route(
     (name, addr)
 }
 
+/// When a member last heard its group's leader by a lease
+/// ([`Request::QueueLeases`]) rather than a Raft heartbeat, and under
+/// which vote. An idle quorum queue's leader sends leases instead of
+/// heartbeats (see `queue_group::leases`): openraft's core never sees
+/// them, so its own record of the last heartbeat (`vote_last_modified`)
+/// grows old while the leader is heard. The election timer and the
+/// pre-vote count whichever of the two is newer, under the same vote.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Heard(Arc<parking_lot::Mutex<Option<LeaseSeen>>>);
+
+/// The vote of the last lease taken, and when.
+type LeaseSeen = (Vote<NodeId>, std::time::Instant);
+
+impl Heard {
+    /// The leader of `vote` was heard now.
+    pub(crate) fn record(&self, vote: Vote<NodeId>) {
+        *self.0.lock() = Some((vote, std::time::Instant::now()));
+    }
+
+    /// How long ago a lease of the leader of `vote` (a committed vote)
+    /// arrived; `None` if none did under that vote.
+    fn since(&self, vote: &Vote<NodeId>) -> Option<Duration> {
+        if !vote.is_committed() {
+            return None;
+        }
+        self.0
+            .lock()
+            .as_ref()
+            .filter(|(v, _)| v == vote)
+            .map(|(_, at)| at.elapsed())
+    }
+}
+
 /// What a voter's Raft state says about a pre-vote.
 #[derive(Debug, Clone, Copy)]
 struct View {
@@ -136,25 +169,32 @@ fn writing_leader(state: ServerState, appends: Appends, timing: RaftTiming) -> b
 /// and log `log`: whether this member would vote for a candidate whose
 /// log ends at `theirs`. `dead` is the leader the candidate found dead,
 /// if this node cannot reach it either; `timing` the group's (its leader
-/// lease is the longest election timeout).
+/// lease is the longest election timeout); `heard` its leader's leases.
 pub(crate) async fn grants<C: LogConfig>(
     raft: &openraft::Raft<C>,
     log: &LogStore<C>,
+    heard: &Heard,
     dead: Option<NodeId>,
     theirs: Option<LogId<NodeId>>,
     timing: RaftTiming,
 ) -> PreVoteAnswer {
-    let state = raft.metrics().borrow().state;
+    let (state, vote) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        (m.state, m.vote)
+    };
     if writing_leader(state, log.appends(), timing) {
         return PreVoteAnswer::Writing;
     }
     let lease = timing.election_max();
+    let leased = heard.since(&vote).is_some_and(|d| d <= lease);
     let Ok(lease_runs) = raft
         .with_raft_state(move |st| {
             st.vote_ref().is_committed()
-                && st
-                    .vote_last_modified()
-                    .is_some_and(|t| t.elapsed() <= lease)
+                && (leased
+                    || st
+                        .vote_last_modified()
+                        .is_some_and(|t| t.elapsed() <= lease))
         })
         .await
     else {
@@ -343,12 +383,14 @@ fn election_timeout(timing: RaftTiming) -> Duration {
 }
 
 /// The election timer of a member of `group` (none: the metadata group),
-/// for as long as its Raft runs (see the module docs).
+/// for as long as its Raft runs (see the module docs); `heard` records
+/// its leader's leases.
 pub(crate) async fn run<C: LogConfig>(
     voters: impl Voters<C>,
     group: Option<String>,
     raft: openraft::Raft<C>,
     log: LogStore<C>,
+    heard: Heard,
     timing: RaftTiming,
 ) {
     let lease = timing.election_max();
@@ -358,7 +400,7 @@ pub(crate) async fn run<C: LogConfig>(
         // Asked of the metrics, not of the Raft core: a leader's timer (one
         // per group it leads) no longer sends its core a message every
         // timeout.
-        let (leads, voter) = {
+        let (leads, voter, vote) = {
             let metrics = raft.metrics();
             if metrics.has_changed().is_err() {
                 // Raft stopped: the group is gone, or the node.
@@ -370,10 +412,20 @@ pub(crate) async fn run<C: LogConfig>(
                 .membership()
                 .voter_ids()
                 .any(|v| v == me);
-            (m.state == ServerState::Leader, voter)
+            (m.state == ServerState::Leader, voter, m.vote)
         };
         if leads || !voter {
             tokio::time::sleep(timeout).await;
+            continue;
+        }
+        // A leader heard by its leases: not due, and its Raft core (which
+        // never saw them) is not asked.
+        if let Some(due) = heard
+            .since(&vote)
+            .map(|s| (lease + timeout).saturating_sub(s))
+            .filter(|due| !due.is_zero())
+        {
+            tokio::time::sleep(due).await;
             continue;
         }
         let Ok((since, committed)) = raft

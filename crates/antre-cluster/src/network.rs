@@ -55,6 +55,9 @@ pub struct PeerState {
     /// How many quorum queue heartbeats (empty appends) it sent this
     /// node, each group's counted, batched or not.
     pub queue_heartbeats: u64,
+    /// How many leases of idle quorum queues it sent this node, each
+    /// group's counted ([`crate::queue_group::leases`]).
+    pub queue_leases: u64,
 }
 
 impl PeerState {
@@ -119,6 +122,13 @@ impl Link {
     pub fn heartbeats_from(&self, peer: &str, n: usize) {
         if let Some(s) = self.states.lock().get_mut(peer) {
             s.queue_heartbeats += n as u64;
+        }
+    }
+
+    /// Counts `n` leases of idle quorum queues `peer` sent this node.
+    pub fn leases_from(&self, peer: &str, n: usize) {
+        if let Some(s) = self.states.lock().get_mut(peer) {
+            s.queue_leases += n as u64;
         }
     }
 

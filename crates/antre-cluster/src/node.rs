@@ -59,6 +59,9 @@ pub struct MemberStatus {
     /// How many quorum queue heartbeats it sent this node (see
     /// [`PeerState::queue_heartbeats`](crate::network::PeerState::queue_heartbeats)).
     pub queue_heartbeats: u64,
+    /// How many leases of idle quorum queues it sent this node (see
+    /// [`PeerState::queue_leases`](crate::network::PeerState::queue_leases)).
+    pub queue_leases: u64,
 }
 
 /// The cluster as one node sees it.
@@ -261,6 +264,8 @@ impl Cluster {
             None,
             node.raft.clone(),
             node.log.clone(),
+            // The metadata group's leader always heartbeats: no leases.
+            crate::election::Heard::default(),
             config.metadata_timing,
         ));
         match config.join {
@@ -501,7 +506,8 @@ impl Cluster {
         match group {
             None => {
                 let timing = self.link.config.metadata_timing;
-                crate::election::grants(&self.raft, &self.log, dead, theirs, timing).await
+                let heard = crate::election::Heard::default();
+                crate::election::grants(&self.raft, &self.log, &heard, dead, theirs, timing).await
             }
             Some(g) => self.queue_groups.grants_pre_vote(g, dead, theirs).await,
         }
@@ -547,6 +553,7 @@ impl Cluster {
                     probes: state.probes,
                     requests: state.requests,
                     queue_heartbeats: state.queue_heartbeats,
+                    queue_leases: state.queue_leases,
                 }
             })
             .collect();

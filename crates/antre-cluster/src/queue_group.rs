@@ -79,6 +79,7 @@ mod carriers;
 pub mod codec;
 mod consumers;
 mod heartbeats;
+pub mod leases;
 pub mod members;
 
 use crate::log_store::{LogStore, SnapshotFloor};
@@ -1584,6 +1585,8 @@ pub struct Group {
     /// member is elected or steps down and by [`pace_idle_heartbeats`]
     /// while it leads.
     timer: Mutex<Timer>,
+    /// When this member last heard its leader by a lease ([`leases`]).
+    heard: crate::election::Heard,
 }
 
 /// What openraft is told about a member's timer (its tick) and heartbeats
@@ -1649,7 +1652,8 @@ const IDLE_HEARTBEAT_EVERY: u32 = 3;
 /// Paces the heartbeats of the groups this node leads: at the configured
 /// interval while a group is busy, once every [`IDLE_HEARTBEAT_EVERY`]
 /// intervals once it is idle (as its heartbeats are batched: nothing sent
-/// for a second but heartbeats).
+/// for a second but heartbeats), and then, if its membership is settled,
+/// as leases that no Raft core handles ([`leases`]).
 ///
 /// An idle queue's heartbeats were most of what it costs: each wakes the
 /// Raft core on the leader and on both followers, 10 a second per queue
@@ -1679,21 +1683,21 @@ async fn pace_idle_heartbeats(groups: Weak<QueueGroups>, interval: Duration) {
     loop {
         tick.tick().await;
         ticks = ticks.wrapping_add(1);
+        let Some(node) = groups.upgrade() else {
+            return;
+        };
         // Only the groups this node leads: the others' settings change
         // when they are elected or step down (Group::led).
-        let (leading, me): (Vec<Arc<Group>>, NodeId) = match groups.upgrade() {
-            Some(g) => (
-                g.groups
-                    .lock()
-                    .values()
-                    .filter(|g| g.leads())
-                    .cloned()
-                    .collect(),
-                g.link.config.node_id(),
-            ),
-            None => return,
-        };
+        let leading: Vec<Arc<Group>> = node
+            .groups
+            .lock()
+            .values()
+            .filter(|g| g.leads())
+            .cloned()
+            .collect();
+        let me = node.link.config.node_id();
         let beat_now = ticks.is_multiple_of(IDLE_HEARTBEAT_EVERY);
+        let mut leases = leases::Round::default();
         for g in leading {
             if g.paused.load(Ordering::Acquire) {
                 continue;
@@ -1710,12 +1714,17 @@ async fn pace_idle_heartbeats(groups: Weak<QueueGroups>, interval: Duration) {
                 matches!(configs.as_slice(), [voters] if voters.contains(&me))
             };
             g.pace(!idle, !rests);
-            if idle && beat_now {
+            // A settled idle group's members get a lease instead of a
+            // heartbeat ([`leases`]); a membership being changed keeps
+            // openraft's heartbeats, which its change waits on.
+            if idle && beat_now && !(rests && leases.add(&g, me)) {
                 if let Err(e) = g.raft.trigger().heartbeat().await {
                     tracing::debug!(group = g.def.group, "no heartbeat: {e}");
                 }
             }
         }
+        // As long as openraft gives a heartbeat to be answered.
+        leases.send(&node.network, interval);
     }
 }
 
@@ -2054,6 +2063,7 @@ impl QueueGroups {
                 leads: None,
                 ticking: true,
             }),
+            heard: crate::election::Heard::default(),
         });
         self.groups
             .lock()
@@ -2063,6 +2073,7 @@ impl QueueGroups {
             Some(def.group.clone()),
             group.raft.clone(),
             group.log.clone(),
+            group.heard.clone(),
             self.link.config.queue_timing,
         ));
         tokio::spawn(propose_loop(Arc::clone(&group)));
@@ -2178,7 +2189,7 @@ impl QueueGroups {
             return crate::election::PreVoteAnswer::NoReplica;
         };
         let timing = self.link.config.queue_timing;
-        crate::election::grants(&g.raft, &g.log, dead, theirs, timing).await
+        crate::election::grants(&g.raft, &g.log, &g.heard, dead, theirs, timing).await
     }
 
     /// The node's connections to its peers.

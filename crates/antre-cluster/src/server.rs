@@ -253,6 +253,11 @@ async fn serve_peer(
                     .serve_heartbeats(beats, Duration::from_millis(within_ms))
                     .await
             }
+            Request::QueueLeases(leases) => {
+                node.link.leases_from(&peer, leases.len());
+                let from = crate::config::node_id_of(&peer);
+                Response::QueueLeases(node.queue_groups.serve_leases(from, leases))
+            }
             queue @ (Request::QueueAppend { .. }
             | Request::QueueVote { .. }
             | Request::QueueSnapshot { .. }) => node.queue_groups.serve(queue).await,

@@ -233,6 +233,10 @@ pub enum Request {
         /// Each group's append.
         beats: Vec<(String, AppendEntriesRequest<QueueTypeConfig>)>,
     },
+    /// Leases of idle quorum queues' groups the sender leads, for their
+    /// members on this node, instead of heartbeats
+    /// ([`crate::queue_group::leases`]).
+    QueueLeases(Vec<crate::queue_group::leases::Lease>),
     /// Raft of a quorum queue's group: request a vote.
     QueueVote {
         /// The group.
@@ -386,6 +390,9 @@ pub enum Response {
     /// answer within the batch's time (to the sender, as a request that
     /// got no answer).
     Late(String),
+    /// To [`Request::QueueLeases`]: the groups whose lease was not taken
+    /// (their leader sends a Raft heartbeat instead).
+    QueueLeases(Vec<String>),
     /// To [`Request::QueueVote`].
     QueueVote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     /// To [`Request::QueueSnapshot`].

@@ -687,6 +687,64 @@ async fn a_quorum_queue_leader_cut_off_confirms_nothing_and_the_majority_goes_on
     );
 }
 
+/// An idle quorum queue's leader whose links go silent (blackholed: its
+/// connections stay open, nothing passes) is replaced, though its members
+/// heard only its leases, no Raft heartbeat, before: a lease that stops
+/// coming lapses as a heartbeat's lease does. Once its links are back,
+/// its members refuse its leases (they follow a later term), its Raft
+/// heartbeat learns that term, and it follows the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_quorum_queues_silent_leader_is_replaced_and_follows_once_back() {
+    let (c, mesh) = proxied_cluster().await;
+    c.until_leader(&[0, 1, 2]).await;
+    let old = declare_quorum_queue(&c, 0, "quiet").await;
+    let majority: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    c.until("the idle queue's leader to send leases", || async {
+        c.count_of_peer(majority[0], old, "queue_leases").await > 0
+            && c.count_of_peer(majority[1], old, "queue_leases").await > 0
+    })
+    .await;
+
+    mesh.blackhole(old);
+    let old_name = c.nodes[old].name.clone();
+    c.until("the majority to elect another leader", || async {
+        queue_leader_seen_by(&c, majority[0], "quiet")
+            .await
+            .is_some_and(|l| l != old_name)
+    })
+    .await;
+    let seen = queue_leader_seen_by(&c, majority[0], "quiet").await;
+    let new = seen
+        .and_then(|l| c.nodes.iter().position(|n| n.name == l))
+        .expect("a new leader");
+    let (_conn, ch) = channel(&c.nodes[new].amqp_uri()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let confirm = ch
+        .basic_publish(
+            "",
+            "quiet",
+            BasicPublishOptions::default(),
+            b"after",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+
+    mesh.heal();
+    let new_name = c.nodes[new].name.clone();
+    c.until("the old leader to follow the new one", || async {
+        queue_leader_seen_by(&c, old, "quiet").await.as_ref() == Some(&new_name)
+    })
+    .await;
+    let got = c.drain(old, "quiet").await;
+    assert_eq!(got, ["after"]);
+}
+
 /// The metadata group's term on node `i`'s own entry of `/api/nodes`.
 async fn metadata_term(c: &TestCluster, i: usize) -> u64 {
     let nodes = c.nodes(i).await;

@@ -295,6 +295,9 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
                 // or not: a leader paces an idle queue's at a third of the
                 // busy rate.
                 "queue_heartbeats": (!m.this_node).then_some(m.queue_heartbeats),
+                // Each idle quorum queue's leases it sent this node: what
+                // its leader sends instead of heartbeats once it is idle.
+                "queue_leases": (!m.this_node).then_some(m.queue_leases),
             });
             let mut node = if m.this_node {
                 std::mem::take(&mut local)
