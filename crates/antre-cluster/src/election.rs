@@ -396,17 +396,19 @@ pub(crate) async fn run<C: LogConfig>(
     let lease = timing.election_max();
     let me = voters.network().link.config.node_id();
     let mut timeout = election_timeout(timing);
+    // Openraft's server metrics change only with the state, the leader,
+    // the vote or the membership, not with every message the core handles.
+    let mut server = raft.server_metrics();
     loop {
         // Asked of the metrics, not of the Raft core: a leader's timer (one
         // per group it leads) no longer sends its core a message every
         // timeout.
         let (leads, voter, vote) = {
-            let metrics = raft.metrics();
-            if metrics.has_changed().is_err() {
+            if server.has_changed().is_err() {
                 // Raft stopped: the group is gone, or the node.
                 return;
             }
-            let m = metrics.borrow();
+            let m = server.borrow_and_update();
             let voter = m
                 .membership_config
                 .membership()
@@ -415,7 +417,13 @@ pub(crate) async fn run<C: LogConfig>(
             (m.state == ServerState::Leader, voter, m.vote)
         };
         if leads || !voter {
-            tokio::time::sleep(timeout).await;
+            // Nothing to time until it steps down or becomes a voter: a
+            // leader's timer woke every election timeout for nothing, a
+            // third of an idle cluster's timers.
+            if server.changed().await.is_err() {
+                return;
+            }
+            timeout = election_timeout(timing);
             continue;
         }
         // A leader heard by its leases: not due, and its Raft core (which
