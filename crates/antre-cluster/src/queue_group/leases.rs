@@ -25,7 +25,9 @@
 //! applied as far, was restarted and has no leader yet, runs no replica)
 //! names the group in its answer, and the leader sends that group a Raft
 //! heartbeat at once, which sorts it out as before: it carries the commit
-//! index, and a later term makes the leader step down.
+//! index, and a later term makes the leader step down. A member that does
+//! not answer at all gets Raft heartbeats for all its groups, so a lease
+//! is only ever a cheaper heartbeat, never the lack of one.
 //!
 //! Failure detection is unchanged: a member that stops hearing its leader,
 //! by lease or heartbeat, stands after the lease and an election timeout
@@ -83,17 +85,18 @@ impl Round {
             let mut conn = network.connection(id, &name, addr);
             let groups = Arc::clone(&groups);
             tokio::spawn(async move {
+                let names: Vec<String> = leases.iter().map(|l| l.0.clone()).collect();
                 let refused = match conn.call(&Request::QueueLeases(leases), ttl).await {
                     Ok(Response::QueueLeases(refused)) => refused,
-                    Ok(_) => {
-                        tracing::debug!(member = name, "leases answered with another kind");
-                        return;
-                    }
-                    // Unreachable: a heartbeat would not get there either,
-                    // and the member's timer does what it must.
-                    Err(e) => {
-                        tracing::debug!(member = name, "leases not sent: {e}");
-                        return;
+                    // The member did not answer, or not in kind (a node of
+                    // a version without leases closes the connection): its
+                    // groups get Raft heartbeats, as before leases. One
+                    // that is down costs a failed call each; the member
+                    // hears its leader either way when it can.
+                    answer => {
+                        let why = answer.map(|_| "answer of another kind".to_owned());
+                        tracing::debug!(member = name, "leases not taken: {why:?}");
+                        names
                     }
                 };
                 for group in refused {
