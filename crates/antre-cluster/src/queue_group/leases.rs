@@ -57,11 +57,11 @@ impl Round {
     /// its other members; false if it has no committed leadership to
     /// lease (a Raft heartbeat then does what it does).
     pub(super) fn add(&mut self, g: &Arc<Group>, me: NodeId) -> bool {
-        let m = g.raft.metrics();
-        let m = m.borrow();
-        if m.state != ServerState::Leader || !m.vote.is_committed() {
+        let rx = g.raft.metrics();
+        if !leads(&rx) {
             return false;
         }
+        let m = rx.borrow();
         for (&id, node) in m.membership_config.membership().nodes() {
             if id != me {
                 let lease = (g.def.group.clone(), m.vote, m.last_applied);
@@ -110,6 +110,19 @@ impl Round {
             });
         }
     }
+}
+
+/// Whether the replica whose metrics `rx` receives leads, with a
+/// committed vote, and its Raft core still runs. A core that panicked
+/// leaves its last metrics (leader) as they were, dropping only their
+/// sender: leases sent for it would keep its followers from electing
+/// another leader for good, where its heartbeats simply stop.
+fn leads(rx: &tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>) -> bool {
+    if rx.has_changed().is_err() {
+        return false;
+    }
+    let m = rx.borrow();
+    m.running_state.is_ok() && m.state == ServerState::Leader && m.vote.is_committed()
 }
 
 /// Whether a member whose replica publishes `m` takes a lease of `vote`
@@ -197,5 +210,27 @@ mod tests {
         let mut learner = follower();
         learner.state = ServerState::Learner;
         assert!(takes(&learner, LEADER, &vote, applied(3, 10)));
+    }
+
+    #[test]
+    fn only_a_running_leader_sends_leases() {
+        let mut leader = follower();
+        leader.id = LEADER;
+        leader.state = ServerState::Leader;
+        let (tx, rx) = tokio::sync::watch::channel(leader.clone());
+        assert!(leads(&rx));
+        // Its core panicked: the metrics still say leader, but their
+        // sender is gone.
+        drop(tx);
+        assert!(!leads(&rx));
+        // Its core stopped on an error.
+        let mut stopped = leader.clone();
+        stopped.running_state = Err(openraft::error::Fatal::Stopped);
+        assert!(!leads(&tokio::sync::watch::channel(stopped).1));
+        // Standing, not elected yet.
+        let mut candidate = leader;
+        candidate.vote = Vote::new(4, LEADER);
+        assert!(!leads(&tokio::sync::watch::channel(candidate).1));
+        assert!(!leads(&tokio::sync::watch::channel(follower()).1));
     }
 }
