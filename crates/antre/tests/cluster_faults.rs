@@ -572,6 +572,16 @@ async fn the_link_over_tls_refuses_a_certificate_of_another_ca() {
         .await;
 }
 
+/// Publishes `body` (persistent) to `queue` through node `i` on a
+/// channel with confirms; whether it was acked.
+async fn publish_confirmed(c: &TestCluster, i: usize, queue: &str, body: &[u8]) -> bool {
+    let (_conn, ch) = channel(&c.nodes[i].amqp_uri()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    harness::publish_confirmed(&ch, queue, body, harness::WAIT).await == Some(true)
+}
+
 /// The node that leads quorum queue `name`, as node `i` sees it.
 async fn queue_leader_seen_by(c: &TestCluster, i: usize, name: &str) -> Option<String> {
     let path = format!("/api/queues/%2F/{name}");
@@ -717,23 +727,7 @@ async fn an_idle_quorum_queues_silent_leader_is_replaced_and_follows_once_back()
     let new = seen
         .and_then(|l| c.nodes.iter().position(|n| n.name == l))
         .expect("a new leader");
-    let (_conn, ch) = channel(&c.nodes[new].amqp_uri()).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    let confirm = ch
-        .basic_publish(
-            "",
-            "quiet",
-            BasicPublishOptions::default(),
-            b"after",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    assert!(confirm.is_ack());
+    assert!(publish_confirmed(&c, new, "quiet", b"after").await);
 
     mesh.heal();
     let new_name = c.nodes[new].name.clone();
@@ -783,18 +777,9 @@ async fn a_follower_cut_off_deposes_no_leader_when_it_returns() {
     let publish = |n: usize| {
         let lch = lch.clone();
         async move {
-            lch.basic_publish(
-                "",
-                "pq",
-                BasicPublishOptions::default(),
-                format!("m-{n}").as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm")
-            .is_ack()
+            let body = format!("m-{n}");
+            harness::publish_confirmed(&lch, "pq", body.as_bytes(), harness::WAIT).await
+                == Some(true)
         }
     };
     for n in 0..10 {
@@ -973,21 +958,7 @@ async fn a_closed_link_is_checked_once_not_in_an_endless_exchange() {
     let q = (m + 1) % 3;
     assert_eq!(declare_quorum_queue(&c, q, "probed").await, q);
     // Traffic from q's leadership to m: appends it replicates there.
-    let (_conn, ch) = channel(&c.nodes[q].amqp_uri()).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    ch.basic_publish(
-        "",
-        "probed",
-        BasicPublishOptions::default(),
-        b"one",
-        BasicProperties::default().with_delivery_mode(2),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("confirm");
+    assert!(publish_confirmed(&c, q, "probed", b"one").await);
     let m_of_q = liveness_probes(&c, m, q).await;
     let q_of_m = liveness_probes(&c, q, m).await;
 

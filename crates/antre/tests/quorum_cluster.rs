@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::proxy::{Flow, LinkState, Mesh};
 use futures::StreamExt;
-use harness::{TestCluster, SECRET};
+use harness::{publish_confirmed, TestCluster, SECRET};
 use lapin::options::*;
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
@@ -156,31 +156,6 @@ async fn drain_all(c: &TestCluster, name: &str, want: &[impl AsRef<str>]) {
 
 fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
-}
-
-/// Publishes `body` and waits for its confirm: Some(true) acked,
-/// Some(false) nacked, None no answer in `within` (or the channel failed).
-async fn publish_confirmed(
-    ch: &Channel,
-    queue: &str,
-    body: &[u8],
-    within: Duration,
-) -> Option<bool> {
-    let confirm = ch
-        .basic_publish(
-            "",
-            queue,
-            BasicPublishOptions::default(),
-            body,
-            persistent(),
-        )
-        .await
-        .ok()?;
-    match tokio::time::timeout(within, confirm).await {
-        Ok(Ok(Confirmation::Ack(_))) => Some(true),
-        Ok(Ok(Confirmation::Nack(_))) => Some(false),
-        _ => None,
-    }
 }
 
 /// Publishes `{prefix}0`.. `{prefix}{n-1}` to `queue`, each confirmed.

@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use harness::{connect, TestCluster, SECRET};
 use lapin::options::*;
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -55,22 +54,7 @@ async fn confirm_channel(conn: &lapin::Connection) -> Channel {
 
 /// Publishes `body` persistent and waits for the confirm: true if acked.
 async fn publish_confirmed(ch: &Channel, queue: &str, body: &[u8]) -> bool {
-    let Ok(confirm) = ch
-        .basic_publish(
-            "",
-            queue,
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-    else {
-        return false;
-    };
-    matches!(
-        tokio::time::timeout(harness::WAIT, confirm).await,
-        Ok(Ok(Confirmation::Ack(_)))
-    )
+    harness::publish_confirmed(ch, queue, body, harness::WAIT).await == Some(true)
 }
 
 /// Polls `f` until it gives a value, failing after [`harness::WAIT`].

@@ -734,3 +734,30 @@ impl TestCluster {
         std::fs::read_dir(&groups).map_or(true, |mut d| d.next().is_none())
     }
 }
+
+/// Publishes `body` (persistent) to `queue` on `ch`, a channel with
+/// confirms, and waits for its confirm: Some(true) acked, Some(false)
+/// nacked, None no answer in `within` (or the channel failed).
+pub async fn publish_confirmed(
+    ch: &lapin::Channel,
+    queue: &str,
+    body: &[u8],
+    within: Duration,
+) -> Option<bool> {
+    use lapin::publisher_confirm::Confirmation;
+    let confirm = ch
+        .basic_publish(
+            "",
+            queue,
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .ok()?;
+    match tokio::time::timeout(within, confirm).await {
+        Ok(Ok(Confirmation::Ack(_))) => Some(true),
+        Ok(Ok(Confirmation::Nack(_))) => Some(false),
+        _ => None,
+    }
+}
