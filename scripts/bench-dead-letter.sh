@@ -37,16 +37,9 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-OUT=$(mktemp -d /tmp/bench-dead-letter.XXXXXX)
-chmod 755 "$OUT"
-: >"$OUT/rows"
 cd "$ROOT"
-. scripts/lib/antre-cluster.sh
-. scripts/lib/rabbitmq-cluster.sh
-. scripts/lib/cpu.sh
-cargo build --release -q -p antre -p antre-bench
-ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
-BENCH=$ROOT/target/release/antre-bench
+. scripts/lib/side-by-side.sh
+side_by_side_setup bench-dead-letter
 
 
 # run NAME URI PIDS...: one run; appends a row to $OUT/rows.

@@ -71,16 +71,9 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-OUT=$(mktemp -d /tmp/bench-quorum.XXXXXX)
-chmod 755 "$OUT"
-: >"$OUT/rows"
 cd "$ROOT"
-. scripts/lib/antre-cluster.sh
-. scripts/lib/rabbitmq-cluster.sh
-. scripts/lib/cpu.sh
-cargo build --release -q -p antre -p antre-bench
-ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
-BENCH=$ROOT/target/release/antre-bench
+. scripts/lib/side-by-side.sh
+side_by_side_setup bench-quorum
 
 
 rss_of() { # each pid's resident memory in MiB, joined by slashes
