@@ -76,6 +76,23 @@ impl Message {
             .headers
             .get_or_insert_with(Default::default)
             .insert(key, value);
+        self.with_properties(properties)
+    }
+
+    /// A copy without header `key` (and without headers at all if it was
+    /// the only one).
+    pub fn without_header(&self, key: &str) -> Message {
+        let mut properties = self.properties.clone();
+        if let Some(h) = properties.headers.as_mut() {
+            h.remove(key);
+            if h.is_empty() {
+                properties.headers = None;
+            }
+        }
+        self.with_properties(properties)
+    }
+
+    fn with_properties(&self, properties: BasicProperties) -> Message {
         Message::new(
             self.exchange.clone(),
             self.routing_key.clone(),

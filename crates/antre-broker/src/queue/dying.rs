@@ -53,21 +53,7 @@ pub(super) fn stored_mark(message: &Message) -> Option<(DeathReason, Message)> {
     // A name this version does not know (a newer one's) is dead-lettered
     // all the same.
     let reason = DeathReason::from_name(name).unwrap_or(DeathReason::Rejected);
-    let mut properties = message.properties.clone();
-    if let Some(h) = properties.headers.as_mut() {
-        h.remove(DYING_HEADER);
-        if h.is_empty() {
-            properties.headers = None;
-        }
-    }
-    let unmarked = Message::new(
-        message.exchange.clone(),
-        message.routing_key.clone(),
-        properties,
-        message.body.clone(),
-    )
-    .published_at(message.published_at);
-    Some((reason, unmarked))
+    Some((reason, message.without_header(DYING_HEADER)))
 }
 
 /// A message dead-lettered at least once: out of consumers' reach, but
