@@ -85,8 +85,8 @@ impl Round {
             let mut conn = network.connection(id, &name, addr);
             let groups = Arc::clone(&groups);
             tokio::spawn(async move {
-                let names: Vec<String> = leases.iter().map(|l| l.0.clone()).collect();
-                let refused = match conn.call(&Request::QueueLeases(leases), ttl).await {
+                let request = Request::QueueLeases(leases);
+                let refused = match conn.call(&request, ttl).await {
                     Ok(Response::QueueLeases(refused)) => refused,
                     // The member did not answer, or not in kind (a node of
                     // a version without leases closes the connection): its
@@ -96,7 +96,10 @@ impl Round {
                     answer => {
                         let why = answer.map(|_| "answer of another kind".to_owned());
                         tracing::debug!(member = name, "leases not taken: {why:?}");
-                        names
+                        let Request::QueueLeases(leases) = request else {
+                            return;
+                        };
+                        leases.into_iter().map(|(group, ..)| group).collect()
                     }
                 };
                 for group in refused {
