@@ -69,6 +69,12 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     }
     /// Whether this node leads the group now (it takes publishes).
     fn leads(&self) -> bool;
+    /// Waits, within the cluster's change timeout, until this node knows
+    /// where the queue is served: it leads, or the vhost names the
+    /// leader's node as the queue's remote owner. Returns whether it
+    /// does. Blocks the calling thread. (No default: a wrapper that
+    /// forgot to pass it on would have a get find an idle engine empty.)
+    fn await_location(&self) -> bool;
     /// A stream's: replicates a stream-protocol publisher's records
     /// (publishing id, [`crate::stream::Stream::replica_published`]
     /// encoding) on the leader, dropping a named publisher's duplicates

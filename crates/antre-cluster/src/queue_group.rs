@@ -800,6 +800,11 @@ struct Engine {
     /// Counts the snapshots this member installed: each ends the wait of
     /// the proposals it made as an earlier leader (see [`propose_loop`]).
     snapshots_installed: tokio::sync::watch::Sender<u64>,
+    /// Whether this node knows where the queue is served: its engine
+    /// leads, or [`lead_loop`] named the leader's node as the queue's
+    /// remote owner. False between a step-down and news of the next
+    /// leader, when a get here would find the idle engine empty.
+    located: tokio::sync::watch::Sender<bool>,
 }
 
 /// A leader's proposed enqueues not applied yet.
@@ -855,6 +860,7 @@ impl Engine {
             term: std::sync::atomic::AtomicU64::new(0),
             proposed: Mutex::default(),
             snapshots_installed: tokio::sync::watch::Sender::new(0),
+            located: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -1448,6 +1454,28 @@ impl QueueReplica for Replica {
 
     fn leads(&self) -> bool {
         self.engine.active.load(Ordering::Acquire)
+    }
+
+    fn await_location(&self) -> bool {
+        let mut located = self.engine.located.subscribe();
+        if *located.borrow_and_update() {
+            return true;
+        }
+        let Some(within) = self.groups.upgrade().map(|g| g.link.config.change_timeout) else {
+            return false;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| {
+                    h.block_on(async {
+                        let found = tokio::time::timeout(within, located.wait_for(|l| *l)).await;
+                        matches!(found, Ok(Ok(_)))
+                    })
+                })
+            }
+            // Nothing can change while this thread waits.
+            _ => false,
+        }
     }
 
     fn publish_records(
@@ -2475,6 +2503,11 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
         } else if leader == Some(me) && engine.active.load(Ordering::Acquire) {
             known_leader = leader;
         }
+        let located = engine.active.load(Ordering::Acquire)
+            || (leader.is_some() && leader == known_leader && leader != Some(me));
+        engine
+            .located
+            .send_if_modified(|l| std::mem::replace(l, located) != located);
         drop(groups);
         // A leader whose takeover failed tries again shortly. Nothing
         // else changes but with the metrics: a timer for every replica

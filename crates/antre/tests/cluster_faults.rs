@@ -735,10 +735,10 @@ async fn an_idle_quorum_queues_silent_leader_is_replaced_and_follows_once_back()
         queue_leader_seen_by(&c, old, "quiet").await.as_ref() == Some(&new_name)
     })
     .await;
-    // At the leader: a get through the old node in the moment between its
-    // Raft's step-down and its broker's (see lead_loop) finds its engine
-    // stopped and answers get-empty.
-    assert_eq!(c.drain(new, "quiet").await, ["after"]);
+    // Through the old leader, which may not have heard from the new one
+    // yet (the metadata named it first): its get waits for the news and
+    // goes there, where it answered get-empty from its idle engine.
+    assert_eq!(c.drain(old, "quiet").await, ["after"]);
 }
 
 /// The metadata group's term on node `i`'s own entry of `/api/nodes`.

@@ -556,6 +556,61 @@ async fn a_quorum_queue_snapshots_by_size() {
     drain_all(&c, "large", &["second-37", "second-38", "second-39"]).await;
 }
 
+/// A get through a member that knows no leader does not answer
+/// get-empty from its idle engine: it waits for the leader, as
+/// RabbitMQ's does, and fails with internal-error when none comes. It
+/// answered get-empty, whatever the queue held, in the moment after a
+/// leader was deposed (found by cluster_faults) and, as here, on a lone
+/// member back from a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_waits_for_the_leader_instead_of_answering_empty() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, "lone").await;
+    let l = wait_leader(&c, "lone").await;
+    {
+        let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+        let ch = confirm_channel(&conn).await;
+        assert_eq!(
+            publish_confirmed(&ch, "lone", b"kept", harness::WAIT).await,
+            Some(true)
+        );
+    }
+    for i in 0..3 {
+        c.kill(i);
+    }
+    // The leader back alone: it knows its old term, but no leader.
+    c.spawn(l);
+    c.wait_http(l).await;
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    match ch.basic_get("lone", BasicGetOptions { no_ack: true }).await {
+        Err(lapin::Error::ProtocolError(e)) => {
+            assert_eq!(e.get_id(), 541, "{e:?}");
+            assert!(e.get_message().as_str().contains("no leader"), "{e:?}");
+        }
+        other => panic!(
+            "a get without a leader answered {:?}",
+            other.map(|g| g.map(|g| g.delivery.data))
+        ),
+    }
+    // The management API's get, too.
+    let peek = json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"});
+    let path = "/api/queues/%2F/lone/get";
+    let answer = c.try_api(l, "POST", path, Some(peek.clone())).await;
+    let (status, body) = answer.expect("the API answers");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.to_string().contains("no leader"), "{body}");
+
+    let other = (l + 1) % 3;
+    c.spawn(other);
+    c.wait_http(other).await;
+    wait_leader(&c, "lone").await;
+    let (status, body) = c.api(l, "POST", path, Some(peek)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["payload"], "kept", "{body}");
+    assert_eq!(c.drain(l, "lone").await, ["kept"]);
+}
+
 /// A member back from a restart does not depose the leader: its
 /// elections ask a pre-vote, which the others, hearing their leader,
 /// refuse. Seen in CI: the leader, which had backed off from the dead

@@ -208,7 +208,8 @@ impl Channel {
             )));
         }
         let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
-        if let Some(owner) = self.ctx.vhost.remote_owner(&queue_name) {
+        let owner = self.ctx.vhost.owner_for_get(&queue)?;
+        if let Some(owner) = owner {
             let timeout = queue.args().consumer_timeout;
             return self.get_remote(m, queue_name, &owner, timeout, out);
         }

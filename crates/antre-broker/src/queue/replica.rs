@@ -215,6 +215,9 @@ mod tests {
         fn leads(&self) -> bool {
             true
         }
+        fn await_location(&self) -> bool {
+            true
+        }
         /// Nothing is ever applied here: every enqueue is in flight.
         fn in_flight(&self, _from_id: u64) -> (u64, u64) {
             let e = self.enqueued.lock();

@@ -262,6 +262,29 @@ impl Vhost {
         self.remote.read().get(name).cloned()
     }
 
+    /// Where a get from `queue` goes: to its remote owner (`Some`), or to
+    /// this node's engine. A quorum queue's member that does not lead it
+    /// and does not know who does (just deposed, or just restarted) first
+    /// waits for the news ([`QueueReplica::await_location`]): its idle
+    /// engine would answer "empty" whatever the queue holds. RabbitMQ's
+    /// gets also wait for the queue's leader, and fail when none comes.
+    /// Blocks the calling thread while it waits.
+    ///
+    /// [`QueueReplica::await_location`]: crate::replicated::QueueReplica::await_location
+    pub fn owner_for_get(&self, queue: &Queue) -> Result<Option<Arc<str>>, BrokerError> {
+        let owner = self.remote_owner(&queue.name);
+        let Some(replica) = queue.replica().filter(|r| owner.is_none() && !r.leads()) else {
+            return Ok(owner);
+        };
+        if !replica.await_location() {
+            return Err(BrokerError::Internal(format!(
+                "Cannot get a message from {}: no leader known",
+                crate::error::queue_ref(&self.name, &queue.name)
+            )));
+        }
+        Ok(self.remote_owner(&queue.name))
+    }
+
     /// Whether any queue of this vhost is owned by another node (one
     /// atomic load: the publish path asks it for every message).
     pub fn has_remote_queues(&self) -> bool {

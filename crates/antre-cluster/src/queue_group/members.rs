@@ -126,6 +126,12 @@ impl QueueReplica for Slot {
         current.is_some_and(|r| r.leads())
     }
 
+    fn await_location(&self) -> bool {
+        // Not a member: the metadata names the queue's node.
+        let current = self.current.lock().clone();
+        current.is_none_or(|r| r.await_location())
+    }
+
     fn publish_records(
         &self,
         writer: Option<&str>,

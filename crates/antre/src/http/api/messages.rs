@@ -274,7 +274,12 @@ pub async fn get(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let v = state.vhost(&vhost)?;
-    if let (Some(owner), Some(cluster)) = (v.remote_owner(&name), &state.cluster) {
+    let owner = match super::queues::find(&state, &vhost, &name) {
+        // May block while a quorum queue's member waits for its leader.
+        Ok(q) => v.owner_for_get(&q)?,
+        Err(_) => v.remote_owner(&name),
+    };
+    if let (Some(owner), Some(cluster)) = (owner, &state.cluster) {
         let body: Value = parse_body(&body)?;
         let action = QueueAction::Get(body);
         return super::queues::at_owner(cluster, &owner, &vhost, &name, &user, action).await;
