@@ -69,11 +69,18 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     }
     /// Whether this node leads the group now (it takes publishes).
     fn leads(&self) -> bool;
+    /// Whether this node's engine may hand messages out now: a leader
+    /// delivers only while a majority of its group is known to follow it,
+    /// so that one cut off from the others stops before another can be
+    /// elected. (No default: a wrapper that forgot to pass it on would
+    /// let a deposed leader deliver what its successor delivers too.)
+    fn may_deliver(&self) -> bool;
     /// Waits, within the cluster's change timeout, until this node knows
-    /// where the queue is served: it leads, or the vhost names the
-    /// leader's node as the queue's remote owner. Returns whether it
-    /// does. Blocks the calling thread. (No default: a wrapper that
-    /// forgot to pass it on would have a get find an idle engine empty.)
+    /// where the queue is served: it leads and may deliver
+    /// ([`QueueReplica::may_deliver`]), or the vhost names the leader's
+    /// node as the queue's remote owner. Returns whether it does. Blocks
+    /// the calling thread. (No default: a wrapper that forgot to pass it
+    /// on would have a get find an idle engine empty.)
     fn await_location(&self) -> bool;
     /// A stream's: replicates a stream-protocol publisher's records
     /// (publishing id, [`crate::stream::Stream::replica_published`]

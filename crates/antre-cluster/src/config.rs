@@ -114,6 +114,16 @@ impl RaftTiming {
         self.election_min * 2
     }
 
+    /// How long a quorum queue's member that heard its leader votes for
+    /// no other, even one that found the leader dead (the shortest
+    /// election timeout); and so how long a leader that a majority heard
+    /// may go on delivering without hearing from it again, less an
+    /// eighth for the time its request took to arrive and the two
+    /// clocks' drift (see `queue_group::fence`).
+    pub fn fence(&self) -> Duration {
+        self.election_min
+    }
+
     /// Checks the timing of the group `what` (named in the error): a
     /// heartbeat interval of at least 10 ms and an election timeout of at
     /// least three heartbeat intervals, at most an hour.

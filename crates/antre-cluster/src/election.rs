@@ -126,6 +126,9 @@ struct View {
     /// Its vote is committed (a leader was elected) and the leader was
     /// heard from within the lease.
     lease_runs: bool,
+    /// And within the fence: it votes for no other, even a candidate that
+    /// found the leader dead (see `queue_group::fence`).
+    fenced: bool,
 }
 
 /// A voter's answer to a pre-vote.
@@ -169,7 +172,9 @@ fn writing_leader(state: ServerState, appends: Appends, timing: RaftTiming) -> b
 /// and log `log`: whether this member would vote for a candidate whose
 /// log ends at `theirs`. `dead` is the leader the candidate found dead,
 /// if this node cannot reach it either; `timing` the group's (its leader
-/// lease is the longest election timeout); `heard` its leader's leases.
+/// lease is the longest election timeout); `heard` its leader's leases;
+/// `fence` how long after hearing its leader it votes for no other even
+/// when the leader was found dead (zero: no fence).
 pub(crate) async fn grants<C: LogConfig>(
     raft: &openraft::Raft<C>,
     log: &LogStore<C>,
@@ -177,26 +182,13 @@ pub(crate) async fn grants<C: LogConfig>(
     dead: Option<NodeId>,
     theirs: Option<LogId<NodeId>>,
     timing: RaftTiming,
+    fence: Duration,
 ) -> PreVoteAnswer {
-    let (state, vote) = {
-        let m = raft.metrics();
-        let m = m.borrow();
-        (m.state, m.vote)
-    };
+    let state = raft.metrics().borrow().state;
     if writing_leader(state, log.appends(), timing) {
         return PreVoteAnswer::Writing;
     }
-    let lease = timing.election_max();
-    let leased = heard.since(&vote).is_some_and(|d| d <= lease);
-    let Ok(lease_runs) = raft
-        .with_raft_state(move |st| {
-            st.vote_ref().is_committed()
-                && (leased
-                    || st
-                        .vote_last_modified()
-                        .is_some_and(|t| t.elapsed() <= lease))
-        })
-        .await
+    let Some((lease_runs, fenced)) = heard_leader(raft, heard, timing.election_max(), fence).await
     else {
         return PreVoteAnswer::NoReplica;
     };
@@ -207,9 +199,31 @@ pub(crate) async fn grants<C: LogConfig>(
             state: m.state,
             leader: m.current_leader,
             lease_runs,
+            fenced,
         }
     };
     would_vote(view, dead, log.last_log_id(), theirs)
+}
+
+/// Whether the member whose Raft is `raft` heard its leader (its vote is
+/// committed) within `lease`, and within `fence`, by a heartbeat or a
+/// lease (`heard`); None if its Raft stopped.
+pub(crate) async fn heard_leader<C: LogConfig>(
+    raft: &openraft::Raft<C>,
+    heard: &Heard,
+    lease: Duration,
+    fence: Duration,
+) -> Option<(bool, bool)> {
+    let vote = raft.metrics().borrow().vote;
+    let by_lease = heard.since(&vote);
+    raft.with_raft_state(move |st| {
+        let by_raft = st.vote_last_modified().map(|t| t.elapsed());
+        let ago = by_lease.into_iter().chain(by_raft).min();
+        let within = |d| st.vote_ref().is_committed() && ago.is_some_and(|a| a <= d);
+        (within(lease), within(fence))
+    })
+    .await
+    .ok()
 }
 
 fn would_vote(
@@ -220,7 +234,7 @@ fn would_vote(
 ) -> PreVoteAnswer {
     let leaderless = match v.state {
         ServerState::Follower | ServerState::Candidate => {
-            !v.lease_runs || (dead.is_some() && v.leader == dead)
+            !v.lease_runs || (dead.is_some() && v.leader == dead && !v.fenced)
         }
         ServerState::Leader => false,
         // A learner does not vote.
@@ -487,6 +501,7 @@ mod tests {
             state: ServerState::Follower,
             leader,
             lease_runs,
+            fenced: false,
         }
     }
 
@@ -535,17 +550,26 @@ mod tests {
             vote(follower(Some(1), true), Some(DEAD)),
             PreVoteAnswer::HasLeader
         );
+        // Nor within the fence: the "dead" leader may be alive behind a
+        // firewall that refuses, and delivering while a majority heard it.
+        let fenced = View {
+            fenced: true,
+            ..follower(Some(DEAD), true)
+        };
+        assert_eq!(vote(fenced, Some(DEAD)), PreVoteAnswer::HasLeader);
         // A candidate's vote is not committed: no lease.
         let standing = View {
             state: ServerState::Candidate,
             leader: None,
             lease_runs: false,
+            fenced: false,
         };
         assert_eq!(vote(standing, None), PreVoteAnswer::Yes);
         let with = |state| View {
             state,
             leader: Some(1),
             lease_runs: false,
+            fenced: false,
         };
         assert_eq!(
             vote(with(ServerState::Leader), None),

@@ -46,11 +46,12 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use openraft::{RaftTypeConfig, ServerState};
 
 use crate::config::RaftTiming;
-use crate::election::{pre_vote, stand, Voters};
+use crate::election::{heard_leader, pre_vote, stand, Heard, Voters};
 use crate::log_store::{LogConfig, LogStore};
 use crate::network::{CallError, Connection};
 use crate::node::Cluster;
@@ -106,13 +107,30 @@ async fn probe(node: Weak<Cluster>, peer: &str, id: NodeId, addr: SocketAddr) {
     let mut standing = tokio::task::JoinSet::new();
     let timing = n.link.config.metadata_timing;
     let network = n.queue_groups.network().clone();
+    let metadata = Standing {
+        group: None,
+        heard: Heard::default(),
+        // No fence: the metadata group delivers no messages.
+        fence: Duration::ZERO,
+    };
     standing.spawn_on(
-        stand_if_led_by(network, None, n.raft.clone(), n.log().clone(), id, timing),
+        stand_if_led_by(
+            network,
+            metadata,
+            n.raft.clone(),
+            n.log().clone(),
+            id,
+            timing,
+        ),
         n.raft_handle(),
     );
-    for (network, raft, log) in n.queue_groups.led_by(id) {
+    for (network, raft, log, heard) in n.queue_groups.led_by(id) {
         let timing = n.link.config.queue_timing;
-        let group = Some(network.group.to_string());
+        let group = Standing {
+            group: Some(network.group.to_string()),
+            heard,
+            fence: timing.fence(),
+        };
         standing.spawn_on(
             stand_if_led_by(network, group, raft, log, id, timing),
             n.raft_handle(),
@@ -145,17 +163,36 @@ fn leaderless<C: RaftTypeConfig<NodeId = NodeId>>(raft: &openraft::Raft<C>, dead
     }
 }
 
+/// The group a stand loop is for.
+struct Standing {
+    /// Its id (none: the metadata group).
+    group: Option<String>,
+    /// The leases of its leader this member heard.
+    heard: Heard,
+    /// How long after hearing the dead leader this member waits (see
+    /// `queue_group::fence`).
+    fence: Duration,
+}
+
 /// Stands for election in `raft`, which followed the dead `leader`: after
 /// a random delay, then again, once a pre-vote passes, while it finds no
-/// leader (see the module docs).
+/// leader (see the module docs). Not within the group's fence after it
+/// last heard the leader: the others' answers keep to it, and this
+/// member's own vote must too (with three members, it is half of the
+/// majority that elects it).
 async fn stand_if_led_by<C: LogConfig>(
     voters: impl Voters<C>,
-    group: Option<String>,
+    standing: Standing,
     raft: openraft::Raft<C>,
     log: LogStore<C>,
     leader: NodeId,
     timing: RaftTiming,
 ) {
+    let Standing {
+        group,
+        heard,
+        fence,
+    } = standing;
     let give_up = tokio::time::Instant::now() + timing.election_max() * 2;
     let beat = timing.heartbeat;
     let mut wait = (beat * 2).mul_f64(rand::random::<f64>());
@@ -166,6 +203,13 @@ async fn stand_if_led_by<C: LogConfig>(
             return;
         }
         wait = beat / 2 + beat.mul_f64(rand::random::<f64>());
+        let lease = timing.election_max();
+        if heard_leader(&raft, &heard, lease, fence)
+            .await
+            .is_some_and(|(_, fenced)| fenced)
+        {
+            continue;
+        }
         let tally = pre_vote(&voters, group.clone(), &raft, &log, Some(leader), beat * 2).await;
         if !(tally.wins() || !stood && tally.leaderless()) {
             continue;

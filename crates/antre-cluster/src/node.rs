@@ -507,7 +507,10 @@ impl Cluster {
             None => {
                 let timing = self.link.config.metadata_timing;
                 let heard = crate::election::Heard::default();
-                crate::election::grants(&self.raft, &self.log, &heard, dead, theirs, timing).await
+                // No fence: the metadata group delivers no messages.
+                let fence = Duration::ZERO;
+                crate::election::grants(&self.raft, &self.log, &heard, dead, theirs, timing, fence)
+                    .await
             }
             Some(g) => self.queue_groups.grants_pre_vote(g, dead, theirs).await,
         }

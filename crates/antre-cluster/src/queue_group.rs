@@ -78,6 +78,7 @@ use sha2::{Digest, Sha256};
 mod carriers;
 pub mod codec;
 mod consumers;
+mod fence;
 mod heartbeats;
 pub mod leases;
 pub mod members;
@@ -805,6 +806,8 @@ struct Engine {
     /// remote owner. False between a step-down and news of the next
     /// leader, when a get here would find the idle engine empty.
     located: tokio::sync::watch::Sender<bool>,
+    /// Whether a majority still follows this leader (see [`fence`]).
+    fence: Arc<fence::Fence>,
 }
 
 /// A leader's proposed enqueues not applied yet.
@@ -852,7 +855,9 @@ impl Proposed {
 
 impl Engine {
     /// The engine of `target`, idle until this node leads its group.
-    fn new(broker: Arc<Broker>, target: Target) -> Arc<Engine> {
+    fn new(broker: Arc<Broker>, target: Target, timing: crate::config::RaftTiming) -> Arc<Engine> {
+        let queue = target.queue().map_or_else(Weak::new, Arc::downgrade);
+        let fence = Arc::new(fence::Fence::new(queue, timing.fence()));
         Arc::new(Engine {
             broker,
             target,
@@ -861,6 +866,7 @@ impl Engine {
             proposed: Mutex::default(),
             snapshots_installed: tokio::sync::watch::Sender::new(0),
             located: tokio::sync::watch::Sender::new(false),
+            fence,
         })
     }
 
@@ -1456,9 +1462,19 @@ impl QueueReplica for Replica {
         self.engine.active.load(Ordering::Acquire)
     }
 
+    fn may_deliver(&self) -> bool {
+        self.engine.fence.open()
+    }
+
     fn await_location(&self) -> bool {
-        let mut located = self.engine.located.subscribe();
-        if *located.borrow_and_update() {
+        let engine = &self.engine;
+        let mut located = engine.located.subscribe();
+        let mut opened = engine.fence.opened.subscribe();
+        // Placed: led here behind an open fence, or by another node.
+        let placed = |located: bool| {
+            located && (!engine.active.load(Ordering::Acquire) || engine.fence.open())
+        };
+        if placed(*located.borrow_and_update()) {
             return true;
         }
         let Some(within) = self.groups.upgrade().map(|g| g.link.config.change_timeout) else {
@@ -1468,8 +1484,18 @@ impl QueueReplica for Replica {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(|| {
                     h.block_on(async {
-                        let found = tokio::time::timeout(within, located.wait_for(|l| *l)).await;
-                        matches!(found, Ok(Ok(_)))
+                        let wait = async {
+                            loop {
+                                tokio::select! {
+                                    r = located.changed() => if r.is_err() { return false },
+                                    r = opened.changed() => if r.is_err() { return false },
+                                }
+                                if placed(*located.borrow_and_update()) {
+                                    return true;
+                                }
+                            }
+                        };
+                        tokio::time::timeout(within, wait).await.unwrap_or(false)
                     })
                 })
             }
@@ -1978,7 +2004,11 @@ impl QueueGroups {
         let dir = self.dir.join(&def.group);
         std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
         let log = LogStore::<QueueTypeConfig>::open(&dir)?;
-        let engine = Engine::new(Arc::clone(&self.broker), queue.clone());
+        let engine = Engine::new(
+            Arc::clone(&self.broker),
+            queue.clone(),
+            self.link.config.queue_timing,
+        );
         let machine = QueueMachine::open(&dir, Arc::clone(&engine))?;
         let log = log.with_floor(Arc::clone(&machine.floor));
         // A stream takes publishes faster than a queue (batches of a
@@ -2003,7 +2033,7 @@ impl QueueGroups {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let network = self.group_network(&def.group);
+        let network = self.group_network(&def.group, Arc::clone(&engine.fence));
         let me = self.link.config.node_id();
         let raft = QueueRaft::new(
             me,
@@ -2014,6 +2044,7 @@ impl QueueGroups {
         )
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        engine.fence.watch(raft.metrics());
         // Ids come from names, so every member computes the same
         // membership whatever its peer list holds.
         let members: BTreeMap<NodeId, BasicNode> = def
@@ -2177,31 +2208,38 @@ impl QueueGroups {
     }
 
     /// The groups this node follows whose leader is node `leader`: each
-    /// group's network, Raft and log.
+    /// group's network, Raft, log and leases heard.
     pub(crate) fn led_by(
         &self,
         leader: NodeId,
-    ) -> Vec<(GroupNetwork, QueueRaft, LogStore<QueueTypeConfig>)> {
+    ) -> Vec<(
+        GroupNetwork,
+        QueueRaft,
+        LogStore<QueueTypeConfig>,
+        crate::election::Heard,
+    )> {
         self.groups
             .lock()
             .values()
             .filter(|g| crate::failover::follows(&g.raft, leader))
             .map(|g| {
                 (
-                    self.group_network(&g.def.group),
+                    self.group_network(&g.def.group, Arc::clone(&g.machine.engine.fence)),
                     g.raft.clone(),
                     g.log.clone(),
+                    g.heard.clone(),
                 )
             })
             .collect()
     }
 
-    fn group_network(&self, group: &str) -> GroupNetwork {
+    fn group_network(&self, group: &str, fence: Arc<fence::Fence>) -> GroupNetwork {
         GroupNetwork {
             network: self.network.clone(),
             group: Arc::from(group),
             heartbeats: Arc::clone(&self.heartbeats),
             busy: Arc::new(Mutex::new((std::time::Instant::now(), None))),
+            fence,
         }
     }
 
@@ -2217,7 +2255,8 @@ impl QueueGroups {
             return crate::election::PreVoteAnswer::NoReplica;
         };
         let timing = self.link.config.queue_timing;
-        crate::election::grants(&g.raft, &g.log, &g.heard, dead, theirs, timing).await
+        let fence = timing.fence();
+        crate::election::grants(&g.raft, &g.log, &g.heard, dead, theirs, timing, fence).await
     }
 
     /// The node's connections to its peers.
@@ -2651,6 +2690,8 @@ pub(crate) struct GroupNetwork {
     /// stream's single-active-consumer reports ask for one every 250 ms),
     /// and each, new, took its group for busy and sent alone.
     busy: Arc<Mutex<Activity>>,
+    /// Told of each answer that accepts this leader (see [`fence`]).
+    fence: Arc<fence::Fence>,
 }
 
 pub(crate) struct GroupClient {
@@ -2864,6 +2905,7 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let group = self.group.to_string();
+        let (sent, term) = (std::time::Instant::now(), rpc.vote.leader_id().get_term());
         // A follower far behind is sent up to openraft's count of entries
         // at once, which of large messages made requests over the link's
         // largest frame, refused every time: the follower never caught up.
@@ -2917,7 +2959,18 @@ impl RaftNetwork<QueueTypeConfig> for GroupClient {
             self.call(Request::QueueAppend { group, rpc }, &option)
                 .await
         };
-        match answer.map_err(rpc_error)? {
+        let answer = answer.map_err(rpc_error)?;
+        if let Response::QueueAppend(Ok(
+            AppendEntriesResponse::Success
+            | AppendEntriesResponse::PartialSuccess(_)
+            | AppendEntriesResponse::Conflict,
+        )) = &answer
+        {
+            // The member follows this leader in `term` (a conflict is
+            // about the log, not the leadership).
+            self.network.fence.acked(self.target, term, sent);
+        }
+        match answer {
             Response::QueueAppend(Ok(AppendEntriesResponse::Success)) if partial.is_some() => {
                 Ok(AppendEntriesResponse::PartialSuccess(partial))
             }
@@ -3081,7 +3134,8 @@ mod tests {
             arguments: antre_amqp::FieldTable::default(),
         };
         v.declare_queue(d, false, 1).unwrap();
-        let engine = Engine::new(broker, Target::Queue(v.queue_info("q").unwrap()));
+        let timing = crate::config::RaftTiming::QUEUE;
+        let engine = Engine::new(broker, Target::Queue(v.queue_info("q").unwrap()), timing);
         QueueMachine::open(&dir.join("group"), engine).unwrap()
     }
 

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use harness::{connect, queue_names, TestCluster, CHANGE_TIMEOUT_S, SECRET};
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -739,6 +740,86 @@ async fn an_idle_quorum_queues_silent_leader_is_replaced_and_follows_once_back()
     // yet (the metadata named it first): its get waits for the news and
     // goes there, where it answered get-empty from its idle engine.
     assert_eq!(c.drain(old, "quiet").await, ["after"]);
+}
+
+/// A quorum queue's leader cut off from the majority stops serving its
+/// engine once a new leader could have been elected: a get through it
+/// finds none of the messages, which the majority's leader gives out
+/// meanwhile. Its engine went on delivering the messages it held,
+/// unmarked, after the new leader had given out the same ones. Cut off
+/// twice: with its links refused (the majority finds it dead at once)
+/// and blackholed (its heartbeats stop coming).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_majority_stops_delivering() {
+    let (c, mesh) = proxied_cluster().await;
+    c.until_leader(&[0, 1, 2]).await;
+    let mut leader = declare_quorum_queue(&c, 0, "fenced").await;
+    assert!(publish_confirmed(&c, leader, "fenced", b"m0").await);
+    assert!(publish_confirmed(&c, leader, "fenced", b"m1").await);
+    for blackhole in [false, true] {
+        let old = leader;
+        if blackhole {
+            mesh.blackhole(old);
+        } else {
+            mesh.isolate(old);
+        }
+        let majority: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+        let old_name = c.nodes[old].name.clone();
+        c.until("the majority to elect another leader", || async {
+            queue_leader_seen_by(&c, majority[0], "fenced")
+                .await
+                .is_some_and(|l| l != old_name)
+        })
+        .await;
+        leader = queue_leader_seen_by(&c, majority[0], "fenced")
+            .await
+            .and_then(|l| c.nodes.iter().position(|n| n.name == l))
+            .expect("a new leader");
+        // The majority's leader gives one out, for good.
+        let (_conn, ch) = channel(&c.nodes[leader].amqp_uri()).await;
+        let taken = ch
+            .basic_get("fenced", BasicGetOptions { no_ack: true })
+            .await
+            .expect("a get at the new leader")
+            .map(|g| String::from_utf8_lossy(&g.delivery.data).into_owned());
+        assert!(taken.is_some(), "the new leader has the messages");
+        // The old one must give out neither that one nor the other: not
+        // to a consumer there, nor to a get, which waits for the change
+        // timeout and fails.
+        let (_cconn, cch) = channel(&c.nodes[old].amqp_uri()).await;
+        let mut consumer = cch
+            .basic_consume(
+                "fenced",
+                "on-the-old-leader",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume on the old leader");
+        let (_conn, ch) = channel(&c.nodes[old].amqp_uri()).await;
+        match ch.basic_get("fenced", BasicGetOptions { no_ack: true }).await {
+            Err(e) => assert_eq!(reply_code(&e), 541, "{e:?}"),
+            Ok(got) => panic!(
+                "the cut-off leader (blackholed: {blackhole}) gave out {:?}; {taken:?} went at the new one",
+                got.map(|g| String::from_utf8_lossy(&g.delivery.data).into_owned())
+            ),
+        }
+        // Its consumer had those seconds to receive something.
+        if let Some(Some(Ok(d))) = futures::FutureExt::now_or_never(consumer.next()) {
+            panic!(
+                "the cut-off leader delivered {:?}",
+                String::from_utf8_lossy(&d.data)
+            );
+        }
+        mesh.heal();
+        let name = c.nodes[leader].name.clone();
+        c.until("the old leader to follow the new one", || async {
+            queue_leader_seen_by(&c, old, "fenced").await.as_ref() == Some(&name)
+        })
+        .await;
+        assert!(publish_confirmed(&c, leader, "fenced", b"again").await);
+    }
+    assert_eq!(c.drain(leader, "fenced").await, ["again", "again"]);
 }
 
 /// The metadata group's term on node `i`'s own entry of `/api/nodes`.

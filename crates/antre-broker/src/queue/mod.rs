@@ -996,6 +996,15 @@ impl Queue {
     /// consumer). Expired messages met on the way are dead-lettered, never
     /// delivered.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, now: u64) {
+        if st.ready.is_empty() || st.consumers.is_empty() {
+            return;
+        }
+        // A replicated queue's leader that no majority answered lately
+        // holds its deliveries: it may have been deposed without knowing
+        // (its replica kicks the queue once answers come again).
+        if st.replica.as_ref().is_some_and(|r| !r.may_deliver()) {
+            return;
+        }
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let Some(idx) = st.consumers.take_turn() else {
                 return;

@@ -215,6 +215,9 @@ mod tests {
         fn leads(&self) -> bool {
             true
         }
+        fn may_deliver(&self) -> bool {
+            true
+        }
         fn await_location(&self) -> bool {
             true
         }

@@ -266,14 +266,18 @@ impl Vhost {
     /// this node's engine. A quorum queue's member that does not lead it
     /// and does not know who does (just deposed, or just restarted) first
     /// waits for the news ([`QueueReplica::await_location`]): its idle
-    /// engine would answer "empty" whatever the queue holds. RabbitMQ's
+    /// engine would answer "empty" whatever the queue holds. So does a
+    /// leader that no majority has answered lately (it may have been
+    /// deposed without knowing: [`QueueReplica::may_deliver`]). RabbitMQ's
     /// gets also wait for the queue's leader, and fail when none comes.
     /// Blocks the calling thread while it waits.
     ///
     /// [`QueueReplica::await_location`]: crate::replicated::QueueReplica::await_location
+    /// [`QueueReplica::may_deliver`]: crate::replicated::QueueReplica::may_deliver
     pub fn owner_for_get(&self, queue: &Queue) -> Result<Option<Arc<str>>, BrokerError> {
         let owner = self.remote_owner(&queue.name);
-        let Some(replica) = queue.replica().filter(|r| owner.is_none() && !r.leads()) else {
+        let placed = |r: &Arc<dyn crate::replicated::QueueReplica>| r.leads() && r.may_deliver();
+        let Some(replica) = queue.replica().filter(|r| owner.is_none() && !placed(r)) else {
             return Ok(owner);
         };
         if !replica.await_location() {

@@ -86,8 +86,23 @@ impl Round {
             let groups = Arc::clone(&groups);
             tokio::spawn(async move {
                 let request = Request::QueueLeases(leases);
+                let sent = std::time::Instant::now();
                 let refused = match conn.call(&request, ttl).await {
-                    Ok(Response::QueueLeases(refused)) => refused,
+                    Ok(Response::QueueLeases(refused)) => {
+                        // The leases it took renew its leaders' fences.
+                        if let Request::QueueLeases(leases) = &request {
+                            for (group, vote, _) in leases {
+                                if refused.contains(group) {
+                                    continue;
+                                }
+                                if let Some(g) = groups.get(group) {
+                                    let term = vote.leader_id().get_term();
+                                    g.machine.engine.fence.acked(id, term, sent);
+                                }
+                            }
+                        }
+                        refused
+                    }
                     // The member did not answer, or not in kind (a node of
                     // a version without leases closes the connection): its
                     // groups get Raft heartbeats, as before leases. One

@@ -126,6 +126,11 @@ impl QueueReplica for Slot {
         current.is_some_and(|r| r.leads())
     }
 
+    fn may_deliver(&self) -> bool {
+        let current = self.current.lock().clone();
+        current.is_none_or(|r| r.may_deliver())
+    }
+
     fn await_location(&self) -> bool {
         // Not a member: the metadata names the queue's node.
         let current = self.current.lock().clone();
