@@ -61,6 +61,8 @@ pub(crate) struct Fence {
 struct Acks {
     term: u64,
     sent: HashMap<NodeId, Instant>,
+    /// The answer the fence last moved on with.
+    computed: Option<Instant>,
 }
 
 impl Fence {
@@ -98,8 +100,8 @@ impl Fence {
         }
         // A group of one voter, this member, has nobody to hear from.
         let m = metrics.borrow();
-        let mut voters = m.membership_config.membership().voter_ids();
-        voters.next() == Some(m.id) && voters.next().is_none()
+        let configs = m.membership_config.membership().get_joint_config();
+        configs.iter().all(|c| c.len() == 1 && c.contains(&m.id))
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -112,11 +114,6 @@ impl Fence {
         let Some(metrics) = self.metrics.get() else {
             return;
         };
-        let (me, voters) = {
-            let m = metrics.borrow();
-            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-            (m.id, voters)
-        };
         let until = {
             let mut acks = self.acks.lock();
             if term < acks.term {
@@ -125,15 +122,32 @@ impl Fence {
             if term > acks.term {
                 *acks = Acks {
                     term,
-                    sent: HashMap::new(),
+                    ..Acks::default()
                 };
             }
             let at = acks.sent.entry(from).or_insert(sent);
             *at = (*at).max(sent);
-            match majority_heard(me, &voters, &acks.sent) {
-                Some(t) => self.nanos(t + self.hold),
-                None => return,
+            // A busy group's answers come thousands of times a second:
+            // the fence moves on at most every RECOMPUTE (one a little
+            // shorter than it could be is only more careful).
+            if acks.computed.is_some_and(|c| sent < c + RECOMPUTE) {
+                return;
             }
+            let m = metrics.borrow();
+            // During a membership change (joint consensus) an election
+            // needs a majority of each configuration: so does the fence.
+            let mut heard: Option<Instant> = None;
+            for config in m.membership_config.membership().get_joint_config() {
+                let Some(t) = majority_heard(m.id, config, &acks.sent) else {
+                    return;
+                };
+                heard = Some(heard.map_or(t, |h| h.min(t)));
+            }
+            let Some(heard) = heard else {
+                return;
+            };
+            acks.computed = Some(sent);
+            self.nanos(heard + self.hold)
         };
         let was = self.until.fetch_max(until, Ordering::AcqRel);
         let now = self.nanos(Instant::now());
@@ -147,27 +161,34 @@ impl Fence {
     }
 }
 
+/// How often at most a fence moves on.
+const RECOMPUTE: Duration = Duration::from_millis(5);
+
 /// The latest time by which a majority of `voters` (this member `me`
 /// counting as hearing itself now) had heard the leader, from the time
 /// each other voter's latest answered request was sent; None if fewer
 /// than a majority answered.
 fn majority_heard(
     me: NodeId,
-    voters: &[NodeId],
+    voters: &std::collections::BTreeSet<NodeId>,
     sent: &HashMap<NodeId, Instant>,
 ) -> Option<Instant> {
     let majority = voters.len() / 2 + 1;
-    let mut others: Vec<Instant> = voters
+    let need = majority - usize::from(voters.contains(&me));
+    let others = voters
         .iter()
         .filter(|&&v| v != me)
-        .filter_map(|v| sent.get(v).copied())
-        .collect();
-    let need = majority - usize::from(voters.contains(&me));
-    if need == 0 {
-        return Some(Instant::now() + Duration::from_secs(3600));
+        .filter_map(|v| sent.get(v).copied());
+    match need {
+        0 => Some(Instant::now() + Duration::from_secs(3600)),
+        // Three voters: the latest of the two others' answers.
+        1 => others.max(),
+        _ => {
+            let mut others: Vec<Instant> = others.collect();
+            others.sort_unstable_by(|a, b| b.cmp(a));
+            others.get(need - 1).copied()
+        }
     }
-    others.sort_unstable_by(|a, b| b.cmp(a));
-    others.get(need - 1).copied()
 }
 
 #[cfg(test)]
@@ -180,18 +201,22 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let sent: HashMap<NodeId, Instant> = [(2, at(10)), (3, at(30))].into();
         // Three voters: the leader and the later of the two answers.
-        assert_eq!(majority_heard(1, &[1, 2, 3], &sent), Some(at(30)));
+        let set = |v: &[NodeId]| v.iter().copied().collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(majority_heard(1, &set(&[1, 2, 3]), &sent), Some(at(30)));
         // Five: the leader and two answers, the second latest counts.
         let five: HashMap<NodeId, Instant> = [(2, at(10)), (3, at(30)), (4, at(20))].into();
-        assert_eq!(majority_heard(1, &[1, 2, 3, 4, 5], &five), Some(at(20)));
+        assert_eq!(
+            majority_heard(1, &set(&[1, 2, 3, 4, 5]), &five),
+            Some(at(20))
+        );
         // Too few answers.
         let one: HashMap<NodeId, Instant> = [(2, at(10))].into();
-        assert_eq!(majority_heard(1, &[1, 2, 3, 4, 5], &one), None);
+        assert_eq!(majority_heard(1, &set(&[1, 2, 3, 4, 5]), &one), None);
         // Answers of members that are no voters do not count.
         let learner: HashMap<NodeId, Instant> = [(9, at(50)), (2, at(10))].into();
-        assert_eq!(majority_heard(1, &[1, 2, 3], &learner), Some(at(10)));
+        assert_eq!(majority_heard(1, &set(&[1, 2, 3]), &learner), Some(at(10)));
         // A group of one needs nobody.
-        assert!(majority_heard(1, &[1], &HashMap::new()).is_some());
+        assert!(majority_heard(1, &set(&[1]), &HashMap::new()).is_some());
     }
 
     #[test]
@@ -226,5 +251,26 @@ mod tests {
         lapsed.watch(rx2);
         lapsed.acked(2, 5, now - Duration::from_millis(350));
         assert!(!lapsed.open(), "past the fence's 350 ms");
+    }
+
+    #[test]
+    fn a_membership_change_needs_a_majority_of_each_configuration() {
+        let fence = Fence::new(Weak::new(), Duration::from_millis(400));
+        let mut m = RaftMetrics::new_initial(1);
+        // Joint: {1, 2, 3} and {1, 4, 5}.
+        m.membership_config = std::sync::Arc::new(openraft::StoredMembership::new(
+            None,
+            openraft::Membership::new(vec![[1, 2, 3].into(), [1, 4, 5].into()], None),
+        ));
+        let (_tx, rx) = tokio::sync::watch::channel(m);
+        fence.watch(rx);
+        let now = Instant::now();
+        // 4 and 5 with the leader are a majority of the five, not of the
+        // first configuration.
+        fence.acked(4, 2, now);
+        fence.acked(5, 2, now);
+        assert!(!fence.open());
+        fence.acked(3, 2, now);
+        assert!(fence.open());
     }
 }
