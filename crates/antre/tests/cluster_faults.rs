@@ -592,6 +592,22 @@ async fn queue_leader_seen_by(c: &TestCluster, i: usize, name: &str) -> Option<S
     }
 }
 
+/// Waits until node `i` sees a leader of quorum queue `name` other than
+/// node `old`; that leader.
+async fn another_leader(c: &TestCluster, i: usize, name: &str, old: usize) -> usize {
+    let old_name = c.nodes[old].name.clone();
+    c.until("the majority to elect another leader", || async {
+        queue_leader_seen_by(c, i, name)
+            .await
+            .is_some_and(|l| l != old_name)
+    })
+    .await;
+    queue_leader_seen_by(c, i, name)
+        .await
+        .and_then(|l| c.nodes.iter().position(|n| n.name == l))
+        .expect("a new leader")
+}
+
 /// Declares quorum queue `name` through node `i`; the node that leads
 /// it, once `i` knows.
 async fn declare_quorum_queue(c: &TestCluster, i: usize, name: &str) -> usize {
@@ -717,17 +733,7 @@ async fn an_idle_quorum_queues_silent_leader_is_replaced_and_follows_once_back()
     .await;
 
     mesh.blackhole(old);
-    let old_name = c.nodes[old].name.clone();
-    c.until("the majority to elect another leader", || async {
-        queue_leader_seen_by(&c, majority[0], "quiet")
-            .await
-            .is_some_and(|l| l != old_name)
-    })
-    .await;
-    let seen = queue_leader_seen_by(&c, majority[0], "quiet").await;
-    let new = seen
-        .and_then(|l| c.nodes.iter().position(|n| n.name == l))
-        .expect("a new leader");
+    let new = another_leader(&c, majority[0], "quiet", old).await;
     assert!(publish_confirmed(&c, new, "quiet", b"after").await);
 
     mesh.heal();
@@ -763,18 +769,7 @@ async fn a_leader_cut_off_from_the_majority_stops_delivering() {
         } else {
             mesh.isolate(old);
         }
-        let majority: Vec<usize> = (0..3).filter(|&i| i != old).collect();
-        let old_name = c.nodes[old].name.clone();
-        c.until("the majority to elect another leader", || async {
-            queue_leader_seen_by(&c, majority[0], "fenced")
-                .await
-                .is_some_and(|l| l != old_name)
-        })
-        .await;
-        leader = queue_leader_seen_by(&c, majority[0], "fenced")
-            .await
-            .and_then(|l| c.nodes.iter().position(|n| n.name == l))
-            .expect("a new leader");
+        leader = another_leader(&c, (old + 1) % 3, "fenced", old).await;
         // The majority's leader gives one out, for good.
         let (_conn, ch) = channel(&c.nodes[leader].amqp_uri()).await;
         let taken = ch

@@ -219,16 +219,22 @@ mod tests {
         assert!(majority_heard(1, &set(&[1]), &HashMap::new()).is_some());
     }
 
-    #[test]
-    fn the_fence_opens_with_a_majority_of_the_latest_term_and_lapses() {
+    /// A fence of member 1 in a group of `configs` (two: joint).
+    fn fence_of(configs: Vec<std::collections::BTreeSet<NodeId>>) -> Fence {
         let fence = Fence::new(Weak::new(), Duration::from_millis(400));
         let mut m = RaftMetrics::new_initial(1);
         m.membership_config = std::sync::Arc::new(openraft::StoredMembership::new(
             None,
-            openraft::Membership::new(vec![[1, 2, 3].into()], None),
+            openraft::Membership::new(configs, None),
         ));
-        let (_tx, rx) = tokio::sync::watch::channel(m);
-        fence.watch(rx);
+        // The sender may go: the fence keeps the last metrics.
+        fence.watch(tokio::sync::watch::channel(m).1);
+        fence
+    }
+
+    #[test]
+    fn the_fence_opens_with_a_majority_of_the_latest_term_and_lapses() {
+        let fence = fence_of(vec![[1, 2, 3].into()]);
         assert!(!fence.open(), "closed until a majority answered");
         let now = Instant::now();
         fence.acked(2, 5, now);
@@ -239,31 +245,14 @@ mod tests {
         fence.acked(3, 4, now);
         fence.acked(3, 6, now - Duration::from_secs(1));
         assert!(fence.open(), "the open fence of term 5 still runs");
-        let lapsed = Fence::new(Weak::new(), Duration::from_millis(400));
-        let (_tx2, rx2) = tokio::sync::watch::channel({
-            let mut m = RaftMetrics::new_initial(1);
-            m.membership_config = std::sync::Arc::new(openraft::StoredMembership::new(
-                None,
-                openraft::Membership::new(vec![[1, 2, 3].into()], None),
-            ));
-            m
-        });
-        lapsed.watch(rx2);
+        let lapsed = fence_of(vec![[1, 2, 3].into()]);
         lapsed.acked(2, 5, now - Duration::from_millis(350));
         assert!(!lapsed.open(), "past the fence's 350 ms");
     }
 
     #[test]
     fn a_membership_change_needs_a_majority_of_each_configuration() {
-        let fence = Fence::new(Weak::new(), Duration::from_millis(400));
-        let mut m = RaftMetrics::new_initial(1);
-        // Joint: {1, 2, 3} and {1, 4, 5}.
-        m.membership_config = std::sync::Arc::new(openraft::StoredMembership::new(
-            None,
-            openraft::Membership::new(vec![[1, 2, 3].into(), [1, 4, 5].into()], None),
-        ));
-        let (_tx, rx) = tokio::sync::watch::channel(m);
-        fence.watch(rx);
+        let fence = fence_of(vec![[1, 2, 3].into(), [1, 4, 5].into()]);
         let now = Instant::now();
         // 4 and 5 with the leader are a majority of the five, not of the
         // first configuration.
