@@ -1463,7 +1463,17 @@ impl QueueReplica for Replica {
     }
 
     fn may_deliver(&self) -> bool {
-        self.engine.fence.open()
+        let fence = &self.engine.fence;
+        let open = fence.open();
+        if !open && self.engine.active.load(Ordering::Acquire) && fence.first_hold() {
+            // Why a queue stopped delivering, for its operator: this node
+            // may be cut off from the others, or they may be slow.
+            tracing::warn!(
+                group = self.group,
+                "no majority of the quorum queue's members answered this leader within the fence: its deliveries wait"
+            );
+        }
+        open
     }
 
     fn await_location(&self) -> bool {

@@ -799,6 +799,10 @@ async fn a_leader_cut_off_from_the_majority_stops_delivering() {
                 got.map(|g| String::from_utf8_lossy(&g.delivery.data).into_owned())
             ),
         }
+        assert!(
+            c.nodes[old].logged("its deliveries wait"),
+            "the old leader says why its queue stopped delivering"
+        );
         // Its consumer had those seconds to receive something.
         if let Some(Some(Ok(d))) = futures::FutureExt::now_or_never(consumer.next()) {
             panic!(

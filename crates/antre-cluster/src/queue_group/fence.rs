@@ -28,7 +28,7 @@
 //! [`RaftTiming::fence`]: crate::config::RaftTiming::fence
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,9 @@ pub(crate) struct Fence {
     queue: Weak<Queue>,
     /// Counts the times the fence opened again, for a get waiting on it.
     pub(crate) opened: tokio::sync::watch::Sender<u64>,
+    /// The leader held a delivery since the fence last opened (logged
+    /// once per lapse).
+    held: AtomicBool,
 }
 
 /// The latest request each member answered, in the leader's latest term.
@@ -77,6 +80,7 @@ impl Fence {
             metrics: OnceLock::new(),
             queue,
             opened: tokio::sync::watch::Sender::new(0),
+            held: AtomicBool::new(false),
         }
     }
 
@@ -102,6 +106,12 @@ impl Fence {
         let m = metrics.borrow();
         let configs = m.membership_config.membership().get_joint_config();
         configs.iter().all(|c| c.len() == 1 && c.contains(&m.id))
+    }
+
+    /// The leader holds a delivery behind the closed fence: true the
+    /// first time since it last opened (to say so once).
+    pub(crate) fn first_hold(&self) -> bool {
+        !self.held.swap(true, Ordering::AcqRel)
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -153,8 +163,15 @@ impl Fence {
         let now = self.nanos(Instant::now());
         if was <= now && until > now {
             // It had lapsed (or never opened): what it held goes out.
+            let held = self.held.swap(false, Ordering::AcqRel);
             self.opened.send_modify(|n| *n += 1);
             if let Some(q) = self.queue.upgrade() {
+                if held {
+                    tracing::info!(
+                        queue = %q.name,
+                        "a majority answers this leader again: its deliveries go on"
+                    );
+                }
                 q.kick();
             }
         }
