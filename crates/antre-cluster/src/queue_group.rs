@@ -1490,24 +1490,22 @@ impl QueueReplica for Replica {
         let Some(within) = self.groups.upgrade().map(|g| g.link.config.change_timeout) else {
             return false;
         };
+        let wait = async {
+            loop {
+                tokio::select! {
+                    r = located.changed() => if r.is_err() { return false },
+                    r = opened.changed() => if r.is_err() { return false },
+                }
+                if placed(*located.borrow_and_update()) {
+                    return true;
+                }
+            }
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| {
-                    h.block_on(async {
-                        let wait = async {
-                            loop {
-                                tokio::select! {
-                                    r = located.changed() => if r.is_err() { return false },
-                                    r = opened.changed() => if r.is_err() { return false },
-                                }
-                                if placed(*located.borrow_and_update()) {
-                                    return true;
-                                }
-                            }
-                        };
-                        tokio::time::timeout(within, wait).await.unwrap_or(false)
-                    })
-                })
+                let waited =
+                    tokio::task::block_in_place(|| h.block_on(tokio::time::timeout(within, wait)));
+                waited.unwrap_or(false)
             }
             // Nothing can change while this thread waits.
             _ => false,

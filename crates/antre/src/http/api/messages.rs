@@ -274,10 +274,10 @@ pub async fn get(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let v = state.vhost(&vhost)?;
-    let owner = match super::queues::find(&state, &vhost, &name) {
+    let owner = match v.queue_info(&name) {
         // May block while a quorum queue's member waits for its leader.
-        Ok(q) => v.owner_for_get(&q)?,
-        Err(_) => v.remote_owner(&name),
+        Some(q) => v.owner_for_get(&q)?,
+        None => v.remote_owner(&name),
     };
     if let (Some(owner), Some(cluster)) = (owner, &state.cluster) {
         let body: Value = parse_body(&body)?;
