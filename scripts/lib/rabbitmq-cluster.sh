@@ -6,14 +6,14 @@
 #   stop_rabbit_cluster PREFIX
 #
 # Node i (1-3) is PREFIXi@localhost, AMQP on 127.0.0.1:BASE+i,
-# distribution on 20000+BASE+i, its data in /tmp/PREFIXi-mnesia. Enabled
+# distribution on 20000+BASE+i, its data in ${BENCH_TMP:-/tmp}/PREFIXi-mnesia. Enabled
 # plugins are RABBIT_PLUGINS (an Erlang list, default none); a function
 # rabbit_node_conf, if defined, prints extra rabbitmq.conf lines for node
 # i. Appends the nodes' pids to RABBIT_PIDS.
 
 start_rabbit_cluster() {
     local out=$1 prefix=$2 base=$3 i
-    rm -rf "/tmp/${prefix}1-mnesia" "/tmp/${prefix}2-mnesia" "/tmp/${prefix}3-mnesia"
+    rm -rf "${BENCH_TMP:-/tmp}/${prefix}"[123]-mnesia
     for i in 1 2 3; do
         echo "loopback_users = none" >"$out/$prefix$i.conf"
         if declare -F rabbit_node_conf >/dev/null; then
@@ -25,7 +25,7 @@ start_rabbit_cluster() {
             env HOME=/var/lib/rabbitmq RABBITMQ_CONFIG_FILE="$out/$prefix$i.conf" \
             RABBITMQ_ENABLED_PLUGINS_FILE="$out/$prefix$i-plugins" RABBITMQ_NODE_PORT=$((base + i)) \
             RABBITMQ_NODENAME="$prefix$i@localhost" RABBITMQ_DIST_PORT=$((20000 + base + i)) \
-            RABBITMQ_MNESIA_BASE="/tmp/$prefix$i-mnesia" RABBITMQ_LOG_BASE="/tmp/$prefix$i-log" \
+            RABBITMQ_MNESIA_BASE="${BENCH_TMP:-/tmp}/$prefix$i-mnesia" RABBITMQ_LOG_BASE="${BENCH_TMP:-/tmp}/$prefix$i-log" \
             /usr/lib/rabbitmq/bin/rabbitmq-server -detached)
     done
     for i in 1 2 3; do
@@ -62,6 +62,6 @@ stop_rabbit_cluster() {
         [ $alive = 0 ] && break
         sleep 0.1
     done
-    rm -rf "/tmp/${prefix}1-mnesia" "/tmp/${prefix}2-mnesia" "/tmp/${prefix}3-mnesia"
+    rm -rf "${BENCH_TMP:-/tmp}/${prefix}"[123]-mnesia
     sync
 }

@@ -3,7 +3,10 @@
 # as the client (bench-quorum.sh, bench-dead-letter.sh): the cluster
 # helpers, the CPU helpers, and
 #
-#   side_by_side_setup NAME   OUT, a new directory /tmp/NAME.XXXXXX with
+#   side_by_side_setup NAME   OUT, a new directory /tmp/NAME.XXXXXX
+#                             (under $BENCH_TMP if set: /dev/shm puts
+#                             every node's data on tmpfs, to see what
+#                             the disk costs) with
 #                             an empty OUT/rows; release builds of antre
 #                             and antre-bench; ANTRE (ANTRE_BIN if set)
 #                             and BENCH, their paths
@@ -13,7 +16,7 @@
 . scripts/lib/cpu.sh
 
 side_by_side_setup() {
-    OUT=$(mktemp -d "/tmp/$1.XXXXXX")
+    OUT=$(mktemp -d "${BENCH_TMP:-/tmp}/$1.XXXXXX")
     chmod 755 "$OUT"
     : >"$OUT/rows"
     cargo build --release -q -p antre -p antre-bench
