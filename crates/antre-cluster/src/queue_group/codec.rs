@@ -190,6 +190,16 @@ fn normal_len(ops: &QueueOps) -> usize {
         + 9 * ops.dead_lettered.len()
 }
 
+/// About the bytes `entry` takes encoded: exactly as many or a few more,
+/// but for a membership change's JSON.
+fn entry_len(entry: &Entry<QueueTypeConfig>) -> usize {
+    match &entry.payload {
+        EntryPayload::Blank => 1 + 24,
+        EntryPayload::Normal(ops) => normal_len(ops),
+        EntryPayload::Membership(_) => 1 + 24 + 4 + 256,
+    }
+}
+
 /// Appends `entry`'s encoding to `out`.
 pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result<(), CodecError> {
     match &entry.payload {
@@ -368,6 +378,9 @@ pub fn encode_append(
     put_opt_log_id(out, &rpc.prev_log_id);
     put_opt_log_id(out, &rpc.leader_commit);
     out.put_u32_le(rpc.entries.len() as u32);
+    // Room for them all at once: reserved one by one, each large entry
+    // doubled the request and copied the ones before it.
+    out.reserve(rpc.entries.iter().map(entry_len).sum());
     for e in &rpc.entries {
         encode_entry(e, out)?;
     }
@@ -667,6 +680,35 @@ mod tests {
             );
             assert_eq!(decode_record(&raw).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn an_append_of_large_entries_is_written_into_one_buffer_of_its_size() {
+        let big = |index| Entry {
+            log_id: log_id(3, 7, index),
+            payload: EntryPayload::Normal(QueueOps {
+                enqueue: vec![(index, Body(Bytes::from(vec![7u8; 1 << 20])))],
+                term: Some(3),
+                ..QueueOps::default()
+            }),
+        };
+        let rpc = openraft::raft::AppendEntriesRequest {
+            vote: Vote::new_committed(3, 7),
+            prev_log_id: Some(log_id(3, 7, 1)),
+            leader_commit: Some(log_id(3, 7, 1)),
+            entries: vec![big(2), big(3), big(4)],
+        };
+        let mut out = Vec::new();
+        encode_append("group", &rpc, &mut out).unwrap();
+        assert!(
+            out.capacity() <= out.len() + 256,
+            "{} bytes in a buffer of {}",
+            out.len(),
+            out.capacity()
+        );
+        let (group, back) = decode_append(&out).unwrap();
+        assert_eq!(group, "group");
+        assert_eq!(back.entries, rpc.entries);
     }
 
     #[test]
