@@ -673,24 +673,10 @@ fn cut_within(sizes: impl ExactSizeIterator<Item = u64>, cap: u64) -> Option<usi
         .filter(|&k| k < len)
 }
 
-/// About the bytes an entry takes in an append request.
+/// About the bytes an entry takes in an append request (see
+/// [`codec::entry_len`]).
 fn entry_bytes(e: &Entry<QueueTypeConfig>) -> u64 {
-    match &e.payload {
-        EntryPayload::Normal(ops) => {
-            ops.enqueue
-                .iter()
-                .map(|(_, b)| 12 + b.0.len() as u64)
-                .sum::<u64>()
-                + 8 * (ops.settle.len() + ops.returned.len()) as u64
-                + ops
-                    .offsets
-                    .iter()
-                    .map(|(r, _)| 10 + r.len() as u64)
-                    .sum::<u64>()
-                + 32
-        }
-        _ => 64,
-    }
+    codec::entry_len(e) as u64
 }
 
 /// A stream's log could not take what the group applied.

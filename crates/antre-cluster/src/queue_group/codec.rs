@@ -191,8 +191,10 @@ fn normal_len(ops: &QueueOps) -> usize {
 }
 
 /// About the bytes `entry` takes encoded: exactly as many or a few more,
-/// but for a membership change's JSON.
-fn entry_len(entry: &Entry<QueueTypeConfig>) -> usize {
+/// but for a membership change's JSON (rare and small, counted as 256
+/// bytes). What an append request's size is reckoned in, to reserve its
+/// buffer and to keep it within its cap.
+pub(super) fn entry_len(entry: &Entry<QueueTypeConfig>) -> usize {
     match &entry.payload {
         EntryPayload::Blank => 1 + 24,
         EntryPayload::Normal(ops) => normal_len(ops),
