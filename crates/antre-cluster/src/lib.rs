@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{node_id_of, ClusterConfig, Peer, RaftTiming};
 pub use membership::{Member, MemberChange};
-pub use node::{Cluster, ClusterStatus, LocalManagement, MemberStatus};
+pub use node::{Cluster, ClusterStatus, LocalManagement, MemberStatus, RaftFigures};
 
 /// A node's Raft id: derived from its name (see [`node_id_of`]).
 pub type NodeId = u64;

@@ -205,6 +205,8 @@ pub struct LogStore<C: LogConfig = TypeConfig> {
     /// [`LogStore::appends`]). Apart from `inner`, whose lock the append
     /// holds.
     appending: Arc<Mutex<AppendMarks>>,
+    /// How far the log is written and committed, for the metrics.
+    progress: Arc<Mutex<Progress>>,
 }
 
 impl<C: LogConfig> Clone for LogStore<C> {
@@ -213,8 +215,48 @@ impl<C: LogConfig> Clone for LogStore<C> {
             inner: Arc::clone(&self.inner),
             floor: self.floor.clone(),
             appending: Arc::clone(&self.appending),
+            progress: Arc::clone(&self.progress),
         }
     }
+}
+
+/// How many appends [`Progress`] remembers until they are committed: a
+/// follower cut off from its leader appends nothing, so this bounds only
+/// a leader whose commits stopped while it kept appending.
+const UNCOMMITTED_KEPT: usize = 4096;
+
+/// The log's written and commit indexes and how long an append took to
+/// be committed: what RabbitMQ exports per Raft member
+/// (`rabbitmq_raft_log_last_written_index`, `_commit_index`,
+/// `rabbitmq_raft_entry_commit_latency_seconds`). openraft 0.9's metrics
+/// have no commit index; it tells the log store instead
+/// ([`RaftLogStorage::save_committed`]).
+#[derive(Debug, Default)]
+struct Progress {
+    /// The last index durably written.
+    written: Option<u64>,
+    /// The last index known committed.
+    committed: Option<u64>,
+    /// The appends not known committed yet: each one's last index and
+    /// when it was handed to the log, oldest first.
+    uncommitted: std::collections::VecDeque<(u64, Instant)>,
+    /// From the hand-over of the newest committed append to the news of
+    /// its commit.
+    commit_latency: Option<Duration>,
+}
+
+/// A member's log as the metrics show it (see [`LogStore::progress`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LogProgress {
+    /// The last index durably written to this member's log.
+    pub last_written: Option<u64>,
+    /// The last index this member knows committed.
+    pub committed: Option<u64>,
+    /// How long the newest committed append took from being handed to
+    /// this member's log to this member learning it was committed: on a
+    /// leader its own write, the replication and a majority's writes; on
+    /// a follower its write and the wait for the leader's next message.
+    pub commit_latency: Option<Duration>,
 }
 
 /// When the append under way started, and how long the longest append
@@ -315,6 +357,13 @@ impl<C: LogConfig> LogStore<C> {
     /// the followers elected another leader).
     fn write(&self, entries: Vec<Entry<C>>) -> Result<(), std::io::Error> {
         let _appending = Appending::start(&self.appending);
+        let handed = Instant::now();
+        let (Some(first), Some(last)) = (
+            entries.first().map(|e| e.log_id.index),
+            entries.last().map(|e| e.log_id.index),
+        ) else {
+            return Ok(());
+        };
         let records = entries
             .into_iter()
             .map(|e| Ok((C::encode(&e)?, e)))
@@ -342,7 +391,55 @@ impl<C: LogConfig> LogStore<C> {
             .lock()
             .store
             .finish_sync(pending, synced)
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::other)?;
+        let mut p = self.progress.lock();
+        p.written = Some(last);
+        // Entries written over (a conflict) were not committed.
+        p.uncommitted.retain(|&(l, _)| l < first);
+        if p.committed.is_none_or(|c| c < last) {
+            if p.uncommitted.len() == UNCOMMITTED_KEPT {
+                p.uncommitted.pop_front();
+            }
+            p.uncommitted.push_back((last, handed));
+        }
+        Ok(())
+    }
+
+    /// How far this member's log is written and committed.
+    pub fn progress(&self) -> LogProgress {
+        let p = self.progress.lock();
+        LogProgress {
+            last_written: p.written,
+            committed: p.committed,
+            commit_latency: p.commit_latency,
+        }
+    }
+
+    /// Records that the log is committed up to `index`.
+    fn committed(&self, index: u64) {
+        let mut p = self.progress.lock();
+        if p.committed.is_some_and(|c| c >= index) {
+            return;
+        }
+        p.committed = Some(index);
+        let mut newest = None;
+        while let Some(&(last, handed)) = p.uncommitted.front() {
+            if last > index {
+                break;
+            }
+            newest = Some(handed);
+            p.uncommitted.pop_front();
+        }
+        if let Some(handed) = newest {
+            p.commit_latency = Some(handed.elapsed());
+        }
+    }
+
+    /// Forgets what was written from `index` on (a truncation).
+    fn truncated(&self, index: u64) {
+        let mut p = self.progress.lock();
+        p.written = index.checked_sub(1).min(p.written);
+        p.uncommitted.retain(|&(last, _)| last < index);
     }
 
     /// Makes every purge wait until `floor` reports a durable snapshot
@@ -423,10 +520,15 @@ impl<C: LogConfig> LogStore<C> {
             meta_path,
         };
         inner.evict();
+        let progress = Progress {
+            written: inner.last_log_id().map(|l| l.index),
+            ..Progress::default()
+        };
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
             floor: None,
             appending: Arc::default(),
+            progress: Arc::new(Mutex::new(progress)),
         })
     }
 
@@ -619,6 +721,7 @@ where
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let inner = Arc::clone(&self.inner);
+        self.truncated(log_id.index);
         blocking(move || {
             let mut inner = inner.lock();
             inner
@@ -626,6 +729,15 @@ where
                 .and_then(|_| inner.store.sync_acks())
                 .map_err(|e| StorageIOError::write_logs(&e).into())
         })
+    }
+
+    /// Not kept on disk (openraft then finds the commit again from a
+    /// quorum): recorded for the metrics only.
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        if let Some(c) = committed {
+            self.committed(c.index);
+        }
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
@@ -760,6 +872,58 @@ mod tests {
         assert!(store.appends().running.is_some());
         drop(during);
         assert!(store.appends().running.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_written_and_committed_indexes_follow_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
+        assert_eq!(store.progress(), LogProgress::default());
+        append(&store, (0..3).map(|i| entry(1, i)).collect());
+        append(&store, (3..6).map(|i| entry(1, i)).collect());
+        let p = store.progress();
+        assert_eq!((p.last_written, p.committed), (Some(5), None));
+        assert_eq!(p.commit_latency, None);
+        // A commit inside the second append times that append; the first
+        // append is done with, the second still waits.
+        let id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        store.save_committed(Some(id(4))).await.unwrap();
+        let p = store.progress();
+        assert_eq!(p.committed, Some(4));
+        assert!(p.commit_latency.is_some());
+        assert!(store
+            .progress
+            .lock()
+            .uncommitted
+            .iter()
+            .all(|&(l, _)| l == 5));
+        // A stale commit changes nothing.
+        store.save_committed(Some(id(2))).await.unwrap();
+        assert_eq!(store.progress().committed, Some(4));
+        // A conflicting suffix truncated, then written over.
+        store.truncate(id(5)).await.unwrap();
+        assert_eq!(store.progress().last_written, Some(4));
+        assert!(store.progress.lock().uncommitted.is_empty());
+        append(&store, vec![entry(2, 5), entry(2, 6)]);
+        append(&store, vec![entry(2, 6)]);
+        assert_eq!(store.progress().last_written, Some(6));
+        let waiting: Vec<u64> = store
+            .progress
+            .lock()
+            .uncommitted
+            .iter()
+            .map(|&(l, _)| l)
+            .collect();
+        assert_eq!(waiting, [6], "the append written over is gone");
+        store.save_committed(Some(id(6))).await.unwrap();
+        assert!(store.progress.lock().uncommitted.is_empty());
+        // A restart finds what was written, not what was committed (openraft
+        // learns that again from the leader).
+        store.close();
+        drop(store);
+        let store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
+        assert_eq!(store.progress().last_written, Some(6));
+        assert_eq!(store.progress().committed, None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

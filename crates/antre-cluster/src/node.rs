@@ -79,6 +79,38 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// One Raft member's figures as the metrics export them (RabbitMQ's
+/// `rabbitmq_raft_*` per quorum queue member).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RaftFigures {
+    /// The member's current term.
+    pub term: u64,
+    /// Whether it leads its group.
+    pub leader: bool,
+    /// The last index applied to its state machine.
+    pub last_applied: Option<u64>,
+    /// The last index its newest snapshot covers.
+    pub snapshot: Option<u64>,
+    /// How far its log is written and committed.
+    pub log: crate::log_store::LogProgress,
+}
+
+impl RaftFigures {
+    /// Reads a member's figures from its openraft metrics and its log.
+    pub(crate) fn of<C: openraft::RaftTypeConfig<NodeId = NodeId>>(
+        m: &openraft::RaftMetrics<NodeId, C::Node>,
+        log: crate::log_store::LogProgress,
+    ) -> RaftFigures {
+        RaftFigures {
+            term: m.current_term,
+            leader: m.state == ServerState::Leader,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            log,
+        }
+    }
+}
+
 /// A running cluster node.
 pub struct Cluster {
     /// The link (settings, peers' states).
@@ -520,6 +552,11 @@ impl Cluster {
     /// this node follows.
     pub(crate) fn led_by(&self, id: NodeId) -> bool {
         crate::failover::follows(&self.raft, id) || !self.queue_groups.led_by(id).is_empty()
+    }
+
+    /// This node's member of the metadata group, for the metrics.
+    pub fn metadata_raft(&self) -> RaftFigures {
+        RaftFigures::of::<crate::TypeConfig>(&self.raft.metrics().borrow(), self.log.progress())
     }
 
     /// The cluster as this node sees it.

@@ -1966,6 +1966,22 @@ impl QueueGroups {
             .count()
     }
 
+    /// Each replica this node runs (quorum queues and streams), by vhost
+    /// and queue name, with its Raft figures, for the metrics.
+    pub fn raft_figures(&self) -> Vec<(String, String, crate::node::RaftFigures)> {
+        let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
+        groups
+            .iter()
+            .map(|g| {
+                let figures = crate::node::RaftFigures::of::<QueueTypeConfig>(
+                    &g.raft.metrics().borrow(),
+                    g.log.progress(),
+                );
+                (g.def.vhost.clone(), g.def.name.clone(), figures)
+            })
+            .collect()
+    }
+
     /// Groups this node runs, by id.
     pub fn running(&self) -> Vec<String> {
         self.groups.lock().keys().cloned().collect()

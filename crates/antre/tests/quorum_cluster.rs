@@ -1693,3 +1693,130 @@ async fn a_queue_dead_lettering_at_least_once_loses_no_dead_letter_to_leader_kil
     let cycles = crate::common::rounds_from_env("ANTRE_QUORUM_CYCLES", 3);
     failover_cycles(&mut c, "rejecting", cycles, Some("orders-dead")).await;
 }
+
+/// Node `i`'s metrics page at `path`, parsed.
+async fn scrape(
+    c: &TestCluster,
+    i: usize,
+    path: &str,
+) -> HashMap<String, crate::common::prometheus::Family> {
+    let Some((200, Value::String(text))) = c.try_api(i, "GET", path, None).await else {
+        panic!("no {path} from {}", c.nodes[i].name);
+    };
+    crate::common::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The value of `family`'s sample whose labels include `labels`, if one.
+fn sample(
+    families: &HashMap<String, crate::common::prometheus::Family>,
+    family: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    families.get(family)?.samples.iter().find_map(|s| {
+        labels
+            .iter()
+            .all(|(k, v)| s.labels.get(*k).is_some_and(|l| l == v))
+            .then_some(s.value)
+    })
+}
+
+/// RabbitMQ's `rabbitmq_raft_*` metrics (its `ra_metrics` family) show
+/// each member's log of a quorum queue on that member's node, and antre's
+/// own show the metadata group and which node leads what: an operator
+/// sees a follower falling behind or leaders piling up on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_metrics_show_every_members_log() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, "ledger").await;
+    let l = wait_leader(&c, "ledger").await;
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    publish_all_confirmed(&ch, "ledger", "entry-", 20).await;
+
+    // Each publish waited for its confirm: twenty entries at least, which
+    // every member wrote, knows committed and applied once the leader told
+    // the followers its commit index.
+    let q = [("vhost", "/"), ("queue", "ledger")];
+    let figures = |m: &HashMap<String, crate::common::prometheus::Family>| {
+        [
+            "rabbitmq_raft_log_last_written_index",
+            "rabbitmq_raft_log_commit_index",
+            "rabbitmq_raft_log_last_applied_index",
+            "rabbitmq_raft_term_total",
+        ]
+        .map(|f| sample(m, f, &q).unwrap_or(-1.0))
+    };
+    c.until("every member to report the same committed log", || async {
+        let mut seen = Vec::new();
+        for i in 0..3 {
+            seen.push(figures(&scrape(&c, i, "/metrics/per-object").await));
+        }
+        let [written, committed, applied, term] = seen[0];
+        written >= 20.0
+            && written == committed
+            && committed == applied
+            && term >= 1.0
+            && seen.iter().all(|s| *s == seen[0])
+    })
+    .await;
+
+    let mut leading = 0.0;
+    let mut metadata_leaders = 0.0;
+    for i in 0..3 {
+        let name = c.nodes[i].name.clone();
+        let per_object = scrape(&c, i, "/metrics/per-object").await;
+        // The leader timed its commits: its own write, the replication and
+        // a follower's write.
+        let latency = sample(
+            &per_object,
+            "rabbitmq_raft_entry_commit_latency_seconds",
+            &q,
+        );
+        if i == l {
+            assert!(latency.is_some_and(|s| s > 0.0), "{name}: {latency:?}");
+        }
+        // /metrics sums the members of this node's queues (one here), as
+        // RabbitMQ 3.10's; the detailed page has the family on request.
+        let aggregated = scrape(&c, i, "/metrics").await;
+        let detailed = scrape(&c, i, "/metrics/detailed?family=ra_metrics").await;
+        assert_eq!(
+            sample(&aggregated, "rabbitmq_raft_log_commit_index", &[]),
+            sample(&per_object, "rabbitmq_raft_log_commit_index", &q),
+            "{name}"
+        );
+        assert_eq!(
+            sample(&detailed, "rabbitmq_detailed_raft_log_commit_index", &q),
+            sample(&per_object, "rabbitmq_raft_log_commit_index", &q),
+            "{name}"
+        );
+        let other = scrape(&c, i, "/metrics/detailed?family=ra_metrics&vhost=other").await;
+        assert_eq!(
+            sample(&other, "rabbitmq_detailed_raft_log_commit_index", &q),
+            None,
+            "{name}: another vhost's page"
+        );
+        let member_leads = sample(&aggregated, "antre_raft_member_leader", &q);
+        assert_eq!(member_leads, Some(if i == l { 1.0 } else { 0.0 }), "{name}");
+        leading += member_leads.unwrap_or(0.0);
+        metadata_leaders += sample(&aggregated, "antre_metadata_leader", &[]).unwrap_or(0.0);
+        for peer in &c.nodes {
+            assert_eq!(
+                sample(
+                    &aggregated,
+                    "antre_cluster_node_running",
+                    &[("node", &peer.name)]
+                ),
+                Some(1.0),
+                "{name} sees {}",
+                peer.name
+            );
+        }
+        assert!(
+            sample(&aggregated, "antre_metadata_raft_log_commit_index", &[])
+                .is_some_and(|v| v >= 1.0),
+            "{name}: the declare was committed"
+        );
+    }
+    assert_eq!(leading, 1.0, "one leader of the queue");
+    assert!(metadata_leaders <= 1.0, "at most one metadata leader");
+}

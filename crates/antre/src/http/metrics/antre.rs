@@ -280,4 +280,105 @@ pub fn render(p: &mut Page, state: &HttpState) {
         "Time from a persistent publish to its confirm.",
         &m.confirm_seconds.snapshot(),
     );
+    cluster(p, state);
+}
+
+/// A cluster node's view of the cluster: which members answer, its member
+/// of the metadata group, and which quorum queue and stream replicas it
+/// leads (RabbitMQ's `rabbitmq_raft_*` give each replica's log).
+fn cluster(p: &mut Page, state: &HttpState) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    let status = cluster.status();
+    let now = std::time::SystemTime::now();
+    p.family(
+        "antre_cluster_node_running",
+        "gauge",
+        "1 for each cluster member this node heard from within 5 s (itself included), 0 for the others.",
+    );
+    for m in &status.members {
+        p.sample(
+            "antre_cluster_node_running",
+            &[("node", &m.name)],
+            u8::from(m.running),
+        );
+    }
+    p.family(
+        "antre_cluster_node_last_contact_seconds",
+        "gauge",
+        "Seconds since this node last heard from each cluster member (0 for itself).",
+    );
+    for m in &status.members {
+        if let Some(at) = m.last_contact {
+            let ago = now.duration_since(at).unwrap_or_default();
+            p.sample(
+                "antre_cluster_node_last_contact_seconds",
+                &[("node", &m.name)],
+                ago.as_secs_f64(),
+            );
+        }
+    }
+    let meta = cluster.metadata_raft();
+    p.single(
+        "antre_metadata_leader",
+        "gauge",
+        "1 while this node leads the metadata group.",
+        u8::from(meta.leader),
+    );
+    let figures: [(&str, &str, &str, u64); 5] = [
+        (
+            "antre_metadata_raft_term_total",
+            "counter",
+            "The metadata group's current Raft term on this node.",
+            meta.term,
+        ),
+        (
+            "antre_metadata_raft_log_snapshot_index",
+            "gauge",
+            "The last index this node's metadata snapshot covers.",
+            meta.snapshot.unwrap_or(0),
+        ),
+        (
+            "antre_metadata_raft_log_last_applied_index",
+            "gauge",
+            "The last metadata log index this node applied.",
+            meta.last_applied.unwrap_or(0),
+        ),
+        (
+            "antre_metadata_raft_log_commit_index",
+            "gauge",
+            "The last metadata log index this node knows committed.",
+            meta.log.committed.unwrap_or(0),
+        ),
+        (
+            "antre_metadata_raft_log_last_written_index",
+            "gauge",
+            "The last metadata log index durably written on this node.",
+            meta.log.last_written.unwrap_or(0),
+        ),
+    ];
+    for (name, kind, help, value) in figures {
+        p.single(name, kind, help, value);
+    }
+    p.single(
+        "antre_metadata_raft_entry_commit_latency_seconds",
+        "gauge",
+        "How long the newest committed metadata entry took from this node's log to its commit.",
+        meta.log.commit_latency.unwrap_or_default().as_secs_f64(),
+    );
+    let mut replicas = cluster.queue_groups.raft_figures();
+    replicas.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    p.family(
+        "antre_raft_member_leader",
+        "gauge",
+        "1 for each quorum queue or stream replica on this node that leads its group, 0 for the others.",
+    );
+    for (vhost, queue, f) in &replicas {
+        p.sample(
+            "antre_raft_member_leader",
+            &[("vhost", vhost), ("queue", queue)],
+            u8::from(f.leader),
+        );
+    }
 }

@@ -157,7 +157,7 @@ pub async fn per_object(State(state): State<HttpState>) -> impl IntoResponse {
 
 /// GET /metrics/detailed?family=...&vhost=...: the requested families
 /// (queue_coarse_metrics, queue_consumer_count, queue_metrics,
-/// connection_coarse_metrics, connection_metrics, channel_metrics), per
+/// connection_coarse_metrics, connection_metrics, channel_metrics, ra_metrics), per
 /// object, under `rabbitmq_detailed_` names, as RabbitMQ's.
 pub async fn detailed(
     State(state): State<HttpState>,

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use antre_broker::Queue;
+use antre_cluster::RaftFigures;
 
 use super::{Endpoint, Page};
 use crate::http::render;
@@ -51,13 +52,16 @@ impl Writer<'_> {
     }
 
     /// Writes `m` from per-object rows of (label value, value).
-    fn write(&mut self, p: &mut Page, m: &Metric, label: &str, rows: &[(Vec<&str>, u64)]) {
+    fn write<T>(&mut self, p: &mut Page, m: &Metric, label: &str, rows: &[(Vec<&str>, T)])
+    where
+        T: Copy + std::iter::Sum + std::fmt::Display,
+    {
         let Some(name) = self.name(m) else {
             return;
         };
         p.family(&name, m.kind, m.help);
         if matches!(self.endpoint, Endpoint::Aggregated) {
-            p.sample(&name, &[], rows.iter().map(|(_, v)| v).sum::<u64>());
+            p.sample(&name, &[], rows.iter().map(|(_, v)| *v).sum::<T>());
             return;
         }
         let keys: Vec<&str> = label.split(',').collect();
@@ -253,4 +257,100 @@ pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
             w.write(p, metric, "channel", &rows);
         }
     }
+}
+
+/// How a Raft metric is read from a member's figures.
+type RaftValue = fn(&RaftFigures) -> u64;
+
+/// RabbitMQ 3.10's Raft metrics of a quorum queue member (its `ra_metrics`
+/// family), but the commit latency, which is in seconds.
+const RAFT_METRICS: [(Metric, RaftValue); 5] = [
+    (
+        Metric {
+            name: "raft_term_total",
+            kind: "counter",
+            help: "Current Raft term number",
+            families: &["ra_metrics"],
+        },
+        |f| f.term,
+    ),
+    (
+        Metric {
+            name: "raft_log_snapshot_index",
+            kind: "gauge",
+            help: "Raft log snapshot index",
+            families: &["ra_metrics"],
+        },
+        |f| f.snapshot.unwrap_or(0),
+    ),
+    (
+        Metric {
+            name: "raft_log_last_applied_index",
+            kind: "gauge",
+            help: "Raft log last applied index",
+            families: &["ra_metrics"],
+        },
+        |f| f.last_applied.unwrap_or(0),
+    ),
+    (
+        Metric {
+            name: "raft_log_commit_index",
+            kind: "gauge",
+            help: "Raft log commit index",
+            families: &["ra_metrics"],
+        },
+        |f| f.log.committed.unwrap_or(0),
+    ),
+    (
+        Metric {
+            name: "raft_log_last_written_index",
+            kind: "gauge",
+            help: "Raft log last written index",
+            families: &["ra_metrics"],
+        },
+        |f| f.log.last_written.unwrap_or(0),
+    ),
+];
+
+const RAFT_COMMIT_LATENCY: Metric = Metric {
+    name: "raft_entry_commit_latency_seconds",
+    kind: "gauge",
+    help: "Time taken for a log entry to be committed",
+    families: &["ra_metrics"],
+};
+
+/// The Raft figures of every quorum queue and stream member on this node,
+/// labelled `vhost` and `queue` per object: each member reports its own
+/// log, as each RabbitMQ node reports its Ra servers. Summed into one
+/// series on `/metrics`, as RabbitMQ 3.10 does. Nothing on a node outside
+/// a cluster, whose queues have no Raft log.
+pub fn raft(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    let mut members = cluster.queue_groups.raft_figures();
+    members.retain(|(vhost, _, _)| match endpoint {
+        Endpoint::Detailed(d) => d.vhosts.is_empty() || d.vhosts.contains(vhost),
+        _ => true,
+    });
+    members.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let mut w = Writer {
+        endpoint,
+        written: HashSet::new(),
+    };
+    for (metric, value) in &RAFT_METRICS {
+        let rows: Vec<(Vec<&str>, u64)> = members
+            .iter()
+            .map(|(vhost, queue, f)| (vec![vhost.as_str(), queue.as_str()], value(f)))
+            .collect();
+        w.write(p, metric, "vhost,queue", &rows);
+    }
+    let rows: Vec<(Vec<&str>, f64)> = members
+        .iter()
+        .map(|(vhost, queue, f)| {
+            let latency = f.log.commit_latency.unwrap_or_default();
+            (vec![vhost.as_str(), queue.as_str()], latency.as_secs_f64())
+        })
+        .collect();
+    w.write(p, &RAFT_COMMIT_LATENCY, "vhost,queue", &rows);
 }

@@ -36,6 +36,7 @@ pub fn render(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
     }
     objects::queues(p, state, endpoint);
     objects::connections(p, state, endpoint);
+    objects::raft(p, state, endpoint);
 }
 
 fn identity(p: &mut Page, endpoint: &Endpoint) {
