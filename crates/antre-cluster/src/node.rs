@@ -87,6 +87,10 @@ pub struct RaftFigures {
     pub term: u64,
     /// Whether it leads its group.
     pub leader: bool,
+    /// Its Raft role: leader, follower, candidate, learner, shutdown.
+    pub role: &'static str,
+    /// The last index in its log (appended, maybe not written yet).
+    pub last_index: Option<u64>,
     /// The last index applied to its state machine.
     pub last_applied: Option<u64>,
     /// The last index its newest snapshot covers.
@@ -104,10 +108,23 @@ impl RaftFigures {
         RaftFigures {
             term: m.current_term,
             leader: m.state == ServerState::Leader,
+            role: role_name(m.state),
+            last_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
             snapshot: m.snapshot.map(|l| l.index),
             log,
         }
+    }
+}
+
+/// A Raft role's name, as the status and the metrics show it.
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
     }
 }
 
@@ -597,16 +614,9 @@ impl Cluster {
                 }
             })
             .collect();
-        let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
         ClusterStatus {
             node: cfg.node_name.clone(),
-            role: role.into(),
+            role: role_name(m.state).into(),
             term: m.current_term,
             leader: leader.and_then(|id| self.name_of(id)),
             members,

@@ -363,6 +363,9 @@ pub enum Listing {
     /// The samples of its own counters that it keeps for the overview's
     /// charts, oldest first.
     Samples,
+    /// The Raft figures of its quorum queue and stream replicas
+    /// (`rabbitmq-queues quorum_status`).
+    RaftMembers,
 }
 
 /// The answer to a [`Request`], of the same kind.

@@ -1819,4 +1819,82 @@ async fn raft_metrics_show_every_members_log() {
     }
     assert_eq!(leading, 1.0, "one leader of the queue");
     assert!(metadata_leaders <= 1.0, "at most one metadata leader");
+
+    // The same figures per member through any node, as `rabbitmq-queues
+    // quorum_status` shows them: asked of a follower, every member answers.
+    let f = (l + 1) % 3;
+    let (status, members) = c
+        .api(f, "GET", "/api/queues/%2F/ledger/members", None)
+        .await;
+    assert_eq!(status, 200, "{members}");
+    let members = members.as_array().cloned().unwrap_or_default();
+    let mut nodes: Vec<&str> = members.iter().filter_map(|m| m["node"].as_str()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2", "n3"], "{members:?}");
+    for m in &members {
+        let state = if m["node"] == json!(c.nodes[l].name) {
+            "leader"
+        } else {
+            "follower"
+        };
+        assert_eq!(m["raft_state"], json!(state), "{m}");
+        assert_eq!(m["commit_index"], members[0]["commit_index"], "{m}");
+        assert_eq!(m["last_applied_index"], m["commit_index"], "{m}");
+        assert!(m["term"].as_u64().is_some_and(|t| t >= 1), "{m}");
+    }
+    let (ok, out, err) = c.cli(f, &["queues", "quorum-status", "ledger"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("node"), "{out}");
+    assert!(
+        out.lines().filter(|l| l.contains(" leader ")).count() == 1
+            && out.lines().filter(|l| l.contains(" follower ")).count() == 2,
+        "{out}"
+    );
+    // A stream is a Raft group too.
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    c.declare_durable(0, "ledger-events", args).await;
+    c.until("the stream's members to report", || async {
+        let (status, members) = c
+            .api(f, "GET", "/api/queues/%2F/ledger-events/members", None)
+            .await;
+        status == 200
+            && members.as_array().is_some_and(|m| {
+                m.len() == 3 && m.iter().filter(|m| m["raft_state"] == "leader").count() == 1
+            })
+    })
+    .await;
+    // Not a replicated queue, or not there: 404.
+    let (status, _) = c
+        .api(f, "GET", "/api/queues/%2F/no-such-queue/members", None)
+        .await;
+    assert_eq!(status, 404);
+
+    // A member whose node died is listed as down, the others as before.
+    let mut c = c;
+    let dead = (l + 2) % 3;
+    c.kill(dead);
+    let dead_name = c.nodes[dead].name.clone();
+    c.until("the dead member to show as down", || async {
+        let (_, members) = c
+            .api(f, "GET", "/api/queues/%2F/ledger/members", None)
+            .await;
+        members.as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["node"] == json!(dead_name) && m["raft_state"] == "nodedown")
+        })
+    })
+    .await;
+    let aggregated = scrape(&c, f, "/metrics").await;
+    assert_eq!(
+        sample(
+            &aggregated,
+            "antre_cluster_node_running",
+            &[("node", &dead_name)]
+        ),
+        Some(0.0)
+    );
 }

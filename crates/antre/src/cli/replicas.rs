@@ -1,5 +1,6 @@
-//! `antre queues add-member|delete-member|grow|shrink|rebalance`: replica
-//! management of quorum queues in a cluster, as `rabbitmq-queues` does it,
+//! `antre queues quorum-status|add-member|delete-member|grow|shrink|rebalance`:
+//! replica status and management of quorum queues in a cluster, as
+//! `rabbitmq-queues` does it,
 //! through the management API (docs/clustering.md#replica-management).
 
 use std::io::Write;
@@ -17,6 +18,15 @@ use crate::http::render::percent_encode;
 pub enum QueuesVerb {
     /// List them (the same as giving no verb).
     List(Remote),
+    /// Each member of quorum queue (or stream) QUEUE (in --vhost) with its
+    /// Raft state, term and log indexes, as `rabbitmq-queues
+    /// quorum_status` shows them.
+    QuorumStatus {
+        /// The quorum queue or stream.
+        queue: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Add a member on NODE to quorum queue QUEUE (in --vhost); answers
     /// once it has caught up and votes.
     AddMember {
@@ -84,6 +94,15 @@ pub enum GrowWhich {
 pub fn run(verb: QueuesVerb, out: &mut dyn Write) -> anyhow::Result<()> {
     match verb {
         QueuesVerb::List(r) => super::listing::queues(&r, out),
+        QueuesVerb::QuorumStatus { queue, remote } => {
+            let path = format!(
+                "/api/queues/{}/{}/members",
+                vhost_path(&remote),
+                percent_encode(&queue)
+            );
+            let answer = Client::new(&remote).get(&path)?;
+            quorum_status(&remote, &answer, out)
+        }
         QueuesVerb::AddMember {
             queue,
             node,
@@ -150,6 +169,38 @@ fn member_path(r: &Remote, queue: &str, node: &str) -> String {
         percent_encode(queue),
         percent_encode(node)
     )
+}
+
+/// One row per member, the columns of `rabbitmq-queues quorum_status`
+/// and the commit latency.
+fn quorum_status(r: &Remote, answer: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
+    if r.format == Format::Json {
+        return print_json(out, answer);
+    }
+    let columns = [
+        ("node", "node"),
+        ("raft state", "raft_state"),
+        ("term", "term"),
+        ("log index", "last_log_index"),
+        ("written", "last_written_index"),
+        ("commit index", "commit_index"),
+        ("applied", "last_applied_index"),
+        ("snapshot index", "snapshot_index"),
+    ];
+    let mut header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    header.push("commit latency");
+    let mut table = Table::new(header);
+    for m in answer.as_array().into_iter().flatten() {
+        let mut row: Vec<String> = columns.iter().map(|(_, k)| text(&m[*k])).collect();
+        row.push(
+            m["commit_latency_ms"]
+                .as_f64()
+                .map_or_else(String::new, |ms| format!("{ms:.2} ms")),
+        );
+        table.row(row);
+    }
+    write!(out, "{table}")?;
+    Ok(())
 }
 
 /// Each queue a grow or shrink touched, and how it went; fails if any

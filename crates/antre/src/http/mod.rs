@@ -122,6 +122,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/cluster/queues/shrink/{node}", post(cluster::shrink))
         .route("/api/rebalance/queues", post(cluster::rebalance))
         .route(
+            "/api/queues/{vhost}/{name}/members",
+            get(cluster::queue_members),
+        )
+        .route(
             "/api/queues/{vhost}/{name}/members/{node}",
             post(cluster::add_queue_member).delete(cluster::delete_queue_member),
         )

@@ -113,6 +113,7 @@ mod tests {
             "/api/health/checks/alarms",
             "/api/cluster/members",
             "/api/cluster/members/{node}",
+            "/api/queues/{vhost}/{name}/members",
             "/api/queues/{vhost}/{name}/members/{node}",
             "/api/cluster/queues/grow/{node}",
             "/api/cluster/queues/shrink/{node}",

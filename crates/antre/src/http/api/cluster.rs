@@ -13,6 +13,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::HttpState;
 use antre_cluster::membership::MembershipError;
 use antre_cluster::queue_group::members::{GrowStrategy, QueueChange, QueueMemberError};
+use antre_cluster::wire::Listing;
 use antre_cluster::{Member, MemberChange};
 
 /// The body of `POST /api/cluster/members`.
@@ -231,4 +232,79 @@ pub async fn rebalance(
         "after": counts(&report.after),
         "moves": moves,
     })))
+}
+
+/// This node's quorum queue and stream replicas (only `vhost`'s, and only
+/// the queue `name`'s) with their Raft figures: its rows of
+/// `GET /api/queues/{vhost}/{name}/members`.
+pub(crate) fn raft_rows(
+    cluster: &antre_cluster::Cluster,
+    vhost: Option<&str>,
+    name: Option<&str>,
+) -> Vec<Value> {
+    let node = cluster.link.config.node_name.clone();
+    let mut replicas = cluster.queue_groups.raft_figures();
+    replicas.retain(|(v, q, _)| vhost.is_none_or(|w| w == v) && name.is_none_or(|n| n == q));
+    replicas.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    replicas
+        .into_iter()
+        .map(|(vhost, name, f)| {
+            json!({
+                "vhost": vhost,
+                "name": name,
+                "node": node,
+                "raft_state": f.role,
+                "term": f.term,
+                "last_log_index": f.last_index,
+                "last_written_index": f.log.last_written,
+                "commit_index": f.log.committed,
+                "last_applied_index": f.last_applied,
+                "snapshot_index": f.snapshot,
+                "commit_latency_ms": f.log.commit_latency.map(|d| d.as_secs_f64() * 1e3),
+            })
+        })
+        .collect()
+}
+
+/// GET /api/queues/{vhost}/{name}/members: each member of a quorum queue
+/// or stream with its Raft state, term and log indexes, as it reports them
+/// (`rabbitmq-queues quorum_status`): this node's own and each other
+/// member's, asked over the cluster link. A member whose node is down is
+/// listed with `raft_state` `nodedown`; one whose node runs but sent no
+/// figures (no replica of the queue yet, or no answer in time) with
+/// `noproc`: the words `rabbitmq-queues` uses.
+pub async fn queue_members(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let running: Vec<String> = cluster(&state)?
+        .status()
+        .members
+        .into_iter()
+        .filter(|m| m.running)
+        .map(|m| m.name)
+        .collect();
+    let Some(info) = state.vhost(&vhost)?.quorum_info(&name) else {
+        return Err(ApiError::not_found(format!(
+            "no quorum queue or stream '{name}' in vhost '{vhost}'"
+        )));
+    };
+    let rows =
+        super::peers::cluster_rows(&state, Listing::RaftMembers, Some(&vhost), Some(&name)).await;
+    let members = info
+        .members
+        .iter()
+        .map(|member| {
+            let found = rows.iter().find(|r| r["node"] == member.as_str());
+            found.cloned().unwrap_or_else(|| {
+                let state = if running.contains(member) {
+                    "noproc"
+                } else {
+                    "nodedown"
+                };
+                json!({"vhost": vhost, "name": name, "node": member, "raft_state": state})
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(members)))
 }

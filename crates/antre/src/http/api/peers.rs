@@ -35,6 +35,13 @@ fn local_rows(
         Listing::Queues => return super::queues::owned_rows(state, vhost, name),
         Listing::Vhosts => return super::vhosts::own_figures(state, vhost),
         Listing::Samples => return overview::own_samples(state),
+        Listing::RaftMembers => {
+            return state
+                .cluster
+                .as_ref()
+                .map(|c| super::cluster::raft_rows(c, vhost, name))
+                .unwrap_or_default()
+        }
     };
     match what {
         Listing::Consumers => rows.retain(|c| named(&c["queue"], "name")),
@@ -125,7 +132,14 @@ impl antre_cluster::LocalManagement for Peers {
     }
 
     fn listing(&self, what: Listing, vhost: Option<&str>, name: Option<&str>) -> Vec<Value> {
-        local_rows(&self.state, what, vhost, name)
+        match (what, self.cluster.upgrade()) {
+            // The only listing of the cluster's own state, which the
+            // copy of the server's state has no handle to.
+            (Listing::RaftMembers, Some(cluster)) => {
+                super::cluster::raft_rows(&cluster, vhost, name)
+            }
+            _ => local_rows(&self.state, what, vhost, name),
+        }
     }
 
     fn queue_action(
