@@ -80,10 +80,12 @@ impl Round {
     /// own; a group whose lease a member refused gets a Raft heartbeat.
     pub(super) fn send(self, network: &NetworkFactory, ttl: Duration) {
         let groups = Arc::new(self.groups);
+        let beaten = Arc::new(Beaten::default());
         for (id, (node, leases)) in self.to {
             let (name, addr) = crate::election::route(network, id, "", &node.addr);
             let mut conn = network.connection(id, &name, addr);
             let groups = Arc::clone(&groups);
+            let beaten = Arc::clone(&beaten);
             tokio::spawn(async move {
                 let request = Request::QueueLeases(leases);
                 let sent = std::time::Instant::now();
@@ -121,12 +123,31 @@ impl Round {
                     let Some(g) = groups.get(&group) else {
                         continue;
                     };
+                    if !beaten.first(&group) {
+                        continue;
+                    }
                     if let Err(e) = g.raft.trigger().heartbeat().await {
                         tracing::debug!(group, "no heartbeat for a refused lease: {e}");
                     }
                 }
             });
         }
+    }
+}
+
+/// The groups of one round that got a Raft heartbeat for a refused
+/// lease. A heartbeat goes to every member of its group, so a group whose
+/// leases two members refused (or two members did not answer: the leader
+/// cut off from both) needs one, not one per member.
+#[derive(Default)]
+struct Beaten(Mutex<std::collections::HashSet<String>>);
+
+impl Beaten {
+    /// Whether `group` is the first time this round: it gets the
+    /// heartbeat.
+    fn first(&self, group: &str) -> bool {
+        let mut done = self.0.lock();
+        !done.contains(group) && done.insert(group.to_owned())
     }
 }
 
@@ -188,6 +209,14 @@ mod tests {
     use super::*;
 
     const LEADER: NodeId = 7;
+
+    #[test]
+    fn a_group_refused_by_two_members_gets_one_heartbeat() {
+        let beaten = Beaten::default();
+        assert!(beaten.first("q1"), "the first refusal sends it");
+        assert!(!beaten.first("q1"), "the second member's does not");
+        assert!(beaten.first("q2"), "another group has its own");
+    }
 
     fn applied(term: u64, index: u64) -> Option<LogId<NodeId>> {
         Some(LogId::new(CommittedLeaderId::new(term, LEADER), index))
