@@ -119,6 +119,10 @@ pub struct Config {
     /// How long an HTTP connection may stay open with no request in
     /// progress.
     pub http_idle_timeout: Duration,
+    /// The cluster's name in `/api/cluster-name`, the overview and the
+    /// metrics' `rabbitmq_cluster` label (RabbitMQ's `cluster_name`);
+    /// `None`: this node's name, as RabbitMQ's default.
+    pub cluster_name: Option<String>,
     /// This node's cluster settings; `None` (no cluster flags): a single
     /// node, exactly as without clustering. See docs/clustering.md.
     pub cluster: Option<antre_cluster::ClusterConfig>,
@@ -191,6 +195,7 @@ impl Default for Config {
             http_max_connections: 1024,
             http_header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
+            cluster_name: None,
             cluster: None,
         }
     }
@@ -352,6 +357,12 @@ pub struct Settings {
     /// progress [default: 60].
     #[arg(long, env = "ANTRE_HTTP_IDLE_TIMEOUT", value_name = "SECONDS")]
     pub http_idle_timeout: Option<f64>,
+    /// The cluster's name, shown by /api/cluster-name and the overview
+    /// and in the metrics' rabbitmq_cluster label, by which RabbitMQ's
+    /// Grafana dashboards group nodes: give every node of a cluster the
+    /// same [default: this node's name, as RabbitMQ's].
+    #[arg(long, env = "ANTRE_CLUSTER_NAME", value_name = "NAME")]
+    pub cluster_name: Option<String>,
     /// This node's name in its cluster, e.g. n1; with --cluster-listen,
     /// --cluster-peers and a secret, makes this node a cluster member
     /// [default: none: a single node].
@@ -541,6 +552,7 @@ impl Settings {
             http_max_connections: self.http_max_connections.or(below.http_max_connections),
             http_header_timeout: self.http_header_timeout.or(below.http_header_timeout),
             http_idle_timeout: self.http_idle_timeout.or(below.http_idle_timeout),
+            cluster_name: self.cluster_name.or(below.cluster_name),
             node_name: self.node_name.or(below.node_name),
             cluster_listen: self.cluster_listen.or(below.cluster_listen),
             cluster_peers: self.cluster_peers.or(below.cluster_peers),
@@ -829,6 +841,10 @@ impl Settings {
                 self.http_idle_timeout,
                 d.http_idle_timeout,
             )?,
+            cluster_name: match self.cluster_name.as_deref().map(str::trim) {
+                Some("") => anyhow::bail!("cluster_name must not be empty"),
+                other => other.map(str::to_owned),
+            },
         })
     }
 
@@ -1138,6 +1154,18 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Settings::from_toml("amqp_lisen = \"x\"").unwrap_err();
         assert!(format!("{err:#}").contains("amqp_lisen"), "{err:#}");
+    }
+
+    #[test]
+    fn the_cluster_name_is_a_name_or_unset() {
+        assert_eq!(Settings::default().to_config().unwrap().cluster_name, None);
+        let named = Settings::from_toml("cluster_name = \"payments-eu\"").unwrap();
+        assert_eq!(
+            named.to_config().unwrap().cluster_name.as_deref(),
+            Some("payments-eu")
+        );
+        let blank = Settings::from_toml("cluster_name = \" \"").unwrap();
+        assert!(blank.to_config().is_err());
     }
 
     #[test]

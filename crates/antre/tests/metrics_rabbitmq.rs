@@ -317,3 +317,27 @@ async fn promtool_accepts_every_page() {
         );
     }
 }
+
+/// RabbitMQ's dashboards pick a cluster by `rabbitmq_cluster` and its nodes
+/// by `rabbitmq_node`: the `cluster_name` setting names the cluster there,
+/// in `/api/cluster-name` and in the overview, as RabbitMQ's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_name_setting_names_the_cluster_everywhere() {
+    let b = TestBroker::start_with(|c| c.cluster_name = Some("payments-eu".into())).await;
+    let (status, _, text) = b.http_text("/metrics").await;
+    assert_eq!(status, 200);
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let identity = &families["rabbitmq_identity_info"].samples[0];
+    assert_eq!(identity.labels["rabbitmq_cluster"], "payments-eu");
+    assert!(
+        identity.labels["rabbitmq_node"].starts_with("antre@"),
+        "{identity:?}"
+    );
+    let (status, body) = b.api("GET", "/api/cluster-name", None).await;
+    assert_eq!(
+        (status, &body["name"]),
+        (200, &serde_json::json!("payments-eu"))
+    );
+    let (_, overview) = b.api("GET", "/api/overview", None).await;
+    assert_eq!(overview["cluster_name"], "payments-eu", "{overview}");
+}

@@ -1779,6 +1779,12 @@ async fn raft_metrics_show_every_members_log() {
         // RabbitMQ 3.10's; the detailed page has the family on request.
         let aggregated = scrape(&c, i, "/metrics").await;
         let detailed = scrape(&c, i, "/metrics/detailed?family=ra_metrics").await;
+        // Each node is itself in the dashboards' `rabbitmq_node`, though all
+        // three run on one host (they were all antre@host); with no
+        // cluster_name set, its cluster is its name, as RabbitMQ's default.
+        let identity = &aggregated["rabbitmq_identity_info"].samples[0].labels;
+        assert_eq!(identity["rabbitmq_node"], name, "{identity:?}");
+        assert_eq!(identity["rabbitmq_cluster"], name, "{identity:?}");
         assert_eq!(
             sample(&aggregated, "rabbitmq_raft_log_commit_index", &[]),
             sample(&per_object, "rabbitmq_raft_log_commit_index", &q),

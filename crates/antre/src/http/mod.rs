@@ -87,6 +87,15 @@ impl HttpState {
             .map_or_else(render::node_name, str::to_owned)
     }
 
+    /// The cluster's name: the `cluster_name` setting, or this node's
+    /// name (RabbitMQ's default, its node name).
+    pub fn cluster_name(&self) -> String {
+        self.config
+            .cluster_name
+            .clone()
+            .unwrap_or_else(|| self.node_name())
+    }
+
     /// The vhost called `name`, or 404.
     pub fn vhost(&self, name: &str) -> ApiResult<Arc<Vhost>> {
         self.broker

@@ -387,6 +387,12 @@ impl Review {
                     "global parameter 'internal_cluster_id' (the exporting cluster's identity)"
                         .into(),
                 );
+            } else if name == "cluster_name" {
+                r.unsupported.push(
+                    "global parameter 'cluster_name' (antre takes it from its \
+                     cluster_name setting)"
+                        .into(),
+                );
             } else {
                 r.unsupported.push(format!("global parameter '{name}'"));
             }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::rates::OverviewSample;
-use crate::http::render::{details, message_stats, node_name};
+use crate::http::render::{details, message_stats};
 use crate::http::{AuthUser, HttpState};
 use antre_cluster::wire::Listing;
 
@@ -114,7 +114,7 @@ pub async fn overview(
         "product_name": "antre",
         "product_version": env!("CARGO_PKG_VERSION"),
         "rabbitmq_version": crate::http::metrics::rabbitmq::RABBITMQ_VERSION,
-        "cluster_name": node_name(),
+        "cluster_name": state.cluster_name(),
         "node": state.node_name(),
         "uptime": state.started.elapsed().as_millis() as u64,
         "rates_mode": "basic",

@@ -28,7 +28,6 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::render::node_name;
 use crate::http::{AuthUser, HttpState};
 use antre_broker::cluster::MetaCommand;
 
@@ -189,7 +188,8 @@ pub async fn global(Path(name): Path<String>) -> ApiError {
     ApiError::not_found(format!("no global parameter '{name}'"))
 }
 
-/// GET /api/cluster-name.
-pub async fn cluster_name() -> Json<Value> {
-    Json(json!({ "name": node_name() }))
+/// GET /api/cluster-name: the `cluster_name` setting, or this node's
+/// name.
+pub async fn cluster_name(State(state): State<HttpState>) -> Json<Value> {
+    Json(json!({ "name": state.cluster_name() }))
 }

@@ -15,7 +15,6 @@ use antre_broker::metrics::BrokerMetrics;
 
 use super::{objects, Endpoint, Page};
 use crate::http::api::overview::{disk_alarm, disk_free, memory_alarm, resident_memory};
-use crate::http::render::node_name;
 use crate::http::HttpState;
 use crate::sockets::{fd_limit, open_fds};
 
@@ -28,7 +27,7 @@ const CLASSIC: (&str, &str) = ("queue_type", "rabbit_classic_queue");
 
 /// Writes every `rabbitmq_*` metric.
 pub fn render(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
-    identity(p, endpoint);
+    identity(p, state, endpoint);
     if !matches!(endpoint, Endpoint::Detailed(_)) {
         node(p, state);
         let consumers = totals(p, state);
@@ -39,8 +38,9 @@ pub fn render(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
     objects::raft(p, state, endpoint);
 }
 
-fn identity(p: &mut Page, endpoint: &Endpoint) {
-    let node = node_name();
+fn identity(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
+    let node = state.node_name();
+    let cluster = state.cluster_name();
     p.family(
         "rabbitmq_identity_info",
         "untyped",
@@ -55,7 +55,7 @@ fn identity(p: &mut Page, endpoint: &Endpoint) {
         "rabbitmq_identity_info",
         &[
             ("rabbitmq_node", &node),
-            ("rabbitmq_cluster", &node),
+            ("rabbitmq_cluster", &cluster),
             ("rabbitmq_endpoint", endpoint),
         ],
         1,
