@@ -341,3 +341,18 @@ async fn the_cluster_name_setting_names_the_cluster_everywhere() {
     let (_, overview) = b.api("GET", "/api/overview", None).await;
     assert_eq!(overview["cluster_name"], "payments-eu", "{overview}");
 }
+
+/// A single node has no quorum to lose: RabbitMQ answers its
+/// `node-is-quorum-critical` check so, and so does antre.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_is_never_quorum_critical() {
+    let b = TestBroker::start().await;
+    let (status, body) = b
+        .api("GET", "/api/health/checks/node-is-quorum-critical", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "ok", "reason": "single node cluster"})
+    );
+}

@@ -1904,3 +1904,82 @@ async fn raft_metrics_show_every_members_log() {
         Some(0.0)
     );
 }
+
+/// What a rolling restart asks before it stops a node (RabbitMQ's
+/// `node-is-quorum-critical` check, `rabbitmq-queues
+/// check_if_node_is_quorum_critical`, `rabbitmq-upgrade
+/// await_online_quorum_plus_one`): with every member up, no node is
+/// critical; with one down, stopping another would leave the queue and
+/// the metadata group without a majority, and the check says so until
+/// the member is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_quorum_critical_while_another_member_is_down() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, "ledger").await;
+    wait_leader(&c, "ledger").await;
+    c.until("every member up", || async {
+        let (_, members) = c
+            .api(0, "GET", "/api/queues/%2F/ledger/members", None)
+            .await;
+        members.as_array().is_some_and(|m| {
+            m.len() == 3
+                && m.iter()
+                    .all(|m| m["raft_state"] == "leader" || m["raft_state"] == "follower")
+        })
+    })
+    .await;
+    let check = "/api/health/checks/node-is-quorum-critical";
+    for i in 0..3 {
+        let (status, body) = c.api(i, "GET", check, None).await;
+        assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    }
+    let (ok, out, err) = c.cli(0, &["queues", "check-quorum-critical"]).await;
+    assert!(ok, "{out}{err}");
+
+    let down = 2;
+    c.kill(down);
+    c.until("n1 to find itself critical", || async {
+        matches!(c.try_api(0, "GET", check, None).await, Some((503, _)))
+    })
+    .await;
+    let (status, body) = c.api(0, "GET", check, None).await;
+    assert_eq!((status, &body["status"]), (503, &json!("failed")), "{body}");
+    let listed = body["queues"].as_array().cloned().unwrap_or_default();
+    assert!(
+        listed.contains(&json!({
+            "readable_name": "queue 'ledger' in vhost '/'",
+            "name": "ledger",
+            "virtual_host": "/",
+            "type": "rabbit_quorum_queue",
+        })),
+        "{body}"
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|q| q["name"] == "metadata" && q["type"] == "process"),
+        "{body}"
+    );
+    let (ok, out, err) = c.cli(0, &["queues", "check-quorum-critical"]).await;
+    assert!(!ok && out.contains("ledger"), "{out}");
+    assert!(err.contains("would lose their quorum"), "{err}");
+    let (ok, _, err) = c
+        .cli(
+            0,
+            &["queues", "await-online-quorum-plus-one", "--timeout", "0.5"],
+        )
+        .await;
+    assert!(!ok && err.contains("would lose their quorum"), "{err}");
+
+    // Back, and caught up: the wait ends, the check passes.
+    c.spawn(down);
+    let (ok, out, err) = c
+        .cli(
+            0,
+            &["queues", "await-online-quorum-plus-one", "--timeout", "60"],
+        )
+        .await;
+    assert!(ok, "{out}{err}");
+    let (status, _) = c.api(0, "GET", check, None).await;
+    assert_eq!(status, 200);
+}

@@ -62,8 +62,10 @@ pub enum Format {
 pub enum RemoteCommand {
     /// Show the broker's state: version, listeners, totals, rates, alarms.
     Status(Remote),
-    /// List queues; manage quorum queues' members and leaders in a
-    /// cluster (add-member, delete-member, grow, shrink, rebalance).
+    /// List queues; show and manage quorum queues' members and leaders
+    /// in a cluster (quorum-status, add-member, delete-member, grow,
+    /// shrink, rebalance); check a node before a rolling restart
+    /// (check-quorum-critical, await-online-quorum-plus-one).
     Queues(QueuesArgs),
     /// List exchanges.
     Exchanges(Listing),

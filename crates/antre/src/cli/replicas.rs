@@ -27,6 +27,21 @@ pub enum QueuesVerb {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Fail (exit 1, listing them) if stopping the node behind --url
+    /// would leave a quorum queue, stream or the metadata group without a
+    /// majority up (`rabbitmq-queues check_if_node_is_quorum_critical`).
+    CheckQuorumCritical(Remote),
+    /// Wait until stopping the node behind --url leaves every quorum
+    /// queue, stream and the metadata group a majority up, or fail after
+    /// --timeout (`rabbitmq-upgrade await_online_quorum_plus_one`): what
+    /// a rolling restart runs before it stops each node.
+    AwaitOnlineQuorumPlusOne {
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Add a member on NODE to quorum queue QUEUE (in --vhost); answers
     /// once it has caught up and votes.
     AddMember {
@@ -94,6 +109,22 @@ pub enum GrowWhich {
 pub fn run(verb: QueuesVerb, out: &mut dyn Write) -> anyhow::Result<()> {
     match verb {
         QueuesVerb::List(r) => super::listing::queues(&r, out),
+        QueuesVerb::CheckQuorumCritical(remote) => {
+            let (code, answer) = Client::new(&remote).get_status(QUORUM_CRITICAL)?;
+            quorum_critical(&remote, code, &answer, out)
+        }
+        QueuesVerb::AwaitOnlineQuorumPlusOne { timeout, remote } => {
+            let client = Client::new(&remote);
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_secs_f64(timeout.max(0.0));
+            loop {
+                let (code, answer) = client.get_status(QUORUM_CRITICAL)?;
+                if code == 200 || std::time::Instant::now() >= deadline {
+                    return quorum_critical(&remote, code, &answer, out);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
         QueuesVerb::QuorumStatus { queue, remote } => {
             let path = format!(
                 "/api/queues/{}/{}/members",
@@ -169,6 +200,40 @@ fn member_path(r: &Remote, queue: &str, node: &str) -> String {
         percent_encode(queue),
         percent_encode(node)
     )
+}
+
+const QUORUM_CRITICAL: &str = "/api/health/checks/node-is-quorum-critical";
+
+/// Prints the health check's answer: ok, or what would lose its quorum,
+/// and then fails.
+fn quorum_critical(
+    r: &Remote,
+    code: u16,
+    answer: &Value,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if r.format == Format::Json {
+        print_json(out, answer)?;
+    } else if code == 200 {
+        writeln!(
+            out,
+            "no quorum queue, stream or the metadata group depends on this node for its quorum"
+        )?;
+    } else {
+        let mut table = Table::new(vec!["type", "vhost", "name"]);
+        for q in answer["queues"].as_array().into_iter().flatten() {
+            table.row(vec![
+                text(&q["type"]),
+                text(&q["virtual_host"]),
+                text(&q["name"]),
+            ]);
+        }
+        write!(out, "{table}")?;
+    }
+    if code != 200 {
+        anyhow::bail!("{}", text(&answer["reason"]));
+    }
+    Ok(())
 }
 
 /// One row per member, the columns of `rabbitmq-queues quorum_status`

@@ -143,6 +143,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/health/checks/local-alarms", get(overview::alarms))
         .route("/api/health/checks/virtual-hosts", get(overview::vhosts_ok))
         .route("/api/health/checks/ready", get(overview::ready))
+        .route(
+            "/api/health/checks/node-is-quorum-critical",
+            get(cluster::node_is_quorum_critical),
+        )
         .route("/api/aliveness-test/{vhost}", get(overview::aliveness))
         .route("/api/vhosts", get(vhosts::list))
         .route(

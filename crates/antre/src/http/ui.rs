@@ -114,6 +114,7 @@ mod tests {
             "/api/cluster/members",
             "/api/cluster/members/{node}",
             "/api/queues/{vhost}/{name}/members",
+            "/api/health/checks/node-is-quorum-critical",
             "/api/queues/{vhost}/{name}/members/{node}",
             "/api/cluster/queues/grow/{node}",
             "/api/cluster/queues/shrink/{node}",

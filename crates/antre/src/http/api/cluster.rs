@@ -308,3 +308,93 @@ pub async fn queue_members(
         .collect();
     Ok(Json(Value::Array(members)))
 }
+
+/// The replica states that count as up in [`node_is_quorum_critical`]:
+/// a member that leads or follows (a learner is catching up and does not
+/// vote).
+fn replica_up(row: &Value) -> bool {
+    matches!(row["raft_state"].as_str(), Some("leader" | "follower"))
+}
+
+/// A queue or component as RabbitMQ's health check lists it.
+fn printable(name: &str, vhost: &str, kind: &str, readable: String) -> Value {
+    json!({"readable_name": readable, "name": name, "virtual_host": vhost, "type": kind})
+}
+
+/// GET /api/health/checks/node-is-quorum-critical: 503 if stopping this
+/// node would leave a quorum queue or stream it has a member of, or the
+/// metadata group, without a majority of its members up, with them
+/// listed; RabbitMQ's check of the same name (`rabbitmq-queues
+/// check_if_node_is_quorum_critical`), which a rolling restart asks before
+/// stopping each node. A member counts as up when its node answers with
+/// its replica leading or following (a learner still catching up does
+/// not); a group whose members up are at most a bare majority is
+/// critical, as in RabbitMQ.
+pub async fn node_is_quorum_critical(
+    State(state): State<HttpState>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let single = || Json(json!({"status": "ok", "reason": "single node cluster"}));
+    let Some(cluster) = &state.cluster else {
+        return Ok(single());
+    };
+    let status = cluster.status();
+    if status.members.len() <= 1 {
+        return Ok(single());
+    }
+    let rows = super::peers::cluster_rows(&state, Listing::RaftMembers, None, None).await;
+    let up: std::collections::HashSet<(&str, &str, &str)> = rows
+        .iter()
+        .filter(|r| replica_up(r))
+        .filter_map(|r| {
+            Some((
+                r["vhost"].as_str()?,
+                r["name"].as_str()?,
+                r["node"].as_str()?,
+            ))
+        })
+        .collect();
+    let mut critical = Vec::new();
+    let mut mine = cluster.queue_groups.raft_figures();
+    mine.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    for (vhost, name, _) in &mine {
+        let Some(v) = state.broker.vhost(vhost) else {
+            continue;
+        };
+        let Some(info) = v.quorum_info(name) else {
+            continue;
+        };
+        let alive = info
+            .members
+            .iter()
+            .filter(|m| up.contains(&(vhost.as_str(), name.as_str(), m.as_str())))
+            .count();
+        if alive <= info.members.len() / 2 + 1 {
+            let (kind, what) = if v.stream(name).is_some() {
+                ("rabbit_stream_queue", "stream")
+            } else {
+                ("rabbit_quorum_queue", "queue")
+            };
+            let readable = format!("{what} '{name}' in vhost '{vhost}'");
+            critical.push(printable(name, vhost, kind, readable));
+        }
+    }
+    // The metadata group, as RabbitMQ lists its metadata store and stream
+    // coordinator: a component, not a queue.
+    let voters: Vec<_> = status.members.iter().filter(|m| m.voter).collect();
+    let alive = voters.iter().filter(|m| m.running).count();
+    if voters.iter().any(|m| m.this_node) && alive <= voters.len() / 2 + 1 {
+        let na = "(not applicable)";
+        critical.push(printable("metadata", na, "process", "metadata".into()));
+    }
+    if critical.is_empty() {
+        return Ok(Json(json!({"status": "ok"})));
+    }
+    Err((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": "failed",
+            "reason": "There are quorum queues that would lose their quorum if the target node is shut down",
+            "queues": critical,
+        })),
+    ))
+}
