@@ -468,6 +468,13 @@ pub(crate) async fn run<C: LogConfig>(
             tokio::time::sleep(due).await;
             continue;
         }
+        // A drained node's replicas follow and vote, but do not lead
+        // again: their leaderships were handed away before it stops.
+        if group.is_some() && voters.network().link.draining() {
+            timeout = election_timeout(timing);
+            tokio::time::sleep(timeout).await;
+            continue;
+        }
         let ttl = timing.heartbeat * 2;
         let tally = pre_vote(&voters, group.clone(), &raft, &log, None, ttl).await;
         if tally.wins() {

@@ -203,6 +203,10 @@ async fn stand_if_led_by<C: LogConfig>(
             return;
         }
         wait = beat / 2 + beat.mul_f64(rand::random::<f64>());
+        if group.is_some() && voters.network().link.draining() {
+            // A drained node's replica leaves the leadership to the others.
+            continue;
+        }
         let lease = timing.election_max();
         if heard_leader(&raft, &heard, lease, fence)
             .await

@@ -77,6 +77,8 @@ pub struct Link {
     /// This node's settings.
     pub config: ClusterConfig,
     states: Mutex<HashMap<String, PeerState>>,
+    /// Set while the node is drained (see [`Link::set_draining`]).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Link {
@@ -105,7 +107,21 @@ impl Link {
         Link {
             config,
             states: Mutex::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Drains this node (maintenance mode) or revives it: while drained,
+    /// its quorum queue and stream replicas do not stand for election,
+    /// nor take a leadership handed to them (they still follow and vote),
+    /// so the leaders moved away stay away until the node stops.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this node is drained.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Records a successful exchange with `peer`.

@@ -29,6 +29,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod listen;
+pub mod maintenance;
 pub mod registry;
 pub mod server;
 pub mod sockets;

@@ -245,6 +245,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         "resource alarms set"
     );
     let shared_config = Arc::new(config.clone());
+    let maintenance = Arc::new(crate::maintenance::Maintenance::default());
     let mut http_tasks = Vec::new();
     if !http_listeners.is_empty() || !https_listeners.is_empty() {
         let rates = Rates::start(
@@ -266,6 +267,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             started: std::time::Instant::now(),
             sockets: Arc::clone(&sockets),
             cluster: cluster.clone(),
+            maintenance: Arc::clone(&maintenance),
         };
         http::api::peers::serve(&state);
         let http = http_listeners
@@ -299,6 +301,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             listener,
             Arc::clone(&broker),
             Arc::clone(&stream_groups),
+            Arc::clone(&maintenance),
             shutdown_rx.clone(),
         )));
         tracing::info!("listening on rabbitmq-stream://{addr}");
@@ -320,6 +323,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         alarms: alarms.clone(),
         sockets: Arc::clone(&sockets),
         buffers: Buffers::new(READ_BUFFERS_LIMIT, WRITE_BUFFERS_LIMIT),
+        maintenance,
     };
     let task = tokio::spawn(accept_loop(amqp_listeners, shared, shutdown_rx, lock));
     for addr in &amqp_addrs {
@@ -387,6 +391,8 @@ struct Shared {
     sockets: Arc<Sockets>,
     /// The node-wide budgets of connections' read and output buffers.
     buffers: Buffers,
+    /// A drained node takes no new client.
+    maintenance: Arc<crate::maintenance::Maintenance>,
 }
 
 impl Shared {
@@ -476,6 +482,11 @@ async fn accept_loop(
         tokio::select! {
             accepted = listen::accept_any(&amqp.listeners, &mut next) => match accepted {
                 Ok((stream, peer, from)) => {
+                    if shared.maintenance.draining() {
+                        // Closed at once: the client goes to another node.
+                        tracing::debug!(%peer, "AMQP client refused: the node is drained");
+                        continue;
+                    }
                     let Some(slot) = shared.sockets.admit(SocketKind::Amqp, peer) else {
                         continue;
                     };

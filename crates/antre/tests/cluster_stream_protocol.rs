@@ -498,3 +498,49 @@ fn entry(id: u64) -> Message {
         .publishing_id(id)
         .build()
 }
+
+/// Draining a node (`antre cluster drain`) closes its stream clients too
+/// and refuses new ones, and hands the streams it leads to another member,
+/// which the clients' metadata then names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_closes_its_stream_clients_and_hands_its_streams_away() {
+    let (c, ports) = start().await;
+    let env0 = env(ports[0]).await;
+    env0.stream_creator()
+        .create("payouts")
+        .await
+        .expect("created");
+    let (leader, _) = metadata(ports[0], "payouts", None, Some(2)).await;
+    assert_eq!(leader, u32::from(ports[0]), "placed on the declaring node");
+    let client = Client::connect(
+        ClientOptions::builder()
+            .host("127.0.0.1")
+            .port(ports[0])
+            .build(),
+    )
+    .await
+    .expect("client");
+
+    let (ok, out, err) = c.cli(0, &["cluster", "drain"]).await;
+    assert!(ok && out.contains("payouts"), "{out}{err}");
+    // Its connection is closed: a request on it fails (the client marks
+    // itself closed only once it writes).
+    c.until("the drained node's stream client to be closed", || async {
+        let ask = client.metadata(vec!["payouts".to_owned()]);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ask).await,
+            Ok(Err(_))
+        )
+    })
+    .await;
+    let refused = Client::connect(
+        ClientOptions::builder()
+            .host("127.0.0.1")
+            .port(ports[0])
+            .build(),
+    )
+    .await;
+    assert!(refused.is_err(), "a new stream client of a drained node");
+    let (moved, _) = metadata(ports[1], "payouts", Some(leader), None).await;
+    assert_ne!(moved, leader);
+}

@@ -1983,3 +1983,80 @@ async fn a_node_is_quorum_critical_while_another_member_is_down() {
     let (status, _) = c.api(0, "GET", check, None).await;
     assert_eq!(status, 200);
 }
+
+/// A rolling restart drains a node before stopping it (`rabbitmq-upgrade
+/// drain`): its clients are closed and new ones refused, the queues it led
+/// are led elsewhere, a bystander on another node keeps publishing, and
+/// its replicas take no leadership back even when the new leader dies;
+/// revived, it takes clients again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_leaders_and_clients_away() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, "ledger").await;
+    let d = wait_leader(&c, "ledger").await;
+    let conn = connect(&c.nodes[d].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    publish_all_confirmed(&ch, "ledger", "before-", 5).await;
+
+    let (ok, out, err) = c.cli(d, &["cluster", "drain"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("ledger") && out.contains("moved"), "{out}");
+    let drained = c.nodes[d].name.clone();
+    c.until("the drained node's client to be closed", || async {
+        !conn.status().connected()
+    })
+    .await;
+    assert!(
+        connect(&c.nodes[d].amqp_uri()).await.is_none(),
+        "a new client of a drained node is refused"
+    );
+    let l2 = leader(&c, "ledger").await.expect("a new leader");
+    assert_ne!(l2, d, "the leadership moved away");
+    let other = (0..3).find(|&i| i != d && i != l2).expect("a third node");
+    let nodes = c.nodes(other).await;
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["name"] == json!(drained) && n["being_drained"] == json!(true)),
+        "{nodes:?}"
+    );
+
+    // A bystander on another node is served throughout.
+    let bystander = connect(&c.nodes[other].amqp_uri()).await.expect("connect");
+    let bch = confirm_channel(&bystander).await;
+    publish_all_confirmed(&bch, "ledger", "during-", 5).await;
+    drop(bystander);
+
+    // The new leader dies: the third member takes over, not the drained
+    // one (it votes, but does not stand).
+    c.kill(l2);
+    let third = c.nodes[other].name.clone();
+    c.until("the third member to lead", || async {
+        queue_json(&c, other, "ledger")
+            .await
+            .is_some_and(|q| q["leader"] == json!(third))
+    })
+    .await;
+    let mut want: Vec<String> = (0..5).map(|i| format!("before-{i}")).collect();
+    want.extend((0..5).map(|i| format!("during-{i}")));
+    drain_all(&c, "ledger", &want).await;
+    assert_eq!(
+        queue_json(&c, d, "ledger")
+            .await
+            .map(|q| q["leader"].clone()),
+        Some(json!(third)),
+        "the drained node never led it again"
+    );
+
+    // Revived, it takes clients again.
+    let (ok, out, err) = c.cli(d, &["cluster", "revive"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(connect(&c.nodes[d].amqp_uri()).await.is_some());
+    let nodes = c.nodes(d).await;
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["name"] == json!(drained) && n["being_drained"] == json!(false)),
+        "{nodes:?}"
+    );
+}

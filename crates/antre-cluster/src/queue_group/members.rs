@@ -488,6 +488,11 @@ impl QueueGroups {
             return Err(GroupOpError::NotLeader(None));
         };
         if op == GroupOp::Elect {
+            if self.link.draining() {
+                return Err(GroupOpError::Failed(
+                    "this node is drained (maintenance mode): it takes no leadership".into(),
+                ));
+            }
             return match g.raft.trigger().elect().await {
                 Ok(()) => Ok(true),
                 Err(e) => Err(GroupOpError::Failed(e.to_string())),
@@ -1093,6 +1098,83 @@ impl Cluster {
             before,
             moves: report,
         })
+    }
+}
+
+impl Cluster {
+    /// Drains this node's leaderships (`rabbitmq-upgrade drain`): hands
+    /// each quorum queue and stream it leads to another member, the one
+    /// that leads fewest of them among those running (the next if that
+    /// one cannot take it), and reports each move. Call it once the link
+    /// is drained ([`crate::network::Link::set_draining`]), so no
+    /// leadership comes back meanwhile.
+    pub async fn drain_leaders(&self) -> Result<Vec<LeaderMove>, QueueMemberError> {
+        let me = self.link.config.node_name.clone();
+        let defs: Vec<QuorumDef> = self.queue_groups.defs();
+        let mine: Vec<QuorumDef> = defs
+            .iter()
+            .filter(|d| self.leader_of(d).as_deref() == Some(me.as_str()))
+            .cloned()
+            .collect();
+        let running: Vec<String> = self
+            .status()
+            .members
+            .into_iter()
+            .filter(|m| m.running && !m.this_node)
+            .map(|m| m.name)
+            .collect();
+        let mut counts = self.leader_counts(&defs);
+        let this = self.this()?;
+        let mut report = Vec::new();
+        for chunk in mine.chunks(PARALLEL) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for def in chunk {
+                // Fewest leaderships first; ties by name, the same order on
+                // every run.
+                let mut to: Vec<String> = def
+                    .members
+                    .iter()
+                    .filter(|m| running.contains(m))
+                    .cloned()
+                    .collect();
+                to.sort_by_key(|m| (counts.get(m).copied().unwrap_or(0), m.clone()));
+                if let Some(first) = to.first() {
+                    *counts.entry(first.clone()).or_default() += 1;
+                }
+                let (c, def, from) = (Arc::clone(&this), def.clone(), me.clone());
+                tasks.spawn(async move {
+                    let mut error = Some("no other member of it is running".to_owned());
+                    let mut last = String::new();
+                    for target in to {
+                        let deadline = Instant::now() + TRANSFER_TIMEOUT;
+                        let op = GroupOp::TransferLeader(target.clone());
+                        error = c
+                            .group_call(&def, op, deadline)
+                            .await
+                            .err()
+                            .map(|e| e.to_string());
+                        last = target;
+                        if error.is_none() {
+                            break;
+                        }
+                    }
+                    LeaderMove {
+                        vhost: def.vhost,
+                        name: def.name,
+                        from,
+                        to: last,
+                        error,
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(m) = done {
+                    report.push(m);
+                }
+            }
+        }
+        report.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+        Ok(report)
     }
 }
 

@@ -144,6 +144,14 @@ pub enum ClusterCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Put the node behind --url in maintenance mode before stopping it
+    /// (`rabbitmq-upgrade drain`): it closes its clients' connections and
+    /// takes no new ones, and hands every quorum queue and stream it leads
+    /// to another member.
+    Drain(Remote),
+    /// End the maintenance mode of the node behind --url
+    /// (`rabbitmq-upgrade revive`).
+    Revive(Remote),
 }
 
 /// `antre queues [list]` and the other listings.
@@ -415,6 +423,11 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
         C::Cluster(ClusterCommand::Leave(r)) => listing::cluster_leave(&r, out),
         C::Cluster(ClusterCommand::Forget { node, remote }) => {
             listing::cluster_forget(&remote, &node, out)
+        }
+        C::Cluster(ClusterCommand::Drain(r)) => replicas::drain(&r, out),
+        C::Cluster(ClusterCommand::Revive(r)) => {
+            client::Client::new(&r).send("POST", "/api/maintenance/revive", None)?;
+            done(&r, out, "the node takes clients and may lead again".into())
         }
         C::Queues(QueuesArgs { verb: Some(v), .. }) => replicas::run(v, out),
         C::Queues(QueuesArgs { verb: None, remote }) => listing::queues(&remote, out),

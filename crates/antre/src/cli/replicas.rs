@@ -202,6 +202,46 @@ fn member_path(r: &Remote, queue: &str, node: &str) -> String {
     )
 }
 
+/// `antre cluster drain`: the connections closed and each leadership
+/// moved; fails if one did not move.
+pub fn drain(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let answer = Client::new(r).send("POST", "/api/maintenance/drain", None)?;
+    if r.format == Format::Json {
+        print_json(out, &answer)?;
+    } else {
+        writeln!(
+            out,
+            "drained: {} client connection(s) closed; new clients are refused",
+            text(&answer["connections_closed"])
+        )?;
+        let mut table = Table::new(vec!["vhost", "queue", "leader now", "result"]);
+        for m in answer["leaders"].as_array().into_iter().flatten() {
+            let result = if m["ok"] == json!(true) {
+                "moved".to_owned()
+            } else {
+                text(&m["error"])
+            };
+            table.row(vec![
+                text(&m["vhost"]),
+                text(&m["name"]),
+                text(&m["to"]),
+                result,
+            ]);
+        }
+        write!(out, "{table}")?;
+    }
+    let stuck = answer["leaders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["ok"] != json!(true))
+        .count();
+    if stuck > 0 {
+        anyhow::bail!("{stuck} leadership(s) not moved");
+    }
+    Ok(())
+}
+
 const QUORUM_CRITICAL: &str = "/api/health/checks/node-is-quorum-critical";
 
 /// Prints the health check's answer: ok, or what would lose its quorum,

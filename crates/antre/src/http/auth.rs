@@ -167,8 +167,9 @@ enum Rule {
 /// The rule for a route, by its path template (RabbitMQ's resource
 /// modules each name theirs; this table is the same choice).
 fn rule(template: &str, method: &Method) -> Rule {
-    const ADMIN_PREFIXES: [&str; 6] = [
+    const ADMIN_PREFIXES: [&str; 7] = [
         "/api/cluster/",
+        "/api/maintenance/",
         "/api/users",
         "/api/permissions",
         "/api/topic-permissions",

@@ -76,6 +76,8 @@ pub struct HttpState {
     pub sockets: Arc<Sockets>,
     /// This node's cluster membership, if it is a cluster node.
     pub cluster: Option<Arc<antre_cluster::Cluster>>,
+    /// Whether the node is drained (maintenance mode).
+    pub maintenance: Arc<crate::maintenance::Maintenance>,
 }
 
 impl HttpState {
@@ -130,6 +132,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/cluster/queues/grow/{node}", post(cluster::grow))
         .route("/api/cluster/queues/shrink/{node}", post(cluster::shrink))
         .route("/api/rebalance/queues", post(cluster::rebalance))
+        .route("/api/maintenance/drain", post(cluster::drain))
+        .route("/api/maintenance/revive", post(cluster::revive))
         .route(
             "/api/queues/{vhost}/{name}/members",
             get(cluster::queue_members),

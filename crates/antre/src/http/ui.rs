@@ -115,6 +115,8 @@ mod tests {
             "/api/cluster/members/{node}",
             "/api/queues/{vhost}/{name}/members",
             "/api/health/checks/node-is-quorum-critical",
+            "/api/maintenance/drain",
+            "/api/maintenance/revive",
             "/api/queues/{vhost}/{name}/members/{node}",
             "/api/cluster/queues/grow/{node}",
             "/api/cluster/queues/shrink/{node}",

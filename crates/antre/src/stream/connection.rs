@@ -24,7 +24,7 @@ use antre_stream_proto::frame::{
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::admin;
 use super::sac::{GroupKey, Groups};
@@ -144,8 +144,12 @@ impl Connection {
         groups: Arc<Groups>,
         peer: SocketAddr,
         local: SocketAddr,
-        mut shutdown: watch::Receiver<bool>,
+        stop: super::Stop,
     ) {
+        let super::Stop {
+            mut shutdown,
+            mut drained,
+        } = stop;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let id = broker.next_id();
         let mut c = Connection {
@@ -214,6 +218,14 @@ impl Connection {
                         .encode(&mut c.out);
                     let _ = socket.write_all(&c.out).await;
                     break;
+                }
+                Ok(()) = drained.changed() => {
+                    if *drained.borrow_and_update() {
+                        let reason = crate::maintenance::CLOSE_REASON.into();
+                        ServerFrame::Close { corr: 0, code: code::OK, reason }.encode(&mut c.out);
+                        let _ = socket.write_all(&c.out).await;
+                        break;
+                    }
                 }
             }
             if !c.out.is_empty() {

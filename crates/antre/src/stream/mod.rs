@@ -21,6 +21,16 @@ use tokio::task::JoinSet;
 pub use connection::{Connection, FRAME_MAX};
 pub use sac::Groups;
 
+/// What ends a stream connection besides its client: the server's
+/// shutdown, and the node being drained (see [`crate::maintenance`]).
+#[derive(Debug, Clone)]
+pub struct Stop {
+    /// Changes when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// True once the node is drained.
+    pub drained: watch::Receiver<bool>,
+}
+
 /// The address `--stream-listen` without a value means.
 pub const DEFAULT_STREAM_LISTEN: &str = "127.0.0.1:5552";
 
@@ -80,6 +90,7 @@ pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
     groups: Arc<Groups>,
+    maintenance: Arc<crate::maintenance::Maintenance>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tasks = JoinSet::new();
@@ -94,12 +105,20 @@ pub async fn serve(
                         continue;
                     }
                 };
+                if maintenance.draining() {
+                    // Closed at once: the client goes to another node.
+                    tracing::debug!(%peer, "stream client refused: the node is drained");
+                    continue;
+                }
                 let _ = socket.set_nodelay(true);
                 let Ok(local) = socket.local_addr() else { continue };
                 let broker = Arc::clone(&broker);
                 let groups = Arc::clone(&groups);
-                let shutdown = shutdown.clone();
-                tasks.spawn(Connection::run(socket, broker, groups, peer, local, shutdown));
+                let stop = Stop {
+                    shutdown: shutdown.clone(),
+                    drained: maintenance.watch(),
+                };
+                tasks.spawn(Connection::run(socket, broker, groups, peer, local, stop));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = shutdown.changed() => break,

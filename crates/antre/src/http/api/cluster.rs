@@ -398,3 +398,49 @@ pub async fn node_is_quorum_critical(
         })),
     ))
 }
+
+/// POST /api/maintenance/drain: puts the node asked into maintenance mode
+/// before it is stopped (`rabbitmq-upgrade drain`; see
+/// [`crate::maintenance`]): new client sockets are refused, every client
+/// connection is closed (320, "Node was put into maintenance mode"), and
+/// each quorum queue and stream it leads is handed to another member;
+/// its replicas take no leadership until it is revived or restarted.
+/// Answers with the connections closed and each leadership moved.
+pub async fn drain(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
+    let cluster = cluster(&state)?;
+    if state.maintenance.set(true) {
+        tracing::warn!(
+            "this node is drained (maintenance mode): it takes no clients and leads no queue"
+        );
+    }
+    cluster.link.set_draining(true);
+    let connections = state.registry.connections();
+    for c in &connections {
+        c.force_close(crate::maintenance::CLOSE_REASON);
+    }
+    let moves = member_answer(cluster.drain_leaders().await)?;
+    let moves: Vec<Value> = moves
+        .into_iter()
+        .map(|m| {
+            json!({"vhost": m.vhost, "name": m.name, "from": m.from, "to": m.to,
+                   "ok": m.error.is_none(), "error": m.error})
+        })
+        .collect();
+    Ok(Json(json!({
+        "being_drained": true,
+        "connections_closed": connections.len(),
+        "leaders": moves,
+    })))
+}
+
+/// POST /api/maintenance/revive: ends maintenance mode (`rabbitmq-upgrade
+/// revive`): clients are taken again, and the node's replicas may lead
+/// again (`antre queues rebalance` gives it its share).
+pub async fn revive(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
+    let cluster = cluster(&state)?;
+    cluster.link.set_draining(false);
+    if state.maintenance.set(false) {
+        tracing::info!("this node is revived: it takes clients and may lead again");
+    }
+    Ok(Json(json!({"being_drained": false})))
+}

@@ -375,6 +375,8 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         "name": state.node_name(),
         "type": "disc",
         "running": true,
+        // RabbitMQ's field: the node is in maintenance mode.
+        "being_drained": state.maintenance.draining(),
         "uptime": state.started.elapsed().as_millis() as u64,
         "mem_used": resident_memory(),
         "mem_limit": state.alarms.memory_limit(),
