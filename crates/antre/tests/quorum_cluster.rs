@@ -2013,6 +2013,13 @@ async fn a_drained_node_hands_its_leaders_and_clients_away() {
     let l2 = leader(&c, "ledger").await.expect("a new leader");
     assert_ne!(l2, d, "the leadership moved away");
     let other = (0..3).find(|&i| i != d && i != l2).expect("a third node");
+    let (ok, out, _) = c.cli(other, &["cluster", "status"]).await;
+    assert!(
+        ok && out
+            .lines()
+            .any(|l| l.starts_with(drained.as_str()) && l.contains(" drained ")),
+        "{out}"
+    );
     let nodes = c.nodes(other).await;
     assert!(
         nodes

@@ -274,10 +274,13 @@ pub fn cluster_status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
             text(&n["name"]),
             text(&n["cluster_listen"]),
             text(&n["cluster_member"]),
-            if n["running"] == json!(true) {
-                "yes"
-            } else {
-                "no"
+            match (
+                n["running"] == json!(true),
+                n["being_drained"] == json!(true),
+            ) {
+                (true, true) => "drained",
+                (true, false) => "yes",
+                (false, _) => "no",
             }
             .into(),
             if n["metadata_leader"] == json!(true) {
