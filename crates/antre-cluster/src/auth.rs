@@ -101,6 +101,39 @@ fn verify(secret: &str, role: &str, a: &[u8], b: &[u8], name: &str, got: &[u8]) 
     mac(secret, role, a, b, name).verify_slice(got).is_ok()
 }
 
+/// The secrets a node authenticates with: it proves with `current`, and
+/// accepts a peer's proof made with either. Rotating the cluster's secret
+/// takes two rolling restarts and never splits the cluster: first every
+/// node accepts the new secret as its previous one while it still proves
+/// with the old, then every node proves with the new one, accepting the
+/// old as its previous; then the old one can go.
+#[derive(Debug, Clone, Copy)]
+pub struct Keys<'a> {
+    /// What this node proves with.
+    pub current: &'a str,
+    /// Also accepted from peers, never proved with.
+    pub previous: Option<&'a str>,
+}
+
+impl Keys<'_> {
+    /// Whether `got` is a proof made with either secret.
+    fn verify(&self, role: &str, a: &[u8], b: &[u8], name: &str, got: &[u8]) -> bool {
+        verify(self.current, role, a, b, name, got)
+            || self
+                .previous
+                .is_some_and(|p| verify(p, role, a, b, name, got))
+    }
+}
+
+impl<'a> From<&'a str> for Keys<'a> {
+    fn from(current: &'a str) -> Keys<'a> {
+        Keys {
+            current,
+            previous: None,
+        }
+    }
+}
+
 fn io(e: impl std::fmt::Display) -> AuthError {
     AuthError::Io(e.to_string())
 }
@@ -122,7 +155,7 @@ async fn write<S: AsyncWrite + Unpin>(s: &mut S, m: &Handshake) -> Result<(), Au
 /// The dialling side: proves itself as `me` to the node `expected` (or,
 /// with `expected` empty, to whichever node answers: a joining node knows
 /// only an address).
-pub async fn client<S>(s: &mut S, me: &str, expected: &str, secret: &str) -> Result<(), AuthError>
+pub async fn client<S>(s: &mut S, me: &str, expected: &str, keys: Keys<'_>) -> Result<(), AuthError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -151,7 +184,7 @@ where
         .await;
         return Err(AuthError::UnknownPeer(reason));
     }
-    if !verify(secret, "server", &nonce_c, &nonce_s, &node, &server_proof) {
+    if !keys.verify("server", &nonce_c, &nonce_s, &node, &server_proof) {
         let _ = write(
             s,
             &Handshake::Refused {
@@ -161,7 +194,7 @@ where
         .await;
         return Err(AuthError::WrongSecret);
     }
-    let p = proof(secret, "client", &nonce_s, &nonce_c, me);
+    let p = proof(keys.current, "client", &nonce_s, &nonce_c, me);
     write(s, &Handshake::Proof { proof: p }).await?;
     match read(s).await? {
         Handshake::Welcome => Ok(()),
@@ -194,7 +227,7 @@ pub async fn server<S>(
     s: &mut S,
     me: &str,
     peers: &[String],
-    secret: &str,
+    keys: Keys<'_>,
 ) -> Result<String, Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -219,7 +252,7 @@ where
         return Err(fail(Some(&node), AuthError::UnknownPeer(reason)));
     }
     let nonce_s = nonce();
-    let p = proof(secret, "server", &nonce_c, &nonce_s, me);
+    let p = proof(keys.current, "server", &nonce_c, &nonce_s, me);
     let challenge = Handshake::Challenge {
         node: me.to_owned(),
         nonce: nonce_s.clone(),
@@ -233,7 +266,7 @@ where
         Handshake::Refused { reason } => return Err(fail(Some(&node), refused(reason))),
         other => return Err(fail(Some(&node), io(format!("unexpected {other:?}")))),
     };
-    if !verify(secret, "client", &nonce_s, &nonce_c, &node, &client_proof) {
+    if !keys.verify("client", &nonce_s, &nonce_c, &node, &client_proof) {
         let refusal = Handshake::Refused {
             reason: WRONG_SECRET.into(),
         };
@@ -257,8 +290,8 @@ mod tests {
     ) -> (Result<(), AuthError>, Result<String, Refusal>) {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let peers = vec!["n1".to_owned(), "n2".to_owned()];
-        let c = client(&mut a, "n1", "n2", client_secret);
-        let s = server(&mut b, "n2", &peers, server_secret);
+        let c = client(&mut a, "n1", "n2", client_secret.into());
+        let s = server(&mut b, "n2", &peers, server_secret.into());
         tokio::join!(c, s)
     }
 
@@ -270,7 +303,7 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(4096);
         a.write_all(&(32u32 << 20).to_be_bytes()).await.unwrap();
         drop(a);
-        let refusal = server(&mut b, "n2", &[], "0123456789abcdef")
+        let refusal = server(&mut b, "n2", &[], "0123456789abcdef".into())
             .await
             .unwrap_err();
         assert!(
@@ -286,6 +319,50 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A rotation's every step authenticates both ways: old with
+    /// old-accepting-new, old-accepting-new with new-accepting-old, and
+    /// new-accepting-old with new; a node that knows neither is refused.
+    #[tokio::test]
+    async fn a_secret_is_rotated_without_two_nodes_refusing_each_other() {
+        const OLD: &str = "0123456789abcdef";
+        const NEW: &str = "new-secret-0123456789";
+        let old = Keys::from(OLD);
+        let old_then_new = Keys {
+            current: OLD,
+            previous: Some(NEW),
+        };
+        let new_then_old = Keys {
+            current: NEW,
+            previous: Some(OLD),
+        };
+        let new = Keys::from(NEW);
+        let pairs = [
+            (old, old_then_new),
+            (old_then_new, new_then_old),
+            (new_then_old, new),
+        ];
+        for (x, y) in pairs {
+            for (c, s) in [(x, y), (y, x)] {
+                let (mut a, mut b) = tokio::io::duplex(4096);
+                let peers = vec!["n1".to_owned()];
+                let (cr, sr) = tokio::join!(
+                    client(&mut a, "n1", "n2", c),
+                    server(&mut b, "n2", &peers, s)
+                );
+                assert_eq!(cr, Ok(()), "{c:?} to {s:?}");
+                assert_eq!(sr, Ok("n1".to_owned()), "{c:?} to {s:?}");
+            }
+        }
+        // The old secret alone and the new alone never met: they refuse.
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let peers = vec!["n1".to_owned()];
+        let (cr, _) = tokio::join!(
+            client(&mut a, "n1", "n2", old),
+            server(&mut b, "n2", &peers, new)
+        );
+        assert_eq!(cr, Err(AuthError::WrongSecret));
     }
 
     #[tokio::test]
@@ -308,15 +385,15 @@ mod tests {
     #[tokio::test]
     async fn a_joining_node_dials_any_name_and_a_node_waiting_to_join_accepts_any() {
         let (mut a, mut b) = tokio::io::duplex(4096);
-        let c = client(&mut a, "n4", "", "0123456789abcdef");
-        let s = server(&mut b, "n1", &[], "0123456789abcdef");
+        let c = client(&mut a, "n4", "", "0123456789abcdef".into());
+        let s = server(&mut b, "n1", &[], "0123456789abcdef".into());
         let (c, s) = tokio::join!(c, s);
         assert_eq!(c, Ok(()));
         assert_eq!(s.unwrap(), "n4");
         // The secret is still checked.
         let (mut a, mut b) = tokio::io::duplex(4096);
-        let c = client(&mut a, "n4", "", "0123456789abcdef");
-        let s = server(&mut b, "n1", &[], "fedcba9876543210");
+        let c = client(&mut a, "n4", "", "0123456789abcdef".into());
+        let s = server(&mut b, "n1", &[], "fedcba9876543210".into());
         let (c, _) = tokio::join!(c, s);
         assert_eq!(c, Err(AuthError::WrongSecret));
     }
@@ -325,8 +402,8 @@ mod tests {
     async fn an_unknown_node_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let peers = vec!["n2".to_owned()];
-        let c = client(&mut a, "n9", "n2", "0123456789abcdef");
-        let s = server(&mut b, "n2", &peers, "0123456789abcdef");
+        let c = client(&mut a, "n9", "n2", "0123456789abcdef".into());
+        let s = server(&mut b, "n2", &peers, "0123456789abcdef".into());
         let (c, s) = tokio::join!(c, s);
         assert!(matches!(c, Err(AuthError::Refused(_))), "{c:?}");
         assert!(matches!(s.unwrap_err().error, AuthError::UnknownPeer(_)));

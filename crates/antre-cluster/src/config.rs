@@ -36,6 +36,10 @@ pub struct ClusterConfig {
     pub peers: Vec<Peer>,
     /// The shared secret every node proves it knows.
     pub secret: String,
+    /// The cluster's previous secret, still accepted from peers (never
+    /// proved with) while the secret is rotated node by node (see
+    /// docs/clustering.md, "Rotating the secret").
+    pub previous_secret: Option<String>,
     /// Where the Raft log, vote and snapshot live (`<data-dir>/cluster`).
     pub dir: PathBuf,
     /// How long a metadata change may wait for the cluster before it fails.
@@ -178,6 +182,10 @@ impl std::fmt::Debug for ClusterConfig {
             .field("listen", &self.listen)
             .field("peers", &self.peers)
             .field("secret", &"<redacted>")
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("dir", &self.dir)
             .field("change_timeout", &self.change_timeout)
             .field("forward_timeout", &self.forward_timeout)
@@ -264,6 +272,14 @@ pub fn check_name(name: &str) -> Result<(), ClusterError> {
 }
 
 impl ClusterConfig {
+    /// The secrets this node proves with and accepts.
+    pub fn keys(&self) -> crate::auth::Keys<'_> {
+        crate::auth::Keys {
+            current: &self.secret,
+            previous: self.previous_secret.as_deref(),
+        }
+    }
+
     /// Default settings for node `me` among `peers` (a peer list), with a
     /// valid secret, for tests.
     #[cfg(test)]
@@ -273,6 +289,7 @@ impl ClusterConfig {
             listen: "127.0.0.1:1".parse().expect("address"),
             peers: parse_peers(peers).expect("peer list"),
             secret: "0123456789abcdef".into(),
+            previous_secret: None,
             dir: PathBuf::new(),
             change_timeout: DEFAULT_CHANGE_TIMEOUT,
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
@@ -298,6 +315,11 @@ impl ClusterConfig {
         if self.secret.len() < 16 {
             return Err(ClusterError::Config(
                 "the cluster secret must be at least 16 bytes".into(),
+            ));
+        }
+        if self.previous_secret.as_ref().is_some_and(|p| p.len() < 16) {
+            return Err(ClusterError::Config(
+                "the previous cluster secret must be at least 16 bytes".into(),
             ));
         }
         let mut ids: Vec<NodeId> = self.peers.iter().map(Peer::id).collect();

@@ -243,7 +243,7 @@ async fn dial(cfg: &crate::ClusterConfig, link: &Weak<DataLink>) -> Result<BoxSt
     };
     tokio::time::timeout(
         auth::HANDSHAKE_TIMEOUT,
-        auth::client(&mut s, &cfg.node_name, &owner, &cfg.secret),
+        auth::client(&mut s, &cfg.node_name, &owner, cfg.keys()),
     )
     .await
     .map_err(|_| "handshake timed out".to_owned())?

@@ -430,7 +430,7 @@ async fn authenticated(link: &Link, name: &str, addr: SocketAddr) -> Result<BoxS
     };
     tokio::time::timeout(
         auth::HANDSHAKE_TIMEOUT,
-        auth::client(&mut s, &cfg.node_name, name, &cfg.secret),
+        auth::client(&mut s, &cfg.node_name, name, cfg.keys()),
     )
     .await
     .map_err(|_| AuthError::Io("handshake timed out".into()))??;
@@ -719,7 +719,10 @@ mod tests {
                 tokio::spawn(async move {
                     tokio::time::sleep(handshake).await;
                     let peers = ["n1".to_owned(), "n2".to_owned()];
-                    if auth::server(&mut s, "n2", &peers, SECRET).await.is_err() {
+                    if auth::server(&mut s, "n2", &peers, SECRET.into())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     while let Ok(req) = crate::wire::read_request(&mut s).await {

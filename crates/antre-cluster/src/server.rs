@@ -151,7 +151,7 @@ async fn serve_peer(
     // membership can ask to join; what a non-member may ask is limited
     // below (see `allowed`).
     let names = node.accepted_names().unwrap_or_default();
-    let handshake = auth::server(&mut stream, &cfg.node_name, &[], &cfg.secret);
+    let handshake = auth::server(&mut stream, &cfg.node_name, &[], cfg.keys());
     let peer = match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(peer)) => peer,
         Ok(Err(refusal)) => {

@@ -51,6 +51,7 @@ async fn start_with(
         listen: peers.iter().find(|p| p.name == name).unwrap().addr,
         peers: peers.to_vec(),
         secret: SECRET.to_owned(),
+        previous_secret: None,
         dir: dir.join(name).join("cluster"),
         change_timeout: DEFAULT_CHANGE_TIMEOUT,
         forward_timeout: antre_cluster::config::DEFAULT_FORWARD_TIMEOUT,

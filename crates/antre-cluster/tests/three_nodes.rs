@@ -42,6 +42,7 @@ async fn start(names: &[&str], secrets: &[&str], dir: &std::path::Path) -> Vec<N
             listen: format!("127.0.0.1:{}", ports[i]).parse().unwrap(),
             peers: parse_peers(&list).unwrap(),
             secret: secrets[i].to_owned(),
+            previous_secret: None,
             dir: dir.join(name),
             change_timeout: DEFAULT_CHANGE_TIMEOUT,
             forward_timeout: antre_cluster::config::DEFAULT_FORWARD_TIMEOUT,

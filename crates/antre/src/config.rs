@@ -390,6 +390,11 @@ pub struct Settings {
     /// A file holding the cluster secret (surrounding whitespace ignored).
     #[arg(long, env = "ANTRE_CLUSTER_SECRET_FILE", value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster's previous secret, still accepted from peers (never
+    /// proved with) while the secret is rotated, one rolling restart at a
+    /// time (see docs/clustering.md).
+    #[arg(long, env = "ANTRE_CLUSTER_PREVIOUS_SECRET", value_name = "SECRET")]
+    pub cluster_previous_secret: Option<String>,
     /// Seconds a metadata change (a declaration, a user...) may wait for
     /// the cluster (a leader, a quorum) before it fails [default: 5].
     #[arg(long, env = "ANTRE_CLUSTER_CHANGE_TIMEOUT", value_name = "SECONDS")]
@@ -558,6 +563,9 @@ impl Settings {
             cluster_peers: self.cluster_peers.or(below.cluster_peers),
             cluster_secret: self.cluster_secret.or(below.cluster_secret),
             cluster_secret_file: self.cluster_secret_file.or(below.cluster_secret_file),
+            cluster_previous_secret: self
+                .cluster_previous_secret
+                .or(below.cluster_previous_secret),
             cluster_change_timeout: self.cluster_change_timeout.or(below.cluster_change_timeout),
             cluster_forward_timeout: self
                 .cluster_forward_timeout
@@ -702,6 +710,11 @@ impl Settings {
             listen,
             peers,
             secret,
+            previous_secret: self
+                .cluster_previous_secret
+                .as_deref()
+                .map(str::trim)
+                .map(str::to_owned),
             dir: data_dir.join("cluster"),
             change_timeout,
             forward_timeout,

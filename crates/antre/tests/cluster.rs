@@ -447,6 +447,30 @@ async fn a_cluster_replicates_metadata_and_survives_failures() {
     }
 }
 
+/// The middle of a secret rotation: one node already proves with the new
+/// secret, two still with the old; each accepts the other as its previous
+/// one, so the cluster forms and a change made on the rotated node
+/// reaches the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_rotating_its_secret_stays_one_cluster() {
+    const NEW: &str = "the-new-cluster-secret-2026";
+    let mut c = TestCluster::plan(&[SECRET, NEW, SECRET]);
+    for (i, previous) in [NEW, SECRET, NEW].into_iter().enumerate() {
+        c.nodes[i].args = vec!["--cluster-previous-secret".into(), previous.into()];
+    }
+    c.launch().await;
+    c.until("one cluster of all three", || formed(&c, &[0, 1, 2]))
+        .await;
+    let (s, b) = c.api(1, "PUT", "/api/vhosts/rotated", None).await;
+    assert_eq!(s, 201, "{b}");
+    for i in [0, 2] {
+        c.until("the others to have it", || {
+            has(&c, i, "/api/vhosts/rotated")
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_wrong_secret_is_refused_and_says_why() {
     let c = TestCluster::start(&[SECRET, SECRET, "not-the-cluster-secret-at-all"]).await;
