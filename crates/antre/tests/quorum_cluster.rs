@@ -2034,6 +2034,19 @@ async fn a_drained_node_hands_its_leaders_and_clients_away() {
     publish_all_confirmed(&bch, "ledger", "during-", 5).await;
     drop(bystander);
 
+    // A rebalance moves leaders to the other nodes only: the drained one
+    // would refuse them.
+    for q in 0..4 {
+        c.declare_durable(other, &format!("spread-{q}"), quorum_args(&[]))
+            .await;
+        wait_leader(&c, &format!("spread-{q}")).await;
+    }
+    let (ok, out, err) = c.cli(other, &["queues", "rebalance"]).await;
+    assert!(ok && !out.contains("not moved"), "{out}{err}");
+    for q in 0..4 {
+        assert_ne!(leader(&c, &format!("spread-{q}")).await, Some(d), "{out}");
+    }
+
     // The new leader dies: the third member takes over, not the drained
     // one (it votes, but does not stand).
     c.kill(l2);

@@ -1025,10 +1025,12 @@ impl Cluster {
 
     /// `rabbitmq-queues rebalance quorum`: moves leaders of the quorum
     /// queues `select` picks (by vhost and name) so each node leads about
-    /// as many as the others (see [`plan_moves`]).
+    /// as many as the others (see [`plan_moves`]), moving none to the
+    /// nodes in `avoid` (drained ones, which would refuse).
     pub async fn rebalance_queues(
         &self,
         select: impl Fn(&str, &str) -> bool,
+        avoid: &[String],
     ) -> Result<Rebalance, QueueMemberError> {
         let defs: Vec<QuorumDef> = self
             .queue_groups
@@ -1040,7 +1042,16 @@ impl Cluster {
         let queues: Vec<(usize, String, Vec<String>)> = defs
             .iter()
             .enumerate()
-            .filter_map(|(i, d)| Some((i, self.leader_of(d)?, d.members.clone())))
+            .filter_map(|(i, d)| {
+                let leader = self.leader_of(d)?;
+                let members = d
+                    .members
+                    .iter()
+                    .filter(|m| **m == leader || !avoid.contains(m))
+                    .cloned()
+                    .collect();
+                Some((i, leader, members))
+            })
             .collect();
         let mut planned = before.clone();
         let moves = plan_moves(&queues, &mut planned);

@@ -100,6 +100,32 @@ pub async fn delete_queue_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The running members in maintenance mode (this node's own state, and
+/// each other's as it reports it in its figures): a rebalance moves no
+/// leader to them, which they would refuse.
+async fn drained_nodes(state: &HttpState, cluster: &antre_cluster::Cluster) -> Vec<String> {
+    let others = cluster
+        .status()
+        .members
+        .into_iter()
+        .filter(|m| m.running && !m.this_node)
+        .map(|m| m.name);
+    let asked = others.map(|name| async move {
+        let wait = super::overview::NODE_INFO_TIMEOUT;
+        let info = cluster.node_info(&name, wait).await.ok()?;
+        (info["being_drained"] == json!(true)).then_some(name)
+    });
+    let mut drained: Vec<String> = futures::future::join_all(asked)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if state.maintenance.draining() {
+        drained.push(state.node_name());
+    }
+    drained
+}
+
 /// Query of the node-wide grow and shrink.
 #[derive(Debug, Deserialize)]
 pub struct NodeWide {
@@ -198,12 +224,16 @@ pub async fn rebalance(
         None => None,
     };
     let vhost = req.vhost;
+    let avoid = drained_nodes(&state, cluster).await;
     let report = member_answer(
         cluster
-            .rebalance_queues(|v, n| {
-                vhost.as_deref().is_none_or(|want| want == v)
-                    && pattern.as_ref().is_none_or(|re| re.is_match(n))
-            })
+            .rebalance_queues(
+                |v, n| {
+                    vhost.as_deref().is_none_or(|want| want == v)
+                        && pattern.as_ref().is_none_or(|re| re.is_match(n))
+                },
+                &avoid,
+            )
             .await,
     )?;
     let counts = |m: &std::collections::BTreeMap<String, usize>| {
