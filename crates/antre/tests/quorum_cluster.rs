@@ -2012,6 +2012,8 @@ async fn a_drained_node_hands_its_leaders_and_clients_away() {
     );
     let l2 = leader(&c, "ledger").await.expect("a new leader");
     assert_ne!(l2, d, "the leadership moved away");
+    let metrics = scrape(&c, d, "/metrics").await;
+    assert_eq!(sample(&metrics, "antre_node_being_drained", &[]), Some(1.0));
     let other = (0..3).find(|&i| i != d && i != l2).expect("a third node");
     let (ok, out, _) = c.cli(other, &["cluster", "status"]).await;
     assert!(
@@ -2071,6 +2073,8 @@ async fn a_drained_node_hands_its_leaders_and_clients_away() {
     // Revived, it takes clients again.
     let (ok, out, err) = c.cli(d, &["cluster", "revive"]).await;
     assert!(ok, "{out}{err}");
+    let metrics = scrape(&c, d, "/metrics").await;
+    assert_eq!(sample(&metrics, "antre_node_being_drained", &[]), Some(0.0));
     assert!(connect(&c.nodes[d].amqp_uri()).await.is_some());
     let nodes = c.nodes(d).await;
     assert!(

@@ -125,6 +125,12 @@ pub fn render(p: &mut Page, state: &HttpState) {
         state.alarms.disk_free_limit(),
     );
     p.single(
+        "antre_node_being_drained",
+        "gauge",
+        "1 while the node is in maintenance mode (antre cluster drain): it takes no clients and leads no queue.",
+        u8::from(state.maintenance.draining()),
+    );
+    p.single(
         "antre_disk_free_alarm",
         "gauge",
         "1 while the free-disk alarm blocks publishers.",
