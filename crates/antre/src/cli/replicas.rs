@@ -206,40 +206,53 @@ fn member_path(r: &Remote, queue: &str, node: &str) -> String {
 /// moved; fails if one did not move.
 pub fn drain(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
     let answer = Client::new(r).send("POST", "/api/maintenance/drain", None)?;
-    if r.format == Format::Json {
-        print_json(out, &answer)?;
-    } else {
+    if r.format != Format::Json {
         writeln!(
             out,
             "drained: {} client connection(s) closed; new clients are refused",
             text(&answer["connections_closed"])
         )?;
-        let mut table = Table::new(vec!["vhost", "queue", "leader now", "result"]);
-        for m in answer["leaders"].as_array().into_iter().flatten() {
-            let result = if m["ok"] == json!(true) {
-                "moved".to_owned()
+    }
+    let moves = &answer["leaders"];
+    let stuck = per_queue(r, moves, ("leader now", "to"), "moved", out)?;
+    if r.format == Format::Json {
+        print_json(out, &answer)?;
+    }
+    if stuck > 0 {
+        anyhow::bail!("{stuck} leadership(s) not moved");
+    }
+    Ok(())
+}
+
+/// Prints one row per queue of `rows` (each with `vhost`, `name`, `ok`,
+/// `error` and the `column` asked for) unless the output is JSON; returns
+/// how many did not go well.
+fn per_queue(
+    r: &Remote,
+    rows: &Value,
+    (title, key): (&str, &str),
+    ok: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
+    let rows = rows.as_array().map(Vec::as_slice).unwrap_or_default();
+    if r.format != Format::Json {
+        let mut table = Table::new(vec!["vhost", "queue", title, "result"]);
+        for c in rows {
+            let result = if c["ok"] == json!(true) {
+                ok.to_owned()
             } else {
-                text(&m["error"])
+                text(&c["error"])
             };
             table.row(vec![
-                text(&m["vhost"]),
-                text(&m["name"]),
-                text(&m["to"]),
+                text(&c["vhost"]),
+                text(&c["name"]),
+                text(&c[key]),
                 result,
             ]);
         }
         write!(out, "{table}")?;
     }
-    let stuck = answer["leaders"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["ok"] != json!(true))
-        .count();
-    if stuck > 0 {
-        anyhow::bail!("{stuck} leadership(s) not moved");
-    }
-    Ok(())
+    Ok(rows.iter().filter(|c| c["ok"] != json!(true)).count())
 }
 
 const QUORUM_CRITICAL: &str = "/api/health/checks/node-is-quorum-critical";
@@ -313,29 +326,8 @@ fn quorum_status(r: &Remote, answer: &Value, out: &mut dyn Write) -> anyhow::Res
 fn changes(r: &Remote, answer: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
     if r.format == Format::Json {
         print_json(out, answer)?;
-    } else {
-        let mut table = Table::new(vec!["vhost", "queue", "members", "result"]);
-        for c in answer.as_array().into_iter().flatten() {
-            let result = if c["ok"] == json!(true) {
-                "ok".to_owned()
-            } else {
-                text(&c["error"])
-            };
-            table.row(vec![
-                text(&c["vhost"]),
-                text(&c["name"]),
-                text(&c["members"]),
-                result,
-            ]);
-        }
-        write!(out, "{table}")?;
     }
-    let failed = answer
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["ok"] != json!(true))
-        .count();
+    let failed = per_queue(r, answer, ("members", "members"), "ok", out)?;
     if failed > 0 {
         anyhow::bail!("{failed} queue(s) not changed");
     }
