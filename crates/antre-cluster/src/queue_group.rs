@@ -2085,7 +2085,16 @@ impl QueueGroups {
         // a pre-vote first (crate::election), so it does not depose a
         // leader that has not reached it yet.
         if !restarted && !joined {
-            if placed {
+            if self.link.draining() {
+                // A drained node leads nothing, not even a queue placed on
+                // it (declared through its management API): it neither
+                // bootstraps nor stands; the other members bootstrap after
+                // their grace, and its log comes from their leader.
+                tracing::info!(
+                    group = def.group,
+                    "this node is drained: the other members start the new queue group"
+                );
+            } else if placed {
                 match raft.initialize(members).await {
                     Ok(()) => {
                         tokio::spawn(first_election(raft.clone(), None, grace));

@@ -2030,6 +2030,20 @@ async fn a_drained_node_hands_its_leaders_and_clients_away() {
         "{nodes:?}"
     );
 
+    // A queue declared through the drained node's API (the only way left
+    // to it) is placed there, yet led by another member.
+    let (status, body) = c
+        .api(
+            d,
+            "PUT",
+            "/api/queues/%2F/declared-while-drained",
+            Some(json!({"durable": true, "arguments": {"x-queue-type": "quorum"}})),
+        )
+        .await;
+    assert!(status == 201 || status == 204, "{status} {body}");
+    let led_by = wait_leader(&c, "declared-while-drained").await;
+    assert_ne!(led_by, d, "a drained node leads no new queue");
+
     // A bystander on another node is served throughout.
     let bystander = connect(&c.nodes[other].amqp_uri()).await.expect("connect");
     let bch = confirm_channel(&bystander).await;
