@@ -39,8 +39,17 @@ pub type BoxStream = Box<dyn LinkStream>;
 
 /// The TLS settings of the link: one configuration to accept peers, one
 /// to dial them. Both demand and verify the other side's certificate.
+///
+/// Clones share one configuration, which [`LinkTls::replace`] swaps for
+/// the connections made afterwards (renewed certificates, another CA).
 #[derive(Clone)]
 pub struct LinkTls {
+    configs: Arc<parking_lot::RwLock<Configs>>,
+}
+
+/// The rustls configurations of both sides of the link.
+#[derive(Clone)]
+struct Configs {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
@@ -85,9 +94,19 @@ impl LinkTls {
             .with_client_auth_cert(chain, key)
             .map_err(|e| bad(&e))?;
         Ok(LinkTls {
-            server: Arc::new(server),
-            client: Arc::new(client),
+            configs: Arc::new(parking_lot::RwLock::new(Configs {
+                server: Arc::new(server),
+                client: Arc::new(client),
+            })),
         })
+    }
+
+    /// Makes this link (and its clones) use `other`'s certificates and CA
+    /// for the connections it makes and accepts from now on; those open
+    /// keep theirs.
+    pub fn replace(&self, other: &LinkTls) {
+        let configs = other.configs.read().clone();
+        *self.configs.write() = configs;
     }
 
     /// Wraps a dialled connection (TLS client side).
@@ -95,7 +114,8 @@ impl LinkTls {
         // The name is not checked (see the module docs); rustls needs one
         // for SNI, which nothing reads.
         let name = ServerName::try_from("antre-cluster").map_err(std::io::Error::other)?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::clone(&self.client))
+        let client = Arc::clone(&self.configs.read().client);
+        let stream = tokio_rustls::TlsConnector::from(client)
             .connect(name, tcp)
             .await
             .map_err(tls_reason)?;
@@ -104,7 +124,8 @@ impl LinkTls {
 
     /// Wraps an accepted connection (TLS server side).
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<BoxStream> {
-        let stream = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server))
+        let server = Arc::clone(&self.configs.read().server);
+        let stream = tokio_rustls::TlsAcceptor::from(server)
             .accept(tcp)
             .await
             .map_err(tls_reason)?;

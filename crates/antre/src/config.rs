@@ -126,6 +126,9 @@ pub struct Config {
     /// This node's cluster settings; `None` (no cluster flags): a single
     /// node, exactly as without clustering. See docs/clustering.md.
     pub cluster: Option<antre_cluster::ClusterConfig>,
+    /// The cluster link's certificate, key and CA files, watched every
+    /// `tls_reload_interval` (see [`crate::tls::watch_cluster_link`]).
+    pub cluster_tls_files: Option<crate::tls::ClusterTlsFiles>,
 }
 
 /// The `product` and `version` a server announces in connection.start.
@@ -197,6 +200,7 @@ impl Default for Config {
             http_idle_timeout: Duration::from_secs(60),
             cluster_name: None,
             cluster: None,
+            cluster_tls_files: None,
         }
     }
 }
@@ -768,8 +772,22 @@ impl Settings {
         };
         let data_dir = self.data_dir.clone().unwrap_or(d.data_dir);
         let cluster = self.cluster_settings(&data_dir)?;
+        let cluster_tls_files = match (
+            &cluster,
+            &self.cluster_tls_cert,
+            &self.cluster_tls_key,
+            &self.cluster_tls_ca,
+        ) {
+            (Some(_), Some(cert), Some(key), Some(ca)) => Some(crate::tls::ClusterTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            _ => None,
+        };
         Ok(Config {
             cluster,
+            cluster_tls_files,
             amqp_listen,
             amqps_listen,
             http_listen,

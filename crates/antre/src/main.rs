@@ -149,7 +149,7 @@ async fn wait_for_stop(server: &antre::RunningServer) -> anyhow::Result<()> {
             r = tokio::signal::ctrl_c() => return Ok(r?),
             _ = term.recv() => return Ok(()),
             _ = hangup.recv() => match server.reload_tls() {
-                Ok(()) if server.tls.is_none() => tracing::info!("SIGHUP: no TLS certificates to reload"),
+                Ok(()) if server.tls.is_none() && server.config().cluster_tls_files.is_none() => tracing::info!("SIGHUP: no TLS certificates to reload"),
                 Ok(()) => {}
                 Err(e) => tracing::error!("SIGHUP: cannot reload the TLS certificates, keeping the current ones: {e}"),
             },

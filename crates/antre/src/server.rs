@@ -78,10 +78,19 @@ impl RunningServer {
     }
 
     /// Reads the TLS certificate, key and CA files again (what SIGHUP
-    /// does): connections accepted from now on use them, open ones keep
-    /// theirs. On failure the certificates in use stay. Without TLS there
-    /// is nothing to do.
+    /// does), the listeners' and the cluster link's: connections made from
+    /// now on use them, open ones keep theirs. On failure the certificates
+    /// in use stay. Without TLS there is nothing to do.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
+        let link = self.config.cluster.as_ref().and_then(|c| c.tls.as_ref());
+        if let (Some(files), Some(link)) = (&self.config.cluster_tls_files, link) {
+            link.replace(&crate::tls::cluster_link(
+                &files.cert,
+                &files.key,
+                &files.ca,
+            )?);
+            tracing::info!("cluster link TLS files reloaded: new connections use them");
+        }
         match &self.tls {
             Some(certs) => certs.reload(),
             None => Ok(()),
@@ -305,6 +314,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown_rx.clone(),
         )));
         tracing::info!("listening on rabbitmq-stream://{addr}");
+    }
+    let cluster_tls = config.cluster.as_ref().and_then(|c| c.tls.clone());
+    if let (Some(files), Some(link)) = (&config.cluster_tls_files, cluster_tls) {
+        if !config.tls_reload_interval.is_zero() {
+            tokio::spawn(crate::tls::watch_cluster_link(
+                files.clone(),
+                link,
+                config.tls_reload_interval,
+                shutdown_rx.clone(),
+            ));
+        }
     }
     if let Some(certs) = &tls {
         if !config.tls_reload_interval.is_zero() {

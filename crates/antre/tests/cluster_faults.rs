@@ -573,6 +573,64 @@ async fn the_link_over_tls_refuses_a_certificate_of_another_ca() {
         .await;
 }
 
+/// Replacing the cluster's CA without a restart: n3 comes with a
+/// certificate of the next CA and trusts both; n1 and n2 trust only the
+/// old one and refuse it, until their CA files hold both, which they
+/// notice and load by themselves (`tls_reload_interval`): then n3 joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_takes_a_new_ca_without_a_restart() {
+    use rcgen::ExtendedKeyUsagePurpose as Eku;
+    let old_ca = pki::Ca::new("antre cluster CA 2026");
+    let new_ca = pki::Ca::new("antre cluster CA 2027");
+    let node_cert = |ca: &pki::Ca, cn: &str| {
+        ca.leaf(cn, Eku::ServerAuth, |p| {
+            p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
+        })
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_string_lossy().into_owned()
+    };
+    let both = format!("{}{}", old_ca.pem, new_ca.pem);
+    let args = |cert: &pki::Leaf, n: &str, ca: &str| {
+        vec![
+            "--cluster-tls-cert".to_owned(),
+            write(&format!("{n}.pem"), &cert.cert_pem),
+            "--cluster-tls-key".to_owned(),
+            write(&format!("{n}.key"), &cert.key_pem),
+            "--cluster-tls-ca".to_owned(),
+            write(&format!("{n}-ca.pem"), ca),
+            "--tls-reload-interval".to_owned(),
+            "0.2".to_owned(),
+        ]
+    };
+    let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
+    c.nodes[0].args = args(&node_cert(&old_ca, "n1"), "n1", &old_ca.pem);
+    c.nodes[1].args = args(&node_cert(&old_ca, "n2"), "n2", &old_ca.pem);
+    c.nodes[2].args = args(&node_cert(&new_ca, "n3"), "n3", &both);
+    c.launch().await;
+    c.until_leader(&[0, 1]).await;
+    c.until("n1 to refuse n3's certificate", || async {
+        c.nodes[0].logged("refused: TLS") && c.nodes[0].logged("UnknownIssuer")
+    })
+    .await;
+
+    // The old nodes' CA files get the next CA beside the old one.
+    write("n1-ca.pem", &both);
+    write("n2-ca.pem", &both);
+    c.until("n1 and n2 to load the files", || async {
+        c.nodes[0].logged("cluster link TLS files reloaded")
+            && c.nodes[1].logged("cluster link TLS files reloaded")
+    })
+    .await;
+    c.until_leader(&[0, 1, 2]).await;
+    assert_eq!(put_queue(&c, 2, "after-the-new-ca").await, 201);
+    c.until_one_history(&[0, 1, 2], |d| has_queue(d, "after-the-new-ca"))
+        .await;
+}
+
 /// Publishes `body` (persistent) to `queue` through node `i` on a
 /// channel with confirms; whether it was acked.
 async fn publish_confirmed(c: &TestCluster, i: usize, queue: &str, body: &[u8]) -> bool {

@@ -64,6 +64,70 @@ pub fn cluster_link(
     load::load_cluster(cert, key, ca, unix_now())
 }
 
+/// The files of the cluster link's TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTlsFiles {
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The cluster's CA (several, while a CA is replaced).
+    pub ca: PathBuf,
+}
+
+impl ClusterTlsFiles {
+    fn stamps(&self) -> Vec<Option<(SystemTime, u64)>> {
+        [&self.cert, &self.key, &self.ca]
+            .into_iter()
+            .map(|path| {
+                let meta = std::fs::metadata(path).ok()?;
+                Some((meta.modified().ok()?, meta.len()))
+            })
+            .collect()
+    }
+}
+
+/// Checks the cluster link's files every `interval` and, when one
+/// changed, loads them into `link` for the connections made from then on
+/// (a renewed certificate, a CA file that now holds the next CA too), as
+/// the listeners' certificates are reloaded; files that cannot be used
+/// are logged once per change and the link keeps what it has.
+pub async fn watch_cluster_link(
+    files: ClusterTlsFiles,
+    link: antre_cluster::stream::LinkTls,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut seen = files.stamps();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = files.stamps();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match cluster_link(&files.cert, &files.key, &files.ca) {
+            Ok(fresh) => {
+                link.replace(&fresh);
+                tracing::info!(
+                    cert = %files.cert.display(),
+                    ca = %files.ca.display(),
+                    "cluster link TLS files reloaded: new connections use them"
+                );
+            }
+            Err(e) => tracing::error!(
+                "cluster link TLS files changed but cannot be used, keeping the current ones: {e}"
+            ),
+        }
+    }
+}
+
 /// Which listener a handshake is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsProtocol {
