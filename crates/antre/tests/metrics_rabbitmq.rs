@@ -9,9 +9,8 @@
 use crate::common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 
-use common::prometheus::{parse, Family};
+use common::prometheus::{self, parse, Family};
 use common::{declare, publish_confirmed, within, TestBroker};
 use futures::StreamExt;
 use lapin::options::*;
@@ -260,25 +259,9 @@ async fn detailed_metrics_hold_only_the_requested_families() {
     }
 }
 
-fn promtool() -> Option<String> {
-    if let Ok(path) = std::env::var("PROMTOOL") {
-        return Some(path);
-    }
-    let found = std::env::var("PATH")
-        .ok()?
-        .split(':')
-        .any(|dir| std::path::Path::new(dir).join("promtool").is_file());
-    found.then(|| "promtool".to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_every_page() {
-    let Some(promtool) = promtool() else {
-        assert!(
-            !common::under_ci(),
-            "CI=true but promtool is missing: .ci/run installs it"
-        );
-        eprintln!("skipping: promtool is not installed (.ci/run installs it)");
+    let Some(promtool) = prometheus::promtool() else {
         return;
     };
     let b = TestBroker::start().await;
@@ -289,32 +272,7 @@ async fn promtool_accepts_every_page() {
         "/metrics/detailed?family=queue_coarse_metrics&family=queue_metrics&family=connection_coarse_metrics",
     ] {
         let (_, _, text) = b.http_text(path).await;
-        let promtool = promtool.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            let mut child = Command::new(promtool)
-                .args(["check", "metrics"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("run promtool");
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write to promtool");
-            child.wait_with_output().expect("promtool output")
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics {path}:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        prometheus::promtool_accepts(&promtool, path, text).await;
     }
 }
 

@@ -1825,6 +1825,19 @@ async fn raft_metrics_show_every_members_log() {
     }
     assert_eq!(leading, 1.0, "one leader of the queue");
     assert!(metadata_leaders <= 1.0, "at most one metadata leader");
+    // Prometheus takes a cluster node's pages as a single node's.
+    if let Some(promtool) = crate::common::prometheus::promtool() {
+        for path in [
+            "/metrics",
+            "/metrics/per-object",
+            "/metrics/detailed?family=ra_metrics",
+        ] {
+            let Some((200, Value::String(text))) = c.try_api(l, "GET", path, None).await else {
+                panic!("no {path}");
+            };
+            crate::common::prometheus::promtool_accepts(&promtool, path, text).await;
+        }
+    }
 
     // The same figures per member through any node, as `rabbitmq-queues
     // quorum_status` shows them: asked of a follower, every member answers.

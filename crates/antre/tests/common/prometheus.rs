@@ -4,6 +4,57 @@
 //! and histograms with cumulative buckets ending in `+Inf` = `_count`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::process::{Command, Stdio};
+
+/// Prometheus's own checker: `PROMTOOL`, or `promtool` on the PATH. None
+/// (the caller skips its check) outside CI, which installs it.
+pub fn promtool() -> Option<String> {
+    let found = std::env::var("PROMTOOL").ok().or_else(|| {
+        let on_path = std::env::var("PATH")
+            .ok()?
+            .split(':')
+            .any(|dir| std::path::Path::new(dir).join("promtool").is_file());
+        on_path.then(|| "promtool".to_owned())
+    });
+    if found.is_none() {
+        assert!(
+            !super::under_ci(),
+            "CI=true but promtool is missing: .ci/run installs it"
+        );
+        eprintln!("skipping: promtool is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+/// Asserts that `promtool check metrics` accepts `text`, the page at `path`.
+pub async fn promtool_accepts(promtool: &str, path: &str, text: String) {
+    let promtool = promtool.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write to promtool");
+        child.wait_with_output().expect("promtool output")
+    })
+    .await
+    .expect("promtool task");
+    assert!(
+        out.status.success(),
+        "promtool check metrics {path}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 #[derive(Debug, Clone)]
 pub struct Sample {
