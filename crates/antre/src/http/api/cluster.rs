@@ -100,30 +100,48 @@ pub async fn delete_queue_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The running members in maintenance mode (this node's own state, and
-/// each other's as it reports it in its figures): a rebalance moves no
-/// leader to them, which they would refuse.
-async fn drained_nodes(state: &HttpState, cluster: &antre_cluster::Cluster) -> Vec<String> {
-    let others = cluster
-        .status()
-        .members
-        .into_iter()
-        .filter(|m| m.running && !m.this_node)
-        .map(|m| m.name);
-    let asked = others.map(|name| async move {
-        let wait = super::overview::NODE_INFO_TIMEOUT;
-        let info = cluster.node_info(&name, wait).await.ok()?;
-        (info["being_drained"] == json!(true)).then_some(name)
+/// The members a rebalance moves no leader to: all but those that
+/// answered, within a few seconds, that they are not in maintenance mode
+/// (this node by its own state). A drained node would refuse a
+/// leadership, and a member that does not answer is no place for one
+/// either (a busy node's answer once took longer than a second in CI, and
+/// the drained node it came from was then asked to lead).
+async fn no_leaders_to(state: &HttpState, cluster: &antre_cluster::Cluster) -> Vec<String> {
+    let members = cluster.status().members;
+    let asked = members.iter().map(|m| async move {
+        let ready = if m.this_node {
+            !state.maintenance.draining()
+        } else if m.running {
+            let wait = std::time::Duration::from_secs(3);
+            // Once more on a failure: a pooled connection the peer closed
+            // fails the first call, and the next dials afresh.
+            let first = cluster.node_info(&m.name, wait).await;
+            let answer = match first {
+                Ok(info) => Ok(info),
+                Err(_) => cluster.node_info(&m.name, wait).await,
+            };
+            match answer {
+                // A node of a version without maintenance mode says nothing.
+                Ok(info) => info["being_drained"] != json!(true),
+                Err(e) => {
+                    tracing::info!(
+                        node = m.name,
+                        "rebalance: no leader goes to {}, which did not answer: {e}",
+                        m.name
+                    );
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        (!ready).then(|| m.name.clone())
     });
-    let mut drained: Vec<String> = futures::future::join_all(asked)
+    futures::future::join_all(asked)
         .await
         .into_iter()
         .flatten()
-        .collect();
-    if state.maintenance.draining() {
-        drained.push(state.node_name());
-    }
-    drained
+        .collect()
 }
 
 /// Query of the node-wide grow and shrink.
@@ -224,7 +242,7 @@ pub async fn rebalance(
         None => None,
     };
     let vhost = req.vhost;
-    let avoid = drained_nodes(&state, cluster).await;
+    let avoid = no_leaders_to(&state, cluster).await;
     let report = member_answer(
         cluster
             .rebalance_queues(
