@@ -498,36 +498,53 @@ async fn the_leader_can_leave_and_the_others_go_on() {
         .await;
 }
 
+/// A node's certificate for the cluster link, signed by `ca`: it serves
+/// and dials, so both extended key usages.
+fn node_cert(ca: &pki::Ca, cn: &str) -> pki::Leaf {
+    use rcgen::ExtendedKeyUsagePurpose as Eku;
+    ca.leaf(cn, Eku::ServerAuth, |p| {
+        p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
+    })
+}
+
+/// Files of one test's certificates, in a directory of its own.
+struct TlsFiles(tempfile::TempDir);
+
+impl TlsFiles {
+    fn new() -> TlsFiles {
+        TlsFiles(tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// Writes `text` to `name` (again, if it was); its path.
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.0.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_string_lossy().into_owned()
+    }
+
+    /// The cluster TLS arguments of node `n` with `cert`, trusting the CAs
+    /// in `ca` (written as `<n>-ca.pem`).
+    fn args(&self, cert: &pki::Leaf, n: &str, ca: &str) -> Vec<String> {
+        vec![
+            "--cluster-tls-cert".to_owned(),
+            self.write(&format!("{n}.pem"), &cert.cert_pem),
+            "--cluster-tls-key".to_owned(),
+            self.write(&format!("{n}.key"), &cert.key_pem),
+            "--cluster-tls-ca".to_owned(),
+            self.write(&format!("{n}-ca.pem"), ca),
+        ]
+    }
+}
+
 /// A cluster over mutual TLS: n1 and n2 share the cluster's CA; n3's
 /// certificate is signed by another CA and is refused, until it gets one
 /// from the cluster's CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_link_over_tls_refuses_a_certificate_of_another_ca() {
-    use rcgen::ExtendedKeyUsagePurpose as Eku;
     let cluster_ca = pki::Ca::new("antre cluster CA");
     let rogue_ca = pki::Ca::new("another CA");
-    let node_cert = |ca: &pki::Ca, cn: &str| {
-        ca.leaf(cn, Eku::ServerAuth, |p| {
-            p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
-        })
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write");
-        path.to_string_lossy().into_owned()
-    };
-    let ca_file = write("ca.pem", &cluster_ca.pem);
-    let tls_args = |cert: &pki::Leaf, n: &str| {
-        vec![
-            "--cluster-tls-cert".to_owned(),
-            write(&format!("{n}.pem"), &cert.cert_pem),
-            "--cluster-tls-key".to_owned(),
-            write(&format!("{n}.key"), &cert.key_pem),
-            "--cluster-tls-ca".to_owned(),
-            ca_file.clone(),
-        ]
-    };
+    let files = TlsFiles::new();
+    let tls_args = |cert: &pki::Leaf, n: &str| files.args(cert, n, &cluster_ca.pem);
     let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
     c.nodes[0].args = tls_args(&node_cert(&cluster_ca, "n1"), "n1");
     c.nodes[1].args = tls_args(&node_cert(&cluster_ca, "n2"), "n2");
@@ -579,32 +596,14 @@ async fn the_link_over_tls_refuses_a_certificate_of_another_ca() {
 /// notice and load by themselves (`tls_reload_interval`): then n3 joins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_link_takes_a_new_ca_without_a_restart() {
-    use rcgen::ExtendedKeyUsagePurpose as Eku;
     let old_ca = pki::Ca::new("antre cluster CA 2026");
     let new_ca = pki::Ca::new("antre cluster CA 2027");
-    let node_cert = |ca: &pki::Ca, cn: &str| {
-        ca.leaf(cn, Eku::ServerAuth, |p| {
-            p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
-        })
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write");
-        path.to_string_lossy().into_owned()
-    };
+    let files = TlsFiles::new();
     let both = format!("{}{}", old_ca.pem, new_ca.pem);
     let args = |cert: &pki::Leaf, n: &str, ca: &str| {
-        vec![
-            "--cluster-tls-cert".to_owned(),
-            write(&format!("{n}.pem"), &cert.cert_pem),
-            "--cluster-tls-key".to_owned(),
-            write(&format!("{n}.key"), &cert.key_pem),
-            "--cluster-tls-ca".to_owned(),
-            write(&format!("{n}-ca.pem"), ca),
-            "--tls-reload-interval".to_owned(),
-            "0.2".to_owned(),
-        ]
+        let mut a = files.args(cert, n, ca);
+        a.extend(["--tls-reload-interval".to_owned(), "0.2".to_owned()]);
+        a
     };
     let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
     c.nodes[0].args = args(&node_cert(&old_ca, "n1"), "n1", &old_ca.pem);
@@ -618,8 +617,8 @@ async fn the_link_takes_a_new_ca_without_a_restart() {
     .await;
 
     // The old nodes' CA files get the next CA beside the old one.
-    write("n1-ca.pem", &both);
-    write("n2-ca.pem", &both);
+    files.write("n1-ca.pem", &both);
+    files.write("n2-ca.pem", &both);
     c.until("n1 and n2 to load the files", || async {
         c.nodes[0].logged("cluster link TLS files reloaded")
             && c.nodes[1].logged("cluster link TLS files reloaded")
