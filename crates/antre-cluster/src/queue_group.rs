@@ -1967,10 +1967,11 @@ impl QueueGroups {
     }
 
     /// Each replica this node runs (quorum queues and streams), by vhost
-    /// and queue name, with its Raft figures, for the metrics.
+    /// and queue name, in that order, with its Raft figures, for the
+    /// metrics and the management API.
     pub fn raft_figures(&self) -> Vec<(String, String, crate::node::RaftFigures)> {
         let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
-        groups
+        let mut figures: Vec<_> = groups
             .iter()
             .map(|g| {
                 let figures = crate::node::RaftFigures::of::<QueueTypeConfig>(
@@ -1979,7 +1980,9 @@ impl QueueGroups {
                 );
                 (g.def.vhost.clone(), g.def.name.clone(), figures)
             })
-            .collect()
+            .collect();
+        figures.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        figures
     }
 
     /// Groups this node runs, by id.

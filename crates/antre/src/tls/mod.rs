@@ -79,10 +79,7 @@ impl ClusterTlsFiles {
     fn stamps(&self) -> Vec<Option<(SystemTime, u64)>> {
         [&self.cert, &self.key, &self.ca]
             .into_iter()
-            .map(|path| {
-                let meta = std::fs::metadata(path).ok()?;
-                Some((meta.modified().ok()?, meta.len()))
-            })
+            .map(|path| stamp(path))
             .collect()
     }
 }
@@ -249,11 +246,14 @@ fn stamps(settings: &TlsSettings) -> Vec<Option<(SystemTime, u64)>> {
     ]
     .into_iter()
     .flatten()
-    .map(|path| {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    })
+    .map(|path| stamp(path))
     .collect()
+}
+
+/// A file's modification time and size, which a reload compares.
+fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 fn unix_now() -> i64 {

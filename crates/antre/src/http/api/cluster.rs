@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::HttpState;
 use antre_cluster::membership::MembershipError;
-use antre_cluster::queue_group::members::{GrowStrategy, QueueChange, QueueMemberError};
+use antre_cluster::queue_group::members::{
+    GrowStrategy, LeaderMove, QueueChange, QueueMemberError,
+};
 use antre_cluster::wire::Listing;
 use antre_cluster::{Member, MemberChange};
 
@@ -155,6 +157,26 @@ pub struct NodeWide {
     pub vhost: Option<String>,
 }
 
+/// Each leadership a rebalance or a drain moved (or could not), as the
+/// API answers it.
+fn moves_json(moves: &[LeaderMove]) -> Value {
+    Value::Array(
+        moves
+            .iter()
+            .map(|m| {
+                json!({
+                    "vhost": m.vhost,
+                    "name": m.name,
+                    "from": m.from,
+                    "to": m.to,
+                    "ok": m.error.is_none(),
+                    "error": m.error,
+                })
+            })
+            .collect(),
+    )
+}
+
 fn changes_json(changes: Vec<QueueChange>) -> Value {
     Value::Array(
         changes
@@ -261,24 +283,10 @@ pub async fn rebalance(
                 .collect(),
         )
     };
-    let moves: Vec<Value> = report
-        .moves
-        .iter()
-        .map(|m| {
-            json!({
-                "vhost": m.vhost,
-                "name": m.name,
-                "from": m.from,
-                "to": m.to,
-                "ok": m.error.is_none(),
-                "error": m.error,
-            })
-        })
-        .collect();
     Ok(Json(json!({
         "before": counts(&report.before),
         "after": counts(&report.after),
-        "moves": moves,
+        "moves": moves_json(&report.moves),
     })))
 }
 
@@ -293,7 +301,6 @@ pub(crate) fn raft_rows(
     let node = cluster.link.config.node_name.clone();
     let mut replicas = cluster.queue_groups.raft_figures();
     replicas.retain(|(v, q, _)| vhost.is_none_or(|w| w == v) && name.is_none_or(|n| n == q));
-    replicas.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     replicas
         .into_iter()
         .map(|(vhost, name, f)| {
@@ -402,8 +409,7 @@ pub async fn node_is_quorum_critical(
         })
         .collect();
     let mut critical = Vec::new();
-    let mut mine = cluster.queue_groups.raft_figures();
-    mine.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let mine = cluster.queue_groups.raft_figures();
     for (vhost, name, _) in &mine {
         let Some(v) = state.broker.vhost(vhost) else {
             continue;
@@ -467,17 +473,10 @@ pub async fn drain(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
         c.force_close(crate::maintenance::CLOSE_REASON);
     }
     let moves = member_answer(cluster.drain_leaders().await)?;
-    let moves: Vec<Value> = moves
-        .into_iter()
-        .map(|m| {
-            json!({"vhost": m.vhost, "name": m.name, "from": m.from, "to": m.to,
-                   "ok": m.error.is_none(), "error": m.error})
-        })
-        .collect();
     Ok(Json(json!({
         "being_drained": true,
         "connections_closed": connections.len(),
-        "leaders": moves,
+        "leaders": moves_json(&moves),
     })))
 }
 

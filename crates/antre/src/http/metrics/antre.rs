@@ -373,8 +373,7 @@ fn cluster(p: &mut Page, state: &HttpState) {
         "How long the newest committed metadata entry took from this node's log to its commit.",
         meta.log.commit_latency.unwrap_or_default().as_secs_f64(),
     );
-    let mut replicas = cluster.queue_groups.raft_figures();
-    replicas.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let replicas = cluster.queue_groups.raft_figures();
     p.family(
         "antre_raft_member_leader",
         "gauge",

@@ -333,7 +333,6 @@ pub fn raft(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
         Endpoint::Detailed(d) => d.vhosts.is_empty() || d.vhosts.contains(vhost),
         _ => true,
     });
-    members.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let mut w = Writer {
         endpoint,
         written: HashSet::new(),
