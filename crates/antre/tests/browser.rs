@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::{basic_auth, TestBroker, WAIT};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{json, Value};
 
 fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
@@ -891,11 +891,62 @@ async fn the_ui_works_in_headless_chromium() {
     drop(conn);
 }
 
+/// A quorum queue's page on a cluster lists its members with their Raft
+/// figures, n3's (down) marked `nodedown`; an administrator removes that
+/// member, and adds one to the single-member queue on a running node.
+fn quorum_members(s: &Session, ui: &str, names: &[String]) {
+    let members = "//div[@id='members']";
+    let member =
+        |name: &str| format!("{members}//tr[td[1][starts-with(normalize-space(.), '{name}')]]");
+    s.go(&format!("{ui}/#/queues/%2F/ui-payments"));
+    s.find(&format!("{members}//h2[text()='Members (3)']"));
+    s.find(&format!(
+        "{members}//p[@id='queue-leader' and contains(text(), '2 of 3 online')]"
+    ));
+    s.find(&format!(
+        "{}/td[2]/span[text()='nodedown']",
+        member(&names[2])
+    ));
+    // One of the running members leads, and says so; both report a term.
+    s.find(&format!(
+        "{members}//tr[td[2][text()='leader']]/td[1]/span[text()='leader']"
+    ));
+    s.find(&format!(
+        "{members}//tr[td[2][text()='follower']]/td[3][text()!='–']"
+    ));
+    s.click(&format!("{}//button[text()='Remove']", member(&names[2])));
+    s.call("POST", "/alert/accept", Some(json!({})));
+    s.find(&format!(
+        "//div[@id='flash']//span[text()='{} is no longer a member of ui-payments.']",
+        names[2]
+    ));
+    s.find(&format!("{members}//h2[text()='Members (2)']"));
+    // The single-member queue: the form offers the running node that has
+    // no member (n3 is down).
+    s.go(&format!("{ui}/#/queues/%2F/ui-single"));
+    s.find(&format!("{members}//h2[text()='Members (1)']"));
+    let form = "//form[@id='add-member']";
+    let offered = s.text(&format!("{form}//select[@name='node']/option"));
+    assert!(
+        names[..2].contains(&offered),
+        "{offered} offered, not a running node without a member"
+    );
+    s.click(&format!("{form}//button[@type='submit']"));
+    s.find(&format!(
+        "{form}//p[text()='{offered} is now a member of ui-single.']"
+    ));
+    s.find(&format!("{members}//h2[text()='Members (2)']"));
+    assert_eq!(s.count("form#add-member select option"), 0);
+    let _ = s.screenshot("antre-ui-quorum-members.png");
+}
+
 /// The overview shows the cluster: every node with its own figures (the
 /// other nodes' memory, connections and quorum queue leaders come from
 /// those nodes), which node leads the metadata, a node that is down and
-/// why; an administrator forgets the dead node from there. The
-/// connections page lists every node's clients, with their node.
+/// why; an administrator forgets the dead node from there. A quorum
+/// queue's page lists its members (see `quorum_members`). The
+/// connections page lists every node's clients, with their node, and a
+/// drained node is tagged so in the nodes table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_shows_the_cluster() {
     let Some((driver_bin, chromium)) = browser_programs("the_ui_shows_the_cluster") else {
@@ -903,9 +954,30 @@ async fn the_ui_shows_the_cluster() {
     };
     let mut c = harness::TestCluster::start(&[harness::SECRET; 3]).await;
     c.until_leader(&[0, 1, 2]).await;
+    // A quorum queue on every node, and one with a single member.
+    let quorum = |size: i64| {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-quorum-initial-group-size".into(),
+            AMQPValue::LongLongInt(size),
+        );
+        args
+    };
+    c.declare_durable(0, "ui-payments", quorum(3)).await;
+    c.declare_durable(0, "ui-single", quorum(1)).await;
+    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    c.until_members("ui-payments", &all).await;
+    c.until("ui-single's leader", || async {
+        c.queue_leader("ui-single").await.is_some()
+    })
+    .await;
     // A connection on n2, so its row differs from the others.
     let on_n2 = harness::connect(&c.nodes[1].amqp_uri()).await;
-    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
     c.until("n2's connection in n1's /api/nodes", || async {
         c.nodes(0)
             .await
@@ -923,6 +995,9 @@ async fn the_ui_shows_the_cluster() {
     .await;
 
     let ui = c.nodes[0].http();
+    let n2_api = Api {
+        url: c.nodes[1].http(),
+    };
     let run = tokio::task::spawn_blocking(move || {
         let downloads = tempfile::tempdir().expect("downloads dir");
         let driver = Driver::start(&driver_bin);
@@ -947,7 +1022,9 @@ async fn the_ui_shows_the_cluster() {
             row(&names[2])
         ));
         let _ = s.screenshot("antre-ui-cluster.png");
+        quorum_members(&s, &ui, &names);
         // Forget the dead node.
+        s.go(&format!("{ui}/#/"));
         s.click(&format!("{}//button[text()='Forget']", row(&names[2])));
         s.call("POST", "/alert/accept", Some(json!({})));
         s.find(&format!(
@@ -962,6 +1039,10 @@ async fn the_ui_shows_the_cluster() {
             "//section[@id='listing-connections']//tr/td[3][text()='{}']",
             names[1]
         ));
+        // n2 in maintenance mode, as n1 shows it.
+        n2_api.call("POST", "/api/maintenance/drain", None);
+        s.go(&format!("{ui}/#/"));
+        s.find(&format!("{}/td[3]/span[text()='drained']", row(&names[1])));
     });
     tokio::time::timeout(Duration::from_secs(120), run)
         .await

@@ -19,6 +19,14 @@ function withAlarm(value, limit, alarm) {
   return [value, limit ? h("span", { class: "muted" }, ` / ${limit}`) : null, alarm ? h("span", { class: "error" }, " ⚠ alarm") : null];
 }
 
+/// A running node's state: "running", or in maintenance mode (`antre
+/// cluster drain`) what that means for its clients and queues.
+function drained(n) {
+  if (!n.being_drained) return "running";
+  return [h("span", { class: "tag" }, "drained"),
+    h("div", { class: "hint reason" }, "maintenance mode: takes no clients and leads no queue until revived")];
+}
+
 /// The nodes table: every member of the cluster, its state as this node
 /// sees it, and the figures it reports (memory, disk, connections, quorum
 /// queue leaders). An administrator can forget a node that is down.
@@ -28,7 +36,7 @@ function nodesTable(nodes) {
     { title: "Node", cell: n => [n.name, n.this_node ? [" ", h("span", { class: "tag" }, "this node")] : null,
       n.metadata_leader ? [" ", h("span", { class: "tag" }, "metadata leader")] : null] },
     clustered ? { title: "Member", cell: n => n.cluster_member } : null,
-    { title: "State", cell: n => n.running ? "running" : [h("span", { class: "error" }, "down"),
+    { title: "State", cell: n => n.running ? drained(n) : [h("span", { class: "error" }, "down"),
       n.unreachable_reason ? h("div", { class: "hint reason" }, n.unreachable_reason) : null] },
     { title: "Memory", num: true, cell: n => withAlarm(bytes(n.mem_used), n.mem_limit ? bytes(n.mem_limit) : null, n.mem_alarm) },
     { title: "Disk free", num: true, cell: n => withAlarm(bytes(n.disk_free), null, n.disk_free_alarm) },

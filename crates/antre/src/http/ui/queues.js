@@ -2,7 +2,7 @@
 // and a queue's page with its charts, consumers, bindings, Get, publish,
 // purge and delete.
 
-import { h, api, enc, fmt, bytes, stat, field, checkbox, select, form, val, checked, actionButton, flash } from "./dom.js";
+import { h, api, enc, fmt, bytes, stat, field, checkbox, select, setOptions, form, val, checked, actionButton, flash, isAdmin } from "./dom.js";
 import { lineChart, record, seriesOf } from "./chart.js";
 import { table, listing } from "./table.js";
 import { argsEditor } from "./args.js";
@@ -165,17 +165,83 @@ function streamStats(q) {
   ];
 }
 
+/// States a member's row shows as a fault: its node is down, or it runs
+/// but has no replica of the queue (or did not answer in time).
+const MEMBER_FAULTS = ["nodedown", "noproc"];
+
+/// A quorum queue's or stream's members on a cluster, each with the Raft
+/// figures it reports (`antre queues quorum-status`); an administrator
+/// removes a member here. `members` is null when they could not be asked:
+/// the queue's own list is shown then.
+function membersTable(view, base, q, members) {
+  const rows = members || q.members.map(node => ({ node, raft_state: "–" }));
+  const columns = [
+    { title: "Node", cell: m => [m.node, m.node === q.leader ? [" ", h("span", { class: "tag" }, "leader")] : null] },
+    { title: "Raft state", cell: m => MEMBER_FAULTS.includes(m.raft_state) ? h("span", { class: "error" }, m.raft_state) : m.raft_state },
+    { title: "Term", num: true, cell: m => fmt(m.term) },
+    { title: "Log index", num: true, cell: m => fmt(m.last_log_index) },
+    { title: "Written", num: true, cell: m => fmt(m.last_written_index) },
+    { title: "Committed", num: true, cell: m => fmt(m.commit_index) },
+    { title: "Applied", num: true, cell: m => fmt(m.last_applied_index) },
+    { title: "Snapshot", num: true, cell: m => fmt(m.snapshot_index) },
+    { title: "Commit latency", num: true, cell: m => typeof m.commit_latency_ms === "number" ? `${m.commit_latency_ms.toFixed(2)} ms` : "–" },
+    isAdmin() ? { title: "", cell: m => q.members.length < 2 ? null :
+      actionButton("Remove", "danger", `Remove ${q.name}'s member on ${m.node}? Its replica there is deleted; the other members keep every message.`,
+        async () => {
+          await api("DELETE", `${base}/members/${enc(m.node)}`);
+          await view.refresh();
+          return `${m.node} is no longer a member of ${q.name}.`;
+        }) } : null,
+  ].filter(Boolean);
+  const online = q.online || [];
+  return [
+    h("h2", {}, `Members (${q.members.length})`),
+    h("p", { class: "muted", id: "queue-leader" }, q.leader ? `Leader ${q.leader}, elected in term ${fmt(q.leader_term)}; ${online.length} of ${q.members.length} online.` : `No leader; ${online.length} of ${q.members.length} online.`),
+    table(columns, rows),
+  ];
+}
+
+/// An administrator's form to add a member on a running node that has
+/// none (`rabbitmq-queues add_member`); shown only for a replicated queue.
+function addMemberForm(view, base, name) {
+  const node = select("node", []);
+  const f = form("Add a member", [
+    h("p", { class: "muted" }, "The new member copies the queue's log from the leader; it votes once it has caught up."),
+    field("Node", node),
+  ], "Add member", async f => {
+    // Read before the refresh, which takes the new member off the list.
+    const chosen = val(f, "node");
+    if (!chosen) throw new Error("Every running node already has a member of this queue.");
+    await api("POST", `${base}/members/${enc(chosen)}`);
+    await view.refresh();
+    return `${chosen} is now a member of ${name}.`;
+  }, { id: "add-member", hidden: true });
+  view.each(data => {
+    const q = data && data.q;
+    f.hidden = !(q && Array.isArray(q.members) && data.nodes);
+    if (!f.hidden) setOptions(node, data.nodes.filter(n => n.running && !q.members.includes(n.name)).map(n => n.name));
+  });
+  return f;
+}
+
 export async function queuePage(view, vhost, name) {
   const base = `/api/queues/${enc(vhost)}/${enc(name)}`;
   view.load(async () => {
     const [q, bindings] = await Promise.all([api("GET", base), api("GET", `${base}/bindings`)]);
+    // A replicated queue's members report their own figures; only an
+    // administrator may change them, so only then are the nodes listed.
+    const replicated = Array.isArray(q.members);
+    const [members, nodes] = replicated ? await Promise.all([
+      api("GET", `${base}/members`).catch(() => null),
+      isAdmin() ? api("GET", "/api/nodes").catch(() => null) : null,
+    ]) : [null, null];
     const ms = q.message_stats;
     const hist = record(`queue ${vhost} ${name}`, {
       ready: q.messages_ready, unacked: q.messages_unacknowledged,
       publish: ms.publish_details.rate, deliver: ms.deliver_get_details.rate,
       ack: ms.ack_details ? ms.ack_details.rate : 0, redeliver: ms.redeliver_details ? ms.redeliver_details.rate : 0,
     });
-    return { q, bindings, hist };
+    return { q, bindings, hist, members, nodes };
   });
   return [
     h("h1", {}, `Queue ${name} `, h("span", { class: "muted" }, `in vhost ${vhost}`)),
@@ -201,6 +267,7 @@ export async function queuePage(view, vhost, name) {
         ], { integer: true }),
       ];
     }, { class: "charts", id: "queue-charts" }),
+    view.live(({ q, members }) => Array.isArray(q.members) ? membersTable(view, base, q, members) : null, { id: "members" }),
     h("h2", {}, "Consumers"),
     view.live(({ q }) => table([
       { title: "Tag", cell: c => c.consumer_tag },
@@ -222,6 +289,7 @@ export async function queuePage(view, vhost, name) {
       getForm(base),
       publishForm(view, vhost, "", name),
       bindForm(view, vhost, name),
+      isAdmin() ? addMemberForm(view, base, name) : null,
       h("div", { class: "card form" }, h("h2", {}, "Purge or delete"),
         h("div", { class: "row" },
           actionButton("Purge messages", "secondary", `Purge queue ${name}?`, async () => {
