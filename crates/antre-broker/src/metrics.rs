@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::queue::QueueKind;
+
 /// A monotonic counter.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -166,12 +168,6 @@ pub struct BrokerMetrics {
     pub unroutable: Counter,
     /// Messages returned to publishers (mandatory, unroutable).
     pub returned: Counter,
-    /// Deliveries to consumers and basic.get answers.
-    pub delivered: Counter,
-    /// Deliveries that were redeliveries.
-    pub redelivered: Counter,
-    /// Messages acknowledged by consumers.
-    pub acked: Counter,
     /// Publisher confirms sent (messages covered).
     pub confirmed: Counter,
     /// Dead letters dropped because one operation caused more than the
@@ -183,6 +179,35 @@ pub struct BrokerMetrics {
     pub internal_forwards_failed: Counter,
     /// Messages published on channels in confirm mode.
     pub received_confirm: Counter,
+    /// Deliveries and acks from classic queues.
+    pub classic: DeliveryCounters,
+    /// Deliveries and acks from quorum queues.
+    pub quorum: DeliveryCounters,
+    /// Deliveries and acks from streams.
+    pub stream: DeliveryCounters,
+    /// Open channels that have published at least once (RabbitMQ's
+    /// publishers).
+    pub publishers: Gauge,
+    /// Body sizes of published messages.
+    pub message_size: SizeHistogram,
+    /// Time of each fsync round of the store.
+    pub fsync_seconds: Histogram,
+    /// Time from a publish to its confirm, for confirms that waited for the disk.
+    pub confirm_seconds: Histogram,
+}
+
+/// What consumers got from one type of queue and settled, counted on the
+/// node of their channel: RabbitMQ keeps these (`rabbitmq_global_messages_*`)
+/// per queue type, so a dashboard tells classic, quorum and stream traffic
+/// apart.
+#[derive(Debug, Default)]
+pub struct DeliveryCounters {
+    /// Deliveries to consumers and basic.get answers.
+    pub delivered: Counter,
+    /// Deliveries that were redeliveries.
+    pub redelivered: Counter,
+    /// Messages acknowledged by consumers.
+    pub acked: Counter,
     /// Deliveries to consumers that acknowledge automatically (no_ack).
     pub delivered_consume_auto_ack: Counter,
     /// Deliveries to consumers that acknowledge explicitly.
@@ -193,15 +218,34 @@ pub struct BrokerMetrics {
     pub delivered_get_manual_ack: Counter,
     /// basic.get answers with no message.
     pub get_empty: Counter,
-    /// Open channels that have published at least once (RabbitMQ's
-    /// publishers).
-    pub publishers: Gauge,
-    /// Body sizes of published messages.
-    pub message_size: SizeHistogram,
-    /// Time of each fsync round of the store.
-    pub fsync_seconds: Histogram,
-    /// Time from a publish to its confirm, for confirms that waited for the disk.
-    pub confirm_seconds: Histogram,
+}
+
+impl BrokerMetrics {
+    /// The counters of queues of type `kind`.
+    pub fn of(&self, kind: QueueKind) -> &DeliveryCounters {
+        match kind {
+            QueueKind::Classic => &self.classic,
+            QueueKind::Quorum => &self.quorum,
+            QueueKind::Stream => &self.stream,
+        }
+    }
+
+    /// Each queue type with its counters, in RabbitMQ's order.
+    pub fn by_queue_type(&self) -> [(QueueKind, &DeliveryCounters); 3] {
+        [
+            (QueueKind::Classic, &self.classic),
+            (QueueKind::Quorum, &self.quorum),
+            (QueueKind::Stream, &self.stream),
+        ]
+    }
+
+    /// One counter summed over every queue type.
+    pub fn total(&self, counter: impl Fn(&DeliveryCounters) -> &Counter) -> u64 {
+        self.by_queue_type()
+            .iter()
+            .map(|(_, c)| counter(c).get())
+            .sum()
+    }
 }
 
 /// Per-queue message counters.

@@ -14,7 +14,7 @@ use common::prometheus::{self, parse, Family};
 use common::{declare, publish_confirmed, within, TestBroker};
 use futures::StreamExt;
 use lapin::options::*;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
 const DASHBOARD_METRICS: &str = include_str!("fixtures/rabbitmq-overview-dashboard-metrics.txt");
@@ -313,4 +313,118 @@ async fn a_single_node_is_never_quorum_critical() {
         body,
         serde_json::json!({"status": "ok", "reason": "single node cluster"})
     );
+}
+
+/// A sample of `name` whose `queue_type` label is `queue_type`.
+fn of_queue_type(families: &HashMap<String, Family>, name: &str, queue_type: &str) -> f64 {
+    families[name]
+        .samples
+        .iter()
+        .find(|s| s.labels.get("queue_type").map(String::as_str) == Some(queue_type))
+        .unwrap_or_else(|| panic!("no {name} of {queue_type}"))
+        .value
+}
+
+/// As RabbitMQ's, the delivery, get and ack counters have one series per
+/// queue type: a classic queue's basic.gets, a quorum queue's and a
+/// stream's consumed and acked messages each land in their own (they were
+/// all counted as classic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_counters_are_split_by_queue_type() {
+    let b = TestBroker::start().await;
+    let conn = b.lapin().await;
+    let ch = common::confirm_channel(&conn).await;
+    declare(&ch, "plain").await;
+    for (name, kind) in [("ledger", "quorum"), ("events", "stream")] {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(name, durable, args).await.unwrap();
+    }
+    publish_confirmed(&ch, "", "plain", b"p").await;
+    for (queue, n) in [("ledger", 2), ("events", 3)] {
+        for _ in 0..n {
+            publish_confirmed(&ch, "", queue, b"m").await;
+        }
+    }
+    // Classic: one get without ack, then an empty one.
+    let got = ch.basic_get("plain", BasicGetOptions { no_ack: true });
+    assert!(got.await.unwrap().is_some());
+    let empty = ch.basic_get("plain", BasicGetOptions::default());
+    assert!(empty.await.unwrap().is_none());
+    // Quorum and stream: consumed and acked.
+    let reader = conn.create_channel().await.unwrap();
+    reader
+        .basic_qos(10, BasicQosOptions::default())
+        .await
+        .unwrap();
+    for (queue, n) in [("ledger", 2), ("events", 3)] {
+        let mut args = FieldTable::default();
+        if queue == "events" {
+            args.insert(
+                "x-stream-offset".into(),
+                AMQPValue::LongString("first".into()),
+            );
+        }
+        let mut consumer = reader
+            .basic_consume(queue, queue, BasicConsumeOptions::default(), args)
+            .await
+            .unwrap();
+        for _ in 0..n {
+            let d = within("delivery", consumer.next()).await.unwrap().unwrap();
+            d.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    }
+    // A round trip on the channel: the broker handled the acks before it.
+    reader
+        .basic_qos(10, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let (_, _, text) = b.http_text("/metrics").await;
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let classic = "rabbit_classic_queue";
+    let quorum = "rabbit_quorum_queue";
+    let stream = "rabbit_stream_queue";
+    for (name, queue_type, expected) in [
+        ("rabbitmq_global_messages_delivered_total", classic, 1.0),
+        ("rabbitmq_global_messages_delivered_total", quorum, 2.0),
+        ("rabbitmq_global_messages_delivered_total", stream, 3.0),
+        (
+            "rabbitmq_global_messages_delivered_get_auto_ack_total",
+            classic,
+            1.0,
+        ),
+        ("rabbitmq_global_messages_get_empty_total", classic, 1.0),
+        ("rabbitmq_global_messages_get_empty_total", quorum, 0.0),
+        (
+            "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+            classic,
+            0.0,
+        ),
+        (
+            "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+            quorum,
+            2.0,
+        ),
+        (
+            "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+            stream,
+            3.0,
+        ),
+        ("rabbitmq_global_messages_acknowledged_total", classic, 0.0),
+        ("rabbitmq_global_messages_acknowledged_total", quorum, 2.0),
+        ("rabbitmq_global_messages_acknowledged_total", stream, 3.0),
+    ] {
+        assert_eq!(
+            of_queue_type(&families, name, queue_type),
+            expected,
+            "{name} of {queue_type}"
+        );
+    }
+    // antre's own counters are the sums.
+    assert_eq!(value(&families, "antre_messages_delivered_total"), 6.0);
+    assert_eq!(value(&families, "antre_messages_acked_total"), 5.0);
 }

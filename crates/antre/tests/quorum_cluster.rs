@@ -1838,6 +1838,64 @@ async fn raft_metrics_show_every_members_log() {
             crate::common::prometheus::promtool_accepts(&promtool, path, text).await;
         }
     }
+    // Deliveries and acks count as a quorum queue's on the node of the
+    // consumer's channel (RabbitMQ counts them in the channel), not again
+    // on the leader that served them through its proxy channel.
+    let f = (l + 1) % 3;
+    let on_f = connect(&c.nodes[f].amqp_uri()).await.expect("connect");
+    let reader = on_f.create_channel().await.expect("channel");
+    let got = reader
+        .basic_get("ledger", BasicGetOptions { no_ack: true })
+        .await
+        .expect("get");
+    assert!(got.is_some());
+    let mut consumer = reader
+        .basic_consume(
+            "ledger",
+            "reader",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for _ in 0..19 {
+        let d = tokio::time::timeout(harness::WAIT, consumer.next())
+            .await
+            .expect("a delivery in time")
+            .expect("a delivery")
+            .expect("delivered");
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    // A round trip after the acks: they were handled before it.
+    reader
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let quorum = [("queue_type", "rabbit_quorum_queue")];
+    let classic = [("queue_type", "rabbit_classic_queue")];
+    for (i, delivered, acked) in [(f, 20.0, 19.0), (l, 0.0, 0.0)] {
+        let m = scrape(&c, i, "/metrics").await;
+        let name = &c.nodes[i].name;
+        for (family, labels, want) in [
+            (
+                "rabbitmq_global_messages_delivered_total",
+                &quorum,
+                delivered,
+            ),
+            (
+                "rabbitmq_global_messages_acknowledged_total",
+                &quorum,
+                acked,
+            ),
+            ("rabbitmq_global_messages_delivered_total", &classic, 0.0),
+        ] {
+            assert_eq!(
+                sample(&m, family, labels),
+                Some(want),
+                "{name}: {family} {labels:?}"
+            );
+        }
+    }
 
     // The same figures per member through any node, as `rabbitmq-queues
     // quorum_status` shows them: asked of a follower, every member answers.

@@ -9,6 +9,7 @@ use antre_amqp::method::*;
 use super::{reply, Channel, ChannelConsumer, Mode, Outgoing, Settle, Source, Unacked};
 use crate::access::{Perm, ResourceKind};
 use crate::error::BrokerError;
+use crate::metrics::DeliveryCounters;
 use crate::queue::{ConsumerSpec, Credit, Delivery, Queue, QueueKind};
 use crate::vhost::{generated_name, REPLY_TO};
 
@@ -211,21 +212,20 @@ impl Channel {
         let owner = self.ctx.vhost.owner_for_get(&queue)?;
         if let Some(owner) = owner {
             let timeout = queue.args().consumer_timeout;
-            return self.get_remote(m, queue_name, &owner, timeout, out);
+            return self.get_remote(m, queue_name, &owner, (timeout, queue.kind()), out);
         }
         let Some((entry, message_count)) = queue.get(m.no_ack) else {
-            self.ctx.broker.metrics.get_empty.inc();
+            if let Some(c) = self.counters(queue.kind()) {
+                c.get_empty.inc();
+            }
             out.push(Outgoing::Method(BasicGetEmpty::default().into()));
             return Ok(());
         };
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        self.count_delivery(entry.redelivered);
-        let metrics = &self.ctx.broker.metrics;
-        if m.no_ack {
-            metrics.delivered_get_auto_ack.inc();
-        } else {
-            metrics.delivered_get_manual_ack.inc();
+        if let Some(c) = self.counters(queue.kind()) {
+            let took = Took::Get { no_ack: m.no_ack };
+            count_delivery(c, entry.redelivered, took);
         }
         let message = Arc::clone(&entry.message);
         let redelivered = entry.redelivered;
@@ -278,11 +278,11 @@ impl Channel {
         let full = credit.is_full() || self.credit.is_full();
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        self.count_delivery(delivery.entry.redelivered);
-        if delivery.no_ack {
-            self.ctx.broker.metrics.delivered_consume_auto_ack.inc();
-        } else {
-            self.ctx.broker.metrics.delivered_consume_manual_ack.inc();
+        if let Some(c) = self.counters(delivery.queue.kind()) {
+            let took = Took::Consume {
+                no_ack: delivery.no_ack,
+            };
+            count_delivery(c, delivery.entry.redelivered, took);
         }
         let message = Arc::clone(&delivery.entry.message);
         out.push(Outgoing::Content(
@@ -312,14 +312,6 @@ impl Channel {
             );
         }
         full
-    }
-
-    pub(super) fn count_delivery(&self, redelivered: bool) {
-        let m = &self.ctx.broker.metrics;
-        m.delivered.inc();
-        if redelivered {
-            m.redelivered.inc();
-        }
     }
 
     pub(super) fn flow(
@@ -406,5 +398,39 @@ impl Channel {
             )));
         }
         Ok(())
+    }
+}
+
+/// How a message reached a client, for the per-type counters.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Took {
+    /// A basic.get answer.
+    Get { no_ack: bool },
+    /// A delivery to a consumer.
+    Consume { no_ack: bool },
+}
+
+/// Counts a delivery or basic.get answer from a queue of the type
+/// `counters` are for.
+pub(super) fn count_delivery(counters: &DeliveryCounters, redelivered: bool, took: Took) {
+    counters.delivered.inc();
+    if redelivered {
+        counters.redelivered.inc();
+    }
+    match took {
+        Took::Get { no_ack: true } => counters.delivered_get_auto_ack.inc(),
+        Took::Get { no_ack: false } => counters.delivered_get_manual_ack.inc(),
+        Took::Consume { no_ack: true } => counters.delivered_consume_auto_ack.inc(),
+        Took::Consume { no_ack: false } => counters.delivered_consume_manual_ack.inc(),
+    }
+}
+
+impl Channel {
+    /// The counters of deliveries and acks from queues of type `kind`, or
+    /// none on a proxy channel: the node of the client's own channel
+    /// counts those (RabbitMQ counts them in the client's channel), and the
+    /// queue's node would count them a second time.
+    pub(super) fn counters(&self, kind: QueueKind) -> Option<&DeliveryCounters> {
+        (!self.at_once).then(|| self.ctx.broker.metrics.of(kind))
     }
 }

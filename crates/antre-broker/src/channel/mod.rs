@@ -70,6 +70,8 @@ pub(crate) enum Source {
         tag: u64,
         /// The queue's consumer timeout (ms), if it has one.
         timeout: Option<u64>,
+        /// The queue's type, for the per-type counters.
+        kind: crate::queue::QueueKind,
     },
 }
 

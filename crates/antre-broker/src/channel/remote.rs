@@ -29,6 +29,7 @@ use antre_amqp::method::*;
 use antre_amqp::Method;
 use parking_lot::Mutex;
 
+use super::consume::{count_delivery, Took};
 use super::{Channel, Mode, Outgoing, Source, Unacked, TX_COMMIT_TOKEN};
 use crate::error::BrokerError;
 use crate::message::Message;
@@ -54,6 +55,8 @@ pub(crate) struct RemoteSub {
     /// The queue's consumer timeout (ms), if it has one: this node's
     /// session enforces it, as the owner does for its own clients.
     pub(crate) timeout: Option<u64>,
+    /// The queue's type, for the per-type counters.
+    pub(crate) kind: QueueKind,
 }
 
 /// A publish routed (also) to other nodes' queues, waiting for the flush.
@@ -212,6 +215,8 @@ impl Channel {
                 no_ack: m.no_ack,
                 credit: Credit::new(0),
                 timeout: local.and_then(|q| q.args().consumer_timeout),
+                // No local queue: the name is a stream's.
+                kind: local.map_or(QueueKind::Stream, |q| q.kind()),
             },
         );
         let call = rc.call(
@@ -320,12 +325,13 @@ impl Channel {
     }
 
     /// basic.get of a queue `owner` owns: one request and its answer.
+    /// `(timeout, kind)` are the queue's consumer timeout and type.
     pub(super) fn get_remote(
         &mut self,
         m: BasicGet,
         queue: String,
         owner: &str,
-        timeout: Option<u64>,
+        (timeout, kind): (Option<u64>, QueueKind),
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
         self.flush_remote_window(out);
@@ -344,12 +350,10 @@ impl Channel {
                 Outgoing::Content(Method::BasicGetOk(ok), message) => {
                     let delivery_tag = self.next_tag;
                     self.next_tag += 1;
-                    self.count_delivery(ok.redelivered);
-                    let metrics = &self.ctx.broker.metrics;
-                    if no_ack {
-                        metrics.delivered_get_auto_ack.inc();
-                    } else {
-                        metrics.delivered_get_manual_ack.inc();
+                    if let Some(c) = self.counters(kind) {
+                        count_delivery(c, ok.redelivered, Took::Get { no_ack });
+                    }
+                    if !no_ack {
                         self.unacked.insert(
                             delivery_tag,
                             Unacked {
@@ -357,6 +361,7 @@ impl Channel {
                                     channel: Arc::clone(&rc),
                                     tag: ok.delivery_tag,
                                     timeout,
+                                    kind,
                                 },
                                 credit: None,
                                 delivered_at: self.ctx.broker.clock().now_ms(),
@@ -370,7 +375,9 @@ impl Channel {
                     return Ok(());
                 }
                 Outgoing::Method(Method::BasicGetEmpty(_)) => {
-                    self.ctx.broker.metrics.get_empty.inc();
+                    if let Some(c) = self.counters(kind) {
+                        c.get_empty.inc();
+                    }
                     out.push(Outgoing::Method(BasicGetEmpty::default().into()));
                     return Ok(());
                 }
@@ -418,9 +425,9 @@ impl Channel {
     pub fn deliver_remote(&mut self, d: RemoteDelivery, out: &mut Vec<Outgoing>) -> bool {
         d.channel
             .taken(d.message.body.len() as u64 + crate::queue::DELIVERY_OVERHEAD);
-        let (no_ack, credit, timeout) = match self.remotes.get(d.consumer_tag.as_str()) {
+        let (no_ack, credit, timeout, kind) = match self.remotes.get(d.consumer_tag.as_str()) {
             Some(sub) if same(&sub.channel, &d.channel) => {
-                (sub.no_ack, Arc::clone(&sub.credit), sub.timeout)
+                (sub.no_ack, Arc::clone(&sub.credit), sub.timeout, sub.kind)
             }
             _ => {
                 Self::refuse_remote(&d);
@@ -433,7 +440,7 @@ impl Channel {
             self.remote_held.push_back(d);
             return false;
         }
-        self.emit_remote(d, no_ack, credit, timeout, out);
+        self.emit_remote(d, no_ack, credit, (timeout, kind), out);
         false
     }
 
@@ -443,11 +450,11 @@ impl Channel {
         while let Some(d) = self.remote_held.front() {
             let sub = match self.remotes.get(d.consumer_tag.as_str()) {
                 Some(sub) if same(&sub.channel, &d.channel) => {
-                    Some((Arc::clone(&sub.credit), sub.timeout))
+                    Some((Arc::clone(&sub.credit), (sub.timeout, sub.kind)))
                 }
                 _ => None,
             };
-            let Some((credit, timeout)) = sub else {
+            let Some((credit, of_queue)) = sub else {
                 if let Some(d) = self.remote_held.pop_front() {
                     Self::refuse_remote(&d);
                 }
@@ -457,7 +464,7 @@ impl Channel {
                 return;
             }
             if let Some(d) = self.remote_held.pop_front() {
-                self.emit_remote(d, false, credit, timeout, out);
+                self.emit_remote(d, false, credit, of_queue, out);
             }
         }
     }
@@ -496,22 +503,20 @@ impl Channel {
 
     /// Emits basic.deliver for a forwarded delivery under this channel's
     /// next tag (its place in the channel's window already taken).
+    /// `(timeout, kind)` are its queue's consumer timeout and type.
     fn emit_remote(
         &mut self,
         d: RemoteDelivery,
         no_ack: bool,
         credit: Arc<Credit>,
-        timeout: Option<u64>,
+        (timeout, kind): (Option<u64>, QueueKind),
         out: &mut Vec<Outgoing>,
     ) {
         let start = out.len();
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        self.count_delivery(d.redelivered);
-        if no_ack {
-            self.ctx.broker.metrics.delivered_consume_auto_ack.inc();
-        } else {
-            self.ctx.broker.metrics.delivered_consume_manual_ack.inc();
+        if let Some(c) = self.counters(kind) {
+            count_delivery(c, d.redelivered, Took::Consume { no_ack });
         }
         out.push(Outgoing::Content(
             BasicDeliver {
@@ -533,6 +538,7 @@ impl Channel {
                         channel: d.channel,
                         tag: d.remote_tag,
                         timeout,
+                        kind,
                     },
                     credit: Some(credit),
                     delivered_at: self.ctx.broker.clock().now_ms(),

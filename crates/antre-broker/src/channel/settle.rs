@@ -74,7 +74,11 @@ impl Channel {
         self.check_tag(s.tag, s.multiple)?;
         let settled = self.unacked.take(s.tag, s.multiple);
         if s.requeue.is_none() {
-            self.ctx.broker.metrics.acked.add(settled.count as u64);
+            for group in &settled.groups {
+                if let Some(c) = self.counters(group.origin.queue_kind()) {
+                    c.acked.add(u64::from(group.count));
+                }
+            }
         }
         let how = match s.requeue {
             None => Settle::Ack,
@@ -108,7 +112,7 @@ impl Channel {
                         None => by_queue.push((queue, group.entries)),
                     }
                 }
-                Origin::Remote(channel, _) => remote.extend(
+                Origin::Remote(channel, ..) => remote.extend(
                     group
                         .remote_tags
                         .into_iter()

@@ -244,8 +244,10 @@ impl Channel {
     ) {
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        self.count_delivery(false);
-        self.ctx.broker.metrics.delivered_consume_manual_ack.inc();
+        if let Some(c) = self.counters(crate::queue::QueueKind::Stream) {
+            let took = super::consume::Took::Consume { no_ack: false };
+            super::consume::count_delivery(c, false, took);
+        }
         stream.count_delivered(1);
         let message = Arc::new(message);
         out.push(Outgoing::Content(

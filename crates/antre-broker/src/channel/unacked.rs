@@ -29,7 +29,7 @@ use antre_store::SegmentPosition;
 
 use super::{Source, Unacked};
 use crate::message::Message;
-use crate::queue::{Credit, Queue, Unsettled};
+use crate::queue::{Credit, Queue, QueueKind, Unsettled};
 use crate::remote::RemoteChannel;
 use crate::stream::Stream;
 
@@ -46,18 +46,26 @@ pub(crate) enum Origin {
     /// A stream (settling only gives credit back).
     Stream(Arc<Stream>),
     /// A proxy channel on the node that owns the queue, with the queue's
-    /// consumer timeout (ms), which this node applies.
-    Remote(Arc<dyn RemoteChannel>, Option<u64>),
+    /// consumer timeout (ms), which this node applies, and its type (one
+    /// proxy channel serves every queue of its owner).
+    Remote(Arc<dyn RemoteChannel>, Option<u64>, QueueKind),
 }
 
 impl Origin {
     /// Identity of the shared object, for interning.
-    fn key(&self) -> (u8, usize, Option<u64>) {
+    fn key(&self) -> (u8, usize, Option<u64>, QueueKind) {
         match self {
-            Origin::Queue(q) => (0, Arc::as_ptr(q) as usize, None),
-            Origin::Stream(s) => (1, Arc::as_ptr(s) as usize, None),
-            Origin::Remote(r, timeout) => (2, Arc::as_ptr(r) as *const () as usize, *timeout),
+            Origin::Queue(q) => (0, Arc::as_ptr(q) as usize, None, q.kind()),
+            Origin::Stream(s) => (1, Arc::as_ptr(s) as usize, None, QueueKind::Stream),
+            Origin::Remote(r, timeout, kind) => {
+                (2, Arc::as_ptr(r) as *const () as usize, *timeout, *kind)
+            }
         }
+    }
+
+    /// The type of the queue the deliveries came from.
+    pub(crate) fn queue_kind(&self) -> QueueKind {
+        self.key().3
     }
 }
 
@@ -70,14 +78,15 @@ struct OriginEntry {
     refs: usize,
 }
 
-type OriginKey = (u8, usize, Option<u64>, usize);
+type OriginKey = (u8, usize, Option<u64>, QueueKind, usize);
 
 fn origin_key(origin: &Origin, credit: Option<&Arc<Credit>>) -> OriginKey {
-    let (kind, at, timeout) = origin.key();
+    let (variant, at, timeout, kind) = origin.key();
     (
-        kind,
+        variant,
         at,
         timeout,
+        kind,
         credit.map_or(0, |c| Arc::as_ptr(c) as usize),
     )
 }
@@ -301,8 +310,9 @@ impl UnackedLog {
                 channel,
                 tag,
                 timeout,
+                kind,
             } => (
-                Origin::Remote(channel, timeout),
+                Origin::Remote(channel, timeout, kind),
                 tag,
                 Payload::None,
                 (0, 0, 0),
@@ -527,7 +537,7 @@ impl UnackedLog {
     /// owner's delivery tag.
     pub(crate) fn remote_tags(&self) -> impl Iterator<Item = (&Arc<dyn RemoteChannel>, u64)> {
         self.slots.iter().filter_map(|s| match self.origin(s)? {
-            Origin::Remote(rc, _) => Some((rc, s.seq)),
+            Origin::Remote(rc, ..) => Some((rc, s.seq)),
             _ => None,
         })
     }
@@ -541,7 +551,7 @@ impl UnackedLog {
             .iter()
             .map(|e| match e.as_ref().map(|e| &e.origin) {
                 Some(Origin::Queue(q)) => q.args().consumer_timeout.or(default_ms),
-                Some(Origin::Remote(_, timeout)) => timeout.or(default_ms),
+                Some(Origin::Remote(_, timeout, _)) => timeout.or(default_ms),
                 Some(Origin::Stream(_)) => default_ms,
                 None => None,
             })

@@ -32,7 +32,7 @@ pub enum DeadLetterStrategy {
 }
 
 /// A queue's type (`x-queue-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum QueueKind {
     /// RabbitMQ's classic queue (the default).
     #[default]

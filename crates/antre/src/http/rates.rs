@@ -200,9 +200,9 @@ impl Rates {
         let mut overview = OverviewSample {
             timestamp: now_ms(),
             publish: m.published.get(),
-            deliver_get: m.delivered.get(),
-            redeliver: m.redelivered.get(),
-            ack: m.acked.get(),
+            deliver_get: m.total(|c| &c.delivered),
+            redeliver: m.total(|c| &c.redelivered),
+            ack: m.total(|c| &c.acked),
             confirm: m.confirmed.get(),
             drop_unroutable: m.unroutable.get().saturating_sub(m.returned.get()),
             return_unroutable: m.returned.get(),
@@ -362,7 +362,8 @@ mod tests {
         let t0 = Instant::now();
         rates.sample(&broker, &registry, t0);
         broker.metrics.published.add(50);
-        broker.metrics.acked.add(10);
+        broker.metrics.classic.acked.add(6);
+        broker.metrics.quorum.acked.add(4);
         rates.sample(&broker, &registry, t0 + Duration::from_secs(5));
         let r = rates.overview();
         assert_eq!(r.publish, 10.0);

@@ -335,11 +335,11 @@ pub fn get_here(
     }
     // Counted as RabbitMQ counts its management gets: basic.gets on a
     // channel, to acknowledge.
-    let metrics = &state.broker.metrics;
-    metrics.delivered.add(taken.len() as u64);
-    metrics.delivered_get_manual_ack.add(taken.len() as u64);
+    let counters = state.broker.metrics.of(q.kind());
+    counters.delivered.add(taken.len() as u64);
+    counters.delivered_get_manual_ack.add(taken.len() as u64);
     if taken.is_empty() {
-        metrics.get_empty.inc();
+        counters.get_empty.inc();
     }
     let out: Vec<Value> = taken
         .iter()
@@ -371,7 +371,7 @@ pub fn get_here(
     let entries: Vec<Entry> = taken.into_iter().map(|(e, _)| e).collect();
     match ackmode {
         "ack_requeue_false" => {
-            state.broker.metrics.acked.add(entries.len() as u64);
+            counters.acked.add(entries.len() as u64);
             q.ack(entries);
         }
         "reject_requeue_false" => {

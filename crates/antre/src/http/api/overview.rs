@@ -201,9 +201,9 @@ fn node_message_stats(state: &HttpState) -> Value {
     let r = state.rates.overview();
     message_stats(&[
         ("publish", m.published.get(), r.publish),
-        ("deliver_get", m.delivered.get(), r.deliver_get),
-        ("redeliver", m.redelivered.get(), r.redeliver),
-        ("ack", m.acked.get(), r.ack),
+        ("deliver_get", m.total(|c| &c.delivered), r.deliver_get),
+        ("redeliver", m.total(|c| &c.redelivered), r.redeliver),
+        ("ack", m.total(|c| &c.acked), r.ack),
         ("confirm", m.confirmed.get(), r.confirm),
         ("return_unroutable", m.returned.get(), r.return_unroutable),
         (

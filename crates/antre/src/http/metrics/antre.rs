@@ -32,17 +32,17 @@ pub fn render(p: &mut Page, state: &HttpState) {
         (
             "antre_messages_delivered_total",
             "Messages delivered to consumers or fetched with basic.get.",
-            m.delivered.get(),
+            m.total(|c| &c.delivered),
         ),
         (
             "antre_messages_redelivered_total",
             "Deliveries that were redeliveries.",
-            m.redelivered.get(),
+            m.total(|c| &c.redelivered),
         ),
         (
             "antre_messages_acked_total",
             "Messages acknowledged by consumers.",
-            m.acked.get(),
+            m.total(|c| &c.acked),
         ),
         (
             "antre_messages_confirmed_total",

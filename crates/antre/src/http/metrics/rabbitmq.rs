@@ -7,11 +7,13 @@
 //! honest value is given and docs/operations.md says so: the "Erlang"
 //! uptime is the process's, and the memory limit is the machine's memory
 //! (antre has no memory alarm, so publishers are blocked only when memory
-//! runs out). Every queue is a classic queue (`queue_type` label), and
-//! every message counts as AMQP 0-9-1 (`protocol` label), HTTP publishes
-//! included, as RabbitMQ counts its management API's.
+//! runs out). The delivery counters are split by queue type (`queue_type`
+//! label: classic, quorum, stream), as RabbitMQ's, and every message counts
+//! as AMQP 0-9-1 (`protocol` label), HTTP publishes included, as RabbitMQ
+//! counts its management API's.
 
-use antre_broker::metrics::BrokerMetrics;
+use antre_broker::metrics::{BrokerMetrics, Counter, DeliveryCounters};
+use antre_broker::queue::QueueKind;
 
 use super::{objects, Endpoint, Page};
 use crate::http::api::overview::{disk_alarm, disk_free, memory_alarm, resident_memory};
@@ -23,7 +25,19 @@ use crate::sockets::{fd_limit, open_fds};
 pub use crate::config::RABBITMQ_VERSION;
 
 const AMQP: (&str, &str) = ("protocol", "amqp091");
-const CLASSIC: (&str, &str) = ("queue_type", "rabbit_classic_queue");
+/// One of a queue type's delivery counters.
+type CounterOf = fn(&DeliveryCounters) -> &Counter;
+
+/// The `queue_type` label RabbitMQ gives a queue type's counters (the
+/// module that implements it).
+fn queue_type(kind: QueueKind) -> (&'static str, &'static str) {
+    let module = match kind {
+        QueueKind::Classic => "rabbit_classic_queue",
+        QueueKind::Quorum => "rabbit_quorum_queue",
+        QueueKind::Stream => "rabbit_stream_queue",
+    };
+    ("queue_type", module)
+}
 
 /// Writes every `rabbitmq_*` metric.
 pub fn render(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
@@ -282,51 +296,53 @@ fn global(p: &mut Page, m: &BrokerMetrics, consumers: u64) {
         p.family(name, kind, help);
         p.sample(name, &[AMQP], value);
     }
-    let per_queue_type: [(&str, &str, u64); 8] = [
+    let per_queue_type: [(&str, &str, CounterOf); 8] = [
         (
             "rabbitmq_global_messages_delivered_total",
             "Total number of messages delivered to consumers",
-            m.delivered.get(),
+            |c| &c.delivered,
         ),
         (
             "rabbitmq_global_messages_delivered_consume_auto_ack_total",
             "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
-            m.delivered_consume_auto_ack.get(),
+            |c| &c.delivered_consume_auto_ack,
         ),
         (
             "rabbitmq_global_messages_delivered_consume_manual_ack_total",
             "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
-            m.delivered_consume_manual_ack.get(),
+            |c| &c.delivered_consume_manual_ack,
         ),
         (
             "rabbitmq_global_messages_delivered_get_auto_ack_total",
             "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
-            m.delivered_get_auto_ack.get(),
+            |c| &c.delivered_get_auto_ack,
         ),
         (
             "rabbitmq_global_messages_delivered_get_manual_ack_total",
             "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
-            m.delivered_get_manual_ack.get(),
+            |c| &c.delivered_get_manual_ack,
         ),
         (
             "rabbitmq_global_messages_get_empty_total",
             "Total number of times basic.get operations fetched no message",
-            m.get_empty.get(),
+            |c| &c.get_empty,
         ),
         (
             "rabbitmq_global_messages_redelivered_total",
             "Total number of messages redelivered to consumers",
-            m.redelivered.get(),
+            |c| &c.redelivered,
         ),
         (
             "rabbitmq_global_messages_acknowledged_total",
             "Total number of messages acknowledged by consumers",
-            m.acked.get(),
+            |c| &c.acked,
         ),
     ];
-    for (name, help, value) in per_queue_type {
+    for (name, help, counter) in per_queue_type {
         p.family(name, "counter", help);
-        p.sample(name, &[AMQP, CLASSIC], value);
+        for (kind, counters) in m.by_queue_type() {
+            p.sample(name, &[AMQP, queue_type(kind)], counter(counters).get());
+        }
     }
     p.histogram_with(
         "rabbitmq_message_size_bytes",
