@@ -319,6 +319,9 @@ pub struct Queue {
     /// copy in its state, and both change together
     /// ([`Queue::apply_policy`]).
     args: RwLock<Arc<QueueArgs>>,
+    /// Its type, which no policy changes: read on every delivery (for the
+    /// per-type counters), so without the arguments' lock.
+    kind: QueueKind,
     /// The policy and operator policy that apply to it.
     policy: RwLock<AppliedPolicy>,
     /// Message counters.
@@ -388,6 +391,7 @@ impl Queue {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
             options,
+            kind: args.kind,
             args: RwLock::new(args),
             policy: RwLock::new(AppliedPolicy::default()),
             metrics: QueueMetrics::default(),
@@ -425,7 +429,7 @@ impl Queue {
 
     /// The queue's type (never changed by a policy).
     pub fn kind(&self) -> QueueKind {
-        self.args.read().kind
+        self.kind
     }
 
     /// The policy and operator policy that apply to the queue.
