@@ -1720,18 +1720,26 @@ fn sample(
     })
 }
 
-/// RabbitMQ's `rabbitmq_raft_*` metrics (its `ra_metrics` family) show
-/// each member's log of a quorum queue on that member's node, and antre's
-/// own show the metadata group and which node leads what: an operator
-/// sees a follower falling behind or leaders piling up on one node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raft_metrics_show_every_members_log() {
+/// Three nodes and quorum queue "ledger" with 20 messages, each
+/// confirmed by its leader; that leader's index, and the publisher's
+/// connection (kept open).
+async fn ledger_of_twenty() -> (TestCluster, usize, Connection) {
     let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
     declare_on_n1(&c, "ledger").await;
     let l = wait_leader(&c, "ledger").await;
     let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
     let ch = confirm_channel(&conn).await;
     publish_all_confirmed(&ch, "ledger", "entry-", 20).await;
+    (c, l, conn)
+}
+
+/// RabbitMQ's `rabbitmq_raft_*` metrics (its `ra_metrics` family) show
+/// each member's log of a quorum queue on that member's node, and antre's
+/// own show the metadata group and which node leads what: an operator
+/// sees a follower falling behind or leaders piling up on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_metrics_show_every_members_log() {
+    let (c, l, _conn) = ledger_of_twenty().await;
 
     // Each publish waited for its confirm: twenty entries at least, which
     // every member wrote, knows committed and applied once the leader told
@@ -1923,12 +1931,7 @@ async fn raft_metrics_show_every_members_log() {
 /// classic queue's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_count_on_the_consumers_node() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    declare_on_n1(&c, "ledger").await;
-    let l = wait_leader(&c, "ledger").await;
-    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
-    let ch = confirm_channel(&conn).await;
-    publish_all_confirmed(&ch, "ledger", "entry-", 20).await;
+    let (c, l, _conn) = ledger_of_twenty().await;
     let f = (l + 1) % 3;
     let on_f = connect(&c.nodes[f].amqp_uri()).await.expect("connect");
     let reader = on_f.create_channel().await.expect("channel");
