@@ -10,31 +10,47 @@
 //! [`antre_cluster::network::Link::set_draining`]). The management API
 //! stays up, so the node can be revived.
 
+use std::sync::Arc;
+
+use antre_cluster::network::Link;
 use tokio::sync::watch;
 
-/// Whether this node is drained; connections watch it.
+/// Whether this node is drained; connections watch it, and a cluster
+/// node's link is told (its elections read it there).
 #[derive(Debug)]
 pub struct Maintenance {
     tx: watch::Sender<bool>,
+    link: Option<Arc<Link>>,
 }
 
 impl Default for Maintenance {
     fn default() -> Self {
-        Maintenance {
-            tx: watch::channel(false).0,
-        }
+        Maintenance::new(None)
     }
 }
 
 impl Maintenance {
+    /// Not drained; a cluster node passes its cluster link, which then
+    /// follows every change.
+    pub fn new(link: Option<Arc<Link>>) -> Self {
+        Maintenance {
+            tx: watch::channel(false).0,
+            link,
+        }
+    }
+
     /// Whether the node is drained now.
     pub fn draining(&self) -> bool {
         *self.tx.borrow()
     }
 
     /// Drains the node (`true`) or revives it; whether that changed
-    /// anything.
+    /// anything. The one place that changes it, so the listeners and the
+    /// elections never disagree for longer than this call.
     pub fn set(&self, draining: bool) -> bool {
+        if let Some(link) = &self.link {
+            link.set_draining(draining);
+        }
         self.tx.send_if_modified(|now| {
             let changed = *now != draining;
             *now = draining;

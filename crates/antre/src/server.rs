@@ -254,7 +254,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         "resource alarms set"
     );
     let shared_config = Arc::new(config.clone());
-    let maintenance = Arc::new(crate::maintenance::Maintenance::default());
+    let link = cluster.as_ref().map(|c| Arc::clone(&c.link));
+    let maintenance = Arc::new(crate::maintenance::Maintenance::new(link));
     let mut http_tasks = Vec::new();
     if !http_listeners.is_empty() || !https_listeners.is_empty() {
         let rates = Rates::start(

@@ -467,7 +467,6 @@ pub async fn drain(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
             "this node is drained (maintenance mode): it takes no clients and leads no queue"
         );
     }
-    cluster.link.set_draining(true);
     let connections = state.registry.connections();
     for c in &connections {
         c.force_close(crate::maintenance::CLOSE_REASON);
@@ -484,8 +483,7 @@ pub async fn drain(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
 /// revive`): clients are taken again, and the node's replicas may lead
 /// again (`antre queues rebalance` gives it its share).
 pub async fn revive(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
-    let cluster = cluster(&state)?;
-    cluster.link.set_draining(false);
+    cluster(&state)?;
     if state.maintenance.set(false) {
         tracing::info!("this node is revived: it takes clients and may lead again");
     }
