@@ -891,13 +891,26 @@ async fn the_ui_works_in_headless_chromium() {
     drop(conn);
 }
 
-/// A quorum queue's page on a cluster lists its members with their Raft
-/// figures, n3's (down) marked `nodedown`; an administrator removes that
-/// member, and adds one to the single-member queue on a running node.
+/// The queue list shows a replicated queue's node and its other members
+/// ("+2", marked while n3 is down). A quorum queue's page on a cluster
+/// lists its members with their Raft figures, n3's (down) marked
+/// `nodedown`; an administrator removes that member, and adds one to the
+/// single-member queue on a running node.
 fn quorum_members(s: &Session, ui: &str, names: &[String]) {
     let members = "//div[@id='members']";
     let member =
         |name: &str| format!("{members}//tr[td[1][starts-with(normalize-space(.), '{name}')]]");
+    // The list shows each queue's node, and "+N" for the other members
+    // of a replicated one, marked while one of them (n3's) is down.
+    let listed = |queue: &str| {
+        format!("//section[@id='listing-queues']//tr[td[2][normalize-space(.)='{queue}']]/td[4]")
+    };
+    s.go(&format!("{ui}/#/queues"));
+    s.find(&format!(
+        "{}/span[text()='+2' and contains(@class, 'warn')]",
+        listed("ui-payments")
+    ));
+    s.find(&format!("{}[not(span)]", listed("ui-single")));
     s.go(&format!("{ui}/#/queues/%2F/ui-payments"));
     s.find(&format!("{members}//h2[text()='Members (3)']"));
     s.find(&format!(
@@ -938,6 +951,11 @@ fn quorum_members(s: &Session, ui: &str, names: &[String]) {
     s.find(&format!("{members}//h2[text()='Members (2)']"));
     assert_eq!(s.count("form#add-member select option"), 0);
     let _ = s.screenshot("antre-ui-quorum-members.png");
+    s.go(&format!("{ui}/#/queues"));
+    s.find(&format!(
+        "{}/span[text()='+1' and @class='tag']",
+        listed("ui-single")
+    ));
 }
 
 /// The overview shows the cluster: every node with its own figures (the

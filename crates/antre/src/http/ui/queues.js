@@ -33,6 +33,17 @@ function features(q) {
     .filter(Boolean).map(f => h("abbr", { class: "tag", title: { D: "durable", AD: "auto-delete", Excl: "exclusive", Args: args.join(", ") }[f] }, f));
 }
 
+/// Where a queue lives: its node (a replicated queue's leader) and, as
+/// RabbitMQ's list shows it, "+N" for its other members, marked when not
+/// all of them are online; hovering names them.
+function nodeCell(q) {
+  if (!Array.isArray(q.members) || q.members.length < 2) return q.node || "";
+  const online = q.online || [];
+  const all = q.members.every(m => online.includes(m));
+  const title = `members ${q.members.join(", ")}; online ${online.join(", ") || "none"}`;
+  return [q.node || "", " ", h("span", { class: all ? "tag" : "tag warn", title }, `+${q.members.length - 1}`)];
+}
+
 /// The vhost names, for forms.
 export async function vhostNames() {
   return (await api("GET", "/api/vhosts?columns=name")).map(v => v.name);
@@ -46,6 +57,7 @@ export async function queuesPage(view) {
       { title: "Vhost", sort: "vhost", cell: q => q.vhost },
       { title: "Name", sort: "name", cell: queueLink },
       { title: "Type", sort: "type", cell: q => q.type || "classic" },
+      { title: "Node", sort: "node", cell: nodeCell },
       { title: "Features", cell: features },
       { title: "Ready", sort: "messages_ready", num: true, cell: q => fmt(q.messages_ready) },
       { title: "Unacked", sort: "messages_unacknowledged", num: true, cell: q => fmt(q.messages_unacknowledged) },
