@@ -6,6 +6,7 @@
 //! deduplication holds across a change of leader, and stored offsets are
 //! the group's, whichever node a consumer stores them through.
 
+use crate::common::stream_confirm::{answer_of, answer_of_named};
 use crate::harness;
 use crate::proxy::Mesh;
 
@@ -15,11 +16,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use harness::{free_port, TestCluster, SECRET};
-use rabbitmq_stream_client::error::ProducerPublishError;
 use rabbitmq_stream_client::types::{Message, OffsetSpecification, ResponseCode};
-use rabbitmq_stream_client::{
-    Client, ClientOptions, ConfirmationStatus, Consumer, Dedup, Environment, Producer,
-};
+use rabbitmq_stream_client::{Client, ClientOptions, Consumer, Dedup, Environment, Producer};
 use tokio::time::Instant;
 
 /// A cluster whose nodes also listen for the stream protocol; returns it
@@ -122,39 +120,8 @@ pub(crate) async fn publish(port: u16, stream: &str, name: &str, ids: &[u64]) {
 
 /// Sends `p{id}` with publishing id `id` and waits for its confirm.
 async fn send_confirmed(producer: &mut Producer<Dedup>, id: u64) {
-    let (callback, answer) = on_answer();
-    producer.send(entry(id), callback).await.expect("sent");
-    let status = answered(answer).await;
+    let status = answer_of_named(producer, entry(id), harness::WAIT).await;
     assert!(status.confirmed(), "publishing id {id} confirmed");
-}
-
-/// What the broker answered for one message sent.
-type Answer = Result<ConfirmationStatus, ProducerPublishError>;
-
-/// A callback for a producer's `send` and where its answer arrives.
-/// The client's own `send_with_confirm` gives up after one second, less
-/// than a new leader may take to confirm on a loaded machine, while the
-/// broker still confirms the message after it; an application that needs
-/// the confirm waits for it, as these tests do with `answered`.
-fn on_answer() -> (
-    impl FnOnce(Answer) -> futures::future::Ready<()> + Send + Sync + 'static,
-    tokio::sync::oneshot::Receiver<Answer>,
-) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let callback = move |a: Answer| {
-        let _ = tx.send(a);
-        futures::future::ready(())
-    };
-    (callback, rx)
-}
-
-/// The answer `on_answer`'s callback receives, within `harness::WAIT`.
-async fn answered(answer: tokio::sync::oneshot::Receiver<Answer>) -> ConfirmationStatus {
-    tokio::time::timeout(harness::WAIT, answer)
-        .await
-        .expect("an answer in time")
-        .expect("an answer")
-        .expect("a confirm or nack")
 }
 
 /// Creates stream `name` through the node at `port`, and waits until
@@ -318,9 +285,7 @@ async fn a_producer_whose_node_loses_the_lead_is_told_so() {
     assert_eq!(leader, u32::from(ports[0]), "placed on the declaring node");
     let producer = env0.producer().build("orders").await.expect("producer");
     let first = Message::builder().body("before").build();
-    let (callback, answer) = on_answer();
-    producer.send(first, callback).await.expect("sent");
-    let status = answered(answer).await;
+    let status = answer_of(&producer, first, harness::WAIT).await;
     assert!(status.confirmed());
     c.pause(0);
     metadata(ports[1], "orders", Some(leader), None).await;
@@ -328,9 +293,7 @@ async fn a_producer_whose_node_loses_the_lead_is_told_so() {
     let deadline = Instant::now() + harness::WAIT;
     loop {
         let m = Message::builder().body("after").build();
-        let (callback, answer) = on_answer();
-        producer.send(m, callback).await.expect("sent");
-        let status = answered(answer).await;
+        let status = answer_of(&producer, m, harness::WAIT).await;
         assert!(
             !status.confirmed(),
             "confirmed by a node that does not lead"

@@ -9,6 +9,7 @@ mod filtering;
 
 use std::time::Duration;
 
+use common::stream_confirm::{answer_of, answer_of_named};
 use common::*;
 use futures::StreamExt;
 use lapin::options::*;
@@ -165,9 +166,7 @@ async fn amqp_and_the_stream_protocol_read_each_others_messages() {
 
     let producer = env.producer().build("shared").await.unwrap();
     let m = Message::builder().body("from stream").build();
-    within("confirm", producer.send_with_confirm(m))
-        .await
-        .unwrap();
+    answer_of(&producer, m, WAIT).await;
     producer.close().await.unwrap();
     let rch = conn.create_channel().await.unwrap();
     rch.basic_qos(5, BasicQosOptions::default()).await.unwrap();
@@ -200,9 +199,7 @@ async fn a_named_producer_is_deduplicated_by_publishing_id() {
             .body(format!("p{id}"))
             .publishing_id(id)
             .build();
-        within("confirm", producer.send_with_confirm(m))
-            .await
-            .unwrap();
+        answer_of_named(&mut producer, m, WAIT).await;
     }
     // A retry after a lost confirm: ids 4 and 5 again, then a new one.
     for id in [4u64, 5, 6] {
@@ -210,9 +207,7 @@ async fn a_named_producer_is_deduplicated_by_publishing_id() {
             .body(format!("p{id}"))
             .publishing_id(id)
             .build();
-        let status = within("confirm", producer.send_with_confirm(m))
-            .await
-            .unwrap();
+        let status = answer_of_named(&mut producer, m, WAIT).await;
         assert!(status.confirmed(), "duplicates are confirmed too");
     }
     producer.close().await.unwrap();
@@ -241,9 +236,7 @@ async fn a_named_producer_is_deduplicated_by_publishing_id() {
         .await
         .unwrap();
     let m = Message::builder().body("p6-again").publishing_id(6).build();
-    within("confirm", producer.send_with_confirm(m))
-        .await
-        .unwrap();
+    answer_of_named(&mut producer, m, WAIT).await;
     producer.close().await.unwrap();
     let (_, info) = b.api("GET", "/api/queues/%2f/payments", None).await;
     assert_eq!(info["messages"], 6, "{info}");

@@ -9,6 +9,7 @@ pub mod process;
 pub mod prometheus;
 pub mod python;
 pub mod rstream;
+pub mod stream_confirm;
 
 use std::net::SocketAddr;
 use std::time::Duration;
