@@ -8,7 +8,7 @@
 //! An application that needs the confirm waits for it, as these helpers
 //! do: they send with a callback and wait for its answer.
 
-use std::future::Ready;
+use std::future::{Future, Ready};
 use std::time::Duration;
 
 use rabbitmq_stream_client::error::ProducerPublishError;
@@ -19,22 +19,25 @@ use tokio::sync::oneshot;
 /// What the broker answered for one message sent.
 pub type Answer = Result<ConfirmationStatus, ProducerPublishError>;
 
-/// A callback for a producer's `send` and where its answer arrives.
-fn on_answer() -> (
-    impl FnOnce(Answer) -> Ready<()> + Send + Sync + 'static,
-    oneshot::Receiver<Answer>,
-) {
+/// The callback a producer's `send` is given: it passes the answer on.
+type Callback = Box<dyn FnOnce(Answer) -> Ready<()> + Send + Sync>;
+
+/// Runs `send` with a callback and waits up to `wait` for its answer
+/// (the client's two producer types each have their own `send`).
+async fn sent_and_answered<Fut>(
+    send: impl FnOnce(Callback) -> Fut,
+    wait: Duration,
+) -> ConfirmationStatus
+where
+    Fut: Future<Output = Result<(), ProducerPublishError>>,
+{
     let (tx, rx) = oneshot::channel();
-    let callback = move |a: Answer| {
+    let callback: Callback = Box::new(move |a| {
         let _ = tx.send(a);
         std::future::ready(())
-    };
-    (callback, rx)
-}
-
-/// The answer `on_answer`'s callback receives, within `wait`.
-async fn answered(answer: oneshot::Receiver<Answer>, wait: Duration) -> ConfirmationStatus {
-    tokio::time::timeout(wait, answer)
+    });
+    send(callback).await.expect("sent");
+    tokio::time::timeout(wait, rx)
         .await
         .expect("an answer in time")
         .expect("an answer")
@@ -47,9 +50,7 @@ pub async fn answer_of(
     m: Message,
     wait: Duration,
 ) -> ConfirmationStatus {
-    let (callback, answer) = on_answer();
-    producer.send(m, callback).await.expect("sent");
-    answered(answer, wait).await
+    sent_and_answered(|callback| producer.send(m, callback), wait).await
 }
 
 /// [`answer_of`] for a named (deduplicating) producer.
@@ -58,7 +59,5 @@ pub async fn answer_of_named(
     m: Message,
     wait: Duration,
 ) -> ConfirmationStatus {
-    let (callback, answer) = on_answer();
-    producer.send(m, callback).await.expect("sent");
-    answered(answer, wait).await
+    sent_and_answered(|callback| producer.send(m, callback), wait).await
 }
