@@ -185,6 +185,9 @@ pub struct BrokerMetrics {
     pub quorum: DeliveryCounters,
     /// Deliveries and acks from streams.
     pub stream: DeliveryCounters,
+    /// What RabbitMQ's stream protocol carried (`protocol="stream"`): the
+    /// counters above are AMQP 0-9-1's.
+    pub stream_protocol: StreamProtocolCounters,
     /// Open channels that have published at least once (RabbitMQ's
     /// publishers).
     pub publishers: Gauge,
@@ -194,6 +197,19 @@ pub struct BrokerMetrics {
     pub fsync_seconds: Histogram,
     /// Time from a publish to its confirm, for confirms that waited for the disk.
     pub confirm_seconds: Histogram,
+}
+
+/// What the stream protocol carried, as RabbitMQ's stream plugin counts it:
+/// every publish there asks for a confirm, and its deliveries come from
+/// streams only.
+#[derive(Debug, Default)]
+pub struct StreamProtocolCounters {
+    /// Messages published (each with a confirm asked for).
+    pub received: Counter,
+    /// Messages confirmed to publishers.
+    pub confirmed: Counter,
+    /// Messages delivered to consumers.
+    pub delivered: Counter,
 }
 
 /// What consumers got from one type of queue and settled, counted on the

@@ -505,3 +505,49 @@ async fn a_member_told_to_step_down_before_answering_its_activation_stays_stoppe
         to_a.map(|d| d.map(|d| d.map(|d| d.offset())))
     );
 }
+
+/// RabbitMQ's stream plugin counts its traffic in the global counters
+/// under `protocol="stream"` (its Grafana dashboard for streams reads
+/// them): what a stream-protocol client published, was confirmed and got
+/// shows there, and nothing of it under AMQP's series (the stream
+/// protocol's traffic was counted nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_counters_count_the_stream_protocol() {
+    let b = start().await;
+    let env = connect(&b).await;
+    env.stream_creator().create("ticks").await.unwrap();
+    publish(&env, "ticks", (0..5).map(|i| format!("t{i}"))).await;
+    let mut consumer = env
+        .consumer()
+        .offset(OffsetSpecification::First)
+        .build("ticks")
+        .await
+        .unwrap();
+    assert_eq!(take(&mut consumer, 5).await.len(), 5);
+    let (_, _, text) = b.http_text("/metrics").await;
+    let families = prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let of = |name: &str, protocol: &str| -> f64 {
+        families[name]
+            .samples
+            .iter()
+            .filter(|s| s.labels.get("protocol").map(String::as_str) == Some(protocol))
+            .filter(|s| {
+                s.labels
+                    .get("queue_type")
+                    .is_none_or(|t| t == "rabbit_stream_queue")
+            })
+            .map(|s| s.value)
+            .next()
+            .unwrap_or_else(|| panic!("no {name} of {protocol}"))
+    };
+    for (name, stream, amqp) in [
+        ("rabbitmq_global_messages_received_total", 5.0, 0.0),
+        ("rabbitmq_global_messages_received_confirm_total", 5.0, 0.0),
+        ("rabbitmq_global_messages_confirmed_total", 5.0, 0.0),
+        ("rabbitmq_global_messages_delivered_total", 5.0, 0.0),
+        ("rabbitmq_global_messages_acknowledged_total", 0.0, 0.0),
+    ] {
+        assert_eq!(of(name, "stream"), stream, "{name} of the stream protocol");
+        assert_eq!(of(name, "amqp091"), amqp, "{name} of AMQP");
+    }
+}

@@ -804,6 +804,11 @@ impl Connection {
                 .publish_records(reference.as_deref(), &records, &mut accepted)
                 .map(|()| None)
         };
+        self.broker
+            .metrics
+            .stream_protocol
+            .received
+            .add(records.len() as u64);
         match published {
             Ok(batch) => {
                 // Duplicates are confirmed too: the publisher retried one
@@ -870,6 +875,8 @@ impl Connection {
     fn send_confirms(&mut self, confirms: Vec<(u8, Vec<u64>)>, ok: bool) {
         for (publisher_id, ids) in confirms {
             if ok {
+                let counters = &self.broker.metrics.stream_protocol;
+                counters.confirmed.add(ids.len() as u64);
                 ServerFrame::PublishConfirm { publisher_id, ids }.encode(&mut self.out);
             } else {
                 self.publish_error(publisher_id, ids.into_iter(), code::INTERNAL_ERROR);
@@ -1105,6 +1112,7 @@ impl Connection {
                     sub.offset
                         .store(header.chunk_id + records, Ordering::Relaxed);
                     sub.stream.count_delivered(records);
+                    self.broker.metrics.stream_protocol.delivered.add(records);
                 }
                 Ok(None) => {
                     let tx = events.clone();

@@ -8,9 +8,9 @@
 //! uptime is the process's, and the memory limit is the machine's memory
 //! (antre has no memory alarm, so publishers are blocked only when memory
 //! runs out). The delivery counters are split by queue type (`queue_type`
-//! label: classic, quorum, stream), as RabbitMQ's, and every message counts
-//! as AMQP 0-9-1 (`protocol` label), HTTP publishes included, as RabbitMQ
-//! counts its management API's.
+//! label: classic, quorum, stream), as RabbitMQ's, and by protocol
+//! (`protocol` label): AMQP 0-9-1, HTTP publishes included as RabbitMQ
+//! counts its management API's, and RabbitMQ's stream protocol.
 
 use antre_broker::metrics::{BrokerMetrics, Counter, DeliveryCounters};
 use antre_broker::queue::QueueKind;
@@ -25,6 +25,7 @@ use crate::sockets::{fd_limit, open_fds};
 pub use crate::config::RABBITMQ_VERSION;
 
 const AMQP: (&str, &str) = ("protocol", "amqp091");
+const STREAM_PROTOCOL: (&str, &str) = ("protocol", "stream");
 /// One of a queue type's delivery counters.
 type CounterOf = fn(&DeliveryCounters) -> &Counter;
 
@@ -242,59 +243,72 @@ fn totals(p: &mut Page, state: &HttpState) -> u64 {
 fn global(p: &mut Page, m: &BrokerMetrics, consumers: u64) {
     let unroutable = m.unroutable.get();
     let returned = m.returned.get();
-    let per_protocol: [(&str, &str, &str, u64); 8] = [
+    // The stream protocol's series, as RabbitMQ's stream plugin keeps them:
+    // every publish there asks for a confirm; it counts nothing as routed,
+    // and neither publishers nor consumers.
+    let sp = &m.stream_protocol;
+    let per_protocol: [(&str, &str, &str, u64, u64); 8] = [
         (
             "rabbitmq_global_messages_received_total",
             "counter",
             "Total number of messages received from publishers",
             m.published.get(),
+            sp.received.get(),
         ),
         (
             "rabbitmq_global_messages_received_confirm_total",
             "counter",
             "Total number of messages received from publishers expecting confirmations",
             m.received_confirm.get(),
+            sp.received.get(),
         ),
         (
             "rabbitmq_global_messages_routed_total",
             "counter",
             "Total number of messages routed to queues or streams",
             m.published.get().saturating_sub(unroutable),
+            0,
         ),
         (
             "rabbitmq_global_messages_unroutable_dropped_total",
             "counter",
             "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
             unroutable.saturating_sub(returned),
+            0,
         ),
         (
             "rabbitmq_global_messages_unroutable_returned_total",
             "counter",
             "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
             returned,
+            0,
         ),
         (
             "rabbitmq_global_messages_confirmed_total",
             "counter",
             "Total number of messages confirmed to publishers",
             m.confirmed.get(),
+            sp.confirmed.get(),
         ),
         (
             "rabbitmq_global_publishers",
             "gauge",
             "Current number of publishers",
             m.publishers.get(),
+            0,
         ),
         (
             "rabbitmq_global_consumers",
             "gauge",
             "Current number of consumers",
             consumers,
+            0,
         ),
     ];
-    for (name, kind, help, value) in per_protocol {
+    for (name, kind, help, amqp, stream) in per_protocol {
         p.family(name, kind, help);
-        p.sample(name, &[AMQP], value);
+        p.sample(name, &[AMQP], amqp);
+        p.sample(name, &[STREAM_PROTOCOL], stream);
     }
     let per_queue_type: [(&str, &str, CounterOf); 8] = [
         (
@@ -343,6 +357,17 @@ fn global(p: &mut Page, m: &BrokerMetrics, consumers: u64) {
         for (kind, counters) in m.by_queue_type() {
             p.sample(name, &[AMQP, queue_type(kind)], counter(counters).get());
         }
+        // The stream protocol delivers from streams, and counts only that.
+        let stream = if name == "rabbitmq_global_messages_delivered_total" {
+            m.stream_protocol.delivered.get()
+        } else {
+            0
+        };
+        p.sample(
+            name,
+            &[STREAM_PROTOCOL, queue_type(QueueKind::Stream)],
+            stream,
+        );
     }
     p.histogram_with(
         "rabbitmq_message_size_bytes",
