@@ -223,10 +223,8 @@ impl Channel {
         };
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        if let Some(c) = self.counters(queue.kind()) {
-            let took = Took::Get { no_ack: m.no_ack };
-            count_delivery(c, entry.redelivered, took);
-        }
+        let took = Took::Get { no_ack: m.no_ack };
+        self.count_delivery(queue.kind(), entry.redelivered, took);
         let message = Arc::clone(&entry.message);
         let redelivered = entry.redelivered;
         if !m.no_ack {
@@ -278,12 +276,10 @@ impl Channel {
         let full = credit.is_full() || self.credit.is_full();
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        if let Some(c) = self.counters(delivery.queue.kind()) {
-            let took = Took::Consume {
-                no_ack: delivery.no_ack,
-            };
-            count_delivery(c, delivery.entry.redelivered, took);
-        }
+        let took = Took::Consume {
+            no_ack: delivery.no_ack,
+        };
+        self.count_delivery(delivery.queue.kind(), delivery.entry.redelivered, took);
         let message = Arc::clone(&delivery.entry.message);
         out.push(Outgoing::Content(
             BasicDeliver {
@@ -410,22 +406,25 @@ pub(super) enum Took {
     Consume { no_ack: bool },
 }
 
-/// Counts a delivery or basic.get answer from a queue of the type
-/// `counters` are for.
-pub(super) fn count_delivery(counters: &DeliveryCounters, redelivered: bool, took: Took) {
-    counters.delivered.inc();
-    if redelivered {
-        counters.redelivered.inc();
-    }
-    match took {
-        Took::Get { no_ack: true } => counters.delivered_get_auto_ack.inc(),
-        Took::Get { no_ack: false } => counters.delivered_get_manual_ack.inc(),
-        Took::Consume { no_ack: true } => counters.delivered_consume_auto_ack.inc(),
-        Took::Consume { no_ack: false } => counters.delivered_consume_manual_ack.inc(),
-    }
-}
-
 impl Channel {
+    /// Counts a delivery or basic.get answer from a queue of type `kind`
+    /// (nothing on a proxy channel, see [`Channel::counters`]).
+    pub(super) fn count_delivery(&self, kind: QueueKind, redelivered: bool, took: Took) {
+        let Some(c) = self.counters(kind) else {
+            return;
+        };
+        c.delivered.inc();
+        if redelivered {
+            c.redelivered.inc();
+        }
+        match took {
+            Took::Get { no_ack: true } => c.delivered_get_auto_ack.inc(),
+            Took::Get { no_ack: false } => c.delivered_get_manual_ack.inc(),
+            Took::Consume { no_ack: true } => c.delivered_consume_auto_ack.inc(),
+            Took::Consume { no_ack: false } => c.delivered_consume_manual_ack.inc(),
+        }
+    }
+
     /// The counters of deliveries and acks from queues of type `kind`, or
     /// none on a proxy channel: the node of the client's own channel
     /// counts those (RabbitMQ counts them in the client's channel), and the

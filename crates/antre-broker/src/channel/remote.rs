@@ -29,7 +29,7 @@ use antre_amqp::method::*;
 use antre_amqp::Method;
 use parking_lot::Mutex;
 
-use super::consume::{count_delivery, Took};
+use super::consume::Took;
 use super::{Channel, Mode, Outgoing, Source, Unacked, TX_COMMIT_TOKEN};
 use crate::error::BrokerError;
 use crate::message::Message;
@@ -350,9 +350,7 @@ impl Channel {
                 Outgoing::Content(Method::BasicGetOk(ok), message) => {
                     let delivery_tag = self.next_tag;
                     self.next_tag += 1;
-                    if let Some(c) = self.counters(kind) {
-                        count_delivery(c, ok.redelivered, Took::Get { no_ack });
-                    }
+                    self.count_delivery(kind, ok.redelivered, Took::Get { no_ack });
                     if !no_ack {
                         self.unacked.insert(
                             delivery_tag,
@@ -515,9 +513,7 @@ impl Channel {
         let start = out.len();
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        if let Some(c) = self.counters(kind) {
-            count_delivery(c, d.redelivered, Took::Consume { no_ack });
-        }
+        self.count_delivery(kind, d.redelivered, Took::Consume { no_ack });
         out.push(Outgoing::Content(
             BasicDeliver {
                 consumer_tag: d.consumer_tag,

@@ -244,10 +244,8 @@ impl Channel {
     ) {
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        if let Some(c) = self.counters(crate::queue::QueueKind::Stream) {
-            let took = super::consume::Took::Consume { no_ack: false };
-            super::consume::count_delivery(c, false, took);
-        }
+        let took = super::consume::Took::Consume { no_ack: false };
+        self.count_delivery(crate::queue::QueueKind::Stream, false, took);
         stream.count_delivered(1);
         let message = Arc::new(message);
         out.push(Outgoing::Content(
