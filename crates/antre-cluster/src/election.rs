@@ -233,12 +233,19 @@ fn would_vote(
     theirs: Option<LogId<NodeId>>,
 ) -> PreVoteAnswer {
     let leaderless = match v.state {
-        ServerState::Follower | ServerState::Candidate => {
+        // A learner answers as a follower does. openraft names a member
+        // that has no membership in its log a learner, which is what a
+        // new member is until its first append arrives; it grants a real
+        // vote to any candidate whose log is not shorter (Raft counts
+        // every member of the candidate's configuration). Refusing its
+        // pre-vote left a group of three without a leader for good when
+        // the leader died before the third member's first append: a
+        // member that has voted once never bootstraps itself.
+        ServerState::Follower | ServerState::Candidate | ServerState::Learner => {
             !v.lease_runs || (dead.is_some() && v.leader == dead && !v.fenced)
         }
         ServerState::Leader => false,
-        // A learner does not vote.
-        _ => return PreVoteAnswer::NoReplica,
+        ServerState::Shutdown => return PreVoteAnswer::NoReplica,
     };
     if !leaderless {
         PreVoteAnswer::HasLeader
@@ -583,8 +590,41 @@ mod tests {
             PreVoteAnswer::HasLeader
         );
         assert_eq!(
-            vote(with(ServerState::Learner), None),
+            vote(with(ServerState::Shutdown), None),
             PreVoteAnswer::NoReplica
+        );
+    }
+
+    #[test]
+    fn a_member_that_never_heard_its_leader_votes_like_a_leaderless_follower() {
+        // A new member whose leader died before its first append: openraft
+        // calls it a learner (no membership in its log), its log is empty,
+        // and no lease runs. The other survivor asks it: yes.
+        let new_member = View {
+            state: ServerState::Learner,
+            leader: None,
+            lease_runs: false,
+            fenced: false,
+        };
+        assert_eq!(
+            would_vote(new_member, Some(DEAD), None, log_id(2, 40)),
+            PreVoteAnswer::Yes
+        );
+        assert_eq!(would_vote(new_member, None, None, None), PreVoteAnswer::Yes);
+        // A learner that hears its leader (one catching up) refuses, as a
+        // follower does, and one with a longer log says so.
+        let catching_up = View {
+            leader: Some(1),
+            lease_runs: true,
+            ..new_member
+        };
+        assert_eq!(
+            would_vote(catching_up, None, log_id(2, 40), log_id(2, 40)),
+            PreVoteAnswer::HasLeader
+        );
+        assert_eq!(
+            would_vote(new_member, Some(DEAD), log_id(2, 40), log_id(2, 39)),
+            PreVoteAnswer::LongerLog
         );
     }
 

@@ -16,6 +16,9 @@
 //!   is forgotten;
 //! - a quorum queue's leader cut off: it confirms nothing, the majority
 //!   goes on, and after healing the queue holds exactly what was confirmed;
+//! - a quorum queue's member that never heard from its leader (its links
+//!   cut from the start) votes when that leader dies, so the other member
+//!   leads;
 //! - TLS on the link: a cluster forms over mutual TLS, a node whose
 //!   certificate another CA signed is refused, and both sides say why.
 //!
@@ -769,6 +772,92 @@ async fn a_quorum_queue_leader_cut_off_confirms_nothing_and_the_majority_goes_on
         got, want,
         "exactly what was confirmed, nothing of the minority's"
     );
+}
+
+/// A member that never heard from its group's leader still votes. A
+/// queue declared through a drained node's API is placed there, but that
+/// member neither bootstraps nor stands: the two others elect a leader.
+/// With their links to it cut, it receives nothing, and stays what
+/// openraft calls a learner, with an empty log. When the leader dies, the
+/// third member needs its vote to win, and gets it: before, a learner's
+/// pre-vote answer was "no replica", and the queue had no leader while
+/// two of its three members ran (seen in CI, for a stream, on a loaded
+/// machine where a new member's first append came late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_heard_its_leader_votes_when_the_leader_dies() {
+    unheard_member_votes("quorum").await;
+}
+
+/// The same for a stream, whose members elect as a quorum queue's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_member_that_never_heard_its_leader_votes_when_the_leader_dies() {
+    unheard_member_votes("stream").await;
+}
+
+async fn unheard_member_votes(queue_type: &str) {
+    let (mut c, mesh) = proxied_cluster().await;
+    // The metadata leader, so that the queue's definition reaches it over
+    // its own links, which stay open.
+    let a = c.until_leader(&[0, 1, 2]).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != a).collect();
+    let (ok, out, err) = c.cli(a, &["cluster", "drain"]).await;
+    assert!(ok, "{out}{err}");
+    for &o in &others {
+        mesh.cut_one_way(o, a);
+    }
+    let (status, body) = c
+        .api(
+            a,
+            "PUT",
+            "/api/queues/%2F/unheard",
+            Some(json!({"durable": true, "arguments": {"x-queue-type": queue_type}})),
+        )
+        .await;
+    assert!(status == 201 || status == 204, "{status} {body}");
+    c.until("the two reachable members to elect a leader", || async {
+        c.queue_leader("unheard").await.is_some()
+    })
+    .await;
+    let l = c.queue_leader("unheard").await.expect("a leader");
+    assert_ne!(l, a, "a drained node leads no new queue");
+    let f = others
+        .iter()
+        .copied()
+        .find(|&o| o != l)
+        .expect("a follower");
+    for n in 0..5 {
+        assert!(publish_confirmed(&c, l, "unheard", format!("m{n}").as_bytes()).await);
+    }
+    let (status, rows) = c
+        .api(a, "GET", "/api/queues/%2F/unheard/members", None)
+        .await;
+    assert_eq!(status, 200, "{rows}");
+    let own = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["node"] == json!(c.nodes[a].name)))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(own["raft_state"], json!("learner"), "{rows:#}");
+    assert_eq!(own["last_log_index"], Value::Null, "{rows:#}");
+
+    // The follower may reach it again (its vote request must arrive); the
+    // leader dies without ever having reached it.
+    mesh.set(f, a, proxy::LinkState::PASS);
+    c.kill(l);
+    assert_eq!(another_leader(&c, f, "unheard", l).await, f);
+    assert!(publish_confirmed(&c, f, "unheard", b"after").await);
+    if queue_type == "quorum" {
+        let mut got = c.drain(f, "unheard").await;
+        got.sort();
+        assert_eq!(got, ["after", "m0", "m1", "m2", "m3", "m4"]);
+    } else {
+        c.until("the stream to hold all six", || async {
+            c.queue_on(f, "unheard")
+                .await
+                .is_some_and(|q| q["messages"] == json!(6))
+        })
+        .await;
+    }
 }
 
 /// An idle quorum queue's leader whose links go silent (blackholed: its

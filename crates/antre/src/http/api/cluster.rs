@@ -365,8 +365,8 @@ pub async fn queue_members(
 }
 
 /// The replica states that count as up in [`node_is_quorum_critical`]:
-/// a member that leads or follows (a learner is catching up and does not
-/// vote).
+/// a member that leads or follows (a learner is catching up: it votes,
+/// but does not hold yet the entries a commit counts).
 fn replica_up(row: &Value) -> bool {
     matches!(row["raft_state"].as_str(), Some("leader" | "follower"))
 }
