@@ -310,59 +310,64 @@ fn global(p: &mut Page, m: &BrokerMetrics, consumers: u64) {
         p.sample(name, &[AMQP], amqp);
         p.sample(name, &[STREAM_PROTOCOL], stream);
     }
-    let per_queue_type: [(&str, &str, CounterOf); 8] = [
+    // The last column: the stream protocol's count, which delivers from
+    // streams and counts only that.
+    let delivered_by_stream = m.stream_protocol.delivered.get();
+    let per_queue_type: [(&str, &str, CounterOf, u64); 8] = [
         (
             "rabbitmq_global_messages_delivered_total",
             "Total number of messages delivered to consumers",
             |c| &c.delivered,
+            delivered_by_stream,
         ),
         (
             "rabbitmq_global_messages_delivered_consume_auto_ack_total",
             "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
             |c| &c.delivered_consume_auto_ack,
+            0,
         ),
         (
             "rabbitmq_global_messages_delivered_consume_manual_ack_total",
             "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
             |c| &c.delivered_consume_manual_ack,
+            0,
         ),
         (
             "rabbitmq_global_messages_delivered_get_auto_ack_total",
             "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
             |c| &c.delivered_get_auto_ack,
+            0,
         ),
         (
             "rabbitmq_global_messages_delivered_get_manual_ack_total",
             "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
             |c| &c.delivered_get_manual_ack,
+            0,
         ),
         (
             "rabbitmq_global_messages_get_empty_total",
             "Total number of times basic.get operations fetched no message",
             |c| &c.get_empty,
+            0,
         ),
         (
             "rabbitmq_global_messages_redelivered_total",
             "Total number of messages redelivered to consumers",
             |c| &c.redelivered,
+            0,
         ),
         (
             "rabbitmq_global_messages_acknowledged_total",
             "Total number of messages acknowledged by consumers",
             |c| &c.acked,
+            0,
         ),
     ];
-    for (name, help, counter) in per_queue_type {
+    for (name, help, counter, stream) in per_queue_type {
         p.family(name, "counter", help);
         for (kind, counters) in m.by_queue_type() {
             p.sample(name, &[AMQP, queue_type(kind)], counter(counters).get());
         }
-        // The stream protocol delivers from streams, and counts only that.
-        let stream = if name == "rabbitmq_global_messages_delivered_total" {
-            m.stream_protocol.delivered.get()
-        } else {
-            0
-        };
         p.sample(
             name,
             &[STREAM_PROTOCOL, queue_type(QueueKind::Stream)],
