@@ -1,4 +1,5 @@
-//! A Jepsen-style nemesis against a quorum queue under continuous load.
+//! A Jepsen-style nemesis against a quorum queue, and a stream, under
+//! continuous load.
 //!
 //! Three real `antre` processes (tests/cluster/harness.rs), each reaching
 //! the others through a TCP proxy per directed link (tests/cluster/proxy.rs).
@@ -22,6 +23,10 @@
 //! never published, and all nodes with one history of definitions holding
 //! every queue a third client's declare was told was made (it declares
 //! classic queues through node after node all along).
+//!
+//! The same faults run against a stream, whose check is that every node
+//! reads the same messages at the same offsets from its first, every
+//! confirmed one among them, none twice.
 //!
 //! CI runs a few rounds with a fixed seed; `scripts/soak-nemesis.sh` runs
 //! many (`ANTRE_NEMESIS_ROUNDS`, `ANTRE_NEMESIS_SEED`), printing the
@@ -373,6 +378,21 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
+    nemesis("quorum").await;
+}
+
+/// The same faults against a stream: it has no consumer meanwhile (a
+/// stream's reader takes nothing away); at the end the stream is read from
+/// its first offset through every node, and each node must read the same
+/// messages at the same offsets, every confirmed one among them, none
+/// twice, none never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_keeps_one_history_through_random_faults_under_load() {
+    nemesis("stream").await;
+}
+
+async fn nemesis(queue_type: &str) {
+    let stream = queue_type == "stream";
     let rounds = env_or("ANTRE_NEMESIS_ROUNDS", 5);
     let seed = env_or("ANTRE_NEMESIS_SEED", 15);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -386,7 +406,7 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
+        AMQPValue::LongString(queue_type.into()),
     );
     c.until("the queue declared", || async {
         let Some((_conn, ch)) = open(&c.nodes[0].amqp_uri()).await else {
@@ -406,7 +426,8 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
     let stop_publishing = Arc::new(AtomicBool::new(false));
     let stop_consuming = Arc::new(AtomicBool::new(false));
     let publishing = publisher(uris.clone(), Arc::clone(&h), Arc::clone(&stop_publishing));
-    let consuming = consumer(uris.clone(), Arc::clone(&h), Arc::clone(&stop_consuming));
+    let consuming =
+        (!stream).then(|| consumer(uris.clone(), Arc::clone(&h), Arc::clone(&stop_consuming)));
     let declaring = declarer(uris.clone(), Arc::clone(&stop_publishing));
     c.until("confirms before the first fault", || async {
         record(&h, |h| h.confirmed.len()) >= 200
@@ -494,6 +515,17 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
     stop_publishing.store(true, Ordering::Relaxed);
     publishing.await.expect("publisher");
     let (declared, refused) = declaring.await.expect("declarer");
+    let Some(consuming) = consuming else {
+        let stream_figures = stream_history(&c, &h).await;
+        one_definitions_history(&c, &declared).await;
+        let h = h.lock().expect("history");
+        println!(
+            "nemesis: stream, seed {seed}, rounds {rounds} {}, {stream_figures}; {}",
+            fault_counts(faults),
+            figures(&h, &recoveries, declared.len(), refused),
+        );
+        return;
+    };
     // The consumer goes on until it has had every confirmed message. One
     // that stops getting them is a failure of its own (reported after the
     // drain below has told whether the messages are still in the queue).
@@ -554,12 +586,7 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
             .is_some_and(|q| q["messages"] == 0 && q["messages_unacknowledged"] == 0)
     })
     .await;
-    // Every declare answered OK, whichever node took it, is on all three.
-    c.until_one_history(&[0, 1, 2], |d| {
-        let names: BTreeSet<String> = queue_names(d).into_iter().collect();
-        names.contains(QUEUE) && declared.iter().all(|q| names.contains(q))
-    })
-    .await;
+    one_definitions_history(&c, &declared).await;
 
     let h = h.lock().expect("history");
     let mut seen: HashMap<u64, usize> = HashMap::new();
@@ -579,28 +606,13 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
         .collect();
     let phantom = seen.keys().filter(|&&id| id >= h.published).count();
     let duplicated: usize = seen.values().map(|n| n - 1).sum();
-    let mut gaps: Vec<Duration> = h.confirm_times.windows(2).map(|w| w[1] - w[0]).collect();
-    gaps.sort();
-    let mut faults: Vec<_> = faults.into_iter().collect();
-    faults.sort();
-    let max_recovery = recoveries.iter().max().copied().unwrap_or_default();
-    let mean_recovery = recoveries.iter().sum::<Duration>() / recoveries.len().max(1) as u32;
     println!(
-        "nemesis: seed {seed}, rounds {rounds} {faults:?}, published {}, confirmed {}, nacked {}, \
-         unknown {}, delivered {}, lost {}, duplicated (redelivered) {duplicated}, \
-         unmarked repeats {unmarked}, phantom {phantom}, heal to first confirm mean {:.2} s \
-         max {:.2} s, longest time without a confirm {:.2} s; declares ok {} (on every node), \
-         failed {refused}",
-        h.published,
-        h.confirmed.len(),
-        h.nacked,
-        h.unknown,
+        "nemesis: seed {seed}, rounds {rounds} {}, delivered {}, lost {}, duplicated \
+         (redelivered) {duplicated}, unmarked repeats {unmarked}, phantom {phantom}; {}",
+        fault_counts(faults),
         h.delivered.len(),
         lost.len(),
-        mean_recovery.as_secs_f64(),
-        max_recovery.as_secs_f64(),
-        gaps.last().copied().unwrap_or_default().as_secs_f64(),
-        declared.len(),
+        figures(&h, &recoveries, declared.len(), refused),
     );
     if !lost.is_empty() || unmarked > 0 || phantom > 0 {
         c.dump_logs();
@@ -612,4 +624,129 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
     );
     assert_eq!(unmarked, 0, "repeated deliveries not marked redelivered");
     assert_eq!(phantom, 0, "deliveries of messages never published");
+}
+
+/// The faults a run injected, by kind, for its figures line.
+fn fault_counts(faults: HashMap<Fault, u32>) -> String {
+    let mut faults: Vec<_> = faults.into_iter().collect();
+    faults.sort();
+    format!("{faults:?}")
+}
+
+/// The publisher's and the nemesis's figures, for the last line.
+fn figures(h: &History, recoveries: &[Duration], declared: usize, refused: u64) -> String {
+    let mut gaps: Vec<Duration> = h.confirm_times.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    let max_recovery = recoveries.iter().max().copied().unwrap_or_default();
+    let mean_recovery = recoveries.iter().sum::<Duration>() / recoveries.len().max(1) as u32;
+    format!(
+        "published {}, confirmed {}, nacked {}, unknown {}, heal to first confirm mean {:.2} s \
+         max {:.2} s, longest time without a confirm {:.2} s; declares ok {declared} (on every \
+         node), failed {refused}",
+        h.published,
+        h.confirmed.len(),
+        h.nacked,
+        h.unknown,
+        mean_recovery.as_secs_f64(),
+        max_recovery.as_secs_f64(),
+        gaps.last().copied().unwrap_or_default().as_secs_f64(),
+    )
+}
+
+/// Every declare answered OK, whichever node took it, is on all three
+/// nodes, with the queue under test.
+async fn one_definitions_history(c: &TestCluster, declared: &[String]) {
+    c.until_one_history(&[0, 1, 2], |d| {
+        let names: BTreeSet<String> = queue_names(d).into_iter().collect();
+        names.contains(QUEUE) && declared.iter().all(|q| names.contains(q))
+    })
+    .await;
+}
+
+/// Reads the stream from its first offset through node `i` until nothing
+/// came for a while: each message's offset and id (None: a body that is
+/// not an id), or None if the node would not serve a reader.
+async fn read_stream(c: &TestCluster, i: usize) -> Option<Vec<(i64, Option<u64>)>> {
+    let (_conn, ch) = open(&c.nodes[i].amqp_uri()).await?;
+    timeout(REPLY_WAIT, ch.basic_qos(1000, BasicQosOptions::default()))
+        .await
+        .ok()?
+        .ok()?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let consume = ch.basic_consume(QUEUE, "reader", BasicConsumeOptions::default(), args);
+    let mut deliveries = timeout(REPLY_WAIT, consume).await.ok()?.ok()?;
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(d))) = timeout(Duration::from_secs(2), deliveries.next()).await {
+        let offset = match d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-stream-offset").cloned())
+        {
+            Some(AMQPValue::LongLongInt(o)) => o,
+            _ => -1,
+        };
+        let id = std::str::from_utf8(&d.data)
+            .ok()
+            .and_then(|s| s.parse().ok());
+        got.push((offset, id));
+        // Acked in hundreds, as a stream's credit needs.
+        if got.len() % 100 == 0 {
+            let multiple = BasicAckOptions { multiple: true };
+            if d.ack(multiple).await.is_err() {
+                return None;
+            }
+        }
+    }
+    Some(got)
+}
+
+/// Reads the stream through every node until all three read the same
+/// messages at the same offsets and every confirmed id is among them;
+/// then checks that none is there twice or was never published. The
+/// figures, for the last line.
+async fn stream_history(c: &TestCluster, h: &Shared) -> String {
+    let (confirmed, published) = record(h, |h| (h.confirmed.clone(), h.published));
+    let deadline = Instant::now() + harness::WAIT;
+    let read = loop {
+        let mut reads = Vec::new();
+        for i in 0..3 {
+            reads.push(read_stream(c, i).await);
+        }
+        let agreed = reads.iter().all(|r| r.is_some() && *r == reads[0]);
+        let first = reads[0].clone().unwrap_or_default();
+        let ids: BTreeSet<u64> = first.iter().filter_map(|&(_, id)| id).collect();
+        if agreed && confirmed.is_subset(&ids) {
+            break first;
+        }
+        if Instant::now() > deadline {
+            c.dump_logs();
+            let lens: Vec<Option<usize>> = reads.iter().map(|r| r.as_ref().map(Vec::len)).collect();
+            let lost: Vec<&u64> = confirmed.difference(&ids).take(20).collect();
+            panic!("the nodes read {lens:?} messages; confirmed but not read through the first: {lost:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut seen = BTreeSet::new();
+    let twice: Vec<u64> = read
+        .iter()
+        .filter_map(|&(_, id)| id)
+        .filter(|&id| !seen.insert(id))
+        .collect();
+    let phantom = read
+        .iter()
+        .filter(|&&(_, id)| id.is_none_or(|id| id >= published))
+        .count();
+    let gaps = read.windows(2).filter(|w| w[1].0 != w[0].0 + 1).count();
+    assert!(twice.is_empty(), "ids in the stream twice: {twice:?}");
+    assert_eq!(phantom, 0, "messages in the stream never published");
+    assert_eq!(gaps, 0, "offsets not consecutive");
+    format!(
+        "{} messages in the stream, read alike through all three nodes, lost 0, twice 0, phantom 0",
+        read.len()
+    )
 }
