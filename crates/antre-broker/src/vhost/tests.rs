@@ -179,6 +179,13 @@ fn a_delayed_message_is_released_once_and_not_delayed_again() {
     assert_eq!(f.ready("retries"), 0);
     f.clock.advance(100);
     f.vhost.tick(f.clock.now_ms());
+    assert_eq!(
+        f.ready("retries"),
+        0,
+        "not before the due millisecond passed"
+    );
+    f.clock.advance(1);
+    f.vhost.tick(f.clock.now_ms());
     assert_eq!(f.ready("retries"), 1, "released, still carrying x-delay");
     f.clock.advance(1000);
     f.vhost.tick(f.clock.now_ms());
