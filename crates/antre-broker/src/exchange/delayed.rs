@@ -155,7 +155,8 @@ impl DelayedMessages {
     /// Past, not reached: the clock reads whole milliseconds, so a message
     /// published at 10.9 ms was stamped 10, and released at a reading of
     /// its due time it arrived up to a millisecond before its delay was
-    /// over (seen in CI: an `x-delay` of 300 ms delivered after 299).
+    /// over (seen in CI: an `x-delay` of 300 ms delivered less than 300
+    /// ms after it was published).
     pub fn take_due(&self, now: u64) -> Vec<Due> {
         let mut inner = self.inner.lock();
         let later = inner.schedule.split_off(&(now, 0));
