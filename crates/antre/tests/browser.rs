@@ -311,15 +311,28 @@ struct Api {
 }
 
 impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    /// Sends `method path` as guest; the answer, or the error (an error
+    /// status included).
+    fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<ureq::Response, Box<ureq::Error>> {
         let req = ureq::request(method, &format!("{}{path}", self.url))
             .set("Authorization", &basic_auth("guest", "guest"))
             .timeout(WAIT);
-        let resp = match body {
+        match body {
             Some(b) => req.send_json(b),
             None => req.call(),
         }
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        .map_err(Box::new)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let resp = self
+            .try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let text = resp.into_string().expect("body");
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
@@ -1013,7 +1026,9 @@ async fn the_ui_shows_the_cluster() {
     .await;
 
     let ui = c.nodes[0].http();
-    let n2 = c.nodes[1].http();
+    let n2_api = Api {
+        url: c.nodes[1].http(),
+    };
     let run = tokio::task::spawn_blocking(move || {
         let downloads = tempfile::tempdir().expect("downloads dir");
         let driver = Driver::start(&driver_bin);
@@ -1059,11 +1074,7 @@ async fn the_ui_shows_the_cluster() {
         // (which fails if a leadership could not be moved in time on a
         // loaded machine) is not what is tested here: the node is drained
         // before it moves any.
-        let drain = ureq::post(&format!("{n2}/api/maintenance/drain"))
-            .set("Authorization", &basic_auth("guest", "guest"))
-            .timeout(WAIT)
-            .call();
-        if let Err(e) = drain {
+        if let Err(e) = n2_api.try_call("POST", "/api/maintenance/drain", None) {
             println!("drain of n2: {e}");
         }
         s.go(&format!("{ui}/#/"));
