@@ -234,13 +234,13 @@ fn would_vote(
 ) -> PreVoteAnswer {
     let leaderless = match v.state {
         // A learner answers as a follower does. openraft names a member
-        // that has no membership in its log a learner, which is what a
-        // new member is until its first append arrives; it grants a real
-        // vote to any candidate whose log is not shorter (Raft counts
-        // every member of the candidate's configuration). Refusing its
-        // pre-vote left a group of three without a leader for good when
-        // the leader died before the third member's first append: a
-        // member that has voted once never bootstraps itself.
+        // that has no membership in its log a learner (a member added to
+        // a group, until the leader's log reaches it; a new group's
+        // members begin with the membership); it grants a real vote to
+        // any candidate whose log is not shorter (Raft counts every
+        // member of the candidate's configuration). Refusing its pre-vote
+        // once left a group of three without a leader for good when the
+        // leader died before the third member's first append.
         ServerState::Follower | ServerState::Candidate | ServerState::Learner => {
             !v.lease_runs || (dead.is_some() && v.leader == dead && !v.fenced)
         }
@@ -405,7 +405,9 @@ fn election_timeout(timing: RaftTiming) -> Duration {
 
 /// The election timer of a member of `group` (none: the metadata group),
 /// for as long as its Raft runs (see the module docs); `heard` records
-/// its leader's leases.
+/// its leader's leases. It does not run for `hold`, unless a leader is
+/// known sooner: a new queue group's members leave its first election to
+/// the member placed to lead it.
 pub(crate) async fn run<C: LogConfig>(
     voters: impl Voters<C>,
     group: Option<String>,
@@ -413,6 +415,7 @@ pub(crate) async fn run<C: LogConfig>(
     log: LogStore<C>,
     heard: Heard,
     timing: RaftTiming,
+    hold: Duration,
 ) {
     let lease = timing.election_max();
     let me = voters.network().link.config.node_id();
@@ -420,6 +423,13 @@ pub(crate) async fn run<C: LogConfig>(
     // Openraft's server metrics change only with the state, the leader,
     // the vote or the membership, not with every message the core handles.
     let mut server = raft.server_metrics();
+    let held = tokio::time::Instant::now() + hold;
+    while server.borrow_and_update().current_leader.is_none() {
+        tokio::select! {
+            r = server.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(held) => break,
+        }
+    }
     loop {
         // Asked of the metrics, not of the Raft core: a leader's timer (one
         // per group it leads) no longer sends its core a message every

@@ -333,6 +333,25 @@ impl<C: LogConfig> LogStore<C> {
         self.inner.lock().last_log_id()
     }
 
+    /// Whether this log has never held an entry nor recorded a vote: a
+    /// member created now, not one back from a restart.
+    pub(crate) fn is_new(&self) -> bool {
+        let inner = self.inner.lock();
+        inner.meta.vote.is_none() && inner.last_log_id().is_none()
+    }
+
+    /// Writes `entry` as the first entry of a new log ([`Self::is_new`]),
+    /// durably, before a Raft reads the log: what openraft's `initialize`
+    /// appends, without the election it starts. False (nothing written)
+    /// if the log is not new.
+    pub(crate) fn begin_with(&self, entry: Entry<C>) -> Result<bool, ClusterError> {
+        if !self.is_new() {
+            return Ok(false);
+        }
+        blocking(|| self.write(vec![entry])).map_err(storage)?;
+        Ok(true)
+    }
+
     /// How long the append under way has been writing and syncing, and
     /// the longest append of late. openraft 0.9's core waits for each
     /// append to be durable before it does anything else, heartbeats
@@ -924,6 +943,39 @@ mod tests {
         let store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
         assert_eq!(store.progress().last_written, Some(6));
         assert_eq!(store.progress().committed, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_log_begins_with_an_entry_once_and_only_when_new() {
+        let first = || Entry::<QueueTypeConfig> {
+            log_id: LogId::default(),
+            payload: EntryPayload::Membership(openraft::Membership::from(BTreeMap::from([(
+                1,
+                openraft::BasicNode::default(),
+            )]))),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::<QueueTypeConfig>::open(dir.path()).unwrap();
+        assert!(store.is_new());
+        assert!(store.begin_with(first()).unwrap());
+        assert!(!store.is_new());
+        assert!(!store.begin_with(first()).unwrap());
+        drop(store);
+        // Durable: a restarted member is not new, and keeps the entry.
+        let mut store = LogStore::<QueueTypeConfig>::open(dir.path()).unwrap();
+        assert!(!store.is_new());
+        assert_eq!(indexes(&store), vec![(0, 0)]);
+        let got = store.try_get_log_entries(0..1).await.unwrap();
+        assert!(matches!(got[0].payload, EntryPayload::Membership(_)));
+
+        // A member that voted (a real vote, before any entry reached it)
+        // is not new either: openraft would refuse to initialize it.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::<QueueTypeConfig>::open(dir.path()).unwrap();
+        store.save_vote(&Vote::new(1, 2)).await.unwrap();
+        assert!(!store.is_new());
+        assert!(!store.begin_with(first()).unwrap());
+        assert_eq!(indexes(&store), vec![]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

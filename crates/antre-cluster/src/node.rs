@@ -316,6 +316,7 @@ impl Cluster {
             // The metadata group's leader always heartbeats: no leases.
             crate::election::Heard::default(),
             config.metadata_timing,
+            Duration::ZERO,
         ));
         match config.join {
             // A joining node must not bootstrap a cluster of its own: it

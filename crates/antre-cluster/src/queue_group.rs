@@ -68,8 +68,8 @@ use openraft::raft::{
 };
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, ServerState, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership,
+    BasicNode, Entry, EntryPayload, LogId, Membership, RaftSnapshotBuilder, ServerState,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -2048,16 +2048,6 @@ impl QueueGroups {
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let network = self.group_network(&def.group, Arc::clone(&engine.fence));
         let me = self.link.config.node_id();
-        let raft = QueueRaft::new(
-            me,
-            Arc::new(config),
-            network.clone(),
-            log.clone(),
-            machine.clone(),
-        )
-        .await
-        .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        engine.fence.watch(raft.metrics());
         // Ids come from names, so every member computes the same
         // membership whatever its peer list holds.
         let members: BTreeMap<NodeId, BasicNode> = def
@@ -2070,44 +2060,61 @@ impl QueueGroups {
                 (id, BasicNode::new(addr.unwrap_or_default()))
             })
             .collect();
-        // Every member bootstraps with the same members (once the log has a
-        // membership openraft refuses), but not at once: openraft's
-        // `initialize` stands for election straight away, and the first
-        // member, where the queue was placed (its locator), is to lead a
-        // new queue. So it alone bootstraps now; the others wait for its
-        // log (see `first_election`). A member added later (`add_member`)
-        // never bootstraps: its log comes from the group's leader.
-        let placed = def.members.first().map(String::as_str) == Some(self.me());
         let joined = def.joined.iter().any(|m| m == self.me());
+        let restarted = !log.is_new();
+        // Every member of a new group starts with its membership in its
+        // log, as Ra's members do: the entry openraft's `initialize` would
+        // append, written here before the Raft reads the log. A member
+        // that had to wait for its leader's first append for it could
+        // neither vote for itself nor bootstrap once it had voted: when
+        // the leader died after its election, before that append, both
+        // others had voted and the group never elected again. A member
+        // added later (`add_member`) starts empty: its log comes from the
+        // group's leader.
+        if !restarted && !joined && !members.is_empty() {
+            log.begin_with(Entry {
+                log_id: LogId::default(),
+                payload: EntryPayload::Membership(Membership::from(members)),
+            })?;
+        }
+        let raft = QueueRaft::new(
+            me,
+            Arc::new(config),
+            network.clone(),
+            log.clone(),
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        engine.fence.watch(raft.metrics());
+        // The member where the queue was placed (its locator) is to lead a
+        // new queue: it stands at once (`first_election`). The others hold
+        // their election timers for a while (`hold`, below): when each
+        // stood as soon as it had the membership, as they once did, a
+        // third of the queues declared on one node came to be led
+        // elsewhere, every publish then forwarded.
+        let placed = def.members.first().map(String::as_str) == Some(self.me());
         let grace = self.link.config.queue_timing.election_max() * 3;
-        let restarted = raft
-            .is_initialized()
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
         // Back from a restart, a member elects as usual: its elections ask
         // a pre-vote first (crate::election), so it does not depose a
         // leader that has not reached it yet.
-        if !restarted && !joined {
+        let hold = if restarted || joined {
+            Duration::ZERO
+        } else {
+            grace
+        };
+        if !restarted && !joined && placed {
             if self.link.draining() {
                 // A drained node leads nothing, not even a queue placed on
-                // it (declared through its management API): it neither
-                // bootstraps nor stands; the other members bootstrap after
-                // their grace, and its log comes from their leader.
+                // it (declared through its management API): it does not
+                // stand; the other members elect after their hold, and its
+                // log comes from their leader.
                 tracing::info!(
                     group = def.group,
                     "this node is drained: the other members start the new queue group"
                 );
-            } else if placed {
-                match raft.initialize(members).await {
-                    Ok(()) => {
-                        tokio::spawn(first_election(raft.clone(), None, grace));
-                    }
-                    Err(e) => {
-                        tracing::debug!(group = def.group, "queue group already initialized: {e}")
-                    }
-                }
             } else {
-                tokio::spawn(first_election(raft.clone(), Some(members), grace));
+                tokio::spawn(first_election(raft.clone(), grace));
             }
         }
         let replica = Arc::new(Replica {
@@ -2156,6 +2163,7 @@ impl QueueGroups {
             group.log.clone(),
             group.heard.clone(),
             self.link.config.queue_timing,
+            hold,
         ));
         tokio::spawn(propose_loop(Arc::clone(&group)));
         tokio::spawn(snapshot_loop(Arc::clone(&group)));
@@ -2379,39 +2387,27 @@ async fn propose_loop(group: Arc<Group>) {
 /// put it, and the queue is usable without waiting for an election
 /// timeout.
 ///
-/// The placed member has bootstrapped (`bootstrap` is `None`), which made
-/// it stand once. Once was not enough: the others create their replica as
-/// they apply the declare, a little later, so its first vote requests
-/// often found no group to answer them. So it stands again, backing off,
-/// until a leader is known.
-///
-/// The other members wait unbootstrapped (with no membership their
-/// election timers do nothing): when they bootstrapped too, as they once
-/// did, each stood at once and a third of the queues declared on one node
-/// came to be led elsewhere, every publish then forwarded. The leader's
-/// first append gives them the membership. Should no leader be known after
-/// `grace` (the placed node died before its election), they bootstrap
-/// with the same `bootstrap` members and elect one of them.
-async fn first_election(
-    raft: QueueRaft,
-    bootstrap: Option<BTreeMap<NodeId, BasicNode>>,
-    grace: Duration,
-) {
+/// Once was not enough: the others create their replica as they apply the
+/// declare, a little later, so its first vote requests often found no
+/// group to answer them. So it stands again, backing off, until a leader
+/// is known, for at most `grace`; the others hold their election timers
+/// for as long (see `QueueGroups::start`). Past it (the placed node died,
+/// or cannot reach them), any member elects as usual.
+async fn first_election(raft: QueueRaft, grace: Duration) {
     let start = tokio::time::Instant::now();
     let until = start + grace;
     let mut metrics = raft.metrics();
     let mut retry = Duration::from_millis(50);
-    let mut next_try = start + retry;
-    let placed = bootstrap.is_none();
+    let mut next_try = start;
     loop {
         if metrics.borrow_and_update().current_leader.is_some() {
             return;
         }
         let now = tokio::time::Instant::now();
         if now >= until {
-            break;
+            return;
         }
-        if placed && now >= next_try {
+        if now >= next_try {
             // Each try is a new term: not again before the last one could
             // have been answered.
             if let Err(e) = raft.trigger().elect().await {
@@ -2421,16 +2417,9 @@ async fn first_election(
             retry = (retry * 2).min(Duration::from_millis(400));
             next_try = now + retry;
         }
-        let wake = if placed { next_try.min(until) } else { until };
         tokio::select! {
             r = metrics.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep_until(wake) => {}
-        }
-    }
-    if let Some(members) = bootstrap {
-        // Refused when the leader's log arrived meanwhile: nothing to do.
-        if let Err(e) = raft.initialize(members).await {
-            tracing::debug!("no late bootstrap: {e}");
+            _ = tokio::time::sleep_until(next_try.min(until)) => {}
         }
     }
 }

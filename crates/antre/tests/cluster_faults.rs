@@ -776,9 +776,10 @@ async fn a_quorum_queue_leader_cut_off_confirms_nothing_and_the_majority_goes_on
 
 /// A member that never heard from its group's leader still votes. A
 /// queue declared through a drained node's API is placed there, but that
-/// member neither bootstraps nor stands: the two others elect a leader.
-/// With their links to it cut, it receives nothing, and stays what
-/// openraft calls a learner, with an empty log. When the leader dies, the
+/// member does not stand: the two others elect a leader. With their links
+/// to it cut, it receives nothing, and its log holds only the membership
+/// it began with (before, it had no log at all, and openraft called it a
+/// learner). When the leader dies, the
 /// third member needs its vote to win, and gets it: before, a learner's
 /// pre-vote answer was "no replica", and the queue had no leader while
 /// two of its three members ran (seen in CI, for a stream, on a loaded
@@ -837,8 +838,8 @@ async fn unheard_member_votes(queue_type: &str) {
         .and_then(|r| r.iter().find(|r| r["node"] == json!(c.nodes[a].name)))
         .cloned()
         .unwrap_or_default();
-    assert_eq!(own["raft_state"], json!("learner"), "{rows:#}");
-    assert_eq!(own["last_log_index"], Value::Null, "{rows:#}");
+    assert_eq!(own["raft_state"], json!("follower"), "{rows:#}");
+    assert_eq!(own["last_log_index"], json!(0), "{rows:#}");
 
     // The follower may reach it again (its vote request must arrive); the
     // leader dies without ever having reached it.
@@ -855,6 +856,116 @@ async fn unheard_member_votes(queue_type: &str) {
             c.queue_on(f, "unheard")
                 .await
                 .is_some_and(|q| q["messages"] == json!(6))
+        })
+        .await;
+    }
+}
+
+/// A new group whose leader-to-be dies after both other members voted
+/// for it, before its first append reached either. The queue is declared
+/// through node `a`'s API, which places it there; the answers on `a`'s
+/// links are held, so its vote requests arrive and are granted, but it
+/// never hears a vote, never leads, and sends no append. Then it is
+/// killed. Before, the two others had no membership (it came with the
+/// leader's first append), could not stand, and could no longer
+/// bootstrap (openraft refuses once a member voted): the queue had no
+/// leader while two of its three members ran. Every member now begins
+/// with the membership in its log, and the two elect one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_queue_elects_again_when_its_first_leader_dies_before_its_first_append() {
+    voted_members_elect("quorum").await;
+}
+
+/// The same for a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stream_elects_again_when_its_first_leader_dies_before_its_first_append() {
+    voted_members_elect("stream").await;
+}
+
+async fn voted_members_elect(queue_type: &str) {
+    let (mut c, mesh) = proxied_cluster().await;
+    // Not the metadata leader: the declare must commit without `a`
+    // hearing anyone's answers.
+    let m = c.until_leader(&[0, 1, 2]).await;
+    let a = (0..3).find(|&i| i != m).expect("a follower");
+    let others: Vec<usize> = (0..3).filter(|&i| i != a).collect();
+    for &o in &others {
+        mesh.set(
+            a,
+            o,
+            proxy::LinkState {
+                down: proxy::Flow::Hold,
+                ..proxy::LinkState::PASS
+            },
+        );
+    }
+    let name = format!("voted-{queue_type}");
+    let path = format!("/api/queues/%2F/{name}");
+    let members_path = format!("{path}/members");
+    // The declare's answer never comes back to `a` (it is forwarded to the
+    // metadata leader over a held link): it runs beside the rest, which
+    // does not wait for it.
+    let declare = c.try_api(
+        a,
+        "PUT",
+        &path,
+        Some(json!({"durable": true, "arguments": {"x-queue-type": queue_type}})),
+    );
+    {
+        let rest = async {
+            c.until("both other members to vote for the placed one", || async {
+                let mut voted = 0;
+                for &o in &others {
+                    let Some((200, rows)) = c.try_api(o, "GET", &members_path, None).await else {
+                        continue;
+                    };
+                    let own = rows
+                        .as_array()
+                        .and_then(|r| r.iter().find(|r| r["node"] == json!(c.nodes[o].name)))
+                        .cloned()
+                        .unwrap_or_default();
+                    // Voted, and no entry beyond the membership a member
+                    // begins with (before the change: none at all).
+                    if own["term"].as_u64().is_some_and(|t| t >= 1)
+                        && own["last_log_index"].as_u64().unwrap_or(0) == 0
+                        && own["raft_state"] != json!("leader")
+                    {
+                        voted += 1;
+                    }
+                }
+                voted == others.len()
+            })
+            .await;
+            let (status, rows) = c.api(a, "GET", &members_path, None).await;
+            assert_eq!(status, 200, "{rows}");
+            assert!(
+                rows.as_array()
+                    .is_some_and(|r| r.iter().all(|r| r["raft_state"] != json!("leader"))),
+                "no leader before the kill: {rows:#}"
+            );
+        };
+        tokio::pin!(rest);
+        tokio::select! {
+            () = &mut rest => {}
+            _ = declare => rest.await,
+        }
+    }
+    c.kill(a);
+    mesh.heal();
+    c.until("the two others to elect a leader", || async {
+        c.queue_leader(&name).await.is_some()
+    })
+    .await;
+    let l = c.queue_leader(&name).await.expect("a leader");
+    assert_ne!(l, a);
+    assert!(publish_confirmed(&c, l, &name, b"after").await);
+    if queue_type == "quorum" {
+        assert_eq!(c.drain(l, &name).await, ["after"]);
+    } else {
+        c.until("the stream to hold it", || async {
+            c.queue_on(l, &name)
+                .await
+                .is_some_and(|q| q["messages"] == json!(1))
         })
         .await;
     }
