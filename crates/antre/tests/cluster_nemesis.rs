@@ -22,7 +22,9 @@
 //! lost), every repeated delivery marked redelivered, no message that was
 //! never published, and all nodes with one history of definitions holding
 //! every queue a third client's declare was told was made (it declares
-//! classic queues through node after node all along).
+//! queues through node after node all along). Every quorum queue among
+//! them, whose group started during the faults, must then elect, confirm
+//! and deliver.
 //!
 //! The same faults run against a stream, whose check is that every node
 //! reads the same messages at the same offsets from its first, every
@@ -54,6 +56,9 @@ const QUEUE: &str = "nemesis";
 
 /// Publishes in flight per batch.
 const BATCH: usize = 20;
+
+/// One declare in this many is of a quorum queue.
+const QUORUM_EVERY: usize = 8;
 
 /// How long a client waits for one reply before it gives its node up (a
 /// paused node answers nothing).
@@ -273,10 +278,12 @@ fn consumer(uris: Vec<String>, h: Shared, stop: Arc<AtomicBool>) -> tokio::task:
     })
 }
 
-/// Declares durable classic queues, one every 50 ms, through node after
-/// node until `stop`; the names whose declare was answered OK, and how
-/// many declares failed (refused without a quorum, or unanswered: each
-/// may or may not have been committed).
+/// Declares durable queues, one every 50 ms, through node after node
+/// until `stop`: classic queues, and every [`QUORUM_EVERY`]th a quorum
+/// queue (named `quorum-…`), whose new group starts while the faults run.
+/// The names whose declare was answered OK, and how many declares failed
+/// (refused without a quorum, or unanswered: each may or may not have
+/// been committed).
 fn declarer(
     uris: Vec<String>,
     stop: Arc<AtomicBool>,
@@ -292,14 +299,23 @@ fn declarer(
                 continue;
             };
             while !stop.load(Ordering::Relaxed) {
-                let name = format!("meta-{k}");
+                let mut args = FieldTable::default();
+                let name = if k % QUORUM_EVERY == QUORUM_EVERY - 1 {
+                    args.insert(
+                        "x-queue-type".into(),
+                        AMQPValue::LongString("quorum".into()),
+                    );
+                    format!("quorum-{k}")
+                } else {
+                    format!("meta-{k}")
+                };
                 k += 1;
                 let opts = QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
                 };
                 // A change waits up to the cluster's change timeout (3 s).
-                let declare = ch.queue_declare(&name, opts, FieldTable::default());
+                let declare = ch.queue_declare(&name, opts, args);
                 match timeout(REPLY_WAIT * 2, declare).await {
                     Ok(Ok(_)) => ok.push(name),
                     _ => {
@@ -518,9 +534,10 @@ async fn nemesis(queue_type: &str) {
     let Some(consuming) = consuming else {
         let stream_figures = stream_history(&c, &h).await;
         one_definitions_history(&c, &declared).await;
+        let served = new_quorum_queues_serve(&c, &declared).await;
         let h = h.lock().expect("history");
         println!(
-            "nemesis: stream, seed {seed}, rounds {rounds} {}, {stream_figures}; {}",
+            "nemesis: stream, seed {seed}, rounds {rounds} {}, {stream_figures}; {}; {served}",
             fault_counts(faults),
             figures(&h, &recoveries, declared.len(), refused),
         );
@@ -587,6 +604,7 @@ async fn nemesis(queue_type: &str) {
     })
     .await;
     one_definitions_history(&c, &declared).await;
+    let served = new_quorum_queues_serve(&c, &declared).await;
 
     let h = h.lock().expect("history");
     let mut seen: HashMap<u64, usize> = HashMap::new();
@@ -608,7 +626,8 @@ async fn nemesis(queue_type: &str) {
     let duplicated: usize = seen.values().map(|n| n - 1).sum();
     println!(
         "nemesis: seed {seed}, rounds {rounds} {}, delivered {}, lost {}, duplicated \
-         (redelivered) {duplicated}, unmarked repeats {unmarked}, phantom {phantom}; {}",
+         (redelivered) {duplicated}, unmarked repeats {unmarked}, phantom {phantom}; {}; \
+         {served}",
         fault_counts(faults),
         h.delivered.len(),
         lost.len(),
@@ -661,6 +680,68 @@ async fn one_definitions_history(c: &TestCluster, declared: &[String]) {
         names.contains(QUEUE) && declared.iter().all(|q| names.contains(q))
     })
     .await;
+}
+
+/// Every quorum queue whose declare was answered OK during the faults
+/// has a leader once they are healed, and serves: a publish through each
+/// node in turn (forwarded to the leader but by one) is confirmed, and a
+/// get through the same node returns it. Its group started while nodes
+/// were killed, paused and cut off, possibly its placed node among them
+/// right after the declare. The figures, for the summary line.
+async fn new_quorum_queues_serve(c: &TestCluster, declared: &[String]) -> String {
+    let quorum: Vec<&String> = declared
+        .iter()
+        .filter(|q| q.starts_with("quorum-"))
+        .collect();
+    let started = Instant::now();
+    for (k, name) in quorum.iter().enumerate() {
+        let body = format!("served {name}");
+        let i = k % 3;
+        c.until(
+            &format!("{name} to confirm and serve through {i}"),
+            || async {
+                let Some((_conn, ch)) = open(&c.nodes[i].amqp_uri()).await else {
+                    return false;
+                };
+                let confirms = ch.confirm_select(ConfirmSelectOptions::default());
+                if !matches!(timeout(REPLY_WAIT, confirms).await, Ok(Ok(()))) {
+                    return false;
+                }
+                if harness::publish_confirmed(&ch, name, body.as_bytes(), REPLY_WAIT).await
+                    != Some(true)
+                {
+                    return false;
+                }
+                // Once confirmed it is there: a get answering empty is
+                // asked again for a while (the leader's engine has it once
+                // the entry is applied), one that fails starts over.
+                let confirmed = Instant::now();
+                loop {
+                    let get = ch.basic_get(name, BasicGetOptions { no_ack: true });
+                    match timeout(REPLY_WAIT, get).await {
+                        Ok(Ok(Some(m))) => {
+                            assert_eq!(m.delivery.data, body.as_bytes(), "{name}");
+                            return true;
+                        }
+                        Ok(Ok(None)) => {
+                            assert!(
+                                confirmed.elapsed() < REPLY_WAIT * 3,
+                                "{name}: confirmed through node {i}, but gets find it empty"
+                            );
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        _ => return false,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    format!(
+        "new quorum queues {} (each elected, confirmed and served, in {:.1} s)",
+        quorum.len(),
+        started.elapsed().as_secs_f64()
+    )
 }
 
 /// Reads the stream from its first offset through node `i` until nothing
