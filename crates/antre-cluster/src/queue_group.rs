@@ -2114,7 +2114,13 @@ impl QueueGroups {
                     "this node is drained: the other members start the new queue group"
                 );
             } else {
-                tokio::spawn(first_election(raft.clone(), grace));
+                tokio::spawn(first_election(
+                    raft.clone(),
+                    network.clone(),
+                    log.clone(),
+                    def.group.clone(),
+                    self.link.config.queue_timing,
+                ));
             }
         }
         let replica = Arc::new(Replica {
@@ -2388,17 +2394,34 @@ async fn propose_loop(group: Arc<Group>) {
 /// timeout.
 ///
 /// Once was not enough: the others create their replica as they apply the
-/// declare, a little later, so its first vote requests often found no
-/// group to answer them. So it stands again, backing off, until a leader
-/// is known, for at most `grace`; the others hold their election timers
-/// for as long (see `QueueGroups::start`). Past it (the placed node died,
-/// or cannot reach them), any member elects as usual.
-async fn first_election(raft: QueueRaft, grace: Duration) {
+/// declare, a little later, so its first requests often found no group to
+/// answer them. So it tries again, backing off, until a leader is known,
+/// for at most the others' hold (three election timeouts, see
+/// `QueueGroups::start`); past it, any member elects as usual.
+///
+/// Only the first try stands at once, and only while the member has never
+/// voted: that raises its term to 1, which can never beat a leader's: a
+/// leader's vote is committed, and wins over an uncommitted one of the
+/// same term. Every later try asks a pre-vote first ([`crate::election`]),
+/// as every other election does, and stands only when a majority would
+/// vote for it. Standing blindly at every try raised the term each time,
+/// and a placed member that started its replica late (it applied the
+/// declare after the others had elected one of them) then refused the
+/// leader's first append for its lower term: the leader stepped down, for
+/// a second election.
+async fn first_election(
+    raft: QueueRaft,
+    voters: GroupNetwork,
+    log: LogStore<QueueTypeConfig>,
+    group: String,
+    timing: crate::config::RaftTiming,
+) {
     let start = tokio::time::Instant::now();
-    let until = start + grace;
+    let until = start + timing.election_max() * 3;
     let mut metrics = raft.metrics();
     let mut retry = Duration::from_millis(50);
     let mut next_try = start;
+    let mut first = true;
     loop {
         if metrics.borrow_and_update().current_leader.is_some() {
             return;
@@ -2408,14 +2431,26 @@ async fn first_election(raft: QueueRaft, grace: Duration) {
             return;
         }
         if now >= next_try {
+            let never_voted = metrics.borrow().vote.leader_id().term == 0;
+            if first && never_voted {
+                if let Err(e) = raft.trigger().elect().await {
+                    tracing::debug!("no election: {e}");
+                    return;
+                }
+            } else {
+                let ttl = timing.heartbeat * 2;
+                let tally =
+                    crate::election::pre_vote(&voters, Some(group.clone()), &raft, &log, None, ttl)
+                        .await;
+                if tally.wins() && !crate::election::stand(&raft, &tally).await {
+                    return;
+                }
+            }
+            first = false;
             // Each try is a new term: not again before the last one could
             // have been answered.
-            if let Err(e) = raft.trigger().elect().await {
-                tracing::debug!("no election: {e}");
-                return;
-            }
             retry = (retry * 2).min(Duration::from_millis(400));
-            next_try = now + retry;
+            next_try = tokio::time::Instant::now() + retry;
         }
         tokio::select! {
             r = metrics.changed() => if r.is_err() { return },

@@ -70,7 +70,15 @@ fn reply_code(err: &lapin::Error) -> u16 {
 
 /// Three nodes, each reaching the others through its own proxies.
 async fn proxied_cluster() -> (TestCluster, Mesh) {
+    proxied_cluster_with(&[]).await
+}
+
+/// [`proxied_cluster`], each node started with `args` too.
+async fn proxied_cluster_with(args: &[&str]) -> (TestCluster, Mesh) {
     let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
+    for n in &mut c.nodes {
+        n.args.extend(args.iter().map(|a| (*a).to_owned()));
+    }
     let mesh = Mesh::between(&mut c).await;
     c.launch().await;
     (c, mesh)
@@ -862,15 +870,16 @@ async fn unheard_member_votes(queue_type: &str) {
 }
 
 /// A new group whose leader-to-be dies after both other members voted
-/// for it, before its first append reached either. The queue is declared
-/// through node `a`'s API, which places it there; the answers on `a`'s
-/// links are held, so its vote requests arrive and are granted, but it
-/// never hears a vote, never leads, and sends no append. Then it is
-/// killed. Before, the two others had no membership (it came with the
-/// leader's first append), could not stand, and could no longer
-/// bootstrap (openraft refuses once a member voted): the queue had no
-/// leader while two of its three members ran. Every member now begins
-/// with the membership in its log, and the two elect one of them.
+/// for it, before its first append reached either. The queue is placed
+/// on node `a`, whose requests to the others arrive late and whose
+/// answers are held: its first vote request finds both others' replicas
+/// started and is granted, but it never hears a vote, never leads, and
+/// sends no append. Then it is killed. Before, the two others had no
+/// membership (it came with the leader's first append), could not stand,
+/// and could no longer bootstrap (openraft refuses once a member voted):
+/// the queue had no leader while two of its three members ran. Every
+/// member now begins with the membership in its log, and the two elect
+/// one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_queue_elects_again_when_its_first_leader_dies_before_its_first_append() {
     voted_members_elect("quorum").await;
@@ -883,73 +892,82 @@ async fn a_new_stream_elects_again_when_its_first_leader_dies_before_its_first_a
 }
 
 async fn voted_members_elect(queue_type: &str) {
-    let (mut c, mesh) = proxied_cluster().await;
-    // Not the metadata leader: the declare must commit without `a`
-    // hearing anyone's answers.
+    // Longer elections than the default (0.4 s): a new group's members
+    // hold theirs for three election timeouts, 9 s here, the time the test
+    // has to see both vote, whatever the machine's load.
+    let (mut c, mesh) = proxied_cluster_with(&["--cluster-queue-election-timeout", "1.5"]).await;
     let m = c.until_leader(&[0, 1, 2]).await;
     let a = (0..3).find(|&i| i != m).expect("a follower");
-    let others: Vec<usize> = (0..3).filter(|&i| i != a).collect();
+    // `a`'s vote requests must go out on connections it has already made:
+    // a new one would wait forever for the answer to its handshake, held
+    // below. A queue it leads for a while leaves its connections to both
+    // others in its pool (openraft's clients give them back when the
+    // queue is deleted).
+    assert_eq!(declare_quorum_queue(&c, a, "warm-up").await, a);
+    let (status, body) = c.api(a, "DELETE", "/api/queues/%2F/warm-up", None).await;
+    assert!(status == 204 || status == 200, "{status} {body}");
+    let others = lead_one_on_each_but(&c, a).await;
+    let name = format!("voted-{queue_type}");
+    let path = format!("/api/queues/%2F/{name}");
+    let members_path = format!("{path}/members");
+    // `a`'s requests to the others arrive 1 s late and their answers
+    // never: its first vote request, sent as it starts its replica, finds
+    // both others' replicas started and still holding their own elections,
+    // and is granted; `a` never hears it, nor any pre-vote answer after.
     for &o in &others {
         mesh.set(
             a,
             o,
             proxy::LinkState {
+                up: proxy::Flow::Delay(Duration::from_secs(1)),
                 down: proxy::Flow::Hold,
                 ..proxy::LinkState::PASS
             },
         );
     }
-    let name = format!("voted-{queue_type}");
-    let path = format!("/api/queues/%2F/{name}");
-    let members_path = format!("{path}/members");
-    // The declare's answer never comes back to `a` (it is forwarded to the
-    // metadata leader over a held link): it runs beside the rest, which
-    // does not wait for it.
-    let declare = c.try_api(
-        a,
-        "PUT",
-        &path,
-        Some(json!({"durable": true, "arguments": {"x-queue-type": queue_type}})),
-    );
+    // Answered once the queue has a leader (or after a while without): it
+    // runs beside the rest, which does not wait for it.
+    let declare = declare_balanced(&c, others[0], &name, queue_type);
     {
-        let rest = async {
-            c.until("both other members to vote for the placed one", || async {
-                let mut voted = 0;
-                for &o in &others {
-                    let Some((200, rows)) = c.try_api(o, "GET", &members_path, None).await else {
-                        continue;
-                    };
-                    let own = rows
-                        .as_array()
-                        .and_then(|r| r.iter().find(|r| r["node"] == json!(c.nodes[o].name)))
-                        .cloned()
-                        .unwrap_or_default();
-                    // Voted, and no entry beyond the membership a member
-                    // begins with (before the change: none at all).
-                    if own["term"].as_u64().is_some_and(|t| t >= 1)
-                        && own["last_log_index"].as_u64().unwrap_or(0) == 0
-                        && own["raft_state"] != json!("leader")
-                    {
-                        voted += 1;
-                    }
+        let voted = c.until("both other members to vote for the placed one", || async {
+            let mut voted = 0;
+            for &o in &others {
+                let Some((200, rows)) = c.try_api(o, "GET", &members_path, None).await else {
+                    continue;
+                };
+                let own = own_row(&c, o, &rows).unwrap_or_default();
+                // Voted, and no entry beyond the membership a member begins
+                // with (before the change: none at all).
+                if own["term"].as_u64().is_some_and(|t| t >= 1)
+                    && own["last_log_index"].as_u64().unwrap_or(0) == 0
+                    && own["raft_state"] != json!("leader")
+                {
+                    voted += 1;
                 }
-                voted == others.len()
-            })
-            .await;
-            let (status, rows) = c.api(a, "GET", &members_path, None).await;
-            assert_eq!(status, 200, "{rows}");
-            assert!(
-                rows.as_array()
-                    .is_some_and(|r| r.iter().all(|r| r["raft_state"] != json!("leader"))),
-                "no leader before the kill: {rows:#}"
-            );
-        };
-        tokio::pin!(rest);
+            }
+            voted == others.len()
+        });
+        tokio::pin!(voted);
         tokio::select! {
-            () = &mut rest => {}
-            _ = declare => rest.await,
+            () = &mut voted => {}
+            // Answered without a leader once its wait ran out: still fine.
+        status = declare => {
+            assert!(status == 201 || status == 204, "{status}");
+            voted.await;
+        }
         }
     }
+    assert_eq!(
+        placed_on(&c, others[0], &name).await,
+        json!(c.nodes[a].name)
+    );
+    let (status, rows) = c.api(a, "GET", &members_path, None).await;
+    assert_eq!(status, 200, "{rows}");
+    assert!(
+        rows.as_array()
+            .is_some_and(|r| r.iter().all(|r| r["raft_state"] != json!("leader"))),
+        "no leader before the kill: {rows:#}"
+    );
     c.kill(a);
     mesh.heal();
     c.until("the two others to elect a leader", || async {
@@ -969,6 +987,123 @@ async fn voted_members_elect(queue_type: &str) {
         })
         .await;
     }
+}
+
+/// Node `i`'s own row among a queue's `members` rows.
+fn own_row(c: &TestCluster, i: usize, rows: &Value) -> Option<Value> {
+    rows.as_array()?
+        .iter()
+        .find(|r| r["node"] == json!(c.nodes[i].name))
+        .cloned()
+}
+
+/// Makes the balanced locator place the next quorum queue or stream
+/// declared through `others[0]` on node `a`: each other node leads a
+/// queue, `a` none. Declaring through another node keeps `a`'s links out
+/// of the declare (a change forwarded from `a` would need them), which
+/// the callers slow down or cut.
+async fn lead_one_on_each_but(c: &TestCluster, a: usize) -> Vec<usize> {
+    let others: Vec<usize> = (0..3).filter(|&i| i != a).collect();
+    for &o in &others {
+        assert_eq!(declare_quorum_queue(c, o, &format!("led-by-{o}")).await, o);
+    }
+    // The locator counts the leaders the declaring node knows of.
+    c.until("the declaring node to know both leaders", || async {
+        let mut known = 0;
+        for &o in &others {
+            let led = queue_leader_seen_by(c, others[0], &format!("led-by-{o}")).await;
+            known += usize::from(led == Some(c.nodes[o].name.clone()));
+        }
+        known == others.len()
+    })
+    .await;
+    others
+}
+
+/// Declares `name`, of `queue_type`, through node `i` with the balanced
+/// locator; the status (0: no answer). The declare is answered once the
+/// queue has a leader.
+async fn declare_balanced(c: &TestCluster, i: usize, name: &str, queue_type: &str) -> u16 {
+    let args = json!({"x-queue-type": queue_type, "x-queue-leader-locator": "balanced"});
+    let path = format!("/api/queues/%2F/{name}");
+    let body = json!({"durable": true, "arguments": args});
+    c.try_api(i, "PUT", &path, Some(body))
+        .await
+        .map_or(0, |(status, _)| status)
+}
+
+/// The first member (where it was placed) of queue `name`, as node `i`
+/// knows it.
+async fn placed_on(c: &TestCluster, i: usize, name: &str) -> Value {
+    let (_, q) = c
+        .api(i, "GET", &format!("/api/queues/%2F/{name}"), None)
+        .await;
+    q["members"][0].clone()
+}
+
+/// A new queue's placed member that starts its replica only after the
+/// others elected a leader deposes no one. The metadata leader cannot
+/// reach node `a` while the queue is declared (through another node,
+/// placed on `a` by the balanced locator), so `a` applies the declare
+/// only once the link is back, when the two others have elected one of
+/// them after their hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_placed_member_deposes_no_leader_of_its_new_queue() {
+    // Longer elections than the default, so that a loaded machine does not
+    // change the leader for reasons of its own while the test watches.
+    let (c, mesh) = proxied_cluster_with(&["--cluster-queue-election-timeout", "1.5"]).await;
+    let m = c.until_leader(&[0, 1, 2]).await;
+    let a = (0..3).find(|&i| i != m).expect("a follower");
+    let others = lead_one_on_each_but(&c, a).await;
+    // `a` applies the declare only once the metadata leader reaches it
+    // again, after the others started their replicas and elected.
+    mesh.cut_one_way(m, a);
+    let status = declare_balanced(&c, others[0], "late-placed", "quorum").await;
+    assert!(status == 201 || status == 204, "{status}");
+    assert_eq!(
+        placed_on(&c, others[0], "late-placed").await,
+        json!(c.nodes[a].name)
+    );
+    let row = |i: usize| {
+        let c = &c;
+        async move {
+            let (_, rows) = c
+                .api(i, "GET", "/api/queues/%2F/late-placed/members", None)
+                .await;
+            own_row(c, i, &rows).map(|r| (r["raft_state"].clone(), r["term"].as_u64()))
+        }
+    };
+    c.until("the two others to elect a leader", || async {
+        c.queue_leader("late-placed").await.is_some_and(|l| l != a)
+    })
+    .await;
+    let l = c.queue_leader("late-placed").await.expect("a leader");
+    let (_, term) = row(l).await.expect("the leader's row");
+    assert!(
+        c.queue_on(a, "late-placed").await.is_none(),
+        "not declared on `a` yet"
+    );
+    mesh.heal();
+    c.until("the placed member to follow", || async {
+        queue_leader_seen_by(&c, a, "late-placed").await == Some(c.nodes[l].name.clone())
+            && row(a).await.is_some_and(|(s, _)| s == json!("follower"))
+    })
+    .await;
+    // Past the placed member's first-election window (three election
+    // timeouts, at most 9 s here, from the start of its replica).
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(publish_confirmed(&c, a, "late-placed", b"m").await);
+    // The same leader. Deposing it took the placed member a term above
+    // the leader's, so the leader's next one is at least two more; one
+    // more may come of a loaded machine's late heartbeat.
+    let (state, now) = row(l).await.expect("the leader's row");
+    assert_eq!(
+        state,
+        json!("leader"),
+        "the leader the others elected still leads"
+    );
+    let (term, now) = (term.unwrap_or(0), now.unwrap_or(0));
+    assert!(now <= term + 1, "its term went from {term} to {now}");
 }
 
 /// An idle quorum queue's leader whose links go silent (blackholed: its
