@@ -2419,7 +2419,11 @@ async fn first_election(
     let start = tokio::time::Instant::now();
     let until = start + timing.election_max() * 3;
     let mut metrics = raft.metrics();
-    let mut retry = Duration::from_millis(50);
+    // Soon after the first try: the others' replicas start as they apply
+    // the declare, a few milliseconds apart (each writes its membership
+    // first), and a try that finds none asks them again cheaply (a
+    // pre-vote raises no term).
+    let mut retry = Duration::from_millis(10);
     let mut next_try = start;
     let mut first = true;
     loop {
@@ -2448,9 +2452,9 @@ async fn first_election(
             }
             first = false;
             // Each try is a new term: not again before the last one could
-            // have been answered.
-            retry = (retry * 2).min(Duration::from_millis(400));
+            // have been answered (then backing off).
             next_try = tokio::time::Instant::now() + retry;
+            retry = (retry * 2).min(Duration::from_millis(400));
         }
         tokio::select! {
             r = metrics.changed() => if r.is_err() { return },
