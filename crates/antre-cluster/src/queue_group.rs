@@ -2562,7 +2562,19 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
         let active = engine.active.load(Ordering::Acquire);
         let leads = state == ServerState::Leader;
         group.led(leads);
-        if leads && !active {
+        // Leading in another term than the engine's: this node lost its
+        // leadership and won a new one between two looks at the metrics
+        // (they change faster than this task wakes). The engine's term
+        // marked every proposal of the new leadership stale: each was
+        // ignored by every member and nacked, and the queue confirmed
+        // nothing for as long as it led (seen in the 100-round nemesis
+        // soak). It steps down and takes over again, as for any new
+        // leadership.
+        let stale = leads && active && engine.term.load(Ordering::Acquire) != term;
+        if stale {
+            step_down(&group);
+        }
+        if leads && (!active || stale) {
             take_over(&groups, &group, term).await;
         } else if !leads && active {
             step_down(&group);
