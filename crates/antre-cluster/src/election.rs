@@ -397,6 +397,25 @@ pub(crate) async fn stand<C: RaftTypeConfig<NodeId = NodeId>>(
     }
 }
 
+/// Stands for election in `raft` if a pre-vote (each voter given two
+/// heartbeat intervals of `timing` to answer) says a majority would vote
+/// for this member: what an election timer does when it runs out. False
+/// if Raft stopped.
+pub(crate) async fn stand_if_a_majority_would<C: LogConfig>(
+    voters: &impl Voters<C>,
+    group: Option<String>,
+    raft: &openraft::Raft<C>,
+    log: &LogStore<C>,
+    timing: RaftTiming,
+) -> bool {
+    let tally = pre_vote(voters, group.clone(), raft, log, None, timing.heartbeat * 2).await;
+    if !tally.wins() {
+        return true;
+    }
+    tracing::debug!(?group, "a majority would vote for this member: it stands");
+    stand(raft, &tally).await
+}
+
 /// A random election timeout of `timing`.
 fn election_timeout(timing: RaftTiming) -> Duration {
     let spread = timing.election_max().saturating_sub(timing.election_min);
@@ -492,13 +511,8 @@ pub(crate) async fn run<C: LogConfig>(
             tokio::time::sleep(timeout).await;
             continue;
         }
-        let ttl = timing.heartbeat * 2;
-        let tally = pre_vote(&voters, group.clone(), &raft, &log, None, ttl).await;
-        if tally.wins() {
-            tracing::debug!(?group, "a majority would vote for this member: it stands");
-            if !stand(&raft, &tally).await {
-                return;
-            }
+        if !stand_if_a_majority_would(&voters, group.clone(), &raft, &log, timing).await {
+            return;
         }
         // Not again before this election could end, or, refused, before
         // another timeout (a leader may reach this member meanwhile).

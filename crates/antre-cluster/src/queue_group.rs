@@ -2094,7 +2094,7 @@ impl QueueGroups {
         // third of the queues declared on one node came to be led
         // elsewhere, every publish then forwarded.
         let placed = def.members.first().map(String::as_str) == Some(self.me());
-        let grace = self.link.config.queue_timing.election_max() * 3;
+        let grace = first_election_window(self.link.config.queue_timing);
         // Back from a restart, a member elects as usual: its elections ask
         // a pre-vote first (crate::election), so it does not depose a
         // leader that has not reached it yet.
@@ -2388,6 +2388,13 @@ async fn propose_loop(group: Arc<Group>) {
     }
 }
 
+/// How long a new group's placed member tries to win its first election,
+/// and the others hold their election timers: three of the longest
+/// election timeouts.
+fn first_election_window(timing: crate::config::RaftTiming) -> Duration {
+    timing.election_max() * 3
+}
+
 /// A new group's first election: the node the queue was placed on stands
 /// and leads, as RabbitMQ starts a quorum queue's leader where its locator
 /// put it, and the queue is usable without waiting for an election
@@ -2417,7 +2424,7 @@ async fn first_election(
     timing: crate::config::RaftTiming,
 ) {
     let start = tokio::time::Instant::now();
-    let until = start + timing.election_max() * 3;
+    let until = start + first_election_window(timing);
     let mut metrics = raft.metrics();
     // Soon after the first try: the others' replicas start as they apply
     // the declare, a few milliseconds apart (each writes its membership
@@ -2441,14 +2448,16 @@ async fn first_election(
                     tracing::debug!("no election: {e}");
                     return;
                 }
-            } else {
-                let ttl = timing.heartbeat * 2;
-                let tally =
-                    crate::election::pre_vote(&voters, Some(group.clone()), &raft, &log, None, ttl)
-                        .await;
-                if tally.wins() && !crate::election::stand(&raft, &tally).await {
-                    return;
-                }
+            } else if !crate::election::stand_if_a_majority_would(
+                &voters,
+                Some(group.clone()),
+                &raft,
+                &log,
+                timing,
+            )
+            .await
+            {
+                return;
             }
             first = false;
             // Each try is a new term: not again before the last one could

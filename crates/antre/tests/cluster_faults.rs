@@ -841,11 +841,7 @@ async fn unheard_member_votes(queue_type: &str) {
         .api(a, "GET", "/api/queues/%2F/unheard/members", None)
         .await;
     assert_eq!(status, 200, "{rows}");
-    let own = rows
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["node"] == json!(c.nodes[a].name)))
-        .cloned()
-        .unwrap_or_default();
+    let own = own_row(&c, a, &rows).unwrap_or_default();
     assert_eq!(own["raft_state"], json!("follower"), "{rows:#}");
     assert_eq!(own["last_log_index"], json!(0), "{rows:#}");
 
@@ -951,10 +947,10 @@ async fn voted_members_elect(queue_type: &str) {
         tokio::select! {
             () = &mut voted => {}
             // Answered without a leader once its wait ran out: still fine.
-        status = declare => {
-            assert!(status == 201 || status == 204, "{status}");
-            voted.await;
-        }
+            status = declare => {
+                assert!(status == 201 || status == 204, "{status}");
+                voted.await;
+            }
         }
     }
     assert_eq!(
@@ -1022,7 +1018,7 @@ async fn lead_one_on_each_but(c: &TestCluster, a: usize) -> Vec<usize> {
 
 /// Declares `name`, of `queue_type`, through node `i` with the balanced
 /// locator; the status (0: no answer). The declare is answered once the
-/// queue has a leader.
+/// queue has a leader, or once the declaring node's wait for one ran out.
 async fn declare_balanced(c: &TestCluster, i: usize, name: &str, queue_type: &str) -> u16 {
     let args = json!({"x-queue-type": queue_type, "x-queue-leader-locator": "balanced"});
     let path = format!("/api/queues/%2F/{name}");
