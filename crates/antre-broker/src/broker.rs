@@ -123,6 +123,10 @@ pub struct Broker {
     /// client's metadata request names the node of each stream's leader
     /// and replicas by these. By (node, protocol).
     pub(crate) listeners: RwLock<std::collections::BTreeMap<(String, String), String>>,
+    /// In a cluster, the nodes recorded as drained (maintenance mode; RabbitMQ's
+    /// replicated maintenance-state table): a new queue's leader is not
+    /// placed on one of them while another node can take it.
+    pub(crate) drained: RwLock<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Broker {
@@ -170,6 +174,7 @@ impl Broker {
             remote: std::sync::OnceLock::new(),
             forwarded: parking_lot::Mutex::default(),
             listeners: RwLock::default(),
+            drained: RwLock::default(),
         }
     }
 

@@ -260,10 +260,6 @@ pub enum MetaCommand {
         /// Only if it has no ready messages.
         if_empty: bool,
     },
-    /// A quorum queue's group elected a leader: where its engine (its
-    /// consumers, its publishes) lives now. Proposed by the new leader;
-    /// nodes that are not members of the group learn it from here (members
-    /// follow their own replica).
     /// Records where a node listens for a protocol (`stream`), or that
     /// it no longer does (`address` None). Each node records its own as
     /// it starts.
@@ -275,6 +271,19 @@ pub enum MetaCommand {
         /// `HOST:PORT` as clients reach it.
         address: Option<String>,
     },
+    /// Records that a node is drained (maintenance mode) or no longer is.
+    /// Each node records its own state: when it is drained or revived,
+    /// and when it starts (a restart ends maintenance mode).
+    SetDrained {
+        /// The node's name.
+        node: String,
+        /// Whether it is drained.
+        drained: bool,
+    },
+    /// A quorum queue's group elected a leader: where its engine (its
+    /// consumers, its publishes) lives now. Proposed by the new leader;
+    /// nodes that are not members of the group learn it from here (members
+    /// follow their own replica).
     QueueLeader {
         /// The vhost.
         vhost: String,
@@ -491,6 +500,9 @@ pub struct MetaSnapshot {
     /// Nodes' listeners of other protocols: (node, protocol, address).
     #[serde(default)]
     pub listeners: Vec<(String, String, String)>,
+    /// The nodes recorded as drained.
+    #[serde(default)]
+    pub drained: Vec<String>,
 }
 
 /// A quorum queue's Raft group, as every node of a cluster knows it.
@@ -789,6 +801,14 @@ impl Broker {
                     None => listeners.remove(&key).is_some(),
                 })
             }
+            C::SetDrained { node, drained } => {
+                let mut marks = self.drained.write();
+                MetaOutcome::Changed(if drained {
+                    marks.insert(node)
+                } else {
+                    marks.remove(&node)
+                })
+            }
             C::QueueMember {
                 vhost,
                 name,
@@ -945,6 +965,7 @@ impl Broker {
             owners,
             quorum: Vec::new(),
             listeners: self.listeners(),
+            drained: self.drained_nodes(),
         }
     }
 
@@ -977,7 +998,24 @@ impl Broker {
             }
         }
         self.set_listeners(snapshot.listeners);
+        self.set_drained_nodes(snapshot.drained);
         Ok(())
+    }
+
+    /// The nodes recorded as drained, by name.
+    pub fn drained_nodes(&self) -> Vec<String> {
+        self.drained.read().iter().cloned().collect()
+    }
+
+    /// Whether `node` is recorded as drained.
+    pub fn node_drained(&self, node: &str) -> bool {
+        self.drained.read().contains(node)
+    }
+
+    /// Replaces the drained nodes (a snapshot's, or what a node persisted
+    /// before a restart).
+    pub fn set_drained_nodes(&self, nodes: Vec<String>) {
+        *self.drained.write() = nodes.into_iter().collect();
     }
 
     /// Every node's recorded listeners: (node, protocol, address).
@@ -1352,5 +1390,34 @@ mod tests {
         assert_eq!(eu.definitions().bindings.len(), 1);
         assert!(b.access().user("ops").is_some());
         assert_eq!(b.meta_snapshot(), snapshot);
+    }
+
+    #[test]
+    fn a_drained_node_is_recorded_until_it_records_otherwise() {
+        let a = Broker::new();
+        let mark = |node: &str, drained| MetaCommand::SetDrained {
+            node: node.into(),
+            drained,
+        };
+        assert_eq!(
+            a.apply_meta(mark("n2", true)).unwrap(),
+            MetaOutcome::Changed(true)
+        );
+        assert_eq!(
+            a.apply_meta(mark("n2", true)).unwrap(),
+            MetaOutcome::Changed(false)
+        );
+        a.apply_meta(mark("n3", true)).unwrap();
+        a.apply_meta(mark("n3", false)).unwrap();
+        assert!(a.node_drained("n2") && !a.node_drained("n3"));
+        // A snapshot carries the record; one of an older version has none.
+        let b = Broker::new();
+        b.set_drained_nodes(vec!["n1".into()]);
+        b.install_meta_snapshot(a.meta_snapshot()).unwrap();
+        assert_eq!(b.drained_nodes(), ["n2"]);
+        let mut old = serde_json::to_value(a.meta_snapshot()).unwrap();
+        old.as_object_mut().unwrap().remove("drained");
+        let old: MetaSnapshot = serde_json::from_value(old).unwrap();
+        assert!(old.drained.is_empty());
     }
 }

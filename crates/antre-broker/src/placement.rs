@@ -57,6 +57,20 @@ pub fn choose_node(
     }
 }
 
+/// The running `nodes` a new queue may be placed on: those not drained
+/// (maintenance mode), or all of them if every one is, as RabbitMQ's
+/// potential leaders: a queue placed on a drained node would wait for the
+/// other members to start it after their hold, three election timeouts
+/// (docs/clustering.md, "Rolling restarts").
+pub fn potential_leaders(nodes: Vec<String>, drained: impl Fn(&str) -> bool) -> Vec<String> {
+    let serving: Vec<String> = nodes.iter().filter(|n| !drained(n)).cloned().collect();
+    if serving.is_empty() {
+        nodes
+    } else {
+        serving
+    }
+}
+
 impl Broker {
     /// The node a new queue `name` of `vhost`, declared on this node with
     /// `arguments`, is placed on (see the module docs). `None` outside a
@@ -96,7 +110,7 @@ impl Broker {
         if locator == Locator::ClientLocal {
             return Some(me);
         }
-        let nodes = log.nodes();
+        let nodes = potential_leaders(log.nodes(), |n| self.node_drained(n));
         let load = match kind {
             QueueKind::Classic => self.classic_queues_per_node(&me),
             QueueKind::Quorum | QueueKind::Stream => self.quorum_leaders_per_node(),
@@ -172,6 +186,21 @@ mod tests {
             choose_node(Locator::MinMasters, "n1", &nodes(), &load),
             "n3"
         );
+    }
+
+    #[test]
+    fn a_drained_node_is_no_potential_leader_unless_all_are() {
+        let drained = |n: &str| n == "n2";
+        let serving = potential_leaders(nodes(), drained);
+        assert_eq!(serving, ["n1", "n3"]);
+        let mut load = HashMap::new();
+        for _ in 0..6 {
+            let n = choose_node(Locator::Balanced, "n2", &serving, &load);
+            assert_ne!(n, "n2", "the declaring node is drained");
+            *load.entry(n).or_default() += 1;
+        }
+        assert_eq!(potential_leaders(nodes(), |_| true), nodes());
+        assert_eq!(potential_leaders(Vec::new(), drained), Vec::<String>::new());
     }
 
     #[test]

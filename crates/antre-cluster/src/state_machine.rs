@@ -61,6 +61,9 @@ struct Applied {
     /// does not apply again the entries that recorded them).
     #[serde(default)]
     listeners: Vec<(String, String, String)>,
+    /// The nodes recorded as drained, kept for the same reason.
+    #[serde(default)]
+    drained: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +146,7 @@ impl StateMachine {
                 None => None,
             };
         broker.set_listeners(applied.listeners);
+        broker.set_drained_nodes(applied.drained);
         let floor = SnapshotFloor::new(snapshot.as_ref().and_then(|s| s.meta.last_log_id));
         let owners: BTreeMap<(String, String), String> = applied
             .owners
@@ -253,6 +257,7 @@ impl StateMachine {
                 .collect(),
             quorum: state.quorum.values().cloned().collect(),
             listeners: self.broker.listeners(),
+            drained: self.broker.drained_nodes(),
         };
         let json = serde_json::to_vec(&applied).map_err(io_err)?;
         antre_store::definitions::write_atomic(&self.dir.join("applied.json"), &json)

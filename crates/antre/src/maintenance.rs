@@ -9,9 +9,16 @@
 //! voting but do not stand for election (see
 //! [`antre_cluster::network::Link::set_draining`]). The management API
 //! stays up, so the node can be revived.
+//!
+//! The state is the node's own, and the metadata group records it for the
+//! others ([`record`]): as RabbitMQ's replicated maintenance-state table,
+//! the record keeps new queues' leaders off the node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use antre_broker::cluster::MetaCommand;
+use antre_broker::Broker;
 use antre_cluster::network::Link;
 use tokio::sync::watch;
 
@@ -62,6 +69,68 @@ impl Maintenance {
     /// when the node is drained.
     pub fn watch(&self) -> watch::Receiver<bool> {
         self.tx.subscribe()
+    }
+}
+
+/// How often the record is compared with the node's state when nothing
+/// changed here: the record can change under it (a restarted node whose
+/// metadata is catching up; a proposal that failed while the metadata
+/// group had no leader).
+const RECORD_CHECK: Duration = Duration::from_secs(1);
+
+/// On a cluster node: keeps the metadata's record of whether this node is
+/// drained equal to its state, proposing a change whenever they differ,
+/// until `shutdown`. A node starts revived, so a restart ends the record of
+/// a drain too (RabbitMQ's boot unmarks the node the same way).
+pub fn record(
+    maintenance: &Maintenance,
+    broker: &Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(node) = broker.node_name().map(str::to_owned) else {
+        return;
+    };
+    let mut changes = maintenance.watch();
+    let broker = Arc::clone(broker);
+    tokio::spawn(async move {
+        loop {
+            let drained = *changes.borrow_and_update();
+            if broker.node_drained(&node) != drained {
+                let command = MetaCommand::SetDrained {
+                    node: node.clone(),
+                    drained,
+                };
+                let b = Arc::clone(&broker);
+                match tokio::task::spawn_blocking(move || b.change_meta(command)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!("recording the maintenance state: {e}"),
+                    Err(_) => return,
+                }
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(RECORD_CHECK) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
+
+/// Waits, at most `within`, until this node's metadata records its state
+/// as `drained`; whether it does.
+pub async fn recorded(broker: &Broker, drained: bool, within: Duration) -> bool {
+    let Some(node) = broker.node_name() else {
+        return true;
+    };
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        if broker.node_drained(node) == drained {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -299,6 +299,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             tracing::info!("management UI and API on {scheme}://{addr}/");
         }
     }
+    crate::maintenance::record(&maintenance, &broker, shutdown_rx.clone());
     if let Some(c) = &config.cluster {
         // The first stream listener is the one clients are sent to.
         crate::stream::record_listener(&broker, stream_addrs.first().copied(), c.advertised().ip());

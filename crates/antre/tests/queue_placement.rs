@@ -195,3 +195,85 @@ async fn new_queues_are_placed_where_their_locator_says() {
     declare_on(&c, 1, "bal-down", args).await;
     assert_ne!(node_of(&c, 1, "bal-down").await, "n1");
 }
+
+/// The node a queue was placed on (its first member), as node `i` lists
+/// it: for a quorum queue the node its declare named to stand first.
+async fn placed_on(c: &TestCluster, i: usize, name: &str) -> String {
+    let q = c.queue_on(i, name).await.expect("the queue is listed");
+    q["members"][0].as_str().unwrap_or_default().to_owned()
+}
+
+/// Waits until node `i`'s metadata records node `d` as drained or not
+/// (`/api/nodes`' `maintenance_recorded`), with `d` running.
+async fn until_recorded(c: &TestCluster, i: usize, d: usize, drained: bool) {
+    let name = c.nodes[d].name.clone();
+    c.until("the maintenance state recorded", || async {
+        c.nodes(i).await.iter().any(|n| {
+            n["name"] == json!(name)
+                && n["running"] == json!(true)
+                && n["maintenance_recorded"] == json!(drained)
+        })
+    })
+    .await;
+}
+
+/// A drained node (maintenance mode) is no place for a new queue's
+/// leader, as in RabbitMQ: the drain is recorded in the metadata, and the
+/// other nodes' balanced locator leaves it out until it is revived or
+/// restarted. Before, its state was its own: a third of these queues were
+/// placed on it and waited three election timeouts for another member to
+/// start them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_is_no_place_for_new_queues_until_it_serves_again() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let (d, via) = (1, 0);
+    let drained = c.nodes[d].name.clone();
+    let balanced = || {
+        table(&[
+            ("x-queue-type", "quorum"),
+            ("x-queue-leader-locator", "balanced"),
+        ])
+    };
+    declare_on(&c, via, "warm-up", balanced()).await;
+
+    let (ok, out, err) = c.cli(d, &["cluster", "drain"]).await;
+    assert!(ok && !out.contains("not recorded"), "{out}{err}");
+    until_recorded(&c, via, d, true).await;
+    let mut placed = Vec::new();
+    for i in 0..6 {
+        let name = format!("while-drained-{i}");
+        declare_on(&c, via, &name, balanced()).await;
+        placed.push(placed_on(&c, via, &name).await);
+        assert_ne!(node_of(&c, via, &name).await, drained, "{name}");
+    }
+    assert!(!placed.contains(&drained), "{placed:?}");
+    // A classic queue's min-masters locator leaves it out too.
+    declare_on(
+        &c,
+        via,
+        "classic-while-drained",
+        table(&[("x-queue-master-locator", "min-masters")]),
+    )
+    .await;
+    assert_ne!(node_of(&c, via, "classic-while-drained").await, drained);
+
+    // Revived, it leads none, so it is the balanced pick at once.
+    let (ok, out, err) = c.cli(d, &["cluster", "revive"]).await;
+    assert!(ok, "{out}{err}");
+    until_recorded(&c, via, d, false).await;
+    declare_on(&c, via, "after-revive", balanced()).await;
+    assert_eq!(placed_on(&c, via, "after-revive").await, drained);
+
+    // Drained, then restarted without a revive: the restart ends the
+    // record as it ends maintenance mode.
+    let (ok, out, err) = c.cli(d, &["cluster", "drain"]).await;
+    assert!(ok, "{out}{err}");
+    until_recorded(&c, via, d, true).await;
+    c.kill(d);
+    c.spawn(d);
+    c.wait_http(d).await;
+    until_recorded(&c, via, d, false).await;
+    declare_on(&c, via, "after-restart", balanced()).await;
+    assert_eq!(placed_on(&c, via, "after-restart").await, drained);
+    assert_eq!(node_of(&c, via, "after-restart").await, drained);
+}

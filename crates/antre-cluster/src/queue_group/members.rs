@@ -1115,8 +1115,9 @@ impl Cluster {
 impl Cluster {
     /// Drains this node's leaderships (`rabbitmq-upgrade drain`): hands
     /// each quorum queue and stream it leads to another member, the one
-    /// that leads fewest of them among those running (the next if that
-    /// one cannot take it), and reports each move. Call it once the link
+    /// that leads fewest of them among those running and not drained
+    /// (the next if that one cannot take it), and reports each move.
+    /// Call it once the link
     /// is drained ([`crate::network::Link::set_draining`]), so no
     /// leadership comes back meanwhile.
     pub async fn drain_leaders(&self) -> Result<Vec<LeaderMove>, QueueMemberError> {
@@ -1127,11 +1128,13 @@ impl Cluster {
             .filter(|d| self.leader_of(d).as_deref() == Some(me.as_str()))
             .cloned()
             .collect();
+        // A member recorded as drained would refuse the leadership.
+        let broker = &self.queue_groups.broker;
         let running: Vec<String> = self
             .status()
             .members
             .into_iter()
-            .filter(|m| m.running && !m.this_node)
+            .filter(|m| m.running && !m.this_node && !broker.node_drained(&m.name))
             .map(|m| m.name)
             .collect();
         let mut counts = self.leader_counts(&defs);
@@ -1154,7 +1157,8 @@ impl Cluster {
                 }
                 let (c, def, from) = (Arc::clone(&this), def.clone(), me.clone());
                 tasks.spawn(async move {
-                    let mut error = Some("no other member of it is running".to_owned());
+                    let mut error =
+                        Some("no other member of it is running and not drained".to_owned());
                     let mut last = String::new();
                     for target in to {
                         let deadline = Instant::now() + TRANSFER_TIMEOUT;

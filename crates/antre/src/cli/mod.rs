@@ -426,8 +426,12 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         C::Cluster(ClusterCommand::Drain(r)) => replicas::drain(&r, out),
         C::Cluster(ClusterCommand::Revive(r)) => {
-            client::Client::new(&r).send("POST", "/api/maintenance/revive", None)?;
-            done(&r, out, "the node takes clients and may lead again".into())
+            let answer = client::Client::new(&r).send("POST", "/api/maintenance/revive", None)?;
+            let mut text = "the node takes clients and may lead again".to_owned();
+            if answer["recorded"] == serde_json::json!(false) {
+                text.push_str(replicas::NOT_RECORDED);
+            }
+            done(&r, out, text)
         }
         C::Queues(QueuesArgs { verb: Some(v), .. }) => replicas::run(v, out),
         C::Queues(QueuesArgs { verb: None, remote }) => listing::queues(&remote, out),

@@ -202,6 +202,13 @@ fn member_path(r: &Remote, queue: &str, node: &str) -> String {
     )
 }
 
+/// Said after a drain or a revive that the metadata did not record in
+/// time (no metadata leader): until it does, the other nodes place new
+/// queues as before.
+pub const NOT_RECORDED: &str =
+    "\n(the cluster has not recorded it yet: the node keeps proposing it; \
+     until then other nodes place new queues as before)";
+
 /// `antre cluster drain`: the connections closed and each leadership
 /// moved; fails if one did not move.
 pub fn drain(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -209,8 +216,13 @@ pub fn drain(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
     if r.format != Format::Json {
         writeln!(
             out,
-            "drained: {} client connection(s) closed; new clients are refused",
-            text(&answer["connections_closed"])
+            "drained: {} client connection(s) closed; new clients are refused{}",
+            text(&answer["connections_closed"]),
+            if answer["recorded"] == json!(false) {
+                NOT_RECORDED
+            } else {
+                ""
+            }
         )?;
     }
     let moves = &answer["leaders"];

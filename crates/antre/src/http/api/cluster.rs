@@ -104,7 +104,8 @@ pub async fn delete_queue_member(
 
 /// The members a rebalance moves no leader to: all but those that
 /// answered, within a few seconds, that they are not in maintenance mode
-/// (this node by its own state). A drained node would refuse a
+/// (this node by its own state; one the metadata records as drained is
+/// not asked). A drained node would refuse a
 /// leadership, and a member that does not answer is no place for one
 /// either (a busy node's answer once took longer than a second in CI, and
 /// the drained node it came from was then asked to lead).
@@ -113,6 +114,8 @@ async fn no_leaders_to(state: &HttpState, cluster: &antre_cluster::Cluster) -> V
     let asked = members.iter().map(|m| async move {
         let ready = if m.this_node {
             !state.maintenance.draining()
+        } else if state.broker.node_drained(&m.name) {
+            false
         } else if m.running {
             let wait = std::time::Duration::from_secs(3);
             // Once more on a failure: a pooled connection the peer closed
@@ -471,13 +474,21 @@ pub async fn drain(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
     for c in &connections {
         c.force_close(crate::maintenance::CLOSE_REASON);
     }
+    // Recorded before the leaderships move, so that no node places a new
+    // queue here meanwhile.
+    let recorded = crate::maintenance::recorded(&state.broker, true, RECORD_WAIT).await;
     let moves = member_answer(cluster.drain_leaders().await)?;
     Ok(Json(json!({
         "being_drained": true,
+        "recorded": recorded,
         "connections_closed": connections.len(),
         "leaders": moves_json(&moves),
     })))
 }
+
+/// How long a drain or a revive waits for the metadata to record it; the
+/// node keeps proposing it after that ([`crate::maintenance::record`]).
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// POST /api/maintenance/revive: ends maintenance mode (`rabbitmq-upgrade
 /// revive`): clients are taken again, and the node's replicas may lead
@@ -487,5 +498,6 @@ pub async fn revive(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
     if state.maintenance.set(false) {
         tracing::info!("this node is revived: it takes clients and may lead again");
     }
-    Ok(Json(json!({"being_drained": false})))
+    let recorded = crate::maintenance::recorded(&state.broker, false, RECORD_WAIT).await;
+    Ok(Json(json!({"being_drained": false, "recorded": recorded})))
 }

@@ -298,6 +298,11 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
                 // Each idle quorum queue's leases it sent this node: what
                 // its leader sends instead of heartbeats once it is idle.
                 "queue_leases": (!m.this_node).then_some(m.queue_leases),
+                // Whether the metadata, as this node has applied it, records
+                // the node as drained: new queues are then not placed there.
+                // The node records its own state; until it has, this can
+                // differ from the `being_drained` it reports.
+                "maintenance_recorded": state.broker.node_drained(&m.name),
             });
             let mut node = if m.this_node {
                 std::mem::take(&mut local)
