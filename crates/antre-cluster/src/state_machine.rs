@@ -64,6 +64,13 @@ struct Applied {
     /// The nodes recorded as drained, kept for the same reason.
     #[serde(default)]
     drained: Vec<String>,
+    /// Each quorum queue's and stream's leader as the metadata last
+    /// recorded it (`QueueLeader`): (vhost, queue, leader, its term). A
+    /// node that is no member of the group knows the leader only from
+    /// there; without this a restart showed the declaring node until the
+    /// next leadership change.
+    #[serde(default)]
+    leaders: Vec<(String, String, String, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +84,8 @@ struct State {
     membership: StoredMembership<NodeId, Member>,
     owners: BTreeMap<(String, String), String>,
     quorum: BTreeMap<(String, String), QuorumDef>,
+    /// (vhost, queue) -> (leader, term), see [`Applied::leaders`].
+    leaders: BTreeMap<(String, String), (String, u64)>,
     snapshot: Option<StoredSnapshot>,
 }
 
@@ -167,6 +176,11 @@ impl StateMachine {
                     .into_iter()
                     .map(|d| ((d.vhost.clone(), d.name.clone()), d))
                     .collect(),
+                leaders: applied
+                    .leaders
+                    .into_iter()
+                    .map(|(v, q, leader, term)| ((v, q), (leader, term)))
+                    .collect(),
                 snapshot,
             })),
             waiters,
@@ -193,6 +207,23 @@ impl StateMachine {
                     let remote = (*node != self.node_name).then_some(node.as_str());
                     v.set_remote_owner(queue, remote);
                 }
+            }
+        }
+        // A member learns its leader from its own replica; a node that is
+        // none from the metadata, whose entries it does not apply again.
+        for (key, (leader, term)) in &state.leaders {
+            let Some(def) = state.quorum.get(key) else {
+                continue;
+            };
+            // A leader removed from the group since is stale.
+            let useful = !def.members.contains(&self.node_name) && def.members.contains(leader);
+            match self.broker.vhost(&key.0) {
+                Some(v) if useful && v.has_queue(&key.1) => {
+                    v.set_quorum_leader(&key.1, leader, *term);
+                    let remote = (*leader != self.node_name).then_some(leader.as_str());
+                    v.set_remote_owner(&key.1, remote);
+                }
+                _ => {}
             }
         }
     }
@@ -256,6 +287,11 @@ impl StateMachine {
                 .map(|((v, q), n)| (v.clone(), q.clone(), n.clone()))
                 .collect(),
             quorum: state.quorum.values().cloned().collect(),
+            leaders: state
+                .leaders
+                .iter()
+                .map(|((v, q), (leader, term))| (v.clone(), q.clone(), leader.clone(), *term))
+                .collect(),
             listeners: self.broker.listeners(),
             drained: self.broker.drained_nodes(),
         };
@@ -299,6 +335,10 @@ impl StateMachine {
             MetaCommand::DeleteQueue { vhost, name, .. } => Some((vhost.clone(), name.clone())),
             _ => None,
         };
+        let led = match &command {
+            MetaCommand::QueueLeader { vhost, name, .. } => Some((vhost.clone(), name.clone())),
+            _ => None,
+        };
         let deleted_vhost = match &command {
             MetaCommand::DeleteVhost { name } => Some(name.clone()),
             _ => None,
@@ -312,6 +352,17 @@ impl StateMachine {
             }
         }
         let mut state = self.state.lock();
+        if let Some(key) = led {
+            // The leader the broker took (an older term's changes nothing).
+            let known = self
+                .broker
+                .vhost(&key.0)
+                .and_then(|v| v.quorum_info(&key.1))
+                .and_then(|i| Some((i.leader?, i.leader_term)));
+            if let Some(known) = known {
+                state.leaders.insert(key, known);
+            }
+        }
         if let Some((vhost, queue)) = queue_key {
             let key = (vhost.clone(), queue.clone());
             let v = self.broker.vhost(&vhost);
@@ -333,6 +384,7 @@ impl StateMachine {
                 }
             } else {
                 state.owners.remove(&key);
+                state.leaders.remove(&key);
                 if let Some(def) = state.quorum.remove(&key) {
                     self.groups.deleted(&def.group);
                     self.save(&state)?;
@@ -341,6 +393,7 @@ impl StateMachine {
         }
         if let Some(gone) = deleted_vhost {
             state.owners.retain(|(v, _), _| *v != gone);
+            state.leaders.retain(|(v, _), _| *v != gone);
             let dropped: Vec<String> = state
                 .quorum
                 .iter()
@@ -556,6 +609,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // removed from meanwhile.
                 this.groups.members_changed(def);
             }
+            // The snapshot carries no leaders: those of queues still there
+            // stay, until the next leadership change records another.
+            state.leaders.retain(|key, _| quorum.contains_key(key));
             state.quorum = quorum;
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();

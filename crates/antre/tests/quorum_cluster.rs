@@ -2186,3 +2186,42 @@ async fn a_drained_node_hands_its_leaders_and_clients_away() {
         "{nodes:?}"
     );
 }
+
+/// A node that is no member of a quorum queue knows its leader only from
+/// the metadata; a restart keeps it. Before, the restarted node showed the
+/// declaring node as the queue's leader and location until the next
+/// leadership change, and forwarded its clients' publishes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_non_member_still_knows_the_queues_leader() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let size = ("x-quorum-initial-group-size", AMQPValue::LongInt(2));
+    c.declare_durable(0, "pair", quorum_args(&[size])).await;
+    c.until_members("pair", &["n1", "n2"]).await;
+    assert_eq!(wait_leader(&c, "pair").await, 0, "led where declared");
+
+    // The leadership moves to n2 (a drain of n1 hands it over); n3, no
+    // member, learns it from the metadata.
+    let (ok, out, err) = c.cli(0, &["cluster", "drain"]).await;
+    assert!(ok && out.contains("pair"), "{out}{err}");
+    let (ok, out, err) = c.cli(0, &["cluster", "revive"]).await;
+    assert!(ok, "{out}{err}");
+    let shows_n2 = |q: Option<Value>| {
+        q.is_some_and(|q| q["leader"] == json!("n2") && q["node"] == json!("n2"))
+    };
+    c.until("n3 to know n2 leads", || async {
+        shows_n2(queue_json(&c, 2, "pair").await)
+    })
+    .await;
+
+    c.kill(2);
+    c.spawn(2);
+    c.wait_http(2).await;
+    let q = queue_json(&c, 2, "pair").await;
+    assert!(shows_n2(q.clone()), "after its restart n3 lists {q:?}");
+
+    // A publish through n3 goes to the leader and is confirmed.
+    let conn = connect(&c.nodes[2].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    publish_all_confirmed(&ch, "pair", "via-n3-", 3).await;
+    drain_all(&c, "pair", &["via-n3-0", "via-n3-1", "via-n3-2"]).await;
+}
