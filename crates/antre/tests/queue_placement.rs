@@ -270,6 +270,15 @@ async fn a_drained_node_is_no_place_for_new_queues_until_it_serves_again() {
     assert!(ok, "{out}{err}");
     until_recorded(&c, via, d, true).await;
     c.kill(d);
+    // Down, it is shown drained as recorded (it cannot say so itself).
+    c.until("the node to be down, shown drained", || async {
+        c.nodes(via).await.iter().any(|n| {
+            n["name"] == json!(drained)
+                && n["running"] == json!(false)
+                && n["being_drained"] == json!(true)
+        })
+    })
+    .await;
     c.spawn(d);
     c.wait_http(d).await;
     until_recorded(&c, via, d, false).await;

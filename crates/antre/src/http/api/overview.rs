@@ -315,6 +315,11 @@ pub async fn nodes(State(state): State<HttpState>) -> Json<Value> {
             };
             node["name"] = json!(m.name);
             node["running"] = json!(m.this_node || m.running);
+            if node.get("being_drained").is_none() {
+                // A node that does not answer: the metadata's record, as
+                // RabbitMQ shows a stopped node drained before it stopped.
+                node["being_drained"] = json!(state.broker.node_drained(&m.name));
+            }
             if let (Some(node), Value::Object(extra)) = (node.as_object_mut(), cluster_fields) {
                 node.extend(extra);
             }
