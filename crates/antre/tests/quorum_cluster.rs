@@ -2103,6 +2103,12 @@ async fn a_drained_node_hands_its_leaders_and_clients_away() {
     let metrics = scrape(&c, d, "/metrics").await;
     assert_eq!(sample(&metrics, "antre_node_being_drained", &[]), Some(1.0));
     let other = (0..3).find(|&i| i != d && i != l2).expect("a third node");
+    c.until("the other nodes to export the drain's record", || async {
+        let metrics = scrape(&c, other, "/metrics").await;
+        let of = |n: &str| sample(&metrics, "antre_cluster_node_drained", &[("node", n)]);
+        of(&drained) == Some(1.0) && of(&c.nodes[l2].name) == Some(0.0)
+    })
+    .await;
     let (ok, out, _) = c.cli(other, &["cluster", "status"]).await;
     assert!(
         ok && out

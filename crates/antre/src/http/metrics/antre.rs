@@ -311,6 +311,18 @@ fn cluster(p: &mut Page, state: &HttpState) {
         );
     }
     p.family(
+        "antre_cluster_node_drained",
+        "gauge",
+        "1 for each cluster member the metadata records as drained (maintenance mode; it stays so for one stopped while drained), 0 for the others.",
+    );
+    for m in &status.members {
+        p.sample(
+            "antre_cluster_node_drained",
+            &[("node", &m.name)],
+            u8::from(state.broker.node_drained(&m.name)),
+        );
+    }
+    p.family(
         "antre_cluster_node_last_contact_seconds",
         "gauge",
         "Seconds since this node last heard from each cluster member (0 for itself).",
