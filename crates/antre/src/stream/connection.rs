@@ -697,8 +697,13 @@ impl Connection {
                         let info = self.vhost.as_ref().and_then(|v| v.quorum_info(&name));
                         let (leader, members) =
                             info.map(|i| (i.leader, i.members)).unwrap_or_default();
+                        // Nodes recorded as drained are left out, as
+                        // RabbitMQ leaves out nodes in maintenance mode:
+                        // they refuse stream clients.
+                        let serving = |n: &str| !self.broker.node_drained(n);
                         let leader_ref = leader
                             .as_deref()
+                            .filter(|l| serving(l))
                             .and_then(|l| self.broker_ref(&mut brokers, Some(l)));
                         // Replicas on nodes that are down are left out
                         // (as RabbitMQ does): a consumer sent there could
@@ -708,6 +713,7 @@ impl Connection {
                             .iter()
                             .filter(|m| Some(m.as_str()) != leader.as_deref())
                             .filter(|m| running.as_ref().is_none_or(|r| r.contains(m)))
+                            .filter(|m| serving(m))
                             .filter_map(|m| self.broker_ref(&mut brokers, Some(m)))
                             .collect();
                         match leader_ref {
