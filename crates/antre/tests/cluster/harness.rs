@@ -29,17 +29,36 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// tests running in parallel (one's cluster listener, another's AMQP one)
 /// were once given the same port, and the first to bind it answered the
 /// other's peers in the wrong protocol.
+///
+/// Below the kernel's range of ephemeral ports: a node binds its port a
+/// moment after it is planned, and meanwhile any outgoing connection on
+/// the machine (other nodes dial each other all the time) could be given
+/// it as its local port. That once stopped a node with "the port is in
+/// use" when a dozen clusters started at once.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let below = ephemeral_ports_start();
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind :0")
-            .local_addr()
-            .expect("local addr")
-            .port();
-        if claim_port(port) {
+        let port = rand::thread_rng().gen_range(FIRST_PLANNED_PORT..below);
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free && claim_port(port) {
             return port;
         }
     }
+}
+
+/// The lowest port [`free_port`] plans on: above the well-known and
+/// registered ports brokers and their tools use by default.
+const FIRST_PLANNED_PORT: u16 = 16384;
+
+/// Where the kernel's ephemeral ports start (Linux's default when it
+/// cannot be read).
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .filter(|&start: &u16| start > FIRST_PLANNED_PORT + 1024)
+        .unwrap_or(32768)
 }
 
 /// Records `port` as given out in this test process; false when it was
