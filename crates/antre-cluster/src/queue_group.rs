@@ -2460,8 +2460,8 @@ async fn first_election(
                 return;
             }
             first = false;
-            // Each try is a new term: not again before the last one could
-            // have been answered (then backing off).
+            // Not again before the last try could have been answered (then
+            // backing off).
             next_try = tokio::time::Instant::now() + retry;
             retry = (retry * 2).min(Duration::from_millis(400));
         }

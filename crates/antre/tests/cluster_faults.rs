@@ -953,10 +953,7 @@ async fn voted_members_elect(queue_type: &str) {
             }
         }
     }
-    assert_eq!(
-        placed_on(&c, others[0], &name).await,
-        json!(c.nodes[a].name)
-    );
+    assert_eq!(c.placed_on(others[0], &name).await, c.nodes[a].name);
     let (status, rows) = c.api(a, "GET", &members_path, None).await;
     assert_eq!(status, 200, "{rows}");
     assert!(
@@ -1028,15 +1025,6 @@ async fn declare_balanced(c: &TestCluster, i: usize, name: &str, queue_type: &st
         .map_or(0, |(status, _)| status)
 }
 
-/// The first member (where it was placed) of queue `name`, as node `i`
-/// knows it.
-async fn placed_on(c: &TestCluster, i: usize, name: &str) -> Value {
-    let (_, q) = c
-        .api(i, "GET", &format!("/api/queues/%2F/{name}"), None)
-        .await;
-    q["members"][0].clone()
-}
-
 /// A new queue's placed member that starts its replica only after the
 /// others elected a leader deposes no one. The metadata leader cannot
 /// reach node `a` while the queue is declared (through another node,
@@ -1056,10 +1044,7 @@ async fn a_late_placed_member_deposes_no_leader_of_its_new_queue() {
     mesh.cut_one_way(m, a);
     let status = declare_balanced(&c, others[0], "late-placed", "quorum").await;
     assert!(status == 201 || status == 204, "{status}");
-    assert_eq!(
-        placed_on(&c, others[0], "late-placed").await,
-        json!(c.nodes[a].name)
-    );
+    assert_eq!(c.placed_on(others[0], "late-placed").await, c.nodes[a].name);
     let row = |i: usize| {
         let c = &c;
         async move {

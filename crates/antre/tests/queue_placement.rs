@@ -13,7 +13,7 @@ use std::time::Duration;
 use harness::{connect, TestCluster, SECRET};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 fn table(entries: &[(&str, &str)]) -> FieldTable {
@@ -196,23 +196,30 @@ async fn new_queues_are_placed_where_their_locator_says() {
     assert_ne!(node_of(&c, 1, "bal-down").await, "n1");
 }
 
-/// The node a queue was placed on (its first member), as node `i` lists
-/// it: for a quorum queue the node its declare named to stand first.
-async fn placed_on(c: &TestCluster, i: usize, name: &str) -> String {
-    let q = c.queue_on(i, name).await.expect("the queue is listed");
-    q["members"][0].as_str().unwrap_or_default().to_owned()
+/// Waits until node `i`'s `/api/nodes` entry of node `d` is as `shown`
+/// says (`what` names it in a timeout).
+async fn until_node_shown(
+    c: &TestCluster,
+    i: usize,
+    d: usize,
+    what: &str,
+    shown: impl Fn(&Value) -> bool,
+) {
+    let name = json!(c.nodes[d].name);
+    c.until(what, || async {
+        c.nodes(i)
+            .await
+            .iter()
+            .any(|n| n["name"] == name && shown(n))
+    })
+    .await;
 }
 
 /// Waits until node `i`'s metadata records node `d` as drained or not
 /// (`/api/nodes`' `maintenance_recorded`), with `d` running.
 async fn until_recorded(c: &TestCluster, i: usize, d: usize, drained: bool) {
-    let name = c.nodes[d].name.clone();
-    c.until("the maintenance state recorded", || async {
-        c.nodes(i).await.iter().any(|n| {
-            n["name"] == json!(name)
-                && n["running"] == json!(true)
-                && n["maintenance_recorded"] == json!(drained)
-        })
+    until_node_shown(c, i, d, "the maintenance state recorded", |n| {
+        n["running"] == json!(true) && n["maintenance_recorded"] == json!(drained)
     })
     .await;
 }
@@ -220,9 +227,10 @@ async fn until_recorded(c: &TestCluster, i: usize, d: usize, drained: bool) {
 /// A drained node (maintenance mode) is no place for a new queue's
 /// leader, as in RabbitMQ: the drain is recorded in the metadata, and the
 /// other nodes' balanced locator leaves it out until it is revived or
-/// restarted. Before, its state was its own: a third of these queues were
-/// placed on it and waited three election timeouts for another member to
-/// start them.
+/// restarted. Before, its state was its own: having handed its
+/// leaderships away it led fewest, so these queues were placed on it
+/// first, each waiting three election timeouts for another member to
+/// start it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_is_no_place_for_new_queues_until_it_serves_again() {
     let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
@@ -243,7 +251,7 @@ async fn a_drained_node_is_no_place_for_new_queues_until_it_serves_again() {
     for i in 0..6 {
         let name = format!("while-drained-{i}");
         declare_on(&c, via, &name, balanced()).await;
-        placed.push(placed_on(&c, via, &name).await);
+        placed.push(c.placed_on(via, &name).await);
         assert_ne!(node_of(&c, via, &name).await, drained, "{name}");
     }
     assert!(!placed.contains(&drained), "{placed:?}");
@@ -262,7 +270,7 @@ async fn a_drained_node_is_no_place_for_new_queues_until_it_serves_again() {
     assert!(ok, "{out}{err}");
     until_recorded(&c, via, d, false).await;
     declare_on(&c, via, "after-revive", balanced()).await;
-    assert_eq!(placed_on(&c, via, "after-revive").await, drained);
+    assert_eq!(c.placed_on(via, "after-revive").await, drained);
 
     // Drained, then restarted without a revive: the restart ends the
     // record as it ends maintenance mode.
@@ -271,18 +279,14 @@ async fn a_drained_node_is_no_place_for_new_queues_until_it_serves_again() {
     until_recorded(&c, via, d, true).await;
     c.kill(d);
     // Down, it is shown drained as recorded (it cannot say so itself).
-    c.until("the node to be down, shown drained", || async {
-        c.nodes(via).await.iter().any(|n| {
-            n["name"] == json!(drained)
-                && n["running"] == json!(false)
-                && n["being_drained"] == json!(true)
-        })
+    until_node_shown(&c, via, d, "the node to be down, shown drained", |n| {
+        n["running"] == json!(false) && n["being_drained"] == json!(true)
     })
     .await;
     c.spawn(d);
     c.wait_http(d).await;
     until_recorded(&c, via, d, false).await;
     declare_on(&c, via, "after-restart", balanced()).await;
-    assert_eq!(placed_on(&c, via, "after-restart").await, drained);
+    assert_eq!(c.placed_on(via, "after-restart").await, drained);
     assert_eq!(node_of(&c, via, "after-restart").await, drained);
 }

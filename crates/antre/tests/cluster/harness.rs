@@ -662,6 +662,14 @@ impl TestCluster {
         }
     }
 
+    /// The node a queue was placed on (its first member, for a quorum
+    /// queue or stream the one its declare named to stand first), as node
+    /// `i` lists it (which it must).
+    pub async fn placed_on(&self, i: usize, name: &str) -> String {
+        let q = self.queue_on(i, name).await.expect("the queue is listed");
+        q["members"][0].as_str().unwrap_or_default().to_owned()
+    }
+
     /// A quorum queue's members as node `i` lists them, sorted.
     pub async fn members_on(&self, i: usize, name: &str) -> Option<Vec<String>> {
         let q = self.queue_on(i, name).await?;
