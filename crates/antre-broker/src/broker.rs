@@ -127,6 +127,9 @@ pub struct Broker {
     /// replicated maintenance-state table): a new queue's leader is not
     /// placed on one of them while another node can take it.
     pub(crate) drained: RwLock<std::collections::BTreeSet<String>>,
+    /// In a cluster, the feature flags it enabled (see
+    /// [`crate::feature_flags`]).
+    pub(crate) feature_flags: RwLock<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Broker {
@@ -175,6 +178,7 @@ impl Broker {
             forwarded: parking_lot::Mutex::default(),
             listeners: RwLock::default(),
             drained: RwLock::default(),
+            feature_flags: RwLock::default(),
         }
     }
 

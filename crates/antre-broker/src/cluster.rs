@@ -280,6 +280,13 @@ pub enum MetaCommand {
         /// Whether it is drained.
         drained: bool,
     },
+    /// Enables a feature flag (see [`crate::feature_flags`]): from this
+    /// entry on, the commands that need it may be logged. Proposed by the
+    /// metadata leader once every member supports the flag.
+    EnableFeatureFlag {
+        /// The flag's name.
+        name: String,
+    },
     /// A quorum queue's group elected a leader: where its engine (its
     /// consumers, its publishes) lives now. Proposed by the new leader;
     /// nodes that are not members of the group learn it from here (members
@@ -503,6 +510,9 @@ pub struct MetaSnapshot {
     /// The nodes recorded as drained.
     #[serde(default)]
     pub drained: Vec<String>,
+    /// The feature flags the cluster enabled.
+    #[serde(default)]
+    pub feature_flags: Vec<String>,
 }
 
 /// A quorum queue's Raft group, as every node of a cluster knows it.
@@ -809,6 +819,7 @@ impl Broker {
                     marks.remove(&node)
                 })
             }
+            C::EnableFeatureFlag { name } => MetaOutcome::Changed(self.enable_feature_flag(name)),
             C::QueueMember {
                 vhost,
                 name,
@@ -966,6 +977,7 @@ impl Broker {
             quorum: Vec::new(),
             listeners: self.listeners(),
             drained: self.drained_nodes(),
+            feature_flags: self.enabled_feature_flags(),
         }
     }
 
@@ -999,6 +1011,7 @@ impl Broker {
         }
         self.set_listeners(snapshot.listeners);
         self.set_drained_nodes(snapshot.drained);
+        self.set_enabled_feature_flags(snapshot.feature_flags);
         Ok(())
     }
 

@@ -43,6 +43,7 @@ pub mod durable;
 mod equivalence;
 pub mod error;
 pub mod exchange;
+pub mod feature_flags;
 pub mod message;
 pub mod metrics;
 pub mod placement;

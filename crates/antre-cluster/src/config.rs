@@ -65,6 +65,10 @@ pub struct ClusterConfig {
     pub metadata_timing: RaftTiming,
     /// Raft timing of every quorum queue's group.
     pub queue_timing: RaftTiming,
+    /// Feature flags this node claims not to support, as a version
+    /// without them would (`ANTRE_TEST_WITHOUT_FEATURE_FLAGS`): for
+    /// rehearsing a rolling upgrade. Empty in production.
+    pub without_feature_flags: Vec<String>,
 }
 
 /// The Raft timing of a kind of group: how often its leader sends
@@ -195,6 +199,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("tls", &self.tls.is_some())
             .field("metadata_timing", &self.metadata_timing)
             .field("queue_timing", &self.queue_timing)
+            .field("without_feature_flags", &self.without_feature_flags)
             .finish()
     }
 }
@@ -299,6 +304,7 @@ impl ClusterConfig {
             tls: None,
             metadata_timing: RaftTiming::METADATA,
             queue_timing: RaftTiming::QUEUE,
+            without_feature_flags: Vec::new(),
         }
     }
 

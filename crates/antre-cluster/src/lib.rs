@@ -34,6 +34,7 @@ pub mod config;
 pub mod data_wire;
 mod election;
 mod failover;
+pub mod feature_flags;
 pub mod forward;
 pub mod log_store;
 pub mod membership;

@@ -265,6 +265,9 @@ impl Cluster {
                         None => Ok(()),
                     };
                 }
+                self.check_joiner_flags(&m.name, addr)
+                    .await
+                    .map_err(Refusal::Error)?;
                 let member = Member::new(&m.name, addr);
                 tracing::info!("adding {member} to the cluster as a learner");
                 let added =

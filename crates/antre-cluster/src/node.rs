@@ -165,6 +165,9 @@ pub struct Cluster {
     /// [`Request::CloseConnection`]): its server knows its memory,
     /// alarms and connections, this crate does not.
     management: std::sync::OnceLock<Arc<dyn LocalManagement>>,
+    /// The broker whose metadata this node replicates (weak: the broker
+    /// holds this node as its metadata log).
+    broker: std::sync::Weak<Broker>,
 }
 
 /// This node's management layer as its peers' management APIs need it:
@@ -291,6 +294,7 @@ impl Cluster {
             listener: Mutex::default(),
             stop: tokio::sync::watch::Sender::new(false),
             this: std::sync::OnceLock::new(),
+            broker: Arc::downgrade(&broker),
         });
         let _ = node.this.set(Arc::downgrade(&node));
         let weak = Arc::downgrade(&node);
@@ -308,6 +312,9 @@ impl Cluster {
         ));
         *node.listener.lock() = Some(serving);
         raft_rt.spawn(ping_members(Arc::downgrade(&node)));
+        raft_rt.spawn(crate::feature_flags::enable_when_supported(Arc::downgrade(
+            &node,
+        )));
         raft_rt.spawn(crate::election::run(
             node.queue_groups.network().clone(),
             None,
@@ -377,7 +384,14 @@ impl Cluster {
         let m = self.management.get();
         match request {
             Request::NodeInfo => {
-                Response::NodeInfo(m.map_or_else(|| serde_json::json!({}), |m| m.node_info()))
+                let mut info = m.map_or_else(|| serde_json::json!({}), |m| m.node_info());
+                if let Some(fields) = info.as_object_mut() {
+                    fields.insert(
+                        crate::feature_flags::NODE_INFO_FIELD.into(),
+                        self.supported_feature_flags().into(),
+                    );
+                }
+                Response::NodeInfo(info)
             }
             Request::Listing { what, vhost, name } => {
                 Response::Listing(m.map_or_else(Vec::new, |m| {
@@ -740,6 +754,11 @@ impl Cluster {
         result
     }
 
+    /// The broker, while it lives.
+    pub(crate) fn broker(&self) -> Option<Arc<Broker>> {
+        self.broker.upgrade()
+    }
+
     /// This node as an `Arc`, for tasks it spawns (None once it is gone).
     pub(crate) fn arc(&self) -> Option<Arc<Cluster>> {
         self.this.get().and_then(std::sync::Weak::upgrade)
@@ -750,6 +769,14 @@ impl Cluster {
         &self,
         command: MetaCommand,
     ) -> Result<MetaOutcome, MetaError> {
+        if let Some(flag) = command.feature_flag() {
+            if !self.broker().is_some_and(|b| b.feature_flag_enabled(flag)) {
+                return Err(MetaError::Unavailable(format!(
+                    "cluster metadata change '{}' needs feature flag {flag}, which the cluster has not enabled: it is enabled once every member runs a version of antre that has it (antre cluster feature-flags)",
+                    command.describe()
+                )));
+            }
+        }
         let deadline = Instant::now() + self.link.config.change_timeout;
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();

@@ -64,6 +64,9 @@ struct Applied {
     /// The nodes recorded as drained, kept for the same reason.
     #[serde(default)]
     drained: Vec<String>,
+    /// The feature flags enabled, kept for the same reason.
+    #[serde(default)]
+    feature_flags: Vec<String>,
     /// Each quorum queue's and stream's leader as the metadata last
     /// recorded it (`QueueLeader`): (vhost, queue, leader, its term). A
     /// node that is no member of the group knows the leader only from
@@ -156,6 +159,7 @@ impl StateMachine {
             };
         broker.set_listeners(applied.listeners);
         broker.set_drained_nodes(applied.drained);
+        broker.set_enabled_feature_flags(applied.feature_flags);
         let floor = SnapshotFloor::new(snapshot.as_ref().and_then(|s| s.meta.last_log_id));
         let owners: BTreeMap<(String, String), String> = applied
             .owners
@@ -294,6 +298,7 @@ impl StateMachine {
                 .collect(),
             listeners: self.broker.listeners(),
             drained: self.broker.drained_nodes(),
+            feature_flags: self.broker.enabled_feature_flags(),
         };
         let json = serde_json::to_vec(&applied).map_err(io_err)?;
         antre_store::definitions::write_atomic(&self.dir.join("applied.json"), &json)

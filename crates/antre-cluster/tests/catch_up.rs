@@ -61,6 +61,7 @@ async fn start_with(
         tls: None,
         metadata_timing: antre_cluster::RaftTiming::METADATA,
         queue_timing: antre_cluster::RaftTiming::QUEUE,
+        without_feature_flags: Vec::new(),
     };
     let cluster = Cluster::start(config, Arc::clone(&broker)).await.unwrap();
     Node { broker, cluster }

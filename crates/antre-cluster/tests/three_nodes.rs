@@ -52,6 +52,7 @@ async fn start(names: &[&str], secrets: &[&str], dir: &std::path::Path) -> Vec<N
             tls: None,
             metadata_timing: antre_cluster::RaftTiming::METADATA,
             queue_timing: antre_cluster::RaftTiming::QUEUE,
+            without_feature_flags: Vec::new(),
         };
         let cluster = Cluster::start(config, Arc::clone(&broker)).await.unwrap();
         nodes.push(Node { broker, cluster });

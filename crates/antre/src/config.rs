@@ -726,6 +726,15 @@ impl Settings {
             snapshot_logs: antre_cluster::config::DEFAULT_SNAPSHOT_LOGS,
             join,
             tls,
+            without_feature_flags: std::env::var("ANTRE_TEST_WITHOUT_FEATURE_FLAGS")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|f| !f.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         config.validate()?;
         Ok(Some(config))

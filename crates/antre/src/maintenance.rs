@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use antre_broker::cluster::MetaCommand;
+use antre_broker::feature_flags::MAINTENANCE_MODE_STATUS;
 use antre_broker::Broker;
 use antre_cluster::network::Link;
 use tokio::sync::watch;
@@ -95,7 +96,10 @@ pub fn record(
     tokio::spawn(async move {
         loop {
             let drained = *changes.borrow_and_update();
-            if broker.node_drained(&node) != drained {
+            // Until every member's version can read the record, it is not
+            // made (see antre_broker::feature_flags).
+            let recordable = broker.feature_flag_enabled(MAINTENANCE_MODE_STATUS);
+            if recordable && broker.node_drained(&node) != drained {
                 let command = MetaCommand::SetDrained {
                     node: node.clone(),
                     drained,
@@ -117,7 +121,8 @@ pub fn record(
 }
 
 /// Waits, at most `within`, until this node's metadata records its state
-/// as `drained`; whether it does.
+/// as `drained`; whether it does (not while the cluster has not enabled
+/// the record's feature flag).
 pub async fn recorded(broker: &Broker, drained: bool, within: Duration) -> bool {
     let Some(node) = broker.node_name() else {
         return true;

@@ -16,6 +16,7 @@ mod proxy;
 
 mod cluster;
 mod cluster_faults;
+mod cluster_feature_flags;
 mod cluster_forwarding;
 mod cluster_nemesis;
 mod cluster_stream_protocol;

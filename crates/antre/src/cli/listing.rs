@@ -297,6 +297,33 @@ pub fn cluster_status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `antre cluster feature-flags`: each flag's state, and for one not
+/// enabled, the members holding it back.
+pub fn feature_flags(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
+    let flags = Client::new(r).get("/api/feature-flags")?;
+    if r.format == Format::Json {
+        return print_json(out, &flags);
+    }
+    let mut t = Table::new(vec!["name", "state", "waiting for", "description"]);
+    for f in flags.as_array().into_iter().flatten() {
+        let waiting = f["waiting_for"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| format!("{} ({})", text(&w["node"]), text(&w["reason"])))
+            .collect::<Vec<_>>()
+            .join(", ");
+        t.row(vec![
+            text(&f["name"]),
+            text(&f["state"]),
+            waiting,
+            text(&f["desc"]),
+        ]);
+    }
+    write!(out, "{t}")?;
+    Ok(())
+}
+
 /// `3d 4h 5m 6s`, leaving out leading zero units.
 fn human_duration(mut secs: u64) -> String {
     let mut parts = Vec::new();

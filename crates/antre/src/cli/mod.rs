@@ -152,6 +152,9 @@ pub enum ClusterCommand {
     /// End the maintenance mode of the node behind --url
     /// (`rabbitmq-upgrade revive`).
     Revive(Remote),
+    /// The feature flags (`rabbitmqctl list_feature_flags`): which the
+    /// cluster enabled, and which member holds back each one it did not.
+    FeatureFlags(Remote),
 }
 
 /// `antre queues [list]` and the other listings.
@@ -425,6 +428,7 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
             listing::cluster_forget(&remote, &node, out)
         }
         C::Cluster(ClusterCommand::Drain(r)) => replicas::drain(&r, out),
+        C::Cluster(ClusterCommand::FeatureFlags(r)) => listing::feature_flags(&r, out),
         C::Cluster(ClusterCommand::Revive(r)) => {
             let answer = client::Client::new(&r).send("POST", "/api/maintenance/revive", None)?;
             let mut text = "the node takes clients and may lead again".to_owned();

@@ -206,7 +206,8 @@ fn member_path(r: &Remote, queue: &str, node: &str) -> String {
 /// time (no metadata leader): until it does, the other nodes place new
 /// queues as before.
 pub const NOT_RECORDED: &str =
-    "\n(the cluster has not recorded it yet: the node keeps proposing it; \
+    "\n(the cluster has not recorded it yet: the node keeps proposing it, once \
+     feature flag maintenance_mode_status is enabled (antre cluster feature-flags); \
      until then other nodes place new queues as before)";
 
 /// `antre cluster drain`: the connections closed and each leadership

@@ -167,8 +167,9 @@ enum Rule {
 /// The rule for a route, by its path template (RabbitMQ's resource
 /// modules each name theirs; this table is the same choice).
 fn rule(template: &str, method: &Method) -> Rule {
-    const ADMIN_PREFIXES: [&str; 7] = [
+    const ADMIN_PREFIXES: [&str; 8] = [
         "/api/cluster/",
+        "/api/feature-flags",
         "/api/maintenance/",
         "/api/users",
         "/api/permissions",
@@ -344,6 +345,7 @@ mod tests {
             Rule::Vhost
         );
         assert_eq!(rule("/api/nodes", &get), Rule::Monitor);
+        assert_eq!(rule("/api/feature-flags", &get), Rule::Admin);
         assert_eq!(rule("/api/cluster-name", &get), Rule::Any);
         assert_eq!(rule("/api/cluster-name", &Method::PUT), Rule::Admin);
         assert_eq!(

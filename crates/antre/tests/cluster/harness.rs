@@ -99,6 +99,8 @@ pub struct Node {
     pub peers: Option<String>,
     /// More arguments for `antre serve` (TLS files, --cluster-join...).
     pub args: Vec<String>,
+    /// More environment variables for it.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -211,6 +213,7 @@ impl TestCluster {
             secret: secret.to_owned(),
             peers: None,
             args: Vec::new(),
+            env: Vec::new(),
             child: None,
             log: Arc::default(),
         }
@@ -288,6 +291,7 @@ impl TestCluster {
                 std::env::var("ANTRE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("ANTRE_CLUSTER_SECRET_FILE")
+            .envs(n.env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -486,6 +486,49 @@ pub async fn drain(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
     })))
 }
 
+/// GET /api/feature-flags: the feature flags, in RabbitMQ's fields
+/// (`name`, `desc`, `state`, `stability`, `provided_by`), `state` being
+/// `enabled`, `disabled` (every member supports it: the metadata leader
+/// enables it within seconds) or `unavailable` (a member lacks it or did
+/// not answer; `waiting_for` names each with why). A single node uses
+/// every flag its version knows.
+pub async fn feature_flags(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
+    let flags = match &state.cluster {
+        Some(c) => c.feature_flags().await,
+        None => antre_broker::feature_flags::FEATURE_FLAGS
+            .iter()
+            .map(|f| antre_cluster::feature_flags::FlagState {
+                name: f.name.to_owned(),
+                desc: f.desc.to_owned(),
+                enabled: true,
+                known: true,
+                waiting_for: Vec::new(),
+            })
+            .collect(),
+    };
+    let rows = flags
+        .iter()
+        .map(|f| {
+            let state = match (f.enabled, f.waiting_for.is_empty()) {
+                (true, _) => "enabled",
+                (false, true) => "disabled",
+                (false, false) => "unavailable",
+            };
+            json!({
+                "name": f.name,
+                "desc": f.desc,
+                "state": state,
+                "stability": "stable",
+                "provided_by": if f.known { "antre" } else { "a newer version of antre" },
+                "waiting_for": f.waiting_for.iter()
+                    .map(|(node, why)| json!({"node": node, "reason": why}))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(rows)))
+}
+
 /// How long a drain or a revive waits for the metadata to record it; the
 /// node keeps proposing it after that ([`crate::maintenance::record`]).
 const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
