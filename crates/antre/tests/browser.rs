@@ -710,6 +710,10 @@ fn admin(s: &Session, api: &Api) {
     s.click("//a[@id='admin-tab-limits']");
     s.find("//section[@id='listing-vhost-limits']");
     s.find("//section[@id='listing-user-limits']");
+
+    // A single node uses every flag its version knows.
+    s.click("//a[@id='admin-tab-feature-flags']");
+    s.find("//section[@id='listing-feature-flags']//tr[td[text()='maintenance_mode_status'] and td[text()='enabled']]");
 }
 
 /// Definitions: the export downloads the broker's file; an import from a

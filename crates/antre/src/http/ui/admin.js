@@ -14,6 +14,7 @@ const TABS = [
   ["policies", "Policies", policiesTab],
   ["limits", "Limits", limitsTab],
   ["definitions", "Definitions", definitionsTab],
+  ["feature-flags", "Feature flags", featureFlagsTab],
 ];
 
 export function adminPage(view, tab) {
@@ -72,6 +73,23 @@ function usersTab(view) {
     ],
   });
   return [view.add(list), h("div", { class: "forms" }, userForm)];
+}
+
+/// The feature flags (GET /api/feature-flags): a cluster enables one once
+/// every member's version supports it; until then each member holding it
+/// back is named.
+function featureFlagsTab(view) {
+  const list = listing({
+    id: "feature-flags", path: "/api/feature-flags", paged: false, what: "feature flags", sort: "name",
+    columns: [
+      { title: "Name", sort: "name", cell: f => f.name },
+      { title: "State", sort: "state", cell: f => f.state },
+      { title: "Waiting for", cell: f => f.waiting_for.map(w => `${w.node} (${w.reason})`).join(", ") },
+      { title: "Description", cell: f => f.desc },
+    ],
+  });
+  return [view.add(list), h("p", { class: "hint" },
+    "A cluster enables a flag once every member runs a version of antre that supports it; what needs the flag waits until then.")];
 }
 
 function vhostsTab(view) {
