@@ -9,7 +9,9 @@
 //! a flag this node knows is not enabled yet, and proposes
 //! [`MetaCommand::EnableFeatureFlag`] once every member lists it. A member
 //! that does not answer (down, cut off) holds the flag back, as RabbitMQ
-//! enables a flag only with every node running.
+//! enables a flag only with every node running. The leader does not add
+//! a member meanwhile (`Cluster::flag_changes`): one added between the
+//! question and the entry could not read the entry.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -236,6 +238,7 @@ pub(crate) async fn enable_when_supported(node: Weak<Cluster>) {
         if pending.is_empty() {
             continue;
         }
+        let _flags = n.flag_changes.lock().await;
         let support = n.members_support().await;
         for flag in pending {
             let holding = holding_back(&support, flag);

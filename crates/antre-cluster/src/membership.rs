@@ -265,6 +265,9 @@ impl Cluster {
                         None => Ok(()),
                     };
                 }
+                // Until the membership lists it (its entry is appended as
+                // add_learner starts), no feature flag is enabled.
+                let flags = self.flag_changes.lock().await;
                 self.check_joiner_flags(&m.name, addr)
                     .await
                     .map_err(Refusal::Error)?;
@@ -273,6 +276,7 @@ impl Cluster {
                 let added =
                     tokio::time::timeout_at(deadline, self.raft.add_learner(id, member, true))
                         .await;
+                drop(flags);
                 write_result(added)?;
                 tracing::info!("{} caught up: making it a voter", m.name);
                 let ids = BTreeSet::from([id]);

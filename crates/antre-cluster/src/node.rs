@@ -168,6 +168,10 @@ pub struct Cluster {
     /// The broker whose metadata this node replicates (weak: the broker
     /// holds this node as its metadata log).
     broker: std::sync::Weak<Broker>,
+    /// Held by the leader while it enables a feature flag and while it
+    /// adds a member, so that a node lacking the flag cannot be added
+    /// between the check that every member supports it and its entry.
+    pub(crate) flag_changes: tokio::sync::Mutex<()>,
 }
 
 /// This node's management layer as its peers' management APIs need it:
@@ -295,6 +299,7 @@ impl Cluster {
             stop: tokio::sync::watch::Sender::new(false),
             this: std::sync::OnceLock::new(),
             broker: Arc::downgrade(&broker),
+            flag_changes: tokio::sync::Mutex::new(()),
         });
         let _ = node.this.set(Arc::downgrade(&node));
         let weak = Arc::downgrade(&node);
