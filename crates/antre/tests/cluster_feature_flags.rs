@@ -61,6 +61,16 @@ async fn a_newer_command_waits_until_the_last_member_is_upgraded() {
     })
     .await;
 
+    // Each node's entry says which flags its version supports.
+    let nodes = c.nodes(0).await;
+    let flags_of = |name: &str| {
+        let n = nodes.iter().find(|n| n["name"] == name).expect("listed");
+        assert!(n["version"].is_string(), "{n}");
+        n["feature_flags"].clone()
+    };
+    assert_eq!(flags_of("n1"), serde_json::json!([FLAG]));
+    assert_eq!(flags_of("n3"), serde_json::json!([]));
+
     // A drain is not recorded: n3's version could not read the record.
     let (status, answer) = c.api(0, "POST", "/api/maintenance/drain", None).await;
     assert_eq!(status, 200, "{answer}");

@@ -262,6 +262,7 @@ pub fn cluster_status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
         "member",
         "running",
         "leader",
+        "version",
         "last contact",
         "reason",
     ]);
@@ -289,6 +290,7 @@ pub fn cluster_status(r: &Remote, out: &mut dyn Write) -> anyhow::Result<()> {
                 ""
             }
             .into(),
+            n["version"].as_str().unwrap_or("").into(),
             contact,
             n["unreachable_reason"].as_str().unwrap_or("").into(),
         ]);

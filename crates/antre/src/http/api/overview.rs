@@ -385,6 +385,9 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         "name": state.node_name(),
         "type": "disc",
         "running": true,
+        // The version this node runs: in a rolling upgrade, which nodes
+        // are upgraded (an older version's entry may lack it).
+        "version": env!("CARGO_PKG_VERSION"),
         // RabbitMQ's field: the node is in maintenance mode.
         "being_drained": state.maintenance.draining(),
         "uptime": state.started.elapsed().as_millis() as u64,
@@ -413,6 +416,7 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
     });
     if let Some(cluster) = &state.cluster {
         quorum_counts(cluster, &mut node);
+        node["feature_flags"] = json!(cluster.supported_feature_flags());
     }
     node
 }
