@@ -172,6 +172,9 @@ pub struct Cluster {
     /// adds a member, so that a node lacking the flag cannot be added
     /// between the check that every member supports it and its entry.
     pub(crate) flag_changes: tokio::sync::Mutex<()>,
+    /// The metadata state machine (a clone: openraft has the other), to
+    /// stop it at shutdown.
+    state_machine: StateMachine,
 }
 
 /// This node's management layer as its peers' management APIs need it:
@@ -255,6 +258,7 @@ impl Cluster {
             Arc::clone(&queue_groups),
         )?;
         let log = log.with_floor(Arc::clone(&sm.floor));
+        let state_machine = sm.clone();
         // The timing is a setting (crate::config::RaftTiming::METADATA by
         // default).
         let raft_config = openraft::Config {
@@ -300,6 +304,7 @@ impl Cluster {
             this: std::sync::OnceLock::new(),
             broker: Arc::downgrade(&broker),
             flag_changes: tokio::sync::Mutex::new(()),
+            state_machine,
         });
         let _ = node.this.set(Arc::downgrade(&node));
         let weak = Arc::downgrade(&node);
@@ -525,6 +530,7 @@ impl Cluster {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("stopping raft: {e}");
         }
+        self.state_machine.stop();
         self.log.close();
         self.raft_runtime.stop();
     }

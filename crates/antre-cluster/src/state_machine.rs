@@ -112,6 +112,8 @@ pub struct StateMachine {
     /// openraft builds snapshots on a task of their own, and a snapshot
     /// must see the broker between entries, never in the middle of one.
     applying: Arc<Mutex<()>>,
+    /// Set by [`StateMachine::stop`]: nothing is applied any more.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -193,6 +195,7 @@ impl StateMachine {
             snapshots_built: Arc::default(),
             floor: Arc::new(floor),
             applying: Arc::default(),
+            stopped: Arc::default(),
         };
         sm.restore_owners();
         Ok(sm)
@@ -470,9 +473,29 @@ impl StateMachine {
         Ok(result)
     }
 
+    /// Stops applying, once the batch under way (if any) is done: the
+    /// node is stopping and its broker closes its stores next. A change
+    /// applied to closed stores would be recorded as applied, so not
+    /// applied again after the restart, without having been written.
+    /// openraft's shutdown does not wait for an apply under way.
+    pub(crate) fn stop(&self) {
+        let _applying = self.applying.lock();
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Refuses work once [`StateMachine::stop`] ran (call it holding
+    /// `applying`).
+    fn check_running(&self) -> Result<(), std::io::Error> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(io_err("the node is stopping"));
+        }
+        Ok(())
+    }
+
     fn apply_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<usize, std::io::Error> {
         let n = entries.len();
         let _applying = self.applying.lock();
+        self.check_running()?;
         for entry in entries {
             match entry.payload {
                 EntryPayload::Blank => {}
@@ -590,6 +613,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::read_snapshot(sig(), &e))?;
             tracing::info!(snapshot = %meta.snapshot_id, "installing the metadata snapshot");
             let _applying = this.applying.lock();
+            this.check_running()
+                .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
             let mut state = this.state.lock();
             this.broker
                 .install_meta_snapshot(snap.clone())

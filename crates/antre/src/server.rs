@@ -63,7 +63,9 @@ pub struct RunningServer {
     /// The client-socket budget.
     pub sockets: Arc<Sockets>,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// The accept loop; it hands back the data directory's lock once every
+    /// connection is gone.
+    task: JoinHandle<std::fs::File>,
     http_tasks: Vec<JoinHandle<()>>,
     stream_tasks: Vec<JoinHandle<()>>,
     config: Config,
@@ -107,10 +109,20 @@ impl RunningServer {
         for stream in self.stream_tasks {
             let _ = stream.await;
         }
-        let _ = self.task.await;
+        let lock = self.task.await;
+        // The cluster stops before the stores close: its state machine
+        // applies metadata changes to the broker until it stops, and one
+        // applied to closed stores was recorded as applied (not applied
+        // again after the restart) without being written: a graceful stop
+        // of a node lost a queue declared meanwhile for good.
         if let Some(cluster) = &self.cluster {
             cluster.shutdown().await;
         }
+        // Every connection is gone: flush and close the stores so a
+        // restart brings back no acked message.
+        let broker = Arc::clone(&self.broker);
+        let _ = tokio::task::spawn_blocking(move || broker.close()).await;
+        drop(lock);
     }
 }
 
@@ -496,8 +508,7 @@ async fn accept_loop(
     shared: Shared,
     mut shutdown: watch::Receiver<bool>,
     lock: std::fs::File,
-) {
-    let broker = Arc::clone(&shared.broker);
+) -> std::fs::File {
     let mut connections = JoinSet::new();
     let mut next = 0;
     loop {
@@ -538,10 +549,7 @@ async fn accept_loop(
     }
     drop(amqp);
     while connections.join_next().await.is_some() {}
-    // Every connection is gone: flush and close the stores so a restart
-    // brings back no acked message.
-    let _ = tokio::task::spawn_blocking(move || broker.close()).await;
-    drop(lock);
+    lock
 }
 
 /// Takes an exclusive lock on the data directory, so a second broker

@@ -663,3 +663,84 @@ async fn a_restarted_node_does_not_depose_the_metadata_leader() {
         "an election after the restart"
     );
 }
+
+/// A node stopped as an operator stops it (SIGTERM) keeps every metadata
+/// change it applied while stopping. Its stores closed before its Raft
+/// group stopped, so a change applied in between was recorded as applied
+/// (not applied again after the restart) but never written: the node
+/// lacked a queue the others had, for good (found by the rolling-upgrade
+/// run of `cluster_nemesis`, a queue declared while a node stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_gracefully_keeps_the_changes_it_applied_while_stopping() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until_leader(&[0, 1, 2]).await;
+    // Replicas to stop make a node's stop take a while, as in production.
+    for q in 0..16 {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        c.declare_durable(1, &format!("replicated-{q}"), args).await;
+    }
+    // Declares through the two other nodes without pause, so that changes
+    // are applied on n1 while it stops.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let declarers: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|i| {
+            let uri = c.nodes[i].amqp_uri();
+            let stop = std::sync::Arc::clone(&stop);
+            let count = std::sync::Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut declared = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let conn = connect(&uri).await;
+                    let Ok(ch) = conn.create_channel().await else {
+                        continue;
+                    };
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let name = format!("while-stopping-{i}-{n}");
+                        n += 1;
+                        let opts = QueueDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        };
+                        match ch.queue_declare(&name, opts, FieldTable::default()).await {
+                            Ok(_) => {
+                                declared.push(name);
+                                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            // A refusal closes the channel: open another.
+                            Err(_) => break,
+                        }
+                    }
+                }
+                declared
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        let before = count.load(std::sync::atomic::Ordering::Relaxed);
+        c.until("declares going on", || async {
+            count.load(std::sync::atomic::Ordering::Relaxed) >= before + 20
+        })
+        .await;
+        c.stop(0);
+        c.spawn(0);
+        c.wait_http(0).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut declared = Vec::new();
+    for d in declarers {
+        declared.extend(d.await.expect("declarer"));
+    }
+    assert!(!declared.is_empty());
+    c.until_one_history(&[0, 1, 2], |defs| {
+        let names = harness::queue_names(defs);
+        declared.iter().all(|d| names.contains(d))
+    })
+    .await;
+}

@@ -101,6 +101,9 @@ pub struct Node {
     pub args: Vec<String>,
     /// More environment variables for it.
     pub env: Vec<(String, String)>,
+    /// Another `antre` binary to run (an older release's, for an upgrade);
+    /// `None`: this build's.
+    pub bin: Option<PathBuf>,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -214,6 +217,7 @@ impl TestCluster {
             peers: None,
             args: Vec::new(),
             env: Vec::new(),
+            bin: None,
             child: None,
             log: Arc::default(),
         }
@@ -272,7 +276,11 @@ impl TestCluster {
         let n = &mut self.nodes[i];
         let peers = n.peers.clone().unwrap_or_else(|| self.peers.clone());
         assert!(n.child.is_none(), "{} is running", n.name);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_antre"))
+        let bin = n
+            .bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_antre")));
+        let mut child = Command::new(bin)
             .arg("serve")
             .args(["--amqp-listen", &format!("127.0.0.1:{}", n.amqp_port)])
             .args(["--http-listen", &format!("127.0.0.1:{}", n.http_port)])
@@ -313,6 +321,27 @@ impl TestCluster {
             c.kill().expect("kill");
             c.wait().expect("wait");
         }
+    }
+
+    /// Stops node `i` as an operator does (SIGTERM) and reaps it; SIGKILL
+    /// if it has not exited within [`WAIT`].
+    pub fn stop(&mut self, i: usize) {
+        let Some(mut c) = self.nodes[i].child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop on SIGTERM: killed", self.nodes[i].name);
+        let _ = c.kill();
+        let _ = c.wait();
     }
 
     /// Waits until node `i` answers HTTP.
