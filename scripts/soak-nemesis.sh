@@ -29,7 +29,7 @@ seed="${2:-$RANDOM}"
 case "${3:-}" in
     quorum) only=cluster_nemesis::a_quorum_queue ;;
     stream) only=cluster_nemesis::a_stream ;;
-    "") only=cluster_nemesis:: ;;
+    "") only=random_faults ;;
     *) echo "TYPE is quorum or stream" >&2; exit 2 ;;
 esac
 # The whole output (with every node's log on a failure) goes to the log

@@ -33,6 +33,10 @@
 //! CI runs a few rounds with a fixed seed; `scripts/soak-nemesis.sh` runs
 //! many (`ANTRE_NEMESIS_ROUNDS`, `ANTRE_NEMESIS_SEED`), printing the
 //! figures.
+//!
+//! The same load and checks run through a rolling upgrade instead of
+//! faults ([`Run::Upgrade`]; `scripts/rehearse-upgrade.sh REV` from an
+//! older release's build).
 
 use crate::harness;
 use crate::proxy;
@@ -343,6 +347,8 @@ enum Fault {
     IsolateFollower,
     OneWayCut,
     SlowLinks,
+    /// Not random: the rolling upgrade's step (see [`Run::Upgrade`]).
+    Upgrade,
 }
 
 const FAULTS: [Fault; 8] = [
@@ -394,7 +400,68 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
-    nemesis("quorum").await;
+    nemesis("quorum", Run::Faults).await;
+}
+
+/// What a run does to the cluster under load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Run {
+    /// A random fault each round.
+    Faults,
+    /// A rolling upgrade, node after node as docs/clustering.md tells
+    /// operators: `antre queues await-online-quorum-plus-one`, `antre
+    /// cluster drain`, a stop (SIGTERM), a start on this build. The nodes
+    /// first run `ANTRE_OLD_BIN` (an older release's binary:
+    /// `scripts/rehearse-upgrade.sh REV` builds one and runs this), or
+    /// without it this build acting as a version without feature flags
+    /// (`ANTRE_TEST_WITHOUT_FEATURE_FLAGS`). At the end every flag must be
+    /// enabled on every node.
+    Upgrade,
+}
+
+/// The flags this build knows, by name, for `/api/feature-flags` checks.
+const FLAGS: [&str; 1] = ["maintenance_mode_status"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_keeps_one_history_through_a_rolling_upgrade_under_load() {
+    nemesis("quorum", Run::Upgrade).await;
+}
+
+/// Runs node `i` on this build from now on, the way an operator upgrades
+/// it; panics if a step fails.
+async fn upgrade(c: &mut TestCluster, i: usize) {
+    let (ok, out, err) = c
+        .cli(
+            i,
+            &["queues", "await-online-quorum-plus-one", "--timeout", "60"],
+        )
+        .await;
+    assert!(
+        ok,
+        "await-online-quorum-plus-one on {}: {out}{err}",
+        c.nodes[i].name
+    );
+    let (status, answer) = c.api(i, "POST", "/api/maintenance/drain", None).await;
+    assert_eq!(status, 200, "drain of {}: {answer}", c.nodes[i].name);
+    c.stop(i);
+    c.nodes[i].bin = None;
+    c.nodes[i].env.clear();
+    c.spawn(i);
+    c.wait_http(i).await;
+}
+
+/// Whether node `i` lists every flag this build knows as enabled.
+async fn all_flags_enabled(c: &TestCluster, i: usize) -> bool {
+    let Some((200, flags)) = c.try_api(i, "GET", "/api/feature-flags", None).await else {
+        return false;
+    };
+    FLAGS.iter().all(|name| {
+        flags
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f["name"] == *name && f["state"] == "enabled")
+    })
 }
 
 /// The same faults against a stream: it has no consumer meanwhile (a
@@ -404,18 +471,30 @@ async fn a_quorum_queue_keeps_one_history_through_random_faults_under_load() {
 /// twice, none never published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_keeps_one_history_through_random_faults_under_load() {
-    nemesis("stream").await;
+    nemesis("stream", Run::Faults).await;
 }
 
-async fn nemesis(queue_type: &str) {
+async fn nemesis(queue_type: &str, run: Run) {
     let stream = queue_type == "stream";
-    let rounds = env_or("ANTRE_NEMESIS_ROUNDS", 5);
+    let rounds = match run {
+        Run::Faults => env_or("ANTRE_NEMESIS_ROUNDS", 5),
+        Run::Upgrade => 3,
+    };
     let seed = env_or("ANTRE_NEMESIS_SEED", 15);
     let mut rng = StdRng::seed_from_u64(seed);
 
     let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
     let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
     let mesh = Mesh::between(&mut c).await;
+    let old_bin = std::env::var_os("ANTRE_OLD_BIN").map(std::path::PathBuf::from);
+    if run == Run::Upgrade {
+        for n in &mut c.nodes {
+            match &old_bin {
+                Some(bin) => n.bin = Some(bin.clone()),
+                None => n.env = vec![("ANTRE_TEST_WITHOUT_FEATURE_FLAGS".into(), FLAGS.join(","))],
+            }
+        }
+    }
     c.launch().await;
     c.until_leader(&[0, 1, 2]).await;
 
@@ -453,14 +532,27 @@ async fn nemesis(queue_type: &str) {
     let mut faults: HashMap<Fault, u32> = HashMap::new();
     let mut recoveries = Vec::new();
     for round in 0..rounds {
-        let fault = FAULTS[rng.gen_range(0..FAULTS.len())];
+        let fault = match run {
+            Run::Faults => FAULTS[rng.gen_range(0..FAULTS.len())],
+            Run::Upgrade => Fault::Upgrade,
+        };
         let leader = wait_queue_leader(&c).await;
-        let other = (leader + rng.gen_range(1..3)) % 3;
+        let other = match run {
+            Run::Faults => (leader + rng.gen_range(1..3)) % 3,
+            Run::Upgrade => round as usize,
+        };
         let hold = Duration::from_millis(rng.gen_range(1000..2500));
-        eprintln!(
-            "nemesis round {round}: {fault:?} (leader {}, other {}) for {hold:?}",
-            names[leader], names[other]
-        );
+        if run == Run::Upgrade {
+            eprintln!(
+                "nemesis round {round}: upgrade of {} (queue leader {})",
+                names[other], names[leader]
+            );
+        } else {
+            eprintln!(
+                "nemesis round {round}: {fault:?} (leader {}, other {}) for {hold:?}",
+                names[leader], names[other]
+            );
+        }
         *faults.entry(fault).or_default() += 1;
         match fault {
             Fault::KillLeader | Fault::KillFollower => {
@@ -508,6 +600,24 @@ async fn nemesis(queue_type: &str) {
                 tokio::time::sleep(hold).await;
                 mesh.heal();
             }
+            Fault::Upgrade => {
+                // n1, upgraded first, since then.
+                if round > 0 {
+                    assert!(
+                        !all_flags_enabled(&c, 0).await,
+                        "feature flags enabled with an older node in the cluster"
+                    );
+                }
+                upgrade(&mut c, other).await;
+                // While an older node remains, the upgraded ones must not
+                // have enabled what it cannot read.
+                if round + 1 < rounds {
+                    assert!(
+                        !all_flags_enabled(&c, other).await,
+                        "feature flags enabled with an older node in the cluster"
+                    );
+                }
+            }
         }
         // Healed: the queue must take confirms again, with one leader.
         let healed = Instant::now();
@@ -526,8 +636,28 @@ async fn nemesis(queue_type: &str) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         recoveries.push(healed.elapsed());
+        if run == Run::Upgrade {
+            // Some load through the cluster as it now is, older and newer
+            // nodes together.
+            let before = record(&h, |h| h.confirmed.len());
+            c.until("500 more confirms after the upgrade", || async {
+                record(&h, |h| h.confirmed.len()) >= before + 500
+            })
+            .await;
+        }
     }
 
+    if run == Run::Upgrade {
+        c.until("every feature flag enabled on every node", || async {
+            for i in 0..3 {
+                if !all_flags_enabled(&c, i).await {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
     stop_publishing.store(true, Ordering::Relaxed);
     publishing.await.expect("publisher");
     let (declared, refused) = declaring.await.expect("declarer");
@@ -624,11 +754,15 @@ async fn nemesis(queue_type: &str) {
         .collect();
     let phantom = seen.keys().filter(|&&id| id >= h.published).count();
     let duplicated: usize = seen.values().map(|n| n - 1).sum();
+    let label = match (run, &old_bin) {
+        (Run::Faults, _) => format!("seed {seed}, rounds {rounds} {}", fault_counts(faults)),
+        (Run::Upgrade, Some(bin)) => format!("rolling upgrade from {}", bin.display()),
+        (Run::Upgrade, None) => "rolling upgrade from this build without flags".to_owned(),
+    };
     println!(
-        "nemesis: seed {seed}, rounds {rounds} {}, delivered {}, lost {}, duplicated \
+        "nemesis: {label}, delivered {}, lost {}, duplicated \
          (redelivered) {duplicated}, unmarked repeats {unmarked}, phantom {phantom}; {}; \
          {served}",
-        fault_counts(faults),
         h.delivered.len(),
         lost.len(),
         figures(&h, &recoveries, declared.len(), refused),
