@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use antre_broker::cluster::MetaCommand;
-use antre_broker::feature_flags::FEATURE_FLAGS;
+use antre_broker::feature_flags::{FeatureFlag, FEATURE_FLAGS};
 
 use crate::membership::MembershipError;
 use crate::network::Connection;
@@ -51,6 +51,20 @@ pub struct FlagState {
     /// For a flag not enabled: the members holding it back, each with why
     /// (it does not support the flag, or did not answer).
     pub waiting_for: Vec<(String, String)>,
+}
+
+impl FlagState {
+    /// A flag this version knows, enabled or not, nothing known yet of
+    /// who holds it back.
+    pub fn known(flag: &FeatureFlag, enabled: bool) -> FlagState {
+        FlagState {
+            name: flag.name.to_owned(),
+            desc: flag.desc.to_owned(),
+            enabled,
+            known: true,
+            waiting_for: Vec::new(),
+        }
+    }
 }
 
 /// Which flags one member supports, or why it could not say.
@@ -112,13 +126,7 @@ impl Cluster {
             .unwrap_or_default();
         let mut flags: Vec<FlagState> = FEATURE_FLAGS
             .iter()
-            .map(|f| FlagState {
-                name: f.name.to_owned(),
-                desc: f.desc.to_owned(),
-                enabled: enabled.contains(f.name),
-                known: true,
-                waiting_for: Vec::new(),
-            })
+            .map(|f| FlagState::known(f, enabled.contains(f.name)))
             .collect();
         for name in &enabled {
             if !flags.iter().any(|f| &f.name == name) {

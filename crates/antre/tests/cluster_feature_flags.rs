@@ -18,14 +18,9 @@ fn older(c: &mut TestCluster, i: usize) {
 
 /// [`FLAG`]'s row of node `i`'s `/api/feature-flags`.
 async fn flag_on(c: &TestCluster, i: usize) -> Value {
-    let (status, body) = c.api(i, "GET", "/api/feature-flags", None).await;
-    assert_eq!(status, 200, "{body}");
-    body.as_array()
-        .into_iter()
-        .flatten()
-        .find(|f| f["name"] == FLAG)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {FLAG} in {body}"))
+    c.feature_flag(i, FLAG)
+        .await
+        .unwrap_or_else(|| panic!("n{} lists no {FLAG}", i + 1))
 }
 
 async fn until_enabled(c: &TestCluster, nodes: &[usize]) {

@@ -452,16 +452,13 @@ async fn upgrade(c: &mut TestCluster, i: usize) {
 
 /// Whether node `i` lists every flag this build knows as enabled.
 async fn all_flags_enabled(c: &TestCluster, i: usize) -> bool {
-    let Some((200, flags)) = c.try_api(i, "GET", "/api/feature-flags", None).await else {
-        return false;
-    };
-    FLAGS.iter().all(|name| {
-        flags
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|f| f["name"] == *name && f["state"] == "enabled")
-    })
+    for name in FLAGS {
+        let flag = c.feature_flag(i, name).await;
+        if !flag.is_some_and(|f| f["state"] == "enabled") {
+            return false;
+        }
+    }
+    true
 }
 
 /// The same faults against a stream: it has no consumer meanwhile (a

@@ -203,8 +203,9 @@ fn member_path(r: &Remote, queue: &str, node: &str) -> String {
 }
 
 /// Said after a drain or a revive that the metadata did not record in
-/// time (no metadata leader): until it does, the other nodes place new
-/// queues as before.
+/// time (no metadata leader, or feature flag `maintenance_mode_status`
+/// not enabled yet): until it does, the other nodes place new queues as
+/// before.
 pub const NOT_RECORDED: &str =
     "\n(the cluster has not recorded it yet: the node keeps proposing it, once \
      feature flag maintenance_mode_status is enabled (antre cluster feature-flags); \

@@ -470,6 +470,20 @@ impl TestCluster {
         body.as_array().cloned().unwrap_or_default()
     }
 
+    /// Flag `name`'s row of node `i`'s `/api/feature-flags`; `None` if the
+    /// node does not answer 200 (an older version has no such endpoint) or
+    /// does not list it.
+    pub async fn feature_flag(&self, i: usize, name: &str) -> Option<Value> {
+        let (200, flags) = self.try_api(i, "GET", "/api/feature-flags", None).await? else {
+            return None;
+        };
+        flags
+            .as_array()?
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+    }
+
     /// A count node `i` keeps of node `peer` (`field` of `peer`'s entry
     /// in `i`'s `/api/nodes`, such as `link_requests`).
     pub async fn count_of_peer(&self, i: usize, peer: usize, field: &str) -> u64 {

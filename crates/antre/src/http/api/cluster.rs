@@ -497,13 +497,7 @@ pub async fn feature_flags(State(state): State<HttpState>) -> ApiResult<Json<Val
         Some(c) => c.feature_flags().await,
         None => antre_broker::feature_flags::FEATURE_FLAGS
             .iter()
-            .map(|f| antre_cluster::feature_flags::FlagState {
-                name: f.name.to_owned(),
-                desc: f.desc.to_owned(),
-                enabled: true,
-                known: true,
-                waiting_for: Vec::new(),
-            })
+            .map(|f| antre_cluster::feature_flags::FlagState::known(f, true))
             .collect(),
     };
     let rows = flags
