@@ -156,3 +156,24 @@ fn a_quiet_store_writes_few_zeros_ahead() {
     );
     store.close().expect("close");
 }
+
+#[test]
+fn large_rounds_append_without_zeros_ahead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = QueueStore::open(dir.path(), opts(8 << 20), |_, _| {}).expect("open");
+    // Rounds of 200 KB: the cap of zeros ahead would not hold eight.
+    let pos = write_rounds(&mut store, 3, 200, 1000);
+    let path = segment_file(dir.path(), pos[0].segment);
+    assert_eq!(
+        file_len(&path),
+        end_of(*pos.last().expect("records"), 1000),
+        "no zeros after the records of a large round"
+    );
+    for (i, p) in pos.iter().enumerate() {
+        assert_eq!(store.read(*p).expect("read"), payload(i as u32, 1000));
+    }
+    // A small round after them zeroes ahead again.
+    let small = write_rounds(&mut store, 1, 10, 1000);
+    assert!(file_len(&path) > end_of(*small.last().expect("records"), 1000));
+    store.close().expect("close");
+}

@@ -660,11 +660,22 @@ impl QueueStore {
     /// already treats zeros after the last record as tail, and a full or
     /// closed segment gives them back. A failed write of zeros (a full
     /// disk) costs nothing but the speed-up: the records still append.
+    ///
+    /// Every byte zeroed ahead reaches the disk twice, as zeros and then
+    /// as records. For a round too large for the cap to hold
+    /// [`ZERO_AHEAD_ROUNDS`] of it, that is more than the file's growth
+    /// costs: a stream's entries, a megabyte a round, wrote its log half
+    /// as much again as zeros (three nodes wrote 8 bytes a byte published
+    /// over the stream protocol, the disk their bound). Such rounds
+    /// append without zeros.
     fn zero_ahead(&mut self, w: &mut Writer) {
         if self.scratch {
             return;
         }
         let round = w.written - w.synced;
+        if round > MAX_ZERO_AHEAD / ZERO_AHEAD_ROUNDS {
+            return;
+        }
         let from = w.zeroed.max(w.written);
         if from - w.written >= round {
             return;
