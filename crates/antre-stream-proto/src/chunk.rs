@@ -425,8 +425,13 @@ pub struct ChunkBuilder {
     data: BytesMut,
     entries: u16,
     records: u32,
-    /// The records' distinct filter values (empty: a record without one).
+    /// The records' distinct filter values.
     filter_values: std::collections::BTreeSet<Vec<u8>>,
+    /// Some record has no filter value. Kept apart from `filter_values`:
+    /// looking the empty value up in the set for every record was 2% of a
+    /// three-node cluster's CPU under the stream protocol, where records
+    /// mostly have none.
+    unfiltered: bool,
     /// Bytes of Bloom filter when a record has a filter value (0: the
     /// default).
     filter_size: u8,
@@ -486,7 +491,9 @@ impl ChunkBuilder {
     }
 
     fn mark(&mut self, value: &[u8]) {
-        if !self.filter_values.contains(value) {
+        if value.is_empty() {
+            self.unfiltered = true;
+        } else if !self.filter_values.contains(value) {
             self.filter_values.insert(value.to_vec());
         }
     }
@@ -527,7 +534,13 @@ impl ChunkBuilder {
             0 => DEFAULT_FILTER_SIZE,
             n => usize::from(n),
         };
-        let bloom = bloom_filter(self.filter_values.iter().map(Vec::as_slice), size);
+        let unfiltered = self.unfiltered.then_some(&[][..]);
+        let bloom = bloom_filter(
+            unfiltered
+                .into_iter()
+                .chain(self.filter_values.iter().map(Vec::as_slice)),
+            size,
+        );
         assemble(
             TYPE_USER,
             (self.entries, self.records),
