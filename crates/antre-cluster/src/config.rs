@@ -2,25 +2,122 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::RwLock;
 
 use sha2::{Digest, Sha256};
 
 use crate::{ClusterError, NodeId};
 
 /// One member of the cluster as the peer list names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its address may be a host name, resolved again every
+/// [`PEER_REFRESH`] while the node runs ([`refresh_peers`]): in a
+/// Kubernetes StatefulSet or a Compose project a restarted node comes back
+/// under its name at a new address, and a peer not scheduled yet has no
+/// address at all. Resolved once at start-up, as it was, the first kept
+/// the others dialling the old address for good, and the second stopped
+/// the node from starting.
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// Its node name (`n1`).
     pub name: String,
-    /// Its cluster listener.
-    pub addr: SocketAddr,
+    /// Its cluster listener as the list gives it: `HOST:PORT`.
+    pub host: String,
+    /// What `host` resolved to last (None: nothing yet). Shared by the
+    /// config's clones, so a new address reaches every user of it.
+    resolved: Arc<RwLock<Option<SocketAddr>>>,
 }
 
+impl PartialEq for Peer {
+    fn eq(&self, other: &Peer) -> bool {
+        self.name == other.name && self.host == other.host
+    }
+}
+
+impl Eq for Peer {}
+
 impl Peer {
+    /// A peer at a fixed address.
+    pub fn new(name: &str, addr: SocketAddr) -> Peer {
+        Peer {
+            name: name.to_owned(),
+            host: addr.to_string(),
+            resolved: Arc::new(RwLock::new(Some(addr))),
+        }
+    }
+
     /// Its Raft id.
     pub fn id(&self) -> NodeId {
         node_id_of(&self.name)
+    }
+
+    /// Its cluster listener's address, as last resolved; None while its
+    /// host name resolves to nothing.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        *self.resolved.read()
+    }
+
+    /// Whether its address is a host name (resolved again), not an IP.
+    pub fn is_named(&self) -> bool {
+        self.host.parse::<SocketAddr>().is_err()
+    }
+
+    /// Dials the peer at `addr` from now on (until its name resolves
+    /// elsewhere); returns the address it moved from, if it moved.
+    pub fn set_addr(&self, addr: SocketAddr) -> Option<Option<SocketAddr>> {
+        let mut resolved = self.resolved.write();
+        let before = *resolved;
+        *resolved = Some(addr);
+        (before != Some(addr)).then_some(before)
+    }
+
+    /// Resolves its host name again. Returns the address it moved from and
+    /// to, if it moved; a lookup that fails keeps the last address (a
+    /// resolver out for a moment must not cut a running peer off).
+    pub async fn refresh(&self) -> Result<Option<(Option<SocketAddr>, SocketAddr)>, String> {
+        let found = tokio::net::lookup_host(self.host.as_str())
+            .await
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or_else(|| "no address".to_owned())?;
+        Ok(self.set_addr(found).map(|before| (before, found)))
+    }
+}
+
+/// How often a peer's host name is resolved again.
+pub const PEER_REFRESH: Duration = Duration::from_secs(2);
+
+/// Resolves the named peers of `peers` again, every [`PEER_REFRESH`],
+/// until `alive` says the node stopped.
+pub async fn refresh_peers(peers: Vec<Peer>, alive: impl Fn() -> bool) {
+    let named: Vec<Peer> = peers.into_iter().filter(Peer::is_named).collect();
+    if named.is_empty() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(PEER_REFRESH).await;
+        if !alive() {
+            return;
+        }
+        for p in &named {
+            match p.refresh().await {
+                Ok(Some((Some(from), to))) => {
+                    tracing::info!(peer = p.name, host = p.host, %from, %to,
+                        "a peer's host name resolves to a new address; dialling it there")
+                }
+                Ok(Some((None, to))) => {
+                    tracing::info!(peer = p.name, host = p.host, %to,
+                        "a peer's host name resolves now")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(peer = p.name, host = p.host, "cannot resolve a peer: {e}")
+                }
+            }
+        }
     }
 }
 
@@ -57,7 +154,9 @@ pub struct ClusterConfig {
     /// A member's cluster address: this node does not bootstrap a cluster
     /// from its peer list but asks the node there to add it (and, once it
     /// is a member, ignores this). See [`crate::membership`].
-    pub join: Option<SocketAddr>,
+    /// `HOST:PORT`, resolved at each try (a name the cluster's DNS does
+    /// not know yet is tried again).
+    pub join: Option<String>,
     /// TLS on the link (mutual, against the cluster's CA); `None`: plain
     /// TCP.
     pub tls: Option<crate::stream::LinkTls>,
@@ -228,27 +327,47 @@ pub fn node_id_of(name: &str) -> NodeId {
 }
 
 /// Parses a peer list: `n1=127.0.0.1:25672,n2=host:25673`. Host names are
-/// resolved now.
+/// resolved now, and again while the node runs ([`refresh_peers`]); one
+/// that resolves to nothing yet (a peer not started yet, whose name its
+/// DNS does not know yet) is left to the refresh.
 pub fn parse_peers(list: &str) -> Result<Vec<Peer>, ClusterError> {
     let mut peers: Vec<Peer> = Vec::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, addr) = item
-            .split_once('=')
-            .ok_or_else(|| ClusterError::Config(format!("peer '{item}' is not NAME=HOST:PORT")))?;
-        let name = name.trim();
+        let malformed = || ClusterError::Config(format!("peer '{item}' is not NAME=HOST:PORT"));
+        let (name, host) = item.split_once('=').ok_or_else(malformed)?;
+        let (name, host) = (name.trim(), host.trim());
         check_name(name)?;
-        let addr = resolve(addr.trim())?;
+        if !is_host_port(host) {
+            return Err(malformed());
+        }
         if peers.iter().any(|p| p.name == name) {
             return Err(ClusterError::Config(format!(
                 "peer '{name}' is listed twice"
             )));
         }
+        let resolved = match resolve(host) {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                tracing::warn!(
+                    peer = name,
+                    "{e}; resolving it again every {PEER_REFRESH:?}"
+                );
+                None
+            }
+        };
         peers.push(Peer {
             name: name.to_owned(),
-            addr,
+            host: host.to_owned(),
+            resolved: Arc::new(RwLock::new(resolved)),
         });
     }
     Ok(peers)
+}
+
+/// Whether `addr` has the form `HOST:PORT` (a name, an IPv4 address or a
+/// bracketed IPv6 one, and a port), whether or not it resolves.
+pub fn is_host_port(addr: &str) -> bool {
+    matches!(addr.rsplit_once(':'), Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// Resolves `host:port` to its first address.
@@ -350,14 +469,18 @@ impl ClusterConfig {
         self.peers
             .iter()
             .find(|p| p.name == self.node_name)
-            .map_or(self.listen, |p| p.addr)
+            .and_then(Peer::addr)
+            .unwrap_or(self.listen)
     }
 
     /// The address the peer list gives for `id`, if it lists it. It wins
     /// over the membership's: each node may reach a peer by its own route
     /// (a proxy, a NAT), so the list is this node's view.
     pub fn listed_addr(&self, id: NodeId) -> Option<SocketAddr> {
-        self.peers.iter().find(|p| p.id() == id).map(|p| p.addr)
+        self.peers
+            .iter()
+            .find(|p| p.id() == id)
+            .and_then(Peer::addr)
     }
 
     /// The name of the node with Raft id `id`, if it is a peer.
@@ -378,12 +501,52 @@ mod tests {
         let peers = parse_peers("n1=127.0.0.1:25672, n2=127.0.0.1:25673").unwrap();
         assert_eq!(peers.len(), 2);
         assert_eq!(peers[1].name, "n2");
-        assert_eq!(peers[1].addr.port(), 25673);
+        assert_eq!(peers[1].addr().map(|a| a.port()), Some(25673));
         assert_eq!(node_id_of("n1"), node_id_of("n1"));
         assert_ne!(node_id_of("n1"), node_id_of("n2"));
         assert!(parse_peers("n1=127.0.0.1:1,n1=127.0.0.1:2").is_err());
         assert!(parse_peers("n1").is_err());
         assert!(parse_peers("bad name=127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn a_peer_whose_name_resolves_to_nothing_yet_is_kept_for_later() {
+        let peers = parse_peers("n1=127.0.0.1:1,n2=n2.antre-test.invalid:25672").unwrap();
+        assert_eq!(peers[1].host, "n2.antre-test.invalid:25672");
+        assert_eq!(peers[1].addr(), None);
+        assert!(peers[1].is_named());
+        assert!(!peers[0].is_named());
+        let c = ClusterConfig::for_test("n1", "n1=127.0.0.1:1,n2=n2.antre-test.invalid:25672");
+        assert_eq!(c.listed_addr(node_id_of("n2")), None);
+        // What is not HOST:PORT is still refused at once.
+        for bad in ["n2=nohost", "n2=host:port", "n2=:25672", "n2=host:99999"] {
+            assert!(parse_peers(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_named_peer_is_resolved_again_and_follows_its_name() {
+        let peers = parse_peers("n1=localhost:25672").unwrap();
+        let first = peers[0].addr().expect("localhost resolves");
+        assert!(first.ip().is_loopback());
+        // As if the name had pointed elsewhere when it was last resolved
+        // (a peer since restarted at a new address).
+        let stale: SocketAddr = "10.1.2.3:25672".parse().unwrap();
+        let clone = peers[0].clone();
+        assert_eq!(clone.set_addr(stale), Some(Some(first)));
+        assert_eq!(peers[0].addr(), Some(stale), "clones share the address");
+        let moved = peers[0].refresh().await.unwrap();
+        assert_eq!(moved, Some((Some(stale), first)));
+        assert_eq!(clone.addr(), Some(first));
+        assert_eq!(peers[0].refresh().await.unwrap(), None, "no move, no news");
+
+        // A lookup that fails keeps the last address.
+        let gone = Peer {
+            host: "n9.antre-test.invalid:25672".into(),
+            ..Peer::new("n9", stale)
+        };
+        assert!(gone.refresh().await.is_err());
+        assert_eq!(gone.addr(), Some(stale));
     }
 
     #[test]

@@ -78,10 +78,15 @@ pub(crate) fn route(
 ) -> (String, SocketAddr) {
     let cfg = &network.link.config;
     let name = cfg.name_of(id).unwrap_or(name).to_owned();
-    let addr = cfg
-        .listed_addr(id)
-        .or_else(|| crate::config::resolve(addr).ok())
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listed = cfg.peers.iter().find(|p| p.id() == id);
+    let addr = match listed {
+        // The list's route as last resolved; nothing yet for a name that
+        // resolves to nothing (not looked up here, on the runtime, for
+        // every request: the list's refresh does that).
+        Some(p) => p.addr(),
+        None => crate::config::resolve(addr).ok(),
+    }
+    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     (name, addr)
 }
 

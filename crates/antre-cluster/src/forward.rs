@@ -225,12 +225,14 @@ async fn expire_publishes(link: Weak<DataLink>, timeout: Duration) {
 
 async fn dial(cfg: &crate::ClusterConfig, link: &Weak<DataLink>) -> Result<BoxStream, String> {
     let owner = link.upgrade().map(|l| l.owner.clone()).ok_or("gone")?;
-    let addr = cfg
+    let peer = cfg
         .peers
         .iter()
         .find(|p| p.name == owner)
-        .map(|p| p.addr)
         .ok_or_else(|| format!("no cluster node named '{owner}'"))?;
+    let addr = peer
+        .addr()
+        .ok_or_else(|| format!("'{}' resolves to no address yet", peer.host))?;
     let s = crate::network::dial(addr).await?;
     // With TLS on the link, the data link is TLS too, like every
     // connection between nodes.

@@ -147,7 +147,7 @@ impl Cluster {
             .map(|p| MemberInfo {
                 id: p.id(),
                 name: p.name.clone(),
-                addr: Some(p.addr),
+                addr: p.addr(),
                 voter: cfg.join.is_none(),
             })
             .collect()
@@ -349,7 +349,7 @@ fn write_result(r: WriteResult) -> Result<(), Refusal> {
 /// A node started with `--cluster-join ADDR` and not yet a voter: asks
 /// the node at `target` to add it, again every two seconds until it is a
 /// voter (the node there hands the request to the leader).
-pub(crate) async fn join(node: Weak<Cluster>, target: SocketAddr) {
+pub(crate) async fn join(node: Weak<Cluster>, target: String) {
     let mut last_error = String::new();
     loop {
         let Some(n) = node.upgrade() else { return };
@@ -364,16 +364,28 @@ pub(crate) async fn join(node: Weak<Cluster>, target: SocketAddr) {
         let me = Member::new(&cfg.node_name, cfg.advertised());
         // The node there is known by its address only: any name it proves
         // with the secret will do.
-        let mut conn = Connection::new(Arc::clone(&n.link), "", target);
         let request = Request::Members(MemberChange::Add(me));
-        let error = match conn.call(&request, MEMBERSHIP_TIMEOUT).await {
+        let link = Arc::clone(&n.link);
+        drop(n);
+        let answer = match tokio::net::lookup_host(target.as_str())
+            .await
+            .map(|mut a| a.next())
+        {
+            Ok(Some(addr)) => Connection::new(link, "", addr)
+                .call(&request, MEMBERSHIP_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(None) => Err("it resolves to no address".to_owned()),
+            Err(e) => Err(format!("cannot resolve it: {e}")),
+        };
+        let error = match answer {
             Ok(Response::Members(Ok(()))) => {
                 tracing::info!("joined the cluster through {target}");
                 return;
             }
             Ok(Response::Members(Err(e))) => e.to_string(),
             Ok(_) => "answer of the wrong kind".into(),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         if error != last_error {
             tracing::warn!(
@@ -381,7 +393,6 @@ pub(crate) async fn join(node: Weak<Cluster>, target: SocketAddr) {
             );
             last_error = error;
         }
-        drop(n);
         tokio::time::sleep(JOIN_RETRY).await;
     }
 }

@@ -214,6 +214,8 @@ pub struct Connection {
     link: Arc<Link>,
     name: String,
     addr: SocketAddr,
+    /// The peer list's address for `name` when `addr` was last chosen.
+    listed: Option<SocketAddr>,
     stream: Option<BoxStream>,
     /// A dial started by a call that was cut off, still going.
     dialing: Option<tokio::task::JoinHandle<Result<BoxStream, AuthError>>>,
@@ -296,10 +298,18 @@ impl Exchange {
     }
 }
 
+/// The address this node's peer list gives the peer `name`, as last
+/// resolved.
+fn listed_addr(link: &Link, name: &str) -> Option<SocketAddr> {
+    let peer = link.config.peers.iter().find(|p| p.name == name)?;
+    peer.addr()
+}
+
 impl Connection {
     /// A connection to the peer `name` at `addr` (not made yet).
     pub fn new(link: Arc<Link>, name: &str, addr: SocketAddr) -> Connection {
         Connection {
+            listed: listed_addr(&link, name),
             link,
             name: name.to_owned(),
             addr,
@@ -319,6 +329,16 @@ impl Connection {
                     let why = self.link.state(&self.name).error.unwrap_or_default();
                     return Err(CallError::Unreachable(format!("backing off: {why}")));
                 }
+            }
+            // A peer whose listed address moved since (its host name
+            // resolves elsewhere: it restarted at a new address) is
+            // dialled where it is now.
+            let listed = listed_addr(&self.link, &self.name);
+            if listed != self.listed {
+                if let Some(addr) = listed {
+                    self.addr = addr;
+                }
+                self.listed = listed;
             }
             let (link, name, addr) = (Arc::clone(&self.link), self.name.clone(), self.addr);
             self.dialing = Some(tokio::spawn(async move {
@@ -468,8 +488,15 @@ pub struct Pool {
 const POOL_MAX: usize = 4;
 
 impl Pool {
-    fn take(&self, target: NodeId) -> Option<Connection> {
-        self.idle.lock().get_mut(&target).and_then(Vec::pop)
+    /// An idle connection to `target` at `addr`. Those to another
+    /// address are dropped: the peer's host name resolves elsewhere now
+    /// (it restarted at a new address), and the old one may lead nowhere
+    /// or to another machine.
+    fn take(&self, target: NodeId, addr: SocketAddr) -> Option<Connection> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(&target)?;
+        list.retain(|c| c.addr == addr);
+        list.pop()
     }
 
     fn give_back(&self, target: NodeId, conn: Connection) {
@@ -543,7 +570,7 @@ impl NetworkFactory {
     /// one is needed): an idle one from the pool, or a new one while
     /// another is made for the pool in the background.
     pub fn connection(&self, target: NodeId, name: &str, addr: SocketAddr) -> PooledConnection {
-        let conn = match self.pool.take(target) {
+        let conn = match self.pool.take(target, addr) {
             Some(conn) => conn,
             None => {
                 self.warm(target, name, addr);

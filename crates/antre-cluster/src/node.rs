@@ -322,6 +322,14 @@ impl Cluster {
         ));
         *node.listener.lock() = Some(serving);
         raft_rt.spawn(ping_members(Arc::downgrade(&node)));
+        let weak = Arc::downgrade(&node);
+        raft_rt.spawn(crate::config::refresh_peers(
+            config.peers.clone(),
+            move || {
+                weak.upgrade()
+                    .is_some_and(|n| !n.stopped.load(Ordering::Relaxed))
+            },
+        ));
         raft_rt.spawn(crate::feature_flags::enable_when_supported(Arc::downgrade(
             &node,
         )));
@@ -345,7 +353,18 @@ impl Cluster {
                 let members: BTreeMap<NodeId, Member> = config
                     .peers
                     .iter()
-                    .map(|p| (p.id(), Member::new(&p.name, p.addr)))
+                    .map(|p| {
+                        // A peer whose name resolves to nothing yet is
+                        // recorded by its name.
+                        let member = match p.addr() {
+                            Some(addr) => Member::new(&p.name, addr),
+                            None => Member {
+                                name: p.name.clone(),
+                                addr: p.host.clone(),
+                            },
+                        };
+                        (p.id(), member)
+                    })
                     .collect();
                 // Every node bootstraps with the same membership; once the
                 // log has one (on later starts), openraft refuses and the

@@ -619,17 +619,18 @@ impl Settings {
         let node_name = need(&self.node_name, "node_name")?;
         let listen =
             antre_cluster::config::resolve(&need(&self.cluster_listen, "cluster_listen")?)?;
+        // Resolved at each try to join: a name the cluster's DNS does not
+        // know yet is no reason to stop.
         let join = match &self.cluster_join {
-            Some(a) => Some(antre_cluster::config::resolve(a)?),
-            None => None,
+            Some(a) if !antre_cluster::config::is_host_port(a) => {
+                anyhow::bail!("cluster_join '{a}' is not HOST:PORT")
+            }
+            other => other.clone(),
         };
         // A joining node learns its peers from the membership: its list
         // may be left out (it then names only itself).
-        let peers = match (&self.cluster_peers, join) {
-            (None, Some(_)) => vec![antre_cluster::Peer {
-                name: node_name.clone(),
-                addr: listen,
-            }],
+        let peers = match (&self.cluster_peers, &join) {
+            (None, Some(_)) => vec![antre_cluster::Peer::new(&node_name, listen)],
             _ => antre_cluster::config::parse_peers(&need(&self.cluster_peers, "cluster_peers")?)?,
         };
         let tls = match (
@@ -1095,7 +1096,7 @@ mod tests {
             .unwrap()
             .cluster
             .unwrap();
-        assert_eq!(cluster.join.map(|a| a.port()), Some(25672));
+        assert_eq!(cluster.join.as_deref(), Some("127.0.0.1:25672"));
         assert_eq!(cluster.peers.len(), 1);
         assert_eq!(cluster.peers[0].name, "n4");
         assert_eq!(cluster.advertised().port(), 25675);

@@ -744,3 +744,38 @@ async fn a_node_stopped_gracefully_keeps_the_changes_it_applied_while_stopping()
     })
     .await;
 }
+
+/// Peers named by host name, as in a Kubernetes StatefulSet (`antre-0.antre`
+/// ...), and one whose name resolves to nothing yet (a pod not scheduled
+/// yet): the other two start, form the majority and serve. A name that
+/// did not resolve at start-up used to stop the node ("cannot resolve").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_named_by_host_name_and_one_not_resolvable_yet_still_form_a_cluster() {
+    let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
+    let list = format!(
+        "n1=localhost:{},n2=localhost:{},n3=n3.antre-test.invalid:{}",
+        c.nodes[0].cluster_port, c.nodes[1].cluster_port, c.nodes[2].cluster_port
+    );
+    for i in 0..2 {
+        c.nodes[i].peers = Some(list.clone());
+        c.spawn(i);
+    }
+    for i in 0..2 {
+        c.wait_http(i).await;
+    }
+    c.until_leader(&[0, 1]).await;
+    let (s, b) = c.api(0, "PUT", "/api/vhosts/named-peers", None).await;
+    assert_eq!(s, 201, "{b}");
+    c.until("n2 to have it", || has(&c, 1, "/api/vhosts/named-peers"))
+        .await;
+    let nodes = c.nodes(1).await;
+    let n3 = nodes
+        .iter()
+        .find(|n| n["name"] == json!("n3"))
+        .expect("n3 listed");
+    assert_eq!(n3["running"], json!(false), "{n3}");
+    assert!(
+        c.nodes[0].logged("n3.antre-test.invalid"),
+        "the warning names it"
+    );
+}
