@@ -87,35 +87,25 @@ impl Peer {
     }
 }
 
-/// How often a peer's host name is resolved again.
+/// How often a peer's host name (and a member's recorded by name) is
+/// resolved again.
 pub const PEER_REFRESH: Duration = Duration::from_secs(2);
 
-/// Resolves the named peers of `peers` again, every [`PEER_REFRESH`],
-/// until `alive` says the node stopped.
-pub async fn refresh_peers(peers: Vec<Peer>, alive: impl Fn() -> bool) {
-    let named: Vec<Peer> = peers.into_iter().filter(Peer::is_named).collect();
-    if named.is_empty() {
-        return;
-    }
-    loop {
-        tokio::time::sleep(PEER_REFRESH).await;
-        if !alive() {
-            return;
-        }
-        for p in &named {
-            match p.refresh().await {
-                Ok(Some((Some(from), to))) => {
-                    tracing::info!(peer = p.name, host = p.host, %from, %to,
-                        "a peer's host name resolves to a new address; dialling it there")
-                }
-                Ok(Some((None, to))) => {
-                    tracing::info!(peer = p.name, host = p.host, %to,
-                        "a peer's host name resolves now")
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(peer = p.name, host = p.host, "cannot resolve a peer: {e}")
-                }
+/// Resolves the named peers of `peers` again.
+pub async fn refresh_peers(peers: &[Peer]) {
+    for p in peers.iter().filter(|p| p.is_named()) {
+        match p.refresh().await {
+            Ok(Some((Some(from), to))) => {
+                tracing::info!(peer = p.name, host = p.host, %from, %to,
+                    "a peer's host name resolves to a new address; dialling it there")
+            }
+            Ok(Some((None, to))) => {
+                tracing::info!(peer = p.name, host = p.host, %to,
+                    "a peer's host name resolves now")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(peer = p.name, host = p.host, "cannot resolve a peer: {e}")
             }
         }
     }
@@ -471,6 +461,16 @@ impl ClusterConfig {
             .find(|p| p.name == self.node_name)
             .and_then(Peer::addr)
             .unwrap_or(self.listen)
+    }
+
+    /// This node's own cluster address as it tells the others when it
+    /// joins: its entry in the peer list as given (a host name stays a
+    /// name, resolved by each member), or its listener.
+    pub fn advertised_host(&self) -> String {
+        match self.peers.iter().find(|p| p.name == self.node_name) {
+            Some(p) if p.is_named() => p.host.clone(),
+            _ => self.advertised().to_string(),
+        }
     }
 
     /// The address the peer list gives for `id`, if it lists it. It wins

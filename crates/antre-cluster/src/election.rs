@@ -84,7 +84,7 @@ pub(crate) fn route(
         // resolves to nothing (not looked up here, on the runtime, for
         // every request: the list's refresh does that).
         Some(p) => p.addr(),
-        None => crate::config::resolve(addr).ok(),
+        None => network.link.resolved(addr),
     }
     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     (name, addr)

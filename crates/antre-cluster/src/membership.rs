@@ -133,7 +133,7 @@ impl Cluster {
                 } else {
                     m.name.clone()
                 },
-                addr: cfg.listed_addr(id).or_else(|| m.addr.parse().ok()),
+                addr: cfg.listed_addr(id).or_else(|| self.link.resolved(&m.addr)),
                 voter: voters.contains(&id),
             })
             .collect();
@@ -161,6 +161,17 @@ impl Cluster {
             .find(|m| m.id == id)
             .map(|m| m.name)
             .or_else(|| self.link.config.name_of(id).map(str::to_owned))
+    }
+
+    /// The address the metadata membership records for node `id`, as
+    /// recorded (a host name stays a name).
+    pub fn recorded_addr(&self, id: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
     }
 
     /// Where this node dials the node with Raft id `id`.
@@ -251,8 +262,14 @@ impl Cluster {
         match change {
             MemberChange::Add(m) => {
                 check_name(&m.name).map_err(|e| invalid(e.to_string()))?;
-                let addr: SocketAddr =
-                    crate::config::resolve(&m.addr).map_err(|e| invalid(e.to_string()))?;
+                if !crate::config::is_host_port(&m.addr) {
+                    return Err(invalid(format!("'{}' is not HOST:PORT", m.addr)));
+                }
+                let addr = tokio::net::lookup_host(m.addr.as_str())
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| invalid(format!("cannot resolve '{}'", m.addr)))?;
                 let id = node_id_of(&m.name);
                 let known = membership.get_node(&id);
                 if voters.contains(&id) {
@@ -271,7 +288,12 @@ impl Cluster {
                 self.check_joiner_flags(&m.name, addr)
                     .await
                     .map_err(Refusal::Error)?;
-                let member = Member::new(&m.name, addr);
+                // A host name is recorded as it is, and each member
+                // resolves it (again when it moves).
+                let member = match m.addr.parse::<SocketAddr>() {
+                    Ok(_) => Member::new(&m.name, addr),
+                    Err(_) => m.clone(),
+                };
                 tracing::info!("adding {member} to the cluster as a learner");
                 let added =
                     tokio::time::timeout_at(deadline, self.raft.add_learner(id, member, true))
@@ -361,7 +383,10 @@ pub(crate) async fn join(node: Weak<Cluster>, target: String) {
             return;
         }
         let cfg = &n.link.config;
-        let me = Member::new(&cfg.node_name, cfg.advertised());
+        let me = Member {
+            name: cfg.node_name.clone(),
+            addr: cfg.advertised_host(),
+        };
         // The node there is known by its address only: any name it proves
         // with the secret will do.
         let request = Request::Members(MemberChange::Add(me));

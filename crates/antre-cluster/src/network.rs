@@ -77,6 +77,10 @@ pub struct Link {
     /// This node's settings.
     pub config: ClusterConfig,
     states: Mutex<HashMap<String, PeerState>>,
+    /// Members the membership records by host name and this node's list
+    /// does not name (nodes that joined later): what each name resolved
+    /// to last, None before its first answer. See [`Link::resolved`].
+    names: Mutex<HashMap<String, Option<SocketAddr>>>,
     /// Set while the node is drained (see [`Link::set_draining`]).
     draining: std::sync::atomic::AtomicBool,
 }
@@ -107,7 +111,38 @@ impl Link {
         Link {
             config,
             states: Mutex::default(),
+            names: Mutex::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The address of a member recorded at `host` (`HOST:PORT`): an IP
+    /// address as it is, a host name as last resolved by
+    /// [`Link::refresh_names`] (which the first ask enrols it in). Never
+    /// looked up here: this runs on the Raft runtime, for every request.
+    pub fn resolved(&self, host: &str) -> Option<SocketAddr> {
+        if let Ok(addr) = host.parse() {
+            return Some(addr);
+        }
+        *self.names.lock().entry(host.to_owned()).or_default()
+    }
+
+    /// Resolves again the host names [`Link::resolved`] was asked for.
+    pub async fn refresh_names(&self) {
+        let names: Vec<String> = self.names.lock().keys().cloned().collect();
+        for host in names {
+            let found = match tokio::net::lookup_host(host.as_str()).await {
+                Ok(mut addrs) => addrs.next(),
+                Err(e) => {
+                    tracing::debug!(host, "cannot resolve a member's address: {e}");
+                    continue;
+                }
+            };
+            let Some(found) = found else { continue };
+            let before = self.names.lock().insert(host.clone(), Some(found));
+            if before != Some(Some(found)) {
+                tracing::info!(host, %found, "a member's host name resolves to a new address");
+            }
         }
     }
 
@@ -214,8 +249,12 @@ pub struct Connection {
     link: Arc<Link>,
     name: String,
     addr: SocketAddr,
-    /// The peer list's address for `name` when `addr` was last chosen.
-    listed: Option<SocketAddr>,
+    /// The address the membership records for it (a member this node's
+    /// list does not name may be recorded by host name).
+    member: Option<String>,
+    /// Where the list or the membership put it when `addr` was last
+    /// chosen ([`routed`]).
+    routed: Option<SocketAddr>,
     stream: Option<BoxStream>,
     /// A dial started by a call that was cut off, still going.
     dialing: Option<tokio::task::JoinHandle<Result<BoxStream, AuthError>>>,
@@ -298,18 +337,22 @@ impl Exchange {
     }
 }
 
-/// The address this node's peer list gives the peer `name`, as last
-/// resolved.
-fn listed_addr(link: &Link, name: &str) -> Option<SocketAddr> {
-    let peer = link.config.peers.iter().find(|p| p.name == name)?;
-    peer.addr()
+/// Where the peer `name` is now: at the address this node's list gives
+/// it, else at what `member` (its address in the membership) resolves to,
+/// both as last resolved.
+fn routed(link: &Link, name: &str, member: Option<&str>) -> Option<SocketAddr> {
+    match link.config.peers.iter().find(|p| p.name == name) {
+        Some(peer) => peer.addr(),
+        None => member.and_then(|m| link.resolved(m)),
+    }
 }
 
 impl Connection {
     /// A connection to the peer `name` at `addr` (not made yet).
     pub fn new(link: Arc<Link>, name: &str, addr: SocketAddr) -> Connection {
         Connection {
-            listed: listed_addr(&link, name),
+            routed: routed(&link, name, None),
+            member: None,
             link,
             name: name.to_owned(),
             addr,
@@ -322,6 +365,15 @@ impl Connection {
         }
     }
 
+    /// A connection to the member `name` recorded in the membership at
+    /// `member`, dialled at `addr` for now (see [`routed`]).
+    pub fn to_member(link: Arc<Link>, name: &str, addr: SocketAddr, member: &str) -> Connection {
+        let mut conn = Connection::new(link, name, addr);
+        conn.member = Some(member.to_owned());
+        conn.routed = routed(&conn.link, name, conn.member.as_deref());
+        conn
+    }
+
     async fn connect(&mut self) -> Result<BoxStream, CallError> {
         if self.dialing.is_none() {
             if let Some(at) = self.retry_at {
@@ -330,15 +382,15 @@ impl Connection {
                     return Err(CallError::Unreachable(format!("backing off: {why}")));
                 }
             }
-            // A peer whose listed address moved since (its host name
-            // resolves elsewhere: it restarted at a new address) is
-            // dialled where it is now.
-            let listed = listed_addr(&self.link, &self.name);
-            if listed != self.listed {
-                if let Some(addr) = listed {
+            // A peer whose address moved since (its host name resolves
+            // elsewhere: it restarted at a new address) is dialled where
+            // it is now.
+            let now = routed(&self.link, &self.name, self.member.as_deref());
+            if now != self.routed {
+                if let Some(addr) = now {
                     self.addr = addr;
                 }
-                self.listed = listed;
+                self.routed = now;
             }
             let (link, name, addr) = (Arc::clone(&self.link), self.name.clone(), self.addr);
             self.dialing = Some(tokio::spawn(async move {
@@ -521,12 +573,12 @@ impl NetworkFactory {
     }
 
     /// Makes a connection to `target` for the pool, in the background.
-    fn warm(&self, target: NodeId, name: &str, addr: SocketAddr) {
+    fn warm(&self, target: NodeId, name: &str, addr: SocketAddr, member: &str) {
         if !self.pool.warming.lock().insert(target) {
             return;
         }
         let pool = Arc::clone(&self.pool);
-        let mut conn = Connection::new(Arc::clone(&self.link), name, addr);
+        let mut conn = Connection::to_member(Arc::clone(&self.link), name, addr, member);
         tokio::spawn(async move {
             if let Ok(stream) = conn.connect().await {
                 conn.stream = Some(stream);
@@ -566,15 +618,22 @@ impl PooledConnection {
 }
 
 impl NetworkFactory {
-    /// A connection to `target` (named `name`, dialled at `addr` if a new
-    /// one is needed): an idle one from the pool, or a new one while
-    /// another is made for the pool in the background.
-    pub fn connection(&self, target: NodeId, name: &str, addr: SocketAddr) -> PooledConnection {
+    /// A connection to `target` (named `name`, recorded in the membership
+    /// at `member`, dialled at `addr` if a new one is needed): an idle one
+    /// from the pool, or a new one while another is made for the pool in
+    /// the background.
+    pub fn connection(
+        &self,
+        target: NodeId,
+        name: &str,
+        addr: SocketAddr,
+        member: &str,
+    ) -> PooledConnection {
         let conn = match self.pool.take(target, addr) {
             Some(conn) => conn,
             None => {
-                self.warm(target, name, addr);
-                Connection::new(Arc::clone(&self.link), name, addr)
+                self.warm(target, name, addr, member);
+                Connection::to_member(Arc::clone(&self.link), name, addr, member)
             }
         };
         PooledConnection {
@@ -610,7 +669,7 @@ impl crate::election::Voters<TypeConfig> for NetworkFactory {
             &node.name
         };
         let (name, addr) = crate::election::route(self, id, name, &node.addr);
-        NetworkFactory::connection(self, id, &name, addr)
+        NetworkFactory::connection(self, id, &name, addr, &node.addr)
     }
 
     fn network(&self) -> &NetworkFactory {
@@ -801,6 +860,28 @@ mod tests {
             Ok(Response::Pong)
         ));
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection");
+    }
+
+    #[tokio::test]
+    async fn a_member_recorded_by_name_is_looked_up_off_the_request_path() {
+        let link = link("n1", "n1=127.0.0.1:1");
+        let ip: SocketAddr = "127.0.0.1:7".parse().unwrap();
+        assert_eq!(link.resolved("127.0.0.1:7"), Some(ip));
+        assert_eq!(
+            link.resolved("localhost:7"),
+            None,
+            "not looked up when asked"
+        );
+        link.refresh_names().await;
+        let found = link
+            .resolved("localhost:7")
+            .expect("resolved by the refresh");
+        assert!(found.ip().is_loopback() && found.port() == 7, "{found}");
+        // A name that stops resolving keeps its last address.
+        assert_eq!(link.resolved("n9.antre-test.invalid:7"), None);
+        link.refresh_names().await;
+        assert_eq!(link.resolved("n9.antre-test.invalid:7"), None);
+        assert_eq!(link.resolved("localhost:7"), Some(found));
     }
 
     #[tokio::test]

@@ -309,7 +309,7 @@ impl Cluster {
         let _ = node.this.set(Arc::downgrade(&node));
         let weak = Arc::downgrade(&node);
         node.queue_groups
-            .set_address_book(Box::new(move |id| weak.upgrade()?.addr_of(id)));
+            .set_address_book(Box::new(move |id| weak.upgrade()?.recorded_addr(id)));
         // Peers' Raft requests are answered on the Raft runtime too (the
         // listener was bound here: its socket moves with it).
         let listener = listener
@@ -322,14 +322,7 @@ impl Cluster {
         ));
         *node.listener.lock() = Some(serving);
         raft_rt.spawn(ping_members(Arc::downgrade(&node)));
-        let weak = Arc::downgrade(&node);
-        raft_rt.spawn(crate::config::refresh_peers(
-            config.peers.clone(),
-            move || {
-                weak.upgrade()
-                    .is_some_and(|n| !n.stopped.load(Ordering::Relaxed))
-            },
-        ));
+        raft_rt.spawn(refresh_names(Arc::downgrade(&node)));
         raft_rt.spawn(crate::feature_flags::enable_when_supported(Arc::downgrade(
             &node,
         )));
@@ -354,11 +347,10 @@ impl Cluster {
                     .peers
                     .iter()
                     .map(|p| {
-                        // A peer whose name resolves to nothing yet is
-                        // recorded by its name.
                         let member = match p.addr() {
-                            Some(addr) => Member::new(&p.name, addr),
-                            None => Member {
+                            Some(addr) if !p.is_named() => Member::new(&p.name, addr),
+                            // By its name, which each member resolves.
+                            _ => Member {
                                 name: p.name.clone(),
                                 addr: p.host.clone(),
                             },
@@ -843,6 +835,23 @@ impl Cluster {
 
 /// How often a node pings each peer.
 const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Resolves again, every [`crate::config::PEER_REFRESH`] until the node
+/// stops, the host names of its peer list and of the members recorded by
+/// name that the list does not give.
+async fn refresh_names(node: std::sync::Weak<Cluster>) {
+    loop {
+        tokio::time::sleep(crate::config::PEER_REFRESH).await;
+        let Some(n) = node.upgrade() else { return };
+        if n.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        let link = Arc::clone(&n.link);
+        drop(n);
+        crate::config::refresh_peers(&link.config.peers).await;
+        link.refresh_names().await;
+    }
+}
 
 /// Keeps one ping task per member (other than this node): members come
 /// and go with membership changes.

@@ -1794,7 +1794,7 @@ impl std::fmt::Debug for Group {
 
 /// The queue groups this node is a member of.
 pub struct QueueGroups {
-    link: Arc<Link>,
+    pub(crate) link: Arc<Link>,
     /// The node's connections to its peers, shared with the metadata
     /// group (a leadership check gets a connection made already).
     network: NetworkFactory,
@@ -1821,8 +1821,19 @@ pub struct QueueGroups {
     reports: carriers::Carriers<consumers::StreamReport>,
 }
 
-/// Looks up a node's cluster address by its Raft id.
-pub type AddressBook = Box<dyn Fn(NodeId) -> Option<std::net::SocketAddr> + Send + Sync>;
+/// The name of the member of `def` whose Raft id is `id`. From the
+/// queue's definition, not from this node's peer list: a node that joined
+/// later is in no list but its own.
+fn member_name(def: &QuorumDef, id: NodeId) -> Option<&str> {
+    def.members
+        .iter()
+        .find(|m| crate::node_id_of(m) == id)
+        .map(String::as_str)
+}
+
+/// Looks up the address the metadata membership records for a node, by
+/// its Raft id (a host name stays a name).
+pub type AddressBook = Box<dyn Fn(NodeId) -> Option<String> + Send + Sync>;
 
 impl std::fmt::Debug for QueueGroups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1868,10 +1879,27 @@ impl QueueGroups {
     }
 
     fn address_of(&self, id: NodeId) -> Option<std::net::SocketAddr> {
-        self.link
-            .config
-            .listed_addr(id)
-            .or_else(|| self.addresses.get().and_then(|book| book(id)))
+        self.link.config.listed_addr(id).or_else(|| {
+            let recorded = self.addresses.get().and_then(|book| book(id))?;
+            self.link.resolved(&recorded)
+        })
+    }
+
+    /// What a group's membership records for node `id`: its entry in this
+    /// node's list, else the metadata membership's; a host name as it is,
+    /// which each member resolves (again when it moves).
+    fn recorded_address(&self, id: NodeId) -> String {
+        match self.link.config.peers.iter().find(|p| p.id() == id) {
+            Some(p) => match p.addr() {
+                Some(addr) if !p.is_named() => addr.to_string(),
+                _ => p.host.clone(),
+            },
+            None => self
+                .addresses
+                .get()
+                .and_then(|book| book(id))
+                .unwrap_or_default(),
+        }
     }
 
     fn me(&self) -> &str {
@@ -2064,8 +2092,7 @@ impl QueueGroups {
             .filter(|m| !def.joined.contains(m))
             .map(|m| {
                 let id = crate::node_id_of(m);
-                let addr = self.address_of(id).map(|a| a.to_string());
-                (id, BasicNode::new(addr.unwrap_or_default()))
+                (id, BasicNode::new(self.recorded_address(id)))
             })
             .collect();
         let joined = def.joined.iter().any(|m| m == self.me());
@@ -2238,17 +2265,12 @@ impl QueueGroups {
 
     /// A new group's members: `owner`, then the voters after it by name
     /// (wrapping around), `size` in all at most.
-    pub fn pick_members(&self, owner: &str, voters: &[NodeId], size: usize) -> Vec<String> {
-        let cfg = &self.link.config;
-        let mut names: Vec<&str> = voters.iter().filter_map(|&id| cfg.name_of(id)).collect();
-        names.sort_unstable();
-        let start = names.iter().position(|n| *n == owner).unwrap_or(0);
-        names.rotate_left(start);
-        names
-            .into_iter()
-            .take(size.max(1))
-            .map(str::to_owned)
-            .collect()
+    pub fn pick_members(&self, owner: &str, mut voters: Vec<String>, size: usize) -> Vec<String> {
+        voters.sort_unstable();
+        let start = voters.iter().position(|n| n == owner).unwrap_or(0);
+        voters.rotate_left(start);
+        voters.truncate(size.max(1));
+        voters
     }
 
     /// The groups this node follows whose leader is node `leader`: each
@@ -2312,7 +2334,7 @@ impl QueueGroups {
     pub fn leader_of(&self, group: &str) -> Option<String> {
         let g = self.group(group)?;
         let leader = g.raft.metrics().borrow().current_leader?;
-        self.link.config.name_of(leader).map(str::to_owned)
+        member_name(&g.def, leader).map(str::to_owned)
     }
 }
 
@@ -2616,7 +2638,7 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
                     queue.replica_step_down();
                 }
             }
-            if let Some(name) = leader.and_then(|l| groups.link.config.name_of(l)) {
+            if let Some(name) = leader.and_then(|l| member_name(&group.def, l)) {
                 if let Some(v) = groups.broker.vhost(&group.def.vhost) {
                     v.set_quorum_leader(&group.def.name, name, term);
                     v.set_remote_owner(&group.def.name, Some(name));
@@ -2834,7 +2856,7 @@ impl crate::election::Voters<QueueTypeConfig> for GroupNetwork {
         // accepts whichever node answers there, the secret proving it is
         // a member.
         let (name, addr) = crate::election::route(&self.network, id, "", &node.addr);
-        self.network.connection(id, &name, addr)
+        self.network.connection(id, &name, addr, &node.addr)
     }
 
     fn network(&self) -> &NetworkFactory {

@@ -266,8 +266,21 @@ impl StateMachine {
             .and_then(antre_amqp::FieldValue::as_i64)
             .filter(|n| *n > 0)
             .unwrap_or(3);
-        let voters: Vec<NodeId> = state.membership.membership().voter_ids().collect();
-        let members = self.groups.pick_members(owner, &voters, size as usize);
+        // By the names the membership records, the same on every node: a
+        // node's peer list may leave out nodes that joined later (one
+        // started with --cluster-join lists only itself), and picking from
+        // it made such a node give a new queue other members than the
+        // rest of the cluster did (itself alone, a group of one).
+        let membership = state.membership.membership();
+        let voters: Vec<String> = membership
+            .voter_ids()
+            .filter_map(|id| match membership.get_node(&id) {
+                Some(m) if !m.name.is_empty() => Some(m.name.clone()),
+                // Recorded before names were: every node listed them.
+                _ => self.groups.link.config.name_of(id).map(str::to_owned),
+            })
+            .collect();
+        let members = self.groups.pick_members(owner, voters, size as usize);
         Some(QuorumDef {
             vhost: vhost.to_owned(),
             name: name.to_owned(),

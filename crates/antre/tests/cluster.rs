@@ -779,3 +779,88 @@ async fn peers_named_by_host_name_and_one_not_resolvable_yet_still_form_a_cluste
         "the warning names it"
     );
 }
+
+/// A node that joins later under a host name (a StatefulSet scaled up:
+/// `n4=antre-3.antre:25672`) is recorded in the membership by that name,
+/// which every member resolves (and resolves again when it moves), rather
+/// than by the address it had when it joined; and a quorum queue declared
+/// afterwards has the same members on every node, the joined one's
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_by_host_name_is_recorded_and_reached_by_name() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until_leader(&[0, 1, 2]).await;
+    let n4 = c.plan_joiner(0);
+    let name = format!("localhost:{}", c.nodes[n4].cluster_port);
+    c.nodes[n4].peers = Some(format!("n4={name}"));
+    c.nodes[n4].args = vec![
+        "--cluster-join".into(),
+        format!("localhost:{}", c.nodes[0].cluster_port),
+    ];
+    c.spawn(n4);
+    c.wait_http(n4).await;
+    c.until("n4 running, seen from n1", || async {
+        c.nodes(0)
+            .await
+            .iter()
+            .any(|n| n["name"] == json!("n4") && n["running"] == json!(true))
+    })
+    .await;
+    c.until_leader(&[0, 1, 2, n4]).await;
+    let (s, b) = c.api(n4, "PUT", "/api/vhosts/joined-by-name", None).await;
+    assert_eq!(s, 201, "{b}");
+    for i in 0..3 {
+        c.until("the others to have it", || {
+            has(&c, i, "/api/vhosts/joined-by-name")
+        })
+        .await;
+    }
+    let applied =
+        std::fs::read_to_string(c.nodes[0].dir.join("cluster/applied.json")).expect("applied.json");
+    assert!(
+        applied.contains(&format!("\"{name}\"")),
+        "the membership records n4 by name: {applied}"
+    );
+
+    // A quorum queue led by n1 with a member on n4: its group reaches n4
+    // by the name too.
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(4));
+    c.declare_durable(0, "by-name", args).await;
+    // The same members on every node, n4's included: n4, whose list names
+    // only itself, used to pick a group of its own (itself alone).
+    c.until_members("by-name", &["n1", "n2", "n3", "n4"]).await;
+    let conn = connect(&c.nodes[0].amqp_uri()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for i in 0..20 {
+        let body = format!("m{i}");
+        let ok =
+            harness::publish_confirmed(&ch, "by-name", body.as_bytes(), Duration::from_secs(10));
+        assert_eq!(ok.await, Some(true), "publish {i}");
+    }
+    c.until("n4's replica to apply them", || async {
+        let Some((200, Value::Array(rows))) = c
+            .try_api(n4, "GET", "/api/queues/%2F/by-name/members", None)
+            .await
+        else {
+            return false;
+        };
+        let index = |node: &str, field: &str| {
+            rows.iter()
+                .find(|r| r["node"] == json!(node))
+                .and_then(|r| r[field].as_u64())
+        };
+        matches!(
+            (index("n4", "last_applied_index"), index("n1", "commit_index")),
+            (Some(a), Some(c)) if a >= c && a > 0
+        )
+    })
+    .await;
+}

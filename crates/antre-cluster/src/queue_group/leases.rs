@@ -83,7 +83,7 @@ impl Round {
         let beaten = Arc::new(Beaten::default());
         for (id, (node, leases)) in self.to {
             let (name, addr) = crate::election::route(network, id, "", &node.addr);
-            let mut conn = network.connection(id, &name, addr);
+            let mut conn = network.connection(id, &name, addr, &node.addr);
             let groups = Arc::clone(&groups);
             let beaten = Arc::clone(&beaten);
             tokio::spawn(async move {

@@ -519,8 +519,7 @@ impl QueueGroups {
                 if voters.contains(&id) {
                     return Ok(false);
                 }
-                let addr = self.address_of(id).map(|a| a.to_string());
-                let node_info = BasicNode::new(addr.unwrap_or_default());
+                let node_info = BasicNode::new(self.recorded_address(id));
                 tracing::info!(group, "adding {node} to the queue's group as a learner");
                 let added =
                     tokio::time::timeout_at(deadline, g.raft.add_learner(id, node_info, true))
