@@ -74,6 +74,9 @@ const CREDIT_STEP: u64 = 64 << 10;
 /// This node's forwarder: the [`RemoteQueues`] the broker holds.
 pub struct Forwarder {
     link: Arc<Link>,
+    /// Where a node is, by name: this node's list, else the membership
+    /// (set once the cluster runs; see [`Forwarder::set_address_book`]).
+    addresses: std::sync::OnceLock<NodeAddresses>,
     broker: Weak<Broker>,
     links: Mutex<HashMap<String, Arc<DataLink>>>,
     next: AtomicU64,
@@ -85,6 +88,9 @@ impl std::fmt::Debug for Forwarder {
         f.debug_struct("Forwarder").finish_non_exhaustive()
     }
 }
+
+/// Looks up where a node is by its name.
+pub type NodeAddresses = Box<dyn Fn(&str) -> Option<std::net::SocketAddr> + Send + Sync>;
 
 /// What a forwarding node keeps of one data connection.
 struct DataLink {
@@ -124,11 +130,20 @@ impl Forwarder {
     pub fn new(link: Arc<Link>, broker: &Arc<Broker>) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             link,
+            addresses: std::sync::OnceLock::new(),
             broker: Arc::downgrade(broker),
             links: Mutex::default(),
             next: AtomicU64::new(1),
             runtime: tokio::runtime::Handle::current(),
         })
+    }
+
+    /// Gives the forwarder where the nodes are. A node that joined later is
+    /// in no peer list but its own: looked up in the list alone, it was
+    /// never forwarded to ("no cluster node named 'n4'"), and every
+    /// publish to its queues through another node was nacked.
+    pub fn set_address_book(&self, book: NodeAddresses) {
+        let _ = self.addresses.set(book);
     }
 
     fn next_id(&self) -> u64 {
@@ -158,10 +173,11 @@ impl Forwarder {
         links.insert(owner.to_owned(), Arc::clone(&link));
         let cfg = self.link.config.clone();
         let weak = Arc::downgrade(&link);
+        let addr = self.addresses.get().and_then(|book| book(owner));
         self.runtime
             .spawn(expire_publishes(Weak::clone(&weak), cfg.forward_timeout));
         self.runtime.spawn(async move {
-            let why = match dial(&cfg, &weak).await {
+            let why = match dial(&cfg, addr, &weak).await {
                 Ok(stream) => run_client(stream, rx, &weak).await,
                 Err(e) => e,
             };
@@ -223,16 +239,13 @@ async fn expire_publishes(link: Weak<DataLink>, timeout: Duration) {
     }
 }
 
-async fn dial(cfg: &crate::ClusterConfig, link: &Weak<DataLink>) -> Result<BoxStream, String> {
+async fn dial(
+    cfg: &crate::ClusterConfig,
+    addr: Option<std::net::SocketAddr>,
+    link: &Weak<DataLink>,
+) -> Result<BoxStream, String> {
     let owner = link.upgrade().map(|l| l.owner.clone()).ok_or("gone")?;
-    let peer = cfg
-        .peers
-        .iter()
-        .find(|p| p.name == owner)
-        .ok_or_else(|| format!("no cluster node named '{owner}'"))?;
-    let addr = peer
-        .addr()
-        .ok_or_else(|| format!("'{}' resolves to no address yet", peer.host))?;
+    let addr = addr.ok_or_else(|| format!("no address known for cluster node '{owner}'"))?;
     let s = crate::network::dial(addr).await?;
     // With TLS on the link, the data link is TLS too, like every
     // connection between nodes.

@@ -310,6 +310,10 @@ impl Cluster {
         let weak = Arc::downgrade(&node);
         node.queue_groups
             .set_address_book(Box::new(move |id| weak.upgrade()?.recorded_addr(id)));
+        let weak = Arc::downgrade(&node);
+        node.forwarder.set_address_book(Box::new(move |name| {
+            weak.upgrade()?.addr_of(node_id_of(name))
+        }));
         // Peers' Raft requests are answered on the Raft runtime too (the
         // listener was bound here: its socket moves with it).
         let listener = listener

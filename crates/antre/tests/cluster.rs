@@ -863,4 +863,12 @@ async fn a_node_joining_by_host_name_is_recorded_and_reached_by_name() {
         )
     })
     .await;
+
+    // A classic queue on n4, published to through n1: n1 forwards to the
+    // node it knows only from the membership.
+    c.declare_durable(n4, "classic-on-n4", FieldTable::default())
+        .await;
+    let ok = harness::publish_confirmed(&ch, "classic-on-n4", b"via n1", Duration::from_secs(10));
+    assert_eq!(ok.await, Some(true), "forwarded to n4 and confirmed");
+    assert_eq!(c.drain(n4, "classic-on-n4").await, ["via n1"]);
 }
