@@ -87,6 +87,16 @@ async fn three_nodes(dir: &std::path::Path, storage: StorageOptions) -> (Vec<Pee
     (peers, nodes)
 }
 
+/// Takes a follower out of `nodes`: the node a test stops, so that the
+/// others need no election to go on.
+fn take_a_follower(nodes: &mut Vec<Node>) -> Node {
+    let down = nodes
+        .iter()
+        .position(|n| n.cluster.status().role != "leader")
+        .unwrap();
+    nodes.remove(down)
+}
+
 async fn stop(node: Node) {
     node.cluster.shutdown().await;
     node.broker.close();
@@ -104,13 +114,7 @@ async fn propose(node: &Node, command: MetaCommand) {
 async fn a_node_behind_a_compacted_log_installs_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let (peers, mut nodes) = three_nodes(dir.path(), StorageOptions::default()).await;
-    // The node that goes down is a follower, so that the others need no
-    // election to go on.
-    let down = nodes
-        .iter()
-        .position(|n| n.cluster.status().role != "leader")
-        .unwrap();
-    let n3 = nodes.remove(down);
+    let n3 = take_a_follower(&mut nodes);
     let down_name = n3.cluster.node_name().to_owned();
     let had = n3
         .cluster
@@ -287,11 +291,7 @@ async fn a_node_killed_right_after_applying_a_declare_has_the_queue_when_back() 
 async fn a_member_restarted_at_a_new_address_is_dialled_there() {
     let dir = tempfile::tempdir().unwrap();
     let (peers, mut nodes) = three_nodes(dir.path(), StorageOptions::default()).await;
-    let down = nodes
-        .iter()
-        .position(|n| n.cluster.status().role != "leader")
-        .unwrap();
-    let moved = nodes.remove(down);
+    let moved = take_a_follower(&mut nodes);
     let name = moved.cluster.node_name().to_owned();
     let other = &nodes[0];
     propose(
