@@ -1821,16 +1821,6 @@ pub struct QueueGroups {
     reports: carriers::Carriers<consumers::StreamReport>,
 }
 
-/// The name of the member of `def` whose Raft id is `id`. From the
-/// queue's definition, not from this node's peer list: a node that joined
-/// later is in no list but its own.
-fn member_name(def: &QuorumDef, id: NodeId) -> Option<&str> {
-    def.members
-        .iter()
-        .find(|m| crate::node_id_of(m) == id)
-        .map(String::as_str)
-}
-
 /// Looks up the address the metadata membership records for a node, by
 /// its Raft id (a host name stays a name).
 pub type AddressBook = Box<dyn Fn(NodeId) -> Option<String> + Send + Sync>;
@@ -2334,7 +2324,7 @@ impl QueueGroups {
     pub fn leader_of(&self, group: &str) -> Option<String> {
         let g = self.group(group)?;
         let leader = g.raft.metrics().borrow().current_leader?;
-        member_name(&g.def, leader).map(str::to_owned)
+        self.name_of(leader)
     }
 }
 
@@ -2638,10 +2628,10 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
                     queue.replica_step_down();
                 }
             }
-            if let Some(name) = leader.and_then(|l| member_name(&group.def, l)) {
+            if let Some(name) = leader.and_then(|l| groups.name_of(l)) {
                 if let Some(v) = groups.broker.vhost(&group.def.vhost) {
-                    v.set_quorum_leader(&group.def.name, name, term);
-                    v.set_remote_owner(&group.def.name, Some(name));
+                    v.set_quorum_leader(&group.def.name, &name, term);
+                    v.set_remote_owner(&group.def.name, Some(&name));
                 }
             }
             known_leader = leader;

@@ -410,6 +410,9 @@ impl QueueGroups {
         }
     }
 
+    /// The name of node `id`: from the queues' definitions (their members,
+    /// those added later included), else this node's peer list. Not from
+    /// the list first: a node that joined later is in no list but its own.
     pub(super) fn name_of(&self, id: NodeId) -> Option<String> {
         let known = self.known.defs.lock();
         known
