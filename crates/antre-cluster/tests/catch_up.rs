@@ -308,9 +308,18 @@ async fn a_member_restarted_at_a_new_address_is_dialled_there() {
     .await;
     stop(moved).await;
 
-    // It comes back at a new port, and its name resolves there now (what
-    // the peer list's refresh does when a host name moves).
-    let new_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // It comes back at a new IP (the same port, as a rescheduled pod), and
+    // its name resolves there now (what the peer list's refresh does when
+    // a host name moves). Another loopback address rather than a port
+    // picked free: one picked and released can be taken by any socket
+    // before the node binds it.
+    let old_addr = peers
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap()
+        .addr()
+        .unwrap();
+    let new_addr = std::net::SocketAddr::from(([127, 0, 0, 2], old_addr.port()));
     let its_peers: Vec<Peer> = peers
         .iter()
         .map(|p| match p.name == name {
