@@ -78,12 +78,18 @@ impl Peer {
     /// to, if it moved; a lookup that fails keeps the last address (a
     /// resolver out for a moment must not cut a running peer off).
     pub async fn refresh(&self) -> Result<Option<(Option<SocketAddr>, SocketAddr)>, String> {
-        let found = tokio::net::lookup_host(self.host.as_str())
-            .await
-            .map_err(|e| e.to_string())?
-            .next()
-            .ok_or_else(|| "no address".to_owned())?;
+        let found = lookup(&self.host).await?;
         Ok(self.set_addr(found).map(|before| (before, found)))
+    }
+
+    /// Its address as a membership records it: a host name as given
+    /// (each member resolves it, again when it moves), an IP address as
+    /// parsed.
+    pub fn recorded(&self) -> String {
+        match self.addr() {
+            Some(addr) if !self.is_named() => addr.to_string(),
+            _ => self.host.clone(),
+        }
     }
 }
 
@@ -360,6 +366,16 @@ pub fn is_host_port(addr: &str) -> bool {
     matches!(addr.rsplit_once(':'), Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok())
 }
 
+/// Resolves `host:port` to its first address without blocking the
+/// runtime.
+pub async fn lookup(addr: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("cannot resolve '{addr}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{addr}' resolves to no address"))
+}
+
 /// Resolves `host:port` to its first address.
 pub fn resolve(addr: &str) -> Result<SocketAddr, ClusterError> {
     use std::net::ToSocketAddrs;
@@ -467,10 +483,10 @@ impl ClusterConfig {
     /// joins: its entry in the peer list as given (a host name stays a
     /// name, resolved by each member), or its listener.
     pub fn advertised_host(&self) -> String {
-        match self.peers.iter().find(|p| p.name == self.node_name) {
-            Some(p) if p.is_named() => p.host.clone(),
-            _ => self.advertised().to_string(),
-        }
+        self.peers
+            .iter()
+            .find(|p| p.name == self.node_name)
+            .map_or_else(|| self.listen.to_string(), Peer::recorded)
     }
 
     /// The address the peer list gives for `id`, if it lists it. It wins

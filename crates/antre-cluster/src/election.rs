@@ -78,15 +78,10 @@ pub(crate) fn route(
 ) -> (String, SocketAddr) {
     let cfg = &network.link.config;
     let name = cfg.name_of(id).unwrap_or(name).to_owned();
-    let listed = cfg.peers.iter().find(|p| p.id() == id);
-    let addr = match listed {
-        // The list's route as last resolved; nothing yet for a name that
-        // resolves to nothing (not looked up here, on the runtime, for
-        // every request: the list's refresh does that).
-        Some(p) => p.addr(),
-        None => network.link.resolved(addr),
-    }
-    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    // As last resolved: never looked up here, on the runtime, for every
+    // request (the refresh does that).
+    let addr = crate::network::routed(&network.link, &name, Some(addr))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     (name, addr)
 }
 

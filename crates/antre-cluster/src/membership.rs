@@ -50,6 +50,16 @@ pub struct Member {
 }
 
 impl Member {
+    /// Its name: as recorded, or for a membership written before names
+    /// were recorded (every node listed its members then) the name `cfg`'s
+    /// peer list gives its id.
+    pub fn name_in<'a>(&'a self, id: NodeId, cfg: &'a crate::ClusterConfig) -> Option<&'a str> {
+        match self.name.as_str() {
+            "" => cfg.name_of(id),
+            name => Some(name),
+        }
+    }
+
     /// A member named `name` listening at `addr`.
     pub fn new(name: &str, addr: SocketAddr) -> Member {
         Member {
@@ -128,11 +138,7 @@ impl Cluster {
             .nodes()
             .map(|(&id, m)| MemberInfo {
                 id,
-                name: if m.name.is_empty() {
-                    cfg.name_of(id).unwrap_or("?").to_owned()
-                } else {
-                    m.name.clone()
-                },
+                name: m.name_in(id, cfg).unwrap_or("?").to_owned(),
                 addr: cfg.listed_addr(id).or_else(|| self.link.resolved(&m.addr)),
                 voter: voters.contains(&id),
             })
@@ -265,11 +271,7 @@ impl Cluster {
                 if !crate::config::is_host_port(&m.addr) {
                     return Err(invalid(format!("'{}' is not HOST:PORT", m.addr)));
                 }
-                let addr = tokio::net::lookup_host(m.addr.as_str())
-                    .await
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or_else(|| invalid(format!("cannot resolve '{}'", m.addr)))?;
+                let addr = crate::config::lookup(&m.addr).await.map_err(invalid)?;
                 let id = node_id_of(&m.name);
                 let known = membership.get_node(&id);
                 if voters.contains(&id) {
@@ -392,16 +394,12 @@ pub(crate) async fn join(node: Weak<Cluster>, target: String) {
         let request = Request::Members(MemberChange::Add(me));
         let link = Arc::clone(&n.link);
         drop(n);
-        let answer = match tokio::net::lookup_host(target.as_str())
-            .await
-            .map(|mut a| a.next())
-        {
-            Ok(Some(addr)) => Connection::new(link, "", addr)
+        let answer = match crate::config::lookup(&target).await {
+            Ok(addr) => Connection::new(link, "", addr)
                 .call(&request, MEMBERSHIP_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string()),
-            Ok(None) => Err("it resolves to no address".to_owned()),
-            Err(e) => Err(format!("cannot resolve it: {e}")),
+            Err(e) => Err(e),
         };
         let error = match answer {
             Ok(Response::Members(Ok(()))) => {

@@ -124,21 +124,27 @@ impl Link {
         if let Ok(addr) = host.parse() {
             return Some(addr);
         }
-        *self.names.lock().entry(host.to_owned()).or_default()
+        let mut names = self.names.lock();
+        match names.get(host) {
+            Some(found) => *found,
+            None => {
+                names.insert(host.to_owned(), None);
+                None
+            }
+        }
     }
 
     /// Resolves again the host names [`Link::resolved`] was asked for.
     pub async fn refresh_names(&self) {
         let names: Vec<String> = self.names.lock().keys().cloned().collect();
         for host in names {
-            let found = match tokio::net::lookup_host(host.as_str()).await {
-                Ok(mut addrs) => addrs.next(),
+            let found = match crate::config::lookup(&host).await {
+                Ok(found) => found,
                 Err(e) => {
-                    tracing::debug!(host, "cannot resolve a member's address: {e}");
+                    tracing::debug!("a member's address: {e}");
                     continue;
                 }
             };
-            let Some(found) = found else { continue };
             let before = self.names.lock().insert(host.clone(), Some(found));
             if before != Some(Some(found)) {
                 tracing::info!(host, %found, "a member's host name resolves to a new address");
@@ -340,7 +346,7 @@ impl Exchange {
 /// Where the peer `name` is now: at the address this node's list gives
 /// it, else at what `member` (its address in the membership) resolves to,
 /// both as last resolved.
-fn routed(link: &Link, name: &str, member: Option<&str>) -> Option<SocketAddr> {
+pub(crate) fn routed(link: &Link, name: &str, member: Option<&str>) -> Option<SocketAddr> {
     match link.config.peers.iter().find(|p| p.name == name) {
         Some(peer) => peer.addr(),
         None => member.and_then(|m| link.resolved(m)),
@@ -350,9 +356,24 @@ fn routed(link: &Link, name: &str, member: Option<&str>) -> Option<SocketAddr> {
 impl Connection {
     /// A connection to the peer `name` at `addr` (not made yet).
     pub fn new(link: Arc<Link>, name: &str, addr: SocketAddr) -> Connection {
+        Connection::with_member(link, name, addr, None)
+    }
+
+    /// A connection to the member `name` recorded in the membership at
+    /// `member`, dialled at `addr` for now (see [`routed`]).
+    pub fn to_member(link: Arc<Link>, name: &str, addr: SocketAddr, member: &str) -> Connection {
+        Connection::with_member(link, name, addr, Some(member.to_owned()))
+    }
+
+    fn with_member(
+        link: Arc<Link>,
+        name: &str,
+        addr: SocketAddr,
+        member: Option<String>,
+    ) -> Connection {
         Connection {
-            routed: routed(&link, name, None),
-            member: None,
+            routed: routed(&link, name, member.as_deref()),
+            member,
             link,
             name: name.to_owned(),
             addr,
@@ -363,15 +384,6 @@ impl Connection {
             failures: 0,
             retry_at: None,
         }
-    }
-
-    /// A connection to the member `name` recorded in the membership at
-    /// `member`, dialled at `addr` for now (see [`routed`]).
-    pub fn to_member(link: Arc<Link>, name: &str, addr: SocketAddr, member: &str) -> Connection {
-        let mut conn = Connection::new(link, name, addr);
-        conn.member = Some(member.to_owned());
-        conn.routed = routed(&conn.link, name, conn.member.as_deref());
-        conn
     }
 
     async fn connect(&mut self) -> Result<BoxStream, CallError> {

@@ -351,13 +351,9 @@ impl Cluster {
                     .peers
                     .iter()
                     .map(|p| {
-                        let member = match p.addr() {
-                            Some(addr) if !p.is_named() => Member::new(&p.name, addr),
-                            // By its name, which each member resolves.
-                            _ => Member {
-                                name: p.name.clone(),
-                                addr: p.host.clone(),
-                            },
+                        let member = Member {
+                            name: p.name.clone(),
+                            addr: p.recorded(),
                         };
                         (p.id(), member)
                     })

@@ -1880,10 +1880,7 @@ impl QueueGroups {
     /// which each member resolves (again when it moves).
     fn recorded_address(&self, id: NodeId) -> String {
         match self.link.config.peers.iter().find(|p| p.id() == id) {
-            Some(p) => match p.addr() {
-                Some(addr) if !p.is_named() => addr.to_string(),
-                _ => p.host.clone(),
-            },
+            Some(p) => p.recorded(),
             None => self
                 .addresses
                 .get()

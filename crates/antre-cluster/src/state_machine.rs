@@ -272,12 +272,14 @@ impl StateMachine {
         // it made such a node give a new queue other members than the
         // rest of the cluster did (itself alone, a group of one).
         let membership = state.membership.membership();
+        let cfg = &self.groups.link.config;
         let voters: Vec<String> = membership
             .voter_ids()
-            .filter_map(|id| match membership.get_node(&id) {
-                Some(m) if !m.name.is_empty() => Some(m.name.clone()),
-                // Recorded before names were: every node listed them.
-                _ => self.groups.link.config.name_of(id).map(str::to_owned),
+            .filter_map(|id| {
+                membership
+                    .get_node(&id)?
+                    .name_in(id, cfg)
+                    .map(str::to_owned)
             })
             .collect();
         let members = self.groups.pick_members(owner, voters, size as usize);
