@@ -997,17 +997,21 @@ impl Broker {
         for v in self.vhosts() {
             self.apply_vhost_limits_of(&v);
         }
-        for defs in &snapshot.definitions {
-            let Some(v) = self.vhost(&defs.name) else {
-                continue;
-            };
-            install_vhost_definitions(&v, defs)?;
-        }
+        // Owners first: a queue another node owns must not be visible here
+        // as this node's own, even for a moment, or a publish through this
+        // node would be confirmed into its idle copy. Only the snapshot's
+        // queues have owners, and only queues it lacks are deleted below.
         let me = self.node_name().unwrap_or_default();
         for (vhost, queue, node) in &snapshot.owners {
             if let Some(v) = self.vhost(vhost) {
                 v.set_remote_owner(queue, (node != me).then_some(node.as_str()));
             }
+        }
+        for defs in &snapshot.definitions {
+            let Some(v) = self.vhost(&defs.name) else {
+                continue;
+            };
+            install_vhost_definitions(&v, defs)?;
         }
         self.set_listeners(snapshot.listeners);
         self.set_drained_nodes(snapshot.drained);

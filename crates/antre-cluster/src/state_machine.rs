@@ -346,6 +346,15 @@ impl StateMachine {
                 if !exists && !state.owners.contains_key(&key) {
                     // Recorded before the apply: see the module docs.
                     state.owners.insert(key.clone(), owner.clone());
+                    // And given to the broker before the queue appears in
+                    // it: in between, a publish through this node would be
+                    // confirmed into its idle copy of another node's queue.
+                    // A quorum queue's leader replaces it once known.
+                    if *owner != self.node_name {
+                        if let Some(v) = self.broker.vhost(vhost) {
+                            v.set_remote_owner(name, Some(owner));
+                        }
+                    }
                     if let Some(def) =
                         self.quorum_def(&state, vhost, name, owner, &arguments.0, index)
                     {
@@ -406,6 +415,10 @@ impl StateMachine {
                     self.groups.declared(def);
                 }
             } else {
+                // Declared in vain (or deleted): no owner left behind.
+                if let Some(v) = &v {
+                    v.set_remote_owner(&queue, None);
+                }
                 state.owners.remove(&key);
                 state.leaders.remove(&key);
                 if let Some(def) = state.quorum.remove(&key) {

@@ -150,3 +150,76 @@ async fn a_node_with_the_wrong_secret_is_refused() {
         n.cluster.shutdown().await;
     }
 }
+
+/// A queue another node declares must never be visible here without its
+/// owner: in between, a publish through this node would be confirmed
+/// into this node's idle copy of the queue, which nobody consumes from.
+/// A watcher spins on the other nodes' brokers while queues are declared
+/// one after the other; before the owner was recorded ahead of the
+/// declare, it saw such a queue within a few dozen declares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_declared_elsewhere_is_never_seen_without_its_owner() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start(&["n1", "n2", "n3"], &[SECRET; 3], dir.path()).await;
+    until("a leader", || {
+        nodes.iter().all(|n| n.cluster.status().leader.is_some())
+    })
+    .await;
+    const QUEUES: usize = 300;
+    let done = Arc::new(AtomicBool::new(false));
+    let declarer = Arc::clone(&nodes[0].cluster);
+    let owner = declarer.node_name().to_owned();
+    let watchers: Vec<_> = nodes[1..]
+        .iter()
+        .map(|n| {
+            let broker = Arc::clone(&n.broker);
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let v = broker.vhost("/").unwrap();
+                let mut seen = 0;
+                while seen < QUEUES && !done.load(Ordering::Acquire) {
+                    let name = format!("q{seen}");
+                    if v.has_queue(&name) {
+                        if v.remote_owner(&name).is_none() {
+                            return Err(format!("{name} seen without its owner"));
+                        }
+                        seen += 1;
+                    }
+                }
+                Ok(seen)
+            })
+        })
+        .collect();
+    for i in 0..QUEUES {
+        let cluster = Arc::clone(&declarer);
+        let owner = owner.clone();
+        tokio::task::spawn_blocking(move || {
+            cluster.propose(MetaCommand::DeclareQueue {
+                vhost: "/".into(),
+                name: format!("q{i}"),
+                durable: true,
+                auto_delete: false,
+                arguments: WireTable::default(),
+                owner,
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    until("every queue on every node", || {
+        nodes.iter().all(|n| {
+            let v = n.broker.vhost("/").unwrap();
+            (0..QUEUES).all(|i| v.has_queue(&format!("q{i}")))
+        })
+    })
+    .await;
+    done.store(true, Ordering::Release);
+    for w in watchers {
+        assert_eq!(w.join().unwrap(), Ok(QUEUES));
+    }
+    for n in &nodes {
+        n.cluster.shutdown().await;
+    }
+}
