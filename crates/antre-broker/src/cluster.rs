@@ -486,6 +486,25 @@ pub trait MetadataLog: Send + Sync + fmt::Debug {
     /// an auto-delete or expired queue, from a timer or a channel that must
     /// not block on the cluster); a failure is logged.
     fn propose_later(&self, command: MetaCommand);
+
+    /// The queue or stream `created` of `vhost` was just created, and no
+    /// client can reach it yet. A cluster gives a member of a quorum
+    /// queue's or stream's group its replication here: otherwise the queue
+    /// would be, until its replica started in the background, a plain
+    /// local queue that confirmed publishes its replica would then drop.
+    fn created(&self, vhost: &str, created: Created<'_>) {
+        let _ = (vhost, created);
+    }
+}
+
+/// A queue or stream just created by a metadata change (see
+/// [`MetadataLog::created`]).
+#[derive(Clone, Copy)]
+pub enum Created<'a> {
+    /// A queue.
+    Queue(&'a Arc<crate::queue::Queue>),
+    /// A stream.
+    Stream(&'a Arc<crate::stream::Stream>),
 }
 
 /// The whole replicated metadata, as a cluster's snapshot carries it: what

@@ -11,6 +11,8 @@
 //!
 //! ```text
 //! frame   := u32 length-of-rest | u8 kind | fields
+//! publish := u8 1 | u64 batch | str vhost | items
+//!          | u8 6 | u64 applied | u64 batch | str vhost | items
 //! str     := u32 length | UTF-8        bytes := u32 length | raw
 //! outputs := u32 count | count × (bytes method | u8 has-message | [bytes record])
 //! ```
@@ -38,6 +40,11 @@ pub enum DataFrame {
         vhost: String,
         /// Each message with the owner's queues it was routed to.
         items: Vec<(Vec<String>, Arc<Message>)>,
+        /// How far the forwarding node had applied the metadata log
+        /// ([`crate::state_machine::MetaProgress::seen`]); None from a node
+        /// (or to a cluster) without feature flag
+        /// `forwarded_publish_metadata_index`.
+        applied: Option<u64>,
     },
     /// Forwarding node → owner: open proxy channel `ch` for `user`.
     Open {
@@ -155,8 +162,15 @@ impl DataFrame {
                 batch,
                 vhost,
                 items,
+                applied,
             } => {
-                out.put_u8(1);
+                match applied {
+                    None => out.put_u8(1),
+                    Some(index) => {
+                        out.put_u8(6);
+                        out.put_u64(*index);
+                    }
+                }
                 out.put_u64(*batch);
                 put_str(&mut out, vhost);
                 out.put_u32(items.len() as u32);
@@ -227,7 +241,8 @@ impl DataFrame {
         let mut r = Reader(body);
         let kind = r.u8()?;
         Ok(match kind {
-            1 => {
+            kind @ (1 | 6) => {
+                let applied = if kind == 6 { Some(r.u64()?) } else { None };
                 let batch = r.u64()?;
                 let vhost = r.str()?;
                 let n = r.u32()? as usize;
@@ -244,6 +259,7 @@ impl DataFrame {
                     batch,
                     vhost,
                     items,
+                    applied,
                 }
             }
             2 => DataFrame::Open {
@@ -377,10 +393,31 @@ mod tests {
             props,
             Bytes::from_static(b"body"),
         ));
+        // Without the metadata index (kind 1, what an older node reads)
+        // and with it (kind 6).
+        for applied in [None, Some(1 << 33)] {
+            let frame = DataFrame::Publish {
+                batch: 7,
+                vhost: "/".into(),
+                items: vec![(vec!["q".into()], Arc::clone(&m))],
+                applied,
+            };
+            assert_eq!(frame.encode()[4], if applied.is_some() { 6 } else { 1 });
+            let DataFrame::Publish {
+                batch,
+                applied: back,
+                ..
+            } = round_trip(&frame)
+            else {
+                panic!("kind")
+            };
+            assert_eq!((batch, back), (7, applied));
+        }
         let DataFrame::Publish { batch, items, .. } = round_trip(&DataFrame::Publish {
             batch: 7,
             vhost: "/".into(),
             items: vec![(vec!["a".into(), "b".into()], Arc::clone(&m))],
+            applied: None,
         }) else {
             panic!("kind")
         };

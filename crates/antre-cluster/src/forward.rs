@@ -57,6 +57,7 @@ use tokio::sync::mpsc;
 use crate::auth;
 use crate::data_wire::{DataFrame, MAX_DATA_FRAME};
 use crate::network::Link;
+use crate::state_machine::MetaProgress;
 use crate::wire::{write_frame, Request};
 
 /// How long a failed link stays failed before the next use dials again.
@@ -81,6 +82,9 @@ pub struct Forwarder {
     links: Mutex<HashMap<String, Arc<DataLink>>>,
     next: AtomicU64,
     runtime: tokio::runtime::Handle,
+    /// How far this node applied the metadata: each publish batch says so
+    /// (see [`crate::state_machine::MetaProgress`]).
+    progress: Arc<MetaProgress>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -127,7 +131,11 @@ struct LinkState {
 
 impl Forwarder {
     /// A forwarder over `link` for `broker`; call from the runtime.
-    pub fn new(link: Arc<Link>, broker: &Arc<Broker>) -> Arc<Forwarder> {
+    pub fn new(
+        link: Arc<Link>,
+        broker: &Arc<Broker>,
+        progress: Arc<MetaProgress>,
+    ) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             link,
             addresses: std::sync::OnceLock::new(),
@@ -135,7 +143,14 @@ impl Forwarder {
             links: Mutex::default(),
             next: AtomicU64::new(1),
             runtime: tokio::runtime::Handle::current(),
+            progress,
         })
+    }
+
+    /// How far this node applied the metadata log (what its data link's
+    /// owner side waits on).
+    pub(crate) fn progress(&self) -> Arc<MetaProgress> {
+        Arc::clone(&self.progress)
     }
 
     /// Gives the forwarder where the nodes are. A node that joined later is
@@ -453,10 +468,16 @@ impl RemoteQueues for Forwarder {
             );
             link.unanswered.fetch_add(bytes, Ordering::AcqRel);
         }
+        // Read after routing: at least the entry that showed this node
+        // the queues.
+        let flagged = self.broker.upgrade().is_some_and(|b| {
+            b.feature_flag_enabled(antre_broker::feature_flags::FORWARDED_METADATA_INDEX)
+        });
         let frame = DataFrame::Publish {
             batch: id,
             vhost: vhost.to_owned(),
             items: batch.into_iter().map(|p| (p.queues, p.message)).collect(),
+            applied: flagged.then(|| self.progress.seen()),
         };
         if !link.send(&frame) {
             link.fail("the link was closed");
@@ -774,8 +795,13 @@ impl DeliverySink for ProxySink {
 /// Serves a data connection from `peer` on this (owning) node, until it
 /// ends; then closes its proxy channels (requeueing what they delivered
 /// and nobody settled).
-pub async fn serve<S>(stream: S, peer: String, broker: Weak<Broker>)
-where
+pub async fn serve<S>(
+    stream: S,
+    peer: String,
+    broker: Weak<Broker>,
+    progress: Arc<MetaProgress>,
+    wait: Duration,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
@@ -817,6 +843,28 @@ where
         if owner.out.is_closed() {
             break;
         }
+        if let Event::Frame(DataFrame::Publish {
+            vhost,
+            items,
+            applied: Some(index),
+            ..
+        }) = &event
+        {
+            // A queue declared a moment ago may be known to the forwarding
+            // node and not yet here: "no such queue" would be taken for
+            // unroutable, and confirmed. Later frames of this link wait
+            // too, which keeps its order.
+            if progress.done() < *index && owner.misses(vhost, items) {
+                let deadline = tokio::time::Instant::now() + wait;
+                if !progress.reached(*index, deadline).await {
+                    tracing::warn!(
+                        peer,
+                        index,
+                        "a forwarded publish names metadata this node has not applied yet"
+                    );
+                }
+            }
+        }
         owner.on_event(event);
     }
     reader.abort();
@@ -850,6 +898,18 @@ struct Owner {
 }
 
 impl Owner {
+    /// Whether this node lacks the vhost or one of the queues that
+    /// forwarded messages name.
+    fn misses(&self, vhost: &str, items: &[(Vec<String>, Arc<Message>)]) -> bool {
+        let Some(v) = self.broker.upgrade().and_then(|b| b.vhost(vhost)) else {
+            return true;
+        };
+        items
+            .iter()
+            .flat_map(|(queues, _)| queues)
+            .any(|q| !v.has_queue(q))
+    }
+
     fn send(&self, frame: &DataFrame) {
         let _ = self.out.send(frame.encode());
     }
@@ -931,6 +991,7 @@ impl Owner {
                 batch,
                 vhost,
                 items,
+                ..
             } => self.publish(batch, &vhost, items),
             DataFrame::Open { ch, vhost, user } => self.open(ch, &vhost, &user),
             DataFrame::Call { ch, req, method } => self.call(ch, req, method),
@@ -1119,7 +1180,14 @@ mod tests {
             .unwrap(),
         );
         let (here, there) = tokio::io::duplex(1 << 20);
-        tokio::spawn(serve(there, "n9".into(), Arc::downgrade(&broker)));
+        let progress = Arc::new(MetaProgress::new(0));
+        tokio::spawn(serve(
+            there,
+            "n9".into(),
+            Arc::downgrade(&broker),
+            progress,
+            Duration::from_secs(5),
+        ));
         let mut f = Forwarding { stream: here };
         f.send(DataFrame::Open {
             ch: 1,
@@ -1173,6 +1241,7 @@ mod tests {
             batch: 1,
             vhost: "/".into(),
             items: vec![(vec!["q".into()], Arc::new(m))],
+            applied: None,
         })
         .await;
         loop {
@@ -1186,5 +1255,78 @@ mod tests {
                 return;
             }
         }
+    }
+
+    /// A forwarded publish to a queue declared a moment ago reached its
+    /// owner before the owner applied the declare: it answered "no such
+    /// queue", which the forwarding node took for unroutable and confirmed
+    /// (a message lost, found by `publishes_right_after_a_quorum_declare_are_all_kept`).
+    /// An owner behind the index the publish names now waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_naming_metadata_not_applied_here_waits_for_it() {
+        let broker = Arc::new(Broker::new());
+        let progress = Arc::new(MetaProgress::new(3));
+        let (here, there) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve(
+            there,
+            "n9".into(),
+            Arc::downgrade(&broker),
+            Arc::clone(&progress),
+            Duration::from_secs(30),
+        ));
+        let mut f = Forwarding { stream: here };
+        let message = |body: &'static [u8]| {
+            Arc::new(Message::new(
+                String::new(),
+                "q".into(),
+                BasicProperties::default(),
+                Bytes::from_static(body),
+            ))
+        };
+        // Naming what this node applied already: "no such queue" at once.
+        f.send(DataFrame::Publish {
+            batch: 1,
+            vhost: "/".into(),
+            items: vec![(vec!["q".into()], message(b"early"))],
+            applied: Some(3),
+        })
+        .await;
+        let DataFrame::Published { batch: 1, results } = f.next().await else {
+            panic!("not the first batch's answer")
+        };
+        assert_eq!(results, [RemoteResult::Gone]);
+        // Naming entry 4, which declares the queue: answered once applied.
+        f.send(DataFrame::Publish {
+            batch: 2,
+            vhost: "/".into(),
+            items: vec![(vec!["q".into()], message(b"paid"))],
+            applied: Some(4),
+        })
+        .await;
+        let unanswered =
+            tokio::time::timeout(Duration::from_millis(200), read_data_frame(&mut f.stream)).await;
+        assert!(
+            unanswered.is_err(),
+            "answered before the declare was applied"
+        );
+        let v = broker.vhost("/").unwrap();
+        v.declare_queue(
+            antre_broker::vhost::QueueDeclaration {
+                name: "q".into(),
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                arguments: Default::default(),
+            },
+            false,
+            0,
+        )
+        .unwrap();
+        progress.applied(4);
+        let DataFrame::Published { batch: 2, results } = f.next().await else {
+            panic!("not the second batch's answer")
+        };
+        assert_eq!(results, [RemoteResult::Accepted]);
+        assert_eq!(v.queue_info("q").unwrap().counts().ready, 1);
     }
 }

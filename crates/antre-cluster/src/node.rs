@@ -283,7 +283,11 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let forwarder = crate::forward::Forwarder::new(Arc::clone(&link), &broker);
+        let forwarder = crate::forward::Forwarder::new(
+            Arc::clone(&link),
+            &broker,
+            Arc::clone(&state_machine.progress),
+        );
         let node = Arc::new(Cluster {
             forwarder: Arc::clone(&forwarder),
             management: std::sync::OnceLock::new(),
@@ -941,6 +945,10 @@ impl MetadataLog for Cluster {
             )),
             Err(_) => self.runtime.block_on(self.propose_async(command)),
         }
+    }
+
+    fn created(&self, vhost: &str, created: antre_broker::cluster::Created<'_>) {
+        self.queue_groups.created(vhost, created);
     }
 
     fn propose_later(&self, command: MetaCommand) {

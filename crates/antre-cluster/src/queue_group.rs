@@ -1911,8 +1911,37 @@ impl QueueGroups {
         if def.members.iter().any(|m| m == self.me())
             && !self.groups.lock().contains_key(&def.group)
         {
+            if let Some(target) = self.target_of(def) {
+                self.reserve(&target);
+            }
             self.reconcile(&def.group);
         }
+    }
+
+    /// The broker created queue or stream `created` of `vhost` (applying
+    /// a metadata change), not yet where clients find it: a member of its
+    /// group reserves its slot at once (see [`QueueGroups::reserve`]). Its
+    /// definition is remembered before the change is applied.
+    pub fn created(&self, vhost: &str, created: antre_broker::cluster::Created<'_>) {
+        let target = match created {
+            antre_broker::cluster::Created::Queue(q) => Target::Queue(Arc::clone(q)),
+            antre_broker::cluster::Created::Stream(s) => Target::Stream(Arc::clone(s)),
+        };
+        let member = self
+            .def_of(vhost, target.name())
+            .is_some_and(|d| d.members.iter().any(|m| m == self.me()));
+        if member {
+            self.reserve(&target);
+        }
+    }
+
+    /// The broker's queue or stream of `def`, if it has it.
+    fn target_of(&self, def: &QuorumDef) -> Option<Target> {
+        let vhost = self.broker.vhost(&def.vhost)?;
+        vhost
+            .queue_info(&def.name)
+            .map(Target::Queue)
+            .or_else(|| vhost.stream(&def.name).map(Target::Stream))
     }
 
     /// The queue is gone: stops this node's replica and removes its data.
@@ -2025,13 +2054,7 @@ impl QueueGroups {
     }
 
     async fn start(self: Arc<Self>, def: QuorumDef) -> Result<(), ClusterError> {
-        let vhost = self.broker.vhost(&def.vhost);
-        let queue = vhost.as_ref().and_then(|v| v.queue_info(&def.name));
-        let stream = vhost.as_ref().and_then(|v| v.stream(&def.name));
-        let Some(queue) = queue
-            .map(Target::Queue)
-            .or_else(|| stream.map(Target::Stream))
-        else {
+        let Some(queue) = self.target_of(&def) else {
             return Err(ClusterError::Config(format!(
                 "quorum queue {} in {} does not exist here",
                 def.name, def.vhost

@@ -275,14 +275,17 @@ async fn serve_peer(
             }
             Request::DataLink => {
                 let broker = node.forwarder.broker();
+                let progress = node.forwarder.progress();
+                let wait = node.link.config.change_timeout;
                 // Forwarded publishes and deliveries are the broker's work:
                 // they run on its runtime, not the Raft runtime this
                 // connection was accepted on (and end with this future,
                 // when the node stops).
                 let runtime = node.runtime.clone();
                 drop(node);
-                let mut task =
-                    AbortOnDrop(runtime.spawn(crate::forward::serve(stream, peer, broker)));
+                let mut task = AbortOnDrop(
+                    runtime.spawn(crate::forward::serve(stream, peer, broker, progress, wait)),
+                );
                 let _ = (&mut task.0).await;
                 return Ok(());
             }

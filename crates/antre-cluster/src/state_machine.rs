@@ -114,6 +114,8 @@ pub struct StateMachine {
     applying: Arc<Mutex<()>>,
     /// Set by [`StateMachine::stop`]: nothing is applied any more.
     stopped: Arc<std::sync::atomic::AtomicBool>,
+    /// How far this node applied the log (for the data link).
+    pub(crate) progress: Arc<MetaProgress>,
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -129,6 +131,65 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
             tokio::task::block_in_place(f)
         }
         _ => f(),
+    }
+}
+
+/// How far this node applied the metadata log. A forwarded publish
+/// carries its forwarding node's [`MetaProgress::seen`]; the queue's node,
+/// missing one of the queues it names, waits until its own
+/// [`MetaProgress::reached`] that far before it answers that the queue does
+/// not exist (a queue declared a moment ago is known on one node before
+/// another).
+#[derive(Debug)]
+pub struct MetaProgress {
+    /// The entry being applied, else the last applied: the broker may
+    /// already show what it changes.
+    seen: AtomicU64,
+    /// The last entry whose apply is complete.
+    done: tokio::sync::watch::Sender<u64>,
+}
+
+impl MetaProgress {
+    /// Progress that starts at entry `index` (applied before a restart).
+    pub fn new(index: u64) -> MetaProgress {
+        MetaProgress {
+            seen: AtomicU64::new(index),
+            done: tokio::sync::watch::Sender::new(index),
+        }
+    }
+
+    /// The newest entry whose changes the broker may show.
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    /// The last entry whose apply is complete.
+    pub fn done(&self) -> u64 {
+        *self.done.borrow()
+    }
+
+    /// Waits until the entry at `index` is applied, or `deadline`; returns
+    /// whether it was.
+    pub async fn reached(&self, index: u64, deadline: tokio::time::Instant) -> bool {
+        let mut rx = self.done.subscribe();
+        tokio::time::timeout_at(deadline, rx.wait_for(|done| *done >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn applying(&self, index: u64) {
+        self.seen.fetch_max(index, Ordering::AcqRel);
+    }
+
+    pub(crate) fn applied(&self, index: u64) {
+        self.applying(index);
+        self.done.send_if_modified(|done| {
+            let newer = index > *done;
+            if newer {
+                *done = index;
+            }
+            newer
+        });
     }
 }
 
@@ -196,6 +257,9 @@ impl StateMachine {
             floor: Arc::new(floor),
             applying: Arc::default(),
             stopped: Arc::default(),
+            progress: Arc::new(MetaProgress::new(
+                applied.last_applied.map_or(0, |l| l.index),
+            )),
         };
         sm.restore_owners();
         Ok(sm)
@@ -358,6 +422,10 @@ impl StateMachine {
                     if let Some(def) =
                         self.quorum_def(&state, vhost, name, owner, &arguments.0, index)
                     {
+                        // Known before the broker creates the queue, which
+                        // a member's group then gives its replication at
+                        // once (`QueueGroups::created`).
+                        self.groups.remember(&def);
                         state.quorum.insert(key.clone(), def);
                     }
                     self.save(&state)?;
@@ -529,6 +597,7 @@ impl StateMachine {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(proposal) => {
                     tracing::debug!(index = entry.log_id.index, "applying {proposal}");
+                    self.progress.applying(entry.log_id.index);
                     let result = self.apply_one(proposal.command, entry.log_id.index)?;
                     if let Err(e) = &result {
                         tracing::debug!(index = entry.log_id.index, "refused: {e}");
@@ -544,6 +613,7 @@ impl StateMachine {
                 }
             }
             self.state.lock().last_applied = Some(entry.log_id);
+            self.progress.applied(entry.log_id.index);
         }
         let state = self.state.lock();
         self.save(&state)?;
@@ -644,6 +714,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             this.check_running()
                 .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
             let mut state = this.state.lock();
+            // As for a declare applied from the log: the queues' groups
+            // are known before the broker creates the queues.
+            for def in &snap.quorum {
+                this.groups.remember(def);
+            }
+            if let Some(last) = meta.last_log_id {
+                this.progress.applying(last.index);
+            }
             this.broker
                 .install_meta_snapshot(snap.clone())
                 .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
@@ -682,6 +760,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             this.store_snapshot(&stored)
                 .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
             state.snapshot = Some(stored);
+            if let Some(last) = meta.last_log_id {
+                this.progress.applied(last.index);
+            }
             Ok(())
         });
         if installed.is_err() {

@@ -11,9 +11,21 @@ use serde_json::Value;
 
 const FLAG: &str = "maintenance_mode_status";
 
-/// Acts as a version of antre without [`FLAG`].
+/// Every flag this build knows, by name.
+fn all_flags() -> Vec<&'static str> {
+    antre_broker::feature_flags::FEATURE_FLAGS
+        .iter()
+        .map(|f| f.name)
+        .collect()
+}
+
+/// Acts as a version of antre without feature flags (the first clustered
+/// release): without [`FLAG`] and every later one.
 fn older(c: &mut TestCluster, i: usize) {
-    c.nodes[i].env = vec![("ANTRE_TEST_WITHOUT_FEATURE_FLAGS".into(), FLAG.into())];
+    c.nodes[i].env = vec![(
+        "ANTRE_TEST_WITHOUT_FEATURE_FLAGS".into(),
+        all_flags().join(","),
+    )];
 }
 
 /// [`FLAG`]'s row of node `i`'s `/api/feature-flags`.
@@ -63,7 +75,7 @@ async fn a_newer_command_waits_until_the_last_member_is_upgraded() {
         assert!(n["version"].is_string(), "{n}");
         n["feature_flags"].clone()
     };
-    assert_eq!(flags_of("n1"), serde_json::json!([FLAG]));
+    assert_eq!(flags_of("n1"), serde_json::json!(all_flags()));
     assert_eq!(flags_of("n3"), serde_json::json!([]));
 
     // A drain is not recorded: n3's version could not read the record.

@@ -420,7 +420,10 @@ enum Run {
 }
 
 /// The flags this build knows, by name, for `/api/feature-flags` checks.
-const FLAGS: [&str; 1] = ["maintenance_mode_status"];
+const FLAGS: [&str; 2] = [
+    antre_broker::feature_flags::MAINTENANCE_MODE_STATUS,
+    antre_broker::feature_flags::FORWARDED_METADATA_INDEX,
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_keeps_one_history_through_a_rolling_upgrade_under_load() {

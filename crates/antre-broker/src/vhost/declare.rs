@@ -295,6 +295,7 @@ impl Vhost {
         }
         if is_stream(&d.arguments) {
             let stream = self.new_stream(&name, d)?;
+            self.announce_created(crate::cluster::Created::Stream(&stream));
             topo.insert_stream(Arc::clone(&stream));
             self.save(&mut topo)?;
             topo.lifecycle.declared += 1;
@@ -331,11 +332,21 @@ impl Vhost {
                 self.paging(),
             )?,
         };
+        self.announce_created(crate::cluster::Created::Queue(&q));
         topo.insert_queue(Arc::clone(&q));
         self.save(&mut topo)?;
         topo.lifecycle.declared += 1;
         topo.lifecycle.created += 1;
         Ok((DeclaredQueue::Queue(q), QueueCounts::default()))
+    }
+
+    /// Tells the cluster (if any) of a queue or stream created here, before
+    /// it is inserted where clients find it (see
+    /// [`crate::cluster::MetadataLog::created`]).
+    fn announce_created(&self, created: crate::cluster::Created<'_>) {
+        if let Some(log) = self.metadata.get() {
+            log.created(&self.name, created);
+        }
     }
 
     /// A new stream, after RabbitMQ's checks of its properties (in its

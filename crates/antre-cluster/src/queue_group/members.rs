@@ -62,8 +62,9 @@ const PARALLEL: usize = 8;
 /// The broker's queue holds one [`QueueReplica`] for its life, but a node
 /// may leave a queue's group and join it again later: the queue holds a
 /// slot, which hands each call to this node's current replica (none while
-/// it is not a member: publishes then fail and are nacked; they reach this
-/// node only in the moment before it knows the new leader).
+/// it is not a member, or its replica is still starting: publishes then
+/// fail and are nacked; they reach this node only in the moment before it
+/// knows the new leader, or just after the queue was declared).
 pub(super) struct Slot {
     current: Mutex<Option<Arc<Replica>>>,
     /// For the nack of a publish that reaches a node no longer a member.
@@ -304,7 +305,7 @@ struct Defs {
 
 impl QueueGroups {
     /// Records a quorum queue's definition (every node, member or not).
-    pub(super) fn remember(&self, def: &QuorumDef) {
+    pub(crate) fn remember(&self, def: &QuorumDef) {
         let key = (def.vhost.clone(), def.name.clone());
         let mut defs = self.known.defs.lock();
         if let Some(old) = defs.by_name.insert(key.clone(), def.clone()) {
@@ -347,26 +348,43 @@ impl QueueGroups {
     /// Gives the broker's `queue` this node's `replica` (through the
     /// queue's slot). False if the queue already has a live replica.
     pub(super) fn attach(&self, queue: &Target, replica: Arc<Replica>) -> bool {
+        let Some(slot) = self.slot(queue) else {
+            return false;
+        };
+        let mut current = slot.current.lock();
+        if current.is_some() {
+            return false;
+        }
+        *current = Some(replica);
+        true
+    }
+
+    /// Gives the broker's `queue` its slot now, empty until this node's
+    /// replica starts (in the background): from then on the queue is
+    /// replicated, and a publish that reaches it before the replica is
+    /// nacked rather than taken by the queue as a plain local queue (and
+    /// dropped when the replica takes it over).
+    pub(super) fn reserve(&self, queue: &Target) {
+        let _ = self.slot(queue);
+    }
+
+    /// The queue's slot, given to it now if it has none. None if the
+    /// queue's replication is not a slot of this node's.
+    fn slot(&self, queue: &Target) -> Option<Arc<Slot>> {
         let mut slots = self.known.slots.lock();
         slots.retain(|(q, _)| q.alive());
-        let existing = slots.iter().find(|(q, _)| q.is(queue));
-        if let Some((_, slot)) = existing {
-            let mut current = slot.current.lock();
-            if current.is_some() {
-                return false;
-            }
-            *current = Some(replica);
-            return true;
+        if let Some((_, slot)) = slots.iter().find(|(q, _)| q.is(queue)) {
+            return Some(Arc::clone(slot));
         }
         let slot = Arc::new(Slot {
-            current: Mutex::new(Some(replica)),
+            current: Mutex::new(None),
             syncer: self.broker.syncer().cloned(),
         });
         if !queue.set_replica(Arc::clone(&slot) as Arc<dyn QueueReplica>) {
-            return false;
+            return None;
         }
-        slots.push((queue.downgrade(), slot));
-        true
+        slots.push((queue.downgrade(), Arc::clone(&slot)));
+        Some(slot)
     }
 
     fn detach(&self, queue: &Target) {
