@@ -2333,3 +2333,86 @@ async fn publishes_right_after_a_quorum_declare_are_all_kept() {
         assert_eq!(got, want, "queue {name}: every confirmed message kept");
     }
 }
+
+/// Transactions through a node that owns neither queue: a rolled-back
+/// publish reaches no queue and a committed one reaches both (a quorum
+/// queue led elsewhere and another node's classic queue); acks in a
+/// transaction settle on commit only, as on a single node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_through_another_node_commit_and_roll_back() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until_leader(&[0, 1, 2]).await;
+    let owner = connect(&c.nodes[0].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&owner).await;
+    declare_quorum(&ch, "tx-quorum", &[]).await;
+    ch.queue_declare(
+        "tx-classic",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let queues = ["tx-quorum", "tx-classic"];
+    let through = connect(&c.nodes[1].amqp_uri()).await.expect("connect");
+    let tx = through.create_channel().await.expect("channel");
+    tx.tx_select().await.expect("tx.select");
+    let publish = |body: &'static str| {
+        let tx = tx.clone();
+        async move {
+            for q in queues {
+                tx.basic_publish(
+                    "",
+                    q,
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            }
+        }
+    };
+    publish("rolled back").await;
+    tx.tx_rollback().await.expect("tx.rollback");
+    publish("committed").await;
+    tx.tx_commit().await.expect("tx.commit");
+    for q in queues {
+        assert_eq!(c.drain(2, q).await, ["committed"], "{q}");
+    }
+
+    for q in queues {
+        publish_all_confirmed(&ch, q, "m", 3).await;
+        let mut tags = Vec::new();
+        for _ in 0..3 {
+            let got = tx
+                .basic_get(q, BasicGetOptions::default())
+                .await
+                .expect("get")
+                .expect("a message");
+            tags.push(got.delivery.delivery_tag);
+        }
+        tx.basic_ack(tags[0], BasicAckOptions::default())
+            .await
+            .expect("ack");
+        tx.tx_rollback().await.expect("tx.rollback");
+        tx.basic_ack(tags[1], BasicAckOptions::default())
+            .await
+            .expect("ack");
+        tx.tx_commit().await.expect("tx.commit");
+    }
+    // The channel closes: m0 (its ack rolled back) and m2 (never acked)
+    // go back; m1 is gone.
+    tx.close(200, "done").await.expect("close");
+    for q in queues {
+        c.until(&format!("{q}'s unsettled messages back"), || async {
+            queue_json(&c, 0, q)
+                .await
+                .is_some_and(|j| j["messages_ready"] == 2)
+        })
+        .await;
+        assert_eq!(c.drain(2, q).await, ["m0", "m2"], "{q}");
+    }
+}
