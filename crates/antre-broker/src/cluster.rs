@@ -901,6 +901,7 @@ impl Broker {
         owner: &str,
     ) -> Result<MetaOutcome, MetaError> {
         let v = self.vhost_or_404(vhost)?;
+        v.evict_exclusive(&name);
         let new = !v.has_queue(&name);
         let declaration = QueueDeclaration {
             name: name.clone(),
@@ -1133,6 +1134,7 @@ fn install_vhost_definitions(v: &Vhost, defs: &VhostDefinitions) -> Result<(), M
         v.declare_exchange(declaration, false)?;
     }
     for q in &defs.queues {
+        v.evict_exclusive(&q.name);
         if v.has_queue(&q.name) {
             continue;
         }

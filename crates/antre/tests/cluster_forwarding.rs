@@ -1642,3 +1642,92 @@ fn escaped(name: &Value) -> String {
         .replace(' ', "%20")
         .replace('>', "%3E")
 }
+
+/// Exclusive queues are not replicated, so a node cannot refuse a shared
+/// queue whose name another node's exclusive queue holds. That node used
+/// to refuse to apply the declaration, alone: once the exclusive queue
+/// was gone, it still lacked the shared queue, and what its clients
+/// published to it was unroutable (dropped, confirmed). Now the shared
+/// queue takes the name there too (the exclusive queue is deleted, its
+/// consumer cancelled); on the exclusive queue's own node the declare is
+/// refused with 405, as on a single node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_queue_declared_elsewhere_takes_an_exclusive_queues_name() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let n2 = connect(&c.nodes[1].amqp_uri()).await;
+    let private = n2.create_channel().await.expect("channel");
+    private
+        .queue_declare(
+            "replies",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exclusive declare");
+    let mut held = consumer(&private, "replies", "held").await;
+
+    // On the exclusive queue's node: 405, and no other node has it.
+    let other = connect(&c.nodes[1].amqp_uri()).await;
+    let ch = other.create_channel().await.expect("channel");
+    let refused = ch
+        .queue_declare(
+            "replies",
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("a shared declare of an exclusive queue's name");
+    assert!(refused.to_string().contains("RESOURCE_LOCKED"), "{refused}");
+    for i in [0, 2] {
+        assert!(!has(&c, i, "/api/queues/%2F/replies").await, "n{}", i + 1);
+    }
+
+    // On another node: declared everywhere; n2's exclusive queue goes.
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let ch1 = n1.create_channel().await.expect("channel");
+    declare_durable(&ch1, "replies").await;
+    within("the exclusive queue's consumer cancelled", async {
+        while held.next().await.is_some() {}
+    })
+    .await;
+    for i in 0..3 {
+        c.until(&format!("n{} to list the shared queue", i + 1), || async {
+            c.try_api(i, "GET", "/api/queues/%2F/replies", None)
+                .await
+                .is_some_and(|(s, q)| s == 200 && q["exclusive"] == json!(false))
+        })
+        .await;
+    }
+    // A publish through n2 reaches it.
+    let pub_ch = n2.create_channel().await.expect("channel");
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let confirm = pub_ch
+        .basic_publish(
+            "",
+            "replies",
+            BasicPublishOptions::default(),
+            b"through n2",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    let got = ch1
+        .basic_get("replies", BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the message");
+    assert_eq!(&got.delivery.data[..], b"through n2");
+}

@@ -89,6 +89,15 @@ impl Channel {
                 self.permit(ResourceKind::Exchange, &dlx, Perm::Write)?;
             }
             if let Some(log) = self.replicated(declaration.exclusive) {
+                // An exclusive queue of this node holds the name: refused
+                // here, as on a single node (405), rather than proposed:
+                // every node would then evict it (see
+                // `Vhost::evict_exclusive`, for such a queue elsewhere).
+                if let Some(q) = self.ctx.vhost.queue_info(&name) {
+                    if q.options.exclusive_owner.is_some() {
+                        return Err(crate::vhost::locked(&q));
+                    }
+                }
                 // In a cluster, a shared queue's definition is metadata:
                 // every node applies it; this node owns its engine.
                 let owner = self

@@ -340,6 +340,34 @@ impl Vhost {
         Ok((DeclaredQueue::Queue(q), QueueCounts::default()))
     }
 
+    /// In a cluster: removes this node's exclusive queue `name`, if there
+    /// is one, because a shared queue of that name was declared on another
+    /// node (exclusive queues are not replicated, so that node could not
+    /// refuse). Every node must apply a declaration alike: when this one
+    /// refused it, this node alone lacked the shared queue for good, and
+    /// what its clients published to it was unroutable. The exclusive
+    /// queue's consumers are cancelled, as when a queue is deleted.
+    /// Returns whether there was one.
+    pub(crate) fn evict_exclusive(&self, name: &str) -> bool {
+        let mut topo = self.topology.write();
+        let exclusive = topo
+            .queues
+            .get(name)
+            .is_some_and(|q| q.options.exclusive_owner.is_some());
+        if !exclusive {
+            return false;
+        }
+        if let Some(q) = topo.remove_queue(name) {
+            q.delete();
+        }
+        tracing::warn!(
+            vhost = self.name,
+            queue = name,
+            "a shared queue declared on another cluster node takes the name of this node's exclusive queue: the exclusive queue is deleted"
+        );
+        true
+    }
+
     /// Tells the cluster (if any) of a queue or stream created here, before
     /// it is inserted where clients find it (see
     /// [`crate::cluster::MetadataLog::created`]).

@@ -19,6 +19,7 @@ mod policies;
 pub mod publish;
 mod storage;
 mod topology;
+pub(crate) use topology::locked;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

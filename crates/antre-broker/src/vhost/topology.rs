@@ -510,7 +510,7 @@ pub(super) fn check_exclusive(q: &Queue, conn: ConnectionId) -> Result<(), Broke
 
 /// RabbitMQ's 405 for another connection's exclusive queue, and for a
 /// redeclare whose exclusive flag differs from the queue's.
-pub(super) fn locked(q: &Queue) -> BrokerError {
+pub(crate) fn locked(q: &Queue) -> BrokerError {
     BrokerError::ResourceLocked(format!(
         "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
         queue_ref(&q.vhost, &q.name)
