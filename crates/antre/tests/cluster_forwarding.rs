@@ -1731,3 +1731,301 @@ async fn a_shared_queue_declared_elsewhere_takes_an_exclusive_queues_name() {
         .expect("the message");
     assert_eq!(&got.delivery.data[..], b"through n2");
 }
+
+/// A vhost's queue limit is checked when each node applies a declare, so
+/// every node must count alike: exclusive queues (node-local) counted on
+/// their node only made that node alone refuse a shared queue the others
+/// created, and it lacked that queue for good. Shared declares count the
+/// shared queues; an exclusive declare counts its node's exclusive queues
+/// as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_limit_counts_alike_on_every_node() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let (status, body) = c
+        .api(
+            0,
+            "PUT",
+            "/api/vhost-limits/%2F/max-queues",
+            Some(json!({ "value": 2 })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let n2 = connect(&c.nodes[1].amqp_uri()).await;
+    let private = n2.create_channel().await.expect("channel");
+    c.until("n2 to apply the limit", || async {
+        let (_, limits) = c.api(1, "GET", "/api/vhost-limits/%2F", None).await;
+        limits[0]["value"]["max-queues"] == json!(2)
+    })
+    .await;
+    private
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exclusive declare");
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let ch = n1.create_channel().await.expect("channel");
+    declare_durable(&ch, "first").await;
+    declare_durable(&ch, "second").await;
+    for i in 0..3 {
+        c.until(&format!("n{} to list both queues", i + 1), || async {
+            has(&c, i, "/api/queues/%2F/first").await && has(&c, i, "/api/queues/%2F/second").await
+        })
+        .await;
+    }
+    // A third is over the limit on every node.
+    let refused = ch
+        .queue_declare(
+            "third",
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("over the limit");
+    assert!(refused.to_string().contains("queue limit"), "{refused}");
+    // And on n2 an exclusive queue too (its own and the shared ones).
+    let more = n2.create_channel().await.expect("channel");
+    let refused = more
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("over the limit");
+    assert!(refused.to_string().contains("queue limit"), "{refused}");
+}
+
+/// `queue.delete` with if-unused or if-empty through another node: the
+/// condition is the owner's (its consumers, its messages), checked once.
+/// Each node used to check its own copy, which has neither: the owner
+/// refused and every other node deleted the queue, so it lived on on its
+/// owner alone, unreachable through the others, and the client was told
+/// it was deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_unused_and_if_empty_deletes_are_decided_by_the_owner() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let ch = n1.create_channel().await.expect("channel");
+    declare_durable(&ch, "busy").await;
+    let _held = consumer(&ch, "busy", "held").await;
+    declare_durable(&ch, "full").await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    for _ in 0..3 {
+        ch.basic_publish(
+            "",
+            "full",
+            BasicPublishOptions::default(),
+            b"kept",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    let n2 = connect(&c.nodes[1].amqp_uri()).await;
+    for (queue, options, why) in [
+        (
+            "busy",
+            QueueDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+            "in use",
+        ),
+        (
+            "full",
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+            "not empty",
+        ),
+    ] {
+        for i in 0..3 {
+            let path = format!("/api/queues/%2F/{queue}");
+            c.until(&format!("n{} to list {queue}", i + 1), || has(&c, i, &path))
+                .await;
+        }
+        let del = n2.create_channel().await.expect("channel");
+        let refused = del
+            .queue_delete(queue, options)
+            .await
+            .expect_err("the owner's queue is in use / not empty");
+        let text = refused.to_string();
+        assert!(
+            text.contains("PRECONDITION_FAILED") && text.contains(why),
+            "{text}"
+        );
+        // Still on every node (a delete would have been applied by now on
+        // the node that answered).
+        for i in 0..3 {
+            assert!(
+                has(&c, i, &format!("/api/queues/%2F/{queue}")).await,
+                "n{} lost {queue}",
+                i + 1
+            );
+        }
+    }
+    assert_eq!(messages(&c, 0, "full").await, 3);
+
+    // A quorum queue's are its leader's, whichever node is asked.
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        "replicated",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum,
+    )
+    .await
+    .expect("declare quorum queue");
+    ch.basic_publish(
+        "",
+        "replicated",
+        BasicPublishOptions::default(),
+        b"kept",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    for (i, n) in [&n1, &n2].into_iter().enumerate() {
+        let del = n.create_channel().await.expect("channel");
+        let refused = del
+            .queue_delete(
+                "replicated",
+                QueueDeleteOptions {
+                    if_empty: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect_err("the leader's queue is not empty");
+        assert!(
+            refused.to_string().contains("not empty"),
+            "n{}: {refused}",
+            i + 1
+        );
+    }
+    for i in 0..3 {
+        assert!(has(&c, i, "/api/queues/%2F/replicated").await, "n{}", i + 1);
+    }
+
+    // Without the conditions, through n3: gone everywhere, with the
+    // owner's count.
+    let n3 = connect(&c.nodes[2].amqp_uri()).await;
+    let del = n3.create_channel().await.expect("channel");
+    let count = del
+        .queue_delete("full", QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    assert_eq!(count, 3);
+    for i in 0..3 {
+        c.until(&format!("n{} to drop full", i + 1), || async {
+            !has(&c, i, "/api/queues/%2F/full").await
+        })
+        .await;
+    }
+}
+
+/// Direct reply-to across nodes: the requester on n2, the responder on
+/// n1. The reply address names n2, so n1 forwards the reply there (no
+/// node knows another's reply queues; the reply used to be unroutable on
+/// n1, dropped). A reply after the requester left is unroutable:
+/// returned when mandatory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_answers_a_requester_on_another_node() {
+    use lapin::publisher_confirm::Confirmation;
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let responder = connect(&c.nodes[0].amqp_uri()).await;
+    let server = responder.create_channel().await.expect("channel");
+    declare_durable(&server, "rpc").await;
+    server
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let mut requests = consumer(&server, "rpc", "server").await;
+
+    let requester = connect(&c.nodes[1].amqp_uri()).await;
+    let client = requester.create_channel().await.expect("channel");
+    let mut replies = client
+        .basic_consume(
+            "amq.rabbitmq.reply-to",
+            "replies",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume amq.rabbitmq.reply-to");
+    client
+        .basic_publish(
+            "",
+            "rpc",
+            BasicPublishOptions::default(),
+            b"2+2",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .expect("request");
+    let request = next(&mut requests).await;
+    request.ack(BasicAckOptions::default()).await.expect("ack");
+    let address = request.properties.reply_to().clone().expect("reply-to");
+    let answer = |mandatory: bool| {
+        let server = server.clone();
+        let address = address.clone();
+        async move {
+            server
+                .basic_publish(
+                    "",
+                    address.as_str(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..Default::default()
+                    },
+                    b"4",
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("reply")
+                .await
+                .expect("confirm")
+        }
+    };
+    assert!(matches!(answer(false).await, Confirmation::Ack(None)));
+    let reply = next(&mut replies).await;
+    assert_eq!(&reply.data[..], b"4");
+
+    // The requester leaves: a mandatory reply comes back.
+    client.close(200, "done").await.expect("close");
+    c.until("n2 to drop the reply queue", || async {
+        matches!(answer(true).await, Confirmation::Ack(Some(_)))
+    })
+    .await;
+}

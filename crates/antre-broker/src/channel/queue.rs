@@ -242,14 +242,45 @@ impl Channel {
         self.permit(ResourceKind::Queue, &queue, Perm::Configure)?;
         let conn = self.ctx.connection;
         if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {
+            // if-unused and if-empty are about the queue's consumers and
+            // messages, which its owner (or quorum leader) has: decided
+            // there, once. Every node applying the conditional delete
+            // against its own copy (no consumers, no messages) deleted it
+            // everywhere but on the owner, which refused.
+            // (A stream is deleted whatever they say, as in RabbitMQ.) The
+            // delete-ok's count is the owner's too, when it can tell.
+            let conditional =
+                (m.if_unused || m.if_empty) && self.ctx.vhost.stream(&queue).is_none();
+            let counts = match self.ctx.vhost.remote_owner(&queue) {
+                Some(owner) => match self.owner_counts(&queue, &owner, out) {
+                    Ok(counts) => Some(counts),
+                    Err(e) if conditional => return Err(e),
+                    Err(_) => None,
+                },
+                None => self.ctx.vhost.queue_info(&queue).map(|q| q.counts()),
+            };
+            if let (true, Some(counts)) = (conditional, counts) {
+                let queue_ref = crate::error::queue_ref(&self.ctx.vhost.name, &queue);
+                if m.if_unused && counts.consumers > 0 {
+                    return Err(BrokerError::PreconditionFailed(format!(
+                        "{queue_ref} in use"
+                    )));
+                }
+                if m.if_empty && counts.ready > 0 {
+                    return Err(BrokerError::PreconditionFailed(format!(
+                        "{queue_ref} not empty"
+                    )));
+                }
+            }
+            let owner_count = counts.map(|c| c.ready);
             let outcome = log.propose(MetaCommand::DeleteQueue {
                 vhost: self.ctx.vhost.name.clone(),
                 name: queue,
-                if_unused: m.if_unused,
-                if_empty: m.if_empty,
+                if_unused: false,
+                if_empty: false,
             })?;
             let message_count = match outcome {
-                MetaOutcome::Messages(n) => n,
+                MetaOutcome::Messages(n) => owner_count.unwrap_or(n).max(n),
                 _ => 0,
             };
             reply(out, QueueDeleteOk { message_count }, m.nowait);

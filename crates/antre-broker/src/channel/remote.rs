@@ -255,31 +255,47 @@ impl Channel {
         owner: &str,
         out: &mut Vec<Outgoing>,
     ) -> Option<crate::queue::QueueCounts> {
+        self.owner_counts(queue, owner, out).ok()
+    }
+
+    /// The counts of `queue` as its owner (another node) has them, or why
+    /// the owner could not say.
+    pub(super) fn owner_counts(
+        &mut self,
+        queue: &str,
+        owner: &str,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<crate::queue::QueueCounts, BrokerError> {
         self.flush_remote_window(out);
-        let rc = self.remote_channel(queue, owner).ok()?;
-        let reply = rc
-            .call(
-                QueueDeclare {
-                    ticket: 0,
-                    queue: queue.to_owned(),
-                    passive: true,
-                    durable: false,
-                    exclusive: false,
-                    auto_delete: false,
-                    nowait: false,
-                    arguments: Default::default(),
-                }
-                .into(),
-            )
-            .ok()?;
-        reply.into_iter().find_map(|o| match o {
-            Outgoing::Method(Method::QueueDeclareOk(ok)) => Some(crate::queue::QueueCounts {
-                ready: ok.message_count,
-                unacked: 0,
-                consumers: ok.consumer_count,
-            }),
-            _ => None,
-        })
+        let rc = self.remote_channel(queue, owner)?;
+        let reply = rc.call(
+            QueueDeclare {
+                ticket: 0,
+                queue: queue.to_owned(),
+                passive: true,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: Default::default(),
+            }
+            .into(),
+        )?;
+        reply
+            .into_iter()
+            .find_map(|o| match o {
+                Outgoing::Method(Method::QueueDeclareOk(ok)) => Some(crate::queue::QueueCounts {
+                    ready: ok.message_count,
+                    unacked: 0,
+                    consumers: ok.consumer_count,
+                }),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                BrokerError::Internal(format!(
+                    "cluster node '{owner}' did not answer with the counts of queue '{queue}'"
+                ))
+            })
     }
 
     /// Sends what the window holds before a method that must see it (a

@@ -14,7 +14,7 @@ use crate::stream::Stream;
 
 use super::storage::build_exchange;
 use super::topology::{check_exclusive, locked};
-use super::{generated_name, ExchangeDeclaration, QueueDeclaration, Vhost, REPLY_TO};
+use super::{generated_name, ExchangeDeclaration, QueueDeclaration, Vhost};
 
 /// What a queue.declare found or made: a queue or a stream.
 #[derive(Debug, Clone)]
@@ -303,7 +303,18 @@ impl Vhost {
             return Ok((DeclaredQueue::Stream(stream), QueueCounts::default()));
         }
         if let Some(limit) = self.max_queues() {
-            if topo.queue_count() as u64 >= limit {
+            // In a cluster every node applies a shared queue's declare and
+            // checks the limit: all must count alike, so the shared
+            // queues count, not this node's own exclusive ones (a node
+            // that alone refused lacked the queue for good). An exclusive
+            // queue's declare is this node's and counts them too.
+            let replicated = self.metadata.get().is_some() && !d.exclusive;
+            let count = if replicated {
+                topo.shared_queue_count()
+            } else {
+                topo.queue_count()
+            };
+            if count as u64 >= limit {
                 return Err(BrokerError::PreconditionFailed(format!(
                     "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
                     self.name
@@ -402,12 +413,13 @@ impl Vhost {
     }
 
     /// A fresh reply queue for direct reply-to: named
-    /// `amq.rabbitmq.reply-to.<random>`, transient, exclusive to `conn` and
+    /// `amq.rabbitmq.reply-to.[<node>.]<random>` ([`super::reply_to_name`]), transient, exclusive to `conn` and
     /// deleted with its consumer, so replies published to its name through
     /// the default exchange reach exactly one channel, and a reply that
     /// arrives after the requester left is unroutable.
     pub fn declare_reply_queue(&self, conn: ConnectionId) -> Result<Arc<Queue>, BrokerError> {
-        let name = generated_name(&format!("{REPLY_TO}."));
+        let node = self.metadata.get().map(|m| m.node_name().to_owned());
+        let name = super::reply_to_name(node.as_deref());
         let options = QueueOptions {
             durable: false,
             exclusive_owner: Some(conn),

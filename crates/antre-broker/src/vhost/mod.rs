@@ -542,6 +542,37 @@ pub struct QuorumInfo {
 
 /// A server-generated name: `prefix` then 22 URL-safe base64 characters, the
 /// shape RabbitMQ uses for `amq.gen-` queues and `amq.ctag-` consumer tags.
+/// A new direct reply-to address. In a cluster (`node` given) it names
+/// the node its reply queue lives on (`amq.rabbitmq.reply-to.<node in
+/// base64url>.<random>`), as RabbitMQ's encode their node: a reply is
+/// published where the responder is connected, often another node, which
+/// routes it by the name alone (no node knows another's reply queues).
+/// Clients treat the address as opaque.
+pub(crate) fn reply_to_name(node: Option<&str>) -> String {
+    use base64::Engine as _;
+    let tag = node.map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n));
+    match tag {
+        // A reply-to is a short string (255 bytes at most): a node name
+        // too long for it gives a plain address, answered on this node only.
+        Some(tag) if REPLY_TO.len() + tag.len() + 24 <= 255 => {
+            generated_name(&format!("{REPLY_TO}.{tag}."))
+        }
+        _ => generated_name(&format!("{REPLY_TO}.")),
+    }
+}
+
+/// The node a direct reply-to address names (see [`reply_to_name`]), if
+/// it names one.
+pub(crate) fn reply_to_node(name: &str) -> Option<String> {
+    use base64::Engine as _;
+    let rest = name.strip_prefix(REPLY_TO)?.strip_prefix('.')?;
+    let (tag, _) = rest.split_once('.')?;
+    let node = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(tag)
+        .ok()?;
+    String::from_utf8(node).ok()
+}
+
 pub fn generated_name(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = rand::thread_rng();

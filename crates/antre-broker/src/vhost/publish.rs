@@ -179,7 +179,14 @@ impl Vhost {
                 !cycle
             });
         }
-        if self.has_remote.load(std::sync::atomic::Ordering::Acquire) {
+        if message.exchange.is_empty() && targets.is_empty() {
+            // A reply to a direct reply-to address of another node.
+            if let Some(node) = self.reply_to_elsewhere(&message.routing_key) {
+                outcome.remote.push((node, message.routing_key.clone()));
+            }
+        }
+        if self.has_remote.load(std::sync::atomic::Ordering::Acquire) || !outcome.remote.is_empty()
+        {
             self.leave_out_remote(&mut targets, &mut outcome.remote);
             if !source.is_publisher() && !outcome.remote.is_empty() {
                 // Nobody's channel forwards what the broker routes itself.
@@ -237,6 +244,15 @@ impl Vhost {
             work.collect(q);
         }
         Ok(())
+    }
+
+    /// The node, other than this one, that a direct reply-to address names
+    /// (see [`super::reply_to_name`]); None for an address of this node or
+    /// none at all, or outside a cluster.
+    fn reply_to_elsewhere(&self, routing_key: &str) -> Option<Arc<str>> {
+        let me = self.metadata.get()?.node_name().to_owned();
+        let node = super::reply_to_node(routing_key)?;
+        (node != me).then(|| Arc::from(node))
     }
 
     /// In a cluster, a queue another node owns is left out of the local

@@ -512,3 +512,20 @@ fn at_least_once_takes_reject_publish_and_may_come_from_a_policy() {
     assert!(f.vhost.delete_policy(PolicyKind::Policy, "alo").unwrap());
     assert_eq!(pol.dying().0, 0, "at most once again: let go");
 }
+
+#[test]
+fn a_direct_reply_to_address_names_its_node_in_a_cluster() {
+    let name = reply_to_name(Some("rabbit@host-1.example"));
+    assert!(name.starts_with("amq.rabbitmq.reply-to."), "{name}");
+    assert!(name.len() <= 255, "{name}");
+    assert_eq!(
+        reply_to_node(&name).as_deref(),
+        Some("rabbit@host-1.example")
+    );
+    // A single node's (and an older version's) address names none.
+    assert_eq!(reply_to_node(&reply_to_name(None)), None);
+    assert_eq!(reply_to_node("amq.rabbitmq.reply-to"), None);
+    assert_eq!(reply_to_node("orders"), None);
+    let long = "n".repeat(200);
+    assert!(reply_to_name(Some(&long)).len() <= 255);
+}

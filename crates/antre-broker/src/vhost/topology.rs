@@ -55,6 +55,8 @@ pub(super) struct Topology {
     pub timed: Arc<Mutex<Vec<Weak<Queue>>>>,
     /// How many of `queues` are direct reply-to addresses.
     reply_queues: usize,
+    /// How many of `queues` are exclusive (reply-to addresses included).
+    exclusive_queues: usize,
     /// The vhost's policies and operator policies.
     pub policies: PolicySet,
 }
@@ -91,6 +93,7 @@ impl Topology {
             lifecycle: QueueLifecycle::default(),
             timed: Arc::default(),
             reply_queues: 0,
+            exclusive_queues: 0,
             policies: PolicySet::default(),
         }
     }
@@ -98,6 +101,11 @@ impl Topology {
     /// Queues as clients count them: without direct reply-to's addresses.
     pub fn queue_count(&self) -> usize {
         self.queues.len().saturating_sub(self.reply_queues)
+    }
+
+    /// Queues that are not exclusive: in a cluster, those every node has.
+    pub fn shared_queue_count(&self) -> usize {
+        self.queues.len().saturating_sub(self.exclusive_queues)
     }
 
     /// Records a change to durable definitions made outside the methods
@@ -149,6 +157,7 @@ impl Topology {
                 .entry(owner)
                 .or_default()
                 .push(queue.name.clone());
+            self.exclusive_queues += 1;
         }
         let timed = Arc::clone(&self.timed);
         let weak = Arc::downgrade(&queue);
@@ -380,6 +389,7 @@ impl Topology {
             if let Some(list) = self.exclusive.get_mut(&owner) {
                 list.retain(|n| n != name);
             }
+            self.exclusive_queues = self.exclusive_queues.saturating_sub(1);
         }
         let durable = Self::durable_queue(&q);
         if durable {
