@@ -1954,8 +1954,8 @@ async fn if_unused_and_if_empty_deletes_are_decided_by_the_owner() {
 /// Direct reply-to across nodes: the requester on n2, the responder on
 /// n1. The reply address names n2, so n1 forwards the reply there (no
 /// node knows another's reply queues; the reply used to be unroutable on
-/// n1, dropped). A reply after the requester left is unroutable:
-/// returned when mandatory.
+/// n1, dropped). So does a server-named exclusive reply queue's name. A
+/// reply after the requester left is unroutable: returned when mandatory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_reply_to_answers_a_requester_on_another_node() {
     use lapin::publisher_confirm::Confirmation;
@@ -2021,6 +2021,35 @@ async fn direct_reply_to_answers_a_requester_on_another_node() {
     assert!(matches!(answer(false).await, Confirmation::Ack(None)));
     let reply = next(&mut replies).await;
     assert_eq!(&reply.data[..], b"4");
+
+    // The same with a server-named exclusive reply queue (RabbitMQ's RPC
+    // tutorial): its name names n2, and the reply is forwarded there.
+    let own = client
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exclusive reply queue");
+    let mut own_replies = consumer(&client, own.name().as_str(), "own").await;
+    let confirm = server
+        .basic_publish(
+            "",
+            own.name().as_str(),
+            BasicPublishOptions::default(),
+            b"5",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("reply")
+        .await
+        .expect("confirm");
+    assert!(matches!(confirm, Confirmation::Ack(None)));
+    assert_eq!(&next(&mut own_replies).await.data[..], b"5");
 
     // The requester leaves: a mandatory reply comes back.
     client.close(200, "done").await.expect("close");

@@ -75,7 +75,14 @@ impl Channel {
             // exclusive and server-named queues need it like any other.
             let name = if declaration.name.is_empty() {
                 check_server_named(&declaration.arguments)?;
-                generated_name("amq.gen-")
+                match self.ctx.broker.metadata_log() {
+                    // Node-local: named after its node (see
+                    // `vhost::exclusive_name`).
+                    Some(log) if declaration.exclusive => {
+                        crate::vhost::exclusive_name(Some(log.node_name()))
+                    }
+                    _ => generated_name("amq.gen-"),
+                }
             } else {
                 check_queue_name(&declaration.name)?;
                 declaration.name.clone()

@@ -542,6 +542,55 @@ pub struct QuorumInfo {
 
 /// A server-generated name: `prefix` then 22 URL-safe base64 characters, the
 /// shape RabbitMQ uses for `amq.gen-` queues and `amq.ctag-` consumer tags.
+/// Server-named queues' prefix.
+pub(crate) const GENERATED: &str = "amq.gen-";
+
+/// A server-generated name for an exclusive queue. In a cluster (`node`
+/// given) it names the queue's node (`amq.gen-<node in base64url>.<random>`),
+/// as [`reply_to_name`] does for direct reply-to: an exclusive queue is
+/// node-local, and a reply published to it on another node (the RPC
+/// pattern: the responder answers to the requester's exclusive queue)
+/// is forwarded there by its name alone.
+pub(crate) fn exclusive_name(node: Option<&str>) -> String {
+    node_local_name(GENERATED, "", node)
+}
+
+/// The node a server-generated exclusive queue's name names (see
+/// [`exclusive_name`]), if it names one.
+pub(crate) fn exclusive_node(name: &str) -> Option<String> {
+    node_of(name.strip_prefix(GENERATED)?)
+}
+
+fn node_local_name(prefix: &str, separator: &str, node: Option<&str>) -> String {
+    use base64::Engine as _;
+    let tag = node.map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n));
+    match tag {
+        // A queue name (and a reply-to) is a short string, 255 bytes at
+        // most: a node name too long for it gives a plain name, reached
+        // on this node only.
+        Some(tag) if prefix.len() + separator.len() + tag.len() + 23 <= 255 => {
+            generated_name(&format!("{prefix}{separator}{tag}."))
+        }
+        _ => generated_name(&format!("{prefix}{separator}")),
+    }
+}
+
+/// The node named by what follows a node-local name's prefix.
+fn node_of(tagged: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (tag, _) = tagged.split_once('.')?;
+    let node = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(tag)
+        .ok()?;
+    String::from_utf8(node).ok()
+}
+
+/// The node, if any, that a node-local queue name names: a direct
+/// reply-to address's or a server-named exclusive queue's.
+pub(crate) fn node_named_by(name: &str) -> Option<String> {
+    reply_to_node(name).or_else(|| exclusive_node(name))
+}
+
 /// A new direct reply-to address. In a cluster (`node` given) it names
 /// the node its reply queue lives on (`amq.rabbitmq.reply-to.<node in
 /// base64url>.<random>`), as RabbitMQ's encode their node: a reply is
@@ -549,28 +598,13 @@ pub struct QuorumInfo {
 /// routes it by the name alone (no node knows another's reply queues).
 /// Clients treat the address as opaque.
 pub(crate) fn reply_to_name(node: Option<&str>) -> String {
-    use base64::Engine as _;
-    let tag = node.map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n));
-    match tag {
-        // A reply-to is a short string (255 bytes at most): a node name
-        // too long for it gives a plain address, answered on this node only.
-        Some(tag) if REPLY_TO.len() + tag.len() + 24 <= 255 => {
-            generated_name(&format!("{REPLY_TO}.{tag}."))
-        }
-        _ => generated_name(&format!("{REPLY_TO}.")),
-    }
+    node_local_name(REPLY_TO, ".", node)
 }
 
 /// The node a direct reply-to address names (see [`reply_to_name`]), if
 /// it names one.
 pub(crate) fn reply_to_node(name: &str) -> Option<String> {
-    use base64::Engine as _;
-    let rest = name.strip_prefix(REPLY_TO)?.strip_prefix('.')?;
-    let (tag, _) = rest.split_once('.')?;
-    let node = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(tag)
-        .ok()?;
-    String::from_utf8(node).ok()
+    node_of(name.strip_prefix(REPLY_TO)?.strip_prefix('.')?)
 }
 
 pub fn generated_name(prefix: &str) -> String {

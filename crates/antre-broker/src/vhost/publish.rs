@@ -180,8 +180,9 @@ impl Vhost {
             });
         }
         if message.exchange.is_empty() && targets.is_empty() {
-            // A reply to a direct reply-to address of another node.
-            if let Some(node) = self.reply_to_elsewhere(&message.routing_key) {
+            // A reply to another node's direct reply-to address or
+            // server-named exclusive queue.
+            if let Some(node) = self.named_elsewhere(&message.routing_key) {
                 outcome.remote.push((node, message.routing_key.clone()));
             }
         }
@@ -246,12 +247,13 @@ impl Vhost {
         Ok(())
     }
 
-    /// The node, other than this one, that a direct reply-to address names
-    /// (see [`super::reply_to_name`]); None for an address of this node or
-    /// none at all, or outside a cluster.
-    fn reply_to_elsewhere(&self, routing_key: &str) -> Option<Arc<str>> {
+    /// The node, other than this one, that a node-local queue name names
+    /// (a direct reply-to address or a server-named exclusive queue: see
+    /// [`super::reply_to_name`]); None for a name of this node or none at
+    /// all, or outside a cluster.
+    fn named_elsewhere(&self, routing_key: &str) -> Option<Arc<str>> {
         let me = self.metadata.get()?.node_name().to_owned();
-        let node = super::reply_to_node(routing_key)?;
+        let node = super::node_named_by(routing_key)?;
         (node != me).then(|| Arc::from(node))
     }
 

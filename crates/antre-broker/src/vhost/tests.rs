@@ -528,4 +528,11 @@ fn a_direct_reply_to_address_names_its_node_in_a_cluster() {
     assert_eq!(reply_to_node("orders"), None);
     let long = "n".repeat(200);
     assert!(reply_to_name(Some(&long)).len() <= 255);
+    // Server-named exclusive queues too.
+    let name = exclusive_name(Some("n2"));
+    assert!(name.starts_with("amq.gen-"), "{name}");
+    assert_eq!(node_named_by(&name).as_deref(), Some("n2"));
+    assert_eq!(node_named_by(&exclusive_name(None)), None);
+    assert_eq!(node_named_by(&generated_name("amq.gen-")), None);
+    assert!(exclusive_name(Some(&long)).len() <= 255);
 }
