@@ -856,6 +856,7 @@ impl Broker {
             } => {
                 let v = self.vhost_or_404(&vhost)?;
                 let n = v.delete_queue(&name, if_unused, if_empty, 0)?;
+                v.drop_bindings_elsewhere(&name);
                 if !v.has_queue(&name) {
                     v.set_remote_owner(&name, None);
                     v.set_quorum_info(&name, None);
@@ -877,10 +878,13 @@ impl Broker {
                 } else {
                     Destination::Queue(destination)
                 };
+                // Any connection: a binding of an exclusive queue comes
+                // from its own connection (checked where it was proposed).
+                let conn = crate::vhost::ANY_CONNECTION;
                 if unbind {
-                    v.unbind(&source, destination, &routing_key, &arguments.0, 0)?;
+                    v.unbind(&source, destination, &routing_key, &arguments.0, conn)?;
                 } else {
-                    v.bind(&source, destination, &routing_key, arguments.0, 0)?;
+                    v.bind(&source, destination, &routing_key, arguments.0, conn)?;
                 }
                 MetaOutcome::Done
             }

@@ -2058,3 +2058,133 @@ async fn direct_reply_to_answers_a_requester_on_another_node() {
     })
     .await;
 }
+
+/// How many bindings have exchange `logs` as their source, as node `i`
+/// lists them.
+async fn bindings(c: &TestCluster, i: usize) -> usize {
+    let (status, list) = c
+        .api(i, "GET", "/api/exchanges/%2F/logs/bindings/source", None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array().map_or(0, Vec::len)
+}
+
+/// RabbitMQ's publish/subscribe tutorial across nodes: each subscriber
+/// binds a server-named exclusive queue (node-local) to a fanout, on
+/// another node than the publisher's. The binding goes through the
+/// metadata, so the publisher's node routes to the subscriber's node
+/// (before, it knew nothing of the binding: nobody got anything). A
+/// subscriber gone, or its node dead, makes its queue unroutable there,
+/// never a nack for the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
+    use lapin::publisher_confirm::Confirmation;
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    let mut subscribers = Vec::new();
+    for i in [1, 2] {
+        let conn = connect(&c.nodes[i].amqp_uri()).await;
+        let ch = conn.create_channel().await.expect("channel");
+        ch.exchange_declare(
+            "logs",
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange.declare");
+        let q = ch
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("exclusive queue");
+        ch.queue_bind(
+            q.name().as_str(),
+            "logs",
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.bind");
+        let consumer = consumer(&ch, q.name().as_str(), "subscriber").await;
+        subscribers.push((conn, ch, consumer));
+    }
+    let publisher = connect(&c.nodes[0].amqp_uri()).await;
+    let ch = publisher.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let publish = |body: String| {
+        let ch = ch.clone();
+        async move {
+            ch.basic_publish(
+                "logs",
+                "",
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm")
+        }
+    };
+    for k in 0..3 {
+        assert!(matches!(
+            publish(format!("delay {k}")).await,
+            Confirmation::Ack(None)
+        ));
+    }
+    for (_, _, consumer) in &mut subscribers {
+        for k in 0..3 {
+            let d = next(consumer).await;
+            assert_eq!(d.data, format!("delay {k}").into_bytes());
+        }
+    }
+
+    // Every node lists both bindings.
+    for i in 0..3 {
+        assert_eq!(bindings(&c, i).await, 2, "n{}", i + 1);
+    }
+
+    // n2's subscriber leaves: every node drops its binding; n3's
+    // subscriber still gets what follows.
+    let (gone, _, _) = subscribers.remove(0);
+    gone.close(200, "done").await.expect("close");
+    for i in 0..3 {
+        c.until(&format!("n{} to drop the binding", i + 1), || async {
+            bindings(&c, i).await == 1
+        })
+        .await;
+    }
+    assert!(matches!(
+        publish("after".into()).await,
+        Confirmation::Ack(None)
+    ));
+    assert_eq!(next(&mut subscribers[0].2).await.data, b"after");
+
+    // n3 dies: its queue is gone with it; publishes are still confirmed.
+    c.kill(2);
+    for k in 0..3 {
+        let confirm = within("a confirm", publish(format!("alone {k}"))).await;
+        assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
+    }
+    // Back without it: the next publish through the binding learns it is
+    // gone, and the binding goes on every node.
+    c.spawn(2);
+    c.until("n1 to drop the restarted node's binding", || async {
+        publish("probe".into()).await;
+        bindings(&c, 0).await == 0
+    })
+    .await;
+    c.until("n2 to drop it too", || async { bindings(&c, 1).await == 0 })
+        .await;
+}

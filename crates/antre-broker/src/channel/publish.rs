@@ -135,14 +135,8 @@ impl Channel {
         // alone, so the publish path may seal it (see Message::seal_record).
         // In a cluster, a message for another node's queue is forwarded:
         // keep it for that.
-        // So is a reply to another node's direct reply-to address or
-        // server-named exclusive queue.
-        let forwardable = self.ctx.vhost.has_remote_queues()
-            || (message.exchange.is_empty()
-                && (message.routing_key.starts_with(REPLY_TO)
-                    || message.routing_key.starts_with(crate::vhost::GENERATED))
-                && self.ctx.broker.metadata_log().is_some());
-        let kept = (mandatory || forwardable).then(|| Arc::clone(&message));
+        let kept =
+            (mandatory || self.ctx.vhost.may_forward(&message)).then(|| Arc::clone(&message));
         let outcome = self.ctx.vhost.publish(message, options)?;
         for durable in outcome.stored {
             self.mark_dirty(durable);

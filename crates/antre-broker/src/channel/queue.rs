@@ -23,6 +23,29 @@ impl Channel {
         self.ctx.broker.metadata_log().cloned()
     }
 
+    /// Whether `queue`'s bindings are this node's business only: an
+    /// exclusive queue of this node, unless its name names this node (a
+    /// server-named one in a cluster, see `vhost::exclusive_name`): other
+    /// nodes route to those through the bindings the metadata gives them.
+    /// Refuses another connection's exclusive queue (405).
+    fn local_bindings(&self, queue: &str) -> Result<bool, BrokerError> {
+        let Some(q) = self.ctx.vhost.queue_info(queue) else {
+            return Ok(false);
+        };
+        let Some(owner) = q.options.exclusive_owner else {
+            return Ok(false);
+        };
+        if owner != self.ctx.connection {
+            return Err(crate::vhost::locked(&q));
+        }
+        let me = self
+            .ctx
+            .broker
+            .metadata_log()
+            .map(|l| l.node_name().to_owned());
+        Ok(me.is_none() || crate::vhost::exclusive_node(queue) != me)
+    }
+
     /// Whether `queue` is an exclusive queue of this node (its bindings and
     /// deletion are this node's business only).
     fn is_local_exclusive(&self, queue: &str) -> bool {
@@ -167,7 +190,10 @@ impl Channel {
         };
         self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &key)?;
         let conn = self.ctx.connection;
-        if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {
+        if let Some(log) = self.replicated(self.local_bindings(&queue)?) {
+            if self.is_local_exclusive(&queue) {
+                self.ctx.vhost.announce(&queue);
+            }
             log.propose(MetaCommand::binding(
                 false,
                 &self.ctx.vhost.name,
@@ -198,7 +224,7 @@ impl Channel {
         let queue = self.resolve_queue(&m.queue)?;
         self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
         let conn = self.ctx.connection;
-        if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {
+        if let Some(log) = self.replicated(self.local_bindings(&queue)?) {
             log.propose(MetaCommand::binding(
                 true,
                 &self.ctx.vhost.name,

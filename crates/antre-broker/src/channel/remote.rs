@@ -705,7 +705,53 @@ impl Channel {
             let slot: Slot = Arc::default();
             group.batches.push((Arc::clone(&slot), indices));
             let sink = Arc::clone(&self.sink);
-            let done: crate::remote::RemoteDone = Box::new(move |results| {
+            // Node-local queues (exclusive, direct reply-to) die with
+            // their node: when it cannot be reached they are gone, and the
+            // message is unroutable there, not refused (a subscriber's
+            // node down must not nack every publish to its exchange).
+            let node_local = batch.iter().all(|p| {
+                p.queues
+                    .iter()
+                    .all(|q| crate::vhost::node_named_by(q).is_some())
+            });
+            // And one its node says is gone (its subscriber left while
+            // this node had the binding, or the node restarted without
+            // it) is deleted through the metadata, so that no node keeps
+            // forwarding to it.
+            // Only a name bound here: a publish to a made-up name must not
+            // cost the cluster a metadata change.
+            let cleanup = node_local
+                .then(|| {
+                    let log = self.ctx.broker.metadata_log().cloned()?;
+                    let names: Vec<Vec<String>> = batch.iter().map(|p| p.queues.clone()).collect();
+                    Some((log, Arc::clone(&self.ctx.vhost), names))
+                })
+                .flatten();
+            let done: crate::remote::RemoteDone = Box::new(move |mut results| {
+                if let Some((log, vhost, names)) = &cleanup {
+                    let gone: std::collections::BTreeSet<&String> = results
+                        .iter()
+                        .zip(names)
+                        .filter(|(r, _)| **r == RemoteResult::Gone)
+                        .flat_map(|(_, queues)| queues)
+                        .filter(|name| vhost.is_bound_to(name))
+                        .collect();
+                    for name in gone {
+                        log.propose_later(crate::cluster::MetaCommand::DeleteQueue {
+                            vhost: vhost.name.clone(),
+                            name: name.clone(),
+                            if_unused: false,
+                            if_empty: false,
+                        });
+                    }
+                }
+                if node_local {
+                    for r in &mut results {
+                        if *r == RemoteResult::Failed {
+                            *r = RemoteResult::Gone;
+                        }
+                    }
+                }
                 *slot.lock() = Some(results);
                 sink.synced(REMOTE_TOKEN_FLAG | id, true);
             });

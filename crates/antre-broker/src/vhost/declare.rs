@@ -473,8 +473,13 @@ impl Vhost {
                 queue_ref(&self.name, name)
             )));
         }
-        let n = topo.remove_queue(name).map_or(0, |q| q.delete());
+        let removed = topo.remove_queue(name);
+        let n = removed.as_ref().map_or(0, |q| q.delete());
         self.save(&mut topo)?;
+        drop(topo);
+        if removed.is_some_and(|q| q.options.exclusive_owner.is_some()) {
+            self.unannounce(name);
+        }
         Ok(n)
     }
 
@@ -504,6 +509,9 @@ impl Vhost {
                 tracing::error!("{e}");
             }
             let shared = queue.options.exclusive_owner.is_none();
+            if !shared {
+                self.unannounce(&queue.name);
+            }
             if let (Some(log), true) = (self.metadata.get(), shared) {
                 // Removed here first (the owner's engine is gone); the
                 // other nodes drop their copy of the definition when this
@@ -523,6 +531,49 @@ impl Vhost {
         let gone = self.topology.write().take_exclusive(conn);
         for q in gone {
             q.delete();
+            self.unannounce(&q.name);
+        }
+    }
+
+    /// Records that this node's exclusive queue `name` is bound through the
+    /// metadata, so other nodes route to it.
+    pub(crate) fn announce(&self, name: &str) {
+        self.announced.lock().insert(name.to_owned());
+    }
+
+    /// This node's exclusive queue `name` is gone: if other nodes route to
+    /// it, its deletion goes through the metadata, so they drop their
+    /// bindings to it (else they would keep forwarding to nothing, and
+    /// bindings of short-lived subscribers would pile up).
+    fn unannounce(&self, name: &str) {
+        if !self.announced.lock().remove(name) {
+            return;
+        }
+        if let Some(log) = self.metadata.get() {
+            log.propose_later(crate::cluster::MetaCommand::DeleteQueue {
+                vhost: self.name.clone(),
+                name: name.to_owned(),
+                if_unused: false,
+                if_empty: false,
+            });
+        }
+    }
+
+    /// Whether an exchange of this vhost is bound to the queue `name`.
+    pub(crate) fn is_bound_to(&self, name: &str) -> bool {
+        self.topology
+            .read()
+            .is_destination(&Destination::Queue(name.to_owned()))
+    }
+
+    /// Applies another node's replicated deletion of its exclusive queue
+    /// `name` here: the bindings to it go.
+    pub(crate) fn drop_bindings_elsewhere(&self, name: &str) {
+        if self.named_elsewhere(name).is_some() {
+            let mut topo = self.topology.write();
+            if !topo.queues.contains_key(name) {
+                topo.remove_bindings_to(&Destination::Queue(name.to_owned()), false);
+            }
         }
     }
 
@@ -572,8 +623,17 @@ impl Vhost {
         conn: ConnectionId,
         add: bool,
     ) -> Result<(), BrokerError> {
+        // A server-named exclusive queue of another node (bound through
+        // the metadata): bound here too, to route to that node.
+        let elsewhere = match &binding.destination {
+            Destination::Queue(q) => self.named_elsewhere(q).is_some(),
+            Destination::Exchange(_) => false,
+        };
+        if elsewhere && add {
+            self.note_binding_elsewhere();
+        }
         let mut topo = self.topology.write();
-        match topo.check_binding_ends(source, &binding.destination, conn) {
+        match topo.check_binding_ends(source, &binding.destination, conn, elsewhere) {
             Err(BrokerError::NotFound(_)) if !add => return Ok(()),
             other => other?,
         }

@@ -19,7 +19,7 @@ mod policies;
 pub mod publish;
 mod storage;
 mod topology;
-pub(crate) use topology::locked;
+pub(crate) use topology::{locked, ANY_CONNECTION};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,6 +106,11 @@ pub struct Vhost {
     /// Whether `remote` has any entry: the publish path reads only this
     /// flag on a single node.
     has_remote: AtomicBool,
+    /// Set once an exchange is bound to another node's exclusive queue.
+    binds_elsewhere: AtomicBool,
+    /// This node's exclusive queues bound through the metadata (so other
+    /// nodes route to them): when one goes, its bindings there go too.
+    announced: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Quorum queues' groups in a cluster: members and leader, by queue.
     quorum: RwLock<HashMap<String, QuorumInfo>>,
     /// In a cluster, where the removals this vhost decides itself (an
@@ -133,6 +138,8 @@ impl Vhost {
             max_queues: AtomicU64::new(NO_LIMIT),
             remote: RwLock::default(),
             has_remote: AtomicBool::new(false),
+            binds_elsewhere: AtomicBool::new(false),
+            announced: parking_lot::Mutex::default(),
             quorum: RwLock::default(),
             metadata: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
@@ -163,6 +170,8 @@ impl Vhost {
             max_queues: AtomicU64::new(NO_LIMIT),
             remote: RwLock::default(),
             has_remote: AtomicBool::new(false),
+            binds_elsewhere: AtomicBool::new(false),
+            announced: parking_lot::Mutex::default(),
             quorum: RwLock::default(),
             metadata: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
@@ -294,6 +303,24 @@ impl Vhost {
     /// atomic load: the publish path asks it for every message).
     pub fn has_remote_queues(&self) -> bool {
         self.has_remote.load(Ordering::Acquire)
+    }
+
+    /// Whether publishing `message` here may forward it to another node:
+    /// a queue of this vhost is another node's, an exchange is bound to
+    /// another node's exclusive queue, or the message is addressed by name
+    /// to another node's node-local queue (see [`node_named_by`]).
+    pub fn may_forward(&self, message: &crate::message::Message) -> bool {
+        self.has_remote_queues()
+            || self.binds_elsewhere.load(Ordering::Acquire)
+            || (message.exchange.is_empty()
+                && self.metadata.get().is_some()
+                && may_be_node_local(&message.routing_key))
+    }
+
+    /// Notes that an exchange of this vhost is bound to another node's
+    /// exclusive queue (kept once set: a hint for [`Vhost::may_forward`]).
+    pub(crate) fn note_binding_elsewhere(&self) {
+        self.binds_elsewhere.store(true, Ordering::Release);
     }
 
     /// Every queue of this vhost owned by another node, with its owner.
@@ -583,6 +610,12 @@ fn node_of(tagged: &str) -> Option<String> {
         .decode(tag)
         .ok()?;
     String::from_utf8(node).ok()
+}
+
+/// Whether `name` has the shape of a node-local queue's name (see
+/// [`node_named_by`]): a cheap test before decoding it.
+pub(crate) fn may_be_node_local(name: &str) -> bool {
+    name.starts_with(GENERATED) || name.starts_with(REPLY_TO)
 }
 
 /// The node, if any, that a node-local queue name names: a direct

@@ -179,11 +179,11 @@ impl Vhost {
                 !cycle
             });
         }
-        if message.exchange.is_empty() && targets.is_empty() {
-            // A reply to another node's direct reply-to address or
-            // server-named exclusive queue.
-            if let Some(node) = self.named_elsewhere(&message.routing_key) {
-                outcome.remote.push((node, message.routing_key.clone()));
+        // Another node's direct reply-to address or server-named exclusive
+        // queue (by name, or bound): forwarded there.
+        for name in std::mem::take(&mut targets.elsewhere) {
+            if let Some(node) = self.named_elsewhere(&name) {
+                outcome.remote.push((node, name));
             }
         }
         if self.has_remote.load(std::sync::atomic::Ordering::Acquire) || !outcome.remote.is_empty()
@@ -251,7 +251,7 @@ impl Vhost {
     /// (a direct reply-to address or a server-named exclusive queue: see
     /// [`super::reply_to_name`]); None for a name of this node or none at
     /// all, or outside a cluster.
-    fn named_elsewhere(&self, routing_key: &str) -> Option<Arc<str>> {
+    pub(crate) fn named_elsewhere(&self, routing_key: &str) -> Option<Arc<str>> {
         let me = self.metadata.get()?.node_name().to_owned();
         let node = super::node_named_by(routing_key)?;
         (node != me).then(|| Arc::from(node))

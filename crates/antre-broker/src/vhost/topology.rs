@@ -256,10 +256,15 @@ impl Topology {
         headers: Option<&FieldTable>,
     ) -> Result<Targets, BrokerError> {
         if exchange.is_empty() {
-            return Ok(Targets {
+            let mut targets = Targets {
                 queues: self.queues.get(routing_key).cloned().into_iter().collect(),
                 streams: self.streams.get(routing_key).cloned().into_iter().collect(),
-            });
+                elsewhere: Vec::new(),
+            };
+            if targets.is_empty() && super::may_be_node_local(routing_key) {
+                targets.elsewhere.push(routing_key.to_owned());
+            }
+            return Ok(targets);
         }
         let ex = self
             .exchanges
@@ -306,6 +311,7 @@ impl Topology {
         source: &str,
         destination: &Destination,
         conn: ConnectionId,
+        elsewhere: bool,
     ) -> Result<(), BrokerError> {
         let default = "operation not permitted on the default exchange";
         if source.is_empty() {
@@ -315,6 +321,9 @@ impl Topology {
             Destination::Queue(q) => match self.queues.get(q) {
                 Some(queue) => check_exclusive(queue, conn)?,
                 None if self.streams.contains_key(q) => {}
+                // Another node's exclusive queue, bound through the
+                // metadata: the binding routes to that node.
+                None if elsewhere => {}
                 None => return Err(self.no_queue(q)),
             },
             Destination::Exchange(e) => {
@@ -434,7 +443,12 @@ impl Topology {
 
     /// Drops every binding to `dest` (which is gone, and was durable or
     /// not), then auto-deletes exchanges left with no bindings.
-    fn remove_bindings_to(&mut self, dest: &Destination, dest_durable: bool) {
+    /// Whether some exchange is bound to `dest`.
+    pub(super) fn is_destination(&self, dest: &Destination) -> bool {
+        self.sources.get(dest).is_some_and(|s| !s.is_empty())
+    }
+
+    pub(super) fn remove_bindings_to(&mut self, dest: &Destination, dest_durable: bool) {
         let Some(sources) = self.sources.remove(dest) else {
             return;
         };
@@ -464,6 +478,10 @@ pub(crate) struct Targets {
     pub queues: Vec<Arc<Queue>>,
     /// Streams.
     pub streams: Vec<Arc<Stream>>,
+    /// Names this node has no queue of that may name another node's
+    /// node-local queue (see [`super::node_named_by`]): in a cluster, the
+    /// message is forwarded there.
+    pub elsewhere: Vec<String>,
 }
 
 impl Targets {
@@ -496,6 +514,8 @@ impl<'t> Walk<'t> {
                         self.out.queues.push(Arc::clone(queue));
                     } else if let Some(stream) = self.topo.streams.get(q) {
                         self.out.streams.push(Arc::clone(stream));
+                    } else if super::may_be_node_local(q) {
+                        self.out.elsewhere.push(q.clone());
                     }
                 }
             }
@@ -510,13 +530,18 @@ impl<'t> Walk<'t> {
     }
 }
 
-/// Refuses another connection's exclusive queue.
+/// Refuses another connection's exclusive queue ([`ANY_CONNECTION`]
+/// stands for every connection: a binding the metadata group applies, which
+/// the queue's own connection proposed).
 pub(super) fn check_exclusive(q: &Queue, conn: ConnectionId) -> Result<(), BrokerError> {
     match q.options.exclusive_owner {
-        Some(owner) if owner != conn => Err(locked(q)),
+        Some(owner) if owner != conn && conn != ANY_CONNECTION => Err(locked(q)),
         _ => Ok(()),
     }
 }
+
+/// See [`check_exclusive`].
+pub(crate) const ANY_CONNECTION: ConnectionId = ConnectionId::MAX;
 
 /// RabbitMQ's 405 for another connection's exclusive queue, and for a
 /// redeclare whose exclusive flag differs from the queue's.
