@@ -337,6 +337,12 @@ pub enum MetaCommand {
         routing_key: String,
         /// Arguments.
         arguments: WireTable,
+        /// The node whose exclusive queue the destination is (exclusive
+        /// queues are node-local): the other nodes' bindings route to it
+        /// there. None for a shared queue or an exchange (and from older
+        /// versions, which do not send it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
 }
 
@@ -362,7 +368,17 @@ impl MetaCommand {
             to_exchange,
             routing_key,
             arguments: WireTable(arguments),
+            node: None,
         }
+    }
+
+    /// This command naming `node` as where its destination, an exclusive
+    /// queue, lives (a binding's; other commands are left as they are).
+    pub fn on_node(mut self, at: &str) -> MetaCommand {
+        if let MetaCommand::Binding { node, .. } = &mut self {
+            *node = Some(at.to_owned());
+        }
+        self
     }
 
     /// A user change whose cleartext password, if any, is hashed here, on
@@ -871,8 +887,12 @@ impl Broker {
                 to_exchange,
                 routing_key,
                 arguments,
+                node,
             } => {
                 let v = self.vhost_or_404(&vhost)?;
+                if let (Some(node), false) = (&node, to_exchange) {
+                    v.note_exclusive_of(&destination, node);
+                }
                 let destination = if to_exchange {
                     Destination::Exchange(destination)
                 } else {
@@ -1414,6 +1434,7 @@ mod tests {
             to_exchange: false,
             routing_key: "k.#".into(),
             arguments: WireTable::default(),
+            node: None,
         })
         .unwrap();
         let snapshot = a.meta_snapshot();

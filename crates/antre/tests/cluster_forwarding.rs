@@ -2070,8 +2070,8 @@ async fn bindings(c: &TestCluster, i: usize) -> usize {
 }
 
 /// RabbitMQ's publish/subscribe tutorial across nodes: each subscriber
-/// binds a server-named exclusive queue (node-local) to a fanout, on
-/// another node than the publisher's. The binding goes through the
+/// binds an exclusive queue (node-local; one server-named, one named by
+/// its client) to a fanout, on another node than the publisher's. The binding goes through the
 /// metadata, so the publisher's node routes to the subscriber's node
 /// (before, it knew nothing of the binding: nobody got anything). A
 /// subscriber gone, or its node dead, makes its queue unroutable there,
@@ -2082,7 +2082,9 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
     let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
     c.until("the cluster to form", || formed(&c)).await;
     let mut subscribers = Vec::new();
-    for i in [1, 2] {
+    // n2's exclusive queue is server-named (its name names n2), n3's is
+    // named by its client, as Spring AMQP's anonymous queues are.
+    for (i, name) in [(1, ""), (2, "spring.gen-pilots")] {
         let conn = connect(&c.nodes[i].amqp_uri()).await;
         let ch = conn.create_channel().await.expect("channel");
         ch.exchange_declare(
@@ -2095,9 +2097,10 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
         .expect("exchange.declare");
         let q = ch
             .queue_declare(
-                "",
+                name,
                 QueueDeclareOptions {
                     exclusive: true,
+                    auto_delete: !name.is_empty(),
                     ..Default::default()
                 },
                 FieldTable::default(),

@@ -23,27 +23,30 @@ impl Channel {
         self.ctx.broker.metadata_log().cloned()
     }
 
-    /// Whether `queue`'s bindings are this node's business only: an
-    /// exclusive queue of this node, unless its name names this node (a
-    /// server-named one in a cluster, see `vhost::exclusive_name`): other
-    /// nodes route to those through the bindings the metadata gives them.
-    /// Refuses another connection's exclusive queue (405).
-    fn local_bindings(&self, queue: &str) -> Result<bool, BrokerError> {
+    /// A bind or unbind of `queue`, as the metadata group is to apply it
+    /// on every node, so that every node's exchanges route to the queue.
+    /// An exclusive queue (this connection's: another's is refused with
+    /// 405) is this node's alone, so the change names this node: the
+    /// others forward there.
+    fn replicated_binding(
+        &self,
+        queue: &str,
+        command: MetaCommand,
+    ) -> Result<MetaCommand, BrokerError> {
         let Some(q) = self.ctx.vhost.queue_info(queue) else {
-            return Ok(false);
+            return Ok(command);
         };
         let Some(owner) = q.options.exclusive_owner else {
-            return Ok(false);
+            return Ok(command);
         };
         if owner != self.ctx.connection {
             return Err(crate::vhost::locked(&q));
         }
-        let me = self
-            .ctx
-            .broker
-            .metadata_log()
-            .map(|l| l.node_name().to_owned());
-        Ok(me.is_none() || crate::vhost::exclusive_node(queue) != me)
+        self.ctx.vhost.announce(queue);
+        Ok(match self.ctx.broker.metadata_log() {
+            Some(log) => command.on_node(log.node_name()),
+            None => command,
+        })
     }
 
     /// Whether `queue` is an exclusive queue of this node (its bindings and
@@ -190,18 +193,16 @@ impl Channel {
         };
         self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &key)?;
         let conn = self.ctx.connection;
-        if let Some(log) = self.replicated(self.local_bindings(&queue)?) {
-            if self.is_local_exclusive(&queue) {
-                self.ctx.vhost.announce(&queue);
-            }
-            log.propose(MetaCommand::binding(
+        if let Some(log) = self.replicated(false) {
+            let command = MetaCommand::binding(
                 false,
                 &self.ctx.vhost.name,
                 m.exchange,
-                Destination::Queue(queue),
+                Destination::Queue(queue.clone()),
                 key,
                 m.arguments,
-            ))?;
+            );
+            log.propose(self.replicated_binding(&queue, command)?)?;
             reply(out, QueueBindOk {}, m.nowait);
             return Ok(());
         }
@@ -224,15 +225,16 @@ impl Channel {
         let queue = self.resolve_queue(&m.queue)?;
         self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
         let conn = self.ctx.connection;
-        if let Some(log) = self.replicated(self.local_bindings(&queue)?) {
-            log.propose(MetaCommand::binding(
+        if let Some(log) = self.replicated(false) {
+            let command = MetaCommand::binding(
                 true,
                 &self.ctx.vhost.name,
                 m.exchange,
-                Destination::Queue(queue),
+                Destination::Queue(queue.clone()),
                 m.routing_key,
                 m.arguments,
-            ))?;
+            );
+            log.propose(self.replicated_binding(&queue, command)?)?;
             reply(out, QueueUnbindOk {}, false);
             return Ok(());
         }

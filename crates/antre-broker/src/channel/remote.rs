@@ -712,7 +712,7 @@ impl Channel {
             let node_local = batch.iter().all(|p| {
                 p.queues
                     .iter()
-                    .all(|q| crate::vhost::node_named_by(q).is_some())
+                    .all(|q| self.ctx.vhost.named_elsewhere(q).is_some())
             });
             // And one its node says is gone (its subscriber left while
             // this node had the binding, or the node restarted without

@@ -575,6 +575,19 @@ impl Vhost {
                 topo.remove_bindings_to(&Destination::Queue(name.to_owned()), false);
             }
         }
+        self.exclusive_of.write().remove(name);
+    }
+
+    /// Records that `name` is an exclusive queue of cluster node `node`
+    /// (a replicated binding names it): this node's bindings to it route
+    /// there. Nothing for this node's own.
+    pub(crate) fn note_exclusive_of(&self, name: &str, node: &str) {
+        let mine = self.metadata.get().is_some_and(|m| m.node_name() == node);
+        if !mine && crate::vhost::node_named_by(name).is_none() {
+            self.exclusive_of
+                .write()
+                .insert(name.to_owned(), Arc::from(node));
+        }
     }
 
     /// queue.bind / exchange.bind.

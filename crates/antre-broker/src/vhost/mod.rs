@@ -111,6 +111,10 @@ pub struct Vhost {
     /// This node's exclusive queues bound through the metadata (so other
     /// nodes route to them): when one goes, its bindings there go too.
     announced: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// Other nodes' exclusive queues named by their clients, which this
+    /// node's bindings route to, with their node (a server-named one's
+    /// name says it).
+    exclusive_of: RwLock<HashMap<String, Arc<str>>>,
     /// Quorum queues' groups in a cluster: members and leader, by queue.
     quorum: RwLock<HashMap<String, QuorumInfo>>,
     /// In a cluster, where the removals this vhost decides itself (an
@@ -140,6 +144,7 @@ impl Vhost {
             has_remote: AtomicBool::new(false),
             binds_elsewhere: AtomicBool::new(false),
             announced: parking_lot::Mutex::default(),
+            exclusive_of: RwLock::default(),
             quorum: RwLock::default(),
             metadata: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
@@ -172,6 +177,7 @@ impl Vhost {
             has_remote: AtomicBool::new(false),
             binds_elsewhere: AtomicBool::new(false),
             announced: parking_lot::Mutex::default(),
+            exclusive_of: RwLock::default(),
             quorum: RwLock::default(),
             metadata: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),

@@ -253,8 +253,11 @@ impl Vhost {
     /// all, or outside a cluster.
     pub(crate) fn named_elsewhere(&self, routing_key: &str) -> Option<Arc<str>> {
         let me = self.metadata.get()?.node_name().to_owned();
-        let node = super::node_named_by(routing_key)?;
-        (node != me).then(|| Arc::from(node))
+        let node = match super::node_named_by(routing_key) {
+            Some(node) => Arc::from(node),
+            None => Arc::clone(self.exclusive_of.read().get(routing_key)?),
+        };
+        (*node != *me).then_some(node)
     }
 
     /// In a cluster, a queue another node owns is left out of the local

@@ -514,7 +514,9 @@ impl<'t> Walk<'t> {
                         self.out.queues.push(Arc::clone(queue));
                     } else if let Some(stream) = self.topo.streams.get(q) {
                         self.out.streams.push(Arc::clone(stream));
-                    } else if super::may_be_node_local(q) {
+                    } else {
+                        // Bound while not here: another node's exclusive
+                        // queue (see `Vhost::named_elsewhere`).
                         self.out.elsewhere.push(q.clone());
                     }
                 }

@@ -250,6 +250,7 @@ pub fn create_super_stream(
                 to_exchange: false,
                 routing_key: key.clone(),
                 arguments: WireTable(args.clone()),
+                node: None,
             },
             || vhost.bind(name, Destination::Queue(p.clone()), key, args.clone(), 0),
         );
