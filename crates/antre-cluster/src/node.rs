@@ -259,6 +259,7 @@ impl Cluster {
         )?;
         let log = log.with_floor(Arc::clone(&sm.floor));
         let state_machine = sm.clone();
+        let restorer = sm.clone();
         // The timing is a setting (crate::config::RaftTiming::METADATA by
         // default).
         let raft_config = openraft::Config {
@@ -382,6 +383,9 @@ impl Cluster {
             ));
         }
         broker.set_remote_queues(forwarder as Arc<dyn antre_broker::remote::RemoteQueues>);
+        // Bindings to other nodes' exclusive queues route there only once
+        // the broker knows it is a cluster node.
+        restorer.restore_exclusive();
         tracing::info!(
             node = config.node_name,
             listen = %config.listen,

@@ -2087,10 +2087,15 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
     for (i, name) in [(1, ""), (2, "spring.gen-pilots")] {
         let conn = connect(&c.nodes[i].amqp_uri()).await;
         let ch = conn.create_channel().await.expect("channel");
+        // Durable: a node that restarts has no transient exchange back
+        // (see docs/clustering.md, "What is replicated").
         ch.exchange_declare(
             "logs",
             lapin::ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -2119,32 +2124,10 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
         let consumer = consumer(&ch, q.name().as_str(), "subscriber").await;
         subscribers.push((conn, ch, consumer));
     }
-    let publisher = connect(&c.nodes[0].amqp_uri()).await;
-    let ch = publisher.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
-    let publish = |body: String| {
-        let ch = ch.clone();
-        async move {
-            ch.basic_publish(
-                "logs",
-                "",
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm")
-        }
-    };
+    let (mut publisher, mut ch) = confirming(&c, 0).await;
     for k in 0..3 {
-        assert!(matches!(
-            publish(format!("delay {k}")).await,
-            Confirmation::Ack(None)
-        ));
+        let confirm = publish_logs(&ch, &format!("delay {k}")).await;
+        assert!(matches!(confirm, Confirmation::Ack(None)));
     }
     for (_, _, consumer) in &mut subscribers {
         for k in 0..3 {
@@ -2158,6 +2141,22 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
         assert_eq!(bindings(&c, i).await, 2, "n{}", i + 1);
     }
 
+    // The publisher's node restarts: it does not keep other nodes'
+    // bindings to exclusive queues on disk, but gets them back from the
+    // metadata, and still routes to both subscribers.
+    drop(ch);
+    drop(publisher);
+    c.stop(0);
+    c.spawn(0);
+    c.until("the cluster to form again", || formed(&c)).await;
+    (publisher, ch) = confirming(&c, 0).await;
+    assert_eq!(bindings(&c, 0).await, 2);
+    let confirm = publish_logs(&ch, "restarted").await;
+    assert!(matches!(confirm, Confirmation::Ack(None)));
+    for (_, _, consumer) in &mut subscribers {
+        assert_eq!(next(consumer).await.data, b"restarted");
+    }
+
     // n2's subscriber leaves: every node drops its binding; n3's
     // subscriber still gets what follows.
     let (gone, _, _) = subscribers.remove(0);
@@ -2168,26 +2167,50 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
         })
         .await;
     }
-    assert!(matches!(
-        publish("after".into()).await,
-        Confirmation::Ack(None)
-    ));
+    let confirm = publish_logs(&ch, "after").await;
+    assert!(matches!(confirm, Confirmation::Ack(None)));
     assert_eq!(next(&mut subscribers[0].2).await.data, b"after");
 
     // n3 dies: its queue is gone with it; publishes are still confirmed.
     c.kill(2);
     for k in 0..3 {
-        let confirm = within("a confirm", publish(format!("alone {k}"))).await;
+        let confirm = within("a confirm", publish_logs(&ch, &format!("alone {k}"))).await;
         assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
     }
     // Back without it: the next publish through the binding learns it is
     // gone, and the binding goes on every node.
     c.spawn(2);
     c.until("n1 to drop the restarted node's binding", || async {
-        publish("probe".into()).await;
+        publish_logs(&ch, "probe").await;
         bindings(&c, 0).await == 0
     })
     .await;
     c.until("n2 to drop it too", || async { bindings(&c, 1).await == 0 })
         .await;
+    drop(publisher);
+}
+
+/// A connection to node `i` and a channel of it in confirm mode.
+async fn confirming(c: &TestCluster, i: usize) -> (Connection, Channel) {
+    let conn = connect(&c.nodes[i].amqp_uri()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    (conn, ch)
+}
+
+/// Publishes `body` to exchange `logs`; its confirm.
+async fn publish_logs(ch: &Channel, body: &str) -> lapin::publisher_confirm::Confirmation {
+    ch.basic_publish(
+        "logs",
+        "",
+        BasicPublishOptions::default(),
+        body.as_bytes(),
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm")
 }
