@@ -548,12 +548,12 @@ pub struct MetaSnapshot {
     /// The feature flags the cluster enabled.
     #[serde(default)]
     pub feature_flags: Vec<String>,
-    /// The bindings of exclusive queues (each names its node), filled in
-    /// by the cluster's state machine, which keeps them: they are not in
-    /// the definitions (an exclusive queue is not durable), and every node
-    /// routes through them to the queue's node.
+    /// What the metadata declared that brokers keep in memory only
+    /// (transient exchanges and queues, their bindings, exclusive queues'
+    /// bindings), filled in by the cluster's state machine, which keeps it:
+    /// the definitions above are the durable ones.
     #[serde(default)]
-    pub exclusive_bindings: Vec<MetaCommand>,
+    pub transient: Vec<MetaCommand>,
 }
 
 /// A quorum queue's Raft group, as every node of a cluster knows it.
@@ -1028,7 +1028,7 @@ impl Broker {
             listeners: self.listeners(),
             drained: self.drained_nodes(),
             feature_flags: self.enabled_feature_flags(),
-            exclusive_bindings: Vec::new(),
+            transient: Vec::new(),
         }
     }
 

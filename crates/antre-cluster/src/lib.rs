@@ -45,6 +45,7 @@ pub mod raft_runtime;
 pub mod server;
 pub mod state_machine;
 pub mod stream;
+pub mod transient;
 pub mod wire;
 
 use std::io::Cursor;

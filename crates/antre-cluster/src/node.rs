@@ -383,9 +383,10 @@ impl Cluster {
             ));
         }
         broker.set_remote_queues(forwarder as Arc<dyn antre_broker::remote::RemoteQueues>);
-        // Bindings to other nodes' exclusive queues route there only once
-        // the broker knows it is a cluster node.
-        restorer.restore_exclusive();
+        // What the broker keeps in memory only, back after a restart (the
+        // bindings to other nodes' exclusive queues route there only once
+        // the broker knows it is a cluster node).
+        restorer.restore_transient();
         tracing::info!(
             node = config.node_name,
             listen = %config.listen,

@@ -34,6 +34,7 @@ use tokio::sync::oneshot;
 
 use crate::log_store::SnapshotFloor;
 use crate::queue_group::QueueGroups;
+use crate::transient::Transient;
 use crate::{ClusterError, Member, NodeId, TypeConfig};
 
 /// Something the server does after every applied change (closing the
@@ -74,10 +75,9 @@ struct Applied {
     /// next leadership change.
     #[serde(default)]
     leaders: Vec<(String, String, String, u64)>,
-    /// The bindings of exclusive queues, each naming its node (see
-    /// [`State::exclusive`]).
+    /// What the broker keeps in memory only ([`crate::transient`]).
     #[serde(default)]
-    exclusive_bindings: Vec<MetaCommand>,
+    transient: Transient,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,12 +93,9 @@ struct State {
     quorum: BTreeMap<(String, String), QuorumDef>,
     /// (vhost, queue) -> (leader, term), see [`Applied::leaders`].
     leaders: BTreeMap<(String, String), (String, u64)>,
-    /// The bindings of exclusive queues (`MetaCommand::Binding`s naming
-    /// the queue's node), until the queue's deletion: the broker keeps
-    /// other nodes' in memory only (an exclusive queue is not durable),
-    /// and a node that restarts or installs a snapshot gets them back from
-    /// here, so it still routes to subscribers of other nodes.
-    exclusive: Vec<MetaCommand>,
+    /// What the broker keeps in memory only ([`crate::transient`]): a node
+    /// that restarts or installs a snapshot gives it back to its broker.
+    transient: Transient,
     snapshot: Option<StoredSnapshot>,
 }
 
@@ -132,35 +129,6 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
-}
-
-/// Adds a bind of an exclusive queue to `list`, or removes what an unbind
-/// undoes.
-fn record_exclusive_binding(list: &mut Vec<MetaCommand>, binding: MetaCommand) {
-    let MetaCommand::Binding { unbind, .. } = &binding else {
-        return;
-    };
-    let unbind = *unbind;
-    let mut bind = binding;
-    if let MetaCommand::Binding { unbind, .. } = &mut bind {
-        *unbind = false;
-    }
-    list.retain(|b| *b != bind);
-    if !unbind {
-        list.push(bind);
-    }
-}
-
-/// Whether `binding` is in `vhost` and, if `queue` is given, leads to it.
-fn binds(binding: &MetaCommand, vhost: &str, queue: Option<&str>) -> bool {
-    match binding {
-        MetaCommand::Binding {
-            vhost: v,
-            destination,
-            ..
-        } => v == vhost && queue.is_none_or(|q| q == destination),
-        _ => false,
-    }
 }
 
 /// Runs the broker's (blocking, disk-writing) apply off the async path.
@@ -287,7 +255,7 @@ impl StateMachine {
                     .into_iter()
                     .map(|(v, q, leader, term)| ((v, q), (leader, term)))
                     .collect(),
-                exclusive: applied.exclusive_bindings,
+                transient: applied.transient,
                 snapshot,
             })),
             waiters,
@@ -305,22 +273,19 @@ impl StateMachine {
         Ok(sm)
     }
 
-    /// Gives the broker again the bindings of other nodes' exclusive
-    /// queues (it keeps them in memory only): after a restart, once it
-    /// knows it is a cluster node, and after a snapshot is installed.
-    pub(crate) fn restore_exclusive(&self) {
+    /// Gives the broker again what it keeps in memory only
+    /// ([`crate::transient`]): after a restart, once it knows it is a
+    /// cluster node, and after a snapshot is installed.
+    pub(crate) fn restore_transient(&self) {
         let _applying = self.applying.lock();
         let state = self.state.lock();
-        self.restore_exclusive_bindings(&state);
+        self.restore_transient_in(&state);
     }
 
-    fn restore_exclusive_bindings(&self, state: &State) {
-        for binding in &state.exclusive {
-            let theirs = matches!(binding, MetaCommand::Binding { node: Some(n), .. } if *n != self.node_name);
-            if theirs {
-                if let Err(e) = self.broker.apply_meta(binding.clone()) {
-                    tracing::debug!("an exclusive queue's binding not restored: {e}");
-                }
+    fn restore_transient_in(&self, state: &State) {
+        for command in state.transient.to_restore(&self.node_name) {
+            if let Err(e) = self.broker.apply_meta(command.clone()) {
+                tracing::debug!("not restored: {}: {e}", command.describe());
             }
         }
     }
@@ -441,7 +406,7 @@ impl StateMachine {
             listeners: self.broker.listeners(),
             drained: self.broker.drained_nodes(),
             feature_flags: self.broker.enabled_feature_flags(),
-            exclusive_bindings: state.exclusive.clone(),
+            transient: state.transient.clone(),
         };
         let json = serde_json::to_vec(&applied).map_err(io_err)?;
         antre_store::definitions::write_atomic(&self.dir.join("applied.json"), &json)
@@ -457,6 +422,7 @@ impl StateMachine {
         if let MetaCommand::QueueMember { .. } = &command {
             return self.apply_queue_member(command);
         }
+        let mut new_queue = false;
         let queue_key = match &command {
             MetaCommand::DeclareQueue {
                 vhost,
@@ -468,7 +434,8 @@ impl StateMachine {
                 let key = (vhost.clone(), name.clone());
                 let exists = self.broker.vhost(vhost).is_some_and(|v| v.has_queue(name));
                 let mut state = self.state.lock();
-                if !exists && !state.owners.contains_key(&key) {
+                new_queue = !exists && !state.owners.contains_key(&key);
+                if new_queue {
                     // Recorded before the apply: see the module docs.
                     state.owners.insert(key.clone(), owner.clone());
                     // And given to the broker before the queue appears in
@@ -504,11 +471,16 @@ impl StateMachine {
             MetaCommand::DeleteVhost { name } => Some(name.clone()),
             _ => None,
         };
-        let deleted_queue = matches!(&command, MetaCommand::DeleteQueue { .. }).then_some(true);
-        let exclusive_binding = match &command {
-            MetaCommand::Binding { node: Some(_), .. } => Some(command.clone()),
-            _ => None,
-        };
+        let for_transient = matches!(
+            &command,
+            MetaCommand::DeclareExchange { durable: false, .. }
+                | MetaCommand::DeclareQueue { durable: false, .. }
+                | MetaCommand::Binding { .. }
+                | MetaCommand::DeleteExchange { .. }
+                | MetaCommand::DeleteQueue { .. }
+                | MetaCommand::DeleteVhost { .. }
+        )
+        .then(|| command.clone());
         let hooks: Vec<AppliedHook> = self.hooks.lock().clone();
         let for_hooks = (!hooks.is_empty()).then(|| command.clone());
         let result = self.broker.apply_meta(command);
@@ -528,9 +500,6 @@ impl StateMachine {
             if let Some(known) = known {
                 state.leaders.insert(key, known);
             }
-        }
-        if let (Some((vhost, queue)), true) = (&queue_key, deleted_queue.is_some()) {
-            state.exclusive.retain(|b| !binds(b, vhost, Some(queue)));
         }
         if let Some((vhost, queue)) = queue_key {
             let key = (vhost.clone(), queue.clone());
@@ -564,13 +533,10 @@ impl StateMachine {
                 }
             }
         }
-        if let Some(binding) = exclusive_binding {
-            // Recorded whatever this node's broker made of it (it may not
-            // know the exchange yet, just started): the same on every node.
-            record_exclusive_binding(&mut state.exclusive, binding);
+        if let Some(command) = for_transient {
+            state.transient.applied(&command, result.is_ok(), new_queue);
         }
         if let Some(gone) = deleted_vhost {
-            state.exclusive.retain(|b| !binds(b, &gone, None));
             state.owners.retain(|(v, _), _| *v != gone);
             state.leaders.retain(|(v, _), _| *v != gone);
             let dropped: Vec<String> = state
@@ -714,7 +680,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let state = this.state.lock();
             let mut snap = this.broker.meta_snapshot();
             snap.quorum = state.quorum.values().cloned().collect();
-            snap.exclusive_bindings = state.exclusive.clone();
+            snap.transient = state.transient.commands().to_vec();
             let data =
                 serde_json::to_vec(&snap).map_err(|e| StorageIOError::read_state_machine(&e))?;
             let n = this.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
@@ -825,8 +791,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // stay, until the next leadership change records another.
             state.leaders.retain(|key, _| quorum.contains_key(key));
             state.quorum = quorum;
-            state.exclusive = snap.exclusive_bindings;
-            this.restore_exclusive_bindings(&state);
+            state.transient = Transient::from_commands(snap.transient);
+            this.restore_transient_in(&state);
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
             this.save(&state)
