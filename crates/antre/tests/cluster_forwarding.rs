@@ -18,7 +18,7 @@ use crate::harness;
 use std::time::Duration;
 
 use futures::StreamExt;
-use harness::{connect, TestCluster, SECRET};
+use harness::{connect, publish_confirmed, TestCluster, SECRET};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -1643,6 +1643,22 @@ fn escaped(name: &Value) -> String {
         .replace('>', "%3E")
 }
 
+/// Options of an exclusive queue.
+fn exclusive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    }
+}
+
+/// Options of a durable queue.
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
 /// Exclusive queues are not replicated, so a node cannot refuse a shared
 /// queue whose name another node's exclusive queue holds. That node used
 /// to refuse to apply the declaration, alone: once the exclusive queue
@@ -1658,14 +1674,7 @@ async fn a_shared_queue_declared_elsewhere_takes_an_exclusive_queues_name() {
     let n2 = connect(&c.nodes[1].amqp_uri()).await;
     let private = n2.create_channel().await.expect("channel");
     private
-        .queue_declare(
-            "replies",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("replies", exclusive(), FieldTable::default())
         .await
         .expect("exclusive declare");
     let mut held = consumer(&private, "replies", "held").await;
@@ -1674,14 +1683,7 @@ async fn a_shared_queue_declared_elsewhere_takes_an_exclusive_queues_name() {
     let other = connect(&c.nodes[1].amqp_uri()).await;
     let ch = other.create_channel().await.expect("channel");
     let refused = ch
-        .queue_declare(
-            "replies",
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("replies", durable(), FieldTable::default())
         .await
         .expect_err("a shared declare of an exclusive queue's name");
     assert!(refused.to_string().contains("RESOURCE_LOCKED"), "{refused}");
@@ -1711,19 +1713,8 @@ async fn a_shared_queue_declared_elsewhere_takes_an_exclusive_queues_name() {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
-    let confirm = pub_ch
-        .basic_publish(
-            "",
-            "replies",
-            BasicPublishOptions::default(),
-            b"through n2",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    assert!(confirm.is_ack());
+    let confirmed = publish_confirmed(&pub_ch, "replies", b"through n2", harness::WAIT).await;
+    assert_eq!(confirmed, Some(true));
     let got = ch1
         .basic_get("replies", BasicGetOptions { no_ack: true })
         .await
@@ -1759,14 +1750,7 @@ async fn a_queue_limit_counts_alike_on_every_node() {
     })
     .await;
     private
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("", exclusive(), FieldTable::default())
         .await
         .expect("exclusive declare");
     let n1 = connect(&c.nodes[0].amqp_uri()).await;
@@ -1781,28 +1765,14 @@ async fn a_queue_limit_counts_alike_on_every_node() {
     }
     // A third is over the limit on every node.
     let refused = ch
-        .queue_declare(
-            "third",
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("third", durable(), FieldTable::default())
         .await
         .expect_err("over the limit");
     assert!(refused.to_string().contains("queue limit"), "{refused}");
     // And on n2 an exclusive queue too (its own and the shared ones).
     let more = n2.create_channel().await.expect("channel");
     let refused = more
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("", exclusive(), FieldTable::default())
         .await
         .expect_err("over the limit");
     assert!(refused.to_string().contains("queue limit"), "{refused}");
@@ -1827,17 +1797,8 @@ async fn if_unused_and_if_empty_deletes_are_decided_by_the_owner() {
         .await
         .expect("confirm.select");
     for _ in 0..3 {
-        ch.basic_publish(
-            "",
-            "full",
-            BasicPublishOptions::default(),
-            b"kept",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
+        let confirmed = publish_confirmed(&ch, "full", b"kept", harness::WAIT).await;
+        assert_eq!(confirmed, Some(true));
     }
     let n2 = connect(&c.nodes[1].amqp_uri()).await;
     for (queue, options, why) in [
@@ -1891,27 +1852,11 @@ async fn if_unused_and_if_empty_deletes_are_decided_by_the_owner() {
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    ch.queue_declare(
-        "replicated",
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        quorum,
-    )
-    .await
-    .expect("declare quorum queue");
-    ch.basic_publish(
-        "",
-        "replicated",
-        BasicPublishOptions::default(),
-        b"kept",
-        BasicProperties::default().with_delivery_mode(2),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("confirm");
+    ch.queue_declare("replicated", durable(), quorum)
+        .await
+        .expect("declare quorum queue");
+    let confirmed = publish_confirmed(&ch, "replicated", b"kept", harness::WAIT).await;
+    assert_eq!(confirmed, Some(true));
     for (i, n) in [&n1, &n2].into_iter().enumerate() {
         let del = n.create_channel().await.expect("channel");
         let refused = del
@@ -2025,14 +1970,7 @@ async fn direct_reply_to_answers_a_requester_on_another_node() {
     // The same with a server-named exclusive reply queue (RabbitMQ's RPC
     // tutorial): its name names n2, and the reply is forwarded there.
     let own = client
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("", exclusive(), FieldTable::default())
         .await
         .expect("exclusive reply queue");
     let mut own_replies = consumer(&client, own.name().as_str(), "own").await;
@@ -2057,6 +1995,18 @@ async fn direct_reply_to_answers_a_requester_on_another_node() {
         matches!(answer(true).await, Confirmation::Ack(Some(_)))
     })
     .await;
+}
+
+/// Declares fanout exchange `logs`, transient, as RabbitMQ's tutorial.
+async fn declare_logs(ch: &Channel) {
+    ch.exchange_declare(
+        "logs",
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange.declare");
 }
 
 /// How many bindings have exchange `logs` as their source, as node `i`
@@ -2087,15 +2037,7 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
     for (i, name) in [(1, ""), (2, "spring.gen-pilots")] {
         let conn = connect(&c.nodes[i].amqp_uri()).await;
         let ch = conn.create_channel().await.expect("channel");
-        // Transient, as in the tutorial.
-        ch.exchange_declare(
-            "logs",
-            lapin::ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("exchange.declare");
+        declare_logs(&ch).await;
         let q = ch
             .queue_declare(
                 name,
@@ -2222,14 +2164,7 @@ async fn transient_exchanges_and_queues_outlive_another_nodes_restart() {
     c.until("the cluster to form", || formed(&c)).await;
     let n1 = connect(&c.nodes[0].amqp_uri()).await;
     let ch = n1.create_channel().await.expect("channel");
-    ch.exchange_declare(
-        "logs",
-        lapin::ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("exchange.declare");
+    declare_logs(&ch).await;
     ch.queue_declare(
         "hello",
         QueueDeclareOptions::default(),
