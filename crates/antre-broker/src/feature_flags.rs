@@ -35,12 +35,13 @@ pub struct FeatureFlag {
 /// RabbitMQ's flag of the same purpose has this name.
 pub const MAINTENANCE_MODE_STATUS: &str = "maintenance_mode_status";
 
-/// Forwarded publishes name how far their forwarding node applied the
-/// metadata (a data-link frame an older node cannot read, not a command).
-/// A queue's node that has not applied that far yet, and so does not know
-/// a queue just declared, waits until it has instead of answering that
-/// the queue does not exist, which the forwarding node took for
-/// "unroutable" and confirmed.
+/// Forwarded publishes and calls (consume, get, passive declare...) name
+/// how far their forwarding node applied the metadata (data-link frames
+/// an older node cannot read, not a command). A queue's node that has not
+/// applied that far yet, and so does not know a queue just declared,
+/// waits until it has instead of answering that the queue does not exist,
+/// which the forwarding node took for "unroutable" and confirmed (or, for
+/// a consume, gave the client as 404).
 pub const FORWARDED_METADATA_INDEX: &str = "forwarded_publish_metadata_index";
 
 /// Every flag this version knows, oldest first.
@@ -51,7 +52,7 @@ pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     },
     FeatureFlag {
         name: FORWARDED_METADATA_INDEX,
-        desc: "A forwarded publish waits on its queue's node until that node knows the queues the forwarding node knew",
+        desc: "A forwarded publish or call waits on its queue's node until that node knows the queues the forwarding node knew",
     },
 ];
 

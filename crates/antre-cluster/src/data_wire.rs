@@ -13,6 +13,8 @@
 //! frame   := u32 length-of-rest | u8 kind | fields
 //! publish := u8 1 | u64 batch | str vhost | items
 //!          | u8 6 | u64 applied | u64 batch | str vhost | items
+//! call    := u8 3 | u64 ch | u64 req | method
+//!          | u8 7 | u64 applied | u64 ch | u64 req | method
 //! str     := u32 length | UTF-8        bytes := u32 length | raw
 //! outputs := u32 count | count × (bytes method | u8 has-message | [bytes record])
 //! ```
@@ -64,6 +66,9 @@ pub enum DataFrame {
         req: u64,
         /// The method.
         method: Method,
+        /// As for [`DataFrame::Publish`]: how far the forwarding node had
+        /// applied the metadata, for a queue it may know first.
+        applied: Option<u64>,
     },
     /// Forwarding node → owner: close proxy channel `ch`.
     Close {
@@ -188,8 +193,19 @@ impl DataFrame {
                 put_str(&mut out, vhost);
                 put_str(&mut out, user);
             }
-            DataFrame::Call { ch, req, method } => {
-                out.put_u8(3);
+            DataFrame::Call {
+                ch,
+                req,
+                method,
+                applied,
+            } => {
+                match applied {
+                    None => out.put_u8(3),
+                    Some(index) => {
+                        out.put_u8(7);
+                        out.put_u64(*index);
+                    }
+                }
                 out.put_u64(*ch);
                 out.put_u64(*req);
                 put_method(&mut out, method);
@@ -267,11 +283,15 @@ impl DataFrame {
                 vhost: r.str()?,
                 user: r.str()?,
             },
-            3 => DataFrame::Call {
-                ch: r.u64()?,
-                req: r.u64()?,
-                method: r.method()?,
-            },
+            kind @ (3 | 7) => {
+                let applied = if kind == 7 { Some(r.u64()?) } else { None };
+                DataFrame::Call {
+                    ch: r.u64()?,
+                    req: r.u64()?,
+                    method: r.method()?,
+                    applied,
+                }
+            }
             4 => DataFrame::Close { ch: r.u64()? },
             5 => DataFrame::Credit {
                 ch: r.u64()?,
@@ -437,6 +457,25 @@ mod tests {
             routing_key: "k".into(),
         }
         .into();
+        for applied in [None, Some(42)] {
+            let frame = DataFrame::Call {
+                ch: 2,
+                req: 9,
+                method: deliver.clone(),
+                applied,
+            };
+            assert_eq!(frame.encode()[4], if applied.is_some() { 7 } else { 3 });
+            let DataFrame::Call {
+                ch: 2,
+                req: 9,
+                applied: back,
+                ..
+            } = round_trip(&frame)
+            else {
+                panic!("kind")
+            };
+            assert_eq!(back, applied);
+        }
         let DataFrame::Push { ch, out } = round_trip(&DataFrame::Push {
             ch: 9,
             out: vec![

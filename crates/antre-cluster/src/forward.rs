@@ -147,6 +147,14 @@ impl Forwarder {
         })
     }
 
+    /// Whether every member reads the metadata index in forwarded frames
+    /// (feature flag `forwarded_publish_metadata_index`).
+    fn metadata_index_flagged(&self) -> bool {
+        self.broker.upgrade().is_some_and(|b| {
+            b.feature_flag_enabled(antre_broker::feature_flags::FORWARDED_METADATA_INDEX)
+        })
+    }
+
     /// How far this node applied the metadata log (what its data link's
     /// owner side waits on).
     pub(crate) fn progress(&self) -> Arc<MetaProgress> {
@@ -470,14 +478,11 @@ impl RemoteQueues for Forwarder {
         }
         // Read after routing: at least the entry that showed this node
         // the queues.
-        let flagged = self.broker.upgrade().is_some_and(|b| {
-            b.feature_flag_enabled(antre_broker::feature_flags::FORWARDED_METADATA_INDEX)
-        });
         let frame = DataFrame::Publish {
             batch: id,
             vhost: vhost.to_owned(),
             items: batch.into_iter().map(|p| (p.queues, p.message)).collect(),
-            applied: flagged.then(|| self.progress.seen()),
+            applied: self.metadata_index_flagged().then(|| self.progress.seen()),
         };
         if !link.send(&frame) {
             link.fail("the link was closed");
@@ -511,6 +516,9 @@ impl RemoteQueues for Forwarder {
             next_req: AtomicU64::new(1),
             timeout: self.link.config.change_timeout,
             untaken: AtomicU64::new(0),
+            applied: self
+                .metadata_index_flagged()
+                .then(|| Arc::clone(&self.progress)),
         });
         *handle.this.lock() = Arc::downgrade(&handle);
         let registered = {
@@ -548,6 +556,9 @@ struct ProxyHandle {
     timeout: Duration,
     /// Delivery bytes the session took and the owner was not told of.
     untaken: AtomicU64,
+    /// How far this node applied the metadata, named in each call (once
+    /// the cluster enabled the flag for it when the channel opened).
+    applied: Option<Arc<MetaProgress>>,
 }
 
 impl std::fmt::Debug for ProxyHandle {
@@ -650,6 +661,7 @@ impl RemoteChannel for ProxyHandle {
             ch: self.ch,
             req,
             method,
+            applied: self.applied.as_ref().map(|p| p.seen()),
         });
         let result = if sent {
             self.wait(rx)
@@ -675,6 +687,7 @@ impl RemoteChannel for ProxyHandle {
                 ch: self.ch,
                 req: 0,
                 method,
+                applied: None,
             });
         }
     }
@@ -855,14 +868,20 @@ pub async fn serve<S>(
             // unroutable, and confirmed. Later frames of this link wait
             // too, which keeps its order.
             if progress.done() < *index && owner.misses(vhost, items) {
-                let deadline = tokio::time::Instant::now() + wait;
-                if !progress.reached(*index, deadline).await {
-                    tracing::warn!(
-                        peer,
-                        index,
-                        "a forwarded publish names metadata this node has not applied yet"
-                    );
-                }
+                catch_up(&progress, *index, wait, &peer).await;
+            }
+        }
+        if let Event::Frame(DataFrame::Call {
+            ch,
+            method,
+            applied: Some(index),
+            ..
+        }) = &event
+        {
+            // A consume, get or passive declare of a queue declared a
+            // moment ago: answered once this node knows it, not with 404.
+            if progress.done() < *index && owner.call_misses(*ch, method) {
+                catch_up(&progress, *index, wait, &peer).await;
             }
         }
         owner.on_event(event);
@@ -879,6 +898,19 @@ pub async fn serve<S>(
             let queue = Arc::clone(&d.queue);
             queue.return_undelivered(d);
         }
+    }
+}
+
+/// Waits (up to `wait`) until this node applied the metadata entry at
+/// `index`, which a forwarded frame from `peer` names.
+async fn catch_up(progress: &MetaProgress, index: u64, wait: Duration, peer: &str) {
+    let deadline = tokio::time::Instant::now() + wait;
+    if !progress.reached(index, deadline).await {
+        tracing::warn!(
+            peer,
+            index,
+            "a forwarded frame names metadata this node has not applied yet"
+        );
     }
 }
 
@@ -908,6 +940,20 @@ impl Owner {
             .iter()
             .flat_map(|(queues, _)| queues)
             .any(|q| !v.has_queue(q))
+    }
+
+    /// Whether a call on proxy channel `ch` names a queue this node lacks.
+    fn call_misses(&self, ch: u64, method: &Method) -> bool {
+        let queue = match method {
+            Method::BasicConsume(m) => &m.queue,
+            Method::BasicGet(m) => &m.queue,
+            Method::QueueDeclare(m) => &m.queue,
+            Method::QueuePurge(m) => &m.queue,
+            _ => return false,
+        };
+        self.channels
+            .get(&ch)
+            .is_some_and(|c| !c.vhost().has_queue(queue))
     }
 
     fn send(&self, frame: &DataFrame) {
@@ -994,7 +1040,9 @@ impl Owner {
                 ..
             } => self.publish(batch, &vhost, items),
             DataFrame::Open { ch, vhost, user } => self.open(ch, &vhost, &user),
-            DataFrame::Call { ch, req, method } => self.call(ch, req, method),
+            DataFrame::Call {
+                ch, req, method, ..
+            } => self.call(ch, req, method),
             DataFrame::Close { ch } => self.close(ch),
             DataFrame::Credit { ch, bytes } => {
                 let starved = self.windows.get(&ch).is_some_and(|w| w.credit(bytes));
@@ -1152,7 +1200,13 @@ mod tests {
         }
 
         async fn call(&mut self, req: u64, method: Method) -> Vec<Outgoing> {
-            self.send(DataFrame::Call { ch: 1, req, method }).await;
+            self.send(DataFrame::Call {
+                ch: 1,
+                req,
+                method,
+                applied: None,
+            })
+            .await;
             loop {
                 if let DataFrame::Reply { req: r, result } = self.next().await {
                     assert_eq!(r, req);
@@ -1328,5 +1382,78 @@ mod tests {
         };
         assert_eq!(results, [RemoteResult::Accepted]);
         assert_eq!(v.queue_info("q").unwrap().counts().ready, 1);
+    }
+
+    /// The same for a call: a consume (or get, purge, passive declare) of
+    /// a queue declared a moment ago, through a node that applied the
+    /// declare first, got 404 from an owner that had not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_naming_metadata_not_applied_here_waits_for_it() {
+        let broker = Arc::new(Broker::new());
+        let progress = Arc::new(MetaProgress::new(3));
+        let (here, there) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve(
+            there,
+            "n9".into(),
+            Arc::downgrade(&broker),
+            Arc::clone(&progress),
+            Duration::from_secs(30),
+        ));
+        let mut f = Forwarding { stream: here };
+        f.send(DataFrame::Open {
+            ch: 1,
+            vhost: "/".into(),
+            user: "guest".into(),
+        })
+        .await;
+        let passive = QueueDeclare {
+            ticket: 0,
+            queue: "q".into(),
+            passive: true,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: Default::default(),
+        };
+        f.send(DataFrame::Call {
+            ch: 1,
+            req: 1,
+            method: passive.into(),
+            applied: Some(4),
+        })
+        .await;
+        let unanswered =
+            tokio::time::timeout(Duration::from_millis(200), read_data_frame(&mut f.stream)).await;
+        assert!(
+            unanswered.is_err(),
+            "answered before the declare was applied"
+        );
+        broker
+            .vhost("/")
+            .unwrap()
+            .declare_queue(
+                antre_broker::vhost::QueueDeclaration {
+                    name: "q".into(),
+                    durable: false,
+                    exclusive: false,
+                    auto_delete: false,
+                    arguments: Default::default(),
+                },
+                false,
+                0,
+            )
+            .unwrap();
+        progress.applied(4);
+        loop {
+            if let DataFrame::Reply { req: 1, result } = f.next().await {
+                let out = result.expect("the passive declare succeeds");
+                assert!(matches!(
+                    &out[..],
+                    [Outgoing::Method(Method::QueueDeclareOk(ok))] if ok.queue == "q"
+                ));
+                return;
+            }
+        }
     }
 }

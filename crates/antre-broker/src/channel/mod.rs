@@ -253,6 +253,11 @@ impl Channel {
         self.ctx.connection
     }
 
+    /// The vhost the channel works in.
+    pub fn vhost(&self) -> &Arc<Vhost> {
+        &self.ctx.vhost
+    }
+
     /// Messages delivered on this channel and not yet settled.
     pub fn unacked_count(&self) -> usize {
         self.unacked.len()
