@@ -856,32 +856,14 @@ pub async fn serve<S>(
         if owner.out.is_closed() {
             break;
         }
-        if let Event::Frame(DataFrame::Publish {
-            vhost,
-            items,
-            applied: Some(index),
-            ..
-        }) = &event
-        {
-            // A queue declared a moment ago may be known to the forwarding
-            // node and not yet here: "no such queue" would be taken for
-            // unroutable, and confirmed. Later frames of this link wait
-            // too, which keeps its order.
-            if progress.done() < *index && owner.misses(vhost, items) {
-                catch_up(&progress, *index, wait, &peer).await;
-            }
-        }
-        if let Event::Frame(DataFrame::Call {
-            ch,
-            method,
-            applied: Some(index),
-            ..
-        }) = &event
-        {
-            // A consume, get or passive declare of a queue declared a
-            // moment ago: answered once this node knows it, not with 404.
-            if progress.done() < *index && owner.call_misses(*ch, method) {
-                catch_up(&progress, *index, wait, &peer).await;
+        // A queue declared a moment ago may be known to the forwarding
+        // node and not yet here: "no such queue" would be taken for
+        // unroutable, and confirmed (for a consume, get or passive
+        // declare, answered 404). Later frames of this link wait too,
+        // which keeps its order.
+        if let Event::Frame(frame) = &event {
+            if let Some(index) = owner.behind(frame, progress.done()) {
+                catch_up(&progress, index, wait, &peer).await;
             }
         }
         owner.on_event(event);
@@ -930,6 +912,27 @@ struct Owner {
 }
 
 impl Owner {
+    /// The metadata entry `frame` names, if this node has applied only up
+    /// to `done` and lacks a queue (or the vhost) the frame names.
+    fn behind(&self, frame: &DataFrame, done: u64) -> Option<u64> {
+        let (index, misses) = match frame {
+            DataFrame::Publish {
+                vhost,
+                items,
+                applied: Some(index),
+                ..
+            } if done < *index => (*index, self.misses(vhost, items)),
+            DataFrame::Call {
+                ch,
+                method,
+                applied: Some(index),
+                ..
+            } if done < *index => (*index, self.call_misses(*ch, method)),
+            _ => return None,
+        };
+        misses.then_some(index)
+    }
+
     /// Whether this node lacks the vhost or one of the queues that
     /// forwarded messages name.
     fn misses(&self, vhost: &str, items: &[(Vec<String>, Arc<Message>)]) -> bool {
@@ -1191,6 +1194,16 @@ mod tests {
             self.stream.write_all(&frame.encode()).await.unwrap();
         }
 
+        /// Asserts that the owner sends nothing for a while.
+        async fn silent(&mut self, why: &str) {
+            let sent = tokio::time::timeout(
+                Duration::from_millis(200),
+                read_data_frame(&mut self.stream),
+            )
+            .await;
+            assert!(sent.is_err(), "{why}");
+        }
+
         /// The next frame the owner sends, within a few seconds.
         async fn next(&mut self) -> DataFrame {
             tokio::time::timeout(Duration::from_secs(5), read_data_frame(&mut self.stream))
@@ -1311,15 +1324,17 @@ mod tests {
         }
     }
 
-    /// A forwarded publish to a queue declared a moment ago reached its
-    /// owner before the owner applied the declare: it answered "no such
-    /// queue", which the forwarding node took for unroutable and confirmed
-    /// (a message lost, found by `publishes_right_after_a_quorum_declare_are_all_kept`).
-    /// An owner behind the index the publish names now waits for it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_publish_naming_metadata_not_applied_here_waits_for_it() {
+    /// An owner's side of a data link whose node applied the metadata up
+    /// to entry `index`, and the forwarding side driving it.
+    fn owner_at(
+        index: u64,
+    ) -> (
+        Arc<Broker>,
+        Arc<MetaProgress>,
+        Forwarding<tokio::io::DuplexStream>,
+    ) {
         let broker = Arc::new(Broker::new());
-        let progress = Arc::new(MetaProgress::new(3));
+        let progress = Arc::new(MetaProgress::new(index));
         let (here, there) = tokio::io::duplex(1 << 20);
         tokio::spawn(serve(
             there,
@@ -1328,7 +1343,36 @@ mod tests {
             Arc::clone(&progress),
             Duration::from_secs(30),
         ));
-        let mut f = Forwarding { stream: here };
+        (broker, progress, Forwarding { stream: here })
+    }
+
+    /// Declares queue `q` in `/`, as the metadata entry the tests wait for
+    /// does; the vhost.
+    fn declare_q(broker: &Broker) -> Arc<antre_broker::vhost::Vhost> {
+        let v = broker.vhost("/").unwrap();
+        v.declare_queue(
+            antre_broker::vhost::QueueDeclaration {
+                name: "q".into(),
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                arguments: Default::default(),
+            },
+            false,
+            0,
+        )
+        .unwrap();
+        v
+    }
+
+    /// A forwarded publish to a queue declared a moment ago reached its
+    /// owner before the owner applied the declare: it answered "no such
+    /// queue", which the forwarding node took for unroutable and confirmed
+    /// (a message lost, found by `publishes_right_after_a_quorum_declare_are_all_kept`).
+    /// An owner behind the index the publish names now waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_naming_metadata_not_applied_here_waits_for_it() {
+        let (broker, progress, mut f) = owner_at(3);
         let message = |body: &'static [u8]| {
             Arc::new(Message::new(
                 String::new(),
@@ -1357,25 +1401,8 @@ mod tests {
             applied: Some(4),
         })
         .await;
-        let unanswered =
-            tokio::time::timeout(Duration::from_millis(200), read_data_frame(&mut f.stream)).await;
-        assert!(
-            unanswered.is_err(),
-            "answered before the declare was applied"
-        );
-        let v = broker.vhost("/").unwrap();
-        v.declare_queue(
-            antre_broker::vhost::QueueDeclaration {
-                name: "q".into(),
-                durable: false,
-                exclusive: false,
-                auto_delete: false,
-                arguments: Default::default(),
-            },
-            false,
-            0,
-        )
-        .unwrap();
+        f.silent("answered before the declare was applied").await;
+        let v = declare_q(&broker);
         progress.applied(4);
         let DataFrame::Published { batch: 2, results } = f.next().await else {
             panic!("not the second batch's answer")
@@ -1389,17 +1416,7 @@ mod tests {
     /// declare first, got 404 from an owner that had not.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_naming_metadata_not_applied_here_waits_for_it() {
-        let broker = Arc::new(Broker::new());
-        let progress = Arc::new(MetaProgress::new(3));
-        let (here, there) = tokio::io::duplex(1 << 20);
-        tokio::spawn(serve(
-            there,
-            "n9".into(),
-            Arc::downgrade(&broker),
-            Arc::clone(&progress),
-            Duration::from_secs(30),
-        ));
-        let mut f = Forwarding { stream: here };
+        let (broker, progress, mut f) = owner_at(3);
         f.send(DataFrame::Open {
             ch: 1,
             vhost: "/".into(),
@@ -1423,27 +1440,8 @@ mod tests {
             applied: Some(4),
         })
         .await;
-        let unanswered =
-            tokio::time::timeout(Duration::from_millis(200), read_data_frame(&mut f.stream)).await;
-        assert!(
-            unanswered.is_err(),
-            "answered before the declare was applied"
-        );
-        broker
-            .vhost("/")
-            .unwrap()
-            .declare_queue(
-                antre_broker::vhost::QueueDeclaration {
-                    name: "q".into(),
-                    durable: false,
-                    exclusive: false,
-                    auto_delete: false,
-                    arguments: Default::default(),
-                },
-                false,
-                0,
-            )
-            .unwrap();
+        f.silent("answered before the declare was applied").await;
+        declare_q(&broker);
         progress.applied(4);
         loop {
             if let DataFrame::Reply { req: 1, result } = f.next().await {

@@ -471,16 +471,7 @@ impl StateMachine {
             MetaCommand::DeleteVhost { name } => Some(name.clone()),
             _ => None,
         };
-        let for_transient = matches!(
-            &command,
-            MetaCommand::DeclareExchange { durable: false, .. }
-                | MetaCommand::DeclareQueue { durable: false, .. }
-                | MetaCommand::Binding { .. }
-                | MetaCommand::DeleteExchange { .. }
-                | MetaCommand::DeleteQueue { .. }
-                | MetaCommand::DeleteVhost { .. }
-        )
-        .then(|| command.clone());
+        let for_transient = Transient::concerns(&command).then(|| command.clone());
         let hooks: Vec<AppliedHook> = self.hooks.lock().clone();
         let for_hooks = (!hooks.is_empty()).then(|| command.clone());
         let result = self.broker.apply_meta(command);

@@ -34,6 +34,20 @@ impl Transient {
         &self.0
     }
 
+    /// Whether `command` may change the record (the state machine keeps a
+    /// copy of those only, for [`Transient::applied`]).
+    pub fn concerns(command: &MetaCommand) -> bool {
+        matches!(
+            command,
+            MetaCommand::DeclareExchange { durable: false, .. }
+                | MetaCommand::DeclareQueue { durable: false, .. }
+                | MetaCommand::Binding { .. }
+                | MetaCommand::DeleteExchange { .. }
+                | MetaCommand::DeleteQueue { .. }
+                | MetaCommand::DeleteVhost { .. }
+        )
+    }
+
     /// Takes in a change this node applied: `ok` if the broker took it,
     /// `new_queue` if it declared a queue the metadata did not have.
     pub fn applied(&mut self, command: &MetaCommand, ok: bool, new_queue: bool) {

@@ -294,18 +294,10 @@ impl Channel {
                 },
                 None => self.ctx.vhost.queue_info(&queue).map(|q| q.counts()),
             };
-            if let (true, Some(counts)) = (conditional, counts) {
-                let queue_ref = crate::error::queue_ref(&self.ctx.vhost.name, &queue);
-                if m.if_unused && counts.consumers > 0 {
-                    return Err(BrokerError::PreconditionFailed(format!(
-                        "{queue_ref} in use"
-                    )));
-                }
-                if m.if_empty && counts.ready > 0 {
-                    return Err(BrokerError::PreconditionFailed(format!(
-                        "{queue_ref} not empty"
-                    )));
-                }
+            if let (true, Some(counts)) = (conditional, &counts) {
+                self.ctx
+                    .vhost
+                    .check_delete(&queue, counts, m.if_unused, m.if_empty)?;
             }
             let owner_count = counts.map(|c| c.ready);
             let outcome = log.propose(MetaCommand::DeleteQueue {

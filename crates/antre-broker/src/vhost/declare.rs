@@ -358,15 +358,14 @@ impl Vhost {
     /// refused it, this node alone lacked the shared queue for good, and
     /// what its clients published to it was unroutable. The exclusive
     /// queue's consumers are cancelled, as when a queue is deleted.
-    /// Returns whether there was one.
-    pub(crate) fn evict_exclusive(&self, name: &str) -> bool {
+    pub(crate) fn evict_exclusive(&self, name: &str) {
         let mut topo = self.topology.write();
         let exclusive = topo
             .queues
             .get(name)
             .is_some_and(|q| q.options.exclusive_owner.is_some());
         if !exclusive {
-            return false;
+            return;
         }
         if let Some(q) = topo.remove_queue(name) {
             q.delete();
@@ -376,7 +375,6 @@ impl Vhost {
             queue = name,
             "a shared queue declared on another cluster node takes the name of this node's exclusive queue: the exclusive queue is deleted"
         );
-        true
     }
 
     /// Tells the cluster (if any) of a queue or stream created here, before
@@ -418,8 +416,7 @@ impl Vhost {
     /// the default exchange reach exactly one channel, and a reply that
     /// arrives after the requester left is unroutable.
     pub fn declare_reply_queue(&self, conn: ConnectionId) -> Result<Arc<Queue>, BrokerError> {
-        let node = self.metadata.get().map(|m| m.node_name().to_owned());
-        let name = super::reply_to_name(node.as_deref());
+        let name = super::reply_to_name(self.metadata.get().map(|m| m.node_name()));
         let options = QueueOptions {
             durable: false,
             exclusive_owner: Some(conn),
@@ -458,7 +455,26 @@ impl Vhost {
             return Ok(0);
         };
         check_exclusive(q, conn)?;
-        let counts = q.counts();
+        self.check_delete(name, &q.counts(), if_unused, if_empty)?;
+        let removed = topo.remove_queue(name);
+        let n = removed.as_ref().map_or(0, |q| q.delete());
+        self.save(&mut topo)?;
+        drop(topo);
+        if removed.is_some_and(|q| q.options.exclusive_owner.is_some()) {
+            self.unannounce(name);
+        }
+        Ok(n)
+    }
+
+    /// queue.delete's if-unused and if-empty against the queue's `counts`
+    /// (its owner's, in a cluster).
+    pub(crate) fn check_delete(
+        &self,
+        name: &str,
+        counts: &QueueCounts,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<(), BrokerError> {
         if if_unused && counts.consumers > 0 {
             return Err(BrokerError::PreconditionFailed(format!(
                 "{} in use",
@@ -473,14 +489,7 @@ impl Vhost {
                 queue_ref(&self.name, name)
             )));
         }
-        let removed = topo.remove_queue(name);
-        let n = removed.as_ref().map_or(0, |q| q.delete());
-        self.save(&mut topo)?;
-        drop(topo);
-        if removed.is_some_and(|q| q.options.exclusive_owner.is_some()) {
-            self.unannounce(name);
-        }
-        Ok(n)
+        Ok(())
     }
 
     /// Removes a queue whose last consumer left, if it is still auto-delete

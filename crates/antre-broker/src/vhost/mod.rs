@@ -573,8 +573,6 @@ pub struct QuorumInfo {
     pub leader_term: u64,
 }
 
-/// A server-generated name: `prefix` then 22 URL-safe base64 characters, the
-/// shape RabbitMQ uses for `amq.gen-` queues and `amq.ctag-` consumer tags.
 /// Server-named queues' prefix.
 pub(crate) const GENERATED: &str = "amq.gen-";
 
@@ -646,6 +644,8 @@ pub(crate) fn reply_to_node(name: &str) -> Option<String> {
     node_of(name.strip_prefix(REPLY_TO)?.strip_prefix('.')?)
 }
 
+/// A server-generated name: `prefix` then 22 URL-safe base64 characters, the
+/// shape RabbitMQ uses for `amq.gen-` queues and `amq.ctag-` consumer tags.
 pub fn generated_name(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = rand::thread_rng();

@@ -441,13 +441,13 @@ impl Topology {
         }
     }
 
-    /// Drops every binding to `dest` (which is gone, and was durable or
-    /// not), then auto-deletes exchanges left with no bindings.
     /// Whether some exchange is bound to `dest`.
     pub(super) fn is_destination(&self, dest: &Destination) -> bool {
         self.sources.get(dest).is_some_and(|s| !s.is_empty())
     }
 
+    /// Drops every binding to `dest` (which is gone, and was durable or
+    /// not), then auto-deletes exchanges left with no bindings.
     pub(super) fn remove_bindings_to(&mut self, dest: &Destination, dest_durable: bool) {
         let Some(sources) = self.sources.remove(dest) else {
             return;
