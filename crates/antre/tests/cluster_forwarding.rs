@@ -1945,23 +1945,7 @@ async fn direct_reply_to_answers_a_requester_on_another_node() {
     let answer = |mandatory: bool| {
         let server = server.clone();
         let address = address.clone();
-        async move {
-            server
-                .basic_publish(
-                    "",
-                    address.as_str(),
-                    BasicPublishOptions {
-                        mandatory,
-                        ..Default::default()
-                    },
-                    b"4",
-                    BasicProperties::default(),
-                )
-                .await
-                .expect("reply")
-                .await
-                .expect("confirm")
-        }
+        async move { publish_for_confirm(&server, "", address.as_str(), b"4", mandatory).await }
     };
     assert!(matches!(answer(false).await, Confirmation::Ack(None)));
     let reply = next(&mut replies).await;
@@ -1974,18 +1958,7 @@ async fn direct_reply_to_answers_a_requester_on_another_node() {
         .await
         .expect("exclusive reply queue");
     let mut own_replies = consumer(&client, own.name().as_str(), "own").await;
-    let confirm = server
-        .basic_publish(
-            "",
-            own.name().as_str(),
-            BasicPublishOptions::default(),
-            b"5",
-            BasicProperties::default(),
-        )
-        .await
-        .expect("reply")
-        .await
-        .expect("confirm");
+    let confirm = publish_for_confirm(&server, "", own.name().as_str(), b"5", false).await;
     assert!(matches!(confirm, Confirmation::Ack(None)));
     assert_eq!(&next(&mut own_replies).await.data[..], b"5");
 
@@ -2140,11 +2113,26 @@ async fn confirming(c: &TestCluster, i: usize) -> (Connection, Channel) {
 
 /// Publishes `body` to exchange `logs`; its confirm.
 async fn publish_logs(ch: &Channel, body: &str) -> lapin::publisher_confirm::Confirmation {
+    publish_for_confirm(ch, "logs", "", body.as_bytes(), false).await
+}
+
+/// Publishes `body` (transient) on a confirming channel; its confirm
+/// (an ack carries the message back if it was returned).
+async fn publish_for_confirm(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    mandatory: bool,
+) -> lapin::publisher_confirm::Confirmation {
     ch.basic_publish(
-        "logs",
-        "",
-        BasicPublishOptions::default(),
-        body.as_bytes(),
+        exchange,
+        key,
+        BasicPublishOptions {
+            mandatory,
+            ..Default::default()
+        },
+        body,
         BasicProperties::default(),
     )
     .await
@@ -2193,21 +2181,7 @@ async fn transient_exchanges_and_queues_outlive_another_nodes_restart() {
     assert_eq!(bindings(&c, 1).await, 1);
     let (_conn, through) = confirming(&c, 1).await;
     for (exchange, key) in [("logs", ""), ("", "hello")] {
-        let confirm = through
-            .basic_publish(
-                exchange,
-                key,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                b"still here",
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+        let confirm = publish_for_confirm(&through, exchange, key, b"still here", true).await;
         // Not returned: routed, and the owner has it.
         assert!(
             matches!(confirm, lapin::publisher_confirm::Confirmation::Ack(None)),
