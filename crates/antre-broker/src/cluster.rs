@@ -321,6 +321,24 @@ pub enum MetaCommand {
         /// Add (else remove).
         add: bool,
     },
+    /// A client-named exclusive queue: `node` holds it (`held`), or no
+    /// longer does. Exclusive queues are node-local, but their names are
+    /// the cluster's, as in RabbitMQ: every node knows which node holds
+    /// one, so a publish by name reaches it from any node and a second
+    /// declare of the name elsewhere is refused (405). Server-named ones
+    /// need none of it: their names name their node
+    /// ([`crate::vhost::exclusive_name`]).
+    ExclusiveQueue {
+        /// The vhost.
+        vhost: String,
+        /// The queue.
+        name: String,
+        /// The node whose connection declared it.
+        node: String,
+        /// Declared (else gone: applied only if `node` still holds it, so
+        /// a late release never undoes a later declare).
+        held: bool,
+    },
     /// queue.bind / exchange.bind (`unbind`: the unbind of each).
     Binding {
         /// Unbind rather than bind.
@@ -870,6 +888,20 @@ impl Broker {
                 self.apply_queue_member(&vhost, &name, &node, add)?;
                 MetaOutcome::Done
             }
+            C::ExclusiveQueue {
+                vhost,
+                name,
+                node,
+                held,
+            } => {
+                let v = self.vhost_or_404(&vhost)?;
+                if held {
+                    v.hold_exclusive(&name, &node)?;
+                } else {
+                    v.release_exclusive(&name, &node);
+                }
+                MetaOutcome::Done
+            }
             C::DeleteQueue {
                 vhost,
                 name,
@@ -932,6 +964,7 @@ impl Broker {
     ) -> Result<MetaOutcome, MetaError> {
         let v = self.vhost_or_404(vhost)?;
         v.evict_exclusive(&name);
+        v.forget_exclusive(&name);
         let new = !v.has_queue(&name);
         let declaration = QueueDeclaration {
             name: name.clone(),

@@ -44,6 +44,12 @@ pub const MAINTENANCE_MODE_STATUS: &str = "maintenance_mode_status";
 /// a consume, gave the client as 404).
 pub const FORWARDED_METADATA_INDEX: &str = "forwarded_publish_metadata_index";
 
+/// Client-named exclusive queues recorded in the metadata
+/// ([`MetaCommand::ExclusiveQueue`]): their names are the cluster's, so a
+/// publish by name reaches one from any node and a second declare of the
+/// name on another node is refused, as in RabbitMQ.
+pub const EXCLUSIVE_QUEUE_NAMES: &str = "cluster_wide_exclusive_queue_names";
+
 /// Every flag this version knows, oldest first.
 pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
@@ -53,6 +59,10 @@ pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
         name: FORWARDED_METADATA_INDEX,
         desc: "A forwarded publish or call waits on its queue's node until that node knows the queues the forwarding node knew",
+    },
+    FeatureFlag {
+        name: EXCLUSIVE_QUEUE_NAMES,
+        desc: "Client-named exclusive queues are known to every node: reached by name from any node, their names refused elsewhere",
     },
 ];
 
@@ -65,6 +75,7 @@ impl MetaCommand {
         use MetaCommand as C;
         match self {
             C::SetDrained { .. } => Some(MAINTENANCE_MODE_STATUS),
+            C::ExclusiveQueue { .. } => Some(EXCLUSIVE_QUEUE_NAMES),
             C::PutUser { .. }
             | C::DeleteUser { .. }
             | C::CreateVhost { .. }

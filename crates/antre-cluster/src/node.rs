@@ -387,6 +387,11 @@ impl Cluster {
         // bindings to other nodes' exclusive queues route there only once
         // the broker knows it is a cluster node).
         restorer.restore_transient();
+        // This node's exclusive queues went with its restart: their names
+        // are free again on every node.
+        for release in restorer.released_by_restart() {
+            node.propose_later(release);
+        }
         tracing::info!(
             node = config.node_name,
             listen = %config.listen,

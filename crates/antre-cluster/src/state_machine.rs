@@ -282,6 +282,15 @@ impl StateMachine {
         self.restore_transient_in(&state);
     }
 
+    /// The releases of the exclusive queues this node held before its
+    /// restart (see [`crate::transient::Transient::released_by_restart`]).
+    pub(crate) fn released_by_restart(&self) -> Vec<MetaCommand> {
+        self.state
+            .lock()
+            .transient
+            .released_by_restart(&self.node_name)
+    }
+
     fn restore_transient_in(&self, state: &State) {
         for command in state.transient.to_restore(&self.node_name) {
             if let Err(e) = self.broker.apply_meta(command.clone()) {

@@ -1,7 +1,7 @@
 //! What the metadata log declared that a broker keeps in memory only:
 //! transient (non-durable) exchanges and queues, the bindings that involve
-//! them, and the bindings of exclusive queues (which name the queue's
-//! node). The broker writes only durable definitions to disk, and a node
+//! them, the bindings of exclusive queues (which name the queue's node)
+//! and which node holds each client-named exclusive queue. The broker writes only durable definitions to disk, and a node
 //! does not apply again the entries it applied before a restart: without
 //! this record, a node that restarted (a rolling restart) lacked every
 //! transient exchange and queue the others still had (pika's tutorials
@@ -40,8 +40,9 @@ impl Transient {
         matches!(
             command,
             MetaCommand::DeclareExchange { durable: false, .. }
-                | MetaCommand::DeclareQueue { durable: false, .. }
+                | MetaCommand::DeclareQueue { .. }
                 | MetaCommand::Binding { .. }
+                | MetaCommand::ExclusiveQueue { .. }
                 | MetaCommand::DeleteExchange { .. }
                 | MetaCommand::DeleteQueue { .. }
                 | MetaCommand::DeleteVhost { .. }
@@ -63,7 +64,45 @@ impl Transient {
                 durable: false,
                 ..
             } if !self.exchange(vhost, name) => self.0.push(command.clone()),
-            C::DeclareQueue { durable: false, .. } if new_queue => self.0.push(command.clone()),
+            C::ExclusiveQueue {
+                vhost,
+                name,
+                node,
+                held,
+            } => {
+                let previous = self.0.iter().find_map(|c| match c {
+                    C::ExclusiveQueue { node: at, .. }
+                        if is_exclusive_record(c, vhost, name, None) =>
+                    {
+                        Some(at.clone())
+                    }
+                    _ => None,
+                });
+                // Released, or taken by another node: the bindings to the
+                // holder's queue went on every node.
+                let gone = if *held {
+                    previous.filter(|p| p != node)
+                } else {
+                    previous.filter(|p| p == node)
+                };
+                if let Some(holder) = gone {
+                    self.0.retain(|c| {
+                        !is_exclusive_record(c, vhost, name, None)
+                            && !is_binding_to(c, vhost, name, Some(&holder))
+                    });
+                }
+                if *held && !self.0.iter().any(|c| c == command) {
+                    self.0.push(command.clone());
+                }
+            }
+            C::DeclareQueue { vhost, name, .. } => {
+                // A shared queue took the name of any exclusive one.
+                self.0
+                    .retain(|c| !is_exclusive_record(c, vhost, name, None));
+                if matches!(command, C::DeclareQueue { durable: false, .. }) && new_queue {
+                    self.0.push(command.clone());
+                }
+            }
             C::Binding {
                 vhost,
                 source,
@@ -97,12 +136,8 @@ impl Transient {
                 C::DeclareQueue {
                     vhost: v, name: n, ..
                 } => !(v == vhost && n == name),
-                C::Binding {
-                    vhost: v,
-                    destination,
-                    to_exchange,
-                    ..
-                } => !(v == vhost && !*to_exchange && destination == name),
+                C::Binding { .. } => !is_binding_to(c, vhost, name, None),
+                C::ExclusiveQueue { .. } => !is_exclusive_record(c, vhost, name, None),
                 _ => true,
             }),
             C::DeleteVhost { name } => self.0.retain(|c| vhost_of(c) != Some(name.as_str())),
@@ -116,6 +151,7 @@ impl Transient {
     pub fn to_restore<'a>(&'a self, me: &'a str) -> impl Iterator<Item = &'a MetaCommand> + 'a {
         self.0.iter().filter(move |c| match c {
             MetaCommand::DeclareQueue { owner, .. } => owner != me,
+            MetaCommand::ExclusiveQueue { node, .. } => node != me,
             MetaCommand::Binding { node: Some(n), .. } => n != me,
             MetaCommand::Binding {
                 vhost,
@@ -128,6 +164,29 @@ impl Transient {
             }),
             _ => true,
         })
+    }
+
+    /// The releases of the client-named exclusive queues node `me` held
+    /// before it restarted (they went with the restart): proposed by `me`
+    /// so that no node keeps their names or routes to them.
+    pub fn released_by_restart(&self, me: &str) -> Vec<MetaCommand> {
+        self.0
+            .iter()
+            .filter_map(|c| match c {
+                MetaCommand::ExclusiveQueue {
+                    vhost,
+                    name,
+                    node,
+                    held: true,
+                } if node == me => Some(MetaCommand::ExclusiveQueue {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                    node: node.clone(),
+                    held: false,
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Records a bind, or forgets what an unbind undoes.
@@ -160,9 +219,24 @@ fn vhost_of(command: &MetaCommand) -> Option<&str> {
     match command {
         MetaCommand::DeclareExchange { vhost, .. }
         | MetaCommand::DeclareQueue { vhost, .. }
+        | MetaCommand::ExclusiveQueue { vhost, .. }
         | MetaCommand::Binding { vhost, .. } => Some(vhost),
         _ => None,
     }
+}
+
+/// Whether `c` records the exclusive queue `name` of `vhost` (held by
+/// `node`, if given).
+fn is_exclusive_record(c: &MetaCommand, vhost: &str, name: &str, node: Option<&str>) -> bool {
+    matches!(c, MetaCommand::ExclusiveQueue { vhost: v, name: n, node: at, .. }
+        if v == vhost && n == name && node.is_none_or(|node| at == node))
+}
+
+/// Whether `c` is a binding to the queue `name` of `vhost` (naming `node`
+/// as the queue's, if given).
+fn is_binding_to(c: &MetaCommand, vhost: &str, name: &str, node: Option<&str>) -> bool {
+    matches!(c, MetaCommand::Binding { vhost: v, destination, to_exchange: false, node: at, .. }
+        if v == vhost && destination == name && node.is_none_or(|node| at.as_deref() == Some(node)))
 }
 
 #[cfg(test)]
@@ -291,5 +365,44 @@ mod tests {
         );
         t.applied(&MetaCommand::DeleteVhost { name: "/".into() }, true, false);
         assert!(t.commands().is_empty());
+    }
+
+    fn held(name: &str, node: &str, held: bool) -> MetaCommand {
+        MetaCommand::ExclusiveQueue {
+            vhost: "/".into(),
+            name: name.into(),
+            node: node.into(),
+            held,
+        }
+    }
+
+    #[test]
+    fn exclusive_queue_names_are_kept_until_their_holder_releases_them() {
+        let mut t = Transient::default();
+        t.applied(&exchange("orders", true), true, false);
+        t.applied(&held("replies", "n2", true), true, false);
+        t.applied(&bind(false, "orders", "replies", Some("n2")), true, false);
+        // Refused (a shared queue had the name): not recorded.
+        t.applied(&held("work", "n3", true), false, false);
+        assert_eq!(t.commands().len(), 2);
+        // n2 restarted: its names are released, by n2, not declared again.
+        assert_eq!(t.to_restore("n2").count(), 0);
+        assert_eq!(t.to_restore("n1").count(), 2);
+        assert_eq!(t.released_by_restart("n2"), [held("replies", "n2", false)]);
+        assert!(t.released_by_restart("n1").is_empty());
+        // Taken by another node (n2 was down): n2's bindings go; a late
+        // release by n2 changes nothing.
+        t.applied(&held("replies", "n3", true), true, false);
+        t.applied(&held("replies", "n3", true), true, false);
+        t.applied(&held("replies", "n2", false), true, false);
+        assert_eq!(t.commands(), [held("replies", "n3", true)]);
+        // The holder's release takes its bindings along.
+        t.applied(&bind(false, "orders", "replies", Some("n3")), true, false);
+        t.applied(&held("replies", "n3", false), true, false);
+        assert!(t.commands().is_empty(), "{:?}", t.commands());
+        // A shared queue takes the name of an exclusive one.
+        t.applied(&held("jobs", "n1", true), true, false);
+        t.applied(&queue("jobs", true, "n2"), true, true);
+        assert!(t.commands().is_empty(), "{:?}", t.commands());
     }
 }

@@ -1659,18 +1659,26 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
-/// Exclusive queues are not replicated, so a node cannot refuse a shared
-/// queue whose name another node's exclusive queue holds. That node used
-/// to refuse to apply the declaration, alone: once the exclusive queue
-/// was gone, it still lacked the shared queue, and what its clients
-/// published to it was unroutable (dropped, confirmed). Now the shared
-/// queue takes the name there too (the exclusive queue is deleted, its
-/// consumer cancelled); on the exclusive queue's own node the declare is
-/// refused with 405, as on a single node.
+/// A client-named exclusive queue lives on its connection's node, but
+/// its name is the cluster's, as in RabbitMQ: a declare of the name on
+/// another node is refused (405), and a publish by name from any node
+/// reaches it. Before, each node knew only its own exclusive queues: a
+/// second node declared its own queue of the same name, a shared declare
+/// elsewhere took the name away, and publishes by name from other nodes
+/// were unroutable (returned, or confirmed and dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shared_queue_declared_elsewhere_takes_an_exclusive_queues_name() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+async fn a_client_named_exclusive_queues_name_is_the_clusters() {
+    use lapin::publisher_confirm::Confirmation;
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
     c.until("the cluster to form", || formed(&c)).await;
+    for i in 0..3 {
+        c.until("exclusive queue names to be recorded", || async {
+            c.feature_flag(i, antre_broker::feature_flags::EXCLUSIVE_QUEUE_NAMES)
+                .await
+                .is_some_and(|f| f["state"] == "enabled")
+        })
+        .await;
+    }
     let n2 = connect(&c.nodes[1].amqp_uri()).await;
     let private = n2.create_channel().await.expect("channel");
     private
@@ -1679,48 +1687,92 @@ async fn a_shared_queue_declared_elsewhere_takes_an_exclusive_queues_name() {
         .expect("exclusive declare");
     let mut held = consumer(&private, "replies", "held").await;
 
-    // On the exclusive queue's node: 405, and no other node has it.
-    let other = connect(&c.nodes[1].amqp_uri()).await;
-    let ch = other.create_channel().await.expect("channel");
-    let refused = ch
-        .queue_declare("replies", durable(), FieldTable::default())
-        .await
-        .expect_err("a shared declare of an exclusive queue's name");
-    assert!(refused.to_string().contains("RESOURCE_LOCKED"), "{refused}");
+    // Refused on every node, whatever the declare; passive too.
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for (i, options) in [
+        (1, durable()),
+        (0, durable()),
+        (0, exclusive()),
+        (2, exclusive()),
+        (2, passive),
+    ] {
+        let conn = connect(&c.nodes[i].amqp_uri()).await;
+        let ch = conn.create_channel().await.expect("channel");
+        let refused = ch
+            .queue_declare("replies", options, FieldTable::default())
+            .await
+            .expect_err("a declare of another connection's exclusive queue");
+        assert!(
+            refused.to_string().contains("RESOURCE_LOCKED"),
+            "n{}: {refused}",
+            i + 1
+        );
+    }
     for i in [0, 2] {
         assert!(!has(&c, i, "/api/queues/%2F/replies").await, "n{}", i + 1);
     }
 
-    // On another node: declared everywhere; n2's exclusive queue goes.
+    // Reached by name from every node (mandatory: not returned).
+    let mut publishers = Vec::new();
+    for i in [0, 2] {
+        let (conn, ch) = confirming(&c, i).await;
+        let body = format!("from n{}", i + 1);
+        let confirm = publish_for_confirm(&ch, "", "replies", body.as_bytes(), true).await;
+        assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
+        assert_eq!(next(&mut held).await.data, body.into_bytes());
+        publishers.push((conn, ch));
+    }
+
+    // Its connection gone, the name is free: n1 takes it, and a publish
+    // through n3 reaches n1's queue.
+    n2.close(200, "done").await.expect("close");
     let n1 = connect(&c.nodes[0].amqp_uri()).await;
-    let ch1 = n1.create_channel().await.expect("channel");
-    declare_durable(&ch1, "replies").await;
-    within("the exclusive queue's consumer cancelled", async {
-        while held.next().await.is_some() {}
-    })
-    .await;
-    for i in 0..3 {
-        c.until(&format!("n{} to list the shared queue", i + 1), || async {
-            c.try_api(i, "GET", "/api/queues/%2F/replies", None)
+    let mine = c
+        .until_some("n1 to declare the freed name", || async {
+            let ch = n1.create_channel().await.ok()?;
+            ch.queue_declare("replies", exclusive(), FieldTable::default())
                 .await
-                .is_some_and(|(s, q)| s == 200 && q["exclusive"] == json!(false))
+                .ok()
+                .map(|_| ch)
         })
         .await;
-    }
-    // A publish through n2 reaches it.
-    let pub_ch = n2.create_channel().await.expect("channel");
-    pub_ch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
-    let confirmed = publish_confirmed(&pub_ch, "replies", b"through n2", harness::WAIT).await;
-    assert_eq!(confirmed, Some(true));
-    let got = ch1
+    let confirm = publish_for_confirm(&publishers[1].1, "", "replies", b"to n1", true).await;
+    assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
+    let got = mine
         .basic_get("replies", BasicGetOptions { no_ack: true })
         .await
         .expect("get")
         .expect("the message");
-    assert_eq!(&got.delivery.data[..], b"through n2");
+    assert_eq!(&got.delivery.data[..], b"to n1");
+
+    // n1 dies: its exclusive queue is gone with it, so n3 may take the
+    // name; n1's restart does not take it back from n3.
+    drop(publishers);
+    c.kill(0);
+    let n3 = connect(&c.nodes[2].amqp_uri()).await;
+    let theirs = c
+        .until_some("n3 to declare a dead node's name", || async {
+            let ch = n3.create_channel().await.ok()?;
+            ch.queue_declare("replies", exclusive(), FieldTable::default())
+                .await
+                .ok()
+                .map(|_| ch)
+        })
+        .await;
+    c.spawn(0);
+    c.until("the cluster to form again", || formed(&c)).await;
+    let (_n2, ch2) = confirming(&c, 1).await;
+    let confirm = publish_for_confirm(&ch2, "", "replies", b"to n3", true).await;
+    assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
+    let got = theirs
+        .basic_get("replies", BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the message");
+    assert_eq!(&got.delivery.data[..], b"to n3");
 }
 
 /// A vhost's queue limit is checked when each node applies a declare, so

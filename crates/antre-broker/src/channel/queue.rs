@@ -60,6 +60,88 @@ impl Channel {
                 .is_some_and(|q| q.options.exclusive_owner.is_some())
     }
 
+    /// The metadata log, in a cluster that records client-named exclusive
+    /// queues (see [`MetaCommand::ExclusiveQueue`]).
+    fn records_exclusive_names(&self) -> Option<std::sync::Arc<dyn MetadataLog>> {
+        let log = self.ctx.broker.metadata_log()?;
+        self.ctx
+            .broker
+            .feature_flag_enabled(crate::feature_flags::EXCLUSIVE_QUEUE_NAMES)
+            .then(|| std::sync::Arc::clone(log))
+    }
+
+    /// Refuses (405, as RabbitMQ does) a declare of a name that a client of
+    /// another running cluster node holds as its exclusive queue. A node
+    /// that is down lost its exclusive queues: its names are free (the
+    /// declare records the new holder).
+    fn check_not_held_elsewhere(&self, name: &str) -> Result<(), BrokerError> {
+        let Some(node) = self.ctx.vhost.exclusive_elsewhere(name) else {
+            return Ok(());
+        };
+        let running = self
+            .ctx
+            .broker
+            .metadata_log()
+            .is_some_and(|log| log.nodes().iter().any(|n| **n == *node));
+        if running {
+            return Err(crate::vhost::locked_name(&self.ctx.vhost.name, name));
+        }
+        Ok(())
+    }
+
+    /// A client-named exclusive queue in a cluster: its name is recorded in
+    /// the metadata first (refused there, as on every node, if a shared
+    /// queue has it), then the queue is made here, on its connection's
+    /// node.
+    fn declare_exclusive(
+        &mut self,
+        log: &std::sync::Arc<dyn MetadataLog>,
+        name: String,
+        declaration: QueueDeclaration,
+        nowait: bool,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), BrokerError> {
+        let vhost = &self.ctx.vhost;
+        let record = |held: bool| MetaCommand::ExclusiveQueue {
+            vhost: vhost.name.clone(),
+            name: name.clone(),
+            node: log.node_name().to_owned(),
+            held,
+        };
+        // A redeclare by its connection (or another's 405) is this node's
+        // business only.
+        let new = !vhost.has_queue(&name);
+        if new {
+            log.propose(record(true))?;
+        }
+        let (q, counts) =
+            match vhost.declare_queue_as(name.clone(), declaration, self.ctx.connection) {
+                Ok(made) => made,
+                Err(e) => {
+                    if new && !vhost.has_queue(&name) {
+                        log.propose_later(record(false));
+                    }
+                    return Err(e);
+                }
+            };
+        vhost.announce(&name);
+        if !vhost.holds_exclusive(&name) {
+            // This node's release of an earlier queue of the name came
+            // after the record in the log, before the queue was made here
+            // (`Vhost::release_exclusive` records it again when the queue
+            // already exists).
+            log.propose_later(record(true));
+        }
+        self.last_queue = Some(q.name().to_owned());
+        let ok = QueueDeclareOk {
+            queue: q.name().to_owned(),
+            message_count: counts.ready,
+            consumer_count: counts.consumers,
+        };
+        reply(out, ok, nowait);
+        Ok(())
+    }
+
     pub(super) fn queue_declare(
         &mut self,
         m: QueueDeclare,
@@ -94,6 +176,7 @@ impl Channel {
         let conn = self.ctx.connection;
         let (q, counts) = if m.passive {
             // A passive declare needs no permission, as in RabbitMQ.
+            self.check_not_held_elsewhere(&declaration.name)?;
             self.ctx.vhost.declare_queue(declaration, true, conn)?
         } else {
             // The name first (server-generated `amq.gen-...`, or the
@@ -120,6 +203,12 @@ impl Channel {
                 let dlx = dlx.to_owned();
                 self.permit(ResourceKind::Queue, &name, Perm::Read)?;
                 self.permit(ResourceKind::Exchange, &dlx, Perm::Write)?;
+            }
+            self.check_not_held_elsewhere(&name)?;
+            if declaration.exclusive && !declaration.name.is_empty() {
+                if let Some(log) = self.records_exclusive_names() {
+                    return self.declare_exclusive(&log, name, declaration, m.nowait, out);
+                }
             }
             if let Some(log) = self.replicated(declaration.exclusive) {
                 // An exclusive queue of this node holds the name: refused

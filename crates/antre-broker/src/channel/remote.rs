@@ -724,25 +724,19 @@ impl Channel {
                 .then(|| {
                     let log = self.ctx.broker.metadata_log().cloned()?;
                     let names: Vec<Vec<String>> = batch.iter().map(|p| p.queues.clone()).collect();
-                    Some((log, Arc::clone(&self.ctx.vhost), names))
+                    Some((log, Arc::clone(&self.ctx.vhost), names, Arc::clone(&owner)))
                 })
                 .flatten();
             let done: crate::remote::RemoteDone = Box::new(move |mut results| {
-                if let Some((log, vhost, names)) = &cleanup {
+                if let Some((log, vhost, names, owner)) = &cleanup {
                     let gone: std::collections::BTreeSet<&String> = results
                         .iter()
                         .zip(names)
                         .filter(|(r, _)| **r == RemoteResult::Gone)
                         .flat_map(|(_, queues)| queues)
-                        .filter(|name| vhost.is_bound_to(name))
                         .collect();
-                    for name in gone {
-                        log.propose_later(crate::cluster::MetaCommand::DeleteQueue {
-                            vhost: vhost.name.clone(),
-                            name: name.clone(),
-                            if_unused: false,
-                            if_empty: false,
-                        });
+                    for command in gone.into_iter().filter_map(|n| vhost.forget_gone(n, owner)) {
+                        log.propose_later(command);
                     }
                 }
                 if node_local {

@@ -14,7 +14,7 @@ use crate::stream::Stream;
 
 use super::storage::build_exchange;
 use super::topology::{check_exclusive, locked};
-use super::{generated_name, ExchangeDeclaration, QueueDeclaration, Vhost};
+use super::{generated_name, ExchangeDeclaration, ExclusiveHolder, QueueDeclaration, Vhost};
 
 /// What a queue.declare found or made: a queue or a stream.
 #[derive(Debug, Clone)]
@@ -558,13 +558,144 @@ impl Vhost {
         if !self.announced.lock().remove(name) {
             return;
         }
-        if let Some(log) = self.metadata.get() {
-            log.propose_later(crate::cluster::MetaCommand::DeleteQueue {
+        let Some(log) = self.metadata.get() else {
+            return;
+        };
+        let me = log.node_name();
+        let held = self.holds_exclusive(name);
+        log.propose_later(if held {
+            // Released only while still this node's: a release overtaken
+            // by a later declare of the name elsewhere changes nothing.
+            crate::cluster::MetaCommand::ExclusiveQueue {
+                vhost: self.name.clone(),
+                name: name.to_owned(),
+                node: me.to_owned(),
+                held: false,
+            }
+        } else {
+            crate::cluster::MetaCommand::DeleteQueue {
                 vhost: self.name.clone(),
                 name: name.to_owned(),
                 if_unused: false,
                 if_empty: false,
-            });
+            }
+        });
+    }
+
+    /// Applies [`crate::cluster::MetaCommand::ExclusiveQueue`] (held):
+    /// cluster node `node` holds the client-named exclusive queue `name`.
+    /// Refused (405) on every node alike where a shared queue or a stream
+    /// has the name. On the other nodes, an exclusive queue of that name
+    /// that a client declared there at the same moment loses it: the later
+    /// declare in the log wins, the same on every node.
+    pub(crate) fn hold_exclusive(&self, name: &str, node: &str) -> Result<(), BrokerError> {
+        let mine = self.metadata.get().is_some_and(|m| m.node_name() == node);
+        {
+            let topo = self.topology.read();
+            let shared = topo
+                .queues
+                .get(name)
+                .is_some_and(|q| q.options.exclusive_owner.is_none());
+            if shared || topo.streams.contains_key(name) {
+                return Err(super::topology::locked_name(&self.name, name));
+            }
+        }
+        if !mine {
+            let mut topo = self.topology.write();
+            let exclusive = topo
+                .queues
+                .get(name)
+                .is_some_and(|q| q.options.exclusive_owner.is_some());
+            if exclusive {
+                if let Some(q) = topo.remove_queue(name) {
+                    q.delete();
+                }
+                drop(topo);
+                self.announced.lock().remove(name);
+                tracing::warn!(
+                    vhost = self.name,
+                    queue = name,
+                    node,
+                    "another cluster node's client declared this node's exclusive queue at the same moment, and was first in the metadata: this node's is deleted"
+                );
+            }
+            self.note_binding_elsewhere();
+        }
+        let taken = self
+            .exclusive_of
+            .read()
+            .get(name)
+            .is_some_and(|h| *h.node != *node);
+        if taken {
+            // Its node was down, or lost a race: the bindings to its queue
+            // went with it, as RabbitMQ deletes a down node's exclusive
+            // queues.
+            let mut topo = self.topology.write();
+            if !topo.queues.contains_key(name) {
+                topo.remove_bindings_to(&Destination::Queue(name.to_owned()), false);
+            }
+        }
+        let holder = ExclusiveHolder {
+            node: Arc::from(node),
+            recorded: true,
+        };
+        self.exclusive_of.write().insert(name.to_owned(), holder);
+        Ok(())
+    }
+
+    /// Applies [`crate::cluster::MetaCommand::ExclusiveQueue`] (not held):
+    /// if cluster node `node` still holds the exclusive queue `name`, it
+    /// no longer does, and the other nodes' bindings to it go.
+    pub(crate) fn release_exclusive(&self, name: &str, node: &str) {
+        {
+            let mut holders = self.exclusive_of.write();
+            if holders
+                .get(name)
+                .is_none_or(|h| !h.recorded || *h.node != *node)
+            {
+                return;
+            }
+            holders.remove(name);
+        }
+        let Some(log) = self.metadata.get() else {
+            return;
+        };
+        if log.node_name() != node {
+            let mut topo = self.topology.write();
+            if !topo.queues.contains_key(name) {
+                topo.remove_bindings_to(&Destination::Queue(name.to_owned()), false);
+            }
+            return;
+        }
+        // This node's own release, applied after the name was declared
+        // again here (the new declare's entry overtook it in the log): the
+        // queue is still this node's, so its name and bindings are
+        // recorded again.
+        let Some(q) = self.queue_info(name) else {
+            return;
+        };
+        if q.options.exclusive_owner.is_none() || !self.announced.lock().contains(name) {
+            return;
+        }
+        log.propose_later(crate::cluster::MetaCommand::ExclusiveQueue {
+            vhost: self.name.clone(),
+            name: name.to_owned(),
+            node: node.to_owned(),
+            held: true,
+        });
+        let to_it = Destination::Queue(name.to_owned());
+        for e in self.exchanges() {
+            for b in e.bindings.into_iter().filter(|b| b.destination == to_it) {
+                let bind = crate::cluster::MetaCommand::binding(
+                    false,
+                    &self.name,
+                    e.name.clone(),
+                    b.destination,
+                    b.routing_key,
+                    b.arguments,
+                );
+                log.propose_later(bind.on_node(node));
+            }
         }
     }
 
@@ -587,16 +718,77 @@ impl Vhost {
         self.exclusive_of.write().remove(name);
     }
 
+    /// A shared queue took the name `name` (see [`Vhost::evict_exclusive`]):
+    /// no node holds an exclusive queue of that name any more.
+    pub(crate) fn forget_exclusive(&self, name: &str) {
+        self.exclusive_of.write().remove(name);
+    }
+
     /// Records that `name` is an exclusive queue of cluster node `node`
     /// (a replicated binding names it): this node's bindings to it route
     /// there. Nothing for this node's own.
     pub(crate) fn note_exclusive_of(&self, name: &str, node: &str) {
         let mine = self.metadata.get().is_some_and(|m| m.node_name() == node);
         if !mine && crate::vhost::node_named_by(name).is_none() {
+            // A recorded holder stays: the metadata says where it is.
             self.exclusive_of
                 .write()
-                .insert(name.to_owned(), Arc::from(node));
+                .entry(name.to_owned())
+                .or_insert_with(|| ExclusiveHolder {
+                    node: Arc::from(node),
+                    recorded: false,
+                });
         }
+    }
+
+    /// The cluster node that holds the client-named exclusive queue `name`
+    /// as the metadata recorded it, if another one than this (see
+    /// [`crate::cluster::MetaCommand::ExclusiveQueue`]).
+    pub fn exclusive_elsewhere(&self, name: &str) -> Option<Arc<str>> {
+        let me = self.metadata.get()?.node_name();
+        let holders = self.exclusive_of.read();
+        let h = holders.get(name).filter(|h| h.recorded && *h.node != *me)?;
+        Some(Arc::clone(&h.node))
+    }
+
+    /// What makes every node forget the node-local queue `name` that its
+    /// node `node` says is gone: the release of a recorded client-named
+    /// exclusive queue (if still `node`'s), or the deletion of a queue
+    /// bound here. None for a name neither recorded nor bound here: a
+    /// publish to a made-up name must not cost the cluster a metadata
+    /// change.
+    pub(crate) fn forget_gone(
+        &self,
+        name: &str,
+        node: &str,
+    ) -> Option<crate::cluster::MetaCommand> {
+        if self.exclusive_elsewhere(name).is_some_and(|n| *n == *node) {
+            return Some(crate::cluster::MetaCommand::ExclusiveQueue {
+                vhost: self.name.clone(),
+                name: name.to_owned(),
+                node: node.to_owned(),
+                held: false,
+            });
+        }
+        self.is_bound_to(name)
+            .then(|| crate::cluster::MetaCommand::DeleteQueue {
+                vhost: self.name.clone(),
+                name: name.to_owned(),
+                if_unused: false,
+                if_empty: false,
+            })
+    }
+
+    /// Whether the metadata records this node as holding the client-named
+    /// exclusive queue `name`.
+    pub(crate) fn holds_exclusive(&self, name: &str) -> bool {
+        let Some(log) = self.metadata.get() else {
+            return false;
+        };
+        self.exclusive_of
+            .read()
+            .get(name)
+            .is_some_and(|h| h.recorded && *h.node == *log.node_name())
     }
 
     /// queue.bind / exchange.bind.

@@ -19,7 +19,7 @@ mod policies;
 pub mod publish;
 mod storage;
 mod topology;
-pub(crate) use topology::{locked, ANY_CONNECTION};
+pub(crate) use topology::{locked, locked_name, ANY_CONNECTION};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,6 +84,17 @@ pub struct QueueDeclaration {
     pub arguments: FieldTable,
 }
 
+/// Where a client-named exclusive queue lives (see `Vhost::exclusive_of`).
+#[derive(Debug, Clone)]
+struct ExclusiveHolder {
+    /// The cluster node that holds it.
+    node: Arc<str>,
+    /// Recorded by the metadata ([`crate::cluster::MetaCommand::ExclusiveQueue`]),
+    /// not only learnt from a binding: its release goes through the
+    /// metadata too.
+    recorded: bool,
+}
+
 /// A virtual host.
 #[derive(Debug)]
 pub struct Vhost {
@@ -111,10 +122,12 @@ pub struct Vhost {
     /// This node's exclusive queues bound through the metadata (so other
     /// nodes route to them): when one goes, its bindings there go too.
     announced: parking_lot::Mutex<std::collections::HashSet<String>>,
-    /// Other nodes' exclusive queues named by their clients, which this
-    /// node's bindings route to, with their node (a server-named one's
-    /// name says it).
-    exclusive_of: RwLock<HashMap<String, Arc<str>>>,
+    /// Exclusive queues named by their clients, with the node that holds
+    /// each (a server-named one's name says it): other nodes' that this
+    /// node's bindings route to, and, once the cluster records them
+    /// ([`crate::cluster::MetaCommand::ExclusiveQueue`]), every node's, this
+    /// one's included.
+    exclusive_of: RwLock<HashMap<String, ExclusiveHolder>>,
     /// Quorum queues' groups in a cluster: members and leader, by queue.
     quorum: RwLock<HashMap<String, QuorumInfo>>,
     /// In a cluster, where the removals this vhost decides itself (an

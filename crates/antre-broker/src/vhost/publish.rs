@@ -255,7 +255,7 @@ impl Vhost {
         let me = self.metadata.get()?.node_name();
         let node = match super::node_named_by(routing_key) {
             Some(node) => Arc::from(node),
-            None => Arc::clone(self.exclusive_of.read().get(routing_key)?),
+            None => Arc::clone(&self.exclusive_of.read().get(routing_key)?.node),
         };
         (*node != *me).then_some(node)
     }
@@ -443,6 +443,16 @@ impl Vhost {
         let headers = message.properties.headers.as_ref();
         let topo = self.topology.read();
         let mut targets = topo.route(&message.exchange, &message.routing_key, headers)?;
+        if message.exchange.is_empty()
+            && targets.is_empty()
+            && self
+                .binds_elsewhere
+                .load(std::sync::atomic::Ordering::Acquire)
+            && self.exclusive_of.read().contains_key(&message.routing_key)
+        {
+            // Another node's client-named exclusive queue, by name.
+            targets.elsewhere.push(message.routing_key.clone());
+        }
         if source.is_publisher() {
             for key in sender_selected::extra_keys(headers) {
                 let more = topo.route(&message.exchange, &key, headers)?;

@@ -536,3 +536,105 @@ fn a_direct_reply_to_address_names_its_node_in_a_cluster() {
     assert_eq!(node_named_by(&generated_name("amq.gen-")), None);
     assert!(exclusive_name(Some(&long)).len() <= 255);
 }
+
+/// A metadata log that only records what is proposed to it later.
+#[derive(Debug, Default)]
+struct Recorder {
+    later: parking_lot::Mutex<Vec<crate::cluster::MetaCommand>>,
+}
+
+impl crate::cluster::MetadataLog for Recorder {
+    fn node_name(&self) -> &str {
+        "n1"
+    }
+
+    fn propose(
+        &self,
+        command: crate::cluster::MetaCommand,
+    ) -> Result<crate::cluster::MetaOutcome, crate::cluster::MetaError> {
+        Err(crate::cluster::MetaError::Unavailable(command.describe()))
+    }
+
+    fn propose_later(&self, command: crate::cluster::MetaCommand) {
+        self.later.lock().push(command);
+    }
+}
+
+impl Fixture {
+    fn exclusive(&self, name: &str, conn: ConnectionId) {
+        let declaration = QueueDeclaration {
+            name: name.into(),
+            durable: false,
+            exclusive: true,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        };
+        self.vhost.declare_queue(declaration, false, conn).unwrap();
+        self.vhost.announce(name);
+    }
+}
+
+/// The record of which node holds a client-named exclusive queue is the
+/// same on every node whatever order the releases and declares of a name
+/// come in: a release by a node that no longer holds it changes nothing,
+/// a later declare elsewhere wins, and a node that still has the queue
+/// when its own earlier release is applied records it again.
+#[test]
+fn exclusive_queue_names_follow_the_metadatas_order() {
+    use crate::cluster::MetaCommand;
+    let f = fixture();
+    let log = Arc::new(Recorder::default());
+    f.vhost
+        .set_metadata_log(Arc::clone(&log) as Arc<dyn crate::cluster::MetadataLog>);
+
+    // Another node's: routed there by name; a stale release is ignored.
+    f.vhost.hold_exclusive("replies", "n2").unwrap();
+    assert_eq!(
+        f.vhost.exclusive_elsewhere("replies").as_deref(),
+        Some("n2")
+    );
+    f.vhost.release_exclusive("replies", "n3");
+    assert_eq!(f.vhost.named_elsewhere("replies").as_deref(), Some("n2"));
+    f.vhost.release_exclusive("replies", "n2");
+    assert_eq!(f.vhost.exclusive_elsewhere("replies"), None);
+
+    // A shared queue's name is refused alike on every node.
+    f.queue("work", FieldTable::default());
+    let refused = f.vhost.hold_exclusive("work", "n2").unwrap_err();
+    assert!(
+        matches!(refused, BrokerError::ResourceLocked(_)),
+        "{refused:?}"
+    );
+
+    // This node's queue loses a race to n2's declare, logged later.
+    f.exclusive("mine", 7);
+    f.vhost.hold_exclusive("mine", "n1").unwrap();
+    assert!(f.vhost.holds_exclusive("mine"));
+    f.vhost.hold_exclusive("mine", "n2").unwrap();
+    assert!(!f.vhost.has_queue("mine"));
+    assert_eq!(f.vhost.exclusive_elsewhere("mine").as_deref(), Some("n2"));
+    assert!(log.later.lock().is_empty(), "{:?}", log.later.lock());
+
+    // Declared again here, then this node's release of the earlier queue
+    // is applied: the name and the binding are recorded again.
+    f.exclusive("again", 1);
+    f.bind("amq.fanout", "again", "");
+    f.vhost.hold_exclusive("again", "n1").unwrap();
+    f.vhost.release_exclusive("again", "n1");
+    let later = log.later.lock().clone();
+    assert_eq!(later.len(), 2, "{later:?}");
+    assert_eq!(
+        later[0],
+        MetaCommand::ExclusiveQueue {
+            vhost: "/".into(),
+            name: "again".into(),
+            node: "n1".into(),
+            held: true,
+        }
+    );
+    assert!(
+        matches!(&later[1], MetaCommand::Binding { source, destination, node: Some(n), .. }
+            if source == "amq.fanout" && destination == "again" && n == "n1"),
+        "{later:?}"
+    );
+}

@@ -548,8 +548,13 @@ pub(crate) const ANY_CONNECTION: ConnectionId = ConnectionId::MAX;
 /// RabbitMQ's 405 for another connection's exclusive queue, and for a
 /// redeclare whose exclusive flag differs from the queue's.
 pub(crate) fn locked(q: &Queue) -> BrokerError {
+    locked_name(&q.vhost, &q.name)
+}
+
+/// [`locked`] for the queue `name` of `vhost`, wherever it lives.
+pub(crate) fn locked_name(vhost: &str, name: &str) -> BrokerError {
     BrokerError::ResourceLocked(format!(
         "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-        queue_ref(&q.vhost, &q.name)
+        queue_ref(vhost, name)
     ))
 }

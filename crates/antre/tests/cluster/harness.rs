@@ -371,6 +371,25 @@ impl TestCluster {
         }
     }
 
+    /// Polls `attempt` until it gives something, failing after [`WAIT`].
+    pub async fn until_some<T, F, Fut>(&self, what: &str, mut attempt: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = attempt().await {
+                return found;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Prints every node's log (on failure).
     /// How many lines each node has logged so far, for [`Self::dump_logs_since`].
     pub fn log_marks(&self) -> Vec<usize> {
