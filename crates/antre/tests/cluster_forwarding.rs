@@ -1662,10 +1662,11 @@ fn durable() -> QueueDeclareOptions {
 /// A client-named exclusive queue lives on its connection's node, but
 /// its name is the cluster's, as in RabbitMQ: a declare of the name on
 /// another node is refused (405), and a publish by name from any node
-/// reaches it. Before, each node knew only its own exclusive queues: a
-/// second node declared its own queue of the same name, a shared declare
-/// elsewhere took the name away, and publishes by name from other nodes
-/// were unroutable (returned, or confirmed and dropped).
+/// reaches it; every node's management API shows it. Before, each node
+/// knew only its own exclusive queues: a second node declared its own
+/// queue of the same name, a shared declare elsewhere took the name away,
+/// publishes by name from other nodes were unroutable (returned, or
+/// confirmed and dropped), and other nodes' API did not list it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     use lapin::publisher_confirm::Confirmation;
@@ -1711,8 +1712,29 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
             i + 1
         );
     }
+    // Every node's management API shows it, on n2, with its consumer.
+    let n2_name = c.nodes[1].name.clone();
     for i in [0, 2] {
-        assert!(!has(&c, i, "/api/queues/%2F/replies").await, "n{}", i + 1);
+        let (status, q) = c.api(i, "GET", "/api/queues/%2F/replies", None).await;
+        assert_eq!(status, 200, "n{}: {q}", i + 1);
+        assert_eq!(q["node"], json!(n2_name), "{q}");
+        assert_eq!(q["exclusive"], json!(true), "{q}");
+        assert_eq!(q["consumers"], json!(1), "{q}");
+        assert_eq!(
+            q["consumer_details"][0]["consumer_tag"],
+            json!("held"),
+            "{q}"
+        );
+        let (status, all) = c.api(i, "GET", "/api/queues", None).await;
+        assert_eq!(status, 200, "{all}");
+        let listed: Vec<&Value> = all
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter(|q| q["name"] == "replies")
+            .collect();
+        assert_eq!(listed.len(), 1, "n{}: {all}", i + 1);
+        assert_eq!(listed[0]["node"], json!(n2_name), "{all}");
     }
 
     // Reached by name from every node (mandatory: not returned).

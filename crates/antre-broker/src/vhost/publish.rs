@@ -251,7 +251,7 @@ impl Vhost {
     /// (a direct reply-to address or a server-named exclusive queue: see
     /// [`super::reply_to_name`]); None for a name of this node or none at
     /// all, or outside a cluster.
-    pub(crate) fn named_elsewhere(&self, routing_key: &str) -> Option<Arc<str>> {
+    pub fn named_elsewhere(&self, routing_key: &str) -> Option<Arc<str>> {
         let me = self.metadata.get()?.node_name();
         let node = match super::node_named_by(routing_key) {
             Some(node) => Arc::from(node),

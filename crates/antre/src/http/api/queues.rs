@@ -116,15 +116,18 @@ pub(crate) fn owned_rows(state: &HttpState, vhost: Option<&str>, name: Option<&s
 /// RabbitMQ asks a queue's home node. A queue whose owner does not answer
 /// in time, or no longer owns it, loses those fields, as RabbitMQ leaves
 /// out those of a queue it cannot reach, rather than show zeros. With
-/// `one` (a queue's own page), the owner renders that queue only.
+/// `one` (a queue's own page), the owner renders that queue only; with
+/// `everyone`, every running member is asked, owner or not. Returns the
+/// rows each member gave, by member and queue.
 async fn with_owner_figures(
     state: &HttpState,
     v: &antre_broker::Vhost,
     queues: &mut [Value],
     one: Option<&str>,
-) {
+    everyone: bool,
+) -> HashMap<String, HashMap<String, Value>> {
     let Some(cluster) = &state.cluster else {
-        return;
+        return HashMap::new();
     };
     let owner_of = |q: &Value| {
         q["name"]
@@ -133,6 +136,14 @@ async fn with_owner_figures(
             .map(|o| o.to_string())
     };
     let mut owners: Vec<String> = queues.iter().filter_map(owner_of).collect();
+    if everyone {
+        let status = cluster.status();
+        let running = status
+            .members
+            .into_iter()
+            .filter(|m| !m.this_node && m.running);
+        owners.extend(running.map(|m| m.name));
+    }
     owners.sort_unstable();
     owners.dedup();
     let asks = owners.into_iter().map(|owner| async move {
@@ -173,6 +184,24 @@ async fn with_owner_figures(
             };
         }
     }
+    figures
+}
+
+/// Other members' exclusive queues among their `figures` (see
+/// [`with_owner_figures`]): node-local, so only their node has them, but
+/// RabbitMQ lists every node's wherever it is asked.
+fn exclusive_elsewhere(
+    v: &antre_broker::Vhost,
+    figures: HashMap<String, HashMap<String, Value>>,
+) -> impl Iterator<Item = (String, Value)> + '_ {
+    figures.into_iter().flat_map(move |(node, rows)| {
+        rows.into_iter()
+            .filter(|(name, row)| row["exclusive"] == Value::Bool(true) && !v.has_queue(name))
+            .map(move |(name, mut row)| {
+                row["node"] = Value::String(node.clone());
+                (name, row)
+            })
+    })
 }
 
 async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
@@ -183,12 +212,13 @@ async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
             .iter()
             .map(|q| with_node(state, &v, render::queue(state, q)))
             .collect();
-        with_owner_figures(state, &v, &mut rendered, None).await;
+        let figures = with_owner_figures(state, &v, &mut rendered, None, true).await;
         let mut all: Vec<(String, Value)> = queues
             .iter()
             .map(|q| q.name.clone())
             .zip(rendered)
             .collect();
+        all.extend(exclusive_elsewhere(&v, figures));
         all.extend(
             v.streams()
                 .iter()
@@ -251,8 +281,15 @@ pub async fn show(
             .collect();
         return Ok(Json(body));
     }
-    let q = find(&state, &vhost, &name)?;
     let v = state.vhost(&vhost)?;
+    let q = match find(&state, &vhost, &name) {
+        Ok(q) => q,
+        Err(missing) => {
+            return exclusive_of_another_node(&state, &v, &name)
+                .await
+                .ok_or(missing)
+        }
+    };
     let mut body = with_node(&state, &v, render::queue(&state, &q));
     body["consumer_details"] = match (v.remote_owner(&name), &state.cluster) {
         // Its consumers are its owner's, listed there with their channels.
@@ -273,8 +310,31 @@ pub async fn show(
             .map(|c| render::consumer(&state, &q, c))
             .collect(),
     };
-    with_owner_figures(&state, &v, std::slice::from_mut(&mut body), Some(&name)).await;
+    with_owner_figures(
+        &state,
+        &v,
+        std::slice::from_mut(&mut body),
+        Some(&name),
+        false,
+    )
+    .await;
     Ok(Json(body))
+}
+
+/// Another node's exclusive queue `name` (its name names its node, or the
+/// metadata records it), as that node shows it, with its consumers.
+async fn exclusive_of_another_node(
+    state: &HttpState,
+    v: &antre_broker::Vhost,
+    name: &str,
+) -> Option<Json<Value>> {
+    let cluster = state.cluster.as_ref()?;
+    let node = v.named_elsewhere(name)?;
+    let ask = |what| cluster.listing(&node, what, Some(&v.name), Some(name), OWNER_WAIT);
+    let mut body = ask(Listing::Queues).await.ok()?.into_iter().next()?;
+    body["node"] = Value::String(node.to_string());
+    body["consumer_details"] = ask(Listing::Consumers).await.unwrap_or_default().into();
+    Some(Json(body))
 }
 
 /// The body of PUT /api/queues/{vhost}/{name}.
