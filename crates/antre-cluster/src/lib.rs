@@ -29,7 +29,8 @@
 // as the error types of our storage and network code.
 #![allow(clippy::result_large_err)]
 
-pub mod auth;
+pub mod applied_store;
+mod auth;
 pub mod config;
 pub mod data_wire;
 mod election;

@@ -7,13 +7,14 @@
 //!
 //! The broker persists what an apply changes itself (definitions,
 //! `access.json`; the definitions are synced before `applied.json` is
-//! written); this state machine persists, in `applied.json`, the
-//! last applied log id, the membership and the owning node of each
-//! replicated queue. The owner of a new queue is written there *before* the
-//! entry is applied, and the last applied id after, so a crash in between
-//! re-applies the entry (declarations are idempotent) and still knows the
-//! owner. The snapshot is the whole replicated metadata
-//! ([`MetaSnapshot`], JSON), kept in `snapshot.json`.
+//! written); this state machine persists, in `applied.json` and the
+//! journal after it ([`crate::applied_store`]), the last applied log id,
+//! the membership and the owning node of each replicated queue. The owner
+//! of a new queue is written there *before* the entry is applied, and the
+//! last applied id after, so a crash in between re-applies the entry
+//! (declarations are idempotent) and still knows the owner. The snapshot
+//! is the whole replicated metadata ([`MetaSnapshot`], JSON), kept in
+//! `snapshot.json`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
@@ -32,6 +33,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::applied_store::{AppliedStore, Tracked};
 use crate::log_store::SnapshotFloor;
 use crate::queue_group::QueueGroups;
 use crate::transient::Transient;
@@ -78,6 +80,31 @@ struct Applied {
     /// What the broker keeps in memory only ([`crate::transient`]).
     #[serde(default)]
     transient: Transient,
+    /// The checkpoint's epoch: its journal carries the same
+    /// ([`crate::applied_store`]; 0 in files written before the journal).
+    #[serde(default)]
+    epoch: u64,
+}
+
+/// A queue's entry of one of the state's maps, as a save changed it
+/// ((vhost, queue), and its value now: None if removed).
+type Change<V> = ((String, String), Option<V>);
+
+/// What one save changed, as the journal after `applied.json` records it
+/// ([`crate::applied_store`]): the keys of the maps that changed (None:
+/// removed) and the small parts whole.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Changes {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Member>,
+    owners: Vec<Change<String>>,
+    quorum: Vec<Change<QuorumDef>>,
+    leaders: Vec<Change<(String, u64)>>,
+    listeners: Vec<(String, String, String)>,
+    drained: Vec<String>,
+    feature_flags: Vec<String>,
+    /// The whole record, if it changed.
+    transient: Option<Transient>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,13 +116,19 @@ struct StoredSnapshot {
 struct State {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Member>,
-    owners: BTreeMap<(String, String), String>,
-    quorum: BTreeMap<(String, String), QuorumDef>,
+    owners: Tracked<(String, String), String>,
+    quorum: Tracked<(String, String), QuorumDef>,
     /// (vhost, queue) -> (leader, term), see [`Applied::leaders`].
-    leaders: BTreeMap<(String, String), (String, u64)>,
+    leaders: Tracked<(String, String), (String, u64)>,
     /// What the broker keeps in memory only ([`crate::transient`]): a node
     /// that restarts or installs a snapshot gives it back to its broker.
     transient: Transient,
+    /// Whether `transient` changed since the last save.
+    transient_changed: bool,
+    /// Where the state is saved.
+    store: AppliedStore,
+    /// The next save writes the whole state (a snapshot replaced it).
+    checkpoint_due: bool,
     snapshot: Option<StoredSnapshot>,
 }
 
@@ -214,12 +247,46 @@ impl StateMachine {
     ) -> Result<StateMachine, ClusterError> {
         let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
         std::fs::create_dir_all(dir).map_err(|e| storage(&e))?;
-        let applied: Applied = match antre_store::definitions::read(&dir.join("applied.json"))
-            .map_err(|e| storage(&e))?
-        {
-            Some(raw) => serde_json::from_slice(&raw).map_err(|e| storage(&e))?,
+        let epoch_of = |raw: &[u8]| {
+            #[derive(Deserialize)]
+            struct Epoch {
+                #[serde(default)]
+                epoch: u64,
+            }
+            serde_json::from_slice::<Epoch>(raw).map_or(0, |e| e.epoch)
+        };
+        let (store, loaded) = AppliedStore::open(dir, epoch_of).map_err(|e| storage(&e))?;
+        let mut applied: Applied = match &loaded.checkpoint {
+            Some(raw) => serde_json::from_slice(raw).map_err(|e| storage(&e))?,
             None => Applied::default(),
         };
+        let mut owners: Tracked<(String, String), String> = std::mem::take(&mut applied.owners)
+            .into_iter()
+            .map(|(v, q, n)| ((v, q), n))
+            .collect();
+        let mut quorum: Tracked<(String, String), QuorumDef> = std::mem::take(&mut applied.quorum)
+            .into_iter()
+            .map(|d| ((d.vhost.clone(), d.name.clone()), d))
+            .collect();
+        let mut leaders: Tracked<(String, String), (String, u64)> =
+            std::mem::take(&mut applied.leaders)
+                .into_iter()
+                .map(|(v, q, leader, term)| ((v, q), (leader, term)))
+                .collect();
+        for raw in &loaded.records {
+            let changes: Changes = serde_json::from_slice(raw).map_err(|e| storage(&e))?;
+            applied.last_applied = changes.last_applied;
+            applied.membership = changes.membership;
+            owners.apply_changes(changes.owners);
+            quorum.apply_changes(changes.quorum);
+            leaders.apply_changes(changes.leaders);
+            applied.listeners = changes.listeners;
+            applied.drained = changes.drained;
+            applied.feature_flags = changes.feature_flags;
+            if let Some(t) = changes.transient {
+                applied.transient = t;
+            }
+        }
         let snapshot: Option<StoredSnapshot> =
             match antre_store::definitions::read(&dir.join("snapshot.json"))
                 .map_err(|e| storage(&e))?
@@ -231,11 +298,6 @@ impl StateMachine {
         broker.set_drained_nodes(applied.drained);
         broker.set_enabled_feature_flags(applied.feature_flags);
         let floor = SnapshotFloor::new(snapshot.as_ref().and_then(|s| s.meta.last_log_id));
-        let owners: BTreeMap<(String, String), String> = applied
-            .owners
-            .into_iter()
-            .map(|(v, q, n)| ((v, q), n))
-            .collect();
         let sm = StateMachine {
             broker,
             me,
@@ -245,17 +307,14 @@ impl StateMachine {
                 last_applied: applied.last_applied,
                 membership: applied.membership,
                 owners,
-                quorum: applied
-                    .quorum
-                    .into_iter()
-                    .map(|d| ((d.vhost.clone(), d.name.clone()), d))
-                    .collect(),
-                leaders: applied
-                    .leaders
-                    .into_iter()
-                    .map(|(v, q, leader, term)| ((v, q), (leader, term)))
-                    .collect(),
+                quorum,
+                leaders,
                 transient: applied.transient,
+                transient_changed: false,
+                store,
+                // What was read is written again as one checkpoint, so a
+                // torn journal tail is never appended to.
+                checkpoint_due: true,
                 snapshot,
             })),
             waiters,
@@ -270,6 +329,7 @@ impl StateMachine {
             )),
         };
         sm.restore_owners();
+        sm.save(&mut sm.state.lock()).map_err(|e| storage(&e))?;
         Ok(sm)
     }
 
@@ -306,7 +366,7 @@ impl StateMachine {
         for def in state.quorum.values() {
             self.groups.declared(def);
         }
-        for ((vhost, queue), node) in &state.owners {
+        for ((vhost, queue), node) in state.owners.iter() {
             if let Some(v) = self.broker.vhost(vhost) {
                 if v.has_queue(queue) {
                     let remote = (*node != self.node_name).then_some(node.as_str());
@@ -316,7 +376,7 @@ impl StateMachine {
         }
         // A member learns its leader from its own replica; a node that is
         // none from the metadata, whose entries it does not apply again.
-        for (key, (leader, term)) in &state.leaders {
+        for (key, (leader, term)) in state.leaders.iter() {
             let Some(def) = state.quorum.get(key) else {
                 continue;
             };
@@ -390,7 +450,7 @@ impl StateMachine {
         })
     }
 
-    fn save(&self, state: &State) -> Result<(), std::io::Error> {
+    fn save(&self, state: &mut State) -> Result<(), std::io::Error> {
         // What the entries applied so far changed in the broker's durable
         // definitions must be on disk before `last_applied` says they were
         // applied: the broker only appends those changes and leaves them
@@ -398,28 +458,50 @@ impl StateMachine {
         // on one node for good (its restart did not apply the entry again)
         // while the others kept it.
         self.broker.sync_definitions().map_err(io_err)?;
-        let applied = Applied {
+        if state.checkpoint_due || state.store.checkpoint_due() {
+            let applied = Applied {
+                last_applied: state.last_applied,
+                membership: state.membership.clone(),
+                owners: state
+                    .owners
+                    .iter()
+                    .map(|((v, q), n)| (v.clone(), q.clone(), n.clone()))
+                    .collect(),
+                quorum: state.quorum.values().cloned().collect(),
+                leaders: state
+                    .leaders
+                    .iter()
+                    .map(|((v, q), (leader, term))| (v.clone(), q.clone(), leader.clone(), *term))
+                    .collect(),
+                listeners: self.broker.listeners(),
+                drained: self.broker.drained_nodes(),
+                feature_flags: self.broker.enabled_feature_flags(),
+                transient: state.transient.clone(),
+                epoch: state.store.next_epoch(),
+            };
+            let json = serde_json::to_vec(&applied).map_err(io_err)?;
+            state.store.checkpoint(&json)?;
+            state.owners.clear_changes();
+            state.quorum.clear_changes();
+            state.leaders.clear_changes();
+            state.transient_changed = false;
+            state.checkpoint_due = false;
+            return Ok(());
+        }
+        let changes = Changes {
             last_applied: state.last_applied,
             membership: state.membership.clone(),
-            owners: state
-                .owners
-                .iter()
-                .map(|((v, q), n)| (v.clone(), q.clone(), n.clone()))
-                .collect(),
-            quorum: state.quorum.values().cloned().collect(),
-            leaders: state
-                .leaders
-                .iter()
-                .map(|((v, q), (leader, term))| (v.clone(), q.clone(), leader.clone(), *term))
-                .collect(),
+            owners: state.owners.take_changes(),
+            quorum: state.quorum.take_changes(),
+            leaders: state.leaders.take_changes(),
             listeners: self.broker.listeners(),
             drained: self.broker.drained_nodes(),
             feature_flags: self.broker.enabled_feature_flags(),
-            transient: state.transient.clone(),
+            transient: std::mem::take(&mut state.transient_changed)
+                .then(|| state.transient.clone()),
         };
-        let json = serde_json::to_vec(&applied).map_err(io_err)?;
-        antre_store::definitions::write_atomic(&self.dir.join("applied.json"), &json)
-            .map_err(io_err)
+        let json = serde_json::to_vec(&changes).map_err(io_err)?;
+        state.store.append(&json)
     }
 
     /// Applies one proposal; keeps the owners of queues in step.
@@ -465,7 +547,7 @@ impl StateMachine {
                         self.groups.remember(&def);
                         state.quorum.insert(key.clone(), def);
                     }
-                    self.save(&state)?;
+                    self.save(&mut state)?;
                 }
                 Some(key)
             }
@@ -529,12 +611,13 @@ impl StateMachine {
                 state.leaders.remove(&key);
                 if let Some(def) = state.quorum.remove(&key) {
                     self.groups.deleted(&def.group);
-                    self.save(&state)?;
+                    self.save(&mut state)?;
                 }
             }
         }
         if let Some(command) = for_transient {
             state.transient.applied(&command, result.is_ok(), new_queue);
+            state.transient_changed = true;
         }
         if let Some(gone) = deleted_vhost {
             state.owners.retain(|(v, _), _| *v != gone);
@@ -603,7 +686,7 @@ impl StateMachine {
             def.joined.retain(|m| *m != node);
         }
         let def = def.clone();
-        self.save(&state)?;
+        self.save(&mut state)?;
         drop(state);
         tracing::info!(vhost, queue = name, members = ?def.members, "quorum queue members changed");
         self.groups.members_changed(&def);
@@ -656,8 +739,7 @@ impl StateMachine {
             self.state.lock().last_applied = Some(entry.log_id);
             self.progress.applied(entry.log_id.index);
         }
-        let state = self.state.lock();
-        self.save(&state)?;
+        self.save(&mut self.state.lock())?;
         Ok(n)
     }
 
@@ -767,11 +849,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             this.broker
                 .install_meta_snapshot(snap.clone())
                 .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
-            state.owners = snap
-                .owners
-                .into_iter()
-                .map(|(v, q, n)| ((v, q), n))
-                .collect();
+            state.owners.replace(
+                snap.owners
+                    .into_iter()
+                    .map(|(v, q, n)| ((v, q), n))
+                    .collect(),
+            );
             let quorum: BTreeMap<(String, String), QuorumDef> = snap
                 .quorum
                 .into_iter()
@@ -790,12 +873,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // The snapshot carries no leaders: those of queues still there
             // stay, until the next leadership change records another.
             state.leaders.retain(|key, _| quorum.contains_key(key));
-            state.quorum = quorum;
+            state.quorum.replace(quorum);
             state.transient = Transient::from_commands(snap.transient);
             this.restore_transient_in(&state);
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
-            this.save(&state)
+            state.checkpoint_due = true;
+            this.save(&mut state)
                 .map_err(|e| StorageIOError::write_snapshot(sig(), &e))?;
             let stored = StoredSnapshot {
                 meta: meta.clone(),

@@ -815,8 +815,12 @@ async fn a_node_joining_by_host_name_is_recorded_and_reached_by_name() {
         })
         .await;
     }
-    let applied =
-        std::fs::read_to_string(c.nodes[0].dir.join("cluster/applied.json")).expect("applied.json");
+    // The checkpoint, or the journal of changes after it.
+    let applied: String = ["applied.json", "applied.journal"]
+        .iter()
+        .map(|f| std::fs::read(c.nodes[0].dir.join("cluster").join(f)).expect(f))
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .collect();
     assert!(
         applied.contains(&format!("\"{name}\"")),
         "the membership records n4 by name: {applied}"
