@@ -103,8 +103,11 @@ struct Changes {
     listeners: Vec<(String, String, String)>,
     drained: Vec<String>,
     feature_flags: Vec<String>,
-    /// The whole record, if it changed.
-    transient: Option<Transient>,
+    /// What changed the transient record, in order, as
+    /// [`Transient::applied`] took it (the command, whether the broker
+    /// took it, whether it declared a new queue): applied again when the
+    /// journal is read, which gives the same record.
+    transient: Vec<(MetaCommand, bool, bool)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,8 +126,9 @@ struct State {
     /// What the broker keeps in memory only ([`crate::transient`]): a node
     /// that restarts or installs a snapshot gives it back to its broker.
     transient: Transient,
-    /// Whether `transient` changed since the last save.
-    transient_changed: bool,
+    /// What changed `transient` since the last save (see
+    /// [`Changes::transient`]).
+    transient_changes: Vec<(MetaCommand, bool, bool)>,
     /// Where the state is saved.
     store: AppliedStore,
     /// The next save writes the whole state (a snapshot replaced it).
@@ -283,8 +287,8 @@ impl StateMachine {
             applied.listeners = changes.listeners;
             applied.drained = changes.drained;
             applied.feature_flags = changes.feature_flags;
-            if let Some(t) = changes.transient {
-                applied.transient = t;
+            for (command, ok, new_queue) in &changes.transient {
+                applied.transient.applied(command, *ok, *new_queue);
             }
         }
         let snapshot: Option<StoredSnapshot> =
@@ -310,7 +314,7 @@ impl StateMachine {
                 quorum,
                 leaders,
                 transient: applied.transient,
-                transient_changed: false,
+                transient_changes: Vec::new(),
                 store,
                 // What was read is written again as one checkpoint, so a
                 // torn journal tail is never appended to.
@@ -484,7 +488,7 @@ impl StateMachine {
             state.owners.clear_changes();
             state.quorum.clear_changes();
             state.leaders.clear_changes();
-            state.transient_changed = false;
+            state.transient_changes.clear();
             state.checkpoint_due = false;
             return Ok(());
         }
@@ -497,8 +501,7 @@ impl StateMachine {
             listeners: self.broker.listeners(),
             drained: self.broker.drained_nodes(),
             feature_flags: self.broker.enabled_feature_flags(),
-            transient: std::mem::take(&mut state.transient_changed)
-                .then(|| state.transient.clone()),
+            transient: std::mem::take(&mut state.transient_changes),
         };
         let json = serde_json::to_vec(&changes).map_err(io_err)?;
         state.store.append(&json)
@@ -617,7 +620,9 @@ impl StateMachine {
         }
         if let Some(command) = for_transient {
             state.transient.applied(&command, result.is_ok(), new_queue);
-            state.transient_changed = true;
+            state
+                .transient_changes
+                .push((command, result.is_ok(), new_queue));
         }
         if let Some(gone) = deleted_vhost {
             state.owners.retain(|(v, _), _| *v != gone);
