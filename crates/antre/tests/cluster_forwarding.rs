@@ -1714,6 +1714,10 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     }
     // Every node's management API shows it, on n2, with its consumer.
     let n2_name = c.nodes[1].name.clone();
+    // Another connection's exclusive queue: consumed from nowhere else.
+    let n1 = connect(&c.nodes[0].amqp_uri()).await;
+    let refused = consumer_of(&n1, "replies").await;
+    assert!(refused.contains("RESOURCE_LOCKED"), "{refused}");
     for i in [0, 2] {
         let (status, q) = c.api(i, "GET", "/api/queues/%2F/replies", None).await;
         assert_eq!(status, 200, "n{}: {q}", i + 1);
@@ -1751,7 +1755,6 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     // Its connection gone, the name is free: n1 takes it, and a publish
     // through n3 reaches n1's queue.
     n2.close(200, "done").await.expect("close");
-    let n1 = connect(&c.nodes[0].amqp_uri()).await;
     let mine = c
         .until_some("n1 to declare the freed name", || async {
             let ch = n1.create_channel().await.ok()?;
@@ -1795,6 +1798,21 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
         .expect("get")
         .expect("the message");
     assert_eq!(&got.delivery.data[..], b"to n3");
+}
+
+/// The error of a basic.consume of `queue` on a new channel of `conn`.
+async fn consumer_of(conn: &Connection, queue: &str) -> String {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_consume(
+        queue,
+        "",
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map(|_| ())
+    .expect_err("a consume of another connection's exclusive queue")
+    .to_string()
 }
 
 /// A vhost's queue limit is checked when each node applies a declare, so
