@@ -718,6 +718,20 @@ impl Vhost {
         self.exclusive_of.write().remove(name);
     }
 
+    /// Forgets which other nodes hold client-named exclusive queues, as
+    /// the metadata recorded it: before a snapshot's record is given back
+    /// (a node that installs one missed the releases it compacted away).
+    /// This node's own stay: its queues are still here.
+    pub fn forget_exclusive_elsewhere(&self) {
+        let Some(log) = self.metadata.get() else {
+            return;
+        };
+        let me = log.node_name();
+        self.exclusive_of
+            .write()
+            .retain(|_, h| !h.recorded || *h.node == *me);
+    }
+
     /// A shared queue took the name `name` (see [`Vhost::evict_exclusive`]):
     /// no node holds an exclusive queue of that name any more.
     pub(crate) fn forget_exclusive(&self, name: &str) {

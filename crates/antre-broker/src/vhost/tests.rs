@@ -637,4 +637,11 @@ fn exclusive_queue_names_follow_the_metadatas_order() {
             if source == "amq.fanout" && destination == "again" && n == "n1"),
         "{later:?}"
     );
+
+    // Before a snapshot's record is given back: other nodes' names go
+    // (their releases may have been compacted away), this node's stay.
+    f.vhost.hold_exclusive("again", "n1").unwrap();
+    f.vhost.forget_exclusive_elsewhere();
+    assert_eq!(f.vhost.exclusive_elsewhere("mine"), None);
+    assert!(f.vhost.holds_exclusive("again"));
 }
