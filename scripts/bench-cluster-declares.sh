@@ -39,11 +39,7 @@ side_by_side_setup bench-cluster-declares
 
 RABBIT_PIDS=()
 ANTRE_PIDS=()
-stop_antre() {
-    for p in "${ANTRE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap 'stop_antre; [ $WITH_RABBIT = 1 ] && stop_rabbit_cluster qd; true' EXIT
+trap 'stop_antre_cluster; [ $WITH_RABBIT = 1 ] && stop_rabbit_cluster qd; true' EXIT
 
 if [ $WITH_RABBIT = 1 ]; then
     start_rabbit_cluster "$OUT" qd 5630
@@ -52,7 +48,7 @@ if [ $WITH_RABBIT = 1 ]; then
 fi
 start_antre_cluster "$ANTRE" "$OUT" 740 bench-declares-secret-0123456789
 python3 scripts/cluster_declares.py antre 5741 "$QUEUES" "$BLOCK" "$QTYPE" >>"$OUT/rows"
-stop_antre
+stop_antre_cluster
 
 echo "declares/s of $QTYPE queues through node 1, per block of $BLOCK, then overall"
 cat "$OUT/rows"

@@ -64,11 +64,7 @@ PY
 
 RABBIT_PIDS=()
 ANTRE_PIDS=()
-stop_antre() {
-    for p in "${ANTRE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap 'stop_antre; [ $WITH_RABBIT = 1 ] && stop_rabbit_cluster qd; true' EXIT
+trap 'stop_antre_cluster; [ $WITH_RABBIT = 1 ] && stop_rabbit_cluster qd; true' EXIT
 
 if [ $WITH_RABBIT = 1 ]; then
     start_rabbit_cluster "$OUT" qd 5630
@@ -78,7 +74,7 @@ fi
 if [ $WITH_ANTRE = 1 ]; then
     start_antre_cluster "$ANTRE" "$OUT" 740 bench-dead-letter-secret-0123456789
     run antre "amqp://guest:guest@127.0.0.1:5741/%2f" "${ANTRE_PIDS[@]}"
-    stop_antre
+    stop_antre_cluster
 fi
 
 echo "broker published/s dead-lettered/s seconds cpu-us/msg(3 nodes) in-dead-letter-queue"

@@ -180,11 +180,7 @@ EOF
 RABBIT_PIDS=()
 stop_rabbit() { stop_rabbit_cluster qb; }
 ANTRE_PIDS=()
-stop_antre() {
-    for p in "${ANTRE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap 'stop_antre; [ $WITH_RABBIT = 1 ] && stop_rabbit; true' EXIT
+trap 'stop_antre_cluster; [ $WITH_RABBIT = 1 ] && stop_rabbit; true' EXIT
 
 rabbit_node_conf() {
     if [ "$QTYPE" = stream-protocol ]; then
@@ -213,7 +209,7 @@ bench_antre() {
     else
         run antre "amqp://guest:guest@127.0.0.1:5701/%2f" "${ANTRE_PIDS[@]}"
     fi
-    stop_antre
+    stop_antre_cluster
 }
 
 # Each broker runs on a machine the other has left; --antre-first swaps

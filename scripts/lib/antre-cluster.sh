@@ -1,7 +1,8 @@
 # Sourced by the cluster benchmarks: starts three release antre nodes on
-# loopback and waits until the cluster takes changes.
+# loopback and waits until the cluster takes changes, and stops them.
 #
 #   start_antre_cluster ANTRE OUT BASE SECRET
+#   stop_antre_cluster
 #
 # Node i (1-3) listens on 127.0.0.1: cluster 25000+BASE+i, AMQP
 # 5000+BASE+i, HTTP 15000+BASE+i, stream 5020+BASE+i; its data is in
@@ -34,4 +35,10 @@ start_antre_cluster() {
     done
     echo "the cluster took no change within 20 s (logs in $out)" >&2
     return 1
+}
+
+# Stops the nodes start_antre_cluster started (ANTRE_PIDS).
+stop_antre_cluster() {
+    for p in "${ANTRE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
 }

@@ -1755,49 +1755,46 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     // Its connection gone, the name is free: n1 takes it, and a publish
     // through n3 reaches n1's queue.
     n2.close(200, "done").await.expect("close");
-    let mine = c
-        .until_some("n1 to declare the freed name", || async {
-            let ch = n1.create_channel().await.ok()?;
-            ch.queue_declare("replies", exclusive(), FieldTable::default())
-                .await
-                .ok()
-                .map(|_| ch)
-        })
-        .await;
+    let mine = declare_once_free(&c, &n1, "replies", "n1 to declare the freed name").await;
     let confirm = publish_for_confirm(&publishers[1].1, "", "replies", b"to n1", true).await;
     assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
-    let got = mine
-        .basic_get("replies", BasicGetOptions { no_ack: true })
-        .await
-        .expect("get")
-        .expect("the message");
-    assert_eq!(&got.delivery.data[..], b"to n1");
+    assert_eq!(got(&mine, "replies").await, b"to n1");
 
     // n1 dies: its exclusive queue is gone with it, so n3 may take the
     // name; n1's restart does not take it back from n3.
     drop(publishers);
     c.kill(0);
     let n3 = connect(&c.nodes[2].amqp_uri()).await;
-    let theirs = c
-        .until_some("n3 to declare a dead node's name", || async {
-            let ch = n3.create_channel().await.ok()?;
-            ch.queue_declare("replies", exclusive(), FieldTable::default())
-                .await
-                .ok()
-                .map(|_| ch)
-        })
-        .await;
+    let theirs = declare_once_free(&c, &n3, "replies", "n3 to declare a dead node's name").await;
     c.spawn(0);
     c.until("the cluster to form again", || formed(&c)).await;
     let (_n2, ch2) = confirming(&c, 1).await;
     let confirm = publish_for_confirm(&ch2, "", "replies", b"to n3", true).await;
     assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
-    let got = theirs
-        .basic_get("replies", BasicGetOptions { no_ack: true })
+    assert_eq!(got(&theirs, "replies").await, b"to n3");
+}
+
+/// A new channel of `conn` with the exclusive queue `name` declared on
+/// it, once the name is free.
+async fn declare_once_free(c: &TestCluster, conn: &Connection, name: &str, what: &str) -> Channel {
+    c.until_some(what, || async {
+        let ch = conn.create_channel().await.ok()?;
+        ch.queue_declare(name, exclusive(), FieldTable::default())
+            .await
+            .ok()
+            .map(|_| ch)
+    })
+    .await
+}
+
+/// The body of the next message of `queue` (basic.get, no ack).
+async fn got(ch: &Channel, queue: &str) -> Vec<u8> {
+    ch.basic_get(queue, BasicGetOptions { no_ack: true })
         .await
         .expect("get")
-        .expect("the message");
-    assert_eq!(&got.delivery.data[..], b"to n3");
+        .expect("the message")
+        .delivery
+        .data
 }
 
 /// The error of a basic.consume of `queue` on a new channel of `conn`.

@@ -57,28 +57,11 @@ async fn publish_confirmed(ch: &Channel, queue: &str, body: &[u8]) -> bool {
     harness::publish_confirmed(ch, queue, body, harness::WAIT).await == Some(true)
 }
 
-/// Polls `f` until it gives a value, failing after [`harness::WAIT`].
-async fn wait_for<T, F, Fut>(c: &TestCluster, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + harness::WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            c.dump_logs();
-            panic!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits for the leader of `queue` and drains it there.
 async fn drain_at_leader(c: &TestCluster, queue: &str) -> Vec<String> {
-    let l = wait_for(c, &format!("a leader of {queue}"), || c.queue_leader(queue)).await;
+    let l = c
+        .until_some(&format!("a leader of {queue}"), || c.queue_leader(queue))
+        .await;
     c.drain(l, queue).await
 }
 
@@ -392,7 +375,9 @@ async fn members_are_removed_one_queue_and_node_wide() {
     let wide_ch = confirm_channel(&wide).await;
     publish_until_confirmed(&c, &wide_ch, "wide-a", b"kept").await;
     drop(wide);
-    let l = wait_for(&c, "a leader of wide-a", || c.queue_leader("wide-a")).await;
+    let l = c
+        .until_some("a leader of wide-a", || c.queue_leader("wide-a"))
+        .await;
     let name = c.nodes[l].name.clone();
     let other = if name == "n1" { "n2" } else { "n1" };
     let (status, body) = post_member(&c, 2, "DELETE", "wide-a", &name).await;
@@ -418,7 +403,9 @@ async fn members_are_removed_one_queue_and_node_wide() {
 async fn an_idle_queues_leader_removed_from_its_members_hands_over() {
     let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
     let (_conn, _ch) = on_three_members(&c, "resting", 3).await;
-    let l = wait_for(&c, "a leader of resting", || c.queue_leader("resting")).await;
+    let l = c
+        .until_some("a leader of resting", || c.queue_leader("resting"))
+        .await;
     // Idle: no replica of the queue runs its timer on any node.
     c.until("the queue to rest", || async {
         let mut ticking = 0;
@@ -438,10 +425,11 @@ async fn an_idle_queues_leader_removed_from_its_members_hands_over() {
         .filter(|n| *n != gone)
         .collect();
     c.until_members("resting", &rest).await;
-    let next = wait_for(&c, "a new leader of resting", || async {
-        c.queue_leader("resting").await.filter(|&n| n != l)
-    })
-    .await;
+    let next = c
+        .until_some("a new leader of resting", || async {
+            c.queue_leader("resting").await.filter(|&n| n != l)
+        })
+        .await;
     let conn = connect(&c.nodes[next].amqp_uri()).await;
     let ch = confirm_channel(&conn).await;
     publish_until_confirmed(&c, &ch, "resting", b"m3").await;
@@ -610,19 +598,20 @@ async fn leaders_rebalance_and_a_paused_leader_is_replaced() {
     let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
     let paused_at = Instant::now();
     // Only the running nodes are asked: the paused one would not answer.
-    let n = wait_for(&c, "a leader elected without the paused node", || async {
-        for &i in &others {
-            let leads = c
-                .queue_on(i, q)
-                .await
-                .is_some_and(|v| v["leader"] == json!(c.nodes[i].name));
-            if leads {
-                return Some(i);
+    let n = c
+        .until_some("a leader elected without the paused node", || async {
+            for &i in &others {
+                let leads = c
+                    .queue_on(i, q)
+                    .await
+                    .is_some_and(|v| v["leader"] == json!(c.nodes[i].name));
+                if leads {
+                    return Some(i);
+                }
             }
-        }
-        None
-    })
-    .await;
+            None
+        })
+        .await;
     let elected_after = paused_at.elapsed();
     assert!(others.contains(&n));
     let conn2 = connect(&c.nodes[n].amqp_uri()).await;
