@@ -1718,6 +1718,15 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     let n1 = connect(&c.nodes[0].amqp_uri()).await;
     let refused = consumer_of(&n1, "replies").await;
     assert!(refused.contains("RESOURCE_LOCKED"), "{refused}");
+    // Nor deleted: a replicated delete made the other nodes forget it.
+    let refused = n1
+        .create_channel()
+        .await
+        .expect("channel")
+        .queue_delete("replies", QueueDeleteOptions::default())
+        .await
+        .expect_err("a delete of another connection's exclusive queue");
+    assert!(refused.to_string().contains("RESOURCE_LOCKED"), "{refused}");
     for i in [0, 2] {
         let (status, q) = c.api(i, "GET", "/api/queues/%2F/replies", None).await;
         assert_eq!(status, 200, "n{}: {q}", i + 1);

@@ -364,6 +364,13 @@ impl Channel {
     ) -> Result<(), BrokerError> {
         let queue = self.resolve_queue(&m.queue)?;
         self.permit(ResourceKind::Queue, &queue, Perm::Configure)?;
+        if !self.ctx.vhost.has_queue(&queue) && self.ctx.vhost.named_elsewhere(&queue).is_some() {
+            // Another node's exclusive queue: its connection's alone, as on
+            // a single node. A replicated delete would have dropped, on
+            // every other node, the record of its node and the bindings
+            // that route to it, and answered delete-ok.
+            return Err(crate::vhost::locked_name(&self.ctx.vhost.name, &queue));
+        }
         let conn = self.ctx.connection;
         if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {
             // if-unused and if-empty are about the queue's consumers and
