@@ -534,6 +534,13 @@ impl QueueGroups {
         }
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if !voters.contains(&self.link.config.node_id()) {
+            // A leader that removed itself leads only until that change
+            // commits, and openraft must not be given another change by it
+            // (a debug assertion of its `append_membership` once took the
+            // group's Raft down): the caller asks again, of the next one.
+            return Err(GroupOpError::NotLeader(None));
+        }
         match op {
             GroupOp::AddVoter(node) => {
                 let id = crate::node_id_of(&node);
