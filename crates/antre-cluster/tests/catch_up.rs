@@ -12,15 +12,10 @@ use antre_cluster::config::{parse_peers, Peer, DEFAULT_CHANGE_TIMEOUT};
 use antre_cluster::{Cluster, ClusterConfig};
 use tokio::time::Instant;
 
-const SECRET: &str = "a-secret-of-some-length";
+mod common;
+use common::free_port;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const SECRET: &str = "a-secret-of-some-length";
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);

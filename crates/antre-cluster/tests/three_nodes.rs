@@ -11,15 +11,10 @@ use antre_cluster::config::{parse_peers, DEFAULT_CHANGE_TIMEOUT, DEFAULT_SNAPSHO
 use antre_cluster::{Cluster, ClusterConfig};
 use tokio::time::Instant;
 
-const SECRET: &str = "a-secret-of-some-length";
+mod common;
+use common::free_port;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const SECRET: &str = "a-secret-of-some-length";
 
 struct Node {
     broker: Arc<Broker>,
