@@ -102,12 +102,7 @@ impl Channel {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
         let vhost = &self.ctx.vhost;
-        let record = |held: bool| MetaCommand::ExclusiveQueue {
-            vhost: vhost.name.clone(),
-            name: name.clone(),
-            node: log.node_name().to_owned(),
-            held,
-        };
+        let record = |held: bool| vhost.exclusive_record(&name, log.node_name(), held);
         // A redeclare by its connection (or another's 405) is this node's
         // business only.
         let new = !vhost.has_queue(&name);
@@ -396,12 +391,7 @@ impl Channel {
                     .check_delete(&queue, counts, m.if_unused, m.if_empty)?;
             }
             let owner_count = counts.map(|c| c.ready);
-            let outcome = log.propose(MetaCommand::DeleteQueue {
-                vhost: self.ctx.vhost.name.clone(),
-                name: queue,
-                if_unused: false,
-                if_empty: false,
-            })?;
+            let outcome = log.propose(self.ctx.vhost.delete_command(&queue))?;
             let message_count = match outcome {
                 MetaOutcome::Messages(n) => owner_count.unwrap_or(n).max(n),
                 _ => 0,

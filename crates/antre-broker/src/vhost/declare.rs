@@ -359,6 +359,16 @@ impl Vhost {
     /// what its clients published to it was unroutable. The exclusive
     /// queue's consumers are cancelled, as when a queue is deleted.
     pub(crate) fn evict_exclusive(&self, name: &str) {
+        self.evict_exclusive_for(
+            name,
+            "a shared queue declared on another cluster node takes the name of this node's exclusive queue: the exclusive queue is deleted",
+        );
+    }
+
+    /// Deletes this node's exclusive queue `name`, if there is one, because
+    /// the metadata gave its name to another queue (`why`, logged). Its
+    /// name is not released: it is no longer this node's to release.
+    fn evict_exclusive_for(&self, name: &str, why: &str) {
         let mut topo = self.topology.write();
         let exclusive = topo
             .queues
@@ -370,11 +380,9 @@ impl Vhost {
         if let Some(q) = topo.remove_queue(name) {
             q.delete();
         }
-        tracing::warn!(
-            vhost = self.name,
-            queue = name,
-            "a shared queue declared on another cluster node takes the name of this node's exclusive queue: the exclusive queue is deleted"
-        );
+        drop(topo);
+        self.announced.lock().remove(name);
+        tracing::warn!(vhost = self.name, queue = name, "{why}");
     }
 
     /// Tells the cluster (if any) of a queue or stream created here, before
@@ -525,12 +533,7 @@ impl Vhost {
                 // Removed here first (the owner's engine is gone); the
                 // other nodes drop their copy of the definition when this
                 // commits.
-                log.propose_later(crate::cluster::MetaCommand::DeleteQueue {
-                    vhost: self.name.clone(),
-                    name: queue.name.clone(),
-                    if_unused: false,
-                    if_empty: false,
-                });
+                log.propose_later(self.delete_command(&queue.name));
             }
         }
     }
@@ -561,25 +564,48 @@ impl Vhost {
         let Some(log) = self.metadata.get() else {
             return;
         };
-        let me = log.node_name();
-        let held = self.holds_exclusive(name);
-        log.propose_later(if held {
+        log.propose_later(if self.holds_exclusive(name) {
             // Released only while still this node's: a release overtaken
             // by a later declare of the name elsewhere changes nothing.
-            crate::cluster::MetaCommand::ExclusiveQueue {
-                vhost: self.name.clone(),
-                name: name.to_owned(),
-                node: me.to_owned(),
-                held: false,
-            }
+            self.exclusive_record(name, log.node_name(), false)
         } else {
-            crate::cluster::MetaCommand::DeleteQueue {
-                vhost: self.name.clone(),
-                name: name.to_owned(),
-                if_unused: false,
-                if_empty: false,
-            }
+            self.delete_command(name)
         });
+    }
+
+    /// The metadata's record that cluster node `node` holds (`held`) the
+    /// client-named exclusive queue `name`, or no longer does.
+    pub(crate) fn exclusive_record(
+        &self,
+        name: &str,
+        node: &str,
+        held: bool,
+    ) -> crate::cluster::MetaCommand {
+        crate::cluster::MetaCommand::ExclusiveQueue {
+            vhost: self.name.clone(),
+            name: name.to_owned(),
+            node: node.to_owned(),
+            held,
+        }
+    }
+
+    /// The unconditional replicated deletion of queue `name`.
+    pub(crate) fn delete_command(&self, name: &str) -> crate::cluster::MetaCommand {
+        crate::cluster::MetaCommand::DeleteQueue {
+            vhost: self.name.clone(),
+            name: name.to_owned(),
+            if_unused: false,
+            if_empty: false,
+        }
+    }
+
+    /// Drops the bindings to `name`, another node's exclusive queue whose
+    /// node no longer holds it (none if a queue of this node has the name).
+    fn drop_bindings_to_absent(&self, name: &str) {
+        let mut topo = self.topology.write();
+        if !topo.queues.contains_key(name) {
+            topo.remove_bindings_to(&Destination::Queue(name.to_owned()), false);
+        }
     }
 
     /// Applies [`crate::cluster::MetaCommand::ExclusiveQueue`] (held):
@@ -601,24 +627,10 @@ impl Vhost {
             }
         }
         if !mine {
-            let mut topo = self.topology.write();
-            let exclusive = topo
-                .queues
-                .get(name)
-                .is_some_and(|q| q.options.exclusive_owner.is_some());
-            if exclusive {
-                if let Some(q) = topo.remove_queue(name) {
-                    q.delete();
-                }
-                drop(topo);
-                self.announced.lock().remove(name);
-                tracing::warn!(
-                    vhost = self.name,
-                    queue = name,
-                    node,
-                    "another cluster node's client declared this node's exclusive queue at the same moment, and was first in the metadata: this node's is deleted"
-                );
-            }
+            self.evict_exclusive_for(
+                name,
+                "another cluster node's client declared this node's exclusive queue at the same moment, and was later in the metadata: this node's is deleted",
+            );
             self.note_binding_elsewhere();
         }
         let taken = self
@@ -630,10 +642,7 @@ impl Vhost {
             // Its node was down, or lost a race: the bindings to its queue
             // went with it, as RabbitMQ deletes a down node's exclusive
             // queues.
-            let mut topo = self.topology.write();
-            if !topo.queues.contains_key(name) {
-                topo.remove_bindings_to(&Destination::Queue(name.to_owned()), false);
-            }
+            self.drop_bindings_to_absent(name);
         }
         let holder = ExclusiveHolder {
             node: Arc::from(node),
@@ -661,10 +670,7 @@ impl Vhost {
             return;
         };
         if log.node_name() != node {
-            let mut topo = self.topology.write();
-            if !topo.queues.contains_key(name) {
-                topo.remove_bindings_to(&Destination::Queue(name.to_owned()), false);
-            }
+            self.drop_bindings_to_absent(name);
             return;
         }
         // This node's own release, applied after the name was declared
@@ -677,12 +683,7 @@ impl Vhost {
         if q.options.exclusive_owner.is_none() || !self.announced.lock().contains(name) {
             return;
         }
-        log.propose_later(crate::cluster::MetaCommand::ExclusiveQueue {
-            vhost: self.name.clone(),
-            name: name.to_owned(),
-            node: node.to_owned(),
-            held: true,
-        });
+        log.propose_later(self.exclusive_record(name, node, true));
         let to_it = Destination::Queue(name.to_owned());
         for e in self.exchanges() {
             for b in e.bindings.into_iter().filter(|b| b.destination == to_it) {
@@ -710,10 +711,7 @@ impl Vhost {
     /// `name` here: the bindings to it go.
     pub(crate) fn drop_bindings_elsewhere(&self, name: &str) {
         if self.named_elsewhere(name).is_some() {
-            let mut topo = self.topology.write();
-            if !topo.queues.contains_key(name) {
-                topo.remove_bindings_to(&Destination::Queue(name.to_owned()), false);
-            }
+            self.drop_bindings_to_absent(name);
         }
         self.exclusive_of.write().remove(name);
     }
@@ -777,20 +775,9 @@ impl Vhost {
         node: &str,
     ) -> Option<crate::cluster::MetaCommand> {
         if self.exclusive_elsewhere(name).is_some_and(|n| *n == *node) {
-            return Some(crate::cluster::MetaCommand::ExclusiveQueue {
-                vhost: self.name.clone(),
-                name: name.to_owned(),
-                node: node.to_owned(),
-                held: false,
-            });
+            return Some(self.exclusive_record(name, node, false));
         }
-        self.is_bound_to(name)
-            .then(|| crate::cluster::MetaCommand::DeleteQueue {
-                vhost: self.name.clone(),
-                name: name.to_owned(),
-                if_unused: false,
-                if_empty: false,
-            })
+        self.is_bound_to(name).then(|| self.delete_command(name))
     }
 
     /// Whether the metadata records this node as holding the client-named
