@@ -27,6 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The checkpoint's file name.
@@ -40,7 +41,7 @@ const MIN_JOURNAL: u64 = 256 * 1024;
 const HEADER: usize = 8;
 
 /// The first record of a journal.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Start {
     epoch: u64,
 }
@@ -55,26 +56,23 @@ pub(crate) struct AppliedStore {
     checkpoint_len: u64,
 }
 
-/// What [`AppliedStore::open`] read: the checkpoint (None on a first
-/// start) and the journal's records after it, in order.
-pub(crate) struct Loaded {
-    /// The checkpoint's bytes.
-    pub checkpoint: Option<Vec<u8>>,
-    /// The changes saved after it.
-    pub records: Vec<Vec<u8>>,
-}
-
 impl AppliedStore {
-    /// Reads what `dir` holds. The store writes nothing until
+    /// Reads what `dir` holds: the checkpoint, parsed (`T::default()` on a
+    /// first start), whose epoch `epoch_of` tells, and the journal's
+    /// records after it, in order. The store writes nothing until
     /// [`AppliedStore::checkpoint`] (which the caller does next, with the
     /// state it rebuilt).
-    pub(crate) fn open(
+    pub(crate) fn open<T: DeserializeOwned + Default>(
         dir: &Path,
-        epoch_of: impl Fn(&[u8]) -> u64,
-    ) -> std::io::Result<(AppliedStore, Loaded)> {
-        let checkpoint =
+        epoch_of: impl Fn(&T) -> u64,
+    ) -> std::io::Result<(AppliedStore, T, Vec<Vec<u8>>)> {
+        let raw =
             antre_store::definitions::read(&dir.join(CHECKPOINT)).map_err(std::io::Error::other)?;
-        let epoch = checkpoint.as_deref().map_or(0, &epoch_of);
+        let checkpoint: T = match &raw {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(std::io::Error::other)?,
+            None => T::default(),
+        };
+        let epoch = epoch_of(&checkpoint);
         let records = match std::fs::read(dir.join(JOURNAL)) {
             Ok(bytes) => records_of(&bytes, epoch),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -85,15 +83,9 @@ impl AppliedStore {
             epoch,
             journal: None,
             journal_len: 0,
-            checkpoint_len: checkpoint.as_ref().map_or(0, |c| c.len() as u64),
+            checkpoint_len: raw.map_or(0, |c| c.len() as u64),
         };
-        Ok((
-            store,
-            Loaded {
-                checkpoint,
-                records,
-            },
-        ))
+        Ok((store, checkpoint, records))
     }
 
     /// The epoch the next checkpoint must carry.
@@ -279,15 +271,16 @@ impl<K: Ord + Clone, V: Clone> Tracked<K, V> {
 mod tests {
     use super::*;
 
-    fn epoch_of(bytes: &[u8]) -> u64 {
-        serde_json::from_slice::<Start>(bytes).map_or(0, |s| s.epoch)
+    /// A checkpoint that holds its epoch only.
+    fn epoch_of(checkpoint: &Start) -> u64 {
+        checkpoint.epoch
     }
 
     #[test]
     fn a_journal_is_read_back_up_to_its_first_torn_record() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut store, read) = AppliedStore::open(dir.path(), epoch_of).unwrap();
-        assert!(read.checkpoint.is_none() && read.records.is_empty());
+        let (mut store, first, records) = AppliedStore::open(dir.path(), epoch_of).unwrap();
+        assert!(first.epoch == 0 && records.is_empty());
         assert!(store.checkpoint_due());
         let epoch = store.next_epoch();
         store
@@ -297,8 +290,8 @@ mod tests {
         store.append(b"one").unwrap();
         store.append(b"two").unwrap();
         drop(store);
-        let (store, read) = AppliedStore::open(dir.path(), epoch_of).unwrap();
-        assert_eq!(read.records, [b"one".to_vec(), b"two".to_vec()]);
+        let (store, _, records) = AppliedStore::open(dir.path(), epoch_of).unwrap();
+        assert_eq!(records, [b"one".to_vec(), b"two".to_vec()]);
         assert_eq!(store.next_epoch(), epoch + 1);
 
         // A save torn in the middle: the records before it only.
@@ -310,22 +303,22 @@ mod tests {
             .unwrap()
             .set_len(len - 1)
             .unwrap();
-        let (_, read) = AppliedStore::open(dir.path(), epoch_of).unwrap();
-        assert_eq!(read.records, [b"one".to_vec()]);
+        let (_, _, records) = AppliedStore::open(dir.path(), epoch_of).unwrap();
+        assert_eq!(records, [b"one".to_vec()]);
 
         // A corrupt record ends it too.
         let mut bytes = std::fs::read(&path).unwrap();
         let at = bytes.windows(3).position(|w| w == b"one").unwrap();
         bytes[at] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let (_, read) = AppliedStore::open(dir.path(), epoch_of).unwrap();
-        assert!(read.records.is_empty());
+        let (_, _, records) = AppliedStore::open(dir.path(), epoch_of).unwrap();
+        assert!(records.is_empty());
     }
 
     #[test]
     fn a_journal_of_another_epoch_is_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut store, _) = AppliedStore::open(dir.path(), epoch_of).unwrap();
+        let (mut store, _, _) = AppliedStore::open(dir.path(), epoch_of).unwrap();
         store
             .checkpoint(&serde_json::to_vec(&Start { epoch: 1 }).unwrap())
             .unwrap();
@@ -337,9 +330,9 @@ mod tests {
             &serde_json::to_vec(&Start { epoch: 2 }).unwrap(),
         )
         .unwrap();
-        let (store, read) = AppliedStore::open(dir.path(), epoch_of).unwrap();
+        let (store, _, records) = AppliedStore::open(dir.path(), epoch_of).unwrap();
         assert_eq!(store.next_epoch(), 3);
-        assert!(read.records.is_empty());
+        assert!(records.is_empty());
     }
 
     #[test]

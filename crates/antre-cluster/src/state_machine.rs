@@ -251,19 +251,8 @@ impl StateMachine {
     ) -> Result<StateMachine, ClusterError> {
         let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
         std::fs::create_dir_all(dir).map_err(|e| storage(&e))?;
-        let epoch_of = |raw: &[u8]| {
-            #[derive(Deserialize)]
-            struct Epoch {
-                #[serde(default)]
-                epoch: u64,
-            }
-            serde_json::from_slice::<Epoch>(raw).map_or(0, |e| e.epoch)
-        };
-        let (store, loaded) = AppliedStore::open(dir, epoch_of).map_err(|e| storage(&e))?;
-        let mut applied: Applied = match &loaded.checkpoint {
-            Some(raw) => serde_json::from_slice(raw).map_err(|e| storage(&e))?,
-            None => Applied::default(),
-        };
+        let (store, mut applied, records) =
+            AppliedStore::open(dir, |a: &Applied| a.epoch).map_err(|e| storage(&e))?;
         let mut owners: Tracked<(String, String), String> = std::mem::take(&mut applied.owners)
             .into_iter()
             .map(|(v, q, n)| ((v, q), n))
@@ -277,7 +266,7 @@ impl StateMachine {
                 .into_iter()
                 .map(|(v, q, leader, term)| ((v, q), (leader, term)))
                 .collect();
-        for raw in &loaded.records {
+        for raw in &records {
             let changes: Changes = serde_json::from_slice(raw).map_err(|e| storage(&e))?;
             applied.last_applied = changes.last_applied;
             applied.membership = changes.membership;
