@@ -104,8 +104,7 @@ async fn consumer(ch: &Channel, queue: &str, tag: &str) -> Consumer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_publishes_to_and_consumes_from_any_queue() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
+    let c = formed_cluster().await;
     let n1 = connect(&c.nodes[0].amqp_uri()).await;
     let n2 = connect(&c.nodes[1].amqp_uri()).await;
     let n3 = connect(&c.nodes[2].amqp_uri()).await;
@@ -313,8 +312,7 @@ async fn redelivery_after_a_forwarded_consumer_closes(
     n2: &Connection,
     ch1: &Channel,
 ) {
-    let held = connect(&c.nodes[1].amqp_uri()).await;
-    let ch = held.create_channel().await.expect("channel");
+    let (held, ch) = channel_on(c, 1).await;
     ch.basic_qos(10, BasicQosOptions::default())
         .await
         .expect("qos");
@@ -415,10 +413,8 @@ async fn mandatory_publishes_racing_a_delete(c: &TestCluster, ch1: &Channel, n2:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_dying_cancels_forwarded_consumers_and_loses_nothing_confirmed() {
-    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
-    let n1 = connect(&c.nodes[0].amqp_uri()).await;
-    let ch1 = n1.create_channel().await.expect("channel");
+    let mut c = formed_cluster().await;
+    let (n1, ch1) = channel_on(&c, 0).await;
     declare_durable(&ch1, "ledger").await;
     c.until("n2 to know `ledger`", || async {
         has(&c, 1, "/api/queues/%2F/ledger").await
@@ -429,8 +425,7 @@ async fn the_owner_dying_cancels_forwarded_consumers_and_loses_nothing_confirmed
 
     // Confirmed publishes through n2, and a consumer through n2 that
     // holds some of them unacked.
-    let n2 = connect(&c.nodes[1].amqp_uri()).await;
-    let pub2 = n2.create_channel().await.expect("channel");
+    let (n2, pub2) = channel_on(&c, 1).await;
     pub2.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
@@ -551,8 +546,7 @@ fn text(s: &str) -> AMQPValue {
 /// n2 owns, as they would reach a queue of n1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_and_delayed_messages_reach_another_nodes_queue() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
+    let c = formed_cluster().await;
     let n1 = connect(&c.nodes[0].amqp_uri()).await;
     let n2 = connect(&c.nodes[1].amqp_uri()).await;
     let ch1 = n1.create_channel().await.expect("channel");
@@ -724,11 +718,9 @@ async fn a_paused_owner_nacks_and_blocks_only_the_publishers_that_forward_to_it(
     }
     c.launch().await;
     c.until("the cluster to form", || formed(&c)).await;
-    let n1 = connect(&c.nodes[0].amqp_uri()).await;
-    let ch1 = n1.create_channel().await.expect("channel");
+    let (_n1, ch1) = channel_on(&c, 0).await;
     declare_durable(&ch1, "stuck").await;
-    let bystander = connect(&c.nodes[1].amqp_uri()).await;
-    let local = bystander.create_channel().await.expect("channel");
+    let (_bystander, local) = channel_on(&c, 1).await;
     declare_durable(&local, "nearby").await;
     local
         .confirm_select(ConfirmSelectOptions::default())
@@ -738,8 +730,7 @@ async fn a_paused_owner_nacks_and_blocks_only_the_publishers_that_forward_to_it(
         has(&c, 1, "/api/queues/%2F/stuck").await
     })
     .await;
-    let confirming = connect(&c.nodes[1].amqp_uri()).await;
-    let pub2 = confirming.create_channel().await.expect("channel");
+    let (_confirming, pub2) = channel_on(&c, 1).await;
     pub2.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
@@ -777,8 +768,7 @@ async fn a_paused_owner_nacks_and_blocks_only_the_publishers_that_forward_to_it(
     // A publisher without confirms floods the link: 4 MiB against a 1 MiB
     // buffer. It is blocked; it publishes from a task, since lapin's
     // publishes wait once the server stops reading.
-    let flooder = connect(&c.nodes[1].amqp_uri()).await;
-    let flood = flooder.create_channel().await.expect("channel");
+    let (_flooder, flood) = channel_on(&c, 1).await;
     let flooding = tokio::spawn(async move {
         let body = vec![7u8; 64 << 10];
         for _ in 0..64 {
@@ -916,8 +906,7 @@ where
 /// delivery too long (406), as on the queue's owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_prefetch_and_consumer_timeout_hold_for_forwarded_consumers() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
+    let c = formed_cluster().await;
     let n1 = connect(&c.nodes[0].amqp_uri()).await;
     let n3 = connect(&c.nodes[2].amqp_uri()).await;
     let ch1 = n1.create_channel().await.expect("channel");
@@ -958,8 +947,7 @@ async fn channel_prefetch_and_consumer_timeout_hold_for_forwarded_consumers() {
     })
     .await;
 
-    let n2 = connect(&c.nodes[1].amqp_uri()).await;
-    let ch2 = n2.create_channel().await.expect("channel");
+    let (n2, ch2) = channel_on(&c, 1).await;
     ch2.basic_qos(4, BasicQosOptions { global: true })
         .await
         .expect("global qos");
@@ -1082,10 +1070,8 @@ async fn publish_all_confirmed(
 /// (then consumes again, through the new leader).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_follows_a_quorum_queue_through_its_leaders_death() {
-    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
-    let n1 = connect(&c.nodes[0].amqp_uri()).await;
-    let ch1 = n1.create_channel().await.expect("channel");
+    let mut c = formed_cluster().await;
+    let (_n1, ch1) = channel_on(&c, 0).await;
     let mut quorum = FieldTable::default();
     quorum.insert("x-queue-type".into(), text("quorum"));
     ch1.queue_declare(
@@ -1234,10 +1220,8 @@ async fn a_forwarded_consumer_that_does_not_read_leaves_the_messages_on_the_owne
         return;
     }
     const COUNT: usize = 640;
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
-    let n1 = connect(&c.nodes[0].amqp_uri()).await;
-    let ch1 = n1.create_channel().await.expect("channel");
+    let c = formed_cluster().await;
+    let (_n1, ch1) = channel_on(&c, 0).await;
     declare_durable(&ch1, "firehose").await;
     c.until("n2 to know `firehose`", || async {
         has(&c, 1, "/api/queues/%2F/firehose").await
@@ -1372,8 +1356,7 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
 
     // guest on n1 owns the queues; alice on n2 consumes one of them; guest
     // on n3 just has a channel open.
-    let n1 = connect(&c.nodes[0].amqp_uri()).await;
-    let ch1 = n1.create_channel().await.expect("channel");
+    let (n1, ch1) = channel_on(&c, 0).await;
     ch1.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
@@ -1399,8 +1382,7 @@ async fn every_node_lists_the_whole_clusters_connections_channels_and_consumers(
     })
     .await;
     let _alice = consumer(&ch2, "orders", "alice-on-n2").await;
-    let n3 = connect(&c.nodes[2].amqp_uri()).await;
-    let _ch3 = n3.create_channel().await.expect("channel");
+    let (_n3, _ch3) = channel_on(&c, 2).await;
 
     for i in 0..3 {
         lists_the_whole_cluster(&c, i, &names).await;
@@ -1670,8 +1652,7 @@ fn durable() -> QueueDeclareOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     use lapin::publisher_confirm::Confirmation;
-    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
+    let mut c = formed_cluster().await;
     for i in 0..3 {
         c.until("exclusive queue names to be recorded", || async {
             c.feature_flag(i, antre_broker::feature_flags::EXCLUSIVE_QUEUE_NAMES)
@@ -1680,8 +1661,7 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
         })
         .await;
     }
-    let n2 = connect(&c.nodes[1].amqp_uri()).await;
-    let private = n2.create_channel().await.expect("channel");
+    let (n2, private) = channel_on(&c, 1).await;
     private
         .queue_declare("replies", exclusive(), FieldTable::default())
         .await
@@ -1829,8 +1809,7 @@ async fn consumer_of(conn: &Connection, queue: &str) -> String {
 /// as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_limit_counts_alike_on_every_node() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
+    let c = formed_cluster().await;
     let (status, body) = c
         .api(
             0,
@@ -1840,8 +1819,7 @@ async fn a_queue_limit_counts_alike_on_every_node() {
         )
         .await;
     assert_eq!(status, 204, "{body}");
-    let n2 = connect(&c.nodes[1].amqp_uri()).await;
-    let private = n2.create_channel().await.expect("channel");
+    let (n2, private) = channel_on(&c, 1).await;
     c.until("n2 to apply the limit", || async {
         let (_, limits) = c.api(1, "GET", "/api/vhost-limits/%2F", None).await;
         limits[0]["value"]["max-queues"] == json!(2)
@@ -1851,8 +1829,7 @@ async fn a_queue_limit_counts_alike_on_every_node() {
         .queue_declare("", exclusive(), FieldTable::default())
         .await
         .expect("exclusive declare");
-    let n1 = connect(&c.nodes[0].amqp_uri()).await;
-    let ch = n1.create_channel().await.expect("channel");
+    let (_n1, ch) = channel_on(&c, 0).await;
     declare_durable(&ch, "first").await;
     declare_durable(&ch, "second").await;
     for i in 0..3 {
@@ -1884,10 +1861,8 @@ async fn a_queue_limit_counts_alike_on_every_node() {
 /// it was deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_unused_and_if_empty_deletes_are_decided_by_the_owner() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
-    let n1 = connect(&c.nodes[0].amqp_uri()).await;
-    let ch = n1.create_channel().await.expect("channel");
+    let c = formed_cluster().await;
+    let (n1, ch) = channel_on(&c, 0).await;
     declare_durable(&ch, "busy").await;
     let _held = consumer(&ch, "busy", "held").await;
     declare_durable(&ch, "full").await;
@@ -1979,8 +1954,7 @@ async fn if_unused_and_if_empty_deletes_are_decided_by_the_owner() {
 
     // Without the conditions, through n3: gone everywhere, with the
     // owner's count.
-    let n3 = connect(&c.nodes[2].amqp_uri()).await;
-    let del = n3.create_channel().await.expect("channel");
+    let (_n3, del) = channel_on(&c, 2).await;
     let count = del
         .queue_delete("full", QueueDeleteOptions::default())
         .await
@@ -2002,10 +1976,8 @@ async fn if_unused_and_if_empty_deletes_are_decided_by_the_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_reply_to_answers_a_requester_on_another_node() {
     use lapin::publisher_confirm::Confirmation;
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
-    let responder = connect(&c.nodes[0].amqp_uri()).await;
-    let server = responder.create_channel().await.expect("channel");
+    let c = formed_cluster().await;
+    let (_responder, server) = channel_on(&c, 0).await;
     declare_durable(&server, "rpc").await;
     server
         .confirm_select(ConfirmSelectOptions::default())
@@ -2013,8 +1985,7 @@ async fn direct_reply_to_answers_a_requester_on_another_node() {
         .expect("confirm.select");
     let mut requests = consumer(&server, "rpc", "server").await;
 
-    let requester = connect(&c.nodes[1].amqp_uri()).await;
-    let client = requester.create_channel().await.expect("channel");
+    let (_requester, client) = channel_on(&c, 1).await;
     let mut replies = client
         .basic_consume(
             "amq.rabbitmq.reply-to",
@@ -2100,8 +2071,7 @@ async fn bindings(c: &TestCluster, i: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
     use lapin::publisher_confirm::Confirmation;
-    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
+    let mut c = formed_cluster().await;
     let mut subscribers = Vec::new();
     // n2's exclusive queue is server-named (its name names n2), n3's is
     // named by its client, as Spring AMQP's anonymous queues are.
@@ -2121,15 +2091,7 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
             )
             .await
             .expect("exclusive queue");
-        ch.queue_bind(
-            q.name().as_str(),
-            "logs",
-            "",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue.bind");
+        bind_to_logs(&ch, q.name().as_str()).await;
         let consumer = consumer(&ch, q.name().as_str(), "subscriber").await;
         subscribers.push((conn, ch, consumer));
     }
@@ -2199,10 +2161,36 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
     drop(publisher);
 }
 
-/// A connection to node `i` and a channel of it in confirm mode.
-async fn confirming(c: &TestCluster, i: usize) -> (Connection, Channel) {
+/// Binds `queue` to exchange `logs` (a fanout: no key).
+async fn bind_to_logs(ch: &Channel, queue: &str) {
+    ch.queue_bind(
+        queue,
+        "logs",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.bind");
+}
+
+/// A 3-node cluster, formed.
+async fn formed_cluster() -> TestCluster {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    c.until("the cluster to form", || formed(&c)).await;
+    c
+}
+
+/// A connection to node `i` and a channel of it.
+async fn channel_on(c: &TestCluster, i: usize) -> (Connection, Channel) {
     let conn = connect(&c.nodes[i].amqp_uri()).await;
     let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+/// A connection to node `i` and a channel of it in confirm mode.
+async fn confirming(c: &TestCluster, i: usize) -> (Connection, Channel) {
+    let (conn, ch) = channel_on(c, i).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
@@ -2246,10 +2234,8 @@ async fn publish_for_confirm(
 /// again): a publish through it was refused (404) or unroutable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_exchanges_and_queues_outlive_another_nodes_restart() {
-    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    c.until("the cluster to form", || formed(&c)).await;
-    let n1 = connect(&c.nodes[0].amqp_uri()).await;
-    let ch = n1.create_channel().await.expect("channel");
+    let mut c = formed_cluster().await;
+    let (_n1, ch) = channel_on(&c, 0).await;
     declare_logs(&ch).await;
     ch.queue_declare(
         "hello",
@@ -2258,15 +2244,7 @@ async fn transient_exchanges_and_queues_outlive_another_nodes_restart() {
     )
     .await
     .expect("queue.declare");
-    ch.queue_bind(
-        "hello",
-        "logs",
-        "",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.bind");
+    bind_to_logs(&ch, "hello").await;
     for i in 0..3 {
         c.until(&format!("n{} to list the binding", i + 1), || async {
             bindings(&c, i).await == 1
