@@ -1648,7 +1648,9 @@ fn durable() -> QueueDeclareOptions {
 /// knew only its own exclusive queues: a second node declared its own
 /// queue of the same name, a shared declare elsewhere took the name away,
 /// publishes by name from other nodes were unroutable (returned, or
-/// confirmed and dropped), and other nodes' API did not list it.
+/// confirmed and dropped), and other nodes' API did not list it. Once its
+/// node is dead, its queue is gone with it: a consume or get elsewhere
+/// answers 404, a delete frees the name (before: 405 until it restarted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     use lapin::publisher_confirm::Confirmation;
@@ -1749,15 +1751,40 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
     assert_eq!(got(&mine, "replies").await, b"to n1");
 
-    // n1 dies: its exclusive queue is gone with it, so n3 may take the
-    // name; n1's restart does not take it back from n3.
+    // n1 dies: its exclusive queue is gone with it, as in RabbitMQ. Once
+    // n3 sees n1 down, a consume or get answers 404 (before: 405 until n1
+    // restarted), and a delete answers delete-ok (before: 405) and frees
+    // the name on every node: a mandatory publish through n2 is returned
+    // rather than forwarded to the dead node.
     drop(publishers);
     c.kill(0);
     let n3 = connect(&c.nodes[2].amqp_uri()).await;
+    c.until("n1's exclusive queue to be gone with it", || async {
+        consumer_of(&n3, "replies").await.contains("NOT_FOUND")
+    })
+    .await;
+    let ch = n3.create_channel().await.expect("channel");
+    let gone = ch
+        .basic_get("replies", BasicGetOptions::default())
+        .await
+        .expect_err("a get of a dead node's exclusive queue");
+    assert!(gone.to_string().contains("NOT_FOUND"), "{gone}");
+    let ch = n3.create_channel().await.expect("channel");
+    let deleted = ch
+        .queue_delete("replies", QueueDeleteOptions::default())
+        .await
+        .expect("a delete of a dead node's exclusive queue");
+    assert_eq!(deleted, 0);
+    let (_via_n2, ch2) = confirming(&c, 1).await;
+    c.until("n2 to forget n1's exclusive queue", || async {
+        let confirm = publish_for_confirm(&ch2, "", "replies", b"to nobody", true).await;
+        matches!(confirm, Confirmation::Ack(Some(_)))
+    })
+    .await;
+    // n3 may take the name; n1's restart does not take it back from n3.
     let theirs = declare_once_free(&c, &n3, "replies", "n3 to declare a dead node's name").await;
     c.spawn(0);
     c.until("the cluster to form again", || formed(&c)).await;
-    let (_n2, ch2) = confirming(&c, 1).await;
     let confirm = publish_for_confirm(&ch2, "", "replies", b"to n3", true).await;
     assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
     assert_eq!(got(&theirs, "replies").await, b"to n3");

@@ -75,18 +75,10 @@ impl Channel {
     /// that is down lost its exclusive queues: its names are free (the
     /// declare records the new holder).
     fn check_not_held_elsewhere(&self, name: &str) -> Result<(), BrokerError> {
-        let Some(node) = self.ctx.vhost.exclusive_elsewhere(name) else {
-            return Ok(());
-        };
-        let running = self
-            .ctx
-            .broker
-            .metadata_log()
-            .is_some_and(|log| log.nodes().iter().any(|n| **n == *node));
-        if running {
-            return Err(crate::vhost::locked_name(&self.ctx.vhost.name, name));
+        match self.ctx.vhost.exclusive_of_running(name) {
+            Some(_) => Err(crate::vhost::locked_name(&self.ctx.vhost.name, name)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// A client-named exclusive queue in a cluster: its name is recorded in
@@ -352,6 +344,33 @@ impl Channel {
         Ok(())
     }
 
+    /// queue.delete of `name`, an exclusive queue of cluster node `node`.
+    /// While `node` runs, the queue is its connection's alone, as on a
+    /// single node (405): a replicated delete would have dropped, on every
+    /// other node, the record of its node and the bindings that route to
+    /// it, and answered delete-ok. Once `node` is down, its exclusive
+    /// queues are gone, as in RabbitMQ: delete-ok, as for any queue that is
+    /// no more, and the name the metadata still records for `node` is
+    /// released on every node (only while `node` still holds it).
+    fn delete_exclusive_elsewhere(
+        &mut self,
+        name: &str,
+        node: &str,
+        nowait: bool,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), BrokerError> {
+        let vhost = &self.ctx.vhost;
+        if vhost.is_running(node) {
+            return Err(crate::vhost::locked_name(&vhost.name, name));
+        }
+        let recorded = vhost.exclusive_elsewhere(name).is_some_and(|n| *n == *node);
+        if let (true, Some(log)) = (recorded, self.ctx.broker.metadata_log()) {
+            log.propose(vhost.exclusive_record(name, node, false))?;
+        }
+        reply(out, QueueDeleteOk { message_count: 0 }, nowait);
+        Ok(())
+    }
+
     pub(super) fn queue_delete(
         &mut self,
         m: QueueDelete,
@@ -359,12 +378,13 @@ impl Channel {
     ) -> Result<(), BrokerError> {
         let queue = self.resolve_queue(&m.queue)?;
         self.permit(ResourceKind::Queue, &queue, Perm::Configure)?;
-        if !self.ctx.vhost.has_queue(&queue) && self.ctx.vhost.named_elsewhere(&queue).is_some() {
-            // Another node's exclusive queue: its connection's alone, as on
-            // a single node. A replicated delete would have dropped, on
-            // every other node, the record of its node and the bindings
-            // that route to it, and answered delete-ok.
-            return Err(crate::vhost::locked_name(&self.ctx.vhost.name, &queue));
+        if let Some(node) = self
+            .ctx
+            .vhost
+            .named_elsewhere(&queue)
+            .filter(|_| !self.ctx.vhost.has_queue(&queue))
+        {
+            return self.delete_exclusive_elsewhere(&queue, &node, m.nowait, out);
         }
         let conn = self.ctx.connection;
         if let Some(log) = self.replicated(self.is_local_exclusive(&queue)) {

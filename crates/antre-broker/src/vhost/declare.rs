@@ -763,6 +763,22 @@ impl Vhost {
         Some(Arc::clone(&h.node))
     }
 
+    /// The running cluster node, other than this one, that the metadata
+    /// records as holding the client-named exclusive queue `name`. A node
+    /// that is down lost its exclusive queues, as in RabbitMQ: its names
+    /// answer as free ones do (404 to a consume, a declare takes them).
+    pub fn exclusive_of_running(&self, name: &str) -> Option<Arc<str>> {
+        let node = self.exclusive_elsewhere(name)?;
+        self.is_running(&node).then_some(node)
+    }
+
+    /// Whether cluster node `node` runs, as this node sees it.
+    pub(crate) fn is_running(&self, node: &str) -> bool {
+        self.metadata
+            .get()
+            .is_some_and(|log| log.nodes().iter().any(|n| n == node))
+    }
+
     /// What makes every node forget the node-local queue `name` that its
     /// node `node` says is gone: the release of a recorded client-named
     /// exclusive queue (if still `node`'s), or the deletion of a queue

@@ -439,11 +439,11 @@ impl Vhost {
 
     /// Looks up a queue the connection may use: 405 for another
     /// connection's exclusive queue, on this node or (as the metadata
-    /// records it) on another cluster node.
+    /// records it) on another running cluster node.
     pub fn queue(&self, name: &str, conn: ConnectionId) -> Result<Arc<Queue>, BrokerError> {
         let topo = self.topology.read();
         let Some(q) = topo.queues.get(name) else {
-            if self.exclusive_elsewhere(name).is_some() {
+            if self.exclusive_of_running(name).is_some() {
                 return Err(locked_name(&self.name, name));
             }
             return Err(topo.no_queue(name));

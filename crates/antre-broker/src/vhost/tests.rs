@@ -541,11 +541,19 @@ fn a_direct_reply_to_address_names_its_node_in_a_cluster() {
 #[derive(Debug, Default)]
 struct Recorder {
     later: parking_lot::Mutex<Vec<crate::cluster::MetaCommand>>,
+    /// The other nodes that run, as this node sees them.
+    running: parking_lot::Mutex<Vec<String>>,
 }
 
 impl crate::cluster::MetadataLog for Recorder {
     fn node_name(&self) -> &str {
         "n1"
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        let mut nodes = self.running.lock().clone();
+        nodes.push("n1".into());
+        nodes
     }
 
     fn propose(
@@ -644,4 +652,38 @@ fn exclusive_queue_names_follow_the_metadatas_order() {
     f.vhost.forget_exclusive_elsewhere();
     assert_eq!(f.vhost.exclusive_elsewhere("mine"), None);
     assert!(f.vhost.holds_exclusive("again"));
+}
+
+/// A client-named exclusive queue of another node answers 405 while that
+/// node runs; once it is down, its queue is gone with it, as in RabbitMQ:
+/// a consume or get answers 404, as for any queue that is no more. Before,
+/// the 405 stayed until the node restarted, while a declare of the name
+/// was already let through.
+#[test]
+fn a_down_nodes_exclusive_queue_is_not_found() {
+    let f = fixture();
+    let log = Arc::new(Recorder::default());
+    f.vhost
+        .set_metadata_log(Arc::clone(&log) as Arc<dyn crate::cluster::MetadataLog>);
+    f.vhost.hold_exclusive("replies", "n2").unwrap();
+    log.running.lock().push("n2".into());
+    let locked = f.vhost.queue("replies", 1).unwrap_err();
+    assert!(
+        matches!(locked, BrokerError::ResourceLocked(_)),
+        "{locked:?}"
+    );
+    assert_eq!(
+        f.vhost.exclusive_of_running("replies").as_deref(),
+        Some("n2")
+    );
+
+    log.running.lock().clear();
+    let gone = f.vhost.queue("replies", 1).unwrap_err();
+    assert!(matches!(gone, BrokerError::NotFound(_)), "{gone:?}");
+    assert_eq!(f.vhost.exclusive_of_running("replies"), None);
+    // Still recorded: publishes by name go there until it is released.
+    assert_eq!(
+        f.vhost.exclusive_elsewhere("replies").as_deref(),
+        Some("n2")
+    );
 }
