@@ -81,6 +81,21 @@ fn serde_bytes_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D:
     d.deserialize_bytes(V)
 }
 
+/// What a declare of a client-named exclusive queue expects of its name
+/// ([`MetaCommand::ExclusiveQueue`]): applied only if no other node holds
+/// it, or only `from`. So of two declares of a free name on two nodes at
+/// the same moment, the first in the log gets the name and the other is
+/// refused (405) on every node alike, as RabbitMQ refuses one of the two;
+/// without a claim the later one took the name, and the first client's
+/// queue was deleted under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExclusiveClaim {
+    /// The node the declaring node saw hold the name while that node was
+    /// down (a node that is down lost its exclusive queues, so its names
+    /// are free), if any.
+    pub from: Option<String>,
+}
+
 /// One change to cluster-wide metadata, as the metadata log carries it.
 /// Passwords travel only as salted hashes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,6 +353,13 @@ pub enum MetaCommand {
         /// Declared (else gone: applied only if `node` still holds it, so
         /// a late release never undoes a later declare).
         held: bool,
+        /// A declare's claim on the name: the first declare in the log
+        /// wins (see [`ExclusiveClaim`]). None for the records that take
+        /// the name whatever held it (from versions without the feature
+        /// flag `exclusive_queue_first_declare_wins`, and a node recording
+        /// again a queue it still has).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim: Option<ExclusiveClaim>,
     },
     /// queue.bind / exchange.bind (`unbind`: the unbind of each).
     Binding {
@@ -893,10 +915,11 @@ impl Broker {
                 name,
                 node,
                 held,
+                claim,
             } => {
                 let v = self.vhost_or_404(&vhost)?;
                 if held {
-                    v.hold_exclusive(&name, &node)?;
+                    v.hold_exclusive(&name, &node, claim.as_ref())?;
                 } else {
                     v.release_exclusive(&name, &node);
                 }

@@ -50,6 +50,12 @@ pub const FORWARDED_METADATA_INDEX: &str = "forwarded_publish_metadata_index";
 /// name on another node is refused, as in RabbitMQ.
 pub const EXCLUSIVE_QUEUE_NAMES: &str = "cluster_wide_exclusive_queue_names";
 
+/// Declares of client-named exclusive queues claim their name
+/// ([`crate::cluster::ExclusiveClaim`]): of two declares of a free name on
+/// two nodes at the same moment, the first in the log wins and the other
+/// is refused, as in RabbitMQ (before, the later one won).
+pub const EXCLUSIVE_QUEUE_CLAIMS: &str = "exclusive_queue_first_declare_wins";
+
 /// Every flag this version knows, oldest first.
 pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
@@ -64,6 +70,10 @@ pub const FEATURE_FLAGS: &[FeatureFlag] = &[
         name: EXCLUSIVE_QUEUE_NAMES,
         desc: "Client-named exclusive queues are known to every node: reached by name from any node, their names refused elsewhere",
     },
+    FeatureFlag {
+        name: EXCLUSIVE_QUEUE_CLAIMS,
+        desc: "Of two declares of one exclusive queue name on two nodes at the same moment, the first wins and the other is refused",
+    },
 ];
 
 impl MetaCommand {
@@ -75,7 +85,8 @@ impl MetaCommand {
         use MetaCommand as C;
         match self {
             C::SetDrained { .. } => Some(MAINTENANCE_MODE_STATUS),
-            C::ExclusiveQueue { .. } => Some(EXCLUSIVE_QUEUE_NAMES),
+            C::ExclusiveQueue { claim: Some(_), .. } => Some(EXCLUSIVE_QUEUE_CLAIMS),
+            C::ExclusiveQueue { claim: None, .. } => Some(EXCLUSIVE_QUEUE_NAMES),
             C::PutUser { .. }
             | C::DeleteUser { .. }
             | C::CreateVhost { .. }

@@ -346,7 +346,7 @@ impl StateMachine {
 
     fn restore_transient_in(&self, state: &State) {
         for v in self.broker.vhosts() {
-            v.forget_exclusive_elsewhere();
+            v.forget_recorded_exclusive();
         }
         for command in state.transient.to_restore(&self.node_name) {
             if let Err(e) = self.broker.apply_meta(command.clone()) {

@@ -69,6 +69,7 @@ impl Transient {
                 name,
                 node,
                 held,
+                ..
             } => {
                 let previous = self.0.iter().find_map(|c| match c {
                     C::ExclusiveQueue { node: at, .. }
@@ -91,8 +92,17 @@ impl Transient {
                             && !is_binding_to(c, vhost, name, Some(&holder))
                     });
                 }
-                if *held && !self.0.iter().any(|c| c == command) {
-                    self.0.push(command.clone());
+                // Kept without its claim: given back after a restart or a
+                // snapshot, the record takes the name whatever held it.
+                let record = C::ExclusiveQueue {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                    node: node.clone(),
+                    held: true,
+                    claim: None,
+                };
+                if *held && !self.0.contains(&record) {
+                    self.0.push(record);
                 }
             }
             C::DeclareQueue { vhost, name, .. } => {
@@ -147,11 +157,14 @@ impl Transient {
 
     /// What node `me` gives its broker again after a restart or a snapshot:
     /// all but its own transient queues (gone with the restart) and the
-    /// bindings to them and to its own exclusive queues.
+    /// bindings to them and to its own exclusive queues. Its own exclusive
+    /// queue names stay recorded, as on every other node, until their
+    /// releases ([`Transient::released_by_restart`]) are applied: a claim
+    /// on a name must be judged alike on every node.
     pub fn to_restore<'a>(&'a self, me: &'a str) -> impl Iterator<Item = &'a MetaCommand> + 'a {
         self.0.iter().filter(move |c| match c {
             MetaCommand::DeclareQueue { owner, .. } => owner != me,
-            MetaCommand::ExclusiveQueue { node, .. } => node != me,
+            MetaCommand::ExclusiveQueue { .. } => true,
             MetaCommand::Binding { node: Some(n), .. } => n != me,
             MetaCommand::Binding {
                 vhost,
@@ -178,11 +191,13 @@ impl Transient {
                     name,
                     node,
                     held: true,
+                    ..
                 } if node == me => Some(MetaCommand::ExclusiveQueue {
                     vhost: vhost.clone(),
                     name: name.clone(),
                     node: node.clone(),
                     held: false,
+                    claim: None,
                 }),
                 _ => None,
             })
@@ -373,6 +388,7 @@ mod tests {
             name: name.into(),
             node: node.into(),
             held,
+            claim: None,
         }
     }
 
@@ -380,13 +396,27 @@ mod tests {
     fn exclusive_queue_names_are_kept_until_their_holder_releases_them() {
         let mut t = Transient::default();
         t.applied(&exchange("orders", true), true, false);
-        t.applied(&held("replies", "n2", true), true, false);
+        // A declare's claim is not kept: the record takes the name when it
+        // is given back.
+        let mut claimed = held("replies", "n2", true);
+        if let MetaCommand::ExclusiveQueue { claim, .. } = &mut claimed {
+            *claim = Some(antre_broker::cluster::ExclusiveClaim { from: None });
+        }
+        t.applied(&claimed, true, false);
         t.applied(&bind(false, "orders", "replies", Some("n2")), true, false);
         // Refused (a shared queue had the name): not recorded.
         t.applied(&held("work", "n3", true), false, false);
-        assert_eq!(t.commands().len(), 2);
-        // n2 restarted: its names are released, by n2, not declared again.
-        assert_eq!(t.to_restore("n2").count(), 0);
+        assert_eq!(
+            t.commands(),
+            [
+                held("replies", "n2", true),
+                bind(false, "orders", "replies", Some("n2"))
+            ]
+        );
+        // n2 restarted: its names stay recorded, as on every node, until
+        // n2 releases them; its queue is not declared again, nor bound.
+        let restored: Vec<_> = t.to_restore("n2").cloned().collect();
+        assert_eq!(restored, [held("replies", "n2", true)]);
         assert_eq!(t.to_restore("n1").count(), 2);
         assert_eq!(t.released_by_restart("n2"), [held("replies", "n2", false)]);
         assert!(t.released_by_restart("n1").is_empty());

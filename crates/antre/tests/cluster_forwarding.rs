@@ -1790,6 +1790,57 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     assert_eq!(got(&theirs, "replies").await, b"to n3");
 }
 
+/// Clients of two nodes declare the same free exclusive queue name at the
+/// same moment, twenty names over: for each, one gets declare-ok and the
+/// other 405, as RabbitMQ refuses one of the two, and the winner keeps
+/// its queue. Before, both got declare-ok, and the later declare in the
+/// metadata took the name: the first client's queue was deleted under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_declares_of_one_exclusive_name_at_once_the_first_wins() {
+    let c = formed_cluster().await;
+    for i in 0..3 {
+        c.until("first declares to win", || async {
+            c.feature_flag(i, antre_broker::feature_flags::EXCLUSIVE_QUEUE_CLAIMS)
+                .await
+                .is_some_and(|f| f["state"] == "enabled")
+        })
+        .await;
+    }
+    let clients = [
+        connect(&c.nodes[0].amqp_uri()).await,
+        connect(&c.nodes[1].amqp_uri()).await,
+    ];
+    for round in 0..20 {
+        let name = format!("race-{round}");
+        let channels = [
+            clients[0].create_channel().await.expect("channel"),
+            clients[1].create_channel().await.expect("channel"),
+        ];
+        let (a, b) = tokio::join!(
+            channels[0].queue_declare(&name, exclusive(), FieldTable::default()),
+            channels[1].queue_declare(&name, exclusive(), FieldTable::default()),
+        );
+        let (winner, loser) = match (&a, &b) {
+            (Ok(_), Err(e)) => (&channels[0], e),
+            (Err(e), Ok(_)) => (&channels[1], e),
+            (Ok(_), Ok(_)) => panic!("{name}: both declares of one exclusive name succeeded"),
+            (Err(x), Err(y)) => panic!("{name}: both declares were refused: {x}; {y}"),
+        };
+        assert!(
+            loser.to_string().contains("RESOURCE_LOCKED"),
+            "{name}: {loser}"
+        );
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        winner
+            .queue_declare(&name, passive, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: the winner's queue is gone: {e}"));
+    }
+}
+
 /// A new channel of `conn` with the exclusive queue `name` declared on
 /// it, once the name is free.
 async fn declare_once_free(c: &TestCluster, conn: &Connection, name: &str, what: &str) -> Channel {

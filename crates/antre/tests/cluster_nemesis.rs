@@ -420,10 +420,11 @@ enum Run {
 }
 
 /// The flags this build knows, by name, for `/api/feature-flags` checks.
-const FLAGS: [&str; 3] = [
+const FLAGS: [&str; 4] = [
     antre_broker::feature_flags::MAINTENANCE_MODE_STATUS,
     antre_broker::feature_flags::FORWARDED_METADATA_INDEX,
     antre_broker::feature_flags::EXCLUSIVE_QUEUE_NAMES,
+    antre_broker::feature_flags::EXCLUSIVE_QUEUE_CLAIMS,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

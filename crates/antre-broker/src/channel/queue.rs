@@ -99,7 +99,19 @@ impl Channel {
         // business only.
         let new = !vhost.has_queue(&name);
         if new {
-            log.propose(record(true))?;
+            let claims = self
+                .ctx
+                .broker
+                .feature_flag_enabled(crate::feature_flags::EXCLUSIVE_QUEUE_CLAIMS);
+            log.propose(if claims {
+                // Whoever the metadata records is down (checked before):
+                // its name is free. Refused if another declare took it
+                // since.
+                let down = vhost.exclusive_elsewhere(&name);
+                vhost.exclusive_claim(&name, log.node_name(), down.as_deref())
+            } else {
+                record(true)
+            })?;
         }
         let (q, counts) =
             match vhost.declare_queue_as(name.clone(), declaration, self.ctx.connection) {

@@ -586,7 +586,27 @@ impl Vhost {
             name: name.to_owned(),
             node: node.to_owned(),
             held,
+            claim: None,
         }
+    }
+
+    /// The metadata's record that cluster node `node` declared the
+    /// client-named exclusive queue `name`, if no other node holds the
+    /// name when it is applied (or only `from`: see
+    /// [`crate::cluster::ExclusiveClaim`]).
+    pub(crate) fn exclusive_claim(
+        &self,
+        name: &str,
+        node: &str,
+        from: Option<&str>,
+    ) -> crate::cluster::MetaCommand {
+        let mut command = self.exclusive_record(name, node, true);
+        if let crate::cluster::MetaCommand::ExclusiveQueue { claim, .. } = &mut command {
+            *claim = Some(crate::cluster::ExclusiveClaim {
+                from: from.map(str::to_owned),
+            });
+        }
+        command
     }
 
     /// The unconditional replicated deletion of queue `name`.
@@ -611,10 +631,17 @@ impl Vhost {
     /// Applies [`crate::cluster::MetaCommand::ExclusiveQueue`] (held):
     /// cluster node `node` holds the client-named exclusive queue `name`.
     /// Refused (405) on every node alike where a shared queue or a stream
-    /// has the name. On the other nodes, an exclusive queue of that name
-    /// that a client declared there at the same moment loses it: the later
-    /// declare in the log wins, the same on every node.
-    pub(crate) fn hold_exclusive(&self, name: &str, node: &str) -> Result<(), BrokerError> {
+    /// has the name, or (with a `claim`) where the metadata records
+    /// another node than `node` and the claim's `from` as its holder: the
+    /// first declare in the log wins. Without a claim, the record takes the
+    /// name: on the other nodes, an exclusive queue of that name that a
+    /// client declared there loses it, the same on every node.
+    pub(crate) fn hold_exclusive(
+        &self,
+        name: &str,
+        node: &str,
+        claim: Option<&crate::cluster::ExclusiveClaim>,
+    ) -> Result<(), BrokerError> {
         let mine = self.metadata.get().is_some_and(|m| m.node_name() == node);
         {
             let topo = self.topology.read();
@@ -623,6 +650,15 @@ impl Vhost {
                 .get(name)
                 .is_some_and(|q| q.options.exclusive_owner.is_none());
             if shared || topo.streams.contains_key(name) {
+                return Err(super::topology::locked_name(&self.name, name));
+            }
+        }
+        if let Some(claim) = claim {
+            let holders = self.exclusive_of.read();
+            let held_by_another = holders.get(name).is_some_and(|h| {
+                h.recorded && *h.node != *node && claim.from.as_deref() != Some(&*h.node)
+            });
+            if held_by_another {
                 return Err(super::topology::locked_name(&self.name, name));
             }
         }
@@ -716,18 +752,15 @@ impl Vhost {
         self.exclusive_of.write().remove(name);
     }
 
-    /// Forgets which other nodes hold client-named exclusive queues, as
-    /// the metadata recorded it: before a snapshot's record is given back
-    /// (a node that installs one missed the releases it compacted away).
-    /// This node's own stay: its queues are still here.
-    pub fn forget_exclusive_elsewhere(&self) {
-        let Some(log) = self.metadata.get() else {
-            return;
-        };
-        let me = log.node_name();
-        self.exclusive_of
-            .write()
-            .retain(|_, h| !h.recorded || *h.node == *me);
+    /// Forgets which nodes hold client-named exclusive queues, as the
+    /// metadata recorded it, this node's own included: before the record
+    /// of a snapshot or of `applied.json` is given back (a node that
+    /// installs a snapshot missed the releases it compacted away). Every
+    /// node must then hold the same record, or a claim on a name
+    /// ([`crate::cluster::ExclusiveClaim`]) would be refused on one node
+    /// and applied on the others.
+    pub fn forget_recorded_exclusive(&self) {
+        self.exclusive_of.write().retain(|_, h| !h.recorded);
     }
 
     /// A shared queue took the name `name` (see [`Vhost::evict_exclusive`]):

@@ -596,7 +596,7 @@ fn exclusive_queue_names_follow_the_metadatas_order() {
         .set_metadata_log(Arc::clone(&log) as Arc<dyn crate::cluster::MetadataLog>);
 
     // Another node's: routed there by name; a stale release is ignored.
-    f.vhost.hold_exclusive("replies", "n2").unwrap();
+    f.vhost.hold_exclusive("replies", "n2", None).unwrap();
     assert_eq!(
         f.vhost.exclusive_elsewhere("replies").as_deref(),
         Some("n2")
@@ -608,7 +608,7 @@ fn exclusive_queue_names_follow_the_metadatas_order() {
 
     // A shared queue's name is refused alike on every node.
     f.queue("work", FieldTable::default());
-    let refused = f.vhost.hold_exclusive("work", "n2").unwrap_err();
+    let refused = f.vhost.hold_exclusive("work", "n2", None).unwrap_err();
     assert!(
         matches!(refused, BrokerError::ResourceLocked(_)),
         "{refused:?}"
@@ -616,9 +616,9 @@ fn exclusive_queue_names_follow_the_metadatas_order() {
 
     // This node's queue loses a race to n2's declare, logged later.
     f.exclusive("mine", 7);
-    f.vhost.hold_exclusive("mine", "n1").unwrap();
+    f.vhost.hold_exclusive("mine", "n1", None).unwrap();
     assert!(f.vhost.holds_exclusive("mine"));
-    f.vhost.hold_exclusive("mine", "n2").unwrap();
+    f.vhost.hold_exclusive("mine", "n2", None).unwrap();
     assert!(!f.vhost.has_queue("mine"));
     assert_eq!(f.vhost.exclusive_elsewhere("mine").as_deref(), Some("n2"));
     assert!(log.later.lock().is_empty(), "{:?}", log.later.lock());
@@ -627,7 +627,7 @@ fn exclusive_queue_names_follow_the_metadatas_order() {
     // is applied: the name and the binding are recorded again.
     f.exclusive("again", 1);
     f.bind("amq.fanout", "again", "");
-    f.vhost.hold_exclusive("again", "n1").unwrap();
+    f.vhost.hold_exclusive("again", "n1", None).unwrap();
     f.vhost.release_exclusive("again", "n1");
     let later = log.later.lock().clone();
     assert_eq!(later.len(), 2, "{later:?}");
@@ -638,6 +638,7 @@ fn exclusive_queue_names_follow_the_metadatas_order() {
             name: "again".into(),
             node: "n1".into(),
             held: true,
+            claim: None,
         }
     );
     assert!(
@@ -646,12 +647,84 @@ fn exclusive_queue_names_follow_the_metadatas_order() {
         "{later:?}"
     );
 
-    // Before a snapshot's record is given back: other nodes' names go
-    // (their releases may have been compacted away), this node's stay.
-    f.vhost.hold_exclusive("again", "n1").unwrap();
-    f.vhost.forget_exclusive_elsewhere();
+    // Before a snapshot's record is given back, every recorded name goes
+    // (releases may have been compacted away), this node's too: the
+    // record gives back what every node holds.
+    f.vhost.hold_exclusive("again", "n1", None).unwrap();
+    f.vhost.forget_recorded_exclusive();
     assert_eq!(f.vhost.exclusive_elsewhere("mine"), None);
-    assert!(f.vhost.holds_exclusive("again"));
+    assert!(!f.vhost.holds_exclusive("again"));
+    assert!(f.vhost.has_queue("again"));
+}
+
+/// A declare's claim on an exclusive queue name is applied only if no
+/// other node holds the name, or only the node the declaring node saw
+/// down: of two declares of a free name at the same moment, the first in
+/// the log wins on every node, and the other is refused (405), as in
+/// RabbitMQ. Before, the later one took the name, and the first client's
+/// queue was deleted under it.
+#[test]
+fn the_first_claim_on_an_exclusive_queue_name_wins() {
+    let f = fixture();
+    let log = Arc::new(Recorder::default());
+    f.vhost
+        .set_metadata_log(Arc::clone(&log) as Arc<dyn crate::cluster::MetadataLog>);
+    let free = crate::cluster::ExclusiveClaim { from: None };
+    let from_n2 = crate::cluster::ExclusiveClaim {
+        from: Some("n2".into()),
+    };
+
+    // This node's queue, declared first: a later claim elsewhere is
+    // refused, and the queue stays.
+    f.exclusive("mine", 7);
+    f.vhost.hold_exclusive("mine", "n1", Some(&free)).unwrap();
+    let refused = f
+        .vhost
+        .hold_exclusive("mine", "n2", Some(&free))
+        .unwrap_err();
+    assert!(
+        matches!(refused, BrokerError::ResourceLocked(_)),
+        "{refused:?}"
+    );
+    assert!(f.vhost.has_queue("mine"));
+    assert!(f.vhost.holds_exclusive("mine"));
+
+    // Another node's: its own claim again is applied; a third node's is
+    // refused unless it saw the holder down.
+    f.vhost
+        .hold_exclusive("replies", "n2", Some(&free))
+        .unwrap();
+    f.vhost
+        .hold_exclusive("replies", "n2", Some(&free))
+        .unwrap();
+    let refused = f
+        .vhost
+        .hold_exclusive("replies", "n3", Some(&free))
+        .unwrap_err();
+    assert!(
+        matches!(refused, BrokerError::ResourceLocked(_)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        f.vhost.exclusive_elsewhere("replies").as_deref(),
+        Some("n2")
+    );
+    f.vhost
+        .hold_exclusive("replies", "n3", Some(&from_n2))
+        .unwrap();
+    assert_eq!(
+        f.vhost.exclusive_elsewhere("replies").as_deref(),
+        Some("n3")
+    );
+    // n3 took it first: a claim that saw n2 down comes too late.
+    let refused = f
+        .vhost
+        .hold_exclusive("replies", "n1", Some(&from_n2))
+        .unwrap_err();
+    assert!(
+        matches!(refused, BrokerError::ResourceLocked(_)),
+        "{refused:?}"
+    );
 }
 
 /// A client-named exclusive queue of another node answers 405 while that
@@ -665,7 +738,7 @@ fn a_down_nodes_exclusive_queue_is_not_found() {
     let log = Arc::new(Recorder::default());
     f.vhost
         .set_metadata_log(Arc::clone(&log) as Arc<dyn crate::cluster::MetadataLog>);
-    f.vhost.hold_exclusive("replies", "n2").unwrap();
+    f.vhost.hold_exclusive("replies", "n2", None).unwrap();
     log.running.lock().push("n2".into());
     let locked = f.vhost.queue("replies", 1).unwrap_err();
     assert!(
