@@ -538,6 +538,13 @@ pub trait MetadataLog: Send + Sync + fmt::Debug {
     /// must cope with being called on an async runtime's worker.
     fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError>;
 
+    /// Whether the cluster may log `command` now: the feature flag it
+    /// needs, if any, is enabled ([`MetaCommand::feature_flag`]).
+    fn may_log(&self, command: &MetaCommand) -> bool {
+        let _ = command;
+        true
+    }
+
     /// Proposes a change without waiting for it (a queue's owner removing
     /// an auto-delete or expired queue, from a timer or a channel that must
     /// not block on the cluster); a failure is logged.

@@ -961,6 +961,12 @@ impl MetadataLog for Cluster {
         self.queue_groups.created(vhost, created);
     }
 
+    fn may_log(&self, command: &MetaCommand) -> bool {
+        command
+            .feature_flag()
+            .is_none_or(|flag| self.broker().is_some_and(|b| b.feature_flag_enabled(flag)))
+    }
+
     fn propose_later(&self, command: MetaCommand) {
         let Some(node) = self.this.get().and_then(std::sync::Weak::upgrade) else {
             return;

@@ -81,10 +81,10 @@ impl Channel {
         }
     }
 
-    /// A client-named exclusive queue in a cluster: its name is recorded in
+    /// A client-named exclusive queue in a cluster: its name is claimed in
     /// the metadata first (refused there, as on every node, if a shared
-    /// queue has it), then the queue is made here, on its connection's
-    /// node.
+    /// queue or another node's exclusive queue has it), then the queue is
+    /// made here, on its connection's node.
     fn declare_exclusive(
         &mut self,
         log: &std::sync::Arc<dyn MetadataLog>,
@@ -94,42 +94,56 @@ impl Channel {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), BrokerError> {
         let vhost = &self.ctx.vhost;
-        let record = |held: bool| vhost.exclusive_record(&name, log.node_name(), held);
+        let me = log.node_name();
+        let release = || log.propose_later(vhost.exclusive_record(&name, me, false));
+        let claim = |from: Option<&str>| {
+            log.propose(vhost.exclusive_hold(log.as_ref(), &name, me, from))
+                .map_err(|e| {
+                    if !matches!(e, crate::cluster::MetaError::Broker(_)) {
+                        // Not refused: it may still be applied (after a
+                        // timeout), and must not keep the name for a queue
+                        // that is not here. Released only while this node
+                        // holds it.
+                        release();
+                    }
+                    BrokerError::from(e)
+                })
+        };
         // A redeclare by its connection (or another's 405) is this node's
         // business only.
         let new = !vhost.has_queue(&name);
         if new {
-            let claims = self
-                .ctx
-                .broker
-                .feature_flag_enabled(crate::feature_flags::EXCLUSIVE_QUEUE_CLAIMS);
-            log.propose(if claims {
-                // Whoever the metadata records is down (checked before):
-                // its name is free. Refused if another declare took it
-                // since.
-                let down = vhost.exclusive_elsewhere(&name);
-                vhost.exclusive_claim(&name, log.node_name(), down.as_deref())
-            } else {
-                record(true)
-            })?;
+            // Whoever the metadata records is down (checked before): its
+            // name is free.
+            claim(vhost.exclusive_elsewhere(&name).as_deref())?;
         }
         let (q, counts) =
             match vhost.declare_queue_as(name.clone(), declaration, self.ctx.connection) {
                 Ok(made) => made,
                 Err(e) => {
                     if new && !vhost.has_queue(&name) {
-                        log.propose_later(record(false));
+                        release();
                     }
                     return Err(e);
                 }
             };
         vhost.announce(&name);
-        if !vhost.holds_exclusive(&name) {
+        if !new && !vhost.holds_exclusive(&name) {
+            // Declared before the cluster recorded names.
+            log.propose_later(vhost.exclusive_hold(log.as_ref(), &name, me, None));
+        } else if !vhost.holds_exclusive(&name) {
             // This node's release of an earlier queue of the name came
-            // after the record in the log, before the queue was made here
-            // (`Vhost::release_exclusive` records it again when the queue
-            // already exists).
-            log.propose_later(record(true));
+            // after the claim in the log, before the queue was made here
+            // (`Vhost::release_exclusive` claims it again when the queue
+            // already exists). Claimed again: if another node took the
+            // name since, this declare is refused after all.
+            if let Err(e) = claim(None) {
+                vhost.evict_exclusive_for(
+                    &name,
+                    "another cluster node's client took this exclusive queue's name while it was declared here: the declare is refused",
+                );
+                return Err(e);
+            }
         }
         self.last_queue = Some(q.name().to_owned());
         let ok = QueueDeclareOk {

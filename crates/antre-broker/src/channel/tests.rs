@@ -693,3 +693,115 @@ fn requeued_transient_messages_keep_their_ttl_and_deduplication_fields() {
     assert_eq!(counts(&f, "q"), (1, 0));
     assert_eq!(f.channel.unacked.held(), 0);
 }
+
+/// A metadata log that applies each proposal to its broker at once, as
+/// node "n1" of a cluster whose other node "n2" runs, with other nodes'
+/// entries scripted around it.
+#[derive(Debug, Default)]
+struct Scripted {
+    broker: std::sync::OnceLock<std::sync::Weak<Broker>>,
+    /// Entries logged right after the next proposal, applied before its
+    /// answer.
+    behind: parking_lot::Mutex<Vec<crate::cluster::MetaCommand>>,
+    /// The next proposal times out, unapplied (it may be later).
+    time_out: std::sync::atomic::AtomicBool,
+    later: parking_lot::Mutex<Vec<crate::cluster::MetaCommand>>,
+}
+
+impl crate::cluster::MetadataLog for Scripted {
+    fn node_name(&self) -> &str {
+        "n1"
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        vec!["n1".into(), "n2".into()]
+    }
+
+    fn propose(
+        &self,
+        command: crate::cluster::MetaCommand,
+    ) -> Result<crate::cluster::MetaOutcome, crate::cluster::MetaError> {
+        use std::sync::atomic::Ordering;
+        if self.time_out.swap(false, Ordering::Relaxed) {
+            return Err(crate::cluster::MetaError::Unavailable("timed out".into()));
+        }
+        let broker = self.broker.get().and_then(std::sync::Weak::upgrade);
+        let broker = broker.expect("the broker");
+        let outcome = broker.apply_meta(command);
+        for c in std::mem::take(&mut *self.behind.lock()) {
+            let _ = broker.apply_meta(c);
+        }
+        outcome
+    }
+
+    fn propose_later(&self, command: crate::cluster::MetaCommand) {
+        self.later.lock().push(command);
+    }
+}
+
+/// A channel of node n1 of a cluster that records exclusive queue names
+/// and claims them.
+fn clustered() -> (Fixture, Arc<Scripted>) {
+    let f = fixture();
+    let log = Arc::new(Scripted::default());
+    let broker = &f.channel.ctx.broker;
+    log.broker.set(Arc::downgrade(broker)).expect("once");
+    broker.set_metadata_log(Arc::clone(&log) as Arc<dyn crate::cluster::MetadataLog>);
+    let flags = crate::feature_flags::FEATURE_FLAGS.iter();
+    broker.set_enabled_feature_flags(flags.map(|f| f.name.to_owned()).collect());
+    (f, log)
+}
+
+fn exclusive_declare(name: &str) -> QueueDeclare {
+    QueueDeclare {
+        queue: name.into(),
+        exclusive: true,
+        ..Default::default()
+    }
+}
+
+/// This node's release of its earlier queue of a name is applied after
+/// the claim of a new declare of it, and n2's claim on the freed name
+/// comes before the queue is made: n2 has the name, so the declare is
+/// refused (405) and the queue made here goes. Before, the declare was
+/// answered ok while the metadata gave the name to n2's queue: two
+/// queues of one name, and publishes from other nodes went to n2's.
+#[test]
+fn an_exclusive_declare_whose_name_another_node_takes_meanwhile_is_refused() {
+    let (mut f, log) = clustered();
+    let hold = |node: &str, held: bool| f.vhost.exclusive_record("rpc", node, held);
+    let mut n2 = f.vhost.exclusive_record("rpc", "n2", true);
+    if let crate::cluster::MetaCommand::ExclusiveQueue { claim, .. } = &mut n2 {
+        *claim = Some(crate::cluster::ExclusiveClaim { from: None });
+    }
+    // An earlier queue of n1's, gone; its release not yet applied.
+    f.vhost.hold_exclusive("rpc", "n1", None).unwrap();
+    *log.behind.lock() = vec![hold("n1", false), n2];
+    let refused = f.call(exclusive_declare("rpc")).unwrap_err();
+    assert!(
+        matches!(refused, BrokerError::ResourceLocked(_)),
+        "{refused:?}"
+    );
+    assert!(!f.vhost.has_queue("rpc"));
+    assert_eq!(f.vhost.exclusive_elsewhere("rpc").as_deref(), Some("n2"));
+}
+
+/// A claim that times out may still be applied: its name is released
+/// (only while this node holds it), or it stayed this node's for a queue
+/// that is not here, refused to every other node's clients.
+#[test]
+fn an_exclusive_declare_that_times_out_releases_its_name() {
+    let (mut f, log) = clustered();
+    log.time_out
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    f.call(exclusive_declare("jobs")).unwrap_err();
+    assert!(!f.vhost.has_queue("jobs"));
+    assert_eq!(
+        *log.later.lock(),
+        [f.vhost.exclusive_record("jobs", "n1", false)]
+    );
+    // Declared again: claimed and made.
+    f.call(exclusive_declare("jobs")).unwrap();
+    assert!(f.vhost.has_queue("jobs"));
+    assert!(f.vhost.holds_exclusive("jobs"));
+}

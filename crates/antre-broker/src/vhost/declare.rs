@@ -368,7 +368,7 @@ impl Vhost {
     /// Deletes this node's exclusive queue `name`, if there is one, because
     /// the metadata gave its name to another queue (`why`, logged). Its
     /// name is not released: it is no longer this node's to release.
-    fn evict_exclusive_for(&self, name: &str, why: &str) {
+    pub(crate) fn evict_exclusive_for(&self, name: &str, why: &str) {
         let mut topo = self.topology.write();
         let exclusive = topo
             .queues
@@ -591,22 +591,28 @@ impl Vhost {
     }
 
     /// The metadata's record that cluster node `node` declared the
-    /// client-named exclusive queue `name`, if no other node holds the
-    /// name when it is applied (or only `from`: see
-    /// [`crate::cluster::ExclusiveClaim`]).
-    pub(crate) fn exclusive_claim(
+    /// client-named exclusive queue `name`: once the cluster logs claims,
+    /// applied only if no other node holds the name (or only `from`: see
+    /// [`crate::cluster::ExclusiveClaim`]); before, whatever held it.
+    pub(crate) fn exclusive_hold(
         &self,
+        log: &dyn crate::cluster::MetadataLog,
         name: &str,
         node: &str,
         from: Option<&str>,
     ) -> crate::cluster::MetaCommand {
         let mut command = self.exclusive_record(name, node, true);
+        let unclaimed = command.clone();
         if let crate::cluster::MetaCommand::ExclusiveQueue { claim, .. } = &mut command {
             *claim = Some(crate::cluster::ExclusiveClaim {
                 from: from.map(str::to_owned),
             });
         }
-        command
+        if log.may_log(&command) {
+            command
+        } else {
+            unclaimed
+        }
     }
 
     /// The unconditional replicated deletion of queue `name`.
@@ -719,7 +725,9 @@ impl Vhost {
         if q.options.exclusive_owner.is_none() || !self.announced.lock().contains(name) {
             return;
         }
-        log.propose_later(self.exclusive_record(name, node, true));
+        // Claimed: if another node took the name meanwhile, its record,
+        // applied here first, deleted this queue, and this one is refused.
+        log.propose_later(self.exclusive_hold(log.as_ref(), name, node, None));
         let to_it = Destination::Queue(name.to_owned());
         for e in self.exchanges() {
             for b in e.bindings.into_iter().filter(|b| b.destination == to_it) {

@@ -638,7 +638,8 @@ fn exclusive_queue_names_follow_the_metadatas_order() {
             name: "again".into(),
             node: "n1".into(),
             held: true,
-            claim: None,
+            // Refused if another node took the name meanwhile.
+            claim: Some(crate::cluster::ExclusiveClaim { from: None }),
         }
     );
     assert!(
