@@ -105,7 +105,11 @@ impl FieldValue {
             b'u' => FieldValue::U16(d.short()?),
             b'I' => FieldValue::I32(d.long()? as i32),
             b'i' => FieldValue::U32(d.long()?),
-            b'l' => FieldValue::I64(d.longlong()? as i64),
+            // 'L' is the 0-9-1 spec's long-long-uint, but py-amqp (the
+            // client of Celery and kombu) writes every integer beyond 32
+            // bits with it, signed; RabbitMQ reads it as a signed 'l' and
+            // so does antre (it is sent back as 'l').
+            b'l' | b'L' => FieldValue::I64(d.longlong()? as i64),
             b'f' => FieldValue::F32(f32::from_bits(d.long()?)),
             b'd' => FieldValue::F64(f64::from_bits(d.longlong()?)),
             b'D' => FieldValue::Decimal {
@@ -356,6 +360,28 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(round_trip(&t), t);
+    }
+
+    /// py-amqp writes Celery's delayed-delivery queues' `x-message-ttl`
+    /// (up to 2^27 s in ms) tagged 'L': read as RabbitMQ reads it, a signed
+    /// 64-bit 'l'. Before, the declare closed the connection (502
+    /// "unknown field value type 'L'").
+    #[test]
+    fn a_long_long_tagged_capital_l_reads_as_a_signed_long() {
+        let mut raw = vec![3, b't', b't', b'l', b'L'];
+        raw.extend_from_slice(&134_217_728_000_i64.to_be_bytes());
+        raw.extend_from_slice(&[1, b'a', b'A', 0, 0, 0, 9, b'L']);
+        raw.extend_from_slice(&(-5_i64).to_be_bytes());
+        let t = FieldTable::decode(Bytes::from(raw), 0).expect("decodes");
+        assert_eq!(t.get("ttl"), Some(&FieldValue::I64(134_217_728_000)));
+        assert_eq!(
+            t.get("a"),
+            Some(&FieldValue::Array(vec![FieldValue::I64(-5)]))
+        );
+        let mut out = BytesMut::new();
+        t.encode(&mut out);
+        let tagged = |tag: u8| out.windows(4).any(|w| w == [b't', b't', b'l', tag]);
+        assert!(tagged(b'l') && !tagged(b'L'), "sent back as 'l': {out:?}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod durability;
 mod errors;
 mod http_api;
 mod http_compat;
+mod kombu;
 mod limits;
 mod limits_api;
 mod listeners;
