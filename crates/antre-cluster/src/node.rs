@@ -728,20 +728,40 @@ impl Cluster {
                         Err(ProposeRefusal::NotLeader(_)) => last_error = "leadership moved".into(),
                     }
                 }
-                Some(l) => match self.forward(l, &proposal, deadline).await {
-                    Ok(Ok(())) => return Ok(()),
-                    Ok(Err(ProposeRefusal::Failed(e))) => return Err(e),
-                    Ok(Err(ProposeRefusal::NoQuorum(e))) => last_error = e,
-                    Ok(Err(ProposeRefusal::NotLeader(_))) => last_error = "leadership moved".into(),
-                    // Nothing was sent: safe to try again.
-                    Err(CallError::Unreachable(e)) => {
-                        let name = self.name_of(l).unwrap_or_else(|| "?".into());
-                        last_error = format!("the leader {name} is unreachable: {e}");
+                Some(l) => {
+                    let term = metrics.borrow().current_term;
+                    match self.forward(l, &proposal, deadline).await {
+                        Ok(Ok(())) => return Ok(()),
+                        Ok(Err(ProposeRefusal::Failed(e))) => return Err(e),
+                        Ok(Err(ProposeRefusal::NoQuorum(e))) => last_error = e,
+                        Ok(Err(ProposeRefusal::NotLeader(_))) => {
+                            last_error = "leadership moved".into()
+                        }
+                        // Nothing was sent: safe to try again.
+                        Err(CallError::Unreachable(e)) => {
+                            let name = self.name_of(l).unwrap_or_else(|| "?".into());
+                            last_error = format!("the leader {name} is unreachable: {e}");
+                        }
+                        // It may have been committed (trying again at once
+                        // could apply it twice): known once a later leader
+                        // logged something this node applied.
+                        Err(CallError::Network(e)) => {
+                            match self.fate(&proposal, l, term, deadline).await {
+                                Some(true) => return Ok(()),
+                                Some(false) => {
+                                    let name = self.name_of(l).unwrap_or_else(|| "?".into());
+                                    tracing::info!(
+                                        "{}: the metadata leader {name} went while it had it ({e}), without committing it: proposed again",
+                                        proposal.command.describe()
+                                    );
+                                    last_error = e;
+                                    continue;
+                                }
+                                None => return Err(e),
+                            }
+                        }
                     }
-                    // It may have been committed: trying again could apply
-                    // it twice.
-                    Err(CallError::Network(e)) => return Err(e),
-                },
+                }
                 None => {}
             }
             // Wait for news of a leader, or a little.
@@ -749,6 +769,48 @@ impl Cluster {
             tokio::select! {
                 _ = metrics.changed() => {}
                 _ = pause => {}
+            }
+        }
+    }
+
+    /// The fate of this node's `proposal`, whose forward to the leader
+    /// `leader` (seen in Raft term `term`) got no answer: `Some(true)` once
+    /// it is applied here, `Some(false)` once it never will be, `None` if
+    /// neither is known by `deadline`.
+    ///
+    /// It is known not to be once this node applied an entry logged by
+    /// another leader in a later term: the leader that logged it had every
+    /// committed entry of the earlier terms in its log, and applying it
+    /// here means those were applied first (a committed proposal of this
+    /// node's answers its waiter as it is applied); an entry of an earlier
+    /// term that such a leader lacked is never committed. So a client's
+    /// change is proposed again after its metadata leader died under it,
+    /// rather than failing (541, closing the connection), without ever
+    /// being applied twice. An entry this node got within a snapshot
+    /// answers no waiter: it is taken as not applied, and applied again
+    /// (metadata changes of one node are idempotent but for their answer).
+    async fn fate(
+        &self,
+        proposal: &Proposal,
+        leader: NodeId,
+        term: u64,
+        deadline: Instant,
+    ) -> Option<bool> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let applied = metrics.borrow().last_applied;
+            // Waiters are answered before last_applied moves on.
+            if !self.waiters.lock().contains_key(&proposal.request) {
+                return Some(true);
+            }
+            let later =
+                applied.is_some_and(|a| a.leader_id.term > term && a.leader_id.node_id != leader);
+            if later {
+                return Some(false);
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return None },
+                _ = tokio::time::sleep_until(deadline) => return None,
             }
         }
     }

@@ -684,6 +684,68 @@ async fn a_node_killed_while_applying_keeps_every_change_it_recorded_or_applies_
     keeps_the_changes_it_applied(|c| c.kill(0)).await;
 }
 
+/// Clients of the two other nodes declare queues without pause while the
+/// metadata leader is killed -9, three times over: every declare succeeds,
+/// the ones the leader took with it once the next leader has them. Before,
+/// a declare forwarded to the leader as it died failed with 541
+/// INTERNAL_ERROR ("Connection reset by peer"), which closes the client's
+/// connection: Celery's rpc result backend declares its queue again before
+/// every task it sends, so its clients died with the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declare_the_metadata_leader_took_with_it_is_proposed_again() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    for round in 0..3 {
+        let leader = c.until_leader(&[0, 1, 2]).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
+        let declarers: Vec<_> = (0..3)
+            .filter(|&i| i != leader)
+            .map(|i| {
+                let uri = c.nodes[i].amqp_uri();
+                let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
+                tokio::spawn(async move {
+                    let conn = connect(&uri).await;
+                    let ch = conn.create_channel().await.expect("channel");
+                    let opts = QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    };
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let name = format!("in-flight-{round}-{i}-{n}");
+                        ch.queue_declare(&name, opts, FieldTable::default())
+                            .await
+                            .map_err(|e| format!("{name} through n{}: {e}", i + 1))?;
+                        n += 1;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<usize, String>(n)
+                })
+            })
+            .collect();
+        c.until("declares going on", || async {
+            count.load(Ordering::Relaxed) >= 20
+        })
+        .await;
+        c.kill(leader);
+        let at_kill = count.load(Ordering::Relaxed);
+        // (Or a declarer failed: its error is shown below.)
+        c.until("declares after the next leader's election", || async {
+            count.load(Ordering::Relaxed) >= at_kill + 40
+                || declarers.iter().any(|d| d.is_finished())
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        for d in declarers {
+            d.await.expect("declarer").expect("every declare succeeds");
+        }
+        c.spawn(leader);
+        c.wait_http(leader).await;
+    }
+}
+
 /// Declares through n2 and n3 without pause while n1 is taken down by
 /// `down` and restarted, four times; then every node must hold every
 /// queue declared, and n1 must know each one's owner as n2 does.
