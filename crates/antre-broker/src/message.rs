@@ -6,6 +6,12 @@ use antre_amqp::codec::{put_shortstr, Decoder};
 use antre_amqp::BasicProperties;
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// The longest time to live or expiry RabbitMQ takes, in ms (ten years:
+/// `rabbit_misc:check_expiry`): a message's `expiration`, a queue's
+/// `x-message-ttl` and `x-expires`. Longer ones are refused (406
+/// `{value_too_large,N}`), as there.
+pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
 /// A published message. Shared as `Arc<Message>` by every queue it was routed
 /// to, so fan-out never copies the body.
 #[derive(Debug, Clone)]
@@ -108,6 +114,9 @@ impl Message {
             None => Ok(None),
             // RabbitMQ's wording: the reason is an Erlang term.
             Some(s) => match s.parse::<i64>() {
+                Ok(n) if n > MAX_EXPIRY_MS as i64 => {
+                    Err(format!("invalid expiration '{s}': {{value_too_large,{n}}}"))
+                }
                 Ok(n) if n >= 0 => Ok(Some(n as u64)),
                 Ok(n) => Err(format!("invalid expiration '{s}': {{value_negative,{n}}}")),
                 Err(_) => Err(format!("invalid expiration '{s}': no_integer")),

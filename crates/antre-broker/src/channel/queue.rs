@@ -210,6 +210,11 @@ impl Channel {
                 declaration.name.clone()
             };
             self.permit(ResourceKind::Queue, &name, Perm::Configure)?;
+            crate::queue::QueueArgs::check_expiries(
+                &declaration.arguments,
+                &self.ctx.vhost.name,
+                &name,
+            )?;
             let dlx = named_exchange(&declaration.arguments, "x-dead-letter-exchange");
             if let Some(dlx) = dlx.filter(|_| !self.ctx.vhost.has_queue(&name)) {
                 // A new queue that dead-letters: read on it, write on the DLX.

@@ -167,6 +167,29 @@ pub struct QueueArgs {
 }
 
 impl QueueArgs {
+    /// Refuses (406, as RabbitMQ words it) a declaration whose
+    /// `x-message-ttl` or `x-expires` is beyond ten years
+    /// ([`crate::message::MAX_EXPIRY_MS`]). Checked where clients declare
+    /// (AMQP, HTTP, definitions), not by [`QueueArgs::parse`]: a queue an
+    /// older antre took with one (its definition on disk, or in a
+    /// cluster's metadata log) still opens, alike on every node.
+    pub fn check_expiries(args: &FieldTable, vhost: &str, queue: &str) -> Result<(), BrokerError> {
+        for arg in ["x-message-ttl", "x-expires"] {
+            let max = crate::message::MAX_EXPIRY_MS as i64;
+            if let Some(n) = args
+                .get(arg)
+                .and_then(FieldValue::as_i64)
+                .filter(|n| *n > max)
+            {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "invalid arg '{arg}' for {}: {{value_too_large,{n}}}",
+                    queue_ref(vhost, queue)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Parses a queue's arguments; a bad value is a 406 naming the argument,
     /// as RabbitMQ words it.
     pub fn parse(args: &FieldTable, vhost: &str, queue: &str) -> Result<QueueArgs, BrokerError> {
@@ -424,6 +447,25 @@ mod tests {
             ("x-overflow", FieldValue::string("reject-publish-dlx")),
         ]);
         assert_eq!(dlx.unwrap().overflow, Overflow::DropHead);
+    }
+
+    /// RabbitMQ refuses a TTL or expiry beyond ten years; antre took any.
+    /// Refused where clients declare, but a definition an older antre took
+    /// still parses (its queue opens after an upgrade).
+    #[test]
+    fn ttls_and_expiries_beyond_ten_years_are_refused_to_new_declarations() {
+        let ten_years = crate::message::MAX_EXPIRY_MS as i64;
+        let table =
+            |arg: &str, n: i64| -> FieldTable { [(arg, FieldValue::I64(n))].into_iter().collect() };
+        for arg in ["x-message-ttl", "x-expires"] {
+            assert!(QueueArgs::check_expiries(&table(arg, ten_years), "/", "q").is_ok());
+            let e = QueueArgs::check_expiries(&table(arg, ten_years + 1), "/", "q").unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("PRECONDITION_FAILED - invalid arg '{arg}' for queue 'q' in vhost '/': {{value_too_large,315360000001}}")
+            );
+            assert!(QueueArgs::parse(&table(arg, 1 << 40), "/", "q").is_ok());
+        }
     }
 
     #[test]

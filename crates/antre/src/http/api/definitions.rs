@@ -430,7 +430,8 @@ impl Review {
         for q in &defs.queues {
             let vhost = pick(&q.vhost);
             let args = q.arguments();
-            let refusal = QueueArgs::parse(&args, &vhost, &q.name)
+            let refusal = QueueArgs::check_expiries(&args, &vhost, &q.name)
+                .and_then(|()| QueueArgs::parse(&args, &vhost, &q.name).map(drop))
                 .err()
                 .map(|e| e.to_string());
             if let Some(err) = refusal {

@@ -388,8 +388,9 @@ pub async fn declare(
             user.permit(&state, &vhost, ResourceKind::Exchange, dlx, Perm::Write)?;
         }
     }
+    let arguments = json_to_table(&body.arguments);
+    antre_broker::queue::QueueArgs::check_expiries(&arguments, &vhost, &name)?;
     if let Some(log) = state.broker.metadata_log() {
-        let arguments = json_to_table(&body.arguments);
         let owner = state
             .broker
             .place_new_queue(&v, &name, &arguments)
@@ -410,7 +411,7 @@ pub async fn declare(
                 durable: body.durable.unwrap_or(true),
                 exclusive: false,
                 auto_delete: body.auto_delete,
-                arguments: json_to_table(&body.arguments),
+                arguments,
             },
             false,
             0,
