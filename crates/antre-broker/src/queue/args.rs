@@ -41,7 +41,7 @@ pub enum QueueKind {
     /// but follows quorum-queue rules where they differ from classic ones:
     /// durable, not exclusive, not auto-delete, not server-named; no
     /// priorities or classic-only arguments; `x-delivery-count` on every
-    /// redelivery; no channel-global prefetch.
+    /// redelivery and basic.get; no channel-global prefetch.
     Quorum,
     /// A stream.
     Stream,

@@ -725,7 +725,7 @@ impl Queue {
                 break e;
             }
         };
-        let entry = self.prepare_delivery(&st.args, entry);
+        let entry = self.prepare_delivery(&st.args, entry, true);
         if no_ack {
             st.forget(entry.seq, entry.pos, entry.dedup_key.as_deref(), &self.name);
         } else {
@@ -735,18 +735,19 @@ impl Queue {
         Some((entry, st.ready.len() as u32))
     }
 
-    /// Counts a delivery and, for queues with a delivery limit, stamps
-    /// redeliveries with `x-delivery-count` as quorum queues do.
-    fn prepare_delivery(&self, args: &QueueArgs, mut entry: Entry) -> Entry {
+    /// Counts a delivery (a basic.get if `got`) and stamps it with
+    /// `x-delivery-count` as quorum queues do.
+    fn prepare_delivery(&self, args: &QueueArgs, mut entry: Entry, got: bool) -> Entry {
         self.metrics.delivered.inc();
         if entry.redelivered {
             self.metrics.redelivered.inc();
         }
-        // Quorum queues stamp every delivery, the first with 0 (as
-        // RabbitMQ 3.10 does); a classic queue with a delivery limit stamps
-        // redeliveries.
+        // Quorum queues stamp redeliveries, and every basic.get, the first
+        // with 0 (as RabbitMQ 3.10 does: its dequeue always adds the
+        // header, a consumer's delivery only once the count is not 0); a
+        // classic queue with a delivery limit stamps redeliveries.
         let stamped = match args.kind {
-            QueueKind::Quorum => true,
+            QueueKind::Quorum => got || entry.delivery_count > 0,
             _ => args.delivery_limit.is_some() && entry.delivery_count > 0,
         };
         if stamped {
@@ -1023,7 +1024,7 @@ impl Queue {
                     break e;
                 }
             };
-            let entry = self.prepare_delivery(&st.args, entry);
+            let entry = self.prepare_delivery(&st.args, entry, false);
             let seq = entry.seq;
             let consumer = st.consumers.get(idx);
             let no_ack = consumer.no_ack;
