@@ -60,6 +60,8 @@ use crate::network::Link;
 use crate::state_machine::MetaProgress;
 use crate::wire::{write_frame, Request};
 
+mod parked;
+
 /// How long a failed link stays failed before the next use dials again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// A write gathers queued frames up to about this many bytes.
@@ -85,6 +87,10 @@ pub struct Forwarder {
     /// How far this node applied the metadata: each publish batch says so
     /// (see [`crate::state_machine::MetaProgress`]).
     progress: Arc<MetaProgress>,
+    /// Batches held for their quorum queues' next leader (see
+    /// [`parked`]).
+    parked: Mutex<parked::ParkedPublishes>,
+    this: Weak<Forwarder>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -136,7 +142,7 @@ impl Forwarder {
         broker: &Arc<Broker>,
         progress: Arc<MetaProgress>,
     ) -> Arc<Forwarder> {
-        Arc::new(Forwarder {
+        Arc::new_cyclic(|this| Forwarder {
             link,
             addresses: std::sync::OnceLock::new(),
             broker: Arc::downgrade(broker),
@@ -144,7 +150,85 @@ impl Forwarder {
             next: AtomicU64::new(1),
             runtime: tokio::runtime::Handle::current(),
             progress,
+            parked: Mutex::default(),
+            this: Weak::clone(this),
         })
+    }
+
+    /// Holds `batch`, which could not be sent to `gone` (its link is
+    /// dead), until its quorum queues' next leader is known: see
+    /// [`parked`]. Fails it at once if one of its queues is not
+    /// replicated.
+    fn park(&self, gone: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone) {
+        let replicated = self
+            .broker
+            .upgrade()
+            .and_then(|b| b.vhost(vhost))
+            .is_some_and(|v| parked::replicated(&v, &batch));
+        if !replicated {
+            let n = batch.len();
+            done(vec![RemoteResult::Failed; n]);
+            return;
+        }
+        self.hold(gone, vhost, batch, done);
+    }
+
+    /// Holds `batch` behind the batches held already (see [`Self::park`]).
+    fn hold(&self, gone: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone) {
+        let mut held = self.parked.lock();
+        held.batches.push_back(parked::Parked {
+            vhost: vhost.to_owned(),
+            batch,
+            done,
+            gone: gone.to_owned(),
+            deadline: std::time::Instant::now() + self.link.config.forward_timeout,
+        });
+        if !std::mem::replace(&mut held.releasing, true) {
+            self.runtime.spawn(release_parked(Weak::clone(&self.this)));
+        }
+    }
+
+    /// Sends or releases the oldest held batch if its queues' leader is
+    /// known (or its time is up); returns whether it did, or None once
+    /// none is held.
+    fn release_one(&self) -> Option<bool> {
+        let broker = self.broker.upgrade();
+        let mut held = self.parked.lock();
+        let Some(head) = held.batches.front() else {
+            held.releasing = false;
+            return None;
+        };
+        let v = broker.as_ref().and_then(|b| b.vhost(&head.vhost));
+        let target = v.as_ref().map_or(parked::Target::Unknown, |v| {
+            parked::target(v, &head.batch, &head.gone)
+        });
+        if target == parked::Target::Unknown && std::time::Instant::now() < head.deadline {
+            return Some(false);
+        }
+        let p = held.batches.pop_front()?;
+        drop(held);
+        match (target, broker, v) {
+            (parked::Target::Here, Some(broker), Some(v)) => {
+                parked::publish_here(&broker, &v, p.batch, p.done);
+            }
+            (parked::Target::Node(node), _, _) => {
+                if let Err((batch, done)) = self.send(&node, &p.vhost, p.batch, p.done) {
+                    // Its next leader's link is dead too: held again, first.
+                    self.parked.lock().batches.push_front(parked::Parked {
+                        batch,
+                        done,
+                        gone: node.to_string(),
+                        ..p
+                    });
+                    return Some(false);
+                }
+            }
+            _ => {
+                let n = p.batch.len();
+                (p.done)(vec![RemoteResult::Failed; n]);
+            }
+        }
+        Some(true)
     }
 
     /// Whether every member reads the metadata index in forwarded frames
@@ -449,8 +533,16 @@ impl DataLink {
     }
 }
 
-impl RemoteQueues for Forwarder {
-    fn publish(&self, owner: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone) {
+impl Forwarder {
+    /// Sends `batch` to `owner`, or gives it back if the link to `owner`
+    /// is dead (nothing was sent).
+    fn send(
+        &self,
+        owner: &str,
+        vhost: &str,
+        batch: Vec<RemotePublish>,
+        done: RemoteDone,
+    ) -> Result<(), (Vec<RemotePublish>, RemoteDone)> {
         let link = self.link_to(owner);
         let id = self.next_id();
         let n = batch.len();
@@ -461,9 +553,7 @@ impl RemoteQueues for Forwarder {
         {
             let mut st = link.state.lock();
             if st.dead.is_some() {
-                drop(st);
-                done(vec![RemoteResult::Failed; n]);
-                return;
+                return Err((batch, done));
             }
             st.publishes.insert(
                 id,
@@ -486,6 +576,37 @@ impl RemoteQueues for Forwarder {
         };
         if !link.send(&frame) {
             link.fail("the link was closed");
+        }
+        Ok(())
+    }
+}
+
+/// Releases held batches in order, as their queues' next leaders become
+/// known, until none is held.
+async fn release_parked(forwarder: Weak<Forwarder>) {
+    loop {
+        let released = match forwarder.upgrade() {
+            Some(f) => f.release_one(),
+            None => return,
+        };
+        match released {
+            None => return,
+            Some(true) => {}
+            Some(false) => tokio::time::sleep(parked::POLL).await,
+        }
+    }
+}
+
+impl RemoteQueues for Forwarder {
+    fn publish(&self, owner: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone) {
+        // Behind a held batch to the same queues: after it, in order.
+        let before = self.parked.lock().held_before(vhost, &batch);
+        if let Some(gone) = before {
+            self.hold(&gone, vhost, batch, done);
+            return;
+        }
+        if let Err((batch, done)) = self.send(owner, vhost, batch, done) {
+            self.park(owner, vhost, batch, done);
         }
     }
 
