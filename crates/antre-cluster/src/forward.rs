@@ -581,6 +581,38 @@ impl Forwarder {
     }
 }
 
+/// Puts forwarded messages (each with the queues it was routed to) in this
+/// node's queues of `v`: each one's result, and what must be synced
+/// before they are answered.
+fn put_forwarded(
+    v: &antre_broker::Vhost,
+    items: impl IntoIterator<Item = (Vec<String>, Arc<Message>)>,
+) -> (
+    Vec<RemoteResult>,
+    Vec<Arc<dyn antre_broker::durable::Durable>>,
+) {
+    let mut stored = Vec::new();
+    let results = items
+        .into_iter()
+        .map(
+            |(queues, message)| match v.publish_forwarded(message, &queues) {
+                Ok(o) => {
+                    let result = o.forwarded_result();
+                    for s in o.stored {
+                        antre_broker::durable::add_once(&mut stored, s);
+                    }
+                    result
+                }
+                Err(e) => {
+                    tracing::warn!(vhost = v.name, "forwarded publish failed: {e}");
+                    RemoteResult::Failed
+                }
+            },
+        )
+        .collect();
+    (results, stored)
+}
+
 /// Releases held batches in order, as their queues' next leaders become
 /// known, until none is held.
 async fn release_parked(forwarder: Weak<Forwarder>) {
@@ -1187,23 +1219,7 @@ impl Owner {
             self.send(&DataFrame::Published { batch, results });
             return;
         };
-        let mut stored = Vec::new();
-        let mut results = Vec::with_capacity(items.len());
-        for (queues, message) in items {
-            results.push(match v.publish_forwarded(message, &queues) {
-                Ok(o) => {
-                    let result = o.forwarded_result();
-                    for s in o.stored {
-                        antre_broker::durable::add_once(&mut stored, s);
-                    }
-                    result
-                }
-                Err(e) => {
-                    tracing::warn!(vhost, "forwarded publish failed: {e}");
-                    RemoteResult::Failed
-                }
-            });
-        }
+        let (results, stored) = put_forwarded(&v, items);
         match broker.syncer() {
             Some(syncer) if !stored.is_empty() => {
                 let token = self.next_token;

@@ -116,23 +116,8 @@ pub(super) fn publish_here(
     batch: Vec<RemotePublish>,
     done: RemoteDone,
 ) {
-    let mut stored = Vec::new();
-    let mut results = Vec::with_capacity(batch.len());
-    for p in batch {
-        results.push(match v.publish_forwarded(p.message, &p.queues) {
-            Ok(o) => {
-                let result = o.forwarded_result();
-                for s in o.stored {
-                    antre_broker::durable::add_once(&mut stored, s);
-                }
-                result
-            }
-            Err(e) => {
-                tracing::warn!(vhost = v.name, "held publish failed: {e}");
-                RemoteResult::Failed
-            }
-        });
-    }
+    let items = batch.into_iter().map(|p| (p.queues, p.message));
+    let (results, stored) = super::put_forwarded(v, items);
     match broker.syncer() {
         Some(syncer) if !stored.is_empty() => {
             let sink = Arc::new(Answer(Mutex::new(Some((done, results)))));
