@@ -193,20 +193,27 @@ impl Forwarder {
     /// none is held.
     fn release_one(&self) -> Option<bool> {
         let broker = self.broker.upgrade();
-        let mut held = self.parked.lock();
-        let Some(head) = held.batches.front() else {
-            held.releasing = false;
-            return None;
+        // Not held while the vhost is read: every forwarded publish takes
+        // it, and one made under a lock of the vhost would wait for this
+        // task while it waits for that lock.
+        let (vhost, queues, gone, deadline) = {
+            let mut held = self.parked.lock();
+            let Some(head) = held.batches.front() else {
+                held.releasing = false;
+                return None;
+            };
+            let queues: Vec<String> = head.batch.iter().flat_map(|p| p.queues.clone()).collect();
+            (head.vhost.clone(), queues, head.gone.clone(), head.deadline)
         };
-        let v = broker.as_ref().and_then(|b| b.vhost(&head.vhost));
+        let v = broker.as_ref().and_then(|b| b.vhost(&vhost));
         let target = v.as_ref().map_or(parked::Target::Unknown, |v| {
-            parked::target(v, &head.batch, &head.gone)
+            parked::target(v, &queues, &gone)
         });
-        if target == parked::Target::Unknown && std::time::Instant::now() < head.deadline {
+        if target == parked::Target::Unknown && std::time::Instant::now() < deadline {
             return Some(false);
         }
-        let p = held.batches.pop_front()?;
-        drop(held);
+        // Only this task takes held batches: the head is the one above.
+        let p = self.parked.lock().batches.pop_front()?;
         match (target, broker, v) {
             (parked::Target::Here, Some(broker), Some(v)) => {
                 parked::publish_here(&broker, &v, p.batch, p.done);

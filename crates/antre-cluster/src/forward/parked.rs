@@ -83,12 +83,12 @@ pub(super) fn replicated(v: &Vhost, batch: &[RemotePublish]) -> bool {
         .all(|q| v.quorum_info(q).is_some())
 }
 
-/// Where `batch`'s queues are led now, if all of them by one node other
-/// than `gone`. A queue deleted meanwhile counts as here: this node
-/// answers it as gone, as its owner would have.
-pub(super) fn target(v: &Vhost, batch: &[RemotePublish], gone: &str) -> Target {
+/// Where the `queues` of a held batch are led now, if all of them by one
+/// node other than `gone`. A queue deleted meanwhile counts as here: this
+/// node answers it as gone, as its owner would have.
+pub(super) fn target(v: &Vhost, queues: &[String], gone: &str) -> Target {
     let mut found: Option<Target> = None;
-    for q in batch.iter().flat_map(|p| &p.queues) {
+    for q in queues {
         let here = match v.queue_info(q) {
             None => Target::Here,
             Some(queue) => match v.remote_owner(q) {
