@@ -170,6 +170,43 @@ mod tests {
         }
     }
 
+    /// A held batch goes where all its queues are led, once that is known
+    /// and is not the node that went.
+    #[test]
+    fn a_held_batch_goes_where_its_queues_are_led_now() {
+        let broker = Broker::new();
+        let v = broker.vhost("/").expect("vhost");
+        for q in ["a", "b"] {
+            let declaration = antre_broker::vhost::QueueDeclaration {
+                name: q.into(),
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: Default::default(),
+            };
+            v.declare_queue(declaration, false, 0).expect("declare");
+        }
+        let names = |qs: &[&str]| -> Vec<String> { qs.iter().map(|q| (*q).to_owned()).collect() };
+        v.set_remote_owner("a", Some("n1"));
+        v.set_remote_owner("b", Some("n1"));
+        // Still the node that went: not known yet.
+        assert_eq!(target(&v, &names(&["a"]), "n1"), Target::Unknown);
+        v.set_remote_owner("a", Some("n2"));
+        assert_eq!(target(&v, &names(&["a"]), "n1"), Target::Node("n2".into()));
+        // Two queues led by different nodes: not one target.
+        assert_eq!(target(&v, &names(&["a", "b"]), "n1"), Target::Unknown);
+        v.set_remote_owner("b", Some("n2"));
+        assert_eq!(
+            target(&v, &names(&["a", "b"]), "n1"),
+            Target::Node("n2".into())
+        );
+        // Led here (no remote owner, no replica that follows), or deleted
+        // meanwhile (answered here as gone).
+        v.set_remote_owner("a", None);
+        assert_eq!(target(&v, &names(&["a"]), "n1"), Target::Here);
+        assert_eq!(target(&v, &names(&["gone"]), "n1"), Target::Here);
+    }
+
     #[test]
     fn a_later_publish_to_a_held_queue_waits_behind_it() {
         let mut held = ParkedPublishes::default();
