@@ -176,7 +176,7 @@ impl Forwarder {
     /// Holds `batch` behind the batches held already (see [`Self::park`]).
     fn hold(&self, gone: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone) {
         let mut held = self.parked.lock();
-        held.batches.push_back(parked::Parked {
+        held.push_back(parked::Parked {
             vhost: vhost.to_owned(),
             batch,
             done,
@@ -198,7 +198,7 @@ impl Forwarder {
         // task while it waits for that lock.
         let (vhost, queues, gone, deadline) = {
             let mut held = self.parked.lock();
-            let Some(head) = held.batches.front() else {
+            let Some(head) = held.front() else {
                 held.releasing = false;
                 return None;
             };
@@ -213,7 +213,7 @@ impl Forwarder {
             return Some(false);
         }
         // Only this task takes held batches: the head is the one above.
-        let p = self.parked.lock().batches.pop_front()?;
+        let p = self.parked.lock().pop_front()?;
         match (target, broker, v) {
             (parked::Target::Here, Some(broker), Some(v)) => {
                 parked::publish_here(&broker, &v, p.batch, p.done);
@@ -221,7 +221,7 @@ impl Forwarder {
             (parked::Target::Node(node), _, _) => {
                 if let Err((batch, done)) = self.send(&node, &p.vhost, p.batch, p.done) {
                     // Its next leader's link is dead too: held again, first.
-                    self.parked.lock().batches.push_front(parked::Parked {
+                    self.parked.lock().push_front(parked::Parked {
                         batch,
                         done,
                         gone: node.to_string(),
