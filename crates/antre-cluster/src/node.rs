@@ -773,6 +773,14 @@ impl Cluster {
         }
     }
 
+    /// The feature flag `command` needs that the cluster has not enabled,
+    /// if any (see [`MetaCommand::feature_flag`]).
+    fn flag_missing(&self, command: &MetaCommand) -> Option<&'static str> {
+        command
+            .feature_flag()
+            .filter(|flag| !self.broker().is_some_and(|b| b.feature_flag_enabled(flag)))
+    }
+
     /// The fate of this node's `proposal`, whose forward to the leader
     /// `leader` (seen in Raft term `term`) got no answer: `Some(true)` once
     /// it is applied here, `Some(false)` once it never will be, `None` if
@@ -867,13 +875,11 @@ impl Cluster {
         &self,
         command: MetaCommand,
     ) -> Result<MetaOutcome, MetaError> {
-        if let Some(flag) = command.feature_flag() {
-            if !self.broker().is_some_and(|b| b.feature_flag_enabled(flag)) {
-                return Err(MetaError::Unavailable(format!(
-                    "cluster metadata change '{}' needs feature flag {flag}, which the cluster has not enabled: it is enabled once every member runs a version of antre that has it (antre cluster feature-flags)",
-                    command.describe()
-                )));
-            }
+        if let Some(flag) = self.flag_missing(&command) {
+            return Err(MetaError::Unavailable(format!(
+                "cluster metadata change '{}' needs feature flag {flag}, which the cluster has not enabled: it is enabled once every member runs a version of antre that has it (antre cluster feature-flags)",
+                command.describe()
+            )));
         }
         let deadline = Instant::now() + self.link.config.change_timeout;
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -1024,9 +1030,7 @@ impl MetadataLog for Cluster {
     }
 
     fn may_log(&self, command: &MetaCommand) -> bool {
-        command
-            .feature_flag()
-            .is_none_or(|flag| self.broker().is_some_and(|b| b.feature_flag_enabled(flag)))
+        self.flag_missing(command).is_none()
     }
 
     fn propose_later(&self, command: MetaCommand) {

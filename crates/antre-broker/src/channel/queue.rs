@@ -128,16 +128,16 @@ impl Channel {
                 }
             };
         vhost.announce(&name);
-        if !new && !vhost.holds_exclusive(&name) {
-            // Declared before the cluster recorded names.
-            log.propose_later(vhost.exclusive_hold(log.as_ref(), &name, me, None));
-        } else if !vhost.holds_exclusive(&name) {
-            // This node's release of an earlier queue of the name came
-            // after the claim in the log, before the queue was made here
-            // (`Vhost::release_exclusive` claims it again when the queue
-            // already exists). Claimed again: if another node took the
-            // name since, this declare is refused after all.
-            if let Err(e) = claim(None) {
+        if !vhost.holds_exclusive(&name) {
+            if !new {
+                // Declared before the cluster recorded names.
+                log.propose_later(vhost.exclusive_hold(log.as_ref(), &name, me, None));
+            } else if let Err(e) = claim(None) {
+                // This node's release of an earlier queue of the name came
+                // after the claim in the log, before the queue was made
+                // here (`Vhost::release_exclusive` claims it again when the
+                // queue already exists). Claimed again: if another node
+                // took the name since, this declare is refused after all.
                 vhost.evict_exclusive_for(
                     &name,
                     "another cluster node's client took this exclusive queue's name while it was declared here: the declare is refused",

@@ -769,14 +769,11 @@ fn exclusive_declare(name: &str) -> QueueDeclare {
 #[test]
 fn an_exclusive_declare_whose_name_another_node_takes_meanwhile_is_refused() {
     let (mut f, log) = clustered();
-    let hold = |node: &str, held: bool| f.vhost.exclusive_record("rpc", node, held);
-    let mut n2 = f.vhost.exclusive_record("rpc", "n2", true);
-    if let crate::cluster::MetaCommand::ExclusiveQueue { claim, .. } = &mut n2 {
-        *claim = Some(crate::cluster::ExclusiveClaim { from: None });
-    }
+    let release = f.vhost.exclusive_record("rpc", "n1", false);
+    let n2 = f.vhost.exclusive_hold(log.as_ref(), "rpc", "n2", None);
     // An earlier queue of n1's, gone; its release not yet applied.
     f.vhost.hold_exclusive("rpc", "n1", None).unwrap();
-    *log.behind.lock() = vec![hold("n1", false), n2];
+    *log.behind.lock() = vec![release, n2];
     let refused = f.call(exclusive_declare("rpc")).unwrap_err();
     assert!(
         matches!(refused, BrokerError::ResourceLocked(_)),

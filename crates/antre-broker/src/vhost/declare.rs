@@ -601,17 +601,19 @@ impl Vhost {
         node: &str,
         from: Option<&str>,
     ) -> crate::cluster::MetaCommand {
-        let mut command = self.exclusive_record(name, node, true);
-        let unclaimed = command.clone();
-        if let crate::cluster::MetaCommand::ExclusiveQueue { claim, .. } = &mut command {
-            *claim = Some(crate::cluster::ExclusiveClaim {
+        let claimed = crate::cluster::MetaCommand::ExclusiveQueue {
+            vhost: self.name.clone(),
+            name: name.to_owned(),
+            node: node.to_owned(),
+            held: true,
+            claim: Some(crate::cluster::ExclusiveClaim {
                 from: from.map(str::to_owned),
-            });
-        }
-        if log.may_log(&command) {
-            command
+            }),
+        };
+        if log.may_log(&claimed) {
+            claimed
         } else {
-            unclaimed
+            self.exclusive_record(name, node, true)
         }
     }
 
