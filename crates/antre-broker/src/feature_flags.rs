@@ -56,6 +56,15 @@ pub const EXCLUSIVE_QUEUE_NAMES: &str = "cluster_wide_exclusive_queue_names";
 /// is refused, as in RabbitMQ (before, the later one won).
 pub const EXCLUSIVE_QUEUE_CLAIMS: &str = "exclusive_queue_first_declare_wins";
 
+/// Forwarded publishes carry their forwarding node's numbers for them
+/// ([`crate::replicated::Source`]; data-link frames, queue-group entries
+/// and snapshots an older node cannot read), so that a quorum queue
+/// stores a message once however often it is sent, and a forwarding
+/// node sends again what it cannot know was stored (its queue's leader
+/// died or was deposed with the message on its way) instead of nacking
+/// it, or losing it for a publisher without confirms.
+pub const FORWARDED_PUBLISH_DEDUPE: &str = "quorum_queue_forwarded_publish_dedupe";
+
 /// Every flag this version knows, oldest first.
 pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
@@ -73,6 +82,10 @@ pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
         name: EXCLUSIVE_QUEUE_CLAIMS,
         desc: "Of two declares of one exclusive queue name on two nodes at the same moment, the first wins and the other is refused",
+    },
+    FeatureFlag {
+        name: FORWARDED_PUBLISH_DEDUPE,
+        desc: "A publish forwarded to a quorum queue whose leader died or was deposed on its way is sent again, and stored once",
     },
 ];
 

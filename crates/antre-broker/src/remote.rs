@@ -42,6 +42,11 @@ pub struct RemotePublish {
     pub queues: Vec<String>,
     /// The message, with its original exchange and routing key.
     pub message: Arc<Message>,
+    /// The forwarding node's number for it in each of `queues`, in order
+    /// ([`crate::replicated::Source`]); given by the forwarder, empty
+    /// until then (and in a cluster without feature flag
+    /// `quorum_queue_forwarded_publish_dedupe`).
+    pub seqs: Vec<u64>,
 }
 
 /// What the owner did with one forwarded message.

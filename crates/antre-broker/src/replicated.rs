@@ -32,11 +32,32 @@ use crate::error::BrokerError;
 use crate::message::Message;
 use crate::stream::sac::Report as SacReport;
 
+/// Where a forwarded message came from, so that a queue's group stores it
+/// once however often it is sent: the forwarding node's run (a number it
+/// draws when it starts) and that node's number for the message in this
+/// queue (1, 2, 3... per queue). A forwarding node sends a message again,
+/// with the same numbers, when it cannot know whether the queue's leader
+/// stored it (the leader died or was deposed while it was on its way);
+/// every member of the group then skips what it applied already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// The forwarding node's run.
+    pub run: u64,
+    /// Its number for the message in this queue.
+    pub seq: u64,
+}
+
 /// What a queue engine tells the replication of its contents.
 pub trait QueueReplica: Send + Sync + std::fmt::Debug {
-    /// Replicates a message published to the queue (on the leader). The
-    /// returned durable completes when the message is committed.
-    fn enqueue(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError>;
+    /// Replicates a message published to the queue (on the leader), from
+    /// `source` if it was forwarded with one. The returned durable
+    /// completes when the message is committed (or, for a message from
+    /// `source` the group had already, when that is known).
+    fn enqueue(
+        &self,
+        message: &Arc<Message>,
+        source: Option<Source>,
+    ) -> Result<Arc<dyn Durable>, BrokerError>;
     /// The engine forgot the message with this id for good.
     fn settle(&self, id: u64);
     /// A delivered message with this id came back to the queue.

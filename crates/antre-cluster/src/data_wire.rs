@@ -13,6 +13,11 @@
 //! frame   := u32 length-of-rest | u8 kind | fields
 //! publish := u8 1 | u64 batch | str vhost | items
 //!          | u8 6 | u64 applied | u64 batch | str vhost | items
+//!          | u8 8 | u8 has-applied | [u64 applied] | u64 batch | str vhost
+//!            | u64 run | sourced-items
+//! items   := u32 count | count × (u16 queues | queues × str | bytes record)
+//! sourced-items := u32 count
+//!            | count × (u16 queues | queues × str | queues × u64 seq | bytes record)
 //! call    := u8 3 | u64 ch | u64 req | method
 //!          | u8 7 | u64 applied | u64 ch | u64 req | method
 //! str     := u32 length | UTF-8        bytes := u32 length | raw
@@ -24,7 +29,7 @@ use std::sync::Arc;
 use antre_amqp::Method;
 use antre_broker::channel::Outgoing;
 use antre_broker::message::Message;
-use antre_broker::remote::RemoteResult;
+use antre_broker::remote::{RemotePublish, RemoteResult};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The largest data frame either side accepts: a batch of messages of up
@@ -40,13 +45,19 @@ pub enum DataFrame {
         batch: u64,
         /// The vhost.
         vhost: String,
-        /// Each message with the owner's queues it was routed to.
-        items: Vec<(Vec<String>, Arc<Message>)>,
+        /// Each message with the owner's queues it was routed to (and,
+        /// with `run`, the forwarding node's number for it in each).
+        items: Vec<RemotePublish>,
         /// How far the forwarding node had applied the metadata log
         /// ([`crate::state_machine::MetaProgress::seen`]); None from a node
         /// (or to a cluster) without feature flag
         /// `forwarded_publish_metadata_index`.
         applied: Option<u64>,
+        /// The forwarding node's run, whose numbers the items carry
+        /// ([`antre_broker::replicated::Source`]); None from a node (or to
+        /// a cluster) without feature flag
+        /// `quorum_queue_forwarded_publish_dedupe`.
+        run: Option<u64>,
     },
     /// Forwarding node → owner: open proxy channel `ch` for `user`.
     Open {
@@ -168,23 +179,39 @@ impl DataFrame {
                 vhost,
                 items,
                 applied,
+                run,
             } => {
-                match applied {
-                    None => out.put_u8(1),
-                    Some(index) => {
+                match (applied, run) {
+                    (None, None) => out.put_u8(1),
+                    (Some(index), None) => {
                         out.put_u8(6);
                         out.put_u64(*index);
+                    }
+                    (applied, Some(_)) => {
+                        out.put_u8(8);
+                        out.put_u8(u8::from(applied.is_some()));
+                        if let Some(index) = applied {
+                            out.put_u64(*index);
+                        }
                     }
                 }
                 out.put_u64(*batch);
                 put_str(&mut out, vhost);
+                if let Some(run) = run {
+                    out.put_u64(*run);
+                }
                 out.put_u32(items.len() as u32);
-                for (queues, message) in items {
-                    out.put_u16(queues.len() as u16);
-                    for q in queues {
+                for item in items {
+                    out.put_u16(item.queues.len() as u16);
+                    for q in &item.queues {
                         put_str(&mut out, q);
                     }
-                    put_bytes(&mut out, message.record());
+                    if run.is_some() {
+                        for i in 0..item.queues.len() {
+                            out.put_u64(item.seqs.get(i).copied().unwrap_or(0));
+                        }
+                    }
+                    put_bytes(&mut out, item.message.record());
                 }
             }
             DataFrame::Open { ch, vhost, user } => {
@@ -257,10 +284,15 @@ impl DataFrame {
         let mut r = Reader(body);
         let kind = r.u8()?;
         Ok(match kind {
-            kind @ (1 | 6) => {
-                let applied = if kind == 6 { Some(r.u64()?) } else { None };
+            kind @ (1 | 6 | 8) => {
+                let applied = match kind {
+                    6 => Some(r.u64()?),
+                    8 if r.u8()? != 0 => Some(r.u64()?),
+                    _ => None,
+                };
                 let batch = r.u64()?;
                 let vhost = r.str()?;
+                let run = if kind == 8 { Some(r.u64()?) } else { None };
                 let n = r.u32()? as usize;
                 let mut items = Vec::with_capacity(n.min(4096));
                 for _ in 0..n {
@@ -269,13 +301,25 @@ impl DataFrame {
                     for _ in 0..nq {
                         queues.push(r.str()?);
                     }
-                    items.push((queues, r.message()?));
+                    let mut seqs = Vec::new();
+                    if run.is_some() {
+                        seqs.reserve(nq);
+                        for _ in 0..nq {
+                            seqs.push(r.u64()?);
+                        }
+                    }
+                    items.push(RemotePublish {
+                        queues,
+                        message: r.message()?,
+                        seqs,
+                    });
                 }
                 DataFrame::Publish {
                     batch,
                     vhost,
                     items,
                     applied,
+                    run,
                 }
             }
             2 => DataFrame::Open {
@@ -415,29 +459,53 @@ mod tests {
         ));
         // Without the metadata index (kind 1, what an older node reads)
         // and with it (kind 6).
-        for applied in [None, Some(1 << 33)] {
+        let item = |queues: &[&str], seqs: Vec<u64>| RemotePublish {
+            queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+            message: Arc::clone(&m),
+            seqs,
+        };
+        // Without the metadata index (kind 1, what an older node reads),
+        // with it (kind 6), and with the forwarding run's numbers, with and
+        // without it (kind 8).
+        for (applied, run, kind) in [
+            (None, None, 1),
+            (Some(1 << 33), None, 6),
+            (None, Some(77), 8),
+            (Some(5), Some(1 << 60), 8),
+        ] {
+            let seqs = if run.is_some() {
+                vec![3, 9]
+            } else {
+                Vec::new()
+            };
             let frame = DataFrame::Publish {
                 batch: 7,
                 vhost: "/".into(),
-                items: vec![(vec!["q".into()], Arc::clone(&m))],
+                items: vec![item(&["q", "r"], seqs.clone())],
                 applied,
+                run,
             };
-            assert_eq!(frame.encode()[4], if applied.is_some() { 6 } else { 1 });
+            assert_eq!(frame.encode()[4], kind);
             let DataFrame::Publish {
                 batch,
                 applied: back,
+                run: run_back,
+                items,
                 ..
             } = round_trip(&frame)
             else {
                 panic!("kind")
             };
-            assert_eq!((batch, back), (7, applied));
+            assert_eq!((batch, back, run_back), (7, applied, run));
+            assert_eq!(items[0].seqs, seqs);
+            assert_eq!(items[0].queues, vec!["q".to_string(), "r".to_string()]);
         }
         let DataFrame::Publish { batch, items, .. } = round_trip(&DataFrame::Publish {
             batch: 7,
             vhost: "/".into(),
-            items: vec![(vec!["a".into(), "b".into()], Arc::clone(&m))],
+            items: vec![item(&["a", "b"], Vec::new())],
             applied: None,
+            run: None,
         }) else {
             panic!("kind")
         };
@@ -446,9 +514,9 @@ mod tests {
             round_trip(&DataFrame::Credit { ch: 5, bytes: 1 << 40 }),
             DataFrame::Credit { ch: 5, bytes } if bytes == 1 << 40
         ));
-        assert_eq!(items[0].0, vec!["a".to_string(), "b".to_string()]);
-        assert_eq!(items[0].1.body, m.body);
-        assert_eq!(items[0].1.properties, m.properties);
+        assert_eq!(items[0].queues, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(items[0].message.body, m.body);
+        assert_eq!(items[0].message.properties, m.properties);
         let deliver: Method = BasicDeliver {
             consumer_tag: "c".into(),
             delivery_tag: 3,

@@ -40,7 +40,6 @@ use std::time::Duration;
 use antre_amqp::Method;
 use antre_broker::channel::{Channel, ChannelContext, Outgoing};
 use antre_broker::error::BrokerError;
-use antre_broker::message::Message;
 use antre_broker::queue::{Delivery, DeliverySink};
 use antre_broker::remote::{
     error_from_reply, RemoteChannel, RemoteDelivery, RemoteDone, RemotePublish, RemoteQueues,
@@ -73,6 +72,14 @@ const PUBLISH_OVERHEAD: u64 = 256;
 const PUSH_WINDOW: u64 = 1 << 20;
 /// The forwarding node gives room back in steps of this many bytes.
 const CREDIT_STEP: u64 = 64 << 10;
+/// A batch sent again waits this long before it goes to the node it was
+/// sent to (rather than the next leader): a link that died is redialled
+/// after [`RETRY_AFTER`], a new leader takes up its queue once it applied
+/// its log.
+const RETRY_SAME: Duration = Duration::from_millis(100);
+/// Queues of a vhost past which the numbering of forwarded messages
+/// forgets the deleted ones (see [`Forwarder::number`]).
+const SEQ_QUEUES: usize = 4096;
 
 /// This node's forwarder: the [`RemoteQueues`] the broker holds.
 pub struct Forwarder {
@@ -90,6 +97,12 @@ pub struct Forwarder {
     /// Batches held for their quorum queues' next leader (see
     /// [`parked`]).
     parked: Mutex<parked::ParkedPublishes>,
+    /// This node's run (drawn when it starts) and its next number for a
+    /// message to each queue (vhost, name): what makes a message sent
+    /// again to a quorum queue's next leader stored once
+    /// ([`antre_broker::replicated::Source`]).
+    run: u64,
+    seqs: Mutex<HashMap<String, Numbers>>,
     this: Weak<Forwarder>,
 }
 
@@ -102,9 +115,20 @@ impl std::fmt::Debug for Forwarder {
 /// Looks up where a node is by its name.
 pub type NodeAddresses = Box<dyn Fn(&str) -> Option<std::net::SocketAddr> + Send + Sync>;
 
+/// A vhost's queues' next numbers for forwarded messages (see
+/// [`Forwarder::number`]).
+#[derive(Default)]
+struct Numbers {
+    next: HashMap<String, u64>,
+    /// How many queues it may name before the deleted ones are dropped.
+    prune_at: usize,
+}
+
 /// What a forwarding node keeps of one data connection.
 struct DataLink {
     owner: String,
+    /// Where its unanswered batches go to be sent again when it dies.
+    forwarder: Weak<Forwarder>,
     tx: mpsc::UnboundedSender<Bytes>,
     state: Mutex<LinkState>,
     /// Bytes of forwarded publishes the owner has not answered yet (its
@@ -124,6 +148,21 @@ struct Pending {
     done: Option<RemoteDone>,
     bytes: u64,
     sent: std::time::Instant,
+    /// The batch itself, kept when it may be sent again: its queues are
+    /// all replicated and it carries its numbers (see
+    /// [`Forwarder::send_again`]).
+    resend: Option<Resend>,
+}
+
+/// A batch that may be sent again.
+struct Resend {
+    vhost: String,
+    /// The messages, with their numbers.
+    batch: Vec<RemotePublish>,
+    /// When it fails after all: its first sending's time (or when it was
+    /// first held) and the forwarding timeout; sending it again does not
+    /// move it.
+    deadline: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -151,8 +190,87 @@ impl Forwarder {
             runtime: tokio::runtime::Handle::current(),
             progress,
             parked: Mutex::default(),
+            run: rand::random(),
+            seqs: Mutex::default(),
             this: Weak::clone(this),
         })
+    }
+
+    /// Whether every member reads forwarded messages' numbers and skips a
+    /// quorum queue's message sent again (feature flag
+    /// `quorum_queue_forwarded_publish_dedupe`).
+    fn dedupe_flagged(&self) -> bool {
+        self.broker.upgrade().is_some_and(|b| {
+            b.feature_flag_enabled(antre_broker::feature_flags::FORWARDED_PUBLISH_DEDUPE)
+        })
+    }
+
+    /// Gives each message of `batch` (for queues of `v`) that has none
+    /// this run's next number in each of its queues.
+    fn number(&self, v: &antre_broker::Vhost, batch: &mut [RemotePublish]) {
+        let mut seqs = self.seqs.lock();
+        if !seqs.contains_key(&v.name) {
+            seqs.insert(v.name.clone(), Numbers::default());
+        }
+        let Some(numbers) = seqs.get_mut(&v.name) else {
+            return;
+        };
+        if numbers.next.len() >= numbers.prune_at.max(SEQ_QUEUES) {
+            // Queues deleted since start over (a queue declared again is a
+            // new group, which knows no number yet); the rest is looked
+            // at again once as many more came.
+            numbers.next.retain(|q, _| v.has_queue(q));
+            numbers.prune_at = 2 * numbers.next.len();
+        }
+        let next = &mut numbers.next;
+        for p in batch.iter_mut().filter(|p| p.seqs.is_empty()) {
+            p.seqs = p
+                .queues
+                .iter()
+                .map(|q| {
+                    let n = match next.get_mut(q) {
+                        Some(n) => n,
+                        None => next.entry(q.clone()).or_insert(0),
+                    };
+                    *n += 1;
+                    *n
+                })
+                .collect();
+        }
+    }
+
+    /// Sends again batches `gone` did not answer before its link died,
+    /// or answered as not stored (it no longer led their queues, or not
+    /// yet): to their queues' next leader once it is known, or to `gone`
+    /// again after [`RETRY_SAME`] (its link back, or its leadership taken
+    /// up). Each carries this run's numbers, so its queues skip what they
+    /// stored already. The batches come oldest first, and go before the
+    /// ones held since (which came after them).
+    fn send_again(&self, gone: &str, batches: Vec<(Resend, RemoteDone)>) {
+        if batches.is_empty() {
+            return;
+        }
+        let messages: usize = batches.iter().map(|(r, _)| r.batch.len()).sum();
+        tracing::info!(
+            node = gone,
+            messages,
+            "forwarded publishes cluster node '{gone}' did not store (or may not have): sending them again to their queues' leader"
+        );
+        let mut held = self.parked.lock();
+        let same_after = std::time::Instant::now() + RETRY_SAME;
+        for (r, done) in batches.into_iter().rev() {
+            held.push_front(parked::Parked {
+                vhost: r.vhost,
+                batch: r.batch,
+                done,
+                gone: gone.to_owned(),
+                same_after: Some(same_after),
+                deadline: r.deadline,
+            });
+        }
+        if !std::mem::replace(&mut held.releasing, true) {
+            self.runtime.spawn(release_parked(Weak::clone(&self.this)));
+        }
     }
 
     /// Holds `batch`, which could not be sent to `gone` (its link is
@@ -181,6 +299,7 @@ impl Forwarder {
             batch,
             done,
             gone: gone.to_owned(),
+            same_after: None,
             deadline: std::time::Instant::now() + self.link.config.forward_timeout,
         });
         if !std::mem::replace(&mut held.releasing, true) {
@@ -196,6 +315,7 @@ impl Forwarder {
         // Not held while the vhost is read: every forwarded publish takes
         // it, and one made under a lock of the vhost would wait for this
         // task while it waits for that lock.
+        let now = std::time::Instant::now();
         let (vhost, queues, gone, deadline) = {
             let mut held = self.parked.lock();
             let Some(head) = held.front() else {
@@ -203,28 +323,36 @@ impl Forwarder {
                 return None;
             };
             let queues: Vec<String> = head.batch.iter().flat_map(|p| p.queues.clone()).collect();
-            (head.vhost.clone(), queues, head.gone.clone(), head.deadline)
+            // Sent again: to the node it was sent to as well, after a
+            // pause.
+            let gone = match head.same_after {
+                Some(t) if now >= t => String::new(),
+                _ => head.gone.clone(),
+            };
+            (head.vhost.clone(), queues, gone, head.deadline)
         };
         let v = broker.as_ref().and_then(|b| b.vhost(&vhost));
         let target = v.as_ref().map_or(parked::Target::Unknown, |v| {
             parked::target(v, &queues, &gone)
         });
-        if target == parked::Target::Unknown && std::time::Instant::now() < deadline {
+        if target == parked::Target::Unknown && now < deadline {
             return Some(false);
         }
         // Only this task takes held batches: the head is the one above.
         let p = self.parked.lock().pop_front()?;
         match (target, broker, v) {
             (parked::Target::Here, Some(broker), Some(v)) => {
-                parked::publish_here(&broker, &v, p.batch, p.done);
+                parked::publish_here(&broker, &v, self.run, p.batch, p.done);
             }
             (parked::Target::Node(node), _, _) => {
-                if let Err((batch, done)) = self.send(&node, &p.vhost, p.batch, p.done) {
+                let sent = self.send(&node, &p.vhost, p.batch, p.done, Some(p.deadline));
+                if let Err((batch, done)) = sent {
                     // Its next leader's link is dead too: held again, first.
                     self.parked.lock().push_front(parked::Parked {
                         batch,
                         done,
                         gone: node.to_string(),
+                        same_after: p.same_after.map(|_| now + RETRY_SAME),
                         ..p
                     });
                     return Some(false);
@@ -280,6 +408,7 @@ impl Forwarder {
         let (tx, rx) = mpsc::unbounded_channel();
         let link = Arc::new(DataLink {
             owner: owner.to_owned(),
+            forwarder: Weak::clone(&self.this),
             tx,
             state: Mutex::default(),
             unanswered: AtomicU64::new(0),
@@ -488,9 +617,22 @@ impl DataLink {
             )
         };
         self.unanswered.store(0, Ordering::Release);
+        let mut publishes: Vec<_> = publishes.into_iter().collect();
+        publishes.sort_unstable_by_key(|(id, _)| *id);
+        let mut again = Vec::new();
         for (_, p) in publishes {
-            if let Some(done) = p.done {
-                done(vec![RemoteResult::Failed; p.n]);
+            match (p.done, p.resend) {
+                (Some(done), Some(r)) => again.push((r, done)),
+                (Some(done), None) => done(vec![RemoteResult::Failed; p.n]),
+                (None, _) => {}
+            }
+        }
+        match self.forwarder.upgrade() {
+            Some(f) => f.send_again(&self.owner, again),
+            None => {
+                for (r, done) in again {
+                    done(vec![RemoteResult::Failed; r.batch.len()]);
+                }
             }
         }
         for (_, ch) in channels {
@@ -498,6 +640,38 @@ impl DataLink {
                 ch.lost();
             }
         }
+    }
+
+    /// Answers a batch with the owner's `results`, but for the messages it
+    /// did not store because it no longer leads their queues (a rebalance,
+    /// a lost election): with `resend`, those are sent again to the next
+    /// leader, and answered with its results.
+    fn answered(&self, mut results: Vec<RemoteResult>, done: RemoteDone, resend: Option<Resend>) {
+        let forwarder = self.forwarder.upgrade();
+        let (Some(r), Some(forwarder)) = (resend, forwarder) else {
+            return done(results);
+        };
+        let batch = r.batch;
+        let failed: Vec<usize> = (0..results.len())
+            .filter(|&i| results[i] == RemoteResult::Failed)
+            .collect();
+        if failed.is_empty() || batch.len() != results.len() {
+            return done(results);
+        }
+        let mut batch: Vec<Option<RemotePublish>> = batch.into_iter().map(Some).collect();
+        let again: Vec<RemotePublish> = failed.iter().filter_map(|&i| batch[i].take()).collect();
+        let merged: RemoteDone = Box::new(move |later: Vec<RemoteResult>| {
+            for (&i, r) in failed.iter().zip(later) {
+                results[i] = r;
+            }
+            done(results);
+        });
+        let again = Resend {
+            vhost: r.vhost,
+            batch: again,
+            deadline: r.deadline,
+        };
+        forwarder.send_again(&self.owner, vec![(again, merged)]);
     }
 
     fn unreachable(&self) -> BrokerError {
@@ -519,7 +693,7 @@ impl DataLink {
                                 Some(v.saturating_sub(p.bytes))
                             });
                     if let Some(done) = p.done {
-                        done(results);
+                        self.answered(results, done, p.resend);
                     }
                 }
             }
@@ -542,13 +716,15 @@ impl DataLink {
 
 impl Forwarder {
     /// Sends `batch` to `owner`, or gives it back if the link to `owner`
-    /// is dead (nothing was sent).
+    /// is dead (nothing was sent). A batch sent before, or held, keeps its
+    /// `deadline` for a sending again.
     fn send(
         &self,
         owner: &str,
         vhost: &str,
         batch: Vec<RemotePublish>,
         done: RemoteDone,
+        deadline: Option<std::time::Instant>,
     ) -> Result<(), (Vec<RemotePublish>, RemoteDone)> {
         let link = self.link_to(owner);
         let id = self.next_id();
@@ -557,6 +733,32 @@ impl Forwarder {
             .iter()
             .map(|p| p.message.body.len() as u64 + PUBLISH_OVERHEAD)
             .sum();
+        let mut batch = batch;
+        // Numbered and kept only when all its queues are replicated: a
+        // classic queue's node that is gone has its queue with it.
+        let v = match self.dedupe_flagged() {
+            true => self.broker.upgrade().and_then(|b| b.vhost(vhost)),
+            false => None,
+        };
+        let kept = v.as_ref().is_some_and(|v| parked::replicated(v, &batch));
+        if let (true, Some(v)) = (kept, &v) {
+            self.number(v, &mut batch);
+        }
+        // Read after routing: at least the entry that showed this node
+        // the queues. Encoded before the batch is kept, so that it is
+        // kept without a copy; sent after it is, so that its answer finds
+        // it.
+        let frame = DataFrame::Publish {
+            batch: id,
+            vhost: vhost.to_owned(),
+            items: batch,
+            applied: self.metadata_index_flagged().then(|| self.progress.seen()),
+            run: kept.then_some(self.run),
+        };
+        let encoded = frame.encode();
+        let DataFrame::Publish { items: batch, .. } = frame else {
+            unreachable!("built as a publish above")
+        };
         {
             let mut st = link.state.lock();
             if st.dead.is_some() {
@@ -569,19 +771,18 @@ impl Forwarder {
                     done: Some(done),
                     bytes,
                     sent: std::time::Instant::now(),
+                    resend: kept.then(|| Resend {
+                        vhost: vhost.to_owned(),
+                        batch,
+                        deadline: deadline.unwrap_or_else(|| {
+                            std::time::Instant::now() + self.link.config.forward_timeout
+                        }),
+                    }),
                 },
             );
             link.unanswered.fetch_add(bytes, Ordering::AcqRel);
         }
-        // Read after routing: at least the entry that showed this node
-        // the queues.
-        let frame = DataFrame::Publish {
-            batch: id,
-            vhost: vhost.to_owned(),
-            items: batch.into_iter().map(|p| (p.queues, p.message)).collect(),
-            applied: self.metadata_index_flagged().then(|| self.progress.seen()),
-        };
-        if !link.send(&frame) {
+        if link.tx.send(encoded).is_err() {
             link.fail("the link was closed");
         }
         Ok(())
@@ -593,7 +794,8 @@ impl Forwarder {
 /// before they are answered.
 fn put_forwarded(
     v: &antre_broker::Vhost,
-    items: impl IntoIterator<Item = (Vec<String>, Arc<Message>)>,
+    run: Option<u64>,
+    items: impl IntoIterator<Item = RemotePublish>,
 ) -> (
     Vec<RemoteResult>,
     Vec<Arc<dyn antre_broker::durable::Durable>>,
@@ -601,8 +803,9 @@ fn put_forwarded(
     let mut stored = Vec::new();
     let results = items
         .into_iter()
-        .map(
-            |(queues, message)| match v.publish_forwarded(message, &queues) {
+        .map(|p| {
+            let sources = run.filter(|_| !p.seqs.is_empty()).map(|r| (r, &p.seqs[..]));
+            match v.publish_forwarded(p.message, &p.queues, sources) {
                 Ok(o) => {
                     let result = o.forwarded_result();
                     for s in o.stored {
@@ -614,8 +817,8 @@ fn put_forwarded(
                     tracing::warn!(vhost = v.name, "forwarded publish failed: {e}");
                     RemoteResult::Failed
                 }
-            },
-        )
+            }
+        })
         .collect();
     (results, stored)
 }
@@ -644,7 +847,7 @@ impl RemoteQueues for Forwarder {
             self.hold(&gone, vhost, batch, done);
             return;
         }
-        if let Err((batch, done)) = self.send(owner, vhost, batch, done) {
+        if let Err((batch, done)) = self.send(owner, vhost, batch, done, None) {
             self.park(owner, vhost, batch, done);
         }
     }
@@ -1095,13 +1298,13 @@ impl Owner {
 
     /// Whether this node lacks the vhost or one of the queues that
     /// forwarded messages name.
-    fn misses(&self, vhost: &str, items: &[(Vec<String>, Arc<Message>)]) -> bool {
+    fn misses(&self, vhost: &str, items: &[RemotePublish]) -> bool {
         let Some(v) = self.broker.upgrade().and_then(|b| b.vhost(vhost)) else {
             return true;
         };
         items
             .iter()
-            .flat_map(|(queues, _)| queues)
+            .flat_map(|p| &p.queues)
             .any(|q| !v.has_queue(q))
     }
 
@@ -1200,8 +1403,9 @@ impl Owner {
                 batch,
                 vhost,
                 items,
+                run,
                 ..
-            } => self.publish(batch, &vhost, items),
+            } => self.publish(batch, &vhost, run, items),
             DataFrame::Open { ch, vhost, user } => self.open(ch, &vhost, &user),
             DataFrame::Call {
                 ch, req, method, ..
@@ -1217,7 +1421,7 @@ impl Owner {
         }
     }
 
-    fn publish(&mut self, batch: u64, vhost: &str, items: Vec<(Vec<String>, Arc<Message>)>) {
+    fn publish(&mut self, batch: u64, vhost: &str, run: Option<u64>, items: Vec<RemotePublish>) {
         let Some(broker) = self.broker.upgrade() else {
             return;
         };
@@ -1226,7 +1430,7 @@ impl Owner {
             self.send(&DataFrame::Published { batch, results });
             return;
         };
-        let (results, stored) = put_forwarded(&v, items);
+        let (results, stored) = put_forwarded(&v, run, items);
         match broker.syncer() {
             Some(syncer) if !stored.is_empty() => {
                 let token = self.next_token;
@@ -1327,6 +1531,7 @@ mod tests {
     use super::*;
     use antre_amqp::method::{BasicConsume, QueueDeclare};
     use antre_amqp::BasicProperties;
+    use antre_broker::message::Message;
 
     /// One side of a data link, as the forwarding node drives it.
     struct Forwarding<S> {
@@ -1451,8 +1656,13 @@ mod tests {
         f.send(DataFrame::Publish {
             batch: 1,
             vhost: "/".into(),
-            items: vec![(vec!["q".into()], Arc::new(m))],
+            items: vec![RemotePublish {
+                queues: vec!["q".into()],
+                message: Arc::new(m),
+                seqs: Vec::new(),
+            }],
             applied: None,
+            run: None,
         })
         .await;
         loop {
@@ -1529,8 +1739,13 @@ mod tests {
         f.send(DataFrame::Publish {
             batch: 1,
             vhost: "/".into(),
-            items: vec![(vec!["q".into()], message(b"early"))],
+            items: vec![RemotePublish {
+                queues: vec!["q".into()],
+                message: message(b"early"),
+                seqs: Vec::new(),
+            }],
             applied: Some(3),
+            run: None,
         })
         .await;
         let DataFrame::Published { batch: 1, results } = f.next().await else {
@@ -1541,8 +1756,13 @@ mod tests {
         f.send(DataFrame::Publish {
             batch: 2,
             vhost: "/".into(),
-            items: vec![(vec!["q".into()], message(b"paid"))],
+            items: vec![RemotePublish {
+                queues: vec!["q".into()],
+                message: message(b"paid"),
+                seqs: Vec::new(),
+            }],
             applied: Some(4),
+            run: None,
         })
         .await;
         f.silent("answered before the declare was applied").await;

@@ -82,6 +82,7 @@ mod fence;
 mod heartbeats;
 pub mod leases;
 pub mod members;
+pub mod sources;
 
 use crate::log_store::{LogStore, SnapshotFloor};
 use crate::network::{CallError, Link, NetworkFactory, PooledConnection};
@@ -219,6 +220,10 @@ pub struct QueueOps {
     /// [`QueueOps::stale`]); None in entries of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u64>,
+    /// Where forwarded messages among `enqueue` came from: each is stored
+    /// once however often it is sent ([`sources`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<sources::SourceRange>,
 }
 
 impl QueueOps {
@@ -294,6 +299,10 @@ struct Messages {
     messages: BTreeMap<u64, Held>,
     /// Above every id ever enqueued.
     next_id: u64,
+    /// What was applied of forwarding runs (never in an older version's
+    /// JSON).
+    #[serde(skip)]
+    seen: sources::Seen,
 }
 
 /// One message as a member holds it: its record stays in the member's
@@ -336,6 +345,8 @@ struct StoredSet {
     messages: BTreeMap<u64, Stored>,
     /// Above every id ever enqueued.
     next_id: u64,
+    /// What was applied of forwarding runs ([`sources`]).
+    seen: sources::Seen,
 }
 
 impl StoredSet {
@@ -344,6 +355,7 @@ impl StoredSet {
         let mut set = StoredSet {
             messages: BTreeMap::new(),
             next_id: full.next_id,
+            seen: full.seen,
         };
         for (id, held) in full.messages {
             let at = records.append(&held.record.0)?;
@@ -1020,9 +1032,19 @@ impl QueueMachine {
                         st.last_applied = Some(entry.log_id);
                         continue;
                     }
+                    // Messages sent again that were applied before.
+                    let applied = st.set.seen.admit(&ops.sources, entry.log_id.index);
                     for (id, record) in ops.enqueue {
                         st.count_logged(record.0.len() as u64);
                         st.set.next_id = st.set.next_id.max(id + 1);
+                        if applied.binary_search(&id).is_ok() {
+                            // Its first copy is in the set (or was, and
+                            // is settled); the proposer's confirm stands.
+                            if active {
+                                self.engine.proposed.lock().remove(id);
+                            }
+                            continue;
+                        }
                         if active {
                             // Out of `proposed` only once the engine has
                             // it, so that `reject-publish` always counts it
@@ -1212,6 +1234,7 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
                     Messages {
                         messages: BTreeMap::new(),
                         next_id,
+                        seen: sources::Seen::default(),
                     }
                 }
                 None => {
@@ -1313,6 +1336,7 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
                         out.dying(id, code);
                     }
                 }
+                out.seen(&set.seen);
                 out.finish()
             } else {
                 data
@@ -1362,10 +1386,15 @@ impl Pending {
         match cut_within(sizes, ENTRY_BYTES) {
             Some(k) => {
                 let rest = self.ops.enqueue.split_off(k);
+                let sources = match rest.first() {
+                    Some(&(from, _)) => sources::split_off(&mut self.ops.sources, from),
+                    None => Vec::new(),
+                };
                 let ops = std::mem::replace(
                     &mut self.ops,
                     QueueOps {
                         enqueue: rest,
+                        sources,
                         ..QueueOps::default()
                     },
                 );
@@ -1426,7 +1455,11 @@ impl std::fmt::Debug for Replica {
 }
 
 impl QueueReplica for Replica {
-    fn enqueue(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError> {
+    fn enqueue(
+        &self,
+        message: &Arc<Message>,
+        source: Option<antre_broker::replicated::Source>,
+    ) -> Result<Arc<dyn Durable>, BrokerError> {
         if !self.engine.active.load(Ordering::Acquire) {
             // Leadership moved a moment ago: the publisher gets a nack.
             return Ok(self.failed());
@@ -1444,6 +1477,9 @@ impl QueueReplica for Replica {
         p.next_id += 1;
         p.ops.enqueue.push((id, Body(body)));
         if stream.is_none() {
+            if let Some(source) = source {
+                sources::push(&mut p.ops.sources, source, id);
+            }
             self.engine.proposed.lock().insert(id, Arc::clone(message));
         }
         let batch = p.batch(syncer);
@@ -3314,6 +3350,53 @@ mod tests {
         m.apply_entries(after).unwrap();
         assert_eq!(held(&m), owned(&[(3, "d"), (4, "e")]));
         assert_eq!(m.state.lock().set.next_id, 5);
+    }
+
+    fn sourced(entry: &mut Entry<QueueTypeConfig>, run: u64, seqs: &[u64]) {
+        if let EntryPayload::Normal(ops) = &mut entry.payload {
+            let ids: Vec<u64> = ops.enqueue.iter().map(|(id, _)| *id).collect();
+            for (id, seq) in ids.into_iter().zip(seqs) {
+                let source = antre_broker::replicated::Source { run, seq: *seq };
+                sources::push(&mut ops.sources, source, id);
+            }
+        }
+    }
+
+    /// A forwarded message sent again (its leader died or was deposed with
+    /// it on its way, and it was stored after all) is applied once: by
+    /// every member, after a snapshot and a restart too; one that came
+    /// after a later one is applied.
+    #[tokio::test]
+    async fn a_forwarded_message_sent_again_is_applied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = machine(dir.path());
+        let mut first = ops_entry(1, &[(0, "a"), (1, "b")], &[]);
+        sourced(&mut first, 7, &[1, 2]);
+        // 4 overtook 3 (it went to the next leader first).
+        let mut overtaking = ops_entry(2, &[(2, "d")], &[]);
+        sourced(&mut overtaking, 7, &[4]);
+        m.apply_entries(vec![first, overtaking]).unwrap();
+        m.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let engine = Arc::clone(&m.engine);
+        drop(m);
+        let m = QueueMachine::open(&dir.path().join("group"), engine).unwrap();
+        // b, c and d again, another run's a: c and the other a are new.
+        let mut again = ops_entry(3, &[(3, "b"), (4, "c"), (5, "d"), (6, "a")], &[]);
+        sourced(&mut again, 7, &[2, 3, 4]);
+        if let EntryPayload::Normal(ops) = &mut again.payload {
+            let other = antre_broker::replicated::Source { run: 8, seq: 1 };
+            sources::push(&mut ops.sources, other, 6);
+        }
+        m.apply_entries(vec![again]).unwrap();
+        assert_eq!(
+            held(&m),
+            owned(&[(0, "a"), (1, "b"), (2, "d"), (4, "c"), (6, "a")])
+        );
+        assert_eq!(m.state.lock().set.next_id, 7);
     }
 
     /// A message dead-lettered at least once stays dying on a member

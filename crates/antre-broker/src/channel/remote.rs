@@ -667,6 +667,7 @@ impl Channel {
                     batch.push(RemotePublish {
                         queues: vec![queue.clone()],
                         message: Arc::clone(&item.message),
+                        seqs: Vec::new(),
                     });
                     indices.push(i);
                 }

@@ -51,6 +51,7 @@ impl Queue {
     pub fn replicate(
         self: &Arc<Self>,
         message: &Arc<Message>,
+        source: Option<crate::replicated::Source>,
     ) -> Result<Option<Arc<dyn Durable>>, BrokerError> {
         let Some(replica) = self.replica.get() else {
             return Err(BrokerError::Internal(format!(
@@ -81,7 +82,7 @@ impl Queue {
                 return Ok(None);
             }
         }
-        replica.enqueue(message).map(Some)
+        replica.enqueue(message, source).map(Some)
     }
 
     /// A committed enqueue, applied on the leader: the message joins the
@@ -197,7 +198,11 @@ mod tests {
     }
 
     impl QueueReplica for Recorder {
-        fn enqueue(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError> {
+        fn enqueue(
+            &self,
+            message: &Arc<Message>,
+            _source: Option<crate::replicated::Source>,
+        ) -> Result<Arc<dyn Durable>, BrokerError> {
             self.enqueued
                 .lock()
                 .push(String::from_utf8_lossy(&message.body).into_owned());
@@ -247,7 +252,10 @@ mod tests {
     #[test]
     fn publishes_are_proposed_and_applied_enqueues_reach_consumers() {
         let (q, r) = replicated(&[]);
-        assert!(q.replicate(&message("a")).expect("replicate").is_some());
+        assert!(q
+            .replicate(&message("a"), None)
+            .expect("replicate")
+            .is_some());
         assert_eq!(*r.enqueued.lock(), ["a"]);
         // Standby (not leading): an applied enqueue is not the engine's.
         q.replica_enqueue(0, message("a"));
@@ -359,7 +367,10 @@ mod tests {
         ]);
         q.replica_takeover(Vec::new());
         q.replica_enqueue(0, message("a"));
-        assert!(q.replicate(&message("b")).expect("replicate").is_none());
+        assert!(q
+            .replicate(&message("b"), None)
+            .expect("replicate")
+            .is_none());
         assert!(r.enqueued.lock().is_empty());
     }
 
@@ -370,10 +381,19 @@ mod tests {
             ("x-overflow", FieldValue::string("reject-publish")),
         ]);
         q.replica_takeover(Vec::new());
-        assert!(q.replicate(&message("a")).expect("replicate").is_some());
-        assert!(q.replicate(&message("b")).expect("replicate").is_some());
+        assert!(q
+            .replicate(&message("a"), None)
+            .expect("replicate")
+            .is_some());
+        assert!(q
+            .replicate(&message("b"), None)
+            .expect("replicate")
+            .is_some());
         // Two on their way in, none applied: the queue is full already.
-        assert!(q.replicate(&message("c")).expect("replicate").is_none());
+        assert!(q
+            .replicate(&message("c"), None)
+            .expect("replicate")
+            .is_none());
         assert_eq!(*r.enqueued.lock(), ["a", "b"]);
 
         let (q, r) = replicated(&[
@@ -381,9 +401,18 @@ mod tests {
             ("x-overflow", FieldValue::string("reject-publish")),
         ]);
         q.replica_takeover(Vec::new());
-        assert!(q.replicate(&message("abc")).expect("replicate").is_some());
-        assert!(q.replicate(&message("def")).expect("replicate").is_none());
-        assert!(q.replicate(&message("gh")).expect("replicate").is_some());
+        assert!(q
+            .replicate(&message("abc"), None)
+            .expect("replicate")
+            .is_some());
+        assert!(q
+            .replicate(&message("def"), None)
+            .expect("replicate")
+            .is_none());
+        assert!(q
+            .replicate(&message("gh"), None)
+            .expect("replicate")
+            .is_some());
         assert_eq!(*r.enqueued.lock(), ["abc", "gh"]);
     }
 
@@ -400,7 +429,10 @@ mod tests {
         q.replica_enqueue(1, message("b"));
         assert_eq!(q.counts().ready, 2);
         assert!(r.settled.lock().is_empty());
-        assert!(q.replicate(&message("c")).expect("replicate").is_none());
+        assert!(q
+            .replicate(&message("c"), None)
+            .expect("replicate")
+            .is_none());
 
         // Under drop-head the oldest leaves, settled through the group.
         let (q, r) = replicated(&[("x-max-length", FieldValue::I32(1))]);

@@ -192,7 +192,7 @@ impl Stream {
     /// the group applies it.
     pub fn replicate(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError> {
         match self.replica.get() {
-            Some(r) => r.enqueue(message),
+            Some(r) => r.enqueue(message, None),
             None => Err(BrokerError::Internal(format!(
                 "{} is not replicated",
                 self.describe()

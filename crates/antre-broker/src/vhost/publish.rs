@@ -222,7 +222,7 @@ impl Vhost {
             if q.replica().is_some() {
                 // A quorum queue in a cluster: the message enters its
                 // engine once its group committed it.
-                match q.replicate(&message)? {
+                match q.replicate(&message, None)? {
                     Some(batch) => {
                         outcome.routed += 1;
                         add_once(&mut outcome.stored, batch);
@@ -341,6 +341,7 @@ impl Vhost {
             let batch = vec![crate::remote::RemotePublish {
                 queues,
                 message: Arc::clone(message),
+                seqs: Vec::new(),
             }];
             remote.publish(&owner, &self.name, batch, done);
         }
@@ -352,18 +353,29 @@ impl Vhost {
     /// routing, which the forwarding node ran. Queues that no longer exist
     /// are skipped (`routed` 0 means none took it); those another node owns
     /// now (the forwarding node did not know yet) are listed in `remote`,
-    /// not enqueued.
+    /// not enqueued. With `sources` (the forwarding node's run and its
+    /// number for the message in each of `queues`, in order), a quorum
+    /// queue led here stores the message once however often it comes
+    /// ([`crate::replicated::Source`]).
     pub fn publish_forwarded(
         &self,
         message: Arc<Message>,
         queues: &[String],
+        sources: Option<(u64, &[u64])>,
     ) -> Result<PublishOutcome, BrokerError> {
         let mut outcome = PublishOutcome::default();
-        let (targets, streams): (Vec<Arc<Queue>>, Vec<Arc<Stream>>) = {
+        let source_of = |i: usize| {
+            let (run, seqs) = sources?;
+            Some(crate::replicated::Source {
+                run,
+                seq: *seqs.get(i)?,
+            })
+        };
+        let (targets, streams): (Vec<(Arc<Queue>, _)>, Vec<Arc<Stream>>) = {
             let topo = self.topology.read();
             let mut here = Vec::new();
             let mut streams = Vec::new();
-            for n in queues {
+            for (i, n) in queues.iter().enumerate() {
                 let q = topo.queues.get(n.as_str());
                 let s = topo.streams.get(n.as_str());
                 if q.is_none() && s.is_none() {
@@ -373,7 +385,7 @@ impl Vhost {
                     outcome.remote.push((owner, n.clone()));
                     continue;
                 }
-                here.extend(q.cloned());
+                here.extend(q.cloned().map(|q| (q, source_of(i))));
                 streams.extend(s.cloned());
             }
             (here, streams)
@@ -390,19 +402,19 @@ impl Vhost {
             add_once(&mut outcome.stored, stored);
         }
         let mut message = message;
-        if message.is_persistent() && targets.iter().any(|q| q.options.durable) {
+        if message.is_persistent() && targets.iter().any(|(q, _)| q.options.durable) {
             if let Some(m) = Arc::get_mut(&mut message) {
                 m.seal_record();
             }
         }
         let mut work = DeadLetterWork::new();
         let mut result = Ok(());
-        for q in &targets {
+        for (q, source) in &targets {
             if q.replica().is_some() {
                 // This node leads the quorum queue: the message enters its
                 // engine once the group committed it, as for a client of
                 // this node (the confirm waits for that commit).
-                match q.replicate(&message) {
+                match q.replicate(&message, *source) {
                     Ok(Some(batch)) => {
                         outcome.routed += 1;
                         add_once(&mut outcome.stored, batch);

@@ -385,7 +385,7 @@ fn a_forwarded_publish_to_a_queue_owned_elsewhere_now_is_failed_not_gone() {
     let publish = |queues: &[&str]| {
         let queues: Vec<String> = queues.iter().map(|q| (*q).to_owned()).collect();
         f.vhost
-            .publish_forwarded(msg(), &queues)
+            .publish_forwarded(msg(), &queues, None)
             .unwrap()
             .forwarded_result()
     };

@@ -31,8 +31,11 @@ pub(super) struct Parked {
     pub vhost: String,
     pub batch: Vec<RemotePublish>,
     pub done: RemoteDone,
-    /// The node whose link died under it.
+    /// The node whose link died under it (or that did not store it).
     pub gone: String,
+    /// When it may go to `gone` after all (a batch sent again; None: a
+    /// batch never sent waits for another node).
+    pub same_after: Option<Instant>,
     /// When it fails after all, as a forwarded publish with no answer does.
     pub deadline: Instant,
 }
@@ -153,16 +156,16 @@ pub(super) fn target(v: &Vhost, queues: &[String], gone: &str) -> Target {
 }
 
 /// Puts `batch` in this node's queues of `v` (it leads them now), as an
-/// owner takes a forwarded batch, and answers `done` once what must be
-/// synced is.
+/// owner takes a forwarded batch (numbered by this node's `run`, if its
+/// messages are), and answers `done` once what must be synced is.
 pub(super) fn publish_here(
     broker: &Broker,
     v: &Vhost,
+    run: u64,
     batch: Vec<RemotePublish>,
     done: RemoteDone,
 ) {
-    let items = batch.into_iter().map(|p| (p.queues, p.message));
-    let (results, stored) = super::put_forwarded(v, items);
+    let (results, stored) = super::put_forwarded(v, Some(run), batch);
     match broker.syncer() {
         Some(syncer) if !stored.is_empty() => {
             let sink = Arc::new(Answer(Mutex::new(Some((done, results)))));
@@ -212,6 +215,7 @@ mod tests {
                 Default::default(),
                 bytes::Bytes::from_static(b"x"),
             )),
+            seqs: Vec::new(),
         }
     }
 
@@ -260,6 +264,7 @@ mod tests {
             batch: vec![publish(&["orders"])],
             done: Box::new(|_| {}),
             gone: "n1".into(),
+            same_after: None,
             deadline: Instant::now(),
         });
         let behind = held.held_before("/", &[publish(&["audit", "orders"])]);

@@ -27,6 +27,7 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 
 use antre_store::records::{Mark, RecordRef};
 
+use super::sources::{Seen, SourceRange};
 use super::{Body, Held, Messages, QueueOps, QueueTypeConfig, Stored, StoredSet};
 use crate::NodeId;
 
@@ -42,6 +43,12 @@ const NORMAL_TERM: u8 = 0xB4;
 /// (count, then id and reason code each): an entry without any keeps the
 /// older tag, which older versions read.
 const NORMAL_DYING: u8 = 0xB7;
+/// `NORMAL_DYING` (its dead letters possibly none) followed by the
+/// forwarded messages' sources (count, then run, number, id as u64 and
+/// count as u32 each, see [`super::sources`]): written only when there are
+/// some, which only a cluster with feature flag
+/// `quorum_queue_forwarded_publish_dedupe` sends.
+const NORMAL_SOURCES: u8 = 0xB8;
 const MEMBERSHIP: u8 = 0xB2;
 const SNAPSHOT: u8 = 0xB5;
 const SNAPSHOT_REFS: u8 = 0xB6;
@@ -54,6 +61,13 @@ pub struct CodecError(String);
 
 fn short(what: &str) -> CodecError {
     CodecError(format!("{what} cut short"))
+}
+
+impl CodecError {
+    /// `what` ended before its end.
+    pub(super) fn short(what: &str) -> CodecError {
+        short(what)
+    }
 }
 
 fn put_log_id(out: &mut Vec<u8>, id: &LogId<NodeId>) {
@@ -136,21 +150,36 @@ fn get_dying(buf: &mut &[u8]) -> Result<Vec<(u64, u8)>, CodecError> {
         .collect()
 }
 
-/// The end of a snapshot: the dying messages, if any (each marked with
-/// `mark`), then nothing.
-fn read_dying(buf: &mut &[u8], mut mark: impl FnMut(u64, u8)) -> Result<(), CodecError> {
+/// The end of a snapshot: the dying messages (if there are some, or
+/// forwarded runs after them), then the forwarded runs (if any).
+fn put_tail(out: &mut Vec<u8>, dying: Vec<(u64, u8)>, seen: &Seen) {
+    if !dying.is_empty() || !seen.is_empty() {
+        put_dying(out, dying.into_iter());
+    }
+    if !seen.is_empty() {
+        seen.encode(out);
+    }
+}
+
+/// Reads what [`put_tail`] wrote: each dying message is marked with
+/// `mark`; the forwarded runs are returned.
+fn read_tail(buf: &mut &[u8], mut mark: impl FnMut(u64, u8)) -> Result<Seen, CodecError> {
     if buf.has_remaining() {
         for (id, code) in get_dying(buf)? {
             mark(id, code);
         }
     }
+    let seen = match buf.has_remaining() {
+        true => Seen::decode(buf)?,
+        false => Seen::default(),
+    };
     if buf.has_remaining() {
         return Err(CodecError(format!(
             "{} bytes after the snapshot",
             buf.len()
         )));
     }
-    Ok(())
+    Ok(seen)
 }
 
 fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
@@ -188,6 +217,8 @@ fn normal_len(ops: &QueueOps) -> usize {
         + offsets
         + 4
         + 9 * ops.dead_lettered.len()
+        + 4
+        + 28 * ops.sources.len()
 }
 
 /// About the bytes `entry` takes encoded: exactly as many or a few more,
@@ -211,8 +242,10 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
         }
         EntryPayload::Normal(ops) => {
             out.reserve(normal_len(ops));
-            let dying = !ops.dead_lettered.is_empty();
+            let sources = !ops.sources.is_empty();
+            let dying = sources || !ops.dead_lettered.is_empty();
             out.put_u8(match (ops.term, ops.offsets.is_empty()) {
+                _ if sources => NORMAL_SOURCES,
                 _ if dying => NORMAL_DYING,
                 (Some(_), _) => NORMAL_TERM,
                 (None, true) => NORMAL,
@@ -249,6 +282,15 @@ pub fn encode_entry(entry: &Entry<QueueTypeConfig>, out: &mut Vec<u8>) -> Result
             if dying {
                 put_dying(out, ops.dead_lettered.iter().copied());
             }
+            if sources {
+                out.put_u32_le(ops.sources.len() as u32);
+                for r in &ops.sources {
+                    out.put_u64_le(r.run);
+                    out.put_u64_le(r.seq);
+                    out.put_u64_le(r.id);
+                    out.put_u32_le(r.count);
+                }
+            }
         }
         EntryPayload::Membership(m) => {
             out.put_u8(MEMBERSHIP);
@@ -268,9 +310,9 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
     let log_id = get_log_id(buf)?;
     let payload = match tag {
         BLANK => EntryPayload::Blank,
-        NORMAL | NORMAL_OFFSETS | NORMAL_TERM | NORMAL_DYING => {
+        NORMAL | NORMAL_OFFSETS | NORMAL_TERM | NORMAL_DYING | NORMAL_SOURCES => {
             let term = match tag {
-                NORMAL_TERM | NORMAL_DYING => Some(get_u64(buf, "term")?),
+                NORMAL_TERM | NORMAL_DYING | NORMAL_SOURCES => Some(get_u64(buf, "term")?),
                 _ => None,
             };
             let n = get_count(buf, 12, "enqueues")?;
@@ -295,9 +337,21 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
                 }
             }
             let dead_lettered = match tag {
-                NORMAL_DYING => get_dying(buf)?,
+                NORMAL_DYING | NORMAL_SOURCES => get_dying(buf)?,
                 _ => Vec::new(),
             };
+            let mut sources = Vec::new();
+            if tag == NORMAL_SOURCES {
+                let n = get_count(buf, 28, "sources")?;
+                for _ in 0..n {
+                    sources.push(SourceRange {
+                        run: get_u64(buf, "source")?,
+                        seq: get_u64(buf, "source")?,
+                        id: get_u64(buf, "source")?,
+                        count: get_u32(buf, "source")?,
+                    });
+                }
+            }
             EntryPayload::Normal(QueueOps {
                 enqueue,
                 settle,
@@ -305,6 +359,7 @@ pub fn decode_entry(buf: &mut &[u8]) -> Result<Entry<QueueTypeConfig>, CodecErro
                 dead_lettered,
                 offsets,
                 term,
+                sources,
             })
         }
         MEMBERSHIP => {
@@ -431,6 +486,7 @@ pub fn decode_append(
 pub(super) struct MessagesEncoder {
     out: Vec<u8>,
     dying: Vec<(u64, u8)>,
+    seen: Seen,
 }
 
 impl MessagesEncoder {
@@ -443,6 +499,7 @@ impl MessagesEncoder {
         MessagesEncoder {
             out,
             dying: Vec::new(),
+            seen: Seen::default(),
         }
     }
 
@@ -458,11 +515,15 @@ impl MessagesEncoder {
         self.dying.push((id, code));
     }
 
-    /// The data, with the dying messages after the messages (if any).
+    /// What the set applied of forwarding runs.
+    pub(super) fn seen(&mut self, seen: &Seen) {
+        self.seen = seen.clone();
+    }
+
+    /// The data, with the dying messages and the forwarded runs after the
+    /// messages (if any).
     pub(super) fn finish(mut self) -> Vec<u8> {
-        if !self.dying.is_empty() {
-            put_dying(&mut self.out, self.dying.into_iter());
-        }
+        put_tail(&mut self.out, self.dying, &self.seen);
         self.out
     }
 }
@@ -482,6 +543,7 @@ pub(super) fn decode_messages(raw: &[u8]) -> Result<Messages, CodecError> {
     let mut set = Messages {
         messages: std::collections::BTreeMap::new(),
         next_id,
+        seen: Seen::default(),
     };
     for _ in 0..n {
         let id = get_u64(&mut buf, "message")?;
@@ -496,7 +558,7 @@ pub(super) fn decode_messages(raw: &[u8]) -> Result<Messages, CodecError> {
             },
         );
     }
-    read_dying(&mut buf, |id, code| {
+    set.seen = read_tail(&mut buf, |id, code| {
         if let Some(m) = set.messages.get_mut(&id) {
             m.dying = Some(code);
         }
@@ -525,9 +587,7 @@ pub(super) fn encode_refs(set: &StoredSet, mark: Mark) -> Vec<u8> {
         .messages
         .iter()
         .filter_map(|(&id, m)| Some((id, m.dying?)));
-    if dying.clone().next().is_some() {
-        put_dying(&mut out, dying.collect::<Vec<_>>().into_iter());
-    }
+    put_tail(&mut out, dying.collect(), &set.seen);
     out
 }
 
@@ -552,6 +612,7 @@ pub(super) fn decode_refs(raw: &[u8]) -> Result<(StoredSet, Mark), CodecError> {
     let mut set = StoredSet {
         messages: std::collections::BTreeMap::new(),
         next_id,
+        seen: Seen::default(),
     };
     for _ in 0..n {
         let id = get_u64(&mut buf, "message")?;
@@ -570,7 +631,7 @@ pub(super) fn decode_refs(raw: &[u8]) -> Result<(StoredSet, Mark), CodecError> {
             },
         );
     }
-    read_dying(&mut buf, |id, code| {
+    set.seen = read_tail(&mut buf, |id, code| {
         if let Some(m) = set.messages.get_mut(&id) {
             m.dying = Some(code);
         }
@@ -611,6 +672,7 @@ mod tests {
                     dead_lettered: Vec::new(),
                     offsets: Vec::new(),
                     term: None,
+                    sources: Vec::new(),
                 }),
             },
             Entry {
@@ -638,6 +700,47 @@ mod tests {
                     ..QueueOps::default()
                 }),
             },
+            // Forwarded messages' sources, without and with dead letters.
+            Entry {
+                log_id: log_id(4, 7, 6),
+                payload: EntryPayload::Normal(QueueOps {
+                    enqueue: vec![
+                        (7, Body(Bytes::from_static(b"u"))),
+                        (8, Body(Bytes::from_static(b"v"))),
+                    ],
+                    term: Some(4),
+                    sources: vec![
+                        SourceRange {
+                            run: u64::MAX,
+                            seq: 1,
+                            id: 7,
+                            count: 1,
+                        },
+                        SourceRange {
+                            run: 5,
+                            seq: 1 << 40,
+                            id: 8,
+                            count: 1,
+                        },
+                    ],
+                    ..QueueOps::default()
+                }),
+            },
+            Entry {
+                log_id: log_id(4, 7, 7),
+                payload: EntryPayload::Normal(QueueOps {
+                    enqueue: vec![(9, Body(Bytes::from_static(b"w")))],
+                    dead_lettered: vec![(2, 1)],
+                    term: Some(4),
+                    sources: vec![SourceRange {
+                        run: 5,
+                        seq: 9,
+                        id: 9,
+                        count: 1,
+                    }],
+                    ..QueueOps::default()
+                }),
+            },
             Entry {
                 log_id: log_id(2, u64::MAX, 3),
                 payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
@@ -658,11 +761,22 @@ mod tests {
             offsets: vec![("consumer-1".into(), 42)],
             term: Some(3),
             dead_lettered: vec![(6, 1)],
+            sources: vec![SourceRange {
+                run: 1,
+                seq: 1,
+                id: 1,
+                count: 2,
+            }],
         };
         for ops in [
             ops.clone(),
             QueueOps {
                 dead_lettered: Vec::new(),
+                ..ops.clone()
+            },
+            QueueOps {
+                dead_lettered: Vec::new(),
+                sources: Vec::new(),
                 ..ops
             },
         ] {
@@ -796,6 +910,7 @@ mod tests {
         let mut set = StoredSet {
             messages: BTreeMap::new(),
             next_id: 12,
+            seen: Seen::default(),
         };
         set.messages.insert(4, stored(1, None));
         set.messages.insert(5, stored(0, Some(1)));
@@ -810,6 +925,41 @@ mod tests {
         // Without dying messages the data is as older versions wrote it.
         set.messages.remove(&5);
         assert_eq!(encode_refs(&set, mark).len(), 25 + 24);
+        // Forwarded runs come after the dying messages (here none).
+        set.seen.admit(&[source(3, 7, 1)], 5);
+        let (back, _) = decode_refs(&encode_refs(&set, mark)).unwrap();
+        assert_eq!(back.seen, set.seen);
+        assert_eq!(back.messages.len(), 1);
+    }
+
+    fn source(run: u64, seq: u64, id: u64) -> SourceRange {
+        SourceRange {
+            run,
+            seq,
+            id,
+            count: 1,
+        }
+    }
+
+    /// What a member applied of forwarding runs travels in the snapshot it
+    /// sends, with or without dying messages.
+    #[test]
+    fn snapshots_sent_keep_the_forwarded_runs() {
+        for dying in [None, Some(2)] {
+            let mut seen = Seen::default();
+            seen.admit(&[source(9, 4, 1), source(8, 1, 2)], 3);
+            let mut enc = MessagesEncoder::new(3, 1, 0);
+            enc.push(1, 0, b"m");
+            if let Some(code) = dying {
+                enc.dying(1, code);
+            }
+            enc.seen(&seen);
+            let raw = enc.finish();
+            let set = decode_messages(&raw).unwrap();
+            assert_eq!(set.seen, seen);
+            assert_eq!(set.messages[&1].dying, dying);
+            assert!(decode_messages(&raw[..raw.len() - 1]).is_err());
+        }
     }
 
     #[test]

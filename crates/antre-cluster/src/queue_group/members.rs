@@ -78,10 +78,14 @@ impl std::fmt::Debug for Slot {
 }
 
 impl QueueReplica for Slot {
-    fn enqueue(&self, message: &Arc<Message>) -> Result<Arc<dyn Durable>, BrokerError> {
+    fn enqueue(
+        &self,
+        message: &Arc<Message>,
+        source: Option<antre_broker::replicated::Source>,
+    ) -> Result<Arc<dyn Durable>, BrokerError> {
         let current = self.current.lock().clone();
         match current {
-            Some(r) => r.enqueue(message),
+            Some(r) => r.enqueue(message, source),
             None => {
                 // Not a member (any more): the publisher gets a nack, as
                 // from a replica that just lost leadership.

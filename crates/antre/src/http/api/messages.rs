@@ -208,6 +208,7 @@ async fn forward(
         let batch = vec![RemotePublish {
             queues,
             message: Arc::clone(&message),
+            seqs: Vec::new(),
         }];
         remote.publish(
             &owner,
