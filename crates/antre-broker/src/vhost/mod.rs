@@ -247,6 +247,13 @@ impl Vhost {
         self.quorum.read().get(name).cloned()
     }
 
+    /// Whether `name` is a quorum queue (or replicated stream): its
+    /// contents are replicated. Cheaper than [`Vhost::quorum_info`], which
+    /// copies the record: a forwarding node asks for every batch.
+    pub fn is_replicated(&self, name: &str) -> bool {
+        self.quorum.read().contains_key(name)
+    }
+
     /// Each quorum queue's leader, where one is known.
     pub fn quorum_leaders(&self) -> Vec<Option<String>> {
         self.quorum
