@@ -3352,6 +3352,19 @@ mod tests {
         assert_eq!(m.state.lock().set.next_id, 5);
     }
 
+    /// Takes a snapshot of `m`, then opens its directory again, as after
+    /// a restart.
+    async fn snapshot_and_restart(mut m: QueueMachine, dir: &Path) -> QueueMachine {
+        m.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let engine = Arc::clone(&m.engine);
+        drop(m);
+        QueueMachine::open(&dir.join("group"), engine).unwrap()
+    }
+
     fn sourced(entry: &mut Entry<QueueTypeConfig>, run: u64, seqs: &[u64]) {
         if let EntryPayload::Normal(ops) = &mut entry.payload {
             let ids: Vec<u64> = ops.enqueue.iter().map(|(id, _)| *id).collect();
@@ -3369,21 +3382,14 @@ mod tests {
     #[tokio::test]
     async fn a_forwarded_message_sent_again_is_applied_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = machine(dir.path());
+        let m = machine(dir.path());
         let mut first = ops_entry(1, &[(0, "a"), (1, "b")], &[]);
         sourced(&mut first, 7, &[1, 2]);
         // 4 overtook 3 (it went to the next leader first).
         let mut overtaking = ops_entry(2, &[(2, "d")], &[]);
         sourced(&mut overtaking, 7, &[4]);
         m.apply_entries(vec![first, overtaking]).unwrap();
-        m.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        let engine = Arc::clone(&m.engine);
-        drop(m);
-        let m = QueueMachine::open(&dir.path().join("group"), engine).unwrap();
+        let m = snapshot_and_restart(m, dir.path()).await;
         // b, c and d again, another run's a: c and the other a are new.
         let mut again = ops_entry(3, &[(3, "b"), (4, "c"), (5, "d"), (6, "a")], &[]);
         sourced(&mut again, 7, &[2, 3, 4]);
@@ -3404,21 +3410,14 @@ mod tests {
     #[tokio::test]
     async fn a_dying_mark_survives_a_snapshot_and_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = machine(dir.path());
+        let m = machine(dir.path());
         let mut dying = ops_entry(2, &[], &[]);
         if let EntryPayload::Normal(ops) = &mut dying.payload {
             ops.dead_lettered = vec![(1, death_code(DeathReason::DeliveryLimit))];
         }
         m.apply_entries(vec![ops_entry(1, &[(0, "a"), (1, "b")], &[]), dying])
             .unwrap();
-        m.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        let engine = Arc::clone(&m.engine);
-        drop(m);
-        let m = QueueMachine::open(&dir.path().join("group"), engine).unwrap();
+        let m = snapshot_and_restart(m, dir.path()).await;
         let marks = |m: &QueueMachine| {
             let st = m.state.lock();
             let marks = st.set.messages.iter().map(|(id, s)| (*id, s.dying));

@@ -2561,6 +2561,63 @@ async fn drain_exactly_once(c: &TestCluster, queue: &str, prefix: &str, n: usize
     assert_eq!(bodies.len(), n);
 }
 
+/// A 3-node cluster with quorum queue `queue` (declared on n1), a
+/// publisher streaming 4,000 messages to it through a node that does not
+/// lead it, once 500 of them are confirmed: the leader, the publisher's
+/// node, and what the publisher returns (the messages not acked).
+async fn streaming_through_another_node(
+    queue: &'static str,
+) -> (
+    TestCluster,
+    usize,
+    usize,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, queue).await;
+    let l = wait_leader(&c, queue).await;
+    let via = (l + 1) % 3;
+    let conn = connect(&c.nodes[via].amqp_uri()).await.expect("connect");
+    let ch = confirm_channel(&conn).await;
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&confirmed);
+    let publisher = tokio::spawn(async move {
+        let _conn = conn;
+        publish_streaming(ch, queue, "m", STREAMED, 400, counted).await
+    });
+    c.until("a first part to be confirmed", || async {
+        confirmed.load(Ordering::Acquire) >= 500
+    })
+    .await;
+    (c, l, via, publisher)
+}
+
+/// How many messages [`streaming_through_another_node`] publishes.
+const STREAMED: usize = 4000;
+
+/// Waits for the publisher of [`streaming_through_another_node`]: every
+/// message must be acked, some after being sent again, and in the queue
+/// exactly once.
+async fn all_acked_and_stored_once(
+    c: &TestCluster,
+    queue: &str,
+    via: usize,
+    publisher: tokio::task::JoinHandle<Vec<String>>,
+) {
+    let not_acked = publisher.await.expect("publisher");
+    assert!(
+        not_acked.is_empty(),
+        "{} not acked: {not_acked:?}",
+        not_acked.len()
+    );
+    // Some were on their way (every run before the fix nacked some).
+    assert!(
+        c.nodes[via].logged("sending them again"),
+        "no publish was sent again"
+    );
+    drain_exactly_once(c, queue, "m", STREAMED).await;
+}
+
 /// Publishes forwarded to a quorum queue's leader that is killed -9 with
 /// some on their way (sent, not answered) are sent again to the next
 /// leader and stored once: every one is acked and arrives exactly once.
@@ -2569,39 +2626,9 @@ async fn drain_exactly_once(c: &TestCluster, queue: &str, prefix: &str, n: usize
 /// BENCHMARKS.md), since sending them again could store them twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_on_their_way_to_a_leader_killed_are_sent_again_and_stored_once() {
-    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    declare_on_n1(&c, "again").await;
-    let l = wait_leader(&c, "again").await;
-    let via = (l + 1) % 3;
-    let conn = connect(&c.nodes[via].amqp_uri()).await.expect("connect");
-    let ch = confirm_channel(&conn).await;
-    let confirmed = Arc::new(AtomicU64::new(0));
-    let n = 4000;
-    let publisher = tokio::spawn(publish_streaming(
-        ch,
-        "again",
-        "m",
-        n,
-        400,
-        Arc::clone(&confirmed),
-    ));
-    c.until("a first part to be confirmed", || async {
-        confirmed.load(Ordering::Acquire) >= 500
-    })
-    .await;
+    let (mut c, l, via, publisher) = streaming_through_another_node("again").await;
     c.kill(l);
-    let not_acked = publisher.await.expect("publisher");
-    assert!(
-        not_acked.is_empty(),
-        "{} not acked: {not_acked:?}",
-        not_acked.len()
-    );
-    // Some were on their way (every run before the fix nacked some).
-    assert!(
-        c.nodes[via].logged("sending them again"),
-        "no publish was sent again"
-    );
-    drain_exactly_once(&c, "again", "m", n).await;
+    all_acked_and_stored_once(&c, "again", via, publisher).await;
 }
 
 /// The same when the leader is deposed rather than killed (its node is
@@ -2609,39 +2636,9 @@ async fn publishes_on_their_way_to_a_leader_killed_are_sent_again_and_stored_onc
 /// longer stored is sent to the next leader, not nacked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_a_deposed_leader_did_not_store_go_to_the_next() {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
-    declare_on_n1(&c, "handed").await;
-    let l = wait_leader(&c, "handed").await;
-    let via = (l + 1) % 3;
-    let conn = connect(&c.nodes[via].amqp_uri()).await.expect("connect");
-    let ch = confirm_channel(&conn).await;
-    let confirmed = Arc::new(AtomicU64::new(0));
-    let n = 4000;
-    let publisher = tokio::spawn(publish_streaming(
-        ch,
-        "handed",
-        "m",
-        n,
-        400,
-        Arc::clone(&confirmed),
-    ));
-    c.until("a first part to be confirmed", || async {
-        confirmed.load(Ordering::Acquire) >= 500
-    })
-    .await;
+    let (c, l, via, publisher) = streaming_through_another_node("handed").await;
     let (ok, out, err) = c.cli(l, &["cluster", "drain"]).await;
     assert!(ok, "{out}{err}");
-    let not_acked = publisher.await.expect("publisher");
-    assert!(
-        not_acked.is_empty(),
-        "{} not acked: {not_acked:?}",
-        not_acked.len()
-    );
-    // Some were on their way (every run before the fix nacked some).
-    assert!(
-        c.nodes[via].logged("sending them again"),
-        "no publish was sent again"
-    );
+    all_acked_and_stored_once(&c, "handed", via, publisher).await;
     assert_ne!(wait_leader(&c, "handed").await, l, "the leadership moved");
-    drain_exactly_once(&c, "handed", "m", n).await;
 }
