@@ -249,13 +249,18 @@ mod tests {
         (q, r)
     }
 
+    /// Whether the replicated queue took a publish of `body` (it went to
+    /// the group).
+    fn taken(q: &Arc<Queue>, body: &str) -> bool {
+        q.replicate(&message(body), None)
+            .expect("replicate")
+            .is_some()
+    }
+
     #[test]
     fn publishes_are_proposed_and_applied_enqueues_reach_consumers() {
         let (q, r) = replicated(&[]);
-        assert!(q
-            .replicate(&message("a"), None)
-            .expect("replicate")
-            .is_some());
+        assert!(taken(&q, "a"));
         assert_eq!(*r.enqueued.lock(), ["a"]);
         // Standby (not leading): an applied enqueue is not the engine's.
         q.replica_enqueue(0, message("a"));
@@ -367,10 +372,7 @@ mod tests {
         ]);
         q.replica_takeover(Vec::new());
         q.replica_enqueue(0, message("a"));
-        assert!(q
-            .replicate(&message("b"), None)
-            .expect("replicate")
-            .is_none());
+        assert!(!taken(&q, "b"));
         assert!(r.enqueued.lock().is_empty());
     }
 
@@ -381,19 +383,10 @@ mod tests {
             ("x-overflow", FieldValue::string("reject-publish")),
         ]);
         q.replica_takeover(Vec::new());
-        assert!(q
-            .replicate(&message("a"), None)
-            .expect("replicate")
-            .is_some());
-        assert!(q
-            .replicate(&message("b"), None)
-            .expect("replicate")
-            .is_some());
+        assert!(taken(&q, "a"));
+        assert!(taken(&q, "b"));
         // Two on their way in, none applied: the queue is full already.
-        assert!(q
-            .replicate(&message("c"), None)
-            .expect("replicate")
-            .is_none());
+        assert!(!taken(&q, "c"));
         assert_eq!(*r.enqueued.lock(), ["a", "b"]);
 
         let (q, r) = replicated(&[
@@ -401,18 +394,9 @@ mod tests {
             ("x-overflow", FieldValue::string("reject-publish")),
         ]);
         q.replica_takeover(Vec::new());
-        assert!(q
-            .replicate(&message("abc"), None)
-            .expect("replicate")
-            .is_some());
-        assert!(q
-            .replicate(&message("def"), None)
-            .expect("replicate")
-            .is_none());
-        assert!(q
-            .replicate(&message("gh"), None)
-            .expect("replicate")
-            .is_some());
+        assert!(taken(&q, "abc"));
+        assert!(!taken(&q, "def"));
+        assert!(taken(&q, "gh"));
         assert_eq!(*r.enqueued.lock(), ["abc", "gh"]);
     }
 
@@ -429,10 +413,7 @@ mod tests {
         q.replica_enqueue(1, message("b"));
         assert_eq!(q.counts().ready, 2);
         assert!(r.settled.lock().is_empty());
-        assert!(q
-            .replicate(&message("c"), None)
-            .expect("replicate")
-            .is_none());
+        assert!(!taken(&q, "c"));
 
         // Under drop-head the oldest leaves, settled through the group.
         let (q, r) = replicated(&[("x-max-length", FieldValue::I32(1))]);
