@@ -103,6 +103,9 @@ pub struct Forwarder {
     /// ([`antre_broker::replicated::Source`]).
     run: u64,
     seqs: Mutex<HashMap<String, Numbers>>,
+    /// Feature flag `quorum_queue_forwarded_publish_dedupe` seen enabled
+    /// (a flag is never disabled): asked for every batch.
+    dedupe_on: AtomicBool,
     this: Weak<Forwarder>,
 }
 
@@ -148,20 +151,52 @@ struct Pending {
     done: Option<RemoteDone>,
     bytes: u64,
     sent: std::time::Instant,
-    /// The batch itself, kept when it may be sent again: its queues are
-    /// all replicated and it carries its numbers (see
-    /// [`Forwarder::send_again`]).
+    /// The batch as it was sent, when its messages carry their numbers
+    /// (see [`Forwarder::send_again`]).
     resend: Option<Resend>,
 }
 
-/// A batch that may be sent again.
+/// A batch that may be sent again: its frame as it went out, read back
+/// only if it is. Keeping the frame (which the link's writer held
+/// anyway) rather than the messages lets each message go once it is
+/// sent, and asks whether its queues are replicated only if it is sent
+/// again: kept until the answer (and that asked for every batch), the
+/// messages cost publishes through another node to 10 quorum queues 4%
+/// of their rate and 6% more CPU per message; the frame, no difference
+/// beyond the runs' spread (BENCHMARKS.md).
 struct Resend {
-    vhost: String,
-    /// The messages, with their numbers.
-    batch: Vec<RemotePublish>,
+    frame: Bytes,
     /// When it fails after all: its first sending's time (or when it was
     /// first held) and the forwarding timeout; sending it again does not
     /// move it.
+    deadline: std::time::Instant,
+}
+
+impl Resend {
+    /// The batch's vhost and messages, if every queue they name is
+    /// replicated (a classic queue's node that is gone has its queue with
+    /// it, and a copy sent again to a classic queue would be stored
+    /// twice).
+    fn batch(&self, broker: Option<&Broker>) -> Option<Again> {
+        let DataFrame::Publish { vhost, items, .. } =
+            DataFrame::decode(self.frame.slice(4..)).ok()?
+        else {
+            return None;
+        };
+        let v = broker?.vhost(&vhost)?;
+        parked::replicated(&v, &items).then_some(Again {
+            vhost,
+            batch: items,
+            deadline: self.deadline,
+        })
+    }
+}
+
+/// A batch to send again.
+struct Again {
+    vhost: String,
+    /// The messages, with their numbers.
+    batch: Vec<RemotePublish>,
     deadline: std::time::Instant,
 }
 
@@ -192,6 +227,7 @@ impl Forwarder {
             parked: Mutex::default(),
             run: rand::random(),
             seqs: Mutex::default(),
+            dedupe_on: AtomicBool::new(false),
             this: Weak::clone(this),
         })
     }
@@ -200,26 +236,37 @@ impl Forwarder {
     /// quorum queue's message sent again (feature flag
     /// `quorum_queue_forwarded_publish_dedupe`).
     fn dedupe_flagged(&self) -> bool {
-        self.broker.upgrade().is_some_and(|b| {
+        if self.dedupe_on.load(Ordering::Relaxed) {
+            return true;
+        }
+        let on = self.broker.upgrade().is_some_and(|b| {
             b.feature_flag_enabled(antre_broker::feature_flags::FORWARDED_PUBLISH_DEDUPE)
-        })
+        });
+        if on {
+            self.dedupe_on.store(true, Ordering::Relaxed);
+        }
+        on
     }
 
-    /// Gives each message of `batch` (for queues of `v`) that has none
-    /// this run's next number in each of its queues.
-    fn number(&self, v: &antre_broker::Vhost, batch: &mut [RemotePublish]) {
+    /// Gives each message of `batch` (for queues of `vhost`) that has none
+    /// this run's next number in each of its queues. Every queue, classic
+    /// ones too: whether a queue is replicated is asked only if the batch
+    /// is to be sent again, not for every batch sent.
+    fn number(&self, vhost: &str, batch: &mut [RemotePublish]) {
         let mut seqs = self.seqs.lock();
-        if !seqs.contains_key(&v.name) {
-            seqs.insert(v.name.clone(), Numbers::default());
+        if !seqs.contains_key(vhost) {
+            seqs.insert(vhost.to_owned(), Numbers::default());
         }
-        let Some(numbers) = seqs.get_mut(&v.name) else {
+        let Some(numbers) = seqs.get_mut(vhost) else {
             return;
         };
         if numbers.next.len() >= numbers.prune_at.max(SEQ_QUEUES) {
             // Queues deleted since start over (a queue declared again is a
             // new group, which knows no number yet); the rest is looked
             // at again once as many more came.
-            numbers.next.retain(|q, _| v.has_queue(q));
+            if let Some(v) = self.broker.upgrade().and_then(|b| b.vhost(vhost)) {
+                numbers.next.retain(|q, _| v.has_queue(q));
+            }
             numbers.prune_at = 2 * numbers.next.len();
         }
         let next = &mut numbers.next;
@@ -246,7 +293,7 @@ impl Forwarder {
     /// up). Each carries this run's numbers, so its queues skip what they
     /// stored already. The batches come oldest first, and go before the
     /// ones held since (which came after them).
-    fn send_again(&self, gone: &str, batches: Vec<(Resend, RemoteDone)>) {
+    fn send_again(&self, gone: &str, batches: Vec<(Again, RemoteDone)>) {
         if batches.is_empty() {
             return;
         }
@@ -619,21 +666,20 @@ impl DataLink {
         self.unanswered.store(0, Ordering::Release);
         let mut publishes: Vec<_> = publishes.into_iter().collect();
         publishes.sort_unstable_by_key(|(id, _)| *id);
+        let forwarder = self.forwarder.upgrade();
+        let broker = forwarder.as_ref().and_then(|f| f.broker.upgrade());
         let mut again = Vec::new();
         for (_, p) in publishes {
-            match (p.done, p.resend) {
-                (Some(done), Some(r)) => again.push((r, done)),
-                (Some(done), None) => done(vec![RemoteResult::Failed; p.n]),
-                (None, _) => {}
+            let Some(done) = p.done else {
+                continue;
+            };
+            match p.resend.and_then(|r| r.batch(broker.as_deref())) {
+                Some(batch) => again.push((batch, done)),
+                None => done(vec![RemoteResult::Failed; p.n]),
             }
         }
-        match self.forwarder.upgrade() {
-            Some(f) => f.send_again(&self.owner, again),
-            None => {
-                for (r, done) in again {
-                    done(vec![RemoteResult::Failed; r.batch.len()]);
-                }
-            }
+        if let Some(f) = forwarder {
+            f.send_again(&self.owner, again);
         }
         for (_, ch) in channels {
             if let Some(ch) = ch.upgrade() {
@@ -647,30 +693,28 @@ impl DataLink {
     /// a lost election): with `resend`, those are sent again to the next
     /// leader, and answered with its results.
     fn answered(&self, mut results: Vec<RemoteResult>, done: RemoteDone, resend: Option<Resend>) {
-        let forwarder = self.forwarder.upgrade();
-        let (Some(r), Some(forwarder)) = (resend, forwarder) else {
-            return done(results);
-        };
-        let batch = r.batch;
         let failed: Vec<usize> = (0..results.len())
             .filter(|&i| results[i] == RemoteResult::Failed)
             .collect();
-        if failed.is_empty() || batch.len() != results.len() {
+        let forwarder = self.forwarder.upgrade();
+        let (false, Some(r), Some(forwarder)) = (failed.is_empty(), resend, forwarder) else {
+            return done(results);
+        };
+        let broker = forwarder.broker.upgrade();
+        let Some(mut again) = r.batch(broker.as_deref()) else {
+            return done(results);
+        };
+        if again.batch.len() != results.len() {
             return done(results);
         }
-        let mut batch: Vec<Option<RemotePublish>> = batch.into_iter().map(Some).collect();
-        let again: Vec<RemotePublish> = failed.iter().filter_map(|&i| batch[i].take()).collect();
+        let mut batch: Vec<Option<RemotePublish>> = again.batch.into_iter().map(Some).collect();
+        again.batch = failed.iter().filter_map(|&i| batch[i].take()).collect();
         let merged: RemoteDone = Box::new(move |later: Vec<RemoteResult>| {
             for (&i, r) in failed.iter().zip(later) {
                 results[i] = r;
             }
             done(results);
         });
-        let again = Resend {
-            vhost: r.vhost,
-            batch: again,
-            deadline: r.deadline,
-        };
         forwarder.send_again(&self.owner, vec![(again, merged)]);
     }
 
@@ -734,26 +778,19 @@ impl Forwarder {
             .map(|p| p.message.body.len() as u64 + PUBLISH_OVERHEAD)
             .sum();
         let mut batch = batch;
-        // Numbered and kept only when all its queues are replicated: a
-        // classic queue's node that is gone has its queue with it.
-        let v = match self.dedupe_flagged() {
-            true => self.broker.upgrade().and_then(|b| b.vhost(vhost)),
-            false => None,
-        };
-        let kept = v.as_ref().is_some_and(|v| parked::replicated(v, &batch));
-        if let (true, Some(v)) = (kept, &v) {
-            self.number(v, &mut batch);
+        let numbered = self.dedupe_flagged();
+        if numbered {
+            self.number(vhost, &mut batch);
         }
         // Read after routing: at least the entry that showed this node
-        // the queues. Encoded before the batch is kept, so that it is
-        // kept without a copy; sent after it is, so that its answer finds
-        // it.
+        // the queues. Encoded before the frame is kept; sent after it is,
+        // so that its answer finds it.
         let frame = DataFrame::Publish {
             batch: id,
             vhost: vhost.to_owned(),
             items: batch,
             applied: self.metadata_index_flagged().then(|| self.progress.seen()),
-            run: kept.then_some(self.run),
+            run: numbered.then_some(self.run),
         };
         let encoded = frame.encode();
         let DataFrame::Publish { items: batch, .. } = frame else {
@@ -771,9 +808,8 @@ impl Forwarder {
                     done: Some(done),
                     bytes,
                     sent: std::time::Instant::now(),
-                    resend: kept.then(|| Resend {
-                        vhost: vhost.to_owned(),
-                        batch,
+                    resend: numbered.then(|| Resend {
+                        frame: encoded.clone(),
                         deadline: deadline.unwrap_or_else(|| {
                             std::time::Instant::now() + self.link.config.forward_timeout
                         }),
