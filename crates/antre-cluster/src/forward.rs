@@ -173,10 +173,10 @@ struct Resend {
 }
 
 impl Resend {
-    /// The batch's vhost and messages, if every queue they name is
-    /// replicated (a classic queue's node that is gone has its queue with
-    /// it, and a copy sent again to a classic queue would be stored
-    /// twice).
+    /// The batch's vhost and messages, if every queue they name is a
+    /// quorum queue (a classic queue's node that is gone has its queue
+    /// with it, and a copy sent again to a classic queue or a stream would
+    /// be stored twice).
     fn batch(&self, broker: Option<&Broker>) -> Option<Again> {
         let DataFrame::Publish { vhost, items, .. } =
             DataFrame::decode(self.frame.slice(4..)).ok()?
@@ -184,7 +184,7 @@ impl Resend {
             return None;
         };
         let v = broker?.vhost(&vhost)?;
-        parked::replicated(&v, &items).then_some(Again {
+        parked::deduplicated(&v, &items).then_some(Again {
             vhost,
             batch: items,
             deadline: self.deadline,

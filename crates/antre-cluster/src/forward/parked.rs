@@ -137,6 +137,20 @@ pub(super) fn replicated(v: &Vhost, batch: &[RemotePublish]) -> bool {
     })
 }
 
+/// Whether every queue `batch` names in `v` is a quorum queue, whose
+/// group skips a message it has (see [`super::Forwarder::send_again`]):
+/// only such a batch is sent again after it may have been stored. A
+/// replicated stream's group does not skip (its offsets are its ids: a
+/// gap would be seen by every reader), so a stream's publish that may
+/// have been stored is nacked, as before.
+pub(super) fn deduplicated(v: &Vhost, batch: &[RemotePublish]) -> bool {
+    replicated(v, batch)
+        && batch
+            .iter()
+            .flat_map(|p| &p.queues)
+            .all(|q| v.stream(q).is_none())
+}
+
 /// Where the `queues` of a held batch are led now, if all of them by one
 /// node other than `gone`. A queue deleted meanwhile counts as here: this
 /// node answers it as gone, as its owner would have.
@@ -260,6 +274,44 @@ mod tests {
         v.set_remote_owner("a", None);
         assert_eq!(target(&v, &names(&["a"]), "n1"), Target::Here);
         assert_eq!(target(&v, &names(&["gone"]), "n1"), Target::Here);
+    }
+
+    /// A batch that may have been stored is sent again only if each of
+    /// its queues is a quorum queue (whose group skips what it has); one
+    /// never sent is held for a replicated stream too.
+    #[test]
+    fn only_a_batch_for_quorum_queues_alone_is_sent_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = antre_broker::StorageOptions::default();
+        let broker = Broker::open(dir.path(), options).expect("broker");
+        let v = broker.vhost("/").expect("vhost");
+        for (q, kind) in [("q", None), ("s", Some("stream")), ("c", None)] {
+            let mut arguments = antre_amqp::FieldTable::default();
+            if let Some(kind) = kind {
+                arguments.insert("x-queue-type", antre_amqp::FieldValue::string(kind));
+            }
+            let declaration = antre_broker::vhost::QueueDeclaration {
+                name: q.into(),
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments,
+            };
+            v.declare_queue(declaration, false, 0).expect("declare");
+        }
+        for q in ["q", "s"] {
+            let info = antre_broker::vhost::QuorumInfo {
+                members: vec!["n1".into()],
+                leader: None,
+                leader_term: 0,
+            };
+            v.set_quorum_info(q, Some(info));
+        }
+        assert!(deduplicated(&v, &[publish(&["q"]), publish(&["q"])]));
+        assert!(!deduplicated(&v, &[publish(&["q", "s"])]), "a stream");
+        assert!(!deduplicated(&v, &[publish(&["q"]), publish(&["c"])]));
+        assert!(replicated(&v, &[publish(&["s"])]), "held, never sent");
+        assert!(!replicated(&v, &[publish(&["c"])]));
     }
 
     #[test]
