@@ -8,10 +8,14 @@
 //! took (some 200 messages at 500 a second). RabbitMQ's channel keeps a
 //! quorum queue's pending enqueues and resends them to the new leader.
 //!
-//! Only batches that were never sent are held: one sent before the link
-//! died may have been stored, and sending it again would store it twice
-//! (it still fails, as before). And only batches whose every queue is
+//! Batches that were never sent are held if every queue they name is
 //! replicated: a classic queue's node that is down has its queue with it.
+//! Batches sent that may have been stored (their link died before the
+//! answer, or the owner answered that it no longer leads their queues)
+//! are held too, ahead of those, if every queue they name is a quorum
+//! queue: its group skips a message it has by its forwarding node's
+//! number ([`super::Forwarder::send_again`]); one of them may go to the
+//! node it was sent to after a pause (`Parked::same_after`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
