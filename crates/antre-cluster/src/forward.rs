@@ -29,7 +29,7 @@
 //! made), every publish batch waiting for an answer fails (its publishes
 //! are nacked: they are not known to be stored) unless its queues are all
 //! quorum queues, which take it again from their next leader, once
-//! ([`Forwarder::send_again`]); every waiting call fails,
+//! (`Forwarder::send_again`); every waiting call fails,
 //! and every forwarded consumer is cancelled (the client gets basic.cancel
 //! if it announced `consumer_cancel_notify`, as RabbitMQ cancels consumers
 //! of a classic queue whose node went down). The next use dials again.
