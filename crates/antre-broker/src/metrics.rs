@@ -177,6 +177,10 @@ pub struct BrokerMetrics {
     /// to a queue on another cluster node that did not get there (its
     /// node unreachable or failing); each is logged.
     pub internal_forwards_failed: Counter,
+    /// Messages forwarded to a quorum queue's leader that this node sent
+    /// again (to the next leader, or the same node) because the leader
+    /// died or no longer led the queue with them on their way.
+    pub forwards_sent_again: Counter,
     /// Messages published on channels in confirm mode.
     pub received_confirm: Counter,
     /// Deliveries and acks from classic queues.

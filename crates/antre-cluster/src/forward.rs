@@ -300,6 +300,9 @@ impl Forwarder {
             return;
         }
         let messages: usize = batches.iter().map(|(r, _)| r.batch.len()).sum();
+        if let Some(b) = self.broker.upgrade() {
+            b.metrics.forwards_sent_again.add(messages as u64);
+        }
         tracing::info!(
             node = gone,
             messages,

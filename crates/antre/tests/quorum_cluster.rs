@@ -2615,6 +2615,13 @@ async fn all_acked_and_stored_once(
         c.nodes[via].logged("sending them again"),
         "no publish was sent again"
     );
+    let metrics = scrape(c, via, "/metrics").await;
+    let again = sample(
+        &metrics,
+        "antre_cluster_forwarded_publishes_sent_again_total",
+        &[],
+    );
+    assert!(again.is_some_and(|n| n > 0.0), "counted: {again:?}");
     drain_exactly_once(c, queue, "m", STREAMED).await;
 }
 

@@ -23,7 +23,7 @@ pub fn render(p: &mut Page, state: &HttpState) {
         "Seconds since the broker started.",
         state.started.elapsed().as_secs_f64(),
     );
-    let counters: [(&str, &str, u64); 9] = [
+    let counters: [(&str, &str, u64); 10] = [
         (
             "antre_messages_published_total",
             "Messages published by clients.",
@@ -68,6 +68,11 @@ pub fn render(p: &mut Page, state: &HttpState) {
             "antre_cluster_internal_forwards_failed_total",
             "Dead letters and delayed messages for a queue on another cluster node that did not reach it.",
             m.internal_forwards_failed.get(),
+        ),
+        (
+            "antre_cluster_forwarded_publishes_sent_again_total",
+            "Messages forwarded to a quorum queue's leader and sent again because that leader died or no longer led the queue with them on their way.",
+            m.forwards_sent_again.get(),
         ),
     ];
     for (name, help, value) in counters {
