@@ -63,20 +63,13 @@ fn short(what: &str) -> CodecError {
     CodecError(format!("{what} cut short"))
 }
 
-impl CodecError {
-    /// `what` ended before its end.
-    pub(super) fn short(what: &str) -> CodecError {
-        short(what)
-    }
-}
-
 fn put_log_id(out: &mut Vec<u8>, id: &LogId<NodeId>) {
     out.put_u64_le(id.leader_id.term);
     out.put_u64_le(id.leader_id.node_id);
     out.put_u64_le(id.index);
 }
 
-fn get_u64(buf: &mut &[u8], what: &str) -> Result<u64, CodecError> {
+pub(super) fn get_u64(buf: &mut &[u8], what: &str) -> Result<u64, CodecError> {
     if buf.remaining() < 8 {
         return Err(short(what));
     }
@@ -125,7 +118,7 @@ fn get_log_id(buf: &mut &[u8]) -> Result<LogId<NodeId>, CodecError> {
 /// A count read from the input, checked against what is left of it (each
 /// item takes at least `min` bytes), so a corrupt count cannot make the
 /// decoder reserve gigabytes.
-fn get_count(buf: &mut &[u8], min: usize, what: &str) -> Result<usize, CodecError> {
+pub(super) fn get_count(buf: &mut &[u8], min: usize, what: &str) -> Result<usize, CodecError> {
     let n = get_u32(buf, what)? as usize;
     if n.saturating_mul(min) > buf.remaining() {
         return Err(short(what));

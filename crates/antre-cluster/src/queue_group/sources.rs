@@ -26,10 +26,10 @@
 use std::collections::HashMap;
 
 use antre_broker::replicated::Source;
-use bytes::{Buf, BufMut};
+use bytes::BufMut;
 use serde::{Deserialize, Serialize};
 
-use super::codec::CodecError;
+use super::codec::{get_count, get_u64, CodecError};
 
 /// Runs (forwarding nodes' lives) a queue's members remember.
 const RUNS: usize = 64;
@@ -221,32 +221,16 @@ impl Seen {
 
     /// Reads what [`Seen::encode`] wrote.
     pub(super) fn decode(buf: &mut &[u8]) -> Result<Seen, CodecError> {
-        let short = || CodecError::short("forwarded runs");
-        let u64_of = |buf: &mut &[u8]| {
-            if buf.remaining() < 8 {
-                return Err(short());
-            }
-            Ok(buf.get_u64_le())
-        };
-        let count_of = |buf: &mut &[u8], min: usize| {
-            if buf.remaining() < 4 {
-                return Err(short());
-            }
-            let n = buf.get_u32_le() as usize;
-            if n.saturating_mul(min) > buf.remaining() {
-                return Err(short());
-            }
-            Ok(n)
-        };
-        let n = count_of(buf, 28)?;
+        let what = "forwarded runs";
+        let n = get_count(buf, 28, what)?;
         let mut runs = HashMap::with_capacity(n);
         for _ in 0..n {
-            let run = u64_of(buf)?;
-            let last = u64_of(buf)?;
-            let at = u64_of(buf)?;
-            let g = count_of(buf, 16)?;
+            let run = get_u64(buf, what)?;
+            let last = get_u64(buf, what)?;
+            let at = get_u64(buf, what)?;
+            let g = get_count(buf, 16, what)?;
             let gaps = (0..g)
-                .map(|_| Ok((u64_of(buf)?, u64_of(buf)?)))
+                .map(|_| Ok((get_u64(buf, what)?, get_u64(buf, what)?)))
                 .collect::<Result<_, CodecError>>()?;
             runs.insert(run, Run { last, gaps, at });
         }
