@@ -27,17 +27,9 @@ b=${2:-}
 bench=$PWD/target/release/antre-bench
 [ -x "$bench" ] || cargo build -q --release -p antre-bench
 source scripts/lib/antre-cluster.sh
+source scripts/lib/cpu.sh
 out=$(mktemp -d /tmp/bench-forwarding-quorum.XXXXXX)
 trap 'stop_antre_cluster >/dev/null 2>&1 || true; rm -rf "$out"' EXIT
-
-# CPU ticks (user + system) of the nodes so far.
-ticks() {
-    local sum=0
-    for p in "${ANTRE_PIDS[@]}"; do
-        sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    done
-    echo "$sum"
-}
 
 one() { # label binary
     local label=$1 bin=$2 dir="$out/$1"
@@ -50,12 +42,12 @@ one() { # label binary
     "$bench" run --uri amqp://guest:guest@127.0.0.1:5801/%2f "${args[@]}" -z 2 --keep-queues >/dev/null 2>&1
     local led before after
     led=$(grep -c "leads the quorum queue now" "$dir/antre-n1.log" || true)
-    before=$(ticks)
+    before=$(cpu_ticks "${ANTRE_PIDS[@]}")
     "$bench" run --uri amqp://guest:guest@127.0.0.1:5802/%2f "${args[@]}" -z 8 --no-reset --keep-queues \
         --json "$dir/run.json" >"$dir/run.txt" 2>&1
-    after=$(ticks)
+    after=$(cpu_ticks "${ANTRE_PIDS[@]}")
     stop_antre_cluster >/dev/null
-    python3 - "$label" "$dir/run.json" "$((after - before))" "$(getconf CLK_TCK)" "$led" <<'EOF'
+    python3 - "$label" "$dir/run.json" "$((after - before))" "$HZ" "$led" <<'EOF'
 import json, sys
 label, path, ticks, hz, led = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 j = json.load(open(path))

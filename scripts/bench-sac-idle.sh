@@ -27,7 +27,7 @@ if [ -z "${ANTRE_BIN:-}" ]; then
     cargo build --release -q -p antre
 fi
 ANTRE=${ANTRE_BIN:-$ROOT/target/release/antre}
-HZ=$(getconf CLK_TCK)
+source scripts/lib/cpu.sh
 
 ANTRE_PIDS=()
 CONSUMERS=()
@@ -37,20 +37,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cpu_ticks() {
-    local total=0
-    for p in "${ANTRE_PIDS[@]}"; do
-        total=$((total + $(awk '{print $14+$15}' "/proc/$p/stat")))
-    done
-    echo "$total"
-}
-
 # The share of a core the nodes used over SECONDS_.
 measure() {
     local before after
-    before=$(cpu_ticks)
+    before=$(cpu_ticks "${ANTRE_PIDS[@]}")
     sleep "$SECONDS_"
-    after=$(cpu_ticks)
+    after=$(cpu_ticks "${ANTRE_PIDS[@]}")
     python3 -c "print(f'{($after - $before) / $HZ / $SECONDS_ * 100:.1f}')"
 }
 
