@@ -105,9 +105,11 @@ pub struct Forwarder {
     /// ([`antre_broker::replicated::Source`]).
     run: u64,
     seqs: Mutex<HashMap<String, Numbers>>,
-    /// Feature flag `quorum_queue_forwarded_publish_dedupe` seen enabled
-    /// (a flag is never disabled): asked for every batch.
-    dedupe_on: AtomicBool,
+    /// Whether every member reads forwarded messages' numbers and skips a
+    /// quorum queue's message sent again.
+    dedupe: FlagSeen,
+    /// Whether every member reads the metadata index in forwarded frames.
+    metadata_index: FlagSeen,
     this: Weak<Forwarder>,
 }
 
@@ -119,6 +121,37 @@ impl std::fmt::Debug for Forwarder {
 
 /// Looks up where a node is by its name.
 pub type NodeAddresses = Box<dyn Fn(&str) -> Option<std::net::SocketAddr> + Send + Sync>;
+
+/// A feature flag the forwarder asks about for every batch or channel:
+/// remembered once the cluster enabled it (a flag is never disabled), so
+/// that the broker's set of enabled flags is read only until then.
+struct FlagSeen {
+    name: &'static str,
+    on: AtomicBool,
+}
+
+impl FlagSeen {
+    fn new(name: &'static str) -> FlagSeen {
+        FlagSeen {
+            name,
+            on: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the cluster enabled the flag.
+    fn enabled(&self, broker: &Weak<Broker>) -> bool {
+        if self.on.load(Ordering::Relaxed) {
+            return true;
+        }
+        let on = broker
+            .upgrade()
+            .is_some_and(|b| b.feature_flag_enabled(self.name));
+        if on {
+            self.on.store(true, Ordering::Relaxed);
+        }
+        on
+    }
+}
 
 /// A vhost's queues' next numbers for forwarded messages (see
 /// [`Forwarder::number`]).
@@ -229,25 +262,10 @@ impl Forwarder {
             parked: Mutex::default(),
             run: rand::random(),
             seqs: Mutex::default(),
-            dedupe_on: AtomicBool::new(false),
+            dedupe: FlagSeen::new(antre_broker::feature_flags::FORWARDED_PUBLISH_DEDUPE),
+            metadata_index: FlagSeen::new(antre_broker::feature_flags::FORWARDED_METADATA_INDEX),
             this: Weak::clone(this),
         })
-    }
-
-    /// Whether every member reads forwarded messages' numbers and skips a
-    /// quorum queue's message sent again (feature flag
-    /// `quorum_queue_forwarded_publish_dedupe`).
-    fn dedupe_flagged(&self) -> bool {
-        if self.dedupe_on.load(Ordering::Relaxed) {
-            return true;
-        }
-        let on = self.broker.upgrade().is_some_and(|b| {
-            b.feature_flag_enabled(antre_broker::feature_flags::FORWARDED_PUBLISH_DEDUPE)
-        });
-        if on {
-            self.dedupe_on.store(true, Ordering::Relaxed);
-        }
-        on
     }
 
     /// Gives each message of `batch` (for queues of `vhost`) that has none
@@ -320,6 +338,11 @@ impl Forwarder {
                 deadline: r.deadline,
             });
         }
+        self.start_releasing(&mut held);
+    }
+
+    /// Starts the task that releases held batches, unless it runs.
+    fn start_releasing(&self, held: &mut parked::ParkedPublishes) {
         if !std::mem::replace(&mut held.releasing, true) {
             self.runtime.spawn(release_parked(Weak::clone(&self.this)));
         }
@@ -354,9 +377,7 @@ impl Forwarder {
             same_after: None,
             deadline: std::time::Instant::now() + self.link.config.forward_timeout,
         });
-        if !std::mem::replace(&mut held.releasing, true) {
-            self.runtime.spawn(release_parked(Weak::clone(&self.this)));
-        }
+        self.start_releasing(&mut held);
     }
 
     /// Sends or releases the oldest held batch if its queues' leader is
@@ -416,14 +437,6 @@ impl Forwarder {
             }
         }
         Some(true)
-    }
-
-    /// Whether every member reads the metadata index in forwarded frames
-    /// (feature flag `forwarded_publish_metadata_index`).
-    fn metadata_index_flagged(&self) -> bool {
-        self.broker.upgrade().is_some_and(|b| {
-            b.feature_flag_enabled(antre_broker::feature_flags::FORWARDED_METADATA_INDEX)
-        })
     }
 
     /// How far this node applied the metadata log (what its data link's
@@ -783,7 +796,7 @@ impl Forwarder {
             .map(|p| p.message.body.len() as u64 + PUBLISH_OVERHEAD)
             .sum();
         let mut batch = batch;
-        let numbered = self.dedupe_flagged();
+        let numbered = self.dedupe.enabled(&self.broker);
         if numbered {
             self.number(vhost, &mut batch);
         }
@@ -794,7 +807,7 @@ impl Forwarder {
             batch: id,
             vhost: vhost.to_owned(),
             items: batch,
-            applied: self.metadata_index_flagged().then(|| self.progress.seen()),
+            applied: (self.metadata_index.enabled(&self.broker)).then(|| self.progress.seen()),
             run: numbered.then_some(self.run),
         };
         let encoded = frame.encode();
@@ -920,8 +933,7 @@ impl RemoteQueues for Forwarder {
             next_req: AtomicU64::new(1),
             timeout: self.link.config.change_timeout,
             untaken: AtomicU64::new(0),
-            applied: self
-                .metadata_index_flagged()
+            applied: (self.metadata_index.enabled(&self.broker))
                 .then(|| Arc::clone(&self.progress)),
         });
         *handle.this.lock() = Arc::downgrade(&handle);

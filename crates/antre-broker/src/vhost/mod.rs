@@ -249,7 +249,8 @@ impl Vhost {
 
     /// Whether `name` is a quorum queue (or replicated stream): its
     /// contents are replicated. Cheaper than [`Vhost::quorum_info`], which
-    /// copies the record: a forwarding node asks for every batch.
+    /// copies the record, for each message of a batch a forwarding node
+    /// holds or sends again.
     pub fn is_replicated(&self, name: &str) -> bool {
         self.quorum.read().contains_key(name)
     }

@@ -129,16 +129,10 @@ pub(super) enum Target {
 /// Whether every queue `batch` names in `v` is replicated (has a leader
 /// that another member replaces when it goes).
 pub(super) fn replicated(v: &Vhost, batch: &[RemotePublish]) -> bool {
-    // Asked for every batch sent: a batch's messages mostly go to one
-    // queue, looked up once.
-    let mut last: Option<&str> = None;
-    batch.iter().flat_map(|p| &p.queues).all(|q| {
-        if last == Some(q.as_str()) {
-            return true;
-        }
-        last = Some(q);
-        v.is_replicated(q)
-    })
+    batch
+        .iter()
+        .flat_map(|p| &p.queues)
+        .all(|q| v.is_replicated(q))
 }
 
 /// Whether every queue `batch` names in `v` is a quorum queue, whose
