@@ -154,6 +154,23 @@ async fn drain_all(c: &TestCluster, name: &str, want: &[impl AsRef<str>]) {
     assert_eq!(bodies, want);
 }
 
+/// Publishes `body` to `queue`, persistent; the confirm to wait for.
+async fn publish_persistent(
+    ch: &Channel,
+    queue: &str,
+    body: &[u8],
+) -> lapin::publisher_confirm::PublisherConfirm {
+    ch.basic_publish(
+        "",
+        queue,
+        BasicPublishOptions::default(),
+        body,
+        persistent(),
+    )
+    .await
+    .expect("publish")
+}
+
 fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
 }
@@ -325,16 +342,7 @@ async fn large_messages_and_bursts_replicate() {
     };
     let mut confirms = Vec::new();
     for k in 0..40 {
-        let confirm = ch
-            .basic_publish(
-                "",
-                "scans",
-                BasicPublishOptions::default(),
-                &body(&format!("page-{k}"), 1 << 20),
-                persistent(),
-            )
-            .await
-            .expect("publish");
+        let confirm = publish_persistent(&ch, "scans", &body(&format!("page-{k}"), 1 << 20)).await;
         confirms.push(confirm);
     }
     for (k, confirm) in confirms.into_iter().enumerate() {
@@ -450,16 +458,7 @@ async fn reject_publish_counts_publishes_not_committed_yet() {
         let mut confirms = Vec::new();
         for i in 0..40u8 {
             let body = vec![b'a' + i % 26; body_len];
-            let confirm = ch
-                .basic_publish(
-                    "",
-                    queue,
-                    BasicPublishOptions::default(),
-                    &body,
-                    persistent(),
-                )
-                .await
-                .expect("publish");
+            let confirm = publish_persistent(&ch, queue, &body).await;
             confirms.push(confirm);
         }
         let mut acked = 0;
@@ -1192,16 +1191,7 @@ async fn delivery_limit_dead_letters_and_no_quorum() {
     for &i in &others {
         c.kill(i);
     }
-    let confirm = pub_ch
-        .basic_publish(
-            "",
-            "work",
-            BasicPublishOptions::default(),
-            b"alone",
-            persistent(),
-        )
-        .await
-        .expect("publish");
+    let confirm = publish_persistent(&pub_ch, "work", b"alone").await;
     let mut confirm = Box::pin(confirm);
     let early = match tokio::time::timeout(Duration::from_secs(3), &mut confirm).await {
         Err(_) => None,
@@ -2442,29 +2432,12 @@ async fn publishes_while_a_quorum_queues_leader_is_replaced_wait_for_the_next() 
     })
     .await;
     for i in 0..50 {
-        plain
-            .basic_publish(
-                "",
-                "held",
-                BasicPublishOptions::default(),
-                format!("plain-{i}").as_bytes(),
-                persistent(),
-            )
-            .await
-            .expect("publish");
+        publish_persistent(&plain, "held", format!("plain-{i}").as_bytes()).await;
     }
     let mut confirms = Vec::new();
     for i in 0..50 {
-        let confirm = confirming
-            .basic_publish(
-                "",
-                "held",
-                BasicPublishOptions::default(),
-                format!("confirmed-{i}").as_bytes(),
-                persistent(),
-            )
-            .await
-            .expect("publish");
+        let confirm =
+            publish_persistent(&confirming, "held", format!("confirmed-{i}").as_bytes()).await;
         confirms.push(confirm);
     }
     for (i, confirm) in confirms.into_iter().enumerate() {
@@ -2513,16 +2486,7 @@ async fn publish_streaming(
         confirmed.fetch_add(1, Ordering::AcqRel);
     };
     for i in 0..n {
-        let confirm = ch
-            .basic_publish(
-                "",
-                queue,
-                BasicPublishOptions::default(),
-                format!("{prefix}{i}").as_bytes(),
-                persistent(),
-            )
-            .await
-            .expect("publish");
+        let confirm = publish_persistent(&ch, queue, format!("{prefix}{i}").as_bytes()).await;
         outstanding.push_back((i, confirm));
         if outstanding.len() >= window {
             let (i, confirm) = outstanding.pop_front().expect("outstanding");
