@@ -213,16 +213,18 @@ impl Resend {
     /// with it, and a copy sent again to a classic queue or a stream would
     /// be stored twice).
     fn batch(&self, broker: Option<&Broker>) -> Option<Again> {
-        let DataFrame::Publish { vhost, items, .. } =
-            DataFrame::decode(self.frame.slice(4..)).ok()?
+        let DataFrame::Publish {
+            vhost, items, run, ..
+        } = DataFrame::decode(self.frame.slice(4..)).ok()?
         else {
             return None;
         };
         let v = broker?.vhost(&vhost)?;
-        parked::deduplicated(&v, &items).then_some(Again {
+        (parked::deduplicated(&v, &items)).then_some(Again {
             vhost,
             batch: items,
             deadline: self.deadline,
+            run: run?,
         })
     }
 }
@@ -233,6 +235,8 @@ struct Again {
     /// The messages, with their numbers.
     batch: Vec<RemotePublish>,
     deadline: std::time::Instant,
+    /// The run its numbers are of.
+    run: u64,
 }
 
 #[derive(Default)]
@@ -336,8 +340,54 @@ impl Forwarder {
                 gone: gone.to_owned(),
                 same_after: Some(same_after),
                 deadline: r.deadline,
+                run: r.run,
             });
         }
+        self.start_releasing(&mut held);
+    }
+
+    /// Whether the cluster enabled `quorum_queue_forwarded_publish_dedupe`:
+    /// messages carry their numbers, and a quorum queue skips one it has.
+    pub(crate) fn dedupes(&self) -> bool {
+        self.dedupe.enabled(&self.broker)
+    }
+
+    /// Sends on to the next leader of its quorum queue a `batch` this node
+    /// took while it led the queue, and may have stored or not (its entry
+    /// was not committed in this node's term): see
+    /// [`crate::queue_group`]'s `Replica::send_on`. Its messages carry
+    /// the replica's `run` and numbers, so the queue skips one it has. It
+    /// is held until the next leader is known, as a forwarded batch whose
+    /// leader went; or put in the queue here, if this node leads it again.
+    pub(crate) fn send_on(
+        &self,
+        vhost: &str,
+        run: u64,
+        batch: Vec<RemotePublish>,
+        done: RemoteDone,
+    ) {
+        if let Some(b) = self.broker.upgrade() {
+            b.metrics.forwards_sent_again.add(batch.len() as u64);
+        }
+        let mut held = self.parked.lock();
+        // Publishes that come after the step-down, before the next leader
+        // is known, are sent on one by one: logged once a second.
+        if let Some(messages) = held.sent_on.count(batch.len()) {
+            tracing::info!(
+                vhost,
+                messages,
+                "publishes to a quorum queue this node no longer leads, not committed in its term: sending them on to its next leader"
+            );
+        }
+        held.push_back(parked::Parked {
+            vhost: vhost.to_owned(),
+            batch,
+            done,
+            gone: String::new(),
+            same_after: None,
+            deadline: std::time::Instant::now() + self.link.config.forward_timeout,
+            run,
+        });
         self.start_releasing(&mut held);
     }
 
@@ -376,6 +426,7 @@ impl Forwarder {
             gone: gone.to_owned(),
             same_after: None,
             deadline: std::time::Instant::now() + self.link.config.forward_timeout,
+            run: self.run,
         });
         self.start_releasing(&mut held);
     }
@@ -415,10 +466,10 @@ impl Forwarder {
         let p = self.parked.lock().pop_front()?;
         match (target, broker, v) {
             (parked::Target::Here, Some(broker), Some(v)) => {
-                parked::publish_here(&broker, &v, self.run, p.batch, p.done);
+                parked::publish_here(&broker, &v, p.run, p.batch, p.done);
             }
             (parked::Target::Node(node), _, _) => {
-                let sent = self.send(&node, &p.vhost, p.batch, p.done, Some(p.deadline));
+                let sent = self.send(&node, &p.vhost, p.batch, p.done, Some((p.deadline, p.run)));
                 if let Err((batch, done)) = sent {
                     // Its next leader's link is dead too: held again, first.
                     self.parked.lock().push_front(parked::Parked {
@@ -779,14 +830,15 @@ impl DataLink {
 impl Forwarder {
     /// Sends `batch` to `owner`, or gives it back if the link to `owner`
     /// is dead (nothing was sent). A batch sent before, or held, keeps its
-    /// `deadline` for a sending again.
+    /// deadline for a sending again, and the run its messages were
+    /// numbered in.
     fn send(
         &self,
         owner: &str,
         vhost: &str,
         batch: Vec<RemotePublish>,
         done: RemoteDone,
-        deadline: Option<std::time::Instant>,
+        held: Option<(std::time::Instant, u64)>,
     ) -> Result<(), (Vec<RemotePublish>, RemoteDone)> {
         let link = self.link_to(owner);
         let id = self.next_id();
@@ -808,7 +860,7 @@ impl Forwarder {
             vhost: vhost.to_owned(),
             items: batch,
             applied: (self.metadata_index.enabled(&self.broker)).then(|| self.progress.seen()),
-            run: numbered.then_some(self.run),
+            run: numbered.then_some(held.map_or(self.run, |(_, run)| run)),
         };
         let encoded = frame.encode();
         let DataFrame::Publish { items: batch, .. } = frame else {
@@ -828,9 +880,10 @@ impl Forwarder {
                     sent: std::time::Instant::now(),
                     resend: numbered.then(|| Resend {
                         frame: encoded.clone(),
-                        deadline: deadline.unwrap_or_else(|| {
-                            std::time::Instant::now() + self.link.config.forward_timeout
-                        }),
+                        deadline: held.map_or_else(
+                            || std::time::Instant::now() + self.link.config.forward_timeout,
+                            |(deadline, _)| deadline,
+                        ),
                     }),
                 },
             );

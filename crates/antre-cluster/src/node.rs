@@ -315,6 +315,7 @@ impl Cluster {
         let weak = Arc::downgrade(&node);
         node.queue_groups
             .set_address_book(Box::new(move |id| weak.upgrade()?.recorded_addr(id)));
+        node.queue_groups.set_forwarder(&node.forwarder);
         let weak = Arc::downgrade(&node);
         node.forwarder.set_address_book(Box::new(move |name| {
             weak.upgrade()?.addr_of(node_id_of(name))

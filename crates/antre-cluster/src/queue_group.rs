@@ -82,6 +82,7 @@ mod fence;
 mod heartbeats;
 pub mod leases;
 pub mod members;
+mod send_on;
 pub mod sources;
 
 use crate::log_store::{LogStore, SnapshotFloor};
@@ -1352,8 +1353,15 @@ impl RaftStateMachine<QueueTypeConfig> for QueueMachine {
 #[derive(Default)]
 struct Pending {
     ops: QueueOps,
-    /// The batch the enqueues in `ops` confirm with.
+    /// The batch the enqueues in `ops` confirm with, but for this node's
+    /// own publishes numbered by the replica's run.
     batch: Option<Arc<PendingCommit>>,
+    /// The batch this node's own numbered publishes in `ops` confirm with:
+    /// sent on to the next leader if their entry is not committed in this
+    /// leader's term (see [`send_on`]).
+    local: Option<Arc<PendingCommit>>,
+    /// The number this node's next publish gets in the replica's run.
+    next_seq: u64,
     /// The id the next enqueue gets.
     next_id: u64,
     /// A stream's named publishers' last publishing ids this leader
@@ -1363,25 +1371,38 @@ struct Pending {
 }
 
 impl Pending {
-    /// Leadership came or went: nothing gathered is proposed.
-    fn reset(&mut self) {
-        self.ops = QueueOps::default();
+    /// Leadership came or went: nothing gathered is proposed. Returns this
+    /// node's own numbered publishes among it, to be sent on.
+    fn reset(&mut self, run: u64) -> Option<send_on::Unsure> {
+        let ops = std::mem::take(&mut self.ops);
         self.writers.clear();
         if let Some(b) = self.batch.take() {
             b.complete(false);
         }
+        let local = self.local.take()?;
+        Some(send_on::Unsure::of(&ops, run, local))
     }
 
-    /// The batch the enqueues gathered now confirm with.
-    fn batch(&mut self, syncer: Option<antre_broker::syncer::Syncer>) -> Arc<PendingCommit> {
-        Arc::clone(self.batch.get_or_insert_with(|| PendingCommit::new(syncer)))
+    /// The batch an enqueue gathered now confirms with: `local` for this
+    /// node's own numbered publishes.
+    fn batch(
+        &mut self,
+        syncer: Option<antre_broker::syncer::Syncer>,
+        local: bool,
+    ) -> Arc<PendingCommit> {
+        let batch = if local {
+            &mut self.local
+        } else {
+            &mut self.batch
+        };
+        Arc::clone(batch.get_or_insert_with(|| PendingCommit::new(syncer)))
     }
 
     /// What the next entry proposes: everything gathered, but for the
     /// messages past [`ENTRY_BYTES`] (at least one goes), which wait for
     /// the entry after. The batch they share then counts this entry as
     /// one part of it (committed once all its parts are).
-    fn take_entry(&mut self) -> (QueueOps, Option<Arc<PendingCommit>>) {
+    fn take_entry(&mut self) -> Taken {
         let sizes = self.ops.enqueue.iter().map(|(_, body)| body.0.len() as u64);
         match cut_within(sizes, ENTRY_BYTES) {
             Some(k) => {
@@ -1399,14 +1420,27 @@ impl Pending {
                     },
                 );
                 let batch = self.batch.clone();
-                if let Some(b) = &batch {
+                let local = self.local.clone();
+                for b in batch.iter().chain(&local) {
                     b.add_part();
                 }
-                (ops, batch)
+                Taken { ops, batch, local }
             }
-            None => (std::mem::take(&mut self.ops), self.batch.take()),
+            None => Taken {
+                ops: std::mem::take(&mut self.ops),
+                batch: self.batch.take(),
+                local: self.local.take(),
+            },
         }
     }
+}
+
+/// One entry's worth of what a leader gathered, and the batches its
+/// publishes confirm with.
+struct Taken {
+    ops: QueueOps,
+    batch: Option<Arc<PendingCommit>>,
+    local: Option<Arc<PendingCommit>>,
 }
 
 /// The replication of one queue on one member: what the broker's engine
@@ -1426,6 +1460,13 @@ struct Replica {
     forwarding: AtomicBool,
     /// A stream's single-active-consumer coordination.
     consumers: consumers::Consumers,
+    /// This replica's run (drawn when it starts): with a number per
+    /// publish, what makes this node's own publishes to the queue sent on
+    /// to its next leader stored once (see [`send_on`]).
+    run: u64,
+    /// Whether this node's publishes are numbered yet (see
+    /// [`Replica::numbers`]).
+    numbering: AtomicBool,
 }
 
 impl Replica {
@@ -1460,12 +1501,24 @@ impl QueueReplica for Replica {
         message: &Arc<Message>,
         source: Option<antre_broker::replicated::Source>,
     ) -> Result<Arc<dyn Durable>, BrokerError> {
-        if !self.engine.active.load(Ordering::Acquire) {
-            // Leadership moved a moment ago: the publisher gets a nack.
-            return Ok(self.failed());
-        }
         let syncer = self.engine.broker.syncer().cloned();
         let stream = self.engine.target.stream();
+        if !self.engine.active.load(Ordering::Acquire) {
+            // Leadership moved a moment ago: sent on to the next leader,
+            // as a publish this node took before (a stream's publisher
+            // gets a nack).
+            let own = match source {
+                None if stream.is_none() && self.numbers() => Some(self.pending.lock().number()),
+                Some(s) if stream.is_none() && s.run == self.run => Some(s.seq),
+                _ => None,
+            };
+            let Some(seq) = own else {
+                return Ok(self.failed());
+            };
+            let local = PendingCommit::new(syncer);
+            self.send_on(vec![(seq, Arc::clone(message))], Arc::clone(&local));
+            return Ok(local);
+        }
         // A stream's record is encoded once, here: every member appends it
         // as it is, and no engine needs the message back at apply.
         let body = match stream {
@@ -1476,13 +1529,25 @@ impl QueueReplica for Replica {
         let id = p.next_id;
         p.next_id += 1;
         p.ops.enqueue.push((id, Body(body)));
+        let mut local = false;
         if stream.is_none() {
+            // This node's own publish is numbered too, by the replica's
+            // run: should this leader be deposed before its entry
+            // commits, it is sent on to the next (see [`send_on`]).
+            let source = match source {
+                None if self.numbers() => Some(antre_broker::replicated::Source {
+                    run: self.run,
+                    seq: p.number(),
+                }),
+                source => source,
+            };
             if let Some(source) = source {
+                local = source.run == self.run;
                 sources::push(&mut p.ops.sources, source, id);
             }
             self.engine.proposed.lock().insert(id, Arc::clone(message));
         }
-        let batch = p.batch(syncer);
+        let batch = p.batch(syncer, local);
         drop(p);
         self.wake.notify_one();
         Ok(batch)
@@ -1583,7 +1648,7 @@ impl QueueReplica for Replica {
             drop(p);
             return Ok(PendingCommit::done(syncer, true));
         }
-        let batch = p.batch(syncer);
+        let batch = p.batch(syncer, false);
         drop(p);
         self.wake.notify_one();
         Ok(batch)
@@ -1855,6 +1920,9 @@ pub struct QueueGroups {
     heartbeats: Arc<heartbeats::Heartbeats>,
     /// The stream members' reports to each stream leader's node, batched.
     reports: carriers::Carriers<consumers::StreamReport>,
+    /// The node's forwarder: a deposed leader sends its node's publishes
+    /// on through it (see [`send_on`]).
+    forwarder: std::sync::OnceLock<Weak<crate::forward::Forwarder>>,
 }
 
 /// Looks up the address the metadata membership records for a node, by
@@ -1891,6 +1959,7 @@ impl QueueGroups {
             closed: AtomicBool::new(false),
             heartbeats: Arc::default(),
             reports: carriers::Carriers::default(),
+            forwarder: std::sync::OnceLock::new(),
         });
         groups
             .runtime
@@ -1902,6 +1971,11 @@ impl QueueGroups {
     /// without it, only the peer list is known.
     pub fn set_address_book(&self, book: AddressBook) {
         let _ = self.addresses.set(book);
+    }
+
+    /// Gives the groups the node's forwarder.
+    pub fn set_forwarder(&self, forwarder: &Arc<crate::forward::Forwarder>) {
+        let _ = self.forwarder.set(Arc::downgrade(forwarder));
     }
 
     fn address_of(&self, id: NodeId) -> Option<std::net::SocketAddr> {
@@ -2214,6 +2288,8 @@ impl QueueGroups {
             offsets_to_forward: Mutex::default(),
             forwarding: AtomicBool::new(false),
             consumers: consumers::Consumers::new(!restarted),
+            run: rand::random(),
+            numbering: AtomicBool::new(false),
         });
         if !self.attach(&queue, Arc::clone(&replica)) {
             let _ = raft.shutdown().await;
@@ -2410,16 +2486,27 @@ async fn propose_loop(group: Arc<Group>) {
                 // target from being elected. They wait in `pending`.
                 break;
             }
-            let (mut ops, batch) = group.replica.pending.lock().take_entry();
+            let Taken {
+                mut ops,
+                batch,
+                local,
+            } = group.replica.pending.lock().take_entry();
             if ops.is_empty() {
                 break;
             }
+            // This node's own publishes in the entry, kept until it is
+            // answered: sent on to the next leader unless it commits.
+            let unsure = local.map(|l| send_on::Unsure::of(&ops, group.replica.run, l));
             if !group.machine.engine.active.load(Ordering::Acquire) {
                 // Not the leader (any more): these never reach the log. The
-                // publishes are nacked; settles are lost with the engine,
-                // so those messages are delivered again, redelivered.
+                // publishes are nacked (or sent on); settles are lost with
+                // the engine, so those messages are delivered again,
+                // redelivered.
                 if let Some(b) = batch {
                     b.complete(false);
+                }
+                if let Some(u) = unsure {
+                    group.replica.send_on_unsure(u);
                 }
                 continue;
             }
@@ -2430,6 +2517,8 @@ async fn propose_loop(group: Arc<Group>) {
             ops.term = Some(term);
             match group.raft.client_write_ff(ops).await {
                 Ok(rx) => {
+                    // Not kept alive by an answer that may never come.
+                    let replica = Arc::downgrade(&group.replica);
                     tokio::spawn(async move {
                         // openraft answers a proposal when its entry is
                         // applied (by index) or truncated away. A leader
@@ -2455,6 +2544,12 @@ async fn propose_loop(group: Arc<Group>) {
                         if let Some(b) = batch {
                             b.complete(ok);
                         }
+                        match (unsure, replica.upgrade()) {
+                            (Some(u), _) if ok => u.local.complete(true),
+                            (Some(u), Some(replica)) => replica.send_on_unsure(u),
+                            (Some(u), None) => u.local.complete(false),
+                            (None, _) => {}
+                        }
                         drop(slot);
                     });
                 }
@@ -2462,6 +2557,9 @@ async fn propose_loop(group: Arc<Group>) {
                     tracing::warn!(group = group.def.group, "queue group stopped: {e}");
                     if let Some(b) = batch {
                         b.complete(false);
+                    }
+                    if let Some(u) = unsure {
+                        group.replica.send_on_unsure(u);
                     }
                 }
             }
@@ -2749,7 +2847,7 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
         return;
     }
     let engine = &group.machine.engine;
-    {
+    let unsure = {
         let mut st = group.machine.state.lock();
         let mut messages = Vec::with_capacity(st.set.messages.len());
         st.for_each_held(|id, m, record| {
@@ -2769,11 +2867,12 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
                 });
             }
         });
-        {
+        let unsure = {
             let mut p = group.replica.pending.lock();
-            p.reset();
+            let unsure = p.reset(group.replica.run);
             p.next_id = st.set.next_id;
-        }
+            unsure
+        };
         engine.proposed.lock().clear();
         match &engine.target {
             Target::Queue(queue) => queue.replica_takeover(messages),
@@ -2781,6 +2880,11 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
         }
         engine.term.store(term, Ordering::Release);
         engine.active.store(true, Ordering::Release);
+        unsure
+    };
+    if let Some(u) = unsure {
+        // Gathered in an earlier leadership: put in the queue here.
+        group.replica.send_on_unsure(u);
     }
     engine.route_dead_letters();
     let me = groups.me().to_owned();
@@ -2805,18 +2909,24 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
 }
 
 /// This node stopped leading: the engine empties and its consumers are
-/// cancelled; what it had not proposed yet is dropped (publishes nacked).
+/// cancelled; what it had not proposed yet is dropped (publishes nacked,
+/// but for this node's own, sent on to the next leader).
 fn step_down(group: &Group) {
     let engine = &group.machine.engine;
-    let _st = group.machine.state.lock();
-    engine.active.store(false, Ordering::Release);
-    if let Some(queue) = engine.target.queue() {
-        // A stream's consumers stay: they read this member's log, which
-        // goes on with what the next leader commits.
-        queue.replica_step_down();
+    let unsure = {
+        let _st = group.machine.state.lock();
+        engine.active.store(false, Ordering::Release);
+        if let Some(queue) = engine.target.queue() {
+            // A stream's consumers stay: they read this member's log, which
+            // goes on with what the next leader commits.
+            queue.replica_step_down();
+        }
+        engine.proposed.lock().clear();
+        group.replica.pending.lock().reset(group.replica.run)
+    };
+    if let Some(u) = unsure {
+        group.replica.send_on_unsure(u);
     }
-    engine.proposed.lock().clear();
-    group.replica.pending.lock().reset();
     tracing::info!(
         vhost = group.def.vhost,
         queue = group.def.name,

@@ -2525,6 +2525,70 @@ async fn drain_exactly_once(c: &TestCluster, queue: &str, prefix: &str, n: usize
     assert_eq!(bodies.len(), n);
 }
 
+/// A leader that hands quorum queues away (`antre queues rebalance`)
+/// holds new entries while its lease lapses: its own node's clients'
+/// publishes gathered then, or in entries it did not get committed, are
+/// sent on to the next leader and stored once. Before, they were nacked
+/// ("publish again", the docs said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_handing_its_queue_away_sends_its_own_clients_publishes_on() {
+    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let queues = ["handed-a", "handed-b"];
+    for q in queues {
+        declare_on_n1(&c, q).await;
+    }
+    let l = wait_leader(&c, queues[0]).await;
+    assert_eq!(wait_leader(&c, queues[1]).await, l);
+    // Clients of the leader's own node, one channel per queue.
+    let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let mut publishers = Vec::new();
+    for q in queues {
+        let ch = confirm_channel(&conn).await;
+        let counted = Arc::clone(&confirmed);
+        publishers.push(tokio::spawn(publish_streaming(
+            ch, q, "m", STREAMED, 400, counted,
+        )));
+    }
+    c.until("a first part to be confirmed", || async {
+        confirmed.load(Ordering::Acquire) >= 1000
+    })
+    .await;
+    let (ok, out, err) = c
+        .cli(
+            l,
+            &[
+                "queues",
+                "rebalance",
+                "--pattern",
+                "^handed-",
+                "--format",
+                "json",
+            ],
+        )
+        .await;
+    assert!(ok, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect("JSON");
+    let moves = report["moves"].as_array().map_or(0, Vec::len);
+    assert_eq!(moves, 1, "one of the two queues moved: {report}");
+    for p in publishers {
+        let not_acked = p.await.expect("publisher");
+        assert!(
+            not_acked.is_empty(),
+            "{} not acked: {not_acked:?}",
+            not_acked.len()
+        );
+    }
+    for q in queues {
+        drain_exactly_once(&c, q, "m", STREAMED).await;
+    }
+    assert!(
+        c.nodes[l].logged("sending them on"),
+        "no publish was sent on"
+    );
+    drop(conn);
+}
+
 /// A 3-node cluster with quorum queue `queue` (declared on n1), a
 /// publisher streaming 4,000 messages to it through a node that does not
 /// lead it, once 500 of them are confirmed: the leader, the publisher's

@@ -42,6 +42,10 @@ pub(super) struct Parked {
     pub same_after: Option<Instant>,
     /// When it fails after all, as a forwarded publish with no answer does.
     pub deadline: Instant,
+    /// The run its messages' numbers are of: the forwarder's, or a quorum
+    /// queue replica's on this node for its publishes sent on (see
+    /// [`super::Forwarder::send_on`]).
+    pub run: u64,
 }
 
 /// The held batches, oldest first, and whether a task releases them.
@@ -54,6 +58,31 @@ pub(super) struct ParkedPublishes {
     /// queues up here; scanning the held batches instead cost each publish
     /// their number, thousands during an election at a high rate.
     queues: HashMap<(String, String), (usize, String)>,
+    /// Messages sent on by a deposed leader since the last log line.
+    pub sent_on: Tally,
+}
+
+/// Counts events for a log line at most once per [`Tally::EVERY`].
+#[derive(Default)]
+pub(super) struct Tally {
+    last: Option<Instant>,
+    since: usize,
+}
+
+impl Tally {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// Counts `n`; returns how many were counted since the last line if
+    /// one is due now.
+    pub fn count(&mut self, n: usize) -> Option<usize> {
+        self.since += n;
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now < t + Self::EVERY) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
 }
 
 impl ParkedPublishes {
@@ -322,6 +351,7 @@ mod tests {
             gone: "n1".into(),
             same_after: None,
             deadline: Instant::now(),
+            run: 1,
         });
         let behind = held.held_before("/", &[publish(&["audit", "orders"])]);
         assert_eq!(behind.as_deref(), Some("n1"));
