@@ -2554,21 +2554,7 @@ async fn a_leader_handing_its_queue_away_sends_its_own_clients_publishes_on() {
         confirmed.load(Ordering::Acquire) >= 1000
     })
     .await;
-    let (ok, out, err) = c
-        .cli(
-            l,
-            &[
-                "queues",
-                "rebalance",
-                "--pattern",
-                "^handed-",
-                "--format",
-                "json",
-            ],
-        )
-        .await;
-    assert!(ok, "{out}{err}");
-    let report: Value = serde_json::from_str(&out).expect("JSON");
+    let report = c.rebalance(l, "^handed-").await;
     let moves = report["moves"].as_array().map_or(0, Vec::len);
     assert_eq!(moves, 1, "one of the two queues moved: {report}");
     for p in publishers {

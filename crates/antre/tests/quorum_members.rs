@@ -515,21 +515,7 @@ async fn leaders_rebalance_and_a_paused_leader_is_replaced() {
         true
     })
     .await;
-    let (ok, out, err) = c
-        .cli(
-            1,
-            &[
-                "queues",
-                "rebalance",
-                "--pattern",
-                "^rb-",
-                "--format",
-                "json",
-            ],
-        )
-        .await;
-    assert!(ok, "{out}{err}");
-    let report: Value = serde_json::from_str(&out).expect("JSON");
+    let report = c.rebalance(1, "^rb-").await;
     let total = |side: &str| -> u64 {
         report[side]
             .as_array()

@@ -795,6 +795,17 @@ impl TestCluster {
         )
     }
 
+    /// Rebalances the quorum queues matching `pattern` through node `i`'s
+    /// CLI (`antre queues rebalance`): its JSON report.
+    pub async fn rebalance(&self, i: usize, pattern: &str) -> Value {
+        let args = ["queues", "rebalance", "--pattern", pattern];
+        let (ok, out, err) = self
+            .cli(i, &[&args[..], &["--format", "json"]].concat())
+            .await;
+        assert!(ok, "{out}{err}");
+        serde_json::from_str(&out).expect("JSON")
+    }
+
     /// Whether node `i` holds no quorum queue replica data.
     /// Deletes queue (or stream) `name` in `/` through node 0's API and
     /// waits until no node holds a replica's data or lists it. A kill in
