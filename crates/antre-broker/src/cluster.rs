@@ -545,6 +545,15 @@ pub trait MetadataLog: Send + Sync + fmt::Debug {
         true
     }
 
+    /// Waits (bounded) until this node applied what the metadata leader
+    /// had applied when this was called: a publish that found no queue by
+    /// its name routes again if this returns true, since a queue declared
+    /// through another node a moment before may not have been applied
+    /// here yet. May block the calling thread, as [`Self::propose`] does.
+    fn catch_up(&self) -> bool {
+        false
+    }
+
     /// Proposes a change without waiting for it (a queue's owner removing
     /// an auto-delete or expired queue, from a timer or a channel that must
     /// not block on the cluster); a failure is logged.

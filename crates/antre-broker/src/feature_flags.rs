@@ -65,6 +65,12 @@ pub const EXCLUSIVE_QUEUE_CLAIMS: &str = "exclusive_queue_first_declare_wins";
 /// it, or losing it for a publisher without confirms.
 pub const FORWARDED_PUBLISH_DEDUPE: &str = "quorum_queue_forwarded_publish_dedupe";
 
+/// A node that finds no queue by a publish's name asks the metadata
+/// leader how far it applied the metadata, and applies that much itself
+/// before it calls the publish unroutable (a request older versions do
+/// not know: asked only once every node does).
+pub const METADATA_READ_INDEX: &str = "metadata_read_index";
+
 /// Every flag this version knows, oldest first.
 pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
@@ -86,6 +92,10 @@ pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
         name: FORWARDED_PUBLISH_DEDUPE,
         desc: "A publish forwarded to a quorum queue whose leader died or was deposed on its way is sent again, and stored once",
+    },
+    FeatureFlag {
+        name: METADATA_READ_INDEX,
+        desc: "A publish to a queue declared through another node a moment before finds it: the node catches up with the metadata leader before it calls the publish unroutable",
     },
 ];
 

@@ -21,6 +21,8 @@ use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
 use crate::wire::{Listing, ProposeRefusal, QueueAction, Request, Response};
 use crate::{node_id_of, ClusterConfig, ClusterError, Member, NodeId, Proposal, Raft};
 
+mod read_index;
+
 /// A peer counts as running while it was heard from this recently.
 const RUNNING_WITHIN: Duration = Duration::from_secs(5);
 
@@ -175,6 +177,8 @@ pub struct Cluster {
     /// The metadata state machine (a clone: openraft has the other), to
     /// stop it at shutdown.
     state_machine: StateMachine,
+    /// The last catch-up with the metadata leader ([`read_index`]).
+    catch_up: read_index::CatchUp,
 }
 
 /// This node's management layer as its peers' management APIs need it:
@@ -310,6 +314,7 @@ impl Cluster {
             broker: Arc::downgrade(&broker),
             flag_changes: tokio::sync::Mutex::new(()),
             state_machine,
+            catch_up: read_index::CatchUp::default(),
         });
         let _ = node.this.set(Arc::downgrade(&node));
         let weak = Arc::downgrade(&node);
@@ -1028,6 +1033,19 @@ impl MetadataLog for Cluster {
 
     fn created(&self, vhost: &str, created: antre_broker::cluster::Created<'_>) {
         self.queue_groups.created(vhost, created);
+    }
+
+    /// Blocks the calling thread as [`MetadataLog::propose`] does, for at
+    /// most a second.
+    fn catch_up(&self) -> bool {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| h.block_on(self.catch_up_async()))
+            }
+            Ok(_) => false,
+            Err(_) => self.runtime.block_on(self.catch_up_async()),
+        }
     }
 
     fn may_log(&self, command: &MetaCommand) -> bool {

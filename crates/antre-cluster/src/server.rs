@@ -218,6 +218,7 @@ async fn serve_peer(
                 Response::Propose(node.commit_as_leader(p, deadline).await)
             }
             Request::Ping => Response::Pong,
+            Request::ReadIndex => Response::ReadIndex(node.read_index()),
             r @ (Request::NodeInfo
             | Request::Listing { .. }
             | Request::QueueAction { .. }

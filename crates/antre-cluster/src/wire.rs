@@ -270,6 +270,12 @@ pub enum Request {
         /// Each stream's group, and the node's members of it.
         reports: Vec<(String, antre_broker::stream::sac::Report)>,
     },
+    /// For the metadata leader: how far it applied the metadata (a node
+    /// that found no queue by a publish's name applies that much before
+    /// it calls the publish unroutable; see
+    /// [`antre_broker::cluster::MetadataLog::catch_up`]). Sent only once
+    /// feature flag `metadata_read_index` is enabled.
+    ReadIndex,
     /// Turns this connection into a forwarding data link: from here on
     /// both sides speak [`crate::data_wire`] frames (see
     /// [`crate::forward`]). Not answered.
@@ -381,6 +387,9 @@ pub enum Response {
     Propose(Result<(), ProposeRefusal>),
     /// To [`Request::Ping`].
     Pong,
+    /// To [`Request::ReadIndex`]: the leader's last applied metadata
+    /// index, or why it cannot say (it does not lead).
+    ReadIndex(Result<u64, String>),
     /// To [`Request::Members`].
     Members(Result<(), MembershipError>),
     /// To [`Request::QueueAppend`].

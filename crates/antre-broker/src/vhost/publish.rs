@@ -160,6 +160,17 @@ impl Vhost {
             return Ok(());
         }
         let mut targets = self.route(&message, source)?;
+        if targets.is_empty()
+            && targets.elsewhere.is_empty()
+            && source.is_publisher()
+            && message.exchange.is_empty()
+            && !message.routing_key.is_empty()
+            && self.catch_up()
+        {
+            // A queue declared through another node a moment ago may be
+            // known now.
+            targets = self.route(&message, source)?;
+        }
         // BCC names extra routes; consumers must not see it.
         let mut message = sender_selected::without_bcc(message);
         if message.is_persistent() && targets.queues.iter().any(|q| q.options.durable) {
@@ -245,6 +256,13 @@ impl Vhost {
             work.collect(q);
         }
         Ok(())
+    }
+
+    /// In a cluster, catches up with the metadata leader (see
+    /// [`crate::cluster::MetadataLog::catch_up`]): whether a publish that
+    /// named a queue this node does not know should be routed again.
+    fn catch_up(&self) -> bool {
+        self.metadata.get().is_some_and(|m| m.catch_up())
     }
 
     /// The node, other than this one, that a node-local queue name names
