@@ -72,7 +72,8 @@ impl Channel {
                     _ => return self.consume_stream(m, stream, out),
                 }
             }
-            let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
+            let vhost = &self.ctx.vhost;
+            let queue = vhost.caught_up(|| vhost.queue(&queue_name, self.ctx.connection))?;
             if let Some(owner) = self.ctx.vhost.remote_owner(&queue_name) {
                 return self.consume_remote(m, queue_name, Some(&queue), &owner, out);
             }
@@ -208,7 +209,8 @@ impl Channel {
                 stream.describe()
             )));
         }
-        let queue = self.ctx.vhost.queue(&queue_name, self.ctx.connection)?;
+        let vhost = &self.ctx.vhost;
+        let queue = vhost.caught_up(|| vhost.queue(&queue_name, self.ctx.connection))?;
         let owner = self.ctx.vhost.owner_for_get(&queue)?;
         if let Some(owner) = owner {
             let timeout = queue.args().consumer_timeout;

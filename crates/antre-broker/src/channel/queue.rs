@@ -190,7 +190,8 @@ impl Channel {
         let (q, counts) = if m.passive {
             // A passive declare needs no permission, as in RabbitMQ.
             self.check_not_held_elsewhere(&declaration.name)?;
-            self.ctx.vhost.declare_queue(declaration, true, conn)?
+            let vhost = &self.ctx.vhost;
+            vhost.caught_up(|| vhost.declare_queue(declaration.clone(), true, conn))?
         } else {
             // The name first (server-generated `amq.gen-...`, or the
             // client's, which must not be reserved), then configure on it:

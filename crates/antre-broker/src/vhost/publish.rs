@@ -265,6 +265,21 @@ impl Vhost {
         self.metadata.get().is_some_and(|m| m.catch_up())
     }
 
+    /// Runs `find` (a lookup of a queue by name), and once more after
+    /// catching up with the metadata leader if it found no such queue: a
+    /// consume, get or passive declare of a queue declared through
+    /// another node a moment ago finds it. Call it holding no lock of the
+    /// vhost: the catch-up waits for this node to apply the metadata.
+    pub fn caught_up<T>(
+        &self,
+        mut find: impl FnMut() -> Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        match find() {
+            Err(BrokerError::NotFound(_)) if self.catch_up() => find(),
+            found => found,
+        }
+    }
+
     /// The node, other than this one, that a node-local queue name names
     /// (a direct reply-to address or a server-named exclusive queue: see
     /// [`super::reply_to_name`]); None for a name of this node or none at

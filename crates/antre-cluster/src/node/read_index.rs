@@ -38,13 +38,13 @@ pub(crate) struct CatchUp {
 const WITHIN: Duration = Duration::from_secs(1);
 
 impl Cluster {
-    /// The leader's answer to [`Request::ReadIndex`].
+    /// The leader's answer to [`Request::ReadIndex`]: what its state
+    /// machine applied (openraft's metrics may show it a moment later).
     pub(crate) fn read_index(&self) -> Result<u64, String> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(self.id()) {
+        if self.raft.metrics().borrow().current_leader != Some(self.id()) {
             return Err("not the metadata leader".into());
         }
-        Ok(metrics.last_applied.map_or(0, |l| l.index))
+        Ok(self.state_machine.progress.done())
     }
 
     /// Applies here what the metadata leader applied when this was asked
