@@ -2305,6 +2305,59 @@ async fn a_queue_declared_through_one_node_is_found_at_once_through_another() {
                     break;
                 }
             }
+            // An exchange, published to or declared passively at once (a
+            // 404 closes the channel).
+            for k in 0..40 {
+                let name = format!("ex-at-once-{from}-{via}-{k}");
+                declaring
+                    .exchange_declare(
+                        &name,
+                        lapin::ExchangeKind::Fanout,
+                        ExchangeDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .expect("exchange.declare");
+                let confirmed = if k % 2 == 0 {
+                    match publishing
+                        .basic_publish(
+                            &name,
+                            "",
+                            BasicPublishOptions::default(),
+                            b"m",
+                            BasicProperties::default(),
+                        )
+                        .await
+                    {
+                        Ok(confirm) => confirm.await.map(|c| c.is_ack()),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    publishing
+                        .exchange_declare(
+                            &name,
+                            lapin::ExchangeKind::Fanout,
+                            ExchangeDeclareOptions {
+                                passive: true,
+                                ..Default::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map(|()| true)
+                };
+                if !matches!(confirmed, Ok(true)) {
+                    returned.push(format!(
+                        "n{} -> n{}: {name}: {confirmed:?}",
+                        from + 1,
+                        via + 1
+                    ));
+                    break;
+                }
+            }
         }
     }
     assert!(

@@ -53,7 +53,12 @@ impl Channel {
                     arguments: WireTable(declaration.arguments),
                 })?;
             }
-            None => self.ctx.vhost.declare_exchange(declaration, m.passive)?,
+            None if m.passive => {
+                // One declared through another node a moment ago is found.
+                let vhost = &self.ctx.vhost;
+                vhost.caught_up(|| vhost.declare_exchange(declaration.clone(), true))?
+            }
+            None => self.ctx.vhost.declare_exchange(declaration, false)?,
         }
         reply(out, ExchangeDeclareOk {}, m.nowait);
         Ok(())

@@ -140,7 +140,8 @@ impl Vhost {
         if exchange.is_empty() {
             return Ok(());
         }
-        self.topology.read().publishable(exchange).map(|_| ())
+        // One declared through another node a moment ago is found.
+        self.caught_up(|| self.topology.read().publishable(exchange).map(|_| ()))
     }
 
     fn publish_one(
