@@ -2254,12 +2254,13 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
 /// A queue declared through one node is found at once by a publish
 /// through another (two connections of one service behind a load
 /// balancer): the publish is confirmed into the queue, not returned as
-/// unroutable; and by a passive declare and a get through another. Before,
-/// the other node applied the declare a moment later: 2 to 6 of 200 such
-/// mandatory publishes were returned on an idle cluster (dropped and
-/// confirmed without mandatory), and a passive declare or a get closed
-/// its channel with 404. RabbitMQ 3.10 commits a declare on every running
-/// node before it answers.
+/// unroutable; and by a passive declare, a get and a consume through
+/// another. Before, the other node applied the declare a moment later:
+/// 2 to 6 of 200 such mandatory publishes were returned on an idle
+/// cluster (dropped and confirmed without mandatory), and a passive
+/// declare, a get or a consume closed its channel with 404; so did a
+/// publish to, or a passive declare of, an exchange. RabbitMQ 3.10
+/// commits a declare on every running node before it answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_declared_through_one_node_is_found_at_once_through_another() {
     use lapin::publisher_confirm::Confirmation;
@@ -2281,9 +2282,18 @@ async fn a_queue_declared_through_one_node_is_found_at_once_through_another() {
             for k in 0..40 {
                 let name = format!("got-at-once-{from}-{via}-{k}");
                 declare_durable(&declaring, &name).await;
-                let found = match k % 2 {
+                let found = match k % 3 {
                     0 => getting
                         .basic_get(&name, BasicGetOptions { no_ack: true })
+                        .await
+                        .map(|_| ()),
+                    1 => getting
+                        .basic_consume(
+                            &name,
+                            &name,
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
                         .await
                         .map(|_| ()),
                     _ => getting
