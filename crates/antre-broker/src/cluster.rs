@@ -546,10 +546,11 @@ pub trait MetadataLog: Send + Sync + fmt::Debug {
     }
 
     /// Waits (bounded) until this node applied what the metadata leader
-    /// had applied when this was called: a publish that found no queue by
-    /// its name routes again if this returns true, since a queue declared
-    /// through another node a moment before may not have been applied
-    /// here yet. May block the calling thread, as [`Self::propose`] does.
+    /// had applied when this was called: a publish or a lookup that found
+    /// no queue or exchange by its name tries again if this returns true,
+    /// since one declared through another node a moment before may not
+    /// have been applied here yet. May block the calling thread, as
+    /// [`Self::propose`] does.
     fn catch_up(&self) -> bool {
         false
     }

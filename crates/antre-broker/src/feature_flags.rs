@@ -65,10 +65,11 @@ pub const EXCLUSIVE_QUEUE_CLAIMS: &str = "exclusive_queue_first_declare_wins";
 /// it, or losing it for a publisher without confirms.
 pub const FORWARDED_PUBLISH_DEDUPE: &str = "quorum_queue_forwarded_publish_dedupe";
 
-/// A node that finds no queue by a publish's name asks the metadata
-/// leader how far it applied the metadata, and applies that much itself
-/// before it calls the publish unroutable (a request older versions do
-/// not know: asked only once every node does).
+/// A node that finds no queue or exchange by the name a publish or a
+/// lookup gives asks the metadata leader how far it applied the
+/// metadata, and applies that much itself before it calls the publish
+/// unroutable or the name not found (a request older versions do not
+/// know: asked only once every node does).
 pub const METADATA_READ_INDEX: &str = "metadata_read_index";
 
 /// Every flag this version knows, oldest first.
@@ -95,7 +96,7 @@ pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     },
     FeatureFlag {
         name: METADATA_READ_INDEX,
-        desc: "A publish to a queue declared through another node a moment before finds it: the node catches up with the metadata leader before it calls the publish unroutable",
+        desc: "A publish to, or lookup of, a queue or exchange declared through another node a moment before finds it: the node catches up with the metadata leader first",
     },
 ];
 

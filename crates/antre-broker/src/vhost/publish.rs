@@ -266,10 +266,11 @@ impl Vhost {
         self.metadata.get().is_some_and(|m| m.catch_up())
     }
 
-    /// Runs `find` (a lookup of a queue by name), and once more after
-    /// catching up with the metadata leader if it found no such queue: a
-    /// consume, get or passive declare of a queue declared through
-    /// another node a moment ago finds it. Call it holding no lock of the
+    /// Runs `find` (a lookup of a queue or an exchange by name), and once
+    /// more after catching up with the metadata leader if it found none: a
+    /// consume, get or passive declare of a queue (or a publish to or
+    /// passive declare of an exchange) declared through another node a
+    /// moment ago finds it. Call it holding no lock of the
     /// vhost: the catch-up waits for this node to apply the metadata.
     pub fn caught_up<T>(
         &self,
