@@ -15,16 +15,52 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use antre_broker::cluster::MetaCommand;
 use antre_broker::feature_flags::{FeatureFlag, FEATURE_FLAGS};
+use antre_broker::Broker;
 
 use crate::membership::MembershipError;
 use crate::network::Connection;
 use crate::node::Cluster;
 use crate::wire::{Request, Response};
+
+/// A feature flag asked about for every batch, channel or publish:
+/// remembered once the cluster enabled it (a flag is never disabled), so
+/// that the broker's set of enabled flags is read only until then.
+pub(crate) struct FlagSeen {
+    name: &'static str,
+    on: AtomicBool,
+}
+
+impl FlagSeen {
+    pub(crate) fn new(name: &'static str) -> FlagSeen {
+        FlagSeen {
+            name,
+            on: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the cluster enabled the flag.
+    pub(crate) fn enabled(&self, broker: &Weak<Broker>) -> bool {
+        self.on.load(Ordering::Relaxed) || broker.upgrade().is_some_and(|b| self.enabled_in(&b))
+    }
+
+    /// Whether the cluster of `broker` enabled the flag.
+    pub(crate) fn enabled_in(&self, broker: &Broker) -> bool {
+        if self.on.load(Ordering::Relaxed) {
+            return true;
+        }
+        let on = broker.feature_flag_enabled(self.name);
+        if on {
+            self.on.store(true, Ordering::Relaxed);
+        }
+        on
+    }
+}
 
 /// How often the metadata leader looks for a flag to enable while one is
 /// not enabled yet.
@@ -230,7 +266,7 @@ pub(crate) async fn enable_when_supported(node: Weak<Cluster>) {
             }
         }
         let Some(n) = node.upgrade() else { return };
-        if n.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+        if n.stopped.load(Ordering::Relaxed) {
             return;
         }
         let Some(broker) = n.broker() else { return };

@@ -57,6 +57,7 @@ use tokio::sync::mpsc;
 
 use crate::auth;
 use crate::data_wire::{DataFrame, MAX_DATA_FRAME};
+use crate::feature_flags::FlagSeen;
 use crate::network::Link;
 use crate::state_machine::MetaProgress;
 use crate::wire::{write_frame, Request};
@@ -121,37 +122,6 @@ impl std::fmt::Debug for Forwarder {
 
 /// Looks up where a node is by its name.
 pub type NodeAddresses = Box<dyn Fn(&str) -> Option<std::net::SocketAddr> + Send + Sync>;
-
-/// A feature flag the forwarder asks about for every batch or channel:
-/// remembered once the cluster enabled it (a flag is never disabled), so
-/// that the broker's set of enabled flags is read only until then.
-struct FlagSeen {
-    name: &'static str,
-    on: AtomicBool,
-}
-
-impl FlagSeen {
-    fn new(name: &'static str) -> FlagSeen {
-        FlagSeen {
-            name,
-            on: AtomicBool::new(false),
-        }
-    }
-
-    /// Whether the cluster enabled the flag.
-    fn enabled(&self, broker: &Weak<Broker>) -> bool {
-        if self.on.load(Ordering::Relaxed) {
-            return true;
-        }
-        let on = broker
-            .upgrade()
-            .is_some_and(|b| b.feature_flag_enabled(self.name));
-        if on {
-            self.on.store(true, Ordering::Relaxed);
-        }
-        on
-    }
-}
 
 /// A vhost's queues' next numbers for forwarded messages (see
 /// [`Forwarder::number`]).
@@ -220,7 +190,7 @@ impl Resend {
             return None;
         };
         let v = broker?.vhost(&vhost)?;
-        (parked::deduplicated(&v, &items)).then_some(Again {
+        parked::deduplicated(&v, &items).then_some(Again {
             vhost,
             batch: items,
             deadline: self.deadline,
@@ -369,26 +339,17 @@ impl Forwarder {
         if let Some(b) = self.broker.upgrade() {
             b.metrics.forwards_sent_again.add(batch.len() as u64);
         }
-        let mut held = self.parked.lock();
         // Publishes that come after the step-down, before the next leader
         // is known, are sent on one by one: logged once a second.
-        if let Some(messages) = held.sent_on.count(batch.len()) {
+        let due = self.parked.lock().sent_on.count(batch.len());
+        if let Some(messages) = due {
             tracing::info!(
                 vhost,
                 messages,
                 "publishes to a quorum queue this node no longer leads, not committed in its term: sending them on to its next leader"
             );
         }
-        held.push_back(parked::Parked {
-            vhost: vhost.to_owned(),
-            batch,
-            done,
-            gone: String::new(),
-            same_after: None,
-            deadline: std::time::Instant::now() + self.link.config.forward_timeout,
-            run,
-        });
-        self.start_releasing(&mut held);
+        self.hold("", vhost, batch, done, run);
     }
 
     /// Starts the task that releases held batches, unless it runs.
@@ -413,11 +374,12 @@ impl Forwarder {
             done(vec![RemoteResult::Failed; n]);
             return;
         }
-        self.hold(gone, vhost, batch, done);
+        self.hold(gone, vhost, batch, done, self.run);
     }
 
-    /// Holds `batch` behind the batches held already (see [`Self::park`]).
-    fn hold(&self, gone: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone) {
+    /// Holds `batch` behind the batches held already (see [`Self::park`]),
+    /// its messages numbered in `run` (if they are).
+    fn hold(&self, gone: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone, run: u64) {
         let mut held = self.parked.lock();
         held.push_back(parked::Parked {
             vhost: vhost.to_owned(),
@@ -426,7 +388,7 @@ impl Forwarder {
             gone: gone.to_owned(),
             same_after: None,
             deadline: std::time::Instant::now() + self.link.config.forward_timeout,
-            run: self.run,
+            run,
         });
         self.start_releasing(&mut held);
     }
@@ -848,7 +810,7 @@ impl Forwarder {
             .map(|p| p.message.body.len() as u64 + PUBLISH_OVERHEAD)
             .sum();
         let mut batch = batch;
-        let numbered = self.dedupe.enabled(&self.broker);
+        let numbered = self.dedupes();
         if numbered {
             self.number(vhost, &mut batch);
         }
@@ -859,7 +821,10 @@ impl Forwarder {
             batch: id,
             vhost: vhost.to_owned(),
             items: batch,
-            applied: (self.metadata_index.enabled(&self.broker)).then(|| self.progress.seen()),
+            applied: self
+                .metadata_index
+                .enabled(&self.broker)
+                .then(|| self.progress.seen()),
             run: numbered.then_some(held.map_or(self.run, |(_, run)| run)),
         };
         let encoded = frame.encode();
@@ -951,7 +916,7 @@ impl RemoteQueues for Forwarder {
         // Behind a held batch to the same queues: after it, in order.
         let before = self.parked.lock().held_before(vhost, &batch);
         if let Some(gone) = before {
-            self.hold(&gone, vhost, batch, done);
+            self.hold(&gone, vhost, batch, done, self.run);
             return;
         }
         if let Err((batch, done)) = self.send(owner, vhost, batch, done, None) {
@@ -986,7 +951,9 @@ impl RemoteQueues for Forwarder {
             next_req: AtomicU64::new(1),
             timeout: self.link.config.change_timeout,
             untaken: AtomicU64::new(0),
-            applied: (self.metadata_index.enabled(&self.broker))
+            applied: self
+                .metadata_index
+                .enabled(&self.broker)
                 .then(|| Arc::clone(&self.progress)),
         });
         *handle.this.lock() = Arc::downgrade(&handle);

@@ -994,6 +994,24 @@ async fn ping(mut conn: Connection, node: std::sync::Weak<Cluster>) {
     }
 }
 
+impl Cluster {
+    /// Runs `work` to its end on the calling thread, for the broker's
+    /// synchronous callers: on a worker of the multi-threaded runtime
+    /// through `block_in_place` (the worker's other tasks move elsewhere
+    /// while it waits), outside any runtime on the node's. None on a
+    /// single-threaded runtime, whose one thread would wait for itself.
+    fn wait_blocking<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                Some(tokio::task::block_in_place(|| h.block_on(work)))
+            }
+            Ok(_) => None,
+            Err(_) => Some(self.runtime.block_on(work)),
+        }
+    }
+}
+
 impl MetadataLog for Cluster {
     fn node_name(&self) -> &str {
         &self.link.config.node_name
@@ -1019,16 +1037,12 @@ impl MetadataLog for Cluster {
     /// uses `block_in_place`, so the worker's other tasks move elsewhere
     /// while it waits.
     fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        match Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| h.block_on(self.propose_async(command)))
-            }
-            Ok(_) => Err(MetaError::Unavailable(
-                "cluster metadata changes cannot wait on a single-threaded runtime".into(),
-            )),
-            Err(_) => self.runtime.block_on(self.propose_async(command)),
-        }
+        self.wait_blocking(self.propose_async(command))
+            .unwrap_or_else(|| {
+                Err(MetaError::Unavailable(
+                    "cluster metadata changes cannot wait on a single-threaded runtime".into(),
+                ))
+            })
     }
 
     fn created(&self, vhost: &str, created: antre_broker::cluster::Created<'_>) {
@@ -1038,14 +1052,7 @@ impl MetadataLog for Cluster {
     /// Blocks the calling thread as [`MetadataLog::propose`] does, for at
     /// most a second.
     fn catch_up(&self) -> bool {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        match Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| h.block_on(self.catch_up_async()))
-            }
-            Ok(_) => false,
-            Err(_) => self.runtime.block_on(self.catch_up_async()),
-        }
+        self.wait_blocking(self.catch_up_async()).unwrap_or(false)
     }
 
     fn may_log(&self, command: &MetaCommand) -> bool {

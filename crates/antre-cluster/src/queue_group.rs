@@ -1464,9 +1464,10 @@ struct Replica {
     /// publish, what makes this node's own publishes to the queue sent on
     /// to its next leader stored once (see [`send_on`]).
     run: u64,
-    /// Whether this node's publishes are numbered yet (see
-    /// [`Replica::numbers`]).
-    numbering: AtomicBool,
+    /// Whether this node's publishes are numbered: feature flag
+    /// `quorum_queue_forwarded_publish_dedupe`, as the forwarder numbers
+    /// its messages.
+    numbering: crate::feature_flags::FlagSeen,
 }
 
 impl Replica {
@@ -2289,7 +2290,9 @@ impl QueueGroups {
             forwarding: AtomicBool::new(false),
             consumers: consumers::Consumers::new(!restarted),
             run: rand::random(),
-            numbering: AtomicBool::new(false),
+            numbering: crate::feature_flags::FlagSeen::new(
+                antre_broker::feature_flags::FORWARDED_PUBLISH_DEDUPE,
+            ),
         });
         if !self.attach(&queue, Arc::clone(&replica)) {
             let _ = raft.shutdown().await;

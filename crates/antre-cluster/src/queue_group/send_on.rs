@@ -22,7 +22,6 @@
 //! a stream's offsets are its ids, and a skipped publish would leave a
 //! gap every reader sees.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use antre_broker::message::Message;
@@ -66,17 +65,10 @@ impl Pending {
 }
 
 impl Replica {
-    /// Whether this node's publishes are numbered: once the cluster
-    /// enabled the flag (remembered, a flag is never disabled).
+    /// Whether this node's publishes are numbered (once the cluster
+    /// enabled the flag the forwarder numbers its messages by).
     pub(super) fn numbers(&self) -> bool {
-        if self.numbering.load(Ordering::Relaxed) {
-            return true;
-        }
-        let on = self.forwarder().is_some_and(|f| f.dedupes());
-        if on {
-            self.numbering.store(true, Ordering::Relaxed);
-        }
-        on
+        self.numbering.enabled_in(&self.engine.broker)
     }
 
     fn forwarder(&self) -> Option<Arc<Forwarder>> {
