@@ -2128,14 +2128,24 @@ async fn direct_reply_to_answers_a_requester_on_another_node() {
 
 /// Declares fanout exchange `logs`, transient, as RabbitMQ's tutorial.
 async fn declare_logs(ch: &Channel) {
+    declare_fanout(ch, "logs", ExchangeDeclareOptions::default())
+        .await
+        .expect("exchange.declare");
+}
+
+/// Declares fanout exchange `name` with `options`.
+async fn declare_fanout(
+    ch: &Channel,
+    name: &str,
+    options: ExchangeDeclareOptions,
+) -> Result<(), lapin::Error> {
     ch.exchange_declare(
-        "logs",
+        name,
         lapin::ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
+        options,
         FieldTable::default(),
     )
     .await
-    .expect("exchange.declare");
 }
 
 /// How many bindings have exchange `logs` as their source, as node `i`
@@ -2319,16 +2329,11 @@ async fn a_queue_declared_through_one_node_is_found_at_once_through_another() {
             // 404 closes the channel).
             for k in 0..40 {
                 let name = format!("ex-at-once-{from}-{via}-{k}");
-                declaring
-                    .exchange_declare(
-                        &name,
-                        lapin::ExchangeKind::Fanout,
-                        ExchangeDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
+                let durable = ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
+                declare_fanout(&declaring, &name, durable)
                     .await
                     .expect("exchange.declare");
                 let confirmed = if k % 2 == 0 {
@@ -2346,16 +2351,11 @@ async fn a_queue_declared_through_one_node_is_found_at_once_through_another() {
                         Err(e) => Err(e),
                     }
                 } else {
-                    publishing
-                        .exchange_declare(
-                            &name,
-                            lapin::ExchangeKind::Fanout,
-                            ExchangeDeclareOptions {
-                                passive: true,
-                                ..Default::default()
-                            },
-                            FieldTable::default(),
-                        )
+                    let passive = ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    };
+                    declare_fanout(&publishing, &name, passive)
                         .await
                         .map(|()| true)
                 };
