@@ -1731,6 +1731,19 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
         assert_eq!(listed.len(), 1, "n{}: {all}", i + 1);
         assert_eq!(listed[0]["node"], json!(n2_name), "{all}");
     }
+    // Nor deleted through any node's management API: 400, as RabbitMQ's
+    // refuses it. Before, its own node deleted it from under its
+    // connection and the others answered 404.
+    for i in 0..3 {
+        let (status, body) = c.api(i, "DELETE", "/api/queues/%2F/replies", None).await;
+        assert_eq!(status, 400, "n{}: {body}", i + 1);
+        let reason = body["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("cannot obtain exclusive access to locked queue 'replies'"),
+            "n{}: {body}",
+            i + 1
+        );
+    }
 
     // Reached by name from every node (mandatory: not returned).
     let mut publishers = Vec::new();

@@ -432,16 +432,18 @@ pub async fn remove(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
     let v = state.vhost(&vhost)?;
-    let owner = match v.stream(&name) {
-        // A stream has no exclusive owner.
-        Some(_) => 0,
-        None => find(&state, &vhost, &name)?
-            .options
-            .exclusive_owner
-            .unwrap_or(0),
-    };
+    // An exclusive queue is its connection's to delete, on whichever
+    // node: refused (400) as RabbitMQ's API refuses it. Before, its own
+    // node deleted it under its connection, and the others answered 404.
+    let locked = v.locked_for_management(&name);
+    if locked.is_none() && v.stream(&name).is_none() {
+        find(&state, &vhost, &name)?;
+    }
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
-    if state.broker.metadata_log().is_some() && owner == 0 {
+    if let Some(reason) = locked {
+        return Err(ApiError::bad_request(reason));
+    }
+    if state.broker.metadata_log().is_some() {
         state.broker.change_meta(MetaCommand::DeleteQueue {
             vhost,
             name,
@@ -450,11 +452,13 @@ pub async fn remove(
         })?;
         return Ok(StatusCode::NO_CONTENT);
     }
+    // Connection 0 is no client's: an exclusive queue declared since the
+    // check above is refused all the same.
     v.delete_queue(
         &name,
         flag(&query, "if-unused"),
         flag(&query, "if-empty"),
-        owner,
+        0,
     )?;
     Ok(StatusCode::NO_CONTENT)
 }
