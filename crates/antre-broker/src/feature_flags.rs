@@ -72,6 +72,12 @@ pub const FORWARDED_PUBLISH_DEDUPE: &str = "quorum_queue_forwarded_publish_dedup
 /// know: asked only once every node does).
 pub const METADATA_READ_INDEX: &str = "metadata_read_index";
 
+/// A metadata change made through a node is answered to its client once
+/// every running member applied it (a request older versions do not
+/// know: asked only once every node does), so that a binding, a user or
+/// a permission a client was told exists is there through every node.
+pub const METADATA_APPLIED_EVERYWHERE: &str = "metadata_applied_everywhere";
+
 /// Every flag this version knows, oldest first.
 pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
@@ -97,6 +103,10 @@ pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
         name: METADATA_READ_INDEX,
         desc: "A publish to, or lookup of, a queue or exchange declared through another node a moment before finds it: the node catches up with the metadata leader first",
+    },
+    FeatureFlag {
+        name: METADATA_APPLIED_EVERYWHERE,
+        desc: "A metadata change (a binding, a user, a permission...) is answered once every running node applied it",
     },
 ];
 

@@ -21,6 +21,7 @@ use crate::state_machine::{AppliedHooks, StateMachine, Waiters};
 use crate::wire::{Listing, ProposeRefusal, QueueAction, Request, Response};
 use crate::{node_id_of, ClusterConfig, ClusterError, Member, NodeId, Proposal, Raft};
 
+mod applied;
 mod read_index;
 
 /// A peer counts as running while it was heard from this recently.
@@ -179,6 +180,8 @@ pub struct Cluster {
     state_machine: StateMachine,
     /// The last catch-up with the metadata leader ([`read_index`]).
     catch_up: read_index::CatchUp,
+    /// What the other members said they applied ([`applied`]).
+    applied_members: applied::Members,
 }
 
 /// This node's management layer as its peers' management APIs need it:
@@ -315,6 +318,7 @@ impl Cluster {
             flag_changes: tokio::sync::Mutex::new(()),
             state_machine,
             catch_up: read_index::CatchUp::default(),
+            applied_members: applied::Members::default(),
         });
         let _ = node.this.set(Arc::downgrade(&node));
         let weak = Arc::downgrade(&node);
@@ -1036,13 +1040,23 @@ impl MetadataLog for Cluster {
     /// change timeout passed. On a worker of the multi-threaded runtime it
     /// uses `block_in_place`, so the worker's other tasks move elsewhere
     /// while it waits.
+    ///
+    /// A change that succeeded is answered once every other running member
+    /// applied it too (bounded, see [`applied`]), as RabbitMQ commits a
+    /// change on every running node before it answers.
     fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
-        self.wait_blocking(self.propose_async(command))
-            .unwrap_or_else(|| {
-                Err(MetaError::Unavailable(
-                    "cluster metadata changes cannot wait on a single-threaded runtime".into(),
-                ))
-            })
+        self.wait_blocking(async {
+            let result = self.propose_async(command).await;
+            if result.is_ok() {
+                self.applied_everywhere().await;
+            }
+            result
+        })
+        .unwrap_or_else(|| {
+            Err(MetaError::Unavailable(
+                "cluster metadata changes cannot wait on a single-threaded runtime".into(),
+            ))
+        })
     }
 
     fn created(&self, vhost: &str, created: antre_broker::cluster::Created<'_>) {

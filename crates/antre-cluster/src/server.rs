@@ -219,6 +219,7 @@ async fn serve_peer(
             }
             Request::Ping => Response::Pong,
             Request::ReadIndex => Response::ReadIndex(node.read_index()),
+            Request::Applied { index } => Response::Applied(node.applied_to(index).await),
             r @ (Request::NodeInfo
             | Request::Listing { .. }
             | Request::QueueAction { .. }

@@ -276,6 +276,15 @@ pub enum Request {
     /// [`antre_broker::cluster::MetadataLog::catch_up`]). Sent only once
     /// feature flag `metadata_read_index` is enabled.
     ReadIndex,
+    /// Answer once this node applied the metadata up to `index` (within
+    /// half a second): a change made through the asking node is answered
+    /// to its client once every running member applied it (see
+    /// [`antre_broker::cluster::MetadataLog::propose`]). Sent only once
+    /// feature flag `metadata_applied_everywhere` is enabled.
+    Applied {
+        /// The metadata log index.
+        index: u64,
+    },
     /// Turns this connection into a forwarding data link: from here on
     /// both sides speak [`crate::data_wire`] frames (see
     /// [`crate::forward`]). Not answered.
@@ -390,6 +399,9 @@ pub enum Response {
     /// To [`Request::ReadIndex`]: the leader's last applied metadata
     /// index, or why it cannot say (it does not lead).
     ReadIndex(Result<u64, String>),
+    /// To [`Request::Applied`]: whether this node applied that much in
+    /// time.
+    Applied(bool),
     /// To [`Request::Members`].
     Members(Result<(), MembershipError>),
     /// To [`Request::QueueAppend`].

@@ -2390,6 +2390,113 @@ async fn a_queue_declared_through_one_node_is_found_at_once_through_another() {
     );
 }
 
+/// A binding made through one node routes at once a publish through
+/// another, and a user given permissions through one node's management
+/// API logs in at once through another. Before, a change was answered
+/// once the metadata leader and the node it was made through applied it,
+/// and the other nodes applied it a moment later: a mandatory publish
+/// right after the bind was returned as unroutable (dropped and confirmed
+/// without mandatory), a login refused. RabbitMQ 3.10 commits a change on
+/// every running node before it answers; antre's answer now waits until
+/// every running node applied it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_or_user_made_through_one_node_is_there_at_once_through_another() {
+    use lapin::publisher_confirm::Confirmation;
+    let c = formed_cluster().await;
+    for i in 0..3 {
+        c.until("changes to be answered once applied everywhere", || async {
+            c.feature_flag(i, antre_broker::feature_flags::METADATA_APPLIED_EVERYWHERE)
+                .await
+                .is_some_and(|f| f["state"] == "enabled")
+        })
+        .await;
+    }
+    const PER_PAIR: usize = 80;
+    let (_s, setup) = channel_on(&c, 0).await;
+    let direct = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    setup
+        .exchange_declare(
+            "routes",
+            lapin::ExchangeKind::Direct,
+            direct,
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange.declare");
+    let pairs: Vec<(usize, usize)> = (0..3)
+        .flat_map(|from| {
+            (0..3)
+                .filter(move |&via| via != from)
+                .map(move |via| (from, via))
+        })
+        .collect();
+    for &(from, via) in &pairs {
+        for k in 0..PER_PAIR {
+            declare_durable(&setup, &format!("bound-{from}-{via}-{k}")).await;
+        }
+    }
+    // Every queue known everywhere: only the binding can be missing.
+    let last = format!("bound-2-1-{}", PER_PAIR - 1);
+    for i in 0..3 {
+        c.until("every node to know the queues", || async {
+            let path = format!("/api/queues/%2F/{last}");
+            c.try_api(i, "GET", &path, None)
+                .await
+                .is_some_and(|(status, _)| status == 200)
+        })
+        .await;
+    }
+    let mut missed = Vec::new();
+    for &(from, via) in &pairs {
+        let (_b, binding) = channel_on(&c, from).await;
+        let (_p, publishing) = confirming(&c, via).await;
+        for k in 0..PER_PAIR {
+            let queue = format!("bound-{from}-{via}-{k}");
+            binding
+                .queue_bind(
+                    &queue,
+                    "routes",
+                    &queue,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("queue.bind");
+            let confirm = publish_for_confirm(&publishing, "routes", &queue, b"m", true).await;
+            if !matches!(confirm, Confirmation::Ack(None)) {
+                missed.push(format!("n{} -> n{}: {queue}", from + 1, via + 1));
+            }
+        }
+        for k in 0..10 {
+            let user = format!("user-{from}-{via}-{k}");
+            let body = json!({"password": "secret", "tags": ""});
+            let (status, answer) = c
+                .api(from, "PUT", &format!("/api/users/{user}"), Some(body))
+                .await;
+            assert!(status == 201 || status == 204, "{status}: {answer}");
+            let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+            let path = format!("/api/permissions/%2F/{user}");
+            let (status, answer) = c.api(from, "PUT", &path, Some(all)).await;
+            assert!(status == 201 || status == 204, "{status}: {answer}");
+            let uri = c.nodes[via].amqp_uri_as(&user, "secret");
+            let login = Connection::connect(&uri, lapin::ConnectionProperties::default());
+            match tokio::time::timeout(Duration::from_secs(15), login).await {
+                Ok(Ok(conn)) => drop(conn.close(200, "done").await),
+                other => missed.push(format!(
+                    "n{} -> n{}: {user}: {:?}",
+                    from + 1,
+                    via + 1,
+                    other.map(|r| r.map(drop))
+                )),
+            }
+        }
+    }
+    assert!(missed.is_empty(), "{} missed: {missed:?}", missed.len());
+}
+
 /// Binds `queue` to exchange `logs` (a fanout: no key).
 async fn bind_to_logs(ch: &Channel, queue: &str) {
     ch.queue_bind(
