@@ -2497,6 +2497,81 @@ async fn a_binding_or_user_made_through_one_node_is_there_at_once_through_anothe
     assert!(missed.is_empty(), "{} missed: {missed:?}", missed.len());
 }
 
+/// A paused node (SIGSTOP: it counts as running for seconds, and its
+/// sockets stay open) holds up one change's answer for at most half a
+/// second, not every change: a change is answered once every running node
+/// applied it, but a node that did not say so in time is not waited for
+/// until it does again. Once it resumes it is waited for again: a binding
+/// made through another node routes through it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_holds_up_one_change_not_every_change() {
+    use lapin::publisher_confirm::Confirmation;
+    let c = formed_cluster().await;
+    for i in 0..3 {
+        c.until("changes to be answered once applied everywhere", || async {
+            c.feature_flag(i, antre_broker::feature_flags::METADATA_APPLIED_EVERYWHERE)
+                .await
+                .is_some_and(|f| f["state"] == "enabled")
+        })
+        .await;
+    }
+    // Not the metadata leader: its pause would stop every change.
+    let leader = c.until_leader(&[0, 1, 2]).await;
+    let paused = (leader + 1) % 3;
+    let (_d, ch) = channel_on(&c, (leader + 2) % 3).await;
+    c.pause(paused);
+    // 40 declares: each waited half a second for it until it counted as
+    // down (5 s without a word), about 10 of them, before.
+    let mut held = Vec::new();
+    for k in 0..40 {
+        let started = std::time::Instant::now();
+        declare_durable(&ch, &format!("while-paused-{k}")).await;
+        let took = started.elapsed();
+        if took >= Duration::from_millis(400) {
+            held.push((k, took));
+        }
+    }
+    c.resume(paused);
+    assert!(held.len() <= 2, "declares held up: {held:?}");
+    // Back, answering in time: waited for again.
+    let (_p, publishing) = confirming(&c, paused).await;
+    declare_durable(&ch, "after-pause").await;
+    c.until("the paused node to be waited for again", || async {
+        ch.queue_bind(
+            "after-pause",
+            "amq.direct",
+            "probe",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.bind");
+        let confirm = publish_for_confirm(&publishing, "amq.direct", "probe", b"m", true).await;
+        ch.queue_unbind("after-pause", "amq.direct", "probe", FieldTable::default())
+            .await
+            .expect("queue.unbind");
+        matches!(confirm, Confirmation::Ack(None))
+    })
+    .await;
+    for k in 0..40 {
+        let key = format!("after-{k}");
+        ch.queue_bind(
+            "after-pause",
+            "amq.direct",
+            &key,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.bind");
+        let confirm = publish_for_confirm(&publishing, "amq.direct", &key, b"m", true).await;
+        assert!(
+            matches!(confirm, Confirmation::Ack(None)),
+            "{key}: {confirm:?}"
+        );
+    }
+}
+
 /// Binds `queue` to exchange `logs` (a fanout: no key).
 async fn bind_to_logs(ch: &Channel, queue: &str) {
     ch.queue_bind(

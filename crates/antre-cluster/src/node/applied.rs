@@ -17,8 +17,8 @@
 //!
 //! One request per member at a time: the changes answered meanwhile wait
 //! for the next, which asks for everything this node applied by then, so
-//! a burst of declares costs each member a round trip or two, over one
-//! connection. Bounded: a member that does not say so within [`WITHIN`]
+//! a burst of declares costs each member a round trip or two, over a
+//! connection of its own (not the one proposals to the leader take). Bounded: a member that does not say so within [`WITHIN`]
 //! (paused, cut off, overloaded) is not waited for again until it has
 //! answered in time once more, so a stalled member slows one change, not
 //! every one until it counts as down.
@@ -44,12 +44,20 @@ pub(crate) struct Members {
 
 #[derive(Default)]
 struct Member {
-    /// The highest index the member said it applied; held while a
-    /// request to it is on its way.
-    confirmed: Arc<tokio::sync::Mutex<u64>>,
+    /// Held while a request to the member is on its way.
+    asked: Arc<tokio::sync::Mutex<Asked>>,
     /// The last wait for it timed out: not waited for until it answers in
     /// time again.
     straggling: AtomicBool,
+}
+
+/// What a request to a member needs and gave.
+#[derive(Default)]
+struct Asked {
+    /// The highest index the member said it applied.
+    confirmed: u64,
+    /// The connection the requests go over, once dialled.
+    conn: Option<crate::network::Connection>,
 }
 
 impl Members {
@@ -99,13 +107,11 @@ impl Cluster {
             // Asked all the same, unless a request is on its way, without
             // waiting: an answer in time ends its straggling.
             let this = self.this.get().and_then(std::sync::Weak::upgrade);
-            if let (Some(node), Ok(mut confirmed)) =
-                (this, Arc::clone(&member.confirmed).try_lock_owned())
+            if let (Some(node), Ok(mut asked)) = (this, Arc::clone(&member.asked).try_lock_owned())
             {
                 self.runtime.spawn(async move {
                     let index = node.state_machine.progress.done();
-                    if node.says_applied(&name, index, deadline).await {
-                        *confirmed = index;
+                    if node.says_applied(&mut asked, &name, index, deadline).await {
                         member.straggling.store(false, Ordering::Release);
                     }
                 });
@@ -124,28 +130,41 @@ impl Cluster {
         index: u64,
         deadline: Instant,
     ) -> bool {
-        let Ok(mut confirmed) = tokio::time::timeout_at(deadline, member.confirmed.lock()).await
-        else {
+        let Ok(mut asked) = tokio::time::timeout_at(deadline, member.asked.lock()).await else {
             return false;
         };
-        if *confirmed >= index {
+        if asked.confirmed >= index {
             return true;
         }
         let ask = self.state_machine.progress.done().max(index);
-        let ok = self.says_applied(name, ask, deadline).await;
-        if ok {
-            *confirmed = ask;
-        }
-        ok
+        self.says_applied(&mut asked, name, ask, deadline).await
     }
 
     /// Whether member `name` says it applied the metadata up to `index`
-    /// by `deadline`.
-    async fn says_applied(&self, name: &str, index: u64, deadline: Instant) -> bool {
-        let request = Request::Applied { index };
-        let answer = self
-            .forward_request(crate::node_id_of(name), &request, deadline)
-            .await;
-        matches!(answer, Ok(Response::Applied(true)))
+    /// by `deadline` (recorded in `asked` if it does).
+    async fn says_applied(
+        &self,
+        asked: &mut Asked,
+        name: &str,
+        index: u64,
+        deadline: Instant,
+    ) -> bool {
+        let conn = match asked.conn.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let Some(addr) = self.addr_of(crate::node_id_of(name)) else {
+                    return false;
+                };
+                let conn = crate::network::Connection::new(Arc::clone(&self.link), name, addr);
+                asked.conn.insert(conn)
+            }
+        };
+        let ttl = deadline.saturating_duration_since(Instant::now());
+        let answer = conn.call(&Request::Applied { index }, ttl).await;
+        let ok = matches!(answer, Ok(Response::Applied(true)));
+        if ok {
+            asked.confirmed = asked.confirmed.max(index);
+        }
+        ok
     }
 }
