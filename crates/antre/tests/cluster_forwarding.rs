@@ -1655,14 +1655,8 @@ fn durable() -> QueueDeclareOptions {
 async fn a_client_named_exclusive_queues_name_is_the_clusters() {
     use lapin::publisher_confirm::Confirmation;
     let mut c = formed_cluster().await;
-    for i in 0..3 {
-        c.until("exclusive queue names to be recorded", || async {
-            c.feature_flag(i, antre_broker::feature_flags::EXCLUSIVE_QUEUE_NAMES)
-                .await
-                .is_some_and(|f| f["state"] == "enabled")
-        })
+    c.until_flag_enabled(antre_broker::feature_flags::EXCLUSIVE_QUEUE_NAMES)
         .await;
-    }
     let (n2, private) = channel_on(&c, 1).await;
     private
         .queue_declare("replies", exclusive(), FieldTable::default())
@@ -1820,14 +1814,8 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_declares_of_one_exclusive_name_at_once_the_first_wins() {
     let c = formed_cluster().await;
-    for i in 0..3 {
-        c.until("first declares to win", || async {
-            c.feature_flag(i, antre_broker::feature_flags::EXCLUSIVE_QUEUE_CLAIMS)
-                .await
-                .is_some_and(|f| f["state"] == "enabled")
-        })
+    c.until_flag_enabled(antre_broker::feature_flags::EXCLUSIVE_QUEUE_CLAIMS)
         .await;
-    }
     let clients = [
         connect(&c.nodes[0].amqp_uri()).await,
         connect(&c.nodes[1].amqp_uri()).await,
@@ -2403,14 +2391,8 @@ async fn a_queue_declared_through_one_node_is_found_at_once_through_another() {
 async fn a_binding_or_user_made_through_one_node_is_there_at_once_through_another() {
     use lapin::publisher_confirm::Confirmation;
     let c = formed_cluster().await;
-    for i in 0..3 {
-        c.until("changes to be answered once applied everywhere", || async {
-            c.feature_flag(i, antre_broker::feature_flags::METADATA_APPLIED_EVERYWHERE)
-                .await
-                .is_some_and(|f| f["state"] == "enabled")
-        })
+    c.until_flag_enabled(antre_broker::feature_flags::METADATA_APPLIED_EVERYWHERE)
         .await;
-    }
     const PER_PAIR: usize = 80;
     let (_s, setup) = channel_on(&c, 0).await;
     let direct = ExchangeDeclareOptions {
@@ -2507,14 +2489,8 @@ async fn a_binding_or_user_made_through_one_node_is_there_at_once_through_anothe
 async fn a_paused_node_holds_up_one_change_not_every_change() {
     use lapin::publisher_confirm::Confirmation;
     let c = formed_cluster().await;
-    for i in 0..3 {
-        c.until("changes to be answered once applied everywhere", || async {
-            c.feature_flag(i, antre_broker::feature_flags::METADATA_APPLIED_EVERYWHERE)
-                .await
-                .is_some_and(|f| f["state"] == "enabled")
-        })
+    c.until_flag_enabled(antre_broker::feature_flags::METADATA_APPLIED_EVERYWHERE)
         .await;
-    }
     // Not the metadata leader: its pause would stop every change.
     let leader = c.until_leader(&[0, 1, 2]).await;
     let paused = (leader + 1) % 3;

@@ -2237,17 +2237,8 @@ async fn publishes_right_after_a_quorum_declare_are_all_kept() {
     const ROUNDS: usize = 10;
     let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
     c.until_leader(&[0, 1, 2]).await;
-    for i in 0..3 {
-        c.until(
-            "forwarded publishes to carry the metadata index",
-            || async {
-                c.feature_flag(i, antre_broker::feature_flags::FORWARDED_METADATA_INDEX)
-                    .await
-                    .is_some_and(|f| f["state"] == "enabled")
-            },
-        )
+    c.until_flag_enabled(antre_broker::feature_flags::FORWARDED_METADATA_INDEX)
         .await;
-    }
     let conns: Vec<Arc<Connection>> = {
         let mut v = Vec::new();
         for n in &c.nodes {

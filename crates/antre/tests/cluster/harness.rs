@@ -503,6 +503,18 @@ impl TestCluster {
             .cloned()
     }
 
+    /// Waits until every node lists flag `name` enabled.
+    pub async fn until_flag_enabled(&self, name: &str) {
+        for i in 0..self.nodes.len() {
+            let what = format!("node {i} to list feature flag {name} enabled");
+            self.until(&what, || async {
+                let flag = self.feature_flag(i, name).await;
+                flag.is_some_and(|f| f["state"] == "enabled")
+            })
+            .await;
+        }
+    }
+
     /// A count node `i` keeps of node `peer` (`field` of `peer`'s entry
     /// in `i`'s `/api/nodes`, such as `link_requests`).
     pub async fn count_of_peer(&self, i: usize, peer: usize, field: &str) -> u64 {
