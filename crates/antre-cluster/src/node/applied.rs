@@ -18,10 +18,12 @@
 //! One request per member at a time: the changes answered meanwhile wait
 //! for the next, which asks for everything this node applied by then, so
 //! a burst of declares costs each member a round trip or two, over a
-//! connection of its own (not the one proposals to the leader take). Bounded: a member that does not say so within [`WITHIN`]
-//! (paused, cut off, overloaded) is not waited for again until it has
-//! answered in time once more, so a stalled member slows one change, not
-//! every one until it counts as down.
+//! connection of its own (not the one proposals to the leader take).
+//!
+//! Bounded: a member that does not say so within [`WITHIN`] (paused, cut
+//! off, overloaded) is not waited for again until it has answered in time
+//! once more, so a stalled member slows one change, not every one until
+//! it counts as down.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
