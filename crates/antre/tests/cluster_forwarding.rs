@@ -1725,18 +1725,32 @@ async fn a_client_named_exclusive_queues_name_is_the_clusters() {
         assert_eq!(listed.len(), 1, "n{}: {all}", i + 1);
         assert_eq!(listed[0]["node"], json!(n2_name), "{all}");
     }
-    // Nor deleted through any node's management API: 400, as RabbitMQ's
-    // refuses it. Before, its own node deleted it from under its
-    // connection and the others answered 404.
+    // Nor deleted, purged, emptied by a get or bound through any node's
+    // management API: 400, as RabbitMQ's refuses them. Before, its own
+    // node did each from under its connection, and the others answered
+    // 404 (or bound it).
+    let get = json!({"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"});
+    let bind = json!({"routing_key": "k"});
     for i in 0..3 {
-        let (status, body) = c.api(i, "DELETE", "/api/queues/%2F/replies", None).await;
-        assert_eq!(status, 400, "n{}: {body}", i + 1);
-        let reason = body["reason"].as_str().unwrap_or_default();
-        assert!(
-            reason.starts_with("cannot obtain exclusive access to locked queue 'replies'"),
-            "n{}: {body}",
-            i + 1
-        );
+        for (method, path, body) in [
+            ("DELETE", "/api/queues/%2F/replies", None),
+            ("DELETE", "/api/queues/%2F/replies/contents", None),
+            ("POST", "/api/queues/%2F/replies/get", Some(get.clone())),
+            (
+                "POST",
+                "/api/bindings/%2F/e/amq.direct/q/replies",
+                Some(bind.clone()),
+            ),
+        ] {
+            let (status, answer) = c.api(i, method, path, body).await;
+            assert_eq!(status, 400, "n{}: {method} {path}: {answer}", i + 1);
+            let reason = answer["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.contains("cannot obtain exclusive access to locked queue 'replies'"),
+                "n{}: {method} {path}: {answer}",
+                i + 1
+            );
+        }
     }
 
     // Reached by name from every node (mandatory: not returned).

@@ -307,15 +307,19 @@ async fn parameters_and_limits_are_empty_with_rabbitmqs_shapes_when_none_is_set(
     );
 }
 
-/// Regression: a `DELETE /api/queues/{vhost}/{name}` of an exclusive queue
-/// deleted it from under its connection (204), consumer and all.
-/// RabbitMQ 3.10's API refuses it, 400 with the reason its AMQP gives
-/// another connection's delete, whatever if-unused and if-empty say; the
-/// queue is its connection's until that connection closes.
+/// Regression: the management API deleted, purged, emptied by a get,
+/// bound and unbound an exclusive queue from under its connection (a
+/// DELETE answered 204, consumer and all). RabbitMQ 3.10's API refuses
+/// each with 400 and the reason its AMQP gives another connection (the
+/// get's with the channel error's code, as its get runs over AMQP),
+/// whatever if-unused and if-empty say, and so does a PUT of its name; a
+/// publish to it is routed. The queue is its connection's until that
+/// connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exclusive_queue_is_its_connections_to_delete() {
+async fn an_exclusive_queue_is_its_connections_alone() {
     use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    const LOCKED: &str = "cannot obtain exclusive access to locked queue 'mine' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.";
     let b = TestBroker::start().await;
     let conn = b.lapin().await;
     let ch = conn.create_channel().await.expect("channel");
@@ -326,6 +330,59 @@ async fn an_exclusive_queue_is_its_connections_to_delete() {
     ch.queue_declare("mine", exclusive, Default::default())
         .await
         .expect("exclusive declare");
+    ch.queue_bind(
+        "mine",
+        "amq.fanout",
+        "",
+        QueueBindOptions::default(),
+        Default::default(),
+    )
+    .await
+    .expect("queue.bind");
+    let confirms = common::confirm_channel(&conn).await;
+    common::publish_confirmed(&confirms, "", "mine", b"first").await;
+    let refused = [
+        ("DELETE", "/api/queues/%2F/mine", None),
+        ("DELETE", "/api/queues/%2F/mine?if-unused=true", None),
+        ("DELETE", "/api/queues/%2F/mine?if-empty=true", None),
+        ("DELETE", "/api/queues/%2F/mine/contents", None),
+        (
+            "PUT",
+            "/api/queues/%2F/mine",
+            Some(json!({"durable": false})),
+        ),
+        (
+            "POST",
+            "/api/bindings/%2F/e/amq.direct/q/mine",
+            Some(json!({"routing_key": "k"})),
+        ),
+        ("DELETE", "/api/bindings/%2F/e/amq.fanout/q/mine/~", None),
+    ];
+    for (method, path, body) in refused {
+        let (status, answer) = b.api(method, path, body).await;
+        assert_eq!(status, 400, "{method} {path}: {answer}");
+        assert_eq!(answer["error"], "bad_request", "{answer}");
+        assert_eq!(answer["reason"], LOCKED, "{method} {path}");
+    }
+    let get = json!({"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto"});
+    let (status, answer) = b.api("POST", "/api/queues/%2F/mine/get", Some(get)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["reason"], format!("405 RESOURCE_LOCKED - {LOCKED}"));
+    // Routed to, as RabbitMQ's API does.
+    let publish = json!({"properties": {}, "routing_key": "mine", "payload": "second", "payload_encoding": "string"});
+    let (status, answer) = b
+        .api(
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(publish),
+        )
+        .await;
+    assert_eq!((status, &answer["routed"]), (200, &json!(true)), "{answer}");
+    // Still there, bound and whole: its consumer gets both messages, and a
+    // publish through the fanout binding.
+    let (status, q) = b.api("GET", "/api/queues/%2F/mine", None).await;
+    assert_eq!(status, 200, "{q}");
+    common::publish_confirmed(&confirms, "amq.fanout", "", b"third").await;
     let mut consumer = ch
         .basic_consume(
             "mine",
@@ -335,26 +392,13 @@ async fn an_exclusive_queue_is_its_connections_to_delete() {
         )
         .await
         .expect("consume");
-    for query in ["", "?if-unused=true", "?if-empty=true"] {
-        let path = format!("/api/queues/%2F/mine{query}");
-        let (status, body) = b.api("DELETE", &path, None).await;
-        assert_eq!(status, 400, "{path}: {body}");
-        assert_eq!(body["error"], "bad_request", "{body}");
-        assert_eq!(
-            body["reason"],
-            "cannot obtain exclusive access to locked queue 'mine' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-            "{body}"
-        );
+    for expected in [&b"first"[..], b"second", b"third"] {
+        let got = common::within("a delivery", consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("not an error");
+        assert_eq!(got.data, expected);
     }
-    // Still there, still consumed.
-    let (status, q) = b.api("GET", "/api/queues/%2F/mine", None).await;
-    assert_eq!(status, 200, "{q}");
-    common::publish_confirmed(&common::confirm_channel(&conn).await, "", "mine", b"kept").await;
-    let got = common::within("the delivery", consumer.next())
-        .await
-        .expect("a delivery")
-        .expect("not an error");
-    assert_eq!(got.data, b"kept");
     // Its connection closed, it is gone (before close-ok, as the spec
     // orders): 404 as for any missing queue.
     conn.close(200, "done").await.expect("close");

@@ -280,7 +280,8 @@ fn binding_command(
 }
 
 /// What binding and unbinding need: write on the destination, read on the
-/// source (as queue.bind over AMQP).
+/// source (as queue.bind over AMQP), and a destination queue that is no
+/// connection's exclusive queue.
 fn permit_binding(
     state: &HttpState,
     user: &AuthUser,
@@ -293,5 +294,9 @@ fn permit_binding(
         Destination::Exchange(e) => (ResourceKind::Exchange, e.as_str()),
     };
     user.permit(state, vhost, kind, name, Perm::Write)?;
-    user.permit(state, vhost, ResourceKind::Exchange, source, Perm::Read)
+    user.permit(state, vhost, ResourceKind::Exchange, source, Perm::Read)?;
+    match destination {
+        Destination::Queue(q) => super::queues::refuse_exclusive(&*state.vhost(vhost)?, q),
+        Destination::Exchange(_) => Ok(()),
+    }
 }

@@ -275,6 +275,13 @@ pub async fn get(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let v = state.vhost(&vhost)?;
+    if let Some(reason) = v.locked_for_management(&name) {
+        // RabbitMQ's API gets over an AMQP channel, and gives the
+        // channel's error as it is.
+        return Err(ApiError::bad_request(format!(
+            "405 RESOURCE_LOCKED - {reason}"
+        )));
+    }
     let owner = match v.queue_info(&name) {
         // May block while a quorum queue's member waits for its leader.
         Some(q) => v.owner_for_get(&q)?,

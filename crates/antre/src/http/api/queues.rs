@@ -378,6 +378,7 @@ pub async fn declare(
     // What queue.declare needs: configure, and for a new dead-lettering
     // queue read on it and write on its dead letter exchange.
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
+    refuse_exclusive(&v, &name)?;
     if let Some(dlx) = body
         .arguments
         .get("x-dead-letter-exchange")
@@ -432,17 +433,11 @@ pub async fn remove(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
     let v = state.vhost(&vhost)?;
-    // An exclusive queue is its connection's to delete, on whichever
-    // node: refused (400) as RabbitMQ's API refuses it. Before, its own
-    // node deleted it under its connection, and the others answered 404.
-    let locked = v.locked_for_management(&name);
-    if locked.is_none() && v.stream(&name).is_none() {
+    if v.locked_for_management(&name).is_none() && v.stream(&name).is_none() {
         find(&state, &vhost, &name)?;
     }
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
-    if let Some(reason) = locked {
-        return Err(ApiError::bad_request(reason));
-    }
+    refuse_exclusive(&v, &name)?;
     if state.broker.metadata_log().is_some() {
         state.broker.change_meta(MetaCommand::DeleteQueue {
             vhost,
@@ -475,6 +470,7 @@ pub async fn purge(
         )));
     }
     let v = state.vhost(&vhost)?;
+    refuse_exclusive(&v, &name)?;
     if let (Some(owner), Some(cluster)) = (v.remote_owner(&name), &state.cluster) {
         // Its answer has no body: 204, as for a queue of this node.
         let _ = at_owner(cluster, &owner, &vhost, &name, &user, QueueAction::Purge).await?;
@@ -482,6 +478,20 @@ pub async fn purge(
     }
     purge_here(&state, &user, &vhost, &name)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An exclusive queue is its connection's alone, here or on another
+/// running node: the management API neither deletes, purges, redeclares
+/// nor binds it, and gets nothing from it (400, with the reason RabbitMQ
+/// 3.10's API gives; see [`antre_broker::Vhost::locked_for_management`]).
+/// Before, a node's API did all of these to its own node's exclusive
+/// queues, from under their connection, and answered 404 for another
+/// node's.
+pub fn refuse_exclusive(v: &antre_broker::Vhost, name: &str) -> ApiResult<()> {
+    match v.locked_for_management(name) {
+        Some(reason) => Err(ApiError::bad_request(reason)),
+        None => Ok(()),
+    }
 }
 
 /// Purges this node's queue `name` (see [`purge`]).
