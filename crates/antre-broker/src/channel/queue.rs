@@ -333,6 +333,24 @@ impl Channel {
         let queue = self.resolve_queue(&m.queue)?;
         self.permit_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
         let conn = self.ctx.connection;
+        // RabbitMQ answers unbind-ok for a binding that does not exist
+        // before it looks at the queue's owner: another connection's
+        // exclusive queue is refused (405) only when the binding is there.
+        let others = self
+            .ctx
+            .vhost
+            .queue_info(&queue)
+            .and_then(|q| q.options.exclusive_owner)
+            .is_some_and(|owner| owner != conn);
+        let binding = crate::exchange::Binding {
+            destination: Destination::Queue(queue.clone()),
+            routing_key: m.routing_key.clone(),
+            arguments: m.arguments.clone(),
+        };
+        if others && !self.ctx.vhost.has_binding(&m.exchange, &binding) {
+            reply(out, QueueUnbindOk {}, false);
+            return Ok(());
+        }
         if let Some(log) = self.replicated(false) {
             let command = MetaCommand::binding(
                 true,

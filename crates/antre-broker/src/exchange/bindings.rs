@@ -61,6 +61,11 @@ impl BindingTable {
         true
     }
 
+    /// Whether a binding equal to `binding` is here.
+    pub fn contains(&self, binding: &Binding) -> bool {
+        self.all.contains_key(&BindingKey::of(binding))
+    }
+
     /// Removes the binding equal to `binding`; false if there was none.
     pub fn remove(&mut self, binding: &Binding) -> bool {
         match self.all.remove(&BindingKey::of(binding)) {

@@ -746,6 +746,15 @@ impl Vhost {
         }
     }
 
+    /// Whether exchange `source` has a binding equal to `binding`.
+    pub(crate) fn has_binding(&self, source: &str, binding: &Binding) -> bool {
+        self.topology
+            .read()
+            .exchanges
+            .get(source)
+            .is_some_and(|x| x.bindings.contains(binding))
+    }
+
     /// Whether an exchange of this vhost is bound to the queue `name`.
     pub(crate) fn is_bound_to(&self, name: &str) -> bool {
         self.topology
