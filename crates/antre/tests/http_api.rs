@@ -409,6 +409,10 @@ async fn vhosts_and_users_can_be_managed() {
     assert_eq!(status, 401);
 }
 
+/// The health checks, and RabbitMQ's legacy `/api/healthchecks/node`
+/// (deprecated in 3.8, still answered by 3.10 and called by older
+/// monitoring; it answered 404 before), follow the disk alarm as 3.10's
+/// do: 200 `{"status":"ok"}`, then 503 with the alarm in RabbitMQ's words.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_follow_the_disk_alarm() {
     let b =
@@ -416,6 +420,23 @@ async fn health_checks_follow_the_disk_alarm() {
             .await;
     let (status, body) = b.api("GET", "/api/health/checks/alarms", None).await;
     assert_eq!((status, body), (200, json!({ "status": "ok" })));
+    let (_, overview) = b.api("GET", "/api/overview", None).await;
+    let node = overview["node"]
+        .as_str()
+        .expect("the node's name")
+        .to_owned();
+    let legacy = [
+        "/api/healthchecks/node".to_owned(),
+        format!("/api/healthchecks/node/{node}"),
+    ];
+    for path in &legacy {
+        let (status, body) = b.api("GET", path, None).await;
+        assert_eq!((status, body), (200, json!({ "status": "ok" })), "{path}");
+    }
+    let (status, _) = b
+        .api("GET", "/api/healthchecks/node/nosuch@host", None)
+        .await;
+    assert_eq!(status, 404);
     let (status, _, _) = b.http_text("/readyz").await;
     assert_eq!(status, 200);
     let (status, _) = b.api("GET", "/api/aliveness-test/%2F", None).await;
@@ -429,6 +450,16 @@ async fn health_checks_follow_the_disk_alarm() {
     let (status, body) = b.api("GET", "/api/health/checks/alarms", None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "failed");
+    for path in &legacy {
+        let (status, body) = b.api("GET", path, None).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        let reason = format!("resource alarm(s) in effect:[{{resource_limit,disk,{node}}}]");
+        assert_eq!(
+            body,
+            json!({ "status": "failed", "reason": reason }),
+            "{path}"
+        );
+    }
     let (status, _, _) = b.http_text("/readyz").await;
     assert_eq!(status, 503);
     let (status, _, _) = b.http_text("/healthz").await;

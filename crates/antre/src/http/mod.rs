@@ -148,6 +148,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/health/checks/local-alarms", get(overview::alarms))
         .route("/api/health/checks/virtual-hosts", get(overview::vhosts_ok))
         .route("/api/health/checks/ready", get(overview::ready))
+        .route("/api/healthchecks/node", get(overview::legacy_node_check))
+        .route(
+            "/api/healthchecks/node/{node}",
+            get(overview::legacy_node_check_of),
+        )
         .route(
             "/api/health/checks/node-is-quorum-critical",
             get(cluster::node_is_quorum_critical),

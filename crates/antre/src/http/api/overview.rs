@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -449,6 +450,55 @@ pub async fn alarms(
         ));
     }
     Ok(Json(json!({ "status": "ok" })))
+}
+
+/// GET /api/healthchecks/node: RabbitMQ's health check from before 3.8's
+/// `/api/health/checks/*`, deprecated there and still answered by 3.10,
+/// which older monitoring (load balancer probes, Nagios plugins) still
+/// calls. As 3.10 answers it: 200 `{"status":"ok"}`, or 503 with
+/// `status: failed` and the node's resource alarms in RabbitMQ's words.
+pub async fn legacy_node_check(State(state): State<HttpState>) -> Response {
+    let name = state.node_name();
+    legacy_check(&state, &name).await
+}
+
+/// GET /api/healthchecks/node/{node}: [`legacy_node_check`] of cluster
+/// member `node` (404 for no such node; 503 for one that does not run),
+/// by what its node information reports.
+pub async fn legacy_node_check_of(
+    State(state): State<HttpState>,
+    Path(node): Path<String>,
+) -> Response {
+    legacy_check(&state, &node).await
+}
+
+async fn legacy_check(state: &HttpState, node: &str) -> Response {
+    let Json(all) = nodes(State(state.clone())).await;
+    let Some(row) = all
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"] == node))
+    else {
+        return ApiError::not_found("Not Found").into_response();
+    };
+    let failed = |reason: String| {
+        let body = json!({ "status": "failed", "reason": reason });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    };
+    if row["running"] != true {
+        return failed(format!("node {node} is not running"));
+    }
+    let alarms: Vec<String> = [("disk_free_alarm", "disk"), ("mem_alarm", "memory")]
+        .iter()
+        .filter(|(field, _)| row[*field] == true)
+        .map(|(_, resource)| format!("{{resource_limit,{resource},{node}}}"))
+        .collect();
+    if !alarms.is_empty() {
+        return failed(format!(
+            "resource alarm(s) in effect:[{}]",
+            alarms.join(",")
+        ));
+    }
+    Json(json!({ "status": "ok" })).into_response()
 }
 
 /// GET /api/health/checks/virtual-hosts: every vhost is up.
