@@ -405,3 +405,37 @@ async fn an_exclusive_queue_is_its_connections_alone() {
     let (status, body) = b.api("DELETE", "/api/queues/%2F/mine", None).await;
     assert_eq!(status, 404, "{body}");
 }
+
+/// Regression: a `PUT` of a built-in exchange as it is (what
+/// `rabbitmqadmin declare exchange name=amq.topic type=topic` and
+/// provisioning tools send) answered 400 "reserved". RabbitMQ 3.10 answers
+/// 204, as AMQP's exchange.declare of one as it is is declare-ok; an
+/// inequivalent one is 400, and a new amq.* name stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_built_in_exchange_may_be_declared_again_as_it_is() {
+    let b = TestBroker::start().await;
+    for (name, kind) in [("amq.direct", "direct"), ("amq.topic", "topic")] {
+        let path = format!("/api/exchanges/%2F/{name}");
+        let body = json!({"type": kind, "durable": true});
+        let (status, answer) = b.api("PUT", &path, Some(body)).await;
+        assert_eq!(status, 204, "{name}: {answer}");
+    }
+    let (status, answer) = b
+        .api(
+            "PUT",
+            "/api/exchanges/%2F/amq.direct",
+            Some(json!({"type": "fanout"})),
+        )
+        .await;
+    assert_eq!(status, 400, "inequivalent: {answer}");
+    let (status, answer) = b
+        .api(
+            "PUT",
+            "/api/exchanges/%2F/amq.mine",
+            Some(json!({"type": "direct"})),
+        )
+        .await;
+    assert_eq!(status, 400, "a new amq.* name: {answer}");
+    let (_, x) = b.api("GET", "/api/exchanges/%2F/amq.direct", None).await;
+    assert_eq!(x["type"], "direct", "{x}");
+}

@@ -100,13 +100,16 @@ pub async fn declare(
             "field 'type' is required (direct, fanout, topic or headers)",
         ));
     };
-    if name.is_empty() || name.starts_with("amq.") {
+    let v = state.vhost(&vhost)?;
+    let existed = v.exchanges().iter().any(|e| e.name == name);
+    // A built-in amq.* exchange may be declared again as it is (204, or
+    // 400 when inequivalent), as over AMQP and in RabbitMQ's API; only new
+    // amq.* names are reserved.
+    if name.is_empty() || (name.starts_with("amq.") && !existed) {
         return Err(ApiError::bad_request(format!(
             "exchange name '{name}' is reserved or empty"
         )));
     }
-    let v = state.vhost(&vhost)?;
-    let existed = v.exchanges().iter().any(|e| e.name == name);
     // What exchange.declare needs: configure, and for a new exchange with
     // an alternate, read on it and write on the alternate.
     user.permit(
