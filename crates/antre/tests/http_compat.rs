@@ -439,3 +439,44 @@ async fn a_built_in_exchange_may_be_declared_again_as_it_is() {
     let (_, x) = b.api("GET", "/api/exchanges/%2F/amq.direct", None).await;
     assert_eq!(x["type"], "direct", "{x}");
 }
+
+/// Regression: `GET /api/nodes/{node}` (one node's memory and alarms, as
+/// monitoring asks) and `POST /api/vhosts/{vhost}/start/{node}` answered
+/// 404, and a vhost lacked RabbitMQ 3.10's `metadata` and
+/// `default_queue_type`. As 3.10 answers here: the node's row, 204 for a
+/// running vhost (an antre vhost has nothing of its own to fail and
+/// restart), and the fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_vhost_endpoints_answer_as_rabbitmq_does() {
+    let b = TestBroker::start().await;
+    let (_, overview) = b.api("GET", "/api/overview", None).await;
+    let node = overview["node"]
+        .as_str()
+        .expect("the node's name")
+        .to_owned();
+    let (status, row) = b.api("GET", &format!("/api/nodes/{node}"), None).await;
+    assert_eq!(status, 200, "{row}");
+    assert_eq!(row["name"], node.as_str());
+    assert_eq!(row["running"], true);
+    assert_eq!(row["mem_alarm"], false);
+    let (status, _) = b.api("GET", "/api/nodes/nosuch@host", None).await;
+    assert_eq!(status, 404);
+    let (status, vhost) = b.api("GET", "/api/vhosts/%2F", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(vhost["default_queue_type"], "classic", "{vhost}");
+    assert_eq!(
+        vhost["metadata"],
+        json!({"description": "", "tags": []}),
+        "{vhost}"
+    );
+    let start = format!("/api/vhosts/%2F/start/{node}");
+    let (status, answer) = b.api("POST", &start, None).await;
+    assert_eq!(status, 204, "{answer}");
+    for path in [
+        "/api/vhosts/%2F/start/nosuch@host".to_owned(),
+        format!("/api/vhosts/nosuch/start/{node}"),
+    ] {
+        let (status, _) = b.api("POST", &path, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+}

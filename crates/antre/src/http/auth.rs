@@ -197,6 +197,7 @@ fn rule(template: &str, method: &Method) -> Rule {
             return Rule::Admin
         }
         "/api/vhosts/{vhost}"
+        | "/api/vhosts/{vhost}/start/{node}"
         | "/api/vhosts/{vhost}/permissions"
         | "/api/vhosts/{vhost}/topic-permissions"
         | "/api/vhost-limits/{vhost}/{name}"

@@ -127,6 +127,7 @@ pub fn router(state: HttpState) -> Router {
     let authed = Router::new()
         .route("/api/overview", get(overview::overview))
         .route("/api/nodes", get(overview::nodes))
+        .route("/api/nodes/{node}", get(overview::node))
         .route("/api/cluster/members", post(cluster::add))
         .route("/api/cluster/members/{node}", delete(cluster::remove))
         .route("/api/cluster/queues/grow/{node}", post(cluster::grow))
@@ -163,6 +164,7 @@ pub fn router(state: HttpState) -> Router {
             "/api/vhosts/{vhost}",
             get(vhosts::show).put(vhosts::create).delete(vhosts::remove),
         )
+        .route("/api/vhosts/{vhost}/start/{node}", post(vhosts::start))
         .route("/api/users", get(users::list))
         .route(
             "/api/users/without-permissions",

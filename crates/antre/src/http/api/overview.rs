@@ -452,6 +452,24 @@ pub async fn alarms(
     Ok(Json(json!({ "status": "ok" })))
 }
 
+/// GET /api/nodes/{node}: one row of [`nodes`] (404 for no such node), as
+/// monitoring that watches one node's memory and alarms asks RabbitMQ.
+pub async fn node(
+    State(state): State<HttpState>,
+    Path(node): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node_row(&state, &node)
+        .await
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no node '{node}'")))
+}
+
+/// Node `name`'s row of [`nodes`], if it is this node or a member.
+pub(crate) async fn node_row(state: &HttpState, name: &str) -> Option<Value> {
+    let Json(all) = nodes(State(state.clone())).await;
+    all.as_array()?.iter().find(|r| r["name"] == name).cloned()
+}
+
 /// GET /api/healthchecks/node: RabbitMQ's health check from before 3.8's
 /// `/api/health/checks/*`, deprecated there and still answered by 3.10,
 /// which older monitoring (load balancer probes, Nagios plugins) still
@@ -473,11 +491,7 @@ pub async fn legacy_node_check_of(
 }
 
 async fn legacy_check(state: &HttpState, node: &str) -> Response {
-    let Json(all) = nodes(State(state.clone())).await;
-    let Some(row) = all
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["name"] == node))
-    else {
+    let Some(row) = node_row(state, node).await else {
         return ApiError::not_found("Not Found").into_response();
     };
     let failed = |reason: String| {

@@ -53,6 +53,10 @@ fn vhost_json(state: &HttpState, name: &str, figures: &[Value]) -> Value {
         "name": name,
         "description": "",
         "tags": [],
+        // RabbitMQ 3.10's fields of the same: antre's vhosts have no
+        // description or tags, and declare classic queues by default.
+        "metadata": { "description": "", "tags": [] },
+        "default_queue_type": "classic",
         "tracing": false,
         "messages": ready + unacked,
         "messages_ready": ready,
@@ -110,6 +114,28 @@ pub async fn show(
     state.vhost(&vhost)?;
     let figures = cluster_rows(&state, Listing::Vhosts, Some(&vhost), None).await;
     Ok(Json(vhost_json(&state, &vhost, &figures)))
+}
+
+/// POST /api/vhosts/{vhost}/start/{node}: RabbitMQ restarts a vhost that
+/// failed on a node (its message stores could not start). An antre vhost
+/// runs on every node for as long as the node does, with no state of its
+/// own to fail, so there is nothing to restart: 204 for a vhost that
+/// exists and a running node, as RabbitMQ answers for one that runs; 404
+/// for no such vhost or node, 503 for a node that does not run.
+pub async fn start(
+    State(state): State<HttpState>,
+    Path((vhost, node)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state.vhost(&vhost)?;
+    let Some(row) = super::overview::node_row(&state, &node).await else {
+        return Err(ApiError::not_found(format!("no node '{node}'")));
+    };
+    if row["running"] != true {
+        return Err(ApiError::unavailable(format!(
+            "node '{node}' is not running"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// PUT /api/vhosts/{vhost}: 201 created (and the creating user gets every
