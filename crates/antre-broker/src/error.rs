@@ -40,6 +40,24 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// The details without the reply name: how RabbitMQ's management API
+    /// words a refusal of what it does itself (a declare, a bind) rather
+    /// than over an AMQP channel.
+    pub fn details(&self) -> &str {
+        match self {
+            BrokerError::NotFound(t)
+            | BrokerError::PreconditionFailed(t)
+            | BrokerError::AccessRefused(t)
+            | BrokerError::ResourceLocked(t)
+            | BrokerError::NotAllowed(t)
+            | BrokerError::CommandInvalid(t)
+            | BrokerError::ChannelError(t)
+            | BrokerError::UnexpectedFrame(t)
+            | BrokerError::NotImplemented(t)
+            | BrokerError::Internal(t) => t,
+        }
+    }
+
     /// The reply code for channel.close or connection.close.
     pub fn reply_code(&self) -> u16 {
         match self {

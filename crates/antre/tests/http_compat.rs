@@ -480,3 +480,76 @@ async fn node_and_vhost_endpoints_answer_as_rabbitmq_does() {
         assert_eq!(status, 404, "{path}");
     }
 }
+
+/// Regression: a refused declare or bind through the API gave the AMQP
+/// reply name in its reason (`PRECONDITION_FAILED - inequivalent arg ...`)
+/// and `precondition_failed` as its error. RabbitMQ 3.10's API does these
+/// itself, not over an AMQP channel, and answers as here (recorded
+/// against it): `bad_request` and the details alone; 404 `not_found` for
+/// a binding's missing end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_declares_and_binds_are_worded_as_rabbitmq_words_them() {
+    let b = TestBroker::start().await;
+    let put = |path: &'static str, body: Value| {
+        let b = &b;
+        async move { b.api("PUT", path, Some(body)).await }
+    };
+    assert_eq!(
+        put("/api/queues/%2F/pq", json!({"durable": true})).await.0,
+        201
+    );
+    assert_eq!(
+        put("/api/exchanges/%2F/px", json!({"type": "topic"}))
+            .await
+            .0,
+        201
+    );
+    let cases = [
+        (
+            put("/api/queues/%2F/pq", json!({"durable": false})).await,
+            400,
+            "bad_request",
+            "inequivalent arg 'durable' for queue 'pq' in vhost '/': received 'false' but current is 'true'",
+        ),
+        (
+            put("/api/exchanges/%2F/px", json!({"type": "fanout"})).await,
+            400,
+            "bad_request",
+            "inequivalent arg 'type' for exchange 'px' in vhost '/': received 'fanout' but current is 'topic'",
+        ),
+        (
+            put("/api/exchanges/%2F/py", json!({"type": "nosuch"})).await,
+            400,
+            "bad_request",
+            "unknown exchange type 'nosuch'",
+        ),
+        (
+            b.api(
+                "POST",
+                "/api/bindings/%2F/e/missing-x/q/pq",
+                Some(json!({"routing_key": "k"})),
+            )
+            .await,
+            404,
+            "not_found",
+            "no exchange 'missing-x' in vhost '/'",
+        ),
+        (
+            b.api(
+                "POST",
+                "/api/bindings/%2F/e/amq.direct/q/missing-q",
+                Some(json!({"routing_key": "k"})),
+            )
+            .await,
+            404,
+            "not_found",
+            "no queue 'missing-q' in vhost '/'",
+        ),
+    ];
+    for ((status, body), want_status, error, reason) in cases {
+        assert_eq!(
+            (status, body),
+            (want_status, json!({"error": error, "reason": reason}))
+        );
+    }
+}

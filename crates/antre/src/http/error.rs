@@ -86,6 +86,30 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A refusal of a declare or bind the API makes itself, as RabbitMQ's
+    /// API words it (checked against 3.10): the details without the AMQP
+    /// reply name, and `bad_request` for a failed precondition (an
+    /// inequivalent redeclare, an invalid argument). What RabbitMQ's API
+    /// does over an AMQP channel (a get, a publish) keeps the reply name.
+    pub fn direct(e: BrokerError) -> ApiError {
+        let mut api = ApiError::from(e.clone());
+        if matches!(e, BrokerError::PreconditionFailed(_)) {
+            api.error = "bad_request";
+        }
+        api.reason = e.details().to_owned();
+        api
+    }
+
+    /// [`ApiError::direct`] for a metadata change's refusal.
+    pub fn direct_meta(e: MetaError) -> ApiError {
+        match e {
+            MetaError::Broker(e) => ApiError::direct(e),
+            other => other.into(),
+        }
+    }
+}
+
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> ApiError {
         let (status, error) = match &e {

@@ -185,14 +185,18 @@ pub async fn create(
     let destination = destination(&kind, dest.clone())?;
     permit_binding(&state, &user, &vhost, url_exchange(&source), &destination)?;
     let arguments = json_to_table(&body.arguments);
-    state.broker.change_meta(binding_command(
+    let bind = binding_command(
         false,
         &v.name,
         url_exchange(&source),
         destination,
         &routing_key,
         &arguments,
-    ))?;
+    );
+    state
+        .broker
+        .change_meta(bind)
+        .map_err(ApiError::direct_meta)?;
     let location = format!(
         "{}/{}",
         render::percent_encode(&dest),

@@ -129,15 +129,18 @@ pub async fn declare(
             user.permit(&state, &vhost, ResourceKind::Exchange, ae, Perm::Write)?;
         }
     }
-    state.broker.change_meta(MetaCommand::DeclareExchange {
-        vhost,
-        name,
-        kind,
-        durable: body.durable.unwrap_or(true),
-        auto_delete: body.auto_delete,
-        internal: body.internal,
-        arguments: WireTable(json_to_table(&body.arguments)),
-    })?;
+    state
+        .broker
+        .change_meta(MetaCommand::DeclareExchange {
+            vhost,
+            name,
+            kind,
+            durable: body.durable.unwrap_or(true),
+            auto_delete: body.auto_delete,
+            internal: body.internal,
+            arguments: WireTable(json_to_table(&body.arguments)),
+        })
+        .map_err(ApiError::direct_meta)?;
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {

@@ -390,7 +390,8 @@ pub async fn declare(
         }
     }
     let arguments = json_to_table(&body.arguments);
-    antre_broker::queue::QueueArgs::check_expiries(&arguments, &vhost, &name)?;
+    antre_broker::queue::QueueArgs::check_expiries(&arguments, &vhost, &name)
+        .map_err(ApiError::direct)?;
     if let Some(log) = state.broker.metadata_log() {
         let owner = state
             .broker
@@ -404,7 +405,10 @@ pub async fn declare(
             arguments: WireTable(arguments),
             owner,
         };
-        state.broker.change_meta(command)?;
+        state
+            .broker
+            .change_meta(command)
+            .map_err(ApiError::direct_meta)?;
     } else {
         v.declare_queue(
             QueueDeclaration {
@@ -416,7 +420,8 @@ pub async fn declare(
             },
             false,
             0,
-        )?;
+        )
+        .map_err(ApiError::direct)?;
     }
     Ok(if existed {
         StatusCode::NO_CONTENT
