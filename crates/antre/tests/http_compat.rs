@@ -486,7 +486,8 @@ async fn node_and_vhost_endpoints_answer_as_rabbitmq_does() {
 /// and `precondition_failed` as its error. RabbitMQ 3.10's API does these
 /// itself, not over an AMQP channel, and answers as here (recorded
 /// against it): `bad_request` and the details alone; 404 `not_found` for
-/// a binding's missing end.
+/// a binding's missing end; and a publish to a missing exchange, which it
+/// makes over a channel, 400 with the channel error (antre answered 404).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_declares_and_binds_are_worded_as_rabbitmq_words_them() {
     let b = TestBroker::start().await;
@@ -552,4 +553,16 @@ async fn refused_declares_and_binds_are_worded_as_rabbitmq_words_them() {
             (want_status, json!({"error": error, "reason": reason}))
         );
     }
+    // A publish RabbitMQ's API makes over an AMQP channel: 400 with the
+    // channel error's code and text (before: 404).
+    let publish =
+        json!({"properties": {}, "routing_key": "k", "payload": "x", "payload_encoding": "string"});
+    let answer = b
+        .api("POST", "/api/exchanges/%2F/missing/publish", Some(publish))
+        .await;
+    let reason = "404 NOT_FOUND - no exchange 'missing' in vhost '/'";
+    assert_eq!(
+        answer,
+        (400, json!({"error": "bad_request", "reason": reason}))
+    );
 }

@@ -164,7 +164,15 @@ pub async fn publish(
     message.ttl().map_err(ApiError::bad_request)?;
     let message = Arc::new(message);
     let options = PublishOptions::new(PublishSource::Api, false);
-    let outcome = v.publish(Arc::clone(&message), options)?;
+    // Refused as basic.publish refuses it (no such exchange, an internal
+    // one): RabbitMQ's API publishes over an AMQP channel and answers 400
+    // with the channel error's code and text.
+    let outcome = v
+        .publish(Arc::clone(&message), options)
+        .map_err(|e| match e {
+            antre_broker::BrokerError::Internal(_) => ApiError::from(e),
+            e => ApiError::bad_request(format!("{} {e}", e.reply_code())),
+        })?;
     // Persistent messages are on disk before the answer, as a publisher
     // confirm would promise.
     if !outcome.stored.is_empty() {
