@@ -442,8 +442,9 @@ async fn a_built_in_exchange_may_be_declared_again_as_it_is() {
 
 /// Regression: `GET /api/nodes/{node}` (one node's memory and alarms, as
 /// monitoring asks) and `POST /api/vhosts/{vhost}/start/{node}` answered
-/// 404, and a vhost lacked RabbitMQ 3.10's `metadata` and
-/// `default_queue_type`. As 3.10 answers here: the node's row, 204 for a
+/// 404, a vhost lacked RabbitMQ 3.10's `metadata` and
+/// `default_queue_type`, and a node its `os_pid`, `processors` and
+/// `db_dir`. As 3.10 answers here: the node's row, 204 for a
 /// running vhost (an antre vhost has nothing of its own to fail and
 /// restart), and the fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,6 +460,10 @@ async fn node_and_vhost_endpoints_answer_as_rabbitmq_does() {
     assert_eq!(row["name"], node.as_str());
     assert_eq!(row["running"], true);
     assert_eq!(row["mem_alarm"], false);
+    // RabbitMQ's node fields of the OS process, as dashboards read them.
+    assert_eq!(row["os_pid"], std::process::id().to_string(), "{row}");
+    assert!(row["processors"].as_u64().is_some_and(|n| n >= 1), "{row}");
+    assert!(row["db_dir"].is_string(), "{row}");
     let (status, _) = b.api("GET", "/api/nodes/nosuch@host", None).await;
     assert_eq!(status, 404);
     let (status, vhost) = b.api("GET", "/api/vhosts/%2F", None).await;

@@ -410,6 +410,11 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         "messages_unacknowledged_details": details(rates.unacked),
         "message_stats": node_message_stats(state),
         "data_dir": state.config.data_dir.display().to_string(),
+        // RabbitMQ's names for the same: its data directory, the OS
+        // process, the cores the node may use.
+        "db_dir": state.config.data_dir.display().to_string(),
+        "os_pid": std::process::id().to_string(),
+        "processors": std::thread::available_parallelism().map_or(1, usize::from),
         "fd_used": crate::sockets::open_fds(),
         "fd_total": crate::sockets::fd_limit(),
         "sockets_used": state.sockets.used(),
