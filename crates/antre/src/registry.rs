@@ -5,12 +5,13 @@
 //! behind a small mutex touched only when a channel opens or closes, so the
 //! AMQP hot path pays a relaxed add per socket read or write and nothing more.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use antre_amqp::FieldTable;
+use antre_broker::channel::PublishMode;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -79,6 +80,8 @@ pub struct ConnectionEntry {
     /// Blocked by a resource alarm.
     pub blocked: AtomicBool,
     channels: Mutex<BTreeSet<u16>>,
+    /// The channels in confirm or tx mode.
+    modes: Mutex<HashMap<u16, PublishMode>>,
     channels_opened: AtomicU64,
     close: Notify,
     close_reason: Mutex<Option<String>>,
@@ -116,6 +119,7 @@ impl ConnectionEntry {
             send_oct: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             channels: Mutex::default(),
+            modes: Mutex::default(),
             channels_opened: AtomicU64::new(0),
             close: Notify::new(),
             close_reason: Mutex::default(),
@@ -137,6 +141,17 @@ impl ConnectionEntry {
     /// Records a channel closing.
     pub fn channel_closed(&self, number: u16) {
         self.channels.lock().remove(&number);
+        self.modes.lock().remove(&number);
+    }
+
+    /// Records that a channel entered confirm or tx mode.
+    pub fn channel_mode(&self, number: u16, mode: PublishMode) {
+        self.modes.lock().insert(number, mode);
+    }
+
+    /// Whether channel `number` is in confirm or tx mode.
+    pub fn mode_of(&self, number: u16) -> PublishMode {
+        self.modes.lock().get(&number).copied().unwrap_or_default()
     }
 
     /// Counts bytes read.

@@ -571,3 +571,44 @@ async fn refused_declares_and_binds_are_worded_as_rabbitmq_words_them() {
         (400, json!({"error": "bad_request", "reason": reason}))
     );
 }
+
+/// Regression: a channel's listing lacked RabbitMQ's `confirm` and
+/// `transactional`, which its UI shows as the channel's mode and
+/// monitoring reads to tell confirming publishers apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_shows_its_confirm_or_tx_mode() {
+    use lapin::options::ConfirmSelectOptions;
+    let b = TestBroker::start().await;
+    let conn = b.lapin().await;
+    let plain = conn.create_channel().await.expect("channel");
+    let confirming = conn.create_channel().await.expect("channel");
+    let transacted = conn.create_channel().await.expect("channel");
+    confirming
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    transacted.tx_select().await.expect("tx.select");
+    let (_, channels) = b.api("GET", "/api/channels", None).await;
+    let modes: Vec<(u64, bool, bool)> = channels
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| {
+            let flag = |k: &str| c[k].as_bool().expect("a boolean");
+            (
+                c["number"].as_u64().expect("a number"),
+                flag("confirm"),
+                flag("transactional"),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        (u64::from(plain.id()), false, false),
+        (u64::from(confirming.id()), true, false),
+        (u64::from(transacted.id()), false, true),
+    ];
+    let mut got = modes;
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, want);
+}

@@ -120,6 +120,19 @@ pub(crate) enum Mode {
     },
 }
 
+/// What a channel's publishes get, as the management API shows it
+/// (RabbitMQ's `confirm` and `transactional`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PublishMode {
+    /// Neither confirms nor a transaction.
+    #[default]
+    Plain,
+    /// confirm.select: publisher confirms.
+    Confirm,
+    /// tx.select: a transaction.
+    Transactional,
+}
+
 /// Per-connection facts a channel needs.
 #[derive(Debug, Clone)]
 pub struct ChannelContext {
@@ -212,6 +225,15 @@ pub(crate) enum Settle {
 }
 
 impl Channel {
+    /// Whether the channel is in confirm or tx mode.
+    pub fn publish_mode(&self) -> PublishMode {
+        match self.mode {
+            Mode::Plain => PublishMode::Plain,
+            Mode::Confirm { .. } => PublishMode::Confirm,
+            Mode::Tx { .. } => PublishMode::Transactional,
+        }
+    }
+
     /// A freshly opened channel whose consumers' deliveries go to `sink`.
     pub fn new(id: u16, ctx: ChannelContext, sink: Arc<dyn DeliverySink>) -> Channel {
         Channel {

@@ -247,7 +247,16 @@ impl Session {
                         });
                         Ok(())
                     }
-                    method => channel.handle(method, &mut self.out).map_err(|e| (e, ids)),
+                    method => {
+                        let select =
+                            matches!(method, Method::ConfirmSelect(_) | Method::TxSelect(_));
+                        let handled = channel.handle(method, &mut self.out);
+                        if select && handled.is_ok() {
+                            let mode = channel.publish_mode();
+                            self.effects.push_back(Effect::ChannelMode(id, mode));
+                        }
+                        handled.map_err(|e| (e, ids))
+                    }
                 }
             }
             Frame::Header { header, .. } => {

@@ -123,6 +123,8 @@ pub enum Effect {
     ChannelOpened(u16),
     /// A channel is gone.
     ChannelClosed(u16),
+    /// A channel entered confirm or tx mode.
+    ChannelMode(u16, crate::channel::PublishMode),
 }
 
 /// Who opened a connection, and what was negotiated.

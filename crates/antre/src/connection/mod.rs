@@ -315,6 +315,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     entry.channel_opened(id);
                 }
             }
+            Effect::ChannelMode(id, mode) => {
+                if let Some(entry) = &self.entry {
+                    entry.channel_mode(id, mode);
+                }
+            }
             Effect::ChannelClosed(id) => {
                 if let Some(entry) = &self.entry {
                     entry.channel_closed(id);

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use antre_broker::channel::PublishMode;
 use antre_broker::definitions::table_to_json;
 use antre_broker::exchange::{Binding, Destination, Exchange};
 use antre_broker::{ConsumerInfo, Queue};
@@ -357,6 +358,8 @@ pub fn channel(
         "state": "running",
         "connection_details": connection_details(c),
         "consumer_count": mine.len(),
+        "confirm": c.mode_of(number) == PublishMode::Confirm,
+        "transactional": c.mode_of(number) == PublishMode::Transactional,
         "messages_unacknowledged": unacked,
         "prefetch_count": prefetch,
     })
