@@ -277,7 +277,7 @@ pub enum Request {
     /// feature flag `metadata_read_index` is enabled.
     ReadIndex,
     /// Answer once this node applied the metadata up to `index` (within
-    /// half a second): a change made through the asking node is answered
+    /// two seconds): a change made through the asking node is answered
     /// to its client once every running member applied it (see
     /// [`antre_broker::cluster::MetadataLog::propose`]). Sent only once
     /// feature flag `metadata_applied_everywhere` is enabled.

@@ -2510,19 +2510,20 @@ async fn a_paused_node_holds_up_one_change_not_every_change() {
     let paused = (leader + 1) % 3;
     let (_d, ch) = channel_on(&c, (leader + 2) % 3).await;
     c.pause(paused);
-    // 40 declares: each waited half a second for it until it counted as
-    // down (5 s without a word), about 10 of them, before.
+    // 40 declares: each waited 2 s for it until it counted as down (5 s
+    // without a word), 2 or 3 of them, before.
     let mut held = Vec::new();
     for k in 0..40 {
         let started = std::time::Instant::now();
         declare_durable(&ch, &format!("while-paused-{k}")).await;
         let took = started.elapsed();
-        if took >= Duration::from_millis(400) {
+        // Held for (most of) the 2 s a straggler is waited for.
+        if took >= Duration::from_millis(1500) {
             held.push((k, took));
         }
     }
     c.resume(paused);
-    assert!(held.len() <= 2, "declares held up: {held:?}");
+    assert!(held.len() <= 1, "declares held up: {held:?}");
     // Back, answering in time: waited for again.
     let (_p, publishing) = confirming(&c, paused).await;
     declare_durable(&ch, "after-pause").await;
