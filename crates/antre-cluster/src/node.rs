@@ -608,7 +608,7 @@ impl Cluster {
             // than the candidate's is the one that can win, and without a
             // probe of its own it waited for its election timer: seen in
             // the failover soak as a failover of 2 s instead of 0.3.
-            if let Some(node) = self.this.get().and_then(std::sync::Weak::upgrade) {
+            if let Some(node) = self.arc() {
                 crate::failover::link_closed(&node, &name);
             }
             self.link.unreachable(&name)
@@ -788,7 +788,7 @@ impl Cluster {
     fn flag_missing(&self, command: &MetaCommand) -> Option<&'static str> {
         command
             .feature_flag()
-            .filter(|flag| !self.broker().is_some_and(|b| b.feature_flag_enabled(flag)))
+            .filter(|flag| !self.flag_enabled(flag))
     }
 
     /// The fate of this node's `proposal`, whose forward to the leader
@@ -873,6 +873,12 @@ impl Cluster {
     /// The broker, while it lives.
     pub(crate) fn broker(&self) -> Option<Arc<Broker>> {
         self.broker.upgrade()
+    }
+
+    /// Whether the cluster enabled feature flag `name` (false once the
+    /// broker is gone).
+    pub(crate) fn flag_enabled(&self, name: &str) -> bool {
+        self.broker().is_some_and(|b| b.feature_flag_enabled(name))
     }
 
     /// This node as an `Arc`, for tasks it spawns (None once it is gone).
@@ -1074,7 +1080,7 @@ impl MetadataLog for Cluster {
     }
 
     fn propose_later(&self, command: MetaCommand) {
-        let Some(node) = self.this.get().and_then(std::sync::Weak::upgrade) else {
+        let Some(node) = self.arc() else {
             return;
         };
         self.runtime.spawn(async move {

@@ -86,8 +86,7 @@ impl Cluster {
     /// applied (see the module docs). Nothing to wait for on a single
     /// node, or before every member knows the request.
     pub(crate) async fn applied_everywhere(&self) {
-        let flag = antre_broker::feature_flags::METADATA_APPLIED_EVERYWHERE;
-        if !self.broker().is_some_and(|b| b.feature_flag_enabled(flag)) {
+        if !self.flag_enabled(antre_broker::feature_flags::METADATA_APPLIED_EVERYWHERE) {
             return;
         }
         let index = self.state_machine.progress.done();
@@ -112,8 +111,8 @@ impl Cluster {
             }
             // Asked all the same, unless a request is on its way, without
             // waiting: an answer in time ends its straggling.
-            let this = self.this.get().and_then(std::sync::Weak::upgrade);
-            if let (Some(node), Ok(mut asked)) = (this, Arc::clone(&member.asked).try_lock_owned())
+            if let (Some(node), Ok(mut asked)) =
+                (self.arc(), Arc::clone(&member.asked).try_lock_owned())
             {
                 self.runtime.spawn(async move {
                     let index = node.state_machine.progress.done();

@@ -50,8 +50,7 @@ impl Cluster {
     /// Applies here what the metadata leader applied when this was asked
     /// (see the module docs): whether something new may be known now.
     pub(crate) async fn catch_up_async(&self) -> bool {
-        let flag = antre_broker::feature_flags::METADATA_READ_INDEX;
-        if !self.broker().is_some_and(|b| b.feature_flag_enabled(flag)) {
+        if !self.flag_enabled(antre_broker::feature_flags::METADATA_READ_INDEX) {
             return false;
         }
         let asked = Instant::now();
