@@ -5,7 +5,7 @@
 //! behind a small mutex touched only when a channel opens or closes, so the
 //! AMQP hot path pays a relaxed add per socket read or write and nothing more.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,9 +79,8 @@ pub struct ConnectionEntry {
     pub send_oct: AtomicU64,
     /// Blocked by a resource alarm.
     pub blocked: AtomicBool,
-    channels: Mutex<BTreeSet<u16>>,
-    /// The channels in confirm or tx mode.
-    modes: Mutex<HashMap<u16, PublishMode>>,
+    /// The channels open now, and whether each is in confirm or tx mode.
+    channels: Mutex<BTreeMap<u16, PublishMode>>,
     channels_opened: AtomicU64,
     close: Notify,
     close_reason: Mutex<Option<String>>,
@@ -119,7 +118,6 @@ impl ConnectionEntry {
             send_oct: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             channels: Mutex::default(),
-            modes: Mutex::default(),
             channels_opened: AtomicU64::new(0),
             close: Notify::new(),
             close_reason: Mutex::default(),
@@ -128,12 +126,17 @@ impl ConnectionEntry {
 
     /// Channel numbers open now.
     pub fn channels(&self) -> Vec<u16> {
-        self.channels.lock().iter().copied().collect()
+        self.channels.lock().keys().copied().collect()
     }
 
     /// Records a channel opening.
     pub fn channel_opened(&self, number: u16) {
-        if self.channels.lock().insert(number) {
+        if self
+            .channels
+            .lock()
+            .insert(number, PublishMode::Plain)
+            .is_none()
+        {
             self.channels_opened.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -141,17 +144,22 @@ impl ConnectionEntry {
     /// Records a channel closing.
     pub fn channel_closed(&self, number: u16) {
         self.channels.lock().remove(&number);
-        self.modes.lock().remove(&number);
     }
 
     /// Records that a channel entered confirm or tx mode.
     pub fn channel_mode(&self, number: u16, mode: PublishMode) {
-        self.modes.lock().insert(number, mode);
+        if let Some(m) = self.channels.lock().get_mut(&number) {
+            *m = mode;
+        }
     }
 
     /// Whether channel `number` is in confirm or tx mode.
     pub fn mode_of(&self, number: u16) -> PublishMode {
-        self.modes.lock().get(&number).copied().unwrap_or_default()
+        self.channels
+            .lock()
+            .get(&number)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Counts bytes read.

@@ -824,13 +824,13 @@ impl Vhost {
         self.is_running(&node).then_some(node)
     }
 
-    /// Why the management API may not delete queue `name`, as RabbitMQ's
-    /// refuses (400, with the reason its AMQP gives another connection's
-    /// delete): an exclusive queue belongs to its connection, here or on
-    /// another running node (named by its name, or as the metadata
-    /// records it). The reason alone, without the AMQP reply name. A node
-    /// that is down lost its exclusive queues: its names are free.
-    pub fn locked_for_management(&self, name: &str) -> Option<String> {
+    /// Why the management API may not act on queue `name` (delete, purge,
+    /// get from, bind, redeclare), as RabbitMQ's refuses: an exclusive
+    /// queue belongs to its connection, here or on another running node
+    /// (named by its name, or as the metadata records it). The error is
+    /// the one its AMQP gives another connection. A node that is down lost
+    /// its exclusive queues: its names are free.
+    pub fn locked_for_management(&self, name: &str) -> Option<BrokerError> {
         let here = self
             .topology
             .read()
@@ -843,10 +843,7 @@ impl Vhost {
                 .named_elsewhere(name)
                 .is_some_and(|node| self.is_running(&node)),
         };
-        locked.then(|| match super::locked_name(&self.name, name) {
-            BrokerError::ResourceLocked(reason) => reason,
-            other => other.to_string(),
-        })
+        locked.then(|| super::locked_name(&self.name, name))
     }
 
     /// Whether cluster node `node` runs, as this node sees it.

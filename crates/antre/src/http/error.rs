@@ -101,6 +101,13 @@ impl ApiError {
         api
     }
 
+    /// A refusal of what RabbitMQ's API does over an AMQP channel (a get,
+    /// a publish): 400 with the channel error's code and text, as it
+    /// answers (`404 NOT_FOUND - no exchange ...`).
+    pub fn over_channel(e: &BrokerError) -> ApiError {
+        ApiError::bad_request(format!("{} {e}", e.reply_code()))
+    }
+
     /// [`ApiError::direct`] for a metadata change's refusal.
     pub fn direct_meta(e: MetaError) -> ApiError {
         match e {

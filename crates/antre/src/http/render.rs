@@ -349,6 +349,7 @@ pub fn channel(
         .collect();
     let unacked: u64 = mine.iter().map(|i| u64::from(i.unacked)).sum();
     let prefetch = mine.iter().map(|i| i.prefetch).max().unwrap_or(0);
+    let mode = c.mode_of(number);
     json!({
         "name": channel_name(c, number),
         "number": number,
@@ -358,8 +359,8 @@ pub fn channel(
         "state": "running",
         "connection_details": connection_details(c),
         "consumer_count": mine.len(),
-        "confirm": c.mode_of(number) == PublishMode::Confirm,
-        "transactional": c.mode_of(number) == PublishMode::Transactional,
+        "confirm": mode == PublishMode::Confirm,
+        "transactional": mode == PublishMode::Transactional,
         "messages_unacknowledged": unacked,
         "prefetch_count": prefetch,
     })

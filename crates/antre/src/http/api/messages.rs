@@ -137,7 +137,7 @@ pub async fn publish(
             &exchange,
             Perm::Write,
         )
-        .map_err(|e| ApiError::bad_request(format!("{} {e}", e.reply_code())))?;
+        .map_err(|e| ApiError::over_channel(&e))?;
     let payload = match body.payload_encoding.as_deref().unwrap_or("string") {
         "string" => Bytes::from(body.payload.into_bytes()),
         "base64" => Bytes::from(
@@ -165,13 +165,13 @@ pub async fn publish(
     let message = Arc::new(message);
     let options = PublishOptions::new(PublishSource::Api, false);
     // Refused as basic.publish refuses it (no such exchange, an internal
-    // one): RabbitMQ's API publishes over an AMQP channel and answers 400
-    // with the channel error's code and text.
+    // one), over a channel as RabbitMQ's API publishes; a failure of the
+    // broker itself stays one.
     let outcome = v
         .publish(Arc::clone(&message), options)
         .map_err(|e| match e {
             antre_broker::BrokerError::Internal(_) => ApiError::from(e),
-            e => ApiError::bad_request(format!("{} {e}", e.reply_code())),
+            e => ApiError::over_channel(&e),
         })?;
     // Persistent messages are on disk before the answer, as a publisher
     // confirm would promise.
@@ -283,12 +283,9 @@ pub async fn get(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let v = state.vhost(&vhost)?;
-    if let Some(reason) = v.locked_for_management(&name) {
-        // RabbitMQ's API gets over an AMQP channel, and gives the
-        // channel's error as it is.
-        return Err(ApiError::bad_request(format!(
-            "405 RESOURCE_LOCKED - {reason}"
-        )));
+    if let Some(locked) = v.locked_for_management(&name) {
+        // RabbitMQ's API gets over an AMQP channel.
+        return Err(ApiError::over_channel(&locked));
     }
     let owner = match v.queue_info(&name) {
         // May block while a quorum queue's member waits for its leader.

@@ -480,9 +480,11 @@ pub(crate) async fn node_row(state: &HttpState, name: &str) -> Option<Value> {
 /// which older monitoring (load balancer probes, Nagios plugins) still
 /// calls. As 3.10 answers it: 200 `{"status":"ok"}`, or 503 with
 /// `status: failed` and the node's resource alarms in RabbitMQ's words.
+///
+/// This node's own figures only: a load balancer probes often, and need
+/// not wait for the other members' (up to a second for one that is down).
 pub async fn legacy_node_check(State(state): State<HttpState>) -> Response {
-    let name = state.node_name();
-    legacy_check(&state, &name).await
+    legacy_check(&local_node(&state), &state.node_name())
 }
 
 /// GET /api/healthchecks/node/{node}: [`legacy_node_check`] of cluster
@@ -492,13 +494,15 @@ pub async fn legacy_node_check_of(
     State(state): State<HttpState>,
     Path(node): Path<String>,
 ) -> Response {
-    legacy_check(&state, &node).await
+    match node_row(&state, &node).await {
+        Some(row) => legacy_check(&row, &node),
+        None => ApiError::not_found("Not Found").into_response(),
+    }
 }
 
-async fn legacy_check(state: &HttpState, node: &str) -> Response {
-    let Some(row) = node_row(state, node).await else {
-        return ApiError::not_found("Not Found").into_response();
-    };
+/// The legacy check's answer for node `node`, whose `/api/nodes` row is
+/// `row`.
+fn legacy_check(row: &Value, node: &str) -> Response {
     let failed = |reason: String| {
         let body = json!({ "status": "failed", "reason": reason });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()

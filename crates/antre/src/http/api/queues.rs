@@ -438,11 +438,14 @@ pub async fn remove(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
     let v = state.vhost(&vhost)?;
-    if v.locked_for_management(&name).is_none() && v.stream(&name).is_none() {
+    let locked = v.locked_for_management(&name);
+    if locked.is_none() && v.stream(&name).is_none() {
         find(&state, &vhost, &name)?;
     }
     user.permit(&state, &vhost, ResourceKind::Queue, &name, Perm::Configure)?;
-    refuse_exclusive(&v, &name)?;
+    if let Some(locked) = locked {
+        return Err(refused_exclusive(&locked));
+    }
     if state.broker.metadata_log().is_some() {
         state.broker.change_meta(MetaCommand::DeleteQueue {
             vhost,
@@ -494,9 +497,15 @@ pub async fn purge(
 /// node's.
 pub fn refuse_exclusive(v: &antre_broker::Vhost, name: &str) -> ApiResult<()> {
     match v.locked_for_management(name) {
-        Some(reason) => Err(ApiError::bad_request(reason)),
+        Some(locked) => Err(refused_exclusive(&locked)),
         None => Ok(()),
     }
+}
+
+/// [`refuse_exclusive`]'s answer: 400 and the details alone (RabbitMQ's
+/// API does these itself, not over a channel).
+fn refused_exclusive(locked: &antre_broker::BrokerError) -> ApiError {
+    ApiError::bad_request(locked.details())
 }
 
 /// Purges this node's queue `name` (see [`purge`]).
