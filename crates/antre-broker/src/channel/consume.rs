@@ -40,12 +40,17 @@ impl Channel {
                 m.prefetch_size
             )));
         }
-        if m.global {
-            self.credit.set_limit(m.prefetch_count.into());
-            self.qos_remote(m.prefetch_count);
-            self.kick_consumers();
-        } else {
+        // A per-consumer basic.qos also lifts the channel-wide limit, as
+        // RabbitMQ (3.8 on) does, so that it overrides a default: clients
+        // that set both set the global one last.
+        let global = if m.global { m.prefetch_count } else { 0 };
+        if !m.global {
             self.prefetch = m.prefetch_count.into();
+        }
+        if m.global || self.credit.limit() > 0 {
+            self.credit.set_limit(global.into());
+            self.qos_remote(global);
+            self.kick_consumers();
         }
         reply(out, BasicQosOk {}, false);
         Ok(())

@@ -585,14 +585,16 @@ fn settling_one_consumer_releases_its_own_window_and_the_channels() {
     let mut f = fixture();
     f.declare("a");
     f.declare("b");
+    // The consumers' window first: a per-consumer basic.qos lifts the
+    // channel's.
     f.call(BasicQos {
-        prefetch_count: 3,
-        global: true,
+        prefetch_count: 2,
         ..Default::default()
     })
     .unwrap();
     f.call(BasicQos {
-        prefetch_count: 2,
+        prefetch_count: 3,
+        global: true,
         ..Default::default()
     })
     .unwrap();
