@@ -30,6 +30,32 @@ impl Counter {
     }
 }
 
+/// A counter one owner writes (a channel's figures): a plain load and
+/// store rather than the locked add a counter many threads bump needs, so
+/// its owner pays no more than for a field of its own. Readers on other
+/// threads see it as of its last store. Its owner moving between threads
+/// (a task) is fine: the move orders its stores before its next loads.
+#[derive(Debug, Default)]
+pub struct OwnedCounter(AtomicU64);
+
+impl OwnedCounter {
+    /// Adds one (its owner only).
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n` (its owner only).
+    pub fn add(&self, n: u64) {
+        let now = self.0.load(Ordering::Relaxed);
+        self.0.store(now.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A value that goes up and down.
 #[derive(Debug, Default)]
 pub struct Gauge(AtomicI64);
@@ -279,6 +305,23 @@ pub struct QueueMetrics {
     pub redelivered: Counter,
     /// Messages acked (or rejected without requeue).
     pub acked: Counter,
+    /// Of the deliveries, those to consumers that do not ack.
+    pub consumed_no_ack: Counter,
+    /// Of the deliveries, basic.get answers to ack.
+    pub got: Counter,
+    /// Of the deliveries, basic.get answers acked on the way.
+    pub got_no_ack: Counter,
+    /// basic.get answered with no message.
+    pub get_empty: Counter,
+}
+
+impl QueueMetrics {
+    /// Deliveries to consumers that ack (RabbitMQ's `deliver`).
+    pub fn consumed(&self) -> u64 {
+        self.delivered
+            .get()
+            .saturating_sub(self.consumed_no_ack.get() + self.got.get() + self.got_no_ack.get())
+    }
 }
 
 #[cfg(test)]

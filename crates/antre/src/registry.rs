@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use antre_amqp::FieldTable;
-use antre_broker::channel::PublishMode;
+use antre_broker::channel::{ChannelStats, PublishMode};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -79,11 +79,20 @@ pub struct ConnectionEntry {
     pub send_oct: AtomicU64,
     /// Blocked by a resource alarm.
     pub blocked: AtomicBool,
-    /// The channels open now, and whether each is in confirm or tx mode.
-    channels: Mutex<BTreeMap<u16, PublishMode>>,
+    /// The channels open now.
+    channels: Mutex<BTreeMap<u16, OpenChannel>>,
     channels_opened: AtomicU64,
     close: Notify,
     close_reason: Mutex<Option<String>>,
+}
+
+/// An open channel as the registry knows it.
+#[derive(Debug, Clone)]
+struct OpenChannel {
+    /// Whether it is in confirm or tx mode.
+    mode: PublishMode,
+    /// Its figures, written by the channel.
+    stats: Arc<ChannelStats>,
 }
 
 impl ConnectionEntry {
@@ -129,14 +138,13 @@ impl ConnectionEntry {
         self.channels.lock().keys().copied().collect()
     }
 
-    /// Records a channel opening.
-    pub fn channel_opened(&self, number: u16) {
-        if self
-            .channels
-            .lock()
-            .insert(number, PublishMode::Plain)
-            .is_none()
-        {
+    /// Records a channel opening, with the figures it keeps.
+    pub fn channel_opened(&self, number: u16, stats: Arc<ChannelStats>) {
+        let open = OpenChannel {
+            mode: PublishMode::Plain,
+            stats,
+        };
+        if self.channels.lock().insert(number, open).is_none() {
             self.channels_opened.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -148,18 +156,16 @@ impl ConnectionEntry {
 
     /// Records that a channel entered confirm or tx mode.
     pub fn channel_mode(&self, number: u16, mode: PublishMode) {
-        if let Some(m) = self.channels.lock().get_mut(&number) {
-            *m = mode;
+        if let Some(open) = self.channels.lock().get_mut(&number) {
+            open.mode = mode;
         }
     }
 
-    /// Whether channel `number` is in confirm or tx mode.
-    pub fn mode_of(&self, number: u16) -> PublishMode {
-        self.channels
-            .lock()
-            .get(&number)
-            .copied()
-            .unwrap_or_default()
+    /// Whether channel `number` is in confirm or tx mode, and its figures
+    /// (None once it closed).
+    pub fn channel(&self, number: u16) -> Option<(PublishMode, Arc<ChannelStats>)> {
+        let open = self.channels.lock().get(&number).cloned()?;
+        Some((open.mode, open.stats))
     }
 
     /// Counts bytes read.

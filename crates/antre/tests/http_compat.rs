@@ -612,3 +612,504 @@ async fn a_channel_shows_its_confirm_or_tx_mode() {
     got.sort_unstable();
     assert_eq!(got, want);
 }
+
+/// Polls a queue's row until `check` holds (figures the rate sampler or
+/// the passing of time sets), failing after the common wait.
+async fn until_queue(
+    b: &TestBroker,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    common::within(what, async {
+        loop {
+            let (_, row) = b.api("GET", &format!("/api/queues/%2F/{name}"), None).await;
+            if check(&row) {
+                return row;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Regression: a queue's row lacked the figures RabbitMQ 3.10 reports and
+/// monitoring reads (Prometheus exporters, dashboards): message_bytes and
+/// its unacked, persistent, in-memory and paged-out parts, the same counts
+/// of messages, head_message_timestamp, consumer_utilisation and
+/// consumer_capacity, single_active_consumer_tag, idle_since, and
+/// message_stats' deliver / deliver_no_ack / get / get_no_ack / get_empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_reports_rabbitmqs_message_figures() {
+    use futures::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+        BasicQosOptions, QueueDeclareOptions,
+    };
+    use lapin::BasicProperties;
+    let b =
+        TestBroker::start_with(|c| c.rate_interval = std::time::Duration::from_millis(100)).await;
+    let conn = b.lapin().await;
+    let ch = common::confirm_channel(&conn).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("figures", durable, Default::default())
+        .await
+        .expect("declare");
+    // A transient message with a timestamp first, then two persistent ones.
+    for (body, mode, stamp) in [(10, 1, 1_700_000_001), (20, 2, 1_700_000_002), (40, 2, 0)] {
+        let mut props = BasicProperties::default().with_delivery_mode(mode);
+        if stamp > 0 {
+            props = props.with_timestamp(stamp);
+        }
+        let confirm = ch
+            .basic_publish(
+                "",
+                "figures",
+                BasicPublishOptions::default(),
+                &vec![b'x'; body],
+                props,
+            )
+            .await
+            .expect("publish");
+        common::within("confirm", confirm).await.expect("confirmed");
+    }
+    let (_, q) = b.api("GET", "/api/queues/%2F/figures", None).await;
+    let figures =
+        |q: &Value, keys: &[&str]| -> Vec<Value> { keys.iter().map(|k| q[*k].clone()).collect() };
+    assert_eq!(
+        figures(
+            &q,
+            &[
+                "messages",
+                "message_bytes",
+                "messages_persistent",
+                "message_bytes_persistent"
+            ]
+        ),
+        [json!(3), json!(70), json!(2), json!(60)],
+        "{q}"
+    );
+    // With no consumer, a stored message is not held in memory.
+    assert_eq!(
+        figures(
+            &q,
+            &[
+                "messages_ram",
+                "message_bytes_ram",
+                "messages_paged_out",
+                "message_bytes_paged_out"
+            ]
+        ),
+        [json!(1), json!(10), json!(2), json!(60)],
+        "{q}"
+    );
+    assert_eq!(q["head_message_timestamp"], 1_700_000_001, "{q}");
+    assert_eq!(
+        (
+            q["consumer_utilisation"].as_f64(),
+            q["consumer_capacity"].as_f64()
+        ),
+        (Some(0.0), Some(0.0))
+    );
+    assert_eq!(q["single_active_consumer_tag"], Value::Null);
+
+    // One get to ack, one acked on the way, one delivery to a consumer
+    // whose window (1) it fills, then an empty get.
+    let first = ch
+        .basic_get("figures", BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+        .expect("a message");
+    assert_eq!(first.delivery.data.len(), 10);
+    ch.basic_get("figures", BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("a message");
+    let consuming = conn.create_channel().await.expect("channel");
+    consuming
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = consuming
+        .basic_consume(
+            "figures",
+            "c",
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect("consume");
+    let held = common::within("delivery", consumer.next())
+        .await
+        .expect("a delivery")
+        .expect("delivery");
+    assert_eq!(held.data.len(), 40);
+    assert!(ch
+        .basic_get("figures", BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+        .is_none());
+    let q = until_queue(&b, "figures", "the delivery counted", |q| {
+        q["messages_unacknowledged"] == 2
+    })
+    .await;
+    assert_eq!(
+        figures(
+            &q,
+            &[
+                "message_bytes",
+                "message_bytes_unacknowledged",
+                "messages_persistent",
+                "message_bytes_persistent"
+            ]
+        ),
+        [json!(50), json!(50), json!(1), json!(40)],
+        "{q}"
+    );
+    // The get's transient body is held; the stored one is read back only
+    // if it comes back.
+    assert_eq!(
+        figures(
+            &q,
+            &[
+                "messages_unacknowledged_ram",
+                "message_bytes_ram",
+                "messages_ready_ram"
+            ]
+        ),
+        [json!(1), json!(10), json!(0)],
+        "{q}"
+    );
+    let stats = &q["message_stats"];
+    assert_eq!(
+        figures(
+            stats,
+            &[
+                "deliver_get",
+                "deliver",
+                "deliver_no_ack",
+                "get",
+                "get_no_ack",
+                "get_empty"
+            ]
+        ),
+        [json!(3), json!(1), json!(0), json!(1), json!(1), json!(1)],
+        "{stats}"
+    );
+    assert_eq!(
+        q["consumer_utilisation"], 1.0,
+        "a consumer with nothing waiting for it"
+    );
+
+    // A message waits while the consumer's window is full: the consumers
+    // are held back, and the figure falls; once it is acked, it recovers.
+    let confirm = ch
+        .basic_publish(
+            "",
+            "figures",
+            BasicPublishOptions::default(),
+            b"waits",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    common::within("confirm", confirm).await.expect("confirmed");
+    until_queue(&b, "figures", "utilisation to fall", |q| {
+        q["consumer_utilisation"].as_f64().is_some_and(|u| u < 0.5)
+    })
+    .await;
+    held.ack(BasicAckOptions::default()).await.expect("ack");
+    until_queue(&b, "figures", "utilisation to recover", |q| {
+        q["consumer_utilisation"].as_f64().is_some_and(|u| u > 0.9)
+    })
+    .await;
+    // At rest, it says since when, in RabbitMQ's format.
+    let q = until_queue(&b, "figures", "idle_since", |q| q["idle_since"].is_string()).await;
+    let since = q["idle_since"].as_str().unwrap_or_default();
+    let shape =
+        regex::Regex::new(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$").expect("regex");
+    assert!(shape.is_match(since), "{since}");
+
+    // The same figures under rabbitmq_prometheus's names: unacked now are
+    // the get's 10 bytes and the 5 that waited.
+    let (_, _, text) = b.http_text("/metrics/per-object").await;
+    for line in [
+        "rabbitmq_queue_messages_unacked_bytes{vhost=\"/\",queue=\"figures\"} 15",
+        "rabbitmq_queue_messages_bytes{vhost=\"/\",queue=\"figures\"} 15",
+        "rabbitmq_queue_messages_unacked_ram{vhost=\"/\",queue=\"figures\"} 2",
+        "rabbitmq_queue_messages_persistent{vhost=\"/\",queue=\"figures\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+    }
+
+    // A single-active-consumer queue names its active consumer.
+    let sac = common::args(&[(
+        "x-single-active-consumer",
+        lapin::types::AMQPValue::Boolean(true),
+    )]);
+    common::queue(&ch, "one-at-a-time", sac).await;
+    let mut both = Vec::new();
+    for tag in ["first", "second"] {
+        let consumer = consuming
+            .basic_consume(
+                "one-at-a-time",
+                tag,
+                BasicConsumeOptions::default(),
+                Default::default(),
+            )
+            .await
+            .expect("consume");
+        // Kept: lapin cancels a consumer it drops.
+        both.push(consumer);
+    }
+    let (_, q) = b.api("GET", "/api/queues/%2F/one-at-a-time", None).await;
+    assert_eq!(q["single_active_consumer_tag"], "first", "{q}");
+}
+
+/// Regression: a channel's row lacked RabbitMQ 3.10's figures:
+/// `message_stats` (publish, confirm, return_unroutable, drop_unroutable,
+/// deliver_get, deliver, get_empty, ack, ...), `messages_unconfirmed`,
+/// `messages_uncommitted`, `acks_uncommitted` and
+/// `global_prefetch_count`; `prefetch_count` was its consumers' largest
+/// window rather than the channel's basic.qos.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_reports_rabbitmqs_figures() {
+    use futures::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    };
+    let b = TestBroker::start().await;
+    let conn = b.lapin().await;
+    let publishing = common::confirm_channel(&conn).await;
+    common::declare(&publishing, "chq").await;
+    for _ in 0..3 {
+        common::publish_confirmed(&publishing, "", "chq", b"m").await;
+    }
+    // One unroutable publish dropped, one returned (mandatory).
+    common::publish_confirmed(&publishing, "", "nowhere", b"dropped").await;
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let confirm = publishing
+        .basic_publish("", "nowhere", mandatory, b"returned", Default::default())
+        .await
+        .expect("publish");
+    common::within("confirm", confirm).await.expect("confirmed");
+
+    let consuming = conn.create_channel().await.expect("channel");
+    consuming
+        .basic_qos(2, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    consuming
+        .basic_qos(5, BasicQosOptions { global: true })
+        .await
+        .expect("global qos");
+    let mut consumer = consuming
+        .basic_consume(
+            "chq",
+            "c",
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect("consume");
+    let first = common::take(&mut consumer, 2).await;
+    first[0].ack(BasicAckOptions::default()).await.expect("ack");
+    // The third comes once the ack made room in the consumer's window.
+    let third = common::within("the third", consumer.next())
+        .await
+        .expect("a delivery")
+        .expect("delivery");
+    assert!(consuming
+        .basic_get("chq", BasicGetOptions::default())
+        .await
+        .expect("get")
+        .is_none());
+
+    let transacted = conn.create_channel().await.expect("channel");
+    transacted.tx_select().await.expect("tx.select");
+    for _ in 0..2 {
+        transacted
+            .basic_publish(
+                "",
+                "chq",
+                BasicPublishOptions::default(),
+                b"t",
+                Default::default(),
+            )
+            .await
+            .expect("publish");
+    }
+    // A round trip, so the publishes reached the channel before we look.
+    transacted
+        .basic_qos(0, BasicQosOptions::default())
+        .await
+        .expect("qos");
+
+    let (_, channels) = b.api("GET", "/api/channels", None).await;
+    let row = |id: u16| -> Value {
+        channels
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|c| c["number"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no channel {id} in {channels}"))
+    };
+    let stat = |c: &Value, keys: &[&str]| -> Vec<u64> {
+        keys.iter()
+            .map(|k| c["message_stats"][*k].as_u64().unwrap_or(u64::MAX))
+            .collect()
+    };
+    let p = row(publishing.id());
+    assert_eq!(
+        stat(
+            &p,
+            &["publish", "confirm", "drop_unroutable", "return_unroutable"]
+        ),
+        [5, 5, 1, 1],
+        "{p}"
+    );
+    assert_eq!(p["messages_unconfirmed"], 0, "{p}");
+    let c = row(consuming.id());
+    assert_eq!(
+        stat(
+            &c,
+            &[
+                "deliver_get",
+                "deliver",
+                "deliver_no_ack",
+                "get",
+                "get_empty",
+                "ack"
+            ]
+        ),
+        [3, 3, 0, 0, 1, 1],
+        "{c}"
+    );
+    assert_eq!(
+        (
+            c["prefetch_count"].as_u64(),
+            c["global_prefetch_count"].as_u64()
+        ),
+        (Some(2), Some(5)),
+        "{c}"
+    );
+    assert_eq!(c["messages_unacknowledged"], 2, "{c}");
+    let t = row(transacted.id());
+    assert_eq!(
+        (
+            t["messages_uncommitted"].as_u64(),
+            t["acks_uncommitted"].as_u64()
+        ),
+        (Some(2), Some(0)),
+        "{t}"
+    );
+    assert_eq!(stat(&t, &["publish"]), [2], "{t}");
+    // Under rabbitmq_prometheus's names too.
+    let (_, _, text) = b.http_text("/metrics/per-object").await;
+    let name = t["name"].as_str().expect("a name");
+    let line = format!("rabbitmq_channel_messages_uncommitted{{channel=\"{name}\"}} 2");
+    assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+
+    transacted.tx_commit().await.expect("commit");
+    third.ack(BasicAckOptions::default()).await.expect("ack");
+    let (_, channels) = b.api("GET", "/api/channels", None).await;
+    let t = channels
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|c| c["number"] == transacted.id())
+        .cloned()
+        .expect("the channel");
+    assert_eq!(t["messages_uncommitted"], 0, "{t}");
+}
+
+/// Regression: the overview lacked RabbitMQ 3.10's `churn_rates`,
+/// `exchange_types` and the parts of `deliver_get` in its
+/// `message_stats` (deliver, deliver_no_ack, get, get_no_ack,
+/// get_empty); a node's row lacked its churn counters
+/// (`connection_created`, ..., `queue_deleted`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_reports_churn_and_each_kind_of_delivery() {
+    use lapin::options::{BasicConsumeOptions, BasicGetOptions};
+    let b = TestBroker::start().await;
+    let conn = b.lapin().await;
+    let ch = common::confirm_channel(&conn).await;
+    common::declare(&ch, "churned").await;
+    for _ in 0..2 {
+        common::publish_confirmed(&ch, "", "churned", b"m").await;
+    }
+    ch.basic_get("churned", BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+        .expect("a message");
+    let auto = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut consumer = ch
+        .basic_consume("churned", "c", auto, Default::default())
+        .await
+        .expect("consume");
+    common::take(&mut consumer, 1).await;
+    assert!(ch
+        .basic_get("churned", BasicGetOptions::default())
+        .await
+        .expect("get")
+        .is_none());
+    let (_, o) = b.api("GET", "/api/overview", None).await;
+    let stats = &o["message_stats"];
+    let got: Vec<u64> = [
+        "deliver_get",
+        "deliver",
+        "deliver_no_ack",
+        "get",
+        "get_no_ack",
+        "get_empty",
+    ]
+    .iter()
+    .map(|k| stats[*k].as_u64().unwrap_or(u64::MAX))
+    .collect();
+    assert_eq!(got, [2, 0, 1, 1, 0, 1], "{stats}");
+    assert!(stats["get_empty_details"]["rate"].is_number(), "{stats}");
+    let churn = &o["churn_rates"];
+    for key in [
+        "connection_created",
+        "channel_created",
+        "queue_declared",
+        "queue_created",
+    ] {
+        assert!(
+            churn[key].as_u64().is_some_and(|n| n >= 1),
+            "{key}: {churn}"
+        );
+        assert!(
+            churn[format!("{key}_details")]["rate"].is_number(),
+            "{key}: {churn}"
+        );
+    }
+    assert_eq!(churn["queue_deleted"], 0, "{churn}");
+    let types: Vec<&str> = o["exchange_types"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for t in ["direct", "fanout", "headers", "topic"] {
+        assert!(types.contains(&t), "{t} in {types:?}");
+    }
+    let (_, nodes) = b.api("GET", "/api/nodes", None).await;
+    let node = &nodes[0];
+    assert!(
+        node["connection_created"].as_u64().is_some_and(|n| n >= 1),
+        "{node}"
+    );
+    assert!(node["queue_declared_details"]["rate"].is_number(), "{node}");
+}

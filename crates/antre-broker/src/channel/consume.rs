@@ -10,7 +10,7 @@ use super::{reply, Channel, ChannelConsumer, Mode, Outgoing, Settle, Source, Una
 use crate::access::{Perm, ResourceKind};
 use crate::error::BrokerError;
 use crate::metrics::DeliveryCounters;
-use crate::queue::{ConsumerSpec, Credit, Delivery, Queue, QueueKind};
+use crate::queue::{ConsumerSpec, Credit, Delivery, Queue, QueueKind, Took};
 use crate::vhost::{generated_name, REPLY_TO};
 
 impl Channel {
@@ -52,6 +52,7 @@ impl Channel {
             self.qos_remote(global);
             self.kick_consumers();
         }
+        self.stats.set_prefetch(self.prefetch, self.credit.limit());
         reply(out, BasicQosOk {}, false);
         Ok(())
     }
@@ -222,6 +223,7 @@ impl Channel {
             return self.get_remote(m, queue_name, &owner, (timeout, queue.kind()), out);
         }
         let Some((entry, message_count)) = queue.get(m.no_ack) else {
+            self.stats.get_empty.inc();
             if let Some(c) = self.counters(queue.kind()) {
                 c.get_empty.inc();
             }
@@ -404,19 +406,11 @@ impl Channel {
     }
 }
 
-/// How a message reached a client, for the per-type counters.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Took {
-    /// A basic.get answer.
-    Get { no_ack: bool },
-    /// A delivery to a consumer.
-    Consume { no_ack: bool },
-}
-
 impl Channel {
     /// Counts a delivery or basic.get answer from a queue of type `kind`
     /// (nothing on a proxy channel, see [`Channel::counters`]).
     pub(super) fn count_delivery(&self, kind: QueueKind, redelivered: bool, took: Took) {
+        self.stats.delivered(took, redelivered);
         let Some(c) = self.counters(kind) else {
             return;
         };

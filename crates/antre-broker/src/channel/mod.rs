@@ -29,10 +29,13 @@ mod publish;
 mod queue;
 mod remote;
 mod settle;
+mod stats;
 mod stream;
 #[cfg(test)]
 mod tests;
 mod unacked;
+
+pub use stats::ChannelStats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -177,6 +180,8 @@ pub struct Channel {
     sync_started: std::collections::VecDeque<std::time::Instant>,
     /// Highest publish sequence number confirmed so far.
     confirmed_up_to: u64,
+    /// Its figures, shared with the management API.
+    stats: Arc<ChannelStats>,
     /// This channel's direct reply-to queue, once it consumed from
     /// `amq.rabbitmq.reply-to`.
     reply_queue: Option<Arc<Queue>>,
@@ -253,6 +258,7 @@ impl Channel {
             syncs_outstanding: 0,
             sync_started: std::collections::VecDeque::new(),
             confirmed_up_to: 0,
+            stats: Arc::default(),
             reply_queue: None,
             held: std::collections::VecDeque::new(),
             at_once: false,
@@ -267,6 +273,19 @@ impl Channel {
             remote_groups: std::collections::VecDeque::new(),
             next_group: 1,
             remote_pending: None,
+        }
+    }
+
+    /// Its figures, as the management API shows them.
+    pub fn stats(&self) -> &Arc<ChannelStats> {
+        &self.stats
+    }
+
+    /// Notes that every publish up to `seq` was confirmed or nacked.
+    fn confirmed_to(&mut self, seq: u64) {
+        if seq > self.confirmed_up_to {
+            self.confirmed_up_to = seq;
+            self.stats.settled_up_to(seq);
         }
     }
 

@@ -47,6 +47,7 @@ impl Channel {
         }
         let message = Arc::new(message);
         let metrics = &self.ctx.broker.metrics;
+        self.stats.publish.inc();
         if matches!(self.mode, Mode::Confirm { .. }) {
             metrics.received_confirm.inc();
         }
@@ -61,6 +62,7 @@ impl Channel {
                 mandatory: m.mandatory,
                 message,
             });
+            self.note_uncommitted();
             return Ok(());
         }
         self.route(m.mandatory, message, out)
@@ -95,6 +97,7 @@ impl Channel {
         let seq = match &mut self.mode {
             Mode::Confirm { next, .. } => {
                 *next += 1;
+                self.stats.published_seq(*next - 1);
                 *next - 1
             }
             _ => {
@@ -152,6 +155,12 @@ impl Channel {
                 });
             }
         }
+        if outcome.unroutable {
+            match outcome.returned {
+                true => self.stats.return_unroutable.inc(),
+                false => self.stats.drop_unroutable.inc(),
+            }
+        }
         if let Some(message) = kept.filter(|_| outcome.returned) {
             out.push(returned_no_route(message));
         }
@@ -164,7 +173,7 @@ impl Channel {
         self.flush_confirms_now(out);
         if self.syncs_outstanding == 0 {
             out.push(Outgoing::Method(refused_publish(seq).into()));
-            self.confirmed_up_to = self.confirmed_up_to.max(seq);
+            self.confirmed_to(seq);
             return;
         }
         if let Some(syncer) = self.ctx.broker.syncer() {
@@ -224,8 +233,9 @@ impl Channel {
 
     pub(super) fn count_confirms(&mut self, up_to: u64) {
         let n = up_to.saturating_sub(self.confirmed_up_to);
-        self.confirmed_up_to = self.confirmed_up_to.max(up_to);
+        self.confirmed_to(up_to);
         self.ctx.broker.metrics.confirmed.add(n);
+        self.stats.confirm.add(n);
     }
 
     /// Asks the syncer to make this channel's appends durable, if there are
@@ -270,7 +280,7 @@ impl Channel {
         }
         if token != TX_COMMIT_TOKEN && token & NACK_TOKEN_FLAG != 0 {
             let seq = token & !NACK_TOKEN_FLAG;
-            self.confirmed_up_to = self.confirmed_up_to.max(seq);
+            self.confirmed_to(seq);
             out.push(Outgoing::Method(refused_publish(seq).into()));
             return Ok(());
         }
@@ -341,6 +351,13 @@ impl Channel {
         }
     }
 
+    /// Shows what the open transaction holds.
+    pub(super) fn note_uncommitted(&self) {
+        if let Mode::Tx { publishes, settles } = &self.mode {
+            self.stats.set_uncommitted(publishes.len(), settles.len());
+        }
+    }
+
     pub(super) fn tx_commit(&mut self, out: &mut Vec<Outgoing>) -> Result<(), BrokerError> {
         let Mode::Tx { publishes, settles } = &mut self.mode else {
             return Err(BrokerError::PreconditionFailed(
@@ -349,6 +366,7 @@ impl Channel {
         };
         let publishes = std::mem::take(publishes);
         let settles = std::mem::take(settles);
+        self.stats.set_uncommitted(0, 0);
         // Acks first: they refer to deliveries made before the commit.
         for s in settles {
             self.apply_settle(s)?;
@@ -375,6 +393,7 @@ impl Channel {
         };
         publishes.clear();
         settles.clear();
+        self.stats.set_uncommitted(0, 0);
         out.push(Outgoing::Method(TxRollbackOk {}.into()));
         Ok(())
     }

@@ -29,10 +29,10 @@ use antre_amqp::method::*;
 use antre_amqp::Method;
 use parking_lot::Mutex;
 
-use super::consume::Took;
 use super::{Channel, Mode, Outgoing, Source, Unacked, TX_COMMIT_TOKEN};
 use crate::error::BrokerError;
 use crate::message::Message;
+use crate::queue::Took;
 use crate::queue::{Credit, Queue, QueueKind};
 use crate::remote::{RemoteChannel, RemoteDelivery, RemotePublish, RemoteResult};
 
@@ -389,6 +389,7 @@ impl Channel {
                     return Ok(());
                 }
                 Outgoing::Method(Method::BasicGetEmpty(_)) => {
+                    self.stats.get_empty.inc();
                     if let Some(c) = self.counters(kind) {
                         c.get_empty.inc();
                     }
@@ -847,7 +848,7 @@ impl Channel {
             NO_CONFIRM => {}
             TX_COMMIT_TOKEN => out.push(Outgoing::Method(TxCommitOk {}.into())),
             token if !g.local_ok => {
-                self.confirmed_up_to = self.confirmed_up_to.max(token);
+                self.confirmed_to(token);
                 out.push(Outgoing::Method(
                     BasicNack {
                         delivery_tag: token,
@@ -868,7 +869,7 @@ impl Channel {
                         let ack = self.ack_up_to(seq - 1);
                         out.push(Outgoing::Method(ack.into()));
                     }
-                    self.confirmed_up_to = seq;
+                    self.confirmed_to(seq);
                     out.push(Outgoing::Method(
                         super::publish::refused_publish(seq).into(),
                     ));

@@ -43,6 +43,7 @@ impl Channel {
         }
         if let Mode::Tx { settles, .. } = &mut self.mode {
             settles.push(s);
+            self.note_uncommitted();
             return Ok(());
         }
         self.apply_settle(s)
@@ -74,6 +75,8 @@ impl Channel {
         self.check_tag(s.tag, s.multiple)?;
         let settled = self.unacked.take(s.tag, s.multiple);
         if s.requeue.is_none() {
+            let acked: u32 = settled.groups.iter().map(|g| g.count).sum();
+            self.stats.ack.add(u64::from(acked));
             for group in &settled.groups {
                 if let Some(c) = self.counters(group.origin.queue_kind()) {
                     c.acked.add(u64::from(group.count));

@@ -244,7 +244,7 @@ impl Channel {
     ) {
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        let took = super::consume::Took::Consume { no_ack: false };
+        let took = crate::queue::Took::Consume { no_ack: false };
         self.count_delivery(crate::queue::QueueKind::Stream, false, took);
         stream.count_delivered(1);
         let message = Arc::new(message);

@@ -201,7 +201,11 @@ fn confirms_are_flushed_as_one_multiple_ack() {
     for i in 0..5 {
         f.publish("q", &i.to_string());
     }
+    // The management API's messages_unconfirmed, until the flush.
+    assert_eq!(f.channel.stats().unconfirmed(), 5);
     f.channel.flush_confirms(&mut f.out);
+    assert_eq!(f.channel.stats().unconfirmed(), 0);
+    assert_eq!(f.channel.stats().confirm.get(), 5);
     assert_eq!(
         f.out,
         [Outgoing::Method(

@@ -100,6 +100,29 @@ pub struct ExchangeType {
     pub dedup: bool,
 }
 
+/// Every exchange type a declare takes, with RabbitMQ's description of
+/// it (the management API's `exchange_types`).
+pub const EXCHANGE_TYPES: [(&str, &str); 6] = [
+    (
+        "direct",
+        "AMQP direct exchange, as per the AMQP specification",
+    ),
+    (
+        "fanout",
+        "AMQP fanout exchange, as per the AMQP specification",
+    ),
+    (
+        "headers",
+        "AMQP headers exchange, as per the AMQP specification",
+    ),
+    (
+        "topic",
+        "AMQP topic exchange, as per the AMQP specification",
+    ),
+    ("x-delayed-message", "Delayed Message Exchange."),
+    ("x-message-deduplication", "Message Deduplication Exchange."),
+];
+
 impl ExchangeType {
     /// Parses exchange.declare's type and arguments: the four AMQP types,
     /// `x-delayed-message` (routing as its `x-delayed-type`),
@@ -231,6 +254,20 @@ impl Exchange {
             ExchangeKind::Fanout => true,
             ExchangeKind::Topic => topic::topic_matches(&binding.routing_key, routing_key),
             ExchangeKind::Headers => headers::headers_match(&binding.arguments, headers),
+        }
+    }
+}
+
+#[cfg(test)]
+mod type_list_tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_type_declares() {
+        let mut args = FieldTable::default();
+        args.insert("x-delayed-type", FieldValue::LongString("direct".into()));
+        for (name, _) in EXCHANGE_TYPES {
+            assert!(ExchangeType::parse(name, &args).is_ok(), "{name}");
         }
     }
 }

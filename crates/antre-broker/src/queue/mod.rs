@@ -34,6 +34,7 @@ mod paging;
 mod ready;
 mod replica;
 mod state;
+mod utilisation;
 
 use std::sync::Arc;
 
@@ -47,8 +48,10 @@ pub use credit::{
     FAIR_SHARE,
 };
 pub use paging::{MessageMemory, Paging, PAGE_ENTRIES};
+pub use ready::Tally;
 pub use replica::ReplicatedMessage;
 use state::QueueState;
+pub use utilisation::share_free;
 
 use crate::clock::Clock;
 use crate::error::{queue_ref, BrokerError};
@@ -117,7 +120,7 @@ impl From<Entry> for Unsettled {
     fn from(e: Entry) -> Unsettled {
         Unsettled {
             seq: e.seq,
-            size: u32::try_from(e.message.body.len()).unwrap_or(u32::MAX),
+            size: e.body_size(),
             message: Some(e.message),
             pos: e.pos,
             delivery_count: e.delivery_count,
@@ -129,6 +132,11 @@ impl From<Entry> for Unsettled {
 }
 
 impl Entry {
+    /// Its body's size (what a queue's byte counts count).
+    pub(crate) fn body_size(&self) -> u32 {
+        u32::try_from(self.message.body.len()).unwrap_or(u32::MAX)
+    }
+
     /// Turns a delivered entry into what its channel keeps until it is
     /// settled: without its body when the store has it.
     pub fn into_unsettled(self) -> Unsettled {
@@ -209,6 +217,66 @@ pub struct QueueCounts {
     pub unacked: u32,
     /// Consumers attached.
     pub consumers: u32,
+}
+
+/// A queue's messages at one moment, in the figures RabbitMQ's
+/// management API reports for a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct QueueStats {
+    /// Ready messages.
+    pub ready: Tally,
+    /// Delivered messages not settled yet.
+    pub unacked: Tally,
+    /// Ready and unacked messages kept on disk: those the durable store
+    /// keeps, or every message of a quorum queue (its Raft log keeps them).
+    pub persistent: Tally,
+    /// Ready messages whose bodies are in memory (the rest are paged out).
+    pub ready_in_memory: Tally,
+    /// Unacked messages whose bodies are held in memory (a stored one is
+    /// read back only if it comes back).
+    pub unacked_in_memory: Tally,
+    /// The `timestamp` property (seconds) of the next message to deliver,
+    /// if it has one and its body is in memory.
+    pub head_timestamp: Option<u64>,
+    /// Consumers attached.
+    pub consumers: u32,
+    /// ms it was held back (ready messages, consumers without room) and
+    /// ms since it was created: two readings give RabbitMQ's consumer
+    /// utilisation over the time between them ([`share_free`]).
+    pub held: (u64, u64),
+}
+
+impl QueueStats {
+    /// Ready and unacked messages.
+    pub fn messages(&self) -> Tally {
+        self.ready.plus(self.unacked)
+    }
+
+    /// Messages whose bodies are in memory.
+    pub fn in_memory(&self) -> Tally {
+        self.ready_in_memory.plus(self.unacked_in_memory)
+    }
+
+    /// Ready messages whose bodies are on disk only.
+    pub fn paged_out(&self) -> Tally {
+        self.ready.minus(self.ready_in_memory)
+    }
+}
+
+/// How a message left a queue: a basic.get answer or a delivery to a
+/// consumer, either to be acked or acked on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Took {
+    /// A basic.get answer.
+    Get {
+        /// Acked on the way.
+        no_ack: bool,
+    },
+    /// A delivery to a consumer.
+    Consume {
+        /// Acked on the way.
+        no_ack: bool,
+    },
 }
 
 /// Why a message was dead-lettered (the `reason` of its `x-death` entry).
@@ -720,25 +788,36 @@ impl Queue {
         st.last_used = now;
         self.expire(&mut st, now);
         let entry = loop {
-            let r = st.ready.pop_front()?;
+            let Some(r) = st.ready.pop_front() else {
+                self.metrics.get_empty.inc();
+                return None;
+            };
             if let Some(e) = st.load(r, &self.name) {
                 break e;
             }
         };
-        let entry = self.prepare_delivery(&st.args, entry, true);
+        let took = Took::Get { no_ack };
+        let entry = self.prepare_delivery(&st.args, entry, took);
         if no_ack {
             st.forget(entry.seq, entry.pos, entry.dedup_key.as_deref(), &self.name);
         } else {
-            st.unacked += 1;
+            st.count_unacked(entry.body_size(), entry.pos.is_some());
             st.hand_out(entry.seq);
         }
         Some((entry, st.ready.len() as u32))
     }
 
-    /// Counts a delivery (a basic.get if `got`) and stamps it with
-    /// `x-delivery-count` as quorum queues do.
-    fn prepare_delivery(&self, args: &QueueArgs, mut entry: Entry, got: bool) -> Entry {
+    /// Counts a delivery and stamps it with `x-delivery-count` as quorum
+    /// queues do.
+    fn prepare_delivery(&self, args: &QueueArgs, mut entry: Entry, took: Took) -> Entry {
         self.metrics.delivered.inc();
+        match took {
+            Took::Get { no_ack: false } => self.metrics.got.inc(),
+            Took::Get { no_ack: true } => self.metrics.got_no_ack.inc(),
+            Took::Consume { no_ack: true } => self.metrics.consumed_no_ack.inc(),
+            Took::Consume { no_ack: false } => {}
+        }
+        let got = matches!(took, Took::Get { .. });
         if entry.redelivered {
             self.metrics.redelivered.inc();
         }
@@ -765,7 +844,7 @@ impl Queue {
             if !st.take_outstanding(e.seq) {
                 continue;
             }
-            st.unacked = st.unacked.saturating_sub(1);
+            st.uncount_unacked(e.size, e.pos.is_some());
             self.metrics.acked.inc();
             st.forget(e.seq, e.pos, e.dedup_key.as_deref(), &self.name);
         }
@@ -782,7 +861,7 @@ impl Queue {
             if !st.take_outstanding(e.seq) {
                 continue;
             }
-            st.unacked = st.unacked.saturating_sub(1);
+            st.uncount_unacked(e.size, e.pos.is_some());
             st.leave(e, dlx.then_some(DeathReason::Rejected), &self.name);
         }
     }
@@ -798,7 +877,9 @@ impl Queue {
             .map(Into::into)
             .filter(|e: &Unsettled| st.take_outstanding(e.seq))
             .collect();
-        st.unacked = st.unacked.saturating_sub(entries.len() as u32);
+        for e in &entries {
+            st.uncount_unacked(e.size, e.pos.is_some());
+        }
         if st.deleted || st.standby {
             return;
         }
@@ -848,7 +929,8 @@ impl Queue {
             return;
         }
         if !delivery.no_ack {
-            st.unacked = st.unacked.saturating_sub(1);
+            let e = &delivery.entry;
+            st.uncount_unacked(e.body_size(), e.pos.is_some());
         }
         if st.deleted || st.standby {
             return;
@@ -949,6 +1031,39 @@ impl Queue {
         }
     }
 
+    /// Its messages now, in RabbitMQ's figures.
+    pub fn stats(&self) -> QueueStats {
+        let now = self.clock.now_ms();
+        let st = self.state.lock();
+        let ready = Tally {
+            count: st.ready.len() as u64,
+            bytes: st.ready.bytes(),
+        };
+        let unacked = Tally {
+            count: u64::from(st.unacked),
+            bytes: st.unacked_bytes,
+        };
+        let persistent = if st.args.kind == QueueKind::Quorum {
+            ready.plus(unacked)
+        } else {
+            st.ready.persistent().plus(st.unacked_persistent)
+        };
+        let consumers = st.consumers.len() as u32;
+        QueueStats {
+            ready,
+            unacked,
+            persistent,
+            ready_in_memory: st.ready.in_memory(),
+            unacked_in_memory: unacked.minus(st.unacked_persistent),
+            head_timestamp: st
+                .ready
+                .head_in_memory()
+                .and_then(|m| m.properties.timestamp),
+            consumers,
+            held: st.held.reading(now),
+        }
+    }
+
     /// Bytes of ready message bodies.
     pub fn ready_bytes(&self) -> u64 {
         self.state.lock().ready.bytes()
@@ -1001,6 +1116,14 @@ impl Queue {
     /// consumer). Expired messages met on the way are dead-lettered, never
     /// delivered.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, now: u64) {
+        self.dispatch_ready(st, now);
+        // Whatever stopped it, messages left behind with consumers present
+        // wait on them.
+        let held = !st.ready.is_empty() && !st.consumers.is_empty();
+        st.held.note(held, now);
+    }
+
+    fn dispatch_ready(self: &Arc<Self>, st: &mut QueueState, now: u64) {
         if st.ready.is_empty() || st.consumers.is_empty() {
             return;
         }
@@ -1024,10 +1147,10 @@ impl Queue {
                     break e;
                 }
             };
-            let entry = self.prepare_delivery(&st.args, entry, false);
-            let seq = entry.seq;
+            let no_ack = st.consumers.get(idx).no_ack;
+            let entry = self.prepare_delivery(&st.args, entry, Took::Consume { no_ack });
+            let (seq, size, stored) = (entry.seq, entry.body_size(), entry.pos.is_some());
             let consumer = st.consumers.get(idx);
-            let no_ack = consumer.no_ack;
             let delivery = Delivery {
                 queue: Arc::clone(self),
                 consumer: consumer.id,
@@ -1041,7 +1164,7 @@ impl Queue {
                 // until then it may come back undelivered.
                 Ok(()) if no_ack => st.hand_out(seq),
                 Ok(()) => {
-                    st.unacked += 1;
+                    st.count_unacked(size, stored);
                     st.hand_out(seq);
                 }
                 Err(back) => {

@@ -70,12 +70,53 @@ impl Level {
     }
 }
 
+/// How many messages, and their bodies' bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Messages.
+    pub count: u64,
+    /// Their bodies' bytes.
+    pub bytes: u64,
+}
+
+impl Tally {
+    pub(crate) fn add(&mut self, size: u32) {
+        self.count += 1;
+        self.bytes += u64::from(size);
+    }
+
+    pub(crate) fn sub(&mut self, size: u32) {
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(u64::from(size));
+    }
+
+    /// Both together.
+    pub fn plus(self, other: Tally) -> Tally {
+        Tally {
+            count: self.count + other.count,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+
+    /// What `self` has beyond `other`.
+    pub fn minus(self, other: Tally) -> Tally {
+        Tally {
+            count: self.count.saturating_sub(other.count),
+            bytes: self.bytes.saturating_sub(other.bytes),
+        }
+    }
+}
+
 /// Ready messages by priority, highest first on the way out.
 #[derive(Debug)]
 pub(crate) struct ReadyList {
     levels: Vec<Level>,
     len: usize,
     bytes: u64,
+    /// Those the durable store keeps (RabbitMQ's persistent messages).
+    persistent: Tally,
+    /// Those whose bodies are in memory.
+    in_memory: Tally,
     /// The budget and the scratch store.
     pub pager: Pager,
 }
@@ -86,7 +127,45 @@ impl ReadyList {
             levels: (0..=max_priority).map(|_| Level::default()).collect(),
             len: 0,
             bytes: 0,
+            persistent: Tally::default(),
+            in_memory: Tally::default(),
             pager,
+        }
+    }
+
+    /// Of the ready messages, those the durable store keeps. After a page
+    /// of the index was lost (logged) it may count some that are gone, so
+    /// it is capped by what the list holds.
+    pub fn persistent(&self) -> Tally {
+        Tally {
+            count: self.persistent.count.min(self.len as u64),
+            bytes: self.persistent.bytes.min(self.bytes),
+        }
+    }
+
+    /// Of the ready messages, those whose bodies are in memory.
+    pub fn in_memory(&self) -> Tally {
+        self.in_memory
+    }
+
+    /// The next message to deliver, if its body is in memory (RabbitMQ
+    /// reports a queue's head only when it is).
+    pub fn head_in_memory(&self) -> Option<&Arc<Message>> {
+        let level = self.levels.iter().rev().find(|l| !l.is_empty())?;
+        match &level.front.front()?.body {
+            Body::Memory(m) => Some(m),
+            Body::Stored | Body::Scratch(_) => None,
+        }
+    }
+
+    /// Counts `r` in or out of the persistent and in-memory tallies.
+    fn tally(&mut self, r: &Ready, adding: bool) {
+        let count: fn(&mut Tally, u32) = if adding { Tally::add } else { Tally::sub };
+        if r.pos.is_some() {
+            count(&mut self.persistent, r.size);
+        }
+        if matches!(r.body, Body::Memory(_)) {
+            count(&mut self.in_memory, r.size);
         }
     }
 
@@ -112,6 +191,7 @@ impl ReadyList {
     pub fn insert(&mut self, r: Ready) {
         self.len += 1;
         self.bytes += u64::from(r.size);
+        self.tally(&r, true);
         let level = self.level_of(r.priority);
         let l = &mut self.levels[level];
         let arriving = l.tail_seq.is_none_or(|t| r.seq > t);
@@ -158,6 +238,7 @@ impl ReadyList {
                 };
                 match paged {
                     Some(body) => {
+                        self.in_memory.sub(r.size);
                         r.body = body;
                         self.pager.release(u64::from(r.charged));
                         r.charged = 0;
@@ -230,6 +311,7 @@ impl ReadyList {
     fn taken(&mut self, r: &Ready) {
         self.len -= 1;
         self.bytes -= u64::from(r.size);
+        self.tally(r, false);
         self.pager.release(u64::from(r.charged));
     }
 
@@ -300,6 +382,8 @@ impl ReadyList {
         self.pager.discard();
         self.len = 0;
         self.bytes = 0;
+        self.persistent = Tally::default();
+        self.in_memory = Tally::default();
         n
     }
 }

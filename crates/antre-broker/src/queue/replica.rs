@@ -173,7 +173,7 @@ impl Queue {
             }
         }
         st.outstanding.clear();
-        st.unacked = 0;
+        st.clear_unacked();
         st.dead.clear();
         st.drop_dying();
     }

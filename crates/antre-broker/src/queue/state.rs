@@ -10,7 +10,8 @@ use antre_store::{QueueStore, SegmentPosition};
 use super::dying::Dying;
 use super::line::ConsumerLine;
 use super::paging::{Pager, Paging, ENTRY_COST};
-use super::ready::{Body, Ready, ReadyList};
+use super::ready::{Body, Ready, ReadyList, Tally};
+use super::utilisation::HeldTime;
 use super::{DeadLetter, DeathReason, Entry, QueueArgs, Unsettled};
 use crate::message::Message;
 use crate::replicated::QueueReplica;
@@ -21,6 +22,11 @@ pub(super) struct QueueState {
     pub(super) consumers: ConsumerLine,
     pub(super) next_seq: u64,
     pub(super) unacked: u32,
+    /// Body bytes of the unacked messages.
+    pub(super) unacked_bytes: u64,
+    /// Of the unacked messages, those the durable store keeps (their
+    /// bodies are not held in memory meanwhile, see [`Unsettled`]).
+    pub(super) unacked_persistent: Tally,
     pub(super) had_consumer: bool,
     pub(super) deleted: bool,
     /// The message store of a durable queue.
@@ -49,6 +55,8 @@ pub(super) struct QueueState {
     pub(super) dying: BTreeMap<u64, Dying>,
     /// Body bytes of `dying`.
     pub(super) dying_bytes: u64,
+    /// How long consumers could not take its messages.
+    pub(super) held: HeldTime,
 }
 
 impl QueueState {
@@ -63,6 +71,8 @@ impl QueueState {
             consumers: ConsumerLine::new(args.single_active_consumer),
             next_seq: 0,
             unacked: 0,
+            unacked_bytes: 0,
+            unacked_persistent: Tally::default(),
             had_consumer: false,
             deleted: false,
             store: None,
@@ -75,6 +85,7 @@ impl QueueState {
             standby: false,
             dying: BTreeMap::new(),
             dying_bytes: 0,
+            held: HeldTime::new(now),
         }
     }
 
@@ -83,6 +94,32 @@ impl QueueState {
     /// out (it stops counting).
     pub(super) fn take_outstanding(&mut self, seq: u64) -> bool {
         self.replica.is_none() || self.outstanding.remove(&seq)
+    }
+
+    /// Counts a message of `size` bytes handed out to be acked; `stored`
+    /// if the durable store keeps it.
+    pub(super) fn count_unacked(&mut self, size: u32, stored: bool) {
+        self.unacked += 1;
+        self.unacked_bytes += u64::from(size);
+        if stored {
+            self.unacked_persistent.add(size);
+        }
+    }
+
+    /// Counts out an unacked message (settled, or back in the queue).
+    pub(super) fn uncount_unacked(&mut self, size: u32, stored: bool) {
+        self.unacked = self.unacked.saturating_sub(1);
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(u64::from(size));
+        if stored {
+            self.unacked_persistent.sub(size);
+        }
+    }
+
+    /// Forgets every unacked message (a replica stepping down).
+    pub(super) fn clear_unacked(&mut self) {
+        self.unacked = 0;
+        self.unacked_bytes = 0;
+        self.unacked_persistent = Tally::default();
     }
 
     /// Notes a message handed out (replicated queues only).
@@ -160,7 +197,7 @@ impl QueueState {
     /// queues that are being consumed.
     pub(super) fn insert_entry(&mut self, e: Entry, redelivered: bool) {
         let cost = ENTRY_COST + e.message.memory_size();
-        let size = e.message.body.len() as u32;
+        let size = e.body_size();
         let idle = e.pos.is_some() && self.consumers.is_empty();
         let (body, charged) = if !idle && self.ready.pager.try_charge(cost) {
             (Body::Memory(e.message), cost)

@@ -339,6 +339,12 @@ impl Session {
         self.id
     }
 
+    /// An open channel's figures (for the registry, once it opened).
+    pub fn channel_stats(&self, id: u16) -> Option<Arc<crate::channel::ChannelStats>> {
+        let channel = self.channels.get(&id)?.channel()?;
+        Some(Arc::clone(channel.stats()))
+    }
+
     /// Where the conversation is.
     pub fn state(&self) -> &SessionState {
         &self.state

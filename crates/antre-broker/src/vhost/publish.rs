@@ -80,6 +80,9 @@ pub struct PublishOutcome {
     pub duplicate: bool,
     /// A delayed-message exchange holds it until its delay runs out.
     pub delayed: bool,
+    /// No queue matched it (nor another node's): it was dropped, or
+    /// returned if mandatory.
+    pub unroutable: bool,
     /// No queue matched a mandatory publish: return it (basic.return 312).
     pub returned: bool,
     /// A queue refused it (overflow `reject-publish`): nack it.
@@ -213,6 +216,7 @@ impl Vhost {
             }
         }
         if targets.is_empty() && outcome.remote.is_empty() && source.is_publisher() {
+            outcome.unroutable = true;
             self.metrics.unroutable.inc();
             if options.mandatory {
                 self.metrics.returned.inc();

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::steps::{
-    Action, ChannelView, Delivered, InTransit, Observation, Reply, CHANNELS, QUEUES,
+    Action, ChannelView, Delivered, InTransit, Observation, QueueView, Reply, CHANNELS, QUEUES,
 };
 
 /// Every channel is on this connection.
@@ -203,8 +203,15 @@ impl Core {
         let queues = QUEUES
             .iter()
             .map(|name| {
-                let c = self.vhost.queue(name, CONNECTION).expect("queue").counts();
-                (c.ready, c.unacked, c.consumers)
+                let s = self.vhost.queue(name, CONNECTION).expect("queue").stats();
+                QueueView {
+                    ready: s.ready.count,
+                    unacked: s.unacked.count,
+                    consumers: s.consumers,
+                    ready_bytes: s.ready.bytes,
+                    unacked_bytes: s.unacked.bytes,
+                    persistent: s.persistent.count,
+                }
             })
             .collect();
         let channels = self

@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::steps::{
-    Action, ChannelView, Delivered, InTransit, Observation, Reply, CHANNELS, QUEUES,
+    Action, ChannelView, Delivered, InTransit, Observation, QueueView, Reply, CHANNELS, QUEUES,
 };
 
 #[derive(Debug, Clone)]
@@ -51,6 +51,10 @@ struct Msg {
 impl Msg {
     fn body(&self) -> String {
         format!("m{}", self.seq)
+    }
+
+    fn size(&self) -> u64 {
+        self.body().len() as u64
     }
 }
 
@@ -250,7 +254,10 @@ impl Model {
                 if *global {
                     ch.window = u32::from(*prefetch);
                 } else {
+                    // RabbitMQ 3.8+: a per-consumer qos lifts the
+                    // channel's window.
                     ch.prefetch = u32::from(*prefetch);
+                    ch.window = 0;
                 }
                 Reply::Ok
             }
@@ -276,24 +283,26 @@ impl Model {
         let queues = (0..self.queues.len())
             .map(|q| {
                 let queue = &self.queues[q];
-                let unacked = self
+                let unacked: Vec<&Msg> = self
                     .channels
                     .iter()
-                    .map(|ch| {
-                        let held = ch.unacked.values().filter(|u| u.queue == q).count();
-                        let coming = ch
-                            .in_transit
-                            .iter()
-                            .filter(|t| t.queue == q && !t.no_ack)
-                            .count();
-                        held + coming
+                    .flat_map(|ch| {
+                        let held = ch.unacked.values().filter(|u| u.queue == q);
+                        let coming = ch.in_transit.iter().filter(|t| t.queue == q && !t.no_ack);
+                        held.map(|u| &u.msg).chain(coming.map(|t| &t.msg))
                     })
-                    .sum::<usize>();
-                (
-                    queue.ready.len() as u32,
-                    unacked as u32,
-                    (queue.line.len() + queue.out_of_line.len()) as u32,
-                )
+                    .collect();
+                let kept = |m: &Msg| queue.durable && m.persistent;
+                QueueView {
+                    ready: queue.ready.len() as u64,
+                    unacked: unacked.len() as u64,
+                    consumers: (queue.line.len() + queue.out_of_line.len()) as u32,
+                    ready_bytes: queue.ready.values().map(Msg::size).sum(),
+                    unacked_bytes: unacked.iter().map(|m| m.size()).sum(),
+                    persistent: (queue.ready.values().filter(|m| kept(m)).count()
+                        + unacked.iter().filter(|m| kept(m)).count())
+                        as u64,
+                }
             })
             .collect();
         let channels = self

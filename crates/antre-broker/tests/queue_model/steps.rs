@@ -66,9 +66,21 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub reply: Reply,
-    /// Per queue: ready, unacked, consumers.
-    pub queues: Vec<(u32, u32, u32)>,
+    pub queues: Vec<QueueView>,
     pub channels: Vec<ChannelView>,
+}
+
+/// A queue's figures, as the management API reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueView {
+    pub ready: u64,
+    pub unacked: u64,
+    pub consumers: u32,
+    /// Body bytes of the ready and of the unacked messages.
+    pub ready_bytes: u64,
+    pub unacked_bytes: u64,
+    /// Persistent messages kept by a durable queue, ready or unacked.
+    pub persistent: u64,
 }
 
 /// What the step itself answered.
@@ -127,8 +139,11 @@ impl Observation {
         part("reply".into(), self.reply.show(), model.reply.show());
         for (i, name) in QUEUES.iter().enumerate() {
             let show = |o: &Observation| {
-                let (ready, unacked, consumers) = o.queues[i];
-                format!("ready {ready}, unacked {unacked}, consumers {consumers}")
+                let q = o.queues[i];
+                format!(
+                    "ready {} ({} B), unacked {} ({} B), consumers {}, persistent {}",
+                    q.ready, q.ready_bytes, q.unacked, q.unacked_bytes, q.consumers, q.persistent
+                )
             };
             part(format!("queue {name}"), show(self), show(model));
         }

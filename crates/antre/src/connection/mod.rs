@@ -311,8 +311,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         match effect {
             Effect::Opened(opened) => self.opened(opened),
             Effect::ChannelOpened(id) => {
-                if let Some(entry) = &self.entry {
-                    entry.channel_opened(id);
+                if let (Some(entry), Some(stats)) = (&self.entry, self.session.channel_stats(id)) {
+                    entry.channel_opened(id, stats);
                 }
             }
             Effect::ChannelMode(id, mode) => {

@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use antre_broker::queue::{share_free, QueueStats};
 use antre_broker::Broker;
 use parking_lot::RwLock;
 use tokio::sync::watch;
@@ -32,10 +33,33 @@ pub struct QueueSample {
     pub redeliver: u64,
     /// Acks.
     pub ack: u64,
+    /// Deliveries to consumers that ack.
+    pub deliver: u64,
+    /// Deliveries to consumers that do not.
+    pub deliver_no_ack: u64,
+    /// basic.get answers to ack.
+    pub get: u64,
+    /// basic.get answers acked on the way.
+    pub get_no_ack: u64,
+    /// basic.get answered empty.
+    pub get_empty: u64,
     /// Ready messages.
     pub ready: u64,
     /// Unacked messages.
     pub unacked: u64,
+    /// ms held back and ms watched (see [`antre_broker::queue::share_free`]).
+    pub held: (u64, u64),
+}
+
+impl QueueSample {
+    /// What says whether anything happened in the queue: all but the
+    /// clock of its consumers' utilisation, which runs on its own.
+    fn activity(&self) -> QueueSample {
+        QueueSample {
+            held: (0, 0),
+            ..*self
+        }
+    }
 }
 
 /// Broker-wide counters and depths at one moment.
@@ -133,10 +157,58 @@ pub struct QueueRates {
     pub redeliver: f64,
     /// Acks.
     pub ack: f64,
+    /// Deliveries to consumers that ack.
+    pub deliver: f64,
+    /// Deliveries to consumers that do not.
+    pub deliver_no_ack: f64,
+    /// basic.get answers to ack.
+    pub get: f64,
+    /// basic.get answers acked on the way.
+    pub get_no_ack: f64,
+    /// basic.get answered empty.
+    pub get_empty: f64,
     /// Change of ready messages.
     pub ready: f64,
     /// Change of unacked messages.
     pub unacked: f64,
+    /// The share of the interval its consumers could take its messages
+    /// (RabbitMQ's consumer utilisation).
+    pub utilisation: f64,
+}
+
+/// A channel's `message_stats` counters at one moment, in the order of
+/// [`antre_broker::channel::ChannelStats::counters`].
+pub type ChannelSample = [u64; 12];
+/// Their rates, per second.
+pub type ChannelRates = [f64; 12];
+
+/// This node's counters beyond the overview's charts, by RabbitMQ's
+/// names: the parts of `deliver_get` and the objects' churn (a node's
+/// `connection_created`, ..., the overview's `churn_rates`).
+pub fn node_counters(broker: &Broker, registry: &Registry) -> Vec<(&'static str, u64)> {
+    let m = &broker.metrics;
+    let t = registry.totals();
+    let (mut declared, mut created, mut deleted) = (0, 0, 0);
+    for v in broker.vhosts() {
+        let life = v.queue_lifecycle();
+        declared += life.declared;
+        created += life.created;
+        deleted += life.deleted;
+    }
+    vec![
+        ("deliver", m.total(|c| &c.delivered_consume_manual_ack)),
+        ("deliver_no_ack", m.total(|c| &c.delivered_consume_auto_ack)),
+        ("get", m.total(|c| &c.delivered_get_manual_ack)),
+        ("get_no_ack", m.total(|c| &c.delivered_get_auto_ack)),
+        ("get_empty", m.total(|c| &c.get_empty)),
+        ("connection_created", t.connections_opened),
+        ("connection_closed", t.connections_closed),
+        ("channel_created", t.channels_opened),
+        ("channel_closed", t.channels_closed),
+        ("queue_declared", declared),
+        ("queue_created", created),
+        ("queue_deleted", deleted),
+    ]
 }
 
 /// The per-second rate of a counter between two samples.
@@ -161,8 +233,15 @@ struct State {
     overview: OverviewRates,
     queues_last: HashMap<(String, String), QueueSample>,
     queues: HashMap<(String, String), QueueRates>,
+    /// Per queue, the time of the last sample that found it changed (its
+    /// counters or depths), and whether the latest one did.
+    queues_active: HashMap<(String, String), (u64, bool)>,
     conns_last: HashMap<u64, (u64, u64)>,
     conns: HashMap<u64, (f64, f64)>,
+    chans_last: HashMap<(u64, u16), ChannelSample>,
+    chans: HashMap<(u64, u16), ChannelRates>,
+    node_last: Vec<(&'static str, u64)>,
+    node: HashMap<&'static str, f64>,
     history: VecDeque<OverviewSample>,
 }
 
@@ -212,16 +291,23 @@ impl Rates {
         let mut queues = HashMap::new();
         for v in broker.vhosts() {
             for q in v.queues() {
-                let c = q.counts();
-                overview.ready += u64::from(c.ready);
-                overview.unacked += u64::from(c.unacked);
+                let c = q.stats();
+                overview.ready += c.ready.count;
+                overview.unacked += c.unacked.count;
+                let m = &q.metrics;
                 let s = QueueSample {
-                    publish: q.metrics.published.get(),
-                    deliver_get: q.metrics.delivered.get(),
-                    redeliver: q.metrics.redelivered.get(),
-                    ack: q.metrics.acked.get(),
-                    ready: u64::from(c.ready),
-                    unacked: u64::from(c.unacked),
+                    publish: m.published.get(),
+                    deliver_get: m.delivered.get(),
+                    redeliver: m.redelivered.get(),
+                    ack: m.acked.get(),
+                    deliver: m.consumed(),
+                    deliver_no_ack: m.consumed_no_ack.get(),
+                    get: m.got.get(),
+                    get_no_ack: m.got_no_ack.get(),
+                    get_empty: m.get_empty.get(),
+                    ready: c.ready.count,
+                    unacked: c.unacked.count,
+                    held: c.held,
                 };
                 queues.insert((q.vhost.clone(), q.name.clone()), s);
             }
@@ -235,9 +321,28 @@ impl Rates {
                 (c.id, (recv, send))
             })
             .collect();
+        let chans: HashMap<(u64, u16), ChannelSample> = registry
+            .connections()
+            .iter()
+            .flat_map(|c| {
+                c.channels().into_iter().filter_map(|n| {
+                    let (_, stats) = c.channel(n)?;
+                    Some(((c.id, n), stats.counters().map(|(_, v)| v)))
+                })
+            })
+            .collect();
+        let node = node_counters(broker, registry);
         let mut st = self.state.write();
         if let Some((then, before)) = st.last {
             let dt = at.duration_since(then).as_secs_f64();
+            let last: HashMap<&str, u64> = st.node_last.iter().copied().collect();
+            st.node = node
+                .iter()
+                .map(|&(name, now)| {
+                    let b = last.get(name).copied().unwrap_or(now);
+                    (name, rate(b, now, dt))
+                })
+                .collect();
             st.overview = OverviewRates {
                 publish: rate(before.publish, overview.publish, dt),
                 deliver_get: rate(before.deliver_get, overview.deliver_get, dt),
@@ -258,8 +363,14 @@ impl Rates {
                         deliver_get: rate(b.deliver_get, now.deliver_get, dt),
                         redeliver: rate(b.redeliver, now.redeliver, dt),
                         ack: rate(b.ack, now.ack, dt),
+                        deliver: rate(b.deliver, now.deliver, dt),
+                        deliver_no_ack: rate(b.deliver_no_ack, now.deliver_no_ack, dt),
+                        get: rate(b.get, now.get, dt),
+                        get_no_ack: rate(b.get_no_ack, now.get_no_ack, dt),
+                        get_empty: rate(b.get_empty, now.get_empty, dt),
                         ready: change(b.ready, now.ready, dt),
                         unacked: change(b.unacked, now.unacked, dt),
+                        utilisation: share_free(b.held, now.held),
                     };
                     (key.clone(), r)
                 })
@@ -271,10 +382,33 @@ impl Rates {
                     (*id, (rate(b.0, now.0, dt), rate(b.1, now.1, dt)))
                 })
                 .collect();
+            st.chans = chans
+                .iter()
+                .map(|(key, now)| {
+                    let b = st.chans_last.get(key).copied().unwrap_or(*now);
+                    (*key, std::array::from_fn(|i| rate(b[i], now[i], dt)))
+                })
+                .collect();
         }
+        // A queue first seen, or changed since the last sample, was active
+        // up to about now.
+        st.queues_active = queues
+            .iter()
+            .map(|(key, now)| {
+                let changed =
+                    st.queues_last.get(key).map(QueueSample::activity) != Some(now.activity());
+                let since = match st.queues_active.get(key) {
+                    Some(&(since, _)) if !changed => since,
+                    _ => overview.timestamp,
+                };
+                (key.clone(), (since, changed))
+            })
+            .collect();
         st.last = Some((at, overview));
         st.queues_last = queues;
         st.conns_last = conns;
+        st.chans_last = chans;
+        st.node_last = node;
         st.history.push_back(overview);
         while st.history.len() > HISTORY {
             st.history.pop_front();
@@ -288,10 +422,65 @@ impl Rates {
 
     /// A queue's rates (zero until it has been sampled twice).
     pub fn queue(&self, vhost: &str, name: &str) -> QueueRates {
+        self.queue_sampled(vhost, name).unwrap_or_default()
+    }
+
+    /// A queue's rates, once it has been sampled twice.
+    pub fn queue_sampled(&self, vhost: &str, name: &str) -> Option<QueueRates> {
         self.state
             .read()
             .queues
             .get(&(vhost.to_owned(), name.to_owned()))
+            .copied()
+    }
+
+    /// RabbitMQ's consumer utilisation of a queue whose figures are
+    /// `stats`: 0 without consumers, else the share of the last interval
+    /// its consumers could take its messages (of its life so far, until
+    /// it has been sampled twice).
+    pub fn utilisation(&self, q: &antre_broker::Queue, stats: &QueueStats) -> f64 {
+        if stats.consumers == 0 {
+            return 0.0;
+        }
+        match self.queue_sampled(&q.vhost, &q.name) {
+            Some(r) => r.utilisation,
+            None => share_free((0, 0), stats.held),
+        }
+    }
+
+    /// Since when (ms since the epoch) a queue has been idle: set when the
+    /// latest sample found nothing changed in it since the one before (no
+    /// publish, delivery, ack or change of depth), as RabbitMQ reports
+    /// `idle_since` only for a queue at rest. The time is that of the last
+    /// sample that found it active, so it is late by up to one interval.
+    pub fn idle_since(&self, vhost: &str, name: &str) -> Option<u64> {
+        match self
+            .state
+            .read()
+            .queues_active
+            .get(&(vhost.to_owned(), name.to_owned()))
+        {
+            Some(&(since, false)) => Some(since),
+            _ => None,
+        }
+    }
+
+    /// The rate of one of [`node_counters`] (zero until sampled twice).
+    pub fn node(&self, name: &str) -> f64 {
+        self.state
+            .read()
+            .node
+            .get(name)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A channel's `message_stats` rates (zero until sampled twice).
+    pub fn channel(&self, connection: u64, number: u16) -> ChannelRates {
+        self.state
+            .read()
+            .chans
+            .get(&(connection, number))
             .copied()
             .unwrap_or_default()
     }

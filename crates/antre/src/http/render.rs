@@ -39,12 +39,22 @@ pub fn message_stats(counters: &[(&str, u64, f64)]) -> Value {
     Value::Object(out)
 }
 
+/// A time (ms since the epoch) as RabbitMQ's API writes one:
+/// `2026-12-07T10:33:26.359+00:00`.
+pub fn timestamp(ms: u64) -> Option<String> {
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+00:00"
+    );
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    at.format(FORMAT).ok()
+}
+
 /// A queue.
 pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
-    let c = q.counts();
+    let s = q.stats();
     let r = state.rates.queue(&q.vhost, &q.name);
     let m = &q.metrics;
-    let consumers = if c.consumers > 0 {
+    let consumers = if s.consumers > 0 {
         q.consumers()
     } else {
         Vec::new()
@@ -53,6 +63,12 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
         .iter()
         .find(|c| c.exclusive)
         .map(|c| c.tag.clone());
+    let single_active_consumer_tag = consumers
+        .iter()
+        .find(|c| c.activity == antre_broker::queue::Activity::SingleActive)
+        .map(|c| c.tag.clone());
+    let (all, in_memory, paged_out) = (s.messages(), s.in_memory(), s.paged_out());
+    let utilisation = state.rates.utilisation(q, &s);
     let policy = q.policy();
     let mut row = json!({
         "name": q.name,
@@ -70,22 +86,44 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
         "operator_policy": policy.operator_name(),
         "effective_policy_definition": policy.definition(),
         "state": "running",
-        "messages": c.ready + c.unacked,
+        "messages": all.count,
         "messages_details": details(r.ready + r.unacked),
-        "messages_ready": c.ready,
+        "messages_ready": s.ready.count,
         "messages_ready_details": details(r.ready),
-        "messages_unacknowledged": c.unacked,
+        "messages_unacknowledged": s.unacked.count,
         "messages_unacknowledged_details": details(r.unacked),
-        "message_bytes_ready": q.ready_bytes(),
-        "consumers": c.consumers,
+        "messages_persistent": s.persistent.count,
+        "messages_ram": in_memory.count,
+        "messages_ready_ram": s.ready_in_memory.count,
+        "messages_unacknowledged_ram": s.unacked_in_memory.count,
+        "messages_paged_out": paged_out.count,
+        "message_bytes": all.bytes,
+        "message_bytes_ready": s.ready.bytes,
+        "message_bytes_unacknowledged": s.unacked.bytes,
+        "message_bytes_persistent": s.persistent.bytes,
+        "message_bytes_ram": in_memory.bytes,
+        "message_bytes_paged_out": paged_out.bytes,
+        "head_message_timestamp": s.head_timestamp,
+        "consumers": s.consumers,
+        "consumer_utilisation": utilisation,
+        "consumer_capacity": utilisation,
         "exclusive_consumer_tag": exclusive_consumer_tag,
+        "single_active_consumer_tag": single_active_consumer_tag,
         "message_stats": message_stats(&[
             ("publish", m.published.get(), r.publish),
             ("deliver_get", m.delivered.get(), r.deliver_get),
+            ("deliver", m.consumed(), r.deliver),
+            ("deliver_no_ack", m.consumed_no_ack.get(), r.deliver_no_ack),
+            ("get", m.got.get(), r.get),
+            ("get_no_ack", m.got_no_ack.get(), r.get_no_ack),
+            ("get_empty", m.get_empty.get(), r.get_empty),
             ("redeliver", m.redelivered.get(), r.redeliver),
             ("ack", m.acked.get(), r.ack),
         ]),
     });
+    if let Some(since) = state.rates.idle_since(&q.vhost, &q.name) {
+        row["idle_since"] = json!(timestamp(since));
+    }
     if q.kind() == antre_broker::queue::QueueKind::Quorum {
         // RabbitMQ's: messages dead-lettered at least once that the queue
         // keeps until their targets hold them.
@@ -337,7 +375,7 @@ pub fn all_consumers(state: &HttpState) -> Vec<(Arc<Queue>, ConsumerInfo)> {
 /// A channel of this node (`node`). Its consumer count, prefetch and
 /// unacked messages come from the consumers queues report for it.
 pub fn channel(
-    node: &str,
+    state: &HttpState,
     c: &ConnectionEntry,
     number: u16,
     consumers: &[(Arc<Queue>, ConsumerInfo)],
@@ -348,12 +386,20 @@ pub fn channel(
         .filter(|info| info.connection == c.id && info.channel == number)
         .collect();
     let unacked: u64 = mine.iter().map(|i| u64::from(i.unacked)).sum();
-    let prefetch = mine.iter().map(|i| i.prefetch).max().unwrap_or(0);
-    let mode = c.mode_of(number);
+    let (mode, stats) = c.channel(number).unwrap_or_default();
+    let (prefetch, global_prefetch) = stats.prefetch();
+    let (messages_uncommitted, acks_uncommitted) = stats.uncommitted();
+    let rates = state.rates.channel(c.id, number);
+    let counters: Vec<(&str, u64, f64)> = stats
+        .counters()
+        .into_iter()
+        .zip(rates)
+        .map(|((name, count), rate)| (name, count, rate))
+        .collect();
     json!({
         "name": channel_name(c, number),
         "number": number,
-        "node": node,
+        "node": state.node_name(),
         "vhost": c.vhost,
         "user": c.user,
         "state": "running",
@@ -362,7 +408,12 @@ pub fn channel(
         "confirm": mode == PublishMode::Confirm,
         "transactional": mode == PublishMode::Transactional,
         "messages_unacknowledged": unacked,
+        "messages_unconfirmed": stats.unconfirmed(),
+        "messages_uncommitted": messages_uncommitted,
+        "acks_uncommitted": acks_uncommitted,
         "prefetch_count": prefetch,
+        "global_prefetch_count": global_prefetch,
+        "message_stats": message_stats(&counters),
     })
 }
 

@@ -159,14 +159,13 @@ pub(crate) fn channels_where(
     keep: impl Fn(&ConnectionEntry) -> bool,
 ) -> Vec<Value> {
     let consumers = render::all_consumers(state);
-    let node = state.node_name();
     let mut out = Vec::new();
     for c in state.registry.connections() {
         if !keep(&c) {
             continue;
         }
         for n in c.channels() {
-            out.push(render::channel(&node, &c, n, &consumers));
+            out.push(render::channel(state, &c, n, &consumers));
         }
     }
     out
@@ -229,7 +228,7 @@ pub async fn channel(
         for n in c.channels() {
             if render::channel_name(&c, n) == name {
                 user.may_touch(&c.user, false)?;
-                let mut body = render::channel(&state.node_name(), &c, n, &consumers);
+                let mut body = render::channel(&state, &c, n, &consumers);
                 body["consumer_details"] = consumers
                     .iter()
                     .filter(|(_, i)| i.connection == c.id && i.channel == n)

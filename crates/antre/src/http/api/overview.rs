@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::rates::OverviewSample;
+use crate::http::rates::{node_counters, OverviewSample};
 use crate::http::render::{details, message_stats};
 use crate::http::{AuthUser, HttpState};
 use antre_cluster::wire::Listing;
@@ -90,6 +90,7 @@ pub async fn overview(
     let (mut connections, mut channels, exchanges, queues, mut consumers) = object_totals(&state);
     let (mut ready, mut unacked) = owned_messages(&state);
     let mut message_stats = node_message_stats(&state);
+    let mut churn_rates = node_figures(&state, &CHURN);
     let (mut ready_rate, mut unacked_rate) = (r.ready, r.unacked);
     // In a cluster the totals are the cluster's, as RabbitMQ's are: each
     // member's connections, channels, message counters and rates, and the
@@ -106,9 +107,11 @@ pub async fn overview(
         let rate = |k: &str| info.get(k).and_then(|d| d["rate"].as_f64()).unwrap_or(0.0);
         ready_rate += rate("messages_ready_details");
         unacked_rate += rate("messages_unacknowledged_details");
-        if let Some(theirs) = info.get("message_stats") {
+        if let Some(theirs) = info.get("message_stats").and_then(Value::as_object) {
             add_message_stats(&mut message_stats, theirs);
         }
+        // A node's churn counters are top-level fields of its row.
+        add_message_stats(&mut churn_rates, &info);
     }
     let mut body = json!({
         "management_version": env!("CARGO_PKG_VERSION"),
@@ -121,6 +124,11 @@ pub async fn overview(
         "rates_mode": "basic",
         "sample_interval": state.config.rate_interval.as_secs_f64(),
         "message_stats": message_stats,
+        "churn_rates": churn_rates,
+        "exchange_types": antre_broker::exchange::EXCHANGE_TYPES
+            .iter()
+            .map(|(name, description)| json!({"name": name, "description": description, "enabled": true}))
+            .collect::<Vec<_>>(),
         "queue_totals": {
             "messages": ready + unacked,
             "messages_details": details(ready_rate + unacked_rate),
@@ -195,12 +203,46 @@ async fn cluster_samples(state: &HttpState, ours: Vec<OverviewSample>) -> Vec<Ov
     crate::http::rates::cluster_history(ours, &others, slack)
 }
 
+/// This node's counters of [`node_counters`] named in `names`, with their
+/// rates, in the `message_stats` shape.
+fn node_figures(state: &HttpState, names: &[&str]) -> Value {
+    let all = node_counters(&state.broker, &state.registry);
+    let counters: Vec<(&str, u64, f64)> = all
+        .into_iter()
+        .filter(|(name, _)| names.contains(name))
+        .map(|(name, count)| (name, count, state.rates.node(name)))
+        .collect();
+    message_stats(&counters)
+}
+
+/// The churn counters, RabbitMQ's overview `churn_rates` and a node's
+/// top-level fields.
+const CHURN: [&str; 7] = [
+    "connection_created",
+    "connection_closed",
+    "channel_created",
+    "channel_closed",
+    "queue_declared",
+    "queue_created",
+    "queue_deleted",
+];
+
 /// This node's message counters and their rates, in the overview's
 /// `message_stats` shape.
 fn node_message_stats(state: &HttpState) -> Value {
     let m = &state.broker.metrics;
     let r = state.rates.overview();
-    message_stats(&[
+    let mut stats = node_figures(
+        state,
+        &[
+            "deliver",
+            "deliver_no_ack",
+            "get",
+            "get_no_ack",
+            "get_empty",
+        ],
+    );
+    let base = message_stats(&[
         ("publish", m.published.get(), r.publish),
         ("deliver_get", m.total(|c| &c.delivered), r.deliver_get),
         ("redeliver", m.total(|c| &c.redelivered), r.redeliver),
@@ -212,16 +254,22 @@ fn node_message_stats(state: &HttpState) -> Value {
             m.unroutable.get().saturating_sub(m.returned.get()),
             r.drop_unroutable,
         ),
-    ])
+    ]);
+    if let (Some(stats), Value::Object(base)) = (stats.as_object_mut(), base) {
+        stats.extend(base);
+    }
+    stats
 }
 
 /// Adds another member's `message_stats` to `ours`: counters and rates.
-fn add_message_stats(ours: &mut Value, theirs: &Value) {
+fn add_message_stats(ours: &mut Value, theirs: &serde_json::Map<String, Value>) {
     let Some(ours) = ours.as_object_mut() else {
         return;
     };
     for (key, mine) in ours.iter_mut() {
-        let theirs = &theirs[key];
+        let Some(theirs) = theirs.get(key) else {
+            continue;
+        };
         if let (Some(a), Some(b)) = (mine.as_u64(), theirs.as_u64()) {
             *mine = json!(a + b);
         } else if let (Some(a), Some(b)) = (mine["rate"].as_f64(), theirs["rate"].as_f64()) {
@@ -382,6 +430,7 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
     let (connections, channels, _, queues, consumers) = object_totals(state);
     let (ready, unacked) = owned_messages(state);
     let rates = state.rates.overview();
+    let churn = node_figures(state, &CHURN);
     let mut node = json!({
         "name": state.node_name(),
         "type": "disc",
@@ -420,6 +469,11 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         "sockets_used": state.sockets.used(),
         "sockets_total": state.sockets.total(),
     });
+    // RabbitMQ's churn counters, `connection_created` and the rest, with
+    // their `*_details`, are fields of the node's row.
+    if let (Some(node), Value::Object(churn)) = (node.as_object_mut(), churn) {
+        node.extend(churn);
+    }
     if let Some(cluster) = &state.cluster {
         quorum_counts(cluster, &mut node);
         node["feature_flags"] = json!(cluster.supported_feature_flags());

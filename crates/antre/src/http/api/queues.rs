@@ -79,18 +79,36 @@ const OWNER_WAIT: Duration = Duration::from_secs(3);
 
 /// The fields of a queue's row that only its owner knows: its messages,
 /// deliveries and consumers are there, and so are its counters and rates.
-const OWNER_FIELDS: [&str; 10] = [
+const OWNER_FIELDS: [&str; 24] = [
     "messages",
     "messages_details",
     "messages_ready",
     "messages_ready_details",
     "messages_unacknowledged",
     "messages_unacknowledged_details",
+    "messages_persistent",
+    "messages_ram",
+    "messages_ready_ram",
+    "messages_unacknowledged_ram",
+    "messages_paged_out",
+    "message_bytes",
     "message_bytes_ready",
+    "message_bytes_unacknowledged",
+    "message_bytes_persistent",
+    "message_bytes_ram",
+    "message_bytes_paged_out",
+    "head_message_timestamp",
     "consumers",
+    "consumer_utilisation",
+    "consumer_capacity",
     "exclusive_consumer_tag",
+    "single_active_consumer_tag",
     "message_stats",
 ];
+
+/// The owner's fields that only some queues have: a quorum queue's dead
+/// letters, an idle queue's `idle_since`.
+const OWNER_OPTIONAL_FIELDS: [&str; 3] = ["messages_dlx", "message_bytes_dlx", "idle_since"];
 
 /// The queues this node owns (of `vhost`, or of all; only `name`, if
 /// given), as it renders them: what another member shows of them (see
@@ -176,8 +194,7 @@ async fn with_owner_figures(
                 None => fields.remove(key),
             };
         }
-        // A quorum queue's only.
-        for key in ["messages_dlx", "message_bytes_dlx"] {
+        for key in OWNER_OPTIONAL_FIELDS {
             match theirs.map(|row| &row[key]).filter(|v| !v.is_null()) {
                 Some(value) => fields.insert(key.to_owned(), value.clone()),
                 None => fields.remove(key),

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use antre_broker::queue::QueueStats;
 use antre_broker::Queue;
 use antre_cluster::RaftFigures;
 
@@ -90,10 +91,39 @@ fn sorted_queues(state: &HttpState, endpoint: &Endpoint) -> Vec<Arc<Queue>> {
     all
 }
 
-/// How a queue metric is read from a queue.
-type QueueValue = fn(&Queue) -> u64;
+/// How a queue metric is read from a queue's figures (None: the queue
+/// has no value, and no series).
+type QueueValue = fn(&QueueRow) -> Option<f64>;
 
-const QUEUE_METRICS: [(Metric, QueueValue); 5] = [
+/// A queue's figures and its consumers' utilisation, read once per page.
+struct QueueRow {
+    stats: QueueStats,
+    utilisation: f64,
+}
+
+impl std::ops::Deref for QueueRow {
+    type Target = QueueStats;
+
+    fn deref(&self) -> &QueueStats {
+        &self.stats
+    }
+}
+
+/// A queue metric of the `queue_metrics` family.
+const fn detail(name: &'static str, help: &'static str) -> Metric {
+    Metric {
+        name,
+        kind: "gauge",
+        help,
+        families: &["queue_metrics"],
+    }
+}
+
+fn n(v: u64) -> Option<f64> {
+    Some(v as f64)
+}
+
+const QUEUE_METRICS: [(Metric, QueueValue); 18] = [
     (
         Metric {
             name: "queue_messages_ready",
@@ -101,7 +131,7 @@ const QUEUE_METRICS: [(Metric, QueueValue); 5] = [
             help: "Messages ready to be delivered to consumers",
             families: &["queue_coarse_metrics"],
         },
-        |q| u64::from(q.counts().ready),
+        |s| n(s.ready.count),
     ),
     (
         Metric {
@@ -110,7 +140,7 @@ const QUEUE_METRICS: [(Metric, QueueValue); 5] = [
             help: "Messages delivered to consumers but not yet acknowledged",
             families: &["queue_coarse_metrics"],
         },
-        |q| u64::from(q.counts().unacked),
+        |s| n(s.unacked.count),
     ),
     (
         Metric {
@@ -119,10 +149,7 @@ const QUEUE_METRICS: [(Metric, QueueValue); 5] = [
             help: "Sum of ready and unacknowledged messages - total queue depth",
             families: &["queue_coarse_metrics"],
         },
-        |q| {
-            let c = q.counts();
-            u64::from(c.ready) + u64::from(c.unacked)
-        },
+        |s| n(s.messages().count),
     ),
     (
         Metric {
@@ -131,30 +158,114 @@ const QUEUE_METRICS: [(Metric, QueueValue); 5] = [
             help: "Consumers on a queue",
             families: &["queue_consumer_count", "queue_metrics"],
         },
-        |q| u64::from(q.counts().consumers),
+        |s| n(u64::from(s.consumers)),
     ),
     (
-        Metric {
-            name: "queue_messages_ready_bytes",
-            kind: "gauge",
-            help: "Size in bytes of ready messages",
-            families: &["queue_metrics"],
-        },
-        |q| q.ready_bytes(),
+        detail("queue_consumer_utilisation", "Consumer utilisation"),
+        |s| Some(s.utilisation),
+    ),
+    (
+        detail("queue_consumer_capacity", "Consumer capacity"),
+        |s| Some(s.utilisation),
+    ),
+    (
+        detail(
+            "queue_messages_ram",
+            "Ready and unacknowledged messages stored in memory",
+        ),
+        |s| n(s.in_memory().count),
+    ),
+    (
+        detail(
+            "queue_messages_ram_bytes",
+            "Size of ready and unacknowledged messages stored in memory",
+        ),
+        |s| n(s.in_memory().bytes),
+    ),
+    (
+        detail(
+            "queue_messages_ready_ram",
+            "Ready messages stored in memory",
+        ),
+        |s| n(s.ready_in_memory.count),
+    ),
+    (
+        detail(
+            "queue_messages_unacked_ram",
+            "Unacknowledged messages stored in memory",
+        ),
+        |s| n(s.unacked_in_memory.count),
+    ),
+    (
+        detail("queue_messages_persistent", "Persistent messages"),
+        |s| n(s.persistent.count),
+    ),
+    (
+        detail(
+            "queue_messages_persistent_bytes",
+            "Size in bytes of persistent messages",
+        ),
+        |s| n(s.persistent.bytes),
+    ),
+    (
+        detail(
+            "queue_messages_bytes",
+            "Size in bytes of ready and unacknowledged messages",
+        ),
+        |s| n(s.messages().bytes),
+    ),
+    (
+        detail(
+            "queue_messages_ready_bytes",
+            "Size in bytes of ready messages",
+        ),
+        |s| n(s.ready.bytes),
+    ),
+    (
+        detail(
+            "queue_messages_unacked_bytes",
+            "Size in bytes of all unacknowledged messages",
+        ),
+        |s| n(s.unacked.bytes),
+    ),
+    (
+        detail("queue_messages_paged_out", "Messages paged out to disk"),
+        |s| n(s.paged_out().count),
+    ),
+    (
+        detail(
+            "queue_messages_paged_out_bytes",
+            "Size in bytes of messages paged out to disk",
+        ),
+        |s| n(s.paged_out().bytes),
+    ),
+    (
+        detail(
+            "queue_head_message_timestamp",
+            "Timestamp of the first message in the queue, if any",
+        ),
+        |s| s.head_timestamp.map(|t| t as f64),
     ),
 ];
 
 /// Queue metrics, labelled `vhost` and `queue` per object.
 pub fn queues(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
-    let all = sorted_queues(state, endpoint);
+    let all: Vec<(Arc<Queue>, QueueRow)> = sorted_queues(state, endpoint)
+        .into_iter()
+        .map(|q| {
+            let stats = q.stats();
+            let utilisation = state.rates.utilisation(&q, &stats);
+            (q, QueueRow { stats, utilisation })
+        })
+        .collect();
     let mut w = Writer {
         endpoint,
         written: HashSet::new(),
     };
     for (metric, value) in &QUEUE_METRICS {
-        let rows: Vec<(Vec<&str>, u64)> = all
+        let rows: Vec<(Vec<&str>, f64)> = all
             .iter()
-            .map(|q| (vec![q.vhost.as_str(), q.name.as_str()], value(q)))
+            .filter_map(|(q, s)| Some((vec![q.vhost.as_str(), q.name.as_str()], value(s)?)))
             .collect();
         w.write(p, metric, "vhost,queue", &rows);
     }
@@ -181,7 +292,7 @@ const CONNECTION_METRICS: [Metric; 3] = [
     },
 ];
 
-const CHANNEL_METRICS: [Metric; 3] = [
+const CHANNEL_METRICS: [Metric; 6] = [
     Metric {
         name: "channel_consumers",
         kind: "gauge",
@@ -192,6 +303,24 @@ const CHANNEL_METRICS: [Metric; 3] = [
         name: "channel_messages_unacked",
         kind: "gauge",
         help: "Delivered but not yet acknowledged messages",
+        families: &["channel_metrics"],
+    },
+    Metric {
+        name: "channel_messages_unconfirmed",
+        kind: "gauge",
+        help: "Published but not yet confirmed messages",
+        families: &["channel_metrics"],
+    },
+    Metric {
+        name: "channel_messages_uncommitted",
+        kind: "gauge",
+        help: "Messages received in a transaction but not yet committed",
+        families: &["channel_metrics"],
+    },
+    Metric {
+        name: "channel_acks_uncommitted",
+        kind: "gauge",
+        help: "Message acknowledgements in a transaction not yet committed",
         families: &["channel_metrics"],
     },
     Metric {
@@ -214,10 +343,10 @@ pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
         })
         .collect();
     let consumers = render::all_consumers(state);
-    let per_connection: Vec<(String, [u64; 3])> = conns
+    let per_connection: Vec<(String, Vec<u64>)> = conns
         .iter()
         .map(|c| {
-            let values = [
+            let values = vec![
                 c.recv_oct.load(Ordering::Relaxed),
                 c.send_oct.load(Ordering::Relaxed),
                 c.channels().len() as u64,
@@ -225,7 +354,7 @@ pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
             (c.name.clone(), values)
         })
         .collect();
-    let mut per_channel: Vec<(String, [u64; 3])> = Vec::new();
+    let mut per_channel: Vec<(String, Vec<u64>)> = Vec::new();
     for c in &conns {
         for n in c.channels() {
             let (mut count, mut unacked, mut prefetch) = (0u64, 0u64, 0u64);
@@ -238,7 +367,19 @@ pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
                 unacked += u64::from(i.unacked);
                 prefetch = prefetch.max(u64::from(i.prefetch));
             }
-            per_channel.push((render::channel_name(c, n), [count, unacked, prefetch]));
+            let Some((_, stats)) = c.channel(n) else {
+                continue;
+            };
+            let (messages, acks) = stats.uncommitted();
+            let values = vec![
+                count,
+                unacked,
+                stats.unconfirmed(),
+                messages,
+                acks,
+                prefetch,
+            ];
+            per_channel.push((render::channel_name(c, n), values));
         }
     }
     let mut w = Writer {
@@ -246,8 +387,8 @@ pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
         written: HashSet::new(),
     };
     for (metrics, objects) in [
-        (&CONNECTION_METRICS, &per_connection),
-        (&CHANNEL_METRICS, &per_channel),
+        (&CONNECTION_METRICS[..], &per_connection),
+        (&CHANNEL_METRICS[..], &per_channel),
     ] {
         for (column, metric) in metrics.iter().enumerate() {
             let rows: Vec<(Vec<&str>, u64)> = objects
