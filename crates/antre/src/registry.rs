@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use antre_amqp::FieldTable;
 use antre_broker::channel::{ChannelStats, PublishMode};
+use antre_broker::metrics::OwnedCounter;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -77,6 +78,12 @@ pub struct ConnectionEntry {
     pub recv_oct: AtomicU64,
     /// Bytes written to the socket.
     pub send_oct: AtomicU64,
+    /// Reads from the socket (RabbitMQ's `recv_cnt`).
+    pub recv_cnt: OwnedCounter,
+    /// Writes to the socket (`send_cnt`).
+    pub send_cnt: OwnedCounter,
+    /// Bytes of the write under way, waiting for the socket (`send_pend`).
+    pub send_pend: AtomicU64,
     /// Blocked by a resource alarm.
     pub blocked: AtomicBool,
     /// The channels open now.
@@ -125,6 +132,9 @@ impl ConnectionEntry {
             tls,
             recv_oct: AtomicU64::new(0),
             send_oct: AtomicU64::new(0),
+            recv_cnt: OwnedCounter::default(),
+            send_cnt: OwnedCounter::default(),
+            send_pend: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             channels: Mutex::default(),
             channels_opened: AtomicU64::new(0),
@@ -170,11 +180,14 @@ impl ConnectionEntry {
 
     /// Counts bytes read.
     pub fn received(&self, n: usize) {
+        self.recv_cnt.inc();
         self.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Counts bytes written.
     pub fn sent(&self, n: usize) {
+        self.send_cnt.inc();
+        self.send_pend.store(0, Ordering::Relaxed);
         self.send_oct.fetch_add(n as u64, Ordering::Relaxed);
     }
 

@@ -1035,7 +1035,8 @@ async fn a_channel_reports_rabbitmqs_figures() {
 /// `exchange_types` and the parts of `deliver_get` in its
 /// `message_stats` (deliver, deliver_no_ack, get, get_no_ack,
 /// get_empty); a node's row lacked its churn counters
-/// (`connection_created`, ..., `queue_deleted`).
+/// (`connection_created`, ..., `queue_deleted`), a connection's
+/// `recv_cnt`, `send_cnt` and `send_pend`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_overview_reports_churn_and_each_kind_of_delivery() {
     use lapin::options::{BasicConsumeOptions, BasicGetOptions};
@@ -1112,4 +1113,12 @@ async fn the_overview_reports_churn_and_each_kind_of_delivery() {
         "{node}"
     );
     assert!(node["queue_declared_details"]["rate"].is_number(), "{node}");
+    // A connection counts its socket reads and writes, and the bytes of a
+    // write under way (none between writes).
+    let (_, conns) = b.api("GET", "/api/connections", None).await;
+    let c = &conns[0];
+    for key in ["recv_cnt", "send_cnt"] {
+        assert!(c[key].as_u64().is_some_and(|n| n >= 5), "{key}: {c}");
+    }
+    assert_eq!(c["send_pend"], 0, "{c}");
 }

@@ -2578,7 +2578,16 @@ async fn streaming_through_another_node(
     usize,
     tokio::task::JoinHandle<Vec<String>>,
 ) {
-    let c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    let mut c = TestCluster::plan(&[SECRET, SECRET, SECRET]);
+    // What these tests show is that a publish on its way is sent again,
+    // not how long it may take: under a doubly loaded machine (two suites
+    // at once on two cores), the next leader once took longer than the
+    // default 5 s, and 160 publishes were rightly nacked.
+    for n in &mut c.nodes {
+        n.args
+            .extend(["--cluster-forward-timeout".into(), "30".into()]);
+    }
+    c.launch().await;
     declare_on_n1(&c, queue).await;
     let l = wait_leader(&c, queue).await;
     let via = (l + 1) % 3;

@@ -371,6 +371,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if out.is_empty() {
             return Ok(());
         }
+        if let Some(entry) = &self.entry {
+            entry
+                .send_pend
+                .store(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         self.stream.write_all(out).await?;
         // A TLS stream holds the records it could not write at once until
         // flushed; for TCP this does nothing.

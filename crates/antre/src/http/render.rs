@@ -322,6 +322,9 @@ pub fn connection(state: &HttpState, c: &ConnectionEntry) -> Value {
         "recv_oct_details": details(recv_rate),
         "send_oct": c.send_oct.load(Ordering::Relaxed),
         "send_oct_details": details(send_rate),
+        "recv_cnt": c.recv_cnt.get(),
+        "send_cnt": c.send_cnt.get(),
+        "send_pend": c.send_pend.load(Ordering::Relaxed),
     });
     add_tls(&mut out, c.tls.as_ref());
     out
