@@ -434,6 +434,9 @@ fn queue_page(s: &Session) {
     s.find(&format!("{publish}//p[text()='Message published.']"));
     s.refresh();
     s.find("//div[@id='queue-ready' and text()='5']");
+    // Five bodies of 7 bytes ("order 0" to "order 4"), and no consumer.
+    s.find("//div[@id='queue-bytes' and text()='35 B']");
+    s.find("//div[@id='queue-utilisation' and text()='–']");
     s.find(&format!("{publish}//p[text()='Message published.']"));
     let _ = s.screenshot("antre-ui-queue.png");
     s.click("//button[text()='Purge messages']");

@@ -708,6 +708,8 @@ async fn a_queue_reports_rabbitmqs_message_figures() {
         "{q}"
     );
     assert_eq!(q["head_message_timestamp"], 1_700_000_001, "{q}");
+    // The transient body in memory, with its entry.
+    assert!(q["memory"].as_u64().is_some_and(|m| m > 10), "{q}");
     assert_eq!(
         (
             q["consumer_utilisation"].as_f64(),

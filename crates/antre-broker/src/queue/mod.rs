@@ -244,6 +244,11 @@ pub struct QueueStats {
     /// ms since it was created: two readings give RabbitMQ's consumer
     /// utilisation over the time between them ([`share_free`]).
     pub held: (u64, u64),
+    /// An estimate of the memory it holds, in bytes (RabbitMQ's `memory`,
+    /// its process's): what it holds of the node's message budget (ready
+    /// entries and the bodies among them in memory, dead letters kept),
+    /// and its unacked messages' entries and bodies held in memory.
+    pub memory: u64,
 }
 
 impl QueueStats {
@@ -1049,18 +1054,22 @@ impl Queue {
             st.ready.persistent().plus(st.unacked_persistent)
         };
         let consumers = st.consumers.len() as u32;
+        let unacked_in_memory = unacked.minus(st.unacked_persistent);
         QueueStats {
             ready,
             unacked,
             persistent,
             ready_in_memory: st.ready.in_memory(),
-            unacked_in_memory: unacked.minus(st.unacked_persistent),
+            unacked_in_memory,
             head_timestamp: st
                 .ready
                 .head_in_memory()
                 .and_then(|m| m.properties.timestamp),
             consumers,
             held: st.held.reading(now),
+            memory: st.ready.pager.charged()
+                + unacked_in_memory.bytes
+                + unacked.count * paging::ENTRY_COST,
         }
     }
 

@@ -147,6 +147,9 @@ pub(crate) struct Pager {
     /// Opening the scratch store failed: keep things in memory.
     broken: bool,
     queue: String,
+    /// What this queue holds of the budget now (counted without a budget
+    /// too): the management API's estimate of its memory.
+    charged: std::cell::Cell<u64>,
 }
 
 impl Pager {
@@ -156,19 +159,30 @@ impl Pager {
             scratch: None,
             broken: false,
             queue: queue.to_owned(),
+            charged: std::cell::Cell::new(0),
         }
+    }
+
+    /// What this queue holds of the budget now.
+    pub fn charged(&self) -> u64 {
+        self.charged.get()
     }
 
     /// Takes `bytes` from the budget; always succeeds without paging.
     pub fn try_charge(&self, bytes: u64) -> bool {
-        match &self.paging {
+        let taken = match &self.paging {
             None => true,
             Some(p) => p.memory.try_charge(bytes),
+        };
+        if taken {
+            self.charged.set(self.charged.get() + bytes);
         }
+        taken
     }
 
     /// Gives `bytes` back to the budget.
     pub fn release(&self, bytes: u64) {
+        self.charged.set(self.charged.get().saturating_sub(bytes));
         if let Some(p) = &self.paging {
             p.memory.release(bytes);
         }
@@ -177,6 +191,7 @@ impl Pager {
     /// Takes `bytes` whether or not they fit (a message that cannot be
     /// paged must stay in memory, and is counted all the same).
     pub fn force_charge(&self, bytes: u64) {
+        self.charged.set(self.charged.get() + bytes);
         if let Some(p) = &self.paging {
             p.memory.used.fetch_add(bytes, Ordering::Relaxed);
         }
@@ -385,6 +400,17 @@ pub(crate) fn decode_page(mut raw: Bytes) -> Option<Vec<Ready>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pager_counts_what_its_queue_holds_of_the_budget() {
+        let pager = Pager::new(None, "q");
+        assert!(pager.try_charge(100));
+        pager.force_charge(20);
+        pager.release(50);
+        assert_eq!(pager.charged(), 70);
+        pager.release(500);
+        assert_eq!(pager.charged(), 0, "never below nothing");
+    }
 
     #[test]
     fn pages_round_trip() {

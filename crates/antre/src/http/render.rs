@@ -104,6 +104,7 @@ pub fn queue(state: &HttpState, q: &Arc<Queue>) -> Value {
         "message_bytes_ram": in_memory.bytes,
         "message_bytes_paged_out": paged_out.bytes,
         "head_message_timestamp": s.head_timestamp,
+        "memory": s.memory,
         "consumers": s.consumers,
         "consumer_utilisation": utilisation,
         "consumer_capacity": utilisation,

@@ -79,7 +79,7 @@ const OWNER_WAIT: Duration = Duration::from_secs(3);
 
 /// The fields of a queue's row that only its owner knows: its messages,
 /// deliveries and consumers are there, and so are its counters and rates.
-const OWNER_FIELDS: [&str; 24] = [
+const OWNER_FIELDS: [&str; 25] = [
     "messages",
     "messages_details",
     "messages_ready",
@@ -98,6 +98,7 @@ const OWNER_FIELDS: [&str; 24] = [
     "message_bytes_ram",
     "message_bytes_paged_out",
     "head_message_timestamp",
+    "memory",
     "consumers",
     "consumer_utilisation",
     "consumer_capacity",

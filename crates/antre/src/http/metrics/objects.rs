@@ -123,7 +123,7 @@ fn n(v: u64) -> Option<f64> {
     Some(v as f64)
 }
 
-const QUEUE_METRICS: [(Metric, QueueValue); 18] = [
+const QUEUE_METRICS: [(Metric, QueueValue); 19] = [
     (
         Metric {
             name: "queue_messages_ready",
@@ -159,6 +159,13 @@ const QUEUE_METRICS: [(Metric, QueueValue); 18] = [
             families: &["queue_consumer_count", "queue_metrics"],
         },
         |s| n(u64::from(s.consumers)),
+    ),
+    (
+        detail(
+            "queue_process_memory_bytes",
+            "Memory in bytes used by the Erlang queue process",
+        ),
+        |s| n(s.memory),
     ),
     (
         detail("queue_consumer_utilisation", "Consumer utilisation"),

@@ -118,7 +118,13 @@ export function channelPage(view, name) {
     h("h1", {}, "Channel ", h("span", { class: "muted" }, name)),
     view.live(ch => [
       stat("Consumers", ch.consumer_count, "channel-consumers"), stat("Prefetch", ch.prefetch_count),
+      stat("Global prefetch", ch.global_prefetch_count, "channel-global-prefetch"),
       stat("Unacked", ch.messages_unacknowledged, "channel-unacked"),
+      stat("Unconfirmed", ch.messages_unconfirmed, "channel-unconfirmed"),
+      stat("Uncommitted", ch.messages_uncommitted, "channel-uncommitted"),
+      stat("Publish /s", ch.message_stats.publish_details.rate),
+      stat("Deliver /s", ch.message_stats.deliver_get_details.rate),
+      stat("Ack /s", ch.message_stats.ack_details.rate),
     ], { class: "stats" }),
     view.live(ch => details([
       ["Connection", connectionLink(ch.connection_details.name)], ["Number", fmt(ch.number)],

@@ -262,6 +262,10 @@ export async function queuePage(view, vhost, name) {
       stat("Total", q.messages, "queue-total"), stat("Consumers", q.consumers, "queue-consumers"),
       stat("Publish /s", q.message_stats.publish_details.rate), stat("Deliver /s", q.message_stats.deliver_get_details.rate),
       stat("Ack /s", q.message_stats.ack_details.rate), stat("Ready bytes", bytes(q.message_bytes_ready)),
+      stat("Bytes", bytes(q.message_bytes), "queue-bytes"), stat("Persistent", q.messages_persistent, "queue-persistent"),
+      stat("In memory", q.messages_ram, "queue-ram"),
+      // The share of recent time its consumers could take its messages.
+      stat("Consumer utilisation", q.consumers ? `${Math.round(q.consumer_utilisation * 100)}%` : "–", "queue-utilisation"),
       // A quorum queue's dead letters kept until a queue holds them (at-least-once).
       q.messages_dlx ? stat("Dead letters kept", q.messages_dlx, "queue-dlx") : null,
     ], { class: "stats" }),
