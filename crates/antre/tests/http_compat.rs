@@ -1115,6 +1115,7 @@ async fn the_overview_reports_churn_and_each_kind_of_delivery() {
         "{node}"
     );
     assert!(node["queue_declared_details"]["rate"].is_number(), "{node}");
+    assert_eq!(node["partitions"], json!([]), "{node}");
     // A connection counts its socket reads and writes, and the bytes of a
     // write under way (none between writes).
     let (_, conns) = b.api("GET", "/api/connections", None).await;

@@ -468,6 +468,11 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         "fd_total": crate::sockets::fd_limit(),
         "sockets_used": state.sockets.used(),
         "sockets_total": state.sockets.total(),
+        // RabbitMQ lists the nodes it is partitioned from, which stay so
+        // until an operator heals them; antre's Raft groups heal by
+        // themselves once the network does, so there is never one to list
+        // (a node it cannot reach shows as not running).
+        "partitions": [],
     });
     // RabbitMQ's churn counters, `connection_created` and the rest, with
     // their `*_details`, are fields of the node's row.
