@@ -1615,6 +1615,29 @@ async fn whole_cluster_listed(c: &TestCluster, i: usize, names: &[&str]) {
     // The four publishes n1 took, counted whichever node is asked.
     assert_eq!(overview["message_stats"]["publish"], 4, "{node}");
     assert_eq!(overview["message_stats"]["confirm"], 4, "{node}");
+    // The cluster's churn: every node's connections opened add up.
+    let opened = overview["churn_rates"]["connection_created"].as_u64();
+    assert!(opened.is_some_and(|n| n >= 3), "{node}: {overview}");
+    // A queue's figures are its owner's (n1's), whichever node shows
+    // them: the backlog's four bodies of 7 bytes, the consumed queue's
+    // utilisation.
+    let queues = rows(c, i, guest, "/api/queues").await;
+    let listed = |name: &str| {
+        queues
+            .iter()
+            .find(|q| q["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not listed by {node}"))
+    };
+    let backlog = listed("backlog");
+    assert_eq!(
+        (&backlog["message_bytes"], &backlog["message_bytes_ready"]),
+        (&json!(28), &json!(28)),
+        "{node}: {backlog}"
+    );
+    assert!(backlog["memory"].is_u64(), "{node}: {backlog}");
+    let orders = listed("orders");
+    assert_eq!(orders["consumer_utilisation"], 1.0, "{node}: {orders}");
 }
 
 /// A connection's or channel's name as a path segment.
