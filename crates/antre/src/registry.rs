@@ -5,7 +5,7 @@
 //! behind a small mutex touched only when a channel opens or closes, so the
 //! AMQP hot path pays a relaxed add per socket read or write and nothing more.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +29,38 @@ pub struct Registry {
     /// the write lock of `connections`, so [`Registry::totals`] sees a
     /// connection's channels either here or on its entry, never twice.
     retired_channels_opened: AtomicU64,
+    /// Per vhost, the traffic of connections that are gone (under the same
+    /// write lock, for the same reason).
+    retired_traffic: Mutex<HashMap<String, Traffic>>,
+}
+
+/// What connections carried in a vhost: their channels' `message_stats`
+/// counters (in [`ChannelStats::counters`]' order) and their bytes, as
+/// RabbitMQ's vhost figures add up its connections'.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// The channels' counters.
+    pub counters: [u64; 12],
+    /// Bytes read from the sockets.
+    pub recv_oct: u64,
+    /// Bytes written to the sockets.
+    pub send_oct: u64,
+}
+
+impl Traffic {
+    fn add_counters(&mut self, stats: &ChannelStats) {
+        for (sum, (_, n)) in self.counters.iter_mut().zip(stats.counters()) {
+            *sum += n;
+        }
+    }
+
+    fn add(&mut self, other: &Traffic) {
+        for (sum, n) in self.counters.iter_mut().zip(other.counters) {
+            *sum += n;
+        }
+        self.recv_oct += other.recv_oct;
+        self.send_oct += other.send_oct;
+    }
 }
 
 /// Connections and channels opened and closed since the start (RabbitMQ's
@@ -89,6 +121,8 @@ pub struct ConnectionEntry {
     /// The channels open now.
     channels: Mutex<BTreeMap<u16, OpenChannel>>,
     channels_opened: AtomicU64,
+    /// The counters of its channels that closed.
+    closed_channels: Mutex<Traffic>,
     close: Notify,
     close_reason: Mutex<Option<String>>,
 }
@@ -138,6 +172,7 @@ impl ConnectionEntry {
             blocked: AtomicBool::new(false),
             channels: Mutex::default(),
             channels_opened: AtomicU64::new(0),
+            closed_channels: Mutex::default(),
             close: Notify::new(),
             close_reason: Mutex::default(),
         }
@@ -161,7 +196,20 @@ impl ConnectionEntry {
 
     /// Records a channel closing.
     pub fn channel_closed(&self, number: u16) {
-        self.channels.lock().remove(&number);
+        if let Some(closed) = self.channels.lock().remove(&number) {
+            self.closed_channels.lock().add_counters(&closed.stats);
+        }
+    }
+
+    /// What this connection carried so far, its closed channels' included.
+    pub fn traffic(&self) -> Traffic {
+        let mut t = *self.closed_channels.lock();
+        for open in self.channels.lock().values() {
+            t.add_counters(&open.stats);
+        }
+        t.recv_oct = self.recv_oct.load(Ordering::Relaxed);
+        t.send_oct = self.send_oct.load(Ordering::Relaxed);
+        t
     }
 
     /// Records that a channel entered confirm or tx mode.
@@ -223,6 +271,11 @@ impl Registry {
             let channels = entry.channels_opened.load(Ordering::Relaxed);
             self.retired_channels_opened
                 .fetch_add(channels, Ordering::Relaxed);
+            self.retired_traffic
+                .lock()
+                .entry(entry.vhost.clone())
+                .or_default()
+                .add(&entry.traffic());
             self.closed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -241,6 +294,28 @@ impl Registry {
             channels_opened: opened,
             channels_closed: opened.saturating_sub(open),
         }
+    }
+
+    /// What every connection to `vhost` carried so far, gone ones
+    /// included.
+    pub fn traffic(&self, vhost: &str) -> Traffic {
+        let connections = self.connections.read();
+        let mut t = self
+            .retired_traffic
+            .lock()
+            .get(vhost)
+            .copied()
+            .unwrap_or_default();
+        for c in connections.values().filter(|c| c.vhost == vhost) {
+            t.add(&c.traffic());
+        }
+        t
+    }
+
+    /// Forgets the traffic of vhosts `keep` does not keep (deleted: one
+    /// made again with the name starts from nothing, as in RabbitMQ).
+    pub fn forget_traffic(&self, keep: impl Fn(&str) -> bool) {
+        self.retired_traffic.lock().retain(|vhost, _| keep(vhost));
     }
 
     /// Every open connection, oldest first.

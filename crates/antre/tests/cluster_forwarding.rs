@@ -1606,6 +1606,8 @@ async fn whole_cluster_listed(c: &TestCluster, i: usize, names: &[&str]) {
         (&json!(4), &json!(3)),
         "{node}: {vhost}"
     );
+    // Its traffic too: n1's channel published the four.
+    assert_eq!(vhost["message_stats"]["publish"], 4, "{node}: {vhost}");
     let states = vhost["cluster_state"].as_object().expect("cluster_state");
     assert_eq!(states.len(), 3, "{node}: {vhost}");
     assert!(states.values().all(|s| s == "running"), "{node}: {vhost}");

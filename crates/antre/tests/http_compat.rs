@@ -877,7 +877,8 @@ async fn a_queue_reports_rabbitmqs_message_figures() {
 /// deliver_get, deliver, get_empty, ack, ...), `messages_unconfirmed`,
 /// `messages_uncommitted`, `acks_uncommitted` and
 /// `global_prefetch_count`; `prefetch_count` was its consumers' largest
-/// window rather than the channel's basic.qos.
+/// window rather than the channel's basic.qos. A vhost's row lacked its
+/// connections' `message_stats`, `recv_oct` and `send_oct`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_reports_rabbitmqs_figures() {
     use futures::StreamExt;
@@ -1031,6 +1032,50 @@ async fn a_channel_reports_rabbitmqs_figures() {
         .cloned()
         .expect("the channel");
     assert_eq!(t["messages_uncommitted"], 0, "{t}");
+
+    // The vhost adds up its connections' channels, and keeps what closed
+    // channels and connections carried.
+    let vhost_counts = |v: &Value| -> Vec<u64> {
+        // What the client saw answered (a delivery or an ack may still be
+        // on its way).
+        [
+            "publish",
+            "confirm",
+            "drop_unroutable",
+            "return_unroutable",
+            "get_empty",
+        ]
+        .iter()
+        .map(|k| v["message_stats"][*k].as_u64().unwrap_or(u64::MAX))
+        .collect()
+    };
+    let (_, v) = b.api("GET", "/api/vhosts/%2F", None).await;
+    assert_eq!(vhost_counts(&v), [7, 5, 1, 1, 1], "{v}");
+    assert!(v["recv_oct"].as_u64().is_some_and(|n| n > 0), "{v}");
+    assert!(v["send_oct_details"]["rate"].is_number(), "{v}");
+    publishing.close(200, "done").await.expect("channel.close");
+    let (_, v) = b.api("GET", "/api/vhosts/%2F", None).await;
+    assert_eq!(
+        vhost_counts(&v),
+        [7, 5, 1, 1, 1],
+        "after a channel closed: {v}"
+    );
+    conn.close(200, "done").await.expect("connection.close");
+    let v = common::within("the connection gone", async {
+        loop {
+            let (_, v) = b.api("GET", "/api/vhosts/%2F", None).await;
+            if v["connections"] == 0 {
+                return v;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        vhost_counts(&v),
+        [7, 5, 1, 1, 1],
+        "after the connection closed: {v}"
+    );
 }
 
 /// Regression: the overview lacked RabbitMQ 3.10's `churn_rates`,

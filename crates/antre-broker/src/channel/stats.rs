@@ -102,24 +102,42 @@ impl ChannelStats {
             .store(u64::from(global), Ordering::Relaxed);
     }
 
-    /// Its `message_stats` counters by RabbitMQ's names, with
-    /// `deliver_get` (every delivery and get) among them.
+    /// Its `message_stats` counters by RabbitMQ's names
+    /// ([`ChannelStats::NAMES`]), with `deliver_get` (every delivery and
+    /// get) among them.
     pub fn counters(&self) -> [(&'static str, u64); 12] {
         let deliver_get =
             self.deliver.get() + self.deliver_no_ack.get() + self.get.get() + self.get_no_ack.get();
-        [
-            ("publish", self.publish.get()),
-            ("confirm", self.confirm.get()),
-            ("return_unroutable", self.return_unroutable.get()),
-            ("drop_unroutable", self.drop_unroutable.get()),
-            ("deliver_get", deliver_get),
-            ("deliver", self.deliver.get()),
-            ("deliver_no_ack", self.deliver_no_ack.get()),
-            ("get", self.get.get()),
-            ("get_no_ack", self.get_no_ack.get()),
-            ("get_empty", self.get_empty.get()),
-            ("redeliver", self.redeliver.get()),
-            ("ack", self.ack.get()),
-        ]
+        let values = [
+            self.publish.get(),
+            self.confirm.get(),
+            self.return_unroutable.get(),
+            self.drop_unroutable.get(),
+            deliver_get,
+            self.deliver.get(),
+            self.deliver_no_ack.get(),
+            self.get.get(),
+            self.get_no_ack.get(),
+            self.get_empty.get(),
+            self.redeliver.get(),
+            self.ack.get(),
+        ];
+        std::array::from_fn(|i| (Self::NAMES[i], values[i]))
     }
+
+    /// The names of [`ChannelStats::counters`], in their order.
+    pub const NAMES: [&'static str; 12] = [
+        "publish",
+        "confirm",
+        "return_unroutable",
+        "drop_unroutable",
+        "deliver_get",
+        "deliver",
+        "deliver_no_ack",
+        "get",
+        "get_no_ack",
+        "get_empty",
+        "redeliver",
+        "ack",
+    ];
 }

@@ -17,7 +17,7 @@ use antre_broker::Broker;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use crate::registry::{now_ms, Registry};
+use crate::registry::{now_ms, Registry, Traffic};
 
 /// Broker-wide samples kept for charts (10 minutes at the default interval).
 pub const HISTORY: usize = 120;
@@ -182,6 +182,10 @@ pub type ChannelSample = [u64; 12];
 /// Their rates, per second.
 pub type ChannelRates = [f64; 12];
 
+/// A vhost's traffic rates, per second: its channels' counters (in
+/// [`Traffic::counters`]' order), then bytes received and sent.
+pub type VhostRates = ([f64; 12], f64, f64);
+
 /// This node's counters beyond the overview's charts, by RabbitMQ's
 /// names: the parts of `deliver_get` and the objects' churn (a node's
 /// `connection_created`, ..., the overview's `churn_rates`).
@@ -242,6 +246,8 @@ struct State {
     chans: HashMap<(u64, u16), ChannelRates>,
     node_last: Vec<(&'static str, u64)>,
     node: HashMap<&'static str, f64>,
+    vhosts_last: HashMap<String, Traffic>,
+    vhosts: HashMap<String, VhostRates>,
     history: VecDeque<OverviewSample>,
 }
 
@@ -332,6 +338,15 @@ impl Rates {
             })
             .collect();
         let node = node_counters(broker, registry);
+        let names: Vec<String> = broker.vhosts().iter().map(|v| v.name.clone()).collect();
+        registry.forget_traffic(|v| names.iter().any(|n| n == v));
+        let traffic: HashMap<String, Traffic> = names
+            .into_iter()
+            .map(|name| {
+                let t = registry.traffic(&name);
+                (name, t)
+            })
+            .collect();
         let mut st = self.state.write();
         if let Some((then, before)) = st.last {
             let dt = at.duration_since(then).as_secs_f64();
@@ -382,6 +397,19 @@ impl Rates {
                     (*id, (rate(b.0, now.0, dt), rate(b.1, now.1, dt)))
                 })
                 .collect();
+            st.vhosts = traffic
+                .iter()
+                .map(|(name, now)| {
+                    let b = st.vhosts_last.get(name).copied().unwrap_or(*now);
+                    let counters =
+                        std::array::from_fn(|i| rate(b.counters[i], now.counters[i], dt));
+                    let recv = rate(b.recv_oct, now.recv_oct, dt);
+                    (
+                        name.clone(),
+                        (counters, recv, rate(b.send_oct, now.send_oct, dt)),
+                    )
+                })
+                .collect();
             st.chans = chans
                 .iter()
                 .map(|(key, now)| {
@@ -409,6 +437,7 @@ impl Rates {
         st.conns_last = conns;
         st.chans_last = chans;
         st.node_last = node;
+        st.vhosts_last = traffic;
         st.history.push_back(overview);
         while st.history.len() > HISTORY {
             st.history.pop_front();
@@ -470,6 +499,16 @@ impl Rates {
         self.state
             .read()
             .node
+            .get(name)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A vhost's traffic rates on this node (zero until sampled twice).
+    pub fn vhost(&self, name: &str) -> VhostRates {
+        self.state
+            .read()
+            .vhosts
             .get(name)
             .copied()
             .unwrap_or_default()

@@ -262,7 +262,7 @@ fn node_message_stats(state: &HttpState) -> Value {
 }
 
 /// Adds another member's `message_stats` to `ours`: counters and rates.
-fn add_message_stats(ours: &mut Value, theirs: &serde_json::Map<String, Value>) {
+pub(crate) fn add_message_stats(ours: &mut Value, theirs: &serde_json::Map<String, Value>) {
     let Some(ours) = ours.as_object_mut() else {
         return;
     };

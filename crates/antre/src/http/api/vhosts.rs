@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use antre_broker::channel::ChannelStats;
 use antre_broker::cluster::MetaCommand;
 use antre_cluster::wire::Listing;
 use axum::extract::{Extension, Path, Query, State};
@@ -10,9 +11,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::overview::add_message_stats;
 use super::peers::cluster_rows;
 use super::{listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
+use crate::http::render::{details, message_stats};
 use crate::http::{AuthUser, HttpState};
 
 /// This node's own figures of each vhost (or of `vhost`): the messages in
@@ -27,11 +30,24 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
         .iter()
         .map(|v| {
             let (ready, unacked) = super::overview::owned_messages_in(v);
+            let traffic = state.registry.traffic(&v.name);
+            let (rates, recv_rate, send_rate) = state.rates.vhost(&v.name);
+            let counters: Vec<(&str, u64, f64)> = ChannelStats::NAMES
+                .iter()
+                .zip(traffic.counters)
+                .zip(rates)
+                .map(|((name, count), rate)| (*name, count, rate))
+                .collect();
             json!({
                 "name": v.name,
                 "messages_ready": ready,
                 "messages_unacknowledged": unacked,
                 "connections": connections.iter().filter(|c| c.vhost == v.name).count(),
+                "message_stats": message_stats(&counters),
+                "recv_oct": traffic.recv_oct,
+                "recv_oct_details": details(recv_rate),
+                "send_oct": traffic.send_oct,
+                "send_oct_details": details(send_rate),
             })
         })
         .collect()
@@ -49,7 +65,26 @@ fn vhost_json(state: &HttpState, name: &str, figures: &[Value]) -> Value {
             .sum()
     };
     let (ready, unacked) = (sum("messages_ready"), sum("messages_unacknowledged"));
-    json!({
+    // The traffic of every member's connections, with rates, added up.
+    let mut stats: Option<Value> = None;
+    let mut bytes = json!({
+        "recv_oct": 0,
+        "recv_oct_details": details(0.0),
+        "send_oct": 0,
+        "send_oct_details": details(0.0),
+    });
+    for f in figures.iter().filter(|f| f["name"] == name) {
+        if let Some(theirs) = f["message_stats"].as_object() {
+            match &mut stats {
+                None => stats = Some(Value::Object(theirs.clone())),
+                Some(ours) => add_message_stats(ours, theirs),
+            }
+        }
+        if let Some(theirs) = f.as_object() {
+            add_message_stats(&mut bytes, theirs);
+        }
+    }
+    let mut row = json!({
         "name": name,
         "description": "",
         "tags": [],
@@ -63,7 +98,12 @@ fn vhost_json(state: &HttpState, name: &str, figures: &[Value]) -> Value {
         "messages_unacknowledged": unacked,
         "connections": sum("connections"),
         "cluster_state": cluster_state(state),
-    })
+    });
+    if let (Some(row), Value::Object(bytes)) = (row.as_object_mut(), bytes) {
+        row.extend(bytes);
+        row.insert("message_stats".into(), stats.unwrap_or_else(|| json!({})));
+    }
+    row
 }
 
 /// Each node's state (`running`, or `nodedown` for a member this node
