@@ -296,20 +296,16 @@ impl Registry {
         }
     }
 
-    /// What every connection to `vhost` carried so far, gone ones
-    /// included.
-    pub fn traffic(&self, vhost: &str) -> Traffic {
+    /// What the connections to each vhost carried so far, gone ones
+    /// included, in one pass over the connections (a vhost that never had
+    /// one is missing).
+    pub fn traffic(&self) -> HashMap<String, Traffic> {
         let connections = self.connections.read();
-        let mut t = self
-            .retired_traffic
-            .lock()
-            .get(vhost)
-            .copied()
-            .unwrap_or_default();
-        for c in connections.values().filter(|c| c.vhost == vhost) {
-            t.add(&c.traffic());
+        let mut all = self.retired_traffic.lock().clone();
+        for c in connections.values() {
+            all.entry(c.vhost.clone()).or_default().add(&c.traffic());
         }
-        t
+        all
     }
 
     /// Forgets the traffic of vhosts `keep` does not keep (deleted: one

@@ -338,15 +338,10 @@ impl Rates {
             })
             .collect();
         let node = node_counters(broker, registry);
-        let names: Vec<String> = broker.vhosts().iter().map(|v| v.name.clone()).collect();
-        registry.forget_traffic(|v| names.iter().any(|n| n == v));
-        let traffic: HashMap<String, Traffic> = names
-            .into_iter()
-            .map(|name| {
-                let t = registry.traffic(&name);
-                (name, t)
-            })
-            .collect();
+        let names: std::collections::HashSet<String> =
+            broker.vhosts().iter().map(|v| v.name.clone()).collect();
+        registry.forget_traffic(|v| names.contains(v));
+        let traffic: HashMap<String, Traffic> = registry.traffic();
         let mut st = self.state.write();
         if let Some((then, before)) = st.last {
             let dt = at.duration_since(then).as_secs_f64();

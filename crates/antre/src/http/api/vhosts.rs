@@ -26,11 +26,12 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
         return Vec::new();
     };
     let connections = state.registry.connections();
+    let mut traffic = state.registry.traffic();
     vhosts
         .iter()
         .map(|v| {
             let (ready, unacked) = super::overview::owned_messages_in(v);
-            let traffic = state.registry.traffic(&v.name);
+            let traffic = traffic.remove(&v.name).unwrap_or_default();
             let (rates, recv_rate, send_rate) = state.rates.vhost(&v.name);
             let counters: Vec<(&str, u64, f64)> = ChannelStats::NAMES
                 .iter()
