@@ -25,7 +25,10 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
     let Ok(vhosts) = state.vhosts_for(vhost) else {
         return Vec::new();
     };
-    let connections = state.registry.connections();
+    let mut connections: HashMap<String, usize> = HashMap::new();
+    for c in state.registry.connections() {
+        *connections.entry(c.vhost.clone()).or_default() += 1;
+    }
     let mut traffic = state.registry.traffic();
     vhosts
         .iter()
@@ -43,7 +46,7 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
                 "name": v.name,
                 "messages_ready": ready,
                 "messages_unacknowledged": unacked,
-                "connections": connections.iter().filter(|c| c.vhost == v.name).count(),
+                "connections": connections.get(&v.name).copied().unwrap_or(0),
                 "message_stats": message_stats(&counters),
                 "recv_oct": traffic.recv_oct,
                 "recv_oct_details": details(recv_rate),
