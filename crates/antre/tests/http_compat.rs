@@ -466,6 +466,17 @@ async fn node_and_vhost_endpoints_answer_as_rabbitmq_does() {
     assert!(row["db_dir"].is_string(), "{row}");
     let (status, _) = b.api("GET", "/api/nodes/nosuch@host", None).await;
     assert_eq!(status, 404);
+    // Regression: Debian's nagios-plugins-rabbitmq (check_rabbitmq_partition,
+    // _watermark, _server) ask for RabbitMQ's default name, rabbit@HOST,
+    // and answered UNKNOWN "Not found".
+    let host = node.strip_prefix("antre@").expect("antre@HOST");
+    let (status, row) = b
+        .api("GET", &format!("/api/nodes/rabbit@{host}"), None)
+        .await;
+    assert_eq!((status, &row["name"]), (200, &json!(node)), "{row}");
+    assert_eq!(row["partitions"], json!([]), "{row}");
+    let (status, _) = b.api("GET", "/api/nodes/rabbit@nosuchhost", None).await;
+    assert_eq!(status, 404);
     let (status, vhost) = b.api("GET", "/api/vhosts/%2F", None).await;
     assert_eq!(status, 200);
     assert_eq!(vhost["default_queue_type"], "classic", "{vhost}");

@@ -529,9 +529,23 @@ pub async fn node(
 }
 
 /// Node `name`'s row of [`nodes`], if it is this node or a member.
+///
+/// Tools that build RabbitMQ's default node name, `rabbit@HOST` (Debian's
+/// nagios-plugins-rabbitmq ask `/api/nodes/rabbit@HOST` with the host or
+/// `--node` given), find the node named HOST (a cluster member `n1` as
+/// `rabbit@n1`) or antre's own single-node name `antre@HOST`.
 pub(crate) async fn node_row(state: &HttpState, name: &str) -> Option<Value> {
     let Json(all) = nodes(State(state.clone())).await;
-    all.as_array()?.iter().find(|r| r["name"] == name).cloned()
+    let rows = all.as_array()?;
+    let exact = rows.iter().find(|r| r["name"] == name);
+    let host = name.strip_prefix("rabbit@");
+    let aliased = || {
+        let host = host?;
+        let ours = format!("antre@{host}");
+        rows.iter()
+            .find(|r| r["name"] == host || r["name"] == ours.as_str())
+    };
+    exact.or_else(aliased).cloned()
 }
 
 /// GET /api/healthchecks/node: RabbitMQ's health check from before 3.8's
