@@ -89,8 +89,9 @@ pub async fn overview(
     let r = state.rates.overview();
     let (mut connections, mut channels, exchanges, queues, mut consumers) = object_totals(&state);
     let (mut ready, mut unacked) = owned_messages(&state);
-    let mut message_stats = node_message_stats(&state);
-    let mut churn_rates = node_figures(&state, &CHURN);
+    let counters = node_counters(&state.broker, &state.registry);
+    let mut message_stats = node_message_stats(&state, &counters);
+    let mut churn_rates = node_figures(&state, &counters, &CHURN);
     let (mut ready_rate, mut unacked_rate) = (r.ready, r.unacked);
     // In a cluster the totals are the cluster's, as RabbitMQ's are: each
     // member's connections, channels, message counters and rates, and the
@@ -203,14 +204,14 @@ async fn cluster_samples(state: &HttpState, ours: Vec<OverviewSample>) -> Vec<Ov
     crate::http::rates::cluster_history(ours, &others, slack)
 }
 
-/// This node's counters of [`node_counters`] named in `names`, with their
-/// rates, in the `message_stats` shape.
-fn node_figures(state: &HttpState, names: &[&str]) -> Value {
-    let all = node_counters(&state.broker, &state.registry);
+/// Those of this node's counters `all` ([`node_counters`], read once per
+/// answer) named in `names`, with their rates, in the `message_stats`
+/// shape.
+fn node_figures(state: &HttpState, all: &[(&'static str, u64)], names: &[&str]) -> Value {
     let counters: Vec<(&str, u64, f64)> = all
-        .into_iter()
+        .iter()
         .filter(|(name, _)| names.contains(name))
-        .map(|(name, count)| (name, count, state.rates.node(name)))
+        .map(|&(name, count)| (name, count, state.rates.node(name)))
         .collect();
     message_stats(&counters)
 }
@@ -229,11 +230,12 @@ const CHURN: [&str; 7] = [
 
 /// This node's message counters and their rates, in the overview's
 /// `message_stats` shape.
-fn node_message_stats(state: &HttpState) -> Value {
+fn node_message_stats(state: &HttpState, counters: &[(&'static str, u64)]) -> Value {
     let m = &state.broker.metrics;
     let r = state.rates.overview();
     let mut stats = node_figures(
         state,
+        counters,
         &[
             "deliver",
             "deliver_no_ack",
@@ -430,7 +432,8 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
     let (connections, channels, _, queues, consumers) = object_totals(state);
     let (ready, unacked) = owned_messages(state);
     let rates = state.rates.overview();
-    let churn = node_figures(state, &CHURN);
+    let counters = node_counters(&state.broker, &state.registry);
+    let churn = node_figures(state, &counters, &CHURN);
     let mut node = json!({
         "name": state.node_name(),
         "type": "disc",
@@ -457,7 +460,7 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         "messages_ready_details": details(rates.ready),
         "messages_unacknowledged": unacked,
         "messages_unacknowledged_details": details(rates.unacked),
-        "message_stats": node_message_stats(state),
+        "message_stats": node_message_stats(state, &counters),
         "data_dir": state.config.data_dir.display().to_string(),
         // RabbitMQ's names for the same: its data directory, the OS
         // process, the cores the node may use.
