@@ -617,6 +617,11 @@ fn exchanges(s: &Session, ui: &str, api: &Api) {
     s.click("//tr[td/a[text()='browser-orders']]//button[text()='Unbind']");
     s.find("//div[@id='flash']//span[text()='Unbound browser-orders.']");
     s.find("//div[contains(@class,'empty') and text()='No bindings.']");
+
+    // The default exchange's page counts what the API published to it.
+    s.go(&format!("{ui}/#/exchanges/%2F/amq.default"));
+    s.find("//dt[text()='Published in']/following-sibling::dd[1][not(starts-with(text(),'0 '))]");
+    s.find("//dt[text()='Routed out']/following-sibling::dd[1][not(starts-with(text(),'0 '))]");
 }
 
 /// A connection's page and its channel's page, for the test's lapin

@@ -1614,6 +1614,16 @@ async fn whole_cluster_listed(c: &TestCluster, i: usize, names: &[&str]) {
     let listed = rows(c, i, guest, "/api/vhosts").await;
     let slash = listed.iter().find(|v| v["name"] == "/").expect("/ listed");
     assert_eq!(slash["messages_ready"], 4, "{node}: {slash}");
+    // The exchange they went through counts them too, on every node.
+    let (_, default) = c
+        .api(i, "GET", "/api/exchanges/%2F/amq.default", None)
+        .await;
+    let flow = &default["message_stats"];
+    assert_eq!(
+        (&flow["publish_in"], &flow["publish_out"]),
+        (&json!(4), &json!(4)),
+        "{node}: {default}"
+    );
     // The four publishes n1 took, counted whichever node is asked.
     assert_eq!(overview["message_stats"]["publish"], 4, "{node}");
     assert_eq!(overview["message_stats"]["confirm"], 4, "{node}");

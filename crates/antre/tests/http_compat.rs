@@ -1181,3 +1181,134 @@ async fn the_overview_reports_churn_and_each_kind_of_delivery() {
     }
     assert_eq!(c["send_pend"], 0, "{c}");
 }
+
+/// An exchange's `message_stats`, as RabbitMQ 3.10 shows them: `publish_in`
+/// once something was published to it, `publish_out` (a copy per queue
+/// that took it) once something was routed out; counted at commit in a
+/// transaction; kept when the publishing channel and connection close;
+/// gone with the exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_reports_what_went_in_and_out() {
+    use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
+    let b =
+        TestBroker::start_with(|c| c.rate_interval = std::time::Duration::from_millis(100)).await;
+    let conn = b.lapin().await;
+    let ch = common::confirm_channel(&conn).await;
+    common::fanout_into(&ch, "xs", "xs1").await;
+    common::fanout_into(&ch, "xs", "xs2").await;
+    ch.exchange_declare(
+        "xs-quiet",
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        Default::default(),
+    )
+    .await
+    .expect("exchange.declare");
+    for _ in 0..3 {
+        common::publish_confirmed(&ch, "xs", "", b"m").await;
+    }
+    common::publish_confirmed(&ch, "", "xs1", b"direct").await;
+    common::publish_confirmed(&ch, "amq.direct", "nowhere", b"dropped").await;
+    let transacted = conn.create_channel().await.expect("channel");
+    transacted.tx_select().await.expect("tx.select");
+    for _ in 0..2 {
+        transacted
+            .basic_publish(
+                "xs",
+                "",
+                BasicPublishOptions::default(),
+                b"t",
+                Default::default(),
+            )
+            .await
+            .expect("publish");
+    }
+
+    let flow = |x: &Value| -> (Option<u64>, Option<u64>) {
+        let ms = &x["message_stats"];
+        (ms["publish_in"].as_u64(), ms["publish_out"].as_u64())
+    };
+    let show = |name: &'static str| {
+        let b = &b;
+        async move {
+            b.api("GET", &format!("/api/exchanges/%2F/{name}"), None)
+                .await
+                .1
+        }
+    };
+    let x = show("xs").await;
+    assert_eq!(flow(&x), (Some(3), Some(6)), "{x}");
+    assert!(
+        x["message_stats"]["publish_in_details"]["rate"].is_number(),
+        "{x}"
+    );
+    assert!(
+        x["message_stats"]["publish_out_details"]["rate"].is_number(),
+        "{x}"
+    );
+    assert_eq!(
+        (x["incoming"].clone(), x["outgoing"].clone()),
+        (json!([]), json!([]))
+    );
+    let d = show("amq.default").await;
+    assert_eq!(flow(&d), (Some(1), Some(1)), "{d}");
+    // Nothing routed out: no publish_out; nothing published: no stats.
+    let direct = show("amq.direct").await;
+    assert_eq!(flow(&direct), (Some(1), None), "{direct}");
+    let quiet = show("xs-quiet").await;
+    assert!(quiet.get("message_stats").is_none(), "{quiet}");
+
+    transacted.tx_commit().await.expect("commit");
+    let x = show("xs").await;
+    assert_eq!(flow(&x), (Some(5), Some(10)), "counted at commit: {x}");
+    // The listing shows the same, and keeps it once the channels and the
+    // connection are gone.
+    conn.close(200, "done").await.expect("connection.close");
+    let listed = common::within("the connection gone", async {
+        loop {
+            let (_, listed) = b.api("GET", "/api/exchanges/%2F", None).await;
+            let (_, connections) = b.api("GET", "/api/connections", None).await;
+            if connections.as_array().is_some_and(|c| c.is_empty()) {
+                return listed;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let row = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|x| x["name"] == "xs")
+        .cloned()
+        .expect("xs listed");
+    assert_eq!(flow(&row), (Some(5), Some(10)), "{row}");
+
+    // Deleted and declared again, it starts from nothing.
+    let (status, _) = b.api("DELETE", "/api/exchanges/%2F/xs", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = b
+        .api(
+            "PUT",
+            "/api/exchanges/%2F/xs",
+            Some(json!({"type": "fanout"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let again = show("xs").await;
+    assert!(again.get("message_stats").is_none(), "{again}");
+    let conn = b.lapin().await;
+    let ch = common::confirm_channel(&conn).await;
+    common::publish_confirmed(&ch, "xs", "", b"m").await;
+    let again = show("xs").await;
+    assert_eq!(flow(&again), (Some(1), None), "{again}");
+    // The API's publishes count too, as RabbitMQ's (over a channel) do.
+    let body =
+        json!({"routing_key": "", "payload": "p", "payload_encoding": "string", "properties": {}});
+    let (status, _) = b
+        .api("POST", "/api/exchanges/%2F/xs/publish", Some(body))
+        .await;
+    assert_eq!(status, 200);
+    let again = show("xs").await;
+    assert_eq!(flow(&again), (Some(2), None), "{again}");
+}

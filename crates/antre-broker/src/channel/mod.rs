@@ -35,7 +35,7 @@ mod stream;
 mod tests;
 mod unacked;
 
-pub use stats::ChannelStats;
+pub use stats::{ChannelStats, ExchangeFlow, ExchangeFlows};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -182,6 +182,8 @@ pub struct Channel {
     confirmed_up_to: u64,
     /// Its figures, shared with the management API.
     stats: Arc<ChannelStats>,
+    /// The exchange it published to last, and its counts there.
+    flow: Option<Arc<ExchangeFlow>>,
     /// This channel's direct reply-to queue, once it consumed from
     /// `amq.rabbitmq.reply-to`.
     reply_queue: Option<Arc<Queue>>,
@@ -241,6 +243,8 @@ impl Channel {
 
     /// A freshly opened channel whose consumers' deliveries go to `sink`.
     pub fn new(id: u16, ctx: ChannelContext, sink: Arc<dyn DeliverySink>) -> Channel {
+        let stats = Arc::default();
+        ctx.vhost.exchange_flows().join(&stats);
         Channel {
             id,
             ctx,
@@ -258,7 +262,8 @@ impl Channel {
             syncs_outstanding: 0,
             sync_started: std::collections::VecDeque::new(),
             confirmed_up_to: 0,
-            stats: Arc::default(),
+            stats,
+            flow: None,
             reply_queue: None,
             held: std::collections::VecDeque::new(),
             at_once: false,
@@ -408,6 +413,7 @@ impl Channel {
         }
         self.requeue_all();
         self.close_remote();
+        self.ctx.vhost.exchange_flows().leave(&self.stats);
     }
 }
 

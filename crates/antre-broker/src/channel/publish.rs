@@ -140,7 +140,15 @@ impl Channel {
         // keep it for that.
         let kept =
             (mandatory || self.ctx.vhost.may_forward(&message)).then(|| Arc::clone(&message));
+        if !matches!(&self.flow, Some(flow) if flow.is_for(&message.exchange)) {
+            self.flow = Some(self.stats.flow(&message.exchange));
+        }
         let outcome = self.ctx.vhost.publish(message, options)?;
+        if let Some(flow) = &self.flow {
+            flow.publish_in.inc();
+            flow.publish_out
+                .add((outcome.routed + outcome.remote.len()) as u64);
+        }
         for durable in outcome.stored {
             self.mark_dirty(durable);
         }

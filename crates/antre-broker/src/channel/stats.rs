@@ -3,7 +3,11 @@
 //! them as it works (single-writer counters, see [`OwnedCounter`]); the server's
 //! registry holds the same `Arc` and reads them when the API asks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use crate::metrics::OwnedCounter;
 use crate::queue::Took;
@@ -41,6 +45,110 @@ pub struct ChannelStats {
     uncommitted_acks: AtomicU64,
     prefetch: AtomicU64,
     global_prefetch: AtomicU64,
+    /// Per exchange it published to, what went in and out. A map behind a
+    /// lock rather than counters on the exchange: a busy exchange's many
+    /// publishers would share one counter's cache line on every publish.
+    /// The channel keeps its last one at hand (see [`ExchangeFlow`]), so
+    /// the lock is taken when it changes exchange, not per publish.
+    exchanges: Mutex<HashMap<String, Arc<ExchangeFlow>>>,
+}
+
+/// A vhost's book of what its channels published through each exchange:
+/// the open channels' figures, and what closed ones left. An exchange's
+/// deletion forgets its figures here at once (one declared again with the
+/// name starts from nothing, as in RabbitMQ).
+#[derive(Debug, Default)]
+pub struct ExchangeFlows(Mutex<FlowBook>);
+
+#[derive(Debug, Default)]
+struct FlowBook {
+    /// The open channels, by address.
+    open: HashMap<usize, Weak<ChannelStats>>,
+    /// Per exchange, what closed channels and the management API
+    /// published there, in and out.
+    closed: HashMap<String, [u64; 2]>,
+}
+
+impl ExchangeFlows {
+    /// Counts an open channel's publishes from now on.
+    pub(crate) fn join(&self, stats: &Arc<ChannelStats>) {
+        let key = Arc::as_ptr(stats) as usize;
+        self.0.lock().open.insert(key, Arc::downgrade(stats));
+    }
+
+    /// Keeps what a closing channel published.
+    pub(crate) fn leave(&self, stats: &Arc<ChannelStats>) {
+        let mut book = self.0.lock();
+        if book.open.remove(&(Arc::as_ptr(stats) as usize)).is_some() {
+            stats.each_exchange(|name, publish_in, publish_out| {
+                let sum = book.closed.entry(name.to_owned()).or_default();
+                sum[0] += publish_in;
+                sum[1] += publish_out;
+            });
+        }
+    }
+
+    /// Counts a publish made without a channel (the management API's,
+    /// which RabbitMQ makes over one) that `routed` queues took.
+    pub fn count(&self, exchange: &str, routed: usize) {
+        let mut book = self.0.lock();
+        let sum = book.closed.entry(exchange.to_owned()).or_default();
+        sum[0] += 1;
+        sum[1] += routed as u64;
+    }
+
+    /// Forgets what was published through `exchange` (deleted).
+    pub(crate) fn forget(&self, exchange: &str) {
+        let mut book = self.0.lock();
+        book.closed.remove(exchange);
+        book.open.retain(|_, stats| match stats.upgrade() {
+            Some(stats) => {
+                stats.forget_exchanges(|name| name != exchange);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Per exchange published to, messages in and copies out.
+    pub fn totals(&self) -> HashMap<String, [u64; 2]> {
+        let book = self.0.lock();
+        let mut all = book.closed.clone();
+        for stats in book.open.values().filter_map(Weak::upgrade) {
+            stats.each_exchange(|name, publish_in, publish_out| {
+                let sum = match all.get_mut(name) {
+                    Some(sum) => sum,
+                    None => all.entry(name.to_owned()).or_default(),
+                };
+                sum[0] += publish_in;
+                sum[1] += publish_out;
+            });
+        }
+        all
+    }
+}
+
+/// What one channel published through one exchange: RabbitMQ's exchange
+/// `publish_in` and `publish_out`, which the management API adds up over
+/// every channel.
+#[derive(Debug)]
+pub struct ExchangeFlow {
+    exchange: String,
+    /// Messages published to the exchange.
+    pub publish_in: OwnedCounter,
+    /// Their copies it routed to queues (a message three queues took
+    /// counts three).
+    pub publish_out: OwnedCounter,
+    /// Dropped from its channel's map (the exchange was deleted): the
+    /// channel takes a new one if it publishes there again.
+    forgotten: AtomicBool,
+}
+
+impl ExchangeFlow {
+    /// Whether this is the current flow of `exchange`.
+    pub(crate) fn is_for(&self, exchange: &str) -> bool {
+        self.exchange == exchange && !self.forgotten.load(Ordering::Relaxed)
+    }
 }
 
 impl ChannelStats {
@@ -102,6 +210,44 @@ impl ChannelStats {
             .store(u64::from(global), Ordering::Relaxed);
     }
 
+    /// The flow of `exchange`, made at its first publish there.
+    pub(crate) fn flow(&self, exchange: &str) -> Arc<ExchangeFlow> {
+        let mut flows = self.exchanges.lock();
+        if let Some(flow) = flows.get(exchange) {
+            return Arc::clone(flow);
+        }
+        let flow = Arc::new(ExchangeFlow {
+            exchange: exchange.to_owned(),
+            publish_in: OwnedCounter::default(),
+            publish_out: OwnedCounter::default(),
+            forgotten: AtomicBool::new(false),
+        });
+        flows.insert(exchange.to_owned(), Arc::clone(&flow));
+        flow
+    }
+
+    /// Calls `each` with every exchange it published to, and the messages
+    /// that went in and out there.
+    fn each_exchange(&self, mut each: impl FnMut(&str, u64, u64)) {
+        for (name, flow) in self.exchanges.lock().iter() {
+            // Made for a publish the exchange refused (no such exchange).
+            if flow.publish_in.get() > 0 {
+                each(name, flow.publish_in.get(), flow.publish_out.get());
+            }
+        }
+    }
+
+    /// Forgets the exchanges `keep` does not keep (deleted).
+    fn forget_exchanges(&self, keep: impl Fn(&str) -> bool) {
+        self.exchanges.lock().retain(|name, flow| {
+            let kept = keep(name);
+            if !kept {
+                flow.forgotten.store(true, Ordering::Relaxed);
+            }
+            kept
+        });
+    }
+
     /// Its `message_stats` counters by RabbitMQ's names
     /// ([`ChannelStats::NAMES`]), with `deliver_get` (every delivery and
     /// get) among them.
@@ -140,4 +286,48 @@ impl ChannelStats {
         "redeliver",
         "ack",
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(stats: &ChannelStats, exchange: &str, routed: u64) {
+        let flow = stats.flow(exchange);
+        flow.publish_in.inc();
+        flow.publish_out.add(routed);
+    }
+
+    #[test]
+    fn a_vhosts_book_adds_open_and_closed_channels_and_forgets_a_deleted_exchange() {
+        let book = ExchangeFlows::default();
+        let (a, b) = (
+            Arc::new(ChannelStats::default()),
+            Arc::new(ChannelStats::default()),
+        );
+        book.join(&a);
+        book.join(&b);
+        publish(&a, "x", 2);
+        publish(&b, "x", 2);
+        publish(&b, "y", 0);
+        // A flow made for a publish the exchange refused shows nothing.
+        let _ = a.flow("missing");
+        book.count("x", 1);
+        let totals = book.totals();
+        assert_eq!(totals.get("x"), Some(&[3, 5]));
+        assert_eq!(totals.get("y"), Some(&[1, 0]));
+        assert_eq!(totals.get("missing"), None);
+
+        book.leave(&b);
+        book.leave(&b);
+        assert_eq!(book.totals(), totals, "a closed channel's are kept, once");
+
+        let held = a.flow("x");
+        book.forget("x");
+        assert!(!held.is_for("x"), "the channel takes a new flow");
+        publish(&a, "x", 1);
+        let totals = book.totals();
+        assert_eq!(totals.get("x"), Some(&[1, 1]));
+        assert_eq!(totals.get("y"), Some(&[1, 0]));
+    }
 }

@@ -137,6 +137,8 @@ pub struct Vhost {
     /// In a cluster, where the messages this vhost routes itself (dead
     /// letters, delayed releases) go when they reach another node's queue.
     forwarder: std::sync::OnceLock<Arc<dyn crate::remote::RemoteQueues>>,
+    /// What its channels published through each exchange.
+    flows: Arc<crate::channel::ExchangeFlows>,
 }
 
 /// What [`Vhost::max_queues`] holds when no queue limit is set.
@@ -145,9 +147,11 @@ const NO_LIMIT: u64 = u64::MAX;
 impl Vhost {
     /// A vhost with the predeclared exchanges, kept in memory only.
     pub fn new(name: &str, clock: Arc<dyn Clock>, metrics: Arc<BrokerMetrics>) -> Vhost {
+        let topo = Topology::new(name);
         Vhost {
             name: name.to_owned(),
-            topology: RwLock::new(Topology::new(name)),
+            flows: Arc::clone(&topo.flows),
+            topology: RwLock::new(topo),
             storage: None,
             definitions: None,
             clock,
@@ -180,6 +184,7 @@ impl Vhost {
         let definitions = DefinitionsLog::recover(&storage, &mut topo, &clock)?;
         Ok(Vhost {
             name: name.to_owned(),
+            flows: Arc::clone(&topo.flows),
             topology: RwLock::new(topo),
             storage: Some(storage),
             definitions: Some(definitions),
@@ -485,6 +490,12 @@ impl Vhost {
     /// Queue declarations, creations and deletions so far.
     pub fn queue_lifecycle(&self) -> QueueLifecycle {
         self.topology.read().lifecycle
+    }
+
+    /// What its channels published through each exchange, in and out
+    /// (RabbitMQ's exchange `publish_in` and `publish_out`).
+    pub fn exchange_flows(&self) -> &crate::channel::ExchangeFlows {
+        &self.flows
     }
 
     /// Whether the exchange `name` exists.

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 
 use antre_amqp::FieldTable;
 
+use crate::channel::ExchangeFlows;
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::policy::{AppliedPolicy, PolicySet};
@@ -59,6 +60,9 @@ pub(super) struct Topology {
     exclusive_queues: usize,
     /// The vhost's policies and operator policies.
     pub policies: PolicySet,
+    /// What channels published through its exchanges (shared with the
+    /// vhost, so a deleted exchange's figures go with it).
+    pub flows: Arc<ExchangeFlows>,
 }
 
 /// How many queue.declare calls succeeded, queues were created and queues
@@ -95,6 +99,7 @@ impl Topology {
             reply_queues: 0,
             exclusive_queues: 0,
             policies: PolicySet::default(),
+            flows: Arc::default(),
         }
     }
 
@@ -424,6 +429,7 @@ impl Topology {
             self.forget_source(&b.destination, name);
         }
         ex.discard_stores();
+        self.flows.forget(name);
         if ex.durable && !is_predeclared(name) {
             self.changes.push(Change::DeleteExchange {
                 name: name.to_owned(),

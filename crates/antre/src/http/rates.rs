@@ -248,6 +248,10 @@ struct State {
     node: HashMap<&'static str, f64>,
     vhosts_last: HashMap<String, Traffic>,
     vhosts: HashMap<String, VhostRates>,
+    /// Per (vhost, exchange), `publish_in` and `publish_out`, and their
+    /// rates.
+    exchanges_last: HashMap<(String, String), [u64; 2]>,
+    exchanges: HashMap<(String, String), [f64; 2]>,
     history: VecDeque<OverviewSample>,
 }
 
@@ -341,6 +345,16 @@ impl Rates {
         let names: std::collections::HashSet<String> =
             broker.vhosts().iter().map(|v| v.name.clone()).collect();
         registry.forget_traffic(|v| names.contains(v));
+        let flows: HashMap<(String, String), [u64; 2]> = broker
+            .vhosts()
+            .iter()
+            .flat_map(|v| {
+                let totals = v.exchange_flows().totals();
+                totals
+                    .into_iter()
+                    .map(|(name, flow)| ((v.name.clone(), name), flow))
+            })
+            .collect();
         let traffic: HashMap<String, Traffic> = registry.traffic();
         let mut st = self.state.write();
         if let Some((then, before)) = st.last {
@@ -405,6 +419,16 @@ impl Rates {
                     )
                 })
                 .collect();
+            st.exchanges = flows
+                .iter()
+                .map(|(key, now)| {
+                    let b = st.exchanges_last.get(key).unwrap_or(now);
+                    (
+                        key.clone(),
+                        [rate(b[0], now[0], dt), rate(b[1], now[1], dt)],
+                    )
+                })
+                .collect();
             st.chans = chans
                 .iter()
                 .map(|(key, now)| {
@@ -433,6 +457,7 @@ impl Rates {
         st.chans_last = chans;
         st.node_last = node;
         st.vhosts_last = traffic;
+        st.exchanges_last = flows;
         st.history.push_back(overview);
         while st.history.len() > HISTORY {
             st.history.pop_front();
@@ -495,6 +520,17 @@ impl Rates {
             .read()
             .node
             .get(name)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The rates of what this node's channels published through an
+    /// exchange, in and out (zero until sampled twice).
+    pub fn exchange(&self, vhost: &str, name: &str) -> [f64; 2] {
+        self.state
+            .read()
+            .exchanges
+            .get(&(vhost.to_owned(), name.to_owned()))
             .copied()
             .unwrap_or_default()
     }

@@ -215,8 +215,32 @@ pub fn stream_consumer(
     })
 }
 
-/// An exchange; `policy` only when one applies, as in RabbitMQ.
-pub fn exchange(vhost: &str, e: &Exchange) -> Value {
+/// What channels published through an exchange: messages in and their
+/// copies out to queues, with rates per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ExchangeFlow {
+    /// Messages published to it (`publish_in`).
+    pub publish_in: u64,
+    /// Their copies it routed to queues (`publish_out`).
+    pub publish_out: u64,
+    /// Their rates.
+    pub rates: [f64; 2],
+}
+
+impl ExchangeFlow {
+    /// Adds another node's.
+    pub fn add(&mut self, other: &ExchangeFlow) {
+        self.publish_in += other.publish_in;
+        self.publish_out += other.publish_out;
+        self.rates[0] += other.rates[0];
+        self.rates[1] += other.rates[1];
+    }
+}
+
+/// An exchange; `policy` only when one applies, as in RabbitMQ, and
+/// `message_stats` once something was published to it, with `publish_out`
+/// once something was routed out.
+pub fn exchange(vhost: &str, e: &Exchange, flow: Option<&ExchangeFlow>) -> Value {
     let mut json = json!({
         "name": e.name,
         "vhost": vhost,
@@ -228,6 +252,13 @@ pub fn exchange(vhost: &str, e: &Exchange) -> Value {
     });
     if let Some(policy) = e.policy.policy_name() {
         json["policy"] = json!(policy);
+    }
+    if let Some(flow) = flow.filter(|f| f.publish_in > 0) {
+        let mut counters = vec![("publish_in", flow.publish_in, flow.rates[0])];
+        if flow.publish_out > 0 {
+            counters.push(("publish_out", flow.publish_out, flow.rates[1]));
+        }
+        json["message_stats"] = message_stats(&counters);
     }
     json
 }

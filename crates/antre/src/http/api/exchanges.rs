@@ -13,18 +13,56 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::peers::cluster_rows;
 use super::{flag, listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
+use antre_cluster::wire::Listing;
 
-fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
+async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
+    let vhosts = state.vhosts_for(vhost)?;
+    let flows = flows(state, vhost).await;
     let mut out = Vec::new();
-    for v in state.vhosts_for(vhost)? {
+    for v in vhosts {
         let mut exchanges = v.exchanges();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-        out.extend(exchanges.iter().map(|e| render::exchange(&v.name, e)));
+        out.extend(exchanges.iter().map(|e| {
+            let flow = flows.get(&(v.name.clone(), e.name.clone()));
+            render::exchange(&v.name, e, flow)
+        }));
     }
     Ok(out)
+}
+
+/// Per (vhost, exchange), what every cluster member's channels published
+/// through it (each member's own figures, see
+/// [`super::vhosts::own_figures`]), as RabbitMQ's exchange figures are the
+/// cluster's.
+async fn flows(
+    state: &HttpState,
+    vhost: Option<&str>,
+) -> HashMap<(String, String), render::ExchangeFlow> {
+    let mut all: HashMap<(String, String), render::ExchangeFlow> = HashMap::new();
+    for figures in cluster_rows(state, Listing::Vhosts, vhost, None).await {
+        let (Some(v), Some(exchanges)) =
+            (figures["name"].as_str(), figures["exchanges"].as_object())
+        else {
+            continue;
+        };
+        for (name, row) in exchanges {
+            let n = |i: usize| row[i].as_u64().unwrap_or(0);
+            let r = |i: usize| row[i].as_f64().unwrap_or(0.0);
+            let flow = render::ExchangeFlow {
+                publish_in: n(0),
+                publish_out: n(1),
+                rates: [r(2), r(3)],
+            };
+            all.entry((v.to_owned(), name.clone()))
+                .or_default()
+                .add(&flow);
+        }
+    }
+    all
 }
 
 /// GET /api/exchanges.
@@ -33,7 +71,7 @@ pub async fn list_all(
     Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let visible = user.filter_vhost(&state, list(&state, None)?);
+    let visible = user.filter_vhost(&state, list(&state, None).await?);
     Ok(Json(listing(visible, &query, Paging::Paged)?))
 }
 
@@ -44,7 +82,7 @@ pub async fn list_vhost(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(listing(
-        list(&state, Some(&vhost))?,
+        list(&state, Some(&vhost)).await?,
         &query,
         Paging::Paged,
     )?))
@@ -67,7 +105,13 @@ pub async fn show(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let e = find(&state, &vhost, &name)?;
-    Ok(Json(render::exchange(&vhost, &e)))
+    let flows = flows(&state, Some(&vhost)).await;
+    let mut row = render::exchange(&vhost, &e, flows.get(&(vhost.clone(), e.name.clone())));
+    // RabbitMQ's per-channel and per-queue breakdowns, kept only in its
+    // detailed statistics mode: empty, as RabbitMQ shows them by default.
+    row["incoming"] = Value::Array(Vec::new());
+    row["outgoing"] = Value::Array(Vec::new());
+    Ok(Json(row))
 }
 
 /// The body of PUT /api/exchanges/{vhost}/{name}.

@@ -173,6 +173,8 @@ pub async fn publish(
             antre_broker::BrokerError::Internal(_) => ApiError::from(e),
             e => ApiError::over_channel(&e),
         })?;
+    v.exchange_flows()
+        .count(&message.exchange, outcome.routed + outcome.remote.len());
     // Persistent messages are on disk before the answer, as a publisher
     // confirm would promise.
     if !outcome.stored.is_empty() {

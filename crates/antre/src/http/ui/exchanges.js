@@ -2,7 +2,7 @@
 // options), and an exchange's page with its bindings, binding, publishing
 // and deleting.
 
-import { h, api, enc, field, checkbox, select, form, val, checked, details, actionButton, flash } from "./dom.js";
+import { h, api, enc, field, checkbox, select, form, val, checked, details, actionButton, flash, fmt } from "./dom.js";
 import { table, listing } from "./table.js";
 import { argsEditor } from "./args.js";
 import { queueLink, publishForm, vhostNames } from "./queues.js";
@@ -14,6 +14,11 @@ export function exchangeLink(e) {
   const name = e.name || "amq.default";
   return h("a", { href: `#/exchanges/${enc(e.vhost)}/${enc(name)}` }, e.name || "(AMQP default)");
 }
+
+// What channels published through it, as RabbitMQ shows it: present
+// once something was published there.
+const flow = (e, key) => (e.message_stats || {})[key] || 0;
+const flowRate = (e, key) => ((e.message_stats || {})[`${key}_details`] || { rate: 0 }).rate;
 
 function features(e) {
   const args = Object.keys(e.arguments || {});
@@ -80,6 +85,8 @@ export async function exchangesPage(view) {
       { title: "Name", sort: "name", cell: exchangeLink },
       { title: "Type", sort: "type", cell: e => e.type },
       { title: "Features", cell: features },
+      { title: "In /s", sort: "message_stats.publish_in_details.rate", num: true, cell: e => fmt(flowRate(e, "publish_in")) },
+      { title: "Out /s", sort: "message_stats.publish_out_details.rate", num: true, cell: e => fmt(flowRate(e, "publish_out")) },
     ],
   });
   return [
@@ -134,6 +141,8 @@ export function exchangePage(view, vhost, name) {
     view.live(({ e }) => details([
       ["Type", e.type], ["Durable", e.durable ? "yes" : "no"], ["Auto-delete", e.auto_delete ? "yes" : "no"],
       ["Internal", e.internal ? "yes" : "no"], ["Arguments", JSON.stringify(e.arguments)],
+      ["Published in", `${flow(e, "publish_in")} (${fmt(flowRate(e, "publish_in"))}/s)`],
+      ["Routed out", `${flow(e, "publish_out")} (${fmt(flowRate(e, "publish_out"))}/s)`],
     ])),
     h("h2", {}, "Bindings from this exchange"),
     view.live(({ out }) => table(bindingColumns(toLink, "To"), out, isDefault
