@@ -77,39 +77,33 @@ fn with_node(state: &HttpState, v: &antre_broker::Vhost, mut queue: Value) -> Va
 /// figures.
 const OWNER_WAIT: Duration = Duration::from_secs(3);
 
-/// The fields of a queue's row that only its owner knows: its messages,
-/// deliveries and consumers are there, and so are its counters and rates.
-const OWNER_FIELDS: [&str; 25] = [
-    "messages",
-    "messages_details",
-    "messages_ready",
-    "messages_ready_details",
-    "messages_unacknowledged",
-    "messages_unacknowledged_details",
-    "messages_persistent",
-    "messages_ram",
-    "messages_ready_ram",
-    "messages_unacknowledged_ram",
-    "messages_paged_out",
-    "message_bytes",
-    "message_bytes_ready",
-    "message_bytes_unacknowledged",
-    "message_bytes_persistent",
-    "message_bytes_ram",
-    "message_bytes_paged_out",
-    "head_message_timestamp",
-    "memory",
-    "consumers",
-    "consumer_utilisation",
-    "consumer_capacity",
-    "exclusive_consumer_tag",
-    "single_active_consumer_tag",
-    "message_stats",
+/// The fields of a queue's row that are not its owner's to give: its
+/// definition, which every member holds alike, and where it runs (its
+/// node, a quorum queue's leader, members and this member's replica),
+/// which the asking member writes itself. Every other field of the row
+/// (its messages, consumers, counters, rates, ...) is the owner's: taken
+/// from the owner's own row, or left out if the owner does not answer.
+/// A rule by exclusion, so a figure added to the row is the owner's
+/// without being listed here.
+const LOCAL_FIELDS: [&str; 17] = [
+    "name",
+    "vhost",
+    "durable",
+    "auto_delete",
+    "exclusive",
+    "arguments",
+    "type",
+    "policy",
+    "operator_policy",
+    "effective_policy_definition",
+    "state",
+    "node",
+    "leader",
+    "leader_term",
+    "members",
+    "online",
+    "replica_messages",
 ];
-
-/// The owner's fields that only some queues have: a quorum queue's dead
-/// letters, an idle queue's `idle_since`.
-const OWNER_OPTIONAL_FIELDS: [&str; 3] = ["messages_dlx", "message_bytes_dlx", "idle_since"];
 
 /// The queues this node owns (of `vhost`, or of all; only `name`, if
 /// given), as it renders them: what another member shows of them (see
@@ -131,7 +125,7 @@ pub(crate) fn owned_rows(state: &HttpState, vhost: Option<&str>, name: Option<&s
 
 /// Sets the figures of the queues other cluster members own (this node's
 /// copy of such a queue is empty, its counters zero) from their owners'
-/// own rows ([`OWNER_FIELDS`]), one request per owner, all at once, as
+/// own rows (all but [`LOCAL_FIELDS`]), one request per owner, all at once, as
 /// RabbitMQ asks a queue's home node. A queue whose owner does not answer
 /// in time, or no longer owns it, loses those fields, as RabbitMQ leaves
 /// out those of a queue it cannot reach, rather than show zeros. With
@@ -189,17 +183,13 @@ async fn with_owner_figures(
         let Some(fields) = q.as_object_mut() else {
             continue;
         };
-        for key in OWNER_FIELDS {
-            match theirs.map(|row| &row[key]) {
-                Some(value) => fields.insert(key.to_owned(), value.clone()),
-                None => fields.remove(key),
-            };
-        }
-        for key in OWNER_OPTIONAL_FIELDS {
-            match theirs.map(|row| &row[key]).filter(|v| !v.is_null()) {
-                Some(value) => fields.insert(key.to_owned(), value.clone()),
-                None => fields.remove(key),
-            };
+        fields.retain(|key, _| LOCAL_FIELDS.contains(&key.as_str()));
+        if let Some(Value::Object(theirs)) = theirs {
+            for (key, value) in theirs {
+                if !LOCAL_FIELDS.contains(&key.as_str()) {
+                    fields.insert(key.clone(), value.clone());
+                }
+            }
         }
     }
     figures
@@ -309,6 +299,15 @@ pub async fn show(
         }
     };
     let mut body = with_node(&state, &v, render::queue(&state, &q));
+    // First: the owner's figures replace every field but the local ones.
+    with_owner_figures(
+        &state,
+        &v,
+        std::slice::from_mut(&mut body),
+        Some(&name),
+        false,
+    )
+    .await;
     body["consumer_details"] = match (v.remote_owner(&name), &state.cluster) {
         // Its consumers are its owner's, listed there with their channels.
         (Some(owner), Some(cluster)) => cluster
@@ -328,14 +327,6 @@ pub async fn show(
             .map(|c| render::consumer(&state, &q, c))
             .collect(),
     };
-    with_owner_figures(
-        &state,
-        &v,
-        std::slice::from_mut(&mut body),
-        Some(&name),
-        false,
-    )
-    .await;
     Ok(Json(body))
 }
 
