@@ -2413,6 +2413,17 @@ async fn publishes_while_a_quorum_queues_leader_is_replaced_wait_for_the_next() 
     let conn = connect(&c.nodes[via].amqp_uri()).await.expect("connect");
     let plain = conn.create_channel().await.expect("channel");
     let confirming = confirm_channel(&conn).await;
+    // The publishing node knows the queue and its leader (the declare can
+    // be answered before it applied it, while the cluster's feature flags
+    // are not enabled yet; a publish it cannot route is confirmed as
+    // unroutable, and no data link opens: seen once in a loaded run).
+    let leader = json!(c.nodes[l].name);
+    c.until("the publishing node to know the queue's leader", || async {
+        queue_json(&c, via, "held")
+            .await
+            .is_some_and(|q| q["leader"] == leader)
+    })
+    .await;
     // The data link to the leader is up.
     publish_all_confirmed(&confirming, "held", "before-", 1).await;
 
