@@ -295,6 +295,13 @@ pub enum MetaCommand {
         /// Whether it is drained.
         drained: bool,
     },
+    /// Names the cluster (RabbitMQ's global parameter `cluster_name`,
+    /// `rabbitmqctl set_cluster_name`): what the management API, the
+    /// overview and the metrics call it from then on.
+    SetClusterName {
+        /// The name.
+        name: String,
+    },
     /// Enables a feature flag (see [`crate::feature_flags`]): from this
     /// entry on, the commands that need it may be logged. Proposed by the
     /// metadata leader once every member supports the flag.
@@ -732,6 +739,7 @@ impl Broker {
                 | C::ClearPermission { .. }
                 | C::SetTopicPermission(_)
                 | C::ClearTopicPermission { .. }
+                | C::SetClusterName { .. }
         );
         if access {
             self.apply_access(command)
@@ -793,6 +801,7 @@ impl Broker {
                 &vhost,
                 exchange.as_deref(),
             )?),
+            C::SetClusterName { name } => MetaOutcome::Changed(access.set_cluster_name(&name)?),
             other => return Err(misrouted(&other)),
         })
     }

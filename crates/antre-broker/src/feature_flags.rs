@@ -78,6 +78,11 @@ pub const METADATA_READ_INDEX: &str = "metadata_read_index";
 /// a permission a client was told exists is there through every node.
 pub const METADATA_APPLIED_EVERYWHERE: &str = "metadata_applied_everywhere";
 
+/// The cluster's name can be set at run time
+/// ([`MetaCommand::SetClusterName`]), as RabbitMQ's `cluster_name`
+/// global parameter.
+pub const RUNTIME_CLUSTER_NAME: &str = "runtime_cluster_name";
+
 /// Every flag this version knows, oldest first.
 pub const FEATURE_FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
@@ -108,6 +113,10 @@ pub const FEATURE_FLAGS: &[FeatureFlag] = &[
         name: METADATA_APPLIED_EVERYWHERE,
         desc: "A metadata change (a binding, a user, a permission...) is answered once every running node applied it",
     },
+    FeatureFlag {
+        name: RUNTIME_CLUSTER_NAME,
+        desc: "The cluster's name can be set at run time (rabbitmqctl set_cluster_name, PUT /api/cluster-name, a definitions file's cluster_name)",
+    },
 ];
 
 impl MetaCommand {
@@ -119,6 +128,7 @@ impl MetaCommand {
         use MetaCommand as C;
         match self {
             C::SetDrained { .. } => Some(MAINTENANCE_MODE_STATUS),
+            C::SetClusterName { .. } => Some(RUNTIME_CLUSTER_NAME),
             C::ExclusiveQueue { claim: Some(_), .. } => Some(EXCLUSIVE_QUEUE_CLAIMS),
             C::ExclusiveQueue { claim: None, .. } => Some(EXCLUSIVE_QUEUE_NAMES),
             C::PutUser { .. }

@@ -2703,3 +2703,30 @@ async fn transient_exchanges_and_queues_outlive_another_nodes_restart() {
     }
     assert_eq!(c.drain(0, "hello").await, ["still here", "still here"]);
 }
+
+/// The cluster named through one node (`antre cluster name`, which PUTs
+/// `/api/cluster-name`) is named so on every node at once, and a member
+/// restarted keeps the name. Before, the name was each node's
+/// `cluster_name` setting, and the PUT answered 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_named_through_one_node_is_named_on_every_node() {
+    use antre_broker::feature_flags::{METADATA_APPLIED_EVERYWHERE, RUNTIME_CLUSTER_NAME};
+    let mut c = formed_cluster().await;
+    c.until_flag_enabled(RUNTIME_CLUSTER_NAME).await;
+    c.until_flag_enabled(METADATA_APPLIED_EVERYWHERE).await;
+    let (ok, out, err) = c.cli(1, &["cluster", "name", "payments-eu"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "payments-eu");
+    for i in 0..3 {
+        let (_, named) = c.api(i, "GET", "/api/cluster-name", None).await;
+        assert_eq!(named["name"], "payments-eu", "n{}: {named}", i + 1);
+    }
+    c.stop(2);
+    c.spawn(2);
+    c.wait_http(2).await;
+    let (_, named) = c.api(2, "GET", "/api/cluster-name", None).await;
+    assert_eq!(named["name"], "payments-eu", "after a restart: {named}");
+    let (ok, out, err) = c.cli(2, &["cluster", "name"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "payments-eu");
+}

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
+use serde_json::{json, Value};
 
 const DASHBOARD_METRICS: &str = include_str!("fixtures/rabbitmq-overview-dashboard-metrics.txt");
 
@@ -298,6 +299,88 @@ async fn the_cluster_name_setting_names_the_cluster_everywhere() {
     );
     let (_, overview) = b.api("GET", "/api/overview", None).await;
     assert_eq!(overview["cluster_name"], "payments-eu", "{overview}");
+}
+
+/// An administrator names the cluster at run time (RabbitMQ's `PUT
+/// /api/cluster-name`, `rabbitmqctl set_cluster_name`): over the setting,
+/// everywhere the name shows, kept across a restart, and listed and
+/// exported as RabbitMQ's global parameter `cluster_name`. Before, the
+/// PUT answered 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_is_named_at_run_time() {
+    let b = TestBroker::start_with(|c| c.cluster_name = Some("from-the-setting".into())).await;
+    let (status, _) = b
+        .api(
+            "PUT",
+            "/api/users/watcher",
+            Some(json!({ "password": "w", "tags": "monitoring" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let name = |n: &str| Some(json!({ "name": n }));
+    let (status, _) = b
+        .api_as(("watcher", "w"), "PUT", "/api/cluster-name", name("mine"))
+        .await;
+    assert_eq!(status, 401, "administrators only, as RabbitMQ answers");
+    for bad in [json!({ "name": "" }), json!({ "name": 3 }), json!({})] {
+        let (status, body) = b.api("PUT", "/api/cluster-name", Some(bad)).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let (_, listed) = b.api("GET", "/api/global-parameters", None).await;
+    assert_eq!(listed, json!([]), "nothing set at run time yet");
+
+    let (status, body) = b.api("PUT", "/api/cluster-name", name("payments-eu")).await;
+    assert_eq!(status, 204, "{body}");
+    /// The name in /api/cluster-name, the overview and the metrics.
+    async fn shown(b: &TestBroker) -> (Value, Value, String) {
+        let (_, named) = b.api("GET", "/api/cluster-name", None).await;
+        let (_, overview) = b.api("GET", "/api/overview", None).await;
+        let (_, _, text) = b.http_text("/metrics").await;
+        let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let identity = &families["rabbitmq_identity_info"].samples[0];
+        (
+            named["name"].clone(),
+            overview["cluster_name"].clone(),
+            identity.labels["rabbitmq_cluster"].clone(),
+        )
+    }
+    let payments = (
+        json!("payments-eu"),
+        json!("payments-eu"),
+        "payments-eu".to_owned(),
+    );
+    assert_eq!(shown(&b).await, payments);
+    let parameter = json!({ "name": "cluster_name", "value": "payments-eu" });
+    let (_, listed) = b.api("GET", "/api/global-parameters", None).await;
+    assert_eq!(listed, json!([parameter.clone()]));
+    let (_, one) = b
+        .api("GET", "/api/global-parameters/cluster_name", None)
+        .await;
+    assert_eq!(one, parameter);
+    let (_, defs) = b.api("GET", "/api/definitions", None).await;
+    assert_eq!(defs["global_parameters"], json!([parameter]), "{defs}");
+
+    let b = b.restart().await;
+    assert_eq!(shown(&b).await, payments, "kept across a restart");
+    // RabbitMQ's other way to set it.
+    let (status, _) = b
+        .api(
+            "PUT",
+            "/api/global-parameters/cluster_name",
+            Some(json!({ "name": "cluster_name", "value": "payments-us" })),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, named) = b.api("GET", "/api/cluster-name", None).await;
+    assert_eq!(named["name"], "payments-us");
+    let (status, _) = b
+        .api(
+            "PUT",
+            "/api/global-parameters/shovel_defaults",
+            Some(json!({ "value": {} })),
+        )
+        .await;
+    assert_eq!(status, 400);
 }
 
 /// A single node has no quorum to lose: RabbitMQ answers its

@@ -141,6 +141,10 @@ struct Data {
     vhost_limits: BTreeMap<String, Limits>,
     /// By user; never empty.
     user_limits: BTreeMap<String, Limits>,
+    /// The cluster's name, once set at run time (RabbitMQ's global
+    /// parameter `cluster_name`); the `cluster_name` setting, then the
+    /// node's name, otherwise.
+    cluster_name: Option<String>,
 }
 
 /// Everything [`AccessControl`] keeps, as a cluster's metadata snapshot
@@ -157,6 +161,9 @@ pub struct AccessSnapshot {
     pub vhost_limits: Vec<VhostLimits>,
     /// User limits.
     pub user_limits: Vec<UserLimits>,
+    /// The cluster's name, if set at run time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
 }
 
 /// `access.json` as written: lists, like a RabbitMQ definitions file.
@@ -172,6 +179,8 @@ struct DataFile {
     vhost_limits: Vec<VhostLimits>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     user_limits: Vec<UserLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_name: Option<String>,
 }
 
 /// A vhost's limits, in the shape of RabbitMQ's `GET /api/vhost-limits`.
@@ -214,6 +223,7 @@ impl From<&Data> for DataFile {
                     value: value.clone(),
                 })
                 .collect(),
+            cluster_name: d.cluster_name.clone(),
         }
     }
 }
@@ -244,6 +254,7 @@ impl From<DataFile> for Data {
                 .filter(|l| !l.value.is_empty())
                 .map(|l| (l.user, l.value))
                 .collect(),
+            cluster_name: f.cluster_name,
         }
     }
 }
@@ -605,14 +616,35 @@ impl AccessControl {
             topic_permissions: file.topic_permissions,
             vhost_limits: file.vhost_limits,
             user_limits: file.user_limits,
+            cluster_name: file.cluster_name,
         }
+    }
+
+    /// The cluster's name, if set at run time.
+    pub fn cluster_name(&self) -> Option<String> {
+        self.data.read().cluster_name.clone()
+    }
+
+    /// Sets the cluster's name (RabbitMQ's `rabbitmqctl set_cluster_name`):
+    /// whether it changed.
+    pub fn set_cluster_name(&self, name: &str) -> Result<bool, AccessError> {
+        if self.data.read().cluster_name.as_deref() == Some(name) {
+            return Ok(false);
+        }
+        self.change(|d| {
+            d.cluster_name = Some(name.to_owned());
+            Ok(true)
+        })
     }
 
     /// Replaces every user, permission and limit with a snapshot's (a
     /// cluster node catching up from its metadata group's snapshot).
     pub fn replace_all(&self, snapshot: AccessSnapshot) -> Result<(), AccessError> {
         self.change(|d| {
-            let mut next = Data::default();
+            let mut next = Data {
+                cluster_name: snapshot.cluster_name,
+                ..Data::default()
+            };
             for u in snapshot.users {
                 next.users.insert(u.name.clone(), u);
             }

@@ -283,3 +283,27 @@ fn limits_survive_a_reopen_and_go_with_their_user_or_vhost() {
         .unwrap();
     assert!(a.user_limits("bob").is_empty(), "not back with the name");
 }
+
+#[test]
+fn the_cluster_name_survives_a_reopen_and_travels_in_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let a = AccessControl::open(dir.path(), &["/".into()]).unwrap();
+        assert_eq!(a.cluster_name(), None);
+        assert!(a.set_cluster_name("payments-eu").unwrap());
+        assert!(!a.set_cluster_name("payments-eu").unwrap(), "unchanged");
+    }
+    let a = AccessControl::open(dir.path(), &["/".into()]).unwrap();
+    assert_eq!(a.cluster_name().as_deref(), Some("payments-eu"));
+
+    // A member catching up from a snapshot takes the name with it.
+    let b = AccessControl::new();
+    b.replace_all(a.snapshot()).unwrap();
+    assert_eq!(b.cluster_name().as_deref(), Some("payments-eu"));
+    // A snapshot of an older version has none.
+    let mut older = serde_json::to_value(a.snapshot()).unwrap();
+    older.as_object_mut().unwrap().remove("cluster_name");
+    let older: AccessSnapshot = serde_json::from_value(older).unwrap();
+    b.replace_all(older).unwrap();
+    assert_eq!(b.cluster_name(), None);
+}

@@ -155,6 +155,15 @@ pub enum ClusterCommand {
     /// The feature flags (`rabbitmqctl list_feature_flags`): which the
     /// cluster enabled, and which member holds back each one it did not.
     FeatureFlags(Remote),
+    /// The cluster's name; with NAME, names it (`rabbitmqctl
+    /// set_cluster_name`): on every node, kept across restarts, over the
+    /// `cluster_name` setting. A single node is a cluster of one.
+    Name {
+        /// The new name.
+        name: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// `antre queues [list]` and the other listings.
@@ -429,6 +438,17 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         C::Cluster(ClusterCommand::Drain(r)) => replicas::drain(&r, out),
         C::Cluster(ClusterCommand::FeatureFlags(r)) => listing::feature_flags(&r, out),
+        C::Cluster(ClusterCommand::Name { name, remote }) => {
+            let client = client::Client::new(&remote);
+            if let Some(name) = name {
+                let body = serde_json::json!({ "name": name });
+                client.send("PUT", "/api/cluster-name", Some(body))?;
+            }
+            let named = client.get("/api/cluster-name")?;
+            let name = named["name"].as_str().unwrap_or_default();
+            writeln!(out, "{name}")?;
+            Ok(())
+        }
         C::Cluster(ClusterCommand::Revive(r)) => {
             let answer = client::Client::new(&r).send("POST", "/api/maintenance/revive", None)?;
             let mut text = "the node takes clients and may lead again".to_owned();

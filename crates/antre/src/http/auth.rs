@@ -209,6 +209,11 @@ fn rule(template: &str, method: &Method) -> Rule {
         return Rule::Monitor;
     }
     if template.starts_with("/api/global-parameters") {
+        // The one antre keeps names the cluster: administrators set it,
+        // as PUT /api/cluster-name.
+        if method != Method::GET {
+            return Rule::Admin;
+        }
         return Rule::GlobalParameters;
     }
     if template.starts_with("/api/parameters") || template.starts_with("/api/policies") {
@@ -354,6 +359,10 @@ mod tests {
             Rule::Policies
         );
         assert_eq!(rule("/api/global-parameters", &get), Rule::GlobalParameters);
+        assert_eq!(
+            rule("/api/global-parameters/{name}", &Method::PUT),
+            Rule::Admin
+        );
         assert_eq!(rule("/api/definitions/{vhost}", &get), Rule::Admin);
     }
 }

@@ -89,12 +89,14 @@ impl HttpState {
             .map_or_else(render::node_name, str::to_owned)
     }
 
-    /// The cluster's name: the `cluster_name` setting, or this node's
-    /// name (RabbitMQ's default, its node name).
+    /// The cluster's name: the one set at run time (PUT
+    /// /api/cluster-name, a definitions file), else the `cluster_name`
+    /// setting, else this node's name (RabbitMQ's default, its node name).
     pub fn cluster_name(&self) -> String {
-        self.config
-            .cluster_name
-            .clone()
+        self.broker
+            .access()
+            .cluster_name()
+            .or_else(|| self.config.cluster_name.clone())
             .unwrap_or_else(|| self.node_name())
     }
 
@@ -309,8 +311,11 @@ pub fn router(state: HttpState) -> Router {
                 .put(policies::set_parameter)
                 .delete(policies::delete_parameter),
         )
-        .route("/api/global-parameters", get(parameters::empty))
-        .route("/api/global-parameters/{name}", get(parameters::global))
+        .route("/api/global-parameters", get(parameters::global_list))
+        .route(
+            "/api/global-parameters/{name}",
+            get(parameters::global).put(parameters::global_set),
+        )
         .route("/api/vhost-limits", get(limits::vhost_list))
         .route("/api/vhost-limits/{vhost}", get(limits::vhost_show))
         .route(
@@ -324,7 +329,10 @@ pub fn router(state: HttpState) -> Router {
             put(limits::user_set).delete(limits::user_clear),
         )
         .route("/api/extensions", get(parameters::empty))
-        .route("/api/cluster-name", get(parameters::cluster_name))
+        .route(
+            "/api/cluster-name",
+            get(parameters::cluster_name).put(parameters::set_cluster),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             definitions_synced,

@@ -81,7 +81,7 @@ fn export(state: &HttpState, vhost: Option<&str>) -> ApiResult<Value> {
             .collect();
         body["permissions"] = json!(access.permissions());
         body["topic_permissions"] = json!(access.topic_permissions());
-        body["global_parameters"] = json!([]);
+        body["global_parameters"] = super::parameters::global_parameters(state).into();
     }
     Ok(body)
 }
@@ -324,6 +324,8 @@ struct Review {
     skipped_users: std::collections::BTreeSet<String>,
     /// The file's policies and operator policies antre can apply.
     policies: Vec<Policy>,
+    /// The global parameter `cluster_name`.
+    cluster_name: Option<String>,
 }
 
 impl Review {
@@ -388,11 +390,12 @@ impl Review {
                         .into(),
                 );
             } else if name == "cluster_name" {
-                r.unsupported.push(
-                    "global parameter 'cluster_name' (antre takes it from its \
-                     cluster_name setting)"
-                        .into(),
-                );
+                match g.get("value").and_then(Value::as_str).map(str::trim) {
+                    Some(value) if !value.is_empty() => r.cluster_name = Some(value.to_owned()),
+                    _ => r
+                        .unsupported
+                        .push("global parameter 'cluster_name' (not a name)".into()),
+                }
             } else {
                 r.unsupported.push(format!("global parameter '{name}'"));
             }
@@ -495,6 +498,13 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> Api
                 ));
             }
         }
+        if review.cluster_name.take().is_some() {
+            review.ignored.push(
+                "global parameter 'cluster_name' (an import into one vhost reads its \
+                 topology and limits only)"
+                    .into(),
+            );
+        }
     }
     if !review.unsupported.is_empty() && !skip {
         return Err(ApiError::bad_request(format!(
@@ -526,6 +536,10 @@ fn import(state: &HttpState, body: &[u8], into: Option<&str>, skip: bool) -> Api
             }
         }
         import_access(state, &defs, &review)?;
+        if let Some(name) = &review.cluster_name {
+            let command = MetaCommand::SetClusterName { name: name.clone() };
+            state.broker.change_meta(command)?;
+        }
         counts.insert("vhosts".into(), defs.vhosts.len().into());
         let users = defs.users.len() - review.skipped_users.len();
         counts.insert("users".into(), users.into());

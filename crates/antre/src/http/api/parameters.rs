@@ -13,9 +13,12 @@
 //!   not have (federation, shovel): their listings are `[]` and setting
 //!   one fails as RabbitMQ fails for an unknown component (400
 //!   `component ... not found`).
-//! - `/api/global-parameters`: antre keeps none; `[]`.
+//! - `/api/global-parameters`: antre keeps `cluster_name`, once the
+//!   cluster was named at run time; `[]` otherwise.
 //! - `/api/extensions`: the UI has no plugin extensions; `[]`.
-//! - `/api/cluster-name`: the node's name, which is antre's cluster name.
+//! - `/api/cluster-name`: the name set at run time (PUT here, or a
+//!   definitions file's `cluster_name`), else the `cluster_name` setting,
+//!   else the node's name.
 //!
 //! `/api/vhost-limits` and `/api/user-limits` are in [`super::limits`].
 
@@ -183,13 +186,79 @@ pub async fn set(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// GET /api/global-parameters/{name}: there is none.
-pub async fn global(Path(name): Path<String>) -> ApiError {
-    ApiError::not_found(format!("no global parameter '{name}'"))
+/// The global parameter antre keeps: `cluster_name`, once set at run
+/// time (RabbitMQ's global parameters, in its shape).
+const CLUSTER_NAME: &str = "cluster_name";
+
+/// The global parameters, as RabbitMQ lists them: `cluster_name` once the
+/// cluster was named at run time.
+pub fn global_parameters(state: &HttpState) -> Vec<Value> {
+    let named = state.broker.access().cluster_name();
+    named
+        .into_iter()
+        .map(|value| json!({ "name": CLUSTER_NAME, "value": value }))
+        .collect()
 }
 
-/// GET /api/cluster-name: the `cluster_name` setting, or this node's
-/// name.
+/// GET /api/global-parameters.
+pub async fn global_list(State(state): State<HttpState>) -> Json<Value> {
+    Json(global_parameters(&state).into())
+}
+
+/// GET /api/global-parameters/{name}.
+pub async fn global(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    global_parameters(&state)
+        .into_iter()
+        .find(|p| p["name"] == name.as_str())
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no global parameter '{name}'")))
+}
+
+/// PUT /api/global-parameters/{name}, `{"value": ...}`: only
+/// `cluster_name`, which antre keeps (as PUT /api/cluster-name).
+pub async fn global_set(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    if name != CLUSTER_NAME {
+        return Err(ApiError::bad_request(format!(
+            "antre keeps no global parameter '{name}' (only '{CLUSTER_NAME}')"
+        )));
+    }
+    let body: Value = crate::http::parse_body(&body)?;
+    set_cluster_name(&state, body.get("value"))
+}
+
+/// GET /api/cluster-name: the name set at run time, else the
+/// `cluster_name` setting, else this node's name.
 pub async fn cluster_name(State(state): State<HttpState>) -> Json<Value> {
     Json(json!({ "name": state.cluster_name() }))
+}
+
+/// PUT /api/cluster-name, `{"name": ...}` (administrators): names the
+/// cluster, on every node, kept across restarts (`rabbitmqctl
+/// set_cluster_name`).
+pub async fn set_cluster(State(state): State<HttpState>, body: Bytes) -> ApiResult<StatusCode> {
+    let body: Value = crate::http::parse_body(&body)?;
+    set_cluster_name(&state, body.get("name"))
+}
+
+fn set_cluster_name(state: &HttpState, name: Option<&Value>) -> ApiResult<StatusCode> {
+    let Some(name) = name.and_then(Value::as_str).map(str::trim) else {
+        return Err(ApiError::bad_request("the cluster's name must be a string"));
+    };
+    if name.is_empty() {
+        return Err(ApiError::bad_request(
+            "the cluster's name must not be empty",
+        ));
+    }
+    let command = MetaCommand::SetClusterName {
+        name: name.to_owned(),
+    };
+    state.broker.change_meta(command)?;
+    Ok(StatusCode::NO_CONTENT)
 }
