@@ -14,6 +14,8 @@ mod harness;
 
 mod access_control;
 mod access_http;
+mod aio_pika;
+mod amqplib;
 mod amqprs_client;
 mod browser;
 mod cli;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod prometheus;
