@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod go;
+pub mod java;
 pub mod node;
 pub mod pki;
 pub mod process;
