@@ -1,12 +1,13 @@
 //! RabbitMQ's Go client (amqp091-go) the tests drive: `.ci/run` installs
 //! Debian's `golang-go` and `golang-github-rabbitmq-amqp091-go-dev`, whose
 //! sources land in `/usr/share/gocode` (a GOPATH; `ANTRE_GOPATH` may name
-//! another). Programs build in GOPATH mode, offline. Without them a test
-//! says so and passes, except under CI (`CI=true`), where it fails.
+//! another). Programs build in GOPATH mode, offline.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+
+use super::program;
 
 fn gopath() -> String {
     std::env::var("ANTRE_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".to_owned())
@@ -26,47 +27,45 @@ fn go() -> Command {
 /// Whether to go on: go builds and the client's sources are there, or
 /// (outside CI) the test says it skips.
 pub fn client_or_skip() -> bool {
-    let sources = Path::new(&gopath()).join("src/github.com/rabbitmq/amqp091-go");
+    let sources = client_sources();
     let found = sources.is_dir()
         && go()
             .arg("version")
             .output()
             .is_ok_and(|o| o.status.success());
-    if found {
-        return true;
-    }
+    program::present_or_skip(found, &format!("go or {}", sources.display()))
+}
+
+/// The client's sources (the Debian package ships its tests too).
+pub fn client_sources() -> std::path::PathBuf {
+    Path::new(&gopath()).join("src/github.com/rabbitmq/amqp091-go")
+}
+
+/// Runs the client's own integration tests named `names` against
+/// `amqp_url` (`go test -tags integration`), which must pass, within
+/// `limit`.
+pub async fn integration_tests(names: &[String], amqp_url: &str, limit: Duration) {
+    let mut cmd = go();
+    cmd.env("AMQP_URL", amqp_url)
+        .args(["test", "-tags", "integration", "-count=1", "-v"])
+        .arg(format!("-run=^({})$", names.join("|")))
+        .arg("github.com/rabbitmq/amqp091-go");
+    let out = program::run("amqp091-go's integration tests", cmd, limit).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let passed = stdout.lines().filter(|l| l.starts_with("--- PASS")).count();
     assert!(
-        !super::under_ci(),
-        "CI=true but go or {} is missing: .ci/run installs them",
-        sources.display()
+        out.status.success() && passed == names.len(),
+        "amqp091-go's integration tests failed ({}, {passed} of {} passed):\n{stdout}\n{}",
+        out.status,
+        names.len(),
+        String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!(
-        "skipping: go and amqp091-go ({}) are not installed",
-        sources.display()
-    );
-    false
 }
 
 /// Runs `go run SOURCE ARGS`, which must succeed and print "ok", within
 /// `limit`.
 pub async fn run_ok(what: &str, source: &str, args: Vec<String>, limit: Duration) {
-    let source = source.to_owned();
-    let run = tokio::task::spawn_blocking(move || {
-        go().arg("run")
-            .arg(&source)
-            .args(&args)
-            .output()
-            .expect("go runs")
-    });
-    let out = tokio::time::timeout(limit, run)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish in {limit:?}"))
-        .expect("program task");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.trim() == "ok",
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = go();
+    cmd.arg("run").arg(source).args(args);
+    program::run_ok(what, cmd, limit).await
 }

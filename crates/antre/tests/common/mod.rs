@@ -9,6 +9,7 @@ pub mod java;
 pub mod node;
 pub mod pki;
 pub mod process;
+pub mod program;
 pub mod prometheus;
 pub mod python;
 pub mod rstream;
