@@ -19,6 +19,7 @@ mod amqp091_go;
 mod amqplib;
 mod amqprs_client;
 mod browser;
+mod celery;
 mod cli;
 mod coalescing;
 mod conformance;
