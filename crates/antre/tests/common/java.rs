@@ -30,10 +30,15 @@ pub fn client_or_skip() -> bool {
     program::present_or_skip(found, &format!("a JDK or the Java client's jars ({jars})"))
 }
 
+/// `java` running the single-file program `source` with `args`.
+pub fn program(source: &str, args: Vec<String>) -> Command {
+    let mut cmd = Command::new("java");
+    cmd.args(["-cp", &classpath(), source]).args(args);
+    cmd
+}
+
 /// Runs the single-file program `source` with `args`, which must succeed
 /// and print "ok", within `limit`.
 pub async fn run_ok(what: &str, source: &str, args: Vec<String>, limit: Duration) {
-    let mut cmd = Command::new("java");
-    cmd.args(["-cp", &classpath(), source]).args(args);
-    program::run_ok(what, cmd, limit).await
+    program::run_ok(what, program(source, args), limit).await
 }

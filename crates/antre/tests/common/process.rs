@@ -18,11 +18,17 @@ pub struct Spawned {
 /// Starts the binary on ephemeral ports with `data_dir` and `args`, and
 /// waits for its "listening on" line.
 pub fn spawn_antre(data_dir: &Path, args: &[&str]) -> Spawned {
+    spawn_antre_at(data_dir, "127.0.0.1:0", args)
+}
+
+/// [`spawn_antre`] with its AMQP listener on `amqp` (a restart on the
+/// address its clients know).
+pub fn spawn_antre_at(data_dir: &Path, amqp: &str, args: &[&str]) -> Spawned {
     let mut child = Command::new(env!("CARGO_BIN_EXE_antre"))
         .args([
             "serve",
             "--amqp-listen",
-            "127.0.0.1:0",
+            amqp,
             "--http-listen",
             "127.0.0.1:0",
             "--data-dir",

@@ -42,7 +42,19 @@ public class ClientPaths {
         throw new AssertionError("nothing in " + queue);
     }
 
-    public static void main(String[] args) throws Exception {
+    // The client's threads keep the JVM up after main throws: a failure
+    // must exit, or the test would wait for its time limit.
+    public static void main(String[] args) {
+        try {
+            run(args);
+        } catch (Throwable e) {
+            e.printStackTrace();
+            System.exit(1);
+        }
+        System.exit(0);
+    }
+
+    static void run(String[] args) throws Exception {
         ConnectionFactory factory = new ConnectionFactory();
         factory.setUri(args[0]);
         Connection conn = factory.newConnection("antre-java-test");
