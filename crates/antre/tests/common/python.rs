@@ -16,7 +16,8 @@ pub fn module_or_skip(module: &str) -> bool {
     program::present_or_skip(installed, &format!("python3 with {module}"))
 }
 
-fn python3(args: Vec<String>) -> Command {
+/// `python3 ARGS`.
+pub fn command(args: Vec<String>) -> Command {
     let mut cmd = Command::new("python3");
     cmd.args(args);
     cmd
@@ -24,10 +25,10 @@ fn python3(args: Vec<String>) -> Command {
 
 /// Runs `python3 ARGS` off the runtime's workers, within `limit`.
 pub async fn run(what: &str, args: Vec<String>, limit: Duration) -> Output {
-    program::run(what, python3(args), limit).await
+    program::run(what, command(args), limit).await
 }
 
 /// Runs `python3 ARGS`, which must succeed and print "ok".
 pub async fn run_ok(what: &str, args: Vec<String>, limit: Duration) {
-    program::run_ok(what, python3(args), limit).await
+    program::run_ok(what, command(args), limit).await
 }
