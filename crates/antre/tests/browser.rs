@@ -722,6 +722,18 @@ fn admin(s: &Session, api: &Api) {
     // A single node uses every flag its version knows.
     s.click("//a[@id='admin-tab-feature-flags']");
     s.find("//section[@id='listing-feature-flags']//tr[td[text()='maintenance_mode_status'] and td[text()='enabled']]");
+    // Rename the cluster; the overview shows the name.
+    let naming = "//form[@id='cluster-name-form']";
+    s.type_into(&format!("{naming}//input[@name='name']"), "browser-cluster");
+    s.click(&format!("{naming}//button[@type='submit']"));
+    s.find("//p[@id='cluster-name' and text()='This cluster is named browser-cluster.']");
+    assert_eq!(
+        api.call("GET", "/api/cluster-name", None)["name"],
+        "browser-cluster"
+    );
+    s.click("//nav[@id='nav']/a[@data-page='overview']");
+    s.find("//span[@id='cluster-name' and text()=' · cluster browser-cluster']");
+    s.click("//a[@id='nav-admin']");
 }
 
 /// Definitions: the export downloads the broker's file; an import from a

@@ -14,7 +14,7 @@ const TABS = [
   ["policies", "Policies", policiesTab],
   ["limits", "Limits", limitsTab],
   ["definitions", "Definitions", definitionsTab],
-  ["feature-flags", "Feature flags", featureFlagsTab],
+  ["feature-flags", "Cluster", featureFlagsTab],
 ];
 
 export function adminPage(view, tab) {
@@ -78,7 +78,22 @@ function usersTab(view) {
 /// The feature flags (GET /api/feature-flags): a cluster enables one once
 /// every member's version supports it; until then each member holding it
 /// back is named.
+/// The cluster's name (RabbitMQ's "Change cluster name") and its feature
+/// flags.
 function featureFlagsTab(view) {
+  let current = "";
+  view.load(async () => {
+    current = (await api("GET", "/api/cluster-name")).name;
+  });
+  const nameForm = form("Cluster name", [
+    field("Name", h("input", { name: "name", required: true, autocomplete: "off" }),
+      "Shown in the overview, the API and the metrics' rabbitmq_cluster label; every node of a cluster shares it."),
+  ], "Rename", async f => {
+    const name = val(f, "name");
+    await api("PUT", "/api/cluster-name", { name });
+    await view.refresh();
+    return `The cluster is named ${name}.`;
+  }, { id: "cluster-name-form" });
   const list = listing({
     id: "feature-flags", path: "/api/feature-flags", paged: false, what: "feature flags", sort: "name",
     columns: [
@@ -88,8 +103,13 @@ function featureFlagsTab(view) {
       { title: "Description", cell: f => f.desc },
     ],
   });
-  return [view.add(list), h("p", { class: "hint" },
-    "A cluster enables a flag once every member runs a version of antre that supports it; what needs the flag waits until then.")];
+  return [
+    view.live(() => h("p", { id: "cluster-name" }, `This cluster is named ${current}.`)),
+    h("div", { class: "forms" }, nameForm),
+    h("h2", {}, "Feature flags"),
+    view.add(list), h("p", { class: "hint" },
+      "A cluster enables a flag once every member runs a version of antre that supports it; what needs the flag waits until then."),
+  ];
 }
 
 function vhostsTab(view) {

@@ -63,7 +63,8 @@ export function overviewPage(view) {
     return o;
   });
   return [
-    view.live(o => h("h1", {}, `Overview · ${o.product_name} ${o.product_version} on ${o.node}`)),
+    view.live(o => h("h1", {}, `Overview · ${o.product_name} ${o.product_version} on ${o.node}`,
+      o.cluster_name && o.cluster_name !== o.node ? h("span", { class: "muted", id: "cluster-name" }, ` · cluster ${o.cluster_name}`) : null)),
     view.live(o => {
       const raised = [o.disk_free_alarm ? "free disk space is low" : null, o.mem_alarm ? "memory use is high" : null].filter(Boolean);
       return raised.length
