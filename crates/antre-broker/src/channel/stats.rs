@@ -80,21 +80,14 @@ impl ExchangeFlows {
     pub(crate) fn leave(&self, stats: &Arc<ChannelStats>) {
         let mut book = self.0.lock();
         if book.open.remove(&(Arc::as_ptr(stats) as usize)).is_some() {
-            stats.each_exchange(|name, publish_in, publish_out| {
-                let sum = book.closed.entry(name.to_owned()).or_default();
-                sum[0] += publish_in;
-                sum[1] += publish_out;
-            });
+            stats.add_flows_to(&mut book.closed);
         }
     }
 
     /// Counts a publish made without a channel (the management API's,
     /// which RabbitMQ makes over one) that `routed` queues took.
     pub fn count(&self, exchange: &str, routed: usize) {
-        let mut book = self.0.lock();
-        let sum = book.closed.entry(exchange.to_owned()).or_default();
-        sum[0] += 1;
-        sum[1] += routed as u64;
+        add_flow(&mut self.0.lock().closed, exchange, [1, routed as u64]);
     }
 
     /// Forgets what was published through `exchange` (deleted).
@@ -103,7 +96,7 @@ impl ExchangeFlows {
         book.closed.remove(exchange);
         book.open.retain(|_, stats| match stats.upgrade() {
             Some(stats) => {
-                stats.forget_exchanges(|name| name != exchange);
+                stats.forget_exchange(exchange);
                 true
             }
             None => false,
@@ -115,17 +108,20 @@ impl ExchangeFlows {
         let book = self.0.lock();
         let mut all = book.closed.clone();
         for stats in book.open.values().filter_map(Weak::upgrade) {
-            stats.each_exchange(|name, publish_in, publish_out| {
-                let sum = match all.get_mut(name) {
-                    Some(sum) => sum,
-                    None => all.entry(name.to_owned()).or_default(),
-                };
-                sum[0] += publish_in;
-                sum[1] += publish_out;
-            });
+            stats.add_flows_to(&mut all);
         }
         all
     }
+}
+
+/// Adds `flow` (in, out) to `exchange`'s sum in `sums`.
+fn add_flow(sums: &mut HashMap<String, [u64; 2]>, exchange: &str, flow: [u64; 2]) {
+    let sum = match sums.get_mut(exchange) {
+        Some(sum) => sum,
+        None => sums.entry(exchange.to_owned()).or_default(),
+    };
+    sum[0] += flow[0];
+    sum[1] += flow[1];
 }
 
 /// What one channel published through one exchange: RabbitMQ's exchange
@@ -226,26 +222,23 @@ impl ChannelStats {
         flow
     }
 
-    /// Calls `each` with every exchange it published to, and the messages
-    /// that went in and out there.
-    fn each_exchange(&self, mut each: impl FnMut(&str, u64, u64)) {
+    /// Adds what it published through each exchange, in and out, to
+    /// `sums`.
+    fn add_flows_to(&self, sums: &mut HashMap<String, [u64; 2]>) {
         for (name, flow) in self.exchanges.lock().iter() {
             // Made for a publish the exchange refused (no such exchange).
             if flow.publish_in.get() > 0 {
-                each(name, flow.publish_in.get(), flow.publish_out.get());
+                add_flow(sums, name, [flow.publish_in.get(), flow.publish_out.get()]);
             }
         }
     }
 
-    /// Forgets the exchanges `keep` does not keep (deleted).
-    fn forget_exchanges(&self, keep: impl Fn(&str) -> bool) {
-        self.exchanges.lock().retain(|name, flow| {
-            let kept = keep(name);
-            if !kept {
-                flow.forgotten.store(true, Ordering::Relaxed);
-            }
-            kept
-        });
+    /// Forgets what it published through `exchange` (deleted); its
+    /// channel takes a new flow if it publishes there again.
+    fn forget_exchange(&self, exchange: &str) {
+        if let Some(flow) = self.exchanges.lock().remove(exchange) {
+            flow.forgotten.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Its `message_stats` counters by RabbitMQ's names

@@ -390,9 +390,9 @@ impl Review {
                         .into(),
                 );
             } else if name == "cluster_name" {
-                match g.get("value").and_then(Value::as_str).map(str::trim) {
-                    Some(value) if !value.is_empty() => r.cluster_name = Some(value.to_owned()),
-                    _ => r
+                match super::parameters::cluster_name_in(g.get("value")) {
+                    Ok(value) => r.cluster_name = Some(value.to_owned()),
+                    Err(_) => r
                         .unsupported
                         .push("global parameter 'cluster_name' (not a name)".into()),
                 }

@@ -11,9 +11,10 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
-use super::peers::cluster_rows;
+use super::peers::other_members_rows;
+use super::vhosts::own_exchange_figures;
 use super::{flag, listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
@@ -35,15 +36,26 @@ async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
 }
 
 /// Per (vhost, exchange), what every cluster member's channels published
-/// through it (each member's own figures, see
-/// [`super::vhosts::own_figures`]), as RabbitMQ's exchange figures are the
-/// cluster's.
+/// through it (this node's from its vhosts, the others' from their own
+/// vhost figures, see [`super::vhosts::own_figures`]), as RabbitMQ's
+/// exchange figures are the cluster's.
 async fn flows(
     state: &HttpState,
     vhost: Option<&str>,
 ) -> HashMap<(String, String), render::ExchangeFlow> {
+    // This node's without the rest of its vhost figures (which walk every
+    // queue it owns).
+    let mut rows: Vec<Value> = state
+        .vhosts_for(vhost)
+        .unwrap_or_default()
+        .iter()
+        .map(|v| json!({ "name": v.name, "exchanges": own_exchange_figures(state, v) }))
+        .collect();
+    for theirs in other_members_rows(state, Listing::Vhosts, vhost, None).await {
+        rows.extend(theirs);
+    }
     let mut all: HashMap<(String, String), render::ExchangeFlow> = HashMap::new();
-    for figures in cluster_rows(state, Listing::Vhosts, vhost, None).await {
+    for figures in rows {
         let (Some(v), Some(exchanges)) =
             (figures["name"].as_str(), figures["exchanges"].as_object())
         else {

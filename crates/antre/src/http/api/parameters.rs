@@ -247,15 +247,20 @@ pub async fn set_cluster(State(state): State<HttpState>, body: Bytes) -> ApiResu
     set_cluster_name(&state, body.get("name"))
 }
 
-fn set_cluster_name(state: &HttpState, name: Option<&Value>) -> ApiResult<StatusCode> {
-    let Some(name) = name.and_then(Value::as_str).map(str::trim) else {
-        return Err(ApiError::bad_request("the cluster's name must be a string"));
+/// A cluster name as a body or a definitions file gives it: a string,
+/// trimmed, not empty; or why not.
+pub(super) fn cluster_name_in(value: Option<&Value>) -> Result<&str, &'static str> {
+    let Some(name) = value.and_then(Value::as_str).map(str::trim) else {
+        return Err("the cluster's name must be a string");
     };
     if name.is_empty() {
-        return Err(ApiError::bad_request(
-            "the cluster's name must not be empty",
-        ));
+        return Err("the cluster's name must not be empty");
     }
+    Ok(name)
+}
+
+fn set_cluster_name(state: &HttpState, name: Option<&Value>) -> ApiResult<StatusCode> {
+    let name = cluster_name_in(name).map_err(ApiError::bad_request)?;
     let command = MetaCommand::SetClusterName {
         name: name.to_owned(),
     };

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use antre_broker::channel::ChannelStats;
 use antre_broker::cluster::MetaCommand;
+use antre_broker::Vhost;
 use antre_cluster::wire::Listing;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -36,18 +37,6 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
             let (ready, unacked) = super::overview::owned_messages_in(v);
             let traffic = traffic.remove(&v.name).unwrap_or_default();
             let (rates, recv_rate, send_rate) = state.rates.vhost(&v.name);
-            // Compact, as [in, out, in rate, out rate]: every exchange
-            // published to goes in every listing of exchanges.
-            let exchanges: serde_json::Map<String, Value> = v
-                .exchange_flows()
-                .totals()
-                .iter()
-                .map(|(name, [publish_in, publish_out])| {
-                    let [in_rate, out_rate] = state.rates.exchange(&v.name, name);
-                    let row = json!([publish_in, publish_out, in_rate, out_rate]);
-                    (name.clone(), row)
-                })
-                .collect();
             let counters: Vec<(&str, u64, f64)> = ChannelStats::NAMES
                 .iter()
                 .zip(traffic.counters)
@@ -64,8 +53,24 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
                 "recv_oct_details": details(recv_rate),
                 "send_oct": traffic.send_oct,
                 "send_oct_details": details(send_rate),
-                "exchanges": exchanges,
+                "exchanges": own_exchange_figures(state, v),
             })
+        })
+        .collect()
+}
+
+/// What this node's channels published through each exchange of `v`, as
+/// its own vhost figures carry it to the other members: compact, as
+/// `[in, out, in rate, out rate]` by exchange, since every exchange
+/// published to goes in every listing of exchanges.
+pub(crate) fn own_exchange_figures(state: &HttpState, v: &Vhost) -> serde_json::Map<String, Value> {
+    v.exchange_flows()
+        .totals()
+        .iter()
+        .map(|(name, [publish_in, publish_out])| {
+            let [in_rate, out_rate] = state.rates.exchange(&v.name, name);
+            let row = json!([publish_in, publish_out, in_rate, out_rate]);
+            (name.clone(), row)
         })
         .collect()
 }
