@@ -2277,11 +2277,16 @@ async fn subscribers_exclusive_queues_on_other_nodes_get_every_message() {
 
     // n2's subscriber leaves: every node drops its binding; n3's
     // subscriber still gets what follows.
-    let (gone, _, _) = subscribers.remove(0);
+    // The channel and consumer live until the connection is closed:
+    // lapin closes a dropped channel from a task of its own, and one that
+    // runs after `close` set the connection closing fails that close
+    // with "invalid channel state: Closing" (a client race, seen once).
+    let (gone, gone_ch, gone_consumer) = subscribers.remove(0);
     if let Err(e) = gone.close(200, "done").await {
         c.dump_logs();
         panic!("closing n2's subscriber: {e}");
     }
+    drop((gone_ch, gone_consumer));
     for i in 0..3 {
         c.until(&format!("n{} to drop the binding", i + 1), || async {
             bindings(&c, i).await == 1
