@@ -122,7 +122,12 @@ impl From<BrokerError> for ApiError {
         let (status, error) = match &e {
             BrokerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             BrokerError::PreconditionFailed(_) => (StatusCode::BAD_REQUEST, "precondition_failed"),
-            BrokerError::AccessRefused(_) => (StatusCode::FORBIDDEN, "access_refused"),
+            // RabbitMQ 3.10's API answers every refusal of a reserved or
+            // built-in name (deleting amq.topic, declaring amq.x, binding
+            // the default exchange) 401 not_authorised, as it does a
+            // missing permission; the reason stays antre's, which says
+            // what was refused where RabbitMQ says "Access refused.".
+            BrokerError::AccessRefused(_) => (StatusCode::UNAUTHORIZED, "not_authorised"),
             BrokerError::ResourceLocked(_) => (StatusCode::CONFLICT, "resource_locked"),
             BrokerError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             BrokerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

@@ -140,7 +140,7 @@ pub async fn of_destination(
 fn destination(kind: &str, name: String) -> ApiResult<Destination> {
     match kind {
         "q" => Ok(Destination::Queue(name)),
-        "e" => Ok(Destination::Exchange(name)),
+        "e" => Ok(Destination::Exchange(url_exchange(&name).to_owned())),
         other => Err(ApiError::not_found(format!(
             "destination kind '{other}' is neither 'q' (queue) nor 'e' (exchange)"
         ))),

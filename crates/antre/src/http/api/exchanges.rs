@@ -6,6 +6,7 @@ use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::exchange::Exchange;
+use antre_broker::BrokerError;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -162,9 +163,10 @@ pub async fn declare(
     // 400 when inequivalent), as over AMQP and in RabbitMQ's API; only new
     // amq.* names are reserved.
     if name.is_empty() || (name.starts_with("amq.") && !existed) {
-        return Err(ApiError::bad_request(format!(
-            "exchange name '{name}' is reserved or empty"
-        )));
+        return Err(BrokerError::AccessRefused(format!(
+            "exchange name '{name}' contains reserved prefix 'amq.*'"
+        ))
+        .into());
     }
     // What exchange.declare needs: configure, and for a new exchange with
     // an alternate, read on it and write on the alternate.
@@ -213,11 +215,10 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     find(&state, &vhost, &name)?;
     if name.is_empty() || name.starts_with("amq.") {
-        return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            error: "access_refused",
-            reason: format!("exchange '{name}' is predeclared and cannot be deleted"),
-        });
+        return Err(BrokerError::AccessRefused(format!(
+            "exchange '{name}' is predeclared and cannot be deleted"
+        ))
+        .into());
     }
     user.permit(
         &state,

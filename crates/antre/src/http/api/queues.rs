@@ -7,6 +7,7 @@ use antre_broker::access::{Perm, ResourceKind};
 use antre_broker::cluster::{MetaCommand, WireTable};
 use antre_broker::definitions::json_to_table;
 use antre_broker::vhost::QueueDeclaration;
+use antre_broker::BrokerError;
 use antre_cluster::wire::{Listing, QueueAction};
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
@@ -378,9 +379,10 @@ pub async fn declare(
         ));
     }
     if name.is_empty() || name.starts_with("amq.") {
-        return Err(ApiError::bad_request(format!(
-            "queue name '{name}' is reserved or empty"
-        )));
+        return Err(BrokerError::AccessRefused(format!(
+            "queue name '{name}' contains reserved prefix 'amq.*'"
+        ))
+        .into());
     }
     let v = state.vhost(&vhost)?;
     let existed = v.has_queue(&name);
@@ -513,7 +515,7 @@ pub fn refuse_exclusive(v: &antre_broker::Vhost, name: &str) -> ApiResult<()> {
 
 /// [`refuse_exclusive`]'s answer: 400 and the details alone (RabbitMQ's
 /// API does these itself, not over a channel).
-fn refused_exclusive(locked: &antre_broker::BrokerError) -> ApiError {
+fn refused_exclusive(locked: &BrokerError) -> ApiError {
     ApiError::bad_request(locked.details())
 }
 
