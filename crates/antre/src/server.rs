@@ -286,6 +286,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             amqps_addrs: amqps_addrs.clone(),
             http_addrs: http_addrs.clone(),
             https_addrs: https_addrs.clone(),
+            stream_addrs: stream_addrs.clone(),
             started: std::time::Instant::now(),
             sockets: Arc::clone(&sockets),
             cluster: cluster.clone(),

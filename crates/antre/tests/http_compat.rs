@@ -1379,3 +1379,119 @@ async fn an_exchange_reports_what_went_in_and_out() {
     let again = show("xs").await;
     assert_eq!(flow(&again), (Some(2), None), "{again}");
 }
+
+/// Regression: RabbitMQ's listener and connection health checks, which
+/// load balancers and Kubernetes probes ask before sending clients to a
+/// node (`/api/health/checks/port-listener/5672`, `.../protocol-listener/
+/// amqp`, and 3.13's `ready-to-serve-clients` its operator's readiness
+/// probe uses), answered 404, which a probe reads as a dead node. They
+/// answer as RabbitMQ does (checked against 3.10 with the same requests):
+/// 200, or 503 with what is missing, 400 for a malformed value. A client
+/// at `max_connections` makes the node not ready, and a bystander's
+/// connection closing makes it ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_and_connection_health_checks_answer_as_rabbitmqs_do() {
+    let b = TestBroker::start_with(|c| {
+        c.stream_listen = Some("127.0.0.1:0".into());
+        c.max_connections = Some(1);
+    })
+    .await;
+    let amqp = b.addr().port();
+    let http = b.server.http_addr.expect("http").port();
+    let stream = b.server.stream_addr.expect("stream").port();
+    let check = |path: String| {
+        let b = &b;
+        async move {
+            b.api("GET", &format!("/api/health/checks/{path}"), None)
+                .await
+        }
+    };
+    for port in [amqp, http, stream] {
+        let (status, body) = check(format!("port-listener/{port}")).await;
+        assert_eq!((status, body), (200, json!({"status": "ok", "port": port})));
+    }
+    let (status, body) = check("port-listener/1".into()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "No active listener");
+    assert_eq!(body["missing"], 1);
+    assert_eq!(body["ports"], json!([amqp, http, stream]));
+    let (status, body) = check("port-listener/abc".into()).await;
+    assert_eq!((status, &body["reason"]), (400, &json!("Invalid port")));
+
+    for (asked, named) in [
+        ("amqp", "amqp"),
+        ("AMQP091", "amqp"),
+        ("management", "http"),
+    ] {
+        let (status, body) = check(format!("protocol-listener/{asked}")).await;
+        assert_eq!(
+            (status, body),
+            (200, json!({"status": "ok", "protocol": named})),
+            "{asked}"
+        );
+    }
+    let (status, body) = check("protocol-listener/mqtt".into()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["missing"], "mqtt");
+    assert_eq!(body["protocols"], json!(["amqp", "http", "stream"]));
+    let (status, body) = check("protocol-listener/amqp,stream".into()).await;
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    let (status, body) = check("protocol-listener/amqp,amqps,clustering".into()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["missing"], json!(["amqp/ssl", "clustering"]));
+
+    let (status, body) = check("node-is-mirror-sync-critical".into()).await;
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    let (status, body) = check("certificate-expiration/1/months".into()).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "ok"})),
+        "no TLS listener"
+    );
+    for (path, reason) in [
+        (
+            "certificate-expiration/1/fortnights",
+            "Time unit not recognised. Supported units: days, weeks, months, years.",
+        ),
+        ("certificate-expiration/x/days", "Invalid expiration value."),
+    ] {
+        let (status, body) = check(path.into()).await;
+        assert_eq!((status, &body["reason"]), (400, &json!(reason)), "{path}");
+    }
+
+    let ok = json!({"status": "ok"});
+    for path in [
+        "is-in-service",
+        "below-node-connection-limit",
+        "ready-to-serve-clients",
+    ] {
+        assert_eq!(check(path.into()).await, (200, ok.clone()), "{path}");
+    }
+    // The one connection max_connections allows is taken: a new client
+    // would be refused, so the node is not ready for one.
+    let client = b.lapin().await;
+    let (status, body) = check("below-node-connection-limit".into()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "node connection limit is reached");
+    let (status, body) = check("ready-to-serve-clients".into()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["connections"], 1);
+    assert_eq!(check("is-in-service".into()).await, (200, ok.clone()));
+    client.close(200, "bye").await.expect("close");
+    until_ready(&b).await;
+}
+
+/// Waits until `ready-to-serve-clients` answers 200 (a closed
+/// connection gives its place back once the server has seen it go).
+async fn until_ready(b: &TestBroker) {
+    common::within("the node to be ready again", async {
+        loop {
+            let path = "/api/health/checks/ready-to-serve-clients";
+            if b.api("GET", path, None).await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}

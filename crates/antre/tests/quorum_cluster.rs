@@ -2066,6 +2066,25 @@ async fn a_node_is_quorum_critical_while_another_member_is_down() {
 /// drain`): its clients are closed and new ones refused, the queues it led
 /// are led elsewhere, a bystander on another node keeps publishing, and
 /// its replicas take no leadership back even when the new leader dies;
+/// Whether node `i`'s `is-in-service` and `ready-to-serve-clients` health
+/// checks answer as `serving` says they should (200, or 503 with why).
+async fn assert_serving(c: &TestCluster, i: usize, serving: bool) {
+    for check in ["is-in-service", "ready-to-serve-clients"] {
+        let path = format!("/api/health/checks/{check}");
+        let (status, body) = c.api(i, "GET", &path, None).await;
+        let want = if serving { 200 } else { 503 };
+        assert_eq!(status, want, "{check}: {body}");
+        if !serving {
+            assert!(
+                body["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("drained")),
+                "{check}: {body}"
+            );
+        }
+    }
+}
+
 /// revived, it takes clients again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_hands_its_leaders_and_clients_away() {
@@ -2090,6 +2109,17 @@ async fn a_drained_node_hands_its_leaders_and_clients_away() {
     );
     let l2 = leader(&c, "ledger").await.expect("a new leader");
     assert_ne!(l2, d, "the leadership moved away");
+    // RabbitMQ's health checks that probes ask (is-in-service,
+    // ready-to-serve-clients) say so, and the node still listens for its
+    // peers ("clustering", on its cluster port).
+    assert_serving(&c, d, false).await;
+    let listens = format!(
+        "/api/health/checks/port-listener/{}",
+        c.nodes[d].cluster_port
+    );
+    assert_eq!(c.api(d, "GET", &listens, None).await.0, 200);
+    let clustering = "/api/health/checks/protocol-listener/clustering";
+    assert_eq!(c.api(d, "GET", clustering, None).await.0, 200);
     let metrics = scrape(&c, d, "/metrics").await;
     assert_eq!(sample(&metrics, "antre_node_being_drained", &[]), Some(1.0));
     let other = (0..3).find(|&i| i != d && i != l2).expect("a third node");
@@ -2173,6 +2203,7 @@ async fn a_drained_node_hands_its_leaders_and_clients_away() {
     assert!(ok, "{out}{err}");
     let metrics = scrape(&c, d, "/metrics").await;
     assert_eq!(sample(&metrics, "antre_node_being_drained", &[]), Some(0.0));
+    assert_serving(&c, d, true).await;
     assert!(connect(&c.nodes[d].amqp_uri()).await.is_some());
     let nodes = c.nodes(d).await;
     assert!(

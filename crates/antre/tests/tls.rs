@@ -612,3 +612,61 @@ async fn the_binary_reloads_on_sighup_and_refuses_an_expired_certificate() {
     assert!(last.starts_with("error: TLS certificate file"), "{stderr}");
     assert!(last.contains("expired on 2020-01-01T00:00:00Z"), "{stderr}");
 }
+
+/// Regression: `/api/health/checks/certificate-expiration/{within}/
+/// {unit}`, which monitoring asks to learn of a certificate about to
+/// expire before clients do, answered 404. As RabbitMQ's: 503 listing the
+/// TLS listeners (amqps, https) whose certificate or CA file holds a
+/// certificate expiring within that time, with when; 200 otherwise. The
+/// files are read as they are at each check, so a renewed certificate
+/// passes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_expiration_check_names_the_listeners_of_an_expiring_certificate() {
+    let ca = Ca::new("antre test CA");
+    let ten_days = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let short = ca.leaf("antre", rcgen::ExtendedKeyUsagePurpose::ServerAuth, |p| {
+        p.not_after = ten_days;
+    });
+    let files = TlsFiles::new(&short, &ca);
+    let b = tls_broker(&files, true, false).await;
+    let check = |within: &'static str| {
+        let b = &b;
+        async move {
+            let path = format!("/api/health/checks/certificate-expiration/{within}");
+            b.api("GET", &path, None).await
+        }
+    };
+    let ok = serde_json::json!({"status": "ok"});
+    assert_eq!(check("1/weeks").await, (200, ok.clone()));
+    let (status, body) = check("2/weeks").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "Certificates expiring");
+    let expired = body["expired"].as_array().expect("expired");
+    let protocols: Vec<&str> = expired
+        .iter()
+        .filter_map(|l| l["protocol"].as_str())
+        .collect();
+    assert_eq!(protocols, ["amqp/ssl", "https"], "{body}");
+    let amqps = &expired[0];
+    assert_eq!(amqps["port"], amqps_addr(&b).port());
+    assert_eq!(amqps["certfile"], files.cert.display().to_string());
+    assert_eq!(amqps["cacertfile"], files.ca.display().to_string());
+    let when = format!(
+        "{}-{:02}-{:02} {}:",
+        ten_days.year(),
+        u8::from(ten_days.month()),
+        ten_days.day(),
+        ten_days.hour()
+    );
+    let ends = amqps["certfile_expires_on"].as_array().expect("expires on");
+    assert_eq!(ends.len(), 1, "{body}");
+    assert!(
+        ends[0].as_str().is_some_and(|t| t.starts_with(&when)),
+        "{body}"
+    );
+    assert_eq!(amqps["cacertfile_expires_on"], serde_json::json!([]));
+
+    // Renewed in place: the next check reads the new file.
+    files.replace(&ca.server("antre"), &ca);
+    assert_eq!(check("2/weeks").await, (200, ok));
+}

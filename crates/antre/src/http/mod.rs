@@ -70,6 +70,8 @@ pub struct HttpState {
     pub http_addrs: Vec<SocketAddr>,
     /// Where the HTTPS listener is (every address).
     pub https_addrs: Vec<SocketAddr>,
+    /// Where stream-protocol clients connect (every address).
+    pub stream_addrs: Vec<SocketAddr>,
     /// When the server started.
     pub started: Instant,
     /// The client-socket budget.
@@ -151,6 +153,34 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/health/checks/local-alarms", get(overview::alarms))
         .route("/api/health/checks/virtual-hosts", get(overview::vhosts_ok))
         .route("/api/health/checks/ready", get(overview::ready))
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(health::port_listener),
+        )
+        .route(
+            "/api/health/checks/protocol-listener/{protocols}",
+            get(health::protocol_listener),
+        )
+        .route(
+            "/api/health/checks/certificate-expiration/{within}/{unit}",
+            get(health::certificate_expiration),
+        )
+        .route(
+            "/api/health/checks/node-is-mirror-sync-critical",
+            get(health::node_is_mirror_sync_critical),
+        )
+        .route(
+            "/api/health/checks/is-in-service",
+            get(health::is_in_service),
+        )
+        .route(
+            "/api/health/checks/below-node-connection-limit",
+            get(health::below_node_connection_limit),
+        )
+        .route(
+            "/api/health/checks/ready-to-serve-clients",
+            get(health::ready_to_serve_clients),
+        )
         .route("/api/healthchecks/node", get(overview::legacy_node_check))
         .route(
             "/api/healthchecks/node/{node}",

@@ -340,3 +340,37 @@ fn check_validity(
     }
     Ok(summary)
 }
+
+/// One certificate's validity period, in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// When it starts being valid.
+    pub not_before: i64,
+    /// When it stops.
+    pub not_after: i64,
+}
+
+/// The validity period of every certificate in the PEM file at `path`
+/// (`what` names it in errors: "certificate", "CA"), read afresh: the
+/// certificate-expiration health check reads the files as they are now,
+/// as RabbitMQ's does, so a renewed file passes before the next reload.
+pub fn validities(path: &Path, what: &'static str) -> Result<Vec<Validity>, TlsError> {
+    read_certificates(path, what)?
+        .iter()
+        .enumerate()
+        .map(|(i, der)| {
+            let (_, cert) =
+                x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
+                    what,
+                    path: path.to_owned(),
+                    index: i + 1,
+                    detail: e.to_string(),
+                })?;
+            let validity = cert.validity();
+            Ok(Validity {
+                not_before: validity.not_before.timestamp(),
+                not_after: validity.not_after.timestamp(),
+            })
+        })
+        .collect()
+}

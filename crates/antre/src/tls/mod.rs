@@ -32,7 +32,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 pub use info::{PeerCertificate, TlsInfo};
-pub use load::TlsError;
+pub use load::{validities, TlsError, Validity};
 
 /// How long a client has to finish the TLS handshake (RabbitMQ's
 /// `ssl_handshake_timeout` default); the AMQP handshake's own limit starts
@@ -256,7 +256,8 @@ fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn unix_now() -> i64 {
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod connections;
 pub mod definitions;
 pub mod exchanges;
+pub mod health;
 pub mod limits;
 pub mod listing;
 pub mod messages;

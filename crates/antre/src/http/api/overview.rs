@@ -282,19 +282,14 @@ pub(crate) fn add_message_stats(ours: &mut Value, theirs: &serde_json::Map<Strin
 
 /// RabbitMQ's `listeners`: one per protocol and address.
 fn listeners(state: &HttpState) -> Value {
-    let amqp = state.amqp_addrs.iter().map(|a| ("amqp", a));
-    let amqps = state.amqps_addrs.iter().map(|a| ("amqp/ssl", a));
-    let http = state.http_addrs.iter().map(|a| ("http", a));
-    let https = state.https_addrs.iter().map(|a| ("https", a));
-    amqp.chain(amqps)
-        .chain(http)
-        .chain(https)
-        .map(|(protocol, a)| {
+    super::health::listeners(state)
+        .iter()
+        .map(|l| {
             json!({
                 "node": state.node_name(),
-                "protocol": protocol,
-                "ip_address": a.ip().to_string(),
-                "port": a.port(),
+                "protocol": l.protocol,
+                "ip_address": l.addr.ip().to_string(),
+                "port": l.addr.port(),
             })
         })
         .collect()
