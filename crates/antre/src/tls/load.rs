@@ -309,13 +309,7 @@ fn check_validity(
 ) -> Result<String, TlsError> {
     let mut summary = String::new();
     for (i, der) in certs.iter().enumerate() {
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
-                what,
-                path: path.to_owned(),
-                index: i + 1,
-                detail: e.to_string(),
-            })?;
+        let cert = parse(der, path, what, i)?;
         let subject = subject_string(cert.subject());
         let validity = cert.validity();
         if now > validity.not_after.timestamp() {
@@ -359,13 +353,7 @@ pub fn validities(path: &Path, what: &'static str) -> Result<Vec<Validity>, TlsE
         .iter()
         .enumerate()
         .map(|(i, der)| {
-            let (_, cert) =
-                x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
-                    what,
-                    path: path.to_owned(),
-                    index: i + 1,
-                    detail: e.to_string(),
-                })?;
+            let cert = parse(der, path, what, i)?;
             let validity = cert.validity();
             Ok(Validity {
                 not_before: validity.not_before.timestamp(),
@@ -373,4 +361,21 @@ pub fn validities(path: &Path, what: &'static str) -> Result<Vec<Validity>, TlsE
             })
         })
         .collect()
+}
+
+/// The `i`th certificate (from 0) of file `path`, parsed.
+fn parse<'a>(
+    der: &'a CertificateDer<'_>,
+    path: &Path,
+    what: &'static str,
+    i: usize,
+) -> Result<x509_parser::certificate::X509Certificate<'a>, TlsError> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| TlsError::BadCertificate {
+            what,
+            path: path.to_owned(),
+            index: i + 1,
+            detail: e.to_string(),
+        })
 }
