@@ -510,8 +510,8 @@ async fn refusals_of_built_in_names_are_401_as_rabbitmq_answers() {
 /// Regression: `GET /api/nodes/{node}` (one node's memory and alarms, as
 /// monitoring asks) and `POST /api/vhosts/{vhost}/start/{node}` answered
 /// 404, a vhost lacked RabbitMQ 3.10's `metadata` and
-/// `default_queue_type`, and a node its `os_pid`, `processors` and
-/// `db_dir`. As 3.10 answers here: the node's row, 204 for a
+/// `default_queue_type`, and a node its `os_pid`, `processors`,
+/// `db_dir`, `exchange_types`, `auth_mechanisms` and `rates_mode`. As 3.10 answers here: the node's row, 204 for a
 /// running vhost (an antre vhost has nothing of its own to fail and
 /// restart), and the fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,6 +531,22 @@ async fn node_and_vhost_endpoints_answer_as_rabbitmq_does() {
     assert_eq!(row["os_pid"], std::process::id().to_string(), "{row}");
     assert!(row["processors"].as_u64().is_some_and(|n| n >= 1), "{row}");
     assert!(row["db_dir"].is_string(), "{row}");
+    // What the node offers, in the node's row as in RabbitMQ's (they
+    // were only in the overview): exchange types and SASL mechanisms
+    // (EXTERNAL off without a TLS listener verifying client certificates).
+    assert_eq!(row["exchange_types"], overview["exchange_types"], "{row}");
+    assert_eq!(row["rates_mode"], "basic", "{row}");
+    let mechanisms: Vec<(&str, bool)> = row["auth_mechanisms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some((m["name"].as_str()?, m["enabled"].as_bool()?)))
+        .collect();
+    assert_eq!(
+        mechanisms,
+        [("PLAIN", true), ("AMQPLAIN", true), ("EXTERNAL", false)],
+        "{row}"
+    );
     let (status, _) = b.api("GET", "/api/nodes/nosuch@host", None).await;
     assert_eq!(status, 404);
     // Regression: Debian's nagios-plugins-rabbitmq (check_rabbitmq_partition,

@@ -666,6 +666,19 @@ async fn the_certificate_expiration_check_names_the_listeners_of_an_expiring_cer
     );
     assert_eq!(amqps["cacertfile_expires_on"], serde_json::json!([]));
 
+    // With a CA to verify client certificates, the node offers EXTERNAL.
+    let (_, nodes) = b.api("GET", "/api/nodes", None).await;
+    let external = nodes[0]["auth_mechanisms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "EXTERNAL")
+        .cloned();
+    assert_eq!(
+        external.map(|m| m["enabled"].clone()),
+        Some(Value::Bool(true))
+    );
+
     // Renewed in place: the next check reads the new file.
     files.replace(&ca.server("antre"), &ca);
     assert_eq!(check("2/weeks").await, (200, ok));

@@ -126,10 +126,7 @@ pub async fn overview(
         "sample_interval": state.config.rate_interval.as_secs_f64(),
         "message_stats": message_stats,
         "churn_rates": churn_rates,
-        "exchange_types": antre_broker::exchange::EXCHANGE_TYPES
-            .iter()
-            .map(|(name, description)| json!({"name": name, "description": description, "enabled": true}))
-            .collect::<Vec<_>>(),
+        "exchange_types": exchange_types(),
         "queue_totals": {
             "messages": ready + unacked,
             "messages_details": details(ready_rate + unacked_rate),
@@ -278,6 +275,26 @@ pub(crate) fn add_message_stats(ours: &mut Value, theirs: &serde_json::Map<Strin
             *mine = details(a + b);
         }
     }
+}
+
+/// RabbitMQ's `exchange_types`: every type antre routes with.
+fn exchange_types() -> Vec<Value> {
+    antre_broker::exchange::EXCHANGE_TYPES
+        .iter()
+        .map(|(name, description)| json!({"name": name, "description": description, "enabled": true}))
+        .collect()
+}
+
+/// RabbitMQ's `auth_mechanisms`: the SASL mechanisms connection.start
+/// offers; EXTERNAL only where a client can present a certificate the
+/// node verifies (a TLS listener with a CA).
+fn auth_mechanisms(state: &HttpState) -> Value {
+    let external = state.config.tls.as_ref().is_some_and(|t| t.ca.is_some());
+    json!([
+        {"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true},
+        {"name": "AMQPLAIN", "description": "QPid AMQPLAIN mechanism", "enabled": true},
+        {"name": "EXTERNAL", "description": "SASL EXTERNAL authentication mechanism, with the TLS client certificate's common name", "enabled": external},
+    ])
 }
 
 /// RabbitMQ's `listeners`: one per protocol and address.
@@ -471,6 +488,11 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         // themselves once the network does, so there is never one to list
         // (a node it cannot reach shows as not running).
         "partitions": [],
+        // What RabbitMQ's node row also says of what the node offers,
+        // which tools read from it (not only from the overview).
+        "exchange_types": exchange_types(),
+        "auth_mechanisms": auth_mechanisms(state),
+        "rates_mode": "basic",
     });
     // RabbitMQ's churn counters, `connection_created` and the rest, with
     // their `*_details`, are fields of the node's row.
