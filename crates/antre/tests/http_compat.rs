@@ -1511,3 +1511,54 @@ async fn until_ready(b: &TestBroker) {
     })
     .await
 }
+
+/// Regression: a vhost's row had `messages`, `messages_ready` and
+/// `messages_unacknowledged` without RabbitMQ 3.10's `*_details` (how fast
+/// each changes), which dashboards chart per vhost. They are the vhost's
+/// queues' rates added up: positive while a backlog grows, zero once it
+/// stands still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vhost_reports_how_fast_its_messages_change() {
+    let b =
+        TestBroker::start_with(|c| c.rate_interval = std::time::Duration::from_millis(100)).await;
+    let rate = |row: &Value, key: &str| row[key]["rate"].as_f64();
+    let (_, row) = b.api("GET", "/api/vhosts/%2F", None).await;
+    for key in [
+        "messages_details",
+        "messages_ready_details",
+        "messages_unacknowledged_details",
+    ] {
+        assert_eq!(rate(&row, key), Some(0.0), "{key}: {row}");
+    }
+    let conn = b.lapin().await;
+    let ch = common::confirm_channel(&conn).await;
+    common::declare(&ch, "backlog").await;
+    let vhost = |check: fn(f64) -> bool| {
+        let b = &b;
+        common::within("the vhost's rates", async move {
+            loop {
+                let (_, row) = b.api("GET", "/api/vhosts/%2F", None).await;
+                if rate(&row, "messages_ready_details").is_some_and(check) {
+                    return row;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let publishing = async {
+        loop {
+            common::publish_confirmed(&ch, "", "backlog", b"m").await;
+        }
+    };
+    let row = tokio::select! {
+        row = vhost(|r| r > 0.0) => row,
+        _ = publishing => unreachable!("publishing never ends"),
+    };
+    assert_eq!(
+        rate(&row, "messages_details"),
+        rate(&row, "messages_ready_details"),
+        "nothing unacked: {row}"
+    );
+    let row = vhost(|r| r == 0.0).await;
+    assert!(row["messages_ready"].as_u64() > Some(0), "{row}");
+}

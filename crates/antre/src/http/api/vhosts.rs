@@ -35,6 +35,10 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
         .iter()
         .map(|v| {
             let (ready, unacked) = super::overview::owned_messages_in(v);
+            let (ready_rate, unacked_rate) = v.owned_queues().iter().fold((0.0, 0.0), |acc, q| {
+                let r = state.rates.queue(&v.name, &q.name);
+                (acc.0 + r.ready, acc.1 + r.unacked)
+            });
             let traffic = traffic.remove(&v.name).unwrap_or_default();
             let (rates, recv_rate, send_rate) = state.rates.vhost(&v.name);
             let counters: Vec<(&str, u64, f64)> = ChannelStats::NAMES
@@ -46,7 +50,9 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
             json!({
                 "name": v.name,
                 "messages_ready": ready,
+                "messages_ready_details": details(ready_rate),
                 "messages_unacknowledged": unacked,
+                "messages_unacknowledged_details": details(unacked_rate),
                 "connections": connections.get(&v.name).copied().unwrap_or(0),
                 "message_stats": message_stats(&counters),
                 "recv_oct": traffic.recv_oct,
@@ -87,6 +93,17 @@ fn vhost_json(state: &HttpState, name: &str, figures: &[Value]) -> Value {
             .sum()
     };
     let (ready, unacked) = (sum("messages_ready"), sum("messages_unacknowledged"));
+    // How fast they change, every member's rate added up (a member of an
+    // older version reports none: its part counts as steady).
+    let sum_rate = |key: &str| -> f64 {
+        figures
+            .iter()
+            .filter(|f| f["name"] == name)
+            .filter_map(|f| f[key]["rate"].as_f64())
+            .sum()
+    };
+    let ready_rate = sum_rate("messages_ready_details");
+    let unacked_rate = sum_rate("messages_unacknowledged_details");
     // The traffic of every member's connections, with rates, added up.
     let mut stats: Option<Value> = None;
     let mut bytes = json!({
@@ -116,8 +133,11 @@ fn vhost_json(state: &HttpState, name: &str, figures: &[Value]) -> Value {
         "default_queue_type": "classic",
         "tracing": false,
         "messages": ready + unacked,
+        "messages_details": details(ready_rate + unacked_rate),
         "messages_ready": ready,
+        "messages_ready_details": details(ready_rate),
         "messages_unacknowledged": unacked,
+        "messages_unacknowledged_details": details(unacked_rate),
         "connections": sum("connections"),
         "cluster_state": cluster_state(state),
     });
