@@ -2705,3 +2705,75 @@ async fn publishes_a_deposed_leader_did_not_store_go_to_the_next() {
     all_acked_and_stored_once(&c, "handed", via, publisher).await;
     assert_ne!(wait_leader(&c, "handed").await, l, "the leadership moved");
 }
+
+/// RabbitMQ's `quorum-queues-without-elected-leaders` health check (3.13,
+/// what operators alert on after a node failure): 200 while every quorum
+/// queue has a leader; once the only member of a one-member queue dies,
+/// 503 naming it (in RabbitMQ's printable form), through every form of
+/// the path: all vhosts or one, with or without a name pattern. A queue
+/// of three members keeps or elects a leader meanwhile and is not listed.
+/// Before, every form answered 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_for_leaderless_quorum_queues_names_a_queue_whose_members_are_down() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, "orders").await;
+    let one = [("x-quorum-initial-group-size", AMQPValue::LongInt(1))];
+    c.declare_durable(0, "solo", quorum_args(&one)).await;
+    wait_leader(&c, "orders").await;
+    let member = wait_leader(&c, "solo").await;
+    let asked = (member + 1) % 3;
+    let base = "/api/health/checks/quorum-queues-without-elected-leaders";
+    let all = format!("{base}/all-vhosts/");
+    let (status, body) = c.api(asked, "GET", &all, None).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+
+    c.kill(member);
+    let solo = json!({
+        "readable_name": "queue 'solo' in vhost '/'",
+        "name": "solo",
+        "virtual_host": "/",
+        "type": "rabbit_quorum_queue",
+    });
+    let failed = json!({
+        "status": "failed",
+        "reason": "Detected quorum queues without an elected leader",
+        "queues": [solo],
+    });
+    c.until("only the one-member queue to be listed", || async {
+        c.api(asked, "GET", &all, None).await == (503, failed.clone())
+    })
+    .await;
+    for path in [
+        format!("{base}/all-vhosts"),
+        format!("{base}/vhost/%2F/"),
+        format!("{base}/all-vhosts/pattern/^so"),
+        format!("{base}/vhost/%2F/pattern/ol"),
+    ] {
+        assert_eq!(
+            c.api(asked, "GET", &path, None).await,
+            (503, failed.clone()),
+            "{path}"
+        );
+    }
+    for path in [
+        format!("{base}/all-vhosts/pattern/^ord"),
+        format!("{base}/vhost/%2F/pattern/orders"),
+    ] {
+        let (status, body) = c.api(asked, "GET", &path, None).await;
+        assert_eq!((status, body), (200, json!({"status": "ok"})), "{path}");
+    }
+    assert_eq!(
+        c.api(asked, "GET", &format!("{base}/vhost/nosuch/"), None)
+            .await
+            .0,
+        404
+    );
+    let bad = format!("{base}/all-vhosts/pattern/(");
+    assert_eq!(c.api(asked, "GET", &bad, None).await.0, 400);
+
+    c.spawn(member);
+    c.until("the queue to have its leader back", || async {
+        c.try_api(asked, "GET", &all, None).await.map(|r| r.0) == Some(200)
+    })
+    .await;
+}

@@ -260,6 +260,12 @@ impl Vhost {
         self.quorum.read().contains_key(name)
     }
 
+    /// The name of every quorum queue and replicated stream of the vhost,
+    /// cluster-wide (from the metadata, whichever nodes hold them).
+    pub fn replicated_names(&self) -> Vec<String> {
+        self.quorum.read().keys().cloned().collect()
+    }
+
     /// Each quorum queue's leader, where one is known.
     pub fn quorum_leaders(&self) -> Vec<Option<String>> {
         self.quorum

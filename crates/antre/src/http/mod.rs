@@ -181,6 +181,30 @@ pub fn router(state: HttpState) -> Router {
             "/api/health/checks/ready-to-serve-clients",
             get(health::ready_to_serve_clients),
         )
+        .route(
+            "/api/health/checks/quorum-queues-without-elected-leaders/all-vhosts",
+            get(cluster::quorum_queues_without_elected_leaders),
+        )
+        .route(
+            "/api/health/checks/quorum-queues-without-elected-leaders/vhost/{vhost}",
+            get(cluster::quorum_queues_without_elected_leaders),
+        )
+        .route(
+            "/api/health/checks/quorum-queues-without-elected-leaders/all-vhosts/",
+            get(cluster::quorum_queues_without_elected_leaders),
+        )
+        .route(
+            "/api/health/checks/quorum-queues-without-elected-leaders/all-vhosts/pattern/{pattern}",
+            get(cluster::quorum_queues_without_elected_leaders),
+        )
+        .route(
+            "/api/health/checks/quorum-queues-without-elected-leaders/vhost/{vhost}/",
+            get(cluster::quorum_queues_without_elected_leaders),
+        )
+        .route(
+            "/api/health/checks/quorum-queues-without-elected-leaders/vhost/{vhost}/pattern/{pattern}",
+            get(cluster::quorum_queues_without_elected_leaders),
+        )
         .route("/api/healthchecks/node", get(overview::legacy_node_check))
         .route(
             "/api/healthchecks/node/{node}",

@@ -5,6 +5,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -454,6 +455,73 @@ pub async fn node_is_quorum_critical(
             "queues": critical,
         })),
     ))
+}
+
+/// GET /api/health/checks/quorum-queues-without-elected-leaders/all-vhosts/
+/// and `.../vhost/{vhost}/`, each optionally `.../pattern/{pattern}` (a
+/// regular expression the queue's name must match): 503 with the quorum
+/// queues none of whose members answers as their leader, as RabbitMQ's
+/// check of the same name (3.13) lists them; 200 when every one has
+/// one. A member counts when its node answers within the listing's
+/// wait, so a queue whose members' nodes are all down or cut off is
+/// listed. Streams are not quorum queues, as in RabbitMQ.
+pub async fn quorum_queues_without_elected_leaders(
+    State(state): State<HttpState>,
+    params: axum::extract::RawPathParams,
+) -> Result<Json<Value>, Response> {
+    let param = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_owned())
+    };
+    let (vhost, pattern) = (param("vhost"), param("pattern"));
+    let pattern =
+        match &pattern {
+            Some(p) => Some(regex::Regex::new(p).map_err(|e| {
+                ApiError::bad_request(format!("invalid pattern: {e}")).into_response()
+            })?),
+            None => None,
+        };
+    let vhosts = state
+        .vhosts_for(vhost.as_deref())
+        .map_err(IntoResponse::into_response)?;
+    if state.cluster.is_none() {
+        // A single node's quorum queues are its own: it leads them all.
+        return Ok(Json(json!({"status": "ok"})));
+    }
+    let rows =
+        super::peers::cluster_rows(&state, Listing::RaftMembers, vhost.as_deref(), None).await;
+    let led: std::collections::HashSet<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r["raft_state"] == "leader")
+        .filter_map(|r| Some((r["vhost"].as_str()?, r["name"].as_str()?)))
+        .collect();
+    let mut leaderless = Vec::new();
+    for v in &vhosts {
+        let mut names = v.replicated_names();
+        names.sort();
+        for name in names {
+            let wanted = pattern.as_ref().is_none_or(|p| p.is_match(&name));
+            if !wanted || v.stream(&name).is_some() || led.contains(&(v.name.as_str(), &name)) {
+                continue;
+            }
+            let readable = format!("queue '{name}' in vhost '{}'", v.name);
+            leaderless.push(printable(&name, &v.name, "rabbit_quorum_queue", readable));
+        }
+    }
+    if leaderless.is_empty() {
+        return Ok(Json(json!({"status": "ok"})));
+    }
+    Err((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": "failed",
+            "reason": "Detected quorum queues without an elected leader",
+            "queues": leaderless,
+        })),
+    )
+        .into_response())
 }
 
 /// POST /api/maintenance/drain: puts the node asked into maintenance mode
