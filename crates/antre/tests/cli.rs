@@ -503,3 +503,66 @@ async fn policies_and_operator_policies_from_the_cli() {
         json!([])
     );
 }
+
+/// `antre check ...` runs RabbitMQ's health checks from a shell, as
+/// `rabbitmq-diagnostics check_port_listener` and its siblings are used in
+/// container health checks and exec probes: "ok" and success when the
+/// check passes; what is missing and a non-zero exit when it fails. Before,
+/// the CLI had no such command (a probe had to parse `antre status`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_run_from_the_cli_and_fail_with_their_reason() {
+    let b = TestBroker::start().await;
+    let url = b.http_url();
+    let amqp = b.addr().port().to_string();
+    for args in [
+        vec!["check", "port-listener", &amqp],
+        vec!["check", "protocol-listener", "amqp,http"],
+        vec!["check", "local-alarms"],
+        vec!["check", "alarms"],
+        vec!["check", "virtual-hosts"],
+        vec![
+            "check",
+            "certificate-expiration",
+            "--within",
+            "3",
+            "--unit",
+            "months",
+        ],
+        vec!["check", "is-in-service"],
+        vec!["check", "ready-to-serve-clients"],
+        vec!["check", "below-node-connection-limit"],
+        vec!["check", "node-is-quorum-critical"],
+        vec![
+            "check",
+            "quorum-queues-without-elected-leaders",
+            "--all-vhosts",
+        ],
+        vec![
+            "check",
+            "quorum-queues-without-elected-leaders",
+            "--pattern",
+            "^pay",
+        ],
+    ] {
+        let (ok, out, err) = antre(&url, &args).await;
+        assert!(ok, "{args:?}: {out}{err}");
+        assert_eq!(out.trim(), "ok", "{args:?}");
+    }
+    let (ok, out, err) = antre(&url, &["check", "protocol-listener", "amqp,mqtt"]).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("missing: mqtt"), "{out}");
+    assert!(out.contains("listening: amqp, http"), "{out}");
+    assert!(err.contains("No active listener"), "{err}");
+    let (ok, out, err) = antre(&url, &["check", "port-listener", "1", "-f", "json"]).await;
+    assert!(!ok, "{out}");
+    let answer: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(answer["missing"], json!(1), "{answer}");
+    assert!(err.contains("No active listener"), "{err}");
+    let (ok, _, err) = antre(
+        &url,
+        &["check", "certificate-expiration", "--unit", "fortnights"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("Time unit not recognised"), "{err}");
+}

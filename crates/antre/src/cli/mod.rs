@@ -9,9 +9,11 @@
 //!   closing connections, definitions;
 //! - [`messages`]: `publish` and `consume`;
 //! - [`access`]: `users`, `permissions` and `vhosts`;
-//! - [`policies`]: `policies` and `operator-policies`.
+//! - [`policies`]: `policies` and `operator-policies`;
+//! - [`checks`]: `check`, the health checks probes and scripts ask.
 
 pub mod access;
+pub mod checks;
 pub mod client;
 pub mod listing;
 pub mod messages;
@@ -116,6 +118,11 @@ pub enum RemoteCommand {
     /// Show the cluster this node belongs to; add and remove members.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Run one health check (port-listener 5672, protocol-listener amqp,
+    /// certificate-expiration, ready-to-serve-clients, alarms, ...): exits
+    /// non-zero when it fails, for container and Kubernetes probes.
+    #[command(subcommand)]
+    Check(checks::Check),
 }
 
 /// `antre cluster ...`.
@@ -457,6 +464,7 @@ pub fn run(command: RemoteCommand, out: &mut dyn Write) -> anyhow::Result<()> {
             }
             done(&r, out, text)
         }
+        C::Check(check) => checks::run(check, out),
         C::Queues(QueuesArgs { verb: Some(v), .. }) => replicas::run(v, out),
         C::Queues(QueuesArgs { verb: None, remote }) => listing::queues(&remote, out),
         C::Exchanges(l) => listing::exchanges(&l.remote(), out),
