@@ -285,8 +285,9 @@ impl Forwarder {
     /// yet): to their queues' next leader once it is known, or to `gone`
     /// again after [`RETRY_SAME`] (its link back, or its leadership taken
     /// up). Each carries this run's numbers, so its queues skip what they
-    /// stored already. The batches come oldest first, and go before the
-    /// ones held since (which came after them).
+    /// stored already. Each goes among the held batches by when it was
+    /// first sent: after those that came before it (other batches sent
+    /// again), before those held since (which came after it).
     fn send_again(&self, gone: &str, batches: Vec<(Again, RemoteDone)>) {
         if batches.is_empty() {
             return;
@@ -302,8 +303,8 @@ impl Forwarder {
         );
         let mut held = self.parked.lock();
         let same_after = std::time::Instant::now() + RETRY_SAME;
-        for (r, done) in batches.into_iter().rev() {
-            held.push_front(parked::Parked {
+        for (r, done) in batches {
+            held.insert_by_age(parked::Parked {
                 vhost: r.vhost,
                 batch: r.batch,
                 done,

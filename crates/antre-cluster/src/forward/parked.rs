@@ -103,6 +103,23 @@ impl ParkedPublishes {
         self.batches.push_front(p);
     }
 
+    /// Holds `p`, a batch sent before and answered as not stored (or
+    /// not answered), among the others by when it was first sent, which
+    /// its deadline tells (every batch's is that time plus the same
+    /// forwarding timeout): after those held or sent before it, before
+    /// those that came after it. Put first instead, each batch a deposed
+    /// leader answered one by one went ahead of the one answered before
+    /// it, and a publisher's messages reached the next leader in reverse.
+    pub fn insert_by_age(&mut self, p: Parked) {
+        self.count(&p, true);
+        let at = self
+            .batches
+            .iter()
+            .rposition(|held| held.deadline <= p.deadline)
+            .map_or(0, |i| i + 1);
+        self.batches.insert(at, p);
+    }
+
     /// Takes the oldest held batch.
     pub fn pop_front(&mut self) -> Option<Parked> {
         let p = self.batches.pop_front()?;
@@ -359,6 +376,31 @@ mod tests {
         assert_eq!(held.held_before("other", &[publish(&["orders"])]), None);
         // Released: nothing waits behind it any more.
         assert!(held.pop_front().is_some());
+        assert_eq!(held.held_before("/", &[publish(&["orders"])]), None);
+    }
+
+    #[test]
+    fn batches_sent_again_are_held_in_the_order_they_were_first_sent() {
+        let start = Instant::now();
+        let batch = |run: u64, first_sent: u64| Parked {
+            vhost: "/".into(),
+            batch: vec![publish(&["orders"])],
+            done: Box::new(|_| {}),
+            gone: "n1".into(),
+            same_after: None,
+            deadline: start + Duration::from_millis(first_sent),
+            run,
+        };
+        let mut held = ParkedPublishes::default();
+        // A publish held while the queue's leader is unknown, then the
+        // batches its deposed leader answered one by one, oldest first.
+        held.push_back(batch(9, 90));
+        for (run, first_sent) in [(1, 10), (2, 20), (3, 30)] {
+            held.insert_by_age(batch(run, first_sent));
+        }
+        held.insert_by_age(batch(4, 95));
+        let order: Vec<u64> = std::iter::from_fn(|| held.pop_front().map(|p| p.run)).collect();
+        assert_eq!(order, [1, 2, 3, 9, 4]);
         assert_eq!(held.held_before("/", &[publish(&["orders"])]), None);
     }
 }
