@@ -1493,6 +1493,11 @@ async fn listener_and_connection_health_checks_answer_as_rabbitmqs_do() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["connections"], 1);
     assert_eq!(check("is-in-service".into()).await, (200, ok.clone()));
+    // So does the unauthenticated readiness probe (it answered 200: a load
+    // balancer kept sending clients that were refused).
+    let (status, _, body) = b.http_text("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("node connection limit"), "{body}");
     client.close(200, "bye").await.expect("close");
     until_ready(&b).await;
 }

@@ -2062,10 +2062,6 @@ async fn a_node_is_quorum_critical_while_another_member_is_down() {
     assert_eq!(status, 200);
 }
 
-/// A rolling restart drains a node before stopping it (`rabbitmq-upgrade
-/// drain`): its clients are closed and new ones refused, the queues it led
-/// are led elsewhere, a bystander on another node keeps publishing, and
-/// its replicas take no leadership back even when the new leader dies;
 /// Whether node `i`'s `is-in-service` and `ready-to-serve-clients` health
 /// checks answer as `serving` says they should (200, or 503 with why).
 async fn assert_serving(c: &TestCluster, i: usize, serving: bool) {
@@ -2083,8 +2079,16 @@ async fn assert_serving(c: &TestCluster, i: usize, serving: bool) {
             );
         }
     }
+    // The readiness probe orchestrators ask without credentials answered
+    // 200 for a drained node, which refuses new clients.
+    let (status, _) = c.api(i, "GET", "/readyz", None).await;
+    assert_eq!(status, if serving { 200 } else { 503 }, "/readyz");
 }
 
+/// A rolling restart drains a node before stopping it (`rabbitmq-upgrade
+/// drain`): its clients are closed and new ones refused, the queues it led
+/// are led elsewhere, a bystander on another node keeps publishing, and
+/// its replicas take no leadership back even when the new leader dies;
 /// revived, it takes clients again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_hands_its_leaders_and_clients_away() {

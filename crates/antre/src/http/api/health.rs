@@ -259,7 +259,7 @@ pub async fn node_is_mirror_sync_critical(State(state): State<HttpState>) -> Jso
 
 /// Why this node does not serve clients now: drained (maintenance mode),
 /// as RabbitMQ's `is_serving`.
-fn not_serving(state: &HttpState) -> Option<&'static str> {
+pub(crate) fn not_serving(state: &HttpState) -> Option<&'static str> {
     state
         .maintenance
         .draining()
@@ -277,7 +277,7 @@ pub async fn is_in_service(State(state): State<HttpState>) -> Response {
 
 /// The AMQP connections open on this node and its `max_connections`,
 /// when they have reached it.
-fn at_connection_limit(state: &HttpState) -> Option<u64> {
+pub(crate) fn at_connection_limit(state: &HttpState) -> Option<u64> {
     let limit = state.config.max_connections?;
     let open = state.broker.access().usage().connections();
     (open >= limit).then_some(open)

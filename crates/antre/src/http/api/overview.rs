@@ -628,10 +628,22 @@ pub async fn ready(State(state): State<HttpState>) -> ApiResult<Json<Value>> {
     readiness(&state)
 }
 
+/// Ready for new clients: no alarm blocks publishers, the node is not
+/// drained (it refuses new sockets), and it is below `max_connections`
+/// (it would refuse the next one), so a load balancer or Kubernetes sends
+/// clients to the other nodes meanwhile.
 fn readiness(state: &HttpState) -> ApiResult<Json<Value>> {
     if let Some(reason) = state.alarms.state().reason() {
         return Err(ApiError::unavailable(format!(
             "resource alarm in effect ({reason}): publishers are blocked"
+        )));
+    }
+    if let Some(reason) = super::health::not_serving(state) {
+        return Err(ApiError::unavailable(reason));
+    }
+    if let Some(open) = super::health::at_connection_limit(state) {
+        return Err(ApiError::unavailable(format!(
+            "node connection limit is reached ({open} connections): new clients are refused"
         )));
     }
     Ok(Json(json!({ "status": "ok" })))
