@@ -787,6 +787,13 @@ async fn a_queue_reports_rabbitmqs_message_figures() {
         [json!(3), json!(70), json!(2), json!(60)],
         "{q}"
     );
+    // RabbitMQ 3.10's queue page has its per-channel breakdowns, empty
+    // outside its detailed statistics mode (antre's had none).
+    assert_eq!(
+        figures(&q, &["incoming", "deliveries"]),
+        [json!([]), json!([])],
+        "{q}"
+    );
     // With no consumer, a stored message is not held in memory.
     assert_eq!(
         figures(

@@ -288,6 +288,7 @@ pub async fn show(
             .iter()
             .map(|c| render::stream_consumer(&state, &s, c))
             .collect();
+        breakdowns(&mut body);
         return Ok(Json(body));
     }
     let v = state.vhost(&vhost)?;
@@ -328,7 +329,17 @@ pub async fn show(
             .map(|c| render::consumer(&state, &q, c))
             .collect(),
     };
+    breakdowns(&mut body);
     Ok(Json(body))
+}
+
+/// RabbitMQ's per-channel breakdowns of a queue's traffic (`incoming`
+/// from each publishing channel, `deliveries` to each consuming one),
+/// kept only in its detailed statistics mode: empty, as RabbitMQ 3.10's
+/// queue page has them by default.
+fn breakdowns(body: &mut Value) {
+    body["incoming"] = Value::Array(Vec::new());
+    body["deliveries"] = Value::Array(Vec::new());
 }
 
 /// Another node's exclusive queue `name` (its name names its node, or the
