@@ -193,9 +193,10 @@ fn rule(template: &str, method: &Method) -> Rule {
         "/api/policies/{vhost}/{name}" => return Rule::Policies,
         "/api/operator-policies/{vhost}/{name}" => return Rule::Admin,
         // Replica management of quorum queues (rabbitmq-queues).
-        "/api/queues/{vhost}/{name}/members/{node}" | "/api/rebalance/queues" => {
-            return Rule::Admin
-        }
+        // So is RabbitMQ 3.10's mirror synchronisation action.
+        "/api/queues/{vhost}/{name}/members/{node}"
+        | "/api/rebalance/queues"
+        | "/api/queues/{vhost}/{name}/actions" => return Rule::Admin,
         "/api/vhosts/{vhost}"
         | "/api/vhosts/{vhost}/start/{node}"
         | "/api/vhosts/{vhost}/permissions"

@@ -140,6 +140,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/maintenance/drain", post(cluster::drain))
         .route("/api/maintenance/revive", post(cluster::revive))
         .route("/api/feature-flags", get(cluster::feature_flags))
+        .route("/api/queues/{vhost}/{name}/actions", post(queues::action))
         .route(
             "/api/queues/{vhost}/{name}/members",
             get(cluster::queue_members),

@@ -144,7 +144,7 @@ pub struct ExchangeBody {
 }
 
 /// PUT /api/exchanges/{vhost}/{name}: 201 created, 204 existed, 400
-/// inequivalent or unknown type.
+/// inequivalent or unknown type; without a type, a direct exchange.
 pub async fn declare(
     State(state): State<HttpState>,
     Extension(user): Extension<AuthUser>,
@@ -152,11 +152,9 @@ pub async fn declare(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let body: ExchangeBody = parse_body(&body)?;
-    let Some(kind) = body.kind else {
-        return Err(ApiError::bad_request(
-            "field 'type' is required (direct, fanout, topic or headers)",
-        ));
-    };
+    // RabbitMQ 3.10 declares a direct exchange when the body names no
+    // type (checked with `{}`), as exchange.declare's default type is.
+    let kind = body.kind.unwrap_or_else(|| "direct".to_owned());
     let v = state.vhost(&vhost)?;
     let existed = v.exchanges().iter().any(|e| e.name == name);
     // A built-in amq.* exchange may be declared again as it is (204, or

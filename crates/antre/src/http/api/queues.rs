@@ -562,3 +562,33 @@ pub async fn at_owner(
         ))),
     }
 }
+
+/// The body of POST /api/queues/{vhost}/{name}/actions.
+#[derive(Debug, Default, Deserialize)]
+pub struct ActionBody {
+    action: String,
+}
+
+/// POST /api/queues/{vhost}/{name}/actions: RabbitMQ 3.10's `sync` and
+/// `cancel_sync` of a classic queue's mirrors (administrators), which
+/// scripts and its UI's "Synchronise" button send. antre has no mirrors
+/// to synchronise (a quorum queue's members catch up by themselves), so
+/// both are done at once: 204, as RabbitMQ answers for a queue without
+/// unsynchronised mirrors; 404 for no such queue, 400 another action.
+pub async fn action(
+    State(state): State<HttpState>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let body: ActionBody = parse_body(&body)?;
+    let v = state.vhost(&vhost)?;
+    if v.stream(&name).is_none() {
+        find(&state, &vhost, &name)?;
+    }
+    match body.action.as_str() {
+        "sync" | "cancel_sync" => Ok(StatusCode::NO_CONTENT),
+        other => Err(ApiError::bad_request(format!(
+            "unknown action '{other}' (sync or cancel_sync)"
+        ))),
+    }
+}
