@@ -1641,3 +1641,49 @@ async fn a_typeless_exchange_and_queue_actions_answer_as_rabbitmq_does() {
         "{body}"
     );
 }
+
+/// Regression: a channel's row lacked RabbitMQ 3.10's `idle_since`, which
+/// finds the channels a client opened and forgot, and connections' and
+/// channels' rows `user_who_performed_action`. As a queue's: present
+/// once a channel's counters stood still between two samples, absent
+/// while it publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_at_rest_reports_since_when() {
+    let b =
+        TestBroker::start_with(|c| c.rate_interval = std::time::Duration::from_millis(100)).await;
+    let conn = b.lapin().await;
+    let ch = common::confirm_channel(&conn).await;
+    common::declare(&ch, "busy").await;
+    let channel = |idle: bool| {
+        let b = &b;
+        common::within("the channel's idle_since", async move {
+            loop {
+                let (_, rows) = b.api("GET", "/api/channels", None).await;
+                let row = rows[0].clone();
+                if row["idle_since"].is_string() == idle {
+                    return row;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let row = channel(true).await;
+    assert_eq!(row["user_who_performed_action"], "guest", "{row}");
+    let (_, connections) = b.api("GET", "/api/connections", None).await;
+    assert_eq!(connections[0]["user_who_performed_action"], "guest");
+    let since = row["idle_since"].as_str().unwrap_or_default().to_owned();
+    // RabbitMQ's form: 2026-12-07T16:34:54.370+00:00.
+    assert!(
+        since.starts_with("20") && since.ends_with("+00:00"),
+        "{row}"
+    );
+    let publishing = async {
+        loop {
+            common::publish_confirmed(&ch, "", "busy", b"m").await;
+        }
+    };
+    tokio::select! {
+        row = channel(false) => assert_eq!(row["idle_since"], Value::Null, "{row}"),
+        _ = publishing => unreachable!("publishing never ends"),
+    }
+}

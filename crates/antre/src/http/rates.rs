@@ -244,6 +244,8 @@ struct State {
     conns: HashMap<u64, (f64, f64)>,
     chans_last: HashMap<(u64, u16), ChannelSample>,
     chans: HashMap<(u64, u16), ChannelRates>,
+    /// Per channel, as `queues_active` per queue.
+    chans_active: HashMap<(u64, u16), (u64, bool)>,
     node_last: Vec<(&'static str, u64)>,
     node: HashMap<&'static str, f64>,
     vhosts_last: HashMap<String, Traffic>,
@@ -451,6 +453,17 @@ impl Rates {
                 (key.clone(), (since, changed))
             })
             .collect();
+        st.chans_active = chans
+            .iter()
+            .map(|(key, now)| {
+                let changed = st.chans_last.get(key) != Some(now);
+                let since = match st.chans_active.get(key) {
+                    Some(&(since, _)) if !changed => since,
+                    _ => overview.timestamp,
+                };
+                (*key, (since, changed))
+            })
+            .collect();
         st.last = Some((at, overview));
         st.queues_last = queues;
         st.conns_last = conns;
@@ -553,6 +566,16 @@ impl Rates {
             .get(&(connection, number))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// Since when (ms since the epoch) a channel has been idle, as
+    /// [`Rates::idle_since`] for a queue: none of its counters (publishes,
+    /// deliveries, acks, ...) moved between the last two samples.
+    pub fn channel_idle_since(&self, connection: u64, number: u16) -> Option<u64> {
+        match self.state.read().chans_active.get(&(connection, number)) {
+            Some(&(since, false)) => Some(since),
+            _ => None,
+        }
     }
 
     /// A connection's (receive, send) bytes per second.

@@ -336,6 +336,8 @@ pub fn connection(state: &HttpState, c: &ConnectionEntry) -> Value {
         "node": state.node_name(),
         "vhost": c.vhost,
         "user": c.user,
+        // RabbitMQ 3.10's field of the same: the user who opened it.
+        "user_who_performed_action": c.user,
         "state": if blocked { "blocked" } else { "running" },
         "type": "network",
         "protocol": "AMQP 0-9-1",
@@ -431,12 +433,14 @@ pub fn channel(
         .zip(rates)
         .map(|((name, count), rate)| (name, count, rate))
         .collect();
-    json!({
+    let mut row = json!({
         "name": channel_name(c, number),
         "number": number,
         "node": state.node_name(),
         "vhost": c.vhost,
         "user": c.user,
+        // RabbitMQ 3.10's field of the same: the user who opened it.
+        "user_who_performed_action": c.user,
         "state": "running",
         "connection_details": connection_details(c),
         "consumer_count": mine.len(),
@@ -449,7 +453,13 @@ pub fn channel(
         "prefetch_count": prefetch,
         "global_prefetch_count": global_prefetch,
         "message_stats": message_stats(&counters),
-    })
+    });
+    // As a queue's: only for a channel at rest (RabbitMQ's, which finds
+    // the channels a client opened and forgot).
+    if let Some(since) = state.rates.channel_idle_since(c.id, number) {
+        row["idle_since"] = json!(timestamp(since));
+    }
+    row
 }
 
 /// A consumer.
