@@ -511,3 +511,40 @@ async fn delivery_counters_are_split_by_queue_type() {
     assert_eq!(value(&families, "antre_messages_delivered_total"), 6.0);
     assert_eq!(value(&families, "antre_messages_acked_total"), 5.0);
 }
+
+/// Regression: RabbitMQ 3.10's `/metrics` sums its channels' counters
+/// (`rabbitmq_channel_messages_published_total`, `..._delivered_ack_total`,
+/// `rabbitmq_channel_get_total`, ...), which older Grafana dashboards and
+/// alert rules query; antre served none of them (found comparing both
+/// brokers' metric names). Summed over the open channels, as RabbitMQ's,
+/// and one series per channel in `/metrics/per-object`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_counters_are_served_under_rabbitmqs_names() {
+    let b = TestBroker::start().await;
+    let _open = traffic(&b).await;
+    let (_, _, text) = b.http_text("/metrics").await;
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let expected = [
+        ("rabbitmq_channel_messages_published_total", 4.0),
+        ("rabbitmq_channel_messages_confirmed_total", 4.0),
+        ("rabbitmq_channel_messages_unroutable_returned_total", 1.0),
+        ("rabbitmq_channel_messages_unroutable_dropped_total", 0.0),
+        ("rabbitmq_channel_get_ack_total", 0.0),
+        ("rabbitmq_channel_get_total", 1.0),
+        ("rabbitmq_channel_get_empty_total", 1.0),
+        ("rabbitmq_channel_messages_delivered_ack_total", 2.0),
+        ("rabbitmq_channel_messages_delivered_total", 0.0),
+        ("rabbitmq_channel_messages_redelivered_total", 0.0),
+        ("rabbitmq_channel_messages_acked_total", 2.0),
+    ];
+    for (name, want) in expected {
+        assert_eq!(value(&families, name), want, "{name}");
+        assert_eq!(families[name].kind, "counter", "{name}");
+    }
+    let (_, _, text) = b.http_text("/metrics/per-object").await;
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let published = &families["rabbitmq_channel_messages_published_total"].samples;
+    let mut per_channel: Vec<f64> = published.iter().map(|s| s.value).collect();
+    per_channel.sort_by(f64::total_cmp);
+    assert_eq!(per_channel, [0.0, 4.0], "{published:?}");
+}

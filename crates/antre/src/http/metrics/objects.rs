@@ -299,7 +299,7 @@ const CONNECTION_METRICS: [Metric; 3] = [
     },
 ];
 
-const CHANNEL_METRICS: [Metric; 6] = [
+const CHANNEL_METRICS: [Metric; 17] = [
     Metric {
         name: "channel_consumers",
         kind: "gauge",
@@ -335,6 +335,71 @@ const CHANNEL_METRICS: [Metric; 6] = [
         kind: "gauge",
         help: "Total limit of unacknowledged messages for all consumers on a channel",
         families: &["channel_metrics"],
+    },    Metric {
+        name: "channel_messages_published_total",
+        kind: "counter",
+        help: "Total number of messages published into an exchange on a channel",
+        families: &["channel_exchange_metrics"],
+    },
+    Metric {
+        name: "channel_messages_confirmed_total",
+        kind: "counter",
+        help: "Total number of messages published into an exchange and confirmed on the channel",
+        families: &["channel_exchange_metrics"],
+    },
+    Metric {
+        name: "channel_messages_unroutable_returned_total",
+        kind: "counter",
+        help: "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+        families: &["channel_exchange_metrics"],
+    },
+    Metric {
+        name: "channel_messages_unroutable_dropped_total",
+        kind: "counter",
+        help: "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+        families: &["channel_exchange_metrics"],
+    },
+    Metric {
+        name: "channel_get_ack_total",
+        kind: "counter",
+        help: "Total number of messages fetched with basic.get in manual acknowledgement mode",
+        families: &["channel_queue_metrics"],
+    },
+    Metric {
+        name: "channel_get_total",
+        kind: "counter",
+        help: "Total number of messages fetched with basic.get in automatic acknowledgement mode",
+        families: &["channel_queue_metrics"],
+    },
+    Metric {
+        name: "channel_messages_delivered_ack_total",
+        kind: "counter",
+        help: "Total number of messages delivered to consumers in manual acknowledgement mode",
+        families: &["channel_queue_metrics"],
+    },
+    Metric {
+        name: "channel_messages_delivered_total",
+        kind: "counter",
+        help: "Total number of messages delivered to consumers in automatic acknowledgement mode",
+        families: &["channel_queue_metrics"],
+    },
+    Metric {
+        name: "channel_messages_redelivered_total",
+        kind: "counter",
+        help: "Total number of messages redelivered to consumers",
+        families: &["channel_queue_metrics"],
+    },
+    Metric {
+        name: "channel_messages_acked_total",
+        kind: "counter",
+        help: "Total number of messages acknowledged by consumers",
+        families: &["channel_queue_metrics"],
+    },
+    Metric {
+        name: "channel_get_empty_total",
+        kind: "counter",
+        help: "Total number of times basic.get operations fetched no message",
+        families: &["channel_queue_metrics"],
     },
 ];
 
@@ -378,7 +443,7 @@ pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
                 continue;
             };
             let (messages, acks) = stats.uncommitted();
-            let values = vec![
+            let mut values = vec![
                 count,
                 unacked,
                 stats.unconfirmed(),
@@ -386,6 +451,32 @@ pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
                 acks,
                 prefetch,
             ];
+            // The channel's counters, in CHANNEL_METRICS' order. Summed
+            // in `/metrics` over the open channels only, as RabbitMQ's
+            // (a closed channel's go with it; the `global` ones keep them).
+            let counters = stats.counters();
+            let counter = |name: &str| {
+                counters
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(0, |&(_, v)| v)
+            };
+            values.extend(
+                [
+                    "publish",
+                    "confirm",
+                    "return_unroutable",
+                    "drop_unroutable",
+                    "get",
+                    "get_no_ack",
+                    "deliver",
+                    "deliver_no_ack",
+                    "redeliver",
+                    "ack",
+                    "get_empty",
+                ]
+                .map(counter),
+            );
             per_channel.push((render::channel_name(c, n), values));
         }
     }
