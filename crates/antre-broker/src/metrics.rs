@@ -185,9 +185,38 @@ impl Histogram {
     }
 }
 
+/// Login attempts over one protocol, as RabbitMQ's
+/// `rabbitmq_auth_attempts_*` count them: every set of credentials
+/// checked (an AMQP or stream connection's login, each HTTP request's).
+#[derive(Debug, Default)]
+pub struct AuthAttempts {
+    /// Accepted.
+    pub succeeded: Counter,
+    /// Refused (an unknown user, a wrong password, a loopback-only user
+    /// from elsewhere, an EXTERNAL login without a usable certificate).
+    pub failed: Counter,
+}
+
+impl AuthAttempts {
+    /// Counts one attempt.
+    pub fn record(&self, succeeded: bool) {
+        if succeeded {
+            self.succeeded.inc();
+        } else {
+            self.failed.inc();
+        }
+    }
+}
+
 /// Broker-wide message counters and latencies.
 #[derive(Debug, Default)]
 pub struct BrokerMetrics {
+    /// Logins over AMQP 0-9-1.
+    pub auth_amqp: AuthAttempts,
+    /// Logins to the management API (each request's credentials).
+    pub auth_http: AuthAttempts,
+    /// Logins over RabbitMQ's stream protocol.
+    pub auth_stream: AuthAttempts,
     /// Messages published (accepted from clients).
     pub published: Counter,
     /// Messages routed to no queue.

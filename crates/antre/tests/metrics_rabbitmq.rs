@@ -548,3 +548,38 @@ async fn channel_counters_are_served_under_rabbitmqs_names() {
     per_channel.sort_by(f64::total_cmp);
     assert_eq!(per_channel, [0.0, 4.0], "{published:?}");
 }
+
+/// Regression: RabbitMQ's `rabbitmq_auth_attempts_total`,
+/// `..._succeeded_total` and `..._failed_total` (by `protocol`), which
+/// alerting on a burst of failed logins reads, were not served. Each AMQP
+/// login and each management API request's credentials count; a wrong
+/// password counts as failed and lets nobody in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_attempts_are_counted_by_protocol() {
+    let b = TestBroker::start().await;
+    let refused = common::RawClient::open_as(b.addr(), "guest", "wrong", "/").await;
+    assert!(refused.is_err(), "a wrong password is refused");
+    let _client = b.lapin().await;
+    let (status, _) = b
+        .api_as(("guest", "wrong"), "GET", "/api/overview", None)
+        .await;
+    assert_eq!(status, 401);
+    for _ in 0..2 {
+        assert_eq!(b.api("GET", "/api/overview", None).await.0, 200);
+    }
+    let (_, _, text) = b.http_text("/metrics").await;
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let of = |family: &str, protocol: &str| -> f64 {
+        families[family]
+            .samples
+            .iter()
+            .find(|s| s.labels.get("protocol").map(String::as_str) == Some(protocol))
+            .map_or(-1.0, |s| s.value)
+    };
+    assert_eq!(of("rabbitmq_auth_attempts_failed_total", "amqp091"), 1.0);
+    assert_eq!(of("rabbitmq_auth_attempts_succeeded_total", "amqp091"), 1.0);
+    assert_eq!(of("rabbitmq_auth_attempts_total", "amqp091"), 2.0);
+    assert_eq!(of("rabbitmq_auth_attempts_failed_total", "http"), 1.0);
+    assert_eq!(of("rabbitmq_auth_attempts_succeeded_total", "http"), 2.0);
+    assert_eq!(of("rabbitmq_auth_attempts_total", "stream"), 0.0);
+}

@@ -370,6 +370,15 @@ async fn bad_credentials_are_refused() {
         .build()
         .await;
     assert!(refused.is_err());
+    // Counted as RabbitMQ's stream plugin counts it.
+    let _accepted = connect(&b).await;
+    let (_, _, metrics) = b.http_text("/metrics").await;
+    for line in [
+        "rabbitmq_auth_attempts_failed_total{protocol=\"stream\"} 1",
+        "rabbitmq_auth_attempts_succeeded_total{protocol=\"stream\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
 }
 
 /// Publishes `bodies` with confirms on a fresh producer.

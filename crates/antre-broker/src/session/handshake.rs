@@ -170,7 +170,9 @@ impl Session {
     }
 
     fn start_ok(&mut self, m: ConnectionStartOk) -> Result<(), ConnectionError> {
-        let user = match self.authenticate(&m) {
+        let login = self.authenticate(&m);
+        self.broker.metrics.auth_amqp.record(login.is_ok());
+        let user = match login {
             // A refused login is told only to clients that announce
             // authentication_failure_close; RabbitMQ just closes the socket
             // on older ones, which would not expect connection.close here.

@@ -237,7 +237,9 @@ pub async fn require_auth(
         return login_failed();
     };
     let loopback = peer.ip().to_canonical().is_loopback();
-    let user = match state.broker.access().login(&name, &password, loopback) {
+    let login = state.broker.access().login(&name, &password, loopback);
+    state.broker.metrics.auth_http.record(login.is_ok());
+    let user = match login {
         Ok(u) => AuthUser {
             name: u.name,
             tags: u.tags,

@@ -378,7 +378,9 @@ impl Connection {
         let user = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
         let password = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
         let loopback = self.peer.ip().is_loopback();
-        match self.broker.authenticate(&user, &password, loopback) {
+        let login = self.broker.authenticate(&user, &password, loopback);
+        self.broker.metrics.auth_stream.record(login.is_ok());
+        match login {
             Ok(()) => {
                 self.user = user;
                 self.respond(key::SASL_AUTHENTICATE, corr, code::OK);

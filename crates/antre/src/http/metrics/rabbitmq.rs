@@ -12,7 +12,7 @@
 //! (`protocol` label): AMQP 0-9-1, HTTP publishes included as RabbitMQ
 //! counts its management API's, and RabbitMQ's stream protocol.
 
-use antre_broker::metrics::{BrokerMetrics, Counter, DeliveryCounters};
+use antre_broker::metrics::{AuthAttempts, BrokerMetrics, Counter, DeliveryCounters};
 use antre_broker::queue::QueueKind;
 
 use super::{objects, Endpoint, Page};
@@ -47,6 +47,7 @@ pub fn render(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
         node(p, state);
         let consumers = totals(p, state);
         global(p, &state.broker.metrics, consumers);
+        auth_attempts(p, &state.broker.metrics);
     }
     objects::queues(p, state, endpoint);
     objects::connections(p, state, endpoint);
@@ -238,6 +239,40 @@ fn totals(p: &mut Page, state: &HttpState) -> u64 {
         p.single(name, "counter", help, value);
     }
     consumers
+}
+
+/// RabbitMQ's login counters, by protocol: what alerting on a burst of
+/// failed logins reads.
+fn auth_attempts(p: &mut Page, m: &BrokerMetrics) {
+    let protocols = [
+        ("amqp091", &m.auth_amqp),
+        ("http", &m.auth_http),
+        ("stream", &m.auth_stream),
+    ];
+    type Count = fn(&AuthAttempts) -> u64;
+    let families: [(&str, &str, Count); 3] = [
+        (
+            "rabbitmq_auth_attempts_total",
+            "Total number of authorization attempts",
+            |a| a.succeeded.get() + a.failed.get(),
+        ),
+        (
+            "rabbitmq_auth_attempts_succeeded_total",
+            "Total number of successful authentication attempts",
+            |a| a.succeeded.get(),
+        ),
+        (
+            "rabbitmq_auth_attempts_failed_total",
+            "Total number of failed authentication attempts",
+            |a| a.failed.get(),
+        ),
+    ];
+    for (name, help, count) in families {
+        p.family(name, "counter", help);
+        for (protocol, attempts) in protocols {
+            p.sample(name, &[("protocol", protocol)], count(attempts));
+        }
+    }
 }
 
 fn global(p: &mut Page, m: &BrokerMetrics, consumers: u64) {
