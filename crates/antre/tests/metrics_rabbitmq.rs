@@ -583,3 +583,60 @@ async fn login_attempts_are_counted_by_protocol() {
     assert_eq!(of("rabbitmq_auth_attempts_succeeded_total", "http"), 2.0);
     assert_eq!(of("rabbitmq_auth_attempts_total", "stream"), 0.0);
 }
+
+/// Regression: `GET /api/auth/attempts/{node}` (RabbitMQ's login counts of
+/// a node by protocol, which its UI's node page and monitoring read)
+/// answered 404. The same counts as `/metrics`, in RabbitMQ's shape, for
+/// monitoring users; `.../source` is empty, as RabbitMQ's is unless told
+/// to track sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_login_attempts_are_listed_as_rabbitmq_lists_them() {
+    let b = TestBroker::start().await;
+    let refused = common::RawClient::open_as(b.addr(), "guest", "wrong", "/").await;
+    assert!(refused.is_err());
+    let _client = b.lapin().await;
+    let (_, overview) = b.api("GET", "/api/overview", None).await;
+    let node = overview["node"].as_str().expect("node").to_owned();
+    let (status, attempts) = b
+        .api("GET", &format!("/api/auth/attempts/{node}"), None)
+        .await;
+    assert_eq!(status, 200, "{attempts}");
+    let amqp = attempts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["protocol"] == "amqp091")
+        .cloned();
+    assert_eq!(
+        amqp,
+        Some(json!({
+            "protocol": "amqp091",
+            "auth_attempts": 2,
+            "auth_attempts_failed": 1,
+            "auth_attempts_succeeded": 1,
+        }))
+    );
+    let http = attempts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["protocol"] == "http");
+    assert!(
+        http.is_some_and(|h| h["auth_attempts_succeeded"].as_u64() >= Some(2)),
+        "{attempts}"
+    );
+    let source = format!("/api/auth/attempts/{node}/source");
+    assert_eq!(b.api("GET", &source, None).await, (200, json!([])));
+    assert_eq!(
+        b.api("GET", "/api/auth/attempts/nosuch@host", None).await.0,
+        404
+    );
+    let management = json!({"password": "p", "tags": "management"});
+    assert_eq!(
+        b.api("PUT", "/api/users/viewer", Some(management)).await.0,
+        201
+    );
+    let path = format!("/api/auth/attempts/{node}");
+    let (status, _) = b.api_as(("viewer", "p"), "GET", &path, None).await;
+    assert_eq!(status, 401, "monitoring only");
+}

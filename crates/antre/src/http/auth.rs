@@ -206,7 +206,8 @@ fn rule(template: &str, method: &Method) -> Rule {
         "/api/vhost-limits" | "/api/user-limits" | "/api/user-limits/{user}" => return Rule::Any,
         _ => {}
     }
-    if template.starts_with("/api/nodes") {
+    // A node's figures, its login counts among them, are for monitoring.
+    if template.starts_with("/api/nodes") || template.starts_with("/api/auth/attempts") {
         return Rule::Monitor;
     }
     if template.starts_with("/api/global-parameters") {

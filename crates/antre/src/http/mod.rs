@@ -150,6 +150,14 @@ pub fn router(state: HttpState) -> Router {
             post(cluster::add_queue_member).delete(cluster::delete_queue_member),
         )
         .route("/api/whoami", get(overview::whoami))
+        .route(
+            "/api/auth/attempts/{node}",
+            get(overview::node_auth_attempts),
+        )
+        .route(
+            "/api/auth/attempts/{node}/source",
+            get(overview::node_auth_attempts_by_source),
+        )
         .route("/api/health/checks/alarms", get(overview::alarms))
         .route("/api/health/checks/local-alarms", get(overview::alarms))
         .route("/api/health/checks/virtual-hosts", get(overview::vhosts_ok))

@@ -297,6 +297,58 @@ fn auth_mechanisms(state: &HttpState) -> Value {
     ])
 }
 
+/// Login attempts by protocol, as RabbitMQ's `/api/auth/attempts/{node}`
+/// lists them: the protocols with any.
+fn auth_attempts(state: &HttpState) -> Value {
+    let m = &state.broker.metrics;
+    [
+        ("amqp091", &m.auth_amqp),
+        ("http", &m.auth_http),
+        ("stream", &m.auth_stream),
+    ]
+    .iter()
+    .map(|(protocol, a)| (protocol, a.succeeded.get(), a.failed.get()))
+    .filter(|&(_, ok, failed)| ok + failed > 0)
+    .map(|(protocol, ok, failed)| {
+        json!({
+            "protocol": protocol,
+            "auth_attempts": ok + failed,
+            "auth_attempts_failed": failed,
+            "auth_attempts_succeeded": ok,
+        })
+    })
+    .collect()
+}
+
+/// GET /api/auth/attempts/{node}: RabbitMQ's login counts of a node, by
+/// protocol (404 for no such node; a member of an older version that
+/// reports none: an empty list).
+pub async fn node_auth_attempts(
+    State(state): State<HttpState>,
+    Path(node): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = node_row(&state, &node)
+        .await
+        .ok_or_else(|| ApiError::not_found("Not Found"))?;
+    Ok(Json(match &row["auth_attempts"] {
+        Value::Array(rows) => Value::Array(rows.clone()),
+        _ => json!([]),
+    }))
+}
+
+/// GET /api/auth/attempts/{node}/source: by source address, which
+/// RabbitMQ keeps only with `track_auth_attempt_source` (off by default)
+/// and antre does not keep: an empty list, as RabbitMQ's default answers.
+pub async fn node_auth_attempts_by_source(
+    State(state): State<HttpState>,
+    Path(node): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node_row(&state, &node)
+        .await
+        .ok_or_else(|| ApiError::not_found("Not Found"))?;
+    Ok(Json(json!([])))
+}
+
 /// RabbitMQ's `listeners`: one per protocol and address.
 fn listeners(state: &HttpState) -> Value {
     super::health::listeners(state)
@@ -493,6 +545,9 @@ pub(crate) fn local_node(state: &HttpState) -> Value {
         "exchange_types": exchange_types(),
         "auth_mechanisms": auth_mechanisms(state),
         "rates_mode": "basic",
+        // What `/api/auth/attempts/{node}` answers for this node, read by
+        // whichever member is asked.
+        "auth_attempts": auth_attempts(state),
     });
     // RabbitMQ's churn counters, `connection_created` and the rest, with
     // their `*_details`, are fields of the node's row.
