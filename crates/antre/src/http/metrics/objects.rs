@@ -299,7 +299,7 @@ const CONNECTION_METRICS: [Metric; 3] = [
     },
 ];
 
-const CHANNEL_METRICS: [Metric; 17] = [
+const CHANNEL_METRICS: [Metric; 6] = [
     Metric {
         name: "channel_consumers",
         kind: "gauge",
@@ -335,72 +335,113 @@ const CHANNEL_METRICS: [Metric; 17] = [
         kind: "gauge",
         help: "Total limit of unacknowledged messages for all consumers on a channel",
         families: &["channel_metrics"],
-    },    Metric {
-        name: "channel_messages_published_total",
-        kind: "counter",
-        help: "Total number of messages published into an exchange on a channel",
-        families: &["channel_exchange_metrics"],
     },
-    Metric {
-        name: "channel_messages_confirmed_total",
-        kind: "counter",
-        help: "Total number of messages published into an exchange and confirmed on the channel",
-        families: &["channel_exchange_metrics"],
-    },
-    Metric {
-        name: "channel_messages_unroutable_returned_total",
-        kind: "counter",
-        help: "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
-        families: &["channel_exchange_metrics"],
-    },
-    Metric {
-        name: "channel_messages_unroutable_dropped_total",
-        kind: "counter",
-        help: "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
-        families: &["channel_exchange_metrics"],
-    },
-    Metric {
-        name: "channel_get_ack_total",
-        kind: "counter",
-        help: "Total number of messages fetched with basic.get in manual acknowledgement mode",
-        families: &["channel_queue_metrics"],
-    },
-    Metric {
-        name: "channel_get_total",
-        kind: "counter",
-        help: "Total number of messages fetched with basic.get in automatic acknowledgement mode",
-        families: &["channel_queue_metrics"],
-    },
-    Metric {
-        name: "channel_messages_delivered_ack_total",
-        kind: "counter",
-        help: "Total number of messages delivered to consumers in manual acknowledgement mode",
-        families: &["channel_queue_metrics"],
-    },
-    Metric {
-        name: "channel_messages_delivered_total",
-        kind: "counter",
-        help: "Total number of messages delivered to consumers in automatic acknowledgement mode",
-        families: &["channel_queue_metrics"],
-    },
-    Metric {
-        name: "channel_messages_redelivered_total",
-        kind: "counter",
-        help: "Total number of messages redelivered to consumers",
-        families: &["channel_queue_metrics"],
-    },
-    Metric {
-        name: "channel_messages_acked_total",
-        kind: "counter",
-        help: "Total number of messages acknowledged by consumers",
-        families: &["channel_queue_metrics"],
-    },
-    Metric {
-        name: "channel_get_empty_total",
-        kind: "counter",
-        help: "Total number of times basic.get operations fetched no message",
-        families: &["channel_queue_metrics"],
-    },
+];
+
+/// Each channel's counters: the metric, and the counter of
+/// [`antre_broker::channel::ChannelStats::counters`] it reads. Summed in
+/// `/metrics` over the open channels only, as RabbitMQ's (a closed
+/// channel's go with it; the `global` ones keep them).
+const CHANNEL_COUNTERS: [(Metric, &str); 11] = [
+    (
+        Metric {
+            name: "channel_messages_published_total",
+            kind: "counter",
+            help: "Total number of messages published into an exchange on a channel",
+            families: &["channel_exchange_metrics"],
+        },
+        "publish",
+    ),
+    (
+        Metric {
+            name: "channel_messages_confirmed_total",
+            kind: "counter",
+            help: "Total number of messages published into an exchange and confirmed on the channel",
+            families: &["channel_exchange_metrics"],
+        },
+        "confirm",
+    ),
+    (
+        Metric {
+            name: "channel_messages_unroutable_returned_total",
+            kind: "counter",
+            help: "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+            families: &["channel_exchange_metrics"],
+        },
+        "return_unroutable",
+    ),
+    (
+        Metric {
+            name: "channel_messages_unroutable_dropped_total",
+            kind: "counter",
+            help: "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+            families: &["channel_exchange_metrics"],
+        },
+        "drop_unroutable",
+    ),
+    (
+        Metric {
+            name: "channel_get_ack_total",
+            kind: "counter",
+            help: "Total number of messages fetched with basic.get in manual acknowledgement mode",
+            families: &["channel_queue_metrics"],
+        },
+        "get",
+    ),
+    (
+        Metric {
+            name: "channel_get_total",
+            kind: "counter",
+            help: "Total number of messages fetched with basic.get in automatic acknowledgement mode",
+            families: &["channel_queue_metrics"],
+        },
+        "get_no_ack",
+    ),
+    (
+        Metric {
+            name: "channel_messages_delivered_ack_total",
+            kind: "counter",
+            help: "Total number of messages delivered to consumers in manual acknowledgement mode",
+            families: &["channel_queue_metrics"],
+        },
+        "deliver",
+    ),
+    (
+        Metric {
+            name: "channel_messages_delivered_total",
+            kind: "counter",
+            help: "Total number of messages delivered to consumers in automatic acknowledgement mode",
+            families: &["channel_queue_metrics"],
+        },
+        "deliver_no_ack",
+    ),
+    (
+        Metric {
+            name: "channel_messages_redelivered_total",
+            kind: "counter",
+            help: "Total number of messages redelivered to consumers",
+            families: &["channel_queue_metrics"],
+        },
+        "redeliver",
+    ),
+    (
+        Metric {
+            name: "channel_messages_acked_total",
+            kind: "counter",
+            help: "Total number of messages acknowledged by consumers",
+            families: &["channel_queue_metrics"],
+        },
+        "ack",
+    ),
+    (
+        Metric {
+            name: "channel_get_empty_total",
+            kind: "counter",
+            help: "Total number of times basic.get operations fetched no message",
+            families: &["channel_queue_metrics"],
+        },
+        "get_empty",
+    ),
 ];
 
 /// Connection and channel metrics, labelled `channel` per object.
@@ -451,32 +492,13 @@ pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
                 acks,
                 prefetch,
             ];
-            // The channel's counters, in CHANNEL_METRICS' order. Summed
-            // in `/metrics` over the open channels only, as RabbitMQ's
-            // (a closed channel's go with it; the `global` ones keep them).
             let counters = stats.counters();
-            let counter = |name: &str| {
+            values.extend(CHANNEL_COUNTERS.iter().map(|(_, name)| {
                 counters
                     .iter()
-                    .find(|(n, _)| *n == name)
+                    .find(|(n, _)| n == name)
                     .map_or(0, |&(_, v)| v)
-            };
-            values.extend(
-                [
-                    "publish",
-                    "confirm",
-                    "return_unroutable",
-                    "drop_unroutable",
-                    "get",
-                    "get_no_ack",
-                    "deliver",
-                    "deliver_no_ack",
-                    "redeliver",
-                    "ack",
-                    "get_empty",
-                ]
-                .map(counter),
-            );
+            }));
             per_channel.push((render::channel_name(c, n), values));
         }
     }
@@ -484,10 +506,12 @@ pub fn connections(p: &mut Page, state: &HttpState, endpoint: &Endpoint) {
         endpoint,
         written: HashSet::new(),
     };
-    for (metrics, objects) in [
-        (&CONNECTION_METRICS[..], &per_connection),
-        (&CHANNEL_METRICS[..], &per_channel),
-    ] {
+    let connection: Vec<&Metric> = CONNECTION_METRICS.iter().collect();
+    let channel: Vec<&Metric> = CHANNEL_METRICS
+        .iter()
+        .chain(CHANNEL_COUNTERS.iter().map(|(m, _)| m))
+        .collect();
+    for (metrics, objects) in [(connection, &per_connection), (channel, &per_channel)] {
         for (column, metric) in metrics.iter().enumerate() {
             let rows: Vec<(Vec<&str>, u64)> = objects
                 .iter()
