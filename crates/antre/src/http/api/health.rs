@@ -160,20 +160,15 @@ fn horizon(within: &str, unit: &str) -> Result<i64, ApiError> {
 }
 
 /// A time as RabbitMQ's check shows when a certificate expires
-/// (`2027-01-05 9:03:07`, UTC).
+/// (`2027-01-05 9:03:07`, UTC: the hour unpadded).
 fn expiry_text(unix: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(unix) {
-        Ok(t) => format!(
-            "{}-{:02}-{:02} {}:{:02}:{:02}",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => unix.to_string(),
-    }
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day] [hour padding:none]:[minute]:[second]"
+    );
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 /// What a certificate file says about the deadline `by` (Unix seconds),
