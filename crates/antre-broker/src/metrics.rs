@@ -296,6 +296,15 @@ pub struct DeliveryCounters {
 }
 
 impl BrokerMetrics {
+    /// Login attempts by protocol, under RabbitMQ's protocol names.
+    pub fn auth_attempts(&self) -> [(&'static str, &AuthAttempts); 3] {
+        [
+            ("amqp091", &self.auth_amqp),
+            ("http", &self.auth_http),
+            ("stream", &self.auth_stream),
+        ]
+    }
+
     /// The counters of queues of type `kind`.
     pub fn of(&self, kind: QueueKind) -> &DeliveryCounters {
         match kind {

@@ -300,24 +300,22 @@ fn auth_mechanisms(state: &HttpState) -> Value {
 /// Login attempts by protocol, as RabbitMQ's `/api/auth/attempts/{node}`
 /// lists them: the protocols with any.
 fn auth_attempts(state: &HttpState) -> Value {
-    let m = &state.broker.metrics;
-    [
-        ("amqp091", &m.auth_amqp),
-        ("http", &m.auth_http),
-        ("stream", &m.auth_stream),
-    ]
-    .iter()
-    .map(|(protocol, a)| (protocol, a.succeeded.get(), a.failed.get()))
-    .filter(|&(_, ok, failed)| ok + failed > 0)
-    .map(|(protocol, ok, failed)| {
-        json!({
-            "protocol": protocol,
-            "auth_attempts": ok + failed,
-            "auth_attempts_failed": failed,
-            "auth_attempts_succeeded": ok,
+    state
+        .broker
+        .metrics
+        .auth_attempts()
+        .iter()
+        .map(|(protocol, a)| (protocol, a.succeeded.get(), a.failed.get()))
+        .filter(|&(_, ok, failed)| ok + failed > 0)
+        .map(|(protocol, ok, failed)| {
+            json!({
+                "protocol": protocol,
+                "auth_attempts": ok + failed,
+                "auth_attempts_failed": failed,
+                "auth_attempts_succeeded": ok,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// GET /api/auth/attempts/{node}: RabbitMQ's login counts of a node, by
@@ -327,9 +325,7 @@ pub async fn node_auth_attempts(
     State(state): State<HttpState>,
     Path(node): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let row = node_row(&state, &node)
-        .await
-        .ok_or_else(|| ApiError::not_found("Not Found"))?;
+    let row = known_node_row(&state, &node).await?;
     Ok(Json(match &row["auth_attempts"] {
         Value::Array(rows) => Value::Array(rows.clone()),
         _ => json!([]),
@@ -343,9 +339,7 @@ pub async fn node_auth_attempts_by_source(
     State(state): State<HttpState>,
     Path(node): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    node_row(&state, &node)
-        .await
-        .ok_or_else(|| ApiError::not_found("Not Found"))?;
+    known_node_row(&state, &node).await?;
     Ok(Json(json!([])))
 }
 
@@ -597,10 +591,14 @@ pub async fn node(
     State(state): State<HttpState>,
     Path(node): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    node_row(&state, &node)
+    known_node_row(&state, &node).await.map(Json)
+}
+
+/// [`node_row`], or 404 for no such node.
+async fn known_node_row(state: &HttpState, name: &str) -> ApiResult<Value> {
+    node_row(state, name)
         .await
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no node '{node}'")))
+        .ok_or_else(|| ApiError::not_found(format!("no node '{name}'")))
 }
 
 /// Node `name`'s row of [`nodes`], if it is this node or a member.

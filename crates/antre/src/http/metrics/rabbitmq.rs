@@ -244,11 +244,6 @@ fn totals(p: &mut Page, state: &HttpState) -> u64 {
 /// RabbitMQ's login counters, by protocol: what alerting on a burst of
 /// failed logins reads.
 fn auth_attempts(p: &mut Page, m: &BrokerMetrics) {
-    let protocols = [
-        ("amqp091", &m.auth_amqp),
-        ("http", &m.auth_http),
-        ("stream", &m.auth_stream),
-    ];
     type Count = fn(&AuthAttempts) -> u64;
     let families: [(&str, &str, Count); 3] = [
         (
@@ -269,7 +264,7 @@ fn auth_attempts(p: &mut Page, m: &BrokerMetrics) {
     ];
     for (name, help, count) in families {
         p.family(name, "counter", help);
-        for (protocol, attempts) in protocols {
+        for (protocol, attempts) in m.auth_attempts() {
             p.sample(name, &[("protocol", protocol)], count(attempts));
         }
     }
