@@ -5,9 +5,10 @@
 //! [`BrokerMetrics`] so they stay monotonic when queues are deleted.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::queue::QueueKind;
+use crate::queue::{DeathReason, QueueKind};
 
 /// A monotonic counter.
 #[derive(Debug, Default)]
@@ -208,6 +209,84 @@ impl AuthAttempts {
     }
 }
 
+/// What became of a message that left its queue for a dead-letter reason,
+/// as RabbitMQ labels it (`dead_letter_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterMode {
+    /// The queue has no dead-letter exchange, or the exchange is gone:
+    /// the message was dropped.
+    Disabled,
+    /// Routed to the dead-letter exchange as it left.
+    AtMostOnce,
+    /// Kept by its quorum queue until the queues it was routed to hold it.
+    AtLeastOnce,
+}
+
+impl DeadLetterMode {
+    /// Every mode, in the order of [`DeadLetterMode::label`]s RabbitMQ sorts.
+    pub const ALL: [DeadLetterMode; 3] = [
+        DeadLetterMode::AtLeastOnce,
+        DeadLetterMode::AtMostOnce,
+        DeadLetterMode::Disabled,
+    ];
+
+    /// RabbitMQ's label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeadLetterMode::Disabled => "disabled",
+            DeadLetterMode::AtMostOnce => "at_most_once",
+            DeadLetterMode::AtLeastOnce => "at_least_once",
+        }
+    }
+}
+
+/// Messages that left a queue for a dead-letter reason, by the queue's
+/// type, [`DeadLetterMode`] and reason: RabbitMQ's
+/// `rabbitmq_global_messages_dead_lettered_*` counters, which count a
+/// dropped message (no dead-letter exchange) as well as a routed one.
+/// Streams never dead-letter.
+#[derive(Debug, Default)]
+pub struct DeadLettered {
+    /// Indexed by queue type (classic, quorum), mode, reason.
+    counts: [[[Counter; 4]; 3]; 2],
+    /// At-least-once dead letters every target queue held.
+    pub confirmed: Counter,
+}
+
+impl DeadLettered {
+    fn slot(&self, kind: QueueKind, mode: DeadLetterMode, reason: DeathReason) -> Option<&Counter> {
+        let kind = match kind {
+            QueueKind::Classic => 0,
+            QueueKind::Quorum => 1,
+            QueueKind::Stream => return None,
+        };
+        let mode = match mode {
+            DeadLetterMode::Disabled => 0,
+            DeadLetterMode::AtMostOnce => 1,
+            DeadLetterMode::AtLeastOnce => 2,
+        };
+        let reason = match reason {
+            DeathReason::MaxLen => 0,
+            DeathReason::Expired => 1,
+            DeathReason::Rejected => 2,
+            DeathReason::DeliveryLimit => 3,
+        };
+        Some(&self.counts[kind][mode][reason])
+    }
+
+    /// Counts `n` messages of a queue of type `kind` that left it.
+    pub fn count(&self, kind: QueueKind, mode: DeadLetterMode, reason: DeathReason, n: u64) {
+        if let Some(c) = self.slot(kind, mode, reason) {
+            c.add(n);
+        }
+    }
+
+    /// The count so far.
+    pub fn get(&self, kind: QueueKind, mode: DeadLetterMode, reason: DeathReason) -> u64 {
+        self.slot(kind, mode, reason).map_or(0, Counter::get)
+    }
+}
+
 /// Broker-wide message counters and latencies.
 #[derive(Debug, Default)]
 pub struct BrokerMetrics {
@@ -228,6 +307,9 @@ pub struct BrokerMetrics {
     /// Dead letters dropped because one operation caused more than the
     /// dead-letter budget allows (see [`crate::dead_letter`]).
     pub dead_letters_dropped: Counter,
+    /// Messages that left their queues for a dead-letter reason (shared
+    /// with every queue, which counts into it).
+    pub dead_lettered: Arc<DeadLettered>,
     /// Messages the broker routed itself (dead letters, delayed releases)
     /// to a queue on another cluster node that did not get there (its
     /// node unreachable or failing); each is logged.

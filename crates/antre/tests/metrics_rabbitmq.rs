@@ -640,3 +640,201 @@ async fn a_nodes_login_attempts_are_listed_as_rabbitmq_lists_them() {
     let (status, _) = b.api_as(("viewer", "p"), "GET", &path, None).await;
     assert_eq!(status, 401, "monitoring only");
 }
+
+/// A queue declared on `ch`, durable, with `args` (string or integer
+/// values).
+async fn declare_with(ch: &lapin::Channel, name: &str, args: &[(&str, AMQPValue)]) {
+    let mut table = FieldTable::default();
+    for (k, v) in args {
+        table.insert((*k).into(), v.clone());
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(name, durable, table).await.unwrap();
+}
+
+/// Regression: RabbitMQ 3.10's `rabbitmq_global_messages_dead_lettered_*`
+/// counters (what an alert on poison messages or overflowing queues
+/// reads) were not served. Each message that leaves a queue for a
+/// dead-letter reason counts, by queue type and by what became of it:
+/// dropped (`disabled`: no dead-letter exchange, or one that does not
+/// exist), routed (`at_most_once`), or kept until held (`at_least_once`,
+/// and `confirmed` once held). The expected counts are RabbitMQ 3.10.8's
+/// for the same traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lettered_messages_are_counted_as_rabbitmq_counts_them() {
+    let b = TestBroker::start().await;
+    let conn = b.lapin().await;
+    let ch = common::confirm_channel(&conn).await;
+    let s = |v: &str| AMQPValue::LongString(v.into());
+    let dlx = ("x-dead-letter-exchange", s("dlx"));
+    let quorum = ("x-queue-type", s("quorum"));
+    ch.exchange_declare(
+        "dlx",
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    declare_with(&ch, "sink", std::slice::from_ref(&quorum)).await;
+    ch.queue_bind(
+        "sink",
+        "dlx",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let get_reject = |queue: &'static str| {
+        let ch = ch.clone();
+        async move {
+            let m = ch.basic_get(queue, BasicGetOptions::default()).await;
+            let m = m.unwrap().expect("a message to reject");
+            m.delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .unwrap();
+        }
+    };
+    // Classic, rejected: twice with no dead-letter exchange, once to one
+    // that does not exist (both dropped).
+    declare_with(&ch, "c-plain", &[]).await;
+    declare_with(&ch, "c-nowhere", &[("x-dead-letter-exchange", s("none"))]).await;
+    for q in ["c-plain", "c-plain", "c-nowhere"] {
+        publish_confirmed(&ch, "", q, b"m").await;
+        get_reject(q).await;
+    }
+    // Classic, expired on arrival: 3 routed.
+    declare_with(
+        &ch,
+        "c-ttl",
+        &[dlx.clone(), ("x-message-ttl", AMQPValue::LongInt(0))],
+    )
+    .await;
+    // Classic, over a length of 1: 3 dropped from the head, and one
+    // refused publish routed (reject-publish-dlx).
+    declare_with(&ch, "c-short", &[("x-max-length", AMQPValue::LongInt(1))]).await;
+    declare_with(
+        &ch,
+        "c-refusing",
+        &[
+            dlx.clone(),
+            ("x-max-length", AMQPValue::LongInt(1)),
+            ("x-overflow", s("reject-publish-dlx")),
+        ],
+    )
+    .await;
+    for (q, n) in [("c-ttl", 3), ("c-short", 4), ("c-refusing", 2)] {
+        for _ in 0..n {
+            // The refused one is nacked: awaited, not checked.
+            let props = BasicProperties::default();
+            let publish = ch.basic_publish("", q, BasicPublishOptions::default(), b"m", props);
+            publish.await.unwrap().await.unwrap();
+        }
+    }
+    // Quorum, at least once: 2 rejected, kept, then held by "sink".
+    declare_with(
+        &ch,
+        "q-safe",
+        &[
+            quorum.clone(),
+            dlx.clone(),
+            ("x-dead-letter-strategy", s("at-least-once")),
+            ("x-overflow", s("reject-publish")),
+        ],
+    )
+    .await;
+    for _ in 0..2 {
+        publish_confirmed(&ch, "", "q-safe", b"m").await;
+        get_reject("q-safe").await;
+    }
+    // Quorum, no dead-letter exchange: past a delivery limit of 1.
+    declare_with(
+        &ch,
+        "q-limited",
+        &[quorum.clone(), ("x-delivery-limit", AMQPValue::LongInt(1))],
+    )
+    .await;
+    publish_confirmed(&ch, "", "q-limited", b"m").await;
+    for _ in 0..2 {
+        let m = ch.basic_get("q-limited", BasicGetOptions::default()).await;
+        let m = m.unwrap().expect("the limited message");
+        m.delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // Quorum, at most once: 2 routed from the head of a queue of 1.
+    declare_with(
+        &ch,
+        "q-short",
+        &[quorum, dlx, ("x-max-length", AMQPValue::LongInt(1))],
+    )
+    .await;
+    for _ in 0..3 {
+        publish_confirmed(&ch, "", "q-short", b"m").await;
+    }
+
+    let expected = [
+        ("confirmed", "rabbit_quorum_queue", "at_least_once", 2.0),
+        ("delivery_limit", "rabbit_quorum_queue", "disabled", 1.0),
+        ("delivery_limit", "rabbit_quorum_queue", "at_most_once", 0.0),
+        ("expired", "rabbit_classic_queue", "at_most_once", 3.0),
+        ("expired", "rabbit_classic_queue", "disabled", 0.0),
+        ("maxlen", "rabbit_classic_queue", "at_most_once", 1.0),
+        ("maxlen", "rabbit_classic_queue", "disabled", 3.0),
+        ("maxlen", "rabbit_quorum_queue", "at_most_once", 2.0),
+        ("rejected", "rabbit_classic_queue", "disabled", 3.0),
+        ("rejected", "rabbit_classic_queue", "at_most_once", 0.0),
+        ("rejected", "rabbit_quorum_queue", "at_least_once", 2.0),
+    ];
+    let counts = || async {
+        let (_, _, text) = b.http_text("/metrics").await;
+        let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        expected.map(|(reason, queue_type, strategy, _)| {
+            let name = format!("rabbitmq_global_messages_dead_lettered_{reason}_total");
+            families[&name]
+                .samples
+                .iter()
+                .find(|s| {
+                    s.labels["queue_type"] == queue_type
+                        && s.labels["dead_letter_strategy"] == strategy
+                })
+                .map_or(-1.0, |s| s.value)
+        })
+    };
+    let want = expected.map(|e| e.3);
+    // The at-least-once letters are held, and counted, after the
+    // broker's timer sees "sink" has them.
+    common::eventually("the dead letters counted", || async {
+        counts().await == want
+    })
+    .await;
+    // RabbitMQ's label sets: no at-least-once for classic queues or
+    // length limits, no delivery limit for classic queues.
+    let (_, _, text) = b.http_text("/metrics").await;
+    let families = parse(&text).unwrap();
+    let series = |reason: &str| {
+        families[&format!("rabbitmq_global_messages_dead_lettered_{reason}_total")]
+            .samples
+            .len()
+    };
+    assert_eq!(
+        [
+            "confirmed",
+            "delivery_limit",
+            "expired",
+            "maxlen",
+            "rejected"
+        ]
+        .map(series),
+        [1, 3, 5, 4, 5]
+    );
+}

@@ -65,21 +65,6 @@ fn number(v: Option<&AMQPValue>) -> Option<i64> {
     }
 }
 
-/// Waits until `check` holds, checking every few milliseconds: for effects
-/// of the broker's own timer, which no client event announces.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    within(what, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_messages_are_dead_lettered_with_x_death() {
     let broker = TestBroker::start().await;

@@ -31,6 +31,7 @@ use super::state::{decode, QueueState};
 use super::{DeadLetter, DeathReason, Queue, Unsettled};
 use crate::durable::Durable;
 use crate::message::Message;
+use crate::metrics::DeadLetterMode;
 
 /// The first wait before a dead letter that reached no queue is routed
 /// again; it doubles with each failure up to [`DYING_RETRY_MAX_MS`].
@@ -121,6 +122,7 @@ impl QueueState {
             self.forget(seq, pos, dedup_key.as_deref(), queue);
             return;
         }
+        self.count_dead(reason, DeadLetterMode::AtLeastOnce, 1);
         if let Some(replica) = &self.replica {
             replica.dead_lettered(seq, reason);
         }
@@ -136,12 +138,20 @@ impl QueueState {
     /// A delivered message leaves for good: dead-lettered for `reason`
     /// (the queue has a dead-letter exchange), or forgotten. One whose
     /// body cannot be read back is forgotten too.
-    pub(super) fn leave(&mut self, u: Unsettled, reason: Option<DeathReason>, queue: &str) {
-        match reason.and_then(|r| Some((r, self.body_of(&u, queue)?))) {
-            Some((reason, message)) => {
-                self.dead_letter(u.seq, u.pos, u.dedup_key, message, reason, queue)
+    pub(super) fn leave(
+        &mut self,
+        u: Unsettled,
+        reason: DeathReason,
+        dead_lettering: bool,
+        queue: &str,
+    ) {
+        let body = dead_lettering.then(|| self.body_of(&u, queue)).flatten();
+        match body {
+            Some(message) => self.dead_letter(u.seq, u.pos, u.dedup_key, message, reason, queue),
+            None => {
+                self.count_dead(reason, DeadLetterMode::Disabled, 1);
+                self.forget(u.seq, u.pos, u.dedup_key.as_deref(), queue)
             }
-            None => self.forget(u.seq, u.pos, u.dedup_key.as_deref(), queue),
         }
     }
 
@@ -221,6 +231,15 @@ impl QueueState {
 
     /// A dying message's dead letter is held by its targets (or went
     /// nowhere by rule): it is forgotten for good.
+    /// A dying message's dead letter is held by every queue it was routed
+    /// to: counted as confirmed (RabbitMQ's count), then forgotten.
+    fn confirm_dying(&mut self, seq: u64, queue: &str) {
+        if let (Some(c), true) = (&self.dead_lettered, self.dying.contains_key(&seq)) {
+            c.confirmed.inc();
+        }
+        self.settle_dying(seq, queue);
+    }
+
     pub(super) fn settle_dying(&mut self, seq: u64, queue: &str) {
         if let Some(d) = self.dying.remove(&seq) {
             let (pos, key) = (d.pos, d.dedup_key.clone());
@@ -313,7 +332,7 @@ impl Queue {
             return;
         };
         match held_by {
-            Some(stores) if stores.is_empty() => st.settle_dying(seq, &self.name),
+            Some(stores) if stores.is_empty() => st.confirm_dying(seq, &self.name),
             Some(stores) => dying.stage = DyingStage::Routed(stores),
             None => {
                 dying.stage = DyingStage::RetryAt(now + dying.backoff);
@@ -348,7 +367,7 @@ impl Queue {
         let mut st = self.state.lock();
         for (seq, held) in results {
             if held {
-                st.settle_dying(seq, &self.name);
+                st.confirm_dying(seq, &self.name);
             } else if let Some(d) = st.dying.get_mut(&seq) {
                 d.stage = DyingStage::RetryAt(now);
             }

@@ -486,6 +486,12 @@ impl Queue {
         }
     }
 
+    /// Makes the queue count the messages it dead-letters or drops for a
+    /// dead-letter reason into `counters` (the broker's).
+    pub fn count_dead_letters_in(&self, counters: Arc<crate::metrics::DeadLettered>) {
+        self.state.lock().dead_lettered = Some(counters);
+    }
+
     /// Notes that the queue holds something that expires.
     fn mark_timed(&self) {
         if !self.timed.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -667,14 +673,8 @@ impl Queue {
         }
         let full = st.is_full_for(entry.message.body.len() as u64);
         if full && st.args.overflow != Overflow::DropHead {
-            if st.args.overflow == Overflow::RejectPublishDlx
-                && st.args.dead_letter_exchange.is_some()
-            {
-                st.dead.push(DeadLetter {
-                    message: entry.message,
-                    reason: DeathReason::MaxLen,
-                    hold: None,
-                });
+            if st.args.overflow == Overflow::RejectPublishDlx {
+                st.refused_to_dead_letter(entry.message);
             }
             return Ok(Enqueued::Rejected);
         }
@@ -867,7 +867,7 @@ impl Queue {
                 continue;
             }
             st.uncount_unacked(e.size, e.pos.is_some());
-            st.leave(e, dlx.then_some(DeathReason::Rejected), &self.name);
+            st.leave(e, DeathReason::Rejected, dlx, &self.name);
         }
     }
 
@@ -896,7 +896,7 @@ impl Queue {
                 .is_some_and(|limit| u64::from(e.delivery_count) > limit)
             {
                 let dlx = st.args.dead_letter_exchange.is_some();
-                st.leave(e, dlx.then_some(DeathReason::DeliveryLimit), &self.name);
+                st.leave(e, DeathReason::DeliveryLimit, dlx, &self.name);
                 continue;
             }
             if let Some(replica) = &st.replica {

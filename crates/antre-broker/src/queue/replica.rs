@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{DeadLetter, DeathReason, Overflow, Queue};
+use super::{DeathReason, Overflow, Queue};
 use crate::durable::Durable;
 use crate::error::BrokerError;
 use crate::message::Message;
@@ -70,14 +70,8 @@ impl Queue {
             let coming = replica.in_flight(st.next_seq);
             let full = st.is_full_with(message.body.len() as u64, coming);
             if full && st.args.overflow != Overflow::DropHead {
-                if st.args.overflow == Overflow::RejectPublishDlx
-                    && st.args.dead_letter_exchange.is_some()
-                {
-                    st.dead.push(DeadLetter {
-                        message: Arc::clone(message),
-                        reason: DeathReason::MaxLen,
-                        hold: None,
-                    });
+                if st.args.overflow == Overflow::RejectPublishDlx {
+                    st.refused_to_dead_letter(Arc::clone(message));
                 }
                 return Ok(None);
             }

@@ -14,6 +14,7 @@ use super::ready::{Body, Ready, ReadyList, Tally};
 use super::utilisation::HeldTime;
 use super::{DeadLetter, DeathReason, Entry, QueueArgs, Unsettled};
 use crate::message::Message;
+use crate::metrics::{DeadLetterMode, DeadLettered};
 use crate::replicated::QueueReplica;
 
 #[derive(Debug)]
@@ -57,6 +58,8 @@ pub(super) struct QueueState {
     pub(super) dying_bytes: u64,
     /// How long consumers could not take its messages.
     pub(super) held: HeldTime,
+    /// The broker's dead-letter counters, once the queue is in a vhost.
+    pub(super) dead_lettered: Option<Arc<DeadLettered>>,
 }
 
 impl QueueState {
@@ -86,6 +89,31 @@ impl QueueState {
             dying: BTreeMap::new(),
             dying_bytes: 0,
             held: HeldTime::new(now),
+            dead_lettered: None,
+        }
+    }
+
+    /// A publish `reject-publish-dlx` refused: dead-lettered at most once
+    /// (or dropped, and counted, without a dead-letter exchange).
+    pub(super) fn refused_to_dead_letter(&mut self, message: Arc<Message>) {
+        if self.args.dead_letter_exchange.is_some() {
+            self.dead.push(DeadLetter {
+                message,
+                reason: DeathReason::MaxLen,
+                hold: None,
+            });
+        } else {
+            self.count_dead(DeathReason::MaxLen, DeadLetterMode::Disabled, 1);
+        }
+    }
+
+    /// Counts `n` messages that left the queue for `reason` and were
+    /// dropped (no dead-letter exchange), or kept until their letters are
+    /// held (at least once). Letters routed at most once are counted where
+    /// they are routed, which knows whether the exchange exists.
+    pub(super) fn count_dead(&self, reason: DeathReason, mode: DeadLetterMode, n: u64) {
+        if let Some(c) = &self.dead_lettered {
+            c.count(self.args.kind, mode, reason, n);
         }
     }
 
@@ -342,6 +370,9 @@ impl QueueState {
         queue: &str,
         dead_lettering: bool,
     ) {
+        if !dead_lettering {
+            self.count_dead(reason, DeadLetterMode::Disabled, readies.len() as u64);
+        }
         for r in readies {
             let (seq, pos) = (r.seq, r.pos);
             let key = r.dedup_key.clone();

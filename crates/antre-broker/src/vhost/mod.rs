@@ -147,7 +147,7 @@ const NO_LIMIT: u64 = u64::MAX;
 impl Vhost {
     /// A vhost with the predeclared exchanges, kept in memory only.
     pub fn new(name: &str, clock: Arc<dyn Clock>, metrics: Arc<BrokerMetrics>) -> Vhost {
-        let topo = Topology::new(name);
+        let topo = Topology::new(name, Arc::clone(&metrics.dead_lettered));
         Vhost {
             name: name.to_owned(),
             flows: Arc::clone(&topo.flows),
@@ -180,7 +180,7 @@ impl Vhost {
             std::fs::create_dir_all(storage.dir.join(sub))
                 .map_err(|e| storage::internal(&storage.dir, "create vhost directory", e))?;
         }
-        let mut topo = Topology::new(name);
+        let mut topo = Topology::new(name, Arc::clone(&metrics.dead_lettered));
         let definitions = DefinitionsLog::recover(&storage, &mut topo, &clock)?;
         Ok(Vhost {
             name: name.to_owned(),

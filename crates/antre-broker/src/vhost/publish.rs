@@ -18,7 +18,8 @@ use crate::error::BrokerError;
 use crate::exchange::delayed::{delay_of, DelayedMessages};
 use crate::exchange::sender_selected;
 use crate::message::Message;
-use crate::queue::{DeathReason, Enqueued, Queue};
+use crate::metrics::DeadLetterMode;
+use crate::queue::{DeadLetter, DeathReason, Enqueued, Queue};
 use crate::replicated::{Commit, PendingCommit};
 use crate::stream::Stream;
 
@@ -605,6 +606,17 @@ impl Vhost {
         queue.dying_due(now);
     }
 
+    /// Counts a letter dead-lettered at most once (one kept by its queue
+    /// until it is held was counted when it died, and is routed again
+    /// until then).
+    fn count_at_most_once(&self, from: &Queue, letter: &DeadLetter, mode: DeadLetterMode) {
+        if letter.hold.is_none() {
+            self.metrics
+                .dead_lettered
+                .count(from.kind(), mode, letter.reason, 1);
+        }
+    }
+
     /// Publishes dead letters, and the dead letters they cause in turn, hop
     /// by hop, within the work's budget.
     fn route_dead_letter_work(&self, mut work: DeadLetterWork, stored: &mut Vec<Arc<dyn Durable>>) {
@@ -612,11 +624,15 @@ impl Vhost {
         while !work.is_empty() {
             for (from, letters) in work.next_round(round) {
                 let Some(dlx) = from.args().dead_letter_exchange.clone() else {
-                    letters.iter().for_each(|l| l.unroutable(&from));
+                    for letter in &letters {
+                        self.count_at_most_once(&from, letter, DeadLetterMode::Disabled);
+                        letter.unroutable(&from);
+                    }
                     continue;
                 };
                 for letter in letters {
                     if !work.spend() {
+                        self.count_at_most_once(&from, &letter, DeadLetterMode::AtMostOnce);
                         work.put_off(&letter, &from);
                         continue;
                     }
@@ -632,6 +648,13 @@ impl Vhost {
                         // gone (a kept one is retried).
                         tracing::debug!(queue = from.name, "dead letter not routed: {e}");
                     }
+                    // As RabbitMQ counts it: a letter whose exchange is
+                    // gone was dropped.
+                    let mode = match &result {
+                        Err(BrokerError::NotFound(_)) => DeadLetterMode::Disabled,
+                        _ => DeadLetterMode::AtMostOnce,
+                    };
+                    self.count_at_most_once(&from, &letter, mode);
                     if let Some(seq) = letter.hold {
                         // Held once every target has it; a letter kept
                         // from its queues by the cycle rule goes nowhere

@@ -12,6 +12,7 @@ use antre_amqp::FieldTable;
 use crate::channel::ExchangeFlows;
 use crate::error::{exchange_ref, queue_ref, BrokerError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::metrics::DeadLettered;
 use crate::policy::{AppliedPolicy, PolicySet};
 use crate::queue::{ConnectionId, Queue, QueueKind, TimerHook};
 use crate::stream::Stream;
@@ -54,6 +55,8 @@ pub(super) struct Topology {
     pub lifecycle: QueueLifecycle,
     /// Queues that need the broker's timer (they add themselves).
     pub timed: Arc<Mutex<Vec<Weak<Queue>>>>,
+    /// The broker's dead-letter counters, which every queue counts into.
+    dead_lettered: Arc<DeadLettered>,
     /// How many of `queues` are direct reply-to addresses.
     reply_queues: usize,
     /// How many of `queues` are exclusive (reply-to addresses included).
@@ -80,8 +83,9 @@ pub struct QueueLifecycle {
 }
 
 impl Topology {
-    /// A topology with only the predeclared exchanges.
-    pub fn new(vhost: &str) -> Topology {
+    /// A topology with only the predeclared exchanges; its queues count
+    /// the messages they dead-letter or drop into `dead_lettered`.
+    pub fn new(vhost: &str, dead_lettered: Arc<DeadLettered>) -> Topology {
         let exchanges = PREDECLARED
             .iter()
             .map(|(name, kind)| (name.to_string(), Exchange::plain(name, *kind)))
@@ -96,6 +100,7 @@ impl Topology {
             changes: Vec::new(),
             lifecycle: QueueLifecycle::default(),
             timed: Arc::default(),
+            dead_lettered,
             reply_queues: 0,
             exclusive_queues: 0,
             policies: PolicySet::default(),
@@ -167,6 +172,7 @@ impl Topology {
         let timed = Arc::clone(&self.timed);
         let weak = Arc::downgrade(&queue);
         queue.on_timed(TimerHook(Box::new(move || timed.lock().push(weak.clone()))));
+        queue.count_dead_letters_in(Arc::clone(&self.dead_lettered));
         if queue.name.starts_with(super::REPLY_TO) {
             self.reply_queues += 1;
         }

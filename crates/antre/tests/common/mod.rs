@@ -196,6 +196,21 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Waits until `check` holds, checking every few milliseconds: for effects
+/// of the broker's own timer, which no client event announces.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// Publishes with confirms and waits for the confirm, so the message is
 /// routed and enqueued when this returns.
 pub async fn publish_confirmed(ch: &lapin::Channel, exchange: &str, key: &str, body: &[u8]) {

@@ -12,8 +12,10 @@
 //! (`protocol` label): AMQP 0-9-1, HTTP publishes included as RabbitMQ
 //! counts its management API's, and RabbitMQ's stream protocol.
 
-use antre_broker::metrics::{AuthAttempts, BrokerMetrics, Counter, DeliveryCounters};
-use antre_broker::queue::QueueKind;
+use antre_broker::metrics::{
+    AuthAttempts, BrokerMetrics, Counter, DeadLetterMode, DeadLettered, DeliveryCounters,
+};
+use antre_broker::queue::{DeathReason, QueueKind};
 
 use super::{objects, Endpoint, Page};
 use crate::http::api::overview::{disk_alarm, disk_free, memory_alarm, resident_memory};
@@ -404,6 +406,7 @@ fn global(p: &mut Page, m: &BrokerMetrics, consumers: u64) {
             stream,
         );
     }
+    dead_lettered(p, &m.dead_lettered);
     p.histogram_with(
         "rabbitmq_message_size_bytes",
         "Size of messages received from publishers",
@@ -411,6 +414,65 @@ fn global(p: &mut Page, m: &BrokerMetrics, consumers: u64) {
         &m.message_size.snapshot(),
         erlang_float,
     );
+}
+
+/// RabbitMQ's dead-letter counters, with the label sets it serves: a
+/// classic queue has no delivery limit and no at-least-once strategy, and
+/// a length limit never dead-letters at least once.
+fn dead_lettered(p: &mut Page, d: &DeadLettered) {
+    const CONFIRMED: &str = "rabbitmq_global_messages_dead_lettered_confirmed_total";
+    p.family(
+        CONFIRMED,
+        "counter",
+        "Total number of messages dead-lettered and confirmed by target queues",
+    );
+    p.sample(
+        CONFIRMED,
+        &[
+            queue_type(QueueKind::Quorum),
+            ("dead_letter_strategy", DeadLetterMode::AtLeastOnce.label()),
+        ],
+        d.confirmed.get(),
+    );
+    let reasons = [
+        (
+            "rabbitmq_global_messages_dead_lettered_delivery_limit_total",
+            "Total number of messages dead-lettered due to delivery-limit exceeded",
+            DeathReason::DeliveryLimit,
+        ),
+        (
+            "rabbitmq_global_messages_dead_lettered_expired_total",
+            "Total number of messages dead-lettered due to message TTL exceeded",
+            DeathReason::Expired,
+        ),
+        (
+            "rabbitmq_global_messages_dead_lettered_maxlen_total",
+            "Total number of messages dead-lettered due to overflow drop-head or reject-publish-dlx",
+            DeathReason::MaxLen,
+        ),
+        (
+            "rabbitmq_global_messages_dead_lettered_rejected_total",
+            "Total number of messages dead-lettered due to basic.reject or basic.nack",
+            DeathReason::Rejected,
+        ),
+    ];
+    for (name, help, reason) in reasons {
+        p.family(name, "counter", help);
+        for kind in [QueueKind::Classic, QueueKind::Quorum] {
+            for mode in DeadLetterMode::ALL {
+                let unserved = matches!(
+                    (kind, mode, reason),
+                    (QueueKind::Classic, DeadLetterMode::AtLeastOnce, _)
+                        | (QueueKind::Classic, _, DeathReason::DeliveryLimit)
+                        | (_, DeadLetterMode::AtLeastOnce, DeathReason::MaxLen)
+                );
+                if !unserved {
+                    let labels = [queue_type(kind), ("dead_letter_strategy", mode.label())];
+                    p.sample(name, &labels, d.get(kind, mode, reason));
+                }
+            }
+        }
+    }
 }
 
 /// A bucket bound as the Erlang Prometheus client writes it (`100.0`,
