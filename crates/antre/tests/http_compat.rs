@@ -1687,3 +1687,108 @@ async fn a_channel_at_rest_reports_since_when() {
         _ = publishing => unreachable!("publishing never ends"),
     }
 }
+
+/// Regression (cost): a page of queues in name order (what a management
+/// UI asks for every few seconds) rendered every queue of the node for
+/// the hundred on the page: 270 ms for a page of 10,000 queues. It now
+/// renders the page's alone; what it shows of them must be what the
+/// whole listing shows: checked against the unpaged listing, across two
+/// vhosts, with a stream, a name filter, reversed, with columns, and for a
+/// user who sees one vhost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_in_name_order_shows_what_the_whole_listing_shows() {
+    let b = TestBroker::start().await;
+    b.api("PUT", "/api/vhosts/other", None).await;
+    for (vhost, name) in [("%2F", "zeta"), ("%2F", "alpha"), ("other", "mid")] {
+        b.api("PUT", &format!("/api/queues/{vhost}/{name}"), None)
+            .await;
+    }
+    let stream = json!({ "durable": true, "arguments": { "x-queue-type": "stream" } });
+    b.api("PUT", "/api/queues/%2F/beta", Some(stream)).await;
+    b.api(
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        Some(json!({ "routing_key": "alpha", "payload": "x" })),
+    )
+    .await;
+    // The figures that cannot change between two requests.
+    let stable = |row: &Value| {
+        json!([
+            row["vhost"],
+            row["name"],
+            row["type"],
+            row["messages"],
+            row["node"],
+            row["arguments"]
+        ])
+    };
+    let rows = |v: &Value| -> Vec<Value> { v.as_array().unwrap().iter().map(stable).collect() };
+    let (_, whole) = b.api("GET", "/api/queues", None).await;
+    let whole = rows(&whole);
+    assert_eq!(whole.len(), 4, "{whole:?}");
+    for size in 1..=4 {
+        for page in 1..=4usize.div_ceil(size) {
+            let path = format!("/api/queues?page={page}&page_size={size}");
+            let (status, paged) = b.api("GET", &path, None).await;
+            assert_eq!(status, 200, "{path}: {paged}");
+            let want: Vec<Value> = whole
+                .iter()
+                .skip((page - 1) * size)
+                .take(size)
+                .cloned()
+                .collect();
+            assert_eq!(rows(&paged["items"]), want, "{path}");
+            assert_eq!(paged["total_count"], 4);
+        }
+    }
+    let (_, reversed) = b
+        .api(
+            "GET",
+            "/api/queues?page=1&sort=name&sort_reverse=true&name=a",
+            None,
+        )
+        .await;
+    let (_, reversed_whole) = b
+        .api(
+            "GET",
+            "/api/queues?sort=name&sort_reverse=true&name=a",
+            None,
+        )
+        .await;
+    assert_eq!(rows(&reversed["items"]), rows(&reversed_whole));
+    assert_eq!(reversed["filtered_count"], 3, "{reversed}");
+    let (_, picked) = b
+        .api(
+            "GET",
+            "/api/queues/%2F?page=1&columns=name,messages,type",
+            None,
+        )
+        .await;
+    assert_eq!(
+        picked["items"],
+        json!([
+            { "name": "alpha", "messages": 1, "type": "classic" },
+            { "name": "beta", "messages": 0, "type": "stream" },
+            { "name": "zeta", "messages": 0, "type": "classic" },
+        ])
+    );
+    // A user who sees "other" alone gets its queue alone.
+    b.api(
+        "PUT",
+        "/api/users/watcher",
+        Some(json!({ "password": "pw", "tags": "management" })),
+    )
+    .await;
+    b.api(
+        "PUT",
+        "/api/permissions/other/watcher",
+        Some(json!({ "configure": ".*", "write": ".*", "read": ".*" })),
+    )
+    .await;
+    let (_, theirs) = b
+        .api_as(("watcher", "pw"), "GET", "/api/queues?page=1", None)
+        .await;
+    assert_eq!(theirs["total_count"], 1, "{theirs}");
+    assert_eq!(theirs["items"][0]["name"], "mid");
+    assert_eq!(theirs["items"][0]["messages"], 0);
+}

@@ -196,6 +196,25 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// A copy of the exchange without its bindings: what a listing or a
+    /// lookup shows. Copying every binding to show an exchange cost more
+    /// than the rest of a listing (a topic exchange with 10,000 bindings).
+    pub fn without_bindings(&self) -> Exchange {
+        Exchange {
+            name: self.name.clone(),
+            type_name: self.type_name.clone(),
+            kind: self.kind,
+            durable: self.durable,
+            auto_delete: self.auto_delete,
+            internal: self.internal,
+            arguments: self.arguments.clone(),
+            bindings: BindingTable::default(),
+            dedup: self.dedup.clone(),
+            delayed: self.delayed.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+
     /// A plain exchange of a built-in type, with no bindings.
     pub fn plain(name: &str, kind: ExchangeKind) -> Exchange {
         Exchange {

@@ -529,9 +529,35 @@ impl Vhost {
             .is_some_and(|e| e.type_name == "topic")
     }
 
-    /// A snapshot of every exchange, for listing.
+    /// A snapshot of every exchange, with its bindings.
     pub fn exchanges(&self) -> Vec<Exchange> {
         self.topology.read().exchanges.values().cloned().collect()
+    }
+
+    /// Every exchange without its bindings ([`Exchange::without_bindings`]),
+    /// for listing.
+    pub fn exchange_summaries(&self) -> Vec<Exchange> {
+        let topo = self.topology.read();
+        topo.exchanges
+            .values()
+            .map(Exchange::without_bindings)
+            .collect()
+    }
+
+    /// The exchange `name`, with its bindings.
+    pub fn exchange(&self, name: &str) -> Option<Exchange> {
+        self.topology.read().exchanges.get(name).cloned()
+    }
+
+    /// The exchange `name` without its bindings.
+    pub fn exchange_summary(&self, name: &str) -> Option<Exchange> {
+        let topo = self.topology.read();
+        topo.exchanges.get(name).map(Exchange::without_bindings)
+    }
+
+    /// How many exchanges the vhost has.
+    pub fn exchange_count(&self) -> usize {
+        self.topology.read().exchanges.len()
     }
 
     /// Every queue, for listing.

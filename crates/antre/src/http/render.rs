@@ -13,14 +13,21 @@ use serde_json::{json, Value};
 use super::HttpState;
 use crate::registry::ConnectionEntry;
 
-/// The node name antre reports (RabbitMQ's `rabbit@host`).
+/// The node name antre reports (RabbitMQ's `rabbit@host`), fixed when
+/// first asked, as RabbitMQ's is at boot. Every queue's row names its
+/// node: reading the host name from disk for each one was 9% of a listing
+/// of 10,000 queues.
 pub fn node_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("antre@{host}")
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("antre@{host}")
+    })
+    .clone()
 }
 
 /// `{"rate": r}`, RabbitMQ's `*_details` object.

@@ -146,10 +146,7 @@ pub fn delete(broker: &Broker, vhost: &Vhost, name: &str) -> u16 {
 
 /// A super stream's partitions, in partition order, with their binding keys.
 fn partitions_of(vhost: &Vhost, super_stream: &str) -> Option<Vec<(i64, String, String)>> {
-    let exchange = vhost
-        .exchanges()
-        .into_iter()
-        .find(|e| e.name == super_stream)?;
+    let exchange = vhost.exchange(super_stream)?;
     let mut parts: Vec<(i64, String, String)> = exchange
         .bindings
         .iter()

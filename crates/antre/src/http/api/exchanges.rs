@@ -26,7 +26,7 @@ async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
     let flows = flows(state, vhost).await;
     let mut out = Vec::new();
     for v in vhosts {
-        let mut exchanges = v.exchanges();
+        let mut exchanges = v.exchange_summaries();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
         out.extend(exchanges.iter().map(|e| {
             let flow = flows.get(&(v.name.clone(), e.name.clone()));
@@ -106,9 +106,7 @@ pub async fn list_vhost(
 pub fn find(state: &HttpState, vhost: &str, name: &str) -> ApiResult<Exchange> {
     let v = state.vhost(vhost)?;
     let name = if name == "amq.default" { "" } else { name };
-    v.exchanges()
-        .into_iter()
-        .find(|e| e.name == name)
+    v.exchange_summary(name)
         .ok_or_else(|| ApiError::not_found(format!("no exchange '{name}' in vhost '{vhost}'")))
 }
 
@@ -156,7 +154,7 @@ pub async fn declare(
     // type (checked with `{}`), as exchange.declare's default type is.
     let kind = body.kind.unwrap_or_else(|| "direct".to_owned());
     let v = state.vhost(&vhost)?;
-    let existed = v.exchanges().iter().any(|e| e.name == name);
+    let existed = v.has_exchange(&name);
     // A built-in amq.* exchange may be declared again as it is (204, or
     // 400 when inequivalent), as over AMQP and in RabbitMQ's API; only new
     // amq.* names are reserved.

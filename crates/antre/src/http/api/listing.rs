@@ -61,12 +61,7 @@ pub fn listing(
         let keep = name_filter(name, use_regex)?;
         items.retain(|item| item["name"].as_str().is_some_and(&keep));
     }
-    let columns: Option<Vec<&str>> = query.get("columns").map(|c| {
-        c.split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect()
-    });
+    let columns: Option<Vec<&str>> = query.get("columns").map(|c| column_list(c));
     let pick = |items: Vec<Value>| -> Vec<Value> {
         match &columns {
             None => items,
@@ -97,6 +92,54 @@ pub fn listing(
         "page_size": size,
         "total_count": total,
     }))
+}
+
+/// Whether `query` is paged and orders and filters by nothing but
+/// `name` and `vhost` (no `sort`, or by either): then [`listing_light`]
+/// answers it from those two fields.
+pub fn pages_by_name(query: &HashMap<String, String>) -> bool {
+    query.contains_key("page")
+        && query
+            .get("sort")
+            .is_none_or(|s| matches!(s.as_str(), "" | "name" | "vhost"))
+}
+
+/// [`listing`] for a query [`pages_by_name`] accepts: `light` holds each
+/// item's `name` and `vhost` alone, in the default order, and `full`
+/// renders the whole item of those on the page (None: gone meanwhile; its
+/// light item stays). A page of 100 out of 10,000 queues rendered every
+/// queue for 100 of them (270 ms; RabbitMQ 135 ms), and a management UI
+/// asks for one every few seconds.
+pub fn listing_light(
+    light: Vec<Value>,
+    query: &HashMap<String, String>,
+    full: impl Fn(&Value) -> Option<Value>,
+) -> ApiResult<Value> {
+    let mut unpicked = query.clone();
+    let columns = unpicked.remove("columns");
+    let mut page = listing(light, &unpicked, Paging::Paged)?;
+    if let Some(Value::Array(items)) = page.get_mut("items") {
+        for item in items.iter_mut() {
+            if let Some(whole) = full(item) {
+                *item = whole;
+            }
+        }
+        if let Some(columns) = columns {
+            let cols = column_list(&columns);
+            for item in items.iter_mut() {
+                *item = pick_columns(item, &cols);
+            }
+        }
+    }
+    Ok(page)
+}
+
+fn column_list(columns: &str) -> Vec<&str> {
+    columns
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
 }
 
 /// `(page, page_size)` when `page` is given.

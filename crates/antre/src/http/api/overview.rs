@@ -40,7 +40,7 @@ pub fn object_totals(state: &HttpState) -> (usize, usize, usize, usize, usize) {
     let channels = conns.iter().map(|c| c.channels().len()).sum();
     let (mut exchanges, mut queues, mut consumers) = (0, 0, 0);
     for v in state.broker.vhosts() {
-        exchanges += v.exchanges().len();
+        exchanges += v.exchange_count();
         queues += v.queues().len();
         for q in v.owned_queues() {
             consumers += q.counts().consumers as usize;

@@ -14,8 +14,9 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
+use super::listing::{listing_light, pages_by_name};
 use super::{flag, listing, Paging};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{lenient, parse_body, render, AuthUser, HttpState};
@@ -239,12 +240,51 @@ async fn list(state: &HttpState, vhost: Option<&str>) -> ApiResult<Vec<Value>> {
     Ok(out)
 }
 
+/// A page of the queues of `vhost` (or of all) in name order, rendering
+/// only the queues on it (see [`listing_light`]); `visible` keeps the
+/// user's. A single node only: a cluster member learns of other members'
+/// exclusive queues from their full listings.
+fn page_by_name(
+    state: &HttpState,
+    vhost: Option<&str>,
+    query: &HashMap<String, String>,
+    visible: impl FnOnce(Vec<Value>) -> Vec<Value>,
+) -> ApiResult<Value> {
+    let mut light = Vec::new();
+    let mut vhosts = HashMap::new();
+    for v in state.vhosts_for(vhost)? {
+        let mut names: Vec<String> = v.streams().iter().map(|s| s.name.clone()).collect();
+        names.extend(v.queues().iter().map(|q| q.name.clone()));
+        names.sort();
+        light.extend(
+            names
+                .into_iter()
+                .map(|n| json!({ "name": n, "vhost": v.name })),
+        );
+        vhosts.insert(v.name.clone(), v);
+    }
+    let render_one = |item: &Value| -> Option<Value> {
+        let v = vhosts.get(item["vhost"].as_str()?)?;
+        let name = item["name"].as_str()?;
+        let row = match v.queue_info(name) {
+            Some(q) => render::queue(state, &q),
+            None => render::stream(&*v.stream(name)?),
+        };
+        Some(with_node(state, v, row))
+    };
+    listing_light(visible(light), query, render_one)
+}
+
 /// GET /api/queues.
 pub async fn list_all(
     State(state): State<HttpState>,
     Extension(user): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
+    if state.cluster.is_none() && pages_by_name(&query) {
+        let visible = |rows| user.filter_vhost(&state, rows);
+        return Ok(Json(page_by_name(&state, None, &query, visible)?));
+    }
     let visible = user.filter_vhost(&state, list(&state, None).await?);
     Ok(Json(listing(visible, &query, Paging::Paged)?))
 }
@@ -255,6 +295,9 @@ pub async fn list_vhost(
     Path(vhost): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
+    if state.cluster.is_none() && pages_by_name(&query) {
+        return Ok(Json(page_by_name(&state, Some(&vhost), &query, |r| r)?));
+    }
     Ok(Json(listing(
         list(&state, Some(&vhost)).await?,
         &query,
@@ -269,9 +312,7 @@ pub fn find(
     name: &str,
 ) -> ApiResult<std::sync::Arc<antre_broker::Queue>> {
     let v = state.vhost(vhost)?;
-    v.queues()
-        .into_iter()
-        .find(|q| q.name == name)
+    v.queue_info(name)
         .ok_or_else(|| ApiError::not_found(format!("no queue '{name}' in vhost '{vhost}'")))
 }
 
