@@ -33,6 +33,10 @@ PATHS = [
     "/api/overview",
     "/api/exchanges",
     "/api/bindings",
+    "/api/definitions",
+    "/api/vhosts",
+    "/api/nodes",
+    "/api/consumers",
 ]
 
 
