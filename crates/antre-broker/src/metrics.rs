@@ -223,7 +223,7 @@ pub enum DeadLetterMode {
 }
 
 impl DeadLetterMode {
-    /// Every mode, in the order of [`DeadLetterMode::label`]s RabbitMQ sorts.
+    /// Every mode, in the order RabbitMQ lists their series (by label).
     pub const ALL: [DeadLetterMode; 3] = [
         DeadLetterMode::AtLeastOnce,
         DeadLetterMode::AtMostOnce,

@@ -229,10 +229,9 @@ impl QueueState {
         }
     }
 
-    /// A dying message's dead letter is held by its targets (or went
-    /// nowhere by rule): it is forgotten for good.
     /// A dying message's dead letter is held by every queue it was routed
-    /// to: counted as confirmed (RabbitMQ's count), then forgotten.
+    /// to (or went nowhere by rule): counted as confirmed, as RabbitMQ
+    /// counts it, then forgotten.
     fn confirm_dying(&mut self, seq: u64, queue: &str) {
         if let (Some(c), true) = (&self.dead_lettered, self.dying.contains_key(&seq)) {
             c.confirmed.inc();
@@ -240,6 +239,8 @@ impl QueueState {
         self.settle_dying(seq, queue);
     }
 
+    /// A dying message's dead letter is held by its targets (or went
+    /// nowhere by rule): it is forgotten for good.
     pub(super) fn settle_dying(&mut self, seq: u64, queue: &str) {
         if let Some(d) = self.dying.remove(&seq) {
             let (pos, key) = (d.pos, d.dedup_key.clone());

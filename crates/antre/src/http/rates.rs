@@ -250,6 +250,9 @@ struct State {
     node: HashMap<&'static str, f64>,
     vhosts_last: HashMap<String, Traffic>,
     vhosts: HashMap<String, VhostRates>,
+    /// Per vhost, how fast its queues' ready and unacked messages change
+    /// (their rates added up, once per sample rather than per request).
+    vhost_depths: HashMap<String, (f64, f64)>,
     /// Per (vhost, exchange), `publish_in` and `publish_out`, and their
     /// rates.
     exchanges_last: HashMap<(String, String), [u64; 2]>,
@@ -401,6 +404,13 @@ impl Rates {
                     (key.clone(), r)
                 })
                 .collect();
+            let mut depths: HashMap<String, (f64, f64)> = HashMap::new();
+            for ((vhost, _), r) in &st.queues {
+                let d = depths.entry(vhost.clone()).or_default();
+                d.0 += r.ready;
+                d.1 += r.unacked;
+            }
+            st.vhost_depths = depths;
             st.conns = conns
                 .iter()
                 .map(|(id, now)| {
@@ -544,6 +554,19 @@ impl Rates {
             .read()
             .exchanges
             .get(&(vhost.to_owned(), name.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// How fast the ready and unacked messages of a vhost's queues change
+    /// on this node (zero until sampled twice). The queues another member
+    /// owns have none here, so this is the change of the ones this node
+    /// owns.
+    pub fn vhost_depths(&self, name: &str) -> (f64, f64) {
+        self.state
+            .read()
+            .vhost_depths
+            .get(name)
             .copied()
             .unwrap_or_default()
     }

@@ -35,10 +35,7 @@ pub(crate) fn own_figures(state: &HttpState, vhost: Option<&str>) -> Vec<Value> 
         .iter()
         .map(|v| {
             let (ready, unacked) = super::overview::owned_messages_in(v);
-            let (ready_rate, unacked_rate) = v.owned_queues().iter().fold((0.0, 0.0), |acc, q| {
-                let r = state.rates.queue(&v.name, &q.name);
-                (acc.0 + r.ready, acc.1 + r.unacked)
-            });
+            let (ready_rate, unacked_rate) = state.rates.vhost_depths(&v.name);
             let traffic = traffic.remove(&v.name).unwrap_or_default();
             let (rates, recv_rate, send_rate) = state.rates.vhost(&v.name);
             let counters: Vec<(&str, u64, f64)> = ChannelStats::NAMES
