@@ -231,6 +231,30 @@ pub fn change(before: u64, now: u64, seconds: f64) -> f64 {
     (now as f64 - before as f64) / seconds
 }
 
+/// For each object of a sample (`now`, by key): since when it has been
+/// at rest (`at` if it is new or changed since the `last` sample, as
+/// `same` compares two readings, else the time in `before`, the previous
+/// answer), and whether it changed. A queue's and a channel's
+/// `idle_since` come from it.
+fn activity<K: Eq + std::hash::Hash + Clone, S>(
+    now: &HashMap<K, S>,
+    last: &HashMap<K, S>,
+    before: &HashMap<K, (u64, bool)>,
+    at: u64,
+    same: impl Fn(&S, &S) -> bool,
+) -> HashMap<K, (u64, bool)> {
+    now.iter()
+        .map(|(key, reading)| {
+            let changed = !last.get(key).is_some_and(|l| same(l, reading));
+            let since = match before.get(key) {
+                Some(&(since, _)) if !changed => since,
+                _ => at,
+            };
+            (key.clone(), (since, changed))
+        })
+        .collect()
+}
+
 #[derive(Debug, Default)]
 struct State {
     last: Option<(Instant, OverviewSample)>,
@@ -449,31 +473,20 @@ impl Rates {
                 })
                 .collect();
         }
-        // A queue first seen, or changed since the last sample, was active
-        // up to about now.
-        st.queues_active = queues
-            .iter()
-            .map(|(key, now)| {
-                let changed =
-                    st.queues_last.get(key).map(QueueSample::activity) != Some(now.activity());
-                let since = match st.queues_active.get(key) {
-                    Some(&(since, _)) if !changed => since,
-                    _ => overview.timestamp,
-                };
-                (key.clone(), (since, changed))
-            })
-            .collect();
-        st.chans_active = chans
-            .iter()
-            .map(|(key, now)| {
-                let changed = st.chans_last.get(key) != Some(now);
-                let since = match st.chans_active.get(key) {
-                    Some(&(since, _)) if !changed => since,
-                    _ => overview.timestamp,
-                };
-                (*key, (since, changed))
-            })
-            .collect();
+        st.queues_active = activity(
+            &queues,
+            &st.queues_last,
+            &st.queues_active,
+            overview.timestamp,
+            |a, b| a.activity() == b.activity(),
+        );
+        st.chans_active = activity(
+            &chans,
+            &st.chans_last,
+            &st.chans_active,
+            overview.timestamp,
+            |a, b| a == b,
+        );
         st.last = Some((at, overview));
         st.queues_last = queues;
         st.conns_last = conns;
