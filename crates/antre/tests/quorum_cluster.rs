@@ -2683,10 +2683,16 @@ async fn all_acked_and_stored_once(
     publisher: tokio::task::JoinHandle<Vec<String>>,
 ) {
     let not_acked = publisher.await.expect("publisher");
+    if !not_acked.is_empty() {
+        // Seen once in a CI run (2,531 nacked after the leader's kill, not
+        // reproduced in 12 runs after): what the nodes said is the lead.
+        c.dump_logs();
+    }
     assert!(
         not_acked.is_empty(),
-        "{} not acked: {not_acked:?}",
-        not_acked.len()
+        "{} not acked: {:?}...",
+        not_acked.len(),
+        &not_acked[..not_acked.len().min(10)]
     );
     // Some were on their way (every run before the fix nacked some).
     assert!(
