@@ -2652,6 +2652,13 @@ async fn streaming_through_another_node(
             .extend(["--cluster-forward-timeout".into(), "30".into()]);
     }
     c.launch().await;
+    // Only numbered publishes are sent again (unnumbered ones are nacked:
+    // they might be stored twice), and numbering waits for the cluster to
+    // enable the flag, which its metadata leader looks at every 2 s: a
+    // run that reached the kill sooner nacked every publish on its way
+    // (283 in one run of a faster build).
+    c.until_flag_enabled("quorum_queue_forwarded_publish_dedupe")
+        .await;
     declare_on_n1(&c, queue).await;
     let l = wait_leader(&c, queue).await;
     let via = (l + 1) % 3;
