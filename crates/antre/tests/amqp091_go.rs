@@ -17,7 +17,7 @@ async fn amqp091_go_client_paths_work() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/amqp091_go/client_paths.go"
     );
-    // Building the program (the first time) is most of its time.
+    // Built first, apart (see `go::run_ok`).
     let limit = WAIT * 4;
     go::run_ok("amqp091-go program", source, vec![broker.uri()], limit).await;
 }

@@ -19,13 +19,34 @@ pub fn present_or_skip(found: bool, missing: &str) -> bool {
     false
 }
 
-/// Runs `cmd` off the runtime's workers, within `limit`.
+/// Runs `cmd` off the runtime's workers, within `limit`. One that takes
+/// longer is killed, and the test fails with what it printed so far (a
+/// program stuck waiting tells where).
 pub async fn run(what: &str, mut cmd: Command, limit: Duration) -> Output {
-    let run = tokio::task::spawn_blocking(move || cmd.output().expect("the program starts"));
-    tokio::time::timeout(limit, run)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish in {limit:?}"))
-        .expect("program task")
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the program starts");
+    let pid = child.id();
+    let mut run = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(limit, &mut run).await {
+        Ok(out) => out.expect("program task").expect("the program's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let printed = match tokio::time::timeout(Duration::from_secs(10), run).await {
+                Ok(Ok(Ok(out))) => format!(
+                    "stdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                _ => "(its output could not be read)".to_owned(),
+            };
+            panic!("{what} did not finish in {limit:?}; killed. {printed}")
+        }
+    }
 }
 
 /// Runs `cmd`, which must succeed and print "ok", within `limit`.
