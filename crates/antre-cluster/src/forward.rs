@@ -915,11 +915,14 @@ async fn release_parked(forwarder: Weak<Forwarder>) {
 impl RemoteQueues for Forwarder {
     fn publish(&self, owner: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone) {
         // Behind a held batch to the same queues: after it, in order.
-        let before = self.parked.lock().held_before(vhost, &batch);
-        if let Some(gone) = before {
-            self.hold(&gone, vhost, batch, done, self.run);
-            return;
-        }
+        let (batch, done) = {
+            let mut held = self.parked.lock();
+            let deadline = std::time::Instant::now() + self.link.config.forward_timeout;
+            match held.hold_behind(vhost, batch, done, deadline, self.run) {
+                Ok(()) => return self.start_releasing(&mut held),
+                Err(back) => back,
+            }
+        };
         if let Err((batch, done)) = self.send(owner, vhost, batch, done, None) {
             self.park(owner, vhost, batch, done);
         }
