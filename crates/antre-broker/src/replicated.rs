@@ -47,6 +47,10 @@ pub struct Source {
     pub seq: u64,
 }
 
+/// Completes when a takeover under way ended (see
+/// [`QueueReplica::taking_over`]).
+pub type TakeOver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// What a queue engine tells the replication of its contents.
 pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     /// Replicates a message published to the queue (on the leader), from
@@ -90,6 +94,14 @@ pub trait QueueReplica: Send + Sync + std::fmt::Debug {
     }
     /// Whether this node leads the group now (it takes publishes).
     fn leads(&self) -> bool;
+    /// While this node, elected the group's leader a moment ago, takes the
+    /// queue over (it applies its log before its engine takes publishes):
+    /// what completes once it is done, or failed. None otherwise. A link
+    /// from a forwarding node waits for it rather than answer "not yet"
+    /// and take the batches behind (see antre-cluster's forward module).
+    /// (No default: a wrapper that forgot to pass it on would let a
+    /// publisher's messages be stored out of order.)
+    fn taking_over(&self) -> Option<TakeOver>;
     /// Whether this node's engine may hand messages out now: a leader
     /// delivers only while a majority of its group is known to follow it,
     /// so that one cut off from the others stops before another can be

@@ -815,6 +815,9 @@ struct Engine {
     located: tokio::sync::watch::Sender<bool>,
     /// Whether a majority still follows this leader (see [`fence`]).
     fence: Arc<fence::Fence>,
+    /// True while this node, elected, takes the queue over ([`take_over`]):
+    /// see [`QueueReplica::taking_over`].
+    taking_over: tokio::sync::watch::Sender<bool>,
 }
 
 /// A leader's proposed enqueues not applied yet.
@@ -873,6 +876,7 @@ impl Engine {
             proposed: Mutex::default(),
             snapshots_installed: tokio::sync::watch::Sender::new(0),
             located: tokio::sync::watch::Sender::new(false),
+            taking_over: tokio::sync::watch::Sender::new(false),
             fence,
         })
     }
@@ -1556,6 +1560,17 @@ impl QueueReplica for Replica {
 
     fn leads(&self) -> bool {
         self.engine.active.load(Ordering::Acquire)
+    }
+
+    fn taking_over(&self) -> Option<antre_broker::replicated::TakeOver> {
+        // Asked for every forwarded batch: a receiver only when one waits.
+        if !*self.engine.taking_over.borrow() {
+            return None;
+        }
+        let mut rx = self.engine.taking_over.subscribe();
+        Some(Box::pin(async move {
+            let _ = rx.wait_for(|taking| !*taking).await;
+        }))
     }
 
     fn may_deliver(&self) -> bool {
@@ -2766,6 +2781,9 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
             step_down(&group);
         }
         if leads && (!active || stale) {
+            // Cleared however the takeover ends (this task is dropped
+            // when the group stops).
+            let _taking = TakingOver::start(&engine.taking_over);
             take_over(&groups, &group, term).await;
         } else if !leads && active {
             step_down(&group);
@@ -2817,6 +2835,28 @@ async fn lead_loop(groups: Weak<QueueGroups>, group: Arc<Group>) {
             _ = retry => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// How long a takeover waits for the publishes the forwarder holds for
+/// the queue to be put in it, before this node's clients' publishes go to
+/// it directly (see `Forwarder::released`): they are released within a
+/// poll or two once this node leads.
+const HELD_WAIT: Duration = Duration::from_secs(1);
+
+/// Marks a takeover under way until dropped.
+struct TakingOver<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl<'a> TakingOver<'a> {
+    fn start(flag: &'a tokio::sync::watch::Sender<bool>) -> Self {
+        flag.send_replace(true);
+        TakingOver(flag)
+    }
+}
+
+impl Drop for TakingOver<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
     }
 }
 
@@ -2890,6 +2930,11 @@ async fn take_over(groups: &QueueGroups, group: &Group, term: u64) {
         group.replica.send_on_unsure(u);
     }
     engine.route_dead_letters();
+    if let Some(forwarder) = groups.forwarder.get().and_then(Weak::upgrade) {
+        forwarder
+            .released(&group.def.vhost, &group.def.name, HELD_WAIT)
+            .await;
+    }
     let me = groups.me().to_owned();
     if let Some(v) = groups.broker.vhost(&group.def.vhost) {
         v.set_remote_owner(&group.def.name, None);

@@ -214,6 +214,9 @@ mod tests {
         fn leads(&self) -> bool {
             true
         }
+        fn taking_over(&self) -> Option<crate::replicated::TakeOver> {
+            None
+        }
         fn may_deliver(&self) -> bool {
             true
         }

@@ -146,6 +146,14 @@ impl ParkedPublishes {
         }
     }
 
+    /// Whether a held batch names queue `name` of `vhost`.
+    pub fn holds(&self, vhost: &str, name: &str) -> bool {
+        !self.queues.is_empty()
+            && self
+                .queues
+                .contains_key(&(vhost.to_owned(), name.to_owned()))
+    }
+
     /// Holds a later publish of `vhost` behind the held batches if one of
     /// them names one of its queues, so that the queue gets them in the
     /// order they were published; gives it back if none does.
@@ -224,12 +232,16 @@ pub(super) fn deduplicated(v: &Vhost, batch: &[RemotePublish]) -> bool {
 
 /// Where the `queues` of a held batch are led now, if all of them by one
 /// node other than `gone`. A queue deleted meanwhile counts as here: this
-/// node answers it as gone, as its owner would have.
+/// node answers it as gone, as its owner would have. So does one this
+/// node leads, though the vhost may still name its former leader: a
+/// takeover here releases the held batches before this node's clients'
+/// publishes go to the queue directly (see `Forwarder::released`).
 pub(super) fn target(v: &Vhost, queues: &[String], gone: &str) -> Target {
     let mut found: Option<Target> = None;
     for q in queues {
         let here = match v.queue_info(q) {
             None => Target::Here,
+            Some(queue) if queue.replica().is_some_and(|r| r.leads()) => Target::Here,
             Some(queue) => match v.remote_owner(q) {
                 Some(node) if &*node != gone => Target::Node(node),
                 Some(_) => return Target::Unknown,

@@ -131,6 +131,11 @@ impl QueueReplica for Slot {
         current.is_some_and(|r| r.leads())
     }
 
+    fn taking_over(&self) -> Option<antre_broker::replicated::TakeOver> {
+        let current = self.current.lock().clone();
+        current.and_then(|r| r.taking_over())
+    }
+
     fn may_deliver(&self) -> bool {
         let current = self.current.lock().clone();
         current.is_none_or(|r| r.may_deliver())
