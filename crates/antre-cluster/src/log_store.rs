@@ -8,7 +8,12 @@
 //! The log's entries are records in antre's segment store
 //! ([`antre_store::QueueStore`], directory `log/`): checksummed, fsync'd
 //! before an append is reported done, a torn tail truncated when the store
-//! is opened. What Raft needs beyond appending maps onto the store's acks:
+//! is opened. An append returns once its records are written (readable);
+//! their fsyncs run in order on the blocking pool and each reports to
+//! openraft's callback when durable, so that a leader replicates entries
+//! while its own disk writes them (openraft as patched in
+//! `vendor/openraft`; a follower still waits for the callback before it
+//! answers). What Raft needs beyond appending maps onto the store's acks:
 //!
 //! - **truncate** a conflicting suffix: ack its records, then
 //!   `sync_acks` (an ack checkpoint), so they cannot come back;
@@ -36,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use antre_store::{QueueStore, SegmentPosition, StoreOptions};
+use antre_store::{PendingSync, QueueStore, SegmentPosition, StoreOptions};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, RaftTypeConfig, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
@@ -207,6 +212,46 @@ pub struct LogStore<C: LogConfig = TypeConfig> {
     appending: Arc<Mutex<AppendMarks>>,
     /// How far the log is written and committed, for the metrics.
     progress: Arc<Mutex<Progress>>,
+    /// Appends written and waiting for their fsync.
+    flushes: Arc<Flushes>,
+}
+
+/// A log's appends whose records are written and whose fsyncs are owed,
+/// oldest first: synced one after the other on the blocking pool by one
+/// drain at a time, so their callbacks report in order.
+struct Flushes {
+    queue: Mutex<FlushQueue>,
+    /// Signalled when a drain ends (nothing left to sync).
+    drained: parking_lot::Condvar,
+}
+
+/// Told how an append's fsyncs went: openraft's [`LogFlushed`].
+type Flushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
+
+struct FlushQueue {
+    waiting: std::collections::VecDeque<(Written, Flushed)>,
+    /// A drain is running and takes what is queued.
+    draining: bool,
+}
+
+impl Flushes {
+    fn new() -> Flushes {
+        Flushes {
+            queue: Mutex::new(FlushQueue {
+                waiting: std::collections::VecDeque::new(),
+                draining: false,
+            }),
+            drained: parking_lot::Condvar::new(),
+        }
+    }
+}
+
+/// An append whose records the store holds but has not made durable.
+struct Written {
+    pending: PendingSync,
+    last: u64,
+    /// When openraft handed the entries over.
+    handed: Instant,
 }
 
 impl<C: LogConfig> Clone for LogStore<C> {
@@ -216,6 +261,7 @@ impl<C: LogConfig> Clone for LogStore<C> {
             floor: self.floor.clone(),
             appending: Arc::clone(&self.appending),
             progress: Arc::clone(&self.progress),
+            flushes: Arc::clone(&self.flushes),
         }
     }
 }
@@ -281,24 +327,29 @@ pub(crate) struct Appends {
 /// longer one comes.
 const LONGEST_KEPT: Duration = Duration::from_secs(60);
 
-/// Marks an append under way until dropped (also when it fails).
-struct Appending<'a>(&'a Mutex<AppendMarks>);
+/// Marks an append under way since a moment until dropped (also when it
+/// fails). Its write and its fsync are marked apart; the mark an append
+/// leaves is cleared only by its own end.
+struct Appending<'a> {
+    marks: &'a Mutex<AppendMarks>,
+    since: Instant,
+}
 
 impl<'a> Appending<'a> {
-    fn start(marks: &'a Mutex<AppendMarks>) -> Appending<'a> {
-        marks.lock().started = Some(Instant::now());
-        Appending(marks)
+    fn start(marks: &'a Mutex<AppendMarks>, since: Instant) -> Appending<'a> {
+        marks.lock().started = Some(since);
+        Appending { marks, since }
     }
 }
 
 impl Drop for Appending<'_> {
     fn drop(&mut self) {
-        let mut m = self.0.lock();
-        let Some(started) = m.started.take() else {
-            return;
-        };
+        let mut m = self.marks.lock();
+        if m.started == Some(self.since) {
+            m.started = None;
+        }
         let now = Instant::now();
-        let took = now - started;
+        let took = now - self.since;
         let replace = m
             .longest
             .is_none_or(|(t, ended)| took >= t || now - ended > LONGEST_KEPT);
@@ -354,9 +405,10 @@ impl<C: LogConfig> LogStore<C> {
 
     /// How long the append under way has been writing and syncing, and
     /// the longest append of late. openraft 0.9's core waits for each
-    /// append to be durable before it does anything else, heartbeats
-    /// included: a leader writing a large entry is silent meanwhile, and
-    /// for a moment after, though alive (see [`crate::election::grants`]).
+    /// append to be written (and a follower's to be durable) before it
+    /// does anything else, heartbeats included: a leader writing a large
+    /// entry is silent meanwhile, and for a moment after, though alive
+    /// (see [`crate::election::grants`]).
     pub(crate) fn appends(&self) -> Appends {
         let m = self.appending.lock();
         Appends {
@@ -365,8 +417,9 @@ impl<C: LogConfig> LogStore<C> {
         }
     }
 
-    /// Appends `entries` and makes them durable: openraft's `append`,
-    /// without its callback.
+    /// Appends `entries` and makes them durable before it returns (a new
+    /// log's first entry, and tests); openraft's `append` writes with
+    /// [`Self::write_records`] and syncs later ([`Self::flush_later`]).
     ///
     /// The lock is held only to append the records, not to encode them
     /// nor for the fsync: openraft's replication tasks read the newest
@@ -375,13 +428,23 @@ impl<C: LogConfig> LogStore<C> {
     /// 80 MiB message on a busy machine silenced its node for 2.4 s, and
     /// the followers elected another leader).
     fn write(&self, entries: Vec<Entry<C>>) -> Result<(), std::io::Error> {
-        let _appending = Appending::start(&self.appending);
+        let _appending = Appending::start(&self.appending, Instant::now());
+        match self.write_records(entries)? {
+            Some(written) => self.sync_written(written),
+            None => Ok(()),
+        }
+    }
+
+    /// The first half of [`Self::write`]: the records appended to the
+    /// store (readable from now on), their fsyncs owed (none if there is
+    /// no entry).
+    fn write_records(&self, entries: Vec<Entry<C>>) -> Result<Option<Written>, std::io::Error> {
         let handed = Instant::now();
         let (Some(first), Some(last)) = (
             entries.first().map(|e| e.log_id.index),
             entries.last().map(|e| e.log_id.index),
         ) else {
-            return Ok(());
+            return Ok(None);
         };
         let records = entries
             .into_iter()
@@ -403,25 +466,87 @@ impl<C: LogConfig> LogStore<C> {
             inner.evict();
             inner.store.begin_sync().map_err(std::io::Error::other)?
         };
-        // Durable before Raft counts the entries as ours. The Raft core
-        // waits for this append: nothing else writes the log meanwhile.
+        // Counted from the hand-over: a leader's entries may be committed
+        // (by its followers) before its own fsync ends.
+        {
+            let mut p = self.progress.lock();
+            // Entries written over (a conflict) were not committed.
+            p.uncommitted.retain(|&(l, _)| l < first);
+            if p.committed.is_none_or(|c| c < last) {
+                if p.uncommitted.len() == UNCOMMITTED_KEPT {
+                    p.uncommitted.pop_front();
+                }
+                p.uncommitted.push_back((last, handed));
+            }
+        }
+        Ok(Some(Written {
+            pending,
+            last,
+            handed,
+        }))
+    }
+
+    /// The last half of [`Self::write`]: the fsyncs, after which the
+    /// entries are durable, as Raft must know before it counts them.
+    fn sync_written(&self, written: Written) -> Result<(), std::io::Error> {
+        let Written { pending, last, .. } = written;
         let synced = pending.run();
         self.inner
             .lock()
             .store
             .finish_sync(pending, synced)
             .map_err(std::io::Error::other)?;
-        let mut p = self.progress.lock();
-        p.written = Some(last);
-        // Entries written over (a conflict) were not committed.
-        p.uncommitted.retain(|&(l, _)| l < first);
-        if p.committed.is_none_or(|c| c < last) {
-            if p.uncommitted.len() == UNCOMMITTED_KEPT {
-                p.uncommitted.pop_front();
-            }
-            p.uncommitted.push_back((last, handed));
-        }
+        // Syncs end in the order of the appends: the last one is the newest.
+        self.progress.lock().written = Some(last);
         Ok(())
+    }
+
+    /// Queues the fsyncs of an append; `callback` hears when they are
+    /// done. One drain at a time runs the queue in order on the blocking
+    /// pool (inline outside a runtime), so a log costs no thread while it
+    /// has nothing to sync, and logs sync at the same time as each other.
+    fn flush_later(&self, written: Written, callback: Flushed) {
+        {
+            let mut q = self.flushes.queue.lock();
+            q.waiting.push_back((written, callback));
+            if q.draining {
+                return;
+            }
+            q.draining = true;
+        }
+        let store = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || store.drain_flushes());
+            }
+            Err(_) => store.drain_flushes(),
+        }
+    }
+
+    fn drain_flushes(&self) {
+        loop {
+            let (written, callback) = {
+                let mut q = self.flushes.queue.lock();
+                match q.waiting.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        q.draining = false;
+                        self.flushes.drained.notify_all();
+                        return;
+                    }
+                }
+            };
+            let _appending = Appending::start(&self.appending, written.handed);
+            callback(self.sync_written(written));
+        }
+    }
+
+    /// Waits until every queued fsync has ended.
+    fn wait_for_flushes(&self) {
+        let mut q = self.flushes.queue.lock();
+        while q.draining {
+            self.flushes.drained.wait(&mut q);
+        }
     }
 
     /// How far this member's log is written and committed.
@@ -548,11 +673,14 @@ impl<C: LogConfig> LogStore<C> {
             floor: None,
             appending: Arc::default(),
             progress: Arc::new(Mutex::new(progress)),
+            flushes: Arc::new(Flushes::new()),
         })
     }
 
-    /// Closes the underlying store (flushing acks).
+    /// Closes the underlying store (flushing acks), once the fsyncs under
+    /// way have ended.
     pub fn close(&self) {
+        self.wait_for_flushes();
         let mut inner = self.inner.lock();
         if let Err(e) = inner.store.sync_acks() {
             tracing::warn!("closing the cluster log: {e}");
@@ -723,10 +851,22 @@ where
         I::IntoIter: Send,
     {
         let entries: Vec<Entry<C>> = entries.into_iter().collect();
-        let store = self.clone();
-        let result = blocking(move || store.write(entries));
-        match result {
-            Ok(()) => {
+        // Written here, on the Raft core's thread: handing the write to
+        // another thread (block_in_place) cost more than copying the
+        // records into the page cache.
+        let written = {
+            let _appending = Appending::start(&self.appending, Instant::now());
+            self.write_records(entries)
+        };
+        match written {
+            Ok(Some(written)) => {
+                self.flush_later(
+                    written,
+                    Box::new(move |synced| callback.log_io_completed(synced)),
+                );
+                Ok(())
+            }
+            Ok(None) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -739,10 +879,13 @@ where
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let inner = Arc::clone(&self.inner);
+        let store = self.clone();
         self.truncated(log_id.index);
         blocking(move || {
-            let mut inner = inner.lock();
+            // A former leader's appends may still be syncing: they end
+            // before their records are dropped.
+            store.wait_for_flushes();
+            let mut inner = store.inner.lock();
             inner
                 .drop_from(log_id.index)
                 .and_then(|_| inner.store.sync_acks())
@@ -762,6 +905,10 @@ where
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let inner = Arc::clone(&self.inner);
         let floor = self.floor.clone();
+        // Not waiting for the fsyncs under way (unlike a truncation): a
+        // leader under load always has one, and what a purge drops is
+        // behind a snapshot (a record that comes back after a crash is
+        // ignored, as below).
         blocking(move || {
             if let Some(floor) = floor {
                 floor
@@ -887,10 +1034,81 @@ mod tests {
             .map(|ended| (long, ended));
         append(&store, vec![big(1, 2, 10)]);
         assert!(store.appends().longest.unwrap().0 < long);
-        let during = Appending::start(&store.appending);
+        let during = Appending::start(&store.appending, Instant::now());
         assert!(store.appends().running.is_some());
         drop(during);
         assert!(store.appends().running.is_none());
+    }
+
+    /// Queues `entries`' fsyncs as `append` does; what they report goes
+    /// to `heard` with the append's last index.
+    fn append_later<C: LogConfig>(
+        store: &LogStore<C>,
+        entries: Vec<Entry<C>>,
+        heard: &Arc<Mutex<Vec<(u64, bool)>>>,
+    ) {
+        let last = entries.last().unwrap().log_id.index;
+        let written = store.write_records(entries).unwrap().unwrap();
+        let heard = Arc::clone(heard);
+        store.flush_later(
+            written,
+            Box::new(move |r| heard.lock().push((last, r.is_ok()))),
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_are_readable_at_once_and_reported_durable_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..50 {
+            append_later(&store, vec![entry(1, 2 * i), entry(1, 2 * i + 1)], &heard);
+            // Readable before its fsync is reported, as openraft's
+            // replication tasks read it.
+            let got = store.try_get_log_entries(2 * i..2 * i + 2).await.unwrap();
+            assert_eq!(got, vec![entry(1, 2 * i), entry(1, 2 * i + 1)]);
+        }
+        store.wait_for_flushes();
+        let expected: Vec<(u64, bool)> = (0..50).map(|i| (2 * i + 1, true)).collect();
+        assert_eq!(*heard.lock(), expected);
+        assert_eq!(store.progress().last_written, Some(99));
+        assert!(store.appends().running.is_none());
+        // Everything reported durable is there after a restart.
+        store.close();
+        drop(store);
+        let store = LogStore::<TypeConfig>::open(dir.path()).unwrap();
+        assert_eq!(
+            indexes(&store),
+            (0..100).map(|i| (1, i)).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncation_waits_for_the_fsyncs_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::<QueueTypeConfig>::open(dir.path()).unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        // A former leader's appends, their fsyncs queued.
+        for i in 0..20 {
+            append_later(&store, vec![big(1, i, 64 << 10)], &heard);
+        }
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(1, 1), 10))
+            .await
+            .unwrap();
+        // Every append queued before was reported before the truncation
+        // dropped its records.
+        assert_eq!(
+            *heard.lock(),
+            (0..20).map(|i| (i, true)).collect::<Vec<_>>()
+        );
+        append(&store, vec![big(2, 10, 10)]);
+        store.close();
+        drop(store);
+        let store = LogStore::<QueueTypeConfig>::open(dir.path()).unwrap();
+        let mut expected: Vec<(u64, u64)> = (0..10).map(|i| (1, i)).collect();
+        expected.push((2, 10));
+        assert_eq!(indexes(&store), expected);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -610,6 +610,39 @@ async fn a_get_waits_for_the_leader_instead_of_answering_empty() {
     assert_eq!(c.drain(l, "lone").await, ["kept"]);
 }
 
+/// A leader restarted (here with the whole cluster, as after a power cut)
+/// leads again only through an election in a later term. openraft 0.9
+/// resumes a restarted leader's term at once; but a leader sends its
+/// entries while its own write of them runs, so a machine that went down
+/// may come back without entries its followers hold, and leading the same
+/// term again it would give other entries their log ids: two histories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_leads_again_only_in_a_later_term() {
+    let mut c = TestCluster::start(&[SECRET, SECRET, SECRET]).await;
+    declare_on_n1(&c, "cut").await;
+    let l = wait_leader(&c, "cut").await;
+    let term = |q: Value| q["leader_term"].as_u64().expect("a leader term");
+    let before = term(queue_json(&c, l, "cut").await.expect("listed"));
+    {
+        let conn = connect(&c.nodes[l].amqp_uri()).await.expect("connect");
+        let ch = confirm_channel(&conn).await;
+        assert_eq!(
+            publish_confirmed(&ch, "cut", b"kept", harness::WAIT).await,
+            Some(true)
+        );
+    }
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let now = wait_leader(&c, "cut").await;
+    let after = term(queue_json(&c, now, "cut").await.expect("listed"));
+    assert!(after > before, "led again in term {after}, as before the restart");
+    assert_eq!(c.drain(now, "cut").await, ["kept"]);
+}
+
 /// A member back from a restart does not depose the leader: its
 /// elections ask a pre-vote, which the others, hearing their leader,
 /// refuse. Seen in CI: the leader, which had backed off from the dead
