@@ -2037,7 +2037,8 @@ mod tests {
             })
             .await;
         }
-        f.silent("answered while the queue was being taken over").await;
+        f.silent("answered while the queue was being taken over")
+            .await;
         replica.led.send_replace(true);
         for expected in [1, 2] {
             let DataFrame::Published { batch, .. } = f.next().await else {

@@ -639,7 +639,10 @@ async fn a_restarted_leader_leads_again_only_in_a_later_term() {
     }
     let now = wait_leader(&c, "cut").await;
     let after = term(queue_json(&c, now, "cut").await.expect("listed"));
-    assert!(after > before, "led again in term {after}, as before the restart");
+    assert!(
+        after > before,
+        "led again in term {after}, as before the restart"
+    );
     assert_eq!(c.drain(now, "cut").await, ["kept"]);
 }
 
