@@ -397,16 +397,9 @@ impl Forwarder {
     /// Holds `batch` behind the batches held already (see [`Self::park`]),
     /// its messages numbered in `run` (if they are).
     fn hold(&self, gone: &str, vhost: &str, batch: Vec<RemotePublish>, done: RemoteDone, run: u64) {
+        let timeout = self.link.config.forward_timeout;
         let mut held = self.parked.lock();
-        held.push_back(parked::Parked {
-            vhost: vhost.to_owned(),
-            batch,
-            done,
-            gone: gone.to_owned(),
-            same_after: None,
-            deadline: std::time::Instant::now() + self.link.config.forward_timeout,
-            run,
-        });
+        held.push_back(parked::Parked::new(vhost, batch, done, gone, timeout, run));
         self.start_releasing(&mut held);
     }
 
@@ -933,8 +926,8 @@ impl RemoteQueues for Forwarder {
         // Behind a held batch to the same queues: after it, in order.
         let (batch, done) = {
             let mut held = self.parked.lock();
-            let deadline = std::time::Instant::now() + self.link.config.forward_timeout;
-            match held.hold_behind(vhost, batch, done, deadline, self.run) {
+            let timeout = self.link.config.forward_timeout;
+            match held.hold_behind(vhost, batch, done, timeout, self.run) {
                 Ok(()) => return self.start_releasing(&mut held),
                 Err(back) => back,
             }

@@ -421,13 +421,15 @@ impl Vhost {
                 if q.is_none() && s.is_none() {
                     continue;
                 }
-                // A quorum queue this node has just taken over is its own,
-                // though the vhost names its former leader until the
-                // takeover is done (see antre-cluster's take_over).
-                let led_here = q.is_some_and(|q| q.replica().is_some_and(|r| r.leads()));
-                if let (Some(owner), false) = (self.remote_owner(n), led_here) {
-                    outcome.remote.push((owner, n.clone()));
-                    continue;
+                if let Some(owner) = self.remote_owner(n) {
+                    // A quorum queue this node has just taken over is its
+                    // own, though the vhost names its former leader until
+                    // the takeover is done (see antre-cluster's take_over).
+                    let led_here = q.is_some_and(|q| q.replica().is_some_and(|r| r.leads()));
+                    if !led_here {
+                        outcome.remote.push((owner, n.clone()));
+                        continue;
+                    }
                 }
                 here.extend(q.cloned().map(|q| (q, source_of(i))));
                 streams.extend(s.cloned());

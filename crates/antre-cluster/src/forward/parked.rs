@@ -50,6 +50,29 @@ pub(super) struct Parked {
     pub run: u64,
 }
 
+impl Parked {
+    /// A batch held from now, failed once `timeout` has passed, which
+    /// `gone` failed (empty: a batch held only behind others).
+    pub fn new(
+        vhost: &str,
+        batch: Vec<RemotePublish>,
+        done: RemoteDone,
+        gone: &str,
+        timeout: Duration,
+        run: u64,
+    ) -> Parked {
+        Parked {
+            vhost: vhost.to_owned(),
+            batch,
+            done,
+            gone: gone.to_owned(),
+            same_after: None,
+            deadline: Instant::now() + timeout,
+            run,
+        }
+    }
+}
+
 /// The held batches, oldest first, and whether a task releases them.
 #[derive(Default)]
 pub(super) struct ParkedPublishes {
@@ -172,7 +195,7 @@ impl ParkedPublishes {
         vhost: &str,
         batch: Vec<RemotePublish>,
         done: RemoteDone,
-        deadline: Instant,
+        timeout: Duration,
         run: u64,
     ) -> Result<(), (Vec<RemotePublish>, RemoteDone)> {
         let behind = !self.queues.is_empty()
@@ -183,15 +206,7 @@ impl ParkedPublishes {
         if !behind {
             return Err((batch, done));
         }
-        self.push_back(Parked {
-            vhost: vhost.to_owned(),
-            batch,
-            done,
-            gone: String::new(),
-            same_after: None,
-            deadline,
-            run,
-        });
+        self.push_back(Parked::new(vhost, batch, done, "", timeout, run));
         Ok(())
     }
 }
@@ -416,17 +431,18 @@ mod tests {
             run: 1,
         });
         let later = |queues: &[&str]| (vec![publish(queues)], Box::new(|_| {}) as RemoteDone);
+        let timeout = Duration::from_secs(30);
         let (batch, done) = later(&["audit"]);
-        assert!(held.hold_behind("/", batch, done, now, 3).is_err());
+        assert!(held.hold_behind("/", batch, done, timeout, 3).is_err());
         let (batch, done) = later(&["orders"]);
-        assert!(held.hold_behind("other", batch, done, now, 4).is_err());
+        assert!(held.hold_behind("other", batch, done, timeout, 4).is_err());
         let (batch, done) = later(&["audit", "orders"]);
-        assert!(held.hold_behind("/", batch, done, now, 2).is_ok());
+        assert!(held.hold_behind("/", batch, done, timeout, 2).is_ok());
         // Released: nothing waits behind them any more.
         assert_eq!(held.pop_front().map(|p| p.run), Some(1));
         assert_eq!(held.pop_front().map(|p| p.run), Some(2));
         let (batch, done) = later(&["orders"]);
-        assert!(held.hold_behind("/", batch, done, now, 5).is_err());
+        assert!(held.hold_behind("/", batch, done, timeout, 5).is_err());
     }
 
     /// The queue's new leader answered a batch "not stored" a moment before
@@ -450,8 +466,9 @@ mod tests {
             run: 1,
         });
         let (batch, done) = (vec![publish(&["orders"])], Box::new(|_| {}) as RemoteDone);
-        let deadline = now + Duration::from_secs(31);
-        assert!(held.hold_behind("/", batch, done, deadline, 2).is_ok());
+        assert!(held
+            .hold_behind("/", batch, done, Duration::from_secs(30), 2)
+            .is_ok());
         let first = held.pop_front().expect("the batch sent again");
         let later = held.pop_front().expect("the publish held behind it");
         assert_eq!((first.run, later.run), (1, 2));
@@ -484,6 +501,8 @@ mod tests {
         let order: Vec<u64> = std::iter::from_fn(|| held.pop_front().map(|p| p.run)).collect();
         assert_eq!(order, [1, 2, 3, 9, 4]);
         let later = (vec![publish(&["orders"])], Box::new(|_| {}) as RemoteDone);
-        assert!(held.hold_behind("/", later.0, later.1, start, 5).is_err());
+        assert!(held
+            .hold_behind("/", later.0, later.1, Duration::from_secs(30), 5)
+            .is_err());
     }
 }
